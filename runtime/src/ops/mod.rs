@@ -1,0 +1,195 @@
+//! Operator implementations for the CPU backend.
+//!
+//! Each ONNX operator is parsed from its [`Node`] once at session creation into a value implementing
+//! [`Op`]. The planner calls [`Op::infer`] (shapes) and [`Op::eval`] (plan-time values such as shape
+//! arithmetic) once per input-shape set; the executor calls [`Op::run`] on every inference.
+
+use std::borrow::Cow;
+
+use pith_format::ir::{ElemType, Node, OpKind};
+use pith_format::TensorView;
+
+use crate::error::OpError;
+use crate::tensor::{Tensor, TensorBuf};
+
+pub mod attrs;
+pub mod binary;
+pub mod conv;
+pub mod gemm;
+pub mod norm;
+pub mod pool;
+pub mod reduce;
+pub mod resize;
+pub mod shape_ops;
+pub mod unary;
+
+/// Result type of op code.
+pub type OpResult<T> = Result<T, OpError>;
+
+/// Where an argument's data lives.
+#[derive(Debug, Clone, Copy)]
+pub enum ArgData<'a> {
+    /// An f32 activation in the session's arena.
+    Act(&'a [f32]),
+    /// A constant from the model file, in its stored encoding (zero-copy).
+    Const(TensorView<'a>),
+    /// A value computed at plan time (shape arithmetic and the like).
+    Known(&'a Tensor),
+}
+
+/// One input of an op: its shape, element type and, where available, its data.
+///
+/// At plan time activations have `data == None`; at run time every present input has data.
+#[derive(Debug, Clone, Copy)]
+pub struct Arg<'a> {
+    /// Concrete extents.
+    pub shape: &'a [usize],
+    /// Element type.
+    pub elem: ElemType,
+    /// Data, when available.
+    pub data: Option<ArgData<'a>>,
+}
+
+impl<'a> Arg<'a> {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The data as f32, borrowed where the storage is already f32, decoded otherwise.
+    pub fn f32s(&self) -> OpResult<Cow<'a, [f32]>> {
+        match self.data {
+            None => Err(OpError("value is not known at plan time".into())),
+            Some(ArgData::Act(d)) => Ok(Cow::Borrowed(d)),
+            Some(ArgData::Const(TensorView::F32(d))) => Ok(Cow::Borrowed(d)),
+            Some(ArgData::Const(TensorView::I64(d))) => {
+                Ok(Cow::Owned(d.iter().map(|&v| v as f32).collect()))
+            }
+            Some(ArgData::Const(view)) => {
+                let mut out = vec![0.0; view.numel()];
+                let rows = self.shape.first().copied().unwrap_or(1).max(1);
+                let row_len = out.len() / rows;
+                for r in 0..rows {
+                    view.decode_row(rows, r, &mut out[r * row_len..(r + 1) * row_len]);
+                }
+                Ok(Cow::Owned(out))
+            }
+            Some(ArgData::Known(t)) => match &t.buf {
+                TensorBuf::F32(d) => Ok(Cow::Borrowed(d)),
+                TensorBuf::I64(d) => Ok(Cow::Owned(d.iter().map(|&v| v as f32).collect())),
+            },
+        }
+    }
+
+    /// The data as i64 (shape arithmetic); f32 data is refused.
+    pub fn i64s(&self) -> OpResult<Cow<'a, [i64]>> {
+        match self.data {
+            Some(ArgData::Const(TensorView::I64(d))) => Ok(Cow::Borrowed(d)),
+            Some(ArgData::Known(Tensor {
+                buf: TensorBuf::I64(d),
+                ..
+            })) => Ok(Cow::Borrowed(d)),
+            None => Err(OpError("integer value is not known at plan time".into())),
+            Some(_) => Err(OpError("expected an integer tensor".into())),
+        }
+    }
+
+    /// True when the data is available (always at run time; constants and plan-time values while planning).
+    pub fn is_known(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
+/// One f32 output buffer of an op at run time.
+#[derive(Debug)]
+pub struct Out<'a> {
+    /// Extents decided by the planner.
+    pub shape: &'a [usize],
+    /// The output elements, to be fully written.
+    pub data: &'a mut [f32],
+}
+
+/// Per-run context handed to every op.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecCtx {
+    /// Worker threads the op may use (1 = run on the caller's thread).
+    pub threads: usize,
+}
+
+/// An operator ready to run.
+pub trait Op: Send + Sync + std::fmt::Debug {
+    /// Output element types and shapes for these inputs (data present only where known at plan time).
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>>;
+
+    /// Plan-time evaluation. The planner calls it when every present input is known, and when any
+    /// output is I64 (shape arithmetic must be known at plan time). `Ok(None)` defers the op to run time
+    /// and is only acceptable for all-f32 outputs. The default runs [`Op::run`] into owned buffers when
+    /// every input is known and every output is f32.
+    fn eval(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Option<Vec<Tensor>>> {
+        if !inputs.iter().flatten().all(Arg::is_known) {
+            return Ok(None);
+        }
+        let shapes = self.infer(inputs)?;
+        if shapes.iter().any(|(e, _)| *e != ElemType::F32) {
+            return Ok(None);
+        }
+        let mut bufs: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|(_, s)| vec![0.0; s.iter().product()])
+            .collect();
+        let mut scratch = vec![0.0; self.scratch_len(inputs)];
+        {
+            let mut outs: Vec<Out<'_>> = shapes
+                .iter()
+                .zip(bufs.iter_mut())
+                .map(|((_, s), b)| Out { shape: s, data: b })
+                .collect();
+            self.run(inputs, &mut outs, &mut scratch, &ExecCtx { threads: 1 })?;
+        }
+        Ok(Some(
+            shapes
+                .into_iter()
+                .zip(bufs)
+                .map(|((_, s), b)| Tensor::from_f32(s, b))
+                .collect(),
+        ))
+    }
+
+    /// f32 scratch elements [`Op::run`] needs for these input shapes.
+    fn scratch_len(&self, _inputs: &[Option<Arg<'_>>]) -> usize {
+        0
+    }
+
+    /// Computes the f32 outputs. Every present input has data.
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()>;
+}
+
+/// Parses a node into a runnable op, checking its attributes.
+pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+    use OpKind::*;
+    match node.op {
+        Conv => conv::build_conv(node),
+        ConvTranspose => conv::build_conv_transpose(node),
+        Gemm => gemm::build_gemm(node),
+        MatMul => gemm::build_matmul(node),
+        BatchNormalization => norm::build_batch_norm(node),
+        Add | Sub | Mul | Div | Pow | PRelu => binary::build(node),
+        Sqrt | Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish | Tanh => {
+            unary::build(node)
+        }
+        MaxPool | AveragePool | GlobalAveragePool => pool::build(node),
+        Resize => resize::build(node),
+        Softmax | ReduceMean => reduce::build(node),
+        Concat | Slice | Split | Reshape | Flatten | Transpose | Squeeze | Unsqueeze | Pad
+        | Cast | Shape | Gather | Identity => shape_ops::build(node),
+        Constant => Err(OpError(
+            "Constant nodes must be folded into constants by the compressor".into(),
+        )),
+    }
+}

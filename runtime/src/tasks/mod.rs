@@ -1,0 +1,1 @@
+//! Task post-processing: turn raw model outputs into faces and text boxes.
