@@ -1,1 +1,129 @@
-fn main() {}
+//! `pith`: compress ONNX models to `.pith`, run, inspect, detect and benchmark them.
+
+mod cmd_bench;
+mod cmd_compress;
+mod cmd_demo;
+mod cmd_detect;
+mod cmd_inspect;
+mod cmd_run;
+mod imageio;
+mod npy;
+mod pipeline;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use pith_compress::WeightFormat;
+
+#[derive(Parser)]
+#[command(name = "pith", version, about = "On-device inference for compressed neural networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Default thread count: the machine's available parallelism.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compress an ONNX model into a .pith file.
+    Compress {
+        /// The ONNX model.
+        input: PathBuf,
+        /// The .pith file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Weight encoding: codebook bits 1..8, or f16 / f32 (uncompressed).
+        #[arg(long, default_value = "8", value_parser = cmd_compress::parse_bits)]
+        bits: WeightFormat,
+    },
+    /// Run one inference: .npy inputs, one .npy per output.
+    Run {
+        /// The .pith model.
+        model: PathBuf,
+        /// NAME=FILE.npy, once per input.
+        #[arg(long = "input", required = true)]
+        inputs: Vec<String>,
+        /// Where to write <output name>.npy files.
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+    /// Describe a .pith file: inputs, outputs, ops, tensors.
+    Inspect {
+        /// The .pith model.
+        model: PathBuf,
+    },
+    /// Detect faces or text in an image, JSON on stdout.
+    Detect {
+        /// Which task.
+        task: cmd_detect::Task,
+        /// The .pith model.
+        model: PathBuf,
+        /// A PNG or JPEG image.
+        image: PathBuf,
+        /// Write an annotated PNG here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+    /// Time inference: load once, warm up, run K times.
+    Bench {
+        /// The .pith model.
+        model: PathBuf,
+        /// NAME=FILE.npy; inputs not given get random data of their declared shape.
+        #[arg(long = "input")]
+        inputs: Vec<String>,
+        /// NAME=DxDxD for inputs with symbolic dimensions.
+        #[arg(long = "shape")]
+        shapes: Vec<String>,
+        /// Worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+        /// Timed inferences.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
+    /// Compress the bundled detectors and run them on the bundled images.
+    Demo {
+        /// Folder with models/ and images/ (default: the source tree's tests/data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where to write .pith files and annotated images.
+        #[arg(long, default_value = "out/demo")]
+        out_dir: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compress { input, output, bits } => cmd_compress::run(&input, &output, bits),
+        Command::Run { model, inputs, output_dir, threads } => cmd_run::run(&model, &inputs, &output_dir, threads),
+        Command::Inspect { model } => cmd_inspect::run(&model),
+        Command::Detect { task, model, image, out, threads } => {
+            cmd_detect::run(task, &model, &image, out.as_deref(), threads)
+        }
+        Command::Bench { model, inputs, shapes, threads, iters } => {
+            cmd_bench::run(&model, &inputs, &shapes, threads, iters)
+        }
+        Command::Demo { data_dir, out_dir, threads } => {
+            cmd_demo::run(&data_dir.unwrap_or_else(cmd_demo::default_data_dir), &out_dir, threads)
+        }
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

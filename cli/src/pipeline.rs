@@ -1,0 +1,79 @@
+//! Glue from an image to task results: preprocess, run the session, post-process.
+
+use anyhow::{bail, Context, Result};
+use pith_runtime::session::Session;
+use pith_runtime::tasks::blazeface::{self, Face, FaceOptions};
+use pith_runtime::tasks::db::{self, DbOptions, TextBox};
+use pith_runtime::tasks::image::RgbImage;
+use pith_runtime::Tensor;
+use serde_json::{json, Value};
+
+/// Runs a single-input model on one tensor and returns its outputs.
+fn run_single(session: &mut Session, input: Tensor) -> Result<Vec<(String, Tensor)>> {
+    let inputs = session.inputs();
+    if inputs.len() != 1 {
+        bail!("expected a model with one input, this one has {}", inputs.len());
+    }
+    let name = inputs[0].name.clone();
+    Ok(session.run(&[(name.as_str(), input)])?)
+}
+
+/// Detects faces with a BlazeFace model.
+pub fn detect_faces(session: &mut Session, img: &RgbImage, opts: &FaceOptions) -> Result<Vec<Face>> {
+    let (input, letterbox) = blazeface::preprocess(img);
+    let outputs = run_single(session, input)?;
+    // Regressors carry 16 values per anchor, scores 1: tell them apart by shape, not by name,
+    // so converted models with other output names work too.
+    let by_last_dim = |n: usize| {
+        outputs
+            .iter()
+            .find(|(_, t)| t.shape.last() == Some(&n))
+            .map(|(_, t)| t)
+            .with_context(|| format!("model has no output with last dimension {n}; is this a BlazeFace model?"))
+    };
+    let faces = blazeface::decode(by_last_dim(16)?, by_last_dim(1)?, &letterbox, opts)?;
+    Ok(faces)
+}
+
+/// Detects text boxes with a DB text detector (PP-OCR det).
+pub fn detect_text(session: &mut Session, img: &RgbImage, opts: &DbOptions) -> Result<Vec<TextBox>> {
+    let (input, resize) = db::preprocess(img, opts);
+    let outputs = run_single(session, input)?;
+    let (_, prob) = outputs.first().context("model has no output")?;
+    Ok(db::decode(prob, &resize, opts)?)
+}
+
+fn round2(v: f32) -> f64 {
+    (v as f64 * 100.0).round() / 100.0
+}
+
+/// Faces as JSON.
+pub fn faces_json(faces: &[Face]) -> Value {
+    Value::Array(
+        faces
+            .iter()
+            .map(|f| {
+                json!({
+                    "bbox": [round2(f.bbox.xmin), round2(f.bbox.ymin), round2(f.bbox.xmax), round2(f.bbox.ymax)],
+                    "score": round2(f.score * 100.0) / 100.0,
+                    "keypoints": f.keypoints.iter().map(|p| [round2(p[0]), round2(p[1])]).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Text boxes as JSON.
+pub fn text_json(boxes: &[TextBox]) -> Value {
+    Value::Array(
+        boxes
+            .iter()
+            .map(|b| {
+                json!({
+                    "points": b.points.iter().map(|p| [round2(p[0]), round2(p[1])]).collect::<Vec<_>>(),
+                    "score": round2(b.score * 100.0) / 100.0,
+                })
+            })
+            .collect(),
+    )
+}
