@@ -63,17 +63,25 @@ pub fn run(model: &Path, inputs: &[String], shapes: &[String], threads: usize, i
         let shape = if let Some((_, s)) = explicit_shapes.iter().find(|(n, _)| *n == value.name) {
             s.clone()
         } else {
-            let dims = value.shape.as_ref().with_context(|| format!("input '{}' has no declared shape; pass --shape", value.name))?;
+            let dims = value
+                .shape
+                .as_ref()
+                .with_context(|| format!("input '{}' has no declared shape; pass --shape", value.name))?;
             dims.iter()
                 .map(|d| match d {
                     Dim::Fixed(n) => Ok(*n as usize),
-                    Dim::Symbol(s) => bail!("input '{}' has symbolic dimension '{s}'; pass --shape {}=...", value.name, value.name),
+                    Dim::Symbol(s) => bail!(
+                        "input '{}' has symbolic dimension '{s}'; pass --shape {}=...",
+                        value.name,
+                        value.name
+                    ),
                 })
                 .collect::<Result<Vec<_>>>()?
         };
         feeds.push((value.name.clone(), random_tensor(shape, 0x9E37_79B9 + i as u64)));
     }
-    let shapes_only: Vec<(&str, Vec<usize>)> = feeds.iter().map(|(n, t)| (n.as_str(), t.shape.clone())).collect();
+    let shapes_only: Vec<(&str, Vec<usize>)> =
+        feeds.iter().map(|(n, t)| (n.as_str(), t.shape.clone())).collect();
     let plan = session.plan(&shapes_only)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
 

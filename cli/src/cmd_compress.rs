@@ -22,19 +22,20 @@ pub fn parse_bits(s: &str) -> Result<WeightFormat, String> {
 /// Compresses `input` into `.pith` bytes; `quiet` hides the progress bar.
 pub fn compress_file(input: &Path, weights: WeightFormat, quiet: bool) -> Result<(Compressed, Vec<u8>)> {
     let onnx = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
-    let options = CompressOptions { weights, ..Default::default() };
+    let options = CompressOptions { weights };
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
         ProgressStyle::with_template("{spinner} compressing [{bar:30}] {pos}/{len} {msg}")
             .expect("static template")
             .progress_chars("=> "),
     );
-    let compressed = pith_compress::compress_onnx_with_progress(&onnx, &options, &mut |done, total, layer| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(layer.to_string());
-    })
-    .with_context(|| format!("compressing {}", input.display()))?;
+    let compressed =
+        pith_compress::compress_onnx_with_progress(&onnx, &options, &mut |done, total, layer| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(layer.to_string());
+        })
+        .with_context(|| format!("compressing {}", input.display()))?;
     bar.finish_and_clear();
     let bytes = pith_format::write(&compressed.model).context("serialising the .pith file")?;
     Ok((compressed, bytes))

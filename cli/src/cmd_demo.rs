@@ -29,8 +29,15 @@ fn label(w: WeightFormat) -> String {
 }
 
 /// Compresses `onnx` at each width, writes the files, prints sizes, and returns sessions in the same order.
-fn compress_all(onnx: &Path, stem: &str, widths: &[WeightFormat], out_dir: &Path, threads: usize) -> Result<Vec<Session>> {
-    let onnx_len = std::fs::metadata(onnx).with_context(|| format!("reading {}", onnx.display()))?.len() as usize;
+fn compress_all(
+    onnx: &Path,
+    stem: &str,
+    widths: &[WeightFormat],
+    out_dir: &Path,
+    threads: usize,
+) -> Result<Vec<Session>> {
+    let onnx_len =
+        std::fs::metadata(onnx).with_context(|| format!("reading {}", onnx.display()))?.len() as usize;
     println!("{stem}: ONNX {}", human_bytes(onnx_len));
     let mut sessions = Vec::new();
     for &w in widths {
@@ -55,7 +62,11 @@ fn compress_all(onnx: &Path, stem: &str, widths: &[WeightFormat], out_dir: &Path
 /// How many boxes of `found` match one of `reference` at IoU >= 0.9, as "m/n".
 fn agreement(found: &[BBox], reference: &[BBox]) -> String {
     let matched = found.iter().filter(|b| reference.iter().any(|r| b.iou(r) >= 0.9)).count();
-    format!("{matched} of {} boxes match the f32 result at IoU >= 0.9 (f32 found {})", found.len(), reference.len())
+    format!(
+        "{matched} of {} boxes match the f32 result at IoU >= 0.9 (f32 found {})",
+        found.len(),
+        reference.len()
+    )
 }
 
 /// Runs the demo.
@@ -64,7 +75,13 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
     let widths = [WeightFormat::F32, WeightFormat::Codebook { bits: 8 }, WeightFormat::Codebook { bits: 4 }];
 
     println!("== Face detection (BlazeFace short range) ==");
-    let mut sessions = compress_all(&data_dir.join("models/blazeface_short_range.onnx"), "blazeface", &widths, out_dir, threads)?;
+    let mut sessions = compress_all(
+        &data_dir.join("models/blazeface_short_range.onnx"),
+        "blazeface",
+        &widths,
+        out_dir,
+        threads,
+    )?;
     let portrait_path = data_dir.join("images/astronaut.png");
     let portrait = imageio::load(&portrait_path)?;
     let mut reference = Vec::new();
@@ -86,7 +103,8 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
     }
 
     println!("\n== Text detection (PP-OCRv4 det) ==");
-    let mut sessions = compress_all(&data_dir.join("models/ppocr_v4_det.onnx"), "ppocr_det", &widths, out_dir, threads)?;
+    let mut sessions =
+        compress_all(&data_dir.join("models/ppocr_v4_det.onnx"), "ppocr_det", &widths, out_dir, threads)?;
     let page_path = data_dir.join("images/page.png");
     let page = imageio::load(&page_path)?;
     for (w, session) in widths.iter().zip(sessions.iter_mut()) {

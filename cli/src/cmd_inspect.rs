@@ -26,7 +26,12 @@ pub fn run(model: &Path) -> Result<()> {
     let file = PithFile::open(model).with_context(|| format!("opening {}", model.display()))?;
     let graph = file.graph();
     let (major, minor) = file.version();
-    println!("file: {} ({} bytes), format {major}.{minor}, producer '{}'", model.display(), file.file_len(), file.producer());
+    println!(
+        "file: {} ({} bytes), format {major}.{minor}, producer '{}'",
+        model.display(),
+        file.file_len(),
+        file.producer()
+    );
     for &id in &graph.inputs {
         let v = &graph.values[id as usize];
         println!("input  {} {:?} {}", v.name, v.elem, shape_string(v));

@@ -10,13 +10,15 @@ use crate::npy;
 
 /// Parses `NAME=FILE.npy` into its parts.
 pub fn parse_input_arg(arg: &str) -> Result<(String, PathBuf)> {
-    let (name, file) = arg.split_once('=').with_context(|| format!("--input '{arg}' must be NAME=FILE.npy"))?;
+    let (name, file) =
+        arg.split_once('=').with_context(|| format!("--input '{arg}' must be NAME=FILE.npy"))?;
     Ok((name.to_string(), PathBuf::from(file)))
 }
 
 /// Opens a model and builds a session.
 pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
-    let file = pith_format::PithFile::open(model).with_context(|| format!("opening model {}", model.display()))?;
+    let file =
+        pith_format::PithFile::open(model).with_context(|| format!("opening model {}", model.display()))?;
     Session::new(Arc::new(file), SessionOptions { threads })
         .with_context(|| format!("building a session for {}", model.display()))
 }
@@ -29,7 +31,8 @@ pub fn run(model: &Path, inputs: &[String], output_dir: &Path, threads: usize) -
         let (name, path) = parse_input_arg(arg)?;
         tensors.push((name, npy::read(&path)?));
     }
-    let feeds: Vec<(&str, pith_runtime::Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let feeds: Vec<(&str, pith_runtime::Tensor)> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let outputs = session.run(&feeds).context("inference failed")?;
     std::fs::create_dir_all(output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
     for (name, tensor) in &outputs {

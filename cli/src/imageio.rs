@@ -22,6 +22,5 @@ pub fn load(path: &Path) -> Result<RgbImage> {
 pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())
         .context("image buffer does not match its size")?;
-    buf.save_with_format(path, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", path.display()))
+    buf.save_with_format(path, image::ImageFormat::Png).with_context(|| format!("writing {}", path.display()))
 }

@@ -110,7 +110,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compress { input, output, bits } => cmd_compress::run(&input, &output, bits),
-        Command::Run { model, inputs, output_dir, threads } => cmd_run::run(&model, &inputs, &output_dir, threads),
+        Command::Run { model, inputs, output_dir, threads } => {
+            cmd_run::run(&model, &inputs, &output_dir, threads)
+        }
         Command::Inspect { model } => cmd_inspect::run(&model),
         Command::Detect { task, model, image, out, threads } => {
             cmd_detect::run(task, &model, &image, out.as_deref(), threads)

@@ -43,12 +43,14 @@ pub fn write(path: &Path, tensor: &Tensor) -> Result<()> {
     let mut w = BufWriter::new(file);
     match &tensor.buf {
         TensorBuf::F32(data) => {
-            let mut npy = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut w).begin_nd()?;
+            let mut npy =
+                npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut w).begin_nd()?;
             npy.extend(data.iter().copied())?;
             npy.finish()?;
         }
         TensorBuf::I64(data) => {
-            let mut npy = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut w).begin_nd()?;
+            let mut npy =
+                npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut w).begin_nd()?;
             npy.extend(data.iter().copied())?;
             npy.finish()?;
         }

@@ -25,11 +25,9 @@ pub fn detect_faces(session: &mut Session, img: &RgbImage, opts: &FaceOptions) -
     // Regressors carry 16 values per anchor, scores 1: tell them apart by shape, not by name,
     // so converted models with other output names work too.
     let by_last_dim = |n: usize| {
-        outputs
-            .iter()
-            .find(|(_, t)| t.shape.last() == Some(&n))
-            .map(|(_, t)| t)
-            .with_context(|| format!("model has no output with last dimension {n}; is this a BlazeFace model?"))
+        outputs.iter().find(|(_, t)| t.shape.last() == Some(&n)).map(|(_, t)| t).with_context(|| {
+            format!("model has no output with last dimension {n}; is this a BlazeFace model?")
+        })
     };
     let faces = blazeface::decode(by_last_dim(16)?, by_last_dim(1)?, &letterbox, opts)?;
     Ok(faces)

@@ -1,1 +1,173 @@
-//! ONNX import and compression passes.
+//! ONNX import and compression passes: ONNX protobuf → [`pith_format::ir::Model`].
+//!
+//! Pipeline: decode and import → drop `Identity` → constant folding (through the
+//! runtime's ops) → fold BatchNormalization into Conv → dead-code elimination → topological
+//! sort → weight encoding ([`WeightFormat`]) → compacted [`ir::Model`]. The output is a pure
+//! function of the input bytes and options.
+
+#![warn(missing_docs)]
+
+mod codebook;
+mod error;
+mod import;
+mod kmeans;
+pub mod onnx_proto;
+mod passes;
+mod weights;
+mod work;
+
+use std::collections::BTreeMap;
+
+use pith_format::ir::{self, TensorData, ValueId};
+use pith_runtime::TensorBuf;
+
+pub use error::CompressError;
+use work::WorkModel;
+
+/// How weight tensors (Conv/ConvTranspose/Gemm/MatMul input 1) are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Plain f32 (lossless).
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// Optimal k-means codebook with `bits`-bit indices (1..=8).
+    Codebook {
+        /// Bits per index, 1..=8.
+        bits: u8,
+    },
+}
+
+/// Options of [`compress_onnx`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompressOptions {
+    /// Weight storage format.
+    pub weights: WeightFormat,
+}
+
+/// What happened to one weight tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    /// Value name of the weight.
+    pub name: String,
+    /// Weight shape.
+    pub shape: Vec<usize>,
+    /// Storage encoding, as [`pith_format::TensorView::encoding_name`] names it.
+    pub encoding: String,
+    /// Bytes of stored data.
+    pub bytes: usize,
+    /// Bytes the weight takes as f32.
+    pub f32_bytes: usize,
+    /// `||W - Wq||_2 / ||W||_2` of the stored weight.
+    pub rel_error: f32,
+}
+
+/// Summary of one compression run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Report {
+    /// One row per weight tensor, in order of first use.
+    pub layers: Vec<LayerReport>,
+    /// Size of the ONNX input.
+    pub onnx_bytes: usize,
+    /// Bytes of all constant data of the output model (payloads only).
+    pub total_bytes: usize,
+}
+
+/// A compressed model and its report.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    /// The model, ready for [`pith_format::write`].
+    pub model: ir::Model,
+    /// Per-layer report.
+    pub report: Report,
+}
+
+/// Imports, optimises and compresses an ONNX model.
+pub fn compress_onnx(onnx: &[u8], options: &CompressOptions) -> Result<Compressed, CompressError> {
+    compress_onnx_with_progress(onnx, options, &mut |_, _, _| {})
+}
+
+/// [`compress_onnx`] calling `progress(done, total, layer)` before each weight tensor is encoded
+/// and once at the end with `done == total`.
+pub fn compress_onnx_with_progress(
+    onnx: &[u8],
+    options: &CompressOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Compressed, CompressError> {
+    if let WeightFormat::Codebook { bits } = options.weights {
+        if !(1..=8).contains(&bits) {
+            return Err(CompressError::Graph(format!("codebook bits must be 1..=8, got {bits}")));
+        }
+    }
+    let mut work = import::import(onnx)?;
+    let identities = passes::identity::remove_identities(&mut work);
+    let folded = passes::fold::fold_constants(&mut work);
+    let bns = passes::bn_fold::fold_batch_norms(&mut work);
+    let dead = passes::dce::eliminate_dead(&mut work);
+    passes::topo::sort(&mut work)?;
+    log::info!(
+        "removed {identities} Identity, folded {folded} constant nodes and {bns} BatchNorms, \
+         dropped {dead} dead nodes; {} nodes left",
+        work.graph.nodes.len()
+    );
+    let (encoded, layers) = weights::encode_weights(&work, &options.weights, progress);
+    let model = finish(work, encoded);
+    let total_bytes = model.constants.iter().map(|c| codebook::data_bytes(&c.data)).sum();
+    Ok(Compressed { model, report: Report { layers, onnx_bytes: onnx.len(), total_bytes } })
+}
+
+/// Builds the output model: drops values nothing references, renumbers the rest in their
+/// original order, and attaches constant data (encoded weights replacing their f32 data).
+fn finish(work: WorkModel, mut encoded: BTreeMap<ValueId, TensorData>) -> ir::Model {
+    let WorkModel { graph, consts, .. } = work;
+    let mut used = vec![false; graph.values.len()];
+    let referenced = graph
+        .inputs
+        .iter()
+        .chain(&graph.outputs)
+        .chain(consts.keys())
+        .chain(graph.nodes.iter().flat_map(|n| n.outputs.iter()))
+        .chain(graph.nodes.iter().flat_map(|n| n.inputs.iter().flatten()));
+    for &v in referenced {
+        used[v as usize] = true;
+    }
+    let mut remap = vec![ValueId::MAX; graph.values.len()];
+    let mut values = Vec::new();
+    for (old, value) in graph.values.into_iter().enumerate() {
+        if used[old] {
+            remap[old] = values.len() as ValueId;
+            values.push(value);
+        }
+    }
+    let map = |v: &ValueId| remap[*v as usize];
+    let nodes = graph
+        .nodes
+        .into_iter()
+        .map(|n| ir::Node {
+            inputs: n.inputs.iter().map(|v| v.as_ref().map(map)).collect(),
+            outputs: n.outputs.iter().map(map).collect(),
+            ..n
+        })
+        .collect();
+    let constants = consts
+        .into_iter()
+        .map(|(id, t)| ir::Constant {
+            value: map(&id),
+            data: encoded.remove(&id).unwrap_or(match t.buf {
+                TensorBuf::F32(v) => TensorData::F32(v),
+                TensorBuf::I64(v) => TensorData::I64(v),
+            }),
+        })
+        .collect();
+    ir::Model {
+        graph: ir::Graph {
+            values,
+            nodes,
+            inputs: graph.inputs.iter().map(map).collect(),
+            outputs: graph.outputs.iter().map(map).collect(),
+        },
+        constants,
+        producer: format!("pith-compress {}", env!("CARGO_PKG_VERSION")),
+    }
+}

@@ -74,11 +74,7 @@ impl<'a> CodebookView<'a> {
         let byte = bit / 8;
         let shift = bit % 8;
         let lo = row[byte] as u16;
-        let hi = if shift + bits as usize > 8 {
-            row[byte + 1] as u16
-        } else {
-            0
-        };
+        let hi = if shift + bits as usize > 8 { row[byte + 1] as u16 } else { 0 };
         (((lo | (hi << 8)) >> shift) & ((1u16 << bits) - 1)) as usize
     }
 

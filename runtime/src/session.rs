@@ -1,13 +1,550 @@
-//! Placeholder for the session: being implemented.
+//! Sessions: a model ready to run.
 //!
-//! CONTRACT:
-//! pub struct SessionOptions { pub threads: usize }            // Default: threads = 1
-//! pub struct Session { .. }                                    // owns Arc<PithFile>, ops, current plan, arena
-//! impl Session {
-//!     pub fn new(model: Arc<PithFile>, options: SessionOptions) -> Result<Session>;  // builds every op (errors name the node)
-//!     pub fn model(&self) -> &PithFile;
-//!     pub fn inputs(&self) -> Vec<&Value>;  pub fn outputs(&self) -> Vec<&Value>;
-//!     pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>>;  // outputs in graph order
-//!     pub fn plan(&mut self, input_shapes: &[(&str, Vec<usize>)]) -> Result<PlanSummary>; // (re)plans; run() calls it when shapes change
-//! }
-//! pub struct PlanSummary { pub arena_bytes: usize, pub values: usize, pub runtime_nodes: usize, pub folded_nodes: usize }
+//! [`Session::new`] parses every node into an op once. [`Session::plan`] (called by [`Session::run`]
+//! whenever the input shapes change) resolves shapes, folds shape arithmetic and lays out the
+//! activation arena; [`Session::run`] then executes only the remaining nodes.
+
+use std::sync::Arc;
+
+use pith_format::ir::{ElemType, Graph, Value};
+use pith_format::PithFile;
+
+use crate::error::{Result, RuntimeError};
+use crate::exec::{Backend, CpuBackend, Job};
+use crate::ops::{self, Op};
+pub use crate::plan::PlanSummary;
+use crate::plan::{self, node_error, ConstantFn, Plan};
+use crate::tensor::{Tensor, TensorBuf};
+
+/// How a session runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Worker threads ops may use (1 = run on the caller's thread).
+    pub threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { threads: 1 }
+    }
+}
+
+/// A model loaded for inference, with its current plan and memory.
+pub struct Session {
+    model: Arc<PithFile>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("nodes", &self.engine.ops.len())
+            .field("plan", &self.last_plan())
+            .field("options", &self.engine.options)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Builds every op of `model`; an unsupported node or attribute fails here, naming the node.
+    pub fn new(model: Arc<PithFile>, options: SessionOptions) -> Result<Session> {
+        let engine = Engine::new(model.graph(), options)?;
+        Ok(Session { model, engine })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &PithFile {
+        &self.model
+    }
+
+    /// The graph inputs, in order.
+    pub fn inputs(&self) -> Vec<&Value> {
+        let g = self.model.graph();
+        g.inputs.iter().map(|&id| &g.values[id as usize]).collect()
+    }
+
+    /// The graph outputs, in order.
+    pub fn outputs(&self) -> Vec<&Value> {
+        let g = self.model.graph();
+        g.outputs.iter().map(|&id| &g.values[id as usize]).collect()
+    }
+
+    /// Plans for these input shapes (every input, by name) and keeps the plan for later runs.
+    pub fn plan(&mut self, input_shapes: &[(&str, Vec<usize>)]) -> Result<PlanSummary> {
+        let model = &*self.model;
+        self.engine.plan(model.graph(), &|id| model.constant(id), input_shapes)
+    }
+
+    /// Runs the model on `inputs` (every graph input, by name) and returns the outputs in graph
+    /// order. Re-plans first when the input shapes differ from the current plan's.
+    pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        let model = &*self.model;
+        self.engine.run(model.graph(), &|id| model.constant(id), inputs)
+    }
+
+    /// The summary of the current plan, if any.
+    pub fn last_plan(&self) -> Option<&PlanSummary> {
+        self.engine.current().map(|p| &p.summary)
+    }
+}
+
+/// How many plans (distinct input-shape sets) a session keeps; older ones are re-planned on demand.
+const PLAN_CACHE: usize = 4;
+
+/// The model-independent part of a session: ops, plan and backend. It sees the model through a
+/// graph and a constant lookup, so tests can drive it with in-memory models.
+#[derive(Debug)]
+struct Engine {
+    ops: Vec<Box<dyn Op>>,
+    /// Recently used plans, the current one last.
+    plans: Vec<Plan>,
+    backend: Box<dyn Backend>,
+    options: SessionOptions,
+}
+
+impl Engine {
+    fn new(graph: &Graph, options: SessionOptions) -> Result<Engine> {
+        check_ids(graph)?;
+        let ops = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| ops::build(node).map_err(|e| node_error(node, i, e)))
+            .collect::<Result<Vec<_>>>()?;
+        log::debug!("session: {} ops built", ops.len());
+        Ok(Engine { ops, plans: Vec::new(), backend: Box::new(CpuBackend::new()), options })
+    }
+
+    /// The plan of the latest successful `plan` or `run`.
+    fn current(&self) -> Option<&Plan> {
+        self.plans.last()
+    }
+
+    /// Makes the plan for these shapes current, reusing a cached one when the shapes were seen.
+    fn plan(
+        &mut self,
+        graph: &Graph,
+        constant: &ConstantFn<'_>,
+        input_shapes: &[(&str, Vec<usize>)],
+    ) -> Result<PlanSummary> {
+        let bound = plan::bind_inputs(graph, input_shapes)?;
+        let plan = match self.plans.iter().position(|p| p.input_shapes == bound.shapes) {
+            Some(i) => self.plans.remove(i),
+            None => plan::plan(graph, constant, &self.ops, input_shapes)?,
+        };
+        if self.plans.len() >= PLAN_CACHE {
+            self.plans.remove(0);
+        }
+        let summary = plan.summary;
+        self.plans.push(plan);
+        Ok(summary)
+    }
+
+    fn run(
+        &mut self,
+        graph: &Graph,
+        constant: &ConstantFn<'_>,
+        inputs: &[(&str, Tensor)],
+    ) -> Result<Vec<(String, Tensor)>> {
+        for (name, t) in inputs {
+            check_tensor(graph, name, t)?;
+        }
+        let shapes: Vec<(&str, Vec<usize>)> = inputs.iter().map(|(n, t)| (*n, t.shape.clone())).collect();
+        self.plan(graph, constant, &shapes)?;
+        let plan = self.plans.last().expect("planned above");
+        let by_graph_order: Vec<&Tensor> = graph
+            .inputs
+            .iter()
+            .map(|&id| {
+                let name = &graph.values[id as usize].name;
+                &inputs.iter().find(|(n, _)| n == name).expect("bound above").1
+            })
+            .collect();
+        let job = Job { graph, constant, ops: &self.ops, plan, threads: self.options.threads };
+        let outs = self.backend.execute(&job, &by_graph_order)?;
+        Ok(graph.outputs.iter().map(|&id| graph.values[id as usize].name.clone()).zip(outs).collect())
+    }
+}
+
+/// Refuses value ids outside the graph, so later indexing cannot fail.
+fn check_ids(graph: &Graph) -> Result<()> {
+    let n = graph.values.len();
+    let nodes = graph.nodes.iter().flat_map(|node| node.inputs.iter().flatten().chain(&node.outputs));
+    match graph.inputs.iter().chain(&graph.outputs).chain(nodes).find(|&&id| id as usize >= n) {
+        Some(id) => {
+            Err(RuntimeError::Graph(format!("value #{id} is referenced but the graph has {n} values")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Checks a caller's tensor against the graph input it feeds (type and internal consistency).
+fn check_tensor(graph: &Graph, name: &str, t: &Tensor) -> Result<()> {
+    let err = |msg: String| RuntimeError::Input { name: name.to_string(), msg };
+    let len = match &t.buf {
+        TensorBuf::F32(v) => v.len(),
+        TensorBuf::I64(v) => v.len(),
+    };
+    if len != t.numel() {
+        return Err(err(format!("shape {:?} needs {} elements, the tensor holds {len}", t.shape, t.numel())));
+    }
+    let declared = graph.inputs.iter().map(|&id| &graph.values[id as usize]).find(|v| v.name == name);
+    if let Some(v) = declared {
+        if t.elem() != v.elem {
+            return Err(err(format!("expected {} elements, got {}", elem_name(v.elem), elem_name(t.elem()))));
+        }
+    }
+    Ok(())
+}
+
+fn elem_name(e: ElemType) -> &'static str {
+    match e {
+        ElemType::F32 => "f32",
+        ElemType::I64 => "i64",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pith_format::ir::{Attr, Constant, Dim, Model, Node, OpKind, TensorData, ValueId};
+
+    /// Builds graphs value by value.
+    #[derive(Default)]
+    struct Builder {
+        model: Model,
+    }
+
+    impl Builder {
+        fn value(&mut self, name: &str, elem: ElemType, shape: Option<Vec<Dim>>) -> ValueId {
+            self.model.graph.values.push(Value { name: name.into(), elem, shape });
+            (self.model.graph.values.len() - 1) as ValueId
+        }
+
+        fn input(&mut self, name: &str, dims: Vec<Dim>) -> ValueId {
+            let id = self.value(name, ElemType::F32, Some(dims));
+            self.model.graph.inputs.push(id);
+            id
+        }
+
+        fn ints(&mut self, name: &str, v: &[i64]) -> ValueId {
+            let id = self.value(name, ElemType::I64, Some(vec![Dim::Fixed(v.len() as u64)]));
+            self.model.constants.push(Constant { value: id, data: TensorData::I64(v.to_vec()) });
+            id
+        }
+
+        fn node(
+            &mut self,
+            op: OpKind,
+            inputs: &[ValueId],
+            n_out: usize,
+            attrs: Vec<(&str, Attr)>,
+        ) -> Vec<ValueId> {
+            let outputs: Vec<ValueId> = (0..n_out)
+                .map(|k| {
+                    let name = format!("{}_{}_{k}", op.onnx_name(), self.model.graph.nodes.len());
+                    self.value(&name, ElemType::F32, None)
+                })
+                .collect();
+            self.model.graph.nodes.push(Node {
+                name: format!("{}{}", op.onnx_name(), self.model.graph.nodes.len()),
+                op,
+                inputs: inputs.iter().map(|&i| Some(i)).collect(),
+                outputs: outputs.clone(),
+                attrs: attrs.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            });
+            outputs
+        }
+
+        fn output(&mut self, id: ValueId) {
+            self.model.graph.outputs.push(id);
+        }
+    }
+
+    /// A session-like driver over an in-memory model.
+    struct Mem {
+        model: Model,
+        engine: Engine,
+    }
+
+    impl Mem {
+        fn new(model: Model) -> Result<Mem> {
+            let engine = Engine::new(&model.graph, SessionOptions::default())?;
+            Ok(Mem { model, engine })
+        }
+
+        fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+            let consts = &self.model.constants;
+            let lookup = |id| consts.iter().find(|c| c.value == id).map(|c| c.data.view());
+            self.engine.run(&self.model.graph, &lookup, inputs)
+        }
+
+        fn plan(&mut self, shapes: &[(&str, Vec<usize>)]) -> Result<PlanSummary> {
+            let consts = &self.model.constants;
+            let lookup = |id| consts.iter().find(|c| c.value == id).map(|c| c.data.view());
+            self.engine.plan(&self.model.graph, &lookup, shapes)
+        }
+    }
+
+    fn sym(s: &str) -> Dim {
+        Dim::Symbol(s.into())
+    }
+
+    fn iota(shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_f32(shape.to_vec(), (0..n).map(|i| i as f32).collect())
+    }
+
+    /// x[N,C,H,W] -> Transpose to NHWC -> Reshape to [N, H*W, C] using Shape/Gather/Concat arithmetic.
+    fn nhwc_flatten_model() -> Model {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(1), Dim::Fixed(2), sym("H"), sym("W")]);
+        let t = b.node(OpKind::Transpose, &[x], 1, vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))])[0];
+        let shape = b.node(OpKind::Shape, &[x], 1, vec![])[0];
+        let idx_nc = b.ints("idx_nc", &[0, 1]);
+        let nc = b.node(OpKind::Gather, &[shape, idx_nc], 1, vec![])[0];
+        let (n, c) = {
+            let parts = b.node(OpKind::Split, &[nc], 2, vec![]).into_iter().collect::<Vec<_>>();
+            (parts[0], parts[1])
+        };
+        let minus_one = b.ints("minus_one", &[-1]);
+        let target = b.node(OpKind::Concat, &[n, minus_one, c], 1, vec![("axis", Attr::Int(0))])[0];
+        let y = b.node(OpKind::Reshape, &[t, target], 1, vec![])[0];
+        b.output(y);
+        b.model
+    }
+
+    fn nhwc_reference(x: &Tensor) -> Tensor {
+        let (c, h, w) = (x.shape[1], x.shape[2], x.shape[3]);
+        let d = x.as_f32().unwrap();
+        let mut out = Vec::with_capacity(d.len());
+        for i in 0..h * w {
+            for ch in 0..c {
+                out.push(d[ch * h * w + i]);
+            }
+        }
+        Tensor::from_f32(vec![1, h * w, c], out)
+    }
+
+    #[test]
+    fn shape_arithmetic_folds_and_replans_on_new_shapes() {
+        let mut s = Mem::new(nhwc_flatten_model()).unwrap();
+        for (h, w) in [(3, 4), (5, 2), (3, 4)] {
+            let x = iota(&[1, 2, h, w]);
+            let out = s.run(&[("x", x.clone())]).unwrap();
+            assert_eq!(out[0].1, nhwc_reference(&x), "{h}x{w}");
+            let plan = s.engine.current().unwrap();
+            assert_eq!(plan.summary.runtime_nodes, 1, "Transpose runs; Reshape is a view of its output");
+            assert_eq!(plan.summary.folded_nodes, 4, "Shape, Gather, Split, Concat fold");
+            assert_eq!(plan.input_shapes, vec![vec![1, 2, h, w]]);
+        }
+    }
+
+    #[test]
+    fn chain_reuses_the_arena() {
+        // x -> Transpose -> Transpose -> Transpose -> Transpose: five activations, two alive at a time.
+        let mut b = Builder::default();
+        let mut v = b.input("x", vec![Dim::Fixed(4), Dim::Fixed(8)]);
+        for _ in 0..4 {
+            v = b.node(OpKind::Transpose, &[v], 1, vec![])[0];
+        }
+        b.output(v);
+        let mut s = Mem::new(b.model).unwrap();
+        let summary = s.plan(&[("x", vec![4, 8])]).unwrap();
+        assert_eq!(summary.values, 5);
+        assert_eq!(summary.runtime_nodes, 4);
+        assert!(summary.arena_bytes < 5 * 32 * 4, "{summary:?}");
+        assert_eq!(summary.arena_bytes, 2 * 32 * 4);
+        let x = iota(&[4, 8]);
+        assert_eq!(s.run(&[("x", x.clone())]).unwrap()[0].1, x);
+    }
+
+    #[test]
+    fn outputs_that_are_inputs_constants_or_folded() {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![sym("N")]);
+        let k = b.ints("k", &[7, 8]);
+        let shape = b.node(OpKind::Shape, &[x], 1, vec![])[0];
+        b.output(x);
+        b.output(k);
+        b.output(shape);
+        let mut s = Mem::new(b.model).unwrap();
+        let x = iota(&[3]);
+        let out = s.run(&[("x", x.clone())]).unwrap();
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x", "k", "Shape_0_0"]);
+        assert_eq!(out[0].1, x);
+        assert_eq!(out[1].1, Tensor::from_i64(vec![2], vec![7, 8]));
+        assert_eq!(out[2].1, Tensor::from_i64(vec![1], vec![3]));
+    }
+
+    #[test]
+    fn multi_output_and_dead_nodes() {
+        // Split's second half is unused; a Transpose nothing reads is skipped.
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(4)]);
+        let parts = b.node(OpKind::Split, &[x], 2, vec![]);
+        b.node(OpKind::Transpose, &[parts[1]], 1, vec![]);
+        b.output(parts[0]);
+        let mut s = Mem::new(b.model).unwrap();
+        let out = s.run(&[("x", iota(&[4]))]).unwrap();
+        assert_eq!(out[0].1, Tensor::from_f32(vec![2], vec![0.0, 1.0]));
+        assert_eq!(s.engine.current().unwrap().summary.runtime_nodes, 1);
+    }
+
+    #[test]
+    fn input_errors_name_the_input() {
+        let mut s = Mem::new(nhwc_flatten_model()).unwrap();
+        let msg = |r: Result<Vec<(String, Tensor)>>| match r {
+            Err(RuntimeError::Input { name, msg }) => format!("{name}: {msg}"),
+            other => panic!("expected an input error, got {other:?}"),
+        };
+        let bad_rank = msg(s.run(&[("x", iota(&[2, 3, 4]))]));
+        assert!(bad_rank.contains("x: expected shape [1, 2, H, W]"), "{bad_rank}");
+        let bad_fixed = msg(s.run(&[("x", iota(&[1, 3, 4, 4]))]));
+        assert!(bad_fixed.contains("got [1, 3, 4, 4]"), "{bad_fixed}");
+        assert!(msg(s.run(&[])).contains("x: missing"));
+        let unknown = msg(s.run(&[("x", iota(&[1, 2, 2, 2])), ("y", iota(&[1]))]));
+        assert!(unknown.starts_with("y: not an input"), "{unknown}");
+        let ints = Tensor::from_i64(vec![1, 2, 1, 1], vec![1, 2]);
+        assert!(msg(s.run(&[("x", ints)])).contains("expected f32 elements, got i64"));
+        let broken = Tensor { shape: vec![1, 2, 2, 2], buf: TensorBuf::F32(vec![0.0; 3]) };
+        assert!(msg(s.run(&[("x", broken)])).contains("holds 3"));
+        // A good run still works after the failures.
+        assert!(s.run(&[("x", iota(&[1, 2, 2, 2]))]).is_ok());
+    }
+
+    #[test]
+    fn symbols_must_agree_across_inputs() {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![sym("N"), Dim::Fixed(2)]);
+        let y = b.input("y", vec![sym("N"), Dim::Fixed(3)]);
+        let c = b.node(OpKind::Concat, &[x, y], 1, vec![("axis", Attr::Int(1))])[0];
+        b.output(c);
+        let mut s = Mem::new(b.model).unwrap();
+        let err = s.plan(&[("x", vec![4, 2]), ("y", vec![5, 3])]).unwrap_err();
+        assert!(err.to_string().contains("'N' is 5 here but 4"), "{err}");
+        let out = s.run(&[("y", iota(&[1, 3])), ("x", iota(&[1, 2]))]).unwrap();
+        assert_eq!(out[0].1, Tensor::from_f32(vec![1, 5], vec![0.0, 1.0, 0.0, 1.0, 2.0]));
+    }
+
+    #[test]
+    fn integer_results_of_run_time_data_are_refused() {
+        // Cast of an activation to int64 cannot be known at plan time.
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(2)]);
+        let c = b.node(OpKind::Cast, &[x], 1, vec![("to", Attr::Int(7))])[0];
+        b.output(c);
+        let mut s = Mem::new(b.model).unwrap();
+        let err = s.plan(&[("x", vec![2])]).unwrap_err().to_string();
+        assert!(err.contains("Cast") && err.contains("depends on run-time data"), "{err}");
+        assert!(s.engine.current().is_none());
+    }
+
+    #[test]
+    fn op_errors_name_the_node() {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(6)]);
+        let bad = b.ints("bad", &[4, -1, 5]);
+        let y = b.node(OpKind::Reshape, &[x, bad], 1, vec![])[0];
+        b.output(y);
+        let mut s = Mem::new(b.model).unwrap();
+        match s.plan(&[("x", vec![6])]) {
+            Err(RuntimeError::Node { node, op, msg }) => {
+                assert_eq!((node.as_str(), op), ("Reshape0", "Reshape"));
+                assert!(msg.contains("cannot reshape"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Build-time errors name the node too.
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(6)]);
+        b.node(OpKind::Cast, &[x], 1, vec![("to", Attr::Int(8))]);
+        let err = Mem::new(b.model).err().expect("STRING cast is refused");
+        assert!(matches!(err, RuntimeError::Node { op: "Cast", .. }), "{err}");
+    }
+
+    #[test]
+    fn declared_output_shapes_are_checked() {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![sym("N")]);
+        let y = b.node(OpKind::Identity, &[x], 1, vec![])[0];
+        b.model.graph.values[y as usize].shape = Some(vec![Dim::Fixed(3)]);
+        b.output(y);
+        let mut s = Mem::new(b.model).unwrap();
+        assert!(s.plan(&[("x", vec![3])]).is_ok());
+        let err = s.plan(&[("x", vec![4])]).unwrap_err().to_string();
+        assert!(err.contains("output 'Identity_0_0'"), "{err}");
+    }
+
+    #[test]
+    fn inputs_read_only_by_shape_take_no_arena() {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![sym("N"), sym("M")]);
+        let shape = b.node(OpKind::Shape, &[x], 1, vec![])[0];
+        b.output(shape);
+        let mut s = Mem::new(b.model).unwrap();
+        let out = s.run(&[("x", iota(&[3, 5]))]).unwrap();
+        assert_eq!(out[0].1, Tensor::from_i64(vec![2], vec![3, 5]));
+        let summary = s.engine.current().unwrap().summary;
+        assert_eq!((summary.values, summary.runtime_nodes, summary.arena_bytes), (0, 0, 0));
+    }
+
+    #[test]
+    fn plans_are_cached_per_shape_set() {
+        let mut s = Mem::new(nhwc_flatten_model()).unwrap();
+        for (h, w) in [(2, 2), (3, 3), (2, 2), (4, 1), (5, 1), (6, 1), (2, 2)] {
+            s.run(&[("x", iota(&[1, 2, h, w]))]).unwrap();
+            assert_eq!(s.engine.current().unwrap().input_shapes, vec![vec![1, 2, h, w]]);
+            assert!(s.engine.plans.len() <= PLAN_CACHE);
+        }
+        let cached: Vec<usize> = s.engine.plans.iter().map(|p| p.input_shapes[0][2]).collect();
+        assert_eq!(cached, vec![4, 5, 6, 2], "least recently used first");
+    }
+
+    #[test]
+    fn out_of_range_value_ids_are_refused() {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(1)]);
+        b.node(OpKind::Identity, &[x], 1, vec![]);
+        b.model.graph.nodes[0].inputs[0] = Some(99);
+        let err = Mem::new(b.model).err().expect("bad id");
+        assert!(err.to_string().contains("value #99"), "{err}");
+    }
+
+    #[test]
+    fn reshaped_views_share_storage_and_keep_their_source_alive() {
+        // a = T(x); v = Identity(a) (a view); b = T(a); c = Concat(b, v): a must outlive b's step.
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(4), Dim::Fixed(4)]);
+        let a = b.node(OpKind::Transpose, &[x], 1, vec![])[0];
+        let v = b.node(OpKind::Identity, &[a], 1, vec![])[0];
+        let t = b.node(OpKind::Transpose, &[a], 1, vec![])[0];
+        let c = b.node(OpKind::Concat, &[t, v], 1, vec![("axis", Attr::Int(0))])[0];
+        let flat = b.node(OpKind::Flatten, &[x], 1, vec![("axis", Attr::Int(0))])[0];
+        b.output(c);
+        b.output(flat);
+        let mut s = Mem::new(b.model).unwrap();
+        let x_id = x;
+        let x = iota(&[4, 4]);
+        let out = s.run(&[("x", x.clone())]).unwrap();
+        let d = x.as_f32().unwrap();
+        let xt: Vec<f32> = (0..16).map(|i| d[(i % 4) * 4 + i / 4]).collect();
+        assert_eq!(out[0].1, Tensor::from_f32(vec![8, 4], [d, &xt[..]].concat()));
+        assert_eq!(out[1].1, Tensor::from_f32(vec![1, 16], d.to_vec()), "a view of the input");
+        let plan = s.engine.current().unwrap();
+        assert_eq!(plan.summary.runtime_nodes, 3, "Identity and Flatten do not run");
+        let slot = |id: ValueId| match plan.values[id as usize].as_ref().unwrap().slot {
+            crate::plan::Slot::Arena(off) => off,
+            ref other => panic!("{other:?}"),
+        };
+        assert_eq!(slot(v), slot(a));
+        assert_eq!(slot(flat), slot(x_id));
+    }
+
+    #[test]
+    fn session_is_send() {
+        fn is_send<T: Send>() {}
+        is_send::<Session>();
+    }
+}

@@ -23,37 +23,20 @@ pub struct Tensor {
 impl Tensor {
     /// An f32 tensor; panics if `data.len()` does not match `shape` (a caller bug, not input data).
     pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "tensor data does not match its shape"
-        );
-        Tensor {
-            shape,
-            buf: TensorBuf::F32(data),
-        }
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not match its shape");
+        Tensor { shape, buf: TensorBuf::F32(data) }
     }
 
     /// An i64 tensor; panics if `data.len()` does not match `shape`.
     pub fn from_i64(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "tensor data does not match its shape"
-        );
-        Tensor {
-            shape,
-            buf: TensorBuf::I64(data),
-        }
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not match its shape");
+        Tensor { shape, buf: TensorBuf::I64(data) }
     }
 
     /// A zero-filled f32 tensor.
     pub fn zeros(shape: Vec<usize>) -> Tensor {
         let n = shape.iter().product();
-        Tensor {
-            shape,
-            buf: TensorBuf::F32(vec![0.0; n]),
-        }
+        Tensor { shape, buf: TensorBuf::F32(vec![0.0; n]) }
     }
 
     /// Element type.

@@ -1,12 +1,370 @@
-//! Placeholder: being implemented.
+//! Element-wise binary ops with numpy (multidirectional) broadcasting — `Add`, `Sub`, `Mul`, `Div`,
+//! `Pow` — and `PRelu` (slope broadcast to the input). Integer `Add`/`Sub`/`Mul`/`Div`/`Pow` run at
+//! plan time for shape arithmetic.
 
-use super::OpResult;
-use pith_format::ir::Node;
+use pith_format::ir::{ElemType, Node, OpKind};
 
-/// Builds the op for `node`.
-pub fn build(node: &Node) -> OpResult<Box<dyn super::Op>> {
-    Err(crate::error::OpError(format!(
-        "{} is not implemented yet",
-        node.op.onnx_name()
-    )))
+use super::{Arg, ExecCtx, Op, OpResult, Out};
+use crate::error::OpError;
+use crate::op_bail;
+use crate::tensor::Tensor;
+
+/// The numpy broadcast of two shapes.
+pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> OpResult<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| {
+        if i < rank - s.len() {
+            1
+        } else {
+            s[i - (rank - s.len())]
+        }
+    };
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            (x, y) => op_bail!("shapes {a:?} and {b:?} cannot be broadcast (axis {i}: {x} vs {y})"),
+        })
+        .collect()
+}
+
+/// Element strides of `shape` seen as broadcast to `out` (same or higher rank): 0 on broadcast axes.
+fn strides_in(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let lead = out.len() - shape.len();
+    let mut strides = vec![0; out.len()];
+    let mut s = 1;
+    for i in (0..shape.len()).rev() {
+        if shape[i] != 1 {
+            strides[lead + i] = s;
+        }
+        s *= shape[i];
+    }
+    strides
+}
+
+/// `out[i] = f(a[ia], b[ib])` over the broadcast of `a_shape` and `b_shape` into `out_shape`.
+///
+/// Axes are coalesced first, so common cases (same shape, scalar, per-channel) run as long inner
+/// loops. `out_shape` must be the broadcast of the two shapes (see [`broadcast_shapes`]).
+pub(crate) fn zip_broadcast<T: Copy, U>(
+    a: &[T],
+    a_shape: &[usize],
+    b: &[T],
+    b_shape: &[usize],
+    out_shape: &[usize],
+    out: &mut [U],
+    f: impl Fn(T, T) -> U,
+) {
+    if out.is_empty() {
+        return;
+    }
+    if a.len() == out.len() && b.len() == out.len() {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+        return;
+    }
+    let sa = strides_in(a_shape, out_shape);
+    let sb = strides_in(b_shape, out_shape);
+    // Coalesced axes (extent, a stride, b stride), outermost first; extents of 1 dropped.
+    let mut axes: Vec<(usize, usize, usize)> = Vec::new();
+    for i in 0..out_shape.len() {
+        let (n, x, y) = (out_shape[i], sa[i], sb[i]);
+        if n == 1 {
+            continue;
+        }
+        match axes.last_mut() {
+            Some(last) if last.1 == x * n && last.2 == y * n => {
+                last.0 *= n;
+                last.1 = x;
+                last.2 = y;
+            }
+            _ => axes.push((n, x, y)),
+        }
+    }
+    let (inner, ia, ib) = axes.pop().unwrap_or((1, 0, 0));
+    let outer: usize = axes.iter().map(|a| a.0).product();
+    let mut idx = vec![0usize; axes.len()];
+    let (mut oa, mut ob) = (0usize, 0usize);
+    for chunk in out.chunks_exact_mut(inner).take(outer) {
+        match (ia, ib) {
+            (1, 1) => {
+                for ((o, &x), &y) in chunk.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner]) {
+                    *o = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let y = b[ob];
+                for (o, &x) in chunk.iter_mut().zip(&a[oa..oa + inner]) {
+                    *o = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let x = a[oa];
+                for (o, &y) in chunk.iter_mut().zip(&b[ob..ob + inner]) {
+                    *o = f(x, y);
+                }
+            }
+            _ => {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = f(a[oa + j * ia], b[ob + j * ib]);
+                }
+            }
+        }
+        // Advance the odometer over the outer axes.
+        for d in (0..axes.len()).rev() {
+            idx[d] += 1;
+            oa += axes[d].1;
+            ob += axes[d].2;
+            if idx[d] < axes[d].0 {
+                break;
+            }
+            oa -= axes[d].1 * axes[d].0;
+            ob -= axes[d].2 * axes[d].0;
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Which binary operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    PRelu,
+}
+
+/// An element-wise binary op.
+#[derive(Debug)]
+struct Binary {
+    kind: Kind,
+}
+
+/// Builds the op for an `Add`, `Sub`, `Mul`, `Div`, `Pow` or `PRelu` node.
+pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+    let kind = match node.op {
+        OpKind::Add => Kind::Add,
+        OpKind::Sub => Kind::Sub,
+        OpKind::Mul => Kind::Mul,
+        OpKind::Div => Kind::Div,
+        OpKind::Pow => Kind::Pow,
+        OpKind::PRelu => Kind::PRelu,
+        other => op_bail!("{} is not a binary op", other.onnx_name()),
+    };
+    Ok(Box::new(Binary { kind }))
+}
+
+fn two<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<(&'b Arg<'a>, &'b Arg<'a>)> {
+    match inputs {
+        [Some(a), Some(b), ..] => Ok((a, b)),
+        _ => op_bail!("expects two inputs"),
+    }
+}
+
+fn f32_fn(kind: Kind) -> fn(f32, f32) -> f32 {
+    match kind {
+        Kind::Add => |a, b| a + b,
+        Kind::Sub => |a, b| a - b,
+        Kind::Mul => |a, b| a * b,
+        Kind::Div => |a, b| a / b,
+        Kind::Pow => f32::powf,
+        Kind::PRelu => |x, s| if x < 0.0 { s * x } else { x },
+    }
+}
+
+/// Integer arithmetic; `None` marks an undefined result (division by zero, overflow, negative power).
+fn i64_fn(kind: Kind) -> fn(i64, i64) -> Option<i64> {
+    match kind {
+        Kind::Add => i64::checked_add,
+        Kind::Sub => i64::checked_sub,
+        Kind::Mul => i64::checked_mul,
+        // ONNX integer division truncates toward zero, as Rust's does.
+        Kind::Div => i64::checked_div,
+        Kind::Pow => |a, b| u32::try_from(b).ok().and_then(|b| a.checked_pow(b)),
+        Kind::PRelu => |x, s| if x < 0 { x.checked_mul(s) } else { Some(x) },
+    }
+}
+
+impl Binary {
+    fn out_shape(&self, a: &Arg<'_>, b: &Arg<'_>) -> OpResult<Vec<usize>> {
+        if self.kind == Kind::PRelu {
+            let s = broadcast_shapes(a.shape, b.shape)?;
+            if s != a.shape {
+                op_bail!("slope of shape {:?} does not broadcast to input {:?}", b.shape, a.shape);
+            }
+            return Ok(s);
+        }
+        broadcast_shapes(a.shape, b.shape)
+    }
+}
+
+impl Op for Binary {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        let (a, b) = two(inputs)?;
+        if a.elem != b.elem && self.kind != Kind::Pow {
+            op_bail!("input element types differ ({:?} vs {:?})", a.elem, b.elem);
+        }
+        Ok(vec![(a.elem, self.out_shape(a, b)?)])
+    }
+
+    fn eval(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Option<Vec<Tensor>>> {
+        let (a, b) = two(inputs)?;
+        let known = a.is_known() && b.is_known();
+        let shape = self.out_shape(a, b)?;
+        if a.elem == ElemType::I64 {
+            if !known {
+                op_bail!("integer inputs must be known at plan time");
+            }
+            let (x, y) = (a.i64s()?, b.i64s()?);
+            let mut out = vec![None; shape.iter().product()];
+            zip_broadcast(&x, a.shape, &y, b.shape, &shape, &mut out, i64_fn(self.kind));
+            let out: Option<Vec<i64>> = out.into_iter().collect();
+            let Some(out) = out else {
+                op_bail!(
+                    "integer {:?} is undefined (division by zero, overflow or negative power)",
+                    self.kind
+                );
+            };
+            return Ok(Some(vec![Tensor::from_i64(shape, out)]));
+        }
+        if !known {
+            return Ok(None);
+        }
+        let mut out = vec![0.0; shape.iter().product()];
+        let (x, y) = (a.f32s()?, b.f32s()?);
+        zip_broadcast(&x, a.shape, &y, b.shape, &shape, &mut out, f32_fn(self.kind));
+        Ok(Some(vec![Tensor::from_f32(shape, out)]))
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        _scratch: &mut [f32],
+        _ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let (a, b) = two(inputs)?;
+        if a.elem != ElemType::F32 {
+            return Err(OpError("integer arithmetic runs only at plan time".into()));
+        }
+        let (x, y) = (a.f32s()?, b.f32s()?);
+        let out = &mut outputs[0];
+        zip_broadcast(&x, a.shape, &y, b.shape, out.shape, out.data, f32_fn(self.kind));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::testing::{act, node, run, values};
+    use crate::ops::ArgData;
+    use crate::tensor::TensorBuf;
+
+    /// Plain per-element reference using explicit multi-indices.
+    fn reference(a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], f: fn(f32, f32) -> f32) -> Vec<f32> {
+        let out = broadcast_shapes(sa, sb).unwrap();
+        let n: usize = out.iter().product();
+        let flat = |shape: &[usize], idx: &[usize]| {
+            let lead = idx.len() - shape.len();
+            shape.iter().enumerate().fold(0, |acc, (i, &d)| acc * d + if d == 1 { 0 } else { idx[lead + i] })
+        };
+        (0..n)
+            .map(|mut k| {
+                let mut idx = vec![0; out.len()];
+                for d in (0..out.len()).rev() {
+                    idx[d] = k % out[d];
+                    k /= out[d];
+                }
+                f(a[flat(sa, &idx)], b[flat(sb, &idx)])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn broadcasting_matches_reference_for_assorted_shapes() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[2, 3, 4], &[2, 3, 4]),
+            (&[2, 3, 4], &[]),
+            (&[1], &[3, 5]),
+            (&[2, 3, 5, 7], &[1, 3, 1, 1]),
+            (&[3, 1, 5], &[4, 1]),
+            (&[1, 3, 1], &[2, 1, 4]),
+            (&[2, 1, 3, 1], &[5, 1, 2]),
+            (&[4, 1], &[1, 4]),
+            (&[0, 3], &[1, 3]),
+            (&[3, 0], &[1]),
+        ];
+        for (i, &(sa, sb)) in cases.iter().enumerate() {
+            for kind in [OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Div] {
+                let a = values(i as u64, sa.iter().product());
+                let b = values(100 + i as u64, sb.iter().product());
+                let op = build(&node(kind, 2, vec![])).unwrap();
+                let got = run(&*op, &[act(sa, &a), act(sb, &b)]).unwrap();
+                let f = f32_fn(build_kind(kind));
+                assert_eq!(got[0].0, broadcast_shapes(sa, sb).unwrap());
+                assert_eq!(got[0].1, reference(&a, sa, &b, sb, f), "{kind:?} {sa:?} {sb:?}");
+                // And the other operand order.
+                let got = run(&*op, &[act(sb, &b), act(sa, &a)]).unwrap();
+                assert_eq!(got[0].1, reference(&b, sb, &a, sa, f), "{kind:?} {sb:?} {sa:?}");
+            }
+        }
+        assert!(broadcast_shapes(&[2, 3], &[4, 3]).is_err());
+    }
+
+    fn build_kind(op: OpKind) -> Kind {
+        match op {
+            OpKind::Add => Kind::Add,
+            OpKind::Sub => Kind::Sub,
+            OpKind::Mul => Kind::Mul,
+            OpKind::Div => Kind::Div,
+            OpKind::Pow => Kind::Pow,
+            _ => Kind::PRelu,
+        }
+    }
+
+    #[test]
+    fn pow_and_prelu() {
+        let x = [-2.0f32, -0.5, 0.0, 1.5, 3.0, -4.0];
+        let op = build(&node(OpKind::Pow, 2, vec![])).unwrap();
+        let got = run(&*op, &[act(&[2, 3], &x), act(&[], &[2.0])]).unwrap();
+        assert_eq!(got[0].1, x.iter().map(|v| v * v).collect::<Vec<_>>());
+        let op = build(&node(OpKind::PRelu, 2, vec![])).unwrap();
+        let slope = [0.1f32, 0.2, 0.3];
+        let got = run(&*op, &[act(&[2, 3, 1], &x), act(&[3, 1], &slope)]).unwrap();
+        let want: Vec<f32> =
+            x.iter().enumerate().map(|(i, &v)| if v < 0.0 { v * slope[i % 3] } else { v }).collect();
+        assert_eq!(got[0].1, want);
+        // The slope may not grow the input.
+        assert!(op.infer(&[act(&[3], &x[..3]), act(&[2, 3], &x)]).is_err());
+    }
+
+    #[test]
+    fn integer_arithmetic_runs_at_plan_time() {
+        fn arg(t: &Tensor) -> Option<Arg<'_>> {
+            Some(Arg { shape: &t.shape, elem: ElemType::I64, data: Some(ArgData::Known(t)) })
+        }
+        let a = &Tensor::from_i64(vec![3], vec![7, -7, 12]);
+        let b = &Tensor::from_i64(vec![1], vec![2]);
+        for (kind, want) in [
+            (OpKind::Add, vec![9, -5, 14]),
+            (OpKind::Sub, vec![5, -9, 10]),
+            (OpKind::Mul, vec![14, -14, 24]),
+            (OpKind::Div, vec![3, -3, 6]),
+        ] {
+            let op = build(&node(kind, 2, vec![])).unwrap();
+            assert_eq!(op.infer(&[arg(a), arg(b)]).unwrap()[0].0, ElemType::I64);
+            let out = op.eval(&[arg(a), arg(b)]).unwrap().unwrap();
+            assert_eq!(out[0].buf, TensorBuf::I64(want), "{kind:?}");
+        }
+        let zero = &Tensor::from_i64(vec![], vec![0]);
+        let op = build(&node(OpKind::Div, 2, vec![])).unwrap();
+        assert!(op.eval(&[arg(a), arg(zero)]).unwrap_err().0.contains("division by zero"));
+        let unknown = Some(Arg { shape: &[3], elem: ElemType::I64, data: None });
+        assert!(op.eval(&[arg(a), unknown]).is_err());
+    }
 }

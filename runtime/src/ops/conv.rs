@@ -1,20 +1,811 @@
-//! Placeholder: being implemented.
+//! ONNX `Conv` and `ConvTranspose` (1-D and 2-D, NCHW), running on weights in their stored encoding,
+//! plus the window geometry (`kernel_shape`, `strides`, `dilations`, `pads`, `auto_pad`) that the
+//! pooling ops share.
 
-use super::OpResult;
-use pith_format::ir::Node;
+use std::borrow::Cow;
 
-/// Builds the op for `node`.
-pub fn build_conv(node: &Node) -> OpResult<Box<dyn super::Op>> {
-    Err(crate::error::OpError(format!(
-        "{} is not implemented yet",
-        node.op.onnx_name()
-    )))
+use pith_format::ir::{ElemType, Node};
+use pith_format::TensorView;
+use pith_kernels::{Activation, Conv2dParams, Kernels};
+
+use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
+use crate::error::OpError;
+use crate::op_bail;
+
+/// ONNX `auto_pad`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AutoPad {
+    /// Explicit `pads`.
+    NotSet,
+    /// Output `ceil(in / stride)`, odd padding extra at the end.
+    SameUpper,
+    /// Output `ceil(in / stride)`, odd padding extra at the beginning.
+    SameLower,
+    /// No padding.
+    Valid,
 }
 
-/// Builds the op for `node`.
-pub fn build_conv_transpose(node: &Node) -> OpResult<Box<dyn super::Op>> {
-    Err(crate::error::OpError(format!(
-        "{} is not implemented yet",
-        node.op.onnx_name()
-    )))
+/// Window attributes shared by convolutions and pools, as written on the node.
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
+    /// `kernel_shape`, if given.
+    pub kernel_shape: Option<Vec<usize>>,
+    strides: Option<Vec<usize>>,
+    dilations: Option<Vec<usize>>,
+    pads: Option<Vec<usize>>,
+    /// `auto_pad`.
+    pub auto_pad: AutoPad,
+}
+
+/// One resolved spatial axis of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Axis {
+    /// Kernel extent.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Dilation.
+    pub dil: usize,
+    /// Padding before the input.
+    pub pad_begin: usize,
+    /// Padding after the input.
+    pub pad_end: usize,
+    /// Output extent.
+    pub out: usize,
+}
+
+fn positive_list(node: &Node, name: &str) -> OpResult<Option<Vec<usize>>> {
+    attrs::ints(node, name)?
+        .map(|v| {
+            v.iter()
+                .map(|&x| {
+                    usize::try_from(x)
+                        .ok()
+                        .filter(|&x| x >= 1)
+                        .ok_or_else(|| OpError(format!("attribute '{name}' must be >= 1, found {x}")))
+                })
+                .collect()
+        })
+        .transpose()
+}
+
+impl Window {
+    /// Reads the window attributes of `node`.
+    pub fn parse(node: &Node) -> OpResult<Window> {
+        let pads = attrs::ints(node, "pads")?
+            .map(|v| {
+                v.iter()
+                    .map(|&x| {
+                        usize::try_from(x)
+                            .map_err(|_| OpError(format!("attribute 'pads' must be >= 0, found {x}")))
+                    })
+                    .collect::<OpResult<Vec<usize>>>()
+            })
+            .transpose()?;
+        let auto_pad = match attrs::string(node, "auto_pad", "NOTSET")?.as_str() {
+            "NOTSET" | "" => AutoPad::NotSet,
+            "SAME_UPPER" => AutoPad::SameUpper,
+            "SAME_LOWER" => AutoPad::SameLower,
+            "VALID" => AutoPad::Valid,
+            other => op_bail!("unknown auto_pad '{other}'"),
+        };
+        Ok(Window {
+            kernel_shape: positive_list(node, "kernel_shape")?,
+            strides: positive_list(node, "strides")?,
+            dilations: positive_list(node, "dilations")?,
+            pads,
+            auto_pad,
+        })
+    }
+
+    /// Per-axis attribute `v` (or 1 when absent), checked to have one value per spatial axis.
+    fn per_axis(v: &Option<Vec<usize>>, name: &str, rank: usize) -> OpResult<Vec<usize>> {
+        match v {
+            None => Ok(vec![1; rank]),
+            Some(v) if v.len() == rank => Ok(v.clone()),
+            Some(v) => op_bail!("attribute '{name}' has {} values for {rank} spatial axes", v.len()),
+        }
+    }
+
+    /// Resolves every spatial axis of a forward window (conv or pool) over input extents `input`
+    /// with kernel extents `kernel`. `ceil_mode` rounds the output up (pools only).
+    pub fn resolve(&self, input: &[usize], kernel: &[usize], ceil_mode: bool) -> OpResult<Vec<Axis>> {
+        let rank = input.len();
+        let strides = Self::per_axis(&self.strides, "strides", rank)?;
+        let dils = Self::per_axis(&self.dilations, "dilations", rank)?;
+        let pads = match &self.pads {
+            Some(p) if self.auto_pad == AutoPad::NotSet => {
+                if p.len() != 2 * rank {
+                    op_bail!("attribute 'pads' has {} values for {rank} spatial axes", p.len());
+                }
+                p.clone()
+            }
+            _ => vec![0; 2 * rank],
+        };
+        (0..rank)
+            .map(|i| {
+                let (k, s, d, n) = (kernel[i], strides[i], dils[i], input[i]);
+                let span = d * (k - 1) + 1;
+                let (pad_begin, pad_end, out) = match self.auto_pad {
+                    AutoPad::SameUpper | AutoPad::SameLower => {
+                        let out = n.div_ceil(s);
+                        let total = ((out.max(1) - 1) * s + span).saturating_sub(n);
+                        let small = total / 2;
+                        if self.auto_pad == AutoPad::SameUpper {
+                            (small, total - small, out)
+                        } else {
+                            (total - small, small, out)
+                        }
+                    }
+                    _ => {
+                        let (pb, pe) = (pads[i], pads[rank + i]);
+                        let padded = n + pb + pe;
+                        if padded < span {
+                            op_bail!(
+                                "window of extent {span} is larger than the padded input extent {padded}"
+                            );
+                        }
+                        let mut out =
+                            if ceil_mode { (padded - span).div_ceil(s) + 1 } else { (padded - span) / s + 1 };
+                        // A window must start inside the input or its leading padding.
+                        if ceil_mode && (out - 1) * s >= n + pb {
+                            out -= 1;
+                        }
+                        (pb, pe, out)
+                    }
+                };
+                Ok(Axis { kernel: k, stride: s, dil: d, pad_begin, pad_end, out })
+            })
+            .collect()
+    }
+}
+
+/// ONNX `Conv`.
+#[derive(Debug)]
+struct Conv {
+    window: Window,
+    group: usize,
+}
+
+/// ONNX `ConvTranspose`.
+#[derive(Debug)]
+struct ConvTranspose {
+    window: Window,
+    group: usize,
+    output_padding: Option<Vec<usize>>,
+    output_shape: Option<Vec<usize>>,
+}
+
+fn parse_group(node: &Node) -> OpResult<usize> {
+    let g = attrs::int(node, "group", 1)?;
+    usize::try_from(g)
+        .ok()
+        .filter(|&g| g >= 1)
+        .ok_or_else(|| OpError(format!("attribute 'group' must be >= 1, found {g}")))
+}
+
+/// Builds the op for a `Conv` node.
+pub fn build_conv(node: &Node) -> OpResult<Box<dyn Op>> {
+    Ok(Box::new(Conv { window: Window::parse(node)?, group: parse_group(node)? }))
+}
+
+/// Builds the op for a `ConvTranspose` node.
+pub fn build_conv_transpose(node: &Node) -> OpResult<Box<dyn Op>> {
+    let non_negative = |name: &str| -> OpResult<Option<Vec<usize>>> {
+        attrs::ints(node, name)?
+            .map(|v| {
+                v.iter()
+                    .map(|&x| {
+                        usize::try_from(x)
+                            .map_err(|_| OpError(format!("attribute '{name}' must be >= 0, found {x}")))
+                    })
+                    .collect()
+            })
+            .transpose()
+    };
+    Ok(Box::new(ConvTranspose {
+        window: Window::parse(node)?,
+        group: parse_group(node)?,
+        output_padding: non_negative("output_padding")?,
+        output_shape: non_negative("output_shape")?,
+    }))
+}
+
+/// The required input `i`.
+fn input<'a, 'b>(inputs: &'b [Option<Arg<'a>>], i: usize, what: &str) -> OpResult<&'b Arg<'a>> {
+    match inputs.get(i) {
+        Some(Some(a)) => Ok(a),
+        _ => op_bail!("missing input {i} ({what})"),
+    }
+}
+
+/// Checks the data/weight ranks (3 = 1-D, 4 = 2-D) and returns the spatial extents as 2-D
+/// (`[1, W]` for 1-D).
+fn spatial_2d(x: &[usize], w: &[usize]) -> OpResult<([usize; 2], [usize; 2])> {
+    let dims = match (x.len(), w.len()) {
+        (4, 4) => ([x[2], x[3]], [w[2], w[3]]),
+        (3, 3) => ([1, x[2]], [1, w[2]]),
+        (r, _) if r > 4 => op_bail!("{}-D convolution is not supported (only 1-D and 2-D)", r - 2),
+        (r, q) => op_bail!("input rank {r} and weight rank {q} do not form a 1-D or 2-D convolution"),
+    };
+    if dims.1.contains(&0) {
+        op_bail!("weight shape {w:?} has an empty kernel");
+    }
+    Ok(dims)
+}
+
+/// Extends 1-D axes to 2-D with a trivial H axis.
+fn axes_2d(axes: &[Axis]) -> [Axis; 2] {
+    if axes.len() == 2 {
+        [axes[0], axes[1]]
+    } else {
+        let unit = Axis { kernel: 1, stride: 1, dil: 1, pad_begin: 0, pad_end: 0, out: 1 };
+        [unit, axes[0]]
+    }
+}
+
+/// The optional bias of `len` values (input 2).
+fn bias<'a>(inputs: &[Option<Arg<'a>>], len: usize) -> OpResult<Option<Cow<'a, [f32]>>> {
+    match inputs.get(2) {
+        Some(Some(b)) => {
+            if b.numel() != len {
+                op_bail!("bias has {} values, expected {len}", b.numel());
+            }
+            if b.is_known() {
+                Ok(Some(b.f32s()?))
+            } else {
+                Ok(None)
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The weight as a view in its stored encoding: zero-copy for constants, borrowed or decoded otherwise.
+enum Weight<'a> {
+    View(TensorView<'a>),
+    Dense(Cow<'a, [f32]>),
+}
+
+impl<'a> Weight<'a> {
+    fn of(arg: &Arg<'a>) -> OpResult<Weight<'a>> {
+        match arg.data {
+            Some(ArgData::Const(v)) => Ok(Weight::View(v)),
+            _ => Ok(Weight::Dense(arg.f32s()?)),
+        }
+    }
+
+    fn view(&self) -> TensorView<'_> {
+        match self {
+            Weight::View(v) => *v,
+            Weight::Dense(d) => TensorView::F32(d),
+        }
+    }
+}
+
+fn kernel_err(e: pith_kernels::KernelError) -> OpError {
+    OpError(e.to_string())
+}
+
+impl Conv {
+    /// Kernel parameters and output shape.
+    fn geometry(&self, x: &[usize], w: &[usize]) -> OpResult<(Conv2dParams, Vec<usize>)> {
+        let (input, kernel) = spatial_2d(x, w)?;
+        let rank = x.len() - 2;
+        let (n, c, m) = (x[0], x[1], w[0]);
+        if c % self.group != 0 || m % self.group != 0 {
+            op_bail!("group {} does not divide {c} input and {m} output channels", self.group);
+        }
+        if w[1] * self.group != c {
+            op_bail!(
+                "weight expects {} input channels per group, input has {c} channels in {} groups",
+                w[1],
+                self.group
+            );
+        }
+        if let Some(ks) = &self.window.kernel_shape {
+            if ks[..] != w[2..] {
+                op_bail!("kernel_shape {ks:?} does not match weight shape {w:?}");
+            }
+        }
+        let axes = self.window.resolve(&input[2 - rank..], &kernel[2 - rank..], false)?;
+        let [ah, aw] = axes_2d(&axes);
+        let p = Conv2dParams {
+            batch: n,
+            in_c: c,
+            in_h: input[0],
+            in_w: input[1],
+            out_c: m,
+            out_h: ah.out,
+            out_w: aw.out,
+            k_h: kernel[0],
+            k_w: kernel[1],
+            stride_h: ah.stride,
+            stride_w: aw.stride,
+            pad_top: ah.pad_begin,
+            pad_left: aw.pad_begin,
+            dil_h: ah.dil,
+            dil_w: aw.dil,
+            groups: self.group,
+        };
+        let mut shape = vec![n, m];
+        shape.extend(axes.iter().map(|a| a.out));
+        Ok((p, shape))
+    }
+}
+
+impl Op for Conv {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
+        let (p, shape) = self.geometry(x.shape, w.shape)?;
+        bias(inputs, p.out_c)?;
+        Ok(vec![(ElemType::F32, shape)])
+    }
+
+    fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
+        match (input(inputs, 0, "X"), input(inputs, 1, "W")) {
+            (Ok(x), Ok(w)) => {
+                self.geometry(x.shape, w.shape).map_or(0, |(p, _)| Kernels::default().conv2d_scratch_len(&p))
+            }
+            _ => 0,
+        }
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
+        let (p, _) = self.geometry(x.shape, w.shape)?;
+        let b = bias(inputs, p.out_c)?;
+        let weight = Weight::of(w)?;
+        Kernels::new(ctx.threads)
+            .conv2d(&x.f32s()?, &weight.view(), b.as_deref(), &p, Activation::None, outputs[0].data, scratch)
+            .map_err(kernel_err)
+    }
+}
+
+impl ConvTranspose {
+    /// Kernel parameters and output shape.
+    fn geometry(&self, x: &[usize], w: &[usize]) -> OpResult<(Conv2dParams, Vec<usize>)> {
+        let (input, kernel) = spatial_2d(x, w)?;
+        let rank = x.len() - 2;
+        let (n, c) = (x[0], x[1]);
+        if w[0] != c {
+            op_bail!("weight has {} input channels, input has {c}", w[0]);
+        }
+        if c % self.group != 0 {
+            op_bail!("group {} does not divide {c} input channels", self.group);
+        }
+        let m = w[1] * self.group;
+        if let Some(ks) = &self.window.kernel_shape {
+            if ks[..] != w[2..] {
+                op_bail!("kernel_shape {ks:?} does not match weight shape {w:?}");
+            }
+        }
+        let per_axis = |v: &Option<Vec<usize>>, name: &str, default: usize| match v {
+            None => Ok(vec![default; rank]),
+            Some(v) if v.len() == rank => Ok(v.clone()),
+            Some(v) => op_bail!("attribute '{name}' has {} values for {rank} spatial axes", v.len()),
+        };
+        let strides = Window::per_axis(&self.window.strides, "strides", rank)?;
+        let dils = Window::per_axis(&self.window.dilations, "dilations", rank)?;
+        let out_pad = per_axis(&self.output_padding, "output_padding", 0)?;
+        let explicit = match &self.window.pads {
+            Some(p) if p.len() != 2 * rank => {
+                op_bail!("attribute 'pads' has {} values for {rank} spatial axes", p.len())
+            }
+            Some(p) => p.clone(),
+            None => vec![0; 2 * rank],
+        };
+        let mut axes = Vec::with_capacity(rank);
+        for i in 0..rank {
+            let (n_in, k, s, d) = (input[2 - rank + i], kernel[2 - rank + i], strides[i], dils[i]);
+            let full = (n_in.max(1) - 1) * s + out_pad[i] + d * (k - 1) + 1;
+            let target = match (&self.output_shape, self.window.auto_pad) {
+                (Some(os), _) => {
+                    if os.len() != rank {
+                        op_bail!("attribute 'output_shape' has {} values for {rank} axes", os.len());
+                    }
+                    Some(os[i])
+                }
+                (None, AutoPad::SameUpper | AutoPad::SameLower) => Some(n_in * s),
+                _ => None,
+            };
+            let (pad_begin, out) = match target {
+                Some(out) => {
+                    if out > full {
+                        op_bail!("output extent {out} exceeds the full transposed extent {full}");
+                    }
+                    let total = full - out;
+                    let begin = if self.window.auto_pad == AutoPad::SameUpper {
+                        total / 2
+                    } else {
+                        total - total / 2
+                    };
+                    (begin, out)
+                }
+                None => {
+                    let (pb, pe) = if self.window.auto_pad == AutoPad::Valid {
+                        (0, 0)
+                    } else {
+                        (explicit[i], explicit[rank + i])
+                    };
+                    if pb + pe >= full {
+                        op_bail!("pads {pb}+{pe} leave no output from extent {full}");
+                    }
+                    (pb, full - pb - pe)
+                }
+            };
+            axes.push(Axis { kernel: k, stride: s, dil: d, pad_begin, pad_end: 0, out });
+        }
+        let [ah, aw] = axes_2d(&axes);
+        let p = Conv2dParams {
+            batch: n,
+            in_c: c,
+            in_h: input[0],
+            in_w: input[1],
+            out_c: m,
+            out_h: ah.out,
+            out_w: aw.out,
+            k_h: kernel[0],
+            k_w: kernel[1],
+            stride_h: ah.stride,
+            stride_w: aw.stride,
+            pad_top: ah.pad_begin,
+            pad_left: aw.pad_begin,
+            dil_h: ah.dil,
+            dil_w: aw.dil,
+            groups: self.group,
+        };
+        let mut shape = vec![n, m];
+        shape.extend(axes.iter().map(|a| a.out));
+        Ok((p, shape))
+    }
+}
+
+impl Op for ConvTranspose {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
+        let (p, shape) = self.geometry(x.shape, w.shape)?;
+        bias(inputs, p.out_c)?;
+        Ok(vec![(ElemType::F32, shape)])
+    }
+
+    fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
+        match (input(inputs, 0, "X"), input(inputs, 1, "W")) {
+            (Ok(x), Ok(w)) => self
+                .geometry(x.shape, w.shape)
+                .map_or(0, |(p, _)| Kernels::default().conv_transpose2d_scratch_len(&p)),
+            _ => 0,
+        }
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
+        let (p, _) = self.geometry(x.shape, w.shape)?;
+        let b = bias(inputs, p.out_c)?;
+        let weight = Weight::of(w)?;
+        Kernels::new(ctx.threads)
+            .conv_transpose2d(
+                &x.f32s()?,
+                &weight.view(),
+                b.as_deref(),
+                &p,
+                Activation::None,
+                outputs[0].data,
+                scratch,
+            )
+            .map_err(kernel_err)
+    }
+}
+
+/// Helpers shared by the unit tests of the ops in this crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use pith_format::ir::{Attr, ElemType, Node, OpKind};
+
+    use crate::ops::{Arg, ArgData, ExecCtx, Op, OpResult, Out};
+
+    /// A node with inputs `0..n_inputs` (input `None` where `absent`) and one output.
+    pub fn node(op: OpKind, n_inputs: usize, attrs: Vec<(&str, Attr)>) -> Node {
+        Node {
+            name: "test".into(),
+            op,
+            inputs: (0..n_inputs as u32).map(Some).collect(),
+            outputs: vec![n_inputs as u32],
+            attrs: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+
+    /// An f32 activation argument.
+    pub fn act<'a>(shape: &'a [usize], data: &'a [f32]) -> Option<Arg<'a>> {
+        Some(Arg { shape, elem: ElemType::F32, data: Some(ArgData::Act(data)) })
+    }
+
+    /// Infers, allocates and runs `op`, returning each output's shape and data.
+    pub fn run(op: &dyn Op, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(Vec<usize>, Vec<f32>)>> {
+        let shapes = op.infer(inputs)?;
+        let mut bufs: Vec<Vec<f32>> =
+            shapes.iter().map(|(_, s)| vec![f32::NAN; s.iter().product()]).collect();
+        let mut scratch = vec![f32::NAN; op.scratch_len(inputs)];
+        let mut outs: Vec<Out<'_>> =
+            shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
+        op.run(inputs, &mut outs, &mut scratch, &ExecCtx { threads: 1 })?;
+        Ok(shapes.into_iter().map(|(_, s)| s).zip(bufs).collect())
+    }
+
+    /// Fixed-seed xorshift values in `[-1, 1)`.
+    pub fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Asserts two float slices agree within a tolerance scaled to their magnitude.
+    pub fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "element {i}: got {g}, want {w}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{act, assert_close, node, run, values};
+    use super::*;
+    use pith_format::ir::{Attr, Centroids, CodebookKind, CodebookTensor, OpKind, TensorData};
+
+    /// Direct NCHW convolution with explicit begin pads; output extents given.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_conv(
+        x: &[f32],
+        xs: [usize; 4],
+        w: &[f32],
+        ws: [usize; 4],
+        b: Option<&[f32]>,
+        group: usize,
+        s: [usize; 2],
+        d: [usize; 2],
+        pad: [usize; 2],
+        out: [usize; 2],
+    ) -> Vec<f32> {
+        let [n, c, h, wd] = xs;
+        let [m, cg, kh, kw] = ws;
+        let mg = m / group;
+        let mut y = vec![0.0; n * m * out[0] * out[1]];
+        for bi in 0..n {
+            for oc in 0..m {
+                for oy in 0..out[0] {
+                    for ox in 0..out[1] {
+                        let mut acc = b.map_or(0.0, |b| b[oc]);
+                        for ci in 0..cg {
+                            let ic = oc / mg * cg + ci;
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * s[0] + ky * d[0]) as isize - pad[0] as isize;
+                                    let ix = (ox * s[1] + kx * d[1]) as isize - pad[1] as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                        acc += x[((bi * c + ic) * h + iy as usize) * wd + ix as usize]
+                                            * w[((oc * cg + ci) * kh + ky) * kw + kx];
+                                    }
+                                }
+                            }
+                        }
+                        y[((bi * m + oc) * out[0] + oy) * out[1] + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn ints(v: &[i64]) -> Attr {
+        Attr::Ints(v.to_vec())
+    }
+
+    #[test]
+    fn conv_with_explicit_pads_strides_dilations_groups_and_bias() {
+        let (xs, ws) = ([2, 4, 7, 9], [6, 2, 3, 2]);
+        let x = values(1, 2 * 4 * 7 * 9);
+        let w = values(2, 6 * 2 * 3 * 2);
+        let b = values(3, 6);
+        let n = node(
+            OpKind::Conv,
+            3,
+            vec![
+                ("group", Attr::Int(2)),
+                ("strides", ints(&[2, 1])),
+                ("dilations", ints(&[1, 2])),
+                ("pads", ints(&[1, 0, 2, 3])),
+            ],
+        );
+        let op = build_conv(&n).unwrap();
+        let out = run(&*op, &[act(&xs, &x), act(&ws, &w), act(&[6], &b)]).unwrap();
+        // H: (7 + 3 - 3) / 2 + 1 = 4; W: (9 + 3 - 3) / 1 + 1 = 10.
+        assert_eq!(out[0].0, vec![2, 6, 4, 10]);
+        let want = naive_conv(&x, xs, &w, ws, Some(&b), 2, [2, 1], [1, 2], [1, 0], [4, 10]);
+        assert_close(&out[0].1, &want);
+    }
+
+    #[test]
+    fn auto_pad_modes_place_the_odd_pad_as_specified() {
+        // in 5, kernel 2, stride 2: SAME output 3 with total pad 1.
+        let (xs, ws) = ([1, 1, 5, 5], [1, 1, 2, 2]);
+        let x = values(4, 25);
+        let w = values(5, 4);
+        for (mode, out, pad) in [("SAME_UPPER", 3, 0), ("SAME_LOWER", 3, 1), ("VALID", 2, 0)] {
+            let n = node(
+                OpKind::Conv,
+                2,
+                vec![
+                    ("auto_pad", Attr::Str(mode.into())),
+                    ("strides", ints(&[2, 2])),
+                    ("pads", ints(&[9, 9, 9, 9])), // ignored unless NOTSET
+                ],
+            );
+            let op = build_conv(&n).unwrap();
+            let got = run(&*op, &[act(&xs, &x), act(&ws, &w)]).unwrap();
+            assert_eq!(got[0].0, vec![1, 1, out, out], "{mode}");
+            let want = naive_conv(&x, xs, &w, ws, None, 1, [2, 2], [1, 1], [pad, pad], [out, out]);
+            assert_close(&got[0].1, &want);
+        }
+    }
+
+    #[test]
+    fn conv_1d_and_codebook_weight() {
+        // 1-D conv over [N, C, W] with a 2-bit codebook weight passed zero-copy.
+        let cb = TensorData::Codebook(CodebookTensor {
+            bits: 2,
+            rows: 3,
+            row_len: 2 * 3,
+            entries: 4,
+            kind: CodebookKind::PerTensor,
+            centroids: Centroids::F32(vec![-1.0, -0.25, 0.5, 2.0]),
+            scales: vec![],
+            indices: vec![0b1110_0100, 0b0000_0001, 0b0011_1001, 0b0000_0010, 0b0101_0101, 0b0000_1111],
+        });
+        let dense: Vec<f32> = {
+            let v = cb.view();
+            let mut d = vec![0.0; 18];
+            for r in 0..3 {
+                v.decode_row(3, r, &mut d[r * 6..(r + 1) * 6]);
+            }
+            d
+        };
+        let x = values(6, 2 * 2 * 8);
+        let n = node(OpKind::Conv, 2, vec![("pads", ints(&[1, 1]))]);
+        let op = build_conv(&n).unwrap();
+        let ws = [3, 2, 3];
+        let w_arg = Some(Arg { shape: &ws, elem: ElemType::F32, data: Some(ArgData::Const(cb.view())) });
+        let got = run(&*op, &[act(&[2, 2, 8], &x), w_arg]).unwrap();
+        assert_eq!(got[0].0, vec![2, 3, 8]);
+        let want =
+            naive_conv(&x, [2, 2, 1, 8], &dense, [3, 2, 1, 3], None, 1, [1, 1], [1, 1], [0, 1], [1, 8]);
+        assert_close(&got[0].1, &want);
+    }
+
+    #[test]
+    fn conv_rejects_bad_inputs() {
+        let op = build_conv(&node(OpKind::Conv, 2, vec![])).unwrap();
+        let x = [0.0; 2 * 8];
+        let err = op.infer(&[act(&[1, 2, 2, 2, 2], &x), act(&[1, 2, 1, 1, 1], &x)]);
+        assert!(err.unwrap_err().0.contains("3-D"));
+        let err = op.infer(&[act(&[1, 2, 4, 2], &x), act(&[1, 3, 1, 1], &x[..3])]);
+        assert!(err.is_err());
+        let err = op.infer(&[act(&[1, 2, 4, 2], &x), act(&[1, 2, 5, 1], &x[..10])]);
+        assert!(err.unwrap_err().0.contains("larger"));
+        assert!(build_conv(&node(OpKind::Conv, 2, vec![("strides", ints(&[0, 1]))])).is_err());
+        assert!(build_conv(&node(OpKind::Conv, 2, vec![("group", Attr::Int(0))])).is_err());
+    }
+
+    /// Direct transposed convolution with explicit begin pads; output extents given.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_conv_transpose(
+        x: &[f32],
+        xs: [usize; 4],
+        w: &[f32],
+        ws: [usize; 4],
+        group: usize,
+        s: [usize; 2],
+        pad: [usize; 2],
+        out: [usize; 2],
+    ) -> Vec<f32> {
+        let [n, c, h, wd] = xs;
+        let [_, mg, kh, kw] = ws;
+        let m = mg * group;
+        let cg = c / group;
+        let mut y = vec![0.0; n * m * out[0] * out[1]];
+        for bi in 0..n {
+            for ic in 0..c {
+                for o in 0..mg {
+                    let oc = ic / cg * mg + o;
+                    for iy in 0..h {
+                        for ix in 0..wd {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let oy = (iy * s[0] + ky) as isize - pad[0] as isize;
+                                    let ox = (ix * s[1] + kx) as isize - pad[1] as isize;
+                                    if oy >= 0 && ox >= 0 && (oy as usize) < out[0] && (ox as usize) < out[1]
+                                    {
+                                        y[((bi * m + oc) * out[0] + oy as usize) * out[1] + ox as usize] += x
+                                            [((bi * c + ic) * h + iy) * wd + ix]
+                                            * w[((ic * mg + o) * kh + ky) * kw + kx];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn conv_transpose_pads_output_padding_and_output_shape() {
+        let (xs, ws) = ([1, 2, 3, 3], [2, 2, 3, 3]);
+        let x = values(7, 18);
+        let w = values(8, 36);
+        // Explicit pads + output_padding: H = 3*(3-1) + 1 + 3 - 1 - 1 = 8, W = 2*(3-1) + 0 + 3 - 2 - 2 = 3.
+        let n = node(
+            OpKind::ConvTranspose,
+            2,
+            vec![
+                ("strides", ints(&[3, 2])),
+                ("pads", ints(&[1, 2, 1, 2])),
+                ("output_padding", ints(&[1, 0])),
+            ],
+        );
+        let op = build_conv_transpose(&n).unwrap();
+        let got = run(&*op, &[act(&xs, &x), act(&ws, &w)]).unwrap();
+        assert_eq!(got[0].0, vec![1, 2, 8, 3]);
+        assert_close(&got[0].1, &naive_conv_transpose(&x, xs, &w, ws, 1, [3, 2], [1, 2], [8, 3]));
+        // output_shape [10, 8] with strides [3, 2]: full extents 9 and 7 → too big; [8, 6] fits:
+        // total pads 1 and 1, begin pad = total - total / 2 = 1 (NOTSET).
+        let n = node(
+            OpKind::ConvTranspose,
+            2,
+            vec![("strides", ints(&[3, 2])), ("output_shape", ints(&[8, 6])), ("group", Attr::Int(2))],
+        );
+        let wg = [2, 1, 3, 3];
+        let op = build_conv_transpose(&n).unwrap();
+        let got = run(&*op, &[act(&xs, &x), act(&wg, &w[..18])]).unwrap();
+        assert_eq!(got[0].0, vec![1, 2, 8, 6]);
+        assert_close(&got[0].1, &naive_conv_transpose(&x, xs, &w[..18], wg, 2, [3, 2], [1, 1], [8, 6]));
+        // SAME: output = input * stride; odd total padding (here 1) goes to the end for SAME_UPPER
+        // and to the beginning for SAME_LOWER (checked against onnxruntime).
+        let ws1 = [2, 1, 3, 3];
+        for (mode, begin) in [("SAME_UPPER", 0), ("SAME_LOWER", 1)] {
+            let n = node(
+                OpKind::ConvTranspose,
+                2,
+                vec![("strides", ints(&[2, 2])), ("auto_pad", Attr::Str(mode.into()))],
+            );
+            let op = build_conv_transpose(&n).unwrap();
+            let got = run(&*op, &[act(&xs, &x), act(&ws1, &w[..18])]).unwrap();
+            assert_eq!(got[0].0, vec![1, 1, 6, 6]);
+            let want = naive_conv_transpose(&x, xs, &w[..18], ws1, 1, [2, 2], [begin; 2], [6, 6]);
+            assert_close(&got[0].1, &want);
+        }
+        let n = node(OpKind::ConvTranspose, 2, vec![("output_shape", ints(&[20, 20]))]);
+        let op = build_conv_transpose(&n).unwrap();
+        assert!(op.infer(&[act(&xs, &x), act(&ws, &w)]).is_err());
+    }
 }

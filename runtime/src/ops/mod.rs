@@ -62,9 +62,7 @@ impl<'a> Arg<'a> {
             None => Err(OpError("value is not known at plan time".into())),
             Some(ArgData::Act(d)) => Ok(Cow::Borrowed(d)),
             Some(ArgData::Const(TensorView::F32(d))) => Ok(Cow::Borrowed(d)),
-            Some(ArgData::Const(TensorView::I64(d))) => {
-                Ok(Cow::Owned(d.iter().map(|&v| v as f32).collect()))
-            }
+            Some(ArgData::Const(TensorView::I64(d))) => Ok(Cow::Owned(d.iter().map(|&v| v as f32).collect())),
             Some(ArgData::Const(view)) => {
                 let mut out = vec![0.0; view.numel()];
                 let rows = self.shape.first().copied().unwrap_or(1).max(1);
@@ -85,10 +83,7 @@ impl<'a> Arg<'a> {
     pub fn i64s(&self) -> OpResult<Cow<'a, [i64]>> {
         match self.data {
             Some(ArgData::Const(TensorView::I64(d))) => Ok(Cow::Borrowed(d)),
-            Some(ArgData::Known(Tensor {
-                buf: TensorBuf::I64(d),
-                ..
-            })) => Ok(Cow::Borrowed(d)),
+            Some(ArgData::Known(Tensor { buf: TensorBuf::I64(d), .. })) => Ok(Cow::Borrowed(d)),
             None => Err(OpError("integer value is not known at plan time".into())),
             Some(_) => Err(OpError("expected an integer tensor".into())),
         }
@@ -133,26 +128,14 @@ pub trait Op: Send + Sync + std::fmt::Debug {
         if shapes.iter().any(|(e, _)| *e != ElemType::F32) {
             return Ok(None);
         }
-        let mut bufs: Vec<Vec<f32>> = shapes
-            .iter()
-            .map(|(_, s)| vec![0.0; s.iter().product()])
-            .collect();
+        let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|(_, s)| vec![0.0; s.iter().product()]).collect();
         let mut scratch = vec![0.0; self.scratch_len(inputs)];
         {
-            let mut outs: Vec<Out<'_>> = shapes
-                .iter()
-                .zip(bufs.iter_mut())
-                .map(|((_, s), b)| Out { shape: s, data: b })
-                .collect();
+            let mut outs: Vec<Out<'_>> =
+                shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
             self.run(inputs, &mut outs, &mut scratch, &ExecCtx { threads: 1 })?;
         }
-        Ok(Some(
-            shapes
-                .into_iter()
-                .zip(bufs)
-                .map(|((_, s), b)| Tensor::from_f32(s, b))
-                .collect(),
-        ))
+        Ok(Some(shapes.into_iter().zip(bufs).map(|((_, s), b)| Tensor::from_f32(s, b)).collect()))
     }
 
     /// f32 scratch elements [`Op::run`] needs for these input shapes.
@@ -180,16 +163,12 @@ pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
         MatMul => gemm::build_matmul(node),
         BatchNormalization => norm::build_batch_norm(node),
         Add | Sub | Mul | Div | Pow | PRelu => binary::build(node),
-        Sqrt | Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish | Tanh => {
-            unary::build(node)
-        }
+        Sqrt | Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish | Tanh => unary::build(node),
         MaxPool | AveragePool | GlobalAveragePool => pool::build(node),
         Resize => resize::build(node),
         Softmax | ReduceMean => reduce::build(node),
-        Concat | Slice | Split | Reshape | Flatten | Transpose | Squeeze | Unsqueeze | Pad
-        | Cast | Shape | Gather | Identity => shape_ops::build(node),
-        Constant => Err(OpError(
-            "Constant nodes must be folded into constants by the compressor".into(),
-        )),
+        Concat | Slice | Split | Reshape | Flatten | Transpose | Squeeze | Unsqueeze | Pad | Cast | Shape
+        | Gather | Identity => shape_ops::build(node),
+        Constant => Err(OpError("Constant nodes must be folded into constants by the compressor".into())),
     }
 }

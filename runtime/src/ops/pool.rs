@@ -1,12 +1,364 @@
-//! Placeholder: being implemented.
+//! ONNX `MaxPool`, `AveragePool` (1-D and 2-D, NCHW) and `GlobalAveragePool` (any rank).
 
-use super::OpResult;
-use pith_format::ir::Node;
+use pith_format::ir::{ElemType, Node, OpKind};
 
-/// Builds the op for `node`.
-pub fn build(node: &Node) -> OpResult<Box<dyn super::Op>> {
-    Err(crate::error::OpError(format!(
-        "{} is not implemented yet",
-        node.op.onnx_name()
-    )))
+use super::conv::{Axis, Window};
+use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
+use crate::op_bail;
+
+/// Pooling reduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reduce {
+    Max,
+    /// Average; `include_pad` counts padded taps (inside the declared pads) in the divisor.
+    Avg {
+        include_pad: bool,
+    },
+}
+
+/// A windowed pool.
+#[derive(Debug)]
+struct Pool {
+    reduce: Reduce,
+    window: Window,
+    kernel: Vec<usize>,
+    ceil_mode: bool,
+}
+
+/// `GlobalAveragePool`.
+#[derive(Debug)]
+struct GlobalAvg;
+
+/// Builds the op for a `MaxPool`, `AveragePool` or `GlobalAveragePool` node.
+pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+    let reduce = match node.op {
+        OpKind::GlobalAveragePool => return Ok(Box::new(GlobalAvg)),
+        OpKind::MaxPool => {
+            if node.outputs.len() > 1 {
+                op_bail!("the Indices output of MaxPool is not supported");
+            }
+            Reduce::Max
+        }
+        OpKind::AveragePool => Reduce::Avg { include_pad: attrs::int(node, "count_include_pad", 0)? != 0 },
+        other => op_bail!("{} is not a pooling op", other.onnx_name()),
+    };
+    let window = Window::parse(node)?;
+    let Some(kernel) = window.kernel_shape.clone() else {
+        op_bail!("attribute 'kernel_shape' is required");
+    };
+    Ok(Box::new(Pool { reduce, window, kernel, ceil_mode: attrs::int(node, "ceil_mode", 0)? != 0 }))
+}
+
+fn first<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<&'b Arg<'a>> {
+    match inputs.first() {
+        Some(Some(x)) => Ok(x),
+        _ => op_bail!("missing input X"),
+    }
+}
+
+impl Pool {
+    /// The two spatial axes (a unit H axis for 1-D input) and the output shape.
+    fn geometry(&self, x: &[usize]) -> OpResult<([Axis; 2], Vec<usize>)> {
+        if !(3..=4).contains(&x.len()) {
+            op_bail!("only 1-D and 2-D pooling is supported, input has shape {x:?}");
+        }
+        let spatial = &x[2..];
+        if self.kernel.len() != spatial.len() {
+            op_bail!("kernel_shape has {} values for {} spatial axes", self.kernel.len(), spatial.len());
+        }
+        let axes = self.window.resolve(spatial, &self.kernel, self.ceil_mode)?;
+        let mut shape = x[..2].to_vec();
+        shape.extend(axes.iter().map(|a| a.out));
+        let unit = Axis { kernel: 1, stride: 1, dil: 1, pad_begin: 0, pad_end: 0, out: 1 };
+        let axes2 = if axes.len() == 2 { [axes[0], axes[1]] } else { [unit, axes[0]] };
+        Ok((axes2, shape))
+    }
+}
+
+/// Input positions of output `o`'s taps along one axis: `(valid taps, taps counted by include_pad)`.
+fn taps(a: &Axis, n: usize, o: usize) -> (Vec<usize>, usize) {
+    let mut valid = Vec::with_capacity(a.kernel);
+    let mut padded = 0;
+    for k in 0..a.kernel {
+        let i = (o * a.stride + k * a.dil) as isize - a.pad_begin as isize;
+        if i >= 0 && (i as usize) < n {
+            valid.push(i as usize);
+        }
+        if i < (n + a.pad_end) as isize {
+            padded += 1;
+        }
+    }
+    (valid, padded)
+}
+
+impl Op for Pool {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        Ok(vec![(ElemType::F32, self.geometry(first(inputs)?.shape)?.1)])
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        _scratch: &mut [f32],
+        _ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let x_arg = first(inputs)?;
+        let ([ah, aw], _) = self.geometry(x_arg.shape)?;
+        let x = x_arg.f32s()?;
+        let (h, w) =
+            if x_arg.shape.len() == 4 { (x_arg.shape[2], x_arg.shape[3]) } else { (1, x_arg.shape[2]) };
+        let rows: Vec<_> = (0..ah.out).map(|o| taps(&ah, h, o)).collect();
+        let cols: Vec<_> = (0..aw.out).map(|o| taps(&aw, w, o)).collect();
+        let y = &mut *outputs[0].data;
+        let out_plane = ah.out * aw.out;
+        if out_plane == 0 || h * w == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
+            for (oy, (ry, py)) in rows.iter().enumerate() {
+                for (ox, (rx, px)) in cols.iter().enumerate() {
+                    let taps = ry.iter().flat_map(|&iy| rx.iter().map(move |&ix| xp[iy * w + ix]));
+                    yp[oy * aw.out + ox] = match self.reduce {
+                        Reduce::Max => taps.fold(f32::NEG_INFINITY, f32::max),
+                        Reduce::Avg { include_pad } => {
+                            let count = if include_pad { py * px } else { ry.len() * rx.len() };
+                            if count == 0 {
+                                0.0
+                            } else {
+                                taps.sum::<f32>() / count as f32
+                            }
+                        }
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Op for GlobalAvg {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        let x = first(inputs)?;
+        if x.shape.len() < 2 {
+            op_bail!("input must have rank >= 2 (N, C, ...), has shape {:?}", x.shape);
+        }
+        let mut shape = x.shape[..2].to_vec();
+        shape.resize(x.shape.len(), 1);
+        Ok(vec![(ElemType::F32, shape)])
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        _scratch: &mut [f32],
+        _ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let x_arg = first(inputs)?;
+        let plane: usize = x_arg.shape[2..].iter().product();
+        let x = x_arg.f32s()?;
+        let y = &mut *outputs[0].data;
+        if plane == 0 {
+            y.fill(f32::NAN); // mean of nothing, as numpy
+            return Ok(());
+        }
+        for (o, xp) in y.iter_mut().zip(x.chunks_exact(plane)) {
+            *o = xp.iter().sum::<f32>() / plane as f32;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::testing::{act, assert_close, node, run, values};
+    use pith_format::ir::Attr;
+
+    fn ints(v: &[i64]) -> Attr {
+        Attr::Ints(v.to_vec())
+    }
+
+    /// Reference 2-D pool over one plane with explicit begin pads; the divisor for averages is
+    /// given per window by `count(y0, x0)` (window start in padded coordinates).
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &[f32],
+        h: usize,
+        w: usize,
+        k: [usize; 2],
+        s: [usize; 2],
+        d: [usize; 2],
+        pad: [usize; 2],
+        out: [usize; 2],
+        max: bool,
+        count: &dyn Fn(isize, isize, usize) -> usize,
+    ) -> Vec<f32> {
+        let mut y = Vec::new();
+        for oy in 0..out[0] {
+            for ox in 0..out[1] {
+                let (y0, x0) =
+                    ((oy * s[0]) as isize - pad[0] as isize, (ox * s[1]) as isize - pad[1] as isize);
+                let mut vals = Vec::new();
+                for ky in 0..k[0] {
+                    for kx in 0..k[1] {
+                        let (iy, ix) = (y0 + (ky * d[0]) as isize, x0 + (kx * d[1]) as isize);
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            vals.push(x[iy as usize * w + ix as usize]);
+                        }
+                    }
+                }
+                y.push(if max {
+                    vals.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+                } else {
+                    vals.iter().sum::<f32>() / count(y0, x0, vals.len()) as f32
+                });
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn max_pool_with_pads_strides_dilations_and_ceil_mode() {
+        let x = values(1, 2 * 7 * 8);
+        let n = node(
+            OpKind::MaxPool,
+            1,
+            vec![
+                ("kernel_shape", ints(&[3, 2])),
+                ("strides", ints(&[2, 3])),
+                ("dilations", ints(&[1, 2])),
+                ("pads", ints(&[1, 1, 1, 0])),
+                ("ceil_mode", Attr::Int(1)),
+            ],
+        );
+        let op = build(&n).unwrap();
+        let got = run(&*op, &[act(&[1, 2, 7, 8], &x)]).unwrap();
+        // H: ceil((7 + 2 - 3) / 2) + 1 = 4; W: ceil((8 + 1 - 3) / 3) + 1 = 3.
+        assert_eq!(got[0].0, vec![1, 2, 4, 3]);
+        let mut want = Vec::new();
+        for c in 0..2 {
+            want.extend(reference(
+                &x[c * 56..],
+                7,
+                8,
+                [3, 2],
+                [2, 3],
+                [1, 2],
+                [1, 1],
+                [4, 3],
+                true,
+                &|_, _, n| n,
+            ));
+        }
+        assert_close(&got[0].1, &want);
+    }
+
+    #[test]
+    fn ceil_mode_drops_windows_starting_in_the_end_padding() {
+        // in 6, k 2, s 2, pads 0/1: ceil((7 - 2) / 2) + 1 = 4, but the 4th window would start at
+        // 6, inside the end padding, so it is dropped; in 7 the 4th window starts inside the input.
+        let n = node(
+            OpKind::MaxPool,
+            1,
+            vec![
+                ("kernel_shape", ints(&[2])),
+                ("strides", ints(&[2])),
+                ("ceil_mode", Attr::Int(1)),
+                ("pads", ints(&[0, 1])),
+            ],
+        );
+        let op = build(&n).unwrap();
+        assert_eq!(op.infer(&[act(&[1, 1, 6], &[0.0; 6])]).unwrap()[0].1, vec![1, 1, 3]);
+        assert_eq!(op.infer(&[act(&[1, 1, 7], &[0.0; 7])]).unwrap()[0].1, vec![1, 1, 4]);
+    }
+
+    #[test]
+    fn average_divisor_with_ceil_mode_matches_onnxruntime() {
+        // x = 0..6; k 3, s 2, ceil_mode, count_include_pad. Expected values from onnxruntime 1.x:
+        // taps beyond the declared end pad are never counted.
+        let x: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let cases: [(&[i64], Vec<f32>); 2] =
+            [(&[1, 1], vec![1.0 / 3.0, 2.0, 4.0, 2.5]), (&[0, 0], vec![1.0, 3.0, 4.5])];
+        for (pads, want) in cases {
+            let n = node(
+                OpKind::AveragePool,
+                1,
+                vec![
+                    ("kernel_shape", ints(&[3])),
+                    ("strides", ints(&[2])),
+                    ("ceil_mode", Attr::Int(1)),
+                    ("count_include_pad", Attr::Int(1)),
+                    ("pads", ints(pads)),
+                ],
+            );
+            let got = run(&*build(&n).unwrap(), &[act(&[1, 1, 6], &x)]).unwrap();
+            assert_close(&got[0].1, &want);
+        }
+    }
+
+    #[test]
+    fn average_pool_counts_padding_only_when_asked() {
+        let x = values(2, 6 * 5);
+        for include in [0, 1] {
+            let n = node(
+                OpKind::AveragePool,
+                1,
+                vec![
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("strides", ints(&[2, 2])),
+                    ("pads", ints(&[1, 1, 1, 1])),
+                    ("count_include_pad", Attr::Int(include)),
+                ],
+            );
+            let op = build(&n).unwrap();
+            let got = run(&*op, &[act(&[1, 1, 6, 5], &x)]).unwrap();
+            assert_eq!(got[0].0, vec![1, 1, 3, 3]);
+            // All windows fit inside the padded input, so count_include_pad divides by 9.
+            let count = |_, _, n| if include == 1 { 9 } else { n };
+            let want = reference(&x, 6, 5, [3, 3], [2, 2], [1, 1], [1, 1], [3, 3], false, &count);
+            assert_close(&got[0].1, &want);
+        }
+    }
+
+    #[test]
+    fn same_upper_padding_is_ignored_by_max_and_excluded_from_average() {
+        // in 5, k 3, s 2: out 3, total pad 2 → 1 before, 1 after.
+        let x = values(3, 5 * 5);
+        for op_kind in [OpKind::MaxPool, OpKind::AveragePool] {
+            let n = node(
+                op_kind,
+                1,
+                vec![
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("strides", ints(&[2, 2])),
+                    ("auto_pad", Attr::Str("SAME_UPPER".into())),
+                ],
+            );
+            let op = build(&n).unwrap();
+            let got = run(&*op, &[act(&[1, 1, 5, 5], &x)]).unwrap();
+            assert_eq!(got[0].0, vec![1, 1, 3, 3]);
+            let max = op_kind == OpKind::MaxPool;
+            let want = reference(&x, 5, 5, [3, 3], [2, 2], [1, 1], [1, 1], [3, 3], max, &|_, _, n| n);
+            assert_close(&got[0].1, &want);
+        }
+    }
+
+    #[test]
+    fn global_average_and_errors() {
+        let x = values(4, 2 * 3 * 4 * 5);
+        let op = build(&node(OpKind::GlobalAveragePool, 1, vec![])).unwrap();
+        let got = run(&*op, &[act(&[2, 3, 4, 5], &x)]).unwrap();
+        assert_eq!(got[0].0, vec![2, 3, 1, 1]);
+        let want: Vec<f32> = x.chunks(20).map(|c| c.iter().sum::<f32>() / 20.0).collect();
+        assert_close(&got[0].1, &want);
+        assert!(build(&node(OpKind::MaxPool, 1, vec![])).is_err());
+        let mut n = node(OpKind::MaxPool, 1, vec![("kernel_shape", ints(&[2, 2]))]);
+        n.outputs.push(7);
+        assert!(build(&n).unwrap_err().0.contains("Indices"));
+        let op = build(&node(OpKind::MaxPool, 1, vec![("kernel_shape", ints(&[2, 2, 2]))])).unwrap();
+        assert!(op.infer(&[act(&[1, 1, 2, 2, 2], &x[..8])]).is_err());
+    }
 }

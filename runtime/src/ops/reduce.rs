@@ -1,12 +1,272 @@
-//! Placeholder: being implemented.
+//! ONNX `Softmax` (opset 13 per-axis semantics, or the legacy flatten-to-2-D semantics when the
+//! compressor marks the node with `coerce_2d = 1`) and `ReduceMean`.
 
-use super::OpResult;
-use pith_format::ir::Node;
+use pith_format::ir::{ElemType, Node, OpKind};
 
-/// Builds the op for `node`.
-pub fn build(node: &Node) -> OpResult<Box<dyn super::Op>> {
-    Err(crate::error::OpError(format!(
-        "{} is not implemented yet",
-        node.op.onnx_name()
-    )))
+use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
+use crate::op_bail;
+
+/// ONNX `Softmax`.
+#[derive(Debug)]
+struct Softmax {
+    axis: i64,
+    coerce_2d: bool,
+}
+
+/// ONNX `ReduceMean`.
+#[derive(Debug)]
+struct ReduceMean {
+    /// Axes from the attribute (opset < 18); input 1 takes precedence when present.
+    axes: Option<Vec<i64>>,
+    keepdims: bool,
+    noop_with_empty_axes: bool,
+}
+
+/// Builds the op for a `Softmax` or `ReduceMean` node.
+pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+    match node.op {
+        OpKind::Softmax => {
+            let coerce_2d = attrs::int(node, "coerce_2d", 0)? == 1;
+            Ok(Box::new(Softmax {
+                axis: attrs::int(node, "axis", if coerce_2d { 1 } else { -1 })?,
+                coerce_2d,
+            }))
+        }
+        OpKind::ReduceMean => Ok(Box::new(ReduceMean {
+            axes: attrs::ints(node, "axes")?,
+            keepdims: attrs::int(node, "keepdims", 1)? != 0,
+            noop_with_empty_axes: attrs::int(node, "noop_with_empty_axes", 0)? != 0,
+        })),
+        other => op_bail!("{} is not a reduction", other.onnx_name()),
+    }
+}
+
+/// Normalises a possibly negative axis against `rank`.
+fn norm_axis(axis: i64, rank: usize) -> OpResult<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if !(0..r.max(1)).contains(&a) {
+        op_bail!("axis {axis} is out of range for rank {rank}");
+    }
+    Ok(a as usize)
+}
+
+fn first<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<&'b Arg<'a>> {
+    match inputs.first() {
+        Some(Some(x)) if x.elem == ElemType::F32 => Ok(x),
+        Some(Some(_)) => op_bail!("expects a float input"),
+        _ => op_bail!("missing input"),
+    }
+}
+
+impl Softmax {
+    /// `(outer, n, inner)`: softmax runs over `n` elements `inner` apart, `outer * inner` times.
+    fn split(&self, shape: &[usize]) -> OpResult<(usize, usize, usize)> {
+        let axis = norm_axis(self.axis, shape.len())?;
+        let outer = shape[..axis].iter().product();
+        let tail: usize = shape[axis..].iter().product();
+        if self.coerce_2d {
+            Ok((outer, tail, 1))
+        } else {
+            let n = shape.get(axis).copied().unwrap_or(1);
+            Ok((outer, n, tail.checked_div(n).unwrap_or(0)))
+        }
+    }
+}
+
+impl Op for Softmax {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        let x = first(inputs)?;
+        self.split(x.shape)?;
+        Ok(vec![(ElemType::F32, x.shape.to_vec())])
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        _scratch: &mut [f32],
+        _ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let x_arg = first(inputs)?;
+        let (outer, n, inner) = self.split(x_arg.shape)?;
+        let x = x_arg.f32s()?;
+        let y = &mut *outputs[0].data;
+        for o in 0..outer {
+            for i in 0..inner {
+                let at = |k: usize| o * n * inner + k * inner + i;
+                let max = (0..n).map(|k| x[at(k)]).fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for k in 0..n {
+                    let e = (x[at(k)] - max).exp();
+                    y[at(k)] = e;
+                    sum += e;
+                }
+                for k in 0..n {
+                    y[at(k)] /= sum;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReduceMean {
+    /// Per-axis "is reduced" flags (empty when the op is an identity) and the output shape.
+    fn plan(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Vec<bool>, Vec<usize>)> {
+        let x = first(inputs)?;
+        let rank = x.shape.len();
+        let axes: Vec<i64> = match inputs.get(1) {
+            Some(Some(a)) => a.i64s()?.to_vec(),
+            _ => self.axes.clone().unwrap_or_default(),
+        };
+        if axes.is_empty() && self.noop_with_empty_axes {
+            return Ok((vec![false; rank], x.shape.to_vec()));
+        }
+        let mut reduced = vec![axes.is_empty(); rank];
+        for &a in &axes {
+            let a = norm_axis(a, rank)?;
+            if reduced[a] {
+                op_bail!("axis {a} is listed twice");
+            }
+            reduced[a] = true;
+        }
+        let shape = x
+            .shape
+            .iter()
+            .zip(&reduced)
+            .filter_map(|(&d, &r)| match (r, self.keepdims) {
+                (false, _) => Some(d),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect();
+        Ok((reduced, shape))
+    }
+}
+
+impl Op for ReduceMean {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        Ok(vec![(ElemType::F32, self.plan(inputs)?.1)])
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        _scratch: &mut [f32],
+        _ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let (reduced, _) = self.plan(inputs)?;
+        let x_arg = first(inputs)?;
+        let x = x_arg.f32s()?;
+        let shape = x_arg.shape;
+        let y = &mut *outputs[0].data;
+        // Output stride of every input axis (0 on reduced axes).
+        let mut strides = vec![0; shape.len()];
+        let mut s = 1;
+        for d in (0..shape.len()).rev() {
+            if !reduced[d] {
+                strides[d] = s;
+                s *= shape[d];
+            }
+        }
+        y.fill(0.0);
+        let mut idx = vec![0usize; shape.len()];
+        let mut off = 0;
+        for &v in x.iter() {
+            y[off] += v;
+            for d in (0..shape.len()).rev() {
+                idx[d] += 1;
+                off += strides[d];
+                if idx[d] < shape[d] {
+                    break;
+                }
+                off -= strides[d] * shape[d];
+                idx[d] = 0;
+            }
+        }
+        let count: usize = shape.iter().zip(&reduced).filter(|(_, &r)| r).map(|(&d, _)| d).product();
+        let inv = 1.0 / count as f32;
+        y.iter_mut().for_each(|v| *v *= inv);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::testing::{act, assert_close, node, run, values};
+    use crate::ops::ArgData;
+    use crate::tensor::Tensor;
+    use pith_format::ir::Attr;
+
+    /// Softmax over groups of `n` elements `inner` apart, written plainly.
+    fn reference_softmax(x: &[f32], outer: usize, n: usize, inner: usize) -> Vec<f32> {
+        let mut y = vec![0.0; x.len()];
+        for o in 0..outer {
+            for i in 0..inner {
+                let idx: Vec<usize> = (0..n).map(|k| (o * n + k) * inner + i).collect();
+                let denom: f64 = idx.iter().map(|&j| (x[j] as f64).exp()).sum();
+                for &j in &idx {
+                    y[j] = ((x[j] as f64).exp() / denom) as f32;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn softmax_per_axis_and_legacy_2d() {
+        let shape = [2, 3, 5];
+        let x: Vec<f32> = values(1, 30).iter().map(|v| v * 20.0).collect();
+        for (attrs, (outer, n, inner)) in [
+            (vec![], (6, 5, 1)),
+            (vec![("axis", Attr::Int(1))], (2, 3, 5)),
+            (vec![("axis", Attr::Int(-3))], (1, 2, 15)),
+            (vec![("coerce_2d", Attr::Int(1))], (2, 15, 1)),
+            (vec![("coerce_2d", Attr::Int(1)), ("axis", Attr::Int(2))], (6, 5, 1)),
+        ] {
+            let op = build(&node(OpKind::Softmax, 1, attrs)).unwrap();
+            let got = run(&*op, &[act(&shape, &x)]).unwrap();
+            assert_close(&got[0].1, &reference_softmax(&x, outer, n, inner));
+        }
+        let op = build(&node(OpKind::Softmax, 1, vec![("axis", Attr::Int(3))])).unwrap();
+        assert!(op.infer(&[act(&shape, &x)]).is_err());
+    }
+
+    #[test]
+    fn reduce_mean_axes_keepdims_and_empty_axes() {
+        let shape = [2, 3, 4];
+        let x = values(2, 24);
+        let at = |i: usize, j: usize, k: usize| x[(i * 3 + j) * 4 + k];
+        // Mean over axes (0, 2), keepdims.
+        let op = build(&node(OpKind::ReduceMean, 1, vec![("axes", Attr::Ints(vec![0, -1]))])).unwrap();
+        let got = run(&*op, &[act(&shape, &x)]).unwrap();
+        assert_eq!(got[0].0, vec![1, 3, 1]);
+        let want: Vec<f32> = (0..3)
+            .map(|j| {
+                (0..2).flat_map(|i| (0..4).map(move |k| (i, k))).map(|(i, k)| at(i, j, k)).sum::<f32>() / 8.0
+            })
+            .collect();
+        assert_close(&got[0].1, &want);
+        // Axes from input 1, no keepdims.
+        let axes = Tensor::from_i64(vec![1], vec![1]);
+        let axes_arg = Some(Arg { shape: &[1], elem: ElemType::I64, data: Some(ArgData::Known(&axes)) });
+        let op = build(&node(OpKind::ReduceMean, 2, vec![("keepdims", Attr::Int(0))])).unwrap();
+        let got = run(&*op, &[act(&shape, &x), axes_arg]).unwrap();
+        assert_eq!(got[0].0, vec![2, 4]);
+        let want: Vec<f32> = (0..8).map(|t| (0..3).map(|j| at(t / 4, j, t % 4)).sum::<f32>() / 3.0).collect();
+        assert_close(&got[0].1, &want);
+        // No axes: everything, unless noop_with_empty_axes.
+        let op = build(&node(OpKind::ReduceMean, 1, vec![])).unwrap();
+        let got = run(&*op, &[act(&shape, &x)]).unwrap();
+        assert_eq!(got[0].0, vec![1, 1, 1]);
+        assert_close(&got[0].1, &[x.iter().sum::<f32>() / 24.0]);
+        let op = build(&node(OpKind::ReduceMean, 1, vec![("noop_with_empty_axes", Attr::Int(1))])).unwrap();
+        let got = run(&*op, &[act(&shape, &x)]).unwrap();
+        assert_eq!(got[0], (shape.to_vec(), x.clone()));
+        let op = build(&node(OpKind::ReduceMean, 1, vec![("axes", Attr::Ints(vec![1, -2]))])).unwrap();
+        assert!(op.infer(&[act(&shape, &x)]).unwrap_err().0.contains("twice"));
+    }
 }

@@ -1,12 +1,376 @@
-//! Placeholder: being implemented.
+//! ONNX `Resize` (opset 10+): `nearest` over any axes, `linear` over the last two axes.
+//! Output sizes must be known at plan time (constant or plan-time `scales` / `sizes`).
 
-use super::OpResult;
-use pith_format::ir::Node;
+use pith_format::ir::{ElemType, Node};
 
-/// Builds the op for `node`.
-pub fn build(node: &Node) -> OpResult<Box<dyn super::Op>> {
-    Err(crate::error::OpError(format!(
-        "{} is not implemented yet",
-        node.op.onnx_name()
-    )))
+use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
+use crate::op_bail;
+
+/// Interpolation mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Nearest(Rounding),
+    Linear,
+}
+
+/// `nearest_mode`: how a fractional source coordinate picks a pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rounding {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// `coordinate_transformation_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coord {
+    HalfPixel,
+    HalfPixelSymmetric,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    TfHalfPixelForNn,
+}
+
+/// ONNX `Resize`.
+#[derive(Debug)]
+struct Resize {
+    mode: Mode,
+    coord: Coord,
+}
+
+/// Builds the op for a `Resize` node.
+pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+    let rounding = match attrs::string(node, "nearest_mode", "round_prefer_floor")?.as_str() {
+        "round_prefer_floor" => Rounding::RoundPreferFloor,
+        "round_prefer_ceil" => Rounding::RoundPreferCeil,
+        "floor" => Rounding::Floor,
+        "ceil" => Rounding::Ceil,
+        other => op_bail!("unknown nearest_mode '{other}'"),
+    };
+    let mode = match attrs::string(node, "mode", "nearest")?.as_str() {
+        "nearest" => Mode::Nearest(rounding),
+        "linear" => Mode::Linear,
+        "cubic" => op_bail!("mode 'cubic' is not supported (only nearest and linear)"),
+        other => op_bail!("unknown mode '{other}'"),
+    };
+    let coord = match attrs::string(node, "coordinate_transformation_mode", "half_pixel")?.as_str() {
+        "half_pixel" => Coord::HalfPixel,
+        "half_pixel_symmetric" => Coord::HalfPixelSymmetric,
+        "pytorch_half_pixel" => Coord::PytorchHalfPixel,
+        "align_corners" => Coord::AlignCorners,
+        "asymmetric" => Coord::Asymmetric,
+        "tf_half_pixel_for_nn" => Coord::TfHalfPixelForNn,
+        "tf_crop_and_resize" => {
+            op_bail!("coordinate_transformation_mode 'tf_crop_and_resize' is not supported")
+        }
+        other => op_bail!("unknown coordinate_transformation_mode '{other}'"),
+    };
+    if attrs::int(node, "antialias", 0)? != 0 {
+        op_bail!("antialias is not supported");
+    }
+    if node.attr("axes").is_some() {
+        op_bail!("attribute 'axes' is not supported");
+    }
+    if attrs::string(node, "keep_aspect_ratio_policy", "stretch")? != "stretch" {
+        op_bail!("keep_aspect_ratio_policy other than 'stretch' is not supported");
+    }
+    Ok(Box::new(Resize { mode, coord }))
+}
+
+/// Optional input `i` if present and non-empty.
+fn optional<'a, 'b>(inputs: &'b [Option<Arg<'a>>], i: usize) -> Option<&'b Arg<'a>> {
+    inputs.get(i).and_then(Option::as_ref).filter(|a| a.numel() > 0)
+}
+
+impl Resize {
+    /// Output shape and per-axis scale (output / input as used by the coordinate transform).
+    fn plan(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Vec<usize>, Vec<f32>)> {
+        let Some(Some(x)) = inputs.first() else {
+            op_bail!("missing input X");
+        };
+        let rank = x.shape.len();
+        // Opset 10 has inputs (X, scales); opset 11+ has (X, roi, scales, sizes).
+        let (scales, sizes) = if inputs.len() == 2 {
+            (optional(inputs, 1), None)
+        } else {
+            (optional(inputs, 2), optional(inputs, 3))
+        };
+        let (out, scales) = match (scales, sizes) {
+            (Some(_), Some(_)) => op_bail!("only one of scales and sizes may be given"),
+            (None, None) => op_bail!("one of scales and sizes is required"),
+            (Some(s), None) => {
+                let s = s.f32s().map_err(|e| crate::error::OpError(format!("scales: {e}")))?;
+                if s.len() != rank {
+                    op_bail!("scales has {} values for rank {rank}", s.len());
+                }
+                if s.iter().any(|&v| !(v > 0.0 && v.is_finite())) {
+                    op_bail!("scales must be positive, got {s:?}");
+                }
+                let out =
+                    x.shape.iter().zip(s.iter()).map(|(&n, &f)| (n as f32 * f).floor() as usize).collect();
+                (out, s.to_vec())
+            }
+            (None, Some(z)) => {
+                let z = z.i64s().map_err(|e| crate::error::OpError(format!("sizes: {e}")))?;
+                if z.len() != rank {
+                    op_bail!("sizes has {} values for rank {rank}", z.len());
+                }
+                let out: Vec<usize> = z
+                    .iter()
+                    .map(|&v| {
+                        usize::try_from(v).map_err(|_| crate::error::OpError(format!("negative size {v}")))
+                    })
+                    .collect::<OpResult<_>>()?;
+                let scales = out
+                    .iter()
+                    .zip(x.shape)
+                    .map(|(&o, &n)| if n == 0 { 1.0 } else { o as f32 / n as f32 })
+                    .collect();
+                (out, scales)
+            }
+        };
+        if self.mode == Mode::Linear {
+            let fixed = rank.saturating_sub(2);
+            if out[..fixed] != x.shape[..fixed] {
+                op_bail!("linear mode resizes only the last two axes, {:?} -> {out:?}", x.shape);
+            }
+        }
+        Ok((out, scales))
+    }
+
+    /// Source coordinate of output position `o` along an axis of `n_in` -> `n_out` at `scale`.
+    fn source(&self, o: usize, n_in: usize, n_out: usize, scale: f32) -> f32 {
+        let x = o as f32;
+        match self.coord {
+            Coord::HalfPixel => (x + 0.5) / scale - 0.5,
+            Coord::HalfPixelSymmetric => {
+                let adjustment = n_out as f32 / (n_in as f32 * scale);
+                let center = n_in as f32 / 2.0;
+                center * (1.0 - adjustment) + (x + 0.5) / scale - 0.5
+            }
+            Coord::PytorchHalfPixel => {
+                if n_out > 1 {
+                    (x + 0.5) / scale - 0.5
+                } else {
+                    0.0
+                }
+            }
+            Coord::AlignCorners => {
+                if n_out > 1 {
+                    x * (n_in as f32 - 1.0) / (n_out as f32 - 1.0)
+                } else {
+                    0.0
+                }
+            }
+            Coord::Asymmetric => x / scale,
+            Coord::TfHalfPixelForNn => (x + 0.5) / scale,
+        }
+    }
+}
+
+/// The nearest input index for source coordinate `c`, clamped to `0..n`.
+fn nearest(c: f32, n: usize, r: Rounding) -> usize {
+    let i = match r {
+        Rounding::RoundPreferFloor if c.fract() == 0.5 => c.floor(),
+        Rounding::RoundPreferCeil if c.fract() == 0.5 => c.ceil(),
+        Rounding::RoundPreferFloor | Rounding::RoundPreferCeil => c.round(),
+        Rounding::Floor => c.floor(),
+        Rounding::Ceil => c.ceil(),
+    };
+    (i.max(0.0) as usize).min(n.saturating_sub(1))
+}
+
+/// Linear taps `(i0, i1, w1)` for source coordinate `c` over `n` samples: `(1 - w1) * x[i0] + w1 * x[i1]`.
+fn linear_taps(c: f32, n: usize) -> (usize, usize, f32) {
+    let c = c.clamp(0.0, n.saturating_sub(1) as f32);
+    let i0 = (c as usize).min(n.saturating_sub(1));
+    let i1 = (i0 + 1).min(n.saturating_sub(1));
+    (i0, i1, if i0 == i1 { 0.0 } else { c - i0 as f32 })
+}
+
+impl Op for Resize {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        Ok(vec![(ElemType::F32, self.plan(inputs)?.0)])
+    }
+
+    fn run(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        _scratch: &mut [f32],
+        _ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let (out, scales) = self.plan(inputs)?;
+        let Some(Some(x_arg)) = inputs.first() else {
+            op_bail!("missing input X");
+        };
+        let x = x_arg.f32s()?;
+        let y = &mut *outputs[0].data;
+        if y.is_empty() {
+            return Ok(());
+        }
+        if x.is_empty() {
+            op_bail!("cannot resize an empty input to a non-empty output");
+        }
+        let shape = x_arg.shape;
+        match self.mode {
+            Mode::Nearest(r) => {
+                // Per axis: input element offset of every output position.
+                let mut stride = 1;
+                let mut offsets = vec![Vec::new(); shape.len()];
+                for d in (0..shape.len()).rev() {
+                    offsets[d] = (0..out[d])
+                        .map(|o| nearest(self.source(o, shape[d], out[d], scales[d]), shape[d], r) * stride)
+                        .collect();
+                    stride *= shape[d];
+                }
+                gather(&x, &offsets, y);
+            }
+            Mode::Linear => {
+                let rank = shape.len();
+                let (h, w) = (if rank >= 2 { shape[rank - 2] } else { 1 }, shape[rank - 1]);
+                let (oh, ow) = (if rank >= 2 { out[rank - 2] } else { 1 }, out[rank - 1]);
+                let sh = if rank >= 2 { scales[rank - 2] } else { 1.0 };
+                let sw = scales[rank - 1];
+                let ys: Vec<_> = (0..oh).map(|o| linear_taps(self.source(o, h, oh, sh), h)).collect();
+                let xs: Vec<_> = (0..ow).map(|o| linear_taps(self.source(o, w, ow, sw), w)).collect();
+                for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)) {
+                    for (yrow, &(y0, y1, wy)) in yp.chunks_exact_mut(ow).zip(&ys) {
+                        let (r0, r1) = (&xp[y0 * w..][..w], &xp[y1 * w..][..w]);
+                        for (o, &(x0, x1, wx)) in yrow.iter_mut().zip(&xs) {
+                            let top = r0[x0] + (r0[x1] - r0[x0]) * wx;
+                            let bottom = r1[x0] + (r1[x1] - r1[x0]) * wx;
+                            *o = top + (bottom - top) * wy;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `y[o] = x[sum_d offsets[d][o_d]]` over the output's multi-index, row-major.
+fn gather(x: &[f32], offsets: &[Vec<usize>], y: &mut [f32]) {
+    let Some((inner, outer)) = offsets.split_last() else {
+        y[0] = x[0];
+        return;
+    };
+    let mut idx = vec![0usize; outer.len()];
+    for row in y.chunks_exact_mut(inner.len()) {
+        let base: usize = outer.iter().zip(&idx).map(|(o, &i)| o[i]).sum();
+        for (v, &off) in row.iter_mut().zip(inner) {
+            *v = x[base + off];
+        }
+        for d in (0..outer.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < outer[d].len() {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::testing::{act, assert_close, node, run};
+    use crate::ops::ArgData;
+    use crate::tensor::Tensor;
+    use pith_format::ir::{Attr, OpKind};
+
+    fn resize(
+        attrs: Vec<(&str, Attr)>,
+        shape: &[usize],
+        scales: Option<&[f32]>,
+        sizes: Option<&[i64]>,
+    ) -> (Vec<usize>, Vec<f32>) {
+        let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|v| v as f32).collect();
+        let op = build(&node(OpKind::Resize, 4, attrs)).unwrap();
+        let sizes_t = sizes.map(|s| Tensor::from_i64(vec![s.len()], s.to_vec()));
+        let sizes_shape = [sizes.map_or(0, |s| s.len())];
+        let scales_shape = [scales.map_or(0, |s| s.len())];
+        let inputs = [
+            act(shape, &x),
+            None,
+            scales.and_then(|s| act(&scales_shape, s)),
+            sizes_t.as_ref().map(|t| Arg {
+                shape: &sizes_shape,
+                elem: ElemType::I64,
+                data: Some(ArgData::Known(t)),
+            }),
+        ];
+        let mut got = run(&*op, &inputs).unwrap();
+        got.remove(0)
+    }
+
+    fn s(v: &str) -> Attr {
+        Attr::Str(v.into())
+    }
+
+    // Expected values below were computed with onnxruntime for x = arange(numel).
+
+    #[test]
+    fn nearest_modes_match_onnxruntime() {
+        let (shape, y) = resize(vec![], &[1, 1, 2, 2], Some(&[1.0, 1.0, 2.0, 3.0]), None);
+        assert_eq!(shape, vec![1, 1, 4, 6]);
+        assert_eq!(
+            y,
+            vec![
+                0., 0., 0., 1., 1., 1., 0., 0., 0., 1., 1., 1., 2., 2., 2., 3., 3., 3., 2., 2., 2., 3., 3.,
+                3.
+            ]
+        );
+        let attrs = vec![("coordinate_transformation_mode", s("asymmetric")), ("nearest_mode", s("floor"))];
+        let (_, y) = resize(attrs, &[1, 5], None, Some(&[1, 3]));
+        assert_eq!(y, vec![0., 1., 3.]);
+        let attrs = vec![
+            ("coordinate_transformation_mode", s("align_corners")),
+            ("nearest_mode", s("round_prefer_ceil")),
+        ];
+        let (_, y) = resize(attrs, &[1, 4], None, Some(&[1, 7]));
+        assert_eq!(y, vec![0., 1., 1., 2., 2., 3., 3.]);
+        let attrs =
+            vec![("coordinate_transformation_mode", s("tf_half_pixel_for_nn")), ("nearest_mode", s("ceil"))];
+        let (_, y) = resize(attrs, &[1, 4], None, Some(&[1, 3]));
+        assert_eq!(y, vec![1., 2., 3.]);
+        // Nearest may also resize leading axes.
+        let (shape, y) = resize(vec![], &[2, 1, 1], Some(&[2.0, 1.0, 1.0]), None);
+        assert_eq!((shape, y), (vec![4, 1, 1], vec![0., 0., 1., 1.]));
+    }
+
+    #[test]
+    fn linear_modes_match_onnxruntime() {
+        let attrs = vec![("mode", s("linear"))];
+        let (shape, y) = resize(attrs, &[1, 1, 2, 2], Some(&[1.0, 1.0, 2.0, 2.0]), None);
+        assert_eq!(shape, vec![1, 1, 4, 4]);
+        assert_close(
+            &y,
+            &[0., 0.25, 0.75, 1., 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2., 2.25, 2.75, 3.],
+        );
+        let attrs = vec![("mode", s("linear")), ("coordinate_transformation_mode", s("align_corners"))];
+        let (_, y) = resize(attrs, &[1, 1, 2, 3], None, Some(&[1, 1, 3, 5]));
+        assert_close(&y, &[0., 0.5, 1., 1.5, 2., 1.5, 2., 2.5, 3., 3.5, 3., 3.5, 4., 4.5, 5.]);
+        let attrs = vec![("mode", s("linear")), ("coordinate_transformation_mode", s("pytorch_half_pixel"))];
+        let (_, y) = resize(attrs, &[1, 1, 3, 4], None, Some(&[1, 1, 1, 3]));
+        assert_close(&y, &[0.16666669, 1.5, 2.8333333]);
+        let attrs = vec![("mode", s("linear")), ("coordinate_transformation_mode", s("asymmetric"))];
+        let (_, y) = resize(attrs, &[1, 5], Some(&[1.0, 0.6]), None);
+        assert_close(&y, &[0., 1.6666666, 3.3333333]);
+    }
+
+    #[test]
+    fn refuses_unsupported_or_unknowable_requests() {
+        assert!(build(&node(OpKind::Resize, 3, vec![("mode", s("cubic"))])).unwrap_err().0.contains("cubic"));
+        let op = build(&node(OpKind::Resize, 3, vec![("mode", s("linear"))])).unwrap();
+        let x = [0.0; 8];
+        let sc = [2.0f32, 1.0, 1.0];
+        assert!(op.infer(&[act(&[2, 2, 2], &x), None, act(&[3], &sc)]).unwrap_err().0.contains("last two"));
+        let unknown = Some(Arg { shape: &[3], elem: ElemType::F32, data: None });
+        assert!(op.infer(&[act(&[2, 2, 2], &x), None, unknown]).is_err());
+        assert!(op.infer(&[act(&[2, 2, 2], &x), None, None]).is_err());
+    }
 }

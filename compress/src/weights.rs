@@ -1,0 +1,129 @@
+//! Chooses the storage encoding of each weight tensor.
+//!
+//! Weights are the constant input 1 of `Conv`, `ConvTranspose`, `Gemm` (B) and `MatMul`. Every
+//! other constant (biases, shapes, BN parameters, ...) stays f32/i64. A weight stays f32 when:
+//! * it has fewer than 2 dimensions (codebooks are row-based);
+//! * it holds a non-finite value;
+//! * for F16, a value overflows f16;
+//! * for codebooks, it has fewer than `max(64, 4 * 2^bits)` elements (the codebook would cost
+//!   about as much as the weights), or the chosen codebook is not smaller than f32.
+
+use std::collections::BTreeMap;
+
+use half::f16;
+use pith_format::ir::{OpKind, TensorData, ValueId};
+
+use crate::codebook::{self, data_bytes, relative_error};
+use crate::work::WorkModel;
+use crate::{LayerReport, WeightFormat};
+
+/// Constant weight values in order of first use by a weight-taking node.
+pub(crate) fn weight_values(work: &WorkModel) -> Vec<ValueId> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for node in &work.graph.nodes {
+        if !matches!(node.op, OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm | OpKind::MatMul) {
+            continue;
+        }
+        if let Some(Some(w)) = node.inputs.get(1) {
+            let is_f32_const = work.consts.get(w).is_some_and(|t| t.as_f32().is_some());
+            if is_f32_const && seen.insert(*w) {
+                out.push(*w);
+            }
+        }
+    }
+    out
+}
+
+/// Encodes every weight per `format`; returns the encoded data by value and one report row each.
+pub(crate) fn encode_weights(
+    work: &WorkModel,
+    format: &WeightFormat,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> (BTreeMap<ValueId, TensorData>, Vec<LayerReport>) {
+    let ids = weight_values(work);
+    let mut encoded = BTreeMap::new();
+    let mut layers = Vec::with_capacity(ids.len());
+    for (done, &id) in ids.iter().enumerate() {
+        let name = &work.graph.values[id as usize].name;
+        progress(done, ids.len(), name);
+        let t = &work.consts[&id];
+        let w = t.as_f32().expect("weight_values keeps f32 constants");
+        let rows = t.shape.first().copied().unwrap_or(1);
+        let (data, rel_error) = encode_one(w, &t.shape, format);
+        let data = data.unwrap_or_else(|| TensorData::F32(w.to_vec()));
+        layers.push(LayerReport {
+            name: name.clone(),
+            shape: t.shape.clone(),
+            encoding: data.view().encoding_name(),
+            bytes: data_bytes(&data),
+            f32_bytes: w.len() * 4,
+            rel_error: rel_error.unwrap_or_else(|| relative_error(w, rows.max(1), &data)) as f32,
+        });
+        encoded.insert(id, data);
+    }
+    progress(ids.len(), ids.len(), "");
+    (encoded, layers)
+}
+
+/// The encoding of one weight (`None` = keep f32) and its error when already measured.
+fn encode_one(w: &[f32], shape: &[usize], format: &WeightFormat) -> (Option<TensorData>, Option<f64>) {
+    if shape.len() < 2 || w.iter().any(|v| !v.is_finite()) {
+        return (None, Some(0.0));
+    }
+    match *format {
+        WeightFormat::F32 => (None, Some(0.0)),
+        WeightFormat::F16 => {
+            let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            if h.iter().any(|v| !v.is_finite()) {
+                log::warn!("weight overflows f16; kept as f32");
+                return (None, Some(0.0));
+            }
+            (Some(TensorData::F16(h)), None)
+        }
+        WeightFormat::Codebook { bits } => {
+            let bits = bits.clamp(1, 8);
+            if w.len() < 64.max(4usize << bits) || shape[0] == 0 {
+                return (None, Some(0.0));
+            }
+            let e = codebook::encode(w, shape[0], bits);
+            if e.bytes >= w.len() * 4 {
+                return (None, Some(0.0));
+            }
+            (Some(e.data), Some(e.rel_error))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::test_util::*;
+
+    #[test]
+    fn encodes_conv_weight_but_not_bias_or_small_weights() {
+        let mut w = WorkModel::default();
+        let x = input(&mut w, "x");
+        let big: Vec<f32> = (0..16 * 8 * 9).map(|i| (i as f32 * 0.37).sin()).collect();
+        let wv = constant(&mut w, "w", &[16, 8, 3, 3], big);
+        let bv = constant(&mut w, "b", &[16], vec![0.5; 16]);
+        let small = constant(&mut w, "w_small", &[2, 2, 1, 1], vec![1.0, 2.0, 3.0, 4.0]);
+        let (y, z) = (act(&mut w, "y"), act(&mut w, "z"));
+        push(&mut w, "conv", OpKind::Conv, &[Some(x), Some(wv), Some(bv)], &[y]);
+        push(&mut w, "conv2", OpKind::Conv, &[Some(y), Some(small)], &[z]);
+        let mut calls = Vec::new();
+        let (enc, layers) = encode_weights(&w, &WeightFormat::Codebook { bits: 4 }, &mut |d, t, n: &str| {
+            calls.push((d, t, n.to_string()))
+        });
+        assert_eq!(enc.len(), 2);
+        assert!(!enc.contains_key(&bv));
+        assert!(matches!(enc[&wv], TensorData::Codebook(_)));
+        assert!(matches!(enc[&small], TensorData::F32(_)));
+        assert_eq!(layers.len(), 2);
+        assert!(layers[0].encoding.starts_with("cb4/"), "{}", layers[0].encoding);
+        assert!(layers[0].bytes < layers[0].f32_bytes / 4);
+        assert!(layers[0].rel_error > 0.0 && layers[0].rel_error < 0.2);
+        assert_eq!(calls.first(), Some(&(0, 2, "w".to_string())));
+        assert_eq!(calls.last().map(|c| c.0), Some(2));
+    }
+}

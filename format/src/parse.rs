@@ -1,0 +1,220 @@
+//! Parses the metadata sections (strings, values, dims, ids, nodes, attributes) into an owned
+//! [`Graph`], checking every enum value, string and cross-section reference on the way.
+
+use std::mem::size_of;
+
+use bytemuck::Pod;
+
+use crate::error::FormatError;
+use crate::ir::{Attr, Dim, ElemType, Graph, Node, OpKind, Value, ValueId};
+use crate::layout::*;
+use crate::sections::Sections;
+
+type Result<T> = std::result::Result<T, FormatError>;
+
+/// Casts a section to its records, checking the length is a whole number of records.
+pub(crate) fn records<T: Pod>(bytes: &[u8], kind: SectionKind) -> Result<&[T]> {
+    if bytes.len() % size_of::<T>() != 0 {
+        return Err(FormatError::SectionSize {
+            section: kind.name(),
+            len: bytes.len() as u64,
+            record: size_of::<T>(),
+        });
+    }
+    // Sections start at 64-byte file offsets of a 64-byte aligned buffer, so this only fails on a
+    // broken storage invariant; still an error, never a panic.
+    bytemuck::try_cast_slice(bytes).map_err(|e| {
+        FormatError::SectionTable(format!("section {} cannot be read in place: {e}", kind.name()))
+    })
+}
+
+/// Borrowed metadata pools.
+struct Pools<'a> {
+    strings: &'a [u8],
+    ids: &'a [u32],
+    dims: &'a [DimRec],
+    attrs: &'a [AttrRec],
+    ints: &'a [i64],
+    floats: &'a [f32],
+}
+
+/// `items[span]`, range-checked.
+fn slice<'a, T>(
+    items: &'a [T],
+    start: u64,
+    count: u64,
+    what: &'static str,
+    ctx: &dyn Fn() -> String,
+) -> Result<&'a [T]> {
+    // `start` may be a full u64 (list attributes), so the sum is checked.
+    let end = start.saturating_add(count);
+    if end > items.len() as u64 {
+        return Err(FormatError::BadReference {
+            what,
+            index: end,
+            limit: items.len() as u64,
+            context: ctx(),
+        });
+    }
+    Ok(&items[start as usize..end as usize])
+}
+
+impl Pools<'_> {
+    fn string(&self, r: StrRef, ctx: &dyn Fn() -> String) -> Result<String> {
+        let end = r.off as u64 + r.len as u64;
+        if end > self.strings.len() as u64 {
+            return Err(FormatError::BadString {
+                context: ctx(),
+                reason: format!("bytes {}..{end} outside the {}-byte string pool", r.off, self.strings.len()),
+            });
+        }
+        let bytes = &self.strings[r.off as usize..end as usize];
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => Err(FormatError::BadString { context: ctx(), reason: format!("not UTF-8 ({e})") }),
+        }
+    }
+
+    fn ids(&self, span: Span, what: &'static str, ctx: &dyn Fn() -> String) -> Result<&[u32]> {
+        slice(self.ids, span.start as u64, span.count as u64, what, ctx)
+    }
+
+    fn dim(&self, d: &DimRec, ctx: &dyn Fn() -> String) -> Result<Dim> {
+        match d.kind {
+            DIM_FIXED => Ok(Dim::Fixed(d.extent)),
+            DIM_SYMBOL => Ok(Dim::Symbol(self.string(d.name, ctx)?)),
+            k => Err(FormatError::BadEnum { what: "dim kind", value: k as u64, context: ctx() }),
+        }
+    }
+
+    fn attr(&self, a: &AttrRec, ctx: &dyn Fn() -> String) -> Result<Attr> {
+        Ok(match a.kind {
+            ATTR_INT => Attr::Int(a.value as i64),
+            ATTR_FLOAT => Attr::Float(f32::from_bits(a.value as u32)),
+            ATTR_INTS => Attr::Ints(slice(self.ints, a.value, a.len as u64, "INTS", ctx)?.to_vec()),
+            ATTR_FLOATS => Attr::Floats(slice(self.floats, a.value, a.len as u64, "FLOATS", ctx)?.to_vec()),
+            ATTR_STR => {
+                let off = u32::try_from(a.value).map_err(|_| FormatError::BadString {
+                    context: ctx(),
+                    reason: format!("offset {} outside the string pool", a.value),
+                })?;
+                Attr::Str(self.string(StrRef { off, len: a.len }, ctx)?)
+            }
+            k => {
+                return Err(FormatError::BadEnum { what: "attribute kind", value: k as u64, context: ctx() })
+            }
+        })
+    }
+}
+
+/// Parses the graph and producer string. References to values are range-checked here;
+/// definitions and ordering are checked by `validate::check_graph`.
+pub(crate) fn parse_graph(s: &Sections<'_>) -> Result<(Graph, String)> {
+    let pools = Pools {
+        strings: s.get(SectionKind::Strings).bytes,
+        ids: records(s.get(SectionKind::Ids).bytes, SectionKind::Ids)?,
+        dims: records(s.get(SectionKind::Dims).bytes, SectionKind::Dims)?,
+        attrs: records(s.get(SectionKind::Attrs).bytes, SectionKind::Attrs)?,
+        ints: records(s.get(SectionKind::Ints).bytes, SectionKind::Ints)?,
+        floats: records(s.get(SectionKind::Floats).bytes, SectionKind::Floats)?,
+    };
+    let meta: &[MetaRec] = records(s.get(SectionKind::Meta).bytes, SectionKind::Meta)?;
+    let [meta] = meta else {
+        return Err(FormatError::SectionTable(format!(
+            "META must hold exactly one record, found {}",
+            meta.len()
+        )));
+    };
+    let value_recs: &[ValueRec] = records(s.get(SectionKind::Values).bytes, SectionKind::Values)?;
+    let node_recs: &[NodeRec] = records(s.get(SectionKind::Nodes).bytes, SectionKind::Nodes)?;
+    let nvalues = value_recs.len();
+    if nvalues > NO_VALUE as usize {
+        return Err(FormatError::TooLarge(format!("{nvalues} values")));
+    }
+
+    let mut values = Vec::with_capacity(nvalues);
+    for (i, r) in value_recs.iter().enumerate() {
+        let name = pools.string(r.name, &|| format!("name of value #{i}"))?;
+        let ctx = || format!("value #{i} '{name}'");
+        let elem = match r.elem {
+            ELEM_F32 => ElemType::F32,
+            ELEM_I64 => ElemType::I64,
+            e => return Err(FormatError::BadEnum { what: "element type", value: e as u64, context: ctx() }),
+        };
+        let dims = slice(pools.dims, r.dims.start as u64, r.dims.count as u64, "DIMS", &ctx)?;
+        let shape = match r.has_shape {
+            0 if dims.is_empty() => None,
+            0 => {
+                return Err(FormatError::BadReference {
+                    what: "dim count of a value without shape",
+                    index: dims.len() as u64,
+                    limit: 0,
+                    context: ctx(),
+                })
+            }
+            1 => Some(dims.iter().map(|d| pools.dim(d, &ctx)).collect::<Result<Vec<_>>>()?),
+            f => {
+                return Err(FormatError::BadEnum { what: "has_shape flag", value: f as u64, context: ctx() })
+            }
+        };
+        values.push(Value { name, elem, shape });
+    }
+
+    let value_id = |id: u32, ctx: &dyn Fn() -> String| -> Result<ValueId> {
+        if (id as usize) < nvalues {
+            Ok(id)
+        } else {
+            Err(FormatError::BadReference {
+                what: "value id",
+                index: id as u64,
+                limit: nvalues as u64,
+                context: ctx(),
+            })
+        }
+    };
+
+    let mut nodes = Vec::with_capacity(node_recs.len());
+    for (i, r) in node_recs.iter().enumerate() {
+        let name = pools.string(r.name, &|| format!("name of node #{i}"))?;
+        let ctx = || format!("node #{i} '{name}'");
+        let op = u16::try_from(r.op)
+            .ok()
+            .and_then(OpKind::from_code)
+            .ok_or_else(|| FormatError::BadEnum { what: "op code", value: r.op as u64, context: ctx() })?;
+        let inputs = pools
+            .ids(r.inputs, "IDS (inputs)", &ctx)?
+            .iter()
+            .map(|&id| match id {
+                NO_VALUE => Ok(None),
+                id => value_id(id, &ctx).map(Some),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = pools
+            .ids(r.outputs, "IDS (outputs)", &ctx)?
+            .iter()
+            .map(|&id| value_id(id, &ctx))
+            .collect::<Result<Vec<_>>>()?;
+        let attr_recs = slice(pools.attrs, r.attrs.start as u64, r.attrs.count as u64, "ATTRS", &ctx)?;
+        let mut attrs = Vec::with_capacity(attr_recs.len());
+        for (k, a) in attr_recs.iter().enumerate() {
+            let aname = pools.string(a.name, &|| format!("name of attribute #{k} of {}", ctx()))?;
+            let actx = || format!("attribute '{aname}' of {}", ctx());
+            let attr = pools.attr(a, &actx)?;
+            attrs.push((aname, attr));
+        }
+        nodes.push(Node { name, op, inputs, outputs, attrs });
+    }
+
+    let producer = pools.string(meta.producer, &|| "producer".into())?;
+    let graph_ids = |span: Span, what: &'static str| -> Result<Vec<ValueId>> {
+        let ctx = || format!("graph {what}");
+        pools.ids(span, "IDS", &ctx)?.iter().map(|&id| value_id(id, &ctx)).collect()
+    };
+    let graph = Graph {
+        inputs: graph_ids(meta.inputs, "inputs")?,
+        outputs: graph_ids(meta.outputs, "outputs")?,
+        values,
+        nodes,
+    };
+    Ok((graph, producer))
+}

@@ -1,0 +1,318 @@
+//! [`PithFile`]: opens, validates once, then serves the graph and zero-copy constant views.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::Path;
+
+use half::f16;
+
+use crate::error::FormatError;
+use crate::ir::{CodebookKind, ElemType, Graph, Value, ValueId};
+use crate::layout::*;
+use crate::parse::{parse_graph, records};
+use crate::sections::{read_sections, Section};
+use crate::storage::Storage;
+use crate::validate::{self, bad_constant, CodebookParams};
+use crate::view::{CentroidsView, CodebookView, TensorView};
+
+type Result<T> = std::result::Result<T, FormatError>;
+
+/// A validated constant: its encoding and the absolute file ranges of its parts.
+#[derive(Debug, Clone)]
+struct ConstEntry {
+    value: ValueId,
+    encoding: Encoding,
+    data: Range<usize>,
+    centroids: Range<usize>,
+    scales: Range<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Encoding {
+    F32,
+    F16,
+    I64,
+    Codebook {
+        bits: u8,
+        entries: usize,
+        kind: CodebookKind,
+        f16_centroids: bool,
+        rows: usize,
+        row_len: usize,
+        row_stride: usize,
+    },
+}
+
+/// A validated `.pith` file: the parsed graph plus constant data used in place.
+///
+/// Everything is validated once by [`PithFile::open`] / [`PithFile::from_bytes`]; the accessors
+/// then never fail.
+pub struct PithFile {
+    storage: Storage,
+    graph: Graph,
+    producer: String,
+    version: (u16, u16),
+    constants: Vec<ConstEntry>,
+    /// For each value id, its index in `constants` or `u32::MAX`.
+    const_index: Vec<u32>,
+}
+
+impl std::fmt::Debug for PithFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PithFile")
+            .field("version", &self.version)
+            .field("producer", &self.producer)
+            .field("file_len", &self.file_len())
+            .field("values", &self.graph.values.len())
+            .field("nodes", &self.graph.nodes.len())
+            .field("constants", &self.constants.len())
+            .finish()
+    }
+}
+
+impl PithFile {
+    /// Maps the file at `path` read-only (tensor data is not copied) and validates it.
+    pub fn open(path: impl AsRef<Path>) -> Result<PithFile> {
+        let path = path.as_ref();
+        let io = |source| FormatError::Io { path: path.to_path_buf(), source };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            // Mapping an empty file is an error on some platforms; report what it really is.
+            return Err(FormatError::Truncated {
+                what: "header",
+                needed: std::mem::size_of::<Header>() as u64,
+                actual: 0,
+            });
+        }
+        Self::from_storage(Storage::map(&file).map_err(io)?)
+    }
+
+    /// Validates in-memory file bytes, copying them only if their start is not 64-byte aligned.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<PithFile> {
+        Self::from_storage(Storage::from_vec(bytes))
+    }
+
+    pub(crate) fn from_storage(storage: Storage) -> Result<PithFile> {
+        let bytes = storage.bytes();
+        let sections = read_sections(bytes)?;
+        let (graph, producer) = parse_graph(&sections)?;
+        let recs: &[ConstRec] = records(sections.get(SectionKind::Constants).bytes, SectionKind::Constants)?;
+        let ids: Vec<ValueId> = recs.iter().map(|r| r.value).collect();
+        validate::check_graph(&graph, &ids)?;
+        let data = sections.get(SectionKind::Data);
+        let mut constants = Vec::with_capacity(recs.len());
+        let mut const_index = vec![u32::MAX; graph.values.len()];
+        for (i, r) in recs.iter().enumerate() {
+            // check_graph range-checked the id and that no value has two definitions.
+            let entry = const_entry(&graph.values[r.value as usize], r, data)?;
+            let view = make_view(bytes, &entry)
+                .map_err(|e| bad_constant(r.value, &graph.values[r.value as usize], e))?;
+            if let TensorView::Codebook(c) = &view {
+                validate::check_codebook_contents(r.value, &graph.values[r.value as usize], c)?;
+            }
+            const_index[r.value as usize] = i as u32;
+            constants.push(entry);
+        }
+        let version = sections.version;
+        log::debug!(
+            "validated .pith {}.{}: {} bytes, {} nodes, {} constants",
+            version.0,
+            version.1,
+            bytes.len(),
+            graph.nodes.len(),
+            constants.len()
+        );
+        Ok(PithFile { storage, graph, producer, version, constants, const_index })
+    }
+
+    /// The graph, parsed once at open.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn entry(&self, value: ValueId) -> Option<&ConstEntry> {
+        let i = *self.const_index.get(value as usize)?;
+        self.constants.get(i as usize)
+    }
+
+    /// A zero-copy view of constant `value`'s data; `None` if `value` is not a constant.
+    pub fn constant(&self, value: ValueId) -> Option<TensorView<'_>> {
+        // Validated at open, so `make_view` cannot fail here.
+        make_view(self.storage.bytes(), self.entry(value)?).ok()
+    }
+
+    /// The value ids of every constant, in file order.
+    pub fn constant_ids(&self) -> impl Iterator<Item = ValueId> + '_ {
+        self.constants.iter().map(|c| c.value)
+    }
+
+    /// Bytes constant `value`'s data occupies in the file (data or indices + centroids + scales,
+    /// without alignment padding); 0 if `value` is not a constant.
+    pub fn constant_bytes(&self, value: ValueId) -> usize {
+        self.entry(value).map_or(0, |e| e.data.len() + e.centroids.len() + e.scales.len())
+    }
+
+    /// The file's format `(major, minor)` version.
+    pub fn version(&self) -> (u16, u16) {
+        self.version
+    }
+
+    /// The producer string recorded by the writer.
+    pub fn producer(&self) -> &str {
+        &self.producer
+    }
+
+    /// Length of the file in bytes.
+    pub fn file_len(&self) -> usize {
+        self.storage.bytes().len()
+    }
+}
+
+/// Checks constant record `r` against its value and the DATA section; returns its entry.
+fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry> {
+    let id = r.value;
+    let bad = |reason: String| bad_constant(id, v, reason);
+    let shape = validate::const_shape(id, v)?;
+    let check_elem = |want: ElemType, enc: &str| {
+        if v.elem == want {
+            Ok(())
+        } else {
+            Err(bad(format!("element type {:?} does not match encoding {enc}", v.elem)))
+        }
+    };
+    let check_len = |what: &str, got: u64, want: usize| {
+        if got == want as u64 {
+            Ok(())
+        } else {
+            Err(bad(format!("{what} is {got} bytes, expected {want}")))
+        }
+    };
+    let blob = |b: Blob, what: &str| -> Result<Range<usize>> {
+        if b.offset % ALIGN as u64 != 0 {
+            return Err(bad(format!("{what} blob offset {} is not a multiple of {ALIGN}", b.offset)));
+        }
+        let end = b.offset.checked_add(b.len).filter(|&e| e <= data.bytes.len() as u64);
+        let Some(end) = end else {
+            return Err(bad(format!(
+                "{what} blob at {}+{} lies outside the {}-byte DATA section",
+                b.offset,
+                b.len,
+                data.bytes.len()
+            )));
+        };
+        Ok(data.offset + b.offset as usize..data.offset + end as usize)
+    };
+    let plain = |elem: ElemType, enc: &str, size: usize, encoding: Encoding| {
+        check_elem(elem, enc)?;
+        let unused = [r.bits as u64, r.cb_kind as u64, r.centroid_type as u64, r.entries as u64]
+            .into_iter()
+            .chain([r.rows, r.row_len, r.centroids.len, r.scales.len]);
+        if unused.into_iter().any(|x| x != 0) {
+            return Err(bad(format!("{enc} constant has non-zero codebook fields")));
+        }
+        check_len(&format!("{enc} data"), r.data.len, validate::data_len(id, v, &shape, size)?)?;
+        Ok(ConstEntry { value: id, encoding, data: blob(r.data, "data")?, centroids: 0..0, scales: 0..0 })
+    };
+    match r.encoding {
+        ENC_F32 => plain(ElemType::F32, "f32", 4, Encoding::F32),
+        ENC_F16 => plain(ElemType::F32, "f16", 2, Encoding::F16),
+        ENC_I64 => plain(ElemType::I64, "i64", 8, Encoding::I64),
+        ENC_CODEBOOK => {
+            check_elem(ElemType::F32, "codebook")?;
+            let enum_err = |what, value: u32| FormatError::BadEnum {
+                what,
+                value: value as u64,
+                context: format!("constant value #{id} '{}'", v.name),
+            };
+            let kind = match r.cb_kind {
+                0 => CodebookKind::PerTensor,
+                1 => CodebookKind::PerRow,
+                2 => CodebookKind::SharedScaled,
+                k => return Err(enum_err("codebook kind", k)),
+            };
+            let (f16_centroids, csize) = match r.centroid_type {
+                CENTROIDS_F32 => (false, 4),
+                CENTROIDS_F16 => (true, 2),
+                t => return Err(enum_err("centroid type", t)),
+            };
+            let params = CodebookParams {
+                bits: r.bits as u64,
+                entries: r.entries as u64,
+                kind,
+                rows: r.rows,
+                row_len: r.row_len,
+            };
+            let lay = validate::codebook_layout(id, v, &shape, params)?;
+            check_len("codebook indices", r.data.len, lay.indices_len)?;
+            let centroid_bytes =
+                lay.centroid_count.checked_mul(csize).ok_or_else(|| bad("centroid size overflows".into()))?;
+            check_len("codebook centroids", r.centroids.len, centroid_bytes)?;
+            let scale_bytes =
+                lay.scale_count.checked_mul(4).ok_or_else(|| bad("scale size overflows".into()))?;
+            check_len("codebook scales", r.scales.len, scale_bytes)?;
+            Ok(ConstEntry {
+                value: id,
+                encoding: Encoding::Codebook {
+                    bits: lay.bits,
+                    entries: lay.entries,
+                    kind,
+                    f16_centroids,
+                    rows: lay.rows,
+                    row_len: lay.row_len,
+                    row_stride: lay.row_stride,
+                },
+                data: blob(r.data, "indices")?,
+                centroids: blob(r.centroids, "centroids")?,
+                scales: blob(r.scales, "scales")?,
+            })
+        }
+        e => Err(FormatError::BadEnum {
+            what: "encoding",
+            value: e as u64,
+            context: format!("constant value #{id} '{}'", v.name),
+        }),
+    }
+}
+
+/// Builds the view of a checked entry. Fails only if a blob is misaligned in memory.
+fn make_view<'a>(bytes: &'a [u8], e: &ConstEntry) -> std::result::Result<TensorView<'a>, String> {
+    fn cast<T: bytemuck::Pod>(b: &[u8]) -> std::result::Result<&[T], String> {
+        bytemuck::try_cast_slice(b).map_err(|err| format!("blob cannot be used in place: {err}"))
+    }
+    let data = &bytes[e.data.clone()];
+    Ok(match e.encoding {
+        Encoding::F32 => TensorView::F32(cast::<f32>(data)?),
+        Encoding::F16 => TensorView::F16(cast::<f16>(data)?),
+        Encoding::I64 => TensorView::I64(cast::<i64>(data)?),
+        Encoding::Codebook { bits, entries, kind, f16_centroids, rows, row_len, row_stride } => {
+            let c = &bytes[e.centroids.clone()];
+            TensorView::Codebook(CodebookView {
+                bits,
+                rows,
+                row_len,
+                row_stride,
+                entries,
+                kind,
+                centroids: if f16_centroids {
+                    CentroidsView::F16(cast::<f16>(c)?)
+                } else {
+                    CentroidsView::F32(cast::<f32>(c)?)
+                },
+                scales: cast::<f32>(&bytes[e.scales.clone()])?,
+                indices: data,
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pith_file_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<PithFile>();
+    }
+}

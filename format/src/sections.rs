@@ -1,0 +1,165 @@
+//! Header and section table: magic, version, lengths, bounds, alignment, overlap, zero padding and
+//! checksums. After [`read_sections`] every section slice is in bounds and checksummed.
+
+use std::mem::size_of;
+
+use crate::error::FormatError;
+use crate::layout::{Header, SectionEntry, SectionKind, ALIGN, HEADER_CRC_SPAN, MAGIC, SECTION_OPTIONAL};
+use crate::{FORMAT_MAJOR, FORMAT_MINOR};
+
+type Result<T> = std::result::Result<T, FormatError>;
+
+/// One required section: its bytes and their file offset.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Section<'a> {
+    pub bytes: &'a [u8],
+    pub offset: usize,
+}
+
+/// The validated sections of a file.
+pub(crate) struct Sections<'a> {
+    /// `(major, minor)` from the header.
+    pub version: (u16, u16),
+    parts: [Option<Section<'a>>; SectionKind::ALL.len()],
+}
+
+impl<'a> Sections<'a> {
+    /// The section of `kind` (present: [`read_sections`] refuses files missing one).
+    pub fn get(&self, kind: SectionKind) -> Section<'a> {
+        self.parts[kind as usize - 1].unwrap_or_default()
+    }
+}
+
+fn table_err(msg: String) -> FormatError {
+    FormatError::SectionTable(msg)
+}
+
+/// CRC-32 of header bytes 0..28 followed by the section table (`head` = bytes 0..table end).
+pub(crate) fn header_crc(head: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&head[..HEADER_CRC_SPAN]);
+    h.update(&head[size_of::<Header>()..]);
+    h.finalize()
+}
+
+/// Validates header and section table and returns the required sections.
+pub(crate) fn read_sections(bytes: &[u8]) -> Result<Sections<'_>> {
+    let len = bytes.len() as u64;
+    let header_len = size_of::<Header>();
+    if bytes.len() < header_len {
+        return Err(FormatError::Truncated { what: "header", needed: header_len as u64, actual: len });
+    }
+    let header: Header = bytemuck::pod_read_unaligned(&bytes[..header_len]);
+    if header.magic != MAGIC {
+        return Err(FormatError::BadMagic { found: header.magic });
+    }
+    let (major, minor) = (header.major, header.minor);
+    if major > FORMAT_MAJOR {
+        return Err(FormatError::NewerVersion { major, minor });
+    }
+    if major < FORMAT_MAJOR {
+        return Err(FormatError::UnsupportedVersion { major, minor });
+    }
+    if minor > FORMAT_MINOR {
+        log::debug!("reading format {major}.{minor} with a {FORMAT_MAJOR}.{FORMAT_MINOR} reader");
+    }
+    let entry_len = size_of::<SectionEntry>();
+    // u32 count * 32 + 32 cannot overflow u64.
+    let table_end = header_len as u64 + header.section_count as u64 * entry_len as u64;
+    if table_end > len {
+        return Err(FormatError::Truncated { what: "section table", needed: table_end, actual: len });
+    }
+    let table_end = table_end as usize;
+    let computed = header_crc(&bytes[..table_end]);
+    if computed != header.header_crc {
+        return Err(FormatError::Checksum { section: "header".into(), stored: header.header_crc, computed });
+    }
+    if header.file_len > len {
+        return Err(FormatError::Truncated { what: "whole file", needed: header.file_len, actual: len });
+    }
+    if header.file_len < len {
+        return Err(FormatError::TrailingBytes { expected: header.file_len, actual: len });
+    }
+
+    let mut parts = [None; SectionKind::ALL.len()];
+    // Bounded by the file length: the table fits in the file.
+    let mut ranges = Vec::with_capacity(header.section_count as usize);
+    for (i, raw) in bytes[header_len..table_end].chunks_exact(entry_len).enumerate() {
+        let e: SectionEntry = bytemuck::pod_read_unaligned(raw);
+        let kind = SectionKind::from_code(e.kind);
+        let name = kind.map_or_else(|| format!("kind {}", e.kind), |k| k.name().to_string());
+        let what = format!("section #{i} ({name})");
+        let end = e.offset.checked_add(e.length).filter(|&end| end <= len).ok_or_else(|| {
+            table_err(format!(
+                "{what} at offset {} with length {} does not fit in the {len}-byte file",
+                e.offset, e.length
+            ))
+        })?;
+        if e.offset < table_end as u64 {
+            return Err(table_err(format!(
+                "{what} at offset {} overlaps the header or section table (ends at {table_end})",
+                e.offset
+            )));
+        }
+        if e.offset % ALIGN as u64 != 0 {
+            return Err(table_err(format!("{what} offset {} is not a multiple of {ALIGN}", e.offset)));
+        }
+        let (start, end) = (e.offset as usize, end as usize);
+        let section = &bytes[start..end];
+        let computed = crc32fast::hash(section);
+        if computed != e.crc {
+            return Err(FormatError::Checksum { section: what, stored: e.crc, computed });
+        }
+        ranges.push((start, end));
+        match kind {
+            Some(k) => {
+                let slot = &mut parts[k as usize - 1];
+                if slot.is_some() {
+                    return Err(table_err(format!("{what}: duplicate {name} section")));
+                }
+                *slot = Some(Section { bytes: section, offset: start });
+            }
+            None if e.flags & SECTION_OPTIONAL != 0 => {
+                log::debug!("skipping unknown optional {what}");
+            }
+            None => {
+                return Err(table_err(format!(
+                    "{what}: unknown section kind {} not marked optional; a newer writer made \
+                     this file",
+                    e.kind
+                )))
+            }
+        }
+    }
+    for k in SectionKind::ALL {
+        if parts[k as usize - 1].is_none() {
+            return Err(table_err(format!("missing required {} section", k.name())));
+        }
+    }
+    check_gaps(bytes, table_end, &mut ranges)?;
+    Ok(Sections { version: (major, minor), parts })
+}
+
+/// Sections must not overlap and every byte outside header, table and sections must be zero,
+/// so that no byte of the file escapes a checksum.
+fn check_gaps(bytes: &[u8], table_end: usize, ranges: &mut [(usize, usize)]) -> Result<()> {
+    ranges.sort_unstable();
+    let mut prev = table_end;
+    for &(start, end) in ranges.iter() {
+        if start < prev {
+            return Err(table_err(format!(
+                "section at offset {start} overlaps the previous one (ends at {prev})"
+            )));
+        }
+        zero_padding(bytes, prev, start)?;
+        prev = end;
+    }
+    zero_padding(bytes, prev, bytes.len())
+}
+
+fn zero_padding(bytes: &[u8], start: usize, end: usize) -> Result<()> {
+    match bytes[start..end].iter().position(|&b| b != 0) {
+        None => Ok(()),
+        Some(i) => Err(FormatError::NonZeroPadding { offset: (start + i) as u64 }),
+    }
+}

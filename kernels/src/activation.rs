@@ -1,0 +1,113 @@
+//! Element-wise activations that kernels can fuse into their epilogue.
+
+/// An activation applied to every output element after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Activation {
+    /// Identity.
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, min), max)`.
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// `x` if `x >= 0`, else `alpha * x`.
+    LeakyRelu(f32),
+    /// `clamp(alpha * x + beta, 0, 1)`.
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// `x * clamp(x / 6 + 1/2, 0, 1)`.
+    HardSwish,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+}
+
+impl Activation {
+    /// The activation of one value.
+    #[inline]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::None => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Clip { min, max } => x.max(min).min(max),
+            Activation::LeakyRelu(alpha) => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
+            }
+            Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Activation::Sigmoid => sigmoid(x),
+        }
+    }
+
+    /// Applies the activation in place.
+    pub fn apply_slice(self, xs: &mut [f32]) {
+        if self == Activation::None {
+            return;
+        }
+        for x in xs {
+            *x = self.apply(*x);
+        }
+    }
+}
+
+/// Logistic sigmoid, written so that large `|x|` neither overflows nor loses the tails.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::manual_clamp)] // the definitions, written out independently
+    fn each_activation_matches_its_definition() {
+        let xs = [-7.5f32, -3.0, -1.0, -0.25, 0.0, 0.4, 2.9, 3.0, 6.5, 90.0, -90.0];
+        for &x in &xs {
+            assert_eq!(Activation::None.apply(x), x);
+            assert_eq!(Activation::Relu.apply(x), if x > 0.0 { x } else { 0.0 });
+            let c = Activation::Clip { min: -1.0, max: 2.5 }.apply(x);
+            assert_eq!(
+                c,
+                if x < -1.0 {
+                    -1.0
+                } else if x > 2.5 {
+                    2.5
+                } else {
+                    x
+                }
+            );
+            assert_eq!(Activation::LeakyRelu(0.1).apply(x), if x < 0.0 { 0.1 * x } else { x });
+            let hs = Activation::HardSigmoid { alpha: 0.2, beta: 0.5 }.apply(x);
+            assert!((hs - (0.2 * x + 0.5).clamp(0.0, 1.0)).abs() < 1e-7);
+            let hw = Activation::HardSwish.apply(x);
+            let relu6 = (x + 3.0).clamp(0.0, 6.0);
+            assert!((hw - x * relu6 / 6.0).abs() < 1e-5, "hardswish({x})");
+            let s = Activation::Sigmoid.apply(x);
+            let want = 1.0 / (1.0 + (-(x as f64)).exp());
+            assert!((s as f64 - want).abs() < 1e-6, "sigmoid({x})");
+            assert!(s.is_finite());
+        }
+        let mut v = xs.to_vec();
+        Activation::Relu.apply_slice(&mut v);
+        assert!(v.iter().all(|&x| x >= 0.0));
+    }
+}

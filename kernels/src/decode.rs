@@ -1,0 +1,208 @@
+//! Row-at-a-time weight decoding: the only way kernels read weights.
+
+use pith_format::ir::{row_stride, CodebookKind};
+use pith_format::{CentroidsView, CodebookView, TensorView};
+
+use crate::KernelError;
+
+/// A weight tensor seen as `rows` rows of `row_len` weights, validated once so that decoding any
+/// row in range cannot fail.
+///
+/// Decoding is equivalent to [`TensorView::decode_row`] (and so to `CodebookView::decode_row`, the
+/// reference semantics) but faster for codebooks: the row's codebook is widened to an f32 lookup
+/// table with the row scale folded in, and indices are pulled from a bit accumulator.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightRows<'a> {
+    view: TensorView<'a>,
+    rows: usize,
+    row_len: usize,
+}
+
+impl<'a> WeightRows<'a> {
+    /// Views `view` as `rows` × `row_len`; errors if the sizes or the codebook layout do not fit.
+    pub fn new(view: TensorView<'a>, rows: usize, row_len: usize) -> Result<Self, KernelError> {
+        let want = rows * row_len;
+        let bad = |msg: String| Err(KernelError::Weight(msg));
+        match view {
+            TensorView::F32(d) if d.len() != want => {
+                return bad(format!("{} f32 values, expected {rows}x{row_len}", d.len()))
+            }
+            TensorView::F16(d) if d.len() != want => {
+                return bad(format!("{} f16 values, expected {rows}x{row_len}", d.len()))
+            }
+            TensorView::I64(d) if d.len() != want => {
+                return bad(format!("{} i64 values, expected {rows}x{row_len}", d.len()))
+            }
+            TensorView::Codebook(c) => check_codebook(&c, rows, row_len)?,
+            _ => {}
+        }
+        Ok(WeightRows { view, rows, row_len })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Weights per row.
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    /// Decodes row `r` into `out[..row_len]`.
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() < row_len` (caller bugs; kernels size both from the same params).
+    pub fn decode(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} out of {} rows", self.rows);
+        let n = self.row_len;
+        let out = &mut out[..n];
+        match self.view {
+            TensorView::F32(d) => out.copy_from_slice(&d[r * n..(r + 1) * n]),
+            TensorView::F16(d) => {
+                for (o, v) in out.iter_mut().zip(&d[r * n..(r + 1) * n]) {
+                    *o = v.to_f32();
+                }
+            }
+            TensorView::I64(d) => {
+                for (o, v) in out.iter_mut().zip(&d[r * n..(r + 1) * n]) {
+                    *o = *v as f32;
+                }
+            }
+            TensorView::Codebook(c) => decode_codebook_row(&c, r, out),
+        }
+    }
+}
+
+/// Rejects codebook views whose slices are too short for `rows` × `row_len`, so decoding never
+/// indexes out of bounds. Indices at or above `entries` decode as 0 (see [`decode_codebook_row`]).
+fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(), KernelError> {
+    let fail = |msg: String| Err(KernelError::Weight(msg));
+    if c.rows != rows || c.row_len != row_len {
+        return fail(format!("codebook is {}x{}, expected {rows}x{row_len}", c.rows, c.row_len));
+    }
+    if !(1..=8).contains(&c.bits) {
+        return fail(format!("codebook index width {} is not in 1..=8", c.bits));
+    }
+    if c.row_stride != row_stride(row_len, c.bits) {
+        return fail(format!("codebook row stride {} is wrong", c.row_stride));
+    }
+    if c.indices.len() < rows * c.row_stride {
+        return fail(format!("codebook has only {} index bytes", c.indices.len()));
+    }
+    let centroids = match c.kind {
+        CodebookKind::PerRow => rows * c.entries,
+        _ => c.entries,
+    };
+    if c.entries == 0 || c.entries > 256 || c.centroids.len() < centroids {
+        return fail(format!("codebook has {} centroids for {} entries", c.centroids.len(), c.entries));
+    }
+    if c.kind == CodebookKind::SharedScaled && c.scales.len() < rows {
+        return fail(format!("codebook has {} scales for {rows} rows", c.scales.len()));
+    }
+    Ok(())
+}
+
+/// Fast decode of codebook row `r` (a view checked by [`check_codebook`]) into `out` (`row_len` long).
+fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32]) {
+    // Row lookup table: unused slots stay 0 so an out-of-range index cannot panic.
+    let mut lut = [0.0f32; 256];
+    let (base, scale) = match c.kind {
+        CodebookKind::PerTensor => (0, 1.0),
+        CodebookKind::PerRow => (r * c.entries, 1.0),
+        CodebookKind::SharedScaled => (0, c.scales[r]),
+    };
+    let table = &mut lut[..c.entries];
+    match c.centroids {
+        CentroidsView::F32(v) => {
+            for (t, &x) in table.iter_mut().zip(&v[base..base + c.entries]) {
+                *t = x * scale;
+            }
+        }
+        CentroidsView::F16(v) => {
+            for (t, x) in table.iter_mut().zip(&v[base..base + c.entries]) {
+                *t = x.to_f32() * scale;
+            }
+        }
+    }
+    let bytes = c.row_indices(r);
+    match c.bits {
+        8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = lut[b as usize];
+            }
+        }
+        4 => {
+            let mut it = out.chunks_exact_mut(2);
+            for (pair, &b) in (&mut it).zip(bytes) {
+                pair[0] = lut[(b & 15) as usize];
+                pair[1] = lut[(b >> 4) as usize];
+            }
+            if let [last] = it.into_remainder() {
+                *last = lut[(bytes[bytes.len() - 1] & 15) as usize];
+            }
+        }
+        bits => {
+            // LSB-first bitstream: refill a byte whenever fewer than `bits` bits are buffered.
+            let bits = bits as u32;
+            let mask = (1u32 << bits) - 1;
+            let mut acc = 0u32;
+            let mut have = 0u32;
+            let mut src = bytes.iter();
+            for o in out.iter_mut() {
+                if have < bits {
+                    acc |= (*src.next().unwrap_or(&0) as u32) << have;
+                    have += 8;
+                }
+                *o = lut[(acc & mask) as usize];
+                acc >>= bits;
+                have -= bits;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{random_weight, Rng, WeightKind};
+
+    #[test]
+    fn matches_reference_decode_for_every_encoding() {
+        let mut rng = Rng::new(7);
+        for kind in WeightKind::all() {
+            for &(rows, row_len) in &[(1, 1), (3, 7), (5, 13), (2, 64), (4, 33)] {
+                let data = random_weight(&mut rng, kind, rows, row_len);
+                let view = data.view();
+                let w = WeightRows::new(view, rows, row_len).unwrap();
+                let mut fast = vec![f32::NAN; row_len + 3];
+                let mut reference = vec![0.0; row_len];
+                for r in 0..rows {
+                    w.decode(r, &mut fast);
+                    view.decode_row(rows, r, &mut reference);
+                    assert_eq!(&fast[..row_len], &reference[..], "{kind:?} {rows}x{row_len}");
+                    assert!(fast[row_len].is_nan(), "wrote past the row");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes_and_short_codebooks() {
+        let mut rng = Rng::new(1);
+        let data = random_weight(&mut rng, WeightKind::F32, 2, 3);
+        assert!(WeightRows::new(data.view(), 3, 2).is_ok()); // same numel is fine for dense
+        assert!(WeightRows::new(data.view(), 2, 4).is_err());
+        let cb = random_weight(&mut rng, WeightKind::Codebook(3, CodebookKind::SharedScaled, false), 4, 5);
+        assert!(WeightRows::new(cb.view(), 2, 10).is_err());
+        let TensorView::Codebook(mut v) = cb.view() else { unreachable!() };
+        v.indices = &v.indices[..v.indices.len() - 1];
+        assert!(WeightRows::new(TensorView::Codebook(v), 4, 5).is_err());
+        v = match cb.view() {
+            TensorView::Codebook(v) => v,
+            _ => unreachable!(),
+        };
+        v.scales = &v.scales[..3];
+        assert!(WeightRows::new(TensorView::Codebook(v), 4, 5).is_err());
+    }
+}

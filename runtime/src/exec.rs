@@ -1,0 +1,241 @@
+//! Executing a [`Plan`]: the backend boundary and the CPU backend.
+//!
+//! A backend receives a finished plan (shapes, schedule, arena offsets) and the caller's inputs, and
+//! returns the graph outputs. The CPU backend keeps every activation in one host arena; a GPU backend
+//! would allocate the same layout in device memory and launch its own kernels per step.
+
+use pith_format::ir::{ElemType, Graph, ValueId};
+
+use crate::error::{OpError, Result, RuntimeError};
+use crate::ops::{Arg, ArgData, ExecCtx, Op, Out};
+use crate::plan::{node_error, ConstantFn, Plan, PlannedValue, Slot, ALIGN};
+use crate::tensor::{Tensor, TensorBuf};
+
+/// Everything a backend needs to run one inference.
+pub struct Job<'a, 'c> {
+    /// The model's graph.
+    pub graph: &'a Graph,
+    /// Constant lookup.
+    pub constant: &'a ConstantFn<'c>,
+    /// `ops[i]` runs `graph.nodes[i]`.
+    pub ops: &'a [Box<dyn Op>],
+    /// The plan for the inputs' shapes.
+    pub plan: &'a Plan,
+    /// Worker threads ops may use.
+    pub threads: usize,
+}
+
+/// Runs planned graphs.
+pub trait Backend: Send + std::fmt::Debug {
+    /// Short name for logs ("cpu").
+    fn name(&self) -> &'static str;
+
+    /// Runs `job` on `inputs` (one per graph input, in graph order, shapes as planned) and returns the
+    /// graph outputs in graph order.
+    fn execute(&mut self, job: &Job<'_, '_>, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
+}
+
+/// The CPU backend: one f32 arena for all activations, one scratch buffer shared by all ops.
+#[derive(Debug, Default)]
+pub struct CpuBackend {
+    arena: Vec<f32>,
+    scratch: Vec<f32>,
+}
+
+impl CpuBackend {
+    /// A backend with no memory yet; buffers grow to the largest plan they run.
+    pub fn new() -> CpuBackend {
+        CpuBackend::default()
+    }
+}
+
+/// An arena whose element `offset` is aligned to [`ALIGN`] floats: raw pointers for disjoint borrows.
+struct ArenaPtr {
+    base: *mut f32,
+    len: usize,
+}
+
+impl ArenaPtr {
+    /// Borrows `arena`, growing it so `len` elements fit after an aligned base.
+    fn new(arena: &mut Vec<f32>, len: usize) -> ArenaPtr {
+        if arena.len() < len + ALIGN {
+            arena.resize(len + ALIGN, 0.0);
+        }
+        let shift = arena.as_ptr().align_offset(ALIGN * std::mem::size_of::<f32>()).min(ALIGN);
+        ArenaPtr {
+            // SAFETY: `shift <= ALIGN` and the vector holds at least `len + ALIGN` elements.
+            base: unsafe { arena.as_mut_ptr().add(shift) },
+            len,
+        }
+    }
+
+    /// The activation `v` stored at `offset`, shared.
+    ///
+    /// # Safety
+    /// No mutable borrow of an overlapping range may be alive while the result is.
+    unsafe fn get<'a>(&self, offset: usize, v: &PlannedValue) -> &'a [f32] {
+        let n = v.numel();
+        assert!(offset + n <= self.len, "activation outside the arena");
+        // SAFETY: in bounds (checked above); aliasing is the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.base.add(offset), n) }
+    }
+
+    /// The activation `v` stored at `offset`, exclusive.
+    ///
+    /// # Safety
+    /// No other borrow of an overlapping range may be alive while the result is.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get_mut<'a>(&self, offset: usize, v: &PlannedValue) -> &'a mut [f32] {
+        let n = v.numel();
+        assert!(offset + n <= self.len, "activation outside the arena");
+        // SAFETY: in bounds (checked above); aliasing is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), n) }
+    }
+}
+
+/// The planned value `id`; the planner defines every value a step or output touches.
+fn planned(plan: &Plan, id: ValueId) -> Result<&PlannedValue> {
+    plan.values
+        .get(id as usize)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| RuntimeError::Graph(format!("value #{id} is not planned")))
+}
+
+/// Element ranges of the arena a step touches, for the disjointness check.
+fn ranges_disjoint(outs: &[(usize, usize)], ins: &[(usize, usize)]) -> bool {
+    let overlaps = |a: &(usize, usize), b: &(usize, usize)| a.0 < b.1 && b.0 < a.1;
+    outs.iter()
+        .enumerate()
+        .all(|(i, o)| outs[i + 1..].iter().all(|p| !overlaps(o, p)) && ins.iter().all(|x| !overlaps(o, x)))
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn execute(&mut self, job: &Job<'_, '_>, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let (graph, plan) = (job.graph, job.plan);
+        if inputs.len() != graph.inputs.len() {
+            return Err(RuntimeError::Graph(format!(
+                "{} inputs given, the graph has {}",
+                inputs.len(),
+                graph.inputs.len()
+            )));
+        }
+        if self.scratch.len() < plan.scratch_len {
+            self.scratch.resize(plan.scratch_len, 0.0);
+        }
+        let arena = ArenaPtr::new(&mut self.arena, plan.arena_len);
+        let ctx = ExecCtx { threads: job.threads.max(1) };
+
+        for (&id, t) in graph.inputs.iter().zip(inputs) {
+            let v = planned(plan, id)?;
+            if let (Slot::Arena(off), Some(src)) = (&v.slot, t.as_f32()) {
+                if src.len() != v.numel() {
+                    return Err(RuntimeError::Graph("input does not match its plan".into()));
+                }
+                // SAFETY: no other arena borrow is alive during this copy.
+                unsafe { arena.get_mut(*off, v) }.copy_from_slice(src);
+            }
+        }
+
+        for &ni in &plan.steps {
+            let node = &graph.nodes[ni];
+            let mut in_ranges = Vec::with_capacity(node.inputs.len());
+            let mut args = Vec::with_capacity(node.inputs.len());
+            for input in &node.inputs {
+                let Some(id) = *input else {
+                    args.push(None);
+                    continue;
+                };
+                let v = planned(plan, id)?;
+                let data = match &v.slot {
+                    Slot::Arena(off) => {
+                        in_ranges.push((*off, off + v.numel()));
+                        // SAFETY: see the outputs below; inputs are only read.
+                        ArgData::Act(unsafe { arena.get(*off, v) })
+                    }
+                    Slot::Known(t) => ArgData::Known(t),
+                    Slot::Const => ArgData::Const((job.constant)(id).ok_or_else(|| {
+                        RuntimeError::Graph(format!("constant #{id} vanished from the model"))
+                    })?),
+                    Slot::Unused => return Err(RuntimeError::Graph(format!("value #{id} has no storage"))),
+                };
+                args.push(Some(Arg { shape: &v.shape, elem: v.elem, data: Some(data) }));
+            }
+            let mut out_ranges = Vec::with_capacity(node.outputs.len());
+            let mut outs = Vec::with_capacity(node.outputs.len());
+            for &id in &node.outputs {
+                let v = planned(plan, id)?;
+                let Slot::Arena(off) = v.slot else {
+                    return Err(RuntimeError::Graph(format!("output #{id} has no storage")));
+                };
+                out_ranges.push((off, off + v.numel()));
+                // SAFETY: the planner gives each buffer a range of the arena that no buffer alive at the
+                // same step shares (arena::place). A step's outputs are born at the step and its inputs
+                // die no earlier, so both are alive together: outputs never overlap each other or any
+                // input, and the shared input slices built above are only read. Reshaped views share
+                // their source's range but are never a step's output (their steps are removed), and
+                // their uses extend the source's lifetime. Checked below in debug builds.
+                outs.push(Out { shape: &v.shape, data: unsafe { arena.get_mut(off, v) } });
+            }
+            debug_assert!(
+                ranges_disjoint(&out_ranges, &in_ranges),
+                "arena plan overlaps live values at node #{ni}"
+            );
+            job.ops[ni]
+                .run(&args, &mut outs, &mut self.scratch[..plan.scratch_len], &ctx)
+                .map_err(|e| node_error(node, ni, e))?;
+        }
+
+        graph
+            .outputs
+            .iter()
+            .map(|&id| {
+                let v = planned(plan, id)?;
+                match &v.slot {
+                    Slot::Known(t) => Ok(t.clone()),
+                    // SAFETY: every step is done; no mutable arena borrow is alive.
+                    Slot::Arena(off) => {
+                        Ok(Tensor::from_f32(v.shape.clone(), unsafe { arena.get(*off, v) }.to_vec()))
+                    }
+                    Slot::Const => constant_tensor(job, id, v),
+                    Slot::Unused => Err(RuntimeError::Graph(format!("output #{id} has no storage"))),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A graph output that is a model constant, decoded into an owned tensor.
+fn constant_tensor(job: &Job<'_, '_>, id: ValueId, v: &PlannedValue) -> Result<Tensor> {
+    let arg = Arg { shape: &v.shape, elem: v.elem, data: (job.constant)(id).map(ArgData::Const) };
+    let buf = match v.elem {
+        ElemType::F32 => arg.f32s().map(|d| TensorBuf::F32(d.into_owned())),
+        ElemType::I64 => arg.i64s().map(|d| TensorBuf::I64(d.into_owned())),
+    }
+    .map_err(|OpError(e)| RuntimeError::Graph(format!("constant output #{id}: {e}")))?;
+    Ok(Tensor { shape: v.shape.clone(), buf })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disjointness_check_catches_overlaps() {
+        assert!(ranges_disjoint(&[(0, 16), (16, 32)], &[(32, 40), (32, 40)]));
+        assert!(!ranges_disjoint(&[(0, 16), (8, 32)], &[]), "outputs overlap");
+        assert!(!ranges_disjoint(&[(0, 16)], &[(15, 20)]), "output overlaps an input");
+        assert!(ranges_disjoint(&[(0, 0)], &[(0, 8)]), "empty ranges overlap nothing");
+    }
+
+    #[test]
+    fn arena_base_is_aligned() {
+        let mut v = Vec::new();
+        let a = ArenaPtr::new(&mut v, 100);
+        assert_eq!(a.base as usize % (ALIGN * 4), 0);
+        assert!(v.len() >= 100 + ALIGN);
+    }
+}

@@ -1,0 +1,229 @@
+//! Pad: constant, reflect and edge padding (negative pads crop).
+
+use pith_format::ir::Node;
+
+use super::common::{input, norm_axes, param, strides, Elem, Move, Mover};
+use crate::error::OpError;
+use crate::ops::{attrs, Arg, Op, OpResult};
+
+/// How out-of-range positions are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Constant,
+    Reflect,
+    Edge,
+}
+
+/// ONNX Pad.
+#[derive(Debug)]
+pub(crate) struct Pad {
+    mode: Mode,
+    /// `pads` attribute (opset < 11), else input 1.
+    pads_attr: Option<Vec<i64>>,
+    /// `value` attribute (opset < 11), else input 2.
+    value_attr: f32,
+}
+
+/// Builds Pad.
+pub(crate) fn build_pad(node: &Node) -> OpResult<Box<dyn Op>> {
+    let mode = match attrs::string(node, "mode", "constant")?.as_str() {
+        "constant" => Mode::Constant,
+        "reflect" => Mode::Reflect,
+        "edge" => Mode::Edge,
+        other => return Err(OpError(format!("pad mode '{other}' is not supported"))),
+    };
+    Mover::boxed(Pad {
+        mode,
+        pads_attr: attrs::ints(node, "pads")?,
+        value_attr: attrs::float(node, "value", 0.0)?,
+    })
+}
+
+impl Pad {
+    /// For every axis, the source index of each output index (`None`: the constant).
+    fn maps(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<Option<usize>>>> {
+        let shape = input(inputs, 0)?.shape;
+        let pads = match param(inputs, 1, "pads")? {
+            Some(p) => p.into_owned(),
+            None => self.pads_attr.clone().ok_or_else(|| OpError("pads are required".into()))?,
+        };
+        let axes = match param(inputs, 3, "axes")? {
+            Some(a) => norm_axes(&a, shape.len())?,
+            None => (0..shape.len()).collect(),
+        };
+        if pads.len() != 2 * axes.len() {
+            return Err(OpError(format!(
+                "{} pads for {} axes (need begins then ends)",
+                pads.len(),
+                axes.len()
+            )));
+        }
+        let mut maps: Vec<Vec<Option<usize>>> = shape.iter().map(|&d| (0..d).map(Some).collect()).collect();
+        for (k, &axis) in axes.iter().enumerate() {
+            let (begin, end, dim) = (pads[k], pads[k + axes.len()], shape[axis] as i64);
+            let out = dim + begin + end;
+            if out < 0 {
+                return Err(OpError(format!(
+                    "pads {begin}, {end} crop more than extent {dim} of axis {axis}"
+                )));
+            }
+            if self.mode != Mode::Constant && out > 0 && dim == 0 {
+                return Err(OpError(format!("cannot {:?}-pad empty axis {axis}", self.mode)));
+            }
+            if self.mode == Mode::Reflect && (begin >= dim || end >= dim) {
+                return Err(OpError(format!(
+                    "reflect pads {begin}, {end} must be smaller than extent {dim} of axis {axis}"
+                )));
+            }
+            maps[axis] = (0..out)
+                .map(|o| {
+                    let i = o - begin;
+                    match self.mode {
+                        _ if (0..dim).contains(&i) => Some(i as usize),
+                        Mode::Constant => None,
+                        Mode::Edge => Some(i.clamp(0, dim - 1) as usize),
+                        Mode::Reflect if i < 0 => Some((-i) as usize),
+                        Mode::Reflect => Some((2 * (dim - 1) - i) as usize),
+                    }
+                })
+                .collect();
+        }
+        Ok(maps)
+    }
+}
+
+impl Move for Pad {
+    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
+        Ok(vec![self.maps(inputs)?.iter().map(Vec::len).collect()])
+    }
+
+    fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
+        let maps = self.maps(inputs)?;
+        let fill = match inputs.get(2).and_then(Option::as_ref) {
+            Some(v) => *T::read(v)?.first().ok_or_else(|| OpError("constant_value is empty".into()))?,
+            None => T::from_f32(self.value_attr),
+        };
+        let dst = &mut *dst[0];
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let Some((inner_map, outer_maps)) = maps.split_last() else {
+            dst[0] = src[0][0];
+            return Ok(());
+        };
+        let in_strides = strides(input(inputs, 0)?.shape);
+        let outer_shape: Vec<usize> = outer_maps.iter().map(Vec::len).collect();
+        let mut idx = vec![0usize; outer_shape.len()];
+        for row in dst.chunks_exact_mut(inner_map.len()) {
+            // Source offset of this output row, if no outer index falls in the constant border.
+            let base = idx
+                .iter()
+                .zip(outer_maps)
+                .zip(&in_strides)
+                .try_fold(0, |acc, ((&i, map), &s)| map[i].map(|m| acc + m * s));
+            match base {
+                None => row.fill(fill),
+                Some(base) => {
+                    for (o, m) in row.iter_mut().zip(inner_map) {
+                        *o = m.map_or(fill, |m| src[0][base + m]);
+                    }
+                }
+            }
+            for d in (0..idx.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < outer_shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::common::test_util::*;
+    use super::*;
+    use crate::tensor::Tensor;
+    use pith_format::ir::{Attr, OpKind};
+
+    /// Reference: pad along each axis independently with explicit per-index rules.
+    fn reference(x: &Tensor, pads: &[i64], mode: &str, value: f32) -> Tensor {
+        let r = x.shape.len();
+        let shape: Vec<usize> =
+            (0..r).map(|d| (x.shape[d] as i64 + pads[d] + pads[d + r]) as usize).collect();
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|i| {
+                let o = unravel(i, &shape);
+                let mut m = vec![0; r];
+                for d in 0..r {
+                    let dim = x.shape[d] as i64;
+                    let mut j = o[d] as i64 - pads[d];
+                    if j < 0 || j >= dim {
+                        match mode {
+                            "constant" => return value,
+                            "edge" => j = j.clamp(0, dim - 1),
+                            _ => j = if j < 0 { -j } else { 2 * dim - 2 - j },
+                        }
+                    }
+                    m[d] = j as usize;
+                }
+                x.as_f32().unwrap()[ravel(&m, &x.shape)]
+            })
+            .collect();
+        Tensor::from_f32(shape, data)
+    }
+
+    fn pad(x: &Tensor, pads: &[i64], mode: &str, value: f32) -> OpResult<Tensor> {
+        let op = build_pad(&node(OpKind::Pad, 3, 1, vec![("mode", Attr::Str(mode.into()))]))?;
+        let (p, v) = (ints(pads), Tensor::from_f32(vec![], vec![value]));
+        Ok(run(&*op, &[act(x), known(&p), known(&v)])?.remove(0))
+    }
+
+    #[test]
+    fn every_mode_matches_reference() {
+        let x = iota(&[2, 3, 4]);
+        for mode in ["constant", "reflect", "edge"] {
+            for pads in [[0, 1, 2, 1, 0, 3], [1, 0, 0, 0, 2, 1], [0, 0, 0, 0, 0, 0]] {
+                let got = pad(&x, &pads, mode, -7.0).unwrap();
+                assert_eq!(got, reference(&x, &pads, mode, -7.0), "{mode} {pads:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn negative_pads_crop() {
+        let x = iota(&[3, 4]);
+        let got = pad(&x, &[-1, 1, 0, -2], "constant", 0.0).unwrap();
+        assert_eq!(got, Tensor::from_f32(vec![2, 3], vec![0.0, 4.0, 5.0, 0.0, 8.0, 9.0]));
+    }
+
+    #[test]
+    fn attribute_form_axes_input_and_integers() {
+        let op = build_pad(&node(
+            OpKind::Pad,
+            1,
+            1,
+            vec![("pads", attr_ints(&[1, 2])), ("value", Attr::Float(9.0))],
+        ))
+        .unwrap();
+        let v = ints(&[5, 6]);
+        assert_eq!(eval(&*op, &[known(&v)]).unwrap()[0], ints(&[9, 5, 6, 9, 9]));
+        // Opset 18 axes input: pad only axis -1.
+        let op = build_pad(&node(OpKind::Pad, 4, 1, vec![])).unwrap();
+        let (x, p, a) = (iota(&[2, 2]), ints(&[1, 0]), ints(&[-1]));
+        let got = run(&*op, &[act(&x), known(&p), None, known(&a)]).unwrap().remove(0);
+        assert_eq!(got, Tensor::from_f32(vec![2, 3], vec![0.0, 0.0, 1.0, 0.0, 2.0, 3.0]));
+    }
+
+    #[test]
+    fn refuses_bad_pads() {
+        let x = iota(&[2, 3]);
+        assert!(pad(&x, &[0, 3, 0, 0], "reflect", 0.0).is_err(), "reflect wider than extent");
+        assert!(pad(&x, &[-3, 0, 0, 0], "constant", 0.0).is_err(), "crops too much");
+        assert!(pad(&x, &[1, 1], "constant", 0.0).is_err(), "wrong count");
+        assert!(pad(&x, &[0, 0, 0, 0], "wrap", 0.0).is_err(), "unknown mode");
+    }
+}

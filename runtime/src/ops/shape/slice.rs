@@ -1,0 +1,258 @@
+//! Slice and Transpose: strided views copied out with [`strided_copy`].
+
+use pith_format::ir::Node;
+
+use super::common::{input, norm_axes, param, strided_copy, strides, Elem, Move, Mover};
+use crate::error::OpError;
+use crate::ops::{attrs, Arg, Op, OpResult};
+
+/// ONNX Slice (attribute form of opset < 10, input form of opset 10+).
+#[derive(Debug)]
+pub(crate) struct Slice {
+    /// Parameters from attributes (opset < 10), else read from inputs 1..=4.
+    attrs: Option<SliceAttrs>,
+}
+
+/// The attribute form of Slice's parameters.
+#[derive(Debug)]
+struct SliceAttrs {
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    axes: Option<Vec<i64>>,
+}
+
+/// Builds Slice.
+pub(crate) fn build_slice(node: &Node) -> OpResult<Box<dyn Op>> {
+    let attrs = match (attrs::ints(node, "starts")?, attrs::ints(node, "ends")?) {
+        (Some(starts), Some(ends)) => Some(SliceAttrs { starts, ends, axes: attrs::ints(node, "axes")? }),
+        (None, None) => None,
+        _ => return Err(OpError("attributes 'starts' and 'ends' go together".into())),
+    };
+    Mover::boxed(Slice { attrs })
+}
+
+/// Where a slice starts and how it strides, per input axis.
+struct SliceLayout {
+    out_shape: Vec<usize>,
+    base: isize,
+    strides: Vec<isize>,
+}
+
+impl Slice {
+    fn layout(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<SliceLayout> {
+        let shape = input(inputs, 0)?.shape;
+        let (starts, ends, axes, steps) = match &self.attrs {
+            Some(a) => (a.starts.clone(), a.ends.clone(), a.axes.clone(), None),
+            None => {
+                let need = |i, what| {
+                    param(inputs, i, what)?
+                        .map(|c| c.into_owned())
+                        .ok_or_else(|| OpError(format!("input '{what}' is required")))
+                };
+                let opt = |i, what| Ok::<_, OpError>(param(inputs, i, what)?.map(|c| c.into_owned()));
+                (need(1, "starts")?, need(2, "ends")?, opt(3, "axes")?, opt(4, "steps")?)
+            }
+        };
+        let axes = match axes {
+            Some(a) => norm_axes(&a, shape.len())?,
+            None => (0..starts.len()).collect(),
+        };
+        let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+            return Err(OpError(format!(
+                "starts, ends, axes and steps have different lengths ({}, {}, {}, {})",
+                starts.len(),
+                ends.len(),
+                axes.len(),
+                steps.len()
+            )));
+        }
+        let in_strides = strides(shape);
+        let mut out_shape = shape.to_vec();
+        let mut strides: Vec<isize> = in_strides.iter().map(|&s| s as isize).collect();
+        let mut base = 0isize;
+        for k in 0..axes.len() {
+            let (axis, step) = (axes[k], steps[k]);
+            if step == 0 {
+                return Err(OpError(format!("step of axis {axis} is zero")));
+            }
+            let dim = shape[axis] as i64;
+            let wrap = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
+            let (start, end) = (wrap(starts[k]), wrap(ends[k]));
+            let (start, count) = if step > 0 {
+                let (s, e) = (start.clamp(0, dim), end.clamp(0, dim));
+                (s, if e > s { (e - s + step - 1) / step } else { 0 })
+            } else {
+                // Negative steps walk down from start (at most dim-1) to just above end (at least -1).
+                let s = start.max(0).min(dim - 1);
+                let e = end.max(-1).min(dim - 1);
+                (s, if s > e { (s - e - step - 1) / -step } else { 0 })
+            };
+            out_shape[axis] = count as usize;
+            if count > 0 {
+                base += start as isize * in_strides[axis] as isize;
+            }
+            strides[axis] = in_strides[axis] as isize * step as isize;
+        }
+        Ok(SliceLayout { out_shape, base, strides })
+    }
+}
+
+impl Move for Slice {
+    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
+        Ok(vec![self.layout(inputs)?.out_shape])
+    }
+
+    fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
+        let l = self.layout(inputs)?;
+        strided_copy(src[0], l.base, &l.strides, &l.out_shape, dst[0]);
+        Ok(())
+    }
+}
+
+/// ONNX Transpose.
+#[derive(Debug)]
+pub(crate) struct Transpose {
+    perm: Option<Vec<i64>>,
+}
+
+/// Builds Transpose.
+pub(crate) fn build_transpose(node: &Node) -> OpResult<Box<dyn Op>> {
+    Mover::boxed(Transpose { perm: attrs::ints(node, "perm")? })
+}
+
+impl Transpose {
+    fn perm(&self, rank: usize) -> OpResult<Vec<usize>> {
+        let perm = match &self.perm {
+            None => return Ok((0..rank).rev().collect()),
+            Some(p) => p,
+        };
+        if perm.len() != rank {
+            return Err(OpError(format!("perm {perm:?} does not match rank {rank}")));
+        }
+        norm_axes(perm, rank)
+    }
+}
+
+impl Move for Transpose {
+    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
+        let shape = input(inputs, 0)?.shape;
+        Ok(vec![self.perm(shape.len())?.iter().map(|&p| shape[p]).collect()])
+    }
+
+    fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
+        let shape = input(inputs, 0)?.shape;
+        let perm = self.perm(shape.len())?;
+        let in_strides = strides(shape);
+        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let st: Vec<isize> = perm.iter().map(|&p| in_strides[p] as isize).collect();
+        strided_copy(src[0], 0, &st, &out_shape, dst[0]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::common::test_util::*;
+    use super::*;
+    use crate::tensor::Tensor;
+    use pith_format::ir::{Attr, OpKind};
+
+    /// Reference 1-axis slice by explicit index list.
+    fn pick(x: &Tensor, axis: usize, idx: &[usize]) -> Tensor {
+        let mut shape = x.shape.clone();
+        shape[axis] = idx.len();
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|i| {
+                let mut m = unravel(i, &shape);
+                m[axis] = idx[m[axis]];
+                x.as_f32().unwrap()[ravel(&m, &x.shape)]
+            })
+            .collect();
+        Tensor::from_f32(shape, data)
+    }
+
+    fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> Tensor {
+        let op = build_slice(&node(OpKind::Slice, 5, 1, vec![])).unwrap();
+        let (s, e, a, st) = (ints(starts), ints(ends), ints(axes), ints(steps));
+        run(&*op, &[act(x), known(&s), known(&e), known(&a), known(&st)]).unwrap().remove(0)
+    }
+
+    #[test]
+    fn slice_positive_negative_and_clamped() {
+        let x = iota(&[3, 5, 4]);
+        assert_eq!(slice(&x, &[1], &[4], &[1], &[1]), pick(&x, 1, &[1, 2, 3]));
+        assert_eq!(slice(&x, &[0], &[i64::MAX], &[-1], &[2]), pick(&x, 2, &[0, 2]));
+        assert_eq!(slice(&x, &[-1], &[i64::MIN], &[1], &[-1]), pick(&x, 1, &[4, 3, 2, 1, 0]));
+        assert_eq!(slice(&x, &[10], &[0], &[1], &[-2]), pick(&x, 1, &[4, 2]));
+        assert_eq!(slice(&x, &[-2], &[-1], &[0], &[1]), pick(&x, 0, &[1]));
+        assert_eq!(slice(&x, &[3], &[1], &[2], &[1]).shape, vec![3, 5, 0]);
+        // Two axes at once equals two single-axis slices.
+        let both = slice(&x, &[1, 3], &[3, 0], &[0, 2], &[1, -1]);
+        assert_eq!(both, pick(&pick(&x, 0, &[1, 2]), 2, &[3, 2, 1]));
+    }
+
+    #[test]
+    fn slice_attribute_form_and_plan_time_integers() {
+        let op = build_slice(&node(
+            OpKind::Slice,
+            1,
+            1,
+            vec![("starts", attr_ints(&[1])), ("ends", attr_ints(&[-1]))],
+        ))
+        .unwrap();
+        let v = ints(&[5, 6, 7, 8]);
+        assert_eq!(eval(&*op, &[known(&v)]).unwrap()[0], ints(&[6, 7]));
+    }
+
+    #[test]
+    fn slice_refuses_bad_parameters() {
+        let x = iota(&[4]);
+        let op = build_slice(&node(OpKind::Slice, 5, 1, vec![])).unwrap();
+        let (s, e, a, z) = (ints(&[0]), ints(&[2]), ints(&[1]), ints(&[0]));
+        assert!(op.infer(&[act(&x), known(&s), known(&e), known(&a), None]).is_err(), "axis");
+        assert!(op.infer(&[act(&x), known(&s), known(&e), None, known(&z)]).is_err(), "step 0");
+        let two = ints(&[0, 1]);
+        assert!(op.infer(&[act(&x), known(&two), known(&e), None, None]).is_err(), "lengths");
+        let f = iota(&[1]);
+        assert!(op.infer(&[act(&x), act(&f), known(&e), None, None]).is_err(), "f32 starts");
+        assert!(op.infer(&[act(&x), known(&s), unknown(&[1]), None, None]).is_err());
+    }
+
+    #[test]
+    fn transpose_matches_reference() {
+        let x = iota(&[2, 3, 4, 5]);
+        for perm in [[0, 2, 3, 1], [3, 2, 1, 0], [1, 0, 3, 2], [0, 1, 2, 3]] {
+            let op =
+                build_transpose(&node(OpKind::Transpose, 1, 1, vec![("perm", Attr::Ints(perm.to_vec()))]))
+                    .unwrap();
+            let got = run(&*op, &[act(&x)]).unwrap().remove(0);
+            let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p as usize]).collect();
+            assert_eq!(got.shape, shape);
+            for (i, &v) in got.as_f32().unwrap().iter().enumerate() {
+                let o = unravel(i, &shape);
+                let mut m = vec![0; 4];
+                for (d, &p) in perm.iter().enumerate() {
+                    m[p as usize] = o[d];
+                }
+                assert_eq!(v, x.as_f32().unwrap()[ravel(&m, &x.shape)]);
+            }
+        }
+        // Default: reverse the axes.
+        let op = build_transpose(&node(OpKind::Transpose, 1, 1, vec![])).unwrap();
+        let m = iota_i64(&[2, 3]);
+        let got = eval(&*op, &[known(&m)]).unwrap().remove(0);
+        assert_eq!(got, Tensor::from_i64(vec![3, 2], vec![0, 3, 1, 4, 2, 5]));
+    }
+
+    #[test]
+    fn transpose_refuses_bad_perm() {
+        let x = iota(&[2, 3]);
+        for perm in [vec![0], vec![0, 0], vec![0, 2]] {
+            let op =
+                build_transpose(&node(OpKind::Transpose, 1, 1, vec![("perm", Attr::Ints(perm))])).unwrap();
+            assert!(op.infer(&[act(&x)]).is_err());
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The two real models end to end: f32 fidelity to onnxruntime, 8-bit codebook fidelity (raw
+//! outputs and detected faces / text boxes), and a 4-bit report.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use pith_compress::WeightFormat;
+use pith_format::PithFile;
+use pith_runtime::tasks::geometry::BBox;
+use pith_runtime::tasks::{blazeface, db};
+use pith_runtime::{Session, SessionOptions, Tensor};
+use pith_tests::{
+    check_outputs, compile, cosine, data_dir, input_names, load_rgb, model_path, npy_files, read_npy,
+    run_on_npy_inputs, sanitize,
+};
+
+const BLAZEFACE: &str = "blazeface_short_range.onnx";
+const PPOCR: &str = "ppocr_v4_det.onnx";
+
+/// f32 `.pith` vs onnxruntime: `|a - b| <= TOL * max(1, |b|)`.
+const TOL: f64 = 1e-4;
+/// Minimum output cosine of the 8-bit models vs onnxruntime.
+const COS8_BLAZEFACE: f64 = 0.999;
+const COS8_PPOCR: f64 = 0.997;
+/// Detections of the 8-bit model must overlap the f32 model's at least this much.
+const MIN_IOU: f32 = 0.9;
+
+/// Weight encodings under test (a local key: `WeightFormat` need not be `Hash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Weights {
+    F32,
+    Bits(u8),
+}
+
+impl Weights {
+    fn format(self) -> WeightFormat {
+        match self {
+            Weights::F32 => WeightFormat::F32,
+            Weights::Bits(bits) => WeightFormat::Codebook { bits },
+        }
+    }
+}
+
+type Slot = Arc<OnceLock<Arc<PithFile>>>;
+
+/// Each model is compressed once per encoding per test binary, even with tests in parallel.
+fn pith(model: &'static str, weights: Weights) -> Arc<PithFile> {
+    static CACHE: OnceLock<Mutex<HashMap<(&'static str, Weights), Slot>>> = OnceLock::new();
+    let slot =
+        CACHE.get_or_init(Default::default).lock().unwrap().entry((model, weights)).or_default().clone();
+    slot.get_or_init(|| {
+        let onnx = std::fs::read(model_path(model)).expect("reading the bundled model");
+        let file = compile(&onnx, weights.format())
+            .unwrap_or_else(|e| panic!("compiling {model} with {weights:?}: {e:#}"));
+        eprintln!("{model} {weights:?}: {} bytes", file.file_len());
+        Arc::new(file)
+    })
+    .clone()
+}
+
+fn session(model: &'static str, weights: Weights) -> Session {
+    Session::new(pith(model, weights), SessionOptions::default())
+        .unwrap_or_else(|e| panic!("session for {model} {weights:?}: {e}"))
+}
+
+fn golden_dir(name: &str) -> PathBuf {
+    data_dir().join("golden").join(name)
+}
+
+fn run_golden(model: &'static str, weights: Weights, golden: &str) -> Vec<(String, Tensor)> {
+    let mut s = session(model, weights);
+    run_on_npy_inputs(&mut s, &pith(model, weights), &golden_dir(golden))
+        .unwrap_or_else(|e| panic!("running {model} {weights:?} on {golden}: {e:#}"))
+}
+
+/// Cosine of every output against the golden of the same name, as (name, cosine).
+fn cosines(outputs: &[(String, Tensor)], golden: &str) -> Vec<(String, f64)> {
+    let files = npy_files(&golden_dir(golden), "output.").unwrap();
+    assert_eq!(files.len(), outputs.len(), "output count of {golden}");
+    outputs
+        .iter()
+        .map(|(name, t)| {
+            let (_, path) = files
+                .iter()
+                .find(|(k, _)| *k == sanitize(name))
+                .unwrap_or_else(|| panic!("no golden for output '{name}'"));
+            let expected = read_npy(path).unwrap();
+            assert_eq!(t.shape, expected.shape, "shape of '{name}'");
+            (name.clone(), cosine(t.as_f32().unwrap(), &expected.data))
+        })
+        .collect()
+}
+
+fn assert_f32_matches(model: &'static str, golden: &str) {
+    let outputs = run_golden(model, Weights::F32, golden);
+    check_outputs(&outputs, &golden_dir(golden), TOL)
+        .unwrap_or_else(|e| panic!("{model} f32 vs onnxruntime on {golden}: {e:#}"));
+}
+
+#[test]
+fn blazeface_f32_matches_onnxruntime() {
+    assert_f32_matches(BLAZEFACE, "blazeface");
+    assert_f32_matches(BLAZEFACE, "blazeface_camera");
+}
+
+#[test]
+fn ppocr_f32_matches_onnxruntime() {
+    assert_f32_matches(PPOCR, "ppocr");
+}
+
+fn assert_cosine(model: &'static str, weights: Weights, golden: &str, min: f64) {
+    for (name, cos) in cosines(&run_golden(model, weights, golden), golden) {
+        eprintln!("{model} {weights:?} on {golden}: output '{name}' cosine {cos:.6}");
+        assert!(cos >= min, "{model} {weights:?} on {golden}: output '{name}' cosine {cos:.6} < {min}");
+    }
+}
+
+#[test]
+fn blazeface_8bit_cosine() {
+    assert_cosine(BLAZEFACE, Weights::Bits(8), "blazeface", COS8_BLAZEFACE);
+    assert_cosine(BLAZEFACE, Weights::Bits(8), "blazeface_camera", COS8_BLAZEFACE);
+}
+
+#[test]
+fn ppocr_8bit_cosine() {
+    assert_cosine(PPOCR, Weights::Bits(8), "ppocr", COS8_PPOCR);
+}
+
+/// Pairs every box of `reference` with a distinct box of `candidate` at IoU >= [`MIN_IOU`];
+/// the counts must be equal, so nothing is missing or extra. Returns a description of failures.
+fn match_boxes(reference: &[BBox], candidate: &[BBox]) -> Result<(), String> {
+    if reference.len() != candidate.len() {
+        return Err(format!("{} boxes vs {} reference boxes", candidate.len(), reference.len()));
+    }
+    let mut used = vec![false; candidate.len()];
+    for (i, r) in reference.iter().enumerate() {
+        let best = candidate
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !used[*j])
+            .map(|(j, c)| (j, r.iou(c)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((j, iou)) if iou >= MIN_IOU => used[j] = true,
+            Some((_, iou)) => return Err(format!("reference box {i} {r:?}: best IoU {iou:.3}")),
+            None => return Err(format!("reference box {i} {r:?} unmatched")),
+        }
+    }
+    Ok(())
+}
+
+fn faces(weights: Weights) -> Vec<blazeface::Face> {
+    let img = load_rgb("astronaut.png").expect("decoding astronaut.png");
+    let (input, letterbox) = blazeface::preprocess(&img);
+    let pith = pith(BLAZEFACE, weights);
+    let name = input_names(&pith).remove(0);
+    let mut s = session(BLAZEFACE, weights);
+    let out = s.run(&[(name.as_str(), input)]).expect("running BlazeFace");
+    let get = |n: &str| &out.iter().find(|(k, _)| k == n).expect("BlazeFace output").1;
+    blazeface::decode(
+        get("regressors"),
+        get("classificators"),
+        &letterbox,
+        &blazeface::FaceOptions::default(),
+    )
+    .expect("decoding faces")
+}
+
+#[test]
+fn blazeface_8bit_finds_the_same_faces() {
+    let reference = faces(Weights::F32);
+    let quantized = faces(Weights::Bits(8));
+    eprintln!("faces f32: {reference:?}\nfaces 8-bit: {quantized:?}");
+    assert!(!reference.is_empty(), "the f32 model finds no face on the portrait");
+    let boxes = |f: &[blazeface::Face]| f.iter().map(|f| f.bbox).collect::<Vec<_>>();
+    if let Err(e) = match_boxes(&boxes(&reference), &boxes(&quantized)) {
+        panic!("8-bit faces differ from f32 faces: {e}");
+    }
+}
+
+fn text_boxes(weights: Weights) -> Vec<BBox> {
+    let img = load_rgb("page.png").expect("decoding page.png");
+    let options = db::DbOptions::default();
+    let (input, resize) = db::preprocess(&img, &options);
+    let pith = pith(PPOCR, weights);
+    let name = input_names(&pith).remove(0);
+    let mut s = session(PPOCR, weights);
+    let out = s.run(&[(name.as_str(), input)]).expect("running PP-OCR");
+    db::decode(&out[0].1, &resize, &options).expect("decoding text boxes").iter().map(|b| b.aabb()).collect()
+}
+
+#[test]
+fn ppocr_8bit_finds_the_same_text_boxes() {
+    let reference = text_boxes(Weights::F32);
+    let quantized = text_boxes(Weights::Bits(8));
+    eprintln!("text boxes: {} with f32, {} with 8-bit", reference.len(), quantized.len());
+    assert!(!reference.is_empty(), "the f32 model finds no text on the page");
+    if let Err(e) = match_boxes(&reference, &quantized) {
+        panic!("8-bit text boxes differ from f32 text boxes: {e}");
+    }
+}
+
+/// 4-bit codebooks are reported, not asserted: the known result is that PP-OCR degrades badly.
+#[test]
+fn four_bit_report() {
+    for (model, golden) in [(BLAZEFACE, "blazeface"), (PPOCR, "ppocr")] {
+        for (name, cos) in cosines(&run_golden(model, Weights::Bits(4), golden), golden) {
+            eprintln!("4-bit {model} on {golden}: output '{name}' cosine {cos:.6}");
+        }
+    }
+    let faces = faces(Weights::Bits(4));
+    eprintln!("4-bit BlazeFace: {} face(s) on the portrait", faces.len());
+}

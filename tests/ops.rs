@@ -1,0 +1,73 @@
+//! Every per-op case in `data/ops` (generated with onnxruntime by `golden/make_goldens.py`) must
+//! compress, serialise, load and run to within 1e-4 of onnxruntime's outputs.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use pith_compress::WeightFormat;
+use pith_runtime::{Session, SessionOptions};
+use pith_tests::{check_outputs, compile, data_dir, run_on_npy_inputs};
+
+/// Number of cases the generator writes; fewer found means the data is missing or stale.
+const GENERATED_CASES: usize = 135;
+
+/// `|pith - ort| <= TOL * max(1, |ort|)` for every element.
+const TOL: f64 = 1e-4;
+
+fn case_dirs() -> Vec<PathBuf> {
+    let root = data_dir().join("ops");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", root.display()))
+        .map(|e| e.expect("reading the ops folder").path())
+        .filter(|p| p.join("model.onnx").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Runs a case single-threaded and with two threads, twice each (the second run reuses the plan
+/// and arena), checking every run against the goldens.
+fn run_case(dir: &Path) -> Result<()> {
+    let onnx = std::fs::read(dir.join("model.onnx")).context("reading model.onnx")?;
+    let file = Arc::new(compile(&onnx, WeightFormat::F32)?);
+    for threads in [1, 2] {
+        let mut session =
+            Session::new(file.clone(), SessionOptions { threads }).context("creating the session")?;
+        for run in 1..=2 {
+            let outputs = run_on_npy_inputs(&mut session, &file, dir)
+                .with_context(|| format!("run {run} with {threads} thread(s)"))?;
+            check_outputs(&outputs, dir, TOL)
+                .with_context(|| format!("run {run} with {threads} thread(s)"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_op_case_matches_onnxruntime() {
+    let dirs = case_dirs();
+    assert!(
+        dirs.len() >= GENERATED_CASES,
+        "found {} op cases in data/ops, expected at least {GENERATED_CASES}",
+        dirs.len()
+    );
+    let mut failures = Vec::new();
+    for dir in &dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        // A panic is a failure of that case, not of the whole run.
+        match catch_unwind(AssertUnwindSafe(|| run_case(dir))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("{name}: {e:#}")),
+            Err(_) => failures.push(format!("{name}: PANICKED")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} op cases failed:\n  {}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n  ")
+    );
+}
