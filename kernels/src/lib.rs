@@ -13,6 +13,7 @@
 //! can plan all memory up front. Every kernel can fuse an [`Activation`] epilogue.
 
 mod activation;
+pub mod arch;
 mod conv;
 mod conv_transpose;
 mod decode;

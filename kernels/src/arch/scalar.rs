@@ -1,0 +1,105 @@
+//! The portable reference path: plain loops the compiler may auto-vectorise.
+
+use super::Isa;
+
+/// The scalar path's micro-kernels.
+pub const ISA: Isa = Isa { name: "scalar", gemm_rows, dot, axpy, dot_packed };
+
+/// See [`Isa::gemm_rows`].
+pub fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
+    if k == 0 {
+        return;
+    }
+    for (i, arow) in a.chunks_exact(k).enumerate() {
+        let crow = &mut c[i * ldc..i * ldc + n];
+        for (p, &w) in arow.iter().enumerate() {
+            axpy(crow, w, &b[p * ldb..p * ldb + n]);
+        }
+    }
+}
+
+/// See [`Isa::dot`].
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+/// See [`Isa::axpy`].
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// See [`Isa::dot_packed`].
+pub fn dot_packed(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32 {
+    let mask = (1u32 << bits) - 1;
+    let mut acc = 0u32;
+    let mut have = 0u32;
+    let mut bytes = row.iter();
+    let mut s = 0.0f32;
+    for &xv in x {
+        if have < bits as u32 {
+            acc |= (*bytes.next().unwrap_or(&0) as u32) << have;
+            have += 8;
+        }
+        s += lut[(acc & mask) as usize] * xv;
+        acc >>= bits;
+        have -= bits as u32;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_packed_matches_unpacked_dot() {
+        for bits in 1..=8u8 {
+            let n = 37;
+            let lut: Vec<f32> = (0..1usize << bits).map(|i| i as f32 * 0.5 - 1.0).collect();
+            let idx: Vec<usize> = (0..n).map(|i| (i * 7 + 3) % (1 << bits)).collect();
+            let mut row = vec![0u8; (n * bits as usize).div_ceil(8)];
+            for (i, &v) in idx.iter().enumerate() {
+                for b in 0..bits as usize {
+                    if v >> b & 1 == 1 {
+                        let bit = i * bits as usize + b;
+                        row[bit / 8] |= 1 << (bit % 8);
+                    }
+                }
+            }
+            let x: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.1).collect();
+            let want: f32 = idx.iter().zip(&x).map(|(&i, &x)| lut[i] * x).sum();
+            assert!((dot_packed(&row, bits, &lut, &x) - want).abs() < 1e-3, "bits {bits}");
+        }
+    }
+
+    #[test]
+    fn gemm_rows_matches_plain_loops() {
+        let (m, k, n, ldb, ldc) = (3, 5, 7, 9, 8);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.25 - 1.0).collect();
+        let b: Vec<f32> = (0..k * ldb).map(|i| (i % 11) as f32 - 5.0).collect();
+        let mut c = vec![1.0f32; m * ldc];
+        gemm_rows(&a, k, &b, ldb, n, &mut c, ldc);
+        for i in 0..m {
+            for j in 0..ldc {
+                let want = if j < n { 1.0 + (0..k).map(|p| a[i * k + p] * b[p * ldb + j]).sum::<f32>() } else { 1.0 };
+                assert!((c[i * ldc + j] - want).abs() < 1e-4);
+            }
+        }
+    }
+}
