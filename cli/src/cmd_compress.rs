@@ -1,5 +1,6 @@
 //! `pith compress`: ONNX in, `.pith` out, with a per-layer table.
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -53,26 +54,33 @@ pub fn human_bytes(n: usize) -> String {
 }
 
 /// Prints the per-layer table and totals.
-pub fn print_report(compressed: &Compressed, file_bytes: usize) {
+pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let report = &compressed.report;
-    println!("{:<48} {:>18} {:>16} {:>10} {:>10}", "layer", "shape", "encoding", "bytes", "rel.err");
+    writeln!(out, "{:<48} {:>18} {:>16} {:>10} {:>10}", "layer", "shape", "encoding", "bytes", "rel.err")?;
     for l in &report.layers {
         let shape = l.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
         let mut name = l.name.clone();
         if name.len() > 47 {
             name = format!("…{}", &name[name.len() - 46..]);
         }
-        println!("{:<48} {:>18} {:>16} {:>10} {:>10.2e}", name, shape, l.encoding, l.bytes, l.rel_error);
+        writeln!(
+            out,
+            "{:<48} {:>18} {:>16} {:>10} {:>10.2e}",
+            name, shape, l.encoding, l.bytes, l.rel_error
+        )?;
     }
     let ratio = report.onnx_bytes as f64 / file_bytes.max(1) as f64;
-    println!(
+    writeln!(
+        out,
         "total: {} (.pith) vs {} (ONNX): {:.2}x smaller; weights {} -> {}",
         human_bytes(file_bytes),
         human_bytes(report.onnx_bytes),
         ratio,
         human_bytes(report.layers.iter().map(|l| l.f32_bytes).sum()),
         human_bytes(report.layers.iter().map(|l| l.bytes).sum()),
-    );
+    )?;
+    Ok(())
 }
 
 /// Runs the command.
@@ -83,7 +91,8 @@ pub fn run(input: &Path, output: &Path, weights: WeightFormat) -> Result<()> {
     let start = Instant::now();
     let (compressed, bytes) = compress_file(input, weights, false)?;
     std::fs::write(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
-    print_report(&compressed, bytes.len());
-    println!("wrote {} in {:.2} s", output.display(), start.elapsed().as_secs_f64());
+    print_report(&compressed, bytes.len())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "wrote {} in {:.2} s", output.display(), start.elapsed().as_secs_f64())?;
     Ok(())
 }

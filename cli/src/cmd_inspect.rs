@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use pith_format::ir::{Dim, Value};
 use pith_format::PithFile;
@@ -25,38 +27,40 @@ fn shape_string(v: &Value) -> String {
 pub fn run(model: &Path) -> Result<()> {
     let file = PithFile::open(model).with_context(|| format!("opening {}", model.display()))?;
     let graph = file.graph();
+    let mut out = std::io::stdout().lock();
     let (major, minor) = file.version();
-    println!(
+    writeln!(
+        out,
         "file: {} ({} bytes), format {major}.{minor}, producer '{}'",
         model.display(),
         file.file_len(),
         file.producer()
-    );
+    )?;
     for &id in &graph.inputs {
         let v = &graph.values[id as usize];
-        println!("input  {} {:?} {}", v.name, v.elem, shape_string(v));
+        writeln!(out, "input  {} {:?} {}", v.name, v.elem, shape_string(v))?;
     }
     for &id in &graph.outputs {
         let v = &graph.values[id as usize];
-        println!("output {} {:?} {}", v.name, v.elem, shape_string(v));
+        writeln!(out, "output {} {:?} {}", v.name, v.elem, shape_string(v))?;
     }
     let mut histogram: BTreeMap<&str, usize> = BTreeMap::new();
     for node in &graph.nodes {
         *histogram.entry(node.op.onnx_name()).or_default() += 1;
     }
-    println!("ops ({} nodes):", graph.nodes.len());
+    writeln!(out, "ops ({} nodes):", graph.nodes.len())?;
     for (op, count) in &histogram {
-        println!("  {op:<20} {count}");
+        writeln!(out, "  {op:<20} {count}")?;
     }
-    println!("constants:");
+    writeln!(out, "constants:")?;
     let mut total = 0;
     for id in file.constant_ids() {
         let v = &graph.values[id as usize];
         let view = file.constant(id).context("constant id without data")?;
         let bytes = file.constant_bytes(id);
         total += bytes;
-        println!("  {:<48} {:>16} {:>12} {:>10}", v.name, shape_string(v), view.encoding_name(), bytes);
+        writeln!(out, "  {:<48} {:>16} {:>12} {:>10}", v.name, shape_string(v), view.encoding_name(), bytes)?;
     }
-    println!("constant data: {total} bytes");
+    writeln!(out, "constant data: {total} bytes")?;
     Ok(())
 }

@@ -125,6 +125,13 @@ fn main() {
         }
     };
     if let Err(err) = result {
+        // A closed pipe (`pith inspect m.pith | head`) is the reader's choice, not a failure.
+        let broken_pipe = err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            return;
+        }
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

@@ -41,8 +41,14 @@ pub fn detect_text(session: &mut Session, img: &RgbImage, opts: &DbOptions) -> R
     Ok(db::decode(prob, &resize, opts)?)
 }
 
+/// Rounds to `decimals` places for compact JSON.
+fn round(v: f32, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (v as f64 * scale).round() / scale
+}
+
 fn round2(v: f32) -> f64 {
-    (v as f64 * 100.0).round() / 100.0
+    round(v, 2)
 }
 
 /// Faces as JSON.
@@ -53,7 +59,7 @@ pub fn faces_json(faces: &[Face]) -> Value {
             .map(|f| {
                 json!({
                     "bbox": [round2(f.bbox.xmin), round2(f.bbox.ymin), round2(f.bbox.xmax), round2(f.bbox.ymax)],
-                    "score": round2(f.score * 100.0) / 100.0,
+                    "score": round(f.score, 4),
                     "keypoints": f.keypoints.iter().map(|p| [round2(p[0]), round2(p[1])]).collect::<Vec<_>>(),
                 })
             })
@@ -69,7 +75,7 @@ pub fn text_json(boxes: &[TextBox]) -> Value {
             .map(|b| {
                 json!({
                     "points": b.points.iter().map(|p| [round2(p[0]), round2(p[1])]).collect::<Vec<_>>(),
-                    "score": round2(b.score * 100.0) / 100.0,
+                    "score": round(b.score, 4),
                 })
             })
             .collect(),
