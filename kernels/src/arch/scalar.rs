@@ -97,7 +97,11 @@ mod tests {
         gemm_rows(&a, k, &b, ldb, n, &mut c, ldc);
         for i in 0..m {
             for j in 0..ldc {
-                let want = if j < n { 1.0 + (0..k).map(|p| a[i * k + p] * b[p * ldb + j]).sum::<f32>() } else { 1.0 };
+                let want = if j < n {
+                    1.0 + (0..k).map(|p| a[i * k + p] * b[p * ldb + j]).sum::<f32>()
+                } else {
+                    1.0
+                };
                 assert!((c[i * ldc + j] - want).abs() < 1e-4);
             }
         }
