@@ -58,7 +58,9 @@ impl Isa {
     pub fn by_name(name: &str) -> Result<Isa, KernelError> {
         const KNOWN: [&str; 4] = ["scalar", "avx2", "avx512", "neon"];
         if !KNOWN.contains(&name) {
-            return Err(KernelError::Params(format!("unknown kernel path '{name}' (expected one of {KNOWN:?})")));
+            return Err(KernelError::Params(format!(
+                "unknown kernel path '{name}' (expected one of {KNOWN:?})"
+            )));
         }
         Isa::available().into_iter().find(|i| i.name == name).ok_or_else(|| {
             KernelError::Params(format!("kernel path '{name}' is not supported by this CPU or build"))
