@@ -18,6 +18,7 @@ pub struct Isa {
     pub name: &'static str,
     /// `c[i * ldc + j] += sum_p a[i * k + p] * b[p * ldb + j]` for `i < a.len() / k`, `j < n`.
     /// `a` holds decoded weight rows (row-major, `k` each); `b` is `k` rows of activations.
+    #[allow(clippy::type_complexity)] // the full signature documents the contract best
     pub gemm_rows: fn(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize),
     /// Dot product over the common length.
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
