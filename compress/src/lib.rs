@@ -117,8 +117,27 @@ pub fn compress_onnx_with_progress(
     Ok(Compressed { model, report: Report { layers, onnx_bytes: onnx.len(), total_bytes } })
 }
 
+/// Forgets the declared shapes of intermediate values (node outputs that are not graph outputs).
+///
+/// The runtime infers every intermediate shape from the inputs' shapes and checks declared
+/// shapes only of graph inputs, graph outputs and constants, so storing the others would only
+/// bloat the file. Names stay: error messages use them. `keep` lists the graph inputs,
+/// graph outputs and constants.
+fn drop_intermediate_shapes(values: &mut [ir::Value], keep_ids: impl Iterator<Item = ValueId>) {
+    let mut keep = vec![false; values.len()];
+    for id in keep_ids {
+        keep[id as usize] = true;
+    }
+    for (v, keep) in values.iter_mut().zip(keep) {
+        if !keep {
+            v.shape = None;
+        }
+    }
+}
+
 /// Builds the output model: drops values nothing references, renumbers the rest in their
-/// original order, and attaches constant data (encoded weights replacing their f32 data).
+/// original order, forgets intermediate shapes, and attaches constant data (encoded weights
+/// replacing their f32 data).
 fn finish(work: WorkModel, mut encoded: BTreeMap<ValueId, TensorData>) -> ir::Model {
     let WorkModel { graph, consts, .. } = work;
     let mut used = vec![false; graph.values.len()];
@@ -140,6 +159,8 @@ fn finish(work: WorkModel, mut encoded: BTreeMap<ValueId, TensorData>) -> ir::Mo
             values.push(value);
         }
     }
+    let kept_shapes = graph.inputs.iter().chain(&graph.outputs).chain(consts.keys());
+    drop_intermediate_shapes(&mut values, kept_shapes.map(|&old| remap[old as usize]));
     let map = |v: &ValueId| remap[*v as usize];
     let nodes = graph
         .nodes

@@ -391,3 +391,22 @@ fn nodes_out_of_order_are_sorted() {
     let names: Vec<&str> = m.graph.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["first", "second"]);
 }
+
+#[test]
+fn intermediate_shapes_are_dropped_but_names_and_io_shapes_kept() {
+    // small_model plus a declared shape for the intermediate "h": the runtime infers it, so the
+    // compressor must not store it; inputs, outputs and constants keep theirs.
+    let w: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let mut proto = ModelProto::decode(&small_model(13, &w)[..]).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    graph.value_info.push(value_info("h", data_type::FLOAT, &[fixed(1), fixed(4)]));
+    let with_info = compress(&proto.encode_to_vec()).unwrap();
+    assert_eq!(value_named(&with_info, "h").1.shape, None, "intermediate shape stored");
+    assert_eq!(value_named(&with_info, "h2").1.shape, None);
+    assert!(value_named(&with_info, "x").1.shape.is_some());
+    assert!(value_named(&with_info, "y").1.shape.is_some());
+    assert_eq!(value_named(&with_info, "W").1.shape, Some(vec![Dim::Fixed(3), Dim::Fixed(4)]));
+    assert_eq!(value_named(&with_info, "b").1.shape, Some(vec![Dim::Fixed(4)]));
+    // The declared intermediate shape is the only difference.
+    assert_eq!(with_info, compress(&small_model(13, &w)).unwrap());
+}

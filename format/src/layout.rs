@@ -87,13 +87,15 @@ pub enum SectionKind {
     Floats = 9,
     /// [`ConstRec`] array.
     Constants = 10,
+    /// [`StrRef`] array: the names of symbolic dims.
+    Symbols = 11,
     /// Tensor data blobs.
-    Data = 11,
+    Data = 12,
 }
 
 impl SectionKind {
     /// Every kind, in code (and writing) order.
-    pub const ALL: [SectionKind; 11] = [
+    pub const ALL: [SectionKind; 12] = [
         SectionKind::Strings,
         SectionKind::Meta,
         SectionKind::Values,
@@ -104,6 +106,7 @@ impl SectionKind {
         SectionKind::Ints,
         SectionKind::Floats,
         SectionKind::Constants,
+        SectionKind::Symbols,
         SectionKind::Data,
     ];
 
@@ -125,6 +128,7 @@ impl SectionKind {
             SectionKind::Ints => "INTS",
             SectionKind::Floats => "FLOATS",
             SectionKind::Constants => "CONSTANTS",
+            SectionKind::Symbols => "SYMBOLS",
             SectionKind::Data => "DATA",
         }
     }
@@ -163,130 +167,117 @@ pub struct MetaRec {
 }
 
 /// Element type codes.
-pub const ELEM_F32: u32 = 0;
+pub const ELEM_F32: u8 = 0;
 /// See [`ELEM_F32`].
-pub const ELEM_I64: u32 = 1;
+pub const ELEM_I64: u8 = 1;
 
-/// One value (24 bytes).
+/// One value (16 bytes).
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 #[repr(C)]
 pub struct ValueRec {
     /// Value name.
     pub name: StrRef,
+    /// First dim of the shape in DIMS (0 when `rank` is 0).
+    pub dims_start: u32,
     /// Element type code.
-    pub elem: u32,
-    /// 0: shape unknown (`dims` must be empty); 1: shape given by `dims`.
-    pub has_shape: u32,
-    /// Dimensions: a span of DIMS.
-    pub dims: Span,
+    pub elem: u8,
+    /// 0: shape unknown (`rank` must be 0); 1: shape given by DIMS `dims_start .. +rank`.
+    pub has_shape: u8,
+    /// Number of dims (0 = scalar).
+    pub rank: u16,
 }
 
-/// Dim kind: fixed extent.
-pub const DIM_FIXED: u32 = 0;
-/// Dim kind: symbolic name.
-pub const DIM_SYMBOL: u32 = 1;
+/// One dimension (8 bytes): `>= 0` a fixed extent; `< 0` the symbol `SYMBOLS[-(d + 1)]`.
+pub type DimRec = i64;
 
-/// One dimension (24 bytes).
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-#[repr(C)]
-pub struct DimRec {
-    /// [`DIM_FIXED`] or [`DIM_SYMBOL`].
-    pub kind: u32,
-    /// Reserved, 0.
-    pub reserved: u32,
-    /// Extent (fixed); 0 for a symbol.
-    pub extent: u64,
-    /// Symbol name; `{0, 0}` for a fixed dim.
-    pub name: StrRef,
-}
-
-/// One node (40 bytes).
+/// One node (24 bytes). Its inputs are IDS `ids_start .. +n_inputs`, its outputs the
+/// `n_outputs` ids right after them.
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 #[repr(C)]
 pub struct NodeRec {
     /// Node name.
     pub name: StrRef,
+    /// First input id in IDS; [`NO_VALUE`] there marks an omitted optional input.
+    pub ids_start: u32,
+    /// First attribute in ATTRS.
+    pub attrs_start: u32,
     /// Operator code (`OpKind::code`).
-    pub op: u32,
-    /// Reserved, 0.
-    pub reserved: u32,
-    /// Inputs: a span of IDS; [`NO_VALUE`] marks an omitted optional input.
-    pub inputs: Span,
-    /// Outputs: a span of IDS.
-    pub outputs: Span,
-    /// Attributes: a span of ATTRS.
-    pub attrs: Span,
+    pub op: u16,
+    /// Number of inputs.
+    pub n_inputs: u16,
+    /// Number of outputs.
+    pub n_outputs: u16,
+    /// Number of attributes.
+    pub n_attrs: u16,
 }
 
 /// Attribute kind codes.
-pub const ATTR_INT: u32 = 0;
+pub const ATTR_INT: u16 = 0;
 /// See [`ATTR_INT`].
-pub const ATTR_FLOAT: u32 = 1;
+pub const ATTR_FLOAT: u16 = 1;
 /// See [`ATTR_INT`].
-pub const ATTR_INTS: u32 = 2;
+pub const ATTR_INTS: u16 = 2;
 /// See [`ATTR_INT`].
-pub const ATTR_FLOATS: u32 = 3;
+pub const ATTR_FLOATS: u16 = 3;
 /// See [`ATTR_INT`].
-pub const ATTR_STR: u32 = 4;
+pub const ATTR_STR: u16 = 4;
 
-/// One attribute (24 bytes). The meaning of `len` and `value` depends on `kind` (see the spec).
+/// One attribute (16 bytes). The meaning of `value` depends on `kind` (see the spec).
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 #[repr(C)]
 pub struct AttrRec {
-    /// Attribute name.
-    pub name: StrRef,
+    /// Name: offset within STRINGS.
+    pub name_off: u32,
+    /// Name: length in bytes.
+    pub name_len: u16,
     /// Kind code.
-    pub kind: u32,
-    /// Element count (INTS/FLOATS), byte length (STR), else 0.
-    pub len: u32,
-    /// Payload: i64 bits, f32 bits, or a start index / string offset.
+    pub kind: u16,
+    /// Payload: i64 bits, f32 bits, or `start | count << 32` of a list or string.
     pub value: u64,
 }
 
 /// Constant encoding codes.
-pub const ENC_F32: u32 = 0;
+pub const ENC_F32: u8 = 0;
 /// See [`ENC_F32`].
-pub const ENC_F16: u32 = 1;
+pub const ENC_F16: u8 = 1;
 /// See [`ENC_F32`].
-pub const ENC_I64: u32 = 2;
+pub const ENC_I64: u8 = 2;
 /// See [`ENC_F32`].
-pub const ENC_CODEBOOK: u32 = 3;
+pub const ENC_CODEBOOK: u8 = 3;
 
 /// Centroid precision codes.
-pub const CENTROIDS_F32: u32 = 0;
+pub const CENTROIDS_F32: u8 = 0;
 /// See [`CENTROIDS_F32`].
-pub const CENTROIDS_F16: u32 = 1;
+pub const CENTROIDS_F16: u8 = 1;
 
-/// A byte range of the DATA section.
+/// A byte range of the DATA section (which is capped at 4 GiB).
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 #[repr(C)]
 pub struct Blob {
     /// Offset within DATA, a multiple of [`ALIGN`].
-    pub offset: u64,
+    pub offset: u32,
     /// Length in bytes.
-    pub len: u64,
+    pub len: u32,
 }
 
-/// One constant (88 bytes).
+/// One constant (36 bytes). Codebook rows and row length are derived from the value's shape.
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 #[repr(C)]
 pub struct ConstRec {
     /// The value it defines.
     pub value: u32,
     /// Encoding code.
-    pub encoding: u32,
+    pub encoding: u8,
     /// Codebook: bits per index; else 0.
-    pub bits: u32,
+    pub bits: u8,
     /// Codebook: `CodebookKind` code; else 0.
-    pub cb_kind: u32,
+    pub cb_kind: u8,
     /// Codebook: centroid precision code; else 0.
-    pub centroid_type: u32,
+    pub centroid_type: u8,
     /// Codebook: entries per codebook; else 0.
-    pub entries: u32,
-    /// Codebook: rows; else 0.
-    pub rows: u64,
-    /// Codebook: weights per row; else 0.
-    pub row_len: u64,
+    pub entries: u16,
+    /// Reserved, 0.
+    pub reserved: u16,
     /// Element data (plain encodings) or packed indices (codebook).
     pub data: Blob,
     /// Codebook centroids; else empty.
@@ -304,11 +295,11 @@ mod tests {
         assert_eq!(std::mem::size_of::<Header>(), 32);
         assert_eq!(std::mem::size_of::<SectionEntry>(), 32);
         assert_eq!(std::mem::size_of::<MetaRec>(), 24);
-        assert_eq!(std::mem::size_of::<ValueRec>(), 24);
-        assert_eq!(std::mem::size_of::<DimRec>(), 24);
-        assert_eq!(std::mem::size_of::<NodeRec>(), 40);
-        assert_eq!(std::mem::size_of::<AttrRec>(), 24);
-        assert_eq!(std::mem::size_of::<ConstRec>(), 88);
+        assert_eq!(std::mem::size_of::<ValueRec>(), 16);
+        assert_eq!(std::mem::size_of::<DimRec>(), 8);
+        assert_eq!(std::mem::size_of::<NodeRec>(), 24);
+        assert_eq!(std::mem::size_of::<AttrRec>(), 16);
+        assert_eq!(std::mem::size_of::<ConstRec>(), 36);
     }
 
     #[test]
@@ -317,6 +308,6 @@ mod tests {
             assert_eq!(SectionKind::from_code(k as u32), Some(k));
         }
         assert_eq!(SectionKind::from_code(0), None);
-        assert_eq!(SectionKind::from_code(12), None);
+        assert_eq!(SectionKind::from_code(13), None);
     }
 }

@@ -1,4 +1,4 @@
-//! Parses the metadata sections (strings, values, dims, ids, nodes, attributes) into an owned
+//! Parses the metadata sections (strings, symbols, values, dims, ids, nodes, attributes) into an owned
 //! [`Graph`], checking every enum value, string and cross-section reference on the way.
 
 use std::mem::size_of;
@@ -28,9 +28,10 @@ pub(crate) fn records<T: Pod>(bytes: &[u8], kind: SectionKind) -> Result<&[T]> {
     })
 }
 
-/// Borrowed metadata pools.
+/// Borrowed metadata pools (symbols already decoded).
 struct Pools<'a> {
     strings: &'a [u8],
+    symbols: Vec<String>,
     ids: &'a [u32],
     dims: &'a [DimRec],
     attrs: &'a [AttrRec],
@@ -59,47 +60,56 @@ fn slice<'a, T>(
     Ok(&items[start as usize..end as usize])
 }
 
+/// The UTF-8 string `r` of the pool `strings`, range-checked.
+fn string(strings: &[u8], r: StrRef, ctx: &dyn Fn() -> String) -> Result<String> {
+    let end = r.off as u64 + r.len as u64;
+    if end > strings.len() as u64 {
+        return Err(FormatError::BadString {
+            context: ctx(),
+            reason: format!("bytes {}..{end} outside the {}-byte string pool", r.off, strings.len()),
+        });
+    }
+    match std::str::from_utf8(&strings[r.off as usize..end as usize]) {
+        Ok(s) => Ok(s.to_owned()),
+        Err(e) => Err(FormatError::BadString { context: ctx(), reason: format!("not UTF-8 ({e})") }),
+    }
+}
+
 impl Pools<'_> {
     fn string(&self, r: StrRef, ctx: &dyn Fn() -> String) -> Result<String> {
-        let end = r.off as u64 + r.len as u64;
-        if end > self.strings.len() as u64 {
-            return Err(FormatError::BadString {
-                context: ctx(),
-                reason: format!("bytes {}..{end} outside the {}-byte string pool", r.off, self.strings.len()),
-            });
-        }
-        let bytes = &self.strings[r.off as usize..end as usize];
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(FormatError::BadString { context: ctx(), reason: format!("not UTF-8 ({e})") }),
-        }
+        string(self.strings, r, ctx)
     }
 
     fn ids(&self, span: Span, what: &'static str, ctx: &dyn Fn() -> String) -> Result<&[u32]> {
         slice(self.ids, span.start as u64, span.count as u64, what, ctx)
     }
 
-    fn dim(&self, d: &DimRec, ctx: &dyn Fn() -> String) -> Result<Dim> {
-        match d.kind {
-            DIM_FIXED => Ok(Dim::Fixed(d.extent)),
-            DIM_SYMBOL => Ok(Dim::Symbol(self.string(d.name, ctx)?)),
-            k => Err(FormatError::BadEnum { what: "dim kind", value: k as u64, context: ctx() }),
+    fn dim(&self, d: DimRec, ctx: &dyn Fn() -> String) -> Result<Dim> {
+        if d >= 0 {
+            return Ok(Dim::Fixed(d as u64));
+        }
+        // -(d + 1) cannot overflow for any negative i64.
+        let k = (-(d + 1)) as u64;
+        match self.symbols.get(k as usize) {
+            Some(s) => Ok(Dim::Symbol(s.clone())),
+            None => Err(FormatError::BadReference {
+                what: "SYMBOLS",
+                index: k,
+                limit: self.symbols.len() as u64,
+                context: ctx(),
+            }),
         }
     }
 
     fn attr(&self, a: &AttrRec, ctx: &dyn Fn() -> String) -> Result<Attr> {
+        // Lists and strings: low 32 bits the start, high 32 bits the count.
+        let (start, count) = (a.value & u32::MAX as u64, a.value >> 32);
         Ok(match a.kind {
             ATTR_INT => Attr::Int(a.value as i64),
             ATTR_FLOAT => Attr::Float(f32::from_bits(a.value as u32)),
-            ATTR_INTS => Attr::Ints(slice(self.ints, a.value, a.len as u64, "INTS", ctx)?.to_vec()),
-            ATTR_FLOATS => Attr::Floats(slice(self.floats, a.value, a.len as u64, "FLOATS", ctx)?.to_vec()),
-            ATTR_STR => {
-                let off = u32::try_from(a.value).map_err(|_| FormatError::BadString {
-                    context: ctx(),
-                    reason: format!("offset {} outside the string pool", a.value),
-                })?;
-                Attr::Str(self.string(StrRef { off, len: a.len }, ctx)?)
-            }
+            ATTR_INTS => Attr::Ints(slice(self.ints, start, count, "INTS", ctx)?.to_vec()),
+            ATTR_FLOATS => Attr::Floats(slice(self.floats, start, count, "FLOATS", ctx)?.to_vec()),
+            ATTR_STR => Attr::Str(self.string(StrRef { off: start as u32, len: count as u32 }, ctx)?),
             k => {
                 return Err(FormatError::BadEnum { what: "attribute kind", value: k as u64, context: ctx() })
             }
@@ -110,8 +120,16 @@ impl Pools<'_> {
 /// Parses the graph and producer string. References to values are range-checked here;
 /// definitions and ordering are checked by `validate::check_graph`.
 pub(crate) fn parse_graph(s: &Sections<'_>) -> Result<(Graph, String)> {
+    let strings = s.get(SectionKind::Strings).bytes;
+    let symbol_recs: &[StrRef] = records(s.get(SectionKind::Symbols).bytes, SectionKind::Symbols)?;
+    let symbols = symbol_recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| string(strings, *r, &|| format!("symbol #{i}")))
+        .collect::<Result<Vec<_>>>()?;
     let pools = Pools {
-        strings: s.get(SectionKind::Strings).bytes,
+        strings,
+        symbols,
         ids: records(s.get(SectionKind::Ids).bytes, SectionKind::Ids)?,
         dims: records(s.get(SectionKind::Dims).bytes, SectionKind::Dims)?,
         attrs: records(s.get(SectionKind::Attrs).bytes, SectionKind::Attrs)?,
@@ -141,18 +159,18 @@ pub(crate) fn parse_graph(s: &Sections<'_>) -> Result<(Graph, String)> {
             ELEM_I64 => ElemType::I64,
             e => return Err(FormatError::BadEnum { what: "element type", value: e as u64, context: ctx() }),
         };
-        let dims = slice(pools.dims, r.dims.start as u64, r.dims.count as u64, "DIMS", &ctx)?;
+        let dims = slice(pools.dims, r.dims_start as u64, r.rank as u64, "DIMS", &ctx)?;
         let shape = match r.has_shape {
             0 if dims.is_empty() => None,
             0 => {
                 return Err(FormatError::BadReference {
-                    what: "dim count of a value without shape",
+                    what: "rank of a value without shape",
                     index: dims.len() as u64,
                     limit: 0,
                     context: ctx(),
                 })
             }
-            1 => Some(dims.iter().map(|d| pools.dim(d, &ctx)).collect::<Result<Vec<_>>>()?),
+            1 => Some(dims.iter().map(|&d| pools.dim(d, &ctx)).collect::<Result<Vec<_>>>()?),
             f => {
                 return Err(FormatError::BadEnum { what: "has_shape flag", value: f as u64, context: ctx() })
             }
@@ -177,27 +195,30 @@ pub(crate) fn parse_graph(s: &Sections<'_>) -> Result<(Graph, String)> {
     for (i, r) in node_recs.iter().enumerate() {
         let name = pools.string(r.name, &|| format!("name of node #{i}"))?;
         let ctx = || format!("node #{i} '{name}'");
-        let op = u16::try_from(r.op)
-            .ok()
-            .and_then(OpKind::from_code)
-            .ok_or_else(|| FormatError::BadEnum { what: "op code", value: r.op as u64, context: ctx() })?;
-        let inputs = pools
-            .ids(r.inputs, "IDS (inputs)", &ctx)?
+        let op = OpKind::from_code(r.op).ok_or_else(|| FormatError::BadEnum {
+            what: "op code",
+            value: r.op as u64,
+            context: ctx(),
+        })?;
+        let (n_in, n_out) = (r.n_inputs as u32, r.n_outputs as u32);
+        // u32 + u16 cannot overflow u64; `slice` bounds the end.
+        let inputs = slice(pools.ids, r.ids_start as u64, n_in as u64, "IDS (inputs)", &ctx)?
             .iter()
             .map(|&id| match id {
                 NO_VALUE => Ok(None),
                 id => value_id(id, &ctx).map(Some),
             })
             .collect::<Result<Vec<_>>>()?;
-        let outputs = pools
-            .ids(r.outputs, "IDS (outputs)", &ctx)?
-            .iter()
-            .map(|&id| value_id(id, &ctx))
-            .collect::<Result<Vec<_>>>()?;
-        let attr_recs = slice(pools.attrs, r.attrs.start as u64, r.attrs.count as u64, "ATTRS", &ctx)?;
+        let outputs =
+            slice(pools.ids, r.ids_start as u64 + n_in as u64, n_out as u64, "IDS (outputs)", &ctx)?
+                .iter()
+                .map(|&id| value_id(id, &ctx))
+                .collect::<Result<Vec<_>>>()?;
+        let attr_recs = slice(pools.attrs, r.attrs_start as u64, r.n_attrs as u64, "ATTRS", &ctx)?;
         let mut attrs = Vec::with_capacity(attr_recs.len());
         for (k, a) in attr_recs.iter().enumerate() {
-            let aname = pools.string(a.name, &|| format!("name of attribute #{k} of {}", ctx()))?;
+            let name_ref = StrRef { off: a.name_off, len: a.name_len as u32 };
+            let aname = pools.string(name_ref, &|| format!("name of attribute #{k} of {}", ctx()))?;
             let actx = || format!("attribute '{aname}' of {}", ctx());
             let attr = pools.attr(a, &actx)?;
             attrs.push((aname, attr));

@@ -181,33 +181,34 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
             Err(bad(format!("element type {:?} does not match encoding {enc}", v.elem)))
         }
     };
-    let check_len = |what: &str, got: u64, want: usize| {
-        if got == want as u64 {
+    let check_len = |what: &str, got: u32, want: usize| {
+        if got as u64 == want as u64 {
             Ok(())
         } else {
             Err(bad(format!("{what} is {got} bytes, expected {want}")))
         }
     };
     let blob = |b: Blob, what: &str| -> Result<Range<usize>> {
-        if b.offset % ALIGN as u64 != 0 {
+        if b.offset as usize % ALIGN != 0 {
             return Err(bad(format!("{what} blob offset {} is not a multiple of {ALIGN}", b.offset)));
         }
-        let end = b.offset.checked_add(b.len).filter(|&e| e <= data.bytes.len() as u64);
-        let Some(end) = end else {
+        // u32 + u32 cannot overflow u64.
+        let end = b.offset as u64 + b.len as u64;
+        if end > data.bytes.len() as u64 {
             return Err(bad(format!(
                 "{what} blob at {}+{} lies outside the {}-byte DATA section",
                 b.offset,
                 b.len,
                 data.bytes.len()
             )));
-        };
+        }
         Ok(data.offset + b.offset as usize..data.offset + end as usize)
     };
     let plain = |elem: ElemType, enc: &str, size: usize, encoding: Encoding| {
         check_elem(elem, enc)?;
-        let unused = [r.bits as u64, r.cb_kind as u64, r.centroid_type as u64, r.entries as u64]
+        let unused = [r.bits as u32, r.cb_kind as u32, r.centroid_type as u32, r.entries as u32]
             .into_iter()
-            .chain([r.rows, r.row_len, r.centroids.len, r.scales.len]);
+            .chain([r.centroids.offset, r.centroids.len, r.scales.offset, r.scales.len]);
         if unused.into_iter().any(|x| x != 0) {
             return Err(bad(format!("{enc} constant has non-zero codebook fields")));
         }
@@ -220,7 +221,7 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
         ENC_I64 => plain(ElemType::I64, "i64", 8, Encoding::I64),
         ENC_CODEBOOK => {
             check_elem(ElemType::F32, "codebook")?;
-            let enum_err = |what, value: u32| FormatError::BadEnum {
+            let enum_err = |what, value: u8| FormatError::BadEnum {
                 what,
                 value: value as u64,
                 context: format!("constant value #{id} '{}'", v.name),
@@ -240,8 +241,9 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
                 bits: r.bits as u64,
                 entries: r.entries as u64,
                 kind,
-                rows: r.rows,
-                row_len: r.row_len,
+                // Not stored: derived from the shape (a scalar has none and is refused).
+                rows: shape.rows.map_or(0, |n| n as u64),
+                row_len: shape.row_len as u64,
             };
             let lay = validate::codebook_layout(id, v, &shape, params)?;
             check_len("codebook indices", r.data.len, lay.indices_len)?;

@@ -80,8 +80,9 @@ fn patched(m: &Model, patch: impl FnOnce(&mut Vec<u8>)) -> FormatError {
     PithFile::from_bytes(b).expect_err("reader accepted a patched file")
 }
 
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+/// Writes the low `width` bytes of `v` at `at` (little-endian).
+fn put(b: &mut [u8], at: usize, width: usize, v: u64) {
+    b[at..at + width].copy_from_slice(&v.to_le_bytes()[..width]);
 }
 
 #[test]
@@ -105,7 +106,12 @@ fn copied_storage_serves_aligned_views() {
 
 #[test]
 fn absurd_dims_are_an_error_not_an_overflow() {
-    for dims in [[1u64 << 62, 4], [1 << 32, 1 << 32], [u64::MAX, 2], [1 << 60, 1]] {
+    // Extents beyond i64::MAX cannot be stored at all (DIMS are i64); the writer's shape check
+    // still comes first.
+    let mut m = base();
+    m.graph.values[1] = val("w", ElemType::F32, Some(&[u64::MAX, 2]));
+    assert!(matches!(write(&m), Err(FormatError::BadShape { id: 1, .. })));
+    for dims in [[1u64 << 62, 4], [1 << 32, 1 << 32], [i64::MAX as u64, 2], [1 << 60, 1]] {
         let mut m = base();
         m.graph.values[1] = val("w", ElemType::F32, Some(&dims));
         let e = rejected(&m);
@@ -238,10 +244,11 @@ fn empty_codebook_with_huge_row_count_is_cheap() {
 fn list_attribute_ranges_are_checked_without_overflow() {
     let mut m = base();
     m.graph.nodes[0].attrs = vec![("pads".into(), Attr::Ints(vec![1, 2]))];
-    for start in [u64::MAX, 1] {
+    // AttrRec.value = start | count << 32, count 2: a start of u32::MAX would wrap in 32 bits.
+    for start in [u32::MAX as u64, 1] {
         let e = patched(&m, |b| {
-            let at = section_at(b, SectionKind::Attrs) + 16; // AttrRec.value
-            b[at..at + 8].copy_from_slice(&start.to_le_bytes());
+            let at = section_at(b, SectionKind::Attrs) + 8; // AttrRec.value
+            put(b, at, 8, start | 2 << 32);
         });
         assert!(
             matches!(&e, FormatError::BadReference { what: "INTS", context, .. } if context.contains("'pads'")),
@@ -277,9 +284,16 @@ fn codebook_geometry_is_checked() {
         if let TensorData::Codebook(c) = &mut m.constants[0].data {
             f(c);
         }
-        let e = rejected(&m);
+        // The file does not store rows and row_len (the reader derives them from the shape), so
+        // only the writer can see those two disagree with the shape.
+        let e = if msg.starts_with("row") { write(&m).unwrap_err() } else { rejected(&m) };
         assert!(e.to_string().contains(msg), "expected '{msg}': {e}");
     }
+    // In a file, a wrong shape shows up as index bytes that do not match the derived geometry.
+    let mut m = with_codebook(3, 8, &[&[1, 2, 3], &[4, 5, 6]]);
+    m.graph.values[1] = val("w", ElemType::F32, Some(&[3, 3]));
+    let e = PithFile::from_bytes(encode(&m).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("codebook indices is 4 bytes, expected 6"), "{e}");
 }
 
 #[test]
@@ -358,8 +372,8 @@ fn undefined_values_and_bad_ids_are_refused() {
 #[test]
 fn bad_op_code_is_named() {
     let e = patched(&base(), |b| {
-        let at = section_at(b, SectionKind::Nodes) + 8; // NodeRec.op
-        put_u32(b, at, 999);
+        let at = section_at(b, SectionKind::Nodes) + 16; // NodeRec.op
+        put(b, at, 2, 999);
     });
     assert!(
         matches!(&e, FormatError::BadEnum { what: "op code", value: 999, context } if context.contains("NODENAME")),
@@ -384,7 +398,7 @@ fn non_utf8_strings_are_refused() {
 fn out_of_range_string_refs_are_refused() {
     let e = patched(&base(), |b| {
         let at = section_at(b, SectionKind::Values) + 4; // ValueRec.name.len of value #0
-        put_u32(b, at, u32::MAX);
+        put(b, at, 4, u32::MAX as u64);
     });
     assert!(matches!(&e, FormatError::BadString { context, .. } if context == "name of value #0"), "{e:?}");
 }
@@ -392,44 +406,94 @@ fn out_of_range_string_refs_are_refused() {
 #[test]
 fn bad_enum_values_are_named() {
     let m = base();
-    // (section, byte offset within the first record, field value, expected field name)
+    // (section, byte offset within the first record, field width, field value, field name)
     let cases = [
-        (SectionKind::Values, 8, 7, "element type"),
-        (SectionKind::Values, 12, 2, "has_shape flag"),
-        (SectionKind::Dims, 0, 5, "dim kind"),
-        (SectionKind::Attrs, 8, 9, "attribute kind"),
-        (SectionKind::Constants, 4, 4, "encoding"),
+        (SectionKind::Values, 12, 1, 7, "element type"),
+        (SectionKind::Values, 13, 1, 2, "has_shape flag"),
+        (SectionKind::Attrs, 6, 2, 9, "attribute kind"),
+        (SectionKind::Constants, 4, 1, 4, "encoding"),
     ];
-    for (kind, off, value, what) in cases {
+    for (kind, off, width, value, what) in cases {
         let e = patched(&m, |b| {
             let at = section_at(b, kind) + off;
-            put_u32(b, at, value);
+            put(b, at, width, value);
         });
         assert!(
-            matches!(&e, FormatError::BadEnum { what: w, value: v, .. } if *w == what && *v == value as u64),
+            matches!(&e, FormatError::BadEnum { what: w, value: v, .. } if *w == what && *v == value),
             "{what}: {e:?}"
         );
     }
     let cb = with_codebook(3, 8, &[&[1, 2, 3], &[4, 5, 6]]);
-    for (off, what) in [(12, "codebook kind"), (16, "centroid type")] {
+    for (off, what) in [(6, "codebook kind"), (7, "centroid type")] {
         let e = patched(&cb, |b| {
             let at = section_at(b, SectionKind::Constants) + off;
-            put_u32(b, at, 3);
+            put(b, at, 1, 3);
         });
         assert!(matches!(&e, FormatError::BadEnum { what: w, .. } if *w == what), "{what}: {e:?}");
     }
 }
 
 #[test]
+fn dims_encode_extents_and_symbols() {
+    // base(): x = [N, 4] (DIMS -1, 4), then w = [2, 4] (DIMS 2, 4); one symbol, "N".
+    let b = write(&base()).unwrap();
+    let dims = section_at(&b, SectionKind::Dims);
+    let d = |i: usize| i64::from_le_bytes(b[dims + 8 * i..dims + 8 * i + 8].try_into().unwrap());
+    assert_eq!([d(0), d(1), d(2), d(3)], [-1, 4, 2, 4]);
+    // A symbol index past SYMBOLS is a named bad reference, also for the most negative dim.
+    for bad in [-2i64, i64::MIN] {
+        let e = patched(&base(), |b| {
+            let at = section_at(b, SectionKind::Dims);
+            put(b, at, 8, bad as u64);
+        });
+        assert!(
+            matches!(&e, FormatError::BadReference { what: "SYMBOLS", limit: 1, context, .. } if context.contains("'x'")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn equal_shapes_and_int_lists_are_stored_once() {
+    let mut m = base();
+    m.graph.values[2].shape = m.graph.values[1].shape.clone(); // y: [2, 4] like w
+    m.graph.nodes[0].attrs = vec![
+        ("pads".into(), Attr::Ints(vec![1, 2])),
+        ("strides".into(), Attr::Ints(vec![1, 2])),
+        ("dilations".into(), Attr::Ints(vec![1])),
+    ];
+    let f = PithFile::from_bytes(write(&m).unwrap()).unwrap();
+    assert_eq!(f.graph(), &m.graph);
+    let b = write(&m).unwrap();
+    let len = |kind: SectionKind| {
+        let at = size_of::<Header>() + (kind as usize - 1) * size_of::<SectionEntry>();
+        let e: SectionEntry = bytemuck::pod_read_unaligned(&b[at..at + 32]);
+        e.length as usize
+    };
+    assert_eq!(len(SectionKind::Dims), 4 * 8, "[N, 4] and one shared [2, 4]");
+    assert_eq!(len(SectionKind::Ints), 3 * 8, "[1, 2] once, then [1]");
+}
+
+#[test]
+fn format_limits_are_too_large_errors() {
+    let mut m = base();
+    m.graph.values[2].shape = Some(vec![Dim::Fixed(1 << 63)]);
+    assert!(matches!(write(&m), Err(FormatError::TooLarge(msg)) if msg.contains("dim extent")));
+    let mut m = base();
+    m.graph.nodes[0].attrs = vec![("n".repeat(70_000), Attr::Int(1))];
+    assert!(matches!(write(&m), Err(FormatError::TooLarge(msg)) if msg.contains("attribute name")));
+}
+
+#[test]
 fn misaligned_or_out_of_bounds_blobs_are_refused() {
     let e = patched(&base(), |b| {
-        let at = section_at(b, SectionKind::Constants) + 40; // ConstRec.data.offset
-        b[at..at + 8].copy_from_slice(&4u64.to_le_bytes());
+        let at = section_at(b, SectionKind::Constants) + 12; // ConstRec.data.offset
+        put(b, at, 4, 4);
     });
     assert!(e.to_string().contains("not a multiple of 64"), "{e}");
     let e = patched(&base(), |b| {
-        let at = section_at(b, SectionKind::Constants) + 40;
-        b[at..at + 8].copy_from_slice(&(u64::MAX - 63).to_le_bytes());
+        let at = section_at(b, SectionKind::Constants) + 12;
+        put(b, at, 4, u32::MAX as u64 - 63);
     });
     assert!(e.to_string().contains("outside the"), "{e}");
 }
@@ -437,8 +501,13 @@ fn misaligned_or_out_of_bounds_blobs_are_refused() {
 #[test]
 fn plain_constants_must_not_set_codebook_fields() {
     let e = patched(&base(), |b| {
-        let at = section_at(b, SectionKind::Constants) + 8; // ConstRec.bits
-        put_u32(b, at, 4);
+        let at = section_at(b, SectionKind::Constants) + 5; // ConstRec.bits
+        put(b, at, 1, 4);
+    });
+    assert!(e.to_string().contains("non-zero codebook fields"), "{e}");
+    let e = patched(&base(), |b| {
+        let at = section_at(b, SectionKind::Constants) + 20; // ConstRec.centroids.offset
+        put(b, at, 4, 64);
     });
     assert!(e.to_string().contains("non-zero codebook fields"), "{e}");
 }
@@ -455,4 +524,41 @@ fn meta_must_hold_one_record() {
     reseal(&mut b);
     let err = PithFile::from_bytes(b).unwrap_err();
     assert!(err.to_string().contains("META must hold exactly one record"), "{err}");
+}
+
+#[test]
+fn node_and_value_ranges_are_checked() {
+    // NodeRec.n_outputs (offset 20): outputs run past IDS.
+    let e = patched(&base(), |b| {
+        let at = section_at(b, SectionKind::Nodes) + 20;
+        put(b, at, 2, u16::MAX as u64);
+    });
+    assert!(matches!(&e, FormatError::BadReference { what: "IDS (outputs)", .. }), "{e:?}");
+    // NodeRec.ids_start (offset 8) at u32::MAX: the end is computed without wrapping.
+    let e = patched(&base(), |b| {
+        let at = section_at(b, SectionKind::Nodes) + 8;
+        put(b, at, 4, u32::MAX as u64);
+    });
+    assert!(matches!(&e, FormatError::BadReference { what: "IDS (inputs)", .. }), "{e:?}");
+    // NodeRec.n_attrs (offset 22).
+    let e = patched(&base(), |b| {
+        let at = section_at(b, SectionKind::Nodes) + 22;
+        put(b, at, 2, 2);
+    });
+    assert!(matches!(&e, FormatError::BadReference { what: "ATTRS", .. }), "{e:?}");
+    // ValueRec.rank (offset 14) of value #2 'y', which has no shape.
+    let e = patched(&base(), |b| {
+        let at = section_at(b, SectionKind::Values) + 2 * 16 + 14;
+        put(b, at, 2, 1);
+    });
+    assert!(
+        matches!(&e, FormatError::BadReference { what: "rank of a value without shape", context, .. } if context.contains("'y'")),
+        "{e:?}"
+    );
+    // ValueRec.rank of value #0 'x' beyond DIMS.
+    let e = patched(&base(), |b| {
+        let at = section_at(b, SectionKind::Values) + 14;
+        put(b, at, 2, 5);
+    });
+    assert!(matches!(&e, FormatError::BadReference { what: "DIMS", .. }), "{e:?}");
 }

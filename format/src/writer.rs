@@ -92,12 +92,12 @@ fn check_constant(model: &Model, c: &Constant) -> Result<()> {
     }
 }
 
-fn too_large(what: &str) -> FormatError {
-    FormatError::TooLarge(format!("{what} exceeds 2^32 entries"))
+fn to_u32(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| FormatError::TooLarge(format!("{what} ({n}) exceeds 2^32 - 1")))
 }
 
-fn to_u32(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| too_large(what))
+fn to_u16(n: usize, what: &str) -> Result<u16> {
+    u16::try_from(n).map_err(|_| FormatError::TooLarge(format!("{what} ({n}) exceeds 65535")))
 }
 
 /// Accumulates the metadata pools while walking the model.
@@ -107,6 +107,12 @@ struct Builder<'m> {
     string_refs: HashMap<&'m str, StrRef>,
     values: Vec<ValueRec>,
     dims: Vec<DimRec>,
+    /// Pooled dim sequences: values of equal shape share their DIMS records.
+    dim_runs: HashMap<Vec<DimRec>, u32>,
+    symbols: Vec<StrRef>,
+    symbol_ids: HashMap<&'m str, i64>,
+    /// Pooled integer lists (strides, pads, ... repeat across nodes).
+    int_runs: HashMap<Vec<i64>, u32>,
     ids: Vec<u32>,
     nodes: Vec<NodeRec>,
     attrs: Vec<AttrRec>,
@@ -137,72 +143,123 @@ impl<'m> Builder<'m> {
         span(start, self.ids.len(), "IDS")
     }
 
+    /// The DIMS start of `shape`, appending its records unless an equal run exists.
+    fn shape(&mut self, shape: &'m [Dim]) -> Result<u32> {
+        let mut recs = Vec::with_capacity(shape.len());
+        for d in shape {
+            recs.push(match d {
+                Dim::Fixed(n) => i64::try_from(*n)
+                    .map_err(|_| FormatError::TooLarge(format!("dim extent {n} exceeds 2^63 - 1")))?,
+                Dim::Symbol(s) => self.symbol(s)?,
+            });
+        }
+        if recs.is_empty() {
+            return Ok(0);
+        }
+        if let Some(&start) = self.dim_runs.get(&recs) {
+            return Ok(start);
+        }
+        let start = to_u32(self.dims.len(), "DIMS")?;
+        self.dims.extend_from_slice(&recs);
+        to_u32(self.dims.len(), "DIMS")?;
+        self.dim_runs.insert(recs, start);
+        Ok(start)
+    }
+
+    /// The DIMS encoding `-(1 + k)` of symbol `s`, interning it as SYMBOLS record `k`.
+    fn symbol(&mut self, s: &'m str) -> Result<i64> {
+        if let Some(&d) = self.symbol_ids.get(s) {
+            return Ok(d);
+        }
+        let r = self.string(s)?;
+        let d = -1 - i64::from(to_u32(self.symbols.len(), "SYMBOLS")?);
+        self.symbols.push(r);
+        self.symbol_ids.insert(s, d);
+        Ok(d)
+    }
+
     /// Appends `bytes` to DATA at the next 64-byte boundary.
-    fn blob(&mut self, bytes: &[u8]) -> Blob {
+    fn blob(&mut self, bytes: &[u8]) -> Result<Blob> {
         if bytes.is_empty() {
-            return Blob::default();
+            return Ok(Blob::default());
         }
         let offset = align_up(self.data.len());
         self.data.resize(offset, 0);
         self.data.extend_from_slice(bytes);
-        Blob { offset: offset as u64, len: bytes.len() as u64 }
+        // Blob fields are u32: DATA is capped at 4 GiB.
+        to_u32(self.data.len(), "DATA bytes")?;
+        Ok(Blob { offset: offset as u32, len: bytes.len() as u32 })
+    }
+
+    /// `start | count << 32` of `v` in INTS, appending it unless an equal list exists.
+    fn ints(&mut self, v: &[i64]) -> Result<u64> {
+        let count = to_u32(v.len(), "attribute list")? as u64;
+        let start = match self.int_runs.get(v) {
+            Some(&start) => start,
+            None => {
+                let start = to_u32(self.ints.len(), "INTS")?;
+                self.ints.extend_from_slice(v);
+                to_u32(self.ints.len(), "INTS")?;
+                self.int_runs.insert(v.to_vec(), start);
+                start
+            }
+        };
+        Ok(start as u64 | count << 32)
     }
 
     fn attr(&mut self, name: &'m str, a: &'m Attr) -> Result<AttrRec> {
         let name = self.string(name)?;
-        let (kind, len, value) = match a {
-            Attr::Int(i) => (ATTR_INT, 0, *i as u64),
-            Attr::Float(f) => (ATTR_FLOAT, 0, f.to_bits() as u64),
-            Attr::Ints(v) => {
-                let start = self.ints.len();
-                self.ints.extend_from_slice(v);
-                (ATTR_INTS, to_u32(v.len(), "attribute list")?, start as u64)
-            }
+        let name_len = to_u16(name.len as usize, "attribute name length")?;
+        let (kind, value) = match a {
+            Attr::Int(i) => (ATTR_INT, *i as u64),
+            Attr::Float(f) => (ATTR_FLOAT, f.to_bits() as u64),
+            Attr::Ints(v) => (ATTR_INTS, self.ints(v)?),
             Attr::Floats(v) => {
-                let start = self.floats.len();
+                let start = to_u32(self.floats.len(), "FLOATS")? as u64;
                 self.floats.extend_from_slice(v);
-                (ATTR_FLOATS, to_u32(v.len(), "attribute list")?, start as u64)
+                to_u32(self.floats.len(), "FLOATS")?;
+                (ATTR_FLOATS, start | (v.len() as u64) << 32)
             }
             Attr::Str(s) => {
                 let r = self.string(s)?;
-                (ATTR_STR, r.len, r.off as u64)
+                (ATTR_STR, r.off as u64 | (r.len as u64) << 32)
             }
         };
-        Ok(AttrRec { name, kind, len, value })
+        Ok(AttrRec { name_off: name.off, name_len, kind, value })
     }
 
-    fn constant(&mut self, c: &Constant) -> ConstRec {
+    fn constant(&mut self, c: &Constant) -> Result<ConstRec> {
         let mut rec = ConstRec::zeroed();
         rec.value = c.value;
         match &c.data {
             TensorData::F32(d) => {
                 rec.encoding = ENC_F32;
-                rec.data = self.blob(bytemuck::cast_slice(d));
+                rec.data = self.blob(bytemuck::cast_slice(d))?;
             }
             TensorData::F16(d) => {
                 rec.encoding = ENC_F16;
-                rec.data = self.blob(bytemuck::cast_slice(d));
+                rec.data = self.blob(bytemuck::cast_slice(d))?;
             }
             TensorData::I64(d) => {
                 rec.encoding = ENC_I64;
-                rec.data = self.blob(bytemuck::cast_slice(d));
+                rec.data = self.blob(bytemuck::cast_slice(d))?;
             }
             TensorData::Codebook(cb) => {
+                // rows and row_len are not stored: readers derive them from the shape, which
+                // `write` checks they match.
                 rec.encoding = ENC_CODEBOOK;
-                rec.bits = cb.bits as u32;
-                rec.cb_kind = cb.kind as u32;
-                rec.entries = cb.entries as u32;
-                rec.rows = cb.rows as u64;
-                rec.row_len = cb.row_len as u64;
-                rec.data = self.blob(&cb.indices);
+                rec.bits = cb.bits;
+                rec.cb_kind = cb.kind as u8;
+                rec.entries = to_u16(cb.entries, "codebook entries")?;
+                rec.data = self.blob(&cb.indices)?;
                 (rec.centroid_type, rec.centroids) = match &cb.centroids {
-                    Centroids::F32(v) => (CENTROIDS_F32, self.blob(bytemuck::cast_slice(v))),
-                    Centroids::F16(v) => (CENTROIDS_F16, self.blob(bytemuck::cast_slice(v))),
+                    Centroids::F32(v) => (CENTROIDS_F32, self.blob(bytemuck::cast_slice(v))?),
+                    Centroids::F16(v) => (CENTROIDS_F16, self.blob(bytemuck::cast_slice(v))?),
                 };
-                rec.scales = self.blob(bytemuck::cast_slice(&cb.scales));
+                rec.scales = self.blob(bytemuck::cast_slice(&cb.scales))?;
             }
         }
-        rec
+        Ok(rec)
     }
 }
 
@@ -217,33 +274,36 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
     let mut b = Builder::default();
     for v in &g.values {
         let name = b.string(&v.name)?;
-        let start = b.dims.len();
-        for d in v.shape.iter().flatten() {
-            let rec = match d {
-                Dim::Fixed(n) => DimRec { kind: DIM_FIXED, reserved: 0, extent: *n, name: StrRef::default() },
-                Dim::Symbol(s) => DimRec { kind: DIM_SYMBOL, reserved: 0, extent: 0, name: b.string(s)? },
-            };
-            b.dims.push(rec);
-        }
-        let dims = span(start, b.dims.len(), "DIMS")?;
-        b.values.push(ValueRec { name, elem: v.elem as u32, has_shape: v.shape.is_some() as u32, dims });
+        let shape = v.shape.as_deref().unwrap_or_default();
+        let rank = to_u16(shape.len(), "rank")?;
+        let dims_start = b.shape(shape)?;
+        b.values.push(ValueRec {
+            name,
+            dims_start,
+            elem: v.elem as u8,
+            has_shape: v.shape.is_some() as u8,
+            rank,
+        });
     }
     for n in &g.nodes {
         let name = b.string(&n.name)?;
         let inputs = b.ids(n.inputs.iter().map(|i| i.unwrap_or(NO_VALUE)))?;
-        let outputs = b.ids(n.outputs.iter().copied())?;
-        let start = b.attrs.len();
+        // Outputs directly follow the inputs, so one start serves both.
+        b.ids(n.outputs.iter().copied())?;
+        let attrs_start = to_u32(b.attrs.len(), "ATTRS")?;
         for (k, a) in &n.attrs {
             let rec = b.attr(k, a)?;
             b.attrs.push(rec);
         }
+        to_u32(b.attrs.len(), "ATTRS")?;
         b.nodes.push(NodeRec {
             name,
-            op: n.op.code() as u32,
-            reserved: 0,
-            inputs,
-            outputs,
-            attrs: span(start, b.attrs.len(), "ATTRS")?,
+            ids_start: inputs.start,
+            attrs_start,
+            op: n.op.code(),
+            n_inputs: to_u16(n.inputs.len(), "node inputs")?,
+            n_outputs: to_u16(n.outputs.len(), "node outputs")?,
+            n_attrs: to_u16(n.attrs.len(), "node attributes")?,
         });
     }
     let meta = MetaRec {
@@ -252,14 +312,12 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
         outputs: b.ids(g.outputs.iter().copied())?,
     };
     for c in &model.constants {
-        let rec = b.constant(c);
+        let rec = b.constant(c)?;
         b.constants.push(rec);
     }
-    to_u32(b.ints.len(), "INTS")?;
-    to_u32(b.floats.len(), "FLOATS")?;
     to_u32(b.constants.len(), "CONSTANTS")?;
 
-    let sections: [(SectionKind, &[u8]); 11] = [
+    let sections: [(SectionKind, &[u8]); 12] = [
         (SectionKind::Strings, &b.strings),
         (SectionKind::Meta, bytemuck::bytes_of(&meta)),
         (SectionKind::Values, bytemuck::cast_slice(&b.values)),
@@ -270,6 +328,7 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
         (SectionKind::Ints, bytemuck::cast_slice(&b.ints)),
         (SectionKind::Floats, bytemuck::cast_slice(&b.floats)),
         (SectionKind::Constants, bytemuck::cast_slice(&b.constants)),
+        (SectionKind::Symbols, bytemuck::cast_slice(&b.symbols)),
         (SectionKind::Data, &b.data),
     ];
     Ok(assemble(&sections))

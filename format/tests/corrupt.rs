@@ -229,7 +229,7 @@ fn non_zero_padding_is_refused() {
 
 #[test]
 fn section_sizes_must_be_whole_records() {
-    // Shrink VALUES by one byte (kept in bounds, checksum fixed): not a multiple of 24.
+    // Shrink VALUES by one byte (kept in bounds, checksum fixed): not a multiple of 16.
     let e = patched_table(|t| t[2].length -= 1);
     // The checksum no longer matches the shortened range unless resealed; reseal sections too.
     assert!(matches!(e, FormatError::Checksum { .. }), "{e:?}");
@@ -243,7 +243,7 @@ fn section_sizes_must_be_whole_records() {
     b[cut] = 0;
     reseal(&mut b);
     let e = err(b);
-    assert!(matches!(e, FormatError::SectionSize { section: "VALUES", record: 24, .. }), "{e:?}");
+    assert!(matches!(e, FormatError::SectionSize { section: "VALUES", record: 16, .. }), "{e:?}");
 }
 
 /// Mutates a valid file many times (resealing checksums half of the time so the parser and
@@ -259,7 +259,7 @@ fn random_mutations_never_panic() {
     for iter in 0..6000 {
         let mut b = if iter % 2 == 0 { small.clone() } else { base.clone() };
         // Aim most mutations at the metadata (before DATA) where structure lives.
-        let meta_end = section(&b, 11).start.max(1);
+        let meta_end = section(&b, 12).start.max(1);
         for _ in 0..1 + rng.below(4) {
             let pos = if rng.below(4) == 0 { rng.below(b.len()) } else { rng.below(meta_end) };
             match rng.below(5) {
@@ -281,7 +281,7 @@ fn random_mutations_never_panic() {
             let n = rng.below(b.len());
             b.truncate(n);
         }
-        if rng.below(2) == 0 && b.len() >= 32 + 32 * 11 {
+        if rng.below(2) == 0 && b.len() >= 32 + 32 * 12 {
             reseal(&mut b);
         }
         match PithFile::from_bytes(b) {
