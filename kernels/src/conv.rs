@@ -1,15 +1,21 @@
-//! 2-D convolution (NCHW, ONNX weight layout) on weights decoded one output channel at a time.
+//! 2-D convolution (NCHW, ONNX weight layout) on weights decoded a few filters at a time.
 //!
-//! Three paths, chosen from the parameters:
+//! Output channels are split into contiguous ranges, one per worker thread. Three paths, chosen
+//! from the parameters:
 //! * per-channel (`in_c / groups == 1`, e.g. depthwise): a direct loop over taps;
 //! * pointwise (1×1, stride 1, no padding): the input planes serve as the column matrix;
-//! * general: a tile of output pixels is unfolded (im2col) into a bounded scratch, then every
-//!   filter of the group is decoded once per tile and accumulated into the output.
+//! * general: a tile of output pixels is unfolded (im2col) into a bounded scratch.
+//!
+//! The last two decode a panel of at most [`PANEL_ROWS`] filters (never the whole tensor) and
+//! multiply it with the column tile through the path's register-blocked [`Isa::gemm_rows`].
+
+use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::prim::axpy;
-use crate::{check_len, check_min_len, Activation, KernelError, WeightRows};
+use crate::arch::Isa;
+use crate::parallel::split_units;
+use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
 /// Geometry of a 2-D convolution (and, with input/output roles as documented on
 /// [`crate::Kernels::conv_transpose2d`], of a transposed one).
@@ -59,7 +65,7 @@ impl Conv2dParams {
         if p.k_h == 0 || p.k_w == 0 {
             return Err(KernelError::Params("kernel extents must be >= 1".into()));
         }
-        if p.groups == 0 || p.in_c % p.groups != 0 || p.out_c % p.groups != 0 {
+        if p.groups == 0 || !p.in_c.is_multiple_of(p.groups) || !p.out_c.is_multiple_of(p.groups) {
             return Err(KernelError::Params(format!(
                 "groups {} must divide in_c {} and out_c {}",
                 p.groups, p.in_c, p.out_c
@@ -96,27 +102,45 @@ impl Conv2dParams {
 }
 
 /// f32 elements of the unfolded-column tile: bounded so it stays in L2.
-const COL_BUDGET: usize = 32 * 1024;
+const COL_BUDGET: usize = 64 * 1024;
 /// Output pixels per tile of the pointwise path (its columns are the input itself).
 const POINTWISE_TILE: usize = 1024;
+/// Filters decoded together into one panel for [`Isa::gemm_rows`]: a multiple of every path's
+/// register block (4, 6, 8 rows), small enough that panel × filter length stays in L2.
+const PANEL_ROWS: usize = 48;
 
-/// Output pixels per im2col tile.
+/// Output pixels per im2col tile: within [`COL_BUDGET`], rounded down to 16 columns when large so
+/// the micro-kernels' column strips have no ragged tail.
 fn tile_pixels(p: &Conv2dParams) -> usize {
     let pixels = (p.out_h * p.out_w).max(1);
-    (COL_BUDGET / p.filter_len().max(1)).clamp(1, pixels)
+    let t = (COL_BUDGET / p.filter_len().max(1)).max(1);
+    let t = if t >= 64 { t / 16 * 16 } else { t };
+    t.min(pixels)
 }
 
-/// Scratch elements [`conv2d`] needs.
+/// Filters per panel for this layer.
+fn panel_rows(p: &Conv2dParams) -> usize {
+    PANEL_ROWS.min(p.out_per_group()).max(1)
+}
+
+/// Scratch elements one worker of [`conv2d`] needs (at least 1).
 pub fn scratch_len(p: &Conv2dParams) -> usize {
-    if p.in_c == 0 || p.groups == 0 || p.in_per_group() == 1 || p.is_pointwise() {
-        p.filter_len()
+    let per = if p.in_c == 0 || p.groups == 0 || p.in_per_group() == 1 {
+        // A decoded filter and, for strided rows, the input row split by phase (padded to whole
+        // phases of `stride_w`).
+        p.filter_len() + p.in_w.div_ceil(p.stride_w.max(1)) * p.stride_w
+    } else if p.is_pointwise() {
+        panel_rows(p) * p.filter_len()
     } else {
-        p.filter_len() * (1 + tile_pixels(p))
-    }
+        p.filter_len() * (panel_rows(p) + tile_pixels(p))
+    };
+    per.max(1)
 }
 
 /// See [`crate::Kernels::conv2d`].
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
+    kernels: &Kernels,
     x: &[f32],
     w: &TensorView<'_>,
     bias: Option<&[f32]>,
@@ -133,64 +157,187 @@ pub fn conv2d(
     if let Some(b) = bias {
         check_len("conv bias", b.len(), p.out_c)?;
     }
-    check_min_len("conv scratch", scratch.len(), scratch_len(p))?;
+    let per_task = scratch_len(p);
+    check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.out_c, p.filter_len())?;
-    if out_plane == 0 {
+    if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }
-    let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
-    for b in 0..p.batch {
-        for g in 0..p.groups {
-            let xg = &x[(b * p.in_c + g * cin_g) * in_plane..][..cin_g * in_plane];
-            let yg = &mut y[(b * p.out_c + g * cout_g) * out_plane..][..cout_g * out_plane];
-            let group = Group { rows: &rows, oc0: g * cout_g, bias, act };
-            if cin_g == 1 {
-                per_channel(&group, xg, p, yg, scratch);
-            } else if p.is_pointwise() {
-                pointwise(&group, xg, p, yg, scratch);
-            } else {
-                unfolded(&group, xg, p, yg, scratch);
-            }
-        }
+    let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
+    for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
+        let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+        let work = out_plane * p.filter_len();
+        split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+            layer.channels(xb, ocs, ys, s)
+        });
     }
     Ok(())
 }
 
-/// The filters of one group and the epilogue.
-struct Group<'a, 'w> {
+/// One layer's filters, epilogue and geometry, shared by the worker threads.
+struct Layer<'a, 'w> {
+    isa: Isa,
     rows: &'a WeightRows<'w>,
-    oc0: usize,
     bias: Option<&'a [f32]>,
     act: Activation,
+    p: &'a Conv2dParams,
 }
 
-impl Group<'_, '_> {
-    fn bias(&self, ocl: usize) -> f32 {
-        self.bias.map_or(0.0, |b| b[self.oc0 + ocl])
+impl Layer<'_, '_> {
+    /// Computes output channels `ocs` (of one image `xb`) into `y` (their planes, back to back).
+    fn channels(&self, xb: &[f32], ocs: Range<usize>, y: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
+        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let mut oc = ocs.start;
+        while oc < ocs.end {
+            // The part of `ocs` inside oc's group.
+            let g = oc / cout_g;
+            let end = ocs.end.min((g + 1) * cout_g);
+            let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
+            let yg = &mut y[(oc - ocs.start) * out_plane..(end - ocs.start) * out_plane];
+            if cin_g == 1 {
+                self.per_channel(xg, oc, yg, scratch);
+            } else if p.is_pointwise() {
+                self.pointwise(xg, oc, yg, scratch);
+            } else {
+                self.unfolded(xg, oc, yg, scratch);
+            }
+            oc = end;
+        }
     }
 
-    /// For every filter of the group: `y[ocl][t0..t0+t] = act(bias + sum_k w[k] * col_k)`, where
-    /// column row `k` is `src[k * stride + off..][..t]`.
+    /// For filters `oc0..` (one per `plane`-long output plane of `y`), over output pixels
+    /// `t0..t0 + t`: `y = act(bias + filters · cols)`, where column row `k` is `src[k * ldb..][..t]`.
+    /// Filters are decoded `PANEL_ROWS` at a time into `panel` and multiplied with `gemm_rows`.
     #[allow(clippy::too_many_arguments)]
-    fn accumulate(
+    fn panel_product(
         &self,
         src: &[f32],
-        stride: usize,
-        off: usize,
+        ldb: usize,
+        oc0: usize,
         t0: usize,
         t: usize,
         y: &mut [f32],
-        out_plane: usize,
-        wrow: &mut [f32],
+        panel: &mut [f32],
     ) {
-        for (ocl, yplane) in y.chunks_exact_mut(out_plane).enumerate() {
-            self.rows.decode(self.oc0 + ocl, wrow);
-            let yt = &mut yplane[t0..t0 + t];
-            yt.fill(self.bias(ocl));
-            for (k, &wk) in wrow[..self.rows.row_len()].iter().enumerate() {
-                axpy(yt, wk, &src[k * stride + off..][..t]);
+        let (k, plane) = (self.rows.row_len(), self.p.out_h * self.p.out_w);
+        let block = panel_rows(self.p);
+        for (bi, yblock) in y.chunks_mut(block * plane).enumerate() {
+            let n_rows = yblock.len() / plane;
+            let first = oc0 + bi * block;
+            for r in 0..n_rows {
+                self.rows.decode(first + r, &mut panel[r * k..(r + 1) * k]);
+                yblock[r * plane + t0..][..t].fill(self.bias.map_or(0.0, |b| b[first + r]));
             }
-            self.act.apply_slice(yt);
+            (self.isa.gemm_rows)(&panel[..n_rows * k], k, src, ldb, t, &mut yblock[t0..], plane);
+            for r in 0..n_rows {
+                self.act.apply_slice(&mut yblock[r * plane + t0..][..t]);
+            }
+        }
+    }
+
+    /// One input channel per group: each output plane is a direct sum over the filter's taps.
+    fn per_channel(&self, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let out_plane = p.out_h * p.out_w;
+        let (wrow, phases) = scratch.split_at_mut(p.filter_len());
+        for (ocl, yplane) in yg.chunks_exact_mut(out_plane).enumerate() {
+            self.rows.decode(oc0 + ocl, wrow);
+            yplane.fill(self.bias.map_or(0.0, |b| b[oc0 + ocl]));
+            for (oy, yrow) in yplane.chunks_exact_mut(p.out_w).enumerate() {
+                for ky in 0..p.k_h {
+                    let iy = (oy * p.stride_h + ky * p.dil_h) as isize - p.pad_top as isize;
+                    if iy < 0 || iy >= p.in_h as isize {
+                        continue;
+                    }
+                    let xrow = &xg[iy as usize * p.in_w..][..p.in_w];
+                    self.tap_row(&wrow[ky * p.k_w..(ky + 1) * p.k_w], xrow, yrow, phases);
+                }
+            }
+            self.act.apply_slice(yplane);
+        }
+    }
+
+    /// `yrow[ox] += sum_kx wk[kx] * xrow[ox * stride_w + kx * dil_w - pad_left]` over the taps
+    /// inside the row; `phases` (`in_w` rounded up to a multiple of `stride_w`) is scratch for
+    /// strided rows.
+    fn tap_row(&self, wk: &[f32], xrow: &[f32], yrow: &mut [f32], phases: &mut [f32]) {
+        let p = self.p;
+        let s = p.stride_w;
+        let tap = |kx: usize| {
+            let off = (kx * p.dil_w) as isize - p.pad_left as isize;
+            (off, valid_range(p.out_w, s, off, p.in_w))
+        };
+        if s != 1 {
+            // Split the row by phase (`phases[r * len + j] = xrow[j * s + r]`), so tap kx, with
+            // `off = q * s + r`, reads phase r contiguously from `q`: a vector axpy per tap.
+            let len = p.in_w.div_ceil(s);
+            for r in 0..s.min(p.in_w) {
+                for (dst, &v) in phases[r * len..].iter_mut().zip(xrow[r..].iter().step_by(s)) {
+                    *dst = v;
+                }
+            }
+            for (kx, &wv) in wk.iter().enumerate() {
+                let (off, (lo, hi)) = tap(kx);
+                if lo < hi {
+                    let (q, r) = (off.div_euclid(s as isize), off.rem_euclid(s as isize) as usize);
+                    let start = r * len + (lo as isize + q) as usize;
+                    (self.isa.axpy)(&mut yrow[lo..hi], wv, &phases[start..start + (hi - lo)]);
+                }
+            }
+            return;
+        }
+        // Columns every tap reaches: one `gemm_rows` call whose `b` rows are the taps' shifted
+        // views of the input row (overlapping, `ldb` = dilation), so each output is loaded and
+        // stored once per kernel row instead of once per tap.
+        let (mut lo, mut hi) = (0, p.out_w);
+        for kx in 0..p.k_w {
+            let (_, (l, h)) = tap(kx);
+            (lo, hi) = (lo.max(l), hi.min(h));
+        }
+        if lo < hi {
+            let start = (lo as isize + tap(0).0) as usize;
+            (self.isa.gemm_rows)(wk, p.k_w, &xrow[start..], p.dil_w, hi - lo, &mut yrow[lo..hi], hi - lo);
+        } else {
+            hi = lo;
+        }
+        // Edge columns some taps miss (padding): a few per tap outside lo..hi.
+        for (kx, &wv) in wk.iter().enumerate() {
+            let (off, (l, h)) = tap(kx);
+            for (a, b) in [(l, h.min(lo)), (l.max(hi), h)] {
+                for ox in a..b {
+                    yrow[ox] += wv * xrow[(ox as isize + off) as usize];
+                }
+            }
+        }
+    }
+
+    /// 1×1 stride-1 unpadded: column row `k` is input plane `k`, so no unfolding is needed.
+    fn pointwise(&self, xg: &[f32], oc0: usize, yg: &mut [f32], panel: &mut [f32]) {
+        let plane = self.p.out_h * self.p.out_w;
+        let mut t0 = 0;
+        while t0 < plane {
+            let t = POINTWISE_TILE.min(plane - t0);
+            self.panel_product(&xg[t0..], plane, oc0, t0, t, yg, panel);
+            t0 += t;
+        }
+    }
+
+    /// General path: unfold a tile of output pixels, then multiply every filter panel with it.
+    fn unfolded(&self, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let plane = p.out_h * p.out_w;
+        let k_len = p.filter_len();
+        let tile = tile_pixels(p);
+        let (panel, col) = scratch.split_at_mut(panel_rows(p) * k_len);
+        let mut t0 = 0;
+        while t0 < plane {
+            let t = tile.min(plane - t0);
+            let col = &mut col[..k_len * t];
+            im2col(xg, p, t0, t, col);
+            self.panel_product(col, t, oc0, t0, t, yg, panel);
+            t0 += t;
         }
     }
 }
@@ -206,69 +353,6 @@ pub(crate) fn valid_range(out_len: usize, stride: usize, off: isize, in_len: usi
     let lo = (lo as usize).min(out_len);
     let hi = (hi as usize).clamp(lo, out_len);
     (lo, hi)
-}
-
-/// One input channel per group: each output plane is a direct sum over the filter's taps.
-fn per_channel(g: &Group<'_, '_>, xg: &[f32], p: &Conv2dParams, yg: &mut [f32], wrow: &mut [f32]) {
-    let out_plane = p.out_h * p.out_w;
-    for (ocl, yplane) in yg.chunks_exact_mut(out_plane).enumerate() {
-        g.rows.decode(g.oc0 + ocl, wrow);
-        yplane.fill(g.bias(ocl));
-        for (oy, yrow) in yplane.chunks_exact_mut(p.out_w).enumerate() {
-            for ky in 0..p.k_h {
-                let iy = (oy * p.stride_h + ky * p.dil_h) as isize - p.pad_top as isize;
-                if iy < 0 || iy >= p.in_h as isize {
-                    continue;
-                }
-                let xrow = &xg[iy as usize * p.in_w..][..p.in_w];
-                for kx in 0..p.k_w {
-                    let wv = wrow[ky * p.k_w + kx];
-                    let off = (kx * p.dil_w) as isize - p.pad_left as isize;
-                    let (lo, hi) = valid_range(p.out_w, p.stride_w, off, p.in_w);
-                    if lo >= hi {
-                        continue;
-                    }
-                    if p.stride_w == 1 {
-                        // Contiguous taps: a vectorisable axpy.
-                        let start = (lo as isize + off) as usize;
-                        axpy(&mut yrow[lo..hi], wv, &xrow[start..start + (hi - lo)]);
-                    } else {
-                        for (ox, yv) in yrow.iter_mut().enumerate().take(hi).skip(lo) {
-                            *yv += wv * xrow[((ox * p.stride_w) as isize + off) as usize];
-                        }
-                    }
-                }
-            }
-        }
-        g.act.apply_slice(yplane);
-    }
-}
-
-/// 1×1 stride-1 unpadded: column row `k` is input plane `k`, so no unfolding is needed.
-fn pointwise(g: &Group<'_, '_>, xg: &[f32], p: &Conv2dParams, yg: &mut [f32], wrow: &mut [f32]) {
-    let plane = p.out_h * p.out_w;
-    let mut t0 = 0;
-    while t0 < plane {
-        let t = POINTWISE_TILE.min(plane - t0);
-        g.accumulate(xg, plane, t0, t0, t, yg, plane, wrow);
-        t0 += t;
-    }
-}
-
-/// General path: unfold a tile of output pixels, then accumulate every filter over it.
-fn unfolded(g: &Group<'_, '_>, xg: &[f32], p: &Conv2dParams, yg: &mut [f32], scratch: &mut [f32]) {
-    let plane = p.out_h * p.out_w;
-    let k_len = p.filter_len();
-    let tile = tile_pixels(p);
-    let (wrow, col) = scratch.split_at_mut(k_len);
-    let mut t0 = 0;
-    while t0 < plane {
-        let t = tile.min(plane - t0);
-        let col = &mut col[..k_len * t];
-        im2col(xg, p, t0, t, col);
-        g.accumulate(col, t, 0, t0, t, yg, plane, wrow);
-        t0 += t;
-    }
 }
 
 /// Writes the `filter_len × t` column matrix of output pixels `t0..t0+t` (row-major over the
@@ -319,7 +403,7 @@ fn im2col(xg: &[f32], p: &Conv2dParams, t0: usize, t: usize, col: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, decode_all, random_weight, Rng, WeightKind};
+    use crate::testutil::{assert_close, decode_all, kernel_sets, random_weight, Rng, WeightKind};
     use crate::Kernels;
 
     /// Plain 7-loop convolution on fully decoded weights.
@@ -371,7 +455,7 @@ mod tests {
         let (stride_h, stride_w, dil_h, dil_w) = if pointwise {
             (1, 1, 1, 1)
         } else {
-            (1 + rng.below(3), 1 + rng.below(2), 1 + rng.below(2), 1 + rng.below(3))
+            (1 + rng.below(3), 1 + rng.below(3), 1 + rng.below(2), 1 + rng.below(3))
         };
         let pads = if pointwise { [0; 4] } else { [rng.below(3), rng.below(3), rng.below(3), rng.below(3)] };
         let in_h = dil_h * (k_h - 1) + 1 + rng.below(9);
@@ -396,23 +480,66 @@ mod tests {
         }
     }
 
+    /// Runs `p` under every kernel set and checks each against the 7-loop reference.
+    fn check_all_paths(rng: &mut Rng, sets: &[Kernels], p: &Conv2dParams, kind: WeightKind, with_bias: bool) {
+        let data = random_weight(rng, kind, p.out_c, p.filter_len());
+        let wf = decode_all(&data, p.out_c);
+        let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+        let bias = rng.vec(p.out_c);
+        let bias = with_bias.then_some(&bias[..]);
+        let want = reference(&x, &wf, bias, p);
+        for kernels in sets {
+            let mut y = vec![f32::NAN; want.len()];
+            let mut scratch = vec![0.0; kernels.conv2d_scratch_len(p)];
+            kernels.conv2d(&x, &data.view(), bias, p, Activation::None, &mut y, &mut scratch).unwrap();
+            assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?}"));
+        }
+    }
+
     #[test]
-    fn matches_reference_on_random_shapes_and_encodings() {
+    fn matches_reference_on_random_shapes_encodings_paths_and_threads() {
         let mut rng = Rng::new(42);
-        let kernels = Kernels::new(1);
+        let sets = kernel_sets();
         let kinds = WeightKind::all();
         for case in 0..120 {
             let p = random_params(&mut rng, case);
-            let kind = kinds[case % kinds.len()];
-            let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
-            let wf = decode_all(&data, p.out_c);
-            let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
-            let bias = rng.vec(p.out_c);
-            let bias = (case % 3 != 0).then_some(&bias[..]);
-            let mut y = vec![f32::NAN; p.batch * p.out_c * p.out_h * p.out_w];
-            let mut scratch = vec![0.0; kernels.conv2d_scratch_len(&p)];
-            kernels.conv2d(&x, &data.view(), bias, &p, Activation::None, &mut y, &mut scratch).unwrap();
-            assert_close(&y, &reference(&x, &wf, bias, &p), &format!("{kind:?} {p:?}"));
+            check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], case % 3 != 0);
+        }
+    }
+
+    #[test]
+    fn many_filters_span_panels_groups_and_workers() {
+        // 100 and 53 filters: several 48-filter panels with a ragged last one, worker ranges that
+        // cross group boundaries, and output planes that are not a multiple of any vector width.
+        let mut rng = Rng::new(8);
+        let sets = kernel_sets();
+        let base = Conv2dParams {
+            batch: 2,
+            in_c: 6,
+            in_h: 9,
+            in_w: 13,
+            out_c: 100,
+            out_h: 9,
+            out_w: 13,
+            k_h: 1,
+            k_w: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            dil_h: 1,
+            dil_w: 1,
+            groups: 2,
+        };
+        let conv3 =
+            Conv2dParams { in_c: 4, out_c: 53, k_h: 3, k_w: 3, pad_top: 1, pad_left: 1, groups: 1, ..base };
+        let depthwise = Conv2dParams { in_c: 7, out_c: 7, groups: 7, ..conv3 };
+        let kind = WeightKind::Codebook(4, pith_format::ir::CodebookKind::PerRow, false);
+        // Strided depthwise over a 13-wide row: three phases of unequal length.
+        let strided = Conv2dParams { stride_h: 2, stride_w: 3, out_h: 5, out_w: 5, ..depthwise };
+        for p in [base, conv3, depthwise, strided] {
+            check_all_paths(&mut rng, &sets, &p, kind, true);
+            check_all_paths(&mut rng, &sets, &p, WeightKind::F32, false);
         }
     }
 
@@ -443,13 +570,13 @@ mod tests {
                 groups: 1,
             };
             assert!(tile_pixels(&p) < p.out_h * p.out_w);
-            assert!(tile_pixels(&p) % p.out_w != 0);
+            assert!(!tile_pixels(&p).is_multiple_of(p.out_w));
             let data = random_weight(&mut rng, WeightKind::F32, 4, p.filter_len());
             let x = rng.vec(in_c * in_h * in_w);
             let mut y = vec![0.0; 4 * p.out_h * p.out_w];
             let mut scratch = vec![0.0; scratch_len(&p)];
             let act = Activation::Clip { min: -0.5, max: 0.5 };
-            conv2d(&x, &data.view(), None, &p, act, &mut y, &mut scratch).unwrap();
+            conv2d(&Kernels::default(), &x, &data.view(), None, &p, act, &mut y, &mut scratch).unwrap();
             let want: Vec<f32> =
                 reference(&x, &decode_all(&data, 4), None, &p).into_iter().map(|v| act.apply(v)).collect();
             assert_close(&y, &want, "tiled");
@@ -465,13 +592,33 @@ mod tests {
         let mut y = vec![0.0; p.batch * p.out_c * p.out_h * p.out_w];
         let mut s = vec![0.0; scratch_len(&p)];
         let a = Activation::None;
-        assert!(conv2d(&x[1..], &data.view(), None, &p, a, &mut y, &mut s).is_err());
+        let k = Kernels::default();
+        assert!(conv2d(&k, &x[1..], &data.view(), None, &p, a, &mut y, &mut s).is_err());
         let mut short = vec![0.0; scratch_len(&p) - 1];
-        assert!(conv2d(&x, &data.view(), None, &p, a, &mut y, &mut short).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, &p, a, &mut y, &mut short).is_err());
         let bad = Conv2dParams { stride_h: 0, ..p };
-        assert!(conv2d(&x, &data.view(), None, &bad, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, &bad, a, &mut y, &mut s).is_err());
         let bad = Conv2dParams { out_c: p.out_c + 1, groups: 1, ..p };
-        assert!(conv2d(&x, &data.view(), None, &bad, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, &bad, a, &mut y, &mut s).is_err());
+    }
+
+    #[test]
+    fn empty_outputs_succeed_under_every_kernel_set() {
+        let mut rng = Rng::new(6);
+        let p = Conv2dParams { batch: 2, out_c: 0, ..random_params(&mut rng, 0) };
+        let p = Conv2dParams { groups: 1, in_c: p.in_c.max(1), ..p };
+        let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+        let w: [f32; 0] = [];
+        for kernels in kernel_sets() {
+            let mut s = vec![0.0; kernels.conv2d_scratch_len(&p)];
+            let view = TensorView::F32(&w);
+            kernels.conv2d(&x, &view, None, &p, Activation::None, &mut [], &mut s).unwrap();
+            let pt = Conv2dParams { in_c: 0, out_c: p.in_c, ..p };
+            let mut s = vec![0.0; kernels.conv_transpose2d_scratch_len(&pt)];
+            let mut y = vec![f32::NAN; p.batch * pt.out_c * p.out_h * p.out_w];
+            kernels.conv_transpose2d(&[], &view, None, &pt, Activation::None, &mut y, &mut s).unwrap();
+            assert!(y.iter().all(|&v| v == 0.0), "no inputs: bias-free output is zero");
+        }
     }
 
     #[test]

@@ -1,27 +1,55 @@
-//! 2-D transposed convolution (NCHW, ONNX weight layout `[in_c, out_c / groups, k_h, k_w]`):
-//! each input channel's taps are decoded once and scattered into the output.
+//! 2-D transposed convolution (NCHW, ONNX weight layout `[in_c, out_c / groups, k_h, k_w]`).
+//!
+//! Output channels are split over the worker threads. For a block of output channels, the
+//! weights are decoded once into a transposed panel (rows: output channel × tap, columns: input
+//! channels), multiplied with a tile of input pixels by [`Isa::gemm_rows`], and each product row
+//! is scattered to its tap's output positions.
+
+use std::ops::Range;
 
 use pith_format::TensorView;
 
+use crate::arch::Isa;
 use crate::conv::valid_range;
-use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, WeightRows};
+use crate::parallel::split_units;
+use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
+
+/// f32 elements of a transposed weight panel.
+const PANEL_BUDGET: usize = 64 * 1024;
+/// f32 elements of a product tile (panel rows × input pixels).
+const PRODUCT_BUDGET: usize = 64 * 1024;
 
 /// Weights per row (input channel): `out_c / groups * k_h * k_w`.
 fn row_len(p: &Conv2dParams) -> usize {
     p.out_per_group() * p.k_h * p.k_w
 }
 
-/// Scratch elements [`conv_transpose2d`] needs: one decoded row.
+/// Output channels per panel.
+fn block_channels(p: &Conv2dParams) -> usize {
+    let per_channel = p.k_h * p.k_w * p.in_per_group();
+    (PANEL_BUDGET / per_channel.max(1)).clamp(1, p.out_per_group().max(1))
+}
+
+/// Input pixels per product tile.
+fn tile_pixels(p: &Conv2dParams) -> usize {
+    let rows = block_channels(p) * p.k_h * p.k_w;
+    (PRODUCT_BUDGET / rows.max(1)).clamp(1, (p.in_h * p.in_w).max(1))
+}
+
+/// Scratch elements one worker of [`conv_transpose2d`] needs (at least 1): a panel, one decoded
+/// row and a product tile.
 pub fn scratch_len(p: &Conv2dParams) -> usize {
     if p.groups == 0 {
-        0
-    } else {
-        row_len(p)
+        return 1;
     }
+    let rows = block_channels(p) * p.k_h * p.k_w;
+    (rows * p.in_per_group() + row_len(p) + rows * tile_pixels(p)).max(1)
 }
 
 /// See [`crate::Kernels::conv_transpose2d`].
+#[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d(
+    kernels: &Kernels,
     x: &[f32],
     w: &TensorView<'_>,
     bias: Option<&[f32]>,
@@ -38,47 +66,110 @@ pub fn conv_transpose2d(
     if let Some(b) = bias {
         check_len("conv-transpose bias", b.len(), p.out_c)?;
     }
-    check_min_len("conv-transpose scratch", scratch.len(), scratch_len(p))?;
+    let per_task = scratch_len(p);
+    check_min_len("conv-transpose scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.in_c, row_len(p))?;
-    if out_plane == 0 {
+    if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }
-    let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
-    let taps = p.k_h * p.k_w;
+    let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
     for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
-        for (oc, yplane) in yb.chunks_exact_mut(out_plane).enumerate() {
-            yplane.fill(bias.map_or(0.0, |b| b[oc]));
-        }
-        for ic in 0..p.in_c {
-            let g = ic / cin_g;
-            rows.decode(ic, scratch);
-            let xplane = &x[(b * p.in_c + ic) * in_plane..][..in_plane];
-            for ocl in 0..cout_g {
-                let yplane = &mut yb[(g * cout_g + ocl) * out_plane..][..out_plane];
-                let wtaps = &scratch[ocl * taps..][..taps];
-                scatter(xplane, wtaps, p, yplane);
-            }
-        }
+        let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+        let work = in_plane * row_len(p) / p.out_per_group().max(1) * p.in_per_group();
+        split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+            layer.channels(xb, ocs, ys, s)
+        });
     }
-    act.apply_slice(y);
     Ok(())
 }
 
-/// Adds one input plane, weighted by one `k_h × k_w` filter, into one output plane.
-fn scatter(xplane: &[f32], wtaps: &[f32], p: &Conv2dParams, yplane: &mut [f32]) {
+/// One layer's weights, epilogue and geometry, shared by the worker threads.
+struct Layer<'a, 'w> {
+    isa: Isa,
+    rows: &'a WeightRows<'w>,
+    bias: Option<&'a [f32]>,
+    act: Activation,
+    p: &'a Conv2dParams,
+}
+
+impl Layer<'_, '_> {
+    /// Computes output channels `ocs` of one image into `y` (their planes, back to back).
+    fn channels(&self, xb: &[f32], ocs: Range<usize>, y: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
+        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        for (ocl, yplane) in y.chunks_exact_mut(out_plane).enumerate() {
+            yplane.fill(self.bias.map_or(0.0, |b| b[ocs.start + ocl]));
+        }
+        let block = block_channels(p);
+        let mut oc = ocs.start;
+        while oc < ocs.end {
+            // At most `block` channels, all in oc's group.
+            let g = oc / cout_g;
+            let end = ocs.end.min((g + 1) * cout_g).min(oc + block);
+            let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
+            let yblock = &mut y[(oc - ocs.start) * out_plane..(end - ocs.start) * out_plane];
+            self.block(xg, g, oc - g * cout_g..end - g * cout_g, yblock, scratch);
+            oc = end;
+        }
+        self.act.apply_slice(y);
+    }
+
+    /// Adds the contribution of group `g`'s input `xg` to its local output channels `ocls`.
+    fn block(&self, xg: &[f32], g: usize, ocls: Range<usize>, y: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let (cin_g, taps) = (p.in_per_group(), p.k_h * p.k_w);
+        let in_plane = p.in_h * p.in_w;
+        let rows = ocls.len() * taps;
+        let (panel, rest) = scratch.split_at_mut(rows * cin_g);
+        let (wrow, product) = rest.split_at_mut(row_len(p));
+        // Transpose: panel[(ocl, tap)][ic] = W[ic][ocl][tap].
+        for ic in 0..cin_g {
+            self.rows.decode(g * cin_g + ic, wrow);
+            let part = &wrow[ocls.start * taps..ocls.end * taps];
+            for (r, &v) in part.iter().enumerate() {
+                panel[r * cin_g + ic] = v;
+            }
+        }
+        let tile = tile_pixels(p);
+        let mut t0 = 0;
+        while t0 < in_plane {
+            let t = tile.min(in_plane - t0);
+            let z = &mut product[..rows * t];
+            z.fill(0.0);
+            (self.isa.gemm_rows)(panel, cin_g, &xg[t0..], in_plane, t, z, t);
+            for (ocl, yplane) in y.chunks_exact_mut(p.out_h * p.out_w).enumerate() {
+                scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
+            }
+            t0 += t;
+        }
+    }
+}
+
+/// Adds one channel's products `z` (`k_h * k_w` rows of `t` input pixels starting at `t0`) to
+/// the output positions their taps reach.
+fn scatter_tile(z: &[f32], t0: usize, t: usize, p: &Conv2dParams, yplane: &mut [f32]) {
     for ky in 0..p.k_h {
         let offy = (ky * p.dil_h) as isize - p.pad_top as isize;
-        let (iy_lo, iy_hi) = valid_range(p.in_h, p.stride_h, offy, p.out_h);
         for kx in 0..p.k_w {
-            let wv = wtaps[ky * p.k_w + kx];
+            let zr = &z[(ky * p.k_w + kx) * t..][..t];
             let offx = (kx * p.dil_w) as isize - p.pad_left as isize;
             let (ix_lo, ix_hi) = valid_range(p.in_w, p.stride_w, offx, p.out_w);
-            for iy in iy_lo..iy_hi {
-                let oy = ((iy * p.stride_h) as isize + offy) as usize;
-                let xrow = &xplane[iy * p.in_w..][..p.in_w];
-                let yrow = &mut yplane[oy * p.out_w..][..p.out_w];
-                for (ix, &xv) in xrow.iter().enumerate().take(ix_hi).skip(ix_lo) {
-                    yrow[((ix * p.stride_w) as isize + offx) as usize] += wv * xv;
+            // Walk the tile one input row segment at a time.
+            let mut done = 0;
+            while done < t {
+                let pix = t0 + done;
+                let (iy, ix0) = (pix / p.in_w, pix % p.in_w);
+                let n = (p.in_w - ix0).min(t - done);
+                let seg = &zr[done..done + n];
+                done += n;
+                let oy = (iy * p.stride_h) as isize + offy;
+                if oy < 0 || oy >= p.out_h as isize {
+                    continue;
+                }
+                let yrow = &mut yplane[oy as usize * p.out_w..][..p.out_w];
+                for ix in ix_lo.max(ix0)..ix_hi.min(ix0 + n) {
+                    yrow[((ix * p.stride_w) as isize + offx) as usize] += seg[ix - ix0];
                 }
             }
         }
@@ -88,8 +179,7 @@ fn scatter(xplane: &[f32], wtaps: &[f32], p: &Conv2dParams, yplane: &mut [f32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, decode_all, random_weight, Rng, WeightKind};
-    use crate::Kernels;
+    use crate::testutil::{assert_close, decode_all, kernel_sets, random_weight, Rng, WeightKind};
 
     /// Plain scatter loop on fully decoded weights.
     fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) -> Vec<f32> {
@@ -128,10 +218,27 @@ mod tests {
         y
     }
 
+    /// Runs `p` under every kernel set against the reference, with a fused activation.
+    fn check_all_paths(rng: &mut Rng, sets: &[Kernels], p: &Conv2dParams, kind: WeightKind, with_bias: bool) {
+        let data = random_weight(rng, kind, p.in_c, row_len(p));
+        let wf = decode_all(&data, p.in_c);
+        let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+        let bias = rng.vec(p.out_c);
+        let bias = with_bias.then_some(&bias[..]);
+        let act = Activation::LeakyRelu(0.3);
+        let want: Vec<f32> = reference(&x, &wf, bias, p).into_iter().map(|v| act.apply(v)).collect();
+        for kernels in sets {
+            let mut y = vec![f32::NAN; want.len()];
+            let mut scratch = vec![0.0; kernels.conv_transpose2d_scratch_len(p)];
+            kernels.conv_transpose2d(&x, &data.view(), bias, p, act, &mut y, &mut scratch).unwrap();
+            assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?}"));
+        }
+    }
+
     #[test]
-    fn matches_reference_on_random_shapes_and_encodings() {
+    fn matches_reference_on_random_shapes_encodings_paths_and_threads() {
         let mut rng = Rng::new(11);
-        let kernels = Kernels::new(1);
+        let sets = kernel_sets();
         let kinds = WeightKind::all();
         for case in 0..60 {
             let groups = 1 + rng.below(3);
@@ -163,18 +270,52 @@ mod tests {
                 dil_w,
                 groups,
             };
-            let kind = kinds[case % kinds.len()];
-            let data = random_weight(&mut rng, kind, in_c, row_len(&p));
-            let wf = decode_all(&data, in_c);
-            let x = rng.vec(p.batch * in_c * in_h * in_w);
-            let bias = rng.vec(out_c);
-            let bias = (case % 2 == 0).then_some(&bias[..]);
-            let mut y = vec![f32::NAN; p.batch * out_c * p.out_h * p.out_w];
-            let mut scratch = vec![0.0; kernels.conv_transpose2d_scratch_len(&p)];
-            let act = Activation::LeakyRelu(0.3);
-            kernels.conv_transpose2d(&x, &data.view(), bias, &p, act, &mut y, &mut scratch).unwrap();
-            let want: Vec<f32> = reference(&x, &wf, bias, &p).into_iter().map(|v| act.apply(v)).collect();
-            assert_close(&y, &want, &format!("{kind:?} {p:?}"));
+            check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], case % 2 == 0);
+        }
+    }
+
+    #[test]
+    fn several_panels_and_tiles() {
+        let mut rng = Rng::new(12);
+        let sets = kernel_sets();
+        let base = Conv2dParams {
+            batch: 1,
+            in_c: 2,
+            in_h: 20,
+            in_w: 17,
+            out_c: 16,
+            out_h: 41,
+            out_w: 35,
+            k_h: 4,
+            k_w: 4,
+            stride_h: 2,
+            stride_w: 2,
+            pad_top: 1,
+            pad_left: 1,
+            dil_h: 1,
+            dil_w: 1,
+            groups: 1,
+        };
+        // 256 product rows: tiles of 256 input pixels, ending mid-row of the 17-wide input.
+        assert!(tile_pixels(&base) < base.in_h * base.in_w);
+        // 1024 inputs x 9 taps: panels of 7 channels, so 10 output channels take two.
+        let wide = Conv2dParams {
+            in_c: 1024,
+            in_h: 4,
+            in_w: 4,
+            out_c: 10,
+            out_h: 9,
+            out_w: 9,
+            k_h: 3,
+            k_w: 3,
+            pad_top: 0,
+            pad_left: 0,
+            ..base
+        };
+        assert!(block_channels(&wide) < wide.out_c);
+        let kind = WeightKind::Codebook(4, pith_format::ir::CodebookKind::SharedScaled, true);
+        for p in [base, wide] {
+            check_all_paths(&mut rng, &sets, &p, kind, true);
         }
     }
 
@@ -202,7 +343,16 @@ mod tests {
         let x = vec![0.0; 18];
         let mut y = vec![0.0; 72];
         let mut s = vec![0.0; scratch_len(&p)];
-        let err = conv_transpose2d(&x, &data.view(), None, &p, Activation::None, &mut y, &mut s);
+        let err = conv_transpose2d(
+            &Kernels::default(),
+            &x,
+            &data.view(),
+            None,
+            &p,
+            Activation::None,
+            &mut y,
+            &mut s,
+        );
         assert!(matches!(err, Err(KernelError::Weight(_))));
     }
 }

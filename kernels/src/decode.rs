@@ -49,6 +49,28 @@ impl<'a> WeightRows<'a> {
         self.row_len
     }
 
+    /// Row `r` of an f32 tensor, borrowed; `None` for other encodings.
+    pub fn dense_row(&self, r: usize) -> Option<&'a [f32]> {
+        match self.view {
+            TensorView::F32(d) => d.get(r * self.row_len..(r + 1) * self.row_len),
+            _ => None,
+        }
+    }
+
+    /// For a codebook tensor: fills `lut` with row `r`'s decoded entries (row scale folded in, unused
+    /// slots zero) and returns the row's packed indices and their width, for
+    /// [`crate::arch::Isa::dot_packed`]. `None` for other encodings.
+    pub fn packed_row(&self, r: usize, lut: &mut [f32; 256]) -> Option<(&'a [u8], u8)> {
+        match self.view {
+            TensorView::Codebook(c) if r < self.rows => {
+                fill_lut(&c, r, lut);
+                let bytes = &c.indices[r * c.row_stride..(r + 1) * c.row_stride];
+                Some((bytes, c.bits))
+            }
+            _ => None,
+        }
+    }
+
     /// Decodes row `r` into `out[..row_len]`.
     ///
     /// # Panics
@@ -107,6 +129,14 @@ fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(
 fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32]) {
     // Row lookup table: unused slots stay 0 so an out-of-range index cannot panic.
     let mut lut = [0.0f32; 256];
+    fill_lut(c, r, &mut lut);
+    let bytes = c.row_indices(r);
+    decode_indices(c.bits, bytes, &lut, out);
+}
+
+/// Row `r`'s codebook widened to f32 with its scale folded in; slots past `entries` are zeroed.
+fn fill_lut(c: &CodebookView<'_>, r: usize, lut: &mut [f32; 256]) {
+    lut[c.entries..].fill(0.0);
     let (base, scale) = match c.kind {
         CodebookKind::PerTensor => (0, 1.0),
         CodebookKind::PerRow => (r * c.entries, 1.0),
@@ -125,8 +155,11 @@ fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32]) {
             }
         }
     }
-    let bytes = c.row_indices(r);
-    match c.bits {
+}
+
+/// Decodes `out.len()` indices of width `bits`, packed LSB-first in `bytes`, through `lut`.
+fn decode_indices(bits: u8, bytes: &[u8], lut: &[f32; 256], out: &mut [f32]) {
+    match bits {
         8 => {
             for (o, &b) in out.iter_mut().zip(bytes) {
                 *o = lut[b as usize];

@@ -1,9 +1,16 @@
 //! Matrix product with a packed weight operand, decoded one row at a time.
+//!
+//! `[N, K]` weights with few input rows (GEMV) never widen a row: [`Isa::dot_packed`] decodes the
+//! packed indices in registers, so only packed bytes move. Work is split over output columns
+//! (one input row) or input rows (several) across the worker threads.
+
+use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::prim::{axpy, dot};
-use crate::{check_len, check_min_len, Activation, KernelError, WeightRows};
+use crate::arch::Isa;
+use crate::parallel::split_units;
+use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
 /// How the `k × n` weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,17 +21,23 @@ pub enum WeightLayout {
     KN,
 }
 
-/// Scratch elements [`gemm`] needs: one decoded row.
+/// Scratch elements one worker of [`gemm`] needs: one decoded row (at least 1).
 pub fn scratch_len(k: usize, n: usize, layout: WeightLayout) -> usize {
     match layout {
         WeightLayout::NK => k,
         WeightLayout::KN => n,
     }
+    .max(1)
 }
+
+/// Up to this many input rows, packed `[N, K]` rows are multiplied straight from their indices
+/// (decoded in registers by [`Isa::dot_packed`]); above, a row is decoded once and reused.
+const PACKED_DOT_MAX_M: usize = 4;
 
 /// See [`crate::Kernels::gemm`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
+    kernels: &Kernels,
     a: &[f32],
     m: usize,
     k: usize,
@@ -41,55 +54,97 @@ pub fn gemm(
     if let Some(b) = bias {
         check_len("gemm bias", b.len(), n)?;
     }
-    check_min_len("gemm scratch", scratch.len(), scratch_len(k, n, layout))?;
+    let per_task = scratch_len(k, n, layout);
+    check_min_len("gemm scratch", scratch.len(), per_task * kernels.threads())?;
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let isa = kernels.isa();
     match layout {
         WeightLayout::NK => {
             let rows = WeightRows::new(*w, n, k)?;
-            let wrow = &mut scratch[..k];
-            for j in 0..n {
-                rows.decode(j, wrow);
-                let b = bias.map_or(0.0, |b| b[j]);
-                for i in 0..m {
-                    y[i * n + j] = act.apply(b + dot(&a[i * k..(i + 1) * k], wrow));
-                }
+            let prod = NkProduct { isa, rows: &rows, a, k, bias, act };
+            if m == 1 {
+                // GEMV: split the outputs (one weight row each) over the workers.
+                split_units(kernels, n, 1, k, y, scratch, per_task, |js, ys, s| prod.run(0..1, js, ys, s));
+            } else {
+                split_units(kernels, m, n, n * k, y, scratch, per_task, |is, ys, s| {
+                    prod.run(is, 0..n, ys, s)
+                });
             }
         }
         WeightLayout::KN => {
             let rows = WeightRows::new(*w, k, n)?;
-            let wrow = &mut scratch[..n];
-            for yrow in y.chunks_exact_mut(n) {
-                match bias {
-                    Some(b) => yrow.copy_from_slice(b),
-                    None => yrow.fill(0.0),
+            split_units(kernels, m, n, n * k, y, scratch, per_task, |is, ys, wrow| {
+                for yrow in ys.chunks_exact_mut(n) {
+                    match bias {
+                        Some(b) => yrow.copy_from_slice(b),
+                        None => yrow.fill(0.0),
+                    }
                 }
-            }
-            for kk in 0..k {
-                rows.decode(kk, wrow);
-                for (i, yrow) in y.chunks_exact_mut(n).enumerate() {
-                    axpy(yrow, a[i * k + kk], wrow);
+                // Each decoded weight row is used by every input row of this worker's range.
+                for kk in 0..k {
+                    rows.decode(kk, wrow);
+                    for (yrow, i) in ys.chunks_exact_mut(n).zip(is.clone()) {
+                        (isa.axpy)(yrow, a[i * k + kk], &wrow[..n]);
+                    }
                 }
-            }
-            act.apply_slice(y);
+                act.apply_slice(ys);
+            });
         }
     }
     Ok(())
 }
 
+/// `y[i, j] = act(bias[j] + a[i, :] · W[j, :])` with `W` stored `[N, K]`.
+struct NkProduct<'a, 'w> {
+    isa: Isa,
+    rows: &'a WeightRows<'w>,
+    a: &'a [f32],
+    k: usize,
+    bias: Option<&'a [f32]>,
+    act: Activation,
+}
+
+impl NkProduct<'_, '_> {
+    /// Outputs `is × js` into `y` (row-major, `js.len()` per row); `wrow` holds one decoded row.
+    fn run(&self, is: Range<usize>, js: Range<usize>, y: &mut [f32], wrow: &mut [f32]) {
+        let (k, width) = (self.k, js.len());
+        let mut lut = [0.0f32; 256];
+        for (jl, j) in js.enumerate() {
+            let b = self.bias.map_or(0.0, |b| b[j]);
+            let mut out = |dot: &dyn Fn(&[f32]) -> f32| {
+                for (il, i) in is.clone().enumerate() {
+                    y[il * width + jl] = self.act.apply(b + dot(&self.a[i * k..(i + 1) * k]));
+                }
+            };
+            let packed = if is.len() <= PACKED_DOT_MAX_M { self.rows.packed_row(j, &mut lut) } else { None };
+            if let Some(row) = self.rows.dense_row(j) {
+                out(&|x| (self.isa.dot)(row, x));
+            } else if let Some((idx, bits)) = packed {
+                out(&|x| (self.isa.dot_packed)(idx, bits, &lut, x));
+            } else {
+                self.rows.decode(j, wrow);
+                out(&|x| (self.isa.dot)(&wrow[..k], x));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, decode_all, random_weight, Rng, WeightKind};
+    use crate::testutil::{assert_close, decode_all, kernel_sets, random_weight, Rng, WeightKind};
     use crate::Kernels;
 
     #[test]
     fn matches_reference_for_both_layouts_and_every_encoding() {
         let mut rng = Rng::new(9);
-        let kernels = Kernels::new(1);
+        let sets = kernel_sets();
         for (case, kind) in WeightKind::all().into_iter().enumerate() {
-            let (m, k, n) = (1 + rng.below(5), 1 + rng.below(19), 1 + rng.below(13));
+            // m = 1 (GEMV, split over N), 2..=4 (packed dot), 5..=7 (decoded rows, split over M).
+            let m = [1, 1, 3, 6][case % 4] + rng.below(2);
+            let (k, n) = (1 + rng.below(70), 1 + rng.below(40));
             for layout in [WeightLayout::NK, WeightLayout::KN] {
                 let (rows, row_len) = match layout {
                     WeightLayout::NK => (n, k),
@@ -115,10 +170,13 @@ mod tests {
                         want[i * n + j] = act.apply(s);
                     }
                 }
-                let mut y = vec![f32::NAN; m * n];
-                let mut scratch = vec![0.0; kernels.gemm_scratch_len(k, n, layout)];
-                kernels.gemm(&a, m, k, n, &data.view(), layout, bias, act, &mut y, &mut scratch).unwrap();
-                assert_close(&y, &want, &format!("{kind:?} {layout:?} {m}x{k}x{n}"));
+                for kernels in &sets {
+                    let mut y = vec![f32::NAN; m * n];
+                    let mut scratch = vec![0.0; kernels.gemm_scratch_len(k, n, layout)];
+                    let w = data.view();
+                    kernels.gemm(&a, m, k, n, &w, layout, bias, act, &mut y, &mut scratch).unwrap();
+                    assert_close(&y, &want, &format!("{kernels:?} {kind:?} {layout:?} {m}x{k}x{n}"));
+                }
             }
         }
     }
@@ -131,9 +189,10 @@ mod tests {
         let mut s = vec![0.0; 3];
         let a = Activation::None;
         let lay = WeightLayout::NK;
-        assert!(gemm(&[0.0; 6], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_ok());
-        assert!(gemm(&[0.0; 5], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_err());
-        assert!(gemm(&[0.0; 6], 2, 3, 2, &view, lay, Some(&[0.0]), a, &mut y, &mut s).is_err());
-        assert!(gemm(&[0.0; 8], 2, 4, 2, &view, lay, None, a, &mut y, &mut s).is_err());
+        let k = Kernels::default();
+        assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_ok());
+        assert!(gemm(&k, &[0.0; 5], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_err());
+        assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, Some(&[0.0]), a, &mut y, &mut s).is_err());
+        assert!(gemm(&k, &[0.0; 8], 2, 4, 2, &view, lay, None, a, &mut y, &mut s).is_err());
     }
 }

@@ -9,8 +9,10 @@
 //! * [`Kernels::conv_transpose2d`] — grouped 2-D transposed convolution (ONNX `ConvTranspose` layout),
 //! * [`Kernels::gemm`] — `y = a · W + bias` with `W` stored `[N, K]` or `[K, N]`.
 //!
-//! Each kernel takes a caller-owned scratch slice sized by its `*_scratch_len` method, so the runtime
-//! can plan all memory up front. Every kernel can fuse an [`Activation`] epilogue.
+//! Each kernel takes a caller-owned scratch slice sized by its `*_scratch_len` method (a share per
+//! worker thread), so the runtime can plan all memory up front. Every kernel can fuse an
+//! [`Activation`] epilogue. Inner loops are the [`Isa`] micro-kernels of the chosen path; conv and
+//! gemm split their output channels over the kernel set's persistent worker threads.
 
 mod activation;
 pub mod arch;
@@ -18,7 +20,7 @@ mod conv;
 mod conv_transpose;
 mod decode;
 mod gemm;
-mod prim;
+mod parallel;
 #[cfg(test)]
 mod testutil;
 
@@ -27,7 +29,11 @@ pub use conv::Conv2dParams;
 pub use decode::WeightRows;
 pub use gemm::WeightLayout;
 
+use std::sync::Arc;
+
 use pith_format::TensorView;
+
+pub use arch::Isa;
 
 /// Errors a kernel reports instead of panicking: buffers or weights that do not match the parameters.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -50,26 +56,68 @@ pub enum KernelError {
     Weight(String),
 }
 
-/// The kernel set, chosen once (instruction set, worker threads) and then used for every call.
-///
-/// Today every kernel runs the portable scalar path on the caller's thread; the SIMD and threaded
-/// paths will be selected here, behind the same methods, without changing callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kernel set, chosen once per session (instruction-set path, worker threads) and then used
+/// for every call. Cloning shares the thread pool.
+#[derive(Clone)]
 pub struct Kernels {
+    isa: Isa,
     threads: usize,
+    /// Persistent workers (`threads - 1`: the caller's thread works too), present when `threads > 1`.
+    pool: Option<Arc<rayon::ThreadPool>>,
+    /// Multiply-adds below which work stays on one thread (waking a worker costs microseconds);
+    /// tests lower it to exercise the split on small shapes.
+    pub(crate) min_task_work: usize,
+}
+
+/// Default of [`Kernels::min_task_work`].
+const MIN_TASK_WORK: usize = 1 << 18;
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels").field("isa", &self.isa.name).field("threads", &self.threads).finish()
+    }
+}
+
+impl PartialEq for Kernels {
+    fn eq(&self, other: &Self) -> bool {
+        self.isa == other.isa && self.threads == other.threads
+    }
 }
 
 impl Default for Kernels {
+    /// The best path this CPU supports (ignoring `PITH_KERNEL`), on the caller's thread.
     fn default() -> Self {
-        Kernels::new(1)
+        let isa = *Isa::available().last().expect("scalar is always available");
+        Kernels { isa, threads: 1, pool: None, min_task_work: MIN_TASK_WORK }
     }
 }
 
 impl Kernels {
-    /// The best kernel set for this CPU, allowed to use up to `threads` worker threads
-    /// (0 is treated as 1). Threads are not used yet: the scalar path is single-threaded.
-    pub fn new(threads: usize) -> Kernels {
-        Kernels { threads: threads.max(1) }
+    /// The path [`Isa::detect`] picks (`PITH_KERNEL` or the best supported), with up to `threads`
+    /// worker threads (0 is treated as 1). Errors if `PITH_KERNEL` names an unknown or unsupported
+    /// path, or the worker threads cannot be started.
+    pub fn new(threads: usize) -> Result<Kernels, KernelError> {
+        Kernels::with_isa(Isa::detect()?, threads)
+    }
+
+    /// Path `isa` with up to `threads` worker threads (0 is treated as 1), the caller's included.
+    /// With more than one, a pool of `threads - 1` persistent workers is started here, once; one
+    /// thread uses none.
+    pub fn with_isa(isa: Isa, threads: usize) -> Result<Kernels, KernelError> {
+        let threads = threads.max(1);
+        let pool = if threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads - 1)
+                .thread_name(|i| format!("pith-worker-{i}"))
+                .build()
+                .map_err(|e| {
+                    KernelError::Params(format!("cannot start {} worker threads: {e}", threads - 1))
+                })?;
+            Some(Arc::new(pool))
+        } else {
+            None
+        };
+        Ok(Kernels { isa, threads, pool, min_task_work: MIN_TASK_WORK })
     }
 
     /// Worker threads this kernel set may use.
@@ -77,9 +125,18 @@ impl Kernels {
         self.threads
     }
 
-    /// f32 scratch elements [`Kernels::conv2d`] needs for `p`.
+    /// The instruction-set path in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub(crate) fn pool(&self) -> Option<&rayon::ThreadPool> {
+        self.pool.as_deref()
+    }
+
+    /// f32 scratch elements [`Kernels::conv2d`] needs for `p`: one share per worker thread.
     pub fn conv2d_scratch_len(&self, p: &Conv2dParams) -> usize {
-        conv::scratch_len(p)
+        conv::scratch_len(p) * self.threads
     }
 
     /// 2-D convolution, NCHW: `y = act(conv(x, w) + bias)`.
@@ -101,12 +158,12 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(x, w, bias, p, act, y, scratch)
+        conv::conv2d(self, x, w, bias, p, act, y, scratch)
     }
 
-    /// f32 scratch elements [`Kernels::conv_transpose2d`] needs for `p`.
+    /// f32 scratch elements [`Kernels::conv_transpose2d`] needs for `p`: one share per worker thread.
     pub fn conv_transpose2d_scratch_len(&self, p: &Conv2dParams) -> usize {
-        conv_transpose::scratch_len(p)
+        conv_transpose::scratch_len(p) * self.threads
     }
 
     /// 2-D transposed convolution, NCHW: `y = act(conv_transpose(x, w) + bias)`.
@@ -126,12 +183,12 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv_transpose::conv_transpose2d(x, w, bias, p, act, y, scratch)
+        conv_transpose::conv_transpose2d(self, x, w, bias, p, act, y, scratch)
     }
 
-    /// f32 scratch elements [`Kernels::gemm`] needs.
+    /// f32 scratch elements [`Kernels::gemm`] needs: one share per worker thread.
     pub fn gemm_scratch_len(&self, k: usize, n: usize, layout: WeightLayout) -> usize {
-        gemm::scratch_len(k, n, layout)
+        gemm::scratch_len(k, n, layout) * self.threads
     }
 
     /// Matrix product `y[m, n] = act(sum_k a[m, k] * W[k, n] + bias[n])`.
@@ -153,7 +210,7 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        gemm::gemm(a, m, k, n, w, layout, bias, act, y, scratch)
+        gemm::gemm(self, a, m, k, n, w, layout, bias, act, y, scratch)
     }
 }
 
@@ -171,4 +228,26 @@ pub(crate) fn check_min_len(what: &'static str, got: usize, expected: usize) -> 
         return Err(KernelError::Length { what, expected, got });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_sets_report_their_path_and_threads() {
+        let best = *Isa::available().last().unwrap();
+        assert_eq!(Kernels::default().isa(), best);
+        assert_eq!(Kernels::default().threads(), 1);
+        let one = Kernels::with_isa(Isa::scalar(), 0).unwrap();
+        assert_eq!((one.threads(), one.pool().is_none()), (1, true));
+        let three = Kernels::with_isa(best, 3).unwrap();
+        assert_eq!((three.threads(), three.pool().map(|p| p.current_num_threads())), (3, Some(2)));
+        assert!(format!("{three:?}").contains(best.name));
+        // Scratch is one share per worker.
+        assert_eq!(
+            three.gemm_scratch_len(5, 7, WeightLayout::NK),
+            3 * one.gemm_scratch_len(5, 7, WeightLayout::NK)
+        );
+    }
 }

@@ -125,3 +125,23 @@ pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
         assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w}");
     }
 }
+
+/// Every available instruction-set path with 1, 2 and 3 worker threads, splitting even tiny
+/// shapes; prints the paths this CPU lacks so test logs say what was skipped.
+pub fn kernel_sets() -> Vec<crate::Kernels> {
+    let paths = crate::Isa::available();
+    for name in ["avx2", "avx512", "neon"] {
+        if !paths.iter().any(|i| i.name == name) {
+            eprintln!("kernel path '{name}' not available on this CPU/build, skipped");
+        }
+    }
+    let mut sets = Vec::new();
+    for isa in paths {
+        for threads in 1..=3 {
+            let mut k = crate::Kernels::with_isa(isa, threads).expect("worker threads start");
+            k.min_task_work = 1;
+            sets.push(k);
+        }
+    }
+    sets
+}

@@ -21,8 +21,8 @@ pub struct Job<'a, 'c> {
     pub ops: &'a [Box<dyn Op>],
     /// The plan for the inputs' shapes.
     pub plan: &'a Plan,
-    /// Worker threads ops may use.
-    pub threads: usize,
+    /// The session's kernel set and worker threads.
+    pub ctx: &'a ExecCtx,
 }
 
 /// Runs planned graphs.
@@ -35,7 +35,8 @@ pub trait Backend: Send + std::fmt::Debug {
     fn execute(&mut self, job: &Job<'_, '_>, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
 }
 
-/// The CPU backend: one f32 arena for all activations, one scratch buffer shared by all ops.
+/// The CPU backend: one f32 arena for all activations, one scratch buffer shared by all ops
+/// (a share per worker thread).
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     arena: Vec<f32>,
@@ -123,11 +124,13 @@ impl Backend for CpuBackend {
                 graph.inputs.len()
             )));
         }
-        if self.scratch.len() < plan.scratch_len {
-            self.scratch.resize(plan.scratch_len, 0.0);
+        // Ops plan scratch per worker thread; each worker gets its own share.
+        let scratch_len = plan.scratch_len * job.ctx.threads();
+        if self.scratch.len() < scratch_len {
+            self.scratch.resize(scratch_len, 0.0);
         }
         let arena = ArenaPtr::new(&mut self.arena, plan.arena_len);
-        let ctx = ExecCtx { threads: job.threads.max(1) };
+        let ctx = job.ctx;
 
         for (&id, t) in graph.inputs.iter().zip(inputs) {
             let v = planned(plan, id)?;
@@ -185,7 +188,7 @@ impl Backend for CpuBackend {
                 "arena plan overlaps live values at node #{ni}"
             );
             job.ops[ni]
-                .run(&args, &mut outs, &mut self.scratch[..plan.scratch_len], &ctx)
+                .run(&args, &mut outs, &mut self.scratch[..scratch_len], ctx)
                 .map_err(|e| node_error(node, ni, e))?;
         }
 

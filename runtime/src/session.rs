@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use pith_format::ir::{ElemType, Graph, Value};
 use pith_format::PithFile;
+use pith_kernels::Kernels;
 
 use crate::error::{Result, RuntimeError};
 use crate::exec::{Backend, CpuBackend, Job};
-use crate::ops::{self, Op};
+use crate::ops::{self, ExecCtx, Op};
 pub use crate::plan::PlanSummary;
 use crate::plan::{self, node_error, ConstantFn, Plan};
 use crate::tensor::{Tensor, TensorBuf};
@@ -19,7 +20,9 @@ use crate::tensor::{Tensor, TensorBuf};
 /// How a session runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// Worker threads ops may use (1 = run on the caller's thread).
+    /// Worker threads ops may use (1 = run on the caller's thread; more start a pool once, at
+    /// session creation). The kernel path is the best the CPU supports, or `PITH_KERNEL`
+    /// (`scalar`, `avx2`, `avx512`, `neon`); an unknown or unsupported name fails `Session::new`.
     pub threads: usize,
 }
 
@@ -100,6 +103,8 @@ struct Engine {
     plans: Vec<Plan>,
     backend: Box<dyn Backend>,
     options: SessionOptions,
+    /// Kernel path and worker pool, chosen once here and shared by every run.
+    ctx: ExecCtx,
 }
 
 impl Engine {
@@ -112,7 +117,11 @@ impl Engine {
             .map(|(i, node)| ops::build(node).map_err(|e| node_error(node, i, e)))
             .collect::<Result<Vec<_>>>()?;
         log::debug!("session: {} ops built", ops.len());
-        Ok(Engine { ops, plans: Vec::new(), backend: Box::new(CpuBackend::new()), options })
+        let kernels = Kernels::new(options.threads)
+            .map_err(|e| RuntimeError::Graph(format!("cannot set up CPU kernels: {e}")))?;
+        log::debug!("session: kernel path {}, {} thread(s)", kernels.isa().name, kernels.threads());
+        let ctx = ExecCtx { kernels };
+        Ok(Engine { ops, plans: Vec::new(), backend: Box::new(CpuBackend::new()), options, ctx })
     }
 
     /// The plan of the latest successful `plan` or `run`.
@@ -160,7 +169,7 @@ impl Engine {
                 &inputs.iter().find(|(n, _)| n == name).expect("bound above").1
             })
             .collect();
-        let job = Job { graph, constant, ops: &self.ops, plan, threads: self.options.threads };
+        let job = Job { graph, constant, ops: &self.ops, plan, ctx: &self.ctx };
         let outs = self.backend.execute(&job, &by_graph_order)?;
         Ok(graph.outputs.iter().map(|&id| graph.values[id as usize].name.clone()).zip(outs).collect())
     }
@@ -540,6 +549,29 @@ mod tests {
         };
         assert_eq!(slot(v), slot(a));
         assert_eq!(slot(flat), slot(x_id));
+    }
+
+    #[test]
+    fn worker_threads_give_the_same_results() {
+        // Conv 16 -> 24 channels, 3x3, padded: big enough that output channels are split.
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(1), Dim::Fixed(16), Dim::Fixed(32), Dim::Fixed(32)]);
+        let w = b.value("w", ElemType::F32, Some([24, 16, 3, 3].map(Dim::Fixed).to_vec()));
+        let wdata = (0..24 * 16 * 9).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        b.model.constants.push(Constant { value: w, data: TensorData::F32(wdata) });
+        let pads = ("pads", Attr::Ints(vec![1, 1, 1, 1]));
+        let y = b.node(OpKind::Conv, &[x, w], 1, vec![pads])[0];
+        b.output(y);
+        let model = b.model;
+        let input = iota(&[1, 16, 32, 32]);
+        let mut outs = Vec::new();
+        for threads in [1, 3] {
+            let engine = Engine::new(&model.graph, SessionOptions { threads }).unwrap();
+            assert_eq!(engine.ctx.threads(), threads);
+            let mut mem = Mem { model: model.clone(), engine };
+            outs.push(mem.run(&[("x", input.clone())]).unwrap());
+        }
+        assert_eq!(outs[0], outs[1]);
     }
 
     #[test]

@@ -7,7 +7,13 @@
 //! The function pointers of a SIMD path are only handed out by [`Isa::detect`] / [`Isa::by_name`]
 //! after the CPU features they need were detected; that is what makes calling them safe.
 
+#[cfg(test)]
+mod conformance;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use crate::KernelError;
 
@@ -18,6 +24,8 @@ pub struct Isa {
     pub name: &'static str,
     /// `c[i * ldc + j] += sum_p a[i * k + p] * b[p * ldb + j]` for `i < a.len() / k`, `j < n`.
     /// `a` holds decoded weight rows (row-major, `k` each); `b` is `k` rows of activations.
+    /// Rows of `b` may overlap (`ldb < n`: depthwise conv passes shifted views of one image row,
+    /// `ldb` = dilation); rows of `c` may not when there are several.
     #[allow(clippy::type_complexity)] // the full signature documents the contract best
     pub gemm_rows: fn(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize),
     /// Dot product over the common length.
@@ -52,6 +60,10 @@ impl Isa {
     pub fn available() -> Vec<Isa> {
         #[allow(unused_mut)]
         let mut paths = vec![Isa::scalar()];
+        #[cfg(target_arch = "aarch64")]
+        paths.extend(neon::neon());
+        #[cfg(target_arch = "x86_64")]
+        paths.extend(x86::avx2().into_iter().chain(x86::avx512()));
         paths
     }
 

@@ -362,7 +362,7 @@ impl Op for Conv {
         let (p, _) = self.geometry(x.shape, w.shape)?;
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
-        Kernels::new(ctx.threads)
+        ctx.kernels
             .conv2d(&x.f32s()?, &weight.view(), b.as_deref(), &p, Activation::None, outputs[0].data, scratch)
             .map_err(kernel_err)
     }
@@ -495,7 +495,7 @@ impl Op for ConvTranspose {
         let (p, _) = self.geometry(x.shape, w.shape)?;
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
-        Kernels::new(ctx.threads)
+        ctx.kernels
             .conv_transpose2d(
                 &x.f32s()?,
                 &weight.view(),
@@ -540,7 +540,7 @@ pub(crate) mod testing {
         let mut scratch = vec![f32::NAN; op.scratch_len(inputs)];
         let mut outs: Vec<Out<'_>> =
             shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
-        op.run(inputs, &mut outs, &mut scratch, &ExecCtx { threads: 1 })?;
+        op.run(inputs, &mut outs, &mut scratch, &ExecCtx::default())?;
         Ok(shapes.into_iter().map(|(_, s)| s).zip(bufs).collect())
     }
 

@@ -148,7 +148,7 @@ impl Op for Gemm {
             }
         };
         let y = &mut *outputs[0].data;
-        Kernels::new(ctx.threads)
+        ctx.kernels
             .gemm(a_rows, m, k, n, &view, self.layout(), bias, Activation::None, y, scratch)
             .map_err(kernel_err)?;
         if self.alpha != 1.0 {
@@ -230,7 +230,7 @@ impl Op for MatMul {
     ) -> OpResult<()> {
         let (a, b) = (input(inputs, 0, "A")?, input(inputs, 1, "B")?);
         let d = matmul_dims(a.shape, b.shape)?;
-        let kernels = Kernels::new(ctx.threads);
+        let kernels = &ctx.kernels;
         let x = a.f32s()?;
         let y = &mut *outputs[0].data;
         let gemm = |a: &[f32], m: usize, w: TensorView<'_>, y: &mut [f32], s: &mut [f32]| {

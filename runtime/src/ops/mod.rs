@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use pith_format::ir::{ElemType, Node, OpKind};
 use pith_format::TensorView;
+use pith_kernels::Kernels;
 
 use crate::error::OpError;
 use crate::tensor::{Tensor, TensorBuf};
@@ -105,10 +106,20 @@ pub struct Out<'a> {
 }
 
 /// Per-run context handed to every op.
-#[derive(Debug, Clone, Copy)]
+///
+/// The default runs the best kernel path on the caller's thread (plan-time evaluation, tests).
+#[derive(Debug, Clone, Default)]
 pub struct ExecCtx {
-    /// Worker threads the op may use (1 = run on the caller's thread).
-    pub threads: usize,
+    /// The session's kernel set: instruction-set path and worker threads, chosen once at session
+    /// creation. Its thread pool is shared by every op.
+    pub kernels: Kernels,
+}
+
+impl ExecCtx {
+    /// Worker threads ops may use (1 = run on the caller's thread).
+    pub fn threads(&self) -> usize {
+        self.kernels.threads()
+    }
 }
 
 /// An operator ready to run.
@@ -133,12 +144,13 @@ pub trait Op: Send + Sync + std::fmt::Debug {
         {
             let mut outs: Vec<Out<'_>> =
                 shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
-            self.run(inputs, &mut outs, &mut scratch, &ExecCtx { threads: 1 })?;
+            self.run(inputs, &mut outs, &mut scratch, &ExecCtx::default())?;
         }
         Ok(Some(shapes.into_iter().zip(bufs).map(|((_, s), b)| Tensor::from_f32(s, b)).collect()))
     }
 
-    /// f32 scratch elements [`Op::run`] needs for these input shapes.
+    /// f32 scratch elements ONE worker thread of [`Op::run`] needs for these input shapes; `run`
+    /// receives [`ExecCtx::threads`] times as many, so multi-threaded kernels get a share each.
     fn scratch_len(&self, _inputs: &[Option<Arg<'_>>]) -> usize {
         0
     }

@@ -106,7 +106,7 @@ impl Op for Unary {
     }
 }
 
-fn map(x: &[f32], y: &mut [f32], f: fn(f32) -> f32) {
+fn map(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = f(v);
     }

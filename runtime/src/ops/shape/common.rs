@@ -282,7 +282,7 @@ pub(crate) mod test_util {
         {
             let mut outs: Vec<Out<'_>> =
                 shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
-            op.run(inputs, &mut outs, &mut [], &ExecCtx { threads: 1 })?;
+            op.run(inputs, &mut outs, &mut [], &ExecCtx::default())?;
         }
         Ok(shapes.into_iter().zip(bufs).map(|((_, s), b)| Tensor::from_f32(s, b)).collect())
     }

@@ -1,0 +1,94 @@
+//! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
+
+use super::{scalar, Isa};
+use crate::testutil::Rng;
+
+/// The non-scalar paths this CPU runs; prints the known ones it skips so CI logs say what ran.
+fn simd_paths() -> Vec<Isa> {
+    let paths: Vec<Isa> = Isa::available().into_iter().filter(|i| i.name != "scalar").collect();
+    for name in ["avx2", "avx512", "neon"] {
+        if !paths.iter().any(|i| i.name == name) {
+            eprintln!("conformance: path '{name}' not available on this CPU/build, skipped");
+        }
+    }
+    paths
+}
+
+/// `|got - want| <= 1e-5 * scale + 1e-6`, where `scale` bounds the sum of absolute terms.
+fn close(got: f32, want: f32, scale: f32) -> bool {
+    (got - want).abs() <= 1e-5 * scale + 1e-6
+}
+
+#[test]
+fn gemm_rows_matches_scalar() {
+    let mut rng = Rng::new(11);
+    for isa in simd_paths() {
+        for case in 0..300 {
+            let m = 1 + rng.below(19);
+            let k = 1 + rng.below(40);
+            let n = 1 + case % 67;
+            // One case in three has overlapping rows of b (ldb < n), as depthwise conv uses.
+            let ldb = if case % 3 == 0 { 1 + rng.below(3) } else { n + rng.below(5) };
+            let ldc = n + rng.below(5);
+            let a = rng.vec(m * k);
+            let b = rng.vec((k - 1) * ldb + n);
+            let c0 = rng.vec((m - 1) * ldc + n);
+            let (mut want, mut got) = (c0.clone(), c0.clone());
+            scalar::gemm_rows(&a, k, &b, ldb, n, &mut want, ldc);
+            (isa.gemm_rows)(&a, k, &b, ldb, n, &mut got, ldc);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = if idx % ldc < n { close(*g, *w, k as f32 + 1.0) } else { g == w };
+                assert!(ok, "{} m={m} k={k} n={n} ldb={ldb} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_and_axpy_match_scalar() {
+    let mut rng = Rng::new(12);
+    for isa in simd_paths() {
+        for n in 0..=140 {
+            let extra = rng.below(3);
+            let (a, b) = (rng.vec(n), rng.vec(n + extra));
+            let (got, want) = ((isa.dot)(&a, &b), scalar::dot(&a, &b));
+            assert!(close(got, want, n as f32), "{} dot n={n}: {got} vs {want}", isa.name);
+            let s = rng.f32();
+            let y0 = rng.vec(n);
+            let (mut got, mut want) = (y0.clone(), y0);
+            (isa.axpy)(&mut got, s, &b);
+            scalar::axpy(&mut want, s, &b);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(close(*g, *w, 2.0), "{} axpy n={n}: {g} vs {w}", isa.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_packed_matches_scalar_for_every_width() {
+    let mut rng = Rng::new(13);
+    for isa in simd_paths() {
+        for bits in 1..=8u8 {
+            let lut = rng.vec(1 << bits);
+            for n in (0..=70).chain([127, 128, 129, 255, 1000]) {
+                let bytes = (n * bits as usize).div_ceil(8);
+                let row: Vec<u8> = (0..bytes).map(|_| rng.below(256) as u8).collect();
+                let x = rng.vec(n);
+                let (got, want) =
+                    ((isa.dot_packed)(&row, bits, &lut, &x), scalar::dot_packed(&row, bits, &lut, &x));
+                assert!(close(got, want, n as f32), "{} bits={bits} n={n}: {got} vs {want}", isa.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn by_name_rejects_unknown_and_finds_available() {
+    assert!(Isa::by_name("sse9").is_err());
+    assert!(Isa::by_name("").is_err());
+    for isa in Isa::available() {
+        assert_eq!(Isa::by_name(isa.name).unwrap(), isa);
+    }
+    assert_eq!(Isa::by_name("scalar").unwrap().name, "scalar");
+}

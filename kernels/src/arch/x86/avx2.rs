@@ -1,0 +1,295 @@
+//! AVX2 + FMA micro-kernels (8 f32 lanes). Tails use `vmaskmovps`, which never touches masked-off
+//! lanes' memory, so no kernel reads or writes outside the slices it is given.
+
+use std::arch::x86_64::*;
+
+use super::bounds;
+use crate::arch::{scalar, Isa};
+
+/// The AVX2 path. Private: only [`super::avx2`] hands it out, after feature detection.
+pub(super) const ISA: Isa = Isa { name: "avx2", gemm_rows, dot, axpy, dot_packed };
+
+/// Rows per register block of `gemm_rows`: 6 rows × 2 vectors = 12 accumulators of 16 registers.
+const MR: usize = 6;
+/// Columns per register block of `gemm_rows`.
+const NR: usize = 16;
+
+/// Lanes `i < n` all-ones (for `vmaskmovps`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn lane_mask(n: usize) -> __m256i {
+    let n = n.min(8) as i32;
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// Sum of the 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// See [`Isa::gemm_rows`].
+fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
+    let Some(m) = bounds::gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
+    // SAFETY: this table is only reachable after AVX2 + FMA were detected (see `super::avx2`), and
+    // `gemm_rows_check` asserted that `a`, `b` and `c` cover every element the kernel touches.
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), ldb, n, c.as_mut_ptr(), ldc) }
+}
+
+/// Column strips of `NR` outer, row blocks of `MR` inner, so a `k × NR` strip of `b` stays in L1
+/// while every row block streams over it.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_rows_impl(
+    a: *const f32,
+    k: usize,
+    m: usize,
+    b: *const f32,
+    ldb: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut j = 0;
+    while j < n {
+        let w = (n - j).min(NR);
+        let mut i = 0;
+        while i < m {
+            let r = (m - i).min(MR);
+            // SAFETY (all arms): rows i..i+r of a/c and columns j..j+w of b/c are in bounds.
+            let (ap, bp, cp) = unsafe { (a.add(i * k), b.add(j), c.add(i * ldc + j)) };
+            unsafe {
+                match r {
+                    6 => tile::<6>(ap, k, bp, ldb, w, cp, ldc),
+                    5 => tile::<5>(ap, k, bp, ldb, w, cp, ldc),
+                    4 => tile::<4>(ap, k, bp, ldb, w, cp, ldc),
+                    3 => tile::<3>(ap, k, bp, ldb, w, cp, ldc),
+                    2 => tile::<2>(ap, k, bp, ldb, w, cp, ldc),
+                    _ => tile::<1>(ap, k, bp, ldb, w, cp, ldc),
+                }
+            }
+            i += r;
+        }
+        j += w;
+    }
+}
+
+/// `c[r][0..w] += sum_p a[r][p] * b[p][0..w]` for `R` rows, `w <= NR`, accumulators in registers.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const R: usize>(
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    ldb: usize,
+    w: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    // SAFETY: the caller guarantees R rows of k values at `a`, k rows of w values at `b` (stride
+    // ldb) and R rows of w values at `c` (stride ldc); masked lanes are never accessed.
+    unsafe {
+        if w == NR {
+            for p in 0..k {
+                let bp = b.add(p * ldb);
+                let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(r * k + p));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let cp = c.add(r * ldc);
+                _mm256_storeu_ps(cp, _mm256_add_ps(_mm256_loadu_ps(cp), acc[0]));
+                _mm256_storeu_ps(cp.add(8), _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), acc[1]));
+            }
+        } else {
+            let (m0, m1) = (lane_mask(w), lane_mask(w.saturating_sub(8)));
+            for p in 0..k {
+                let bp = b.add(p * ldb);
+                let (b0, b1) = (_mm256_maskload_ps(bp, m0), _mm256_maskload_ps(bp.add(8), m1));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(r * k + p));
+                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let cp = c.add(r * ldc);
+                let c0 = _mm256_add_ps(_mm256_maskload_ps(cp, m0), acc[0]);
+                _mm256_maskstore_ps(cp, m0, c0);
+                let c1 = _mm256_add_ps(_mm256_maskload_ps(cp.add(8), m1), acc[1]);
+                _mm256_maskstore_ps(cp.add(8), m1, c1);
+            }
+        }
+    }
+}
+
+/// See [`Isa::dot`].
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    // SAFETY: AVX2 + FMA were detected before this table was handed out; both slices hold n values.
+    unsafe { dot_impl(a.as_ptr(), b.as_ptr(), n) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_impl(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every access is below n (full vectors) or masked to lanes below n.
+    unsafe {
+        while i + 32 <= n {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(o)), _mm256_loadu_ps(b.add(o)), *acc);
+            }
+            i += 32;
+        }
+        while i < n {
+            let m = lane_mask(n - i);
+            let p = _mm256_mul_ps(_mm256_maskload_ps(a.add(i), m), _mm256_maskload_ps(b.add(i), m));
+            acc[0] = _mm256_add_ps(acc[0], p);
+            i += 8;
+        }
+    }
+    hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+}
+
+/// See [`Isa::axpy`].
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    // SAFETY: AVX2 + FMA were detected before this table was handed out; both slices hold n values.
+    unsafe { axpy_impl(y.as_mut_ptr(), a, x.as_ptr(), n) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_impl(y: *mut f32, a: f32, x: *const f32, n: usize) {
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    // SAFETY: every access is below n (full vectors) or masked to lanes below n.
+    unsafe {
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)));
+            _mm256_storeu_ps(y.add(i), v);
+            i += 8;
+        }
+        if i < n {
+            let m = lane_mask(n - i);
+            let v = _mm256_fmadd_ps(av, _mm256_maskload_ps(x.add(i), m), _mm256_maskload_ps(y.add(i), m));
+            _mm256_maskstore_ps(y.add(i), m, v);
+        }
+    }
+}
+
+/// See [`Isa::dot_packed`]. 4-bit rows take [`dot_nibbles`]. Otherwise eight indices occupy exactly `bits` bytes, so each group of eight is
+/// read as one unaligned u64, split into two u32 halves of four indices, shifted per lane and
+/// masked; the LUT lookup is `vpermps` (bits <= 3), two `vpermps` + blend (4), a gather (5..=7)
+/// or scalar loads from L1 (8).
+fn dot_packed(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32 {
+    if bits == 4 && lut.len() >= 16 {
+        let pairs = (x.len() / 32).min(row.len() / 16);
+        // SAFETY: AVX2 + FMA were detected before this table was handed out; `pairs` 16-byte
+        // reads of `row` and 32-float reads of `x` are in bounds by the `min` above.
+        let s = unsafe { dot_nibbles(row.as_ptr(), lut, x.as_ptr(), pairs) };
+        return s + dot_packed_any(&row[pairs * 16..], bits, lut, &x[pairs * 32..]);
+    }
+    dot_packed_any(row, bits, lut, x)
+}
+
+/// 4-bit indices, 32 per 16-byte load, unpacked entirely in vector registers: low and high
+/// nibbles are interleaved (`punpck*bw`, element `2i` is byte `i`'s low nibble) and widened to
+/// lanes (`vpmovzxbd`), then looked up with two `vpermps` and a blend on bit 3.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_nibbles(row: *const u8, lut: &[f32], x: *const f32, pairs: usize) -> f32 {
+    let table = bounds::padded_lut::<16>(lut);
+    // SAFETY: `table` is 16 floats long.
+    let (t0, t1) = unsafe { (_mm256_loadu_ps(table.as_ptr()), _mm256_loadu_ps(table.as_ptr().add(8))) };
+    let low = _mm_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for g in 0..pairs {
+        // SAFETY: the caller guarantees 16 readable bytes at g * 16.
+        let v = unsafe { _mm_loadu_si128(row.add(g * 16).cast()) };
+        let lo = _mm_and_si128(v, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), low);
+        let (a, b) = (_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi));
+        let eighths = [a, _mm_srli_si128(a, 8), b, _mm_srli_si128(b, 8)];
+        for (e, bytes) in eighths.into_iter().enumerate() {
+            let idx = _mm256_cvtepu8_epi32(bytes);
+            let (lo, hi) = (_mm256_permutevar8x32_ps(t0, idx), _mm256_permutevar8x32_ps(t1, idx));
+            let w = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+            // SAFETY: the caller guarantees 32 floats at g * 32.
+            let xv = unsafe { _mm256_loadu_ps(x.add(g * 32 + e * 8)) };
+            acc[e % 2] = _mm256_fmadd_ps(w, xv, acc[e % 2]);
+        }
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1]))
+}
+
+/// Any width: 8 indices per step, extracted through general-purpose registers.
+fn dot_packed_any(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32 {
+    let Some(groups) = bounds::vector_groups(row, bits, lut, x, 8, 8) else {
+        return scalar::dot_packed(row, bits, lut, x);
+    };
+    let b = bits as usize;
+    // SAFETY: AVX2 + FMA were detected before this table was handed out. `vector_groups` checked
+    // that groups * 8 <= x.len(), that reading 8 bytes at every g * bits stays inside `row`, and
+    // that `lut` has 2^bits entries, so every gathered index is in bounds.
+    let s = unsafe {
+        match bits {
+            1 => dot_packed_impl::<1>(row.as_ptr(), lut, x.as_ptr(), groups),
+            2 => dot_packed_impl::<2>(row.as_ptr(), lut, x.as_ptr(), groups),
+            3 => dot_packed_impl::<3>(row.as_ptr(), lut, x.as_ptr(), groups),
+            4 => dot_packed_impl::<4>(row.as_ptr(), lut, x.as_ptr(), groups),
+            5 => dot_packed_impl::<5>(row.as_ptr(), lut, x.as_ptr(), groups),
+            6 => dot_packed_impl::<6>(row.as_ptr(), lut, x.as_ptr(), groups),
+            7 => dot_packed_impl::<7>(row.as_ptr(), lut, x.as_ptr(), groups),
+            _ => dot_packed_impl::<8>(row.as_ptr(), lut, x.as_ptr(), groups),
+        }
+    };
+    s + scalar::dot_packed(&row[groups * b..], bits, lut, &x[groups * 8..])
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const f32, groups: usize) -> f32 {
+    let table = bounds::padded_lut::<16>(lut);
+    // SAFETY: `table` is 16 floats long.
+    let (t0, t1) = unsafe { (_mm256_loadu_ps(table.as_ptr()), _mm256_loadu_ps(table.as_ptr().add(8))) };
+    let b = B as i32;
+    let shifts = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b);
+    let mask = _mm256_set1_epi32((1 << B) - 1);
+    let mut acc = _mm256_setzero_ps();
+    for g in 0..groups {
+        // SAFETY: the caller guarantees 8 readable bytes at g * B and 8 floats at g * 8.
+        let (v, xv) = unsafe { (bounds::read_u64(row.add(g * B)), _mm256_loadu_ps(x.add(g * 8))) };
+        let (lo, hi) = (v as u32 as i32, (v >> (4 * B)) as u32 as i32);
+        let spread = _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi);
+        let idx = _mm256_and_si256(_mm256_srlv_epi32(spread, shifts), mask);
+        let w = if B <= 3 {
+            _mm256_permutevar8x32_ps(t0, idx)
+        } else if B == 4 {
+            let (lo, hi) = (_mm256_permutevar8x32_ps(t0, idx), _mm256_permutevar8x32_ps(t1, idx));
+            _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)))
+        } else if B == 8 {
+            // Byte indices: 8 scalar loads from the L1-resident LUT beat a gather on Zen 4.
+            let mut w = [0.0f32; 8];
+            for (l, w) in w.iter_mut().enumerate() {
+                // SAFETY: byte l of the group is within the 8 bytes at g * 8 checked by the
+                // caller; a byte indexes a 256-entry LUT.
+                *w = unsafe { *lut.get_unchecked(*row.add(g * 8 + l) as usize) };
+            }
+            // SAFETY: `w` is 8 floats long.
+            unsafe { _mm256_loadu_ps(w.as_ptr()) }
+        } else {
+            // SAFETY: idx < 2^B <= lut.len() (checked by the caller).
+            unsafe { _mm256_i32gather_ps::<4>(lut.as_ptr(), idx) }
+        };
+        acc = _mm256_fmadd_ps(w, xv, acc);
+    }
+    hsum(acc)
+}

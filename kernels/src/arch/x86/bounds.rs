@@ -1,0 +1,64 @@
+//! Bounds logic shared by the x86 paths: what the unsafe inner loops may assume.
+
+/// Checks `gemm_rows` operands (panicking on a caller bug, like slice indexing would) and returns
+/// the row count `a.len() / k`, or `None` when there is nothing to do.
+pub(super) fn gemm_rows_check(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    ldb: usize,
+    n: usize,
+    c: &[f32],
+    ldc: usize,
+) -> Option<usize> {
+    if k == 0 || n == 0 || a.len() < k {
+        return None;
+    }
+    let m = a.len() / k;
+    // Rows of b may overlap (they are only read); rows of c may not, unless there is one.
+    assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b is too short");
+    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows: c is too short");
+    Some(m)
+}
+
+/// Groups of `lanes` indices the vector loop of `dot_packed` may take, or `None` when the input
+/// is unusual (bits outside 1..=8, a short LUT, a short row) and the scalar path should decide.
+///
+/// A group `g` of `lanes` indices starts at byte `g * lanes * bits / 8` (`lanes` is a multiple of
+/// 8, so groups are byte-aligned) and the vector loop reads `read_span` bytes from each
+/// `lanes / 8`-th of it, i.e. at most `(lanes / 8 - 1) * bits + read_span` bytes from its start.
+pub(super) fn vector_groups(
+    row: &[u8],
+    bits: u8,
+    lut: &[f32],
+    x: &[f32],
+    lanes: usize,
+    read_span: usize,
+) -> Option<usize> {
+    let b = bits as usize;
+    if !(1..=8).contains(&bits) || lut.len() < 1 << b || row.len() * 8 < x.len() * b {
+        return None;
+    }
+    let group_bytes = lanes / 8 * b;
+    let reach = group_bytes - b + read_span;
+    let fit = if row.len() >= reach { (row.len() - reach) / group_bytes + 1 } else { 0 };
+    Some(fit.min(x.len() / lanes))
+}
+
+/// `lut` copied into `N` zero-padded slots (LUTs shorter than a register).
+pub(super) fn padded_lut<const N: usize>(lut: &[f32]) -> [f32; N] {
+    let mut t = [0.0f32; N];
+    let n = lut.len().min(N);
+    t[..n].copy_from_slice(&lut[..n]);
+    t
+}
+
+/// Little-endian u64 at `p`.
+///
+/// # Safety
+/// `p..p + 8` must be readable.
+#[inline(always)]
+pub(super) unsafe fn read_u64(p: *const u8) -> u64 {
+    // SAFETY: the caller guarantees 8 readable bytes; read_unaligned has no alignment requirement.
+    u64::from_le(unsafe { p.cast::<u64>().read_unaligned() })
+}

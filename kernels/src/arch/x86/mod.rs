@@ -1,0 +1,28 @@
+//! x86-64 paths: AVX2 + FMA (8 lanes) and AVX-512 (16 lanes).
+//!
+//! The `#[target_feature]` micro-kernels are `unsafe` to call on a CPU without the features, so the
+//! [`Isa`] tables built from them are handed out only by [`avx2`] and [`avx512`], after
+//! `is_x86_feature_detected!` confirmed every feature the path enables. The table entries are safe
+//! wrappers whose soundness rests on that check.
+
+mod avx2;
+mod avx512;
+mod bounds;
+
+use super::Isa;
+
+/// The AVX2 + FMA path, if this CPU supports it.
+pub fn avx2() -> Option<Isa> {
+    let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    ok.then_some(avx2::ISA)
+}
+
+/// The AVX-512 path (F, BW, VL; with AVX2 + FMA for the 8-lane tails), if this CPU supports it.
+pub fn avx512() -> Option<Isa> {
+    let ok = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma");
+    ok.then_some(avx512::ISA)
+}
