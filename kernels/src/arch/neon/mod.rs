@@ -1,0 +1,273 @@
+//! aarch64 path: NEON (Advanced SIMD, 4 f32 lanes, 32 vector registers).
+//!
+//! NEON is part of the aarch64 baseline, but the micro-kernels are still `#[target_feature]`
+//! functions and the [`Isa`] table is handed out only by [`neon`] after
+//! `is_aarch64_feature_detected!("neon")`, so every path is registered the same way. The table
+//! entries are safe wrappers: they check every bound the scalar reference would index, then run
+//! the unsafe kernel on raw pointers.
+
+mod packed;
+
+use super::{scalar, Isa};
+use std::arch::aarch64::*;
+
+/// The NEON path, if this CPU supports it (always, on aarch64 Linux).
+pub fn neon() -> Option<Isa> {
+    std::arch::is_aarch64_feature_detected!("neon").then_some(ISA)
+}
+
+const ISA: Isa = Isa { name: "neon", gemm_rows, dot, axpy, dot_packed: packed::dot_packed };
+
+/// Rows of `a` (and `c`) one register block covers.
+const MR: usize = 4;
+
+/// See [`Isa::gemm_rows`].
+fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
+    if k == 0 || n == 0 || a.len() < k {
+        return;
+    }
+    let m = a.len() / k;
+    // Overlapping rows (n > ld) have order-dependent results: keep the reference's order.
+    if n > ldb || n > ldc {
+        return scalar::gemm_rows(a, k, b, ldb, n, c, ldc);
+    }
+    // The bounds the reference's slicing would check, so every pointer below stays in bounds.
+    assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm_rows: c too short");
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: NEON was detected before this table was handed out (`neon`). Rows `i..i + R` of
+    // `a` are in bounds as `i + R <= m = a.len() / k`; `b` rows `p < k` and `c` rows `< m` hold
+    // `n` elements each by the asserts above; `a`, `b` (shared) and `c` (unique) cannot overlap.
+    unsafe {
+        while i + MR <= m {
+            gemm_block::<MR>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc);
+            i += MR;
+        }
+        match m - i {
+            3 => gemm_block::<3>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc),
+            2 => gemm_block::<2>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc),
+            1 => gemm_block::<1>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc),
+            _ => {}
+        }
+    }
+}
+
+/// `R` rows of `c[.., 0..n] += a · b`, in register blocks of `R` × 16 columns (`R * 4`
+/// accumulators), then `R` × 4, then scalar columns.
+///
+/// # Safety
+/// NEON available; `a` holds `R * k` floats; `b` holds `k` rows of `n` floats `ldb` apart; `c`
+/// holds `R` rows of `n` floats `ldc` apart, not overlapping `a` or `b`.
+#[target_feature(enable = "neon")]
+unsafe fn gemm_block<const R: usize>(
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    ldb: usize,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut j = 0;
+    while j + 16 <= n {
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, lane) in row.iter_mut().enumerate() {
+                *lane = vld1q_f32(c.add(r * ldc + j + 4 * v));
+            }
+        }
+        for p in 0..k {
+            let bp = b.add(p * ldb + j);
+            let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
+            for (r, row) in acc.iter_mut().enumerate() {
+                let w = *a.add(r * k + p);
+                for (lane, &bq) in row.iter_mut().zip(&bv) {
+                    *lane = vfmaq_n_f32(*lane, bq, w);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, &lane) in row.iter().enumerate() {
+                vst1q_f32(c.add(r * ldc + j + 4 * v), lane);
+            }
+        }
+        j += 16;
+    }
+    while j + 4 <= n {
+        let mut acc = [vdupq_n_f32(0.0); R];
+        for (r, lane) in acc.iter_mut().enumerate() {
+            *lane = vld1q_f32(c.add(r * ldc + j));
+        }
+        for p in 0..k {
+            let bq = vld1q_f32(b.add(p * ldb + j));
+            for (r, lane) in acc.iter_mut().enumerate() {
+                *lane = vfmaq_n_f32(*lane, bq, *a.add(r * k + p));
+            }
+        }
+        for (r, &lane) in acc.iter().enumerate() {
+            vst1q_f32(c.add(r * ldc + j), lane);
+        }
+        j += 4;
+    }
+    for col in j..n {
+        for r in 0..R {
+            let mut s = *c.add(r * ldc + col);
+            for p in 0..k {
+                s += *a.add(r * k + p) * *b.add(p * ldb + col);
+            }
+            *c.add(r * ldc + col) = s;
+        }
+    }
+}
+
+/// See [`Isa::dot`].
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    // SAFETY: NEON was detected before this table was handed out; both slices hold `n` floats.
+    unsafe { dot_neon(a.as_ptr(), b.as_ptr(), n) }
+}
+
+/// `sum a[i] * b[i]` for `i < n`, 16 lanes at a time in four accumulators (independent FMA chains).
+///
+/// # Safety
+/// NEON available; `a` and `b` hold `n` floats.
+#[target_feature(enable = "neon")]
+unsafe fn dot_neon(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (v, lane) in acc.iter_mut().enumerate() {
+            *lane = vfmaq_f32(*lane, vld1q_f32(a.add(i + 4 * v)), vld1q_f32(b.add(i + 4 * v)));
+        }
+        i += 16;
+    }
+    while i + 4 <= n {
+        acc[0] = vfmaq_f32(acc[0], vld1q_f32(a.add(i)), vld1q_f32(b.add(i)));
+        i += 4;
+    }
+    let sum = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
+    let mut s = vaddvq_f32(sum);
+    while i < n {
+        s += *a.add(i) * *b.add(i);
+        i += 1;
+    }
+    s
+}
+
+/// See [`Isa::axpy`].
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    // SAFETY: NEON was detected before this table was handed out; `y` (unique) and `x` (shared,
+    // so not overlapping `y`) hold `n` floats.
+    unsafe { axpy_neon(y.as_mut_ptr(), a, x.as_ptr(), n) }
+}
+
+/// `y[i] += a * x[i]` for `i < n`, 16 lanes at a time.
+///
+/// # Safety
+/// NEON available; `y` and `x` hold `n` floats and do not overlap.
+#[target_feature(enable = "neon")]
+unsafe fn axpy_neon(y: *mut f32, a: f32, x: *const f32, n: usize) {
+    let mut i = 0;
+    while i + 16 <= n {
+        for v in 0..4 {
+            let yp = y.add(i + 4 * v);
+            vst1q_f32(yp, vfmaq_n_f32(vld1q_f32(yp), vld1q_f32(x.add(i + 4 * v)), a));
+        }
+        i += 16;
+    }
+    while i + 4 <= n {
+        vst1q_f32(y.add(i), vfmaq_n_f32(vld1q_f32(y.add(i)), vld1q_f32(x.add(i)), a));
+        i += 4;
+    }
+    while i < n {
+        *y.add(i) += a * *x.add(i);
+        i += 1;
+    }
+}
+
+#[cfg(all(test, target_arch = "aarch64"))]
+pub(crate) mod tests {
+    use super::*;
+    use crate::testutil::{assert_close, Rng};
+
+    /// The NEON table (tests run only where it is detected, i.e. every aarch64 Linux CPU).
+    pub(crate) fn isa() -> Isa {
+        neon().expect("NEON is baseline on aarch64")
+    }
+
+    /// Which paths the whole-kernel tests cover here (scripts/test-aarch64.sh prints this line).
+    #[test]
+    fn reports_available_paths() {
+        let names: Vec<_> = Isa::available().iter().map(|i| i.name).collect();
+        assert_eq!(names.last(), Some(&"neon"), "neon must be the best path on aarch64");
+        assert_eq!(Isa::by_name("neon").unwrap(), isa());
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        println!("kernel paths: {}; dotprod detected: {dotprod}", names.join(", "));
+    }
+
+    #[test]
+    fn gemm_rows_matches_scalar_on_odd_shapes() {
+        let mut rng = Rng::new(11);
+        for case in 0..300 {
+            let m = rng.below(11);
+            let k = rng.below(20);
+            let n = if case < 68 { case } else { rng.below(68) };
+            let (ldb, ldc) = (n + rng.below(3), n + rng.below(3));
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * ldb);
+            let c0 = rng.vec(m * ldc);
+            let (mut want, mut got) = (c0.clone(), c0);
+            scalar::gemm_rows(&a, k, &b, ldb, n, &mut want, ldc);
+            (isa().gemm_rows)(&a, k, &b, ldb, n, &mut got, ldc);
+            // Columns past `n` (the ld padding) must be untouched: compared exactly via c0.
+            assert_close(&got, &want, &format!("gemm_rows m {m} k {k} n {n} ldb {ldb} ldc {ldc}"));
+        }
+    }
+
+    #[test]
+    fn gemm_rows_with_overlapping_rows_follows_scalar() {
+        let mut rng = Rng::new(12);
+        let (k, n, ld) = (3, 9, 5);
+        let a = rng.vec(2 * k);
+        let b = rng.vec(k * ld + n);
+        let c0 = rng.vec(ld + n);
+        let (mut want, mut got) = (c0.clone(), c0);
+        scalar::gemm_rows(&a, k, &b, ld, n, &mut want, ld);
+        (isa().gemm_rows)(&a, k, &b, ld, n, &mut got, ld);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    #[should_panic(expected = "c too short")]
+    fn gemm_rows_panics_like_scalar_on_short_output() {
+        let a = vec![1.0; 8];
+        let b = vec![1.0; 16];
+        let mut c = vec![0.0; 7];
+        (isa().gemm_rows)(&a, 2, &b, 8, 8, &mut c, 8);
+    }
+
+    #[test]
+    fn dot_and_axpy_match_scalar_for_every_length() {
+        let mut rng = Rng::new(13);
+        for n in 0..68 {
+            // Unequal lengths: both use the common prefix.
+            let extra = rng.below(3);
+            let a = rng.vec(n + extra);
+            let b = rng.vec(n);
+            let want = scalar::dot(&a, &b);
+            let got = (isa().dot)(&a, &b);
+            assert!((got - want).abs() <= 1e-5 * (1.0 + n as f32), "dot n {n}: {got} vs {want}");
+
+            let s = rng.f32();
+            let y0 = rng.vec(n);
+            let extra = rng.below(3);
+            let x = rng.vec(n + extra);
+            let (mut want, mut got) = (y0.clone(), y0);
+            scalar::axpy(&mut want, s, &x);
+            (isa().axpy)(&mut got, s, &x);
+            assert_close(&got, &want, &format!("axpy n {n}"));
+        }
+    }
+}

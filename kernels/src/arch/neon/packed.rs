@@ -1,0 +1,285 @@
+//! `dot_packed` on NEON: indices decoded 16 at a time in registers, centroids looked up with
+//! byte-table instructions.
+//!
+//! Decoding: 16 indices at `bits` bits span exactly `2 * bits` bytes. Two `TBL`s gather, per
+//! index, the byte it starts in and the next one; zipped into u16 lanes, a per-lane variable
+//! shift and a mask leave the index in the low byte (`bits <= 8` and a start offset `< 8` never
+//! need a third byte).
+//!
+//! Lookup (`bits <= 6`): `vld4q_u8` splits up to 16 f32 centroids into four byte planes (plane `b`
+//! holds byte `b` of every centroid), so a `TBL` on each plane (1, 2 or 4 registers for 16, 32, 64
+//! entries) fetches one byte of 16 centroids at once; two rounds of zips reassemble the f32s.
+//! At 7 and 8 bits the planes would need 32 or 64 registers, so the decoded indices are spilled
+//! and the centroids loaded one by one (still no serial bit-accumulator chain).
+
+use super::super::scalar;
+use std::arch::aarch64::*;
+
+/// Per bit width (index 0 unused): for index `i` of a 16-group, its start byte, the byte after
+/// it, and minus its start bit within that byte (a negative count makes `vshlq_u16` shift right).
+struct DecodeTables {
+    lo: [[u8; 16]; 9],
+    hi: [[u8; 16]; 9],
+    shift: [[i16; 16]; 9],
+}
+
+const TABLES: DecodeTables = {
+    let mut t = DecodeTables { lo: [[0; 16]; 9], hi: [[0; 16]; 9], shift: [[0; 16]; 9] };
+    let mut bits = 1;
+    while bits <= 8 {
+        let mut i = 0;
+        while i < 16 {
+            let bit = i * bits;
+            t.lo[bits][i] = (bit / 8) as u8;
+            // At 8 bits the last "next byte" is 16: out of table range, so TBL yields 0 (unused).
+            t.hi[bits][i] = (bit / 8 + 1) as u8;
+            t.shift[bits][i] = -((bit % 8) as i16);
+            i += 1;
+        }
+        bits += 1;
+    }
+    t
+};
+
+/// See [`crate::arch::Isa::dot_packed`].
+pub(super) fn dot_packed(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32 {
+    // Widths the format never produces, and LUTs shorter than the contract: the reference's
+    // semantics (and bound checks) as they are.
+    if !(1..=8).contains(&bits) || lut.len() < 1 << bits || x.len() < 16 {
+        return scalar::dot_packed(row, bits, lut, x);
+    }
+    let groups = x.len() / 16;
+    // SAFETY: NEON was detected before this table was handed out (`super::neon`); `x` holds
+    // `16 * groups` floats; `lut` holds `2^bits` entries; `row` is passed as a slice and only
+    // read through bounds-checked copies or loads of 16 bytes that fit in it.
+    let (s, consumed) = unsafe {
+        match bits {
+            1..=4 => dot_groups_tbl::<1>(row, bits, lut, x.as_ptr(), groups),
+            5 => dot_groups_tbl::<2>(row, bits, lut, x.as_ptr(), groups),
+            6 => dot_groups_tbl::<4>(row, bits, lut, x.as_ptr(), groups),
+            _ => dot_groups_gather(row, bits, lut, x.as_ptr(), groups),
+        }
+    };
+    // 16 indices end on a byte boundary, so the tail is a packed row of its own.
+    let tail_row = row.get(consumed..).unwrap_or(&[]);
+    s + scalar::dot_packed(tail_row, bits, lut, &x[16 * groups..])
+}
+
+/// 16 bytes of `row` from `off`, zero-filled past its end (the reference reads missing bytes as 0).
+///
+/// # Safety
+/// NEON available.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn load_bytes(row: &[u8], off: usize) -> uint8x16_t {
+    if off + 16 <= row.len() {
+        // SAFETY (of the load): `off + 16 <= row.len()` was just checked.
+        vld1q_u8(row.as_ptr().add(off))
+    } else {
+        let mut buf = [0u8; 16];
+        let rest = row.get(off..).unwrap_or(&[]);
+        buf[..rest.len()].copy_from_slice(rest);
+        vld1q_u8(buf.as_ptr())
+    }
+}
+
+/// The constant vectors that unpack 16 indices of one bit width, loaded once per row.
+#[derive(Clone, Copy)]
+struct Decoder {
+    lo: uint8x16_t,
+    hi: uint8x16_t,
+    shift: [int16x8_t; 2],
+    mask: uint8x16_t,
+}
+
+impl Decoder {
+    /// # Safety
+    /// NEON available; `1 <= bits <= 8`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn new(bits: usize) -> Decoder {
+        let sh = TABLES.shift[bits].as_ptr();
+        Decoder {
+            lo: vld1q_u8(TABLES.lo[bits].as_ptr()),
+            hi: vld1q_u8(TABLES.hi[bits].as_ptr()),
+            shift: [vld1q_s16(sh), vld1q_s16(sh.add(8))],
+            mask: vdupq_n_u8(((1u16 << bits) - 1) as u8),
+        }
+    }
+
+    /// The 16 indices packed at the start of `bytes`, one per byte lane.
+    ///
+    /// # Safety
+    /// NEON available.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode16(&self, bytes: uint8x16_t) -> uint8x16_t {
+        let lo = vqtbl1q_u8(bytes, self.lo);
+        let hi = vqtbl1q_u8(bytes, self.hi);
+        let w0 = vshlq_u16(vreinterpretq_u16_u8(vzip1q_u8(lo, hi)), self.shift[0]);
+        let w1 = vshlq_u16(vreinterpretq_u16_u8(vzip2q_u8(lo, hi)), self.shift[1]);
+        let idx = vuzp1q_u8(vreinterpretq_u8_u16(w0), vreinterpretq_u8_u16(w1));
+        vandq_u8(idx, self.mask)
+    }
+}
+
+/// Sum over the first `groups` 16-index groups via byte-plane table lookups, with `T` registers
+/// per plane (`16 * T >= 2^bits` entries). Returns the sum and the bytes of `row` consumed.
+///
+/// # Safety
+/// NEON available; `1 <= bits <= 8`, `2^bits <= 16 * T`, `T` in {1, 2, 4}; `lut` holds `2^bits`
+/// floats; `x` holds `16 * groups` floats.
+#[target_feature(enable = "neon")]
+unsafe fn dot_groups_tbl<const T: usize>(
+    row: &[u8],
+    bits: u8,
+    lut: &[f32],
+    x: *const f32,
+    groups: usize,
+) -> (f32, usize) {
+    let bits = bits as usize;
+    // Centroids padded to 16 * T with zeros (never indexed: indices are `< 2^bits`).
+    let mut padded = [0.0f32; 64];
+    padded[..1 << bits].copy_from_slice(&lut[..1 << bits]);
+    let mut planes = [[vdupq_n_u8(0); 4]; 4];
+    for (t, chunk) in padded.chunks_exact(16).take(T).enumerate() {
+        let q = vld4q_u8(chunk.as_ptr() as *const u8);
+        [planes[0][t], planes[1][t], planes[2][t], planes[3][t]] = [q.0, q.1, q.2, q.3];
+    }
+    let dec = Decoder::new(bits);
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let step = 2 * bits;
+    for g in 0..groups {
+        let idx = dec.decode16(load_bytes(row, g * step));
+        let mut b = [vdupq_n_u8(0); 4];
+        for (plane, byte) in planes.iter().zip(b.iter_mut()) {
+            *byte = match T {
+                1 => vqtbl1q_u8(plane[0], idx),
+                2 => vqtbl2q_u8(uint8x16x2_t(plane[0], plane[1]), idx),
+                _ => vqtbl4q_u8(uint8x16x4_t(plane[0], plane[1], plane[2], plane[3]), idx),
+            };
+        }
+        // Bytes 0|1 and 2|3 as u16 halves, then halves as u32: centroids 0-3, 4-7, 8-11, 12-15.
+        let l01 = vreinterpretq_u16_u8(vzip1q_u8(b[0], b[1]));
+        let h01 = vreinterpretq_u16_u8(vzip2q_u8(b[0], b[1]));
+        let l23 = vreinterpretq_u16_u8(vzip1q_u8(b[2], b[3]));
+        let h23 = vreinterpretq_u16_u8(vzip2q_u8(b[2], b[3]));
+        let w = [vzip1q_u16(l01, l23), vzip2q_u16(l01, l23), vzip1q_u16(h01, h23), vzip2q_u16(h01, h23)];
+        let xg = x.add(16 * g);
+        for (v, (lane, &wv)) in acc.iter_mut().zip(&w).enumerate() {
+            *lane = vfmaq_f32(*lane, vreinterpretq_f32_u16(wv), vld1q_f32(xg.add(4 * v)));
+        }
+    }
+    let sum = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
+    (vaddvq_f32(sum), groups * step)
+}
+
+/// Like [`dot_groups_tbl`] for any width: indices decoded in registers, centroids loaded one by one.
+///
+/// # Safety
+/// NEON available; `1 <= bits <= 8`; `lut` holds `2^bits` floats; `x` holds `16 * groups` floats.
+#[target_feature(enable = "neon")]
+unsafe fn dot_groups_gather(row: &[u8], bits: u8, lut: &[f32], x: *const f32, groups: usize) -> (f32, usize) {
+    let bits = bits as usize;
+    let lut = &lut[..1 << bits];
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let step = 2 * bits;
+    let dec = Decoder::new(bits);
+    let mut idx = [0u8; 16];
+    for g in 0..groups {
+        vst1q_u8(idx.as_mut_ptr(), dec.decode16(load_bytes(row, g * step)));
+        let xg = x.add(16 * g);
+        for (v, lane) in acc.iter_mut().enumerate() {
+            let i = &idx[4 * v..4 * v + 4];
+            // Indices are masked to `bits` bits, so they are in bounds of `lut` (checked anyway).
+            let c = [lut[i[0] as usize], lut[i[1] as usize], lut[i[2] as usize], lut[i[3] as usize]];
+            *lane = vfmaq_f32(*lane, vld1q_f32(c.as_ptr()), vld1q_f32(xg.add(4 * v)));
+        }
+    }
+    let sum = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
+    (vaddvq_f32(sum), groups * step)
+}
+
+#[cfg(all(test, target_arch = "aarch64"))]
+mod tests {
+    use super::super::tests::isa;
+    use super::*;
+    use crate::testutil::Rng;
+
+    /// `idx` packed LSB-first at `bits` bits.
+    fn pack(idx: &[usize], bits: u8) -> Vec<u8> {
+        let mut row = vec![0u8; (idx.len() * bits as usize).div_ceil(8)];
+        for (i, &v) in idx.iter().enumerate() {
+            for b in 0..bits as usize {
+                if v >> b & 1 == 1 {
+                    let bit = i * bits as usize + b;
+                    row[bit / 8] |= 1 << (bit % 8);
+                }
+            }
+        }
+        row
+    }
+
+    fn check(row: &[u8], bits: u8, lut: &[f32], x: &[f32], what: &str) {
+        let want = scalar::dot_packed(row, bits, lut, x);
+        let got = (isa().dot_packed)(row, bits, lut, x);
+        let scale: f32 = 1.0 + x.iter().map(|v| v.abs()).sum::<f32>();
+        assert!((got - want).abs() <= 1e-5 * scale, "{what}: got {got}, want {want}");
+    }
+
+    #[test]
+    fn matches_scalar_for_every_width_and_length() {
+        let mut rng = Rng::new(21);
+        for bits in 1..=8u8 {
+            for n in 0..68 {
+                let lut = rng.vec(1 << bits);
+                let idx: Vec<usize> = (0..n).map(|_| rng.below(1 << bits)).collect();
+                let row = pack(&idx, bits);
+                let x = rng.vec(n);
+                check(&row, bits, &lut, &x, &format!("bits {bits} n {n}"));
+                // Against the definition too, so a shared decoding mistake cannot hide.
+                let direct: f32 = idx.iter().zip(&x).map(|(&i, &v)| lut[i] * v).sum();
+                let got = (isa().dot_packed)(&row, bits, &lut, &x);
+                assert!((got - direct).abs() <= 1e-4, "bits {bits} n {n}: {got} vs {direct}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_rows_short_rows_and_long_luts_match_scalar() {
+        let mut rng = Rng::new(22);
+        for bits in 1..=8u8 {
+            let n = 200 + rng.below(50);
+            let extra = rng.below(3);
+            let lut = rng.vec((1 << bits) + extra);
+            let idx: Vec<usize> = (0..n).map(|_| rng.below(1 << bits)).collect();
+            let row = pack(&idx, bits);
+            let x = rng.vec(n);
+            check(&row, bits, &lut, &x, &format!("bits {bits} long"));
+            // A row shorter than `x` needs reads as zero indices past its end.
+            let cut = rng.below(row.len());
+            check(&row[..cut], bits, &lut, &x, &format!("bits {bits} cut at {cut}"));
+            // Trailing bytes past the last index are ignored.
+            let mut padded = row.clone();
+            padded.extend([0xAB; 20]);
+            check(&padded, bits, &lut, &x, &format!("bits {bits} padded"));
+        }
+    }
+
+    #[test]
+    fn decode16_extracts_every_index() {
+        let mut rng = Rng::new(23);
+        for bits in 1..=8usize {
+            let idx: Vec<usize> = (0..16).map(|_| rng.below(1 << bits)).collect();
+            let row = pack(&idx, bits as u8);
+            let mut out = [0u8; 16];
+            // SAFETY: NEON is baseline on aarch64 (and `isa()` asserts it was detected).
+            unsafe {
+                let _ = isa();
+                vst1q_u8(out.as_mut_ptr(), Decoder::new(bits).decode16(load_bytes(&row, 0)));
+            }
+            let got: Vec<usize> = out.iter().map(|&v| v as usize).collect();
+            assert_eq!(got, idx, "bits {bits}");
+        }
+    }
+}
