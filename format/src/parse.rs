@@ -14,7 +14,7 @@ type Result<T> = std::result::Result<T, FormatError>;
 
 /// Casts a section to its records, checking the length is a whole number of records.
 pub(crate) fn records<T: Pod>(bytes: &[u8], kind: SectionKind) -> Result<&[T]> {
-    if bytes.len() % size_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size_of::<T>()) {
         return Err(FormatError::SectionSize {
             section: kind.name(),
             len: bytes.len() as u64,

@@ -189,7 +189,7 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
         }
     };
     let blob = |b: Blob, what: &str| -> Result<Range<usize>> {
-        if b.offset as usize % ALIGN != 0 {
+        if !(b.offset as usize).is_multiple_of(ALIGN) {
             return Err(bad(format!("{what} blob offset {} is not a multiple of {ALIGN}", b.offset)));
         }
         // u32 + u32 cannot overflow u64.

@@ -101,7 +101,7 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<Sections<'_>> {
                 e.offset
             )));
         }
-        if e.offset % ALIGN as u64 != 0 {
+        if !e.offset.is_multiple_of(ALIGN as u64) {
             return Err(table_err(format!("{what} offset {} is not a multiple of {ALIGN}", e.offset)));
         }
         let (start, end) = (e.offset as usize, end as usize);

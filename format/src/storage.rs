@@ -35,7 +35,7 @@ impl Storage {
 
     /// Takes `bytes`, copying them into an aligned buffer only when their start is not aligned.
     pub fn from_vec(bytes: Vec<u8>) -> Storage {
-        if bytes.as_ptr() as usize % ALIGN == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
             Storage::Vec(bytes)
         } else {
             Storage::copied(&bytes)

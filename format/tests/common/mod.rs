@@ -109,7 +109,7 @@ pub fn full_model() -> (Model, Vec<CbIndices>) {
         for (k, &kind) in kinds.iter().enumerate() {
             // Both full (2^bits) and partial codebooks; odd row lengths leave padding bits.
             let full = 1usize << bits;
-            let entries = if (bits as usize + k) % 2 == 0 { full } else { (full * 3 / 4).max(1) };
+            let entries = if (bits as usize + k).is_multiple_of(2) { full } else { (full * 3 / 4).max(1) };
             let (rows, a, b) = (3, 2, 5 + bits as usize % 3);
             let cb = codebook(bits, entries, kind, k == 1, rows, a * b);
             let id = add_const(
