@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The project's one test command (README, .ci/run): formatting, lints, then every test in release mode
-# (the end-to-end tests run real models; unoptimised builds would crawl).
-# Needs only a Rust toolchain: no Python, no GPU, no network beyond crates.io.
+# The project's one test command (README, .ci/run): formatting, lints, every test in release mode
+# (the end-to-end tests run real models; unoptimised builds would crawl), then the NEON kernels
+# cross-built for aarch64 and tested under qemu-user.
+# Needs a Rust toolchain (1.89+) and, for the aarch64 step, Debian 12 with apt: scripts/test-aarch64.sh
+# installs the cross toolchain and qemu itself (~1.2 GB, once). No Python, no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +15,6 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 
 echo "== cargo test (release)"
 cargo test --workspace --release
+
+echo "== aarch64: NEON kernels cross-built and tested under qemu-user"
+./scripts/test-aarch64.sh

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Cross-builds pith-kernels for aarch64 and runs its tests under qemu-user, so the NEON kernel path
+# (kernels/src/arch/neon.rs) is tested on an x86-64 Debian 12 machine with no Arm hardware.
+#
+# rustup here ships only the x86-64 std; the aarch64 std comes from Debian's rustc-web packages, so
+# this step builds with Debian's /usr/bin/rustc (a separate target dir keeps host builds intact).
+# The tests run twice: under qemu's default CPU ("max": NEON + dotprod + i8mm) and under
+# QEMU_CPU=cortex-a53 (NEON without dotprod), covering both sides of every feature check.
+#
+# Installs what it needs (apt, ~1.2 GB, idempotent). Env: CARGO_TARGET_DIR_AARCH64 overrides the
+# target dir (default target/aarch64). Pitfalls: the runner must be plain `qemu-aarch64` (with
+# `-L /usr/aarch64-linux-gnu` every threaded test hangs); rustup's rustc cannot find the arm64 core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=aarch64-unknown-linux-gnu
+t0=$SECONDS
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+need_update=0
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $SUDO dpkg --add-architecture arm64
+  need_update=1
+fi
+pkgs=(rustc-web cargo-web libstd-rust-web-dev libstd-rust-web-dev:arm64 libc6:arm64
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user rust-web-clippy)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+elif [ "$need_update" = 1 ]; then
+  $SUDO apt-get update -q
+fi
+
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_AARCH64:-target/aarch64}"
+echo "aarch64 cross: $($RUSTC -V), runner $(qemu-aarch64 --version | head -1), target dir $CARGO_TARGET_DIR"
+
+# The test that prints which kernel paths `Isa::available()` offers (the whole-kernel tests run
+# under each of them) and whether the CPU has dotprod.
+PATHS_TEST=arch::neon::tests::reports_available_paths
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+t1=$SECONDS
+echo "-- clippy (aarch64, -D warnings)"
+/usr/bin/cargo-clippy clippy --release --target "$TARGET" -p pith-kernels --all-targets -- -D warnings
+
+run() {
+  echo "-- cargo test under qemu cpu: $1"
+  cargo test --release --target "$TARGET" -p pith-kernels 2>&1 | tee "$log"
+  local passed
+  passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
+  local paths
+  paths=$(cargo test --release --target "$TARGET" -p pith-kernels --lib -q -- --exact "$PATHS_TEST" \
+    --nocapture 2>&1 | grep '^kernel paths')
+  summary+=("$1: $passed tests passed; $paths")
+}
+
+summary=()
+run "max (neon, dotprod, i8mm)"
+QEMU_CPU=cortex-a53 run "cortex-a53 (neon, no dotprod)"
+echo "== aarch64 summary: $((SECONDS - t0)) s in all ($((t1 - t0)) s install check, $((SECONDS - t1)) s build + clippy + tests)"
+printf '  %s\n' "${summary[@]}"
