@@ -1,12 +1,15 @@
 //! 2-D convolution (NCHW, ONNX weight layout) on weights decoded a few filters at a time.
 //!
-//! Output channels are split into contiguous ranges, one per worker thread. Three paths, chosen
+//! Output channels are split into contiguous ranges, one per worker thread. Four paths, chosen
 //! from the parameters:
-//! * per-channel (`in_c / groups == 1`, e.g. depthwise): a direct loop over taps;
+//! * direct (one input channel per group, e.g. depthwise): shifted views of zero-padded,
+//!   stride-phase-split input planes, multiplied tap row by tap row;
+//! * phased (strided, a few input channels per group, e.g. an RGB stem): the column matrix is
+//!   copied in contiguous runs from such phase planes;
 //! * pointwise (1×1, stride 1, no padding): the input planes serve as the column matrix;
 //! * general: a tile of output pixels is unfolded (im2col) into a bounded scratch.
 //!
-//! The last two decode a panel of at most [`PANEL_ROWS`] filters (never the whole tensor) and
+//! The last three decode a panel of at most [`PANEL_ROWS`] filters (never the whole tensor) and
 //! multiply it with the column tile through the path's register-blocked [`Isa::gemm_rows`].
 
 use std::ops::Range;
@@ -89,6 +92,20 @@ impl Conv2dParams {
         self.in_per_group() * self.k_h * self.k_w
     }
 
+    /// One input channel per group (depthwise): [`Layer::direct`].
+    fn is_direct(&self) -> bool {
+        self.in_per_group() <= 1
+    }
+
+    /// Strided with a handful of input channels per group (e.g. an RGB stem) whose phase planes
+    /// fit [`PHASED_MAX_PLANES`]: [`Layer::phased`].
+    fn is_phased(&self) -> bool {
+        let cin_g = self.in_per_group();
+        (2..=PHASED_MAX_IN).contains(&cin_g)
+            && self.stride_w > 1
+            && cin_g * PhasePlanes::new(self).len() <= PHASED_MAX_PLANES
+    }
+
     fn is_pointwise(&self) -> bool {
         self.k_h == 1
             && self.k_w == 1
@@ -125,10 +142,11 @@ fn panel_rows(p: &Conv2dParams) -> usize {
 
 /// Scratch elements one worker of [`conv2d`] needs (at least 1).
 pub fn scratch_len(p: &Conv2dParams) -> usize {
-    let per = if p.in_c == 0 || p.groups == 0 || p.in_per_group() == 1 {
-        // A decoded filter and, for strided rows, the input row split by phase (padded to whole
-        // phases of `stride_w`).
-        p.filter_len() + p.in_w.div_ceil(p.stride_w.max(1)) * p.stride_w
+    if p.groups == 0 {
+        return 1; // rejected by `check`
+    }
+    let per = if p.is_direct() || p.is_phased() {
+        PhasePlanes::new(p).scratch_len(p)
     } else if p.is_pointwise() {
         panel_rows(p) * p.filter_len()
     } else {
@@ -189,6 +207,13 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let (direct, phased) = (p.is_direct(), p.is_phased());
+        let planes = PhasePlanes::new(p);
+        if direct || phased {
+            // Zero the phase planes (the first part of scratch on both paths) once: each group
+            // then overwrites only its input positions, and the padding stays zero.
+            scratch[..cin_g * planes.len()].fill(0.0);
+        }
         let mut oc = ocs.start;
         while oc < ocs.end {
             // The part of `ocs` inside oc's group.
@@ -196,8 +221,10 @@ impl Layer<'_, '_> {
             let end = ocs.end.min((g + 1) * cout_g);
             let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
             let yg = &mut y[(oc - ocs.start) * out_plane..(end - ocs.start) * out_plane];
-            if cin_g == 1 {
-                self.per_channel(xg, oc, yg, scratch);
+            if direct {
+                self.direct(&planes, xg, oc, yg, scratch);
+            } else if phased {
+                self.phased(&planes, xg, oc, yg, scratch);
             } else if p.is_pointwise() {
                 self.pointwise(xg, oc, yg, scratch);
             } else {
@@ -237,78 +264,74 @@ impl Layer<'_, '_> {
         }
     }
 
-    /// One input channel per group: each output plane is a direct sum over the filter's taps.
-    fn per_channel(&self, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
+    /// One input channel per group (depthwise; none for an empty layer): the input channel is
+    /// scattered once into the zero-padded phase planes of [`PhasePlanes`], so every tap is a
+    /// shifted contiguous view of one phase plane. Output planes are then a few `gemm_rows` calls
+    /// per kernel row over bands of whole rows, [`DIRECT_OCS`] filters at a time: no per-pixel
+    /// border tests and no unfolded copy (the padding makes every read land on a zero or a value).
+    fn direct(&self, g: &PhasePlanes, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
         let p = self.p;
+        let (cin_g, k_len) = (p.in_per_group(), p.filter_len());
         let out_plane = p.out_h * p.out_w;
-        let (wrow, phases) = scratch.split_at_mut(p.filter_len());
-        for (ocl, yplane) in yg.chunks_exact_mut(out_plane).enumerate() {
-            self.rows.decode(oc0 + ocl, wrow);
-            yplane.fill(self.bias.map_or(0.0, |b| b[oc0 + ocl]));
-            for (oy, yrow) in yplane.chunks_exact_mut(p.out_w).enumerate() {
-                for ky in 0..p.k_h {
-                    let iy = (oy * p.stride_h + ky * p.dil_h) as isize - p.pad_top as isize;
-                    if iy < 0 || iy >= p.in_h as isize {
-                        continue;
+        let (planes, rest) = scratch.split_at_mut(cin_g * g.len());
+        let (wpanel, rest) = rest.split_at_mut(DIRECT_OCS * k_len);
+        let (taps, acc) = rest.split_at_mut(DIRECT_OCS * p.k_w);
+        for (c, dst) in planes.chunks_exact_mut(g.len()).enumerate() {
+            g.scatter(p, &xg[c * p.in_h * p.in_w..][..p.in_h * p.in_w], dst);
+        }
+        let plane_len = g.hq * g.wq;
+        // Taps of one kernel row that share a column phase sit `col_step` apart in kx and
+        // `col_ldb` apart in the phase plane: one gemm_rows call each.
+        let gcd_w = gcd(p.dil_w, p.stride_w);
+        let (col_step, col_ldb) = (p.stride_w / gcd_w, p.dil_w / gcd_w);
+        for (bi, yblock) in yg.chunks_mut(DIRECT_OCS * out_plane).enumerate() {
+            let (first, m) = (oc0 + bi * DIRECT_OCS, yblock.len() / out_plane);
+            for r in 0..m {
+                self.rows.decode(first + r, &mut wpanel[r * k_len..(r + 1) * k_len]);
+            }
+            let mut oy0 = 0;
+            while oy0 < p.out_h {
+                let rows = g.band.min(p.out_h - oy0);
+                // Whole padded rows, except that the last band stops at the last real column
+                // (the planes have no rows past it to read).
+                let n = if oy0 + rows == p.out_h { (rows - 1) * g.wq + p.out_w } else { rows * g.wq };
+                let acc = &mut acc[..m * n];
+                // Zero (a memset); the bias is added while copying out.
+                acc.fill(0.0);
+                for (c, cplanes) in planes.chunks_exact(g.len()).enumerate() {
+                    for ky in 0..p.k_h {
+                        let (ay, rr) = ((ky * p.dil_h) / p.stride_h, (ky * p.dil_h) % p.stride_h);
+                        for kx0 in 0..col_step.min(p.k_w) {
+                            let (ax, rc) = ((kx0 * p.dil_w) / p.stride_w, (kx0 * p.dil_w) % p.stride_w);
+                            let count = (p.k_w - kx0).div_ceil(col_step);
+                            for r in 0..m {
+                                let wk = &wpanel[r * k_len + (c * p.k_h + ky) * p.k_w..][..p.k_w];
+                                for (t, &w) in taps[r * count..][..count]
+                                    .iter_mut()
+                                    .zip(wk[kx0..].iter().step_by(col_step))
+                                {
+                                    *t = w;
+                                }
+                            }
+                            let plane = &cplanes[(rr * p.stride_w + rc) * plane_len..][..plane_len];
+                            let b = &plane[(oy0 + ay) * g.wq + ax..];
+                            (self.isa.gemm_rows)(&taps[..m * count], count, b, col_ldb, n, acc, n);
+                        }
                     }
-                    let xrow = &xg[iy as usize * p.in_w..][..p.in_w];
-                    self.tap_row(&wrow[ky * p.k_w..(ky + 1) * p.k_w], xrow, yrow, phases);
                 }
+                for (r, arow) in acc.chunks_exact(n).enumerate() {
+                    let bias = self.bias.map_or(0.0, |b| b[first + r]);
+                    let band = &mut yblock[r * out_plane..][oy0 * p.out_w..(oy0 + rows) * p.out_w];
+                    for (yrow, src) in band.chunks_exact_mut(p.out_w).zip(arow.chunks(g.wq)) {
+                        for (y, &a) in yrow.iter_mut().zip(src) {
+                            *y = a + bias;
+                        }
+                    }
+                }
+                oy0 += rows;
             }
-            self.act.apply_slice(yplane);
-        }
-    }
-
-    /// `yrow[ox] += sum_kx wk[kx] * xrow[ox * stride_w + kx * dil_w - pad_left]` over the taps
-    /// inside the row; `phases` (`in_w` rounded up to a multiple of `stride_w`) is scratch for
-    /// strided rows.
-    fn tap_row(&self, wk: &[f32], xrow: &[f32], yrow: &mut [f32], phases: &mut [f32]) {
-        let p = self.p;
-        let s = p.stride_w;
-        let tap = |kx: usize| {
-            let off = (kx * p.dil_w) as isize - p.pad_left as isize;
-            (off, valid_range(p.out_w, s, off, p.in_w))
-        };
-        if s != 1 {
-            // Split the row by phase (`phases[r * len + j] = xrow[j * s + r]`), so tap kx, with
-            // `off = q * s + r`, reads phase r contiguously from `q`: a vector axpy per tap.
-            let len = p.in_w.div_ceil(s);
-            for r in 0..s.min(p.in_w) {
-                for (dst, &v) in phases[r * len..].iter_mut().zip(xrow[r..].iter().step_by(s)) {
-                    *dst = v;
-                }
-            }
-            for (kx, &wv) in wk.iter().enumerate() {
-                let (off, (lo, hi)) = tap(kx);
-                if lo < hi {
-                    let (q, r) = (off.div_euclid(s as isize), off.rem_euclid(s as isize) as usize);
-                    let start = r * len + (lo as isize + q) as usize;
-                    (self.isa.axpy)(&mut yrow[lo..hi], wv, &phases[start..start + (hi - lo)]);
-                }
-            }
-            return;
-        }
-        // Columns every tap reaches: one `gemm_rows` call whose `b` rows are the taps' shifted
-        // views of the input row (overlapping, `ldb` = dilation), so each output is loaded and
-        // stored once per kernel row instead of once per tap.
-        let (mut lo, mut hi) = (0, p.out_w);
-        for kx in 0..p.k_w {
-            let (_, (l, h)) = tap(kx);
-            (lo, hi) = (lo.max(l), hi.min(h));
-        }
-        if lo < hi {
-            let start = (lo as isize + tap(0).0) as usize;
-            (self.isa.gemm_rows)(wk, p.k_w, &xrow[start..], p.dil_w, hi - lo, &mut yrow[lo..hi], hi - lo);
-        } else {
-            hi = lo;
-        }
-        // Edge columns some taps miss (padding): a few per tap outside lo..hi.
-        for (kx, &wv) in wk.iter().enumerate() {
-            let (off, (l, h)) = tap(kx);
-            for (a, b) in [(l, h.min(lo)), (l.max(hi), h)] {
-                for ox in a..b {
-                    yrow[ox] += wv * xrow[(ox as isize + off) as usize];
-                }
+            for yplane in yblock.chunks_exact_mut(out_plane) {
+                self.act.apply_slice(yplane);
             }
         }
     }
@@ -321,6 +344,38 @@ impl Layer<'_, '_> {
             let t = POINTWISE_TILE.min(plane - t0);
             self.panel_product(&xg[t0..], plane, oc0, t0, t, yg, panel);
             t0 += t;
+        }
+    }
+
+    /// Strided layers with few input channels (e.g. an RGB stem): like [`Layer::unfolded`], but
+    /// the column matrix of a band of output rows is copied from the phase planes of
+    /// [`PhasePlanes`], where every tap of an output row is a contiguous run, instead of being
+    /// gathered element by element with the stride.
+    fn phased(&self, g: &PhasePlanes, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let k_len = p.filter_len();
+        let (planes, rest) = scratch.split_at_mut(p.in_per_group() * g.len());
+        let (panel, cols) = rest.split_at_mut(panel_rows(p) * k_len);
+        for (c, dst) in planes.chunks_exact_mut(g.len()).enumerate() {
+            g.scatter(p, &xg[c * p.in_h * p.in_w..][..p.in_h * p.in_w], dst);
+        }
+        let plane_len = g.hq * g.wq;
+        let mut oy0 = 0;
+        while oy0 < p.out_h {
+            let rows = g.band.min(p.out_h - oy0);
+            let t = rows * p.out_w;
+            // Column row k is tap (c, ky, kx) in filter order.
+            for (k, col) in cols[..k_len * t].chunks_exact_mut(t).enumerate() {
+                let (c, ky, kx) = (k / (p.k_h * p.k_w), k / p.k_w % p.k_h, k % p.k_w);
+                let (ay, rr) = ((ky * p.dil_h) / p.stride_h, (ky * p.dil_h) % p.stride_h);
+                let (ax, rc) = ((kx * p.dil_w) / p.stride_w, (kx * p.dil_w) % p.stride_w);
+                let phase = &planes[c * g.len() + (rr * p.stride_w + rc) * plane_len..][..plane_len];
+                for (r, dst) in col.chunks_exact_mut(p.out_w).enumerate() {
+                    dst.copy_from_slice(&phase[(oy0 + r + ay) * g.wq + ax..][..p.out_w]);
+                }
+            }
+            self.panel_product(&cols[..k_len * t], t, oc0, oy0 * p.out_w, t, yg, panel);
+            oy0 += rows;
         }
     }
 
@@ -339,6 +394,130 @@ impl Layer<'_, '_> {
             self.panel_product(col, t, oc0, t0, t, yg, panel);
             t0 += t;
         }
+    }
+}
+
+/// Filters the direct path accumulates together: the widest register block of `gemm_rows`, so
+/// each tap's input vector is loaded once per block.
+const DIRECT_OCS: usize = 8;
+/// Most input channels per group the phased path takes (its planes hold the whole group input).
+const PHASED_MAX_IN: usize = 4;
+/// Most f32 elements of phase planes the phased path takes (1 MiB): larger inputs are unfolded
+/// tile by tile in bounded scratch instead.
+const PHASED_MAX_PLANES: usize = 1 << 18;
+
+/// Output rows' worth of accumulator one band of the direct path covers (f32 elements):
+/// small enough that the band stays in L1 while each kernel row's taps are added to it.
+const BAND_BUDGET: usize = 4096;
+
+/// The direct path's view of one input plane: zero-padded so every tap of every output
+/// lands inside it, then split by (row, column) phase of the strides, so that tap `(ky, kx)` of
+/// output `(oy, ox)` is element `(oy + ky*dil_h / stride_h, ox + kx*dil_w / stride_w)` of phase
+/// plane `(ky*dil_h % stride_h, kx*dil_w % stride_w)`: a contiguous row for consecutive `ox`.
+struct PhasePlanes {
+    /// Rows of each phase plane.
+    hq: usize,
+    /// Columns of each phase plane; also the row pitch of the band accumulator.
+    wq: usize,
+    /// Output rows per band.
+    band: usize,
+    /// Phase planes (`stride_h * stride_w`).
+    phases: usize,
+}
+
+impl PhasePlanes {
+    fn new(p: &Conv2dParams) -> PhasePlanes {
+        let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
+        // Padded extents: the input behind its begin pads, or the last tap's reach if further.
+        let reach = |out: usize, s: usize, k: usize, d: usize| {
+            out.saturating_sub(1) * s + k.saturating_sub(1) * d + 1
+        };
+        let hp = (p.pad_top + p.in_h).max(reach(p.out_h, sh, p.k_h, p.dil_h));
+        let wp = (p.pad_left + p.in_w).max(reach(p.out_w, sw, p.k_w, p.dil_w));
+        let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw).max(1));
+        let band =
+            if p.is_direct() { BAND_BUDGET / wq } else { COL_BUDGET / (p.filter_len() * p.out_w).max(1) };
+        let band = band.clamp(1, p.out_h.max(1));
+        PhasePlanes { hq, wq, band, phases: sh * sw }
+    }
+
+    /// f32 elements of all phase planes.
+    fn len(&self) -> usize {
+        self.phases * self.hq * self.wq
+    }
+
+    /// Scratch the direct or phased path needs: the phase planes of every input channel of a
+    /// group, plus for direct a block of decoded filters, their gathered taps of one kernel row
+    /// and one band of accumulator rows per filter of the block; for phased a filter panel and
+    /// the column matrix of one band.
+    fn scratch_len(&self, p: &Conv2dParams) -> usize {
+        let planes = p.in_per_group() * self.len();
+        if p.is_direct() {
+            let m = DIRECT_OCS;
+            planes + m * p.filter_len() + m * p.k_w + m * self.band * self.wq
+        } else {
+            planes + panel_rows(p) * p.filter_len() + p.filter_len() * self.band * p.out_w
+        }
+    }
+
+    /// Writes plane `x` (`in_h × in_w`) into its positions in `planes`.
+    ///
+    /// Only the positions of input elements are written: the rest must already be zero, which
+    /// holds from one channel to the next since every channel writes the same positions.
+    fn scatter(&self, p: &Conv2dParams, x: &[f32], planes: &mut [f32]) {
+        let planes = &mut planes[..self.len()];
+        let (sh, sw) = (p.stride_h, p.stride_w);
+        let plane_len = self.hq * self.wq;
+        if p.in_w == 0 {
+            return;
+        }
+        for (iy, xrow) in x.chunks_exact(p.in_w).take(p.in_h).enumerate() {
+            let py = iy + p.pad_top;
+            let row = (py % sh) * sw * plane_len + (py / sh) * self.wq;
+            if sw == 1 {
+                planes[row + p.pad_left..][..p.in_w].copy_from_slice(xrow);
+            } else if sw == 2 {
+                // Deinterleave pairs (even padded column, odd padded column) from the first input
+                // column whose padded column is even; a leading and trailing single are placed alone.
+                let (s0, pl) = (p.pad_left % 2, p.pad_left);
+                let q = (s0 + pl) / 2;
+                let (head, odd) = planes.split_at_mut(row + plane_len);
+                let even = &mut head[row..];
+                let pairs = xrow[s0..].chunks_exact(2);
+                let tail = pairs.remainder();
+                for ((e, o), pair) in even[q..].iter_mut().zip(&mut odd[q..]).zip(pairs) {
+                    (*e, *o) = (pair[0], pair[1]);
+                }
+                if s0 == 1 {
+                    odd[pl / 2] = xrow[0];
+                }
+                if let [last] = tail {
+                    even[(p.in_w - 1 + pl) / 2] = *last;
+                }
+            } else {
+                // Column phase rc holds input columns ix0, ix0 + sw, ... from phase column q0.
+                for rc in 0..sw {
+                    let ix0 = (rc + sw - p.pad_left % sw) % sw;
+                    if ix0 >= p.in_w {
+                        continue;
+                    }
+                    let q0 = (ix0 + p.pad_left) / sw;
+                    let dst = &mut planes[row + rc * plane_len + q0..][..self.wq - q0];
+                    for (d, &v) in dst.iter_mut().zip(xrow.iter().skip(ix0).step_by(sw)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Greatest common divisor (`gcd(a, 0) = a`).
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -389,9 +568,10 @@ fn im2col(xg: &[f32], p: &Conv2dParams, t0: usize, t: usize, col: &mut [f32]) {
                     let first = (a * p.stride_w) as isize + off;
                     if p.stride_w == 1 && a < b {
                         taps.copy_from_slice(&xrow[first as usize..][..b - a]);
-                    } else {
-                        for (j, v) in taps.iter_mut().enumerate() {
-                            *v = xrow[(first + (j * p.stride_w) as isize) as usize];
+                    } else if a < b {
+                        let src = xrow[first as usize..].iter().step_by(p.stride_w);
+                        for (v, &x) in taps.iter_mut().zip(src) {
+                            *v = x;
                         }
                     }
                 }
@@ -490,7 +670,8 @@ mod tests {
         let want = reference(&x, &wf, bias, p);
         for kernels in sets {
             let mut y = vec![f32::NAN; want.len()];
-            let mut scratch = vec![0.0; kernels.conv2d_scratch_len(p)];
+            // Stale scratch (NaN) must never leak into the result.
+            let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
             kernels.conv2d(&x, &data.view(), bias, p, Activation::None, &mut y, &mut scratch).unwrap();
             assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?}"));
         }
@@ -540,6 +721,48 @@ mod tests {
         for p in [base, conv3, depthwise, strided] {
             check_all_paths(&mut rng, &sets, &p, kind, true);
             check_all_paths(&mut rng, &sets, &p, WeightKind::F32, false);
+        }
+    }
+
+    #[test]
+    fn direct_and_phased_paths_cover_every_phase_and_border() {
+        // Depthwise (direct) and 3-channel strided (phased) convs over small widths, left pads,
+        // strides and dilations: odd and even pads put a single leading or trailing column in a
+        // phase plane, and pad_right 1 makes the last taps read the zero border.
+        let mut rng = Rng::new(11);
+        let sets = kernel_sets();
+        for (in_c, groups, out_c) in [(2, 2, 4), (3, 1, 5)] {
+            for stride_w in 1..=3 {
+                for dil_w in 1..=2 {
+                    for pad_left in 0..=2 {
+                        for in_w in [1, 2, 5, 8] {
+                            if in_w + pad_left + 1 < 2 * dil_w + 1 {
+                                continue;
+                            }
+                            let p = Conv2dParams {
+                                batch: 1,
+                                in_c,
+                                in_h: 5,
+                                in_w,
+                                out_c,
+                                out_h: out_extent(5, 1, 2, 2, 1),
+                                out_w: out_extent(in_w, pad_left + 1, 3, stride_w, dil_w),
+                                k_h: 2,
+                                k_w: 3,
+                                stride_h: 2,
+                                stride_w,
+                                pad_top: 1,
+                                pad_left,
+                                dil_h: 1,
+                                dil_w,
+                                groups,
+                            };
+                            assert!(p.is_direct() || p.is_phased() || stride_w == 1);
+                            check_all_paths(&mut rng, &sets, &p, WeightKind::F32, true);
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -91,6 +91,75 @@ fn taps(a: &Axis, n: usize, o: usize) -> (Vec<usize>, usize) {
     (valid, padded)
 }
 
+/// Max pool of one `w`-wide input plane `xp` into `yp`. Each output row first takes the
+/// element-wise max of its valid input rows (contiguous, vectorisable) into `rowmax`, then one
+/// strided pass per column tap over exactly the output columns whose input exists, so padding
+/// costs no per-pixel test. Two-wide, stride-2 windows (the common 2×2/2 pool) take both taps in
+/// one pass over the columns where both exist.
+fn max_plane(
+    xp: &[f32],
+    w: usize,
+    rows: &[(Vec<usize>, usize)],
+    aw: &Axis,
+    rowmax: &mut [f32],
+    yp: &mut [f32],
+) {
+    let tap = |k: usize| {
+        let off = (k * aw.dil) as isize - aw.pad_begin as isize;
+        (off, inside(aw.out, aw.stride, off, w))
+    };
+    // Columns handled by the paired pass (empty unless k 2, s 2, dil 1).
+    let (plo, phi) = if aw.kernel == 2 && aw.stride == 2 && aw.dil == 1 {
+        let ((_, (l0, h0)), (_, (l1, h1))) = (tap(0), tap(1));
+        let (lo, hi) = (l0.max(l1), h0.min(h1));
+        if lo < hi {
+            (lo, hi)
+        } else {
+            (0, 0)
+        }
+    } else {
+        (0, 0)
+    };
+    for ((ry, _), yrow) in rows.iter().zip(yp.chunks_exact_mut(aw.out)) {
+        yrow.fill(f32::NEG_INFINITY);
+        let Some((&first, rest)) = ry.split_first() else { continue };
+        rowmax.copy_from_slice(&xp[first * w..][..w]);
+        for &iy in rest {
+            for (m, &v) in rowmax.iter_mut().zip(&xp[iy * w..][..w]) {
+                *m = m.max(v);
+            }
+        }
+        if plo < phi {
+            let start = (2 * plo as isize + tap(0).0) as usize;
+            for (y, pair) in yrow[plo..phi].iter_mut().zip(rowmax[start..].chunks_exact(2)) {
+                *y = pair[0].max(pair[1]);
+            }
+        }
+        for k in 0..aw.kernel {
+            let (off, (l, h)) = tap(k);
+            // Skip the paired columns: they are done.
+            for (a, b) in [(l, h.min(plo)), (l.max(phi), h)] {
+                if a < b {
+                    let src = rowmax[((a * aw.stride) as isize + off) as usize..].iter().step_by(aw.stride);
+                    for (y, &v) in yrow[a..b].iter_mut().zip(src) {
+                        *y = y.max(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Output positions `o` in `0..out` whose input `o * stride + off` lies in `0..n`, as `lo..hi`.
+fn inside(out: usize, stride: usize, off: isize, n: usize) -> (usize, usize) {
+    let s = stride.max(1) as isize;
+    let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+    let end = n as isize - off;
+    let hi = if end <= 0 { 0 } else { (end + s - 1) / s };
+    let lo = (lo as usize).min(out);
+    (lo, (hi as usize).clamp(lo, out))
+}
+
 impl Op for Pool {
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         Ok(vec![(ElemType::F32, self.geometry(first(inputs)?.shape)?.1)])
@@ -114,6 +183,13 @@ impl Op for Pool {
         let out_plane = ah.out * aw.out;
         if out_plane == 0 || h * w == 0 {
             y.fill(0.0);
+            return Ok(());
+        }
+        if self.reduce == Reduce::Max {
+            let mut rowmax = vec![0.0; w];
+            for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
+                max_plane(xp, w, &rows, &aw, &mut rowmax, yp);
+            }
             return Ok(());
         }
         for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
@@ -343,6 +419,55 @@ mod tests {
             let max = op_kind == OpKind::MaxPool;
             let want = reference(&x, 5, 5, [3, 3], [2, 2], [1, 1], [1, 1], [3, 3], max, &|_, _, n| n);
             assert_close(&got[0].1, &want);
+        }
+    }
+
+    #[test]
+    fn inside_matches_brute_force() {
+        for out in 0..6 {
+            for stride in 1..4 {
+                for off in -5isize..5 {
+                    for n in 0..7 {
+                        let (lo, hi) = inside(out, stride, off, n);
+                        for o in 0..out {
+                            let i = o as isize * stride as isize + off;
+                            let want = i >= 0 && i < n as isize;
+                            assert_eq!(want, (lo..hi).contains(&o), "{out} {stride} {off} {n} {o}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_2x2_stride_2_same_padding_on_odd_and_even_planes() {
+        // BlazeFace's pool: k 2, s 2, SAME_UPPER; odd extents put the pad in the last window
+        // (SAME_LOWER: in the first), so the paired pass must leave that window to the edge pass.
+        for (h, w) in [(8, 8), (7, 9), (1, 5), (4, 1)] {
+            for (auto_pad, lower) in [("SAME_UPPER", false), ("SAME_LOWER", true)] {
+                let x = values(7, 2 * h * w);
+                let n = node(
+                    OpKind::MaxPool,
+                    1,
+                    vec![
+                        ("kernel_shape", ints(&[2, 2])),
+                        ("strides", ints(&[2, 2])),
+                        ("auto_pad", Attr::Str(auto_pad.into())),
+                    ],
+                );
+                let got = run(&*build(&n).unwrap(), &[act(&[1, 2, h, w], &x)]).unwrap();
+                let out = [h.div_ceil(2), w.div_ceil(2)];
+                assert_eq!(got[0].0, vec![1, 2, out[0], out[1]]);
+                let pad = if lower { [h % 2, w % 2] } else { [0, 0] };
+                let mut want = Vec::new();
+                for c in 0..2 {
+                    let plane = &x[c * h * w..];
+                    let count = |_, _, n| n;
+                    want.extend(reference(plane, h, w, [2, 2], [2, 2], [1, 1], pad, out, true, &count));
+                }
+                assert_close(&got[0].1, &want);
+            }
         }
     }
 

@@ -107,14 +107,24 @@ impl Move for Pad {
         if dst.is_empty() {
             return Ok(());
         }
-        let Some((inner_map, outer_maps)) = maps.split_last() else {
-            dst[0] = src[0][0];
+        let shape = input(inputs, 0)?.shape;
+        // Trailing axes that are left as they are move as whole blocks of `block` elements.
+        let kept = maps
+            .iter()
+            .zip(shape)
+            .rev()
+            .take_while(|(map, &dim)| map.len() == dim && map.iter().enumerate().all(|(i, &m)| m == Some(i)))
+            .count();
+        let Some((inner_map, outer_maps)) = maps[..maps.len() - kept].split_last() else {
+            dst.copy_from_slice(src[0]);
             return Ok(());
         };
-        let in_strides = strides(input(inputs, 0)?.shape);
+        let block: usize = shape[maps.len() - kept..].iter().product();
+        let runs = runs(inner_map);
+        let in_strides = strides(shape);
         let outer_shape: Vec<usize> = outer_maps.iter().map(Vec::len).collect();
         let mut idx = vec![0usize; outer_shape.len()];
-        for row in dst.chunks_exact_mut(inner_map.len()) {
+        for row in dst.chunks_exact_mut(inner_map.len() * block) {
             // Source offset of this output row, if no outer index falls in the constant border.
             let base = idx
                 .iter()
@@ -124,8 +134,14 @@ impl Move for Pad {
             match base {
                 None => row.fill(fill),
                 Some(base) => {
-                    for (o, m) in row.iter_mut().zip(inner_map) {
-                        *o = m.map_or(fill, |m| src[0][base + m]);
+                    let mut out = row;
+                    for &(first, len) in &runs {
+                        let (part, rest) = out.split_at_mut(len * block);
+                        match first {
+                            None => part.fill(fill),
+                            Some(m) => part.copy_from_slice(&src[0][base + m * block..][..len * block]),
+                        }
+                        out = rest;
                     }
                 }
             }
@@ -139,6 +155,20 @@ impl Move for Pad {
         }
         Ok(())
     }
+}
+
+/// Splits an axis map into runs `(first source index or None for the constant, length)` whose
+/// source indices are consecutive, so each run is one copy or one fill.
+fn runs(map: &[Option<usize>]) -> Vec<(Option<usize>, usize)> {
+    let mut runs: Vec<(Option<usize>, usize)> = Vec::new();
+    for &m in map {
+        match (runs.last_mut(), m) {
+            (Some((None, len)), None) => *len += 1,
+            (Some((Some(first), len)), Some(m)) if *first + *len == m => *len += 1,
+            _ => runs.push((m, 1)),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -191,6 +221,34 @@ mod tests {
                 assert_eq!(got, reference(&x, &pads, mode, -7.0), "{mode} {pads:?}");
             }
         }
+    }
+
+    #[test]
+    fn untouched_trailing_axes_move_as_blocks() {
+        // Channel padding of NCHW (BlazeFace) and pads on leading axes only: the trailing axes are
+        // copied as whole blocks; reflect/edge runs of length 1 copy single blocks.
+        let x = iota(&[2, 3, 2, 5]);
+        let cases: [[i64; 8]; 4] = [
+            [0, 0, 0, 0, 0, 2, 0, 0],
+            [0, 2, 0, 0, 1, 1, 0, 0],
+            [1, 1, 0, 0, 0, 2, 0, 0],
+            [0, -1, 0, 0, 0, 1, 1, 0],
+        ];
+        for mode in ["constant", "reflect", "edge"] {
+            for pads in cases {
+                let got = pad(&x, &pads, mode, 3.5).unwrap();
+                assert_eq!(got, reference(&x, &pads, mode, 3.5), "{mode} {pads:?}");
+            }
+        }
+        let pads = [0, 0, 0, 0, 0, 13, 0, 0];
+        assert_eq!(pad(&x, &pads, "constant", 0.0).unwrap(), reference(&x, &pads, "constant", 0.0));
+    }
+
+    #[test]
+    fn runs_merge_consecutive_sources_and_fills() {
+        let map = [None, None, Some(2), Some(3), Some(1), None, Some(0)];
+        assert_eq!(runs(&map), vec![(None, 2), (Some(2), 2), (Some(1), 1), (None, 1), (Some(0), 1)]);
+        assert!(runs(&[]).is_empty());
     }
 
     #[test]
