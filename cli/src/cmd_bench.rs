@@ -1,4 +1,8 @@
-//! `pith bench`: load once, warm up, time K inferences.
+//! `pith bench`: time a model (load once, warm up, K inferences) or, with `--gemv`, one packed
+//! matrix-vector product against its f32 and `memcpy` baselines ([`gemv`]).
+
+pub mod gemv;
+mod synth;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,28 +25,66 @@ fn parse_shape_arg(arg: &str) -> Result<(String, Vec<usize>)> {
     Ok((name.to_string(), dims))
 }
 
-/// Deterministic pseudo-random values in [-1, 1) (xorshift), so runs are comparable.
+/// Deterministic pseudo-random values in [-1, 1), so runs are comparable.
 fn random_tensor(shape: Vec<usize>, seed: u64) -> Tensor {
-    let mut s = seed | 1;
     let n = shape.iter().product();
-    let data = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::from_f32(shape, data)
+    Tensor::from_f32(shape, synth::random_f32s(n, seed))
 }
 
+/// The value at fraction `p` of the non-empty ascending `sorted`.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[idx]
 }
 
-/// Runs the command.
-pub fn run(model: &Path, inputs: &[String], shapes: &[String], threads: usize, iters: usize) -> Result<()> {
+/// Runs `f` a few times to warm caches and threads, then `iters` (>= 1) timed times; returns the
+/// times in seconds, ascending.
+fn time_iters(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    if iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    for _ in 0..(iters / 10).clamp(1, 5) {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// Runs the command: the GEMV benchmark when `gemv` (rows, cols) is given, else the model one.
+#[allow(clippy::too_many_arguments)]
+pub fn dispatch(
+    model: Option<&Path>,
+    gemv: Option<(usize, usize)>,
+    bits: Option<u8>,
+    inputs: &[String],
+    shapes: &[String],
+    threads: usize,
+    iters: usize,
+) -> Result<()> {
+    match (model, gemv) {
+        (None, Some((rows, cols))) => {
+            let bits = bits.context("--gemv needs --bits 1..8")?;
+            gemv::run(rows, cols, bits, threads, iters)
+        }
+        (Some(model), None) => {
+            if bits.is_some() {
+                bail!("--bits applies to --gemv; a model's weights are encoded when it is compressed");
+            }
+            run_model(model, inputs, shapes, threads, iters)
+        }
+        (Some(_), Some(_)) => bail!("give either a MODEL or --gemv ROWSxCOLS, not both"),
+        (None, None) => bail!("nothing to time: give a MODEL.pith or --gemv ROWSxCOLS --bits B"),
+    }
+}
+
+/// Times a model.
+fn run_model(model: &Path, inputs: &[String], shapes: &[String], threads: usize, iters: usize) -> Result<()> {
     if iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -86,17 +128,8 @@ pub fn run(model: &Path, inputs: &[String], shapes: &[String], threads: usize, i
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
 
     let run_feeds: Vec<(&str, Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let warmup = (iters / 10).clamp(1, 5);
-    for _ in 0..warmup {
-        session.run(&run_feeds)?;
-    }
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let start = Instant::now();
-        session.run(&run_feeds)?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
+    let times_s = time_iters(iters, || session.run(&run_feeds).map(drop).map_err(Into::into))?;
+    let times: Vec<f64> = times_s.iter().map(|s| s * 1e3).collect();
     log::info!("arena {} bytes", plan.arena_bytes);
     println!(
         "bench model={} threads={} iters={} load_ms={:.3} median_ms={:.3} p90_ms={:.3}",
@@ -109,4 +142,35 @@ pub fn run(model: &Path, inputs: &[String], shapes: &[String], threads: usize, i
     );
     eprintln!("arena_bytes={}", plan.arena_bytes);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dispatch_err(
+        model: Option<&Path>,
+        gemv: Option<(usize, usize)>,
+        bits: Option<u8>,
+        iters: usize,
+    ) -> String {
+        format!("{:#}", dispatch(model, gemv, bits, &[], &[], 1, iters).unwrap_err())
+    }
+
+    #[test]
+    fn dispatch_names_what_is_missing_or_conflicting() {
+        let m = Path::new("m.pith");
+        assert!(dispatch_err(None, None, None, 3).contains("give a MODEL.pith or --gemv"));
+        assert!(dispatch_err(None, Some((4, 4)), None, 3).contains("--gemv needs --bits"));
+        assert!(dispatch_err(Some(m), Some((4, 4)), Some(4), 3).contains("not both"));
+        assert!(dispatch_err(Some(m), None, Some(4), 3).contains("--bits applies to --gemv"));
+        assert!(dispatch_err(None, Some((4, 4)), Some(4), 0).contains("--iters must be at least 1"));
+    }
+
+    #[test]
+    fn percentiles_pick_from_the_sorted_times() {
+        let t = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!((percentile(&t, 0.0), percentile(&t, 0.5), percentile(&t, 1.0)), (1.0, 3.0, 5.0));
+        assert_eq!(percentile(&t, 0.9), 5.0);
+    }
 }

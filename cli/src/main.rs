@@ -74,10 +74,17 @@ enum Command {
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
     },
-    /// Time inference: load once, warm up, run K times.
+    /// Time inference (load once, warm up, run K times), or one packed GEMV with --gemv.
     Bench {
-        /// The .pith model.
-        model: PathBuf,
+        /// The .pith model (not with --gemv).
+        #[arg(required_unless_present = "gemv", conflicts_with = "gemv")]
+        model: Option<PathBuf>,
+        /// Instead of a model, time a GEMV on random ROWSxCOLS packed weights against f32 and memcpy.
+        #[arg(long, value_name = "ROWSxCOLS", value_parser = cmd_bench::gemv::parse_matrix, requires = "bits")]
+        gemv: Option<(usize, usize)>,
+        /// Bits per weight index of the --gemv matrix (1..8).
+        #[arg(long, requires = "gemv", value_parser = clap::value_parser!(u8).range(1..=8))]
+        bits: Option<u8>,
         /// NAME=FILE.npy; inputs not given get random data of their declared shape.
         #[arg(long = "input")]
         inputs: Vec<String>,
@@ -117,8 +124,8 @@ fn main() {
         Command::Detect { task, model, image, out, threads } => {
             cmd_detect::run(task, &model, &image, out.as_deref(), threads)
         }
-        Command::Bench { model, inputs, shapes, threads, iters } => {
-            cmd_bench::run(&model, &inputs, &shapes, threads, iters)
+        Command::Bench { model, gemv, bits, inputs, shapes, threads, iters } => {
+            cmd_bench::dispatch(model.as_deref(), gemv, bits, &inputs, &shapes, threads, iters)
         }
         Command::Demo { data_dir, out_dir, threads } => {
             cmd_demo::run(&data_dir.unwrap_or_else(cmd_demo::default_data_dir), &out_dir, threads)

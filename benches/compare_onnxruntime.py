@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Pith against onnxruntime (and LiteRT, MNN when installed) on the same model, input shape and threads.
+
+Usage, from the repository root after `cargo build --release -p pith-cli`:
+
+    python3 benches/compare_onnxruntime.py blazeface --bits 4 --threads 1
+    python3 benches/compare_onnxruntime.py ppocr --bits f32 --threads 2 --rounds 7 --iters 10
+    python3 benches/compare_onnxruntime.py blazeface --tflite face_detection_short_range.tflite
+
+Arguments:
+    model           blazeface (1x3x128x128) or ppocr (PP-OCRv4 det, 1x3xHxW; --hw, default 320x640)
+    --bits B        weight format Pith runs with: 1..8 (codebook bits), f16 or f32 (default 4)
+    --threads N     threads for every runtime (default 1)
+    --rounds R      alternating rounds (default 5): each round times Pith, then onnxruntime, then the
+                    optional runtimes, --iters inferences each, so all see the same machine load
+    --iters K       timed inferences per runtime and round (default 20), after a warm-up
+    --hw HxW        PP-OCR input height x width (default 320x640; 736x1472 is a full page)
+    --pith PATH     the pith binary (default target/release/pith)
+    --tflite PATH   the original .tflite for LiteRT (not bundled: the repository has the ONNX only)
+
+The model is first compressed with `pith compress` into --work-dir (default: a temporary folder).
+Pith is timed by `pith bench` (a subprocess; load and warm-up excluded, the median of its timed
+runs); the others in this process with the same warm-up. Each runtime's time is the median over
+rounds of its per-round median; the table gives it with the spread over rounds (min..max) and
+the ratio Pith / runtime (below 1: Pith is faster). Inputs are random: the timed graphs have no
+data-dependent work. onnxruntime runs the original f32 ONNX model with all graph optimisations,
+intra_op_num_threads = N and sequential execution. LiteRT (`pip install ai-edge-litert`) and MNN
+(`pip install MNN`, whose `mnnconvert` converts the ONNX file) are skipped with a message when
+not installed. Needs numpy and onnxruntime.
+"""
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {
+    "blazeface": ("blazeface_short_range.onnx", "input", None),
+    "ppocr": ("ppocr_v4_det.onnx", "x", (320, 640)),
+}
+
+
+def time_calls(fn, iters):
+    """Median milliseconds of `iters` calls of fn, after a short warm-up."""
+    for _ in range(max(1, min(5, iters // 10))):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+class Pith:
+    """`pith bench` on a .pith file, one subprocess per round."""
+
+    name = "pith"
+
+    def __init__(self, binary, pith_model, input_name, shape, threads):
+        self.cmd = [
+            binary, "bench", pith_model,
+            "--shape", f"{input_name}={'x'.join(map(str, shape))}",
+            "--threads", str(threads),
+        ]
+
+    def median_ms(self, iters):
+        out = subprocess.run(self.cmd + ["--iters", str(iters)], check=True, capture_output=True, text=True)
+        m = re.search(r"median_ms=([0-9.]+)", out.stdout)
+        if not m:
+            raise RuntimeError(f"unexpected `pith bench` output: {out.stdout!r}")
+        return float(m.group(1))
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path, input_name, x, threads):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+        self.feeds = {input_name: x}
+        self.version = ort.__version__
+
+    def median_ms(self, iters):
+        return time_calls(lambda: self.session.run(None, self.feeds), iters)
+
+
+class LiteRT:
+    name = "litert"
+
+    def __init__(self, tflite_path, x, threads):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interp = Interpreter(model_path=tflite_path, num_threads=threads)
+        detail = self.interp.get_input_details()[0]
+        # TFLite models are NHWC; the ONNX conversion is NCHW.
+        data = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).astype(detail["dtype"])
+        if tuple(detail["shape"]) != data.shape:
+            self.interp.resize_tensor_input(detail["index"], data.shape)
+        self.interp.allocate_tensors()
+        self.interp.set_tensor(detail["index"], data)
+
+    def median_ms(self, iters):
+        return time_calls(self.interp.invoke, iters)
+
+
+@contextlib.contextmanager
+def c_stdout_to_stderr():
+    """Sends native code's stdout (MNN prints a banner on import) to stderr, keeping the table clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class Mnn:
+    name = "mnn"
+
+    def __init__(self, onnx_path, work_dir, x, threads):
+        with c_stdout_to_stderr():
+            self._load(onnx_path, work_dir, x, threads)
+
+    def _load(self, onnx_path, work_dir, x, threads):
+        import MNN
+
+        converter = shutil.which("mnnconvert")
+        if converter is None:
+            raise RuntimeError("the MNN package's `mnnconvert` is not on PATH")
+        mnn_path = os.path.join(work_dir, os.path.basename(onnx_path) + ".mnn")
+        subprocess.run(
+            [converter, "-f", "ONNX", "--modelFile", onnx_path, "--MNNModel", mnn_path, "--bizCode", "pith"],
+            check=True, capture_output=True,
+        )
+        self.interp = MNN.Interpreter(mnn_path)
+        self.session = self.interp.createSession({"numThread": threads})
+        inp = self.interp.getSessionInput(self.session)
+        self.interp.resizeTensor(inp, x.shape)
+        self.interp.resizeSession(self.session)
+        tmp = MNN.Tensor(x.shape, MNN.Halide_Type_Float, x, MNN.Tensor_DimensionType_Caffe)
+        inp.copyFrom(tmp)
+
+    def median_ms(self, iters):
+        return time_calls(lambda: self.interp.runSession(self.session), iters)
+
+
+def optional(name, make):
+    """Builds an optional runtime, or prints why it is skipped."""
+    try:
+        return make()
+    except ImportError as e:
+        print(f"{name}: skipped, not installed ({e})", file=sys.stderr)
+    except Exception as e:  # a runtime that cannot load the model is reported, not fatal
+        print(f"{name}: skipped ({type(e).__name__}: {e})", file=sys.stderr)
+    return None
+
+
+def parse_hw(s):
+    h, _, w = s.partition("x")
+    return int(h), int(w)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model", choices=sorted(MODELS))
+    p.add_argument("--bits", default="4")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--hw", type=parse_hw, default=None)
+    p.add_argument("--pith", default=os.path.join(ROOT, "target", "release", "pith"))
+    p.add_argument("--tflite", default=None)
+    p.add_argument("--work-dir", default=None)
+    args = p.parse_args()
+    if args.rounds < 1 or args.iters < 1 or args.threads < 1:
+        p.error("--rounds, --iters and --threads must be at least 1")
+    if not os.path.exists(args.pith):
+        p.error(f"{args.pith} not found: run `cargo build --release -p pith-cli` first")
+
+    file, input_name, default_hw = MODELS[args.model]
+    onnx_path = os.path.join(ROOT, "tests", "data", "models", file)
+    h, w = args.hw or default_hw or (128, 128)
+    if args.model == "blazeface" and (h, w) != (128, 128):
+        p.error("BlazeFace takes 128x128 only")
+    shape = (1, 3, h, w)
+
+    work_dir = args.work_dir or tempfile.mkdtemp(prefix="pith-compare-")
+    os.makedirs(work_dir, exist_ok=True)
+    try:
+        compare(args, onnx_path, input_name, shape, work_dir)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def compare(args, onnx_path, input_name, shape, work_dir):
+    """Compresses, builds every runtime, times them in alternating rounds, prints the table."""
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    pith_model = os.path.join(work_dir, f"{args.model}_{args.bits}.pith")
+    compress = [args.pith, "compress", onnx_path, "-o", pith_model, "--bits", args.bits]
+    if subprocess.run(compress, stdout=subprocess.DEVNULL).returncode != 0:
+        sys.exit(f"`{' '.join(compress)}` failed (its error is above)")
+
+    runtimes = [
+        Pith(args.pith, pith_model, input_name, shape, args.threads),
+        OnnxRuntime(onnx_path, input_name, x, args.threads),
+    ]
+    if args.tflite:
+        runtimes.append(optional("litert", lambda: LiteRT(args.tflite, x, args.threads)))
+    else:
+        print("litert: skipped, pass --tflite PATH (the original .tflite is not bundled)", file=sys.stderr)
+    runtimes.append(optional("mnn", lambda: Mnn(onnx_path, work_dir, x, args.threads)))
+    runtimes = [r for r in runtimes if r is not None]
+
+    rounds = {r.name: [] for r in runtimes}
+    for i in range(args.rounds):
+        for r in runtimes:
+            rounds[r.name].append(r.median_ms(args.iters))
+        done = "  ".join(f"{n}={v[-1]:.2f}ms" for n, v in rounds.items())
+        print(f"round {i + 1}/{args.rounds}: {done}", file=sys.stderr)
+
+    pith_ms = statistics.median(rounds["pith"])
+    print(f"model={args.model} input={'x'.join(map(str, shape))} pith_weights={args.bits} "
+          f"threads={args.threads} rounds={args.rounds} iters={args.iters} "
+          f"onnxruntime={runtimes[1].version}")
+    print(f"{'runtime':<12} {'median_ms':>10} {'min..max over rounds':>22} {'pith/runtime':>13}")
+    for name, v in rounds.items():
+        med = statistics.median(v)
+        spread = f"{min(v):.2f}..{max(v):.2f}"
+        print(f"{name:<12} {med:>10.2f} {spread:>22} {pith_ms / med:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+//! GEMV 4096×4096 (batch 1) on packed codebook weights at 1, 2, 3, 4 and 8 bits through
+//! `Kernels::gemm` (`[N, K]` layout), against the f32 GEMV of the same shape and a `memcpy` of as
+//! many bytes as the packed weights (the bandwidth roofline). Throughput is the weight bytes each
+//! one streams, so criterion prints GB/s: packed vs memcpy shows how close decoding gets to the
+//! memory system, packed vs f32 the time saved. Run: `cargo bench -p pith-benches --bench gemv`.
+
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pith_benches::{random_codebook_matrix, random_f32s};
+use pith_format::ir::{row_stride, TensorData};
+use pith_kernels::{Activation, Kernels, WeightLayout};
+
+const N: usize = 4096;
+const K: usize = 4096;
+
+/// One GEMV `y = W x` with `W` stored `[N, K]`.
+fn gemv(kernels: &Kernels, w: &TensorData, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    kernels
+        .gemm(x, 1, K, N, &w.view(), WeightLayout::NK, None, Activation::None, y, scratch)
+        .expect("bench shapes are consistent");
+}
+
+fn bench_gemv(c: &mut Criterion) {
+    let x = random_f32s(K, 1);
+    let mut y = vec![0.0; N];
+    let mut group = c.benchmark_group("gemv_4096x4096");
+    for threads in [1, 2] {
+        let kernels = Kernels::new(threads).expect("kernel set (check PITH_KERNEL)");
+        let mut scratch = vec![0.0; kernels.gemm_scratch_len(K, N, WeightLayout::NK)];
+        let run = format!("{}_t{threads}", kernels.isa().name);
+
+        let dense = TensorData::F32(random_f32s(N * K, 2));
+        group.throughput(Throughput::BytesDecimal((N * K * 4) as u64));
+        group.bench_function(BenchmarkId::new("f32", &run), |b| {
+            b.iter(|| gemv(&kernels, &dense, black_box(&x), &mut y, &mut scratch))
+        });
+        drop(dense);
+
+        for bits in [1u8, 2, 3, 4, 8] {
+            let w = random_codebook_matrix(N, K, bits, u64::from(bits)).expect("bits are 1..=8");
+            group.throughput(Throughput::BytesDecimal((N * row_stride(K, bits)) as u64));
+            group.bench_function(BenchmarkId::new(format!("cb{bits}"), &run), |b| {
+                b.iter(|| gemv(&kernels, &w, black_box(&x), &mut y, &mut scratch))
+            });
+        }
+    }
+
+    // The roofline: one thread copying the packed bytes (read + write of each byte).
+    for bits in [1u8, 2, 3, 4, 8] {
+        let bytes = N * row_stride(K, bits);
+        let src = vec![0x5au8; bytes];
+        let mut dst = vec![0u8; bytes];
+        group.throughput(Throughput::BytesDecimal(bytes as u64));
+        group.bench_function(BenchmarkId::new("memcpy", format!("cb{bits}_bytes")), |b| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&mut dst);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = common::quick(1.5);
+    targets = bench_gemv
+}
+criterion_main!(benches);
