@@ -76,12 +76,12 @@ mod tests {
     #[test]
     fn splits_into_contiguous_ranges_only_when_worth_it() {
         let mut k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
-        assert_eq!(ranges(&k, 7, 1 << 20), vec![0..3, 3..6, 6..7]);
-        assert_eq!(ranges(&k, 2, 1 << 20), vec![0..1, 1..2]);
+        assert_eq!(ranges(&k, 7, 1 << 24), vec![0..3, 3..6, 6..7]);
+        assert_eq!(ranges(&k, 2, 1 << 24), vec![0..1, 1..2]);
         assert_eq!(ranges(&k, 7, 1), vec![0..7], "tiny work stays on one thread");
         k.min_task_work = 1;
         assert_eq!(ranges(&k, 7, 1), vec![0..3, 3..6, 6..7]);
         assert_eq!(ranges(&k, 0, 1), vec![0..0]);
-        assert_eq!(ranges(&Kernels::default(), 7, 1 << 20), vec![0..7]);
+        assert_eq!(ranges(&Kernels::default(), 7, 1 << 24), vec![0..7]);
     }
 }
