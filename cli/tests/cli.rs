@@ -186,3 +186,17 @@ fn bad_inputs_fail_with_a_clear_message() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not a weight format"), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_gemv_prints_the_documented_line() {
+    let o = pith(&["bench", "--gemv", "64x96", "--bits", "3", "--threads", "1", "--iters", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o);
+    let line = line.trim();
+    assert!(line.starts_with("gemv bits=3 rows=64 cols=96 threads=1 median_us="), "{line}");
+    for key in ["median_us=", "gbps=", "f32_median_us=", "speedup_vs_f32=", "memcpy_gbps=", "roofline="] {
+        let value = line.split(&format!(" {key}")).nth(1).unwrap_or_else(|| panic!("{key} missing: {line}"));
+        let value = value.split(' ').next().unwrap();
+        assert!(value.parse::<f64>().unwrap() > 0.0, "{key} in {line}");
+    }
+}
