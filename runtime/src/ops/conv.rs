@@ -309,29 +309,43 @@ impl Conv {
             }
         }
         let axes = self.window.resolve(&input[2 - rank..], &kernel[2 - rank..], false)?;
-        let [ah, aw] = axes_2d(&axes);
-        let p = Conv2dParams {
-            batch: n,
-            in_c: c,
-            in_h: input[0],
-            in_w: input[1],
-            out_c: m,
-            out_h: ah.out,
-            out_w: aw.out,
-            k_h: kernel[0],
-            k_w: kernel[1],
-            stride_h: ah.stride,
-            stride_w: aw.stride,
-            pad_top: ah.pad_begin,
-            pad_left: aw.pad_begin,
-            dil_h: ah.dil,
-            dil_w: aw.dil,
-            groups: self.group,
-        };
-        let mut shape = vec![n, m];
-        shape.extend(axes.iter().map(|a| a.out));
-        Ok((p, shape))
+        Ok(params_2d(n, c, m, &input, &kernel, &axes, self.group))
     }
+}
+
+/// Kernel parameters and the output shape `[n, m, out...]` from resolved spatial `axes`
+/// (one or two of them; 1-D convolutions run as 2-D with a height of 1).
+fn params_2d(
+    n: usize,
+    c: usize,
+    m: usize,
+    input: &[usize],
+    kernel: &[usize],
+    axes: &[Axis],
+    groups: usize,
+) -> (Conv2dParams, Vec<usize>) {
+    let [ah, aw] = axes_2d(axes);
+    let p = Conv2dParams {
+        batch: n,
+        in_c: c,
+        in_h: input[0],
+        in_w: input[1],
+        out_c: m,
+        out_h: ah.out,
+        out_w: aw.out,
+        k_h: kernel[0],
+        k_w: kernel[1],
+        stride_h: ah.stride,
+        stride_w: aw.stride,
+        pad_top: ah.pad_begin,
+        pad_left: aw.pad_begin,
+        dil_h: ah.dil,
+        dil_w: aw.dil,
+        groups,
+    };
+    let mut shape = vec![n, m];
+    shape.extend(axes.iter().map(|a| a.out));
+    (p, shape)
 }
 
 impl Op for Conv {
@@ -442,28 +456,7 @@ impl ConvTranspose {
             };
             axes.push(Axis { kernel: k, stride: s, dil: d, pad_begin, pad_end: 0, out });
         }
-        let [ah, aw] = axes_2d(&axes);
-        let p = Conv2dParams {
-            batch: n,
-            in_c: c,
-            in_h: input[0],
-            in_w: input[1],
-            out_c: m,
-            out_h: ah.out,
-            out_w: aw.out,
-            k_h: kernel[0],
-            k_w: kernel[1],
-            stride_h: ah.stride,
-            stride_w: aw.stride,
-            pad_top: ah.pad_begin,
-            pad_left: aw.pad_begin,
-            dil_h: ah.dil,
-            dil_w: aw.dil,
-            groups: self.group,
-        };
-        let mut shape = vec![n, m];
-        shape.extend(axes.iter().map(|a| a.out));
-        Ok((p, shape))
+        Ok(params_2d(n, c, m, &input, &kernel, &axes, self.group))
     }
 }
 
