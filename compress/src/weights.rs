@@ -3,6 +3,8 @@
 //! Weights are the constant input 1 of `Conv`, `ConvTranspose`, `Gemm` (B) and `MatMul`. Every
 //! other constant (biases, shapes, BN parameters, ...) stays f32/i64. A weight stays f32 when:
 //! * it has fewer than 2 dimensions (codebooks are row-based);
+//! * it is a batched (rank > 2) `MatMul` right operand: the runtime multiplies those as plain f32
+//!   matrices, so a codebook would be widened in full on every inference;
 //! * it holds a non-finite value;
 //! * for F16, a value overflows f16;
 //! * for codebooks, it has fewer than `max(64, 4 * 2^bits)` elements (the codebook would cost
@@ -26,8 +28,9 @@ pub(crate) fn weight_values(work: &WorkModel) -> Vec<ValueId> {
             continue;
         }
         if let Some(Some(w)) = node.inputs.get(1) {
-            let is_f32_const = work.consts.get(w).is_some_and(|t| t.as_f32().is_some());
-            if is_f32_const && seen.insert(*w) {
+            let Some(t) = work.consts.get(w) else { continue };
+            let batched_matmul = node.op == OpKind::MatMul && t.shape.len() > 2;
+            if t.as_f32().is_some() && !batched_matmul && seen.insert(*w) {
                 out.push(*w);
             }
         }
@@ -125,5 +128,20 @@ mod tests {
         assert!(layers[0].rel_error > 0.0 && layers[0].rel_error < 0.2);
         assert_eq!(calls.first(), Some(&(0, 2, "w".to_string())));
         assert_eq!(calls.last().map(|c| c.0), Some(2));
+    }
+
+    #[test]
+    fn batched_matmul_weights_stay_f32() {
+        let mut w = WorkModel::default();
+        let x = input(&mut w, "x");
+        let data: Vec<f32> = (0..2 * 32 * 32).map(|i| (i as f32 * 0.11).cos()).collect();
+        let batched = constant(&mut w, "b3", &[2, 32, 32], data[..].to_vec());
+        let plain = constant(&mut w, "b2", &[64, 32], data);
+        let (y, z) = (act(&mut w, "y"), act(&mut w, "z"));
+        push(&mut w, "mm3", OpKind::MatMul, &[Some(x), Some(batched)], &[y]);
+        push(&mut w, "mm2", OpKind::MatMul, &[Some(x), Some(plain)], &[z]);
+        let (enc, _) = encode_weights(&w, &WeightFormat::Codebook { bits: 4 }, &mut |_, _, _| {});
+        assert!(!enc.contains_key(&batched), "a rank-3 MatMul operand must stay f32");
+        assert!(matches!(enc[&plain], TensorData::Codebook(_)));
     }
 }
