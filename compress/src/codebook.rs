@@ -175,6 +175,28 @@ fn per_row_bytes(w: &[f32], rows: usize, bits: u8) -> usize {
     rows * entries * 2 + rows * pith_format::ir::row_stride(row_len, bits)
 }
 
+/// How [`encode_with`] should fit a codebook beyond plain k-means.
+#[allow(dead_code)] // wired up by the calibration pass
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct EncodeOptions<'a> {
+    /// Fraction (0..1) of the smallest-magnitude weights set to an exact-zero codebook entry.
+    pub prune: f32,
+    /// Calibration statistics of the layer's input; `None` = plain (unweighted) k-means.
+    pub gram: Option<&'a crate::gram::RowGram>,
+    /// With `gram`: weight the k-means by the Gram diagonal (activation energy per input).
+    pub weighted: bool,
+    /// With `gram`: refit centroid values by least squares on the layer's output error.
+    pub refit: bool,
+}
+
+/// The best codebook encoding of `w` under `opts` (STUB: ignores `opts` until the data-aware
+/// fitting lands; same result as [`encode`]).
+#[allow(dead_code)] // wired up by the calibration pass
+pub(crate) fn encode_with(w: &[f32], rows: usize, bits: u8, opts: &EncodeOptions) -> Encoded {
+    let _ = opts;
+    encode(w, rows, bits)
+}
+
 /// The best codebook encoding of `w` (finite values, `rows` rows) at `bits` bits per index.
 pub(crate) fn encode(w: &[f32], rows: usize, bits: u8) -> Encoded {
     let score = |data: TensorData| Encoded {

@@ -9,6 +9,7 @@
 
 mod codebook;
 mod error;
+pub mod gram;
 mod import;
 mod kmeans;
 pub mod onnx_proto;
