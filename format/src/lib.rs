@@ -29,7 +29,7 @@ mod tests;
 pub use error::FormatError;
 pub use reader::PithFile;
 pub use view::{CentroidsView, CodebookView, TensorView};
-pub use writer::write;
+pub use writer::{write, write_with, Entropy, WriteOptions};
 
 /// Major format version this crate writes and the newest it reads; files with a newer major
 /// version are refused.

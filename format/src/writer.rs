@@ -17,10 +17,33 @@ use crate::{FORMAT_MAJOR, FORMAT_MINOR};
 
 type Result<T> = std::result::Result<T, FormatError>;
 
+/// Entropy coding applied to codebook index streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Entropy {
+    /// Indices stored packed at `bits` bits (mapped in place at load).
+    #[default]
+    None,
+    /// Canonical Huffman codes per tensor, decoded once at load into the packed form.
+    Huffman,
+}
+
+/// Options of [`write_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteOptions {
+    /// Entropy coding of codebook indices.
+    pub entropy: Entropy,
+}
+
 /// Validates `model` exactly as the reader would and serialises it.
 ///
 /// The same model always yields the same bytes.
 pub fn write(model: &Model) -> Result<Vec<u8>> {
+    write_with(model, &WriteOptions::default())
+}
+
+/// [`write`] with options (STUB: `entropy` is not applied yet).
+pub fn write_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
+    let _ = options;
     check_model(model)?;
     encode(model)
 }
