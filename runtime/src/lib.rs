@@ -7,6 +7,7 @@
 pub mod arena;
 pub mod error;
 pub mod exec;
+pub mod fuse;
 pub mod ops;
 pub mod plan;
 pub mod session;

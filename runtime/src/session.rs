@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use pith_format::ir::{ElemType, Graph, Value};
 use pith_format::PithFile;
-use pith_kernels::Kernels;
+use pith_kernels::{Activation, Kernels};
 
 use crate::error::{Result, RuntimeError};
 use crate::exec::{Backend, CpuBackend, Job};
+use crate::fuse::{self, Fused};
 use crate::ops::{self, ExecCtx, Op};
 pub use crate::plan::PlanSummary;
 use crate::plan::{self, node_error, ConstantFn, Plan};
@@ -51,7 +52,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Builds every op of `model`; an unsupported node or attribute fails here, naming the node.
     pub fn new(model: Arc<PithFile>, options: SessionOptions) -> Result<Session> {
-        let engine = Engine::new(model.graph(), options)?;
+        let engine = Engine::new(model.graph(), &|id| model.constant(id), options)?;
         Ok(Session { model, engine })
     }
 
@@ -75,14 +76,14 @@ impl Session {
     /// Plans for these input shapes (every input, by name) and keeps the plan for later runs.
     pub fn plan(&mut self, input_shapes: &[(&str, Vec<usize>)]) -> Result<PlanSummary> {
         let model = &*self.model;
-        self.engine.plan(model.graph(), &|id| model.constant(id), input_shapes)
+        self.engine.plan(&|id| model.constant(id), input_shapes)
     }
 
     /// Runs the model on `inputs` (every graph input, by name) and returns the outputs in graph
     /// order. Re-plans first when the input shapes differ from the current plan's.
     pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
         let model = &*self.model;
-        self.engine.run(model.graph(), &|id| model.constant(id), inputs)
+        self.engine.run(&|id| model.constant(id), inputs)
     }
 
     /// The summary of the current plan, if any.
@@ -98,6 +99,9 @@ const PLAN_CACHE: usize = 4;
 /// graph and a constant lookup, so tests can drive it with in-memory models.
 #[derive(Debug)]
 struct Engine {
+    /// The model's graph with activations fused into convolutions ([`crate::fuse`]); `ops[i]`
+    /// runs `graph.nodes[i]`.
+    graph: Graph,
     ops: Vec<Box<dyn Op>>,
     /// Recently used plans, the current one last.
     plans: Vec<Plan>,
@@ -108,20 +112,37 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(graph: &Graph, options: SessionOptions) -> Result<Engine> {
+    fn new(graph: &Graph, constant: &ConstantFn<'_>, options: SessionOptions) -> Result<Engine> {
+        Engine::with_fusion(graph, constant, options, true)
+    }
+
+    /// [`Engine::new`], fusing activations into convolutions only when `fuse` is set (tests
+    /// compare both).
+    fn with_fusion(
+        graph: &Graph,
+        constant: &ConstantFn<'_>,
+        options: SessionOptions,
+        fuse: bool,
+    ) -> Result<Engine> {
         check_ids(graph)?;
+        let Fused { graph, activations } = if fuse {
+            fuse::fuse_activations(graph, constant)
+        } else {
+            Fused { graph: graph.clone(), activations: vec![Activation::None; graph.nodes.len()] }
+        };
         let ops = graph
             .nodes
             .iter()
+            .zip(activations)
             .enumerate()
-            .map(|(i, node)| ops::build(node).map_err(|e| node_error(node, i, e)))
+            .map(|(i, (node, act))| ops::build_fused(node, act).map_err(|e| node_error(node, i, e)))
             .collect::<Result<Vec<_>>>()?;
         log::debug!("session: {} ops built", ops.len());
         let kernels = Kernels::new(options.threads)
             .map_err(|e| RuntimeError::Graph(format!("cannot set up CPU kernels: {e}")))?;
         log::debug!("session: kernel path {}, {} thread(s)", kernels.isa().name, kernels.threads());
         let ctx = ExecCtx { kernels };
-        Ok(Engine { ops, plans: Vec::new(), backend: Box::new(CpuBackend::new()), options, ctx })
+        Ok(Engine { graph, ops, plans: Vec::new(), backend: Box::new(CpuBackend::new()), options, ctx })
     }
 
     /// The plan of the latest successful `plan` or `run`.
@@ -132,10 +153,10 @@ impl Engine {
     /// Makes the plan for these shapes current, reusing a cached one when the shapes were seen.
     fn plan(
         &mut self,
-        graph: &Graph,
         constant: &ConstantFn<'_>,
         input_shapes: &[(&str, Vec<usize>)],
     ) -> Result<PlanSummary> {
+        let graph = &self.graph;
         let bound = plan::bind_inputs(graph, input_shapes)?;
         let plan = match self.plans.iter().position(|p| p.input_shapes == bound.shapes) {
             Some(i) => self.plans.remove(i),
@@ -149,17 +170,13 @@ impl Engine {
         Ok(summary)
     }
 
-    fn run(
-        &mut self,
-        graph: &Graph,
-        constant: &ConstantFn<'_>,
-        inputs: &[(&str, Tensor)],
-    ) -> Result<Vec<(String, Tensor)>> {
+    fn run(&mut self, constant: &ConstantFn<'_>, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
         for (name, t) in inputs {
-            check_tensor(graph, name, t)?;
+            check_tensor(&self.graph, name, t)?;
         }
         let shapes: Vec<(&str, Vec<usize>)> = inputs.iter().map(|(n, t)| (*n, t.shape.clone())).collect();
-        self.plan(graph, constant, &shapes)?;
+        self.plan(constant, &shapes)?;
+        let graph = &self.graph;
         let plan = self.plans.last().expect("planned above");
         let by_graph_order: Vec<&Tensor> = graph
             .inputs
@@ -242,6 +259,13 @@ mod tests {
             id
         }
 
+        fn floats(&mut self, name: &str, shape: &[usize], v: Vec<f32>) -> ValueId {
+            let dims = shape.iter().map(|&d| Dim::Fixed(d as u64)).collect();
+            let id = self.value(name, ElemType::F32, Some(dims));
+            self.model.constants.push(Constant { value: id, data: TensorData::F32(v) });
+            id
+        }
+
         fn node(
             &mut self,
             op: OpKind,
@@ -278,20 +302,26 @@ mod tests {
 
     impl Mem {
         fn new(model: Model) -> Result<Mem> {
-            let engine = Engine::new(&model.graph, SessionOptions::default())?;
+            Mem::with_fusion(model, true)
+        }
+
+        fn with_fusion(model: Model, fuse: bool) -> Result<Mem> {
+            let consts = &model.constants;
+            let lookup = |id| consts.iter().find(|c| c.value == id).map(|c| c.data.view());
+            let engine = Engine::with_fusion(&model.graph, &lookup, SessionOptions::default(), fuse)?;
             Ok(Mem { model, engine })
         }
 
         fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
             let consts = &self.model.constants;
             let lookup = |id| consts.iter().find(|c| c.value == id).map(|c| c.data.view());
-            self.engine.run(&self.model.graph, &lookup, inputs)
+            self.engine.run(&lookup, inputs)
         }
 
         fn plan(&mut self, shapes: &[(&str, Vec<usize>)]) -> Result<PlanSummary> {
             let consts = &self.model.constants;
             let lookup = |id| consts.iter().find(|c| c.value == id).map(|c| c.data.view());
-            self.engine.plan(&self.model.graph, &lookup, shapes)
+            self.engine.plan(&lookup, shapes)
         }
     }
 
@@ -566,12 +596,53 @@ mod tests {
         let input = iota(&[1, 16, 32, 32]);
         let mut outs = Vec::new();
         for threads in [1, 3] {
-            let engine = Engine::new(&model.graph, SessionOptions { threads }).unwrap();
+            let engine = Engine::new(&model.graph, &|_| None, SessionOptions { threads }).unwrap();
             assert_eq!(engine.ctx.threads(), threads);
             let mut mem = Mem { model: model.clone(), engine };
             outs.push(mem.run(&[("x", input.clone())]).unwrap());
         }
         assert_eq!(outs[0], outs[1]);
+    }
+
+    #[test]
+    fn activations_fuse_into_convolutions_without_changing_results() {
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 2, 5, 5].iter().map(|&d| Dim::Fixed(d)).collect());
+            let w =
+                b.floats("w", &[3, 2, 3, 3], (0..54).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect());
+            let w2 = b.floats("w2", &[3, 3, 1, 1], vec![0.5, -1.0, 0.25, 1.5, 0.1, -0.3, -0.7, 0.9, 0.2]);
+            let (lo, hi) = (b.floats("lo", &[], vec![-0.5]), b.floats("hi", &[], vec![2.0]));
+            let y = b.node(OpKind::Conv, &[x, w], 1, vec![("pads", Attr::Ints(vec![1; 4]))])[0];
+            let z = b.node(OpKind::Relu, &[y], 1, vec![])[0]; // fuses
+            let u = b.node(OpKind::Conv, &[z, w2], 1, vec![])[0];
+            let v = b.node(OpKind::Clip, &[u, lo, hi], 1, vec![])[0]; // fuses, output is a graph output
+            let t = b.node(OpKind::Conv, &[v, w2], 1, vec![])[0];
+            let s = b.node(OpKind::Sigmoid, &[t], 1, vec![])[0]; // t is a graph output: no fusion
+            let r = b.node(OpKind::Relu, &[s], 1, vec![])[0]; // not after a conv: no fusion
+            for o in [v, t, r] {
+                b.output(o);
+            }
+            b.model
+        };
+        let x =
+            Tensor::from_f32(vec![1, 2, 5, 5], (0..50).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect());
+        let mut fused = Mem::with_fusion(build(), true).unwrap();
+        let mut plain = Mem::with_fusion(build(), false).unwrap();
+        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
+        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 5);
+        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 7);
+        assert_eq!(a.len(), 3);
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            assert_eq!(ta.shape, tb.shape);
+            for (p, q) in ta.as_f32().unwrap().iter().zip(tb.as_f32().unwrap()) {
+                assert!((p - q).abs() <= 1e-6 * q.abs().max(1.0), "{na}: {p} vs {q}");
+            }
+        }
+        // The clip bounds actually applied: some outputs sit exactly on them.
+        let v = a[0].1.as_f32().unwrap();
+        assert!(v.iter().all(|&e| (-0.5..=2.0).contains(&e)) && v.contains(&2.0), "{v:?}");
     }
 
     #[test]

@@ -165,6 +165,8 @@ impl Window {
 struct Conv {
     window: Window,
     group: usize,
+    /// Applied to the output in the kernel's epilogue (a fused activation node).
+    activation: Activation,
 }
 
 /// ONNX `ConvTranspose`.
@@ -172,6 +174,8 @@ struct Conv {
 struct ConvTranspose {
     window: Window,
     group: usize,
+    /// Applied to the output in the kernel's epilogue (a fused activation node).
+    activation: Activation,
     output_padding: Option<Vec<usize>>,
     output_shape: Option<Vec<usize>>,
 }
@@ -184,13 +188,13 @@ fn parse_group(node: &Node) -> OpResult<usize> {
         .ok_or_else(|| OpError(format!("attribute 'group' must be >= 1, found {g}")))
 }
 
-/// Builds the op for a `Conv` node.
-pub fn build_conv(node: &Node) -> OpResult<Box<dyn Op>> {
-    Ok(Box::new(Conv { window: Window::parse(node)?, group: parse_group(node)? }))
+/// Builds the op for a `Conv` node whose output then goes through `activation`.
+pub fn build_conv(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
+    Ok(Box::new(Conv { window: Window::parse(node)?, group: parse_group(node)?, activation }))
 }
 
-/// Builds the op for a `ConvTranspose` node.
-pub fn build_conv_transpose(node: &Node) -> OpResult<Box<dyn Op>> {
+/// Builds the op for a `ConvTranspose` node whose output then goes through `activation`.
+pub fn build_conv_transpose(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
     let non_negative = |name: &str| -> OpResult<Option<Vec<usize>>> {
         attrs::ints(node, name)?
             .map(|v| {
@@ -208,6 +212,7 @@ pub fn build_conv_transpose(node: &Node) -> OpResult<Box<dyn Op>> {
         group: parse_group(node)?,
         output_padding: non_negative("output_padding")?,
         output_shape: non_negative("output_shape")?,
+        activation,
     }))
 }
 
@@ -377,7 +382,7 @@ impl Op for Conv {
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
         ctx.kernels
-            .conv2d(&x.f32s()?, &weight.view(), b.as_deref(), &p, Activation::None, outputs[0].data, scratch)
+            .conv2d(&x.f32s()?, &weight.view(), b.as_deref(), &p, self.activation, outputs[0].data, scratch)
             .map_err(kernel_err)
     }
 }
@@ -494,7 +499,7 @@ impl Op for ConvTranspose {
                 &weight.view(),
                 b.as_deref(),
                 &p,
-                Activation::None,
+                self.activation,
                 outputs[0].data,
                 scratch,
             )
@@ -629,7 +634,7 @@ mod tests {
                 ("pads", ints(&[1, 0, 2, 3])),
             ],
         );
-        let op = build_conv(&n).unwrap();
+        let op = build_conv(&n, Activation::None).unwrap();
         let out = run(&*op, &[act(&xs, &x), act(&ws, &w), act(&[6], &b)]).unwrap();
         // H: (7 + 3 - 3) / 2 + 1 = 4; W: (9 + 3 - 3) / 1 + 1 = 10.
         assert_eq!(out[0].0, vec![2, 6, 4, 10]);
@@ -653,7 +658,7 @@ mod tests {
                     ("pads", ints(&[9, 9, 9, 9])), // ignored unless NOTSET
                 ],
             );
-            let op = build_conv(&n).unwrap();
+            let op = build_conv(&n, Activation::None).unwrap();
             let got = run(&*op, &[act(&xs, &x), act(&ws, &w)]).unwrap();
             assert_eq!(got[0].0, vec![1, 1, out, out], "{mode}");
             let want = naive_conv(&x, xs, &w, ws, None, 1, [2, 2], [1, 1], [pad, pad], [out, out]);
@@ -684,7 +689,7 @@ mod tests {
         };
         let x = values(6, 2 * 2 * 8);
         let n = node(OpKind::Conv, 2, vec![("pads", ints(&[1, 1]))]);
-        let op = build_conv(&n).unwrap();
+        let op = build_conv(&n, Activation::None).unwrap();
         let ws = [3, 2, 3];
         let w_arg = Some(Arg { shape: &ws, elem: ElemType::F32, data: Some(ArgData::Const(cb.view())) });
         let got = run(&*op, &[act(&[2, 2, 8], &x), w_arg]).unwrap();
@@ -696,7 +701,7 @@ mod tests {
 
     #[test]
     fn conv_rejects_bad_inputs() {
-        let op = build_conv(&node(OpKind::Conv, 2, vec![])).unwrap();
+        let op = build_conv(&node(OpKind::Conv, 2, vec![]), Activation::None).unwrap();
         let x = [0.0; 2 * 8];
         let err = op.infer(&[act(&[1, 2, 2, 2, 2], &x), act(&[1, 2, 1, 1, 1], &x)]);
         assert!(err.unwrap_err().0.contains("3-D"));
@@ -704,8 +709,10 @@ mod tests {
         assert!(err.is_err());
         let err = op.infer(&[act(&[1, 2, 4, 2], &x), act(&[1, 2, 5, 1], &x[..10])]);
         assert!(err.unwrap_err().0.contains("larger"));
-        assert!(build_conv(&node(OpKind::Conv, 2, vec![("strides", ints(&[0, 1]))])).is_err());
-        assert!(build_conv(&node(OpKind::Conv, 2, vec![("group", Attr::Int(0))])).is_err());
+        assert!(
+            build_conv(&node(OpKind::Conv, 2, vec![("strides", ints(&[0, 1]))]), Activation::None).is_err()
+        );
+        assert!(build_conv(&node(OpKind::Conv, 2, vec![("group", Attr::Int(0))]), Activation::None).is_err());
     }
 
     /// Direct transposed convolution with explicit begin pads; output extents given.
@@ -766,7 +773,7 @@ mod tests {
                 ("output_padding", ints(&[1, 0])),
             ],
         );
-        let op = build_conv_transpose(&n).unwrap();
+        let op = build_conv_transpose(&n, Activation::None).unwrap();
         let got = run(&*op, &[act(&xs, &x), act(&ws, &w)]).unwrap();
         assert_eq!(got[0].0, vec![1, 2, 8, 3]);
         assert_close(&got[0].1, &naive_conv_transpose(&x, xs, &w, ws, 1, [3, 2], [1, 2], [8, 3]));
@@ -778,7 +785,7 @@ mod tests {
             vec![("strides", ints(&[3, 2])), ("output_shape", ints(&[8, 6])), ("group", Attr::Int(2))],
         );
         let wg = [2, 1, 3, 3];
-        let op = build_conv_transpose(&n).unwrap();
+        let op = build_conv_transpose(&n, Activation::None).unwrap();
         let got = run(&*op, &[act(&xs, &x), act(&wg, &w[..18])]).unwrap();
         assert_eq!(got[0].0, vec![1, 2, 8, 6]);
         assert_close(&got[0].1, &naive_conv_transpose(&x, xs, &w[..18], wg, 2, [3, 2], [1, 1], [8, 6]));
@@ -791,14 +798,14 @@ mod tests {
                 2,
                 vec![("strides", ints(&[2, 2])), ("auto_pad", Attr::Str(mode.into()))],
             );
-            let op = build_conv_transpose(&n).unwrap();
+            let op = build_conv_transpose(&n, Activation::None).unwrap();
             let got = run(&*op, &[act(&xs, &x), act(&ws1, &w[..18])]).unwrap();
             assert_eq!(got[0].0, vec![1, 1, 6, 6]);
             let want = naive_conv_transpose(&x, xs, &w[..18], ws1, 1, [2, 2], [begin; 2], [6, 6]);
             assert_close(&got[0].1, &want);
         }
         let n = node(OpKind::ConvTranspose, 2, vec![("output_shape", ints(&[20, 20]))]);
-        let op = build_conv_transpose(&n).unwrap();
+        let op = build_conv_transpose(&n, Activation::None).unwrap();
         assert!(op.infer(&[act(&xs, &x), act(&ws, &w)]).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use pith_format::ir::{ElemType, Node, OpKind};
 use pith_format::TensorView;
-use pith_kernels::Kernels;
+use pith_kernels::{Activation, Kernels};
 
 use crate::error::OpError;
 use crate::tensor::{Tensor, TensorBuf};
@@ -167,10 +167,19 @@ pub trait Op: Send + Sync + std::fmt::Debug {
 
 /// Parses a node into a runnable op, checking its attributes.
 pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+    build_fused(node, Activation::None)
+}
+
+/// [`build`] for a node whose output then goes through `activation` (see [`crate::fuse`]); only
+/// convolutions take one.
+pub fn build_fused(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
     use OpKind::*;
+    if activation != Activation::None && !matches!(node.op, Conv | ConvTranspose) {
+        return Err(OpError(format!("{} cannot apply a fused activation", node.op.onnx_name())));
+    }
     match node.op {
-        Conv => conv::build_conv(node),
-        ConvTranspose => conv::build_conv_transpose(node),
+        Conv => conv::build_conv(node, activation),
+        ConvTranspose => conv::build_conv_transpose(node, activation),
         Gemm => gemm::build_gemm(node),
         MatMul => gemm::build_matmul(node),
         BatchNormalization => norm::build_batch_norm(node),

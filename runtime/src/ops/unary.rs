@@ -4,8 +4,11 @@
 use pith_format::ir::{ElemType, Node, OpKind};
 use pith_kernels::Activation;
 
+use pith_format::TensorView;
+
 use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
+use crate::plan::ConstantFn;
 
 /// The function a unary op applies.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,7 +32,12 @@ struct Unary {
 
 /// Builds the op for a unary node.
 pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
-    let func = match node.op {
+    Ok(Box::new(Unary { func: build_func(node)? }))
+}
+
+/// The function of a unary node.
+fn build_func(node: &Node) -> OpResult<Func> {
+    Ok(match node.op {
         OpKind::Sqrt => Func::Sqrt,
         OpKind::Tanh => Func::Tanh,
         OpKind::Relu => Func::Act(Activation::Relu),
@@ -45,8 +53,29 @@ pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
             max: attrs::float(node, "max", f32::INFINITY)?,
         },
         other => op_bail!("{} is not a unary op", other.onnx_name()),
-    };
-    Ok(Box::new(Unary { func }))
+    })
+}
+
+/// The activation a conv's epilogue may apply instead of running `node`, when `node` is a unary
+/// activation the kernels implement and (for `Clip`) its bounds are constant scalars.
+pub fn fusable_activation(node: &Node, constant: &ConstantFn<'_>) -> Option<Activation> {
+    let Ok(op) = build_func(node) else { return None };
+    match op {
+        Func::Act(a) => Some(a),
+        Func::Clip { min, max } => {
+            let bound = |i: usize, default: f32| -> Option<f32> {
+                match node.inputs.get(i) {
+                    Some(Some(id)) => match constant(*id)? {
+                        TensorView::F32([x]) => Some(*x),
+                        _ => None,
+                    },
+                    _ => Some(default),
+                }
+            };
+            Some(Activation::Clip { min: bound(1, min)?, max: bound(2, max)? })
+        }
+        Func::Sqrt | Func::Tanh => None,
+    }
 }
 
 /// Clip bound from optional input `i` (a scalar), or `default`.
