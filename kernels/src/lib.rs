@@ -136,6 +136,14 @@ impl Kernels {
         self.pool.as_deref()
     }
 
+    /// Runs `f(start, part)` over contiguous parts of `out` on this kernel set's threads, for
+    /// element-wise work outside the kernels (the runtime's arithmetic and activations): one part
+    /// per thread when each gets at least `min_len` elements, else one call on the caller's
+    /// thread. `part` is `out[start..start + part.len()]`; parts start at multiples of 16.
+    pub fn for_each_part(&self, out: &mut [f32], min_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+        parallel::split_elements(self, out, min_len, f)
+    }
+
     /// f32 scratch elements [`Kernels::conv2d`] needs for `p`: one share per worker thread.
     pub fn conv2d_scratch_len(&self, p: &Conv2dParams) -> usize {
         conv::scratch_len(p) * self.threads

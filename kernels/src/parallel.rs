@@ -46,6 +46,31 @@ pub(crate) fn split_units<F>(
     }
 }
 
+/// Runs `f(start, part)` over contiguous parts of `out` (`part = out[start..start + part.len()]`),
+/// one per thread when every part gets at least `min_len` elements, else once on the caller's
+/// thread. Parts start at multiples of 16 elements (64 bytes: whole cache lines per thread).
+pub(crate) fn split_elements<F>(kernels: &Kernels, out: &mut [f32], min_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let tasks = kernels.threads().min(out.len() / min_len.max(1)).max(1);
+    match kernels.pool() {
+        Some(pool) if tasks > 1 => {
+            let part = out.len().div_ceil(tasks).next_multiple_of(16);
+            let f = &f;
+            let mut parts = out.chunks_mut(part).enumerate();
+            let (_, first) = parts.next().expect("tasks > 1 means a non-empty output");
+            pool.in_place_scope(|scope| {
+                for (t, chunk) in parts {
+                    scope.spawn(move |_| f(t * part, chunk));
+                }
+                f(0, first);
+            });
+        }
+        _ => f(0, out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -71,6 +96,28 @@ mod tests {
             assert!(y[r.start * 2..r.end * 2].iter().all(|&x| x == r.start as f32));
         }
         v
+    }
+
+    #[test]
+    fn element_parts_cover_the_output_once_and_only_split_when_large() {
+        let k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
+        for (len, min_len, want_parts) in
+            [(1000, 100, 3), (1000, 400, 2), (1000, 1000, 1), (5, 1, 1), (0, 1, 1)]
+        {
+            let parts = Mutex::new(Vec::new());
+            let mut out = vec![-1.0f32; len];
+            split_elements(&k, &mut out, min_len, |start, part| {
+                assert_eq!(start % 16, 0);
+                for (i, v) in part.iter_mut().enumerate() {
+                    *v = (start + i) as f32;
+                }
+                parts.lock().unwrap().push(start);
+            });
+            assert!(out.iter().enumerate().all(|(i, &v)| v == i as f32), "len {len}");
+            let n = parts.into_inner().unwrap().len();
+            // 5 elements in parts of 16: one part however many threads.
+            assert_eq!(n, want_parts, "len {len}, min_len {min_len}");
+        }
     }
 
     #[test]

@@ -56,76 +56,108 @@ pub(crate) fn zip_broadcast<T: Copy, U>(
     out: &mut [U],
     f: impl Fn(T, T) -> U,
 ) {
-    if out.is_empty() {
-        return;
+    Broadcast::new(a_shape, b_shape, out_shape).zip(a, b, 0, out, f)
+}
+
+/// The broadcast of two operands into an output, as coalesced loops: outer axes (extent, a
+/// stride, b stride), outermost first, and one inner axis.
+struct Broadcast {
+    outer: Vec<(usize, usize, usize)>,
+    inner: (usize, usize, usize),
+}
+
+impl Broadcast {
+    fn new(a_shape: &[usize], b_shape: &[usize], out_shape: &[usize]) -> Broadcast {
+        let sa = strides_in(a_shape, out_shape);
+        let sb = strides_in(b_shape, out_shape);
+        // Extents of 1 are dropped; neighbours whose strides chain are merged.
+        let mut axes: Vec<(usize, usize, usize)> = Vec::new();
+        for i in 0..out_shape.len() {
+            let (n, x, y) = (out_shape[i], sa[i], sb[i]);
+            if n == 1 {
+                continue;
+            }
+            match axes.last_mut() {
+                Some(last) if last.1 == x * n && last.2 == y * n => {
+                    last.0 *= n;
+                    last.1 = x;
+                    last.2 = y;
+                }
+                _ => axes.push((n, x, y)),
+            }
+        }
+        let inner = axes.pop().unwrap_or((1, 0, 0));
+        Broadcast { outer: axes, inner }
     }
-    if a.len() == out.len() && b.len() == out.len() {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
+
+    /// Computes output elements `start .. start + out.len()` into `out`.
+    fn zip<T: Copy, U>(&self, a: &[T], b: &[T], start: usize, out: &mut [U], f: impl Fn(T, T) -> U) {
+        let (inner, ia, ib) = self.inner;
+        if out.is_empty() || inner == 0 {
+            return;
         }
-        return;
-    }
-    let sa = strides_in(a_shape, out_shape);
-    let sb = strides_in(b_shape, out_shape);
-    // Coalesced axes (extent, a stride, b stride), outermost first; extents of 1 dropped.
-    let mut axes: Vec<(usize, usize, usize)> = Vec::new();
-    for i in 0..out_shape.len() {
-        let (n, x, y) = (out_shape[i], sa[i], sb[i]);
-        if n == 1 {
-            continue;
+        // Position the odometer over the outer axes at the block holding `start`.
+        let (mut block, mut j0) = (start / inner, start % inner);
+        let mut idx = vec![0usize; self.outer.len()];
+        let (mut oa, mut ob) = (0usize, 0usize);
+        for d in (0..self.outer.len()).rev() {
+            let (n, x, y) = self.outer[d];
+            idx[d] = block % n;
+            block /= n;
+            oa += idx[d] * x;
+            ob += idx[d] * y;
         }
-        match axes.last_mut() {
-            Some(last) if last.1 == x * n && last.2 == y * n => {
-                last.0 *= n;
-                last.1 = x;
-                last.2 = y;
-            }
-            _ => axes.push((n, x, y)),
-        }
-    }
-    let (inner, ia, ib) = axes.pop().unwrap_or((1, 0, 0));
-    let outer: usize = axes.iter().map(|a| a.0).product();
-    let mut idx = vec![0usize; axes.len()];
-    let (mut oa, mut ob) = (0usize, 0usize);
-    for chunk in out.chunks_exact_mut(inner).take(outer) {
-        match (ia, ib) {
-            (1, 1) => {
-                for ((o, &x), &y) in chunk.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner]) {
-                    *o = f(x, y);
+        let mut pos = 0;
+        while pos < out.len() {
+            let n = (inner - j0).min(out.len() - pos);
+            let chunk = &mut out[pos..pos + n];
+            let (ba, bb) = (oa + j0 * ia, ob + j0 * ib);
+            match (ia, ib) {
+                (1, 1) => {
+                    for ((o, &x), &y) in chunk.iter_mut().zip(&a[ba..ba + n]).zip(&b[bb..bb + n]) {
+                        *o = f(x, y);
+                    }
+                }
+                (1, 0) => {
+                    let y = b[bb];
+                    for (o, &x) in chunk.iter_mut().zip(&a[ba..ba + n]) {
+                        *o = f(x, y);
+                    }
+                }
+                (0, 1) => {
+                    let x = a[ba];
+                    for (o, &y) in chunk.iter_mut().zip(&b[bb..bb + n]) {
+                        *o = f(x, y);
+                    }
+                }
+                _ => {
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        *o = f(a[ba + j * ia], b[bb + j * ib]);
+                    }
                 }
             }
-            (1, 0) => {
-                let y = b[ob];
-                for (o, &x) in chunk.iter_mut().zip(&a[oa..oa + inner]) {
-                    *o = f(x, y);
+            pos += n;
+            j0 = 0;
+            // Advance the odometer over the outer axes.
+            for d in (0..self.outer.len()).rev() {
+                let (n, x, y) = self.outer[d];
+                idx[d] += 1;
+                oa += x;
+                ob += y;
+                if idx[d] < n {
+                    break;
                 }
+                oa -= x * n;
+                ob -= y * n;
+                idx[d] = 0;
             }
-            (0, 1) => {
-                let x = a[oa];
-                for (o, &y) in chunk.iter_mut().zip(&b[ob..ob + inner]) {
-                    *o = f(x, y);
-                }
-            }
-            _ => {
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    *o = f(a[oa + j * ia], b[ob + j * ib]);
-                }
-            }
-        }
-        // Advance the odometer over the outer axes.
-        for d in (0..axes.len()).rev() {
-            idx[d] += 1;
-            oa += axes[d].1;
-            ob += axes[d].2;
-            if idx[d] < axes[d].0 {
-                break;
-            }
-            oa -= axes[d].1 * axes[d].0;
-            ob -= axes[d].2 * axes[d].0;
-            idx[d] = 0;
         }
     }
 }
+
+/// Output elements below which an element-wise op stays on one thread (about 64 KiB per part:
+/// less work than waking a pool worker costs).
+pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
 /// Which binary operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,18 +197,27 @@ fn two<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<(&'b Arg<'a>, &'b Arg<
     }
 }
 
-/// `out = a (op) b` with broadcasting. Each arm passes its own closure so the element loop is
-/// monomorphised and vectorised (a function pointer would cost an indirect call per element).
-fn zip_f32(kind: Kind, a: (&[f32], &[usize]), b: (&[f32], &[usize]), shape: &[usize], out: &mut [f32]) {
+/// `out = a (op) b` with broadcasting, split over the session's threads when large. Each arm
+/// passes its own closure so the element loop is monomorphised and vectorised (a function pointer
+/// would cost an indirect call per element).
+fn zip_f32(
+    kind: Kind,
+    a: (&[f32], &[usize]),
+    b: (&[f32], &[usize]),
+    shape: &[usize],
+    out: &mut [f32],
+    ctx: &ExecCtx,
+) {
     let ((x, xs), (y, ys)) = (a, b);
-    match kind {
-        Kind::Add => zip_broadcast(x, xs, y, ys, shape, out, |a, b| a + b),
-        Kind::Sub => zip_broadcast(x, xs, y, ys, shape, out, |a, b| a - b),
-        Kind::Mul => zip_broadcast(x, xs, y, ys, shape, out, |a, b| a * b),
-        Kind::Div => zip_broadcast(x, xs, y, ys, shape, out, |a, b| a / b),
-        Kind::Pow => zip_broadcast(x, xs, y, ys, shape, out, f32::powf),
-        Kind::PRelu => zip_broadcast(x, xs, y, ys, shape, out, |x, s| if x < 0.0 { s * x } else { x }),
-    }
+    let bc = Broadcast::new(xs, ys, shape);
+    ctx.kernels.for_each_part(out, PARALLEL_MIN_ELEMENTS, |start, part| match kind {
+        Kind::Add => bc.zip(x, y, start, part, |a, b| a + b),
+        Kind::Sub => bc.zip(x, y, start, part, |a, b| a - b),
+        Kind::Mul => bc.zip(x, y, start, part, |a, b| a * b),
+        Kind::Div => bc.zip(x, y, start, part, |a, b| a / b),
+        Kind::Pow => bc.zip(x, y, start, part, f32::powf),
+        Kind::PRelu => bc.zip(x, y, start, part, |x, s| if x < 0.0 { s * x } else { x }),
+    });
 }
 
 /// Integer arithmetic; `None` marks an undefined result (division by zero, overflow, negative power).
@@ -239,7 +280,7 @@ impl Op for Binary {
         }
         let mut out = vec![0.0; shape.iter().product()];
         let (x, y) = (a.f32s()?, b.f32s()?);
-        zip_f32(self.kind, (&x, a.shape), (&y, b.shape), &shape, &mut out);
+        zip_f32(self.kind, (&x, a.shape), (&y, b.shape), &shape, &mut out, &ExecCtx::default());
         Ok(Some(vec![Tensor::from_f32(shape, out)]))
     }
 
@@ -248,7 +289,7 @@ impl Op for Binary {
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
         _scratch: &mut [f32],
-        _ctx: &ExecCtx,
+        ctx: &ExecCtx,
     ) -> OpResult<()> {
         let (a, b) = two(inputs)?;
         if a.elem != ElemType::F32 {
@@ -256,7 +297,7 @@ impl Op for Binary {
         }
         let (x, y) = (a.f32s()?, b.f32s()?);
         let out = &mut outputs[0];
-        zip_f32(self.kind, (&x, a.shape), (&y, b.shape), out.shape, out.data);
+        zip_f32(self.kind, (&x, a.shape), (&y, b.shape), out.shape, out.data, ctx);
         Ok(())
     }
 }
@@ -317,6 +358,47 @@ mod tests {
             }
         }
         assert!(broadcast_shapes(&[2, 3], &[4, 3]).is_err());
+    }
+
+    /// Any output range, computed alone, equals the same elements of the whole output: the
+    /// property the multi-threaded split relies on (parts start mid-block and mid-odometer).
+    #[test]
+    fn output_ranges_match_the_whole() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[2, 3, 5, 7], &[2, 3, 5, 7]),
+            (&[2, 3, 5, 7], &[1, 3, 1, 1]),
+            (&[3, 1, 5], &[4, 1]),
+            (&[2, 1, 3, 1], &[5, 1, 2]),
+            (&[1, 7, 1], &[6, 1, 5]),
+        ];
+        for &(sa, sb) in cases {
+            let (a, b) = (values(1, sa.iter().product()), values(2, sb.iter().product()));
+            let shape = broadcast_shapes(sa, sb).unwrap();
+            let bc = Broadcast::new(sa, sb, &shape);
+            let n: usize = shape.iter().product();
+            let mut whole = vec![0.0f32; n];
+            bc.zip(&a, &b, 0, &mut whole, |x, y| x * 3.0 - y);
+            for (start, len) in [(0, 1), (1, 4), (3, 11), (n / 2, n - n / 2), (n - 1, 1), (5, n - 9)] {
+                let mut part = vec![0.0f32; len];
+                bc.zip(&a, &b, start, &mut part, |x, y| x * 3.0 - y);
+                assert_eq!(part, whole[start..start + len], "{sa:?} {sb:?} from {start}, {len} elements");
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_run_matches_single_threaded() {
+        let (sa, sb): (&[usize], &[usize]) = (&[1, 8, 67, 67], &[1, 8, 1, 1]);
+        let (a, b) = (values(3, sa.iter().product()), values(4, sb.iter().product()));
+        assert!(a.len() >= 2 * PARALLEL_MIN_ELEMENTS, "large enough to split over 3 threads");
+        let op = build(&node(OpKind::Mul, 2, vec![])).unwrap();
+        let one = run(&*op, &[act(sa, &a), act(sb, &b)]).unwrap();
+        let ctx = ExecCtx { kernels: pith_kernels::Kernels::new(3).unwrap() };
+        let mut out = vec![0.0f32; a.len()];
+        let args = [act(sa, &a), act(sb, &b)];
+        let mut outs = [Out { shape: sa, data: &mut out }];
+        op.run(&args, &mut outs, &mut [], &ctx).unwrap();
+        assert_eq!(out, one[0].1);
     }
 
     /// The element formula each operator must match, written independently of the op.

@@ -6,6 +6,7 @@ use pith_kernels::Activation;
 
 use pith_format::TensorView;
 
+use super::binary::PARALLEL_MIN_ELEMENTS;
 use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
 use crate::plan::ConstantFn;
@@ -108,7 +109,7 @@ impl Op for Unary {
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
         _scratch: &mut [f32],
-        _ctx: &ExecCtx,
+        ctx: &ExecCtx,
     ) -> OpResult<()> {
         let Some(Some(x)) = inputs.first() else {
             op_bail!("missing input");
@@ -117,11 +118,11 @@ impl Op for Unary {
         let y = &mut *outputs[0].data;
         let act = match self.func {
             Func::Sqrt => {
-                map(&x, y, f32::sqrt);
+                map(&x, y, ctx, f32::sqrt);
                 return Ok(());
             }
             Func::Tanh => {
-                map(&x, y, f32::tanh);
+                map(&x, y, ctx, f32::tanh);
                 return Ok(());
             }
             Func::Clip { min, max } => {
@@ -129,16 +130,21 @@ impl Op for Unary {
             }
             Func::Act(a) => a,
         };
-        y.copy_from_slice(&x);
-        act.apply_slice(y);
+        ctx.kernels.for_each_part(y, PARALLEL_MIN_ELEMENTS, |start, part| {
+            part.copy_from_slice(&x[start..start + part.len()]);
+            act.apply_slice(part);
+        });
         Ok(())
     }
 }
 
-fn map(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = f(v);
-    }
+/// `y = f(x)` element by element, split over the session's threads when large.
+fn map(x: &[f32], y: &mut [f32], ctx: &ExecCtx, f: impl Fn(f32) -> f32 + Sync) {
+    ctx.kernels.for_each_part(y, PARALLEL_MIN_ELEMENTS, |start, part| {
+        for (o, &v) in part.iter_mut().zip(&x[start..]) {
+            *o = f(v);
+        }
+    });
 }
 
 #[cfg(test)]
