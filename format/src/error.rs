@@ -194,6 +194,16 @@ pub enum FormatError {
         /// Codebook entries.
         entries: usize,
     },
+    /// A Huffman-coded index stream is malformed (header, code-length table or bitstream).
+    #[error("constant value #{id} '{name}': bad Huffman-coded indices: {reason}")]
+    BadHuffman {
+        /// Value id.
+        id: u32,
+        /// Value name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A centroid or scale is NaN or infinite.
     #[error("constant value #{id} '{name}': {what} #{pos} is not finite ({value})")]
     NonFinite {

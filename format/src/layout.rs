@@ -244,6 +244,8 @@ pub const ENC_F16: u8 = 1;
 pub const ENC_I64: u8 = 2;
 /// See [`ENC_F32`].
 pub const ENC_CODEBOOK: u8 = 3;
+/// Codebook with Huffman-coded indices (format 1.1). See [`ENC_F32`].
+pub const ENC_CODEBOOK_HUFFMAN: u8 = 4;
 
 /// Centroid precision codes.
 pub const CENTROIDS_F32: u8 = 0;
@@ -278,7 +280,7 @@ pub struct ConstRec {
     pub entries: u16,
     /// Reserved, 0.
     pub reserved: u16,
-    /// Element data (plain encodings) or packed indices (codebook).
+    /// Element data (plain encodings), packed indices (codebook) or Huffman-coded indices.
     pub data: Blob,
     /// Codebook centroids; else empty.
     pub centroids: Blob,

@@ -4,16 +4,20 @@
 //! * [`write`] validates an owned [`ir::Model`] and turns it into file bytes (deterministically).
 //! * [`PithFile::open`] maps a file read-only (tensor data is never copied), validates everything
 //!   once, and then hands out the parsed [`ir::Graph`] and zero-copy [`TensorView`]s of its
-//!   constants; [`PithFile::from_bytes`] does the same for bytes in memory.
+//!   constants; [`PithFile::from_bytes`] does the same for bytes in memory. Huffman-coded index
+//!   streams ([`write_with`] with [`Entropy::Huffman`]) are decoded once at open into owned,
+//!   aligned packed buffers, whose views look exactly like mapped ones.
 //!
 //! Module map: `layout` (on-disk records), `sections` (header, table, checksums), `parse`
 //! (metadata to [`ir::Graph`]), `validate` (rules shared by reader and writer), `reader`,
-//! `writer`, `storage` (mmap or 64-byte aligned buffer), `error` ([`FormatError`]).
+//! `writer`, `huffman` (entropy coding of index streams), `storage` (mmap or 64-byte aligned
+//! buffer), `error` ([`FormatError`]).
 #![warn(missing_docs)]
 
 pub mod ir;
 
 mod error;
+mod huffman;
 mod layout;
 mod parse;
 mod reader;
@@ -27,12 +31,15 @@ mod writer;
 mod tests;
 
 pub use error::FormatError;
-pub use reader::PithFile;
+pub use reader::{EntropyStats, PithFile};
 pub use view::{CentroidsView, CodebookView, TensorView};
 pub use writer::{write, write_with, Entropy, WriteOptions};
 
 /// Major format version this crate writes and the newest it reads; files with a newer major
 /// version are refused.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Minor format version this crate writes; files with any minor version of [`FORMAT_MAJOR`] are read.
-pub const FORMAT_MINOR: u16 = 0;
+/// Newest minor format version this crate writes; files with any minor version of [`FORMAT_MAJOR`]
+/// are read. The writer records the lowest minor version whose features a file uses: 1 (Huffman-coded
+/// indices) only when some constant is Huffman-coded, 0 otherwise, so such files stay readable by 1.0
+/// readers.
+pub const FORMAT_MINOR: u16 = 1;

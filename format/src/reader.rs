@@ -3,17 +3,20 @@
 use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use half::f16;
 
 use crate::error::FormatError;
+use crate::huffman::{self, Packing};
 use crate::ir::{CodebookKind, ElemType, Graph, Value, ValueId};
 use crate::layout::*;
 use crate::parse::{parse_graph, records};
 use crate::sections::{read_sections, Section};
-use crate::storage::Storage;
+use crate::storage::{AlignedBuf, Storage};
 use crate::validate::{self, bad_constant, CodebookParams};
 use crate::view::{CentroidsView, CodebookView, TensorView};
+use crate::writer::Entropy;
 
 type Result<T> = std::result::Result<T, FormatError>;
 
@@ -22,7 +25,10 @@ type Result<T> = std::result::Result<T, FormatError>;
 struct ConstEntry {
     value: ValueId,
     encoding: Encoding,
+    /// The stored data: elements, packed indices, or Huffman-coded indices.
     data: Range<usize>,
+    /// Huffman-coded indices: their packed form, an index into `PithFile::decoded`.
+    decoded: Option<usize>,
     centroids: Range<usize>,
     scales: Range<usize>,
 }
@@ -40,7 +46,22 @@ enum Encoding {
         rows: usize,
         row_len: usize,
         row_stride: usize,
+        /// Indices Huffman-coded in the file (encoding 4).
+        huffman: bool,
     },
+}
+
+/// What entropy decoding cost at open ([`PithFile::entropy_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntropyStats {
+    /// Number of constants whose indices are Huffman-coded in the file.
+    pub huffman_tensors: usize,
+    /// Bytes of Huffman blobs in the file (headers, code-length tables and bitstreams).
+    pub coded_bytes: usize,
+    /// Bytes of packed indices they decode to (held in memory, not mapped).
+    pub decoded_bytes: usize,
+    /// Wall time spent checking and decoding them at open (not counting the other validation).
+    pub decode_time: Duration,
 }
 
 /// A validated `.pith` file: the parsed graph plus constant data used in place.
@@ -55,6 +76,9 @@ pub struct PithFile {
     constants: Vec<ConstEntry>,
     /// For each value id, its index in `constants` or `u32::MAX`.
     const_index: Vec<u32>,
+    /// Packed indices of the Huffman-coded constants, decoded at open.
+    decoded: Vec<AlignedBuf>,
+    entropy: EntropyStats,
 }
 
 impl std::fmt::Debug for PithFile {
@@ -72,6 +96,7 @@ impl std::fmt::Debug for PithFile {
 
 impl PithFile {
     /// Maps the file at `path` read-only (tensor data is not copied) and validates it.
+    /// Huffman-coded index streams are decoded once here into owned packed buffers.
     pub fn open(path: impl AsRef<Path>) -> Result<PithFile> {
         let path = path.as_ref();
         let io = |source| FormatError::Io { path: path.to_path_buf(), source };
@@ -103,11 +128,34 @@ impl PithFile {
         let data = sections.get(SectionKind::Data);
         let mut constants = Vec::with_capacity(recs.len());
         let mut const_index = vec![u32::MAX; graph.values.len()];
+        let mut decoded = Vec::new();
+        let mut entropy = EntropyStats::default();
         for (i, r) in recs.iter().enumerate() {
             // check_graph range-checked the id and that no value has two definitions.
-            let entry = const_entry(&graph.values[r.value as usize], r, data)?;
-            let view = make_view(bytes, &entry)
-                .map_err(|e| bad_constant(r.value, &graph.values[r.value as usize], e))?;
+            let v = &graph.values[r.value as usize];
+            let mut entry = const_entry(v, r, data)?;
+            if let Encoding::Codebook { huffman: true, .. } = entry.encoding {
+                if sections.version.1 < 1 {
+                    return Err(bad_constant(
+                        r.value,
+                        v,
+                        format!(
+                            "Huffman-coded indices (encoding {ENC_CODEBOOK_HUFFMAN}) need format 1.1, \
+                             but the file says {}.{}",
+                            sections.version.0, sections.version.1
+                        ),
+                    ));
+                }
+                let start = Instant::now();
+                let buf = decode_huffman(bytes, &entry, v)?;
+                entropy.decode_time += start.elapsed();
+                entropy.huffman_tensors += 1;
+                entropy.coded_bytes += entry.data.len();
+                entropy.decoded_bytes += buf.bytes().len();
+                entry.decoded = Some(decoded.len());
+                decoded.push(buf);
+            }
+            let view = make_view(bytes, &decoded, &entry).map_err(|e| bad_constant(r.value, v, e))?;
             if let TensorView::Codebook(c) = &view {
                 validate::check_codebook_contents(r.value, &graph.values[r.value as usize], c)?;
             }
@@ -123,7 +171,16 @@ impl PithFile {
             graph.nodes.len(),
             constants.len()
         );
-        Ok(PithFile { storage, graph, producer, version, constants, const_index })
+        if entropy.huffman_tensors > 0 {
+            log::debug!(
+                "decoded {} Huffman-coded tensors: {} -> {} bytes in {:?}",
+                entropy.huffman_tensors,
+                entropy.coded_bytes,
+                entropy.decoded_bytes,
+                entropy.decode_time
+            );
+        }
+        Ok(PithFile { storage, graph, producer, version, constants, const_index, decoded, entropy })
     }
 
     /// The graph, parsed once at open.
@@ -136,10 +193,27 @@ impl PithFile {
         self.constants.get(i as usize)
     }
 
-    /// A zero-copy view of constant `value`'s data; `None` if `value` is not a constant.
+    /// A view of constant `value`'s data; `None` if `value` is not a constant. The view borrows
+    /// the mapped file (zero-copy), or for Huffman-coded indices the packed buffer decoded at open;
+    /// both look the same (packed rows, 64-byte aligned).
     pub fn constant(&self, value: ValueId) -> Option<TensorView<'_>> {
         // Validated at open, so `make_view` cannot fail here.
-        make_view(self.storage.bytes(), self.entry(value)?).ok()
+        make_view(self.storage.bytes(), &self.decoded, self.entry(value)?).ok()
+    }
+
+    /// The entropy coding of constant `value`'s indices in the file: [`Entropy::Huffman`] for a
+    /// Huffman-coded codebook tensor, [`Entropy::None`] otherwise (also for non-constants).
+    pub fn constant_entropy(&self, value: ValueId) -> Entropy {
+        match self.entry(value).map(|e| e.encoding) {
+            Some(Encoding::Codebook { huffman: true, .. }) => Entropy::Huffman,
+            _ => Entropy::None,
+        }
+    }
+
+    /// What entropy decoding cost at open: how many tensors were Huffman-coded, their coded and
+    /// decoded sizes, and the time spent decoding them. All zero for a file without entropy coding.
+    pub fn entropy_stats(&self) -> EntropyStats {
+        self.entropy
     }
 
     /// The value ids of every constant, in file order.
@@ -148,7 +222,8 @@ impl PithFile {
     }
 
     /// Bytes constant `value`'s data occupies in the file (data or indices + centroids + scales,
-    /// without alignment padding); 0 if `value` is not a constant.
+    /// without alignment padding; Huffman-coded indices count at their coded size); 0 if `value`
+    /// is not a constant.
     pub fn constant_bytes(&self, value: ValueId) -> usize {
         self.entry(value).map_or(0, |e| e.data.len() + e.centroids.len() + e.scales.len())
     }
@@ -213,13 +288,21 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
             return Err(bad(format!("{enc} constant has non-zero codebook fields")));
         }
         check_len(&format!("{enc} data"), r.data.len, validate::data_len(id, v, &shape, size)?)?;
-        Ok(ConstEntry { value: id, encoding, data: blob(r.data, "data")?, centroids: 0..0, scales: 0..0 })
+        Ok(ConstEntry {
+            value: id,
+            encoding,
+            data: blob(r.data, "data")?,
+            decoded: None,
+            centroids: 0..0,
+            scales: 0..0,
+        })
     };
     match r.encoding {
         ENC_F32 => plain(ElemType::F32, "f32", 4, Encoding::F32),
         ENC_F16 => plain(ElemType::F32, "f16", 2, Encoding::F16),
         ENC_I64 => plain(ElemType::I64, "i64", 8, Encoding::I64),
-        ENC_CODEBOOK => {
+        ENC_CODEBOOK | ENC_CODEBOOK_HUFFMAN => {
+            let huffman = r.encoding == ENC_CODEBOOK_HUFFMAN;
             check_elem(ElemType::F32, "codebook")?;
             let enum_err = |what, value: u8| FormatError::BadEnum {
                 what,
@@ -246,7 +329,10 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
                 row_len: shape.row_len as u64,
             };
             let lay = validate::codebook_layout(id, v, &shape, params)?;
-            check_len("codebook indices", r.data.len, lay.indices_len)?;
+            if !huffman {
+                // Huffman blob sizes are checked when decoding.
+                check_len("codebook indices", r.data.len, lay.indices_len)?;
+            }
             let centroid_bytes =
                 lay.centroid_count.checked_mul(csize).ok_or_else(|| bad("centroid size overflows".into()))?;
             check_len("codebook centroids", r.centroids.len, centroid_bytes)?;
@@ -263,8 +349,10 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
                     rows: lay.rows,
                     row_len: lay.row_len,
                     row_stride: lay.row_stride,
+                    huffman,
                 },
                 data: blob(r.data, "indices")?,
+                decoded: None,
                 centroids: blob(r.centroids, "centroids")?,
                 scales: blob(r.scales, "scales")?,
             })
@@ -277,17 +365,40 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
     }
 }
 
-/// Builds the view of a checked entry. Fails only if a blob is misaligned in memory.
-fn make_view<'a>(bytes: &'a [u8], e: &ConstEntry) -> std::result::Result<TensorView<'a>, String> {
+/// Checks and decodes the Huffman-coded indices of codebook entry `e` into packed rows.
+fn decode_huffman(bytes: &[u8], e: &ConstEntry, v: &Value) -> Result<AlignedBuf> {
+    let bad = |reason: String| FormatError::BadHuffman { id: e.value, name: v.name.clone(), reason };
+    let Encoding::Codebook { bits, entries, rows, row_len, row_stride, .. } = e.encoding else {
+        return Err(bad("not a codebook tensor".into()));
+    };
+    // rows * row_len and rows * row_stride were computed with overflow checks from the shape.
+    let parsed = huffman::parse(&bytes[e.data.clone()], entries, rows * row_len).map_err(bad)?;
+    // `parse` checked the stream holds at least one bit per index, so this allocation is at most
+    // 2 * 8 times the blob's size.
+    let mut buf = AlignedBuf::zeroed(rows * row_stride);
+    huffman::decode(&parsed, Packing { bits, rows, row_len, row_stride }, buf.bytes_mut()).map_err(bad)?;
+    Ok(buf)
+}
+
+/// Builds the view of a checked entry (`decoded` holds the packed form of Huffman-coded
+/// entries). Fails only if a blob is misaligned in memory.
+fn make_view<'a>(
+    bytes: &'a [u8],
+    decoded: &'a [AlignedBuf],
+    e: &ConstEntry,
+) -> std::result::Result<TensorView<'a>, String> {
     fn cast<T: bytemuck::Pod>(b: &[u8]) -> std::result::Result<&[T], String> {
         bytemuck::try_cast_slice(b).map_err(|err| format!("blob cannot be used in place: {err}"))
     }
-    let data = &bytes[e.data.clone()];
+    let data = match e.decoded {
+        Some(i) => decoded[i].bytes(),
+        None => &bytes[e.data.clone()],
+    };
     Ok(match e.encoding {
         Encoding::F32 => TensorView::F32(cast::<f32>(data)?),
         Encoding::F16 => TensorView::F16(cast::<f16>(data)?),
         Encoding::I64 => TensorView::I64(cast::<i64>(data)?),
-        Encoding::Codebook { bits, entries, kind, f16_centroids, rows, row_len, row_stride } => {
+        Encoding::Codebook { bits, entries, kind, f16_centroids, rows, row_len, row_stride, .. } => {
             let c = &bytes[e.centroids.clone()];
             TensorView::Codebook(CodebookView {
                 bits,

@@ -11,7 +11,30 @@ use crate::layout::ALIGN;
 /// A 64-byte, 64-aligned chunk: a `Vec` of these is an aligned byte buffer without `unsafe`.
 #[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C, align(64))]
-pub(crate) struct Chunk([u8; ALIGN]);
+struct Chunk([u8; ALIGN]);
+
+/// An owned byte buffer whose start is 64-byte aligned (holds decoded entropy-coded tensors).
+pub(crate) struct AlignedBuf {
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        AlignedBuf { chunks: vec![Chunk([0; ALIGN]); len.div_ceil(ALIGN)], len }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<Chunk, u8>(&self.chunks)[..self.len]
+    }
+
+    /// The bytes, mutably.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<Chunk, u8>(&mut self.chunks)[..self.len]
+    }
+}
 
 /// File bytes with a 64-byte aligned start.
 pub(crate) enum Storage {
@@ -19,8 +42,8 @@ pub(crate) enum Storage {
     Mapped(Mmap),
     /// A caller's buffer that happened to be aligned already.
     Vec(Vec<u8>),
-    /// A copy into aligned chunks; `len` bytes are used.
-    Chunks { chunks: Vec<Chunk>, len: usize },
+    /// A copy into an aligned buffer.
+    Copied(AlignedBuf),
 }
 
 impl Storage {
@@ -44,10 +67,9 @@ impl Storage {
 
     /// Copies `bytes` into a fresh 64-byte aligned buffer.
     pub fn copied(bytes: &[u8]) -> Storage {
-        let mut chunks = vec![Chunk([0; ALIGN]); bytes.len().div_ceil(ALIGN)];
-        let len = bytes.len();
-        bytemuck::cast_slice_mut::<Chunk, u8>(&mut chunks)[..len].copy_from_slice(bytes);
-        Storage::Chunks { chunks, len }
+        let mut buf = AlignedBuf::zeroed(bytes.len());
+        buf.bytes_mut().copy_from_slice(bytes);
+        Storage::Copied(buf)
     }
 
     /// The file bytes.
@@ -55,7 +77,7 @@ impl Storage {
         match self {
             Storage::Mapped(m) => m,
             Storage::Vec(v) => v,
-            Storage::Chunks { chunks, len } => &bytemuck::cast_slice::<Chunk, u8>(chunks)[..*len],
+            Storage::Copied(buf) => buf.bytes(),
         }
     }
 }
@@ -72,7 +94,12 @@ mod tests {
             assert_eq!(s.bytes().as_ptr() as usize % ALIGN, 0);
             assert_eq!(s.bytes(), &bytes[1..]);
         }
-        assert!(matches!(Storage::copied(&bytes[3..]), Storage::Chunks { len: 997, .. }));
+        assert!(matches!(Storage::copied(&bytes[3..]), Storage::Copied(AlignedBuf { len: 997, .. })));
+        let mut b = AlignedBuf::zeroed(130);
+        assert_eq!(b.bytes().as_ptr() as usize % ALIGN, 0);
+        assert!(b.bytes().iter().all(|&x| x == 0) && b.bytes().len() == 130);
+        b.bytes_mut()[129] = 7;
+        assert_eq!(b.bytes()[129], 7);
         assert!(Storage::copied(&[]).bytes().is_empty());
         assert!(Storage::from_vec(Vec::new()).bytes().is_empty());
     }

@@ -411,7 +411,7 @@ fn bad_enum_values_are_named() {
         (SectionKind::Values, 12, 1, 7, "element type"),
         (SectionKind::Values, 13, 1, 2, "has_shape flag"),
         (SectionKind::Attrs, 6, 2, 9, "attribute kind"),
-        (SectionKind::Constants, 4, 1, 4, "encoding"),
+        (SectionKind::Constants, 4, 1, 5, "encoding"),
     ];
     for (kind, off, width, value, what) in cases {
         let e = patched(&m, |b| {

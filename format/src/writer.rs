@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use bytemuck::Zeroable;
 
 use crate::error::FormatError;
+use crate::huffman;
 use crate::ir::{Attr, Centroids, Constant, Dim, ElemType, Model, TensorData, ValueId};
 use crate::layout::*;
 use crate::sections::header_crc;
 use crate::validate::{self, CodebookParams};
 use crate::view::{CentroidsView, CodebookView};
-use crate::{FORMAT_MAJOR, FORMAT_MINOR};
+use crate::FORMAT_MAJOR;
 
 type Result<T> = std::result::Result<T, FormatError>;
 
@@ -41,11 +42,15 @@ pub fn write(model: &Model) -> Result<Vec<u8>> {
     write_with(model, &WriteOptions::default())
 }
 
-/// [`write`] with options (STUB: `entropy` is not applied yet).
+/// [`write`] with options. With [`Entropy::Huffman`], each codebook tensor's indices are stored
+/// Huffman-coded (canonical codes per tensor, at most 12 bits per code word) when that makes the
+/// tensor smaller, and packed otherwise; a file with at least one Huffman-coded tensor is written
+/// as format 1.1, any other file as 1.0.
+///
+/// The same model and options always yield the same bytes.
 pub fn write_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
-    let _ = options;
     check_model(model)?;
-    encode(model)
+    encode_with(model, options)
 }
 
 /// Every check the reader performs, applied to an owned model.
@@ -143,6 +148,8 @@ struct Builder<'m> {
     floats: Vec<f32>,
     constants: Vec<ConstRec>,
     data: Vec<u8>,
+    /// Entropy coding to try on codebook indices.
+    entropy: Entropy,
 }
 
 impl<'m> Builder<'m> {
@@ -274,7 +281,19 @@ impl<'m> Builder<'m> {
                 rec.bits = cb.bits;
                 rec.cb_kind = cb.kind as u8;
                 rec.entries = to_u16(cb.entries, "codebook entries")?;
-                rec.data = self.blob(&cb.indices)?;
+                rec.data = match self.entropy {
+                    Entropy::None => self.blob(&cb.indices)?,
+                    Entropy::Huffman => {
+                        let coded =
+                            huffman::encode(&cb.indices, cb.bits, cb.entries, cb.row_len, cb.row_stride());
+                        if coded.len() < cb.indices.len() {
+                            rec.encoding = ENC_CODEBOOK_HUFFMAN;
+                            self.blob(&coded)?
+                        } else {
+                            self.blob(&cb.indices)?
+                        }
+                    }
+                };
                 (rec.centroid_type, rec.centroids) = match &cb.centroids {
                     Centroids::F32(v) => (CENTROIDS_F32, self.blob(bytemuck::cast_slice(v))?),
                     Centroids::F16(v) => (CENTROIDS_F16, self.blob(bytemuck::cast_slice(v))?),
@@ -292,9 +311,15 @@ fn span(start: usize, end: usize, what: &str) -> Result<Span> {
 
 /// Serialises `model` without validating it. The reader rejects whatever is invalid; tests use
 /// this to produce well-checksummed files with semantic errors.
+#[cfg(test)]
 pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
+    encode_with(model, &WriteOptions::default())
+}
+
+/// [`encode`] with options. Huffman coding needs valid codebook tensors (indices `< entries`).
+pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
     let g = &model.graph;
-    let mut b = Builder::default();
+    let mut b = Builder { entropy: options.entropy, ..Builder::default() };
     for v in &g.values {
         let name = b.string(&v.name)?;
         let shape = v.shape.as_deref().unwrap_or_default();
@@ -339,6 +364,8 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
         b.constants.push(rec);
     }
     to_u32(b.constants.len(), "CONSTANTS")?;
+    // The lowest minor version whose features the file uses.
+    let minor = if b.constants.iter().any(|c| c.encoding == ENC_CODEBOOK_HUFFMAN) { 1 } else { 0 };
 
     let sections: [(SectionKind, &[u8]); 12] = [
         (SectionKind::Strings, &b.strings),
@@ -354,11 +381,11 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
         (SectionKind::Symbols, bytemuck::cast_slice(&b.symbols)),
         (SectionKind::Data, &b.data),
     ];
-    Ok(assemble(&sections))
+    Ok(assemble(&sections, minor))
 }
 
 /// Lays out header, section table and sections, each section at a 64-byte boundary.
-fn assemble(sections: &[(SectionKind, &[u8])]) -> Vec<u8> {
+fn assemble(sections: &[(SectionKind, &[u8])], minor: u16) -> Vec<u8> {
     let header_len = std::mem::size_of::<Header>();
     let table_end = header_len + sections.len() * std::mem::size_of::<SectionEntry>();
     let total: usize = sections.iter().map(|(_, s)| align_up(s.len())).sum();
@@ -381,7 +408,7 @@ fn assemble(sections: &[(SectionKind, &[u8])]) -> Vec<u8> {
     let mut header = Header {
         magic: MAGIC,
         major: FORMAT_MAJOR,
-        minor: FORMAT_MINOR,
+        minor,
         section_count: entries.len() as u32,
         file_len: out.len() as u64,
         flags: 0,

@@ -128,7 +128,7 @@ fn newer_major_version_is_refused_with_an_upgrade_hint() {
     b[10..12].copy_from_slice(&3u16.to_le_bytes());
     let e = err(b);
     assert!(matches!(e, FormatError::NewerVersion { major: 7, minor: 3 }));
-    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.0); upgrade Pith");
+    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.1); upgrade Pith");
 
     let mut b = small_file();
     b[8..10].copy_from_slice(&0u16.to_le_bytes());

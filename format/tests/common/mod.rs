@@ -287,3 +287,123 @@ impl XorShift {
         (self.next() % n as u64) as usize
     }
 }
+
+/// Canonical Huffman code words for `lengths`, built as SPEC.md describes (not from the crate).
+pub fn spec_codes(lengths: &[u8]) -> Vec<u32> {
+    let mut count = [0u32; 17];
+    for &l in lengths {
+        if l != 0 {
+            count[l as usize] += 1;
+        }
+    }
+    let mut next = [0u32; 17];
+    let mut code = 0;
+    for len in 1..17 {
+        code = (code + count[len - 1]) << 1;
+        next[len] = code;
+    }
+    lengths
+        .iter()
+        .map(|&l| {
+            let c = next[l as usize];
+            next[l as usize] += 1;
+            c
+        })
+        .collect()
+}
+
+/// A Huffman index blob as SPEC.md lays it out: header (`bit_count`, `symbols`, reserved 0),
+/// `lengths`, then the code words of `symbols_seq` MSB-first (no validation: tests feed it junk).
+pub fn spec_huffman_blob(lengths: &[u8], symbols_seq: &[u8]) -> Vec<u8> {
+    let codes = spec_codes(lengths);
+    let mut bits: Vec<bool> = Vec::new();
+    for &s in symbols_seq {
+        let (c, l) = (codes[s as usize], lengths[s as usize]);
+        for k in (0..l).rev() {
+            bits.push(c >> k & 1 == 1);
+        }
+    }
+    let mut out = (bits.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&(lengths.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(lengths);
+    for chunk in bits.chunks(8) {
+        out.push(chunk.iter().enumerate().fold(0u8, |b, (i, &bit)| b | (bit as u8) << (7 - i)));
+    }
+    out
+}
+
+/// One `ConstRec` (36 bytes) as SPEC.md describes it: `(encoding, [data, centroids, scales] blobs)`.
+fn const_rec(b: &[u8], at: usize) -> (u8, [(u32, u32); 3]) {
+    let blob = |o: usize| (u32_at(b, at + o), u32_at(b, at + o + 4));
+    (b[at + 4], [blob(12), blob(20), blob(28)])
+}
+
+/// Rebuilds a file with constant `index`'s data blob replaced by `data` and its encoding set to
+/// `encoding` (DATA is re-laid out, every blob at a 64-byte boundary); `minor` is written to the
+/// header. Checksums are recomputed.
+pub fn replace_const_data(b: &[u8], index: usize, encoding: u8, data: &[u8], minor: u16) -> Vec<u8> {
+    let consts = section(b, 10);
+    let old_data = section(b, 12);
+    let mut recs = b[consts.clone()].to_vec();
+    let mut new_data: Vec<u8> = Vec::new();
+    for i in 0..recs.len() / 36 {
+        let (_, blobs) = const_rec(&recs, i * 36);
+        for (k, (off, len)) in blobs.into_iter().enumerate() {
+            let bytes = if i == index && k == 0 {
+                data.to_vec()
+            } else {
+                let s = old_data.start + off as usize;
+                b[s..s + len as usize].to_vec()
+            };
+            let (off, len) = if bytes.is_empty() {
+                (0, 0)
+            } else {
+                let off = new_data.len().div_ceil(64) * 64;
+                new_data.resize(off, 0);
+                new_data.extend_from_slice(&bytes);
+                (off as u32, bytes.len() as u32)
+            };
+            let at = i * 36 + 12 + 8 * k;
+            recs[at..at + 4].copy_from_slice(&off.to_le_bytes());
+            recs[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
+        }
+        if i == index {
+            recs[i * 36 + 4] = encoding;
+        }
+    }
+    replace_sections(b, &[(10, recs), (12, new_data)], minor)
+}
+
+/// Rebuilds a file with the payloads of the given section kinds replaced and `minor` in the header.
+pub fn replace_sections(b: &[u8], replaced: &[(u32, Vec<u8>)], minor: u16) -> Vec<u8> {
+    let mut base = b[..32].to_vec();
+    base[10..12].copy_from_slice(&minor.to_le_bytes());
+    let table = entries(b);
+    base.resize(32 + 32 * table.len(), 0);
+    let mut out = base;
+    let mut new_table = Vec::new();
+    for e in &table {
+        let bytes = match replaced.iter().find(|(k, _)| *k == e.kind) {
+            Some((_, v)) => v.clone(),
+            None => b[e.offset as usize..(e.offset + e.length) as usize].to_vec(),
+        };
+        let offset = out.len().div_ceil(64) * 64;
+        out.resize(offset, 0);
+        out.extend_from_slice(&bytes);
+        new_table.push(Entry {
+            kind: e.kind,
+            flags: e.flags,
+            offset: offset as u64,
+            length: bytes.len() as u64,
+            crc: crc32fast::hash(&bytes),
+        });
+    }
+    let len = out.len() as u64;
+    out[16..24].copy_from_slice(&len.to_le_bytes());
+    for (i, e) in new_table.into_iter().enumerate() {
+        set_entry(&mut out, i, e);
+    }
+    reseal_header(&mut out);
+    out
+}
