@@ -1,5 +1,6 @@
 //! `pith detect faces|text`: task post-processing on a real image, JSON on stdout.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
@@ -35,7 +36,9 @@ pub fn run(task: Task, model: &Path, image: &Path, out: Option<&Path>, threads: 
             serde_json::json!({ "image": image.display().to_string(), "text_boxes": pipeline::text_json(&boxes) })
         }
     };
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    // writeln! rather than println!: a closed pipe (`pith detect .. | head`) is an error the
+    // caller handles quietly, not a panic.
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&json)?)?;
     if let Some(out) = out {
         imageio::save_png(out, &img)?;
         eprintln!("annotated image written to {}", out.display());
