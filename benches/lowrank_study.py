@@ -12,14 +12,23 @@ the fraction is well below 1 at the error its codebook reaches anyway (about 0.1
 
 Needs numpy and onnx.
 """
+
+import sys
+
+import numpy as np
+import onnx
 from onnx import numpy_helper
+
+
 def weights(path):
+    """(name, M x K matrix) of every dense and 1x1 ungrouped Conv weight of `path`."""
     m = onnx.load(path)
     consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     for n in m.graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
-                if a.name == "value": consts[n.output[0]] = numpy_helper.to_array(a.t)
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
     for n in m.graph.node:
         if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in consts:
             w = consts[n.input[1]].astype(np.float64)
@@ -27,6 +36,8 @@ def weights(path):
                 yield n.input[1], w.reshape(w.shape[0], -1)
             elif w.ndim == 2:
                 yield n.input[1], w
+
+
 
 
 for path in sys.argv[1:]:
