@@ -1,12 +1,81 @@
-//! `pith compress`: ONNX in, `.pith` out, with a per-layer table.
+//! `pith compress`: ONNX in, `.pith` out, with a per-layer table; optionally calibration data
+//! (`--calib`), per-layer widths under a fidelity floor (`--bits auto`), Huffman-coded indices
+//! (`--entropy huffman`) and a JSON report (`--report`).
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use pith_compress::calib::{self, BitsChoice, CalibOptions, CalibSample, ModelInput, Prepared, TaskCheck};
 use pith_compress::{CompressOptions, Compressed, WeightFormat};
+use pith_format::{Entropy, PithFile, WriteOptions};
+use pith_runtime::tasks::{blazeface, db};
+use serde_json::{json, Value};
+
+use crate::{imageio, npy};
+
+/// `--bits`: a fixed weight format or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bits {
+    /// One format for every weight.
+    Fixed(WeightFormat),
+    /// Per-layer widths chosen on calibration data.
+    Auto,
+}
+
+/// `--preprocess`: how calibration images become model inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preprocess {
+    /// MediaPipe BlazeFace: letterbox to 128x128, [-1, 1]; task check: same faces.
+    Blazeface,
+    /// PP-OCR det: resize (longer side at most 480) to multiples of 32, ImageNet normalisation;
+    /// task check: same text boxes.
+    PpocrDet,
+}
+
+/// `--entropy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EntropyArg {
+    /// Packed indices, mapped in place.
+    None,
+    /// Canonical Huffman codes per tensor, decoded at load.
+    Huffman,
+}
+
+/// Longer side of PP-OCR calibration images (smaller than inference's 960 keeps compression fast).
+pub const PPOCR_CALIB_SIDE: usize = 480;
+
+/// Everything `pith compress` was asked for.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// `--bits`.
+    pub bits: Bits,
+    /// `--calib`.
+    pub calib: Option<PathBuf>,
+    /// `--preprocess`.
+    pub preprocess: Option<Preprocess>,
+    /// `--min-fidelity`.
+    pub min_fidelity: f64,
+    /// `--min-iou`.
+    pub min_iou: f32,
+    /// Not `--no-data-aware`.
+    pub data_aware: bool,
+    /// `--entropy`.
+    pub entropy: EntropyArg,
+    /// `--report`.
+    pub report: Option<PathBuf>,
+}
+
+/// Parses `--bits`: `auto`, or what [`parse_bits`] accepts.
+pub fn parse_bits_choice(s: &str) -> Result<Bits, String> {
+    if s == "auto" {
+        return Ok(Bits::Auto);
+    }
+    parse_bits(s).map(Bits::Fixed).map_err(|e| format!("{e}, or auto"))
+}
 
 /// Parses `--bits`: `1`..`8`, `f16` or `f32`.
 pub fn parse_bits(s: &str) -> Result<WeightFormat, String> {
@@ -57,17 +126,29 @@ pub fn human_bytes(n: usize) -> String {
 pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let report = &compressed.report;
-    writeln!(out, "{:<48} {:>18} {:>16} {:>10} {:>10}", "layer", "shape", "encoding", "bytes", "rel.err")?;
+    writeln!(
+        out,
+        "{:<48} {:>18} {:>16} {:>10} {:>10} {:>6} {:>10} {:>10}",
+        "layer", "shape", "encoding", "bytes", "rel.err", "sparse", "out.err", "pred.1-cos"
+    )?;
     for l in &report.layers {
         let shape = l.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
         let mut name = l.name.clone();
         if name.len() > 47 {
             name = format!("…{}", &name[name.len() - 46..]);
         }
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2e}"));
         writeln!(
             out,
-            "{:<48} {:>18} {:>16} {:>10} {:>10.2e}",
-            name, shape, l.encoding, l.bytes, l.rel_error
+            "{:<48} {:>18} {:>16} {:>10} {:>10.2e} {:>6.3} {:>10} {:>10}",
+            name,
+            shape,
+            l.encoding,
+            l.bytes,
+            l.rel_error,
+            l.sparsity,
+            opt(l.out_error.map(f64::from)),
+            opt(l.predicted_distortion)
         )?;
     }
     let ratio = report.onnx_bytes as f64 / file_bytes.max(1) as f64;
@@ -80,19 +161,278 @@ pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
         human_bytes(report.layers.iter().map(|l| l.f32_bytes).sum()),
         human_bytes(report.layers.iter().map(|l| l.bytes).sum()),
     )?;
+    let mut histogram: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &report.layers {
+        *histogram.entry(l.bits.map_or_else(|| l.encoding.clone(), |b| format!("{b}-bit"))).or_default() += 1;
+    }
+    let hist: Vec<String> = histogram.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    writeln!(out, "layers by width: {}", hist.join(", "))?;
     Ok(())
 }
 
+/// Loads the calibration folder: `.npy` files named `<input name>.<key>.npy` (files sharing a
+/// key form one sample), and PNG/JPEG images through `preprocess`. Files are visited in name
+/// order, so the samples (and the compressed model) do not depend on the directory order.
+pub fn load_calibration(
+    dir: &Path,
+    inputs: &[ModelInput],
+    preprocess: Option<Preprocess>,
+) -> Result<Vec<CalibSample>> {
+    let mut files = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("listing calibration folder {}", dir.display()))?
+    {
+        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut npys: BTreeMap<String, Vec<(String, pith_runtime::Tensor)>> = BTreeMap::new();
+    let mut samples = Vec::new();
+    for path in files {
+        let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+        match ext.as_str() {
+            "npy" => {
+                let input = inputs
+                    .iter()
+                    .filter(|i| file.starts_with(&format!("{}.", i.name)))
+                    .max_by_key(|i| i.name.len())
+                    .with_context(|| {
+                        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+                        format!(
+                            "{}: a calibration .npy must be named <input name>.<anything>.npy (inputs: {})",
+                            path.display(),
+                            names.join(", ")
+                        )
+                    })?;
+                let key = file[input.name.len() + 1..file.len() - 4].to_string();
+                let tensor = npy::read(&path)?;
+                npys.entry(key).or_default().push((input.name.clone(), tensor));
+            }
+            "png" | "jpg" | "jpeg" => {
+                let Some(pre) = preprocess else {
+                    bail!(
+                        "{}: calibration images need --preprocess (blazeface or ppocr-det)",
+                        path.display()
+                    );
+                };
+                if inputs.len() != 1 {
+                    bail!(
+                        "{}: images can only feed a model with one input; this one has {}",
+                        path.display(),
+                        inputs.len()
+                    );
+                }
+                let img = imageio::load(&path)?;
+                let tensor = match pre {
+                    Preprocess::Blazeface => blazeface::preprocess(&img).0,
+                    Preprocess::PpocrDet => {
+                        let opts = db::DbOptions { limit_side_len: PPOCR_CALIB_SIDE, ..Default::default() };
+                        db::preprocess(&img, &opts).0
+                    }
+                };
+                samples.push(CalibSample { label: file, inputs: vec![(inputs[0].name.clone(), tensor)] });
+            }
+            _ => log::warn!("calibration: skipping {} (not .npy, .png or .jpg)", path.display()),
+        }
+    }
+    for (key, inputs) in npys {
+        samples.push(CalibSample { label: format!("{key}.npy"), inputs });
+    }
+    if samples.is_empty() {
+        bail!("calibration folder {} holds no .npy files or images", dir.display());
+    }
+    Ok(samples)
+}
+
+/// Compresses with calibration data; the progress bar names the stage.
+fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compressed> {
+    let prepared = Prepared::new(onnx).context("importing the model")?;
+    let samples = load_calibration(dir, &prepared.inputs(), args.preprocess)?;
+    let options = CalibOptions {
+        bits: match args.bits {
+            Bits::Fixed(f) => BitsChoice::Fixed(f),
+            Bits::Auto => BitsChoice::Auto { min_fidelity: args.min_fidelity },
+        },
+        data_aware: args.data_aware,
+        task: args.preprocess.map(|p| match p {
+            Preprocess::Blazeface => TaskCheck::BlazeFace,
+            Preprocess::PpocrDet => TaskCheck::Db,
+        }),
+        min_iou: args.min_iou,
+        entropy: args.entropy == EntropyArg::Huffman,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:>9} [{bar:30}] {pos}/{len} {elapsed}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let progress = |stage: &str, done: usize, total: usize| {
+        if bar.message() != stage {
+            bar.set_message(stage.to_string());
+            bar.set_length(total as u64);
+        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    log::info!("calibration: {} samples from {}", samples.len(), dir.display());
+    let out = calib::compress_calibrated(prepared, &samples, &options, &progress)
+        .context("compressing with calibration data")?;
+    bar.finish_and_clear();
+    Ok(out)
+}
+
 /// Runs the command.
-pub fn run(input: &Path, output: &Path, weights: WeightFormat) -> Result<()> {
+pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     if output.exists() && output.is_dir() {
         bail!("{} is a directory", output.display());
     }
+    if args.bits == Bits::Auto && args.calib.is_none() {
+        bail!("--bits auto needs calibration data: pass --calib DIR");
+    }
+    if args.preprocess.is_some() && args.calib.is_none() {
+        bail!("--preprocess applies to calibration images: pass --calib DIR");
+    }
     let start = Instant::now();
-    let (compressed, bytes) = compress_file(input, weights, false)?;
-    std::fs::write(output, &bytes).with_context(|| format!("writing {}", output.display()))?;
-    print_report(&compressed, bytes.len())?;
+    let compressed = match (&args.calib, args.bits) {
+        (Some(dir), _) => {
+            let onnx = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+            compress_calibrated(&onnx, args, dir)
+                .with_context(|| format!("compressing {}", input.display()))?
+        }
+        (None, Bits::Fixed(w)) => compress_file(input, w, false)?.0,
+        (None, Bits::Auto) => unreachable!("checked above"),
+    };
+    let packed = pith_format::write(&compressed.model).context("serialising the .pith file")?;
+    let huffman = match args.entropy {
+        EntropyArg::Huffman => Some(
+            pith_format::write_with(&compressed.model, &WriteOptions { entropy: Entropy::Huffman })
+                .context("serialising the Huffman-coded .pith file")?,
+        ),
+        EntropyArg::None => None,
+    };
+    let bytes = huffman.as_ref().unwrap_or(&packed);
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    print_report(&compressed, packed.len())?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "wrote {} in {:.2} s", output.display(), start.elapsed().as_secs_f64())?;
+    let mut decode = None;
+    if let Some(h) = &huffman {
+        let file = PithFile::from_bytes(h.clone()).context("reading the Huffman-coded file back")?;
+        let stats = file.entropy_stats();
+        let secs = stats.decode_time.as_secs_f64();
+        let mbps = if secs > 0.0 { stats.decoded_bytes as f64 / secs / 1e6 } else { 0.0 };
+        writeln!(
+            out,
+            "huffman: {} (.pith) vs {} packed: {:.2}x smaller than ONNX; {} tensors decoded at load in {:.2} ms ({mbps:.0} MB/s of packed indices)",
+            human_bytes(h.len()),
+            human_bytes(packed.len()),
+            compressed.report.onnx_bytes as f64 / h.len().max(1) as f64,
+            stats.huffman_tensors,
+            secs * 1e3,
+        )?;
+        decode = Some((stats, mbps));
+    }
+    if let Some(f) = &compressed.report.fidelity {
+        let task = match &f.task {
+            Some(t) if t.passed => {
+                format!(", task check passed ({} detections, min IoU {:.3})", t.detections, t.min_iou)
+            }
+            Some(t) => format!(", task check FAILED: {}", t.detail),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "fidelity on {} calibration samples: min output cosine {:.6}{task}",
+            f.samples, f.cosine
+        )?;
+    }
+    writeln!(out, "wrote {} in {:.2} s", output.display(), elapsed)?;
+    if let Some(path) = &args.report {
+        let json =
+            report_json(&compressed, packed.len(), huffman.as_ref().map(Vec::len), decode, elapsed, args);
+        let text = serde_json::to_string_pretty(&json).context("formatting the report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// The `--report` JSON document.
+fn report_json(
+    c: &Compressed,
+    packed: usize,
+    huffman: Option<usize>,
+    decode: Option<(pith_format::EntropyStats, f64)>,
+    seconds: f64,
+    args: &Args,
+) -> Value {
+    let r = &c.report;
+    let layers: Vec<Value> = r
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "shape": l.shape,
+                "encoding": l.encoding,
+                "bits": l.bits,
+                "sparsity": l.sparsity,
+                "bytes": l.bytes,
+                "f32_bytes": l.f32_bytes,
+                "weight_error": l.rel_error,
+                "output_error": l.out_error,
+                "predicted_distortion": l.predicted_distortion,
+            })
+        })
+        .collect();
+    let mut histogram = BTreeMap::new();
+    for l in &r.layers {
+        let key = l.bits.map_or_else(|| l.encoding.clone(), |b| b.to_string());
+        *histogram.entry(key).or_insert(0usize) += 1;
+    }
+    let fidelity = r.fidelity.as_ref().map(|f| {
+        json!({
+            "samples": f.samples,
+            "min_cosine": f.cosine,
+            "task": f.task.as_ref().map(|t| json!({
+                "passed": t.passed, "min_iou": t.min_iou, "detections": t.detections, "detail": t.detail,
+            })),
+        })
+    });
+    let search: Vec<Value> = r
+        .search
+        .iter()
+        .map(|s| {
+            json!({
+                "budget": s.budget, "predicted": s.predicted, "bytes": s.bytes,
+                "min_cosine": s.fidelity.cosine, "passed": s.passed,
+            })
+        })
+        .collect();
+    json!({
+        "bits": match args.bits { Bits::Auto => "auto".to_string(), Bits::Fixed(w) => format!("{w:?}") },
+        "min_fidelity": (args.bits == Bits::Auto).then_some(args.min_fidelity),
+        "min_iou": args.preprocess.map(|_| args.min_iou),
+        "data_aware": args.calib.is_some() && args.data_aware,
+        "layers": layers,
+        "bits_histogram": histogram,
+        "totals": {
+            "onnx_bytes": r.onnx_bytes,
+            "weights_f32_bytes": r.layers.iter().map(|l| l.f32_bytes).sum::<usize>(),
+            "weights_bytes": r.layers.iter().map(|l| l.bytes).sum::<usize>(),
+            "constants_bytes": r.total_bytes,
+            "file_bytes": packed,
+            "ratio_vs_onnx": r.onnx_bytes as f64 / packed.max(1) as f64,
+            "huffman_file_bytes": huffman,
+            "huffman_ratio_vs_onnx": huffman.map(|h| r.onnx_bytes as f64 / h.max(1) as f64),
+            "huffman_decode_ms": decode.map(|(s, _)| s.decode_time.as_secs_f64() * 1e3),
+            "huffman_decode_mb_per_s": decode.map(|(_, m)| m),
+        },
+        "fidelity": fidelity,
+        "search": search,
+        "seconds": seconds,
+    })
 }

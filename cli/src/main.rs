@@ -13,7 +13,6 @@ mod pipeline;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use pith_compress::WeightFormat;
 
 #[derive(Parser)]
 #[command(name = "pith", version, about = "On-device inference for compressed neural networks")]
@@ -36,9 +35,32 @@ enum Command {
         /// The .pith file to write.
         #[arg(short, long)]
         output: PathBuf,
-        /// Weight encoding: codebook bits 1..8, or f16 / f32 (uncompressed).
-        #[arg(long, default_value = "8", value_parser = cmd_compress::parse_bits)]
-        bits: WeightFormat,
+        /// Weight encoding: codebook bits 1..8, f16 / f32 (uncompressed), or auto (per-layer
+        /// widths chosen on --calib data under --min-fidelity).
+        #[arg(long, default_value = "8", value_parser = cmd_compress::parse_bits_choice)]
+        bits: cmd_compress::Bits,
+        /// Folder of calibration inputs: <input name>.<anything>.npy files, and PNG/JPEG images
+        /// with --preprocess.
+        #[arg(long, value_name = "DIR")]
+        calib: Option<PathBuf>,
+        /// How calibration images become model inputs (and which task check applies).
+        #[arg(long, value_enum)]
+        preprocess: Option<cmd_compress::Preprocess>,
+        /// With --bits auto: floor on the minimum output cosine over the calibration set.
+        #[arg(long, default_value_t = 0.999)]
+        min_fidelity: f64,
+        /// Task check: IoU each calibration detection must keep with the uncompressed model's.
+        #[arg(long, default_value_t = 0.9)]
+        min_iou: f32,
+        /// Fit codebooks with plain k-means, ignoring the calibration activations.
+        #[arg(long)]
+        no_data_aware: bool,
+        /// Entropy coding of the codebook indices in the written file.
+        #[arg(long, value_enum, default_value = "none")]
+        entropy: cmd_compress::EntropyArg,
+        /// Write the per-layer report and totals as JSON here.
+        #[arg(long, value_name = "FILE.json")]
+        report: Option<PathBuf>,
     },
     /// Run one inference: .npy inputs, one .npy per output.
     Run {
@@ -116,7 +138,30 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compress { input, output, bits } => cmd_compress::run(&input, &output, bits),
+        Command::Compress {
+            input,
+            output,
+            bits,
+            calib,
+            preprocess,
+            min_fidelity,
+            min_iou,
+            no_data_aware,
+            entropy,
+            report,
+        } => {
+            let args = cmd_compress::Args {
+                bits,
+                calib,
+                preprocess,
+                min_fidelity,
+                min_iou,
+                data_aware: !no_data_aware,
+                entropy,
+                report,
+            };
+            cmd_compress::run_with(&input, &output, &args)
+        }
         Command::Run { model, inputs, output_dir, threads } => {
             cmd_run::run(&model, &inputs, &output_dir, threads)
         }

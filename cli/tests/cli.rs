@@ -200,3 +200,132 @@ fn bench_gemv_prints_the_documented_line() {
         assert!(value.parse::<f64>().unwrap() > 0.0, "{key} in {line}");
     }
 }
+
+/// Writes a little-endian f32 `.npy` file of `shape` filled with `value`.
+fn write_npy(path: &Path, shape: &[usize], value: f32) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
+    let padded = format!("{header:<117}\n");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    npy.extend_from_slice(padded.as_bytes());
+    for _ in 0..shape.iter().product::<usize>() {
+        npy.extend_from_slice(&value.to_le_bytes());
+    }
+    std::fs::write(path, npy).unwrap();
+}
+
+fn compress_args(dir: &Path, extra: &[&str]) -> Output {
+    let model = data("models/blazeface_short_range.onnx");
+    let out = dir.join("out.pith");
+    let mut args = vec!["compress", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    pith(&args)
+}
+
+#[test]
+fn calibration_errors_are_clear() {
+    let dir = scratch("calib-errors");
+    let o = compress_args(&dir, &["--bits", "auto"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--bits auto needs calibration data"), "{}", stderr(&o));
+
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = compress_args(&dir, &["--bits", "auto", "--calib", empty.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("holds no .npy files or images"), "{}", stderr(&o));
+
+    let missing = dir.join("missing");
+    let o = compress_args(&dir, &["--bits", "4", "--calib", missing.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("listing calibration folder"), "{}", stderr(&o));
+
+    let wrong = dir.join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    write_npy(&wrong.join("input.a.npy"), &[1, 3, 64, 64], 0.5);
+    let o = compress_args(&dir, &["--bits", "4", "--calib", wrong.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("the model expects [1, 3, 128, 128]"), "{}", stderr(&o));
+
+    let named = dir.join("named");
+    std::fs::create_dir_all(&named).unwrap();
+    write_npy(&named.join("image.a.npy"), &[1, 3, 128, 128], 0.5);
+    let o = compress_args(&dir, &["--bits", "4", "--calib", named.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("<input name>.<anything>.npy"), "{}", stderr(&o));
+
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let png = std::fs::read(data("images/page.png")).unwrap();
+    std::fs::write(images.join("page.png"), &png[..png.len() / 2]).unwrap();
+    let o = compress_args(&dir, &["--bits", "4", "--calib", images.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("need --preprocess"), "{}", stderr(&o));
+    let o = compress_args(
+        &dir,
+        &["--bits", "4", "--calib", images.to_str().unwrap(), "--preprocess", "blazeface"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("decoding image"), "{}", stderr(&o));
+
+    let o = compress_args(&dir, &["--preprocess", "blazeface"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("pass --calib"), "{}", stderr(&o));
+    let o = compress_args(&dir, &["--bits", "nine"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("or auto"), "{}", stderr(&o));
+}
+
+#[test]
+fn calibrated_auto_writes_a_report_and_is_deterministic() {
+    let dir = scratch("calib-auto");
+    let calib = dir.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    std::fs::copy(data("golden/blazeface/input.input.npy"), calib.join("input.portrait.npy")).unwrap();
+    std::fs::copy(data("golden/blazeface_camera/input.input.npy"), calib.join("input.camera.npy")).unwrap();
+    std::fs::copy(data("images/astronaut.png"), calib.join("astronaut.png")).unwrap();
+    let report = dir.join("report.json");
+    let args = [
+        "--bits",
+        "auto",
+        "--min-fidelity",
+        "0.99",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--preprocess",
+        "blazeface",
+        "--entropy",
+        "huffman",
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    let o = compress_args(&dir, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in ["fidelity on 3 calibration samples", "task check passed", "huffman:", "layers by width"] {
+        assert!(text.contains(want), "'{want}' missing from:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(json["fidelity"]["min_cosine"].as_f64().unwrap() >= 0.99, "{json}");
+    assert_eq!(json["fidelity"]["task"]["passed"], true);
+    let layers = json["layers"].as_array().unwrap();
+    assert!(layers.iter().any(|l| l["bits"].as_u64().is_some_and(|b| b < 8)), "no narrow layer");
+    for key in ["name", "bits", "sparsity", "bytes", "weight_error", "output_error"] {
+        assert!(layers[0].get(key).is_some(), "layer field {key} missing");
+    }
+    let totals = &json["totals"];
+    assert!(totals["ratio_vs_onnx"].as_f64().unwrap() > 2.0, "{totals}");
+    assert!(totals["huffman_file_bytes"].as_u64().unwrap() <= totals["file_bytes"].as_u64().unwrap() + 64);
+    let first = std::fs::read(dir.join("out.pith")).unwrap();
+
+    // Same input and calibration files: same bytes (fixed width, to keep the test short).
+    let fixed = ["--bits", "4", "--calib", calib.to_str().unwrap(), "--preprocess", "blazeface"];
+    let o = compress_args(&dir, &fixed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = std::fs::read(dir.join("out.pith")).unwrap();
+    let o = compress_args(&dir, &fixed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(a, std::fs::read(dir.join("out.pith")).unwrap(), "two runs differ");
+    assert_ne!(a, first);
+}

@@ -11,11 +11,27 @@
 //! whose relative error `||W - Wq|| / ||W||` is at most 1.1× the best remaining error qualify, and
 //! the one with the fewest bytes wins (ties: the order above). Errors are measured on the actual
 //! decoded tensor ([`pith_format::CodebookView::decode_row`]).
+//!
+//! [`encode_with`] adds data-aware fitting ([`EncodeOptions`]); without pruning or usable
+//! calibration statistics it is exactly [`encode`]. Otherwise every candidate is fitted as:
+//! 1. **pruning** ([`crate::prune`]): one mask per tensor; pruned weights point at an exact-zero
+//!    entry (f32 0, or f16 0 per row) that stays fixed, and k-means fits `2^bits - 1` centroids to
+//!    the rest (PerRow rows without pruned weights keep all `2^bits`);
+//! 2. **weighted k-means**: each weight's squared error counts `G_jj + λ` times (its input's
+//!    activation energy; × `scale²` for the scaled candidate);
+//! 3. **refit** ([`crate::refit`]): least-squares centroids on the output error `Σ dᵀGd`, then
+//!    [`ALTERNATIONS`] rounds of output-aware re-assignment (plus, for the scaled candidate, the
+//!    least-squares row scales) and refit, each kept only if the output error drops.
+//!
+//! With a gram the selection compares [`Encoded::out_error`] instead of `rel_error`.
 
 use half::f16;
 use pith_format::ir::{Centroids, CodebookKind, CodebookTensor, TensorData};
+use pith_format::{CodebookView, TensorView};
 
 use crate::kmeans;
+use crate::prune;
+use crate::refit::{Normal, Objective};
 
 /// Error slack a smaller candidate may have relative to the most accurate one.
 pub(crate) const ERROR_SLACK: f64 = 1.1;
@@ -31,6 +47,18 @@ pub(crate) struct Encoded {
     pub bytes: usize,
     /// `||W - Wq||_2 / ||W||_2` (0 for an all-zero tensor).
     pub rel_error: f64,
+    /// With calibration statistics: the relative output error on them,
+    /// `sqrt(Σ_r dᵀG d / Σ_r wᵀG w)` (`d = w - q` per row), which then drives the selection.
+    /// Computed in f64 from the normal equations of the stored centroids (for SharedScaled the
+    /// runtime's f32 rounding of `scale · centroid` is not modelled: about 1e-6 relative).
+    pub out_error: Option<f64>,
+}
+
+impl Encoded {
+    /// The error the selection compares: [`Encoded::out_error`] when known, else `rel_error`.
+    pub fn score(&self) -> f64 {
+        self.out_error.unwrap_or(self.rel_error)
+    }
 }
 
 /// Bytes of constant data `data` occupies (payload only, no headers).
@@ -179,22 +207,452 @@ fn per_row_bytes(w: &[f32], rows: usize, bits: u8) -> usize {
 #[allow(dead_code)] // wired up by the calibration pass
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct EncodeOptions<'a> {
-    /// Fraction (0..1) of the smallest-magnitude weights set to an exact-zero codebook entry.
+    /// Fraction (0..1) of the least salient weights set to an exact-zero codebook entry (see
+    /// [`crate::prune`]: smallest `|w|`, or smallest `|w|·sqrt(G_jj)` with `gram` + `weighted`).
     pub prune: f32,
-    /// Calibration statistics of the layer's input; `None` = plain (unweighted) k-means.
+    /// Calibration statistics of the layer's input; `None` = plain (unweighted) k-means. A gram
+    /// that does not fit the weight (see [`crate::gram::RowGram::fits`]) counts as `None`.
     pub gram: Option<&'a crate::gram::RowGram>,
     /// With `gram`: weight the k-means by the Gram diagonal (activation energy per input).
     pub weighted: bool,
-    /// With `gram`: refit centroid values by least squares on the layer's output error.
+    /// With `gram`: refit centroid values by least squares on the layer's output error,
+    /// alternating with output-error-aware index re-assignment (see [`crate::refit`]).
     pub refit: bool,
 }
 
-/// The best codebook encoding of `w` under `opts` (STUB: ignores `opts` until the data-aware
-/// fitting lands; same result as [`encode`]).
+/// Refit / re-assignment rounds after the first refit (each kept only if it lowers the error).
+const ALTERNATIONS: usize = 2;
+
+/// A codebook fit before packing.
+#[derive(Debug, Clone)]
+struct Fit {
+    kind: CodebookKind,
+    /// One ascending book (PerTensor, SharedScaled) or one per row (PerRow), holding exactly
+    /// the stored values (f16-representable for PerRow).
+    books: Vec<Vec<f32>>,
+    /// Per book, the entry fixed at 0 for pruned weights.
+    zero: Vec<Option<usize>>,
+    /// Row scales (SharedScaled), empty otherwise.
+    scales: Vec<f32>,
+    /// One index per weight.
+    idx: Vec<u8>,
+}
+
+impl Fit {
+    /// Scale of row `r`.
+    fn scale(&self, r: usize) -> f32 {
+        self.scales.get(r).copied().unwrap_or(1.0)
+    }
+
+    /// Packs the fit.
+    fn to_data(&self, bits: u8, rows: usize) -> TensorData {
+        let entries = self.books.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let padded = self.books.iter().flat_map(|b| {
+            // Pad short codebooks by repeating their last entry (never referenced).
+            let pad = *b.last().unwrap_or(&0.0);
+            b.iter().copied().chain(std::iter::repeat(pad)).take(entries)
+        });
+        let centroids = match self.kind {
+            CodebookKind::PerRow => Centroids::F16(padded.map(f16::from_f32).collect()),
+            _ => Centroids::F32(padded.collect()),
+        };
+        build(bits, rows, entries, self.kind, centroids, self.scales.clone(), &self.idx)
+    }
+
+    /// Sorts book `b` ascending and renumbers the indices of `rows` to match.
+    fn sort_book(&mut self, b: usize, rows: std::ops::Range<usize>, row_len: usize) {
+        let book = &self.books[b];
+        let mut order: Vec<usize> = (0..book.len()).collect();
+        order.sort_by(|&x, &y| book[x].total_cmp(&book[y]).then(x.cmp(&y)));
+        if order.iter().enumerate().all(|(i, &o)| i == o) {
+            return;
+        }
+        let mut new_of = vec![0u8; order.len()];
+        for (new, &old) in order.iter().enumerate() {
+            new_of[old] = new as u8;
+        }
+        self.books[b] = order.iter().map(|&o| book[o]).collect();
+        self.zero[b] = self.zero[b].map(|z| new_of[z] as usize);
+        for i in &mut self.idx[rows.start * row_len..rows.end * row_len] {
+            *i = new_of[*i as usize];
+        }
+    }
+}
+
+/// Rounds a value to what a codebook of `kind` stores (f16 for PerRow, f32 otherwise); -0 → +0.
+fn stored(kind: CodebookKind, v: f64) -> f32 {
+    let v = match kind {
+        CodebookKind::PerRow => f16::from_f64(v).to_f32(),
+        _ => v as f32,
+    };
+    if v == 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// Ascending codebook of at most `k` entries for `values` (weighted when `weights` is given),
+/// its fixed zero entry and the indices. With pruned values, `k - 1` centroids are fitted to the
+/// rest and an exact 0 is added; pruned values point at it, the rest at their nearest entry.
+/// Without pruning or weights this is exactly the plain candidates' clustering.
+fn cluster(
+    values: &[f32],
+    weights: Option<&[f64]>,
+    pruned: Option<&[bool]>,
+    k: usize,
+    kind: CodebookKind,
+) -> (Vec<f32>, Option<usize>, Vec<u8>) {
+    let pruned = pruned.filter(|p| p.iter().any(|&x| x));
+    let (kept, kept_w): (Vec<f32>, Option<Vec<f64>>) = match pruned {
+        None => (values.to_vec(), weights.map(<[f64]>::to_vec)),
+        Some(p) => (
+            values.iter().zip(p).filter(|(_, &p)| !p).map(|(&v, _)| v).collect(),
+            weights.map(|w| w.iter().zip(p).filter(|(_, &p)| !p).map(|(&v, _)| v).collect()),
+        ),
+    };
+    let k_fit = if pruned.is_some() { k - 1 } else { k };
+    let mut book: Vec<f32> = if kept.is_empty() || k_fit == 0 {
+        Vec::new()
+    } else {
+        match &kept_w {
+            Some(w) => kmeans::centroids_weighted(&kept, w, k_fit),
+            None => kmeans::centroids(&kept, k_fit),
+        }
+    };
+    book.iter_mut().for_each(|c| *c = stored(kind, *c as f64));
+    if pruned.is_some() {
+        book.push(0.0);
+        book.sort_by(f32::total_cmp);
+    }
+    book.dedup();
+    let zero = pruned.and_then(|_| book.iter().position(|&c| c == 0.0));
+    let idx = match (pruned, zero) {
+        (Some(p), Some(z)) => values
+            .iter()
+            .zip(p)
+            .map(|(&v, &p)| if p { z as u8 } else { kmeans::nearest(&book, v) as u8 })
+            .collect(),
+        _ => assign(values, &book),
+    };
+    (book, zero, idx)
+}
+
+/// Positive weights for k-means from raw importances (relative floor keeps every one > 0).
+fn positive(weights: Vec<f64>) -> Vec<f64> {
+    let max = weights.iter().copied().fold(0.0f64, f64::max);
+    let floor = 1e-12 * max + f64::MIN_POSITIVE;
+    weights.into_iter().map(|w| if w > floor { w } else { floor }).collect()
+}
+
+/// The per-tensor candidate.
+fn fit_per_tensor(w: &[f32], bits: u8, imp: Option<&[f64]>, pruned: Option<&[bool]>) -> Fit {
+    let kind = CodebookKind::PerTensor;
+    let (book, zero, idx) = cluster(w, imp, pruned, 1 << bits, kind);
+    Fit { kind, books: vec![book], zero: vec![zero], scales: Vec::new(), idx }
+}
+
+/// The shared-scaled candidate; k-means weights are `importance · scale²` (the output error of
+/// a scaled value).
+fn fit_shared_scaled(w: &[f32], rows: usize, bits: u8, imp: Option<&[f64]>, pruned: Option<&[bool]>) -> Fit {
+    let kind = CodebookKind::SharedScaled;
+    let row_len = w.len() / rows;
+    let scales: Vec<f32> =
+        w.chunks_exact(row_len).map(|r| r.iter().fold(0.0f32, |m, v| m.max(v.abs()))).collect();
+    let normalised: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match scales[i / row_len] {
+            s if s > 0.0 => v / s,
+            _ => 0.0,
+        })
+        .collect();
+    let weights = imp.map(|imp| {
+        positive(imp.iter().enumerate().map(|(i, &m)| m * (scales[i / row_len] as f64).powi(2)).collect())
+    });
+    let (book, zero, idx) = cluster(&normalised, weights.as_deref(), pruned, 1 << bits, kind);
+    Fit { kind, books: vec![book], zero: vec![zero], scales, idx }
+}
+
+/// The per-row candidate; `None` when a centroid does not fit in f16.
+fn fit_per_row(
+    w: &[f32],
+    rows: usize,
+    bits: u8,
+    imp: Option<&[f64]>,
+    pruned: Option<&[bool]>,
+) -> Option<Fit> {
+    let kind = CodebookKind::PerRow;
+    let row_len = w.len() / rows;
+    let (mut books, mut zero, mut idx) = (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::new());
+    for r in 0..rows {
+        let span = r * row_len..(r + 1) * row_len;
+        let weights = imp.map(|i| positive(i[span.clone()].to_vec()));
+        let (book, z, i) =
+            cluster(&w[span.clone()], weights.as_deref(), pruned.map(|p| &p[span]), 1 << bits, kind);
+        if book.iter().any(|c| !c.is_finite()) {
+            return None;
+        }
+        books.push(book);
+        zero.push(z);
+        idx.extend(i);
+    }
+    Some(Fit { kind, books, zero, scales: Vec::new(), idx })
+}
+
+/// A book's state before a re-assignment round: entries, zero entry, indices of its rows and
+/// the row scales (SharedScaled has one book; other kinds have no scales).
+type Snapshot = (Vec<f32>, Option<usize>, Vec<u8>, Vec<f32>);
+
+/// What refining a fit needs besides the fit.
+struct Refine<'a> {
+    w: &'a [f32],
+    row_len: usize,
+    obj: &'a Objective<'a>,
+    pruned: Option<&'a [bool]>,
+    refit: bool,
+}
+
+impl Refine<'_> {
+    /// The book row `r` uses.
+    fn book_of(fit: &Fit, r: usize) -> usize {
+        if fit.books.len() > 1 {
+            r
+        } else {
+            0
+        }
+    }
+
+    /// Normal-equation terms of every book, over the rows of the books marked in `live`.
+    fn terms(&self, fit: &Fit, live: &[bool], rows: usize) -> Vec<Normal> {
+        let mut accs: Vec<Normal> = fit.books.iter().map(|b| self.obj.normal(b.len())).collect();
+        let rows: Vec<usize> = (0..rows).filter(|&r| live[Self::book_of(fit, r)]).collect();
+        let unit = |r| Self::book_of(fit, r);
+        self.obj.accumulate(&rows, self.w, &fit.idx, |r| fit.scale(r) as f64, unit, &mut accs);
+        accs
+    }
+
+    /// Rows of book `b`.
+    fn rows_of(fit: &Fit, b: usize, rows: usize) -> std::ops::Range<usize> {
+        if fit.books.len() > 1 {
+            b..b + 1
+        } else {
+            0..rows
+        }
+    }
+
+    /// The raw output error `Σ dᵀGd` of `fit`, lowered first with `refit`: least-squares
+    /// centroids, then up to `rounds` rounds of re-assignment + refit. Every book (one, or one per
+    /// row for PerRow) runs this in lockstep so each Gram sweep serves a block of rows; a book
+    /// keeps a step only when its raw error drops, and stops at the first step that does not.
+    fn fit(&self, fit: &mut Fit, rows: usize, rounds: usize) -> f64 {
+        let nb = fit.books.len();
+        let wide = |book: &[f32]| -> Vec<f64> { book.iter().map(|&c| c as f64).collect() };
+        // A book is refitted only when its K×K solves are cheap (K ≤ 32) or cost no more than
+        // its Gram passes (K³ ≤ rows·row_len²): per-row books of 2^8 entries on rows of a few
+        // hundred weights would take seconds to refit for a gain below f16 rounding.
+        let book_rows = |b: usize| Self::rows_of(fit, b, rows).len() as f64;
+        let mut live: Vec<bool> = (0..nb)
+            .map(|b| {
+                let k = fit.books[b].len() as f64;
+                let pass = book_rows(b) * (self.row_len as f64).powi(2);
+                k > 0.0 && k.powi(3) <= pass.max(32.0f64.powi(3))
+            })
+            .collect();
+        let mut normals = self.terms(fit, &vec![true; nb], rows);
+        let mut err: Vec<f64> = (0..nb).map(|b| normals[b].error(&wide(&fit.books[b]))).collect();
+        if !self.refit {
+            return err.iter().sum();
+        }
+        for round in 0..=rounds {
+            let mut current = err.clone();
+            let mut snapshots: Vec<Option<Snapshot>> = vec![None; nb];
+            if round > 0 {
+                for b in (0..nb).filter(|&b| live[b]) {
+                    let span = Self::rows_of(fit, b, rows);
+                    let idx = fit.idx[span.start * self.row_len..span.end * self.row_len].to_vec();
+                    snapshots[b] = Some((fit.books[b].clone(), fit.zero[b], idx, fit.scales.clone()));
+                }
+                let live_rows: Vec<usize> = (0..rows).filter(|&r| live[Self::book_of(fit, r)]).collect();
+                let books = &fit.books;
+                let changed = self.obj.reassign(
+                    &live_rows,
+                    self.w,
+                    self.pruned,
+                    &mut fit.idx,
+                    |r| &books[if books.len() > 1 { r } else { 0 }],
+                    &mut fit.scales,
+                );
+                let mut moved = vec![0usize; nb];
+                for (&r, c) in live_rows.iter().zip(changed) {
+                    moved[Self::book_of(fit, r)] += c;
+                }
+                for b in 0..nb {
+                    live[b] &= moved[b] > 0;
+                }
+                if !live.iter().any(|&l| l) {
+                    break;
+                }
+                normals = self.terms(fit, &live, rows);
+                for b in (0..nb).filter(|&b| live[b]) {
+                    current[b] = normals[b].error(&wide(&fit.books[b]));
+                }
+            }
+            for b in (0..nb).filter(|&b| live[b]) {
+                let Some(c) = normals[b].solve(&wide(&fit.books[b]), fit.zero[b]) else { continue };
+                let c: Vec<f32> = c.iter().map(|&v| stored(fit.kind, v)).collect();
+                let e = normals[b].error(&wide(&c));
+                if c.iter().all(|v| v.is_finite()) && e <= current[b] {
+                    fit.books[b] = c;
+                    fit.sort_book(b, Self::rows_of(fit, b, rows), self.row_len);
+                    current[b] = e;
+                }
+            }
+            for b in 0..nb {
+                if !live[b] {
+                    continue;
+                }
+                match snapshots[b].take() {
+                    Some((book, zero, idx, scales)) if current[b] >= err[b] => {
+                        let span = Self::rows_of(fit, b, rows);
+                        fit.books[b] = book;
+                        fit.zero[b] = zero;
+                        fit.scales = scales;
+                        fit.idx[span.start * self.row_len..span.end * self.row_len].copy_from_slice(&idx);
+                        live[b] = false;
+                    }
+                    _ => err[b] = current[b],
+                }
+            }
+        }
+        err.iter().sum()
+    }
+}
+
+/// The best codebook encoding of `w` under `opts`. With neither pruning nor a usable gram this
+/// is [`encode`]. Otherwise the three candidates are fitted with the pruned weights on a fixed
+/// zero entry, (with `weighted`) importance-weighted k-means, (with `refit`) least-squares
+/// centroids and output-aware re-assignment; with a gram the selection compares `out_error`.
 #[allow(dead_code)] // wired up by the calibration pass
 pub(crate) fn encode_with(w: &[f32], rows: usize, bits: u8, opts: &EncodeOptions) -> Encoded {
-    let _ = opts;
-    encode(w, rows, bits)
+    encode_with_rounds(w, rows, bits, opts, ALTERNATIONS)
+}
+
+/// [`encode_with`] with `rounds` re-assignment + refit rounds after the first refit.
+pub(crate) fn encode_with_rounds(
+    w: &[f32],
+    rows: usize,
+    bits: u8,
+    opts: &EncodeOptions,
+    rounds: usize,
+) -> Encoded {
+    let rows = rows.max(1);
+    let obj = opts.gram.and_then(|g| Objective::new(g, w, rows));
+    let row_len = w.len() / rows;
+    let imp: Option<Vec<f64>> =
+        obj.as_ref().filter(|_| opts.weighted).map(|o| (0..rows).flat_map(|r| o.importance(r)).collect());
+    let pruned = prune::mask(w, opts.prune, imp.as_deref());
+    if obj.is_none() && pruned.is_none() {
+        return encode(w, rows, bits);
+    }
+    let pruned = pruned.as_deref();
+    let imp = imp.as_deref();
+    let mut fits = vec![fit_per_tensor(w, bits, imp, pruned), fit_shared_scaled(w, rows, bits, imp, pruned)];
+    let smallest = fits.iter().map(|f| data_bytes(&f.to_data(bits, rows))).min().expect("two candidates");
+    if per_row_bytes(w, rows, bits) as f64 <= smallest as f64 * SIZE_SLACK {
+        fits.extend(fit_per_row(w, rows, bits, imp, pruned));
+    }
+    let scored = fits
+        .into_iter()
+        .map(|mut fit| {
+            let out_error = obj.as_ref().map(|obj| {
+                let refine = Refine { w, row_len, obj, pruned, refit: opts.refit };
+                obj.relative(refine.fit(&mut fit, rows, rounds))
+            });
+            let data = fit.to_data(bits, rows);
+            Encoded { bytes: data_bytes(&data), rel_error: relative_error(w, rows, &data), out_error, data }
+        })
+        .collect();
+    select(scored)
+}
+
+/// Relative output error `sqrt(Σ_r dᵀG d / Σ_r wᵀG w)` of any stored form `data` of `w`
+/// (`rows` rows) on the statistics `gram`, by decoding it; `None` when `gram` does not fit `w`.
+/// Use it to measure an encoding on held-out data (`out_error` is measured on the fitting data).
+#[allow(dead_code)] // used by the calibration pass and the bit allocator
+pub(crate) fn output_error(
+    w: &[f32],
+    rows: usize,
+    data: &TensorData,
+    gram: &crate::gram::RowGram,
+) -> Option<f64> {
+    let rows = rows.max(1);
+    let row_len = w.len() / rows;
+    let mut d = vec![0.0f32; w.len()];
+    for (r, dr) in d.chunks_exact_mut(row_len.max(1)).enumerate() {
+        data.view().decode_row(rows, r, dr);
+        for (q, &v) in dr.iter_mut().zip(&w[r * row_len..]) {
+            *q = v - *q;
+        }
+    }
+    let obj = Objective::new(gram, w, rows)?;
+    let err: f64 = obj.energies(&d).iter().sum();
+    Some(obj.relative(err))
+}
+
+/// Estimated bytes of the index stream of `data` as the writer's per-tensor Huffman option
+/// (`pith_format::Entropy::Huffman`) stores it: a Huffman code is built from the histogram of all
+/// indices (ties broken by entry, so it is deterministic; the writer's 12-bit length limit is
+/// ignored, which matters only for extremely skewed histograms), and the estimate is the blob
+/// size `12 + entries + ceil(Σ count·code_length / 8)` (header, code-length table, code words),
+/// capped by the packed size since the writer keeps whichever is smaller. A lone used entry costs
+/// 1 bit per index. 0 for data that is not a codebook.
+#[allow(dead_code)] // used by the bit allocator
+pub(crate) fn index_entropy_bytes(data: &TensorData) -> usize {
+    /// Header bytes of a Huffman blob (`u64` bit count, `u16` symbols, `u16` reserved).
+    const HUFFMAN_HEADER: usize = 12;
+    let TensorData::Codebook(cb) = data else { return 0 };
+    let TensorView::Codebook(view) = data.view() else { return 0 };
+    let mut counts = vec![0u64; 1 << cb.bits];
+    for r in 0..cb.rows {
+        let row = view.row_indices(r);
+        for i in 0..cb.row_len {
+            counts[CodebookView::index_at(row, cb.bits, i)] += 1;
+        }
+    }
+    let lengths = huffman_lengths(&counts);
+    let bits: u64 = counts.iter().zip(&lengths).map(|(&c, &l)| c * l as u64).sum();
+    let huffman = HUFFMAN_HEADER + cb.entries + bits.div_ceil(8) as usize;
+    huffman.min(cb.indices.len())
+}
+
+/// Huffman code lengths for `counts` (0 for unused symbols, at least 1 for used ones).
+fn huffman_lengths(counts: &[u64]) -> Vec<u32> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut lengths = vec![0u32; counts.len()];
+    // Nodes: (weight, tie-break id); members tracked per node.
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    let mut heap = BinaryHeap::new();
+    for (s, &c) in counts.iter().enumerate().filter(|(_, &c)| c > 0) {
+        heap.push(Reverse((c, members.len())));
+        members.push(vec![s]);
+    }
+    if heap.len() == 1 {
+        lengths[members[0][0]] = 1;
+    }
+    while heap.len() > 1 {
+        let Reverse((wa, a)) = heap.pop().expect("two nodes");
+        let Reverse((wb, b)) = heap.pop().expect("two nodes");
+        let mut merged = std::mem::take(&mut members[a]);
+        merged.extend(std::mem::take(&mut members[b]));
+        for &s in &merged {
+            lengths[s] += 1;
+        }
+        heap.push(Reverse((wa + wb, members.len())));
+        members.push(merged);
+    }
+    lengths
 }
 
 /// The best codebook encoding of `w` (finite values, `rows` rows) at `bits` bits per index.
@@ -202,6 +660,7 @@ pub(crate) fn encode(w: &[f32], rows: usize, bits: u8) -> Encoded {
     let score = |data: TensorData| Encoded {
         bytes: data_bytes(&data),
         rel_error: relative_error(w, rows, &data),
+        out_error: None,
         data,
     };
     let mut scored = vec![score(per_tensor(w, rows, bits)), score(shared_scaled(w, rows, bits))];
@@ -218,10 +677,10 @@ pub(crate) fn select(scored: Vec<Encoded>) -> Encoded {
     let smallest = scored.iter().map(|e| e.bytes).min().unwrap_or(0) as f64;
     let affordable: Vec<Encoded> =
         scored.into_iter().filter(|e| e.bytes as f64 <= smallest * SIZE_SLACK).collect();
-    let best = affordable.iter().map(|e| e.rel_error).fold(f64::INFINITY, f64::min);
+    let best = affordable.iter().map(Encoded::score).fold(f64::INFINITY, f64::min);
     affordable
         .into_iter()
-        .filter(|e| e.rel_error <= best * ERROR_SLACK + 1e-12)
+        .filter(|e| e.score() <= best * ERROR_SLACK + 1e-12)
         .min_by_key(|e| e.bytes)
         .expect("the most accurate affordable candidate always qualifies")
 }
@@ -279,7 +738,7 @@ mod tests {
     }
 
     fn scored(bytes: usize, rel_error: f64) -> Encoded {
-        Encoded { data: TensorData::F32(Vec::new()), bytes, rel_error }
+        Encoded { data: TensorData::F32(Vec::new()), bytes, rel_error, out_error: None }
     }
 
     #[test]
@@ -314,3 +773,300 @@ mod tests {
         assert_eq!(relative_error(&w, 4, &data), 0.0);
     }
 }
+
+#[cfg(test)]
+mod data_aware_tests {
+    use super::*;
+    use crate::gram::RowGram;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn lcg(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Weights with per-row scales that differ and a heavy tail.
+    fn weights(rows: usize, row_len: usize, seed: u64) -> Vec<f32> {
+        lcg(rows * row_len, seed)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * v * v * (1.0 + (i / row_len % 5) as f32) + 0.05 * v)
+            .collect()
+    }
+
+    /// A Gram of `samples` activations with strongly unequal input energies (a 1000x spread)
+    /// and correlated neighbouring inputs.
+    fn gram(row_len: usize, samples: usize, seed: u64) -> RowGram {
+        let z = lcg(samples * row_len, seed);
+        let mut x = vec![0.0f32; samples * row_len];
+        for s in 0..samples {
+            for j in 0..row_len {
+                let energy = 10f32.powf(-3.0 * ((j * 7) % row_len) as f32 / row_len as f32).sqrt();
+                let prev = if j > 0 { z[s * row_len + j - 1] } else { 0.0 };
+                x[s * row_len + j] = energy * (z[s * row_len + j] + 0.8 * prev);
+            }
+        }
+        let mut g = RowGram::new(1, row_len);
+        g.add_rows(&x, samples);
+        g
+    }
+
+    /// `sqrt(Σ dᵀGd / Σ wᵀGw)` by decoding every row (independent of the normal equations).
+    fn decoded_out_error(w: &[f32], rows: usize, data: &TensorData, gram: &RowGram) -> f64 {
+        let len = w.len() / rows;
+        let mut q = vec![0.0f32; len];
+        let (mut num, mut den) = (0.0, 0.0);
+        for r in 0..rows {
+            data.view().decode_row(rows, r, &mut q);
+            let gm = gram.group(r / (rows / gram.groups));
+            let row = &w[r * len..(r + 1) * len];
+            for i in 0..len {
+                for j in 0..len {
+                    let g = gm[i * len + j];
+                    num += (row[i] - q[i]) as f64 * g * (row[j] - q[j]) as f64;
+                    den += row[i] as f64 * g * row[j] as f64;
+                }
+            }
+        }
+        (num / den).sqrt()
+    }
+
+    fn opts(gram: Option<&RowGram>, prune: f32, weighted: bool, refit: bool) -> EncodeOptions<'_> {
+        EncodeOptions { prune, gram, weighted, refit }
+    }
+
+    #[test]
+    fn plain_options_reproduce_encode() {
+        let (rows, len) = (12, 45);
+        let w = weights(rows, len, 1);
+        for bits in [2u8, 4, 8] {
+            let a = encode_with(&w, rows, bits, &EncodeOptions::default());
+            let b = encode(&w, rows, bits);
+            assert_eq!(a.data, b.data);
+            assert_eq!(a.out_error, None);
+            // The generic fits equal the plain candidates without pruning or weights.
+            assert_eq!(fit_per_tensor(&w, bits, None, None).to_data(bits, rows), per_tensor(&w, rows, bits));
+            assert_eq!(
+                fit_shared_scaled(&w, rows, bits, None, None).to_data(bits, rows),
+                shared_scaled(&w, rows, bits)
+            );
+            assert_eq!(
+                fit_per_row(&w, rows, bits, None, None).unwrap().to_data(bits, rows),
+                per_row(&w, rows, bits).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn unusable_grams_fall_back_to_plain() {
+        let (rows, len) = (8, 33);
+        let w = weights(rows, len, 2);
+        let empty = RowGram::new(1, len);
+        let mut dead = RowGram::new(1, len);
+        dead.add_rows(&vec![0.0; 10 * len], 10);
+        assert_eq!(dead.count, 10);
+        let wrong = gram(len + 1, 50, 1);
+        for g in [&empty, &dead, &wrong] {
+            let e = encode_with(&w, rows, 3, &opts(Some(g), 0.0, true, true));
+            assert_eq!(e.data, encode(&w, rows, 3).data);
+            assert_eq!(e.out_error, None);
+            let p = encode_with(&w, rows, 3, &opts(Some(g), 0.25, true, true));
+            assert!(p.rel_error.is_finite() && p.out_error.is_none());
+        }
+    }
+
+    #[test]
+    fn out_error_matches_decoded_output_error() {
+        let (rows, len) = (10, 37);
+        let w = weights(rows, len, 3);
+        let g = gram(len, 200, 4);
+        for bits in [1u8, 3, 5, 8] {
+            for (prune, weighted, refit) in
+                [(0.0, false, false), (0.3, true, false), (0.0, true, true), (0.2, true, true)]
+            {
+                let e = encode_with(&w, rows, bits, &opts(Some(&g), prune, weighted, refit));
+                let want = decoded_out_error(&w, rows, &e.data, &g);
+                let got = e.out_error.unwrap();
+                assert!((got - want).abs() <= 1e-4 * want.max(1e-9), "bits={bits}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn data_aware_fitting_lowers_output_error() {
+        let (rows, len) = (32, 96);
+        let w = weights(rows, len, 5);
+        let g = gram(len, 400, 6);
+        for bits in [2u8, 3, 4] {
+            let err = |weighted, refit| {
+                encode_with(&w, rows, bits, &opts(Some(&g), 0.0, weighted, refit)).out_error.unwrap()
+            };
+            let (plain, weighted, refit) = (err(false, false), err(true, false), err(true, true));
+            eprintln!("bits {bits}: plain {plain:.4} weighted {weighted:.4} weighted+refit {refit:.4}");
+            assert!(weighted < plain, "bits={bits}: weighted {weighted} vs plain {plain}");
+            assert!(refit < 0.9 * weighted, "bits={bits}: refit {refit} vs weighted {weighted}");
+        }
+    }
+
+    #[test]
+    fn refit_never_increases_output_error() {
+        let (rows, len) = (9, 41);
+        let w = weights(rows, len, 7);
+        for (samples, seed) in [(300, 8), (20, 9)] {
+            // 20 samples < 41 inputs: a singular Gram.
+            let g = gram(len, samples, seed);
+            let obj = Objective::new(&g, &w, rows).unwrap();
+            for bits in 1..=8u8 {
+                for prune in [0.0, 0.4] {
+                    let mask = prune::mask(&w, prune, None);
+                    let pruned = mask.as_deref();
+                    let mut fits = vec![
+                        fit_per_tensor(&w, bits, None, pruned),
+                        fit_shared_scaled(&w, rows, bits, None, pruned),
+                    ];
+                    fits.extend(fit_per_row(&w, rows, bits, None, pruned));
+                    for fit in fits {
+                        let refine = |refit| Refine { w: &w, row_len: len, obj: &obj, pruned, refit };
+                        let before = refine(false).fit(&mut fit.clone(), rows, ALTERNATIONS);
+                        let mut refitted = fit.clone();
+                        let after = refine(true).fit(&mut refitted, rows, ALTERNATIONS);
+                        assert!(
+                            after <= before * (1.0 + 1e-12),
+                            "{:?} bits={bits}: {after} > {before}",
+                            fit.kind
+                        );
+                        let data = refitted.to_data(bits, rows);
+                        let decoded = decoded_out_error(&w, rows, &data, &g);
+                        let rel = obj.relative(after);
+                        assert!(
+                            (rel - decoded).abs() <= 1e-4 * decoded.max(1e-9),
+                            "{:?} bits={bits} prune={prune} samples={samples}: {rel} vs {decoded}",
+                            fit.kind
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pruned_weights_decode_to_exact_zero_in_every_kind() {
+        let (rows, len) = (7, 29);
+        let w = weights(rows, len, 10);
+        let g = gram(len, 100, 11);
+        let obj = Objective::new(&g, &w, rows).unwrap();
+        for bits in 1..=8u8 {
+            for frac in [0.1f32, 0.5, 0.9] {
+                let want = (frac as f64 * w.len() as f64).round() as usize;
+                let mask = prune::mask(&w, frac, None).unwrap();
+                let mut fits = vec![
+                    fit_per_tensor(&w, bits, None, Some(&mask)),
+                    fit_shared_scaled(&w, rows, bits, None, Some(&mask)),
+                ];
+                fits.push(fit_per_row(&w, rows, bits, None, Some(&mask)).unwrap());
+                for mut fit in fits {
+                    Refine { w: &w, row_len: len, obj: &obj, pruned: Some(&mask), refit: true }.fit(
+                        &mut fit,
+                        rows,
+                        ALTERNATIONS,
+                    );
+                    let data = fit.to_data(bits, rows);
+                    let mut out = vec![0.0f32; len];
+                    let mut zeros = 0;
+                    for r in 0..rows {
+                        data.view().decode_row(rows, r, &mut out);
+                        for j in 0..len {
+                            if mask[r * len + j] {
+                                assert_eq!(out[j].to_bits(), 0, "{:?} bits={bits} frac={frac}", fit.kind);
+                            }
+                            zeros += (out[j] == 0.0) as usize;
+                        }
+                    }
+                    assert!(zeros >= want, "{:?} bits={bits}: {zeros} zeros < {want}", fit.kind);
+                }
+            }
+            // Through the selection too, with and without a gram.
+            for gram in [None, Some(&g)] {
+                let e = encode_with(&w, rows, bits, &opts(gram, 0.5, true, true));
+                let mut out = vec![0.0f32; len];
+                let mut zeros = 0;
+                for r in 0..rows {
+                    e.data.view().decode_row(rows, r, &mut out);
+                    zeros += out.iter().filter(|&&v| v == 0.0).count();
+                }
+                assert!(zeros >= w.len() / 2, "bits={bits}: {zeros}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_bit_width_and_odd_row_length_encodes_validly() {
+        let (rows, len) = (5, 53);
+        let w = weights(rows, len, 12);
+        let g = gram(len, 150, 13);
+        let mut last = f64::INFINITY;
+        for bits in 1..=8u8 {
+            let e = encode_with(&w, rows, bits, &opts(Some(&g), 0.0, true, true));
+            let TensorData::Codebook(cb) = &e.data else { panic!("codebook expected") };
+            assert_eq!((cb.bits, cb.rows, cb.row_len), (bits, rows, len));
+            assert!(cb.entries <= 1 << bits);
+            let view = e.data.view();
+            let TensorView::Codebook(v) = view else { unreachable!() };
+            for r in 0..rows {
+                for i in 0..len {
+                    assert!(CodebookView::index_at(v.row_indices(r), bits, i) < cb.entries);
+                }
+            }
+            let out = e.out_error.unwrap();
+            assert!(out.is_finite() && out <= last * 1.2 + 1e-9, "bits={bits}: {out} after {last}");
+            last = out;
+        }
+        assert!(last < 0.01, "{last}");
+    }
+
+    #[test]
+    fn encoding_is_deterministic() {
+        let (rows, len) = (16, 40);
+        let w = weights(rows, len, 14);
+        let g = gram(len, 120, 15);
+        for o in
+            [opts(Some(&g), 0.3, true, true), opts(None, 0.3, false, false), opts(Some(&g), 0.0, false, true)]
+        {
+            let (a, b) = (encode_with(&w, rows, 4, &o), encode_with(&w, rows, 4, &o));
+            assert_eq!(a.data, b.data);
+            assert_eq!(a.out_error.map(f64::to_bits), b.out_error.map(f64::to_bits));
+        }
+    }
+
+    #[test]
+    fn entropy_estimate_rewards_skewed_indices() {
+        let (rows, len) = (16, 64);
+        let w = weights(rows, len, 16);
+        let dense = encode_with(&w, rows, 4, &EncodeOptions::default()).data;
+        let sparse = encode_with(&w, rows, 4, &opts(None, 0.9, false, false)).data;
+        let packed = |d: &TensorData| match d {
+            TensorData::Codebook(c) => c.indices.len(),
+            _ => unreachable!(),
+        };
+        let (de, se) = (index_entropy_bytes(&dense), index_entropy_bytes(&sparse));
+        assert!(de <= packed(&dense) && se <= packed(&sparse));
+        // 90% zeros: a bit or so per index instead of 4.
+        assert!(se * 2 < packed(&sparse), "{se} vs {}", packed(&sparse));
+        assert!(se < de);
+        assert_eq!(index_entropy_bytes(&TensorData::F32(vec![1.0])), 0);
+        // Huffman lengths: counts 5,1,1,1 → 1,2,3,3 (or an equivalent optimum of cost 5+2+3+3).
+        let l = huffman_lengths(&[5, 1, 1, 1, 0]);
+        assert_eq!(l[4], 0);
+        assert_eq!(5 * l[0] + l[1] + l[2] + l[3], 13);
+        assert_eq!(huffman_lengths(&[0, 7]), vec![0, 1]);
+    }
+}
+
+#[cfg(test)]
+#[path = "codebook_bench.rs"]
+mod bench;

@@ -71,6 +71,51 @@ impl Points {
         p
     }
 
+    /// The distinct values of `values` weighted by the sum of their `weights` (finite values,
+    /// positive finite weights, one per value).
+    pub fn exact_weighted(values: &[f32], weights: &[f64]) -> Points {
+        let mut sorted: Vec<(f32, f64)> = values.iter().copied().zip(weights.iter().copied()).collect();
+        sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut p = Points::default();
+        for (v, w) in sorted {
+            let v = v as f64;
+            if p.x.last() == Some(&v) {
+                *p.w.last_mut().expect("x and w grow together") += w;
+            } else {
+                p.x.push(v);
+                p.w.push(w);
+            }
+        }
+        p
+    }
+
+    /// [`Points::histogram`] with per-value weights: runs close once they hold `2 W / groups` of
+    /// the total weight `W` or span `2 (max - min) / groups`, and sit at their weighted mean.
+    pub fn histogram_weighted(values: &[f32], weights: &[f64], groups: usize) -> Points {
+        let mut sorted: Vec<(f32, f64)> = values.iter().copied().zip(weights.iter().copied()).collect();
+        sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let (Some(&(lo, _)), Some(&(hi, _))) = (sorted.first(), sorted.last()) else {
+            return Points::default();
+        };
+        let half = (groups / 2).max(1);
+        let total: f64 = sorted.iter().map(|p| p.1).sum();
+        let weight_cap = total / half as f64;
+        let width_cap = (hi as f64 - lo as f64) / half as f64;
+        let mut p = Points::default();
+        let (mut start, mut sum, mut weight) = (lo as f64, 0.0f64, 0.0f64);
+        for (v, w) in sorted {
+            let v = v as f64;
+            if weight > 0.0 && (weight >= weight_cap || v - start > width_cap) {
+                p.push_group(sum / weight, weight);
+                (start, sum, weight) = (v, 0.0, 0.0);
+            }
+            sum += v * w;
+            weight += w;
+        }
+        p.push_group(sum / weight, weight);
+        p
+    }
+
     /// Appends a group, merging it into the last one if rounding made their means equal.
     fn push_group(&mut self, x: f64, w: f64) {
         match (self.x.last_mut(), self.w.last_mut()) {
@@ -236,6 +281,30 @@ pub(crate) fn centroids(values: &[f32], k: usize) -> Vec<f32> {
     out
 }
 
+/// At most `k` ascending centroids minimising `Σ weights[i] (values[i] - c)²` (finite values,
+/// positive finite weights): exact weighted Ckmeans up to [`EXACT_LIMIT`] values, weighted
+/// histogram Ckmeans plus one weighted mean update beyond. With all weights equal the clusters
+/// are those of [`centroids`] on the exact path.
+pub(crate) fn centroids_weighted(values: &[f32], weights: &[f64], k: usize) -> Vec<f32> {
+    if values.len() <= EXACT_LIMIT {
+        let p = Points::exact_weighted(values, weights);
+        return centroids_of(&p, k).into_iter().map(|c| c as f32).collect();
+    }
+    let coarse = centroids_of(&Points::histogram_weighted(values, weights, HIST_BINS), k);
+    let coarse: Vec<f32> = coarse.into_iter().map(|c| c as f32).collect();
+    let mut sum = vec![0.0f64; coarse.len()];
+    let mut weight = vec![0.0f64; coarse.len()];
+    for (&v, &w) in values.iter().zip(weights) {
+        let c = nearest(&coarse, v);
+        sum[c] += v as f64 * w;
+        weight[c] += w;
+    }
+    let mut out: Vec<f32> =
+        (0..coarse.len()).filter(|&c| weight[c] > 0.0).map(|c| (sum[c] / weight[c]) as f32).collect();
+    out.dedup();
+    out
+}
+
 /// Index of the centroid nearest to `v` among ascending `centroids` (ties go to the lower one).
 #[inline]
 pub(crate) fn nearest(centroids: &[f32], v: f32) -> usize {
@@ -344,6 +413,52 @@ mod tests {
             assert!(a >= e * (1.0 - 1e-6), "k={k}: approx {a} below optimum {e}");
             assert!(a <= e * 1.02, "k={k}: histogram {a} vs exact {e}");
         }
+    }
+
+    fn weighted_sse(values: &[f32], weights: &[f64], centroids: &[f32]) -> f64 {
+        values
+            .iter()
+            .zip(weights)
+            .map(|(&v, &w)| w * ((v - centroids[nearest(centroids, v)]) as f64).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn unit_weights_reproduce_the_unweighted_centroids() {
+        let values = lcg_values(1000, 5);
+        let ones = vec![1.0; values.len()];
+        for k in [2, 8, 64] {
+            assert_eq!(centroids_weighted(&values, &ones, k), centroids(&values, k), "k={k}");
+        }
+    }
+
+    #[test]
+    fn weighted_dp_is_optimal_over_splits() {
+        // Integer weights = repeated points: the weighted optimum equals the unweighted one of the
+        // expanded multiset.
+        for seed in 0..6u64 {
+            let values = lcg_values(9, seed);
+            let weights: Vec<f64> = (0..9).map(|i| (1 + (i * 5 + seed as usize) % 4) as f64).collect();
+            let expanded: Vec<f32> =
+                values.iter().zip(&weights).flat_map(|(&v, &w)| std::iter::repeat_n(v, w as usize)).collect();
+            for k in 1..=3 {
+                let cw = centroids_weighted(&values, &weights, k);
+                let ce = centroids(&expanded, k);
+                let (a, b) = (weighted_sse(&values, &weights, &cw), sse(&expanded, &ce));
+                assert!((a - b).abs() <= 1e-9 + 1e-6 * b, "seed={seed} k={k}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn heavy_points_attract_centroids_on_the_histogram_path() {
+        let values: Vec<f32> = lcg_values(20_000, 4).iter().map(|v| v * v * v).collect();
+        // Values above 0.5 carry 1000x the weight: the weighted error there must beat unweighted.
+        let weights: Vec<f64> = values.iter().map(|&v| if v > 0.5 { 1000.0 } else { 1.0 }).collect();
+        let (cw, cu) = (centroids_weighted(&values, &weights, 8), centroids(&values, 8));
+        assert!(cw.windows(2).all(|w| w[0] < w[1]));
+        let (ew, eu) = (weighted_sse(&values, &weights, &cw), weighted_sse(&values, &weights, &cu));
+        assert!(ew < 0.5 * eu, "weighted {ew} vs unweighted {eu}");
     }
 
     #[test]

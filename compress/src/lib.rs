@@ -1,12 +1,14 @@
 //! ONNX import and compression passes: ONNX protobuf → [`pith_format::ir::Model`].
 //!
-//! Pipeline: decode and import → drop `Identity` → constant folding (through the
-//! runtime's ops) → fold BatchNormalization into Conv → dead-code elimination → topological
-//! sort → weight encoding ([`WeightFormat`]) → compacted [`ir::Model`]. The output is a pure
-//! function of the input bytes and options.
+//! Pipeline: decode and import → drop `Identity` → constant folding (through the runtime's ops)
+//! → fold BatchNormalization into Conv → dead-code elimination → drop default-valued attributes
+//! → topological sort → weight encoding ([`WeightFormat`], or per layer from calibration data in
+//! [`calib`]) → compacted [`ir::Model`]. The output is a pure function of the input bytes and
+//! options.
 
 #![warn(missing_docs)]
 
+pub mod calib;
 mod codebook;
 mod error;
 pub mod gram;
@@ -14,6 +16,8 @@ mod import;
 mod kmeans;
 pub mod onnx_proto;
 mod passes;
+mod prune;
+mod refit;
 mod weights;
 mod work;
 
@@ -62,6 +66,16 @@ pub struct LayerReport {
     pub f32_bytes: usize,
     /// `||W - Wq||_2 / ||W||_2` of the stored weight.
     pub rel_error: f32,
+    /// Bits per codebook index, `None` when the weight is stored as f32 or f16.
+    pub bits: Option<u8>,
+    /// Fraction of weights stored as exact zeros (pruned or zero in the source).
+    pub sparsity: f32,
+    /// Relative output error `sqrt(Σ (w-q)ᵀG(w-q) / Σ wᵀGw)` of the layer on the calibration
+    /// activations (Gram `G`); `None` without calibration data.
+    pub out_error: Option<f32>,
+    /// With `--bits auto`: the predicted contribution of this layer to the model's output
+    /// distortion `1 - cos`, from its measured sensitivity.
+    pub predicted_distortion: Option<f64>,
 }
 
 /// Summary of one compression run.
@@ -73,6 +87,10 @@ pub struct Report {
     pub onnx_bytes: usize,
     /// Bytes of all constant data of the output model (payloads only).
     pub total_bytes: usize,
+    /// Fidelity of the output model measured on the calibration set (`None` without one).
+    pub fidelity: Option<calib::Fidelity>,
+    /// With `--bits auto`: every whole-model verification of the budget search, in order.
+    pub search: Vec<calib::SearchStep>,
 }
 
 /// A compressed model and its report.
@@ -101,21 +119,31 @@ pub fn compress_onnx_with_progress(
             return Err(CompressError::Graph(format!("codebook bits must be 1..=8, got {bits}")));
         }
     }
+    let work = prepare(onnx)?;
+    let (encoded, layers) = weights::encode_weights(&work, &options.weights, progress);
+    let model = finish(work, encoded);
+    let total_bytes = model.constants.iter().map(|c| codebook::data_bytes(&c.data)).sum();
+    Ok(Compressed {
+        model,
+        report: Report { layers, onnx_bytes: onnx.len(), total_bytes, ..Default::default() },
+    })
+}
+
+/// Imports `onnx` and runs the graph passes (everything before weight encoding).
+fn prepare(onnx: &[u8]) -> Result<WorkModel, CompressError> {
     let mut work = import::import(onnx)?;
     let identities = passes::identity::remove_identities(&mut work);
     let folded = passes::fold::fold_constants(&mut work);
     let bns = passes::bn_fold::fold_batch_norms(&mut work);
     let dead = passes::dce::eliminate_dead(&mut work);
+    let attrs = passes::attrs::drop_default_attrs(&mut work);
     passes::topo::sort(&mut work)?;
     log::info!(
         "removed {identities} Identity, folded {folded} constant nodes and {bns} BatchNorms, \
-         dropped {dead} dead nodes; {} nodes left",
+         dropped {dead} dead nodes and {attrs} default-valued attributes; {} nodes left",
         work.graph.nodes.len()
     );
-    let (encoded, layers) = weights::encode_weights(&work, &options.weights, progress);
-    let model = finish(work, encoded);
-    let total_bytes = model.constants.iter().map(|c| codebook::data_bytes(&c.data)).sum();
-    Ok(Compressed { model, report: Report { layers, onnx_bytes: onnx.len(), total_bytes } })
+    Ok(work)
 }
 
 /// Forgets the declared shapes of intermediate values (node outputs that are not graph outputs).

@@ -55,18 +55,67 @@ pub(crate) fn encode_weights(
         let rows = t.shape.first().copied().unwrap_or(1);
         let (data, rel_error) = encode_one(w, &t.shape, format);
         let data = data.unwrap_or_else(|| TensorData::F32(w.to_vec()));
-        layers.push(LayerReport {
-            name: name.clone(),
-            shape: t.shape.clone(),
-            encoding: data.view().encoding_name(),
-            bytes: data_bytes(&data),
-            f32_bytes: w.len() * 4,
-            rel_error: rel_error.unwrap_or_else(|| relative_error(w, rows.max(1), &data)) as f32,
-        });
+        let rel_error = rel_error.unwrap_or_else(|| relative_error(w, rows.max(1), &data));
+        layers.push(layer_report(name, &t.shape, w, &data, rel_error));
         encoded.insert(id, data);
     }
     progress(ids.len(), ids.len(), "");
     (encoded, layers)
+}
+
+/// The report row of weight `name` (`shape`, f32 values `w`) stored as `data`; the
+/// calibration-only fields (`out_error`, `predicted_distortion`) are left `None`.
+pub(crate) fn layer_report(
+    name: &str,
+    shape: &[usize],
+    w: &[f32],
+    data: &TensorData,
+    rel_error: f64,
+) -> LayerReport {
+    LayerReport {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        encoding: data.view().encoding_name(),
+        bytes: data_bytes(data),
+        f32_bytes: w.len() * 4,
+        rel_error: rel_error as f32,
+        bits: match data {
+            TensorData::Codebook(c) => Some(c.bits),
+            _ => None,
+        },
+        sparsity: sparsity(data, shape.first().copied().unwrap_or(1).max(1), w.len()),
+        out_error: None,
+        predicted_distortion: None,
+    }
+}
+
+/// Fraction of the `len` stored values (in `rows` rows) that decode to exactly zero.
+pub(crate) fn sparsity(data: &TensorData, rows: usize, len: usize) -> f32 {
+    if len == 0 {
+        return 0.0;
+    }
+    let zeros = match data {
+        TensorData::F32(v) => v.iter().filter(|x| **x == 0.0).count(),
+        TensorData::F16(v) => v.iter().filter(|x| x.to_f32() == 0.0).count(),
+        TensorData::I64(v) => v.iter().filter(|x| **x == 0).count(),
+        TensorData::Codebook(_) => {
+            let view = data.view();
+            let mut buf = vec![0.0f32; len / rows];
+            (0..rows)
+                .map(|r| {
+                    view.decode_row(rows, r, &mut buf);
+                    buf.iter().filter(|x| **x == 0.0).count()
+                })
+                .sum()
+        }
+    };
+    zeros as f32 / len as f32
+}
+
+/// True when `w` (shape `shape`) may be stored as a `bits`-bit codebook: at least 2 dimensions,
+/// finite values, and enough elements that the codebook does not cost about as much as the weights.
+pub(crate) fn codebook_allowed(w: &[f32], shape: &[usize], bits: u8) -> bool {
+    shape.len() >= 2 && shape[0] > 0 && w.len() >= 64.max(4usize << bits) && w.iter().all(|v| v.is_finite())
 }
 
 /// The encoding of one weight (`None` = keep f32) and its error when already measured.
@@ -86,7 +135,7 @@ fn encode_one(w: &[f32], shape: &[usize], format: &WeightFormat) -> (Option<Tens
         }
         WeightFormat::Codebook { bits } => {
             let bits = bits.clamp(1, 8);
-            if w.len() < 64.max(4usize << bits) || shape[0] == 0 {
+            if !codebook_allowed(w, shape, bits) {
                 return (None, Some(0.0));
             }
             let e = codebook::encode(w, shape[0], bits);

@@ -1,5 +1,6 @@
 //! Graph rewrites run between import and weight compression, each in its own module.
 
+pub(crate) mod attrs;
 pub(crate) mod bn_fold;
 pub(crate) mod dce;
 pub(crate) mod fold;

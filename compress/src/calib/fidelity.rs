@@ -1,0 +1,304 @@
+//! Fidelity of a candidate model to the uncompressed one on calibration samples: the minimum
+//! output cosine, and optionally a task check (same detections, matched at IoU ≥ a threshold,
+//! [`MIN_IOU`] by default).
+
+use std::sync::Arc;
+
+use pith_format::ir;
+use pith_format::PithFile;
+use pith_runtime::tasks::blazeface::{self, FaceOptions, Letterbox};
+use pith_runtime::tasks::db::{self, DbOptions, DbResize};
+use pith_runtime::tasks::geometry::BBox;
+use pith_runtime::{Session, SessionOptions, Tensor};
+use rayon::prelude::*;
+
+use super::{CalibError, CalibSample};
+
+/// Default IoU a candidate detection must reach with its reference detection.
+pub const MIN_IOU: f32 = 0.9;
+
+/// A task whose detections must survive compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskCheck {
+    /// BlazeFace: the same faces (outputs told apart by last dimension 16 / 1).
+    BlazeFace,
+    /// DB text detection (PP-OCR det): the same text boxes from the first output.
+    Db,
+}
+
+/// Outcome of the task check over the calibration samples.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskOutcome {
+    /// Same detection count on every sample and every reference detection matched.
+    pub passed: bool,
+    /// Lowest IoU of a matched pair (1 when there were no detections).
+    pub min_iou: f32,
+    /// Detections of the reference over all samples.
+    pub detections: usize,
+    /// The first failure, in words (empty when passed).
+    pub detail: String,
+}
+
+/// Fidelity of a model to the reference on a set of samples.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Fidelity {
+    /// Minimum over samples and outputs of the output cosine.
+    pub cosine: f64,
+    /// Samples measured.
+    pub samples: usize,
+    /// The task check, when one was asked for.
+    pub task: Option<TaskOutcome>,
+}
+
+impl Fidelity {
+    /// True when the cosine reaches `floor` and the task check (if any) passed.
+    pub fn passes(&self, floor: f64) -> bool {
+        self.cosine >= floor && self.task.as_ref().is_none_or(|t| t.passed)
+    }
+}
+
+/// Cosine similarity accumulated in f64; 1 for two zero vectors, -1 when a value is not finite
+/// or the lengths differ (so a broken output always fails).
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return -1.0;
+    }
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if !(dot.is_finite() && na.is_finite() && nb.is_finite()) {
+        return -1.0;
+    }
+    if na == 0.0 && nb == 0.0 {
+        return 1.0;
+    }
+    (dot / (na.sqrt() * nb.sqrt()).max(f64::MIN_POSITIVE)).clamp(-1.0, 1.0)
+}
+
+/// Pairs every reference box with a distinct candidate box (best IoU first, in reference
+/// order); `Ok(min IoU)` when the counts are equal and every pair reaches `min_iou`.
+pub fn match_boxes(reference: &[BBox], candidate: &[BBox], min_iou: f32) -> Result<f32, String> {
+    if reference.len() != candidate.len() {
+        return Err(format!("{} detections vs {} in the reference", candidate.len(), reference.len()));
+    }
+    let mut used = vec![false; candidate.len()];
+    let mut lowest = 1.0f32;
+    for (i, r) in reference.iter().enumerate() {
+        let best = candidate
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !used[*j])
+            .map(|(j, c)| (j, r.iou(c)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((j, iou)) if iou >= min_iou => {
+                used[j] = true;
+                lowest = lowest.min(iou);
+            }
+            Some((_, iou)) => return Err(format!("reference detection {i}: best IoU {iou:.3}")),
+            None => return Err(format!("reference detection {i} unmatched")),
+        }
+    }
+    Ok(lowest)
+}
+
+/// The detections of `task` in model outputs for input `input` (boxes in input pixels).
+pub fn detections(
+    task: TaskCheck,
+    input: &Tensor,
+    outputs: &[(String, Tensor)],
+) -> Result<Vec<BBox>, String> {
+    match task {
+        TaskCheck::BlazeFace => {
+            let by_last =
+                |n: usize| {
+                    outputs.iter().find(|(_, t)| t.shape.last() == Some(&n)).map(|(_, t)| t).ok_or_else(
+                        || format!("no output with last dimension {n}; is this a BlazeFace model?"),
+                    )
+                };
+            let lb = Letterbox::new(blazeface::INPUT_SIZE, blazeface::INPUT_SIZE);
+            let faces = blazeface::decode(by_last(16)?, by_last(1)?, &lb, &FaceOptions::default())
+                .map_err(|e| e.to_string())?;
+            Ok(faces.iter().map(|f| f.bbox).collect())
+        }
+        TaskCheck::Db => {
+            let (h, w) = match input.shape[..] {
+                [_, _, h, w] => (h, w),
+                _ => return Err(format!("DB input must be NCHW, got {:?}", input.shape)),
+            };
+            let resize = DbResize { src_width: w, src_height: h, width: w, height: h };
+            let (_, prob) = outputs.first().ok_or("the model has no output")?;
+            let boxes = db::decode(prob, &resize, &DbOptions::default()).map_err(|e| e.to_string())?;
+            Ok(boxes.iter().map(|b| b.aabb()).collect())
+        }
+    }
+}
+
+/// Loads an in-memory model into a single-threaded session, as a `.pith` file would be.
+pub(crate) fn session(model: &ir::Model) -> Result<Session, CalibError> {
+    let file = PithFile::from_bytes(pith_format::write(model)?)?;
+    Session::new(Arc::new(file), SessionOptions { threads: 1 })
+        .map_err(|e| CalibError::Session(e.to_string()))
+}
+
+/// Runs `session` on calibration sample `index`.
+pub(crate) fn run(
+    session: &mut Session,
+    samples: &[CalibSample],
+    index: usize,
+) -> Result<Vec<(String, Tensor)>, CalibError> {
+    let feeds: Vec<(&str, Tensor)> =
+        samples[index].inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    session.run(&feeds).map_err(|source| CalibError::Run { index, source })
+}
+
+/// The reference (uncompressed) outputs and detections, and the measurement of candidates.
+#[derive(Debug)]
+pub(crate) struct Evaluator<'a> {
+    samples: &'a [CalibSample],
+    task: Option<TaskCheck>,
+    min_iou: f32,
+    outputs: Vec<Vec<(String, Tensor)>>,
+    detections: Vec<Vec<BBox>>,
+}
+
+impl<'a> Evaluator<'a> {
+    /// Runs the reference model on every sample.
+    pub fn new(
+        reference: &ir::Model,
+        samples: &'a [CalibSample],
+        task: Option<TaskCheck>,
+        min_iou: f32,
+    ) -> Result<Evaluator<'a>, CalibError> {
+        let outputs = run_all(reference, samples, &(0..samples.len()).collect::<Vec<_>>())?;
+        let detections = match task {
+            Some(task) => outputs
+                .iter()
+                .zip(samples)
+                .map(|(out, s)| detections(task, &s.inputs[0].1, out))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(CalibError::Task)?,
+            None => Vec::new(),
+        };
+        Ok(Evaluator { samples, task, min_iou, outputs, detections })
+    }
+
+    /// Number of calibration samples.
+    pub fn samples(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Fidelity of `model` on the samples `subset` (all when `None`); the task check only when
+    /// `with_task` and a task was given.
+    pub fn measure(
+        &self,
+        model: &ir::Model,
+        subset: Option<&[usize]>,
+        with_task: bool,
+    ) -> Result<Fidelity, CalibError> {
+        let all: Vec<usize> = (0..self.samples.len()).collect();
+        let ids = subset.unwrap_or(&all);
+        let outputs = run_all(model, self.samples, ids)?;
+        let mut cos = 1.0f64;
+        for (&i, out) in ids.iter().zip(&outputs) {
+            for ((_, got), (_, want)) in out.iter().zip(&self.outputs[i]) {
+                let c = match (got.as_f32(), want.as_f32()) {
+                    (Some(a), Some(b)) if got.shape == want.shape => cosine(a, b),
+                    (None, None) => 1.0,
+                    _ => -1.0,
+                };
+                cos = cos.min(c);
+            }
+        }
+        let task = match self.task {
+            Some(task) if with_task => {
+                let mut outcome =
+                    TaskOutcome { passed: true, min_iou: 1.0, detections: 0, detail: String::new() };
+                for (&i, out) in ids.iter().zip(&outputs) {
+                    let reference = &self.detections[i];
+                    outcome.detections += reference.len();
+                    let got = detections(task, &self.samples[i].inputs[0].1, out);
+                    match got.and_then(|got| match_boxes(reference, &got, self.min_iou)) {
+                        Ok(iou) => outcome.min_iou = outcome.min_iou.min(iou),
+                        Err(e) if outcome.passed => {
+                            outcome.passed = false;
+                            outcome.detail = format!("sample {i} ({}): {e}", self.samples[i].label);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Some(outcome)
+            }
+            _ => None,
+        };
+        Ok(Fidelity { cosine: cos, samples: ids.len(), task })
+    }
+}
+
+/// Outputs of `model` on the samples `ids`, in order (samples run in parallel, one session each
+/// per worker).
+fn run_all(
+    model: &ir::Model,
+    samples: &[CalibSample],
+    ids: &[usize],
+) -> Result<Vec<Vec<(String, Tensor)>>, CalibError> {
+    let file = Arc::new(PithFile::from_bytes(pith_format::write(model)?)?);
+    ids.par_iter()
+        .map_init(
+            || Session::new(file.clone(), SessionOptions { threads: 1 }).map_err(|e| e.to_string()),
+            |session, &i| match session {
+                Ok(s) => run(s, samples, i),
+                Err(e) => Err(CalibError::Session(e.clone())),
+            },
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_of_parallel_orthogonal_and_broken_vectors() {
+        assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-12);
+        assert!(cosine(&[1.0, 0.0], &[0.0, 1.0]).abs() < 1e-12);
+        assert!((cosine(&[1.0, 0.0], &[-1.0, 0.0]) + 1.0).abs() < 1e-12);
+        assert_eq!(cosine(&[0.0, 0.0], &[0.0, 0.0]), 1.0);
+        assert_eq!(cosine(&[f32::NAN, 1.0], &[1.0, 1.0]), -1.0);
+        assert_eq!(cosine(&[1.0], &[1.0, 2.0]), -1.0);
+        // A small perturbation costs about half its squared relative size.
+        let a: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.1).sin()).collect();
+        let b: Vec<f32> = a.iter().enumerate().map(|(i, v)| v + 0.01 * (i as f32 * 7.3).cos()).collect();
+        let d = 1.0 - cosine(&a, &b);
+        assert!(d > 1e-6 && d < 1e-4, "{d}");
+    }
+
+    fn bx(x: f32, y: f32, s: f32) -> BBox {
+        BBox { xmin: x, ymin: y, xmax: x + s, ymax: y + s }
+    }
+
+    #[test]
+    fn boxes_match_only_with_equal_counts_and_high_iou() {
+        let reference = [bx(0.0, 0.0, 10.0), bx(50.0, 50.0, 20.0)];
+        let shifted = [bx(50.5, 50.0, 20.0), bx(0.0, 0.2, 10.0)];
+        let iou = match_boxes(&reference, &shifted, MIN_IOU).unwrap();
+        assert!(iou > 0.9 && iou < 1.0, "{iou}");
+        assert!(match_boxes(&reference, &shifted[..1], MIN_IOU).is_err());
+        assert!(match_boxes(&reference, &[bx(0.0, 0.0, 10.0), bx(55.0, 50.0, 20.0)], MIN_IOU).is_err());
+        assert_eq!(match_boxes(&[], &[], MIN_IOU), Ok(1.0));
+        assert!(match_boxes(&reference, &shifted, 0.99).is_err());
+    }
+
+    #[test]
+    fn fidelity_passes_needs_cosine_and_task() {
+        let mut f = Fidelity { cosine: 0.9995, samples: 2, task: None };
+        assert!(f.passes(0.999));
+        assert!(!f.passes(0.9999));
+        f.task = Some(TaskOutcome { passed: false, ..Default::default() });
+        assert!(!f.passes(0.999));
+    }
+}
