@@ -23,16 +23,16 @@ use pith_tests::{cosine, data_dir, decode_rgb, load_rgb, model_path};
 /// IoU 0.9 on calibration the held-out face fell to IoU 0.884, so its calibration check asks 0.93.
 const BLAZEFACE_MIN_FIDELITY: f64 = 0.995;
 const BLAZEFACE_CALIB_IOU: f32 = 0.93;
-const PPOCR_MIN_FIDELITY: f64 = 0.995;
+const PPOCR_MIN_FIDELITY: f64 = 0.999;
 /// Minimum output cosine on the held-out image (issue #4).
 const HELD_OUT_COSINE: f64 = 0.99;
 /// Detections must overlap the f32 model's at least this much.
 const MIN_IOU: f32 = 0.9;
 /// Size ratios vs the ONNX file reached today (target: 10×, 14× with Huffman). Measured with
-/// the floors above on x86-64: BlazeFace 3.47×, PP-OCRv4 det 3.48×; the margin covers
+/// the floors above on x86-64 (AVX-512): BlazeFace 3.75×, PP-OCRv4 det 5.37×; the margin covers
 /// verification decisions that flip on other kernel paths' rounding.
-const BLAZEFACE_MIN_RATIO: f64 = 3.1;
-const PPOCR_MIN_RATIO: f64 = 3.0;
+const BLAZEFACE_MIN_RATIO: f64 = 3.4;
+const PPOCR_MIN_RATIO: f64 = 4.8;
 /// Longer side of the PP-OCR calibration images (as `pith compress --preprocess ppocr-det`).
 const PPOCR_CALIB_SIDE: usize = 480;
 

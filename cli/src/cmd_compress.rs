@@ -346,8 +346,8 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
         };
         writeln!(
             out,
-            "fidelity on {} calibration samples: min output cosine {:.6}{task}",
-            f.samples, f.cosine
+            "fidelity on {} calibration samples: output cosine {:.6} (worst single sample {:.6}){task}",
+            f.samples, f.cosine, f.worst_sample_cosine
         )?;
     }
     writeln!(out, "wrote {} in {:.2} s", output.display(), elapsed)?;
@@ -396,7 +396,8 @@ fn report_json(
     let fidelity = r.fidelity.as_ref().map(|f| {
         json!({
             "samples": f.samples,
-            "min_cosine": f.cosine,
+            "cosine": f.cosine,
+            "worst_sample_cosine": f.worst_sample_cosine,
             "task": f.task.as_ref().map(|t| json!({
                 "passed": t.passed, "min_iou": t.min_iou, "detections": t.detections, "detail": t.detail,
             })),
@@ -408,7 +409,7 @@ fn report_json(
         .map(|s| {
             json!({
                 "budget": s.budget, "predicted": s.predicted, "bytes": s.bytes,
-                "min_cosine": s.fidelity.cosine, "passed": s.passed,
+                "cosine": s.fidelity.cosine, "passed": s.passed,
             })
         })
         .collect();

@@ -307,7 +307,7 @@ fn calibrated_auto_writes_a_report_and_is_deterministic() {
         assert!(text.contains(want), "'{want}' missing from:\n{text}");
     }
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert!(json["fidelity"]["min_cosine"].as_f64().unwrap() >= 0.99, "{json}");
+    assert!(json["fidelity"]["cosine"].as_f64().unwrap() >= 0.99, "{json}");
     assert_eq!(json["fidelity"]["task"]["passed"], true);
     let layers = json["layers"].as_array().unwrap();
     assert!(layers.iter().any(|l| l["bits"].as_u64().is_some_and(|b| b < 8)), "no narrow layer");

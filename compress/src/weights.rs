@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use half::f16;
-use pith_format::ir::{OpKind, TensorData, ValueId};
+use pith_format::ir::{self, OpKind, TensorData, ValueId};
 
 use crate::codebook::{self, data_bytes, relative_error};
 use crate::work::WorkModel;
@@ -116,6 +116,30 @@ pub(crate) fn sparsity(data: &TensorData, rows: usize, len: usize) -> f32 {
 /// finite values, and enough elements that the codebook does not cost about as much as the weights.
 pub(crate) fn codebook_allowed(w: &[f32], shape: &[usize], bits: u8) -> bool {
     shape.len() >= 2 && shape[0] > 0 && w.len() >= 64.max(4usize << bits) && w.iter().all(|v| v.is_finite())
+}
+
+/// Stores the biases (input 2 of `Conv`, `ConvTranspose`, `Gemm`) of `model` as f16 where every
+/// value is finite in f16; returns how many were converted. A bias is a few hundred values per
+/// layer and f16's relative rounding (2^-11) is far below any codebook's error, so the
+/// calibrated pipeline applies this before it verifies candidates.
+pub(crate) fn half_biases(model: &mut ir::Model) -> usize {
+    let biases: std::collections::BTreeSet<ValueId> = model
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm))
+        .filter_map(|n| n.inputs.get(2).copied().flatten())
+        .collect();
+    let mut converted = 0;
+    for c in model.constants.iter_mut().filter(|c| biases.contains(&c.value)) {
+        let TensorData::F32(v) = &c.data else { continue };
+        let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+        if h.iter().all(|x| x.is_finite()) {
+            c.data = TensorData::F16(h);
+            converted += 1;
+        }
+    }
+    converted
 }
 
 /// The encoding of one weight (`None` = keep f32) and its error when already measured.

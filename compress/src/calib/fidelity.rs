@@ -1,5 +1,5 @@
-//! Fidelity of a candidate model to the uncompressed one on calibration samples: the minimum
-//! output cosine, and optionally a task check (same detections, matched at IoU ≥ a threshold,
+//! Fidelity of a candidate model to the uncompressed one on calibration samples: the output
+//! cosine (per output over all samples, the minimum over outputs), and optionally a task check (same detections, matched at IoU ≥ a threshold,
 //! [`MIN_IOU`] by default).
 
 use std::sync::Arc;
@@ -42,8 +42,12 @@ pub struct TaskOutcome {
 /// Fidelity of a model to the reference on a set of samples.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Fidelity {
-    /// Minimum over samples and outputs of the output cosine.
+    /// Minimum over outputs of the output cosine, each taken over all samples together (the
+    /// outputs of every sample concatenated).
     pub cosine: f64,
+    /// Minimum over samples and outputs of the per-sample output cosine (reported, not enforced:
+    /// on a sample whose reference output is nearly zero it measures noise).
+    pub worst_sample_cosine: f64,
     /// Samples measured.
     pub samples: usize,
     /// The task check, when one was asked for.
@@ -57,26 +61,48 @@ impl Fidelity {
     }
 }
 
+/// Running sums of a cosine similarity (f64), so one cosine can span several samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct CosineSums {
+    dot: f64,
+    na: f64,
+    nb: f64,
+    /// Set when the lengths differed or a value was not finite: the cosine is then -1.
+    broken: bool,
+}
+
+impl CosineSums {
+    fn add(&mut self, a: &[f32], b: &[f32]) {
+        if a.len() != b.len() {
+            self.broken = true;
+            return;
+        }
+        for (&x, &y) in a.iter().zip(b) {
+            let (x, y) = (f64::from(x), f64::from(y));
+            self.dot += x * y;
+            self.na += x * x;
+            self.nb += y * y;
+        }
+    }
+
+    fn cosine(&self) -> f64 {
+        let Self { dot, na, nb, broken } = *self;
+        if broken || !(dot.is_finite() && na.is_finite() && nb.is_finite()) {
+            return -1.0;
+        }
+        if na == 0.0 && nb == 0.0 {
+            return 1.0;
+        }
+        (dot / (na.sqrt() * nb.sqrt()).max(f64::MIN_POSITIVE)).clamp(-1.0, 1.0)
+    }
+}
+
 /// Cosine similarity accumulated in f64; 1 for two zero vectors, -1 when a value is not finite
 /// or the lengths differ (so a broken output always fails).
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() {
-        return -1.0;
-    }
-    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    if !(dot.is_finite() && na.is_finite() && nb.is_finite()) {
-        return -1.0;
-    }
-    if na == 0.0 && nb == 0.0 {
-        return 1.0;
-    }
-    (dot / (na.sqrt() * nb.sqrt()).max(f64::MIN_POSITIVE)).clamp(-1.0, 1.0)
+    let mut sums = CosineSums::default();
+    sums.add(a, b);
+    sums.cosine()
 }
 
 /// Pairs every reference box with a distinct candidate box (best IoU first, in reference
@@ -203,17 +229,25 @@ impl<'a> Evaluator<'a> {
         let all: Vec<usize> = (0..self.samples.len()).collect();
         let ids = subset.unwrap_or(&all);
         let outputs = run_all(model, self.samples, ids)?;
-        let mut cos = 1.0f64;
+        // One cosine per output over all samples together: a sample whose reference output is
+        // nearly zero (a text map of a page without text) then weighs by its energy, instead of
+        // letting the noise in its near-zero vector decide the minimum.
+        let n_outputs = self.outputs.first().map_or(0, Vec::len);
+        let mut sums = vec![CosineSums::default(); n_outputs];
+        let mut worst_sample = 1.0f64;
         for (&i, out) in ids.iter().zip(&outputs) {
-            for ((_, got), (_, want)) in out.iter().zip(&self.outputs[i]) {
-                let c = match (got.as_f32(), want.as_f32()) {
-                    (Some(a), Some(b)) if got.shape == want.shape => cosine(a, b),
-                    (None, None) => 1.0,
-                    _ => -1.0,
-                };
-                cos = cos.min(c);
+            for (k, ((_, got), (_, want))) in out.iter().zip(&self.outputs[i]).enumerate() {
+                match (got.as_f32(), want.as_f32()) {
+                    (Some(a), Some(b)) if got.shape == want.shape => {
+                        sums[k].add(a, b);
+                        worst_sample = worst_sample.min(cosine(a, b));
+                    }
+                    (None, None) => {}
+                    _ => sums[k].broken = true,
+                }
             }
         }
+        let cos = sums.iter().map(CosineSums::cosine).fold(1.0f64, f64::min);
         let task = match self.task {
             Some(task) if with_task => {
                 let mut outcome =
@@ -235,7 +269,7 @@ impl<'a> Evaluator<'a> {
             }
             _ => None,
         };
-        Ok(Fidelity { cosine: cos, samples: ids.len(), task })
+        Ok(Fidelity { cosine: cos, worst_sample_cosine: worst_sample, samples: ids.len(), task })
     }
 }
 
@@ -295,7 +329,7 @@ mod tests {
 
     #[test]
     fn fidelity_passes_needs_cosine_and_task() {
-        let mut f = Fidelity { cosine: 0.9995, samples: 2, task: None };
+        let mut f = Fidelity { cosine: 0.9995, worst_sample_cosine: 0.99, samples: 2, task: None };
         assert!(f.passes(0.999));
         assert!(!f.passes(0.9999));
         f.task = Some(TaskOutcome { passed: false, ..Default::default() });

@@ -201,6 +201,13 @@ pub fn compress_calibrated(
         vec![None; infos.len()]
     };
     lap("capture");
+    // Every candidate below, so every verification, carries f16 biases (see
+    // `weights::half_biases`); the reference outputs above came from the f32 model.
+    let mut base = base;
+    if options.bits != BitsChoice::Fixed(WeightFormat::F32) {
+        let n = weights::half_biases(&mut base);
+        log::info!("calibration: {n} biases stored as f16");
+    }
 
     let widths: Vec<u8> = match options.bits {
         BitsChoice::Fixed(WeightFormat::Codebook { bits }) => vec![bits],
