@@ -45,6 +45,9 @@ pub enum EntropyArg {
     Huffman,
 }
 
+/// Default of `--min-fidelity`: the output cosine floor on the calibration set.
+pub const DEFAULT_MIN_FIDELITY: f64 = 0.999;
+
 /// Longer side of PP-OCR calibration images (smaller than inference's 960 keeps compression fast).
 pub const PPOCR_CALIB_SIDE: usize = 480;
 
@@ -245,6 +248,31 @@ pub fn load_calibration(
         bail!("calibration folder {} holds no .npy files or images", dir.display());
     }
     Ok(samples)
+}
+
+/// Compresses `input` with `--bits auto` on the calibration folder `calib` (the demo's path):
+/// returns the result and its packed `.pith` bytes.
+pub fn compress_auto_file(
+    input: &Path,
+    calib: &Path,
+    preprocess: Preprocess,
+    min_iou: f32,
+) -> Result<(Compressed, Vec<u8>)> {
+    let onnx = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let args = Args {
+        bits: Bits::Auto,
+        calib: Some(calib.to_path_buf()),
+        preprocess: Some(preprocess),
+        min_fidelity: DEFAULT_MIN_FIDELITY,
+        min_iou,
+        data_aware: true,
+        entropy: EntropyArg::None,
+        report: None,
+    };
+    let compressed = compress_calibrated(&onnx, &args, calib)
+        .with_context(|| format!("compressing {}", input.display()))?;
+    let bytes = pith_format::write(&compressed.model).context("serialising the .pith file")?;
+    Ok((compressed, bytes))
 }
 
 /// Compresses with calibration data; the progress bar names the stage.

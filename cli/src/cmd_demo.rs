@@ -12,7 +12,7 @@ use pith_runtime::tasks::db::DbOptions;
 use pith_runtime::tasks::draw;
 use pith_runtime::tasks::geometry::BBox;
 
-use crate::cmd_compress::{compress_file, human_bytes};
+use crate::cmd_compress::{compress_auto_file, compress_file, human_bytes, Preprocess, DEFAULT_MIN_FIDELITY};
 use crate::{imageio, pipeline};
 
 /// Where the bundled models and images live in a source checkout.
@@ -20,19 +20,45 @@ pub fn default_data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data")
 }
 
-fn label(w: WeightFormat) -> String {
-    match w {
-        WeightFormat::F32 => "f32".into(),
-        WeightFormat::F16 => "f16".into(),
-        WeightFormat::Codebook { bits } => format!("{bits}bit"),
+/// One compression setting the demo shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Setting {
+    /// One weight format for every layer.
+    Fixed(WeightFormat),
+    /// `--bits auto` on the model's calibration images (`calib/<model>/`), checked by the task.
+    Auto,
+}
+
+const SETTINGS: [Setting; 4] = [
+    Setting::Fixed(WeightFormat::F32),
+    Setting::Fixed(WeightFormat::Codebook { bits: 8 }),
+    Setting::Fixed(WeightFormat::Codebook { bits: 4 }),
+    Setting::Auto,
+];
+
+fn label(s: Setting) -> String {
+    match s {
+        Setting::Fixed(WeightFormat::F32) => "f32".into(),
+        Setting::Fixed(WeightFormat::F16) => "f16".into(),
+        Setting::Fixed(WeightFormat::Codebook { bits }) => format!("{bits}bit"),
+        Setting::Auto => "auto".into(),
     }
 }
 
-/// Compresses `onnx` at each width, writes the files, prints sizes, and returns sessions in the same order.
+/// How the demo compresses one model with [`Setting::Auto`].
+struct AutoCalib<'a> {
+    /// Calibration images (never the demo's test image).
+    dir: &'a Path,
+    preprocess: Preprocess,
+    /// IoU every calibration detection must keep (above 0.9: a margin for unseen images).
+    min_iou: f32,
+}
+
+/// Compresses `onnx` with each setting, writes the files, prints sizes, and returns sessions in the same order.
 fn compress_all(
     onnx: &Path,
     stem: &str,
-    widths: &[WeightFormat],
+    auto: &AutoCalib<'_>,
     out_dir: &Path,
     threads: usize,
 ) -> Result<Vec<Session>> {
@@ -40,9 +66,12 @@ fn compress_all(
         std::fs::metadata(onnx).with_context(|| format!("reading {}", onnx.display()))?.len() as usize;
     println!("{stem}: ONNX {}", human_bytes(onnx_len));
     let mut sessions = Vec::new();
-    for &w in widths {
+    for w in SETTINGS {
         let start = Instant::now();
-        let (_, bytes) = compress_file(onnx, w, true)?;
+        let (_, bytes) = match w {
+            Setting::Fixed(format) => compress_file(onnx, format, true)?,
+            Setting::Auto => compress_auto_file(onnx, auto.dir, auto.preprocess, auto.min_iou)?,
+        };
         let path = out_dir.join(format!("{stem}_{}.pith", label(w)));
         std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         println!(
@@ -72,25 +101,25 @@ fn agreement(found: &[BBox], reference: &[BBox]) -> String {
 /// Runs the demo.
 pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let widths = [WeightFormat::F32, WeightFormat::Codebook { bits: 8 }, WeightFormat::Codebook { bits: 4 }];
-
     println!("== Face detection (BlazeFace short range) ==");
+    let calib = data_dir.join("calib/blazeface");
+    let auto = AutoCalib { dir: &calib, preprocess: Preprocess::Blazeface, min_iou: 0.93 };
     let mut sessions = compress_all(
         &data_dir.join("models/blazeface_short_range.onnx"),
         "blazeface",
-        &widths,
+        &auto,
         out_dir,
         threads,
     )?;
     let portrait_path = data_dir.join("images/astronaut.png");
     let portrait = imageio::load(&portrait_path)?;
     let mut reference = Vec::new();
-    for (w, session) in widths.iter().zip(sessions.iter_mut()) {
+    for (w, session) in SETTINGS.iter().zip(sessions.iter_mut()) {
         let faces = pipeline::detect_faces(session, &portrait, &FaceOptions::default())?;
         let boxes: Vec<BBox> = faces.iter().map(|f| f.bbox).collect();
         println!("{} weights, {} face(s) in {}:", label(*w), faces.len(), portrait_path.display());
         println!("{}", serde_json::to_string(&pipeline::faces_json(&faces))?);
-        if matches!(w, WeightFormat::F32) {
+        if *w == Setting::Fixed(WeightFormat::F32) {
             reference = boxes;
         } else {
             println!("  {}", agreement(&boxes, &reference));
@@ -103,16 +132,18 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
     }
 
     println!("\n== Text detection (PP-OCRv4 det) ==");
+    let calib = data_dir.join("calib/ppocr");
+    let auto = AutoCalib { dir: &calib, preprocess: Preprocess::PpocrDet, min_iou: 0.9 };
     let mut sessions =
-        compress_all(&data_dir.join("models/ppocr_v4_det.onnx"), "ppocr_det", &widths, out_dir, threads)?;
+        compress_all(&data_dir.join("models/ppocr_v4_det.onnx"), "ppocr_det", &auto, out_dir, threads)?;
     let page_path = data_dir.join("images/page.png");
     let page = imageio::load(&page_path)?;
-    for (w, session) in widths.iter().zip(sessions.iter_mut()) {
+    for (w, session) in SETTINGS.iter().zip(sessions.iter_mut()) {
         let boxes = pipeline::detect_text(session, &page, &DbOptions::default())?;
         let aabbs: Vec<BBox> = boxes.iter().map(|b| b.aabb()).collect();
         println!("{} weights, {} text box(es) in {}:", label(*w), boxes.len(), page_path.display());
         println!("{}", serde_json::to_string(&pipeline::text_json(&boxes))?);
-        if matches!(w, WeightFormat::F32) {
+        if *w == Setting::Fixed(WeightFormat::F32) {
             reference = aabbs;
         } else {
             println!("  {}", agreement(&aabbs, &reference));
@@ -123,6 +154,12 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
             println!("  annotated: {}", path.display());
         }
     }
-    println!("\nNote: plain 4-bit k-means is known to damage PP-OCRv4 det; fidelity-preserving low-bit compression is future work.");
+    println!(
+        "\nNote: plain 4-bit k-means damages PP-OCRv4 det; `auto` picks each layer's width on the \
+         calibration images in {} (not the test images) under an output-cosine floor of {} and the \
+         same detections.",
+        data_dir.join("calib").display(),
+        DEFAULT_MIN_FIDELITY
+    );
     Ok(())
 }

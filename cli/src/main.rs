@@ -47,7 +47,7 @@ enum Command {
         #[arg(long, value_enum)]
         preprocess: Option<cmd_compress::Preprocess>,
         /// With --bits auto: floor on the minimum output cosine over the calibration set.
-        #[arg(long, default_value_t = 0.999)]
+        #[arg(long, default_value_t = cmd_compress::DEFAULT_MIN_FIDELITY)]
         min_fidelity: f64,
         /// Task check: IoU each calibration detection must keep with the uncompressed model's.
         #[arg(long, default_value_t = 0.9)]
