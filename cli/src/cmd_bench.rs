@@ -4,12 +4,14 @@
 pub mod gemv;
 mod synth;
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use pith_format::ir::Dim;
+use pith_runtime::exec::OpTime;
 use pith_runtime::session::{Session, SessionOptions};
 use pith_runtime::Tensor;
 
@@ -66,7 +68,11 @@ pub fn dispatch(
     shapes: &[String],
     threads: usize,
     iters: usize,
+    profile: bool,
 ) -> Result<()> {
+    if profile && model.is_none() {
+        bail!("--profile times a model's operators; it does not apply to --gemv");
+    }
     match (model, gemv) {
         (None, Some((rows, cols))) => {
             let bits = bits.context("--gemv needs --bits 1..8")?;
@@ -76,7 +82,7 @@ pub fn dispatch(
             if bits.is_some() {
                 bail!("--bits applies to --gemv; a model's weights are encoded when it is compressed");
             }
-            run_model(model, inputs, shapes, threads, iters)
+            run_model(model, inputs, shapes, threads, iters, profile)
         }
         (Some(_), Some(_)) => bail!("give either a MODEL or --gemv ROWSxCOLS, not both"),
         (None, None) => bail!("nothing to time: give a MODEL.pith or --gemv ROWSxCOLS --bits B"),
@@ -84,7 +90,14 @@ pub fn dispatch(
 }
 
 /// Times a model.
-fn run_model(model: &Path, inputs: &[String], shapes: &[String], threads: usize, iters: usize) -> Result<()> {
+fn run_model(
+    model: &Path,
+    inputs: &[String],
+    shapes: &[String],
+    threads: usize,
+    iters: usize,
+    profile: bool,
+) -> Result<()> {
     if iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -141,6 +154,33 @@ fn run_model(model: &Path, inputs: &[String], shapes: &[String], threads: usize,
         percentile(&times, 0.9),
     );
     eprintln!("arena_bytes={}", plan.arena_bytes);
+    if profile {
+        // Separate runs, so the clock reads around every node do not touch the times above.
+        session.set_profiling(true);
+        for _ in 0..iters {
+            session.run(&run_feeds)?;
+        }
+        print_profile(&session.profile(), iters)?;
+    }
+    Ok(())
+}
+
+/// One line per operator kind: `op=… calls_per_run=… ms_per_run=… share=…%`, most expensive first.
+fn print_profile(profile: &[OpTime], runs: usize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let total: f64 = profile.iter().map(|t| t.total.as_secs_f64()).sum();
+    for t in profile {
+        let secs = t.total.as_secs_f64();
+        writeln!(
+            out,
+            "op={} calls_per_run={} ms_per_run={:.3} share={:.1}%",
+            t.op,
+            t.calls / runs.max(1),
+            secs * 1e3 / runs.max(1) as f64,
+            100.0 * secs / total.max(f64::MIN_POSITIVE)
+        )?;
+    }
+    writeln!(out, "op=all ms_per_run={:.3}", total * 1e3 / runs.max(1) as f64)?;
     Ok(())
 }
 
@@ -154,7 +194,7 @@ mod tests {
         bits: Option<u8>,
         iters: usize,
     ) -> String {
-        format!("{:#}", dispatch(model, gemv, bits, &[], &[], 1, iters).unwrap_err())
+        format!("{:#}", dispatch(model, gemv, bits, &[], &[], 1, iters, false).unwrap_err())
     }
 
     #[test]

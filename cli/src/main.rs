@@ -119,6 +119,10 @@ enum Command {
         /// Timed inferences.
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// Then run as many more inferences timing every operator, and print one line per
+        /// operator kind (`op=… calls_per_run=… ms_per_run=… share=…%`).
+        #[arg(long)]
+        profile: bool,
     },
     /// Compress the bundled detectors and run them on the bundled images.
     Demo {
@@ -169,8 +173,8 @@ fn main() {
         Command::Detect { task, model, image, out, threads } => {
             cmd_detect::run(task, &model, &image, out.as_deref(), threads)
         }
-        Command::Bench { model, gemv, bits, inputs, shapes, threads, iters } => {
-            cmd_bench::dispatch(model.as_deref(), gemv, bits, &inputs, &shapes, threads, iters)
+        Command::Bench { model, gemv, bits, inputs, shapes, threads, iters, profile } => {
+            cmd_bench::dispatch(model.as_deref(), gemv, bits, &inputs, &shapes, threads, iters, profile)
         }
         Command::Demo { data_dir, out_dir, threads } => {
             cmd_demo::run(&data_dir.unwrap_or_else(cmd_demo::default_data_dir), &out_dir, threads)

@@ -139,6 +139,25 @@ fn bench_prints_one_parsable_line() {
 }
 
 #[test]
+fn bench_profile_prints_one_line_per_operator_kind() {
+    let dir = scratch("bench_profile");
+    let model = compress(&dir, "4");
+    let o = pith(&["bench", model.to_str().unwrap(), "--threads", "1", "--iters", "2", "--profile"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let ops: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("op=")).collect();
+    // BlazeFace: its 37 convolutions, the residual adds (each followed by a Relu, which therefore
+    // cannot fuse into a convolution), and a total line.
+    let conv = ops.iter().find(|l| l.starts_with("Conv ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(conv.contains("calls_per_run=37 "), "{conv}");
+    assert!(ops.iter().any(|l| l.starts_with("Add ")), "{out}");
+    assert!(ops.iter().any(|l| l.starts_with("Relu ")), "{out}");
+    assert!(ops.last().unwrap().starts_with("all ms_per_run="), "{out}");
+    let o = pith(&["bench", "--gemv", "8x8", "--bits", "4", "--profile"]);
+    assert!(!o.status.success() && stderr(&o).contains("--profile"), "{}", stderr(&o));
+}
+
+#[test]
 fn bad_inputs_fail_with_a_clear_message() {
     let dir = scratch("bad");
     // A truncated PNG.

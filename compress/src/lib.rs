@@ -1,7 +1,8 @@
 //! ONNX import and compression passes: ONNX protobuf → [`pith_format::ir::Model`].
 //!
 //! Pipeline: decode and import → drop `Identity` → constant folding (through the runtime's ops)
-//! → fold BatchNormalization into Conv → dead-code elimination → drop default-valued attributes
+//! → fold BatchNormalization and constant per-channel Mul/Add into Conv → recognise decomposed
+//! HardSwish → dead-code elimination → drop default-valued attributes
 //! → topological sort → weight encoding ([`WeightFormat`], or per layer from calibration data in
 //! [`calib`]) → compacted [`ir::Model`]. The output is a pure function of the input bytes and
 //! options.
@@ -135,12 +136,15 @@ fn prepare(onnx: &[u8]) -> Result<WorkModel, CompressError> {
     let identities = passes::identity::remove_identities(&mut work);
     let folded = passes::fold::fold_constants(&mut work);
     let bns = passes::bn_fold::fold_batch_norms(&mut work);
+    let affines = passes::affine::fold_affine(&mut work);
+    let hardswishes = passes::hardswish::fuse_hardswish(&mut work);
     let dead = passes::dce::eliminate_dead(&mut work);
     let attrs = passes::attrs::drop_default_attrs(&mut work);
     passes::topo::sort(&mut work)?;
     log::info!(
-        "removed {identities} Identity, folded {folded} constant nodes and {bns} BatchNorms, \
-         dropped {dead} dead nodes and {attrs} default-valued attributes; {} nodes left",
+        "removed {identities} Identity, folded {folded} constant nodes, {bns} BatchNorms and {affines} \
+         Mul/Add into convolutions, recognised {hardswishes} HardSwish, dropped {dead} dead nodes and \
+         {attrs} default-valued attributes; {} nodes left",
         work.graph.nodes.len()
     );
     Ok(work)

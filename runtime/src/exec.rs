@@ -4,6 +4,9 @@
 //! returns the graph outputs. The CPU backend keeps every activation in one host arena; a GPU backend
 //! would allocate the same layout in device memory and launch its own kernels per step.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
 use pith_format::ir::{ElemType, Graph, ValueId};
 
 use crate::error::{OpError, Result, RuntimeError};
@@ -33,6 +36,29 @@ pub trait Backend: Send + std::fmt::Debug {
     /// Runs `job` on `inputs` (one per graph input, in graph order, shapes as planned) and returns the
     /// graph outputs in graph order.
     fn execute(&mut self, job: &Job<'_, '_>, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
+
+    /// Starts (clearing what was gathered) or stops timing every op of later runs.
+    fn set_profiling(&mut self, on: bool) {
+        let _ = on;
+    }
+
+    /// Time per operator kind over the runs since profiling was switched on, most expensive first;
+    /// empty when profiling is off or the backend does not time ops.
+    fn profile(&self) -> Vec<OpTime> {
+        Vec::new()
+    }
+}
+
+/// Time spent in one operator kind (an activation fused into a convolution counts as the
+/// convolution's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpTime {
+    /// ONNX operator name.
+    pub op: &'static str,
+    /// Nodes executed (summed over runs).
+    pub calls: usize,
+    /// Wall time inside those nodes.
+    pub total: Duration,
 }
 
 /// The CPU backend: one f32 arena for all activations, one scratch buffer shared by all ops
@@ -41,6 +67,8 @@ pub trait Backend: Send + std::fmt::Debug {
 pub struct CpuBackend {
     arena: Vec<f32>,
     scratch: Vec<f32>,
+    /// Per-op-kind (calls, time) while profiling.
+    profile: Option<BTreeMap<&'static str, (usize, Duration)>>,
 }
 
 impl CpuBackend {
@@ -115,6 +143,17 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(BTreeMap::new);
+    }
+
+    fn profile(&self) -> Vec<OpTime> {
+        let mut out: Vec<OpTime> =
+            self.profile.iter().flatten().map(|(&op, &(calls, total))| OpTime { op, calls, total }).collect();
+        out.sort_by(|a, b| b.total.cmp(&a.total).then(a.op.cmp(b.op)));
+        out
+    }
+
     fn execute(&mut self, job: &Job<'_, '_>, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let (graph, plan) = (job.graph, job.plan);
         if inputs.len() != graph.inputs.len() {
@@ -187,9 +226,15 @@ impl Backend for CpuBackend {
                 ranges_disjoint(&out_ranges, &in_ranges),
                 "arena plan overlaps live values at node #{ni}"
             );
+            let start = self.profile.is_some().then(Instant::now);
             job.ops[ni]
                 .run(&args, &mut outs, &mut self.scratch[..scratch_len], ctx)
                 .map_err(|e| node_error(node, ni, e))?;
+            if let (Some(start), Some(profile)) = (start, self.profile.as_mut()) {
+                let entry = profile.entry(node.op.onnx_name()).or_default();
+                entry.0 += 1;
+                entry.1 += start.elapsed();
+            }
         }
 
         graph

@@ -11,7 +11,7 @@ use pith_format::PithFile;
 use pith_kernels::{Activation, Kernels};
 
 use crate::error::{Result, RuntimeError};
-use crate::exec::{Backend, CpuBackend, Job};
+use crate::exec::{Backend, CpuBackend, Job, OpTime};
 use crate::fuse::{self, Fused};
 use crate::ops::{self, ExecCtx, Op};
 pub use crate::plan::PlanSummary;
@@ -54,6 +54,18 @@ impl Session {
     pub fn new(model: Arc<PithFile>, options: SessionOptions) -> Result<Session> {
         let engine = Engine::new(model.graph(), &|id| model.constant(id), options)?;
         Ok(Session { model, engine })
+    }
+
+    /// Starts (clearing earlier timings) or stops timing every op of later runs; see
+    /// [`Session::profile`]. Timing costs two clock reads per node.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.engine.backend.set_profiling(on);
+    }
+
+    /// Time per operator kind over the runs since [`Session::set_profiling`]`(true)`, most
+    /// expensive first (empty when profiling is off).
+    pub fn profile(&self) -> Vec<OpTime> {
+        self.engine.backend.profile()
     }
 
     /// The model.

@@ -216,3 +216,30 @@ fn values_alive_across_other_steps_keep_their_memory() {
         assert_eq!(out[1].1.as_f32().unwrap()[1], d[n], "a is also an output");
     }
 }
+
+#[test]
+fn profiling_counts_every_executed_node_by_operator() {
+    let mut b = Builder::default();
+    let x = b.input("x", vec![Dim::Fixed(1), Dim::Fixed(2), Dim::Fixed(4), Dim::Fixed(4)]);
+    let w = b.constant("w", &[2, 2, 1, 1], TensorData::F32(vec![1.0, 0.5, -0.5, 2.0]));
+    let y = b.node(OpKind::Conv, &[x, w], vec![]);
+    let z = b.node(OpKind::Relu, &[y], vec![]); // fused into the conv: not a node of its own
+    let s = b.node(OpKind::Add, &[z, x], vec![]);
+    let t = b.node(OpKind::Add, &[s, s], vec![]);
+    let mut session = b.session(&[t]);
+    let input = || vec![("x", Tensor::from_f32(vec![1, 2, 4, 4], (0..32).map(|i| i as f32 - 9.0).collect()))];
+    session.run(&input()).unwrap();
+    assert!(session.profile().is_empty(), "off by default");
+    session.set_profiling(true);
+    session.run(&input()).unwrap();
+    session.run(&input()).unwrap();
+    let calls: Vec<(&str, usize)> = session.profile().iter().map(|t| (t.op, t.calls)).collect();
+    let mut sorted = calls.clone();
+    sorted.sort();
+    assert_eq!(sorted, [("Add", 4), ("Conv", 2)], "{calls:?}");
+    session.set_profiling(true);
+    assert!(session.profile().is_empty(), "switching on again clears");
+    session.set_profiling(false);
+    session.run(&input()).unwrap();
+    assert!(session.profile().is_empty());
+}

@@ -1,0 +1,192 @@
+//! Folds a constant per-channel (or scalar) `Mul` or `Add` on a convolution's output into the
+//! convolution's weight and bias.
+//!
+//! PP-OCRv4's backbone follows most convolutions with a "learnable affine block", `y = s·x + t`
+//! with scalar `s` and `t`, exported as `Mul` then `Add`: two full passes over the activation each
+//! time. `Mul(Conv(x, w, b), s)` equals `Conv(x, w·s, b·s)` and `Add(Conv(x, w, b), t)` equals
+//! `Conv(x, w, b + t)` when `s`, `t` are scalars or hold one value per output channel
+//! (shape `[C, 1, 1]` or `[1, C, 1, 1]`), so both disappear before the weights are encoded.
+
+use pith_format::ir::{OpKind, ValueId};
+use pith_runtime::Tensor;
+
+use crate::work::WorkModel;
+
+/// Folds every foldable `Mul` / `Add` into the `Conv` feeding it; returns how many were folded.
+///
+/// Runs to a fixed point, so `Conv → Mul → Add` folds both. A node folds when the Conv output
+/// feeds only it (and is not a graph output), its other operand is an f32 constant broadcasting
+/// per output channel, and the conv's weight (rank 4) and optional bias are f32 constants. New
+/// constants are created, so weights shared with other nodes are left intact.
+pub(crate) fn fold_affine(work: &mut WorkModel) -> usize {
+    let mut total = 0;
+    loop {
+        let folded = fold_once(work);
+        total += folded;
+        if folded == 0 {
+            return total;
+        }
+    }
+}
+
+/// One sweep: folds each candidate node whose conv was not already rewritten in this sweep.
+fn fold_once(work: &mut WorkModel) -> usize {
+    let producers = work.producers();
+    let consumers = work.consumers();
+    let mut doomed = Vec::new();
+    let mut touched = Vec::new();
+    for n in 0..work.graph.nodes.len() {
+        let node = &work.graph.nodes[n];
+        let is_mul = match node.op {
+            OpKind::Mul => true,
+            OpKind::Add => false,
+            _ => continue,
+        };
+        if node.outputs.len() != 1 || node.inputs.len() != 2 {
+            continue;
+        }
+        let (Some(a), Some(b)) = (node.inputs[0], node.inputs[1]) else { continue };
+        // The activation operand comes from a conv; the other is the constant.
+        let Some((y, k, c)) = [(a, b), (b, a)].into_iter().find_map(|(y, k)| {
+            let c = producers[y as usize]?;
+            (work.graph.nodes[c].op == OpKind::Conv && work.consts.contains_key(&k)).then_some((y, k, c))
+        }) else {
+            continue;
+        };
+        if consumers[y as usize].len() != 1 || work.is_output(y) || touched.contains(&c) {
+            continue;
+        }
+        let Some((w, bias)) = folded(work, c, k, is_mul) else { continue };
+        let name = work.graph.nodes[c].name.clone();
+        let w = match w {
+            Some(w) => Some(work.add_const(&format!("{name}.affine_weight"), w)),
+            None => work.graph.nodes[c].inputs[1],
+        };
+        let bias = work.add_const(&format!("{name}.affine_bias"), bias);
+        let z = work.graph.nodes[n].outputs[0];
+        let conv = &mut work.graph.nodes[c];
+        conv.inputs.truncate(1);
+        conv.inputs.extend([w, Some(bias)]);
+        conv.outputs = vec![z];
+        doomed.push(n);
+        touched.push(c);
+    }
+    work.remove_nodes(&doomed);
+    doomed.len()
+}
+
+/// For conv node `c` and constant `k`: the new weight (only for `Mul`) and bias, or `None` when
+/// something is not foldable.
+fn folded(work: &WorkModel, c: usize, k: ValueId, is_mul: bool) -> Option<(Option<Tensor>, Tensor)> {
+    let conv = &work.graph.nodes[c];
+    let f32_const = |v: Option<ValueId>| work.consts.get(&v?).filter(|t| t.as_f32().is_some());
+    let w = f32_const(conv.inputs.get(1).copied().flatten())?;
+    if w.shape.len() != 4 {
+        return None;
+    }
+    let channels = w.shape[0];
+    let factor = per_channel(f32_const(Some(k))?, channels)?;
+    let old_bias: Vec<f32> = match conv.inputs.get(2).copied().flatten() {
+        Some(b) => {
+            let b = f32_const(Some(b))?.as_f32()?;
+            (b.len() == channels).then(|| b.to_vec())?
+        }
+        None => vec![0.0; channels],
+    };
+    if is_mul {
+        let data = w.as_f32()?;
+        let row = data.len() / channels.max(1);
+        let new_w: Vec<f32> = data.iter().enumerate().map(|(i, &v)| v * factor[i / row]).collect();
+        let new_b: Vec<f32> = old_bias.iter().zip(&factor).map(|(b, s)| b * s).collect();
+        Some((Some(Tensor::from_f32(w.shape.clone(), new_w)), Tensor::from_f32(vec![channels], new_b)))
+    } else {
+        let new_b: Vec<f32> = old_bias.iter().zip(&factor).map(|(b, t)| b + t).collect();
+        Some((None, Tensor::from_f32(vec![channels], new_b)))
+    }
+}
+
+/// The constant `t` as one finite value per channel, if it broadcasts over an NCHW conv output
+/// per channel: a scalar (any shape of one element) or shape `[C, 1, 1]` / `[1, C, 1, 1]`.
+fn per_channel(t: &Tensor, channels: usize) -> Option<Vec<f32>> {
+    let v = t.as_f32()?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    if v.len() == 1 {
+        return Some(vec![v[0]; channels]);
+    }
+    let s = &t.shape;
+    let per_c = s.len() >= 3
+        && s.len() <= 4
+        && s[s.len() - 3] == channels
+        && s[s.len() - 2..] == [1, 1]
+        && s[..s.len() - 3].iter().all(|&d| d == 1);
+    per_c.then(|| v.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::test_util::*;
+
+    /// 1x1 convolution of one pixel: `y[o] = sum_i w[o][i] x[i] + b[o]`.
+    fn conv1x1(w: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
+        let cin = x.len();
+        b.iter()
+            .enumerate()
+            .map(|(o, bo)| bo + (0..cin).map(|i| w[o * cin + i] * x[i]).sum::<f32>())
+            .collect()
+    }
+
+    fn conv_value(w: &WorkModel, c: usize, input: usize) -> Vec<f32> {
+        w.consts[&w.graph.nodes[c].inputs[input].unwrap()].as_f32().unwrap().to_vec()
+    }
+
+    #[test]
+    fn mul_then_add_fold_into_the_conv() {
+        let mut w = WorkModel::default();
+        let x = input(&mut w, "x");
+        let (wd, bd) = (vec![0.5, -1.0, 2.0, 0.25, -0.75, 1.5], vec![0.1, -0.2, 0.3]);
+        let wv = constant(&mut w, "w", &[3, 2, 1, 1], wd.clone());
+        let bv = constant(&mut w, "b", &[3], bd.clone());
+        let s = constant(&mut w, "s", &[1], vec![1.5]);
+        let t = constant(&mut w, "t", &[1, 3, 1, 1], vec![0.5, -1.0, 2.0]);
+        let (y, m, z) = (act(&mut w, "y"), act(&mut w, "m"), act(&mut w, "z"));
+        push(&mut w, "conv", OpKind::Conv, &[Some(x), Some(wv), Some(bv)], &[y]);
+        push(&mut w, "mul", OpKind::Mul, &[Some(s), Some(y)], &[m]);
+        push(&mut w, "add", OpKind::Add, &[Some(m), Some(t)], &[z]);
+        w.graph.outputs = vec![z];
+        assert_eq!(fold_affine(&mut w), 2);
+        assert_eq!(w.graph.nodes.len(), 1);
+        assert_eq!(w.graph.nodes[0].outputs, vec![z]);
+        let px = [0.7f32, -1.3];
+        let want: Vec<f32> =
+            conv1x1(&wd, &bd, &px).iter().zip([0.5, -1.0, 2.0]).map(|(v, t)| v * 1.5 + t).collect();
+        let got = conv1x1(&conv_value(&w, 0, 1), &conv_value(&w, 0, 2), &px);
+        for (g, e) in got.iter().zip(&want) {
+            assert!((g - e).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        // The original weight is untouched (it may be shared).
+        assert_eq!(w.consts[&wv].as_f32().unwrap(), &wd[..]);
+    }
+
+    #[test]
+    fn leaves_non_per_channel_or_shared_outputs_alone() {
+        let mut w = WorkModel::default();
+        let x = input(&mut w, "x");
+        let wv = constant(&mut w, "w", &[2, 1, 1, 1], vec![1.0, 2.0]);
+        // Shape [2] broadcasts along W, not channels.
+        let along_w = constant(&mut w, "k", &[2], vec![3.0, 4.0]);
+        let s = constant(&mut w, "s", &[1], vec![2.0]);
+        let (y, m, y2, m2, r) =
+            (act(&mut w, "y"), act(&mut w, "m"), act(&mut w, "y2"), act(&mut w, "m2"), act(&mut w, "r"));
+        push(&mut w, "conv", OpKind::Conv, &[Some(x), Some(wv)], &[y]);
+        push(&mut w, "mul", OpKind::Mul, &[Some(y), Some(along_w)], &[m]);
+        push(&mut w, "conv2", OpKind::Conv, &[Some(x), Some(wv)], &[y2]);
+        push(&mut w, "mul2", OpKind::Mul, &[Some(y2), Some(s)], &[m2]);
+        push(&mut w, "relu", OpKind::Relu, &[Some(y2)], &[r]); // y2 has a second reader
+        w.graph.outputs = vec![m, m2, r];
+        assert_eq!(fold_affine(&mut w), 0);
+        assert_eq!(w.graph.nodes.len(), 5);
+    }
+}
