@@ -1,11 +1,12 @@
-//! Session-time graph rewrite: an activation that only post-processes a convolution's output is
-//! folded into that convolution, whose kernel then applies it in its epilogue while the output
-//! tile is still in cache. This saves one full read and write of the activation tensor per fused
-//! pair (on PP-OCRv4 det, most convolutions are followed by `Relu` or `HardSwish`).
+//! Session-time graph rewrite: an activation that only post-processes a convolution's (or an
+//! element-wise `Add`/`Sub`/`Mul`/`Div`'s) output is folded into that node, which then applies it
+//! while the output tile is still in cache. This saves one full read and write of the activation
+//! tensor per fused pair (PP-OCRv4 det follows most convolutions with `HardSwish`; BlazeFace
+//! follows each residual `Add` with `Relu`).
 //!
 //! A pair `y = Conv(..); z = Act(y)` fuses when `y` is read by that activation only, is not a
 //! graph output, and the activation is one the kernels implement (`Relu`, `LeakyRelu`, `Sigmoid`,
-//! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds). The conv then writes `z`
+//! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds). The producer then writes `z`
 //! directly and the activation node disappears; `y` is no longer produced.
 
 use pith_format::ir::{Graph, Node, OpKind, ValueId};
@@ -33,10 +34,14 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
             }
         }
     }
-    // producer[v] = index of the conv node whose sole output v is, if any.
+    // conv_of[v] = index of the fusable producer whose sole output v is, if any.
     let mut conv_of = vec![None; graph.values.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
-        if matches!(node.op, OpKind::Conv | OpKind::ConvTranspose) && node.outputs.len() == 1 {
+        let producer = matches!(
+            node.op,
+            OpKind::Conv | OpKind::ConvTranspose | OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div
+        );
+        if producer && node.outputs.len() == 1 {
             if let Some(slot) = conv_of.get_mut(node.outputs[0] as usize) {
                 *slot = Some(i);
             }

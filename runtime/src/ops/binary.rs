@@ -4,6 +4,8 @@
 
 use pith_format::ir::{ElemType, Node, OpKind};
 
+use pith_kernels::Activation;
+
 use super::{Arg, ExecCtx, Op, OpResult, Out};
 use crate::error::OpError;
 use crate::op_bail;
@@ -175,10 +177,13 @@ enum Kind {
 #[derive(Debug)]
 struct Binary {
     kind: Kind,
+    /// Applied to f32 results (an activation node fused into this one, see [`crate::fuse`]).
+    activation: Activation,
 }
 
-/// Builds the op for an `Add`, `Sub`, `Mul`, `Div`, `Pow` or `PRelu` node.
-pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+/// Builds the op for an `Add`, `Sub`, `Mul`, `Div`, `Pow` or `PRelu` node whose f32 output then
+/// goes through `activation`.
+pub fn build(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
     let kind = match node.op {
         OpKind::Add => Kind::Add,
         OpKind::Sub => Kind::Sub,
@@ -188,7 +193,7 @@ pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
         OpKind::PRelu => Kind::PRelu,
         other => op_bail!("{} is not a binary op", other.onnx_name()),
     };
-    Ok(Box::new(Binary { kind }))
+    Ok(Box::new(Binary { kind, activation }))
 }
 
 fn two<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<(&'b Arg<'a>, &'b Arg<'a>)> {
@@ -201,8 +206,10 @@ fn two<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<(&'b Arg<'a>, &'b Arg<
 /// `out = a (op) b` with broadcasting, split over the session's threads when large. Each arm
 /// passes its own closure so the element loop is monomorphised and vectorised (a function pointer
 /// would cost an indirect call per element).
+#[allow(clippy::too_many_arguments)]
 fn zip_f32(
     kind: Kind,
+    act: Activation,
     a: (&[f32], &[usize]),
     b: (&[f32], &[usize]),
     shape: &[usize],
@@ -211,13 +218,17 @@ fn zip_f32(
 ) {
     let ((x, xs), (y, ys)) = (a, b);
     let bc = Broadcast::new(xs, ys, shape);
-    ctx.kernels.for_each_part(out, PARALLEL_MIN_ELEMENTS, |start, part| match kind {
-        Kind::Add => bc.zip(x, y, start, part, |a, b| a + b),
-        Kind::Sub => bc.zip(x, y, start, part, |a, b| a - b),
-        Kind::Mul => bc.zip(x, y, start, part, |a, b| a * b),
-        Kind::Div => bc.zip(x, y, start, part, |a, b| a / b),
-        Kind::Pow => bc.zip(x, y, start, part, f32::powf),
-        Kind::PRelu => bc.zip(x, y, start, part, |x, s| if x < 0.0 { s * x } else { x }),
+    ctx.kernels.for_each_part(out, PARALLEL_MIN_ELEMENTS, |start, part| {
+        match kind {
+            Kind::Add => bc.zip(x, y, start, part, |a, b| a + b),
+            Kind::Sub => bc.zip(x, y, start, part, |a, b| a - b),
+            Kind::Mul => bc.zip(x, y, start, part, |a, b| a * b),
+            Kind::Div => bc.zip(x, y, start, part, |a, b| a / b),
+            Kind::Pow => bc.zip(x, y, start, part, f32::powf),
+            Kind::PRelu => bc.zip(x, y, start, part, |x, s| if x < 0.0 { s * x } else { x }),
+        }
+        // While the part is still in cache.
+        act.apply_slice(part);
     });
 }
 
@@ -261,6 +272,9 @@ impl Op for Binary {
         let known = a.is_known() && b.is_known();
         let shape = self.out_shape(a, b)?;
         if a.elem == ElemType::I64 {
+            if self.activation != Activation::None {
+                op_bail!("a fused activation applies to float results only");
+            }
             if !known {
                 op_bail!("integer inputs must be known at plan time");
             }
@@ -281,7 +295,15 @@ impl Op for Binary {
         }
         let mut out = vec![0.0; shape.iter().product()];
         let (x, y) = (a.f32s()?, b.f32s()?);
-        zip_f32(self.kind, (&x, a.shape), (&y, b.shape), &shape, &mut out, &ExecCtx::default());
+        zip_f32(
+            self.kind,
+            self.activation,
+            (&x, a.shape),
+            (&y, b.shape),
+            &shape,
+            &mut out,
+            &ExecCtx::default(),
+        );
         Ok(Some(vec![Tensor::from_f32(shape, out)]))
     }
 
@@ -298,7 +320,7 @@ impl Op for Binary {
         }
         let (x, y) = (a.f32s()?, b.f32s()?);
         let out = &mut outputs[0];
-        zip_f32(self.kind, (&x, a.shape), (&y, b.shape), out.shape, out.data, ctx);
+        zip_f32(self.kind, self.activation, (&x, a.shape), (&y, b.shape), out.shape, out.data, ctx);
         Ok(())
     }
 }
@@ -309,6 +331,21 @@ mod tests {
     use crate::ops::conv::testing::{act, node, run, values};
     use crate::ops::ArgData;
     use crate::tensor::TensorBuf;
+
+    fn build_plain(node: &Node) -> OpResult<Box<dyn Op>> {
+        build(node, Activation::None)
+    }
+
+    #[test]
+    fn a_fused_activation_applies_to_float_results_only() {
+        let op = build(&node(OpKind::Add, 2, vec![]), Activation::Relu).unwrap();
+        let (a, b) = ([1.0f32, -3.0, 0.5, -0.25], [-2.0f32, 1.0, 0.25, 0.0]);
+        let got = run(&*op, &[act(&[4], &a), act(&[4], &b)]).unwrap();
+        assert_eq!(got[0].1, [0.0, 0.0, 0.75, 0.0]);
+        let ints = Tensor::from_i64(vec![2], vec![1, -5]);
+        let known = Arg { shape: &[2], elem: ElemType::I64, data: Some(ArgData::Known(&ints)) };
+        assert!(op.eval(&[Some(known), Some(known)]).is_err());
+    }
 
     /// Plain per-element reference using explicit multi-indices.
     fn reference(a: &[f32], sa: &[usize], b: &[f32], sb: &[usize], f: fn(f32, f32) -> f32) -> Vec<f32> {
@@ -348,7 +385,7 @@ mod tests {
             for kind in [OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Div] {
                 let a = values(i as u64, sa.iter().product());
                 let b = values(100 + i as u64, sb.iter().product());
-                let op = build(&node(kind, 2, vec![])).unwrap();
+                let op = build_plain(&node(kind, 2, vec![])).unwrap();
                 let got = run(&*op, &[act(sa, &a), act(sb, &b)]).unwrap();
                 let f = formula(kind);
                 assert_eq!(got[0].0, broadcast_shapes(sa, sb).unwrap());
@@ -392,7 +429,7 @@ mod tests {
         let (sa, sb): (&[usize], &[usize]) = (&[1, 16, 182, 182], &[1, 16, 1, 1]);
         let (a, b) = (values(3, sa.iter().product()), values(4, sb.iter().product()));
         assert!(a.len() >= 2 * PARALLEL_MIN_ELEMENTS, "large enough to split over 3 threads");
-        let op = build(&node(OpKind::Mul, 2, vec![])).unwrap();
+        let op = build_plain(&node(OpKind::Mul, 2, vec![])).unwrap();
         let one = run(&*op, &[act(sa, &a), act(sb, &b)]).unwrap();
         let ctx = ExecCtx { kernels: pith_kernels::Kernels::new(3).unwrap() };
         let mut out = vec![0.0f32; a.len()];
@@ -415,10 +452,10 @@ mod tests {
     #[test]
     fn pow_and_prelu() {
         let x = [-2.0f32, -0.5, 0.0, 1.5, 3.0, -4.0];
-        let op = build(&node(OpKind::Pow, 2, vec![])).unwrap();
+        let op = build_plain(&node(OpKind::Pow, 2, vec![])).unwrap();
         let got = run(&*op, &[act(&[2, 3], &x), act(&[], &[2.0])]).unwrap();
         assert_eq!(got[0].1, x.iter().map(|v| v * v).collect::<Vec<_>>());
-        let op = build(&node(OpKind::PRelu, 2, vec![])).unwrap();
+        let op = build_plain(&node(OpKind::PRelu, 2, vec![])).unwrap();
         let slope = [0.1f32, 0.2, 0.3];
         let got = run(&*op, &[act(&[2, 3, 1], &x), act(&[3, 1], &slope)]).unwrap();
         let want: Vec<f32> =
@@ -441,13 +478,13 @@ mod tests {
             (OpKind::Mul, vec![14, -14, 24]),
             (OpKind::Div, vec![3, -3, 6]),
         ] {
-            let op = build(&node(kind, 2, vec![])).unwrap();
+            let op = build_plain(&node(kind, 2, vec![])).unwrap();
             assert_eq!(op.infer(&[arg(a), arg(b)]).unwrap()[0].0, ElemType::I64);
             let out = op.eval(&[arg(a), arg(b)]).unwrap().unwrap();
             assert_eq!(out[0].buf, TensorBuf::I64(want), "{kind:?}");
         }
         let zero = &Tensor::from_i64(vec![], vec![0]);
-        let op = build(&node(OpKind::Div, 2, vec![])).unwrap();
+        let op = build_plain(&node(OpKind::Div, 2, vec![])).unwrap();
         assert!(op.eval(&[arg(a), arg(zero)]).unwrap_err().0.contains("division by zero"));
         let unknown = Some(Arg { shape: &[3], elem: ElemType::I64, data: None });
         assert!(op.eval(&[arg(a), unknown]).is_err());

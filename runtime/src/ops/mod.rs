@@ -171,10 +171,10 @@ pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
 }
 
 /// [`build`] for a node whose output then goes through `activation` (see [`crate::fuse`]); only
-/// convolutions take one.
+/// convolutions and element-wise `Add`, `Sub`, `Mul`, `Div` take one.
 pub fn build_fused(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
     use OpKind::*;
-    if activation != Activation::None && !matches!(node.op, Conv | ConvTranspose) {
+    if activation != Activation::None && !matches!(node.op, Conv | ConvTranspose | Add | Sub | Mul | Div) {
         return Err(OpError(format!("{} cannot apply a fused activation", node.op.onnx_name())));
     }
     match node.op {
@@ -183,7 +183,7 @@ pub fn build_fused(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>>
         Gemm => gemm::build_gemm(node),
         MatMul => gemm::build_matmul(node),
         BatchNormalization => norm::build_batch_norm(node),
-        Add | Sub | Mul | Div | Pow | PRelu => binary::build(node),
+        Add | Sub | Mul | Div | Pow | PRelu => binary::build(node, activation),
         Sqrt | Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish | Tanh => unary::build(node),
         MaxPool | AveragePool | GlobalAveragePool => pool::build(node),
         Resize => resize::build(node),
