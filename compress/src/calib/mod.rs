@@ -570,6 +570,16 @@ fn refine(
     let accept = |f: &Fidelity| {
         f.passes(min_fidelity) && f.task.as_ref().zip(floor_iou).is_none_or(|(t, floor)| t.min_iou >= floor)
     };
+    // Verifies `choice` with layer `l` moved to candidate `i` (the caller keeps or drops it).
+    let try_move = |choice: &[usize], l: usize, i: usize| -> Result<SearchStep, CalibError> {
+        let mut trial = choice.to_vec();
+        trial[l] = i;
+        let model = layers::assemble(base, slots, trial.iter().zip(cands).map(|(&i, c)| &c[i].data));
+        let fidelity = eval.measure(&model, None, true)?;
+        let passed = accept(&fidelity);
+        let bytes = trial.iter().zip(cands).map(|(&i, c)| c[i].size).sum();
+        Ok(SearchStep { budget: f64::NAN, predicted: f64::NAN, bytes, fidelity, passed })
+    };
     let mut frozen = vec![false; cands.len()];
     for trial in 0..REFINE_TRIALS {
         progress("refine", trial, REFINE_TRIALS);
@@ -585,19 +595,15 @@ fn refine(
             .filter_map(|l| next(l).map(|i| (l, i, cands[l][choice[l]].size - cands[l][i].size)))
             .max_by_key(|&(l, _, saved)| (saved, usize::MAX - l));
         let Some((l, i, saved)) = best else { break };
-        let mut trial_choice = choice.to_vec();
-        trial_choice[l] = i;
-        let model = layers::assemble(base, slots, trial_choice.iter().zip(cands).map(|(&i, c)| &c[i].data));
-        let fidelity = eval.measure(&model, None, true)?;
-        let passed = accept(&fidelity);
-        let bytes: usize = trial_choice.iter().zip(cands).map(|(&i, c)| c[i].size).sum();
+        let step = try_move(choice, l, i)?;
         log::info!(
             "refine layer {l} to {:?} bits (-{saved} bytes): cosine {:.6}, {}",
             cands[l][i].bits,
-            fidelity.cosine,
-            if passed { "keep" } else { "undo" }
+            step.fidelity.cosine,
+            if step.passed { "keep" } else { "undo" }
         );
-        steps.push(SearchStep { budget: f64::NAN, predicted: f64::NAN, bytes, fidelity, passed });
+        let passed = step.passed;
+        steps.push(step);
         if passed {
             choice[l] = i;
         } else {
@@ -619,19 +625,15 @@ fn refine(
             break;
         }
         trials += 1;
-        let mut trial_choice = choice.to_vec();
-        trial_choice[l] = i;
-        let model = layers::assemble(base, slots, trial_choice.iter().zip(cands).map(|(&i, c)| &c[i].data));
-        let fidelity = eval.measure(&model, None, true)?;
-        let passed = accept(&fidelity);
-        let bytes: usize = trial_choice.iter().zip(cands).map(|(&i, c)| c[i].size).sum();
+        let step = try_move(choice, l, i)?;
         log::info!(
             "prune layer {l} at {:?} bits: cosine {:.6}, {}",
             cands[l][i].bits,
-            fidelity.cosine,
-            if passed { "keep" } else { "undo" }
+            step.fidelity.cosine,
+            if step.passed { "keep" } else { "undo" }
         );
-        steps.push(SearchStep { budget: f64::NAN, predicted: f64::NAN, bytes, fidelity, passed });
+        let passed = step.passed;
+        steps.push(step);
         if passed {
             choice[l] = i;
         }

@@ -129,15 +129,6 @@ mod tests {
     use super::*;
     use crate::passes::test_util::*;
 
-    /// 1x1 convolution of one pixel: `y[o] = sum_i w[o][i] x[i] + b[o]`.
-    fn conv1x1(w: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
-        let cin = x.len();
-        b.iter()
-            .enumerate()
-            .map(|(o, bo)| bo + (0..cin).map(|i| w[o * cin + i] * x[i]).sum::<f32>())
-            .collect()
-    }
-
     fn conv_value(w: &WorkModel, c: usize, input: usize) -> Vec<f32> {
         w.consts[&w.graph.nodes[c].inputs[input].unwrap()].as_f32().unwrap().to_vec()
     }

@@ -97,15 +97,6 @@ mod tests {
     use super::*;
     use crate::passes::test_util::*;
 
-    /// 1x1 convolution of one pixel: `y[o] = sum_i w[o][i] x[i] + b[o]`.
-    fn conv1x1(w: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
-        let cin = x.len();
-        b.iter()
-            .enumerate()
-            .map(|(o, bo)| bo + (0..cin).map(|i| w[o * cin + i] * x[i]).sum::<f32>())
-            .collect()
-    }
-
     #[test]
     fn folded_conv_matches_conv_then_bn() {
         let mut w = WorkModel::default();

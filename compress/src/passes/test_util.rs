@@ -38,3 +38,9 @@ pub(crate) fn push(
         attrs: Vec::new(),
     });
 }
+
+/// 1x1 convolution of one pixel: `y[o] = sum_i w[o][i] x[i] + b[o]`.
+pub(crate) fn conv1x1(w: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
+    let cin = x.len();
+    b.iter().enumerate().map(|(o, bo)| bo + (0..cin).map(|i| w[o * cin + i] * x[i]).sum::<f32>()).collect()
+}
