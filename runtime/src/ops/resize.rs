@@ -3,6 +3,7 @@
 
 use pith_format::ir::{ElemType, Node};
 
+use super::binary::PARALLEL_MIN_ELEMENTS;
 use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
 
@@ -200,7 +201,7 @@ impl Op for Resize {
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
         _scratch: &mut [f32],
-        _ctx: &ExecCtx,
+        ctx: &ExecCtx,
     ) -> OpResult<()> {
         let (out, scales) = self.plan(inputs)?;
         let Some(Some(x_arg)) = inputs.first() else {
@@ -226,7 +227,7 @@ impl Op for Resize {
                         .collect();
                     stride *= shape[d];
                 }
-                gather(&x, &offsets, y);
+                gather(&x, &offsets, y, ctx);
             }
             Mode::Linear => {
                 let rank = shape.len();
@@ -252,18 +253,39 @@ impl Op for Resize {
     }
 }
 
-/// `y[o] = x[sum_d offsets[d][o_d]]` over the output's multi-index, row-major.
-fn gather(x: &[f32], offsets: &[Vec<usize>], y: &mut [f32]) {
+/// `y[o] = x[sum_d offsets[d][o_d]]` over the output's multi-index, row-major, split over the
+/// session's threads when large.
+fn gather(x: &[f32], offsets: &[Vec<usize>], y: &mut [f32], ctx: &ExecCtx) {
+    ctx.kernels.for_each_part(y, PARALLEL_MIN_ELEMENTS, |start, part| gather_from(x, offsets, start, part));
+}
+
+/// [`gather`] of output elements `start .. start + y.len()` into `y`.
+fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
     let Some((inner, outer)) = offsets.split_last() else {
-        y[0] = x[0];
+        if let Some(v) = y.first_mut() {
+            *v = x[0];
+        }
         return;
     };
+    if inner.is_empty() || y.is_empty() {
+        return;
+    }
+    // The odometer over the outer axes, positioned at the row holding `start`.
+    let (mut row, mut col) = (start / inner.len(), start % inner.len());
     let mut idx = vec![0usize; outer.len()];
-    for row in y.chunks_exact_mut(inner.len()) {
+    for d in (0..outer.len()).rev() {
+        idx[d] = row % outer[d].len();
+        row /= outer[d].len();
+    }
+    let mut pos = 0;
+    while pos < y.len() {
+        let n = (inner.len() - col).min(y.len() - pos);
         let base: usize = outer.iter().zip(&idx).map(|(o, &i)| o[i]).sum();
-        for (v, &off) in row.iter_mut().zip(inner) {
+        for (v, &off) in y[pos..pos + n].iter_mut().zip(&inner[col..]) {
             *v = x[base + off];
         }
+        pos += n;
+        col = 0;
         for d in (0..outer.len()).rev() {
             idx[d] += 1;
             if idx[d] < outer[d].len() {
@@ -281,6 +303,22 @@ mod tests {
     use crate::ops::ArgData;
     use crate::tensor::Tensor;
     use pith_format::ir::{Attr, OpKind};
+
+    /// Any output range gathered alone equals the same elements of the whole gather.
+    #[test]
+    fn gather_ranges_match_the_whole() {
+        let x: Vec<f32> = (0..3 * 5 * 7).map(|v| v as f32).collect();
+        let offsets = vec![vec![0, 35, 70, 35], vec![0, 7, 7, 14, 28, 21], vec![0, 1, 1, 2, 3, 5, 6, 6, 4]];
+        let n = 4 * 6 * 9;
+        let mut whole = vec![0.0f32; n];
+        gather_from(&x, &offsets, 0, &mut whole);
+        assert_eq!(whole[9 + 3], x[7 + 2]); // (0, 1, 3): offsets 0 + 7 + 2
+        for (start, len) in [(0, 1), (5, 13), (8, 9), (n / 3, n / 2), (n - 1, 1)] {
+            let mut part = vec![0.0f32; len];
+            gather_from(&x, &offsets, start, &mut part);
+            assert_eq!(part, whole[start..start + len], "from {start}, {len} elements");
+        }
+    }
 
     fn resize(
         attrs: Vec<(&str, Attr)>,
