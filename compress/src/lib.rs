@@ -2,7 +2,7 @@
 //!
 //! Pipeline: decode and import → drop `Identity` → constant folding (through the runtime's ops)
 //! → fold BatchNormalization and constant per-channel Mul/Add into Conv → recognise decomposed
-//! HardSwish → dead-code elimination → drop default-valued attributes
+//! HardSwish → fold constant Mul/Add into the pointwise Conv they feed → dead-code elimination → drop default-valued attributes
 //! → topological sort → weight encoding ([`WeightFormat`], or per layer from calibration data in
 //! [`calib`]) → compacted [`ir::Model`]. The output is a pure function of the input bytes and
 //! options.
@@ -138,6 +138,7 @@ fn prepare(onnx: &[u8]) -> Result<WorkModel, CompressError> {
     let bns = passes::bn_fold::fold_batch_norms(&mut work);
     let affines = passes::affine::fold_affine(&mut work);
     let hardswishes = passes::hardswish::fuse_hardswish(&mut work);
+    let affines = affines + passes::affine::fold_affine_into_pointwise(&mut work);
     let dead = passes::dce::eliminate_dead(&mut work);
     let attrs = passes::attrs::drop_default_attrs(&mut work);
     passes::topo::sort(&mut work)?;

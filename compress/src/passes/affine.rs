@@ -75,6 +75,127 @@ fn fold_once(work: &mut WorkModel) -> usize {
     doomed.len()
 }
 
+/// Folds every constant per-channel `Mul` / `Add` whose result only feeds a pointwise convolution
+/// (1×1 kernel, one group, no padding) into that convolution; returns how many were folded.
+///
+/// With `a` the activation: `Conv(a·s)` is `Conv` with `W[m][c]·s[c]`, and `Conv(a + t)` is
+/// `Conv` with bias `b[m] + Σ_c W[m][c]·t[c]`. This is exact only without padding (a padded
+/// border would see `t`, not 0), hence the pointwise restriction. Runs to a fixed point, so
+/// `Mul → Add → Conv` folds both (PP-OCRv4 puts such an affine block after each HardSwish).
+pub(crate) fn fold_affine_into_pointwise(work: &mut WorkModel) -> usize {
+    let mut total = 0;
+    loop {
+        let consumers = work.consumers();
+        let mut doomed = Vec::new();
+        let mut touched = Vec::new();
+        for n in 0..work.graph.nodes.len() {
+            let node = &work.graph.nodes[n];
+            let is_mul = match node.op {
+                OpKind::Mul => true,
+                OpKind::Add => false,
+                _ => continue,
+            };
+            let ([Some(a), Some(b)], [z]) = (&node.inputs[..], &node.outputs[..]) else { continue };
+            let (a, b, z) = (*a, *b, *z);
+            let Some((x, k)) = [(a, b), (b, a)]
+                .into_iter()
+                .find(|(x, k)| work.consts.contains_key(k) && !work.consts.contains_key(x))
+            else {
+                continue;
+            };
+            let [c] = consumers[z as usize][..] else { continue };
+            let conv = &work.graph.nodes[c];
+            if conv.op != OpKind::Conv
+                || conv.inputs.first() != Some(&Some(z))
+                || work.is_output(z)
+                || touched.contains(&c)
+                || !is_pointwise(conv)
+            {
+                continue;
+            }
+            let Some((w, bias)) = folded_into_input(work, c, k, is_mul) else { continue };
+            let name = conv.name.clone();
+            let w = match w {
+                Some(w) => Some(work.add_const(&format!("{name}.input_affine_weight"), w)),
+                None => work.graph.nodes[c].inputs[1],
+            };
+            let bias = work.add_const(&format!("{name}.input_affine_bias"), bias);
+            let conv = &mut work.graph.nodes[c];
+            conv.inputs.truncate(1);
+            conv.inputs[0] = Some(x);
+            conv.inputs.extend([w, Some(bias)]);
+            doomed.push(n);
+            touched.push(c);
+        }
+        work.remove_nodes(&doomed);
+        total += doomed.len();
+        if doomed.is_empty() {
+            return total;
+        }
+    }
+}
+
+/// A 1×1, single-group, unpadded `Conv` (any stride): a per-input-channel affine map of its
+/// input commutes into its weight and bias exactly.
+fn is_pointwise(conv: &pith_format::ir::Node) -> bool {
+    use pith_format::ir::Attr;
+    let ints = |name: &str| match conv.attr(name) {
+        Some(Attr::Ints(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let group_one = match conv.attr("group") {
+        None => true,
+        Some(Attr::Int(g)) => *g == 1,
+        Some(_) => false,
+    };
+    let no_pads = ints("pads").is_none_or(|p| p.iter().all(|&x| x == 0));
+    let auto_pad = match conv.attr("auto_pad") {
+        None => true,
+        Some(Attr::Str(s)) => s == "NOTSET" || s == "VALID",
+        Some(_) => false,
+    };
+    group_one && no_pads && auto_pad
+}
+
+/// For pointwise conv node `c` whose input is `a (op) k`: the new weight (only for `Mul`) and
+/// bias, or `None` when something is not foldable.
+fn folded_into_input(
+    work: &WorkModel,
+    c: usize,
+    k: ValueId,
+    is_mul: bool,
+) -> Option<(Option<Tensor>, Tensor)> {
+    let conv = &work.graph.nodes[c];
+    let f32_const = |v: Option<ValueId>| work.consts.get(&v?).filter(|t| t.as_f32().is_some());
+    let w = f32_const(conv.inputs.get(1).copied().flatten())?;
+    if w.shape.len() != 4 || w.shape[2] != 1 || w.shape[3] != 1 {
+        return None;
+    }
+    let (m, cin) = (w.shape[0], w.shape[1]);
+    let factor = per_channel(f32_const(Some(k))?, cin)?;
+    let old_bias: Vec<f32> = match conv.inputs.get(2).copied().flatten() {
+        Some(b) => {
+            let b = f32_const(Some(b))?.as_f32()?;
+            (b.len() == m).then(|| b.to_vec())?
+        }
+        None => vec![0.0; m],
+    };
+    let data = w.as_f32()?;
+    if is_mul {
+        let new_w: Vec<f32> = data.iter().enumerate().map(|(i, &v)| v * factor[i % cin]).collect();
+        Some((Some(Tensor::from_f32(w.shape.clone(), new_w)), Tensor::from_f32(vec![m], old_bias)))
+    } else {
+        let new_b: Vec<f32> = (0..m)
+            .map(|o| {
+                let row = &data[o * cin..(o + 1) * cin];
+                let shift: f64 = row.iter().zip(&factor).map(|(&wv, &t)| wv as f64 * t as f64).sum();
+                (old_bias[o] as f64 + shift) as f32
+            })
+            .collect();
+        Some((None, Tensor::from_f32(vec![m], new_b)))
+    }
+}
+
 /// For conv node `c` and constant `k`: the new weight (only for `Mul`) and bias, or `None` when
 /// something is not foldable.
 fn folded(work: &WorkModel, c: usize, k: ValueId, is_mul: bool) -> Option<(Option<Tensor>, Tensor)> {
@@ -159,6 +280,51 @@ mod tests {
         }
         // The original weight is untouched (it may be shared).
         assert_eq!(w.consts[&wv].as_f32().unwrap(), &wd[..]);
+    }
+
+    #[test]
+    fn an_affine_map_folds_into_the_pointwise_conv_it_feeds() {
+        let mut w = WorkModel::default();
+        let a = input(&mut w, "a");
+        let wd = vec![0.5, -1.0, 2.0, 0.25, -0.75, 1.5];
+        let wv = constant(&mut w, "w", &[3, 2, 1, 1], wd.clone());
+        let bv = constant(&mut w, "b", &[3], vec![0.1, -0.2, 0.3]);
+        let s = constant(&mut w, "s", &[2, 1, 1], vec![1.5, -0.5]);
+        let t = constant(&mut w, "t", &[1], vec![0.25]);
+        let (m, u, y) = (act(&mut w, "m"), act(&mut w, "u"), act(&mut w, "y"));
+        push(&mut w, "mul", OpKind::Mul, &[Some(a), Some(s)], &[m]);
+        push(&mut w, "add", OpKind::Add, &[Some(t), Some(m)], &[u]);
+        push(&mut w, "conv", OpKind::Conv, &[Some(u), Some(wv), Some(bv)], &[y]);
+        w.graph.outputs = vec![y];
+        assert_eq!(fold_affine_into_pointwise(&mut w), 2);
+        assert_eq!(w.graph.nodes.len(), 1);
+        assert_eq!(w.graph.nodes[0].inputs[0], Some(a));
+        let px = [0.7f32, -1.3];
+        let shifted = [0.7 * 1.5 + 0.25, -1.3 * -0.5 + 0.25];
+        let want = conv1x1(&wd, &[0.1, -0.2, 0.3], &shifted);
+        let got = conv1x1(&conv_value(&w, 0, 1), &conv_value(&w, 0, 2), &px);
+        for (g, e) in got.iter().zip(&want) {
+            assert!((g - e).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn an_affine_map_stays_before_a_padded_or_grouped_conv() {
+        for attrs in [
+            vec![("pads".to_string(), pith_format::ir::Attr::Ints(vec![1, 1, 1, 1]))],
+            vec![("group".to_string(), pith_format::ir::Attr::Int(2))],
+        ] {
+            let mut w = WorkModel::default();
+            let a = input(&mut w, "a");
+            let wv = constant(&mut w, "w", &[2, 1, 1, 1], vec![1.0, 2.0]);
+            let t = constant(&mut w, "t", &[1], vec![0.25]);
+            let (u, y) = (act(&mut w, "u"), act(&mut w, "y"));
+            push(&mut w, "add", OpKind::Add, &[Some(a), Some(t)], &[u]);
+            push(&mut w, "conv", OpKind::Conv, &[Some(u), Some(wv)], &[y]);
+            w.graph.nodes[1].attrs = attrs;
+            w.graph.outputs = vec![y];
+            assert_eq!(fold_affine_into_pointwise(&mut w), 0);
+        }
     }
 
     #[test]
