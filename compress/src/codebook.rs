@@ -141,12 +141,12 @@ pub(crate) fn per_tensor(w: &[f32], rows: usize, bits: u8) -> TensorData {
     build(bits, rows, c.len(), CodebookKind::PerTensor, Centroids::F32(c), Vec::new(), &idx)
 }
 
-/// Per-row max-magnitude scales and one pooled f32 codebook of the scaled values.
-pub(crate) fn shared_scaled(w: &[f32], rows: usize, bits: u8) -> TensorData {
+/// Each row's largest magnitude, and `w` with every row divided by it (an all-zero row stays 0).
+fn row_max_scaled(w: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
     let row_len = w.len() / rows;
     let scales: Vec<f32> =
         w.chunks_exact(row_len).map(|r| r.iter().fold(0.0f32, |m, v| m.max(v.abs()))).collect();
-    let normalised: Vec<f32> = w
+    let normalised = w
         .iter()
         .enumerate()
         .map(|(i, &v)| match scales[i / row_len] {
@@ -154,6 +154,12 @@ pub(crate) fn shared_scaled(w: &[f32], rows: usize, bits: u8) -> TensorData {
             _ => 0.0,
         })
         .collect();
+    (scales, normalised)
+}
+
+/// Per-row max-magnitude scales and one pooled f32 codebook of the scaled values.
+pub(crate) fn shared_scaled(w: &[f32], rows: usize, bits: u8) -> TensorData {
+    let (scales, normalised) = row_max_scaled(w, rows);
     let c = kmeans::centroids(&normalised, 1 << bits);
     let idx = assign(&normalised, &c);
     build(bits, rows, c.len(), CodebookKind::SharedScaled, Centroids::F32(c), scales, &idx)
@@ -357,16 +363,7 @@ fn fit_per_tensor(w: &[f32], bits: u8, imp: Option<&[f64]>, pruned: Option<&[boo
 fn fit_shared_scaled(w: &[f32], rows: usize, bits: u8, imp: Option<&[f64]>, pruned: Option<&[bool]>) -> Fit {
     let kind = CodebookKind::SharedScaled;
     let row_len = w.len() / rows;
-    let scales: Vec<f32> =
-        w.chunks_exact(row_len).map(|r| r.iter().fold(0.0f32, |m, v| m.max(v.abs()))).collect();
-    let normalised: Vec<f32> = w
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| match scales[i / row_len] {
-            s if s > 0.0 => v / s,
-            _ => 0.0,
-        })
-        .collect();
+    let (scales, normalised) = row_max_scaled(w, rows);
     let weights = imp.map(|imp| {
         positive(imp.iter().enumerate().map(|(i, &m)| m * (scales[i / row_len] as f64).powi(2)).collect())
     });
@@ -778,21 +775,11 @@ mod tests {
 mod data_aware_tests {
     use super::*;
     use crate::gram::RowGram;
-
-    /// Deterministic pseudo-random values in [-1, 1).
-    fn lcg(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kmeans::tests::lcg_values;
 
     /// Weights with per-row scales that differ and a heavy tail.
     fn weights(rows: usize, row_len: usize, seed: u64) -> Vec<f32> {
-        lcg(rows * row_len, seed)
+        lcg_values(rows * row_len, seed)
             .iter()
             .enumerate()
             .map(|(i, &v)| v * v * v * (1.0 + (i / row_len % 5) as f32) + 0.05 * v)
@@ -802,7 +789,7 @@ mod data_aware_tests {
     /// A Gram of `samples` activations with strongly unequal input energies (a 1000x spread)
     /// and correlated neighbouring inputs.
     fn gram(row_len: usize, samples: usize, seed: u64) -> RowGram {
-        let z = lcg(samples * row_len, seed);
+        let z = lcg_values(samples * row_len, seed);
         let mut x = vec![0.0f32; samples * row_len];
         for s in 0..samples {
             for j in 0..row_len {

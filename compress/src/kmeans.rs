@@ -319,7 +319,7 @@ pub(crate) fn nearest(centroids: &[f32], v: f32) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic pseudo-random values in [-1, 1).

@@ -15,7 +15,8 @@ use pith_kernels::Activation;
 use crate::ops::unary;
 use crate::plan::ConstantFn;
 
-/// A graph with activations folded into convolutions, and each node's fused activation.
+/// A graph with activations folded into their producers (convolutions, element-wise ops), and
+/// each node's fused activation.
 #[derive(Debug, Clone)]
 pub struct Fused {
     /// The rewritten graph (same values, inputs and outputs; fewer nodes).
@@ -24,7 +25,7 @@ pub struct Fused {
     pub activations: Vec<Activation>,
 }
 
-/// Rewrites `graph`, fusing every eligible convolution–activation pair.
+/// Rewrites `graph`, fusing every eligible producer–activation pair.
 pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
     let mut readers = vec![0usize; graph.values.len()];
     for node in &graph.nodes {
@@ -34,15 +35,15 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
             }
         }
     }
-    // conv_of[v] = index of the fusable producer whose sole output v is, if any.
-    let mut conv_of = vec![None; graph.values.len()];
+    // producer_of[v] = index of the fusable producer whose sole output v is, if any.
+    let mut producer_of = vec![None; graph.values.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         let producer = matches!(
             node.op,
             OpKind::Conv | OpKind::ConvTranspose | OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div
         );
         if producer && node.outputs.len() == 1 {
-            if let Some(slot) = conv_of.get_mut(node.outputs[0] as usize) {
+            if let Some(slot) = producer_of.get_mut(node.outputs[0] as usize) {
                 *slot = Some(i);
             }
         }
@@ -52,16 +53,16 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
     let mut dropped = vec![false; graph.nodes.len()];
     for (j, node) in graph.nodes.iter().enumerate() {
         let Some(Some(y)) = node.inputs.first() else { continue };
-        let Some(Some(conv)) = conv_of.get(*y as usize) else { continue };
+        let Some(Some(producer)) = producer_of.get(*y as usize) else { continue };
         if readers[*y as usize] != 1 || graph.outputs.contains(y) || node.outputs.len() != 1 {
             continue;
         }
-        if activation[*conv] != Activation::None {
+        if activation[*producer] != Activation::None {
             continue;
         }
         if let Some(act) = unary::fusable_activation(node, constant) {
-            activation[*conv] = act;
-            new_output[*conv] = Some(node.outputs[0]);
+            activation[*producer] = act;
+            new_output[*producer] = Some(node.outputs[0]);
             dropped[j] = true;
         }
     }
@@ -80,7 +81,7 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
     }
     let fused = graph.nodes.len() - nodes.len();
     if fused > 0 {
-        log::debug!("fused {fused} activation(s) into convolutions");
+        log::debug!("fused {fused} activation(s) into their producers");
     }
     let graph = Graph {
         values: graph.values.clone(),

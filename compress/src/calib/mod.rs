@@ -570,15 +570,23 @@ fn refine(
     let accept = |f: &Fidelity| {
         f.passes(min_fidelity) && f.task.as_ref().zip(floor_iou).is_none_or(|(t, floor)| t.min_iou >= floor)
     };
-    // Verifies `choice` with layer `l` moved to candidate `i` (the caller keeps or drops it).
-    let try_move = |choice: &[usize], l: usize, i: usize| -> Result<SearchStep, CalibError> {
+    // Verifies `choice` with layer `l` moved to candidate `i`, logs the outcome after `what`,
+    // records the step and says whether it passed (the caller keeps or drops the move).
+    let mut try_move = |choice: &[usize], l: usize, i: usize, what: &str| -> Result<bool, CalibError> {
         let mut trial = choice.to_vec();
         trial[l] = i;
         let model = layers::assemble(base, slots, trial.iter().zip(cands).map(|(&i, c)| &c[i].data));
         let fidelity = eval.measure(&model, None, true)?;
         let passed = accept(&fidelity);
+        let verdict = if passed { "keep" } else { "undo" };
+        log::info!(
+            "{what} layer {l} at {:?} bits: cosine {:.6}, {verdict}",
+            cands[l][i].bits,
+            fidelity.cosine
+        );
         let bytes = trial.iter().zip(cands).map(|(&i, c)| c[i].size).sum();
-        Ok(SearchStep { budget: f64::NAN, predicted: f64::NAN, bytes, fidelity, passed })
+        steps.push(SearchStep { budget: f64::NAN, predicted: f64::NAN, bytes, fidelity, passed });
+        Ok(passed)
     };
     let mut frozen = vec![false; cands.len()];
     for trial in 0..REFINE_TRIALS {
@@ -595,16 +603,7 @@ fn refine(
             .filter_map(|l| next(l).map(|i| (l, i, cands[l][choice[l]].size - cands[l][i].size)))
             .max_by_key(|&(l, _, saved)| (saved, usize::MAX - l));
         let Some((l, i, saved)) = best else { break };
-        let step = try_move(choice, l, i)?;
-        log::info!(
-            "refine layer {l} to {:?} bits (-{saved} bytes): cosine {:.6}, {}",
-            cands[l][i].bits,
-            step.fidelity.cosine,
-            if step.passed { "keep" } else { "undo" }
-        );
-        let passed = step.passed;
-        steps.push(step);
-        if passed {
+        if try_move(choice, l, i, &format!("refine (-{saved} bytes)"))? {
             choice[l] = i;
         } else {
             frozen[l] = true;
@@ -625,16 +624,7 @@ fn refine(
             break;
         }
         trials += 1;
-        let step = try_move(choice, l, i)?;
-        log::info!(
-            "prune layer {l} at {:?} bits: cosine {:.6}, {}",
-            cands[l][i].bits,
-            step.fidelity.cosine,
-            if step.passed { "keep" } else { "undo" }
-        );
-        let passed = step.passed;
-        steps.push(step);
-        if passed {
+        if try_move(choice, l, i, "prune")? {
             choice[l] = i;
         }
     }

@@ -19,29 +19,53 @@ use crate::work::WorkModel;
 /// per output channel, and the conv's weight (rank 4) and optional bias are f32 constants. New
 /// constants are created, so weights shared with other nodes are left intact.
 pub(crate) fn fold_affine(work: &mut WorkModel) -> usize {
+    to_fixed_point(work, fold_output_once)
+}
+
+/// Repeats `sweep` until it folds nothing; returns the total folded.
+fn to_fixed_point(work: &mut WorkModel, sweep: fn(&mut WorkModel) -> usize) -> usize {
     let mut total = 0;
     loop {
-        let folded = fold_once(work);
-        total += folded;
-        if folded == 0 {
-            return total;
+        match sweep(work) {
+            0 => return total,
+            n => total += n,
         }
     }
 }
 
-/// One sweep: folds each candidate node whose conv was not already rewritten in this sweep.
-fn fold_once(work: &mut WorkModel) -> usize {
+/// `Some(true)` for `Mul`, `Some(false)` for `Add`: the two affine ops these passes fold.
+fn affine_op(op: OpKind) -> Option<bool> {
+    match op {
+        OpKind::Mul => Some(true),
+        OpKind::Add => Some(false),
+        _ => None,
+    }
+}
+
+/// Gives conv node `c` a new weight (when `w` is `Some`) and bias, as new constants named after
+/// the conv (`tag` says which fold made them), so weights shared with other nodes stay intact.
+fn set_conv_params(work: &mut WorkModel, c: usize, tag: &str, w: Option<Tensor>, bias: Tensor) {
+    let name = work.graph.nodes[c].name.clone();
+    let w = match w {
+        Some(w) => Some(work.add_const(&format!("{name}.{tag}_weight"), w)),
+        None => work.graph.nodes[c].inputs[1],
+    };
+    let bias = work.add_const(&format!("{name}.{tag}_bias"), bias);
+    let conv = &mut work.graph.nodes[c];
+    conv.inputs.truncate(1);
+    conv.inputs.extend([w, Some(bias)]);
+}
+
+/// One sweep of [`fold_affine`]: folds each candidate node whose conv was not already rewritten
+/// in this sweep.
+fn fold_output_once(work: &mut WorkModel) -> usize {
     let producers = work.producers();
     let consumers = work.consumers();
     let mut doomed = Vec::new();
     let mut touched = Vec::new();
     for n in 0..work.graph.nodes.len() {
         let node = &work.graph.nodes[n];
-        let is_mul = match node.op {
-            OpKind::Mul => true,
-            OpKind::Add => false,
-            _ => continue,
-        };
+        let Some(is_mul) = affine_op(node.op) else { continue };
         if node.outputs.len() != 1 || node.inputs.len() != 2 {
             continue;
         }
@@ -57,17 +81,8 @@ fn fold_once(work: &mut WorkModel) -> usize {
             continue;
         }
         let Some((w, bias)) = folded(work, c, k, is_mul) else { continue };
-        let name = work.graph.nodes[c].name.clone();
-        let w = match w {
-            Some(w) => Some(work.add_const(&format!("{name}.affine_weight"), w)),
-            None => work.graph.nodes[c].inputs[1],
-        };
-        let bias = work.add_const(&format!("{name}.affine_bias"), bias);
-        let z = work.graph.nodes[n].outputs[0];
-        let conv = &mut work.graph.nodes[c];
-        conv.inputs.truncate(1);
-        conv.inputs.extend([w, Some(bias)]);
-        conv.outputs = vec![z];
+        set_conv_params(work, c, "affine", w, bias);
+        work.graph.nodes[c].outputs = vec![work.graph.nodes[n].outputs[0]];
         doomed.push(n);
         touched.push(c);
     }
@@ -83,56 +98,43 @@ fn fold_once(work: &mut WorkModel) -> usize {
 /// border would see `t`, not 0), hence the pointwise restriction. Runs to a fixed point, so
 /// `Mul → Add → Conv` folds both (PP-OCRv4 puts such an affine block after each HardSwish).
 pub(crate) fn fold_affine_into_pointwise(work: &mut WorkModel) -> usize {
-    let mut total = 0;
-    loop {
-        let consumers = work.consumers();
-        let mut doomed = Vec::new();
-        let mut touched = Vec::new();
-        for n in 0..work.graph.nodes.len() {
-            let node = &work.graph.nodes[n];
-            let is_mul = match node.op {
-                OpKind::Mul => true,
-                OpKind::Add => false,
-                _ => continue,
-            };
-            let ([Some(a), Some(b)], [z]) = (&node.inputs[..], &node.outputs[..]) else { continue };
-            let (a, b, z) = (*a, *b, *z);
-            let Some((x, k)) = [(a, b), (b, a)]
-                .into_iter()
-                .find(|(x, k)| work.consts.contains_key(k) && !work.consts.contains_key(x))
-            else {
-                continue;
-            };
-            let [c] = consumers[z as usize][..] else { continue };
-            let conv = &work.graph.nodes[c];
-            if conv.op != OpKind::Conv
-                || conv.inputs.first() != Some(&Some(z))
-                || work.is_output(z)
-                || touched.contains(&c)
-                || !is_pointwise(conv)
-            {
-                continue;
-            }
-            let Some((w, bias)) = folded_into_input(work, c, k, is_mul) else { continue };
-            let name = conv.name.clone();
-            let w = match w {
-                Some(w) => Some(work.add_const(&format!("{name}.input_affine_weight"), w)),
-                None => work.graph.nodes[c].inputs[1],
-            };
-            let bias = work.add_const(&format!("{name}.input_affine_bias"), bias);
-            let conv = &mut work.graph.nodes[c];
-            conv.inputs.truncate(1);
-            conv.inputs[0] = Some(x);
-            conv.inputs.extend([w, Some(bias)]);
-            doomed.push(n);
-            touched.push(c);
+    to_fixed_point(work, fold_input_once)
+}
+
+/// One sweep of [`fold_affine_into_pointwise`].
+fn fold_input_once(work: &mut WorkModel) -> usize {
+    let consumers = work.consumers();
+    let mut doomed = Vec::new();
+    let mut touched = Vec::new();
+    for n in 0..work.graph.nodes.len() {
+        let node = &work.graph.nodes[n];
+        let Some(is_mul) = affine_op(node.op) else { continue };
+        let ([Some(a), Some(b)], [z]) = (&node.inputs[..], &node.outputs[..]) else { continue };
+        let (a, b, z) = (*a, *b, *z);
+        let Some((x, k)) = [(a, b), (b, a)]
+            .into_iter()
+            .find(|(x, k)| work.consts.contains_key(k) && !work.consts.contains_key(x))
+        else {
+            continue;
+        };
+        let [c] = consumers[z as usize][..] else { continue };
+        let conv = &work.graph.nodes[c];
+        if conv.op != OpKind::Conv
+            || conv.inputs.first() != Some(&Some(z))
+            || work.is_output(z)
+            || touched.contains(&c)
+            || !is_pointwise(conv)
+        {
+            continue;
         }
-        work.remove_nodes(&doomed);
-        total += doomed.len();
-        if doomed.is_empty() {
-            return total;
-        }
+        let Some((w, bias)) = folded_into_input(work, c, k, is_mul) else { continue };
+        set_conv_params(work, c, "input_affine", w, bias);
+        work.graph.nodes[c].inputs[0] = Some(x);
+        doomed.push(n);
+        touched.push(c);
     }
+    work.remove_nodes(&doomed);
+    doomed.len()
 }
 
 /// A 1×1, single-group, unpadded `Conv` (any stride): a per-input-channel affine map of its
