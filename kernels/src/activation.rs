@@ -24,7 +24,7 @@ pub enum Activation {
         /// Offset.
         beta: f32,
     },
-    /// `x * clamp(x / 6 + 1/2, 0, 1)`.
+    /// `x * clamp(x / 6 + 1/2, 0, 1)` (as ONNX: `alpha = 1/6` multiplies, no division).
     HardSwish,
     /// `1 / (1 + exp(-x))`.
     Sigmoid,
@@ -46,7 +46,7 @@ impl Activation {
                 }
             }
             Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
-            Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Activation::HardSwish => x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
             Activation::Sigmoid => sigmoid(x),
         }
     }
@@ -66,7 +66,7 @@ impl Activation {
             Activation::Clip { min, max } => each(xs, |x| x.max(min).min(max)),
             Activation::LeakyRelu(alpha) => each(xs, |x| if x >= 0.0 { x } else { alpha * x }),
             Activation::HardSigmoid { alpha, beta } => each(xs, |x| (alpha * x + beta).clamp(0.0, 1.0)),
-            Activation::HardSwish => each(xs, |x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0)),
+            Activation::HardSwish => each(xs, |x| x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)),
             Activation::Sigmoid => each(xs, sigmoid),
         }
     }

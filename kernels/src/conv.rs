@@ -1,23 +1,23 @@
-//! 2-D convolution (NCHW, ONNX weight layout) on weights decoded a few filters at a time.
+//! 2-D convolution (NCHW, ONNX weight layout) on weights decoded a panel of filters at a time.
 //!
-//! Output channels are split into contiguous ranges, one per worker thread. Four paths, chosen
-//! from the parameters:
-//! * direct (one input channel per group, e.g. depthwise): shifted views of zero-padded,
-//!   stride-phase-split input planes, multiplied tap row by tap row;
-//! * phased (strided, a few input channels per group, e.g. an RGB stem): the column matrix is
-//!   copied in contiguous runs from such phase planes;
-//! * pointwise (1×1, stride 1, no padding): the input planes serve as the column matrix;
-//! * general: a tile of output pixels is unfolded (im2col) into a bounded scratch.
+//! Two paths, chosen from the parameters:
+//! * pointwise (1×1, stride 1, no padding): the input planes serve as the column matrix of a
+//!   GEMM with [`Isa::gemm_rows`];
+//! * shifted (everything else): slab by slab of output rows, the input rows are copied into
+//!   zero-padded, stride-phase-split planes, where every tap of a run of output pixels is a
+//!   contiguous run; [`Isa::gemm_rows_at`] then accumulates all taps in registers (an implicit
+//!   GEMM: no unfolded column matrix, no per-pixel border tests).
 //!
-//! The last three decode a panel of at most [`PANEL_ROWS`] filters (never the whole tensor) and
-//! multiply it with the column tile through the path's register-blocked [`Isa::gemm_rows`].
+//! Either path decodes a bounded panel of filters (never the whole tensor of a large layer).
+//! Work is split over the session's threads by filters when every thread has groups of its own
+//! (depthwise), else by output rows, so no thread pads or reads input another one also needs.
 
 use std::ops::Range;
 
 use pith_format::TensorView;
 
 use crate::arch::Isa;
-use crate::parallel::split_units;
+use crate::parallel::{split_rows, split_units};
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
 /// Geometry of a 2-D convolution (and, with input/output roles as documented on
@@ -92,20 +92,6 @@ impl Conv2dParams {
         self.in_per_group() * self.k_h * self.k_w
     }
 
-    /// One input channel per group (depthwise): [`Layer::direct`].
-    fn is_direct(&self) -> bool {
-        self.in_per_group() <= 1
-    }
-
-    /// Strided with a handful of input channels per group (e.g. an RGB stem) whose phase planes
-    /// fit [`PHASED_MAX_PLANES`]: [`Layer::phased`].
-    fn is_phased(&self) -> bool {
-        let cin_g = self.in_per_group();
-        (2..=PHASED_MAX_IN).contains(&cin_g)
-            && self.stride_w > 1
-            && cin_g * PhasePlanes::new(self).len() <= PHASED_MAX_PLANES
-    }
-
     fn is_pointwise(&self) -> bool {
         self.k_h == 1
             && self.k_w == 1
@@ -118,24 +104,21 @@ impl Conv2dParams {
     }
 }
 
-/// f32 elements of the unfolded-column tile: bounded so it stays in L2.
-const COL_BUDGET: usize = 64 * 1024;
 /// Output pixels per tile of the pointwise path (its columns are the input itself).
 const POINTWISE_TILE: usize = 1024;
-/// Filters decoded together into one panel for [`Isa::gemm_rows`]: a multiple of every path's
+/// Filters decoded together into one panel of the pointwise path: a multiple of every path's
 /// register block (4, 6, 8 rows), small enough that panel × filter length stays in L2.
 const PANEL_ROWS: usize = 48;
+/// Most f32 elements of the zero-padded input planes of one slab of output rows (512 KiB):
+/// the shifted path reads every tap from them, so they should stay in L2.
+const SLAB_BUDGET: usize = 1 << 17;
+/// Most f32 elements of decoded filters the shifted path keeps in one panel (256 KiB): with
+/// filters of a few hundred weights, a whole layer's filters (per thread) are decoded once.
+const SHIFTED_PANEL_BUDGET: usize = 1 << 16;
+/// f32 elements of one accumulator block of the shifted path (128 KiB).
+const ACC_BUDGET: usize = 1 << 15;
 
-/// Output pixels per im2col tile: within [`COL_BUDGET`], rounded down to 16 columns when large so
-/// the micro-kernels' column strips have no ragged tail.
-fn tile_pixels(p: &Conv2dParams) -> usize {
-    let pixels = (p.out_h * p.out_w).max(1);
-    let t = (COL_BUDGET / p.filter_len().max(1)).max(1);
-    let t = if t >= 64 { t / 16 * 16 } else { t };
-    t.min(pixels)
-}
-
-/// Filters per panel for this layer.
+/// Filters per panel of the pointwise path.
 fn panel_rows(p: &Conv2dParams) -> usize {
     PANEL_ROWS.min(p.out_per_group()).max(1)
 }
@@ -145,13 +128,7 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
     if p.groups == 0 {
         return 1; // rejected by `check`
     }
-    let per = if p.is_direct() || p.is_phased() {
-        PhasePlanes::new(p).scratch_len(p)
-    } else if p.is_pointwise() {
-        panel_rows(p) * p.filter_len()
-    } else {
-        p.filter_len() * (panel_rows(p) + tile_pixels(p))
-    };
+    let per = if p.is_pointwise() { panel_rows(p) * p.filter_len() } else { Slab::new(p).scratch_len(p) };
     per.max(1)
 }
 
@@ -182,12 +159,31 @@ pub fn conv2d(
         return Ok(());
     }
     let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
+    let slab = (!p.is_pointwise()).then(|| Slab::new(p));
+    let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
     for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
         let work = out_plane * p.filter_len();
-        split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-            layer.channels(xb, ocs, ys, s)
-        });
+        match &slab {
+            None => split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+                layer.pointwise(xb, ocs, ys, s)
+            }),
+            // Groups of their own input (depthwise): split filters, no input is read twice.
+            Some(slab) if p.groups >= kernels.threads() => {
+                split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+                    let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
+                    layer.shifted(slab, &offsets, xb, ocs, 0..p.out_h, &mut planes, s)
+                })
+            }
+            // A few groups sharing their input: split output rows, so each worker reads and pads
+            // only its part of the input and decodes its filters once.
+            Some(slab) => {
+                let row_work = p.out_c * p.out_w * p.filter_len();
+                split_rows(kernels, p.out_h, p.out_w, row_work, yb, scratch, per_task, |rows, planes, s| {
+                    layer.shifted(slab, &offsets, xb, 0..p.out_c, rows, planes, s)
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -202,323 +198,250 @@ struct Layer<'a, 'w> {
 }
 
 impl Layer<'_, '_> {
-    /// Computes output channels `ocs` (of one image `xb`) into `y` (their planes, back to back).
-    fn channels(&self, xb: &[f32], ocs: Range<usize>, y: &mut [f32], scratch: &mut [f32]) {
+    /// 1×1 stride-1 unpadded: column row `k` is input plane `k`, so no unfolding is needed.
+    /// Computes filters `ocs` of image `xb` into `y` (their planes, back to back).
+    fn pointwise(&self, xb: &[f32], ocs: Range<usize>, y: &mut [f32], panel: &mut [f32]) {
         let p = self.p;
         let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
-        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
-        let (direct, phased) = (p.is_direct(), p.is_phased());
-        let planes = PhasePlanes::new(p);
-        if direct || phased {
-            // Zero the phase planes (the first part of scratch on both paths) once: each group
-            // then overwrites only its input positions, and the padding stays zero.
-            scratch[..cin_g * planes.len()].fill(0.0);
-        }
+        let (k, plane) = (self.rows.row_len(), p.out_h * p.out_w);
+        let block = panel_rows(p);
         let mut oc = ocs.start;
         while oc < ocs.end {
-            // The part of `ocs` inside oc's group.
+            // Filters of oc's group, at most one panel.
             let g = oc / cout_g;
-            let end = ocs.end.min((g + 1) * cout_g);
-            let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
-            let yg = &mut y[(oc - ocs.start) * out_plane..(end - ocs.start) * out_plane];
-            if direct {
-                self.direct(&planes, xg, oc, yg, scratch);
-            } else if phased {
-                self.phased(&planes, xg, oc, yg, scratch);
-            } else if p.is_pointwise() {
-                self.pointwise(xg, oc, yg, scratch);
-            } else {
-                self.unfolded(xg, oc, yg, scratch);
+            let end = ocs.end.min((g + 1) * cout_g).min(oc + block);
+            let xg = &xb[g * cin_g * plane..][..cin_g * plane];
+            let yblock = &mut y[(oc - ocs.start) * plane..(end - ocs.start) * plane];
+            for r in 0..end - oc {
+                self.rows.decode(oc + r, &mut panel[r * k..(r + 1) * k]);
+            }
+            // The panel is decoded once and multiplied with every tile of the plane; bias and
+            // activation are applied tile by tile, while the tile's outputs are in cache.
+            let a = &panel[..(end - oc) * k];
+            let mut t0 = 0;
+            while t0 < plane {
+                let t = POINTWISE_TILE.min(plane - t0);
+                for (r, yplane) in yblock.chunks_exact_mut(plane).enumerate() {
+                    yplane[t0..t0 + t].fill(self.bias.map_or(0.0, |b| b[oc + r]));
+                }
+                (self.isa.gemm_rows)(a, k, &xg[t0..], plane, t, &mut yblock[t0..], plane);
+                for yplane in yblock.chunks_exact_mut(plane) {
+                    self.act.apply_slice(&mut yplane[t0..t0 + t]);
+                }
+                t0 += t;
             }
             oc = end;
         }
     }
 
-    /// For filters `oc0..` (one per `plane`-long output plane of `y`), over output pixels
-    /// `t0..t0 + t`: `y = act(bias + filters · cols)`, where column row `k` is `src[k * ldb..][..t]`.
-    /// Filters are decoded `PANEL_ROWS` at a time into `panel` and multiplied with `gemm_rows`.
+    /// Every other convolution, as an implicit GEMM over shifted views: output rows `rows` of
+    /// filters `ocs` of image `xb`, where `out[i]` holds those rows of filter `ocs.start + i`.
+    ///
+    /// Slab by slab of output rows, the group's input rows are copied into the zero-padded,
+    /// stride-phase-split planes of [`Slab`], where tap `(c, ky, kx)` of a run of output pixels
+    /// is a contiguous run at `offsets[tap]` (plus the run's start). `gemm_rows_at` then
+    /// accumulates all taps of a panel of filters in registers, over whole padded rows (the few
+    /// columns past `out_w` in each are computed and dropped), with no unfolded copy and no
+    /// per-pixel border tests.
     #[allow(clippy::too_many_arguments)]
-    fn panel_product(
+    fn shifted(
         &self,
-        src: &[f32],
-        ldb: usize,
-        oc0: usize,
-        t0: usize,
-        t: usize,
-        y: &mut [f32],
-        panel: &mut [f32],
+        slab: &Slab,
+        offsets: &[usize],
+        xb: &[f32],
+        ocs: Range<usize>,
+        rows: Range<usize>,
+        out: &mut [&mut [f32]],
+        scratch: &mut [f32],
     ) {
-        let (k, plane) = (self.rows.row_len(), self.p.out_h * self.p.out_w);
-        let block = panel_rows(self.p);
-        for (bi, yblock) in y.chunks_mut(block * plane).enumerate() {
-            let n_rows = yblock.len() / plane;
-            let first = oc0 + bi * block;
-            for r in 0..n_rows {
-                self.rows.decode(first + r, &mut panel[r * k..(r + 1) * k]);
-                yblock[r * plane + t0..][..t].fill(self.bias.map_or(0.0, |b| b[first + r]));
-            }
-            (self.isa.gemm_rows)(&panel[..n_rows * k], k, src, ldb, t, &mut yblock[t0..], plane);
-            for r in 0..n_rows {
-                self.act.apply_slice(&mut yblock[r * plane + t0..][..t]);
-            }
-        }
-    }
-
-    /// One input channel per group (depthwise; none for an empty layer): the input channel is
-    /// scattered once into the zero-padded phase planes of [`PhasePlanes`], so every tap is a
-    /// shifted contiguous view of one phase plane. Output planes are then a few `gemm_rows` calls
-    /// per kernel row over bands of whole rows, [`DIRECT_OCS`] filters at a time: no per-pixel
-    /// border tests and no unfolded copy (the padding makes every read land on a zero or a value).
-    fn direct(&self, g: &PhasePlanes, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
         let p = self.p;
-        let (cin_g, k_len) = (p.in_per_group(), p.filter_len());
-        let out_plane = p.out_h * p.out_w;
-        let (planes, rest) = scratch.split_at_mut(cin_g * g.len());
-        let (wpanel, rest) = rest.split_at_mut(DIRECT_OCS * k_len);
-        let (taps, acc) = rest.split_at_mut(DIRECT_OCS * p.k_w);
-        for (c, dst) in planes.chunks_exact_mut(g.len()).enumerate() {
-            g.scatter(p, &xg[c * p.in_h * p.in_w..][..p.in_h * p.in_w], dst);
-        }
-        let plane_len = g.hq * g.wq;
-        // Taps of one kernel row that share a column phase sit `col_step` apart in kx and
-        // `col_ldb` apart in the phase plane: one gemm_rows call each.
-        let gcd_w = gcd(p.dil_w, p.stride_w);
-        let (col_step, col_ldb) = (p.stride_w / gcd_w, p.dil_w / gcd_w);
-        for (bi, yblock) in yg.chunks_mut(DIRECT_OCS * out_plane).enumerate() {
-            let (first, m) = (oc0 + bi * DIRECT_OCS, yblock.len() / out_plane);
+        let (cin_g, cout_g, k_len) = (p.in_per_group(), p.out_per_group(), p.filter_len());
+        let in_plane = p.in_h * p.in_w;
+        let (planes, rest) = scratch.split_at_mut(cin_g * slab.len());
+        let (panel, acc) = rest.split_at_mut(slab.panel_rows * k_len);
+        let mut oc = ocs.start;
+        while oc < ocs.end {
+            // Filters of oc's group, at most one panel.
+            let g = oc / cout_g;
+            let end = ocs.end.min((g + 1) * cout_g).min(oc + slab.panel_rows);
+            let m = end - oc;
+            let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
             for r in 0..m {
-                self.rows.decode(first + r, &mut wpanel[r * k_len..(r + 1) * k_len]);
+                self.rows.decode(oc + r, &mut panel[r * k_len..(r + 1) * k_len]);
             }
-            let mut oy0 = 0;
-            while oy0 < p.out_h {
-                let rows = g.band.min(p.out_h - oy0);
-                // Whole padded rows, except that the last band stops at the last real column
-                // (the planes have no rows past it to read).
-                let n = if oy0 + rows == p.out_h { (rows - 1) * g.wq + p.out_w } else { rows * g.wq };
-                let acc = &mut acc[..m * n];
-                // Zero (a memset); the bias is added while copying out.
-                acc.fill(0.0);
-                for (c, cplanes) in planes.chunks_exact(g.len()).enumerate() {
-                    for ky in 0..p.k_h {
-                        let (ay, rr) = ((ky * p.dil_h) / p.stride_h, (ky * p.dil_h) % p.stride_h);
-                        for kx0 in 0..col_step.min(p.k_w) {
-                            let (ax, rc) = ((kx0 * p.dil_w) / p.stride_w, (kx0 * p.dil_w) % p.stride_w);
-                            let count = (p.k_w - kx0).div_ceil(col_step);
-                            for r in 0..m {
-                                let wk = &wpanel[r * k_len + (c * p.k_h + ky) * p.k_w..][..p.k_w];
-                                for (t, &w) in taps[r * count..][..count]
-                                    .iter_mut()
-                                    .zip(wk[kx0..].iter().step_by(col_step))
-                                {
-                                    *t = w;
-                                }
-                            }
-                            let plane = &cplanes[(rr * p.stride_w + rc) * plane_len..][..plane_len];
-                            let b = &plane[(oy0 + ay) * g.wq + ax..];
-                            (self.isa.gemm_rows)(&taps[..m * count], count, b, col_ldb, n, acc, n);
+            let a = &panel[..m * k_len];
+            let sub_rows = slab.sub_rows(m);
+            let mut oy0 = rows.start;
+            while oy0 < rows.end {
+                let slab_rows = slab.rows.min(rows.end - oy0);
+                slab.fill(p, xg, oy0, planes);
+                let mut s0 = 0;
+                while s0 < slab_rows {
+                    let sr = sub_rows.min(slab_rows - s0);
+                    // Whole padded rows, except that the last stops at the last real column.
+                    let n = (sr - 1) * slab.wq + p.out_w;
+                    let acc = &mut acc[..m * n];
+                    for (r, arow) in acc.chunks_exact_mut(n).enumerate() {
+                        arow.fill(self.bias.map_or(0.0, |b| b[oc + r]));
+                    }
+                    (self.isa.gemm_rows_at)(a, k_len, &planes[s0 * slab.wq..], offsets, n, acc, n);
+                    let first_row = oy0 - rows.start + s0;
+                    for (r, arow) in acc.chunks_exact(n).enumerate() {
+                        let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
+                        for (yrow, src) in dst.chunks_exact_mut(p.out_w).zip(arow.chunks(slab.wq)) {
+                            yrow.copy_from_slice(&src[..p.out_w]);
+                            self.act.apply_slice(yrow);
                         }
                     }
+                    s0 += sr;
                 }
-                for (r, arow) in acc.chunks_exact(n).enumerate() {
-                    let bias = self.bias.map_or(0.0, |b| b[first + r]);
-                    let band = &mut yblock[r * out_plane..][oy0 * p.out_w..(oy0 + rows) * p.out_w];
-                    for (yrow, src) in band.chunks_exact_mut(p.out_w).zip(arow.chunks(g.wq)) {
-                        for (y, &a) in yrow.iter_mut().zip(src) {
-                            *y = a + bias;
-                        }
-                    }
-                }
-                oy0 += rows;
+                oy0 += slab_rows;
             }
-            for yplane in yblock.chunks_exact_mut(out_plane) {
-                self.act.apply_slice(yplane);
-            }
-        }
-    }
-
-    /// 1×1 stride-1 unpadded: column row `k` is input plane `k`, so no unfolding is needed.
-    fn pointwise(&self, xg: &[f32], oc0: usize, yg: &mut [f32], panel: &mut [f32]) {
-        let plane = self.p.out_h * self.p.out_w;
-        let mut t0 = 0;
-        while t0 < plane {
-            let t = POINTWISE_TILE.min(plane - t0);
-            self.panel_product(&xg[t0..], plane, oc0, t0, t, yg, panel);
-            t0 += t;
-        }
-    }
-
-    /// Strided layers with few input channels (e.g. an RGB stem): like [`Layer::unfolded`], but
-    /// the column matrix of a band of output rows is copied from the phase planes of
-    /// [`PhasePlanes`], where every tap of an output row is a contiguous run, instead of being
-    /// gathered element by element with the stride.
-    fn phased(&self, g: &PhasePlanes, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
-        let p = self.p;
-        let k_len = p.filter_len();
-        let (planes, rest) = scratch.split_at_mut(p.in_per_group() * g.len());
-        let (panel, cols) = rest.split_at_mut(panel_rows(p) * k_len);
-        for (c, dst) in planes.chunks_exact_mut(g.len()).enumerate() {
-            g.scatter(p, &xg[c * p.in_h * p.in_w..][..p.in_h * p.in_w], dst);
-        }
-        let plane_len = g.hq * g.wq;
-        let mut oy0 = 0;
-        while oy0 < p.out_h {
-            let rows = g.band.min(p.out_h - oy0);
-            let t = rows * p.out_w;
-            // Column row k is tap (c, ky, kx) in filter order.
-            for (k, col) in cols[..k_len * t].chunks_exact_mut(t).enumerate() {
-                let (c, ky, kx) = (k / (p.k_h * p.k_w), k / p.k_w % p.k_h, k % p.k_w);
-                let (ay, rr) = ((ky * p.dil_h) / p.stride_h, (ky * p.dil_h) % p.stride_h);
-                let (ax, rc) = ((kx * p.dil_w) / p.stride_w, (kx * p.dil_w) % p.stride_w);
-                let phase = &planes[c * g.len() + (rr * p.stride_w + rc) * plane_len..][..plane_len];
-                for (r, dst) in col.chunks_exact_mut(p.out_w).enumerate() {
-                    dst.copy_from_slice(&phase[(oy0 + r + ay) * g.wq + ax..][..p.out_w]);
-                }
-            }
-            self.panel_product(&cols[..k_len * t], t, oc0, oy0 * p.out_w, t, yg, panel);
-            oy0 += rows;
-        }
-    }
-
-    /// General path: unfold a tile of output pixels, then multiply every filter panel with it.
-    fn unfolded(&self, xg: &[f32], oc0: usize, yg: &mut [f32], scratch: &mut [f32]) {
-        let p = self.p;
-        let plane = p.out_h * p.out_w;
-        let k_len = p.filter_len();
-        let tile = tile_pixels(p);
-        let (panel, col) = scratch.split_at_mut(panel_rows(p) * k_len);
-        let mut t0 = 0;
-        while t0 < plane {
-            let t = tile.min(plane - t0);
-            let col = &mut col[..k_len * t];
-            im2col(xg, p, t0, t, col);
-            self.panel_product(col, t, oc0, t0, t, yg, panel);
-            t0 += t;
+            oc = end;
         }
     }
 }
 
-/// Filters the direct path accumulates together: the widest register block of `gemm_rows`, so
-/// each tap's input vector is loaded once per block.
-const DIRECT_OCS: usize = 8;
-/// Most input channels per group the phased path takes (its planes hold the whole group input).
-const PHASED_MAX_IN: usize = 4;
-/// Most f32 elements of phase planes the phased path takes (1 MiB): larger inputs are unfolded
-/// tile by tile in bounded scratch instead.
-const PHASED_MAX_PLANES: usize = 1 << 18;
-
-/// Output rows' worth of accumulator one band of the direct path covers (f32 elements):
-/// small enough that the band stays in L1 while each kernel row's taps are added to it.
-const BAND_BUDGET: usize = 4096;
-
-/// The direct path's view of one input plane: zero-padded so every tap of every output
-/// lands inside it, then split by (row, column) phase of the strides, so that tap `(ky, kx)` of
-/// output `(oy, ox)` is element `(oy + ky*dil_h / stride_h, ox + kx*dil_w / stride_w)` of phase
-/// plane `(ky*dil_h % stride_h, kx*dil_w % stride_w)`: a contiguous row for consecutive `ox`.
-struct PhasePlanes {
+/// Geometry of the shifted path: the input rows one slab of `rows` output rows reads, copied
+/// into zero-padded planes split by (row, column) phase of the strides, so that tap `(ky, kx)`
+/// of output `(oy, ox)` is element `(oy + ky*dil_h / stride_h, ox + kx*dil_w / stride_w)` of
+/// phase plane `(ky*dil_h % stride_h, kx*dil_w % stride_w)`: a contiguous run for consecutive
+/// `ox`. Every slab has the same plane extents, so tap offsets are computed once per layer.
+struct Slab {
+    /// Output rows per slab.
+    rows: usize,
     /// Rows of each phase plane.
     hq: usize,
-    /// Columns of each phase plane; also the row pitch of the band accumulator.
+    /// Columns of each phase plane; also the row pitch of the accumulator.
     wq: usize,
-    /// Output rows per band.
-    band: usize,
-    /// Phase planes (`stride_h * stride_w`).
+    /// Phase planes per input channel (`stride_h * stride_w`).
     phases: usize,
+    /// Filters decoded together.
+    panel_rows: usize,
 }
 
-impl PhasePlanes {
-    fn new(p: &Conv2dParams) -> PhasePlanes {
+impl Slab {
+    fn new(p: &Conv2dParams) -> Slab {
         let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
-        // Padded extents: the input behind its begin pads, or the last tap's reach if further.
-        let reach = |out: usize, s: usize, k: usize, d: usize| {
-            out.saturating_sub(1) * s + k.saturating_sub(1) * d + 1
-        };
-        let hp = (p.pad_top + p.in_h).max(reach(p.out_h, sh, p.k_h, p.dil_h));
+        // Padded width: the input behind its left pad, or the last tap's reach if further.
         let wp = (p.pad_left + p.in_w).max(reach(p.out_w, sw, p.k_w, p.dil_w));
-        let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw).max(1));
-        let band =
-            if p.is_direct() { BAND_BUDGET / wq } else { COL_BUDGET / (p.filter_len() * p.out_w).max(1) };
-        let band = band.clamp(1, p.out_h.max(1));
-        PhasePlanes { hq, wq, band, phases: sh * sw }
+        let wq = wp.div_ceil(sw).max(1);
+        let phases = sh * sw;
+        let hq = |rows: usize| reach(rows, sh, p.k_h, p.dil_h).div_ceil(sh);
+        let per_row = p.in_per_group() * phases * wq;
+        // The most output rows whose planes fit the budget (at least one).
+        let mut rows = 1;
+        while rows < p.out_h && per_row * hq(rows + 1) <= SLAB_BUDGET {
+            rows += 1;
+        }
+        let panel_rows =
+            (SHIFTED_PANEL_BUDGET / p.filter_len().max(1)).clamp(8, 256).min(p.out_per_group()).max(1);
+        Slab { rows, hq: hq(rows), wq, phases, panel_rows }
     }
 
-    /// f32 elements of all phase planes.
+    /// f32 elements of one input channel's phase planes.
     fn len(&self) -> usize {
         self.phases * self.hq * self.wq
     }
 
-    /// Scratch the direct or phased path needs: the phase planes of every input channel of a
-    /// group, plus for direct a block of decoded filters, their gathered taps of one kernel row
-    /// and one band of accumulator rows per filter of the block; for phased a filter panel and
-    /// the column matrix of one band.
+    /// Output rows per accumulator block of `m` filters.
+    fn sub_rows(&self, m: usize) -> usize {
+        (ACC_BUDGET / (m * self.wq).max(1)).clamp(1, self.rows)
+    }
+
+    /// Scratch one worker needs: the planes of a group's input channels, a panel of decoded
+    /// filters and one accumulator block.
     fn scratch_len(&self, p: &Conv2dParams) -> usize {
-        let planes = p.in_per_group() * self.len();
-        if p.is_direct() {
-            let m = DIRECT_OCS;
-            planes + m * p.filter_len() + m * p.k_w + m * self.band * self.wq
-        } else {
-            planes + panel_rows(p) * p.filter_len() + p.filter_len() * self.band * p.out_w
+        let acc = ACC_BUDGET.max(self.panel_rows * self.wq);
+        p.in_per_group() * self.len() + self.panel_rows * p.filter_len() + acc
+    }
+
+    /// Element offset of every tap `(c, ky, kx)`, in filter order, from the start of the planes.
+    fn offsets(&self, p: &Conv2dParams) -> Vec<usize> {
+        let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
+        let plane_len = self.hq * self.wq;
+        let mut offs = Vec::with_capacity(p.filter_len());
+        for c in 0..p.in_per_group() {
+            for ky in 0..p.k_h {
+                let (ay, rr) = ((ky * p.dil_h) / sh, (ky * p.dil_h) % sh);
+                for kx in 0..p.k_w {
+                    let (ax, rc) = ((kx * p.dil_w) / sw, (kx * p.dil_w) % sw);
+                    offs.push(c * self.len() + (rr * sw + rc) * plane_len + ay * self.wq + ax);
+                }
+            }
+        }
+        offs
+    }
+
+    /// Zeroes `planes` and writes into them the input rows of group input `xg` (`in_per_group`
+    /// planes of `in_h × in_w`) that the slab starting at output row `oy0` reads.
+    fn fill(&self, p: &Conv2dParams, xg: &[f32], oy0: usize, planes: &mut [f32]) {
+        let (sh, sw) = (p.stride_h, p.stride_w);
+        let planes = &mut planes[..p.in_per_group() * self.len()];
+        planes.fill(0.0);
+        if p.in_w == 0 || p.in_h == 0 {
+            return;
+        }
+        // Padded rows lo.. of the slab; lo is a multiple of the stride, so phases are kept.
+        let lo = oy0 * sh;
+        let span = reach(self.rows, sh, p.k_h, p.dil_h);
+        let iy_lo = lo.saturating_sub(p.pad_top);
+        let iy_hi = (lo + span).saturating_sub(p.pad_top).min(p.in_h);
+        let plane_len = self.hq * self.wq;
+        for (xc, dst) in xg.chunks_exact(p.in_h * p.in_w).zip(planes.chunks_exact_mut(self.len())) {
+            for iy in iy_lo..iy_hi {
+                let py = iy + p.pad_top - lo;
+                let row = (py % sh) * sw * plane_len + (py / sh) * self.wq;
+                self.scatter_row(p, &xc[iy * p.in_w..][..p.in_w], row, dst);
+            }
         }
     }
 
-    /// Writes plane `x` (`in_h × in_w`) into its positions in `planes`.
-    ///
-    /// Only the positions of input elements are written: the rest must already be zero, which
-    /// holds from one channel to the next since every channel writes the same positions.
-    fn scatter(&self, p: &Conv2dParams, x: &[f32], planes: &mut [f32]) {
-        let planes = &mut planes[..self.len()];
-        let (sh, sw) = (p.stride_h, p.stride_w);
+    /// Writes input row `xrow` into the column phases of the padded row starting at `row` of
+    /// phase column 0 in `planes` (phase column `rc` is `rc * hq * wq` further on).
+    fn scatter_row(&self, p: &Conv2dParams, xrow: &[f32], row: usize, planes: &mut [f32]) {
+        let (sw, pl) = (p.stride_w, p.pad_left);
         let plane_len = self.hq * self.wq;
-        if p.in_w == 0 {
-            return;
-        }
-        for (iy, xrow) in x.chunks_exact(p.in_w).take(p.in_h).enumerate() {
-            let py = iy + p.pad_top;
-            let row = (py % sh) * sw * plane_len + (py / sh) * self.wq;
-            if sw == 1 {
-                planes[row + p.pad_left..][..p.in_w].copy_from_slice(xrow);
-            } else if sw == 2 {
-                // Deinterleave pairs (even padded column, odd padded column) from the first input
-                // column whose padded column is even; a leading and trailing single are placed alone.
-                let (s0, pl) = (p.pad_left % 2, p.pad_left);
-                let q = (s0 + pl) / 2;
-                let (head, odd) = planes.split_at_mut(row + plane_len);
-                let even = &mut head[row..];
-                let pairs = xrow[s0..].chunks_exact(2);
-                let tail = pairs.remainder();
-                for ((e, o), pair) in even[q..].iter_mut().zip(&mut odd[q..]).zip(pairs) {
-                    (*e, *o) = (pair[0], pair[1]);
+        if sw == 1 {
+            planes[row + pl..][..p.in_w].copy_from_slice(xrow);
+        } else if sw == 2 {
+            // Deinterleave pairs (even padded column, odd padded column) from the first input
+            // column whose padded column is even; a leading and trailing single are placed alone.
+            let s0 = pl % 2;
+            let q = (s0 + pl) / 2;
+            let (head, odd) = planes.split_at_mut(row + plane_len);
+            let even = &mut head[row..];
+            let pairs = xrow[s0..].chunks_exact(2);
+            let tail = pairs.remainder();
+            for ((e, o), pair) in even[q..].iter_mut().zip(&mut odd[q..]).zip(pairs) {
+                (*e, *o) = (pair[0], pair[1]);
+            }
+            if s0 == 1 {
+                odd[pl / 2] = xrow[0];
+            }
+            if let [last] = tail {
+                even[(p.in_w - 1 + pl) / 2] = *last;
+            }
+        } else {
+            // Column phase rc holds input columns ix0, ix0 + sw, ... from phase column q0.
+            for rc in 0..sw {
+                let ix0 = (rc + sw - pl % sw) % sw;
+                if ix0 >= p.in_w {
+                    continue;
                 }
-                if s0 == 1 {
-                    odd[pl / 2] = xrow[0];
-                }
-                if let [last] = tail {
-                    even[(p.in_w - 1 + pl) / 2] = *last;
-                }
-            } else {
-                // Column phase rc holds input columns ix0, ix0 + sw, ... from phase column q0.
-                for rc in 0..sw {
-                    let ix0 = (rc + sw - p.pad_left % sw) % sw;
-                    if ix0 >= p.in_w {
-                        continue;
-                    }
-                    let q0 = (ix0 + p.pad_left) / sw;
-                    let dst = &mut planes[row + rc * plane_len + q0..][..self.wq - q0];
-                    for (d, &v) in dst.iter_mut().zip(xrow.iter().skip(ix0).step_by(sw)) {
-                        *d = v;
-                    }
+                let q0 = (ix0 + pl) / sw;
+                let dst = &mut planes[row + rc * plane_len + q0..][..self.wq - q0];
+                for (d, &v) in dst.iter_mut().zip(xrow.iter().skip(ix0).step_by(sw)) {
+                    *d = v;
                 }
             }
         }
     }
 }
 
-/// Greatest common divisor (`gcd(a, 0) = a`).
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
+/// Padded extent the taps of `out` outputs reach: `(out - 1) * s + (k - 1) * d + 1`.
+fn reach(out: usize, s: usize, k: usize, d: usize) -> usize {
+    out.saturating_sub(1) * s + k.saturating_sub(1) * d + 1
 }
 
 /// Range of output positions `o` in `0..out_len` whose input `o * stride + off` lies in `0..in_len`.
@@ -532,52 +455,6 @@ pub(crate) fn valid_range(out_len: usize, stride: usize, off: isize, in_len: usi
     let lo = (lo as usize).min(out_len);
     let hi = (hi as usize).clamp(lo, out_len);
     (lo, hi)
-}
-
-/// Writes the `filter_len × t` column matrix of output pixels `t0..t0+t` (row-major over the
-/// flattened output plane) into `col`; taps in the padding read 0.
-fn im2col(xg: &[f32], p: &Conv2dParams, t0: usize, t: usize, col: &mut [f32]) {
-    let in_plane = p.in_h * p.in_w;
-    let mut k = 0;
-    for c in 0..p.in_per_group() {
-        let xc = &xg[c * in_plane..][..in_plane];
-        for ky in 0..p.k_h {
-            for kx in 0..p.k_w {
-                let dst = &mut col[k * t..(k + 1) * t];
-                k += 1;
-                let off = (kx * p.dil_w) as isize - p.pad_left as isize;
-                let (lo, hi) = valid_range(p.out_w, p.stride_w, off, p.in_w);
-                let mut done = 0;
-                while done < t {
-                    let pix = t0 + done;
-                    let (oy, ox0) = (pix / p.out_w, pix % p.out_w);
-                    let n = (p.out_w - ox0).min(t - done);
-                    let seg = &mut dst[done..done + n];
-                    done += n;
-                    let iy = (oy * p.stride_h + ky * p.dil_h) as isize - p.pad_top as isize;
-                    if iy < 0 || iy >= p.in_h as isize {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    let xrow = &xc[iy as usize * p.in_w..][..p.in_w];
-                    // Output columns ox0..ox0+n: zeros, then valid taps in a..b, then zeros.
-                    let (a, b) = (lo.clamp(ox0, ox0 + n), hi.clamp(ox0, ox0 + n));
-                    seg[..a - ox0].fill(0.0);
-                    seg[b - ox0..].fill(0.0);
-                    let taps = &mut seg[a - ox0..b - ox0];
-                    let first = (a * p.stride_w) as isize + off;
-                    if p.stride_w == 1 && a < b {
-                        taps.copy_from_slice(&xrow[first as usize..][..b - a]);
-                    } else if a < b {
-                        let src = xrow[first as usize..].iter().step_by(p.stride_w);
-                        for (v, &x) in taps.iter_mut().zip(src) {
-                            *v = x;
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -725,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn direct_and_phased_paths_cover_every_phase_and_border() {
+    fn phase_planes_cover_every_stride_dilation_and_border() {
         // Depthwise (direct) and 3-channel strided (phased) convs over small widths, left pads,
         // strides and dilations: odd and even pads put a single leading or trailing column in a
         // phase plane, and pad_right 1 makes the last taps read the zero border.
@@ -757,7 +634,6 @@ mod tests {
                                 dil_w,
                                 groups,
                             };
-                            assert!(p.is_direct() || p.is_phased() || stride_w == 1);
                             check_all_paths(&mut rng, &sets, &p, WeightKind::F32, true);
                         }
                     }
@@ -767,19 +643,20 @@ mod tests {
     }
 
     #[test]
-    fn tiles_split_rows_and_activation_is_fused() {
-        // Filters of 27 and 108 weights give tiles of 1213 and 303 pixels, which end mid-row of
-        // the 50- and 24-wide outputs.
+    fn slabs_and_accumulator_blocks_split_rows_and_activation_is_fused() {
+        // 48 input channels make slabs of fewer rows than the output (a ragged last one), and 64
+        // filters over 52- and 26-column phase planes make accumulator blocks of fewer rows than
+        // a slab.
         let mut rng = Rng::new(3);
-        for (in_c, stride, dil) in [(3, 1, 1), (12, 2, 2)] {
-            let (in_h, in_w) = (60, 50);
+        for (stride, dil) in [(1, 1), (2, 2)] {
+            let (in_c, in_h, in_w, out_c) = (48, 60, 50, 64);
             let out = |n: usize| (n + 2 - dil * 2 - 1) / stride + 1;
             let p = Conv2dParams {
                 batch: 1,
                 in_c,
                 in_h,
                 in_w,
-                out_c: 4,
+                out_c,
                 out_h: out(in_h),
                 out_w: out(in_w),
                 k_h: 3,
@@ -792,17 +669,22 @@ mod tests {
                 dil_w: dil,
                 groups: 1,
             };
-            assert!(tile_pixels(&p) < p.out_h * p.out_w);
-            assert!(!tile_pixels(&p).is_multiple_of(p.out_w));
-            let data = random_weight(&mut rng, WeightKind::F32, 4, p.filter_len());
+            let slab = Slab::new(&p);
+            assert!(slab.rows < p.out_h && !p.out_h.is_multiple_of(slab.rows), "{}", slab.rows);
+            assert!(slab.sub_rows(out_c) < slab.rows && slab.panel_rows == out_c);
+            let data = random_weight(&mut rng, WeightKind::F32, out_c, p.filter_len());
             let x = rng.vec(in_c * in_h * in_w);
-            let mut y = vec![0.0; 4 * p.out_h * p.out_w];
-            let mut scratch = vec![0.0; scratch_len(&p)];
+            let mut y = vec![0.0; out_c * p.out_h * p.out_w];
             let act = Activation::Clip { min: -0.5, max: 0.5 };
-            conv2d(&Kernels::default(), &x, &data.view(), None, &p, act, &mut y, &mut scratch).unwrap();
-            let want: Vec<f32> =
-                reference(&x, &decode_all(&data, 4), None, &p).into_iter().map(|v| act.apply(v)).collect();
-            assert_close(&y, &want, "tiled");
+            let want: Vec<f32> = reference(&x, &decode_all(&data, out_c), None, &p)
+                .into_iter()
+                .map(|v| act.apply(v))
+                .collect();
+            for kernels in kernel_sets() {
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                kernels.conv2d(&x, &data.view(), None, &p, act, &mut y, &mut scratch).unwrap();
+                assert_close(&y, &want, &format!("{kernels:?} stride {stride}"));
+            }
         }
     }
 

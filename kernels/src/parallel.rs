@@ -46,6 +46,60 @@ pub(crate) fn split_units<F>(
     }
 }
 
+/// Runs `f(rows, parts, scratch_part)` over contiguous ranges of the `plane_rows` rows (of
+/// `row_len` elements) of every plane of `y` (`y.len()` a multiple of `plane_rows * row_len`):
+/// `parts[i]` is rows `rows` of plane `i`. Ranges hold at least `kernels.min_task_work`
+/// multiply-adds (`row_work` per row, over all planes); each call gets its own `per_task`
+/// elements of `scratch`, which must hold `kernels.threads() * per_task`.
+///
+/// This is the spatial split: every worker computes all planes (filters) of its rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn split_rows<F>(
+    kernels: &Kernels,
+    plane_rows: usize,
+    row_len: usize,
+    row_work: usize,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    per_task: usize,
+    f: F,
+) where
+    F: Fn(Range<usize>, &mut [&mut [f32]], &mut [f32]) + Sync,
+{
+    let plane = plane_rows * row_len;
+    let worth = plane_rows.saturating_mul(row_work) / kernels.min_task_work.max(1);
+    let tasks = kernels.threads().min(plane_rows).min(worth).max(1);
+    let per_task = per_task.max(1);
+    if plane == 0 {
+        return;
+    }
+    let per_rows = plane_rows.div_ceil(tasks);
+    // Each plane's rows, cut at the same row boundaries and dealt out to the tasks.
+    let mut parts: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::new()).collect();
+    for mut rest in y.chunks_exact_mut(plane) {
+        for task in parts.iter_mut() {
+            let (part, tail) = rest.split_at_mut((per_rows * row_len).min(rest.len()));
+            task.push(part);
+            rest = tail;
+        }
+    }
+    let range = |t: usize| (t * per_rows).min(plane_rows)..((t + 1) * per_rows).min(plane_rows);
+    match kernels.pool() {
+        Some(pool) if tasks > 1 => {
+            let f = &f;
+            let mut work = parts.iter_mut().zip(scratch.chunks_mut(per_task)).enumerate();
+            let (_, (p0, s0)) = work.next().expect("tasks > 1");
+            pool.in_place_scope(|scope| {
+                for (t, (pt, st)) in work {
+                    scope.spawn(move |_| f(range(t), pt, st));
+                }
+                f(range(0), p0, s0);
+            });
+        }
+        _ => f(0..plane_rows, &mut parts[0], scratch),
+    }
+}
+
 /// Runs `f(start, part)` over contiguous parts of `out` (`part = out[start..start + part.len()]`),
 /// one per thread when every part gets at least `min_len` elements, else once on the caller's
 /// thread. Parts start at multiples of 16 elements (64 bytes: whole cache lines per thread).
@@ -117,6 +171,37 @@ mod tests {
             let n = parts.into_inner().unwrap().len();
             // 5 elements in parts of 16: one part however many threads.
             assert_eq!(n, want_parts, "len {len}, min_len {min_len}");
+        }
+    }
+
+    #[test]
+    fn row_parts_cover_every_plane_once_and_only_split_when_worth_it() {
+        let mut k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
+        for (rows, row_work, min_work, want) in [
+            (7, 10, 1, vec![0..3, 3..6, 6..7]),
+            (7, 10, 30, vec![0..4, 4..7]),
+            (7, 10, 1000, vec![Range { start: 0, end: 7 }]),
+        ] {
+            k.min_task_work = min_work;
+            let (planes, row_len) = (3, 5);
+            let mut y = vec![-1.0f32; planes * rows * row_len];
+            let seen = Mutex::new(Vec::new());
+            let mut scratch = vec![0.0; 3 * 2];
+            split_rows(&k, rows, row_len, row_work, &mut y, &mut scratch, 2, |r, parts, s| {
+                assert_eq!(parts.len(), planes);
+                assert!(s.len() >= 2);
+                for (i, part) in parts.iter_mut().enumerate() {
+                    assert_eq!(part.len(), r.len() * row_len);
+                    for (j, v) in part.iter_mut().enumerate() {
+                        *v = (i * rows * row_len + r.start * row_len + j) as f32;
+                    }
+                }
+                seen.lock().unwrap().push(r);
+            });
+            assert!(y.iter().enumerate().all(|(i, &v)| v == i as f32), "rows {rows} min_work {min_work}");
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort_by_key(|r| r.start);
+            assert_eq!(seen, want);
         }
     }
 

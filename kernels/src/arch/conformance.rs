@@ -45,6 +45,48 @@ fn gemm_rows_matches_scalar() {
 }
 
 #[test]
+fn gemm_rows_at_matches_scalar() {
+    let mut rng = Rng::new(14);
+    for isa in simd_paths() {
+        for case in 0..300 {
+            let m = 1 + rng.below(19);
+            let k = 1 + rng.below(40);
+            let n = 1 + case % 67;
+            let ldc = n + rng.below(5);
+            // Offsets in any order, overlapping and repeated, as conv taps over padded planes are.
+            let extra = rng.below(200);
+            let b = rng.vec(n + extra);
+            let listed = k + rng.below(3);
+            let offs: Vec<usize> = (0..listed).map(|_| rng.below(extra + 1)).collect();
+            let a = rng.vec(m * k);
+            let c0 = rng.vec((m - 1) * ldc + n);
+            let (mut want, mut got) = (c0.clone(), c0.clone());
+            scalar::gemm_rows_at(&a, k, &b, &offs, n, &mut want, ldc);
+            (isa.gemm_rows_at)(&a, k, &b, &offs, n, &mut got, ldc);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = if idx % ldc < n { close(*g, *w, k as f32 + 1.0) } else { g == w };
+                assert!(ok, "{} m={m} k={k} n={n} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_rows_at_rejects_offsets_past_b() {
+    for isa in Isa::available() {
+        let (a, b, mut c) = (vec![1.0; 2], vec![1.0; 10], vec![0.0; 4]);
+        let fits = std::panic::catch_unwind(|| {
+            let mut c = vec![0.0; 4];
+            (isa.gemm_rows_at)(&a, 2, &b, &[0, 6], 4, &mut c, 4);
+            c
+        });
+        assert_eq!(fits.unwrap(), vec![2.0; 4], "{}", isa.name);
+        let past = std::panic::catch_unwind(move || (isa.gemm_rows_at)(&a, 2, &b, &[0, 7], 4, &mut c, 4));
+        assert!(past.is_err(), "{}: an offset whose row runs past b must panic, not read", isa.name);
+    }
+}
+
+#[test]
 fn dot_and_axpy_match_scalar() {
     let mut rng = Rng::new(12);
     for isa in simd_paths() {

@@ -28,6 +28,11 @@ pub struct Isa {
     /// `ldb` = dilation); rows of `c` may not when there are several.
     #[allow(clippy::type_complexity)] // the full signature documents the contract best
     pub gemm_rows: fn(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize),
+    /// [`Isa::gemm_rows`] with row `p` of `b` at `b[offs[p]..][..n]` (`offs.len() >= k`): the
+    /// implicit-GEMM form of a convolution, whose "column" rows are shifted views of zero-padded
+    /// input planes listed once per layer instead of being copied into an unfolded matrix.
+    #[allow(clippy::type_complexity)]
+    pub gemm_rows_at: fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize),
     /// Dot product over the common length.
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
     /// `y[i] += a * x[i]` over the common length.
@@ -36,6 +41,61 @@ pub struct Isa {
     /// `sum_i lut[index_i] * x[i]` for `i < x.len()`, indices packed LSB-first at `bits` bits in `row`.
     /// `lut` has `2^bits` entries (unused entries zero), so no index can fall outside it.
     pub dot_packed: fn(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32,
+}
+
+/// How a micro-kernel finds row `p` of its `b` operand: a fixed stride or a list of offsets.
+/// Monomorphised into each path's register-blocked loop, so both forms share one kernel.
+pub(crate) trait BRows: Copy {
+    /// Element offset of row `p` from the start of `b`.
+    ///
+    /// # Safety
+    /// `p` must be below the `k` the kernel was checked for (a listed form holds `k` offsets).
+    unsafe fn offset(self, p: usize) -> usize;
+}
+
+/// Rows `ldb` elements apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided(pub usize);
+
+impl BRows for Strided {
+    #[inline(always)]
+    unsafe fn offset(self, p: usize) -> usize {
+        p * self.0
+    }
+}
+
+/// Rows at listed offsets (a raw pointer so the form is `Copy` into `#[target_feature]` loops).
+#[derive(Clone, Copy)]
+pub(crate) struct Listed(pub *const usize);
+
+impl BRows for Listed {
+    #[inline(always)]
+    unsafe fn offset(self, p: usize) -> usize {
+        // SAFETY: the caller guarantees `p < k` and the list holds at least `k` offsets.
+        unsafe { *self.0.add(p) }
+    }
+}
+
+/// Checks `gemm_rows_at` operands the way the reference's slicing would (panicking on a caller
+/// bug) and returns the row count `a.len() / k`, or `None` when there is nothing to do.
+pub(crate) fn gemm_rows_at_check(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    c: &[f32],
+    ldc: usize,
+) -> Option<usize> {
+    if k == 0 || n == 0 || a.len() < k {
+        return None;
+    }
+    let m = a.len() / k;
+    assert!(offs.len() >= k, "gemm_rows_at: {} offsets for {k} rows", offs.len());
+    let reach = offs[..k].iter().map(|&o| o.saturating_add(n)).max().unwrap_or(0);
+    assert!(reach <= b.len(), "gemm_rows_at: b is too short");
+    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows_at: c is too short");
+    Some(m)
 }
 
 impl std::fmt::Debug for Isa {

@@ -3,7 +3,7 @@
 use super::Isa;
 
 /// The scalar path's micro-kernels.
-pub const ISA: Isa = Isa { name: "scalar", gemm_rows, dot, axpy, dot_packed };
+pub const ISA: Isa = Isa { name: "scalar", gemm_rows, gemm_rows_at, dot, axpy, dot_packed };
 
 /// See [`Isa::gemm_rows`].
 pub fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
@@ -14,6 +14,19 @@ pub fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [
         let crow = &mut c[i * ldc..i * ldc + n];
         for (p, &w) in arow.iter().enumerate() {
             axpy(crow, w, &b[p * ldb..p * ldb + n]);
+        }
+    }
+}
+
+/// See [`Isa::gemm_rows_at`].
+pub fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize) {
+    if k == 0 {
+        return;
+    }
+    for (i, arow) in a.chunks_exact(k).enumerate() {
+        let crow = &mut c[i * ldc..i * ldc + n];
+        for (&w, &o) in arow.iter().zip(&offs[..k]) {
+            axpy(crow, w, &b[o..o + n]);
         }
     }
 }

@@ -8,7 +8,7 @@
 
 mod packed;
 
-use super::{scalar, Isa};
+use super::{gemm_rows_at_check, BRows, Isa, Listed, Strided};
 use std::arch::aarch64::*;
 
 /// The NEON path, if this CPU supports it (always, on aarch64 Linux).
@@ -16,7 +16,7 @@ pub fn neon() -> Option<Isa> {
     std::arch::is_aarch64_feature_detected!("neon").then_some(ISA)
 }
 
-const ISA: Isa = Isa { name: "neon", gemm_rows, dot, axpy, dot_packed: packed::dot_packed };
+const ISA: Isa = Isa { name: "neon", gemm_rows, gemm_rows_at, dot, axpy, dot_packed: packed::dot_packed };
 
 /// Rows of `a` (and `c`) one register block covers.
 const MR: usize = 4;
@@ -27,27 +27,51 @@ fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32]
         return;
     }
     let m = a.len() / k;
-    // Overlapping rows (n > ld) have order-dependent results: keep the reference's order.
-    if n > ldb || n > ldc {
-        return scalar::gemm_rows(a, k, b, ldb, n, c, ldc);
-    }
     // The bounds the reference's slicing would check, so every pointer below stays in bounds.
+    // Rows of b may overlap (they are only read); rows of c may not, unless there is one.
     assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b too short");
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm_rows: c too short");
-    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows: c too short");
+    // SAFETY: NEON was detected before this table was handed out (`neon`); the asserts above
+    // bound every row `gemm_blocks` reads through `Strided(ldb)` and writes.
+    unsafe { gemm_blocks(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
+}
+
+/// See [`Isa::gemm_rows_at`].
+fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize) {
+    let Some(m) = gemm_rows_at_check(a, k, b, offs, n, c, ldc) else { return };
+    // SAFETY: NEON was detected (`neon`); the check asserted `k` offsets, each followed by `n`
+    // elements of `b`, and `m` rows of `c`, so every access through `Listed` is in bounds.
+    unsafe { gemm_blocks(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc) }
+}
+
+/// All `m` rows, in blocks of [`MR`].
+///
+/// # Safety
+/// NEON available; `a` holds `m * k` floats; `rows` locates `k` rows of `n` floats in `b`; `c`
+/// holds `m` rows of `n` floats `ldc` apart (disjoint unless `m == 1`), not overlapping `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "neon")]
+unsafe fn gemm_blocks<B: BRows>(
+    a: *const f32,
+    k: usize,
+    m: usize,
+    b: *const f32,
+    rows: B,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
     let mut i = 0;
-    // SAFETY: NEON was detected before this table was handed out (`neon`). Rows `i..i + R` of
-    // `a` are in bounds as `i + R <= m = a.len() / k`; `b` rows `p < k` and `c` rows `< m` hold
-    // `n` elements each by the asserts above; `a`, `b` (shared) and `c` (unique) cannot overlap.
+    // SAFETY: rows `i..i + R` of `a` and `c` are below `m` (the caller's bounds).
     unsafe {
         while i + MR <= m {
-            gemm_block::<MR>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc);
+            gemm_block::<MR, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc);
             i += MR;
         }
         match m - i {
-            3 => gemm_block::<3>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc),
-            2 => gemm_block::<2>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc),
-            1 => gemm_block::<1>(a.add(i * k), k, b, ldb, n, c.add(i * ldc), ldc),
+            3 => gemm_block::<3, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc),
+            2 => gemm_block::<2, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc),
+            1 => gemm_block::<1, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc),
             _ => {}
         }
     }
@@ -57,14 +81,14 @@ fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32]
 /// accumulators), then `R` × 4, then scalar columns.
 ///
 /// # Safety
-/// NEON available; `a` holds `R * k` floats; `b` holds `k` rows of `n` floats `ldb` apart; `c`
+/// NEON available; `a` holds `R * k` floats; `rows` locates `k` rows of `n` floats in `b`; `c`
 /// holds `R` rows of `n` floats `ldc` apart, not overlapping `a` or `b`.
 #[target_feature(enable = "neon")]
-unsafe fn gemm_block<const R: usize>(
+unsafe fn gemm_block<const R: usize, B: BRows>(
     a: *const f32,
     k: usize,
     b: *const f32,
-    ldb: usize,
+    rows: B,
     n: usize,
     c: *mut f32,
     ldc: usize,
@@ -78,7 +102,7 @@ unsafe fn gemm_block<const R: usize>(
             }
         }
         for p in 0..k {
-            let bp = b.add(p * ldb + j);
+            let bp = b.add(rows.offset(p) + j);
             let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
             for (r, row) in acc.iter_mut().enumerate() {
                 let w = *a.add(r * k + p);
@@ -100,7 +124,7 @@ unsafe fn gemm_block<const R: usize>(
             *lane = vld1q_f32(c.add(r * ldc + j));
         }
         for p in 0..k {
-            let bq = vld1q_f32(b.add(p * ldb + j));
+            let bq = vld1q_f32(b.add(rows.offset(p) + j));
             for (r, lane) in acc.iter_mut().enumerate() {
                 *lane = vfmaq_n_f32(*lane, bq, *a.add(r * k + p));
             }
@@ -114,7 +138,7 @@ unsafe fn gemm_block<const R: usize>(
         for r in 0..R {
             let mut s = *c.add(r * ldc + col);
             for p in 0..k {
-                s += *a.add(r * k + p) * *b.add(p * ldb + col);
+                s += *a.add(r * k + p) * *b.add(rows.offset(p) + col);
             }
             *c.add(r * ldc + col) = s;
         }
@@ -190,6 +214,7 @@ unsafe fn axpy_neon(y: *mut f32, a: f32, x: *const f32, n: usize) {
 #[cfg(all(test, target_arch = "aarch64"))]
 pub(crate) mod tests {
     use super::*;
+    use crate::arch::scalar;
     use crate::testutil::{assert_close, Rng};
 
     /// The NEON table (tests run only where it is detected, i.e. every aarch64 Linux CPU).
@@ -227,16 +252,26 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn gemm_rows_with_overlapping_rows_follows_scalar() {
+    fn gemm_rows_with_overlapping_b_rows_follows_scalar() {
+        // Depthwise-style shifted views: rows of b one element apart.
         let mut rng = Rng::new(12);
-        let (k, n, ld) = (3, 9, 5);
+        let (k, n, ldb, ldc) = (3, 37, 1, 40);
         let a = rng.vec(2 * k);
-        let b = rng.vec(k * ld + n);
-        let c0 = rng.vec(ld + n);
+        let b = rng.vec((k - 1) * ldb + n);
+        let c0 = rng.vec(ldc + n);
         let (mut want, mut got) = (c0.clone(), c0);
-        scalar::gemm_rows(&a, k, &b, ld, n, &mut want, ld);
-        (isa().gemm_rows)(&a, k, &b, ld, n, &mut got, ld);
-        assert_eq!(got, want);
+        scalar::gemm_rows(&a, k, &b, ldb, n, &mut want, ldc);
+        (isa().gemm_rows)(&a, k, &b, ldb, n, &mut got, ldc);
+        assert_close(&got, &want, "overlapping b rows");
+    }
+
+    #[test]
+    #[should_panic(expected = "c too short")]
+    fn gemm_rows_rejects_overlapping_output_rows() {
+        // Several rows of c may not overlap (the x86 paths assert the same contract).
+        let (a, b) = (vec![1.0; 6], vec![1.0; 20]);
+        let mut c = vec![0.0; 14];
+        (isa().gemm_rows)(&a, 3, &b, 5, 9, &mut c, 5);
     }
 
     #[test]

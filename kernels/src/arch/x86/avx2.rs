@@ -4,10 +4,10 @@
 use std::arch::x86_64::*;
 
 use super::bounds;
-use crate::arch::{scalar, Isa};
+use crate::arch::{gemm_rows_at_check, scalar, BRows, Isa, Listed, Strided};
 
 /// The AVX2 path. Private: only [`super::avx2`] hands it out, after feature detection.
-pub(super) const ISA: Isa = Isa { name: "avx2", gemm_rows, dot, axpy, dot_packed };
+pub(super) const ISA: Isa = Isa { name: "avx2", gemm_rows, gemm_rows_at, dot, axpy, dot_packed };
 
 /// Rows per register block of `gemm_rows`: 6 rows × 2 vectors = 12 accumulators of 16 registers.
 const MR: usize = 6;
@@ -37,19 +37,27 @@ fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32]
     let Some(m) = bounds::gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
     // SAFETY: this table is only reachable after AVX2 + FMA were detected (see `super::avx2`), and
     // `gemm_rows_check` asserted that `a`, `b` and `c` cover every element the kernel touches.
-    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), ldb, n, c.as_mut_ptr(), ldc) }
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
+}
+
+/// See [`Isa::gemm_rows_at`].
+fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize) {
+    let Some(m) = gemm_rows_at_check(a, k, b, offs, n, c, ldc) else { return };
+    // SAFETY: as in `gemm_rows`; the check asserted `k` offsets, each with `n` elements of `b`
+    // after it, so every row the kernel reads through `Listed` is in bounds.
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc) }
 }
 
 /// Column strips of `NR` outer, row blocks of `MR` inner, so a `k × NR` strip of `b` stays in L1
 /// while every row block streams over it.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_rows_impl(
+unsafe fn gemm_rows_impl<B: BRows>(
     a: *const f32,
     k: usize,
     m: usize,
     b: *const f32,
-    ldb: usize,
+    rows: B,
     n: usize,
     c: *mut f32,
     ldc: usize,
@@ -64,12 +72,12 @@ unsafe fn gemm_rows_impl(
             let (ap, bp, cp) = unsafe { (a.add(i * k), b.add(j), c.add(i * ldc + j)) };
             unsafe {
                 match r {
-                    6 => tile::<6>(ap, k, bp, ldb, w, cp, ldc),
-                    5 => tile::<5>(ap, k, bp, ldb, w, cp, ldc),
-                    4 => tile::<4>(ap, k, bp, ldb, w, cp, ldc),
-                    3 => tile::<3>(ap, k, bp, ldb, w, cp, ldc),
-                    2 => tile::<2>(ap, k, bp, ldb, w, cp, ldc),
-                    _ => tile::<1>(ap, k, bp, ldb, w, cp, ldc),
+                    6 => tile::<6, B>(ap, k, bp, rows, w, cp, ldc),
+                    5 => tile::<5, B>(ap, k, bp, rows, w, cp, ldc),
+                    4 => tile::<4, B>(ap, k, bp, rows, w, cp, ldc),
+                    3 => tile::<3, B>(ap, k, bp, rows, w, cp, ldc),
+                    2 => tile::<2, B>(ap, k, bp, rows, w, cp, ldc),
+                    _ => tile::<1, B>(ap, k, bp, rows, w, cp, ldc),
                 }
             }
             i += r;
@@ -81,22 +89,22 @@ unsafe fn gemm_rows_impl(
 /// `c[r][0..w] += sum_p a[r][p] * b[p][0..w]` for `R` rows, `w <= NR`, accumulators in registers.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize>(
+unsafe fn tile<const R: usize, B: BRows>(
     a: *const f32,
     k: usize,
     b: *const f32,
-    ldb: usize,
+    rows: B,
     w: usize,
     c: *mut f32,
     ldc: usize,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    // SAFETY: the caller guarantees R rows of k values at `a`, k rows of w values at `b` (stride
-    // ldb) and R rows of w values at `c` (stride ldc); masked lanes are never accessed.
+    // SAFETY: the caller guarantees R rows of k values at `a`, k rows of w values at `b` (found
+    // through `rows`) and R rows of w values at `c` (stride ldc); masked lanes are never accessed.
     unsafe {
         if w == NR {
             for p in 0..k {
-                let bp = b.add(p * ldb);
+                let bp = b.add(rows.offset(p));
                 let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_set1_ps(*a.add(r * k + p));
@@ -112,7 +120,7 @@ unsafe fn tile<const R: usize>(
         } else {
             let (m0, m1) = (lane_mask(w), lane_mask(w.saturating_sub(8)));
             for p in 0..k {
-                let bp = b.add(p * ldb);
+                let bp = b.add(rows.offset(p));
                 let (b0, b1) = (_mm256_maskload_ps(bp, m0), _mm256_maskload_ps(bp.add(8), m1));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_set1_ps(*a.add(r * k + p));

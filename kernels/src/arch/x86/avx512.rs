@@ -4,10 +4,10 @@
 use std::arch::x86_64::*;
 
 use super::bounds;
-use crate::arch::{scalar, Isa};
+use crate::arch::{gemm_rows_at_check, scalar, BRows, Isa, Listed, Strided};
 
 /// The AVX-512 path. Private: only [`super::avx512`] hands it out, after feature detection.
-pub(super) const ISA: Isa = Isa { name: "avx512", gemm_rows, dot, axpy, dot_packed };
+pub(super) const ISA: Isa = Isa { name: "avx512", gemm_rows, gemm_rows_at, dot, axpy, dot_packed };
 
 /// Rows per register block of `gemm_rows`: 8 rows × 2 vectors = 16 accumulators of 32 registers.
 const MR: usize = 8;
@@ -29,18 +29,26 @@ fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32]
     let Some(m) = bounds::gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
     // SAFETY: this table is only reachable after AVX-512 F/BW/VL were detected (see
     // `super::avx512`), and `gemm_rows_check` asserted that the slices cover every access.
-    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), ldb, n, c.as_mut_ptr(), ldc) }
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
+}
+
+/// See [`Isa::gemm_rows_at`].
+fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize) {
+    let Some(m) = gemm_rows_at_check(a, k, b, offs, n, c, ldc) else { return };
+    // SAFETY: as in `gemm_rows`; the check asserted `k` offsets, each with `n` elements of `b`
+    // after it, so every row the kernel reads through `Listed` is in bounds.
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc) }
 }
 
 /// Column strips of `NR` outer, row blocks of `MR` inner (see the AVX2 version).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn gemm_rows_impl(
+unsafe fn gemm_rows_impl<B: BRows>(
     a: *const f32,
     k: usize,
     m: usize,
     b: *const f32,
-    ldb: usize,
+    rows: B,
     n: usize,
     c: *mut f32,
     ldc: usize,
@@ -55,14 +63,14 @@ unsafe fn gemm_rows_impl(
             let (ap, bp, cp) = unsafe { (a.add(i * k), b.add(j), c.add(i * ldc + j)) };
             unsafe {
                 match r {
-                    8 => tile::<8>(ap, k, bp, ldb, w, cp, ldc),
-                    7 => tile::<7>(ap, k, bp, ldb, w, cp, ldc),
-                    6 => tile::<6>(ap, k, bp, ldb, w, cp, ldc),
-                    5 => tile::<5>(ap, k, bp, ldb, w, cp, ldc),
-                    4 => tile::<4>(ap, k, bp, ldb, w, cp, ldc),
-                    3 => tile::<3>(ap, k, bp, ldb, w, cp, ldc),
-                    2 => tile::<2>(ap, k, bp, ldb, w, cp, ldc),
-                    _ => tile::<1>(ap, k, bp, ldb, w, cp, ldc),
+                    8 => tile::<8, B>(ap, k, bp, rows, w, cp, ldc),
+                    7 => tile::<7, B>(ap, k, bp, rows, w, cp, ldc),
+                    6 => tile::<6, B>(ap, k, bp, rows, w, cp, ldc),
+                    5 => tile::<5, B>(ap, k, bp, rows, w, cp, ldc),
+                    4 => tile::<4, B>(ap, k, bp, rows, w, cp, ldc),
+                    3 => tile::<3, B>(ap, k, bp, rows, w, cp, ldc),
+                    2 => tile::<2, B>(ap, k, bp, rows, w, cp, ldc),
+                    _ => tile::<1, B>(ap, k, bp, rows, w, cp, ldc),
                 }
             }
             i += r;
@@ -74,22 +82,22 @@ unsafe fn gemm_rows_impl(
 /// `c[r][0..w] += sum_p a[r][p] * b[p][0..w]` for `R` rows, `w <= NR`, accumulators in registers.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize>(
+unsafe fn tile<const R: usize, B: BRows>(
     a: *const f32,
     k: usize,
     b: *const f32,
-    ldb: usize,
+    rows: B,
     w: usize,
     c: *mut f32,
     ldc: usize,
 ) {
     let (m0, m1) = (lane_mask(w), lane_mask(w.saturating_sub(16)));
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    // SAFETY: the caller guarantees R rows of k values at `a`, k rows of w values at `b` (stride
-    // ldb) and R rows of w values at `c` (stride ldc); masked-off lanes are not accessed.
+    // SAFETY: the caller guarantees R rows of k values at `a`, k rows of w values at `b` (found
+    // through `rows`) and R rows of w values at `c` (stride ldc); masked-off lanes are not accessed.
     unsafe {
         for p in 0..k {
-            let bp = b.add(p * ldb);
+            let bp = b.add(rows.offset(p));
             let (b0, b1) = (_mm512_maskz_loadu_ps(m0, bp), _mm512_maskz_loadu_ps(m1, bp.add(16)));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(r * k + p));
