@@ -51,6 +51,44 @@ impl Activation {
         }
     }
 
+    /// Writes `dst` row by row (rows of `width`) as the activation of `bias` plus the rows of
+    /// `src` that start `src_pitch` apart: one pass that drops the padding columns of an
+    /// accumulator and applies the whole epilogue, with the variant chosen once, not per row.
+    pub fn store_rows(self, src: &[f32], src_pitch: usize, bias: f32, dst: &mut [f32], width: usize) {
+        fn each(src: &[f32], pitch: usize, dst: &mut [f32], width: usize, f: impl Fn(f32) -> f32) {
+            if width == 0 {
+                return;
+            }
+            for (drow, srow) in dst.chunks_exact_mut(width).zip(src.chunks(pitch.max(1))) {
+                for (d, &s) in drow.iter_mut().zip(&srow[..width]) {
+                    *d = f(s);
+                }
+            }
+        }
+        let b = bias;
+        match self {
+            Activation::None => each(src, src_pitch, dst, width, |x| x + b),
+            Activation::Relu => each(src, src_pitch, dst, width, |x| (x + b).max(0.0)),
+            Activation::Clip { min, max } => each(src, src_pitch, dst, width, |x| (x + b).max(min).min(max)),
+            Activation::LeakyRelu(alpha) => each(src, src_pitch, dst, width, |x| {
+                let x = x + b;
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
+            }),
+            Activation::HardSigmoid { alpha, beta } => {
+                each(src, src_pitch, dst, width, |x| (alpha * (x + b) + beta).clamp(0.0, 1.0))
+            }
+            Activation::HardSwish => each(src, src_pitch, dst, width, |x| {
+                let x = x + b;
+                x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)
+            }),
+            Activation::Sigmoid => each(src, src_pitch, dst, width, |x| sigmoid(x + b)),
+        }
+    }
+
     /// Applies the activation in place.
     pub fn apply_slice(self, xs: &mut [f32]) {
         // One loop per variant, so each body is branch-free and the compiler vectorises it
@@ -119,5 +157,21 @@ mod tests {
         let mut v = xs.to_vec();
         Activation::Relu.apply_slice(&mut v);
         assert!(v.iter().all(|&x| x >= 0.0));
+        // store_rows: rows of 3 taken 4 apart (the 4th column of each is padding, dropped).
+        let all = [
+            Activation::None,
+            Activation::Relu,
+            Activation::Clip { min: -1.0, max: 2.5 },
+            Activation::LeakyRelu(0.1),
+            Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
+            Activation::HardSwish,
+            Activation::Sigmoid,
+        ];
+        for act in all {
+            let mut dst = [f32::NAN; 6];
+            act.store_rows(&xs[..7], 4, 0.5, &mut dst, 3);
+            let want = [xs[0], xs[1], xs[2], xs[4], xs[5], xs[6]].map(|x| act.apply(x + 0.5));
+            assert_eq!(dst, want, "{act:?}");
+        }
     }
 }

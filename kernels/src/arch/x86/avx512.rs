@@ -40,7 +40,9 @@ fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mu
     unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc) }
 }
 
-/// Column strips of `NR` outer, row blocks of `MR` inner (see the AVX2 version).
+/// Column strips of `NR` outer, row blocks of `MR` inner (see the AVX2 version). One or two
+/// rows (depthwise filters) take wider strips instead: with only 2 accumulators per row the
+/// FMA latency, not throughput, would bound the loop.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn gemm_rows_impl<B: BRows>(
@@ -53,6 +55,24 @@ unsafe fn gemm_rows_impl<B: BRows>(
     c: *mut f32,
     ldc: usize,
 ) {
+    if m <= 2 {
+        let strip = if m == 1 { 16 * WIDE_1 } else { 16 * WIDE_2 };
+        let mut j = 0;
+        while j < n {
+            let w = (n - j).min(strip);
+            // SAFETY: rows 0..m of a/c and columns j..j+w of b/c are in bounds.
+            unsafe {
+                let (bp, cp) = (b.add(j), c.add(j));
+                if m == 1 {
+                    tile::<1, WIDE_1, B>(a, k, bp, rows, w, cp, ldc)
+                } else {
+                    tile::<2, WIDE_2, B>(a, k, bp, rows, w, cp, ldc)
+                }
+            }
+            j += w;
+        }
+        return;
+    }
     let mut j = 0;
     while j < n {
         let w = (n - j).min(NR);
@@ -63,14 +83,14 @@ unsafe fn gemm_rows_impl<B: BRows>(
             let (ap, bp, cp) = unsafe { (a.add(i * k), b.add(j), c.add(i * ldc + j)) };
             unsafe {
                 match r {
-                    8 => tile::<8, B>(ap, k, bp, rows, w, cp, ldc),
-                    7 => tile::<7, B>(ap, k, bp, rows, w, cp, ldc),
-                    6 => tile::<6, B>(ap, k, bp, rows, w, cp, ldc),
-                    5 => tile::<5, B>(ap, k, bp, rows, w, cp, ldc),
-                    4 => tile::<4, B>(ap, k, bp, rows, w, cp, ldc),
-                    3 => tile::<3, B>(ap, k, bp, rows, w, cp, ldc),
-                    2 => tile::<2, B>(ap, k, bp, rows, w, cp, ldc),
-                    _ => tile::<1, B>(ap, k, bp, rows, w, cp, ldc),
+                    8 => tile::<8, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                    7 => tile::<7, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                    6 => tile::<6, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                    5 => tile::<5, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                    4 => tile::<4, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                    3 => tile::<3, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                    2 => tile::<2, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                    _ => tile::<1, 2, B>(ap, k, bp, rows, w, cp, ldc),
                 }
             }
             i += r;
@@ -79,10 +99,16 @@ unsafe fn gemm_rows_impl<B: BRows>(
     }
 }
 
-/// `c[r][0..w] += sum_p a[r][p] * b[p][0..w]` for `R` rows, `w <= NR`, accumulators in registers.
+/// Vectors per row of the strip when `gemm_rows` has a single row (8 independent FMA chains).
+const WIDE_1: usize = 8;
+/// Vectors per row of the strip when `gemm_rows` has two rows.
+const WIDE_2: usize = 4;
+
+/// `c[r][0..w] += sum_p a[r][p] * b[p][0..w]` for `R` rows, `w <= 16 * V`, accumulators (`R × V`
+/// vectors) in registers.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize, B: BRows>(
+unsafe fn tile<const R: usize, const V: usize, B: BRows>(
     a: *const f32,
     k: usize,
     b: *const f32,
@@ -91,26 +117,27 @@ unsafe fn tile<const R: usize, B: BRows>(
     c: *mut f32,
     ldc: usize,
 ) {
-    let (m0, m1) = (lane_mask(w), lane_mask(w.saturating_sub(16)));
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let masks: [__mmask16; V] = std::array::from_fn(|v| lane_mask(w.saturating_sub(16 * v)));
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     // SAFETY: the caller guarantees R rows of k values at `a`, k rows of w values at `b` (found
     // through `rows`) and R rows of w values at `c` (stride ldc); masked-off lanes are not accessed.
     unsafe {
         for p in 0..k {
             let bp = b.add(rows.offset(p));
-            let (b0, b1) = (_mm512_maskz_loadu_ps(m0, bp), _mm512_maskz_loadu_ps(m1, bp.add(16)));
+            let bv: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bp.add(16 * v)));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(r * k + p));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(av, bv, *acc);
+                }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
             let cp = c.add(r * ldc);
-            let c0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cp), acc[0]);
-            _mm512_mask_storeu_ps(cp, m0, c0);
-            let c1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cp.add(16)), acc[1]);
-            _mm512_mask_storeu_ps(cp.add(16), m1, c1);
+            for (v, (&acc, &mask)) in acc.iter().zip(&masks).enumerate() {
+                let cv = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cp.add(16 * v)), acc);
+                _mm512_mask_storeu_ps(cp.add(16 * v), mask, cv);
+            }
         }
     }
 }
