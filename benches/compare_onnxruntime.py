@@ -22,7 +22,8 @@ The model is first compressed with `pith compress` into --work-dir (default: a t
 Pith is timed by `pith bench` (a subprocess; load and warm-up excluded, the median of its timed
 runs); the others in this process with the same warm-up. Each runtime's time is the median over
 rounds of its per-round median; the table gives it with the spread over rounds (min..max) and
-the ratio Pith / runtime (below 1: Pith is faster). Inputs are random: the timed graphs have no
+the ratio Pith / runtime (below 1: Pith is faster). Each turn starts after a 0.25 s pause, so
+the previous runtime's idle worker threads have stopped spinning. Inputs are random: the timed graphs have no
 data-dependent work. onnxruntime runs the original f32 ONNX model with all graph optimisations,
 intra_op_num_threads = N and sequential execution. LiteRT (`pip install ai-edge-litert`) and MNN
 (`pip install MNN`, whose `mnnconvert` converts the ONNX file) are skipped with a message when
@@ -43,6 +44,9 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Pause before each runtime's turn (seconds): longer than any pool's spin-before-park time.
+SETTLE_S = 0.25
+
 MODELS = {
     "blazeface": ("blazeface_short_range.onnx", "input", None),
     "ppocr": ("ppocr_v4_det.onnx", "x", (320, 640)),
@@ -234,6 +238,9 @@ def compare(args, onnx_path, input_name, shape, work_dir):
     rounds = {r.name: [] for r in runtimes}
     for i in range(args.rounds):
         for r in runtimes:
+            # Idle thread pools (onnxruntime's and Pith's) spin for a while after their last run
+            # before they park: let them park, so no runtime shares the cores with another's.
+            time.sleep(SETTLE_S)
             rounds[r.name].append(r.median_ms(args.iters))
         done = "  ".join(f"{n}={v[-1]:.2f}ms" for n, v in rounds.items())
         print(f"round {i + 1}/{args.rounds}: {done}", file=sys.stderr)

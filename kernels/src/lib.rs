@@ -21,6 +21,7 @@ mod conv_transpose;
 mod decode;
 mod gemm;
 mod parallel;
+mod pool;
 #[cfg(test)]
 mod testutil;
 
@@ -30,6 +31,8 @@ pub use decode::WeightRows;
 pub use gemm::WeightLayout;
 
 use std::sync::Arc;
+
+use pool::WorkerPool;
 
 use pith_format::TensorView;
 
@@ -63,16 +66,18 @@ pub struct Kernels {
     isa: Isa,
     threads: usize,
     /// Persistent workers (`threads - 1`: the caller's thread works too), present when `threads > 1`.
-    pool: Option<Arc<rayon::ThreadPool>>,
-    /// Multiply-adds below which work stays on one thread (waking a worker costs microseconds);
+    pool: Option<Arc<WorkerPool>>,
+    /// Multiply-adds below which work stays on one thread (handing out a task costs a little);
     /// tests lower it to exercise the split on small shapes.
     pub(crate) min_task_work: usize,
 }
 
-/// Default of [`Kernels::min_task_work`]: about 0.1 ms of multiply-adds. Waking a pool worker costs
-/// tens of microseconds on a loaded phone or VM; with 2^18 BlazeFace ran 1.8x slower on 2 threads
-/// than on 1 (perf: a third of the time in the scheduler), with 2^22 it is no slower.
-const MIN_TASK_WORK: usize = 1 << 22;
+/// Default of [`Kernels::min_task_work`]: about 4 µs of multiply-adds. Workers spin between jobs
+/// (see `pool`), so handing out a task costs about a cache-line transfer, not a wake-up. With
+/// rayon's sleeping workers this had to be 2^22 (at 2^18 BlazeFace ran 1.8x slower on 2 threads
+/// than on 1); with the spinning pool 2^16..2^18 measured alike on BlazeFace (2 vCPU EPYC), and
+/// split 34 of its 37 convolutions: 1.28 -> 0.89 ms of conv per run at 2 threads.
+const MIN_TASK_WORK: usize = 1 << 17;
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,13 +113,9 @@ impl Kernels {
     pub fn with_isa(isa: Isa, threads: usize) -> Result<Kernels, KernelError> {
         let threads = threads.max(1);
         let pool = if threads > 1 {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads - 1)
-                .thread_name(|i| format!("pith-worker-{i}"))
-                .build()
-                .map_err(|e| {
-                    KernelError::Params(format!("cannot start {} worker threads: {e}", threads - 1))
-                })?;
+            let pool = WorkerPool::new(threads - 1).map_err(|e| {
+                KernelError::Params(format!("cannot start {} worker threads: {e}", threads - 1))
+            })?;
             Some(Arc::new(pool))
         } else {
             None
@@ -132,7 +133,7 @@ impl Kernels {
         self.isa
     }
 
-    pub(crate) fn pool(&self) -> Option<&rayon::ThreadPool> {
+    pub(crate) fn pool(&self) -> Option<&WorkerPool> {
         self.pool.as_deref()
     }
 
@@ -252,7 +253,7 @@ mod tests {
         let one = Kernels::with_isa(Isa::scalar(), 0).unwrap();
         assert_eq!((one.threads(), one.pool().is_none()), (1, true));
         let three = Kernels::with_isa(best, 3).unwrap();
-        assert_eq!((three.threads(), three.pool().map(|p| p.current_num_threads())), (3, Some(2)));
+        assert_eq!((three.threads(), three.pool().map(|p| p.workers())), (3, Some(2)));
         assert!(format!("{three:?}").contains(best.name));
         // Scratch is one share per worker.
         assert_eq!(
