@@ -52,25 +52,55 @@ impl Activation {
     }
 
     /// Writes `dst` row by row (rows of `width`) as the activation of `bias` plus the rows of
-    /// `src` that start `src_pitch` apart: one pass that drops the padding columns of an
-    /// accumulator and applies the whole epilogue, with the variant chosen once, not per row.
-    pub fn store_rows(self, src: &[f32], src_pitch: usize, bias: f32, dst: &mut [f32], width: usize) {
-        fn each(src: &[f32], pitch: usize, dst: &mut [f32], width: usize, f: impl Fn(f32) -> f32) {
+    /// `src` that start `src_pitch` apart, plus the same rows of `residual` (laid out like `dst`)
+    /// if given: one pass that drops the padding columns of an accumulator and applies the whole
+    /// epilogue, with the variant chosen once, not per row.
+    pub fn store_rows(
+        self,
+        src: &[f32],
+        src_pitch: usize,
+        bias: f32,
+        residual: Option<&[f32]>,
+        dst: &mut [f32],
+        width: usize,
+    ) {
+        fn each(
+            src: &[f32],
+            pitch: usize,
+            residual: Option<&[f32]>,
+            dst: &mut [f32],
+            width: usize,
+            f: impl Fn(f32) -> f32,
+        ) {
             if width == 0 {
                 return;
             }
-            for (drow, srow) in dst.chunks_exact_mut(width).zip(src.chunks(pitch.max(1))) {
-                for (d, &s) in drow.iter_mut().zip(&srow[..width]) {
-                    *d = f(s);
+            let rows = dst.chunks_exact_mut(width).zip(src.chunks(pitch.max(1)));
+            match residual {
+                Some(res) => {
+                    for ((drow, srow), rrow) in rows.zip(res.chunks_exact(width)) {
+                        for ((d, &s), &r) in drow.iter_mut().zip(&srow[..width]).zip(rrow) {
+                            *d = f(s + r);
+                        }
+                    }
+                }
+                None => {
+                    for (drow, srow) in rows {
+                        for (d, &s) in drow.iter_mut().zip(&srow[..width]) {
+                            *d = f(s);
+                        }
+                    }
                 }
             }
         }
-        let b = bias;
+        let (b, r) = (bias, residual);
         match self {
-            Activation::None => each(src, src_pitch, dst, width, |x| x + b),
-            Activation::Relu => each(src, src_pitch, dst, width, |x| (x + b).max(0.0)),
-            Activation::Clip { min, max } => each(src, src_pitch, dst, width, |x| (x + b).max(min).min(max)),
-            Activation::LeakyRelu(alpha) => each(src, src_pitch, dst, width, |x| {
+            Activation::None => each(src, src_pitch, r, dst, width, |x| x + b),
+            Activation::Relu => each(src, src_pitch, r, dst, width, |x| (x + b).max(0.0)),
+            Activation::Clip { min, max } => {
+                each(src, src_pitch, r, dst, width, |x| (x + b).max(min).min(max))
+            }
+            Activation::LeakyRelu(alpha) => each(src, src_pitch, r, dst, width, |x| {
                 let x = x + b;
                 if x >= 0.0 {
                     x
@@ -79,13 +109,13 @@ impl Activation {
                 }
             }),
             Activation::HardSigmoid { alpha, beta } => {
-                each(src, src_pitch, dst, width, |x| (alpha * (x + b) + beta).clamp(0.0, 1.0))
+                each(src, src_pitch, r, dst, width, |x| (alpha * (x + b) + beta).clamp(0.0, 1.0))
             }
-            Activation::HardSwish => each(src, src_pitch, dst, width, |x| {
+            Activation::HardSwish => each(src, src_pitch, r, dst, width, |x| {
                 let x = x + b;
                 x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)
             }),
-            Activation::Sigmoid => each(src, src_pitch, dst, width, |x| sigmoid(x + b)),
+            Activation::Sigmoid => each(src, src_pitch, r, dst, width, |x| sigmoid(x + b)),
         }
     }
 
@@ -169,9 +199,15 @@ mod tests {
         ];
         for act in all {
             let mut dst = [f32::NAN; 6];
-            act.store_rows(&xs[..7], 4, 0.5, &mut dst, 3);
+            act.store_rows(&xs[..7], 4, 0.5, None, &mut dst, 3);
             let want = [xs[0], xs[1], xs[2], xs[4], xs[5], xs[6]].map(|x| act.apply(x + 0.5));
             assert_eq!(dst, want, "{act:?}");
+            let residual = [1.0, -2.0, 0.25, 3.0, -0.5, 8.0];
+            act.store_rows(&xs[..7], 4, 0.5, Some(&residual), &mut dst, 3);
+            let sums = [xs[0], xs[1], xs[2], xs[4], xs[5], xs[6]];
+            for ((d, s), r) in dst.iter().zip(sums).zip(residual) {
+                assert_eq!(*d, act.apply(s + r + 0.5), "{act:?} with a residual");
+            }
         }
     }
 }

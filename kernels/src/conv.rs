@@ -139,6 +139,7 @@ pub fn conv2d(
     x: &[f32],
     w: &TensorView<'_>,
     bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
     p: &Conv2dParams,
     act: Activation,
     y: &mut [f32],
@@ -152,6 +153,9 @@ pub fn conv2d(
     if let Some(b) = bias {
         check_len("conv bias", b.len(), p.out_c)?;
     }
+    if let Some(r) = residual {
+        check_len("conv residual", r.len(), y.len())?;
+    }
     let per_task = scratch_len(p);
     check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.out_c, p.filter_len())?;
@@ -161,18 +165,20 @@ pub fn conv2d(
     let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
     let slab = (!p.is_pointwise()).then(|| Slab::new(p));
     let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
-    for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
+    let image = p.out_c * out_plane;
+    for (b, yb) in y.chunks_exact_mut(image).enumerate() {
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+        let rb = residual.map(|r| &r[b * image..][..image]);
         let work = out_plane * p.filter_len();
         match &slab {
             None => split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                layer.pointwise(xb, ocs, ys, s)
+                layer.pointwise(xb, rb, ocs, ys, s)
             }),
             // Groups of their own input (depthwise): split filters, no input is read twice.
             Some(slab) if p.groups >= kernels.threads() => {
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
-                    layer.shifted(slab, &offsets, xb, ocs, 0..p.out_h, &mut planes, s)
+                    layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
                 })
             }
             // A few groups sharing their input: split output rows, so each worker reads and pads
@@ -180,7 +186,7 @@ pub fn conv2d(
             Some(slab) => {
                 let row_work = p.out_c * p.out_w * p.filter_len();
                 split_rows(kernels, p.out_h, p.out_w, row_work, yb, scratch, per_task, |rows, planes, s| {
-                    layer.shifted(slab, &offsets, xb, 0..p.out_c, rows, planes, s)
+                    layer.shifted(slab, &offsets, xb, rb, 0..p.out_c, rows, planes, s)
                 })
             }
         }
@@ -199,8 +205,16 @@ struct Layer<'a, 'w> {
 
 impl Layer<'_, '_> {
     /// 1×1 stride-1 unpadded: column row `k` is input plane `k`, so no unfolding is needed.
-    /// Computes filters `ocs` of image `xb` into `y` (their planes, back to back).
-    fn pointwise(&self, xb: &[f32], ocs: Range<usize>, y: &mut [f32], panel: &mut [f32]) {
+    /// Computes filters `ocs` of image `xb` into `y` (their planes, back to back), adding the
+    /// same planes of the image's `residual` if given.
+    fn pointwise(
+        &self,
+        xb: &[f32],
+        residual: Option<&[f32]>,
+        ocs: Range<usize>,
+        y: &mut [f32],
+        panel: &mut [f32],
+    ) {
         let p = self.p;
         let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
         let (k, plane) = (self.rows.row_len(), p.out_h * p.out_w);
@@ -221,8 +235,18 @@ impl Layer<'_, '_> {
             let mut t0 = 0;
             while t0 < plane {
                 let t = POINTWISE_TILE.min(plane - t0);
+                // The product accumulates onto bias (+ residual).
                 for (r, yplane) in yblock.chunks_exact_mut(plane).enumerate() {
-                    yplane[t0..t0 + t].fill(self.bias.map_or(0.0, |b| b[oc + r]));
+                    let bias = self.bias.map_or(0.0, |b| b[oc + r]);
+                    let ytile = &mut yplane[t0..t0 + t];
+                    match residual {
+                        Some(res) => {
+                            for (y, &v) in ytile.iter_mut().zip(&res[(oc + r) * plane + t0..][..t]) {
+                                *y = v + bias;
+                            }
+                        }
+                        None => ytile.fill(bias),
+                    }
                 }
                 (self.isa.gemm_rows)(a, k, &xg[t0..], plane, t, &mut yblock[t0..], plane);
                 for yplane in yblock.chunks_exact_mut(plane) {
@@ -235,7 +259,8 @@ impl Layer<'_, '_> {
     }
 
     /// Every other convolution, as an implicit GEMM over shifted views: output rows `rows` of
-    /// filters `ocs` of image `xb`, where `out[i]` holds those rows of filter `ocs.start + i`.
+    /// filters `ocs` of image `xb`, where `out[i]` holds those rows of filter `ocs.start + i`
+    /// (plus the same rows of the image's `residual`, if given).
     ///
     /// Slab by slab of output rows, the group's input rows are copied into the zero-padded,
     /// stride-phase-split planes of [`Slab`], where tap `(c, ky, kx)` of a run of output pixels
@@ -249,6 +274,7 @@ impl Layer<'_, '_> {
         slab: &Slab,
         offsets: &[usize],
         xb: &[f32],
+        residual: Option<&[f32]>,
         ocs: Range<usize>,
         rows: Range<usize>,
         out: &mut [&mut [f32]],
@@ -287,7 +313,9 @@ impl Layer<'_, '_> {
                     for (r, arow) in acc.chunks_exact(n).enumerate() {
                         let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
                         let bias = self.bias.map_or(0.0, |b| b[oc + r]);
-                        self.act.store_rows(arow, slab.wq, bias, dst, p.out_w);
+                        let first = (oc + r) * p.out_h * p.out_w + (rows.start + first_row) * p.out_w;
+                        let res = residual.map(|res| &res[first..][..sr * p.out_w]);
+                        self.act.store_rows(arow, slab.wq, bias, res, dst, p.out_w);
                     }
                     s0 += sr;
                 }
@@ -542,6 +570,7 @@ mod tests {
     }
 
     /// Runs `p` under every kernel set and checks each against the 7-loop reference.
+    /// Also checks the fused residual add (`conv2d_add`) the same way.
     fn check_all_paths(rng: &mut Rng, sets: &[Kernels], p: &Conv2dParams, kind: WeightKind, with_bias: bool) {
         let data = random_weight(rng, kind, p.out_c, p.filter_len());
         let wf = decode_all(&data, p.out_c);
@@ -555,6 +584,14 @@ mod tests {
             let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
             kernels.conv2d(&x, &data.view(), bias, p, Activation::None, &mut y, &mut scratch).unwrap();
             assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?}"));
+            // The fused residual add: y = conv + bias + residual.
+            let residual = rng.vec(want.len());
+            let want_add: Vec<f32> = want.iter().zip(&residual).map(|(w, r)| w + r).collect();
+            scratch.fill(f32::NAN);
+            y.fill(f32::NAN);
+            let act = Activation::None;
+            kernels.conv2d_add(&x, &data.view(), bias, &residual, p, act, &mut y, &mut scratch).unwrap();
+            assert_close(&y, &want_add, &format!("residual {kernels:?} {kind:?} {p:?}"));
         }
     }
 
@@ -684,10 +721,19 @@ mod tests {
                 .into_iter()
                 .map(|v| act.apply(v))
                 .collect();
+            let residual = rng.vec(y.len());
+            let conv = reference(&x, &decode_all(&data, out_c), None, &p);
+            let want_add: Vec<f32> = conv.iter().zip(&residual).map(|(c, r)| act.apply(c + r)).collect();
             for kernels in kernel_sets() {
                 let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
                 kernels.conv2d(&x, &data.view(), None, &p, act, &mut y, &mut scratch).unwrap();
                 assert_close(&y, &want, &format!("{kernels:?} stride {stride}"));
+                kernels.conv2d_add(&x, &data.view(), None, &residual, &p, act, &mut y, &mut scratch).unwrap();
+                assert_close(
+                    &y,
+                    &want_add,
+                    &format!("{kernels:?} stride {stride}, residual then activation"),
+                );
             }
         }
     }
@@ -702,13 +748,15 @@ mod tests {
         let mut s = vec![0.0; scratch_len(&p)];
         let a = Activation::None;
         let k = Kernels::default();
-        assert!(conv2d(&k, &x[1..], &data.view(), None, &p, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x[1..], &data.view(), None, None, &p, a, &mut y, &mut s).is_err());
         let mut short = vec![0.0; scratch_len(&p) - 1];
-        assert!(conv2d(&k, &x, &data.view(), None, &p, a, &mut y, &mut short).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, None, &p, a, &mut y, &mut short).is_err());
+        let short_residual = vec![0.0; y.len() - 1];
+        assert!(k.conv2d_add(&x, &data.view(), None, &short_residual, &p, a, &mut y, &mut s).is_err());
         let bad = Conv2dParams { stride_h: 0, ..p };
-        assert!(conv2d(&k, &x, &data.view(), None, &bad, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, None, &bad, a, &mut y, &mut s).is_err());
         let bad = Conv2dParams { out_c: p.out_c + 1, groups: 1, ..p };
-        assert!(conv2d(&k, &x, &data.view(), None, &bad, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, None, &bad, a, &mut y, &mut s).is_err());
     }
 
     #[test]

@@ -169,7 +169,26 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, p, act, y, scratch)
+        conv::conv2d(self, x, w, bias, None, p, act, y, scratch)
+    }
+
+    /// [`Kernels::conv2d`] followed by a residual add, in one pass over the output:
+    /// `y = act(conv(x, w) + bias + residual)`, where `residual` has the shape of `y` (a
+    /// network's skip connection; the add and the activation happen while each output tile is in
+    /// cache, instead of in two more passes over the tensor).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_add(
+        &self,
+        x: &[f32],
+        w: &TensorView<'_>,
+        bias: Option<&[f32]>,
+        residual: &[f32],
+        p: &Conv2dParams,
+        act: Activation,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        conv::conv2d(self, x, w, bias, Some(residual), p, act, y, scratch)
     }
 
     /// f32 scratch elements [`Kernels::conv_transpose2d`] needs for `p`: one share per worker thread.

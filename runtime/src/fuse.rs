@@ -8,6 +8,13 @@
 //! graph output, and the activation is one the kernels implement (`Relu`, `LeakyRelu`, `Sigmoid`,
 //! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds). The producer then writes `z`
 //! directly and the activation node disappears; `y` is no longer produced.
+//!
+//! Before that, a residual `z = Add(Conv(..), r)` (either operand order) fuses the same way when
+//! the convolution's output is read by that `Add` only and is not a graph output: the Conv takes
+//! `r` as a fourth input, adds it in its epilogue and writes `z`, at the `Add`'s place in the node
+//! order (where `r` is known to be computed). BlazeFace's blocks (`Relu(Add(Conv, Pad(x)))`) and
+//! PP-OCRv4's residual and FPN adds then run as one pass over their output. A residual whose shape
+//! differs from the convolution's is still added (by broadcasting, after the convolution).
 
 use pith_format::ir::{Graph, Node, OpKind, ValueId};
 use pith_kernels::Activation;
@@ -25,8 +32,13 @@ pub struct Fused {
     pub activations: Vec<Activation>,
 }
 
-/// Rewrites `graph`, fusing every eligible producer–activation pair.
-pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
+/// Rewrites `graph`: residual adds into convolutions, then activations into their producers.
+pub fn fuse(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
+    fuse_activations(&fuse_residual_adds(graph), constant)
+}
+
+/// How many inputs of `graph`'s nodes read each value.
+fn readers(graph: &Graph) -> Vec<usize> {
     let mut readers = vec![0usize; graph.values.len()];
     for node in &graph.nodes {
         for &v in node.inputs.iter().flatten() {
@@ -35,6 +47,56 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
             }
         }
     }
+    readers
+}
+
+/// Rewrites every `Add(Conv(..), r)` whose convolution output has no other use into one Conv
+/// node with `r` as its fourth input, placed where the `Add` was.
+pub fn fuse_residual_adds(graph: &Graph) -> Graph {
+    let readers = readers(graph);
+    let mut conv_of = vec![None; graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if node.op == OpKind::Conv && node.outputs.len() == 1 && node.inputs.len() <= 3 {
+            if let Some(slot) = conv_of.get_mut(node.outputs[0] as usize) {
+                *slot = Some(i);
+            }
+        }
+    }
+    let mut nodes: Vec<Option<Node>> = graph.nodes.iter().cloned().map(Some).collect();
+    let mut fused = 0;
+    for (j, add) in graph.nodes.iter().enumerate() {
+        let [Some(a), Some(b)] = add.inputs[..] else { continue };
+        if add.op != OpKind::Add || add.outputs.len() != 1 || a == b {
+            continue;
+        }
+        // Either operand may be the convolution's; take the first that qualifies.
+        let found = [(a, b), (b, a)].into_iter().find_map(|(y, r)| {
+            let i = conv_of.get(y as usize).copied().flatten()?;
+            let sole_use = readers[y as usize] == 1 && !graph.outputs.contains(&y);
+            (sole_use && nodes[i].is_some()).then_some((i, r))
+        });
+        let Some((i, r)) = found else { continue };
+        let mut conv = nodes[i].take().expect("checked above");
+        conv.inputs.resize(3, None);
+        conv.inputs.push(Some(r));
+        conv.outputs[0] = add.outputs[0];
+        nodes[j] = Some(conv);
+        fused += 1;
+    }
+    if fused > 0 {
+        log::debug!("fused {fused} residual Add(s) into convolutions");
+    }
+    Graph {
+        values: graph.values.clone(),
+        nodes: nodes.into_iter().flatten().collect(),
+        inputs: graph.inputs.clone(),
+        outputs: graph.outputs.clone(),
+    }
+}
+
+/// Rewrites `graph`, fusing every eligible producer–activation pair.
+pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
+    let readers = readers(graph);
     // producer_of[v] = index of the fusable producer whose sole output v is, if any.
     let mut producer_of = vec![None; graph.values.len()];
     for (i, node) in graph.nodes.iter().enumerate() {

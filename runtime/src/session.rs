@@ -138,7 +138,7 @@ impl Engine {
     ) -> Result<Engine> {
         check_ids(graph)?;
         let Fused { graph, activations } = if fuse {
-            fuse::fuse_activations(graph, constant)
+            fuse::fuse(graph, constant)
         } else {
             Fused { graph: graph.clone(), activations: vec![Activation::None; graph.nodes.len()] }
         };
@@ -655,6 +655,51 @@ mod tests {
         // The clip bounds actually applied: some outputs sit exactly on them.
         let v = a[0].1.as_f32().unwrap();
         assert!(v.iter().all(|&e| (-0.5..=2.0).contains(&e)) && v.contains(&2.0), "{v:?}");
+    }
+
+    #[test]
+    fn residual_adds_fuse_into_convolutions_without_changing_results() {
+        // Conv + Add + Relu (the Add takes the conv second, then first), a residual added by
+        // broadcasting ([1, 3, 1, 1]), and a conv whose output has a second reader (not fused).
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 3, 6, 7].iter().map(|&d| Dim::Fixed(d)).collect());
+            let w =
+                b.floats("w", &[3, 3, 3, 3], (0..81).map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0).collect());
+            let bias = b.floats("b", &[3], vec![0.5, -0.25, 0.1]);
+            let pads = || vec![("pads", Attr::Ints(vec![1; 4]))];
+            let y = b.node(OpKind::Conv, &[x, w, bias], 1, pads())[0];
+            let s = b.node(OpKind::Add, &[x, y], 1, vec![])[0]; // fuses (conv is the second operand)
+            let r = b.node(OpKind::Relu, &[s], 1, vec![])[0]; // then fuses too
+            let u = b.node(OpKind::Conv, &[r, w], 1, pads())[0];
+            let v = b.node(OpKind::Add, &[u, r], 1, vec![])[0]; // fuses, no bias
+            let chan = b.floats("chan", &[1, 3, 1, 1], vec![1.0, -2.0, 0.5]);
+            let t = b.node(OpKind::Conv, &[v, w], 1, pads())[0];
+            let q = b.node(OpKind::Add, &[t, chan], 1, vec![])[0]; // fuses, broadcast residual
+            let e = b.node(OpKind::Conv, &[q, w], 1, pads())[0];
+            let f = b.node(OpKind::Add, &[e, q], 1, vec![])[0];
+            let g = b.node(OpKind::Mul, &[e, f], 1, vec![])[0]; // e read twice: no fusion
+            for o in [v, g] {
+                b.output(o);
+            }
+            b.model
+        };
+        let x = Tensor::from_f32(
+            vec![1, 3, 6, 7],
+            (0..126).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect(),
+        );
+        let mut fused = Mem::with_fusion(build(), true).unwrap();
+        let mut plain = Mem::with_fusion(build(), false).unwrap();
+        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
+        // 10 nodes: three Adds and the Relu fused away.
+        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 6);
+        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 10);
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!((na, &ta.shape), (nb, &tb.shape));
+            for (p, q) in ta.as_f32().unwrap().iter().zip(tb.as_f32().unwrap()) {
+                assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "{na}: {p} vs {q}");
+            }
+        }
     }
 
     #[test]

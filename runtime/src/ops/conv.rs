@@ -8,6 +8,7 @@ use pith_format::ir::{ElemType, Node};
 use pith_format::TensorView;
 use pith_kernels::{Activation, Conv2dParams, Kernels};
 
+use super::binary::{broadcast_shapes, zip_broadcast};
 use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
 use crate::error::OpError;
 use crate::op_bail;
@@ -353,20 +354,41 @@ fn params_2d(
     (p, shape)
 }
 
-impl Op for Conv {
-    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+/// The residual operand of a Conv that absorbed the `Add` after it (a fourth input, only in
+/// session graphs: see [`crate::fuse`]).
+fn residual<'b, 'a>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
+    inputs.get(3).and_then(Option::as_ref)
+}
+
+impl Conv {
+    /// The convolution's own output shape, and the node's (the broadcast with a residual).
+    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Conv2dParams, Vec<usize>, Vec<usize>)> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let (p, shape) = self.geometry(x.shape, w.shape)?;
+        let out = match residual(inputs) {
+            Some(r) => broadcast_shapes(&shape, r.shape)?,
+            None => shape.clone(),
+        };
+        Ok((p, shape, out))
+    }
+}
+
+impl Op for Conv {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        let (p, _, out) = self.shapes(inputs)?;
         bias(inputs, p.out_c)?;
-        Ok(vec![(ElemType::F32, shape)])
+        Ok(vec![(ElemType::F32, out)])
     }
 
     fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
-        match (input(inputs, 0, "X"), input(inputs, 1, "W")) {
-            (Ok(x), Ok(w)) => {
-                self.geometry(x.shape, w.shape).map_or(0, |(p, _)| Kernels::default().conv2d_scratch_len(&p))
+        match self.shapes(inputs) {
+            // A residual of another shape is added by broadcasting, after the convolution wrote
+            // its own output to scratch.
+            Ok((p, conv, out)) if conv != out || residual(inputs).is_some_and(|r| r.shape != conv) => {
+                Kernels::default().conv2d_scratch_len(&p) + conv.iter().product::<usize>()
             }
-            _ => 0,
+            Ok((p, _, _)) => Kernels::default().conv2d_scratch_len(&p),
+            Err(_) => 0,
         }
     }
 
@@ -378,12 +400,27 @@ impl Op for Conv {
         ctx: &ExecCtx,
     ) -> OpResult<()> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
-        let (p, _) = self.geometry(x.shape, w.shape)?;
+        let (p, conv_shape, out_shape) = self.shapes(inputs)?;
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
-        ctx.kernels
-            .conv2d(&x.f32s()?, &weight.view(), b.as_deref(), &p, self.activation, outputs[0].data, scratch)
-            .map_err(kernel_err)
+        let (x, w, act, y) = (&x.f32s()?, &weight.view(), self.activation, &mut *outputs[0].data);
+        match residual(inputs) {
+            None => ctx.kernels.conv2d(x, w, b.as_deref(), &p, act, y, scratch),
+            Some(r) if r.shape == &conv_shape[..] => {
+                ctx.kernels.conv2d_add(x, w, b.as_deref(), &r.f32s()?, &p, act, y, scratch)
+            }
+            Some(r) => {
+                // A broadcast residual (rare): convolve into scratch, then add and activate.
+                let (conv, scratch) = scratch.split_at_mut(conv_shape.iter().product());
+                ctx.kernels
+                    .conv2d(x, w, b.as_deref(), &p, Activation::None, conv, scratch)
+                    .map_err(kernel_err)?;
+                zip_broadcast(conv, &conv_shape, &r.f32s()?, r.shape, &out_shape, y, |a, b| a + b);
+                act.apply_slice(y);
+                Ok(())
+            }
+        }
+        .map_err(kernel_err)
     }
 }
 
