@@ -12,7 +12,8 @@ use pith_runtime::Tensor;
 
 use crate::work::WorkModel;
 
-/// Folds every foldable `Mul` / `Add` into the `Conv` feeding it; returns how many were folded.
+/// Folds every foldable `Mul` / `Add` into the `Conv` (or single-group `ConvTranspose`) feeding
+/// it; returns how many were folded.
 ///
 /// Runs to a fixed point, so `Conv → Mul → Add` folds both. A node folds when the Conv output
 /// feeds only it (and is not a graph output), its other operand is an f32 constant broadcasting
@@ -73,7 +74,9 @@ fn fold_output_once(work: &mut WorkModel) -> usize {
         // The activation operand comes from a conv; the other is the constant.
         let Some((y, k, c)) = [(a, b), (b, a)].into_iter().find_map(|(y, k)| {
             let c = producers[y as usize]?;
-            (work.graph.nodes[c].op == OpKind::Conv && work.consts.contains_key(&k)).then_some((y, k, c))
+            let op = work.graph.nodes[c].op;
+            let conv = op == OpKind::Conv || op == OpKind::ConvTranspose;
+            (conv && work.consts.contains_key(&k)).then_some((y, k, c))
         }) else {
             continue;
         };
@@ -145,18 +148,60 @@ fn is_pointwise(conv: &pith_format::ir::Node) -> bool {
         Some(Attr::Ints(v)) => Some(v.clone()),
         _ => None,
     };
-    let group_one = match conv.attr("group") {
-        None => true,
-        Some(Attr::Int(g)) => *g == 1,
-        Some(_) => false,
-    };
     let no_pads = ints("pads").is_none_or(|p| p.iter().all(|&x| x == 0));
     let auto_pad = match conv.attr("auto_pad") {
         None => true,
         Some(Attr::Str(s)) => s == "NOTSET" || s == "VALID",
         Some(_) => false,
     };
-    group_one && no_pads && auto_pad
+    group_one(conv) && no_pads && auto_pad
+}
+
+/// Which output channel each weight element of a `Conv` or `ConvTranspose` belongs to.
+pub(crate) struct OutputChannels {
+    /// Output channels.
+    pub channels: usize,
+    /// Weights per (input channel, output channel) pair: the kernel's taps.
+    taps: usize,
+    /// Axis of the output channel in the weight: 0 for Conv, 1 for ConvTranspose.
+    axis: usize,
+    /// Extent of weight axis 1.
+    dim1: usize,
+}
+
+impl OutputChannels {
+    /// The layout of `conv`'s weight of shape `w` (rank 3 or more); `None` for other ops and for
+    /// grouped ConvTranspose, whose output channels span groups.
+    pub(crate) fn of(conv: &pith_format::ir::Node, w: &[usize]) -> Option<OutputChannels> {
+        if w.len() < 3 {
+            return None;
+        }
+        let axis = match conv.op {
+            OpKind::Conv => 0,
+            OpKind::ConvTranspose if group_one(conv) => 1,
+            _ => return None,
+        };
+        Some(OutputChannels { channels: w[axis], taps: w[2..].iter().product(), axis, dim1: w[1] })
+    }
+
+    /// Output channel of flat weight element `i`.
+    pub(crate) fn channel_of(&self, i: usize) -> usize {
+        let pair = i / self.taps.max(1);
+        if self.axis == 0 {
+            pair / self.dim1.max(1)
+        } else {
+            pair % self.dim1.max(1)
+        }
+    }
+}
+
+/// The node has one group (no `group` attribute, or 1).
+fn group_one(conv: &pith_format::ir::Node) -> bool {
+    match conv.attr("group") {
+        None => true,
+        Some(pith_format::ir::Attr::Int(g)) => *g == 1,
+        Some(_) => false,
+    }
 }
 
 /// For pointwise conv node `c` whose input is `a (op) k`: the new weight (only for `Mul`) and
@@ -207,7 +252,8 @@ fn folded(work: &WorkModel, c: usize, k: ValueId, is_mul: bool) -> Option<(Optio
     if w.shape.len() != 4 {
         return None;
     }
-    let channels = w.shape[0];
+    let layout = OutputChannels::of(conv, &w.shape)?;
+    let (channels, channel_of) = (layout.channels, |i| layout.channel_of(i));
     let factor = per_channel(f32_const(Some(k))?, channels)?;
     let old_bias: Vec<f32> = match conv.inputs.get(2).copied().flatten() {
         Some(b) => {
@@ -218,8 +264,7 @@ fn folded(work: &WorkModel, c: usize, k: ValueId, is_mul: bool) -> Option<(Optio
     };
     if is_mul {
         let data = w.as_f32()?;
-        let row = data.len() / channels.max(1);
-        let new_w: Vec<f32> = data.iter().enumerate().map(|(i, &v)| v * factor[i / row]).collect();
+        let new_w: Vec<f32> = data.iter().enumerate().map(|(i, &v)| v * factor[channel_of(i)]).collect();
         let new_b: Vec<f32> = old_bias.iter().zip(&factor).map(|(b, s)| b * s).collect();
         Some((Some(Tensor::from_f32(w.shape.clone(), new_w)), Tensor::from_f32(vec![channels], new_b)))
     } else {
@@ -282,6 +327,40 @@ mod tests {
         }
         // The original weight is untouched (it may be shared).
         assert_eq!(w.consts[&wv].as_f32().unwrap(), &wd[..]);
+    }
+
+    #[test]
+    fn mul_and_add_fold_into_a_single_group_conv_transpose() {
+        // ConvTranspose weight [in 2, out 3, 1, 1]: output channel is axis 1.
+        let build = |group: Option<i64>| {
+            let mut w = WorkModel::default();
+            let x = input(&mut w, "x");
+            let wd = vec![0.5, -1.0, 2.0, 0.25, -0.75, 1.5];
+            let wv = constant(&mut w, "w", &[2, 3, 1, 1], wd);
+            let s = constant(&mut w, "s", &[1, 3, 1, 1], vec![2.0, -1.0, 0.5]);
+            let t = constant(&mut w, "t", &[1], vec![0.25]);
+            let (y, m, z) = (act(&mut w, "y"), act(&mut w, "m"), act(&mut w, "z"));
+            push(&mut w, "deconv", OpKind::ConvTranspose, &[Some(x), Some(wv)], &[y]);
+            if let Some(g) = group {
+                w.graph.nodes[0].attrs.push(("group".into(), pith_format::ir::Attr::Int(g)));
+            }
+            push(&mut w, "mul", OpKind::Mul, &[Some(y), Some(s)], &[m]);
+            push(&mut w, "add", OpKind::Add, &[Some(m), Some(t)], &[z]);
+            w.graph.outputs = vec![z];
+            w
+        };
+        let mut w = build(None);
+        assert_eq!(fold_affine(&mut w), 2);
+        let (wd, bd) = (conv_value(&w, 0, 1), conv_value(&w, 0, 2));
+        let px = [0.7f32, -1.3];
+        for co in 0..3 {
+            let y = (0..2).map(|ci| [0.5, -1.0, 2.0, 0.25, -0.75, 1.5][ci * 3 + co] * px[ci]).sum::<f32>();
+            let want = y * [2.0, -1.0, 0.5][co] + 0.25;
+            let got = bd[co] + (0..2).map(|ci| wd[ci * 3 + co] * px[ci]).sum::<f32>();
+            assert!((got - want).abs() < 1e-5, "channel {co}: {got} vs {want}");
+        }
+        let mut grouped = build(Some(2));
+        assert_eq!(fold_affine(&mut grouped), 0, "grouped ConvTranspose weights are not folded");
     }
 
     #[test]

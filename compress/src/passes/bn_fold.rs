@@ -1,4 +1,4 @@
-//! Folds `BatchNormalization` into the `Conv` feeding it.
+//! Folds `BatchNormalization` into the `Conv` (or single-group `ConvTranspose`) feeding it.
 //!
 //! `BN(Conv(x, w, b))` with per-channel `s = gamma / sqrt(var + eps)` equals
 //! `Conv(x, w * s, (b - mean) * s + beta)`, scaling each output-channel row of `w`.
@@ -6,6 +6,7 @@
 use pith_format::ir::{Attr, OpKind, ValueId};
 use pith_runtime::Tensor;
 
+use crate::passes::affine::OutputChannels;
 use crate::work::WorkModel;
 
 /// Folds every foldable Conv → BatchNormalization pair; returns how many were folded.
@@ -25,7 +26,7 @@ pub(crate) fn fold_batch_norms(work: &mut WorkModel) -> usize {
         }
         let Some(y) = bn.inputs[0] else { continue };
         let Some(c) = producers[y as usize] else { continue };
-        if work.graph.nodes[c].op != OpKind::Conv
+        if !matches!(work.graph.nodes[c].op, OpKind::Conv | OpKind::ConvTranspose)
             || consumers[y as usize].len() != 1
             || work.is_output(y)
             || doomed.contains(&c)
@@ -60,7 +61,8 @@ fn fused_params(work: &WorkModel, c: usize, n: usize) -> Option<(Tensor, Tensor)
         t.as_f32().map(|_| t)
     };
     let w = f32_const(conv.inputs.get(1))?;
-    let channels = *w.shape.first()?;
+    let layout = OutputChannels::of(conv, &w.shape)?;
+    let channels = layout.channels;
     let per_channel = |t: &Tensor| t.numel() == channels;
     let bias = match conv.inputs.get(2) {
         Some(Some(_)) => Some(f32_const(conv.inputs.get(2)).filter(|t| per_channel(t))?),
@@ -80,9 +82,8 @@ fn fused_params(work: &WorkModel, c: usize, n: usize) -> Option<(Tensor, Tensor)
         return None;
     }
     let w_data = w.as_f32()?;
-    let row = w_data.len() / channels.max(1);
     let new_w: Vec<f32> =
-        w_data.iter().enumerate().map(|(i, &v)| (v as f64 * scale[i / row]) as f32).collect();
+        w_data.iter().enumerate().map(|(i, &v)| (v as f64 * scale[layout.channel_of(i)]) as f32).collect();
     let new_b: Vec<f32> = (0..channels)
         .map(|o| {
             let b = bias.map_or(0.0, |t| t.as_f32().expect("checked f32")[o] as f64);
@@ -137,6 +138,39 @@ mod tests {
                 let bn = (y[o] - mean[o]) / (var[o] + 1e-3f32).sqrt() * gamma[o] + beta[o];
                 assert!((bn - fused[o]).abs() < 1e-4, "{bn} vs {}", fused[o]);
             }
+        }
+    }
+
+    #[test]
+    fn folded_conv_transpose_scales_its_output_channel_axis() {
+        // ConvTranspose weight [in 2, out 3, 1, 1]: each output channel is a column.
+        let mut w = WorkModel::default();
+        let x = input(&mut w, "x");
+        let wd = vec![0.5, -1.0, 2.0, 0.25, -0.75, 1.5];
+        let (gamma, beta) = (vec![1.5, 0.5, -2.0], vec![0.0, 1.0, -1.0]);
+        let (mean, var) = (vec![0.2, -0.1, 0.4], vec![0.9, 2.0, 0.01]);
+        let wv = constant(&mut w, "w", &[2, 3, 1, 1], wd.clone());
+        let pv: Vec<_> = [&gamma, &beta, &mean, &var]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Some(constant(&mut w, &format!("p{i}"), &[3], d.to_vec())))
+            .collect();
+        let (y, z) = (act(&mut w, "y"), act(&mut w, "z"));
+        push(&mut w, "deconv", OpKind::ConvTranspose, &[Some(x), Some(wv)], &[y]);
+        let mut bn_inputs = vec![Some(y)];
+        bn_inputs.extend(pv);
+        push(&mut w, "bn", OpKind::BatchNormalization, &bn_inputs, &[z]);
+        w.graph.outputs.push(z);
+        assert_eq!(fold_batch_norms(&mut w), 1);
+        let conv = &w.graph.nodes[0];
+        let fw = w.consts[&conv.inputs[1].unwrap()].as_f32().unwrap().to_vec();
+        let fb = w.consts[&conv.inputs[2].unwrap()].as_f32().unwrap().to_vec();
+        let x = [0.7f32, -1.3];
+        for o in 0..3 {
+            let y: f32 = (0..2).map(|i| wd[i * 3 + o] * x[i]).sum();
+            let bn = (y - mean[o]) / (var[o] + 1e-5f32).sqrt() * gamma[o] + beta[o];
+            let fused = fb[o] + (0..2).map(|i| fw[i * 3 + o] * x[i]).sum::<f32>();
+            assert!((bn - fused).abs() < 1e-4, "channel {o}: {bn} vs {fused}");
         }
     }
 
