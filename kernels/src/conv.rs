@@ -162,6 +162,13 @@ pub fn conv2d(
     if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }
+    if p.is_pointwise() && out_plane == 1 && p.groups == 1 && residual.is_none() {
+        // A matrix-vector product (squeeze-excite convs after a global pool): dot products on
+        // the packed indices, with no panel decoded. The [batch, out_c, 1, 1] output is the
+        // GEMM's [batch, out_c].
+        let layout = crate::gemm::WeightLayout::NK;
+        return crate::gemm::gemm(kernels, x, p.batch, p.in_c, p.out_c, w, layout, bias, act, y, scratch);
+    }
     let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
     let slab = (!p.is_pointwise()).then(|| Slab::new(p));
     let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
@@ -636,7 +643,10 @@ mod tests {
         let kind = WeightKind::Codebook(4, pith_format::ir::CodebookKind::PerRow, false);
         // Strided depthwise over a 13-wide row: three phases of unequal length.
         let strided = Conv2dParams { stride_h: 2, stride_w: 3, out_h: 5, out_w: 5, ..depthwise };
-        for p in [base, conv3, depthwise, strided] {
+        // A 1x1 plane (squeeze-excite): the matrix-vector path.
+        let gemv =
+            Conv2dParams { in_c: 50, in_h: 1, in_w: 1, out_c: 37, out_h: 1, out_w: 1, groups: 1, ..base };
+        for p in [base, conv3, depthwise, strided, gemv] {
             check_all_paths(&mut rng, &sets, &p, kind, true);
             check_all_paths(&mut rng, &sets, &p, WeightKind::F32, false);
         }
