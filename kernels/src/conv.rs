@@ -153,9 +153,21 @@ pub fn conv2d(
     if let Some(b) = bias {
         check_len("conv bias", b.len(), p.out_c)?;
     }
-    if let Some(r) = residual {
-        check_len("conv residual", r.len(), y.len())?;
-    }
+    // Residual channels (the rest read as zero).
+    let rc = match residual {
+        Some(r) => {
+            let per_channel = p.batch * out_plane;
+            if per_channel == 0 || !r.len().is_multiple_of(per_channel) || r.len() > y.len() {
+                return Err(KernelError::Params(format!(
+                    "conv residual has {} values: not a whole number of up to {} channels of {per_channel}",
+                    r.len(),
+                    p.out_c
+                )));
+            }
+            r.len() / per_channel
+        }
+        None => 0,
+    };
     let per_task = scratch_len(p);
     check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.out_c, p.filter_len())?;
@@ -175,7 +187,8 @@ pub fn conv2d(
     let image = p.out_c * out_plane;
     for (b, yb) in y.chunks_exact_mut(image).enumerate() {
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
-        let rb = residual.map(|r| &r[b * image..][..image]);
+        let rb =
+            residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
         let work = out_plane * p.filter_len();
         match &slab {
             None => split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
@@ -217,7 +230,7 @@ impl Layer<'_, '_> {
     fn pointwise(
         &self,
         xb: &[f32],
-        residual: Option<&[f32]>,
+        residual: Option<Residual<'_>>,
         ocs: Range<usize>,
         y: &mut [f32],
         panel: &mut [f32],
@@ -246,9 +259,9 @@ impl Layer<'_, '_> {
                 for (r, yplane) in yblock.chunks_exact_mut(plane).enumerate() {
                     let bias = self.bias.map_or(0.0, |b| b[oc + r]);
                     let ytile = &mut yplane[t0..t0 + t];
-                    match residual {
+                    match residual.and_then(|res| res.plane(oc + r, plane)) {
                         Some(res) => {
-                            for (y, &v) in ytile.iter_mut().zip(&res[(oc + r) * plane + t0..][..t]) {
+                            for (y, &v) in ytile.iter_mut().zip(&res[t0..][..t]) {
                                 *y = v + bias;
                             }
                         }
@@ -281,7 +294,7 @@ impl Layer<'_, '_> {
         slab: &Slab,
         offsets: &[usize],
         xb: &[f32],
-        residual: Option<&[f32]>,
+        residual: Option<Residual<'_>>,
         ocs: Range<usize>,
         rows: Range<usize>,
         out: &mut [&mut [f32]],
@@ -320,8 +333,10 @@ impl Layer<'_, '_> {
                     for (r, arow) in acc.chunks_exact(n).enumerate() {
                         let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
                         let bias = self.bias.map_or(0.0, |b| b[oc + r]);
-                        let first = (oc + r) * p.out_h * p.out_w + (rows.start + first_row) * p.out_w;
-                        let res = residual.map(|res| &res[first..][..sr * p.out_w]);
+                        let first = (rows.start + first_row) * p.out_w;
+                        let res = residual
+                            .and_then(|res| res.plane(oc + r, p.out_h * p.out_w))
+                            .map(|plane| &plane[first..][..sr * p.out_w]);
                         self.act.store_rows(arow, slab.wq, bias, res, dst, p.out_w);
                     }
                     s0 += sr;
@@ -330,6 +345,20 @@ impl Layer<'_, '_> {
             }
             oc = end;
         }
+    }
+}
+
+/// One image's residual planes: the first `channels` output channels have one, the rest none.
+#[derive(Clone, Copy)]
+struct Residual<'a> {
+    data: &'a [f32],
+    channels: usize,
+}
+
+impl<'a> Residual<'a> {
+    /// Output channel `c`'s residual plane (`plane` values), if it has one.
+    fn plane(self, c: usize, plane: usize) -> Option<&'a [f32]> {
+        (c < self.channels).then(|| &self.data[c * plane..][..plane])
     }
 }
 
@@ -599,6 +628,17 @@ mod tests {
             let act = Activation::None;
             kernels.conv2d_add(&x, &data.view(), bias, &residual, p, act, &mut y, &mut scratch).unwrap();
             assert_close(&y, &want_add, &format!("residual {kernels:?} {kind:?} {p:?}"));
+            // A residual of fewer channels: the missing ones add zero (a channel-padded skip).
+            let (plane, rc) = (p.out_h * p.out_w, p.out_c / 2);
+            let short: Vec<f32> =
+                (0..p.batch).flat_map(|b| residual[b * p.out_c * plane..][..rc * plane].to_vec()).collect();
+            let want_short: Vec<f32> = want
+                .iter()
+                .enumerate()
+                .map(|(i, w)| if i / plane % p.out_c < rc { want_add[i] } else { *w })
+                .collect();
+            kernels.conv2d_add(&x, &data.view(), bias, &short, p, act, &mut y, &mut scratch).unwrap();
+            assert_close(&y, &want_short, &format!("{rc}-channel residual {kernels:?} {kind:?} {p:?}"));
         }
     }
 
@@ -763,6 +803,8 @@ mod tests {
         assert!(conv2d(&k, &x, &data.view(), None, None, &p, a, &mut y, &mut short).is_err());
         let short_residual = vec![0.0; y.len() - 1];
         assert!(k.conv2d_add(&x, &data.view(), None, &short_residual, &p, a, &mut y, &mut s).is_err());
+        let long_residual = vec![0.0; y.len() + p.batch * p.out_h * p.out_w];
+        assert!(k.conv2d_add(&x, &data.view(), None, &long_residual, &p, a, &mut y, &mut s).is_err());
         let bad = Conv2dParams { stride_h: 0, ..p };
         assert!(conv2d(&k, &x, &data.view(), None, None, &bad, a, &mut y, &mut s).is_err());
         let bad = Conv2dParams { out_c: p.out_c + 1, groups: 1, ..p };

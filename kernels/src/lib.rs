@@ -173,9 +173,13 @@ impl Kernels {
     }
 
     /// [`Kernels::conv2d`] followed by a residual add, in one pass over the output:
-    /// `y = act(conv(x, w) + bias + residual)`, where `residual` has the shape of `y` (a
-    /// network's skip connection; the add and the activation happen while each output tile is in
-    /// cache, instead of in two more passes over the tensor).
+    /// `y = act(conv(x, w) + bias + residual)` (a network's skip connection; the add and the
+    /// activation happen while each output tile is in cache, instead of in two more passes over
+    /// the tensor).
+    ///
+    /// `residual` is `[batch, rc, out_h, out_w]` for some `rc <= out_c`: output channels from `rc`
+    /// on get no residual, as if it had been zero-padded to `out_c` channels (BlazeFace pads its
+    /// skip connections' channels; the padding need not be materialised).
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_add(
         &self,

@@ -34,7 +34,46 @@ pub struct Fused {
 
 /// Rewrites `graph`: residual adds into convolutions, then activations into their producers.
 pub fn fuse(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
-    fuse_activations(&fuse_residual_adds(graph), constant)
+    fuse_activations(&fuse_residual_adds(graph, constant), constant)
+}
+
+/// Attribute set on a fused Conv whose residual (fourth input) holds only the first channels of
+/// its output, the rest being zero: a channel-padding `Pad` was dropped in front of it.
+pub const RESIDUAL_CHANNEL_PAD: &str = "pith.residual_channel_pad";
+
+/// If node `n` is a `Pad` that only appends zero channels (axis 1 of a rank-4 tensor), its data
+/// input.
+fn channel_pad_source(node: &Node, constant: &ConstantFn<'_>) -> Option<ValueId> {
+    use pith_format::ir::Attr;
+    use pith_format::TensorView;
+    if node.op != OpKind::Pad || node.inputs.len() > 3 || node.outputs.len() != 1 {
+        return None;
+    }
+    let mode_constant = match node.attr("mode") {
+        None => true,
+        Some(Attr::Str(m)) => m == "constant",
+        Some(_) => false,
+    };
+    let value_zero = match node.attr("value") {
+        None => true,
+        Some(Attr::Float(v)) => *v == 0.0,
+        Some(_) => false,
+    };
+    let fill_zero = match node.inputs.get(2).copied().flatten() {
+        None => true,
+        Some(v) => matches!(constant(v), Some(TensorView::F32(&[x])) if x == 0.0),
+    };
+    let pads: Vec<i64> = match (node.inputs.get(1).copied().flatten(), node.attr("pads")) {
+        (Some(v), _) => match constant(v)? {
+            TensorView::I64(p) => p.to_vec(),
+            _ => return None,
+        },
+        (None, Some(Attr::Ints(p))) => p.clone(),
+        _ => return None,
+    };
+    let channels_only =
+        pads.len() == 8 && pads[5] > 0 && pads.iter().enumerate().all(|(i, &p)| i == 5 || p == 0);
+    (mode_constant && value_zero && fill_zero && channels_only).then_some(node.inputs[0]).flatten()
 }
 
 /// How many inputs of `graph`'s nodes read each value.
@@ -51,15 +90,21 @@ fn readers(graph: &Graph) -> Vec<usize> {
 }
 
 /// Rewrites every `Add(Conv(..), r)` whose convolution output has no other use into one Conv
-/// node with `r` as its fourth input, placed where the `Add` was.
-pub fn fuse_residual_adds(graph: &Graph) -> Graph {
+/// node with `r` as its fourth input, placed where the `Add` was. When `r` is a `Pad` that only
+/// appends zero channels and has no other reader, the Pad is dropped too: the Conv takes its input
+/// and is marked [`RESIDUAL_CHANNEL_PAD`].
+pub fn fuse_residual_adds(graph: &Graph, constant: &ConstantFn<'_>) -> Graph {
     let readers = readers(graph);
     let mut conv_of = vec![None; graph.values.len()];
+    let mut pad_of = vec![None; graph.values.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
+        let Some(&out) = node.outputs.first().filter(|&&o| (o as usize) < graph.values.len()) else {
+            continue;
+        };
         if node.op == OpKind::Conv && node.outputs.len() == 1 && node.inputs.len() <= 3 {
-            if let Some(slot) = conv_of.get_mut(node.outputs[0] as usize) {
-                *slot = Some(i);
-            }
+            conv_of[out as usize] = Some(i);
+        } else if let Some(source) = channel_pad_source(node, constant) {
+            pad_of[out as usize] = Some((i, source));
         }
     }
     let mut nodes: Vec<Option<Node>> = graph.nodes.iter().cloned().map(Some).collect();
@@ -75,8 +120,15 @@ pub fn fuse_residual_adds(graph: &Graph) -> Graph {
             let sole_use = readers[y as usize] == 1 && !graph.outputs.contains(&y);
             (sole_use && nodes[i].is_some()).then_some((i, r))
         });
-        let Some((i, r)) = found else { continue };
+        let Some((i, mut r)) = found else { continue };
         let mut conv = nodes[i].take().expect("checked above");
+        if let Some((pad, source)) = pad_of[r as usize] {
+            if readers[r as usize] == 1 && !graph.outputs.contains(&r) && nodes[pad].is_some() {
+                nodes[pad] = None;
+                r = source;
+                conv.attrs.push((RESIDUAL_CHANNEL_PAD.to_string(), pith_format::ir::Attr::Int(1)));
+            }
+        }
         conv.inputs.resize(3, None);
         conv.inputs.push(Some(r));
         conv.outputs[0] = add.outputs[0];

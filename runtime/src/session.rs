@@ -703,6 +703,47 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_padded_residual_drops_its_pad_without_changing_results() {
+        // BlazeFace's block: Relu(Add(Conv(x), Pad(x, channels 2 -> 5))); and a Pad that also
+        // pads width, which is not a channel padding and stays.
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 2, 4, 5].iter().map(|&d| Dim::Fixed(d)).collect());
+            let w =
+                b.floats("w", &[5, 2, 3, 3], (0..90).map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0).collect());
+            let pads = || vec![("pads", Attr::Ints(vec![1; 4]))];
+            let y = b.node(OpKind::Conv, &[x, w], 1, pads())[0];
+            let channel_pads = b.ints("cp", &[0, 0, 0, 0, 0, 3, 0, 0]);
+            let padded = b.node(OpKind::Pad, &[x, channel_pads], 1, vec![])[0];
+            let s = b.node(OpKind::Add, &[y, padded], 1, vec![])[0];
+            let r = b.node(OpKind::Relu, &[s], 1, vec![])[0];
+            let w2 =
+                b.floats("w2", &[5, 5, 1, 1], (0..25).map(|i| ((i * 5 % 13) as f32 - 6.0) / 6.0).collect());
+            let u = b.node(OpKind::Conv, &[r, w2], 1, vec![])[0];
+            let wide_pads = b.ints("wp", &[0, 0, 0, 0, 0, 0, 0, 1]);
+            let wide = b.node(OpKind::Pad, &[r, wide_pads], 1, vec![])[0];
+            let cut = b.ints("cut", &[0, 0, 0, 0, 0, 0, 0, -1]);
+            let back = b.node(OpKind::Pad, &[wide, cut], 1, vec![])[0];
+            let v = b.node(OpKind::Add, &[u, back], 1, vec![])[0];
+            b.output(v);
+            b.model
+        };
+        let x =
+            Tensor::from_f32(vec![1, 2, 4, 5], (0..40).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect());
+        let mut fused = Mem::with_fusion(build(), true).unwrap();
+        let mut plain = Mem::with_fusion(build(), false).unwrap();
+        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
+        // Conv+Pad+Add+Relu is one node; the width Pads stay, their Add fuses into the second Conv.
+        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 4);
+        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 8);
+        let (p, q) = (a[0].1.as_f32().unwrap(), b[0].1.as_f32().unwrap());
+        assert_eq!(a[0].1.shape, b[0].1.shape);
+        for (p, q) in p.iter().zip(q) {
+            assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "{p} vs {q}");
+        }
+    }
+
+    #[test]
     fn session_is_send() {
         fn is_send<T: Send>() {}
         is_send::<Session>();

@@ -168,6 +168,9 @@ struct Conv {
     group: usize,
     /// Applied to the output in the kernel's epilogue (a fused activation node).
     activation: Activation,
+    /// The residual (fourth input) holds only the first output channels; the rest are zero
+    /// (a channel-padding Pad fused away, see [`crate::fuse::RESIDUAL_CHANNEL_PAD`]).
+    residual_channel_pad: bool,
 }
 
 /// ONNX `ConvTranspose`.
@@ -191,7 +194,13 @@ fn parse_group(node: &Node) -> OpResult<usize> {
 
 /// Builds the op for a `Conv` node whose output then goes through `activation`.
 pub fn build_conv(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
-    Ok(Box::new(Conv { window: Window::parse(node)?, group: parse_group(node)?, activation }))
+    let residual_channel_pad = attrs::int(node, crate::fuse::RESIDUAL_CHANNEL_PAD, 0)? != 0;
+    Ok(Box::new(Conv {
+        window: Window::parse(node)?,
+        group: parse_group(node)?,
+        activation,
+        residual_channel_pad,
+    }))
 }
 
 /// Builds the op for a `ConvTranspose` node whose output then goes through `activation`.
@@ -366,6 +375,15 @@ impl Conv {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let (p, shape) = self.geometry(x.shape, w.shape)?;
         let out = match residual(inputs) {
+            Some(r) if self.residual_channel_pad => {
+                let fits = r.shape.len() == shape.len()
+                    && r.shape[1] <= shape[1]
+                    && r.shape.iter().zip(&shape).enumerate().all(|(i, (a, b))| i == 1 || a == b);
+                if !fits {
+                    op_bail!("channel-padded residual of shape {:?} does not fit output {shape:?}", r.shape);
+                }
+                shape.clone()
+            }
             Some(r) => broadcast_shapes(&shape, r.shape)?,
             None => shape.clone(),
         };
@@ -384,7 +402,10 @@ impl Op for Conv {
         match self.shapes(inputs) {
             // A residual of another shape is added by broadcasting, after the convolution wrote
             // its own output to scratch.
-            Ok((p, conv, out)) if conv != out || residual(inputs).is_some_and(|r| r.shape != conv) => {
+            Ok((p, conv, out))
+                if !self.residual_channel_pad
+                    && (conv != out || residual(inputs).is_some_and(|r| r.shape != conv)) =>
+            {
                 Kernels::default().conv2d_scratch_len(&p) + conv.iter().product::<usize>()
             }
             Ok((p, _, _)) => Kernels::default().conv2d_scratch_len(&p),
@@ -406,7 +427,7 @@ impl Op for Conv {
         let (x, w, act, y) = (&x.f32s()?, &weight.view(), self.activation, &mut *outputs[0].data);
         match residual(inputs) {
             None => ctx.kernels.conv2d(x, w, b.as_deref(), &p, act, y, scratch),
-            Some(r) if r.shape == &conv_shape[..] => {
+            Some(r) if self.residual_channel_pad || r.shape == &conv_shape[..] => {
                 ctx.kernels.conv2d_add(x, w, b.as_deref(), &r.f32s()?, &p, act, y, scratch)
             }
             Some(r) => {
