@@ -327,7 +327,7 @@ impl Layer<'_, '_> {
                     // Whole padded rows, except that the last stops at the last real column.
                     let n = (sr - 1) * slab.wq + p.out_w;
                     let acc = &mut acc[..m * n];
-                    acc.fill(0.0);
+                    crate::zero(acc);
                     (self.isa.gemm_rows_at)(a, k_len, &planes[s0 * slab.wq..], offsets, n, acc, n);
                     let first_row = oy0 - rows.start + s0;
                     for (r, arow) in acc.chunks_exact(n).enumerate() {
@@ -440,7 +440,7 @@ impl Slab {
         let (sh, sw) = (p.stride_h, p.stride_w);
         let plane_len = self.hq * self.wq;
         let planes = &mut planes[..p.in_per_group() * self.len()];
-        planes.fill(0.0);
+        crate::zero(planes);
         // Padded rows lo.. of the slab; lo is a multiple of the stride, so phases are kept.
         let lo = oy0 * sh;
         let span = reach(self.rows, sh, p.k_h, p.dil_h);

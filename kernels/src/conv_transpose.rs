@@ -136,7 +136,7 @@ impl Layer<'_, '_> {
         while t0 < in_plane {
             let t = tile.min(in_plane - t0);
             let z = &mut product[..rows * t];
-            z.fill(0.0);
+            crate::zero(z);
             (self.isa.gemm_rows)(panel, cin_g, &xg[t0..], in_plane, t, z, t);
             for (ocl, yplane) in y.chunks_exact_mut(p.out_h * p.out_w).enumerate() {
                 scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);

@@ -264,9 +264,26 @@ pub(crate) fn check_min_len(what: &'static str, got: usize, expected: usize) -> 
     Ok(())
 }
 
+/// Sets every element of `xs` to 0.0 with one `memset`. (`fill(0.0)` on f32 slices was
+/// compiled as a 16-byte store loop, measured at a quarter of BlazeFace's conv setup time.)
+pub(crate) fn zero(xs: &mut [f32]) {
+    // SAFETY: `xs` is a valid, exclusively borrowed region of `xs.len()` f32s, and the all-zero
+    // bit pattern is the f32 value 0.0, so every element is left initialised to 0.0.
+    unsafe { std::ptr::write_bytes(xs.as_mut_ptr(), 0, xs.len()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_clears_exactly_the_slice() {
+        let mut v = [f32::NAN; 37];
+        zero(&mut v[3..30]);
+        assert!(v[3..30].iter().all(|&x| x == 0.0 && x.is_sign_positive()));
+        assert!(v[..3].iter().chain(&v[30..]).all(|x| x.is_nan()));
+        zero(&mut []);
+    }
 
     #[test]
     fn kernel_sets_report_their_path_and_threads() {
