@@ -55,6 +55,7 @@ impl Activation {
     /// `src` that start `src_pitch` apart, plus the same rows of `residual` (laid out like `dst`)
     /// if given: one pass that drops the padding columns of an accumulator and applies the whole
     /// epilogue, with the variant chosen once, not per row.
+    #[inline(always)]
     pub fn store_rows(
         self,
         src: &[f32],
@@ -120,6 +121,7 @@ impl Activation {
     }
 
     /// Applies the activation in place.
+    #[inline(always)]
     pub fn apply_slice(self, xs: &mut [f32]) {
         // One loop per variant, so each body is branch-free and the compiler vectorises it
         // (a per-element `match` would not be).
@@ -144,7 +146,7 @@ impl Activation {
 ///
 /// Branch-free on [`exp_neg_abs`], so loops over it vectorise (libm's `expf` is a call per
 /// element: PP-OCRv4's 205 Ki-element output map took 1 ms per run on it).
-#[inline]
+#[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     // e = exp(-|x|) <= 1; sigmoid(|x|) = 1 / (1 + e), sigmoid(-|x|) = e / (1 + e).
     let e = exp_neg_abs(x);
@@ -155,7 +157,7 @@ pub fn sigmoid(x: f32) -> f32 {
 /// `exp(-|x|)`, relative error below 3e-7 (0 past `|x|` = 87.3, where the result would be
 /// denormal), NaN for NaN. A Cephes-style reduction `exp(r) * 2^n` with a degree-6 polynomial,
 /// using only arithmetic and bit operations that vectorise.
-#[inline]
+#[inline(always)]
 pub fn exp_neg_abs(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so n * LN2_HI is exact for |n| < 2^11.

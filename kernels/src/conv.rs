@@ -270,7 +270,7 @@ impl Layer<'_, '_> {
                 }
                 (self.isa.gemm_rows)(a, k, &xg[t0..], plane, t, &mut yblock[t0..], plane);
                 for yplane in yblock.chunks_exact_mut(plane) {
-                    self.act.apply_slice(&mut yplane[t0..t0 + t]);
+                    (self.isa.activate)(self.act, &mut yplane[t0..t0 + t]);
                 }
                 t0 += t;
             }
@@ -337,7 +337,7 @@ impl Layer<'_, '_> {
                         let res = residual
                             .and_then(|res| res.plane(oc + r, p.out_h * p.out_w))
                             .map(|plane| &plane[first..][..sr * p.out_w]);
-                        self.act.store_rows(arow, slab.wq, bias, res, dst, p.out_w);
+                        (self.isa.store_rows)(self.act, arow, slab.wq, bias, res, dst, p.out_w);
                     }
                     s0 += sr;
                 }

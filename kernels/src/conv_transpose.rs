@@ -112,7 +112,7 @@ impl Layer<'_, '_> {
             self.block(xg, g, oc - g * cout_g..end - g * cout_g, yblock, scratch);
             oc = end;
         }
-        self.act.apply_slice(y);
+        (self.isa.activate)(self.act, y);
     }
 
     /// Adds the contribution of group `g`'s input `xg` to its local output channels `ocls`.

@@ -89,7 +89,7 @@ pub fn gemm(
                         (isa.axpy)(yrow, a[i * k + kk], &wrow[..n]);
                     }
                 }
-                act.apply_slice(ys);
+                (isa.activate)(act, ys);
             });
         }
     }

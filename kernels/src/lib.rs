@@ -145,6 +145,12 @@ impl Kernels {
         parallel::split_elements(self, out, min_len, f)
     }
 
+    /// Applies `act` to `xs` in place with this kernel set's path (the runtime's element-wise
+    /// ops use it for their fused activations).
+    pub fn activate(&self, act: Activation, xs: &mut [f32]) {
+        (self.isa.activate)(act, xs)
+    }
+
     /// f32 scratch elements [`Kernels::conv2d`] needs for `p`: one share per worker thread.
     pub fn conv2d_scratch_len(&self, p: &Conv2dParams) -> usize {
         conv::scratch_len(p) * self.threads

@@ -87,6 +87,44 @@ fn gemm_rows_at_rejects_offsets_past_b() {
 }
 
 #[test]
+fn epilogues_match_scalar_for_every_activation() {
+    use crate::Activation;
+    let acts = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Clip { min: -0.5, max: 1.5 },
+        Activation::LeakyRelu(0.1),
+        Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
+        Activation::HardSwish,
+        Activation::Sigmoid,
+    ];
+    let mut rng = Rng::new(17);
+    for isa in simd_paths() {
+        for act in acts {
+            for (width, rows) in [(1, 1), (7, 3), (16, 2), (33, 5), (64, 1)] {
+                let pitch = width + rng.below(4);
+                let src: Vec<f32> = rng.vec((rows - 1) * pitch + width).iter().map(|v| v * 12.0).collect();
+                let residual = rng.vec(rows * width);
+                for res in [None, Some(&residual[..])] {
+                    let (mut want, mut got) = (vec![f32::NAN; rows * width], vec![f32::NAN; rows * width]);
+                    (scalar::ISA.store_rows)(act, &src, pitch, 0.25, res, &mut want, width);
+                    (isa.store_rows)(act, &src, pitch, 0.25, res, &mut got, width);
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(close(*g, *w, 4.0), "{} {act:?} store width {width}: {g} vs {w}", isa.name);
+                    }
+                }
+                let (mut want, mut got) = (src.clone(), src.clone());
+                (scalar::ISA.activate)(act, &mut want);
+                (isa.activate)(act, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(close(*g, *w, 4.0), "{} {act:?} activate: {g} vs {w}", isa.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn dot_and_axpy_match_scalar() {
     let mut rng = Rng::new(12);
     for isa in simd_paths() {

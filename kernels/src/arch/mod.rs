@@ -9,6 +9,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub(crate) mod epilogue;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;
@@ -33,6 +34,19 @@ pub struct Isa {
     /// input planes listed once per layer instead of being copied into an unfolded matrix.
     #[allow(clippy::type_complexity)]
     pub gemm_rows_at: fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize),
+    /// [`crate::Activation::store_rows`], compiled for this path.
+    #[allow(clippy::type_complexity)]
+    pub store_rows: fn(
+        act: crate::Activation,
+        src: &[f32],
+        src_pitch: usize,
+        bias: f32,
+        residual: Option<&[f32]>,
+        dst: &mut [f32],
+        width: usize,
+    ),
+    /// [`crate::Activation::apply_slice`], compiled for this path.
+    pub activate: fn(act: crate::Activation, xs: &mut [f32]),
     /// Dot product over the common length.
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
     /// `y[i] += a * x[i]` over the common length.

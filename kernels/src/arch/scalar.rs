@@ -3,7 +3,16 @@
 use super::Isa;
 
 /// The scalar path's micro-kernels.
-pub const ISA: Isa = Isa { name: "scalar", gemm_rows, gemm_rows_at, dot, axpy, dot_packed };
+pub const ISA: Isa = Isa {
+    name: "scalar",
+    gemm_rows,
+    gemm_rows_at,
+    store_rows: super::epilogue::store_rows_plain,
+    activate: super::epilogue::activate_plain,
+    dot,
+    axpy,
+    dot_packed,
+};
 
 /// See [`Isa::gemm_rows`].
 pub fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {

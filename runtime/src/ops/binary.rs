@@ -230,7 +230,7 @@ fn zip_f32(
             Kind::PRelu => bc.zip(x, y, start, part, |x, s| if x < 0.0 { s * x } else { x }),
         }
         // While the part is still in cache.
-        act.apply_slice(part);
+        ctx.kernels.activate(act, part);
     });
 }
 

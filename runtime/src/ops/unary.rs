@@ -132,7 +132,7 @@ impl Op for Unary {
         };
         ctx.kernels.for_each_part(y, PARALLEL_MIN_ELEMENTS, |start, part| {
             part.copy_from_slice(&x[start..start + part.len()]);
-            act.apply_slice(part);
+            ctx.kernels.activate(act, part);
         });
         Ok(())
     }

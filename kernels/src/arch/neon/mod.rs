@@ -16,7 +16,16 @@ pub fn neon() -> Option<Isa> {
     std::arch::is_aarch64_feature_detected!("neon").then_some(ISA)
 }
 
-const ISA: Isa = Isa { name: "neon", gemm_rows, gemm_rows_at, dot, axpy, dot_packed: packed::dot_packed };
+const ISA: Isa = Isa {
+    name: "neon",
+    gemm_rows,
+    gemm_rows_at,
+    store_rows: super::epilogue::store_rows_plain,
+    activate: super::epilogue::activate_plain,
+    dot,
+    axpy,
+    dot_packed: packed::dot_packed,
+};
 
 /// Rows of `a` (and `c`) one register block covers.
 const MR: usize = 4;

@@ -7,7 +7,16 @@ use super::bounds;
 use crate::arch::{gemm_rows_at_check, scalar, BRows, Isa, Listed, Strided};
 
 /// The AVX2 path. Private: only [`super::avx2`] hands it out, after feature detection.
-pub(super) const ISA: Isa = Isa { name: "avx2", gemm_rows, gemm_rows_at, dot, axpy, dot_packed };
+pub(super) const ISA: Isa = Isa {
+    name: "avx2",
+    gemm_rows,
+    gemm_rows_at,
+    store_rows: crate::arch::epilogue::x86::store_rows_avx2,
+    activate: crate::arch::epilogue::x86::activate_avx2,
+    dot,
+    axpy,
+    dot_packed,
+};
 
 /// Rows per register block of `gemm_rows`: 6 rows × 2 vectors = 12 accumulators of 16 registers.
 const MR: usize = 6;

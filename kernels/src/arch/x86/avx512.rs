@@ -7,7 +7,16 @@ use super::bounds;
 use crate::arch::{gemm_rows_at_check, scalar, BRows, Isa, Listed, Strided};
 
 /// The AVX-512 path. Private: only [`super::avx512`] hands it out, after feature detection.
-pub(super) const ISA: Isa = Isa { name: "avx512", gemm_rows, gemm_rows_at, dot, axpy, dot_packed };
+pub(super) const ISA: Isa = Isa {
+    name: "avx512",
+    gemm_rows,
+    gemm_rows_at,
+    store_rows: crate::arch::epilogue::x86::store_rows_avx512,
+    activate: crate::arch::epilogue::x86::activate_avx512,
+    dot,
+    axpy,
+    dot_packed,
+};
 
 /// Rows per register block of `gemm_rows`: 8 rows × 2 vectors = 16 accumulators of 32 registers.
 const MR: usize = 8;
