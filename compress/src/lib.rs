@@ -137,8 +137,6 @@ fn prepare(onnx: &[u8]) -> Result<WorkModel, CompressError> {
     let folded = passes::fold::fold_constants(&mut work);
     let bns = passes::bn_fold::fold_batch_norms(&mut work);
     let affines = passes::affine::fold_affine(&mut work);
-    // A bias Add folded into a ConvTranspose can expose the BatchNorm after it (PP-OCRv4's head).
-    let bns = bns + passes::bn_fold::fold_batch_norms(&mut work);
     let hardswishes = passes::hardswish::fuse_hardswish(&mut work);
     let affines = affines + passes::affine::fold_affine_into_pointwise(&mut work);
     let dead = passes::dce::eliminate_dead(&mut work);
