@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use pith_format::ir::Dim;
-use pith_runtime::exec::OpTime;
+use pith_runtime::exec::{NodeTime, OpTime};
 use pith_runtime::session::{Session, SessionOptions};
 use pith_runtime::Tensor;
 
@@ -161,6 +161,7 @@ fn run_model(
             session.run(&run_feeds)?;
         }
         print_profile(&session.profile(), iters)?;
+        print_slowest_nodes(&session.node_profile(), iters)?;
     }
     Ok(())
 }
@@ -181,6 +182,28 @@ fn print_profile(profile: &[OpTime], runs: usize) -> Result<()> {
         )?;
     }
     writeln!(out, "op=all ms_per_run={:.3}", total * 1e3 / runs.max(1) as f64)?;
+    Ok(())
+}
+
+/// Nodes listed by `--profile` after the per-kind lines.
+const SLOWEST_NODES: usize = 10;
+
+/// The [`SLOWEST_NODES`] most expensive nodes, one line each:
+/// `node=<name> op=… ms_per_run=… share=…%` (share of all nodes' time).
+fn print_slowest_nodes(nodes: &[NodeTime], runs: usize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let total: f64 = nodes.iter().map(|t| t.total.as_secs_f64()).sum();
+    for t in nodes.iter().take(SLOWEST_NODES) {
+        let secs = t.total.as_secs_f64();
+        writeln!(
+            out,
+            "node={} op={} ms_per_run={:.3} share={:.1}%",
+            t.name,
+            t.op,
+            secs * 1e3 / runs.max(1) as f64,
+            100.0 * secs / total.max(f64::MIN_POSITIVE)
+        )?;
+    }
     Ok(())
 }
 

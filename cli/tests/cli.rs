@@ -153,6 +153,15 @@ fn bench_profile_prints_one_line_per_operator_kind() {
     assert!(ops.iter().any(|l| l.starts_with("MaxPool ")), "{out}");
     let fused = ["Relu ", "Add ", "Pad "];
     assert!(!ops.iter().any(|l| fused.iter().any(|f| l.starts_with(f))), "fused: {out}");
+    // Then the ten slowest nodes, most expensive first.
+    let nodes: Vec<&str> = out.lines().filter(|l| l.starts_with("node=")).collect();
+    assert_eq!(nodes.len(), 10, "{out}");
+    let ms: Vec<f64> = nodes
+        .iter()
+        .map(|l| l.split("ms_per_run=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(ms.windows(2).all(|w| w[0] >= w[1]), "{out}");
+    assert!(nodes.iter().all(|l| l.contains(" op=")), "{out}");
     assert!(ops.last().unwrap().starts_with("all ms_per_run="), "{out}");
     let o = pith(&["bench", "--gemv", "8x8", "--bits", "4", "--profile"]);
     assert!(!o.status.success() && stderr(&o).contains("--profile"), "{}", stderr(&o));

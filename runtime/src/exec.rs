@@ -47,6 +47,12 @@ pub trait Backend: Send + std::fmt::Debug {
     fn profile(&self) -> Vec<OpTime> {
         Vec::new()
     }
+
+    /// Time per node (index into the job's graph, total over the profiled runs), in node order;
+    /// empty when profiling is off or the backend does not time ops.
+    fn node_profile(&self) -> Vec<(usize, Duration)> {
+        Vec::new()
+    }
 }
 
 /// Time spent in one operator kind (an activation fused into a convolution counts as the
@@ -61,6 +67,18 @@ pub struct OpTime {
     pub total: Duration,
 }
 
+/// Time spent in one node over the profiled runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTime {
+    /// Node name (ONNX), or `#<index>` when the node has none.
+    pub name: String,
+    /// ONNX operator name. A node that absorbed others (a Conv with a fused residual Add and
+    /// activation) keeps its own op and name.
+    pub op: &'static str,
+    /// Wall time inside the node, summed over the runs.
+    pub total: Duration,
+}
+
 /// The CPU backend: one f32 arena for all activations, one scratch buffer shared by all ops
 /// (a share per worker thread).
 #[derive(Debug, Default)]
@@ -69,6 +87,8 @@ pub struct CpuBackend {
     scratch: Vec<f32>,
     /// Per-op-kind (calls, time) while profiling.
     profile: Option<BTreeMap<&'static str, (usize, Duration)>>,
+    /// Per-node time while profiling (grown to the graph's node count).
+    node_times: Vec<Duration>,
 }
 
 impl CpuBackend {
@@ -145,6 +165,11 @@ impl Backend for CpuBackend {
 
     fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(BTreeMap::new);
+        self.node_times.clear();
+    }
+
+    fn node_profile(&self) -> Vec<(usize, Duration)> {
+        self.node_times.iter().copied().enumerate().collect()
     }
 
     fn profile(&self) -> Vec<OpTime> {
@@ -231,9 +256,14 @@ impl Backend for CpuBackend {
                 .run(&args, &mut outs, &mut self.scratch[..scratch_len], ctx)
                 .map_err(|e| node_error(node, ni, e))?;
             if let (Some(start), Some(profile)) = (start, self.profile.as_mut()) {
+                let took = start.elapsed();
                 let entry = profile.entry(node.op.onnx_name()).or_default();
                 entry.0 += 1;
-                entry.1 += start.elapsed();
+                entry.1 += took;
+                if self.node_times.len() <= ni {
+                    self.node_times.resize(ni + 1, Duration::ZERO);
+                }
+                self.node_times[ni] += took;
             }
         }
 

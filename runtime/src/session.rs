@@ -11,7 +11,7 @@ use pith_format::PithFile;
 use pith_kernels::{Activation, Kernels};
 
 use crate::error::{Result, RuntimeError};
-use crate::exec::{Backend, CpuBackend, Job, OpTime};
+use crate::exec::{Backend, CpuBackend, Job, NodeTime, OpTime};
 use crate::fuse::{self, Fused};
 use crate::ops::{self, ExecCtx, Op};
 pub use crate::plan::PlanSummary;
@@ -66,6 +66,25 @@ impl Session {
     /// expensive first (empty when profiling is off).
     pub fn profile(&self) -> Vec<OpTime> {
         self.engine.backend.profile()
+    }
+
+    /// Time per node of the session's (fused) graph over the runs since
+    /// [`Session::set_profiling`]`(true)`, most expensive first (empty when profiling is off).
+    pub fn node_profile(&self) -> Vec<NodeTime> {
+        let nodes = &self.engine.graph.nodes;
+        let mut out: Vec<NodeTime> = self
+            .engine
+            .backend
+            .node_profile()
+            .into_iter()
+            .filter_map(|(i, total)| {
+                let node = nodes.get(i)?;
+                let name = if node.name.is_empty() { format!("#{i}") } else { node.name.clone() };
+                Some(NodeTime { name, op: node.op.onnx_name(), total })
+            })
+            .collect();
+        out.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));
+        out
     }
 
     /// The model.
