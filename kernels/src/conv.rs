@@ -128,7 +128,13 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
     if p.groups == 0 {
         return 1; // rejected by `check`
     }
-    let per = if p.is_pointwise() { panel_rows(p) * p.filter_len() } else { Slab::new(p).scratch_len(p) };
+    let per = if crate::winograd::applies(p) {
+        crate::winograd::scratch_len(p)
+    } else if p.is_pointwise() {
+        panel_rows(p) * p.filter_len()
+    } else {
+        Slab::new(p).scratch_len(p)
+    };
     per.max(1)
 }
 
@@ -181,6 +187,18 @@ pub fn conv2d(
         let layout = crate::gemm::WeightLayout::NK;
         return crate::gemm::gemm(kernels, x, p.batch, p.in_c, p.out_c, w, layout, bias, act, y, scratch);
     }
+    if crate::winograd::applies(p) {
+        let layer = crate::winograd::Winograd { isa: kernels.isa(), rows: &rows, bias, act, p };
+        let (image, row_work) = (p.out_c * out_plane, p.out_c * p.out_w * p.filter_len());
+        for (b, yb) in y.chunks_exact_mut(image).enumerate() {
+            let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+            let rb = residual.map(|r| (&r[b * rc * out_plane..][..rc * out_plane], rc));
+            split_rows(kernels, p.out_h, p.out_w, row_work, 2, yb, scratch, per_task, |rows, planes, s| {
+                layer.run(xb, rb, rows, planes, s)
+            });
+        }
+        return Ok(());
+    }
     let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
     let slab = (!p.is_pointwise()).then(|| Slab::new(p));
     let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
@@ -205,9 +223,17 @@ pub fn conv2d(
             // only its part of the input and decodes its filters once.
             Some(slab) => {
                 let row_work = p.out_c * p.out_w * p.filter_len();
-                split_rows(kernels, p.out_h, p.out_w, row_work, yb, scratch, per_task, |rows, planes, s| {
-                    layer.shifted(slab, &offsets, xb, rb, 0..p.out_c, rows, planes, s)
-                })
+                split_rows(
+                    kernels,
+                    p.out_h,
+                    p.out_w,
+                    row_work,
+                    1,
+                    yb,
+                    scratch,
+                    per_task,
+                    |rows, planes, s| layer.shifted(slab, &offsets, xb, rb, 0..p.out_c, rows, planes, s),
+                )
             }
         }
     }
@@ -785,6 +811,38 @@ mod tests {
                     &format!("{kernels:?} stride {stride}, residual then activation"),
                 );
             }
+        }
+    }
+
+    #[test]
+    fn winograd_matches_the_reference_on_odd_extents_pads_and_threads() {
+        let mut rng = Rng::new(31);
+        let sets = kernel_sets();
+        let kind = WeightKind::Codebook(4, pith_format::ir::CodebookKind::PerRow, false);
+        // (in_h, in_w, pad_top, pad_left, pad_bottom, pad_right): odd and even outputs, no
+        // padding, one-sided padding, and padding wider than a tile.
+        for (in_h, in_w, pt, pl, pb, pr) in [(9, 13, 1, 1, 1, 1), (8, 10, 0, 0, 0, 0), (7, 12, 2, 0, 1, 2)] {
+            let p = Conv2dParams {
+                batch: 2,
+                in_c: 17,
+                in_h,
+                in_w,
+                out_c: 9,
+                out_h: in_h + pt + pb - 2,
+                out_w: in_w + pl + pr - 2,
+                k_h: 3,
+                k_w: 3,
+                stride_h: 1,
+                stride_w: 1,
+                pad_top: pt,
+                pad_left: pl,
+                dil_h: 1,
+                dil_w: 1,
+                groups: 1,
+            };
+            assert!(crate::winograd::applies(&p), "{p:?}");
+            check_all_paths(&mut rng, &sets, &p, kind, true);
+            check_all_paths(&mut rng, &sets, &p, WeightKind::F32, false);
         }
     }
 

@@ -24,6 +24,7 @@ mod parallel;
 mod pool;
 #[cfg(test)]
 mod testutil;
+mod winograd;
 
 pub use activation::Activation;
 pub use conv::Conv2dParams;

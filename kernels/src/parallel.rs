@@ -56,7 +56,8 @@ fn claim<T>(parts: &[Mutex<Option<T>>], t: usize) -> Option<T> {
 
 /// Runs `f(rows, parts, scratch_part)` over contiguous ranges of the `plane_rows` rows (of
 /// `row_len` elements) of every plane of `y` (`y.len()` a multiple of `plane_rows * row_len`):
-/// `parts[i]` is rows `rows` of plane `i`. Ranges hold at least `kernels.min_task_work`
+/// `parts[i]` is rows `rows` of plane `i`; ranges start at multiples of `align` rows. Ranges hold
+/// at least `kernels.min_task_work`
 /// multiply-adds (`row_work` per row, over all planes); each call gets its own `per_task`
 /// elements of `scratch`, which must hold `kernels.threads() * per_task`.
 ///
@@ -67,6 +68,7 @@ pub(crate) fn split_rows<F>(
     plane_rows: usize,
     row_len: usize,
     row_work: usize,
+    align: usize,
     y: &mut [f32],
     scratch: &mut [f32],
     per_task: usize,
@@ -81,7 +83,9 @@ pub(crate) fn split_rows<F>(
     if plane == 0 {
         return;
     }
-    let per_rows = plane_rows.div_ceil(tasks);
+    // Ranges start at multiples of `align` rows (Winograd's 2-row output tiles).
+    let per_rows = plane_rows.div_ceil(tasks).next_multiple_of(align.max(1));
+    let tasks = plane_rows.div_ceil(per_rows).max(1);
     // Each plane's rows, cut at the same row boundaries and dealt out to the tasks.
     let mut parts: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::new()).collect();
     for mut rest in y.chunks_exact_mut(plane) {
@@ -189,7 +193,7 @@ mod tests {
             let mut y = vec![-1.0f32; planes * rows * row_len];
             let seen = Mutex::new(Vec::new());
             let mut scratch = vec![0.0; 3 * 2];
-            split_rows(&k, rows, row_len, row_work, &mut y, &mut scratch, 2, |r, parts, s| {
+            split_rows(&k, rows, row_len, row_work, 1, &mut y, &mut scratch, 2, |r, parts, s| {
                 assert_eq!(parts.len(), planes);
                 assert!(s.len() >= 2);
                 for (i, part) in parts.iter_mut().enumerate() {
