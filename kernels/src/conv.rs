@@ -353,7 +353,6 @@ impl Layer<'_, '_> {
                     // Whole padded rows, except that the last stops at the last real column.
                     let n = (sr - 1) * slab.wq + p.out_w;
                     let acc = &mut acc[..m * n];
-                    crate::zero(acc);
                     (self.isa.gemm_rows_at)(a, k_len, &planes[s0 * slab.wq..], offsets, n, acc, n);
                     let first_row = oy0 - rows.start + s0;
                     for (r, arow) in acc.chunks_exact(n).enumerate() {

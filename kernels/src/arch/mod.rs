@@ -29,9 +29,10 @@ pub struct Isa {
     /// `ldb` = dilation); rows of `c` may not when there are several.
     #[allow(clippy::type_complexity)] // the full signature documents the contract best
     pub gemm_rows: fn(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize),
-    /// [`Isa::gemm_rows`] with row `p` of `b` at `b[offs[p]..][..n]` (`offs.len() >= k`): the
-    /// implicit-GEMM form of a convolution, whose "column" rows are shifted views of zero-padded
-    /// input planes listed once per layer instead of being copied into an unfolded matrix.
+    /// `c[i * ldc + j] = sum_p a[i * k + p] * b[offs[p] + j]` (overwriting `c`, unlike
+    /// [`Isa::gemm_rows`]) with `offs.len() >= k`: the implicit-GEMM form of a convolution, whose
+    /// "column" rows are shifted views of zero-padded input planes listed once per layer instead
+    /// of being copied into an unfolded matrix.
     #[allow(clippy::type_complexity)]
     pub gemm_rows_at: fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize),
     /// [`crate::Activation::store_rows`], compiled for this path.
@@ -60,6 +61,9 @@ pub struct Isa {
 /// How a micro-kernel finds row `p` of its `b` operand: a fixed stride or a list of offsets.
 /// Monomorphised into each path's register-blocked loop, so both forms share one kernel.
 pub(crate) trait BRows: Copy {
+    /// Whether the kernel adds to `c` (`gemm_rows`) or overwrites it (`gemm_rows_at`).
+    const ACCUMULATE: bool;
+
     /// Element offset of row `p` from the start of `b`.
     ///
     /// # Safety
@@ -72,6 +76,7 @@ pub(crate) trait BRows: Copy {
 pub(crate) struct Strided(pub usize);
 
 impl BRows for Strided {
+    const ACCUMULATE: bool = true;
     #[inline(always)]
     unsafe fn offset(self, p: usize) -> usize {
         p * self.0
@@ -83,6 +88,7 @@ impl BRows for Strided {
 pub(crate) struct Listed(pub *const usize);
 
 impl BRows for Listed {
+    const ACCUMULATE: bool = false;
     #[inline(always)]
     unsafe fn offset(self, p: usize) -> usize {
         // SAFETY: the caller guarantees `p < k` and the list holds at least `k` offsets.

@@ -34,6 +34,7 @@ pub fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c:
     }
     for (i, arow) in a.chunks_exact(k).enumerate() {
         let crow = &mut c[i * ldc..i * ldc + n];
+        crow.fill(0.0);
         for (&w, &o) in arow.iter().zip(&offs[..k]) {
             axpy(crow, w, &b[o..o + n]);
         }

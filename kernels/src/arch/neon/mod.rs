@@ -105,9 +105,11 @@ unsafe fn gemm_block<const R: usize, B: BRows>(
     let mut j = 0;
     while j + 16 <= n {
         let mut acc = [[vdupq_n_f32(0.0); 4]; R];
-        for (r, row) in acc.iter_mut().enumerate() {
-            for (v, lane) in row.iter_mut().enumerate() {
-                *lane = vld1q_f32(c.add(r * ldc + j + 4 * v));
+        if B::ACCUMULATE {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, lane) in row.iter_mut().enumerate() {
+                    *lane = vld1q_f32(c.add(r * ldc + j + 4 * v));
+                }
             }
         }
         for p in 0..k {
@@ -129,8 +131,10 @@ unsafe fn gemm_block<const R: usize, B: BRows>(
     }
     while j + 4 <= n {
         let mut acc = [vdupq_n_f32(0.0); R];
-        for (r, lane) in acc.iter_mut().enumerate() {
-            *lane = vld1q_f32(c.add(r * ldc + j));
+        if B::ACCUMULATE {
+            for (r, lane) in acc.iter_mut().enumerate() {
+                *lane = vld1q_f32(c.add(r * ldc + j));
+            }
         }
         for p in 0..k {
             let bq = vld1q_f32(b.add(rows.offset(p) + j));
@@ -145,7 +149,7 @@ unsafe fn gemm_block<const R: usize, B: BRows>(
     }
     for col in j..n {
         for r in 0..R {
-            let mut s = *c.add(r * ldc + col);
+            let mut s = if B::ACCUMULATE { *c.add(r * ldc + col) } else { 0.0 };
             for p in 0..k {
                 s += *a.add(r * k + p) * *b.add(rows.offset(p) + col);
             }

@@ -123,8 +123,13 @@ unsafe fn tile<const R: usize, B: BRows>(
             }
             for (r, acc) in acc.iter().enumerate() {
                 let cp = c.add(r * ldc);
-                _mm256_storeu_ps(cp, _mm256_add_ps(_mm256_loadu_ps(cp), acc[0]));
-                _mm256_storeu_ps(cp.add(8), _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), acc[1]));
+                if B::ACCUMULATE {
+                    _mm256_storeu_ps(cp, _mm256_add_ps(_mm256_loadu_ps(cp), acc[0]));
+                    _mm256_storeu_ps(cp.add(8), _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), acc[1]));
+                } else {
+                    _mm256_storeu_ps(cp, acc[0]);
+                    _mm256_storeu_ps(cp.add(8), acc[1]);
+                }
             }
         } else {
             let (m0, m1) = (lane_mask(w), lane_mask(w.saturating_sub(8)));
@@ -139,9 +144,15 @@ unsafe fn tile<const R: usize, B: BRows>(
             }
             for (r, acc) in acc.iter().enumerate() {
                 let cp = c.add(r * ldc);
-                let c0 = _mm256_add_ps(_mm256_maskload_ps(cp, m0), acc[0]);
+                let (c0, c1) = if B::ACCUMULATE {
+                    (
+                        _mm256_add_ps(_mm256_maskload_ps(cp, m0), acc[0]),
+                        _mm256_add_ps(_mm256_maskload_ps(cp.add(8), m1), acc[1]),
+                    )
+                } else {
+                    (acc[0], acc[1])
+                };
                 _mm256_maskstore_ps(cp, m0, c0);
-                let c1 = _mm256_add_ps(_mm256_maskload_ps(cp.add(8), m1), acc[1]);
                 _mm256_maskstore_ps(cp.add(8), m1, c1);
             }
         }

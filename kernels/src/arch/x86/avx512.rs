@@ -144,7 +144,11 @@ unsafe fn tile<const R: usize, const V: usize, B: BRows>(
         for (r, acc) in acc.iter().enumerate() {
             let cp = c.add(r * ldc);
             for (v, (&acc, &mask)) in acc.iter().zip(&masks).enumerate() {
-                let cv = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cp.add(16 * v)), acc);
+                let cv = if B::ACCUMULATE {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, cp.add(16 * v)), acc)
+                } else {
+                    acc
+                };
                 _mm512_mask_storeu_ps(cp.add(16 * v), mask, cv);
             }
         }
