@@ -30,10 +30,30 @@ fn block_channels(p: &Conv2dParams) -> usize {
     (PANEL_BUDGET / per_channel.max(1)).clamp(1, p.out_per_group().max(1))
 }
 
-/// Input pixels per product tile.
+/// Input pixels per product tile (whole input rows when [`disjoint_rows`]).
 fn tile_pixels(p: &Conv2dParams) -> usize {
     let rows = block_channels(p) * p.k_h * p.k_w;
-    (PRODUCT_BUDGET / rows.max(1)).clamp(1, (p.in_h * p.in_w).max(1))
+    let t = (PRODUCT_BUDGET / rows.max(1)).clamp(1, (p.in_h * p.in_w).max(1));
+    if disjoint_rows(p) {
+        (t / p.in_w.max(1)).max(1) * p.in_w
+    } else {
+        t
+    }
+}
+
+/// Stride equal to the kernel, no dilation, padding or output padding (PP-OCRv4's 2×2 / 2
+/// upsampling): every output gets exactly one tap, and input rows `r0..r1` make exactly output
+/// rows `r0 * k_h .. r1 * k_h`, so a tile of whole input rows can be finished (bias, taps,
+/// activation) while its outputs are in cache.
+fn disjoint_rows(p: &Conv2dParams) -> bool {
+    p.stride_h == p.k_h
+        && p.stride_w == p.k_w
+        && p.dil_h == 1
+        && p.dil_w == 1
+        && p.pad_top == 0
+        && p.pad_left == 0
+        && p.out_h == p.in_h * p.k_h
+        && p.out_w == p.in_w * p.k_w
 }
 
 /// Scratch elements one worker of [`conv_transpose2d`] needs (at least 1): a panel, one decoded
@@ -98,8 +118,11 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
-        for (ocl, yplane) in y.chunks_exact_mut(out_plane).enumerate() {
-            yplane.fill(self.bias.map_or(0.0, |b| b[ocs.start + ocl]));
+        let disjoint = disjoint_rows(p);
+        if !disjoint {
+            for (ocl, yplane) in y.chunks_exact_mut(out_plane).enumerate() {
+                yplane.fill(self.bias.map_or(0.0, |b| b[ocs.start + ocl]));
+            }
         }
         let block = block_channels(p);
         let mut oc = ocs.start;
@@ -112,7 +135,9 @@ impl Layer<'_, '_> {
             self.block(xg, g, oc - g * cout_g..end - g * cout_g, yblock, scratch);
             oc = end;
         }
-        (self.isa.activate)(self.act, y);
+        if !disjoint {
+            (self.isa.activate)(self.act, y);
+        }
     }
 
     /// Adds the contribution of group `g`'s input `xg` to its local output channels `ocls`.
@@ -139,9 +164,45 @@ impl Layer<'_, '_> {
             crate::zero(z);
             (self.isa.gemm_rows)(panel, cin_g, &xg[t0..], in_plane, t, z, t);
             for (ocl, yplane) in y.chunks_exact_mut(p.out_h * p.out_w).enumerate() {
-                scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
+                if disjoint_rows(p) {
+                    // This tile's output rows: bias, its taps, then the activation, in cache.
+                    let rows = (t0 / p.in_w * p.k_h * p.out_w)..((t0 + t) / p.in_w * p.k_h * p.out_w);
+                    let oc = g * p.out_per_group() + ocls.start + ocl;
+                    let bias = self.bias.map_or(0.0, |b| b[oc]);
+                    place_tile(&z[ocl * taps * t..][..taps * t], t, p, bias, &mut yplane[rows.clone()]);
+                    (self.isa.activate)(self.act, &mut yplane[rows]);
+                } else {
+                    scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
+                }
             }
             t0 += t;
+        }
+    }
+}
+
+/// For [`disjoint_rows`] layers: writes one channel's products `z` (`k_h * k_w` rows of `t`
+/// input pixels, whole input rows) plus `bias` into `out`, the output rows they make: output row
+/// `r * k_h + ky` is the taps `(ky, 0..k_w)` of the tile's input row `r`, interleaved.
+fn place_tile(z: &[f32], t: usize, p: &Conv2dParams, bias: f32, out: &mut [f32]) {
+    let (kh, kw, w) = (p.k_h, p.k_w, p.in_w);
+    for (r, orows) in out.chunks_exact_mut(kh * p.out_w).enumerate() {
+        let pix = r * w;
+        for (ky, orow) in orows.chunks_exact_mut(p.out_w).enumerate() {
+            let tap = |kx: usize| &z[(ky * kw + kx) * t + pix..][..w];
+            if kw == 2 {
+                // The common 2x2 / 2 case as one interleaving loop.
+                let (a, b) = (tap(0), tap(1));
+                for ((o, &x0), &x1) in orow.chunks_exact_mut(2).zip(a).zip(b) {
+                    o[0] = x0 + bias;
+                    o[1] = x1 + bias;
+                }
+            } else {
+                for kx in 0..kw {
+                    for (o, &v) in orow[kx..].iter_mut().step_by(kw).zip(tap(kx)) {
+                        *o = v + bias;
+                    }
+                }
+            }
         }
     }
 }
@@ -314,9 +375,39 @@ mod tests {
         };
         assert!(block_channels(&wide) < wide.out_c);
         let kind = WeightKind::Codebook(4, pith_format::ir::CodebookKind::SharedScaled, true);
-        for p in [base, wide] {
+        // Stride equal to the kernel (2x2 / 2 and 3x1 / 3x1), unpadded: tiles of whole input rows
+        // finished one by one, including the last partial tile and grouped channels.
+        let disjoint = Conv2dParams {
+            in_c: 24,
+            in_h: 45,
+            in_w: 33,
+            out_c: 24,
+            out_h: 90,
+            out_w: 66,
+            k_h: 2,
+            k_w: 2,
+            pad_top: 0,
+            pad_left: 0,
+            ..base
+        };
+        let tall = Conv2dParams {
+            k_h: 3,
+            k_w: 1,
+            stride_h: 3,
+            stride_w: 1,
+            out_h: 135,
+            out_w: 33,
+            groups: 3,
+            ..disjoint
+        };
+        assert!(tile_pixels(&disjoint) < disjoint.in_h * disjoint.in_w);
+        for p in [disjoint, tall] {
+            assert!(disjoint_rows(&p) && tile_pixels(&p).is_multiple_of(p.in_w), "{p:?}");
+        }
+        for p in [base, wide, disjoint, tall] {
             check_all_paths(&mut rng, &sets, &p, kind, true);
         }
+        check_all_paths(&mut rng, &sets, &disjoint, WeightKind::F32, false);
     }
 
     #[test]
