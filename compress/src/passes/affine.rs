@@ -157,44 +157,6 @@ fn is_pointwise(conv: &pith_format::ir::Node) -> bool {
     group_one(conv) && no_pads && auto_pad
 }
 
-/// Which output channel each weight element of a `Conv` or `ConvTranspose` belongs to.
-pub(crate) struct OutputChannels {
-    /// Output channels.
-    pub channels: usize,
-    /// Weights per (input channel, output channel) pair: the kernel's taps.
-    taps: usize,
-    /// Axis of the output channel in the weight: 0 for Conv, 1 for ConvTranspose.
-    axis: usize,
-    /// Extent of weight axis 1.
-    dim1: usize,
-}
-
-impl OutputChannels {
-    /// The layout of `conv`'s weight of shape `w` (rank 3 or more); `None` for other ops and for
-    /// grouped ConvTranspose, whose output channels span groups.
-    pub(crate) fn of(conv: &pith_format::ir::Node, w: &[usize]) -> Option<OutputChannels> {
-        if w.len() < 3 {
-            return None;
-        }
-        let axis = match conv.op {
-            OpKind::Conv => 0,
-            OpKind::ConvTranspose if group_one(conv) => 1,
-            _ => return None,
-        };
-        Some(OutputChannels { channels: w[axis], taps: w[2..].iter().product(), axis, dim1: w[1] })
-    }
-
-    /// Output channel of flat weight element `i`.
-    pub(crate) fn channel_of(&self, i: usize) -> usize {
-        let pair = i / self.taps.max(1);
-        if self.axis == 0 {
-            pair / self.dim1.max(1)
-        } else {
-            pair % self.dim1.max(1)
-        }
-    }
-}
-
 /// The node has one group (no `group` attribute, or 1).
 fn group_one(conv: &pith_format::ir::Node) -> bool {
     match conv.attr("group") {
@@ -220,13 +182,7 @@ fn folded_into_input(
     }
     let (m, cin) = (w.shape[0], w.shape[1]);
     let factor = per_channel(f32_const(Some(k))?, cin)?;
-    let old_bias: Vec<f32> = match conv.inputs.get(2).copied().flatten() {
-        Some(b) => {
-            let b = f32_const(Some(b))?.as_f32()?;
-            (b.len() == m).then(|| b.to_vec())?
-        }
-        None => vec![0.0; m],
-    };
+    let old_bias = conv_bias(work, conv, m)?;
     let data = w.as_f32()?;
     if is_mul {
         let new_w: Vec<f32> = data.iter().enumerate().map(|(i, &v)| v * factor[i % cin]).collect();
@@ -258,24 +214,35 @@ fn folded(work: &WorkModel, c: usize, k: ValueId, is_mul: bool) -> Option<(Optio
     if conv.op == OpKind::ConvTranspose && is_mul {
         return None;
     }
-    let layout = OutputChannels::of(conv, &w.shape)?;
-    let (channels, channel_of) = (layout.channels, |i| layout.channel_of(i));
-    let factor = per_channel(f32_const(Some(k))?, channels)?;
-    let old_bias: Vec<f32> = match conv.inputs.get(2).copied().flatten() {
-        Some(b) => {
-            let b = f32_const(Some(b))?.as_f32()?;
-            (b.len() == channels).then(|| b.to_vec())?
-        }
-        None => vec![0.0; channels],
+    // Output channels: a Conv weight's axis 0, a single-group ConvTranspose's axis 1.
+    let channels = match conv.op {
+        OpKind::ConvTranspose if group_one(conv) => w.shape[1],
+        OpKind::ConvTranspose => return None,
+        _ => w.shape[0],
     };
+    let factor = per_channel(f32_const(Some(k))?, channels)?;
+    let old_bias = conv_bias(work, conv, channels)?;
     if is_mul {
         let data = w.as_f32()?;
-        let new_w: Vec<f32> = data.iter().enumerate().map(|(i, &v)| v * factor[channel_of(i)]).collect();
+        let row = data.len() / channels.max(1);
+        let new_w: Vec<f32> = data.iter().enumerate().map(|(i, &v)| v * factor[i / row]).collect();
         let new_b: Vec<f32> = old_bias.iter().zip(&factor).map(|(b, s)| b * s).collect();
         Some((Some(Tensor::from_f32(w.shape.clone(), new_w)), Tensor::from_f32(vec![channels], new_b)))
     } else {
         let new_b: Vec<f32> = old_bias.iter().zip(&factor).map(|(b, t)| b + t).collect();
         Some((None, Tensor::from_f32(vec![channels], new_b)))
+    }
+}
+
+/// The bias of conv node `conv` as `channels` values (zeros without one); `None` when it is not an
+/// f32 constant of that length.
+fn conv_bias(work: &WorkModel, conv: &pith_format::ir::Node, channels: usize) -> Option<Vec<f32>> {
+    match conv.inputs.get(2).copied().flatten() {
+        Some(b) => {
+            let b = work.consts.get(&b)?.as_f32()?;
+            (b.len() == channels).then(|| b.to_vec())
+        }
+        None => Some(vec![0.0; channels]),
     }
 }
 

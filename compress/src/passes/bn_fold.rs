@@ -7,7 +7,6 @@
 use pith_format::ir::{Attr, OpKind, ValueId};
 use pith_runtime::Tensor;
 
-use crate::passes::affine::OutputChannels;
 use crate::work::WorkModel;
 
 /// Folds every foldable Conv → BatchNormalization pair; returns how many were folded.
@@ -62,8 +61,7 @@ fn fused_params(work: &WorkModel, c: usize, n: usize) -> Option<(Tensor, Tensor)
         t.as_f32().map(|_| t)
     };
     let w = f32_const(conv.inputs.get(1))?;
-    let layout = OutputChannels::of(conv, &w.shape)?;
-    let channels = layout.channels;
+    let channels = *w.shape.first()?;
     let per_channel = |t: &Tensor| t.numel() == channels;
     let bias = match conv.inputs.get(2) {
         Some(Some(_)) => Some(f32_const(conv.inputs.get(2)).filter(|t| per_channel(t))?),
@@ -83,8 +81,9 @@ fn fused_params(work: &WorkModel, c: usize, n: usize) -> Option<(Tensor, Tensor)
         return None;
     }
     let w_data = w.as_f32()?;
+    let row = w_data.len() / channels.max(1);
     let new_w: Vec<f32> =
-        w_data.iter().enumerate().map(|(i, &v)| (v as f64 * scale[layout.channel_of(i)]) as f32).collect();
+        w_data.iter().enumerate().map(|(i, &v)| (v as f64 * scale[i / row]) as f32).collect();
     let new_b: Vec<f32> = (0..channels)
         .map(|o| {
             let b = bias.map_or(0.0, |t| t.as_f32().expect("checked f32")[o] as f64);
