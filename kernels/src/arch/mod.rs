@@ -96,6 +96,27 @@ impl BRows for Listed {
     }
 }
 
+/// Checks `gemm_rows` operands (panicking on a caller bug, like slice indexing would) and returns
+/// the row count `a.len() / k`, or `None` when there is nothing to do.
+pub(crate) fn gemm_rows_check(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    ldb: usize,
+    n: usize,
+    c: &[f32],
+    ldc: usize,
+) -> Option<usize> {
+    if k == 0 || n == 0 || a.len() < k {
+        return None;
+    }
+    let m = a.len() / k;
+    // Rows of b may overlap (they are only read); rows of c may not, unless there is one.
+    assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b is too short");
+    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows: c is too short");
+    Some(m)
+}
+
 /// Checks `gemm_rows_at` operands the way the reference's slicing would (panicking on a caller
 /// bug) and returns the row count `a.len() / k`, or `None` when there is nothing to do.
 pub(crate) fn gemm_rows_at_check(

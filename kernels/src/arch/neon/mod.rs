@@ -8,7 +8,7 @@
 
 mod packed;
 
-use super::{gemm_rows_at_check, BRows, Isa, Listed, Strided};
+use super::{gemm_rows_at_check, gemm_rows_check, BRows, Isa, Listed, Strided};
 use std::arch::aarch64::*;
 
 /// The NEON path, if this CPU supports it (always, on aarch64 Linux).
@@ -32,16 +32,9 @@ const MR: usize = 4;
 
 /// See [`Isa::gemm_rows`].
 fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
-    if k == 0 || n == 0 || a.len() < k {
-        return;
-    }
-    let m = a.len() / k;
-    // The bounds the reference's slicing would check, so every pointer below stays in bounds.
-    // Rows of b may overlap (they are only read); rows of c may not, unless there is one.
-    assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b too short");
-    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows: c too short");
-    // SAFETY: NEON was detected before this table was handed out (`neon`); the asserts above
-    // bound every row `gemm_blocks` reads through `Strided(ldb)` and writes.
+    let Some(m) = gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
+    // SAFETY: NEON was detected before this table was handed out (`neon`); the check asserted
+    // the bounds of every row `gemm_blocks` reads through `Strided(ldb)` and writes.
     unsafe { gemm_blocks(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
 }
 
@@ -279,7 +272,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "c too short")]
+    #[should_panic(expected = "c is too short")]
     fn gemm_rows_rejects_overlapping_output_rows() {
         // Several rows of c may not overlap (the x86 paths assert the same contract).
         let (a, b) = (vec![1.0; 6], vec![1.0; 20]);
@@ -288,7 +281,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "c too short")]
+    #[should_panic(expected = "c is too short")]
     fn gemm_rows_panics_like_scalar_on_short_output() {
         let a = vec![1.0; 8];
         let b = vec![1.0; 16];

@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::bounds;
-use crate::arch::{gemm_rows_at_check, scalar, BRows, Isa, Listed, Strided};
+use crate::arch::{gemm_rows_at_check, gemm_rows_check, scalar, BRows, Isa, Listed, Strided};
 
 /// The AVX2 path. Private: only [`super::avx2`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
@@ -43,7 +43,7 @@ fn hsum(v: __m256) -> f32 {
 
 /// See [`Isa::gemm_rows`].
 fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
-    let Some(m) = bounds::gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
+    let Some(m) = gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
     // SAFETY: this table is only reachable after AVX2 + FMA were detected (see `super::avx2`), and
     // `gemm_rows_check` asserted that `a`, `b` and `c` cover every element the kernel touches.
     unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }

@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::bounds;
-use crate::arch::{gemm_rows_at_check, scalar, BRows, Isa, Listed, Strided};
+use crate::arch::{gemm_rows_at_check, gemm_rows_check, scalar, BRows, Isa, Listed, Strided};
 
 /// The AVX-512 path. Private: only [`super::avx512`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
@@ -35,7 +35,7 @@ fn lane_mask(n: usize) -> __mmask16 {
 
 /// See [`Isa::gemm_rows`].
 fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
-    let Some(m) = bounds::gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
+    let Some(m) = gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
     // SAFETY: this table is only reachable after AVX-512 F/BW/VL were detected (see
     // `super::avx512`), and `gemm_rows_check` asserted that the slices cover every access.
     unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }

@@ -1,26 +1,5 @@
 //! Bounds logic shared by the x86 paths: what the unsafe inner loops may assume.
 
-/// Checks `gemm_rows` operands (panicking on a caller bug, like slice indexing would) and returns
-/// the row count `a.len() / k`, or `None` when there is nothing to do.
-pub(super) fn gemm_rows_check(
-    a: &[f32],
-    k: usize,
-    b: &[f32],
-    ldb: usize,
-    n: usize,
-    c: &[f32],
-    ldc: usize,
-) -> Option<usize> {
-    if k == 0 || n == 0 || a.len() < k {
-        return None;
-    }
-    let m = a.len() / k;
-    // Rows of b may overlap (they are only read); rows of c may not, unless there is one.
-    assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b is too short");
-    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows: c is too short");
-    Some(m)
-}
-
 /// Groups of `lanes` indices the vector loop of `dot_packed` may take, or `None` when the input
 /// is unusual (bits outside 1..=8, a short LUT, a short row) and the scalar path should decide.
 ///
