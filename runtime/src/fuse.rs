@@ -1,5 +1,6 @@
-//! Session-time graph rewrite: an activation that only post-processes a convolution's (or an
-//! element-wise `Add`/`Sub`/`Mul`/`Div`'s) output is folded into that node, which then applies it
+//! Session-time graph rewrite: an activation that only post-processes a convolution's (or a
+//! `BatchNormalization`'s, or an element-wise `Add`/`Sub`/`Mul`/`Div`'s) output is folded into
+//! that node, which then applies it
 //! while the output tile is still in cache. This saves one full read and write of the activation
 //! tensor per fused pair (PP-OCRv4 det follows most convolutions with `HardSwish`; BlazeFace
 //! follows each residual `Add` with `Relu`).
@@ -154,7 +155,13 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
     for (i, node) in graph.nodes.iter().enumerate() {
         let producer = matches!(
             node.op,
-            OpKind::Conv | OpKind::ConvTranspose | OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div
+            OpKind::Conv
+                | OpKind::ConvTranspose
+                | OpKind::BatchNormalization
+                | OpKind::Add
+                | OpKind::Sub
+                | OpKind::Mul
+                | OpKind::Div
         );
         if producer && node.outputs.len() == 1 {
             if let Some(slot) = producer_of.get_mut(node.outputs[0] as usize) {

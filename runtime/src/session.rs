@@ -763,6 +763,34 @@ mod tests {
     }
 
     #[test]
+    fn an_activation_fuses_into_a_batch_norm() {
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 2, 3, 3].iter().map(|&d| Dim::Fixed(d)).collect());
+            let p: Vec<ValueId> = [[1.5, -0.5], [0.25, -1.0], [0.1, 0.2], [0.9, 2.0]]
+                .iter()
+                .enumerate()
+                .map(|(i, v)| b.floats(&format!("p{i}"), &[2], v.to_vec()))
+                .collect();
+            let y = b.node(OpKind::BatchNormalization, &[x, p[0], p[1], p[2], p[3]], 1, vec![])[0];
+            let r = b.node(OpKind::Relu, &[y], 1, vec![])[0];
+            b.output(r);
+            b.model
+        };
+        // Both signs in both channels.
+        let x =
+            Tensor::from_f32(vec![1, 2, 3, 3], (0..18).map(|i| ((i * 7 % 18) as f32 - 9.0) / 2.0).collect());
+        let mut fused = Mem::with_fusion(build(), true).unwrap();
+        let mut plain = Mem::with_fusion(build(), false).unwrap();
+        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
+        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 1);
+        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 2);
+        assert_eq!(a, b);
+        let v = a[0].1.as_f32().unwrap();
+        assert!(v.iter().all(|&e| e >= 0.0) && v.contains(&0.0) && v.iter().any(|&e| e > 0.0), "{v:?}");
+    }
+
+    #[test]
     fn session_is_send() {
         fn is_send<T: Send>() {}
         is_send::<Session>();

@@ -174,7 +174,9 @@ pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
 /// convolutions and element-wise `Add`, `Sub`, `Mul`, `Div` take one.
 pub fn build_fused(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
     use OpKind::*;
-    if activation != Activation::None && !matches!(node.op, Conv | ConvTranspose | Add | Sub | Mul | Div) {
+    if activation != Activation::None
+        && !matches!(node.op, Conv | ConvTranspose | BatchNormalization | Add | Sub | Mul | Div)
+    {
         return Err(OpError(format!("{} cannot apply a fused activation", node.op.onnx_name())));
     }
     match node.op {
@@ -182,7 +184,7 @@ pub fn build_fused(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>>
         ConvTranspose => conv::build_conv_transpose(node, activation),
         Gemm => gemm::build_gemm(node),
         MatMul => gemm::build_matmul(node),
-        BatchNormalization => norm::build_batch_norm(node),
+        BatchNormalization => norm::build_batch_norm(node, activation),
         Add | Sub | Mul | Div | Pow | PRelu => binary::build(node, activation),
         Sqrt | Relu | LeakyRelu | Clip | Sigmoid | HardSigmoid | HardSwish | Tanh => unary::build(node),
         MaxPool | AveragePool | GlobalAveragePool => pool::build(node),

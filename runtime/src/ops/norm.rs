@@ -2,6 +2,7 @@
 //! per channel (axis 1), folded into one multiply-add per element.
 
 use pith_format::ir::{ElemType, Node};
+use pith_kernels::Activation;
 
 use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
@@ -10,17 +11,20 @@ use crate::op_bail;
 #[derive(Debug)]
 struct BatchNorm {
     epsilon: f32,
+    /// Applied to each output plane while it is in cache (a fused activation node).
+    activation: Activation,
 }
 
-/// Builds the op for a `BatchNormalization` node; training mode and its extra outputs are refused.
-pub fn build_batch_norm(node: &Node) -> OpResult<Box<dyn Op>> {
+/// Builds the op for a `BatchNormalization` node whose output then goes through `activation`;
+/// training mode and its extra outputs are refused.
+pub fn build_batch_norm(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
     if attrs::int(node, "training_mode", 0)? != 0 {
         op_bail!("training_mode is not supported (inference only)");
     }
     if node.outputs.len() > 1 {
         op_bail!("the running mean/variance outputs (training mode) are not supported");
     }
-    Ok(Box::new(BatchNorm { epsilon: attrs::float(node, "epsilon", 1e-5)? }))
+    Ok(Box::new(BatchNorm { epsilon: attrs::float(node, "epsilon", 1e-5)?, activation }))
 }
 
 const PARAMS: [&str; 4] = ["scale", "B", "mean", "var"];
@@ -57,7 +61,7 @@ impl Op for BatchNorm {
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
         _scratch: &mut [f32],
-        _ctx: &ExecCtx,
+        ctx: &ExecCtx,
     ) -> OpResult<()> {
         let c = self.channels(inputs)?;
         let arg = |i: usize| inputs[i].as_ref().map(|a| a.f32s()).transpose();
@@ -78,6 +82,7 @@ impl Op for BatchNorm {
             for (o, &v) in yp.iter_mut().zip(xp) {
                 *o = v * a + b;
             }
+            ctx.kernels.activate(self.activation, yp);
         }
         Ok(())
     }
@@ -97,8 +102,8 @@ mod tests {
         let b = values(3, 3);
         let mean = values(4, 3);
         let var: Vec<f32> = values(5, 3).iter().map(|v| v.abs() + 0.1).collect();
-        let op = build_batch_norm(&node(OpKind::BatchNormalization, 5, vec![("epsilon", Attr::Float(1e-3))]))
-            .unwrap();
+        let bn = node(OpKind::BatchNormalization, 5, vec![("epsilon", Attr::Float(1e-3))]);
+        let op = build_batch_norm(&bn, Activation::None).unwrap();
         let c = [3];
         let got = run(&*op, &[act(&shape, &x), act(&c, &scale), act(&c, &b), act(&c, &mean), act(&c, &var)])
             .unwrap();
@@ -113,14 +118,10 @@ mod tests {
         assert!(op
             .infer(&[act(&shape, &x), act(&[2], &scale[..2]), act(&c, &b), act(&c, &mean), act(&c, &var)])
             .is_err());
-        assert!(build_batch_norm(&node(
-            OpKind::BatchNormalization,
-            5,
-            vec![("training_mode", Attr::Int(1))]
-        ))
-        .is_err());
+        let training = node(OpKind::BatchNormalization, 5, vec![("training_mode", Attr::Int(1))]);
+        assert!(build_batch_norm(&training, Activation::None).is_err());
         let mut n = node(OpKind::BatchNormalization, 5, vec![]);
         n.outputs.push(9);
-        assert!(build_batch_norm(&n).is_err());
+        assert!(build_batch_norm(&n, Activation::None).is_err());
     }
 }
