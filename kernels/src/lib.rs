@@ -76,8 +76,9 @@ pub struct Kernels {
 /// Default of [`Kernels::min_task_work`]: about 4 µs of multiply-adds. Workers spin between jobs
 /// (see `pool`), so handing out a task costs about a cache-line transfer, not a wake-up. With
 /// rayon's sleeping workers this had to be 2^22 (at 2^18 BlazeFace ran 1.8x slower on 2 threads
-/// than on 1); with the spinning pool 2^16..2^18 measured alike on BlazeFace (2 vCPU EPYC), and
-/// split 34 of its 37 convolutions: 1.28 -> 0.89 ms of conv per run at 2 threads.
+/// than on 1); with the spinning pool 2^16..2^18 measured alike on BlazeFace (2 vCPU EPYC). At
+/// 2^17, 23 of its 37 convolutions split; conv time per run, 1 vs 2 threads in one session:
+/// 1.18-1.20 vs 0.95-1.11 ms.
 const MIN_TASK_WORK: usize = 1 << 17;
 
 impl std::fmt::Debug for Kernels {

@@ -107,13 +107,21 @@ pub(crate) fn gemm_rows_check(
     c: &[f32],
     ldc: usize,
 ) -> Option<usize> {
+    let m = output_rows(a, k, n, c, ldc, "gemm_rows")?;
+    // Rows of b may overlap (they are only read).
+    assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b is too short");
+    Some(m)
+}
+
+/// The row count `a.len() / k` of a `gemm_rows` / `gemm_rows_at` call (`None`: nothing to do),
+/// after checking that `c` holds that many rows of `n` (which may not overlap unless there is
+/// one).
+fn output_rows(a: &[f32], k: usize, n: usize, c: &[f32], ldc: usize, what: &str) -> Option<usize> {
     if k == 0 || n == 0 || a.len() < k {
         return None;
     }
     let m = a.len() / k;
-    // Rows of b may overlap (they are only read); rows of c may not, unless there is one.
-    assert!(b.len() >= (k - 1) * ldb + n, "gemm_rows: b is too short");
-    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows: c is too short");
+    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "{what}: c is too short");
     Some(m)
 }
 
@@ -128,14 +136,10 @@ pub(crate) fn gemm_rows_at_check(
     c: &[f32],
     ldc: usize,
 ) -> Option<usize> {
-    if k == 0 || n == 0 || a.len() < k {
-        return None;
-    }
-    let m = a.len() / k;
+    let m = output_rows(a, k, n, c, ldc, "gemm_rows_at")?;
     assert!(offs.len() >= k, "gemm_rows_at: {} offsets for {k} rows", offs.len());
     let reach = offs[..k].iter().map(|&o| o.saturating_add(n)).max().unwrap_or(0);
     assert!(reach <= b.len(), "gemm_rows_at: b is too short");
-    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "gemm_rows_at: c is too short");
     Some(m)
 }
 
