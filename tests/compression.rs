@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pith_compress::calib::{self, BitsChoice, CalibOptions, CalibSample, Prepared, TaskCheck};
+use pith_compress::finetune::FinetuneOptions;
 use pith_compress::{compress_onnx, CompressOptions, WeightFormat};
 use pith_format::{Entropy, PithFile, WriteOptions};
 use pith_runtime::tasks::geometry::BBox;
@@ -86,6 +87,7 @@ fn compress_auto(
         task: Some(task),
         min_iou,
         entropy: false,
+        finetune: None,
     };
     let out = calib::compress_calibrated(prepared, samples, &options, &|_, _, _| {}).unwrap();
     let fid = out.report.fidelity.clone().unwrap();
@@ -174,6 +176,41 @@ fn blazeface_auto_keeps_the_face_on_a_held_out_portrait() {
     assert_same_boxes("BlazeFace", &faces(&reference), &faces(&got));
     let ratio = onnx as f64 / packed as f64;
     assert!(ratio >= BLAZEFACE_MIN_RATIO, "BlazeFace: {ratio:.2}x < {BLAZEFACE_MIN_RATIO}x");
+}
+
+/// Fine-tuning a uniform 3-bit BlazeFace (issue #4's retraining lever): the held-out
+/// portrait's output cosine must rise well above the untuned model's, with the same file size.
+#[test]
+fn blazeface_finetuning_raises_held_out_fidelity_at_the_same_size() {
+    let samples = calibration("blazeface", |img| blazeface::preprocess(img).0);
+    let onnx = std::fs::read(model_path("blazeface_short_range.onnx")).unwrap();
+    let img = load_rgb("astronaut.png").unwrap();
+    let (input, _) = blazeface::preprocess(&img);
+    let reference = run(f32_file("blazeface_short_range.onnx"), "input", input.clone());
+    let held_out = |finetune: Option<FinetuneOptions>| {
+        let options = CalibOptions {
+            bits: BitsChoice::Fixed(WeightFormat::Codebook { bits: 3 }),
+            task: Some(TaskCheck::BlazeFace),
+            finetune,
+            ..Default::default()
+        };
+        let out =
+            calib::compress_calibrated(Prepared::new(&onnx).unwrap(), &samples, &options, &|_, _, _| {})
+                .unwrap();
+        let bytes = pith_format::write(&out.model).unwrap();
+        let got = run(PithFile::from_bytes(bytes.clone()).unwrap(), "input", input.clone());
+        let cos =
+            reference.iter().zip(&got).map(|(r, g)| cosine(r.1.as_f32().unwrap(), g.1.as_f32().unwrap()));
+        (cos.fold(f64::INFINITY, f64::min), bytes.len(), out.report.finetune)
+    };
+    let (plain, plain_bytes, none) = held_out(None);
+    let (tuned, tuned_bytes, report) = held_out(Some(FinetuneOptions { steps: 60, ..Default::default() }));
+    let report = report.expect("a fine-tuning report");
+    eprintln!("BlazeFace 3-bit held-out cosine {plain:.4} -> {tuned:.4} after tuning ({report:?})");
+    assert!(none.is_none());
+    assert_eq!(plain_bytes, tuned_bytes, "tuning must not change the size");
+    assert!(report.final_loss < 0.2 * report.initial_loss, "{report:?}");
+    assert!(tuned > plain + 0.1, "held-out cosine {plain} -> {tuned}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use pith_compress::calib::{self, BitsChoice, CalibOptions, CalibSample, ModelInput, Prepared, TaskCheck};
+use pith_compress::finetune::FinetuneOptions;
 use pith_compress::{CompressOptions, Compressed, WeightFormat};
 use pith_format::{Entropy, PithFile, WriteOptions};
 use pith_runtime::tasks::{blazeface, db};
@@ -68,6 +69,8 @@ pub struct Args {
     pub data_aware: bool,
     /// `--entropy`.
     pub entropy: EntropyArg,
+    /// `--finetune` steps (0 = off).
+    pub finetune: usize,
     /// `--report`.
     pub report: Option<PathBuf>,
 }
@@ -267,6 +270,7 @@ pub fn compress_auto_file(
         min_iou,
         data_aware: true,
         entropy: EntropyArg::None,
+        finetune: 0,
         report: None,
     };
     let compressed = compress_calibrated(&onnx, &args, calib)
@@ -291,6 +295,8 @@ fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compresse
         }),
         min_iou: args.min_iou,
         entropy: args.entropy == EntropyArg::Huffman,
+        finetune: (args.finetune > 0)
+            .then(|| FinetuneOptions { steps: args.finetune, ..FinetuneOptions::default() }),
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -320,6 +326,9 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     }
     if args.bits == Bits::Auto && args.calib.is_none() {
         bail!("--bits auto needs calibration data: pass --calib DIR");
+    }
+    if args.finetune > 0 && args.calib.is_none() {
+        bail!("--finetune trains on calibration data: pass --calib DIR");
     }
     if args.preprocess.is_some() && args.calib.is_none() {
         bail!("--preprocess applies to calibration images: pass --calib DIR");
@@ -376,6 +385,13 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
             out,
             "fidelity on {} calibration samples: output cosine {:.6} (worst single sample {:.6}){task}",
             f.samples, f.cosine, f.worst_sample_cosine
+        )?;
+    }
+    if let Some(ft) = &compressed.report.finetune {
+        writeln!(
+            out,
+            "fine-tuned {} parameters over {} steps: distillation loss {:.4e} -> {:.4e}",
+            ft.parameters, ft.steps, ft.initial_loss, ft.final_loss
         )?;
     }
     writeln!(out, "wrote {} in {:.2} s", output.display(), elapsed)?;
@@ -461,6 +477,10 @@ fn report_json(
             "huffman_decode_mb_per_s": decode.map(|(_, m)| m),
         },
         "fidelity": fidelity,
+        "finetune": r.finetune.as_ref().map(|f| serde_json::json!({
+            "steps": f.steps, "parameters": f.parameters,
+            "initial_loss": f.initial_loss, "final_loss": f.final_loss,
+        })),
         "search": search,
         "seconds": seconds,
     })

@@ -58,6 +58,11 @@ enum Command {
         /// Entropy coding of the codebook indices in the written file.
         #[arg(long, value_enum, default_value = "none")]
         entropy: cmd_compress::EntropyArg,
+        /// With --calib: fine-tune centroids and biases for this many full-batch steps against
+        /// the uncompressed model on the calibration inputs (0 = off). With --bits auto, the
+        /// search then aims lower and keeps the smallest model that passes after tuning.
+        #[arg(long, value_name = "STEPS", default_value_t = 0)]
+        finetune: usize,
         /// Write the per-layer report and totals as JSON here.
         #[arg(long, value_name = "FILE.json")]
         report: Option<PathBuf>,
@@ -152,6 +157,7 @@ fn main() {
             min_iou,
             no_data_aware,
             entropy,
+            finetune,
             report,
         } => {
             let args = cmd_compress::Args {
@@ -162,6 +168,7 @@ fn main() {
                 min_iou,
                 data_aware: !no_data_aware,
                 entropy,
+                finetune,
                 report,
             };
             cmd_compress::run_with(&input, &output, &args)

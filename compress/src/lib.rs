@@ -12,6 +12,7 @@
 pub mod calib;
 mod codebook;
 mod error;
+pub mod finetune;
 pub mod gram;
 mod import;
 mod kmeans;
@@ -92,6 +93,8 @@ pub struct Report {
     pub fidelity: Option<calib::Fidelity>,
     /// With `--bits auto`: every whole-model verification of the budget search, in order.
     pub search: Vec<calib::SearchStep>,
+    /// With fine-tuning: what it did.
+    pub finetune: Option<finetune::FinetuneReport>,
 }
 
 /// A compressed model and its report.

@@ -38,6 +38,9 @@ pub enum CalibError {
     /// The runtime refused a model.
     #[error("loading a candidate model: {0}")]
     Session(String),
+    /// Fine-tuning could not run on this model.
+    #[error(transparent)]
+    Finetune(#[from] crate::finetune::FinetuneError),
     /// The task check cannot be applied to this model's outputs.
     #[error("task check: {0}")]
     Task(String),

@@ -31,6 +31,7 @@ use pith_format::ir::{self, Dim, TensorData};
 use pith_runtime::Tensor;
 use rayon::prelude::*;
 
+use crate::finetune::{self, FinetuneOptions, FinetuneReport};
 pub use error::CalibError;
 pub use fidelity::{Fidelity, TaskCheck, TaskOutcome};
 
@@ -98,6 +99,10 @@ pub struct CalibOptions {
     /// Size model of the allocator: bytes after Huffman coding of the indices (estimated from
     /// the index entropy) instead of packed bytes.
     pub entropy: bool,
+    /// Fine-tune centroids and biases against the uncompressed model ([`crate::finetune`])
+    /// after the widths are chosen; with [`BitsChoice::Auto`] the search then aims below the
+    /// floor by [`FINETUNE_RELAX`] factors and keeps the smallest model that passes after tuning.
+    pub finetune: Option<FinetuneOptions>,
 }
 
 impl Default for CalibOptions {
@@ -108,6 +113,7 @@ impl Default for CalibOptions {
             task: None,
             min_iou: fidelity::MIN_IOU,
             entropy: false,
+            finetune: None,
         }
     }
 }
@@ -186,6 +192,8 @@ pub fn compress_calibrated(
     let Prepared { work, onnx_bytes } = prepared;
     let infos = layers::layer_infos(&work);
     let base = crate::finish(work, BTreeMap::new());
+    // Fine-tuning's teacher: the graph with every weight and bias in f32.
+    let teacher = options.finetune.map(|_| base.clone());
     let slots = layers::constant_slots(&base, &infos)?;
 
     let clock = std::time::Instant::now();
@@ -247,6 +255,8 @@ pub fn compress_calibrated(
     }
     lap("encode");
 
+    // With fine-tuning: the tuned model and what tuning did.
+    let mut finetuned: Option<(ir::Model, FinetuneReport)> = None;
     let (choice, predicted, search) = match options.bits {
         BitsChoice::Fixed(WeightFormat::F16) => {
             (cands.iter().map(|_| 0).collect(), vec![None; infos.len()], Vec::new())
@@ -259,7 +269,29 @@ pub fn compress_calibrated(
         BitsChoice::Auto { min_fidelity } => {
             let sens = probe_sensitivities(&eval, &base, &slots, &cands, progress)?;
             lap("probe");
-            auto_search(&eval, &base, &slots, &cands, &sens, min_fidelity, options.min_iou, progress)?
+            let plain =
+                auto_search(&eval, &base, &slots, &cands, &sens, min_fidelity, options.min_iou, progress)?;
+            match (&teacher, options.finetune) {
+                (Some(teacher), Some(ft)) => {
+                    let tuned = relaxed_search(
+                        &eval,
+                        teacher,
+                        &base,
+                        &slots,
+                        &cands,
+                        &sens,
+                        (min_fidelity, options.min_iou),
+                        plain,
+                        samples,
+                        &ft,
+                        progress,
+                    )?;
+                    lap("fine-tune");
+                    finetuned = Some((tuned.3, tuned.4));
+                    (tuned.0, tuned.1, tuned.2)
+                }
+                _ => plain,
+            }
         }
     };
 
@@ -272,7 +304,16 @@ pub fn compress_calibrated(
         }
     }
     lap("search");
-    let model = layers::assemble(&base, &slots, chosen.iter().map(|(d, _)| d));
+    let mut model = layers::assemble(&base, &slots, chosen.iter().map(|(d, _)| d));
+    if let (Some(teacher), Some(ft), None) = (&teacher, options.finetune, &finetuned) {
+        if matches!(options.bits, BitsChoice::Fixed(WeightFormat::Codebook { .. })) {
+            finetuned = Some(tune(teacher, &model, samples, &ft, progress)?);
+        }
+    }
+    let finetune_report = finetuned.map(|(tuned, report)| {
+        model = tuned;
+        report
+    });
     progress("verify", 0, 1);
     let fidelity = eval.measure(&model, None, true)?;
     progress("verify", 1, 1);
@@ -295,8 +336,121 @@ pub fn compress_calibrated(
     let total_bytes = model.constants.iter().map(|c| crate::codebook::data_bytes(&c.data)).sum();
     Ok(Compressed {
         model,
-        report: Report { layers: layer_reports, onnx_bytes, total_bytes, fidelity: Some(fidelity), search },
+        report: Report {
+            layers: layer_reports,
+            onnx_bytes,
+            total_bytes,
+            fidelity: Some(fidelity),
+            search,
+            finetune: finetune_report,
+        },
     })
+}
+
+/// [`finetune::finetune`] of `model` against `teacher`, reporting progress as "fine-tune".
+fn tune(
+    teacher: &ir::Model,
+    model: &ir::Model,
+    samples: &[CalibSample],
+    options: &FinetuneOptions,
+    progress: Progress<'_>,
+) -> Result<(ir::Model, FinetuneReport), CalibError> {
+    let report = |done: usize, total: usize| progress("fine-tune", done, total);
+    // Every third sample is held out of training, so the verification that follows (on all
+    // samples) also measures inputs the tuning never saw.
+    let train: Vec<CalibSample> = if samples.len() >= 3 {
+        samples.iter().enumerate().filter(|(i, _)| i % 3 != 2).map(|(_, s)| s.clone()).collect()
+    } else {
+        samples.to_vec()
+    };
+    Ok(finetune::finetune(teacher, model, &train, options, &report)?)
+}
+
+/// Factors by which the fine-tuning search relaxes the distortion floor `1 - min_fidelity`
+/// before tuning, most aggressive first; the first whose tuned model passes the real floor wins.
+pub const FINETUNE_RELAX: [f64; 3] = [20.0, 8.0, 3.0];
+
+/// The allocation search with fine-tuning: for each factor of [`FINETUNE_RELAX`], the search
+/// runs at the relaxed floor, the allocation is fine-tuned and verified at the real floor (with
+/// the refinement's IoU margin); the first that passes and is smaller than `plain` (the
+/// untuned search's result) is kept. Otherwise `plain` is tuned too, and kept tuned if it
+/// still passes. Returns the choice, its predictions, the search steps, the tuned model and
+/// the tuning report.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn relaxed_search(
+    eval: &fidelity::Evaluator,
+    teacher: &ir::Model,
+    base: &ir::Model,
+    slots: &[usize],
+    cands: &[Vec<Candidate>],
+    sens: &[alloc::Sensitivity],
+    (min_fidelity, min_iou): (f64, f32),
+    plain: (Vec<usize>, Vec<Option<f64>>, Vec<SearchStep>),
+    samples: &[CalibSample],
+    options: &FinetuneOptions,
+    progress: Progress<'_>,
+) -> Result<(Vec<usize>, Vec<Option<f64>>, Vec<SearchStep>, ir::Model, FinetuneReport), CalibError> {
+    let size = |choice: &[usize]| -> usize { choice.iter().zip(cands).map(|(&i, c)| c[i].size).sum() };
+    let assemble =
+        |choice: &[usize]| layers::assemble(base, slots, choice.iter().zip(cands).map(|(&i, c)| &c[i].data));
+    let accept = |f: &Fidelity| {
+        f.passes(min_fidelity)
+            && f.task.as_ref().is_none_or(|t| t.min_iou >= (min_iou + REFINE_IOU_MARGIN).min(1.0))
+    };
+    let (plain_choice, plain_pred, mut steps) = plain;
+    let plain_bytes = size(&plain_choice);
+    for factor in FINETUNE_RELAX {
+        let floor = 1.0 - (1.0 - min_fidelity) * factor;
+        let (choice, pred, more) = auto_search(eval, base, slots, cands, sens, floor, min_iou, progress)?;
+        steps.extend(more);
+        let bytes = size(&choice);
+        if bytes >= plain_bytes {
+            log::info!("fine-tune search at floor {floor:.6}: {bytes} bytes, no smaller than {plain_bytes}");
+            continue;
+        }
+        let (tuned, report) = tune(teacher, &assemble(&choice), samples, options, progress)?;
+        let fidelity = eval.measure(&tuned, None, true)?;
+        let passed = accept(&fidelity);
+        log::info!(
+            "fine-tune search at floor {floor:.6}: {bytes} bytes, tuned cosine {:.6}, {} {}",
+            fidelity.cosine,
+            if passed { "pass" } else { "fail" },
+            fidelity
+                .task
+                .as_ref()
+                .map_or(String::new(), |t| format!("(min IoU {:.3}) {}", t.min_iou, t.detail))
+        );
+        steps.push(SearchStep { budget: f64::NAN, predicted: f64::NAN, bytes, fidelity, passed });
+        if passed {
+            return Ok((choice, pred, steps, tuned, report));
+        }
+    }
+    let plain_model = assemble(&plain_choice);
+    let (tuned, report) = tune(teacher, &plain_model, samples, options, progress)?;
+    let fidelity = eval.measure(&tuned, None, true)?;
+    let keep = fidelity.passes(min_fidelity);
+    steps.push(SearchStep {
+        budget: f64::NAN,
+        predicted: f64::NAN,
+        bytes: plain_bytes,
+        fidelity,
+        passed: keep,
+    });
+    if keep {
+        Ok((plain_choice, plain_pred, steps, tuned, report))
+    } else {
+        log::warn!(
+            "the tuned model failed the floor (cosine {:.6}{}); keeping the untuned allocation",
+            steps.last().map_or(0.0, |s| s.fidelity.cosine),
+            steps
+                .last()
+                .and_then(|s| s.fidelity.task.as_ref())
+                .map_or(String::new(), |t| format!(", {}", t.detail))
+        );
+        let untouched =
+            FinetuneReport { initial_loss: report.initial_loss, final_loss: report.initial_loss, ..report };
+        Ok((plain_choice, plain_pred, steps, plain_model, untouched))
+    }
 }
 
 /// Every weight as f16 (f32 when a value overflows f16).

@@ -15,7 +15,7 @@ use crate::op_bail;
 
 /// ONNX `auto_pad`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AutoPad {
+pub enum AutoPad {
     /// Explicit `pads`.
     NotSet,
     /// Output `ceil(in / stride)`, odd padding extra at the end.
@@ -28,7 +28,7 @@ pub(crate) enum AutoPad {
 
 /// Window attributes shared by convolutions and pools, as written on the node.
 #[derive(Debug, Clone)]
-pub(crate) struct Window {
+pub struct Window {
     /// `kernel_shape`, if given.
     pub kernel_shape: Option<Vec<usize>>,
     strides: Option<Vec<usize>>,
@@ -40,7 +40,7 @@ pub(crate) struct Window {
 
 /// One resolved spatial axis of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Axis {
+pub struct Axis {
     /// Kernel extent.
     pub kernel: usize,
     /// Stride.
