@@ -26,6 +26,45 @@ pub enum TaskCheck {
     Db,
 }
 
+/// How much more than other elements fine-tuning weighs an element that decides detections.
+const TASK_EMPHASIS: f32 = 20.0;
+
+impl TaskCheck {
+    /// Fine-tuning's loss weights for a sample's reference `outputs` (graph order; see
+    /// [`crate::finetune::OutputWeights`]): BlazeFace stresses the face logits near the
+    /// detection threshold (logit 0) and the box regressors of anchors in proportion to their
+    /// score; DB stresses the probability map's pixels near its binarisation threshold, where
+    /// box outlines are decided.
+    pub fn emphasis(&self, outputs: &[Tensor]) -> Vec<Option<Vec<f32>>> {
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; outputs.len()];
+        match self {
+            TaskCheck::BlazeFace => {
+                let by_last = |n: usize| outputs.iter().position(|t| t.shape.last() == Some(&n));
+                let (Some(r), Some(c)) = (by_last(16), by_last(1)) else { return out };
+                let Some(logits) = outputs[c].as_f32() else { return out };
+                let near = |l: f32| 1.0 + TASK_EMPHASIS * (-l * l / 8.0).exp();
+                out[c] = Some(logits.iter().map(|&l| near(l)).collect());
+                let rows = outputs[r].numel() / logits.len().max(1);
+                let score = |l: f32| 1.0 / (1.0 + (-l.clamp(-50.0, 50.0)).exp());
+                out[r] = Some(
+                    logits
+                        .iter()
+                        .flat_map(|&l| std::iter::repeat_n(1.0 + TASK_EMPHASIS * score(l), rows))
+                        .collect(),
+                );
+            }
+            TaskCheck::Db => {
+                let thresh = DbOptions::default().thresh;
+                if let Some(p) = outputs.first().and_then(Tensor::as_f32) {
+                    let near = |x: f32| 1.0 + TASK_EMPHASIS * (-((x - thresh) / 0.1).powi(2)).exp();
+                    out[0] = Some(p.iter().map(|&x| near(x)).collect());
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Outcome of the task check over the calibration samples.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TaskOutcome {
@@ -213,6 +252,11 @@ impl<'a> Evaluator<'a> {
         Ok(Evaluator { samples, task, min_iou, outputs, detections })
     }
 
+    /// The task check, if one was asked for.
+    pub fn task(&self) -> Option<TaskCheck> {
+        self.task
+    }
+
     /// Number of calibration samples.
     pub fn samples(&self) -> usize {
         self.samples.len()
@@ -295,6 +339,23 @@ fn run_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emphasis_stresses_what_decides_detections() {
+        // BlazeFace: 3 anchors with logits far below, at, and above the threshold.
+        let reg = Tensor::from_f32(vec![1, 3, 16], vec![0.5; 48]);
+        let cls = Tensor::from_f32(vec![1, 3, 1], vec![-20.0, 0.0, 8.0]);
+        let w = TaskCheck::BlazeFace.emphasis(&[reg, cls]);
+        let (r, c) = (w[0].as_ref().unwrap(), w[1].as_ref().unwrap());
+        assert!(c[1] > 10.0 * c[0] && c[1] > c[2], "{c:?}");
+        assert_eq!(r.len(), 48);
+        assert!(r[0] < 1.01 && r[40] > 10.0, "a detected anchor's box must weigh more");
+        // DB: pixels at the binarisation threshold weigh most.
+        let map = Tensor::from_f32(vec![1, 1, 1, 3], vec![0.0, 0.3, 0.9]);
+        let w = TaskCheck::Db.emphasis(&[map]);
+        let m = w[0].as_ref().unwrap();
+        assert!(m[1] > 10.0 * m[0] && m[1] > 10.0 * m[2], "{m:?}");
+    }
 
     #[test]
     fn cosine_of_parallel_orthogonal_and_broken_vectors() {

@@ -84,14 +84,21 @@ pub struct FinetuneReport {
     pub parameters: usize,
 }
 
+/// Per-element loss weights of a sample's outputs, from the teacher's outputs (graph order):
+/// `None` for an output weighs every element 1. A task uses it to stress what decides its
+/// result (scores near a detection threshold, the boxes of detected objects).
+pub type OutputWeights<'a> = &'a (dyn Fn(&[Tensor]) -> Vec<Option<Vec<f32>>> + Sync);
+
 /// Fine-tunes the codebook centroids, row scales, f32/f16 weights and biases of `student`
 /// so its outputs on `samples` approach those of `teacher` (the same graph with f32 weights).
-/// Returns the tuned model, with the parameters of the lowest loss seen.
+/// The loss of each output is `Σ w (s - t)² / Σ w t²` over all samples, with `weights` from
+/// `emphasis` (1 without). Returns the tuned model, with the parameters of the lowest loss seen.
 pub fn finetune(
     teacher: &ir::Model,
     student: &ir::Model,
     samples: &[CalibSample],
     options: &FinetuneOptions,
+    emphasis: Option<OutputWeights<'_>>,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(ir::Model, FinetuneReport), FinetuneError> {
     let teacher_net = Net::new(teacher, &[])?;
@@ -101,7 +108,15 @@ pub fn finetune(
         .map(|(i, s)| teacher_net.run(i, &s.inputs, &[]))
         .collect::<Result<_, _>>()?;
     drop(teacher_net);
-    let norms = output_norms(&targets);
+    let weights: Vec<Vec<Option<Vec<f32>>>> = targets
+        .iter()
+        .map(|t| {
+            let mut w = emphasis.map_or_else(Vec::new, |f| f(t));
+            w.resize(t.len(), None);
+            w
+        })
+        .collect();
+    let norms = output_norms(&targets, &weights);
 
     let mut params = Params::new(student)?;
     let net = Net::new(student, &params.values())?;
@@ -121,13 +136,15 @@ pub fn finetune(
                     .iter()
                     .zip(&targets[i])
                     .zip(&norms)
-                    .map(|((s, t), &norm)| {
+                    .zip(&weights[i])
+                    .map(|(((s, t), &norm), w)| {
                         let t = t.as_f32().unwrap_or(&[]);
                         let mut d = vec![0.0f32; s.len()];
-                        for ((d, &s), &t) in d.iter_mut().zip(s.iter()).zip(t) {
+                        for (j, ((d, &s), &t)) in d.iter_mut().zip(s.iter()).zip(t).enumerate() {
+                            let w = w.as_ref().and_then(|w| w.get(j)).map_or(1.0, |&w| w as f64);
                             let e = (s - t) as f64;
-                            loss += e * e / norm;
-                            *d = (2.0 * e / norm) as f32;
+                            loss += w * e * e / norm;
+                            *d = (2.0 * w * e / norm) as f32;
                         }
                         d
                     })
@@ -181,17 +198,21 @@ fn step_size(rel_lr: f32, step: usize, steps: usize) -> f32 {
     rel_lr * ramp * 0.5 * (1.0 + (std::f32::consts::PI * frac).cos())
 }
 
-/// Per graph output, `Σ_samples ||t||²` (at least a tiny positive value, so an all-zero output
+/// Per graph output, `Σ_samples Σ w t²` (at least a tiny positive value, so an all-zero output
 /// does not divide by zero).
-fn output_norms(targets: &[Vec<Tensor>]) -> Vec<f64> {
+fn output_norms(targets: &[Vec<Tensor>], weights: &[Vec<Option<Vec<f32>>>]) -> Vec<f64> {
     let outputs = targets.first().map_or(0, Vec::len);
     (0..outputs)
         .map(|o| {
-            let sum: f64 = targets
-                .iter()
-                .filter_map(|t| t.get(o).and_then(Tensor::as_f32))
-                .flat_map(|v| v.iter().map(|&x| (x as f64) * (x as f64)))
-                .sum();
+            let mut sum = 0.0f64;
+            for (t, w) in targets.iter().zip(weights) {
+                let Some(v) = t.get(o).and_then(Tensor::as_f32) else { continue };
+                let w = w.get(o).and_then(Option::as_ref);
+                for (j, &x) in v.iter().enumerate() {
+                    let w = w.and_then(|w| w.get(j)).map_or(1.0, |&w| w as f64);
+                    sum += w * (x as f64) * (x as f64);
+                }
+            }
             sum.max(1e-12)
         })
         .collect()
@@ -248,7 +269,7 @@ mod tests {
         let (teacher, student) = models();
         assert!(student.constants.iter().any(|c| matches!(c.data, TensorData::Codebook(_))));
         let options = FinetuneOptions { steps: 40, rel_lr: 1e-2 };
-        let (tuned, report) = finetune(&teacher, &student, &samples(), &options, &|_, _| {}).unwrap();
+        let (tuned, report) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
         assert!(report.initial_loss > 0.0);
         assert!(report.final_loss < 0.5 * report.initial_loss, "{report:?}");
         for (a, b) in student.constants.iter().zip(&tuned.constants) {
@@ -257,7 +278,7 @@ mod tests {
                 assert_ne!(a.centroids, b.centroids, "centroids must move");
             }
         }
-        let (again, _) = finetune(&teacher, &student, &samples(), &options, &|_, _| {}).unwrap();
+        let (again, _) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
         assert_eq!(pith_format::write(&tuned).unwrap(), pith_format::write(&again).unwrap());
     }
 
