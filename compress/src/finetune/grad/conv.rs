@@ -6,7 +6,8 @@
 //! conv's weight gradient with the roles of input and output swapped.
 //!
 //! Each product is an im2col GEMM on the kernels crate's register-blocked `gemm_rows`, over
-//! chunks of output positions so the unfolded patches stay small (a few hundred KiB).
+//! chunks of output rows so the unfolded patches stay small (a few hundred KiB). Patches are
+//! unfolded tap-major, so every (tap, output row) is one contiguous copy at stride 1.
 
 use std::sync::OnceLock;
 
@@ -16,7 +17,7 @@ use pith_runtime::ops::conv::Window;
 
 use super::{Grads, NodeArgs};
 
-/// Unfolded patch elements per chunk of output positions.
+/// Unfolded patch elements per chunk of output rows (about this many).
 const CHUNK_ELEMS: usize = 1 << 16;
 
 /// The best kernel path of this CPU (scalar if detection fails).
@@ -64,78 +65,101 @@ impl Geom {
     fn in_plane(&self) -> usize {
         self.h * self.w
     }
-    /// Output positions per chunk.
-    fn chunk(&self) -> usize {
-        (CHUNK_ELEMS / self.k().max(1)).clamp(16, self.positions().max(16))
+    /// Output rows per chunk.
+    fn chunk_rows(&self) -> usize {
+        (CHUNK_ELEMS / (self.k() * self.ow).max(1)).clamp(1, self.oh.max(1))
     }
 
-    /// Calls `f(k, input offset within the group's planes)` for every in-bounds tap of
-    /// output position `p`.
-    #[inline]
-    fn taps(&self, p: usize, mut f: impl FnMut(usize, usize)) {
-        let (oy, ox) = (p / self.ow, p % self.ow);
+    /// For tap column `kx`: the output columns `lo..hi` whose input column exists, and the
+    /// input column of output column 0 (may be negative).
+    fn columns(&self, kx: usize) -> (usize, usize, isize) {
+        let off = (kx * self.dil[1]) as isize - self.pad[1] as isize;
+        let s = self.stride[1] as isize;
+        // ox * s + off in [0, w)  <=>  ox in [ceil(-off / s), ceil((w - off) / s)).
+        let ceil = |v: isize| ((v.max(0) + s - 1) / s) as usize;
+        let (lo, hi) = (ceil(-off), ceil(self.w as isize - off).min(self.ow));
+        (lo.min(hi), hi, off)
+    }
+
+    /// Visits every in-bounds (tap, output row) span of output rows `oy0..oy0 + rows`:
+    /// `f(tap, chunk offset of the span's first position, plane offset of its first input,
+    /// span length)`; consecutive positions step `stride[1]` input columns.
+    fn spans(&self, oy0: usize, rows: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         for c in 0..self.cpg() {
             for ky in 0..self.kh {
-                let iy = (oy * self.stride[0] + ky * self.dil[0]) as isize - self.pad[0] as isize;
-                if iy < 0 || iy >= self.h as isize {
-                    continue;
-                }
                 for kx in 0..self.kw {
-                    let ix = (ox * self.stride[1] + kx * self.dil[1]) as isize - self.pad[1] as isize;
-                    if ix < 0 || ix >= self.w as isize {
+                    let t = (c * self.kh + ky) * self.kw + kx;
+                    let (lo, hi, off) = self.columns(kx);
+                    if lo >= hi {
                         continue;
                     }
-                    f(
-                        (c * self.kh + ky) * self.kw + kx,
-                        c * self.in_plane() + iy as usize * self.w + ix as usize,
-                    );
+                    for r in 0..rows {
+                        let iy =
+                            ((oy0 + r) * self.stride[0] + ky * self.dil[0]) as isize - self.pad[0] as isize;
+                        if iy < 0 || iy >= self.h as isize {
+                            continue;
+                        }
+                        let ix = (lo as isize * self.stride[1] as isize + off) as usize;
+                        let src = c * self.in_plane() + iy as usize * self.w + ix;
+                        f(t, r * self.ow + lo, src, hi - lo);
+                    }
                 }
             }
         }
     }
 
-    /// Rows `p0..p0 + pc` of the unfolded patches of one group's input planes, position-major
-    /// (`col[(p - p0) · k + tap]`).
-    fn unfold_pk(&self, planes: &[f32], p0: usize, pc: usize, col: &mut [f32]) {
-        let k = self.k();
-        col[..pc * k].fill(0.0);
-        for i in 0..pc {
-            let row = &mut col[i * k..(i + 1) * k];
-            self.taps(p0 + i, |t, off| row[t] = planes[off]);
-        }
-    }
-
-    /// The same patches tap-major (`col[tap · pc + (p - p0)]`).
-    fn unfold_kp(&self, planes: &[f32], p0: usize, pc: usize, col: &mut [f32]) {
+    /// The unfolded patches of output rows `oy0..oy0 + rows` of one group's input planes,
+    /// tap-major: `col[tap · pc + position]`, `pc = rows · ow`.
+    fn unfold(&self, planes: &[f32], oy0: usize, rows: usize, col: &mut [f32]) {
+        let pc = rows * self.ow;
         col[..pc * self.k()].fill(0.0);
-        for i in 0..pc {
-            self.taps(p0 + i, |t, off| col[t * pc + i] = planes[off]);
-        }
+        let step = self.stride[1];
+        self.spans(oy0, rows, |t, at, src, len| {
+            let dst = &mut col[t * pc + at..][..len];
+            if step == 1 {
+                dst.copy_from_slice(&planes[src..src + len]);
+            } else {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = planes[src + i * step];
+                }
+            }
+        });
     }
 
-    /// Adds position-major patch gradients back onto one group's input planes.
-    fn fold_pk(&self, col: &[f32], p0: usize, pc: usize, planes: &mut [f32]) {
-        let k = self.k();
-        for i in 0..pc {
-            let row = &col[i * k..(i + 1) * k];
-            self.taps(p0 + i, |t, off| planes[off] += row[t]);
-        }
+    /// Adds tap-major patch gradients (as [`Geom::unfold`] lays them out) onto the planes.
+    fn fold(&self, col: &[f32], oy0: usize, rows: usize, planes: &mut [f32]) {
+        let pc = rows * self.ow;
+        let step = self.stride[1];
+        self.spans(oy0, rows, |t, at, src, len| {
+            let from = &col[t * pc + at..][..len];
+            if step == 1 {
+                for (d, &v) in planes[src..src + len].iter_mut().zip(from) {
+                    *d += v;
+                }
+            } else {
+                for (i, &v) in from.iter().enumerate() {
+                    planes[src + i * step] += v;
+                }
+            }
+        });
     }
 
     /// `out = conv(input, weight)` (no bias), `[batch, cout, oh, ow]`.
     fn forward(&self, input: &[f32], weight: &[f32]) -> Vec<f32> {
         let (k, pos, opg, cpg) = (self.k(), self.positions(), self.opg(), self.cpg());
         let mut out = vec![0.0f32; self.batch * self.cout * pos];
-        let mut col = vec![0.0f32; self.chunk() * k];
+        let rows = self.chunk_rows();
+        let mut col = vec![0.0f32; rows * self.ow * k];
         for n in 0..self.batch {
             for g in 0..self.groups {
                 let planes = &input[(n * self.cin + g * cpg) * self.in_plane()..][..cpg * self.in_plane()];
                 let w_g = &weight[g * opg * k..(g + 1) * opg * k];
                 let out_g = &mut out[(n * self.cout + g * opg) * pos..][..opg * pos];
-                for p0 in (0..pos).step_by(self.chunk()) {
-                    let pc = self.chunk().min(pos - p0);
-                    self.unfold_kp(planes, p0, pc, &mut col);
-                    (isa().gemm_rows)(w_g, k, &col[..k * pc], pc, pc, &mut out_g[p0..], pos);
+                for oy0 in (0..self.oh).step_by(rows) {
+                    let r = rows.min(self.oh - oy0);
+                    let pc = r * self.ow;
+                    self.unfold(planes, oy0, r, &mut col);
+                    (isa().gemm_rows)(w_g, k, &col[..k * pc], pc, pc, &mut out_g[oy0 * self.ow..], pos);
                 }
             }
         }
@@ -146,21 +170,31 @@ impl Geom {
     fn weight_grad(&self, input: &[f32], d_out: &[f32]) -> Vec<f32> {
         let (k, pos, opg, cpg) = (self.k(), self.positions(), self.opg(), self.cpg());
         let mut dw = vec![0.0f32; self.cout * k];
-        let chunk = self.chunk();
-        let mut col = vec![0.0f32; chunk * k];
-        let mut dy = vec![0.0f32; opg * chunk];
-        for n in 0..self.batch {
-            for g in 0..self.groups {
+        let rows = self.chunk_rows();
+        let mut col = vec![0.0f32; rows * self.ow * k];
+        let mut dyt = vec![0.0f32; rows * self.ow * opg];
+        // Accumulated transposed, `[k, opg]` per group: one GEMM row per tap.
+        let mut dwt = vec![0.0f32; k * opg];
+        for g in 0..self.groups {
+            dwt.fill(0.0);
+            for n in 0..self.batch {
                 let planes = &input[(n * self.cin + g * cpg) * self.in_plane()..][..cpg * self.in_plane()];
                 let d_g = &d_out[(n * self.cout + g * opg) * pos..][..opg * pos];
-                let dw_g = &mut dw[g * opg * k..(g + 1) * opg * k];
-                for p0 in (0..pos).step_by(chunk) {
-                    let pc = chunk.min(pos - p0);
-                    self.unfold_pk(planes, p0, pc, &mut col);
+                for oy0 in (0..self.oh).step_by(rows) {
+                    let r = rows.min(self.oh - oy0);
+                    let (p0, pc) = (oy0 * self.ow, r * self.ow);
+                    self.unfold(planes, oy0, r, &mut col);
                     for o in 0..opg {
-                        dy[o * pc..(o + 1) * pc].copy_from_slice(&d_g[o * pos + p0..o * pos + p0 + pc]);
+                        for (i, &d) in d_g[o * pos + p0..][..pc].iter().enumerate() {
+                            dyt[i * opg + o] = d;
+                        }
                     }
-                    (isa().gemm_rows)(&dy[..opg * pc], pc, &col[..pc * k], k, k, dw_g, k);
+                    (isa().gemm_rows)(&col[..k * pc], pc, &dyt[..pc * opg], opg, opg, &mut dwt, opg);
+                }
+            }
+            for o in 0..opg {
+                for t in 0..k {
+                    dw[(g * opg + o) * k + t] = dwt[t * opg + o];
                 }
             }
         }
@@ -171,24 +205,25 @@ impl Geom {
     fn input_grad(&self, weight: &[f32], d_out: &[f32]) -> Vec<f32> {
         let (k, pos, opg, cpg) = (self.k(), self.positions(), self.opg(), self.cpg());
         let mut dx = vec![0.0f32; self.batch * self.cin * self.in_plane()];
-        let chunk = self.chunk();
-        let mut col = vec![0.0f32; chunk * k];
-        let mut dyt = vec![0.0f32; chunk * opg];
-        for n in 0..self.batch {
-            for g in 0..self.groups {
-                let w_g = &weight[g * opg * k..(g + 1) * opg * k];
+        let rows = self.chunk_rows();
+        let mut col = vec![0.0f32; rows * self.ow * k];
+        let mut wt = vec![0.0f32; k * opg];
+        for g in 0..self.groups {
+            // The group's weights transposed, `[k, opg]`.
+            for o in 0..opg {
+                for t in 0..k {
+                    wt[t * opg + o] = weight[(g * opg + o) * k + t];
+                }
+            }
+            for n in 0..self.batch {
                 let d_g = &d_out[(n * self.cout + g * opg) * pos..][..opg * pos];
                 let planes = &mut dx[(n * self.cin + g * cpg) * self.in_plane()..][..cpg * self.in_plane()];
-                for p0 in (0..pos).step_by(chunk) {
-                    let pc = chunk.min(pos - p0);
-                    for i in 0..pc {
-                        for o in 0..opg {
-                            dyt[i * opg + o] = d_g[o * pos + p0 + i];
-                        }
-                    }
-                    col[..pc * k].fill(0.0);
-                    (isa().gemm_rows)(&dyt[..pc * opg], opg, w_g, k, k, &mut col[..pc * k], k);
-                    self.fold_pk(&col, p0, pc, planes);
+                for oy0 in (0..self.oh).step_by(rows) {
+                    let r = rows.min(self.oh - oy0);
+                    let pc = r * self.ow;
+                    col[..k * pc].fill(0.0);
+                    (isa().gemm_rows)(&wt, opg, &d_g[oy0 * self.ow..], pos, pc, &mut col[..k * pc], pc);
+                    self.fold(&col, oy0, r, planes);
                 }
             }
         }
