@@ -92,7 +92,9 @@ pub type OutputWeights<'a> = &'a (dyn Fn(&[Tensor]) -> Vec<Option<Vec<f32>>> + S
 /// Fine-tunes the codebook centroids, row scales, f32/f16 weights and biases of `student`
 /// so its outputs on `samples` approach those of `teacher` (the same graph with f32 weights).
 /// The loss of each output is `Σ w (s - t)² / Σ w t²` over all samples, with `weights` from
-/// `emphasis` (1 without). Returns the tuned model, with the parameters of the lowest loss seen.
+/// `emphasis` (1 without). When a step raises the loss above [`OVERSHOOT`] times the lowest
+/// so far, training returns to that point and halves the step size (which grows back while
+/// steps do not overshoot). Returns the tuned model with the parameters of the lowest loss.
 pub fn finetune(
     teacher: &ir::Model,
     student: &ir::Model,
@@ -120,7 +122,8 @@ pub fn finetune(
 
     let mut params = Params::new(student)?;
     let net = Net::new(student, &params.values())?;
-    let mut best: Option<(f64, Params)> = None;
+    let mut best: Option<Best> = None;
+    let mut damping = 1.0f32;
     let mut report = FinetuneReport { parameters: params.count(), ..Default::default() };
     for step in 0..=options.steps {
         progress(step, options.steps);
@@ -157,27 +160,40 @@ pub fn finetune(
         if step == 0 {
             report.initial_loss = loss;
         }
-        log::debug!("fine-tune step {step}: loss {loss:.4e}");
-        if best.as_ref().is_none_or(|(b, _)| loss < *b) {
-            best = Some((loss, params.clone()));
-            report.final_loss = loss;
-        }
+        log::debug!("fine-tune step {step}: loss {loss:.4e} (step scale {damping})");
+        let improved = best.as_ref().is_none_or(|b| loss < b.loss);
+        let diverged = best.as_ref().is_some_and(|b| loss > OVERSHOOT * b.loss);
+        let total = if !diverged {
+            let mut grads = per_sample.into_iter().map(|(_, g)| g);
+            let mut total = grads.next().unwrap_or_default();
+            for g in grads {
+                for (t, g) in total.iter_mut().zip(g) {
+                    for (t, g) in t.iter_mut().zip(g) {
+                        *t += g;
+                    }
+                }
+            }
+            if improved {
+                best = Some(Best { loss, params: params.clone(), grads: total.clone() });
+                report.final_loss = loss;
+            }
+            damping = (damping * 1.25).min(1.0);
+            total
+        } else {
+            // The last steps overshot: back to the best point, and a shorter step along its
+            // direction.
+            let b = best.as_ref().expect("step 0 always improves");
+            params = b.params.clone();
+            damping *= 0.5;
+            b.grads.clone()
+        };
         if step == options.steps {
             break;
         }
-        let mut grads = per_sample.into_iter().map(|(_, g)| g);
-        let mut total = grads.next().unwrap_or_default();
-        for g in grads {
-            for (t, g) in total.iter_mut().zip(g) {
-                for (t, g) in t.iter_mut().zip(g) {
-                    *t += g;
-                }
-            }
-        }
-        params.step(&total, step_size(options.rel_lr, step, options.steps));
+        params.step(&total, damping * step_size(options.rel_lr, step, options.steps));
         report.steps = step + 1;
     }
-    let (_, best) = best.ok_or_else(|| FinetuneError::Model("no step ran".into()))?;
+    let best = best.ok_or_else(|| FinetuneError::Model("no step ran".into()))?.params;
     log::info!(
         "fine-tune: loss {:.4e} -> {:.4e} over {} steps ({} parameters)",
         report.initial_loss,
@@ -186,6 +202,18 @@ pub fn finetune(
         report.parameters
     );
     Ok((best.write_back(student), report))
+}
+
+/// A loss this many times the best so far counts as an overshoot (Adam's full-batch path is
+/// not monotone; smaller rises are part of its progress).
+const OVERSHOOT: f64 = 1.5;
+
+/// The lowest-loss point so far, with its gradient (an overshooting step is retried from here
+/// at half the size).
+struct Best {
+    loss: f64,
+    params: Params,
+    grads: Vec<Vec<f32>>,
 }
 
 /// The relative step size of step `step` of `steps`: a linear warm-up over the first tenth
