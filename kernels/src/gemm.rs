@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::Isa;
+use crate::arch::{Isa, PACKED_ROWS};
 use crate::parallel::split_units;
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
@@ -109,6 +109,9 @@ struct NkProduct<'a, 'w> {
 impl NkProduct<'_, '_> {
     /// Outputs `is × js` into `y` (row-major, `js.len()` per row); `wrow` holds one decoded row.
     fn run(&self, is: Range<usize>, js: Range<usize>, y: &mut [f32], wrow: &mut [f32]) {
+        if is.len() == 1 && self.gemv_packed(is.start, js.clone(), y, wrow) {
+            return;
+        }
         let (k, width) = (self.k, js.len());
         let mut lut = [0.0f32; 256];
         for (jl, j) in js.enumerate() {
@@ -128,6 +131,37 @@ impl NkProduct<'_, '_> {
                 out(&|x| (self.isa.dot)(&wrow[..k], x));
             }
         }
+    }
+}
+
+impl NkProduct<'_, '_> {
+    /// The GEMV of input row `i` over packed codebook rows `js` into `y` (`js.len()` values):
+    /// the input is prepared once into `xp` ([`Isa::gemv_prepare`], `k` values of the worker's
+    /// scratch), then [`PACKED_ROWS`] weight rows at a time share it ([`Isa::dot_packed_rows`]).
+    /// `false` (nothing written) when the weights are not packed indices.
+    fn gemv_packed(&self, i: usize, js: Range<usize>, y: &mut [f32], xp: &mut [f32]) -> bool {
+        let k = self.k;
+        let mut luts = [[0.0f32; 256]; PACKED_ROWS];
+        let Some((_, bits)) = self.rows.packed_row(js.start, &mut luts[0]) else { return false };
+        let x = &self.a[i * k..(i + 1) * k];
+        let xp = &mut xp[..k];
+        (self.isa.gemv_prepare)(bits, x, xp);
+        let mut j = js.start;
+        for ys in y[..js.len()].chunks_mut(PACKED_ROWS) {
+            let mut rows: [&[u8]; PACKED_ROWS] = [&[]; PACKED_ROWS];
+            for (t, (row, lut)) in rows.iter_mut().zip(luts.iter_mut()).take(ys.len()).enumerate() {
+                // Every row of a codebook tensor is packed (the first one was).
+                *row = self.rows.packed_row(j + t, lut).map_or(&[], |(r, _)| r);
+            }
+            let mut out = [0.0f32; PACKED_ROWS];
+            let n = ys.len();
+            (self.isa.dot_packed_rows)(&rows[..n], bits, &luts[..n], x, xp, &mut out[..n]);
+            for (t, (yv, &s)) in ys.iter_mut().zip(&out).enumerate() {
+                *yv = self.act.apply(self.bias.map_or(0.0, |b| b[j + t]) + s);
+            }
+            j += n;
+        }
+        true
     }
 }
 
