@@ -86,6 +86,7 @@ pub const PACKED_ROWS: usize = 4;
 /// register right by `k * bits` puts column `l * per + k` in lane `l`. In `xp` those columns come
 /// first for `k = 0`, then `k = 1`, ...: `xp[b * lanes * per + k * lanes + l] = x[b * lanes * per
 /// + l * per + k]`. Columns after the last whole block are copied unchanged.
+#[cfg(any(target_arch = "x86_64", test))]
 pub(crate) fn permute_blocks(x: &[f32], xp: &mut [f32], lanes: usize, per: usize) {
     let xp = &mut xp[..x.len()];
     let block = lanes * per;
