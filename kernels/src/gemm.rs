@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::Isa;
+use crate::arch::{Isa, PACKED_ROWS};
 use crate::parallel::split_units;
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
@@ -109,6 +109,9 @@ struct NkProduct<'a, 'w> {
 impl NkProduct<'_, '_> {
     /// Outputs `is × js` into `y` (row-major, `js.len()` per row); `wrow` holds one decoded row.
     fn run(&self, is: Range<usize>, js: Range<usize>, y: &mut [f32], wrow: &mut [f32]) {
+        if is.len() == 1 && self.gemv_packed(is.start, js.clone(), y, wrow) {
+            return;
+        }
         let (k, width) = (self.k, js.len());
         let mut lut = [0.0f32; 256];
         for (jl, j) in js.enumerate() {
@@ -128,6 +131,42 @@ impl NkProduct<'_, '_> {
                 out(&|x| (self.isa.dot)(&wrow[..k], x));
             }
         }
+    }
+}
+
+impl NkProduct<'_, '_> {
+    /// The GEMV of input row `i` over packed codebook rows `js` into `y` (`js.len()` values):
+    /// the input is prepared once into `xp` ([`Isa::gemv_prepare`], `k` values of the worker's
+    /// scratch), then [`PACKED_ROWS`] weight rows at a time share it ([`Isa::dot_packed_rows`]).
+    /// The rows of one call come from the [`PACKED_ROWS`] quarters of `js`, so the kernel reads
+    /// that many long contiguous streams instead of restarting them every few KiB (measured
+    /// about 10 % faster at 4096×4096, 4 bits). `false` (nothing written) when the weights are
+    /// not packed indices.
+    fn gemv_packed(&self, i: usize, js: Range<usize>, y: &mut [f32], xp: &mut [f32]) -> bool {
+        let k = self.k;
+        let mut luts = [[0.0f32; 256]; PACKED_ROWS];
+        let Some((_, bits)) = self.rows.packed_row(js.start, &mut luts[0]) else { return false };
+        let x = &self.a[i * k..(i + 1) * k];
+        let xp = &mut xp[..k];
+        (self.isa.gemv_prepare)(bits, x, xp);
+        let quarter = js.len().div_ceil(PACKED_ROWS);
+        for q in 0..quarter {
+            let mut rows: [&[u8]; PACKED_ROWS] = [&[]; PACKED_ROWS];
+            let mut at = [0usize; PACKED_ROWS];
+            let mut n = 0;
+            for jl in (q..js.len()).step_by(quarter) {
+                // Every row of a codebook tensor is packed (the first one was).
+                rows[n] = self.rows.packed_row(js.start + jl, &mut luts[n]).map_or(&[], |(r, _)| r);
+                at[n] = jl;
+                n += 1;
+            }
+            let mut out = [0.0f32; PACKED_ROWS];
+            (self.isa.dot_packed_rows)(&rows[..n], bits, &luts[..n], x, xp, &mut out[..n]);
+            for (&jl, &s) in at.iter().zip(&out).take(n) {
+                y[jl] = self.act.apply(self.bias.map_or(0.0, |b| b[js.start + jl]) + s);
+            }
+        }
+        true
     }
 }
 
@@ -177,6 +216,37 @@ mod tests {
                     kernels.gemm(&a, m, k, n, &w, layout, bias, act, &mut y, &mut scratch).unwrap();
                     assert_close(&y, &want, &format!("{kernels:?} {kind:?} {layout:?} {m}x{k}x{n}"));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_gemv_matches_reference_over_whole_blocks_and_tails() {
+        // m = 1 over packed rows: whole 64-byte blocks of every width plus odd tails, row counts
+        // that leave 1..3 rows in the last kernel call, every codebook kind, split over workers.
+        let mut rng = Rng::new(21);
+        let sets = kernel_sets();
+        for (case, kind) in WeightKind::all().into_iter().skip(2).enumerate() {
+            let WeightKind::Codebook(bits, ..) = kind else { unreachable!() };
+            let k = (512 / bits as usize) * (1 + rng.below(2)) + [0, 1, 63, 100][case % 4];
+            let n = 1 + rng.below(11);
+            let data = random_weight(&mut rng, kind, n, k);
+            let wf = decode_all(&data, n);
+            let a = rng.vec(k);
+            let bias = rng.vec(n);
+            let want: Vec<f32> =
+                (0..n).map(|j| bias[j] + (0..k).map(|kk| a[kk] * wf[j * k + kk]).sum::<f32>()).collect();
+            for kernels in &sets {
+                let mut y = vec![f32::NAN; n];
+                let mut scratch = vec![f32::NAN; kernels.gemm_scratch_len(k, n, WeightLayout::NK)];
+                let w = data.view();
+                let act = Activation::None;
+                kernels
+                    .gemm(&a, 1, k, n, &w, WeightLayout::NK, Some(&bias), act, &mut y, &mut scratch)
+                    .unwrap();
+                let scale: Vec<f32> = want.iter().map(|v| v / (k as f32).sqrt()).collect();
+                let got: Vec<f32> = y.iter().map(|v| v / (k as f32).sqrt()).collect();
+                assert_close(&got, &scale, &format!("{kernels:?} {kind:?} 1x{k}x{n}"));
             }
         }
     }

@@ -164,6 +164,103 @@ fn dot_packed_matches_scalar_for_every_width() {
 }
 
 #[test]
+fn dot_packed_rows_matches_scalar_for_every_width() {
+    let mut rng = Rng::new(19);
+    for isa in Isa::available() {
+        for bits in 1..=8u8 {
+            for case in 0..24 {
+                // Lengths around the 64- and 32-byte blocks of every width, plus odd tails.
+                let n = match case % 4 {
+                    0 => rng.below(70),
+                    1 => (512 / bits as usize) * (1 + rng.below(3)),
+                    2 => (512 / bits as usize) * (1 + rng.below(3)) + 1 + rng.below(130),
+                    _ => 1000 + rng.below(1200),
+                };
+                let nrows = 1 + rng.below(5);
+                let bytes = (n * bits as usize).div_ceil(8);
+                // Some rows carry bytes past their last index (a caller may pass a longer slice).
+                let rows: Vec<Vec<u8>> = (0..nrows)
+                    .map(|_| (0..bytes + rng.below(3) * (case % 2)).map(|_| rng.below(256) as u8).collect())
+                    .collect();
+                let luts: Vec<[f32; 256]> = (0..nrows)
+                    .map(|_| {
+                        let mut t = [0.0f32; 256];
+                        for v in &mut t[..1 << bits] {
+                            *v = rng.f32();
+                        }
+                        t
+                    })
+                    .collect();
+                let x = rng.vec(n);
+                let mut xp = vec![f32::NAN; n + rng.below(3)];
+                (isa.gemv_prepare)(bits, &x, &mut xp);
+                let mut sorted_x = x.clone();
+                let mut sorted_xp = xp[..n].to_vec();
+                sorted_x.sort_by(f32::total_cmp);
+                sorted_xp.sort_by(f32::total_cmp);
+                assert_eq!(
+                    sorted_x, sorted_xp,
+                    "{} bits={bits} n={n}: xp is not a permutation of x",
+                    isa.name
+                );
+                let refs: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+                let mut got = vec![f32::NAN; nrows + 1];
+                (isa.dot_packed_rows)(&refs, bits, &luts, &x, &xp, &mut got);
+                assert!(got[nrows].is_nan(), "{}: wrote past rows.len() outputs", isa.name);
+                for (r, (row, lut)) in rows.iter().zip(&luts).enumerate() {
+                    let want = scalar::dot_packed(row, bits, lut, &x);
+                    let g = got[r];
+                    assert!(
+                        close(g, want, n as f32),
+                        "{} bits={bits} n={n} row {r}/{nrows}: {g} vs {want}",
+                        isa.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_packed_rows_rejects_short_operands() {
+    for isa in Isa::available() {
+        let (row, lut, x) = ([0x21u8; 64], [[1.0f32; 256]; 2], vec![1.0f32; 128]);
+        let xp = x.clone();
+        let mut out = [0.0f32; 2];
+        let rows: [&[u8]; 2] = [&row, &row];
+        (isa.dot_packed_rows)(&rows, 4, &lut, &x, &xp, &mut out);
+        assert_eq!(out, [128.0, 128.0], "{}", isa.name);
+        let short_xp = std::panic::catch_unwind(|| {
+            let mut out = [0.0f32; 2];
+            (isa.dot_packed_rows)(&rows, 4, &lut, &x, &xp[..100], &mut out)
+        });
+        assert!(short_xp.is_err(), "{}: a short prepared input must panic, not read", isa.name);
+        let short_out = std::panic::catch_unwind(|| {
+            let mut out = [0.0f32; 1];
+            (isa.dot_packed_rows)(&rows, 4, &lut, &x, &xp, &mut out)
+        });
+        assert!(short_out.is_err(), "{}: too few outputs must panic", isa.name);
+        let short_luts = std::panic::catch_unwind(|| {
+            let mut out = [0.0f32; 2];
+            (isa.dot_packed_rows)(&rows, 4, &lut[..1], &x, &xp, &mut out)
+        });
+        assert!(short_luts.is_err(), "{}: too few tables must panic", isa.name);
+    }
+}
+
+#[test]
+fn permute_blocks_orders_words_by_index() {
+    // 2 lanes of 4 indices per block: lane l holds columns 4l..4l+3.
+    let x: Vec<f32> = (0..19).map(|v| v as f32).collect();
+    let mut xp = vec![0.0; 20];
+    super::permute_blocks(&x, &mut xp, 2, 4);
+    let block = [0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0];
+    let want: Vec<f32> =
+        block.iter().chain(&block.map(|v| v + 8.0)).copied().chain([16.0, 17.0, 18.0]).collect();
+    assert_eq!(&xp[..19], &want[..]);
+}
+
+#[test]
 fn by_name_rejects_unknown_and_finds_available() {
     assert!(Isa::by_name("sse9").is_err());
     assert!(Isa::by_name("").is_err());

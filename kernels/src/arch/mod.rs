@@ -56,6 +56,56 @@ pub struct Isa {
     /// `sum_i lut[index_i] * x[i]` for `i < x.len()`, indices packed LSB-first at `bits` bits in `row`.
     /// `lut` has `2^bits` entries (unused entries zero), so no index can fall outside it.
     pub dot_packed: fn(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32,
+    /// Prepares the activations of a GEMV for [`Isa::dot_packed_rows`] at `bits` bits: writes the
+    /// values of `x` into `xp[..x.len()]` in this path's block order (the portable paths copy
+    /// them). Called once per GEMV (per worker), not per weight row.
+    ///
+    /// # Panics
+    /// If `xp` is shorter than `x`.
+    pub gemv_prepare: fn(bits: u8, x: &[f32], xp: &mut [f32]),
+    /// Several packed rows against one input: `out[r] = sum_i luts[r][index_{r,i}] * x[i]` for
+    /// every `r < rows.len()`, each exactly what [`Isa::dot_packed`] computes for `rows[r]`. `xp`
+    /// holds this path's [`Isa::gemv_prepare`] of `x` at the same `bits`, so the kernel can take
+    /// the indices in the order they lie in a vector register (no shuffles) and share each load
+    /// of `xp` between the rows.
+    ///
+    /// # Panics
+    /// If `luts` or `out` hold fewer entries than `rows`, or `xp` is shorter than `x`.
+    #[allow(clippy::type_complexity)]
+    pub dot_packed_rows:
+        fn(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]),
+}
+
+/// Rows [`Isa::dot_packed_rows`] gets at a time from the GEMV (the x86 kernels share each load of
+/// the prepared input between this many rows).
+pub const PACKED_ROWS: usize = 4;
+
+/// Writes `x` into `xp` in the block order of the x86 multi-row GEMV kernels: a block of
+/// `lanes * per` columns is one register of `lanes` 32-bit words of packed indices, word `l`
+/// holding the `per` indices of columns `l * per .. (l + 1) * per` (LSB first), so shifting the
+/// register right by `k * bits` puts column `l * per + k` in lane `l`. In `xp` those columns come
+/// first for `k = 0`, then `k = 1`, ...: `xp[b * lanes * per + k * lanes + l] = x[b * lanes * per
+/// + l * per + k]`. Columns after the last whole block are copied unchanged.
+#[cfg(any(target_arch = "x86_64", test))]
+pub(crate) fn permute_blocks(x: &[f32], xp: &mut [f32], lanes: usize, per: usize) {
+    let xp = &mut xp[..x.len()];
+    let block = lanes * per;
+    let whole = x.len() / block * block;
+    for (src, dst) in x[..whole].chunks_exact(block).zip(xp.chunks_exact_mut(block)) {
+        for (l, word) in src.chunks_exact(per).enumerate() {
+            for (k, &v) in word.iter().enumerate() {
+                dst[k * lanes + l] = v;
+            }
+        }
+    }
+    xp[whole..].copy_from_slice(&x[whole..]);
+}
+
+/// Checks [`Isa::dot_packed_rows`] operands (panicking on a caller bug).
+pub(crate) fn dot_packed_rows_check(rows: &[&[u8]], luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &[f32]) {
+    assert!(luts.len() >= rows.len(), "dot_packed_rows: {} tables for {} rows", luts.len(), rows.len());
+    assert!(out.len() >= rows.len(), "dot_packed_rows: {} outputs for {} rows", out.len(), rows.len());
+    assert!(xp.len() >= x.len(), "dot_packed_rows: prepared input is shorter than x");
 }
 
 /// How a micro-kernel finds row `p` of its `b` operand: a fixed stride or a list of offsets.

@@ -12,6 +12,8 @@ pub const ISA: Isa = Isa {
     dot,
     axpy,
     dot_packed,
+    gemv_prepare,
+    dot_packed_rows,
 };
 
 /// See [`Isa::gemm_rows`].
@@ -84,6 +86,26 @@ pub fn dot_packed(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32 {
         have -= bits as u32;
     }
     s
+}
+
+/// See [`Isa::gemv_prepare`]: the scalar path reads `x` in its own order, so this is a copy.
+pub fn gemv_prepare(_bits: u8, x: &[f32], xp: &mut [f32]) {
+    xp[..x.len()].copy_from_slice(x);
+}
+
+/// See [`Isa::dot_packed_rows`]: [`dot_packed`] row by row (`xp` is not needed).
+pub fn dot_packed_rows(
+    rows: &[&[u8]],
+    bits: u8,
+    luts: &[[f32; 256]],
+    x: &[f32],
+    xp: &[f32],
+    out: &mut [f32],
+) {
+    super::dot_packed_rows_check(rows, luts, x, xp, out);
+    for ((row, lut), o) in rows.iter().zip(luts).zip(out.iter_mut()) {
+        *o = dot_packed(row, bits, lut, x);
+    }
 }
 
 #[cfg(test)]

@@ -277,13 +277,31 @@ fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
         idx[d] = row % outer[d].len();
         row /= outer[d].len();
     }
+    let width = inner.len();
+    // Inner offsets `j / f * step` (an integer upscale, as nearest 2x / 4x / 8x is): rows are
+    // filled by runs of `f` copies.
+    let repeat = repeat_factor(inner);
+    // The input row of the previous whole output row gathered in this part, if any.
+    let mut last_base = None;
     let mut pos = 0;
     while pos < y.len() {
-        let n = (inner.len() - col).min(y.len() - pos);
+        let n = (width - col).min(y.len() - pos);
         let base: usize = outer.iter().zip(&idx).map(|(o, &i)| o[i]).sum();
-        for (v, &off) in y[pos..pos + n].iter_mut().zip(&inner[col..]) {
-            *v = x[base + off];
+        let whole = col == 0 && n == width;
+        if whole && last_base == Some(base) {
+            // Upscaled along an outer axis: the same input row again, already gathered.
+            y.copy_within(pos - width..pos, pos);
+        } else if let (true, Some((f, step))) = (whole, repeat) {
+            let row = &mut y[pos..pos + n];
+            for (j, run) in row.chunks_mut(f).enumerate() {
+                run.fill(x[base + inner[0] + j * step]);
+            }
+        } else {
+            for (v, &off) in y[pos..pos + n].iter_mut().zip(&inner[col..]) {
+                *v = x[base + off];
+            }
         }
+        last_base = whole.then_some(base);
         pos += n;
         col = 0;
         for d in (0..outer.len()).rev() {
@@ -294,6 +312,25 @@ fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
             idx[d] = 0;
         }
     }
+}
+
+/// `Some((f, step))` when `offsets[j] = offsets[0] + (j / f) * step` for every `j` (with `f > 1`,
+/// and `f` dividing the length): each source element repeated `f` times.
+fn repeat_factor(offsets: &[usize]) -> Option<(usize, usize)> {
+    let f = offsets.iter().take_while(|&&o| o == offsets[0]).count();
+    if f < 2 || !offsets.len().is_multiple_of(f) {
+        return None;
+    }
+    // Increasing runs only (a step of 0 only when there is one run).
+    let step = match offsets.get(f) {
+        Some(&o) => o.checked_sub(offsets[0]).filter(|&s| s > 0)?,
+        None => 0,
+    };
+    let fits = offsets
+        .iter()
+        .enumerate()
+        .all(|(j, &o)| Some(o) == (j / f).checked_mul(step).and_then(|d| d.checked_add(offsets[0])));
+    fits.then_some((f, step))
 }
 
 #[cfg(test)]
@@ -318,6 +355,49 @@ mod tests {
             gather_from(&x, &offsets, start, &mut part);
             assert_eq!(part, whole[start..start + len], "from {start}, {len} elements");
         }
+    }
+
+    /// Integer upscales (repeated runs, repeated rows) and other patterns give the element-wise
+    /// gather's result, whole and in parts.
+    #[test]
+    fn upscale_fast_paths_match_the_plain_gather() {
+        let x: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32).collect();
+        let patterns: [Vec<Vec<usize>>; 4] = [
+            // 2x along both inner axes of [2, 3, 4].
+            vec![vec![0, 12], vec![0, 0, 4, 4, 8, 8], vec![0, 0, 1, 1, 2, 2, 3, 3]],
+            // 3x along the last axis only, rows not repeated.
+            vec![vec![0, 12], vec![0, 4, 8], (0..12).map(|j| j / 3).collect()],
+            // Repeated rows with a non-repeating (downscaling) inner pattern.
+            vec![vec![12, 0], vec![4, 4, 4, 0], vec![3, 1, 0]],
+            // A one-element inner axis repeated (every output row one value).
+            vec![vec![0, 12], vec![0, 0, 8], vec![2, 2, 2, 2]],
+        ];
+        for offsets in patterns {
+            let n: usize = offsets.iter().map(Vec::len).product();
+            let mut want = vec![0.0f32; n];
+            let mut o = vec![0usize; offsets.len()];
+            for v in want.iter_mut() {
+                *v = x[offsets.iter().zip(&o).map(|(d, &i)| d[i]).sum::<usize>()];
+                for d in (0..o.len()).rev() {
+                    o[d] += 1;
+                    if o[d] < offsets[d].len() {
+                        break;
+                    }
+                    o[d] = 0;
+                }
+            }
+            for (start, len) in [(0, n), (0, 1), (3, n / 2), (n / 3, n - n / 3), (n - 1, 1)] {
+                let mut part = vec![f32::NAN; len];
+                gather_from(&x, &offsets, start, &mut part);
+                assert_eq!(part, want[start..start + len], "{offsets:?} from {start}, {len} elements");
+            }
+        }
+        assert_eq!(repeat_factor(&[5, 5, 6, 6]), Some((2, 1)));
+        assert_eq!(repeat_factor(&[0, 0, 0, 4, 4, 4]), Some((3, 4)));
+        assert_eq!(repeat_factor(&[0, 0, 1]), None);
+        assert_eq!(repeat_factor(&[0, 1, 2]), None);
+        assert_eq!(repeat_factor(&[1, 1, 0, 0]), None);
+        assert_eq!(repeat_factor(&[2, 2]), Some((2, 0)));
     }
 
     fn resize(

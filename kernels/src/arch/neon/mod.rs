@@ -25,7 +25,17 @@ const ISA: Isa = Isa {
     dot,
     axpy,
     dot_packed: packed::dot_packed,
+    gemv_prepare: super::scalar::gemv_prepare,
+    dot_packed_rows,
 };
+
+/// See [`Isa::dot_packed_rows`]: [`packed::dot_packed`] row by row on the unprepared input.
+fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
+    super::dot_packed_rows_check(rows, luts, x, xp, out);
+    for ((row, lut), o) in rows.iter().zip(luts).zip(out.iter_mut()) {
+        *o = packed::dot_packed(row, bits, lut, x);
+    }
+}
 
 /// Rows of `a` (and `c`) one register block covers.
 const MR: usize = 4;

@@ -4,7 +4,10 @@
 use std::arch::x86_64::*;
 
 use super::bounds;
-use crate::arch::{gemm_rows_at_check, gemm_rows_check, scalar, BRows, Isa, Listed, Strided};
+use crate::arch::{
+    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, permute_blocks, scalar, BRows, Isa, Listed,
+    Strided, PACKED_ROWS,
+};
 
 /// The AVX2 path. Private: only [`super::avx2`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
@@ -16,6 +19,8 @@ pub(super) const ISA: Isa = Isa {
     dot,
     axpy,
     dot_packed,
+    gemv_prepare,
+    dot_packed_rows,
 };
 
 /// Rows per register block of `gemm_rows`: 6 rows × 2 vectors = 12 accumulators of 16 registers.
@@ -320,4 +325,119 @@ unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const
         acc = _mm256_fmadd_ps(w, xv, acc);
     }
     hsum(acc)
+}
+
+/// See [`Isa::gemv_prepare`]. 1-, 2- and 4-bit rows are read by [`dot_packed_rows`] 32 bytes (8
+/// words) at a time, so `x` is put in [`permute_blocks`] order for 8 lanes; other widths copy.
+fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
+    match bits {
+        1 | 2 | 4 => permute_blocks(x, xp, 8, 32 / bits as usize),
+        _ => scalar::gemv_prepare(bits, x, xp),
+    }
+}
+
+/// See [`Isa::dot_packed_rows`]. At 1, 2 and 4 bits, up to [`PACKED_ROWS`] rows go through
+/// [`rows_kernel`] together over every whole 32-byte block, each row's remaining columns through
+/// [`dot_packed`]; other widths are [`dot_packed`] row by row.
+fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
+    dot_packed_rows_check(rows, luts, x, xp, out);
+    let each = |rows: &[&[u8]], luts: &[[f32; 256]], out: &mut [f32], from: usize, sums: &[f32]| {
+        for (r, ((row, lut), o)) in rows.iter().zip(luts).zip(out.iter_mut()).enumerate() {
+            let head = sums.get(r).copied().unwrap_or(0.0);
+            let tail = if from < x.len() {
+                dot_packed(&row[from * bits as usize / 8..], bits, lut, &x[from..])
+            } else {
+                0.0
+            };
+            *o = head + tail;
+        }
+    };
+    if !matches!(bits, 1 | 2 | 4) {
+        return each(rows, luts, out, 0, &[]);
+    }
+    let cols = 256 / bits as usize;
+    // Whole blocks in x and in every row (a row too short for x is left to dot_packed's checks).
+    let blocks = rows.iter().fold(x.len() / cols, |n, row| n.min(row.len() / 32));
+    for ((rows, luts), out) in
+        rows.chunks(PACKED_ROWS).zip(luts.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS))
+    {
+        let mut sums = [0.0f32; PACKED_ROWS];
+        let xp = xp.as_ptr();
+        // SAFETY: AVX2 + FMA were detected before this table was handed out. Every row holds at
+        // least `blocks * 32` bytes and `xp` (as long as x) at least `blocks * cols` values, by
+        // the fold above; `rows` and `luts` hold `rows.len()` entries (checked), the arm's R.
+        unsafe {
+            match (bits, rows.len()) {
+                (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, blocks, &mut sums),
+                (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, blocks, &mut sums),
+                (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, blocks, &mut sums),
+                (1, _) => rows_kernel::<1, 4>(rows, luts, xp, blocks, &mut sums),
+                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, blocks, &mut sums),
+                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, blocks, &mut sums),
+                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, blocks, &mut sums),
+                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, blocks, &mut sums),
+                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, blocks, &mut sums),
+                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, blocks, &mut sums),
+                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, blocks, &mut sums),
+                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, &mut sums),
+            }
+        }
+        each(rows, luts, out, blocks * cols, &sums);
+    }
+}
+
+/// `sums[r] = sum over blocks * 256 / B columns of lut_r[index] * x` for `R` rows of `B`-bit
+/// indices (B = 1, 2, 4), `xp` in [`permute_blocks`] order. Each 32-byte block is one register of
+/// 8 words, shifted right by `B` after each step so that the next index of every word is in the
+/// low bits. `vpermps` reads bits 2..0: at 1 and 2 bits an 8-entry table `lut[i & (2^B - 1)]`
+/// needs no masking; at 4 bits two 8-entry halves are looked up and blended on bit 3.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `rows` and `luts` hold at least `R` entries, every row at
+/// least `blocks * 32` bytes, and `xp` at least `blocks * 256 / B` floats.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_kernel<const B: i32, const R: usize>(
+    rows: &[&[u8]],
+    luts: &[[f32; 256]],
+    xp: *const f32,
+    blocks: usize,
+    sums: &mut [f32; PACKED_ROWS],
+) {
+    let per = 32 / B as usize;
+    let mask = (1usize << B) - 1;
+    let half = |r: usize, h: usize| {
+        let table: [f32; 8] = std::array::from_fn(|i| luts[r][(h * 8 + i) & mask]);
+        // SAFETY: `table` is 8 floats long.
+        unsafe { _mm256_loadu_ps(table.as_ptr()) }
+    };
+    let t0: [__m256; R] = std::array::from_fn(|r| half(r, 0));
+    let t1: [__m256; R] = std::array::from_fn(|r| half(r, 1));
+    let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for blk in 0..blocks {
+        // SAFETY: the caller guarantees 32 readable bytes at blk * 32 of every row.
+        let mut v: [__m256i; R] =
+            std::array::from_fn(|r| unsafe { _mm256_loadu_si256(p[r].add(blk * 32).cast()) });
+        // Eight steps at a time, fully unrolled, so the accumulators stay in registers.
+        for k8 in (0..per).step_by(8) {
+            for j in 0..8 {
+                // SAFETY: the caller guarantees blocks * 8 * per floats of `xp`.
+                let xk = unsafe { _mm256_loadu_ps(xp.add((blk * per + k8 + j) * 8)) };
+                for r in 0..R {
+                    let lo = _mm256_permutevar8x32_ps(t0[r], v[r]);
+                    let w = if B == 4 {
+                        let hi = _mm256_permutevar8x32_ps(t1[r], v[r]);
+                        _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(v[r])))
+                    } else {
+                        lo
+                    };
+                    acc[r][j % 2] = _mm256_fmadd_ps(w, xk, acc[r][j % 2]);
+                    v[r] = _mm256_srli_epi32::<B>(v[r]);
+                }
+            }
+        }
+    }
+    for (s, acc) in sums.iter_mut().zip(&acc) {
+        *s = hsum(_mm256_add_ps(acc[0], acc[1]));
+    }
 }

@@ -4,7 +4,10 @@
 use std::arch::x86_64::*;
 
 use super::bounds;
-use crate::arch::{gemm_rows_at_check, gemm_rows_check, scalar, BRows, Isa, Listed, Strided};
+use crate::arch::{
+    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, permute_blocks, scalar, BRows, Isa, Listed,
+    Strided, PACKED_ROWS,
+};
 
 /// The AVX-512 path. Private: only [`super::avx512`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
@@ -16,6 +19,8 @@ pub(super) const ISA: Isa = Isa {
     dot,
     axpy,
     dot_packed,
+    gemv_prepare,
+    dot_packed_rows,
 };
 
 /// Rows per register block of `gemm_rows`: 8 rows × 2 vectors = 16 accumulators of 32 registers.
@@ -325,4 +330,173 @@ unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const
         acc = _mm512_fmadd_ps(w, xv, acc);
     }
     _mm512_reduce_add_ps(acc)
+}
+
+/// See [`Isa::gemv_prepare`]. 1-, 2- and 4-bit rows are read by [`dot_packed_rows`] 64 bytes (16
+/// words) at a time, so `x` is put in [`permute_blocks`] order for 16 lanes; other widths copy.
+fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
+    match bits {
+        1 | 2 | 4 => permute_blocks(x, xp, 16, 32 / bits as usize),
+        3 if vbmi() => permute_blocks(x, xp, 16, 8),
+        _ => scalar::gemv_prepare(bits, x, xp),
+    }
+}
+
+/// Whether the CPU has AVX-512 VBMI (`vpermb`), which the 3-bit GEMV needs (cached by std).
+fn vbmi() -> bool {
+    is_x86_feature_detected!("avx512vbmi")
+}
+
+/// See [`Isa::dot_packed_rows`]. At 1, 2 and 4 bits (and 3 with VBMI), up to [`PACKED_ROWS`]
+/// rows go through [`rows_kernel`] ([`rows_kernel3`]) together over every whole 64-byte (48-byte)
+/// block, each row's remaining columns through [`dot_packed`]; other widths are [`dot_packed`]
+/// row by row.
+fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
+    dot_packed_rows_check(rows, luts, x, xp, out);
+    let each = |rows: &[&[u8]], luts: &[[f32; 256]], out: &mut [f32], from: usize, sums: &[f32]| {
+        for (r, ((row, lut), o)) in rows.iter().zip(luts).zip(out.iter_mut()).enumerate() {
+            let head = sums.get(r).copied().unwrap_or(0.0);
+            let tail = if from < x.len() {
+                dot_packed(&row[from * bits as usize / 8..], bits, lut, &x[from..])
+            } else {
+                0.0
+            };
+            *o = head + tail;
+        }
+    };
+    let three = bits == 3 && vbmi();
+    if !matches!(bits, 1 | 2 | 4) && !three {
+        return each(rows, luts, out, 0, &[]);
+    }
+    // A block is 64 bytes (48 at 3 bits: 16 words of 8 indices after `vpermb`).
+    let (cols, bytes) = if three { (128, 48) } else { (512 / bits as usize, 64) };
+    // Whole blocks in x and in every row (a row too short for x is left to dot_packed's checks).
+    let blocks = rows.iter().fold(x.len() / cols, |n, row| n.min(row.len() / bytes));
+    for ((rows, luts), out) in
+        rows.chunks(PACKED_ROWS).zip(luts.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS))
+    {
+        let mut sums = [0.0f32; PACKED_ROWS];
+        let xp = xp.as_ptr();
+        // SAFETY: AVX-512 F/BW were detected before this table was handed out, VBMI for the
+        // 3-bit arms just above. Every row holds at least `blocks * bytes` bytes and `xp` (as long
+        // as x) at least `blocks * cols` values, by the fold above; `rows` and `luts` hold
+        // `rows.len()` entries (checked), the arm's R.
+        unsafe {
+            match (bits, rows.len()) {
+                (3, 1) => rows_kernel3::<1>(rows, luts, xp, blocks, &mut sums),
+                (3, 2) => rows_kernel3::<2>(rows, luts, xp, blocks, &mut sums),
+                (3, 3) => rows_kernel3::<3>(rows, luts, xp, blocks, &mut sums),
+                (3, _) => rows_kernel3::<4>(rows, luts, xp, blocks, &mut sums),
+                (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, blocks, &mut sums),
+                (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, blocks, &mut sums),
+                (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, blocks, &mut sums),
+                (1, _) => rows_kernel::<1, 4>(rows, luts, xp, blocks, &mut sums),
+                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, blocks, &mut sums),
+                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, blocks, &mut sums),
+                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, blocks, &mut sums),
+                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, blocks, &mut sums),
+                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, blocks, &mut sums),
+                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, blocks, &mut sums),
+                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, blocks, &mut sums),
+                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, &mut sums),
+            }
+        }
+        each(rows, luts, out, blocks * cols, &sums);
+    }
+}
+
+/// `sums[r] = sum over blocks * 512 / B columns of lut_r[index] * x` for `R` rows of `B`-bit
+/// indices (B = 1, 2, 4), `xp` in [`permute_blocks`] order. Each 64-byte block is one register of
+/// 16 words; shifting it right by `B` after each step brings the next index of every word into the
+/// low bits, which is all `vpermps` reads (bits 3..0), so a table of 16 entries
+/// `lut[i & (2^B - 1)]` turns it into 16 weights without masking: per 16 weights one `vpermps`,
+/// one shift and one FMA, and one load of `xp` shared by the `R` rows.
+///
+/// # Safety
+/// AVX-512 F must be available; `rows` and `luts` hold at least `R` entries, every row at least
+/// `blocks * 64` bytes, and `xp` at least `blocks * 512 / B` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_kernel<const B: u32, const R: usize>(
+    rows: &[&[u8]],
+    luts: &[[f32; 256]],
+    xp: *const f32,
+    blocks: usize,
+    sums: &mut [f32; PACKED_ROWS],
+) {
+    let per = 32 / B as usize;
+    let mask = (1usize << B) - 1;
+    let t: [__m512; R] = std::array::from_fn(|r| {
+        let table: [f32; 16] = std::array::from_fn(|i| luts[r][i & mask]);
+        // SAFETY: `table` is 16 floats long.
+        unsafe { _mm512_loadu_ps(table.as_ptr()) }
+    });
+    let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for blk in 0..blocks {
+        // SAFETY: the caller guarantees 64 readable bytes at blk * 64 of every row.
+        let mut v: [__m512i; R] =
+            std::array::from_fn(|r| unsafe { _mm512_loadu_si512(p[r].add(blk * 64).cast()) });
+        // Eight steps at a time, fully unrolled, so the accumulators stay in registers.
+        for k8 in (0..per).step_by(8) {
+            for j in 0..8 {
+                // SAFETY: the caller guarantees blocks * 16 * per floats of `xp`.
+                let xk = unsafe { _mm512_loadu_ps(xp.add((blk * per + k8 + j) * 16)) };
+                for r in 0..R {
+                    acc[r][j % 2] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v[r], t[r]), xk, acc[r][j % 2]);
+                    v[r] = _mm512_srli_epi32::<B>(v[r]);
+                }
+            }
+        }
+    }
+    for (s, acc) in sums.iter_mut().zip(&acc) {
+        *s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    }
+}
+
+/// [`rows_kernel`] for 3-bit indices: a 48-byte block holds 128 indices; `vpermb` gives word `l`
+/// the 3 bytes `3l..3l + 3` (indices `8l..8l + 8`, LSB first), after which the block is read like
+/// the other widths, shifting by 3 with a table `lut[i & 7]` (bit 3, from the next index, is
+/// ignored by the table). `xp` is in [`permute_blocks`] order for 16 lanes of 8 indices.
+///
+/// # Safety
+/// AVX-512 F, BW and VBMI must be available; `rows` and `luts` hold at least `R` entries, every
+/// row at least `blocks * 48` bytes, and `xp` at least `blocks * 128` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn rows_kernel3<const R: usize>(
+    rows: &[&[u8]],
+    luts: &[[f32; 256]],
+    xp: *const f32,
+    blocks: usize,
+    sums: &mut [f32; PACKED_ROWS],
+) {
+    let t: [__m512; R] = std::array::from_fn(|r| {
+        let table: [f32; 16] = std::array::from_fn(|i| luts[r][i & 7]);
+        // SAFETY: `table` is 16 floats long.
+        unsafe { _mm512_loadu_ps(table.as_ptr()) }
+    });
+    // Byte 4l + j of the spread block is byte 3l + j of the packed one (j = 3 repeats j = 2).
+    let spread: [u8; 64] = std::array::from_fn(|b| (3 * (b / 4) + (b % 4).min(2)) as u8);
+    // SAFETY: `spread` is 64 bytes long.
+    let spread = unsafe { _mm512_loadu_si512(spread.as_ptr().cast()) };
+    let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for blk in 0..blocks {
+        let mut v: [__m512i; R] = std::array::from_fn(|r| {
+            // SAFETY: the caller guarantees 48 readable bytes at blk * 48 of every row; the
+            // mask keeps the load to those 48 (masked-off bytes are not accessed).
+            let packed = unsafe { _mm512_maskz_loadu_epi8((1u64 << 48) - 1, p[r].add(blk * 48).cast()) };
+            _mm512_permutexvar_epi8(spread, packed)
+        });
+        for j in 0..8 {
+            // SAFETY: the caller guarantees blocks * 128 floats of `xp`.
+            let xk = unsafe { _mm512_loadu_ps(xp.add((blk * 8 + j) * 16)) };
+            for r in 0..R {
+                acc[r][j % 2] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v[r], t[r]), xk, acc[r][j % 2]);
+                v[r] = _mm512_srli_epi32::<3>(v[r]);
+            }
+        }
+    }
+    for (s, acc) in sums.iter_mut().zip(&acc) {
+        *s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    }
 }
