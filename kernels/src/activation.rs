@@ -26,6 +26,14 @@ pub enum Activation {
     },
     /// `x * clamp(x / 6 + 1/2, 0, 1)` (as ONNX: `alpha = 1/6` multiplies, no division).
     HardSwish,
+    /// `scale * HardSwish(x) + shift`: a HardSwish followed by a scalar `Mul` and/or `Add`
+    /// (PP-LCNetV3's learnable affine block), applied in the same pass.
+    HardSwishAffine {
+        /// Factor on the HardSwish.
+        scale: f32,
+        /// Added last.
+        shift: f32,
+    },
     /// `1 / (1 + exp(-x))`.
     Sigmoid,
 }
@@ -47,8 +55,24 @@ impl Activation {
             }
             Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
             Activation::HardSwish => x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
+            Activation::HardSwishAffine { scale, shift } => hard_swish_affine(x, scale, shift),
             Activation::Sigmoid => sigmoid(x),
         }
+    }
+
+    /// This activation followed by `y * c` (`Mul`) or `y + c` (`Add`) with a scalar `c`, when
+    /// that is still one activation (a HardSwish, plain or already followed by such steps).
+    pub fn then_scalar(self, add: bool, c: f32) -> Option<Activation> {
+        let (scale, shift) = match self {
+            Activation::HardSwish => (1.0, 0.0),
+            Activation::HardSwishAffine { scale, shift } => (scale, shift),
+            _ => return None,
+        };
+        Some(if add {
+            Activation::HardSwishAffine { scale, shift: shift + c }
+        } else {
+            Activation::HardSwishAffine { scale: scale * c, shift: shift * c }
+        })
     }
 
     /// Writes `dst` row by row (rows of `width`) as the activation of `bias` plus the rows of
@@ -116,6 +140,9 @@ impl Activation {
                 let x = x + b;
                 x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)
             }),
+            Activation::HardSwishAffine { scale, shift } => {
+                each(src, src_pitch, r, dst, width, |x| hard_swish_affine(x + b, scale, shift))
+            }
             Activation::Sigmoid => each(src, src_pitch, r, dst, width, |x| sigmoid(x + b)),
         }
     }
@@ -137,9 +164,16 @@ impl Activation {
             Activation::LeakyRelu(alpha) => each(xs, |x| if x >= 0.0 { x } else { alpha * x }),
             Activation::HardSigmoid { alpha, beta } => each(xs, |x| (alpha * x + beta).clamp(0.0, 1.0)),
             Activation::HardSwish => each(xs, |x| x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)),
+            Activation::HardSwishAffine { scale, shift } => each(xs, |x| hard_swish_affine(x, scale, shift)),
             Activation::Sigmoid => each(xs, sigmoid),
         }
     }
+}
+
+/// `scale * HardSwish(x) + shift`.
+#[inline(always)]
+fn hard_swish_affine(x: f32, scale: f32, shift: f32) -> f32 {
+    (x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)) * scale + shift
 }
 
 /// Logistic sigmoid, written so that large `|x|` neither overflows nor loses the tails.
@@ -215,6 +249,9 @@ mod tests {
             let hw = Activation::HardSwish.apply(x);
             let relu6 = (x + 3.0).clamp(0.0, 6.0);
             assert!((hw - x * relu6 / 6.0).abs() < 1e-5, "hardswish({x})");
+            let lab = Activation::HardSwish.then_scalar(false, 1.5).and_then(|a| a.then_scalar(true, -0.25));
+            let want = hw * 1.5 - 0.25;
+            assert!((lab.unwrap().apply(x) - want).abs() < 1e-5, "hardswish * 1.5 - 0.25 at {x}");
             let s = Activation::Sigmoid.apply(x);
             let want = 1.0 / (1.0 + (-(x as f64)).exp());
             assert!((s as f64 - want).abs() < 1e-6, "sigmoid({x})");
@@ -248,8 +285,10 @@ mod tests {
             Activation::LeakyRelu(0.1),
             Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
             Activation::HardSwish,
+            Activation::HardSwishAffine { scale: 1.5, shift: -0.25 },
             Activation::Sigmoid,
         ];
+        assert_eq!(Activation::Relu.then_scalar(true, 1.0), None, "only a HardSwish takes an affine step");
         for act in all {
             let mut dst = [f32::NAN; 6];
             act.store_rows(&xs[..7], 4, 0.5, None, &mut dst, 3);

@@ -8,7 +8,9 @@
 //! A pair `y = Conv(..); z = Act(y)` fuses when `y` is read by that activation only, is not a
 //! graph output, and the activation is one the kernels implement (`Relu`, `LeakyRelu`, `Sigmoid`,
 //! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds). The producer then writes `z`
-//! directly and the activation node disappears; `y` is no longer produced.
+//! directly and the activation node disappears; `y` is no longer produced. A fused `HardSwish`
+//! also takes the scalar `Mul` and `Add` that follow it on the same terms (PP-LCNetV3's
+//! learnable affine block, 14 pairs in PP-OCRv4 det).
 //!
 //! Before that, a residual `z = Add(Conv(..), r)` (either operand order) fuses the same way when
 //! the convolution's output is read by that `Add` only and is not a graph output: the Conv takes
@@ -31,6 +33,18 @@ pub struct Fused {
     pub graph: Graph,
     /// Per node of `graph`: the activation its op applies to its output (`None` for most).
     pub activations: Vec<Activation>,
+}
+
+/// The value of constant `id` when it is one f32 of rank at most 1 (so broadcasting it against
+/// an activation keeps the activation's shape).
+fn scalar_constant(graph: &Graph, id: ValueId, constant: &ConstantFn<'_>) -> Option<f32> {
+    use pith_format::TensorView;
+    let rank = graph.values.get(id as usize)?.shape.as_ref().map_or(0, Vec::len);
+    match constant(id)? {
+        TensorView::F32([x]) if rank <= 1 => Some(*x),
+        TensorView::F16([x]) if rank <= 1 => Some(x.to_f32()),
+        _ => None,
+    }
 }
 
 /// Rewrites `graph`: residual adds into convolutions, then activations into their producers.
@@ -173,17 +187,36 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
     let mut new_output: Vec<Option<ValueId>> = vec![None; graph.nodes.len()];
     let mut dropped = vec![false; graph.nodes.len()];
     for (j, node) in graph.nodes.iter().enumerate() {
-        let Some(Some(y)) = node.inputs.first() else { continue };
-        let Some(Some(producer)) = producer_of.get(*y as usize) else { continue };
-        if readers[*y as usize] != 1 || graph.outputs.contains(y) || node.outputs.len() != 1 {
+        if node.outputs.len() != 1 {
             continue;
         }
-        if activation[*producer] != Activation::None {
-            continue;
+        // The fusable producer of `y`, when `y` feeds this node only.
+        let sole_producer = |y: ValueId, producer_of: &[Option<usize>]| -> Option<usize> {
+            let p = producer_of.get(y as usize).copied().flatten()?;
+            (readers[y as usize] == 1 && !graph.outputs.contains(&y)).then_some(p)
+        };
+        let mut fused = None;
+        if let Some(Some(y)) = node.inputs.first() {
+            if let Some(p) = sole_producer(*y, &producer_of).filter(|&p| activation[p] == Activation::None) {
+                fused = unary::fusable_activation(node, constant).map(|act| (p, act));
+            }
         }
-        if let Some(act) = unary::fusable_activation(node, constant) {
-            activation[*producer] = act;
-            new_output[*producer] = Some(node.outputs[0]);
+        // A scalar Mul / Add after a fused HardSwish (PP-LCNetV3's learnable affine block).
+        if fused.is_none() && matches!(node.op, OpKind::Mul | OpKind::Add) && node.inputs.len() == 2 {
+            for k in 0..2 {
+                let (Some(y), Some(c)) = (node.inputs[k], node.inputs[1 - k]) else { continue };
+                let Some(p) = sole_producer(y, &producer_of) else { continue };
+                let Some(c) = scalar_constant(graph, c, constant) else { continue };
+                if let Some(act) = activation[p].then_scalar(node.op == OpKind::Add, c) {
+                    fused = Some((p, act));
+                    break;
+                }
+            }
+        }
+        if let Some((p, act)) = fused {
+            activation[p] = act;
+            new_output[p] = Some(node.outputs[0]);
+            producer_of[node.outputs[0] as usize] = Some(p);
             dropped[j] = true;
         }
     }

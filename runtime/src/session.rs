@@ -677,6 +677,38 @@ mod tests {
     }
 
     #[test]
+    fn scalar_affine_steps_fuse_after_a_hard_swish() {
+        // Conv → HardSwish → Mul(scalar, y) → Add(y, scalar): one conv; a Mul by a per-channel
+        // constant after the next HardSwish stays a node.
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 2, 4, 5].iter().map(|&d| Dim::Fixed(d)).collect());
+            let w = b.floats("w", &[2, 2, 1, 1], vec![1.5, -0.5, 0.25, 2.0]);
+            let (scale, shift) = (b.floats("scale", &[1], vec![0.75]), b.floats("shift", &[1], vec![-0.3]));
+            let chan = b.floats("chan", &[1, 2, 1, 1], vec![2.0, -1.0]);
+            let y = b.node(OpKind::Conv, &[x, w], 1, vec![])[0];
+            let h = b.node(OpKind::HardSwish, &[y], 1, vec![])[0]; // fuses
+            let m = b.node(OpKind::Mul, &[scale, h], 1, vec![])[0]; // fuses (scalar first)
+            let a = b.node(OpKind::Add, &[m, shift], 1, vec![])[0]; // fuses
+            let y2 = b.node(OpKind::Conv, &[a, w], 1, vec![])[0];
+            let h2 = b.node(OpKind::HardSwish, &[y2], 1, vec![])[0]; // fuses
+            let c = b.node(OpKind::Mul, &[h2, chan], 1, vec![])[0]; // not a scalar: stays
+            b.output(c);
+            b.model
+        };
+        let x =
+            Tensor::from_f32(vec![1, 2, 4, 5], (0..40).map(|i| ((i * 13 % 17) as f32 - 8.0) / 2.0).collect());
+        let mut fused = Mem::with_fusion(build(), true).unwrap();
+        let mut plain = Mem::with_fusion(build(), false).unwrap();
+        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
+        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 3);
+        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 7);
+        for (p, q) in a[0].1.as_f32().unwrap().iter().zip(b[0].1.as_f32().unwrap()) {
+            assert!((p - q).abs() <= 1e-6 * q.abs().max(1.0), "{p} vs {q}");
+        }
+    }
+
+    #[test]
     fn residual_adds_fuse_into_convolutions_without_changing_results() {
         // Conv + Add + Relu (the Add takes the conv second, then first), a residual added by
         // broadcasting ([1, 3, 1, 1]), and a conv whose output has a second reader (not fused).

@@ -96,6 +96,7 @@ fn epilogues_match_scalar_for_every_activation() {
         Activation::LeakyRelu(0.1),
         Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
         Activation::HardSwish,
+        Activation::HardSwishAffine { scale: 0.75, shift: 0.5 },
         Activation::Sigmoid,
     ];
     let mut rng = Rng::new(17);
