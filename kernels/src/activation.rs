@@ -24,6 +24,16 @@ pub enum Activation {
         /// Offset.
         beta: f32,
     },
+    /// `clamp(alpha * x + beta, 0, 1) + plus`: a HardSigmoid followed by a scalar `Add`
+    /// (a squeeze-excite gate `x * s + x` computed as `x * (s + 1)`).
+    HardSigmoidPlus {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+        /// Added after the clamp.
+        plus: f32,
+    },
     /// `x * clamp(x / 6 + 1/2, 0, 1)` (as ONNX: `alpha = 1/6` multiplies, no division).
     HardSwish,
     /// `scale * HardSwish(x) + shift`: a HardSwish followed by a scalar `Mul` and/or `Add`
@@ -54,6 +64,7 @@ impl Activation {
                 }
             }
             Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Activation::HardSigmoidPlus { alpha, beta, plus } => (alpha * x + beta).clamp(0.0, 1.0) + plus,
             Activation::HardSwish => x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0),
             Activation::HardSwishAffine { scale, shift } => hard_swish_affine(x, scale, shift),
             Activation::Sigmoid => sigmoid(x),
@@ -61,11 +72,18 @@ impl Activation {
     }
 
     /// This activation followed by `y * c` (`Mul`) or `y + c` (`Add`) with a scalar `c`, when
-    /// that is still one activation (a HardSwish, plain or already followed by such steps).
+    /// that is still one activation: a HardSwish (plain or already followed by such steps) takes
+    /// both, a HardSigmoid an `Add`.
     pub fn then_scalar(self, add: bool, c: f32) -> Option<Activation> {
         let (scale, shift) = match self {
             Activation::HardSwish => (1.0, 0.0),
             Activation::HardSwishAffine { scale, shift } => (scale, shift),
+            Activation::HardSigmoid { alpha, beta } if add => {
+                return Some(Activation::HardSigmoidPlus { alpha, beta, plus: c })
+            }
+            Activation::HardSigmoidPlus { alpha, beta, plus } if add => {
+                return Some(Activation::HardSigmoidPlus { alpha, beta, plus: plus + c })
+            }
             _ => return None,
         };
         Some(if add {
@@ -136,6 +154,9 @@ impl Activation {
             Activation::HardSigmoid { alpha, beta } => {
                 each(src, src_pitch, r, dst, width, |x| (alpha * (x + b) + beta).clamp(0.0, 1.0))
             }
+            Activation::HardSigmoidPlus { alpha, beta, plus } => {
+                each(src, src_pitch, r, dst, width, |x| (alpha * (x + b) + beta).clamp(0.0, 1.0) + plus)
+            }
             Activation::HardSwish => each(src, src_pitch, r, dst, width, |x| {
                 let x = x + b;
                 x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)
@@ -163,6 +184,9 @@ impl Activation {
             Activation::Clip { min, max } => each(xs, |x| x.max(min).min(max)),
             Activation::LeakyRelu(alpha) => each(xs, |x| if x >= 0.0 { x } else { alpha * x }),
             Activation::HardSigmoid { alpha, beta } => each(xs, |x| (alpha * x + beta).clamp(0.0, 1.0)),
+            Activation::HardSigmoidPlus { alpha, beta, plus } => {
+                each(xs, |x| (alpha * x + beta).clamp(0.0, 1.0) + plus)
+            }
             Activation::HardSwish => each(xs, |x| x * (x * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0)),
             Activation::HardSwishAffine { scale, shift } => each(xs, |x| hard_swish_affine(x, scale, shift)),
             Activation::Sigmoid => each(xs, sigmoid),
@@ -286,9 +310,13 @@ mod tests {
             Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
             Activation::HardSwish,
             Activation::HardSwishAffine { scale: 1.5, shift: -0.25 },
+            Activation::HardSigmoidPlus { alpha: 0.2, beta: 0.5, plus: 1.0 },
             Activation::Sigmoid,
         ];
-        assert_eq!(Activation::Relu.then_scalar(true, 1.0), None, "only a HardSwish takes an affine step");
+        assert_eq!(Activation::Relu.then_scalar(true, 1.0), None, "a Relu takes no affine step");
+        let gate = Activation::HardSigmoid { alpha: 0.2, beta: 0.5 };
+        assert_eq!(gate.then_scalar(false, 2.0), None, "a HardSigmoid takes no factor");
+        assert_eq!(gate.then_scalar(true, 1.0).unwrap().apply(0.5), gate.apply(0.5) + 1.0);
         for act in all {
             let mut dst = [f32::NAN; 6];
             act.store_rows(&xs[..7], 4, 0.5, None, &mut dst, 3);

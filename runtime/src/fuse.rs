@@ -10,7 +10,9 @@
 //! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds). The producer then writes `z`
 //! directly and the activation node disappears; `y` is no longer produced. A fused `HardSwish`
 //! also takes the scalar `Mul` and `Add` that follow it on the same terms (PP-LCNetV3's
-//! learnable affine block, 14 pairs in PP-OCRv4 det).
+//! learnable affine block, 14 pairs in PP-OCRv4 det), and a squeeze-excite residual
+//! `Add(x, Mul(x, s))` whose gate `s` is a fused `HardSigmoid` becomes `Mul(x, s + 1)`, the `+ 1`
+//! in the gate's epilogue (PP-OCRv4 det's 8 RSE blocks).
 //!
 //! Before that, a residual `z = Add(Conv(..), r)` (either operand order) fuses the same way when
 //! the convolution's output is read by that `Add` only and is not a graph output: the Conv takes
@@ -218,6 +220,34 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
             new_output[p] = Some(node.outputs[0]);
             producer_of[node.outputs[0] as usize] = Some(p);
             dropped[j] = true;
+            continue;
+        }
+        // A squeeze-excite residual `x + x * s` with a fused HardSigmoid gate `s`: the gate's
+        // producer adds 1 and the Mul writes the sum, `x * (s + 1)`, in one pass.
+        if node.op == OpKind::Add && node.inputs.len() == 2 {
+            for k in 0..2 {
+                let (Some(x), Some(m)) = (node.inputs[k], node.inputs[1 - k]) else { continue };
+                let Some(mul) = sole_producer(m, &producer_of) else { continue };
+                let mul_node = &graph.nodes[mul];
+                if mul_node.op != OpKind::Mul || activation[mul] != Activation::None || dropped[mul] {
+                    continue;
+                }
+                let gate = match mul_node.inputs.as_slice() {
+                    [Some(a), Some(g)] if *a == x => *g,
+                    [Some(g), Some(a)] if *a == x => *g,
+                    _ => continue,
+                };
+                let Some(p) = sole_producer(gate, &producer_of) else { continue };
+                let Some(act) = activation[p].then_scalar(true, 1.0) else { continue };
+                if !matches!(act, Activation::HardSigmoidPlus { .. }) {
+                    continue;
+                }
+                activation[p] = act;
+                new_output[mul] = Some(node.outputs[0]);
+                producer_of[node.outputs[0] as usize] = Some(mul);
+                dropped[j] = true;
+                break;
+            }
         }
     }
     let mut nodes = Vec::with_capacity(graph.nodes.len());

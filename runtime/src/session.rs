@@ -709,6 +709,39 @@ mod tests {
     }
 
     #[test]
+    fn a_gated_residual_becomes_one_mul() {
+        // y + y * HardSigmoid(Conv(GlobalAveragePool(y))): the Add folds into the Mul, the + 1
+        // into the gate conv's epilogue.
+        let build = |x_first: bool| {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 2, 3, 4].iter().map(|&d| Dim::Fixed(d)).collect());
+            let w = b.floats("w", &[2, 2, 1, 1], vec![1.5, -0.5, 0.25, 2.0]);
+            let y = b.node(OpKind::Conv, &[x, w], 1, vec![])[0];
+            let g = b.node(OpKind::GlobalAveragePool, &[y], 1, vec![])[0];
+            let t = b.node(OpKind::Conv, &[g, w], 1, vec![])[0];
+            let attrs = vec![("alpha", Attr::Float(0.2)), ("beta", Attr::Float(0.5))];
+            let s = b.node(OpKind::HardSigmoid, &[t], 1, attrs)[0]; // fuses into the gate conv
+            let m = b.node(OpKind::Mul, &[y, s], 1, vec![])[0];
+            let inputs = if x_first { [y, m] } else { [m, y] };
+            let a = b.node(OpKind::Add, &inputs, 1, vec![])[0]; // folds into the Mul
+            b.output(a);
+            b.model
+        };
+        let x =
+            Tensor::from_f32(vec![1, 2, 3, 4], (0..24).map(|i| ((i * 13 % 17) as f32 - 8.0) / 2.0).collect());
+        for x_first in [true, false] {
+            let mut fused = Mem::with_fusion(build(x_first), true).unwrap();
+            let mut plain = Mem::with_fusion(build(x_first), false).unwrap();
+            let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x.clone())]).unwrap());
+            assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 4);
+            assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 6);
+            for (p, q) in a[0].1.as_f32().unwrap().iter().zip(b[0].1.as_f32().unwrap()) {
+                assert!((p - q).abs() <= 1e-6 * q.abs().max(1.0), "{p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
     fn residual_adds_fuse_into_convolutions_without_changing_results() {
         // Conv + Add + Relu (the Add takes the conv second, then first), a residual added by
         // broadcasting ([1, 3, 1, 1]), and a conv whose output has a second reader (not fused).

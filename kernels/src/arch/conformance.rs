@@ -97,6 +97,7 @@ fn epilogues_match_scalar_for_every_activation() {
         Activation::HardSigmoid { alpha: 0.2, beta: 0.5 },
         Activation::HardSwish,
         Activation::HardSwishAffine { scale: 0.75, shift: 0.5 },
+        Activation::HardSigmoidPlus { alpha: 0.2, beta: 0.5, plus: 1.0 },
         Activation::Sigmoid,
     ];
     let mut rng = Rng::new(17);
