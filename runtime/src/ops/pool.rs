@@ -76,8 +76,10 @@ impl Pool {
     }
 }
 
-/// Input positions of output `o`'s taps along one axis: `(valid taps, taps counted by include_pad)`.
-fn taps(a: &Axis, n: usize, o: usize) -> (Vec<usize>, usize) {
+/// Input positions of output `o`'s taps along axis `a` over `n` inputs: `(valid taps, taps
+/// counted by include_pad)`. Public so gradients (the compressor's fine-tuning) use the same
+/// windows.
+pub fn taps(a: &Axis, n: usize, o: usize) -> (Vec<usize>, usize) {
     let mut valid = Vec::with_capacity(a.kernel);
     let mut padded = 0;
     for k in 0..a.kernel {

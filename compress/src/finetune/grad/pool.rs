@@ -3,25 +3,9 @@
 use pith_format::ir::OpKind;
 use pith_runtime::ops::attrs;
 use pith_runtime::ops::conv::{Axis, Window};
+use pith_runtime::ops::pool::taps;
 
 use super::{Grads, NodeArgs};
-
-/// Input positions of window `o` along axis `a` over `n` inputs, and the window's extent
-/// counting padding (the divisor of an average that counts padding).
-fn taps(a: &Axis, n: usize, o: usize) -> (Vec<usize>, usize) {
-    let mut valid = Vec::with_capacity(a.kernel);
-    let mut padded = 0;
-    for k in 0..a.kernel {
-        let i = (o * a.stride + k * a.dil) as isize - a.pad_begin as isize;
-        if i >= 0 && (i as usize) < n {
-            valid.push(i as usize);
-        }
-        if i < (n + a.pad_end) as isize {
-            padded += 1;
-        }
-    }
-    (valid, padded)
-}
 
 /// `MaxPool` (the gradient goes to the first maximum of each window) and `AveragePool`.
 pub(super) fn window(a: &NodeArgs<'_>) -> Result<Grads, String> {
