@@ -50,6 +50,13 @@ fn bad_samples_are_typed_errors() {
     assert!(compress(&options, &[renamed]).unwrap_err().to_string().contains("no input named 'image'"));
     let bad = CalibOptions { bits: BitsChoice::Auto { min_fidelity: 1.5 }, ..options };
     assert!(matches!(compress(&bad, &[sample(0)]), Err(CalibError::Options(_))));
+    let tune = Some(pith_compress::finetune::FinetuneOptions::default());
+    let f16 = CalibOptions { bits: BitsChoice::Fixed(WeightFormat::F16), finetune: tune, ..options };
+    let err = compress(&f16, &[sample(0)]).unwrap_err();
+    assert!(err.to_string().contains("fine-tuning trains codebooks"), "{err}");
+    let idle = tune.map(|t| pith_compress::finetune::FinetuneOptions { steps: 0, ..t });
+    let none = CalibOptions { finetune: idle, ..options };
+    assert!(matches!(compress(&none, &[sample(0)]), Err(CalibError::Options(_))));
 }
 
 #[test]

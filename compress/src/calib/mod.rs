@@ -479,6 +479,12 @@ fn check_options(options: &CalibOptions) -> Result<(), CalibError> {
         BitsChoice::Fixed(WeightFormat::Codebook { bits }) if !(1..=8).contains(&bits) => {
             Err(CalibError::Options(format!("codebook bits must be 1..=8, got {bits}")))
         }
+        BitsChoice::Fixed(WeightFormat::F32 | WeightFormat::F16) if options.finetune.is_some() => {
+            Err(CalibError::Options("fine-tuning trains codebooks: use codebook bits (1..=8) or auto".into()))
+        }
+        _ if options.finetune.is_some_and(|f| f.steps == 0 || !(f.rel_lr > 0.0 && f.rel_lr.is_finite())) => {
+            Err(CalibError::Options("fine-tuning needs at least one step and a positive step size".into()))
+        }
         _ => Ok(()),
     }
 }
