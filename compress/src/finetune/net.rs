@@ -130,7 +130,7 @@ impl<'m> Net<'m> {
         inputs: &[(String, Tensor)],
         params: &[Tensor],
     ) -> Result<Vec<Tensor>, FinetuneError> {
-        let mut trace = self.forward(sample, inputs, params)?;
+        let trace = self.forward(sample, inputs, params)?;
         self.model
             .graph
             .outputs
@@ -138,7 +138,6 @@ impl<'m> Net<'m> {
             .map(|&o| {
                 self.value(o, &trace.values, params)
                     .cloned()
-                    .or_else(|| trace.values[o as usize].take())
                     .ok_or_else(|| FinetuneError::Model(format!("output value {o} was not computed")))
             })
             .collect()
