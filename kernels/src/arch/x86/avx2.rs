@@ -341,23 +341,11 @@ fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
 /// [`dot_packed`]; other widths are [`dot_packed`] row by row.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     dot_packed_rows_check(rows, luts, x, xp, out);
-    let each = |rows: &[&[u8]], luts: &[[f32; 256]], out: &mut [f32], from: usize, sums: &[f32]| {
-        for (r, ((row, lut), o)) in rows.iter().zip(luts).zip(out.iter_mut()).enumerate() {
-            let head = sums.get(r).copied().unwrap_or(0.0);
-            let tail = if from < x.len() {
-                dot_packed(&row[from * bits as usize / 8..], bits, lut, &x[from..])
-            } else {
-                0.0
-            };
-            *o = head + tail;
-        }
-    };
     if !matches!(bits, 1 | 2 | 4) {
-        return each(rows, luts, out, 0, &[]);
+        return bounds::add_row_tails(dot_packed, rows, bits, luts, x, 0, &[], out);
     }
     let cols = 256 / bits as usize;
-    // Whole blocks in x and in every row (a row too short for x is left to dot_packed's checks).
-    let blocks = rows.iter().fold(x.len() / cols, |n, row| n.min(row.len() / 32));
+    let blocks = bounds::whole_blocks(rows, x.len(), cols, 32);
     for ((rows, luts), out) in
         rows.chunks(PACKED_ROWS).zip(luts.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS))
     {
@@ -365,7 +353,7 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
         let xp = xp.as_ptr();
         // SAFETY: AVX2 + FMA were detected before this table was handed out. Every row holds at
         // least `blocks * 32` bytes and `xp` (as long as x) at least `blocks * cols` values, by
-        // the fold above; `rows` and `luts` hold `rows.len()` entries (checked), the arm's R.
+        // `whole_blocks` above; `rows` and `luts` hold `rows.len()` entries (checked), the arm's R.
         unsafe {
             match (bits, rows.len()) {
                 (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, blocks, &mut sums),
@@ -382,7 +370,7 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
                 (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, &mut sums),
             }
         }
-        each(rows, luts, out, blocks * cols, &sums);
+        bounds::add_row_tails(dot_packed, rows, bits, luts, x, blocks * cols, &sums, out);
     }
 }
 

@@ -353,25 +353,13 @@ fn vbmi() -> bool {
 /// row by row.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     dot_packed_rows_check(rows, luts, x, xp, out);
-    let each = |rows: &[&[u8]], luts: &[[f32; 256]], out: &mut [f32], from: usize, sums: &[f32]| {
-        for (r, ((row, lut), o)) in rows.iter().zip(luts).zip(out.iter_mut()).enumerate() {
-            let head = sums.get(r).copied().unwrap_or(0.0);
-            let tail = if from < x.len() {
-                dot_packed(&row[from * bits as usize / 8..], bits, lut, &x[from..])
-            } else {
-                0.0
-            };
-            *o = head + tail;
-        }
-    };
     let three = bits == 3 && vbmi();
     if !matches!(bits, 1 | 2 | 4) && !three {
-        return each(rows, luts, out, 0, &[]);
+        return bounds::add_row_tails(dot_packed, rows, bits, luts, x, 0, &[], out);
     }
     // A block is 64 bytes (48 at 3 bits: 16 words of 8 indices after `vpermb`).
     let (cols, bytes) = if three { (128, 48) } else { (512 / bits as usize, 64) };
-    // Whole blocks in x and in every row (a row too short for x is left to dot_packed's checks).
-    let blocks = rows.iter().fold(x.len() / cols, |n, row| n.min(row.len() / bytes));
+    let blocks = bounds::whole_blocks(rows, x.len(), cols, bytes);
     for ((rows, luts), out) in
         rows.chunks(PACKED_ROWS).zip(luts.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS))
     {
@@ -379,7 +367,7 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
         let xp = xp.as_ptr();
         // SAFETY: AVX-512 F/BW were detected before this table was handed out, VBMI for the
         // 3-bit arms just above. Every row holds at least `blocks * bytes` bytes and `xp` (as long
-        // as x) at least `blocks * cols` values, by the fold above; `rows` and `luts` hold
+        // as x) at least `blocks * cols` values, by `whole_blocks` above; `rows` and `luts` hold
         // `rows.len()` entries (checked), the arm's R.
         unsafe {
             match (bits, rows.len()) {
@@ -401,7 +389,7 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
                 (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, &mut sums),
             }
         }
-        each(rows, luts, out, blocks * cols, &sums);
+        bounds::add_row_tails(dot_packed, rows, bits, luts, x, blocks * cols, &sums, out);
     }
 }
 

@@ -24,6 +24,34 @@ pub(super) fn vector_groups(
     Some(fit.min(x.len() / lanes))
 }
 
+/// Whole blocks of `cols` columns (`bytes` packed bytes each) that `x` and every row hold: the
+/// span the multi-row GEMV kernels may read (a row too short for `x` is left to `dot_packed`'s
+/// own checks on the tail).
+pub(super) fn whole_blocks(rows: &[&[u8]], x_len: usize, cols: usize, bytes: usize) -> usize {
+    rows.iter().fold(x_len / cols, |n, row| n.min(row.len() / bytes))
+}
+
+/// `out[r] = sums[r] + dot(rows[r] from column from)`: the multi-row kernels' block sums plus each
+/// row's remaining columns through the path's `dot_packed` (`sums` empty and `from` 0: whole rows).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_row_tails(
+    dot: fn(&[u8], u8, &[f32], &[f32]) -> f32,
+    rows: &[&[u8]],
+    bits: u8,
+    luts: &[[f32; 256]],
+    x: &[f32],
+    from: usize,
+    sums: &[f32],
+    out: &mut [f32],
+) {
+    for (r, ((row, lut), o)) in rows.iter().zip(luts).zip(out.iter_mut()).enumerate() {
+        let head = sums.get(r).copied().unwrap_or(0.0);
+        let tail =
+            if from < x.len() { dot(&row[from * bits as usize / 8..], bits, lut, &x[from..]) } else { 0.0 };
+        *o = head + tail;
+    }
+}
+
 /// `lut` copied into `N` zero-padded slots (LUTs shorter than a register).
 pub(super) fn padded_lut<const N: usize>(lut: &[f32]) -> [f32; N] {
     let mut t = [0.0f32; N];
