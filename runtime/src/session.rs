@@ -356,6 +356,30 @@ mod tests {
         }
     }
 
+    /// Runs `build()`'s model with and without fusion on input `x`, checks the runtime node
+    /// counts `(fused, plain)` and that every output matches in name, shape and, within `rel`
+    /// (relative to max(|plain|, 1)), value; returns the fused outputs.
+    fn fused_matches_plain(
+        build: impl Fn() -> Model,
+        x: &Tensor,
+        nodes: (usize, usize),
+        rel: f32,
+    ) -> Vec<(String, Tensor)> {
+        let mut fused = Mem::with_fusion(build(), true).unwrap();
+        let mut plain = Mem::with_fusion(build(), false).unwrap();
+        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x.clone())]).unwrap());
+        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, nodes.0, "fused nodes");
+        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, nodes.1, "unfused nodes");
+        assert_eq!(a.len(), b.len());
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!((na, &ta.shape), (nb, &tb.shape));
+            for (p, q) in ta.as_f32().unwrap().iter().zip(tb.as_f32().unwrap()) {
+                assert!((p - q).abs() <= rel * q.abs().max(1.0), "{na}: {p} vs {q}");
+            }
+        }
+        a
+    }
+
     fn sym(s: &str) -> Dim {
         Dim::Symbol(s.into())
     }
@@ -658,19 +682,8 @@ mod tests {
         };
         let x =
             Tensor::from_f32(vec![1, 2, 5, 5], (0..50).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect());
-        let mut fused = Mem::with_fusion(build(), true).unwrap();
-        let mut plain = Mem::with_fusion(build(), false).unwrap();
-        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
-        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 5);
-        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 7);
+        let a = fused_matches_plain(build, &x, (5, 7), 1e-6);
         assert_eq!(a.len(), 3);
-        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-            assert_eq!(na, nb);
-            assert_eq!(ta.shape, tb.shape);
-            for (p, q) in ta.as_f32().unwrap().iter().zip(tb.as_f32().unwrap()) {
-                assert!((p - q).abs() <= 1e-6 * q.abs().max(1.0), "{na}: {p} vs {q}");
-            }
-        }
         // The clip bounds actually applied: some outputs sit exactly on them.
         let v = a[0].1.as_f32().unwrap();
         assert!(v.iter().all(|&e| (-0.5..=2.0).contains(&e)) && v.contains(&2.0), "{v:?}");
@@ -698,14 +711,7 @@ mod tests {
         };
         let x =
             Tensor::from_f32(vec![1, 2, 4, 5], (0..40).map(|i| ((i * 13 % 17) as f32 - 8.0) / 2.0).collect());
-        let mut fused = Mem::with_fusion(build(), true).unwrap();
-        let mut plain = Mem::with_fusion(build(), false).unwrap();
-        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
-        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 3);
-        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 7);
-        for (p, q) in a[0].1.as_f32().unwrap().iter().zip(b[0].1.as_f32().unwrap()) {
-            assert!((p - q).abs() <= 1e-6 * q.abs().max(1.0), "{p} vs {q}");
-        }
+        fused_matches_plain(build, &x, (3, 7), 1e-6);
     }
 
     #[test]
@@ -730,14 +736,7 @@ mod tests {
         let x =
             Tensor::from_f32(vec![1, 2, 3, 4], (0..24).map(|i| ((i * 13 % 17) as f32 - 8.0) / 2.0).collect());
         for x_first in [true, false] {
-            let mut fused = Mem::with_fusion(build(x_first), true).unwrap();
-            let mut plain = Mem::with_fusion(build(x_first), false).unwrap();
-            let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x.clone())]).unwrap());
-            assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 4);
-            assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 6);
-            for (p, q) in a[0].1.as_f32().unwrap().iter().zip(b[0].1.as_f32().unwrap()) {
-                assert!((p - q).abs() <= 1e-6 * q.abs().max(1.0), "{p} vs {q}");
-            }
+            fused_matches_plain(|| build(x_first), &x, (4, 6), 1e-6);
         }
     }
 
@@ -772,18 +771,8 @@ mod tests {
             vec![1, 3, 6, 7],
             (0..126).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect(),
         );
-        let mut fused = Mem::with_fusion(build(), true).unwrap();
-        let mut plain = Mem::with_fusion(build(), false).unwrap();
-        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
         // 10 nodes: three Adds and the Relu fused away.
-        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 6);
-        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 10);
-        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
-            assert_eq!((na, &ta.shape), (nb, &tb.shape));
-            for (p, q) in ta.as_f32().unwrap().iter().zip(tb.as_f32().unwrap()) {
-                assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "{na}: {p} vs {q}");
-            }
-        }
+        fused_matches_plain(build, &x, (6, 10), 1e-5);
     }
 
     #[test]
@@ -814,17 +803,8 @@ mod tests {
         };
         let x =
             Tensor::from_f32(vec![1, 2, 4, 5], (0..40).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect());
-        let mut fused = Mem::with_fusion(build(), true).unwrap();
-        let mut plain = Mem::with_fusion(build(), false).unwrap();
-        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
         // Conv+Pad+Add+Relu is one node; the width Pads stay, their Add fuses into the second Conv.
-        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 4);
-        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 8);
-        let (p, q) = (a[0].1.as_f32().unwrap(), b[0].1.as_f32().unwrap());
-        assert_eq!(a[0].1.shape, b[0].1.shape);
-        for (p, q) in p.iter().zip(q) {
-            assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "{p} vs {q}");
-        }
+        fused_matches_plain(build, &x, (4, 8), 1e-5);
     }
 
     #[test]
@@ -845,12 +825,8 @@ mod tests {
         // Both signs in both channels.
         let x =
             Tensor::from_f32(vec![1, 2, 3, 3], (0..18).map(|i| ((i * 7 % 18) as f32 - 9.0) / 2.0).collect());
-        let mut fused = Mem::with_fusion(build(), true).unwrap();
-        let mut plain = Mem::with_fusion(build(), false).unwrap();
-        let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x)]).unwrap());
-        assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, 1);
-        assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, 2);
-        assert_eq!(a, b);
+        // Exactly equal: the fused BatchNorm applies the same activation to the same values.
+        let a = fused_matches_plain(build, &x, (1, 2), 0.0);
         let v = a[0].1.as_f32().unwrap();
         assert!(v.iter().all(|&e| e >= 0.0) && v.contains(&0.0) && v.iter().any(|&e| e > 0.0), "{v:?}");
     }
