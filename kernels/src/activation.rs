@@ -107,6 +107,9 @@ impl Activation {
         dst: &mut [f32],
         width: usize,
     ) {
+        // Inlined, so each path's `#[target_feature]` copy of the epilogue vectorises it with its
+        // own vector width (a separate function would be compiled for the baseline target).
+        #[inline(always)]
         fn each(
             src: &[f32],
             pitch: usize,
@@ -173,6 +176,7 @@ impl Activation {
     pub fn apply_slice(self, xs: &mut [f32]) {
         // One loop per variant, so each body is branch-free and the compiler vectorises it
         // (a per-element `match` would not be).
+        #[inline(always)]
         fn each(xs: &mut [f32], f: impl Fn(f32) -> f32) {
             for x in xs {
                 *x = f(*x);

@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::Isa;
+use crate::arch::{DepthwiseRows, Isa};
 use crate::parallel::{split_rows, split_units};
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
@@ -329,8 +329,13 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, cout_g, k_len) = (p.in_per_group(), p.out_per_group(), p.filter_len());
         let in_plane = p.in_h * p.in_w;
+        let depthwise = uses_depthwise_rows(p);
         let (planes, rest) = scratch.split_at_mut(cin_g * slab.len());
         let (panel, acc) = rest.split_at_mut(slab.panel_rows * k_len);
+        // The slab whose padding `planes` holds: every fill for the same slab writes the same
+        // elements, so the zeros around them only need writing when the slab changes (once per
+        // worker for a depthwise layer whose planes fit one slab, not once per channel).
+        let mut padded_for = None;
         let mut oc = ocs.start;
         while oc < ocs.end {
             // Filters of oc's group, at most one panel.
@@ -346,14 +351,19 @@ impl Layer<'_, '_> {
             let mut oy0 = rows.start;
             while oy0 < rows.end {
                 let slab_rows = slab.rows.min(rows.end - oy0);
-                slab.fill(p, xg, oy0, planes);
+                slab.fill(p, xg, oy0, planes, padded_for != Some(oy0));
+                padded_for = Some(oy0);
                 let mut s0 = 0;
                 while s0 < slab_rows {
                     let sr = sub_rows.min(slab_rows - s0);
                     // Whole padded rows, except that the last stops at the last real column.
                     let n = (sr - 1) * slab.wq + p.out_w;
                     let acc = &mut acc[..m * n];
-                    (self.isa.gemm_rows_at)(a, k_len, &planes[s0 * slab.wq..], offsets, n, acc, n);
+                    if depthwise {
+                        self.depthwise(slab, a, planes, s0, sr, acc, n);
+                    } else {
+                        (self.isa.gemm_rows_at)(a, k_len, &planes[s0 * slab.wq..], offsets, n, acc, n);
+                    }
                     let first_row = oy0 - rows.start + s0;
                     for (r, arow) in acc.chunks_exact(n).enumerate() {
                         let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
@@ -369,6 +379,45 @@ impl Layer<'_, '_> {
                 oy0 += slab_rows;
             }
             oc = end;
+        }
+    }
+}
+
+/// Whether the shifted path runs a layer's filters through [`Isa::depthwise_rows`]: one input
+/// channel per group (depthwise, any channel multiplier), stride 1, undilated. (Strided layers
+/// split into one stride-1 sub-filter per stride phase, accumulated pass by pass, measured slower
+/// than `gemm_rows_at` on BlazeFace's stride-2 layers, so they stay on it.)
+fn uses_depthwise_rows(p: &Conv2dParams) -> bool {
+    p.in_per_group() == 1 && (p.stride_h, p.stride_w, p.dil_h, p.dil_w) == (1, 1, 1, 1)
+}
+
+impl Layer<'_, '_> {
+    /// The accumulator block of [`Layer::shifted`] for depthwise filters `a` (see
+    /// [`uses_depthwise_rows`]): output rows `s0 .. s0 + sr` of the slab into `acc` (`n`
+    /// elements per filter, rows `wq` apart), each filter over its channel's padded plane.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise(
+        &self,
+        slab: &Slab,
+        a: &[f32],
+        planes: &[f32],
+        s0: usize,
+        sr: usize,
+        acc: &mut [f32],
+        n: usize,
+    ) {
+        let p = self.p;
+        let shape = DepthwiseRows {
+            kh: p.k_h,
+            kw: p.k_w,
+            ldb: slab.wq,
+            rows: sr,
+            n: p.out_w,
+            ldc: slab.wq,
+            accumulate: false,
+        };
+        for (filter, out) in a.chunks_exact(p.filter_len()).zip(acc.chunks_exact_mut(n)) {
+            (self.isa.depthwise_rows)(filter, &planes[s0 * slab.wq..], out, shape);
         }
     }
 }
@@ -458,14 +507,18 @@ impl Slab {
         offs
     }
 
-    /// Zeroes `planes` and writes into them the input rows of group input `xg` (`in_per_group`
-    /// planes of `in_h × in_w`) that the slab starting at output row `oy0` reads. (One memset of
-    /// the whole planes measured faster than zeroing only the padding, a few columns per row.)
-    fn fill(&self, p: &Conv2dParams, xg: &[f32], oy0: usize, planes: &mut [f32]) {
+    /// Writes into `planes` the input rows of group input `xg` (`in_per_group` planes of
+    /// `in_h × in_w`) that the slab starting at output row `oy0` reads, zeroing the planes first
+    /// if `zero` (else the caller knows every other element is still zero from a fill of the
+    /// same slab: fills of one slab write the same elements). (One memset of the whole planes
+    /// measured faster than zeroing only the padding, a few columns per row.)
+    fn fill(&self, p: &Conv2dParams, xg: &[f32], oy0: usize, planes: &mut [f32], zero: bool) {
         let (sh, sw) = (p.stride_h, p.stride_w);
         let plane_len = self.hq * self.wq;
         let planes = &mut planes[..p.in_per_group() * self.len()];
-        crate::zero(planes);
+        if zero {
+            crate::zero(planes);
+        }
         // Padded rows lo.. of the slab; lo is a multiple of the stride, so phases are kept.
         let lo = oy0 * sh;
         let span = reach(self.rows, sh, p.k_h, p.dil_h);

@@ -1,6 +1,6 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
-use super::{scalar, Isa};
+use super::{scalar, DepthwiseRows, Isa};
 use crate::testutil::Rng;
 
 /// The non-scalar paths this CPU runs; prints the known ones it skips so CI logs say what ran.
@@ -68,6 +68,72 @@ fn gemm_rows_at_matches_scalar() {
                 assert!(ok, "{} m={m} k={k} n={n} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
             }
         }
+    }
+}
+
+#[test]
+fn depthwise_rows_matches_scalar() {
+    let mut rng = Rng::new(23);
+    for isa in simd_paths() {
+        for case in 0..400 {
+            // Filters up to 7 rows (more than one pass of the SIMD kernels), every row-block tail,
+            // columns with odd tails on every vector width.
+            let shape = DepthwiseRows {
+                kh: 1 + rng.below(7),
+                kw: 1 + rng.below(7),
+                ldb: 0,
+                rows: 1 + rng.below(11),
+                n: 1 + case % 71,
+                ldc: 0,
+                accumulate: case % 3 == 0,
+            };
+            let (pad_b, pad_c) = (rng.below(4), rng.below(4));
+            let shape = DepthwiseRows { ldb: shape.n + shape.kw - 1 + pad_b, ldc: shape.n + pad_c, ..shape };
+            let spare = rng.below(3);
+            let w = rng.vec(shape.kh * shape.kw + spare);
+            let b = rng.vec((shape.rows + shape.kh - 2) * shape.ldb + shape.kw - 1 + shape.n);
+            let c0 = rng.vec((shape.rows - 1) * shape.ldc + shape.n);
+            let (mut want, mut got) = (c0.clone(), c0.clone());
+            scalar::depthwise_rows(&w, &b, &mut want, shape);
+            (isa.depthwise_rows)(&w, &b, &mut got, shape);
+            let scale = (shape.kh * shape.kw) as f32 + 1.0;
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = if idx % shape.ldc < shape.n { close(*g, *w, scale) } else { g == w };
+                assert!(ok, "{} {shape:?} at {idx}: {g} vs {w}", isa.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_rows_rejects_short_operands_and_handles_empty_filters() {
+    let shape = DepthwiseRows { kh: 3, kw: 3, ldb: 6, rows: 2, n: 4, ldc: 4, accumulate: false };
+    for isa in Isa::available() {
+        let (w, b) = (vec![1.0; 9], vec![1.0; 3 * 6 + 6]);
+        let mut c = vec![5.0; 8];
+        (isa.depthwise_rows)(&w, &b, &mut c, shape);
+        assert!(c.iter().all(|&v| v == 9.0), "{}: {c:?}", isa.name);
+        let short_b = std::panic::catch_unwind(|| {
+            let mut c = vec![0.0; 8];
+            (isa.depthwise_rows)(&w, &b[..b.len() - 1], &mut c, shape);
+        });
+        assert!(short_b.is_err(), "{}: a short b must panic, not read past it", isa.name);
+        let short_c = std::panic::catch_unwind(|| {
+            let mut c = vec![0.0; 7];
+            (isa.depthwise_rows)(&w, &b, &mut c, shape);
+        });
+        assert!(short_c.is_err(), "{}: a short c must panic, not write past it", isa.name);
+        let short_w = std::panic::catch_unwind(|| {
+            let mut c = vec![0.0; 8];
+            (isa.depthwise_rows)(&w[..8], &b, &mut c, shape);
+        });
+        assert!(short_w.is_err(), "{}: a short filter must panic", isa.name);
+        // An empty filter sums nothing: zeros, or c unchanged when accumulating.
+        let mut c = vec![5.0; 8];
+        (isa.depthwise_rows)(&[], &b, &mut c, DepthwiseRows { kh: 0, ..shape });
+        assert!(c.iter().all(|&v| v == 0.0), "{}: {c:?}", isa.name);
+        (isa.depthwise_rows)(&[], &b, &mut c, DepthwiseRows { kw: 0, accumulate: true, ..shape });
+        assert!(c.iter().all(|&v| v == 0.0), "{}: {c:?}", isa.name);
     }
 }
 

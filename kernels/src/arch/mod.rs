@@ -9,12 +9,19 @@
 
 #[cfg(test)]
 mod conformance;
+#[macro_use]
+mod depthwise;
 pub(crate) mod epilogue;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+pub(crate) use depthwise::depthwise_rows_check;
+pub use depthwise::DepthwiseRows;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use depthwise::{blocks as depthwise_blocks, DepthwiseBlock};
 
 use crate::KernelError;
 
@@ -74,6 +81,16 @@ pub struct Isa {
     #[allow(clippy::type_complexity)]
     pub dot_packed_rows:
         fn(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]),
+    /// One depthwise filter `w` (`kh × kw`, row-major) at stride 1 over rows of `b` `ldb` apart:
+    /// `c[r * ldc + j] (+)= sum_{ky, kx} w[ky * kw + kx] * b[(r + ky) * ldb + kx + j]` for
+    /// `r < rows`, `j < n` (see [`DepthwiseRows`]). Several output rows are computed together so
+    /// that each loaded input vector feeds every output row it belongs to (a row of a `kh`-tall
+    /// filter is read by `kh` output rows), which `gemm_rows_at`'s one-row-per-filter form
+    /// cannot share.
+    ///
+    /// # Panics
+    /// If `w`, `b` or `c` is shorter than the shape needs.
+    pub depthwise_rows: fn(w: &[f32], b: &[f32], c: &mut [f32], shape: DepthwiseRows),
 }
 
 /// Rows [`Isa::dot_packed_rows`] gets at a time from the GEMV (the x86 kernels share each load of

@@ -1,6 +1,6 @@
 //! The portable reference path: plain loops the compiler may auto-vectorise.
 
-use super::Isa;
+use super::{DepthwiseRows, Isa};
 
 /// The scalar path's micro-kernels.
 pub const ISA: Isa = Isa {
@@ -14,6 +14,7 @@ pub const ISA: Isa = Isa {
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
+    depthwise_rows,
 };
 
 /// See [`Isa::gemm_rows`].
@@ -39,6 +40,28 @@ pub fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c:
         crow.fill(0.0);
         for (&w, &o) in arow.iter().zip(&offs[..k]) {
             axpy(crow, w, &b[o..o + n]);
+        }
+    }
+}
+
+/// See [`Isa::depthwise_rows`]: row by row, tap by tap.
+pub fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
+    if s.rows == 0 || s.n == 0 {
+        return;
+    }
+    let filled = super::depthwise_rows_check(w, b, c, &s);
+    for r in 0..s.rows {
+        let crow = &mut c[r * s.ldc..][..s.n];
+        if !s.accumulate {
+            crow.fill(0.0);
+        }
+        if !filled {
+            continue;
+        }
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                axpy(crow, w[ky * s.kw + kx], &b[(r + ky) * s.ldb + kx..][..s.n]);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! entries are safe wrappers: they check every bound the scalar reference would index, then run
 //! the unsafe kernel on raw pointers.
 
+mod depthwise;
 mod packed;
 
 use super::{gemm_rows_at_check, gemm_rows_check, BRows, Isa, Listed, Strided};
@@ -27,6 +28,7 @@ const ISA: Isa = Isa {
     dot_packed: packed::dot_packed,
     gemv_prepare: super::scalar::gemv_prepare,
     dot_packed_rows,
+    depthwise_rows: depthwise::depthwise_rows,
 };
 
 /// See [`Isa::dot_packed_rows`]: [`packed::dot_packed`] row by row on the unprepared input.

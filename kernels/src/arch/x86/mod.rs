@@ -8,6 +8,7 @@
 mod avx2;
 mod avx512;
 mod bounds;
+mod depthwise;
 
 use super::Isa;
 

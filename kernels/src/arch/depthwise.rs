@@ -1,0 +1,144 @@
+//! The shape of [`Isa::depthwise_rows`] and what its SIMD implementations share: the operand
+//! check and the split of a call into register tiles.
+//!
+//! A SIMD path computes [`TILE_ROWS`] output rows at a time, so each input vector it loads for
+//! filter column `kx` feeds every output row one of the filter's rows reaches: `TILE_ROWS + kh - 1`
+//! loads for `TILE_ROWS * kh` FMAs, where one row at a time needs a load per FMA. The paths make
+//! the tile's output rows and filter rows const generics, so the accumulators stay in registers;
+//! filters taller than [`PASS_ROWS`] run as several passes, the later ones accumulating.
+//!
+//! [`Isa::depthwise_rows`]: super::Isa::depthwise_rows
+
+/// Shape of one [`Isa::depthwise_rows`](super::Isa::depthwise_rows) call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseRows {
+    /// Filter rows.
+    pub kh: usize,
+    /// Filter columns.
+    pub kw: usize,
+    /// Elements between rows of `b`.
+    pub ldb: usize,
+    /// Output rows.
+    pub rows: usize,
+    /// Output columns per row.
+    pub n: usize,
+    /// Elements between rows of `c` (at least `n` when there are several rows).
+    pub ldc: usize,
+    /// Add to `c` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Checks [`Isa::depthwise_rows`](super::Isa::depthwise_rows) operands (panicking on a caller
+/// bug, like slice indexing would); `false` when there is nothing to compute (no output, or an
+/// empty filter, which only the scalar path's zero-fill handles).
+pub(crate) fn depthwise_rows_check(w: &[f32], b: &[f32], c: &[f32], s: &DepthwiseRows) -> bool {
+    if s.rows == 0 || s.n == 0 {
+        return false;
+    }
+    assert!(s.rows == 1 || s.n <= s.ldc, "depthwise_rows: output rows overlap");
+    assert!(c.len() >= (s.rows - 1) * s.ldc + s.n, "depthwise_rows: c is too short");
+    if s.kh == 0 || s.kw == 0 {
+        return false;
+    }
+    assert!(w.len() >= s.kh * s.kw, "depthwise_rows: {} weights for a {}x{} filter", w.len(), s.kh, s.kw);
+    let reach = (s.rows + s.kh - 2) * s.ldb + s.kw - 1 + s.n;
+    assert!(b.len() >= reach, "depthwise_rows: b is too short");
+    true
+}
+
+/// Output rows of one SIMD register tile.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) const TILE_ROWS: usize = 4;
+
+/// Filter rows of one SIMD pass.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) const PASS_ROWS: usize = 5;
+
+/// One register tile's work: `rows` (at most [`TILE_ROWS`]) output rows of `kh` (at most
+/// [`PASS_ROWS`]) filter rows, as element offsets into the call's `w`, `b` and `c`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DepthwiseBlock {
+    /// Offset of the pass's first filter row in `w` (rows stay `kw` apart).
+    pub w: usize,
+    /// Filter rows of the pass.
+    pub kh: usize,
+    /// Offset of the tile's first input row in `b`.
+    pub b: usize,
+    /// Offset of the tile's first output row in `c`.
+    pub c: usize,
+    /// Output rows of the tile.
+    pub rows: usize,
+    /// Add to `c` (a later pass, or an accumulating call).
+    pub accumulate: bool,
+}
+
+/// The tiles of a call that [`depthwise_rows_check`] accepted, passes in filter-row order, so
+/// every block after a pass's first reads `b` rows `< rows + kh - 1` and writes `c` rows `< rows`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn blocks(s: &DepthwiseRows, mut run: impl FnMut(DepthwiseBlock)) {
+    let mut ky0 = 0;
+    while ky0 < s.kh {
+        let kh = (s.kh - ky0).min(PASS_ROWS);
+        let mut r0 = 0;
+        while r0 < s.rows {
+            let rows = (s.rows - r0).min(TILE_ROWS);
+            let accumulate = s.accumulate || ky0 > 0;
+            run(DepthwiseBlock { w: ky0 * s.kw, kh, b: (r0 + ky0) * s.ldb, c: r0 * s.ldc, rows, accumulate });
+            r0 += rows;
+        }
+        ky0 += kh;
+    }
+}
+
+// `depthwise_dispatch!` spells out every tile size.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const _: () = assert!(TILE_ROWS == 4 && PASS_ROWS == 5);
+
+/// Calls `$tile::<R, KH>($args)` for a [`DepthwiseBlock`]'s output rows `R` and filter rows `KH`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! depthwise_dispatch {
+    ($tile:ident, $blk:expr, $($arg:expr),*) => {{
+        let blk: $crate::arch::DepthwiseBlock = $blk;
+        macro_rules! rows {
+            ($kh:literal) => {
+                match blk.rows {
+                    4 => $tile::<4, $kh>($($arg),*),
+                    3 => $tile::<3, $kh>($($arg),*),
+                    2 => $tile::<2, $kh>($($arg),*),
+                    _ => $tile::<1, $kh>($($arg),*),
+                }
+            };
+        }
+        match blk.kh {
+            5 => rows!(5),
+            4 => rows!(4),
+            3 => rows!(3),
+            2 => rows!(2),
+            _ => rows!(1),
+        }
+    }};
+}
+
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_every_row_and_filter_row_once() {
+        let s = DepthwiseRows { kh: 7, kw: 2, ldb: 10, rows: 9, n: 3, ldc: 5, accumulate: false };
+        let mut seen = vec![vec![0; s.kh]; s.rows];
+        blocks(&s, |b| {
+            let (ky0, r0) = (b.w / s.kw, b.c / s.ldc);
+            assert_eq!(b.b, (r0 + ky0) * s.ldb);
+            assert!(b.rows <= TILE_ROWS && b.kh <= PASS_ROWS);
+            assert_eq!(b.accumulate, ky0 > 0, "only later passes accumulate");
+            for row in &mut seen[r0..r0 + b.rows] {
+                for hit in &mut row[ky0..ky0 + b.kh] {
+                    *hit += 1;
+                }
+            }
+        });
+        assert!(seen.iter().flatten().all(|&h| h == 1), "{seen:?}");
+    }
+}

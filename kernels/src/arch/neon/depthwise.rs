@@ -1,0 +1,122 @@
+//! [`Isa::depthwise_rows`] for NEON: the register tiles `arch::depthwise` describes, 8 columns
+//! (two vectors per row) at a time, then 4, then a scalar tail.
+//!
+//! [`Isa::depthwise_rows`]: crate::arch::Isa::depthwise_rows
+
+use std::arch::aarch64::*;
+
+use crate::arch::{depthwise_blocks, depthwise_rows_check, scalar, DepthwiseRows};
+
+/// Operands of one tile, as raw pointers at the block's start.
+#[derive(Clone, Copy)]
+struct Tile {
+    w: *const f32,
+    kw: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    n: usize,
+    accumulate: bool,
+}
+
+/// See [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
+pub(super) fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
+    if !depthwise_rows_check(w, b, c, &s) {
+        return scalar::depthwise_rows(w, b, c, s);
+    }
+    depthwise_blocks(&s, |blk| {
+        // SAFETY: this function is only in the NEON table, handed out after NEON was detected.
+        // The check asserted that `b` holds `(rows + kh - 2) * ldb + kw - 1 + n` elements and `c`
+        // `(rows - 1) * ldc + n`; every block's offsets lie inside them, and its tile reads rows
+        // `< blk.rows + blk.kh - 1` of `b` from `blk.b` and writes rows `< blk.rows` of `c` from
+        // `blk.c` (see `depthwise_blocks`), columns `< n` (+ `kx < kw` for `b`) only.
+        unsafe {
+            let t = Tile {
+                w: w.as_ptr().add(blk.w),
+                kw: s.kw,
+                b: b.as_ptr().add(blk.b),
+                ldb: s.ldb,
+                c: c.as_mut_ptr().add(blk.c),
+                ldc: s.ldc,
+                n: s.n,
+                accumulate: blk.accumulate,
+            };
+            depthwise_dispatch!(tile, blk, t)
+        }
+    });
+}
+
+/// `R` output rows of a `KH`-row filter over columns `j .. j + 4 * V`.
+///
+/// # Safety
+/// NEON available; the columns lie below `t.n`, and `t` covers rows `R + KH - 1` of `b` and `R`
+/// of `c` (see `depthwise_rows`).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn columns<const R: usize, const KH: usize, const V: usize>(t: Tile, j: usize) {
+    // SAFETY: in bounds by the function's contract.
+    unsafe {
+        let mut acc = [[vdupq_n_f32(0.0); V]; R];
+        if t.accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (v, lane) in acc.iter_mut().enumerate() {
+                    *lane = vld1q_f32(t.c.add(r * t.ldc + j + 4 * v));
+                }
+            }
+        }
+        for kx in 0..t.kw {
+            let wk: [f32; KH] = std::array::from_fn(|ky| *t.w.add(ky * t.kw + kx));
+            for i in 0..R + KH - 1 {
+                let bp = t.b.add(i * t.ldb + kx + j);
+                let x: [float32x4_t; V] = std::array::from_fn(|v| vld1q_f32(bp.add(4 * v)));
+                for (ky, &wv) in wk.iter().enumerate() {
+                    // Input row i is filter row ky of output row i - ky.
+                    if i >= ky && i - ky < R {
+                        for (lane, &xv) in acc[i - ky].iter_mut().zip(&x) {
+                            *lane = vfmaq_n_f32(*lane, xv, wv);
+                        }
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, &lane) in acc.iter().enumerate() {
+                vst1q_f32(t.c.add(r * t.ldc + j + 4 * v), lane);
+            }
+        }
+    }
+}
+
+/// `R` output rows of a `KH`-row filter: 8 columns at a time, then 4, then one by one.
+///
+/// # Safety
+/// As for [`columns`], over all `t.n` columns.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn tile<const R: usize, const KH: usize>(t: Tile) {
+    let mut j = 0;
+    // SAFETY: every call covers columns below `t.n`; the tail reads and writes the same rows.
+    unsafe {
+        while j + 8 <= t.n {
+            columns::<R, KH, 2>(t, j);
+            j += 8;
+        }
+        if j + 4 <= t.n {
+            columns::<R, KH, 1>(t, j);
+            j += 4;
+        }
+        for col in j..t.n {
+            for r in 0..R {
+                let cp = t.c.add(r * t.ldc + col);
+                let mut s = if t.accumulate { *cp } else { 0.0 };
+                for ky in 0..KH {
+                    for kx in 0..t.kw {
+                        s += *t.w.add(ky * t.kw + kx) * *t.b.add((r + ky) * t.ldb + kx + col);
+                    }
+                }
+                *cp = s;
+            }
+        }
+    }
+}
