@@ -18,8 +18,14 @@ use crate::{Activation, Conv2dParams, WeightRows};
 
 /// Most f32 elements of the transformed filters (`16 × out_c × in_c`, 1 MiB).
 const U_BUDGET: usize = 1 << 18;
-/// Most f32 elements of the transformed input of one block of tile rows (`16 × in_c × tiles`).
+/// Most f32 elements of the transformed input of one block of tile rows (`16 × in_c × tiles`),
+/// when more than one tile row fits (1 MiB: the block stays in L2 while its 16 GEMMs read it).
 const V_BUDGET: usize = 1 << 18;
+/// Most f32 elements of the transformed input of a single tile row (2 MiB). Wider layers stay on
+/// the direct path; up to this size one row of tiles per block, though it spills L2, measured
+/// faster than the direct path: PP-OCRv4 det's 3×3 96→24 head conv at a full page (184×368, 1.1
+/// MiB per tile row) took 29 ms against 39 ms (criterion `conv_layers`, 1 thread, Zen 4).
+const V_ROW_LIMIT: usize = 1 << 19;
 
 /// Whether `p` runs through Winograd: 3×3, stride 1, no dilation, one group, enough channels for
 /// the GEMMs to outweigh the transforms, and filters small enough to transform per call.
@@ -36,7 +42,7 @@ pub(crate) fn applies(p: &Conv2dParams) -> bool {
         && p.out_h >= 2
         && p.out_w >= 4
         && 16 * p.out_c * p.in_c <= U_BUDGET
-        && 16 * p.in_c * p.out_w.div_ceil(2) <= V_BUDGET
+        && 16 * p.in_c * p.out_w.div_ceil(2) <= V_ROW_LIMIT
 }
 
 /// Tiles per output row.
@@ -50,8 +56,8 @@ fn block_tile_rows(p: &Conv2dParams) -> usize {
 }
 
 /// Scratch one worker needs: transformed filters, one block's transformed input and products,
-/// one decoded filter, the block's padded input rows split into even and odd columns, and the
-/// transforms' intermediate rows.
+/// one decoded filter, one channel's padded input rows of the block split into even and odd
+/// columns, and the transforms' intermediate rows.
 pub(crate) fn scratch_len(p: &Conv2dParams) -> usize {
     let (tx, trs) = (tiles_x(p), block_tile_rows(p));
     let n = trs * tx;
@@ -63,9 +69,9 @@ pub(crate) fn scratch_len(p: &Conv2dParams) -> usize {
         + 16 * (tx + 1)
 }
 
-/// Elements of the even/odd column halves of `2 * trs + 2` padded input rows of every channel.
+/// Elements of the even/odd column halves of `2 * trs + 2` padded input rows of one channel.
 fn halves_len(p: &Conv2dParams, trs: usize) -> usize {
-    p.in_c * (2 * trs + 2) * 2 * (tiles_x(p) + 1)
+    (2 * trs + 2) * 2 * (tiles_x(p) + 1)
 }
 
 /// The layer, shared by the workers.
@@ -105,16 +111,17 @@ impl Winograd<'_, '_> {
         while ty0 < ty_end {
             let trs = trs_max.min(ty_end - ty0);
             let n = trs * tx;
-            // Padded input rows 2ty0 .. 2(ty0 + trs) + 2 of every channel, split by column parity.
+            // Channel by channel, padded input rows 2ty0 .. 2(ty0 + trs) + 2 split by column
+            // parity, then transformed while the split rows are still in L1 (splitting every
+            // channel first, then transforming, sent a band of all channels through L2 twice).
             let band = 2 * trs + 2;
-            for (xc, hc) in xb.chunks_exact(p.in_h * p.in_w).zip(halves.chunks_exact_mut(band * 2 * half)) {
+            let hc = &mut halves[..band * 2 * half];
+            for (ic, xc) in xb.chunks_exact(p.in_h * p.in_w).take(cin).enumerate() {
                 for (r, h) in hc.chunks_exact_mut(2 * half).enumerate() {
                     let (even, odd) = h.split_at_mut(half);
                     let row = (2 * ty0 + r).checked_sub(p.pad_top).filter(|&iy| iy < p.in_h);
                     (t.split)(row.map(|iy| &xc[iy * p.in_w..][..p.in_w]), p.pad_left, even, odd);
                 }
-            }
-            for (ic, hc) in halves.chunks_exact(band * 2 * half).take(cin).enumerate() {
                 for tr in 0..trs {
                     let rows4 = &hc[2 * tr * 2 * half..][..4 * 2 * half];
                     (t.input)(rows4, tx, work, v, ic * n + tr * tx, cin * n);
