@@ -127,22 +127,34 @@ fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(
 
 /// Fast decode of codebook row `r` (a view checked by [`check_codebook`]) into `out` (`row_len` long).
 fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32]) {
-    // Row lookup table: unused slots stay 0 so an out-of-range index cannot panic.
-    let mut lut = [0.0f32; 256];
-    fill_lut(c, r, &mut lut);
-    let bytes = c.row_indices(r);
-    decode_indices(c.bits, bytes, &lut, out);
+    // A table of at least 2^bits slots, so no index can fall outside it, sized to the width:
+    // zeroing a 256-slot table for every row cost more than decoding a 9-weight depthwise row.
+    match c.bits {
+        1..=4 => decode_with_lut::<16>(c, r, out),
+        5 | 6 => decode_with_lut::<64>(c, r, out),
+        _ => decode_with_lut::<256>(c, r, out),
+    }
 }
 
-/// Row `r`'s codebook widened to f32 with its scale folded in; slots past `entries` are zeroed.
-fn fill_lut(c: &CodebookView<'_>, r: usize, lut: &mut [f32; 256]) {
-    lut[c.entries..].fill(0.0);
+/// [`decode_codebook_row`] through an `N`-slot table (`N >= 2^bits`).
+#[inline(always)]
+fn decode_with_lut<const N: usize>(c: &CodebookView<'_>, r: usize, out: &mut [f32]) {
+    let mut lut = [0.0f32; N];
+    fill_lut(c, r, &mut lut);
+    decode_indices(c.bits, c.row_indices(r), &lut, out);
+}
+
+/// Row `r`'s codebook widened to f32 with its scale folded in, as many entries as `lut` holds;
+/// slots past `entries` are zeroed.
+fn fill_lut(c: &CodebookView<'_>, r: usize, lut: &mut [f32]) {
+    let used = c.entries.min(lut.len());
+    lut[used..].fill(0.0);
     let (base, scale) = match c.kind {
         CodebookKind::PerTensor => (0, 1.0),
         CodebookKind::PerRow => (r * c.entries, 1.0),
         CodebookKind::SharedScaled => (0, c.scales[r]),
     };
-    let table = &mut lut[..c.entries];
+    let table = &mut lut[..used];
     match c.centroids {
         CentroidsView::F32(v) => {
             for (t, &x) in table.iter_mut().zip(&v[base..base + c.entries]) {
@@ -157,8 +169,10 @@ fn fill_lut(c: &CodebookView<'_>, r: usize, lut: &mut [f32; 256]) {
     }
 }
 
-/// Decodes `out.len()` indices of width `bits`, packed LSB-first in `bytes`, through `lut`.
-fn decode_indices(bits: u8, bytes: &[u8], lut: &[f32; 256], out: &mut [f32]) {
+/// Decodes `out.len()` indices of width `bits`, packed LSB-first in `bytes`, through `lut`
+/// (`N >= 2^bits` slots).
+#[inline(always)]
+fn decode_indices<const N: usize>(bits: u8, bytes: &[u8], lut: &[f32; N], out: &mut [f32]) {
     match bits {
         8 => {
             for (o, &b) in out.iter_mut().zip(bytes) {
@@ -217,6 +231,40 @@ mod tests {
                     assert!(fast[row_len].is_nan(), "wrote past the row");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn indices_past_the_entries_decode_to_zero_and_extra_entries_are_ignored() {
+        // 2 bits, 3 entries: index 3 has no centroid. 4 bits, 20 entries: only 16 reachable.
+        for (bits, entries) in [(2u8, 3usize), (4, 20), (6, 40), (8, 200)] {
+            let row_len = 9;
+            let centroids: Vec<f32> = (0..entries).map(|e| e as f32 + 0.5).collect();
+            let idx: Vec<usize> = (0..row_len).map(|i| (i * 5 + 3) % (1 << bits)).collect();
+            let mut packed = vec![0u8; row_stride(row_len, bits)];
+            for (i, &v) in idx.iter().enumerate() {
+                for b in 0..bits as usize {
+                    let bit = i * bits as usize + b;
+                    packed[bit / 8] |= (((v >> b) & 1) as u8) << (bit % 8);
+                }
+            }
+            let view = CodebookView {
+                bits,
+                rows: 1,
+                row_len,
+                row_stride: packed.len(),
+                entries,
+                kind: CodebookKind::PerTensor,
+                centroids: CentroidsView::F32(&centroids),
+                scales: &[],
+                indices: &packed,
+            };
+            let w = WeightRows::new(TensorView::Codebook(view), 1, row_len).unwrap();
+            let mut out = vec![f32::NAN; row_len];
+            w.decode(0, &mut out);
+            let want: Vec<f32> =
+                idx.iter().map(|&i| if i < entries { i as f32 + 0.5 } else { 0.0 }).collect();
+            assert_eq!(out, want, "bits {bits}, {entries} entries");
         }
     }
 
