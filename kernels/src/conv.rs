@@ -104,6 +104,15 @@ impl Conv2dParams {
     }
 }
 
+/// How many dense multiply-adds one depthwise multiply-add counts as when deciding whether a
+/// layer is worth splitting over threads. Depthwise layers run at 10-20 GMAC/s where dense ones
+/// reach 30-45 (BlazeFace's layers, `conv_layers` bench, Zen 4), and splitting them by channels
+/// keeps each thread on the channels it produced in the layer before. At 4, BlazeFace's 8×8 and
+/// 16×16 depthwise layers split: 2-thread runs took 0.86-0.92 ms against 0.95-0.98 (medians of
+/// six alternating rounds, most of them). Lowering `min_task_work` for every layer instead helped
+/// BlazeFace about as much but split PP-OCRv4 det's tiny layers too.
+const DEPTHWISE_WORK_WEIGHT: usize = 4;
+
 /// Output pixels per tile of the pointwise path (its columns are the input itself).
 const POINTWISE_TILE: usize = 1024;
 /// Filters decoded together into one panel of the pointwise path: a multiple of every path's
@@ -214,6 +223,9 @@ pub fn conv2d(
             }),
             // Groups of their own input (depthwise): split filters, no input is read twice.
             Some(slab) if p.groups >= kernels.threads() => {
+                // A depthwise multiply-add takes several times a dense one's time (each input
+                // value feeds only its channel's taps), so `min_task_work` counts it more.
+                let work = work * DEPTHWISE_WORK_WEIGHT;
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
                     layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
