@@ -105,13 +105,14 @@ impl Conv2dParams {
 }
 
 /// How many dense multiply-adds one depthwise multiply-add counts as when deciding whether a
-/// layer is worth splitting over threads. Depthwise layers run at 10-20 GMAC/s where dense ones
-/// reach 30-45 (BlazeFace's layers, `conv_layers` bench, Zen 4), and splitting them by channels
-/// keeps each thread on the channels it produced in the layer before. At 4, BlazeFace's 8×8 and
-/// 16×16 depthwise layers split: 2-thread runs took 0.86-0.92 ms against 0.95-0.98 (medians of
-/// six alternating rounds, most of them). Lowering `min_task_work` for every layer instead helped
-/// BlazeFace about as much but split PP-OCRv4 det's tiny layers too.
-const DEPTHWISE_WORK_WEIGHT: usize = 4;
+/// layer is worth splitting over threads. Depthwise layers run at 3-20 GMAC/s where dense ones
+/// reach 30-45 (BlazeFace's layers at 1 thread, Zen 4; the smallest planes pay a fixed cost per
+/// channel), and splitting them by channels keeps each thread on the channels it produced in the
+/// layer before. At 8 every BlazeFace depthwise layer splits; 2-thread runs took 0.85-0.98 ms
+/// (medians of alternating rounds) against 0.92-1.00 at 4 and 0.95-1.02 at 1. Lowering
+/// `min_task_work` for every layer instead helped BlazeFace about as much but also split
+/// PP-OCRv4 det's tiny layers.
+const DEPTHWISE_WORK_WEIGHT: usize = 8;
 
 /// Output pixels per tile of the pointwise path (its columns are the input itself).
 const POINTWISE_TILE: usize = 1024;
@@ -223,8 +224,8 @@ pub fn conv2d(
             }),
             // Groups of their own input (depthwise): split filters, no input is read twice.
             Some(slab) if p.groups >= kernels.threads() => {
-                // A depthwise multiply-add takes several times a dense one's time (each input
-                // value feeds only its channel's taps), so `min_task_work` counts it more.
+                // A depthwise multiply-add takes several times a dense one's time, so
+                // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
