@@ -114,8 +114,11 @@ impl Conv2dParams {
 /// PP-OCRv4 det's tiny layers.
 const DEPTHWISE_WORK_WEIGHT: usize = 8;
 
-/// Output pixels per tile of the pointwise path (its columns are the input itself).
-const POINTWISE_TILE: usize = 1024;
+/// f32 elements of the pointwise path's accumulator tile (128 KiB: a panel of filters times a
+/// tile of pixels, in L2 between the GEMM and the epilogue). 32 KiB, in L1, suited BlazeFace's
+/// 24-channel layers as well but made PP-OCRv4 det's 1×1 layers over 96-192 channels re-read
+/// their panel of filters for too many narrow tiles (its conv time 24-26 ms either way at 320×640).
+const POINTWISE_ACC: usize = 1 << 15;
 /// Filters decoded together into one panel of the pointwise path: a multiple of every path's
 /// register block (4, 6, 8 rows), small enough that panel × filter length stays in L2.
 const PANEL_ROWS: usize = 48;
@@ -141,7 +144,7 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
     let per = if crate::winograd::applies(p) {
         crate::winograd::scratch_len(p)
     } else if p.is_pointwise() {
-        panel_rows(p) * p.filter_len()
+        panel_rows(p) * p.filter_len() + POINTWISE_ACC
     } else {
         Slab::new(p).scratch_len(p)
     };
@@ -266,50 +269,48 @@ impl Layer<'_, '_> {
     /// 1×1 stride-1 unpadded: column row `k` is input plane `k`, so no unfolding is needed.
     /// Computes filters `ocs` of image `xb` into `y` (their planes, back to back), adding the
     /// same planes of the image's `residual` if given.
+    ///
+    /// Each panel of filters is decoded once; tile by tile of pixels, `gemm_rows_at` writes the
+    /// panel's products into an accumulator (its "rows" are the input planes, a plane apart), and
+    /// one epilogue pass adds bias and residual, applies the activation and stores the output:
+    /// the output is written once, not filled, accumulated into and activated in three passes.
     fn pointwise(
         &self,
         xb: &[f32],
         residual: Option<Residual<'_>>,
         ocs: Range<usize>,
         y: &mut [f32],
-        panel: &mut [f32],
+        scratch: &mut [f32],
     ) {
         let p = self.p;
         let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
         let (k, plane) = (self.rows.row_len(), p.out_h * p.out_w);
         let block = panel_rows(p);
+        let (panel, acc) = scratch.split_at_mut(block * k);
+        let planes: Vec<usize> = (0..k).map(|c| c * plane).collect();
         let mut oc = ocs.start;
         while oc < ocs.end {
             // Filters of oc's group, at most one panel.
             let g = oc / cout_g;
             let end = ocs.end.min((g + 1) * cout_g).min(oc + block);
+            let m = end - oc;
             let xg = &xb[g * cin_g * plane..][..cin_g * plane];
             let yblock = &mut y[(oc - ocs.start) * plane..(end - ocs.start) * plane];
-            for r in 0..end - oc {
+            for r in 0..m {
                 self.rows.decode(oc + r, &mut panel[r * k..(r + 1) * k]);
             }
-            // The panel is decoded once and multiplied with every tile of the plane; bias and
-            // activation are applied tile by tile, while the tile's outputs are in cache.
-            let a = &panel[..(end - oc) * k];
+            let a = &panel[..m * k];
+            let tile = (POINTWISE_ACC / m).max(1);
             let mut t0 = 0;
             while t0 < plane {
-                let t = POINTWISE_TILE.min(plane - t0);
-                // The product accumulates onto bias (+ residual).
-                for (r, yplane) in yblock.chunks_exact_mut(plane).enumerate() {
+                let t = tile.min(plane - t0);
+                let acc = &mut acc[..m * t];
+                (self.isa.gemm_rows_at)(a, k, &xg[t0..], &planes, t, acc, t);
+                for (r, (arow, yplane)) in acc.chunks_exact(t).zip(yblock.chunks_exact_mut(plane)).enumerate()
+                {
                     let bias = self.bias.map_or(0.0, |b| b[oc + r]);
-                    let ytile = &mut yplane[t0..t0 + t];
-                    match residual.and_then(|res| res.plane(oc + r, plane)) {
-                        Some(res) => {
-                            for (y, &v) in ytile.iter_mut().zip(&res[t0..][..t]) {
-                                *y = v + bias;
-                            }
-                        }
-                        None => ytile.fill(bias),
-                    }
-                }
-                (self.isa.gemm_rows)(a, k, &xg[t0..], plane, t, &mut yblock[t0..], plane);
-                for yplane in yblock.chunks_exact_mut(plane) {
-                    (self.isa.activate)(self.act, &mut yplane[t0..t0 + t]);
+                    let res = residual.and_then(|res| res.plane(oc + r, plane)).map(|res| &res[t0..][..t]);
+                    (self.isa.store_rows)(self.act, arow, t, bias, res, &mut yplane[t0..][..t], t);
                 }
                 t0 += t;
             }
