@@ -153,6 +153,25 @@ fn max_plane(
     }
 }
 
+/// Whether axis `a` over `n` inputs is a 2-wide, stride-2 window with every tap inside the input
+/// (no padding read, no dilation): the common 2×2/2 pool.
+fn is_plain_2x2(a: &Axis, n: usize) -> bool {
+    a.kernel == 2 && a.stride == 2 && a.dil == 1 && a.pad_begin == 0 && 2 * a.out <= n
+}
+
+/// Max pool of one plane with 2×2 windows at stride 2, none reaching padding (see
+/// [`is_plain_2x2`]): one pass per output row over its two input rows (BlazeFace's pools spent
+/// more on the general path's per-row passes than on the maxima).
+fn max_2x2(xp: &[f32], w: usize, out_w: usize, yp: &mut [f32]) {
+    for (oy, yrow) in yp.chunks_exact_mut(out_w).enumerate() {
+        let r0 = &xp[2 * oy * w..][..2 * out_w];
+        let r1 = &xp[(2 * oy + 1) * w..][..2 * out_w];
+        for ((y, a), b) in yrow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            *y = a[0].max(a[1]).max(b[0].max(b[1]));
+        }
+    }
+}
+
 /// Output positions `o` in `0..out` whose input `o * stride + off` lies in `0..n`, as `lo..hi`.
 fn inside(out: usize, stride: usize, off: isize, n: usize) -> (usize, usize) {
     let s = stride.max(1) as isize;
@@ -180,14 +199,20 @@ impl Op for Pool {
         let x = x_arg.f32s()?;
         let (h, w) =
             if x_arg.shape.len() == 4 { (x_arg.shape[2], x_arg.shape[3]) } else { (1, x_arg.shape[2]) };
-        let rows: Vec<_> = (0..ah.out).map(|o| taps(&ah, h, o)).collect();
-        let cols: Vec<_> = (0..aw.out).map(|o| taps(&aw, w, o)).collect();
         let y = &mut *outputs[0].data;
         let out_plane = ah.out * aw.out;
         if out_plane == 0 || h * w == 0 {
             y.fill(0.0);
             return Ok(());
         }
+        if self.reduce == Reduce::Max && is_plain_2x2(&ah, h) && is_plain_2x2(&aw, w) {
+            for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
+                max_2x2(xp, w, aw.out, yp);
+            }
+            return Ok(());
+        }
+        let rows: Vec<_> = (0..ah.out).map(|o| taps(&ah, h, o)).collect();
+        let cols: Vec<_> = (0..aw.out).map(|o| taps(&aw, w, o)).collect();
         if self.reduce == Reduce::Max {
             let mut rowmax = vec![0.0; w];
             for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
