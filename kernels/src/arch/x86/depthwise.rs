@@ -84,47 +84,65 @@ fn mask16(n: usize) -> __mmask16 {
     }
 }
 
-/// `R` output rows of a `KH`-row filter, 32 columns (two vectors per row) at a time.
+/// `R` output rows of a `KH`-row filter, 32 columns (two vectors per row) at a time; a last
+/// strip of at most 16 columns (all of an 8- or 16-wide plane's row) takes one vector per row.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile512<const R: usize, const KH: usize>(t: Tile) {
     let mut j = 0;
     while j < t.n {
         let width = (t.n - j).min(32);
-        let m = [mask16(width), mask16(width.saturating_sub(16))];
-        // SAFETY: rows `0 .. R + KH - 1` of `b` and `0 .. R` of `c` at columns `j .. j + width`
-        // (plus `kx < kw` for `b`) are in bounds (see `depthwise_rows_avx512`); masked-off lanes
-        // are not accessed.
+        // SAFETY: columns `j .. j + width` lie below `n` (see `strip512`).
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 2]; R];
-            if t.accumulate {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let cp = t.c.add(r * t.ldc + j);
-                    *acc = [_mm512_maskz_loadu_ps(m[0], cp), _mm512_maskz_loadu_ps(m[1], cp.add(16))];
-                }
+            if width > 16 {
+                strip512::<R, KH, 2>(t, j, width);
+            } else {
+                strip512::<R, KH, 1>(t, j, width);
             }
-            for kx in 0..t.kw {
-                let wk: [__m512; KH] = std::array::from_fn(|ky| _mm512_set1_ps(*t.w.add(ky * t.kw + kx)));
-                for i in 0..R + KH - 1 {
-                    let bp = t.b.add(i * t.ldb + kx + j);
-                    let x = [_mm512_maskz_loadu_ps(m[0], bp), _mm512_maskz_loadu_ps(m[1], bp.add(16))];
-                    for (ky, &wv) in wk.iter().enumerate() {
-                        // Input row i is filter row ky of output row i - ky.
-                        if i >= ky && i - ky < R {
-                            let a = &mut acc[i - ky];
-                            a[0] = _mm512_fmadd_ps(wv, x[0], a[0]);
-                            a[1] = _mm512_fmadd_ps(wv, x[1], a[1]);
+        }
+        j += width;
+    }
+}
+
+/// Columns `j .. j + width` (`width <= 16 * V`) of `R` output rows of a `KH`-row filter.
+///
+/// # Safety
+/// AVX-512 F available; rows `0 .. R + KH - 1` of `b` and `0 .. R` of `c` at those columns (plus
+/// `kx < kw` for `b`) are in bounds (see `depthwise_rows_avx512`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn strip512<const R: usize, const KH: usize, const V: usize>(t: Tile, j: usize, width: usize) {
+    let m: [__mmask16; V] = std::array::from_fn(|v| mask16(width.saturating_sub(16 * v)));
+    // SAFETY: in bounds by the contract; masked-off lanes are not accessed.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        if t.accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let cp = t.c.add(r * t.ldc + j);
+                *acc = std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], cp.add(16 * v)));
+            }
+        }
+        for kx in 0..t.kw {
+            let wk: [__m512; KH] = std::array::from_fn(|ky| _mm512_set1_ps(*t.w.add(ky * t.kw + kx)));
+            for i in 0..R + KH - 1 {
+                let bp = t.b.add(i * t.ldb + kx + j);
+                let x: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], bp.add(16 * v)));
+                for (ky, &wv) in wk.iter().enumerate() {
+                    // Input row i is filter row ky of output row i - ky.
+                    if i >= ky && i - ky < R {
+                        for (a, &xv) in acc[i - ky].iter_mut().zip(&x) {
+                            *a = _mm512_fmadd_ps(wv, xv, *a);
                         }
                     }
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                let cp = t.c.add(r * t.ldc + j);
-                _mm512_mask_storeu_ps(cp, m[0], acc[0]);
-                _mm512_mask_storeu_ps(cp.add(16), m[1], acc[1]);
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let cp = t.c.add(r * t.ldc + j);
+            for (v, &a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(cp.add(16 * v), m[v], a);
             }
         }
-        j += width;
     }
 }
 
@@ -136,43 +154,62 @@ fn mask8(n: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 }
 
-/// `R` output rows of a `KH`-row filter, 16 columns (two vectors per row) at a time.
+/// `R` output rows of a `KH`-row filter, 16 columns (two vectors per row) at a time; a last
+/// strip of at most 8 columns takes one vector per row.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile256<const R: usize, const KH: usize>(t: Tile) {
     let mut j = 0;
     while j < t.n {
         let width = (t.n - j).min(16);
-        let m = [mask8(width), mask8(width.saturating_sub(8))];
-        // SAFETY: as in `tile512`; `vmaskmovps` neither loads nor stores masked-off lanes.
+        // SAFETY: columns `j .. j + width` lie below `n` (see `strip256`).
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            if t.accumulate {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let cp = t.c.add(r * t.ldc + j);
-                    *acc = [_mm256_maskload_ps(cp, m[0]), _mm256_maskload_ps(cp.add(8), m[1])];
-                }
+            if width > 8 {
+                strip256::<R, KH, 2>(t, j, width);
+            } else {
+                strip256::<R, KH, 1>(t, j, width);
             }
-            for kx in 0..t.kw {
-                let wk: [__m256; KH] = std::array::from_fn(|ky| _mm256_set1_ps(*t.w.add(ky * t.kw + kx)));
-                for i in 0..R + KH - 1 {
-                    let bp = t.b.add(i * t.ldb + kx + j);
-                    let x = [_mm256_maskload_ps(bp, m[0]), _mm256_maskload_ps(bp.add(8), m[1])];
-                    for (ky, &wv) in wk.iter().enumerate() {
-                        if i >= ky && i - ky < R {
-                            let a = &mut acc[i - ky];
-                            a[0] = _mm256_fmadd_ps(wv, x[0], a[0]);
-                            a[1] = _mm256_fmadd_ps(wv, x[1], a[1]);
+        }
+        j += width;
+    }
+}
+
+/// Columns `j .. j + width` (`width <= 8 * V`) of `R` output rows of a `KH`-row filter.
+///
+/// # Safety
+/// AVX2 + FMA available; as for [`strip512`].
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn strip256<const R: usize, const KH: usize, const V: usize>(t: Tile, j: usize, width: usize) {
+    let m: [__m256i; V] = std::array::from_fn(|v| mask8(width.saturating_sub(8 * v)));
+    // SAFETY: in bounds by the contract; `vmaskmovps` neither loads nor stores masked-off lanes.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        if t.accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let cp = t.c.add(r * t.ldc + j);
+                *acc = std::array::from_fn(|v| _mm256_maskload_ps(cp.add(8 * v), m[v]));
+            }
+        }
+        for kx in 0..t.kw {
+            let wk: [__m256; KH] = std::array::from_fn(|ky| _mm256_set1_ps(*t.w.add(ky * t.kw + kx)));
+            for i in 0..R + KH - 1 {
+                let bp = t.b.add(i * t.ldb + kx + j);
+                let x: [__m256; V] = std::array::from_fn(|v| _mm256_maskload_ps(bp.add(8 * v), m[v]));
+                for (ky, &wv) in wk.iter().enumerate() {
+                    if i >= ky && i - ky < R {
+                        for (a, &xv) in acc[i - ky].iter_mut().zip(&x) {
+                            *a = _mm256_fmadd_ps(wv, xv, *a);
                         }
                     }
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                let cp = t.c.add(r * t.ldc + j);
-                _mm256_maskstore_ps(cp, m[0], acc[0]);
-                _mm256_maskstore_ps(cp.add(8), m[1], acc[1]);
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let cp = t.c.add(r * t.ldc + j);
+            for (v, &a) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(cp.add(8 * v), m[v], a);
             }
         }
-        j += width;
     }
 }
