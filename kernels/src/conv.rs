@@ -746,6 +746,62 @@ mod tests {
     }
 
     #[test]
+    fn stride_1_depthwise_rows_cover_every_border() {
+        // Pads up to past the filter (output rows and columns with no tap inside), planes
+        // narrower or shorter than the filter, channel multipliers, residuals and a fused Relu.
+        let mut rng = Rng::new(77);
+        let sets = kernel_sets();
+        let kinds = WeightKind::all();
+        let mut cases = 0;
+        for case in 0..150 {
+            let (k_h, k_w) = (1 + rng.below(5), 1 + rng.below(5));
+            let (in_h, in_w) = if case % 10 == 0 { (40, 37) } else { (1 + rng.below(9), 1 + rng.below(12)) };
+            let pads = [rng.below(k_h + 1), rng.below(k_w + 1), rng.below(k_h + 1), rng.below(k_w + 1)];
+            let (out_h, out_w) = (
+                (in_h + pads[0] + pads[2] + 1).saturating_sub(k_h),
+                (in_w + pads[1] + pads[3] + 1).saturating_sub(k_w),
+            );
+            if out_h == 0 || out_w == 0 {
+                continue;
+            }
+            let in_c = 1 + rng.below(5);
+            let p = Conv2dParams {
+                batch: 1 + rng.below(2),
+                in_c,
+                in_h,
+                in_w,
+                out_c: in_c * (1 + rng.below(2)),
+                out_h,
+                out_w,
+                k_h,
+                k_w,
+                stride_h: 1,
+                stride_w: 1,
+                pad_top: pads[0],
+                pad_left: pads[1],
+                dil_h: 1,
+                dil_w: 1,
+                groups: in_c,
+            };
+            assert!(uses_depthwise_rows(&p));
+            cases += 1;
+            check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], case % 2 == 0);
+            // The activation, fused into the store.
+            let data = random_weight(&mut rng, kinds[case % kinds.len()], p.out_c, p.filter_len());
+            let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+            let want: Vec<f32> =
+                reference(&x, &decode_all(&data, p.out_c), None, &p).iter().map(|v| v.max(0.0)).collect();
+            for kernels in &sets {
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                kernels.conv2d(&x, &data.view(), None, &p, Activation::Relu, &mut y, &mut scratch).unwrap();
+                assert_close(&y, &want, &format!("relu {kernels:?} {p:?}"));
+            }
+        }
+        assert!(cases > 100, "only {cases} cases had an output");
+    }
+
+    #[test]
     fn many_filters_span_panels_groups_and_workers() {
         // 100 and 53 filters: several 48-filter panels with a ragged last one, worker ranges that
         // cross group boundaries, and output planes that are not a multiple of any vector width.
