@@ -91,6 +91,53 @@ pub(crate) fn blocks(s: &DepthwiseRows, mut run: impl FnMut(DepthwiseBlock)) {
     }
 }
 
+/// Operands of one register tile, as raw pointers at its block's start (what the SIMD paths'
+/// `#[target_feature]` tile functions take).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Clone, Copy)]
+pub(crate) struct DepthwiseTile {
+    /// The pass's first filter row.
+    pub w: *const f32,
+    /// Filter columns (the filter's row length).
+    pub kw: usize,
+    /// The tile's first input row.
+    pub b: *const f32,
+    /// Elements between input rows.
+    pub ldb: usize,
+    /// The tile's first output row.
+    pub c: *mut f32,
+    /// Elements between output rows.
+    pub ldc: usize,
+    /// Output columns.
+    pub n: usize,
+    /// Add to the output instead of overwriting it.
+    pub accumulate: bool,
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl DepthwiseTile {
+    /// The tile of block `blk`.
+    ///
+    /// # Safety
+    /// `blk` must come from [`blocks`] of a shape `s` that [`depthwise_rows_check`] accepted for
+    /// `w`, `b` and `c`.
+    pub unsafe fn new(w: &[f32], b: &[f32], c: &mut [f32], s: &DepthwiseRows, blk: DepthwiseBlock) -> Self {
+        // SAFETY: the block's offsets lie inside the checked slices (see `blocks`).
+        unsafe {
+            DepthwiseTile {
+                w: w.as_ptr().add(blk.w),
+                kw: s.kw,
+                b: b.as_ptr().add(blk.b),
+                ldb: s.ldb,
+                c: c.as_mut_ptr().add(blk.c),
+                ldc: s.ldc,
+                n: s.n,
+                accumulate: blk.accumulate,
+            }
+        }
+    }
+}
+
 // `depthwise_dispatch!` spells out every tile size.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const _: () = assert!(TILE_ROWS == 4 && PASS_ROWS == 5);

@@ -21,7 +21,7 @@ pub mod x86;
 pub(crate) use depthwise::depthwise_rows_check;
 pub use depthwise::DepthwiseRows;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) use depthwise::{blocks as depthwise_blocks, DepthwiseBlock};
+pub(crate) use depthwise::{blocks as depthwise_blocks, DepthwiseBlock, DepthwiseTile};
 
 use crate::KernelError;
 

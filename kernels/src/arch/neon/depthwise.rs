@@ -5,20 +5,7 @@
 
 use std::arch::aarch64::*;
 
-use crate::arch::{depthwise_blocks, depthwise_rows_check, scalar, DepthwiseRows};
-
-/// Operands of one tile, as raw pointers at the block's start.
-#[derive(Clone, Copy)]
-struct Tile {
-    w: *const f32,
-    kw: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    n: usize,
-    accumulate: bool,
-}
+use crate::arch::{depthwise_blocks, depthwise_rows_check, scalar, DepthwiseRows, DepthwiseTile as Tile};
 
 /// See [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
@@ -32,16 +19,7 @@ pub(super) fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRo
         // `< blk.rows + blk.kh - 1` of `b` from `blk.b` and writes rows `< blk.rows` of `c` from
         // `blk.c` (see `depthwise_blocks`), columns `< n` (+ `kx < kw` for `b`) only.
         unsafe {
-            let t = Tile {
-                w: w.as_ptr().add(blk.w),
-                kw: s.kw,
-                b: b.as_ptr().add(blk.b),
-                ldb: s.ldb,
-                c: c.as_mut_ptr().add(blk.c),
-                ldc: s.ldc,
-                n: s.n,
-                accumulate: blk.accumulate,
-            };
+            let t = Tile::new(w, b, c, &s, blk);
             depthwise_dispatch!(tile, blk, t)
         }
     });

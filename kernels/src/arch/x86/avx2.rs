@@ -32,7 +32,7 @@ const NR: usize = 16;
 /// Lanes `i < n` all-ones (for `vmaskmovps`).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn lane_mask(n: usize) -> __m256i {
+pub(super) fn lane_mask(n: usize) -> __m256i {
     let n = n.min(8) as i32;
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 }

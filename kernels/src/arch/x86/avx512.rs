@@ -31,7 +31,7 @@ const NR: usize = 32;
 
 /// Mask of lanes `i < n` (n clamped to 16).
 #[inline]
-fn lane_mask(n: usize) -> __mmask16 {
+pub(super) fn lane_mask(n: usize) -> __mmask16 {
     if n >= 16 {
         0xFFFF
     } else {

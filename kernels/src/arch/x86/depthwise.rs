@@ -5,41 +5,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::arch::{depthwise_blocks, depthwise_rows_check, scalar, DepthwiseBlock as Block, DepthwiseRows};
-
-/// Operands of one tile, as raw pointers at the block's start.
-#[derive(Clone, Copy)]
-struct Tile {
-    w: *const f32,
-    kw: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    n: usize,
-    accumulate: bool,
-}
-
-impl Tile {
-    /// # Safety
-    /// `blk` must come from `depthwise_blocks` of a shape that [`depthwise_rows_check`] accepted for
-    /// `w`, `b` and `c`.
-    unsafe fn new(w: &[f32], b: &[f32], c: &mut [f32], s: &DepthwiseRows, blk: Block) -> Tile {
-        // SAFETY: the block's offsets lie inside the checked slices (see `depthwise_blocks`).
-        unsafe {
-            Tile {
-                w: w.as_ptr().add(blk.w),
-                kw: s.kw,
-                b: b.as_ptr().add(blk.b),
-                ldb: s.ldb,
-                c: c.as_mut_ptr().add(blk.c),
-                ldc: s.ldc,
-                n: s.n,
-                accumulate: blk.accumulate,
-            }
-        }
-    }
-}
+use super::{avx2::lane_mask as mask8, avx512::lane_mask as mask16};
+use crate::arch::{depthwise_blocks, depthwise_rows_check, scalar, DepthwiseRows, DepthwiseTile as Tile};
 
 /// AVX-512 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows_avx512(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
@@ -72,16 +39,6 @@ pub(super) fn depthwise_rows_avx2(w: &[f32], b: &[f32], c: &mut [f32], s: Depthw
             depthwise_dispatch!(tile256, blk, t)
         }
     });
-}
-
-/// Mask of lanes `i < n` of 16 (n clamped).
-#[inline]
-fn mask16(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xFFFF
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
 }
 
 /// `R` output rows of a `KH`-row filter, 32 columns (two vectors per row) at a time; a last
@@ -144,14 +101,6 @@ unsafe fn strip512<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
             }
         }
     }
-}
-
-/// Lanes `i < n` of 8 all-ones (for `vmaskmovps`).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn mask8(n: usize) -> __m256i {
-    let n = n.min(8) as i32;
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
 }
 
 /// `R` output rows of a `KH`-row filter, 16 columns (two vectors per row) at a time; a last
