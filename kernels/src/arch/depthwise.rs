@@ -121,7 +121,7 @@ impl DepthwiseTile {
     /// # Safety
     /// `blk` must come from [`blocks`] of a shape `s` that [`depthwise_rows_check`] accepted for
     /// `w`, `b` and `c`.
-    pub unsafe fn new(w: &[f32], b: &[f32], c: &mut [f32], s: &DepthwiseRows, blk: DepthwiseBlock) -> Self {
+    unsafe fn new(w: &[f32], b: &[f32], c: &mut [f32], s: &DepthwiseRows, blk: DepthwiseBlock) -> Self {
         // SAFETY: the block's offsets lie inside the checked slices (see `blocks`).
         unsafe {
             DepthwiseTile {
@@ -136,6 +136,27 @@ impl DepthwiseTile {
             }
         }
     }
+}
+
+/// A SIMD path's [`Isa::depthwise_rows`](super::Isa::depthwise_rows): checks the operands
+/// (leaving an empty output or filter to the scalar path), then hands `run` every block with its
+/// tile, whose pointers cover exactly what the block reads and writes.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn for_each_tile(
+    w: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    s: DepthwiseRows,
+    mut run: impl FnMut(DepthwiseBlock, DepthwiseTile),
+) {
+    if !depthwise_rows_check(w, b, c, &s) {
+        return super::scalar::depthwise_rows(w, b, c, s);
+    }
+    blocks(&s, |blk| {
+        // SAFETY: `blk` comes from `blocks` of a shape the check accepted for `w`, `b` and `c`.
+        let tile = unsafe { DepthwiseTile::new(w, b, c, &s, blk) };
+        run(blk, tile)
+    });
 }
 
 // `depthwise_dispatch!` spells out every tile size.

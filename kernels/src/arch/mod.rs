@@ -21,7 +21,7 @@ pub mod x86;
 pub(crate) use depthwise::depthwise_rows_check;
 pub use depthwise::DepthwiseRows;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) use depthwise::{blocks as depthwise_blocks, DepthwiseBlock, DepthwiseTile};
+pub(crate) use depthwise::{for_each_tile as depthwise_tiles, DepthwiseBlock, DepthwiseTile};
 
 use crate::KernelError;
 

@@ -5,23 +5,15 @@
 
 use std::arch::aarch64::*;
 
-use crate::arch::{depthwise_blocks, depthwise_rows_check, scalar, DepthwiseRows, DepthwiseTile as Tile};
+use crate::arch::{depthwise_tiles, DepthwiseRows, DepthwiseTile as Tile};
 
 /// See [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
-    if !depthwise_rows_check(w, b, c, &s) {
-        return scalar::depthwise_rows(w, b, c, s);
-    }
-    depthwise_blocks(&s, |blk| {
-        // SAFETY: this function is only in the NEON table, handed out after NEON was detected.
-        // The check asserted that `b` holds `(rows + kh - 2) * ldb + kw - 1 + n` elements and `c`
-        // `(rows - 1) * ldc + n`; every block's offsets lie inside them, and its tile reads rows
-        // `< blk.rows + blk.kh - 1` of `b` from `blk.b` and writes rows `< blk.rows` of `c` from
-        // `blk.c` (see `depthwise_blocks`), columns `< n` (+ `kx < kw` for `b`) only.
-        unsafe {
-            let t = Tile::new(w, b, c, &s, blk);
-            depthwise_dispatch!(tile, blk, t)
-        }
+    depthwise_tiles(w, b, c, s, |blk, t| {
+        // SAFETY: this function is only in the NEON table, handed out after NEON was detected;
+        // the tile covers rows `blk.rows + blk.kh - 1` of `b` and `blk.rows` of `c` (see
+        // `arch::depthwise`), columns `< n` (+ `kx < kw` for `b`) only.
+        unsafe { depthwise_dispatch!(tile, blk, t) }
     });
 }
 

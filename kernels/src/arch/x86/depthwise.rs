@@ -6,38 +6,24 @@
 use std::arch::x86_64::*;
 
 use super::{avx2::lane_mask as mask8, avx512::lane_mask as mask16};
-use crate::arch::{depthwise_blocks, depthwise_rows_check, scalar, DepthwiseRows, DepthwiseTile as Tile};
+use crate::arch::{depthwise_tiles, DepthwiseRows, DepthwiseTile as Tile};
 
 /// AVX-512 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows_avx512(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
-    if !depthwise_rows_check(w, b, c, &s) {
-        return scalar::depthwise_rows(w, b, c, s);
-    }
-    depthwise_blocks(&s, |blk| {
+    depthwise_tiles(w, b, c, s, |blk, t| {
         // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F was
-        // detected; the check asserted that `b` holds `(rows + kh - 2) * ldb + kw - 1 + n`
-        // elements and `c` `(rows - 1) * ldc + n`, and every block reads rows
-        // `r0 + ky0 .. r0 + ky0 + rows + kh - 1` of `b` (at most `rows + kh - 1` in all) and
-        // writes rows `r0 .. r0 + rows` of `c`, columns `< n` only (masked tails).
-        unsafe {
-            let t = Tile::new(w, b, c, &s, blk);
-            depthwise_dispatch!(tile512, blk, t)
-        }
+        // detected; the tile covers rows `blk.rows + blk.kh - 1` of `b` and `blk.rows` of `c`
+        // (see `arch::depthwise`), and masked lanes past column `n` are not accessed.
+        unsafe { depthwise_dispatch!(tile512, blk, t) }
     });
 }
 
 /// AVX2 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows_avx2(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
-    if !depthwise_rows_check(w, b, c, &s) {
-        return scalar::depthwise_rows(w, b, c, s);
-    }
-    depthwise_blocks(&s, |blk| {
+    depthwise_tiles(w, b, c, s, |blk, t| {
         // SAFETY: as in `depthwise_rows_avx512`, for the AVX2 table (AVX2 + FMA detected); the
         // `vmaskmovps` tails touch no lane past column `n`.
-        unsafe {
-            let t = Tile::new(w, b, c, &s, blk);
-            depthwise_dispatch!(tile256, blk, t)
-        }
+        unsafe { depthwise_dispatch!(tile256, blk, t) }
     });
 }
 
