@@ -49,7 +49,7 @@ fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn bench_huffman(c: &mut Criterion) {
-    let huffman = WriteOptions { entropy: Entropy::Huffman };
+    let huffman = WriteOptions { entropy: Entropy::Huffman, compact: false };
     for (name, file) in MODELS {
         for bits in [8u8, 4, 3] {
             let m = compressed(file, bits);

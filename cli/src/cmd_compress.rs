@@ -73,6 +73,15 @@ pub struct Args {
     pub finetune: usize,
     /// `--report`.
     pub report: Option<PathBuf>,
+    /// `--plain-layout`: format 1.0 / 1.1 layout instead of the compact 1.2 one.
+    pub plain_layout: bool,
+}
+
+/// Serialises `model` in the compact layout (format 1.2: deflated metadata, 16-byte blobs) or,
+/// with `plain`, the 1.0 / 1.1 layout older readers read.
+pub fn serialise(model: &pith_format::ir::Model, entropy: Entropy, plain: bool) -> Result<Vec<u8>> {
+    let options = WriteOptions { entropy, compact: !plain };
+    pith_format::write_with(model, &options).context("serialising the .pith file")
 }
 
 /// Parses `--bits`: `auto`, or what [`parse_bits`] accepts.
@@ -113,7 +122,7 @@ pub fn compress_file(input: &Path, weights: WeightFormat, quiet: bool) -> Result
         })
         .with_context(|| format!("compressing {}", input.display()))?;
     bar.finish_and_clear();
-    let bytes = pith_format::write(&compressed.model).context("serialising the .pith file")?;
+    let bytes = serialise(&compressed.model, Entropy::None, false)?;
     Ok((compressed, bytes))
 }
 
@@ -272,10 +281,11 @@ pub fn compress_auto_file(
         entropy: EntropyArg::None,
         finetune: 0,
         report: None,
+        plain_layout: false,
     };
     let compressed = compress_calibrated(&onnx, &args, calib)
         .with_context(|| format!("compressing {}", input.display()))?;
-    let bytes = pith_format::write(&compressed.model).context("serialising the .pith file")?;
+    let bytes = serialise(&compressed.model, Entropy::None, false)?;
     Ok((compressed, bytes))
 }
 
@@ -343,12 +353,9 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
         (None, Bits::Fixed(w)) => compress_file(input, w, false)?.0,
         (None, Bits::Auto) => unreachable!("checked above"),
     };
-    let packed = pith_format::write(&compressed.model).context("serialising the .pith file")?;
+    let packed = serialise(&compressed.model, Entropy::None, args.plain_layout)?;
     let huffman = match args.entropy {
-        EntropyArg::Huffman => Some(
-            pith_format::write_with(&compressed.model, &WriteOptions { entropy: Entropy::Huffman })
-                .context("serialising the Huffman-coded .pith file")?,
-        ),
+        EntropyArg::Huffman => Some(serialise(&compressed.model, Entropy::Huffman, args.plain_layout)?),
         EntropyArg::None => None,
     };
     let bytes = huffman.as_ref().unwrap_or(&packed);

@@ -66,6 +66,10 @@ enum Command {
         /// Write the per-layer report and totals as JSON here.
         #[arg(long, value_name = "FILE.json")]
         report: Option<PathBuf>,
+        /// Write the format 1.0 / 1.1 layout (metadata uncompressed, 64-byte aligned blobs) that
+        /// older Pith readers understand, instead of the smaller 1.2 layout.
+        #[arg(long)]
+        plain_layout: bool,
     },
     /// Run one inference: .npy inputs, one .npy per output.
     Run {
@@ -159,6 +163,7 @@ fn main() {
             entropy,
             finetune,
             report,
+            plain_layout,
         } => {
             let args = cmd_compress::Args {
                 bits,
@@ -170,6 +175,7 @@ fn main() {
                 entropy,
                 finetune,
                 report,
+                plain_layout,
             };
             cmd_compress::run_with(&input, &output, &args)
         }

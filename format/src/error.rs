@@ -74,6 +74,9 @@ pub enum FormatError {
     /// The section table is inconsistent (bounds, alignment, overlap, duplicates, missing or unknown kinds).
     #[error("bad section table: {0}")]
     SectionTable(String),
+    /// The PACKED section (deflated metadata, format 1.2) is malformed.
+    #[error("bad PACKED metadata section: {0}")]
+    Packed(String),
     /// A byte outside every section (padding) is not zero.
     #[error("non-zero padding byte at file offset {offset}")]
     NonZeroPadding {

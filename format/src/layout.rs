@@ -10,8 +10,11 @@ compile_error!("pith-format reads little-endian records in place and needs a lit
 
 /// The 8 magic bytes every `.pith` file starts with.
 pub const MAGIC: [u8; 8] = *b"PITHFMT\0";
-/// Alignment of every section and every tensor data blob, in bytes.
+/// Alignment of every section, and of every tensor data blob up to format 1.1, in bytes.
 pub const ALIGN: usize = 64;
+/// Alignment of tensor data blobs from format 1.2 (enough for every element type and for SIMD
+/// loads, which are unaligned anyway; small blobs such as biases no longer pad to 64 bytes).
+pub const COMPACT_BLOB_ALIGN: usize = 16;
 /// Sentinel in the ID pool for an omitted optional node input.
 pub const NO_VALUE: u32 = u32::MAX;
 /// Section flag: a reader that does not know this section kind may skip it.

@@ -6,11 +6,12 @@
 //!   once, and then hands out the parsed [`ir::Graph`] and zero-copy [`TensorView`]s of its
 //!   constants; [`PithFile::from_bytes`] does the same for bytes in memory. Huffman-coded index
 //!   streams ([`write_with`] with [`Entropy::Huffman`]) are decoded once at open into owned,
-//!   aligned packed buffers, whose views look exactly like mapped ones.
+//!   aligned packed buffers, whose views look exactly like mapped ones. The compact layout
+//!   ([`WriteOptions::compact`], format 1.2) stores the metadata DEFLATE-compressed (`packed`).
 //!
 //! Module map: `layout` (on-disk records), `sections` (header, table, checksums), `parse`
 //! (metadata to [`ir::Graph`]), `validate` (rules shared by reader and writer), `reader`,
-//! `writer`, `huffman` (entropy coding of index streams), `storage` (mmap or 64-byte aligned
+//! `writer`, `huffman` (entropy coding of index streams), `packed` (deflated metadata), `storage` (mmap or 64-byte aligned
 //! buffer), `error` ([`FormatError`]).
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod ir;
 mod error;
 mod huffman;
 mod layout;
+mod packed;
 mod parse;
 mod reader;
 mod sections;
@@ -39,7 +41,7 @@ pub use writer::{write, write_with, Entropy, WriteOptions};
 /// version are refused.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Newest minor format version this crate writes; files with any minor version of [`FORMAT_MAJOR`]
-/// are read. The writer records the lowest minor version whose features a file uses: 1 (Huffman-coded
-/// indices) only when some constant is Huffman-coded, 0 otherwise, so such files stay readable by 1.0
-/// readers.
-pub const FORMAT_MINOR: u16 = 1;
+/// are read. The writer records the lowest minor version whose features a file uses: 2 for the
+/// compact layout (PACKED metadata, 16-byte blobs), 1 when some constant is Huffman-coded, 0
+/// otherwise, so files without those features stay readable by older readers.
+pub const FORMAT_MINOR: u16 = 2;

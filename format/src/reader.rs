@@ -120,12 +120,15 @@ impl PithFile {
 
     pub(crate) fn from_storage(storage: Storage) -> Result<PithFile> {
         let bytes = storage.bytes();
-        let sections = read_sections(bytes)?;
+        let table = read_sections(bytes)?;
+        let unpacked = table.unpack()?;
+        let sections = table.resolve(unpacked.as_ref())?;
         let (graph, producer) = parse_graph(&sections)?;
         let recs: &[ConstRec] = records(sections.get(SectionKind::Constants).bytes, SectionKind::Constants)?;
         let ids: Vec<ValueId> = recs.iter().map(|r| r.value).collect();
         validate::check_graph(&graph, &ids)?;
         let data = sections.get(SectionKind::Data);
+        let blob_align = blob_align(sections.version);
         let mut constants = Vec::with_capacity(recs.len());
         let mut const_index = vec![u32::MAX; graph.values.len()];
         let mut decoded = Vec::new();
@@ -133,7 +136,7 @@ impl PithFile {
         for (i, r) in recs.iter().enumerate() {
             // check_graph range-checked the id and that no value has two definitions.
             let v = &graph.values[r.value as usize];
-            let mut entry = const_entry(v, r, data)?;
+            let mut entry = const_entry(v, r, data, blob_align)?;
             if let Encoding::Codebook { huffman: true, .. } = entry.encoding {
                 if sections.version.1 < 1 {
                     return Err(bad_constant(
@@ -195,7 +198,7 @@ impl PithFile {
 
     /// A view of constant `value`'s data; `None` if `value` is not a constant. The view borrows
     /// the mapped file (zero-copy), or for Huffman-coded indices the packed buffer decoded at open;
-    /// both look the same (packed rows, 64-byte aligned).
+    /// both look the same (packed rows, at least 16-byte aligned: 64 up to format 1.1).
     pub fn constant(&self, value: ValueId) -> Option<TensorView<'_>> {
         // Validated at open, so `make_view` cannot fail here.
         make_view(self.storage.bytes(), &self.decoded, self.entry(value)?).ok()
@@ -244,8 +247,18 @@ impl PithFile {
     }
 }
 
-/// Checks constant record `r` against its value and the DATA section; returns its entry.
-fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry> {
+/// The alignment every blob offset must have in a file of `version`: 64 up to 1.1, 16 from 1.2.
+fn blob_align(version: (u16, u16)) -> usize {
+    if version.1 >= 2 {
+        COMPACT_BLOB_ALIGN
+    } else {
+        ALIGN
+    }
+}
+
+/// Checks constant record `r` against its value and the DATA section (whose blobs must start at
+/// multiples of `align`); returns its entry.
+fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>, align: usize) -> Result<ConstEntry> {
     let id = r.value;
     let bad = |reason: String| bad_constant(id, v, reason);
     let shape = validate::const_shape(id, v)?;
@@ -264,8 +277,8 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>) -> Result<ConstEntry>
         }
     };
     let blob = |b: Blob, what: &str| -> Result<Range<usize>> {
-        if !(b.offset as usize).is_multiple_of(ALIGN) {
-            return Err(bad(format!("{what} blob offset {} is not a multiple of {ALIGN}", b.offset)));
+        if !(b.offset as usize).is_multiple_of(align) {
+            return Err(bad(format!("{what} blob offset {} is not a multiple of {align}", b.offset)));
         }
         // u32 + u32 cannot overflow u64.
         let end = b.offset as u64 + b.len as u64;

@@ -1,22 +1,71 @@
 //! Header and section table: magic, version, lengths, bounds, alignment, overlap, zero padding and
-//! checksums. After [`read_sections`] every section slice is in bounds and checksummed.
+//! checksums. After [`read_sections`] every section slice is in bounds and checksummed; after
+//! [`TableSections::resolve`] the metadata sections stored in a PACKED section (format 1.2) have
+//! joined them and every required section is present.
 
 use std::mem::size_of;
 
 use crate::error::FormatError;
 use crate::layout::{Header, SectionEntry, SectionKind, ALIGN, HEADER_CRC_SPAN, MAGIC, SECTION_OPTIONAL};
+use crate::packed::{self, Unpacked, PACKED_KIND};
 use crate::{FORMAT_MAJOR, FORMAT_MINOR};
 
 type Result<T> = std::result::Result<T, FormatError>;
 
-/// One required section: its bytes and their file offset.
+/// One required section: its bytes and their file offset (0 for a section inflated from PACKED,
+/// which is never DATA, the one section whose offset is used).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Section<'a> {
     pub bytes: &'a [u8],
     pub offset: usize,
 }
 
-/// The validated sections of a file.
+/// The sections named by the section table, checked, before PACKED is inflated.
+pub(crate) struct TableSections<'a> {
+    /// `(major, minor)` from the header.
+    pub version: (u16, u16),
+    parts: [Option<Section<'a>>; SectionKind::ALL.len()],
+    /// The PACKED section's bytes, if the file has one.
+    packed: Option<&'a [u8]>,
+}
+
+impl<'a> TableSections<'a> {
+    /// Inflates the PACKED section, if any (format 1.2 and later only).
+    pub fn unpack(&self) -> Result<Option<Unpacked>> {
+        let Some(bytes) = self.packed else { return Ok(None) };
+        if self.version.1 < 2 {
+            return Err(table_err(format!(
+                "a PACKED section needs format 1.2, but the file says {}.{}",
+                self.version.0, self.version.1
+            )));
+        }
+        packed::unpack(bytes).map(Some)
+    }
+
+    /// The complete sections: those of the table plus those inflated into `unpacked` (which
+    /// must come from [`Self::unpack`]). A kind in both places, or in neither, is an error.
+    pub fn resolve<'b>(self, unpacked: Option<&'b Unpacked>) -> Result<Sections<'b>>
+    where
+        'a: 'b,
+    {
+        let mut parts: [Option<Section<'b>>; SectionKind::ALL.len()] = self.parts;
+        for (kind, bytes) in unpacked.into_iter().flat_map(|u| u.sections()) {
+            let slot = &mut parts[kind as usize - 1];
+            if slot.is_some() {
+                return Err(table_err(format!("{} is both in the section table and in PACKED", kind.name())));
+            }
+            *slot = Some(Section { bytes, offset: 0 });
+        }
+        for k in SectionKind::ALL {
+            if parts[k as usize - 1].is_none() {
+                return Err(table_err(format!("missing required {} section", k.name())));
+            }
+        }
+        Ok(Sections { version: self.version, parts })
+    }
+}
+
+/// The validated sections of a file, all present.
 pub(crate) struct Sections<'a> {
     /// `(major, minor)` from the header.
     pub version: (u16, u16),
@@ -42,8 +91,8 @@ pub(crate) fn header_crc(head: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Validates header and section table and returns the required sections.
-pub(crate) fn read_sections(bytes: &[u8]) -> Result<Sections<'_>> {
+/// Validates header and section table and returns the sections it names.
+pub(crate) fn read_sections(bytes: &[u8]) -> Result<TableSections<'_>> {
     let len = bytes.len() as u64;
     let header_len = size_of::<Header>();
     if bytes.len() < header_len {
@@ -82,12 +131,17 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<Sections<'_>> {
     }
 
     let mut parts = [None; SectionKind::ALL.len()];
+    let mut packed = None;
     // Bounded by the file length: the table fits in the file.
     let mut ranges = Vec::with_capacity(header.section_count as usize);
     for (i, raw) in bytes[header_len..table_end].chunks_exact(entry_len).enumerate() {
         let e: SectionEntry = bytemuck::pod_read_unaligned(raw);
         let kind = SectionKind::from_code(e.kind);
-        let name = kind.map_or_else(|| format!("kind {}", e.kind), |k| k.name().to_string());
+        let name = match kind {
+            Some(k) => k.name().to_string(),
+            None if e.kind == PACKED_KIND => "PACKED".to_string(),
+            None => format!("kind {}", e.kind),
+        };
         let what = format!("section #{i} ({name})");
         let end = e.offset.checked_add(e.length).filter(|&end| end <= len).ok_or_else(|| {
             table_err(format!(
@@ -119,6 +173,11 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<Sections<'_>> {
                 }
                 *slot = Some(Section { bytes: section, offset: start });
             }
+            None if e.kind == PACKED_KIND => {
+                if packed.replace(section).is_some() {
+                    return Err(table_err(format!("{what}: duplicate PACKED section")));
+                }
+            }
             None if e.flags & SECTION_OPTIONAL != 0 => {
                 log::debug!("skipping unknown optional {what}");
             }
@@ -131,13 +190,8 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<Sections<'_>> {
             }
         }
     }
-    for k in SectionKind::ALL {
-        if parts[k as usize - 1].is_none() {
-            return Err(table_err(format!("missing required {} section", k.name())));
-        }
-    }
     check_gaps(bytes, table_end, &mut ranges)?;
-    Ok(Sections { version: (major, minor), parts })
+    Ok(TableSections { version: (major, minor), parts, packed })
 }
 
 /// Sections must not overlap and every byte outside header, table and sections must be zero,

@@ -11,6 +11,7 @@ use crate::error::FormatError;
 use crate::huffman;
 use crate::ir::{Attr, Centroids, Constant, Dim, ElemType, Model, TensorData, ValueId};
 use crate::layout::*;
+use crate::packed;
 use crate::sections::header_crc;
 use crate::validate::{self, CodebookParams};
 use crate::view::{CentroidsView, CodebookView};
@@ -33,6 +34,11 @@ pub enum Entropy {
 pub struct WriteOptions {
     /// Entropy coding of codebook indices.
     pub entropy: Entropy,
+    /// Compact layout (format 1.2): the metadata sections DEFLATE-compressed into one PACKED
+    /// section (inflated once at open) and data blobs aligned to 16 bytes instead of 64. It
+    /// takes about three quarters off the metadata, which matters for models of tens of
+    /// kilobytes; files without it stay readable by 1.0 / 1.1 readers.
+    pub compact: bool,
 }
 
 /// Validates `model` exactly as the reader would and serialises it.
@@ -44,8 +50,9 @@ pub fn write(model: &Model) -> Result<Vec<u8>> {
 
 /// [`write`] with options. With [`Entropy::Huffman`], each codebook tensor's indices are stored
 /// Huffman-coded (canonical codes per tensor, at most 12 bits per code word) when that makes the
-/// tensor smaller, and packed otherwise; a file with at least one Huffman-coded tensor is written
-/// as format 1.1, any other file as 1.0.
+/// tensor smaller, and packed otherwise. The file records the lowest format version its features
+/// need: 1.2 with [`WriteOptions::compact`], else 1.1 with at least one Huffman-coded tensor,
+/// else 1.0.
 ///
 /// The same model and options always yield the same bytes.
 pub fn write_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
@@ -150,6 +157,8 @@ struct Builder<'m> {
     data: Vec<u8>,
     /// Entropy coding to try on codebook indices.
     entropy: Entropy,
+    /// Alignment of data blobs.
+    blob_align: usize,
 }
 
 impl<'m> Builder<'m> {
@@ -208,12 +217,12 @@ impl<'m> Builder<'m> {
         Ok(d)
     }
 
-    /// Appends `bytes` to DATA at the next 64-byte boundary.
+    /// Appends `bytes` to DATA at the next multiple of the blob alignment.
     fn blob(&mut self, bytes: &[u8]) -> Result<Blob> {
         if bytes.is_empty() {
             return Ok(Blob::default());
         }
-        let offset = align_up(self.data.len());
+        let offset = self.data.len().next_multiple_of(self.blob_align);
         self.data.resize(offset, 0);
         self.data.extend_from_slice(bytes);
         // Blob fields are u32: DATA is capped at 4 GiB.
@@ -319,7 +328,8 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
 /// [`encode`] with options. Huffman coding needs valid codebook tensors (indices `< entries`).
 pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
     let g = &model.graph;
-    let mut b = Builder { entropy: options.entropy, ..Builder::default() };
+    let blob_align = if options.compact { COMPACT_BLOB_ALIGN } else { ALIGN };
+    let mut b = Builder { entropy: options.entropy, blob_align, ..Builder::default() };
     for v in &g.values {
         let name = b.string(&v.name)?;
         let shape = v.shape.as_deref().unwrap_or_default();
@@ -365,7 +375,13 @@ pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u
     }
     to_u32(b.constants.len(), "CONSTANTS")?;
     // The lowest minor version whose features the file uses.
-    let minor = if b.constants.iter().any(|c| c.encoding == ENC_CODEBOOK_HUFFMAN) { 1 } else { 0 };
+    let minor = if options.compact {
+        2
+    } else if b.constants.iter().any(|c| c.encoding == ENC_CODEBOOK_HUFFMAN) {
+        1
+    } else {
+        0
+    };
 
     let sections: [(SectionKind, &[u8]); 12] = [
         (SectionKind::Strings, &b.strings),
@@ -381,11 +397,29 @@ pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u
         (SectionKind::Symbols, bytemuck::cast_slice(&b.symbols)),
         (SectionKind::Data, &b.data),
     ];
-    Ok(assemble(&sections, minor))
+    if !options.compact {
+        return Ok(assemble(&sections, minor));
+    }
+    let (metadata, data) = sections.split_at(sections.len() - 1);
+    let packed = packed::pack(metadata)?;
+    Ok(assemble(&[(Stored::Packed, &packed), (Stored::Kind(data[0].0), data[0].1)], minor))
+}
+
+/// What a written section holds: one of the section kinds, or the PACKED metadata.
+#[derive(Clone, Copy)]
+enum Stored {
+    Kind(SectionKind),
+    Packed,
+}
+
+impl From<SectionKind> for Stored {
+    fn from(k: SectionKind) -> Stored {
+        Stored::Kind(k)
+    }
 }
 
 /// Lays out header, section table and sections, each section at a 64-byte boundary.
-fn assemble(sections: &[(SectionKind, &[u8])], minor: u16) -> Vec<u8> {
+fn assemble<K: Into<Stored> + Copy>(sections: &[(K, &[u8])], minor: u16) -> Vec<u8> {
     let header_len = std::mem::size_of::<Header>();
     let table_end = header_len + sections.len() * std::mem::size_of::<SectionEntry>();
     let total: usize = sections.iter().map(|(_, s)| align_up(s.len())).sum();
@@ -396,8 +430,12 @@ fn assemble(sections: &[(SectionKind, &[u8])], minor: u16) -> Vec<u8> {
         let offset = align_up(out.len());
         out.resize(offset, 0);
         out.extend_from_slice(bytes);
+        let kind = match (*kind).into() {
+            Stored::Kind(k) => k as u32,
+            Stored::Packed => packed::PACKED_KIND,
+        };
         entries.push(SectionEntry {
-            kind: *kind as u32,
+            kind,
             flags: 0,
             offset: offset as u64,
             length: bytes.len() as u64,

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use pith_format::ir::*;
-use pith_format::{write, FormatError, PithFile};
+use pith_format::{write, write_with, Entropy, FormatError, PithFile, WriteOptions};
 
 fn small_file() -> Vec<u8> {
     // Every section non-empty but the file small, so exhaustive loops stay fast.
@@ -128,7 +128,7 @@ fn newer_major_version_is_refused_with_an_upgrade_hint() {
     b[10..12].copy_from_slice(&3u16.to_le_bytes());
     let e = err(b);
     assert!(matches!(e, FormatError::NewerVersion { major: 7, minor: 3 }));
-    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.1); upgrade Pith");
+    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.2); upgrade Pith");
 
     let mut b = small_file();
     b[8..10].copy_from_slice(&0u16.to_le_bytes());
@@ -309,4 +309,118 @@ fn random_mutations_never_panic() {
         }
     }
     assert!(errs > 3000, "mutations should mostly be caught ({ok} ok, {errs} errors)");
+}
+
+const COMPACT: WriteOptions = WriteOptions { entropy: Entropy::None, compact: true };
+/// Section kind code of PACKED (format 1.2).
+const PACKED: u32 = 13;
+
+/// The inflated bytes of a compact file's PACKED section (layout from SPEC.md).
+fn inflate(b: &[u8]) -> Vec<u8> {
+    let s = &b[section(b, PACKED)];
+    let out = miniz_oxide::inflate::decompress_to_vec(&s[8..]).unwrap();
+    assert_eq!(out.len() as u32, u32::from_le_bytes(s[..4].try_into().unwrap()));
+    out
+}
+
+/// `b` with its PACKED section replaced by `inflated`, deflated and resealed.
+fn repack(b: &[u8], inflated: &[u8]) -> Vec<u8> {
+    let mut payload = (inflated.len() as u32).to_le_bytes().to_vec();
+    payload.extend_from_slice(&[0; 4]);
+    payload.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(inflated, 6));
+    let mut table = entries(b);
+    let others: Vec<(u32, u32, Vec<u8>)> = table
+        .drain(..)
+        .filter(|e| e.kind != PACKED)
+        .map(|e| (e.kind, e.flags, b[e.offset as usize..(e.offset + e.length) as usize].to_vec()))
+        .collect();
+    let only_packed = relayout_only(b, &[(PACKED, 0, payload)]);
+    relayout(&only_packed, &others)
+}
+
+/// A file with the header of `b` and exactly the sections `secs`.
+fn relayout_only(b: &[u8], secs: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut head = b[..32].to_vec();
+    head[12..16].copy_from_slice(&0u32.to_le_bytes());
+    relayout(&head, secs)
+}
+
+#[test]
+fn compact_files_open_and_their_packed_section_is_checked() {
+    let (m, _) = full_model();
+    let b = write_with(&m, &COMPACT).unwrap();
+    let f = PithFile::from_bytes(b.clone()).unwrap();
+    assert_eq!((f.version(), f.graph()), ((1, 2), &m.graph));
+    assert_eq!(entries(&b).iter().map(|e| e.kind).collect::<Vec<_>>(), [PACKED, 12]);
+    // Re-deflating the same metadata at another level gives an equivalent file.
+    assert_eq!(PithFile::from_bytes(repack(&b, &inflate(&b))).unwrap().graph(), &m.graph);
+
+    // A PACKED section in a file that claims 1.1.
+    let mut old = b.clone();
+    old[10..12].copy_from_slice(&1u16.to_le_bytes());
+    reseal_header(&mut old);
+    assert!(table_msg(err(old)).contains("needs format 1.2"));
+    // A packed kind also in the table, a second PACKED, and no PACKED at all.
+    let m1 = table_msg(err(relayout(&b, &[(1, 0, b"dup".to_vec())])));
+    assert!(m1.contains("STRINGS is both in the section table and in PACKED"), "{m1}");
+    let packed = b[section(&b, PACKED)].to_vec();
+    assert!(table_msg(err(relayout(&b, &[(PACKED, 0, packed)]))).contains("duplicate PACKED"));
+    let data = b[section(&b, 12)].to_vec();
+    assert!(table_msg(err(relayout_only(&b, &[(12, 0, data)]))).contains("missing required STRINGS"));
+    // A damaged stream, resealed so the checksum passes.
+    let mut bad = b.clone();
+    let at = section(&bad, PACKED).start + 8;
+    bad[at] ^= 0xff;
+    reseal(&mut bad);
+    assert!(matches!(err(bad), FormatError::Packed(_) | FormatError::Checksum { .. }));
+}
+
+/// Mutates the inflated metadata of a compact file (then deflates it again, so the records, not
+/// the stream, carry the damage), and the stream itself: never a panic, accepted files usable.
+#[test]
+fn compact_metadata_mutations_never_panic() {
+    let (m, _) = full_model();
+    let base = write_with(&m, &COMPACT).unwrap();
+    let inflated = inflate(&base);
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let (mut ok, mut errs) = (0, 0);
+    for iter in 0..1500 {
+        let b = if iter % 4 == 3 {
+            let mut b = base.clone();
+            let s = section(&b, PACKED);
+            let pos = s.start + rng.below(s.len());
+            b[pos] = rng.next() as u8;
+            reseal(&mut b);
+            b
+        } else {
+            let mut raw = inflated.clone();
+            for _ in 0..1 + rng.below(3) {
+                let pos = rng.below(raw.len());
+                match rng.below(3) {
+                    0 => raw[pos] = rng.next() as u8,
+                    1 => raw[pos] ^= 1 << rng.below(8),
+                    _ => {
+                        let at = pos & !3;
+                        let v = [0u32, 1, u32::MAX, 1 << 31, rng.next() as u32][rng.below(5)];
+                        let end = (at + 4).min(raw.len());
+                        raw[at..end].copy_from_slice(&v.to_le_bytes()[..end - at]);
+                    }
+                }
+            }
+            repack(&base, &raw)
+        };
+        match PithFile::from_bytes(b) {
+            Ok(f) => {
+                ok += 1;
+                for id in f.constant_ids().collect::<Vec<_>>() {
+                    assert!(f.constant(id).is_some());
+                }
+            }
+            Err(e) => {
+                errs += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    assert!(errs > 700, "mutations should mostly be caught ({ok} ok, {errs} errors)");
 }

@@ -8,7 +8,7 @@ use common::*;
 use pith_format::ir::*;
 use pith_format::{write, write_with, Entropy, FormatError, PithFile, TensorView, WriteOptions};
 
-const HUFFMAN: WriteOptions = WriteOptions { entropy: Entropy::Huffman };
+const HUFFMAN: WriteOptions = WriteOptions { entropy: Entropy::Huffman, compact: false };
 const ENC_CODEBOOK: u8 = 3;
 const ENC_CODEBOOK_HUFFMAN: u8 = 4;
 

@@ -4,7 +4,10 @@ mod common;
 
 use common::full_model;
 use pith_format::ir::*;
-use pith_format::{write, CentroidsView, FormatError, PithFile, TensorView, FORMAT_MAJOR, FORMAT_MINOR};
+use pith_format::{
+    write, write_with, CentroidsView, Entropy, FormatError, PithFile, TensorView, WriteOptions, FORMAT_MAJOR,
+    FORMAT_MINOR,
+};
 
 /// Checks every constant of `f` against the model it was written from.
 fn check_constants(f: &PithFile, m: &Model, cb_idx: &[common::CbIndices]) {
@@ -63,7 +66,9 @@ fn check_constants(f: &PithFile, m: &Model, cb_idx: &[common::CbIndices]) {
             TensorView::I64(s) => s.as_ptr() as usize,
             TensorView::Codebook(s) => s.indices.as_ptr() as usize,
         };
-        assert_eq!(ptr % 64, 0, "constant #{} is not 64-byte aligned", c.value);
+        // Blobs are 64-byte aligned up to format 1.1 and 16-byte aligned in the compact 1.2 layout.
+        let align = if f.version().1 >= 2 { 16 } else { 64 };
+        assert_eq!(ptr % align, 0, "constant #{} is not {align}-byte aligned", c.value);
     }
     assert!(f.constant(0).is_none(), "graph input is not a constant");
     assert_eq!(f.constant_bytes(0), 0);
@@ -80,7 +85,7 @@ fn full_model_round_trips_through_bytes() {
     assert_eq!(f.producer(), m.producer);
     // Without Huffman-coded tensors the writer records 1.0, the lowest version that describes the file.
     assert_eq!(f.version(), (FORMAT_MAJOR, 0));
-    assert_eq!(FORMAT_MINOR, 1);
+    assert_eq!(FORMAT_MINOR, 2);
     assert_eq!(f.file_len(), len);
     check_constants(&f, &m, &cb_idx);
     assert_eq!(f.constant_bytes(m.constants[0].value), 12 * 4);
@@ -109,6 +114,34 @@ fn writing_is_deterministic() {
     assert_eq!(a, b);
     let (m2, _) = full_model();
     assert_eq!(a, write(&m2).unwrap());
+}
+
+const COMPACT: WriteOptions = WriteOptions { entropy: Entropy::None, compact: true };
+
+#[test]
+fn compact_layout_round_trips_and_is_smaller() {
+    let (m, cb_idx) = full_model();
+    let plain = write(&m).unwrap();
+    let compact = write_with(&m, &COMPACT).unwrap();
+    assert_eq!(compact, write_with(&m.clone(), &COMPACT).unwrap(), "deterministic");
+    assert!(compact.len() < plain.len(), "compact {} vs plain {} bytes", compact.len(), plain.len());
+    let f = PithFile::from_bytes(compact).unwrap();
+    assert_eq!(f.version(), (FORMAT_MAJOR, 2));
+    assert_eq!(f.graph(), &m.graph);
+    assert_eq!(f.producer(), m.producer);
+    check_constants(&f, &m, &cb_idx);
+    // Through a mapped file too, and combined with Huffman-coded indices.
+    let both = WriteOptions { entropy: Entropy::Huffman, compact: true };
+    let path = temp_path("compact");
+    std::fs::write(&path, write_with(&m, &both).unwrap()).unwrap();
+    let f = PithFile::open(&path).unwrap();
+    assert_eq!(f.version(), (FORMAT_MAJOR, 2));
+    assert_eq!(f.graph(), &m.graph);
+    check_constants(&f, &m, &cb_idx);
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    let empty = PithFile::from_bytes(write_with(&Model::default(), &COMPACT).unwrap()).unwrap();
+    assert_eq!(empty.graph(), &Model::default().graph);
 }
 
 #[test]
