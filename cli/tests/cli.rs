@@ -60,9 +60,25 @@ fn compress_prints_a_layer_table_and_inspect_describes_the_file() {
     let o = pith(&["inspect", dir.join("f.pith").to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    for want in ["format 1.", "input  input F32 1x3x128x128", "output regressors", "Conv", "cb4/"] {
+    for want in ["format 1.2", "input  input F32 1x3x128x128", "output regressors", "Conv", "cb4/"] {
         assert!(text.contains(want), "'{want}' missing from inspect output:\n{text}");
     }
+
+    // --plain-layout writes the 1.0 layout older readers take: same model, larger file.
+    let plain = dir.join("plain.pith");
+    let model = data("models/blazeface_short_range.onnx");
+    let args = ["compress", model.to_str().unwrap(), "-o", plain.to_str().unwrap(), "--bits", "4"];
+    let o = pith(&[&args[..], &["--plain-layout"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = pith(&["inspect", plain.to_str().unwrap()]);
+    assert!(stdout(&o).contains("format 1.0"), "{}", stdout(&o));
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&plain) > size(&dir.join("f.pith")) + 8192,
+        "{} vs {}",
+        size(&plain),
+        size(&dir.join("f.pith"))
+    );
 }
 
 #[test]
