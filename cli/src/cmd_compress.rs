@@ -383,7 +383,10 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     if let Some(f) = &compressed.report.fidelity {
         let task = match &f.task {
             Some(t) if t.passed => {
-                format!(", task check passed ({} detections, min IoU {:.3})", t.detections, t.min_iou)
+                format!(
+                    ", task check passed ({} detections, min IoU {:.3}; {} borderline)",
+                    t.detections, t.min_iou, t.borderline
+                )
             }
             Some(t) => format!(", task check FAILED: {}", t.detail),
             None => String::new(),
@@ -450,7 +453,8 @@ fn report_json(
             "cosine": f.cosine,
             "worst_sample_cosine": f.worst_sample_cosine,
             "task": f.task.as_ref().map(|t| json!({
-                "passed": t.passed, "min_iou": t.min_iou, "detections": t.detections, "detail": t.detail,
+                "passed": t.passed, "min_iou": t.min_iou, "detections": t.detections,
+                "borderline": t.borderline, "detail": t.detail,
             })),
         })
     });

@@ -103,7 +103,7 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     println!("== Face detection (BlazeFace short range) ==");
     let calib = data_dir.join("calib/blazeface");
-    let auto = AutoCalib { dir: &calib, preprocess: Preprocess::Blazeface, min_iou: 0.93 };
+    let auto = AutoCalib { dir: &calib, preprocess: Preprocess::Blazeface, min_iou: 0.9 };
     let mut sessions = compress_all(
         &data_dir.join("models/blazeface_short_range.onnx"),
         "blazeface",

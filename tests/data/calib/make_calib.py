@@ -6,12 +6,14 @@ fidelity is checked on inputs the compressor never saw.
 
 * blazeface/: scikit-image sample photos (CC0 / public domain): the cameraman (one face), two crops of
   it at other zooms, and face-free scenes (cat, coffee cup, rocket launch) so activation statistics
-  cover backgrounds too. Each resized so its longer side is 256 px.
+  cover backgrounds too; and matplotlib's portrait of Grace Hopper (public domain, US Navy) whole,
+  close up, mirrored off-centre and small on the coffee photo. Each resized so its longer side is
+  256 px.
 * ppocr/: synthetic document snippets rendered with Pillow's bundled font (dark text on light paper,
   several sizes, line spacings and a slight blur), scikit-image's `text` photo, and the coffee photo.
   Longer side at most 480 px.
 
-Needs: numpy, pillow, scikit-image (`pip install numpy pillow scikit-image`). Deterministic (fixed seed).
+Needs: numpy, pillow, scikit-image, matplotlib (`pip install numpy pillow scikit-image matplotlib`). Deterministic (fixed seed).
 """
 import os
 import random
@@ -19,6 +21,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 import skimage.data as sk
+from matplotlib import cbook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,6 +43,17 @@ def blazeface() -> None:
     save(Image.fromarray(sk.chelsea()), "blazeface", "chelsea.png", 256)
     save(Image.fromarray(sk.coffee()), "blazeface", "coffee.png", 256)
     save(Image.fromarray(sk.rocket()), "blazeface", "rocket.png", 256)
+    # A second person, so the box regressors are judged on more than one face: Grace Hopper
+    # (matplotlib's sample data), whole, close up, mirrored off-centre, and small on a
+    # background (other anchors and scales than the cameraman's).
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        grace = Image.open(f).convert("RGB")
+    save(grace, "blazeface", "grace.png", 256)
+    save(grace.crop((110, 80, 430, 400)), "blazeface", "grace_face.png", 256)
+    save(grace.crop((0, 40, 512, 552)).transpose(Image.FLIP_LEFT_RIGHT).crop((0, 0, 420, 420)), "blazeface", "grace_flip.png", 256)
+    small = Image.fromarray(sk.coffee()).resize((256, 171), Image.BILINEAR)
+    small.paste(grace.resize((85, 100), Image.BILINEAR), (150, 40))
+    save(small, "blazeface", "grace_small.png", 256)
 
 
 WORDS = (
