@@ -362,6 +362,9 @@ impl Layer<'_, '_> {
             }
             let a = &panel[..m * k_len];
             let sub_rows = slab.sub_rows(m);
+            // Depthwise filters with no activation and no residual write their output directly.
+            let direct =
+                depthwise && self.act == Activation::None && residual.is_none_or(|res| res.channels <= oc);
             let mut oy0 = rows.start;
             while oy0 < rows.end {
                 let slab_rows = slab.rows.min(rows.end - oy0);
@@ -370,6 +373,19 @@ impl Layer<'_, '_> {
                 let mut s0 = 0;
                 while s0 < slab_rows {
                     let sr = sub_rows.min(slab_rows - s0);
+                    let first_row = oy0 - rows.start + s0;
+                    if direct {
+                        // Nothing for an epilogue to do but the bias, which the sums start from:
+                        // straight into the output rows, no accumulator pass.
+                        for (r, filter) in a.chunks_exact(k_len).enumerate() {
+                            let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
+                            let init = self.bias.map_or(0.0, |b| b[oc + r]);
+                            let shape = self.depthwise_shape(slab, sr, p.out_w, init);
+                            (self.isa.depthwise_rows)(filter, &planes[s0 * slab.wq..], dst, shape);
+                        }
+                        s0 += sr;
+                        continue;
+                    }
                     // Whole padded rows, except that the last stops at the last real column.
                     let n = (sr - 1) * slab.wq + p.out_w;
                     let acc = &mut acc[..m * n];
@@ -378,7 +394,6 @@ impl Layer<'_, '_> {
                     } else {
                         (self.isa.gemm_rows_at)(a, k_len, &planes[s0 * slab.wq..], offsets, n, acc, n);
                     }
-                    let first_row = oy0 - rows.start + s0;
                     for (r, arow) in acc.chunks_exact(n).enumerate() {
                         let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
                         let bias = self.bias.map_or(0.0, |b| b[oc + r]);
@@ -420,18 +435,26 @@ impl Layer<'_, '_> {
         acc: &mut [f32],
         n: usize,
     ) {
+        let shape = self.depthwise_shape(slab, sr, slab.wq, 0.0);
+        for (filter, out) in a.chunks_exact(self.p.filter_len()).zip(acc.chunks_exact_mut(n)) {
+            (self.isa.depthwise_rows)(filter, &planes[s0 * slab.wq..], out, shape);
+        }
+    }
+}
+
+impl Layer<'_, '_> {
+    /// The [`DepthwiseRows`] of `sr` output rows of a slab, written `ldc` apart, starting from `init`.
+    fn depthwise_shape(&self, slab: &Slab, sr: usize, ldc: usize, init: f32) -> DepthwiseRows {
         let p = self.p;
-        let shape = DepthwiseRows {
+        DepthwiseRows {
             kh: p.k_h,
             kw: p.k_w,
             ldb: slab.wq,
             rows: sr,
             n: p.out_w,
-            ldc: slab.wq,
+            ldc,
             accumulate: false,
-        };
-        for (filter, out) in a.chunks_exact(p.filter_len()).zip(acc.chunks_exact_mut(n)) {
-            (self.isa.depthwise_rows)(filter, &planes[s0 * slab.wq..], out, shape);
+            init,
         }
     }
 }

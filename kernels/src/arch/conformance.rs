@@ -86,6 +86,7 @@ fn depthwise_rows_matches_scalar() {
                 n: 1 + case % 71,
                 ldc: 0,
                 accumulate: case % 3 == 0,
+                init: if case % 2 == 0 { 0.0 } else { rng.vec(1)[0] },
             };
             let (pad_b, pad_c) = (rng.below(4), rng.below(4));
             let shape = DepthwiseRows { ldb: shape.n + shape.kw - 1 + pad_b, ldc: shape.n + pad_c, ..shape };
@@ -107,7 +108,7 @@ fn depthwise_rows_matches_scalar() {
 
 #[test]
 fn depthwise_rows_rejects_short_operands_and_handles_empty_filters() {
-    let shape = DepthwiseRows { kh: 3, kw: 3, ldb: 6, rows: 2, n: 4, ldc: 4, accumulate: false };
+    let shape = DepthwiseRows { kh: 3, kw: 3, ldb: 6, rows: 2, n: 4, ldc: 4, accumulate: false, init: 0.0 };
     for isa in Isa::available() {
         let (w, b) = (vec![1.0; 9], vec![1.0; 3 * 6 + 6]);
         let mut c = vec![5.0; 8];

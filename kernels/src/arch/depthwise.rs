@@ -10,7 +10,7 @@
 //! [`Isa::depthwise_rows`]: super::Isa::depthwise_rows
 
 /// Shape of one [`Isa::depthwise_rows`](super::Isa::depthwise_rows) call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DepthwiseRows {
     /// Filter rows.
     pub kh: usize,
@@ -26,6 +26,9 @@ pub struct DepthwiseRows {
     pub ldc: usize,
     /// Add to `c` instead of overwriting it.
     pub accumulate: bool,
+    /// What each output starts from when not accumulating: 0, or the filter's bias, which then
+    /// needs no pass of its own.
+    pub init: f32,
 }
 
 /// Checks [`Isa::depthwise_rows`](super::Isa::depthwise_rows) operands (panicking on a caller
@@ -112,6 +115,8 @@ pub(crate) struct DepthwiseTile {
     pub n: usize,
     /// Add to the output instead of overwriting it.
     pub accumulate: bool,
+    /// The sums' start when not accumulating ([`DepthwiseRows::init`]).
+    pub init: f32,
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -133,6 +138,7 @@ impl DepthwiseTile {
                 ldc: s.ldc,
                 n: s.n,
                 accumulate: blk.accumulate,
+                init: s.init,
             }
         }
     }
@@ -194,7 +200,7 @@ mod tests {
 
     #[test]
     fn blocks_cover_every_row_and_filter_row_once() {
-        let s = DepthwiseRows { kh: 7, kw: 2, ldb: 10, rows: 9, n: 3, ldc: 5, accumulate: false };
+        let s = DepthwiseRows { kh: 7, kw: 2, ldb: 10, rows: 9, n: 3, ldc: 5, accumulate: false, init: 0.0 };
         let mut seen = vec![vec![0; s.kh]; s.rows];
         blocks(&s, |b| {
             let (ky0, r0) = (b.w / s.kw, b.c / s.ldc);

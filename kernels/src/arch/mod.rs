@@ -82,7 +82,8 @@ pub struct Isa {
     pub dot_packed_rows:
         fn(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]),
     /// One depthwise filter `w` (`kh × kw`, row-major) at stride 1 over rows of `b` `ldb` apart:
-    /// `c[r * ldc + j] (+)= sum_{ky, kx} w[ky * kw + kx] * b[(r + ky) * ldb + kx + j]` for
+    /// `c[r * ldc + j] = init + sum_{ky, kx} w[ky * kw + kx] * b[(r + ky) * ldb + kx + j]` (or
+    /// `+= sum` when accumulating) for
     /// `r < rows`, `j < n` (see [`DepthwiseRows`]). Several output rows are computed together so
     /// that each loaded input vector feeds every output row it belongs to (a row of a `kh`-tall
     /// filter is read by `kh` output rows), which `gemm_rows_at`'s one-row-per-filter form

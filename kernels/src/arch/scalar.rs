@@ -53,7 +53,7 @@ pub fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
     for r in 0..s.rows {
         let crow = &mut c[r * s.ldc..][..s.n];
         if !s.accumulate {
-            crow.fill(0.0);
+            crow.fill(s.init);
         }
         if !filled {
             continue;

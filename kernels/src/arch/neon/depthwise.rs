@@ -27,7 +27,7 @@ pub(super) fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRo
 unsafe fn columns<const R: usize, const KH: usize, const V: usize>(t: Tile, j: usize) {
     // SAFETY: in bounds by the function's contract.
     unsafe {
-        let mut acc = [[vdupq_n_f32(0.0); V]; R];
+        let mut acc = [[vdupq_n_f32(t.init); V]; R];
         if t.accumulate {
             for (r, acc) in acc.iter_mut().enumerate() {
                 for (v, lane) in acc.iter_mut().enumerate() {
@@ -79,7 +79,7 @@ unsafe fn tile<const R: usize, const KH: usize>(t: Tile) {
         for col in j..t.n {
             for r in 0..R {
                 let cp = t.c.add(r * t.ldc + col);
-                let mut s = if t.accumulate { *cp } else { 0.0 };
+                let mut s = if t.accumulate { *cp } else { t.init };
                 for ky in 0..KH {
                     for kx in 0..t.kw {
                         s += *t.w.add(ky * t.kw + kx) * *t.b.add((r + ky) * t.ldb + kx + col);

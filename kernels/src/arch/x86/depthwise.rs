@@ -58,7 +58,7 @@ unsafe fn strip512<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
     let m: [__mmask16; V] = std::array::from_fn(|v| mask16(width.saturating_sub(16 * v)));
     // SAFETY: in bounds by the contract; masked-off lanes are not accessed.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let mut acc = [[_mm512_set1_ps(t.init); V]; R];
         if t.accumulate {
             for (r, acc) in acc.iter_mut().enumerate() {
                 let cp = t.c.add(r * t.ldc + j);
@@ -119,7 +119,7 @@ unsafe fn strip256<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
     let m: [__m256i; V] = std::array::from_fn(|v| mask8(width.saturating_sub(8 * v)));
     // SAFETY: in bounds by the contract; `vmaskmovps` neither loads nor stores masked-off lanes.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        let mut acc = [[_mm256_set1_ps(t.init); V]; R];
         if t.accumulate {
             for (r, acc) in acc.iter_mut().enumerate() {
                 let cp = t.c.add(r * t.ldc + j);
