@@ -424,3 +424,34 @@ fn compact_metadata_mutations_never_panic() {
     }
     assert!(errs > 700, "mutations should mostly be caught ({ok} ok, {errs} errors)");
 }
+
+/// The inflated offset of packed section `kind`'s contents (entries from SPEC.md).
+fn packed_entry(inflated: &[u8], kind: u32) -> usize {
+    let mut at = 0;
+    while at < inflated.len() {
+        let k = u32::from_le_bytes(inflated[at..at + 4].try_into().unwrap());
+        let len = u32::from_le_bytes(inflated[at + 4..at + 8].try_into().unwrap()) as usize;
+        if k == kind {
+            return at + 8;
+        }
+        at = (at + 8 + len).next_multiple_of(8);
+    }
+    panic!("no packed section of kind {kind}");
+}
+
+#[test]
+fn compact_blobs_need_16_byte_alignment() {
+    let (m, _) = full_model();
+    let b = write_with(&m, &COMPACT).unwrap();
+    let inflated = inflate(&b);
+    let data_offset = packed_entry(&inflated, 10) + 12; // first ConstRec's data.offset
+    let offset = u32::from_le_bytes(inflated[data_offset..data_offset + 4].try_into().unwrap());
+    let with_offset = |o: u32| {
+        let mut raw = inflated.clone();
+        raw[data_offset..data_offset + 4].copy_from_slice(&o.to_le_bytes());
+        PithFile::from_bytes(repack(&b, &raw))
+    };
+    assert_eq!(offset % 16, 0, "the writer aligns compact blobs to 16 bytes");
+    let e = with_offset(offset + 8).unwrap_err().to_string();
+    assert!(e.contains("not a multiple of 16"), "{e}");
+}
