@@ -189,7 +189,7 @@ pub fn conv2d(
     };
     let per_task = scratch_len(p);
     check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
-    let rows = WeightRows::new(*w, p.out_c, p.filter_len())?;
+    let rows = WeightRows::new(*w, p.out_c, p.filter_len())?.with_isa(&kernels.isa());
     if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }
@@ -362,9 +362,15 @@ impl Layer<'_, '_> {
             }
             let a = &panel[..m * k_len];
             let sub_rows = slab.sub_rows(m);
-            // Depthwise filters with no activation and no residual write their output directly.
-            let direct =
-                depthwise && self.act == Activation::None && residual.is_none_or(|res| res.channels <= oc);
+            // Depthwise filters with no residual and no activation but a clamp (ReLU, ReLU6,
+            // Clip) write their output directly.
+            let clamp = match self.act {
+                Activation::None => Some(None),
+                Activation::Relu => Some(Some([0.0, f32::INFINITY])),
+                Activation::Clip { min, max } => Some(Some([min, max])),
+                _ => None,
+            };
+            let direct = depthwise && clamp.is_some() && residual.is_none_or(|res| res.channels <= oc);
             let mut oy0 = rows.start;
             while oy0 < rows.end {
                 let slab_rows = slab.rows.min(rows.end - oy0);
@@ -375,12 +381,14 @@ impl Layer<'_, '_> {
                     let sr = sub_rows.min(slab_rows - s0);
                     let first_row = oy0 - rows.start + s0;
                     if direct {
-                        // Nothing for an epilogue to do but the bias, which the sums start from:
-                        // straight into the output rows, no accumulator pass.
+                        // Nothing for an epilogue to do but the bias, which the sums start from,
+                        // and the clamp the kernel applies: straight into the output rows.
                         for (r, filter) in a.chunks_exact(k_len).enumerate() {
                             let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
                             let init = self.bias.map_or(0.0, |b| b[oc + r]);
-                            let shape = self.depthwise_shape(slab, sr, p.out_w, init);
+                            let clamp = clamp.flatten();
+                            let shape =
+                                DepthwiseRows { clamp, ..self.depthwise_shape(slab, sr, p.out_w, init) };
                             (self.isa.depthwise_rows)(filter, &planes[s0 * slab.wq..], dst, shape);
                         }
                         s0 += sr;
@@ -455,6 +463,7 @@ impl Layer<'_, '_> {
             ldc,
             accumulate: false,
             init,
+            clamp: None,
         }
     }
 }

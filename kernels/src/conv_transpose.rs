@@ -88,7 +88,7 @@ pub fn conv_transpose2d(
     }
     let per_task = scratch_len(p);
     check_min_len("conv-transpose scratch", scratch.len(), per_task * kernels.threads())?;
-    let rows = WeightRows::new(*w, p.in_c, row_len(p))?;
+    let rows = WeightRows::new(*w, p.in_c, row_len(p))?.with_isa(&kernels.isa());
     if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }

@@ -16,7 +16,12 @@ pub struct WeightRows<'a> {
     view: TensorView<'a>,
     rows: usize,
     row_len: usize,
+    /// How 4-bit rows are widened ([`crate::Isa::decode_nibbles`]; the scalar path's by default).
+    nibbles: Nibbles,
 }
+
+/// A path's [`crate::Isa::decode_nibbles`].
+type Nibbles = fn(&[u8], &[f32; 16], &mut [f32]);
 
 impl<'a> WeightRows<'a> {
     /// Views `view` as `rows` × `row_len`; errors if the sizes or the codebook layout do not fit.
@@ -36,7 +41,12 @@ impl<'a> WeightRows<'a> {
             TensorView::Codebook(c) => check_codebook(&c, rows, row_len)?,
             _ => {}
         }
-        Ok(WeightRows { view, rows, row_len })
+        Ok(WeightRows { view, rows, row_len, nibbles: crate::arch::scalar::decode_nibbles })
+    }
+
+    /// These rows, with 4-bit codebook rows widened by `isa`'s [`crate::Isa::decode_nibbles`].
+    pub fn with_isa(self, isa: &crate::Isa) -> Self {
+        WeightRows { nibbles: isa.decode_nibbles, ..self }
     }
 
     /// Number of rows.
@@ -91,7 +101,7 @@ impl<'a> WeightRows<'a> {
                     *o = *v as f32;
                 }
             }
-            TensorView::Codebook(c) => decode_codebook_row(&c, r, out),
+            TensorView::Codebook(c) => decode_codebook_row(&c, r, out, self.nibbles),
         }
     }
 }
@@ -125,12 +135,18 @@ fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(
     Ok(())
 }
 
-/// Fast decode of codebook row `r` (a view checked by [`check_codebook`]) into `out` (`row_len` long).
-fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32]) {
+/// Fast decode of codebook row `r` (a view checked by [`check_codebook`]) into `out` (`row_len` long),
+/// 4-bit rows through `nibbles`.
+fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32], nibbles: Nibbles) {
     // A table of at least 2^bits slots, so no index can fall outside it, sized to the width:
     // zeroing a 256-slot table for every row cost more than decoding a 9-weight depthwise row.
     match c.bits {
-        1..=4 => decode_with_lut::<16>(c, r, out),
+        4 => {
+            let mut lut = [0.0f32; 16];
+            fill_lut(c, r, &mut lut);
+            nibbles(c.row_indices(r), &lut, out);
+        }
+        1..=3 => decode_with_lut::<16>(c, r, out),
         5 | 6 => decode_with_lut::<64>(c, r, out),
         _ => decode_with_lut::<256>(c, r, out),
     }
@@ -218,17 +234,24 @@ mod tests {
     fn matches_reference_decode_for_every_encoding() {
         let mut rng = Rng::new(7);
         for kind in WeightKind::all() {
-            for &(rows, row_len) in &[(1, 1), (3, 7), (5, 13), (2, 64), (4, 33)] {
+            for &(rows, row_len) in &[(1, 1), (3, 7), (5, 13), (2, 64), (4, 33), (3, 97)] {
                 let data = random_weight(&mut rng, kind, rows, row_len);
                 let view = data.view();
-                let w = WeightRows::new(view, rows, row_len).unwrap();
-                let mut fast = vec![f32::NAN; row_len + 3];
-                let mut reference = vec![0.0; row_len];
-                for r in 0..rows {
-                    w.decode(r, &mut fast);
-                    view.decode_row(rows, r, &mut reference);
-                    assert_eq!(&fast[..row_len], &reference[..], "{kind:?} {rows}x{row_len}");
-                    assert!(fast[row_len].is_nan(), "wrote past the row");
+                for isa in crate::Isa::available() {
+                    let w = WeightRows::new(view, rows, row_len).unwrap().with_isa(&isa);
+                    let mut fast = vec![f32::NAN; row_len + 3];
+                    let mut reference = vec![0.0; row_len];
+                    for r in 0..rows {
+                        w.decode(r, &mut fast);
+                        view.decode_row(rows, r, &mut reference);
+                        assert_eq!(
+                            &fast[..row_len],
+                            &reference[..],
+                            "{} {kind:?} {rows}x{row_len}",
+                            isa.name
+                        );
+                        assert!(fast[row_len].is_nan(), "wrote past the row");
+                    }
                 }
             }
         }

@@ -62,7 +62,7 @@ pub fn gemm(
     let isa = kernels.isa();
     match layout {
         WeightLayout::NK => {
-            let rows = WeightRows::new(*w, n, k)?;
+            let rows = WeightRows::new(*w, n, k)?.with_isa(&isa);
             let prod = NkProduct { isa, rows: &rows, a, k, bias, act };
             if m == 1 {
                 // GEMV: split the outputs (one weight row each) over the workers.
@@ -74,7 +74,7 @@ pub fn gemm(
             }
         }
         WeightLayout::KN => {
-            let rows = WeightRows::new(*w, k, n)?;
+            let rows = WeightRows::new(*w, k, n)?.with_isa(&isa);
             split_units(kernels, m, n, n * k, y, scratch, per_task, |is, ys, wrow| {
                 for yrow in ys.chunks_exact_mut(n) {
                     match bias {

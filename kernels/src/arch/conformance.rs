@@ -72,6 +72,25 @@ fn gemm_rows_at_matches_scalar() {
 }
 
 #[test]
+fn decode_nibbles_matches_scalar() {
+    let mut rng = Rng::new(31);
+    for isa in simd_paths() {
+        for n in 0..140usize {
+            let packed: Vec<u8> = (0..n.div_ceil(2) + rng.below(3)).map(|_| rng.below(256) as u8).collect();
+            let lut: [f32; 16] = std::array::from_fn(|_| rng.vec(1)[0]);
+            let (mut want, mut got) = (vec![f32::NAN; n + 2], vec![f32::NAN; n + 2]);
+            scalar::decode_nibbles(&packed, &lut, &mut want[..n]);
+            (isa.decode_nibbles)(&packed, &lut, &mut got[..n]);
+            // Bit-exact (a table lookup), and nothing written past `n`.
+            assert_eq!(got[..n], want[..n], "{} n={n}", isa.name);
+            assert!(got[n..].iter().all(|v| v.is_nan()), "{} n={n} wrote past the end", isa.name);
+        }
+        let short = std::panic::catch_unwind(|| (isa.decode_nibbles)(&[0; 4], &[0.0; 16], &mut [0.0; 9]));
+        assert!(short.is_err(), "{}: 9 indices need 5 bytes", isa.name);
+    }
+}
+
+#[test]
 fn depthwise_rows_matches_scalar() {
     let mut rng = Rng::new(23);
     for isa in simd_paths() {
@@ -87,6 +106,11 @@ fn depthwise_rows_matches_scalar() {
                 ldc: 0,
                 accumulate: case % 3 == 0,
                 init: if case % 2 == 0 { 0.0 } else { rng.vec(1)[0] },
+                clamp: match case % 5 {
+                    0 => Some([0.0, f32::INFINITY]),
+                    1 => Some([-0.5, 0.75]),
+                    _ => None,
+                },
             };
             let (pad_b, pad_c) = (rng.below(4), rng.below(4));
             let shape = DepthwiseRows { ldb: shape.n + shape.kw - 1 + pad_b, ldc: shape.n + pad_c, ..shape };
@@ -108,7 +132,17 @@ fn depthwise_rows_matches_scalar() {
 
 #[test]
 fn depthwise_rows_rejects_short_operands_and_handles_empty_filters() {
-    let shape = DepthwiseRows { kh: 3, kw: 3, ldb: 6, rows: 2, n: 4, ldc: 4, accumulate: false, init: 0.0 };
+    let shape = DepthwiseRows {
+        kh: 3,
+        kw: 3,
+        ldb: 6,
+        rows: 2,
+        n: 4,
+        ldc: 4,
+        accumulate: false,
+        init: 0.0,
+        clamp: None,
+    };
     for isa in Isa::available() {
         let (w, b) = (vec![1.0; 9], vec![1.0; 3 * 6 + 6]);
         let mut c = vec![5.0; 8];

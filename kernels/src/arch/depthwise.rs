@@ -29,6 +29,9 @@ pub struct DepthwiseRows {
     /// What each output starts from when not accumulating: 0, or the filter's bias, which then
     /// needs no pass of its own.
     pub init: f32,
+    /// `[lo, hi]`: each finished sum is clamped to `lo..=hi` (`x.max(lo).min(hi)`, so NaN becomes
+    /// `lo`) before it is stored: a fused ReLU / ReLU6 / Clip. Applied after the last filter row.
+    pub clamp: Option<[f32; 2]>,
 }
 
 /// Checks [`Isa::depthwise_rows`](super::Isa::depthwise_rows) operands (panicking on a caller
@@ -74,6 +77,8 @@ pub(crate) struct DepthwiseBlock {
     pub rows: usize,
     /// Add to `c` (a later pass, or an accumulating call).
     pub accumulate: bool,
+    /// The pass reaches the filter's last row (its sums are final).
+    pub last: bool,
 }
 
 /// The tiles of a call that [`depthwise_rows_check`] accepted, passes in filter-row order, so
@@ -87,7 +92,16 @@ pub(crate) fn blocks(s: &DepthwiseRows, mut run: impl FnMut(DepthwiseBlock)) {
         while r0 < s.rows {
             let rows = (s.rows - r0).min(TILE_ROWS);
             let accumulate = s.accumulate || ky0 > 0;
-            run(DepthwiseBlock { w: ky0 * s.kw, kh, b: (r0 + ky0) * s.ldb, c: r0 * s.ldc, rows, accumulate });
+            let last = ky0 + kh == s.kh;
+            run(DepthwiseBlock {
+                w: ky0 * s.kw,
+                kh,
+                b: (r0 + ky0) * s.ldb,
+                c: r0 * s.ldc,
+                rows,
+                accumulate,
+                last,
+            });
             r0 += rows;
         }
         ky0 += kh;
@@ -117,6 +131,8 @@ pub(crate) struct DepthwiseTile {
     pub accumulate: bool,
     /// The sums' start when not accumulating ([`DepthwiseRows::init`]).
     pub init: f32,
+    /// The clamp of the stored sums ([`DepthwiseRows::clamp`]), for a pass's last block only.
+    pub clamp: Option<[f32; 2]>,
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -139,6 +155,7 @@ impl DepthwiseTile {
                 n: s.n,
                 accumulate: blk.accumulate,
                 init: s.init,
+                clamp: if blk.last { s.clamp } else { None },
             }
         }
     }
@@ -200,7 +217,17 @@ mod tests {
 
     #[test]
     fn blocks_cover_every_row_and_filter_row_once() {
-        let s = DepthwiseRows { kh: 7, kw: 2, ldb: 10, rows: 9, n: 3, ldc: 5, accumulate: false, init: 0.0 };
+        let s = DepthwiseRows {
+            kh: 7,
+            kw: 2,
+            ldb: 10,
+            rows: 9,
+            n: 3,
+            ldc: 5,
+            accumulate: false,
+            init: 0.0,
+            clamp: None,
+        };
         let mut seen = vec![vec![0; s.kh]; s.rows];
         blocks(&s, |b| {
             let (ky0, r0) = (b.w / s.kw, b.c / s.ldc);

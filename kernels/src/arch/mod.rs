@@ -55,6 +55,13 @@ pub struct Isa {
     ),
     /// [`crate::Activation::apply_slice`], compiled for this path.
     pub activate: fn(act: crate::Activation, xs: &mut [f32]),
+    /// Decodes `out.len()` 4-bit indices, two per byte, low nibble first, through a 16-entry
+    /// table: `out[i] = lut[nibble i of packed]` (how a 4-bit weight row is widened into a panel;
+    /// the x86 paths turn 16 indices into weights with one permute from a register).
+    ///
+    /// # Panics
+    /// If `packed` holds fewer than `out.len().div_ceil(2)` bytes.
+    pub decode_nibbles: fn(packed: &[u8], lut: &[f32; 16], out: &mut [f32]),
     /// Dot product over the common length.
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
     /// `y[i] += a * x[i]` over the common length.

@@ -9,6 +9,7 @@ pub const ISA: Isa = Isa {
     gemm_rows_at,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
+    decode_nibbles,
     dot,
     axpy,
     dot_packed,
@@ -44,6 +45,20 @@ pub fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c:
     }
 }
 
+/// See [`Isa::decode_nibbles`]: two table lookups per byte.
+pub fn decode_nibbles(packed: &[u8], lut: &[f32; 16], out: &mut [f32]) {
+    let n = out.len();
+    assert!(packed.len() >= n.div_ceil(2), "decode_nibbles: {} bytes for {n} indices", packed.len());
+    let mut pairs = out.chunks_exact_mut(2);
+    for (pair, &b) in (&mut pairs).zip(packed) {
+        pair[0] = lut[(b & 15) as usize];
+        pair[1] = lut[(b >> 4) as usize];
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = lut[(packed[n / 2] & 15) as usize];
+    }
+}
+
 /// See [`Isa::depthwise_rows`]: row by row, tap by tap.
 pub fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
     if s.rows == 0 || s.n == 0 {
@@ -55,13 +70,15 @@ pub fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
         if !s.accumulate {
             crow.fill(s.init);
         }
-        if !filled {
-            continue;
-        }
-        for ky in 0..s.kh {
-            for kx in 0..s.kw {
-                axpy(crow, w[ky * s.kw + kx], &b[(r + ky) * s.ldb + kx..][..s.n]);
+        if filled {
+            for ky in 0..s.kh {
+                for kx in 0..s.kw {
+                    axpy(crow, w[ky * s.kw + kx], &b[(r + ky) * s.ldb + kx..][..s.n]);
+                }
             }
+        }
+        if let Some([lo, hi]) = s.clamp {
+            crow.iter_mut().for_each(|x| *x = x.max(lo).min(hi));
         }
     }
 }

@@ -50,6 +50,11 @@ unsafe fn columns<const R: usize, const KH: usize, const V: usize>(t: Tile, j: u
                 }
             }
         }
+        if let Some([lo, hi]) = t.clamp {
+            // The IEEE maxNum / minNum forms return the number for a NaN lane, as f32::max does.
+            let (lo, hi) = (vdupq_n_f32(lo), vdupq_n_f32(hi));
+            acc.iter_mut().flatten().for_each(|a| *a = vminnmq_f32(vmaxnmq_f32(*a, lo), hi));
+        }
         for (r, acc) in acc.iter().enumerate() {
             for (v, &lane) in acc.iter().enumerate() {
                 vst1q_f32(t.c.add(r * t.ldc + j + 4 * v), lane);
@@ -85,7 +90,10 @@ unsafe fn tile<const R: usize, const KH: usize>(t: Tile) {
                         s += *t.w.add(ky * t.kw + kx) * *t.b.add((r + ky) * t.ldb + kx + col);
                     }
                 }
-                *cp = s;
+                *cp = match t.clamp {
+                    Some([lo, hi]) => s.max(lo).min(hi),
+                    None => s,
+                };
             }
         }
     }

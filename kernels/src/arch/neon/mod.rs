@@ -23,6 +23,7 @@ const ISA: Isa = Isa {
     gemm_rows_at,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
+    decode_nibbles: super::scalar::decode_nibbles,
     dot,
     axpy,
     dot_packed: packed::dot_packed,

@@ -16,6 +16,7 @@ pub(super) const ISA: Isa = Isa {
     gemm_rows_at,
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,
     activate: crate::arch::epilogue::x86::activate_avx2,
+    decode_nibbles,
     dot,
     axpy,
     dot_packed,
@@ -161,6 +162,42 @@ unsafe fn tile<const R: usize, B: BRows>(
                 _mm256_maskstore_ps(cp, m0, c0);
                 _mm256_maskstore_ps(cp.add(8), m1, c1);
             }
+        }
+    }
+}
+
+/// See [`Isa::decode_nibbles`]: 16 indices (8 bytes) at a time; each 8 look up both halves of
+/// the table with `vpermps` and blend by the index's bit 3.
+fn decode_nibbles(packed: &[u8], lut: &[f32; 16], out: &mut [f32]) {
+    let n = out.len();
+    assert!(packed.len() >= n.div_ceil(2), "decode_nibbles: {} bytes for {n} indices", packed.len());
+    let whole = n / 16 * 16;
+    // SAFETY: AVX2 + FMA were detected before this table was handed out; every block reads bytes
+    // `i / 2 .. i / 2 + 8` with `i + 16 <= n`, inside `packed` by the assertion, and writes
+    // `out[i .. i + 16]`.
+    unsafe { decode_nibbles_impl(packed.as_ptr(), lut, out.as_mut_ptr(), whole) }
+    scalar::decode_nibbles(&packed[whole / 2..], lut, &mut out[whole..]);
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn decode_nibbles_impl(packed: *const u8, lut: &[f32; 16], out: *mut f32, whole: usize) {
+    let (t0, t1) = (_mm256_loadu_ps(lut.as_ptr()), _mm256_loadu_ps(lut.as_ptr().add(8)));
+    let (low, seven) = (_mm_set1_epi8(0x0F), _mm256_set1_epi32(7));
+    let mut i = 0;
+    // SAFETY: see `decode_nibbles`.
+    unsafe {
+        while i < whole {
+            let b = _mm_loadl_epi64(packed.add(i / 2).cast());
+            let (lo, hi) = (_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16::<4>(b), low));
+            let idx = _mm_unpacklo_epi8(lo, hi);
+            for (h, bytes) in [idx, _mm_unpackhi_epi64(idx, idx)].into_iter().enumerate() {
+                let k = _mm256_cvtepu8_epi32(bytes);
+                let upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(k, seven));
+                let w =
+                    _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, k), _mm256_permutevar8x32_ps(t1, k), upper);
+                _mm256_storeu_ps(out.add(i + 8 * h), w);
+            }
+            i += 16;
         }
     }
 }

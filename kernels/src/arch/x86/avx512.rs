@@ -16,6 +16,7 @@ pub(super) const ISA: Isa = Isa {
     gemm_rows_at,
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
+    decode_nibbles,
     dot,
     axpy,
     dot_packed,
@@ -157,6 +158,39 @@ unsafe fn tile<const R: usize, const V: usize, B: BRows>(
                 };
                 _mm512_mask_storeu_ps(cp.add(16 * v), mask, cv);
             }
+        }
+    }
+}
+
+/// See [`Isa::decode_nibbles`]: 32 indices (16 bytes) at a time, each 16 widened to lanes and
+/// looked up in the table register by `vpermps`.
+fn decode_nibbles(packed: &[u8], lut: &[f32; 16], out: &mut [f32]) {
+    let n = out.len();
+    assert!(packed.len() >= n.div_ceil(2), "decode_nibbles: {} bytes for {n} indices", packed.len());
+    let whole = n / 32 * 32;
+    // SAFETY: AVX-512 F/BW/VL were detected before this table was handed out; every block reads
+    // bytes `i / 2 .. i / 2 + 16` with `i + 32 <= n`, inside `packed` by the assertion, and writes
+    // `out[i .. i + 32]`.
+    unsafe { decode_nibbles_impl(packed.as_ptr(), lut, out.as_mut_ptr(), whole) }
+    scalar::decode_nibbles(&packed[whole / 2..], lut, &mut out[whole..]);
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn decode_nibbles_impl(packed: *const u8, lut: &[f32; 16], out: *mut f32, whole: usize) {
+    let table = _mm512_loadu_ps(lut.as_ptr());
+    let low = _mm_set1_epi8(0x0F);
+    let mut i = 0;
+    // SAFETY: see `decode_nibbles`.
+    unsafe {
+        while i < whole {
+            let b = _mm_loadu_si128(packed.add(i / 2).cast());
+            let (lo, hi) = (_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16::<4>(b), low));
+            // Byte k of the interleave is index k: low nibble of byte k/2 first.
+            for (h, idx) in [_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)].into_iter().enumerate() {
+                let w = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(idx), table);
+                _mm512_storeu_ps(out.add(i + 16 * h), w);
+            }
+            i += 32;
         }
     }
 }

@@ -80,6 +80,11 @@ unsafe fn strip512<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
                 }
             }
         }
+        if let Some([lo, hi]) = t.clamp {
+            // max(x, lo) returns lo for a NaN x, as f32::max does.
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            acc.iter_mut().flatten().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+        }
         for (r, acc) in acc.iter().enumerate() {
             let cp = t.c.add(r * t.ldc + j);
             for (v, &a) in acc.iter().enumerate() {
@@ -139,6 +144,11 @@ unsafe fn strip256<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
                     }
                 }
             }
+        }
+        if let Some([lo, hi]) = t.clamp {
+            // max(x, lo) returns lo for a NaN x, as f32::max does.
+            let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            acc.iter_mut().flatten().for_each(|a| *a = _mm256_min_ps(_mm256_max_ps(*a, lo), hi));
         }
         for (r, acc) in acc.iter().enumerate() {
             let cp = t.c.add(r * t.ldc + j);
