@@ -6,9 +6,13 @@ Usage, from the repository root after `cargo build --release -p pith-cli`:
     python3 benches/compare_onnxruntime.py blazeface --bits 4 --threads 1
     python3 benches/compare_onnxruntime.py ppocr --bits f32 --threads 2 --rounds 7 --iters 10
     python3 benches/compare_onnxruntime.py blazeface --tflite face_detection_short_range.tflite
+    python3 benches/compare_onnxruntime.py --onnx mobilenetv2.onnx --input input=1x3x224x224
 
 Arguments:
     model           blazeface (1x3x128x128) or ppocr (PP-OCRv4 det, 1x3xHxW; --hw, default 320x640)
+    --onnx PATH     any other ONNX model instead (with --input): e.g. the MobileNetV2 that
+                    `benches/make_untuned_model.py` writes, a model the kernels were not tuned for
+    --input N=SHAPE its input name and shape, e.g. input=1x3x224x224 (with --onnx)
     --bits B        weight format Pith runs with: 1..8 (codebook bits), f16 or f32 (default 4)
     --threads N     threads for every runtime (default 1)
     --rounds R      alternating rounds (default 5): each round times Pith, then onnxruntime, then the
@@ -185,7 +189,9 @@ def parse_hw(s):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model", choices=sorted(MODELS))
+    p.add_argument("model", nargs="?", choices=sorted(MODELS))
+    p.add_argument("--onnx", default=None)
+    p.add_argument("--input", default=None)
     p.add_argument("--bits", default="4")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
@@ -200,12 +206,22 @@ def main():
     if not os.path.exists(args.pith):
         p.error(f"{args.pith} not found: run `cargo build --release -p pith-cli` first")
 
-    file, input_name, default_hw = MODELS[args.model]
-    onnx_path = os.path.join(ROOT, "tests", "data", "models", file)
-    h, w = args.hw or default_hw or (128, 128)
-    if args.model == "blazeface" and (h, w) != (128, 128):
-        p.error("BlazeFace takes 128x128 only")
-    shape = (1, 3, h, w)
+    if (args.model is None) == (args.onnx is None):
+        p.error("give either a bundled model name or --onnx PATH")
+    if args.onnx is not None:
+        name, _, dims = (args.input or "").partition("=")
+        if not name or not dims:
+            p.error("--onnx needs --input NAME=SHAPE, e.g. input=1x3x224x224")
+        onnx_path, input_name = args.onnx, name
+        shape = tuple(int(d) for d in dims.split("x"))
+        args.model = os.path.splitext(os.path.basename(onnx_path))[0]
+    else:
+        file, input_name, default_hw = MODELS[args.model]
+        onnx_path = os.path.join(ROOT, "tests", "data", "models", file)
+        h, w = args.hw or default_hw or (128, 128)
+        if args.model == "blazeface" and (h, w) != (128, 128):
+            p.error("BlazeFace takes 128x128 only")
+        shape = (1, 3, h, w)
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="pith-compare-")
     os.makedirs(work_dir, exist_ok=True)
