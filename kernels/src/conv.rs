@@ -362,15 +362,10 @@ impl Layer<'_, '_> {
             }
             let a = &panel[..m * k_len];
             let sub_rows = slab.sub_rows(m);
-            // Depthwise filters with no residual and no activation but a clamp (ReLU, ReLU6,
-            // Clip) write their output directly.
-            let clamp = match self.act {
-                Activation::None => Some(None),
-                Activation::Relu => Some(Some([0.0, f32::INFINITY])),
-                Activation::Clip { min, max } => Some(Some([min, max])),
-                _ => None,
-            };
-            let direct = depthwise && clamp.is_some() && residual.is_none_or(|res| res.channels <= oc);
+            // Depthwise filters with no residual write straight into the output when the kernel
+            // can finish them: `Some(clamp)`.
+            let direct =
+                direct_store(self.act).filter(|_| depthwise && residual.is_none_or(|res| res.channels <= oc));
             let mut oy0 = rows.start;
             while oy0 < rows.end {
                 let slab_rows = slab.rows.min(rows.end - oy0);
@@ -380,15 +375,13 @@ impl Layer<'_, '_> {
                 while s0 < slab_rows {
                     let sr = sub_rows.min(slab_rows - s0);
                     let first_row = oy0 - rows.start + s0;
-                    if direct {
+                    if let Some(clamp) = direct {
                         // Nothing for an epilogue to do but the bias, which the sums start from,
                         // and the clamp the kernel applies: straight into the output rows.
                         for (r, filter) in a.chunks_exact(k_len).enumerate() {
                             let dst = &mut out[oc - ocs.start + r][first_row * p.out_w..][..sr * p.out_w];
                             let init = self.bias.map_or(0.0, |b| b[oc + r]);
-                            let clamp = clamp.flatten();
-                            let shape =
-                                DepthwiseRows { clamp, ..self.depthwise_shape(slab, sr, p.out_w, init) };
+                            let shape = self.depthwise_shape(slab, sr, p.out_w, init, clamp);
                             (self.isa.depthwise_rows)(filter, &planes[s0 * slab.wq..], dst, shape);
                         }
                         s0 += sr;
@@ -443,7 +436,7 @@ impl Layer<'_, '_> {
         acc: &mut [f32],
         n: usize,
     ) {
-        let shape = self.depthwise_shape(slab, sr, slab.wq, 0.0);
+        let shape = self.depthwise_shape(slab, sr, slab.wq, 0.0, None);
         for (filter, out) in a.chunks_exact(self.p.filter_len()).zip(acc.chunks_exact_mut(n)) {
             (self.isa.depthwise_rows)(filter, &planes[s0 * slab.wq..], out, shape);
         }
@@ -451,8 +444,16 @@ impl Layer<'_, '_> {
 }
 
 impl Layer<'_, '_> {
-    /// The [`DepthwiseRows`] of `sr` output rows of a slab, written `ldc` apart, starting from `init`.
-    fn depthwise_shape(&self, slab: &Slab, sr: usize, ldc: usize, init: f32) -> DepthwiseRows {
+    /// The [`DepthwiseRows`] of `sr` output rows of a slab, written `ldc` apart, starting from
+    /// `init` and clamped to `clamp` if given.
+    fn depthwise_shape(
+        &self,
+        slab: &Slab,
+        sr: usize,
+        ldc: usize,
+        init: f32,
+        clamp: Option<[f32; 2]>,
+    ) -> DepthwiseRows {
         let p = self.p;
         DepthwiseRows {
             kh: p.k_h,
@@ -463,8 +464,20 @@ impl Layer<'_, '_> {
             ldc,
             accumulate: false,
             init,
-            clamp: None,
+            clamp,
         }
+    }
+}
+
+/// How a depthwise layer with activation `act` can store its sums directly: `Some(clamp)` when
+/// the activation is none (`Some(None)`) or a clamp the kernel applies (ReLU, ReLU6, Clip), `None`
+/// when it needs the epilogue pass.
+fn direct_store(act: Activation) -> Option<Option<[f32; 2]>> {
+    match act {
+        Activation::None => Some(None),
+        Activation::Relu => Some(Some([0.0, f32::INFINITY])),
+        Activation::Clip { min, max } => Some(Some([min, max])),
+        _ => None,
     }
 }
 
