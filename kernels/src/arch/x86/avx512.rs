@@ -97,16 +97,27 @@ unsafe fn gemm_rows_impl<B: BRows>(
             let r = (m - i).min(MR);
             // SAFETY (all arms): rows i..i+r of a/c and columns j..j+w of b/c are in bounds.
             let (ap, bp, cp) = unsafe { (a.add(i * k), b.add(j), c.add(i * ldc + j)) };
+            // A last strip of at most 16 columns takes one vector per row: two, one of them
+            // masked off, would spend half its multiply-adds on nothing.
+            macro_rules! rows {
+                ($v:literal) => {
+                    match r {
+                        8 => tile::<8, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                        7 => tile::<7, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                        6 => tile::<6, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                        5 => tile::<5, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                        4 => tile::<4, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                        3 => tile::<3, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                        2 => tile::<2, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                        _ => tile::<1, $v, B>(ap, k, bp, rows, w, cp, ldc),
+                    }
+                };
+            }
             unsafe {
-                match r {
-                    8 => tile::<8, 2, B>(ap, k, bp, rows, w, cp, ldc),
-                    7 => tile::<7, 2, B>(ap, k, bp, rows, w, cp, ldc),
-                    6 => tile::<6, 2, B>(ap, k, bp, rows, w, cp, ldc),
-                    5 => tile::<5, 2, B>(ap, k, bp, rows, w, cp, ldc),
-                    4 => tile::<4, 2, B>(ap, k, bp, rows, w, cp, ldc),
-                    3 => tile::<3, 2, B>(ap, k, bp, rows, w, cp, ldc),
-                    2 => tile::<2, 2, B>(ap, k, bp, rows, w, cp, ldc),
-                    _ => tile::<1, 2, B>(ap, k, bp, rows, w, cp, ldc),
+                if w > 16 {
+                    rows!(2)
+                } else {
+                    rows!(1)
                 }
             }
             i += r;
