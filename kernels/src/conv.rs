@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::{DepthwiseRows, Isa};
+use crate::arch::{DepthwiseFn, DepthwiseRows, Isa};
 use crate::parallel::{split_rows, split_units};
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
@@ -145,6 +145,10 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
         crate::winograd::scratch_len(p)
     } else if p.is_pointwise() {
         panel_rows(p) * p.filter_len() + POINTWISE_ACC
+    } else if stride_2_depthwise(p) {
+        // Either path may run, depending on the kernels' path.
+        let [ph, pw] = s2_padded(p);
+        Slab::new(p).scratch_len(p).max(ph * pw + p.filter_len())
     } else {
         Slab::new(p).scratch_len(p)
     };
@@ -230,9 +234,13 @@ pub fn conv2d(
                 // A depthwise multiply-add takes several times a dense one's time, so
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
-                split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                    let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
-                    layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
+                let s2 = stride_2_kernel(kernels.isa(), p).zip(direct_store(act)).filter(|_| rb.is_none());
+                split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| match s2 {
+                    Some((kernel, clamp)) => layer.depthwise_s2(kernel, clamp, xb, ocs, ys, s),
+                    None => {
+                        let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
+                        layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
+                    }
                 })
             }
             // A few groups sharing their input: split output rows, so each worker reads and pads
@@ -444,6 +452,47 @@ impl Layer<'_, '_> {
 }
 
 impl Layer<'_, '_> {
+    /// Stride-2 depthwise filters `ocs` of image `xb` into `y` (their planes, back to back) with
+    /// `kernel` ([`Isa::depthwise_rows_s2`]): each channel's input is copied once into a
+    /// zero-padded plane (rows only, no stride-phase split) and the filter runs over it straight
+    /// into the output plane, starting from the bias and clamped to `clamp`.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_s2(
+        &self,
+        kernel: DepthwiseFn,
+        clamp: Option<[f32; 2]>,
+        xb: &[f32],
+        ocs: Range<usize>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let p = self.p;
+        let [ph, pw] = s2_padded(p);
+        let (plane, rest) = scratch.split_at_mut(ph * pw);
+        let filter = &mut rest[..p.filter_len()];
+        // Every channel writes the same interior elements, so the padding is zeroed once.
+        crate::zero(plane);
+        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let cols = p.in_w.min(pw.saturating_sub(p.pad_left));
+        for (oc, out) in ocs.zip(y.chunks_exact_mut(out_plane)) {
+            let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
+            if cols > 0 {
+                for (iy, row) in x.chunks_exact(p.in_w).enumerate() {
+                    let py = iy + p.pad_top;
+                    if py >= ph {
+                        break;
+                    }
+                    plane[py * pw + p.pad_left..][..cols].copy_from_slice(&row[..cols]);
+                }
+            }
+            self.rows.decode(oc, filter);
+            let init = self.bias.map_or(0.0, |b| b[oc]);
+            let (kh, kw, rows, n) = (p.k_h, p.k_w, p.out_h, p.out_w);
+            let shape = DepthwiseRows { kh, kw, ldb: pw, rows, n, ldc: n, accumulate: false, init, clamp };
+            kernel(filter, plane, out, shape);
+        }
+    }
+
     /// The [`DepthwiseRows`] of `sr` output rows of a slab, written `ldc` apart, starting from
     /// `init` and clamped to `clamp` if given.
     fn depthwise_shape(
@@ -467,6 +516,26 @@ impl Layer<'_, '_> {
             clamp,
         }
     }
+}
+
+/// Whether a layer is a stride-2 depthwise convolution that [`Isa::depthwise_rows_s2`] takes:
+/// one input channel per group, stride 2 both ways, undilated, at most
+/// [`crate::arch::DEPTHWISE_S2_MAX_ROWS`] filter rows.
+fn stride_2_depthwise(p: &Conv2dParams) -> bool {
+    p.in_per_group() == 1
+        && (p.stride_h, p.stride_w, p.dil_h, p.dil_w) == (2, 2, 1, 1)
+        && (1..=crate::arch::DEPTHWISE_S2_MAX_ROWS).contains(&p.k_h)
+        && p.k_w >= 1
+}
+
+/// The path's stride-2 depthwise kernel, when it has one and the layer suits it.
+fn stride_2_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseFn> {
+    isa.depthwise_rows_s2.filter(|_| stride_2_depthwise(p))
+}
+
+/// Rows and columns of the zero-padded input plane a stride-2 depthwise layer's taps reach.
+fn s2_padded(p: &Conv2dParams) -> [usize; 2] {
+    [2 * p.out_h.saturating_sub(1) + p.k_h, 2 * p.out_w.saturating_sub(1) + p.k_w]
 }
 
 /// How a depthwise layer with activation `act` can store its sums directly: `Some(clamp)` when
@@ -788,6 +857,70 @@ mod tests {
             let p = random_params(&mut rng, case);
             check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], case % 3 != 0);
         }
+    }
+
+    #[test]
+    fn stride_2_depthwise_covers_every_border_on_every_path() {
+        // Pads up to past the filter, planes smaller than the filter, odd and even sizes,
+        // channel multipliers, filters up to 5x7, with and without bias and clamps.
+        let mut rng = Rng::new(78);
+        let sets = kernel_sets();
+        let kinds = WeightKind::all();
+        let mut cases = 0;
+        for case in 0..150 {
+            let (k_h, k_w) = (1 + rng.below(5), 1 + rng.below(7));
+            let (in_h, in_w) = if case % 10 == 0 { (41, 38) } else { (1 + rng.below(12), 1 + rng.below(14)) };
+            let pads = [rng.below(k_h + 1), rng.below(k_w + 1), rng.below(k_h + 1), rng.below(k_w + 1)];
+            let out = |len: usize, lo: usize, hi: usize, k: usize| {
+                (len + lo + hi).checked_sub(k).map(|r| r / 2 + 1)
+            };
+            let (Some(out_h), Some(out_w)) =
+                (out(in_h, pads[0], pads[2], k_h), out(in_w, pads[1], pads[3], k_w))
+            else {
+                continue;
+            };
+            let in_c = 1 + rng.below(5);
+            let p = Conv2dParams {
+                batch: 1 + rng.below(2),
+                in_c,
+                in_h,
+                in_w,
+                out_c: in_c * (1 + rng.below(2)),
+                out_h,
+                out_w,
+                k_h,
+                k_w,
+                stride_h: 2,
+                stride_w: 2,
+                pad_top: pads[0],
+                pad_left: pads[1],
+                dil_h: 1,
+                dil_w: 1,
+                groups: in_c,
+            };
+            assert!(stride_2_depthwise(&p));
+            cases += 1;
+            let kind = kinds[case % kinds.len()];
+            check_all_paths(&mut rng, &sets, &p, kind, case % 2 == 0);
+            let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
+            let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+            let bias = rng.vec(p.out_c);
+            let plain = reference(&x, &decode_all(&data, p.out_c), Some(&bias), &p);
+            for (act, f) in [
+                (Activation::Relu, (|v: f32| v.max(0.0)) as fn(f32) -> f32),
+                (Activation::Clip { min: -0.2, max: 0.3 }, |v: f32| v.clamp(-0.2, 0.3)),
+                (Activation::HardSwish, |v: f32| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+            ] {
+                let want: Vec<f32> = plain.iter().map(|&v| f(v)).collect();
+                for kernels in &sets {
+                    let mut y = vec![f32::NAN; want.len()];
+                    let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                    kernels.conv2d(&x, &data.view(), Some(&bias), &p, act, &mut y, &mut scratch).unwrap();
+                    assert_close(&y, &want, &format!("{act:?} {kernels:?} {p:?}"));
+                }
+            }
+        }
+        assert!(cases > 100, "only {cases} shapes had an output");
     }
 
     #[test]

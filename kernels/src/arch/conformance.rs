@@ -131,6 +131,57 @@ fn depthwise_rows_matches_scalar() {
 }
 
 #[test]
+fn depthwise_rows_s2_matches_the_reference() {
+    let mut rng = Rng::new(29);
+    for isa in Isa::available() {
+        let Some(kernel) = isa.depthwise_rows_s2 else { continue };
+        for case in 0..400 {
+            let (kh, kw) = (1 + rng.below(super::DEPTHWISE_S2_MAX_ROWS), 1 + rng.below(7));
+            let (rows, n) = (1 + rng.below(11), 1 + case % 71);
+            let ldb = 2 * (n - 1) + kw + rng.below(4);
+            let ldc = n + rng.below(4);
+            let clamp = match case % 4 {
+                0 => Some([0.0, f32::INFINITY]),
+                1 => Some([-0.5, 0.75]),
+                _ => None,
+            };
+            let init = if case % 2 == 0 { 0.0 } else { rng.vec(1)[0] };
+            let shape = DepthwiseRows { kh, kw, ldb, rows, n, ldc, accumulate: false, init, clamp };
+            let spare = rng.below(3);
+            let w = rng.vec(kh * kw + spare);
+            let b = rng.vec((2 * (rows - 1) + kh - 1) * ldb + 2 * (n - 1) + kw);
+            let c0 = rng.vec((rows - 1) * ldc + n);
+            let (mut want, mut got) = (c0.clone(), c0.clone());
+            scalar::depthwise_rows_s2(&w, &b, &mut want, shape);
+            kernel(&w, &b, &mut got, shape);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = if idx % ldc < n { close(*g, *w, (kh * kw) as f32 + 1.0) } else { g == w };
+                assert!(ok, "{} {shape:?} at {idx}: {g} vs {w}", isa.name);
+            }
+        }
+        let shape = DepthwiseRows {
+            kh: 3,
+            kw: 3,
+            ldb: 9,
+            rows: 2,
+            n: 4,
+            ldc: 4,
+            accumulate: false,
+            init: 0.0,
+            clamp: None,
+        };
+        let (w, b) = (vec![1.0; 9], vec![1.0; 4 * 9 + 9]);
+        let short_b = std::panic::catch_unwind(|| kernel(&w, &b[..4 * 9 + 8], &mut [0.0; 8], shape));
+        assert!(short_b.is_err(), "{}: a short b must panic", isa.name);
+        let short_c = std::panic::catch_unwind(|| kernel(&w, &b, &mut [0.0; 7], shape));
+        assert!(short_c.is_err(), "{}: a short c must panic", isa.name);
+        let tall = DepthwiseRows { kh: 6, ..shape };
+        let too_tall = std::panic::catch_unwind(|| kernel(&[1.0; 18], &[1.0; 200], &mut [0.0; 8], tall));
+        assert!(too_tall.is_err(), "{}: a 6-row filter must be refused", isa.name);
+    }
+}
+
+#[test]
 fn depthwise_rows_rejects_short_operands_and_handles_empty_filters() {
     let shape = DepthwiseRows {
         kh: 3,

@@ -98,7 +98,46 @@ pub struct Isa {
     ///
     /// # Panics
     /// If `w`, `b` or `c` is shorter than the shape needs.
-    pub depthwise_rows: fn(w: &[f32], b: &[f32], c: &mut [f32], shape: DepthwiseRows),
+    pub depthwise_rows: DepthwiseFn,
+    /// [`Isa::depthwise_rows`] at stride 2 in both directions, over a zero-padded plane (not
+    /// split by stride phase): `c[r * ldc + j] = init + sum w[ky * kw + kx] * b[(2r + ky) * ldb +
+    /// 2j + kx]`, clamped as [`DepthwiseRows::clamp`] says, for filters of at most
+    /// [`DEPTHWISE_S2_MAX_ROWS`] rows. The x86 AVX-512 path splits each loaded input vector's
+    /// even and odd columns in registers, so the layer needs no stride-phase copy of its input;
+    /// `None` on paths without such a kernel, which use the stride-phase planes and
+    /// [`Isa::gemm_rows_at`].
+    ///
+    /// # Panics
+    /// If `w`, `b` or `c` is shorter than the shape needs, or the filter is too tall.
+    pub depthwise_rows_s2: Option<DepthwiseFn>,
+}
+
+/// The form of [`Isa::depthwise_rows`] and [`Isa::depthwise_rows_s2`]: filter `w`, input rows
+/// `b`, output rows `c`, and their shape.
+pub type DepthwiseFn = fn(w: &[f32], b: &[f32], c: &mut [f32], shape: DepthwiseRows);
+
+/// Tallest filter [`Isa::depthwise_rows_s2`] takes.
+pub const DEPTHWISE_S2_MAX_ROWS: usize = 5;
+
+/// Checks [`Isa::depthwise_rows_s2`] operands (panicking on a caller bug); `false` when there is
+/// nothing to compute.
+pub(crate) fn depthwise_rows_s2_check(w: &[f32], b: &[f32], c: &[f32], s: &DepthwiseRows) -> bool {
+    if s.rows == 0 || s.n == 0 {
+        return false;
+    }
+    assert!(s.rows == 1 || s.n <= s.ldc, "depthwise_rows_s2: output rows overlap");
+    assert!(c.len() >= (s.rows - 1) * s.ldc + s.n, "depthwise_rows_s2: c is too short");
+    assert!(
+        (1..=DEPTHWISE_S2_MAX_ROWS).contains(&s.kh) && s.kw >= 1 && !s.accumulate,
+        "depthwise_rows_s2: a {}x{} filter (accumulate {}) is not supported",
+        s.kh,
+        s.kw,
+        s.accumulate
+    );
+    assert!(w.len() >= s.kh * s.kw, "depthwise_rows_s2: {} weights for a {}x{} filter", w.len(), s.kh, s.kw);
+    let reach = (2 * (s.rows - 1) + s.kh - 1) * s.ldb + 2 * (s.n - 1) + s.kw;
+    assert!(b.len() >= reach, "depthwise_rows_s2: b is too short");
+    true
 }
 
 /// Rows [`Isa::dot_packed_rows`] gets at a time from the GEMV (the x86 kernels share each load of

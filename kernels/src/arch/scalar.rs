@@ -16,6 +16,7 @@ pub const ISA: Isa = Isa {
     gemv_prepare,
     dot_packed_rows,
     depthwise_rows,
+    depthwise_rows_s2: None,
 };
 
 /// See [`Isa::gemm_rows`].
@@ -79,6 +80,28 @@ pub fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
         }
         if let Some([lo, hi]) = s.clamp {
             crow.iter_mut().for_each(|x| *x = x.max(lo).min(hi));
+        }
+    }
+}
+
+/// The reference of [`Isa::depthwise_rows_s2`] (no scalar path uses it: without a SIMD kernel
+/// the stride-phase planes are faster).
+pub fn depthwise_rows_s2(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
+    if !super::depthwise_rows_s2_check(w, b, c, &s) {
+        return;
+    }
+    for r in 0..s.rows {
+        for (j, out) in c[r * s.ldc..][..s.n].iter_mut().enumerate() {
+            let mut sum = s.init;
+            for ky in 0..s.kh {
+                for kx in 0..s.kw {
+                    sum += w[ky * s.kw + kx] * b[(2 * r + ky) * s.ldb + 2 * j + kx];
+                }
+            }
+            *out = match s.clamp {
+                Some([lo, hi]) => sum.max(lo).min(hi),
+                None => sum,
+            };
         }
     }
 }

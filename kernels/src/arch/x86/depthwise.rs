@@ -6,7 +6,8 @@
 use std::arch::x86_64::*;
 
 use super::{avx2::lane_mask as mask8, avx512::lane_mask as mask16};
-use crate::arch::{depthwise_tiles, DepthwiseRows, DepthwiseTile as Tile};
+use crate::arch::depthwise::TILE_ROWS;
+use crate::arch::{depthwise_rows_s2_check, depthwise_tiles, DepthwiseRows, DepthwiseTile as Tile};
 
 /// AVX-512 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows_avx512(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
@@ -155,6 +156,94 @@ unsafe fn strip256<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
             for (v, &a) in acc.iter().enumerate() {
                 _mm256_maskstore_ps(cp.add(8 * v), m[v], a);
             }
+        }
+    }
+}
+
+/// AVX-512 [`Isa::depthwise_rows_s2`](crate::arch::Isa::depthwise_rows_s2): [`TILE_ROWS`]
+/// output rows at a time, 16 output columns per vector.
+pub(super) fn depthwise_rows_s2_avx512(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
+    if !depthwise_rows_s2_check(w, b, c, &s) {
+        return;
+    }
+    let mut r0 = 0;
+    while r0 < s.rows {
+        let rows = (s.rows - r0).min(TILE_ROWS);
+        // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F was
+        // detected. The check asserted the filter and that `b` reaches input row
+        // `2 * (rows - 1) + kh - 1` at column `2 * (n - 1) + kw - 1` and `c` output row
+        // `rows - 1` at column `n - 1`; the tile starting at output row `r0` reads input rows
+        // from `2 * r0` and writes output rows from `r0`, within those, and masked lanes are not
+        // accessed.
+        let t = unsafe {
+            Tile {
+                w: w.as_ptr(),
+                kw: s.kw,
+                b: b.as_ptr().add(2 * r0 * s.ldb),
+                ldb: s.ldb,
+                c: c.as_mut_ptr().add(r0 * s.ldc),
+                ldc: s.ldc,
+                n: s.n,
+                accumulate: false,
+                init: s.init,
+                clamp: s.clamp,
+            }
+        };
+        let blk =
+            crate::arch::DepthwiseBlock { w: 0, kh: s.kh, b: 0, c: 0, rows, accumulate: false, last: true };
+        // SAFETY: as above.
+        unsafe { depthwise_dispatch!(tile512_s2, blk, t) }
+        r0 += rows;
+    }
+}
+
+/// `R` output rows of a `KH`-row filter at stride 2, 16 columns at a time: each input vector
+/// pair (32 consecutive columns) gives the 16 even columns a filter column reads by one
+/// `vpermt2ps`, and each loaded input row feeds every output row whose filter reaches it.
+///
+/// # Safety
+/// AVX-512 F available; `t.b` holds rows `0 .. 2 * (R - 1) + KH` of at least `2 * (n - 1) + kw`
+/// columns (`ldb` apart) and `t.c` rows `0 .. R` of `n` columns.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512_s2<const R: usize, const KH: usize>(t: Tile) {
+    // Lane l of the result is lane 2l of the 32-lane pair (lo, hi).
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mut j = 0;
+    // SAFETY: every access is inside the contract: output columns j .. j + width (< n), input
+    // columns 2j + kx .. 2j + kx + 2 (width - 1) (< 2 (n - 1) + kw), masked lanes not accessed.
+    unsafe {
+        while j < t.n {
+            let width = (t.n - j).min(16);
+            let out_mask = mask16(width);
+            // Input columns needed from 2j + kx: 2 * width - 1, over two vectors.
+            let span = 2 * width - 1;
+            let (lo_mask, hi_mask) = (mask16(span), mask16(span.saturating_sub(16)));
+            let mut acc = [_mm512_set1_ps(t.init); R];
+            for kx in 0..t.kw {
+                let wk: [__m512; KH] = std::array::from_fn(|ky| _mm512_set1_ps(*t.w.add(ky * t.kw + kx)));
+                for i in 0..2 * (R - 1) + KH {
+                    let bp = t.b.add(i * t.ldb + 2 * j + kx);
+                    let lo = _mm512_maskz_loadu_ps(lo_mask, bp);
+                    let hi = _mm512_maskz_loadu_ps(hi_mask, bp.add(16));
+                    let x = _mm512_permutex2var_ps(lo, even, hi);
+                    for (ky, &wv) in wk.iter().enumerate() {
+                        // Input row i is filter row ky of output row (i - ky) / 2 when even.
+                        if i >= ky && (i - ky) % 2 == 0 && (i - ky) / 2 < R {
+                            let a = &mut acc[(i - ky) / 2];
+                            *a = _mm512_fmadd_ps(wv, x, *a);
+                        }
+                    }
+                }
+            }
+            if let Some([lo, hi]) = t.clamp {
+                let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+                acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+            }
+            for (r, &a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + j), out_mask, a);
+            }
+            j += width;
         }
     }
 }
