@@ -859,6 +859,45 @@ mod tests {
         }
     }
 
+    /// A random depthwise convolution at `stride` (channel multiplier 1 or 2): filters up to
+    /// `max_k` (rows, columns), inputs up to `max_in` or of size `big`, pads up to past the
+    /// filter; `None` when the draw has no output.
+    fn random_depthwise(
+        rng: &mut Rng,
+        stride: usize,
+        max_k: [usize; 2],
+        max_in: [usize; 2],
+        big: Option<[usize; 2]>,
+    ) -> Option<Conv2dParams> {
+        let (k_h, k_w) = (1 + rng.below(max_k[0]), 1 + rng.below(max_k[1]));
+        let [in_h, in_w] = big.unwrap_or_else(|| [1 + rng.below(max_in[0]), 1 + rng.below(max_in[1])]);
+        let pads = [rng.below(k_h + 1), rng.below(k_w + 1), rng.below(k_h + 1), rng.below(k_w + 1)];
+        let out = |len: usize, lo: usize, hi: usize, k: usize| {
+            (len + lo + hi).checked_sub(k).map(|r| r / stride + 1)
+        };
+        let out_h = out(in_h, pads[0], pads[2], k_h)?;
+        let out_w = out(in_w, pads[1], pads[3], k_w)?;
+        let in_c = 1 + rng.below(5);
+        Some(Conv2dParams {
+            batch: 1 + rng.below(2),
+            in_c,
+            in_h,
+            in_w,
+            out_c: in_c * (1 + rng.below(2)),
+            out_h,
+            out_w,
+            k_h,
+            k_w,
+            stride_h: stride,
+            stride_w: stride,
+            pad_top: pads[0],
+            pad_left: pads[1],
+            dil_h: 1,
+            dil_w: 1,
+            groups: in_c,
+        })
+    }
+
     #[test]
     fn stride_2_depthwise_covers_every_border_on_every_path() {
         // Pads up to past the filter, planes smaller than the filter, odd and even sizes,
@@ -868,36 +907,8 @@ mod tests {
         let kinds = WeightKind::all();
         let mut cases = 0;
         for case in 0..150 {
-            let (k_h, k_w) = (1 + rng.below(5), 1 + rng.below(7));
-            let (in_h, in_w) = if case % 10 == 0 { (41, 38) } else { (1 + rng.below(12), 1 + rng.below(14)) };
-            let pads = [rng.below(k_h + 1), rng.below(k_w + 1), rng.below(k_h + 1), rng.below(k_w + 1)];
-            let out = |len: usize, lo: usize, hi: usize, k: usize| {
-                (len + lo + hi).checked_sub(k).map(|r| r / 2 + 1)
-            };
-            let (Some(out_h), Some(out_w)) =
-                (out(in_h, pads[0], pads[2], k_h), out(in_w, pads[1], pads[3], k_w))
-            else {
-                continue;
-            };
-            let in_c = 1 + rng.below(5);
-            let p = Conv2dParams {
-                batch: 1 + rng.below(2),
-                in_c,
-                in_h,
-                in_w,
-                out_c: in_c * (1 + rng.below(2)),
-                out_h,
-                out_w,
-                k_h,
-                k_w,
-                stride_h: 2,
-                stride_w: 2,
-                pad_top: pads[0],
-                pad_left: pads[1],
-                dil_h: 1,
-                dil_w: 1,
-                groups: in_c,
-            };
+            let big = (case % 10 == 0).then_some([41, 38]);
+            let Some(p) = random_depthwise(&mut rng, 2, [5, 7], [12, 14], big) else { continue };
             assert!(stride_2_depthwise(&p));
             cases += 1;
             let kind = kinds[case % kinds.len()];
@@ -932,35 +943,8 @@ mod tests {
         let kinds = WeightKind::all();
         let mut cases = 0;
         for case in 0..150 {
-            let (k_h, k_w) = (1 + rng.below(5), 1 + rng.below(5));
-            let (in_h, in_w) = if case % 10 == 0 { (40, 37) } else { (1 + rng.below(9), 1 + rng.below(12)) };
-            let pads = [rng.below(k_h + 1), rng.below(k_w + 1), rng.below(k_h + 1), rng.below(k_w + 1)];
-            let (out_h, out_w) = (
-                (in_h + pads[0] + pads[2] + 1).saturating_sub(k_h),
-                (in_w + pads[1] + pads[3] + 1).saturating_sub(k_w),
-            );
-            if out_h == 0 || out_w == 0 {
-                continue;
-            }
-            let in_c = 1 + rng.below(5);
-            let p = Conv2dParams {
-                batch: 1 + rng.below(2),
-                in_c,
-                in_h,
-                in_w,
-                out_c: in_c * (1 + rng.below(2)),
-                out_h,
-                out_w,
-                k_h,
-                k_w,
-                stride_h: 1,
-                stride_w: 1,
-                pad_top: pads[0],
-                pad_left: pads[1],
-                dil_h: 1,
-                dil_w: 1,
-                groups: in_c,
-            };
+            let big = (case % 10 == 0).then_some([40, 37]);
+            let Some(p) = random_depthwise(&mut rng, 1, [5, 5], [9, 12], big) else { continue };
             assert!(uses_depthwise_rows(&p));
             cases += 1;
             check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], case % 2 == 0);
