@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::{DepthwiseFn, DepthwiseRows, Isa};
+use crate::arch::{DepthwiseFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, Isa, PLANE_LANES};
 use crate::parallel::{split_rows, split_units};
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
@@ -217,6 +217,11 @@ pub fn conv2d(
         return Ok(());
     }
     let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
+    // A small stride-1 depthwise plane whose sums the kernel can finish: whole-plane vectors.
+    let flat = plane_kernel(kernels.isa(), p)
+        .zip(direct_store(act))
+        .filter(|_| residual.is_none())
+        .and_then(|(kernel, clamp)| Some((kernel, DepthwisePlane::new(p)?, clamp)));
     let slab = (!p.is_pointwise()).then(|| Slab::new(p));
     let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
     let image = p.out_c * out_plane;
@@ -235,11 +240,16 @@ pub fn conv2d(
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
                 let s2 = stride_2_kernel(kernels.isa(), p).zip(direct_store(act)).filter(|_| rb.is_none());
-                split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| match s2 {
-                    Some((kernel, clamp)) => layer.depthwise_s2(kernel, clamp, xb, ocs, ys, s),
-                    None => {
-                        let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
-                        layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
+                split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+                    match (&flat, s2) {
+                        (Some((kernel, plane, clamp)), _) => {
+                            layer.depthwise_plane(*kernel, plane, *clamp, xb, ocs, ys, s)
+                        }
+                        (None, Some((kernel, clamp))) => layer.depthwise_s2(kernel, clamp, xb, ocs, ys, s),
+                        (None, None) => {
+                            let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
+                            layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
+                        }
                     }
                 })
             }
@@ -493,6 +503,30 @@ impl Layer<'_, '_> {
         }
     }
 
+    /// Small-plane stride-1 depthwise filters `ocs` of image `xb` into `y` (their planes, back to
+    /// back) with `kernel` ([`Isa::depthwise_plane`]): each filter runs over its channel's input
+    /// plane as it lies, starting from the bias and clamped to `clamp`.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_plane(
+        &self,
+        kernel: DepthwisePlaneFn,
+        plane: &DepthwisePlane,
+        clamp: Option<[f32; 2]>,
+        xb: &[f32],
+        ocs: Range<usize>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let p = self.p;
+        let filter = &mut scratch[..p.filter_len()];
+        let in_plane = p.in_h * p.in_w;
+        for (oc, out) in ocs.zip(y.chunks_exact_mut(plane.len())) {
+            let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
+            self.rows.decode(oc, filter);
+            kernel(filter, x, out, plane, self.bias.map_or(0.0, |b| b[oc]), clamp);
+        }
+    }
+
     /// The [`DepthwiseRows`] of `sr` output rows of a slab, written `ldc` apart, starting from
     /// `init` and clamped to `clamp` if given.
     fn depthwise_shape(
@@ -531,6 +565,36 @@ fn stride_2_depthwise(p: &Conv2dParams) -> bool {
 /// The path's stride-2 depthwise kernel, when it has one and the layer suits it.
 fn stride_2_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseFn> {
     isa.depthwise_rows_s2.filter(|_| stride_2_depthwise(p))
+}
+
+/// Most output elements of a plane that [`Isa::depthwise_plane`] takes: its masks, built per
+/// layer call, grow with the plane.
+const PLANE_MAX: usize = 1024;
+
+/// Whether rows of `width` leave enough of [`Isa::depthwise_rows`]' vectors empty that
+/// [`Isa::depthwise_plane`] pays: rows shorter than a vector, or whose vectors hold less than
+/// three quarters of real columns. Where rows fill their vectors, the row tiles win: each loaded input vector feeds
+/// several output rows, which outweighs the padded copy. (Zen 4, 4-bit 3×3 filters, alternating
+/// `pith bench` runs: planes 7×7, 14×14 and 20×20 took 0.45-0.9× the row path's time, 28×28 1.4-
+/// 1.6×; 5×5 filters over 8×8 0.75×, over 16×16 1.4× and over 32×32 2×.)
+fn rows_waste_lanes(width: usize) -> bool {
+    width < PLANE_LANES || 4 * width < 3 * width.next_multiple_of(PLANE_LANES)
+}
+
+/// Most filter taps [`Isa::depthwise_plane`] takes (7×7).
+const PLANE_MAX_TAPS: usize = 49;
+
+/// The path's whole-plane depthwise kernel, when it has one and the layer suits it: stride 1
+/// (any dilation), one input channel per group, rows as wide as the output's (see [`DepthwisePlane`]) and a
+/// plane of at most [`PLANE_MAX`] elements.
+fn plane_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwisePlaneFn> {
+    let fits = p.in_per_group() == 1
+        && (p.stride_h, p.stride_w) == (1, 1)
+        && p.in_w == p.out_w
+        && p.out_h * p.out_w <= PLANE_MAX
+        && rows_waste_lanes(p.out_w)
+        && p.k_h * p.k_w <= PLANE_MAX_TAPS;
+    isa.depthwise_plane.filter(|_| fits)
 }
 
 /// Rows and columns of the zero-padded input plane a stride-2 depthwise layer's taps reach.
@@ -961,6 +1025,85 @@ mod tests {
             }
         }
         assert!(cases > 100, "only {cases} cases had an output");
+    }
+
+    #[test]
+    fn small_plane_depthwise_covers_every_border_on_every_path() {
+        // Same-width stride-1 layers (what `Isa::depthwise_plane` takes where the path has it):
+        // short rows and rows that leave vectors half empty, pads past the filter, dilations,
+        // channel multipliers, clamps, an activation the kernel cannot finish and residuals,
+        // which both take the row path.
+        let mut rng = Rng::new(79);
+        let sets = kernel_sets();
+        let kinds = WeightKind::all();
+        let mut planes = 0;
+        for case in 0..100 {
+            let (k_h, k_w) = (1 + rng.below(5), 1 + rng.below(7));
+            let (dil_h, dil_w) = (1 + rng.below(2), 1 + rng.below(2));
+            let in_w = [1 + rng.below(15), 17 + rng.below(6), 33 + rng.below(3)][case % 3];
+            let in_h = 1 + rng.below(1024 / in_w).min(24);
+            let pad_left = rng.below((k_w - 1) * dil_w + 1);
+            let (pad_top, pad_bottom) = (rng.below(k_h * dil_h + 1), rng.below(k_h * dil_h + 1));
+            let Some(out_h) = (in_h + pad_top + pad_bottom).checked_sub((k_h - 1) * dil_h).map(|r| r + 1)
+            else {
+                continue;
+            };
+            let in_c = 1 + rng.below(5);
+            let p = Conv2dParams {
+                batch: 1 + rng.below(2),
+                in_c,
+                in_h,
+                in_w,
+                out_c: in_c * (1 + rng.below(2)),
+                out_h,
+                out_w: in_w,
+                k_h,
+                k_w,
+                stride_h: 1,
+                stride_w: 1,
+                pad_top,
+                pad_left,
+                dil_h,
+                dil_w,
+                groups: in_c,
+            };
+            let avx512 = sets.iter().find(|k| k.isa().name == "avx512");
+            planes += avx512.is_some_and(|k| plane_kernel(k.isa(), &p).is_some()) as usize;
+            let kind = kinds[case % kinds.len()];
+            check_all_paths(&mut rng, &sets, &p, kind, case % 2 == 0);
+            let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
+            let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+            let bias = rng.vec(p.out_c);
+            let plain = reference(&x, &decode_all(&data, p.out_c), Some(&bias), &p);
+            for (act, f) in [
+                (Activation::Relu, (|v: f32| v.max(0.0)) as fn(f32) -> f32),
+                (Activation::Clip { min: -0.2, max: 0.3 }, |v: f32| v.clamp(-0.2, 0.3)),
+                (Activation::HardSwish, |v: f32| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+            ] {
+                let want: Vec<f32> = plain.iter().map(|&v| f(v)).collect();
+                for kernels in &sets {
+                    let mut y = vec![f32::NAN; want.len()];
+                    let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                    kernels.conv2d(&x, &data.view(), Some(&bias), &p, act, &mut y, &mut scratch).unwrap();
+                    assert_close(&y, &want, &format!("{act:?} {kernels:?} {p:?}"));
+                }
+            }
+            // A residual over every output channel: the row path, then the epilogue.
+            let res = rng.vec(plain.len());
+            let want: Vec<f32> = plain.iter().zip(&res).map(|(v, r)| (v + r).max(0.0)).collect();
+            for kernels in &sets {
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                let w = data.view();
+                kernels
+                    .conv2d_add(&x, &w, Some(&bias), &res, &p, Activation::Relu, &mut y, &mut scratch)
+                    .unwrap();
+                assert_close(&y, &want, &format!("residual {kernels:?} {p:?}"));
+            }
+        }
+        if sets.iter().any(|k| k.isa().name == "avx512") {
+            assert!(planes > 40, "only {planes} layers took the plane kernel");
+        }
     }
 
     #[test]

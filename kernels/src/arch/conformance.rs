@@ -1,7 +1,8 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
-use super::{scalar, DepthwiseRows, Isa};
+use super::{scalar, DepthwisePlane, DepthwiseRows, Isa};
 use crate::testutil::Rng;
+use crate::Conv2dParams;
 
 /// The non-scalar paths this CPU runs; prints the known ones it skips so CI logs say what ran.
 fn simd_paths() -> Vec<Isa> {
@@ -422,4 +423,110 @@ fn by_name_rejects_unknown_and_finds_available() {
         assert_eq!(Isa::by_name(isa.name).unwrap(), isa);
     }
     assert_eq!(Isa::by_name("scalar").unwrap().name, "scalar");
+}
+
+/// A random stride-1 depthwise layer whose input rows are as wide as its output's (what
+/// [`DepthwisePlane`] describes): any filter up to 7×7, dilation 1-2, pads past the filter,
+/// planes smaller than the filter.
+fn random_plane_layer(rng: &mut Rng) -> Conv2dParams {
+    let (k_h, k_w) = (1 + rng.below(7), 1 + rng.below(7));
+    let (dil_h, dil_w) = (1 + rng.below(2), 1 + rng.below(2));
+    let (in_h, in_w) = (1 + rng.below(20), 1 + rng.below(24));
+    // Columns: left + right pad = the filter's reach, so rows keep their width.
+    let pad_left = rng.below((k_w - 1) * dil_w + 1);
+    let (pad_top, pad_bottom) = (rng.below(k_h * dil_h + 1), rng.below(k_h * dil_h + 1));
+    let out_h = (in_h + pad_top + pad_bottom).saturating_sub((k_h - 1) * dil_h).max(1);
+    Conv2dParams {
+        batch: 1,
+        in_c: 1,
+        in_h,
+        in_w,
+        out_c: 1,
+        out_h,
+        out_w: in_w,
+        k_h,
+        k_w,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top,
+        pad_left,
+        dil_h,
+        dil_w,
+        groups: 1,
+    }
+}
+
+#[test]
+fn depthwise_plane_reference_is_a_convolution() {
+    // The scalar reference reads the plane's masks; here it meets plain border tests.
+    let mut rng = Rng::new(31);
+    for _ in 0..300 {
+        let p = random_plane_layer(&mut rng);
+        let plane = DepthwisePlane::new(&p).expect("a stride-1 same-width depthwise layer");
+        let (w, x) = (rng.vec(p.k_h * p.k_w), rng.vec(p.in_h * p.in_w));
+        let mut got = vec![f32::NAN; p.out_h * p.out_w];
+        scalar::depthwise_plane(&w, &x, &mut got, &plane, 0.25, None);
+        for (i, &g) in got.iter().enumerate() {
+            let (oy, ox) = (i / p.out_w, i % p.out_w);
+            let mut want = 0.25;
+            for ky in 0..p.k_h {
+                for kx in 0..p.k_w {
+                    let iy = (oy + ky * p.dil_h).checked_sub(p.pad_top).filter(|&iy| iy < p.in_h);
+                    let ix = (ox + kx * p.dil_w).checked_sub(p.pad_left).filter(|&ix| ix < p.in_w);
+                    if let (Some(iy), Some(ix)) = (iy, ix) {
+                        want += w[ky * p.k_w + kx] * x[iy * p.in_w + ix];
+                    }
+                }
+            }
+            assert!(close(g, want, (p.k_h * p.k_w) as f32 + 1.0), "{p:?} at {i}: {g} vs {want}");
+        }
+    }
+    let layer = random_plane_layer(&mut rng);
+    let strided = Conv2dParams { stride_w: 2, out_w: 2, ..layer };
+    assert!(DepthwisePlane::new(&strided).is_none(), "stride 2 is not a plane layer");
+}
+
+#[test]
+fn depthwise_plane_matches_the_reference() {
+    let mut rng = Rng::new(37);
+    for isa in Isa::available() {
+        let Some(kernel) = isa.depthwise_plane else { continue };
+        for case in 0..400 {
+            let p = random_plane_layer(&mut rng);
+            let plane = DepthwisePlane::new(&p).unwrap();
+            let clamp = match case % 4 {
+                0 => Some([0.0, f32::INFINITY]),
+                1 => Some([-0.5, 0.75]),
+                _ => None,
+            };
+            let init = if case % 2 == 0 { 0.0 } else { rng.vec(1)[0] };
+            // Spare weights and elements past the plane must be neither read nor written.
+            let (spare_w, spare_y) = (rng.below(3), rng.below(20));
+            let w = rng.vec(plane.taps() + spare_w);
+            let x = rng.vec(p.in_h * p.in_w);
+            let y0 = rng.vec(plane.len() + spare_y);
+            let (mut want, mut got) = (y0.clone(), y0.clone());
+            scalar::depthwise_plane(&w, &x, &mut want, &plane, init, clamp);
+            kernel(&w, &x, &mut got, &plane, init, clamp);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = if idx < plane.len() { close(*g, *w, plane.taps() as f32 + 1.0) } else { g == w };
+                assert!(ok, "{} {p:?} at {idx}: {g} vs {w}", isa.name);
+            }
+        }
+        let layer = random_plane_layer(&mut rng);
+        let p = Conv2dParams { in_h: 5, out_h: 5, pad_top: 1, ..layer };
+        let plane = DepthwisePlane::new(&p).unwrap();
+        let (w, x) = (vec![1.0; plane.taps()], vec![1.0; p.in_h * p.in_w]);
+        let mut y = vec![0.0; plane.len()];
+        for (what, w, x, len) in [
+            ("weights", &w[..plane.taps() - 1], &x[..], plane.len()),
+            ("input", &w[..], &x[..x.len() - 1], plane.len()),
+            ("output", &w[..], &x[..], plane.len() - 1),
+        ] {
+            let plane = &plane;
+            let short = std::panic::catch_unwind(|| kernel(w, x, &mut vec![0.0; len], plane, 0.0, None));
+            assert!(short.is_err(), "{}: short {what} must panic", isa.name);
+        }
+        kernel(&w, &x, &mut y, &plane, 0.0, None);
+    }
 }

@@ -52,6 +52,110 @@ pub(crate) fn depthwise_rows_check(w: &[f32], b: &[f32], c: &[f32], s: &Depthwis
     true
 }
 
+/// Lanes of one [`DepthwisePlane`] block: output elements whose tap masks one `u16` holds (an
+/// AVX-512 vector of f32).
+pub const PLANE_LANES: usize = 16;
+
+/// A stride-1 depthwise filter's taps over a whole input plane whose rows are as wide as the
+/// output's, flattened: output element `i` (row `i / w`, column `i % w`) reads input element
+/// `i + offset(t)` for tap `t` when that lies inside the input, and padding (zero) when not. A
+/// small plane then runs as a few whole vectors per tap, with no padded copy of the input and no
+/// half-empty vector per short row; what [`Isa::depthwise_plane`](super::Isa::depthwise_plane)
+/// computes.
+///
+/// Built once per layer call and shared by every channel (and worker): the masks depend on the
+/// geometry only. Its fields are private, so every mask bit it holds marks an in-bounds input
+/// element, which is what lets a kernel load masked vectors at offsets that may start before or
+/// end after the plane.
+#[derive(Debug, Clone)]
+pub struct DepthwisePlane {
+    /// Output elements (`out_h * w`).
+    len: usize,
+    /// Input elements (`in_h * w`).
+    in_len: usize,
+    /// Filter taps (`k_h * k_w`), in filter order.
+    taps: usize,
+    /// Input offset of each tap from the output element it feeds.
+    offsets: Vec<isize>,
+    /// `masks[t * blocks + v]`: bit `l` set when output element `PLANE_LANES * v + l` exists and
+    /// tap `t` of it reads a real input element.
+    masks: Vec<u16>,
+}
+
+impl DepthwisePlane {
+    /// The plane of layer `p`, or `None` unless it is depthwise (one input channel per group),
+    /// stride 1 and its input and output rows have the same width (any padding, dilation, filter
+    /// and plane size: the caller decides what is worth it; the description takes
+    /// `taps * len / PLANE_LANES` masks).
+    pub fn new(p: &crate::Conv2dParams) -> Option<Self> {
+        let fits = p.in_per_group() == 1 && (p.stride_h, p.stride_w) == (1, 1) && p.in_w == p.out_w;
+        if !fits || p.groups == 0 {
+            return None;
+        }
+        let (w, len) = (p.out_w, p.out_h * p.out_w);
+        let blocks = len.div_ceil(PLANE_LANES);
+        // Each tap's displacement in rows and columns.
+        let shifts: Vec<[isize; 2]> = (0..p.k_h)
+            .flat_map(|ky| (0..p.k_w).map(move |kx| (ky, kx)))
+            .map(|(ky, kx)| {
+                [(ky * p.dil_h) as isize - p.pad_top as isize, (kx * p.dil_w) as isize - p.pad_left as isize]
+            })
+            .collect();
+        let offsets = shifts.iter().map(|&[dy, dx]| dy * w as isize + dx).collect();
+        let mut masks = vec![0u16; shifts.len() * blocks];
+        for (t, &[dy, dx]) in shifts.iter().enumerate() {
+            for (v, mask) in masks[t * blocks..][..blocks].iter_mut().enumerate() {
+                for l in 0..PLANE_LANES.min(len - v * PLANE_LANES) {
+                    let i = v * PLANE_LANES + l;
+                    let (iy, ix) = ((i / w) as isize + dy, (i % w) as isize + dx);
+                    if (0..p.in_h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                        *mask |= 1 << l;
+                    }
+                }
+            }
+        }
+        Some(DepthwisePlane { len, in_len: p.in_h * w, taps: shifts.len(), offsets, masks })
+    }
+
+    /// Output elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the plane has no output element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Filter taps.
+    pub fn taps(&self) -> usize {
+        self.taps
+    }
+
+    /// Blocks of [`PLANE_LANES`] output elements (the last may be partial).
+    pub(crate) fn blocks(&self) -> usize {
+        self.len.div_ceil(PLANE_LANES)
+    }
+
+    /// Input offset of tap `t` from the output element it feeds.
+    pub(crate) fn offset(&self, t: usize) -> isize {
+        self.offsets[t]
+    }
+
+    /// The masks of tap `t`, one per block.
+    pub(crate) fn masks(&self, t: usize) -> &[u16] {
+        &self.masks[t * self.blocks()..][..self.blocks()]
+    }
+
+    /// Checks [`Isa::depthwise_plane`](super::Isa::depthwise_plane) operands, panicking on a
+    /// caller bug like slice indexing would.
+    pub(crate) fn check(&self, w: &[f32], x: &[f32], y: &[f32]) {
+        assert!(w.len() >= self.taps, "depthwise_plane: {} weights for {} taps", w.len(), self.taps);
+        assert!(x.len() >= self.in_len, "depthwise_plane: input of {} < {}", x.len(), self.in_len);
+        assert!(y.len() >= self.len, "depthwise_plane: output of {} < {}", y.len(), self.len);
+    }
+}
+
 /// Output rows of one SIMD register tile.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) const TILE_ROWS: usize = 4;

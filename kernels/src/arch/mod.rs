@@ -19,9 +19,9 @@ pub mod scalar;
 pub mod x86;
 
 pub(crate) use depthwise::depthwise_rows_check;
-pub use depthwise::DepthwiseRows;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use depthwise::{for_each_tile as depthwise_tiles, DepthwiseBlock, DepthwiseTile};
+pub use depthwise::{DepthwisePlane, DepthwiseRows, PLANE_LANES};
 
 use crate::KernelError;
 
@@ -110,7 +110,22 @@ pub struct Isa {
     /// # Panics
     /// If `w`, `b` or `c` is shorter than the shape needs, or the filter is too tall.
     pub depthwise_rows_s2: Option<DepthwiseFn>,
+    /// One depthwise filter `w` at stride 1 over one whole input plane `x` into output plane `y`,
+    /// as a [`DepthwisePlane`] describes: `y[i] = init + sum_t w[t] * x[i + offset(t)]` over the
+    /// taps `t` whose input element exists, clamped as [`DepthwiseRows::clamp`] says, for every
+    /// output element `i`. Every vector is full whatever the row width, and the input needs no
+    /// padded copy: the x86 AVX-512 path loads each tap's input with the plane's masks. `None` on
+    /// paths without masked loads, which use [`Isa::depthwise_rows`] over padded rows.
+    ///
+    /// # Panics
+    /// If `w`, `x` or `y` is shorter than the plane needs.
+    pub depthwise_plane: Option<DepthwisePlaneFn>,
 }
+
+/// The form of [`Isa::depthwise_plane`]: filter `w`, input plane `x`, output plane `y`, the
+/// plane's taps, the sums' start and the clamp.
+pub type DepthwisePlaneFn =
+    fn(w: &[f32], x: &[f32], y: &mut [f32], plane: &DepthwisePlane, init: f32, clamp: Option<[f32; 2]>);
 
 /// The form of [`Isa::depthwise_rows`] and [`Isa::depthwise_rows_s2`]: filter `w`, input rows
 /// `b`, output rows `c`, and their shape.

@@ -1,6 +1,6 @@
 //! The portable reference path: plain loops the compiler may auto-vectorise.
 
-use super::{DepthwiseRows, Isa};
+use super::{DepthwisePlane, DepthwiseRows, Isa};
 
 /// The scalar path's micro-kernels.
 pub const ISA: Isa = Isa {
@@ -17,6 +17,7 @@ pub const ISA: Isa = Isa {
     dot_packed_rows,
     depthwise_rows,
     depthwise_rows_s2: None,
+    depthwise_plane: None,
 };
 
 /// See [`Isa::gemm_rows`].
@@ -103,6 +104,32 @@ pub fn depthwise_rows_s2(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) 
                 None => sum,
             };
         }
+    }
+}
+
+/// The reference of [`Isa::depthwise_plane`] (no scalar path uses it: without masked loads the
+/// padded rows of [`Isa::depthwise_rows`] are faster).
+pub fn depthwise_plane(
+    w: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    plane: &DepthwisePlane,
+    init: f32,
+    clamp: Option<[f32; 2]>,
+) {
+    plane.check(w, x, y);
+    for (i, out) in y[..plane.len()].iter_mut().enumerate() {
+        let (v, lane) = (i / super::PLANE_LANES, i % super::PLANE_LANES);
+        let mut sum = init;
+        for (t, &wt) in w[..plane.taps()].iter().enumerate() {
+            if plane.masks(t)[v] >> lane & 1 == 1 {
+                sum += wt * x[(i as isize + plane.offset(t)) as usize];
+            }
+        }
+        *out = match clamp {
+            Some([lo, hi]) => sum.max(lo).min(hi),
+            None => sum,
+        };
     }
 }
 

@@ -31,6 +31,7 @@ const ISA: Isa = Isa {
     dot_packed_rows,
     depthwise_rows: depthwise::depthwise_rows,
     depthwise_rows_s2: None,
+    depthwise_plane: None,
 };
 
 /// See [`Isa::dot_packed_rows`]: [`packed::dot_packed`] row by row on the unprepared input.

@@ -24,6 +24,7 @@ pub(super) const ISA: Isa = Isa {
     dot_packed_rows,
     depthwise_rows: super::depthwise::depthwise_rows_avx2,
     depthwise_rows_s2: None,
+    depthwise_plane: None,
 };
 
 /// Rows per register block of `gemm_rows`: 6 rows × 2 vectors = 12 accumulators of 16 registers.

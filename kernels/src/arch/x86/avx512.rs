@@ -24,6 +24,7 @@ pub(super) const ISA: Isa = Isa {
     dot_packed_rows,
     depthwise_rows: super::depthwise::depthwise_rows_avx512,
     depthwise_rows_s2: Some(super::depthwise::depthwise_rows_s2_avx512),
+    depthwise_plane: Some(super::depthwise::depthwise_plane_avx512),
 };
 
 /// Rows per register block of `gemm_rows`: 8 rows × 2 vectors = 16 accumulators of 32 registers.

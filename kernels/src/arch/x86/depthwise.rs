@@ -7,7 +7,10 @@ use std::arch::x86_64::*;
 
 use super::{avx2::lane_mask as mask8, avx512::lane_mask as mask16};
 use crate::arch::depthwise::TILE_ROWS;
-use crate::arch::{depthwise_rows_s2_check, depthwise_tiles, DepthwiseRows, DepthwiseTile as Tile};
+use crate::arch::PLANE_LANES;
+use crate::arch::{
+    depthwise_rows_s2_check, depthwise_tiles, DepthwisePlane, DepthwiseRows, DepthwiseTile as Tile,
+};
 
 /// AVX-512 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows_avx512(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
@@ -245,5 +248,80 @@ unsafe fn tile512_s2<const R: usize, const KH: usize>(t: Tile) {
             }
             j += width;
         }
+    }
+}
+
+/// Blocks of [`DepthwisePlane`] one call of [`plane512`] computes together: independent sums,
+/// so consecutive FMAs do not wait on each other.
+const PLANE_BLOCKS: usize = 4;
+
+/// AVX-512 [`Isa::depthwise_plane`](crate::arch::Isa::depthwise_plane): [`PLANE_BLOCKS`] vectors
+/// of output at a time, each tap's input loaded under the plane's masks.
+pub(super) fn depthwise_plane_avx512(
+    w: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    plane: &DepthwisePlane,
+    init: f32,
+    clamp: Option<[f32; 2]>,
+) {
+    plane.check(w, x, y);
+    let blocks = plane.blocks();
+    let mut v0 = 0;
+    while v0 < blocks {
+        let nb = (blocks - v0).min(PLANE_BLOCKS);
+        // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F was
+        // detected; the check asserted `w`, `x` and `y` cover the plane's taps, input and output.
+        unsafe {
+            match nb {
+                4 => plane512::<4>(w, x, y, plane, v0, init, clamp),
+                3 => plane512::<3>(w, x, y, plane, v0, init, clamp),
+                2 => plane512::<2>(w, x, y, plane, v0, init, clamp),
+                _ => plane512::<1>(w, x, y, plane, v0, init, clamp),
+            }
+        }
+        v0 += nb;
+    }
+}
+
+/// Output blocks `v0 .. v0 + V` of one channel's plane.
+///
+/// # Safety
+/// AVX-512 F available; `plane.check(w, x, y)` passed and `v0 + V <= plane.blocks()`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn plane512<const V: usize>(
+    w: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    plane: &DepthwisePlane,
+    v0: usize,
+    init: f32,
+    clamp: Option<[f32; 2]>,
+) {
+    let mut acc = [_mm512_set1_ps(init); V];
+    for (t, &wt) in w[..plane.taps()].iter().enumerate() {
+        let (wv, offset, masks) = (_mm512_set1_ps(wt), plane.offset(t), &plane.masks(t)[v0..][..V]);
+        for (j, (a, &m)) in acc.iter_mut().zip(masks).enumerate() {
+            // The vector's first lane may lie before `x` or its last after it (a border tap):
+            // `wrapping_offset` forms the address without claiming it is inside `x`.
+            let base = x.as_ptr().wrapping_offset(((v0 + j) * PLANE_LANES) as isize + offset);
+            // SAFETY: a mask bit is set only for a lane whose input element `i + offset` lies
+            // inside the plane's input (`DepthwisePlane::new`), which the check asserted `x`
+            // holds; masked-off lanes are not accessed (AVX-512 fault suppression).
+            let xv = unsafe { _mm512_maskz_loadu_ps(m, base) };
+            *a = _mm512_fmadd_ps(wv, xv, *a);
+        }
+    }
+    if let Some([lo, hi]) = clamp {
+        // max(x, lo) returns lo for a NaN x, as f32::max does.
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+    }
+    for (j, &a) in acc.iter().enumerate() {
+        let first = (v0 + j) * PLANE_LANES;
+        // SAFETY: elements `first .. first + lanes` lie inside the plane's output, which the
+        // check asserted `y` holds; masked-off lanes are not accessed.
+        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(first), mask16(plane.len() - first), a) };
     }
 }
