@@ -107,10 +107,14 @@ pub fn conv_layers() -> Vec<ConvLayer> {
         layer("ppocr_head_3x3_96to24_184x368", conv(96, 24, (184, 368), 3, 1, 1)),
         layer("ppocr_pw1x1_192to192_46x92", conv(192, 192, (46, 92), 1, 1, 1)),
         layer("ppocr_dw5x5_192_46x92", conv(192, 192, (46, 92), 5, 1, 192)),
-        // MobileNetV2 (benches/make_untuned_model.py), a model the kernels were not tuned for: a
-        // short-reduction expansion over a large plane, a stride-2 depthwise, the last 1×1.
+        // MobileNetV2 (benches/make_untuned_model.py), a model the kernels were not tuned for:
+        // short-reduction 1×1s over a large plane, stride-2 depthwise layers, a small-plane
+        // depthwise and the last 1×1.
         layer("mobilenetv2_pw1x1_16to96_112", conv(16, 96, (112, 112), 1, 1, 1)),
+        layer("mobilenetv2_pw1x1_32to16_112", conv(32, 16, (112, 112), 1, 1, 1)),
         layer("mobilenetv2_dw3x3s2_96_112", conv(96, 96, (112, 112), 3, 2, 96)),
+        layer("mobilenetv2_dw3x3s2_576_14", conv(576, 576, (14, 14), 3, 2, 576)),
+        layer("mobilenetv2_dw3x3_960_7", conv(960, 960, (7, 7), 3, 1, 960)),
         layer("mobilenetv2_pw1x1_320to1280_7", conv(320, 1280, (7, 7), 1, 1, 1)),
     ]
 }

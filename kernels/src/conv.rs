@@ -16,7 +16,9 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::{DepthwiseFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, Isa, PLANE_LANES};
+use crate::arch::{
+    DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, DepthwiseS2, DepthwiseS2Fn, Isa, PLANE_LANES,
+};
 use crate::parallel::{split_rows, split_units};
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
@@ -145,11 +147,8 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
         crate::winograd::scratch_len(p)
     } else if p.is_pointwise() {
         panel_rows(p) * p.filter_len() + POINTWISE_ACC
-    } else if stride_2_depthwise(p) {
-        // Either path may run, depending on the kernels' path.
-        let [ph, pw] = s2_padded(p);
-        Slab::new(p).scratch_len(p).max(ph * pw + p.filter_len())
     } else {
+        // Also what the whole-plane depthwise kernels need: one decoded filter.
         Slab::new(p).scratch_len(p)
     };
     per.max(1)
@@ -463,13 +462,12 @@ impl Layer<'_, '_> {
 
 impl Layer<'_, '_> {
     /// Stride-2 depthwise filters `ocs` of image `xb` into `y` (their planes, back to back) with
-    /// `kernel` ([`Isa::depthwise_rows_s2`]): each channel's input is copied once into a
-    /// zero-padded plane (rows only, no stride-phase split) and the filter runs over it straight
-    /// into the output plane, starting from the bias and clamped to `clamp`.
+    /// `kernel` ([`Isa::depthwise_s2`]): each filter runs over its channel's input plane as it
+    /// lies, straight into the output plane, starting from the bias and clamped to `clamp`.
     #[allow(clippy::too_many_arguments)]
     fn depthwise_s2(
         &self,
-        kernel: DepthwiseFn,
+        kernel: DepthwiseS2Fn,
         clamp: Option<[f32; 2]>,
         xb: &[f32],
         ocs: Range<usize>,
@@ -477,29 +475,24 @@ impl Layer<'_, '_> {
         scratch: &mut [f32],
     ) {
         let p = self.p;
-        let [ph, pw] = s2_padded(p);
-        let (plane, rest) = scratch.split_at_mut(ph * pw);
-        let filter = &mut rest[..p.filter_len()];
-        // Every channel writes the same interior elements, so the padding is zeroed once.
-        crate::zero(plane);
+        let filter = &mut scratch[..p.filter_len()];
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
-        let cols = p.in_w.min(pw.saturating_sub(p.pad_left));
         for (oc, out) in ocs.zip(y.chunks_exact_mut(out_plane)) {
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
-            if cols > 0 {
-                for (iy, row) in x.chunks_exact(p.in_w).enumerate() {
-                    let py = iy + p.pad_top;
-                    if py >= ph {
-                        break;
-                    }
-                    plane[py * pw + p.pad_left..][..cols].copy_from_slice(&row[..cols]);
-                }
-            }
             self.rows.decode(oc, filter);
-            let init = self.bias.map_or(0.0, |b| b[oc]);
-            let (kh, kw, rows, n) = (p.k_h, p.k_w, p.out_h, p.out_w);
-            let shape = DepthwiseRows { kh, kw, ldb: pw, rows, n, ldc: n, accumulate: false, init, clamp };
-            kernel(filter, plane, out, shape);
+            let shape = DepthwiseS2 {
+                kh: p.k_h,
+                kw: p.k_w,
+                in_h: p.in_h,
+                in_w: p.in_w,
+                pad_top: p.pad_top,
+                pad_left: p.pad_left,
+                out_h: p.out_h,
+                out_w: p.out_w,
+                init: self.bias.map_or(0.0, |b| b[oc]),
+                clamp,
+            };
+            kernel(filter, x, out, shape);
         }
     }
 
@@ -552,7 +545,7 @@ impl Layer<'_, '_> {
     }
 }
 
-/// Whether a layer is a stride-2 depthwise convolution that [`Isa::depthwise_rows_s2`] takes:
+/// Whether a layer is a stride-2 depthwise convolution that [`Isa::depthwise_s2`] takes:
 /// one input channel per group, stride 2 both ways, undilated, at most
 /// [`crate::arch::DEPTHWISE_S2_MAX_ROWS`] filter rows.
 fn stride_2_depthwise(p: &Conv2dParams) -> bool {
@@ -563,8 +556,8 @@ fn stride_2_depthwise(p: &Conv2dParams) -> bool {
 }
 
 /// The path's stride-2 depthwise kernel, when it has one and the layer suits it.
-fn stride_2_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseFn> {
-    isa.depthwise_rows_s2.filter(|_| stride_2_depthwise(p))
+fn stride_2_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseS2Fn> {
+    isa.depthwise_s2.filter(|_| stride_2_depthwise(p))
 }
 
 /// Most output elements of a plane that [`Isa::depthwise_plane`] takes: its masks, built per
@@ -595,11 +588,6 @@ fn plane_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwisePlaneFn> {
         && rows_waste_lanes(p.out_w)
         && p.k_h * p.k_w <= PLANE_MAX_TAPS;
     isa.depthwise_plane.filter(|_| fits)
-}
-
-/// Rows and columns of the zero-padded input plane a stride-2 depthwise layer's taps reach.
-fn s2_padded(p: &Conv2dParams) -> [usize; 2] {
-    [2 * p.out_h.saturating_sub(1) + p.k_h, 2 * p.out_w.saturating_sub(1) + p.k_w]
 }
 
 /// How a depthwise layer with activation `act` can store its sums directly: `Some(clamp)` when

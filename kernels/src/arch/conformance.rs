@@ -1,6 +1,6 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
-use super::{scalar, DepthwisePlane, DepthwiseRows, Isa};
+use super::{scalar, DepthwisePlane, DepthwiseRows, DepthwiseS2, Isa};
 use crate::testutil::Rng;
 use crate::Conv2dParams;
 
@@ -132,53 +132,59 @@ fn depthwise_rows_matches_scalar() {
 }
 
 #[test]
-fn depthwise_rows_s2_matches_the_reference() {
+fn depthwise_s2_matches_the_reference() {
+    // Pads up to past the filter, planes smaller than the filter, outputs reaching past the
+    // input, widths across one and two 16-column strips.
     let mut rng = Rng::new(29);
     for isa in Isa::available() {
-        let Some(kernel) = isa.depthwise_rows_s2 else { continue };
+        let Some(kernel) = isa.depthwise_s2 else { continue };
         for case in 0..400 {
             let (kh, kw) = (1 + rng.below(super::DEPTHWISE_S2_MAX_ROWS), 1 + rng.below(7));
-            let (rows, n) = (1 + rng.below(11), 1 + case % 71);
-            let ldb = 2 * (n - 1) + kw + rng.below(4);
-            let ldc = n + rng.below(4);
+            let (in_h, in_w) = (1 + rng.below(20), 1 + case % 71);
+            let (pad_top, pad_left) = (rng.below(kh + 1), rng.below(kw + 1));
+            let out_h = (in_h + pad_top + rng.below(kh + 1)).saturating_sub(kh) / 2 + 1;
+            let out_w = (in_w + pad_left + rng.below(kw + 1)).saturating_sub(kw) / 2 + 1;
             let clamp = match case % 4 {
                 0 => Some([0.0, f32::INFINITY]),
                 1 => Some([-0.5, 0.75]),
                 _ => None,
             };
             let init = if case % 2 == 0 { 0.0 } else { rng.vec(1)[0] };
-            let shape = DepthwiseRows { kh, kw, ldb, rows, n, ldc, accumulate: false, init, clamp };
-            let spare = rng.below(3);
-            let w = rng.vec(kh * kw + spare);
-            let b = rng.vec((2 * (rows - 1) + kh - 1) * ldb + 2 * (n - 1) + kw);
-            let c0 = rng.vec((rows - 1) * ldc + n);
-            let (mut want, mut got) = (c0.clone(), c0.clone());
-            scalar::depthwise_rows_s2(&w, &b, &mut want, shape);
-            kernel(&w, &b, &mut got, shape);
+            let shape = DepthwiseS2 { kh, kw, in_h, in_w, pad_top, pad_left, out_h, out_w, init, clamp };
+            let (spare_w, spare_y) = (rng.below(3), rng.below(20));
+            let w = rng.vec(kh * kw + spare_w);
+            let x = rng.vec(in_h * in_w);
+            let y0 = rng.vec(out_h * out_w + spare_y);
+            let (mut want, mut got) = (y0.clone(), y0.clone());
+            scalar::depthwise_s2(&w, &x, &mut want, shape);
+            kernel(&w, &x, &mut got, shape);
             for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ok = if idx % ldc < n { close(*g, *w, (kh * kw) as f32 + 1.0) } else { g == w };
+                let ok = if idx < out_h * out_w { close(*g, *w, (kh * kw) as f32 + 1.0) } else { g == w };
                 assert!(ok, "{} {shape:?} at {idx}: {g} vs {w}", isa.name);
             }
         }
-        let shape = DepthwiseRows {
+        let shape = DepthwiseS2 {
             kh: 3,
             kw: 3,
-            ldb: 9,
-            rows: 2,
-            n: 4,
-            ldc: 4,
-            accumulate: false,
+            in_h: 4,
+            in_w: 9,
+            pad_top: 1,
+            pad_left: 1,
+            out_h: 2,
+            out_w: 5,
             init: 0.0,
             clamp: None,
         };
-        let (w, b) = (vec![1.0; 9], vec![1.0; 4 * 9 + 9]);
-        let short_b = std::panic::catch_unwind(|| kernel(&w, &b[..4 * 9 + 8], &mut [0.0; 8], shape));
-        assert!(short_b.is_err(), "{}: a short b must panic", isa.name);
-        let short_c = std::panic::catch_unwind(|| kernel(&w, &b, &mut [0.0; 7], shape));
-        assert!(short_c.is_err(), "{}: a short c must panic", isa.name);
-        let tall = DepthwiseRows { kh: 6, ..shape };
-        let too_tall = std::panic::catch_unwind(|| kernel(&[1.0; 18], &[1.0; 200], &mut [0.0; 8], tall));
-        assert!(too_tall.is_err(), "{}: a 6-row filter must be refused", isa.name);
+        let (w, x) = (vec![1.0; 9], vec![1.0; 4 * 9]);
+        for (what, w, x, len) in
+            [("weights", &w[..8], &x[..], 10), ("input", &w[..], &x[..35], 10), ("output", &w[..], &x[..], 9)]
+        {
+            let short = std::panic::catch_unwind(|| kernel(w, x, &mut vec![0.0; len], shape));
+            assert!(short.is_err(), "{}: short {what} must panic", isa.name);
+        }
+        let tall = DepthwiseS2 { kh: super::DEPTHWISE_S2_MAX_ROWS + 1, ..shape };
+        let too_tall = std::panic::catch_unwind(|| kernel(&[0.0; 18], &x, &mut [0.0; 10], tall));
+        assert!(too_tall.is_err(), "{}: a filter past the tallest must panic", isa.name);
     }
 }
 

@@ -99,17 +99,19 @@ pub struct Isa {
     /// # Panics
     /// If `w`, `b` or `c` is shorter than the shape needs.
     pub depthwise_rows: DepthwiseFn,
-    /// [`Isa::depthwise_rows`] at stride 2 in both directions, over a zero-padded plane (not
-    /// split by stride phase): `c[r * ldc + j] = init + sum w[ky * kw + kx] * b[(2r + ky) * ldb +
-    /// 2j + kx]`, clamped as [`DepthwiseRows::clamp`] says, for filters of at most
-    /// [`DEPTHWISE_S2_MAX_ROWS`] rows. The x86 AVX-512 path splits each loaded input vector's
-    /// even and odd columns in registers, so the layer needs no stride-phase copy of its input;
-    /// `None` on paths without such a kernel, which use the stride-phase planes and
+    /// One depthwise filter `w` at stride 2 in both directions over one whole input plane `x`
+    /// (unpadded, rows `in_w` apart) into output plane `y` (rows `out_w` apart), as a
+    /// [`DepthwiseS2`] describes: `y[r * out_w + j] = init + sum w[ky * kw + kx] * x(2r + ky -
+    /// pad_top, 2j + kx - pad_left)`, where `x(i, c)` outside the plane is zero, clamped as
+    /// [`DepthwiseS2::clamp`] says, for filters of at most [`DEPTHWISE_S2_MAX_ROWS`] rows. The x86
+    /// AVX-512 path loads each input row in place under column masks (so the layer needs neither
+    /// a padded nor a stride-phase copy of its input) and splits even and odd columns in
+    /// registers; `None` on paths without such a kernel, which use the stride-phase planes and
     /// [`Isa::gemm_rows_at`].
     ///
     /// # Panics
-    /// If `w`, `b` or `c` is shorter than the shape needs, or the filter is too tall.
-    pub depthwise_rows_s2: Option<DepthwiseFn>,
+    /// If `w`, `x` or `y` is shorter than the shape needs, or the filter is too tall.
+    pub depthwise_s2: Option<DepthwiseS2Fn>,
     /// One depthwise filter `w` at stride 1 over one whole input plane `x` into output plane `y`,
     /// as a [`DepthwisePlane`] describes: `y[i] = init + sum_t w[t] * x[i + offset(t)]` over the
     /// taps `t` whose input element exists, clamped as [`DepthwiseRows::clamp`] says, for every
@@ -127,32 +129,56 @@ pub struct Isa {
 pub type DepthwisePlaneFn =
     fn(w: &[f32], x: &[f32], y: &mut [f32], plane: &DepthwisePlane, init: f32, clamp: Option<[f32; 2]>);
 
-/// The form of [`Isa::depthwise_rows`] and [`Isa::depthwise_rows_s2`]: filter `w`, input rows
-/// `b`, output rows `c`, and their shape.
+/// The form of [`Isa::depthwise_rows`]: filter `w`, input rows `b`, output rows `c`, and their
+/// shape.
 pub type DepthwiseFn = fn(w: &[f32], b: &[f32], c: &mut [f32], shape: DepthwiseRows);
 
-/// Tallest filter [`Isa::depthwise_rows_s2`] takes.
+/// The form of [`Isa::depthwise_s2`]: filter `w`, input plane `x`, output plane `y`, and their
+/// shape.
+pub type DepthwiseS2Fn = fn(w: &[f32], x: &[f32], y: &mut [f32], shape: DepthwiseS2);
+
+/// Tallest filter [`Isa::depthwise_s2`] takes.
 pub const DEPTHWISE_S2_MAX_ROWS: usize = 5;
 
-/// Checks [`Isa::depthwise_rows_s2`] operands (panicking on a caller bug); `false` when there is
+/// Shape of one [`Isa::depthwise_s2`] call: one channel's filter over its whole plane.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DepthwiseS2 {
+    /// Filter rows (1 to [`DEPTHWISE_S2_MAX_ROWS`]).
+    pub kh: usize,
+    /// Filter columns.
+    pub kw: usize,
+    /// Input rows.
+    pub in_h: usize,
+    /// Input columns (the input's row pitch).
+    pub in_w: usize,
+    /// Zero rows above the input.
+    pub pad_top: usize,
+    /// Zero columns left of the input.
+    pub pad_left: usize,
+    /// Output rows.
+    pub out_h: usize,
+    /// Output columns (the output's row pitch).
+    pub out_w: usize,
+    /// What each sum starts from: 0, or the filter's bias.
+    pub init: f32,
+    /// `[lo, hi]`: each sum is clamped to `lo..=hi` (`x.max(lo).min(hi)`, so NaN becomes `lo`)
+    /// before it is stored: a fused ReLU / ReLU6 / Clip.
+    pub clamp: Option<[f32; 2]>,
+}
+
+/// Checks [`Isa::depthwise_s2`] operands (panicking on a caller bug); `false` when there is
 /// nothing to compute.
-pub(crate) fn depthwise_rows_s2_check(w: &[f32], b: &[f32], c: &[f32], s: &DepthwiseRows) -> bool {
-    if s.rows == 0 || s.n == 0 {
-        return false;
-    }
-    assert!(s.rows == 1 || s.n <= s.ldc, "depthwise_rows_s2: output rows overlap");
-    assert!(c.len() >= (s.rows - 1) * s.ldc + s.n, "depthwise_rows_s2: c is too short");
+pub(crate) fn depthwise_s2_check(w: &[f32], x: &[f32], y: &[f32], s: &DepthwiseS2) -> bool {
     assert!(
-        (1..=DEPTHWISE_S2_MAX_ROWS).contains(&s.kh) && s.kw >= 1 && !s.accumulate,
-        "depthwise_rows_s2: a {}x{} filter (accumulate {}) is not supported",
+        (1..=DEPTHWISE_S2_MAX_ROWS).contains(&s.kh) && s.kw >= 1,
+        "depthwise_s2: a {}x{} filter is not supported",
         s.kh,
-        s.kw,
-        s.accumulate
+        s.kw
     );
-    assert!(w.len() >= s.kh * s.kw, "depthwise_rows_s2: {} weights for a {}x{} filter", w.len(), s.kh, s.kw);
-    let reach = (2 * (s.rows - 1) + s.kh - 1) * s.ldb + 2 * (s.n - 1) + s.kw;
-    assert!(b.len() >= reach, "depthwise_rows_s2: b is too short");
-    true
+    assert!(w.len() >= s.kh * s.kw, "depthwise_s2: {} weights for a {}x{} filter", w.len(), s.kh, s.kw);
+    assert!(x.len() >= s.in_h * s.in_w, "depthwise_s2: input of {} < {}x{}", x.len(), s.in_h, s.in_w);
+    assert!(y.len() >= s.out_h * s.out_w, "depthwise_s2: output of {} < {}x{}", y.len(), s.out_h, s.out_w);
+    s.out_h > 0 && s.out_w > 0
 }
 
 /// Rows [`Isa::dot_packed_rows`] gets at a time from the GEMV (the x86 kernels share each load of

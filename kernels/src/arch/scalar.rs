@@ -1,6 +1,6 @@
 //! The portable reference path: plain loops the compiler may auto-vectorise.
 
-use super::{DepthwisePlane, DepthwiseRows, Isa};
+use super::{DepthwisePlane, DepthwiseRows, DepthwiseS2, Isa};
 
 /// The scalar path's micro-kernels.
 pub const ISA: Isa = Isa {
@@ -16,7 +16,7 @@ pub const ISA: Isa = Isa {
     gemv_prepare,
     dot_packed_rows,
     depthwise_rows,
-    depthwise_rows_s2: None,
+    depthwise_s2: None,
     depthwise_plane: None,
 };
 
@@ -85,18 +85,25 @@ pub fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
     }
 }
 
-/// The reference of [`Isa::depthwise_rows_s2`] (no scalar path uses it: without a SIMD kernel
-/// the stride-phase planes are faster).
-pub fn depthwise_rows_s2(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
-    if !super::depthwise_rows_s2_check(w, b, c, &s) {
+/// The reference of [`Isa::depthwise_s2`] (no scalar path uses it: without a SIMD kernel the
+/// stride-phase planes are faster).
+pub fn depthwise_s2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseS2) {
+    if !super::depthwise_s2_check(w, x, y, &s) {
         return;
     }
-    for r in 0..s.rows {
-        for (j, out) in c[r * s.ldc..][..s.n].iter_mut().enumerate() {
+    // Input coordinate `2 * out + k - pad`, if inside `0..len`.
+    let at =
+        |out: usize, k: usize, pad: usize, len: usize| (2 * out + k).checked_sub(pad).filter(|&i| i < len);
+    for (r, row) in y[..s.out_h * s.out_w].chunks_exact_mut(s.out_w).enumerate() {
+        for (j, out) in row.iter_mut().enumerate() {
             let mut sum = s.init;
             for ky in 0..s.kh {
                 for kx in 0..s.kw {
-                    sum += w[ky * s.kw + kx] * b[(2 * r + ky) * s.ldb + 2 * j + kx];
+                    if let (Some(iy), Some(ix)) =
+                        (at(r, ky, s.pad_top, s.in_h), at(j, kx, s.pad_left, s.in_w))
+                    {
+                        sum += w[ky * s.kw + kx] * x[iy * s.in_w + ix];
+                    }
                 }
             }
             *out = match s.clamp {

@@ -9,7 +9,7 @@ use super::{avx2::lane_mask as mask8, avx512::lane_mask as mask16};
 use crate::arch::depthwise::TILE_ROWS;
 use crate::arch::PLANE_LANES;
 use crate::arch::{
-    depthwise_rows_s2_check, depthwise_tiles, DepthwisePlane, DepthwiseRows, DepthwiseTile as Tile,
+    depthwise_s2_check, depthwise_tiles, DepthwisePlane, DepthwiseRows, DepthwiseS2, DepthwiseTile as Tile,
 };
 
 /// AVX-512 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
@@ -163,91 +163,117 @@ unsafe fn strip256<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
     }
 }
 
-/// AVX-512 [`Isa::depthwise_rows_s2`](crate::arch::Isa::depthwise_rows_s2): [`TILE_ROWS`]
-/// output rows at a time, 16 output columns per vector.
-pub(super) fn depthwise_rows_s2_avx512(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
-    if !depthwise_rows_s2_check(w, b, c, &s) {
+/// AVX-512 [`Isa::depthwise_s2`](crate::arch::Isa::depthwise_s2): [`TILE_ROWS`] output rows at a
+/// time, 16 output columns per vector, the input read in place.
+pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseS2) {
+    if !depthwise_s2_check(w, x, y, &s) {
         return;
     }
     let mut r0 = 0;
-    while r0 < s.rows {
-        let rows = (s.rows - r0).min(TILE_ROWS);
-        // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F was
-        // detected. The check asserted the filter and that `b` reaches input row
-        // `2 * (rows - 1) + kh - 1` at column `2 * (n - 1) + kw - 1` and `c` output row
-        // `rows - 1` at column `n - 1`; the tile starting at output row `r0` reads input rows
-        // from `2 * r0` and writes output rows from `r0`, within those, and masked lanes are not
-        // accessed.
-        let t = unsafe {
-            Tile {
-                w: w.as_ptr(),
-                kw: s.kw,
-                b: b.as_ptr().add(2 * r0 * s.ldb),
-                ldb: s.ldb,
-                c: c.as_mut_ptr().add(r0 * s.ldc),
-                ldc: s.ldc,
-                n: s.n,
-                accumulate: false,
-                init: s.init,
-                clamp: s.clamp,
-            }
+    while r0 < s.out_h {
+        let rows = (s.out_h - r0).min(TILE_ROWS);
+        let t = S2Tile {
+            w: w.as_ptr(),
+            x: x.as_ptr(),
+            // SAFETY: r0 < out_h, and the check asserted `y` holds out_h rows of out_w.
+            y: unsafe { y.as_mut_ptr().add(r0 * s.out_w) },
+            first_row: (2 * r0) as isize - s.pad_top as isize,
+            shape: s,
         };
         let blk =
             crate::arch::DepthwiseBlock { w: 0, kh: s.kh, b: 0, c: 0, rows, accumulate: false, last: true };
-        // SAFETY: as above.
+        // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F was
+        // detected; the check asserted the filter, the input plane and the output plane, and
+        // the tile writes output rows r0 .. r0 + rows (< out_h) and reads only input elements
+        // inside the plane (see `tile512_s2`).
         unsafe { depthwise_dispatch!(tile512_s2, blk, t) }
         r0 += rows;
     }
 }
 
+/// One register tile of [`depthwise_s2_avx512`]: its output rows' filter, input plane and
+/// output, as raw pointers (what the `#[target_feature]` tile takes).
+#[derive(Clone, Copy)]
+struct S2Tile {
+    /// The filter (`kh × kw`).
+    w: *const f32,
+    /// The whole input plane.
+    x: *const f32,
+    /// The tile's first output row.
+    y: *mut f32,
+    /// Input row (possibly negative: padding) that filter row 0 of the tile's first output row
+    /// reads.
+    first_row: isize,
+    /// The call's shape.
+    shape: DepthwiseS2,
+}
+
 /// `R` output rows of a `KH`-row filter at stride 2, 16 columns at a time: each input vector
-/// pair (32 consecutive columns) gives the 16 even columns a filter column reads by one
-/// `vpermt2ps`, and each loaded input row feeds every output row whose filter reaches it.
+/// pair (32 consecutive columns of one input row, loaded in place under a mask that drops the
+/// columns outside the plane) gives the 16 even columns a filter column reads by one
+/// `vpermt2ps`, and each loaded input row feeds every output row whose filter reaches it. Input
+/// rows outside the plane are skipped (zero).
 ///
 /// # Safety
-/// AVX-512 F available; `t.b` holds rows `0 .. 2 * (R - 1) + KH` of at least `2 * (n - 1) + kw`
-/// columns (`ldb` apart) and `t.c` rows `0 .. R` of `n` columns.
+/// AVX-512 F available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
+/// and `t.y` output rows `0 .. R` of `out_w` columns.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile512_s2<const R: usize, const KH: usize>(t: Tile) {
+unsafe fn tile512_s2<const R: usize, const KH: usize>(t: S2Tile) {
+    let s = t.shape;
+    let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
     // Lane l of the result is lane 2l of the 32-lane pair (lo, hi).
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let mut j = 0;
-    // SAFETY: every access is inside the contract: output columns j .. j + width (< n), input
-    // columns 2j + kx .. 2j + kx + 2 (width - 1) (< 2 (n - 1) + kw), masked lanes not accessed.
-    unsafe {
-        while j < t.n {
-            let width = (t.n - j).min(16);
-            let out_mask = mask16(width);
-            // Input columns needed from 2j + kx: 2 * width - 1, over two vectors.
-            let span = 2 * width - 1;
-            let (lo_mask, hi_mask) = (mask16(span), mask16(span.saturating_sub(16)));
-            let mut acc = [_mm512_set1_ps(t.init); R];
-            for kx in 0..t.kw {
-                let wk: [__m512; KH] = std::array::from_fn(|ky| _mm512_set1_ps(*t.w.add(ky * t.kw + kx)));
-                for i in 0..2 * (R - 1) + KH {
-                    let bp = t.b.add(i * t.ldb + 2 * j + kx);
-                    let lo = _mm512_maskz_loadu_ps(lo_mask, bp);
-                    let hi = _mm512_maskz_loadu_ps(hi_mask, bp.add(16));
-                    let x = _mm512_permutex2var_ps(lo, even, hi);
-                    for (ky, &wv) in wk.iter().enumerate() {
-                        // Input row i is filter row ky of output row (i - ky) / 2 when even.
-                        if i >= ky && (i - ky) % 2 == 0 && (i - ky) / 2 < R {
-                            let a = &mut acc[(i - ky) / 2];
-                            *a = _mm512_fmadd_ps(wv, x, *a);
-                        }
+    while j < s.out_w {
+        let width = (s.out_w - j).min(16);
+        // Input columns a filter column reads for these outputs: 2 * width - 1 from `first`.
+        let span = 2 * width as isize - 1;
+        let mut acc = [_mm512_set1_ps(s.init); R];
+        for kx in 0..s.kw {
+            let first = (2 * j + kx) as isize - s.pad_left as isize;
+            // Lanes whose column lies inside the plane: first + l in 0..in_w, l < span.
+            let (lo, hi) = ((-first).max(0), (in_w - first).min(span));
+            if lo >= hi {
+                continue;
+            }
+            let lanes = ((1u64 << hi) - (1u64 << lo)) as u32;
+            let (lo_mask, hi_mask) = (lanes as __mmask16, (lanes >> 16) as __mmask16);
+            // SAFETY: `kx < kw` and every `ky < KH` index the filter.
+            let wk: [__m512; KH] =
+                std::array::from_fn(|ky| unsafe { _mm512_set1_ps(*t.w.add(ky * s.kw + kx)) });
+            for i in 0..2 * (R - 1) + KH {
+                let row = t.first_row + i as isize;
+                if !(0..in_h).contains(&row) {
+                    continue;
+                }
+                // The vector's first lanes may lie before the row (left padding): the address
+                // is formed without claiming it is inside the plane.
+                let bp = t.x.wrapping_offset(row * in_w + first);
+                // SAFETY: a set mask bit marks a column inside 0..in_w of a row inside 0..in_h,
+                // an element of the plane; masked-off lanes are not accessed.
+                let (lo, hi) = unsafe {
+                    (_mm512_maskz_loadu_ps(lo_mask, bp), _mm512_maskz_loadu_ps(hi_mask, bp.wrapping_add(16)))
+                };
+                let x = _mm512_permutex2var_ps(lo, even, hi);
+                for (ky, &wv) in wk.iter().enumerate() {
+                    // Input row i is filter row ky of output row (i - ky) / 2 when even.
+                    if i >= ky && (i - ky) % 2 == 0 && (i - ky) / 2 < R {
+                        let a = &mut acc[(i - ky) / 2];
+                        *a = _mm512_fmadd_ps(wv, x, *a);
                     }
                 }
             }
-            if let Some([lo, hi]) = t.clamp {
-                let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-                acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
-            }
-            for (r, &a) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + j), out_mask, a);
-            }
-            j += width;
         }
+        if let Some([lo, hi]) = s.clamp {
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+        }
+        for (r, &a) in acc.iter().enumerate() {
+            // SAFETY: output row r < R, columns j .. j + width < out_w; masked lanes untouched.
+            unsafe { _mm512_mask_storeu_ps(t.y.add(r * s.out_w + j), mask16(width), a) };
+        }
+        j += width;
     }
 }
 
