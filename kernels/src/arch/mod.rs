@@ -30,6 +30,9 @@ use crate::KernelError;
 pub struct Isa {
     /// "scalar", "avx2", "avx512" or "neon".
     pub name: &'static str,
+    /// f32 lanes of the path's vectors (1 on the scalar path): what a column strip of
+    /// [`Isa::gemm_rows_at`] rounds up to.
+    pub lanes: usize,
     /// `c[i * ldc + j] += sum_p a[i * k + p] * b[p * ldb + j]` for `i < a.len() / k`, `j < n`.
     /// `a` holds decoded weight rows (row-major, `k` each); `b` is `k` rows of activations.
     /// Rows of `b` may overlap (`ldb < n`: depthwise conv passes shifted views of one image row,

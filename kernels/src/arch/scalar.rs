@@ -5,6 +5,7 @@ use super::{DepthwisePlane, DepthwiseRows, DepthwiseS2, Isa};
 /// The scalar path's micro-kernels.
 pub const ISA: Isa = Isa {
     name: "scalar",
+    lanes: 1,
     gemm_rows,
     gemm_rows_at,
     store_rows: super::epilogue::store_rows_plain,

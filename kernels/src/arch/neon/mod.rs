@@ -19,6 +19,7 @@ pub fn neon() -> Option<Isa> {
 
 const ISA: Isa = Isa {
     name: "neon",
+    lanes: 4,
     gemm_rows,
     gemm_rows_at,
     store_rows: super::epilogue::store_rows_plain,

@@ -12,6 +12,7 @@ use crate::arch::{
 /// The AVX2 path. Private: only [`super::avx2`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
     name: "avx2",
+    lanes: 8,
     gemm_rows,
     gemm_rows_at,
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,

@@ -12,6 +12,7 @@ use crate::arch::{
 /// The AVX-512 path. Private: only [`super::avx512`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
     name: "avx512",
+    lanes: 16,
     gemm_rows,
     gemm_rows_at,
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
