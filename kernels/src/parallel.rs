@@ -5,14 +5,20 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::Kernels;
 
+/// Tasks [`split_units`] cuts per thread, when the work allows: threads that take the next task
+/// as they finish one balance themselves when one of them runs slower (a core shared with
+/// another process, or a hypervisor's other guest), where one part per thread waits for the
+/// slowest.
+const TASKS_PER_THREAD: usize = 2;
+
 /// Runs `f(units, y_part, scratch_part)` over `units` independent units of `unit_len` contiguous
-/// output elements each (`y.len() == units * unit_len`), split into at most `kernels.threads()`
-/// contiguous ranges of at least `kernels.min_task_work` multiply-adds (`unit_work` per unit).
-/// Each call gets its own `per_task` elements of `scratch`, which must hold
-/// `kernels.threads() * per_task`.
+/// output elements each (`y.len() == units * unit_len`), split into at most
+/// `kernels.threads() * TASKS_PER_THREAD` contiguous ranges of at least `kernels.min_task_work`
+/// multiply-adds (`unit_work` per unit). Each call gets its thread's `per_task` elements of
+/// `scratch`, which must hold `kernels.threads() * per_task`.
 ///
-/// The caller's thread runs the first range itself while the pool's workers take the others;
-/// with one range `f` runs once on the caller's thread, with no pool overhead.
+/// The caller's thread and the pool's workers take ranges until none is left; with one range
+/// `f` runs once on the caller's thread, with no pool overhead.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn split_units<F>(
     kernels: &Kernels,
@@ -27,16 +33,25 @@ pub(crate) fn split_units<F>(
     F: Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
 {
     let worth = units.saturating_mul(unit_work) / kernels.min_task_work.max(1);
-    let tasks = kernels.threads().min(units).min(worth).max(1);
+    let tasks = (kernels.threads() * TASKS_PER_THREAD).min(units).min(worth).max(1);
     let per_task = per_task.max(1);
     match kernels.pool() {
         Some(pool) if tasks > 1 && unit_len > 0 => {
             let per_units = units.div_ceil(tasks);
-            let parts = claims(y.chunks_mut(per_units * unit_len).zip(scratch.chunks_mut(per_task)));
-            pool.run(parts.len(), &|t| {
-                if let Some((yc, sc)) = claim(&parts, t) {
+            let parts = claims(y.chunks_mut(per_units * unit_len));
+            // One scratch part per thread slot, locked by the one task running on it.
+            let slots: Vec<Mutex<&mut [f32]>> = scratch.chunks_mut(per_task).map(Mutex::new).collect();
+            assert!(
+                slots.len() > pool.workers(),
+                "conv scratch holds {} of {} slots",
+                slots.len(),
+                pool.workers() + 1
+            );
+            pool.run(parts.len(), &|t, slot| {
+                if let Some(yc) = claim(&parts, t) {
+                    let mut sc = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
                     let start = t * per_units;
-                    f(start..start + yc.len() / unit_len, yc, sc);
+                    f(start..start + yc.len() / unit_len, yc, &mut sc);
                 }
             });
         }
@@ -99,7 +114,7 @@ pub(crate) fn split_rows<F>(
     match kernels.pool() {
         Some(pool) if tasks > 1 => {
             let parts = claims(parts.into_iter().zip(scratch.chunks_mut(per_task)));
-            pool.run(parts.len(), &|t| {
+            pool.run(parts.len(), &|t, _| {
                 if let Some((mut pt, st)) = claim(&parts, t) {
                     f(range(t), &mut pt, st);
                 }
@@ -121,7 +136,7 @@ where
         Some(pool) if tasks > 1 => {
             let part = out.len().div_ceil(tasks).next_multiple_of(16);
             let parts = claims(out.chunks_mut(part));
-            pool.run(parts.len(), &|t| {
+            pool.run(parts.len(), &|t, _| {
                 if let Some(chunk) = claim(&parts, t) {
                     f(t * part, chunk);
                 }
@@ -213,12 +228,14 @@ mod tests {
 
     #[test]
     fn splits_into_contiguous_ranges_only_when_worth_it() {
+        // Up to two ranges per thread (3 threads here).
         let mut k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
-        assert_eq!(ranges(&k, 7, 1 << 24), vec![0..3, 3..6, 6..7]);
+        assert_eq!(ranges(&k, 12, 1 << 24), vec![0..2, 2..4, 4..6, 6..8, 8..10, 10..12]);
+        assert_eq!(ranges(&k, 7, 1 << 24), vec![0..2, 2..4, 4..6, 6..7]);
         assert_eq!(ranges(&k, 2, 1 << 24), vec![0..1, 1..2]);
         assert_eq!(ranges(&k, 7, 1), vec![0..7], "tiny work stays on one thread");
-        k.min_task_work = 1;
-        assert_eq!(ranges(&k, 7, 1), vec![0..3, 3..6, 6..7]);
+        k.min_task_work = 3;
+        assert_eq!(ranges(&k, 7, 1), vec![0..4, 4..7]);
         assert_eq!(ranges(&k, 0, 1), vec![0..0]);
         assert_eq!(ranges(&Kernels::default(), 7, 1 << 24), vec![0..7]);
     }

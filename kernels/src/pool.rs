@@ -8,6 +8,11 @@
 //! out during an inference starts within a cache-line transfer; then they park on a condvar, so
 //! an idle session costs no CPU.
 //!
+//! Tasks are claimed, not assigned: the caller and every worker take the next unclaimed task
+//! until none is left, so a worker that the OS (or a hypervisor) has not scheduled yet when a job
+//! starts does not hold the job up: the caller runs its task too, and the late worker finds the
+//! job closed. The caller waits only for tasks that were actually started.
+//!
 //! One job runs at a time: a second caller (another thread sharing the kernel set, or a task that
 //! itself splits work) runs its tasks on its own thread instead of waiting.
 
@@ -20,20 +25,30 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it parks.
 const SPIN_TIME: Duration = Duration::from_micros(500);
 
-/// A job: called once with each task index.
-type Task<'a> = dyn Fn(usize) + Sync + 'a;
+/// A job: called once with each task index, and the slot of the thread running it (0 for the
+/// caller, `1..=workers` for the workers), so a task can use per-thread scratch: no two tasks run
+/// on one slot at once.
+type Task<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
 /// State shared by the caller and the workers.
 #[derive(Default)]
 struct Shared {
-    /// Bumped once per job (and at shutdown); each worker runs every epoch once.
+    /// Bumped once per job (and at shutdown).
     epoch: AtomicU64,
-    /// The current job: a `*const &Task` on the caller's stack, valid until `pending` is 0.
+    /// The last epoch whose job is closed: every task finished, the job pointer no longer valid
+    /// for a worker that had not yet entered it.
+    closed: AtomicU64,
+    /// The current job: a `*const &Task` on the caller's stack, valid while the job is open and
+    /// for every worker counted in `active`.
     job: AtomicPtr<()>,
-    /// Tasks of the current job; worker `id` runs task `id` when `id < tasks`.
+    /// Tasks of the current job.
     tasks: AtomicUsize,
-    /// Workers that have not yet finished the current epoch.
-    pending: AtomicUsize,
+    /// The next unclaimed task of the current job (claimed by `fetch_add`; past `tasks`: none).
+    next: AtomicUsize,
+    /// Tasks of the current job that have finished.
+    done: AtomicUsize,
+    /// Workers inside the current job (between entering it and leaving it).
+    active: AtomicUsize,
     /// A worker's task panicked during the current job.
     panicked: AtomicBool,
     /// Set once, when the pool is dropped.
@@ -49,9 +64,39 @@ impl Shared {
         // The mutex guards no data, so a poisoned lock is still usable.
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Claims and runs tasks of the current job `f` on `slot` until none is left; `Err` if one
+    /// panicked.
+    fn run_tasks(&self, f: &Task<'_>, slot: usize) -> std::thread::Result<()> {
+        let tasks = self.tasks.load(Ordering::Relaxed);
+        let mut result = Ok(());
+        loop {
+            let t = self.next.fetch_add(1, Ordering::Relaxed);
+            if t >= tasks {
+                return result;
+            }
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(t, slot))) {
+                result = Err(payload);
+            }
+            // Publishes the task's writes to the caller, which acquires `done`.
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
 }
 
-/// A pool of `workers` threads; the caller's thread runs task 0 of every job itself.
+/// Spins on `until` for [`SPIN_TIME`], then yields the thread between checks.
+fn wait(until: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !until() {
+        if start.elapsed() < SPIN_TIME {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// A pool of `workers` threads; the caller's thread takes part in every job.
 pub(crate) struct WorkerPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
@@ -86,47 +131,47 @@ impl WorkerPool {
         self.handles.len()
     }
 
-    /// Runs `f(t)` for every `t < tasks` (at most `workers() + 1`), task 0 on the caller's
-    /// thread, and returns when all are done. A panic in any task is re-raised here, after every
-    /// task has finished.
+    /// Runs `f(t, slot)` once for every `t < tasks`, on whichever thread claims it first (the
+    /// caller's included), and returns when all are done. A panic in any task is re-raised here,
+    /// after every task has finished.
     pub(crate) fn run(&self, tasks: usize, f: &Task<'_>) {
-        assert!(tasks <= self.workers() + 1, "{tasks} tasks for {} workers", self.workers());
         let _busy = match self.busy.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            // Another job is running (a nested or concurrent call): run this one here.
+            // Another job is running (a nested or concurrent call): run this one here, where
+            // it is the only job using its slots.
             Err(TryLockError::WouldBlock) => {
-                (0..tasks).for_each(f);
+                (0..tasks).for_each(|t| f(t, 0));
                 return;
             }
         };
         if tasks <= 1 {
-            (0..tasks).for_each(f);
+            (0..tasks).for_each(|t| f(t, 0));
             return;
         }
         let s = &*self.shared;
         let job: *const &Task<'_> = &f;
         s.job.store(job as *mut (), Ordering::Relaxed);
         s.tasks.store(tasks, Ordering::Relaxed);
-        s.pending.store(self.workers(), Ordering::Relaxed);
+        s.next.store(0, Ordering::Relaxed);
+        s.done.store(0, Ordering::Relaxed);
         // Publishes the stores above to every worker that sees the new epoch. SeqCst pairs with
         // the parking worker's SeqCst increment of `sleeping` (see `work`), so either this thread
         // sees a parked worker and notifies it, or that worker sees the new epoch.
-        s.epoch.fetch_add(1, Ordering::SeqCst);
+        let epoch = s.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         if s.sleeping.load(Ordering::SeqCst) > 0 {
             let _g = s.lock();
             s.wake.notify_all();
         }
-        let mine = panic::catch_unwind(AssertUnwindSafe(|| f(0)));
-        // Wait even if task 0 panicked: workers may still be using what `f` borrows.
-        let start = Instant::now();
-        while s.pending.load(Ordering::Acquire) != 0 {
-            if start.elapsed() < SPIN_TIME {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        let mine = s.run_tasks(f, 0);
+        // Every task is claimed; wait for the ones workers are still running (even if one of
+        // this thread's panicked: they may be using what `f` borrows).
+        wait(|| s.done.load(Ordering::Acquire) == tasks);
+        // Close the job, then wait for the workers inside it to leave. SeqCst pairs with the
+        // worker's SeqCst increment of `active` and load of `closed`: either this thread sees the
+        // worker inside and waits for it, or the worker sees the job closed and never reads `job`.
+        s.closed.store(epoch, Ordering::SeqCst);
+        wait(|| s.active.load(Ordering::SeqCst) == 0);
         if let Err(payload) = mine {
             panic::resume_unwind(payload);
         }
@@ -153,9 +198,9 @@ impl Drop for WorkerPool {
     }
 }
 
-/// Worker `id`'s loop: wait for a new epoch (spinning, then parked), run task `id` if the job
-/// has one, acknowledge; until shutdown.
-fn work(s: &Shared, id: usize) {
+/// Worker `slot`'s loop: wait for a new epoch (spinning, then parked), take tasks of its job
+/// while it is open; until shutdown.
+fn work(s: &Shared, slot: usize) {
     let mut seen = 0u64;
     loop {
         let idle_since = Instant::now();
@@ -182,18 +227,23 @@ fn work(s: &Shared, id: usize) {
         if s.shutdown.load(Ordering::Acquire) {
             return;
         }
-        if id < s.tasks.load(Ordering::Relaxed) {
+        s.active.fetch_add(1, Ordering::SeqCst);
+        // Epochs only grow: a job closed at or after `seen` may already be gone, and so may a
+        // later job's pointer in `job`.
+        if s.closed.load(Ordering::SeqCst) < seen {
             let job = s.job.load(Ordering::Relaxed) as *const &Task<'_>;
-            // SAFETY: the caller stored a pointer to its `&Task` before bumping the epoch (which
-            // this thread acquired above) and does not return, so the reference and everything
-            // it borrows stay alive, until `pending` reaches 0, which needs this worker's
-            // decrement below. Jobs never overlap (`busy`), so the pointer is this epoch's.
+            // SAFETY: job `seen` was not closed after this worker entered `active` (the SeqCst
+            // pair with the caller's store of `closed`), so its caller is still waiting for
+            // `active` to reach 0 and cannot have started a later job (jobs never overlap:
+            // `busy`): `job` holds job `seen`'s pointer (stored before its epoch was bumped, which
+            // this thread acquired), and the `&Task` and everything it borrows stay alive until
+            // this worker's decrement below.
             let f: &Task<'_> = unsafe { *job };
-            if panic::catch_unwind(AssertUnwindSafe(|| f(id))).is_err() {
+            if s.run_tasks(f, slot).is_err() {
                 s.panicked.store(true, Ordering::Relaxed);
             }
         }
-        s.pending.fetch_sub(1, Ordering::Release);
+        s.active.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -209,7 +259,7 @@ mod tests {
         let counts: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
         for job in 0..2000 {
             let tasks = 1 + job % 4;
-            pool.run(tasks, &|t| {
+            pool.run(tasks, &|t, _| {
                 counts[t].fetch_add(1, Ordering::Relaxed);
             });
         }
@@ -224,7 +274,7 @@ mod tests {
             // Longer than SPIN_TIME: the workers park before the job arrives.
             std::thread::sleep(SPIN_TIME * 4);
             let sum = AtomicUsize::new(0);
-            pool.run(3, &|t| {
+            pool.run(3, &|t, _| {
                 sum.fetch_add(t + 1, Ordering::Relaxed);
             });
             assert_eq!(sum.load(Ordering::Relaxed), 6);
@@ -236,7 +286,7 @@ mod tests {
         let pool = WorkerPool::new(2).unwrap();
         let input: Vec<u64> = (0..3000).collect();
         let parts: Vec<Mutex<u64>> = (0..3).map(|_| Mutex::new(0)).collect();
-        pool.run(3, &|t| {
+        pool.run(3, &|t, _| {
             *parts[t].lock().unwrap() = input[t * 1000..(t + 1) * 1000].iter().sum();
         });
         let total: u64 = parts.iter().map(|p| *p.lock().unwrap()).sum();
@@ -249,7 +299,7 @@ mod tests {
         for bad in 0..3 {
             let finished = AtomicUsize::new(0);
             let result = panic::catch_unwind(AssertUnwindSafe(|| {
-                pool.run(3, &|t| {
+                pool.run(3, &|t, _| {
                     if t == bad {
                         panic!("task {t} fails");
                     }
@@ -260,7 +310,7 @@ mod tests {
             assert_eq!(finished.load(Ordering::Relaxed), 2);
         }
         let ran = AtomicUsize::new(0);
-        pool.run(3, &|_| {
+        pool.run(3, &|_, _| {
             ran.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(ran.load(Ordering::Relaxed), 3);
@@ -270,9 +320,9 @@ mod tests {
     fn nested_and_concurrent_jobs_run_without_deadlock() {
         let pool = Arc::new(WorkerPool::new(2).unwrap());
         let inner = AtomicUsize::new(0);
-        pool.run(3, &|_| {
+        pool.run(3, &|_, _| {
             // The pool is busy: the nested job runs on this thread.
-            pool.run(2, &|_| {
+            pool.run(2, &|_, _| {
                 inner.fetch_add(1, Ordering::Relaxed);
             });
         });
@@ -283,7 +333,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let n = AtomicUsize::new(0);
                     for _ in 0..200 {
-                        pool.run(3, &|_| {
+                        pool.run(3, &|_, _| {
                             n.fetch_add(1, Ordering::Relaxed);
                         });
                     }
@@ -297,8 +347,20 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "tasks for")]
-    fn more_tasks_than_threads_is_a_caller_bug() {
-        WorkerPool::new(1).unwrap().run(3, &|_| {});
+    fn more_tasks_than_threads_each_run_once_with_one_slot_per_thread_at_a_time() {
+        let pool = WorkerPool::new(2).unwrap();
+        let in_use: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        for tasks in [2, 5, 17] {
+            let ran: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..200 {
+                pool.run(tasks, &|t, slot| {
+                    assert_eq!(in_use[slot].fetch_add(1, Ordering::SeqCst), 0, "slot {slot} shared");
+                    ran[t].fetch_add(1, Ordering::Relaxed);
+                    std::hint::black_box((0..200 * (t % 3)).sum::<usize>());
+                    in_use[slot].fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            assert!(ran.iter().all(|r| r.load(Ordering::Relaxed) == 200), "{tasks} tasks");
+        }
     }
 }
