@@ -8,10 +8,12 @@
 //! out during an inference starts within a cache-line transfer; then they park on a condvar, so
 //! an idle session costs no CPU.
 //!
-//! Tasks are claimed, not assigned: the caller and every worker take the next unclaimed task
-//! until none is left, so a worker that the OS (or a hypervisor) has not scheduled yet when a job
-//! starts does not hold the job up: the caller runs its task too, and the late worker finds the
-//! job closed. The caller waits only for tasks that were actually started.
+//! Tasks are claimed, not assigned: each thread first takes the unclaimed tasks of its own share
+//! (a contiguous block, so a thread keeps producing the same part of the output from layer to
+//! layer, which the next layer then finds in that core's cache), then those left in the other
+//! shares. A worker that the OS (or a hypervisor) has not scheduled yet when a job starts does
+//! not hold the job up: the others run its share, and the late worker finds the job closed. The
+//! caller waits only for tasks that were actually started.
 //!
 //! One job runs at a time: a second caller (another thread sharing the kernel set, or a task that
 //! itself splits work) runs its tasks on its own thread instead of waiting.
@@ -31,7 +33,6 @@ const SPIN_TIME: Duration = Duration::from_micros(500);
 type Task<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
 /// State shared by the caller and the workers.
-#[derive(Default)]
 struct Shared {
     /// Bumped once per job (and at shutdown).
     epoch: AtomicU64,
@@ -41,10 +42,8 @@ struct Shared {
     /// The current job: a `*const &Task` on the caller's stack, valid while the job is open and
     /// for every worker counted in `active`.
     job: AtomicPtr<()>,
-    /// Tasks of the current job.
-    tasks: AtomicUsize,
-    /// The next unclaimed task of the current job (claimed by `fetch_add`; past `tasks`: none).
-    next: AtomicUsize,
+    /// Each thread's share of the current job's tasks (slot 0 is the caller's).
+    shares: Vec<Share>,
     /// Tasks of the current job that have finished.
     done: AtomicUsize,
     /// Workers inside the current job (between entering it and leaving it).
@@ -65,23 +64,37 @@ impl Shared {
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Claims and runs tasks of the current job `f` on `slot` until none is left; `Err` if one
-    /// panicked.
+    /// Claims and runs tasks of the current job `f` on `slot` until none is left, its own share
+    /// first, then the others' in turn; `Err` if one panicked.
     fn run_tasks(&self, f: &Task<'_>, slot: usize) -> std::thread::Result<()> {
-        let tasks = self.tasks.load(Ordering::Relaxed);
+        let n = self.shares.len();
         let mut result = Ok(());
-        loop {
-            let t = self.next.fetch_add(1, Ordering::Relaxed);
-            if t >= tasks {
-                return result;
+        for share in (0..n).map(|i| &self.shares[(slot + i) % n]) {
+            let end = share.end.load(Ordering::Relaxed);
+            loop {
+                let t = share.next.fetch_add(1, Ordering::Relaxed);
+                if t >= end {
+                    break;
+                }
+                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(t, slot))) {
+                    result = Err(payload);
+                }
+                // Publishes the task's writes to the caller, which acquires `done`.
+                self.done.fetch_add(1, Ordering::Release);
             }
-            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(t, slot))) {
-                result = Err(payload);
-            }
-            // Publishes the task's writes to the caller, which acquires `done`.
-            self.done.fetch_add(1, Ordering::Release);
         }
+        result
     }
+}
+
+/// One thread's share of a job: tasks `next..end` are unclaimed (claimed by `fetch_add` on
+/// `next`, by the owner or another thread). Aligned to a cache line, so claims in one share do
+/// not slow another's.
+#[derive(Default)]
+#[repr(align(64))]
+struct Share {
+    next: AtomicUsize,
+    end: AtomicUsize,
 }
 
 /// Spins on `until` for [`SPIN_TIME`], then yields the thread between checks.
@@ -113,7 +126,19 @@ impl std::fmt::Debug for WorkerPool {
 impl WorkerPool {
     /// Starts `workers` threads named `pith-worker-<i>`.
     pub(crate) fn new(workers: usize) -> std::io::Result<WorkerPool> {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            shares: (0..=workers).map(|_| Share::default()).collect(),
+            done: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            sleeping: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
         let mut pool = WorkerPool { shared, handles: Vec::with_capacity(workers), busy: Mutex::new(()) };
         for id in 1..=workers {
             let shared = Arc::clone(&pool.shared);
@@ -152,8 +177,13 @@ impl WorkerPool {
         let s = &*self.shared;
         let job: *const &Task<'_> = &f;
         s.job.store(job as *mut (), Ordering::Relaxed);
-        s.tasks.store(tasks, Ordering::Relaxed);
-        s.next.store(0, Ordering::Relaxed);
+        // Contiguous shares, as even as the count allows; with fewer tasks than threads the
+        // caller's is never empty.
+        let n = s.shares.len();
+        for (i, share) in s.shares.iter().enumerate() {
+            share.next.store((i * tasks).div_ceil(n), Ordering::Relaxed);
+            share.end.store(((i + 1) * tasks).div_ceil(n), Ordering::Relaxed);
+        }
         s.done.store(0, Ordering::Relaxed);
         // Publishes the stores above to every worker that sees the new epoch. SeqCst pairs with
         // the parking worker's SeqCst increment of `sleeping` (see `work`), so either this thread
