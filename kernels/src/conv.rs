@@ -17,7 +17,7 @@ use std::ops::Range;
 use pith_format::TensorView;
 
 use crate::arch::{
-    DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, DepthwiseS2, DepthwiseS2Fn, Isa, PLANE_LANES,
+    DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, Isa, PLANE_LANES,
 };
 use crate::parallel::{split_rows, split_units};
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
@@ -263,13 +263,16 @@ pub fn conv2d(
                 // A depthwise multiply-add takes several times a dense one's time, so
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
-                let s2 = stride_2_kernel(kernels.isa(), p).zip(direct_store(act)).filter(|_| rb.is_none());
+                let in_place =
+                    in_place_kernel(kernels.isa(), p).zip(direct_store(act)).filter(|_| rb.is_none());
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                    match (&flat, s2) {
+                    match (&flat, in_place) {
                         (Some((kernel, plane, clamp)), _) => {
                             layer.depthwise_plane(*kernel, plane, *clamp, xb, ocs, ys, s)
                         }
-                        (None, Some((kernel, clamp))) => layer.depthwise_s2(kernel, clamp, xb, ocs, ys, s),
+                        (None, Some((kernel, clamp))) => {
+                            layer.depthwise_in_place(kernel, clamp, xb, ocs, ys, s)
+                        }
                         (None, None) => {
                             let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
                             layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
@@ -497,13 +500,14 @@ impl Layer<'_, '_> {
 }
 
 impl Layer<'_, '_> {
-    /// Stride-2 depthwise filters `ocs` of image `xb` into `y` (their planes, back to back) with
-    /// `kernel` ([`Isa::depthwise_s2`]): each filter runs over its channel's input plane as it
-    /// lies, straight into the output plane, starting from the bias and clamped to `clamp`.
+    /// Depthwise filters `ocs` of image `xb` into `y` (their planes, back to back) with `kernel`
+    /// ([`Isa::depthwise_s1`] or [`Isa::depthwise_s2`]): each filter runs over its channel's input
+    /// plane as it lies, straight into the output plane, starting from the bias and clamped to
+    /// `clamp`.
     #[allow(clippy::too_many_arguments)]
-    fn depthwise_s2(
+    fn depthwise_in_place(
         &self,
-        kernel: DepthwiseS2Fn,
+        kernel: DepthwiseInPlaceFn,
         clamp: Option<[f32; 2]>,
         xb: &[f32],
         ocs: Range<usize>,
@@ -516,7 +520,7 @@ impl Layer<'_, '_> {
         for (oc, out) in ocs.zip(y.chunks_exact_mut(out_plane)) {
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
             self.rows.decode(oc, filter);
-            let shape = DepthwiseS2 {
+            let shape = DepthwiseInPlace {
                 kh: p.k_h,
                 kw: p.k_w,
                 in_h: p.in_h,
@@ -581,19 +585,22 @@ impl Layer<'_, '_> {
     }
 }
 
-/// Whether a layer is a stride-2 depthwise convolution that [`Isa::depthwise_s2`] takes:
-/// one input channel per group, stride 2 both ways, undilated, at most
-/// [`crate::arch::DEPTHWISE_S2_MAX_ROWS`] filter rows.
-fn stride_2_depthwise(p: &Conv2dParams) -> bool {
+/// Whether a layer is a depthwise convolution that [`Isa::depthwise_s1`] or
+/// [`Isa::depthwise_s2`] takes: one input channel per group, stride 1 or 2 both ways, undilated,
+/// at most [`crate::arch::DEPTHWISE_IN_PLACE_MAX_ROWS`] filter rows.
+fn in_place_depthwise(p: &Conv2dParams) -> bool {
     p.in_per_group() == 1
-        && (p.stride_h, p.stride_w, p.dil_h, p.dil_w) == (2, 2, 1, 1)
-        && (1..=crate::arch::DEPTHWISE_S2_MAX_ROWS).contains(&p.k_h)
+        && matches!((p.stride_h, p.stride_w), (1, 1) | (2, 2))
+        && (p.dil_h, p.dil_w) == (1, 1)
+        && (1..=crate::arch::DEPTHWISE_IN_PLACE_MAX_ROWS).contains(&p.k_h)
         && p.k_w >= 1
 }
 
-/// The path's stride-2 depthwise kernel, when it has one and the layer suits it.
-fn stride_2_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseS2Fn> {
-    isa.depthwise_s2.filter(|_| stride_2_depthwise(p))
+/// The path's in-place depthwise kernel for the layer's stride, when it has one and the layer
+/// suits it.
+fn in_place_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseInPlaceFn> {
+    let kernel = if p.stride_h == 1 { isa.depthwise_s1 } else { isa.depthwise_s2 };
+    kernel.filter(|_| in_place_depthwise(p))
 }
 
 /// Most output elements of a plane that [`Isa::depthwise_plane`] takes: its masks, built per
@@ -997,7 +1004,7 @@ mod tests {
         for case in 0..150 {
             let big = (case % 10 == 0).then_some([41, 38]);
             let Some(p) = random_depthwise(&mut rng, 2, [5, 7], [12, 14], big) else { continue };
-            assert!(stride_2_depthwise(&p));
+            assert!(in_place_depthwise(&p));
             cases += 1;
             let kind = kinds[case % kinds.len()];
             check_all_paths(&mut rng, &sets, &p, kind, case % 2 == 0);

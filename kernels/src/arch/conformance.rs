@@ -1,6 +1,6 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
-use super::{scalar, DepthwisePlane, DepthwiseRows, DepthwiseS2, Isa};
+use super::{scalar, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, Isa};
 use crate::testutil::Rng;
 use crate::Conv2dParams;
 
@@ -132,59 +132,67 @@ fn depthwise_rows_matches_scalar() {
 }
 
 #[test]
-fn depthwise_s2_matches_the_reference() {
+fn depthwise_in_place_matches_the_reference() {
     // Pads up to past the filter, planes smaller than the filter, outputs reaching past the
-    // input, widths across one and two 16-column strips.
+    // input, widths across one, two and three 16-column vectors.
     let mut rng = Rng::new(29);
     for isa in Isa::available() {
-        let Some(kernel) = isa.depthwise_s2 else { continue };
-        for case in 0..400 {
-            let (kh, kw) = (1 + rng.below(super::DEPTHWISE_S2_MAX_ROWS), 1 + rng.below(7));
-            let (in_h, in_w) = (1 + rng.below(20), 1 + case % 71);
-            let (pad_top, pad_left) = (rng.below(kh + 1), rng.below(kw + 1));
-            let out_h = (in_h + pad_top + rng.below(kh + 1)).saturating_sub(kh) / 2 + 1;
-            let out_w = (in_w + pad_left + rng.below(kw + 1)).saturating_sub(kw) / 2 + 1;
-            let clamp = match case % 4 {
-                0 => Some([0.0, f32::INFINITY]),
-                1 => Some([-0.5, 0.75]),
-                _ => None,
-            };
-            let init = if case % 2 == 0 { 0.0 } else { rng.vec(1)[0] };
-            let shape = DepthwiseS2 { kh, kw, in_h, in_w, pad_top, pad_left, out_h, out_w, init, clamp };
-            let (spare_w, spare_y) = (rng.below(3), rng.below(20));
-            let w = rng.vec(kh * kw + spare_w);
-            let x = rng.vec(in_h * in_w);
-            let y0 = rng.vec(out_h * out_w + spare_y);
-            let (mut want, mut got) = (y0.clone(), y0.clone());
-            scalar::depthwise_s2(&w, &x, &mut want, shape);
-            kernel(&w, &x, &mut got, shape);
-            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ok = if idx < out_h * out_w { close(*g, *w, (kh * kw) as f32 + 1.0) } else { g == w };
-                assert!(ok, "{} {shape:?} at {idx}: {g} vs {w}", isa.name);
+        type Reference = fn(&[f32], &[f32], &mut [f32], DepthwiseInPlace);
+        let kernels: [(usize, _, Reference); 2] =
+            [(1, isa.depthwise_s1, scalar::depthwise_s1), (2, isa.depthwise_s2, scalar::depthwise_s2)];
+        for (stride, kernel, reference) in kernels {
+            let Some(kernel) = kernel else { continue };
+            for case in 0..400 {
+                let (kh, kw) = (1 + rng.below(super::DEPTHWISE_IN_PLACE_MAX_ROWS), 1 + rng.below(7));
+                let (in_h, in_w) = (1 + rng.below(20), 1 + case % 71);
+                let (pad_top, pad_left) = (rng.below(kh + 1), rng.below(kw + 1));
+                let out_h = (in_h + pad_top + rng.below(kh + 1)).saturating_sub(kh) / stride + 1;
+                let out_w = (in_w + pad_left + rng.below(kw + 1)).saturating_sub(kw) / stride + 1;
+                let clamp = match case % 4 {
+                    0 => Some([0.0, f32::INFINITY]),
+                    1 => Some([-0.5, 0.75]),
+                    _ => None,
+                };
+                let init = if case % 2 == 0 { 0.0 } else { rng.vec(1)[0] };
+                let shape =
+                    DepthwiseInPlace { kh, kw, in_h, in_w, pad_top, pad_left, out_h, out_w, init, clamp };
+                let (spare_w, spare_y) = (rng.below(3), rng.below(20));
+                let w = rng.vec(kh * kw + spare_w);
+                let x = rng.vec(in_h * in_w);
+                let y0 = rng.vec(out_h * out_w + spare_y);
+                let (mut want, mut got) = (y0.clone(), y0.clone());
+                reference(&w, &x, &mut want, shape);
+                kernel(&w, &x, &mut got, shape);
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let ok = if idx < out_h * out_w { close(*g, *w, (kh * kw) as f32 + 1.0) } else { g == w };
+                    assert!(ok, "{} stride {stride} {shape:?} at {idx}: {g} vs {w}", isa.name);
+                }
             }
+            let shape = DepthwiseInPlace {
+                kh: 3,
+                kw: 3,
+                in_h: 4,
+                in_w: 9,
+                pad_top: 1,
+                pad_left: 1,
+                out_h: 2,
+                out_w: 5,
+                init: 0.0,
+                clamp: None,
+            };
+            let (w, x) = (vec![1.0; 9], vec![1.0; 4 * 9]);
+            for (what, w, x, len) in [
+                ("weights", &w[..8], &x[..], 10),
+                ("input", &w[..], &x[..35], 10),
+                ("output", &w[..], &x[..], 9),
+            ] {
+                let short = std::panic::catch_unwind(|| kernel(w, x, &mut vec![0.0; len], shape));
+                assert!(short.is_err(), "{} stride {stride}: short {what} must panic", isa.name);
+            }
+            let tall = DepthwiseInPlace { kh: super::DEPTHWISE_IN_PLACE_MAX_ROWS + 1, ..shape };
+            let too_tall = std::panic::catch_unwind(|| kernel(&[0.0; 18], &x, &mut [0.0; 10], tall));
+            assert!(too_tall.is_err(), "{} stride {stride}: a filter past the tallest must panic", isa.name);
         }
-        let shape = DepthwiseS2 {
-            kh: 3,
-            kw: 3,
-            in_h: 4,
-            in_w: 9,
-            pad_top: 1,
-            pad_left: 1,
-            out_h: 2,
-            out_w: 5,
-            init: 0.0,
-            clamp: None,
-        };
-        let (w, x) = (vec![1.0; 9], vec![1.0; 4 * 9]);
-        for (what, w, x, len) in
-            [("weights", &w[..8], &x[..], 10), ("input", &w[..], &x[..35], 10), ("output", &w[..], &x[..], 9)]
-        {
-            let short = std::panic::catch_unwind(|| kernel(w, x, &mut vec![0.0; len], shape));
-            assert!(short.is_err(), "{}: short {what} must panic", isa.name);
-        }
-        let tall = DepthwiseS2 { kh: super::DEPTHWISE_S2_MAX_ROWS + 1, ..shape };
-        let too_tall = std::panic::catch_unwind(|| kernel(&[0.0; 18], &x, &mut [0.0; 10], tall));
-        assert!(too_tall.is_err(), "{}: a filter past the tallest must panic", isa.name);
     }
 }
 

@@ -102,19 +102,27 @@ pub struct Isa {
     /// # Panics
     /// If `w`, `b` or `c` is shorter than the shape needs.
     pub depthwise_rows: DepthwiseFn,
-    /// One depthwise filter `w` at stride 2 in both directions over one whole input plane `x`
-    /// (unpadded, rows `in_w` apart) into output plane `y` (rows `out_w` apart), as a
-    /// [`DepthwiseS2`] describes: `y[r * out_w + j] = init + sum w[ky * kw + kx] * x(2r + ky -
-    /// pad_top, 2j + kx - pad_left)`, where `x(i, c)` outside the plane is zero, clamped as
-    /// [`DepthwiseS2::clamp`] says, for filters of at most [`DEPTHWISE_S2_MAX_ROWS`] rows. The x86
-    /// AVX-512 path loads each input row in place under column masks (so the layer needs neither
-    /// a padded nor a stride-phase copy of its input) and splits even and odd columns in
-    /// registers; `None` on paths without such a kernel, which use the stride-phase planes and
-    /// [`Isa::gemm_rows_at`].
+    /// One depthwise filter `w` at stride 1 over one whole input plane `x` (unpadded, rows `in_w`
+    /// apart) into output plane `y` (rows `out_w` apart), as a [`DepthwiseInPlace`] describes:
+    /// `y[r * out_w + j] = init + sum w[ky * kw + kx] * x(r + ky - pad_top, j + kx - pad_left)`,
+    /// where `x(i, c)` outside the plane is zero, clamped as [`DepthwiseInPlace::clamp`] says, for
+    /// filters of at most [`DEPTHWISE_IN_PLACE_MAX_ROWS`] rows: [`Isa::depthwise_rows`]' register
+    /// tiles, reading each input row in place under column masks instead of from a zero-padded
+    /// copy. `None` on paths without masked loads, which pad the rows and use
+    /// [`Isa::depthwise_rows`].
     ///
     /// # Panics
     /// If `w`, `x` or `y` is shorter than the shape needs, or the filter is too tall.
-    pub depthwise_s2: Option<DepthwiseS2Fn>,
+    pub depthwise_s1: Option<DepthwiseInPlaceFn>,
+    /// [`Isa::depthwise_s1`] at stride 2 in both directions: `y[r * out_w + j] = init + sum
+    /// w[ky * kw + kx] * x(2r + ky - pad_top, 2j + kx - pad_left)`. The x86 AVX-512 path loads
+    /// each input row in place under column masks (so the layer needs neither a padded nor a
+    /// stride-phase copy of its input) and splits even and odd columns in registers; `None` on
+    /// paths without such a kernel, which use the stride-phase planes and [`Isa::gemm_rows_at`].
+    ///
+    /// # Panics
+    /// If `w`, `x` or `y` is shorter than the shape needs, or the filter is too tall.
+    pub depthwise_s2: Option<DepthwiseInPlaceFn>,
     /// One depthwise filter `w` at stride 1 over one whole input plane `x` into output plane `y`,
     /// as a [`DepthwisePlane`] describes: `y[i] = init + sum_t w[t] * x[i + offset(t)]` over the
     /// taps `t` whose input element exists, clamped as [`DepthwiseRows::clamp`] says, for every
@@ -136,17 +144,18 @@ pub type DepthwisePlaneFn =
 /// shape.
 pub type DepthwiseFn = fn(w: &[f32], b: &[f32], c: &mut [f32], shape: DepthwiseRows);
 
-/// The form of [`Isa::depthwise_s2`]: filter `w`, input plane `x`, output plane `y`, and their
-/// shape.
-pub type DepthwiseS2Fn = fn(w: &[f32], x: &[f32], y: &mut [f32], shape: DepthwiseS2);
+/// The form of [`Isa::depthwise_s1`] and [`Isa::depthwise_s2`]: filter `w`, input plane `x`,
+/// output plane `y`, and their shape.
+pub type DepthwiseInPlaceFn = fn(w: &[f32], x: &[f32], y: &mut [f32], shape: DepthwiseInPlace);
 
-/// Tallest filter [`Isa::depthwise_s2`] takes.
-pub const DEPTHWISE_S2_MAX_ROWS: usize = 5;
+/// Tallest filter [`Isa::depthwise_s1`] and [`Isa::depthwise_s2`] take.
+pub const DEPTHWISE_IN_PLACE_MAX_ROWS: usize = 5;
 
-/// Shape of one [`Isa::depthwise_s2`] call: one channel's filter over its whole plane.
+/// Shape of one [`Isa::depthwise_s1`] or [`Isa::depthwise_s2`] call: one channel's filter over
+/// its whole plane, read in place.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DepthwiseS2 {
-    /// Filter rows (1 to [`DEPTHWISE_S2_MAX_ROWS`]).
+pub struct DepthwiseInPlace {
+    /// Filter rows (1 to [`DEPTHWISE_IN_PLACE_MAX_ROWS`]).
     pub kh: usize,
     /// Filter columns.
     pub kw: usize,
@@ -169,18 +178,24 @@ pub struct DepthwiseS2 {
     pub clamp: Option<[f32; 2]>,
 }
 
-/// Checks [`Isa::depthwise_s2`] operands (panicking on a caller bug); `false` when there is
-/// nothing to compute.
-pub(crate) fn depthwise_s2_check(w: &[f32], x: &[f32], y: &[f32], s: &DepthwiseS2) -> bool {
+/// Checks [`Isa::depthwise_s1`] / [`Isa::depthwise_s2`] operands (panicking on a caller bug);
+/// `false` when there is nothing to compute.
+pub(crate) fn depthwise_in_place_check(w: &[f32], x: &[f32], y: &[f32], s: &DepthwiseInPlace) -> bool {
     assert!(
-        (1..=DEPTHWISE_S2_MAX_ROWS).contains(&s.kh) && s.kw >= 1,
-        "depthwise_s2: a {}x{} filter is not supported",
+        (1..=DEPTHWISE_IN_PLACE_MAX_ROWS).contains(&s.kh) && s.kw >= 1,
+        "depthwise in place: a {}x{} filter is not supported",
         s.kh,
         s.kw
     );
-    assert!(w.len() >= s.kh * s.kw, "depthwise_s2: {} weights for a {}x{} filter", w.len(), s.kh, s.kw);
-    assert!(x.len() >= s.in_h * s.in_w, "depthwise_s2: input of {} < {}x{}", x.len(), s.in_h, s.in_w);
-    assert!(y.len() >= s.out_h * s.out_w, "depthwise_s2: output of {} < {}x{}", y.len(), s.out_h, s.out_w);
+    assert!(w.len() >= s.kh * s.kw, "depthwise in place: {} weights for a {}x{} filter", w.len(), s.kh, s.kw);
+    assert!(x.len() >= s.in_h * s.in_w, "depthwise in place: input of {} < {}x{}", x.len(), s.in_h, s.in_w);
+    assert!(
+        y.len() >= s.out_h * s.out_w,
+        "depthwise in place: output of {} < {}x{}",
+        y.len(),
+        s.out_h,
+        s.out_w
+    );
     s.out_h > 0 && s.out_w > 0
 }
 

@@ -1,6 +1,6 @@
 //! The portable reference path: plain loops the compiler may auto-vectorise.
 
-use super::{DepthwisePlane, DepthwiseRows, DepthwiseS2, Isa};
+use super::{DepthwiseInPlace, DepthwisePlane, DepthwiseRows, Isa};
 
 /// The scalar path's micro-kernels.
 pub const ISA: Isa = Isa {
@@ -17,6 +17,7 @@ pub const ISA: Isa = Isa {
     gemv_prepare,
     dot_packed_rows,
     depthwise_rows,
+    depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
 };
@@ -86,15 +87,27 @@ pub fn depthwise_rows(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
     }
 }
 
+/// The reference of [`Isa::depthwise_s1`] (no scalar path uses it: without masked loads the
+/// padded rows of [`Isa::depthwise_rows`] are faster).
+pub fn depthwise_s1(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    depthwise_in_place(1, w, x, y, s)
+}
+
 /// The reference of [`Isa::depthwise_s2`] (no scalar path uses it: without a SIMD kernel the
 /// stride-phase planes are faster).
-pub fn depthwise_s2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseS2) {
-    if !super::depthwise_s2_check(w, x, y, &s) {
+pub fn depthwise_s2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    depthwise_in_place(2, w, x, y, s)
+}
+
+/// [`depthwise_s1`] / [`depthwise_s2`] at `stride`.
+fn depthwise_in_place(stride: usize, w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    if !super::depthwise_in_place_check(w, x, y, &s) {
         return;
     }
-    // Input coordinate `2 * out + k - pad`, if inside `0..len`.
-    let at =
-        |out: usize, k: usize, pad: usize, len: usize| (2 * out + k).checked_sub(pad).filter(|&i| i < len);
+    // Input coordinate `stride * out + k - pad`, if inside `0..len`.
+    let at = |out: usize, k: usize, pad: usize, len: usize| {
+        (stride * out + k).checked_sub(pad).filter(|&i| i < len)
+    };
     for (r, row) in y[..s.out_h * s.out_w].chunks_exact_mut(s.out_w).enumerate() {
         for (j, out) in row.iter_mut().enumerate() {
             let mut sum = s.init;

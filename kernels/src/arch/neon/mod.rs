@@ -31,6 +31,7 @@ const ISA: Isa = Isa {
     gemv_prepare: super::scalar::gemv_prepare,
     dot_packed_rows,
     depthwise_rows: depthwise::depthwise_rows,
+    depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
 };

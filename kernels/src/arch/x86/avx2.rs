@@ -24,6 +24,7 @@ pub(super) const ISA: Isa = Isa {
     gemv_prepare,
     dot_packed_rows,
     depthwise_rows: super::depthwise::depthwise_rows_avx2,
+    depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
 };

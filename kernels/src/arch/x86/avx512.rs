@@ -24,6 +24,7 @@ pub(super) const ISA: Isa = Isa {
     gemv_prepare,
     dot_packed_rows,
     depthwise_rows: super::depthwise::depthwise_rows_avx512,
+    depthwise_s1: Some(super::depthwise::depthwise_s1_avx512),
     depthwise_s2: Some(super::depthwise::depthwise_s2_avx512),
     depthwise_plane: Some(super::depthwise::depthwise_plane_avx512),
 };

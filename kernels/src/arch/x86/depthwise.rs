@@ -9,7 +9,8 @@ use super::{avx2::lane_mask as mask8, avx512::lane_mask as mask16};
 use crate::arch::depthwise::TILE_ROWS;
 use crate::arch::PLANE_LANES;
 use crate::arch::{
-    depthwise_s2_check, depthwise_tiles, DepthwisePlane, DepthwiseRows, DepthwiseS2, DepthwiseTile as Tile,
+    depthwise_in_place_check, depthwise_tiles, DepthwiseInPlace, DepthwisePlane, DepthwiseRows,
+    DepthwiseTile as Tile,
 };
 
 /// AVX-512 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
@@ -163,38 +164,63 @@ unsafe fn strip256<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
     }
 }
 
+/// AVX-512 [`Isa::depthwise_s1`](crate::arch::Isa::depthwise_s1): [`TILE_ROWS`] output rows at a
+/// time, 32 output columns (two vectors per row) per strip, the input read in place.
+pub(super) fn depthwise_s1_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    in_place_tiles(1, w, x, y, s, |blk, t| {
+        // SAFETY: see `in_place_tiles`.
+        unsafe { depthwise_dispatch!(tile512_s1, blk, t) }
+    });
+}
+
 /// AVX-512 [`Isa::depthwise_s2`](crate::arch::Isa::depthwise_s2): [`TILE_ROWS`] output rows at a
 /// time, 16 output columns per vector, the input read in place.
-pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseS2) {
-    if !depthwise_s2_check(w, x, y, &s) {
+pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    in_place_tiles(2, w, x, y, s, |blk, t| {
+        // SAFETY: see `in_place_tiles`.
+        unsafe { depthwise_dispatch!(tile512_s2, blk, t) }
+    });
+}
+
+/// Checks an in-place depthwise call and hands `run` each register tile of [`TILE_ROWS`] output
+/// rows at `stride`, as a block (for the dispatch) and its [`InPlaceTile`]. `run` may call an
+/// AVX-512 tile on it: both drivers are only in the AVX-512 table, handed out after AVX-512 F was
+/// detected; the check asserted the filter, the input plane and the output plane, and a tile
+/// writes output rows `r0 .. r0 + rows` (< out_h) and reads only input elements inside the plane.
+fn in_place_tiles(
+    stride: usize,
+    w: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    s: DepthwiseInPlace,
+    mut run: impl FnMut(crate::arch::DepthwiseBlock, InPlaceTile),
+) {
+    if !depthwise_in_place_check(w, x, y, &s) {
         return;
     }
     let mut r0 = 0;
     while r0 < s.out_h {
         let rows = (s.out_h - r0).min(TILE_ROWS);
-        let t = S2Tile {
+        let t = InPlaceTile {
             w: w.as_ptr(),
             x: x.as_ptr(),
             // SAFETY: r0 < out_h, and the check asserted `y` holds out_h rows of out_w.
             y: unsafe { y.as_mut_ptr().add(r0 * s.out_w) },
-            first_row: (2 * r0) as isize - s.pad_top as isize,
+            first_row: (stride * r0) as isize - s.pad_top as isize,
             shape: s,
         };
-        let blk =
-            crate::arch::DepthwiseBlock { w: 0, kh: s.kh, b: 0, c: 0, rows, accumulate: false, last: true };
-        // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F was
-        // detected; the check asserted the filter, the input plane and the output plane, and
-        // the tile writes output rows r0 .. r0 + rows (< out_h) and reads only input elements
-        // inside the plane (see `tile512_s2`).
-        unsafe { depthwise_dispatch!(tile512_s2, blk, t) }
+        run(
+            crate::arch::DepthwiseBlock { w: 0, kh: s.kh, b: 0, c: 0, rows, accumulate: false, last: true },
+            t,
+        );
         r0 += rows;
     }
 }
 
-/// One register tile of [`depthwise_s2_avx512`]: its output rows' filter, input plane and
-/// output, as raw pointers (what the `#[target_feature]` tile takes).
+/// One register tile of an in-place depthwise call: its output rows' filter, input plane and
+/// output, as raw pointers (what the `#[target_feature]` tiles take).
 #[derive(Clone, Copy)]
-struct S2Tile {
+struct InPlaceTile {
     /// The filter (`kh × kw`).
     w: *const f32,
     /// The whole input plane.
@@ -205,7 +231,101 @@ struct S2Tile {
     /// reads.
     first_row: isize,
     /// The call's shape.
-    shape: DepthwiseS2,
+    shape: DepthwiseInPlace,
+}
+
+/// Lanes `0..32` of a pair of vectors whose columns, from `first`, lie inside `0..in_w` and below
+/// `span`: the masks of the two loads, or `None` when no lane does.
+#[inline]
+fn column_masks(first: isize, span: isize, in_w: isize) -> Option<[__mmask16; 2]> {
+    let (lo, hi) = ((-first).max(0), (in_w - first).min(span));
+    if lo >= hi {
+        return None;
+    }
+    let lanes = ((1u64 << hi) - (1u64 << lo)) as u32;
+    Some([lanes as __mmask16, (lanes >> 16) as __mmask16])
+}
+
+/// `R` output rows of a `KH`-row filter at stride 1, over strips of 32 columns (a last strip of
+/// at most 16 columns takes one vector per row).
+///
+/// # Safety
+/// AVX-512 F available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
+/// and `t.y` output rows `0 .. R` of `out_w` columns.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
+    let mut j = 0;
+    while j < t.shape.out_w {
+        let width = (t.shape.out_w - j).min(32);
+        // SAFETY: as this function's contract, for columns j .. j + width < out_w.
+        unsafe {
+            if width > 16 {
+                strip512_s1::<R, KH, 2>(t, j, width);
+            } else {
+                strip512_s1::<R, KH, 1>(t, j, width);
+            }
+        }
+        j += width;
+    }
+}
+
+/// Output columns `j .. j + width` (`width <= 16 * V`) of [`tile512_s1`]: each input row the
+/// filter reaches is loaded once per filter column, in place under the masks that drop columns
+/// outside the plane (rows outside it are skipped), and feeds every output row it belongs to.
+///
+/// # Safety
+/// As [`tile512_s1`], with `j + width <= out_w`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn strip512_s1<const R: usize, const KH: usize, const V: usize>(
+    t: InPlaceTile,
+    j: usize,
+    width: usize,
+) {
+    let s = t.shape;
+    let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
+    let mut acc = [[_mm512_set1_ps(s.init); V]; R];
+    for kx in 0..s.kw {
+        let first = (j + kx) as isize - s.pad_left as isize;
+        let Some(m) = column_masks(first, width as isize, in_w) else { continue };
+        // SAFETY: `kx < kw` and every `ky < KH` index the filter.
+        let wk: [__m512; KH] = std::array::from_fn(|ky| unsafe { _mm512_set1_ps(*t.w.add(ky * s.kw + kx)) });
+        for i in 0..R + KH - 1 {
+            let row = t.first_row + i as isize;
+            if !(0..in_h).contains(&row) {
+                continue;
+            }
+            // The first lanes may lie before the row (left padding): the address is formed
+            // without claiming it is inside the plane.
+            let bp = t.x.wrapping_offset(row * in_w + first);
+            // SAFETY: a set mask bit marks a column inside 0..in_w of a row inside 0..in_h, an
+            // element of the plane; masked-off lanes are not accessed.
+            let x: [__m512; V] =
+                std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(m[v], bp.wrapping_add(16 * v)) });
+            for (ky, &wv) in wk.iter().enumerate() {
+                // Input row i is filter row ky of output row i - ky.
+                if i >= ky && i - ky < R {
+                    for (a, &xv) in acc[i - ky].iter_mut().zip(&x) {
+                        *a = _mm512_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+        }
+    }
+    if let Some([lo, hi]) = s.clamp {
+        // max(x, lo) returns lo for a NaN x, as f32::max does.
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        acc.iter_mut().flatten().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &a) in acc.iter().enumerate() {
+            let lanes = mask16(width.saturating_sub(16 * v));
+            // SAFETY: output row r < R, columns j + 16v .. below j + width <= out_w; masked-off
+            // lanes are not accessed.
+            unsafe { _mm512_mask_storeu_ps(t.y.add(r * s.out_w + j + 16 * v), lanes, a) };
+        }
+    }
 }
 
 /// `R` output rows of a `KH`-row filter at stride 2, 16 columns at a time: each input vector
@@ -219,7 +339,7 @@ struct S2Tile {
 /// and `t.y` output rows `0 .. R` of `out_w` columns.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile512_s2<const R: usize, const KH: usize>(t: S2Tile) {
+unsafe fn tile512_s2<const R: usize, const KH: usize>(t: InPlaceTile) {
     let s = t.shape;
     let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
     // Lane l of the result is lane 2l of the 32-lane pair (lo, hi).
@@ -232,13 +352,7 @@ unsafe fn tile512_s2<const R: usize, const KH: usize>(t: S2Tile) {
         let mut acc = [_mm512_set1_ps(s.init); R];
         for kx in 0..s.kw {
             let first = (2 * j + kx) as isize - s.pad_left as isize;
-            // Lanes whose column lies inside the plane: first + l in 0..in_w, l < span.
-            let (lo, hi) = ((-first).max(0), (in_w - first).min(span));
-            if lo >= hi {
-                continue;
-            }
-            let lanes = ((1u64 << hi) - (1u64 << lo)) as u32;
-            let (lo_mask, hi_mask) = (lanes as __mmask16, (lanes >> 16) as __mmask16);
+            let Some([lo_mask, hi_mask]) = column_masks(first, span, in_w) else { continue };
             // SAFETY: `kx < kw` and every `ky < KH` index the filter.
             let wk: [__m512; KH] =
                 std::array::from_fn(|ky| unsafe { _mm512_set1_ps(*t.w.add(ky * s.kw + kx)) });
