@@ -829,7 +829,9 @@ pub(crate) fn valid_range(out_len: usize, stride: usize, off: isize, in_len: usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{assert_close, decode_all, kernel_sets, random_weight, Rng, WeightKind};
+    use crate::testutil::{
+        assert_close, decode_all, kernel_sets, random_weight, same_width_depthwise, Rng, WeightKind,
+    };
     use crate::Kernels;
 
     /// Plain 7-loop convolution on fully decoded weights.
@@ -993,6 +995,35 @@ mod tests {
         })
     }
 
+    /// Checks layer `p` with random `kind` weights and a bias under activations the depthwise
+    /// kernels finish in their store (ReLU, Clip) and one they leave to the epilogue (HardSwish),
+    /// on every path; returns the weights, input, bias and unactivated reference output.
+    fn check_fused_activations(
+        rng: &mut Rng,
+        sets: &[Kernels],
+        p: &Conv2dParams,
+        kind: WeightKind,
+    ) -> (pith_format::ir::TensorData, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let data = random_weight(rng, kind, p.out_c, p.filter_len());
+        let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+        let bias = rng.vec(p.out_c);
+        let plain = reference(&x, &decode_all(&data, p.out_c), Some(&bias), p);
+        for (act, f) in [
+            (Activation::Relu, (|v: f32| v.max(0.0)) as fn(f32) -> f32),
+            (Activation::Clip { min: -0.2, max: 0.3 }, |v: f32| v.clamp(-0.2, 0.3)),
+            (Activation::HardSwish, |v: f32| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+        ] {
+            let want: Vec<f32> = plain.iter().map(|&v| f(v)).collect();
+            for kernels in sets {
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
+                kernels.conv2d(&x, &data.view(), Some(&bias), p, act, &mut y, &mut scratch).unwrap();
+                assert_close(&y, &want, &format!("{act:?} {kernels:?} {p:?}"));
+            }
+        }
+        (data, x, bias, plain)
+    }
+
     #[test]
     fn stride_2_depthwise_covers_every_border_on_every_path() {
         // Pads up to past the filter, planes smaller than the filter, odd and even sizes,
@@ -1008,23 +1039,7 @@ mod tests {
             cases += 1;
             let kind = kinds[case % kinds.len()];
             check_all_paths(&mut rng, &sets, &p, kind, case % 2 == 0);
-            let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
-            let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
-            let bias = rng.vec(p.out_c);
-            let plain = reference(&x, &decode_all(&data, p.out_c), Some(&bias), &p);
-            for (act, f) in [
-                (Activation::Relu, (|v: f32| v.max(0.0)) as fn(f32) -> f32),
-                (Activation::Clip { min: -0.2, max: 0.3 }, |v: f32| v.clamp(-0.2, 0.3)),
-                (Activation::HardSwish, |v: f32| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
-            ] {
-                let want: Vec<f32> = plain.iter().map(|&v| f(v)).collect();
-                for kernels in &sets {
-                    let mut y = vec![f32::NAN; want.len()];
-                    let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
-                    kernels.conv2d(&x, &data.view(), Some(&bias), &p, act, &mut y, &mut scratch).unwrap();
-                    assert_close(&y, &want, &format!("{act:?} {kernels:?} {p:?}"));
-                }
-            }
+            check_fused_activations(&mut rng, &sets, &p, kind);
         }
         assert!(cases > 100, "only {cases} shapes had an output");
     }
@@ -1032,7 +1047,7 @@ mod tests {
     #[test]
     fn stride_1_depthwise_rows_cover_every_border() {
         // Pads up to past the filter (output rows and columns with no tap inside), planes
-        // narrower or shorter than the filter, channel multipliers, residuals and a fused Relu.
+        // narrower or shorter than the filter, channel multipliers, residuals, fused clamps.
         let mut rng = Rng::new(77);
         let sets = kernel_sets();
         let kinds = WeightKind::all();
@@ -1043,17 +1058,7 @@ mod tests {
             assert!(uses_depthwise_rows(&p));
             cases += 1;
             check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], case % 2 == 0);
-            // The activation, fused into the store.
-            let data = random_weight(&mut rng, kinds[case % kinds.len()], p.out_c, p.filter_len());
-            let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
-            let want: Vec<f32> =
-                reference(&x, &decode_all(&data, p.out_c), None, &p).iter().map(|v| v.max(0.0)).collect();
-            for kernels in &sets {
-                let mut y = vec![f32::NAN; want.len()];
-                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
-                kernels.conv2d(&x, &data.view(), None, &p, Activation::Relu, &mut y, &mut scratch).unwrap();
-                assert_close(&y, &want, &format!("relu {kernels:?} {p:?}"));
-            }
+            check_fused_activations(&mut rng, &sets, &p, kinds[case % kinds.len()]);
         }
         assert!(cases > 100, "only {cases} cases had an output");
     }
@@ -1069,56 +1074,18 @@ mod tests {
         let kinds = WeightKind::all();
         let mut planes = 0;
         for case in 0..100 {
-            let (k_h, k_w) = (1 + rng.below(5), 1 + rng.below(7));
-            let (dil_h, dil_w) = (1 + rng.below(2), 1 + rng.below(2));
             let in_w = [1 + rng.below(15), 17 + rng.below(6), 33 + rng.below(3)][case % 3];
-            let in_h = 1 + rng.below(1024 / in_w).min(24);
-            let pad_left = rng.below((k_w - 1) * dil_w + 1);
-            let (pad_top, pad_bottom) = (rng.below(k_h * dil_h + 1), rng.below(k_h * dil_h + 1));
-            let Some(out_h) = (in_h + pad_top + pad_bottom).checked_sub((k_h - 1) * dil_h).map(|r| r + 1)
-            else {
+            let Some(one) = same_width_depthwise(&mut rng, [5, 7], in_w, (1024 / in_w).min(24)) else {
                 continue;
             };
             let in_c = 1 + rng.below(5);
-            let p = Conv2dParams {
-                batch: 1 + rng.below(2),
-                in_c,
-                in_h,
-                in_w,
-                out_c: in_c * (1 + rng.below(2)),
-                out_h,
-                out_w: in_w,
-                k_h,
-                k_w,
-                stride_h: 1,
-                stride_w: 1,
-                pad_top,
-                pad_left,
-                dil_h,
-                dil_w,
-                groups: in_c,
-            };
+            let (batch, out_c) = (1 + rng.below(2), in_c * (1 + rng.below(2)));
+            let p = Conv2dParams { batch, in_c, out_c, groups: in_c, ..one };
             let avx512 = sets.iter().find(|k| k.isa().name == "avx512");
             planes += avx512.is_some_and(|k| plane_kernel(k.isa(), &p).is_some()) as usize;
             let kind = kinds[case % kinds.len()];
             check_all_paths(&mut rng, &sets, &p, kind, case % 2 == 0);
-            let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
-            let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
-            let bias = rng.vec(p.out_c);
-            let plain = reference(&x, &decode_all(&data, p.out_c), Some(&bias), &p);
-            for (act, f) in [
-                (Activation::Relu, (|v: f32| v.max(0.0)) as fn(f32) -> f32),
-                (Activation::Clip { min: -0.2, max: 0.3 }, |v: f32| v.clamp(-0.2, 0.3)),
-                (Activation::HardSwish, |v: f32| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
-            ] {
-                let want: Vec<f32> = plain.iter().map(|&v| f(v)).collect();
-                for kernels in &sets {
-                    let mut y = vec![f32::NAN; want.len()];
-                    let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
-                    kernels.conv2d(&x, &data.view(), Some(&bias), &p, act, &mut y, &mut scratch).unwrap();
-                    assert_close(&y, &want, &format!("{act:?} {kernels:?} {p:?}"));
-                }
-            }
+            let (data, x, bias, plain) = check_fused_activations(&mut rng, &sets, &p, kind);
             // A residual over every output channel: the row path, then the epilogue.
             let res = rng.vec(plain.len());
             let want: Vec<f32> = plain.iter().zip(&res).map(|(v, r)| (v + r).max(0.0)).collect();

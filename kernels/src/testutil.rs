@@ -145,3 +145,40 @@ pub fn kernel_sets() -> Vec<crate::Kernels> {
     }
     sets
 }
+
+/// A random stride-1 depthwise layer over one channel whose input rows are `in_w` wide like its
+/// output's (what `DepthwisePlane` describes): filters up to `max_k`, dilation 1-2, pads up to
+/// past the filter, planes smaller than the filter, up to `max_in_h` input rows; `None` when no
+/// output row is left.
+pub fn same_width_depthwise(
+    rng: &mut Rng,
+    max_k: [usize; 2],
+    in_w: usize,
+    max_in_h: usize,
+) -> Option<crate::Conv2dParams> {
+    let (k_h, k_w) = (1 + rng.below(max_k[0]), 1 + rng.below(max_k[1]));
+    let (dil_h, dil_w) = (1 + rng.below(2), 1 + rng.below(2));
+    let in_h = 1 + rng.below(max_in_h);
+    // Columns: left + right pad = the filter's reach, so rows keep their width.
+    let pad_left = rng.below((k_w - 1) * dil_w + 1);
+    let (pad_top, pad_bottom) = (rng.below(k_h * dil_h + 1), rng.below(k_h * dil_h + 1));
+    let out_h = (in_h + pad_top + pad_bottom).checked_sub((k_h - 1) * dil_h).filter(|&h| h > 0)?;
+    Some(crate::Conv2dParams {
+        batch: 1,
+        in_c: 1,
+        in_h,
+        in_w,
+        out_c: 1,
+        out_h,
+        out_w: in_w,
+        k_h,
+        k_w,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top,
+        pad_left,
+        dil_h,
+        dil_w,
+        groups: 1,
+    })
+}

@@ -439,35 +439,10 @@ fn by_name_rejects_unknown_and_finds_available() {
     assert_eq!(Isa::by_name("scalar").unwrap().name, "scalar");
 }
 
-/// A random stride-1 depthwise layer whose input rows are as wide as its output's (what
-/// [`DepthwisePlane`] describes): any filter up to 7×7, dilation 1-2, pads past the filter,
-/// planes smaller than the filter.
-fn random_plane_layer(rng: &mut Rng) -> Conv2dParams {
-    let (k_h, k_w) = (1 + rng.below(7), 1 + rng.below(7));
-    let (dil_h, dil_w) = (1 + rng.below(2), 1 + rng.below(2));
-    let (in_h, in_w) = (1 + rng.below(20), 1 + rng.below(24));
-    // Columns: left + right pad = the filter's reach, so rows keep their width.
-    let pad_left = rng.below((k_w - 1) * dil_w + 1);
-    let (pad_top, pad_bottom) = (rng.below(k_h * dil_h + 1), rng.below(k_h * dil_h + 1));
-    let out_h = (in_h + pad_top + pad_bottom).saturating_sub((k_h - 1) * dil_h).max(1);
-    Conv2dParams {
-        batch: 1,
-        in_c: 1,
-        in_h,
-        in_w,
-        out_c: 1,
-        out_h,
-        out_w: in_w,
-        k_h,
-        k_w,
-        stride_h: 1,
-        stride_w: 1,
-        pad_top,
-        pad_left,
-        dil_h,
-        dil_w,
-        groups: 1,
-    }
+/// A random layer for [`DepthwisePlane`]: filters up to 7×7 over planes up to 20×24.
+fn random_plane_layer(rng: &mut Rng) -> Option<Conv2dParams> {
+    let in_w = 1 + rng.below(24);
+    crate::testutil::same_width_depthwise(rng, [7, 7], in_w, 20)
 }
 
 #[test]
@@ -475,7 +450,7 @@ fn depthwise_plane_reference_is_a_convolution() {
     // The scalar reference reads the plane's masks; here it meets plain border tests.
     let mut rng = Rng::new(31);
     for _ in 0..300 {
-        let p = random_plane_layer(&mut rng);
+        let Some(p) = random_plane_layer(&mut rng) else { continue };
         let plane = DepthwisePlane::new(&p).expect("a stride-1 same-width depthwise layer");
         let (w, x) = (rng.vec(p.k_h * p.k_w), rng.vec(p.in_h * p.in_w));
         let mut got = vec![f32::NAN; p.out_h * p.out_w];
@@ -495,7 +470,7 @@ fn depthwise_plane_reference_is_a_convolution() {
             assert!(close(g, want, (p.k_h * p.k_w) as f32 + 1.0), "{p:?} at {i}: {g} vs {want}");
         }
     }
-    let layer = random_plane_layer(&mut rng);
+    let layer = std::iter::repeat_with(|| random_plane_layer(&mut rng)).flatten().next().unwrap();
     let strided = Conv2dParams { stride_w: 2, out_w: 2, ..layer };
     assert!(DepthwisePlane::new(&strided).is_none(), "stride 2 is not a plane layer");
 }
@@ -506,7 +481,7 @@ fn depthwise_plane_matches_the_reference() {
     for isa in Isa::available() {
         let Some(kernel) = isa.depthwise_plane else { continue };
         for case in 0..400 {
-            let p = random_plane_layer(&mut rng);
+            let Some(p) = random_plane_layer(&mut rng) else { continue };
             let plane = DepthwisePlane::new(&p).unwrap();
             let clamp = match case % 4 {
                 0 => Some([0.0, f32::INFINITY]),
@@ -527,7 +502,7 @@ fn depthwise_plane_matches_the_reference() {
                 assert!(ok, "{} {p:?} at {idx}: {g} vs {w}", isa.name);
             }
         }
-        let layer = random_plane_layer(&mut rng);
+        let layer = std::iter::repeat_with(|| random_plane_layer(&mut rng)).flatten().next().unwrap();
         let p = Conv2dParams { in_h: 5, out_h: 5, pad_top: 1, ..layer };
         let plane = DepthwisePlane::new(&p).unwrap();
         let (w, x) = (vec![1.0; plane.taps()], vec![1.0; p.in_h * p.in_w]);
