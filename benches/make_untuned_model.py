@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Writes MobileNetV2 (width 1.0, 224x224, 1000 classes) as an ONNX file with seeded random weights:
-a model nobody tuned Pith's kernels for, to time with `compare_onnxruntime.py --onnx`.
+"""Writes MobileNetV2 (width 1.0, 224x224, 1000 classes) or MobileNetV3-Small as an ONNX file with
+seeded random weights: a model nobody tuned Pith's kernels for, to time with
+`compare_onnxruntime.py --onnx`.
 
 Usage, from the repository root:
 
     python3 benches/make_untuned_model.py /tmp/mobilenetv2.onnx
+    python3 benches/make_untuned_model.py --v3-small /tmp/mobilenetv3_small.onnx
     python3 benches/compare_onnxruntime.py --onnx /tmp/mobilenetv2.onnx --input input=1x3x224x224
 
 The graph is what exporters emit for torchvision's `mobilenet_v2` (opset 13): Conv without bias
 followed by BatchNormalization and Clip(0, 6) (ReLU6), inverted residual blocks (1x1 expansion,
 3x3 depthwise, 1x1 linear projection, Add when the shape is kept), GlobalAveragePool, Flatten and
-Gemm. Weights are He-initialised from a fixed seed and BatchNorm statistics are random around
+Gemm. MobileNetV3-Small (opset 14) adds what V2 lacks: HardSwish activations, 5x5 depthwise
+filters and squeeze-excite blocks (GlobalAveragePool, two 1x1 convs over a 1x1 plane, HardSigmoid,
+a broadcast Mul). Weights are He-initialised from a fixed seed and BatchNorm statistics are random around
 (mean 0, variance 1), so activations keep a sane range; speed does not depend on the values.
 Needs numpy and onnx.
 """
@@ -39,7 +43,7 @@ class Builder:
         self.inits.append(numpy_helper.from_array(array.astype(np.float32), name))
         return name
 
-    def conv_bn(self, x, cin, cout, k, stride, groups, relu6):
+    def conv_bn(self, x, cin, cout, k, stride, groups, relu6, act=None):
         fan_in = cin // groups * k * k
         w = self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
         conv = self.name("conv")
@@ -61,6 +65,10 @@ class Builder:
         var = self.rng.uniform(0.5, 1.5, cout)
         ins = [conv] + [self.const(k, v) for k, v in (("s", scale), ("b", bias), ("m", mean), ("v", var))]
         self.nodes.append(helper.make_node("BatchNormalization", ins, [bn], epsilon=1e-5))
+        if act is not None:
+            out = self.name(act.lower())
+            self.nodes.append(helper.make_node(act, [bn], [out]))
+            return out
         if not relu6:
             return bn
         out = self.name("relu6")
@@ -104,8 +112,85 @@ def mobilenet_v2(seed=20261201):
     return model
 
 
+# MobileNetV3-Small blocks: (kernel, expansion channels, output channels, squeeze-excite,
+# activation, stride), as in the paper's Table 2.
+V3_SMALL = [
+    (3, 16, 16, True, "Relu", 2),
+    (3, 72, 24, False, "Relu", 2),
+    (3, 88, 24, False, "Relu", 1),
+    (5, 96, 40, True, "HardSwish", 2),
+    (5, 240, 40, True, "HardSwish", 1),
+    (5, 240, 40, True, "HardSwish", 1),
+    (5, 120, 48, True, "HardSwish", 1),
+    (5, 144, 48, True, "HardSwish", 1),
+    (5, 288, 96, True, "HardSwish", 2),
+    (5, 576, 96, True, "HardSwish", 1),
+    (5, 576, 96, True, "HardSwish", 1),
+]
+
+
+def squeeze_excite(b, x, channels):
+    """x * HardSigmoid(W2 Relu(W1 GlobalAveragePool(x))), squeezing to a quarter (multiple of 8)."""
+    squeezed = max(8, (channels // 4 + 4) // 8 * 8)
+    pool = b.name("se_pool")
+    b.nodes.append(helper.make_node("GlobalAveragePool", [x], [pool]))
+    y = pool
+    for cin, cout, act in ((channels, squeezed, "Relu"), (squeezed, channels, "HardSigmoid")):
+        w = b.rng.normal(0, np.sqrt(2.0 / cin), (cout, cin, 1, 1))
+        conv = b.name("se_conv")
+        b.nodes.append(helper.make_node("Conv", [y, b.const("w", w), b.const("b", np.zeros(cout))], [conv]))
+        y = b.name(act.lower())
+        attrs = {"alpha": 1.0 / 6.0, "beta": 0.5} if act == "HardSigmoid" else {}
+        b.nodes.append(helper.make_node(act, [conv], [y], **attrs))
+    out = b.name("se_mul")
+    b.nodes.append(helper.make_node("Mul", [x, y], [out]))
+    return out
+
+
+def mobilenet_v3_small(seed=20261202):
+    b = Builder(seed)
+    x = b.conv_bn("input", 3, 16, 3, 2, 1, False, "HardSwish")
+    cin = 16
+    for k, hidden, c, se, act, stride in V3_SMALL:
+        y = x if hidden == cin else b.conv_bn(x, cin, hidden, 1, 1, 1, False, act)
+        y = b.conv_bn(y, hidden, hidden, k, stride, hidden, False, act)
+        if se:
+            y = squeeze_excite(b, y, hidden)
+        y = b.conv_bn(y, hidden, c, 1, 1, 1, False)
+        if stride == 1 and cin == c:
+            out = b.name("add")
+            b.nodes.append(helper.make_node("Add", [x, y], [out]))
+            y = out
+        x, cin = y, c
+    x = b.conv_bn(x, cin, 576, 1, 1, 1, False, "HardSwish")
+    b.nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
+    b.nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], axis=1))
+    prev = "flat"
+    for i, (cin, cout) in enumerate(((576, 1024), (1024, 1000))):
+        w = b.rng.normal(0, np.sqrt(1.0 / cin), (cout, cin))
+        out = "logits" if i == 1 else "fc1"
+        b.nodes.append(helper.make_node("Gemm", [prev, b.const("fc_w", w), b.const("fc_b", np.zeros(cout))], [out], transB=1))
+        if i == 0:
+            b.nodes.append(helper.make_node("HardSwish", ["fc1"], ["fc1_act"]))
+            prev = "fc1_act"
+    graph = helper.make_graph(
+        b.nodes,
+        "mobilenet_v3_small",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
+        b.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="pith-benches")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    v3 = "--v3-small" in args
+    paths = [a for a in args if a != "--v3-small"]
+    if len(paths) != 1:
         sys.exit(__doc__)
-    onnx.save(mobilenet_v2(), sys.argv[1])
-    print(f"wrote {sys.argv[1]}")
+    onnx.save(mobilenet_v3_small() if v3 else mobilenet_v2(), paths[0])
+    print(f"wrote {paths[0]}")

@@ -241,11 +241,10 @@ pub fn conv2d(
         return Ok(());
     }
     let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
-    // A small stride-1 depthwise plane whose sums the kernel can finish: whole-plane vectors.
+    // A small stride-1 depthwise plane with no residual: whole-plane vectors.
     let flat = plane_kernel(kernels.isa(), p)
-        .zip(direct_store(act))
         .filter(|_| residual.is_none())
-        .and_then(|(kernel, clamp)| Some((kernel, DepthwisePlane::new(p)?, clamp)));
+        .and_then(|kernel| Some((kernel, DepthwisePlane::new(p)?)));
     let slab = (!p.is_pointwise()).then(|| Slab::new(p));
     let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
     let image = p.out_c * out_plane;
@@ -263,16 +262,11 @@ pub fn conv2d(
                 // A depthwise multiply-add takes several times a dense one's time, so
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
-                let in_place =
-                    in_place_kernel(kernels.isa(), p).zip(direct_store(act)).filter(|_| rb.is_none());
+                let in_place = in_place_kernel(kernels.isa(), p).filter(|_| rb.is_none());
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     match (&flat, in_place) {
-                        (Some((kernel, plane, clamp)), _) => {
-                            layer.depthwise_plane(*kernel, plane, *clamp, xb, ocs, ys, s)
-                        }
-                        (None, Some((kernel, clamp))) => {
-                            layer.depthwise_in_place(kernel, clamp, xb, ocs, ys, s)
-                        }
+                        (Some((kernel, plane)), _) => layer.depthwise_plane(*kernel, plane, xb, ocs, ys, s),
+                        (None, Some(kernel)) => layer.depthwise_in_place(kernel, xb, ocs, ys, s),
                         (None, None) => {
                             let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
                             layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
@@ -502,13 +496,11 @@ impl Layer<'_, '_> {
 impl Layer<'_, '_> {
     /// Depthwise filters `ocs` of image `xb` into `y` (their planes, back to back) with `kernel`
     /// ([`Isa::depthwise_s1`] or [`Isa::depthwise_s2`]): each filter runs over its channel's input
-    /// plane as it lies, straight into the output plane, starting from the bias and clamped to
-    /// `clamp`.
-    #[allow(clippy::too_many_arguments)]
+    /// plane as it lies, straight into the output plane, starting from the bias and finished as
+    /// [`finish`] says.
     fn depthwise_in_place(
         &self,
         kernel: DepthwiseInPlaceFn,
-        clamp: Option<[f32; 2]>,
         xb: &[f32],
         ocs: Range<usize>,
         y: &mut [f32],
@@ -517,6 +509,7 @@ impl Layer<'_, '_> {
         let p = self.p;
         let filter = &mut scratch[..p.filter_len()];
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let (clamp, then) = finish(self.act);
         for (oc, out) in ocs.zip(y.chunks_exact_mut(out_plane)) {
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
             self.rows.decode(oc, filter);
@@ -533,18 +526,19 @@ impl Layer<'_, '_> {
                 clamp,
             };
             kernel(filter, x, out, shape);
+            if let Some(act) = then {
+                (self.isa.activate)(act, out);
+            }
         }
     }
 
     /// Small-plane stride-1 depthwise filters `ocs` of image `xb` into `y` (their planes, back to
     /// back) with `kernel` ([`Isa::depthwise_plane`]): each filter runs over its channel's input
-    /// plane as it lies, starting from the bias and clamped to `clamp`.
-    #[allow(clippy::too_many_arguments)]
+    /// plane as it lies, starting from the bias and finished as [`finish`] says.
     fn depthwise_plane(
         &self,
         kernel: DepthwisePlaneFn,
         plane: &DepthwisePlane,
-        clamp: Option<[f32; 2]>,
         xb: &[f32],
         ocs: Range<usize>,
         y: &mut [f32],
@@ -553,10 +547,14 @@ impl Layer<'_, '_> {
         let p = self.p;
         let filter = &mut scratch[..p.filter_len()];
         let in_plane = p.in_h * p.in_w;
+        let (clamp, then) = finish(self.act);
         for (oc, out) in ocs.zip(y.chunks_exact_mut(plane.len())) {
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
             self.rows.decode(oc, filter);
             kernel(filter, x, out, plane, self.bias.map_or(0.0, |b| b[oc]), clamp);
+            if let Some(act) = then {
+                (self.isa.activate)(act, out);
+            }
         }
     }
 
@@ -642,6 +640,16 @@ fn direct_store(act: Activation) -> Option<Option<[f32; 2]>> {
         Activation::Relu => Some(Some([0.0, f32::INFINITY])),
         Activation::Clip { min, max } => Some(Some([min, max])),
         _ => None,
+    }
+}
+
+/// How a whole-plane depthwise kernel finishes a channel's sums under activation `act`: the clamp
+/// it applies before its store (ReLU, ReLU6, Clip), or an activation pass over the plane it has
+/// just written, still in L1 (HardSwish and the others).
+fn finish(act: Activation) -> (Option<[f32; 2]>, Option<Activation>) {
+    match direct_store(act) {
+        Some(clamp) => (clamp, None),
+        None => (None, Some(act)),
     }
 }
 
