@@ -1,12 +1,16 @@
 //! 2-D convolution (NCHW, ONNX weight layout) on weights decoded a panel of filters at a time.
 //!
-//! Two paths, chosen from the parameters:
+//! The paths, chosen from the parameters:
 //! * pointwise (1×1, stride 1, no padding): the input planes serve as the column matrix of a
-//!   GEMM with [`Isa::gemm_rows`];
+//!   GEMM with [`Isa::gemm_rows_at`];
+//! * whole-plane depthwise, where the kernel path has it (AVX-512) and no residual is added: each
+//!   channel's filter runs over its input plane as it lies, with [`Isa::depthwise_plane`] (small
+//!   planes with short rows), [`Isa::depthwise_s1`] or [`Isa::depthwise_s2`];
 //! * shifted (everything else): slab by slab of output rows, the input rows are copied into
 //!   zero-padded, stride-phase-split planes, where every tap of a run of output pixels is a
-//!   contiguous run; [`Isa::gemm_rows_at`] then accumulates all taps in registers (an implicit
-//!   GEMM: no unfolded column matrix, no per-pixel border tests).
+//!   contiguous run; [`Isa::gemm_rows_at`] (or, for depthwise filters, [`Isa::depthwise_rows`])
+//!   then accumulates all taps in registers (an implicit GEMM: no unfolded column matrix, no
+//!   per-pixel border tests). 3×3 layers with enough channels take Winograd instead.
 //!
 //! Either path decodes a bounded panel of filters (never the whole tensor of a large layer).
 //! Work is split over the session's threads by filters when every thread has groups of its own

@@ -1,5 +1,6 @@
 //! The shape of [`Isa::depthwise_rows`] and what its SIMD implementations share: the operand
-//! check and the split of a call into register tiles.
+//! check and the split of a call into register tiles; and [`DepthwisePlane`], the masks of
+//! [`Isa::depthwise_plane`].
 //!
 //! A SIMD path computes [`TILE_ROWS`] output rows at a time, so each input vector it loads for
 //! filter column `kx` feeds every output row one of the filter's rows reaches: `TILE_ROWS + kh - 1`
@@ -8,6 +9,7 @@
 //! filters taller than [`PASS_ROWS`] run as several passes, the later ones accumulating.
 //!
 //! [`Isa::depthwise_rows`]: super::Isa::depthwise_rows
+//! [`Isa::depthwise_plane`]: super::Isa::depthwise_plane
 
 /// Shape of one [`Isa::depthwise_rows`](super::Isa::depthwise_rows) call.
 #[derive(Debug, Clone, Copy, PartialEq)]

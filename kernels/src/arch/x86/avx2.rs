@@ -9,7 +9,7 @@ use crate::arch::{
     Strided, PACKED_ROWS,
 };
 
-/// The AVX2 path. Private: only [`super::avx2`] hands it out, after feature detection.
+/// The AVX2 path. Private: only [`super::avx2()`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
     name: "avx2",
     lanes: 8,

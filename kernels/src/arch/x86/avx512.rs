@@ -9,7 +9,7 @@ use crate::arch::{
     Strided, PACKED_ROWS,
 };
 
-/// The AVX-512 path. Private: only [`super::avx512`] hands it out, after feature detection.
+/// The AVX-512 path. Private: only [`super::avx512()`] hands it out, after feature detection.
 pub(super) const ISA: Isa = Isa {
     name: "avx512",
     lanes: 16,

@@ -1,7 +1,14 @@
-//! [`Isa::depthwise_rows`] for AVX2 and AVX-512: the register tiles `arch::depthwise` describes,
-//! 32 (AVX-512) or 16 (AVX2) columns at a time, masked at the end of a row.
+//! The x86 depthwise kernels: [`Isa::depthwise_rows`] for AVX2 and AVX-512 (the register tiles
+//! `arch::depthwise` describes, 32 (AVX-512) or 16 (AVX2) columns at a time, masked at the end of
+//! a row), and the AVX-512 kernels that read a channel's input plane in place under masks:
+//! [`Isa::depthwise_s1`] and [`Isa::depthwise_s2`] (the same tiles, column masks dropping what
+//! lies outside the plane) and [`Isa::depthwise_plane`] (a small plane flattened into whole
+//! vectors, a lane mask per tap).
 //!
 //! [`Isa::depthwise_rows`]: crate::arch::Isa::depthwise_rows
+//! [`Isa::depthwise_s1`]: crate::arch::Isa::depthwise_s1
+//! [`Isa::depthwise_s2`]: crate::arch::Isa::depthwise_s2
+//! [`Isa::depthwise_plane`]: crate::arch::Isa::depthwise_plane
 
 use std::arch::x86_64::*;
 

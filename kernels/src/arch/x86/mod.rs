@@ -1,7 +1,7 @@
 //! x86-64 paths: AVX2 + FMA (8 lanes) and AVX-512 (16 lanes).
 //!
 //! The `#[target_feature]` micro-kernels are `unsafe` to call on a CPU without the features, so the
-//! [`Isa`] tables built from them are handed out only by [`avx2`] and [`avx512`], after
+//! [`Isa`] tables built from them are handed out only by [`avx2()`] and [`avx512()`], after
 //! `is_x86_feature_detected!` confirmed every feature the path enables. The table entries are safe
 //! wrappers whose soundness rests on that check.
 
