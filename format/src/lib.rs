@@ -1,7 +1,7 @@
 //! The `.pith` file format: a memory-mappable container for one inference graph and its
 //! (possibly codebook-compressed) constant tensors. `SPEC.md` in this crate documents every byte.
 //!
-//! * [`write`] validates an owned [`ir::Model`] and turns it into file bytes (deterministically).
+//! * [`write()`] validates an owned [`ir::Model`] and turns it into file bytes (deterministically).
 //! * [`PithFile::open`] maps a file read-only (tensor data is never copied), validates everything
 //!   once, and then hands out the parsed [`ir::Graph`] and zero-copy [`TensorView`]s of its
 //!   constants; [`PithFile::from_bytes`] does the same for bytes in memory. Huffman-coded index

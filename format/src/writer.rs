@@ -48,7 +48,7 @@ pub fn write(model: &Model) -> Result<Vec<u8>> {
     write_with(model, &WriteOptions::default())
 }
 
-/// [`write`] with options. With [`Entropy::Huffman`], each codebook tensor's indices are stored
+/// [`write()`] with options. With [`Entropy::Huffman`], each codebook tensor's indices are stored
 /// Huffman-coded (canonical codes per tensor, at most 12 bits per code word) when that makes the
 /// tensor smaller, and packed otherwise. The file records the lowest format version its features
 /// need: 1.2 with [`WriteOptions::compact`], else 1.1 with at least one Huffman-coded tensor,

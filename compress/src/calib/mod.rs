@@ -5,8 +5,8 @@
 //! 1. the f32 model runs every calibration sample once: the reference outputs (and, with a
 //!    [`TaskCheck`], the reference detections);
 //! 2. with `data_aware`, the input activation of every Conv / Gemm weight is captured
-//!    ([`capture`]) into a [`crate::gram::RowGram`] that weights the codebook fit;
-//! 3. every weight is encoded at each candidate width ([`layers`]), with its weight error and its
+//!    (`capture`) into a [`crate::gram::RowGram`] that weights the codebook fit;
+//! 3. every weight is encoded at each candidate width (`layers`), with its weight error and its
 //!    output error on the calibration activations;
 //! 4. with [`BitsChoice::Auto`], each layer's sensitivity is probed by quantising it alone
 //!    (at each of [`PROBE_BITS`]) and measuring `1 - cos` of the outputs, the distortion of every

@@ -4,9 +4,9 @@
 //! keeps its codebook index, so the file's size and its pruning mask are unchanged: this is
 //! Deep Compression's centroid update, driven by a teacher instead of labels.
 //!
-//! * [`net`] runs the graph forward through the runtime's own ops (the student computes exactly
-//!   what a session computes) and back through [`grad`], one rule per op kind;
-//! * [`params`] maps a weight's gradient onto its centroids (`dL/dc_k = Σ_{idx(w)=k} dL/dw`,
+//! * `net` runs the graph forward through the runtime's own ops (the student computes exactly
+//!   what a session computes) and back through `grad`, one rule per op kind;
+//! * `params` maps a weight's gradient onto its centroids (`dL/dc_k = Σ_{idx(w)=k} dL/dw`,
 //!   times the row scale for shared-scaled codebooks) and steps them with Adam;
 //! * the loss is, per graph output, `||s - t||² / ||t||²` summed over the samples: the quantity
 //!   whose smallness makes the output cosine (the fidelity the compressor verifies) close to 1.
@@ -92,7 +92,7 @@ pub type OutputWeights<'a> = &'a (dyn Fn(&[Tensor]) -> Vec<Option<Vec<f32>>> + S
 /// Fine-tunes the codebook centroids, row scales, f32/f16 weights and biases of `student`
 /// so its outputs on `samples` approach those of `teacher` (the same graph with f32 weights).
 /// The loss of each output is `Σ w (s - t)² / Σ w t²` over all samples, with `weights` from
-/// `emphasis` (1 without). When a step raises the loss above [`OVERSHOOT`] times the lowest
+/// `emphasis` (1 without). When a step raises the loss above `OVERSHOOT` times the lowest
 /// so far, training returns to that point and halves the step size (which grows back while
 /// steps do not overshoot). Returns the tuned model with the parameters of the lowest loss.
 pub fn finetune(
