@@ -43,6 +43,21 @@ class Builder:
         self.inits.append(numpy_helper.from_array(array.astype(np.float32), name))
         return name
 
+    def model(self, name, opset):
+        """The checked model of the nodes so far: 1x3x224x224 "input" to 1x1000 "logits"."""
+        graph = helper.make_graph(
+            self.nodes,
+            name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
+            self.inits,
+        )
+        opsets = [helper.make_opsetid("", opset)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="pith-benches")
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model
+
     def conv_bn(self, x, cin, cout, k, stride, groups, relu6, act=None):
         fan_in = cin // groups * k * k
         w = self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
@@ -99,17 +114,7 @@ def mobilenet_v2(seed=20261201):
     w = b.rng.normal(0, np.sqrt(1.0 / 1280), (1000, 1280))
     fc_w, fc_b = b.const("fc_w", w), b.const("fc_b", np.zeros(1000))
     b.nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], transB=1))
-    graph = helper.make_graph(
-        b.nodes,
-        "mobilenet_v2",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
-        b.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="pith-benches")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return b.model("mobilenet_v2", 13)
 
 
 # MobileNetV3-Small blocks: (kernel, expansion channels, output channels, squeeze-excite,
@@ -173,17 +178,7 @@ def mobilenet_v3_small(seed=20261202):
         if i == 0:
             b.nodes.append(helper.make_node("HardSwish", ["fc1"], ["fc1_act"]))
             prev = "fc1_act"
-    graph = helper.make_graph(
-        b.nodes,
-        "mobilenet_v3_small",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])],
-        b.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="pith-benches")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return b.model("mobilenet_v3_small", 14)
 
 
 if __name__ == "__main__":
