@@ -269,8 +269,17 @@ pub fn conv2d(
                 let in_place = in_place_kernel(kernels.isa(), p).filter(|_| rb.is_none());
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     match (&flat, in_place) {
-                        (Some((kernel, plane)), _) => layer.depthwise_plane(*kernel, plane, xb, ocs, ys, s),
-                        (None, Some(kernel)) => layer.depthwise_in_place(kernel, xb, ocs, ys, s),
+                        // Small planes with short rows: whole-plane vectors.
+                        (Some((kernel, plane)), _) => {
+                            layer.whole_planes(xb, ocs, ys, s, |w, x, out, init, clamp| {
+                                kernel(w, x, out, plane, init, clamp)
+                            })
+                        }
+                        (None, Some(kernel)) => {
+                            layer.whole_planes(xb, ocs, ys, s, |w, x, out, init, clamp| {
+                                kernel(w, x, out, layer.in_place_shape(init, clamp))
+                            })
+                        }
                         (None, None) => {
                             let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
                             layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
@@ -498,17 +507,18 @@ impl Layer<'_, '_> {
 }
 
 impl Layer<'_, '_> {
-    /// Depthwise filters `ocs` of image `xb` into `y` (their planes, back to back) with `kernel`
-    /// ([`Isa::depthwise_s1`] or [`Isa::depthwise_s2`]): each filter runs over its channel's input
-    /// plane as it lies, straight into the output plane, starting from the bias and finished as
-    /// [`finish`] says.
-    fn depthwise_in_place(
+    /// Depthwise filters `ocs` of image `xb` into `y` (their planes, back to back), each channel's
+    /// whole plane at once: `run(filter, input_plane, output_plane, init, clamp)` is a kernel that
+    /// reads the input plane as it lies and writes the output plane starting from `init` (the
+    /// bias) and clamped to `clamp`; an activation it cannot apply (see [`finish`]) then runs over
+    /// the output plane it has just written.
+    fn whole_planes(
         &self,
-        kernel: DepthwiseInPlaceFn,
         xb: &[f32],
         ocs: Range<usize>,
         y: &mut [f32],
         scratch: &mut [f32],
+        run: impl Fn(&[f32], &[f32], &mut [f32], f32, Option<[f32; 2]>),
     ) {
         let p = self.p;
         let filter = &mut scratch[..p.filter_len()];
@@ -517,48 +527,27 @@ impl Layer<'_, '_> {
         for (oc, out) in ocs.zip(y.chunks_exact_mut(out_plane)) {
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
             self.rows.decode(oc, filter);
-            let shape = DepthwiseInPlace {
-                kh: p.k_h,
-                kw: p.k_w,
-                in_h: p.in_h,
-                in_w: p.in_w,
-                pad_top: p.pad_top,
-                pad_left: p.pad_left,
-                out_h: p.out_h,
-                out_w: p.out_w,
-                init: self.bias.map_or(0.0, |b| b[oc]),
-                clamp,
-            };
-            kernel(filter, x, out, shape);
+            run(filter, x, out, self.bias.map_or(0.0, |b| b[oc]), clamp);
             if let Some(act) = then {
                 (self.isa.activate)(act, out);
             }
         }
     }
 
-    /// Small-plane stride-1 depthwise filters `ocs` of image `xb` into `y` (their planes, back to
-    /// back) with `kernel` ([`Isa::depthwise_plane`]): each filter runs over its channel's input
-    /// plane as it lies, starting from the bias and finished as [`finish`] says.
-    fn depthwise_plane(
-        &self,
-        kernel: DepthwisePlaneFn,
-        plane: &DepthwisePlane,
-        xb: &[f32],
-        ocs: Range<usize>,
-        y: &mut [f32],
-        scratch: &mut [f32],
-    ) {
+    /// The [`DepthwiseInPlace`] shape of one channel of this layer.
+    fn in_place_shape(&self, init: f32, clamp: Option<[f32; 2]>) -> DepthwiseInPlace {
         let p = self.p;
-        let filter = &mut scratch[..p.filter_len()];
-        let in_plane = p.in_h * p.in_w;
-        let (clamp, then) = finish(self.act);
-        for (oc, out) in ocs.zip(y.chunks_exact_mut(plane.len())) {
-            let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
-            self.rows.decode(oc, filter);
-            kernel(filter, x, out, plane, self.bias.map_or(0.0, |b| b[oc]), clamp);
-            if let Some(act) = then {
-                (self.isa.activate)(act, out);
-            }
+        DepthwiseInPlace {
+            kh: p.k_h,
+            kw: p.k_w,
+            in_h: p.in_h,
+            in_w: p.in_w,
+            pad_top: p.pad_top,
+            pad_left: p.pad_left,
+            out_h: p.out_h,
+            out_w: p.out_w,
+            init,
+            clamp,
         }
     }
 
