@@ -58,6 +58,12 @@ class Builder:
         onnx.checker.check_model(model)
         return model
 
+    def add(self, x, y):
+        """A residual connection: x + y."""
+        out = self.name("add")
+        self.nodes.append(helper.make_node("Add", [x, y], [out]))
+        return out
+
     def conv_bn(self, x, cin, cout, k, stride, groups, relu6, act=None):
         fan_in = cin // groups * k * k
         w = self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
@@ -104,9 +110,7 @@ def mobilenet_v2(seed=20261201):
             y = b.conv_bn(y, hidden, hidden, 3, stride, hidden, True)
             y = b.conv_bn(y, hidden, c, 1, 1, 1, False)
             if stride == 1 and cin == c:
-                out = b.name("add")
-                b.nodes.append(helper.make_node("Add", [x, y], [out]))
-                y = out
+                y = b.add(x, y)
             x, cin = y, c
     x = b.conv_bn(x, cin, 1280, 1, 1, 1, True)
     b.nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
@@ -163,9 +167,7 @@ def mobilenet_v3_small(seed=20261202):
             y = squeeze_excite(b, y, hidden)
         y = b.conv_bn(y, hidden, c, 1, 1, 1, False)
         if stride == 1 and cin == c:
-            out = b.name("add")
-            b.nodes.append(helper.make_node("Add", [x, y], [out]))
-            y = out
+            y = b.add(x, y)
         x, cin = y, c
     x = b.conv_bn(x, cin, 576, 1, 1, 1, False, "HardSwish")
     b.nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
