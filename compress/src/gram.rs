@@ -65,6 +65,94 @@ fn spread(n: usize, count: usize) -> Vec<usize> {
     (0..count).map(|t| ((2 * t + 1) * n) / (2 * count)).collect()
 }
 
+/// The output positions whose input patches feed an accumulator, for one Conv input.
+struct PatchGrid {
+    /// Images in the batch.
+    images: usize,
+    /// Channels, height and width of the input.
+    chw: [usize; 3],
+    /// Output positions `(y, x)` taken in every image.
+    positions: Vec<(usize, usize)>,
+}
+
+impl PatchGrid {
+    /// The grid of at most `max_patches` positions per image (see [`RowGram::add_conv_input`]);
+    /// `None` (with a warning when the input does not match) when nothing is to be added.
+    fn new(
+        groups: usize,
+        row_len: usize,
+        x_len: usize,
+        shape: &[usize],
+        geom: &ConvGeometry,
+        max_patches: usize,
+    ) -> Option<PatchGrid> {
+        let &[n, c, h, w] = shape else {
+            log::warn!("gram: conv input of rank {} skipped", shape.len());
+            return None;
+        };
+        let [kh, kw] = geom.kernel;
+        let fits = geom.group == groups
+            && geom.group > 0
+            && c.is_multiple_of(geom.group)
+            && (c / geom.group) * kh * kw == row_len
+            && x_len == n * c * h * w;
+        let Some([oh, ow]) = geom.output_size(h, w).filter(|_| fits) else {
+            log::warn!("gram: conv input {shape:?} does not match {geom:?} / row_len {row_len}");
+            return None;
+        };
+        if max_patches == 0 || oh * ow == 0 || row_len == 0 {
+            return None;
+        }
+        let (ys, xs) = if oh * ow <= max_patches {
+            ((0..oh).collect::<Vec<_>>(), (0..ow).collect::<Vec<_>>())
+        } else {
+            let ny = ((max_patches as f64 * oh as f64 / ow as f64).sqrt().round() as usize).clamp(1, oh);
+            let nx = (max_patches / ny).clamp(1, ow);
+            let ny = (max_patches / nx).clamp(1, oh);
+            (spread(oh, ny), spread(ow, nx))
+        };
+        let positions = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
+        Some(PatchGrid { images: n, chw: [c, h, w], positions })
+    }
+
+    /// Writes the patches of `chunk` (positions of image `image`, group `g`) as the columns of
+    /// `batch`: `batch[i · chunk.len() + p]` is value `i` of patch `p`.
+    fn gather(
+        &self,
+        x: &[f32],
+        geom: &ConvGeometry,
+        image: usize,
+        g: usize,
+        chunk: &[(usize, usize)],
+        batch: &mut [f64],
+    ) {
+        let [c, h, w] = self.chw;
+        let [kh, kw] = geom.kernel;
+        let cg = c / geom.group;
+        let chans = &x[(image * c + g * cg) * h * w..(image * c + (g + 1) * cg) * h * w];
+        let b = chunk.len();
+        for (p, &(oy, ox)) in chunk.iter().enumerate() {
+            let y0 = (oy * geom.strides[0]) as isize - geom.pads[0] as isize;
+            let x0 = (ox * geom.strides[1]) as isize - geom.pads[1] as isize;
+            for ci in 0..cg {
+                for ky in 0..kh {
+                    let iy = y0 + (ky * geom.dilations[0]) as isize;
+                    for kx in 0..kw {
+                        let ix = x0 + (kx * geom.dilations[1]) as isize;
+                        let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+                        let v = if inside {
+                            chans[ci * h * w + iy as usize * w + ix as usize] as f64
+                        } else {
+                            0.0
+                        };
+                        batch[((ci * kh + ky) * kw + kx) * b + p] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl RowGram {
     /// An empty accumulator.
     pub fn new(groups: usize, row_len: usize) -> RowGram {
@@ -104,66 +192,20 @@ impl RowGram {
     /// An input that does not match the accumulator (rank, group count, patch length, data
     /// length) is skipped with a warning.
     pub fn add_conv_input(&mut self, x: &[f32], shape: &[usize], geom: &ConvGeometry, max_patches: usize) {
-        let &[n, c, h, w] = shape else {
-            log::warn!("gram: conv input of rank {} skipped", shape.len());
+        let Some(grid) = PatchGrid::new(self.groups, self.row_len, x.len(), shape, geom, max_patches) else {
             return;
         };
-        let [kh, kw] = geom.kernel;
-        let fits = geom.group == self.groups
-            && geom.group > 0
-            && c.is_multiple_of(geom.group)
-            && (c / geom.group) * kh * kw == self.row_len
-            && x.len() == n * c * h * w;
-        let Some([oh, ow]) = geom.output_size(h, w).filter(|_| fits) else {
-            log::warn!("gram: conv input {shape:?} does not match {geom:?} / row_len {}", self.row_len);
-            return;
-        };
-        if max_patches == 0 || oh * ow == 0 || self.row_len == 0 {
-            return;
-        }
-        let (ys, xs) = if oh * ow <= max_patches {
-            ((0..oh).collect::<Vec<_>>(), (0..ow).collect::<Vec<_>>())
-        } else {
-            let ny = ((max_patches as f64 * oh as f64 / ow as f64).sqrt().round() as usize).clamp(1, oh);
-            let nx = (max_patches / ny).clamp(1, ow);
-            let ny = (max_patches / nx).clamp(1, oh);
-            (spread(oh, ny), spread(ow, nx))
-        };
-        let positions: Vec<(usize, usize)> =
-            ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
-        let cg = c / geom.group;
         let len = self.row_len;
         let mut batch = vec![0.0f64; len * BATCH];
-        for image in x.chunks_exact(c * h * w) {
+        for image in 0..grid.images {
             for g in 0..geom.group {
-                let chans = &image[g * cg * h * w..(g + 1) * cg * h * w];
-                for chunk in positions.chunks(BATCH) {
-                    // batch[i * b + p]: value i of patch p (patches are columns).
+                for chunk in grid.positions.chunks(BATCH) {
                     let b = chunk.len();
-                    for (p, &(oy, ox)) in chunk.iter().enumerate() {
-                        let y0 = (oy * geom.strides[0]) as isize - geom.pads[0] as isize;
-                        let x0 = (ox * geom.strides[1]) as isize - geom.pads[1] as isize;
-                        for ci in 0..cg {
-                            for ky in 0..kh {
-                                let iy = y0 + (ky * geom.dilations[0]) as isize;
-                                for kx in 0..kw {
-                                    let ix = x0 + (kx * geom.dilations[1]) as isize;
-                                    let inside =
-                                        (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
-                                    let v = if inside {
-                                        chans[ci * h * w + iy as usize * w + ix as usize] as f64
-                                    } else {
-                                        0.0
-                                    };
-                                    batch[((ci * kh + ky) * kw + kx) * b + p] = v;
-                                }
-                            }
-                        }
-                    }
+                    grid.gather(x, geom, image, g, chunk, &mut batch[..len * b]);
                     self.add_batch(g, &batch[..len * b], b);
                 }
             }
-            self.count += positions.len() as u64;
+            self.count += grid.positions.len() as u64;
         }
         self.mirror();
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pith_format::ir::{self, Attr, Node, OpKind, ValueId};
-use pith_runtime::Tensor;
+use pith_runtime::{Session, Tensor};
 use rayon::prelude::*;
 
 use super::fidelity::{run, session};
@@ -26,19 +26,14 @@ struct Use {
     conv: Option<Node>,
 }
 
-/// One Gram accumulator per layer (`None` when no use of the weight has a supported layout).
-pub(crate) fn grams(
-    base: &ir::Model,
-    infos: &[LayerInfo],
-    samples: &[CalibSample],
-    max_patches: usize,
-    progress: Progress<'_>,
-) -> Result<Vec<Option<RowGram>>, CalibError> {
+/// The layout of every layer's input: per layer, `(groups, row_len)` of its statistics (`None`
+/// when no use of the weight has a supported layout) and the uses that feed them.
+#[allow(clippy::type_complexity)]
+fn layer_uses(base: &ir::Model, infos: &[LayerInfo]) -> (Vec<Option<(usize, usize)>>, Vec<Vec<Use>>) {
     let g = &base.graph;
-    let id_of: BTreeMap<&str, ValueId> =
-        g.values.iter().enumerate().map(|(i, v)| (v.name.as_str(), i as ValueId)).collect();
+    let id_of = value_ids(base);
     let mut uses: Vec<Vec<Use>> = vec![Vec::new(); infos.len()];
-    let mut accs: Vec<Option<RowGram>> = vec![None; infos.len()];
+    let mut layouts: Vec<Option<(usize, usize)>> = vec![None; infos.len()];
     for (l, info) in infos.iter().enumerate() {
         let Some(&wid) = id_of.get(info.name.as_str()) else { continue };
         for node in &g.nodes {
@@ -60,49 +55,76 @@ pub(crate) fn grams(
                 }
                 _ => continue,
             };
-            let acc = accs[l].get_or_insert_with(|| RowGram::new(groups, row_len));
-            if acc.groups != groups || acc.row_len != row_len {
+            if *layouts[l].get_or_insert((groups, row_len)) != (groups, row_len) {
                 continue;
             }
             uses[l].push(Use { input: *x, conv });
         }
     }
-    let mut model = base.clone();
-    let inputs: Vec<ValueId> = g.inputs.clone();
-    for u in uses.iter().flatten() {
-        if !inputs.contains(&u.input) && !model.graph.outputs.contains(&u.input) {
+    (layouts, uses)
+}
+
+/// Value ids by name.
+fn value_ids(model: &ir::Model) -> BTreeMap<&str, ValueId> {
+    model.graph.values.iter().enumerate().map(|(i, v)| (v.name.as_str(), i as ValueId)).collect()
+}
+
+/// A session of `model` that also outputs the activations `uses` read.
+fn session_with_inputs<'u>(
+    model: &ir::Model,
+    uses: impl Iterator<Item = &'u Use>,
+) -> Result<Session, CalibError> {
+    let mut model = model.clone();
+    for u in uses {
+        if !model.graph.inputs.contains(&u.input) && !model.graph.outputs.contains(&u.input) {
             model.graph.outputs.push(u.input);
         }
     }
-    let mut session = session(&model)?;
+    session(&model)
+}
+
+/// Runs sample `i` and returns every activation it yields (graph inputs and outputs) by id.
+fn activations(
+    session: &mut Session,
+    model: &ir::Model,
+    samples: &[CalibSample],
+    i: usize,
+) -> Result<BTreeMap<ValueId, Tensor>, CalibError> {
+    let id_of = value_ids(model);
+    let outputs = run(session, samples, i)?;
+    let named = outputs.into_iter().chain(samples[i].inputs.iter().cloned());
+    Ok(named.filter_map(|(name, t)| id_of.get(name.as_str()).map(|&id| (id, t))).collect())
+}
+
+/// One Gram accumulator per layer (`None` when no use of the weight has a supported layout).
+pub(crate) fn grams(
+    base: &ir::Model,
+    infos: &[LayerInfo],
+    samples: &[CalibSample],
+    max_patches: usize,
+    progress: Progress<'_>,
+) -> Result<Vec<Option<RowGram>>, CalibError> {
+    let (layouts, uses) = layer_uses(base, infos);
+    let mut accs: Vec<Option<RowGram>> =
+        layouts.iter().map(|l| l.map(|(groups, row_len)| RowGram::new(groups, row_len))).collect();
+    let mut session = session_with_inputs(base, uses.iter().flatten())?;
     let done = AtomicUsize::new(0);
     progress("capture", 0, samples.len());
     for i in 0..samples.len() {
-        let outputs = run(&mut session, samples, i)?;
-        let mut acts: BTreeMap<ValueId, &Tensor> = BTreeMap::new();
-        for (name, t) in &outputs {
-            if let Some(&id) = id_of.get(name.as_str()) {
-                acts.insert(id, t);
-            }
-        }
-        for (name, t) in &samples[i].inputs {
-            if let Some(&id) = id_of.get(name.as_str()) {
-                acts.insert(id, t);
-            }
-        }
+        let acts = activations(&mut session, base, samples, i)?;
         accs.par_iter_mut().zip(&uses).for_each(|(acc, uses)| {
             let Some(acc) = acc else { return };
             for u in uses {
-                let Some(x) = acts.get(&u.input) else { continue };
-                let Some(data) = x.as_f32() else { continue };
+                let Some(data) = acts.get(&u.input).and_then(Tensor::as_f32) else { continue };
+                let shape = &acts[&u.input].shape;
                 match &u.conv {
                     Some(node) => {
-                        if let Some(geom) = conv_geometry(node, acc, &x.shape) {
-                            acc.add_conv_input(data, &x.shape, &geom, max_patches);
+                        if let Some(geom) = conv_geometry(node, acc.groups, acc.row_len, shape) {
+                            acc.add_conv_input(data, shape, &geom, max_patches);
                         }
                     }
                     None => {
-                        if x.shape.last() == Some(&acc.row_len) {
+                        if shape.last() == Some(&acc.row_len) {
                             acc.add_rows(data, max_patches);
                         }
                     }
@@ -134,14 +156,14 @@ fn ints_attr(node: &Node, name: &str, n: usize) -> Option<Vec<usize>> {
 
 /// The geometry of a 2-D Conv node on an NCHW input of shape `x_shape`; `None` when the
 /// attributes do not describe a 2-D convolution matching the accumulator.
-fn conv_geometry(node: &Node, acc: &RowGram, x_shape: &[usize]) -> Option<ConvGeometry> {
+fn conv_geometry(node: &Node, groups: usize, row_len: usize, x_shape: &[usize]) -> Option<ConvGeometry> {
     let [_, c, h, w] = x_shape[..] else { return None };
     let group = int_attr(node, "group", 1).max(1) as usize;
     if c % group != 0 {
         return None;
     }
     let per_group = c / group;
-    let kernel_area = acc.row_len.checked_div(per_group)?;
+    let kernel_area = row_len.checked_div(per_group)?;
     let kernel = match ints_attr(node, "kernel_shape", 2) {
         Some(k) => [k[0], k[1]],
         // A square kernel is the only shape a row length alone determines.
@@ -150,7 +172,7 @@ fn conv_geometry(node: &Node, acc: &RowGram, x_shape: &[usize]) -> Option<ConvGe
             [side, side]
         }
     };
-    if kernel[0] * kernel[1] * per_group != acc.row_len {
+    if kernel[0] * kernel[1] * per_group != row_len || group != groups {
         return None;
     }
     let strides = ints_attr(node, "strides", 2).unwrap_or(vec![1, 1]);
@@ -214,20 +236,20 @@ mod tests {
             ("strides", Attr::Ints(vec![2, 2])),
             ("pads", Attr::Ints(vec![1, 1, 0, 0])),
         ]);
-        let g = conv_geometry(&node, &acc, &[1, 8, 16, 16]).unwrap();
+        let g = conv_geometry(&node, acc.groups, acc.row_len, &[1, 8, 16, 16]).unwrap();
         assert_eq!(
             g,
             ConvGeometry { kernel: [3, 3], strides: [2, 2], pads: [1, 1, 0, 0], dilations: [1, 1], group: 1 }
         );
         let same =
             conv(vec![("auto_pad", Attr::Str("SAME_UPPER".into())), ("strides", Attr::Ints(vec![2, 2]))]);
-        let g = conv_geometry(&same, &acc, &[1, 8, 16, 16]).unwrap();
+        let g = conv_geometry(&same, acc.groups, acc.row_len, &[1, 8, 16, 16]).unwrap();
         assert_eq!(g.pads, [0, 0, 1, 1]);
         // Depthwise: 8 groups of one channel, 3x3 rows.
         let dw = conv(vec![("group", Attr::Int(8)), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
-        let g = conv_geometry(&dw, &RowGram::new(8, 9), &[1, 8, 16, 16]).unwrap();
+        let g = conv_geometry(&dw, 8, 9, &[1, 8, 16, 16]).unwrap();
         assert_eq!((g.group, g.kernel), (8, [3, 3]));
         // A row length the channels do not divide: no geometry.
-        assert!(conv_geometry(&dw, &RowGram::new(8, 10), &[1, 8, 16, 16]).is_none());
+        assert!(conv_geometry(&dw, 8, 10, &[1, 8, 16, 16]).is_none());
     }
 }
