@@ -104,7 +104,7 @@ def main():
                     ious[key] = (len(ref_det[name]), len(got), min_matched_iou(ref_det[name], got))
             cos = np.array(list(cosines.values()))
             failed = [k for k, (r, g, m) in ious.items() if r != g or (r and m < 0.9)]
-            print(f"{label}: bytes {min(sizes)}-{max(sizes)}, held-out cosine mean {cos.mean():.4f} "
+            print(f"{label}: bytes {min(sizes)}-{max(sizes)} (mean {sum(sizes) / len(sizes):.0f}), held-out cosine mean {cos.mean():.4f} "
                   f"min {cos.min():.4f} (n={len(cos)}); task failures {len(failed)}: {', '.join(failed)}")
             for k in sorted(cosines):
                 r, g, m = ious[k]
