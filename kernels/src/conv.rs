@@ -166,6 +166,25 @@ fn panel_rows(p: &Conv2dParams) -> usize {
     PANEL_ROWS.min(p.out_per_group()).max(1)
 }
 
+/// Whether a pointwise layer is split across threads by pixels (every thread computing all
+/// filters of its rows) rather than by filters. Split by filters, each task sweeps the whole
+/// input for its filters; with few filters per task (BlazeFace's 24–48) that is a few
+/// multiply-adds per input load. Split by pixels, each thread reads only its rows' inputs for
+/// full panels, and decodes every filter itself, which costs little while each thread still
+/// has [`PIXEL_SPLIT_MIN`] pixels.
+fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
+    let threads = kernels.threads();
+    let filters_per_task = p.out_c / (threads * crate::parallel::TASKS_PER_THREAD).max(1);
+    threads > 1
+        && p.groups == 1
+        && filters_per_task < PANEL_ROWS / 2
+        && p.out_h >= threads
+        && p.out_h * p.out_w >= threads * PIXEL_SPLIT_MIN
+}
+
+/// Fewest output pixels per thread for [`pointwise_by_pixels`].
+const PIXEL_SPLIT_MIN: usize = 256;
+
 /// Scratch elements one worker of [`conv2d`] needs (at least 1).
 pub fn scratch_len(p: &Conv2dParams) -> usize {
     if p.groups == 0 {
@@ -258,8 +277,26 @@ pub fn conv2d(
             residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
         let work = out_plane * p.filter_len();
         match &slab {
+            None if pointwise_by_pixels(kernels, p) => {
+                let row_work = p.out_c * p.out_w * p.filter_len();
+                split_rows(
+                    kernels,
+                    p.out_h,
+                    p.out_w,
+                    row_work,
+                    1,
+                    yb,
+                    scratch,
+                    per_task,
+                    |rows, planes, s| {
+                        let cols = rows.start * p.out_w..rows.end * p.out_w;
+                        layer.pointwise(xb, rb, 0..p.out_c, cols, planes, s)
+                    },
+                )
+            }
             None => split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                layer.pointwise(xb, rb, ocs, ys, s)
+                let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
+                layer.pointwise(xb, rb, ocs, 0..out_plane, &mut planes, s)
             }),
             // Groups of their own input (depthwise): split filters, no input is read twice.
             Some(slab) if p.groups >= kernels.threads() => {
@@ -319,8 +356,8 @@ struct Layer<'a, 'w> {
 
 impl Layer<'_, '_> {
     /// 1×1 stride-1 unpadded: column row `k` is input plane `k`, so no unfolding is needed.
-    /// Computes filters `ocs` of image `xb` into `y` (their planes, back to back), adding the
-    /// same planes of the image's `residual` if given.
+    /// Computes pixels `cols` of filters `ocs` of image `xb`, `out[i]` receiving those pixels of
+    /// filter `ocs.start + i`, adding the same pixels of the image's `residual` if given.
     ///
     /// Each panel of filters is decoded once; tile by tile of pixels, `gemm_rows_at` writes the
     /// panel's products into an accumulator (its "rows" are the input planes, a plane apart), and
@@ -331,7 +368,8 @@ impl Layer<'_, '_> {
         xb: &[f32],
         residual: Option<Residual<'_>>,
         ocs: Range<usize>,
-        y: &mut [f32],
+        cols: Range<usize>,
+        out: &mut [&mut [f32]],
         scratch: &mut [f32],
     ) {
         let p = self.p;
@@ -348,15 +386,15 @@ impl Layer<'_, '_> {
             let end = ocs.end.min((g + 1) * cout_g).min(oc + block);
             let m = end - oc;
             let xg = &xb[g * cin_g * plane..][..cin_g * plane];
-            let yblock = &mut y[(oc - ocs.start) * plane..(end - ocs.start) * plane];
+            let yblock = &mut out[oc - ocs.start..end - ocs.start];
             for r in 0..m {
                 self.rows.decode(oc + r, &mut panel[r * k..(r + 1) * k]);
             }
             let a = &panel[..m * k];
             let tile = (POINTWISE_ACC / m).max(1);
-            let mut t0 = 0;
-            while t0 < plane {
-                let t = tile.min(plane - t0);
+            let mut t0 = cols.start;
+            while t0 < cols.end {
+                let t = tile.min(cols.end - t0);
                 let acc = &mut acc[..m * t];
                 let vectors = t - sliver_columns(self.isa.lanes, t, k);
                 (self.isa.gemm_rows_at)(a, k, &xg[t0..], &planes, vectors, acc, t);
@@ -369,11 +407,18 @@ impl Layer<'_, '_> {
                         acc[r * t + j] = (self.isa.dot)(arow, column);
                     }
                 }
-                for (r, (arow, yplane)) in acc.chunks_exact(t).zip(yblock.chunks_exact_mut(plane)).enumerate()
-                {
+                for (r, (arow, yplane)) in acc.chunks_exact(t).zip(yblock.iter_mut()).enumerate() {
                     let bias = self.bias.map_or(0.0, |b| b[oc + r]);
                     let res = residual.and_then(|res| res.plane(oc + r, plane)).map(|res| &res[t0..][..t]);
-                    (self.isa.store_rows)(self.act, arow, t, bias, res, &mut yplane[t0..][..t], t);
+                    (self.isa.store_rows)(
+                        self.act,
+                        arow,
+                        t,
+                        bias,
+                        res,
+                        &mut yplane[t0 - cols.start..][..t],
+                        t,
+                    );
                 }
                 t0 += t;
             }
@@ -1116,6 +1161,47 @@ mod tests {
         assert_eq!(sliver_columns(16, 64, 960), 0);
         assert_eq!(sliver_columns(16, 9, 960), 0);
         assert_eq!(sliver_columns(1, 49, 960), 0);
+    }
+
+    #[test]
+    fn pointwise_split_by_pixels_matches_the_reference() {
+        // Few filters over planes of a few hundred pixels per thread: split by rows on the
+        // threaded sets. Odd extents (rows end mid-vector, a thread's range starts mid-plane),
+        // one filter, long reductions with sliver columns, full and partial residuals.
+        let mut rng = Rng::new(91);
+        let sets = kernel_sets();
+        let mut split = 0;
+        for (case, (in_c, out_c, [h, w])) in
+            [(24, 6, [40, 37]), (5, 17, [33, 29]), (200, 20, [23, 49]), (3, 1, [64, 13])]
+                .into_iter()
+                .enumerate()
+        {
+            let p = Conv2dParams {
+                batch: 1 + case % 2,
+                in_c,
+                in_h: h,
+                in_w: w,
+                out_c,
+                out_h: h,
+                out_w: w,
+                k_h: 1,
+                k_w: 1,
+                stride_h: 1,
+                stride_w: 1,
+                pad_top: 0,
+                pad_left: 0,
+                dil_h: 1,
+                dil_w: 1,
+                groups: 1,
+            };
+            split += sets.iter().filter(|k| pointwise_by_pixels(k, &p)).count();
+            let kinds = WeightKind::all();
+            check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], true);
+            check_fused_activations(&mut rng, &sets, &p, kinds[(case + 1) % kinds.len()]);
+        }
+        // Every threaded set splits every layer above by pixels; one thread never does.
+        let threaded = sets.iter().filter(|k| k.threads() > 1).count();
+        assert_eq!(split, 4 * threaded);
     }
 
     #[test]

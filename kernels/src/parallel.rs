@@ -9,7 +9,7 @@ use crate::Kernels;
 /// as they finish one balance themselves when one of them runs slower (a core shared with
 /// another process, or a hypervisor's other guest), where one part per thread waits for the
 /// slowest.
-const TASKS_PER_THREAD: usize = 2;
+pub(crate) const TASKS_PER_THREAD: usize = 2;
 
 /// Runs `f(units, y_part, scratch_part)` over `units` independent units of `unit_len` contiguous
 /// output elements each (`y.len() == units * unit_len`), split into at most
