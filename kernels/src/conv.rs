@@ -23,7 +23,7 @@ use pith_format::TensorView;
 use crate::arch::{
     DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, Isa, PLANE_LANES,
 };
-use crate::parallel::{split_rows, split_units};
+use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
 
 /// Geometry of a 2-D convolution (and, with input/output roles as documented on
@@ -174,7 +174,7 @@ fn panel_rows(p: &Conv2dParams) -> usize {
 /// has [`PIXEL_SPLIT_MIN`] pixels.
 fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
     let threads = kernels.threads();
-    let filters_per_task = p.out_c / (threads * crate::parallel::TASKS_PER_THREAD).max(1);
+    let filters_per_task = p.out_c / (threads * TASKS_PER_THREAD).max(1);
     threads > 1
         && p.groups == 1
         && filters_per_task < PANEL_ROWS / 2
@@ -257,9 +257,18 @@ pub fn conv2d(
         for (b, yb) in y.chunks_exact_mut(image).enumerate() {
             let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
             let rb = residual.map(|r| (&r[b * rc * out_plane..][..rc * out_plane], rc));
-            split_rows(kernels, p.out_h, p.out_w, row_work, 2, yb, scratch, per_task, |rows, planes, s| {
-                layer.run(xb, rb, rows, planes, s)
-            });
+            split_rows(
+                kernels,
+                p.out_h,
+                p.out_w,
+                row_work,
+                2,
+                1,
+                yb,
+                scratch,
+                per_task,
+                |rows, planes, s| layer.run(xb, rb, rows, planes, s),
+            );
         }
         return Ok(());
     }
@@ -285,6 +294,7 @@ pub fn conv2d(
                     p.out_w,
                     row_work,
                     1,
+                    TASKS_PER_THREAD,
                     yb,
                     scratch,
                     per_task,
@@ -333,6 +343,7 @@ pub fn conv2d(
                     p.out_h,
                     p.out_w,
                     row_work,
+                    1,
                     1,
                     yb,
                     scratch,

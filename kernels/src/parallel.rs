@@ -71,10 +71,11 @@ fn claim<T>(parts: &[Mutex<Option<T>>], t: usize) -> Option<T> {
 
 /// Runs `f(rows, parts, scratch_part)` over contiguous ranges of the `plane_rows` rows (of
 /// `row_len` elements) of every plane of `y` (`y.len()` a multiple of `plane_rows * row_len`):
-/// `parts[i]` is rows `rows` of plane `i`; ranges start at multiples of `align` rows. Ranges hold
-/// at least `kernels.min_task_work`
-/// multiply-adds (`row_work` per row, over all planes); each call gets its own `per_task`
-/// elements of `scratch`, which must hold `kernels.threads() * per_task`.
+/// `parts[i]` is rows `rows` of plane `i`; ranges start at multiples of `align` rows. There are
+/// at most `tasks_per_thread` ranges per thread (more let a fast thread take over the rest of a
+/// slow one's, at the cost of each range's own setup), each of at least
+/// `kernels.min_task_work` multiply-adds (`row_work` per row, over all planes). Each call gets
+/// its thread's `per_task` elements of `scratch`, which must hold `kernels.threads() * per_task`.
 ///
 /// This is the spatial split: every worker computes all planes (filters) of its rows.
 #[allow(clippy::too_many_arguments)]
@@ -84,6 +85,7 @@ pub(crate) fn split_rows<F>(
     row_len: usize,
     row_work: usize,
     align: usize,
+    tasks_per_thread: usize,
     y: &mut [f32],
     scratch: &mut [f32],
     per_task: usize,
@@ -93,7 +95,7 @@ pub(crate) fn split_rows<F>(
 {
     let plane = plane_rows * row_len;
     let worth = plane_rows.saturating_mul(row_work) / kernels.min_task_work.max(1);
-    let tasks = kernels.threads().min(plane_rows).min(worth).max(1);
+    let tasks = (kernels.threads() * tasks_per_thread.max(1)).min(plane_rows).min(worth).max(1);
     let per_task = per_task.max(1);
     if plane == 0 {
         return;
@@ -113,10 +115,19 @@ pub(crate) fn split_rows<F>(
     let range = |t: usize| (t * per_rows).min(plane_rows)..((t + 1) * per_rows).min(plane_rows);
     match kernels.pool() {
         Some(pool) if tasks > 1 => {
-            let parts = claims(parts.into_iter().zip(scratch.chunks_mut(per_task)));
-            pool.run(parts.len(), &|t, _| {
-                if let Some((mut pt, st)) = claim(&parts, t) {
-                    f(range(t), &mut pt, st);
+            let parts = claims(parts.into_iter());
+            // One scratch part per thread slot, locked by the one task running on it.
+            let slots: Vec<Mutex<&mut [f32]>> = scratch.chunks_mut(per_task).map(Mutex::new).collect();
+            assert!(
+                slots.len() > pool.workers(),
+                "scratch holds {} of {} slots",
+                slots.len(),
+                pool.workers() + 1
+            );
+            pool.run(parts.len(), &|t, slot| {
+                if let Some(mut pt) = claim(&parts, t) {
+                    let mut st = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
+                    f(range(t), &mut pt, &mut st);
                 }
             });
         }
@@ -198,17 +209,20 @@ mod tests {
     #[test]
     fn row_parts_cover_every_plane_once_and_only_split_when_worth_it() {
         let mut k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
-        for (rows, row_work, min_work, want) in [
-            (7, 10, 1, vec![0..3, 3..6, 6..7]),
-            (7, 10, 30, vec![0..4, 4..7]),
-            (7, 10, 1000, vec![Range { start: 0, end: 7 }]),
+        for (rows, row_work, min_work, per_thread, want) in [
+            (7, 10, 1, 1, vec![0..3, 3..6, 6..7]),
+            (7, 10, 30, 1, vec![0..4, 4..7]),
+            (7, 10, 1000, 1, vec![Range { start: 0, end: 7 }]),
+            // Two ranges per thread: more, smaller ranges, still one scratch part per thread.
+            (7, 10, 1, 2, vec![0..2, 2..4, 4..6, 6..7]),
+            (13, 10, 1, 2, vec![0..3, 3..6, 6..9, 9..12, 12..13]),
         ] {
             k.min_task_work = min_work;
             let (planes, row_len) = (3, 5);
             let mut y = vec![-1.0f32; planes * rows * row_len];
             let seen = Mutex::new(Vec::new());
             let mut scratch = vec![0.0; 3 * 2];
-            split_rows(&k, rows, row_len, row_work, 1, &mut y, &mut scratch, 2, |r, parts, s| {
+            split_rows(&k, rows, row_len, row_work, 1, per_thread, &mut y, &mut scratch, 2, |r, parts, s| {
                 assert_eq!(parts.len(), planes);
                 assert!(s.len() >= 2);
                 for (i, part) in parts.iter_mut().enumerate() {
