@@ -106,13 +106,17 @@ impl DepthwisePlane {
         let offsets = shifts.iter().map(|&[dy, dx]| dy * w as isize + dx).collect();
         let mut masks = vec![0u16; shifts.len() * blocks];
         for (t, &[dy, dx]) in shifts.iter().enumerate() {
-            for (v, mask) in masks[t * blocks..][..blocks].iter_mut().enumerate() {
-                for l in 0..PLANE_LANES.min(len - v * PLANE_LANES) {
-                    let i = v * PLANE_LANES + l;
-                    let (iy, ix) = ((i / w) as isize + dy, (i % w) as isize + dx);
-                    if (0..p.in_h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
-                        *mask |= 1 << l;
+            let tap = &mut masks[t * blocks..][..blocks];
+            // Output element i = (y, x), walked row by row (built on every call of the layer, so
+            // no division per element).
+            let mut i = 0;
+            for y in 0..p.out_h {
+                let row_inside = (0..p.in_h as isize).contains(&(y as isize + dy));
+                for x in 0..w {
+                    if row_inside && (0..w as isize).contains(&(x as isize + dx)) {
+                        tap[i / PLANE_LANES] |= 1 << (i % PLANE_LANES);
                     }
+                    i += 1;
                 }
             }
         }
