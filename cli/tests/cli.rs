@@ -60,7 +60,7 @@ fn compress_prints_a_layer_table_and_inspect_describes_the_file() {
     let o = pith(&["inspect", dir.join("f.pith").to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    for want in ["format 1.2", "input  input F32 1x3x128x128", "output regressors", "Conv", "cb4/"] {
+    for want in ["format 1.3", "input  input F32 1x3x128x128", "output regressors", "Conv", "cb4/"] {
         assert!(text.contains(want), "'{want}' missing from inspect output:\n{text}");
     }
 

@@ -2,7 +2,8 @@
 //!
 //! The weight is seen as `rows` rows (slices along axis 0). Candidates:
 //! * **per-tensor**: one f32 codebook of optimal 1-D k-means centroids;
-//! * **scaled**: each row divided by its max magnitude (f32 scale per row), one pooled f32 codebook;
+//! * **scaled**: each row divided by its max magnitude (a scale per row, rounded to f16 so it is
+//!   stored in 2 bytes), one pooled f32 codebook;
 //! * **per-row**: one codebook per row with f16 centroids.
 //!
 //! Selection rule: candidates more than 1.5× the bytes of the smallest are discarded first (without
@@ -126,7 +127,35 @@ fn build(
     for r in 0..rows {
         pack_row(&idx[r * row_len..(r + 1) * row_len], bits, &mut indices[r * stride..(r + 1) * stride]);
     }
-    TensorData::Codebook(CodebookTensor { bits, rows, row_len, entries, kind, centroids, scales, indices })
+    let f16_scales = kind == CodebookKind::SharedScaled && scales_fit_f16(&scales);
+    TensorData::Codebook(CodebookTensor {
+        bits,
+        rows,
+        row_len,
+        entries,
+        kind,
+        centroids,
+        scales,
+        f16_scales,
+        indices,
+    })
+}
+
+/// `s` rounded to the nearest f16 value when that is a positive finite number (so a scale can be
+/// stored in 2 bytes, format 1.3), else `s` itself. The rounding error (at most 2^-11 relative)
+/// is far below any codebook's.
+pub(crate) fn half_scale(s: f32) -> f32 {
+    let h = f16::from_f32(s).to_f32();
+    if h.is_finite() && h > 0.0 {
+        h
+    } else {
+        s
+    }
+}
+
+/// Whether every scale is exactly an f16 value (then they are stored as f16).
+pub(crate) fn scales_fit_f16(scales: &[f32]) -> bool {
+    scales.iter().all(|&s| f16::from_f32(s).to_f32() == s)
 }
 
 /// Indices of the nearest centroid for each value.
@@ -145,7 +174,7 @@ pub(crate) fn per_tensor(w: &[f32], rows: usize, bits: u8) -> TensorData {
 fn row_max_scaled(w: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
     let row_len = w.len() / rows;
     let scales: Vec<f32> =
-        w.chunks_exact(row_len).map(|r| r.iter().fold(0.0f32, |m, v| m.max(v.abs()))).collect();
+        w.chunks_exact(row_len).map(|r| half_scale(r.iter().fold(0.0f32, |m, v| m.max(v.abs())))).collect();
     let normalised = w
         .iter()
         .enumerate()
@@ -736,6 +765,22 @@ mod tests {
 
     fn scored(bytes: usize, rel_error: f64) -> Encoded {
         Encoded { data: TensorData::F32(Vec::new()), bytes, rel_error, out_error: None }
+    }
+
+    #[test]
+    fn shared_scales_are_stored_as_f16_when_every_one_fits() {
+        let (rows, row_len) = (5, 40);
+        let mut w = values(rows * row_len);
+        let TensorData::Codebook(cb) = shared_scaled(&w, rows, 4) else { panic!("a codebook") };
+        assert!(cb.f16_scales);
+        assert!(cb.scales.iter().all(|&s| half::f16::from_f32(s).to_f32() == s && s > 0.0));
+        // A row beyond f16's range keeps every scale in f32.
+        w[0] = 1e6;
+        let TensorData::Codebook(cb) = shared_scaled(&w, rows, 4) else { panic!("a codebook") };
+        assert!(!cb.f16_scales && cb.scales[0] == 1e6);
+        // Other kinds have no scales to store.
+        let TensorData::Codebook(cb) = per_tensor(&w, rows, 4) else { panic!("a codebook") };
+        assert!(!cb.f16_scales);
     }
 
     #[test]

@@ -413,7 +413,7 @@ impl<'a> Objective<'a> {
                 let mut gd = if scaled {
                     let (u, gw, gu) = (&xs[2 * t + 1], &gxs[2 * t], &gxs[2 * t + 1]);
                     let (num, den) = (dot(u, gw), dot(u, gu));
-                    let fitted = (num / den) as f32;
+                    let fitted = crate::codebook::half_scale((num / den) as f32);
                     if den > 0.0 && fitted.is_finite() && fitted > 0.0 && fitted != scales[r] {
                         scales[r] = fitted;
                         n += 1;

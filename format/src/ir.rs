@@ -142,7 +142,8 @@ pub enum CodebookKind {
     PerTensor = 0,
     /// One codebook per row: `w = centroids[row * entries + idx]`.
     PerRow = 1,
-    /// One shared codebook and one f32 scale per row: `w = scales[row] * centroids[idx]`.
+    /// One shared codebook and one scale per row (stored as f32, or f16 with
+    /// [`CodebookTensor::f16_scales`]): `w = scales[row] * centroids[idx]`.
     SharedScaled = 2,
 }
 
@@ -176,6 +177,9 @@ pub struct CodebookTensor {
     pub centroids: Centroids,
     /// Per-row scales for SharedScaled (`rows` of them), empty otherwise.
     pub scales: Vec<f32>,
+    /// Store the scales as f16 (format 1.3, half the bytes); each must then be exactly an f16
+    /// value (the writer refuses one that is not).
+    pub f16_scales: bool,
     /// `rows * row_stride` bytes of packed indices.
     pub indices: Vec<u8>,
 }

@@ -255,6 +255,11 @@ pub const CENTROIDS_F32: u8 = 0;
 /// See [`CENTROIDS_F32`].
 pub const CENTROIDS_F16: u8 = 1;
 
+/// `ConstRec::scale_type`: SharedScaled scales stored as f32.
+pub const SCALES_F32: u8 = 0;
+/// See [`SCALES_F32`]: scales stored as f16 (format 1.3).
+pub const SCALES_F16: u8 = 1;
+
 /// A byte range of the DATA section (which is capped at 4 GiB).
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 #[repr(C)]
@@ -281,8 +286,10 @@ pub struct ConstRec {
     pub centroid_type: u8,
     /// Codebook: entries per codebook; else 0.
     pub entries: u16,
+    /// Codebook: scale precision code ([`SCALES_F32`], or [`SCALES_F16`] from format 1.3); else 0.
+    pub scale_type: u8,
     /// Reserved, 0.
-    pub reserved: u16,
+    pub reserved: u8,
     /// Element data (plain encodings), packed indices (codebook) or Huffman-coded indices.
     pub data: Blob,
     /// Codebook centroids; else empty.

@@ -41,7 +41,8 @@ pub use writer::{write, write_with, Entropy, WriteOptions};
 /// version are refused.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Newest minor format version this crate writes; files with any minor version of [`FORMAT_MAJOR`]
-/// are read. The writer records the lowest minor version whose features a file uses: 2 for the
-/// compact layout (PACKED metadata, 16-byte blobs), 1 when some constant is Huffman-coded, 0
-/// otherwise, so files without those features stay readable by older readers.
-pub const FORMAT_MINOR: u16 = 2;
+/// are read. The writer records the lowest minor version whose features a file uses: 3 when some
+/// codebook stores its row scales as f16, 2 for the compact layout (PACKED metadata, 16-byte
+/// blobs), 1 when some constant is Huffman-coded, 0 otherwise, so files without those features
+/// stay readable by older readers.
+pub const FORMAT_MINOR: u16 = 3;

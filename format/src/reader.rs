@@ -31,6 +31,8 @@ struct ConstEntry {
     decoded: Option<usize>,
     centroids: Range<usize>,
     scales: Range<usize>,
+    /// f16 scales: their f32 form, an index into `PithFile::decoded`.
+    decoded_scales: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +45,7 @@ enum Encoding {
         entries: usize,
         kind: CodebookKind,
         f16_centroids: bool,
+        f16_scales: bool,
         rows: usize,
         row_len: usize,
         row_stride: usize,
@@ -157,6 +160,17 @@ impl PithFile {
                 entropy.decoded_bytes += buf.bytes().len();
                 entry.decoded = Some(decoded.len());
                 decoded.push(buf);
+            }
+            if let Encoding::Codebook { f16_scales: true, .. } = entry.encoding {
+                if sections.version.1 < 3 {
+                    let reason = format!(
+                        "f16 scales (scale type {SCALES_F16}) need format 1.3, but the file says {}.{}",
+                        sections.version.0, sections.version.1
+                    );
+                    return Err(bad_constant(r.value, v, reason));
+                }
+                entry.decoded_scales = Some(decoded.len());
+                decoded.push(widen_scales(&bytes[entry.scales.clone()]));
             }
             let view = make_view(bytes, &decoded, &entry).map_err(|e| bad_constant(r.value, v, e))?;
             if let TensorView::Codebook(c) = &view {
@@ -296,6 +310,7 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>, align: usize) -> Resu
         check_elem(elem, enc)?;
         let unused = [r.bits as u32, r.cb_kind as u32, r.centroid_type as u32, r.entries as u32]
             .into_iter()
+            .chain([r.scale_type as u32, r.reserved as u32])
             .chain([r.centroids.offset, r.centroids.len, r.scales.offset, r.scales.len]);
         if unused.into_iter().any(|x| x != 0) {
             return Err(bad(format!("{enc} constant has non-zero codebook fields")));
@@ -308,6 +323,7 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>, align: usize) -> Resu
             decoded: None,
             centroids: 0..0,
             scales: 0..0,
+            decoded_scales: None,
         })
     };
     match r.encoding {
@@ -349,8 +365,17 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>, align: usize) -> Resu
             let centroid_bytes =
                 lay.centroid_count.checked_mul(csize).ok_or_else(|| bad("centroid size overflows".into()))?;
             check_len("codebook centroids", r.centroids.len, centroid_bytes)?;
+            let (f16_scales, ssize) = match r.scale_type {
+                SCALES_F32 => (false, 4),
+                SCALES_F16 if kind == CodebookKind::SharedScaled => (true, 2),
+                SCALES_F16 => return Err(bad("f16 scales on a codebook without scales".into())),
+                t => return Err(enum_err("scale type", t)),
+            };
+            if r.reserved != 0 {
+                return Err(bad(format!("reserved byte is {}, not 0", r.reserved)));
+            }
             let scale_bytes =
-                lay.scale_count.checked_mul(4).ok_or_else(|| bad("scale size overflows".into()))?;
+                lay.scale_count.checked_mul(ssize).ok_or_else(|| bad("scale size overflows".into()))?;
             check_len("codebook scales", r.scales.len, scale_bytes)?;
             Ok(ConstEntry {
                 value: id,
@@ -359,6 +384,7 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>, align: usize) -> Resu
                     entries: lay.entries,
                     kind,
                     f16_centroids,
+                    f16_scales,
                     rows: lay.rows,
                     row_len: lay.row_len,
                     row_stride: lay.row_stride,
@@ -368,6 +394,7 @@ fn const_entry(v: &Value, r: &ConstRec, data: Section<'_>, align: usize) -> Resu
                 decoded: None,
                 centroids: blob(r.centroids, "centroids")?,
                 scales: blob(r.scales, "scales")?,
+                decoded_scales: None,
             })
         }
         e => Err(FormatError::BadEnum {
@@ -393,6 +420,17 @@ fn decode_huffman(bytes: &[u8], e: &ConstEntry, v: &Value) -> Result<AlignedBuf>
     Ok(buf)
 }
 
+/// The f32 form of a blob of f16 scales (a blob offset is a multiple of 16, so the f16 values
+/// are aligned; the length was checked to be even).
+fn widen_scales(blob: &[u8]) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(blob.len() * 2);
+    for (out, half) in buf.bytes_mut().chunks_exact_mut(4).zip(blob.chunks_exact(2)) {
+        let v = f16::from_le_bytes([half[0], half[1]]).to_f32();
+        out.copy_from_slice(&v.to_le_bytes());
+    }
+    buf
+}
+
 /// Builds the view of a checked entry (`decoded` holds the packed form of Huffman-coded
 /// entries). Fails only if a blob is misaligned in memory.
 fn make_view<'a>(
@@ -412,6 +450,10 @@ fn make_view<'a>(
         Encoding::F16 => TensorView::F16(cast::<f16>(data)?),
         Encoding::I64 => TensorView::I64(cast::<i64>(data)?),
         Encoding::Codebook { bits, entries, kind, f16_centroids, rows, row_len, row_stride, .. } => {
+            let scales = match e.decoded_scales {
+                Some(i) => decoded[i].bytes(),
+                None => &bytes[e.scales.clone()],
+            };
             let c = &bytes[e.centroids.clone()];
             TensorView::Codebook(CodebookView {
                 bits,
@@ -425,7 +467,7 @@ fn make_view<'a>(
                 } else {
                     CentroidsView::F32(cast::<f32>(c)?)
                 },
-                scales: cast::<f32>(&bytes[e.scales.clone()])?,
+                scales: cast::<f32>(scales)?,
                 indices: data,
             })
         }

@@ -176,6 +176,7 @@ fn with_codebook(bits: u8, entries: usize, idx: &[&[u8]]) -> Model {
         kind: CodebookKind::PerTensor,
         centroids: Centroids::F32((0..entries).map(|i| i as f32).collect()),
         scales: vec![],
+        f16_scales: false,
         indices: pack(idx, bits),
     });
     m

@@ -9,11 +9,13 @@ use bytemuck::Zeroable;
 
 use crate::error::FormatError;
 use crate::huffman;
-use crate::ir::{Attr, Centroids, Constant, Dim, ElemType, Model, TensorData, ValueId};
+use half::f16;
+
+use crate::ir::{Attr, Centroids, CodebookKind, Constant, Dim, ElemType, Model, TensorData, ValueId};
 use crate::layout::*;
 use crate::packed;
 use crate::sections::header_crc;
-use crate::validate::{self, CodebookParams};
+use crate::validate::{self, bad_constant, CodebookParams};
 use crate::view::{CentroidsView, CodebookView};
 use crate::FORMAT_MAJOR;
 
@@ -37,7 +39,9 @@ pub struct WriteOptions {
     /// Compact layout (format 1.2): the metadata sections DEFLATE-compressed into one PACKED
     /// section (inflated once at open) and data blobs aligned to 16 bytes instead of 64. It
     /// takes about three quarters off the metadata, which matters for models of tens of
-    /// kilobytes; files without it stay readable by 1.0 / 1.1 readers.
+    /// kilobytes. Codebook scales marked [`crate::ir::CodebookTensor::f16_scales`] are stored
+    /// as f16 only in this layout (format 1.3); files without it store them as f32 (the same
+    /// values) and stay readable by 1.0 / 1.1 readers.
     pub compact: bool,
 }
 
@@ -51,8 +55,8 @@ pub fn write(model: &Model) -> Result<Vec<u8>> {
 /// [`write()`] with options. With [`Entropy::Huffman`], each codebook tensor's indices are stored
 /// Huffman-coded (canonical codes per tensor, at most 12 bits per code word) when that makes the
 /// tensor smaller, and packed otherwise. The file records the lowest format version its features
-/// need: 1.2 with [`WriteOptions::compact`], else 1.1 with at least one Huffman-coded tensor,
-/// else 1.0.
+/// need: with [`WriteOptions::compact`] 1.3 when some scales are stored as f16, else 1.2;
+/// without it 1.1 with at least one Huffman-coded tensor, else 1.0.
 ///
 /// The same model and options always yield the same bytes.
 pub fn write_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
@@ -111,6 +115,15 @@ fn check_constant(model: &Model, c: &Constant) -> Result<()> {
             };
             count("codebook centroids", centroids.len(), lay.centroid_count)?;
             count("codebook scales", cb.scales.len(), lay.scale_count)?;
+            if cb.f16_scales {
+                if cb.kind != CodebookKind::SharedScaled {
+                    return Err(bad_constant(id, v, "f16 scales on a codebook without scales"));
+                }
+                if let Some(pos) = cb.scales.iter().position(|&s| f16::from_f32(s).to_f32() != s) {
+                    let reason = format!("scale {pos} ({}) is not an f16 value", cb.scales[pos]);
+                    return Err(bad_constant(id, v, reason));
+                }
+            }
             let view = CodebookView {
                 bits: lay.bits,
                 rows: lay.rows,
@@ -159,6 +172,8 @@ struct Builder<'m> {
     entropy: Entropy,
     /// Alignment of data blobs.
     blob_align: usize,
+    /// Store scales marked f16 as f16 (the compact layout).
+    half_scales: bool,
 }
 
 impl<'m> Builder<'m> {
@@ -307,7 +322,13 @@ impl<'m> Builder<'m> {
                     Centroids::F32(v) => (CENTROIDS_F32, self.blob(bytemuck::cast_slice(v))?),
                     Centroids::F16(v) => (CENTROIDS_F16, self.blob(bytemuck::cast_slice(v))?),
                 };
-                rec.scales = self.blob(bytemuck::cast_slice(&cb.scales))?;
+                rec.scales = if cb.f16_scales && self.half_scales {
+                    rec.scale_type = SCALES_F16;
+                    let half: Vec<f16> = cb.scales.iter().map(|&s| f16::from_f32(s)).collect();
+                    self.blob(bytemuck::cast_slice(&half))?
+                } else {
+                    self.blob(bytemuck::cast_slice(&cb.scales))?
+                };
             }
         }
         Ok(rec)
@@ -329,7 +350,8 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
 pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
     let g = &model.graph;
     let blob_align = if options.compact { COMPACT_BLOB_ALIGN } else { ALIGN };
-    let mut b = Builder { entropy: options.entropy, blob_align, ..Builder::default() };
+    let mut b =
+        Builder { entropy: options.entropy, blob_align, half_scales: options.compact, ..Builder::default() };
     for v in &g.values {
         let name = b.string(&v.name)?;
         let shape = v.shape.as_deref().unwrap_or_default();
@@ -375,7 +397,9 @@ pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u
     }
     to_u32(b.constants.len(), "CONSTANTS")?;
     // The lowest minor version whose features the file uses.
-    let minor = if options.compact {
+    let minor = if b.constants.iter().any(|c| c.scale_type == SCALES_F16) {
+        3
+    } else if options.compact {
         2
     } else if b.constants.iter().any(|c| c.encoding == ENC_CODEBOOK_HUFFMAN) {
         1

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use pith_format::ir::*;
-use pith_format::{write, write_with, Entropy, FormatError, PithFile, WriteOptions};
+use pith_format::{write, write_with, Entropy, FormatError, PithFile, TensorView, WriteOptions};
 
 fn small_file() -> Vec<u8> {
     // Every section non-empty but the file small, so exhaustive loops stay fast.
@@ -128,7 +128,7 @@ fn newer_major_version_is_refused_with_an_upgrade_hint() {
     b[10..12].copy_from_slice(&3u16.to_le_bytes());
     let e = err(b);
     assert!(matches!(e, FormatError::NewerVersion { major: 7, minor: 3 }));
-    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.2); upgrade Pith");
+    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.3); upgrade Pith");
 
     let mut b = small_file();
     b[8..10].copy_from_slice(&0u16.to_le_bytes());
@@ -454,4 +454,100 @@ fn compact_blobs_need_16_byte_alignment() {
     assert_eq!(offset % 16, 0, "the writer aligns compact blobs to 16 bytes");
     let e = with_offset(offset + 8).unwrap_err().to_string();
     assert!(e.contains("not a multiple of 16"), "{e}");
+}
+
+/// The full model with its SharedScaled codebooks marked for f16 scales (their scales,
+/// `0.5 + row`, are f16 values).
+fn half_scaled_model() -> Model {
+    let (mut m, _) = full_model();
+    for c in &mut m.constants {
+        if let TensorData::Codebook(cb) = &mut c.data {
+            cb.f16_scales = cb.kind == CodebookKind::SharedScaled;
+        }
+    }
+    m
+}
+
+/// Offset, in the inflated metadata, of the record of the first constant whose codebook kind is
+/// `kind` (records from SPEC.md: 36 bytes, `cb_kind` at byte 6).
+fn const_rec(inflated: &[u8], kind: u8) -> usize {
+    let start = packed_entry(inflated, 10);
+    let len = u32::from_le_bytes(inflated[start - 4..start].try_into().unwrap()) as usize;
+    (start..start + len)
+        .step_by(36)
+        .find(|&at| inflated[at + 4] >= 3 && inflated[at + 6] == kind)
+        .expect("a codebook constant of that kind")
+}
+
+#[test]
+fn f16_scales_round_trip_in_the_compact_layout_and_their_record_is_checked() {
+    let m = half_scaled_model();
+    let (plain_model, _) = full_model();
+    let b = write_with(&m, &COMPACT).unwrap();
+    let f = PithFile::from_bytes(b.clone()).unwrap();
+    assert_eq!(f.version(), (1, 3));
+    // The same tensors as with f32 scales, for 2 bytes less per row.
+    let g = PithFile::from_bytes(write_with(&plain_model, &COMPACT).unwrap()).unwrap();
+    assert_eq!(g.version(), (1, 2));
+    let mut scaled = 0;
+    for c in &m.constants {
+        let (TensorView::Codebook(a), TensorView::Codebook(b)) =
+            (f.constant(c.value).unwrap(), g.constant(c.value).unwrap())
+        else {
+            continue;
+        };
+        assert_eq!(a.scales, b.scales);
+        if a.kind == CodebookKind::SharedScaled {
+            scaled += 1;
+            assert!(!a.scales.is_empty());
+            assert_eq!(f.constant_bytes(c.value) + 2 * a.rows, g.constant_bytes(c.value));
+        }
+    }
+    assert!(scaled > 0);
+    // The plain layout stores them as f32: readable by 1.0 readers.
+    let p = PithFile::from_bytes(write(&m).unwrap()).unwrap();
+    assert_eq!(p.version(), (1, 0));
+
+    // The writer refuses a scale that is not an f16 value, and f16 scales without scales.
+    let mut bad = m.clone();
+    let mut bad_kind = m.clone();
+    for c in &mut bad.constants {
+        if let TensorData::Codebook(cb) = &mut c.data {
+            if cb.f16_scales {
+                cb.scales[0] = 0.1;
+            }
+        }
+    }
+    for c in &mut bad_kind.constants {
+        if let TensorData::Codebook(cb) = &mut c.data {
+            cb.f16_scales |= cb.kind == CodebookKind::PerTensor;
+        }
+    }
+    let e = write_with(&bad, &COMPACT).unwrap_err().to_string();
+    assert!(e.contains("is not an f16 value"), "{e}");
+    let e = write_with(&bad_kind, &COMPACT).unwrap_err().to_string();
+    assert!(e.contains("f16 scales on a codebook without scales"), "{e}");
+
+    // The reader: f16 scales in a file that says 1.2, an unknown scale type, the reserved
+    // byte, f16 scales on a codebook without scales, and f32 scales with an f16 blob.
+    let inflated = inflate(&b);
+    let rec = const_rec(&inflated, 2);
+    let mut old = b.clone();
+    old[10..12].copy_from_slice(&2u16.to_le_bytes());
+    reseal_header(&mut old);
+    let e = err(old).to_string();
+    assert!(e.contains("need format 1.3"), "{e}");
+    let patched = |at: usize, v: u8| {
+        let mut raw = inflated.clone();
+        raw[at] = v;
+        err(repack(&b, &raw)).to_string()
+    };
+    let e = patched(rec + 10, 7);
+    assert!(e.contains("scale type"), "{e}");
+    let e = patched(rec + 11, 1);
+    assert!(e.contains("reserved byte is 1"), "{e}");
+    let e = patched(const_rec(&inflated, 0) + 10, 1);
+    assert!(e.contains("f16 scales on a codebook without scales"), "{e}");
+    let e = patched(rec + 10, 0);
+    assert!(e.contains("codebook scales"), "{e}");
 }

@@ -57,6 +57,7 @@ fn tensor_len(
         kind,
         centroids: Centroids::F32((0..ncent).map(|i| i as f32 * 0.5 - 1.0).collect()),
         scales: if kind == CodebookKind::SharedScaled { vec![2.0; rows] } else { vec![] },
+        f16_scales: false,
         indices: pack(idx, bits),
     }
 }

@@ -40,6 +40,7 @@ fn codebook(rng: &mut Rng, bits: u8, rows: usize, row_len: usize) -> TensorData 
         kind: CodebookKind::PerRow,
         centroids: Centroids::F32(rng.vec(rows * entries)),
         scales: vec![],
+        f16_scales: false,
         indices,
     })
 }

@@ -100,6 +100,7 @@ pub fn random_weight(rng: &mut Rng, kind: WeightKind, rows: usize, row_len: usiz
                 kind,
                 centroids,
                 scales,
+                f16_scales: false,
                 indices,
             })
         }

@@ -73,6 +73,7 @@ pub fn random_codebook_matrix(rows: usize, cols: usize, bits: u8, seed: u64) -> 
         kind: CodebookKind::SharedScaled,
         centroids: Centroids::F32(centroids),
         scales: vec![1.0 / (cols.max(1) as f32).sqrt(); rows],
+        f16_scales: false,
         indices,
     }))
 }

@@ -210,7 +210,12 @@ impl Params {
                     } else {
                         Centroids::F32(centroids.p.clone())
                     };
+                    // Tuned scales go back to f16 where the tensor stores them so.
                     cb.scales = scales.p.clone();
+                    if cb.f16_scales {
+                        cb.scales.iter_mut().for_each(|s| *s = crate::codebook::half_scale(*s));
+                        cb.f16_scales = crate::codebook::scales_fit_f16(&cb.scales);
+                    }
                 }
                 _ => {}
             }
@@ -284,6 +289,7 @@ mod tests {
                 (0..n).map(|i| if i == 0 { 0.0 } else { 0.1 * i as f32 - 0.35 }).collect(),
             ),
             scales: if kind == CodebookKind::SharedScaled { vec![0.5, 2.0, 1.5] } else { Vec::new() },
+            f16_scales: false,
             indices,
         }
     }

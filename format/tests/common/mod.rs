@@ -57,6 +57,7 @@ pub fn codebook(bits: u8, entries: usize, kind: CodebookKind, f16c: bool, rows: 
             kind,
             centroids,
             scales,
+            f16_scales: false,
             indices: pack(&idx, bits),
         },
         idx,

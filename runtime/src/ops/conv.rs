@@ -735,6 +735,7 @@ mod tests {
             kind: CodebookKind::PerTensor,
             centroids: Centroids::F32(vec![-1.0, -0.25, 0.5, 2.0]),
             scales: vec![],
+            f16_scales: false,
             indices: vec![0b1110_0100, 0b0000_0001, 0b0011_1001, 0b0000_0010, 0b0101_0101, 0b0000_1111],
         });
         let dense: Vec<f32> = {
