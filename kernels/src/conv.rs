@@ -1174,6 +1174,28 @@ mod tests {
         assert_eq!(sliver_columns(1, 49, 960), 0);
     }
 
+    /// A 1×1, stride-1, unpadded convolution over `[h, w]` planes.
+    fn pointwise(batch: usize, in_c: usize, out_c: usize, [h, w]: [usize; 2]) -> Conv2dParams {
+        Conv2dParams {
+            batch,
+            in_c,
+            in_h: h,
+            in_w: w,
+            out_c,
+            out_h: h,
+            out_w: w,
+            k_h: 1,
+            k_w: 1,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            dil_h: 1,
+            dil_w: 1,
+            groups: 1,
+        }
+    }
+
     #[test]
     fn pointwise_split_by_pixels_matches_the_reference() {
         // Few filters over planes of a few hundred pixels per thread: split by rows on the
@@ -1187,24 +1209,7 @@ mod tests {
                 .into_iter()
                 .enumerate()
         {
-            let p = Conv2dParams {
-                batch: 1 + case % 2,
-                in_c,
-                in_h: h,
-                in_w: w,
-                out_c,
-                out_h: h,
-                out_w: w,
-                k_h: 1,
-                k_w: 1,
-                stride_h: 1,
-                stride_w: 1,
-                pad_top: 0,
-                pad_left: 0,
-                dil_h: 1,
-                dil_w: 1,
-                groups: 1,
-            };
+            let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
             split += sets.iter().filter(|k| pointwise_by_pixels(k, &p)).count();
             let kinds = WeightKind::all();
             check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], true);
@@ -1222,24 +1227,7 @@ mod tests {
         let mut rng = Rng::new(81);
         let sets = kernel_sets();
         for (in_c, out_c, [h, w]) in [(320, 37, [7, 7]), (700, 20, [1, 17]), (300, 100, [3, 11])] {
-            let p = Conv2dParams {
-                batch: 2,
-                in_c,
-                in_h: h,
-                in_w: w,
-                out_c,
-                out_h: h,
-                out_w: w,
-                k_h: 1,
-                k_w: 1,
-                stride_h: 1,
-                stride_w: 1,
-                pad_top: 0,
-                pad_left: 0,
-                dil_h: 1,
-                dil_w: 1,
-                groups: 1,
-            };
+            let p = pointwise(2, in_c, out_c, [h, w]);
             assert_eq!(sliver_columns(16, h * w, in_c), 1, "{p:?} takes a dot-product column");
             let kind = WeightKind::Codebook(4, pith_format::ir::CodebookKind::PerRow, false);
             check_all_paths(&mut rng, &sets, &p, kind, true);

@@ -39,14 +39,7 @@ pub(crate) fn split_units<F>(
         Some(pool) if tasks > 1 && unit_len > 0 => {
             let per_units = units.div_ceil(tasks);
             let parts = claims(y.chunks_mut(per_units * unit_len));
-            // One scratch part per thread slot, locked by the one task running on it.
-            let slots: Vec<Mutex<&mut [f32]>> = scratch.chunks_mut(per_task).map(Mutex::new).collect();
-            assert!(
-                slots.len() > pool.workers(),
-                "conv scratch holds {} of {} slots",
-                slots.len(),
-                pool.workers() + 1
-            );
+            let slots = slots(scratch, per_task, pool.workers() + 1);
             pool.run(parts.len(), &|t, slot| {
                 if let Some(yc) = claim(&parts, t) {
                     let mut sc = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
@@ -57,6 +50,14 @@ pub(crate) fn split_units<F>(
         }
         _ => f(0..units, y, scratch),
     }
+}
+
+/// `scratch` cut into one `per_task` part per thread slot (`threads` of them, the caller's and
+/// each worker's), each locked by the one task running on that slot.
+fn slots(scratch: &mut [f32], per_task: usize, threads: usize) -> Vec<Mutex<&mut [f32]>> {
+    let slots: Vec<Mutex<&mut [f32]>> = scratch.chunks_mut(per_task).map(Mutex::new).collect();
+    assert!(slots.len() >= threads, "scratch holds {} of {threads} slots", slots.len());
+    slots
 }
 
 /// One part per task, each taken once by its task (uncontended locks: a few nanoseconds).
@@ -116,14 +117,7 @@ pub(crate) fn split_rows<F>(
     match kernels.pool() {
         Some(pool) if tasks > 1 => {
             let parts = claims(parts.into_iter());
-            // One scratch part per thread slot, locked by the one task running on it.
-            let slots: Vec<Mutex<&mut [f32]>> = scratch.chunks_mut(per_task).map(Mutex::new).collect();
-            assert!(
-                slots.len() > pool.workers(),
-                "scratch holds {} of {} slots",
-                slots.len(),
-                pool.workers() + 1
-            );
+            let slots = slots(scratch, per_task, pool.workers() + 1);
             pool.run(parts.len(), &|t, slot| {
                 if let Some(mut pt) = claim(&parts, t) {
                     let mut st = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
