@@ -183,8 +183,9 @@ fn blazeface_auto_keeps_the_face_on_a_held_out_portrait() {
 
 /// Fine-tuning a uniform 3-bit BlazeFace (issue #4's retraining lever): the held-out
 /// portrait's output cosine must rise well above the untuned model's, with the same file size.
-/// Measured: 0.811 -> 0.886 with the two-person calibration set (0.657 -> 0.91 with one person,
-/// whose untuned model was much worse).
+/// The codebooks are plain k-means: the data-aware ones now reach 0.924 held out at 3 bits,
+/// which tuning (60 steps) only took to 0.927. Measured: 0.735 -> 0.877 over 100 steps (with
+/// data-aware codebooks before the f16-scale size model: 0.811 -> 0.886).
 #[test]
 fn blazeface_finetuning_raises_held_out_fidelity_at_the_same_size() {
     let samples = calibration("blazeface", |img| blazeface::preprocess(img).0);
@@ -195,6 +196,7 @@ fn blazeface_finetuning_raises_held_out_fidelity_at_the_same_size() {
     let held_out = |finetune: Option<FinetuneOptions>| {
         let options = CalibOptions {
             bits: BitsChoice::Fixed(WeightFormat::Codebook { bits: 3 }),
+            data_aware: false,
             task: Some(TaskCheck::BlazeFace),
             finetune,
             ..Default::default()
@@ -209,7 +211,7 @@ fn blazeface_finetuning_raises_held_out_fidelity_at_the_same_size() {
         (cos.fold(f64::INFINITY, f64::min), bytes.len(), out.report.finetune)
     };
     let (plain, plain_bytes, none) = held_out(None);
-    let (tuned, tuned_bytes, report) = held_out(Some(FinetuneOptions { steps: 60, ..Default::default() }));
+    let (tuned, tuned_bytes, report) = held_out(Some(FinetuneOptions { steps: 100, ..Default::default() }));
     let report = report.expect("a fine-tuning report");
     eprintln!("BlazeFace 3-bit held-out cosine {plain:.4} -> {tuned:.4} after tuning ({report:?})");
     assert!(none.is_none());

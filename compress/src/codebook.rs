@@ -73,7 +73,9 @@ pub(crate) fn data_bytes(data: &TensorData) -> usize {
                 Centroids::F32(v) => v.len() * 4,
                 Centroids::F16(v) => v.len() * 2,
             };
-            centroids + c.scales.len() * 4 + c.indices.len()
+            // f16 scales as the compact layout stores them (the plain layout widens them to f32).
+            let scale = if c.f16_scales { 2 } else { 4 };
+            centroids + c.scales.len() * scale + c.indices.len()
         }
     }
 }
