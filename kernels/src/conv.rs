@@ -182,6 +182,25 @@ fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
         && p.out_h * p.out_w >= threads * PIXEL_SPLIT_MIN
 }
 
+/// [`split_rows`] over the output rows of one image `y` of layer `p` (every filter of a row
+/// costs `filter_len` multiply-adds per pixel), ranges starting at multiples of `align` rows.
+#[allow(clippy::too_many_arguments)]
+fn split_output_rows<F>(
+    kernels: &Kernels,
+    p: &Conv2dParams,
+    align: usize,
+    tasks_per_thread: usize,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    per_task: usize,
+    f: F,
+) where
+    F: Fn(Range<usize>, &mut [&mut [f32]], &mut [f32]) + Sync,
+{
+    let row_work = p.out_c * p.out_w * p.filter_len();
+    split_rows(kernels, p.out_h, p.out_w, row_work, align, tasks_per_thread, y, scratch, per_task, f)
+}
+
 /// Fewest output pixels per thread for [`pointwise_by_pixels`].
 const PIXEL_SPLIT_MIN: usize = 256;
 
@@ -253,22 +272,13 @@ pub fn conv2d(
     }
     if crate::winograd::applies(p) {
         let layer = crate::winograd::Winograd { isa: kernels.isa(), rows: &rows, bias, act, p };
-        let (image, row_work) = (p.out_c * out_plane, p.out_c * p.out_w * p.filter_len());
-        for (b, yb) in y.chunks_exact_mut(image).enumerate() {
+        for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
             let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
             let rb = residual.map(|r| (&r[b * rc * out_plane..][..rc * out_plane], rc));
-            split_rows(
-                kernels,
-                p.out_h,
-                p.out_w,
-                row_work,
-                2,
-                1,
-                yb,
-                scratch,
-                per_task,
-                |rows, planes, s| layer.run(xb, rb, rows, planes, s),
-            );
+            // Winograd's output tiles are 2 rows tall.
+            split_output_rows(kernels, p, 2, 1, yb, scratch, per_task, |rows, planes, s| {
+                layer.run(xb, rb, rows, planes, s)
+            });
         }
         return Ok(());
     }
@@ -286,24 +296,19 @@ pub fn conv2d(
             residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
         let work = out_plane * p.filter_len();
         match &slab {
-            None if pointwise_by_pixels(kernels, p) => {
-                let row_work = p.out_c * p.out_w * p.filter_len();
-                split_rows(
-                    kernels,
-                    p.out_h,
-                    p.out_w,
-                    row_work,
-                    1,
-                    TASKS_PER_THREAD,
-                    yb,
-                    scratch,
-                    per_task,
-                    |rows, planes, s| {
-                        let cols = rows.start * p.out_w..rows.end * p.out_w;
-                        layer.pointwise(xb, rb, 0..p.out_c, cols, planes, s)
-                    },
-                )
-            }
+            None if pointwise_by_pixels(kernels, p) => split_output_rows(
+                kernels,
+                p,
+                1,
+                TASKS_PER_THREAD,
+                yb,
+                scratch,
+                per_task,
+                |rows, planes, s| {
+                    let cols = rows.start * p.out_w..rows.end * p.out_w;
+                    layer.pointwise(xb, rb, 0..p.out_c, cols, planes, s)
+                },
+            ),
             None => split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                 let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
                 layer.pointwise(xb, rb, ocs, 0..out_plane, &mut planes, s)
@@ -336,21 +341,9 @@ pub fn conv2d(
             }
             // A few groups sharing their input: split output rows, so each worker reads and pads
             // only its part of the input and decodes its filters once.
-            Some(slab) => {
-                let row_work = p.out_c * p.out_w * p.filter_len();
-                split_rows(
-                    kernels,
-                    p.out_h,
-                    p.out_w,
-                    row_work,
-                    1,
-                    1,
-                    yb,
-                    scratch,
-                    per_task,
-                    |rows, planes, s| layer.shifted(slab, &offsets, xb, rb, 0..p.out_c, rows, planes, s),
-                )
-            }
+            Some(slab) => split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, planes, s| {
+                layer.shifted(slab, &offsets, xb, rb, 0..p.out_c, rows, planes, s)
+            }),
         }
     }
     Ok(())
