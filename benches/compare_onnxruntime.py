@@ -7,6 +7,7 @@ Usage, from the repository root after `cargo build --release -p pith-cli`:
     python3 benches/compare_onnxruntime.py ppocr --bits f32 --threads 2 --rounds 7 --iters 10
     python3 benches/compare_onnxruntime.py blazeface --tflite face_detection_short_range.tflite
     python3 benches/compare_onnxruntime.py --onnx mobilenetv2.onnx --input input=1x3x224x224
+    python3 benches/compare_onnxruntime.py blazeface --int8 --threads 2
 
 Arguments:
     model           blazeface (1x3x128x128) or ppocr (PP-OCRv4 det, 1x3xHxW; --hw, default 320x640)
@@ -21,6 +22,9 @@ Arguments:
     --hw HxW        PP-OCR input height x width (default 320x640; 736x1472 is a full page)
     --pith PATH     the pith binary (default target/release/pith)
     --tflite PATH   the original .tflite for LiteRT (not bundled: the repository has the ONNX only)
+    --int8          also time Pith with int8 activations (`pith bench --int8`: dynamic-range
+                    quantized 1x1 convolutions on int8 dot products) and onnxruntime on the model
+                    its `quantize_dynamic` writes (int8 weights, activations quantized at run time)
 
 The model is first compressed with `pith compress` into --work-dir (default: a temporary folder).
 Pith is timed by `pith bench` (a subprocess; load and warm-up excluded, the median of its timed
@@ -72,14 +76,13 @@ def time_calls(fn, iters):
 class Pith:
     """`pith bench` on a .pith file, one subprocess per round."""
 
-    name = "pith"
-
-    def __init__(self, binary, pith_model, input_name, shape, threads):
+    def __init__(self, binary, pith_model, input_name, shape, threads, int8=False):
+        self.name = "pith-int8" if int8 else "pith"
         self.cmd = [
             binary, "bench", pith_model,
             "--shape", f"{input_name}={'x'.join(map(str, shape))}",
             "--threads", str(threads),
-        ]
+        ] + (["--int8"] if int8 else [])
 
     def median_ms(self, iters):
         out = subprocess.run(self.cmd + ["--iters", str(iters)], check=True, capture_output=True, text=True)
@@ -90,10 +93,10 @@ class Pith:
 
 
 class OnnxRuntime:
-    name = "onnxruntime"
-
-    def __init__(self, onnx_path, input_name, x, threads):
+    def __init__(self, onnx_path, input_name, x, threads, name="onnxruntime"):
         import onnxruntime as ort
+
+        self.name = name
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -200,6 +203,7 @@ def main():
     p.add_argument("--pith", default=os.path.join(ROOT, "target", "release", "pith"))
     p.add_argument("--tflite", default=None)
     p.add_argument("--work-dir", default=None)
+    p.add_argument("--int8", action="store_true")
     args = p.parse_args()
     if args.rounds < 1 or args.iters < 1 or args.threads < 1:
         p.error("--rounds, --iters and --threads must be at least 1")
@@ -244,6 +248,18 @@ def compare(args, onnx_path, input_name, shape, work_dir):
         Pith(args.pith, pith_model, input_name, shape, args.threads),
         OnnxRuntime(onnx_path, input_name, x, args.threads),
     ]
+    if args.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from compare_compression import constants_to_initializers
+
+        runtimes.insert(1, Pith(args.pith, pith_model, input_name, shape, args.threads, int8=True))
+        # The quantiser only quantises initializers; PP-OCRv4 det keeps its weights in Constants.
+        plain = os.path.join(work_dir, f"{args.model}_initializers.onnx")
+        constants_to_initializers(onnx_path, plain)
+        int8_path = os.path.join(work_dir, f"{args.model}_ort_int8.onnx")
+        quantize_dynamic(plain, int8_path, weight_type=QuantType.QInt8)
+        runtimes.append(OnnxRuntime(int8_path, input_name, x, args.threads, name="onnxruntime-int8"))
     if args.tflite:
         runtimes.append(optional("litert", lambda: LiteRT(args.tflite, x, args.threads)))
     else:
@@ -261,15 +277,17 @@ def compare(args, onnx_path, input_name, shape, work_dir):
         done = "  ".join(f"{n}={v[-1]:.2f}ms" for n, v in rounds.items())
         print(f"round {i + 1}/{args.rounds}: {done}", file=sys.stderr)
 
-    pith_ms = statistics.median(rounds["pith"])
+    piths = [n for n in rounds if n.startswith("pith")]
+    ort_version = next(r.version for r in runtimes if r.name == "onnxruntime")
     print(f"model={args.model} input={'x'.join(map(str, shape))} pith_weights={args.bits} "
-          f"threads={args.threads} rounds={args.rounds} iters={args.iters} "
-          f"onnxruntime={runtimes[1].version}")
-    print(f"{'runtime':<12} {'median_ms':>10} {'min..max over rounds':>22} {'pith/runtime':>13}")
+          f"threads={args.threads} rounds={args.rounds} iters={args.iters} onnxruntime={ort_version}")
+    print(f"{'runtime':<17} {'median_ms':>10} {'min..max over rounds':>22}"
+          + "".join(f" {p + '/runtime':>18}" for p in piths))
     for name, v in rounds.items():
         med = statistics.median(v)
         spread = f"{min(v):.2f}..{max(v):.2f}"
-        print(f"{name:<12} {med:>10.2f} {spread:>22} {pith_ms / med:>13.2f}")
+        ratios = "".join(f" {statistics.median(rounds[p]) / med:>18.2f}" for p in piths)
+        print(f"{name:<17} {med:>10.2f} {spread:>22}{ratios}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 //! Representative convolution layers of BlazeFace and PP-OCRv4 det (shapes from the bundled
 //! models, see `pith_benches::conv_layers`) through `Kernels::conv2d` on one thread, with f32
-//! weights (the baseline) against 8-bit and 4-bit codebook weights. Throughput is in
-//! multiply-accumulates, so criterion prints MAC/s. Run:
+//! weights (the baseline) against 8-bit and 4-bit codebook weights, and, where the CPU has int8
+//! dot products (AVX-512 VNNI, NEON dotprod), the 1×1 layers on int8 activations
+//! (`Kernels::conv2d_int8`, filters prepared once outside the timed loop; id `int8`). Throughput
+//! is in multiply-accumulates, so criterion prints MAC/s. Run:
 //! `cargo bench -p pith-benches --bench conv_layers`.
 
 mod common;
@@ -10,10 +12,14 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use pith_benches::{conv_layers, format_name, random_f32s, random_weights, FORMATS};
-use pith_kernels::{Activation, Kernels};
+use pith_kernels::{Activation, Int8Filters, Kernels};
 
 fn bench_conv_layers(c: &mut Criterion) {
     let kernels = Kernels::new(1).expect("kernel set (check PITH_KERNEL)");
+    let int8 = kernels.clone().with_int8_activations(true).ok();
+    if int8.is_none() {
+        eprintln!("conv_layers: the '{}' path has no int8 kernels; int8 rows skipped", kernels.isa().name);
+    }
     let mut group = c.benchmark_group(format!("conv_layers_{}_t1", kernels.isa().name));
     // The large PP-OCR layers take a good fraction of a second per call on scalar paths.
     group.sampling_mode(SamplingMode::Flat);
@@ -39,6 +45,25 @@ fn bench_conv_layers(c: &mut Criterion) {
                             &mut scratch,
                         )
                         .expect("bench layers are consistent")
+                })
+            });
+        }
+        if let Some(int8) = int8.as_ref().filter(|k| k.int8_applies(&p)) {
+            let w = random_weights(FORMATS[0], p.out_c, p.filter_len(), 3);
+            let filters = Int8Filters::new(&w.view(), p.out_c, p.in_c).expect("bench layers are consistent");
+            group.bench_function(BenchmarkId::new(layer.name, "int8"), |b| {
+                b.iter(|| {
+                    int8.conv2d_int8(
+                        black_box(&x),
+                        &filters,
+                        Some(&bias),
+                        None,
+                        &p,
+                        Activation::Relu,
+                        &mut y,
+                        &mut scratch,
+                    )
+                    .expect("bench layers are consistent")
                 })
             });
         }

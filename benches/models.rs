@@ -27,8 +27,9 @@ fn bench_models(c: &mut Criterion) {
         for format in FORMATS {
             let model = compressed_model(file, format);
             for threads in [1, 2] {
-                let mut session = Session::new(model.clone(), SessionOptions { threads })
-                    .expect("session for a bundled model");
+                let mut session =
+                    Session::new(model.clone(), SessionOptions { threads, ..Default::default() })
+                        .expect("session for a bundled model");
                 let name = session.inputs()[0].name.clone();
                 let feeds = [(name.as_str(), input.clone())];
                 // Plans the arena outside the timed loop.

@@ -33,8 +33,8 @@ fn run_case(dir: &Path) -> Result<()> {
     let onnx = std::fs::read(dir.join("model.onnx")).context("reading model.onnx")?;
     let file = Arc::new(compile(&onnx, WeightFormat::F32)?);
     for threads in [1, 2] {
-        let mut session =
-            Session::new(file.clone(), SessionOptions { threads }).context("creating the session")?;
+        let mut session = Session::new(file.clone(), SessionOptions { threads, ..Default::default() })
+            .context("creating the session")?;
         for run in 1..=2 {
             let outputs = run_on_npy_inputs(&mut session, &file, dir)
                 .with_context(|| format!("run {run} with {threads} thread(s)"))?;

@@ -66,7 +66,7 @@ pub fn dispatch(
     bits: Option<u8>,
     inputs: &[String],
     shapes: &[String],
-    threads: usize,
+    options: SessionOptions,
     iters: usize,
     profile: bool,
 ) -> Result<()> {
@@ -76,13 +76,16 @@ pub fn dispatch(
     match (model, gemv) {
         (None, Some((rows, cols))) => {
             let bits = bits.context("--gemv needs --bits 1..8")?;
-            gemv::run(rows, cols, bits, threads, iters)
+            if options.int8_activations {
+                bail!("--int8 applies to a model's 1x1 convolutions, not to --gemv");
+            }
+            gemv::run(rows, cols, bits, options.threads, iters)
         }
         (Some(model), None) => {
             if bits.is_some() {
                 bail!("--bits applies to --gemv; a model's weights are encoded when it is compressed");
             }
-            run_model(model, inputs, shapes, threads, iters, profile)
+            run_model(model, inputs, shapes, options, iters, profile)
         }
         (Some(_), Some(_)) => bail!("give either a MODEL or --gemv ROWSxCOLS, not both"),
         (None, None) => bail!("nothing to time: give a MODEL.pith or --gemv ROWSxCOLS --bits B"),
@@ -94,7 +97,7 @@ fn run_model(
     model: &Path,
     inputs: &[String],
     shapes: &[String],
-    threads: usize,
+    options: SessionOptions,
     iters: usize,
     profile: bool,
 ) -> Result<()> {
@@ -103,7 +106,8 @@ fn run_model(
     }
     let load_start = Instant::now();
     let file = pith_format::PithFile::open(model).with_context(|| format!("opening {}", model.display()))?;
-    let mut session = Session::new(Arc::new(file), SessionOptions { threads })?;
+    let (threads, int8) = (options.threads, options.int8_activations);
+    let mut session = Session::new(Arc::new(file), options)?;
 
     let mut feeds: Vec<(String, Tensor)> = Vec::new();
     for arg in inputs {
@@ -145,9 +149,10 @@ fn run_model(
     let times: Vec<f64> = times_s.iter().map(|s| s * 1e3).collect();
     log::info!("arena {} bytes", plan.arena_bytes);
     println!(
-        "bench model={} threads={} iters={} load_ms={:.3} median_ms={:.3} p90_ms={:.3}",
+        "bench model={} threads={}{} iters={} load_ms={:.3} median_ms={:.3} p90_ms={:.3}",
         model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         threads,
+        if int8 { " int8" } else { "" },
         iters,
         load_ms,
         percentile(&times, 0.5),
@@ -217,7 +222,10 @@ mod tests {
         bits: Option<u8>,
         iters: usize,
     ) -> String {
-        format!("{:#}", dispatch(model, gemv, bits, &[], &[], 1, iters, false).unwrap_err())
+        format!(
+            "{:#}",
+            dispatch(model, gemv, bits, &[], &[], SessionOptions::default(), iters, false).unwrap_err()
+        )
     }
 
     #[test]

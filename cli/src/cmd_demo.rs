@@ -83,7 +83,7 @@ fn compress_all(
             path.display()
         );
         let file = pith_format::PithFile::open(&path)?;
-        sessions.push(Session::new(Arc::new(file), SessionOptions { threads })?);
+        sessions.push(Session::new(Arc::new(file), SessionOptions { threads, ..Default::default() })?);
     }
     Ok(sessions)
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use clap::ValueEnum;
+use pith_runtime::session::SessionOptions;
 use pith_runtime::tasks::blazeface::FaceOptions;
 use pith_runtime::tasks::db::DbOptions;
 use pith_runtime::tasks::draw;
@@ -21,9 +22,15 @@ pub enum Task {
 }
 
 /// Runs the command.
-pub fn run(task: Task, model: &Path, image: &Path, out: Option<&Path>, threads: usize) -> Result<()> {
+pub fn run(
+    task: Task,
+    model: &Path,
+    image: &Path,
+    out: Option<&Path>,
+    options: SessionOptions,
+) -> Result<()> {
     let mut img = imageio::load(image)?;
-    let mut session = cmd_run::open_session(model, threads)?;
+    let mut session = cmd_run::open_session(model, options)?;
     let json = match task {
         Task::Faces => {
             let faces = pipeline::detect_faces(&mut session, &img, &FaceOptions::default())?;

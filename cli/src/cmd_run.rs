@@ -16,16 +16,16 @@ pub fn parse_input_arg(arg: &str) -> Result<(String, PathBuf)> {
 }
 
 /// Opens a model and builds a session.
-pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
+pub fn open_session(model: &Path, options: SessionOptions) -> Result<Session> {
     let file =
         pith_format::PithFile::open(model).with_context(|| format!("opening model {}", model.display()))?;
-    Session::new(Arc::new(file), SessionOptions { threads })
+    Session::new(Arc::new(file), options)
         .with_context(|| format!("building a session for {}", model.display()))
 }
 
 /// Runs the command.
-pub fn run(model: &Path, inputs: &[String], output_dir: &Path, threads: usize) -> Result<()> {
-    let mut session = open_session(model, threads)?;
+pub fn run(model: &Path, inputs: &[String], output_dir: &Path, options: SessionOptions) -> Result<()> {
+    let mut session = open_session(model, options)?;
     let mut tensors = Vec::new();
     for arg in inputs {
         let (name, path) = parse_input_arg(arg)?;

@@ -154,6 +154,22 @@ fn bench_prints_one_parsable_line() {
     }
 }
 
+/// `--int8` either runs (the line says so) or, on a CPU without int8 dot products, fails naming
+/// the kernel path; it never applies to `--gemv`.
+#[test]
+fn bench_int8_runs_or_names_the_missing_instructions() {
+    let dir = scratch("bench_int8");
+    let model = compress(&dir, "4");
+    let o = pith(&["bench", model.to_str().unwrap(), "--threads", "2", "--iters", "3", "--int8"]);
+    if o.status.success() {
+        assert!(stdout(&o).starts_with("bench model=face_4.pith threads=2 int8 iters=3 "), "{}", stdout(&o));
+    } else {
+        assert!(stderr(&o).contains("int8 dot-product"), "{}", stderr(&o));
+    }
+    let o = pith(&["bench", "--gemv", "64x64", "--bits", "4", "--int8"]);
+    assert!(!o.status.success() && stderr(&o).contains("--int8 applies to"), "{}", stderr(&o));
+}
+
 #[test]
 fn bench_profile_prints_one_line_per_operator_kind() {
     let dir = scratch("bench_profile");

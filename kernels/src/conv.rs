@@ -98,7 +98,7 @@ impl Conv2dParams {
         self.in_per_group() * self.k_h * self.k_w
     }
 
-    fn is_pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.k_h == 1
             && self.k_w == 1
             && self.stride_h == 1
@@ -185,7 +185,7 @@ fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
 /// [`split_rows`] over the output rows of one image `y` of layer `p` (every filter of a row
 /// costs `filter_len` multiply-adds per pixel), ranges starting at multiples of `align` rows.
 #[allow(clippy::too_many_arguments)]
-fn split_output_rows<F>(
+pub(crate) fn split_output_rows<F>(
     kernels: &Kernels,
     p: &Conv2dParams,
     align: usize,
@@ -202,7 +202,7 @@ fn split_output_rows<F>(
 }
 
 /// Fewest output pixels per thread for [`pointwise_by_pixels`].
-const PIXEL_SPLIT_MIN: usize = 256;
+pub(crate) const PIXEL_SPLIT_MIN: usize = 256;
 
 /// Scratch elements one worker of [`conv2d`] needs (at least 1).
 pub fn scratch_len(p: &Conv2dParams) -> usize {
@@ -212,8 +212,10 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
     let per = if crate::winograd::applies(p) {
         crate::winograd::scratch_len(p)
     } else if p.is_pointwise() {
-        // A panel of filters, one gathered input column, the accumulator tile.
-        (panel_rows(p) + 1) * p.filter_len() + POINTWISE_ACC
+        // A panel of filters, one gathered input column, the accumulator tile; or what the int8
+        // path needs, if that is more (the runtime sizes scratch before it knows the path).
+        let int8 = if p.groups == 1 { crate::conv_int8::scratch_len(p) } else { 0 };
+        ((panel_rows(p) + 1) * p.filter_len() + POINTWISE_ACC).max(int8)
     } else {
         // Also what the whole-plane depthwise kernels need: one decoded filter.
         Slab::new(p).scratch_len(p)
@@ -234,29 +236,9 @@ pub fn conv2d(
     y: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
-    p.check()?;
+    let rc = check_operands(x, bias, residual, p, y)?;
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
-    check_len("conv input", x.len(), p.batch * p.in_c * in_plane)?;
-    check_len("conv output", y.len(), p.batch * p.out_c * out_plane)?;
-    if let Some(b) = bias {
-        check_len("conv bias", b.len(), p.out_c)?;
-    }
-    // Residual channels (the rest read as zero).
-    let rc = match residual {
-        Some(r) => {
-            let per_channel = p.batch * out_plane;
-            if per_channel == 0 || !r.len().is_multiple_of(per_channel) || r.len() > y.len() {
-                return Err(KernelError::Params(format!(
-                    "conv residual has {} values: not a whole number of up to {} channels of {per_channel}",
-                    r.len(),
-                    p.out_c
-                )));
-            }
-            r.len() / per_channel
-        }
-        None => 0,
-    };
     let per_task = scratch_len(p);
     check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.out_c, p.filter_len())?.with_isa(&kernels.isa());
@@ -347,6 +329,39 @@ pub fn conv2d(
         }
     }
     Ok(())
+}
+
+/// Checks a convolution's parameters and buffers; returns how many channels the residual has
+/// (0 without one; the rest read as zero).
+pub(crate) fn check_operands(
+    x: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    p: &Conv2dParams,
+    y: &[f32],
+) -> Result<usize, KernelError> {
+    p.check()?;
+    let in_plane = p.in_h * p.in_w;
+    let out_plane = p.out_h * p.out_w;
+    check_len("conv input", x.len(), p.batch * p.in_c * in_plane)?;
+    check_len("conv output", y.len(), p.batch * p.out_c * out_plane)?;
+    if let Some(b) = bias {
+        check_len("conv bias", b.len(), p.out_c)?;
+    }
+    Ok(match residual {
+        Some(r) => {
+            let per_channel = p.batch * out_plane;
+            if per_channel == 0 || !r.len().is_multiple_of(per_channel) || r.len() > y.len() {
+                return Err(KernelError::Params(format!(
+                    "conv residual has {} values: not a whole number of up to {} channels of {per_channel}",
+                    r.len(),
+                    p.out_c
+                )));
+            }
+            r.len() / per_channel
+        }
+        None => 0,
+    })
 }
 
 /// One layer's filters, epilogue and geometry, shared by the worker threads.
@@ -697,14 +712,14 @@ fn finish(act: Activation) -> (Option<[f32; 2]>, Option<Activation>) {
 
 /// One image's residual planes: the first `channels` output channels have one, the rest none.
 #[derive(Clone, Copy)]
-struct Residual<'a> {
-    data: &'a [f32],
-    channels: usize,
+pub(crate) struct Residual<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) channels: usize,
 }
 
 impl<'a> Residual<'a> {
     /// Output channel `c`'s residual plane (`plane` values), if it has one.
-    fn plane(self, c: usize, plane: usize) -> Option<&'a [f32]> {
+    pub(crate) fn plane(self, c: usize, plane: usize) -> Option<&'a [f32]> {
         (c < self.channels).then(|| &self.data[c * plane..][..plane])
     }
 }

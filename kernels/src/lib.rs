@@ -17,6 +17,7 @@
 mod activation;
 pub mod arch;
 mod conv;
+mod conv_int8;
 mod conv_transpose;
 mod decode;
 mod gemm;
@@ -28,6 +29,7 @@ mod winograd;
 
 pub use activation::Activation;
 pub use conv::Conv2dParams;
+pub use conv_int8::Int8Filters;
 pub use decode::WeightRows;
 pub use gemm::WeightLayout;
 
@@ -71,6 +73,8 @@ pub struct Kernels {
     /// Multiply-adds below which work stays on one thread (handing out a task costs a little);
     /// tests lower it to exercise the split on small shapes.
     pub(crate) min_task_work: usize,
+    /// Whether 1×1 convolutions quantize their input to u8 and run on int8 dot products.
+    int8: bool,
 }
 
 /// Default of [`Kernels::min_task_work`]: about 4 µs of multiply-adds. Workers spin between jobs
@@ -83,13 +87,17 @@ const MIN_TASK_WORK: usize = 1 << 17;
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernels").field("isa", &self.isa.name).field("threads", &self.threads).finish()
+        f.debug_struct("Kernels")
+            .field("isa", &self.isa.name)
+            .field("threads", &self.threads)
+            .field("int8", &self.int8)
+            .finish()
     }
 }
 
 impl PartialEq for Kernels {
     fn eq(&self, other: &Self) -> bool {
-        self.isa == other.isa && self.threads == other.threads
+        self.isa == other.isa && self.threads == other.threads && self.int8 == other.int8
     }
 }
 
@@ -97,7 +105,7 @@ impl Default for Kernels {
     /// The best path this CPU supports (ignoring `PITH_KERNEL`), on the caller's thread.
     fn default() -> Self {
         let isa = *Isa::available().last().expect("scalar is always available");
-        Kernels { isa, threads: 1, pool: None, min_task_work: MIN_TASK_WORK }
+        Kernels { isa, threads: 1, pool: None, min_task_work: MIN_TASK_WORK, int8: false }
     }
 }
 
@@ -122,7 +130,34 @@ impl Kernels {
         } else {
             None
         };
-        Ok(Kernels { isa, threads, pool, min_task_work: MIN_TASK_WORK })
+        Ok(Kernels { isa, threads, pool, min_task_work: MIN_TASK_WORK, int8: false })
+    }
+
+    /// With `on`, [`Kernels::conv2d_int8`] runs 1×1 convolutions (the bulk of the multiply-adds
+    /// of MobileNet-style models) on their input quantized to 8 bits on the fly and the CPU's
+    /// int8 dot-product instructions (dynamic-range quantization): several times the
+    /// multiply-adds per instruction, at the cost of 8-bit activation error. Errors if this path
+    /// has no int8 kernels (x86 without AVX-512 VNNI, aarch64 without dotprod).
+    pub fn with_int8_activations(mut self, on: bool) -> Result<Kernels, KernelError> {
+        if on && self.isa.int8.is_none() {
+            return Err(KernelError::Params(format!(
+                "int8 activations need int8 dot-product instructions (AVX-512 VNNI or NEON dotprod); \
+                 the '{}' kernel path has none",
+                self.isa.name
+            )));
+        }
+        self.int8 = on;
+        Ok(self)
+    }
+
+    /// Whether 1×1 convolutions run on int8 activations (see [`Kernels::with_int8_activations`]).
+    pub fn int8_activations(&self) -> bool {
+        self.int8
+    }
+
+    /// The int8 kernels, when int8 activations are on.
+    pub(crate) fn int8_kernels(&self) -> Option<arch::int8::Int8Kernels> {
+        self.isa.int8.filter(|_| self.int8)
     }
 
     /// Worker threads this kernel set may use.
@@ -201,6 +236,33 @@ impl Kernels {
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
         conv::conv2d(self, x, w, bias, Some(residual), p, act, y, scratch)
+    }
+
+    /// Whether [`Kernels::conv2d_int8`] runs layer `p`: int8 activations on (see
+    /// [`Kernels::with_int8_activations`]) and a 1×1, stride-1, unpadded, ungrouped convolution
+    /// over more than one pixel.
+    pub fn int8_applies(&self, p: &Conv2dParams) -> bool {
+        conv_int8::applies(self, p)
+    }
+
+    /// [`Kernels::conv2d`] (with [`Kernels::conv2d_add`]'s residual, if given) of a layer where
+    /// [`Kernels::int8_applies`], on `filters` prepared from its weights: the input is quantized
+    /// to u8 on the fly, per block of 256 pixels over all channels, and multiplied on int8 dot
+    /// products. Errors if the layer does not qualify or the filters do not fit it. Scratch:
+    /// [`Kernels::conv2d_scratch_len`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_int8(
+        &self,
+        x: &[f32],
+        filters: &Int8Filters,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        p: &Conv2dParams,
+        act: Activation,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        conv_int8::conv(self, x, filters, bias, residual, p, act, y, scratch)
     }
 
     /// f32 scratch elements [`Kernels::conv_transpose2d`] needs for `p`: one share per worker thread.

@@ -19,17 +19,22 @@ use crate::plan::{self, node_error, ConstantFn, Plan};
 use crate::tensor::{Tensor, TensorBuf};
 
 /// How a session runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Worker threads ops may use (1 = run on the caller's thread; more start a pool once, at
     /// session creation). The kernel path is the best the CPU supports, or `PITH_KERNEL`
     /// (`scalar`, `avx2`, `avx512`, `neon`); an unknown or unsupported name fails `Session::new`.
     pub threads: usize,
+    /// Run 1×1 convolutions on activations quantized to 8 bits on the fly and the CPU's int8
+    /// dot products (dynamic-range quantization, as TFLite's hybrid kernels): faster, with the
+    /// error of 8-bit activations. Needs a kernel path with int8 kernels (x86 AVX-512 VNNI,
+    /// aarch64 dotprod); `Session::new` fails naming the path otherwise.
+    pub int8_activations: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 1 }
+        SessionOptions { threads: 1, int8_activations: false }
     }
 }
 
@@ -170,8 +175,14 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         log::debug!("session: {} ops built", ops.len());
         let kernels = Kernels::new(options.threads)
+            .and_then(|k| k.with_int8_activations(options.int8_activations))
             .map_err(|e| RuntimeError::Graph(format!("cannot set up CPU kernels: {e}")))?;
-        log::debug!("session: kernel path {}, {} thread(s)", kernels.isa().name, kernels.threads());
+        log::debug!(
+            "session: kernel path {}, {} thread(s), int8 activations {}",
+            kernels.isa().name,
+            kernels.threads(),
+            kernels.int8_activations()
+        );
         let ctx = ExecCtx { kernels };
         Ok(Engine { graph, ops, plans: Vec::new(), backend: Box::new(CpuBackend::new()), options, ctx })
     }
@@ -651,7 +662,9 @@ mod tests {
         let input = iota(&[1, 16, 32, 32]);
         let mut outs = Vec::new();
         for threads in [1, 3] {
-            let engine = Engine::new(&model.graph, &|_| None, SessionOptions { threads }).unwrap();
+            let engine =
+                Engine::new(&model.graph, &|_| None, SessionOptions { threads, ..Default::default() })
+                    .unwrap();
             assert_eq!(engine.ctx.threads(), threads);
             let mut mem = Mem { model: model.clone(), engine };
             outs.push(mem.run(&[("x", input.clone())]).unwrap());

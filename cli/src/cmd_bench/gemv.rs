@@ -115,7 +115,7 @@ pub fn gemv_model(weight: TensorData, rows: usize, cols: usize) -> Model {
 fn gemv_session(weight: TensorData, rows: usize, cols: usize, threads: usize) -> Result<Session> {
     let bytes = pith_format::write(&gemv_model(weight, rows, cols)).context("writing the GEMV model")?;
     let file = PithFile::from_bytes(bytes).context("reading the GEMV model back")?;
-    let mut session = Session::new(Arc::new(file), SessionOptions { threads })?;
+    let mut session = Session::new(Arc::new(file), SessionOptions { threads, ..Default::default() })?;
     session.plan(&[("x", vec![1, cols])])?;
     Ok(session)
 }

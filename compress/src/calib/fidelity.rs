@@ -245,8 +245,7 @@ pub fn detections(
 /// Loads an in-memory model into a single-threaded session, as a `.pith` file would be.
 pub(crate) fn session(model: &ir::Model) -> Result<Session, CalibError> {
     let file = PithFile::from_bytes(pith_format::write(model)?)?;
-    Session::new(Arc::new(file), SessionOptions { threads: 1 })
-        .map_err(|e| CalibError::Session(e.to_string()))
+    Session::new(Arc::new(file), SessionOptions::default()).map_err(|e| CalibError::Session(e.to_string()))
 }
 
 /// Runs `session` on calibration sample `index`.
@@ -367,7 +366,7 @@ fn run_all(
     let file = Arc::new(PithFile::from_bytes(pith_format::write(model)?)?);
     ids.par_iter()
         .map_init(
-            || Session::new(file.clone(), SessionOptions { threads: 1 }).map_err(|e| e.to_string()),
+            || Session::new(file.clone(), SessionOptions::default()).map_err(|e| e.to_string()),
             |session, &i| match session {
                 Ok(s) => run(s, samples, i),
                 Err(e) => Err(CalibError::Session(e.clone())),

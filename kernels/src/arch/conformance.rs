@@ -519,3 +519,53 @@ fn depthwise_plane_matches_the_reference() {
         kernel(&w, &x, &mut y, &plane, 0.0, None);
     }
 }
+
+/// The int8 kernels of every SIMD path that has them, against the scalar reference: ranges,
+/// quantization (exact, rounding included) and the dot-product GEMM (exact sums; the f32 scale
+/// and offset may round differently when fused).
+#[test]
+fn int8_kernels_match_scalar() {
+    use super::int8::{self, U8Range, INT8_PIXEL_ALIGN};
+    let mut rng = Rng::new(21);
+    let paths: Vec<(Isa, int8::Int8Kernels)> =
+        simd_paths().into_iter().filter_map(|isa| Some((isa, isa.int8?))).collect();
+    if paths.is_empty() {
+        eprintln!("conformance: no SIMD path with int8 kernels on this CPU/build, skipped");
+    }
+    for (isa, kern) in paths {
+        for case in 0..300 {
+            let k = 1 + rng.below(70);
+            let n = 1 + case % 83usize;
+            let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN) + INT8_PIXEL_ALIGN * rng.below(2);
+            // Channel planes at scattered offsets, as a block of pixels inside larger planes.
+            let extra = rng.below(100);
+            let x: Vec<f32> = rng.vec(n + extra).iter().map(|v| v * 3.0 - 0.5).collect();
+            let offs: Vec<usize> = (0..k).map(|_| rng.below(extra + 1)).collect();
+            let want_range = int8::min_max(&x, &offs, n);
+            assert_eq!((kern.min_max)(&x, &offs, n), want_range, "{} min_max k={k} n={n}", isa.name);
+            let range = U8Range::new(want_range[0], want_range[1]);
+            let kq = k.next_multiple_of(4);
+            let (mut want_q, mut got_q) = (vec![7u8; kq * ldx], vec![7u8; kq * ldx]);
+            int8::quantize(&x, &offs, n, range, &mut want_q, ldx);
+            (kern.quantize)(&x, &offs, n, range, &mut got_q, ldx);
+            assert_eq!(got_q, want_q, "{} quantize k={k} n={n} ldx={ldx}", isa.name);
+
+            let m = 1 + rng.below(23);
+            let ldc = n + rng.below(5);
+            let mut w: Vec<i8> = (0..m * kq).map(|_| (rng.below(255) as i32 - 127) as i8).collect();
+            for row in w.chunks_exact_mut(kq) {
+                row[k..].fill(0);
+            }
+            let mul: Vec<f32> = rng.vec(m).iter().map(|v| v * 1e-3).collect();
+            let add = rng.vec(m);
+            let c0 = rng.vec((m - 1) * ldc + n);
+            let (mut want, mut got) = (c0.clone(), c0.clone());
+            int8::gemm(&w, kq, &want_q, ldx, n, &mul, &add, &mut want, ldc);
+            (kern.gemm)(&w, kq, &want_q, ldx, n, &mul, &add, &mut got, ldc);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = if idx % ldc < n { (g - w).abs() <= 1e-6 * w.abs().max(1.0) } else { g == w };
+                assert!(ok, "{} gemm m={m} k={k} n={n} ldx={ldx} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod conformance;
 #[macro_use]
 mod depthwise;
 pub(crate) mod epilogue;
+pub mod int8;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;
@@ -133,6 +134,9 @@ pub struct Isa {
     /// # Panics
     /// If `w`, `x` or `y` is shorter than the plane needs.
     pub depthwise_plane: Option<DepthwisePlaneFn>,
+    /// The int8 dot-product kernels of dynamic-range quantized 1×1 convolutions; `None` on paths
+    /// whose CPU lacks int8 dot products (AVX2, NEON without dotprod), which keep f32.
+    pub int8: Option<int8::Int8Kernels>,
 }
 
 /// The form of [`Isa::depthwise_plane`]: filter `w`, input plane `x`, output plane `y`, the

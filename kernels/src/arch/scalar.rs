@@ -20,6 +20,7 @@ pub const ISA: Isa = Isa {
     depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
+    int8: Some(super::int8::SCALAR),
 };
 
 /// See [`Isa::gemm_rows`].

@@ -3,10 +3,11 @@
 //! pooling ops share.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use pith_format::ir::{ElemType, Node};
 use pith_format::TensorView;
-use pith_kernels::{Activation, Conv2dParams, Kernels};
+use pith_kernels::{Activation, Conv2dParams, Int8Filters, Kernels};
 
 use super::binary::{broadcast_shapes, zip_broadcast};
 use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
@@ -171,6 +172,10 @@ struct Conv {
     /// The residual (fourth input) holds only the first output channels; the rest are zero
     /// (a channel-padding Pad fused away, see [`crate::fuse::RESIDUAL_CHANNEL_PAD`]).
     residual_channel_pad: bool,
+    /// The constant weights rounded to s8, made on the first run of a session with int8
+    /// activations when the layer qualifies (`None` inside: it does not, or they failed to decode
+    /// and the f32 path reports why).
+    int8: OnceLock<Option<Int8Filters>>,
 }
 
 /// ONNX `ConvTranspose`.
@@ -200,6 +205,7 @@ pub fn build_conv(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> 
         group: parse_group(node)?,
         activation,
         residual_channel_pad,
+        int8: OnceLock::new(),
     }))
 }
 
@@ -391,6 +397,18 @@ impl Conv {
     }
 }
 
+impl Conv {
+    /// The layer's int8 filters, when the session runs int8 activations, the layer qualifies and
+    /// its weights are a constant of the model (prepared on the first call).
+    fn int8_filters(&self, weight: &Weight<'_>, p: &Conv2dParams, ctx: &ExecCtx) -> Option<&Int8Filters> {
+        let Weight::View(view) = weight else { return None };
+        if !ctx.kernels.int8_applies(p) {
+            return None;
+        }
+        self.int8.get_or_init(|| Int8Filters::new(view, p.out_c, p.in_c).ok()).as_ref()
+    }
+}
+
 impl Op for Conv {
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         let (p, _, out) = self.shapes(inputs)?;
@@ -425,6 +443,16 @@ impl Op for Conv {
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
         let (x, w, act, y) = (&x.f32s()?, &weight.view(), self.activation, &mut *outputs[0].data);
+        if let Some(filters) = self.int8_filters(&weight, &p, ctx) {
+            let r = residual(inputs).filter(|r| self.residual_channel_pad || r.shape == &conv_shape[..]);
+            if r.is_some() || residual(inputs).is_none() {
+                let r = r.map(|r| r.f32s()).transpose()?;
+                return ctx
+                    .kernels
+                    .conv2d_int8(x, filters, b.as_deref(), r.as_deref(), &p, act, y, scratch)
+                    .map_err(kernel_err);
+            }
+        }
         match residual(inputs) {
             None => ctx.kernels.conv2d(x, w, b.as_deref(), &p, act, y, scratch),
             Some(r) if self.residual_channel_pad || r.shape == &conv_shape[..] => {

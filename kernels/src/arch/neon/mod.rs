@@ -7,14 +7,24 @@
 //! the unsafe kernel on raw pointers.
 
 mod depthwise;
+mod int8;
 mod packed;
 
 use super::{gemm_rows_at_check, gemm_rows_check, BRows, Isa, Listed, Strided};
 use std::arch::aarch64::*;
 
-/// The NEON path, if this CPU supports it (always, on aarch64 Linux).
+/// The NEON path, if this CPU supports it (always, on aarch64 Linux), with the int8 kernels when
+/// it also has the dot-product instructions (FEAT_DotProd: most ARMv8.2+ cores, not e.g. the
+/// Cortex-A53 or A72).
 pub fn neon() -> Option<Isa> {
-    std::arch::is_aarch64_feature_detected!("neon").then_some(ISA)
+    if !std::arch::is_aarch64_feature_detected!("neon") {
+        return None;
+    }
+    let mut isa = ISA;
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        isa.int8 = Some(int8::KERNELS);
+    }
+    Some(isa)
 }
 
 const ISA: Isa = Isa {
@@ -34,6 +44,8 @@ const ISA: Isa = Isa {
     depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
+    // Set by `neon` when the CPU has dotprod.
+    int8: None,
 };
 
 /// See [`Isa::dot_packed_rows`]: [`packed::dot_packed`] row by row on the unprepared input.

@@ -27,6 +27,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
+    int8: None,
 };
 
 /// Rows per register block of `gemm_rows`: 6 rows × 2 vectors = 12 accumulators of 16 registers.

@@ -27,6 +27,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s1: Some(super::depthwise::depthwise_s1_avx512),
     depthwise_s2: Some(super::depthwise::depthwise_s2_avx512),
     depthwise_plane: Some(super::depthwise::depthwise_plane_avx512),
+    int8: None,
 };
 
 /// Rows per register block of `gemm_rows`: 8 rows × 2 vectors = 16 accumulators of 32 registers.

@@ -9,6 +9,7 @@ mod avx2;
 mod avx512;
 mod bounds;
 mod depthwise;
+mod vnni;
 
 use super::Isa;
 
@@ -18,12 +19,14 @@ pub fn avx2() -> Option<Isa> {
     ok.then_some(avx2::ISA)
 }
 
-/// The AVX-512 path (F, BW, VL; with AVX2 + FMA for the 8-lane tails), if this CPU supports it.
+/// The AVX-512 path (F, BW, VL; with AVX2 + FMA for the 8-lane tails), if this CPU supports it;
+/// with int8 kernels when it also has VNNI.
 pub fn avx512() -> Option<Isa> {
     let ok = is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma");
-    ok.then_some(avx512::ISA)
+    let vnni = is_x86_feature_detected!("avx512vnni");
+    ok.then_some(Isa { int8: vnni.then_some(vnni::KERNELS), ..avx512::ISA })
 }

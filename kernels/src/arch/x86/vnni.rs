@@ -1,0 +1,216 @@
+//! The int8 kernels of the AVX-512 path on CPUs with VNNI: `vpdpbusd` multiplies 4 u8 activations
+//! by 4 s8 weights and adds them to an i32 lane, 64 multiply-adds per instruction where an f32 FMA
+//! does 16. Only [`super::avx512()`] hands [`KERNELS`] out, after detecting AVX-512 F/BW/VNNI.
+
+use std::arch::x86_64::*;
+
+use super::avx512::lane_mask;
+use crate::arch::int8::{gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range};
+
+/// The AVX-512 VNNI int8 kernels.
+pub(super) const KERNELS: Int8Kernels = Int8Kernels { min_max, quantize, gemm };
+
+/// See [`Int8Kernels::min_max`].
+fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
+    if !min_max_check(x, offs, n) {
+        return [0.0, 0.0];
+    }
+    // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted that
+    // `n` elements after every offset lie in `x`.
+    unsafe { min_max_impl(x.as_ptr(), offs, n) }
+}
+
+/// [`min_max`] over raw rows; the tail of each row under a lane mask.
+#[target_feature(enable = "avx512f")]
+unsafe fn min_max_impl(x: *const f32, offs: &[usize], n: usize) -> [f32; 2] {
+    let mut lo = _mm512_set1_ps(f32::INFINITY);
+    let mut hi = _mm512_set1_ps(f32::NEG_INFINITY);
+    for &o in offs {
+        // SAFETY: elements o..o + n of x are in bounds (checked by the caller); masked-off lanes
+        // are not read.
+        unsafe {
+            let row = x.add(o);
+            let mut j = 0;
+            while j + 16 <= n {
+                let v = _mm512_loadu_ps(row.add(j));
+                (lo, hi) = (_mm512_min_ps(lo, v), _mm512_max_ps(hi, v));
+                j += 16;
+            }
+            if j < n {
+                let m = lane_mask(n - j);
+                let v = _mm512_maskz_loadu_ps(m, row.add(j));
+                (lo, hi) = (_mm512_mask_min_ps(lo, m, lo, v), _mm512_mask_max_ps(hi, m, hi, v));
+            }
+        }
+    }
+    [_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)]
+}
+
+/// See [`Int8Kernels::quantize`].
+fn quantize(x: &[f32], offs: &[usize], n: usize, range: U8Range, xq: &mut [u8], ldx: usize) {
+    quantize_check(x, offs, n, xq, ldx);
+    // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted that
+    // `xq` holds every group's `ldx` words and `x` holds `n` elements after every offset.
+    unsafe { quantize_impl(x.as_ptr(), offs, n, range, xq.as_mut_ptr(), ldx) }
+}
+
+/// Each group of 4 channels and 16 pixels becomes one register of 16 words, channel `t` in byte
+/// `t` of each: the layout `vpdpbusd` reads.
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_impl(x: *const f32, offs: &[usize], n: usize, range: U8Range, xq: *mut u8, ldx: usize) {
+    let (lo, inv) = (_mm512_set1_ps(range.lo), _mm512_set1_ps(range.inv_step));
+    let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    for (g, chans) in offs.chunks(4).enumerate() {
+        // SAFETY: group g's row of ldx words lies in xq (checked by the caller).
+        let row = unsafe { xq.add(g * ldx * 4) };
+        let mut j = 0;
+        while j < n {
+            let m = lane_mask(n - j);
+            let mut word = _mm512_setzero_si512();
+            for (t, &o) in chans.iter().enumerate() {
+                // SAFETY: pixel j < n of channel o is in bounds; masked-off lanes are not read.
+                let v = unsafe { _mm512_maskz_loadu_ps(m, x.add(o + j)) };
+                // Clamped before the conversion, so NaN (max returns its second operand) and
+                // values far out of range land on 0 / 255 as in the reference.
+                let q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(v, lo), inv), zero), top);
+                let q = _mm512_cvtps_epi32(q); // rounds half to even (the default MXCSR mode)
+                word = _mm512_or_si512(word, _mm512_sllv_epi32(q, _mm512_set1_epi32(8 * t as i32)));
+            }
+            // Pixels past n stay zero.
+            // SAFETY: words j..j + 16 of the row are in bounds (j + 16 <= ldx, a multiple of 16).
+            unsafe { _mm512_storeu_si512(row.add(j * 4).cast(), _mm512_maskz_mov_epi32(m, word)) };
+            j += 16;
+        }
+        while j < ldx {
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_si512(row.add(j * 4).cast(), _mm512_setzero_si512()) };
+            j += 16;
+        }
+    }
+}
+
+/// See [`Int8Kernels::gemm`].
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    w: &[i8],
+    kq: usize,
+    xq: &[u8],
+    ldx: usize,
+    n: usize,
+    mul: &[f32],
+    add: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let Some(m) = gemm_check(w, kq, xq, ldx, n, mul, add, c, ldc) else { return };
+    // SAFETY: AVX-512 F/BW/VNNI were detected before this table was handed out; the check
+    // asserted that w holds m rows of kq, xq kq / 4 rows of ldx >= n.next_multiple_of(16) words
+    // (ldx is a multiple of 16), mul/add m values and c m rows of n, ldc apart.
+    unsafe {
+        gemm_impl(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), c.as_mut_ptr(), ldc)
+    }
+}
+
+/// Rows per register block: 6 rows × 4 vectors = 24 accumulators, 4 activation vectors and a
+/// broadcast weight word of 32 registers.
+const MR: usize = 6;
+/// Pixels per strip: 4 vectors of 16.
+const NR: usize = 64;
+
+/// Strips of [`NR`] pixels outer (a strip of the quantized input, `kq × 64` bytes, stays in L1
+/// while every row block passes over it), row blocks inner.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn gemm_impl(
+    w: *const i8,
+    kq: usize,
+    m: usize,
+    xq: *const u8,
+    ldx: usize,
+    n: usize,
+    mul: *const f32,
+    add: *const f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut j = 0;
+    while j < n {
+        let width = (n - j).min(NR);
+        let mut i = 0;
+        while i < m {
+            let r = if m - i >= MR { MR } else { [1, 2, 2, 4, 4][m - i - 1] };
+            // SAFETY (every arm): rows i..i + r of w, mul, add and c, pixels j..j + width of c and
+            // words j..j + width.next_multiple_of(16) <= ldx of every xq row are in bounds.
+            let (wp, xp, mp, ap, cp) =
+                unsafe { (w.add(i * kq), xq.add(j * 4), mul.add(i), add.add(i), c.add(i * ldc + j)) };
+            macro_rules! rows {
+                ($v:literal) => {
+                    match r {
+                        6 => tile::<6, $v>(wp, kq, xp, ldx, width, mp, ap, cp, ldc),
+                        4 => tile::<4, $v>(wp, kq, xp, ldx, width, mp, ap, cp, ldc),
+                        2 => tile::<2, $v>(wp, kq, xp, ldx, width, mp, ap, cp, ldc),
+                        _ => tile::<1, $v>(wp, kq, xp, ldx, width, mp, ap, cp, ldc),
+                    }
+                };
+            }
+            unsafe {
+                match width.div_ceil(16) {
+                    4 => rows!(4),
+                    3 => rows!(3),
+                    2 => rows!(2),
+                    _ => rows!(1),
+                }
+            }
+            i += r;
+        }
+        j += width;
+    }
+}
+
+/// `R` rows × `V` vectors of 16 pixels (`width <= 16 V` of them stored): i32 sums in registers
+/// over all of `kq`, then scaled and offset to f32 per row.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const R: usize, const V: usize>(
+    w: *const i8,
+    kq: usize,
+    xq: *const u8,
+    ldx: usize,
+    width: usize,
+    mul: *const f32,
+    add: *const f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut acc = [[_mm512_setzero_si512(); V]; R];
+    for g in 0..kq / 4 {
+        let mut xv = [_mm512_setzero_si512(); V];
+        for (v, x) in xv.iter_mut().enumerate() {
+            // SAFETY: words v * 16.. of this group's row are below width.next_multiple_of(16) <= ldx.
+            *x = unsafe { _mm512_loadu_si512(xq.add((g * ldx + v * 16) * 4).cast()) };
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: weights 4g..4g + 4 of row r < R are in bounds (4g + 4 <= kq).
+            let word = unsafe { w.add(r * kq + 4 * g).cast::<i32>().read_unaligned() };
+            let wb = _mm512_set1_epi32(word);
+            for (a, &x) in acc_r.iter_mut().zip(&xv) {
+                *a = _mm512_dpbusd_epi32(*a, x, wb);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        // SAFETY: r < R rows of mul, add and c are in bounds; only pixels below width are stored.
+        unsafe {
+            let (s, o) = (_mm512_set1_ps(*mul.add(r)), _mm512_set1_ps(*add.add(r)));
+            for (v, &a) in acc_r.iter().enumerate() {
+                let cols = width.saturating_sub(v * 16);
+                if cols == 0 {
+                    break;
+                }
+                let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), s, o);
+                _mm512_mask_storeu_ps(c.add(r * ldc + v * 16), lane_mask(cols), f);
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! 1×1 convolutions on int8 dot products: dynamic-range quantization, as TFLite's hybrid kernels
+//! and onnxruntime's dynamic quantization do it, for kernel sets built with
+//! [`crate::Kernels::with_int8_activations`].
+//!
+//! Each filter is decoded (a row at a time, as the f32 path does) and rounded to s8 with its own
+//! scale; the input is quantized to u8 on the fly with an affine range per block of
+//! [`BLOCK`] pixels over all channels. The blocks are fixed positions of the plane, so a pixel's
+//! result does not depend on how the layer was split over threads. The sums are exact in i32;
+//! `w · x ≈ sw · (step · Σ wq·q + lo · Σ wq)` turns them back into f32 before the usual epilogue
+//! (bias, residual, activation). The error is that of 8-bit activations (half a step of the
+//! block's range per input) and of 8-bit filters (half a step of the filter's largest weight).
+
+use std::ops::Range;
+
+use pith_format::TensorView;
+
+use crate::arch::int8::{Int8Kernels, U8Range, INT8_PIXEL_ALIGN};
+use crate::arch::Isa;
+use crate::conv::{check_operands, split_output_rows, Residual, PIXEL_SPLIT_MIN};
+use crate::parallel::{split_units, TASKS_PER_THREAD};
+use crate::{check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
+
+/// Pixels of a plane that share one quantization range (a multiple of [`INT8_PIXEL_ALIGN`]).
+pub(crate) const BLOCK: usize = 256;
+/// Filters per GEMM call (rows of the accumulator tile).
+const PANEL: usize = 48;
+
+/// A 1×1 convolution's filters rounded to s8, each with its own scale: prepared once (a session
+/// does it on its first run) for [`Kernels::conv2d_int8`], as onnxruntime and XNNPACK pack their
+/// weights when a session starts. One byte per weight plus 8 per filter: twice the size of a
+/// 4-bit codebook, which is why only sessions that ask for int8 activations keep them.
+#[derive(Clone)]
+pub struct Int8Filters {
+    out_c: usize,
+    in_c: usize,
+    /// `out_c` rows of [`depth`] weights, zero past `in_c`.
+    filters: Vec<i8>,
+    /// Per filter: the value of one s8 step.
+    scales: Vec<f32>,
+    /// Per filter: the sum of its s8 weights (for the activations' zero point).
+    sums: Vec<f32>,
+}
+
+impl std::fmt::Debug for Int8Filters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Int8Filters").field("out_c", &self.out_c).field("in_c", &self.in_c).finish()
+    }
+}
+
+impl Int8Filters {
+    /// Rounds the `out_c` filters of `in_c` weights in `w` (any encoding, decoded a row at a
+    /// time) to s8; errors if `w` does not hold `out_c × in_c` weights.
+    pub fn new(w: &TensorView<'_>, out_c: usize, in_c: usize) -> Result<Int8Filters, KernelError> {
+        let rows = WeightRows::new(*w, out_c, in_c)?;
+        let kq = in_c.next_multiple_of(4);
+        let mut filters = vec![0i8; out_c * kq];
+        let (mut scales, mut sums) = (vec![0.0; out_c], vec![0.0; out_c]);
+        let mut row = vec![0.0f32; in_c];
+        for (f, out) in filters.chunks_exact_mut(kq.max(1)).enumerate().take(out_c) {
+            rows.decode(f, &mut row);
+            (scales[f], sums[f]) = quantize_filter(&row, out);
+        }
+        Ok(Int8Filters { out_c, in_c, filters, scales, sums })
+    }
+
+    /// Output channels (filters).
+    pub fn out_c(&self) -> usize {
+        self.out_c
+    }
+
+    /// Input channels (weights per filter).
+    pub fn in_c(&self) -> usize {
+        self.in_c
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.filters.len() + 4 * (self.scales.len() + self.sums.len())
+    }
+}
+
+/// Whether layer `p` can run on [`Int8Filters`] with this kernel set: int8 activations enabled
+/// and a 1×1, stride-1, unpadded, ungrouped convolution over more than one pixel (a single pixel
+/// is a GEMV on the packed weights).
+pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
+    kernels.int8_kernels().is_some()
+        && p.is_pointwise()
+        && p.groups == 1
+        && p.in_c > 0
+        && p.out_h * p.out_w > 1
+}
+
+/// Input channels rounded up to whole words of 4.
+fn depth(p: &Conv2dParams) -> usize {
+    p.in_c.next_multiple_of(4)
+}
+
+/// Scratch elements (f32) one worker of [`conv`] needs: a panel's multipliers and offsets, a
+/// quantized block and the accumulator tile.
+pub(crate) fn scratch_len(p: &Conv2dParams) -> usize {
+    2 * PANEL + depth(p) * BLOCK / 4 + PANEL * BLOCK
+}
+
+/// Rounds filter `row` to s8 (`out`, zero past the filter) with one scale: returns the scale
+/// (the largest magnitude over 127) and the sum of the s8 weights (as f32: exact below 2^24).
+fn quantize_filter(row: &[f32], out: &mut [i8]) -> (f32, f32) {
+    let max = row.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+    // An all-zero filter gets inv = inf and 0 * inf = NaN, which `as` turns into 0.
+    let inv = 127.0 / max;
+    let mut sum = 0i32;
+    for (q, &w) in out.iter_mut().zip(row) {
+        *q = (w * inv).round() as i8;
+        sum += i32::from(*q);
+    }
+    out[row.len()..].fill(0);
+    (max / 127.0, sum as f32)
+}
+
+/// See [`crate::Kernels::conv2d_int8`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(
+    kernels: &Kernels,
+    x: &[f32],
+    filters: &Int8Filters,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    p: &Conv2dParams,
+    act: Activation,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let rc = check_operands(x, bias, residual, p, y)?;
+    let Some(int8) = kernels.int8_kernels().filter(|_| applies(kernels, p)) else {
+        return Err(KernelError::Params(format!(
+            "an int8 convolution needs int8 activations on (they are {}) and a 1x1, stride-1, \
+             unpadded, ungrouped layer over more than one pixel, not {p:?}",
+            if kernels.int8_activations() { "on" } else { "off" }
+        )));
+    };
+    if (filters.out_c, filters.in_c) != (p.out_c, p.in_c) {
+        return Err(KernelError::Weight(format!(
+            "int8 filters are {}x{}, the layer needs {}x{}",
+            filters.out_c, filters.in_c, p.out_c, p.in_c
+        )));
+    }
+    let per_task = scratch_len(p);
+    check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
+    let layer = Layer { isa: kernels.isa(), int8, filters, bias, act, p };
+    let plane = p.out_h * p.out_w;
+    for (b, yb) in y.chunks_exact_mut(p.out_c * plane).enumerate() {
+        let xb = &x[b * p.in_c * plane..][..p.in_c * plane];
+        let rb = residual.map(|r| Residual { data: &r[b * rc * plane..][..rc * plane], channels: rc });
+        if kernels.threads() > 1 && plane >= kernels.threads() * PIXEL_SPLIT_MIN {
+            // Each thread quantizes only the blocks its rows touch.
+            split_output_rows(kernels, p, 1, TASKS_PER_THREAD, yb, scratch, per_task, |rows, planes, s| {
+                layer.run(xb, rb, 0..p.out_c, rows.start * p.out_w..rows.end * p.out_w, planes, s)
+            });
+        } else {
+            // Small planes: split filters, every task quantizing the (small) input itself.
+            let work = plane * p.in_c;
+            split_units(kernels, p.out_c, plane, work, yb, scratch, per_task, |ocs, ys, s| {
+                let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(plane).collect();
+                layer.run(xb, rb, ocs, 0..plane, &mut planes, s)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One layer's filters, epilogue and geometry, shared by the worker threads.
+struct Layer<'a> {
+    isa: Isa,
+    int8: Int8Kernels,
+    filters: &'a Int8Filters,
+    bias: Option<&'a [f32]>,
+    act: Activation,
+    p: &'a Conv2dParams,
+}
+
+impl Layer<'_> {
+    /// Pixels `cols` of filters `ocs` of image `xb` into `out[i]` (filter `ocs.start + i`, those
+    /// pixels only), adding the image's `residual` if given.
+    fn run(
+        &self,
+        xb: &[f32],
+        residual: Option<Residual<'_>>,
+        ocs: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [&mut [f32]],
+        scratch: &mut [f32],
+    ) {
+        let p = self.p;
+        let (k, kq, plane) = (p.in_c, depth(p), p.out_h * p.out_w);
+        let Int8Filters { filters, scales, sums, .. } = self.filters;
+        let (mul, rest) = scratch.split_at_mut(PANEL);
+        let (add, rest) = rest.split_at_mut(PANEL);
+        let (block, acc) = rest.split_at_mut(kq * BLOCK / 4);
+        let block: &mut [u8] = bytemuck::cast_slice_mut(block);
+        let offs: Vec<usize> = (0..k).map(|c| c * plane).collect();
+        let mut s = cols.start;
+        while s < cols.end {
+            // The quantization block around pixel s; this call's part of it.
+            let b0 = s / BLOCK * BLOCK;
+            let b1 = (b0 + BLOCK).min(plane);
+            let e = cols.end.min(b1);
+            let [lo, hi] = (self.int8.min_max)(&xb[b0..], &offs, b1 - b0);
+            let range = U8Range::new(lo, hi);
+            let (n, step) = (e - s, range.step());
+            let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN);
+            (self.int8.quantize)(&xb[s..], &offs, n, range, block, ldx);
+            for f0 in ocs.clone().step_by(PANEL) {
+                let f1 = (f0 + PANEL).min(ocs.end);
+                for ((m, a), (&scale, &sum)) in
+                    mul.iter_mut().zip(add.iter_mut()).zip(scales[f0..f1].iter().zip(&sums[f0..f1]))
+                {
+                    (*m, *a) = (scale * step, scale * lo * sum);
+                }
+                let acc = &mut acc[..(f1 - f0) * n];
+                (self.int8.gemm)(&filters[f0 * kq..f1 * kq], kq, block, ldx, n, mul, add, acc, n);
+                for (f, arow) in (f0..f1).zip(acc.chunks_exact(n)) {
+                    let bias = self.bias.map_or(0.0, |b| b[f]);
+                    let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..e]);
+                    let dst = &mut out[f - ocs.start][s - cols.start..][..n];
+                    (self.isa.store_rows)(self.act, arow, n, bias, res, dst, n);
+                }
+            }
+            s = e;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{decode_all, random_weight, Rng, WeightKind};
+    use pith_format::ir::CodebookKind;
+
+    /// Every path with int8 kernels, at 1, 2 and 3 threads, splitting even small layers.
+    fn int8_sets() -> Vec<Kernels> {
+        let mut sets = Vec::new();
+        for isa in Isa::available().into_iter().filter(|i| i.int8.is_some()) {
+            for threads in 1..=3 {
+                let mut k = Kernels::with_isa(isa, threads).unwrap().with_int8_activations(true).unwrap();
+                k.min_task_work = 1;
+                sets.push(k);
+            }
+        }
+        sets
+    }
+
+    fn pointwise(batch: usize, in_c: usize, out_c: usize, [h, w]: [usize; 2]) -> Conv2dParams {
+        Conv2dParams {
+            batch,
+            in_c,
+            in_h: h,
+            in_w: w,
+            out_c,
+            out_h: h,
+            out_w: w,
+            k_h: 1,
+            k_w: 1,
+            stride_h: 1,
+            stride_w: 1,
+            dil_h: 1,
+            dil_w: 1,
+            groups: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The exact f32 result and, per output, how far 8-bit activations (half a step of the
+    /// pixel's block range) and 8-bit filters (half a step of the filter's largest weight) may
+    /// move it.
+    fn reference_and_bound(x: &[f32], w: &[f32], bias: &[f32], p: &Conv2dParams) -> (Vec<f32>, Vec<f32>) {
+        let (k, plane) = (p.in_c, p.out_h * p.out_w);
+        let (mut want, mut bound) = (Vec::new(), Vec::new());
+        for b in 0..p.batch {
+            let xb = &x[b * k * plane..][..k * plane];
+            // Each block's quantization step.
+            let steps: Vec<f32> = (0..plane.div_ceil(BLOCK))
+                .map(|i| {
+                    let b0 = i * BLOCK;
+                    let block = (0..k).flat_map(|c| &xb[c * plane + b0..][..BLOCK.min(plane - b0)]);
+                    let (lo, hi) = block.fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                    (hi - lo) / 255.0
+                })
+                .collect();
+            for (oc, wrow) in w.chunks_exact(k).enumerate() {
+                let sw = wrow.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                for j in 0..plane {
+                    let step = steps[j / BLOCK];
+                    let (mut s, mut e) = (bias[oc], 0.0);
+                    for (c, &wv) in wrow.iter().enumerate() {
+                        let xv = xb[c * plane + j];
+                        s += wv * xv;
+                        e += (wv.abs() + sw / 2.0) * step / 2.0 + xv.abs() * sw / 2.0;
+                    }
+                    want.push(s);
+                    bound.push(e * 1.001 + 1e-4 * (1.0 + s.abs()));
+                }
+            }
+        }
+        (want, bound)
+    }
+
+    #[test]
+    fn int8_pointwise_stays_within_the_quantization_bound_and_is_thread_independent() {
+        let mut rng = Rng::new(5);
+        let kinds = [
+            WeightKind::F32,
+            WeightKind::Codebook(4, CodebookKind::SharedScaled, true),
+            WeightKind::Codebook(3, CodebookKind::PerRow, false),
+        ];
+        // Planes across block boundaries (256 pixels) and thread splits, odd channel counts.
+        let shapes = [
+            (1, 3, 5, [1, 2]),
+            (2, 17, 9, [23, 37]),
+            (1, 70, 50, [16, 40]),
+            (1, 8, 97, [9, 9]),
+            (1, 33, 7, [40, 17]),
+        ];
+        for (case, &(batch, in_c, out_c, hw)) in shapes.iter().enumerate() {
+            let p = pointwise(batch, in_c, out_c, hw);
+            let kind = kinds[case % kinds.len()];
+            let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
+            let w = decode_all(&data, p.out_c);
+            let x: Vec<f32> =
+                rng.vec(p.batch * p.in_c * hw[0] * hw[1]).iter().map(|v| v * 2.0 + 0.7).collect();
+            let bias = rng.vec(p.out_c);
+            let residual = rng.vec(x.len() / in_c * out_c);
+            let (want, bound) = reference_and_bound(&x, &w, &bias, &p);
+            let mut one_thread = Vec::new();
+            for kernels in int8_sets() {
+                assert!(applies(&kernels, &p), "{kernels:?} {p:?}");
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                let filters = Int8Filters::new(&data.view(), p.out_c, p.in_c).unwrap();
+                let none = Activation::None;
+                kernels.conv2d_int8(&x, &filters, Some(&bias), None, &p, none, &mut y, &mut scratch).unwrap();
+                for (i, ((g, w), e)) in y.iter().zip(&want).zip(&bound).enumerate() {
+                    assert!((g - w).abs() <= *e, "{kernels:?} {p:?} at {i}: {g} vs {w} (bound {e})");
+                }
+                // The same bits at any thread count (fixed quantization blocks); the sets come
+                // path by path, 1 thread first.
+                if kernels.threads() == 1 {
+                    one_thread = y.clone();
+                } else {
+                    assert_eq!(y, one_thread, "{kernels:?} {p:?}");
+                }
+                // Residual and fused ReLU6 on top of the same sums.
+                let mut z = vec![f32::NAN; want.len()];
+                let act = Activation::Clip { min: 0.0, max: 6.0 };
+                let res = Some(&residual[..]);
+                kernels.conv2d_int8(&x, &filters, Some(&bias), res, &p, act, &mut z, &mut scratch).unwrap();
+                for (i, ((zv, yv), r)) in z.iter().zip(&y).zip(&residual).enumerate() {
+                    let expect = (yv + r).clamp(0.0, 6.0);
+                    assert!(
+                        (zv - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
+                        "{kernels:?} at {i}: {zv} vs {expect}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_activations_need_a_path_with_int8_kernels() {
+        for isa in Isa::available() {
+            let k = Kernels::with_isa(isa, 1).unwrap().with_int8_activations(true);
+            match isa.int8 {
+                Some(_) => assert!(k.unwrap().int8_activations()),
+                None => assert!(k.unwrap_err().to_string().contains("int8 dot-product"), "{}", isa.name),
+            }
+        }
+        // Off is always fine, and a depthwise layer never takes the int8 path.
+        let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
+        let dw = Conv2dParams { groups: 4, in_c: 4, out_c: 4, ..pointwise(1, 4, 4, [8, 8]) };
+        assert!(!applies(&k, &dw) && applies(&k, &pointwise(1, 4, 4, [8, 8])));
+        assert!(!applies(&k.with_int8_activations(false).unwrap(), &pointwise(1, 4, 4, [8, 8])));
+    }
+}
