@@ -2,10 +2,12 @@
 //! and onnxruntime's dynamic quantization do it, for kernel sets built with
 //! [`crate::Kernels::with_int8_activations`].
 //!
-//! Each filter is decoded (a row at a time, as the f32 path does) and rounded to s8 with its own
-//! scale; the input is quantized to u8 on the fly with an affine range per block of
-//! [`BLOCK`] pixels over all channels. The blocks are fixed positions of the plane, so a pixel's
-//! result does not depend on how the layer was split over threads. The sums are exact in i32;
+//! Each filter is rounded to s8 with its own scale once ([`Int8Filters`]); the input is quantized
+//! to u8 on the fly with an affine range per block of [`BLOCK`] pixels over all channels. The
+//! blocks are fixed positions of the plane, so a pixel's result does not depend on how the layer
+//! was split over threads. Large planes split over threads by output rows, each thread quantizing
+//! the blocks its rows touch; small ones by filters, sharing the plane quantized once. The sums
+//! are exact in i32;
 //! `w · x ≈ sw · (step · Σ wq·q + lo · Σ wq)` turns them back into f32 before the usual epilogue
 //! (bias, residual, activation). The error is that of 8-bit activations (half a step of the
 //! block's range per input) and of 8-bit filters (half a step of the filter's largest weight).
@@ -24,6 +26,9 @@ use crate::{check_min_len, Activation, Conv2dParams, KernelError, Kernels, Weigh
 pub(crate) const BLOCK: usize = 256;
 /// Filters per GEMM call (rows of the accumulator tile).
 const PANEL: usize = 48;
+// A plane split by filters (under PIXEL_SPLIT_MIN pixels per thread) has at most one block per
+// thread, which is what the shared part of the scratch holds.
+const _: () = assert!(PIXEL_SPLIT_MIN <= BLOCK);
 
 /// A 1×1 convolution's filters rounded to s8, each with its own scale: prepared once (a session
 /// does it on its first run) for [`Kernels::conv2d_int8`], as onnxruntime and XNNPACK pack their
@@ -96,9 +101,42 @@ fn depth(p: &Conv2dParams) -> usize {
 }
 
 /// Scratch elements (f32) one worker of [`conv`] needs: a panel's multipliers and offsets, a
-/// quantized block and the accumulator tile.
+/// quantized block and the accumulator tile, plus one more block for the quantized plane that a
+/// small layer's tasks share (all workers' shares of it together hold any plane split by filters).
 pub(crate) fn scratch_len(p: &Conv2dParams) -> usize {
-    2 * PANEL + depth(p) * BLOCK / 4 + PANEL * BLOCK
+    2 * PANEL + 2 * block_len(p) + PANEL * BLOCK
+}
+
+/// Scratch elements (f32) of one quantized block of `p`'s input.
+fn block_len(p: &Conv2dParams) -> usize {
+    depth(p) * BLOCK / 4
+}
+
+/// One quantized block of pixels `start..start + n` (its whole quantization block, or the part a
+/// task computes): `ldx` pixels per row of the layout, `lo` and `step` its affine map.
+#[derive(Clone, Copy)]
+struct Quantized {
+    start: usize,
+    n: usize,
+    ldx: usize,
+    lo: f32,
+    step: f32,
+}
+
+impl Layer<'_> {
+    /// Quantizes pixels `s..e` of image `xb` (inside one quantization block) into `q` with the
+    /// range of their whole block.
+    fn quantize(&self, xb: &[f32], offs: &[usize], s: usize, e: usize, q: &mut [u8]) -> Quantized {
+        let plane = self.p.out_h * self.p.out_w;
+        let b0 = s / BLOCK * BLOCK;
+        let b1 = (b0 + BLOCK).min(plane);
+        let [lo, hi] = (self.int8.min_max)(&xb[b0..], offs, b1 - b0);
+        let range = U8Range::new(lo, hi);
+        let n = e - s;
+        let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN);
+        (self.int8.quantize)(&xb[s..], offs, n, range, q, ldx);
+        Quantized { start: s, n, ldx, lo, step: range.step() }
+    }
 }
 
 /// Rounds filter `row` to s8 (`out`, zero past the filter) with one scale: returns the scale
@@ -143,24 +181,49 @@ pub(crate) fn conv(
             filters.out_c, filters.in_c, p.out_c, p.in_c
         )));
     }
+    let threads = kernels.threads();
     let per_task = scratch_len(p);
-    check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
+    check_min_len("conv scratch", scratch.len(), per_task * threads)?;
     let layer = Layer { isa: kernels.isa(), int8, filters, bias, act, p };
     let plane = p.out_h * p.out_w;
+    let offs: Vec<usize> = (0..p.in_c).map(|c| c * plane).collect();
     for (b, yb) in y.chunks_exact_mut(p.out_c * plane).enumerate() {
         let xb = &x[b * p.in_c * plane..][..p.in_c * plane];
         let rb = residual.map(|r| Residual { data: &r[b * rc * plane..][..rc * plane], channels: rc });
-        if kernels.threads() > 1 && plane >= kernels.threads() * PIXEL_SPLIT_MIN {
-            // Each thread quantizes only the blocks its rows touch.
+        if threads == 1 || plane >= threads * PIXEL_SPLIT_MIN {
+            // Each thread quantizes only the blocks its rows touch, one at a time.
             split_output_rows(kernels, p, 1, TASKS_PER_THREAD, yb, scratch, per_task, |rows, planes, s| {
-                layer.run(xb, rb, 0..p.out_c, rows.start * p.out_w..rows.end * p.out_w, planes, s)
+                let cols = rows.start * p.out_w..rows.end * p.out_w;
+                let (q, work) = s.split_at_mut(block_len(p));
+                let q: &mut [u8] = bytemuck::cast_slice_mut(q);
+                let mut start = cols.start;
+                while start < cols.end {
+                    let end = cols.end.min((start / BLOCK + 1) * BLOCK);
+                    let block = layer.quantize(xb, &offs, start, end, q);
+                    layer.multiply(q, block, rb, 0..p.out_c, cols.start, planes, work);
+                    start = end;
+                }
             });
         } else {
-            // Small planes: split filters, every task quantizing the (small) input itself.
+            // A small plane (fewer than 256 pixels per thread): split filters over the threads,
+            // which share the plane quantized once, here (at most one block per thread).
+            let (shared, rest) = scratch.split_at_mut(threads * block_len(p));
+            let shared: &mut [u8] = bytemuck::cast_slice_mut(shared);
+            let mut blocks = Vec::with_capacity(threads);
+            let mut at = 0;
+            for start in (0..plane).step_by(BLOCK) {
+                let block = layer.quantize(xb, &offs, start, plane.min(start + BLOCK), &mut shared[at..]);
+                blocks.push((at, block));
+                at += block.ldx * depth(p);
+            }
+            let shared = &*shared;
             let work = plane * p.in_c;
-            split_units(kernels, p.out_c, plane, work, yb, scratch, per_task, |ocs, ys, s| {
+            let per_task = per_task - block_len(p);
+            split_units(kernels, p.out_c, plane, work, yb, rest, per_task, |ocs, ys, s| {
                 let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(plane).collect();
-                layer.run(xb, rb, ocs, 0..plane, &mut planes, s)
+                for &(at, block) in &blocks {
+                    layer.multiply(&shared[at..], block, rb, ocs.clone(), 0, &mut planes, s);
+                }
             });
         }
     }
@@ -178,53 +241,40 @@ struct Layer<'a> {
 }
 
 impl Layer<'_> {
-    /// Pixels `cols` of filters `ocs` of image `xb` into `out[i]` (filter `ocs.start + i`, those
-    /// pixels only), adding the image's `residual` if given.
-    fn run(
+    /// Filters `ocs` over the quantized pixels `q` of `block`: `out[i]` receives filter
+    /// `ocs.start + i` at those pixels (its element 0 is pixel `first`), with the image's
+    /// `residual` added if given. `work` holds the panel's multipliers, offsets and accumulators.
+    #[allow(clippy::too_many_arguments)]
+    fn multiply(
         &self,
-        xb: &[f32],
+        q: &[u8],
+        block: Quantized,
         residual: Option<Residual<'_>>,
         ocs: Range<usize>,
-        cols: Range<usize>,
+        first: usize,
         out: &mut [&mut [f32]],
-        scratch: &mut [f32],
+        work: &mut [f32],
     ) {
-        let p = self.p;
-        let (k, kq, plane) = (p.in_c, depth(p), p.out_h * p.out_w);
+        let (kq, plane) = (depth(self.p), self.p.out_h * self.p.out_w);
         let Int8Filters { filters, scales, sums, .. } = self.filters;
-        let (mul, rest) = scratch.split_at_mut(PANEL);
-        let (add, rest) = rest.split_at_mut(PANEL);
-        let (block, acc) = rest.split_at_mut(kq * BLOCK / 4);
-        let block: &mut [u8] = bytemuck::cast_slice_mut(block);
-        let offs: Vec<usize> = (0..k).map(|c| c * plane).collect();
-        let mut s = cols.start;
-        while s < cols.end {
-            // The quantization block around pixel s; this call's part of it.
-            let b0 = s / BLOCK * BLOCK;
-            let b1 = (b0 + BLOCK).min(plane);
-            let e = cols.end.min(b1);
-            let [lo, hi] = (self.int8.min_max)(&xb[b0..], &offs, b1 - b0);
-            let range = U8Range::new(lo, hi);
-            let (n, step) = (e - s, range.step());
-            let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN);
-            (self.int8.quantize)(&xb[s..], &offs, n, range, block, ldx);
-            for f0 in ocs.clone().step_by(PANEL) {
-                let f1 = (f0 + PANEL).min(ocs.end);
-                for ((m, a), (&scale, &sum)) in
-                    mul.iter_mut().zip(add.iter_mut()).zip(scales[f0..f1].iter().zip(&sums[f0..f1]))
-                {
-                    (*m, *a) = (scale * step, scale * lo * sum);
-                }
-                let acc = &mut acc[..(f1 - f0) * n];
-                (self.int8.gemm)(&filters[f0 * kq..f1 * kq], kq, block, ldx, n, mul, add, acc, n);
-                for (f, arow) in (f0..f1).zip(acc.chunks_exact(n)) {
-                    let bias = self.bias.map_or(0.0, |b| b[f]);
-                    let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..e]);
-                    let dst = &mut out[f - ocs.start][s - cols.start..][..n];
-                    (self.isa.store_rows)(self.act, arow, n, bias, res, dst, n);
-                }
+        let Quantized { start: s, n, ldx, lo, step } = block;
+        let (mul, rest) = work.split_at_mut(PANEL);
+        let (add, acc) = rest.split_at_mut(PANEL);
+        for f0 in ocs.clone().step_by(PANEL) {
+            let f1 = (f0 + PANEL).min(ocs.end);
+            for ((m, a), (&scale, &sum)) in
+                mul.iter_mut().zip(add.iter_mut()).zip(scales[f0..f1].iter().zip(&sums[f0..f1]))
+            {
+                (*m, *a) = (scale * step, scale * lo * sum);
             }
-            s = e;
+            let acc = &mut acc[..(f1 - f0) * n];
+            (self.int8.gemm)(&filters[f0 * kq..f1 * kq], kq, q, ldx, n, mul, add, acc, n);
+            for (f, arow) in (f0..f1).zip(acc.chunks_exact(n)) {
+                let bias = self.bias.map_or(0.0, |b| b[f]);
+                let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..s + n]);
+                let dst = &mut out[f - ocs.start][s - first..][..n];
+                (self.isa.store_rows)(self.act, arow, n, bias, res, dst, n);
+            }
         }
     }
 }

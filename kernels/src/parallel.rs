@@ -96,7 +96,9 @@ pub(crate) fn split_rows<F>(
 {
     let plane = plane_rows * row_len;
     let worth = plane_rows.saturating_mul(row_work) / kernels.min_task_work.max(1);
-    let tasks = (kernels.threads() * tasks_per_thread.max(1)).min(plane_rows).min(worth).max(1);
+    // One thread runs one range: the whole plane (the call below without a pool).
+    let tasks_per_thread = if kernels.pool().is_some() { tasks_per_thread.max(1) } else { 1 };
+    let tasks = (kernels.threads() * tasks_per_thread).min(plane_rows).min(worth).max(1);
     let per_task = per_task.max(1);
     if plane == 0 {
         return;
@@ -202,15 +204,17 @@ mod tests {
 
     #[test]
     fn row_parts_cover_every_plane_once_and_only_split_when_worth_it() {
-        let mut k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
-        for (rows, row_work, min_work, per_thread, want) in [
-            (7, 10, 1, 1, vec![0..3, 3..6, 6..7]),
-            (7, 10, 30, 1, vec![0..4, 4..7]),
-            (7, 10, 1000, 1, vec![Range { start: 0, end: 7 }]),
+        for (threads, rows, row_work, min_work, per_thread, want) in [
+            (3, 7, 10, 1, 1, vec![0..3, 3..6, 6..7]),
+            (3, 7, 10, 30, 1, vec![0..4, 4..7]),
+            (3, 7, 10, 1000, 1, vec![Range { start: 0, end: 7 }]),
             // Two ranges per thread: more, smaller ranges, still one scratch part per thread.
-            (7, 10, 1, 2, vec![0..2, 2..4, 4..6, 6..7]),
-            (13, 10, 1, 2, vec![0..3, 3..6, 6..9, 9..12, 12..13]),
+            (3, 7, 10, 1, 2, vec![0..2, 2..4, 4..6, 6..7]),
+            (3, 13, 10, 1, 2, vec![0..3, 3..6, 6..9, 9..12, 12..13]),
+            // One thread: one range, whatever the ranges per thread.
+            (1, 13, 10, 1, 4, vec![0..13]),
         ] {
+            let mut k = Kernels::with_isa(Isa::scalar(), threads).unwrap();
             k.min_task_work = min_work;
             let (planes, row_len) = (3, 5);
             let mut y = vec![-1.0f32; planes * rows * row_len];
