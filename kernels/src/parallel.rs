@@ -212,7 +212,7 @@ mod tests {
             (3, 7, 10, 1, 2, vec![0..2, 2..4, 4..6, 6..7]),
             (3, 13, 10, 1, 2, vec![0..3, 3..6, 6..9, 9..12, 12..13]),
             // One thread: one range, whatever the ranges per thread.
-            (1, 13, 10, 1, 4, vec![0..13]),
+            (1, 13, 10, 1, 4, vec![Range { start: 0, end: 13 }]),
         ] {
             let mut k = Kernels::with_isa(Isa::scalar(), threads).unwrap();
             k.min_task_work = min_work;
