@@ -2,7 +2,9 @@
 //! `Kernels::gemm` (`[N, K]` layout), against the f32 GEMV of the same shape and a `memcpy` of as
 //! many bytes as the packed weights (the bandwidth roofline). Throughput is the weight bytes each
 //! one streams, so criterion prints GB/s: packed vs memcpy shows how close decoding gets to the
-//! memory system, packed vs f32 the time saved. Run: `cargo bench -p pith-benches --bench gemv`.
+//! memory system, packed vs f32 the time saved. Where the CPU has int8 dot products, `cb4-int8`
+//! is the 4-bit GEMV on int8 activations (`Kernels::with_int8_activations`). Run:
+//! `cargo bench -p pith-benches --bench gemv`.
 
 mod common;
 
@@ -45,6 +47,13 @@ fn bench_gemv(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(format!("cb{bits}"), &run), |b| {
                 b.iter(|| gemv(&kernels, &w, black_box(&x), &mut y, &mut scratch))
             });
+            if let Some(int8) =
+                (bits == 4).then(|| kernels.clone().with_int8_activations(true).ok()).flatten()
+            {
+                group.bench_function(BenchmarkId::new("cb4-int8", &run), |b| {
+                    b.iter(|| gemv(&int8, &w, black_box(&x), &mut y, &mut scratch))
+                });
+            }
         }
     }
 

@@ -76,10 +76,7 @@ pub fn dispatch(
     match (model, gemv) {
         (None, Some((rows, cols))) => {
             let bits = bits.context("--gemv needs --bits 1..8")?;
-            if options.int8_activations {
-                bail!("--int8 applies to a model's 1x1 convolutions, not to --gemv");
-            }
-            gemv::run(rows, cols, bits, options.threads, iters)
+            gemv::run(rows, cols, bits, options, iters)
         }
         (Some(model), None) => {
             if bits.is_some() {

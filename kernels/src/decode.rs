@@ -83,6 +83,21 @@ impl<'a> WeightRows<'a> {
         }
     }
 
+    /// For a 4-bit codebook tensor: its tables as the int8 GEMV reads them; `None` otherwise.
+    pub(crate) fn nibble_tables(&self) -> Option<NibbleTables<'a>> {
+        match self.view {
+            TensorView::Codebook(c) if c.bits == 4 => {
+                let shared = (c.kind != CodebookKind::PerRow).then(|| {
+                    let mut lut = [0.0f32; 16];
+                    fill_lut_scaled(&c, 0, 1.0, &mut lut);
+                    s8_table(&lut)
+                });
+                Some(NibbleTables { view: c, shared })
+            }
+            _ => None,
+        }
+    }
+
     /// Decodes row `r` into `out[..row_len]`.
     ///
     /// # Panics
@@ -106,6 +121,54 @@ impl<'a> WeightRows<'a> {
             TensorView::Codebook(c) => decode_codebook_row(&c, r, out, self.nibbles),
         }
     }
+}
+
+/// A 4-bit codebook tensor's entries rounded to s8, one table per row, for the int8 GEMV
+/// ([`crate::arch::int8::Int8Kernels::dot_nibbles`]). A shared codebook (per tensor, or scaled
+/// per row) is rounded once for every row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NibbleTables<'a> {
+    view: CodebookView<'a>,
+    /// The shared codebook's table and step (scale 1), if it is shared.
+    shared: Option<([u8; 16], f32)>,
+}
+
+impl<'a> NibbleTables<'a> {
+    /// Row `r`'s packed indices.
+    pub(crate) fn indices(&self, r: usize) -> &'a [u8] {
+        self.view.row_indices(r)
+    }
+
+    /// Row `r`'s table (each entry's s8 weight plus 128; unused entries 0 + 128) and the weight
+    /// one s8 step stands for.
+    pub(crate) fn row(&self, r: usize, table: &mut [u8; 16]) -> f32 {
+        let c = &self.view;
+        match self.shared {
+            Some((shared, step)) => {
+                *table = shared;
+                if c.kind == CodebookKind::SharedScaled {
+                    step * c.scales[r]
+                } else {
+                    step
+                }
+            }
+            None => {
+                let mut lut = [0.0f32; 16];
+                fill_lut(c, r, &mut lut);
+                let (t, step) = s8_table(&lut);
+                *table = t;
+                step
+            }
+        }
+    }
+}
+
+/// `lut` rounded to s8 with one step (its largest magnitude over 127), each entry stored plus 128.
+fn s8_table(lut: &[f32; 16]) -> ([u8; 16], f32) {
+    let max = lut.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // An all-zero table gets inv = inf and 0 * inf = NaN, which `as` turns into 0.
+    let inv = 127.0 / max;
+    (std::array::from_fn(|v| ((lut[v] * inv).round() as i32 + 128) as u8), max / 127.0)
 }
 
 /// Rejects codebook views whose slices are too short for `rows` × `row_len`, so decoding never
@@ -169,14 +232,19 @@ fn decode_with_lut<const N: usize>(c: &CodebookView<'_>, r: usize, out: &mut [f3
 /// (MobileNetV3) took 0.063–0.082 ms when every 4-bit table zeroed all 256 slots and widened its
 /// f16 centroids one call each, 0.052–0.060 now (`pith bench --profile`, alternating builds).
 fn fill_lut(c: &CodebookView<'_>, r: usize, lut: &mut [f32]) {
-    let reach = (1usize << c.bits.min(8)).min(lut.len());
-    let used = c.entries.min(reach);
-    lut[used..reach].fill(0.0);
     let (base, scale) = match c.kind {
         CodebookKind::PerTensor => (0, 1.0),
         CodebookKind::PerRow => (r * c.entries, 1.0),
         CodebookKind::SharedScaled => (0, c.scales[r]),
     };
+    fill_lut_scaled(c, base, scale, lut)
+}
+
+/// [`fill_lut`] from the codebook at centroid `base`, times `scale`.
+fn fill_lut_scaled(c: &CodebookView<'_>, base: usize, scale: f32, lut: &mut [f32]) {
+    let reach = (1usize << c.bits.min(8)).min(lut.len());
+    let used = c.entries.min(reach);
+    lut[used..reach].fill(0.0);
     let table = &mut lut[..used];
     match c.centroids {
         CentroidsView::F32(v) => {

@@ -1,13 +1,18 @@
 //! Matrix product with a packed weight operand, decoded one row at a time.
 //!
 //! `[N, K]` weights with few input rows (GEMV) never widen a row: [`Isa::dot_packed`] decodes the
-//! packed indices in registers, so only packed bytes move. Work is split over output columns
-//! (one input row) or input rows (several) across the worker threads.
+//! packed indices in registers, so only packed bytes move; with int8 activations on, 4-bit rows
+//! multiply an s8 copy of the input on int8 dot products instead ([`Int8Kernels::dot_nibbles`]).
+//! Work is split over output columns (one input row) or input rows (several) across the worker
+//! threads.
 
 use std::ops::Range;
 
 use pith_format::TensorView;
 
+#[cfg(doc)]
+use crate::arch::int8::Int8Kernels;
+use crate::arch::int8::{prepare_nibbles, DotNibblesFn, NIBBLE_BLOCK};
 use crate::arch::{Isa, PACKED_ROWS};
 use crate::parallel::split_units;
 use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
@@ -21,10 +26,12 @@ pub enum WeightLayout {
     KN,
 }
 
-/// Scratch elements one worker of [`gemm`] needs: one decoded row (at least 1).
+/// Scratch elements one worker of [`gemm`] needs: one decoded row, or the int8 GEMV's prepared
+/// input (at least 1).
 pub fn scratch_len(k: usize, n: usize, layout: WeightLayout) -> usize {
     match layout {
-        WeightLayout::NK => k,
+        // k.next_multiple_of(NIBBLE_BLOCK) bytes fit in max(k, NIBBLE_BLOCK / 4) elements.
+        WeightLayout::NK => k.max(NIBBLE_BLOCK / 4),
         WeightLayout::KN => n,
     }
     .max(1)
@@ -63,7 +70,8 @@ pub fn gemm(
     match layout {
         WeightLayout::NK => {
             let rows = WeightRows::new(*w, n, k)?.with_isa(&isa);
-            let prod = NkProduct { isa, rows: &rows, a, k, bias, act };
+            let int8 = kernels.int8_kernels().and_then(|k| k.dot_nibbles);
+            let prod = NkProduct { isa, int8, rows: &rows, a, k, bias, act };
             if m == 1 {
                 // GEMV: split the outputs (one weight row each) over the workers.
                 split_units(kernels, n, 1, k, y, scratch, per_task, |js, ys, s| prod.run(0..1, js, ys, s));
@@ -99,6 +107,8 @@ pub fn gemm(
 /// `y[i, j] = act(bias[j] + a[i, :] · W[j, :])` with `W` stored `[N, K]`.
 struct NkProduct<'a, 'w> {
     isa: Isa,
+    /// The int8 GEMV, when int8 activations are on and the path has one.
+    int8: Option<DotNibblesFn>,
     rows: &'a WeightRows<'w>,
     a: &'a [f32],
     k: usize,
@@ -109,7 +119,10 @@ struct NkProduct<'a, 'w> {
 impl NkProduct<'_, '_> {
     /// Outputs `is × js` into `y` (row-major, `js.len()` per row); `wrow` holds one decoded row.
     fn run(&self, is: Range<usize>, js: Range<usize>, y: &mut [f32], wrow: &mut [f32]) {
-        if is.len() == 1 && self.gemv_packed(is.start, js.clone(), y, wrow) {
+        if is.len() == 1
+            && (self.gemv_int8(is.start, js.clone(), y, wrow)
+                || self.gemv_packed(is.start, js.clone(), y, wrow))
+        {
             return;
         }
         let (k, width) = (self.k, js.len());
@@ -164,6 +177,54 @@ impl NkProduct<'_, '_> {
             (self.isa.dot_packed_rows)(&rows[..n], bits, &luts[..n], x, xp, &mut out[..n]);
             for (&jl, &s) in at.iter().zip(&out).take(n) {
                 y[jl] = self.act.apply(self.bias.map_or(0.0, |b| b[js.start + jl]) + s);
+            }
+        }
+        true
+    }
+}
+
+/// Longest row the int8 GEMV takes: its i32 sums (up to 255 · 127 per weight) must not overflow.
+const INT8_GEMV_MAX_K: usize = 1 << 16;
+
+impl NkProduct<'_, '_> {
+    /// [`NkProduct::gemv_packed`] on int8 dot products, for 4-bit codebook rows when int8
+    /// activations are on: the input row is rounded to s8 with one step (its largest magnitude
+    /// over 127) into `xp` once, and each row's codebook to s8 ([`crate::WeightRows`]' tables,
+    /// rounded once for a shared codebook); `y[j] = act(bias + step_x * step_j * (dot_j - 128 *
+    /// sum(x)))`, the tables holding s8 + 128. `false` (nothing written) for other weights, or an
+    /// input that is not finite (the f32 path then carries the NaN or infinity through).
+    fn gemv_int8(&self, i: usize, js: Range<usize>, y: &mut [f32], xp: &mut [f32]) -> bool {
+        let k = self.k;
+        let (Some(dot), Some(tables)) = (self.int8, self.rows.nibble_tables()) else { return false };
+        if k > INT8_GEMV_MAX_K {
+            return false;
+        }
+        let x = &self.a[i * k..(i + 1) * k];
+        let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if !max.is_finite() {
+            return false;
+        }
+        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+        let xp: &mut [i8] = bytemuck::cast_slice_mut(&mut xp[..k.next_multiple_of(NIBBLE_BLOCK) / 4]);
+        let offset = 128 * prepare_nibbles(x, inv, xp);
+        let step_x = max / 127.0;
+        let quarter = js.len().div_ceil(PACKED_ROWS);
+        for q in 0..quarter {
+            let mut rows: [&[u8]; PACKED_ROWS] = [&[]; PACKED_ROWS];
+            let mut table = [[0u8; 16]; PACKED_ROWS];
+            let (mut step, mut at) = ([0.0f32; PACKED_ROWS], [0usize; PACKED_ROWS]);
+            let mut n = 0;
+            for jl in (q..js.len()).step_by(quarter) {
+                rows[n] = tables.indices(js.start + jl);
+                step[n] = tables.row(js.start + jl, &mut table[n]);
+                at[n] = jl;
+                n += 1;
+            }
+            let mut out = [0i32; PACKED_ROWS];
+            dot(&rows[..n], &table[..n], xp, k, &mut out[..n]);
+            for t in 0..n {
+                let s = (out[t] - offset) as f32 * step[t] * step_x;
+                y[at[t]] = self.act.apply(self.bias.map_or(0.0, |b| b[js.start + at[t]]) + s);
             }
         }
         true
@@ -256,13 +317,106 @@ mod tests {
         let w = vec![0.0f32; 6];
         let view = TensorView::F32(&w);
         let mut y = vec![0.0; 4];
-        let mut s = vec![0.0; 3];
-        let a = Activation::None;
         let lay = WeightLayout::NK;
+        let mut s = vec![0.0; scratch_len(3, 2, lay)];
+        let a = Activation::None;
         let k = Kernels::default();
         assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_ok());
         assert!(gemm(&k, &[0.0; 5], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_err());
         assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, Some(&[0.0]), a, &mut y, &mut s).is_err());
         assert!(gemm(&k, &[0.0; 8], 2, 4, 2, &view, lay, None, a, &mut y, &mut s).is_err());
+    }
+
+    #[test]
+    fn int8_gemv_stays_within_the_quantization_bound_on_4_bit_rows() {
+        use pith_format::ir::CodebookKind;
+        let mut rng = Rng::new(31);
+        let mut sets = Vec::new();
+        for isa in
+            crate::Isa::available().into_iter().filter(|i| i.int8.is_some_and(|k| k.dot_nibbles.is_some()))
+        {
+            for threads in 1..=3 {
+                let mut k = Kernels::with_isa(isa, threads).unwrap().with_int8_activations(true).unwrap();
+                k.min_task_work = 1;
+                sets.push(k);
+            }
+        }
+        let kinds = [CodebookKind::PerTensor, CodebookKind::PerRow, CodebookKind::SharedScaled];
+        for case in 0..12 {
+            let kind = WeightKind::Codebook(4, kinds[case % 3], case % 2 == 0);
+            let k = 1 + (case * 97 + rng.below(40)) % 400;
+            let n = 1 + rng.below(13);
+            let data = random_weight(&mut rng, kind, n, k);
+            let wf = decode_all(&data, n);
+            // Half the cases non-negative, as after a ReLU: the +128 offset of the tables then matters.
+            let shift = if case % 2 == 0 { 1.0 } else { 0.0 };
+            let a: Vec<f32> = rng.vec(k).iter().map(|v| (v + shift) * 2.0).collect();
+            let bias = rng.vec(n);
+            // Half a step of the input's and of the row's largest magnitude per product.
+            let step_x = a.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            let (want, bound): (Vec<f32>, Vec<f32>) = (0..n)
+                .map(|j| {
+                    let row = &wf[j * k..(j + 1) * k];
+                    let step_w = row.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                    let s = bias[j] + row.iter().zip(&a).map(|(w, x)| w * x).sum::<f32>();
+                    let e: f32 = row
+                        .iter()
+                        .zip(&a)
+                        .map(|(w, x)| (w.abs() + step_w / 2.0) * step_x / 2.0 + x.abs() * step_w / 2.0)
+                        .sum();
+                    (s, e * 1.001 + 1e-5 * (1.0 + s.abs()))
+                })
+                .unzip();
+            let mut f32_result = vec![0.0; n];
+            let plain = Kernels::with_isa(crate::Isa::scalar(), 1).unwrap();
+            let mut scratch = vec![0.0; plain.gemm_scratch_len(k, n, WeightLayout::NK)];
+            let none = Activation::None;
+            plain
+                .gemm(
+                    &a,
+                    1,
+                    k,
+                    n,
+                    &data.view(),
+                    WeightLayout::NK,
+                    Some(&bias),
+                    none,
+                    &mut f32_result,
+                    &mut scratch,
+                )
+                .unwrap();
+            for kernels in &sets {
+                let mut y = vec![f32::NAN; n];
+                let mut scratch = vec![f32::NAN; kernels.gemm_scratch_len(k, n, WeightLayout::NK)];
+                kernels
+                    .gemm(
+                        &a,
+                        1,
+                        k,
+                        n,
+                        &data.view(),
+                        WeightLayout::NK,
+                        Some(&bias),
+                        none,
+                        &mut y,
+                        &mut scratch,
+                    )
+                    .unwrap();
+                for j in 0..n {
+                    assert!(
+                        (y[j] - want[j]).abs() <= bound[j],
+                        "{kernels:?} {kind:?} k={k} j={j}: {} vs {} (bound {})",
+                        y[j],
+                        want[j],
+                        bound[j]
+                    );
+                }
+                // The int8 path ran: its rounding shows somewhere.
+                assert!(
+                    y.iter().zip(&f32_result).any(|(a, b)| a != b) || k < 4,
+                    "{kernels:?} {kind:?} k={k}: same bits as f32"
+                );
+            }
+        }
     }
 }

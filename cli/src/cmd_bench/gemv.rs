@@ -41,6 +41,8 @@ pub struct GemvReport {
     pub cols: usize,
     /// Worker threads of the sessions.
     pub threads: usize,
+    /// Whether the packed product ran on int8 activations (`--int8`).
+    pub int8: bool,
     /// Packed index bytes of the weight matrix.
     pub packed_bytes: usize,
     /// Median time of the packed product, microseconds.
@@ -73,12 +75,13 @@ impl fmt::Display for GemvReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "gemv bits={} rows={} cols={} threads={} median_us={:.1} gbps={:.2} f32_median_us={:.1} \
+            "gemv bits={} rows={} cols={} threads={}{} median_us={:.1} gbps={:.2} f32_median_us={:.1} \
              speedup_vs_f32={:.2} memcpy_gbps={:.2} roofline={:.2}",
             self.bits,
             self.rows,
             self.cols,
             self.threads,
+            if self.int8 { " int8" } else { "" },
             self.median_us,
             self.gbps(),
             self.f32_median_us,
@@ -112,10 +115,10 @@ pub fn gemv_model(weight: TensorData, rows: usize, cols: usize) -> Model {
 }
 
 /// A planned session over [`gemv_model`] of `weight`.
-fn gemv_session(weight: TensorData, rows: usize, cols: usize, threads: usize) -> Result<Session> {
+fn gemv_session(weight: TensorData, rows: usize, cols: usize, options: SessionOptions) -> Result<Session> {
     let bytes = pith_format::write(&gemv_model(weight, rows, cols)).context("writing the GEMV model")?;
     let file = PithFile::from_bytes(bytes).context("reading the GEMV model back")?;
-    let mut session = Session::new(Arc::new(file), SessionOptions { threads, ..Default::default() })?;
+    let mut session = Session::new(Arc::new(file), options)?;
     session.plan(&[("x", vec![1, cols])])?;
     Ok(session)
 }
@@ -127,18 +130,27 @@ fn time_session(session: &mut Session, x: &Tensor, iters: usize) -> Result<f64> 
     Ok(super::percentile(&times, 0.5))
 }
 
-/// Times the packed product, the f32 product and the `memcpy` (`iters` runs each, after a warm-up).
-pub fn measure(rows: usize, cols: usize, bits: u8, threads: usize, iters: usize) -> Result<GemvReport> {
+/// Times the packed product (with `options`: threads, int8 activations), the f32 product (same
+/// threads, f32 activations) and the `memcpy` (`iters` runs each, after a warm-up).
+pub fn measure(
+    rows: usize,
+    cols: usize,
+    bits: u8,
+    options: SessionOptions,
+    iters: usize,
+) -> Result<GemvReport> {
+    let threads = options.threads;
     let Some(packed) = random_codebook_matrix(rows, cols, bits, 1) else {
         bail!("cannot build a {rows}x{cols} matrix at {bits} bits (bits must be 1..=8)");
     };
     let packed_bytes = rows * row_stride(cols, bits);
     let x = Tensor::from_f32(vec![1, cols], random_f32s(cols, 2));
 
-    let median_s = time_session(&mut gemv_session(packed, rows, cols, threads)?, &x, iters)?;
+    let median_s = time_session(&mut gemv_session(packed, rows, cols, options)?, &x, iters)?;
     // The f32 matrix is 4..32x larger; build it only after the packed one is dropped.
     let dense = TensorData::F32(random_f32s(rows * cols, 3));
-    let f32_median_s = time_session(&mut gemv_session(dense, rows, cols, threads)?, &x, iters)?;
+    let plain = SessionOptions { threads, ..Default::default() };
+    let f32_median_s = time_session(&mut gemv_session(dense, rows, cols, plain)?, &x, iters)?;
 
     let src = vec![0x5au8; packed_bytes];
     let mut dst = vec![0u8; packed_bytes];
@@ -153,6 +165,7 @@ pub fn measure(rows: usize, cols: usize, bits: u8, threads: usize, iters: usize)
         rows,
         cols,
         threads,
+        int8: options.int8_activations,
         packed_bytes,
         median_us: median_s * 1e6,
         f32_median_us: f32_median_s * 1e6,
@@ -161,8 +174,8 @@ pub fn measure(rows: usize, cols: usize, bits: u8, threads: usize, iters: usize)
 }
 
 /// Runs the command: prints one `gemv ...` line.
-pub fn run(rows: usize, cols: usize, bits: u8, threads: usize, iters: usize) -> Result<()> {
-    println!("{}", measure(rows, cols, bits, threads, iters)?);
+pub fn run(rows: usize, cols: usize, bits: u8, options: SessionOptions, iters: usize) -> Result<()> {
+    println!("{}", measure(rows, cols, bits, options, iters)?);
     Ok(())
 }
 
@@ -219,7 +232,8 @@ mod tests {
             })
             .collect();
         for threads in [1, 2] {
-            let mut session = gemv_session(data.clone(), rows, cols, threads).unwrap();
+            let options = SessionOptions { threads, ..Default::default() };
+            let mut session = gemv_session(data.clone(), rows, cols, options).unwrap();
             let out = session.run(&[("x", Tensor::from_f32(vec![1, cols], x.clone()))]).unwrap();
             let y = out[0].1.as_f32().unwrap();
             for (got, want) in y.iter().zip(&expected) {
@@ -230,7 +244,7 @@ mod tests {
 
     #[test]
     fn measure_reports_consistent_numbers() {
-        let r = measure(64, 128, 4, 1, 3).unwrap();
+        let r = measure(64, 128, 4, SessionOptions::default(), 3).unwrap();
         assert_eq!(r.packed_bytes, 64 * 64);
         assert!(r.median_us > 0.0 && r.f32_median_us > 0.0 && r.memcpy_median_us > 0.0);
         let line = r.to_string();

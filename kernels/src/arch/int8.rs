@@ -86,10 +86,78 @@ pub struct Int8Kernels {
         c: &mut [f32],
         ldc: usize,
     ),
+    /// The int8 GEMV on 4-bit packed rows: `out[r] = sum_{i < k} tables[r][index_{r,i}] *
+    /// x(i)` (exact, in i32) for every `r < rows.len()`, where row `r`'s indices are packed two
+    /// per byte, low nibble first, its table holds each entry's s8 weight plus 128 (as u8), and
+    /// `x(i)` is element `i` of the s8 activations in `xp`'s [`prepare_nibbles`] layout. `None`
+    /// on paths without such a kernel, whose GEMVs stay f32.
+    ///
+    /// # Panics
+    /// If `tables` or `out` hold fewer entries than `rows`, a row holds fewer than
+    /// `k.div_ceil(2)` bytes, or `xp` fewer than `k.next_multiple_of(NIBBLE_BLOCK)`.
+    pub dot_nibbles: Option<DotNibblesFn>,
 }
 
+/// The form of [`Int8Kernels::dot_nibbles`].
+pub type DotNibblesFn = fn(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]);
+
+/// Activations per block of the [`prepare_nibbles`] layout: 64 packed bytes of a row.
+pub const NIBBLE_BLOCK: usize = 128;
+
 /// The scalar reference.
-pub const SCALAR: Int8Kernels = Int8Kernels { min_max, quantize, gemm };
+pub const SCALAR: Int8Kernels = Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles) };
+
+/// Quantizes the GEMV input `x` to s8 with step `1 / inv` (`q = round(x * inv)`, half to even,
+/// clamped to ±127) into `xp` in the layout [`Int8Kernels::dot_nibbles`] reads: per block of
+/// [`NIBBLE_BLOCK`] elements, the even ones (the low nibbles of 64 packed bytes), then the odd
+/// ones, zero past `x`. Returns the sum of the quantized values (what the tables' +128 adds,
+/// divided by 128).
+///
+/// # Panics
+/// If `xp` is shorter than `x.len().next_multiple_of(NIBBLE_BLOCK)`.
+pub fn prepare_nibbles(x: &[f32], inv: f32, xp: &mut [i8]) -> i32 {
+    let blocks = x.len().div_ceil(NIBBLE_BLOCK);
+    let xp = &mut xp[..blocks * NIBBLE_BLOCK];
+    xp.fill(0);
+    let mut sum = 0i32;
+    for (b, block) in x.chunks(NIBBLE_BLOCK).enumerate() {
+        let out = &mut xp[b * NIBBLE_BLOCK..][..NIBBLE_BLOCK];
+        for (i, &v) in block.iter().enumerate() {
+            // 1.5 * 2^23 added and taken away rounds to an integer, half to even (|v * inv| is
+            // at most 127 after the clamp), without a library call on baseline x86-64.
+            const MAGIC: f32 = 12_582_912.0;
+            let q = ((v * inv).clamp(-127.0, 127.0) + MAGIC) - MAGIC;
+            let q = q as i32; // NaN becomes 0
+            out[i / 2 + (i % 2) * NIBBLE_BLOCK / 2] = q as i8;
+            sum += q;
+        }
+    }
+    sum
+}
+
+/// Checks [`Int8Kernels::dot_nibbles`] operands.
+pub(crate) fn dot_nibbles_check(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &[i32]) {
+    assert!(
+        tables.len() >= rows.len() && out.len() >= rows.len(),
+        "dot_nibbles: fewer tables or outputs than rows"
+    );
+    assert!(rows.iter().all(|r| r.len() >= k.div_ceil(2)), "dot_nibbles: a row is shorter than {k} indices");
+    assert!(xp.len() >= k.next_multiple_of(NIBBLE_BLOCK), "dot_nibbles: prepared input is too short");
+}
+
+/// See [`Int8Kernels::dot_nibbles`].
+pub fn dot_nibbles(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]) {
+    dot_nibbles_check(rows, tables, xp, k, out);
+    for ((row, table), o) in rows.iter().zip(tables).zip(out.iter_mut()) {
+        let mut s = 0i32;
+        for i in 0..k {
+            let index = (row[i / 2] >> (4 * (i % 2))) & 0x0F;
+            let x = xp[i / NIBBLE_BLOCK * NIBBLE_BLOCK + i % NIBBLE_BLOCK / 2 + (i % 2) * NIBBLE_BLOCK / 2];
+            s += i32::from(table[usize::from(index)]) * i32::from(x);
+        }
+        *o = s;
+    }
+}
 
 /// Checks [`Int8Kernels::min_max`] operands; `false` when there is nothing to scan.
 pub(crate) fn min_max_check(x: &[f32], offs: &[usize], n: usize) -> bool {
@@ -202,6 +270,25 @@ mod tests {
         let flat = U8Range::new(2.0, 2.0);
         assert_eq!((flat.inv_step, flat.step(), flat.quantize(2.0)), (0.0, 0.0, 0));
         assert_eq!(U8Range::new(f32::MIN, f32::MAX).inv_step, 0.0);
+    }
+
+    #[test]
+    fn gemv_input_splits_even_and_odd_elements_per_block_and_rounds_half_to_even() {
+        // 130 elements: a whole block and 2 of the next, the rest zero.
+        let x: Vec<f32> = (0..130).map(|i| i as f32 * 0.5).collect();
+        let mut xp = vec![9i8; 256];
+        let sum = prepare_nibbles(&x, 1.0, &mut xp);
+        // Element i rounds i / 2 half to even (2.5 -> 2, 3.5 -> 4) and clamps at 127.
+        let q = |i: usize| ((i as f32 * 0.5).round_ties_even().min(127.0)) as i8;
+        assert_eq!(&xp[..3], &[q(0), q(2), q(4)]);
+        assert_eq!(&xp[64..67], &[q(1), q(3), q(5)]);
+        assert_eq!((xp[128], xp[192], xp[129], xp[193]), (q(128), q(129), 0, 0));
+        assert_eq!(sum, (0..130).map(|i| i32::from(q(i))).sum::<i32>());
+        // Row bytes 0x21 (indices 1, 2) then 0x03 (index 3; index 4 past k = 3 has x = 0).
+        let table: [u8; 16] = std::array::from_fn(|v| 128 + v as u8);
+        let mut out = [0];
+        dot_nibbles(&[&[0x21, 0x03]], &[table], &xp, 3, &mut out);
+        assert_eq!(out[0], 129 * i32::from(q(0)) + 130 * i32::from(q(1)) + 131 * i32::from(q(2)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// The NEON + dotprod int8 kernels. Only [`super::neon`] hands them out, after detecting dotprod.
-pub(super) const KERNELS: Int8Kernels = Int8Kernels { min_max, quantize, gemm };
+pub(super) const KERNELS: Int8Kernels = Int8Kernels { min_max, quantize, gemm, dot_nibbles: None };
 
 /// Rows of `w` (and `c`) one `gemm` register block covers.
 const MR: usize = 8;

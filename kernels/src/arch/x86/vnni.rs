@@ -5,10 +5,11 @@
 use std::arch::x86_64::*;
 
 use super::avx512::lane_mask;
-use crate::arch::int8::{gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range};
+use crate::arch::int8::{dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range};
 
 /// The AVX-512 VNNI int8 kernels.
-pub(super) const KERNELS: Int8Kernels = Int8Kernels { min_max, quantize, gemm };
+pub(super) const KERNELS: Int8Kernels =
+    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles) };
 
 /// See [`Int8Kernels::min_max`].
 fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
@@ -212,5 +213,71 @@ unsafe fn tile<const R: usize, const V: usize>(
                 _mm512_mask_storeu_ps(c.add(r * ldc + v * 16), lane_mask(cols), f);
             }
         }
+    }
+}
+
+/// See [`Int8Kernels::dot_nibbles`].
+fn dot_nibbles(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]) {
+    dot_nibbles_check(rows, tables, xp, k, out);
+    for ((rows, tables), out) in
+        rows.chunks(NIBBLE_ROWS).zip(tables.chunks(NIBBLE_ROWS)).zip(out.chunks_mut(NIBBLE_ROWS))
+    {
+        // SAFETY: AVX-512 F/BW/VNNI were detected before this table was handed out; the check
+        // asserted that every row holds k.div_ceil(2) bytes (the kernel reads no byte past them,
+        // under masks) and xp k.next_multiple_of(128) values.
+        unsafe {
+            match rows.len() {
+                4 => dot_nibbles_rows::<4>(rows, tables, xp, k, out),
+                3 => dot_nibbles_rows::<3>(rows, tables, xp, k, out),
+                2 => dot_nibbles_rows::<2>(rows, tables, xp, k, out),
+                _ => dot_nibbles_rows::<1>(rows, tables, xp, k, out),
+            }
+        }
+    }
+}
+
+/// Rows [`dot_nibbles`] takes together, sharing each load of the prepared input.
+const NIBBLE_ROWS: usize = 4;
+
+/// `R` rows: per 64 packed bytes (128 weights), the low and high nibbles index the row's table
+/// with one `vpshufb` each (the 16-byte table repeated in every 128-bit lane), and `vpdpbusd`
+/// multiplies the u8 weights with the s8 activations, 4 per 32-bit lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dot_nibbles_rows<const R: usize>(
+    rows: &[&[u8]],
+    tables: &[[u8; 16]],
+    xp: &[i8],
+    k: usize,
+    out: &mut [i32],
+) {
+    let bytes = k.div_ceil(2);
+    let low = _mm512_set1_epi8(0x0F);
+    let mut table = [_mm512_setzero_si512(); R];
+    for (t, src) in table.iter_mut().zip(tables) {
+        // SAFETY: a table is 16 bytes.
+        *t = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(src.as_ptr().cast()) });
+    }
+    let mut acc = [_mm512_setzero_si512(); R];
+    let mut at = 0;
+    while at < bytes {
+        let mask: __mmask64 = if bytes - at >= 64 { !0 } else { (1u64 << (bytes - at)) - 1 };
+        // SAFETY: block at / 64 of the prepared input (128 values) is in bounds (checked).
+        let (even, odd) = unsafe {
+            let x = xp.as_ptr().add(2 * at);
+            (_mm512_loadu_si512(x.cast()), _mm512_loadu_si512(x.add(64).cast()))
+        };
+        for r in 0..R {
+            // SAFETY: bytes at..at + 64 of the row, masked to those below its k.div_ceil(2).
+            let packed = unsafe { _mm512_maskz_loadu_epi8(mask, rows[r].as_ptr().add(at).cast()) };
+            let lo = _mm512_and_si512(packed, low);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            let w_lo = _mm512_shuffle_epi8(table[r], lo);
+            let w_hi = _mm512_shuffle_epi8(table[r], hi);
+            acc[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[r], w_lo, even), w_hi, odd);
+        }
+        at += 64;
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = _mm512_reduce_add_epi32(a);
     }
 }
