@@ -8,16 +8,25 @@
 //! (16 bytes = the 4-channel groups `g..g + 4` of one row, each group picked by `SDOT`'s lane
 //! index) and 2 activation registers (4 pixels × 4 channels each).
 //!
+//! `dot_nibbles`: per 64 packed bytes of a row, `TBL` looks the low and the high nibbles up in
+//! the row's 16-byte table, and `SDOT` multiplies the looked-up weights with the even and the odd
+//! halves of the prepared s8 input block (each input load shared by up to 4 rows). The tables
+//! hold `w + 128` as u8; flipping their top bit once per call (`^ 0x80`) gives `w` as s8, and the
+//! `128 * sum_i x(i)` this takes off every row is added back at the end (summed once per call).
+//!
 //! The `SDOT` intrinsics (`vdotq_laneq_s32`) are still unstable (`stdarch_neon_dotprod`, rustc
 //! 1.96), so the instruction is written with `asm!`; the `dotprod` target feature is stable and
 //! lets the assembler accept it inside `#[target_feature(enable = "dotprod")]` functions.
 
-use super::super::int8::{gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range};
+use super::super::int8::{
+    dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range, NIBBLE_BLOCK,
+};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// The NEON + dotprod int8 kernels. Only [`super::neon`] hands them out, after detecting dotprod.
-pub(super) const KERNELS: Int8Kernels = Int8Kernels { min_max, quantize, gemm, dot_nibbles: None };
+pub(super) const KERNELS: Int8Kernels =
+    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles) };
 
 /// Rows of `w` (and `c`) one `gemm` register block covers.
 const MR: usize = 8;
@@ -310,6 +319,141 @@ fn sdot_lane<const L: u32>(mut acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> in
     acc
 }
 
+/// `SDOT acc.4s, a.16b, b.16b`: lane `i` of `acc` plus the dot product of bytes `4i..4i + 4` of
+/// `a` and `b`, all signed.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: dotprod is enabled for this function, so callers run on a CPU with `SDOT`; the
+    // instruction only reads and writes the named vector registers (no memory, no flags).
+    unsafe {
+        asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// Rows [`dot_nibbles`] takes together, sharing each load of the prepared input.
+const NIBBLE_ROWS: usize = 4;
+
+/// Packed bytes of a row per [`NIBBLE_BLOCK`] activations.
+const NIBBLE_BYTES: usize = NIBBLE_BLOCK / 2;
+
+/// See [`Int8Kernels::dot_nibbles`].
+fn dot_nibbles(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]) {
+    dot_nibbles_check(rows, tables, xp, k, out);
+    let xp = &xp[..k.next_multiple_of(NIBBLE_BLOCK)];
+    // SAFETY: NEON and dotprod were detected before these kernels were put in the table
+    // (`super::neon`).
+    let bias = unsafe { input_sum(xp) }.wrapping_mul(128);
+    for ((rows, tables), out) in
+        rows.chunks(NIBBLE_ROWS).zip(tables.chunks(NIBBLE_ROWS)).zip(out.chunks_mut(NIBBLE_ROWS))
+    {
+        // SAFETY: as above (the kernels index the checked slices with bounds checks).
+        unsafe {
+            match rows.len() {
+                4 => dot_nibbles_rows::<4>(rows, tables, xp, k, bias, out),
+                3 => dot_nibbles_rows::<3>(rows, tables, xp, k, bias, out),
+                2 => dot_nibbles_rows::<2>(rows, tables, xp, k, bias, out),
+                _ => dot_nibbles_rows::<1>(rows, tables, xp, k, bias, out),
+            }
+        }
+    }
+}
+
+/// The sum of the prepared input `xp` (a whole number of blocks), 16 values per `SDOT` by ones.
+#[target_feature(enable = "neon,dotprod")]
+fn input_sum(xp: &[i8]) -> i32 {
+    let ones = vdupq_n_s8(1);
+    let mut acc = vdupq_n_s32(0);
+    let mut chunks = xp.chunks_exact(16);
+    for chunk in &mut chunks {
+        // SAFETY: `chunk` holds 16 bytes.
+        acc = sdot(acc, unsafe { vld1q_s8(chunk.as_ptr()) }, ones);
+    }
+    chunks.remainder().iter().fold(vaddvq_s32(acc), |s, &v| s.wrapping_add(i32::from(v)))
+}
+
+/// `R` rows of [`dot_nibbles`] (`out[r]` for `r < R`) on checked operands, `bias` being
+/// `128 * sum(xp)`: whole blocks of [`NIBBLE_BYTES`] straight from the rows, then the partial last
+/// block (the bytes up to `k.div_ceil(2)`) from zeroed copies. A zero byte looks up table entry 0
+/// twice, but the activations it meets are the layout's zero padding past `k`, so it adds nothing.
+///
+/// # Panics
+/// If `rows`, `tables` or `out` hold fewer than `R` entries, a row fewer than `k.div_ceil(2)`
+/// bytes, or `xp` fewer than `k.next_multiple_of(NIBBLE_BLOCK)` values.
+#[target_feature(enable = "neon,dotprod")]
+fn dot_nibbles_rows<const R: usize>(
+    rows: &[&[u8]],
+    tables: &[[u8; 16]],
+    xp: &[i8],
+    k: usize,
+    bias: i32,
+    out: &mut [i32],
+) {
+    let bytes = k.div_ceil(2);
+    let (full, tail) = (bytes / NIBBLE_BYTES, bytes % NIBBLE_BYTES);
+    let flip = vdupq_n_u8(0x80);
+    let mut table = [vdupq_n_s8(0); R];
+    for (t, src) in table.iter_mut().zip(&tables[..R]) {
+        // SAFETY: a table holds 16 bytes. `(w + 128) ^ 0x80` is `w`'s s8 bit pattern.
+        *t = vreinterpretq_s8_u8(veorq_u8(unsafe { vld1q_u8(src.as_ptr()) }, flip));
+    }
+    let x_block =
+        |b: usize| -> &[i8; NIBBLE_BLOCK] { xp[b * NIBBLE_BLOCK..][..NIBBLE_BLOCK].try_into().unwrap() };
+    // Two accumulators per row: the low nibbles (even activations) and the high ones (odd).
+    let mut acc = [[vdupq_n_s32(0); 2]; R];
+    for b in 0..full {
+        let packed: [&[u8; NIBBLE_BYTES]; R] =
+            std::array::from_fn(|r| rows[r][b * NIBBLE_BYTES..][..NIBBLE_BYTES].try_into().unwrap());
+        nibble_block(&mut acc, &table, packed, x_block(b));
+    }
+    if tail > 0 {
+        let mut copies = [[0u8; NIBBLE_BYTES]; R];
+        for (copy, row) in copies.iter_mut().zip(&rows[..R]) {
+            copy[..tail].copy_from_slice(&row[full * NIBBLE_BYTES..bytes]);
+        }
+        nibble_block(&mut acc, &table, std::array::from_fn(|r| &copies[r]), x_block(full));
+    }
+    for (o, [lo, hi]) in out[..R].iter_mut().zip(acc) {
+        *o = vaddvq_s32(vaddq_s32(lo, hi)).wrapping_add(bias);
+    }
+}
+
+/// One block: `acc[r][0] += sdot(table[r][low nibbles], even x)` and `acc[r][1] +=
+/// sdot(table[r][high nibbles], odd x)` over the 64 bytes of `packed[r]` for every `r < R`, 16
+/// bytes at a time, each load of `x` (the block's 64 even then 64 odd activations) shared by the
+/// `R` rows.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+fn nibble_block<const R: usize>(
+    acc: &mut [[int32x4_t; 2]; R],
+    table: &[int8x16_t; R],
+    packed: [&[u8; NIBBLE_BYTES]; R],
+    x: &[i8; NIBBLE_BLOCK],
+) {
+    let low = vdupq_n_u8(0x0F);
+    for q in (0..NIBBLE_BYTES).step_by(16) {
+        // SAFETY: `q + 16 <= NIBBLE_BYTES`, so both loads lie within the block's 128 values.
+        let (even, odd) =
+            unsafe { (vld1q_s8(x.as_ptr().add(q)), vld1q_s8(x.as_ptr().add(NIBBLE_BYTES + q))) };
+        for ((a, &t), p) in acc.iter_mut().zip(table).zip(packed) {
+            // SAFETY: bytes `q..q + 16` of the row's 64.
+            let p = unsafe { vld1q_u8(p.as_ptr().add(q)) };
+            // `TBL` gives 0 for indices past 15; both nibbles are at most 15.
+            let w_lo = vqtbl1q_s8(t, vandq_u8(p, low));
+            let w_hi = vqtbl1q_s8(t, vshrq_n_u8::<4>(p));
+            a[0] = sdot(a[0], w_lo, even);
+            a[1] = sdot(a[1], w_hi, odd);
+        }
+    }
+}
+
 /// The sum of a row of weights, 16 at a time (`SADDLV`: at most 16 × 128 fits its i16).
 #[target_feature(enable = "neon")]
 fn row_sum(w: &[i8]) -> i32 {
@@ -369,5 +513,38 @@ mod tests {
         (kern.gemm)(&w, kq, &xq, ldx, n, &mul, &add, &mut got, ldc);
         // The same exact i32 sums, converted alike and scaled by 1 + 0: equal bit for bit.
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn nibble_rows_of_extreme_entries_sum_exactly_up_to_their_last_byte() {
+        let Some(dot) = kernels().and_then(|k| k.dot_nibbles) else { return };
+        let mut rng = Rng::new(9);
+        // Depths ending on a block, mid-block and mid-byte; rows exactly `k.div_ceil(2)` long (a
+        // read past the last byte panics); tables and inputs at the extremes (0, 255; ±127).
+        for k in [1usize, 2, 127, 128, 129, 255, 256, 3001] {
+            for m in [1, 4, 5, 8] {
+                let xp: Vec<i8> = (0..k.next_multiple_of(NIBBLE_BLOCK))
+                    .map(|i| {
+                        let pos = i / NIBBLE_BLOCK * NIBBLE_BLOCK
+                            + 2 * (i % (NIBBLE_BLOCK / 2))
+                            + i % NIBBLE_BLOCK / (NIBBLE_BLOCK / 2);
+                        if pos < k {
+                            [-127, 127, 0, 1][rng.below(4)]
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let rows: Vec<Vec<u8>> =
+                    (0..m).map(|_| (0..k.div_ceil(2)).map(|_| rng.below(256) as u8).collect()).collect();
+                let rows: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+                let tables: Vec<[u8; 16]> =
+                    (0..m).map(|_| std::array::from_fn(|_| [0, 255, 128, 127][rng.below(4)])).collect();
+                let (mut want, mut got) = (vec![7; m + 1], vec![7; m + 1]);
+                int8::dot_nibbles(&rows, &tables, &xp, k, &mut want);
+                dot(&rows, &tables, &xp, k, &mut got);
+                assert_eq!(got, want, "k {k} m {m}");
+            }
+        }
     }
 }
