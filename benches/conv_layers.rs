@@ -1,7 +1,7 @@
 //! Representative convolution layers of BlazeFace and PP-OCRv4 det (shapes from the bundled
 //! models, see `pith_benches::conv_layers`) through `Kernels::conv2d` on one thread, with f32
 //! weights (the baseline) against 8-bit and 4-bit codebook weights, and, where the CPU has int8
-//! dot products (AVX-512 VNNI, NEON dotprod), the 1×1 layers on int8 activations
+//! dot products (AVX-512 VNNI, NEON dotprod), the ungrouped layers on int8 activations
 //! (`Kernels::conv2d_int8`, filters prepared once outside the timed loop; id `int8`). Throughput
 //! is in multiply-accumulates, so criterion prints MAC/s. Run:
 //! `cargo bench -p pith-benches --bench conv_layers`.
@@ -50,7 +50,8 @@ fn bench_conv_layers(c: &mut Criterion) {
         }
         if let Some(int8) = int8.as_ref().filter(|k| k.int8_applies(&p)) {
             let w = random_weights(FORMATS[0], p.out_c, p.filter_len(), 3);
-            let filters = Int8Filters::new(&w.view(), p.out_c, p.in_c).expect("bench layers are consistent");
+            let filters =
+                Int8Filters::new(&w.view(), p.out_c, p.filter_len()).expect("bench layers are consistent");
             group.bench_function(BenchmarkId::new(layer.name, "int8"), |b| {
                 b.iter(|| {
                     int8.conv2d_int8(

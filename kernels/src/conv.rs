@@ -214,11 +214,10 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
     } else if p.is_pointwise() {
         // A panel of filters, one gathered input column, the accumulator tile; or what the int8
         // path needs, if that is more (the runtime sizes scratch before it knows the path).
-        let int8 = if p.groups == 1 { crate::conv_int8::scratch_len(p) } else { 0 };
-        ((panel_rows(p) + 1) * p.filter_len() + POINTWISE_ACC).max(int8)
+        ((panel_rows(p) + 1) * p.filter_len() + POINTWISE_ACC).max(crate::conv_int8::scratch_len(p))
     } else {
         // Also what the whole-plane depthwise kernels need: one decoded filter.
-        Slab::new(p).scratch_len(p)
+        Slab::new(p).scratch_len(p).max(crate::conv_int8::scratch_len(p))
     };
     per.max(1)
 }
@@ -729,13 +728,13 @@ impl<'a> Residual<'a> {
 /// of output `(oy, ox)` is element `(oy + ky*dil_h / stride_h, ox + kx*dil_w / stride_w)` of
 /// phase plane `(ky*dil_h % stride_h, kx*dil_w % stride_w)`: a contiguous run for consecutive
 /// `ox`. Every slab has the same plane extents, so tap offsets are computed once per layer.
-struct Slab {
+pub(crate) struct Slab {
     /// Output rows per slab.
-    rows: usize,
+    pub(crate) rows: usize,
     /// Rows of each phase plane.
     hq: usize,
     /// Columns of each phase plane; also the row pitch of the accumulator.
-    wq: usize,
+    pub(crate) wq: usize,
     /// Phase planes per input channel (`stride_h * stride_w`).
     phases: usize,
     /// Filters decoded together.
@@ -743,7 +742,7 @@ struct Slab {
 }
 
 impl Slab {
-    fn new(p: &Conv2dParams) -> Slab {
+    pub(crate) fn new(p: &Conv2dParams) -> Slab {
         let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
         // Padded width: the input behind its left pad, or the last tap's reach if further.
         let wp = (p.pad_left + p.in_w).max(reach(p.out_w, sw, p.k_w, p.dil_w));
@@ -762,7 +761,7 @@ impl Slab {
     }
 
     /// f32 elements of one input channel's phase planes.
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.phases * self.hq * self.wq
     }
 
@@ -779,7 +778,7 @@ impl Slab {
     }
 
     /// Element offset of every tap `(c, ky, kx)`, in filter order, from the start of the planes.
-    fn offsets(&self, p: &Conv2dParams) -> Vec<usize> {
+    pub(crate) fn offsets(&self, p: &Conv2dParams) -> Vec<usize> {
         let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
         let plane_len = self.hq * self.wq;
         let mut offs = Vec::with_capacity(p.filter_len());
@@ -800,7 +799,7 @@ impl Slab {
     /// if `zero` (else the caller knows every other element is still zero from a fill of the
     /// same slab: fills of one slab write the same elements). (One memset of the whole planes
     /// measured faster than zeroing only the padding, a few columns per row.)
-    fn fill(&self, p: &Conv2dParams, xg: &[f32], oy0: usize, planes: &mut [f32], zero: bool) {
+    pub(crate) fn fill(&self, p: &Conv2dParams, xg: &[f32], oy0: usize, planes: &mut [f32], zero: bool) {
         let (sh, sw) = (p.stride_h, p.stride_w);
         let plane_len = self.hq * self.wq;
         let planes = &mut planes[..p.in_per_group() * self.len()];

@@ -18,7 +18,7 @@ use pith_format::TensorView;
 
 use crate::arch::int8::{Int8Kernels, U8Range, INT8_PIXEL_ALIGN};
 use crate::arch::Isa;
-use crate::conv::{check_operands, split_output_rows, Residual, PIXEL_SPLIT_MIN};
+use crate::conv::{check_operands, split_output_rows, Residual, Slab, PIXEL_SPLIT_MIN};
 use crate::parallel::{split_units, TASKS_PER_THREAD};
 use crate::{check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
 
@@ -30,15 +30,15 @@ const PANEL: usize = 48;
 // thread, which is what the shared part of the scratch holds.
 const _: () = assert!(PIXEL_SPLIT_MIN <= BLOCK);
 
-/// A 1×1 convolution's filters rounded to s8, each with its own scale: prepared once (a session
-/// does it on its first run) for [`Kernels::conv2d_int8`], as onnxruntime and XNNPACK pack their
+/// A convolution's filters rounded to s8, each with its own scale: prepared once (a session does
+/// it on its first run) for [`Kernels::conv2d_int8`], as onnxruntime and XNNPACK pack their
 /// weights when a session starts. One byte per weight plus 8 per filter: twice the size of a
 /// 4-bit codebook, which is why only sessions that ask for int8 activations keep them.
 #[derive(Clone)]
 pub struct Int8Filters {
     out_c: usize,
-    in_c: usize,
-    /// `out_c` rows of [`depth`] weights, zero past `in_c`.
+    row_len: usize,
+    /// `out_c` rows of `row_len` weights rounded up to a multiple of 4, zero past `row_len`.
     filters: Vec<i8>,
     /// Per filter: the value of one s8 step.
     scales: Vec<f32>,
@@ -48,24 +48,24 @@ pub struct Int8Filters {
 
 impl std::fmt::Debug for Int8Filters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Int8Filters").field("out_c", &self.out_c).field("in_c", &self.in_c).finish()
+        f.debug_struct("Int8Filters").field("out_c", &self.out_c).field("row_len", &self.row_len).finish()
     }
 }
 
 impl Int8Filters {
-    /// Rounds the `out_c` filters of `in_c` weights in `w` (any encoding, decoded a row at a
-    /// time) to s8; errors if `w` does not hold `out_c × in_c` weights.
-    pub fn new(w: &TensorView<'_>, out_c: usize, in_c: usize) -> Result<Int8Filters, KernelError> {
-        let rows = WeightRows::new(*w, out_c, in_c)?;
-        let kq = in_c.next_multiple_of(4);
+    /// Rounds the `out_c` filters of `row_len` weights in `w` (ONNX `Conv` layout, any encoding,
+    /// decoded a row at a time) to s8; errors if `w` does not hold `out_c × row_len` weights.
+    pub fn new(w: &TensorView<'_>, out_c: usize, row_len: usize) -> Result<Int8Filters, KernelError> {
+        let rows = WeightRows::new(*w, out_c, row_len)?;
+        let kq = row_len.next_multiple_of(4);
         let mut filters = vec![0i8; out_c * kq];
         let (mut scales, mut sums) = (vec![0.0; out_c], vec![0.0; out_c]);
-        let mut row = vec![0.0f32; in_c];
+        let mut row = vec![0.0f32; row_len];
         for (f, out) in filters.chunks_exact_mut(kq.max(1)).enumerate().take(out_c) {
             rows.decode(f, &mut row);
             (scales[f], sums[f]) = quantize_filter(&row, out);
         }
-        Ok(Int8Filters { out_c, in_c, filters, scales, sums })
+        Ok(Int8Filters { out_c, row_len, filters, scales, sums })
     }
 
     /// Output channels (filters).
@@ -73,9 +73,9 @@ impl Int8Filters {
         self.out_c
     }
 
-    /// Input channels (weights per filter).
-    pub fn in_c(&self) -> usize {
-        self.in_c
+    /// Weights per filter (`in_c / groups × k_h × k_w`).
+    pub fn row_len(&self) -> usize {
+        self.row_len
     }
 
     /// Bytes held.
@@ -85,26 +85,75 @@ impl Int8Filters {
 }
 
 /// Whether layer `p` can run on [`Int8Filters`] with this kernel set: int8 activations enabled
-/// and a 1×1, stride-1, unpadded, ungrouped convolution over more than one pixel (a single pixel
-/// is a GEMV on the packed weights).
+/// and an ungrouped convolution, 1×1 (stride 1, unpadded) over more than one pixel (a single
+/// pixel is a GEMV on the packed weights) or any other that does not take Winograd (whose
+/// transformed f32 products already need fewer multiply-adds).
 pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    kernels.int8_kernels().is_some()
-        && p.is_pointwise()
-        && p.groups == 1
+    kernels.int8_kernels().is_some() && shape_applies(p)
+}
+
+/// [`applies`], the layer's part.
+fn shape_applies(p: &Conv2dParams) -> bool {
+    let plane = p.out_h * p.out_w;
+    p.groups == 1
         && p.in_c > 0
-        && p.out_h * p.out_w > 1
+        && plane > 0
+        && if p.is_pointwise() { plane > 1 } else { !crate::winograd::applies(p) }
 }
 
-/// Input channels rounded up to whole words of 4.
+/// Weights per filter rounded up to whole words of 4.
 fn depth(p: &Conv2dParams) -> usize {
-    p.in_c.next_multiple_of(4)
+    p.filter_len().next_multiple_of(4)
 }
 
-/// Scratch elements (f32) one worker of [`conv`] needs: a panel's multipliers and offsets, a
-/// quantized block and the accumulator tile, plus one more block for the quantized plane that a
-/// small layer's tasks share (all workers' shares of it together hold any plane split by filters).
+/// Scratch elements (f32) one worker of [`conv`] needs for layer `p` (0 if the int8 path does
+/// not take it). A 1×1 layer: a panel's multipliers and offsets, a quantized block and the
+/// accumulator tile, plus one more block for the quantized plane that a small layer's tasks
+/// share (all workers' shares of it together hold any plane split by filters). Any other: see
+/// [`Shifted::scratch_len`].
 pub(crate) fn scratch_len(p: &Conv2dParams) -> usize {
-    2 * PANEL + 2 * block_len(p) + PANEL * BLOCK
+    if !shape_applies(p) || p.check().is_err() {
+        0
+    } else if p.is_pointwise() {
+        2 * PANEL + 2 * block_len(p) + PANEL * BLOCK
+    } else {
+        Shifted::new(p).scratch_len(p)
+    }
+}
+
+/// Most f32 elements of one accumulator block of the shifted int8 path (a panel of filters ×
+/// the block's pixels).
+const SHIFTED_ACC: usize = 1 << 15;
+/// Most bytes of one quantized block of the shifted int8 path (all taps × the block's pixels).
+const SHIFTED_QUANT: usize = 1 << 18;
+
+/// The shifted path on int8: [`Slab`]'s zero-padded phase planes, every tap of a run of output
+/// pixels quantized straight from them into the dot-product layout (an unfolded u8 matrix of one
+/// block of output rows at a time), then the same GEMM as a 1×1 layer.
+struct Shifted {
+    slab: Slab,
+    /// Output rows per quantized block.
+    rows: usize,
+}
+
+impl Shifted {
+    fn new(p: &Conv2dParams) -> Shifted {
+        let slab = Slab::new(p);
+        let pixels = (SHIFTED_ACC / PANEL).min(SHIFTED_QUANT / depth(p));
+        let rows = (pixels / slab.wq).clamp(1, slab.rows);
+        Shifted { slab, rows }
+    }
+
+    /// Most pixels (padded rows) of one block.
+    fn pixels(&self) -> usize {
+        (self.rows * self.slab.wq).next_multiple_of(INT8_PIXEL_ALIGN)
+    }
+
+    /// The slab's planes, a panel's multipliers and offsets, a quantized block and its
+    /// accumulators.
+    fn scratch_len(&self, p: &Conv2dParams) -> usize {
+        p.in_c * self.slab.len() + 2 * PANEL + depth(p) * self.pixels() / 4 + PANEL * self.pixels()
+    }
 }
 
 /// Scratch elements (f32) of one quantized block of `p`'s input.
@@ -175,16 +224,23 @@ pub(crate) fn conv(
             if kernels.int8_activations() { "on" } else { "off" }
         )));
     };
-    if (filters.out_c, filters.in_c) != (p.out_c, p.in_c) {
+    if (filters.out_c, filters.row_len) != (p.out_c, p.filter_len()) {
         return Err(KernelError::Weight(format!(
             "int8 filters are {}x{}, the layer needs {}x{}",
-            filters.out_c, filters.in_c, p.out_c, p.in_c
+            filters.out_c,
+            filters.row_len,
+            p.out_c,
+            p.filter_len()
         )));
     }
     let threads = kernels.threads();
     let per_task = scratch_len(p);
     check_min_len("conv scratch", scratch.len(), per_task * threads)?;
     let layer = Layer { isa: kernels.isa(), int8, filters, bias, act, p };
+    if !p.is_pointwise() {
+        layer.shifted(kernels, x, residual.map(|r| (r, rc)), y, scratch, per_task);
+        return Ok(());
+    }
     let plane = p.out_h * p.out_w;
     let offs: Vec<usize> = (0..p.in_c).map(|c| c * plane).collect();
     for (b, yb) in y.chunks_exact_mut(p.out_c * plane).enumerate() {
@@ -275,6 +331,96 @@ impl Layer<'_> {
                 let dst = &mut out[f - ocs.start][s - first..][..n];
                 (self.isa.store_rows)(self.act, arow, n, bias, res, dst, n);
             }
+        }
+    }
+}
+
+impl Layer<'_> {
+    /// A layer that is not 1×1, split over threads by output rows. The activations' range is
+    /// taken over each whole input image, with zero snapped to a level ([`U8Range::with_zero`])
+    /// so that the planes' zero padding stays exactly zero, and does not depend on the split.
+    fn shifted(
+        &self,
+        kernels: &Kernels,
+        x: &[f32],
+        residual: Option<(&[f32], usize)>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+        per_task: usize,
+    ) {
+        let p = self.p;
+        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let shifted = Shifted::new(p);
+        let offsets = shifted.slab.offsets(p);
+        for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
+            let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+            let rb = residual
+                .map(|(r, rc)| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
+            let [lo, hi] = (self.int8.min_max)(xb, &[0], xb.len());
+            let range = U8Range::with_zero(lo, hi);
+            split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, out, s| {
+                self.shifted_rows(&shifted, &offsets, xb, range, rb, rows, out, s)
+            });
+        }
+    }
+
+    /// Output rows `rows` of image `xb` into `out[f]` (those rows of filter `f`), slab by slab:
+    /// each block of output rows is quantized once, then every panel of filters multiplies it.
+    #[allow(clippy::too_many_arguments)]
+    fn shifted_rows(
+        &self,
+        shifted: &Shifted,
+        offsets: &[usize],
+        xb: &[f32],
+        range: U8Range,
+        residual: Option<Residual<'_>>,
+        rows: Range<usize>,
+        out: &mut [&mut [f32]],
+        scratch: &mut [f32],
+    ) {
+        let p = self.p;
+        let slab = &shifted.slab;
+        let (kq, out_plane) = (depth(p), p.out_h * p.out_w);
+        let (planes, rest) = scratch.split_at_mut(p.in_c * slab.len());
+        let (q, work) = rest.split_at_mut(depth(p) * shifted.pixels() / 4);
+        let q: &mut [u8] = bytemuck::cast_slice_mut(q);
+        let (lo, step) = (range.lo, range.step());
+        let mut oy0 = rows.start;
+        while oy0 < rows.end {
+            let slab_rows = slab.rows.min(rows.end - oy0);
+            slab.fill(p, xb, oy0, planes, true);
+            let mut s0 = 0;
+            while s0 < slab_rows {
+                let sr = shifted.rows.min(slab_rows - s0);
+                // Whole padded rows, except that the last stops at the last real column.
+                let n = (sr - 1) * slab.wq + p.out_w;
+                let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN);
+                (self.int8.quantize)(&planes[s0 * slab.wq..], offsets, n, range, q, ldx);
+                let first_row = oy0 - rows.start + s0;
+                let (mul, rest) = work.split_at_mut(PANEL);
+                let (add, acc) = rest.split_at_mut(PANEL);
+                let Int8Filters { filters, scales, sums, .. } = self.filters;
+                for f0 in (0..p.out_c).step_by(PANEL) {
+                    let f1 = (f0 + PANEL).min(p.out_c);
+                    for ((m, a), (&scale, &sum)) in
+                        mul.iter_mut().zip(add.iter_mut()).zip(scales[f0..f1].iter().zip(&sums[f0..f1]))
+                    {
+                        (*m, *a) = (scale * step, scale * lo * sum);
+                    }
+                    let acc = &mut acc[..(f1 - f0) * n];
+                    (self.int8.gemm)(&filters[f0 * kq..f1 * kq], kq, q, ldx, n, mul, add, acc, n);
+                    for (f, arow) in (f0..f1).zip(acc.chunks_exact(n)) {
+                        let dst = &mut out[f][first_row * p.out_w..][..sr * p.out_w];
+                        let bias = self.bias.map_or(0.0, |b| b[f]);
+                        let start = (rows.start + first_row) * p.out_w;
+                        let res =
+                            residual.and_then(|r| r.plane(f, out_plane)).map(|r| &r[start..][..sr * p.out_w]);
+                        (self.isa.store_rows)(self.act, arow, slab.wq, bias, res, dst, p.out_w);
+                    }
+                }
+                s0 += sr;
+            }
+            oy0 += slab_rows;
         }
     }
 }
@@ -427,5 +573,117 @@ mod tests {
         let dw = Conv2dParams { groups: 4, in_c: 4, out_c: 4, ..pointwise(1, 4, 4, [8, 8]) };
         assert!(!applies(&k, &dw) && applies(&k, &pointwise(1, 4, 4, [8, 8])));
         assert!(!applies(&k.with_int8_activations(false).unwrap(), &pointwise(1, 4, 4, [8, 8])));
+    }
+
+    /// A plain convolution on fully decoded weights, and per output how far int8 activations
+    /// (one range per image, zero on a level: up to a whole step off at the top of the range)
+    /// and s8 filters may move it.
+    fn general_reference(x: &[f32], w: &[f32], bias: &[f32], p: &Conv2dParams) -> (Vec<f32>, Vec<f32>) {
+        let (in_plane, k_len) = (p.in_h * p.in_w, p.filter_len());
+        let (mut want, mut bound) = (Vec::new(), Vec::new());
+        for b in 0..p.batch {
+            let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+            let (lo, hi) = xb.iter().fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            let step = (hi - lo) / 255.0;
+            for (oc, wrow) in w.chunks_exact(k_len).enumerate() {
+                let sw = wrow.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                for oy in 0..p.out_h {
+                    for ox in 0..p.out_w {
+                        let (mut s, mut e) = (bias[oc], 0.0);
+                        for c in 0..p.in_c {
+                            for ky in 0..p.k_h {
+                                for kx in 0..p.k_w {
+                                    let wv = wrow[(c * p.k_h + ky) * p.k_w + kx];
+                                    let iy = (oy * p.stride_h + ky * p.dil_h) as isize - p.pad_top as isize;
+                                    let ix = (ox * p.stride_w + kx * p.dil_w) as isize - p.pad_left as isize;
+                                    let inside = (0..p.in_h as isize).contains(&iy)
+                                        && (0..p.in_w as isize).contains(&ix);
+                                    let xv = if inside {
+                                        xb[c * in_plane + iy as usize * p.in_w + ix as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                    s += wv * xv;
+                                    // Padding is exactly zero; real inputs are off by up to a step.
+                                    let dx = if inside { step } else { 0.0 };
+                                    e += (wv.abs() + sw / 2.0) * dx + xv.abs() * sw / 2.0;
+                                }
+                            }
+                        }
+                        want.push(s);
+                        bound.push(e * 1.001 + 1e-4 * (1.0 + s.abs()));
+                    }
+                }
+            }
+        }
+        (want, bound)
+    }
+
+    #[test]
+    fn int8_general_convolutions_stay_within_the_quantization_bound_and_keep_padding_zero() {
+        let mut rng = Rng::new(8);
+        // (batch, in_c, out_c, in [h, w], kernel [h, w], stride, pad [top, left, bottom, right], dilation)
+        let shapes = [
+            (1, 3, 24, [17, 19], [5, 5], 2, [1, 1, 2, 2], 1),
+            (2, 3, 16, [30, 23], [3, 3], 2, [1, 1, 1, 1], 1),
+            (1, 5, 7, [9, 40], [3, 3], 1, [1, 1, 1, 1], 1),
+            (1, 6, 50, [12, 11], [1, 3], 1, [0, 2, 0, 2], 2),
+            (1, 9, 5, [64, 8], [2, 2], 1, [0, 0, 0, 0], 1),
+            // Planes over several slabs (the last one's bottom padding must not keep stale rows).
+            (1, 32, 4, [150, 60], [3, 3], 1, [1, 1, 1, 1], 1),
+        ];
+        for (case, &(batch, in_c, out_c, [h, w], [kh, kw], s, [pt, pl, pb, pr], d)) in
+            shapes.iter().enumerate()
+        {
+            let out = |i: usize, k: usize, a: usize, b: usize| (i + a + b - d * (k - 1) - 1) / s + 1;
+            let p = Conv2dParams {
+                batch,
+                in_c,
+                in_h: h,
+                in_w: w,
+                out_c,
+                out_h: out(h, kh, pt, pb),
+                out_w: out(w, kw, pl, pr),
+                k_h: kh,
+                k_w: kw,
+                stride_h: s,
+                stride_w: s,
+                pad_top: pt,
+                pad_left: pl,
+                dil_h: d,
+                dil_w: d,
+                groups: 1,
+            };
+            let kind =
+                [WeightKind::F32, WeightKind::Codebook(4, CodebookKind::SharedScaled, false)][case % 2];
+            let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
+            let wf = decode_all(&data, p.out_c);
+            // Inputs in [1, 2]: the range must be widened to hold the padding's zero, exactly.
+            let x: Vec<f32> = rng.vec(batch * in_c * h * w).iter().map(|v| v * 0.5 + 1.5).collect();
+            let bias = rng.vec(out_c);
+            let (want, bound) = general_reference(&x, &wf, &bias, &p);
+            let filters = Int8Filters::new(&data.view(), p.out_c, p.filter_len()).unwrap();
+            let mut one_thread = Vec::new();
+            for kernels in int8_sets() {
+                assert!(applies(&kernels, &p), "{p:?}");
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                let none = Activation::None;
+                kernels.conv2d_int8(&x, &filters, Some(&bias), None, &p, none, &mut y, &mut scratch).unwrap();
+                for (i, ((g, w), e)) in y.iter().zip(&want).zip(&bound).enumerate() {
+                    assert!((g - w).abs() <= *e, "{kernels:?} {p:?} at {i}: {g} vs {w} (bound {e})");
+                }
+                if kernels.threads() == 1 {
+                    one_thread = y.clone();
+                } else {
+                    assert_eq!(y, one_thread, "{kernels:?} {p:?}");
+                }
+            }
+        }
+        // 3x3 stride-1 layers with enough channels keep Winograd.
+        let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
+        let winograd =
+            Conv2dParams { k_h: 3, k_w: 3, pad_top: 1, pad_left: 1, ..pointwise(1, 16, 8, [8, 8]) };
+        assert!(!applies(&k, &winograd));
     }
 }

@@ -239,15 +239,16 @@ impl Kernels {
     }
 
     /// Whether [`Kernels::conv2d_int8`] runs layer `p`: int8 activations on (see
-    /// [`Kernels::with_int8_activations`]) and a 1×1, stride-1, unpadded, ungrouped convolution
-    /// over more than one pixel.
+    /// [`Kernels::with_int8_activations`]) and an ungrouped convolution: 1×1 (stride 1,
+    /// unpadded) over more than one pixel, or any other that does not take Winograd.
     pub fn int8_applies(&self, p: &Conv2dParams) -> bool {
         conv_int8::applies(self, p)
     }
 
     /// [`Kernels::conv2d`] (with [`Kernels::conv2d_add`]'s residual, if given) of a layer where
     /// [`Kernels::int8_applies`], on `filters` prepared from its weights: the input is quantized
-    /// to u8 on the fly, per block of 256 pixels over all channels, and multiplied on int8 dot
+    /// to u8 on the fly (a 1×1 layer per block of 256 pixels over all channels, any other per
+    /// image, with zero on a level so that padding stays zero), and multiplied on int8 dot
     /// products. Errors if the layer does not qualify or the filters do not fit it. Scratch:
     /// [`Kernels::conv2d_scratch_len`].
     #[allow(clippy::too_many_arguments)]

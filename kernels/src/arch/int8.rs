@@ -32,6 +32,19 @@ impl U8Range {
         U8Range { lo, inv_step }
     }
 
+    /// The map of values in `[lo, hi]` widened to hold 0, with 0 exactly on a level (`lo` a
+    /// whole number of steps below it): zero padding quantizes to a level that stands for 0.
+    pub fn with_zero(lo: f32, hi: f32) -> U8Range {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let step = (hi - lo) / 255.0;
+        if !(step > 0.0 && step.is_finite()) {
+            return U8Range { lo: 0.0, inv_step: 0.0 };
+        }
+        // The zero point; the top of the range may then lie up to half a step past level 255.
+        let zero = (-lo / step).round_ties_even();
+        U8Range { lo: -zero * step, inv_step: 1.0 / step }
+    }
+
     /// The value one quantization level stands for (0 when `inv_step` is 0).
     pub fn step(&self) -> f32 {
         if self.inv_step > 0.0 {

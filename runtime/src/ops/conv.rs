@@ -405,7 +405,7 @@ impl Conv {
         if !ctx.kernels.int8_applies(p) {
             return None;
         }
-        self.int8.get_or_init(|| Int8Filters::new(view, p.out_c, p.in_c).ok()).as_ref()
+        self.int8.get_or_init(|| Int8Filters::new(view, p.out_c, p.filter_len()).ok()).as_ref()
     }
 }
 
