@@ -1,16 +1,18 @@
-//! 1×1 convolutions on int8 dot products: dynamic-range quantization, as TFLite's hybrid kernels
-//! and onnxruntime's dynamic quantization do it, for kernel sets built with
+//! Ungrouped convolutions on int8 dot products: dynamic-range quantization, as TFLite's hybrid
+//! kernels and onnxruntime's dynamic quantization do it, for kernel sets built with
 //! [`crate::Kernels::with_int8_activations`].
 //!
-//! Each filter is rounded to s8 with its own scale once ([`Int8Filters`]); the input is quantized
-//! to u8 on the fly with an affine range per block of [`BLOCK`] pixels over all channels. The
-//! blocks are fixed positions of the plane, so a pixel's result does not depend on how the layer
-//! was split over threads. Large planes split over threads by output rows, each thread quantizing
-//! the blocks its rows touch; small ones by filters, sharing the plane quantized once. The sums
-//! are exact in i32;
-//! `w · x ≈ sw · (step · Σ wq·q + lo · Σ wq)` turns them back into f32 before the usual epilogue
-//! (bias, residual, activation). The error is that of 8-bit activations (half a step of the
-//! block's range per input) and of 8-bit filters (half a step of the filter's largest weight).
+//! Each filter is rounded to s8 with its own scale once ([`Int8Filters`]). A 1×1 layer's input
+//! is quantized to u8 on the fly with an affine range per block of [`BLOCK`] pixels over all
+//! channels. The blocks are fixed positions of the plane, so a pixel's result does not depend on
+//! how the layer was split over threads. Large planes split over threads by output rows, each
+//! thread quantizing the blocks its rows touch; small ones by filters, sharing the plane quantized
+//! once. Any other layer (that does not take Winograd) quantizes the shifted path's zero-padded
+//! planes tap by tap ([`Shifted`]), with one range per image that keeps 0 on a level. The sums
+//! are exact in i32; `w · x ≈ sw · (step · Σ wq·q + lo · Σ wq)` turns them back into f32 before
+//! the usual epilogue (bias, residual, activation). The error is that of 8-bit activations (half a
+//! step of the range per input, up to a whole one at the top of a range with a snapped zero) and
+//! of 8-bit filters (half a step of the filter's largest weight).
 
 use std::ops::Range;
 
@@ -219,8 +221,8 @@ pub(crate) fn conv(
     let rc = check_operands(x, bias, residual, p, y)?;
     let Some(int8) = kernels.int8_kernels().filter(|_| applies(kernels, p)) else {
         return Err(KernelError::Params(format!(
-            "an int8 convolution needs int8 activations on (they are {}) and a 1x1, stride-1, \
-             unpadded, ungrouped layer over more than one pixel, not {p:?}",
+            "an int8 convolution needs int8 activations on (they are {}) and an ungrouped layer \
+             that does not take Winograd (a 1x1 one over more than one pixel), not {p:?}",
             if kernels.int8_activations() { "on" } else { "off" }
         )));
     };
