@@ -894,7 +894,8 @@ pub(crate) fn valid_range(out_len: usize, stride: usize, off: isize, in_len: usi
 mod tests {
     use super::*;
     use crate::testutil::{
-        assert_close, decode_all, kernel_sets, random_weight, same_width_depthwise, Rng, WeightKind,
+        assert_close, decode_all, kernel_sets, pointwise, random_weight, same_width_depthwise, Rng,
+        WeightKind,
     };
     use crate::Kernels;
 
@@ -1182,27 +1183,6 @@ mod tests {
     }
 
     /// A 1×1, stride-1, unpadded convolution over `[h, w]` planes.
-    fn pointwise(batch: usize, in_c: usize, out_c: usize, [h, w]: [usize; 2]) -> Conv2dParams {
-        Conv2dParams {
-            batch,
-            in_c,
-            in_h: h,
-            in_w: w,
-            out_c,
-            out_h: h,
-            out_w: w,
-            k_h: 1,
-            k_w: 1,
-            stride_h: 1,
-            stride_w: 1,
-            pad_top: 0,
-            pad_left: 0,
-            dil_h: 1,
-            dil_w: 1,
-            groups: 1,
-        }
-    }
-
     #[test]
     fn pointwise_split_by_pixels_matches_the_reference() {
         // Few filters over planes of a few hundred pixels per thread: split by rows on the

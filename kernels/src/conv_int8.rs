@@ -313,9 +313,29 @@ impl Layer<'_> {
         out: &mut [&mut [f32]],
         work: &mut [f32],
     ) {
-        let (kq, plane) = (depth(self.p), self.p.out_h * self.p.out_w);
+        let plane = self.p.out_h * self.p.out_w;
+        let s = block.start;
+        let n = block.n;
+        self.panels(q, block, ocs.clone(), work, |f, arow, bias| {
+            let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..s + n]);
+            let dst = &mut out[f - ocs.start][s - first..][..n];
+            (self.isa.store_rows)(self.act, arow, n, bias, res, dst, n);
+        });
+    }
+
+    /// Filters `ocs`, a panel at a time, over the quantized pixels `q` of `block`: the GEMM into
+    /// `work`'s accumulators, then `store(f, sums of filter f, its bias)` for each filter.
+    fn panels(
+        &self,
+        q: &[u8],
+        block: Quantized,
+        ocs: Range<usize>,
+        work: &mut [f32],
+        mut store: impl FnMut(usize, &[f32], f32),
+    ) {
+        let kq = depth(self.p);
         let Int8Filters { filters, scales, sums, .. } = self.filters;
-        let Quantized { start: s, n, ldx, lo, step } = block;
+        let Quantized { n, ldx, lo, step, .. } = block;
         let (mul, rest) = work.split_at_mut(PANEL);
         let (add, acc) = rest.split_at_mut(PANEL);
         for f0 in ocs.clone().step_by(PANEL) {
@@ -328,10 +348,7 @@ impl Layer<'_> {
             let acc = &mut acc[..(f1 - f0) * n];
             (self.int8.gemm)(&filters[f0 * kq..f1 * kq], kq, q, ldx, n, mul, add, acc, n);
             for (f, arow) in (f0..f1).zip(acc.chunks_exact(n)) {
-                let bias = self.bias.map_or(0.0, |b| b[f]);
-                let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..s + n]);
-                let dst = &mut out[f - ocs.start][s - first..][..n];
-                (self.isa.store_rows)(self.act, arow, n, bias, res, dst, n);
+                store(f, arow, self.bias.map_or(0.0, |b| b[f]));
             }
         }
     }
@@ -382,11 +399,10 @@ impl Layer<'_> {
     ) {
         let p = self.p;
         let slab = &shifted.slab;
-        let (kq, out_plane) = (depth(p), p.out_h * p.out_w);
+        let out_plane = p.out_h * p.out_w;
         let (planes, rest) = scratch.split_at_mut(p.in_c * slab.len());
         let (q, work) = rest.split_at_mut(depth(p) * shifted.pixels() / 4);
         let q: &mut [u8] = bytemuck::cast_slice_mut(q);
-        let (lo, step) = (range.lo, range.step());
         let mut oy0 = rows.start;
         while oy0 < rows.end {
             let slab_rows = slab.rows.min(rows.end - oy0);
@@ -399,27 +415,14 @@ impl Layer<'_> {
                 let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN);
                 (self.int8.quantize)(&planes[s0 * slab.wq..], offsets, n, range, q, ldx);
                 let first_row = oy0 - rows.start + s0;
-                let (mul, rest) = work.split_at_mut(PANEL);
-                let (add, acc) = rest.split_at_mut(PANEL);
-                let Int8Filters { filters, scales, sums, .. } = self.filters;
-                for f0 in (0..p.out_c).step_by(PANEL) {
-                    let f1 = (f0 + PANEL).min(p.out_c);
-                    for ((m, a), (&scale, &sum)) in
-                        mul.iter_mut().zip(add.iter_mut()).zip(scales[f0..f1].iter().zip(&sums[f0..f1]))
-                    {
-                        (*m, *a) = (scale * step, scale * lo * sum);
-                    }
-                    let acc = &mut acc[..(f1 - f0) * n];
-                    (self.int8.gemm)(&filters[f0 * kq..f1 * kq], kq, q, ldx, n, mul, add, acc, n);
-                    for (f, arow) in (f0..f1).zip(acc.chunks_exact(n)) {
-                        let dst = &mut out[f][first_row * p.out_w..][..sr * p.out_w];
-                        let bias = self.bias.map_or(0.0, |b| b[f]);
-                        let start = (rows.start + first_row) * p.out_w;
-                        let res =
-                            residual.and_then(|r| r.plane(f, out_plane)).map(|r| &r[start..][..sr * p.out_w]);
-                        (self.isa.store_rows)(self.act, arow, slab.wq, bias, res, dst, p.out_w);
-                    }
-                }
+                let start = (rows.start + first_row) * p.out_w;
+                let block = Quantized { start, n, ldx, lo: range.lo, step: range.step() };
+                self.panels(q, block, 0..p.out_c, work, |f, arow, bias| {
+                    let dst = &mut out[f][first_row * p.out_w..][..sr * p.out_w];
+                    let res =
+                        residual.and_then(|r| r.plane(f, out_plane)).map(|r| &r[start..][..sr * p.out_w]);
+                    (self.isa.store_rows)(self.act, arow, slab.wq, bias, res, dst, p.out_w);
+                });
                 s0 += sr;
             }
             oy0 += slab_rows;
@@ -430,7 +433,7 @@ impl Layer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{decode_all, random_weight, Rng, WeightKind};
+    use crate::testutil::{decode_all, pointwise, random_weight, Rng, WeightKind};
     use pith_format::ir::CodebookKind;
 
     /// Every path with int8 kernels, at 1, 2 and 3 threads, splitting even small layers.
@@ -444,26 +447,6 @@ mod tests {
             }
         }
         sets
-    }
-
-    fn pointwise(batch: usize, in_c: usize, out_c: usize, [h, w]: [usize; 2]) -> Conv2dParams {
-        Conv2dParams {
-            batch,
-            in_c,
-            in_h: h,
-            in_w: w,
-            out_c,
-            out_h: h,
-            out_w: w,
-            k_h: 1,
-            k_w: 1,
-            stride_h: 1,
-            stride_w: 1,
-            dil_h: 1,
-            dil_w: 1,
-            groups: 1,
-            ..Default::default()
-        }
     }
 
     /// The exact f32 result and, per output, how far 8-bit activations (half a step of the

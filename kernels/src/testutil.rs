@@ -183,3 +183,25 @@ pub fn same_width_depthwise(
         groups: 1,
     })
 }
+
+/// A 1×1, stride-1, unpadded, ungrouped layer over `h × w` planes.
+pub fn pointwise(batch: usize, in_c: usize, out_c: usize, [h, w]: [usize; 2]) -> crate::Conv2dParams {
+    crate::Conv2dParams {
+        batch,
+        in_c,
+        in_h: h,
+        in_w: w,
+        out_c,
+        out_h: h,
+        out_w: w,
+        k_h: 1,
+        k_w: 1,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top: 0,
+        pad_left: 0,
+        dil_h: 1,
+        dil_w: 1,
+        groups: 1,
+    }
+}
