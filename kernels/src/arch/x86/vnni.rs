@@ -154,6 +154,8 @@ unsafe fn gemm_impl(
                     }
                 };
             }
+            // SAFETY: the tile reads and writes only the bounds stated above; the features it
+            // enables are those this function runs with.
             unsafe {
                 match width.div_ceil(16) {
                     4 => rows!(4),
