@@ -484,6 +484,38 @@ mod tests {
         (want, bound)
     }
 
+    /// Runs layer `p` on `filters` under every int8 kernel set and checks each output against
+    /// `want` within `bound`, and that every thread count gives the bits of 1 thread (the sets
+    /// come path by path, 1 thread first); then `extra(kernels, output, scratch)`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_every_set(
+        p: &Conv2dParams,
+        filters: &Int8Filters,
+        x: &[f32],
+        bias: &[f32],
+        want: &[f32],
+        bound: &[f32],
+        mut extra: impl FnMut(&Kernels, &[f32], &mut [f32]),
+    ) {
+        let mut one_thread = Vec::new();
+        for kernels in int8_sets() {
+            assert!(applies(&kernels, p), "{kernels:?} {p:?}");
+            let mut y = vec![f32::NAN; want.len()];
+            let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
+            let none = Activation::None;
+            kernels.conv2d_int8(x, filters, Some(bias), None, p, none, &mut y, &mut scratch).unwrap();
+            for (i, ((g, w), e)) in y.iter().zip(want).zip(bound).enumerate() {
+                assert!((g - w).abs() <= *e, "{kernels:?} {p:?} at {i}: {g} vs {w} (bound {e})");
+            }
+            if kernels.threads() == 1 {
+                one_thread = y.clone();
+            } else {
+                assert_eq!(y, one_thread, "{kernels:?} {p:?}");
+            }
+            extra(&kernels, &y, &mut scratch);
+        }
+    }
+
     #[test]
     fn int8_pointwise_stays_within_the_quantization_bound_and_is_thread_independent() {
         let mut rng = Rng::new(5);
@@ -510,37 +542,21 @@ mod tests {
             let bias = rng.vec(p.out_c);
             let residual = rng.vec(x.len() / in_c * out_c);
             let (want, bound) = reference_and_bound(&x, &w, &bias, &p);
-            let mut one_thread = Vec::new();
-            for kernels in int8_sets() {
-                assert!(applies(&kernels, &p), "{kernels:?} {p:?}");
-                let mut y = vec![f32::NAN; want.len()];
-                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
-                let filters = Int8Filters::new(&data.view(), p.out_c, p.in_c).unwrap();
-                let none = Activation::None;
-                kernels.conv2d_int8(&x, &filters, Some(&bias), None, &p, none, &mut y, &mut scratch).unwrap();
-                for (i, ((g, w), e)) in y.iter().zip(&want).zip(&bound).enumerate() {
-                    assert!((g - w).abs() <= *e, "{kernels:?} {p:?} at {i}: {g} vs {w} (bound {e})");
-                }
-                // The same bits at any thread count (fixed quantization blocks); the sets come
-                // path by path, 1 thread first.
-                if kernels.threads() == 1 {
-                    one_thread = y.clone();
-                } else {
-                    assert_eq!(y, one_thread, "{kernels:?} {p:?}");
-                }
+            let filters = Int8Filters::new(&data.view(), p.out_c, p.in_c).unwrap();
+            check_every_set(&p, &filters, &x, &bias, &want, &bound, |kernels, y, scratch| {
                 // Residual and fused ReLU6 on top of the same sums.
                 let mut z = vec![f32::NAN; want.len()];
                 let act = Activation::Clip { min: 0.0, max: 6.0 };
                 let res = Some(&residual[..]);
-                kernels.conv2d_int8(&x, &filters, Some(&bias), res, &p, act, &mut z, &mut scratch).unwrap();
-                for (i, ((zv, yv), r)) in z.iter().zip(&y).zip(&residual).enumerate() {
+                kernels.conv2d_int8(&x, &filters, Some(&bias), res, &p, act, &mut z, scratch).unwrap();
+                for (i, ((zv, yv), r)) in z.iter().zip(y).zip(&residual).enumerate() {
                     let expect = (yv + r).clamp(0.0, 6.0);
                     assert!(
                         (zv - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
                         "{kernels:?} at {i}: {zv} vs {expect}"
                     );
                 }
-            }
+            });
         }
     }
 
@@ -648,22 +664,7 @@ mod tests {
             let bias = rng.vec(out_c);
             let (want, bound) = general_reference(&x, &wf, &bias, &p);
             let filters = Int8Filters::new(&data.view(), p.out_c, p.filter_len()).unwrap();
-            let mut one_thread = Vec::new();
-            for kernels in int8_sets() {
-                assert!(applies(&kernels, &p), "{p:?}");
-                let mut y = vec![f32::NAN; want.len()];
-                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
-                let none = Activation::None;
-                kernels.conv2d_int8(&x, &filters, Some(&bias), None, &p, none, &mut y, &mut scratch).unwrap();
-                for (i, ((g, w), e)) in y.iter().zip(&want).zip(&bound).enumerate() {
-                    assert!((g - w).abs() <= *e, "{kernels:?} {p:?} at {i}: {g} vs {w} (bound {e})");
-                }
-                if kernels.threads() == 1 {
-                    one_thread = y.clone();
-                } else {
-                    assert_eq!(y, one_thread, "{kernels:?} {p:?}");
-                }
-            }
+            check_every_set(&p, &filters, &x, &bias, &want, &bound, |_, _, _| {});
         }
         // 3x3 stride-1 layers with enough channels keep Winograd.
         let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
