@@ -108,6 +108,14 @@ impl Conv2dParams {
             && self.in_h == self.out_h
             && self.in_w == self.out_w
     }
+
+    /// Whether the layer is a matrix-vector product per image (an ungrouped 1×1 convolution over
+    /// one pixel, such as a squeeze-excite layer after a global pool): with no residual,
+    /// [`crate::Kernels::conv2d`] runs it as [`crate::Kernels::gemm`] of its weights `[out_c,
+    /// in_c]`, and [`crate::Kernels::gemm_int8`] can take it with prepared tables.
+    pub fn is_gemv(&self) -> bool {
+        self.is_pointwise() && self.out_h * self.out_w == 1 && self.groups == 1
+    }
 }
 
 /// How many dense multiply-adds one depthwise multiply-add counts as when deciding whether a
@@ -244,12 +252,14 @@ pub fn conv2d(
     if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }
-    if p.is_pointwise() && out_plane == 1 && p.groups == 1 && residual.is_none() {
+    if p.is_gemv() && residual.is_none() {
         // A matrix-vector product (squeeze-excite convs after a global pool): dot products on
         // the packed indices, with no panel decoded. The [batch, out_c, 1, 1] output is the
         // GEMM's [batch, out_c].
         let layout = crate::gemm::WeightLayout::NK;
-        return crate::gemm::gemm(kernels, x, p.batch, p.in_c, p.out_c, w, layout, bias, act, y, scratch);
+        return crate::gemm::gemm(
+            kernels, x, p.batch, p.in_c, p.out_c, w, layout, None, bias, act, y, scratch,
+        );
     }
     if crate::winograd::applies(p) {
         let layer = crate::winograd::Winograd { isa: kernels.isa(), rows: &rows, bias, act, p };

@@ -15,7 +15,7 @@ use crate::arch::int8::Int8Kernels;
 use crate::arch::int8::{prepare_nibbles, DotNibblesFn, NIBBLE_BLOCK};
 use crate::arch::{Isa, PACKED_ROWS};
 use crate::parallel::split_units;
-use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
+use crate::{check_len, check_min_len, Activation, Int8RowTables, KernelError, Kernels, WeightRows};
 
 /// How the `k × n` weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,8 @@ pub fn scratch_len(k: usize, n: usize, layout: WeightLayout) -> usize {
 /// (decoded in registers by [`Isa::dot_packed`]); above, a row is decoded once and reused.
 const PACKED_DOT_MAX_M: usize = 4;
 
-/// See [`crate::Kernels::gemm`].
+/// See [`crate::Kernels::gemm`]; `tables`, for `[N, K]` weights, are their int8 GEMV tables
+/// prepared once ([`crate::Kernels::gemm_int8`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     kernels: &Kernels,
@@ -51,6 +52,7 @@ pub fn gemm(
     n: usize,
     w: &TensorView<'_>,
     layout: WeightLayout,
+    tables: Option<&Int8RowTables>,
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
@@ -60,6 +62,12 @@ pub fn gemm(
     check_len("gemm output", y.len(), m * n)?;
     if let Some(b) = bias {
         check_len("gemm bias", b.len(), n)?;
+    }
+    if let Some(t) = tables {
+        if layout != WeightLayout::NK || t.rows() != n {
+            let msg = format!("int8 tables of {} rows for {layout:?} weights of {n} outputs", t.rows());
+            return Err(KernelError::Weight(msg));
+        }
     }
     let per_task = scratch_len(k, n, layout);
     check_min_len("gemm scratch", scratch.len(), per_task * kernels.threads())?;
@@ -71,7 +79,7 @@ pub fn gemm(
         WeightLayout::NK => {
             let rows = WeightRows::new(*w, n, k)?.with_isa(&isa);
             let int8 = kernels.int8_kernels().and_then(|k| k.dot_nibbles);
-            let prod = NkProduct { isa, int8, rows: &rows, a, k, bias, act };
+            let prod = NkProduct { isa, int8, tables, rows: &rows, a, k, bias, act };
             if m == 1 {
                 // GEMV: split the outputs (one weight row each) over the workers.
                 split_units(kernels, n, 1, k, y, scratch, per_task, |js, ys, s| prod.run(0..1, js, ys, s));
@@ -109,6 +117,8 @@ struct NkProduct<'a, 'w> {
     isa: Isa,
     /// The int8 GEMV, when int8 activations are on and the path has one.
     int8: Option<DotNibblesFn>,
+    /// The weights' int8 GEMV tables, when prepared.
+    tables: Option<&'a Int8RowTables>,
     rows: &'a WeightRows<'w>,
     a: &'a [f32],
     k: usize,
@@ -195,7 +205,9 @@ impl NkProduct<'_, '_> {
     /// input that is not finite (the f32 path then carries the NaN or infinity through).
     fn gemv_int8(&self, i: usize, js: Range<usize>, y: &mut [f32], xp: &mut [f32]) -> bool {
         let k = self.k;
-        let (Some(dot), Some(tables)) = (self.int8, self.rows.nibble_tables()) else { return false };
+        let (Some(dot), Some(tables)) = (self.int8, self.rows.nibble_tables(self.tables)) else {
+            return false;
+        };
         if k > INT8_GEMV_MAX_K {
             return false;
         }
@@ -321,10 +333,10 @@ mod tests {
         let mut s = vec![0.0; scratch_len(3, 2, lay)];
         let a = Activation::None;
         let k = Kernels::default();
-        assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_ok());
-        assert!(gemm(&k, &[0.0; 5], 2, 3, 2, &view, lay, None, a, &mut y, &mut s).is_err());
-        assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, Some(&[0.0]), a, &mut y, &mut s).is_err());
-        assert!(gemm(&k, &[0.0; 8], 2, 4, 2, &view, lay, None, a, &mut y, &mut s).is_err());
+        assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, None, a, &mut y, &mut s).is_ok());
+        assert!(gemm(&k, &[0.0; 5], 2, 3, 2, &view, lay, None, None, a, &mut y, &mut s).is_err());
+        assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, Some(&[0.0]), a, &mut y, &mut s).is_err());
+        assert!(gemm(&k, &[0.0; 8], 2, 4, 2, &view, lay, None, None, a, &mut y, &mut s).is_err());
     }
 
     #[test]
@@ -416,7 +428,36 @@ mod tests {
                     y.iter().zip(&f32_result).any(|(a, b)| a != b) || k < 4,
                     "{kernels:?} {kind:?} k={k}: same bits as f32"
                 );
+                // Tables prepared once give the same bits as tables rounded per call.
+                let tables = Int8RowTables::new(&data.view(), n, k).unwrap().expect("a 4-bit codebook");
+                let mut yt = vec![f32::NAN; n];
+                let (w, b) = (data.view(), Some(&bias[..]));
+                kernels.gemm_int8(&a, 1, k, n, &w, &tables, b, none, &mut yt, &mut scratch).unwrap();
+                assert_eq!(yt, y, "{kernels:?} {kind:?} k={k}: prepared tables");
             }
         }
+    }
+
+    #[test]
+    fn int8_row_tables_take_only_4_bit_codebooks_of_their_own_shape() {
+        use pith_format::ir::CodebookKind;
+        let mut rng = Rng::new(32);
+        let (n, k) = (5, 40);
+        for bits in [3, 8] {
+            let data = random_weight(&mut rng, WeightKind::Codebook(bits, CodebookKind::PerRow, false), n, k);
+            assert!(Int8RowTables::new(&data.view(), n, k).unwrap().is_none(), "{bits}-bit");
+        }
+        let data = random_weight(&mut rng, WeightKind::Codebook(4, CodebookKind::PerRow, false), n, k);
+        assert!(Int8RowTables::new(&data.view(), n + 1, k).is_err(), "a shape the view does not hold");
+        let tables = Int8RowTables::new(&data.view(), n, k).unwrap().unwrap();
+        assert_eq!(tables.rows(), n);
+        // Tables of another row count are refused, never read past their end.
+        let kernels = Kernels::with_isa(crate::Isa::scalar(), 1).unwrap();
+        let (a, mut y) = (rng.vec(k / 2), vec![0.0; n * 2]);
+        let mut scratch = vec![0.0; kernels.gemm_scratch_len(k / 2, n * 2, WeightLayout::NK)];
+        let w = data.view();
+        let err =
+            kernels.gemm_int8(&a, 1, k / 2, n * 2, &w, &tables, None, Activation::None, &mut y, &mut scratch);
+        assert!(matches!(err, Err(KernelError::Weight(_))), "{err:?}");
     }
 }

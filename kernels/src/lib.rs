@@ -30,7 +30,7 @@ mod winograd;
 pub use activation::Activation;
 pub use conv::Conv2dParams;
 pub use conv_int8::Int8Filters;
-pub use decode::WeightRows;
+pub use decode::{Int8RowTables, WeightRows};
 pub use gemm::WeightLayout;
 
 use std::sync::Arc;
@@ -315,7 +315,28 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        gemm::gemm(self, a, m, k, n, w, layout, bias, act, y, scratch)
+        gemm::gemm(self, a, m, k, n, w, layout, None, bias, act, y, scratch)
+    }
+
+    /// [`Kernels::gemm`] of `[N, K]` weights `w` whose int8 GEMV tables were prepared once
+    /// ([`Int8RowTables::new`] on the same `w`, `n`, `k`): with int8 activations on, a single
+    /// input row then skips rounding every row's codebook. The same results as [`Kernels::gemm`];
+    /// errors if the tables are not `n` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_int8(
+        &self,
+        a: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        w: &TensorView<'_>,
+        tables: &Int8RowTables,
+        bias: Option<&[f32]>,
+        act: Activation,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        gemm::gemm(self, a, m, k, n, w, WeightLayout::NK, Some(tables), bias, act, y, scratch)
     }
 }
 

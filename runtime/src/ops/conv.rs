@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use pith_format::ir::{ElemType, Node};
 use pith_format::TensorView;
-use pith_kernels::{Activation, Conv2dParams, Int8Filters, Kernels};
+use pith_kernels::{Activation, Conv2dParams, Int8Filters, Int8RowTables, Kernels};
 
 use super::binary::{broadcast_shapes, zip_broadcast};
 use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
@@ -176,6 +176,9 @@ struct Conv {
     /// activations when the layer qualifies (`None` inside: it does not, or they failed to decode
     /// and the f32 path reports why).
     int8: OnceLock<Option<Int8Filters>>,
+    /// For a layer that is a GEMV ([`Conv2dParams::is_gemv`]) in such a session: the int8 GEMV's
+    /// tables of its constant 4-bit codebook weights, made on the first run.
+    int8_rows: OnceLock<Option<Int8RowTables>>,
 }
 
 /// ONNX `ConvTranspose`.
@@ -199,14 +202,20 @@ fn parse_group(node: &Node) -> OpResult<usize> {
 
 /// Builds the op for a `Conv` node whose output then goes through `activation`.
 pub fn build_conv(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
-    let residual_channel_pad = attrs::int(node, crate::fuse::RESIDUAL_CHANNEL_PAD, 0)? != 0;
-    Ok(Box::new(Conv {
-        window: Window::parse(node)?,
-        group: parse_group(node)?,
-        activation,
-        residual_channel_pad,
-        int8: OnceLock::new(),
-    }))
+    Ok(Box::new(Conv::new(node, activation)?))
+}
+
+impl Conv {
+    fn new(node: &Node, activation: Activation) -> OpResult<Conv> {
+        Ok(Conv {
+            window: Window::parse(node)?,
+            group: parse_group(node)?,
+            activation,
+            residual_channel_pad: attrs::int(node, crate::fuse::RESIDUAL_CHANNEL_PAD, 0)? != 0,
+            int8: OnceLock::new(),
+            int8_rows: OnceLock::new(),
+        })
+    }
 }
 
 /// Builds the op for a `ConvTranspose` node whose output then goes through `activation`.
@@ -407,6 +416,17 @@ impl Conv {
         }
         self.int8.get_or_init(|| Int8Filters::new(view, p.out_c, p.filter_len()).ok()).as_ref()
     }
+
+    /// The int8 GEMV tables of a layer that is a GEMV, when the session runs int8 activations and
+    /// its weights are a 4-bit codebook constant (prepared on the first call).
+    fn int8_rows(&self, weight: &Weight<'_>, p: &Conv2dParams, ctx: &ExecCtx) -> Option<&Int8RowTables> {
+        let Weight::View(view) = weight else { return None };
+        if !ctx.kernels.int8_activations() || !p.is_gemv() {
+            return None;
+        }
+        let prepare = || Int8RowTables::new(view, p.out_c, p.filter_len()).ok().flatten();
+        self.int8_rows.get_or_init(prepare).as_ref()
+    }
 }
 
 impl Op for Conv {
@@ -454,7 +474,13 @@ impl Op for Conv {
             }
         }
         match residual(inputs) {
-            None => ctx.kernels.conv2d(x, w, b.as_deref(), &p, act, y, scratch),
+            None => match self.int8_rows(&weight, &p, ctx) {
+                // [batch, in_c, 1, 1] times [out_c, in_c] is the GEMM [batch, out_c].
+                Some(t) => {
+                    ctx.kernels.gemm_int8(x, p.batch, p.in_c, p.out_c, w, t, b.as_deref(), act, y, scratch)
+                }
+                None => ctx.kernels.conv2d(x, w, b.as_deref(), &p, act, y, scratch),
+            },
             Some(r) if self.residual_channel_pad || r.shape == &conv_shape[..] => {
                 ctx.kernels.conv2d_add(x, w, b.as_deref(), &r.f32s()?, &p, act, y, scratch)
             }
@@ -599,6 +625,8 @@ pub(crate) mod testing {
     use pith_format::ir::{Attr, ElemType, Node, OpKind};
 
     use crate::ops::{Arg, ArgData, ExecCtx, Op, OpResult, Out};
+    use pith_format::ir::{Centroids, CodebookKind, CodebookTensor};
+    use pith_kernels::Kernels;
 
     /// A node with inputs `0..n_inputs` (input `None` where `absent`) and one output.
     pub fn node(op: OpKind, n_inputs: usize, attrs: Vec<(&str, Attr)>) -> Node {
@@ -618,14 +646,48 @@ pub(crate) mod testing {
 
     /// Infers, allocates and runs `op`, returning each output's shape and data.
     pub fn run(op: &dyn Op, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(Vec<usize>, Vec<f32>)>> {
+        run_with(op, inputs, &ExecCtx::default())
+    }
+
+    /// [`run`] on the kernel set of `ctx`.
+    pub fn run_with(
+        op: &dyn Op,
+        inputs: &[Option<Arg<'_>>],
+        ctx: &ExecCtx,
+    ) -> OpResult<Vec<(Vec<usize>, Vec<f32>)>> {
         let shapes = op.infer(inputs)?;
         let mut bufs: Vec<Vec<f32>> =
             shapes.iter().map(|(_, s)| vec![f32::NAN; s.iter().product()]).collect();
         let mut scratch = vec![f32::NAN; op.scratch_len(inputs)];
         let mut outs: Vec<Out<'_>> =
             shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
-        op.run(inputs, &mut outs, &mut scratch, &ExecCtx::default())?;
+        op.run(inputs, &mut outs, &mut scratch, ctx)?;
         Ok(shapes.into_iter().map(|(_, s)| s).zip(bufs).collect())
+    }
+
+    /// A 4-bit codebook of `rows` × `row_len` weights with one table of f16 centroids per row,
+    /// as the compressor writes for MobileNetV3's squeeze-excite layers.
+    pub fn per_row_4bit(seed: u64, rows: usize, row_len: usize) -> CodebookTensor {
+        let centroids = values(seed, rows * 16).into_iter().map(half::f16::from_f32).collect();
+        let stride = pith_format::ir::row_stride(row_len, 4);
+        let indices = values(seed + 1, rows * stride).iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
+        CodebookTensor {
+            bits: 4,
+            rows,
+            row_len,
+            entries: 16,
+            kind: CodebookKind::PerRow,
+            centroids: Centroids::F16(centroids),
+            scales: vec![],
+            f16_scales: false,
+            indices,
+        }
+    }
+
+    /// A session's context with int8 activations on the scalar path (which every CPU has).
+    pub fn int8_ctx() -> ExecCtx {
+        let kernels = Kernels::with_isa(pith_kernels::Isa::scalar(), 1).unwrap();
+        ExecCtx { kernels: kernels.with_int8_activations(true).unwrap() }
     }
 
     /// Fixed-seed xorshift values in `[-1, 1)`.
@@ -652,7 +714,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{act, assert_close, node, run, values};
+    use super::testing::{act, assert_close, int8_ctx, node, per_row_4bit, run, run_with, values};
     use super::*;
     use pith_format::ir::{Attr, Centroids, CodebookKind, CodebookTensor, OpKind, TensorData};
 
@@ -784,6 +846,38 @@ mod tests {
         let want =
             naive_conv(&x, [2, 2, 1, 8], &dense, [3, 2, 1, 3], None, 1, [1, 1], [1, 1], [0, 1], [1, 8]);
         assert_close(&got[0].1, &want);
+    }
+
+    #[test]
+    fn squeeze_excite_conv_runs_the_int8_gemv_on_tables_it_prepares_once() {
+        // 1x1 conv over one pixel (batch 2), 4-bit per-row codebook: with int8 activations the
+        // op keeps its weights' s8 tables and the kernels' int8 GEMV gives the same bits as
+        // rounding the tables on every call.
+        let (oc, ic) = (7, 45);
+        let cb = TensorData::Codebook(per_row_4bit(11, oc, ic));
+        let (x, b) = (values(12, 2 * ic), values(13, oc));
+        let (xs, ws) = ([2, ic, 1, 1], [oc, ic, 1, 1]);
+        let w_arg = Some(Arg { shape: &ws, elem: ElemType::F32, data: Some(ArgData::Const(cb.view())) });
+        let bs = [oc];
+        let inputs = [act(&xs, &x), w_arg, act(&bs, &b)];
+        let ctx = int8_ctx();
+        let op = Conv::new(&node(OpKind::Conv, 3, vec![]), Activation::Relu).unwrap();
+        let first = run_with(&op, &inputs, &ctx).unwrap();
+        assert!(op.int8_rows.get().is_some_and(|t| t.as_ref().is_some_and(|t| t.rows() == oc)));
+        let again = run_with(&op, &inputs, &ctx).unwrap();
+        assert_eq!(first, again);
+        let mut want = vec![0.0; 2 * oc];
+        let mut scratch = vec![0.0; ctx.kernels.gemm_scratch_len(ic, oc, pith_kernels::WeightLayout::NK)];
+        let layout = pith_kernels::WeightLayout::NK;
+        let (w, act_) = (cb.view(), Activation::Relu);
+        ctx.kernels.gemm(&x, 2, ic, oc, &w, layout, Some(&b), act_, &mut want, &mut scratch).unwrap();
+        assert_eq!(first[0], (vec![2, oc, 1, 1], want.clone()));
+        // The int8 path ran (its rounding shows) and stays close to f32.
+        let f32_out = run(&op, &inputs).unwrap();
+        assert_ne!(f32_out[0].1, want);
+        for (g, w) in want.iter().zip(&f32_out[0].1) {
+            assert!((g - w).abs() < 0.05 * (1.0 + w.abs()), "{g} vs {w}");
+        }
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! encoding (one row decoded at a time); an activation operand is passed as plain f32 rows.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use pith_format::ir::{ElemType, Node};
 use pith_format::TensorView;
-use pith_kernels::{Activation, Kernels, WeightLayout};
+use pith_kernels::{Activation, Int8RowTables, Kernels, WeightLayout};
 
 use super::binary::{broadcast_shapes, zip_broadcast};
 use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
@@ -19,6 +20,9 @@ struct Gemm {
     beta: f32,
     trans_a: bool,
     trans_b: bool,
+    /// With int8 activations on and `B` a `[N, K]` 4-bit codebook constant: its int8 GEMV
+    /// tables, made on the first run (`None` inside: the weights do not qualify).
+    int8_rows: OnceLock<Option<Int8RowTables>>,
 }
 
 /// ONNX `MatMul` with numpy semantics (1-D operands, broadcast batch axes).
@@ -32,6 +36,7 @@ pub fn build_gemm(node: &Node) -> OpResult<Box<dyn Op>> {
         beta: attrs::float(node, "beta", 1.0)?,
         trans_a: attrs::int(node, "transA", 0)? != 0,
         trans_b: attrs::int(node, "transB", 0)? != 0,
+        int8_rows: OnceLock::new(),
     }))
 }
 
@@ -70,6 +75,15 @@ impl Gemm {
             );
         }
         Ok((m, k, n))
+    }
+
+    /// The int8 GEMV tables of constant weights `b` (`[N, K]`, a 4-bit codebook), when the
+    /// session runs int8 activations (prepared on the first call).
+    fn int8_rows(&self, b: &TensorView<'_>, k: usize, n: usize, ctx: &ExecCtx) -> Option<&Int8RowTables> {
+        if !ctx.kernels.int8_activations() || self.layout() != WeightLayout::NK {
+            return None;
+        }
+        self.int8_rows.get_or_init(|| Int8RowTables::new(b, n, k).ok().flatten()).as_ref()
     }
 
     fn layout(&self) -> WeightLayout {
@@ -140,17 +154,21 @@ impl Op for Gemm {
             && c.as_ref().is_some_and(|(_, s)| matches!(s, [x] | [1, x] if *x == n));
         let bias = if row_bias { c.as_ref().map(|(d, _)| &d[..]) } else { None };
         let dense;
-        let view = match b.data {
-            Some(ArgData::Const(v)) => v,
+        let (view, tables) = match b.data {
+            Some(ArgData::Const(v)) => (v, self.int8_rows(&v, k, n, ctx)),
             _ => {
                 dense = weight(b)?;
-                TensorView::F32(&dense)
+                (TensorView::F32(&dense), None)
             }
         };
         let y = &mut *outputs[0].data;
-        ctx.kernels
-            .gemm(a_rows, m, k, n, &view, self.layout(), bias, Activation::None, y, scratch)
-            .map_err(kernel_err)?;
+        match tables {
+            Some(t) => ctx.kernels.gemm_int8(a_rows, m, k, n, &view, t, bias, Activation::None, y, scratch),
+            None => {
+                ctx.kernels.gemm(a_rows, m, k, n, &view, self.layout(), bias, Activation::None, y, scratch)
+            }
+        }
+        .map_err(kernel_err)?;
         if self.alpha != 1.0 {
             y.iter_mut().for_each(|v| *v *= self.alpha);
         }
@@ -269,7 +287,7 @@ impl Op for MatMul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::testing::{act, assert_close, node, run, values};
+    use crate::ops::conv::testing::{act, assert_close, int8_ctx, node, per_row_4bit, run, run_with, values};
     use pith_format::ir::{Attr, OpKind, TensorData};
 
     /// `[m, k] x [k, n]` plain loops.
@@ -285,6 +303,32 @@ mod tests {
 
     fn transpose(x: &[f32], r: usize, c: usize) -> Vec<f32> {
         (0..c * r).map(|i| x[(i % r) * c + i / r]).collect()
+    }
+
+    #[test]
+    fn gemm_of_a_4_bit_constant_keeps_its_int8_tables() {
+        // transB = 1 over a 4-bit per-row codebook constant with int8 activations: the op
+        // prepares the tables on its first run and gives the kernels' int8 GEMV's bits.
+        let (k, n) = (70, 9);
+        let cb = TensorData::Codebook(per_row_4bit(21, n, k));
+        let (a, c) = (values(22, k), values(23, n));
+        let (bs, cs, xs) = ([n, k], [n], [1, k]);
+        let b_arg = Some(Arg { shape: &bs, elem: ElemType::F32, data: Some(ArgData::Const(cb.view())) });
+        let inputs = [act(&xs, &a), b_arg, act(&cs, &c)];
+        let op = Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true, int8_rows: OnceLock::new() };
+        let ctx = int8_ctx();
+        let first = run_with(&op, &inputs, &ctx).unwrap();
+        assert!(op.int8_rows.get().is_some_and(|t| t.as_ref().is_some_and(|t| t.rows() == n)));
+        assert_eq!(run_with(&op, &inputs, &ctx).unwrap(), first);
+        let mut want = vec![0.0; n];
+        let mut scratch = vec![0.0; ctx.kernels.gemm_scratch_len(k, n, WeightLayout::NK)];
+        let (w, none) = (cb.view(), Activation::None);
+        ctx.kernels.gemm(&a, 1, k, n, &w, WeightLayout::NK, Some(&c), none, &mut want, &mut scratch).unwrap();
+        assert_eq!(first[0], (vec![1, n], want));
+        // Without int8 activations nothing is prepared.
+        let plain = Gemm { int8_rows: OnceLock::new(), ..op };
+        run(&plain, &inputs).unwrap();
+        assert!(plain.int8_rows.get().is_none());
     }
 
     #[test]
