@@ -107,17 +107,13 @@ impl DepthwisePlane {
         let mut masks = vec![0u16; shifts.len() * blocks];
         for (t, &[dy, dx]) in shifts.iter().enumerate() {
             let tap = &mut masks[t * blocks..][..blocks];
-            // Output element i = (y, x), walked row by row (built on every call of the layer, so
-            // no division per element).
-            let mut i = 0;
-            for y in 0..p.out_h {
-                let row_inside = (0..p.in_h as isize).contains(&(y as isize + dy));
-                for x in 0..w {
-                    if row_inside && (0..w as isize).contains(&(x as isize + dx)) {
-                        tap[i / PLANE_LANES] |= 1 << (i % PLANE_LANES);
-                    }
-                    i += 1;
-                }
+            // The tap reads inside the plane at columns c0..c1 of every output row whose input
+            // row y + dy exists: a run of bits per row (built on every call of the layer, so
+            // a word at a time rather than an element at a time).
+            let (c0, c1) =
+                ((-dx).clamp(0, w as isize) as usize, (w as isize - dx).clamp(0, w as isize) as usize);
+            for y in (0..p.out_h).filter(|&y| (0..p.in_h as isize).contains(&(y as isize + dy))) {
+                set_bits(tap, y * w + c0, y * w + c1.max(c0));
             }
         }
         Some(DepthwisePlane { len, in_len: p.in_h * w, taps: shifts.len(), offsets, masks })
@@ -159,6 +155,17 @@ impl DepthwisePlane {
         assert!(w.len() >= self.taps, "depthwise_plane: {} weights for {} taps", w.len(), self.taps);
         assert!(x.len() >= self.in_len, "depthwise_plane: input of {} < {}", x.len(), self.in_len);
         assert!(y.len() >= self.len, "depthwise_plane: output of {} < {}", y.len(), self.len);
+    }
+}
+
+/// Sets bits `start..end` of `words` (bit `i` is bit `i % 16` of word `i / 16`).
+fn set_bits(words: &mut [u16], start: usize, end: usize) {
+    let mut i = start;
+    while i < end {
+        let (word, bit) = (i / PLANE_LANES, i % PLANE_LANES);
+        let n = (PLANE_LANES - bit).min(end - i);
+        words[word] |= (u16::MAX >> (PLANE_LANES - n)) << bit;
+        i += n;
     }
 }
 
