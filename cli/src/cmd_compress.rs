@@ -16,7 +16,7 @@ use pith_format::{Entropy, PithFile, WriteOptions};
 use pith_runtime::tasks::{blazeface, db};
 use serde_json::{json, Value};
 
-use crate::{imageio, npy};
+use crate::{augment, imageio, npy};
 
 /// `--bits`: a fixed weight format or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +71,10 @@ pub struct Args {
     pub entropy: EntropyArg,
     /// `--finetune` steps (0 = off).
     pub finetune: usize,
+    /// `--finetune-reassign`: fine-tuning also moves weights between centroids.
+    pub finetune_reassign: bool,
+    /// `--augment`: variants per calibration image (0 = off).
+    pub augment: usize,
     /// `--report`.
     pub report: Option<PathBuf>,
     /// `--plain-layout`: format 1.0 / 1.1 layout instead of the compact 1.2 one.
@@ -186,12 +190,15 @@ pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
 }
 
 /// Loads the calibration folder: `.npy` files named `<input name>.<key>.npy` (files sharing a
-/// key form one sample), and PNG/JPEG images through `preprocess`. Files are visited in name
-/// order, so the samples (and the compressed model) do not depend on the directory order.
+/// key form one sample), and PNG/JPEG images through `preprocess`, each followed by `augment`
+/// deterministic variants ([`augment::variants`]; images are ordered by [`augment::interleave`]
+/// so fine-tuning's held-out samples are whole images). Files are visited in name order, so the
+/// samples (and the compressed model) do not depend on the directory order.
 pub fn load_calibration(
     dir: &Path,
     inputs: &[ModelInput],
     preprocess: Option<Preprocess>,
+    augment: usize,
 ) -> Result<Vec<CalibSample>> {
     let mut files = Vec::new();
     for entry in
@@ -204,7 +211,7 @@ pub fn load_calibration(
     }
     files.sort();
     let mut npys: BTreeMap<String, Vec<(String, pith_runtime::Tensor)>> = BTreeMap::new();
-    let mut samples = Vec::new();
+    let mut groups: Vec<Vec<CalibSample>> = Vec::new();
     for path in files {
         let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
@@ -241,18 +248,29 @@ pub fn load_calibration(
                     );
                 }
                 let img = imageio::load(&path)?;
-                let tensor = match pre {
-                    Preprocess::Blazeface => blazeface::preprocess(&img).0,
+                let prep = |img: &pith_runtime::tasks::image::RgbImage| match pre {
+                    Preprocess::Blazeface => blazeface::preprocess(img).0,
                     Preprocess::PpocrDet => {
                         let opts = db::DbOptions { limit_side_len: PPOCR_CALIB_SIDE, ..Default::default() };
-                        db::preprocess(&img, &opts).0
+                        db::preprocess(img, &opts).0
                     }
                 };
-                samples.push(CalibSample { label: file, inputs: vec![(inputs[0].name.clone(), tensor)] });
+                let mut group = vec![CalibSample {
+                    label: file.clone(),
+                    inputs: vec![(inputs[0].name.clone(), prep(&img))],
+                }];
+                for (suffix, variant) in augment::variants(&img, &file, augment) {
+                    group.push(CalibSample {
+                        label: format!("{file}{suffix}"),
+                        inputs: vec![(inputs[0].name.clone(), prep(&variant))],
+                    });
+                }
+                groups.push(group);
             }
             _ => log::warn!("calibration: skipping {} (not .npy, .png or .jpg)", path.display()),
         }
     }
+    let mut samples = augment::interleave(groups);
     for (key, inputs) in npys {
         samples.push(CalibSample { label: format!("{key}.npy"), inputs });
     }
@@ -280,6 +298,8 @@ pub fn compress_auto_file(
         data_aware: true,
         entropy: EntropyArg::None,
         finetune: 0,
+        finetune_reassign: false,
+        augment: 0,
         report: None,
         plain_layout: false,
     };
@@ -292,7 +312,7 @@ pub fn compress_auto_file(
 /// Compresses with calibration data; the progress bar names the stage.
 fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compressed> {
     let prepared = Prepared::new(onnx).context("importing the model")?;
-    let samples = load_calibration(dir, &prepared.inputs(), args.preprocess)?;
+    let samples = load_calibration(dir, &prepared.inputs(), args.preprocess, args.augment)?;
     let options = CalibOptions {
         bits: match args.bits {
             Bits::Fixed(f) => BitsChoice::Fixed(f),
@@ -305,8 +325,11 @@ fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compresse
         }),
         min_iou: args.min_iou,
         entropy: args.entropy == EntropyArg::Huffman,
-        finetune: (args.finetune > 0)
-            .then(|| FinetuneOptions { steps: args.finetune, ..FinetuneOptions::default() }),
+        finetune: (args.finetune > 0).then(|| FinetuneOptions {
+            steps: args.finetune,
+            reassign: args.finetune_reassign,
+            ..FinetuneOptions::default()
+        }),
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -339,6 +362,12 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     }
     if args.finetune > 0 && args.calib.is_none() {
         bail!("--finetune trains on calibration data: pass --calib DIR");
+    }
+    if args.finetune_reassign && args.finetune == 0 {
+        bail!("--finetune-reassign applies to fine-tuning: pass --finetune STEPS");
+    }
+    if args.augment > 0 && args.calib.is_none() {
+        bail!("--augment applies to calibration images: pass --calib DIR");
     }
     if args.preprocess.is_some() && args.calib.is_none() {
         bail!("--preprocess applies to calibration images: pass --calib DIR");
@@ -473,6 +502,8 @@ fn report_json(
         "min_fidelity": (args.bits == Bits::Auto).then_some(args.min_fidelity),
         "min_iou": args.preprocess.map(|_| args.min_iou),
         "data_aware": args.calib.is_some() && args.data_aware,
+        "augment": args.augment,
+        "finetune_reassign": args.finetune_reassign,
         "layers": layers,
         "bits_histogram": histogram,
         "totals": {

@@ -1,5 +1,6 @@
 //! `pith`: compress ONNX models to `.pith`, run, inspect, detect and benchmark them.
 
+mod augment;
 mod cmd_bench;
 mod cmd_compress;
 mod cmd_demo;
@@ -64,6 +65,15 @@ enum Command {
         /// search then aims lower and keeps the smallest model that passes after tuning.
         #[arg(long, value_name = "STEPS", default_value_t = 0)]
         finetune: usize,
+        /// With --finetune: also move weights between centroids (quantisation-aware training
+        /// with a straight-through estimator on a latent f32 copy of every codebook weight);
+        /// pruned weights stay pruned.
+        #[arg(long)]
+        finetune_reassign: bool,
+        /// Add this many deterministic variants of every calibration image (flip, zoomed crop,
+        /// brightness / contrast), before preprocessing.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        augment: usize,
         /// Write the per-layer report and totals as JSON here.
         #[arg(long, value_name = "FILE.json")]
         report: Option<PathBuf>,
@@ -180,6 +190,8 @@ fn main() {
             no_data_aware,
             entropy,
             finetune,
+            finetune_reassign,
+            augment,
             report,
             plain_layout,
         } => {
@@ -192,6 +204,8 @@ fn main() {
                 data_aware: !no_data_aware,
                 entropy,
                 finetune,
+                finetune_reassign,
+                augment,
                 report,
                 plain_layout,
             };

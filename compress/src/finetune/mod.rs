@@ -2,7 +2,9 @@
 //! reproduce the uncompressed model's outputs (the teacher) on the calibration inputs, where
 //! only codebook values, per-row scales, uncompressed weights and biases move. Every weight
 //! keeps its codebook index, so the file's size and its pruning mask are unchanged: this is
-//! Deep Compression's centroid update, driven by a teacher instead of labels.
+//! Deep Compression's centroid update, driven by a teacher instead of labels. With
+//! [`FinetuneOptions::reassign`] weights may also change index (latent f32 weights trained
+//! through a straight-through estimator); the size and the pruning mask still stay.
 //!
 //! * `net` runs the graph forward through the runtime's own ops (the student computes exactly
 //!   what a session computes) and back through `grad`, one rule per op kind;
@@ -35,11 +37,15 @@ pub struct FinetuneOptions {
     /// fraction of its tensor's typical magnitude per step at first), decayed to zero by a
     /// cosine schedule.
     pub rel_lr: f32,
+    /// Also move weights between centroids: quantisation-aware training with a
+    /// straight-through estimator on latent f32 weights (see `params`). Pruned weights stay
+    /// pruned; the file's size is unchanged (packed indices), its indices are not.
+    pub reassign: bool,
 }
 
 impl Default for FinetuneOptions {
     fn default() -> Self {
-        FinetuneOptions { steps: 100, rel_lr: 1e-3 }
+        FinetuneOptions { steps: 100, rel_lr: 1e-3, reassign: false }
     }
 }
 
@@ -120,7 +126,7 @@ pub fn finetune(
         .collect();
     let norms = output_norms(&targets, &weights);
 
-    let mut params = Params::new(student)?;
+    let mut params = Params::new(student, options.reassign)?;
     let net = Net::new(student, &params.values())?;
     let mut best: Option<Best> = None;
     let mut damping = 1.0f32;
@@ -296,7 +302,7 @@ mod tests {
     fn tuning_lowers_the_loss_keeps_indices_and_is_deterministic() {
         let (teacher, student) = models();
         assert!(student.constants.iter().any(|c| matches!(c.data, TensorData::Codebook(_))));
-        let options = FinetuneOptions { steps: 40, rel_lr: 1e-2 };
+        let options = FinetuneOptions { steps: 40, rel_lr: 1e-2, reassign: false };
         let (tuned, report) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
         assert!(report.initial_loss > 0.0);
         assert!(report.final_loss < 0.5 * report.initial_loss, "{report:?}");
@@ -308,6 +314,34 @@ mod tests {
         }
         let (again, _) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
         assert_eq!(pith_format::write(&tuned).unwrap(), pith_format::write(&again).unwrap());
+    }
+
+    #[test]
+    fn reassignment_moves_indices_lowers_the_loss_and_is_deterministic() {
+        let (teacher, student) = models();
+        let options = FinetuneOptions { steps: 40, rel_lr: 1e-2, reassign: true };
+        let (tuned, report) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
+        assert!(report.final_loss < 0.5 * report.initial_loss, "{report:?}");
+        let moved = student
+            .constants
+            .iter()
+            .zip(&tuned.constants)
+            .filter(|(a, b)| match (&a.data, &b.data) {
+                (TensorData::Codebook(a), TensorData::Codebook(b)) => a.indices != b.indices,
+                _ => false,
+            })
+            .count();
+        assert!(moved > 0, "re-assignment must move at least one weight to another centroid");
+        let (again, _) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
+        assert_eq!(pith_format::write(&tuned).unwrap(), pith_format::write(&again).unwrap());
+        // The written indices are the ones the tuned parameters decode with.
+        let p = Params::new(&tuned, true).unwrap();
+        let dense = p.dense();
+        let q = Params::new(&tuned, false).unwrap();
+        assert_eq!(
+            dense.iter().map(|t| t.as_f32().unwrap().to_vec()).collect::<Vec<_>>(),
+            q.dense().iter().map(|t| t.as_f32().unwrap().to_vec()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
