@@ -68,9 +68,9 @@ pub fn dispatch(
     shapes: &[String],
     options: SessionOptions,
     iters: usize,
-    profile: bool,
+    profile: Option<usize>,
 ) -> Result<()> {
-    if profile && model.is_none() {
+    if profile.is_some() && model.is_none() {
         bail!("--profile times a model's operators; it does not apply to --gemv");
     }
     match (model, gemv) {
@@ -96,7 +96,7 @@ fn run_model(
     shapes: &[String],
     options: SessionOptions,
     iters: usize,
-    profile: bool,
+    profile: Option<usize>,
 ) -> Result<()> {
     if iters == 0 {
         bail!("--iters must be at least 1");
@@ -156,14 +156,14 @@ fn run_model(
         percentile(&times, 0.9),
     );
     eprintln!("arena_bytes={}", plan.arena_bytes);
-    if profile {
+    if let Some(nodes) = profile {
         // Separate runs, so the clock reads around every node do not touch the times above.
         session.set_profiling(true);
         for _ in 0..iters {
             session.run(&run_feeds)?;
         }
         print_profile(&session.profile(), iters)?;
-        print_slowest_nodes(&session.node_profile(), iters)?;
+        print_slowest_nodes(&session.node_profile(), iters, nodes)?;
     }
     Ok(())
 }
@@ -187,15 +187,12 @@ fn print_profile(profile: &[OpTime], runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// Nodes listed by `--profile` after the per-kind lines.
-const SLOWEST_NODES: usize = 10;
-
-/// The [`SLOWEST_NODES`] most expensive nodes, one line each:
-/// `node=<name> op=… ms_per_run=… share=…%` (share of all nodes' time).
-fn print_slowest_nodes(nodes: &[NodeTime], runs: usize) -> Result<()> {
+/// The `count` most expensive nodes, one line each: `node=<name> op=… ms_per_run=… share=…%`
+/// (share of all nodes' time).
+fn print_slowest_nodes(nodes: &[NodeTime], runs: usize, count: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let total: f64 = nodes.iter().map(|t| t.total.as_secs_f64()).sum();
-    for t in nodes.iter().take(SLOWEST_NODES) {
+    for t in nodes.iter().take(count) {
         let secs = t.total.as_secs_f64();
         writeln!(
             out,
@@ -221,7 +218,7 @@ mod tests {
     ) -> String {
         format!(
             "{:#}",
-            dispatch(model, gemv, bits, &[], &[], SessionOptions::default(), iters, false).unwrap_err()
+            dispatch(model, gemv, bits, &[], &[], SessionOptions::default(), iters, None).unwrap_err()
         )
     }
 

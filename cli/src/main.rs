@@ -152,9 +152,10 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         iters: usize,
         /// Then run as many more inferences timing every operator, and print one line per
-        /// operator kind (`op=… calls_per_run=… ms_per_run=… share=…%`).
-        #[arg(long)]
-        profile: bool,
+        /// operator kind (`op=… calls_per_run=… ms_per_run=… share=…%`) and one per node for the
+        /// NODES slowest nodes (default 10).
+        #[arg(long, value_name = "NODES", num_args = 0..=1, default_missing_value = "10")]
+        profile: Option<usize>,
     },
     /// Compress the bundled detectors and run them on the bundled images.
     Demo {

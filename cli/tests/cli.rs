@@ -203,6 +203,10 @@ fn bench_profile_prints_one_line_per_operator_kind() {
     assert!(ms.windows(2).all(|w| w[0] >= w[1]), "{out}");
     assert!(nodes.iter().all(|l| l.contains(" op=")), "{out}");
     assert!(ops.last().unwrap().starts_with("all ms_per_run="), "{out}");
+    // `--profile N` lists N nodes (BlazeFace runs more than 40 after fusion).
+    let o = pith(&["bench", model.to_str().unwrap(), "--threads", "1", "--iters", "1", "--profile", "40"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().filter(|l| l.starts_with("node=")).count(), 40, "{}", stdout(&o));
     let o = pith(&["bench", "--gemv", "8x8", "--bits", "4", "--profile"]);
     assert!(!o.status.success() && stderr(&o).contains("--profile"), "{}", stderr(&o));
 }
