@@ -24,8 +24,8 @@ pub(super) const ISA: Isa = Isa {
     gemv_prepare,
     dot_packed_rows,
     depthwise_rows: super::depthwise::depthwise_rows_avx2,
-    depthwise_s1: None,
-    depthwise_s2: None,
+    depthwise_s1: Some(super::depthwise_avx2::depthwise_s1_avx2),
+    depthwise_s2: Some(super::depthwise_avx2::depthwise_s2_avx2),
     depthwise_plane: None,
     int8: None,
 };

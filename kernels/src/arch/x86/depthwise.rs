@@ -190,11 +190,11 @@ pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: Depthw
 }
 
 /// Checks an in-place depthwise call and hands `run` each register tile of [`TILE_ROWS`] output
-/// rows at `stride`, as a block (for the dispatch) and its [`InPlaceTile`]. `run` may call an
-/// AVX-512 tile on it: both drivers are only in the AVX-512 table, handed out after AVX-512 F was
-/// detected; the check asserted the filter, the input plane and the output plane, and a tile
+/// rows at `stride`, as a block (for the dispatch) and its [`InPlaceTile`]. `run` may call a
+/// tile of its path on it: each driver is only in its path's table, handed out after the path's
+/// features were detected; the check asserted the filter, the input plane and the output plane, and a tile
 /// writes output rows `r0 .. r0 + rows` (< out_h) and reads only input elements inside the plane.
-fn in_place_tiles(
+pub(super) fn in_place_tiles(
     stride: usize,
     w: &[f32],
     x: &[f32],
@@ -227,18 +227,18 @@ fn in_place_tiles(
 /// One register tile of an in-place depthwise call: its output rows' filter, input plane and
 /// output, as raw pointers (what the `#[target_feature]` tiles take).
 #[derive(Clone, Copy)]
-struct InPlaceTile {
+pub(super) struct InPlaceTile {
     /// The filter (`kh × kw`).
-    w: *const f32,
+    pub(super) w: *const f32,
     /// The whole input plane.
-    x: *const f32,
+    pub(super) x: *const f32,
     /// The tile's first output row.
-    y: *mut f32,
+    pub(super) y: *mut f32,
     /// Input row (possibly negative: padding) that filter row 0 of the tile's first output row
     /// reads.
-    first_row: isize,
+    pub(super) first_row: isize,
     /// The call's shape.
-    shape: DepthwiseInPlace,
+    pub(super) shape: DepthwiseInPlace,
 }
 
 /// Lanes `0..32` of a pair of vectors whose columns, from `first`, lie inside `0..in_w` and below

@@ -9,6 +9,7 @@ mod avx2;
 mod avx512;
 mod bounds;
 mod depthwise;
+mod depthwise_avx2;
 mod vnni;
 
 use super::Isa;

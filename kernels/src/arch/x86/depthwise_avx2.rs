@@ -1,0 +1,242 @@
+//! AVX2 depthwise kernels that read a channel's input plane in place: [`Isa::depthwise_s1`] and
+//! [`Isa::depthwise_s2`] of the 8-lane path, the register tiles of the AVX-512 versions
+//! (`super::depthwise`) at half the width.
+//!
+//! AVX2 has no mask registers: `vmaskmovps` takes a vector mask, loads at half the rate of a
+//! plain load and, on AMD cores, stores through microcode. So a filter column whose input columns
+//! all lie inside the plane loads plainly, only the strips at a row's borders load under masks,
+//! and only a row's last, partial output vector is stored under one.
+//!
+//! [`Isa::depthwise_s1`]: crate::arch::Isa::depthwise_s1
+//! [`Isa::depthwise_s2`]: crate::arch::Isa::depthwise_s2
+
+use std::arch::x86_64::*;
+
+use super::avx2::lane_mask;
+use super::depthwise::{in_place_tiles, InPlaceTile};
+use crate::arch::DepthwiseInPlace;
+
+/// AVX2 [`Isa::depthwise_s1`](crate::arch::Isa::depthwise_s1): 4 output rows at a time, 16
+/// output columns (two vectors per row) per strip, the input read in place.
+pub(super) fn depthwise_s1_avx2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    in_place_tiles(1, w, x, y, s, |blk, t| {
+        // SAFETY: this function is only in the AVX2 table, handed out after AVX2 + FMA were
+        // detected; see `in_place_tiles` for the bounds a tile keeps to.
+        unsafe { depthwise_dispatch!(tile_s1, blk, t) }
+    });
+}
+
+/// AVX2 [`Isa::depthwise_s2`](crate::arch::Isa::depthwise_s2): 4 output rows at a time, 8 output
+/// columns per vector, the input read in place.
+pub(super) fn depthwise_s2_avx2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    in_place_tiles(2, w, x, y, s, |blk, t| {
+        // SAFETY: as in `depthwise_s1_avx2`.
+        unsafe { depthwise_dispatch!(tile_s2, blk, t) }
+    });
+}
+
+/// Which lanes of `V` consecutive 8-lane vectors a filter column loads from an input row.
+#[derive(Clone, Copy)]
+struct Columns<const V: usize> {
+    /// Lane masks (all ones or zero per lane) for `vmaskmovps`.
+    masks: [__m256i; V],
+    /// Every lane of every vector is set: plain loads may be used.
+    full: bool,
+}
+
+/// The lanes of `V` vectors whose columns, counted from `first`, lie inside `0..in_w` and below
+/// `span`; `None` when no lane does.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn columns<const V: usize>(first: isize, span: isize, in_w: isize) -> Option<Columns<V>> {
+    let (lo, hi) = ((-first).max(0), (in_w - first).min(span));
+    if lo >= hi {
+        return None;
+    }
+    let (lo_v, hi_v) = (_mm256_set1_epi32(lo as i32), _mm256_set1_epi32(hi as i32));
+    let masks = std::array::from_fn(|v| {
+        let lane =
+            _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * v as i32));
+        // lo <= lane < hi
+        _mm256_andnot_si256(_mm256_cmpgt_epi32(lo_v, lane), _mm256_cmpgt_epi32(hi_v, lane))
+    });
+    Some(Columns { masks, full: lo == 0 && hi >= 8 * V as isize })
+}
+
+/// The `V` vectors at `p` under `cols`; masked-off lanes read as zero.
+///
+/// # Safety
+/// AVX2 available; every lane `cols` sets is a readable element.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load<const V: usize>(p: *const f32, cols: &Columns<V>) -> [__m256; V] {
+    // SAFETY: by the contract; `vmaskmovps` does not access masked-off lanes, and a full set of
+    // lanes is a plain load of set lanes only.
+    unsafe {
+        if cols.full {
+            std::array::from_fn(|v| _mm256_loadu_ps(p.wrapping_add(8 * v)))
+        } else {
+            std::array::from_fn(|v| _mm256_maskload_ps(p.wrapping_add(8 * v), cols.masks[v]))
+        }
+    }
+}
+
+/// Stores the first `n` lanes of `a` at `p`: a plain store when `n >= 8`.
+///
+/// # Safety
+/// AVX2 available; `p .. p + min(n, 8)` is writable.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store(p: *mut f32, n: usize, a: __m256) {
+    // SAFETY: by the contract; `vmaskmovps` does not access masked-off lanes.
+    unsafe {
+        if n >= 8 {
+            _mm256_storeu_ps(p, a);
+        } else {
+            _mm256_maskstore_ps(p, lane_mask(n), a);
+        }
+    }
+}
+
+/// Clamps every accumulator to `lo..=hi` (`max` first, so NaN becomes `lo`, as `f32::max`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn clamp_all(acc: &mut [__m256], clamp: Option<[f32; 2]>) {
+    if let Some([lo, hi]) = clamp {
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        acc.iter_mut().for_each(|a| *a = _mm256_min_ps(_mm256_max_ps(*a, lo), hi));
+    }
+}
+
+/// `R` output rows of a `KH`-row filter at stride 1, over strips of 16 columns (a last strip of
+/// at most 8 columns takes one vector per row).
+///
+/// # Safety
+/// AVX2 + FMA available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
+/// and `t.y` output rows `0 .. R` of `out_w` columns.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
+    let mut j = 0;
+    while j < t.shape.out_w {
+        let width = (t.shape.out_w - j).min(16);
+        // SAFETY: as this function's contract, for columns j .. j + width <= out_w.
+        unsafe {
+            if width > 8 {
+                strip_s1::<R, KH, 2>(t, j, width);
+            } else {
+                strip_s1::<R, KH, 1>(t, j, width);
+            }
+        }
+        j += width;
+    }
+}
+
+/// Output columns `j .. j + width` (`width <= 8 * V`) of [`tile_s1`]: each input row the filter
+/// reaches is loaded once per filter column, in place (lanes outside the plane masked off, rows
+/// outside it skipped), and feeds every output row it belongs to.
+///
+/// # Safety
+/// As [`tile_s1`], with `j + width <= out_w`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn strip_s1<const R: usize, const KH: usize, const V: usize>(t: InPlaceTile, j: usize, width: usize) {
+    let s = t.shape;
+    let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
+    let mut acc = [[_mm256_set1_ps(s.init); V]; R];
+    for kx in 0..s.kw {
+        let first = (j + kx) as isize - s.pad_left as isize;
+        let Some(cols) = columns::<V>(first, width as isize, in_w) else { continue };
+        // SAFETY: `kx < kw` and every `ky < KH` index the filter.
+        let wk: [__m256; KH] = std::array::from_fn(|ky| unsafe { _mm256_set1_ps(*t.w.add(ky * s.kw + kx)) });
+        for i in 0..R + KH - 1 {
+            let row = t.first_row + i as isize;
+            if !(0..in_h).contains(&row) {
+                continue;
+            }
+            // The first lanes may lie before the row (left padding): the address is formed
+            // without claiming it is inside the plane.
+            let bp = t.x.wrapping_offset(row * in_w + first);
+            // SAFETY: a set lane is a column inside 0..in_w of a row inside 0..in_h, an element
+            // of the plane.
+            let x: [__m256; V] = unsafe { load(bp, &cols) };
+            for (ky, &wv) in wk.iter().enumerate() {
+                // Input row i is filter row ky of output row i - ky.
+                if i >= ky && i - ky < R {
+                    for (a, &xv) in acc[i - ky].iter_mut().zip(&x) {
+                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+        }
+    }
+    clamp_all(acc.as_flattened_mut(), s.clamp);
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &a) in acc.iter().enumerate() {
+            // SAFETY: output row r < R, columns j + 8v .. below j + width <= out_w.
+            unsafe { store(t.y.add(r * s.out_w + j + 8 * v), width - 8 * v, a) };
+        }
+    }
+}
+
+/// `R` output rows of a `KH`-row filter at stride 2, 8 columns at a time: each pair of input
+/// vectors (16 consecutive columns of one input row, loaded in place, lanes outside the plane
+/// masked off) gives the 8 even columns a filter column reads by one in-lane `vshufps`, which
+/// leaves them in the order 0 1 4 5 2 3 6 7. Every multiply-add is lane by lane, so the sums
+/// keep that order until one `vpermpd` per output vector puts it right before the store. Each
+/// loaded input row feeds every output row whose filter reaches it; rows outside the plane are
+/// skipped (zero).
+///
+/// # Safety
+/// AVX2 + FMA available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
+/// and `t.y` output rows `0 .. R` of `out_w` columns.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_s2<const R: usize, const KH: usize>(t: InPlaceTile) {
+    let s = t.shape;
+    let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
+    let mut j = 0;
+    while j < s.out_w {
+        let width = (s.out_w - j).min(8);
+        // Input columns a filter column reads for these outputs: 2 * width - 1 from `first`; the
+        // one after them is loaded too when it lies in the plane (an odd column, dropped by the
+        // shuffle), so that whole strips take plain loads.
+        let span = 2 * width as isize;
+        let mut acc = [_mm256_set1_ps(s.init); R];
+        for kx in 0..s.kw {
+            let first = (2 * j + kx) as isize - s.pad_left as isize;
+            let Some(cols) = columns::<2>(first, span, in_w) else { continue };
+            // SAFETY: `kx < kw` and every `ky < KH` index the filter.
+            let wk: [__m256; KH] =
+                std::array::from_fn(|ky| unsafe { _mm256_set1_ps(*t.w.add(ky * s.kw + kx)) });
+            for i in 0..2 * (R - 1) + KH {
+                let row = t.first_row + i as isize;
+                if !(0..in_h).contains(&row) {
+                    continue;
+                }
+                // The first lanes may lie before the row (left padding): the address is formed
+                // without claiming it is inside the plane.
+                let bp = t.x.wrapping_offset(row * in_w + first);
+                // SAFETY: a set lane is a column inside 0..in_w of a row inside 0..in_h, an
+                // element of the plane.
+                let [lo, hi] = unsafe { load(bp, &cols) };
+                let x = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                for (ky, &wv) in wk.iter().enumerate() {
+                    // Input row i is filter row ky of output row (i - ky) / 2 when even.
+                    if i >= ky && (i - ky) % 2 == 0 && (i - ky) / 2 < R {
+                        let a = &mut acc[(i - ky) / 2];
+                        *a = _mm256_fmadd_ps(wv, x, *a);
+                    }
+                }
+            }
+        }
+        clamp_all(&mut acc, s.clamp);
+        for (r, &a) in acc.iter().enumerate() {
+            // Pairs of outputs (0 1) (4 5) (2 3) (6 7) back to (0 1) (2 3) (4 5) (6 7).
+            let a = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(a)));
+            // SAFETY: output row r < R, columns j .. j + width <= out_w.
+            unsafe { store(t.y.add(r * s.out_w + j), width, a) };
+        }
+        j += width;
+    }
+}
