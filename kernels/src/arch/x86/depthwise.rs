@@ -214,6 +214,7 @@ pub(super) fn in_place_tiles(
             // SAFETY: r0 < out_h, and the check asserted `y` holds out_h rows of out_w.
             y: unsafe { y.as_mut_ptr().add(r0 * s.out_w) },
             first_row: (stride * r0) as isize - s.pad_top as isize,
+            rows_left: s.out_h - r0,
             shape: s,
         };
         run(
@@ -237,6 +238,8 @@ pub(super) struct InPlaceTile {
     /// Input row (possibly negative: padding) that filter row 0 of the tile's first output row
     /// reads.
     pub(super) first_row: isize,
+    /// Output rows from the tile's first to the plane's last.
+    pub(super) rows_left: usize,
     /// The call's shape.
     pub(super) shape: DepthwiseInPlace,
 }
