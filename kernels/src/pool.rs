@@ -232,6 +232,11 @@ impl Drop for WorkerPool {
 /// while it is open; until shutdown.
 fn work(s: &Shared, slot: usize) {
     let mut seen = 0u64;
+    // A new worker parks at once: no job is near while the session is still being built, and a
+    // thread the OS first places on its creator's core would spin there, taking that core from
+    // the session's setup until it is moved (0.5 ms more to load BlazeFace at 2 threads, one
+    // run in two).
+    let mut started = false;
     loop {
         let idle_since = Instant::now();
         let mut spins = 0u32;
@@ -241,7 +246,7 @@ fn work(s: &Shared, slot: usize) {
             }
             spins = spins.wrapping_add(1);
             // Reading the clock costs tens of nanoseconds: only every 64 spins.
-            if !spins.is_multiple_of(64) || idle_since.elapsed() < SPIN_TIME {
+            if started && (!spins.is_multiple_of(64) || idle_since.elapsed() < SPIN_TIME) {
                 std::hint::spin_loop();
                 continue;
             }
@@ -254,6 +259,7 @@ fn work(s: &Shared, slot: usize) {
             break;
         }
         seen = s.epoch.load(Ordering::Acquire);
+        started = true;
         if s.shutdown.load(Ordering::Acquire) {
             return;
         }
