@@ -7,7 +7,8 @@
 //!
 //! A pair `y = Conv(..); z = Act(y)` fuses when `y` is read by that activation only, is not a
 //! graph output, and the activation is one the kernels implement (`Relu`, `LeakyRelu`, `Sigmoid`,
-//! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds). The producer then writes `z`
+//! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds, `PRelu` with one constant
+//! slope). The producer then writes `z`
 //! directly and the activation node disappears; `y` is no longer produced. A fused `HardSwish`
 //! also takes the scalar `Mul` and `Add` that follow it on the same terms (PP-LCNetV3's
 //! learnable affine block, 14 pairs in PP-OCRv4 det), and a squeeze-excite residual
@@ -45,6 +46,38 @@ fn scalar_constant(graph: &Graph, id: ValueId, constant: &ConstantFn<'_>) -> Opt
     match constant(id)? {
         TensorView::F32([x]) if rank <= 1 => Some(*x),
         TensorView::F16([x]) if rank <= 1 => Some(x.to_f32()),
+        _ => None,
+    }
+}
+
+/// A `PRelu` whose slope is one constant value (PyTorch's `nn.PReLU()` default) as the
+/// `LeakyRelu` it is, when `producer` makes its input. The slope's rank must not exceed the
+/// input's, so broadcasting it keeps the input's shape: the input's declared rank, else the
+/// least its producer gives (3 for a convolution, 2 for a BatchNormalization, else 1). A slope per
+/// channel is not fused (it runs as its own op).
+fn scalar_prelu(
+    graph: &Graph,
+    node: &Node,
+    producer: &Node,
+    constant: &ConstantFn<'_>,
+) -> Option<Activation> {
+    use pith_format::TensorView;
+    let [Some(x), Some(slope)] = node.inputs.as_slice() else { return None };
+    if node.op != OpKind::PRelu {
+        return None;
+    }
+    let rank = |id: ValueId| graph.values.get(id as usize).and_then(|v| v.shape.as_ref().map(Vec::len));
+    let least = match producer.op {
+        OpKind::Conv | OpKind::ConvTranspose => 3,
+        OpKind::BatchNormalization => 2,
+        _ => 1,
+    };
+    if rank(*slope)? > rank(*x).unwrap_or(least) {
+        return None;
+    }
+    match constant(*slope)? {
+        TensorView::F32([a]) => Some(Activation::LeakyRelu(*a)),
+        TensorView::F16([a]) => Some(Activation::LeakyRelu(a.to_f32())),
         _ => None,
     }
 }
@@ -200,7 +233,9 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
         let mut fused = None;
         if let Some(Some(y)) = node.inputs.first() {
             if let Some(p) = sole_producer(*y, &producer_of).filter(|&p| activation[p] == Activation::None) {
-                fused = unary::fusable_activation(node, constant).map(|act| (p, act));
+                let act = unary::fusable_activation(node, constant)
+                    .or_else(|| scalar_prelu(graph, node, &graph.nodes[p], constant));
+                fused = act.map(|act| (p, act));
             }
         }
         // A scalar Mul / Add after a fused HardSwish (PP-LCNetV3's learnable affine block).

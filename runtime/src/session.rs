@@ -845,6 +845,30 @@ mod tests {
     }
 
     #[test]
+    fn a_prelu_with_one_slope_fuses_into_its_convolution_and_one_per_channel_does_not() {
+        // Conv -> PRelu(slope [1, 1, 1]) fuses as a LeakyRelu; Conv -> PRelu(slope [3, 1, 1])
+        // stays an op of its own. Both signs reach both PRelus.
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 2, 4, 4].iter().map(|&d| Dim::Fixed(d)).collect());
+            let w =
+                b.floats("w", &[3, 2, 3, 3], (0..54).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect());
+            let one = b.floats("one", &[1, 1, 1], vec![0.25]);
+            let per_channel = b.floats("per_channel", &[3, 1, 1], vec![0.5, -0.1, 2.0]);
+            let y = b.node(OpKind::Conv, &[x, w], 1, vec![("pads", Attr::Ints(vec![1; 4]))])[0];
+            let z = b.node(OpKind::PRelu, &[y, one], 1, vec![])[0]; // fuses
+            let w2 = b.floats("w2", &[3, 3, 1, 1], vec![0.5, -1.0, 0.25, 1.5, 0.1, -0.3, -0.7, 0.9, 0.2]);
+            let u = b.node(OpKind::Conv, &[z, w2], 1, vec![])[0];
+            let v = b.node(OpKind::PRelu, &[u, per_channel], 1, vec![])[0]; // does not
+            b.output(v);
+            b.model
+        };
+        let x =
+            Tensor::from_f32(vec![1, 2, 4, 4], (0..32).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect());
+        fused_matches_plain(build, &x, (3, 4), 1e-6);
+    }
+
+    #[test]
     fn session_is_send() {
         fn is_send<T: Send>() {}
         is_send::<Session>();
