@@ -8,8 +8,8 @@
 //! A pair `y = Conv(..); z = Act(y)` fuses when `y` is read by that activation only, is not a
 //! graph output, and the activation is one the kernels implement (`Relu`, `LeakyRelu`, `Sigmoid`,
 //! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds, `PRelu` with one constant
-//! slope). The producer then writes `z`
-//! directly and the activation node disappears; `y` is no longer produced. A fused `HardSwish`
+//! slope). The producer then writes `z` directly and the activation node disappears; `y` is no
+//! longer produced. A fused `HardSwish`
 //! also takes the scalar `Mul` and `Add` that follow it on the same terms (PP-LCNetV3's
 //! learnable affine block, 14 pairs in PP-OCRv4 det), and a squeeze-excite residual
 //! `Add(x, Mul(x, s))` whose gate `s` is a fused `HardSigmoid` becomes `Mul(x, s + 1)`, the `+ 1`
@@ -38,16 +38,21 @@ pub struct Fused {
     pub activations: Vec<Activation>,
 }
 
+/// The value of constant `id` when it holds exactly one f32 or f16 value, of any rank.
+fn single_value(id: ValueId, constant: &ConstantFn<'_>) -> Option<f32> {
+    use pith_format::TensorView;
+    match constant(id)? {
+        TensorView::F32([x]) => Some(*x),
+        TensorView::F16([x]) => Some(x.to_f32()),
+        _ => None,
+    }
+}
+
 /// The value of constant `id` when it is one f32 of rank at most 1 (so broadcasting it against
 /// an activation keeps the activation's shape).
 fn scalar_constant(graph: &Graph, id: ValueId, constant: &ConstantFn<'_>) -> Option<f32> {
-    use pith_format::TensorView;
     let rank = graph.values.get(id as usize)?.shape.as_ref().map_or(0, Vec::len);
-    match constant(id)? {
-        TensorView::F32([x]) if rank <= 1 => Some(*x),
-        TensorView::F16([x]) if rank <= 1 => Some(x.to_f32()),
-        _ => None,
-    }
+    (rank <= 1).then(|| single_value(id, constant)).flatten()
 }
 
 /// A `PRelu` whose slope is one constant value (PyTorch's `nn.PReLU()` default) as the
@@ -61,7 +66,6 @@ fn scalar_prelu(
     producer: &Node,
     constant: &ConstantFn<'_>,
 ) -> Option<Activation> {
-    use pith_format::TensorView;
     let [Some(x), Some(slope)] = node.inputs.as_slice() else { return None };
     if node.op != OpKind::PRelu {
         return None;
@@ -75,11 +79,7 @@ fn scalar_prelu(
     if rank(*slope)? > rank(*x).unwrap_or(least) {
         return None;
     }
-    match constant(*slope)? {
-        TensorView::F32([a]) => Some(Activation::LeakyRelu(*a)),
-        TensorView::F16([a]) => Some(Activation::LeakyRelu(a.to_f32())),
-        _ => None,
-    }
+    single_value(*slope, constant).map(Activation::LeakyRelu)
 }
 
 /// Rewrites `graph`: residual adds into convolutions, then activations into their producers.

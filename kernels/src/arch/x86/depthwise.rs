@@ -192,8 +192,9 @@ pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: Depthw
 /// Checks an in-place depthwise call and hands `run` each register tile of [`TILE_ROWS`] output
 /// rows at `stride`, as a block (for the dispatch) and its [`InPlaceTile`]. `run` may call a
 /// tile of its path on it: each driver is only in its path's table, handed out after the path's
-/// features were detected; the check asserted the filter, the input plane and the output plane, and a tile
-/// writes output rows `r0 .. r0 + rows` (< out_h) and reads only input elements inside the plane.
+/// features were detected; the check asserted the filter, the input plane and the output plane,
+/// and a tile writes output rows `r0 .. r0 + rows` (< out_h) and reads only input elements inside
+/// the plane.
 pub(super) fn in_place_tiles(
     stride: usize,
     w: &[f32],
