@@ -1,6 +1,5 @@
 //! Row-at-a-time weight decoding: the only way kernels read weights.
 
-use half::slice::HalfFloatSliceExt;
 use pith_format::ir::{row_stride, CodebookKind};
 use pith_format::{CentroidsView, CodebookView, TensorView};
 
@@ -19,10 +18,14 @@ pub struct WeightRows<'a> {
     row_len: usize,
     /// How 4-bit rows are widened ([`crate::Isa::decode_nibbles`]; the scalar path's by default).
     nibbles: Nibbles,
+    /// How f16 codebooks are widened into tables ([`crate::Isa::widen_f16`]).
+    widen: Widen,
 }
 
 /// A path's [`crate::Isa::decode_nibbles`].
 type Nibbles = fn(&[u8], &[f32; 16], &mut [f32]);
+/// A path's [`crate::Isa::widen_f16`].
+type Widen = fn(&[half::f16], &mut [f32]);
 
 impl<'a> WeightRows<'a> {
     /// Views `view` as `rows` × `row_len`; errors if the sizes or the codebook layout do not fit.
@@ -42,12 +45,14 @@ impl<'a> WeightRows<'a> {
             TensorView::Codebook(c) => check_codebook(&c, rows, row_len)?,
             _ => {}
         }
-        Ok(WeightRows { view, rows, row_len, nibbles: crate::arch::scalar::decode_nibbles })
+        let scalar = &crate::arch::scalar::ISA;
+        Ok(WeightRows { view, rows, row_len, nibbles: scalar.decode_nibbles, widen: scalar.widen_f16 })
     }
 
-    /// These rows, with 4-bit codebook rows widened by `isa`'s [`crate::Isa::decode_nibbles`].
+    /// These rows, with 4-bit codebook rows widened by `isa`'s [`crate::Isa::decode_nibbles`] and
+    /// f16 codebooks by its [`crate::Isa::widen_f16`].
     pub fn with_isa(self, isa: &crate::Isa) -> Self {
-        WeightRows { nibbles: isa.decode_nibbles, ..self }
+        WeightRows { nibbles: isa.decode_nibbles, widen: isa.widen_f16, ..self }
     }
 
     /// Number of rows.
@@ -75,11 +80,36 @@ impl<'a> WeightRows<'a> {
     pub fn packed_row(&self, r: usize, lut: &mut [f32; 256]) -> Option<(&'a [u8], u8)> {
         match self.view {
             TensorView::Codebook(c) if r < self.rows => {
-                fill_lut(&c, r, lut);
+                fill_lut(&c, r, lut, self.widen);
                 let bytes = &c.indices[r * c.row_stride..(r + 1) * c.row_stride];
                 Some((bytes, c.bits))
             }
             _ => None,
+        }
+    }
+
+    /// For a codebook tensor: its index width and how a GEMV finds each row's table. When every
+    /// row shares one codebook (per tensor, or scaled per row), `lut` receives it unscaled (as
+    /// [`WeightRows::packed_row`] fills it) and the rows' scales come back, if any, to multiply
+    /// each row's sum: no table is built per row. `None` for other encodings.
+    pub(crate) fn packed_tables(&self, lut: &mut [f32; 256]) -> Option<(u8, PackedTables<'a>)> {
+        let TensorView::Codebook(c) = self.view else { return None };
+        let tables = match c.kind {
+            CodebookKind::PerRow => PackedTables::PerRow,
+            CodebookKind::PerTensor => PackedTables::Shared(None),
+            CodebookKind::SharedScaled => PackedTables::Shared(Some(&c.scales[..self.rows])),
+        };
+        if let PackedTables::Shared(_) = tables {
+            fill_lut_scaled(&c, 0, 1.0, lut, self.widen);
+        }
+        Some((c.bits, tables))
+    }
+
+    /// Row `r`'s packed indices (empty unless this is a codebook tensor).
+    pub(crate) fn packed_indices(&self, r: usize) -> &'a [u8] {
+        match self.view {
+            TensorView::Codebook(c) if r < self.rows => c.row_indices(r),
+            _ => &[],
         }
     }
 
@@ -90,10 +120,10 @@ impl<'a> WeightRows<'a> {
             TensorView::Codebook(c) if c.bits == 4 => {
                 let shared = (c.kind != CodebookKind::PerRow && prepared.is_none()).then(|| {
                     let mut lut = [0.0f32; 16];
-                    fill_lut_scaled(&c, 0, 1.0, &mut lut);
+                    fill_lut_scaled(&c, 0, 1.0, &mut lut, self.widen);
                     s8_table(&lut)
                 });
-                Some(NibbleTables { view: c, shared, prepared })
+                Some(NibbleTables { view: c, shared, prepared, widen: self.widen })
             }
             _ => None,
         }
@@ -119,9 +149,18 @@ impl<'a> WeightRows<'a> {
                     *o = *v as f32;
                 }
             }
-            TensorView::Codebook(c) => decode_codebook_row(&c, r, out, self.nibbles),
+            TensorView::Codebook(c) => decode_codebook_row(&c, r, out, self.nibbles, self.widen),
         }
     }
+}
+
+/// How the rows of a packed GEMV find their tables ([`WeightRows::packed_tables`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PackedTables<'a> {
+    /// One codebook for every row; row `r`'s sum is multiplied by `scales[r]` when given.
+    Shared(Option<&'a [f32]>),
+    /// A codebook per row ([`WeightRows::packed_row`] fills each row's table).
+    PerRow,
 }
 
 /// A 4-bit codebook tensor's entries rounded to s8, one table per row, for the int8 GEMV
@@ -134,6 +173,8 @@ pub(crate) struct NibbleTables<'a> {
     shared: Option<([u8; 16], f32)>,
     /// Every row's table, rounded once for the session.
     prepared: Option<&'a Int8RowTables>,
+    /// How f16 codebooks are widened.
+    widen: Widen,
 }
 
 impl<'a> NibbleTables<'a> {
@@ -161,7 +202,7 @@ impl<'a> NibbleTables<'a> {
             }
             None => {
                 let mut lut = [0.0f32; 16];
-                fill_lut(c, r, &mut lut);
+                fill_lut(c, r, &mut lut, self.widen);
                 let (t, step) = s8_table(&lut);
                 *table = t;
                 step
@@ -245,27 +286,27 @@ fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(
 }
 
 /// Fast decode of codebook row `r` (a view checked by [`check_codebook`]) into `out` (`row_len` long),
-/// 4-bit rows through `nibbles`.
-fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32], nibbles: Nibbles) {
+/// 4-bit rows through `nibbles`, f16 codebooks widened by `widen`.
+fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32], nibbles: Nibbles, widen: Widen) {
     // A table of at least 2^bits slots, so no index can fall outside it, sized to the width:
     // zeroing a 256-slot table for every row cost more than decoding a 9-weight depthwise row.
     match c.bits {
         4 => {
             let mut lut = [0.0f32; 16];
-            fill_lut(c, r, &mut lut);
+            fill_lut(c, r, &mut lut, widen);
             nibbles(c.row_indices(r), &lut, out);
         }
-        1..=3 => decode_with_lut::<16>(c, r, out),
-        5 | 6 => decode_with_lut::<64>(c, r, out),
-        _ => decode_with_lut::<256>(c, r, out),
+        1..=3 => decode_with_lut::<16>(c, r, out, widen),
+        5 | 6 => decode_with_lut::<64>(c, r, out, widen),
+        _ => decode_with_lut::<256>(c, r, out, widen),
     }
 }
 
 /// [`decode_codebook_row`] through an `N`-slot table (`N >= 2^bits`).
 #[inline(always)]
-fn decode_with_lut<const N: usize>(c: &CodebookView<'_>, r: usize, out: &mut [f32]) {
+fn decode_with_lut<const N: usize>(c: &CodebookView<'_>, r: usize, out: &mut [f32], widen: Widen) {
     let mut lut = [0.0f32; N];
-    fill_lut(c, r, &mut lut);
+    fill_lut(c, r, &mut lut, widen);
     decode_indices(c.bits, c.row_indices(r), &lut, out);
 }
 
@@ -275,17 +316,18 @@ fn decode_with_lut<const N: usize>(c: &CodebookView<'_>, r: usize, out: &mut [f3
 /// layer, so it matters where rows are short: a squeeze-excite 144→576 conv over a 1×1 plane
 /// (MobileNetV3) took 0.063–0.082 ms when every 4-bit table zeroed all 256 slots and widened its
 /// f16 centroids one call each, 0.052–0.060 now (`pith bench --profile`, alternating builds).
-fn fill_lut(c: &CodebookView<'_>, r: usize, lut: &mut [f32]) {
+/// f16 centroids are widened by `widen`.
+fn fill_lut(c: &CodebookView<'_>, r: usize, lut: &mut [f32], widen: Widen) {
     let (base, scale) = match c.kind {
         CodebookKind::PerTensor => (0, 1.0),
         CodebookKind::PerRow => (r * c.entries, 1.0),
         CodebookKind::SharedScaled => (0, c.scales[r]),
     };
-    fill_lut_scaled(c, base, scale, lut)
+    fill_lut_scaled(c, base, scale, lut, widen)
 }
 
 /// [`fill_lut`] from the codebook at centroid `base`, times `scale`.
-fn fill_lut_scaled(c: &CodebookView<'_>, base: usize, scale: f32, lut: &mut [f32]) {
+fn fill_lut_scaled(c: &CodebookView<'_>, base: usize, scale: f32, lut: &mut [f32], widen: Widen) {
     let reach = (1usize << c.bits.min(8)).min(lut.len());
     let used = c.entries.min(reach);
     lut[used..reach].fill(0.0);
@@ -297,9 +339,8 @@ fn fill_lut_scaled(c: &CodebookView<'_>, base: usize, scale: f32, lut: &mut [f32
             }
         }
         CentroidsView::F16(v) => {
-            // One slice conversion (F16C several at a time where the CPU has it), not a call per
-            // entry.
-            v[base..base + used].convert_to_f32_slice(table);
+            // One vector conversion of the whole table (the path's), not a call per entry.
+            widen(&v[base..base + used], table);
             if scale != 1.0 {
                 table.iter_mut().for_each(|t| *t *= scale);
             }

@@ -66,6 +66,11 @@ pub struct Isa {
     /// # Panics
     /// If `packed` holds fewer than `out.len().div_ceil(2)` bytes.
     pub decode_nibbles: fn(packed: &[u8], lut: &[f32; 16], out: &mut [f32]),
+    /// `dst[i] = src[i]` widened to f32, over the common length: f16 codebooks become lookup
+    /// tables once per weight row, so this runs for every row of a per-row codebook (a
+    /// squeeze-excite GEMV's 576 rows of 16 entries), where a general slice conversion's call
+    /// and feature checks cost more than the conversion.
+    pub widen_f16: fn(src: &[half::f16], dst: &mut [f32]),
     /// Dot product over the common length.
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
     /// `y[i] += a * x[i]` over the common length.
@@ -76,7 +81,10 @@ pub struct Isa {
     pub dot_packed: fn(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32,
     /// Prepares the activations of a GEMV for [`Isa::dot_packed_rows`] at `bits` bits: writes the
     /// values of `x` into `xp[..x.len()]` in this path's block order (the portable paths copy
-    /// them). Called once per GEMV (per worker), not per weight row.
+    /// them). When `xp` holds at least `x.len().next_multiple_of(GEMV_BLOCK)` values
+    /// ([`GEMV_BLOCK`]), a path may write the last, partial block zero-padded to a whole one, so
+    /// that `dot_packed_rows` reads it like the others. Called once per GEMV (per worker), not per
+    /// weight row.
     ///
     /// # Panics
     /// If `xp` is shorter than `x`.
@@ -203,6 +211,10 @@ pub(crate) fn depthwise_in_place_check(w: &[f32], x: &[f32], y: &[f32], s: &Dept
     s.out_h > 0 && s.out_w > 0
 }
 
+/// Columns that [`Isa::gemv_prepare`]'s `xp` should be rounded up to, so that every path can
+/// zero-pad its last block (the widest block: 512 one-bit indices in a 64-byte register).
+pub const GEMV_BLOCK: usize = 512;
+
 /// Rows [`Isa::dot_packed_rows`] gets at a time from the GEMV (the x86 kernels share each load of
 /// the prepared input between this many rows).
 pub const PACKED_ROWS: usize = 4;
@@ -212,20 +224,28 @@ pub const PACKED_ROWS: usize = 4;
 /// holding the `per` indices of columns `l * per .. (l + 1) * per` (LSB first), so shifting the
 /// register right by `k * bits` puts column `l * per + k` in lane `l`. In `xp` those columns come
 /// first for `k = 0`, then `k = 1`, ...: `xp[b * lanes * per + k * lanes + l] = x[b * lanes * per
-/// + l * per + k]`. Columns after the last whole block are copied unchanged.
+/// + l * per + k]`. Columns after the last whole block are laid out the same way as a block
+/// padded with zeros when `xp` has room for it, and copied unchanged otherwise.
 #[cfg(any(target_arch = "x86_64", test))]
 pub(crate) fn permute_blocks(x: &[f32], xp: &mut [f32], lanes: usize, per: usize) {
-    let xp = &mut xp[..x.len()];
     let block = lanes * per;
     let whole = x.len() / block * block;
-    for (src, dst) in x[..whole].chunks_exact(block).zip(xp.chunks_exact_mut(block)) {
-        for (l, word) in src.chunks_exact(per).enumerate() {
-            for (k, &v) in word.iter().enumerate() {
-                dst[k * lanes + l] = v;
-            }
+    let permute = |src: &[f32], dst: &mut [f32]| {
+        for (i, &v) in src.iter().enumerate() {
+            dst[i % per * lanes + i / per] = v;
         }
+    };
+    for (src, dst) in x[..whole].chunks_exact(block).zip(xp.chunks_exact_mut(block)) {
+        permute(src, dst);
     }
-    xp[whole..].copy_from_slice(&x[whole..]);
+    let rest = &x[whole..];
+    if !rest.is_empty() && xp.len() >= whole + block {
+        let dst = &mut xp[whole..whole + block];
+        dst.fill(0.0);
+        permute(rest, dst);
+    } else {
+        xp[whole..x.len()].copy_from_slice(rest);
+    }
 }
 
 /// Checks [`Isa::dot_packed_rows`] operands (panicking on a caller bug).

@@ -11,6 +11,7 @@ pub const ISA: Isa = Isa {
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     decode_nibbles,
+    widen_f16,
     dot,
     axpy,
     dot_packed,
@@ -22,6 +23,13 @@ pub const ISA: Isa = Isa {
     depthwise_plane: None,
     int8: Some(super::int8::SCALAR),
 };
+
+/// See [`Isa::widen_f16`]: the `half` crate's slice conversion (F16C or NEON where it finds them).
+pub fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let n = src.len().min(dst.len());
+    src[..n].convert_to_f32_slice(&mut dst[..n]);
+}
 
 /// See [`Isa::gemm_rows`].
 pub fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {

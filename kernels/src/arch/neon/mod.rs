@@ -35,6 +35,7 @@ const ISA: Isa = Isa {
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     decode_nibbles: super::scalar::decode_nibbles,
+    widen_f16: super::scalar::widen_f16,
     dot,
     axpy,
     dot_packed: packed::dot_packed,

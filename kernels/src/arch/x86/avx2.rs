@@ -18,6 +18,7 @@ pub(super) const ISA: Isa = Isa {
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,
     activate: crate::arch::epilogue::x86::activate_avx2,
     decode_nibbles,
+    widen_f16,
     dot,
     axpy,
     dot_packed,
@@ -168,6 +169,25 @@ unsafe fn tile<const R: usize, B: BRows>(
                 _mm256_maskstore_ps(cp.add(8), m1, c1);
             }
         }
+    }
+}
+
+/// See [`Isa::widen_f16`]: 8 values per `vcvtph2ps` where the CPU has F16C (checked once, then
+/// cached by std), the rest through the scalar path.
+fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let whole = if is_x86_feature_detected!("f16c") { n / 8 * 8 } else { 0 };
+    // SAFETY: F16C was detected just above whenever `whole > 0`; the kernel reads `whole` halves
+    // of `src` and writes `whole` floats of `dst`, both at least `n` long.
+    unsafe { widen_f16c(src.as_ptr().cast(), dst.as_mut_ptr(), whole) }
+    scalar::widen_f16(&src[whole..n], &mut dst[whole..n]);
+}
+
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16c(src: *const u16, dst: *mut f32, whole: usize) {
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 <= whole, in bounds (see `widen_f16`).
+        unsafe { _mm256_storeu_ps(dst.add(i), _mm256_cvtph_ps(_mm_loadu_si128(src.add(i).cast()))) }
     }
 }
 
@@ -380,8 +400,9 @@ fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
 }
 
 /// See [`Isa::dot_packed_rows`]. At 1, 2 and 4 bits, up to [`PACKED_ROWS`] rows go through
-/// [`rows_kernel`] together over every whole 32-byte block, each row's remaining columns through
-/// [`dot_packed`]; other widths are [`dot_packed`] row by row.
+/// [`rows_kernel`] together over every whole 32-byte block, and over a last, partial block too
+/// when `xp` holds it zero-padded ([`bounds::tail_bytes`]); otherwise each row's remaining columns
+/// go through [`dot_packed`]. Other widths are [`dot_packed`] row by row.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     dot_packed_rows_check(rows, luts, x, xp, out);
     if !matches!(bits, 1 | 2 | 4) {
@@ -389,70 +410,90 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
     }
     let cols = 256 / bits as usize;
     let blocks = bounds::whole_blocks(rows, x.len(), cols, 32);
+    let tail = bounds::tail_bytes(rows, bits, x.len(), xp.len(), blocks, cols, 32);
+    let done = if tail > 0 { x.len() } else { blocks * cols };
     for ((rows, luts), out) in
         rows.chunks(PACKED_ROWS).zip(luts.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS))
     {
         let mut sums = [0.0f32; PACKED_ROWS];
         let xp = xp.as_ptr();
         // SAFETY: AVX2 + FMA were detected before this table was handed out. Every row holds at
-        // least `blocks * 32` bytes and `xp` (as long as x) at least `blocks * cols` values, by
-        // `whole_blocks` above; `rows` and `luts` hold `rows.len()` entries (checked), the arm's R.
+        // least `blocks * 32 + tail` bytes and `xp` at least `(blocks + (tail > 0)) * cols`
+        // values, by `whole_blocks` and `tail_bytes` above; `rows` and `luts` hold `rows.len()`
+        // entries (checked), the arm's R.
         unsafe {
             match (bits, rows.len()) {
-                (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, blocks, &mut sums),
-                (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, blocks, &mut sums),
-                (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, blocks, &mut sums),
-                (1, _) => rows_kernel::<1, 4>(rows, luts, xp, blocks, &mut sums),
-                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, blocks, &mut sums),
-                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, blocks, &mut sums),
-                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, blocks, &mut sums),
-                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, blocks, &mut sums),
-                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, blocks, &mut sums),
-                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, blocks, &mut sums),
-                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, blocks, &mut sums),
-                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, &mut sums),
+                (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, blocks, tail, &mut sums),
+                (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, blocks, tail, &mut sums),
+                (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, blocks, tail, &mut sums),
+                (1, _) => rows_kernel::<1, 4>(rows, luts, xp, blocks, tail, &mut sums),
+                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, blocks, tail, &mut sums),
+                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, blocks, tail, &mut sums),
+                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, blocks, tail, &mut sums),
+                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, tail, &mut sums),
             }
         }
-        bounds::add_row_tails(dot_packed, rows, bits, luts, x, blocks * cols, &sums, out);
+        bounds::add_row_tails(dot_packed, rows, bits, luts, x, done, &sums, out);
     }
 }
 
-/// `sums[r] = sum over blocks * 256 / B columns of lut_r[index] * x` for `R` rows of `B`-bit
-/// indices (B = 1, 2, 4), `xp` in [`permute_blocks`] order. Each 32-byte block is one register of
-/// 8 words, shifted right by `B` after each step so that the next index of every word is in the
-/// low bits. `vpermps` reads bits 2..0: at 1 and 2 bits an 8-entry table `lut[i & (2^B - 1)]`
-/// needs no masking; at 4 bits two 8-entry halves are looked up and blended on bit 3.
+/// `sums[r] = sum over blocks * 256 / B columns (and `tail` bytes of one more block) of
+/// lut_r[index] * x` for `R` rows of `B`-bit indices (B = 1, 2, 4), `xp` in [`permute_blocks`]
+/// order. Each 32-byte block is one register of 8 words, shifted right by `B` after each step so
+/// that the next index of every word is in the low bits. `vpermps` reads bits 2..0: at 1 and 2
+/// bits an 8-entry table `lut[i & (2^B - 1)]` needs no masking; at 4 bits two 8-entry halves are
+/// looked up and blended on bit 3. The partial block's bytes are copied into a zeroed block
+/// (AVX2 has no byte-masked load), so its missing indices read as 0 against `xp`'s zero padding.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `rows` and `luts` hold at least `R` entries, every row at
-/// least `blocks * 32` bytes, and `xp` at least `blocks * 256 / B` floats.
+/// least `blocks * 32 + tail` bytes, `tail < 32`, and `xp` at least `(blocks + (tail > 0)) * 256
+/// / B` floats.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_kernel<const B: i32, const R: usize>(
     rows: &[&[u8]],
     luts: &[[f32; 256]],
     xp: *const f32,
     blocks: usize,
+    tail: usize,
     sums: &mut [f32; PACKED_ROWS],
 ) {
     let per = 32 / B as usize;
-    let mask = (1usize << B) - 1;
-    let half = |r: usize, h: usize| {
-        let table: [f32; 8] = std::array::from_fn(|i| luts[r][(h * 8 + i) & mask]);
-        // SAFETY: `table` is 8 floats long.
-        unsafe { _mm256_loadu_ps(table.as_ptr()) }
+    // Lane i of each half reads entry (8h + i) & (2^B - 1): for B < 4 the table repeats, so the
+    // bits of the next index that `vpermps` also sees do not matter.
+    let sel: [i32; 8] = std::array::from_fn(|i| (i & ((1 << B) - 1)) as i32);
+    // SAFETY: `sel` is 8 lanes long and every table 256 floats.
+    let (t0, t1): ([__m256; R], [__m256; R]) = unsafe {
+        let sel = _mm256_loadu_si256(sel.as_ptr().cast());
+        (
+            std::array::from_fn(|r| _mm256_permutevar8x32_ps(_mm256_loadu_ps(luts[r].as_ptr()), sel)),
+            std::array::from_fn(|r| _mm256_loadu_ps(luts[r].as_ptr().add(8))),
+        )
     };
-    let t0: [__m256; R] = std::array::from_fn(|r| half(r, 0));
-    let t1: [__m256; R] = std::array::from_fn(|r| half(r, 1));
     let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for blk in 0..blocks {
-        // SAFETY: the caller guarantees 32 readable bytes at blk * 32 of every row.
-        let mut v: [__m256i; R] =
-            std::array::from_fn(|r| unsafe { _mm256_loadu_si256(p[r].add(blk * 32).cast()) });
+    for blk in 0..blocks + usize::from(tail > 0) {
+        let mut v: [__m256i; R] = std::array::from_fn(|r| {
+            if blk < blocks {
+                // SAFETY: the caller guarantees 32 readable bytes at blk * 32 of every row.
+                unsafe { _mm256_loadu_si256(p[r].add(blk * 32).cast()) }
+            } else {
+                let mut last = [0u8; 32];
+                // SAFETY: the caller guarantees `tail` (< 32) readable bytes at blk * 32.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(p[r].add(blk * 32), last.as_mut_ptr(), tail);
+                    _mm256_loadu_si256(last.as_ptr().cast())
+                }
+            }
+        });
         // Eight steps at a time, fully unrolled, so the accumulators stay in registers.
         for k8 in (0..per).step_by(8) {
             for j in 0..8 {
-                // SAFETY: the caller guarantees blocks * 8 * per floats of `xp`.
+                // SAFETY: the caller guarantees (blocks + (tail > 0)) * 8 * per floats of `xp`.
                 let xk = unsafe { _mm256_loadu_ps(xp.add((blk * per + k8 + j) * 8)) };
                 for r in 0..R {
                     let lo = _mm256_permutevar8x32_ps(t0[r], v[r]);

@@ -18,6 +18,7 @@ pub(super) const ISA: Isa = Isa {
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
     decode_nibbles,
+    widen_f16,
     dot,
     axpy,
     dot_packed,
@@ -175,6 +176,29 @@ unsafe fn tile<const R: usize, const V: usize, B: BRows>(
                 _mm512_mask_storeu_ps(cp.add(16 * v), mask, cv);
             }
         }
+    }
+}
+
+/// See [`Isa::widen_f16`]: 16 values per `vcvtph2ps`, the last ones under a lane mask.
+fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    // SAFETY: AVX-512 F/BW/VL were detected before this table was handed out; the kernel reads
+    // `n` halves of `src` and writes `n` floats of `dst`, both at least that long.
+    unsafe { widen_f16_impl(src.as_ptr().cast(), dst.as_mut_ptr(), n) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn widen_f16_impl(src: *const u16, dst: *mut f32, n: usize) {
+    let mut i = 0;
+    while i < n {
+        let mask = lane_mask(n - i);
+        // SAFETY: lanes i..min(i + 16, n) are in bounds (see `widen_f16`); masked-off lanes are
+        // not accessed.
+        unsafe {
+            let h = _mm256_maskz_loadu_epi16(mask, src.add(i).cast());
+            _mm512_mask_storeu_ps(dst.add(i), mask, _mm512_cvtph_ps(h));
+        }
+        i += 16;
     }
 }
 
@@ -400,8 +424,9 @@ fn vbmi() -> bool {
 
 /// See [`Isa::dot_packed_rows`]. At 1, 2 and 4 bits (and 3 with VBMI), up to [`PACKED_ROWS`]
 /// rows go through [`rows_kernel`] ([`rows_kernel3`]) together over every whole 64-byte (48-byte)
-/// block, each row's remaining columns through [`dot_packed`]; other widths are [`dot_packed`]
-/// row by row.
+/// block, and over a last, partial block too when `xp` holds it zero-padded
+/// ([`bounds::tail_bytes`]); otherwise each row's remaining columns go through [`dot_packed`].
+/// Other widths are [`dot_packed`] row by row.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     dot_packed_rows_check(rows, luts, x, xp, out);
     let three = bits == 3 && vbmi();
@@ -411,74 +436,118 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
     // A block is 64 bytes (48 at 3 bits: 16 words of 8 indices after `vpermb`).
     let (cols, bytes) = if three { (128, 48) } else { (512 / bits as usize, 64) };
     let blocks = bounds::whole_blocks(rows, x.len(), cols, bytes);
+    let tail = bounds::tail_bytes(rows, bits, x.len(), xp.len(), blocks, cols, bytes);
+    let done = if tail > 0 { x.len() } else { blocks * cols };
     for ((rows, luts), out) in
         rows.chunks(PACKED_ROWS).zip(luts.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS))
     {
         let mut sums = [0.0f32; PACKED_ROWS];
         let xp = xp.as_ptr();
+        let span = Span { blocks, tail };
         // SAFETY: AVX-512 F/BW were detected before this table was handed out, VBMI for the
-        // 3-bit arms just above. Every row holds at least `blocks * bytes` bytes and `xp` (as long
-        // as x) at least `blocks * cols` values, by `whole_blocks` above; `rows` and `luts` hold
-        // `rows.len()` entries (checked), the arm's R.
+        // 3-bit arms just above. Every row holds at least `blocks * bytes + tail` bytes and `xp`
+        // at least `(blocks + (tail > 0)) * cols` values, by `whole_blocks` and `tail_bytes`
+        // above; `rows` and `luts` hold `rows.len()` entries (checked), the arm's R.
         unsafe {
             match (bits, rows.len()) {
-                (3, 1) => rows_kernel3::<1>(rows, luts, xp, blocks, &mut sums),
-                (3, 2) => rows_kernel3::<2>(rows, luts, xp, blocks, &mut sums),
-                (3, 3) => rows_kernel3::<3>(rows, luts, xp, blocks, &mut sums),
-                (3, _) => rows_kernel3::<4>(rows, luts, xp, blocks, &mut sums),
-                (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, blocks, &mut sums),
-                (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, blocks, &mut sums),
-                (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, blocks, &mut sums),
-                (1, _) => rows_kernel::<1, 4>(rows, luts, xp, blocks, &mut sums),
-                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, blocks, &mut sums),
-                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, blocks, &mut sums),
-                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, blocks, &mut sums),
-                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, blocks, &mut sums),
-                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, blocks, &mut sums),
-                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, blocks, &mut sums),
-                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, blocks, &mut sums),
-                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, &mut sums),
+                (3, 1) => rows_kernel3::<1>(rows, luts, xp, span, &mut sums),
+                (3, 2) => rows_kernel3::<2>(rows, luts, xp, span, &mut sums),
+                (3, 3) => rows_kernel3::<3>(rows, luts, xp, span, &mut sums),
+                (3, _) => rows_kernel3::<4>(rows, luts, xp, span, &mut sums),
+                (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, span, &mut sums),
+                (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, span, &mut sums),
+                (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, span, &mut sums),
+                (1, _) => rows_kernel::<1, 4>(rows, luts, xp, span, &mut sums),
+                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, span, &mut sums),
+                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, span, &mut sums),
+                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, span, &mut sums),
+                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, span, &mut sums),
+                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, span, &mut sums),
+                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, span, &mut sums),
+                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, span, &mut sums),
+                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, span, &mut sums),
             }
         }
-        bounds::add_row_tails(dot_packed, rows, bits, luts, x, blocks * cols, &sums, out);
+        bounds::add_row_tails(dot_packed, rows, bits, luts, x, done, &sums, out);
     }
 }
 
-/// `sums[r] = sum over blocks * 512 / B columns of lut_r[index] * x` for `R` rows of `B`-bit
-/// indices (B = 1, 2, 4), `xp` in [`permute_blocks`] order. Each 64-byte block is one register of
-/// 16 words; shifting it right by `B` after each step brings the next index of every word into the
+/// The blocks a multi-row GEMV kernel reads: `blocks` whole ones, then, when `tail > 0`, one
+/// more of which only the first `tail` bytes are loaded (the rest read as zero indices, against
+/// the zero padding of `xp`).
+#[derive(Clone, Copy)]
+struct Span {
+    blocks: usize,
+    tail: usize,
+}
+
+impl Span {
+    /// Blocks to visit, the partial one included.
+    fn count(self) -> usize {
+        self.blocks + usize::from(self.tail > 0)
+    }
+
+    /// The byte mask of block `blk`'s load: every byte of a whole block (`full` bytes), the
+    /// first `tail` of the partial one.
+    fn mask(self, blk: usize, full: usize) -> u64 {
+        let n = if blk < self.blocks { full } else { self.tail };
+        if n >= 64 {
+            !0
+        } else {
+            (1u64 << n) - 1
+        }
+    }
+}
+
+/// Each of `R` rows' table as a register: `luts[r][i & (2^B - 1)]` in lane `i`, so that `vpermps`,
+/// which reads an index's bits 3..0, ignores the bits of the next index above a `B`-bit one.
+///
+/// # Safety
+/// AVX-512 F must be available; `luts` holds at least `R` tables.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_tables<const B: u32, const R: usize>(luts: &[[f32; 256]]) -> [__m512; R] {
+    let sel: [i32; 16] = std::array::from_fn(|i| (i & ((1 << B) - 1)) as i32);
+    // SAFETY: `sel` is 16 lanes long, each table 256 floats.
+    unsafe {
+        let sel = _mm512_loadu_si512(sel.as_ptr().cast());
+        std::array::from_fn(|r| _mm512_permutexvar_ps(sel, _mm512_loadu_ps(luts[r].as_ptr())))
+    }
+}
+
+/// `sums[r] = sum over the span's columns of lut_r[index] * x` for `R` rows of `B`-bit indices
+/// (B = 1, 2, 4), `xp` in [`permute_blocks`] order. Each 64-byte block is one register of 16
+/// words; shifting it right by `B` after each step brings the next index of every word into the
 /// low bits, which is all `vpermps` reads (bits 3..0), so a table of 16 entries
 /// `lut[i & (2^B - 1)]` turns it into 16 weights without masking: per 16 weights one `vpermps`,
 /// one shift and one FMA, and one load of `xp` shared by the `R` rows.
 ///
 /// # Safety
-/// AVX-512 F must be available; `rows` and `luts` hold at least `R` entries, every row at least
-/// `blocks * 64` bytes, and `xp` at least `blocks * 512 / B` floats.
-#[target_feature(enable = "avx512f")]
+/// AVX-512 F and BW must be available; `rows` and `luts` hold at least `R` entries, every row at
+/// least `span.blocks * 64 + span.tail` bytes, and `xp` at least `span.count() * 512 / B` floats.
+#[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn rows_kernel<const B: u32, const R: usize>(
     rows: &[&[u8]],
     luts: &[[f32; 256]],
     xp: *const f32,
-    blocks: usize,
+    span: Span,
     sums: &mut [f32; PACKED_ROWS],
 ) {
     let per = 32 / B as usize;
-    let mask = (1usize << B) - 1;
-    let t: [__m512; R] = std::array::from_fn(|r| {
-        let table: [f32; 16] = std::array::from_fn(|i| luts[r][i & mask]);
-        // SAFETY: `table` is 16 floats long.
-        unsafe { _mm512_loadu_ps(table.as_ptr()) }
-    });
+    // SAFETY: the caller guarantees AVX-512 F and R tables.
+    let t: [__m512; R] = unsafe { row_tables::<B, R>(luts) };
     let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for blk in 0..blocks {
-        // SAFETY: the caller guarantees 64 readable bytes at blk * 64 of every row.
+    for blk in 0..span.count() {
+        let mask = span.mask(blk, 64);
+        // SAFETY: the caller guarantees the bytes of every row this mask selects; masked-off
+        // bytes are not accessed.
         let mut v: [__m512i; R] =
-            std::array::from_fn(|r| unsafe { _mm512_loadu_si512(p[r].add(blk * 64).cast()) });
+            std::array::from_fn(|r| unsafe { _mm512_maskz_loadu_epi8(mask, p[r].add(blk * 64).cast()) });
         // Eight steps at a time, fully unrolled, so the accumulators stay in registers.
         for k8 in (0..per).step_by(8) {
             for j in 0..8 {
-                // SAFETY: the caller guarantees blocks * 16 * per floats of `xp`.
+                // SAFETY: the caller guarantees span.count() * 16 * per floats of `xp`.
                 let xk = unsafe { _mm512_loadu_ps(xp.add((blk * per + k8 + j) * 16)) };
                 for r in 0..R {
                     acc[r][j % 2] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v[r], t[r]), xk, acc[r][j % 2]);
@@ -499,35 +568,34 @@ unsafe fn rows_kernel<const B: u32, const R: usize>(
 ///
 /// # Safety
 /// AVX-512 F, BW and VBMI must be available; `rows` and `luts` hold at least `R` entries, every
-/// row at least `blocks * 48` bytes, and `xp` at least `blocks * 128` floats.
+/// row at least `span.blocks * 48 + span.tail` bytes, and `xp` at least `span.count() * 128`
+/// floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn rows_kernel3<const R: usize>(
     rows: &[&[u8]],
     luts: &[[f32; 256]],
     xp: *const f32,
-    blocks: usize,
+    span: Span,
     sums: &mut [f32; PACKED_ROWS],
 ) {
-    let t: [__m512; R] = std::array::from_fn(|r| {
-        let table: [f32; 16] = std::array::from_fn(|i| luts[r][i & 7]);
-        // SAFETY: `table` is 16 floats long.
-        unsafe { _mm512_loadu_ps(table.as_ptr()) }
-    });
+    // SAFETY: the caller guarantees AVX-512 F and R tables.
+    let t: [__m512; R] = unsafe { row_tables::<3, R>(luts) };
     // Byte 4l + j of the spread block is byte 3l + j of the packed one (j = 3 repeats j = 2).
     let spread: [u8; 64] = std::array::from_fn(|b| (3 * (b / 4) + (b % 4).min(2)) as u8);
     // SAFETY: `spread` is 64 bytes long.
     let spread = unsafe { _mm512_loadu_si512(spread.as_ptr().cast()) };
     let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for blk in 0..blocks {
+    for blk in 0..span.count() {
+        let mask = span.mask(blk, 48);
         let mut v: [__m512i; R] = std::array::from_fn(|r| {
-            // SAFETY: the caller guarantees 48 readable bytes at blk * 48 of every row; the
-            // mask keeps the load to those 48 (masked-off bytes are not accessed).
-            let packed = unsafe { _mm512_maskz_loadu_epi8((1u64 << 48) - 1, p[r].add(blk * 48).cast()) };
+            // SAFETY: the caller guarantees the bytes of every row this mask selects (at most 48
+            // from blk * 48); masked-off bytes are not accessed.
+            let packed = unsafe { _mm512_maskz_loadu_epi8(mask, p[r].add(blk * 48).cast()) };
             _mm512_permutexvar_epi8(spread, packed)
         });
         for j in 0..8 {
-            // SAFETY: the caller guarantees blocks * 128 floats of `xp`.
+            // SAFETY: the caller guarantees span.count() * 128 floats of `xp`.
             let xk = unsafe { _mm512_loadu_ps(xp.add((blk * 8 + j) * 16)) };
             for r in 0..R {
                 acc[r][j % 2] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v[r], t[r]), xk, acc[r][j % 2]);

@@ -31,6 +31,32 @@ pub(super) fn whole_blocks(rows: &[&[u8]], x_len: usize, cols: usize, bytes: usi
     rows.iter().fold(x_len / cols, |n, row| n.min(row.len() / bytes))
 }
 
+/// Packed bytes of a last, partial block that the multi-row GEMV kernels read as one more block
+/// (0: none). There is one when `x` ends inside block `blocks`, `xp` holds that whole block (which
+/// `gemv_prepare` then zero-pads, so the columns past `x` add nothing) and every row holds the
+/// block's bytes up to `x`'s last index; the kernel loads just those bytes, so a row needs no
+/// `dot_packed` tail (which cost a squeeze-excite GEMV's 144-wide rows half their time).
+pub(super) fn tail_bytes(
+    rows: &[&[u8]],
+    bits: u8,
+    x_len: usize,
+    xp_len: usize,
+    blocks: usize,
+    cols: usize,
+    bytes: usize,
+) -> usize {
+    let rest = x_len.saturating_sub(blocks * cols);
+    if rest == 0 || rest >= cols || xp_len < (blocks + 1) * cols {
+        return 0;
+    }
+    let need = (rest * bits as usize).div_ceil(8);
+    if rows.iter().all(|row| row.len() >= blocks * bytes + need) {
+        need
+    } else {
+        0
+    }
+}
+
 /// `out[r] = sums[r] + dot(rows[r] from column from)`: the multi-row kernels' block sums plus each
 /// row's remaining columns through the path's `dot_packed` (`sums` empty and `from` 0: whole rows).
 #[allow(clippy::too_many_arguments)]
