@@ -30,7 +30,9 @@ The model is first compressed with `pith compress` into --work-dir (default: a t
 Pith is timed by `pith bench` (a subprocess; load and warm-up excluded, the median of its timed
 runs); the others in this process with the same warm-up. Each runtime's time is the median over
 rounds of its per-round median; the table gives it with the spread over rounds (min..max) and
-the ratio Pith / runtime (below 1: Pith is faster). Each turn starts after a 0.25 s pause, so
+the ratio Pith / runtime (below 1: Pith is faster); below it, for each Pith variant against each
+runtime, the median of the per-round ratios and the ratio of the fastest rounds, steadier on a
+host whose speed drifts. Each turn starts after a 0.25 s pause, so
 the previous runtime's idle worker threads have stopped spinning. Inputs are random: the timed graphs have no
 data-dependent work. onnxruntime runs the original f32 ONNX model with all graph optimisations,
 intra_op_num_threads = N and sequential execution. LiteRT (`pip install ai-edge-litert`) and MNN
@@ -288,6 +290,15 @@ def compare(args, onnx_path, input_name, shape, work_dir):
         spread = f"{min(v):.2f}..{max(v):.2f}"
         ratios = "".join(f" {statistics.median(rounds[p]) / med:>18.2f}" for p in piths)
         print(f"{name:<17} {med:>10.2f} {spread:>22}{ratios}")
+    # On a host whose speed drifts (other guests, vCPUs moved onto one core's SMT siblings), the
+    # runtimes of one round saw the same host: the median of the per-round ratios, and the ratio
+    # of the fastest rounds, are steadier than the ratio of the medians above.
+    for p in piths:
+        for name, v in rounds.items():
+            if name == p:
+                continue
+            per_round = statistics.median(a / b for a, b in zip(rounds[p], v))
+            print(f"{p}/{name}: per-round median {per_round:.2f}, fastest rounds {min(rounds[p]) / min(v):.2f}")
 
 
 if __name__ == "__main__":

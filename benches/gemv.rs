@@ -3,8 +3,10 @@
 //! many bytes as the packed weights (the bandwidth roofline). Throughput is the weight bytes each
 //! one streams, so criterion prints GB/s: packed vs memcpy shows how close decoding gets to the
 //! memory system, packed vs f32 the time saved. Where the CPU has int8 dot products, `cb4-int8`
-//! is the 4-bit GEMV on int8 activations (`Kernels::with_int8_activations`). Run:
-//! `cargo bench -p pith-benches --bench gemv`.
+//! is the 4-bit GEMV on int8 activations (`Kernels::with_int8_activations`). A second group,
+//! `gemv_small`, times the short rows of squeeze-excite and classifier layers (MobileNetV3's
+//! 576×144, 144×576 and 1024×576) at 4 bits against f32, where per-row costs (tables, row tails)
+//! weigh more than streaming. Run: `cargo bench -p pith-benches --bench gemv`.
 
 mod common;
 
@@ -18,10 +20,11 @@ use pith_kernels::{Activation, Kernels, WeightLayout};
 const N: usize = 4096;
 const K: usize = 4096;
 
-/// One GEMV `y = W x` with `W` stored `[N, K]`.
+/// One GEMV `y = W x` with `W` stored `[y.len(), x.len()]`.
 fn gemv(kernels: &Kernels, w: &TensorData, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    let (n, k) = (y.len(), x.len());
     kernels
-        .gemm(x, 1, K, N, &w.view(), WeightLayout::NK, None, Activation::None, y, scratch)
+        .gemm(x, 1, k, n, &w.view(), WeightLayout::NK, None, Activation::None, y, scratch)
         .expect("bench shapes are consistent");
 }
 
@@ -73,9 +76,29 @@ fn bench_gemv(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_gemv_small(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gemv_small");
+    let kernels = Kernels::new(1).expect("kernel set (check PITH_KERNEL)");
+    for (n, k) in [(576, 144), (144, 576), (1024, 576)] {
+        let x = random_f32s(k, 1);
+        let mut y = vec![0.0; n];
+        let mut scratch = vec![0.0; kernels.gemm_scratch_len(k, n, WeightLayout::NK)];
+        let run = format!("{}_{n}x{k}", kernels.isa().name);
+        let dense = TensorData::F32(random_f32s(n * k, 2));
+        group.bench_function(BenchmarkId::new("f32", &run), |b| {
+            b.iter(|| gemv(&kernels, &dense, black_box(&x), &mut y, &mut scratch))
+        });
+        let w = random_codebook_matrix(n, k, 4, 4).expect("4 bits");
+        group.bench_function(BenchmarkId::new("cb4", &run), |b| {
+            b.iter(|| gemv(&kernels, &w, black_box(&x), &mut y, &mut scratch))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = common::quick(1.5);
-    targets = bench_gemv
+    targets = bench_gemv, bench_gemv_small
 }
 criterion_main!(benches);
