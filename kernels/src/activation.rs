@@ -48,6 +48,59 @@ pub enum Activation {
     Sigmoid,
 }
 
+/// The activation a layer applies to each output channel: the same one for every channel, or a
+/// `PRelu` with one slope per channel (MediaPipe's face and hand models), which is channel `c`'s
+/// `LeakyRelu(slopes[c])`. The kernels apply it per channel in their epilogue, so a per-channel
+/// `PRelu` costs no pass of its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChannelActivation<'a> {
+    /// One activation for every channel.
+    Same(Activation),
+    /// `x` if `x >= 0`, else `slopes[c] * x` on channel `c`.
+    PRelu(&'a [f32]),
+}
+
+impl ChannelActivation<'_> {
+    /// Channel `c`'s activation.
+    ///
+    /// # Panics
+    /// If a per-channel slope list is shorter than `c + 1` (a caller bug: the kernels check it
+    /// against the layer's channels before use).
+    #[inline]
+    pub fn of(&self, c: usize) -> Activation {
+        match *self {
+            ChannelActivation::Same(act) => act,
+            ChannelActivation::PRelu(slopes) => Activation::LeakyRelu(slopes[c]),
+        }
+    }
+
+    /// The activation, when every channel has the same one.
+    pub fn same(&self) -> Option<Activation> {
+        match *self {
+            ChannelActivation::Same(act) => Some(act),
+            ChannelActivation::PRelu(_) => None,
+        }
+    }
+
+    /// Checks that a per-channel activation has one slope for each of `channels` channels.
+    pub(crate) fn check(&self, channels: usize) -> Result<(), crate::KernelError> {
+        match *self {
+            ChannelActivation::PRelu(slopes) if slopes.len() != channels => Err(crate::KernelError::Length {
+                what: "PRelu slopes",
+                expected: channels,
+                got: slopes.len(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl From<Activation> for ChannelActivation<'_> {
+    fn from(act: Activation) -> Self {
+        ChannelActivation::Same(act)
+    }
+}
+
 impl Activation {
     /// The activation of one value.
     #[inline]

@@ -24,7 +24,7 @@ use crate::arch::{
     DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, Isa, PLANE_LANES,
 };
 use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
-use crate::{check_len, check_min_len, Activation, KernelError, Kernels, WeightRows};
+use crate::{check_len, check_min_len, Activation, ChannelActivation, KernelError, Kernels, WeightRows};
 
 /// Geometry of a 2-D convolution (and, with input/output roles as documented on
 /// [`crate::Kernels::conv_transpose2d`], of a transposed one).
@@ -239,11 +239,12 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     p: &Conv2dParams,
-    act: Activation,
+    act: ChannelActivation<'_>,
     y: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
     let rc = check_operands(x, bias, residual, p, y)?;
+    act.check(p.out_c)?;
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
     let per_task = scratch_len(p);
@@ -378,7 +379,8 @@ struct Layer<'a, 'w> {
     isa: Isa,
     rows: &'a WeightRows<'w>,
     bias: Option<&'a [f32]>,
-    act: Activation,
+    /// Applied per output channel (`act.of(oc)`).
+    act: ChannelActivation<'a>,
     p: &'a Conv2dParams,
 }
 
@@ -443,7 +445,7 @@ impl Layer<'_, '_> {
                     let bias = self.bias.map_or(0.0, |b| b[oc + r]);
                     let res = residual.and_then(|res| res.plane(oc + r, plane)).map(|res| &res[t0..][..t]);
                     (self.isa.store_rows)(
-                        self.act,
+                        self.act.of(oc + r),
                         arow,
                         t,
                         bias,
@@ -504,8 +506,11 @@ impl Layer<'_, '_> {
             let sub_rows = slab.sub_rows(m);
             // Depthwise filters with no residual write straight into the output when the kernel
             // can finish them: `Some(clamp)`.
-            let direct =
-                direct_store(self.act).filter(|_| depthwise && residual.is_none_or(|res| res.channels <= oc));
+            let direct = self
+                .act
+                .same()
+                .and_then(direct_store)
+                .filter(|_| depthwise && residual.is_none_or(|res| res.channels <= oc));
             let mut oy0 = rows.start;
             while oy0 < rows.end {
                 let slab_rows = slab.rows.min(rows.end - oy0);
@@ -542,7 +547,7 @@ impl Layer<'_, '_> {
                         let res = residual
                             .and_then(|res| res.plane(oc + r, p.out_h * p.out_w))
                             .map(|plane| &plane[first..][..sr * p.out_w]);
-                        (self.isa.store_rows)(self.act, arow, slab.wq, bias, res, dst, p.out_w);
+                        (self.isa.store_rows)(self.act.of(oc + r), arow, slab.wq, bias, res, dst, p.out_w);
                     }
                     s0 += sr;
                 }
@@ -600,8 +605,8 @@ impl Layer<'_, '_> {
         let p = self.p;
         let filter = &mut scratch[..p.filter_len()];
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
-        let (clamp, then) = finish(self.act);
         for (oc, out) in ocs.zip(y.chunks_exact_mut(out_plane)) {
+            let (clamp, then) = finish(self.act.of(oc));
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
             self.rows.decode(oc, filter);
             run(filter, x, out, self.bias.map_or(0.0, |b| b[oc]), clamp);
@@ -1021,7 +1026,27 @@ mod tests {
                 .collect();
             kernels.conv2d_add(&x, &data.view(), bias, &short, p, act, &mut y, &mut scratch).unwrap();
             assert_close(&y, &want_short, &format!("{rc}-channel residual {kernels:?} {kind:?} {p:?}"));
+            // A PRelu with a slope per output channel, after the residual.
+            let slopes = prelu_slopes(rng, p.out_c);
+            let act = ChannelActivation::PRelu(&slopes);
+            kernels.conv2d_add(&x, &data.view(), bias, &residual, p, act, &mut y, &mut scratch).unwrap();
+            let want_prelu = per_channel_prelu(&want_add, &slopes, plane);
+            assert_close(&y, &want_prelu, &format!("PRelu {kernels:?} {kind:?} {p:?}"));
         }
+    }
+
+    /// Slopes for `channels` channels, of both signs and above 1 (a slope is any real).
+    fn prelu_slopes(rng: &mut Rng, channels: usize) -> Vec<f32> {
+        rng.vec(channels).iter().map(|v| 3.0 * v).collect()
+    }
+
+    /// `y` (NCHW, planes of `plane`) through a PRelu with one slope per channel.
+    fn per_channel_prelu(y: &[f32], slopes: &[f32], plane: usize) -> Vec<f32> {
+        let c = slopes.len();
+        y.iter()
+            .enumerate()
+            .map(|(i, &v)| if v >= 0.0 { v } else { slopes[i / plane.max(1) % c] * v })
+            .collect()
     }
 
     #[test]
@@ -1099,6 +1124,16 @@ mod tests {
                 kernels.conv2d(&x, &data.view(), Some(&bias), p, act, &mut y, &mut scratch).unwrap();
                 assert_close(&y, &want, &format!("{act:?} {kernels:?} {p:?}"));
             }
+        }
+        // A slope per channel: never a clamp the store can apply, so the kernels' own epilogue.
+        let slopes = prelu_slopes(rng, p.out_c);
+        let want = per_channel_prelu(&plain, &slopes, p.out_h * p.out_w);
+        for kernels in sets {
+            let mut y = vec![f32::NAN; want.len()];
+            let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
+            let act = ChannelActivation::PRelu(&slopes);
+            kernels.conv2d(&x, &data.view(), Some(&bias), p, act, &mut y, &mut scratch).unwrap();
+            assert_close(&y, &want, &format!("PRelu {kernels:?} {p:?}"));
         }
         (data, x, bias, plain)
     }
@@ -1424,9 +1459,14 @@ mod tests {
         let x = vec![0.0; p.batch * p.in_c * p.in_h * p.in_w];
         let mut y = vec![0.0; p.batch * p.out_c * p.out_h * p.out_w];
         let mut s = vec![0.0; scratch_len(&p)];
-        let a = Activation::None;
+        let a = ChannelActivation::Same(Activation::None);
         let k = Kernels::default();
         assert!(conv2d(&k, &x[1..], &data.view(), None, None, &p, a, &mut y, &mut s).is_err());
+        // One PRelu slope too few: an error, not a panic in the epilogue.
+        let slopes = vec![0.5; p.out_c - 1];
+        let prelu = ChannelActivation::PRelu(&slopes);
+        let err = conv2d(&k, &x, &data.view(), None, None, &p, prelu, &mut y, &mut s).unwrap_err();
+        assert!(err.to_string().contains("PRelu slopes"), "{err}");
         let mut short = vec![0.0; scratch_len(&p) - 1];
         assert!(conv2d(&k, &x, &data.view(), None, None, &p, a, &mut y, &mut short).is_err());
         let short_residual = vec![0.0; y.len() - 1];

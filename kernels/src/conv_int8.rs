@@ -22,7 +22,7 @@ use crate::arch::int8::{Int8Kernels, U8Range, INT8_PIXEL_ALIGN};
 use crate::arch::Isa;
 use crate::conv::{check_operands, split_output_rows, Residual, Slab, PIXEL_SPLIT_MIN};
 use crate::parallel::{split_units, TASKS_PER_THREAD};
-use crate::{check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
+use crate::{check_min_len, ChannelActivation, Conv2dParams, KernelError, Kernels, WeightRows};
 
 /// Pixels of a plane that share one quantization range (a multiple of [`INT8_PIXEL_ALIGN`]).
 pub(crate) const BLOCK: usize = 256;
@@ -214,11 +214,12 @@ pub(crate) fn conv(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     p: &Conv2dParams,
-    act: Activation,
+    act: ChannelActivation<'_>,
     y: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
     let rc = check_operands(x, bias, residual, p, y)?;
+    act.check(p.out_c)?;
     let Some(int8) = kernels.int8_kernels().filter(|_| applies(kernels, p)) else {
         return Err(KernelError::Params(format!(
             "an int8 convolution needs int8 activations on (they are {}) and an ungrouped layer \
@@ -294,7 +295,8 @@ struct Layer<'a> {
     int8: Int8Kernels,
     filters: &'a Int8Filters,
     bias: Option<&'a [f32]>,
-    act: Activation,
+    /// Applied per output channel.
+    act: ChannelActivation<'a>,
     p: &'a Conv2dParams,
 }
 
@@ -319,7 +321,7 @@ impl Layer<'_> {
         self.panels(q, block, ocs.clone(), work, |f, arow, bias| {
             let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..s + n]);
             let dst = &mut out[f - ocs.start][s - first..][..n];
-            (self.isa.store_rows)(self.act, arow, n, bias, res, dst, n);
+            (self.isa.store_rows)(self.act.of(f), arow, n, bias, res, dst, n);
         });
     }
 
@@ -421,7 +423,7 @@ impl Layer<'_> {
                     let dst = &mut out[f][first_row * p.out_w..][..sr * p.out_w];
                     let res =
                         residual.and_then(|r| r.plane(f, out_plane)).map(|r| &r[start..][..sr * p.out_w]);
-                    (self.isa.store_rows)(self.act, arow, slab.wq, bias, res, dst, p.out_w);
+                    (self.isa.store_rows)(self.act.of(f), arow, slab.wq, bias, res, dst, p.out_w);
                 });
                 s0 += sr;
             }
@@ -434,6 +436,7 @@ impl Layer<'_> {
 mod tests {
     use super::*;
     use crate::testutil::{decode_all, pointwise, random_weight, Rng, WeightKind};
+    use crate::Activation;
     use pith_format::ir::CodebookKind;
 
     /// Every path with int8 kernels, at 1, 2 and 3 threads, splitting even small layers.
@@ -555,6 +558,15 @@ mod tests {
                         (zv - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
                         "{kernels:?} at {i}: {zv} vs {expect}"
                     );
+                }
+                // A PRelu slope per channel on the same sums: the same bits as applying it after.
+                let slopes: Vec<f32> = (0..p.out_c).map(|c| c as f32 / 4.0 - 1.0).collect();
+                let act = ChannelActivation::PRelu(&slopes);
+                kernels.conv2d_int8(&x, &filters, Some(&bias), None, &p, act, &mut z, scratch).unwrap();
+                let plane = p.out_h * p.out_w;
+                for (i, (zv, yv)) in z.iter().zip(y).enumerate() {
+                    let expect = Activation::LeakyRelu(slopes[i / plane % p.out_c]).apply(*yv);
+                    assert_eq!(zv.to_bits(), expect.to_bits(), "{kernels:?} PRelu at {i}: {zv} vs {expect}");
                 }
             });
         }

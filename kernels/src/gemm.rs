@@ -16,7 +16,7 @@ use crate::arch::int8::{prepare_nibbles, DotNibblesFn, NIBBLE_BLOCK};
 use crate::arch::{Isa, GEMV_BLOCK, PACKED_ROWS};
 use crate::decode::PackedTables;
 use crate::parallel::split_units;
-use crate::{check_len, check_min_len, Activation, Int8RowTables, KernelError, Kernels, WeightRows};
+use crate::{check_len, check_min_len, ChannelActivation, Int8RowTables, KernelError, Kernels, WeightRows};
 
 /// How the `k × n` weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,12 @@ pub fn gemm(
     layout: WeightLayout,
     tables: Option<&Int8RowTables>,
     bias: Option<&[f32]>,
-    act: Activation,
+    act: ChannelActivation<'_>,
     y: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
     check_len("gemm input", a.len(), m * k)?;
+    act.check(n)?;
     check_len("gemm output", y.len(), m * n)?;
     if let Some(b) = bias {
         check_len("gemm bias", b.len(), n)?;
@@ -107,7 +108,15 @@ pub fn gemm(
                         (isa.axpy)(yrow, a[i * k + kk], &wrow[..n]);
                     }
                 }
-                (isa.activate)(act, ys);
+                match act.same() {
+                    Some(act) => (isa.activate)(act, ys),
+                    // A slope per output column.
+                    None => {
+                        for yrow in ys.chunks_exact_mut(n) {
+                            yrow.iter_mut().enumerate().for_each(|(j, v)| *v = act.of(j).apply(*v));
+                        }
+                    }
+                }
             });
         }
     }
@@ -125,7 +134,7 @@ struct NkProduct<'a, 'w> {
     a: &'a [f32],
     k: usize,
     bias: Option<&'a [f32]>,
-    act: Activation,
+    act: ChannelActivation<'a>,
 }
 
 impl NkProduct<'_, '_> {
@@ -143,7 +152,7 @@ impl NkProduct<'_, '_> {
             let b = self.bias.map_or(0.0, |b| b[j]);
             let mut out = |dot: &dyn Fn(&[f32]) -> f32| {
                 for (il, i) in is.clone().enumerate() {
-                    y[il * width + jl] = self.act.apply(b + dot(&self.a[i * k..(i + 1) * k]));
+                    y[il * width + jl] = self.act.of(j).apply(b + dot(&self.a[i * k..(i + 1) * k]));
                 }
             };
             let packed = if is.len() <= PACKED_DOT_MAX_M { self.rows.packed_row(j, &mut lut) } else { None };
@@ -205,7 +214,7 @@ impl NkProduct<'_, '_> {
                     PackedTables::Shared(Some(scales)) => s * scales[j],
                     _ => s,
                 };
-                y[jl] = self.act.apply(self.bias.map_or(0.0, |b| b[j]) + s);
+                y[jl] = self.act.of(j).apply(self.bias.map_or(0.0, |b| b[j]) + s);
             }
         }
         true
@@ -255,7 +264,8 @@ impl NkProduct<'_, '_> {
             dot(&rows[..n], &table[..n], xp, k, &mut out[..n]);
             for t in 0..n {
                 let s = (out[t] - offset) as f32 * step[t] * step_x;
-                y[at[t]] = self.act.apply(self.bias.map_or(0.0, |b| b[js.start + at[t]]) + s);
+                let j = js.start + at[t];
+                y[at[t]] = self.act.of(j).apply(self.bias.map_or(0.0, |b| b[j]) + s);
             }
         }
         true
@@ -266,6 +276,7 @@ impl NkProduct<'_, '_> {
 mod tests {
     use super::*;
     use crate::testutil::{assert_close, decode_all, kernel_sets, random_weight, Rng, WeightKind};
+    use crate::Activation;
     use crate::Kernels;
 
     #[test]
@@ -286,7 +297,13 @@ mod tests {
                 let a = rng.vec(m * k);
                 let bias = rng.vec(n);
                 let bias = (case % 2 == 0).then_some(&bias[..]);
-                let act = if case % 3 == 0 { Activation::Relu } else { Activation::None };
+                // ReLU, none, or a PRelu slope per output column (both signs).
+                let slopes: Vec<f32> = rng.vec(n).iter().map(|v| 2.0 * v).collect();
+                let act = match case % 3 {
+                    0 => ChannelActivation::Same(Activation::Relu),
+                    1 => ChannelActivation::PRelu(&slopes),
+                    _ => ChannelActivation::Same(Activation::None),
+                };
                 let mut want = vec![0.0; m * n];
                 for i in 0..m {
                     for j in 0..n {
@@ -298,7 +315,7 @@ mod tests {
                             };
                             s += a[i * k + kk] * wv;
                         }
-                        want[i * n + j] = act.apply(s);
+                        want[i * n + j] = act.of(j).apply(s);
                     }
                 }
                 for kernels in &sets {
@@ -306,7 +323,7 @@ mod tests {
                     let mut scratch = vec![0.0; kernels.gemm_scratch_len(k, n, layout)];
                     let w = data.view();
                     kernels.gemm(&a, m, k, n, &w, layout, bias, act, &mut y, &mut scratch).unwrap();
-                    assert_close(&y, &want, &format!("{kernels:?} {kind:?} {layout:?} {m}x{k}x{n}"));
+                    assert_close(&y, &want, &format!("{kernels:?} {kind:?} {layout:?} {m}x{k}x{n} {act:?}"));
                 }
             }
         }
@@ -354,9 +371,11 @@ mod tests {
         let mut y = vec![0.0; 4];
         let lay = WeightLayout::NK;
         let mut s = vec![0.0; scratch_len(3, 2, lay)];
-        let a = Activation::None;
+        let a = ChannelActivation::Same(Activation::None);
         let k = Kernels::default();
         assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, None, a, &mut y, &mut s).is_ok());
+        let one_slope = ChannelActivation::PRelu(&[0.5]);
+        assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, None, one_slope, &mut y, &mut s).is_err());
         assert!(gemm(&k, &[0.0; 5], 2, 3, 2, &view, lay, None, None, a, &mut y, &mut s).is_err());
         assert!(gemm(&k, &[0.0; 6], 2, 3, 2, &view, lay, None, Some(&[0.0]), a, &mut y, &mut s).is_err());
         assert!(gemm(&k, &[0.0; 8], 2, 4, 2, &view, lay, None, None, a, &mut y, &mut s).is_err());

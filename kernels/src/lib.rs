@@ -27,7 +27,7 @@ mod pool;
 mod testutil;
 mod winograd;
 
-pub use activation::Activation;
+pub use activation::{Activation, ChannelActivation};
 pub use conv::Conv2dParams;
 pub use conv_int8::Int8Filters;
 pub use decode::{Int8RowTables, WeightRows};
@@ -198,21 +198,22 @@ impl Kernels {
     /// * `x`: `[batch, in_c, in_h, in_w]`; `y`: `[batch, out_c, out_h, out_w]`, fully overwritten.
     /// * `w`: ONNX layout `[out_c, in_c / groups, k_h, k_w]`, any encoding; row `oc` is one filter.
     /// * `bias`: `out_c` values, or `None`.
+    /// * `act`: an [`Activation`], or a [`ChannelActivation`] (a `PRelu` slope per output channel).
     /// * `scratch`: at least [`Kernels::conv2d_scratch_len`] elements.
     ///
     /// `out_h`/`out_w` are taken as given; taps falling outside the input read zero padding.
     #[allow(clippy::too_many_arguments)]
-    pub fn conv2d(
+    pub fn conv2d<'a>(
         &self,
         x: &[f32],
         w: &TensorView<'_>,
         bias: Option<&[f32]>,
         p: &Conv2dParams,
-        act: Activation,
+        act: impl Into<ChannelActivation<'a>>,
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, None, p, act, y, scratch)
+        conv::conv2d(self, x, w, bias, None, p, act.into(), y, scratch)
     }
 
     /// [`Kernels::conv2d`] followed by a residual add, in one pass over the output:
@@ -224,18 +225,18 @@ impl Kernels {
     /// on get no residual, as if it had been zero-padded to `out_c` channels (BlazeFace pads its
     /// skip connections' channels; the padding need not be materialised).
     #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_add(
+    pub fn conv2d_add<'a>(
         &self,
         x: &[f32],
         w: &TensorView<'_>,
         bias: Option<&[f32]>,
         residual: &[f32],
         p: &Conv2dParams,
-        act: Activation,
+        act: impl Into<ChannelActivation<'a>>,
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, Some(residual), p, act, y, scratch)
+        conv::conv2d(self, x, w, bias, Some(residual), p, act.into(), y, scratch)
     }
 
     /// Whether [`Kernels::conv2d_int8`] runs layer `p`: int8 activations on (see
@@ -252,18 +253,18 @@ impl Kernels {
     /// products. Errors if the layer does not qualify or the filters do not fit it. Scratch:
     /// [`Kernels::conv2d_scratch_len`].
     #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_int8(
+    pub fn conv2d_int8<'a>(
         &self,
         x: &[f32],
         filters: &Int8Filters,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
         p: &Conv2dParams,
-        act: Activation,
+        act: impl Into<ChannelActivation<'a>>,
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv_int8::conv(self, x, filters, bias, residual, p, act, y, scratch)
+        conv_int8::conv(self, x, filters, bias, residual, p, act.into(), y, scratch)
     }
 
     /// f32 scratch elements [`Kernels::conv_transpose2d`] needs for `p`: one share per worker thread.
@@ -302,7 +303,7 @@ impl Kernels {
     /// * `w`: `k * n` weights in any encoding, laid out as `layout` says.
     /// * `bias`: `n` values, or `None`.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(
+    pub fn gemm<'a>(
         &self,
         a: &[f32],
         m: usize,
@@ -311,11 +312,11 @@ impl Kernels {
         w: &TensorView<'_>,
         layout: WeightLayout,
         bias: Option<&[f32]>,
-        act: Activation,
+        act: impl Into<ChannelActivation<'a>>,
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        gemm::gemm(self, a, m, k, n, w, layout, None, bias, act, y, scratch)
+        gemm::gemm(self, a, m, k, n, w, layout, None, bias, act.into(), y, scratch)
     }
 
     /// [`Kernels::gemm`] of `[N, K]` weights `w` whose int8 GEMV tables were prepared once
@@ -323,7 +324,7 @@ impl Kernels {
     /// input row then skips rounding every row's codebook. The same results as [`Kernels::gemm`];
     /// errors if the tables are not `n` rows.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_int8(
+    pub fn gemm_int8<'a>(
         &self,
         a: &[f32],
         m: usize,
@@ -332,11 +333,11 @@ impl Kernels {
         w: &TensorView<'_>,
         tables: &Int8RowTables,
         bias: Option<&[f32]>,
-        act: Activation,
+        act: impl Into<ChannelActivation<'a>>,
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        gemm::gemm(self, a, m, k, n, w, WeightLayout::NK, Some(tables), bias, act, y, scratch)
+        gemm::gemm(self, a, m, k, n, w, WeightLayout::NK, Some(tables), bias, act.into(), y, scratch)
     }
 }
 

@@ -14,7 +14,7 @@
 use std::ops::Range;
 
 use crate::arch::Isa;
-use crate::{Activation, Conv2dParams, WeightRows};
+use crate::{ChannelActivation, Conv2dParams, WeightRows};
 
 /// Most f32 elements of the transformed filters (`16 × out_c × in_c`, 1 MiB).
 const U_BUDGET: usize = 1 << 18;
@@ -79,7 +79,8 @@ pub(crate) struct Winograd<'a, 'w> {
     pub isa: Isa,
     pub rows: &'a WeightRows<'w>,
     pub bias: Option<&'a [f32]>,
-    pub act: Activation,
+    /// Applied per output channel.
+    pub act: ChannelActivation<'a>,
     pub p: &'a Conv2dParams,
 }
 
@@ -147,7 +148,7 @@ impl Winograd<'_, '_> {
                             .filter(|&(_, channels)| oc < channels)
                             .map(|(r, _)| &r[(oc * p.out_h + oy) * p.out_w..][..p.out_w]);
                         let dst = &mut plane[(oy - rows.start) * p.out_w..][..p.out_w];
-                        (self.isa.store_rows)(self.act, src, 2 * tx, bias, res, dst, p.out_w);
+                        (self.isa.store_rows)(self.act.of(oc), src, 2 * tx, bias, res, dst, p.out_w);
                     }
                 }
             }

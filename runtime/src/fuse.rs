@@ -9,7 +9,9 @@
 //! graph output, and the activation is one the kernels implement (`Relu`, `LeakyRelu`, `Sigmoid`,
 //! `HardSigmoid`, `HardSwish`, `Clip` with constant scalar bounds, `PRelu` with one constant
 //! slope). The producer then writes `z` directly and the activation node disappears; `y` is no
-//! longer produced. A fused `HardSwish`
+//! longer produced. A `PRelu` with a constant slope per channel fuses into a convolution (only):
+//! the slope becomes the Conv's fifth input ([`PRELU_SLOPE_INPUT`]), which its kernels apply
+//! channel by channel in their epilogue. A fused `HardSwish`
 //! also takes the scalar `Mul` and `Add` that follow it on the same terms (PP-LCNetV3's
 //! learnable affine block, 14 pairs in PP-OCRv4 det), and a squeeze-excite residual
 //! `Add(x, Mul(x, s))` whose gate `s` is a fused `HardSigmoid` becomes `Mul(x, s + 1)`, the `+ 1`
@@ -22,7 +24,7 @@
 //! PP-OCRv4's residual and FPN adds then run as one pass over their output. A residual whose shape
 //! differs from the convolution's is still added (by broadcasting, after the convolution).
 
-use pith_format::ir::{Graph, Node, OpKind, ValueId};
+use pith_format::ir::{Dim, Graph, Node, OpKind, ValueId};
 use pith_kernels::Activation;
 
 use crate::ops::unary;
@@ -80,6 +82,35 @@ fn scalar_prelu(
         return None;
     }
     single_value(*slope, constant).map(Activation::LeakyRelu)
+}
+
+/// Input index of a fused Conv's per-channel PRelu slope (after data, weights, bias and the
+/// residual, which may be absent).
+pub const PRELU_SLOPE_INPUT: usize = 4;
+
+/// The slope of a `PRelu` with one constant slope per output channel of the convolution
+/// `producer`: a constant of `[C, 1, 1]` or `[1, C, 1, 1]` values (how ONNX broadcasts a slope
+/// per channel of an NCHW tensor), C being the convolution's filters (its weight's first
+/// dimension).
+fn channel_prelu(graph: &Graph, node: &Node, producer: &Node, constant: &ConstantFn<'_>) -> Option<ValueId> {
+    let [Some(_), Some(slope)] = node.inputs.as_slice() else { return None };
+    if node.op != OpKind::PRelu || producer.op != OpKind::Conv {
+        return None;
+    }
+    // A value's shape, when every dimension is known.
+    let shape = |id: ValueId| -> Option<Vec<u64>> {
+        let dims = graph.values.get(id as usize)?.shape.as_ref()?;
+        dims.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
+    };
+    let filters = *shape(producer.inputs.get(1).copied().flatten()?)?.first()?;
+    let per_channel = match shape(*slope)?.as_slice() {
+        [c, 1, 1] | [1, c, 1, 1] => *c == filters,
+        _ => false,
+    };
+    // Only f32 / f16 constants (the kernels take f32 slopes).
+    let numeric =
+        matches!(constant(*slope)?, pith_format::TensorView::F32(_) | pith_format::TensorView::F16(_));
+    (per_channel && numeric && filters > 1).then_some(*slope)
 }
 
 /// Rewrites `graph`: residual adds into convolutions, then activations into their producers.
@@ -219,6 +250,8 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
         }
     }
     let mut activation = vec![Activation::None; graph.nodes.len()];
+    // A per-channel PRelu slope fused into a Conv (which then takes no other activation).
+    let mut slope: Vec<Option<ValueId>> = vec![None; graph.nodes.len()];
     let mut new_output: Vec<Option<ValueId>> = vec![None; graph.nodes.len()];
     let mut dropped = vec![false; graph.nodes.len()];
     for (j, node) in graph.nodes.iter().enumerate() {
@@ -232,10 +265,20 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
         };
         let mut fused = None;
         if let Some(Some(y)) = node.inputs.first() {
-            if let Some(p) = sole_producer(*y, &producer_of).filter(|&p| activation[p] == Activation::None) {
+            let unfused = |p: &usize| activation[*p] == Activation::None && slope[*p].is_none();
+            if let Some(p) = sole_producer(*y, &producer_of).filter(unfused) {
                 let act = unary::fusable_activation(node, constant)
                     .or_else(|| scalar_prelu(graph, node, &graph.nodes[p], constant));
                 fused = act.map(|act| (p, act));
+                if fused.is_none() {
+                    if let Some(s) = channel_prelu(graph, node, &graph.nodes[p], constant) {
+                        slope[p] = Some(s);
+                        new_output[p] = Some(node.outputs[0]);
+                        producer_of[node.outputs[0] as usize] = Some(p);
+                        dropped[j] = true;
+                        continue;
+                    }
+                }
             }
         }
         // A scalar Mul / Add after a fused HardSwish (PP-LCNetV3's learnable affine block).
@@ -294,6 +337,10 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
         let mut node: Node = node.clone();
         if let Some(z) = new_output[i] {
             node.outputs[0] = z;
+        }
+        if let Some(s) = slope[i] {
+            node.inputs.resize(PRELU_SLOPE_INPUT, None);
+            node.inputs.push(Some(s));
         }
         nodes.push(node);
         activations.push(activation[i]);

@@ -845,9 +845,11 @@ mod tests {
     }
 
     #[test]
-    fn a_prelu_with_one_slope_fuses_into_its_convolution_and_one_per_channel_does_not() {
+    fn a_prelu_fuses_into_its_convolution_with_one_slope_or_one_per_channel() {
         // Conv -> PRelu(slope [1, 1, 1]) fuses as a LeakyRelu; Conv -> PRelu(slope [3, 1, 1])
-        // stays an op of its own. Both signs reach both PRelus.
+        // and a residual Conv -> Add -> PRelu(slope [1, 3, 1, 1]) fuse with their slopes; a
+        // per-channel PRelu after a BatchNormalization stays an op of its own (only
+        // convolutions take slopes). Both signs reach every PRelu.
         let build = || {
             let mut b = Builder::default();
             let x = b.input("x", [1, 2, 4, 4].iter().map(|&d| Dim::Fixed(d)).collect());
@@ -855,17 +857,28 @@ mod tests {
                 b.floats("w", &[3, 2, 3, 3], (0..54).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect());
             let one = b.floats("one", &[1, 1, 1], vec![0.25]);
             let per_channel = b.floats("per_channel", &[3, 1, 1], vec![0.5, -0.1, 2.0]);
+            let per_channel4 = b.floats("per_channel4", &[1, 3, 1, 1], vec![-1.5, 0.3, 0.0]);
             let y = b.node(OpKind::Conv, &[x, w], 1, vec![("pads", Attr::Ints(vec![1; 4]))])[0];
             let z = b.node(OpKind::PRelu, &[y, one], 1, vec![])[0]; // fuses
             let w2 = b.floats("w2", &[3, 3, 1, 1], vec![0.5, -1.0, 0.25, 1.5, 0.1, -0.3, -0.7, 0.9, 0.2]);
             let u = b.node(OpKind::Conv, &[z, w2], 1, vec![])[0];
-            let v = b.node(OpKind::PRelu, &[u, per_channel], 1, vec![])[0]; // does not
-            b.output(v);
+            let v = b.node(OpKind::PRelu, &[u, per_channel], 1, vec![])[0]; // fuses
+            let t = b.node(OpKind::Conv, &[v, w2], 1, vec![])[0];
+            let s = b.node(OpKind::Add, &[t, v], 1, vec![])[0]; // fuses as the residual
+            let r = b.node(OpKind::PRelu, &[s, per_channel4], 1, vec![])[0]; // then fuses too
+            let p: Vec<ValueId> = [[1.5, -0.5, 1.0], [0.25, -1.0, 0.5], [0.1, 0.2, 0.0], [0.9, 2.0, 1.0]]
+                .iter()
+                .enumerate()
+                .map(|(i, v)| b.floats(&format!("bn{i}"), &[3], v.to_vec()))
+                .collect();
+            let n = b.node(OpKind::BatchNormalization, &[r, p[0], p[1], p[2], p[3]], 1, vec![])[0];
+            let q = b.node(OpKind::PRelu, &[n, per_channel], 1, vec![])[0]; // does not
+            b.output(q);
             b.model
         };
         let x =
             Tensor::from_f32(vec![1, 2, 4, 4], (0..32).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect());
-        fused_matches_plain(build, &x, (3, 4), 1e-6);
+        fused_matches_plain(build, &x, (5, 9), 1e-5);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use pith_format::ir::{ElemType, Node};
 use pith_format::TensorView;
-use pith_kernels::{Activation, Conv2dParams, Int8Filters, Int8RowTables, Kernels};
+use pith_kernels::{Activation, ChannelActivation, Conv2dParams, Int8Filters, Int8RowTables, Kernels};
 
 use super::binary::{broadcast_shapes, zip_broadcast};
 use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
@@ -384,11 +384,18 @@ fn residual<'b, 'a>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
     inputs.get(3).and_then(Option::as_ref)
 }
 
+/// The per-channel PRelu slope of a Conv that absorbed the `PRelu` after it (a fifth input, only
+/// in session graphs: see [`crate::fuse`]).
+fn prelu_slope<'b, 'a>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
+    inputs.get(crate::fuse::PRELU_SLOPE_INPUT).and_then(Option::as_ref)
+}
+
 impl Conv {
     /// The convolution's own output shape, and the node's (the broadcast with a residual).
     fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Conv2dParams, Vec<usize>, Vec<usize>)> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let (p, shape) = self.geometry(x.shape, w.shape)?;
+
         let out = match residual(inputs) {
             Some(r) if self.residual_channel_pad => {
                 let fits = r.shape.len() == shape.len()
@@ -402,6 +409,12 @@ impl Conv {
             Some(r) => broadcast_shapes(&shape, r.shape)?,
             None => shape.clone(),
         };
+        if let Some(s) = prelu_slope(inputs) {
+            let n: usize = s.shape.iter().product();
+            if n != p.out_c || out.get(1) != Some(&p.out_c) {
+                op_bail!("fused PRelu slope of shape {:?} for an output of shape {out:?}", s.shape);
+            }
+        }
         Ok((p, shape, out))
     }
 }
@@ -462,7 +475,12 @@ impl Op for Conv {
         let (p, conv_shape, out_shape) = self.shapes(inputs)?;
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
-        let (x, w, act, y) = (&x.f32s()?, &weight.view(), self.activation, &mut *outputs[0].data);
+        let slopes = prelu_slope(inputs).map(|s| s.f32s()).transpose()?;
+        let act = match slopes.as_deref() {
+            Some(s) => ChannelActivation::PRelu(s),
+            None => ChannelActivation::Same(self.activation),
+        };
+        let (x, w, y) = (&x.f32s()?, &weight.view(), &mut *outputs[0].data);
         if let Some(filters) = self.int8_filters(&weight, &p, ctx) {
             let r = residual(inputs).filter(|r| self.residual_channel_pad || r.shape == &conv_shape[..]);
             if r.is_some() || residual(inputs).is_none() {
@@ -491,7 +509,11 @@ impl Op for Conv {
                     .conv2d(x, w, b.as_deref(), &p, Activation::None, conv, scratch)
                     .map_err(kernel_err)?;
                 zip_broadcast(conv, &conv_shape, &r.f32s()?, r.shape, &out_shape, y, |a, b| a + b);
-                act.apply_slice(y);
+                // Channel c of every image: out_shape is [batch, channels, h, w].
+                let plane: usize = out_shape[2..].iter().product();
+                for (i, channel) in y.chunks_mut(plane.max(1)).enumerate() {
+                    act.of(i % p.out_c).apply_slice(channel);
+                }
                 Ok(())
             }
         }
