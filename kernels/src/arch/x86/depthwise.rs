@@ -185,7 +185,13 @@ pub(super) fn depthwise_s1_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: Depthw
 pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
     in_place_tiles(2, w, x, y, s, |blk, t| {
         // SAFETY: see `in_place_tiles`.
-        unsafe { depthwise_dispatch!(tile512_s2, blk, t) }
+        unsafe {
+            match s.kw {
+                3 => depthwise_dispatch!(tile512_s2_k3, blk, t),
+                5 => depthwise_dispatch!(tile512_s2_k5, blk, t),
+                _ => depthwise_dispatch!(tile512_s2, blk, t),
+            }
+        }
     });
 }
 
@@ -400,6 +406,109 @@ unsafe fn tile512_s2<const R: usize, const KH: usize>(t: InPlaceTile) {
         }
         j += width;
     }
+}
+
+/// [`tile512_s2`] for filters 3 or 5 columns wide (`KW`: every stride-2 depthwise layer of
+/// MobileNetV2, BlazeFace and MobileNetV3), each input row loaded once for all filter columns:
+/// 48 consecutive columns as three vectors `a`, `b`, `c` (under masks that drop the columns
+/// outside the plane); the even columns of `a:b` serve filter column 0 and the odd ones column 1
+/// (one `vpermt2ps` each), and column `2m` (`2m + 1`) takes the even (odd) ones shifted by `m`
+/// lanes, with the even (odd) columns of `c` after them (`valignd`). The general tile loads two
+/// vectors per row and filter column: at 3 columns this is 3 loads and 3 shuffles per input row
+/// instead of 6 and 3, at 5 columns 3 loads and 7 shuffles instead of 10 and 5.
+///
+/// # Safety
+/// As [`tile512_s2`], and `t.shape.kw == KW`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512_s2_narrow<const R: usize, const KH: usize, const KW: usize>(t: InPlaceTile) {
+    let s = t.shape;
+    let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let shift = |hi: __m512, lo: __m512, m: usize| {
+        let (hi, lo) = (_mm512_castps_si512(hi), _mm512_castps_si512(lo));
+        _mm512_castsi512_ps(if m == 1 {
+            _mm512_alignr_epi32::<1>(hi, lo)
+        } else {
+            _mm512_alignr_epi32::<2>(hi, lo)
+        })
+    };
+    let mut j = 0;
+    while j < s.out_w {
+        let width = (s.out_w - j).min(16);
+        // Output j + l reads columns first + 2l + kx: 2 * width + KW - 2 columns from `first`.
+        let first = (2 * j) as isize - s.pad_left as isize;
+        let (lo, hi) = ((-first).max(0), (in_w - first).min((2 * width + KW - 2) as isize));
+        let lanes = if lo < hi { (1u64 << hi) - (1u64 << lo) } else { 0 };
+        let masks = [lanes as __mmask16, (lanes >> 16) as __mmask16, (lanes >> 32) as __mmask16];
+        let mut acc = [_mm512_set1_ps(s.init); R];
+        for i in 0..2 * (R - 1) + KH {
+            let row = t.first_row + i as isize;
+            if lanes == 0 || !(0..in_h).contains(&row) {
+                continue;
+            }
+            // The first lanes may lie before the row (left padding): the address is formed
+            // without claiming it is inside the plane.
+            let bp = t.x.wrapping_offset(row * in_w + first);
+            // SAFETY: a set mask bit marks a column inside 0..in_w of a row inside 0..in_h, an
+            // element of the plane; masked-off lanes are not accessed.
+            let [a, b, c] =
+                std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(masks[v], bp.wrapping_add(16 * v)) });
+            let (x0, x1) = (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b));
+            // `c`'s even and odd columns (lanes 0..8); at 3 columns only `c`'s first is read.
+            let (ce, co) =
+                if KW > 3 { (_mm512_permutexvar_ps(even, c), _mm512_permutexvar_ps(odd, c)) } else { (c, c) };
+            let x: [__m512; KW] = std::array::from_fn(|kx| match kx {
+                0 => x0,
+                1 => x1,
+                _ if kx % 2 == 0 => shift(ce, x0, kx / 2),
+                _ => shift(co, x1, kx / 2),
+            });
+            for ky in 0..KH {
+                // Input row i is filter row ky of output row (i - ky) / 2 when even.
+                if i >= ky && (i - ky) % 2 == 0 && (i - ky) / 2 < R {
+                    let a = &mut acc[(i - ky) / 2];
+                    for (kx, &xv) in x.iter().enumerate() {
+                        // SAFETY: `ky < KH` and `kx < KW` index the filter (`kw == KW`).
+                        let wv = unsafe { _mm512_set1_ps(*t.w.add(ky * KW + kx)) };
+                        *a = _mm512_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+        }
+        if let Some([lo, hi]) = s.clamp {
+            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+            acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+        }
+        for (r, &a) in acc.iter().enumerate() {
+            // SAFETY: output row r < R, columns j .. j + width <= out_w; masked lanes untouched.
+            unsafe { _mm512_mask_storeu_ps(t.y.add(r * s.out_w + j), mask16(width), a) };
+        }
+        j += width;
+    }
+}
+
+/// [`tile512_s2_narrow`] for 3-column filters.
+///
+/// # Safety
+/// As [`tile512_s2_narrow`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512_s2_k3<const R: usize, const KH: usize>(t: InPlaceTile) {
+    // SAFETY: the caller's contract.
+    unsafe { tile512_s2_narrow::<R, KH, 3>(t) }
+}
+
+/// [`tile512_s2_narrow`] for 5-column filters.
+///
+/// # Safety
+/// As [`tile512_s2_narrow`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile512_s2_k5<const R: usize, const KH: usize>(t: InPlaceTile) {
+    // SAFETY: the caller's contract.
+    unsafe { tile512_s2_narrow::<R, KH, 5>(t) }
 }
 
 /// Blocks of [`DepthwisePlane`] one call of [`plane512`] computes together: independent sums,
