@@ -396,15 +396,29 @@ unsafe fn tile512_s2<const R: usize, const KH: usize>(t: InPlaceTile) {
                 }
             }
         }
-        if let Some([lo, hi]) = s.clamp {
-            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-            acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
-        }
-        for (r, &a) in acc.iter().enumerate() {
-            // SAFETY: output row r < R, columns j .. j + width < out_w; masked lanes untouched.
-            unsafe { _mm512_mask_storeu_ps(t.y.add(r * s.out_w + j), mask16(width), a) };
-        }
+        // SAFETY: output rows 0 .. R of the tile, columns j .. j + width <= out_w.
+        unsafe { store_strip_s2(t, j, width, acc) };
         j += width;
+    }
+}
+
+/// Stores one 16-column strip of a stride-2 tile's `R` output rows (`acc[r]` at output row `r`,
+/// columns `j .. j + width`), clamped when the layer's activation is a clamp.
+///
+/// # Safety
+/// AVX-512 F available; `t.y` holds output rows `0 .. R` of `out_w` columns and `j + width <=
+/// out_w`, `width <= 16`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_strip_s2<const R: usize>(t: InPlaceTile, j: usize, width: usize, mut acc: [__m512; R]) {
+    if let Some([lo, hi]) = t.shape.clamp {
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+    }
+    for (r, &a) in acc.iter().enumerate() {
+        // SAFETY: output row r < R, columns j .. j + width <= out_w (the caller's contract);
+        // masked-off lanes are not accessed.
+        unsafe { _mm512_mask_storeu_ps(t.y.add(r * t.shape.out_w + j), mask16(width), a) };
     }
 }
 
@@ -477,14 +491,8 @@ unsafe fn tile512_s2_narrow<const R: usize, const KH: usize, const KW: usize>(t:
                 }
             }
         }
-        if let Some([lo, hi]) = s.clamp {
-            let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-            acc.iter_mut().for_each(|a| *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
-        }
-        for (r, &a) in acc.iter().enumerate() {
-            // SAFETY: output row r < R, columns j .. j + width <= out_w; masked lanes untouched.
-            unsafe { _mm512_mask_storeu_ps(t.y.add(r * s.out_w + j), mask16(width), a) };
-        }
+        // SAFETY: output rows 0 .. R of the tile, columns j .. j + width <= out_w.
+        unsafe { store_strip_s2(t, j, width, acc) };
         j += width;
     }
 }
