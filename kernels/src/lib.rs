@@ -302,6 +302,7 @@ impl Kernels {
     /// * `a`: `[m, k]` row-major; `y`: `[m, n]`, fully overwritten.
     /// * `w`: `k * n` weights in any encoding, laid out as `layout` says.
     /// * `bias`: `n` values, or `None`.
+    /// * `act`: an [`Activation`], or a [`ChannelActivation`] (a `PRelu` slope per output column).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm<'a>(
         &self,
