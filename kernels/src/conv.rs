@@ -603,12 +603,23 @@ impl Layer<'_, '_> {
         run: impl Fn(&[f32], &[f32], &mut [f32], f32, Option<[f32; 2]>),
     ) {
         let p = self.p;
-        let filter = &mut scratch[..p.filter_len()];
+        let k = p.filter_len();
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
-        for (oc, out) in ocs.zip(y.chunks_exact_mut(out_plane)) {
+        // Every filter of the range decoded at once when the scratch holds them (a shared
+        // codebook's table is then widened once), else one at a time.
+        let all = scratch.len() >= ocs.len() * k;
+        if all {
+            self.rows.decode_rows(ocs.clone(), scratch);
+        }
+        for (i, (oc, out)) in ocs.zip(y.chunks_exact_mut(out_plane)).enumerate() {
             let (clamp, then) = finish(self.act.of(oc));
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
-            self.rows.decode(oc, filter);
+            let filter = if all {
+                &scratch[i * k..][..k]
+            } else {
+                self.rows.decode(oc, &mut scratch[..k]);
+                &scratch[..k]
+            };
             run(filter, x, out, self.bias.map_or(0.0, |b| b[oc]), clamp);
             if let Some(act) = then {
                 (self.isa.activate)(act, out);

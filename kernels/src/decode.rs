@@ -1,5 +1,7 @@
 //! Row-at-a-time weight decoding: the only way kernels read weights.
 
+use std::ops::Range;
+
 use pith_format::ir::{row_stride, CodebookKind};
 use pith_format::{CentroidsView, CodebookView, TensorView};
 
@@ -85,6 +87,47 @@ impl<'a> WeightRows<'a> {
                 Some((bytes, c.bits))
             }
             _ => None,
+        }
+    }
+
+    /// Decodes rows `rows` into `out`, one after another (`row_len` values each): the same
+    /// values as [`WeightRows::decode`] row by row, but a codebook shared by every row (per
+    /// tensor, or scaled per row) is widened into its table once, not once per row. Depthwise
+    /// filters are rows of 9-25 weights, where the table took most of a row's decoding.
+    ///
+    /// # Panics
+    /// If `rows` reaches past the tensor's rows or `out` holds fewer than `rows.len() * row_len`
+    /// values (caller bugs, as for `decode`).
+    pub fn decode_rows(&self, rows: Range<usize>, out: &mut [f32]) {
+        let n = self.row_len;
+        assert!(rows.end <= self.rows, "rows {rows:?} of {} rows", self.rows);
+        let out = &mut out[..rows.len() * n];
+        let TensorView::Codebook(c) = self.view else {
+            for (r, row) in rows.zip(out.chunks_exact_mut(n.max(1))) {
+                self.decode(r, row);
+            }
+            return;
+        };
+        if c.kind == CodebookKind::PerRow || n == 0 {
+            for (r, row) in rows.zip(out.chunks_exact_mut(n.max(1))) {
+                self.decode(r, row);
+            }
+            return;
+        }
+        let mut lut = [0.0f32; 256];
+        fill_lut_scaled(&c, 0, 1.0, &mut lut, self.widen);
+        let nibble_lut: [f32; 16] = std::array::from_fn(|i| lut[i]);
+        for (r, row) in rows.zip(out.chunks_exact_mut(n)) {
+            // The path's vector nibble decoder pays from one 32-index block on; shorter rows
+            // (depthwise filters) decode faster inline.
+            match c.bits {
+                4 if n >= 32 => (self.nibbles)(c.row_indices(r), &nibble_lut, row),
+                bits => decode_indices(bits, c.row_indices(r), &lut, row),
+            }
+            if c.kind == CodebookKind::SharedScaled {
+                let scale = c.scales[r];
+                row.iter_mut().for_each(|w| *w *= scale);
+            }
         }
     }
 
@@ -414,6 +457,22 @@ mod tests {
                             isa.name
                         );
                         assert!(fast[row_len].is_nan(), "wrote past the row");
+                    }
+                    // Rows decoded together (a shared codebook's table widened once): the same
+                    // bits, over all rows and over the rows after the first.
+                    for first in [0, rows / 2] {
+                        let mut together = vec![f32::NAN; (rows - first) * row_len + 1];
+                        w.decode_rows(first..rows, &mut together);
+                        for (r, got) in (first..rows).zip(together.chunks_exact(row_len)) {
+                            view.decode_row(rows, r, &mut reference);
+                            assert_eq!(
+                                got,
+                                &reference[..],
+                                "{} {kind:?} {rows}x{row_len} rows {first}..",
+                                isa.name
+                            );
+                        }
+                        assert!(together[(rows - first) * row_len].is_nan(), "wrote past the rows");
                     }
                 }
             }
