@@ -102,31 +102,24 @@ impl<'a> WeightRows<'a> {
         let n = self.row_len;
         assert!(rows.end <= self.rows, "rows {rows:?} of {} rows", self.rows);
         let out = &mut out[..rows.len() * n];
-        let TensorView::Codebook(c) = self.view else {
+        let mut lut = [0.0f32; 256];
+        let Some((bits, PackedTables::Shared(scales))) = self.packed_tables(&mut lut).filter(|_| n > 0)
+        else {
             for (r, row) in rows.zip(out.chunks_exact_mut(n.max(1))) {
                 self.decode(r, row);
             }
             return;
         };
-        if c.kind == CodebookKind::PerRow || n == 0 {
-            for (r, row) in rows.zip(out.chunks_exact_mut(n.max(1))) {
-                self.decode(r, row);
-            }
-            return;
-        }
-        let mut lut = [0.0f32; 256];
-        fill_lut_scaled(&c, 0, 1.0, &mut lut, self.widen);
         let nibble_lut: [f32; 16] = std::array::from_fn(|i| lut[i]);
         for (r, row) in rows.zip(out.chunks_exact_mut(n)) {
             // The path's vector nibble decoder pays from one 32-index block on; shorter rows
             // (depthwise filters) decode faster inline.
-            match c.bits {
-                4 if n >= 32 => (self.nibbles)(c.row_indices(r), &nibble_lut, row),
-                bits => decode_indices(bits, c.row_indices(r), &lut, row),
+            match bits {
+                4 if n >= 32 => (self.nibbles)(self.packed_indices(r), &nibble_lut, row),
+                bits => decode_indices(bits, self.packed_indices(r), &lut, row),
             }
-            if c.kind == CodebookKind::SharedScaled {
-                let scale = c.scales[r];
-                row.iter_mut().for_each(|w| *w *= scale);
+            if let Some(scales) = scales {
+                row.iter_mut().for_each(|w| *w *= scales[r]);
             }
         }
     }

@@ -61,7 +61,7 @@ fn scalar_constant(graph: &Graph, id: ValueId, constant: &ConstantFn<'_>) -> Opt
 /// `LeakyRelu` it is, when `producer` makes its input. The slope's rank must not exceed the
 /// input's, so broadcasting it keeps the input's shape: the input's declared rank, else the
 /// least its producer gives (3 for a convolution, 2 for a BatchNormalization, else 1). A slope per
-/// channel is not fused (it runs as its own op).
+/// channel is [`channel_prelu`]'s.
 fn scalar_prelu(
     graph: &Graph,
     node: &Node,
@@ -271,13 +271,9 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
                     .or_else(|| scalar_prelu(graph, node, &graph.nodes[p], constant));
                 fused = act.map(|act| (p, act));
                 if fused.is_none() {
-                    if let Some(s) = channel_prelu(graph, node, &graph.nodes[p], constant) {
-                        slope[p] = Some(s);
-                        new_output[p] = Some(node.outputs[0]);
-                        producer_of[node.outputs[0] as usize] = Some(p);
-                        dropped[j] = true;
-                        continue;
-                    }
+                    // The slope rides along as an input; the producer's activation stays None.
+                    slope[p] = channel_prelu(graph, node, &graph.nodes[p], constant);
+                    fused = slope[p].map(|_| (p, Activation::None));
                 }
             }
         }
