@@ -172,42 +172,50 @@ impl NkProduct<'_, '_> {
     /// The GEMV of input row `i` over packed codebook rows `js` into `y` (`js.len()` values):
     /// the input is prepared once into `xp` ([`Isa::gemv_prepare`], `k` values of the worker's
     /// scratch rounded up to [`GEMV_BLOCK`], so the kernel's last block is zero-padded rather
-    /// than each row's tail taken apart), then [`PACKED_ROWS`] weight rows at a time share it
-    /// ([`Isa::dot_packed_rows`]). A codebook shared by every row is widened into the tables
-    /// once per call, and a row scale multiplies the row's sum; only per-row codebooks fill a
-    /// table per row. The rows of one call come from the [`PACKED_ROWS`] quarters of `js`, so
-    /// the kernel reads that many long contiguous streams instead of restarting them every few
-    /// KiB (measured about 10 % faster at 4096×4096, 4 bits). `false` (nothing written) when the
-    /// weights are not packed indices.
+    /// than each row's tail taken apart), then the weight rows share it ([`Isa::dot_packed_rows`],
+    /// whose kernels share each load of it between [`PACKED_ROWS`] rows). A codebook shared by
+    /// every row is widened into one table once per call and [`GEMV_BATCH`] rows go per kernel
+    /// call, a row scale multiplying the row's sum; a per-row codebook fills a table per row and
+    /// goes [`PACKED_ROWS`] rows per call. Each group of [`PACKED_ROWS`] rows comes from the
+    /// quarters of `js`, so the kernel reads that many long contiguous streams instead of
+    /// restarting them every few KiB (measured about 10 % faster at 4096×4096, 4 bits). `false`
+    /// (nothing written) when the weights are not packed indices.
     fn gemv_packed(&self, i: usize, js: Range<usize>, y: &mut [f32], xp: &mut [f32]) -> bool {
         let k = self.k;
         let mut luts = [[0.0f32; 256]; PACKED_ROWS];
         let Some((bits, tables)) = self.rows.packed_tables(&mut luts[0]) else { return false };
-        if let PackedTables::Shared(_) = tables {
-            let first = luts[0];
-            luts[1..].fill(first);
-        }
         let x = &self.a[i * k..(i + 1) * k];
         let padded = k.next_multiple_of(GEMV_BLOCK).min(xp.len());
         let xp = &mut xp[..padded];
         (self.isa.gemv_prepare)(bits, x, xp);
+        // A shared codebook's rows go GEMV_BATCH at a time against its one table; a per-row
+        // codebook's PACKED_ROWS at a time, each with its own.
+        let (batch, shared) = match tables {
+            PackedTables::Shared(_) => (GEMV_BATCH, true),
+            PackedTables::PerRow => (PACKED_ROWS, false),
+        };
+        let mut rows: [&[u8]; GEMV_BATCH] = [&[]; GEMV_BATCH];
+        let mut at = [0usize; GEMV_BATCH];
+        let mut out = [0.0f32; GEMV_BATCH];
+        let mut n = 0;
         let quarter = js.len().div_ceil(PACKED_ROWS);
         for q in 0..quarter {
-            let mut rows: [&[u8]; PACKED_ROWS] = [&[]; PACKED_ROWS];
-            let mut at = [0usize; PACKED_ROWS];
-            let mut n = 0;
             for jl in (q..js.len()).step_by(quarter) {
                 let j = js.start + jl;
-                rows[n] = match tables {
-                    PackedTables::Shared(_) => self.rows.packed_indices(j),
+                rows[n] = if shared {
+                    self.rows.packed_indices(j)
+                } else {
                     // Every row of a codebook tensor is packed.
-                    PackedTables::PerRow => self.rows.packed_row(j, &mut luts[n]).map_or(&[], |(r, _)| r),
+                    self.rows.packed_row(j, &mut luts[n]).map_or(&[], |(r, _)| r)
                 };
                 at[n] = jl;
                 n += 1;
             }
-            let mut out = [0.0f32; PACKED_ROWS];
-            (self.isa.dot_packed_rows)(&rows[..n], bits, &luts[..n], x, xp, &mut out[..n]);
+            if n + PACKED_ROWS <= batch && q + 1 < quarter {
+                continue;
+            }
+            let luts = if shared { &luts[..1] } else { &luts[..n] };
+            (self.isa.dot_packed_rows)(&rows[..n], bits, luts, x, xp, &mut out[..n]);
             for (&jl, &s) in at.iter().zip(&out).take(n) {
                 let j = js.start + jl;
                 let s = match tables {
@@ -216,10 +224,16 @@ impl NkProduct<'_, '_> {
                 };
                 y[jl] = self.act.of(j).apply(self.bias.map_or(0.0, |b| b[j]) + s);
             }
+            n = 0;
         }
         true
     }
 }
+
+/// Rows of a shared codebook one [`Isa::dot_packed_rows`] call of the GEMV takes (their slices
+/// and sums live on the stack); more per call spreads its fixed costs (bounds, dispatch) over
+/// more rows, which short rows (squeeze-excite, 144 or 576 columns) feel.
+const GEMV_BATCH: usize = 64;
 
 /// Longest row the int8 GEMV takes: its i32 sums (up to 255 · 127 per weight) must not overflow.
 const INT8_GEMV_MAX_K: usize = 1 << 16;
@@ -333,7 +347,8 @@ mod tests {
     fn packed_gemv_matches_reference_over_whole_blocks_and_tails() {
         // m = 1 over packed rows: whole 64-byte blocks of every width plus odd tails (and rows
         // shorter than one block: squeeze-excite layers), row counts that leave 1..3 rows in the
-        // last kernel call, every codebook kind, split over workers.
+        // last kernel call, and some above GEMV_BATCH (several batches of a shared table, a
+        // partial last one), every codebook kind, split over workers.
         let mut rng = Rng::new(21);
         let sets = kernel_sets();
         for (case, kind) in WeightKind::all().into_iter().skip(2).enumerate() {
@@ -342,7 +357,7 @@ mod tests {
                 4 => 1 + rng.below(150),
                 tail => (512 / bits as usize) * (1 + rng.below(2)) + [0, 1, 63, 100][tail],
             };
-            let n = 1 + rng.below(11);
+            let n = if case % 3 == 2 { GEMV_BATCH + rng.below(3 * GEMV_BATCH) } else { 1 + rng.below(11) };
             let data = random_weight(&mut rng, kind, n, k);
             let wf = decode_all(&data, n);
             let a = rng.vec(k);

@@ -351,7 +351,9 @@ fn dot_packed_rows_matches_scalar_for_every_width() {
                 let rows: Vec<Vec<u8>> = (0..nrows)
                     .map(|_| (0..bytes + rng.below(3) * (case % 2)).map(|_| rng.below(256) as u8).collect())
                     .collect();
-                let luts: Vec<[f32; 256]> = (0..nrows)
+                // Some cases give every row one shared table.
+                let shared = case % 5 == 1;
+                let luts: Vec<[f32; 256]> = (0..if shared { 1 } else { nrows })
                     .map(|_| {
                         let mut t = [0.0f32; 256];
                         for v in &mut t[..1 << bits] {
@@ -388,12 +390,12 @@ fn dot_packed_rows_matches_scalar_for_every_width() {
                 let mut got = vec![f32::NAN; nrows + 1];
                 (isa.dot_packed_rows)(&refs, bits, &luts, &x, &xp, &mut got);
                 assert!(got[nrows].is_nan(), "{}: wrote past rows.len() outputs", isa.name);
-                for (r, (row, lut)) in rows.iter().zip(&luts).enumerate() {
-                    let want = scalar::dot_packed(row, bits, lut, &x);
+                for (r, row) in rows.iter().enumerate() {
+                    let want = scalar::dot_packed(row, bits, &luts[if shared { 0 } else { r }], &x);
                     let g = got[r];
                     assert!(
                         close(g, want, n as f32),
-                        "{} bits={bits} n={n} row {r}/{nrows}: {g} vs {want}",
+                        "{} bits={bits} n={n} row {r}/{nrows} (shared table: {shared}): {g} vs {want}",
                         isa.name
                     );
                 }
@@ -421,9 +423,13 @@ fn dot_packed_rows_rejects_short_operands() {
             (isa.dot_packed_rows)(&rows, 4, &lut, &x, &xp, &mut out)
         });
         assert!(short_out.is_err(), "{}: too few outputs must panic", isa.name);
+        // One table is shared by every row; two for three rows is a caller bug.
+        let mut shared = [0.0f32; 2];
+        (isa.dot_packed_rows)(&rows, 4, &lut[..1], &x, &xp, &mut shared);
+        assert_eq!(shared, [128.0, 128.0], "{}", isa.name);
         let short_luts = std::panic::catch_unwind(|| {
-            let mut out = [0.0f32; 2];
-            (isa.dot_packed_rows)(&rows, 4, &lut[..1], &x, &xp, &mut out)
+            let mut out = [0.0f32; 3];
+            (isa.dot_packed_rows)(&[&row, &row, &row], 4, &lut, &x, &xp, &mut out)
         });
         assert!(short_luts.is_err(), "{}: too few tables must panic", isa.name);
     }

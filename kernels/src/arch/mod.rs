@@ -89,14 +89,17 @@ pub struct Isa {
     /// # Panics
     /// If `xp` is shorter than `x`.
     pub gemv_prepare: fn(bits: u8, x: &[f32], xp: &mut [f32]),
-    /// Several packed rows against one input: `out[r] = sum_i luts[r][index_{r,i}] * x[i]` for
-    /// every `r < rows.len()`, each exactly what [`Isa::dot_packed`] computes for `rows[r]`. `xp`
-    /// holds this path's [`Isa::gemv_prepare`] of `x` at the same `bits`, so the kernel can take
-    /// the indices in the order they lie in a vector register (no shuffles) and share each load
-    /// of `xp` between the rows.
+    /// Several packed rows against one input: `out[r] = sum_i lut_r[index_{r,i}] * x[i]` for
+    /// every `r < rows.len()`, each exactly what [`Isa::dot_packed`] computes for `rows[r]`, where
+    /// `lut_r` is `luts[r]`, or `luts[0]` for every row when `luts` holds one table (a codebook
+    /// shared by the rows: then any number of rows go in one call, see [`row_table`]). `xp` holds
+    /// this path's [`Isa::gemv_prepare`] of `x` at the same `bits`, so the kernel can take the
+    /// indices in the order they lie in a vector register (no shuffles) and share each load of
+    /// `xp` between the rows.
     ///
     /// # Panics
-    /// If `luts` or `out` hold fewer entries than `rows`, or `xp` is shorter than `x`.
+    /// If `luts` holds neither one table nor one per row, `out` fewer entries than `rows`, or `xp`
+    /// is shorter than `x`.
     #[allow(clippy::type_complexity)]
     pub dot_packed_rows:
         fn(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]),
@@ -230,9 +233,13 @@ pub const PACKED_ROWS: usize = 4;
 pub(crate) fn permute_blocks(x: &[f32], xp: &mut [f32], lanes: usize, per: usize) {
     let block = lanes * per;
     let whole = x.len() / block * block;
+    // A transpose of `lanes` rows of `per` columns, written without a division per value (the
+    // GEMV prepares its input on every call: `i % per`, `i / per` cost a few microseconds at 4k).
     let permute = |src: &[f32], dst: &mut [f32]| {
-        for (i, &v) in src.iter().enumerate() {
-            dst[i % per * lanes + i / per] = v;
+        for (l, word) in src.chunks(per).enumerate() {
+            for (k, &v) in word.iter().enumerate() {
+                dst[k * lanes + l] = v;
+            }
         }
     };
     for (src, dst) in x[..whole].chunks_exact(block).zip(xp.chunks_exact_mut(block)) {
@@ -250,9 +257,32 @@ pub(crate) fn permute_blocks(x: &[f32], xp: &mut [f32], lanes: usize, per: usize
 
 /// Checks [`Isa::dot_packed_rows`] operands (panicking on a caller bug).
 pub(crate) fn dot_packed_rows_check(rows: &[&[u8]], luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &[f32]) {
-    assert!(luts.len() >= rows.len(), "dot_packed_rows: {} tables for {} rows", luts.len(), rows.len());
+    assert!(
+        luts.len() == 1 || luts.len() >= rows.len(),
+        "dot_packed_rows: {} tables for {} rows",
+        luts.len(),
+        rows.len()
+    );
     assert!(out.len() >= rows.len(), "dot_packed_rows: {} outputs for {} rows", out.len(), rows.len());
     assert!(xp.len() >= x.len(), "dot_packed_rows: prepared input is shorter than x");
+}
+
+/// Row `r`'s table in an [`Isa::dot_packed_rows`] table list: its own, or the one every row
+/// shares when the list holds a single table.
+#[inline]
+pub(crate) fn row_table(luts: &[[f32; 256]], r: usize) -> &[f32; 256] {
+    &luts[if luts.len() == 1 { 0 } else { r }]
+}
+
+/// The tables of rows `r..` in an [`Isa::dot_packed_rows`] table list (a single shared table
+/// stays the whole list).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn tables_from(luts: &[[f32; 256]], r: usize) -> &[[f32; 256]] {
+    if luts.len() == 1 {
+        luts
+    } else {
+        &luts[r..]
+    }
 }
 
 /// How a micro-kernel finds row `p` of its `b` operand: a fixed stride or a list of offsets.

@@ -223,7 +223,8 @@ pub fn dot_packed_rows(
     out: &mut [f32],
 ) {
     super::dot_packed_rows_check(rows, luts, x, xp, out);
-    for ((row, lut), o) in rows.iter().zip(luts).zip(out.iter_mut()) {
+    for (r, (row, o)) in rows.iter().zip(out.iter_mut()).enumerate() {
+        let lut = super::row_table(luts, r);
         *o = dot_packed(row, bits, lut, x);
     }
 }

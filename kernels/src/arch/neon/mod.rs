@@ -52,7 +52,8 @@ const ISA: Isa = Isa {
 /// See [`Isa::dot_packed_rows`]: [`packed::dot_packed`] row by row on the unprepared input.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     super::dot_packed_rows_check(rows, luts, x, xp, out);
-    for ((row, lut), o) in rows.iter().zip(luts).zip(out.iter_mut()) {
+    for (r, (row, o)) in rows.iter().zip(out.iter_mut()).enumerate() {
+        let lut = super::row_table(luts, r);
         *o = packed::dot_packed(row, bits, lut, x);
     }
 }

@@ -5,8 +5,8 @@ use std::arch::x86_64::*;
 
 use super::bounds;
 use crate::arch::{
-    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, permute_blocks, scalar, BRows, Isa, Listed,
-    Strided, PACKED_ROWS,
+    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, permute_blocks, row_table, scalar,
+    tables_from, BRows, Isa, Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX2 path. Private: only [`super::avx2()`] hands it out, after feature detection.
@@ -412,15 +412,14 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
     let blocks = bounds::whole_blocks(rows, x.len(), cols, 32);
     let tail = bounds::tail_bytes(rows, bits, x.len(), xp.len(), blocks, cols, 32);
     let done = if tail > 0 { x.len() } else { blocks * cols };
-    for ((rows, luts), out) in
-        rows.chunks(PACKED_ROWS).zip(luts.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS))
-    {
+    for (c, (rows, out)) in rows.chunks(PACKED_ROWS).zip(out.chunks_mut(PACKED_ROWS)).enumerate() {
+        let luts = tables_from(luts, c * PACKED_ROWS);
         let mut sums = [0.0f32; PACKED_ROWS];
         let xp = xp.as_ptr();
         // SAFETY: AVX2 + FMA were detected before this table was handed out. Every row holds at
         // least `blocks * 32 + tail` bytes and `xp` at least `(blocks + (tail > 0)) * cols`
-        // values, by `whole_blocks` and `tail_bytes` above; `rows` and `luts` hold `rows.len()`
-        // entries (checked), the arm's R.
+        // values, by `whole_blocks` and `tail_bytes` above; `rows` holds `rows.len()` entries,
+        // the arm's R, and `luts` one table per row or one shared (checked).
         unsafe {
             match (bits, rows.len()) {
                 (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, blocks, tail, &mut sums),
@@ -450,9 +449,9 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
 /// (AVX2 has no byte-masked load), so its missing indices read as 0 against `xp`'s zero padding.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `rows` and `luts` hold at least `R` entries, every row at
-/// least `blocks * 32 + tail` bytes, `tail < 32`, and `xp` at least `(blocks + (tail > 0)) * 256
-/// / B` floats.
+/// AVX2 and FMA must be available; `rows` holds at least `R` entries and `luts` one table or
+/// `R`, every row at least `blocks * 32 + tail` bytes, `tail < 32`, and `xp` at least `(blocks +
+/// (tail > 0)) * 256 / B` floats.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_kernel<const B: i32, const R: usize>(
     rows: &[&[u8]],
@@ -470,8 +469,10 @@ unsafe fn rows_kernel<const B: i32, const R: usize>(
     let (t0, t1): ([__m256; R], [__m256; R]) = unsafe {
         let sel = _mm256_loadu_si256(sel.as_ptr().cast());
         (
-            std::array::from_fn(|r| _mm256_permutevar8x32_ps(_mm256_loadu_ps(luts[r].as_ptr()), sel)),
-            std::array::from_fn(|r| _mm256_loadu_ps(luts[r].as_ptr().add(8))),
+            std::array::from_fn(|r| {
+                _mm256_permutevar8x32_ps(_mm256_loadu_ps(row_table(luts, r).as_ptr()), sel)
+            }),
+            std::array::from_fn(|r| _mm256_loadu_ps(row_table(luts, r).as_ptr().add(8))),
         )
     };
     let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());

@@ -28,7 +28,12 @@ pub(super) fn vector_groups(
 /// span the multi-row GEMV kernels may read (a row too short for `x` is left to `dot_packed`'s
 /// own checks on the tail).
 pub(super) fn whole_blocks(rows: &[&[u8]], x_len: usize, cols: usize, bytes: usize) -> usize {
-    rows.iter().fold(x_len / cols, |n, row| n.min(row.len() / bytes))
+    let n = x_len / cols;
+    // Rows of one tensor all hold `x`'s blocks: one compare each, not a division.
+    if rows.iter().all(|row| row.len() >= n * bytes) {
+        return n;
+    }
+    rows.iter().fold(n, |n, row| n.min(row.len() / bytes))
 }
 
 /// Packed bytes of a last, partial block that the multi-row GEMV kernels read as one more block
@@ -70,7 +75,8 @@ pub(super) fn add_row_tails(
     sums: &[f32],
     out: &mut [f32],
 ) {
-    for (r, ((row, lut), o)) in rows.iter().zip(luts).zip(out.iter_mut()).enumerate() {
+    for (r, (row, o)) in rows.iter().zip(out.iter_mut()).enumerate() {
+        let lut = crate::arch::row_table(luts, r);
         let head = sums.get(r).copied().unwrap_or(0.0);
         let tail =
             if from < x.len() { dot(&row[from * bits as usize / 8..], bits, lut, &x[from..]) } else { 0.0 };
