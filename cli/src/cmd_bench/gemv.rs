@@ -123,15 +123,13 @@ fn gemv_session(weight: TensorData, rows: usize, cols: usize, options: SessionOp
     Ok(session)
 }
 
-/// Median seconds of `iters` runs of `session` on `x`.
-fn time_session(session: &mut Session, x: &Tensor, iters: usize) -> Result<f64> {
-    let feeds = [("x", x.clone())];
-    let times = time_iters(iters, || session.run(&feeds).map(drop).map_err(Into::into))?;
-    Ok(super::percentile(&times, 0.5))
-}
+/// Rounds the three timings are interleaved in, so a slow spell of a shared host (frequency,
+/// a neighbour's memory traffic) lands on all three instead of skewing their ratios.
+const ROUNDS: usize = 5;
 
 /// Times the packed product (with `options`: threads, int8 activations), the f32 product (same
-/// threads, f32 activations) and the `memcpy` (`iters` runs each, after a warm-up).
+/// threads, f32 activations) and the `memcpy`: `iters` runs each after a warm-up, taken in
+/// [`ROUNDS`] interleaved rounds.
 pub fn measure(
     rows: usize,
     cols: usize,
@@ -145,20 +143,31 @@ pub fn measure(
     };
     let packed_bytes = rows * row_stride(cols, bits);
     let x = Tensor::from_f32(vec![1, cols], random_f32s(cols, 2));
+    let feeds = [("x", x)];
 
-    let median_s = time_session(&mut gemv_session(packed, rows, cols, options)?, &x, iters)?;
-    // The f32 matrix is 4..32x larger; build it only after the packed one is dropped.
+    let mut packed = gemv_session(packed, rows, cols, options)?;
     let dense = TensorData::F32(random_f32s(rows * cols, 3));
     let plain = SessionOptions { threads, ..Default::default() };
-    let f32_median_s = time_session(&mut gemv_session(dense, rows, cols, plain)?, &x, iters)?;
-
+    let mut dense = gemv_session(dense, rows, cols, plain)?;
     let src = vec![0x5au8; packed_bytes];
     let mut dst = vec![0u8; packed_bytes];
-    let copies = time_iters(iters, || {
-        dst.copy_from_slice(std::hint::black_box(&src));
-        std::hint::black_box(&mut dst);
-        Ok(())
-    })?;
+
+    let (mut packed_s, mut dense_s, mut copy_s) = (Vec::new(), Vec::new(), Vec::new());
+    let per_round = iters.div_ceil(ROUNDS);
+    for _ in 0..ROUNDS {
+        packed_s.extend(time_iters(per_round, || packed.run(&feeds).map(drop).map_err(Into::into))?);
+        dense_s.extend(time_iters(per_round, || dense.run(&feeds).map(drop).map_err(Into::into))?);
+        copy_s.extend(time_iters(per_round, || {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+            Ok(())
+        })?);
+    }
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        super::percentile(times, 0.5)
+    };
+    let (median_s, f32_median_s) = (median(&mut packed_s), median(&mut dense_s));
 
     Ok(GemvReport {
         bits,
@@ -169,7 +178,7 @@ pub fn measure(
         packed_bytes,
         median_us: median_s * 1e6,
         f32_median_us: f32_median_s * 1e6,
-        memcpy_median_us: super::percentile(&copies, 0.5) * 1e6,
+        memcpy_median_us: median(&mut copy_s) * 1e6,
     })
 }
 
