@@ -24,6 +24,15 @@ pub(super) fn vector_groups(
     Some(fit.min(x.len() / lanes))
 }
 
+/// A byte-load mask selecting the first `n` bytes (all 64 when `n >= 64`).
+pub(super) fn byte_mask(n: usize) -> u64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
 /// Whole blocks of `cols` columns (`bytes` packed bytes each) that `x` and every row hold: the
 /// span the multi-row GEMV kernels may read (a row too short for `x` is left to `dot_packed`'s
 /// own checks on the tail).
