@@ -107,8 +107,8 @@ impl Activation {
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::None => x,
-            Activation::Relu => x.max(0.0),
-            Activation::Clip { min, max } => x.max(min).min(max),
+            Activation::Relu => at_least(x, 0.0),
+            Activation::Clip { min, max } => at_most(at_least(x, min), max),
             Activation::LeakyRelu(alpha) => {
                 if x >= 0.0 {
                     x
@@ -195,9 +195,9 @@ impl Activation {
         let (b, r) = (bias, residual);
         match self {
             Activation::None => each(src, src_pitch, r, dst, width, |x| x + b),
-            Activation::Relu => each(src, src_pitch, r, dst, width, |x| (x + b).max(0.0)),
+            Activation::Relu => each(src, src_pitch, r, dst, width, |x| at_least(x + b, 0.0)),
             Activation::Clip { min, max } => {
-                each(src, src_pitch, r, dst, width, |x| (x + b).max(min).min(max))
+                each(src, src_pitch, r, dst, width, |x| at_most(at_least(x + b, min), max))
             }
             Activation::LeakyRelu(alpha) => each(src, src_pitch, r, dst, width, |x| {
                 let x = x + b;
@@ -237,8 +237,8 @@ impl Activation {
         }
         match self {
             Activation::None => {}
-            Activation::Relu => each(xs, |x| x.max(0.0)),
-            Activation::Clip { min, max } => each(xs, |x| x.max(min).min(max)),
+            Activation::Relu => each(xs, |x| at_least(x, 0.0)),
+            Activation::Clip { min, max } => each(xs, |x| at_most(at_least(x, min), max)),
             Activation::LeakyRelu(alpha) => each(xs, |x| if x >= 0.0 { x } else { alpha * x }),
             Activation::HardSigmoid { alpha, beta } => each(xs, |x| (alpha * x + beta).clamp(0.0, 1.0)),
             Activation::HardSigmoidPlus { alpha, beta, plus } => {
@@ -299,6 +299,28 @@ pub fn exp_neg_abs(x: f32) -> f32 {
         0.0
     } else {
         y
+    }
+}
+
+/// `x.max(lo)` for a bound `lo` that is not NaN (a NaN `x` gives `lo`, as `f32::max` does),
+/// written as the compare-and-select that one `maxps` computes: vectorised, `f32::max` also
+/// needs a NaN compare and a blend per vector (seen in the pointwise epilogue's profile).
+#[inline(always)]
+fn at_least(x: f32, lo: f32) -> f32 {
+    if x > lo {
+        x
+    } else {
+        lo
+    }
+}
+
+/// `x.min(hi)` for a bound `hi` that is not NaN, as one `minps` (see [`at_least`]).
+#[inline(always)]
+fn at_most(x: f32, hi: f32) -> f32 {
+    if x < hi {
+        x
+    } else {
+        hi
     }
 }
 
@@ -384,6 +406,36 @@ mod tests {
             let sums = [xs[0], xs[1], xs[2], xs[4], xs[5], xs[6]];
             for ((d, s), r) in dst.iter().zip(sums).zip(residual) {
                 assert_eq!(*d, act.apply(s + r + 0.5), "{act:?} with a residual");
+            }
+        }
+    }
+
+    #[test]
+    fn relu_and_clip_match_f32_max_and_min_on_every_path_including_nan() {
+        // Written as compare-and-select for one maxps / minps; the values must stay those of
+        // f32::max / f32::min: a NaN input gives the lower bound.
+        let mut xs: Vec<f32> = (0..45).map(|i| (i as f32 - 22.0) * 0.37).collect();
+        xs[3] = f32::NAN;
+        xs[20] = f32::NAN;
+        xs[44] = f32::INFINITY;
+        xs[7] = f32::NEG_INFINITY;
+        for act in [Activation::Relu, Activation::Clip { min: -1.5, max: 6.0 }] {
+            let want: Vec<f32> = xs
+                .iter()
+                .map(|&x| match act {
+                    Activation::Clip { min, max } => x.max(min).min(max),
+                    _ => x.max(0.0),
+                })
+                .collect();
+            let got: Vec<f32> = xs.iter().map(|&x| act.apply(x)).collect();
+            assert_eq!(got, want, "{act:?} apply");
+            for isa in crate::arch::Isa::available() {
+                let mut slice = xs.clone();
+                (isa.activate)(act, &mut slice);
+                assert_eq!(slice, want, "{act:?} activate on {}", isa.name);
+                let mut dst = vec![0.0; xs.len()];
+                (isa.store_rows)(act, &xs, xs.len(), 0.0, None, &mut dst, xs.len());
+                assert_eq!(dst, want, "{act:?} store_rows on {}", isa.name);
             }
         }
     }
