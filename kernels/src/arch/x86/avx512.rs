@@ -612,6 +612,7 @@ unsafe fn rows_kernel3<const R: usize>(
             // SAFETY: the caller guarantees the bytes of every row this mask selects (at most 48
             // from blk * 48); masked-off bytes are not accessed. Before the last whole block, the
             // next block's 48 bytes cover a plain 64-byte load (whose last 16 `spread` ignores).
+            _mm_prefetch::<_MM_HINT_T0>(p[r].wrapping_add(blk * 48 + PREFETCH).cast());
             let packed = unsafe {
                 let at = p[r].add(blk * 48);
                 if blk + 1 < span.blocks {
