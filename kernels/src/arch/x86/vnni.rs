@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::lane_mask;
+use super::gemv_wide::PREFETCH;
 use crate::arch::int8::{dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range};
 
 /// The AVX-512 VNNI int8 kernels.
@@ -269,8 +270,18 @@ unsafe fn dot_nibbles_rows<const R: usize>(
             (_mm512_loadu_si512(x.cast()), _mm512_loadu_si512(x.add(64).cast()))
         };
         for r in 0..R {
+            // A whole block is a plain load (measured faster than a full-mask load in the f32
+            // GEMV); a hint fetches 4 KiB ahead, as there.
+            _mm_prefetch::<_MM_HINT_T0>(rows[r].as_ptr().wrapping_add(at + PREFETCH).cast());
             // SAFETY: bytes at..at + 64 of the row, masked to those below its k.div_ceil(2).
-            let packed = unsafe { _mm512_maskz_loadu_epi8(mask, rows[r].as_ptr().add(at).cast()) };
+            let packed = unsafe {
+                let p = rows[r].as_ptr().add(at);
+                if mask == !0 {
+                    _mm512_loadu_si512(p.cast())
+                } else {
+                    _mm512_maskz_loadu_epi8(mask, p.cast())
+                }
+            };
             let lo = _mm512_and_si512(packed, low);
             let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
             let w_lo = _mm512_shuffle_epi8(table[r], lo);
