@@ -1,9 +1,11 @@
 //! 2-D transposed convolution (NCHW, ONNX weight layout `[in_c, out_c / groups, k_h, k_w]`).
 //!
-//! Output channels are split over the worker threads. For a block of output channels, the
-//! weights are decoded once into a transposed panel (rows: output channel × tap, columns: input
-//! channels), multiplied with a tile of input pixels by [`Isa::gemm_rows`], and each product row
-//! is scattered to its tap's output positions.
+//! Output channels are split over the worker threads, or, when input rows make disjoint output
+//! rows (stride equal to the kernel, unpadded: upsampling), input rows are, each worker computing
+//! every channel of its rows. For a block of output channels, the weights are decoded into a
+//! transposed panel (rows: output channel × tap, columns: input channels), multiplied with a tile
+//! of input pixels by [`Isa::gemm_rows`], and each product row is placed (or scattered) at its
+//! tap's output positions.
 
 use std::ops::Range;
 
@@ -11,7 +13,7 @@ use pith_format::TensorView;
 
 use crate::arch::Isa;
 use crate::conv::valid_range;
-use crate::parallel::split_units;
+use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
 
 /// f32 elements of a transposed weight panel.
@@ -95,6 +97,25 @@ pub fn conv_transpose2d(
     let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
     for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+        if disjoint_rows(p) {
+            // Input rows make disjoint output rows: split them, so a layer with few output
+            // channels (PP-OCRv4's last upsampling has one) still spreads over the threads.
+            let row_work = p.in_w * p.in_per_group() * p.out_c * p.k_h * p.k_w;
+            let row_len = p.k_h * p.out_w;
+            split_rows(
+                kernels,
+                p.in_h,
+                row_len,
+                row_work,
+                1,
+                TASKS_PER_THREAD,
+                yb,
+                scratch,
+                per_task,
+                |rs, parts, s| layer.input_rows(xb, rs, parts, s),
+            );
+            continue;
+        }
         let work = in_plane * row_len(p) / p.out_per_group().max(1) * p.in_per_group();
         split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
             layer.channels(xb, ocs, ys, s)
@@ -118,11 +139,8 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
-        let disjoint = disjoint_rows(p);
-        if !disjoint {
-            for (ocl, yplane) in y.chunks_exact_mut(out_plane).enumerate() {
-                yplane.fill(self.bias.map_or(0.0, |b| b[ocs.start + ocl]));
-            }
+        for (ocl, yplane) in y.chunks_exact_mut(out_plane).enumerate() {
+            yplane.fill(self.bias.map_or(0.0, |b| b[ocs.start + ocl]));
         }
         let block = block_channels(p);
         let mut oc = ocs.start;
@@ -135,20 +153,60 @@ impl Layer<'_, '_> {
             self.block(xg, g, oc - g * cout_g..end - g * cout_g, yblock, scratch);
             oc = end;
         }
-        if !disjoint {
-            (self.isa.activate)(self.act, y);
+        (self.isa.activate)(self.act, y);
+    }
+
+    /// For [`disjoint_rows`] layers: every output channel of input rows `rs` of one image, where
+    /// `parts[oc]` is channel `oc`'s output rows `rs.start * k_h .. rs.end * k_h`.
+    fn input_rows(&self, xb: &[f32], rs: Range<usize>, parts: &mut [&mut [f32]], scratch: &mut [f32]) {
+        let p = self.p;
+        let (cin_g, cout_g, taps) = (p.in_per_group(), p.out_per_group(), p.k_h * p.k_w);
+        let in_plane = p.in_h * p.in_w;
+        let block = block_channels(p);
+        let tile = tile_pixels(p);
+        let mut oc = 0;
+        while oc < p.out_c {
+            // At most `block` channels, all in oc's group.
+            let g = oc / cout_g;
+            let end = p.out_c.min((g + 1) * cout_g).min(oc + block);
+            let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
+            let ocls = oc - g * cout_g..end - g * cout_g;
+            let rows = ocls.len() * taps;
+            let (panel, product) = self.decode_panel(g, ocls, scratch);
+            let mut r0 = rs.start;
+            while r0 < rs.end {
+                // Whole input rows per tile (`tile_pixels` is a multiple of in_w here).
+                let nr = (tile / p.in_w.max(1)).max(1).min(rs.end - r0);
+                let (t0, t) = (r0 * p.in_w, nr * p.in_w);
+                let z = &mut product[..rows * t];
+                crate::zero(z);
+                (self.isa.gemm_rows)(panel, cin_g, &xg[t0..], in_plane, t, z, t);
+                let out_rows = (r0 - rs.start) * p.k_h * p.out_w..(r0 - rs.start + nr) * p.k_h * p.out_w;
+                for (ocl, part) in parts[oc..end].iter_mut().enumerate() {
+                    let bias = self.bias.map_or(0.0, |b| b[oc + ocl]);
+                    let out = &mut part[out_rows.clone()];
+                    place_tile(&z[ocl * taps * t..][..taps * t], t, p, bias, out);
+                    (self.isa.activate)(self.act, out);
+                }
+                r0 += nr;
+            }
+            oc = end;
         }
     }
 
-    /// Adds the contribution of group `g`'s input `xg` to its local output channels `ocls`.
-    fn block(&self, xg: &[f32], g: usize, ocls: Range<usize>, y: &mut [f32], scratch: &mut [f32]) {
+    /// Decodes group `g`'s weights for its local output channels `ocls` into the front of
+    /// `scratch`, transposed: `panel[(ocl, tap)][ic] = W[ic][ocl][tap]`; returns the panel and
+    /// the scratch after the decoded row (the product tile's room).
+    fn decode_panel<'s>(
+        &self,
+        g: usize,
+        ocls: Range<usize>,
+        scratch: &'s mut [f32],
+    ) -> (&'s [f32], &'s mut [f32]) {
         let p = self.p;
         let (cin_g, taps) = (p.in_per_group(), p.k_h * p.k_w);
-        let in_plane = p.in_h * p.in_w;
-        let rows = ocls.len() * taps;
-        let (panel, rest) = scratch.split_at_mut(rows * cin_g);
+        let (panel, rest) = scratch.split_at_mut(ocls.len() * taps * cin_g);
         let (wrow, product) = rest.split_at_mut(row_len(p));
-        // Transpose: panel[(ocl, tap)][ic] = W[ic][ocl][tap].
         for ic in 0..cin_g {
             self.rows.decode(g * cin_g + ic, wrow);
             let part = &wrow[ocls.start * taps..ocls.end * taps];
@@ -156,6 +214,17 @@ impl Layer<'_, '_> {
                 panel[r * cin_g + ic] = v;
             }
         }
+        (panel, product)
+    }
+
+    /// Adds the contribution of group `g`'s input `xg` to its local output channels `ocls`
+    /// (planes filled with the bias; layers that are not [`disjoint_rows`]).
+    fn block(&self, xg: &[f32], g: usize, ocls: Range<usize>, y: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let (cin_g, taps) = (p.in_per_group(), p.k_h * p.k_w);
+        let in_plane = p.in_h * p.in_w;
+        let rows = ocls.len() * taps;
+        let (panel, product) = self.decode_panel(g, ocls, scratch);
         let tile = tile_pixels(p);
         let mut t0 = 0;
         while t0 < in_plane {
@@ -164,16 +233,7 @@ impl Layer<'_, '_> {
             crate::zero(z);
             (self.isa.gemm_rows)(panel, cin_g, &xg[t0..], in_plane, t, z, t);
             for (ocl, yplane) in y.chunks_exact_mut(p.out_h * p.out_w).enumerate() {
-                if disjoint_rows(p) {
-                    // This tile's output rows: bias, its taps, then the activation, in cache.
-                    let rows = (t0 / p.in_w * p.k_h * p.out_w)..((t0 + t) / p.in_w * p.k_h * p.out_w);
-                    let oc = g * p.out_per_group() + ocls.start + ocl;
-                    let bias = self.bias.map_or(0.0, |b| b[oc]);
-                    place_tile(&z[ocl * taps * t..][..taps * t], t, p, bias, &mut yplane[rows.clone()]);
-                    (self.isa.activate)(self.act, &mut yplane[rows]);
-                } else {
-                    scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
-                }
+                scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
             }
             t0 += t;
         }
@@ -401,10 +461,16 @@ mod tests {
             ..disjoint
         };
         assert!(tile_pixels(&disjoint) < disjoint.in_h * disjoint.in_w);
-        for p in [disjoint, tall] {
+        // One output channel (PP-OCRv4's last upsampling: only the row split spreads it over
+        // threads), and channels in two panels of one row split.
+        let single = Conv2dParams { out_c: 1, ..disjoint };
+        let panels =
+            Conv2dParams { in_c: 1024, in_h: 5, in_w: 6, out_c: 20, out_h: 10, out_w: 12, ..disjoint };
+        assert!(block_channels(&panels) < panels.out_c);
+        for p in [disjoint, tall, single, panels] {
             assert!(disjoint_rows(&p) && tile_pixels(&p).is_multiple_of(p.in_w), "{p:?}");
         }
-        for p in [base, wide, disjoint, tall] {
+        for p in [base, wide, disjoint, tall, single, panels] {
             check_all_paths(&mut rng, &sets, &p, kind, true);
         }
         check_all_paths(&mut rng, &sets, &disjoint, WeightKind::F32, false);
