@@ -232,16 +232,28 @@ pub const PACKED_ROWS: usize = 4;
 #[cfg(any(target_arch = "x86_64", test))]
 pub(crate) fn permute_blocks(x: &[f32], xp: &mut [f32], lanes: usize, per: usize) {
     let block = lanes * per;
-    let whole = x.len() / block * block;
     // A transpose of `lanes` rows of `per` columns, written without a division per value (the
     // GEMV prepares its input on every call: `i % per`, `i / per` cost a few microseconds at 4k).
-    let permute = |src: &[f32], dst: &mut [f32]| {
+    permute_each_block(x, xp, block, |src, dst| {
         for (l, word) in src.chunks(per).enumerate() {
             for (k, &v) in word.iter().enumerate() {
                 dst[k * lanes + l] = v;
             }
         }
-    };
+    });
+}
+
+/// Writes `x` into `xp` one `block` of values at a time through `permute` (a block's values,
+/// `dst` its place in `xp`); the last, partial block goes through `permute` into a zeroed whole
+/// block when `xp` has room for it, and is copied unchanged otherwise.
+#[cfg(any(target_arch = "x86_64", test))]
+pub(crate) fn permute_each_block(
+    x: &[f32],
+    xp: &mut [f32],
+    block: usize,
+    permute: impl Fn(&[f32], &mut [f32]),
+) {
+    let whole = x.len() / block * block;
     for (src, dst) in x[..whole].chunks_exact(block).zip(xp.chunks_exact_mut(block)) {
         permute(src, dst);
     }

@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::bounds;
-use crate::arch::row_table;
+use crate::arch::{permute_each_block, row_table};
 
 /// Indices (columns) per block: one register of index bytes.
 const COLS: usize = 64;
@@ -30,24 +30,12 @@ pub(super) const PREFETCH: usize = 4096;
 /// 128-bit lane). The last, partial block is zero-padded when `xp` has room for it, and copied
 /// unchanged otherwise (its columns then go through the path's `dot_packed`).
 pub(super) fn prepare(x: &[f32], xp: &mut [f32]) {
-    let permute = |src: &[f32], dst: &mut [f32]| {
+    permute_each_block(x, xp, COLS, |src, dst| {
         for (c, &v) in src.iter().enumerate() {
             let (l, v4, t) = (c / 16, c % 16 / 4, c % 4);
             dst[v4 * 16 + l * 4 + t] = v;
         }
-    };
-    let whole = x.len() / COLS * COLS;
-    for (src, dst) in x[..whole].chunks_exact(COLS).zip(xp.chunks_exact_mut(COLS)) {
-        permute(src, dst);
-    }
-    let rest = &x[whole..];
-    if !rest.is_empty() && xp.len() >= whole + COLS {
-        let dst = &mut xp[whole..whole + COLS];
-        dst.fill(0.0);
-        permute(rest, dst);
-    } else {
-        xp[whole..x.len()].copy_from_slice(rest);
-    }
+    });
 }
 
 /// [`crate::arch::Isa::dot_packed_rows`] at 5 to 8 bits: each row's whole 64-column blocks (and
