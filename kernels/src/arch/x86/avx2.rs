@@ -3,10 +3,10 @@
 
 use std::arch::x86_64::*;
 
-use super::bounds;
+use super::{bounds, permute};
 use crate::arch::{
-    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, permute_blocks, row_table, scalar,
-    tables_from, BRows, Isa, Listed, Strided, PACKED_ROWS,
+    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar, tables_from, BRows, Isa,
+    Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX2 path. Private: only [`super::avx2()`] hands it out, after feature detection.
@@ -391,10 +391,10 @@ unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const
 }
 
 /// See [`Isa::gemv_prepare`]. 1-, 2- and 4-bit rows are read by [`dot_packed_rows`] 32 bytes (8
-/// words) at a time, so `x` is put in [`permute_blocks`] order for 8 lanes; other widths copy.
+/// words) at a time, so `x` is put in `permute_blocks` order for 8 lanes; other widths copy.
 fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
     match bits {
-        1 | 2 | 4 => permute_blocks(x, xp, 8, 32 / bits as usize),
+        1 | 2 | 4 => permute::blocks(x, xp, 8, 32 / bits as usize),
         _ => scalar::gemv_prepare(bits, x, xp),
     }
 }
@@ -441,7 +441,7 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
 }
 
 /// `sums[r] = sum over blocks * 256 / B columns (and `tail` bytes of one more block) of
-/// lut_r[index] * x` for `R` rows of `B`-bit indices (B = 1, 2, 4), `xp` in [`permute_blocks`]
+/// lut_r[index] * x` for `R` rows of `B`-bit indices (B = 1, 2, 4), `xp` in `permute_blocks`
 /// order. Each 32-byte block is one register of 8 words, shifted right by `B` after each step so
 /// that the next index of every word is in the low bits. `vpermps` reads bits 2..0: at 1 and 2
 /// bits an 8-entry table `lut[i & (2^B - 1)]` needs no masking; at 4 bits two 8-entry halves are

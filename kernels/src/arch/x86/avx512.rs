@@ -3,11 +3,11 @@
 
 use std::arch::x86_64::*;
 
-use super::bounds;
 use super::gemv_wide::{self, PREFETCH};
+use super::{bounds, permute};
 use crate::arch::{
-    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, permute_blocks, permute_each_block,
-    row_table, scalar, tables_from, BRows, Isa, Listed, Strided, PACKED_ROWS,
+    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar, tables_from, BRows, Isa,
+    Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX-512 path. Private: only [`super::avx512()`] hands it out, after feature detection.
@@ -409,77 +409,14 @@ unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const
 }
 
 /// See [`Isa::gemv_prepare`]. 1-, 2- and 4-bit rows are read by [`dot_packed_rows`] 64 bytes (16
-/// words) at a time, so `x` is put in [`permute_blocks`] order for 16 lanes (3 bits too with
+/// words) at a time, so `x` is put in `permute_blocks` order for 16 lanes (3 bits too with
 /// VBMI); 5 to 8 bits with VBMI in [`gemv_wide::prepare`]'s order; otherwise `x` is copied.
 fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
     match bits {
-        1 | 2 | 4 => permute_blocks16(x, xp, 32 / bits as usize),
-        3 if vbmi() => permute_blocks16(x, xp, 8),
+        1 | 2 | 4 => permute::blocks(x, xp, 16, 32 / bits as usize),
+        3 if vbmi() => permute::blocks(x, xp, 16, 8),
         5..=8 if vbmi() => gemv_wide::prepare(x, xp),
         _ => scalar::gemv_prepare(bits, x, xp),
-    }
-}
-
-/// [`permute_blocks`] for 16 lanes (`per` a multiple of 8), each whole block by 8×8 transposes in
-/// registers ([`transpose_block`]): the scalar transpose took about 2.7 cycles a value, 29-37 %
-/// of a 64×4096 4-bit GEMV. A partial last block goes through the scalar transpose.
-fn permute_blocks16(x: &[f32], xp: &mut [f32], per: usize) {
-    let block = 16 * per;
-    permute_each_block(x, xp, block, |src, dst| {
-        if src.len() < block || !per.is_multiple_of(8) {
-            return permute_blocks(src, dst, 16, per);
-        }
-        // SAFETY: AVX-512 F (and so AVX) was detected before this table was handed out; `src`
-        // holds a whole block (checked above) and `dst` too (`permute_each_block`).
-        unsafe { transpose_block(src.as_ptr(), dst.as_mut_ptr(), per) }
-    });
-}
-
-/// `dst[k * 16 + l] = src[l * per + k]` for `l < 16`, `k < per` (`per` a multiple of 8): the
-/// 16×`per` block as 8×8 tiles, each transposed with the classic unpack / shuffle / lane-swap
-/// sequence (24 shuffles for 64 values).
-///
-/// # Safety
-/// AVX must be available; `src` and `dst` hold `16 * per` floats; `per` is a multiple of 8.
-#[target_feature(enable = "avx")]
-unsafe fn transpose_block(src: *const f32, dst: *mut f32, per: usize) {
-    for g in 0..2 {
-        for c in 0..per / 8 {
-            // SAFETY: rows 8g + r < 16 and columns 8c..8c + 8 <= per lie in the block; the
-            // stores go to rows 8c + j < per, lanes 8g..8g + 8 of 16.
-            unsafe {
-                let r: [__m256; 8] =
-                    std::array::from_fn(|i| _mm256_loadu_ps(src.add((8 * g + i) * per + 8 * c)));
-                // t[2p], t[2p + 1]: rows 2p and 2p + 1 interleaved (columns 0, 1, 4, 5 / 2, 3, 6, 7).
-                let t: [__m256; 8] = std::array::from_fn(|i| {
-                    let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-                    if i % 2 == 0 {
-                        _mm256_unpacklo_ps(a, b)
-                    } else {
-                        _mm256_unpackhi_ps(a, b)
-                    }
-                });
-                // u[4h + m]: column m of rows 4h..4h + 4 in the low lanes, column m + 4 in the high.
-                let u: [__m256; 8] = std::array::from_fn(|i| {
-                    let (h, m) = (i / 4, i % 4);
-                    let (a, b) = (t[4 * h + m / 2], t[4 * h + 2 + m / 2]);
-                    if m % 2 == 0 {
-                        _mm256_shuffle_ps::<0x44>(a, b)
-                    } else {
-                        _mm256_shuffle_ps::<0xEE>(a, b)
-                    }
-                });
-                for j in 0..8 {
-                    let (a, b) = (u[j % 4], u[4 + j % 4]);
-                    let col = if j < 4 {
-                        _mm256_permute2f128_ps::<0x20>(a, b)
-                    } else {
-                        _mm256_permute2f128_ps::<0x31>(a, b)
-                    };
-                    _mm256_storeu_ps(dst.add((8 * c + j) * 16 + 8 * g), col);
-                }
-            }
-        }
     }
 }
 
@@ -588,7 +525,7 @@ unsafe fn row_tables<const B: u32, const R: usize>(luts: &[[f32; 256]]) -> [__m5
 }
 
 /// `sums[r] = sum over the span's columns of lut_r[index] * x` for `R` rows of `B`-bit indices
-/// (B = 1, 2, 4), `xp` in [`permute_blocks`] order. Each 64-byte block is one register of 16
+/// (B = 1, 2, 4), `xp` in `permute_blocks` order. Each 64-byte block is one register of 16
 /// words; shifting it right by `B` after each step brings the next index of every word into the
 /// low bits, which is all `vpermps` reads (bits 3..0), so a table of 16 entries
 /// `lut[i & (2^B - 1)]` turns it into 16 weights without masking: per 16 weights one `vpermps`,
@@ -647,7 +584,7 @@ unsafe fn rows_kernel<const B: u32, const R: usize>(
 /// [`rows_kernel`] for 3-bit indices: a 48-byte block holds 128 indices; `vpermb` gives word `l`
 /// the 3 bytes `3l..3l + 3` (indices `8l..8l + 8`, LSB first), after which the block is read like
 /// the other widths, shifting by 3 with a table `lut[i & 7]` (bit 3, from the next index, is
-/// ignored by the table). `xp` is in [`permute_blocks`] order for 16 lanes of 8 indices.
+/// ignored by the table). `xp` is in `permute_blocks` order for 16 lanes of 8 indices.
 ///
 /// # Safety
 /// AVX-512 F, BW and VBMI must be available; `rows` holds at least `R` entries and `luts` one

@@ -11,6 +11,7 @@ mod bounds;
 mod depthwise;
 mod depthwise_avx2;
 mod gemv_wide;
+mod permute;
 mod vnni;
 
 use super::Isa;
