@@ -142,16 +142,10 @@ impl Layer<'_, '_> {
         for (ocl, yplane) in y.chunks_exact_mut(out_plane).enumerate() {
             yplane.fill(self.bias.map_or(0.0, |b| b[ocs.start + ocl]));
         }
-        let block = block_channels(p);
-        let mut oc = ocs.start;
-        while oc < ocs.end {
-            // At most `block` channels, all in oc's group.
-            let g = oc / cout_g;
-            let end = ocs.end.min((g + 1) * cout_g).min(oc + block);
+        for (g, oc, end) in self.channel_blocks(ocs.clone()) {
             let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
             let yblock = &mut y[(oc - ocs.start) * out_plane..(end - ocs.start) * out_plane];
             self.block(xg, g, oc - g * cout_g..end - g * cout_g, yblock, scratch);
-            oc = end;
         }
         (self.isa.activate)(self.act, y);
     }
@@ -162,13 +156,8 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, cout_g, taps) = (p.in_per_group(), p.out_per_group(), p.k_h * p.k_w);
         let in_plane = p.in_h * p.in_w;
-        let block = block_channels(p);
         let tile = tile_pixels(p);
-        let mut oc = 0;
-        while oc < p.out_c {
-            // At most `block` channels, all in oc's group.
-            let g = oc / cout_g;
-            let end = p.out_c.min((g + 1) * cout_g).min(oc + block);
+        for (g, oc, end) in self.channel_blocks(0..p.out_c) {
             let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
             let ocls = oc - g * cout_g..end - g * cout_g;
             let rows = ocls.len() * taps;
@@ -190,8 +179,23 @@ impl Layer<'_, '_> {
                 }
                 r0 += nr;
             }
-            oc = end;
         }
+    }
+
+    /// The panels of output channels `ocs`: `(g, start, end)` for runs of at most
+    /// [`block_channels`] channels, each inside one group `g`.
+    fn channel_blocks(&self, ocs: Range<usize>) -> impl Iterator<Item = (usize, usize, usize)> {
+        let (cout_g, block) = (self.p.out_per_group().max(1), block_channels(self.p));
+        let mut oc = ocs.start;
+        std::iter::from_fn(move || {
+            (oc < ocs.end).then(|| {
+                let g = oc / cout_g;
+                let end = ocs.end.min((g + 1) * cout_g).min(oc + block);
+                let run = (g, oc, end);
+                oc = end;
+                run
+            })
+        })
     }
 
     /// Decodes group `g`'s weights for its local output channels `ocls` into the front of

@@ -3,8 +3,9 @@
 
 use std::arch::x86_64::*;
 
+use super::bounds::{self, Span};
 use super::gemv_wide::{self, PREFETCH};
-use super::{bounds, permute};
+use super::permute;
 use crate::arch::{
     dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar, tables_from, BRows, Isa,
     Listed, Strided, PACKED_ROWS,
@@ -478,33 +479,6 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
             }
         }
         bounds::add_row_tails(dot_packed, rows, bits, luts, x, done, &sums, out);
-    }
-}
-
-/// The blocks a multi-row GEMV kernel reads: `blocks` whole ones, then, when `tail > 0`, one
-/// more of which only the first `tail` bytes are loaded (the rest read as zero indices, against
-/// the zero padding of `xp`).
-#[derive(Clone, Copy)]
-struct Span {
-    blocks: usize,
-    tail: usize,
-}
-
-impl Span {
-    /// Blocks to visit, the partial one included.
-    fn count(self) -> usize {
-        self.blocks + usize::from(self.tail > 0)
-    }
-
-    /// The byte mask of block `blk`'s load: every byte of a whole block (`full` bytes), the
-    /// first `tail` of the partial one.
-    fn mask(self, blk: usize, full: usize) -> u64 {
-        let n = if blk < self.blocks { full } else { self.tail };
-        if n >= 64 {
-            !0
-        } else {
-            (1u64 << n) - 1
-        }
     }
 }
 

@@ -33,6 +33,30 @@ pub(super) fn byte_mask(n: usize) -> u64 {
     }
 }
 
+/// The blocks a multi-row GEMV kernel reads: `blocks` whole ones, then, when `tail > 0`, one
+/// more of which only the first `tail` bytes are loaded (the rest read as zero indices, against
+/// the zero padding of `xp`).
+#[derive(Clone, Copy)]
+pub(super) struct Span {
+    /// Whole blocks.
+    pub(super) blocks: usize,
+    /// Bytes of the partial last block (0: none).
+    pub(super) tail: usize,
+}
+
+impl Span {
+    /// Blocks to visit, the partial one included.
+    pub(super) fn count(self) -> usize {
+        self.blocks + usize::from(self.tail > 0)
+    }
+
+    /// The byte mask of block `blk`'s load: every byte of a whole block (`full` bytes), the
+    /// first `tail` of the partial one.
+    pub(super) fn mask(self, blk: usize, full: usize) -> u64 {
+        byte_mask(if blk < self.blocks { full } else { self.tail })
+    }
+}
+
 /// Whole blocks of `cols` columns (`bytes` packed bytes each) that `x` and every row hold: the
 /// span the multi-row GEMV kernels may read (a row too short for `x` is left to `dot_packed`'s
 /// own checks on the tail).

@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::bounds;
+use super::bounds::{self, Span};
 use crate::arch::{permute_each_block, row_table};
 
 /// Indices (columns) per block: one register of index bytes.
@@ -61,7 +61,7 @@ pub(super) unsafe fn dot_rows(
     // SAFETY (for every `row_sum` below): the caller guarantees AVX-512 F/BW/VBMI and bits
     // 5..=8; `whole_blocks` and `tail_bytes` guarantee every row `blocks * bytes + tail` bytes
     // and `xp` `(blocks + (tail > 0)) * 64` values.
-    let span = Span { blocks, tail, bytes };
+    let span = Span { blocks, tail };
     let shared = (luts.len() == 1).then(|| Planes::new(&luts[0], bits));
     const CHUNK: usize = 64;
     for (c, (rows, out)) in rows.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).enumerate() {
@@ -89,15 +89,6 @@ pub(super) unsafe fn dot_rows(
     }
 }
 
-/// The blocks [`row_sum`] reads: `blocks` whole ones of `bytes` bytes, then a partial one of
-/// `tail` bytes when `tail > 0`.
-#[derive(Clone, Copy)]
-struct Span {
-    blocks: usize,
-    tail: usize,
-    bytes: usize,
-}
-
 /// A table's four byte planes, each 256 bytes (entries past the table's `2^bits` are zero).
 struct Planes([[u8; 256]; 4]);
 
@@ -117,8 +108,8 @@ impl Planes {
 /// per byte (below 8 bits), four plane lookups, eight unpacks and four FMAs.
 ///
 /// # Safety
-/// AVX-512 F, BW and VBMI must be available; `row` holds at least `span.blocks * span.bytes +
-/// span.tail` bytes and `xp` at least `(span.blocks + (span.tail > 0)) * 64` floats.
+/// AVX-512 F, BW and VBMI must be available; `row` holds at least `span.blocks * 8 * B +
+/// span.tail` bytes and `xp` at least `span.count() * 64` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn row_sum<const B: usize>(row: &[u8], planes: &Planes, xp: *const f32, span: Span) -> f32 {
     // Quadword q gathers bytes q * B .. q * B + 8; byte j of it then takes the 8 bits at j * B.
@@ -133,9 +124,8 @@ unsafe fn row_sum<const B: usize>(row: &[u8], planes: &Planes, xp: *const f32, s
     };
     let low = _mm512_set1_epi8(((1u16 << B) - 1) as u8 as i8);
     let mut acc = [_mm512_setzero_ps(); 4];
-    let count = span.blocks + usize::from(span.tail > 0);
-    for blk in 0..count {
-        let at = blk * span.bytes;
+    for blk in 0..span.count() {
+        let at = blk * 8 * B;
         // One row is one short stream (4 KiB at 4096 8-bit columns), too short for the hardware
         // prefetcher to ramp up on; fetch ahead, past the row's end into the next row in memory.
         _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH).cast());
@@ -145,10 +135,9 @@ unsafe fn row_sum<const B: usize>(row: &[u8], planes: &Planes, xp: *const f32, s
             // SAFETY: 64 bytes from `at` lie in `row` (just checked).
             unsafe { _mm512_loadu_si512(row.as_ptr().add(at).cast()) }
         } else {
-            let n = if blk < span.blocks { span.bytes } else { span.tail };
-            // SAFETY: the caller guarantees the block's `n` bytes (n <= 64); the rest are masked
-            // off and not accessed.
-            unsafe { _mm512_maskz_loadu_epi8(bounds::byte_mask(n), row.as_ptr().add(at).cast()) }
+            // SAFETY: the caller guarantees the bytes the mask selects (the block's 8 B, or the
+            // partial block's `tail`); the rest are masked off and not accessed.
+            unsafe { _mm512_maskz_loadu_epi8(span.mask(blk, 8 * B), row.as_ptr().add(at).cast()) }
         };
         let idx = if B == 8 {
             raw

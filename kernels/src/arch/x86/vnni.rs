@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::lane_mask;
+use super::bounds;
 use super::gemv_wide::PREFETCH;
 use crate::arch::int8::{dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range};
 
@@ -263,7 +264,7 @@ unsafe fn dot_nibbles_rows<const R: usize>(
     let mut acc = [_mm512_setzero_si512(); R];
     let mut at = 0;
     while at < bytes {
-        let mask: __mmask64 = if bytes - at >= 64 { !0 } else { (1u64 << (bytes - at)) - 1 };
+        let mask: __mmask64 = bounds::byte_mask(bytes - at);
         // SAFETY: block at / 64 of the prepared input (128 values) is in bounds (checked).
         let (even, odd) = unsafe {
             let x = xp.as_ptr().add(2 * at);
