@@ -21,8 +21,9 @@ use crate::arch::{permute_each_block, row_table};
 /// Indices (columns) per block: one register of index bytes.
 const COLS: usize = 64;
 
-/// Bytes ahead of the block being read that the GEMV kernels ask the cache to fetch (4 KiB
-/// measured best of 1, 4 and 8 at 4096 x 4096, 5 and 8 bits: 8 bits 1.6-1.9 -> 0.8-1.0 ms).
+/// Bytes ahead of the block being read that the GEMV kernels ask the cache to fetch. At 4096 x
+/// 4096, 1 KiB against 4 was measured at 6 and 8 bits (8 bits 1.6-1.9 -> 0.8-1.0 ms), 4 against
+/// 8 at 5 and 8 bits (4 slightly faster).
 pub(super) const PREFETCH: usize = 4096;
 
 /// Writes `x` into `xp` in the order the kernel's unpacks leave the weights of a 64-column block:
