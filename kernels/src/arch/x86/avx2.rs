@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{bounds, permute};
+use super::{bounds, gemv_planes_avx2, permute};
 use crate::arch::{
     dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar, tables_from, BRows, Isa,
     Listed, Strided, PACKED_ROWS,
@@ -47,7 +47,7 @@ pub(super) fn lane_mask(n: usize) -> __m256i {
 /// Sum of the 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -390,22 +390,30 @@ unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const
     hsum(acc)
 }
 
-/// See [`Isa::gemv_prepare`]. 1-, 2- and 4-bit rows are read by [`dot_packed_rows`] 32 bytes (8
-/// words) at a time, so `x` is put in `permute_blocks` order for 8 lanes; other widths copy.
+/// See [`Isa::gemv_prepare`]. 1- and 2-bit rows are read by [`dot_packed_rows`] 32 bytes (8
+/// words) at a time, so `x` is put in `permute_blocks` order for 8 lanes; 4-bit rows in
+/// [`gemv_planes_avx2::prepare`]'s order; other widths copy.
 fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
     match bits {
-        1 | 2 | 4 => permute::blocks(x, xp, 8, 32 / bits as usize),
+        1 | 2 => permute::blocks(x, xp, 8, 32 / bits as usize),
+        4 => gemv_planes_avx2::prepare(x, xp),
         _ => scalar::gemv_prepare(bits, x, xp),
     }
 }
 
-/// See [`Isa::dot_packed_rows`]. At 1, 2 and 4 bits, up to [`PACKED_ROWS`] rows go through
+/// See [`Isa::dot_packed_rows`]. At 1 and 2 bits, up to [`PACKED_ROWS`] rows go through
 /// [`rows_kernel`] together over every whole 32-byte block, and over a last, partial block too
 /// when `xp` holds it zero-padded ([`bounds::tail_bytes`]); otherwise each row's remaining columns
-/// go through [`dot_packed`]. Other widths are [`dot_packed`] row by row.
+/// go through [`dot_packed`]. 4-bit rows go through [`gemv_planes_avx2::dot_rows`] (byte-plane
+/// tables). Other widths are [`dot_packed`] row by row.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     dot_packed_rows_check(rows, luts, x, xp, out);
-    if !matches!(bits, 1 | 2 | 4) {
+    if bits == 4 {
+        // SAFETY: AVX2 + FMA were detected before this table was handed out; `luts` holds one
+        // table or one per row and `xp` is `gemv_prepare`'s 4-bit order (checked / contract).
+        return unsafe { gemv_planes_avx2::dot_rows(rows, luts, x, xp, out, dot_packed) };
+    }
+    if !matches!(bits, 1 | 2) {
         return bounds::add_row_tails(dot_packed, rows, bits, luts, x, 0, &[], out);
     }
     let cols = 256 / bits as usize;
@@ -426,14 +434,10 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
                 (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, blocks, tail, &mut sums),
                 (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, blocks, tail, &mut sums),
                 (1, _) => rows_kernel::<1, 4>(rows, luts, xp, blocks, tail, &mut sums),
-                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, blocks, tail, &mut sums),
-                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, blocks, tail, &mut sums),
-                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, blocks, tail, &mut sums),
-                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, blocks, tail, &mut sums),
-                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, blocks, tail, &mut sums),
-                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, blocks, tail, &mut sums),
-                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, blocks, tail, &mut sums),
-                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, 1) => rows_kernel::<2, 1>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, 2) => rows_kernel::<2, 2>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, 3) => rows_kernel::<2, 3>(rows, luts, xp, blocks, tail, &mut sums),
+                (_, _) => rows_kernel::<2, 4>(rows, luts, xp, blocks, tail, &mut sums),
             }
         }
         bounds::add_row_tails(dot_packed, rows, bits, luts, x, done, &sums, out);
@@ -441,11 +445,10 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
 }
 
 /// `sums[r] = sum over blocks * 256 / B columns (and `tail` bytes of one more block) of
-/// lut_r[index] * x` for `R` rows of `B`-bit indices (B = 1, 2, 4), `xp` in `permute_blocks`
+/// lut_r[index] * x` for `R` rows of `B`-bit indices (B = 1, 2), `xp` in `permute_blocks`
 /// order. Each 32-byte block is one register of 8 words, shifted right by `B` after each step so
-/// that the next index of every word is in the low bits. `vpermps` reads bits 2..0: at 1 and 2
-/// bits an 8-entry table `lut[i & (2^B - 1)]` needs no masking; at 4 bits two 8-entry halves are
-/// looked up and blended on bit 3. The partial block's bytes are copied into a zeroed block
+/// that the next index of every word is in the low bits. `vpermps` reads bits 2..0, so an 8-entry
+/// table `lut[i & (2^B - 1)]` needs no masking. The partial block's bytes are copied into a zeroed block
 /// (AVX2 has no byte-masked load), so its missing indices read as 0 against `xp`'s zero padding.
 ///
 /// # Safety
@@ -462,18 +465,13 @@ unsafe fn rows_kernel<const B: i32, const R: usize>(
     sums: &mut [f32; PACKED_ROWS],
 ) {
     let per = 32 / B as usize;
-    // Lane i of each half reads entry (8h + i) & (2^B - 1): for B < 4 the table repeats, so the
-    // bits of the next index that `vpermps` also sees do not matter.
+    // Lane i reads entry i & (2^B - 1): the table repeats, so the bits of the next index that
+    // `vpermps` also sees do not matter.
     let sel: [i32; 8] = std::array::from_fn(|i| (i & ((1 << B) - 1)) as i32);
     // SAFETY: `sel` is 8 lanes long and every table 256 floats.
-    let (t0, t1): ([__m256; R], [__m256; R]) = unsafe {
+    let table: [__m256; R] = unsafe {
         let sel = _mm256_loadu_si256(sel.as_ptr().cast());
-        (
-            std::array::from_fn(|r| {
-                _mm256_permutevar8x32_ps(_mm256_loadu_ps(row_table(luts, r).as_ptr()), sel)
-            }),
-            std::array::from_fn(|r| _mm256_loadu_ps(row_table(luts, r).as_ptr().add(8))),
-        )
+        std::array::from_fn(|r| _mm256_permutevar8x32_ps(_mm256_loadu_ps(row_table(luts, r).as_ptr()), sel))
     };
     let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -497,13 +495,7 @@ unsafe fn rows_kernel<const B: i32, const R: usize>(
                 // SAFETY: the caller guarantees (blocks + (tail > 0)) * 8 * per floats of `xp`.
                 let xk = unsafe { _mm256_loadu_ps(xp.add((blk * per + k8 + j) * 8)) };
                 for r in 0..R {
-                    let lo = _mm256_permutevar8x32_ps(t0[r], v[r]);
-                    let w = if B == 4 {
-                        let hi = _mm256_permutevar8x32_ps(t1[r], v[r]);
-                        _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(v[r])))
-                    } else {
-                        lo
-                    };
+                    let w = _mm256_permutevar8x32_ps(table[r], v[r]);
                     acc[r][j % 2] = _mm256_fmadd_ps(w, xk, acc[r][j % 2]);
                     v[r] = _mm256_srli_epi32::<B>(v[r]);
                 }

@@ -10,6 +10,7 @@ mod avx512;
 mod bounds;
 mod depthwise;
 mod depthwise_avx2;
+mod gemv_planes_avx2;
 mod gemv_wide;
 mod permute;
 mod vnni;
