@@ -396,7 +396,7 @@ unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const
 fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
     match bits {
         1 | 2 => permute::blocks(x, xp, 8, 32 / bits as usize),
-        4 => gemv_planes_avx2::prepare(x, xp),
+        _ if gemv_planes_avx2::takes(bits) => gemv_planes_avx2::prepare(bits, x, xp),
         _ => scalar::gemv_prepare(bits, x, xp),
     }
 }
@@ -408,10 +408,11 @@ fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
 /// tables). Other widths are [`dot_packed`] row by row.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     dot_packed_rows_check(rows, luts, x, xp, out);
-    if bits == 4 {
-        // SAFETY: AVX2 + FMA were detected before this table was handed out; `luts` holds one
-        // table or one per row and `xp` is `gemv_prepare`'s 4-bit order (checked / contract).
-        return unsafe { gemv_planes_avx2::dot_rows(rows, luts, x, xp, out, dot_packed) };
+    if gemv_planes_avx2::takes(bits) {
+        // SAFETY: AVX2 + FMA were detected before this table was handed out; `bits` is one the
+        // kernel takes; `luts` holds one table or one per row (checked) and `xp` is
+        // `gemv_prepare`'s order at `bits` (the contract).
+        return unsafe { gemv_planes_avx2::dot_rows(rows, bits, luts, x, xp, out, dot_packed) };
     }
     if !matches!(bits, 1 | 2) {
         return bounds::add_row_tails(dot_packed, rows, bits, luts, x, 0, &[], out);
