@@ -113,8 +113,9 @@ pub(super) unsafe fn dot_rows(
             // A shared table stays in registers across the chunk's rows.
             Some(planes) => sum(rows, planes, &mut sums),
             None => {
+                let mut planes = Planes([[[0u8; 16]; 4]; 8]);
                 for (r, (row, s)) in rows.iter().zip(&mut sums).enumerate() {
-                    let planes = Planes::new(row_table(luts, c * CHUNK + r), bits);
+                    planes.fill(row_table(luts, c * CHUNK + r), bits);
                     sum(std::slice::from_ref(row), &planes, std::slice::from_mut(s));
                 }
             }
@@ -124,18 +125,50 @@ pub(super) unsafe fn dot_rows(
 }
 
 /// A table's four byte planes in 16-entry registers: `0[s][k][i]` is byte `k` (little-endian) of
-/// entry `16 * s + i` (entries past the table's `2^bits` are zero).
+/// entry `16 * s + i` (registers past the table's `2^bits` entries are zero).
 struct Planes([[[u8; 16]; 4]; 8]);
 
 impl Planes {
     fn new(lut: &[f32; 256], bits: u8) -> Self {
-        let mut planes = [[[0u8; 16]; 4]; 8];
-        for (i, v) in lut[..1 << bits].iter().enumerate() {
-            for (k, b) in v.to_le_bytes().into_iter().enumerate() {
-                planes[i / 16][k][i % 16] = b;
-            }
+        let mut planes = Planes([[[0u8; 16]; 4]; 8]);
+        planes.fill(lut, bits);
+        planes
+    }
+
+    /// Splits the table's first `max(16, 2^bits)` entries into planes, 16 at a time by a byte
+    /// shuffle and a 4×4 word transpose: per-row codebooks refill them for every row, where the
+    /// scalar loop (and zeroing) took about as long as a 576-column row's sum.
+    fn fill(&mut self, lut: &[f32; 256], bits: u8) {
+        for (s, planes) in self.0.iter_mut().enumerate().take(subtables(bits as usize)) {
+            // SAFETY: AVX2 was detected before the path that calls this was handed out; the
+            // subtable's 16 entries lie in the 256-entry table (s < 8).
+            unsafe { split16(lut[16 * s..].as_ptr(), planes) }
         }
-        Planes(planes)
+    }
+}
+
+/// `planes[k][i]` = byte `k` of `src[i]`, for 16 floats.
+///
+/// # Safety
+/// AVX2 must be available; 16 floats must be readable at `src`.
+#[target_feature(enable = "avx2")]
+unsafe fn split16(src: *const f32, planes: &mut [[u8; 16]; 4]) {
+    // Within each 4 entries: their byte 0s, byte 1s, byte 2s, byte 3s.
+    let group = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    // SAFETY: the caller guarantees 16 floats at `src`.
+    let q: [__m128i; 4] =
+        std::array::from_fn(|j| unsafe { _mm_shuffle_epi8(_mm_loadu_si128(src.add(4 * j).cast()), group) });
+    let (t0, t1) = (_mm_unpacklo_epi32(q[0], q[1]), _mm_unpacklo_epi32(q[2], q[3]));
+    let (t2, t3) = (_mm_unpackhi_epi32(q[0], q[1]), _mm_unpackhi_epi32(q[2], q[3]));
+    let out = [
+        _mm_unpacklo_epi64(t0, t1),
+        _mm_unpackhi_epi64(t0, t1),
+        _mm_unpacklo_epi64(t2, t3),
+        _mm_unpackhi_epi64(t2, t3),
+    ];
+    for (plane, v) in planes.iter_mut().zip(out) {
+        // SAFETY: a plane is 16 bytes.
+        unsafe { _mm_storeu_si128(plane.as_mut_ptr().cast(), v) }
     }
 }
 
