@@ -391,8 +391,8 @@ unsafe fn dot_packed_impl<const B: usize>(row: *const u8, lut: &[f32], x: *const
 }
 
 /// See [`Isa::gemv_prepare`]. 1- and 2-bit rows are read by [`dot_packed_rows`] 32 bytes (8
-/// words) at a time, so `x` is put in `permute_blocks` order for 8 lanes; 4-bit rows in
-/// [`gemv_planes_avx2::prepare`]'s order; other widths copy.
+/// words) at a time, so `x` is put in `permute_blocks` order for 8 lanes; 3- to 7-bit rows in
+/// [`gemv_planes_avx2::prepare`]'s order; 8-bit rows copy.
 fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
     match bits {
         1 | 2 => permute::blocks(x, xp, 8, 32 / bits as usize),
@@ -404,8 +404,8 @@ fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
 /// See [`Isa::dot_packed_rows`]. At 1 and 2 bits, up to [`PACKED_ROWS`] rows go through
 /// [`rows_kernel`] together over every whole 32-byte block, and over a last, partial block too
 /// when `xp` holds it zero-padded ([`bounds::tail_bytes`]); otherwise each row's remaining columns
-/// go through [`dot_packed`]. 4-bit rows go through [`gemv_planes_avx2::dot_rows`] (byte-plane
-/// tables). Other widths are [`dot_packed`] row by row.
+/// go through [`dot_packed`]. 3- to 7-bit rows go through [`gemv_planes_avx2::dot_rows`]
+/// (byte-plane tables); 8-bit rows through [`dot_packed`] row by row.
 fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]) {
     dot_packed_rows_check(rows, luts, x, xp, out);
     if gemv_planes_avx2::takes(bits) {

@@ -36,7 +36,7 @@ pub(super) fn takes(bits: u8) -> bool {
     (3..=7).contains(&bits)
 }
 
-/// Writes `x` into `xp` in the order [`row_sum`] leaves the weights of a 64-column block: half
+/// Writes `x` into `xp` in the order [`rows_sum`] leaves the weights of a 4-bit 64-column block: half
 /// `h` (0: even columns, the low nibbles; 1: odd ones), vector `v`, lane `4 * l + t` holds the
 /// index in byte `16 * l + 4 * v + t` of the block, column `2 * (16 * l + 4 * v + t) + h`. The
 /// last, partial block is zero-padded when `xp` has room for it, and copied unchanged otherwise
@@ -71,7 +71,7 @@ fn slot(i: usize) -> usize {
 }
 
 /// [`crate::arch::Isa::dot_packed_rows`] at 3 to 7 bits: each row's whole blocks (and a partial
-/// last one when `xp` holds it zero-padded) through [`row_sum`], the rest through `dot` (the
+/// last one when `xp` holds it zero-padded) through [`rows_sum`], the rest through `dot` (the
 /// path's one-row product). A shared table is split into planes once per call.
 ///
 /// # Safety
