@@ -219,54 +219,84 @@ unsafe fn rows_sum<const B: usize>(
     };
     let mask = _mm256_set1_epi16(((1u32 << B) - 1) as i16);
     let low = _mm256_set1_epi8(0x0F);
+    // The register loads read 32 bytes from a block's start (4 bits), or 16 from it and 16 from
+    // `2 * B` bytes on (each lane's 16 indices).
+    let reach = if B == 4 { 32 } else { 2 * B + 16 };
+    let consts = Consts { gather, shift, mask, low };
     for (row, sum) in rows.iter().zip(sums.iter_mut()) {
         let mut acc = [_mm256_setzero_ps(); 4];
-        for blk in 0..span.count() {
+        // Whole blocks with `reach` bytes in the row are read in place; the rest (the last one or
+        // two, and a partial one) from a copy of the block's own bytes in a zeroed block, whose
+        // missing indices read as 0 against `xp`'s zero padding (AVX2 has no byte-masked load).
+        let direct = if row.len() >= reach { span.blocks.min((row.len() - reach) / bytes + 1) } else { 0 };
+        for blk in 0..direct {
             let at = blk * bytes;
             // A row is one short stream (2 KiB at 4096 4-bit columns); fetch ahead, as the AVX-512
             // kernels do.
             _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(at + PREFETCH).cast());
-            // The register loads read 32 bytes from `at` (4 bits), or 16 from `at` and 16 from
-            // `at + 2 * B` (each lane's 16 indices): plain loads where the row holds them, else from a
-            // copy of the block's own bytes in a zeroed block, whose missing indices read as 0
-            // against `xp`'s zero padding (AVX2 has no byte-masked load).
-            let reach = if B == 4 { 32 } else { 2 * B + 16 };
+            // SAFETY: `reach` bytes from `at` lie in `row` (blk < direct); the caller guarantees
+            // `cols` floats of `xp` per block.
+            unsafe { block::<B>(row.as_ptr().add(at), xp.add(blk * cols), &t, &consts, &mut acc) };
+        }
+        for blk in direct..span.count() {
+            let at = blk * bytes;
             let own = if blk < span.blocks { bytes } else { span.tail };
             let mut last = [0u8; 32];
-            let src = if at + reach <= row.len() && own == bytes {
-                // SAFETY: `reach` bytes from `at` lie in `row` (just checked).
-                unsafe { row.as_ptr().add(at) }
-            } else {
-                last[..own].copy_from_slice(&row[at..at + own]);
-                last.as_ptr()
-            };
-            let halves: [__m256i; 2] = if B == 4 {
-                // SAFETY: 32 bytes at `src` (checked or the copy).
-                let packed = unsafe { _mm256_loadu_si256(src.cast()) };
-                [_mm256_and_si256(packed, low), _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low)]
-            } else {
-                // SAFETY: 2 * B + 16 bytes at `src` (checked or the 32-byte copy, 2 * 7 + 16 <= 32).
-                let raw = unsafe { _mm256_loadu2_m128i(src.add(2 * B).cast(), src.cast()) };
-                [spread(raw, &gather, &shift, mask), _mm256_setzero_si256()]
-            };
-            for (h, idx) in halves.into_iter().enumerate().take(if B == 4 { 2 } else { 1 }) {
-                let p = lookup::<B>(idx, &t);
-                let (lo01, hi01) = (_mm256_unpacklo_epi8(p[0], p[1]), _mm256_unpackhi_epi8(p[0], p[1]));
-                let (lo23, hi23) = (_mm256_unpacklo_epi8(p[2], p[3]), _mm256_unpackhi_epi8(p[2], p[3]));
-                let w = [
-                    _mm256_unpacklo_epi16(lo01, lo23),
-                    _mm256_unpackhi_epi16(lo01, lo23),
-                    _mm256_unpacklo_epi16(hi01, hi23),
-                    _mm256_unpackhi_epi16(hi01, hi23),
-                ];
-                for (v, (acc, w)) in acc.iter_mut().zip(w).enumerate() {
-                    // SAFETY: the caller guarantees `cols` floats of `xp` per block.
-                    let xv = unsafe { _mm256_loadu_ps(xp.add(blk * cols + h * 32 + v * 8)) };
-                    *acc = _mm256_fmadd_ps(_mm256_castsi256_ps(w), xv, *acc);
-                }
-            }
+            last[..own].copy_from_slice(&row[at..at + own]);
+            // SAFETY: `last` holds 32 >= `reach` bytes; as above for `xp`.
+            unsafe { block::<B>(last.as_ptr(), xp.add(blk * cols), &t, &consts, &mut acc) };
         }
         *sum = super::avx2::hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    }
+}
+
+/// The per-call constants of [`block`].
+struct Consts {
+    gather: [__m256i; 2],
+    shift: [__m256i; 2],
+    mask: __m256i,
+    low: __m256i,
+}
+
+/// One block's products into `acc`: its indices spread one per byte (two nibble masks at 4 bits,
+/// [`spread`] otherwise), the plane lookups, sixteen unpacks per 32 weights and one FMA per 8.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `src` holds 32 readable bytes at 4 bits, `2 * B + 16` otherwise;
+/// `xp` holds the block's floats (64 at 4 bits, 32 otherwise).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block<const B: usize>(
+    src: *const u8,
+    xp: *const f32,
+    t: &[[__m256i; 4]; 8],
+    c: &Consts,
+    acc: &mut [__m256; 4],
+) {
+    let halves: [__m256i; 2] = if B == 4 {
+        // SAFETY: 32 bytes at `src` (the caller).
+        let packed = unsafe { _mm256_loadu_si256(src.cast()) };
+        [_mm256_and_si256(packed, c.low), _mm256_and_si256(_mm256_srli_epi16::<4>(packed), c.low)]
+    } else {
+        // SAFETY: 2 * B + 16 bytes at `src` (the caller).
+        let raw = unsafe { _mm256_loadu2_m128i(src.add(2 * B).cast(), src.cast()) };
+        [spread(raw, &c.gather, &c.shift, c.mask), _mm256_setzero_si256()]
+    };
+    for (h, idx) in halves.into_iter().enumerate().take(if B == 4 { 2 } else { 1 }) {
+        let p = lookup::<B>(idx, t);
+        let (lo01, hi01) = (_mm256_unpacklo_epi8(p[0], p[1]), _mm256_unpackhi_epi8(p[0], p[1]));
+        let (lo23, hi23) = (_mm256_unpacklo_epi8(p[2], p[3]), _mm256_unpackhi_epi8(p[2], p[3]));
+        let w = [
+            _mm256_unpacklo_epi16(lo01, lo23),
+            _mm256_unpackhi_epi16(lo01, lo23),
+            _mm256_unpacklo_epi16(hi01, hi23),
+            _mm256_unpackhi_epi16(hi01, hi23),
+        ];
+        for (v, (acc, w)) in acc.iter_mut().zip(w).enumerate() {
+            // SAFETY: the block's floats of `xp` (the caller).
+            let xv = unsafe { _mm256_loadu_ps(xp.add(h * 32 + v * 8)) };
+            *acc = _mm256_fmadd_ps(_mm256_castsi256_ps(w), xv, *acc);
+        }
     }
 }
 
