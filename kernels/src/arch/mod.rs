@@ -92,7 +92,7 @@ pub struct Isa {
     /// Several packed rows against one input: `out[r] = sum_i lut_r[index_{r,i}] * x[i]` for
     /// every `r < rows.len()`, each exactly what [`Isa::dot_packed`] computes for `rows[r]`, where
     /// `lut_r` is `luts[r]`, or `luts[0]` for every row when `luts` holds one table (a codebook
-    /// shared by the rows: then any number of rows go in one call, see [`row_table`]). `xp` holds
+    /// shared by the rows: then any number of rows go in one call, see `row_table`). `xp` holds
     /// this path's [`Isa::gemv_prepare`] of `x` at the same `bits`, so the kernel can take the
     /// indices in the order they lie in a vector register (no shuffles) and share each load of
     /// `xp` between the rows.

@@ -16,7 +16,8 @@
 //! the odd ones, each spread one per byte by an AND (and a 16-bit shift for the high ones). Other
 //! widths take 32 indices (`4 * B` bytes) per block, spread one per byte in [`spread`]: each
 //! index's 16-bit window is gathered into a word with `vpshufb`, shifted down by an unsigned
-//! high multiply and masked, and the words packed to bytes.
+//! high multiply and masked, and the second register's words are shifted into the first's high
+//! bytes.
 
 use std::arch::x86_64::*;
 
@@ -36,9 +37,10 @@ pub(super) fn takes(bits: u8) -> bool {
     (3..=7).contains(&bits)
 }
 
-/// Writes `x` into `xp` in the order [`rows_sum`] leaves the weights of a 4-bit 64-column block: half
-/// `h` (0: even columns, the low nibbles; 1: odd ones), vector `v`, lane `4 * l + t` holds the
-/// index in byte `16 * l + 4 * v + t` of the block, column `2 * (16 * l + 4 * v + t) + h`. The
+/// Writes `x` into `xp` in the order [`rows_sum`] leaves the weights of a 4-bit 64-column
+/// block: half `h` (0: even columns, the low nibbles; 1: odd ones), vector `v`, lane `4 * l + t`
+/// holds the index in byte `16 * l + 4 * v + t` of the block, column `2 * (16 * l + 4 * v + t)
+/// + h`. The
 /// last, partial block is zero-padded when `xp` has room for it, and copied unchanged otherwise
 /// (its columns then go through the path's `dot_packed`).
 ///
