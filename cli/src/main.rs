@@ -95,8 +95,9 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
-        /// Run 1x1 convolutions on 8-bit activations and int8 dot products (dynamic-range
-        /// quantization: faster, with 8-bit activation error; needs AVX-512 VNNI or NEON dotprod).
+        /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
+        /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512
+        /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
         #[arg(long)]
         int8: bool,
     },
@@ -119,8 +120,9 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
-        /// Run 1x1 convolutions on 8-bit activations and int8 dot products (dynamic-range
-        /// quantization: faster, with 8-bit activation error; needs AVX-512 VNNI or NEON dotprod).
+        /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
+        /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512
+        /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
         #[arg(long)]
         int8: bool,
     },
@@ -144,8 +146,9 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
-        /// Run 1x1 convolutions on 8-bit activations and int8 dot products (dynamic-range
-        /// quantization: faster, with 8-bit activation error; needs AVX-512 VNNI or NEON dotprod).
+        /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
+        /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512
+        /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
         #[arg(long)]
         int8: bool,
         /// Timed inferences.

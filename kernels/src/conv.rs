@@ -21,7 +21,8 @@ use std::ops::Range;
 use pith_format::TensorView;
 
 use crate::arch::{
-    DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, Isa, PLANE_LANES,
+    DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, FusedRows, Isa,
+    ResidualRows, PLANE_LANES,
 };
 use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, ChannelActivation, KernelError, Kernels, WeightRows};
@@ -409,6 +410,8 @@ impl Layer<'_, '_> {
         let (panel, rest) = scratch.split_at_mut(block * k);
         let (column, acc) = rest.split_at_mut(k);
         let planes: Vec<usize> = (0..k).map(|c| c * plane).collect();
+        // ReLU, ReLU6 / Clip or none, the same on every channel: what a fused tile applies.
+        let fused_clamp = self.act.same().and_then(direct_store);
         let mut oc = ocs.start;
         while oc < ocs.end {
             // Filters of oc's group, at most one panel.
@@ -421,6 +424,39 @@ impl Layer<'_, '_> {
                 self.rows.decode(oc + r, &mut panel[r * k..(r + 1) * k]);
             }
             let a = &panel[..m * k];
+            let residual_rows = residual.map(|res| (res, res.channels.saturating_sub(oc).min(m)));
+            if let (Some(fused), Some(clamp)) = (self.isa.gemm_rows_fused, fused_clamp) {
+                // Bias, residual and clamp in the register tile: each output written once,
+                // straight from the sums. Every column in one call (the tile streams each
+                // 16-column strip of the input through all filters, whatever the width).
+                let vectors = cols.len() - sliver_columns(self.isa.lanes, cols.len(), k);
+                let out =
+                    FusedRows {
+                        dst: yblock,
+                        col: 0,
+                        bias: self.bias.map(|b| &b[oc..end]),
+                        residual: residual_rows.filter(|&(_, rows)| rows > 0).map(|(res, rows)| {
+                            ResidualRows { data: &res.data[oc * plane + cols.start..], pitch: plane, rows }
+                        }),
+                        clamp,
+                    };
+                fused(a, k, &xg[cols.start..], &planes, vectors, out);
+                for j in cols.start + vectors..cols.end {
+                    for (c, &start) in column.iter_mut().zip(&planes) {
+                        *c = xg[start + j];
+                    }
+                    for (r, (arow, yplane)) in a.chunks_exact(k).zip(yblock.iter_mut()).enumerate() {
+                        let mut v = (self.isa.dot)(arow, column);
+                        if let Some(res) = residual.and_then(|res| res.plane(oc + r, plane)) {
+                            v += res[j];
+                        }
+                        v += self.bias.map_or(0.0, |b| b[oc + r]);
+                        yplane[j - cols.start] = clamp.map_or(v, |[lo, hi]| v.max(lo).min(hi));
+                    }
+                }
+                oc = end;
+                continue;
+            }
             // A whole number of 16-column strips, so every strip's loads of the input planes
             // and stores into the accumulator and output rows start 64-byte aligned (with
             // 1365 columns for 24 filters, half the strips straddled cache lines: a 24->24

@@ -91,7 +91,7 @@ impl Int8Filters {
 /// pixel is a GEMV on the packed weights) or any other that does not take Winograd (whose
 /// transformed f32 products already need fewer multiply-adds).
 pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    kernels.int8_kernels().is_some() && shape_applies(p)
+    kernels.int8_kernels().is_some_and(|k| k.convolutions) && shape_applies(p)
 }
 
 /// [`applies`], the layer's part.
@@ -222,9 +222,12 @@ pub(crate) fn conv(
     act.check(p.out_c)?;
     let Some(int8) = kernels.int8_kernels().filter(|_| applies(kernels, p)) else {
         return Err(KernelError::Params(format!(
-            "an int8 convolution needs int8 activations on (they are {}) and an ungrouped layer \
-             that does not take Winograd (a 1x1 one over more than one pixel), not {p:?}",
-            if kernels.int8_activations() { "on" } else { "off" }
+            "an int8 convolution needs int8 activations on (they are {}), a path with int8 \
+             convolutions ({} has {}) and an ungrouped layer that does not take Winograd (a 1x1 one \
+             over more than one pixel), not {p:?}",
+            if kernels.int8_activations() { "on" } else { "off" },
+            kernels.isa().name,
+            if kernels.isa().int8.is_some_and(|k| k.convolutions) { "them" } else { "none" },
         )));
     };
     if (filters.out_c, filters.row_len) != (p.out_c, p.filter_len()) {
@@ -439,10 +442,10 @@ mod tests {
     use crate::Activation;
     use pith_format::ir::CodebookKind;
 
-    /// Every path with int8 kernels, at 1, 2 and 3 threads, splitting even small layers.
+    /// Every path with int8 convolutions, at 1, 2 and 3 threads, splitting even small layers.
     fn int8_sets() -> Vec<Kernels> {
         let mut sets = Vec::new();
-        for isa in Isa::available().into_iter().filter(|i| i.int8.is_some()) {
+        for isa in Isa::available().into_iter().filter(|i| i.int8.is_some_and(|k| k.convolutions)) {
             for threads in 1..=3 {
                 let mut k = Kernels::with_isa(isa, threads).unwrap().with_int8_activations(true).unwrap();
                 k.min_task_work = 1;
@@ -577,7 +580,12 @@ mod tests {
         for isa in Isa::available() {
             let k = Kernels::with_isa(isa, 1).unwrap().with_int8_activations(true);
             match isa.int8 {
-                Some(_) => assert!(k.unwrap().int8_activations()),
+                Some(int8) => {
+                    let k = k.unwrap();
+                    assert!(k.int8_activations());
+                    // A path with only the int8 GEMV (AVX2) keeps its convolutions f32.
+                    assert_eq!(applies(&k, &pointwise(1, 4, 4, [8, 8])), int8.convolutions, "{}", isa.name);
+                }
                 None => assert!(k.unwrap_err().to_string().contains("int8 dot-product"), "{}", isa.name),
             }
         }

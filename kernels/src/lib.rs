@@ -136,12 +136,14 @@ impl Kernels {
     /// With `on`, [`Kernels::conv2d_int8`] runs 1×1 convolutions (the bulk of the multiply-adds
     /// of MobileNet-style models) on their input quantized to 8 bits on the fly and the CPU's
     /// int8 dot-product instructions (dynamic-range quantization): several times the
-    /// multiply-adds per instruction, at the cost of 8-bit activation error. Errors if this path
-    /// has no int8 kernels (x86 without AVX-512 VNNI, aarch64 without dotprod).
+    /// multiply-adds per instruction, at the cost of 8-bit activation error. 4-bit GEMVs take
+    /// int8 products too. On x86 without AVX-512 VNNI only the GEMVs do (AVX2 `vpmaddubsw`; see
+    /// [`arch::int8::Int8Kernels::convolutions`]). Errors if this path has no int8 kernels
+    /// (aarch64 without dotprod).
     pub fn with_int8_activations(mut self, on: bool) -> Result<Kernels, KernelError> {
         if on && self.isa.int8.is_none() {
             return Err(KernelError::Params(format!(
-                "int8 activations need int8 dot-product instructions (AVX-512 VNNI or NEON dotprod); \
+                "int8 activations need int8 dot-product instructions (x86 AVX2 or NEON dotprod); \
                  the '{}' kernel path has none",
                 self.isa.name
             )));

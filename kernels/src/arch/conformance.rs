@@ -1,6 +1,6 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
-use super::{scalar, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, Isa};
+use super::{scalar, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, FusedRows, Isa, ResidualRows};
 use crate::testutil::Rng;
 use crate::Conv2dParams;
 
@@ -69,6 +69,126 @@ fn gemm_rows_at_matches_scalar() {
                 assert!(ok, "{} m={m} k={k} n={n} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
             }
         }
+    }
+}
+
+/// One random [`Isa::gemm_rows_fused`] case: weights, listed input rows, output rows wider than the
+/// columns written, and the epilogue's parts.
+struct FusedCase {
+    m: usize,
+    k: usize,
+    n: usize,
+    col: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    offs: Vec<usize>,
+    bias: Option<Vec<f32>>,
+    residual: Option<(Vec<f32>, usize, usize)>,
+    clamp: Option<[f32; 2]>,
+}
+
+impl FusedCase {
+    fn random(rng: &mut Rng, case: usize) -> FusedCase {
+        let (m, k, n) = (1 + rng.below(19), 1 + rng.below(40), 1 + case % 83);
+        let extra = rng.below(200);
+        let b = rng.vec(n + extra);
+        let offs = (0..k + rng.below(3)).map(|_| rng.below(extra + 1)).collect();
+        let bias = (!case.is_multiple_of(3)).then(|| rng.vec(m));
+        // Residual rows for all, some or none of the weight rows, `pitch` apart.
+        let residual = case.is_multiple_of(2).then(|| {
+            let (pitch, rows) = (n + rng.below(9), rng.below(m + 2));
+            (rng.vec(rows.max(1) * pitch), pitch, rows)
+        });
+        let clamp = match case % 4 {
+            0 => None,
+            1 => Some([0.0, f32::INFINITY]),
+            _ => Some([-0.25 - rng.below(3) as f32, 0.5 + rng.below(3) as f32]),
+        };
+        let a = rng.vec(m * k);
+        FusedCase { m, k, n, col: rng.below(5), a, b, offs, bias, residual, clamp }
+    }
+
+    /// Runs `f` on rows of NaN, `tail` columns past the written ones, and returns the rows.
+    fn run(&self, f: super::GemmRowsFusedFn, tail: usize) -> Vec<Vec<f32>> {
+        let mut rows = vec![vec![f32::NAN; self.col + self.n + tail]; self.m];
+        let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
+        let out = FusedRows {
+            dst: &mut dst,
+            col: self.col,
+            bias: self.bias.as_deref(),
+            residual: self.residual.as_ref().map(|(data, pitch, rows)| ResidualRows {
+                data: &data[..],
+                pitch: *pitch,
+                rows: *rows,
+            }),
+            clamp: self.clamp,
+        };
+        f(&self.a, self.k, &self.b, &self.offs, self.n, out);
+        rows
+    }
+}
+
+#[test]
+fn gemm_rows_fused_reference_is_gemm_rows_at_then_store_rows() {
+    use crate::Activation;
+    let mut rng = Rng::new(41);
+    for case in 0..200 {
+        let c = FusedCase::random(&mut rng, case);
+        let got = c.run(scalar::gemm_rows_fused, 0);
+        let mut acc = vec![0.0; c.m * c.n];
+        scalar::gemm_rows_at(&c.a, c.k, &c.b, &c.offs, c.n, &mut acc, c.n);
+        let act = match c.clamp {
+            None => Activation::None,
+            Some([lo, hi]) => Activation::Clip { min: lo, max: hi },
+        };
+        for (r, row) in got.iter().enumerate() {
+            let res =
+                c.residual.as_ref().filter(|res| r < res.2).map(|(data, pitch, _)| &data[r * pitch..][..c.n]);
+            let mut want = vec![0.0; c.n];
+            let bias = c.bias.as_ref().map_or(0.0, |b| b[r]);
+            (scalar::ISA.store_rows)(act, &acc[r * c.n..][..c.n], c.n, bias, res, &mut want, c.n);
+            assert!(row[..c.col].iter().all(|v| v.is_nan()), "case {case}: wrote before col");
+            assert_eq!(&row[c.col..], &want[..], "case {case} row {r}");
+        }
+    }
+}
+
+#[test]
+fn gemm_rows_fused_matches_scalar() {
+    let mut rng = Rng::new(42);
+    let paths: Vec<Isa> = simd_paths().into_iter().filter(|isa| isa.gemm_rows_fused.is_some()).collect();
+    for isa in paths {
+        let fused = isa.gemm_rows_fused.expect("filtered");
+        for case in 0..400 {
+            let c = FusedCase::random(&mut rng, case);
+            let (want, got) = (c.run(scalar::gemm_rows_fused, 3), c.run(fused, 3));
+            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                for (j, (g, w)) in g.iter().zip(w).enumerate() {
+                    let written = (c.col..c.col + c.n).contains(&j);
+                    let ok = if written { close(*g, *w, c.k as f32 + 3.0) } else { g.is_nan() };
+                    assert!(
+                        ok,
+                        "{} case {case} m={} k={} n={} row {r} col {j}: {g} vs {w}",
+                        isa.name, c.m, c.k, c.n
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_rows_fused_rejects_short_rows() {
+    for isa in Isa::available() {
+        let Some(fused) = isa.gemm_rows_fused else { continue };
+        let (a, b) = (vec![1.0; 4], vec![1.0; 8]);
+        let mut rows = [vec![0.0; 6], vec![0.0; 5]];
+        let short = std::panic::catch_unwind(move || {
+            let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
+            let out = FusedRows { dst: &mut dst, col: 2, bias: None, residual: None, clamp: None };
+            fused(&a, 2, &b, &[0, 4], 4, out);
+        });
+        assert!(short.is_err(), "{}: an output row one short was accepted", isa.name);
     }
 }
 
@@ -617,6 +737,23 @@ fn int8_dot_nibbles_matches_scalar() {
             int8::dot_nibbles(&rows, &tables, &xp, k, &mut want);
             dot(&rows, &tables, &xp, k, &mut got);
             assert_eq!(got, want, "{name} k={k} m={m}");
+        }
+        // The extremes, where 16-bit pair sums would saturate if a path let them: activations
+        // at ±127 and table entries 0 and 255 (s8 weights -128 and 127), with one sign per row
+        // and alternating signs.
+        let k: usize = 700;
+        let mut xp = vec![0i8; k.next_multiple_of(NIBBLE_BLOCK)];
+        for (sign, first) in [(1.0f32, 0u8), (-1.0, 0), (1.0, 255), (-1.0, 255)] {
+            let x: Vec<f32> = (0..k).map(|i| if i % 3 == 2 { -sign } else { sign }).collect();
+            int8::prepare_nibbles(&x, 127.0, &mut xp);
+            let rows: Vec<Vec<u8>> = vec![vec![0x00; k / 2], vec![0xFF; k / 2], vec![0xF0; k / 2]];
+            let rows: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+            let table: [u8; 16] = std::array::from_fn(|i| if i == 0 { first } else { 255 - first });
+            let tables = vec![table; rows.len()];
+            let (mut want, mut got) = (vec![0; 3], vec![0; 3]);
+            int8::dot_nibbles(&rows, &tables, &xp, k, &mut want);
+            dot(&rows, &tables, &xp, k, &mut got);
+            assert_eq!(got, want, "{name} extremes, sign {sign}, table[0] {first}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Int8 micro-kernels for dynamic-range quantized 1×1 convolutions: activations quantized to u8
 //! on the fly (an affine range per block of pixels), weights to s8 per filter, sums in i32 on the
-//! CPU's int8 dot-product instructions (x86 AVX-512 VNNI `vpdpbusd`, aarch64 `sdot`).
+//! CPU's int8 dot-product instructions (x86 AVX-512 VNNI `vpdpbusd`, aarch64 `sdot`); and the
+//! int8 GEMV on 4-bit rows, which AVX2 without VNNI also has (`vpmaddubsw`).
 //!
 //! The quantized activations lie 4 channels per 32-bit word, pixel after pixel:
 //! `xq[(g * ldx + j) * 4 + t]` is channel `4g + t` of pixel `j`, so one word of a vector register
@@ -109,6 +110,12 @@ pub struct Int8Kernels {
     /// If `tables` or `out` hold fewer entries than `rows`, a row holds fewer than
     /// `k.div_ceil(2)` bytes, or `xp` fewer than `k.next_multiple_of(NIBBLE_BLOCK)`.
     pub dot_nibbles: Option<DotNibblesFn>,
+    /// Whether convolutions take the int8 path ([`Int8Kernels::gemm`] on quantized inputs). False
+    /// on AVX2 without VNNI, whose exact int8 products (`vpmaddubsw` saturates u8 × s8 pair sums,
+    /// so the route widens to 16 bits) do no more multiply-adds per instruction than an f32 FMA:
+    /// there only the GEMV runs on int8 and the convolutions' fields are the scalar reference,
+    /// never called.
+    pub convolutions: bool,
 }
 
 /// The form of [`Int8Kernels::dot_nibbles`].
@@ -118,7 +125,8 @@ pub type DotNibblesFn = fn(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: us
 pub const NIBBLE_BLOCK: usize = 128;
 
 /// The scalar reference.
-pub const SCALAR: Int8Kernels = Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles) };
+pub const SCALAR: Int8Kernels =
+    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles), convolutions: true };
 
 /// Quantizes the GEMV input `x` to s8 with step `1 / inv` (`q = round(x * inv)`, half to even,
 /// clamped to ±127) into `xp` in the layout [`Int8Kernels::dot_nibbles`] reads: per block of

@@ -46,6 +46,11 @@ pub struct Isa {
     /// of being copied into an unfolded matrix.
     #[allow(clippy::type_complexity)]
     pub gemm_rows_at: fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize),
+    /// [`Isa::gemm_rows_at`] with its epilogue in the register tile: row `r`'s sums over columns
+    /// `j < n`, plus its bias and residual, clamped, stored straight into its output row (see
+    /// [`FusedRows`]), so a 1×1 convolution writes its output once instead of writing an
+    /// accumulator and reading it back for a [`Isa::store_rows`] pass. `None` on paths without it.
+    pub gemm_rows_fused: Option<GemmRowsFusedFn>,
     /// [`crate::Activation::store_rows`], compiled for this path.
     #[allow(clippy::type_complexity)]
     pub store_rows: fn(
@@ -145,9 +150,76 @@ pub struct Isa {
     /// # Panics
     /// If `w`, `x` or `y` is shorter than the plane needs.
     pub depthwise_plane: Option<DepthwisePlaneFn>,
-    /// The int8 dot-product kernels of dynamic-range quantized 1×1 convolutions; `None` on paths
-    /// whose CPU lacks int8 dot products (AVX2, NEON without dotprod), which keep f32.
+    /// The int8 dot-product kernels of dynamic-range quantized convolutions and 4-bit GEMVs
+    /// (on x86 without AVX-512 VNNI the GEMV only); `None` on paths whose CPU lacks int8 dot
+    /// products (NEON without dotprod), which keep f32.
     pub int8: Option<int8::Int8Kernels>,
+}
+
+/// The form of [`Isa::gemm_rows_fused`]: decoded weight rows `a` (`k` each), activations `b` with
+/// row `p` at `offs[p]`, `n` columns, and where the rows go.
+pub type GemmRowsFusedFn =
+    fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>);
+
+/// Where [`Isa::gemm_rows_fused`] writes: for every row `r < a.len() / k` and column `j < n`,
+/// `dst[r][col + j] = clamp(sum_p a[r * k + p] * b[offs[p] + j] + bias[r] + residual(r, j))`.
+pub struct FusedRows<'a, 'd> {
+    /// One output row per weight row, each at least `col + n` long (a filter's output plane).
+    pub dst: &'a mut [&'d mut [f32]],
+    /// First column written in every row of `dst`.
+    pub col: usize,
+    /// One bias per row, or none (0).
+    pub bias: Option<&'a [f32]>,
+    /// Rows added before the clamp, if any.
+    pub residual: Option<ResidualRows<'a>>,
+    /// `[lo, hi]`: each result is clamped to `lo..=hi` (`max` first, so NaN becomes `lo`): a
+    /// fused ReLU / ReLU6 / Clip. `None` stores the sums as they are.
+    pub clamp: Option<[f32; 2]>,
+}
+
+/// The residual rows of [`FusedRows`]: rows `r < rows` add `data[r * pitch + j]` to column `j`;
+/// later rows have no residual (a residual that covers only the first output channels).
+#[derive(Clone, Copy)]
+pub struct ResidualRows<'a> {
+    /// Row 0's first residual value, then the other rows `pitch` apart.
+    pub data: &'a [f32],
+    /// Elements from one row's start to the next.
+    pub pitch: usize,
+    /// Rows that have a residual.
+    pub rows: usize,
+}
+
+/// Checks [`Isa::gemm_rows_fused`] operands (panicking on a caller bug, like slice indexing
+/// would) and returns the row count `a.len() / k`, or `None` when there is nothing to do.
+pub(crate) fn gemm_rows_fused_check(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    out: &FusedRows<'_, '_>,
+) -> Option<usize> {
+    if k == 0 || n == 0 || a.len() < k {
+        return None;
+    }
+    let m = a.len() / k;
+    assert!(offs.len() >= k, "gemm_rows_fused: {} offsets for {k} rows", offs.len());
+    let reach = offs[..k].iter().map(|&o| o.saturating_add(n)).max().unwrap_or(0);
+    assert!(reach <= b.len(), "gemm_rows_fused: b is too short");
+    assert!(out.dst.len() >= m, "gemm_rows_fused: {} output rows for {m} weight rows", out.dst.len());
+    let end = out.col.checked_add(n).expect("gemm_rows_fused: column overflow");
+    assert!(out.dst[..m].iter().all(|row| row.len() >= end), "gemm_rows_fused: an output row is too short");
+    if let Some(bias) = out.bias {
+        assert!(bias.len() >= m, "gemm_rows_fused: {} biases for {m} rows", bias.len());
+    }
+    if let Some(res) = out.residual {
+        let rows = res.rows.min(m);
+        assert!(
+            rows == 0 || res.data.len() >= (rows - 1) * res.pitch + n,
+            "gemm_rows_fused: the residual is too short"
+        );
+    }
+    Some(m)
 }
 
 /// The form of [`Isa::depthwise_plane`]: filter `w`, input plane `x`, output plane `y`, the

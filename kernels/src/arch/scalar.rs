@@ -1,6 +1,6 @@
 //! The portable reference path: plain loops the compiler may auto-vectorise.
 
-use super::{DepthwiseInPlace, DepthwisePlane, DepthwiseRows, Isa};
+use super::{gemm_rows_fused_check, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, FusedRows, Isa};
 
 /// The scalar path's micro-kernels.
 pub const ISA: Isa = Isa {
@@ -8,6 +8,7 @@ pub const ISA: Isa = Isa {
     lanes: 1,
     gemm_rows,
     gemm_rows_at,
+    gemm_rows_fused: Some(gemm_rows_fused),
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     decode_nibbles,
@@ -54,6 +55,32 @@ pub fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c:
         crow.fill(0.0);
         for (&w, &o) in arow.iter().zip(&offs[..k]) {
             axpy(crow, w, &b[o..o + n]);
+        }
+    }
+}
+
+/// See [`Isa::gemm_rows_fused`]: each row's sums in the order [`gemm_rows_at`] takes them, then
+/// bias, residual and clamp, as [`crate::Activation::store_rows`] applies them.
+pub fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
+    let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
+    for (r, arow) in a.chunks_exact(k).take(m).enumerate() {
+        let row = &mut out.dst[r][out.col..out.col + n];
+        row.fill(0.0);
+        for (&w, &o) in arow.iter().zip(&offs[..k]) {
+            axpy(row, w, &b[o..o + n]);
+        }
+        let bias = out.bias.map_or(0.0, |bias| bias[r]);
+        let residual = out.residual.filter(|res| r < res.rows).map(|res| &res.data[r * res.pitch..][..n]);
+        for (j, y) in row.iter_mut().enumerate() {
+            let mut v = *y;
+            if let Some(res) = residual {
+                v += res[j];
+            }
+            v += bias;
+            if let Some([lo, hi]) = out.clamp {
+                v = v.max(lo).min(hi);
+            }
+            *y = v;
         }
     }
 }

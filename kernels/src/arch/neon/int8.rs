@@ -26,7 +26,7 @@ use std::arch::asm;
 
 /// The NEON + dotprod int8 kernels. Only [`super::neon`] hands them out, after detecting dotprod.
 pub(super) const KERNELS: Int8Kernels =
-    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles) };
+    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles), convolutions: true };
 
 /// Rows of `w` (and `c`) one `gemm` register block covers.
 const MR: usize = 8;

@@ -32,6 +32,7 @@ const ISA: Isa = Isa {
     lanes: 4,
     gemm_rows,
     gemm_rows_at,
+    gemm_rows_fused: None,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     decode_nibbles: super::scalar::decode_nibbles,

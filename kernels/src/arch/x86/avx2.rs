@@ -5,8 +5,8 @@ use std::arch::x86_64::*;
 
 use super::{bounds, gemv_planes_avx2, permute};
 use crate::arch::{
-    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar, tables_from, BRows, Isa,
-    Listed, Strided, PACKED_ROWS,
+    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, gemm_rows_fused_check, row_table, scalar,
+    tables_from, BRows, FusedRows, Isa, Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX2 path. Private: only [`super::avx2()`] hands it out, after feature detection.
@@ -15,6 +15,7 @@ pub(super) const ISA: Isa = Isa {
     lanes: 8,
     gemm_rows,
     gemm_rows_at,
+    gemm_rows_fused: Some(gemm_rows_fused),
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,
     activate: crate::arch::epilogue::x86::activate_avx2,
     decode_nibbles,
@@ -57,72 +58,214 @@ pub(super) fn hsum(v: __m256) -> f32 {
 /// See [`Isa::gemm_rows`].
 fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
     let Some(m) = gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
+    let sink = Matrix::<true> { c: c.as_mut_ptr(), ldc };
     // SAFETY: this table is only reachable after AVX2 + FMA were detected (see `super::avx2`), and
     // `gemm_rows_check` asserted that `a`, `b` and `c` cover every element the kernel touches.
-    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, sink) }
 }
 
 /// See [`Isa::gemm_rows_at`].
 fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize) {
     let Some(m) = gemm_rows_at_check(a, k, b, offs, n, c, ldc) else { return };
+    let sink = Matrix::<false> { c: c.as_mut_ptr(), ldc };
     // SAFETY: as in `gemm_rows`; the check asserted `k` offsets, each with `n` elements of `b`
     // after it, so every row the kernel reads through `Listed` is in bounds.
-    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc) }
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink) }
 }
 
-/// Column strips of `NR` outer, row blocks of `MR` inner, so a `k × NR` strip of `b` stays in L1
-/// while every row block streams over it.
+/// See [`Isa::gemm_rows_fused`].
+fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
+    let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
+    let (lo, hi) = out.clamp.map_or((f32::NEG_INFINITY, f32::INFINITY), |[lo, hi]| (lo, hi));
+    let residual = out.residual.filter(|res| res.rows > 0);
+    let sink = Epilogue {
+        rows: out.dst.as_mut_ptr(),
+        col: out.col,
+        bias: out.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+        residual: residual.map_or(std::ptr::null(), |res| res.data.as_ptr()),
+        residual_pitch: residual.map_or(0, |res| res.pitch),
+        residual_rows: residual.map_or(0, |res| res.rows),
+        clamp: out.clamp.is_some(),
+        lo,
+        hi,
+    };
+    // SAFETY: as in `gemm_rows_at` for `a` and `b`; the check asserted `m` output rows of at least
+    // `col + n` values, `m` biases when there are any, and `n` residual values at `r * pitch` for
+    // every row `r` below both `m` and the residual's row count.
+    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink) }
+}
+
+/// Where a register tile's finished rows go.
+trait Sink: Copy {
+    /// Column strips of `NR` per block of [`gemm_rows_impl`].
+    const STRIPS: usize;
+
+    /// Stores row `i`'s sums for columns `j .. j + 16` (`v`), or only the lanes set in `mask`.
+    ///
+    /// # Safety
+    /// AVX2 + FMA available; row `i` and columns `j ..` (all 16, or the masked ones) lie within
+    /// what the kernel's checks asserted.
+    unsafe fn store(self, i: usize, j: usize, v: [__m256; 2], mask: Option<[__m256i; 2]>);
+}
+
+/// A row-major matrix `c` with rows `ldc` apart: sums overwrite it, or are added to it (`ADD`).
+#[derive(Clone, Copy)]
+struct Matrix<const ADD: bool> {
+    c: *mut f32,
+    ldc: usize,
+}
+
+impl<const ADD: bool> Sink for Matrix<ADD> {
+    const STRIPS: usize = 1;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store(self, i: usize, j: usize, v: [__m256; 2], mask: Option<[__m256i; 2]>) {
+        // SAFETY: the caller guarantees element (i, j ..) of `c` and the lanes stored are in bounds.
+        unsafe {
+            let cp = self.c.add(i * self.ldc + j);
+            match mask {
+                None if ADD => {
+                    _mm256_storeu_ps(cp, _mm256_add_ps(_mm256_loadu_ps(cp), v[0]));
+                    _mm256_storeu_ps(cp.add(8), _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), v[1]));
+                }
+                None => {
+                    _mm256_storeu_ps(cp, v[0]);
+                    _mm256_storeu_ps(cp.add(8), v[1]);
+                }
+                Some([m0, m1]) => {
+                    let (c0, c1) = if ADD {
+                        (
+                            _mm256_add_ps(_mm256_maskload_ps(cp, m0), v[0]),
+                            _mm256_add_ps(_mm256_maskload_ps(cp.add(8), m1), v[1]),
+                        )
+                    } else {
+                        (v[0], v[1])
+                    };
+                    _mm256_maskstore_ps(cp, m0, c0);
+                    _mm256_maskstore_ps(cp.add(8), m1, c1);
+                }
+            }
+        }
+    }
+}
+
+/// The rows of a [`FusedRows`] as raw parts (so the sink is `Copy` into the register loop): each
+/// row's sums plus its residual (null: none) and bias (null: none), clamped when `clamp` is set.
+#[derive(Clone, Copy)]
+struct Epilogue<'d> {
+    rows: *mut &'d mut [f32],
+    col: usize,
+    bias: *const f32,
+    residual: *const f32,
+    residual_pitch: usize,
+    residual_rows: usize,
+    clamp: bool,
+    lo: f32,
+    hi: f32,
+}
+
+impl Sink for Epilogue<'_> {
+    const STRIPS: usize = 16;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store(self, i: usize, j: usize, v: [__m256; 2], mask: Option<[__m256i; 2]>) {
+        // SAFETY: the caller guarantees row `i` exists and columns `col + j ..` (the lanes stored)
+        // lie in it, in its residual row if it has one, and that row `i` has a bias if any do.
+        unsafe {
+            let dst = (*self.rows.add(i)).as_mut_ptr().add(self.col + j);
+            let mut v = v;
+            if i < self.residual_rows {
+                let res = self.residual.add(i * self.residual_pitch + j);
+                let (r0, r1) = match mask {
+                    None => (_mm256_loadu_ps(res), _mm256_loadu_ps(res.add(8))),
+                    Some([m0, m1]) => (_mm256_maskload_ps(res, m0), _mm256_maskload_ps(res.add(8), m1)),
+                };
+                v = [_mm256_add_ps(v[0], r0), _mm256_add_ps(v[1], r1)];
+            }
+            if !self.bias.is_null() {
+                let b = _mm256_set1_ps(*self.bias.add(i));
+                v = [_mm256_add_ps(v[0], b), _mm256_add_ps(v[1], b)];
+            }
+            if self.clamp {
+                let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
+                v = v.map(|x| _mm256_min_ps(_mm256_max_ps(x, lo), hi));
+            }
+            match mask {
+                None => {
+                    _mm256_storeu_ps(dst, v[0]);
+                    _mm256_storeu_ps(dst.add(8), v[1]);
+                }
+                Some([m0, m1]) => {
+                    _mm256_maskstore_ps(dst, m0, v[0]);
+                    _mm256_maskstore_ps(dst.add(8), m1, v[1]);
+                }
+            }
+        }
+    }
+}
+
+/// Column blocks of `S::STRIPS` strips of `NR` outer; in each, row blocks of `MR`, then its
+/// strips: a block of `b` (`k × STRIPS·NR`) stays in L1 while every row block streams over it.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_rows_impl<B: BRows>(
+unsafe fn gemm_rows_impl<B: BRows, S: Sink>(
     a: *const f32,
     k: usize,
     m: usize,
     b: *const f32,
     rows: B,
     n: usize,
-    c: *mut f32,
-    ldc: usize,
+    sink: S,
 ) {
-    let mut j = 0;
-    while j < n {
-        let w = (n - j).min(NR);
+    let mut j0 = 0;
+    while j0 < n {
+        let block_end = n.min(j0 + S::STRIPS * NR);
         let mut i = 0;
         while i < m {
             let r = (m - i).min(MR);
-            // SAFETY (all arms): rows i..i+r of a/c and columns j..j+w of b/c are in bounds.
-            let (ap, bp, cp) = unsafe { (a.add(i * k), b.add(j), c.add(i * ldc + j)) };
-            unsafe {
-                match r {
-                    6 => tile::<6, B>(ap, k, bp, rows, w, cp, ldc),
-                    5 => tile::<5, B>(ap, k, bp, rows, w, cp, ldc),
-                    4 => tile::<4, B>(ap, k, bp, rows, w, cp, ldc),
-                    3 => tile::<3, B>(ap, k, bp, rows, w, cp, ldc),
-                    2 => tile::<2, B>(ap, k, bp, rows, w, cp, ldc),
-                    _ => tile::<1, B>(ap, k, bp, rows, w, cp, ldc),
+            let mut j = j0;
+            while j < block_end {
+                let w = (block_end - j).min(NR);
+                // SAFETY (all arms): rows i..i+r of a and the sink and columns j..j+w of b and
+                // the sink are in bounds.
+                let (ap, bp) = unsafe { (a.add(i * k), b.add(j)) };
+                let at = (i, j);
+                unsafe {
+                    match r {
+                        6 => tile::<6, B, S>(ap, k, bp, rows, w, sink, at),
+                        5 => tile::<5, B, S>(ap, k, bp, rows, w, sink, at),
+                        4 => tile::<4, B, S>(ap, k, bp, rows, w, sink, at),
+                        3 => tile::<3, B, S>(ap, k, bp, rows, w, sink, at),
+                        2 => tile::<2, B, S>(ap, k, bp, rows, w, sink, at),
+                        _ => tile::<1, B, S>(ap, k, bp, rows, w, sink, at),
+                    }
                 }
+                j += w;
             }
             i += r;
         }
-        j += w;
+        j0 = block_end;
     }
 }
 
-/// `c[r][0..w] += sum_p a[r][p] * b[p][0..w]` for `R` rows, `w <= NR`, accumulators in registers.
+/// `sum_p a[r][p] * b[p][0..w]` for `R` rows, `w <= NR`, accumulated in registers and handed to
+/// `sink` as rows `at.0 ..` at column `at.1`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize, B: BRows>(
+unsafe fn tile<const R: usize, B: BRows, S: Sink>(
     a: *const f32,
     k: usize,
     b: *const f32,
     rows: B,
     w: usize,
-    c: *mut f32,
-    ldc: usize,
+    sink: S,
+    at: (usize, usize),
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     // SAFETY: the caller guarantees R rows of k values at `a`, k rows of w values at `b` (found
-    // through `rows`) and R rows of w values at `c` (stride ldc); masked lanes are never accessed.
+    // through `rows`) and R rows of w columns in `sink` at `at`; masked lanes are never accessed.
     unsafe {
         if w == NR {
             for p in 0..k {
@@ -134,15 +277,8 @@ unsafe fn tile<const R: usize, B: BRows>(
                     acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                let cp = c.add(r * ldc);
-                if B::ACCUMULATE {
-                    _mm256_storeu_ps(cp, _mm256_add_ps(_mm256_loadu_ps(cp), acc[0]));
-                    _mm256_storeu_ps(cp.add(8), _mm256_add_ps(_mm256_loadu_ps(cp.add(8)), acc[1]));
-                } else {
-                    _mm256_storeu_ps(cp, acc[0]);
-                    _mm256_storeu_ps(cp.add(8), acc[1]);
-                }
+            for (r, acc) in acc.into_iter().enumerate() {
+                sink.store(at.0 + r, at.1, acc, None);
             }
         } else {
             let (m0, m1) = (lane_mask(w), lane_mask(w.saturating_sub(8)));
@@ -155,18 +291,8 @@ unsafe fn tile<const R: usize, B: BRows>(
                     acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                let cp = c.add(r * ldc);
-                let (c0, c1) = if B::ACCUMULATE {
-                    (
-                        _mm256_add_ps(_mm256_maskload_ps(cp, m0), acc[0]),
-                        _mm256_add_ps(_mm256_maskload_ps(cp.add(8), m1), acc[1]),
-                    )
-                } else {
-                    (acc[0], acc[1])
-                };
-                _mm256_maskstore_ps(cp, m0, c0);
-                _mm256_maskstore_ps(cp.add(8), m1, c1);
+            for (r, acc) in acc.into_iter().enumerate() {
+                sink.store(at.0 + r, at.1, acc, Some([m0, m1]));
             }
         }
     }

@@ -17,6 +17,7 @@ pub(super) const ISA: Isa = Isa {
     lanes: 16,
     gemm_rows,
     gemm_rows_at,
+    gemm_rows_fused: None,
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
     decode_nibbles,

@@ -11,7 +11,7 @@ use crate::arch::int8::{dot_nibbles_check, gemm_check, min_max_check, quantize_c
 
 /// The AVX-512 VNNI int8 kernels.
 pub(super) const KERNELS: Int8Kernels =
-    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles) };
+    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles), convolutions: true };
 
 /// See [`Int8Kernels::min_max`].
 fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
