@@ -97,8 +97,8 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
 
 /// Where a register tile's finished rows go.
 trait Sink: Copy {
-    /// Column strips of `NR` per block of [`gemm_rows_impl`].
-    const STRIPS: usize;
+    /// Column strips of `NR` per block of [`gemm_rows_impl`] for `m` weight rows of depth `k`.
+    fn strips(self, k: usize, m: usize) -> usize;
 
     /// Stores row `i`'s sums for columns `j .. j + 16` (`v`), or only the lanes set in `mask`.
     ///
@@ -116,7 +116,10 @@ struct Matrix<const ADD: bool> {
 }
 
 impl<const ADD: bool> Sink for Matrix<ADD> {
-    const STRIPS: usize = 1;
+    #[inline]
+    fn strips(self, _k: usize, _m: usize) -> usize {
+        1
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -166,7 +169,17 @@ struct Epilogue<'d> {
 }
 
 impl Sink for Epilogue<'_> {
-    const STRIPS: usize = 16;
+    /// As many strips (up to 16) as fit in L1 beside the weight rows: a tile's stores then fall
+    /// between loads of other strips. With one strip, a row block's stores and the next row
+    /// block's loads of the same strip 4K-alias when planes lie a multiple of 4 KiB apart
+    /// (BlazeFace's 64×64 and 32×32: its 24→24 layers took 30 % longer than with the
+    /// accumulator pass); a block that overflows L1 costs more (a 96→96 layer over 80×160 took
+    /// 5-8 % longer with 16 strips).
+    #[inline]
+    fn strips(self, k: usize, m: usize) -> usize {
+        let free = FUSED_L1_BYTES.saturating_sub(m * k * 4);
+        (free / (k * NR * 4).max(1)).clamp(1, 16)
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -206,8 +219,12 @@ impl Sink for Epilogue<'_> {
     }
 }
 
-/// Column blocks of `S::STRIPS` strips of `NR` outer; in each, row blocks of `MR`, then its
-/// strips: a block of `b` (`k × STRIPS·NR`) stays in L1 while every row block streams over it.
+/// Bytes of L1 a column block of the fused kernel and its weight rows may fill (see
+/// [`Epilogue::strips`]; 32 KiB L1 less a few lines for the output rows).
+const FUSED_L1_BYTES: usize = 28 << 10;
+
+/// Column blocks of `sink.strips(k, m)` strips of `NR` outer; in each, row blocks of `MR`, then its
+/// strips: a block of `b` (`k × strips·NR`) stays in L1 while every row block streams over it.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemm_rows_impl<B: BRows, S: Sink>(
@@ -219,9 +236,10 @@ unsafe fn gemm_rows_impl<B: BRows, S: Sink>(
     n: usize,
     sink: S,
 ) {
+    let block = sink.strips(k, m) * NR;
     let mut j0 = 0;
     while j0 < n {
-        let block_end = n.min(j0 + S::STRIPS * NR);
+        let block_end = n.min(j0 + block);
         let mut i = 0;
         while i < m {
             let r = (m - i).min(MR);
@@ -280,19 +298,36 @@ unsafe fn tile<const R: usize, B: BRows, S: Sink>(
             for (r, acc) in acc.into_iter().enumerate() {
                 sink.store(at.0 + r, at.1, acc, None);
             }
-        } else {
-            let (m0, m1) = (lane_mask(w), lane_mask(w.saturating_sub(8)));
+        } else if w > 8 {
+            // The first vector whole, the second under a mask: 16 registers with the mask.
+            let m1 = lane_mask(w - 8);
             for p in 0..k {
                 let bp = b.add(rows.offset(p));
-                let (b0, b1) = (_mm256_maskload_ps(bp, m0), _mm256_maskload_ps(bp.add(8), m1));
+                let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_maskload_ps(bp.add(8), m1));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_set1_ps(*a.add(r * k + p));
                     acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
                 }
             }
+            let whole = _mm256_set1_epi32(-1);
             for (r, acc) in acc.into_iter().enumerate() {
-                sink.store(at.0 + r, at.1, acc, Some([m0, m1]));
+                sink.store(at.0 + r, at.1, acc, Some([whole, m1]));
+            }
+        } else {
+            // One vector per row: half the multiply-adds of a two-vector tile, and registers to
+            // spare (a 384-deep 1x1 layer over 10x20 pixels, 12 strips and one of 8 columns, took
+            // 8 % longer when this strip spilled its accumulators).
+            let m0 = lane_mask(w);
+            for p in 0..k {
+                let b0 = _mm256_maskload_ps(b.add(rows.offset(p)), m0);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(*a.add(r * k + p)), b0, acc[0]);
+                }
+            }
+            let none = _mm256_setzero_si256();
+            for (r, acc) in acc.into_iter().enumerate() {
+                sink.store(at.0 + r, at.1, acc, Some([m0, none]));
             }
         }
     }
