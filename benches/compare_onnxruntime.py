@@ -23,7 +23,8 @@ Arguments:
     --pith PATH     the pith binary (default target/release/pith)
     --tflite PATH   the original .tflite for LiteRT (not bundled: the repository has the ONNX only)
     --int8          also time Pith with int8 activations (`pith bench --int8`: dynamic-range
-                    quantized 1x1 convolutions on int8 dot products) and onnxruntime on the model
+                    quantized 1x1 convolutions and 4-bit GEMVs on int8 dot products; GEMVs
+                    only on x86 without AVX-512 VNNI) and onnxruntime on the model
                     its `quantize_dynamic` writes (int8 weights, activations quantized at run time)
 
 The model is first compressed with `pith compress` into --work-dir (default: a temporary folder).

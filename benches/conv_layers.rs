@@ -1,7 +1,7 @@
 //! Representative convolution layers of BlazeFace and PP-OCRv4 det (shapes from the bundled
 //! models, see `pith_benches::conv_layers`) through `Kernels::conv2d` on one thread, with f32
 //! weights (the baseline) against 8-bit and 4-bit codebook weights, and, where the CPU has int8
-//! dot products (AVX-512 VNNI, NEON dotprod), the ungrouped layers on int8 activations
+//! convolutions (AVX-512 VNNI, NEON dotprod; not AVX2), the ungrouped layers on int8 activations
 //! (`Kernels::conv2d_int8`, filters prepared once outside the timed loop; id `int8`). Throughput
 //! is in multiply-accumulates, so criterion prints MAC/s. Run:
 //! `cargo bench -p pith-benches --bench conv_layers`.
@@ -17,8 +17,10 @@ use pith_kernels::{Activation, Int8Filters, Kernels};
 fn bench_conv_layers(c: &mut Criterion) {
     let kernels = Kernels::new(1).expect("kernel set (check PITH_KERNEL)");
     let int8 = kernels.clone().with_int8_activations(true).ok();
+    let int8 = int8.filter(|k| k.isa().int8.is_some_and(|i| i.convolutions));
     if int8.is_none() {
-        eprintln!("conv_layers: the '{}' path has no int8 kernels; int8 rows skipped", kernels.isa().name);
+        let name = kernels.isa().name;
+        eprintln!("conv_layers: the '{name}' path has no int8 convolutions; int8 rows skipped");
     }
     let mut group = c.benchmark_group(format!("conv_layers_{}_t1", kernels.isa().name));
     // The large PP-OCR layers take a good fraction of a second per call on scalar paths.

@@ -25,10 +25,11 @@ pub struct SessionOptions {
     /// session creation). The kernel path is the best the CPU supports, or `PITH_KERNEL`
     /// (`scalar`, `avx2`, `avx512`, `neon`); an unknown or unsupported name fails `Session::new`.
     pub threads: usize,
-    /// Run 1×1 convolutions on activations quantized to 8 bits on the fly and the CPU's int8
-    /// dot products (dynamic-range quantization, as TFLite's hybrid kernels): faster, with the
-    /// error of 8-bit activations. Needs a kernel path with int8 kernels (x86 AVX-512 VNNI,
-    /// aarch64 dotprod); `Session::new` fails naming the path otherwise.
+    /// Run 1×1 convolutions and 4-bit GEMVs on activations quantized to 8 bits on the fly and
+    /// the CPU's int8 dot products (dynamic-range quantization, as TFLite's hybrid kernels):
+    /// faster, with the error of 8-bit activations. On x86 without AVX-512 VNNI only the GEMVs
+    /// take int8 (AVX2 `vpmaddubsw`); aarch64 needs dotprod, and `Session::new` fails naming
+    /// the path without it.
     pub int8_activations: bool,
 }
 
