@@ -21,8 +21,8 @@ use std::ops::Range;
 use pith_format::TensorView;
 
 use crate::arch::{
-    DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, FusedRows, Isa,
-    ResidualRows, PLANE_LANES,
+    DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, FusedActivation,
+    FusedRows, Isa, ResidualRows, PLANE_LANES,
 };
 use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, ChannelActivation, KernelError, Kernels, WeightRows};
@@ -410,8 +410,11 @@ impl Layer<'_, '_> {
         let (panel, rest) = scratch.split_at_mut(block * k);
         let (column, acc) = rest.split_at_mut(k);
         let planes: Vec<usize> = (0..k).map(|c| c * plane).collect();
-        // ReLU, ReLU6 / Clip or none, the same on every channel: what a fused tile applies.
-        let fused_clamp = self.act.same().and_then(direct_store);
+        // What a fused tile can apply (slopes of a LeakyRelu repeated per panel row).
+        let leaky = match self.act.same() {
+            Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL_ROWS],
+            _ => [0.0; PANEL_ROWS],
+        };
         let mut oc = ocs.start;
         while oc < ocs.end {
             // Filters of oc's group, at most one panel.
@@ -425,8 +428,10 @@ impl Layer<'_, '_> {
             }
             let a = &panel[..m * k];
             let residual_rows = residual.map(|res| (res, res.channels.saturating_sub(oc).min(m)));
-            if let (Some(fused), Some(clamp)) = (self.isa.gemm_rows_fused, fused_clamp) {
-                // Bias, residual and clamp in the register tile: each output written once,
+            if let (Some(fused), Some(act)) =
+                (self.isa.gemm_rows_fused, fused_activation(self.act, oc, &leaky))
+            {
+                // Bias, residual and activation in the register tile: each output written once,
                 // straight from the sums. Every column in one call (the tile streams each
                 // 16-column strip of the input through all filters, whatever the width).
                 let vectors = cols.len() - sliver_columns(self.isa.lanes, cols.len(), k);
@@ -438,7 +443,7 @@ impl Layer<'_, '_> {
                         residual: residual_rows.filter(|&(_, rows)| rows > 0).map(|(res, rows)| {
                             ResidualRows { data: &res.data[oc * plane + cols.start..], pitch: plane, rows }
                         }),
-                        clamp,
+                        act,
                     };
                 fused(a, k, &xg[cols.start..], &planes, vectors, out);
                 for j in cols.start + vectors..cols.end {
@@ -450,8 +455,8 @@ impl Layer<'_, '_> {
                         if let Some(res) = residual.and_then(|res| res.plane(oc + r, plane)) {
                             v += res[j];
                         }
-                        v += self.bias.map_or(0.0, |b| b[oc + r]);
-                        yplane[j - cols.start] = clamp.map_or(v, |[lo, hi]| v.max(lo).min(hi));
+                        yplane[j - cols.start] =
+                            act.of_row(r).apply(v + self.bias.map_or(0.0, |b| b[oc + r]));
                     }
                 }
                 oc = end;
@@ -751,6 +756,30 @@ fn plane_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwisePlaneFn> {
         && rows_waste_lanes(p.out_w)
         && p.k_h * p.k_w <= PLANE_MAX_TAPS;
     isa.depthwise_plane.filter(|_| fits)
+}
+
+/// The activation a fused pointwise tile applies to filters `oc ..` under `act`, if it can
+/// (`leaky`: a LeakyRelu's slope repeated per panel row); `None` for the activations only the
+/// epilogue pass has (sigmoids).
+fn fused_activation<'a>(
+    act: ChannelActivation<'a>,
+    oc: usize,
+    leaky: &'a [f32],
+) -> Option<FusedActivation<'a>> {
+    Some(match act {
+        ChannelActivation::PRelu(slopes) => FusedActivation::Leaky(&slopes[oc..]),
+        ChannelActivation::Same(act) => match act {
+            Activation::None => FusedActivation::None,
+            Activation::Relu => FusedActivation::Clamp([0.0, f32::INFINITY]),
+            Activation::Clip { min, max } => FusedActivation::Clamp([min, max]),
+            Activation::HardSwish => FusedActivation::HardSwish { scale: 1.0, shift: 0.0 },
+            Activation::HardSwishAffine { scale, shift } => FusedActivation::HardSwish { scale, shift },
+            Activation::LeakyRelu(_) => FusedActivation::Leaky(leaky),
+            Activation::HardSigmoid { .. } | Activation::HardSigmoidPlus { .. } | Activation::Sigmoid => {
+                return None
+            }
+        },
+    })
 }
 
 /// How a depthwise layer with activation `act` can store its sums directly: `Some(clamp)` when

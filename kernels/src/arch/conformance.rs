@@ -1,6 +1,8 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
-use super::{scalar, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, FusedRows, Isa, ResidualRows};
+use super::{
+    scalar, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, FusedActivation, FusedRows, Isa, ResidualRows,
+};
 use crate::testutil::Rng;
 use crate::Conv2dParams;
 
@@ -84,7 +86,10 @@ struct FusedCase {
     offs: Vec<usize>,
     bias: Option<Vec<f32>>,
     residual: Option<(Vec<f32>, usize, usize)>,
-    clamp: Option<[f32; 2]>,
+    /// 0 none, 1 ReLU, 2 a clamp, 3 HardSwish, 4 an affine HardSwish, 5 per-row slopes.
+    act: usize,
+    clamp: [f32; 2],
+    slopes: Vec<f32>,
 }
 
 impl FusedCase {
@@ -99,13 +104,25 @@ impl FusedCase {
             let (pitch, rows) = (n + rng.below(9), rng.below(m + 2));
             (rng.vec(rows.max(1) * pitch), pitch, rows)
         });
-        let clamp = match case % 4 {
-            0 => None,
-            1 => Some([0.0, f32::INFINITY]),
-            _ => Some([-0.25 - rng.below(3) as f32, 0.5 + rng.below(3) as f32]),
+        let act = case % 6;
+        let clamp = match act {
+            1 => [0.0, f32::INFINITY],
+            _ => [-0.25 - rng.below(3) as f32, 0.5 + rng.below(3) as f32],
         };
-        let a = rng.vec(m * k);
-        FusedCase { m, k, n, col: rng.below(5), a, b, offs, bias, residual, clamp }
+        let slopes = rng.vec(m).iter().map(|v| v - 0.5).collect();
+        // Weights around 0, so sums fall on both sides of every activation's bends.
+        let a = rng.vec(m * k).iter().map(|v| (v - 0.5) * 4.0).collect();
+        FusedCase { m, k, n, col: rng.below(5), a, b, offs, bias, residual, act, clamp, slopes }
+    }
+
+    fn activation(&self) -> FusedActivation<'_> {
+        match self.act {
+            0 => FusedActivation::None,
+            1 | 2 => FusedActivation::Clamp(self.clamp),
+            3 => FusedActivation::HardSwish { scale: 1.0, shift: 0.0 },
+            4 => FusedActivation::HardSwish { scale: self.clamp[1], shift: self.clamp[0] },
+            _ => FusedActivation::Leaky(&self.slopes),
+        }
     }
 
     /// Runs `f` on rows of NaN, `tail` columns past the written ones, and returns the rows.
@@ -121,7 +138,7 @@ impl FusedCase {
                 pitch: *pitch,
                 rows: *rows,
             }),
-            clamp: self.clamp,
+            act: self.activation(),
         };
         f(&self.a, self.k, &self.b, &self.offs, self.n, out);
         rows
@@ -130,18 +147,14 @@ impl FusedCase {
 
 #[test]
 fn gemm_rows_fused_reference_is_gemm_rows_at_then_store_rows() {
-    use crate::Activation;
     let mut rng = Rng::new(41);
     for case in 0..200 {
         let c = FusedCase::random(&mut rng, case);
         let got = c.run(scalar::gemm_rows_fused, 0);
         let mut acc = vec![0.0; c.m * c.n];
         scalar::gemm_rows_at(&c.a, c.k, &c.b, &c.offs, c.n, &mut acc, c.n);
-        let act = match c.clamp {
-            None => Activation::None,
-            Some([lo, hi]) => Activation::Clip { min: lo, max: hi },
-        };
         for (r, row) in got.iter().enumerate() {
+            let act = c.activation().of_row(r);
             let res =
                 c.residual.as_ref().filter(|res| r < res.2).map(|(data, pitch, _)| &data[r * pitch..][..c.n]);
             let mut want = vec![0.0; c.n];
@@ -185,7 +198,8 @@ fn gemm_rows_fused_rejects_short_rows() {
         let mut rows = [vec![0.0; 6], vec![0.0; 5]];
         let short = std::panic::catch_unwind(move || {
             let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
-            let out = FusedRows { dst: &mut dst, col: 2, bias: None, residual: None, clamp: None };
+            let out =
+                FusedRows { dst: &mut dst, col: 2, bias: None, residual: None, act: FusedActivation::None };
             fused(&a, 2, &b, &[0, 4], 4, out);
         });
         assert!(short.is_err(), "{}: an output row one short was accepted", isa.name);

@@ -162,7 +162,7 @@ pub type GemmRowsFusedFn =
     fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>);
 
 /// Where [`Isa::gemm_rows_fused`] writes: for every row `r < a.len() / k` and column `j < n`,
-/// `dst[r][col + j] = clamp(sum_p a[r * k + p] * b[offs[p] + j] + bias[r] + residual(r, j))`.
+/// `dst[r][col + j] = act_r((sum_p a[r * k + p] * b[offs[p] + j] + residual(r, j)) + bias[r])`.
 pub struct FusedRows<'a, 'd> {
     /// One output row per weight row, each at least `col + n` long (a filter's output plane).
     pub dst: &'a mut [&'d mut [f32]],
@@ -170,11 +170,46 @@ pub struct FusedRows<'a, 'd> {
     pub col: usize,
     /// One bias per row, or none (0).
     pub bias: Option<&'a [f32]>,
-    /// Rows added before the clamp, if any.
+    /// Rows added before the activation, if any.
     pub residual: Option<ResidualRows<'a>>,
-    /// `[lo, hi]`: each result is clamped to `lo..=hi` (`max` first, so NaN becomes `lo`): a
-    /// fused ReLU / ReLU6 / Clip. `None` stores the sums as they are.
-    pub clamp: Option<[f32; 2]>,
+    /// Applied to every result before it is stored.
+    pub act: FusedActivation<'a>,
+}
+
+/// The activations [`Isa::gemm_rows_fused`] applies in its register tile: each the same function
+/// of one value as the [`crate::Activation`] it stands for (see [`FusedActivation::of_row`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FusedActivation<'a> {
+    /// The sums as they are.
+    None,
+    /// Clamped to `lo..=hi` (`max` first, so NaN becomes `lo`): ReLU, ReLU6, Clip.
+    Clamp([f32; 2]),
+    /// `scale * HardSwish(x) + shift` (a plain HardSwish: 1 and 0).
+    HardSwish {
+        /// Factor after the HardSwish.
+        scale: f32,
+        /// Term added last.
+        shift: f32,
+    },
+    /// `x` where `x >= 0`, else `slopes[r] * x` on row `r` (PRelu, or LeakyRelu with one slope
+    /// repeated): one slope per row.
+    Leaky(&'a [f32]),
+}
+
+impl FusedActivation<'_> {
+    /// What row `r` applies, as an [`crate::Activation`].
+    pub fn of_row(self, r: usize) -> crate::Activation {
+        use crate::Activation;
+        match self {
+            FusedActivation::None => Activation::None,
+            FusedActivation::Clamp([min, max]) => Activation::Clip { min, max },
+            FusedActivation::HardSwish { scale, shift } if scale == 1.0 && shift == 0.0 => {
+                Activation::HardSwish
+            }
+            FusedActivation::HardSwish { scale, shift } => Activation::HardSwishAffine { scale, shift },
+            FusedActivation::Leaky(slopes) => Activation::LeakyRelu(slopes[r]),
+        }
+    }
 }
 
 /// The residual rows of [`FusedRows`]: rows `r < rows` add `data[r * pitch + j]` to column `j`;
@@ -211,6 +246,9 @@ pub(crate) fn gemm_rows_fused_check(
     assert!(out.dst[..m].iter().all(|row| row.len() >= end), "gemm_rows_fused: an output row is too short");
     if let Some(bias) = out.bias {
         assert!(bias.len() >= m, "gemm_rows_fused: {} biases for {m} rows", bias.len());
+    }
+    if let FusedActivation::Leaky(slopes) = out.act {
+        assert!(slopes.len() >= m, "gemm_rows_fused: {} slopes for {m} rows", slopes.len());
     }
     if let Some(res) = out.residual {
         let rows = res.rows.min(m);

@@ -60,7 +60,7 @@ pub fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c:
 }
 
 /// See [`Isa::gemm_rows_fused`]: each row's sums in the order [`gemm_rows_at`] takes them, then
-/// bias, residual and clamp, as [`crate::Activation::store_rows`] applies them.
+/// residual, bias and activation, as [`crate::Activation::store_rows`] applies them.
 pub fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
     for (r, arow) in a.chunks_exact(k).take(m).enumerate() {
@@ -71,16 +71,13 @@ pub fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize,
         }
         let bias = out.bias.map_or(0.0, |bias| bias[r]);
         let residual = out.residual.filter(|res| r < res.rows).map(|res| &res.data[r * res.pitch..][..n]);
+        let act = out.act.of_row(r);
         for (j, y) in row.iter_mut().enumerate() {
             let mut v = *y;
             if let Some(res) = residual {
                 v += res[j];
             }
-            v += bias;
-            if let Some([lo, hi]) = out.clamp {
-                v = v.max(lo).min(hi);
-            }
-            *y = v;
+            *y = act.apply(v + bias);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 use super::{bounds, gemv_planes_avx2, permute};
 use crate::arch::{
     dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, gemm_rows_fused_check, row_table, scalar,
-    tables_from, BRows, FusedRows, Isa, Listed, Strided, PACKED_ROWS,
+    tables_from, BRows, FusedActivation, FusedRows, Isa, Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX2 path. Private: only [`super::avx2()`] hands it out, after feature detection.
@@ -76,7 +76,17 @@ fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mu
 /// See [`Isa::gemm_rows_fused`].
 fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
-    let (lo, hi) = out.clamp.map_or((f32::NEG_INFINITY, f32::INFINITY), |[lo, hi]| (lo, hi));
+    let (act, [p0, p1], slopes) = match out.act {
+        FusedActivation::None => (Act::None, [0.0; 2], std::ptr::null()),
+        FusedActivation::Clamp(bounds) => (Act::Clamp, bounds, std::ptr::null()),
+        FusedActivation::HardSwish { scale, shift } if scale == 1.0 && shift == 0.0 => {
+            (Act::HardSwish, [1.0, 0.0], std::ptr::null())
+        }
+        FusedActivation::HardSwish { scale, shift } => {
+            (Act::HardSwishAffine, [scale, shift], std::ptr::null())
+        }
+        FusedActivation::Leaky(slopes) => (Act::Leaky, [0.0; 2], slopes.as_ptr()),
+    };
     let residual = out.residual.filter(|res| res.rows > 0);
     let sink = Epilogue {
         rows: out.dst.as_mut_ptr(),
@@ -85,13 +95,15 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
         residual: residual.map_or(std::ptr::null(), |res| res.data.as_ptr()),
         residual_pitch: residual.map_or(0, |res| res.pitch),
         residual_rows: residual.map_or(0, |res| res.rows),
-        clamp: out.clamp.is_some(),
-        lo,
-        hi,
+        act,
+        p0,
+        p1,
+        slopes,
     };
     // SAFETY: as in `gemm_rows_at` for `a` and `b`; the check asserted `m` output rows of at least
-    // `col + n` values, `m` biases when there are any, and `n` residual values at `r * pitch` for
-    // every row `r` below both `m` and the residual's row count.
+    // `col + n` values, `m` biases when there are any, `m` slopes for a leaky activation, and `n`
+    // residual values at `r * pitch` for every row `r` below both `m` and the residual's row
+    // count.
     unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink) }
 }
 
@@ -153,8 +165,22 @@ impl<const ADD: bool> Sink for Matrix<ADD> {
     }
 }
 
+/// A [`FusedActivation`] without its slice, for [`Epilogue`].
+#[derive(Clone, Copy, PartialEq)]
+enum Act {
+    None,
+    /// `p0 ..= p1`.
+    Clamp,
+    HardSwish,
+    /// `p0 * HardSwish(x) + p1`.
+    HardSwishAffine,
+    /// Row `i`'s slope at `slopes[i]`.
+    Leaky,
+}
+
 /// The rows of a [`FusedRows`] as raw parts (so the sink is `Copy` into the register loop): each
-/// row's sums plus its residual (null: none) and bias (null: none), clamped when `clamp` is set.
+/// row's sums plus its residual (null: none) and bias (null: none), then the activation `act`
+/// with parameters `p0`, `p1` or per-row `slopes`.
 #[derive(Clone, Copy)]
 struct Epilogue<'d> {
     rows: *mut &'d mut [f32],
@@ -163,9 +189,10 @@ struct Epilogue<'d> {
     residual: *const f32,
     residual_pitch: usize,
     residual_rows: usize,
-    clamp: bool,
-    lo: f32,
-    hi: f32,
+    act: Act,
+    p0: f32,
+    p1: f32,
+    slopes: *const f32,
 }
 
 impl Sink for Epilogue<'_> {
@@ -201,9 +228,33 @@ impl Sink for Epilogue<'_> {
                 let b = _mm256_set1_ps(*self.bias.add(i));
                 v = [_mm256_add_ps(v[0], b), _mm256_add_ps(v[1], b)];
             }
-            if self.clamp {
-                let (lo, hi) = (_mm256_set1_ps(self.lo), _mm256_set1_ps(self.hi));
-                v = v.map(|x| _mm256_min_ps(_mm256_max_ps(x, lo), hi));
+            // Each the same operations, in the same order, as `Activation::apply`.
+            match self.act {
+                Act::None => {}
+                Act::Clamp => {
+                    let (lo, hi) = (_mm256_set1_ps(self.p0), _mm256_set1_ps(self.p1));
+                    v = v.map(|x| _mm256_min_ps(_mm256_max_ps(x, lo), hi));
+                }
+                Act::HardSwish | Act::HardSwishAffine => {
+                    let (zero, one) = (_mm256_setzero_ps(), _mm256_set1_ps(1.0));
+                    let (sixth, half) = (_mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
+                    // `max(0, t)` then `min(1, ..)` keep a NaN, as `f32::clamp` does.
+                    let gate = |x| {
+                        _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_add_ps(_mm256_mul_ps(x, sixth), half)))
+                    };
+                    v = v.map(|x| _mm256_mul_ps(x, gate(x)));
+                    if self.act == Act::HardSwishAffine {
+                        let (scale, shift) = (_mm256_set1_ps(self.p0), _mm256_set1_ps(self.p1));
+                        v = v.map(|x| _mm256_add_ps(_mm256_mul_ps(x, scale), shift));
+                    }
+                }
+                Act::Leaky => {
+                    let (zero, slope) = (_mm256_setzero_ps(), _mm256_set1_ps(*self.slopes.add(i)));
+                    // `x >= 0` is false for NaN, whose product with the slope stays NaN.
+                    v = v.map(|x| {
+                        _mm256_blendv_ps(_mm256_mul_ps(x, slope), x, _mm256_cmp_ps::<_CMP_GE_OQ>(x, zero))
+                    });
+                }
             }
             match mask {
                 None => {
