@@ -27,9 +27,6 @@ pub(super) const KERNELS: Int8Kernels = Int8Kernels {
     convolutions: false,
 };
 
-/// Rows [`dot_nibbles`] takes together, sharing each load of the prepared input.
-const NIBBLE_ROWS: usize = 4;
-
 /// Packed bytes per step: one register of 64 indices.
 const STEP: usize = 32;
 
@@ -37,21 +34,10 @@ const STEP: usize = 32;
 /// [`int8::prepare_nibbles`] writes) and any table.
 fn dot_nibbles(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]) {
     dot_nibbles_check(rows, tables, xp, k, out);
-    for ((rows, tables), out) in
-        rows.chunks(NIBBLE_ROWS).zip(tables.chunks(NIBBLE_ROWS)).zip(out.chunks_mut(NIBBLE_ROWS))
-    {
-        // SAFETY: AVX2 was detected before this table was handed out (`super::avx2`); the check
-        // asserted that every row holds k.div_ceil(2) bytes (whole steps are read in place, the
-        // last partial one from a copy) and xp k.next_multiple_of(128) values.
-        unsafe {
-            match rows.len() {
-                4 => dot_nibbles_rows::<4>(rows, tables, xp, k, out),
-                3 => dot_nibbles_rows::<3>(rows, tables, xp, k, out),
-                2 => dot_nibbles_rows::<2>(rows, tables, xp, k, out),
-                _ => dot_nibbles_rows::<1>(rows, tables, xp, k, out),
-            }
-        }
-    }
+    // SAFETY: AVX2 was detected before this table was handed out (`super::avx2`); the check
+    // asserted that every row holds k.div_ceil(2) bytes (whole steps are read in place, the last
+    // partial one from a copy) and xp k.next_multiple_of(128) values.
+    unsafe { for_nibble_row_groups!(dot_nibbles_rows, rows, tables, xp, k, out) }
 }
 
 /// Sum of the 8 i32 lanes.

@@ -5,6 +5,30 @@
 //! `is_x86_feature_detected!` confirmed every feature the path enables. The table entries are safe
 //! wrappers whose soundness rests on that check.
 
+/// Calls `$kernel::<R>(rows, tables, xp, k, out)` (an int8 `dot_nibbles` kernel over `R` rows
+/// sharing each load of the prepared input) on groups of [`NIBBLE_ROWS`] rows, the last group
+/// with what is left. Expands to calls of the `unsafe` kernel: use it inside an `unsafe` block
+/// whose `SAFETY` comment covers the kernel's contract.
+macro_rules! for_nibble_row_groups {
+    ($kernel:ident, $rows:expr, $tables:expr, $xp:expr, $k:expr, $out:expr) => {
+        for ((rows, tables), out) in $rows
+            .chunks(super::NIBBLE_ROWS)
+            .zip($tables.chunks(super::NIBBLE_ROWS))
+            .zip($out.chunks_mut(super::NIBBLE_ROWS))
+        {
+            match rows.len() {
+                4 => $kernel::<4>(rows, tables, $xp, $k, out),
+                3 => $kernel::<3>(rows, tables, $xp, $k, out),
+                2 => $kernel::<2>(rows, tables, $xp, $k, out),
+                _ => $kernel::<1>(rows, tables, $xp, $k, out),
+            }
+        }
+    };
+}
+
+/// Rows the int8 `dot_nibbles` kernels take together, sharing each load of the prepared input.
+const NIBBLE_ROWS: usize = 4;
+
 mod avx2;
 mod avx512;
 mod bounds;

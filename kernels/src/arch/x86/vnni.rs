@@ -223,25 +223,11 @@ unsafe fn tile<const R: usize, const V: usize>(
 /// See [`Int8Kernels::dot_nibbles`].
 fn dot_nibbles(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]) {
     dot_nibbles_check(rows, tables, xp, k, out);
-    for ((rows, tables), out) in
-        rows.chunks(NIBBLE_ROWS).zip(tables.chunks(NIBBLE_ROWS)).zip(out.chunks_mut(NIBBLE_ROWS))
-    {
-        // SAFETY: AVX-512 F/BW/VNNI were detected before this table was handed out; the check
-        // asserted that every row holds k.div_ceil(2) bytes (the kernel reads no byte past them,
-        // under masks) and xp k.next_multiple_of(128) values.
-        unsafe {
-            match rows.len() {
-                4 => dot_nibbles_rows::<4>(rows, tables, xp, k, out),
-                3 => dot_nibbles_rows::<3>(rows, tables, xp, k, out),
-                2 => dot_nibbles_rows::<2>(rows, tables, xp, k, out),
-                _ => dot_nibbles_rows::<1>(rows, tables, xp, k, out),
-            }
-        }
-    }
+    // SAFETY: AVX-512 F/BW/VNNI were detected before this table was handed out; the check
+    // asserted that every row holds k.div_ceil(2) bytes (the kernel reads no byte past them,
+    // under masks) and xp k.next_multiple_of(128) values.
+    unsafe { for_nibble_row_groups!(dot_nibbles_rows, rows, tables, xp, k, out) }
 }
-
-/// Rows [`dot_nibbles`] takes together, sharing each load of the prepared input.
-const NIBBLE_ROWS: usize = 4;
 
 /// `R` rows: per 64 packed bytes (128 weights), the low and high nibbles index the row's table
 /// with one `vpshufb` each (the 16-byte table repeated in every 128-bit lane), and `vpdpbusd`
