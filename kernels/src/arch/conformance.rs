@@ -207,6 +207,26 @@ fn gemm_rows_fused_rejects_short_rows() {
 }
 
 #[test]
+fn max_2x2_matches_scalar() {
+    let mut rng = Rng::new(43);
+    for isa in simd_paths() {
+        for n in 0..70 {
+            // Rows longer than needed (the pool passes exactly 2n, but a kernel must not read
+            // past it either way), negative values, and ties.
+            let extra = rng.below(3);
+            let r0: Vec<f32> = rng.vec(2 * n + extra).iter().map(|v| (v - 0.5) * 8.0).collect();
+            let r1: Vec<f32> = rng.vec(2 * n).iter().map(|v| ((v - 0.5) * 8.0).round()).collect();
+            let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            scalar::max_2x2(&r0, &r1, &mut want);
+            (isa.max_2x2)(&r0, &r1, &mut got);
+            assert_eq!(got, want, "{} max_2x2 n={n}", isa.name);
+        }
+        let short = std::panic::catch_unwind(|| (isa.max_2x2)(&[0.0; 7], &[0.0; 8], &mut [0.0; 4]));
+        assert!(short.is_err(), "{}: a short input row was accepted", isa.name);
+    }
+}
+
+#[test]
 fn decode_nibbles_matches_scalar() {
     let mut rng = Rng::new(31);
     for isa in simd_paths() {

@@ -64,6 +64,13 @@ pub struct Isa {
     ),
     /// [`crate::Activation::apply_slice`], compiled for this path.
     pub activate: fn(act: crate::Activation, xs: &mut [f32]),
+    /// One output row of a 2×2, stride-2 max pool: `out[i] = max(r0[2i], r0[2i + 1], r1[2i],
+    /// r1[2i + 1])` for `i < out.len()`, from the window's two input rows. With a NaN among the
+    /// four, the result is one of them or NaN, by path.
+    ///
+    /// # Panics
+    /// If `r0` or `r1` holds fewer than `2 * out.len()` values.
+    pub max_2x2: fn(r0: &[f32], r1: &[f32], out: &mut [f32]),
     /// Decodes `out.len()` 4-bit indices, two per byte, low nibble first, through a 16-entry
     /// table: `out[i] = lut[nibble i of packed]` (how a 4-bit weight row is widened into a panel;
     /// the x86 paths turn 16 indices into weights with one permute from a register).

@@ -11,6 +11,7 @@ pub const ISA: Isa = Isa {
     gemm_rows_fused: Some(gemm_rows_fused),
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
+    max_2x2,
     decode_nibbles,
     widen_f16,
     dot,
@@ -79,6 +80,15 @@ pub fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize,
             }
             *y = act.apply(v + bias);
         }
+    }
+}
+
+/// See [`Isa::max_2x2`].
+pub fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+    for ((y, a), b) in out.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+        *y = a[0].max(a[1]).max(b[0].max(b[1]));
     }
 }
 

@@ -163,8 +163,16 @@ fn is_plain_2x2(a: &Axis, n: usize) -> bool {
 /// [`is_plain_2x2`]): one pass per output row over its two input rows (BlazeFace's pools spent
 /// more on the general path's per-row passes than on the maxima).
 /// `part` holds output elements `start..` of the pool of planes `x` (`[h, w]` each, `[out_h,
-/// out_w]` out), so threads can take any range of them.
-fn max_2x2(x: &[f32], [h, w]: [usize; 2], [out_h, out_w]: [usize; 2], start: usize, part: &mut [f32]) {
+/// out_w]` out), so threads can take any range of them; `rows` is the kernel path's
+/// `Isa::max_2x2`.
+fn max_2x2(
+    x: &[f32],
+    [h, w]: [usize; 2],
+    [out_h, out_w]: [usize; 2],
+    start: usize,
+    part: &mut [f32],
+    rows: fn(&[f32], &[f32], &mut [f32]),
+) {
     // Position of output `start` (parts need not start at a row); then row by row.
     let (mut c, r) = (start / (out_h * out_w), start % (out_h * out_w));
     let (mut oy, mut ox) = (r / out_w, r % out_w);
@@ -172,11 +180,7 @@ fn max_2x2(x: &[f32], [h, w]: [usize; 2], [out_h, out_w]: [usize; 2], start: usi
     while !rest.is_empty() {
         let (y, tail) = rest.split_at_mut((out_w - ox).min(rest.len()));
         let base = c * h * w + 2 * oy * w + 2 * ox;
-        let r0 = &x[base..][..2 * y.len()];
-        let r1 = &x[base + w..][..2 * y.len()];
-        for ((y, a), b) in y.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-            *y = a[0].max(a[1]).max(b[0].max(b[1]));
-        }
+        rows(&x[base..][..2 * y.len()], &x[base + w..][..2 * y.len()], y);
         (ox, oy) = (0, oy + 1);
         if oy == out_h {
             (oy, c) = (0, c + 1);
@@ -225,8 +229,10 @@ impl Op for Pool {
         }
         if self.reduce == Reduce::Max && is_plain_2x2(&ah, h) && is_plain_2x2(&aw, w) {
             let (input, output) = ([h, w], [ah.out, aw.out]);
-            ctx.kernels
-                .for_each_part(y, MAX_2X2_SPLIT_MIN, |start, part| max_2x2(&x, input, output, start, part));
+            let rows = ctx.kernels.isa().max_2x2;
+            ctx.kernels.for_each_part(y, MAX_2X2_SPLIT_MIN, |start, part| {
+                max_2x2(&x, input, output, start, part, rows)
+            });
             return Ok(());
         }
         let rows: Vec<_> = (0..ah.out).map(|o| taps(&ah, h, o)).collect();

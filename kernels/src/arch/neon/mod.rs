@@ -35,6 +35,7 @@ const ISA: Isa = Isa {
     gemm_rows_fused: None,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
+    max_2x2: super::scalar::max_2x2,
     decode_nibbles: super::scalar::decode_nibbles,
     widen_f16: super::scalar::widen_f16,
     dot,

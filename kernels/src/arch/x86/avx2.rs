@@ -18,6 +18,7 @@ pub(super) const ISA: Isa = Isa {
     gemm_rows_fused: Some(gemm_rows_fused),
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,
     activate: crate::arch::epilogue::x86::activate_avx2,
+    max_2x2,
     decode_nibbles,
     widen_f16,
     dot,
@@ -381,6 +382,38 @@ unsafe fn tile<const R: usize, B: BRows, S: Sink>(
                 sink.store(at.0 + r, at.1, acc, Some([m0, none]));
             }
         }
+    }
+}
+
+/// See [`Isa::max_2x2`]: 8 outputs per step (the scalar path for the rest).
+fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+    let whole = n / 8 * 8;
+    // SAFETY: AVX2 was detected before this table was handed out; step `i` reads 16 values of
+    // each row from 2i and writes 8 from i, all below 2 * whole and whole (asserted above).
+    unsafe { max_2x2_impl(r0.as_ptr(), r1.as_ptr(), out.as_mut_ptr(), whole) }
+    scalar::max_2x2(&r0[2 * whole..], &r1[2 * whole..], &mut out[whole..]);
+}
+
+/// The rows' maxima pairwise (`vmaxps`), then even against odd columns: `vshufps` splits them
+/// per 128-bit lane, a `vmaxps` takes the window maxima (outputs 0, 1, 4, 5 | 2, 3, 6, 7) and
+/// `vpermpd` puts them in order.
+#[target_feature(enable = "avx2")]
+unsafe fn max_2x2_impl(r0: *const f32, r1: *const f32, out: *mut f32, whole: usize) {
+    let mut i = 0;
+    while i < whole {
+        // SAFETY: see `max_2x2`.
+        unsafe {
+            let (a, b) = (r0.add(2 * i), r1.add(2 * i));
+            let m0 = _mm256_max_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b));
+            let m1 = _mm256_max_ps(_mm256_loadu_ps(a.add(8)), _mm256_loadu_ps(b.add(8)));
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(m0, m1);
+            let odd = _mm256_shuffle_ps::<0b11_01_11_01>(m0, m1);
+            let m = _mm256_castps_pd(_mm256_max_ps(even, odd));
+            _mm256_storeu_ps(out.add(i), _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(m)));
+        }
+        i += 8;
     }
 }
 

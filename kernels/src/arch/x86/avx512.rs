@@ -20,6 +20,7 @@ pub(super) const ISA: Isa = Isa {
     gemm_rows_fused: None,
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
+    max_2x2: super::super::scalar::max_2x2,
     decode_nibbles,
     widen_f16,
     dot,
