@@ -127,6 +127,21 @@ fn gemv_session(weight: TensorData, rows: usize, cols: usize, options: SessionOp
 /// a neighbour's memory traffic) lands on all three instead of skewing their ratios.
 const ROUNDS: usize = 5;
 
+/// Untimed runs of each measurement at the start of every round. The f32 product streams 4x the
+/// packed bytes through the caches, so what runs after it starts cold: with one warm-up call (the
+/// default of 20 iterations, 4 a round) the 8 MB memcpy of a 4096x4096 4-bit matrix ran at
+/// 11.8 GB/s, with 100 or 400 iterations at 23.9-26.4 (Zen 3), which made `roofline` read 1.44
+/// where it was 0.64-0.71.
+const WARM_RUNS: usize = 3;
+
+/// [`WARM_RUNS`] untimed calls of `f`, then [`time_iters`].
+fn warm_then_time(iters: usize, f: &mut impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    for _ in 0..WARM_RUNS {
+        f()?;
+    }
+    time_iters(iters, f)
+}
+
 /// Times the packed product (with `options`: threads, int8 activations), the f32 product (same
 /// threads, f32 activations) and the `memcpy`: `iters` runs each after a warm-up, taken in
 /// [`ROUNDS`] interleaved rounds.
@@ -154,14 +169,17 @@ pub fn measure(
 
     let (mut packed_s, mut dense_s, mut copy_s) = (Vec::new(), Vec::new(), Vec::new());
     let per_round = iters.div_ceil(ROUNDS);
+    let mut run_packed = || packed.run(&feeds).map(drop).map_err(Into::into);
+    let mut run_dense = || dense.run(&feeds).map(drop).map_err(Into::into);
+    let mut copy = || {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+        Ok(())
+    };
     for _ in 0..ROUNDS {
-        packed_s.extend(time_iters(per_round, || packed.run(&feeds).map(drop).map_err(Into::into))?);
-        dense_s.extend(time_iters(per_round, || dense.run(&feeds).map(drop).map_err(Into::into))?);
-        copy_s.extend(time_iters(per_round, || {
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut dst);
-            Ok(())
-        })?);
+        packed_s.extend(warm_then_time(per_round, &mut run_packed)?);
+        dense_s.extend(warm_then_time(per_round, &mut run_dense)?);
+        copy_s.extend(warm_then_time(per_round, &mut copy)?);
     }
     let median = |times: &mut Vec<f64>| {
         times.sort_by(f64::total_cmp);
