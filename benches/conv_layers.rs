@@ -17,7 +17,7 @@ use pith_kernels::{Activation, Int8Filters, Kernels};
 fn bench_conv_layers(c: &mut Criterion) {
     let kernels = Kernels::new(1).expect("kernel set (check PITH_KERNEL)");
     let int8 = kernels.clone().with_int8_activations(true).ok();
-    let int8 = int8.filter(|k| k.isa().int8.is_some_and(|i| i.convolutions));
+    let int8 = int8.filter(|k| k.isa().int8.is_some_and(|i| i.conv.is_some()));
     if int8.is_none() {
         let name = kernels.isa().name;
         eprintln!("conv_layers: the '{name}' path has no int8 convolutions; int8 rows skipped");

@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::int8::{Int8Kernels, U8Range, INT8_PIXEL_ALIGN};
+use crate::arch::int8::{Int8ConvKernels, U8Range, INT8_PIXEL_ALIGN};
 use crate::arch::Isa;
 use crate::conv::{check_operands, split_output_rows, Residual, Slab, PIXEL_SPLIT_MIN};
 use crate::parallel::{split_units, TASKS_PER_THREAD};
@@ -91,7 +91,7 @@ impl Int8Filters {
 /// pixel is a GEMV on the packed weights) or any other that does not take Winograd (whose
 /// transformed f32 products already need fewer multiply-adds).
 pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    kernels.int8_kernels().is_some_and(|k| k.convolutions) && shape_applies(p)
+    kernels.int8_kernels().is_some_and(|k| k.conv.is_some()) && shape_applies(p)
 }
 
 /// [`applies`], the layer's part.
@@ -220,14 +220,14 @@ pub(crate) fn conv(
 ) -> Result<(), KernelError> {
     let rc = check_operands(x, bias, residual, p, y)?;
     act.check(p.out_c)?;
-    let Some(int8) = kernels.int8_kernels().filter(|_| applies(kernels, p)) else {
+    let Some(int8) = kernels.int8_kernels().and_then(|k| k.conv).filter(|_| applies(kernels, p)) else {
         return Err(KernelError::Params(format!(
             "an int8 convolution needs int8 activations on (they are {}), a path with int8 \
              convolutions ({} has {}) and an ungrouped layer that does not take Winograd (a 1x1 one \
              over more than one pixel), not {p:?}",
             if kernels.int8_activations() { "on" } else { "off" },
             kernels.isa().name,
-            if kernels.isa().int8.is_some_and(|k| k.convolutions) { "them" } else { "none" },
+            if kernels.isa().int8.is_some_and(|k| k.conv.is_some()) { "them" } else { "none" },
         )));
     };
     if (filters.out_c, filters.row_len) != (p.out_c, p.filter_len()) {
@@ -295,7 +295,7 @@ pub(crate) fn conv(
 /// One layer's filters, epilogue and geometry, shared by the worker threads.
 struct Layer<'a> {
     isa: Isa,
-    int8: Int8Kernels,
+    int8: Int8ConvKernels,
     filters: &'a Int8Filters,
     bias: Option<&'a [f32]>,
     /// Applied per output channel.
@@ -445,7 +445,7 @@ mod tests {
     /// Every path with int8 convolutions, at 1, 2 and 3 threads, splitting even small layers.
     fn int8_sets() -> Vec<Kernels> {
         let mut sets = Vec::new();
-        for isa in Isa::available().into_iter().filter(|i| i.int8.is_some_and(|k| k.convolutions)) {
+        for isa in Isa::available().into_iter().filter(|i| i.int8.is_some_and(|k| k.conv.is_some())) {
             for threads in 1..=3 {
                 let mut k = Kernels::with_isa(isa, threads).unwrap().with_int8_activations(true).unwrap();
                 k.min_task_work = 1;
@@ -584,7 +584,7 @@ mod tests {
                     let k = k.unwrap();
                     assert!(k.int8_activations());
                     // A path with only the int8 GEMV (AVX2) keeps its convolutions f32.
-                    assert_eq!(applies(&k, &pointwise(1, 4, 4, [8, 8])), int8.convolutions, "{}", isa.name);
+                    assert_eq!(applies(&k, &pointwise(1, 4, 4, [8, 8])), int8.conv.is_some(), "{}", isa.name);
                 }
                 None => assert!(k.unwrap_err().to_string().contains("int8 dot-product"), "{}", isa.name),
             }

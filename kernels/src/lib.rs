@@ -138,7 +138,7 @@ impl Kernels {
     /// int8 dot-product instructions (dynamic-range quantization): several times the
     /// multiply-adds per instruction, at the cost of 8-bit activation error. 4-bit GEMVs take
     /// int8 products too. On x86 without AVX-512 VNNI only the GEMVs do (AVX2 `vpmaddubsw`; see
-    /// [`arch::int8::Int8Kernels::convolutions`]). Errors if this path has no int8 kernels
+    /// [`arch::int8::Int8Kernels::conv`]). Errors if this path has no int8 kernels
     /// (aarch64 without dotprod).
     pub fn with_int8_activations(mut self, on: bool) -> Result<Kernels, KernelError> {
         if on && self.isa.int8.is_none() {

@@ -699,10 +699,10 @@ fn depthwise_plane_matches_the_reference() {
 fn int8_kernels_match_scalar() {
     use super::int8::{self, U8Range, INT8_PIXEL_ALIGN};
     let mut rng = Rng::new(21);
-    let paths: Vec<(Isa, int8::Int8Kernels)> =
-        simd_paths().into_iter().filter_map(|isa| Some((isa, isa.int8?))).collect();
+    let paths: Vec<(Isa, int8::Int8ConvKernels)> =
+        simd_paths().into_iter().filter_map(|isa| Some((isa, isa.int8?.conv?))).collect();
     if paths.is_empty() {
-        eprintln!("conformance: no SIMD path with int8 kernels on this CPU/build, skipped");
+        eprintln!("conformance: no SIMD path with int8 convolution kernels on this CPU/build, skipped");
     }
     for (isa, kern) in paths {
         for case in 0..300 {

@@ -63,9 +63,28 @@ impl U8Range {
     }
 }
 
-/// The int8 kernels of one path.
+/// The int8 kernels of one path: those of convolutions, and the 4-bit GEMV.
 #[derive(Clone, Copy)]
 pub struct Int8Kernels {
+    /// The convolution kernels; `None` on AVX2 without VNNI, whose exact int8 products
+    /// (`vpmaddubsw` saturates u8 × s8 pair sums, so the route widens to 16 bits) do no more
+    /// multiply-adds per instruction than an f32 FMA: there only the GEMV runs on int8.
+    pub conv: Option<Int8ConvKernels>,
+    /// The int8 GEMV on 4-bit packed rows: `out[r] = sum_{i < k} tables[r][index_{r,i}] *
+    /// x(i)` (exact, in i32) for every `r < rows.len()`, where row `r`'s indices are packed two
+    /// per byte, low nibble first, its table holds each entry's s8 weight plus 128 (as u8), and
+    /// `x(i)` is element `i` of the s8 activations in `xp`'s [`prepare_nibbles`] layout. `None`
+    /// on paths without such a kernel, whose GEMVs stay f32.
+    ///
+    /// # Panics
+    /// If `tables` or `out` hold fewer entries than `rows`, a row holds fewer than
+    /// `k.div_ceil(2)` bytes, or `xp` fewer than `k.next_multiple_of(NIBBLE_BLOCK)`.
+    pub dot_nibbles: Option<DotNibblesFn>,
+}
+
+/// The int8 kernels of dynamic-range quantized convolutions.
+#[derive(Clone, Copy)]
+pub struct Int8ConvKernels {
     /// `[min, max]` of `x[offs[p] + j]` over `p < offs.len()`, `j < n` (`[0, 0]` when empty).
     /// NaNs may be skipped or returned, depending on the path.
     ///
@@ -100,22 +119,6 @@ pub struct Int8Kernels {
         c: &mut [f32],
         ldc: usize,
     ),
-    /// The int8 GEMV on 4-bit packed rows: `out[r] = sum_{i < k} tables[r][index_{r,i}] *
-    /// x(i)` (exact, in i32) for every `r < rows.len()`, where row `r`'s indices are packed two
-    /// per byte, low nibble first, its table holds each entry's s8 weight plus 128 (as u8), and
-    /// `x(i)` is element `i` of the s8 activations in `xp`'s [`prepare_nibbles`] layout. `None`
-    /// on paths without such a kernel, whose GEMVs stay f32.
-    ///
-    /// # Panics
-    /// If `tables` or `out` hold fewer entries than `rows`, a row holds fewer than
-    /// `k.div_ceil(2)` bytes, or `xp` fewer than `k.next_multiple_of(NIBBLE_BLOCK)`.
-    pub dot_nibbles: Option<DotNibblesFn>,
-    /// Whether convolutions take the int8 path ([`Int8Kernels::gemm`] on quantized inputs). False
-    /// on AVX2 without VNNI, whose exact int8 products (`vpmaddubsw` saturates u8 × s8 pair sums,
-    /// so the route widens to 16 bits) do no more multiply-adds per instruction than an f32 FMA:
-    /// there only the GEMV runs on int8 and the convolutions' fields are the scalar reference,
-    /// never called.
-    pub convolutions: bool,
 }
 
 /// The form of [`Int8Kernels::dot_nibbles`].
@@ -126,7 +129,7 @@ pub const NIBBLE_BLOCK: usize = 128;
 
 /// The scalar reference.
 pub const SCALAR: Int8Kernels =
-    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles), convolutions: true };
+    Int8Kernels { conv: Some(Int8ConvKernels { min_max, quantize, gemm }), dot_nibbles: Some(dot_nibbles) };
 
 /// Quantizes the GEMV input `x` to s8 with step `1 / inv` (`q = round(x * inv)`, half to even,
 /// clamped to ±127) into `xp` in the layout [`Int8Kernels::dot_nibbles`] reads: per block of
@@ -180,7 +183,7 @@ pub fn dot_nibbles(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out
     }
 }
 
-/// Checks [`Int8Kernels::min_max`] operands; `false` when there is nothing to scan.
+/// Checks [`Int8ConvKernels::min_max`] operands; `false` when there is nothing to scan.
 pub(crate) fn min_max_check(x: &[f32], offs: &[usize], n: usize) -> bool {
     for &o in offs {
         assert!(o.checked_add(n).is_some_and(|end| end <= x.len()), "int8 min_max: x is too short");
@@ -188,7 +191,7 @@ pub(crate) fn min_max_check(x: &[f32], offs: &[usize], n: usize) -> bool {
     n > 0 && !offs.is_empty()
 }
 
-/// Checks [`Int8Kernels::quantize`] operands.
+/// Checks [`Int8ConvKernels::quantize`] operands.
 pub(crate) fn quantize_check(x: &[f32], offs: &[usize], n: usize, xq: &[u8], ldx: usize) {
     assert!(ldx >= n && ldx.is_multiple_of(INT8_PIXEL_ALIGN), "int8 quantize: bad pixel pitch {ldx} for {n}");
     assert!(xq.len() >= offs.len().div_ceil(4) * ldx * 4, "int8 quantize: xq is too short");
@@ -197,7 +200,7 @@ pub(crate) fn quantize_check(x: &[f32], offs: &[usize], n: usize, xq: &[u8], ldx
     }
 }
 
-/// Checks [`Int8Kernels::gemm`] operands and returns the row count, `None` when there is nothing
+/// Checks [`Int8ConvKernels::gemm`] operands and returns the row count, `None` when there is nothing
 /// to compute.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_check(
@@ -223,7 +226,7 @@ pub(crate) fn gemm_check(
     Some(m)
 }
 
-/// See [`Int8Kernels::min_max`].
+/// See [`Int8ConvKernels::min_max`].
 pub fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
     if !min_max_check(x, offs, n) {
         return [0.0, 0.0];
@@ -237,7 +240,7 @@ pub fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
     range
 }
 
-/// See [`Int8Kernels::quantize`].
+/// See [`Int8ConvKernels::quantize`].
 pub fn quantize(x: &[f32], offs: &[usize], n: usize, range: U8Range, xq: &mut [u8], ldx: usize) {
     quantize_check(x, offs, n, xq, ldx);
     let groups = offs.len().div_ceil(4);
@@ -249,7 +252,7 @@ pub fn quantize(x: &[f32], offs: &[usize], n: usize, range: U8Range, xq: &mut [u
     }
 }
 
-/// See [`Int8Kernels::gemm`].
+/// See [`Int8ConvKernels::gemm`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     w: &[i8],

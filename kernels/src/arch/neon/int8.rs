@@ -19,21 +19,22 @@
 //! lets the assembler accept it inside `#[target_feature(enable = "dotprod")]` functions.
 
 use super::super::int8::{
-    dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range, NIBBLE_BLOCK,
+    dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8ConvKernels, Int8Kernels, U8Range,
+    NIBBLE_BLOCK,
 };
 use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// The NEON + dotprod int8 kernels. Only [`super::neon`] hands them out, after detecting dotprod.
 pub(super) const KERNELS: Int8Kernels =
-    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles), convolutions: true };
+    Int8Kernels { conv: Some(Int8ConvKernels { min_max, quantize, gemm }), dot_nibbles: Some(dot_nibbles) };
 
 /// Rows of `w` (and `c`) one `gemm` register block covers.
 const MR: usize = 8;
 /// 4-pixel vectors one `gemm` register block covers.
 const NV: usize = 2;
 
-/// See [`Int8Kernels::min_max`].
+/// See [`Int8ConvKernels::min_max`].
 fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
     if !min_max_check(x, offs, n) {
         return [0.0, 0.0];
@@ -66,7 +67,7 @@ fn min_max_neon(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
     [lo, hi]
 }
 
-/// See [`Int8Kernels::quantize`].
+/// See [`Int8ConvKernels::quantize`].
 fn quantize(x: &[f32], offs: &[usize], n: usize, range: U8Range, xq: &mut [u8], ldx: usize) {
     quantize_check(x, offs, n, xq, ldx);
     if ldx == 0 {
@@ -121,7 +122,7 @@ fn quantize_group<const C: usize>(rows: [&[f32]; C], range: U8Range, dst: &mut [
     dst[n * 4..].fill(0);
 }
 
-/// See [`Int8Kernels::gemm`].
+/// See [`Int8ConvKernels::gemm`].
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     w: &[i8],
@@ -472,9 +473,9 @@ mod tests {
     use crate::arch::int8;
     use crate::testutil::Rng;
 
-    /// The kernels, where this CPU has dotprod (`None` elsewhere: nothing to test).
-    fn kernels() -> Option<Int8Kernels> {
-        super::super::neon().and_then(|isa| isa.int8)
+    /// The convolution kernels, where this CPU has dotprod (`None` elsewhere: nothing to test).
+    fn kernels() -> Option<Int8ConvKernels> {
+        super::super::neon().and_then(|isa| isa.int8?.conv)
     }
 
     #[test]
@@ -517,7 +518,7 @@ mod tests {
 
     #[test]
     fn nibble_rows_of_extreme_entries_sum_exactly_up_to_their_last_byte() {
-        let Some(dot) = kernels().and_then(|k| k.dot_nibbles) else { return };
+        let Some(dot) = super::super::neon().and_then(|isa| isa.int8?.dot_nibbles) else { return };
         let mut rng = Rng::new(9);
         // Depths ending on a block, mid-block and mid-byte; rows exactly `k.div_ceil(2)` long (a
         // read past the last byte panics); tables and inputs at the extremes (0, 255; ±127).

@@ -10,22 +10,15 @@
 //! `sum(w · x)` back into `sum(t · x)`. Per 32 weights of a row: one `vpshufb`, `vpabsb`,
 //! `vpsignb`, `vpmaddubsw`, `vpmaddwd` and `vpaddd`, where the f32 kernel spends 12 shuffles.
 //!
-//! Convolutions stay f32 on this path ([`Int8Kernels::convolutions`] is false): their fields are
-//! the scalar reference, never called by the convolution code.
+//! Convolutions stay f32 on this path ([`Int8Kernels::conv`] is `None`).
 
 use std::arch::x86_64::*;
 
 use super::gemv_wide::PREFETCH;
-use crate::arch::int8::{self, dot_nibbles_check, Int8Kernels};
+use crate::arch::int8::{dot_nibbles_check, Int8Kernels};
 
 /// The AVX2 int8 kernels: the GEMV only.
-pub(super) const KERNELS: Int8Kernels = Int8Kernels {
-    min_max: int8::min_max,
-    quantize: int8::quantize,
-    gemm: int8::gemm,
-    dot_nibbles: Some(dot_nibbles),
-    convolutions: false,
-};
+pub(super) const KERNELS: Int8Kernels = Int8Kernels { conv: None, dot_nibbles: Some(dot_nibbles) };
 
 /// Packed bytes per step: one register of 64 indices.
 const STEP: usize = 32;

@@ -7,13 +7,15 @@ use std::arch::x86_64::*;
 use super::avx512::lane_mask;
 use super::bounds;
 use super::gemv_wide::PREFETCH;
-use crate::arch::int8::{dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8Kernels, U8Range};
+use crate::arch::int8::{
+    dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8ConvKernels, Int8Kernels, U8Range,
+};
 
 /// The AVX-512 VNNI int8 kernels.
 pub(super) const KERNELS: Int8Kernels =
-    Int8Kernels { min_max, quantize, gemm, dot_nibbles: Some(dot_nibbles), convolutions: true };
+    Int8Kernels { conv: Some(Int8ConvKernels { min_max, quantize, gemm }), dot_nibbles: Some(dot_nibbles) };
 
-/// See [`Int8Kernels::min_max`].
+/// See [`Int8ConvKernels::min_max`].
 fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
     if !min_max_check(x, offs, n) {
         return [0.0, 0.0];
@@ -49,7 +51,7 @@ unsafe fn min_max_impl(x: *const f32, offs: &[usize], n: usize) -> [f32; 2] {
     [_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)]
 }
 
-/// See [`Int8Kernels::quantize`].
+/// See [`Int8ConvKernels::quantize`].
 fn quantize(x: &[f32], offs: &[usize], n: usize, range: U8Range, xq: &mut [u8], ldx: usize) {
     quantize_check(x, offs, n, xq, ldx);
     // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted that
@@ -92,7 +94,7 @@ unsafe fn quantize_impl(x: *const f32, offs: &[usize], n: usize, range: U8Range,
     }
 }
 
-/// See [`Int8Kernels::gemm`].
+/// See [`Int8ConvKernels::gemm`].
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     w: &[i8],
