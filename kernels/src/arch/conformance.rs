@@ -97,7 +97,16 @@ impl FusedCase {
         let (m, k, n) = (1 + rng.below(19), 1 + rng.below(40), 1 + case % 83);
         let extra = rng.below(200);
         let b = rng.vec(n + extra);
-        let offs = (0..k + rng.below(3)).map(|_| rng.below(extra + 1)).collect();
+        let listed = k + rng.below(3);
+        let offs = if case % 4 == 1 {
+            // Evenly spaced rows (a 1×1 convolution's input planes), which the x86 kernels step
+            // through instead of reading each offset; a step of 0 repeats one row.
+            let step = rng.below(extra / listed + 1);
+            let start = rng.below(extra - step * (listed - 1) + 1);
+            (0..listed).map(|p| start + p * step).collect()
+        } else {
+            (0..listed).map(|_| rng.below(extra + 1)).collect()
+        };
         let bias = (!case.is_multiple_of(3)).then(|| rng.vec(m));
         // Residual rows for all, some or none of the weight rows, `pitch` apart.
         let residual = case.is_multiple_of(2).then(|| {

@@ -101,11 +101,30 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
         p1,
         slopes,
     };
-    // SAFETY: as in `gemm_rows_at` for `a` and `b`; the check asserted `m` output rows of at least
+    // A 1×1 convolution's rows are its input planes, evenly spaced: the kernel then steps through
+    // `b` instead of loading an offset per row (3-5 % of a 320->1280 layer over 7×7 and of a
+    // 576->96 one over 14×14).
+    // SAFETY: as in `gemm_rows_at` for `a` and `b` (evenly spaced, row `p` of `b + offs[0]` at
+    // `p * step` is `b + offs[p]`, the same rows); the check asserted `m` output rows of at least
     // `col + n` values, `m` biases when there are any, `m` slopes for a leaky activation, and `n`
     // residual values at `r * pitch` for every row `r` below both `m` and the residual's row
     // count.
-    unsafe { gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink) }
+    unsafe {
+        match evenly_spaced(&offs[..k]) {
+            Some(step) => gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), Strided(step), n, sink),
+            None => gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink),
+        }
+    }
+}
+
+/// `Some(step)` when `offs[p] = offs[0] + p * step` for every `p`, so that row `p` of `b + offs[0]`
+/// lies at `p * step`.
+fn evenly_spaced(offs: &[usize]) -> Option<usize> {
+    let step = match offs {
+        [first, second, ..] => second.checked_sub(*first)?,
+        _ => 0,
+    };
+    offs.windows(2).all(|w| w[1].checked_sub(w[0]) == Some(step)).then_some(step)
 }
 
 /// Where a register tile's finished rows go.
