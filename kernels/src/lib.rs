@@ -77,13 +77,13 @@ pub struct Kernels {
     int8: bool,
 }
 
-/// Default of [`Kernels::min_task_work`]: about 4 µs of multiply-adds. Workers spin between jobs
+/// Default of [`Kernels::min_task_work`]: about 2 µs of multiply-adds. Workers spin between jobs
 /// (see `pool`), so handing out a task costs about a cache-line transfer, not a wake-up. With
 /// rayon's sleeping workers this had to be 2^22 (at 2^18 BlazeFace ran 1.8x slower on 2 threads
-/// than on 1); with the spinning pool 2^16..2^18 measured alike on BlazeFace (2 vCPU EPYC). At
-/// 2^17, 23 of its 37 convolutions split; conv time per run, 1 vs 2 threads in one session:
-/// 1.18-1.20 vs 0.95-1.11 ms.
-const MIN_TASK_WORK: usize = 1 << 17;
+/// than on 1); with the spinning pool 2^16..2^18 first measured alike on BlazeFace (2 vCPU EPYC).
+/// Once its kernels got faster, 2^16 beat 2^17 at 2 threads (Zen 3, alternating runs: 0.744-0.763
+/// against 0.754-0.768 ms; 2^15 and 2^14 no better, 2^18 0.78-0.81), MobileNetV2 and V3 alike.
+const MIN_TASK_WORK: usize = 1 << 16;
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
