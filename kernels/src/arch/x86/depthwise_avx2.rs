@@ -20,8 +20,19 @@ use super::depthwise::{in_place_tiles, InPlaceTile};
 use crate::arch::DepthwiseInPlace;
 
 /// AVX2 [`Isa::depthwise_s1`](crate::arch::Isa::depthwise_s1): 4 output rows at a time, 16
-/// output columns (two vectors per row) per strip, the input read in place.
+/// output columns (two vectors per row) per strip, the input read in place; planes whose rows
+/// and filter fit one vector (7×7 and 8×8) take [`narrow_s1`] (3×3 filters over 960 channels of
+/// 7×7: 6 % faster; MobileNetV3-Small 1 %).
 pub(super) fn depthwise_s1_avx2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
+    if s.in_w <= 8 && s.out_w <= 8 && s.kw <= 8 {
+        // Rows of one vector: whole rows loaded plainly and shifted in registers per filter
+        // column, instead of a masked load per filter column.
+        in_place_tiles(1, w, x, y, s, |blk, t| {
+            // SAFETY: as below, for rows and a filter of at most 8 columns.
+            unsafe { depthwise_dispatch!(narrow_s1, blk, t) }
+        });
+        return;
+    }
     in_place_tiles(1, w, x, y, s, |blk, t| {
         // SAFETY: this function is only in the AVX2 table, handed out after AVX2 + FMA were
         // detected; see `in_place_tiles` for the bounds a tile keeps to.
@@ -252,5 +263,69 @@ unsafe fn tile_s2<const R: usize, const KH: usize>(t: InPlaceTile) {
             unsafe { store(t.y.add(r * s.out_w + j), width, whole, a) };
         }
         j += width;
+    }
+}
+
+/// `R` output rows of a `KH`-row filter at stride 1 over a plane whose rows fit one vector
+/// (`in_w`, `out_w` and `kw` at most 8): for each filter column, each input row the tile reaches
+/// is loaded whole (plainly where 8 elements from its start lie in the plane) and permuted and
+/// masked in registers into the columns that filter column reads, where the wider tiles load
+/// every filter column's view of a row under a mask; it then feeds every output row it belongs
+/// to.
+///
+/// # Safety
+/// AVX2 + FMA available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
+/// and `t.y` output rows `0 .. R` of `out_w` columns (and the plane's rows after them), with
+/// `in_w`, `out_w` and `kw` at most 8.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn narrow_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
+    let s = t.shape;
+    let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
+    let plane = s.in_h * s.in_w;
+    let row_mask = lane_mask(s.in_w);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut acc = [_mm256_set1_ps(s.init); R];
+    for kx in 0..s.kw {
+        // Lane c reads input column c + kx - pad_left: moved there by `index`, zeroed by `keep`
+        // where that column lies outside the row (padding).
+        let column = _mm256_add_epi32(lanes, _mm256_set1_epi32(kx as i32 - s.pad_left as i32));
+        let index = _mm256_min_epi32(_mm256_max_epi32(column, _mm256_setzero_si256()), _mm256_set1_epi32(7));
+        let keep = _mm256_castsi256_ps(_mm256_andnot_si256(
+            _mm256_cmpgt_epi32(_mm256_setzero_si256(), column),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(s.in_w as i32), column),
+        ));
+        // SAFETY: `kx < kw` and every `ky < KH` index the filter.
+        let wk: [__m256; KH] = std::array::from_fn(|ky| unsafe { _mm256_set1_ps(*t.w.add(ky * s.kw + kx)) });
+        for i in 0..R + KH - 1 {
+            let row = t.first_row + i as isize;
+            if !(0..in_h).contains(&row) {
+                continue;
+            }
+            let start = (row * in_w) as usize;
+            // SAFETY: the row lies in the plane: a plain load when 8 elements from its start do
+            // (lanes past the row are other rows' columns, which `keep` zeroes), else under the
+            // row's mask (`vmaskmovps` does not access masked-off lanes).
+            let xv = unsafe {
+                if start + 8 <= plane {
+                    _mm256_loadu_ps(t.x.add(start))
+                } else {
+                    _mm256_maskload_ps(t.x.add(start), row_mask)
+                }
+            };
+            let shifted = _mm256_and_ps(_mm256_permutevar8x32_ps(xv, index), keep);
+            for (ky, &wv) in wk.iter().enumerate() {
+                // Input row i is filter row ky of output row i - ky.
+                if i >= ky && i - ky < R {
+                    acc[i - ky] = _mm256_fmadd_ps(wv, shifted, acc[i - ky]);
+                }
+            }
+        }
+    }
+    clamp_all(&mut acc, s.clamp);
+    for (r, &a) in acc.iter().enumerate() {
+        let whole = spills_into_later_rows(&t, true, r, 0);
+        // SAFETY: output row r < R, columns 0 .. out_w <= 8; a whole store ends inside the plane.
+        unsafe { store(t.y.add(r * s.out_w), s.out_w, whole, a) };
     }
 }
