@@ -241,6 +241,50 @@ pub(crate) fn strided_copy<T: Copy>(
     }
 }
 
+/// `perm` as a batch of 2-D transposes, when it keeps some leading axes and swaps the two groups
+/// of axes after them (NCHW to NHWC is `[0, 2, 3, 1]`: the batch, then `C` with `H, W`): `(batch,
+/// rows, cols)` of the source viewed as `[batch][rows][cols]`, which becomes `[batch][cols][rows]`.
+pub(crate) fn as_batched_transpose(shape: &[usize], perm: &[usize]) -> Option<(usize, usize, usize)> {
+    let rank = perm.len();
+    let kept = perm.iter().enumerate().take_while(|&(i, &p)| i == p).count();
+    if kept == rank {
+        return None;
+    }
+    // After the kept axes: q, q + 1, .., rank - 1, then kept, .., q - 1.
+    let q = perm[kept];
+    let rotated = (q..rank).chain(kept..q);
+    if q <= kept || !perm[kept..].iter().copied().eq(rotated) {
+        return None;
+    }
+    let size = |axes: std::ops::Range<usize>| shape[axes].iter().product::<usize>();
+    Some((size(0..kept), size(kept..q), size(q..rank)))
+}
+
+/// Side of the square blocks [`batched_transpose`] copies: 8 rows of 8 columns read from and
+/// written to at most 8 cache lines each.
+const TRANSPOSE_BLOCK: usize = 8;
+
+/// `dst[b][c][r] = src[b][r][c]` for `batch` matrices of `rows × cols`, block by block, so that
+/// both sides are read and written a few lines at a time instead of one side element by element
+/// a row apart (BlazeFace's NCHW-to-NHWC head transposes took 0.7 ns per element that way).
+pub(crate) fn batched_transpose<T: Copy>(src: &[T], batch: usize, rows: usize, cols: usize, dst: &mut [T]) {
+    let len = rows * cols;
+    for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)).take(batch) {
+        for r0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
+            let r1 = (r0 + TRANSPOSE_BLOCK).min(rows);
+            for c0 in (0..cols).step_by(TRANSPOSE_BLOCK) {
+                let c1 = (c0 + TRANSPOSE_BLOCK).min(cols);
+                for c in c0..c1 {
+                    let out = &mut d[c * rows + r0..c * rows + r1];
+                    for (o, r) in out.iter_mut().zip(r0..r1) {
+                        *o = s[r * cols + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     //! Building op arguments in unit tests.

@@ -2,7 +2,10 @@
 
 use pith_format::ir::Node;
 
-use super::common::{input, norm_axes, param, strided_copy, strides, Elem, Move, Mover};
+use super::common::{
+    as_batched_transpose, batched_transpose, input, norm_axes, param, strided_copy, strides, Elem, Move,
+    Mover,
+};
 use crate::error::OpError;
 use crate::ops::{attrs, Arg, Op, OpResult};
 
@@ -143,6 +146,10 @@ impl Move for Transpose {
     fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
         let shape = input(inputs, 0)?.shape;
         let perm = self.perm(shape.len())?;
+        if let Some((batch, rows, cols)) = as_batched_transpose(shape, &perm) {
+            batched_transpose(src[0], batch, rows, cols, dst[0]);
+            return Ok(());
+        }
         let in_strides = strides(shape);
         let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
         let st: Vec<isize> = perm.iter().map(|&p| in_strides[p] as isize).collect();
@@ -244,6 +251,37 @@ mod tests {
         let m = iota_i64(&[2, 3]);
         let got = eval(&*op, &[known(&m)]).unwrap().remove(0);
         assert_eq!(got, Tensor::from_i64(vec![3, 2], vec![0, 3, 1, 4, 2, 5]));
+    }
+
+    #[test]
+    fn batched_transposes_match_the_strided_copy() {
+        // Odd sizes leave partial blocks on both sides; the last two perms are not batched.
+        let cases: [(&[usize], &[i64]); 7] = [
+            (&[2, 13, 9, 11], &[0, 2, 3, 1]),
+            (&[3, 5, 17, 2], &[0, 3, 1, 2]),
+            (&[19, 8], &[1, 0]),
+            (&[2, 3, 9, 10], &[0, 1, 3, 2]),
+            (&[4, 3, 2, 5], &[2, 3, 0, 1]),
+            (&[4, 3, 2, 5], &[0, 2, 1, 3]),
+            (&[4, 3, 2, 5], &[3, 1, 2, 0]),
+        ];
+        for (shape, perm) in cases {
+            let x = iota(shape);
+            let axes: Vec<usize> = perm.iter().map(|&p| p as usize).collect();
+            let batched = as_batched_transpose(shape, &axes).is_some();
+            assert_eq!(batched, perm != [0, 2, 1, 3] && perm != [3, 1, 2, 0], "{perm:?}");
+            let op =
+                build_transpose(&node(OpKind::Transpose, 1, 1, vec![("perm", Attr::Ints(perm.to_vec()))]))
+                    .unwrap();
+            let got = run(&*op, &[act(&x)]).unwrap().remove(0);
+            let out_shape: Vec<usize> = axes.iter().map(|&p| shape[p]).collect();
+            let in_strides = strides(shape);
+            let st: Vec<isize> = axes.iter().map(|&p| in_strides[p] as isize).collect();
+            let mut want = vec![0.0f32; out_shape.iter().product()];
+            strided_copy(x.as_f32().unwrap(), 0, &st, &out_shape, &mut want);
+            assert_eq!(got.shape, out_shape);
+            assert_eq!(got.as_f32().unwrap(), &want[..], "{shape:?} {perm:?}");
+        }
     }
 
     #[test]
