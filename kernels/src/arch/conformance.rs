@@ -94,11 +94,18 @@ struct FusedCase {
 
 impl FusedCase {
     fn random(rng: &mut Rng, case: usize) -> FusedCase {
-        let (m, k, n) = (1 + rng.below(19), 1 + rng.below(40), 1 + case % 83);
-        let extra = rng.below(200);
-        let b = rng.vec(n + extra);
+        let (m, k) = (1 + rng.below(19), 1 + rng.below(40));
+        // Rows a page (1024 floats) apart, which the x86 kernel copies chunk by chunk: wide
+        // enough for several chunks.
+        let paged = matches!(case % 8, 4 | 7);
+        let n = if paged { 100 + rng.below(400) } else { 1 + case % 83 };
         let listed = k + rng.below(3);
-        let offs = if case % 4 == 1 {
+        let extra = if paged { (listed - 1) * 1024 + rng.below(16) } else { rng.below(200) };
+        let b = rng.vec(n + extra);
+        let offs = if paged {
+            let start = rng.below(extra - (listed - 1) * 1024 + 1);
+            (0..listed).map(|p| start + p * 1024).collect()
+        } else if case % 4 == 1 {
             // Evenly spaced rows (a 1×1 convolution's input planes), which the x86 kernels step
             // through instead of reading each offset; a step of 0 repeats one row.
             let step = rng.below(extra / listed + 1);
