@@ -209,7 +209,8 @@ impl Backend for CpuBackend {
 
         for &ni in &plan.steps {
             let node = &graph.nodes[ni];
-            let mut in_ranges = Vec::with_capacity(node.inputs.len());
+            // Arena ranges for the debug-build overlap check (empty, never allocated, in release).
+            let mut in_ranges = Vec::new();
             let mut args = Vec::with_capacity(node.inputs.len());
             for input in &node.inputs {
                 let Some(id) = *input else {
@@ -219,7 +220,9 @@ impl Backend for CpuBackend {
                 let v = planned(plan, id)?;
                 let data = match &v.slot {
                     Slot::Arena(off) => {
-                        in_ranges.push((*off, off + v.numel()));
+                        if cfg!(debug_assertions) {
+                            in_ranges.push((*off, off + v.numel()));
+                        }
                         // SAFETY: see the outputs below; inputs are only read.
                         ArgData::Act(unsafe { arena.get(*off, v) })
                     }
@@ -231,14 +234,16 @@ impl Backend for CpuBackend {
                 };
                 args.push(Some(Arg { shape: &v.shape, elem: v.elem, data: Some(data) }));
             }
-            let mut out_ranges = Vec::with_capacity(node.outputs.len());
+            let mut out_ranges = Vec::new();
             let mut outs = Vec::with_capacity(node.outputs.len());
             for &id in &node.outputs {
                 let v = planned(plan, id)?;
                 let Slot::Arena(off) = v.slot else {
                     return Err(RuntimeError::Graph(format!("output #{id} has no storage")));
                 };
-                out_ranges.push((off, off + v.numel()));
+                if cfg!(debug_assertions) {
+                    out_ranges.push((off, off + v.numel()));
+                }
                 // SAFETY: the planner gives each buffer a range of the arena that no buffer alive at the
                 // same step shares (arena::place). A step's outputs are born at the step and its inputs
                 // die no earlier, so both are alive together: outputs never overlap each other or any
