@@ -49,6 +49,8 @@ const SKEWS: usize = PAGE / SKEW;
 /// the lowest with a page to spare, allows it; the result is deterministic.
 pub fn place(blocks: &[Block], align: usize) -> (Vec<usize>, usize) {
     let align = align.max(1);
+    // Skewed starts stay multiples of `align`.
+    let step = SKEW.next_multiple_of(align);
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     // Largest first; ties by birth then index keep the layout deterministic.
     order.sort_by_key(|&i| (std::cmp::Reverse(blocks[i].len), blocks[i].first, i));
@@ -91,7 +93,7 @@ pub fn place(blocks: &[Block], align: usize) -> (Vec<usize>, usize) {
         };
         // Blocks shorter than a page hold no planes a page apart: packed as they come.
         let skews = if b.len >= PAGE { SKEWS } else { 1 };
-        let candidates = |at: usize| (0..skews).map(move |s| at + s * SKEW).filter(|&o| fits(o));
+        let candidates = |at: usize| (0..skews).map(move |s| at + s * step).filter(|&o| fits(o));
         let tight = first_fit(b.len);
         let roomy = || first_fit(b.len + PAGE);
         offsets[i] = candidates(tight)
@@ -166,7 +168,7 @@ mod tests {
                 }
             }
         }
-        // A few lines at most beyond the three pages-long buffers the lifetimes need.
+        // At most two skews beyond the three buffers the lifetimes need.
         assert!(total <= 3 * 4 * PAGE + 2 * SKEW, "arena of {total}");
         // Blocks of one page: each one's lowest start has a live block's phase, so it moves on.
         let tight = [
@@ -193,12 +195,16 @@ mod tests {
             let blocks: Vec<Block> = (0..30)
                 .map(|_| {
                     let first = next(20);
-                    Block { len: next(300), first, last: first + next(6) }
+                    // Up to three pages: long enough to be skewed.
+                    Block { len: next(3 * PAGE), first, last: first + next(6) }
                 })
                 .collect();
-            let (offsets, total) = place(&blocks, 16);
-            check_disjoint(&blocks, &offsets);
-            assert!(blocks.iter().zip(&offsets).all(|(b, o)| o + b.len <= total));
+            for align in [16, 48] {
+                let (offsets, total) = place(&blocks, align);
+                check_disjoint(&blocks, &offsets);
+                assert!(blocks.iter().zip(&offsets).all(|(b, o)| o + b.len <= total));
+                assert!(offsets.iter().all(|o| o % align == 0), "offsets off the {align} alignment");
+            }
         }
     }
 }

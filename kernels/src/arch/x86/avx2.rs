@@ -114,7 +114,7 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
     // reads the same of the residual: the sink shifted by `c0`.
     unsafe {
         match evenly_spaced(&offs[..k]) {
-            Some(step) if step % 1024 == 0 && k <= PAGE_ROWS_MAX => {
+            Some(step) if step > 0 && step % PAGE_FLOATS == 0 && k <= PAGE_ROWS_MAX => {
                 // Planes a whole number of 4 KiB pages apart (64×64, 32×32): a column of every
                 // row falls in one L1 set, 8 ways deep, so a block of 24 rows cannot stay in L1
                 // while each block of filters streams over it. Copied chunk by chunk into one
@@ -153,6 +153,9 @@ fn evenly_spaced(offs: &[usize]) -> Option<usize> {
     };
     offs.windows(2).all(|w| w[1].checked_sub(w[0]) == Some(step)).then_some(step)
 }
+
+/// f32 elements in a 4 KiB page: rows this many apart map to the same L1 sets.
+const PAGE_FLOATS: usize = 1024;
 
 /// Floats (16 KiB) of the L1-sized block into which [`gemm_rows_fused`] copies input rows that
 /// would otherwise share an L1 set.

@@ -269,6 +269,9 @@ const TRANSPOSE_BLOCK: usize = 8;
 /// a row apart (BlazeFace's NCHW-to-NHWC head transposes took 0.7 ns per element that way).
 pub(crate) fn batched_transpose<T: Copy>(src: &[T], batch: usize, rows: usize, cols: usize, dst: &mut [T]) {
     let len = rows * cols;
+    if len == 0 {
+        return;
+    }
     for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)).take(batch) {
         for r0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
             let r1 = (r0 + TRANSPOSE_BLOCK).min(rows);

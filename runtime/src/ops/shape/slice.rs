@@ -255,9 +255,11 @@ mod tests {
 
     #[test]
     fn batched_transposes_match_the_strided_copy() {
-        // Odd sizes leave partial blocks on both sides; the last two perms are not batched.
-        let cases: [(&[usize], &[i64]); 7] = [
+        // Odd sizes leave partial blocks on both sides, an empty axis leaves nothing to copy;
+        // the last two perms are not batched.
+        let cases: [(&[usize], &[i64]); 8] = [
             (&[2, 13, 9, 11], &[0, 2, 3, 1]),
+            (&[2, 0, 3, 4], &[0, 2, 3, 1]),
             (&[3, 5, 17, 2], &[0, 3, 1, 2]),
             (&[19, 8], &[1, 0]),
             (&[2, 3, 9, 10], &[0, 1, 3, 2]),
