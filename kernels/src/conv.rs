@@ -21,8 +21,8 @@ use std::ops::Range;
 use pith_format::TensorView;
 
 use crate::arch::{
-    DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane, DepthwisePlaneFn, DepthwiseRows, FusedActivation,
-    FusedRows, Isa, ResidualRows, PLANE_LANES,
+    Depthwise3x3Fn, DepthwiseChannels, DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane,
+    DepthwisePlaneFn, DepthwiseRows, FusedActivation, FusedRows, Isa, ResidualRows, PLANE_LANES,
 };
 use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, ChannelActivation, KernelError, Kernels, WeightRows};
@@ -312,7 +312,14 @@ pub fn conv2d(
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
                 let in_place = in_place_kernel(kernels.isa(), p).filter(|_| rb.is_none());
+                let small = small_3x3_kernel(kernels.isa(), p)
+                    .filter(|_| rb.is_none())
+                    .and_then(|kernel| Some((kernel, act.same()?)));
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+                    if let (None, Some((kernel, act))) = (&flat, small) {
+                        // Small 3x3 planes: many channels per kernel call.
+                        return layer.channels_3x3(xb, ocs, ys, s, kernel, act);
+                    }
                     match (&flat, in_place) {
                         // Small planes with short rows: whole-plane vectors.
                         (Some((kernel, plane)), _) => {
@@ -701,6 +708,48 @@ impl Layer<'_, '_> {
         }
     }
 
+    /// Depthwise 3×3 filters `ocs` of image `xb` into `y` (their planes, back to back) through
+    /// [`Isa::depthwise_3x3`] (see [`small_3x3_kernel`]), as many channels per call as the
+    /// scratch holds decoded filters; an activation the kernel cannot apply (see [`finish`]) then
+    /// runs over the planes it has just written.
+    fn channels_3x3(
+        &self,
+        xb: &[f32],
+        ocs: Range<usize>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+        kernel: Depthwise3x3Fn,
+        act: Activation,
+    ) {
+        let p = self.p;
+        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let (clamp, then) = finish(act);
+        let per_call = (scratch.len() / 9).max(1);
+        let mut c0 = ocs.start;
+        while c0 < ocs.end {
+            let c1 = ocs.end.min(c0 + per_call);
+            let filters = &mut scratch[..9 * (c1 - c0)];
+            self.rows.decode_rows(c0..c1, filters);
+            let out = &mut y[(c0 - ocs.start) * out_plane..(c1 - ocs.start) * out_plane];
+            let shape = DepthwiseChannels {
+                in_h: p.in_h,
+                in_w: p.in_w,
+                out_h: p.out_h,
+                out_w: p.out_w,
+                stride: p.stride_h,
+                pad_top: p.pad_top,
+                pad_left: p.pad_left,
+                bias: self.bias.map(|b| &b[c0..c1]),
+                clamp,
+            };
+            kernel(filters, &xb[c0 * in_plane..c1 * in_plane], out, shape);
+            if let Some(act) = then {
+                (self.isa.activate)(act, out);
+            }
+            c0 = c1;
+        }
+    }
+
     /// The [`DepthwiseInPlace`] shape of one channel of this layer.
     fn in_place_shape(&self, init: f32, clamp: Option<[f32; 2]>) -> DepthwiseInPlace {
         let p = self.p;
@@ -759,6 +808,24 @@ fn in_place_depthwise(p: &Conv2dParams) -> bool {
 fn in_place_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseInPlaceFn> {
     let kernel = if p.stride_h == 1 { isa.depthwise_s1 } else { isa.depthwise_s2 };
     kernel.filter(|_| in_place_depthwise(p))
+}
+
+/// The path's [`Isa::depthwise_3x3`] kernel when the layer suits it: 3×3 depthwise filters (one
+/// input and one output channel per group) at stride 1 or 2, undilated, with at most 2 rows of
+/// zero padding above the input and 1 column left of it, into output rows of at most
+/// [`DEPTHWISE_3X3_MAX_WIDTH`](crate::arch::DEPTHWISE_3X3_MAX_WIDTH) columns of which only the
+/// last reads right of the input ("same" padding, and TensorFlow's at stride 2).
+fn small_3x3_kernel(isa: Isa, p: &Conv2dParams) -> Option<Depthwise3x3Fn> {
+    let s = p.stride_h;
+    let fits = p.in_per_group() == 1
+        && p.out_per_group() == 1
+        && (p.k_h, p.k_w, p.dil_h, p.dil_w) == (3, 3, 1, 1)
+        && matches!((p.stride_h, p.stride_w), (1, 1) | (2, 2))
+        && p.pad_top <= 2
+        && p.pad_left <= 1
+        && p.in_w + p.pad_left >= (s * p.out_w + 3).saturating_sub(2 * s)
+        && p.out_w <= crate::arch::DEPTHWISE_3X3_MAX_WIDTH;
+    isa.depthwise_3x3.filter(|_| fits)
 }
 
 /// Most output elements of a plane that [`Isa::depthwise_plane`] takes: its masks, built per

@@ -1,7 +1,8 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
 use super::{
-    scalar, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, FusedActivation, FusedRows, Isa, ResidualRows,
+    scalar, DepthwiseChannels, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, FusedActivation, FusedRows,
+    Isa, ResidualRows,
 };
 use crate::testutil::Rng;
 use crate::Conv2dParams;
@@ -362,6 +363,103 @@ fn depthwise_in_place_matches_the_reference() {
             let tall = DepthwiseInPlace { kh: super::DEPTHWISE_IN_PLACE_MAX_ROWS + 1, ..shape };
             let too_tall = std::panic::catch_unwind(|| kernel(&[0.0; 18], &x, &mut [0.0; 10], tall));
             assert!(too_tall.is_err(), "{} stride {stride}: a filter past the tallest must panic", isa.name);
+        }
+    }
+}
+
+#[test]
+fn depthwise_3x3_matches_the_reference() {
+    // Both strides, every output width up to the widest (one to four vectors, rows shorter than a
+    // vector), heights from one row, padding before and after the input, several channels per
+    // call, with and without bias and clamp; each channel checked against the scalar
+    // in-place kernel.
+    let mut rng = Rng::new(31);
+    for isa in Isa::available() {
+        let Some(kernel) = isa.depthwise_3x3 else { continue };
+        for case in 0..800 {
+            let stride = 1 + case % 2;
+            let (pad_top, pad_left) = (rng.below(3), rng.below(2));
+            let out_w = 1 + (case / 2) % super::DEPTHWISE_3X3_MAX_WIDTH;
+            let out_h = 1 + rng.below(12);
+            // Input sizes whose last output reads up to `stride` columns past the input (the
+            // most the kernel takes) and up to 2 rows below it.
+            let in_w = (stride * (out_w - 1) + 3).saturating_sub(pad_left + rng.below(stride + 1)).max(1);
+            let in_h = (stride * (out_h - 1) + 3).saturating_sub(pad_top + rng.below(3)).max(1);
+            let channels = 1 + rng.below(5);
+            let (in_plane, out_plane) = (in_h * in_w, out_h * out_w);
+            let clamp = match case % 4 {
+                0 => Some([0.0, f32::INFINITY]),
+                1 => Some([-0.5, 0.75]),
+                _ => None,
+            };
+            let bias = (case % 3 != 0).then(|| rng.vec(channels));
+            let filters = rng.vec(9 * channels);
+            let x = rng.vec(channels * in_plane);
+            let spare = rng.below(20);
+            let y0 = rng.vec(channels * out_plane + spare);
+            let (mut want, mut got) = (y0.clone(), y0.clone());
+            for c in 0..channels {
+                let init = bias.as_ref().map_or(0.0, |b| b[c]);
+                let one = DepthwiseInPlace {
+                    kh: 3,
+                    kw: 3,
+                    in_h,
+                    in_w,
+                    pad_top,
+                    pad_left,
+                    out_h,
+                    out_w,
+                    init,
+                    clamp,
+                };
+                let out = &mut want[c * out_plane..(c + 1) * out_plane];
+                let reference = if stride == 1 { scalar::depthwise_s1 } else { scalar::depthwise_s2 };
+                reference(&filters[9 * c..], &x[c * in_plane..], out, one);
+            }
+            let bias = bias.as_deref();
+            let shape =
+                DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
+            kernel(&filters, &x, &mut got, shape);
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let ok = if idx < channels * out_plane { close(*g, *w, 10.0) } else { g == w };
+                assert!(
+                    ok,
+                    "{} {channels} channels of {shape:?}, case {case} at {idx}: {g} vs {w}",
+                    isa.name
+                );
+            }
+        }
+        let shape = DepthwiseChannels {
+            in_h: 3,
+            in_w: 5,
+            out_h: 3,
+            out_w: 5,
+            stride: 1,
+            pad_top: 1,
+            pad_left: 1,
+            bias: None,
+            clamp: None,
+        };
+        let (filters, x) = (vec![1.0; 18], vec![1.0; 30]);
+        for (what, filters, x, len, shape) in [
+            ("weights", &filters[..17], &x[..], 30, shape),
+            ("input", &filters[..], &x[..29], 30, shape),
+            ("output", &filters[..], &x[..], 29, shape),
+            ("bias", &filters[..], &x[..], 30, DepthwiseChannels { bias: Some(&[0.0]), ..shape }),
+            ("width", &filters[..], &x[..], 66, DepthwiseChannels { out_w: 33, out_h: 1, ..shape }),
+            ("stride", &filters[..], &x[..], 30, DepthwiseChannels { stride: 3, ..shape }),
+            ("padding", &filters[..], &x[..], 30, DepthwiseChannels { pad_left: 2, ..shape }),
+            (
+                "input row",
+                &filters[..],
+                &x[..],
+                30,
+                DepthwiseChannels { in_w: 4, in_h: 3, pad_left: 0, ..shape },
+            ),
+            ("input plane", &filters[..], &x[..], 30, DepthwiseChannels { in_w: 0, ..shape }),
+        ] {
+            let bad = std::panic::catch_unwind(|| kernel(filters, x, &mut vec![0.0; len], shape));
+            assert!(bad.is_err(), "{}: bad {what} must panic", isa.name);
         }
     }
 }

@@ -157,6 +157,18 @@ pub struct Isa {
     /// # Panics
     /// If `w`, `x` or `y` is shorter than the plane needs.
     pub depthwise_plane: Option<DepthwisePlaneFn>,
+    /// 3×3 depthwise filters at stride 1 or 2 over several channels' whole planes in one call
+    /// (see [`DepthwiseChannels`]): filter `c` is `w[9c .. 9c + 9]` and reads plane `c` of `x`,
+    /// writing plane `c` of `y`, `y(r, j) = bias[c] + sum w[9c + 3ky + kx] * x(stride * r + ky -
+    /// pad_top, stride * j + kx - pad_left)` with `x` zero outside the plane, clamped as
+    /// [`DepthwiseChannels::clamp`] says. For outputs of at most [`DEPTHWISE_3X3_MAX_WIDTH`]
+    /// columns, where a per-channel call and its masks cost more than the multiply-adds. `None`
+    /// on paths without it.
+    ///
+    /// # Panics
+    /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
+    /// shape is outside what [`DepthwiseChannels`] allows.
+    pub depthwise_3x3: Option<Depthwise3x3Fn>,
     /// The int8 dot-product kernels of dynamic-range quantized convolutions and 4-bit GEMVs
     /// (on x86 without AVX-512 VNNI the GEMV only); `None` on paths whose CPU lacks int8 dot
     /// products (NEON without dotprod), which keep f32.
@@ -308,6 +320,88 @@ pub struct DepthwiseInPlace {
     /// `[lo, hi]`: each sum is clamped to `lo..=hi` (`x.max(lo).min(hi)`, so NaN becomes `lo`)
     /// before it is stored: a fused ReLU / ReLU6 / Clip.
     pub clamp: Option<[f32; 2]>,
+}
+
+/// Widest plane [`Isa::depthwise_3x3`] takes.
+pub const DEPTHWISE_3X3_MAX_WIDTH: usize = 32;
+
+/// The form of [`Isa::depthwise_3x3`]: filters `w` (9 per channel), input planes `x`, output
+/// planes `y`, back to back, and their shape.
+pub type Depthwise3x3Fn = fn(w: &[f32], x: &[f32], y: &mut [f32], shape: DepthwiseChannels<'_>);
+
+/// Shape of one [`Isa::depthwise_3x3`] call: every channel's planes, in and out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DepthwiseChannels<'a> {
+    /// Input rows.
+    pub in_h: usize,
+    /// Input columns (the input's row pitch).
+    pub in_w: usize,
+    /// Output rows.
+    pub out_h: usize,
+    /// Output columns (the output's row pitch; 1 to [`DEPTHWISE_3X3_MAX_WIDTH`]).
+    pub out_w: usize,
+    /// 1 or 2, both ways.
+    pub stride: usize,
+    /// Zero rows above the input (at most 2).
+    pub pad_top: usize,
+    /// Zero columns left of the input (at most 1), with `in_w + pad_left >= stride * (out_w - 2)
+    /// + 3`: only the last output reads right of the input.
+    pub pad_left: usize,
+    /// What channel `c`'s sums start from (`bias[c]`), or 0 for every channel.
+    pub bias: Option<&'a [f32]>,
+    /// `[lo, hi]`: each sum is clamped to `lo..=hi` (`x.max(lo).min(hi)`, so NaN becomes `lo`)
+    /// before it is stored: a fused ReLU / ReLU6 / Clip.
+    pub clamp: Option<[f32; 2]>,
+}
+
+/// Checks [`Isa::depthwise_3x3`] operands (panicking on a caller bug); the number of channels,
+/// or `None` when there is nothing to compute.
+pub(crate) fn depthwise_3x3_check(
+    w: &[f32],
+    x: &[f32],
+    y: &[f32],
+    s: &DepthwiseChannels<'_>,
+) -> Option<usize> {
+    assert!(w.len().is_multiple_of(9), "depthwise 3x3: {} weights are not whole 3x3 filters", w.len());
+    assert!(
+        (1..=DEPTHWISE_3X3_MAX_WIDTH).contains(&s.out_w),
+        "depthwise 3x3: output rows of {} columns are not supported",
+        s.out_w
+    );
+    assert!(matches!(s.stride, 1 | 2), "depthwise 3x3: stride {} is not supported", s.stride);
+    // Only the first output may read left of the row and only the last right of it (the kernels
+    // clear stray columns in those views alone).
+    assert!(
+        s.pad_top <= 2
+            && s.pad_left <= 1
+            && s.in_w + s.pad_left >= (s.stride * s.out_w + 3).saturating_sub(2 * s.stride),
+        "depthwise 3x3: padding {}x{} with {} input and {} output columns is not supported",
+        s.pad_top,
+        s.pad_left,
+        s.in_w,
+        s.out_w
+    );
+    assert!(s.in_h > 0 && s.in_w > 0, "depthwise 3x3: an empty {}x{} input plane", s.in_h, s.in_w);
+    let channels = w.len() / 9;
+    let (inputs, outputs) = (channels * s.in_h * s.in_w, channels * s.out_h * s.out_w);
+    assert!(
+        x.len() >= inputs,
+        "depthwise 3x3: input of {} < {channels} planes of {}x{}",
+        x.len(),
+        s.in_h,
+        s.in_w
+    );
+    assert!(
+        y.len() >= outputs,
+        "depthwise 3x3: output of {} < {channels} planes of {}x{}",
+        y.len(),
+        s.out_h,
+        s.out_w
+    );
+    if let Some(b) = s.bias {
+        assert!(b.len() >= channels, "depthwise 3x3: {} biases for {channels} channels", b.len());
+    }
+    (outputs > 0).then_some(channels)
 }
 
 /// Checks [`Isa::depthwise_s1`] / [`Isa::depthwise_s2`] operands (panicking on a caller bug);

@@ -23,6 +23,7 @@ pub const ISA: Isa = Isa {
     depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
+    depthwise_3x3: None,
     int8: Some(super::int8::SCALAR),
 };
 

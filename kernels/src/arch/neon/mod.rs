@@ -47,6 +47,7 @@ const ISA: Isa = Isa {
     depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
+    depthwise_3x3: None,
     // Set by `neon` when the CPU has dotprod.
     int8: None,
 };

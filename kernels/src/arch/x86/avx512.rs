@@ -32,6 +32,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s1: Some(super::depthwise::depthwise_s1_avx512),
     depthwise_s2: Some(super::depthwise::depthwise_s2_avx512),
     depthwise_plane: Some(super::depthwise::depthwise_plane_avx512),
+    depthwise_3x3: None,
     int8: None,
 };
 

@@ -33,6 +33,7 @@ mod avx2;
 mod avx512;
 mod bounds;
 mod depthwise;
+mod depthwise3x3_avx2;
 mod depthwise_avx2;
 mod gemv_planes_avx2;
 mod gemv_wide;
