@@ -159,11 +159,17 @@ const DOT_OVERHEAD: usize = 64;
 /// MobileNetV2's 160→960, 960→160 and 320→1280 layers at 7×7 went from 0.233, 0.195 and 0.573 ms
 /// to 0.191, 0.160 and 0.474 (one-layer models, fastest of 6 alternating `pith bench --profile`
 /// rounds). 384→64 at 14×14 (4 columns past 12 vectors) measured no gain and stays on vectors.
+/// On AVX2 a single leftover column takes dot products when they cost at most the strip (Zen 3:
+/// 160→960 at 7×7 from 0.273 to 0.253 ms; 576→96 at 14×14, 4 columns past 24 vectors, was 2 %
+/// slower on dot products and stays on vectors).
 fn sliver_columns(lanes: usize, width: usize, k: usize) -> usize {
     let lanes = lanes.max(1);
     let rest = width % lanes;
     let dots = rest * (k.div_ceil(lanes) + DOT_OVERHEAD);
-    if width > lanes && rest > 0 && 2 * dots <= k {
+    // On 8-lane paths the strip for one leftover column is a masked one-vector tile, bound by
+    // its multiply-adds' latency: there a dot product pays from its own cost down.
+    let pays = if lanes == 8 && rest == 1 { dots <= k } else { 2 * dots <= k };
+    if width > lanes && rest > 0 && pays {
         rest
     } else {
         0
@@ -430,9 +436,8 @@ impl Layer<'_, '_> {
             let m = end - oc;
             let xg = &xb[g * cin_g * plane..][..cin_g * plane];
             let yblock = &mut out[oc - ocs.start..end - ocs.start];
-            for r in 0..m {
-                self.rows.decode(oc + r, &mut panel[r * k..(r + 1) * k]);
-            }
+            // One call for the panel: a shared codebook's table is widened once, not per filter.
+            self.rows.decode_rows(oc..end, &mut panel[..m * k]);
             let a = &panel[..m * k];
             let residual_rows = residual.map(|res| (res, res.channels.saturating_sub(oc).min(m)));
             if let (Some(fused), Some(act)) =
@@ -547,9 +552,7 @@ impl Layer<'_, '_> {
             let end = ocs.end.min((g + 1) * cout_g).min(oc + slab.panel_rows);
             let m = end - oc;
             let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
-            for r in 0..m {
-                self.rows.decode(oc + r, &mut panel[r * k_len..(r + 1) * k_len]);
-            }
+            self.rows.decode_rows(oc..end, &mut panel[..m * k_len]);
             let a = &panel[..m * k_len];
             let sub_rows = slab.sub_rows(m);
             // What a fused tile can apply (not a LeakyRelu, whose slope it takes per row).
@@ -1399,6 +1402,8 @@ mod tests {
         // 49 = 3 x 16 + 1: one dot product per filter instead of a fourth vector, at k = 160.
         assert_eq!(sliver_columns(16, 49, 160), 1);
         assert_eq!(sliver_columns(8, 49, 320), 1);
+        assert_eq!(sliver_columns(8, 49, 160), 1);
+        assert_eq!(sliver_columns(8, 196, 576), 0);
         // Short reductions, several columns, whole vectors, one vector or less: vectors.
         assert_eq!(sliver_columns(16, 49, 96), 0);
         assert_eq!(sliver_columns(16, 196, 384), 0);

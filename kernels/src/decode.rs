@@ -112,14 +112,20 @@ impl<'a> WeightRows<'a> {
         };
         let nibble_lut: [f32; 16] = std::array::from_fn(|i| lut[i]);
         for (r, row) in rows.zip(out.chunks_exact_mut(n)) {
-            // The path's vector nibble decoder pays from one 32-index block on; shorter rows
-            // (depthwise filters) decode faster inline.
+            // The path's vector nibble decoder pays from one 32-index block on, with the row's
+            // scale in its table (each weight is still one product, centroid times scale);
+            // shorter rows (depthwise filters) decode faster inline.
             match bits {
-                4 if n >= 32 => (self.nibbles)(self.packed_indices(r), &nibble_lut, row),
-                bits => decode_indices(bits, self.packed_indices(r), &lut, row),
-            }
-            if let Some(scales) = scales {
-                row.iter_mut().for_each(|w| *w *= scales[r]);
+                4 if n >= 32 => {
+                    let table = scales.map_or(nibble_lut, |s| nibble_lut.map(|c| c * s[r]));
+                    (self.nibbles)(self.packed_indices(r), &table, row)
+                }
+                bits => {
+                    decode_indices(bits, self.packed_indices(r), &lut, row);
+                    if let Some(scales) = scales {
+                        row.iter_mut().for_each(|w| *w *= scales[r]);
+                    }
+                }
             }
         }
     }
