@@ -8,10 +8,12 @@
 //! multiply-adds. Here the masks are built once per call, and a row's view for a filter column is
 //! a plain unaligned load (its stray lanes, a neighbour row's columns, cleared by an AND where
 //! they would reach a real output) wherever the load stays inside the plane; only rows at the
-//! plane's top and bottom load under masks. Tiles hold 8 accumulators: 8 output rows of one
-//! vector, 4 of two, 2 of three or four. (Wider rows at one output row per tile, three input rows
-//! loaded per output row, were slower than the general kernel's column strips: 56×56 and 64×64
-//! planes 7-10 %.)
+//! plane's top and bottom load under masks. Tiles hold up to 8 accumulators: 8 output rows of one
+//! vector (4 at stride 2, where 7 rows spilled accumulators: 576 channels of 14×14 → 7×7 15 %
+//! slower), 4 of two, 2 of three or four. Each input row is checked once and then viewed per
+//! filter column (checking per filter column and row cost 8×8 planes 25 %). (Wider rows at one
+//! output row per tile, three input rows loaded per output row, were slower than the general
+//! kernel's column strips: 56×56 and 64×64 planes 7-10 %.)
 //!
 //! At stride 2 a vector of 8 outputs reads 16 input columns per filter column: two loads and one
 //! in-lane `vshufps` keep the even ones, in the order 0 1 4 5 2 3 6 7, which the multiply-adds
@@ -127,7 +129,7 @@ impl<const S: usize> Setup<S> {
 }
 
 /// All channels of `w`, outputs of `V` vectors per row at stride `S`, tiles of `8 / V` output
-/// rows.
+/// rows (4 for one vector at stride 2).
 ///
 /// # Safety
 /// AVX2 + FMA available; `w`, `x` and `y` hold `channels` filters of 9, input planes of `s.in_h ×
@@ -144,7 +146,7 @@ unsafe fn planes<const S: usize, const V: usize>(
 ) {
     let setup = Setup::<S>::new(s, V);
     let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
-    let rows_per_tile = 8 / V;
+    let rows_per_tile = if S == 2 && V == 1 { 4 } else { 8 / V };
     for c in 0..channels {
         let init = s.bias.map_or(0.0, |b| b[c]);
         let mut o0 = 0;
@@ -173,6 +175,7 @@ unsafe fn planes<const S: usize, const V: usize>(
             // for an interior tile, input rows that all load plainly).
             unsafe {
                 match (V, rows) {
+                    (1, _) if interior && S == 2 => tile::<S, 1, 4, true>(t, &setup),
                     (1, _) if interior => tile::<S, 1, 8, true>(t, &setup),
                     (2, _) if interior => tile::<S, 2, 4, true>(t, &setup),
                     (3, _) if interior => tile::<S, 3, 2, true>(t, &setup),
@@ -231,8 +234,8 @@ struct Tile {
     clamp: Option<[f32; 2]>,
 }
 
-/// `R` output rows of `V` vectors at stride `S`: for each filter column, every input row the tile
-/// reaches is loaded once (its view for that filter column) and feeds the output rows that read
+/// `R` output rows of `V` vectors at stride `S`: every input row the tile reaches is checked
+/// once, loaded once per filter column (that column's view) and feeds the output rows that read
 /// it. `INTERIOR`: every input row the tile reads lies in [`Setup::plain_first`] ..=
 /// [`Setup::plain_last`], so none is checked.
 ///
@@ -243,15 +246,16 @@ struct Tile {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile<const S: usize, const V: usize, const R: usize, const INTERIOR: bool>(t: Tile, s: &Setup<S>) {
     let mut acc = [[_mm256_set1_ps(t.init); V]; R];
-    unrolled!(kx in [0, 1, 2] {
-        // SAFETY: kx < 3 and ky < 3 index the channel's 9 weights.
-        let wk: [__m256; 3] = std::array::from_fn(|ky| unsafe { _mm256_set1_ps(*t.w.add(3 * ky + kx)) });
-        // The tile reads input rows first_row + i for i < S (R - 1) + 3 (those inside the plane).
-        unrolled!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16] {
-            let row = t.first_row + i as isize;
-            if i < S * (R - 1) + 3 && (INTERIOR || (0..t.in_h as isize).contains(&row)) {
-                let r = row as usize;
-                let plain = INTERIOR || (r >= s.plain_first && row <= s.plain_last);
+    // SAFETY: the channel's 9 weights.
+    let wk: [__m256; 9] = std::array::from_fn(|k| unsafe { _mm256_set1_ps(*t.w.add(k)) });
+    // The tile reads input rows first_row + i for i < S (R - 1) + 3 (those inside the plane),
+    // each checked once, then viewed per filter column.
+    unrolled!(i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16] {
+        let row = t.first_row + i as isize;
+        if i < S * (R - 1) + 3 && (INTERIOR || (0..t.in_h as isize).contains(&row)) {
+            let r = row as usize;
+            let plain = INTERIOR || (r >= s.plain_first && row <= s.plain_last);
+            unrolled!(kx in [0, 1, 2] {
                 // Where filter column kx's view of row r starts: may lie before the plane (row 0,
                 // left padding), so the address is formed without claiming it is inside.
                 let at = t.x.wrapping_add(r * t.in_w + kx).wrapping_sub(t.pad_left);
@@ -286,12 +290,12 @@ unsafe fn tile<const S: usize, const V: usize, const R: usize, const INTERIOR: b
                     let out_row = i.checked_sub(ky).filter(|d| d.is_multiple_of(S)).map(|d| d / S);
                     if let Some(o) = out_row.filter(|&o| o < R) {
                         for (a, &xv) in acc[o].iter_mut().zip(&xv) {
-                            *a = _mm256_fmadd_ps(wk[ky], xv, *a);
+                            *a = _mm256_fmadd_ps(wk[3 * ky + kx], xv, *a);
                         }
                     }
                 });
-            }
-        });
+            });
+        }
     });
     if let Some([lo, hi]) = t.clamp {
         let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
