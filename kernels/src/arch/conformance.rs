@@ -446,7 +446,7 @@ fn depthwise_3x3_matches_the_reference() {
             ("input", &filters[..], &x[..29], 30, shape),
             ("output", &filters[..], &x[..], 29, shape),
             ("bias", &filters[..], &x[..], 30, DepthwiseChannels { bias: Some(&[0.0]), ..shape }),
-            ("width", &filters[..], &x[..], 66, DepthwiseChannels { out_w: 33, out_h: 1, ..shape }),
+            ("width", &filters[..], &x[..], 130, DepthwiseChannels { out_w: 65, out_h: 1, ..shape }),
             ("stride", &filters[..], &x[..], 30, DepthwiseChannels { stride: 3, ..shape }),
             ("padding", &filters[..], &x[..], 30, DepthwiseChannels { pad_left: 2, ..shape }),
             (

@@ -323,7 +323,7 @@ pub struct DepthwiseInPlace {
 }
 
 /// Widest plane [`Isa::depthwise_3x3`] takes.
-pub const DEPTHWISE_3X3_MAX_WIDTH: usize = 32;
+pub const DEPTHWISE_3X3_MAX_WIDTH: usize = 64;
 
 /// The form of [`Isa::depthwise_3x3`]: filters `w` (9 per channel), input planes `x`, output
 /// planes `y`, back to back, and their shape.

@@ -1,6 +1,8 @@
 //! AVX2 [`Isa::depthwise_3x3`]: 3×3 depthwise filters at stride 1 or 2 over the whole planes of
-//! many channels in one call, for outputs whose rows fit at most four vectors (32 columns:
-//! BlazeFace's 32×32, 16×16 and 8×8 stages, MobileNets' 28×28, 14×14 and 7×7).
+//! many channels in one call, for outputs of at most 64 columns (BlazeFace's 64×64 to 8×8
+//! stages, MobileNets' 56×56 to 7×7); rows of at most four vectors (32 columns) in one strip,
+//! wider ones in strips of 16 columns. (Over 112×112 the strips took 1.2-1.4× the general
+//! kernel's time, so such planes stay on it.)
 //!
 //! Per channel, the general in-place kernels ([`Isa::depthwise_s1`], [`Isa::depthwise_s2`])
 //! build column masks per filter column and tile and load under `vmaskmovps` wherever a view
@@ -39,11 +41,13 @@ pub(super) fn depthwise_3x3_avx2(w: &[f32], x: &[f32], y: &mut [f32], s: Depthwi
             (1, 1) => planes::<1, 1>(w, x, y, &s, channels),
             (1, 2) => planes::<1, 2>(w, x, y, &s, channels),
             (1, 3) => planes::<1, 3>(w, x, y, &s, channels),
-            (1, _) => planes::<1, 4>(w, x, y, &s, channels),
+            (1, 4) => planes::<1, 4>(w, x, y, &s, channels),
             (_, 1) => planes::<2, 1>(w, x, y, &s, channels),
             (_, 2) => planes::<2, 2>(w, x, y, &s, channels),
             (_, 3) => planes::<2, 3>(w, x, y, &s, channels),
-            (_, _) => planes::<2, 4>(w, x, y, &s, channels),
+            (2, 4) => planes::<2, 4>(w, x, y, &s, channels),
+            (1, _) => wide::<1>(w, x, y, &s, channels),
+            (_, _) => wide::<2>(w, x, y, &s, channels),
         }
     }
 }
@@ -88,7 +92,7 @@ struct Setup<const S: usize> {
 
 impl<const S: usize> Setup<S> {
     #[target_feature(enable = "avx2,fma")]
-    fn new(s: &DepthwiseChannels<'_>, vectors: usize) -> Self {
+    fn new(s: &DepthwiseChannels<'_>, j0: usize, vectors: usize) -> Self {
         let (in_w, pl) = (s.in_w as isize, s.pad_left as isize);
         let inside = |col: isize| (0..in_w).contains(&col);
         let bits = |lanes: [bool; 8]| {
@@ -104,15 +108,15 @@ impl<const S: usize> Setup<S> {
             )
         };
         // Output column of lane l of vector v, and the input column filter column kx reads.
-        let out_col = |v: usize, l: usize| 8 * v + if S == 1 { l } else { S2_ORDER[l] };
+        let out_col = |v: usize, l: usize| j0 + 8 * v + if S == 1 { l } else { S2_ORDER[l] };
         let in_col = |kx: usize, j: usize| (S * j + kx) as isize - pl;
         let keep = std::array::from_fn(|kx| {
             std::array::from_fn(|v| {
                 _mm256_castsi256_ps(bits(std::array::from_fn(|l| inside(in_col(kx, out_col(v, l))))))
             })
         });
-        // Load `k` of a view starts at input column S * 8v + kx - pad_left + 8k.
-        let first = |kx: usize, v: usize| (S * 8 * v + kx) as isize - pl;
+        // Load `k` of a view starts at input column S (j0 + 8v) + kx - pad_left + 8k.
+        let first = |kx: usize, v: usize| (S * (j0 + 8 * v) + kx) as isize - pl;
         let load = std::array::from_fn(|kx| {
             std::array::from_fn(|v| {
                 std::array::from_fn(|k| {
@@ -120,11 +124,13 @@ impl<const S: usize> Setup<S> {
                 })
             })
         });
-        // Row r's loads reach from element r * in_w - pad_left to r * in_w + 8SV + 1 - pad_left
-        // (filter column 2's last load of the last vector).
+        // Row r's loads reach from element r * in_w + S j0 - pad_left to r * in_w + S j0 + 8SV + 1
+        // - pad_left (filter column 2's last load of the last vector).
         let plane = (s.in_h * s.in_w) as isize;
-        let plain_last = (plane + pl - (8 * S * vectors) as isize - 2).div_euclid(in_w);
-        Setup { keep, load, plain_first: s.pad_left.div_ceil(s.in_w), plain_last }
+        let start = (S * j0) as isize - pl;
+        let plain_last = (plane - start - (8 * S * vectors) as isize - 2).div_euclid(in_w);
+        let plain_first = if start >= 0 { 0 } else { ((-start) as usize).div_ceil(s.in_w) };
+        Setup { keep, load, plain_first, plain_last }
     }
 }
 
@@ -144,7 +150,7 @@ unsafe fn planes<const S: usize, const V: usize>(
     s: &DepthwiseChannels<'_>,
     channels: usize,
 ) {
-    let setup = Setup::<S>::new(s, V);
+    let setup = Setup::<S>::new(s, 0, V);
     let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
     let rows_per_tile = if S == 2 && V == 1 { 4 } else { 8 / V };
     for c in 0..channels {
@@ -162,6 +168,7 @@ unsafe fn planes<const S: usize, const V: usize>(
                 in_w: s.in_w,
                 pad_left: s.pad_left,
                 out_w: s.out_w,
+                col0: 0,
                 init,
                 clamp: s.clamp,
             };
@@ -203,6 +210,79 @@ unsafe fn planes<const S: usize, const V: usize>(
     }
 }
 
+/// All channels of `w` at stride `S` for output rows wider than four vectors: strips of 16
+/// columns (the last one narrower), each with its own masks, 4 output rows per tile (BlazeFace's
+/// 64×64 3×3 layers 43 → 38 µs, MobileNetV2's 56×56 one 0.212 → 0.192 ms). A row tile's
+/// strips go right to left, so a partial last vector may be stored whole: what it spills over is
+/// the next row's first columns, stored later.
+///
+/// # Safety
+/// As [`planes`], with `s.out_w > 32`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wide<const S: usize>(
+    w: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    s: &DepthwiseChannels<'_>,
+    channels: usize,
+) {
+    const R: usize = 4;
+    let strips: Vec<(usize, usize, Setup<S>)> = (0..s.out_w)
+        .step_by(16)
+        .map(|j0| {
+            let vectors = (s.out_w - j0).min(16).div_ceil(8);
+            (j0, vectors, Setup::<S>::new(s, j0, vectors))
+        })
+        .collect();
+    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
+    for c in 0..channels {
+        let init = s.bias.map_or(0.0, |b| b[c]);
+        let mut o0 = 0;
+        while o0 < s.out_h {
+            let rows = (s.out_h - o0).min(R);
+            let first_row = (S * o0) as isize - s.pad_top as isize;
+            let last_row = first_row + (S * (rows - 1) + 2) as isize;
+            for (j0, vectors, setup) in strips.iter().rev() {
+                let t = Tile {
+                    w: w[9 * c..].as_ptr(),
+                    x: x[c * in_plane..].as_ptr().wrapping_add(S * j0),
+                    y: y.as_mut_ptr(),
+                    y_at: c * out_plane + o0 * s.out_w + j0,
+                    limit: channels * out_plane,
+                    first_row,
+                    in_h: s.in_h,
+                    in_w: s.in_w,
+                    pad_left: s.pad_left,
+                    out_w: s.out_w,
+                    col0: *j0,
+                    init,
+                    clamp: s.clamp,
+                };
+                let interior =
+                    rows == R && first_row >= setup.plain_first as isize && last_row <= setup.plain_last;
+                // SAFETY: as this function's contract; output rows o0 .. o0 + rows and columns
+                // j0 .. j0 + 8 * vectors (at most out_w) of channel c, read through the strip's
+                // setup (and, for an interior tile, input rows that all load plainly).
+                unsafe {
+                    match (vectors, rows) {
+                        (2, _) if interior => tile::<S, 2, R, true>(t, setup),
+                        (_, _) if interior => tile::<S, 1, R, true>(t, setup),
+                        (2, 4) => tile::<S, 2, 4, false>(t, setup),
+                        (2, 3) => tile::<S, 2, 3, false>(t, setup),
+                        (2, 2) => tile::<S, 2, 2, false>(t, setup),
+                        (2, _) => tile::<S, 2, 1, false>(t, setup),
+                        (_, 4) => tile::<S, 1, 4, false>(t, setup),
+                        (_, 3) => tile::<S, 1, 3, false>(t, setup),
+                        (_, 2) => tile::<S, 1, 2, false>(t, setup),
+                        _ => tile::<S, 1, 1, false>(t, setup),
+                    }
+                }
+            }
+            o0 += rows;
+        }
+    }
+}
+
 /// One tile's filter, input plane and output rows, as raw pointers.
 #[derive(Clone, Copy)]
 struct Tile {
@@ -228,6 +308,8 @@ struct Tile {
     pad_left: usize,
     /// Columns of the output plane.
     out_w: usize,
+    /// The tile's first output column (`x` and `y_at` already count it).
+    col0: usize,
     /// What each sum starts from.
     init: f32,
     /// Clamp applied before the store.
@@ -307,7 +389,7 @@ unsafe fn tile<const S: usize, const V: usize, const R: usize, const INTERIOR: b
             let a =
                 if S == 1 { a } else { _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(a))) };
             let at = t.y_at + r * t.out_w + 8 * v;
-            let n = t.out_w - 8 * v;
+            let n = t.out_w - t.col0 - 8 * v;
             // SAFETY: the row's columns 8v .. min(8v + 8, out_w) are the call's output; a whole
             // store ends within it (`limit`), over rows stored after this one.
             unsafe {
