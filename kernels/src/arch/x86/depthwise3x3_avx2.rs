@@ -35,7 +35,8 @@ pub(super) fn depthwise_3x3_avx2(w: &[f32], x: &[f32], y: &mut [f32], s: Depthwi
     let Some(channels) = depthwise_3x3_check(w, x, y, &s) else { return };
     // SAFETY: this function is only in the AVX2 table, handed out after AVX2 + FMA were detected;
     // the check asserted that `w`, `x` and `y` hold `channels` filters and planes, a stride of 1
-    // or 2, padding of at most 2 and output rows of at most 32 columns (so `V` vectors hold them).
+    // or 2, the padding the kernels handle and output rows of at most 64 columns (at most four
+    // vectors in one strip, `V` of them; wider rows in strips of two).
     unsafe {
         match (s.stride, s.out_w.div_ceil(8)) {
             (1, 1) => planes::<1, 1>(w, x, y, &s, channels),
@@ -69,7 +70,7 @@ macro_rules! unrolled {
 /// S2_ORDER[l]`.
 const S2_ORDER: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
 
-/// Most vectors an output row takes.
+/// Most vectors one strip of an output row takes.
 const MAX_VECTORS: usize = 4;
 
 /// What a call computes once for every tile at stride `S`.
@@ -140,8 +141,8 @@ impl<const S: usize> Setup<S> {
 /// # Safety
 /// AVX2 + FMA available; `w`, `x` and `y` hold `channels` filters of 9, input planes of `s.in_h ×
 /// s.in_w` and output planes of `s.out_h × s.out_w`, with `8 * (V - 1) < s.out_w <= 8 * V`, `V`
-/// at most 4, `S == s.stride` 1 or 2 and padding of at most 2; `s.bias`, when given, holds
-/// `channels` values.
+/// at most 4, `S == s.stride` 1 or 2 and the padding [`depthwise_3x3_check`] allows; `s.bias`,
+/// when given, holds `channels` values.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn planes<const S: usize, const V: usize>(
     w: &[f32],
@@ -217,7 +218,7 @@ unsafe fn planes<const S: usize, const V: usize>(
 /// the next row's first columns, stored later.
 ///
 /// # Safety
-/// As [`planes`], with `s.out_w > 32`.
+/// As [`planes`], for output rows of any width (no `V`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn wide<const S: usize>(
     w: &[f32],
