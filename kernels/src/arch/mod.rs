@@ -355,7 +355,8 @@ pub struct DepthwiseChannels<'a> {
 }
 
 /// Checks [`Isa::depthwise_3x3`] operands (panicking on a caller bug); the number of channels,
-/// or `None` when there is nothing to compute.
+/// or `None` when there is nothing to compute. (Only the x86 paths have the kernel.)
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn depthwise_3x3_check(
     w: &[f32],
     x: &[f32],
