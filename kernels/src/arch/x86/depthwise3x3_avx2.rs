@@ -218,7 +218,7 @@ unsafe fn planes<const S: usize, const V: usize>(
 /// the next row's first columns, stored later.
 ///
 /// # Safety
-/// As [`planes`], for output rows of any width (no `V`).
+/// As [`planes`], for output rows of 33 to 64 columns (no `V`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn wide<const S: usize>(
     w: &[f32],
@@ -228,13 +228,16 @@ unsafe fn wide<const S: usize>(
     channels: usize,
 ) {
     const R: usize = 4;
-    let strips: Vec<(usize, usize, Setup<S>)> = (0..s.out_w)
-        .step_by(16)
-        .map(|j0| {
-            let vectors = (s.out_w - j0).min(16).div_ceil(8);
-            (j0, vectors, Setup::<S>::new(s, j0, vectors))
-        })
-        .collect();
+    // At most 64 columns (the check's bound): four strips, on the stack rather than in a Vec
+    // allocated per call.
+    const MAX_STRIPS: usize = crate::arch::DEPTHWISE_3X3_MAX_WIDTH / 16;
+    let count = s.out_w.div_ceil(16).min(MAX_STRIPS);
+    let all: [(usize, usize, Setup<S>); MAX_STRIPS] = std::array::from_fn(|i| {
+        let j0 = 16 * i.min(count - 1);
+        let vectors = (s.out_w - j0).min(16).div_ceil(8);
+        (j0, vectors, Setup::<S>::new(s, j0, vectors))
+    });
+    let strips = &all[..count];
     let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
     for c in 0..channels {
         let init = s.bias.map_or(0.0, |b| b[c]);
