@@ -428,6 +428,23 @@ impl Layer<'_, '_> {
             Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL_ROWS],
             _ => [0.0; PANEL_ROWS],
         };
+        // The fused path's columns past its last whole vector, gathered once for every panel
+        // of the call (each is a strided walk over `k` planes): into the accumulator, which that
+        // path leaves unused, when they fit.
+        let fused_path =
+            self.isa.gemm_rows_fused.is_some() && fused_activation(self.act, 0, &leaky).is_some();
+        let slivers = if fused_path { sliver_columns(self.isa.lanes, cols.len(), k) } else { 0 };
+        let first_sliver = cols.end - slivers;
+        let gather = slivers > 0 && p.groups == 1 && slivers * k <= acc.len();
+        let (gathered, acc) = acc.split_at_mut(if gather { slivers * k } else { 0 });
+        let gathered = gather.then(|| {
+            for (j, column) in (first_sliver..cols.end).zip(gathered.chunks_exact_mut(k)) {
+                for (c, &start) in column.iter_mut().zip(&planes) {
+                    *c = xb[start + j];
+                }
+            }
+            &*gathered
+        });
         let mut oc = ocs.start;
         while oc < ocs.end {
             // Filters of oc's group, at most one panel.
@@ -459,11 +476,25 @@ impl Layer<'_, '_> {
                     };
                 fused(a, k, &xg[cols.start..], &planes, vectors, out);
                 for j in cols.start + vectors..cols.end {
-                    for (c, &start) in column.iter_mut().zip(&planes) {
-                        *c = xg[start + j];
+                    let column: &[f32] = match gathered {
+                        Some(gathered) => &gathered[(j - first_sliver) * k..][..k],
+                        None => {
+                            for (c, &start) in column.iter_mut().zip(&planes) {
+                                *c = xg[start + j];
+                            }
+                            column
+                        }
+                    };
+                    let mut sums = [0.0f32; PANEL_ROWS];
+                    let sums = &mut sums[..m];
+                    match self.isa.dot_rows {
+                        Some(dot_rows) => dot_rows(a, k, column, sums),
+                        None => a.chunks_exact(k).zip(sums.iter_mut()).for_each(|(arow, v)| {
+                            *v = (self.isa.dot)(arow, column);
+                        }),
                     }
-                    for (r, (arow, yplane)) in a.chunks_exact(k).zip(yblock.iter_mut()).enumerate() {
-                        let mut v = (self.isa.dot)(arow, column);
+                    for (r, (&sum, yplane)) in sums.iter().zip(yblock.iter_mut()).enumerate() {
+                        let mut v = sum;
                         if let Some(res) = residual.and_then(|res| res.plane(oc + r, plane)) {
                             v += res[j];
                         }

@@ -95,7 +95,14 @@ struct FusedCase {
 
 impl FusedCase {
     fn random(rng: &mut Rng, case: usize) -> FusedCase {
-        let (m, k) = (1 + rng.below(19), 1 + rng.below(40));
+        // Every eighth case deep (more than 128 rows of `b`, which the AVX2 kernel cuts into
+        // blocks of depth) with more weight rows than it carries partial sums for (48).
+        let deep = case % 8 == 5 || case % 16 == 12;
+        let (m, k) = if deep {
+            (1 + rng.below(60), 129 + rng.below(300))
+        } else {
+            (1 + rng.below(19), 1 + rng.below(40))
+        };
         // Rows a page (1024 floats) apart, which the x86 kernel copies chunk by chunk: wide
         // enough for several chunks.
         let paged = matches!(case % 8, 4 | 7);
@@ -579,6 +586,39 @@ fn dot_and_axpy_match_scalar() {
                 assert!(close(*g, *w, 2.0), "{} axpy n={n}: {g} vs {w}", isa.name);
             }
         }
+    }
+}
+
+#[test]
+fn dot_rows_matches_a_dot_product_per_row() {
+    let mut rng = Rng::new(14);
+    for isa in simd_paths() {
+        let Some(dot_rows) = isa.dot_rows else { continue };
+        for case in 0..300 {
+            // Row counts around the kernel's blocks of 8, depths around its vectors of 8.
+            let (rows, k) = (case % 21, rng.below(70));
+            let (a_extra, x_extra) = (rng.below(3), rng.below(3));
+            let (a, x) = (rng.vec(rows * k + a_extra), rng.vec(k + x_extra));
+            let mut got = vec![f32::NAN; rows + 2];
+            dot_rows(&a, k, &x, &mut got[..rows]);
+            for r in 0..rows {
+                let want = scalar::dot(&a[r * k..][..k], &x[..k]);
+                assert!(
+                    close(got[r], want, k as f32),
+                    "{} rows={rows} k={k} row {r}: {} vs {want}",
+                    isa.name,
+                    got[r]
+                );
+            }
+            assert!(
+                got[rows..].iter().all(|v| v.is_nan()),
+                "{} rows={rows} k={k}: wrote past the rows",
+                isa.name
+            );
+        }
+        let short_rows = std::panic::catch_unwind(|| dot_rows(&[1.0; 11], 4, &[1.0; 4], &mut [0.0; 3]));
+        let short_column = std::panic::catch_unwind(|| dot_rows(&[1.0; 12], 4, &[1.0; 3], &mut [0.0; 3]));
+        assert!(short_rows.is_err() && short_column.is_err(), "{}: short operands accepted", isa.name);
     }
 }
 

@@ -85,6 +85,13 @@ pub struct Isa {
     pub widen_f16: fn(src: &[half::f16], dst: &mut [f32]),
     /// Dot product over the common length.
     pub dot: fn(a: &[f32], b: &[f32]) -> f32,
+    /// `out[r] = sum_p a[r * k + p] * x[p]` for every `r < out.len()`: several weight rows
+    /// against one column (a pointwise layer's pixels past its last whole vector), sharing each
+    /// load of `x`. `None` on paths without it, which call [`Isa::dot`] per row.
+    ///
+    /// # Panics
+    /// If `a` holds fewer than `out.len()` rows of `k` or `x` fewer than `k` values.
+    pub dot_rows: Option<DotRowsFn>,
     /// `y[i] += a * x[i]` over the common length.
     pub axpy: fn(y: &mut [f32], a: f32, x: &[f32]),
     /// Dot product of `x` with a packed index row decoded through `lut`:
@@ -352,6 +359,22 @@ pub struct DepthwiseChannels<'a> {
     /// `[lo, hi]`: each sum is clamped to `lo..=hi` (`x.max(lo).min(hi)`, so NaN becomes `lo`)
     /// before it is stored: a fused ReLU / ReLU6 / Clip.
     pub clamp: Option<[f32; 2]>,
+}
+
+/// The form of [`Isa::dot_rows`]: weight rows `a` (`k` each), one column `x`, a sum per row.
+pub type DotRowsFn = fn(a: &[f32], k: usize, x: &[f32], out: &mut [f32]);
+
+/// Checks [`Isa::dot_rows`] operands (panicking on a caller bug, like slice indexing would).
+/// (Only the AVX2 path has the kernel.)
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn dot_rows_check(a: &[f32], k: usize, x: &[f32], out: &[f32]) {
+    let rows = out.len();
+    assert!(
+        rows.checked_mul(k).is_some_and(|len| len <= a.len()),
+        "dot_rows: {} weights hold fewer than {rows} rows of {k}",
+        a.len()
+    );
+    assert!(x.len() >= k, "dot_rows: a column of {} values for depth {k}", x.len());
 }
 
 /// Checks [`Isa::depthwise_3x3`] operands (panicking on a caller bug); the number of channels,

@@ -15,6 +15,7 @@ pub const ISA: Isa = Isa {
     decode_nibbles,
     widen_f16,
     dot,
+    dot_rows: None,
     axpy,
     dot_packed,
     gemv_prepare,

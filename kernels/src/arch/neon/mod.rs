@@ -39,6 +39,7 @@ const ISA: Isa = Isa {
     decode_nibbles: super::scalar::decode_nibbles,
     widen_f16: super::scalar::widen_f16,
     dot,
+    dot_rows: None,
     axpy,
     dot_packed: packed::dot_packed,
     gemv_prepare: super::scalar::gemv_prepare,
