@@ -192,7 +192,7 @@ fn print_profile(profile: &[OpTime], runs: usize) -> Result<()> {
     Ok(())
 }
 
-/// The `count` most expensive nodes, one line each: `node=<name> op=… ms_per_run=… share=…%`
+/// The `count` most expensive nodes, one line each: `node=<name> op=… out=<output> ms_per_run=… share=…%`
 /// (share of all nodes' time).
 fn print_slowest_nodes(nodes: &[NodeTime], runs: usize, count: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -201,9 +201,10 @@ fn print_slowest_nodes(nodes: &[NodeTime], runs: usize, count: usize) -> Result<
         let secs = t.total.as_secs_f64();
         writeln!(
             out,
-            "node={} op={} ms_per_run={:.3} share={:.1}%",
+            "node={} op={} out={} ms_per_run={:.3} share={:.1}%",
             t.name,
             t.op,
+            t.output,
             secs * 1e3 / runs.max(1) as f64,
             100.0 * secs / total.max(f64::MIN_POSITIVE)
         )?;

@@ -156,7 +156,7 @@ enum Command {
         iters: usize,
         /// Then run as many more inferences timing every operator, and print one line per
         /// operator kind (`op=… calls_per_run=… ms_per_run=… share=…%`) and one per node for the
-        /// NODES slowest nodes (default 10).
+        /// NODES slowest nodes (default 10: `node=… op=… out=<output value> ms_per_run=…`).
         #[arg(long, value_name = "NODES", num_args = 0..=1, default_missing_value = "10")]
         profile: Option<usize>,
     },

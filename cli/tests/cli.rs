@@ -202,6 +202,11 @@ fn bench_profile_prints_one_line_per_operator_kind() {
         .collect();
     assert!(ms.windows(2).all(|w| w[0] >= w[1]), "{out}");
     assert!(nodes.iter().all(|l| l.contains(" op=")), "{out}");
+    // Each names its output value, so a line maps onto the ONNX graph.
+    assert!(
+        nodes.iter().all(|l| l.split(" out=").nth(1).is_some_and(|rest| !rest.starts_with(' '))),
+        "{out}"
+    );
     assert!(ops.last().unwrap().starts_with("all ms_per_run="), "{out}");
     // `--profile N` lists N nodes (BlazeFace runs more than 40 after fusion).
     let o = pith(&["bench", model.to_str().unwrap(), "--threads", "1", "--iters", "1", "--profile", "40"]);

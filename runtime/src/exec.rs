@@ -75,6 +75,9 @@ pub struct NodeTime {
     /// ONNX operator name. A node that absorbed others (a Conv with a fused residual Add and
     /// activation) keeps its own op and name.
     pub op: &'static str,
+    /// Name of the node's first output in the session's graph: for a node that absorbed others,
+    /// the last absorbed node's output (so a profile line maps onto the ONNX graph).
+    pub output: String,
     /// Wall time inside the node, summed over the runs.
     pub total: Duration,
 }

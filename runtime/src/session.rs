@@ -77,7 +77,8 @@ impl Session {
     /// Time per node of the session's (fused) graph over the runs since
     /// [`Session::set_profiling`]`(true)`, most expensive first (empty when profiling is off).
     pub fn node_profile(&self) -> Vec<NodeTime> {
-        let nodes = &self.engine.graph.nodes;
+        let graph = &self.engine.graph;
+        let nodes = &graph.nodes;
         let mut out: Vec<NodeTime> = self
             .engine
             .backend
@@ -86,7 +87,9 @@ impl Session {
             .filter_map(|(i, total)| {
                 let node = nodes.get(i)?;
                 let name = if node.name.is_empty() { format!("#{i}") } else { node.name.clone() };
-                Some(NodeTime { name, op: node.op.onnx_name(), total })
+                let output = node.outputs.first().and_then(|&id| graph.values.get(id as usize));
+                let output = output.map_or_else(String::new, |v| v.name.clone());
+                Some(NodeTime { name, op: node.op.onnx_name(), output, total })
             })
             .collect();
         out.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));
