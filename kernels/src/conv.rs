@@ -22,7 +22,8 @@ use pith_format::TensorView;
 
 use crate::arch::{
     Depthwise3x3Fn, DepthwiseChannels, DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlane,
-    DepthwisePlaneFn, DepthwiseRows, FusedActivation, FusedRows, Isa, ResidualRows, PLANE_LANES,
+    DepthwisePlaneFn, DepthwiseRows, DepthwiseSmallFn, FusedActivation, FusedRows, Isa, ResidualRows,
+    PLANE_LANES,
 };
 use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, ChannelActivation, KernelError, Kernels, WeightRows};
@@ -318,13 +319,13 @@ pub fn conv2d(
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
                 let in_place = in_place_kernel(kernels.isa(), p).filter(|_| rb.is_none());
-                let small = small_3x3_kernel(kernels.isa(), p)
+                let small = small_channels_kernel(kernels.isa(), p)
                     .filter(|_| rb.is_none())
                     .and_then(|kernel| Some((kernel, act.same()?)));
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     if let (None, Some((kernel, act))) = (&flat, small) {
                         // Small 3x3 planes: many channels per kernel call.
-                        return layer.channels_3x3(xb, ocs, ys, s, kernel, act);
+                        return layer.small_channels(xb, ocs, ys, s, kernel, act);
                     }
                     match (&flat, in_place) {
                         // Small planes with short rows: whole-plane vectors.
@@ -742,27 +743,28 @@ impl Layer<'_, '_> {
         }
     }
 
-    /// Depthwise 3×3 filters `ocs` of image `xb` into `y` (their planes, back to back) through
-    /// [`Isa::depthwise_3x3`] (see [`small_3x3_kernel`]), as many channels per call as the
-    /// scratch holds decoded filters; an activation the kernel cannot apply (see [`finish`]) then
-    /// runs over the planes it has just written.
-    fn channels_3x3(
+    /// Depthwise filters `ocs` of image `xb` into `y` (their planes, back to back) through a
+    /// many-channel small-plane kernel (see [`small_channels_kernel`]), as many channels per
+    /// call as the scratch holds decoded filters; an activation the kernel cannot apply (see
+    /// [`finish`]) then runs over the planes it has just written.
+    fn small_channels(
         &self,
         xb: &[f32],
         ocs: Range<usize>,
         y: &mut [f32],
         scratch: &mut [f32],
-        kernel: Depthwise3x3Fn,
+        kernel: SmallChannels,
         act: Activation,
     ) {
         let p = self.p;
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
         let (clamp, then) = finish(act);
-        let per_call = (scratch.len() / 9).max(1);
+        let taps = p.k_h * p.k_w;
+        let per_call = (scratch.len() / taps).max(1);
         let mut c0 = ocs.start;
         while c0 < ocs.end {
             let c1 = ocs.end.min(c0 + per_call);
-            let filters = &mut scratch[..9 * (c1 - c0)];
+            let filters = &mut scratch[..taps * (c1 - c0)];
             self.rows.decode_rows(c0..c1, filters);
             let out = &mut y[(c0 - ocs.start) * out_plane..(c1 - ocs.start) * out_plane];
             let shape = DepthwiseChannels {
@@ -776,7 +778,11 @@ impl Layer<'_, '_> {
                 bias: self.bias.map(|b| &b[c0..c1]),
                 clamp,
             };
-            kernel(filters, &xb[c0 * in_plane..c1 * in_plane], out, shape);
+            let x = &xb[c0 * in_plane..c1 * in_plane];
+            match kernel {
+                SmallChannels::ThreeByThree(kernel) => kernel(filters, x, out, shape),
+                SmallChannels::Square(kernel) => kernel(filters, x, out, shape, p.k_h),
+            }
             if let Some(act) = then {
                 (self.isa.activate)(act, out);
             }
@@ -842,6 +848,33 @@ fn in_place_depthwise(p: &Conv2dParams) -> bool {
 fn in_place_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwiseInPlaceFn> {
     let kernel = if p.stride_h == 1 { isa.depthwise_s1 } else { isa.depthwise_s2 };
     kernel.filter(|_| in_place_depthwise(p))
+}
+
+/// A kernel that computes many depthwise channels of small planes per call.
+#[derive(Clone, Copy)]
+enum SmallChannels {
+    /// [`Isa::depthwise_3x3`].
+    ThreeByThree(Depthwise3x3Fn),
+    /// [`Isa::depthwise_small`].
+    Square(DepthwiseSmallFn),
+}
+
+/// The path's many-channel kernel for a depthwise layer over small planes, if one suits it:
+/// [`Isa::depthwise_3x3`] for 3×3 filters (see [`small_3x3_kernel`]), else
+/// [`Isa::depthwise_small`] for other square filters at stride 1 or 2, undilated, into outputs
+/// of at most [`DEPTHWISE_SMALL_MAX_WIDTH`](crate::arch::DEPTHWISE_SMALL_MAX_WIDTH) columns.
+fn small_channels_kernel(isa: Isa, p: &Conv2dParams) -> Option<SmallChannels> {
+    if let Some(kernel) = small_3x3_kernel(isa, p) {
+        return Some(SmallChannels::ThreeByThree(kernel));
+    }
+    let fits = p.in_per_group() == 1
+        && p.out_per_group() == 1
+        && p.k_h == p.k_w
+        && (p.dil_h, p.dil_w) == (1, 1)
+        && p.stride_h == p.stride_w
+        && crate::arch::depthwise_small_plane(p.k_h, p.stride_h, p.out_h, p.out_w, p.pad_top, p.pad_left)
+            .is_some();
+    isa.depthwise_small.filter(|_| fits).map(SmallChannels::Square)
 }
 
 /// The path's [`Isa::depthwise_3x3`] kernel when the layer suits it: 3×3 depthwise filters (one
@@ -1346,6 +1379,61 @@ mod tests {
             assert_close(&y, &want, &format!("PRelu {kernels:?} {p:?}"));
         }
         (data, x, bias, plain)
+    }
+
+    #[test]
+    fn small_square_depthwise_matches_the_reference() {
+        // MobileNetV3's 5x5 layers (14x14 and 7x7 at stride 1, 28->14 and 14->7 at stride 2,
+        // "same" and TensorFlow's stride-2 padding) and 7x7 filters, with as many channels as
+        // take several kernel calls, every activation the layer can fuse, one layer each too
+        // wide (17 columns) and too padded (a pad of 5) for the many-channel kernel, and a 3x3
+        // one padded more than the 3x3 kernel takes.
+        let mut rng = Rng::new(83);
+        let sets = kernel_sets();
+        let shapes = [
+            (5, 1, [14, 14], [2, 2]),
+            (5, 1, [7, 7], [2, 2]),
+            (5, 2, [28, 28], [2, 2]),
+            (5, 2, [14, 14], [1, 1]),
+            (7, 1, [9, 9], [3, 3]),
+            (7, 2, [15, 16], [3, 2]),
+            (5, 1, [17, 17], [2, 2]),
+            (5, 1, [6, 6], [5, 5]),
+            (3, 1, [8, 8], [2, 2]),
+        ];
+        for (case, (k, stride, [in_h, in_w], [pad_top, pad_left])) in shapes.into_iter().enumerate() {
+            let channels = [3, 40, 97][case % 3];
+            let out = |len: usize, pad: usize| (len + 2 * pad - k) / stride + 1;
+            let p = Conv2dParams {
+                batch: 1 + case % 2,
+                in_c: channels,
+                out_c: channels,
+                in_h,
+                in_w,
+                out_h: out(in_h, pad_top),
+                out_w: out(in_w, pad_left),
+                k_h: k,
+                k_w: k,
+                stride_h: stride,
+                stride_w: stride,
+                pad_top,
+                pad_left,
+                dil_h: 1,
+                dil_w: 1,
+                groups: channels,
+            };
+            let wide = p.out_w > crate::arch::DEPTHWISE_SMALL_MAX_WIDTH || pad_top >= k;
+            for kernels in &sets {
+                let takes =
+                    matches!(small_channels_kernel(kernels.isa(), &p), Some(SmallChannels::Square(_)));
+                let has =
+                    kernels.isa().depthwise_small.is_some() && small_3x3_kernel(kernels.isa(), &p).is_none();
+                assert_eq!(takes, has && !wide, "{kernels:?} {p:?}");
+            }
+            let kind = WeightKind::all()[case % WeightKind::all().len()];
+            check_all_paths(&mut rng, &sets, &p, kind, case % 2 == 0);
+            check_fused_activations(&mut rng, &sets, &p, kind);
+        }
     }
 
     #[test]

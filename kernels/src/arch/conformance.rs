@@ -471,6 +471,114 @@ fn depthwise_3x3_matches_the_reference() {
     }
 }
 
+/// A `k`×`k` depthwise layer by its definition: `y(c, r, j) = bias[c] + sum w * x(stride * r + ky
+/// - pad_top, stride * j + kx - pad_left)` with `x` zero outside each plane, then the clamp.
+fn depthwise_by_definition(w: &[f32], x: &[f32], k: usize, s: &DepthwiseChannels<'_>) -> Vec<f32> {
+    let channels = w.len() / (k * k);
+    let mut y = Vec::with_capacity(channels * s.out_h * s.out_w);
+    for c in 0..channels {
+        for r in 0..s.out_h {
+            for j in 0..s.out_w {
+                let mut sum = s.bias.map_or(0.0, |b| b[c]);
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let (row, col) = (s.stride * r + ky, s.stride * j + kx);
+                        let (Some(row), Some(col)) =
+                            (row.checked_sub(s.pad_top), col.checked_sub(s.pad_left))
+                        else {
+                            continue;
+                        };
+                        if row < s.in_h && col < s.in_w {
+                            sum += w[(c * k + ky) * k + kx] * x[(c * s.in_h + row) * s.in_w + col];
+                        }
+                    }
+                }
+                y.push(s.clamp.map_or(sum, |[lo, hi]| sum.max(lo).min(hi)));
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn depthwise_small_matches_the_definition() {
+    // Both strides, filter sides 1-7, every output width up to two vectors, heights from one row
+    // to a few row passes, pads from none to k - 1 on each side, inputs shorter and longer than
+    // the outputs read, several channels per call, with and without bias and clamp.
+    let mut rng = Rng::new(32);
+    let mut taken = 0;
+    for isa in Isa::available() {
+        let Some(kernel) = isa.depthwise_small else { continue };
+        for case in 0..1500 {
+            let stride = 1 + case % 2;
+            let k = 1 + (case / 2) % super::DEPTHWISE_SMALL_MAX_K;
+            let out_w = 1 + rng.below(super::DEPTHWISE_SMALL_MAX_WIDTH);
+            let out_h = 1 + rng.below(20);
+            let (pad_top, pad_left) = (rng.below(k), rng.below(k));
+            let Some(_) = super::depthwise_small_plane(k, stride, out_h, out_w, pad_top, pad_left) else {
+                continue;
+            };
+            taken += 1;
+            // The input the outputs read, give or take a few rows and columns.
+            let reach = |out: usize, pad: usize| (stride * (out - 1) + k).saturating_sub(pad);
+            let in_w = (reach(out_w, pad_left) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
+            let in_h = (reach(out_h, pad_top) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
+            let channels = 1 + rng.below(4);
+            let clamp = match case % 5 {
+                0 => Some([0.0, f32::INFINITY]),
+                1 => Some([-0.5, 0.75]),
+                _ => None,
+            };
+            let bias = (case % 3 != 0).then(|| rng.vec(channels));
+            let filters = rng.vec(k * k * channels);
+            let x = rng.vec(channels * in_h * in_w);
+            let bias = bias.as_deref();
+            let shape =
+                DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
+            let want = depthwise_by_definition(&filters, &x, k, &shape);
+            let spare = rng.below(20);
+            let y0 = rng.vec(want.len() + spare);
+            let mut got = y0.clone();
+            kernel(&filters, &x, &mut got, shape, k);
+            for (idx, g) in got.iter().enumerate() {
+                let ok = match want.get(idx) {
+                    Some(w) => close(*g, *w, (k * k) as f32),
+                    None => *g == y0[idx],
+                };
+                assert!(ok, "{} k={k} {channels} channels of {shape:?}, case {case} at {idx}: {g}", isa.name);
+            }
+        }
+        let shape = DepthwiseChannels {
+            in_h: 3,
+            in_w: 5,
+            out_h: 3,
+            out_w: 5,
+            stride: 1,
+            pad_top: 2,
+            pad_left: 2,
+            bias: None,
+            clamp: None,
+        };
+        let (filters, x) = (vec![1.0; 50], vec![1.0; 30]);
+        for (what, filters, x, len, shape, k) in [
+            ("weights", &filters[..49], &x[..], 30, shape, 5),
+            ("input", &filters[..], &x[..29], 30, shape, 5),
+            ("output", &filters[..], &x[..], 29, shape, 5),
+            ("bias", &filters[..], &x[..], 30, DepthwiseChannels { bias: Some(&[0.0]), ..shape }, 5),
+            ("width", &filters[..], &x[..], 34, DepthwiseChannels { out_w: 17, out_h: 1, ..shape }, 5),
+            ("stride", &filters[..], &x[..], 30, DepthwiseChannels { stride: 3, ..shape }, 5),
+            ("padding", &filters[..], &x[..], 30, DepthwiseChannels { pad_left: 5, ..shape }, 5),
+            ("filter side", &filters[..], &x[..], 30, shape, 8),
+            ("height", &filters[..], &x[..], 2000, DepthwiseChannels { out_h: 400, ..shape }, 5),
+            ("input plane", &filters[..], &x[..], 30, DepthwiseChannels { in_w: 0, ..shape }, 5),
+        ] {
+            let bad = std::panic::catch_unwind(|| kernel(filters, x, &mut vec![0.0; len], shape, k));
+            assert!(bad.is_err(), "{}: bad {what} must panic", isa.name);
+        }
+    }
+    assert!(taken > 0 || Isa::available().iter().all(|isa| isa.depthwise_small.is_none()));
+}
+
 #[test]
 fn depthwise_rows_rejects_short_operands_and_handles_empty_filters() {
     let shape = DepthwiseRows {

@@ -176,6 +176,19 @@ pub struct Isa {
     /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
     /// shape is outside what [`DepthwiseChannels`] allows.
     pub depthwise_3x3: Option<Depthwise3x3Fn>,
+    /// Square `k`×`k` depthwise filters (`k` up to [`DEPTHWISE_SMALL_MAX_K`]) at stride 1 or 2
+    /// over several channels' whole planes in one call, for outputs of at most
+    /// [`DEPTHWISE_SMALL_MAX_WIDTH`] columns (MobileNetV3's 5×5 layers over 14×14 and 7×7):
+    /// filter `c` is `w[k²c .. k²(c + 1)]`, `y(r, j) = bias[c] + sum w[k²c + k ky + kx] *
+    /// x(stride * r + ky - pad_top, stride * j + kx - pad_left)` with `x` zero outside the plane,
+    /// clamped as [`DepthwiseChannels::clamp`] says. Any padding below `k` on either side; the
+    /// plane's padded copy must fit [`DEPTHWISE_SMALL_SCRATCH`] floats (see
+    /// [`depthwise_small_plane`]). `None` on paths without it.
+    ///
+    /// # Panics
+    /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
+    /// shape is outside what [`depthwise_small_plane`] takes.
+    pub depthwise_small: Option<DepthwiseSmallFn>,
     /// The int8 dot-product kernels of dynamic-range quantized convolutions and 4-bit GEMVs
     /// (on x86 without AVX-512 VNNI the GEMV only); `None` on paths whose CPU lacks int8 dot
     /// products (NEON without dotprod), which keep f32.
@@ -375,6 +388,92 @@ pub(crate) fn dot_rows_check(a: &[f32], k: usize, x: &[f32], out: &[f32]) {
         a.len()
     );
     assert!(x.len() >= k, "dot_rows: a column of {} values for depth {k}", x.len());
+}
+
+/// Largest filter side [`Isa::depthwise_small`] takes.
+pub const DEPTHWISE_SMALL_MAX_K: usize = 7;
+
+/// Widest output [`Isa::depthwise_small`] takes (two vectors of 8 lanes).
+pub const DEPTHWISE_SMALL_MAX_WIDTH: usize = 16;
+
+/// Floats of the zero-padded copy of an input plane that [`Isa::depthwise_small`] keeps on the
+/// stack (16 KiB).
+pub const DEPTHWISE_SMALL_SCRATCH: usize = 4096;
+
+/// The form of [`Isa::depthwise_small`]: filters `w` (`k`×`k` per channel), input planes `x`,
+/// output planes `y`, back to back, their shape, and `k`.
+pub type DepthwiseSmallFn = fn(w: &[f32], x: &[f32], y: &mut [f32], shape: DepthwiseChannels<'_>, k: usize);
+
+/// How [`Isa::depthwise_small`] lays out its zero-padded copy of a plane: `rows` rows of `pitch`
+/// floats; at stride 2 each row holds its even columns, then its odd ones (`phase` floats each),
+/// so that every filter tap reads a run of consecutive floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SmallPlane {
+    /// Padded rows the outputs read.
+    pub rows: usize,
+    /// Floats per padded row: `stride * phase`.
+    pub pitch: usize,
+    /// Floats per phase of a row: what the widest tap reads (whole vectors from its first
+    /// column), plus a vector of slack that the copy's last whole-vector store may fill with
+    /// zeros.
+    pub phase: usize,
+    /// Vectors of 8 per output row (1 or 2).
+    pub vectors: usize,
+}
+
+/// The padded copy [`Isa::depthwise_small`] makes for a `k`×`k` filter at `stride` with these
+/// output extents and leading pads, or `None` when the kernel does not take the shape (a filter
+/// side outside 1..=[`DEPTHWISE_SMALL_MAX_K`], a stride other than 1 or 2, an output wider than
+/// [`DEPTHWISE_SMALL_MAX_WIDTH`] or empty, a pad of `k` or more, or a copy larger than
+/// [`DEPTHWISE_SMALL_SCRATCH`]).
+pub fn depthwise_small_plane(
+    k: usize,
+    stride: usize,
+    out_h: usize,
+    out_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+) -> Option<SmallPlane> {
+    let takes = (1..=DEPTHWISE_SMALL_MAX_K).contains(&k)
+        && matches!(stride, 1 | 2)
+        && (1..=DEPTHWISE_SMALL_MAX_WIDTH).contains(&out_w)
+        && out_h > 0
+        && pad_top < k
+        && pad_left < k;
+    if !takes {
+        return None;
+    }
+    let vectors = out_w.div_ceil(8);
+    let phase = (k - 1) / stride + 8 * vectors + 8;
+    let (rows, pitch) = ((out_h - 1) * stride + k, stride * phase);
+    (rows * pitch <= DEPTHWISE_SMALL_SCRATCH).then_some(SmallPlane { rows, pitch, phase, vectors })
+}
+
+/// Checks [`Isa::depthwise_small`] operands (panicking on a caller bug); the number of channels
+/// and the padded layout, or `None` when there is nothing to compute. (Only the x86 paths have
+/// the kernel.)
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn depthwise_small_check(
+    w: &[f32],
+    x: &[f32],
+    y: &[f32],
+    s: &DepthwiseChannels<'_>,
+    k: usize,
+) -> Option<(usize, SmallPlane)> {
+    let Some(plane) = depthwise_small_plane(k, s.stride, s.out_h, s.out_w, s.pad_top, s.pad_left) else {
+        panic!("depthwise {k}x{k}: {s:?} is not supported");
+    };
+    let taps = k * k;
+    assert!(w.len().is_multiple_of(taps), "depthwise {k}x{k}: {} weights are not whole filters", w.len());
+    assert!(s.in_h > 0 && s.in_w > 0, "depthwise {k}x{k}: an empty {}x{} input plane", s.in_h, s.in_w);
+    let channels = w.len() / taps;
+    let (inputs, outputs) = (channels * s.in_h * s.in_w, channels * s.out_h * s.out_w);
+    assert!(x.len() >= inputs, "depthwise {k}x{k}: input of {} < {channels} planes", x.len());
+    assert!(y.len() >= outputs, "depthwise {k}x{k}: output of {} < {channels} planes", y.len());
+    if let Some(b) = s.bias {
+        assert!(b.len() >= channels, "depthwise {k}x{k}: {} biases for {channels} channels", b.len());
+    }
+    (outputs > 0).then_some((channels, plane))
 }
 
 /// Checks [`Isa::depthwise_3x3`] operands (panicking on a caller bug); the number of channels,

@@ -49,6 +49,7 @@ const ISA: Isa = Isa {
     depthwise_s2: None,
     depthwise_plane: None,
     depthwise_3x3: None,
+    depthwise_small: None,
     // Set by `neon` when the CPU has dotprod.
     int8: None,
 };

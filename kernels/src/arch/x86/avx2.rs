@@ -32,6 +32,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s2: Some(super::depthwise_avx2::depthwise_s2_avx2),
     depthwise_plane: None,
     depthwise_3x3: Some(super::depthwise3x3_avx2::depthwise_3x3_avx2),
+    depthwise_small: Some(super::depthwise_small_avx2::depthwise_small_avx2),
     int8: None,
 };
 

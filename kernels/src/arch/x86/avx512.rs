@@ -34,6 +34,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s2: Some(super::depthwise::depthwise_s2_avx512),
     depthwise_plane: Some(super::depthwise::depthwise_plane_avx512),
     depthwise_3x3: None,
+    depthwise_small: None,
     int8: None,
 };
 

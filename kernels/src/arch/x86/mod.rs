@@ -35,6 +35,7 @@ mod bounds;
 mod depthwise;
 mod depthwise3x3_avx2;
 mod depthwise_avx2;
+mod depthwise_small_avx2;
 mod gemv_planes_avx2;
 mod gemv_wide;
 mod int8_avx2;
