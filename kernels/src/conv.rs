@@ -324,7 +324,7 @@ pub fn conv2d(
                     .and_then(|kernel| Some((kernel, act.same()?)));
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     if let (None, Some((kernel, act))) = (&flat, small) {
-                        // Small 3x3 planes: many channels per kernel call.
+                        // Small planes: many channels per kernel call.
                         return layer.small_channels(xb, ocs, ys, s, kernel, act);
                     }
                     match (&flat, in_place) {
