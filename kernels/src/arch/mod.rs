@@ -463,17 +463,44 @@ pub(crate) fn depthwise_small_check(
     let Some(plane) = depthwise_small_plane(k, s.stride, s.out_h, s.out_w, s.pad_top, s.pad_left) else {
         panic!("depthwise {k}x{k}: {s:?} is not supported");
     };
+    let channels = depthwise_channels_check(k, w, x, y, s)?;
+    Some((channels, plane))
+}
+
+/// The operand checks both many-channel depthwise kernels share, for `k`×`k` filters: whole
+/// filters in `w`, a non-empty input plane, and input and output planes and biases for every
+/// channel. The number of channels, or `None` when there is no output to compute.
+#[cfg(target_arch = "x86_64")]
+fn depthwise_channels_check(
+    k: usize,
+    w: &[f32],
+    x: &[f32],
+    y: &[f32],
+    s: &DepthwiseChannels<'_>,
+) -> Option<usize> {
     let taps = k * k;
     assert!(w.len().is_multiple_of(taps), "depthwise {k}x{k}: {} weights are not whole filters", w.len());
     assert!(s.in_h > 0 && s.in_w > 0, "depthwise {k}x{k}: an empty {}x{} input plane", s.in_h, s.in_w);
     let channels = w.len() / taps;
     let (inputs, outputs) = (channels * s.in_h * s.in_w, channels * s.out_h * s.out_w);
-    assert!(x.len() >= inputs, "depthwise {k}x{k}: input of {} < {channels} planes", x.len());
-    assert!(y.len() >= outputs, "depthwise {k}x{k}: output of {} < {channels} planes", y.len());
+    assert!(
+        x.len() >= inputs,
+        "depthwise {k}x{k}: input of {} < {channels} planes of {}x{}",
+        x.len(),
+        s.in_h,
+        s.in_w
+    );
+    assert!(
+        y.len() >= outputs,
+        "depthwise {k}x{k}: output of {} < {channels} planes of {}x{}",
+        y.len(),
+        s.out_h,
+        s.out_w
+    );
     if let Some(b) = s.bias {
         assert!(b.len() >= channels, "depthwise {k}x{k}: {} biases for {channels} channels", b.len());
     }
-    (outputs > 0).then_some((channels, plane))
+    (outputs > 0).then_some(channels)
 }
 
 /// Checks [`Isa::depthwise_3x3`] operands (panicking on a caller bug); the number of channels,
@@ -485,7 +512,6 @@ pub(crate) fn depthwise_3x3_check(
     y: &[f32],
     s: &DepthwiseChannels<'_>,
 ) -> Option<usize> {
-    assert!(w.len().is_multiple_of(9), "depthwise 3x3: {} weights are not whole 3x3 filters", w.len());
     assert!(
         (1..=DEPTHWISE_3X3_MAX_WIDTH).contains(&s.out_w),
         "depthwise 3x3: output rows of {} columns are not supported",
@@ -504,27 +530,7 @@ pub(crate) fn depthwise_3x3_check(
         s.in_w,
         s.out_w
     );
-    assert!(s.in_h > 0 && s.in_w > 0, "depthwise 3x3: an empty {}x{} input plane", s.in_h, s.in_w);
-    let channels = w.len() / 9;
-    let (inputs, outputs) = (channels * s.in_h * s.in_w, channels * s.out_h * s.out_w);
-    assert!(
-        x.len() >= inputs,
-        "depthwise 3x3: input of {} < {channels} planes of {}x{}",
-        x.len(),
-        s.in_h,
-        s.in_w
-    );
-    assert!(
-        y.len() >= outputs,
-        "depthwise 3x3: output of {} < {channels} planes of {}x{}",
-        y.len(),
-        s.out_h,
-        s.out_w
-    );
-    if let Some(b) = s.bias {
-        assert!(b.len() >= channels, "depthwise 3x3: {} biases for {channels} channels", b.len());
-    }
-    (outputs > 0).then_some(channels)
+    depthwise_channels_check(3, w, x, y, s)
 }
 
 /// Checks [`Isa::depthwise_s1`] / [`Isa::depthwise_s2`] operands (panicking on a caller bug);
