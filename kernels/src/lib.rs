@@ -176,6 +176,16 @@ impl Kernels {
         self.pool.as_deref()
     }
 
+    /// The pool and the threads to cut work for now: none and 1 while the pool's jobs run on
+    /// the caller alone after a stalled worker ([`WorkerPool::backed_off`]), so the work goes
+    /// as one task, as on one thread.
+    pub(crate) fn pool_now(&self) -> (Option<&WorkerPool>, usize) {
+        match self.pool() {
+            Some(pool) if !pool.backed_off() => (Some(pool), self.threads),
+            _ => (None, 1),
+        }
+    }
+
     /// Runs `f(start, part)` over contiguous parts of `out` on this kernel set's threads, for
     /// element-wise work outside the kernels (the runtime's arithmetic and activations): one part
     /// per thread when each gets at least `min_len` elements, else one call on the caller's

@@ -33,9 +33,10 @@ pub(crate) fn split_units<F>(
     F: Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
 {
     let worth = units.saturating_mul(unit_work) / kernels.min_task_work.max(1);
-    let tasks = (kernels.threads() * TASKS_PER_THREAD).min(units).min(worth).max(1);
+    let (pool, threads) = kernels.pool_now();
+    let tasks = (threads * TASKS_PER_THREAD).min(units).min(worth).max(1);
     let per_task = per_task.max(1);
-    match kernels.pool() {
+    match pool {
         Some(pool) if tasks > 1 && unit_len > 0 => {
             let per_units = units.div_ceil(tasks);
             let parts = claims(y.chunks_mut(per_units * unit_len));
@@ -97,8 +98,9 @@ pub(crate) fn split_rows<F>(
     let plane = plane_rows * row_len;
     let worth = plane_rows.saturating_mul(row_work) / kernels.min_task_work.max(1);
     // One thread runs one range: the whole plane (the call below without a pool).
-    let tasks_per_thread = if kernels.pool().is_some() { tasks_per_thread.max(1) } else { 1 };
-    let tasks = (kernels.threads() * tasks_per_thread).min(plane_rows).min(worth).max(1);
+    let (pool, threads) = kernels.pool_now();
+    let tasks_per_thread = if pool.is_some() { tasks_per_thread.max(1) } else { 1 };
+    let tasks = (threads * tasks_per_thread).min(plane_rows).min(worth).max(1);
     let per_task = per_task.max(1);
     if plane == 0 {
         return;
@@ -116,7 +118,7 @@ pub(crate) fn split_rows<F>(
         }
     }
     let range = |t: usize| (t * per_rows).min(plane_rows)..((t + 1) * per_rows).min(plane_rows);
-    match kernels.pool() {
+    match pool {
         Some(pool) if tasks > 1 => {
             let parts = claims(parts.into_iter());
             let slots = slots(scratch, per_task, pool.workers() + 1);
@@ -138,8 +140,9 @@ pub(crate) fn split_elements<F>(kernels: &Kernels, out: &mut [f32], min_len: usi
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
-    let tasks = kernels.threads().min(out.len() / min_len.max(1)).max(1);
-    match kernels.pool() {
+    let (pool, threads) = kernels.pool_now();
+    let tasks = threads.min(out.len() / min_len.max(1)).max(1);
+    match pool {
         Some(pool) if tasks > 1 => {
             let part = out.len().div_ceil(tasks).next_multiple_of(16);
             let parts = claims(out.chunks_mut(part));
@@ -250,5 +253,28 @@ mod tests {
         assert_eq!(ranges(&k, 7, 1), vec![0..4, 4..7]);
         assert_eq!(ranges(&k, 0, 1), vec![0..0]);
         assert_eq!(ranges(&Kernels::default(), 7, 1 << 24), vec![0..7]);
+    }
+
+    #[test]
+    fn work_goes_as_one_task_while_the_pool_is_backed_off() {
+        let mut k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
+        k.min_task_work = 1;
+        k.pool().unwrap().back_off_for(std::time::Duration::from_secs(60));
+        assert_eq!(ranges(&k, 12, 1 << 24), vec![0..12]);
+        let (rows, row_len) = (7, 5);
+        let mut y = vec![0.0f32; rows * row_len];
+        let mut scratch = vec![0.0; 3 * 2];
+        let seen = Mutex::new(Vec::new());
+        split_rows(&k, rows, row_len, 1 << 20, 1, 2, &mut y, &mut scratch, 2, |r, _, _| {
+            seen.lock().unwrap().push(r);
+        });
+        assert_eq!(seen.into_inner().unwrap(), vec![0..rows]);
+        let parts = Mutex::new(0);
+        let mut out = vec![0.0f32; 1000];
+        split_elements(&k, &mut out, 16, |_, _| *parts.lock().unwrap() += 1);
+        assert_eq!(parts.into_inner().unwrap(), 1);
+        // Once the back-off is over, the work is cut for every thread again.
+        k.pool().unwrap().back_off_for(std::time::Duration::ZERO);
+        assert_eq!(ranges(&k, 12, 1 << 24).len(), 6);
     }
 }
