@@ -151,7 +151,7 @@ fn run_model(
     let times: Vec<f64> = times_s.iter().map(|s| s * 1e3).collect();
     log::info!("arena {} bytes", plan.arena_bytes);
     println!(
-        "bench model={} threads={}{} iters={} load_ms={:.3} median_ms={:.3} p90_ms={:.3}",
+        "bench model={} threads={}{} iters={} load_ms={:.3} median_ms={:.3} p90_ms={:.3} p99_ms={:.3}",
         model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         threads,
         if int8 { " int8" } else { "" },
@@ -159,6 +159,7 @@ fn run_model(
         load_ms,
         percentile(&times, 0.5),
         percentile(&times, 0.9),
+        percentile(&times, 0.99),
     );
     eprintln!("arena_bytes={}", plan.arena_bytes);
     if let Some(nodes) = profile {

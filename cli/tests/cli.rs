@@ -148,7 +148,7 @@ fn bench_prints_one_parsable_line() {
     let line = stdout(&o);
     let line = line.trim();
     assert!(line.starts_with("bench model=face_4.pith threads=1 iters=3 load_ms="), "{line}");
-    for key in ["load_ms=", "median_ms=", "p90_ms="] {
+    for key in ["load_ms=", "median_ms=", "p90_ms=", "p99_ms="] {
         let value = line.split(key).nth(1).unwrap().split(' ').next().unwrap();
         assert!(value.parse::<f64>().unwrap() >= 0.0, "{key} in {line}");
     }
