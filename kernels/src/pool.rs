@@ -22,9 +22,9 @@
 //! taking its core) holds the job up for as long as the OS keeps it off the core: a scheduler
 //! time slice, milliseconds, many times a small model's whole inference. With a busy loop pinned
 //! to the second core of a 2-vCPU host, BlazeFace at 2 threads had a p90 of 4.7 ms against 1.1
-//! at 1 thread. So the caller times each job: when it waited for the workers much longer than
-//! its own share took ([`Backoff`]), the next jobs run on the caller alone for a while (8 ms,
-//! 4× longer with each stall that follows, up to 1 s), and then the workers are tried again.
+//! at 1 thread. So the caller times each job, and when waiting for stalled workers took more
+//! than a quarter of its jobs' time ([`Backoff`]), the next jobs run on the caller alone for a
+//! while (8 ms, 4× longer each time it recurs, up to 1 s), and then the workers are tried again.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -35,33 +35,39 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it parks.
 const SPIN_TIME: Duration = Duration::from_micros(500);
 
-/// How much longer than its own share the caller may wait for the workers' tasks before the job
-/// counts as stalled. A worker that runs gets an equal share done in about the caller's time; one
-/// that the OS took off its core is gone for a time slice, milliseconds.
+/// How much longer than its own share the caller may wait for the workers' tasks before the
+/// excess counts as lost to a stall. A worker that runs gets an equal share done in about the
+/// caller's time; one that the OS took off its core is gone for a time slice, milliseconds.
 const STALL_SLACK: Duration = Duration::from_micros(250);
-/// The first stretch of caller-only jobs after a stall; it grows [`BACKOFF_GROWTH`] times with
-/// every stall that follows within [`RECOVERY`] of the last back-off's end, up to
-/// [`MAX_BACKOFF`]. A stall costs a time slice (milliseconds) and a needless back-off only runs
-/// some jobs at one thread's speed, so the back-off grows fast: under a steady competitor, few
-/// jobs stall.
+/// Job time (the caller's, from each job's start to its end) over which stalls are weighed.
+const WINDOW: Duration = Duration::from_millis(20);
+/// The pool backs off when stalls cost more than 1 / `STALL_SHARE` of a window's job time: about
+/// what a second thread saves on a small model (BlazeFace: 0.67 ms at 2 threads, 1.05 at 1).
+/// Rarer stalls cost less than giving up the workers would (a host whose other guests take the
+/// second vCPU for a millisecond or so a few times a second).
+const STALL_SHARE: u32 = 4;
+/// The first stretch of caller-only jobs; it grows [`BACKOFF_GROWTH`] times with each back-off
+/// that follows within [`RECOVERY`] of the last one's end, up to [`MAX_BACKOFF`]. Under a
+/// steady competitor the back-off soon lasts a second, and few jobs stall.
 const MIN_BACKOFF: Duration = Duration::from_millis(8);
 /// How many times longer each back-off is than the last, while stalls keep coming.
 const BACKOFF_GROWTH: u32 = 4;
 /// The longest stretch of caller-only jobs.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Stall-free time, after a back-off ends, after which the next stall backs off [`MIN_BACKOFF`]
-/// again.
+/// Time after a back-off ends within which the next one grows; later ones start again from
+/// [`MIN_BACKOFF`].
 const RECOVERY: Duration = Duration::from_secs(1);
 
-/// When the pool's jobs run on the caller alone, after workers stalled them.
+/// When the pool's jobs run on the caller alone, because workers stalled too many of them.
 #[derive(Debug, Default)]
 struct Backoff {
     /// Jobs started before this run on the caller alone.
     until: Option<Instant>,
     /// The length of the last back-off.
     last: Duration,
-    /// When the last stall was seen.
-    last_stall: Option<Instant>,
+    /// Job time recorded in the current window, and how much of it was lost to stalls.
+    window: Duration,
+    lost: Duration,
 }
 
 impl Backoff {
@@ -71,16 +77,24 @@ impl Backoff {
     }
 
     /// Records a job in which the caller spent `own` on its tasks and then `waited` for the
-    /// workers' ones, ending at `now`; returns the back-off it starts, if the job stalled.
+    /// workers' ones, ending at `now`. Once the window holds [`WINDOW`] of job time, returns the
+    /// back-off it starts if stalls took more than 1 / [`STALL_SHARE`] of it.
     fn record(&mut self, own: Duration, waited: Duration, now: Instant) -> Option<Duration> {
-        if waited <= own + STALL_SLACK {
+        self.window += own + waited;
+        if waited > own + STALL_SLACK {
+            self.lost += waited - own;
+        }
+        if self.window < WINDOW {
             return None;
         }
-        let recent = self.last_stall.is_some_and(|t| now.saturating_duration_since(t) < self.last + RECOVERY);
+        let (window, lost) = (std::mem::take(&mut self.window), std::mem::take(&mut self.lost));
+        if lost * STALL_SHARE <= window {
+            return None;
+        }
+        let recent = self.until.is_some_and(|end| now.saturating_duration_since(end) < RECOVERY);
         let next =
             if recent { (self.last * BACKOFF_GROWTH).clamp(MIN_BACKOFF, MAX_BACKOFF) } else { MIN_BACKOFF };
         self.last = next;
-        self.last_stall = Some(now);
         self.until = Some(now + next);
         Some(next)
     }
@@ -298,7 +312,7 @@ impl WorkerPool {
             let until = (end + pause).saturating_duration_since(self.created).as_nanos();
             self.serial_until.store(u64::try_from(until).unwrap_or(u64::MAX), Ordering::Relaxed);
             log::debug!(
-                "a worker stalled a job for {:?} (the caller's share took {:?}): caller-only jobs for {pause:?}",
+                "workers stalled jobs (the last one waited {:?}, the caller's share took {:?}): caller-only jobs for {pause:?}",
                 end - own_end,
                 own_end - start
             );
@@ -484,29 +498,44 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_backs_off_longer_while_stalls_recur_and_from_the_start_after_recovery() {
-        let ms = Duration::from_millis;
+    fn stalls_that_cost_a_quarter_of_the_job_time_back_off_longer_while_they_recur() {
+        let (ms, us) = (Duration::from_millis, Duration::from_micros);
         let t0 = Instant::now();
         let mut b = Backoff::default();
         assert!(!b.serial(t0));
-        // Waiting about as long as the caller's own share is no stall.
-        assert_eq!(b.record(ms(3), ms(3) + STALL_SLACK, t0), None);
+        // Jobs of 1 ms with short waits: never a back-off.
+        for _ in 0..100 {
+            assert_eq!(b.record(ms(1), us(200), t0), None);
+        }
         assert!(!b.serial(t0));
-        assert_eq!(b.record(ms(1), ms(1) + STALL_SLACK + ms(1), t0), Some(MIN_BACKOFF));
-        assert!(b.serial(t0 + MIN_BACKOFF - ms(1)));
-        assert!(!b.serial(t0 + MIN_BACKOFF));
-        // Stalls that keep coming lengthen the back-off, up to the cap; one just under a second
-        // after the last back-off ended still counts as recurring.
+        // One 3 ms stall in a window of 20 ms of job time costs less than a quarter: no back-off.
+        let mut b = Backoff::default();
+        assert_eq!(b.record(ms(1), ms(4), t0), None);
+        for _ in 0..15 {
+            assert_eq!(b.record(ms(1), us(10), t0), None);
+        }
+        assert_eq!(b.window, Duration::ZERO, "the window closed");
+        // Two in the next window cost more: a back-off.
         let mut now = t0;
+        let stalled_window = |b: &mut Backoff, now: Instant| {
+            assert_eq!(b.record(ms(1), ms(4), now), None);
+            assert_eq!(b.record(ms(1), ms(4), now), None);
+            (0..10).map(|_| b.record(ms(1), us(10), now)).find_map(|r| r)
+        };
+        assert_eq!(stalled_window(&mut b, now), Some(MIN_BACKOFF));
+        assert!(b.serial(now + MIN_BACKOFF - ms(1)));
+        assert!(!b.serial(now + MIN_BACKOFF));
+        // Back-offs that recur within a second of the last one's end grow, up to the cap.
         let mut want = MIN_BACKOFF;
         for _ in 0..8 {
             now += want + RECOVERY - ms(1);
             want = (want * BACKOFF_GROWTH).min(MAX_BACKOFF);
-            assert_eq!(b.record(ms(0), ms(5), now), Some(want));
+            assert_eq!(stalled_window(&mut b, now), Some(want));
         }
         assert_eq!(want, MAX_BACKOFF);
-        // After a stall-free second the next stall starts over.
-        assert_eq!(b.record(ms(0), ms(5), now + MAX_BACKOFF + RECOVERY), Some(MIN_BACKOFF));
+        // After a stall-free second the next one starts over.
+        now += MAX_BACKOFF + RECOVERY;
+        assert_eq!(stalled_window(&mut b, now), Some(MIN_BACKOFF));
     }
 
     #[test]
@@ -529,7 +558,7 @@ mod tests {
             on_worker.load(Ordering::Relaxed)
         });
         assert!(stalled, "the worker never took a task");
-        assert!(backed_off(), "a 20 ms wait for the worker must start a back-off");
+        assert!(backed_off(), "a 20 ms wait for the worker, its whole window, must start a back-off");
         assert!(pool.serial_until.load(Ordering::Relaxed) > 0, "the back-off is not published");
         // Backed off (made long here, so the check does not race the clock): caller only.
         pool.busy.lock().unwrap().until = Some(Instant::now() + Duration::from_secs(60));
