@@ -186,6 +186,23 @@ pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
     }
     let hist: Vec<String> = histogram.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     writeln!(out, "layers by width: {}", hist.join(", "))?;
+    let pruned: Vec<_> = report.layers.iter().filter(|l| l.sparsity > 0.0).collect();
+    if !pruned.is_empty() {
+        // What a kernel that skips all-zero blocks could skip: with unstructured pruning, a
+        // small fraction of the zeros.
+        let weights = |l: &&pith_compress::LayerReport| (l.f32_bytes / 4) as f64;
+        let total: f64 = pruned.iter().map(weights).sum::<f64>().max(1.0);
+        let zeros: f64 = pruned.iter().map(|l| weights(l) * f64::from(l.sparsity)).sum();
+        let blocks: f64 = pruned.iter().map(|l| weights(l) * f64::from(l.zero_blocks)).sum();
+        writeln!(
+            out,
+            "zeros in {} layer(s): {:.1}% of their weights, {:.2}% of their {}-weight blocks all zero",
+            pruned.len(),
+            100.0 * zeros / total,
+            100.0 * blocks / total,
+            pith_compress::ZERO_BLOCK
+        )?;
+    }
     Ok(())
 }
 
@@ -463,6 +480,7 @@ fn report_json(
                 "encoding": l.encoding,
                 "bits": l.bits,
                 "sparsity": l.sparsity,
+                "zero_blocks": l.zero_blocks,
                 "bytes": l.bytes,
                 "f32_bytes": l.f32_bytes,
                 "weight_error": l.rel_error,

@@ -29,6 +29,7 @@ use pith_format::ir::{self, TensorData, ValueId};
 use pith_runtime::TensorBuf;
 
 pub use error::CompressError;
+pub use weights::ZERO_BLOCK;
 use work::WorkModel;
 
 /// How weight tensors (Conv/ConvTranspose/Gemm/MatMul input 1) are stored.
@@ -72,6 +73,10 @@ pub struct LayerReport {
     pub bits: Option<u8>,
     /// Fraction of weights stored as exact zeros (pruned or zero in the source).
     pub sparsity: f32,
+    /// Fraction of the aligned blocks of [`ZERO_BLOCK`] weights along a row that are all zero:
+    /// what a kernel skipping zero blocks could skip (at unstructured pruning, far less than
+    /// `sparsity`).
+    pub zero_blocks: f32,
     /// Relative output error `sqrt(Σ (w-q)ᵀG(w-q) / Σ wᵀGw)` of the layer on the calibration
     /// activations (Gram `G`); `None` without calibration data.
     pub out_error: Option<f32>,

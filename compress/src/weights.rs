@@ -72,6 +72,7 @@ pub(crate) fn layer_report(
     data: &TensorData,
     rel_error: f64,
 ) -> LayerReport {
+    let zeros = zeros(data, shape.first().copied().unwrap_or(1).max(1), w.len());
     LayerReport {
         name: name.to_string(),
         shape: shape.to_vec(),
@@ -83,33 +84,62 @@ pub(crate) fn layer_report(
             TensorData::Codebook(c) => Some(c.bits),
             _ => None,
         },
-        sparsity: sparsity(data, shape.first().copied().unwrap_or(1).max(1), w.len()),
+        sparsity: zeros.sparsity,
+        zero_blocks: zeros.blocks,
         out_error: None,
         predicted_distortion: None,
     }
 }
 
-/// Fraction of the `len` stored values (in `rows` rows) that decode to exactly zero.
-pub(crate) fn sparsity(data: &TensorData, rows: usize, len: usize) -> f32 {
-    if len == 0 {
-        return 0.0;
+/// Weights per block of [`LayerReport::zero_blocks`]: one AVX2 vector of f32, the least a SIMD
+/// kernel could skip.
+pub const ZERO_BLOCK: usize = 8;
+
+/// How a stored weight's exact zeros lie.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Zeros {
+    /// Fraction of the values that decode to exactly zero.
+    pub sparsity: f32,
+    /// Fraction of the aligned [`ZERO_BLOCK`]-value blocks of the rows that are all zero.
+    pub blocks: f32,
+}
+
+/// [`Zeros`] of the `len` stored values of `data`, in `rows` rows.
+pub(crate) fn zeros(data: &TensorData, rows: usize, len: usize) -> Zeros {
+    if len == 0 || rows == 0 {
+        return Zeros { sparsity: 0.0, blocks: 0.0 };
     }
-    let zeros = match data {
-        TensorData::F32(v) => v.iter().filter(|x| **x == 0.0).count(),
-        TensorData::F16(v) => v.iter().filter(|x| x.to_f32() == 0.0).count(),
-        TensorData::I64(v) => v.iter().filter(|x| **x == 0).count(),
-        TensorData::Codebook(_) => {
-            let view = data.view();
-            let mut buf = vec![0.0f32; len / rows];
-            (0..rows)
-                .map(|r| {
-                    view.decode_row(rows, r, &mut buf);
-                    buf.iter().filter(|x| **x == 0.0).count()
-                })
-                .sum()
-        }
-    };
-    zeros as f32 / len as f32
+    let row_len = len / rows;
+    let mut buf = vec![0.0f32; row_len];
+    let (mut zeros, mut zero_blocks) = (0, 0);
+    for r in 0..rows {
+        let row: &[f32] = match data {
+            TensorData::F32(v) => &v[r * row_len..][..row_len],
+            TensorData::F16(v) => {
+                for (b, x) in buf.iter_mut().zip(&v[r * row_len..][..row_len]) {
+                    *b = x.to_f32();
+                }
+                &buf
+            }
+            TensorData::I64(v) => {
+                for (b, &x) in buf.iter_mut().zip(&v[r * row_len..][..row_len]) {
+                    *b = if x == 0 { 0.0 } else { 1.0 };
+                }
+                &buf
+            }
+            TensorData::Codebook(_) => {
+                data.view().decode_row(rows, r, &mut buf);
+                &buf
+            }
+        };
+        zeros += row.iter().filter(|x| **x == 0.0).count();
+        zero_blocks += row.chunks_exact(ZERO_BLOCK).filter(|b| b.iter().all(|x| *x == 0.0)).count();
+    }
+    let blocks = rows * (row_len / ZERO_BLOCK);
+    Zeros {
+        sparsity: zeros as f32 / len as f32,
+        blocks: if blocks == 0 { 0.0 } else { zero_blocks as f32 / blocks as f32 },
+    }
 }
 
 /// True when `w` (shape `shape`) may be stored as a `bits`-bit codebook: at least 2 dimensions,
@@ -201,6 +231,29 @@ mod tests {
         assert!(layers[0].rel_error > 0.0 && layers[0].rel_error < 0.2);
         assert_eq!(calls.first(), Some(&(0, 2, "w".to_string())));
         assert_eq!(calls.last().map(|c| c.0), Some(2));
+    }
+
+    #[test]
+    fn zeros_count_values_and_whole_aligned_blocks() {
+        // Two rows of 20: row 0 has its first block of 8 zero and 4 more zeros in the next,
+        // row 1 one zero per block; the last 4 values of a row are no whole block.
+        let mut v = vec![1.0f32; 40];
+        v[..12].fill(0.0);
+        for i in [20, 29, 38] {
+            v[i] = 0.0;
+        }
+        let f16s: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        for data in [TensorData::F32(v.clone()), TensorData::F16(f16s)] {
+            assert_eq!(zeros(&data, 2, 40), Zeros { sparsity: 15.0 / 40.0, blocks: 1.0 / 4.0 });
+        }
+        // Pruned codebook weights decode to exact zeros; unstructured, they rarely fill a block.
+        let w: Vec<f32> = (0..64 * 64).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1).collect();
+        let opts = crate::codebook::EncodeOptions { prune: 0.3, gram: None, weighted: false, refit: false };
+        let enc = crate::codebook::encode_with(&w, 64, 4, &opts);
+        let z = zeros(&enc.data, 64, w.len());
+        assert!((z.sparsity - 0.3).abs() < 0.01, "{z:?}");
+        assert!(z.blocks < 0.05, "{z:?}");
+        assert_eq!(zeros(&TensorData::F32(vec![]), 1, 0), Zeros { sparsity: 0.0, blocks: 0.0 });
     }
 
     #[test]
