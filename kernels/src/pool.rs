@@ -245,6 +245,11 @@ impl WorkerPool {
     pub(crate) fn back_off_for(&self, pause: Duration) {
         let until = Instant::now() + pause;
         self.busy.lock().unwrap_or_else(PoisonError::into_inner).until = Some(until);
+        self.publish_back_off(until);
+    }
+
+    /// Makes a back-off that lasts `until` visible to [`WorkerPool::backed_off`].
+    fn publish_back_off(&self, until: Instant) {
         let nanos = until.saturating_duration_since(self.created).as_nanos();
         self.serial_until.store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
@@ -309,8 +314,7 @@ impl WorkerPool {
         wait(|| s.active.load(Ordering::SeqCst) == 0);
         let end = Instant::now();
         if let Some(pause) = backoff.record(own_end - start, end - own_end, end) {
-            let until = (end + pause).saturating_duration_since(self.created).as_nanos();
-            self.serial_until.store(u64::try_from(until).unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.publish_back_off(end + pause);
             log::debug!(
                 "workers stalled jobs (the last one waited {:?}, the caller's share took {:?}): caller-only jobs for {pause:?}",
                 end - own_end,
