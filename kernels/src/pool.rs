@@ -542,30 +542,37 @@ mod tests {
         assert_eq!(stalled_window(&mut b, now), Some(MIN_BACKOFF));
     }
 
-    #[test]
-    fn a_worker_that_stalls_a_job_sends_the_next_ones_to_the_caller_until_the_back_off_ends() {
-        let pool = WorkerPool::new(1).unwrap();
-        let backed_off = || pool.busy.lock().unwrap().until.is_some();
-        // A task that sleeps on the worker stands in for a preempted worker. A parked worker may
-        // wake after the caller has taken both tasks: then nothing stalled, so try again.
-        let stalled = (0..200).any(|_| {
+    /// Runs jobs of two tasks until a worker takes one (false if none did in 200 jobs). The
+    /// worker's task sleeps `worker_sleep`; the caller's 200 µs, long enough for a spinning
+    /// worker to claim the other (a parked one may wake after the caller took both).
+    fn a_worker_runs_a_task(pool: &WorkerPool, worker_sleep: Duration) -> bool {
+        (0..200).any(|_| {
             let on_worker = AtomicBool::new(false);
             pool.run(2, &|_, slot| {
                 if slot == 0 {
-                    // Long enough for the worker to claim the other task.
                     std::thread::sleep(Duration::from_micros(200));
                 } else {
                     on_worker.store(true, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(worker_sleep);
                 }
             });
             on_worker.load(Ordering::Relaxed)
-        });
-        assert!(stalled, "the worker never took a task");
-        assert!(backed_off(), "a 20 ms wait for the worker, its whole window, must start a back-off");
+        })
+    }
+
+    #[test]
+    fn a_worker_that_stalls_a_job_sends_the_next_ones_to_the_caller_until_the_back_off_ends() {
+        let pool = WorkerPool::new(1).unwrap();
+        // A task that sleeps on the worker stands in for a preempted worker.
+        assert!(a_worker_runs_a_task(&pool, Duration::from_millis(20)), "the worker never took a task");
+        assert!(
+            pool.busy.lock().unwrap().until.is_some(),
+            "a 20 ms wait for the worker, its whole window, must start a back-off"
+        );
         assert!(pool.serial_until.load(Ordering::Relaxed) > 0, "the back-off is not published");
         // Backed off (made long here, so the check does not race the clock): caller only.
-        pool.busy.lock().unwrap().until = Some(Instant::now() + Duration::from_secs(60));
+        pool.back_off_for(Duration::from_secs(60));
+        assert!(pool.backed_off());
         for _ in 0..50 {
             let ran = AtomicUsize::new(0);
             pool.run(4, &|_, slot| {
@@ -575,19 +582,12 @@ mod tests {
             assert_eq!(ran.load(Ordering::Relaxed), 4);
         }
         // Once the back-off is over, the worker takes tasks again.
-        pool.busy.lock().unwrap().until = Some(Instant::now());
-        let worker_ran = (0..200).any(|_| {
-            let on_worker = AtomicBool::new(false);
-            pool.run(2, &|_, slot| {
-                if slot == 0 {
-                    std::thread::sleep(Duration::from_micros(200));
-                } else {
-                    on_worker.store(true, Ordering::Relaxed);
-                }
-            });
-            on_worker.load(Ordering::Relaxed)
-        });
-        assert!(worker_ran, "the worker never took a task after the back-off");
+        pool.back_off_for(Duration::ZERO);
+        assert!(!pool.backed_off());
+        assert!(
+            a_worker_runs_a_task(&pool, Duration::ZERO),
+            "the worker never took a task after the back-off"
+        );
     }
 
     #[test]
