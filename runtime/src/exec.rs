@@ -210,11 +210,18 @@ impl Backend for CpuBackend {
             }
         }
 
+        // One argument list and one output list for every step: no allocation per node.
+        let most = |count: fn(&pith_format::ir::Node) -> usize| {
+            plan.steps.iter().map(|&ni| count(&graph.nodes[ni])).max().unwrap_or(0)
+        };
+        let mut args = Vec::with_capacity(most(|n| n.inputs.len()));
+        let mut outs = Vec::with_capacity(most(|n| n.outputs.len()));
         for &ni in &plan.steps {
             let node = &graph.nodes[ni];
             // Arena ranges for the debug-build overlap check (empty, never allocated, in release).
             let mut in_ranges = Vec::new();
-            let mut args = Vec::with_capacity(node.inputs.len());
+            args.clear();
+            outs.clear();
             for input in &node.inputs {
                 let Some(id) = *input else {
                     args.push(None);
@@ -238,7 +245,6 @@ impl Backend for CpuBackend {
                 args.push(Some(Arg { shape: &v.shape, elem: v.elem, data: Some(data) }));
             }
             let mut out_ranges = Vec::new();
-            let mut outs = Vec::with_capacity(node.outputs.len());
             for &id in &node.outputs {
                 let v = planned(plan, id)?;
                 let Slot::Arena(off) = v.slot else {

@@ -56,6 +56,31 @@ pub struct Axis {
     pub out: usize,
 }
 
+/// A per-axis attribute as it is stored (or its default for every axis), read without a copy.
+#[derive(Debug, Clone, Copy)]
+struct PerAxis<'a> {
+    values: Option<&'a [usize]>,
+    default: usize,
+}
+
+impl<'a> PerAxis<'a> {
+    /// `v` checked to hold `per` values for each of `rank` axes, or `default` for each when
+    /// absent.
+    fn new(v: &'a Option<Vec<usize>>, name: &str, rank: usize, per: usize, default: usize) -> OpResult<Self> {
+        match v {
+            Some(v) if v.len() != rank * per => {
+                op_bail!("attribute '{name}' has {} values for {rank} spatial axes", v.len())
+            }
+            _ => Ok(PerAxis { values: v.as_deref(), default }),
+        }
+    }
+
+    /// The value of axis `i`.
+    fn get(&self, i: usize) -> usize {
+        self.values.map_or(self.default, |v| v[i])
+    }
+}
+
 fn positive_list(node: &Node, name: &str) -> OpResult<Option<Vec<usize>>> {
     attrs::ints(node, name)?
         .map(|v| {
@@ -101,11 +126,17 @@ impl Window {
     }
 
     /// Per-axis attribute `v` (or 1 when absent), checked to have one value per spatial axis.
-    fn per_axis(v: &Option<Vec<usize>>, name: &str, rank: usize) -> OpResult<Vec<usize>> {
-        match v {
-            None => Ok(vec![1; rank]),
-            Some(v) if v.len() == rank => Ok(v.clone()),
-            Some(v) => op_bail!("attribute '{name}' has {} values for {rank} spatial axes", v.len()),
+    fn per_axis<'v>(v: &'v Option<Vec<usize>>, name: &str, rank: usize) -> OpResult<PerAxis<'v>> {
+        PerAxis::new(v, name, rank, 1, 1)
+    }
+
+    /// The `pads` attribute when it applies (`auto_pad` NOTSET), checked to have a begin and an
+    /// end value per spatial axis; zeros otherwise.
+    fn explicit_pads(&self, rank: usize) -> OpResult<PerAxis<'_>> {
+        if self.auto_pad == AutoPad::NotSet {
+            PerAxis::new(&self.pads, "pads", rank, 2, 0)
+        } else {
+            Ok(PerAxis { values: None, default: 0 })
         }
     }
 
@@ -115,18 +146,10 @@ impl Window {
         let rank = input.len();
         let strides = Self::per_axis(&self.strides, "strides", rank)?;
         let dils = Self::per_axis(&self.dilations, "dilations", rank)?;
-        let pads = match &self.pads {
-            Some(p) if self.auto_pad == AutoPad::NotSet => {
-                if p.len() != 2 * rank {
-                    op_bail!("attribute 'pads' has {} values for {rank} spatial axes", p.len());
-                }
-                p.clone()
-            }
-            _ => vec![0; 2 * rank],
-        };
+        let pads = self.explicit_pads(rank)?;
         (0..rank)
             .map(|i| {
-                let (k, s, d, n) = (kernel[i], strides[i], dils[i], input[i]);
+                let (k, s, d, n) = (kernel[i], strides.get(i), dils.get(i), input[i]);
                 let span = d * (k - 1) + 1;
                 let (pad_begin, pad_end, out) = match self.auto_pad {
                     AutoPad::SameUpper | AutoPad::SameLower => {
@@ -140,7 +163,7 @@ impl Window {
                         }
                     }
                     _ => {
-                        let (pb, pe) = (pads[i], pads[rank + i]);
+                        let (pb, pe) = (pads.get(i), pads.get(rank + i));
                         let padded = n + pb + pe;
                         if padded < span {
                             op_bail!(
@@ -539,25 +562,14 @@ impl ConvTranspose {
                 op_bail!("kernel_shape {ks:?} does not match weight shape {w:?}");
             }
         }
-        let per_axis = |v: &Option<Vec<usize>>, name: &str, default: usize| match v {
-            None => Ok(vec![default; rank]),
-            Some(v) if v.len() == rank => Ok(v.clone()),
-            Some(v) => op_bail!("attribute '{name}' has {} values for {rank} spatial axes", v.len()),
-        };
         let strides = Window::per_axis(&self.window.strides, "strides", rank)?;
         let dils = Window::per_axis(&self.window.dilations, "dilations", rank)?;
-        let out_pad = per_axis(&self.output_padding, "output_padding", 0)?;
-        let explicit = match &self.window.pads {
-            Some(p) if p.len() != 2 * rank => {
-                op_bail!("attribute 'pads' has {} values for {rank} spatial axes", p.len())
-            }
-            Some(p) => p.clone(),
-            None => vec![0; 2 * rank],
-        };
+        let out_pad = PerAxis::new(&self.output_padding, "output_padding", rank, 1, 0)?;
+        let explicit = PerAxis::new(&self.window.pads, "pads", rank, 2, 0)?;
         let mut axes = Vec::with_capacity(rank);
         for i in 0..rank {
-            let (n_in, k, s, d) = (input[2 - rank + i], kernel[2 - rank + i], strides[i], dils[i]);
-            let full = (n_in.max(1) - 1) * s + out_pad[i] + d * (k - 1) + 1;
+            let (n_in, k, s, d) = (input[2 - rank + i], kernel[2 - rank + i], strides.get(i), dils.get(i));
+            let full = (n_in.max(1) - 1) * s + out_pad.get(i) + d * (k - 1) + 1;
             let target = match (&self.output_shape, self.window.auto_pad) {
                 (Some(os), _) => {
                     if os.len() != rank {
@@ -585,7 +597,7 @@ impl ConvTranspose {
                     let (pb, pe) = if self.window.auto_pad == AutoPad::Valid {
                         (0, 0)
                     } else {
-                        (explicit[i], explicit[rank + i])
+                        (explicit.get(i), explicit.get(rank + i))
                     };
                     if pb + pe >= full {
                         op_bail!("pads {pb}+{pe} leave no output from extent {full}");
@@ -868,6 +880,26 @@ mod tests {
         let want =
             naive_conv(&x, [2, 2, 1, 8], &dense, [3, 2, 1, 3], None, 1, [1, 1], [1, 1], [0, 1], [1, 8]);
         assert_close(&got[0].1, &want);
+    }
+
+    #[test]
+    fn per_axis_attributes_of_the_wrong_length_name_the_attribute() {
+        let (x, w) = (values(1, 2 * 5 * 5), values(2, 3 * 2 * 9));
+        let (xs, ws, wt) = ([1, 2, 5, 5], [3, 2, 3, 3], [2, 3, 3, 3]);
+        for (op, attr, value, weight_shape) in [
+            (OpKind::Conv, "pads", &[1, 1, 1][..], &ws),
+            (OpKind::Conv, "strides", &[1, 1, 1][..], &ws),
+            (OpKind::Conv, "dilations", &[1][..], &ws),
+            (OpKind::ConvTranspose, "pads", &[0, 0][..], &wt),
+            (OpKind::ConvTranspose, "output_padding", &[0, 0, 0][..], &wt),
+        ] {
+            let n = node(op, 2, vec![(attr, ints(value))]);
+            let build = if op == OpKind::Conv { build_conv } else { build_conv_transpose };
+            let built = build(&n, Activation::None);
+            let err = run(&*built.unwrap(), &[act(&xs, &x), act(weight_shape, &w)]).unwrap_err();
+            let want = format!("attribute '{attr}' has {} values for 2 spatial axes", value.len());
+            assert!(err.0.contains(&want), "{op:?} {attr}: {}", err.0);
+        }
     }
 
     #[test]
