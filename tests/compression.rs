@@ -22,15 +22,21 @@ use pith_tests::{cosine, data_dir, decode_rgb, load_rgb, model_path};
 /// [`HELD_OUT_COSINE`] and the same detections at IoU [`MIN_IOU`]. BlazeFace's set holds two
 /// people (seven face crops); with only the cameraman's three crops its calibration check had to
 /// ask IoU 0.93 to keep the held-out face above 0.9. Both sets use the default IoU now.
-const BLAZEFACE_MIN_FIDELITY: f64 = 0.995;
+/// BlazeFace's floor was 0.995 before bias correction; with it the search lands on smaller files
+/// whose held-out portrait (as the runtime preprocesses it) reached a classifier cosine of 0.979
+/// at 0.995 and 0.988 at 0.996, 0.992 at 0.997, while 5-fold cross-validation over the
+/// calibration set judged the three floors alike (1-2 task failures of 15 held-out images, mean
+/// cosine 0.992-0.994): one held-out image is a noisy judge of one search.
+const BLAZEFACE_MIN_FIDELITY: f64 = 0.997;
 const PPOCR_MIN_FIDELITY: f64 = 0.999;
 /// Minimum output cosine on the held-out image (issue #4).
 const HELD_OUT_COSINE: f64 = 0.99;
 /// Detections must overlap the f32 model's at least this much.
 const MIN_IOU: f32 = 0.9;
 /// Size ratios vs the ONNX file reached today (target: 10×, 14× with Huffman), in the compact
-/// layout `pith compress` writes. Measured with the floors above on x86-64 (AVX-512): BlazeFace
-/// 5.06×, PP-OCRv4 det 5.94× (before: BlazeFace 3.75× in the plain layout with one person in its
+/// layout `pith compress` writes. Measured with the floors above on the Zen 3 (AVX2): BlazeFace
+/// 5.51×, PP-OCRv4 det 6.25× (before bias correction, with BlazeFace at floor 0.995: 5.06× and
+/// 5.94× on x86-64 with AVX-512; before that: BlazeFace 3.75× in the plain layout with one person in its
 /// calibration set, PP-OCR 5.08–5.74× in the plain layout as the graph passes changed); the
 /// margin covers verification decisions that flip on other kernel paths' rounding or small
 /// numeric changes.
@@ -85,6 +91,7 @@ fn compress_auto(
     let options = CalibOptions {
         bits: BitsChoice::Auto { min_fidelity },
         data_aware: true,
+        bias_correction: true,
         task: Some(task),
         min_iou,
         entropy: false,
@@ -218,6 +225,41 @@ fn blazeface_finetuning_raises_held_out_fidelity_at_the_same_size() {
     assert_eq!(plain_bytes, tuned_bytes, "tuning must not change the size");
     assert!(report.final_loss < 0.2 * report.initial_loss, "{report:?}");
     assert!(tuned > plain + 0.05, "held-out cosine {plain} -> {tuned}");
+}
+
+/// Bias correction (the default with data-aware codebooks) moves each corrected layer's bias by
+/// the mean of its output error on the calibration data and fits its codebooks to the rest: at
+/// a fixed 4 bits the held-out portrait's output cosine must rise, at the same file size.
+/// Measured on the Zen 3: 0.9579 -> 0.9759 (5-fold cross-validation over the calibration set:
+/// held-out mean 0.9695 -> 0.9798, `benches/crossval_compression.py`).
+#[test]
+fn blazeface_bias_correction_raises_held_out_fidelity_at_the_same_size() {
+    let samples = calibration("blazeface", |img| blazeface::preprocess(img).0);
+    let onnx = std::fs::read(model_path("blazeface_short_range.onnx")).unwrap();
+    let (input, _) = blazeface::preprocess(&load_rgb("astronaut.png").unwrap());
+    let reference = run(f32_file("blazeface_short_range.onnx"), "input", input.clone());
+    let held_out = |bias_correction: bool| {
+        let options = CalibOptions {
+            bits: BitsChoice::Fixed(WeightFormat::Codebook { bits: 4 }),
+            bias_correction,
+            task: Some(TaskCheck::BlazeFace),
+            ..Default::default()
+        };
+        let out =
+            calib::compress_calibrated(Prepared::new(&onnx).unwrap(), &samples, &options, &|_, _, _| {})
+                .unwrap();
+        let bytes = pith_format::write(&out.model).unwrap();
+        let got = run(PithFile::from_bytes(bytes.clone()).unwrap(), "input", input.clone());
+        let cos =
+            reference.iter().zip(&got).map(|(r, g)| cosine(r.1.as_f32().unwrap(), g.1.as_f32().unwrap()));
+        (cos.fold(f64::INFINITY, f64::min), bytes.len())
+    };
+    let (plain, plain_bytes) = held_out(false);
+    let (corrected, corrected_bytes) = held_out(true);
+    eprintln!("BlazeFace 4-bit held-out cosine {plain:.4} -> {corrected:.4} with bias correction");
+    // Every BlazeFace conv has a bias; the fits may store a layer's scales in f32 instead of f16.
+    assert!(corrected_bytes <= plain_bytes + plain_bytes / 100, "{plain_bytes} -> {corrected_bytes} bytes");
+    assert!(corrected > plain + 0.01, "held-out cosine {plain} -> {corrected}");
 }
 
 #[test]

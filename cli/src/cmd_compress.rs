@@ -67,6 +67,8 @@ pub struct Args {
     pub min_iou: f32,
     /// Not `--no-data-aware`.
     pub data_aware: bool,
+    /// Not `--no-bias-correction`.
+    pub bias_correction: bool,
     /// `--entropy`.
     pub entropy: EntropyArg,
     /// `--finetune` steps (0 = off).
@@ -313,6 +315,7 @@ pub fn compress_auto_file(
         min_fidelity: DEFAULT_MIN_FIDELITY,
         min_iou,
         data_aware: true,
+        bias_correction: true,
         entropy: EntropyArg::None,
         finetune: 0,
         finetune_reassign: false,
@@ -336,6 +339,7 @@ fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compresse
             Bits::Auto => BitsChoice::Auto { min_fidelity: args.min_fidelity },
         },
         data_aware: args.data_aware,
+        bias_correction: args.bias_correction,
         task: args.preprocess.map(|p| match p {
             Preprocess::Blazeface => TaskCheck::BlazeFace,
             Preprocess::PpocrDet => TaskCheck::Db,
@@ -485,6 +489,7 @@ fn report_json(
                 "f32_bytes": l.f32_bytes,
                 "weight_error": l.rel_error,
                 "output_error": l.out_error,
+                "bias_corrected": l.bias_corrected,
                 "predicted_distortion": l.predicted_distortion,
             })
         })
@@ -520,6 +525,7 @@ fn report_json(
         "min_fidelity": (args.bits == Bits::Auto).then_some(args.min_fidelity),
         "min_iou": args.preprocess.map(|_| args.min_iou),
         "data_aware": args.calib.is_some() && args.data_aware,
+        "bias_correction": args.calib.is_some() && args.data_aware && args.bias_correction,
         "augment": args.augment,
         "finetune_reassign": args.finetune_reassign,
         "layers": layers,

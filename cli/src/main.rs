@@ -57,6 +57,9 @@ enum Command {
         /// Fit codebooks with plain k-means, ignoring the calibration activations.
         #[arg(long)]
         no_data_aware: bool,
+        /// Keep biases as they are (no bias correction of the calibrated codebooks).
+        #[arg(long)]
+        no_bias_correction: bool,
         /// Entropy coding of the codebook indices in the written file.
         #[arg(long, value_enum, default_value = "none")]
         entropy: cmd_compress::EntropyArg,
@@ -192,6 +195,7 @@ fn main() {
             min_fidelity,
             min_iou,
             no_data_aware,
+            no_bias_correction,
             entropy,
             finetune,
             finetune_reassign,
@@ -206,6 +210,7 @@ fn main() {
                 min_fidelity,
                 min_iou,
                 data_aware: !no_data_aware,
+                bias_correction: !no_bias_correction,
                 entropy,
                 finetune,
                 finetune_reassign,

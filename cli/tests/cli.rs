@@ -387,7 +387,9 @@ fn calibrated_auto_writes_a_report_and_is_deterministic() {
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert!(json["fidelity"]["cosine"].as_f64().unwrap() >= 0.99, "{json}");
     assert_eq!(json["fidelity"]["task"]["passed"], true);
+    assert_eq!(json["bias_correction"], true);
     let layers = json["layers"].as_array().unwrap();
+    assert!(layers.iter().any(|l| l["bias_corrected"] == true), "no layer bias-corrected");
     assert!(layers.iter().any(|l| l["bits"].as_u64().is_some_and(|b| b < 8)), "no narrow layer");
     for key in ["name", "bits", "sparsity", "bytes", "weight_error", "output_error"] {
         assert!(layers[0].get(key).is_some(), "layer field {key} missing");
@@ -406,4 +408,13 @@ fn calibrated_auto_writes_a_report_and_is_deterministic() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(a, std::fs::read(dir.join("out.pith")).unwrap(), "two runs differ");
     assert_ne!(a, first);
+
+    // Without bias correction: the biases keep their values (other bytes), and the report says so.
+    let plain = [&fixed[..], &["--no-bias-correction", "--report", report.to_str().unwrap()]].concat();
+    let o = compress_args(&dir, &plain);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(a, std::fs::read(dir.join("out.pith")).unwrap(), "bias correction changed nothing");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["bias_correction"], false);
+    assert!(json["layers"].as_array().unwrap().iter().all(|l| l["bias_corrected"] == false));
 }

@@ -57,6 +57,10 @@ pub struct RowGram {
     pub sums: Vec<f64>,
     /// Number of patches accumulated per group.
     pub count: u64,
+    /// `groups · row_len` sums of the patches themselves (their mean times `count`).
+    pub patch_sums: Vec<f64>,
+    /// Whether `sums` hold the patches' deviations from their mean (see [`RowGram::centered`]).
+    pub centered: bool,
 }
 
 /// `count` indices spread evenly over `0..n` (centres of `count` equal strips), ascending.
@@ -156,7 +160,46 @@ impl PatchGrid {
 impl RowGram {
     /// An empty accumulator.
     pub fn new(groups: usize, row_len: usize) -> RowGram {
-        RowGram { groups, row_len, sums: vec![0.0; groups * row_len * row_len], count: 0 }
+        RowGram {
+            groups,
+            row_len,
+            sums: vec![0.0; groups * row_len * row_len],
+            count: 0,
+            patch_sums: vec![0.0; groups * row_len],
+            centered: false,
+        }
+    }
+
+    /// The mean patch of group `g` (zeros before any patch).
+    pub fn mean(&self, g: usize) -> Vec<f64> {
+        let n = self.count.max(1) as f64;
+        self.patch_sums[g * self.row_len..(g + 1) * self.row_len].iter().map(|s| s / n).collect()
+    }
+
+    /// The statistics of the patches' deviations from their mean, with the share `keep` of the
+    /// mean's own term left in: `Σ (x - μ)(x - μ)ᵀ + keep · count · μ μᵀ = Σ x xᵀ - (1 - keep) ·
+    /// count · μ μᵀ` per group. A layer whose bias absorbs the mean of its output error (bias
+    /// correction: the bias moves by `(w - q)·μ`) makes only the deviations' part of the error
+    /// on these patches, so its codebooks are fitted to it; `keep > 0` still charges errors
+    /// along the mean, because other inputs' means differ from the calibration set's and the
+    /// correction is exact only for the latter. Diagonal entries are clamped at zero against
+    /// rounding.
+    pub fn centered(&self, keep: f64) -> RowGram {
+        let len = self.row_len;
+        let n = self.count.max(1) as f64 / (1.0 - keep.clamp(0.0, 1.0));
+        let mut out = self.clone();
+        for g in 0..self.groups {
+            let s = &self.patch_sums[g * len..(g + 1) * len];
+            let gm = &mut out.sums[g * len * len..(g + 1) * len * len];
+            for i in 0..len {
+                for j in 0..len {
+                    gm[i * len + j] -= s[i] * s[j] / n;
+                }
+                gm[i * len + i] = gm[i * len + i].max(0.0);
+            }
+        }
+        out.centered = true;
+        out
     }
 
     /// The Gram matrix of group `g` (`row_len × row_len`, row-major).
@@ -238,6 +281,9 @@ impl RowGram {
     fn add_batch(&mut self, g: usize, p: &[f64], b: usize) {
         let len = self.row_len;
         let sums = &mut self.sums[g * len * len..(g + 1) * len * len];
+        for (i, total) in self.patch_sums[g * len..(g + 1) * len].iter_mut().enumerate() {
+            *total += p[i * b..(i + 1) * b].iter().sum::<f64>();
+        }
         for i in 0..len {
             let pi = &p[i * b..(i + 1) * b];
             for j in i..len {
@@ -418,5 +464,60 @@ mod tests {
         assert_eq!(h.count, 3);
         h.add_rows(&x[..k + 1], 3); // not whole rows: skipped
         assert_eq!(h.count, 3);
+    }
+
+    #[test]
+    fn centered_statistics_are_the_deviations_from_the_mean() {
+        let (k, n) = (4, 9);
+        let x: Vec<f32> = values(n * k, 3).iter().enumerate().map(|(i, v)| v + (i % k) as f32).collect();
+        let mut g = RowGram::new(1, k);
+        g.add_rows(&x, 100);
+        let mean: Vec<f64> =
+            (0..k).map(|i| (0..n).map(|r| x[r * k + i] as f64).sum::<f64>() / n as f64).collect();
+        for (got, want) in g.mean(0).iter().zip(&mean) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        let c = g.centered(0.0);
+        assert!(c.centered && !g.centered);
+        for i in 0..k {
+            for j in 0..k {
+                let want: f64 =
+                    (0..n).map(|r| (x[r * k + i] as f64 - mean[i]) * (x[r * k + j] as f64 - mean[j])).sum();
+                assert!((c.group(0)[i * k + j] - want).abs() < 1e-9, "({i}, {j})");
+                let half = want + 0.5 * n as f64 * mean[i] * mean[j];
+                assert!((g.centered(0.5).group(0)[i * k + j] - half).abs() < 1e-9, "({i}, {j}) half kept");
+            }
+        }
+        assert_eq!(g.centered(1.0).sums, g.sums);
+    }
+
+    #[test]
+    fn conv_patch_means_count_padding_as_zero() {
+        // 2 groups of 1 channel, 3×3 kernel, pad 1: every output position's patch, padding zero.
+        let (c, h, w) = (2, 4, 5);
+        let x = values(c * h * w, 5);
+        let geom =
+            ConvGeometry { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1], group: 2 };
+        let mut g = RowGram::new(2, 9);
+        g.add_conv_input(&x, &[1, c, h, w], &geom, 1000);
+        assert_eq!(g.count, (h * w) as u64);
+        for grp in 0..2 {
+            let mean = g.mean(grp);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let mut sum = 0.0f64;
+                    for oy in 0..h as isize {
+                        for ox in 0..w as isize {
+                            let (iy, ix) = (oy + ky as isize - 1, ox + kx as isize - 1);
+                            if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                                sum += x[grp * h * w + iy as usize * w + ix as usize] as f64;
+                            }
+                        }
+                    }
+                    let want = sum / (h * w) as f64;
+                    assert!((mean[ky * 3 + kx] - want).abs() < 1e-12, "group {grp} tap ({ky}, {kx})");
+                }
+            }
+        }
     }
 }

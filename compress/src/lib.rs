@@ -78,8 +78,12 @@ pub struct LayerReport {
     /// `sparsity`).
     pub zero_blocks: f32,
     /// Relative output error `sqrt(Σ (w-q)ᵀG(w-q) / Σ wᵀGw)` of the layer on the calibration
-    /// activations (Gram `G`); `None` without calibration data.
+    /// activations (Gram `G`; for a bias-corrected layer, the statistics it was fitted to: half of
+    /// the input mean's term taken out, see `gram::RowGram::centered`); `None` without
+    /// calibration data.
     pub out_error: Option<f32>,
+    /// Whether the layer's bias was moved by its bias correction (calibrated compression).
+    pub bias_corrected: bool,
     /// With `--bits auto`: the predicted contribution of this layer to the model's output
     /// distortion `1 - cos`, from its measured sensitivity.
     pub predicted_distortion: Option<f64>,

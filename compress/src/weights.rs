@@ -87,6 +87,7 @@ pub(crate) fn layer_report(
         sparsity: zeros.sparsity,
         zero_blocks: zeros.blocks,
         out_error: None,
+        bias_corrected: false,
         predicted_distortion: None,
     }
 }

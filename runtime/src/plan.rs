@@ -235,9 +235,24 @@ fn ensure_defined(
     let view = constant(id).ok_or_else(|| {
         RuntimeError::Graph(format!("{} reads '{}' before any node defines it", user(), value.name))
     })?;
-    values[id as usize] =
-        Some(PlannedValue { elem: value.elem, shape: constant_shape(graph, id, &view)?, slot: Slot::Const });
+    let shape = constant_shape(graph, id, &view)?;
+    let slot = widened(&view, &shape).map_or(Slot::Const, Slot::Known);
+    values[id as usize] = Some(PlannedValue { elem: value.elem, shape, slot });
     Ok(())
+}
+
+/// At most this many values of an f16 vector constant are widened to f32 at plan time.
+const MAX_WIDENED: usize = 1 << 16;
+
+/// An f16 constant shaped as a vector (at most one extent above 1: a calibrated model's biases,
+/// PRelu slopes) widened to f32 once at plan time. The ops read such inputs as f32 on every call,
+/// and from the stored encoding each run would convert (and allocate) them again; weights keep
+/// their stored encoding, which the kernels decode tile by tile.
+fn widened(view: &TensorView<'_>, shape: &[usize]) -> Option<Tensor> {
+    let TensorView::F16(h) = view else { return None };
+    let vector = shape.iter().filter(|&&d| d > 1).count() <= 1;
+    (vector && h.len() <= MAX_WIDENED)
+        .then(|| Tensor::from_f32(shape.to_vec(), h.iter().map(|v| v.to_f32()).collect()))
 }
 
 /// What planning decided for one node.

@@ -279,6 +279,7 @@ fn elem_name(e: ElemType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Slot;
     use pith_format::ir::{Attr, Constant, Dim, Model, Node, OpKind, TensorData, ValueId};
 
     /// Builds graphs value by value.
@@ -433,6 +434,41 @@ mod tests {
             }
         }
         Tensor::from_f32(vec![1, h * w, c], out)
+    }
+
+    /// `x[1, 3, 4, 4] -> Conv(w[4, 3, 1, 1], b[4])`, weights and bias stored as f16 or f32.
+    fn conv_with_bias(half: bool) -> (Model, [ValueId; 2]) {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)]);
+        let w = b.floats("w", &[4, 3, 1, 1], (0..12).map(|i| i as f32 * 0.25 - 1.0).collect());
+        let bias = b.floats("b", &[4], vec![0.5, -1.5, 2.0, 0.125]);
+        if half {
+            for c in &mut b.model.constants {
+                if let TensorData::F32(v) = &c.data {
+                    c.data = TensorData::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect());
+                }
+            }
+        }
+        let y = b.node(OpKind::Conv, &[x, w, bias], 1, vec![])[0];
+        b.output(y);
+        (b.model, [w, bias])
+    }
+
+    #[test]
+    fn f16_vector_constants_are_widened_once_and_weights_stay_stored() {
+        let x = iota(&[1, 3, 4, 4]);
+        let (model, [w, bias]) = conv_with_bias(true);
+        let mut s = Mem::new(model).unwrap();
+        let got = s.run(&[("x", x.clone())]).unwrap();
+        let plan = s.engine.current().unwrap();
+        let slot = |id: ValueId| plan.values[id as usize].as_ref().map(|v| v.slot.clone());
+        assert!(
+            matches!(slot(bias), Some(Slot::Known(t)) if t.as_f32() == Some(&[0.5, -1.5, 2.0, 0.125][..]))
+        );
+        assert!(matches!(slot(w), Some(Slot::Const)), "{:?}", slot(w));
+        // The values are exact in f16, so the f32 model computes the same.
+        let want = Mem::new(conv_with_bias(false).0).unwrap().run(&[("x", x)]).unwrap();
+        assert_eq!(got[0].1.as_f32(), want[0].1.as_f32());
     }
 
     #[test]
