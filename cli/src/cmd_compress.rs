@@ -188,6 +188,10 @@ pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
     }
     let hist: Vec<String> = histogram.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     writeln!(out, "layers by width: {}", hist.join(", "))?;
+    let corrected = report.layers.iter().filter(|l| l.bias_corrected).count();
+    if corrected > 0 {
+        writeln!(out, "bias correction in {corrected} of {} layer(s)", report.layers.len())?;
+    }
     let pruned: Vec<_> = report.layers.iter().filter(|l| l.sparsity > 0.0).collect();
     if !pruned.is_empty() {
         // What a kernel that skips all-zero blocks could skip: with unstructured pruning, a

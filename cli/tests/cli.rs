@@ -381,7 +381,13 @@ fn calibrated_auto_writes_a_report_and_is_deterministic() {
     let o = compress_args(&dir, &args);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    for want in ["fidelity on 3 calibration samples", "task check passed", "huffman:", "layers by width"] {
+    for want in [
+        "fidelity on 3 calibration samples",
+        "task check passed",
+        "huffman:",
+        "layers by width",
+        "bias correction in",
+    ] {
         assert!(text.contains(want), "'{want}' missing from:\n{text}");
     }
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
