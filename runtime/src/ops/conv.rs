@@ -396,8 +396,8 @@ fn params_2d(
         dil_w: aw.dil,
         groups,
     };
-    let mut shape = vec![n, m];
-    shape.extend(axes.iter().map(|a| a.out));
+    let mut shape = Vec::with_capacity(2 + axes.len());
+    shape.extend([n, m].into_iter().chain(axes.iter().map(|a| a.out)));
     (p, shape)
 }
 
@@ -414,12 +414,13 @@ fn prelu_slope<'b, 'a>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
 }
 
 impl Conv {
-    /// The convolution's own output shape, and the node's (the broadcast with a residual).
-    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Conv2dParams, Vec<usize>, Vec<usize>)> {
+    /// The convolution's own output shape, and the node's where it differs (the broadcast with a
+    /// residual of another shape).
+    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Conv2dParams, Vec<usize>, Option<Vec<usize>>)> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let (p, shape) = self.geometry(x.shape, w.shape)?;
 
-        let out = match residual(inputs) {
+        let broadcast = match residual(inputs) {
             Some(r) if self.residual_channel_pad => {
                 let fits = r.shape.len() == shape.len()
                     && r.shape[1] <= shape[1]
@@ -427,18 +428,19 @@ impl Conv {
                 if !fits {
                     op_bail!("channel-padded residual of shape {:?} does not fit output {shape:?}", r.shape);
                 }
-                shape.clone()
+                None
             }
-            Some(r) => broadcast_shapes(&shape, r.shape)?,
-            None => shape.clone(),
+            Some(r) => Some(broadcast_shapes(&shape, r.shape)?).filter(|out| *out != shape),
+            None => None,
         };
+        let out = broadcast.as_ref().unwrap_or(&shape);
         if let Some(s) = prelu_slope(inputs) {
             let n: usize = s.shape.iter().product();
             if n != p.out_c || out.get(1) != Some(&p.out_c) {
                 op_bail!("fused PRelu slope of shape {:?} for an output of shape {out:?}", s.shape);
             }
         }
-        Ok((p, shape, out))
+        Ok((p, shape, broadcast))
     }
 }
 
@@ -467,18 +469,18 @@ impl Conv {
 
 impl Op for Conv {
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
-        let (p, _, out) = self.shapes(inputs)?;
+        let (p, conv, broadcast) = self.shapes(inputs)?;
         bias(inputs, p.out_c)?;
-        Ok(vec![(ElemType::F32, out)])
+        Ok(vec![(ElemType::F32, broadcast.unwrap_or(conv))])
     }
 
     fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
         match self.shapes(inputs) {
             // A residual of another shape is added by broadcasting, after the convolution wrote
             // its own output to scratch.
-            Ok((p, conv, out))
+            Ok((p, conv, broadcast))
                 if !self.residual_channel_pad
-                    && (conv != out || residual(inputs).is_some_and(|r| r.shape != conv)) =>
+                    && (broadcast.is_some() || residual(inputs).is_some_and(|r| r.shape != conv)) =>
             {
                 Kernels::default().conv2d_scratch_len(&p) + conv.iter().product::<usize>()
             }
@@ -495,7 +497,8 @@ impl Op for Conv {
         ctx: &ExecCtx,
     ) -> OpResult<()> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
-        let (p, conv_shape, out_shape) = self.shapes(inputs)?;
+        let (p, conv_shape, broadcast) = self.shapes(inputs)?;
+        let out_shape = broadcast.as_deref().unwrap_or(&conv_shape);
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
         let slopes = prelu_slope(inputs).map(|s| s.f32s()).transpose()?;
@@ -531,7 +534,7 @@ impl Op for Conv {
                 ctx.kernels
                     .conv2d(x, w, b.as_deref(), &p, Activation::None, conv, scratch)
                     .map_err(kernel_err)?;
-                zip_broadcast(conv, &conv_shape, &r.f32s()?, r.shape, &out_shape, y, |a, b| a + b);
+                zip_broadcast(conv, &conv_shape, &r.f32s()?, r.shape, out_shape, y, |a, b| a + b);
                 // Channel c of every image: out_shape is [batch, channels, h, w].
                 let plane: usize = out_shape[2..].iter().product();
                 for (i, channel) in y.chunks_mut(plane.max(1)).enumerate() {
