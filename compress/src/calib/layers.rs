@@ -133,20 +133,26 @@ pub(crate) fn bias_slots(model: &ir::Model, infos: &[LayerInfo], weights: &[usiz
     let g = &model.graph;
     let constant_of: BTreeMap<ir::ValueId, usize> =
         model.constants.iter().enumerate().map(|(i, c)| (c.value, i)).collect();
-    let readers = |v: ir::ValueId| -> usize {
-        g.nodes.iter().flat_map(|n| &n.inputs).filter(|i| **i == Some(v)).count()
-            + g.outputs.iter().filter(|&&o| o == v).count()
-    };
+    // Per value, the nodes reading it (once per input slot); a graph output counts as a reader.
+    let mut readers: Vec<Vec<Option<usize>>> = vec![Vec::new(); g.values.len()];
+    for (n, node) in g.nodes.iter().enumerate() {
+        for &v in node.inputs.iter().flatten() {
+            readers[v as usize].push(Some(n));
+        }
+    }
+    for &v in &g.outputs {
+        readers[v as usize].push(None);
+    }
     infos
         .iter()
         .zip(weights)
         .map(|(info, &slot)| {
             let wid = model.constants[slot].value;
-            if readers(wid) != 1 {
+            let &[Some(node)] = readers[wid as usize].as_slice() else { return None };
+            let n = &g.nodes[node];
+            if n.inputs.get(1) != Some(&Some(wid)) {
                 return None;
             }
-            let node = g.nodes.iter().position(|n| n.inputs.get(1) == Some(&Some(wid)))?;
-            let n = &g.nodes[node];
             let int = |name: &str, default: i64| match n.attr(name) {
                 Some(Attr::Int(v)) => *v,
                 _ => default,
@@ -181,7 +187,7 @@ pub(crate) fn bias_slots(model: &ir::Model, infos: &[LayerInfo], weights: &[usiz
                         TensorData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
                         _ => return None,
                     };
-                    (rank1 && values.len() == info.rows() && readers(b) == 1)
+                    (rank1 && values.len() == info.rows() && readers[b as usize].len() == 1)
                         .then_some(BiasSlot::Constant { slot, values })
                 }
             }
