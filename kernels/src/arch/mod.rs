@@ -377,9 +377,21 @@ pub struct DepthwiseChannels<'a> {
 /// The form of [`Isa::dot_rows`]: weight rows `a` (`k` each), one column `x`, a sum per row.
 pub type DotRowsFn = fn(a: &[f32], k: usize, x: &[f32], out: &mut [f32]);
 
+/// `Some(step)` when `offs[p] = offs[0] + p * step` for every `p`, so that row `p` of `b + offs[0]`
+/// lies at `p * step`: the rows of a 1×1 convolution (its input planes), which a kernel can step
+/// through instead of loading an offset per row.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn evenly_spaced(offs: &[usize]) -> Option<usize> {
+    let step = match offs {
+        [first, second, ..] => second.checked_sub(*first)?,
+        _ => 0,
+    };
+    offs.windows(2).all(|w| w[1].checked_sub(w[0]) == Some(step)).then_some(step)
+}
+
 /// Checks [`Isa::dot_rows`] operands (panicking on a caller bug, like slice indexing would).
-/// (Only the AVX2 path has the kernel.)
-#[cfg(target_arch = "x86_64")]
+/// (The AVX2 and NEON paths have the kernel.)
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) fn dot_rows_check(a: &[f32], k: usize, x: &[f32], out: &[f32]) {
     let rows = out.len();
     assert!(
@@ -450,9 +462,9 @@ pub fn depthwise_small_plane(
 }
 
 /// Checks [`Isa::depthwise_small`] operands (panicking on a caller bug); the number of channels
-/// and the padded layout, or `None` when there is nothing to compute. (Only the x86 paths have
+/// and the padded layout, or `None` when there is nothing to compute. (The x86 and NEON paths have
 /// the kernel.)
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) fn depthwise_small_check(
     w: &[f32],
     x: &[f32],
@@ -470,7 +482,7 @@ pub(crate) fn depthwise_small_check(
 /// The operand checks both many-channel depthwise kernels share, for `k`×`k` filters: whole
 /// filters in `w`, a non-empty input plane, and input and output planes and biases for every
 /// channel. The number of channels, or `None` when there is no output to compute.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn depthwise_channels_check(
     k: usize,
     w: &[f32],
@@ -504,8 +516,8 @@ fn depthwise_channels_check(
 }
 
 /// Checks [`Isa::depthwise_3x3`] operands (panicking on a caller bug); the number of channels,
-/// or `None` when there is nothing to compute. (Only the x86 paths have the kernel.)
-#[cfg(target_arch = "x86_64")]
+/// or `None` when there is nothing to compute. (The x86 and NEON paths have the kernel.)
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) fn depthwise_3x3_check(
     w: &[f32],
     x: &[f32],

@@ -7,6 +7,9 @@
 //! the unsafe kernel on raw pointers.
 
 mod depthwise;
+mod depthwise_planes;
+mod elementwise;
+mod fused;
 mod int8;
 mod packed;
 
@@ -32,14 +35,14 @@ const ISA: Isa = Isa {
     lanes: 4,
     gemm_rows,
     gemm_rows_at,
-    gemm_rows_fused: None,
+    gemm_rows_fused: fused::GEMM_ROWS_FUSED,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
-    max_2x2: super::scalar::max_2x2,
-    decode_nibbles: super::scalar::decode_nibbles,
-    widen_f16: super::scalar::widen_f16,
+    max_2x2: elementwise::max_2x2,
+    decode_nibbles: elementwise::decode_nibbles,
+    widen_f16: elementwise::widen_f16,
     dot,
-    dot_rows: None,
+    dot_rows: fused::DOT_ROWS,
     axpy,
     dot_packed: packed::dot_packed,
     gemv_prepare: super::scalar::gemv_prepare,
@@ -48,8 +51,8 @@ const ISA: Isa = Isa {
     depthwise_s1: None,
     depthwise_s2: None,
     depthwise_plane: None,
-    depthwise_3x3: None,
-    depthwise_small: None,
+    depthwise_3x3: depthwise_planes::DEPTHWISE_3X3,
+    depthwise_small: depthwise_planes::DEPTHWISE_SMALL,
     // Set by `neon` when the CPU has dotprod.
     int8: None,
 };

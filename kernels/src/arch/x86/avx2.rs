@@ -5,8 +5,9 @@ use std::arch::x86_64::*;
 
 use super::{bounds, gemv_planes_avx2, permute};
 use crate::arch::{
-    dot_packed_rows_check, dot_rows_check, gemm_rows_at_check, gemm_rows_check, gemm_rows_fused_check,
-    row_table, scalar, tables_from, BRows, FusedActivation, FusedRows, Isa, Listed, Strided, PACKED_ROWS,
+    dot_packed_rows_check, dot_rows_check, evenly_spaced, gemm_rows_at_check, gemm_rows_check,
+    gemm_rows_fused_check, row_table, scalar, tables_from, BRows, FusedActivation, FusedRows, Isa, Listed,
+    Strided, PACKED_ROWS,
 };
 
 /// The AVX2 path. Private: only [`super::avx2()`] hands it out, after feature detection.
@@ -149,16 +150,6 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
             None => gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink),
         }
     }
-}
-
-/// `Some(step)` when `offs[p] = offs[0] + p * step` for every `p`, so that row `p` of `b + offs[0]`
-/// lies at `p * step`.
-fn evenly_spaced(offs: &[usize]) -> Option<usize> {
-    let step = match offs {
-        [first, second, ..] => second.checked_sub(*first)?,
-        _ => 0,
-    };
-    offs.windows(2).all(|w| w[1].checked_sub(w[0]) == Some(step)).then_some(step)
 }
 
 /// f32 elements in a 4 KiB page: rows this many apart map to the same L1 sets.
