@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Cross-builds pith-kernels for aarch64 and runs its tests under qemu-user, so the NEON kernel path
-# (kernels/src/arch/neon.rs) is tested on an x86-64 Debian 12 machine with no Arm hardware.
+# (kernels/src/arch/neon/) is tested on an x86-64 Debian 12 machine with no Arm hardware; then the
+# runtime's tests and the models' end-to-end tests against onnxruntime's goldens on the same path.
 #
 # rustup here ships only the x86-64 std; the aarch64 std comes from Debian's rustc-web packages, so
 # this step builds with Debian's /usr/bin/rustc (a separate target dir keeps host builds intact).
@@ -64,8 +65,28 @@ run() {
   summary+=("$1: $passed tests passed; $paths")
 }
 
+# The spine's end-to-end tests on the NEON path: the runtime's own tests, every op case, bad
+# input, and both bundled models against onnxruntime's goldens (f32 weights within float
+# tolerance; with the full CPU also 8-bit weights and int8 activations keeping the faces and the
+# text boxes). The compression tests and the 8-bit cosine / 4-bit report tests stay on x86: under
+# qemu their k-means takes minutes.
+run_end_to_end() {
+  local cpu=$1 models_filter=$2
+  echo "-- end-to-end tests under qemu cpu: $cpu"
+  : > "$log"
+  cargo test --release --target "$TARGET" -p pith-runtime 2>&1 | tee -a "$log"
+  cargo test --release --target "$TARGET" -p pith-tests --test ops --test bad_input 2>&1 | tee -a "$log"
+  # shellcheck disable=SC2086 # the filter is several test-name patterns
+  cargo test --release --target "$TARGET" -p pith-tests --test models -- $models_filter 2>&1 | tee -a "$log"
+  local passed
+  passed=$(grep -o '[0-9]* passed' "$log" | awk '{s += $1} END {print s + 0}')
+  summary+=("$cpu: $passed end-to-end tests passed (runtime, ops, bad input, models: $models_filter)")
+}
+
 summary=()
 run "max (neon, dotprod, i8mm)"
 QEMU_CPU=cortex-a53 run "cortex-a53 (neon, no dotprod)"
+run_end_to_end "max (neon, dotprod, i8mm)" "f32_matches 8bit_finds int8_activations"
+QEMU_CPU=cortex-a53 run_end_to_end "cortex-a53 (neon, no dotprod)" "f32_matches"
 echo "== aarch64 summary: $((SECONDS - t0)) s in all ($((t1 - t0)) s install check, $((SECONDS - t1)) s build + clippy + tests)"
 printf '  %s\n' "${summary[@]}"
