@@ -101,3 +101,52 @@ fn truncated_or_corrupt_pith_is_a_format_error() {
     bad_magic[0] ^= 0xff;
     assert!(PithFile::from_bytes(bad_magic).is_err(), "corrupt magic loaded");
 }
+
+/// Every op case's ONNX file with a few bytes changed (100 variants each from a fixed seed:
+/// random bytes, flipped bits, runs of 0xff, boundary values), compiled, planned and run on the
+/// case's inputs: each must end in outputs or an error, never a panic or an abort (a mutated Pad
+/// once asked for 55 GB at plan time and aborted the process).
+#[test]
+fn mutated_op_models_end_in_a_result_or_an_error() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    // xorshift64: the variants are the same on every run.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut below = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let root = data_dir().join("ops");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    let (mut variants, mut errors, mut panics) = (0, 0, Vec::new());
+    for dir in dirs.iter().filter(|d| d.join("model.onnx").is_file()) {
+        let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
+        for _ in 0..100 {
+            let mut bytes = onnx.clone();
+            let at = below(bytes.len());
+            match below(4) {
+                0 => bytes[at] = below(256) as u8,
+                1 => bytes[at] ^= 1 << below(8),
+                2 => bytes[at..(at + 1 + below(5)).min(onnx.len())].fill(0xff),
+                _ => bytes[at] = [0, 1, 0x7f, 0x80, 0xff][below(5)],
+            }
+            variants += 1;
+            let outcome = catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<()> {
+                let file = Arc::new(compile(&bytes, WeightFormat::F32)?);
+                let mut session = Session::new(file.clone(), SessionOptions::default())?;
+                pith_tests::run_on_npy_inputs(&mut session, &file, dir)?;
+                Ok(())
+            }));
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => errors += 1,
+                Err(_) => panics.push(format!("{} byte {at}", dir.display())),
+            }
+        }
+    }
+    assert!(panics.is_empty(), "{} of {variants} variants panicked: {panics:?}", panics.len());
+    // The mutations must reach the parser and the planner, not only weight bytes.
+    assert!(errors * 5 > variants, "only {errors} of {variants} variants were refused");
+}

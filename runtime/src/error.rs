@@ -29,6 +29,14 @@ pub enum RuntimeError {
     /// Anything else about the graph (missing input, unsupported construct).
     #[error("{0}")]
     Graph(String),
+    /// A buffer the plan needs could not be allocated (the device has less memory free).
+    #[error("could not allocate {bytes} bytes for the {what}")]
+    OutOfMemory {
+        /// Which buffer.
+        what: &'static str,
+        /// Its size.
+        bytes: usize,
+    },
 }
 
 /// Result alias for the runtime.

@@ -101,6 +101,17 @@ impl CpuBackend {
     }
 }
 
+/// Grows `buf` with zeros to at least `len` elements, reporting an allocation the system refuses
+/// as [`RuntimeError::OutOfMemory`] instead of aborting the process.
+fn grow_zeroed(buf: &mut Vec<f32>, len: usize, what: &'static str) -> Result<()> {
+    if buf.len() < len {
+        let bytes = len.saturating_mul(std::mem::size_of::<f32>());
+        buf.try_reserve_exact(len - buf.len()).map_err(|_| RuntimeError::OutOfMemory { what, bytes })?;
+        buf.resize(len, 0.0);
+    }
+    Ok(())
+}
+
 /// An arena whose element `offset` is aligned to [`ALIGN`] floats: raw pointers for disjoint borrows.
 struct ArenaPtr {
     base: *mut f32,
@@ -109,16 +120,14 @@ struct ArenaPtr {
 
 impl ArenaPtr {
     /// Borrows `arena`, growing it so `len` elements fit after an aligned base.
-    fn new(arena: &mut Vec<f32>, len: usize) -> ArenaPtr {
-        if arena.len() < len + ALIGN {
-            arena.resize(len + ALIGN, 0.0);
-        }
+    fn new(arena: &mut Vec<f32>, len: usize) -> Result<ArenaPtr> {
+        grow_zeroed(arena, len.saturating_add(ALIGN), "activation arena")?;
         let shift = arena.as_ptr().align_offset(ALIGN * std::mem::size_of::<f32>()).min(ALIGN);
-        ArenaPtr {
+        Ok(ArenaPtr {
             // SAFETY: `shift <= ALIGN` and the vector holds at least `len + ALIGN` elements.
             base: unsafe { arena.as_mut_ptr().add(shift) },
             len,
-        }
+        })
     }
 
     /// The activation `v` stored at `offset`, shared.
@@ -193,10 +202,8 @@ impl Backend for CpuBackend {
         }
         // Ops plan scratch per worker thread; each worker gets its own share.
         let scratch_len = plan.scratch_len * job.ctx.threads();
-        if self.scratch.len() < scratch_len {
-            self.scratch.resize(scratch_len, 0.0);
-        }
-        let arena = ArenaPtr::new(&mut self.arena, plan.arena_len);
+        grow_zeroed(&mut self.scratch, scratch_len, "scratch")?;
+        let arena = ArenaPtr::new(&mut self.arena, plan.arena_len)?;
         let ctx = job.ctx;
 
         for (&id, t) in graph.inputs.iter().zip(inputs) {
@@ -316,6 +323,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn buffers_the_system_cannot_allocate_are_errors() {
+        let mut buf = vec![1.0f32; 3];
+        grow_zeroed(&mut buf, 5, "scratch").unwrap();
+        assert_eq!(buf, [1.0, 1.0, 1.0, 0.0, 0.0]);
+        // More bytes than the address space: refused by the allocator, reported, not aborted.
+        let err = grow_zeroed(&mut buf, usize::MAX / 2, "activation arena").unwrap_err().to_string();
+        assert!(err.starts_with("could not allocate") && err.ends_with("for the activation arena"), "{err}");
+        assert_eq!(buf.len(), 5, "a failed growth leaves the buffer as it was");
+    }
+
+    #[test]
     fn disjointness_check_catches_overlaps() {
         assert!(ranges_disjoint(&[(0, 16), (16, 32)], &[(32, 40), (32, 40)]));
         assert!(!ranges_disjoint(&[(0, 16), (8, 32)], &[]), "outputs overlap");
@@ -326,7 +344,7 @@ mod tests {
     #[test]
     fn arena_base_is_aligned() {
         let mut v = Vec::new();
-        let a = ArenaPtr::new(&mut v, 100);
+        let a = ArenaPtr::new(&mut v, 100).unwrap();
         assert_eq!(a.base as usize % (ALIGN * 4), 0);
         assert!(v.len() >= 100 + ALIGN);
     }

@@ -16,4 +16,4 @@ pub mod tensor;
 
 pub use error::{Result, RuntimeError};
 pub use session::{PlanSummary, Session, SessionOptions};
-pub use tensor::{Tensor, TensorBuf};
+pub use tensor::{Tensor, TensorBuf, MAX_TENSOR_ELEMENTS};

@@ -12,7 +12,7 @@ use pith_format::TensorView;
 use crate::arena::{self, Block};
 use crate::error::{OpError, Result, RuntimeError};
 use crate::ops::{Arg, ArgData, Op};
-use crate::tensor::Tensor;
+use crate::tensor::{bounded_numel, Tensor, MAX_TENSOR_ELEMENTS};
 
 /// Arena offsets are multiples of this many f32 elements (64 bytes: one cache line, any SIMD width).
 pub const ALIGN: usize = 16;
@@ -351,6 +351,12 @@ fn decide(op: &dyn Op, args: &[Option<Arg<'_>>], n_outputs: usize) -> Result<Out
     let outs = op.infer(args)?;
     if outs.len() != n_outputs {
         return Err(OpError(format!("the op yields {} outputs but the node has {n_outputs}", outs.len())));
+    }
+    // Before anything is allocated for them (folding evaluates the op right below).
+    if let Some((_, shape)) = outs.iter().find(|(_, shape)| bounded_numel(shape).is_none()) {
+        return Err(OpError(format!(
+            "an output of shape {shape:?} would exceed the limit of {MAX_TENSOR_ELEMENTS} elements per tensor"
+        )));
     }
     let all_known = args.iter().flatten().all(Arg::is_known);
     let any_int = outs.iter().any(|(e, _)| *e == ElemType::I64);

@@ -280,6 +280,7 @@ fn elem_name(e: ElemType) -> &'static str {
 mod tests {
     use super::*;
     use crate::plan::Slot;
+    use crate::tensor::MAX_TENSOR_ELEMENTS;
     use pith_format::ir::{Attr, Constant, Dim, Model, Node, OpKind, TensorData, ValueId};
 
     /// Builds graphs value by value.
@@ -584,6 +585,20 @@ mod tests {
         let err = s.plan(&[("x", vec![2])]).unwrap_err().to_string();
         assert!(err.contains("Cast") && err.contains("depends on run-time data"), "{err}");
         assert!(s.engine.current().is_none());
+    }
+
+    #[test]
+    fn outputs_past_the_tensor_limit_are_refused_before_allocating() {
+        // A 4×4 image resized 65536× per side: 2^36 elements, 256 GiB of f32.
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4), Dim::Fixed(4)]);
+        let scales = b.floats("scales", &[4], vec![1.0, 1.0, 65536.0, 65536.0]);
+        let y = b.node(OpKind::Resize, &[x, scales], 1, vec![])[0];
+        b.output(y);
+        let mut s = Mem::new(b.model).unwrap();
+        let err = s.run(&[("x", iota(&[1, 1, 4, 4]))]).unwrap_err().to_string();
+        assert!(err.contains("Resize") && err.contains("[1, 1, 262144, 262144]"), "{err}");
+        assert!(err.contains(&format!("limit of {MAX_TENSOR_ELEMENTS} elements")), "{err}");
     }
 
     #[test]

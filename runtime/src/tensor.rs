@@ -2,6 +2,17 @@
 
 use pith_format::ir::ElemType;
 
+/// Most elements any one tensor of a plan may hold (2^30: 4 GiB of f32). Shape inference refuses
+/// larger outputs with an error, so a hostile or mistaken model (a Pad of 10^9, a Reshape to a
+/// huge extent) fails when the session plans instead of aborting the process on an allocation
+/// no device could satisfy.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 30;
+
+/// The element count of `shape`, or `None` when it overflows or exceeds [`MAX_TENSOR_ELEMENTS`].
+pub fn bounded_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+}
+
 /// Element storage of a [`Tensor`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorBuf {

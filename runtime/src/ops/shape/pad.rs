@@ -5,6 +5,7 @@ use pith_format::ir::Node;
 use super::common::{input, norm_axes, param, strides, Elem, Move, Mover};
 use crate::error::OpError;
 use crate::ops::{attrs, Arg, Op, OpResult};
+use crate::tensor::MAX_TENSOR_ELEMENTS;
 
 /// How out-of-range positions are filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +40,19 @@ pub(crate) fn build_pad(node: &Node) -> OpResult<Box<dyn Op>> {
     })
 }
 
+/// One padded axis: its input extent `dim`, the pad before it (`begin`, negative: a crop) and
+/// its output extent.
+struct PaddedAxis {
+    axis: usize,
+    begin: i64,
+    dim: i64,
+    out: usize,
+}
+
 impl Pad {
-    /// For every axis, the source index of each output index (`None`: the constant).
-    fn maps(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<Option<usize>>>> {
+    /// The input shape and its padded axes, checked: pads that overflow, crop past an extent,
+    /// reflect beyond one, or make an output larger than any tensor may be are errors.
+    fn padded_axes<'a>(&self, inputs: &[Option<Arg<'a>>]) -> OpResult<(&'a [usize], Vec<PaddedAxis>)> {
         let shape = input(inputs, 0)?.shape;
         let pads = match param(inputs, 1, "pads")? {
             Some(p) => p.into_owned(),
@@ -58,13 +69,21 @@ impl Pad {
                 axes.len()
             )));
         }
-        let mut maps: Vec<Vec<Option<usize>>> = shape.iter().map(|&d| (0..d).map(Some).collect()).collect();
+        let mut padded = Vec::with_capacity(axes.len());
         for (k, &axis) in axes.iter().enumerate() {
             let (begin, end, dim) = (pads[k], pads[k + axes.len()], shape[axis] as i64);
-            let out = dim + begin + end;
+            let out = dim.checked_add(begin).and_then(|n| n.checked_add(end)).ok_or_else(|| {
+                OpError(format!("pads {begin}, {end} overflow extent {dim} of axis {axis}"))
+            })?;
             if out < 0 {
                 return Err(OpError(format!(
                     "pads {begin}, {end} crop more than extent {dim} of axis {axis}"
+                )));
+            }
+            if out as u64 > MAX_TENSOR_ELEMENTS as u64 {
+                return Err(OpError(format!(
+                    "pads {begin}, {end} make axis {axis} {out} long, over the limit of \
+                     {MAX_TENSOR_ELEMENTS} elements per tensor"
                 )));
             }
             if self.mode != Mode::Constant && out > 0 && dim == 0 {
@@ -75,9 +94,22 @@ impl Pad {
                     "reflect pads {begin}, {end} must be smaller than extent {dim} of axis {axis}"
                 )));
             }
-            maps[axis] = (0..out)
+            padded.push(PaddedAxis { axis, begin, dim, out: out as usize });
+        }
+        Ok((shape, padded))
+    }
+
+    /// For every axis, the source index of each output index (`None`: the constant). Built only
+    /// when the op runs (its output exists, so every extent is within the tensor limit), not
+    /// for shape inference.
+    fn maps(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<Option<usize>>>> {
+        let (shape, padded) = self.padded_axes(inputs)?;
+        let mut maps: Vec<Vec<Option<usize>>> = shape.iter().map(|&d| (0..d).map(Some).collect()).collect();
+        for PaddedAxis { axis, begin, dim, out } in padded {
+            maps[axis] = (0..out as i64)
                 .map(|o| {
-                    let i = o - begin;
+                    // Saturating: a crop of nearly `i64::MAX` with a pad as large after it.
+                    let i = o.saturating_sub(begin);
                     match self.mode {
                         _ if (0..dim).contains(&i) => Some(i as usize),
                         Mode::Constant => None,
@@ -94,7 +126,12 @@ impl Pad {
 
 impl Move for Pad {
     fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
-        Ok(vec![self.maps(inputs)?.iter().map(Vec::len).collect()])
+        let (shape, padded) = self.padded_axes(inputs)?;
+        let mut out = shape.to_vec();
+        for PaddedAxis { axis, out: extent, .. } in padded {
+            out[axis] = extent;
+        }
+        Ok(vec![out])
     }
 
     fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
@@ -249,6 +286,19 @@ mod tests {
         let map = [None, None, Some(2), Some(3), Some(1), None, Some(0)];
         assert_eq!(runs(&map), vec![(None, 2), (Some(2), 2), (Some(1), 1), (None, 1), (Some(0), 1)]);
         assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn pads_past_the_tensor_limit_or_i64_are_errors() {
+        let x = iota(&[1, 2]);
+        let huge = pad(&x, &[0, 1 << 40, 0, 0], "constant", 0.0).unwrap_err();
+        assert!(huge.0.contains("over the limit"), "{huge}");
+        let overflow = pad(&x, &[0, i64::MAX, 0, 1], "constant", 0.0).unwrap_err();
+        assert!(overflow.0.contains("overflow"), "{overflow}");
+        // A crop of nearly `i64::MAX` before the axis and a pad as large after it leave 3
+        // positions, all past the input's end: edge padding repeats the last element.
+        let far = pad(&x, &[0, i64::MIN + 2, 0, i64::MAX], "edge", 0.0).unwrap();
+        assert_eq!(far, Tensor::from_f32(vec![1, 3], vec![1.0; 3]));
     }
 
     #[test]
