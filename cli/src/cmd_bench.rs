@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use pith_format::ir::Dim;
 use pith_runtime::exec::{NodeTime, OpTime};
 use pith_runtime::session::{Session, SessionOptions};
-use pith_runtime::Tensor;
+use pith_runtime::tensor::bounded_numel;
+use pith_runtime::{Tensor, MAX_TENSOR_ELEMENTS};
 
 use crate::{cmd_run, npy};
 
@@ -27,10 +28,12 @@ fn parse_shape_arg(arg: &str) -> Result<(String, Vec<usize>)> {
     Ok((name.to_string(), dims))
 }
 
-/// Deterministic pseudo-random values in [-1, 1), so runs are comparable.
-fn random_tensor(shape: Vec<usize>, seed: u64) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::from_f32(shape, synth::random_f32s(n, seed))
+/// Deterministic pseudo-random values in [-1, 1), so runs are comparable; shapes no tensor may
+/// have are an error before anything is allocated.
+fn random_tensor(name: &str, shape: Vec<usize>, seed: u64) -> Result<Tensor> {
+    let n = bounded_numel(&shape)
+        .with_context(|| format!("input '{name}': shape {shape:?} exceeds {MAX_TENSOR_ELEMENTS} elements"))?;
+    Ok(Tensor::from_f32(shape, synth::random_f32s(n, seed)))
 }
 
 /// The value at fraction `p` of the non-empty ascending `sorted`.
@@ -138,7 +141,7 @@ fn run_model(
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        feeds.push((value.name.clone(), random_tensor(shape, 0x9E37_79B9 + i as u64)));
+        feeds.push((value.name.clone(), random_tensor(&value.name, shape, 0x9E37_79B9 + i as u64)?));
     }
     let shapes_only: Vec<(&str, Vec<usize>)> =
         feeds.iter().map(|(n, t)| (n.as_str(), t.shape.clone())).collect();

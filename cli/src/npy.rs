@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use npyz::WriterBuilder;
-use pith_runtime::{Tensor, TensorBuf};
+use pith_runtime::tensor::bounded_numel;
+use pith_runtime::{Tensor, TensorBuf, MAX_TENSOR_ELEMENTS};
 
 /// Reads an f32 (or f64/i64, converted) C-order `.npy` file into a tensor.
 pub fn read(path: &Path) -> Result<Tensor> {
@@ -21,16 +22,35 @@ pub fn read(path: &Path) -> Result<Tensor> {
         npyz::DType::Plain(ts) => ts.to_string(),
         other => bail!("{}: unsupported dtype {:?} (expected float32)", path.display(), other),
     };
-    let data: Vec<f32> = match type_str.as_str() {
-        "<f4" => npy.into_vec::<f32>()?,
-        "<f8" => npy.into_vec::<f64>()?.into_iter().map(|v| v as f32).collect(),
-        "<i8" => {
-            let v = npy.into_vec::<i64>()?;
-            return Ok(Tensor::from_i64(shape, v));
-        }
+    let item_bytes = match type_str.as_str() {
+        "<f4" => 4,
+        "<f8" | "<i8" => 8,
         other => bail!("{}: unsupported dtype {} (expected <f4 float32)", path.display(), other),
     };
-    if data.len() != shape.iter().product::<usize>() {
+    // Checked against the file before anything is allocated for the data.
+    let numel = bounded_numel(&shape).with_context(|| {
+        format!("{}: shape {shape:?} exceeds {MAX_TENSOR_ELEMENTS} elements", path.display())
+    })?;
+    if numel * item_bytes > bytes.len() {
+        bail!(
+            "{}: shape {shape:?} needs {} bytes of data, the file holds {}",
+            path.display(),
+            numel * item_bytes,
+            bytes.len()
+        );
+    }
+    let reading = || format!("reading the data of {}", path.display());
+    let data: Vec<f32> = match item_bytes {
+        4 => npy.into_vec::<f32>().with_context(reading)?,
+        _ if type_str == "<f8" => {
+            npy.into_vec::<f64>().with_context(reading)?.into_iter().map(|v| v as f32).collect()
+        }
+        _ => {
+            let v = npy.into_vec::<i64>().with_context(reading)?;
+            return Ok(Tensor::from_i64(shape, v));
+        }
+    };
+    if data.len() != numel {
         bail!("{}: data length does not match its shape {:?}", path.display(), shape);
     }
     Ok(Tensor::from_f32(shape, data))

@@ -248,16 +248,28 @@ fn bad_inputs_fail_with_a_clear_message() {
 
     // A wrong input shape.
     let wrong = dir.join("wrong.npy");
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 64, 64), }";
-    let padded = format!("{header:<117}\n");
-    npy.extend_from_slice(&(padded.len() as u16).to_le_bytes());
-    npy.extend_from_slice(padded.as_bytes());
-    npy.extend(std::iter::repeat_n(0u8, 3 * 64 * 64 * 4));
-    std::fs::write(&wrong, npy).unwrap();
+    std::fs::write(&wrong, raw_npy("(1, 3, 64, 64)", 3 * 64 * 64 * 4)).unwrap();
     let o = pith(&["run", model.to_str().unwrap(), "--input", &format!("input={}", wrong.display())]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("input 'input'"), "{}", stderr(&o));
+
+    // A header promising far more data than the file holds, and a shape no tensor may have:
+    // errors before anything is allocated for them.
+    let cases = [
+        ("(1, 3, 10000, 10000)".to_string(), "needs 1200000000 bytes of data, the file holds"),
+        (format!("({},)", 1u64 << 40), "exceeds 1073741824 elements"),
+    ];
+    for (shape, expected) in cases {
+        let huge = dir.join("huge.npy");
+        std::fs::write(&huge, raw_npy(&shape, 64)).unwrap();
+        let o = pith(&["run", model.to_str().unwrap(), "--input", &format!("input={}", huge.display())]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(expected), "{}", stderr(&o));
+    }
+    let o =
+        pith(&["bench", model.to_str().unwrap(), "--shape", "input=1x3x999999999x999999", "--iters", "1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("input 'input': shape [1, 3, 999999999, 999999] exceeds"), "{}", stderr(&o));
 
     // Bad --bits.
     let o = pith(&["compress", "x.onnx", "-o", "y.pith", "--bits", "9"]);
@@ -423,4 +435,16 @@ fn calibrated_auto_writes_a_report_and_is_deterministic() {
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(json["bias_correction"], false);
     assert!(json["layers"].as_array().unwrap().iter().all(|l| l["bias_corrected"] == false));
+}
+
+/// A version 1.0 `.npy` file of little-endian f32 with header shape `shape` (Python tuple syntax)
+/// followed by `data_bytes` zero bytes, whatever the shape says.
+fn raw_npy(shape: &str, data_bytes: usize) -> Vec<u8> {
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let padded = format!("{header:<117}\n");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    npy.extend_from_slice(padded.as_bytes());
+    npy.resize(npy.len() + data_bytes, 0);
+    npy
 }
