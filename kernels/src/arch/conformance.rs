@@ -473,7 +473,7 @@ fn depthwise_3x3_matches_the_reference() {
 
 /// A `k`×`k` depthwise layer by its definition: `y(c, r, j) = bias[c] + sum w * x(stride * r + ky
 /// - pad_top, stride * j + kx - pad_left)` with `x` zero outside each plane, then the clamp.
-fn depthwise_by_definition(w: &[f32], x: &[f32], k: usize, s: &DepthwiseChannels<'_>) -> Vec<f32> {
+pub(super) fn depthwise_by_definition(w: &[f32], x: &[f32], k: usize, s: &DepthwiseChannels<'_>) -> Vec<f32> {
     let channels = w.len() / (k * k);
     let mut y = Vec::with_capacity(channels * s.out_h * s.out_w);
     for c in 0..channels {

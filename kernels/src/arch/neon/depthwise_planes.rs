@@ -347,6 +347,7 @@ unsafe fn store(to: *mut f32, sum: float32x4_t, n: usize) {
 #[cfg(all(test, target_arch = "aarch64"))]
 mod tests {
     use super::*;
+    use crate::arch::conformance::depthwise_by_definition;
     use crate::arch::{depthwise_small_plane, DEPTHWISE_3X3_MAX_WIDTH};
     use crate::testutil::Rng;
 
@@ -363,32 +364,8 @@ mod tests {
         pad_left: usize,
     }
 
-    /// The layer by its definition, clamp after bias and sum as the scalar paths do.
-    fn reference(w: &[f32], x: &[f32], k: usize, s: &DepthwiseChannels<'_>) -> Vec<f32> {
-        let channels = w.len() / (k * k);
-        let mut y = Vec::new();
-        for c in 0..channels {
-            for r in 0..s.out_h {
-                for j in 0..s.out_w {
-                    let mut sum = s.bias.map_or(0.0, |b| b[c]);
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let row = (s.stride * r + ky).checked_sub(s.pad_top).filter(|&r| r < s.in_h);
-                            let col = (s.stride * j + kx).checked_sub(s.pad_left).filter(|&j| j < s.in_w);
-                            if let (Some(row), Some(col)) = (row, col) {
-                                sum += w[(c * k + ky) * k + kx] * x[(c * s.in_h + row) * s.in_w + col];
-                            }
-                        }
-                    }
-                    y.push(s.clamp.map_or(sum, |[lo, hi]| sum.max(lo).min(hi)));
-                }
-            }
-        }
-        y
-    }
-
     /// Runs every kernel of this file that takes `case` (with and without bias and clamp, NaN
-    /// inputs when `nan`) against [`reference`]; how many took it.
+    /// inputs when `nan`) against [`depthwise_by_definition`]; how many took it.
     fn check(rng: &mut Rng, case: Case, nan: bool) -> usize {
         let Case { k, stride, in_h, in_w, out_h, out_w, pad_top, pad_left } = case;
         let takes_small = depthwise_small_plane(k, stride, out_h, out_w, pad_top, pad_left).is_some();
@@ -411,7 +388,7 @@ mod tests {
         {
             let shape =
                 DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
-            let want = reference(&filters, &x, k, &shape);
+            let want = depthwise_by_definition(&filters, &x, k, &shape);
             let y0 = rng.vec(want.len() + 5);
             let small = |y: &mut [f32]| depthwise_small(&filters, &x, y, shape, k);
             let three = |y: &mut [f32]| depthwise_3x3(&filters, &x, y, shape);
