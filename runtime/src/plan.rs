@@ -176,6 +176,11 @@ pub fn bind_inputs(graph: &Graph, given: &[(&str, Vec<usize>)]) -> Result<BoundI
         if let Some(declared) = &value.shape {
             match_dims(&shape, declared, &mut symbols).map_err(input_err)?;
         }
+        if bounded_numel(&shape).is_none() {
+            return Err(input_err(format!(
+                "shape {shape:?} exceeds the limit of {MAX_TENSOR_ELEMENTS} elements per tensor"
+            )));
+        }
         out.push(shape);
     }
     Ok(BoundInputs { shapes: out, symbols })

@@ -599,6 +599,14 @@ mod tests {
         let err = s.run(&[("x", iota(&[1, 1, 4, 4]))]).unwrap_err().to_string();
         assert!(err.contains("Resize") && err.contains("[1, 1, 262144, 262144]"), "{err}");
         assert!(err.contains(&format!("limit of {MAX_TENSOR_ELEMENTS} elements")), "{err}");
+        // An input shape past the limit, planned without data (as `pith bench` does).
+        let mut b = Builder::default();
+        let x = b.input("x", vec![sym("N"), Dim::Fixed(2)]);
+        let y = b.node(OpKind::Relu, &[x], 1, vec![])[0];
+        b.output(y);
+        let mut s = Mem::new(b.model).unwrap();
+        let err = s.plan(&[("x", vec![1 << 40, 2])]).unwrap_err().to_string();
+        assert!(err.starts_with("input 'x': shape [1099511627776, 2] exceeds the limit"), "{err}");
     }
 
     #[test]
