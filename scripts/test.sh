@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's one test command (README, .ci/run): formatting, lints, every test in release mode
+# The project's one test command (README, .ci/run): formatting, lints, library docs, every test in release mode
 # (the end-to-end tests run real models; unoptimised builds would crawl), then the NEON kernels
 # cross-built for aarch64 and tested under qemu-user.
 # Needs a Rust toolchain (1.89+) and, for the aarch64 step, Debian 12 with apt: scripts/test-aarch64.sh
@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --release -- -D warnings
+
+echo "== cargo doc -D warnings (the library crates: broken or private intra-doc links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pith-format -p pith-kernels -p pith-runtime -p pith-compress
 
 echo "== cargo test (release)"
 cargo test --workspace --release

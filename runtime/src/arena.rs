@@ -44,8 +44,8 @@ const SKEWS: usize = PAGE / SKEW;
 
 /// Offsets (multiples of `align` elements) for every block, and the arena length they need.
 ///
-/// Blocks alive at the same time never share an element, and those of at least [`PAGE`]
-/// elements start at least [`SKEW`] apart modulo [`PAGE`] where the lowest gap that fits, or
+/// Blocks alive at the same time never share an element, and those of at least `PAGE` (1024)
+/// elements start at least `SKEW` (128) apart modulo `PAGE` where the lowest gap that fits, or
 /// the lowest with a page to spare, allows it; the result is deterministic.
 pub fn place(blocks: &[Block], align: usize) -> (Vec<usize>, usize) {
     let align = align.max(1);

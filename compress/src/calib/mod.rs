@@ -7,7 +7,7 @@
 //! 2. with `data_aware`, the input activation of every Conv / Gemm weight is captured
 //!    (`capture`) into a [`crate::gram::RowGram`] that weights the codebook fit;
 //!    With `bias_correction`, a layer whose bias can take it is fitted to the patches'
-//!    deviations from their mean (half the mean's term kept, [`BIAS_CORRECTION_MEAN_KEPT`]) and
+//!    deviations from their mean (half the mean's term kept, `BIAS_CORRECTION_MEAN_KEPT`) and
 //!    each of its codebooks carries the bias shift that restores its output's mean;
 //! 3. every weight is encoded at each candidate width (`layers`), with its weight error and its
 //!    output error on the calibration activations;
