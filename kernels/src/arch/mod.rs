@@ -389,6 +389,18 @@ pub(crate) fn evenly_spaced(offs: &[usize]) -> Option<usize> {
     offs.windows(2).all(|w| w[1].checked_sub(w[0]) == Some(step)).then_some(step)
 }
 
+/// Checks [`Isa::max_2x2`] operands (panicking on a caller bug, as every path must).
+pub(crate) fn max_2x2_check(r0: &[f32], r1: &[f32], out: &[f32]) {
+    let n = out.len();
+    assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+}
+
+/// Checks [`Isa::decode_nibbles`] operands (panicking on a caller bug, as every path must).
+pub(crate) fn decode_nibbles_check(packed: &[u8], out: &[f32]) {
+    let n = out.len();
+    assert!(packed.len() >= n.div_ceil(2), "decode_nibbles: {} bytes for {n} indices", packed.len());
+}
+
 /// Checks [`Isa::dot_rows`] operands (panicking on a caller bug, like slice indexing would).
 /// (The AVX2 and NEON paths have the kernel.)
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]

@@ -88,8 +88,7 @@ pub fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize,
 
 /// See [`Isa::max_2x2`].
 pub fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+    super::max_2x2_check(r0, r1, out);
     for ((y, a), b) in out.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
         *y = a[0].max(a[1]).max(b[0].max(b[1]));
     }
@@ -98,7 +97,7 @@ pub fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
 /// See [`Isa::decode_nibbles`]: two table lookups per byte.
 pub fn decode_nibbles(packed: &[u8], lut: &[f32; 16], out: &mut [f32]) {
     let n = out.len();
-    assert!(packed.len() >= n.div_ceil(2), "decode_nibbles: {} bytes for {n} indices", packed.len());
+    super::decode_nibbles_check(packed, out);
     let mut pairs = out.chunks_exact_mut(2);
     for (pair, &b) in (&mut pairs).zip(packed) {
         pair[0] = lut[(b & 15) as usize];

@@ -14,7 +14,7 @@ use crate::arch::scalar;
 /// rest. `vmaxq_f32` returns NaN where any input is NaN (the contract allows either).
 pub(super) fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
     let n = out.len();
-    assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+    crate::arch::max_2x2_check(r0, r1, out);
     let whole = n / 4 * 4;
     // SAFETY: NEON was detected before this table was handed out; step `i` reads 8 values of each
     // row from 2i and writes 4 from i, all below 2 * whole and whole (asserted above).
@@ -43,7 +43,7 @@ unsafe fn max_2x2_neon(r0: *const f32, r1: *const f32, out: *mut f32, whole: usi
 /// by table lookups on the codebook's byte planes, the scalar path for the rest.
 pub(super) fn decode_nibbles(packed: &[u8], lut: &[f32; 16], out: &mut [f32]) {
     let n = out.len();
-    assert!(packed.len() >= n.div_ceil(2), "decode_nibbles: {} bytes for {n} indices", packed.len());
+    crate::arch::decode_nibbles_check(packed, out);
     let whole = n / 16 * 16;
     // SAFETY: NEON was detected before this table was handed out; step `i` reads bytes `i / 2 ..
     // i / 2 + 8` with `i + 16 <= whole <= n`, inside `packed` by the assertion, and writes

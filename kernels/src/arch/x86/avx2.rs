@@ -582,7 +582,7 @@ unsafe fn tile<const R: usize, B: BRows, S: Sink>(
 /// See [`Isa::max_2x2`]: 8 outputs per step (the scalar path for the rest).
 fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
     let n = out.len();
-    assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+    crate::arch::max_2x2_check(r0, r1, out);
     let whole = n / 8 * 8;
     // SAFETY: AVX2 was detected before this table was handed out; step `i` reads 16 values of
     // each row from 2i and writes 8 from i, all below 2 * whole and whole (asserted above).
@@ -636,7 +636,7 @@ unsafe fn widen_f16c(src: *const u16, dst: *mut f32, whole: usize) {
 /// and a blend per 8), then 16 by `vpermps`, then the scalar path.
 fn decode_nibbles(packed: &[u8], lut: &[f32; 16], out: &mut [f32]) {
     let n = out.len();
-    assert!(packed.len() >= n.div_ceil(2), "decode_nibbles: {} bytes for {n} indices", packed.len());
+    crate::arch::decode_nibbles_check(packed, out);
     let (by32, whole) = (n / 32 * 32, n / 16 * 16);
     // SAFETY: AVX2 + FMA were detected before this table was handed out; a block of 32 reads
     // bytes `i / 2 .. i / 2 + 16` with `i + 32 <= by32 <= n`, one of 16 bytes `i / 2 .. i / 2 + 8`
