@@ -891,7 +891,7 @@ fn small_3x3_kernel(isa: Isa, p: &Conv2dParams) -> Option<Depthwise3x3Fn> {
         && p.pad_top <= 2
         && p.pad_left <= 1
         && p.in_w + p.pad_left >= (s * p.out_w + 3).saturating_sub(2 * s)
-        && p.out_w <= crate::arch::DEPTHWISE_3X3_MAX_WIDTH;
+        && p.out_w <= isa.depthwise_3x3_width.min(crate::arch::DEPTHWISE_3X3_MAX_WIDTH);
     isa.depthwise_3x3.filter(|_| fits)
 }
 

@@ -9,6 +9,8 @@
 
 #[cfg(test)]
 mod conformance;
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod conformance_fused;
 #[macro_use]
 mod depthwise;
 pub(crate) mod epilogue;
@@ -176,6 +178,10 @@ pub struct Isa {
     /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
     /// shape is outside what [`DepthwiseChannels`] allows.
     pub depthwise_3x3: Option<Depthwise3x3Fn>,
+    /// Widest output (at most [`DEPTHWISE_3X3_MAX_WIDTH`]) for which a layer takes
+    /// [`Isa::depthwise_3x3`] rather than the per-channel kernels: on AVX-512, whose in-place
+    /// kernels fill 16 lanes per row, only planes of at most one vector's width.
+    pub depthwise_3x3_width: usize,
     /// Square `k`×`k` depthwise filters (`k` up to [`DEPTHWISE_SMALL_MAX_K`]) at stride 1 or 2
     /// over several channels' whole planes in one call, for outputs of at most
     /// [`DEPTHWISE_SMALL_MAX_WIDTH`] columns (MobileNetV3's 5×5 layers over 14×14 and 7×7):

@@ -25,6 +25,7 @@ pub const ISA: Isa = Isa {
     depthwise_s2: None,
     depthwise_plane: None,
     depthwise_3x3: None,
+    depthwise_3x3_width: 0,
     depthwise_small: None,
     int8: Some(super::int8::SCALAR),
 };

@@ -52,6 +52,7 @@ const ISA: Isa = Isa {
     depthwise_s2: None,
     depthwise_plane: None,
     depthwise_3x3: depthwise_planes::DEPTHWISE_3X3,
+    depthwise_3x3_width: super::DEPTHWISE_3X3_MAX_WIDTH,
     depthwise_small: depthwise_planes::DEPTHWISE_SMALL,
     // Set by `neon` when the CPU has dotprod.
     int8: None,

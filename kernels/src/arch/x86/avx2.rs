@@ -3,11 +3,11 @@
 
 use std::arch::x86_64::*;
 
+use super::fused::{self, Act, Epilogue, FusedTiles, KB_DEPTH, KB_ROWS};
 use super::{bounds, gemv_planes_avx2, permute};
 use crate::arch::{
-    dot_packed_rows_check, dot_rows_check, evenly_spaced, gemm_rows_at_check, gemm_rows_check,
-    gemm_rows_fused_check, row_table, scalar, tables_from, BRows, FusedActivation, FusedRows, Isa, Listed,
-    Strided, PACKED_ROWS,
+    dot_packed_rows_check, dot_rows_check, gemm_rows_at_check, gemm_rows_check, gemm_rows_fused_check,
+    row_table, scalar, tables_from, BRows, FusedRows, Isa, Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX2 path. Private: only [`super::avx2()`] hands it out, after feature detection.
@@ -33,6 +33,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s2: Some(super::depthwise_avx2::depthwise_s2_avx2),
     depthwise_plane: None,
     depthwise_3x3: Some(super::depthwise3x3_avx2::depthwise_3x3_avx2),
+    depthwise_3x3_width: crate::arch::DEPTHWISE_3X3_MAX_WIDTH,
     depthwise_small: Some(super::depthwise_small_avx2::depthwise_small_avx2),
     int8: None,
 };
@@ -81,86 +82,43 @@ fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mu
 /// See [`Isa::gemm_rows_fused`].
 fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
-    let (act, [p0, p1], slopes) = match out.act {
-        FusedActivation::None => (Act::None, [0.0; 2], std::ptr::null()),
-        FusedActivation::Clamp(bounds) => (Act::Clamp, bounds, std::ptr::null()),
-        FusedActivation::HardSwish { scale, shift } if scale == 1.0 && shift == 0.0 => {
-            (Act::HardSwish, [1.0, 0.0], std::ptr::null())
-        }
-        FusedActivation::HardSwish { scale, shift } => {
-            (Act::HardSwishAffine, [scale, shift], std::ptr::null())
-        }
-        FusedActivation::Leaky(slopes) => (Act::Leaky, [0.0; 2], slopes.as_ptr()),
-    };
-    let residual = out.residual.filter(|res| res.rows > 0);
-    let sink = Epilogue {
-        rows: out.dst.as_mut_ptr(),
-        col: out.col,
-        bias: out.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        residual: residual.map_or(std::ptr::null(), |res| res.data.as_ptr()),
-        residual_pitch: residual.map_or(0, |res| res.pitch),
-        residual_rows: residual.map_or(0, |res| res.rows),
-        act,
-        p0,
-        p1,
-        slopes,
-    };
-    // A 1×1 convolution's rows are its input planes, evenly spaced: the kernel then steps through
-    // `b` instead of loading an offset per row (3-5 % of a 320->1280 layer over 7×7 and of a
-    // 576->96 one over 14×14).
-    // SAFETY: as in `gemm_rows_at` for `a` and `b` (evenly spaced, row `p` of `b + offs[0]` at
-    // `p * step` is `b + offs[p]`, the same rows); the check asserted `m` output rows of at least
-    // `col + n` values, `m` biases when there are any, `m` slopes for a leaky activation, and `n`
-    // residual values at `r * pitch` for every row `r` below both `m` and the residual's row
-    // count. A copied chunk holds `k` rows of `chunk` (`k * chunk <= PAGE_ROWS_BLOCK`, `chunk >=
-    // NR` as `k <= PAGE_ROWS_MAX`), of which the kernel reads the `w` columns just copied from
-    // columns `c0 ..` of `b`'s rows (`c0 + w <= n`) and writes columns `c0 ..` of the output and
-    // reads the same of the residual: the sink shifted by `c0`.
-    unsafe {
-        match evenly_spaced(&offs[..k]) {
-            Some(step) if step > 0 && step % PAGE_FLOATS == 0 && k <= PAGE_ROWS_MAX => {
-                // Planes a whole number of 4 KiB pages apart (64×64, 32×32): a column of every
-                // row falls in one L1 set, 8 ways deep, so a block of 24 rows cannot stay in L1
-                // while each block of filters streams over it. Copied chunk by chunk into one
-                // contiguous block, it does (BlazeFace 1.128 -> 1.100 ms at 1 thread on Zen 3).
-                let mut block = std::mem::MaybeUninit::<[f32; PAGE_ROWS_BLOCK]>::uninit();
-                let block = block.as_mut_ptr().cast::<f32>();
-                let chunk = (PAGE_ROWS_BLOCK / k / NR * NR).min(16 * NR);
-                let rows = b.as_ptr().add(offs[0]);
-                let mut c0 = 0;
-                while c0 < n {
-                    let w = (n - c0).min(chunk);
-                    for p in 0..k {
-                        std::ptr::copy_nonoverlapping(rows.add(p * step + c0), block.add(p * chunk), w);
-                    }
-                    let mut part = sink;
-                    part.col += c0;
-                    if !part.residual.is_null() {
-                        part.residual = part.residual.add(c0);
-                    }
-                    gemm_rows_impl(a.as_ptr(), k, m, block, Strided(chunk), w, part);
-                    c0 += w;
-                }
-            }
-            // Deep products in blocks of depth that stay in L1.
-            Some(step) if k > KB_DEPTH => {
-                gemm_rows_deep(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), step, n, sink)
-            }
-            Some(step) => gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), Strided(step), n, sink),
-            None => gemm_rows_impl(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink),
-        }
-    }
+    // SAFETY: this table is only reachable after AVX2 + FMA were detected (see `super::avx2`),
+    // and the check passed for these operands and `m`.
+    unsafe { fused::run::<Tiles>(a, k, m, b, offs, n, out) }
 }
 
-/// f32 elements in a 4 KiB page: rows this many apart map to the same L1 sets.
-const PAGE_FLOATS: usize = 1024;
+/// This path's register tiles for [`fused::run`].
+struct Tiles;
 
-/// Floats (16 KiB) of the L1-sized block into which [`gemm_rows_fused`] copies input rows that
-/// would otherwise share an L1 set.
-const PAGE_ROWS_BLOCK: usize = 4096;
+impl FusedTiles for Tiles {
+    const NR: usize = NR;
 
-/// Most rows [`gemm_rows_fused`] copies into a [`PAGE_ROWS_BLOCK`]: 32 columns of each at least.
-const PAGE_ROWS_MAX: usize = PAGE_ROWS_BLOCK / 32;
+    unsafe fn rows<B: BRows>(
+        a: *const f32,
+        k: usize,
+        m: usize,
+        b: *const f32,
+        rows: B,
+        n: usize,
+        sink: Epilogue<'_>,
+    ) {
+        // SAFETY: the caller's contract is `gemm_rows_impl`'s.
+        unsafe { gemm_rows_impl(a, k, m, b, rows, n, sink) }
+    }
+
+    unsafe fn deep(
+        a: *const f32,
+        k: usize,
+        m: usize,
+        b: *const f32,
+        step: usize,
+        n: usize,
+        sink: Epilogue<'_>,
+    ) {
+        // SAFETY: the caller's contract is `gemm_rows_deep`'s.
+        unsafe { gemm_rows_deep(a, k, m, b, step, n, sink) }
+    }
+}
 
 /// Where a register tile's finished rows go.
 trait Sink: Copy {
@@ -220,47 +178,11 @@ impl<const ADD: bool> Sink for Matrix<ADD> {
     }
 }
 
-/// A [`FusedActivation`] without its slice, for [`Epilogue`].
-#[derive(Clone, Copy, PartialEq)]
-enum Act {
-    None,
-    /// `p0 ..= p1`.
-    Clamp,
-    HardSwish,
-    /// `p0 * HardSwish(x) + p1`.
-    HardSwishAffine,
-    /// Row `i`'s slope at `slopes[i]`.
-    Leaky,
-}
-
-/// The rows of a [`FusedRows`] as raw parts (so the sink is `Copy` into the register loop): each
-/// row's sums plus its residual (null: none) and bias (null: none), then the activation `act`
-/// with parameters `p0`, `p1` or per-row `slopes`.
-#[derive(Clone, Copy)]
-struct Epilogue<'d> {
-    rows: *mut &'d mut [f32],
-    col: usize,
-    bias: *const f32,
-    residual: *const f32,
-    residual_pitch: usize,
-    residual_rows: usize,
-    act: Act,
-    p0: f32,
-    p1: f32,
-    slopes: *const f32,
-}
-
 impl Sink for Epilogue<'_> {
-    /// As many strips (up to 16) as fit in L1 beside the weight rows: a tile's stores then fall
-    /// between loads of other strips. With one strip, a row block's stores and the next row
-    /// block's loads of the same strip 4K-alias when planes lie a multiple of 4 KiB apart
-    /// (BlazeFace's 64×64 and 32×32: its 24→24 layers took 30 % longer than with the
-    /// accumulator pass); a block that overflows L1 costs more (a 96→96 layer over 80×160 took
-    /// 5-8 % longer with 16 strips).
+    /// See [`Epilogue::l1_strips`].
     #[inline]
     fn strips(self, k: usize, m: usize) -> usize {
-        let free = FUSED_L1_BYTES.saturating_sub(m * k * 4);
-        (free / (k * NR * 4).max(1)).clamp(1, 16)
+        self.l1_strips(k, m, NR)
     }
 
     #[inline]
@@ -325,10 +247,6 @@ impl Sink for Epilogue<'_> {
     }
 }
 
-/// Bytes of L1 a column block of the fused kernel and its weight rows may fill (see
-/// [`Epilogue::strips`]; 32 KiB L1 less a few lines for the output rows).
-const FUSED_L1_BYTES: usize = 28 << 10;
-
 /// Column blocks of `sink.strips(k, m)` strips of `NR` outer; in each, row blocks of `MR`, then its
 /// strips: a block of `b` (`k × strips·NR`) stays in L1 while every row block streams over it.
 #[allow(clippy::too_many_arguments)]
@@ -373,14 +291,6 @@ unsafe fn gemm_rows_impl<B: BRows, S: Sink>(
         j0 = block_end;
     }
 }
-
-/// Most rows of `b` per depth block of [`gemm_rows_deep`]: a 16-column strip of that many rows
-/// takes 8 KiB (16 KiB of cache lines when the rows straddle them) and stays in L1 while the
-/// weight rows stream over it. Of 64, 96, 128, 192 and 256 on Zen 3, 128 was fastest (320->1280
-/// over 7×7: 0.69 ms unblocked, 0.63-0.66 at 64-256).
-const KB_DEPTH: usize = 128;
-/// Rows whose partial sums [`gemm_rows_deep`] carries between depth blocks.
-const KB_ROWS: usize = 48;
 
 /// [`gemm_rows_impl`] for products deeper than [`KB_DEPTH`] over rows `step` apart (1×1
 /// convolutions with many input channels): strip by strip of `NR` columns, the depth is cut into

@@ -7,8 +7,8 @@ use super::bounds::{self, Span};
 use super::gemv_wide::{self, PREFETCH};
 use super::permute;
 use crate::arch::{
-    dot_packed_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar, tables_from, BRows, Isa,
-    Listed, Strided, PACKED_ROWS,
+    dot_packed_rows_check, dot_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar,
+    tables_from, BRows, Isa, Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX-512 path. Private: only [`super::avx512()`] hands it out, after feature detection.
@@ -17,14 +17,14 @@ pub(super) const ISA: Isa = Isa {
     lanes: 16,
     gemm_rows,
     gemm_rows_at,
-    gemm_rows_fused: None,
+    gemm_rows_fused: Some(super::fused_avx512::gemm_rows_fused),
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
-    max_2x2: super::super::scalar::max_2x2,
+    max_2x2,
     decode_nibbles,
     widen_f16,
     dot,
-    dot_rows: None,
+    dot_rows: Some(dot_rows),
     axpy,
     dot_packed,
     gemv_prepare,
@@ -33,7 +33,13 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s1: Some(super::depthwise::depthwise_s1_avx512),
     depthwise_s2: Some(super::depthwise::depthwise_s2_avx512),
     depthwise_plane: Some(super::depthwise::depthwise_plane_avx512),
-    depthwise_3x3: None,
+    // AVX2's many-channel kernel, over planes of at most 16 columns: there its 8-lane rows waste
+    // no more lanes than this path's per-channel in-place kernels, and it needs no per-channel
+    // call and masks (BlazeFace's 16×16 and 8×8 layers 10-30 % faster on a Xeon with AVX-512;
+    // over 32×32 and wider the in-place kernels win). Its `depthwise_small` measured no gain
+    // on MobileNetV3-Small's 5×5 layers, which keep `depthwise_plane`.
+    depthwise_3x3: super::avx2::ISA.depthwise_3x3,
+    depthwise_3x3_width: 16,
     depthwise_small: None,
     int8: None,
 };
@@ -270,6 +276,78 @@ unsafe fn dot_impl(a: *const f32, b: *const f32, n: usize) -> f32 {
         }
     }
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+}
+
+/// See [`Isa::dot_rows`].
+fn dot_rows(a: &[f32], k: usize, x: &[f32], out: &mut [f32]) {
+    dot_rows_check(a, k, x, out);
+    // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted
+    // `out.len()` rows of `k` weights in `a` and `k` values in `x`.
+    unsafe { dot_rows_impl(a.as_ptr(), k, x.as_ptr(), out.as_mut_ptr(), out.len()) }
+}
+
+/// [`dot_rows`] eight rows at a time, as on AVX2: eight independent accumulator chains keep both
+/// FMA units busy, and each vector of `x` is loaded once for the eight. The last block repeats
+/// its first row in the rows it lacks and drops their sums.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_rows_impl(a: *const f32, k: usize, x: *const f32, out: *mut f32, rows: usize) {
+    let mut r0 = 0;
+    while r0 < rows {
+        let live = (rows - r0).min(8);
+        // SAFETY: rows r0 .. r0 + live exist (the caller's bounds); the rest repeat row r0.
+        let row: [*const f32; 8] =
+            std::array::from_fn(|i| unsafe { a.add((r0 + if i < live { i } else { 0 }) * k) });
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut p = 0;
+        // SAFETY: every load is below `k` in its row and in `x`, whole or masked to it.
+        unsafe {
+            while p < k {
+                let m = lane_mask(k - p);
+                let xv = _mm512_maskz_loadu_ps(m, x.add(p));
+                for (acc, row) in acc.iter_mut().zip(row) {
+                    *acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, row.add(p)), xv, *acc);
+                }
+                p += 16;
+            }
+            for (i, acc) in acc.iter().take(live).enumerate() {
+                *out.add(r0 + i) = _mm512_reduce_add_ps(*acc);
+            }
+        }
+        r0 += live;
+    }
+}
+
+/// See [`Isa::max_2x2`].
+fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    crate::arch::max_2x2_check(r0, r1, out);
+    // SAFETY: AVX-512 F was detected before this table was handed out; step `i` reads the 32
+    // values of each row from 2i (masked to those below 2 * out.len()) and writes the 16 from i
+    // (masked to out.len()), all in bounds (asserted above).
+    unsafe { max_2x2_impl(r0.as_ptr(), r1.as_ptr(), out.as_mut_ptr(), out.len()) }
+}
+
+/// The rows' maxima pairwise, then even against odd columns, gathered from the two vectors by
+/// one `vpermt2ps` each; the last step under lane masks.
+#[target_feature(enable = "avx512f")]
+unsafe fn max_2x2_impl(r0: *const f32, r1: *const f32, out: *mut f32, n: usize) {
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let mut i = 0;
+    while i < n {
+        let left = 2 * (n - i);
+        let (m0, m1) = (lane_mask(left), lane_mask(left.saturating_sub(16)));
+        // SAFETY: see `max_2x2`.
+        unsafe {
+            let (a, b) = (r0.add(2 * i), r1.add(2 * i));
+            let lo = _mm512_max_ps(_mm512_maskz_loadu_ps(m0, a), _mm512_maskz_loadu_ps(m0, b));
+            let hi =
+                _mm512_max_ps(_mm512_maskz_loadu_ps(m1, a.add(16)), _mm512_maskz_loadu_ps(m1, b.add(16)));
+            let pairs =
+                _mm512_max_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
+            _mm512_mask_storeu_ps(out.add(i), lane_mask(n - i), pairs);
+        }
+        i += 16;
+    }
 }
 
 /// See [`Isa::axpy`].

@@ -36,6 +36,8 @@ mod depthwise;
 mod depthwise3x3_avx2;
 mod depthwise_avx2;
 mod depthwise_small_avx2;
+mod fused;
+mod fused_avx512;
 mod gemv_planes_avx2;
 mod gemv_wide;
 mod int8_avx2;

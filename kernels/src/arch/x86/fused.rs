@@ -1,0 +1,208 @@
+//! What the AVX2 and AVX-512 [`Isa::gemm_rows_fused`] kernels share: a [`FusedRows`] as raw
+//! parts for the register loop ([`Epilogue`]), and the choice of loop for the input's layout
+//! ([`run`]). Each path brings its register tiles and its stores ([`FusedTiles`]).
+//!
+//! [`Isa::gemm_rows_fused`]: crate::arch::Isa::gemm_rows_fused
+
+use crate::arch::{evenly_spaced, BRows, FusedActivation, FusedRows, Listed, Strided};
+
+/// A [`FusedActivation`] without its slice, for [`Epilogue`].
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Act {
+    None,
+    /// `p0 ..= p1`.
+    Clamp,
+    HardSwish,
+    /// `p0 * HardSwish(x) + p1`.
+    HardSwishAffine,
+    /// Row `i`'s slope at `slopes[i]`.
+    Leaky,
+}
+
+/// The rows of a [`FusedRows`] as raw parts (so the sink is `Copy` into the register loop): each
+/// row's sums plus its residual (null: none) and bias (null: none), then the activation `act`
+/// with parameters `p0`, `p1` or per-row `slopes`.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'d> {
+    pub(super) rows: *mut &'d mut [f32],
+    pub(super) col: usize,
+    pub(super) bias: *const f32,
+    pub(super) residual: *const f32,
+    pub(super) residual_pitch: usize,
+    pub(super) residual_rows: usize,
+    pub(super) act: Act,
+    pub(super) p0: f32,
+    pub(super) p1: f32,
+    pub(super) slopes: *const f32,
+}
+
+impl<'d> Epilogue<'d> {
+    /// The raw parts of `out`, valid while `out`'s borrows are.
+    pub(super) fn new(out: FusedRows<'_, 'd>) -> Epilogue<'d> {
+        let (act, [p0, p1], slopes) = match out.act {
+            FusedActivation::None => (Act::None, [0.0; 2], std::ptr::null()),
+            FusedActivation::Clamp(bounds) => (Act::Clamp, bounds, std::ptr::null()),
+            FusedActivation::HardSwish { scale, shift } if scale == 1.0 && shift == 0.0 => {
+                (Act::HardSwish, [1.0, 0.0], std::ptr::null())
+            }
+            FusedActivation::HardSwish { scale, shift } => {
+                (Act::HardSwishAffine, [scale, shift], std::ptr::null())
+            }
+            FusedActivation::Leaky(slopes) => (Act::Leaky, [0.0; 2], slopes.as_ptr()),
+        };
+        let residual = out.residual.filter(|res| res.rows > 0);
+        Epilogue {
+            rows: out.dst.as_mut_ptr(),
+            col: out.col,
+            bias: out.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            residual: residual.map_or(std::ptr::null(), |res| res.data.as_ptr()),
+            residual_pitch: residual.map_or(0, |res| res.pitch),
+            residual_rows: residual.map_or(0, |res| res.rows),
+            act,
+            p0,
+            p1,
+            slopes,
+        }
+    }
+
+    /// The same rows from column `c0` of the output (and of the residual) on.
+    ///
+    /// # Safety
+    /// Every row (and residual row) holds columns past `col + c0`.
+    unsafe fn shifted(self, c0: usize) -> Epilogue<'d> {
+        let mut part = self;
+        part.col += c0;
+        if !part.residual.is_null() {
+            // SAFETY: the caller guarantees the residual rows reach past `c0`.
+            part.residual = unsafe { part.residual.add(c0) };
+        }
+        part
+    }
+
+    /// Column strips of `nr` per column block of a tile loop over `m` weight rows of depth `k`:
+    /// as many (up to 16) as fit in L1 beside the weight rows, so a tile's stores fall between
+    /// loads of other strips. With one strip, a row block's stores and the next row block's
+    /// loads of the same strip 4K-alias when planes lie a multiple of 4 KiB apart (BlazeFace's
+    /// 64×64 and 32×32: its 24→24 layers took 30 % longer on Zen 3 than with the accumulator
+    /// pass); a block that overflows L1 costs more (a 96→96 layer over 80×160 took 5-8 % longer
+    /// with 16 strips).
+    pub(super) fn l1_strips(self, k: usize, m: usize, nr: usize) -> usize {
+        let free = FUSED_L1_BYTES.saturating_sub(m * k * 4);
+        (free / (k * nr * 4).max(1)).clamp(1, 16)
+    }
+}
+
+/// Bytes of L1 a column block of the fused kernels and their weight rows may fill (see
+/// [`Epilogue::strips`]; 32 KiB L1 less a few lines for the output rows).
+const FUSED_L1_BYTES: usize = 28 << 10;
+
+/// f32 elements in a 4 KiB page: rows this many apart map to the same L1 sets.
+const PAGE_FLOATS: usize = 1024;
+
+/// Floats (16 KiB) of the L1-sized block into which [`run`] copies input rows that would
+/// otherwise share an L1 set.
+const PAGE_ROWS_BLOCK: usize = 4096;
+
+/// Most rows [`run`] copies into a [`PAGE_ROWS_BLOCK`]: 32 columns of each at least.
+const PAGE_ROWS_MAX: usize = PAGE_ROWS_BLOCK / 32;
+
+/// Most rows of `b` per depth block of [`FusedTiles::deep`]: a strip of that many rows stays in
+/// L1 while the weight rows stream over it. Of 64, 96, 128, 192 and 256 on Zen 3 (AVX2), 128 was
+/// fastest (320->1280 over 7×7: 0.69 ms unblocked, 0.63-0.66 at 64-256).
+pub(super) const KB_DEPTH: usize = 128;
+
+/// Rows whose partial sums [`FusedTiles::deep`] carries between depth blocks.
+pub(super) const KB_ROWS: usize = 48;
+
+/// A path's register-tile loops for [`run`].
+pub(super) trait FusedTiles {
+    /// Columns of one register tile's strip.
+    const NR: usize;
+
+    /// `m` weight rows `a` (`k` each) against `k` rows of `b` found through `rows`, `n` columns,
+    /// into `sink`.
+    ///
+    /// # Safety
+    /// The path's CPU features are available; `a`, `b` (through `rows`) and `sink` cover every
+    /// row and column named.
+    unsafe fn rows<B: BRows>(
+        a: *const f32,
+        k: usize,
+        m: usize,
+        b: *const f32,
+        rows: B,
+        n: usize,
+        sink: Epilogue<'_>,
+    );
+
+    /// [`FusedTiles::rows`] for rows `step` apart and `k` deeper than [`KB_DEPTH`], in blocks of
+    /// depth that stay in L1.
+    ///
+    /// # Safety
+    /// As for [`FusedTiles::rows`].
+    unsafe fn deep(
+        a: *const f32,
+        k: usize,
+        m: usize,
+        b: *const f32,
+        step: usize,
+        n: usize,
+        sink: Epilogue<'_>,
+    );
+}
+
+/// [`Isa::gemm_rows_fused`](crate::arch::Isa::gemm_rows_fused) on path `T`, for operands
+/// `gemm_rows_fused_check` accepted with `m` rows.
+///
+/// # Safety
+/// `T`'s CPU features are available, and the check passed for these operands and `m`.
+pub(super) unsafe fn run<T: FusedTiles>(
+    a: &[f32],
+    k: usize,
+    m: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    out: FusedRows<'_, '_>,
+) {
+    let sink = Epilogue::new(out);
+    // SAFETY: the check asserted `k` offsets with `n` elements of `b` after each, `m` output rows
+    // of at least `col + n` values, `m` biases when there are any, `m` slopes for a leaky
+    // activation, and `n` residual values at `r * pitch` for every row `r` below both `m` and the
+    // residual's row count. Evenly spaced, row `p` of `b + offs[0]` at `p * step` is `b +
+    // offs[p]`, the same rows. A copied chunk holds `k` rows of `chunk` (`k * chunk <=
+    // PAGE_ROWS_BLOCK`, `chunk >= NR` as `k <= PAGE_ROWS_MAX` and `NR <= 32`), of which the
+    // kernel reads the `w` columns just copied from columns `c0 ..` of `b`'s rows (`c0 + w <=
+    // n`) and writes columns `c0 ..` of the output and reads the same of the residual: the sink
+    // shifted by `c0`.
+    unsafe {
+        match evenly_spaced(&offs[..k]) {
+            Some(step) if step > 0 && step % PAGE_FLOATS == 0 && k <= PAGE_ROWS_MAX => {
+                // Planes a whole number of 4 KiB pages apart (64×64, 32×32): a column of every
+                // row falls in one L1 set, so a block of 24 rows cannot stay in L1 while each
+                // block of filters streams over it. Copied chunk by chunk into one contiguous
+                // block, it does (BlazeFace 1.128 -> 1.100 ms at 1 thread on Zen 3).
+                let mut block = std::mem::MaybeUninit::<[f32; PAGE_ROWS_BLOCK]>::uninit();
+                let block = block.as_mut_ptr().cast::<f32>();
+                let chunk = (PAGE_ROWS_BLOCK / k / T::NR * T::NR).min(16 * T::NR);
+                let rows = b.as_ptr().add(offs[0]);
+                let mut c0 = 0;
+                while c0 < n {
+                    let w = (n - c0).min(chunk);
+                    for p in 0..k {
+                        std::ptr::copy_nonoverlapping(rows.add(p * step + c0), block.add(p * chunk), w);
+                    }
+                    T::rows(a.as_ptr(), k, m, block, Strided(chunk), w, sink.shifted(c0));
+                    c0 += w;
+                }
+            }
+            // Deep products in blocks of depth that stay in L1.
+            Some(step) if k > KB_DEPTH => T::deep(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), step, n, sink),
+            // A 1×1 convolution's rows are its input planes, evenly spaced: the kernel then
+            // steps through `b` instead of loading an offset per row (3-5 % of a 320->1280
+            // layer over 7×7 and of a 576->96 one over 14×14 on Zen 3).
+            Some(step) => T::rows(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), Strided(step), n, sink),
+            None => T::rows(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, sink),
+        }
+    }
+}
