@@ -98,14 +98,17 @@ impl FusedCase {
         // Every eighth case deep (more than 128 rows of `b`, which the AVX2 kernel cuts into
         // blocks of depth) with more weight rows than it carries partial sums for (48).
         let deep = case % 8 == 5 || case % 16 == 12;
+        // Rows a page (1024 floats) apart, which the x86 kernel copies chunk by chunk: wide
+        // enough for several chunks; every fourth such case as deep as a copied block takes
+        // (up to 128 rows, fewer the wider the path's strip).
+        let paged = matches!(case % 8, 4 | 7);
         let (m, k) = if deep {
             (1 + rng.below(60), 129 + rng.below(300))
+        } else if paged && case % 32 < 16 {
+            (1 + rng.below(19), 40 + rng.below(89))
         } else {
             (1 + rng.below(19), 1 + rng.below(40))
         };
-        // Rows a page (1024 floats) apart, which the x86 kernel copies chunk by chunk: wide
-        // enough for several chunks.
-        let paged = matches!(case % 8, 4 | 7);
         let n = if paged { 100 + rng.below(400) } else { 1 + case % 83 };
         let listed = k + rng.below(3);
         let extra = if paged { (listed - 1) * 1024 + rng.below(16) } else { rng.below(200) };

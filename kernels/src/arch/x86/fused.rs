@@ -103,9 +103,6 @@ const PAGE_FLOATS: usize = 1024;
 /// otherwise share an L1 set.
 const PAGE_ROWS_BLOCK: usize = 4096;
 
-/// Most rows [`run`] copies into a [`PAGE_ROWS_BLOCK`]: 32 columns of each at least.
-const PAGE_ROWS_MAX: usize = PAGE_ROWS_BLOCK / 32;
-
 /// Most rows of `b` per depth block of [`FusedTiles::deep`]: a strip of that many rows stays in
 /// L1 while the weight rows stream over it. Of 64, 96, 128, 192 and 256 on Zen 3 (AVX2), 128 was
 /// fastest (320->1280 over 7×7: 0.69 ms unblocked, 0.63-0.66 at 64-256).
@@ -171,13 +168,14 @@ pub(super) unsafe fn run<T: FusedTiles>(
     // activation, and `n` residual values at `r * pitch` for every row `r` below both `m` and the
     // residual's row count. Evenly spaced, row `p` of `b + offs[0]` at `p * step` is `b +
     // offs[p]`, the same rows. A copied chunk holds `k` rows of `chunk` (`k * chunk <=
-    // PAGE_ROWS_BLOCK`, `chunk >= NR` as `k <= PAGE_ROWS_MAX` and `NR <= 32`), of which the
+    // PAGE_ROWS_BLOCK`, `chunk >= NR` as `k <= PAGE_ROWS_BLOCK / NR`), of which the
     // kernel reads the `w` columns just copied from columns `c0 ..` of `b`'s rows (`c0 + w <=
     // n`) and writes columns `c0 ..` of the output and reads the same of the residual: the sink
     // shifted by `c0`.
     unsafe {
         match evenly_spaced(&offs[..k]) {
-            Some(step) if step > 0 && step % PAGE_FLOATS == 0 && k <= PAGE_ROWS_MAX => {
+            // (At most as many rows as leave a whole strip of each in the block.)
+            Some(step) if step > 0 && step % PAGE_FLOATS == 0 && k <= PAGE_ROWS_BLOCK / T::NR => {
                 // Planes a whole number of 4 KiB pages apart (64×64, 32×32): a column of every
                 // row falls in one L1 set, so a block of 24 rows cannot stay in L1 while each
                 // block of filters streams over it. Copied chunk by chunk into one contiguous
