@@ -179,8 +179,8 @@ pub struct Isa {
     /// shape is outside what [`DepthwiseChannels`] allows.
     pub depthwise_3x3: Option<Depthwise3x3Fn>,
     /// Widest output (at most [`DEPTHWISE_3X3_MAX_WIDTH`]) for which a layer takes
-    /// [`Isa::depthwise_3x3`] rather than the per-channel kernels: on AVX-512, whose in-place
-    /// kernels fill 16 lanes per row, only planes of at most one vector's width.
+    /// [`Isa::depthwise_3x3`] rather than the per-channel kernels: on AVX-512, whose per-channel
+    /// kernels fill 16 lanes per row, only planes of at most half a vector's width.
     pub depthwise_3x3_width: usize,
     /// Square `k`×`k` depthwise filters (`k` up to [`DEPTHWISE_SMALL_MAX_K`]) at stride 1 or 2
     /// over several channels' whole planes in one call, for outputs of at most

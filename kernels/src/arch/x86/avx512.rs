@@ -33,13 +33,14 @@ pub(super) const ISA: Isa = Isa {
     depthwise_s1: Some(super::depthwise::depthwise_s1_avx512),
     depthwise_s2: Some(super::depthwise::depthwise_s2_avx512),
     depthwise_plane: Some(super::depthwise::depthwise_plane_avx512),
-    // AVX2's many-channel kernel, over planes of at most 16 columns: there its 8-lane rows waste
-    // no more lanes than this path's per-channel in-place kernels, and it needs no per-channel
-    // call and masks (BlazeFace's 16×16 and 8×8 layers 10-30 % faster on a Xeon with AVX-512;
-    // over 32×32 and wider the in-place kernels win). Its `depthwise_small` measured no gain
-    // on MobileNetV3-Small's 5×5 layers, which keep `depthwise_plane`.
+    // AVX2's many-channel kernel, over planes of at most 8 columns: there a 16-lane row is at
+    // least half empty, and it needs no per-channel call and masks. On a Xeon with AVX-512
+    // (alternating runs, 1 thread), taking it up to 8 columns against not at all: BlazeFace 0.712
+    // against 0.728 ms, MobileNetV2 6.24 against 6.29, MobileNetV3-Small 1.70 against 1.75; up to
+    // 16 columns no better (0.717, 6.37, 1.72). Its `depthwise_small` measured no gain on
+    // MobileNetV3-Small's 5×5 layers, which keep `depthwise_plane`.
     depthwise_3x3: super::avx2::ISA.depthwise_3x3,
-    depthwise_3x3_width: 16,
+    depthwise_3x3_width: 8,
     depthwise_small: None,
     int8: None,
 };
