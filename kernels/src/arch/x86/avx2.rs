@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::fused::{self, Act, Epilogue, FusedTiles, KB_DEPTH, KB_ROWS};
+use super::fused::{self, Act, Epilogue, FusedTiles};
 use super::{bounds, gemv_planes_avx2, permute};
 use crate::arch::{
     dot_packed_rows_check, dot_rows_check, gemm_rows_at_check, gemm_rows_check, gemm_rows_fused_check,
@@ -92,6 +92,14 @@ struct Tiles;
 
 impl FusedTiles for Tiles {
     const NR: usize = NR;
+    const MR: usize = MR;
+    type Carry = [__m256; 2];
+
+    fn zero_carry() -> [__m256; 2] {
+        // SAFETY: this impl is only reached through the AVX2 table, handed out after AVX2 was
+        // detected.
+        unsafe { [_mm256_setzero_ps(); 2] }
+    }
 
     unsafe fn rows<B: BRows>(
         a: *const f32,
@@ -106,17 +114,31 @@ impl FusedTiles for Tiles {
         unsafe { gemm_rows_impl(a, k, m, b, rows, n, sink) }
     }
 
-    unsafe fn deep(
+    unsafe fn deep_tile(
+        r: usize,
         a: *const f32,
-        k: usize,
-        m: usize,
+        lda: usize,
+        kl: usize,
         b: *const f32,
         step: usize,
-        n: usize,
+        w: usize,
+        carry: *mut [__m256; 2],
+        first: bool,
+        last: bool,
         sink: Epilogue<'_>,
+        at: (usize, usize),
     ) {
-        // SAFETY: the caller's contract is `gemm_rows_deep`'s.
-        unsafe { gemm_rows_deep(a, k, m, b, step, n, sink) }
+        // SAFETY: the caller's contract is `tile_deep`'s, for `r <= MR` rows.
+        unsafe {
+            match r {
+                6 => tile_deep::<6, _>(a, lda, kl, b, step, w, carry, first, last, sink, at),
+                5 => tile_deep::<5, _>(a, lda, kl, b, step, w, carry, first, last, sink, at),
+                4 => tile_deep::<4, _>(a, lda, kl, b, step, w, carry, first, last, sink, at),
+                3 => tile_deep::<3, _>(a, lda, kl, b, step, w, carry, first, last, sink, at),
+                2 => tile_deep::<2, _>(a, lda, kl, b, step, w, carry, first, last, sink, at),
+                _ => tile_deep::<1, _>(a, lda, kl, b, step, w, carry, first, last, sink, at),
+            }
+        }
     }
 }
 
@@ -292,66 +314,7 @@ unsafe fn gemm_rows_impl<B: BRows, S: Sink>(
     }
 }
 
-/// [`gemm_rows_impl`] for products deeper than [`KB_DEPTH`] over rows `step` apart (1×1
-/// convolutions with many input channels): strip by strip of `NR` columns, the depth is cut into
-/// even blocks of at most [`KB_DEPTH`] rows of `b`, each of which stays in L1 while up to
-/// [`KB_ROWS`] weight rows stream over it; their partial sums wait in registers' worth of stack
-/// between blocks. Unblocked, a strip of 320-960 rows overflows L1 and every block of 6 weight
-/// rows reads it again from L2: MobileNetV2's 1×1 layers over 7×7 took 7-12 % longer (Zen 3,
-/// 320->1280 0.63 against 0.69 ms in one-layer models).
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_rows_deep<S: Sink>(
-    a: *const f32,
-    k: usize,
-    m: usize,
-    b: *const f32,
-    step: usize,
-    n: usize,
-    sink: S,
-) {
-    let mut carry = [[_mm256_setzero_ps(); 2]; KB_ROWS];
-    let carry = carry.as_mut_ptr();
-    let depth = k.div_ceil(k.div_ceil(KB_DEPTH));
-    let mut j = 0;
-    while j < n {
-        let w = (n - j).min(NR);
-        let mut i0 = 0;
-        while i0 < m {
-            let rows_end = m.min(i0 + KB_ROWS);
-            let mut k0 = 0;
-            while k0 < k {
-                let kl = (k - k0).min(depth);
-                let (first, last) = (k0 == 0, k0 + kl == k);
-                let mut i = i0;
-                while i < rows_end {
-                    let r = (rows_end - i).min(MR);
-                    // SAFETY: rows i..i+r of `a` and the sink, depth k0..k0+kl of `a` and `b` and
-                    // columns j..j+w of `b` and the sink are within the caller's bounds; `carry`
-                    // holds KB_ROWS >= rows_end - i0 rows, of which these use i-i0 .. i-i0+r.
-                    unsafe {
-                        let (ap, bp, c, at) =
-                            (a.add(i * k + k0), b.add(k0 * step + j), carry.add(i - i0), (i, j));
-                        match r {
-                            6 => tile_deep::<6, S>(ap, k, kl, bp, step, w, c, first, last, sink, at),
-                            5 => tile_deep::<5, S>(ap, k, kl, bp, step, w, c, first, last, sink, at),
-                            4 => tile_deep::<4, S>(ap, k, kl, bp, step, w, c, first, last, sink, at),
-                            3 => tile_deep::<3, S>(ap, k, kl, bp, step, w, c, first, last, sink, at),
-                            2 => tile_deep::<2, S>(ap, k, kl, bp, step, w, c, first, last, sink, at),
-                            _ => tile_deep::<1, S>(ap, k, kl, bp, step, w, c, first, last, sink, at),
-                        }
-                    }
-                    i += r;
-                }
-                k0 += kl;
-            }
-            i0 = rows_end;
-        }
-        j += w;
-    }
-}
-
-/// One depth block of [`gemm_rows_deep`]: `sum_p a[r * lda + p] * b[p * step + 0..w]` over the
+/// One depth block of the shared deep loop (`fused::deep`): `sum_p a[r * lda + p] * b[p * step + 0..w]` over the
 /// block's `kl` rows for `R` weight rows, `w <= NR`, added to the rows' partial sums in `carry`
 /// (unless this is the `first` block) and left there, or, after the `last` block, handed to
 /// `sink` as rows `at.0 ..` at column `at.1`.

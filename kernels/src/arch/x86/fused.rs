@@ -103,18 +103,25 @@ const PAGE_FLOATS: usize = 1024;
 /// otherwise share an L1 set.
 const PAGE_ROWS_BLOCK: usize = 4096;
 
-/// Most rows of `b` per depth block of [`FusedTiles::deep`]: a strip of that many rows stays in
+/// Most rows of `b` per depth block of [`deep`]: a strip of that many rows stays in
 /// L1 while the weight rows stream over it. Of 64, 96, 128, 192 and 256 on Zen 3 (AVX2), 128 was
 /// fastest (320->1280 over 7×7: 0.69 ms unblocked, 0.63-0.66 at 64-256).
-pub(super) const KB_DEPTH: usize = 128;
+const KB_DEPTH: usize = 128;
 
-/// Rows whose partial sums [`FusedTiles::deep`] carries between depth blocks.
-pub(super) const KB_ROWS: usize = 48;
+/// Rows whose partial sums [`deep`] carries between depth blocks.
+const KB_ROWS: usize = 48;
 
-/// A path's register-tile loops for [`run`].
+/// A path's register tiles for [`run`].
 pub(super) trait FusedTiles {
     /// Columns of one register tile's strip.
     const NR: usize;
+    /// Most weight rows of one register tile.
+    const MR: usize;
+    /// One weight row's partial sums over a strip, carried between depth blocks.
+    type Carry: Copy;
+
+    /// A zeroed [`FusedTiles::Carry`].
+    fn zero_carry() -> Self::Carry;
 
     /// `m` weight rows `a` (`k` each) against `k` rows of `b` found through `rows`, `n` columns,
     /// into `sink`.
@@ -132,20 +139,83 @@ pub(super) trait FusedTiles {
         sink: Epilogue<'_>,
     );
 
-    /// [`FusedTiles::rows`] for rows `step` apart and `k` deeper than [`KB_DEPTH`], in blocks of
-    /// depth that stay in L1.
+    /// One depth block of [`deep`]: `sum_p a[i * lda + p] * b[p * step + 0..w]` over the block's
+    /// `kl` rows for `r` weight rows (at most [`FusedTiles::MR`]), `w <= NR`, added to the rows'
+    /// partial sums in `carry` (unless this is the `first` block) and left there, or, after the
+    /// `last` block, handed to `sink` as rows `at.0 ..` at column `at.1`.
     ///
     /// # Safety
-    /// As for [`FusedTiles::rows`].
-    unsafe fn deep(
+    /// The path's CPU features are available; `a` holds `r` rows of `kl` values `lda` apart,
+    /// `b` `kl` rows of `w` values `step` apart, `carry` `r` partial sums, and `sink` rows
+    /// `at.0 .. at.0 + r` with columns `at.1 .. at.1 + w`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn deep_tile(
+        r: usize,
         a: *const f32,
-        k: usize,
-        m: usize,
+        lda: usize,
+        kl: usize,
         b: *const f32,
         step: usize,
-        n: usize,
+        w: usize,
+        carry: *mut Self::Carry,
+        first: bool,
+        last: bool,
         sink: Epilogue<'_>,
+        at: (usize, usize),
     );
+}
+
+/// Products deeper than [`KB_DEPTH`] over rows `step` apart (1×1 convolutions with many input
+/// channels) on path `T`: strip by strip of `NR` columns, the depth is cut into even blocks of
+/// at most [`KB_DEPTH`] rows of `b`, each of which stays in L1 while up to [`KB_ROWS`] weight rows
+/// stream over it; their partial sums wait in registers' worth of stack between blocks.
+/// Unblocked, a strip of 320-960 rows overflows L1 and every block of weight rows reads it again
+/// from L2: MobileNetV2's 1×1 layers over 7×7 took 7-12 % longer (Zen 3, AVX2, 320->1280 0.63
+/// against 0.69 ms in one-layer models).
+///
+/// # Safety
+/// `T`'s CPU features are available; `a` holds `m` rows of `k`, `b` `k` rows of `n` values `step`
+/// apart, and `sink` `m` rows of `n` columns.
+unsafe fn deep<T: FusedTiles>(
+    a: *const f32,
+    k: usize,
+    m: usize,
+    b: *const f32,
+    step: usize,
+    n: usize,
+    sink: Epilogue<'_>,
+) {
+    let mut carry: [T::Carry; KB_ROWS] = std::array::from_fn(|_| T::zero_carry());
+    let carry = carry.as_mut_ptr();
+    let depth = k.div_ceil(k.div_ceil(KB_DEPTH));
+    let mut j = 0;
+    while j < n {
+        let w = (n - j).min(T::NR);
+        let mut i0 = 0;
+        while i0 < m {
+            let rows_end = m.min(i0 + KB_ROWS);
+            let mut k0 = 0;
+            while k0 < k {
+                let kl = (k - k0).min(depth);
+                let (first, last) = (k0 == 0, k0 + kl == k);
+                let mut i = i0;
+                while i < rows_end {
+                    let r = (rows_end - i).min(T::MR);
+                    // SAFETY: rows i..i+r of `a` and the sink, depth k0..k0+kl of `a` and `b` and
+                    // columns j..j+w of `b` and the sink are within the caller's bounds; `carry`
+                    // holds KB_ROWS >= rows_end - i0 rows, of which these use i-i0 .. i-i0+r.
+                    unsafe {
+                        let (ap, bp, c) = (a.add(i * k + k0), b.add(k0 * step + j), carry.add(i - i0));
+                        T::deep_tile(r, ap, k, kl, bp, step, w, c, first, last, sink, (i, j));
+                    }
+                    i += r;
+                }
+                k0 += kl;
+            }
+            i0 = rows_end;
+        }
+        j += w;
+    }
 }
 
 /// [`Isa::gemm_rows_fused`](crate::arch::Isa::gemm_rows_fused) on path `T`, for operands
@@ -195,7 +265,7 @@ pub(super) unsafe fn run<T: FusedTiles>(
                 }
             }
             // Deep products in blocks of depth that stay in L1.
-            Some(step) if k > KB_DEPTH => T::deep(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), step, n, sink),
+            Some(step) if k > KB_DEPTH => deep::<T>(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), step, n, sink),
             // A 1×1 convolution's rows are its input planes, evenly spaced: the kernel then
             // steps through `b` instead of loading an offset per row (3-5 % of a 320->1280
             // layer over 7×7 and of a 576->96 one over 14×14 on Zen 3).

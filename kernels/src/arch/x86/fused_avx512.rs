@@ -5,9 +5,9 @@
 //! a dot product instead of two strips, the second a one-vector tile bound by its broadcasts
 //! (Xeon with AVX-512, 1 thread: MobileNetV2 6.88 -> 6.39 ms, MobileNetV3-Small 1.84 -> 1.75,
 //! PP-OCRv4 det at 320×640 26.9 -> 25.8, BlazeFace 0.725 -> 0.717; 6 rows × 4 vectors measured
-//! the same within 1-3 %). The loops around the tile are the AVX2
-//! kernel's ([`fused::run`]): column blocks that stay in L1, rows a page apart copied into one
-//! block, products deeper than [`KB_DEPTH`] in blocks of depth.
+//! the same within 1-3 %). The loops around the tile are shared with AVX2 ([`fused::run`]):
+//! column blocks that stay in L1, rows a page apart copied into one
+//! block, products deeper than 128 in blocks of depth.
 //!
 //! Without it the AVX-512 path wrote each 1×1 layer's sums into an accumulator tile and read them
 //! back for a separate epilogue pass; AVX2's 8-lane tile, run on an AVX-512 core instead, was
@@ -18,7 +18,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::lane_mask;
-use super::fused::{self, Act, Epilogue, FusedTiles, KB_DEPTH, KB_ROWS};
+use super::fused::{self, Act, Epilogue, FusedTiles};
 use crate::arch::{gemm_rows_fused_check, BRows, FusedRows, Strided};
 
 /// Weight rows per register tile.
@@ -39,39 +39,6 @@ pub(super) fn gemm_rows_fused(
     // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F/BW/VL were
     // detected (see `super::avx512`), and the check passed for these operands and `m`.
     unsafe { fused::run::<Tiles>(a, k, m, b, offs, n, out) }
-}
-
-/// This path's register tiles for [`fused::run`].
-struct Tiles;
-
-impl FusedTiles for Tiles {
-    const NR: usize = NR;
-
-    unsafe fn rows<B: BRows>(
-        a: *const f32,
-        k: usize,
-        m: usize,
-        b: *const f32,
-        rows: B,
-        n: usize,
-        sink: Epilogue<'_>,
-    ) {
-        // SAFETY: the caller's contract is `rows_impl`'s.
-        unsafe { rows_impl(a, k, m, b, rows, n, sink) }
-    }
-
-    unsafe fn deep(
-        a: *const f32,
-        k: usize,
-        m: usize,
-        b: *const f32,
-        step: usize,
-        n: usize,
-        sink: Epilogue<'_>,
-    ) {
-        // SAFETY: the caller's contract is `deep_impl`'s.
-        unsafe { deep_impl(a, k, m, b, step, n, sink) }
-    }
 }
 
 /// Partial sums of one weight row's tile, carried between depth blocks.
@@ -105,6 +72,53 @@ macro_rules! tile_for {
             rows!(1)
         }
     }};
+}
+
+/// This path's register tiles for [`fused::run`].
+struct Tiles;
+
+impl FusedTiles for Tiles {
+    const NR: usize = NR;
+    const MR: usize = MR;
+    type Carry = Carry;
+
+    fn zero_carry() -> Carry {
+        // SAFETY: this impl is only reached through the AVX-512 table, handed out after AVX-512 F
+        // was detected.
+        unsafe { [_mm512_setzero_ps(); 3] }
+    }
+
+    unsafe fn rows<B: BRows>(
+        a: *const f32,
+        k: usize,
+        m: usize,
+        b: *const f32,
+        rows: B,
+        n: usize,
+        sink: Epilogue<'_>,
+    ) {
+        // SAFETY: the caller's contract is `rows_impl`'s.
+        unsafe { rows_impl(a, k, m, b, rows, n, sink) }
+    }
+
+    unsafe fn deep_tile(
+        r: usize,
+        a: *const f32,
+        lda: usize,
+        kl: usize,
+        b: *const f32,
+        step: usize,
+        w: usize,
+        carry: *mut Carry,
+        first: bool,
+        last: bool,
+        sink: Epilogue<'_>,
+        at: (usize, usize),
+    ) {
+        // SAFETY: the caller's contract is `tile`'s, for `r <= MR` rows and rows of `b` `step`
+        // apart.
+        unsafe { tile_for!(r, w, (a, lda, kl, b, Strided(step), w, carry, first, last, sink, at)) }
+    }
 }
 
 /// Column blocks of L1-sized strips outer; in each, row blocks of [`MR`], then its strips: a block
@@ -141,53 +155,6 @@ unsafe fn rows_impl<B: BRows>(
             i += r;
         }
         j0 = block_end;
-    }
-}
-
-/// [`rows_impl`] for products deeper than [`KB_DEPTH`] over rows `step` apart (1×1 convolutions
-/// with many input channels): strip by strip of [`NR`] columns, the depth cut into even blocks of
-/// at most [`KB_DEPTH`] rows of `b`, each of which stays in L1 while up to [`KB_ROWS`] weight rows
-/// stream over it; their partial sums wait on the stack between blocks.
-#[target_feature(enable = "avx512f")]
-unsafe fn deep_impl(
-    a: *const f32,
-    k: usize,
-    m: usize,
-    b: *const f32,
-    step: usize,
-    n: usize,
-    sink: Epilogue<'_>,
-) {
-    let mut carry = [[_mm512_setzero_ps(); 3]; KB_ROWS];
-    let carry = carry.as_mut_ptr();
-    let depth = k.div_ceil(k.div_ceil(KB_DEPTH));
-    let mut j = 0;
-    while j < n {
-        let w = (n - j).min(NR);
-        let mut i0 = 0;
-        while i0 < m {
-            let rows_end = m.min(i0 + KB_ROWS);
-            let mut k0 = 0;
-            while k0 < k {
-                let kl = (k - k0).min(depth);
-                let (first, last) = (k0 == 0, k0 + kl == k);
-                let mut i = i0;
-                while i < rows_end {
-                    let r = (rows_end - i).min(MR);
-                    // SAFETY: rows i..i+r of `a` and the sink, depth k0..k0+kl of `a` and `b` and
-                    // columns j..j+w of `b` and the sink are within the caller's bounds; `carry`
-                    // holds KB_ROWS >= rows_end - i0 rows, of which these use i-i0 .. i-i0+r.
-                    unsafe {
-                        let (ap, bp, c) = (a.add(i * k + k0), b.add(k0 * step + j), carry.add(i - i0));
-                        tile_for!(r, w, (ap, k, kl, bp, Strided(step), w, c, first, last, sink, (i, j)));
-                    }
-                    i += r;
-                }
-                k0 += kl;
-            }
-            i0 = rows_end;
-        }
-        j += w;
     }
 }
 
