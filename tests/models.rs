@@ -67,7 +67,7 @@ fn session_with(model: &'static str, weights: Weights, options: SessionOptions) 
 /// Sessions with int8 activations, if this CPU's kernel path has int8 kernels (`None`, with a
 /// note in the log, if not: the kernels' own tests cover the int8 path on every CPU).
 fn int8_options(threads: usize) -> Option<SessionOptions> {
-    let options = SessionOptions { threads, int8_activations: true };
+    let options = SessionOptions { threads, int8_activations: true, ..Default::default() };
     let supported = pith_kernels::Kernels::new(1).is_ok_and(|k| k.with_int8_activations(true).is_ok());
     if !supported {
         eprintln!("int8 activations: this CPU's kernel path has no int8 kernels, skipped");

@@ -95,14 +95,8 @@ enum Command {
         /// Where to write <output name>.npy files.
         #[arg(long, default_value = ".")]
         output_dir: PathBuf,
-        /// Worker threads.
-        #[arg(long, default_value_t = default_threads())]
-        threads: usize,
-        /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
-        /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512
-        /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
-        #[arg(long)]
-        int8: bool,
+        #[command(flatten)]
+        session: SessionArgs,
     },
     /// Describe a .pith file: inputs, outputs, ops, tensors.
     Inspect {
@@ -120,14 +114,8 @@ enum Command {
         /// Write an annotated PNG here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Worker threads.
-        #[arg(long, default_value_t = default_threads())]
-        threads: usize,
-        /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
-        /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512
-        /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
-        #[arg(long)]
-        int8: bool,
+        #[command(flatten)]
+        session: SessionArgs,
     },
     /// Time inference (load once, warm up, run K times), or one packed GEMV with --gemv.
     Bench {
@@ -146,14 +134,8 @@ enum Command {
         /// NAME=DxDxD for inputs with symbolic dimensions.
         #[arg(long = "shape")]
         shapes: Vec<String>,
-        /// Worker threads.
-        #[arg(long, default_value_t = default_threads())]
-        threads: usize,
-        /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
-        /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512
-        /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
-        #[arg(long)]
-        int8: bool,
+        #[command(flatten)]
+        session: SessionArgs,
         /// Timed inferences.
         #[arg(long, default_value_t = 20)]
         iters: usize,
@@ -177,9 +159,46 @@ enum Command {
     },
 }
 
-/// The session options of `--threads` and `--int8`.
-fn session_options(threads: usize, int8: bool) -> SessionOptions {
-    SessionOptions { threads, int8_activations: int8 }
+/// How `run`, `detect` and `bench` set up their session.
+#[derive(clap::Args)]
+struct SessionArgs {
+    /// Worker threads.
+    #[arg(long, default_value_t = default_threads())]
+    threads: usize,
+    /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
+    /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512
+    /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
+    #[arg(long)]
+    int8: bool,
+    /// Refuse inputs whose plan needs more activation memory than this many bytes (arena plus
+    /// every thread's scratch; weights are mapped, not counted); a K, M or G suffix multiplies
+    /// by 1024, 1024^2 or 1024^3.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory_limit: Option<usize>,
+}
+
+impl SessionArgs {
+    /// The session options these flags ask for.
+    fn options(&self) -> SessionOptions {
+        SessionOptions { threads: self.threads, int8_activations: self.int8, memory_limit: self.memory_limit }
+    }
+}
+
+/// A byte count, optionally with a K, M or G suffix (powers of 1024).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let (digits, unit) = match text.trim().char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text.trim()[..i], c.to_ascii_uppercase()),
+        _ => (text.trim(), 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        other => return Err(format!("unknown unit '{other}' (use K, M or G)")),
+    };
+    let n: usize = digits.parse().map_err(|e| format!("'{text}' is not a byte count: {e}"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("'{text}' is too large"))
 }
 
 fn main() {
@@ -220,15 +239,15 @@ fn main() {
             };
             cmd_compress::run_with(&input, &output, &args)
         }
-        Command::Run { model, inputs, output_dir, threads, int8 } => {
-            cmd_run::run(&model, &inputs, &output_dir, session_options(threads, int8))
+        Command::Run { model, inputs, output_dir, session } => {
+            cmd_run::run(&model, &inputs, &output_dir, session.options())
         }
         Command::Inspect { model } => cmd_inspect::run(&model),
-        Command::Detect { task, model, image, out, threads, int8 } => {
-            cmd_detect::run(task, &model, &image, out.as_deref(), session_options(threads, int8))
+        Command::Detect { task, model, image, out, session } => {
+            cmd_detect::run(task, &model, &image, out.as_deref(), session.options())
         }
-        Command::Bench { model, gemv, bits, inputs, shapes, threads, int8, iters, profile } => {
-            let options = session_options(threads, int8);
+        Command::Bench { model, gemv, bits, inputs, shapes, session, iters, profile } => {
+            let options = session.options();
             cmd_bench::dispatch(model.as_deref(), gemv, bits, &inputs, &shapes, options, iters, profile)
         }
         Command::Demo { data_dir, out_dir, threads } => {

@@ -154,6 +154,23 @@ fn bench_prints_one_parsable_line() {
     }
 }
 
+/// `--memory-limit` refuses a model whose plan needs more (naming the need and the limit),
+/// lets it run with room to spare, and rejects a malformed size.
+#[test]
+fn memory_limit_refuses_or_runs() {
+    let dir = scratch("memory_limit");
+    let model = compress(&dir, "4");
+    let model = model.to_str().unwrap();
+    let o = pith(&["bench", model, "--threads", "1", "--iters", "1", "--memory-limit", "64K"]);
+    assert!(!o.status.success(), "BlazeFace ran within 64 KiB");
+    let err = stderr(&o);
+    assert!(err.contains("over the session's limit of 65536"), "{err}");
+    let o = pith(&["bench", model, "--threads", "1", "--iters", "1", "--memory-limit", "64M"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = pith(&["bench", model, "--iters", "1", "--memory-limit", "12Q"]);
+    assert!(!o.status.success() && stderr(&o).contains("unknown unit 'Q'"), "{}", stderr(&o));
+}
+
 /// `--int8` either runs (the line says so) or, on a CPU without int8 dot products, fails naming
 /// the kernel path, for a model and for `--gemv`.
 #[test]

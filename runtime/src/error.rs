@@ -37,6 +37,17 @@ pub enum RuntimeError {
         /// Its size.
         bytes: usize,
     },
+    /// The plan for these input shapes needs more activation memory than
+    /// [`crate::SessionOptions::memory_limit`] allows.
+    #[error("inputs {shapes} need {needed} bytes of activation memory, over the session's limit of {limit}")]
+    MemoryLimit {
+        /// The input shapes, by name.
+        shapes: String,
+        /// Bytes the plan needs.
+        needed: usize,
+        /// The session's limit.
+        limit: usize,
+    },
 }
 
 /// Result alias for the runtime.

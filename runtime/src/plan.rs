@@ -23,7 +23,7 @@ pub type ConstantFn<'a> = dyn Fn(ValueId) -> Option<TensorView<'a>> + 'a;
 /// What a plan is: sizes and counts worth reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanSummary {
-    /// Bytes of the activation arena plus the shared op scratch.
+    /// Bytes of the activation arena plus every thread's op scratch.
     pub arena_bytes: usize,
     /// Activation buffers placed in the arena (reshaped views share their source's buffer).
     pub values: usize,
@@ -75,10 +75,19 @@ pub struct Plan {
     pub steps: Vec<usize>,
     /// f32 elements of the activation arena.
     pub arena_len: usize,
-    /// f32 elements of the scratch shared by all ops (the largest need of any step).
+    /// f32 elements of each thread's op scratch, shared by all ops (the largest need of any step).
     pub scratch_len: usize,
     /// Sizes and counts.
     pub summary: PlanSummary,
+}
+
+impl Plan {
+    /// Bytes of activation memory a run of this plan holds on `threads` threads: the arena and
+    /// every thread's share of the op scratch (what [`PlanSummary::arena_bytes`] reports).
+    pub fn memory_bytes(&self, threads: usize) -> usize {
+        let scratch = self.scratch_len.saturating_mul(threads.max(1));
+        self.arena_len.saturating_add(scratch).saturating_mul(std::mem::size_of::<f32>())
+    }
 }
 
 /// A display name for node `index` (its name, or `#index` when unnamed).

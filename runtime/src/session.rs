@@ -31,11 +31,19 @@ pub struct SessionOptions {
     /// take int8 (AVX2 `vpmaddubsw`); aarch64 needs dotprod, and `Session::new` fails naming
     /// the path without it.
     pub int8_activations: bool,
+    /// Most bytes of activation memory a plan may need (the arena of intermediate values plus
+    /// every thread's op scratch, as [`PlanSummary::arena_bytes`] counts it); planning for input
+    /// shapes that need more fails with [`RuntimeError::MemoryLimit`] before anything is
+    /// allocated. `None`: no limit beyond [`crate::tensor::MAX_TENSOR_ELEMENTS`] per tensor. The
+    /// weights are mapped from the model file and not counted. A session keeps the largest
+    /// buffers its plans needed, so this also bounds what it holds between runs (inputs and
+    /// returned outputs aside).
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 1, int8_activations: false }
+        SessionOptions { threads: 1, int8_activations: false, memory_limit: None }
     }
 }
 
@@ -206,7 +214,20 @@ impl Engine {
         let bound = plan::bind_inputs(graph, input_shapes)?;
         let plan = match self.plans.iter().position(|p| p.input_shapes == bound.shapes) {
             Some(i) => self.plans.remove(i),
-            None => plan::plan(graph, constant, &self.ops, input_shapes)?,
+            None => {
+                let mut plan = plan::plan(graph, constant, &self.ops, input_shapes)?;
+                plan.summary.arena_bytes = plan.memory_bytes(self.ctx.threads());
+                if let Some(limit) =
+                    self.options.memory_limit.filter(|&limit| plan.summary.arena_bytes > limit)
+                {
+                    return Err(RuntimeError::MemoryLimit {
+                        shapes: format!("{input_shapes:?}"),
+                        needed: plan.summary.arena_bytes,
+                        limit,
+                    });
+                }
+                plan
+            }
         };
         if self.plans.len() >= PLAN_CACHE {
             self.plans.remove(0);
@@ -708,6 +729,53 @@ mod tests {
         };
         assert_eq!(slot(v), slot(a));
         assert_eq!(slot(flat), slot(x_id));
+    }
+
+    /// A 3×3 convolution 4 -> 8 channels over an input of any height and width.
+    fn small_conv_model() -> Model {
+        let mut b = Builder::default();
+        let x = b
+            .input("x", vec![Dim::Fixed(1), Dim::Fixed(4), Dim::Symbol("h".into()), Dim::Symbol("w".into())]);
+        let w = b.value("w", ElemType::F32, Some([8, 4, 3, 3].map(Dim::Fixed).to_vec()));
+        let wdata = (0..8 * 4 * 9).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        b.model.constants.push(Constant { value: w, data: TensorData::F32(wdata) });
+        let pads = ("pads", Attr::Ints(vec![1, 1, 1, 1]));
+        let y = b.node(OpKind::Conv, &[x, w], 1, vec![pads])[0];
+        b.output(y);
+        b.model
+    }
+
+    #[test]
+    fn memory_limit_refuses_plans_that_need_more() {
+        let model = small_conv_model();
+        let with = |threads, memory_limit| {
+            let options = SessionOptions { threads, memory_limit, ..Default::default() };
+            Mem { model: model.clone(), engine: Engine::new(&model.graph, &|_| None, options).unwrap() }
+        };
+        let small = vec![1, 4, 8, 8];
+        let large = vec![1, 4, 64, 64];
+        let need_small = with(1, None).plan(&[("x", small.clone())]).unwrap().arena_bytes;
+        let need_large = with(1, None).plan(&[("x", large.clone())]).unwrap().arena_bytes;
+        assert!(need_large > need_small, "{need_large} vs {need_small}");
+        // Every thread's scratch counts: the op scratch of a convolution is per thread.
+        let need_large_3 = with(3, None).plan(&[("x", large.clone())]).unwrap().arena_bytes;
+        assert!(need_large_3 > need_large, "{need_large_3} vs {need_large}");
+
+        let mut s = with(1, Some(need_large - 1));
+        match s.plan(&[("x", large.clone())]) {
+            Err(e @ RuntimeError::MemoryLimit { needed, limit, .. }) => {
+                assert_eq!((needed, limit), (need_large, need_large - 1));
+                assert!(e.to_string().contains("64, 64"), "names the shapes: {e}");
+            }
+            other => panic!("expected a memory-limit error, got {other:?}"),
+        }
+        assert!(s.engine.current().is_none(), "a refused plan is not kept");
+        // Smaller inputs still plan and run; the limit is inclusive.
+        let x = iota(&small);
+        assert_eq!(s.run(&[("x", x.clone())]).unwrap(), with(1, None).run(&[("x", x)]).unwrap());
+        assert!(with(1, Some(need_large)).plan(&[("x", large.clone())]).is_ok());
+        let err = with(3, Some(need_large)).plan(&[("x", large)]).unwrap_err();
+        assert!(matches!(err, RuntimeError::MemoryLimit { .. }), "{err}");
     }
 
     #[test]
