@@ -344,20 +344,20 @@ pub fn plan(
     let steps = live_steps(graph, &values, steps);
     let (steps, views) = fold_views(graph, &values, steps);
     let (arena_len, placed) = place_activations(graph, &mut values, &steps, &views);
-    let summary = PlanSummary {
-        arena_bytes: (arena_len + scratch_len) * std::mem::size_of::<f32>(),
-        values: placed,
-        runtime_nodes: steps.len(),
-        folded_nodes: folded,
-    };
+    // One thread's scratch here; the session counts its own threads' (`Plan::memory_bytes`).
+    let summary =
+        PlanSummary { arena_bytes: 0, values: placed, runtime_nodes: steps.len(), folded_nodes: folded };
+    let mut plan = Plan { input_shapes, values, steps, arena_len, scratch_len, summary };
+    plan.summary.arena_bytes = plan.memory_bytes(1);
     log::info!(
-        "planned inputs {input_shapes:?}: {} run-time nodes, {} folded, {} activations, arena {} KiB",
-        summary.runtime_nodes,
-        summary.folded_nodes,
-        summary.values,
-        summary.arena_bytes.div_ceil(1024)
+        "planned inputs {:?}: {} run-time nodes, {} folded, {} activations, arena {} KiB",
+        plan.input_shapes,
+        plan.summary.runtime_nodes,
+        plan.summary.folded_nodes,
+        plan.summary.values,
+        plan.summary.arena_bytes.div_ceil(1024)
     );
-    Ok(Plan { input_shapes, values, steps, arena_len, scratch_len, summary })
+    Ok(plan)
 }
 
 /// Infers a node's outputs and decides whether it folds now or runs later.
