@@ -95,9 +95,8 @@ impl FusedTiles for Tiles {
     const MR: usize = MR;
     type Carry = [__m256; 2];
 
-    fn zero_carry() -> [__m256; 2] {
-        // SAFETY: this impl is only reached through the AVX2 table, handed out after AVX2 was
-        // detected.
+    unsafe fn zero_carry() -> [__m256; 2] {
+        // SAFETY: the caller guarantees AVX2.
         unsafe { [_mm256_setzero_ps(); 2] }
     }
 

@@ -121,7 +121,10 @@ pub(super) trait FusedTiles {
     type Carry: Copy;
 
     /// A zeroed [`FusedTiles::Carry`].
-    fn zero_carry() -> Self::Carry;
+    ///
+    /// # Safety
+    /// The path's CPU features are available.
+    unsafe fn zero_carry() -> Self::Carry;
 
     /// `m` weight rows `a` (`k` each) against `k` rows of `b` found through `rows`, `n` columns,
     /// into `sink`.
@@ -185,7 +188,8 @@ unsafe fn deep<T: FusedTiles>(
     n: usize,
     sink: Epilogue<'_>,
 ) {
-    let mut carry: [T::Carry; KB_ROWS] = std::array::from_fn(|_| T::zero_carry());
+    // SAFETY: the caller guarantees `T`'s features.
+    let mut carry: [T::Carry; KB_ROWS] = std::array::from_fn(|_| unsafe { T::zero_carry() });
     let carry = carry.as_mut_ptr();
     let depth = k.div_ceil(k.div_ceil(KB_DEPTH));
     let mut j = 0;

@@ -82,9 +82,8 @@ impl FusedTiles for Tiles {
     const MR: usize = MR;
     type Carry = Carry;
 
-    fn zero_carry() -> Carry {
-        // SAFETY: this impl is only reached through the AVX-512 table, handed out after AVX-512 F
-        // was detected.
+    unsafe fn zero_carry() -> Carry {
+        // SAFETY: the caller guarantees AVX-512 F.
         unsafe { [_mm512_setzero_ps(); 3] }
     }
 
