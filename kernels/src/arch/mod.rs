@@ -14,6 +14,8 @@ mod conformance_fused;
 #[macro_use]
 mod depthwise;
 pub(crate) mod epilogue;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod fused_parts;
 pub mod int8;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;

@@ -19,9 +19,10 @@
 //! [`Isa::gemm_rows_fused`]: crate::arch::Isa::gemm_rows_fused
 //! [`Isa::dot_rows`]: crate::arch::Isa::dot_rows
 
+use crate::arch::fused_parts::{Act, Epilogue};
 use crate::arch::{
-    dot_rows_check, evenly_spaced, gemm_rows_fused_check, BRows, DotRowsFn, FusedActivation, FusedRows,
-    GemmRowsFusedFn, Listed, Strided,
+    dot_rows_check, evenly_spaced, gemm_rows_fused_check, BRows, DotRowsFn, FusedRows, GemmRowsFusedFn,
+    Listed, Strided,
 };
 use std::arch::aarch64::*;
 
@@ -43,24 +44,7 @@ const MAX_STRIPS: usize = 32;
 /// See [`Isa::gemm_rows_fused`](crate::arch::Isa::gemm_rows_fused).
 fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
-    let act = match out.act {
-        FusedActivation::None => Act::None,
-        FusedActivation::Clamp([lo, hi]) => Act::Clamp(lo, hi),
-        // `FusedActivation::of_row` maps these to a plain HardSwish, which skips the affine step.
-        FusedActivation::HardSwish { scale, shift } if scale == 1.0 && shift == 0.0 => Act::HardSwish,
-        FusedActivation::HardSwish { scale, shift } => Act::HardSwishAffine(scale, shift),
-        FusedActivation::Leaky(slopes) => Act::Leaky(slopes.as_ptr()),
-    };
-    let residual = out.residual.filter(|res| res.rows > 0);
-    let epi = Epilogue {
-        rows: out.dst.as_mut_ptr(),
-        col: out.col,
-        bias: out.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        residual: residual.map_or(std::ptr::null(), |res| res.data.as_ptr()),
-        residual_pitch: residual.map_or(0, |res| res.pitch),
-        residual_rows: residual.map_or(0, |res| res.rows),
-        act,
-    };
+    let epi = Epilogue::new(out);
     // SAFETY: NEON was detected before this table was handed out (`super::neon`). The check
     // asserted `m` rows of `k` weights, `k` offsets each followed by `n` values of `b` (evenly
     // spaced, row `p` of `b + offs[0]` at `p * step` is `b + offs[p]`, the same rows), `m` output
@@ -73,32 +57,6 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
             None => gemm_fused(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, epi),
         }
     }
-}
-
-/// A [`FusedActivation`] with its slopes as a raw pointer, so the [`Epilogue`] is `Copy`.
-#[derive(Clone, Copy)]
-enum Act {
-    None,
-    /// `lo ..= hi`.
-    Clamp(f32, f32),
-    HardSwish,
-    /// `scale * HardSwish(x) + shift`.
-    HardSwishAffine(f32, f32),
-    /// Row `i`'s slope at `slopes[i]`.
-    Leaky(*const f32),
-}
-
-/// The parts of a [`FusedRows`] as raw pointers (null: absent), so the register loop can take
-/// them by copy: output rows from column `col`, biases, residual rows and the activation.
-#[derive(Clone, Copy)]
-struct Epilogue<'d> {
-    rows: *mut &'d mut [f32],
-    col: usize,
-    bias: *const f32,
-    residual: *const f32,
-    residual_pitch: usize,
-    residual_rows: usize,
-    act: Act,
 }
 
 impl Epilogue<'_> {

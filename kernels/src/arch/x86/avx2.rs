@@ -229,11 +229,11 @@ impl Sink for Epilogue<'_> {
             // Each the same operations, in the same order, as `Activation::apply`.
             match self.act {
                 Act::None => {}
-                Act::Clamp => {
-                    let (lo, hi) = (_mm256_set1_ps(self.p0), _mm256_set1_ps(self.p1));
+                Act::Clamp(lo, hi) => {
+                    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
                     v = v.map(|x| _mm256_min_ps(_mm256_max_ps(x, lo), hi));
                 }
-                Act::HardSwish | Act::HardSwishAffine => {
+                Act::HardSwish | Act::HardSwishAffine(..) => {
                     let (zero, one) = (_mm256_setzero_ps(), _mm256_set1_ps(1.0));
                     let (sixth, half) = (_mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
                     // `max(0, t)` then `min(1, ..)` keep a NaN, as `f32::clamp` does.
@@ -241,13 +241,13 @@ impl Sink for Epilogue<'_> {
                         _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_add_ps(_mm256_mul_ps(x, sixth), half)))
                     };
                     v = v.map(|x| _mm256_mul_ps(x, gate(x)));
-                    if self.act == Act::HardSwishAffine {
-                        let (scale, shift) = (_mm256_set1_ps(self.p0), _mm256_set1_ps(self.p1));
+                    if let Act::HardSwishAffine(scale, shift) = self.act {
+                        let (scale, shift) = (_mm256_set1_ps(scale), _mm256_set1_ps(shift));
                         v = v.map(|x| _mm256_add_ps(_mm256_mul_ps(x, scale), shift));
                     }
                 }
-                Act::Leaky => {
-                    let (zero, slope) = (_mm256_setzero_ps(), _mm256_set1_ps(*self.slopes.add(i)));
+                Act::Leaky(slopes) => {
+                    let (zero, slope) = (_mm256_setzero_ps(), _mm256_set1_ps(*slopes.add(i)));
                     // `x >= 0` is false for NaN, whose product with the slope stays NaN.
                     v = v.map(|x| {
                         _mm256_blendv_ps(_mm256_mul_ps(x, slope), x, _mm256_cmp_ps::<_CMP_GE_OQ>(x, zero))

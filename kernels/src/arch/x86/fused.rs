@@ -1,70 +1,13 @@
-//! What the AVX2 and AVX-512 [`Isa::gemm_rows_fused`] kernels share: a [`FusedRows`] as raw
-//! parts for the register loop ([`Epilogue`]), and the choice of loop for the input's layout
-//! ([`run`]). Each path brings its register tiles and its stores ([`FusedTiles`]).
+//! What the AVX2 and AVX-512 [`Isa::gemm_rows_fused`] kernels share: the choice of loop for the
+//! input's layout ([`run`]), L1-sized column blocks and the depth-blocked loop. Each path brings
+//! its register tiles and its stores ([`FusedTiles`]).
 //!
 //! [`Isa::gemm_rows_fused`]: crate::arch::Isa::gemm_rows_fused
 
-use crate::arch::{evenly_spaced, BRows, FusedActivation, FusedRows, Listed, Strided};
-
-/// A [`FusedActivation`] without its slice, for [`Epilogue`].
-#[derive(Clone, Copy, PartialEq)]
-pub(super) enum Act {
-    None,
-    /// `p0 ..= p1`.
-    Clamp,
-    HardSwish,
-    /// `p0 * HardSwish(x) + p1`.
-    HardSwishAffine,
-    /// Row `i`'s slope at `slopes[i]`.
-    Leaky,
-}
-
-/// The rows of a [`FusedRows`] as raw parts (so the sink is `Copy` into the register loop): each
-/// row's sums plus its residual (null: none) and bias (null: none), then the activation `act`
-/// with parameters `p0`, `p1` or per-row `slopes`.
-#[derive(Clone, Copy)]
-pub(super) struct Epilogue<'d> {
-    pub(super) rows: *mut &'d mut [f32],
-    pub(super) col: usize,
-    pub(super) bias: *const f32,
-    pub(super) residual: *const f32,
-    pub(super) residual_pitch: usize,
-    pub(super) residual_rows: usize,
-    pub(super) act: Act,
-    pub(super) p0: f32,
-    pub(super) p1: f32,
-    pub(super) slopes: *const f32,
-}
+pub(super) use crate::arch::fused_parts::{Act, Epilogue};
+use crate::arch::{evenly_spaced, BRows, FusedRows, Listed, Strided};
 
 impl<'d> Epilogue<'d> {
-    /// The raw parts of `out`, valid while `out`'s borrows are.
-    pub(super) fn new(out: FusedRows<'_, 'd>) -> Epilogue<'d> {
-        let (act, [p0, p1], slopes) = match out.act {
-            FusedActivation::None => (Act::None, [0.0; 2], std::ptr::null()),
-            FusedActivation::Clamp(bounds) => (Act::Clamp, bounds, std::ptr::null()),
-            FusedActivation::HardSwish { scale, shift } if scale == 1.0 && shift == 0.0 => {
-                (Act::HardSwish, [1.0, 0.0], std::ptr::null())
-            }
-            FusedActivation::HardSwish { scale, shift } => {
-                (Act::HardSwishAffine, [scale, shift], std::ptr::null())
-            }
-            FusedActivation::Leaky(slopes) => (Act::Leaky, [0.0; 2], slopes.as_ptr()),
-        };
-        let residual = out.residual.filter(|res| res.rows > 0);
-        Epilogue {
-            rows: out.dst.as_mut_ptr(),
-            col: out.col,
-            bias: out.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
-            residual: residual.map_or(std::ptr::null(), |res| res.data.as_ptr()),
-            residual_pitch: residual.map_or(0, |res| res.pitch),
-            residual_rows: residual.map_or(0, |res| res.rows),
-            act,
-            p0,
-            p1,
-            slopes,
-        }
-    }
-
     /// The same rows from column `c0` of the output (and of the residual) on.
     ///
     /// # Safety

@@ -244,25 +244,25 @@ unsafe fn store<const V: usize>(
         // Each the same operations, in the same order, as `Activation::apply`.
         match e.act {
             Act::None => {}
-            Act::Clamp => {
-                let (lo, hi) = (_mm512_set1_ps(e.p0), _mm512_set1_ps(e.p1));
+            Act::Clamp(lo, hi) => {
+                let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
                 // `max(x, lo)` returns `lo` for a NaN `x`, as the scalar clamp does.
                 v = v.map(|x| _mm512_min_ps(_mm512_max_ps(x, lo), hi));
             }
-            Act::HardSwish | Act::HardSwishAffine => {
+            Act::HardSwish | Act::HardSwishAffine(..) => {
                 let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
                 let (sixth, half) = (_mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
                 // `max(0, t)` then `min(1, ..)` keep a NaN, as `f32::clamp` does.
                 let gate =
                     |x| _mm512_min_ps(one, _mm512_max_ps(zero, _mm512_add_ps(_mm512_mul_ps(x, sixth), half)));
                 v = v.map(|x| _mm512_mul_ps(x, gate(x)));
-                if e.act == Act::HardSwishAffine {
-                    let (scale, shift) = (_mm512_set1_ps(e.p0), _mm512_set1_ps(e.p1));
+                if let Act::HardSwishAffine(scale, shift) = e.act {
+                    let (scale, shift) = (_mm512_set1_ps(scale), _mm512_set1_ps(shift));
                     v = v.map(|x| _mm512_add_ps(_mm512_mul_ps(x, scale), shift));
                 }
             }
-            Act::Leaky => {
-                let (zero, slope) = (_mm512_setzero_ps(), _mm512_set1_ps(*e.slopes.add(i)));
+            Act::Leaky(slopes) => {
+                let (zero, slope) = (_mm512_setzero_ps(), _mm512_set1_ps(*slopes.add(i)));
                 // `x >= 0` is false for NaN, whose product with the slope stays NaN.
                 v = v.map(|x| {
                     let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, zero);
