@@ -86,15 +86,38 @@ impl Int8Filters {
     }
 }
 
+/// Whether a session with int8 activations runs layer `p` on [`Int8Filters`]: this kernel set
+/// [`runs`] it and it [`pays`].
+pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
+    runs(kernels, p) && pays(p)
+}
+
 /// Whether layer `p` can run on [`Int8Filters`] with this kernel set: int8 activations enabled
 /// and an ungrouped convolution, 1×1 (stride 1, unpadded) over more than one pixel (a single
 /// pixel is a GEMV on the packed weights) or any other that does not take Winograd (whose
 /// transformed f32 products already need fewer multiply-adds).
-pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
+pub(crate) fn runs(kernels: &Kernels, p: &Conv2dParams) -> bool {
     kernels.int8_kernels().is_some_and(|k| k.conv.is_some()) && shape_applies(p)
 }
 
-/// [`applies`], the layer's part.
+/// Fewest filters, and fewest weights per filter, of a layer that [`pays`] to run on int8.
+pub(crate) const INT8_MIN_FILTERS: usize = 32;
+
+/// Whether int8 dot products make layer `p` faster than the f32 path: quantizing the input
+/// costs the same per input value whatever the filter count, and the rescaling epilogue the same
+/// per output whatever the depth, so a layer needs [`INT8_MIN_FILTERS`] filters to share the
+/// one and as many weights per filter to share the other. Measured per layer with `pith bench
+/// --profile` on a Xeon with AVX-512 VNNI, 1 thread, int8 ÷ f32 time: 1.2-1.7 for every 1×1
+/// layer of fewer than 32 filters or input channels in MobileNetV2 / V3-Small and PP-OCRv4 det
+/// over 784-51200 pixels (16 or 24 filters: MobileNetV3's 72->24 and 88->24 1.27; 16-24 input
+/// channels: 1.05-1.54), the 3×3 stride-2 first layers over 3 channels (27 weights: 1.17-1.40) and
+/// PP-OCR's 96->24 3×3 ones (1.05-1.13); 0.33-0.94 for the layers of at least 32 of both (one
+/// 1.00), BlazeFace's first 5×5 layer (24 filters of 75: 0.86) is the one layer seen to lose.
+pub(crate) fn pays(p: &Conv2dParams) -> bool {
+    p.out_per_group() >= INT8_MIN_FILTERS && p.filter_len() >= INT8_MIN_FILTERS
+}
+
+/// [`runs`], the layer's part.
 fn shape_applies(p: &Conv2dParams) -> bool {
     let plane = p.out_h * p.out_w;
     p.groups == 1
@@ -220,7 +243,7 @@ pub(crate) fn conv(
 ) -> Result<(), KernelError> {
     let rc = check_operands(x, bias, residual, p, y)?;
     act.check(p.out_c)?;
-    let Some(int8) = kernels.int8_kernels().and_then(|k| k.conv).filter(|_| applies(kernels, p)) else {
+    let Some(int8) = kernels.int8_kernels().and_then(|k| k.conv).filter(|_| runs(kernels, p)) else {
         return Err(KernelError::Params(format!(
             "an int8 convolution needs int8 activations on (they are {}), a path with int8 \
              convolutions ({} has {}) and an ungrouped layer that does not take Winograd (a 1x1 one \
@@ -505,7 +528,7 @@ mod tests {
     ) {
         let mut one_thread = Vec::new();
         for kernels in int8_sets() {
-            assert!(applies(&kernels, p), "{kernels:?} {p:?}");
+            assert!(runs(&kernels, p), "{kernels:?} {p:?}");
             let mut y = vec![f32::NAN; want.len()];
             let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
             let none = Activation::None;
@@ -584,7 +607,7 @@ mod tests {
                     let k = k.unwrap();
                     assert!(k.int8_activations());
                     // A path with only the int8 GEMV (AVX2) keeps its convolutions f32.
-                    assert_eq!(applies(&k, &pointwise(1, 4, 4, [8, 8])), int8.conv.is_some(), "{}", isa.name);
+                    assert_eq!(runs(&k, &pointwise(1, 4, 4, [8, 8])), int8.conv.is_some(), "{}", isa.name);
                 }
                 None => assert!(k.unwrap_err().to_string().contains("int8 dot-product"), "{}", isa.name),
             }
@@ -592,8 +615,37 @@ mod tests {
         // Off is always fine, and a depthwise layer never takes the int8 path.
         let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
         let dw = Conv2dParams { groups: 4, in_c: 4, out_c: 4, ..pointwise(1, 4, 4, [8, 8]) };
-        assert!(!applies(&k, &dw) && applies(&k, &pointwise(1, 4, 4, [8, 8])));
-        assert!(!applies(&k.with_int8_activations(false).unwrap(), &pointwise(1, 4, 4, [8, 8])));
+        assert!(!runs(&k, &dw) && runs(&k, &pointwise(1, 4, 4, [8, 8])));
+        assert!(!runs(&k.with_int8_activations(false).unwrap(), &pointwise(1, 4, 4, [8, 8])));
+    }
+
+    #[test]
+    fn int8_is_chosen_only_where_it_pays() {
+        let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
+        let min = INT8_MIN_FILTERS;
+        // (input channels, filters, kernel side, groups)
+        let cases = [
+            ((min, min, 1, 1), true),
+            ((min - 1, min, 1, 1), false),
+            ((min, min - 1, 1, 1), false),
+            // A 3×3 layer over 4 channels has 36 weights per filter.
+            ((4, min, 3, 1), true),
+            ((3, min, 3, 1), false),
+        ];
+        for ((in_c, out_c, side, groups), want) in cases {
+            let p = Conv2dParams {
+                k_h: side,
+                k_w: side,
+                stride_h: side.min(2),
+                stride_w: side.min(2),
+                groups,
+                out_h: if side > 1 { 4 } else { 8 },
+                out_w: if side > 1 { 4 } else { 8 },
+                ..pointwise(1, in_c, out_c, [8, 8])
+            };
+            assert!(runs(&k, &p), "{p:?}");
+            assert_eq!(k.int8_applies(&p), want, "{p:?}");
+        }
     }
 
     /// A plain convolution on fully decoded weights, and per output how far int8 activations
