@@ -2,7 +2,7 @@
 
 use pith_format::ir::{ElemType, Node, OpKind};
 
-use super::binary::PARALLEL_MIN_ELEMENTS;
+use super::binary::SPLIT_MIN_ELEMENTS;
 use super::conv::{Axis, Window};
 use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
@@ -292,8 +292,9 @@ impl Op for GlobalAvg {
             y.fill(f32::NAN); // mean of nothing, as numpy
             return Ok(());
         }
-        // Channels split over threads once the input is large (the split is by output element).
-        let min_channels = (PARALLEL_MIN_ELEMENTS / plane).max(1);
+        // Channels split over threads (the split is by output element), as the layer before
+        // split them, once the input is large enough.
+        let min_channels = (SPLIT_MIN_ELEMENTS / plane).max(1);
         ctx.kernels.for_each_part(y, min_channels, |start, part| {
             for (o, xp) in part.iter_mut().zip(x[start * plane..].chunks_exact(plane)) {
                 *o = lane_sum(xp) / plane as f32;
