@@ -100,21 +100,22 @@ pub(crate) fn runs(kernels: &Kernels, p: &Conv2dParams) -> bool {
     kernels.int8_kernels().is_some_and(|k| k.conv.is_some()) && shape_applies(p)
 }
 
-/// Fewest filters, and fewest weights per filter, of a layer that [`pays`] to run on int8.
+/// Fewest filters, and fewest input channels, of a 1×1 layer that [`pays`] to run on int8.
 pub(crate) const INT8_MIN_FILTERS: usize = 32;
 
-/// Whether int8 dot products make layer `p` faster than the f32 path: quantizing the input
-/// costs the same per input value whatever the filter count, and the rescaling epilogue the same
-/// per output whatever the depth, so a layer needs [`INT8_MIN_FILTERS`] filters to share the
-/// one and as many weights per filter to share the other. Measured per layer with `pith bench
-/// --profile` on a Xeon with AVX-512 VNNI, 1 thread, int8 ÷ f32 time: 1.2-1.7 for every 1×1
-/// layer of fewer than 32 filters or input channels in MobileNetV2 / V3-Small and PP-OCRv4 det
-/// over 784-51200 pixels (16 or 24 filters: MobileNetV3's 72->24 and 88->24 1.27; 16-24 input
-/// channels: 1.05-1.54), the 3×3 stride-2 first layers over 3 channels (27 weights: 1.17-1.40) and
-/// PP-OCR's 96->24 3×3 ones (1.05-1.13); 0.33-0.94 for the layers of at least 32 of both (one
-/// 1.00), BlazeFace's first 5×5 layer (24 filters of 75: 0.86) is the one layer seen to lose.
+/// Whether int8 dot products make layer `p` faster than the f32 path. For a 1×1 layer, quantizing
+/// the input costs the same per input value whatever the filter count, and the rescaling epilogue
+/// the same per output whatever the depth, so it needs [`INT8_MIN_FILTERS`] filters to share the
+/// one and as many input channels to share the other. Measured per layer with `pith bench
+/// --profile` on a Xeon with AVX-512 VNNI, 1 thread, int8 ÷ f32 time: 1.00-1.75 for the 1×1
+/// layers of fewer than 32 filters or input channels in BlazeFace, MobileNetV2 / V3-Small and
+/// PP-OCRv4 det (MobileNetV3's 16->16 1.75 and 72->24 1.27, PP-OCR's 12->96 1.69; 1.00 once),
+/// 0.33-1.00 for those of at least 32 of both. Other layers (the shifted path) keep int8: the layers over
+/// the image, the only ones the models have, went both ways (BlazeFace's 5×5 over 3 channels 0.86,
+/// MobileNetV2's and PP-OCR's 3×3 1.17 and 1.40), and PP-OCRv4 det's with f32 took its int8
+/// output cosine against onnxruntime from 0.9937 to 0.9926 (8-bit weights).
 pub(crate) fn pays(p: &Conv2dParams) -> bool {
-    p.out_per_group() >= INT8_MIN_FILTERS && p.filter_len() >= INT8_MIN_FILTERS
+    !p.is_pointwise() || (p.out_per_group() >= INT8_MIN_FILTERS && p.in_c >= INT8_MIN_FILTERS)
 }
 
 /// [`runs`], the layer's part.
@@ -623,22 +624,20 @@ mod tests {
     fn int8_is_chosen_only_where_it_pays() {
         let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
         let min = INT8_MIN_FILTERS;
-        // (input channels, filters, kernel side, groups)
+        // (input channels, filters, kernel side)
         let cases = [
-            ((min, min, 1, 1), true),
-            ((min - 1, min, 1, 1), false),
-            ((min, min - 1, 1, 1), false),
-            // A 3×3 layer over 4 channels has 36 weights per filter.
-            ((4, min, 3, 1), true),
-            ((3, min, 3, 1), false),
+            ((min, min, 1), true),
+            ((min - 1, min, 1), false),
+            ((min, min - 1, 1), false),
+            // Any other layer keeps int8, however small.
+            ((3, min - 1, 3), true),
         ];
-        for ((in_c, out_c, side, groups), want) in cases {
+        for ((in_c, out_c, side), want) in cases {
             let p = Conv2dParams {
                 k_h: side,
                 k_w: side,
                 stride_h: side.min(2),
                 stride_w: side.min(2),
-                groups,
                 out_h: if side > 1 { 4 } else { 8 },
                 out_w: if side > 1 { 4 } else { 8 },
                 ..pointwise(1, in_c, out_c, [8, 8])
