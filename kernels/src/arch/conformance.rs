@@ -976,7 +976,16 @@ fn int8_kernels_match_scalar() {
             let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN) + INT8_PIXEL_ALIGN * rng.below(2);
             // Channel planes at scattered offsets, as a block of pixels inside larger planes.
             let extra = rng.below(100);
-            let x: Vec<f32> = rng.vec(n + extra).iter().map(|v| v * 3.0 - 0.5).collect();
+            let mut x: Vec<f32> = rng.vec(n + extra).iter().map(|v| v * 3.0 - 0.5).collect();
+            if case % 5 == 0 {
+                // NaNs (one value in 8) are skipped by the range scan, as `f32::min` skips them,
+                // wherever they fall, the last vector of a row included.
+                for v in x.iter_mut() {
+                    if rng.below(8) == 0 {
+                        *v = f32::NAN;
+                    }
+                }
+            }
             let offs: Vec<usize> = (0..k).map(|_| rng.below(extra + 1)).collect();
             let want_range = int8::min_max(&x, &offs, n);
             assert_eq!((kern.min_max)(&x, &offs, n), want_range, "{} min_max k={k} n={n}", isa.name);

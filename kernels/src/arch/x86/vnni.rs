@@ -25,29 +25,43 @@ fn min_max(x: &[f32], offs: &[usize], n: usize) -> [f32; 2] {
     unsafe { min_max_impl(x.as_ptr(), offs, n) }
 }
 
-/// [`min_max`] over raw rows; the tail of each row under a lane mask.
+/// [`min_max`] over raw rows; the tail of each row under a lane mask. Four vectors at a time into
+/// four pairs of running extremes: one pair waits on each `vminps` / `vmaxps` (4 cycles), which
+/// held the scan of a 576-channel 14×14 input (MobileNetV2) to about 4 floats a cycle. The new
+/// value goes first: `vminps` returns its second operand when either is NaN, so a NaN input is
+/// skipped, as `f32::min` in the reference skips it.
 #[target_feature(enable = "avx512f")]
 unsafe fn min_max_impl(x: *const f32, offs: &[usize], n: usize) -> [f32; 2] {
-    let mut lo = _mm512_set1_ps(f32::INFINITY);
-    let mut hi = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut lo = [_mm512_set1_ps(f32::INFINITY); 4];
+    let mut hi = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
     for &o in offs {
         // SAFETY: elements o..o + n of x are in bounds (checked by the caller); masked-off lanes
         // are not read.
         unsafe {
             let row = x.add(o);
             let mut j = 0;
+            while j + 64 <= n {
+                for (u, (lo, hi)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                    let v = _mm512_loadu_ps(row.add(j + 16 * u));
+                    (*lo, *hi) = (_mm512_min_ps(v, *lo), _mm512_max_ps(v, *hi));
+                }
+                j += 64;
+            }
             while j + 16 <= n {
                 let v = _mm512_loadu_ps(row.add(j));
-                (lo, hi) = (_mm512_min_ps(lo, v), _mm512_max_ps(hi, v));
+                (lo[0], hi[0]) = (_mm512_min_ps(v, lo[0]), _mm512_max_ps(v, hi[0]));
                 j += 16;
             }
             if j < n {
                 let m = lane_mask(n - j);
                 let v = _mm512_maskz_loadu_ps(m, row.add(j));
-                (lo, hi) = (_mm512_mask_min_ps(lo, m, lo, v), _mm512_mask_max_ps(hi, m, hi, v));
+                (lo[1], hi[1]) =
+                    (_mm512_mask_min_ps(lo[1], m, v, lo[1]), _mm512_mask_max_ps(hi[1], m, v, hi[1]));
             }
         }
     }
+    let lo = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+    let hi = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
     [_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)]
 }
 
