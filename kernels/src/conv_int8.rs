@@ -100,22 +100,21 @@ pub(crate) fn runs(kernels: &Kernels, p: &Conv2dParams) -> bool {
     kernels.int8_kernels().is_some_and(|k| k.conv.is_some()) && shape_applies(p)
 }
 
-/// Fewest filters, and fewest input channels, of a 1×1 layer that [`pays`] to run on int8.
+/// Fewest filters of a 1×1 layer that [`pays`] to run on int8.
 pub(crate) const INT8_MIN_FILTERS: usize = 32;
 
-/// Whether int8 dot products make layer `p` faster than the f32 path. For a 1×1 layer, quantizing
-/// the input costs the same per input value whatever the filter count, and the rescaling epilogue
-/// the same per output whatever the depth, so it needs [`INT8_MIN_FILTERS`] filters to share the
-/// one and as many input channels to share the other. Measured per layer with `pith bench
-/// --profile` on a Xeon with AVX-512 VNNI, 1 thread, int8 ÷ f32 time: 1.00-1.75 for the 1×1
-/// layers of fewer than 32 filters or input channels in BlazeFace, MobileNetV2 / V3-Small and
-/// PP-OCRv4 det (MobileNetV3's 16->16 1.75 and 72->24 1.27, PP-OCR's 12->96 1.69; 1.00 once),
-/// 0.33-1.00 for those of at least 32 of both. Other layers (the shifted path) keep int8: the layers over
-/// the image, the only ones the models have, went both ways (BlazeFace's 5×5 over 3 channels 0.86,
-/// MobileNetV2's and PP-OCR's 3×3 1.17 and 1.40), and PP-OCRv4 det's with f32 took its int8
-/// output cosine against onnxruntime from 0.9937 to 0.9926 (8-bit weights).
+/// Whether int8 dot products make layer `p` faster than the f32 path. A 1×1 layer quantizes its
+/// whole input whatever its filter count, so with few filters that costs more than the narrower
+/// products save. Measured per layer with `pith bench --profile` on a Xeon with AVX-512 VNNI, 1
+/// thread, int8 ÷ f32 time for the 1×1 layers of fewer than 32 filters: 0.96-1.75 in BlazeFace,
+/// MobileNetV2 / V3-Small and PP-OCRv4 det (MobileNetV3's 16->16 1.75, MobileNetV2's 32->16 1.51),
+/// 2.0-2.5 for BlazeFace's heads of 2 and 6 filters (a few µs). Layers of fewer than 32 input channels lose
+/// too (MobileNetV2's 16->96 1.54, PP-OCR's 12->96 1.69), but on f32 they cost PP-OCRv4 det a text
+/// box with 8-bit weights on the NEON path (its int8 fidelity test), so they keep int8, as do the
+/// layers over the image (the shifted path), whose times went both ways (BlazeFace's 5×5 over 3
+/// channels 0.86, MobileNetV2's and PP-OCR's 3×3 1.17 and 1.40).
 pub(crate) fn pays(p: &Conv2dParams) -> bool {
-    !p.is_pointwise() || (p.out_per_group() >= INT8_MIN_FILTERS && p.in_c >= INT8_MIN_FILTERS)
+    !p.is_pointwise() || p.out_per_group() >= INT8_MIN_FILTERS
 }
 
 /// [`runs`], the layer's part.
@@ -627,9 +626,9 @@ mod tests {
         // (input channels, filters, kernel side)
         let cases = [
             ((min, min, 1), true),
-            ((min - 1, min, 1), false),
             ((min, min - 1, 1), false),
-            // Any other layer keeps int8, however small.
+            // Few input channels keep int8, and so does any layer other than 1×1, however small.
+            ((4, min, 1), true),
             ((3, min - 1, 3), true),
         ];
         for ((in_c, out_c, side), want) in cases {

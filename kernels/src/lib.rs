@@ -254,9 +254,8 @@ impl Kernels {
     /// Whether a session should run layer `p` through [`Kernels::conv2d_int8`]: int8 activations
     /// on (see [`Kernels::with_int8_activations`]), an ungrouped convolution that the int8 path
     /// takes (1×1, stride 1, unpadded, over more than one pixel, or any other that does not take
-    /// Winograd), and, if 1×1, one large enough for int8 dot products to beat f32 (at least 32
-    /// filters and 32 input channels: below that, quantizing the input and rescaling the sums
-    /// cost more than the narrower products save).
+    /// Winograd), and, if 1×1, one of at least 32 filters (with fewer, quantizing the whole
+    /// input costs more than the narrower products save).
     pub fn int8_applies(&self, p: &Conv2dParams) -> bool {
         conv_int8::applies(self, p)
     }
