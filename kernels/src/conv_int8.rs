@@ -86,38 +86,15 @@ impl Int8Filters {
     }
 }
 
-/// Whether a session with int8 activations runs layer `p` on [`Int8Filters`]: this kernel set
-/// [`runs`] it and it [`pays`].
-pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    runs(kernels, p) && pays(p)
-}
-
 /// Whether layer `p` can run on [`Int8Filters`] with this kernel set: int8 activations enabled
 /// and an ungrouped convolution, 1×1 (stride 1, unpadded) over more than one pixel (a single
 /// pixel is a GEMV on the packed weights) or any other that does not take Winograd (whose
 /// transformed f32 products already need fewer multiply-adds).
-pub(crate) fn runs(kernels: &Kernels, p: &Conv2dParams) -> bool {
+pub(crate) fn applies(kernels: &Kernels, p: &Conv2dParams) -> bool {
     kernels.int8_kernels().is_some_and(|k| k.conv.is_some()) && shape_applies(p)
 }
 
-/// Fewest filters of a 1×1 layer that [`pays`] to run on int8.
-pub(crate) const INT8_MIN_FILTERS: usize = 32;
-
-/// Whether int8 dot products make layer `p` faster than the f32 path. A 1×1 layer quantizes its
-/// whole input whatever its filter count, so with few filters that costs more than the narrower
-/// products save. Measured per layer with `pith bench --profile` on a Xeon with AVX-512 VNNI, 1
-/// thread, int8 ÷ f32 time for the 1×1 layers of fewer than 32 filters: 0.96-1.75 in BlazeFace,
-/// MobileNetV2 / V3-Small and PP-OCRv4 det (MobileNetV3's 16->16 1.75, MobileNetV2's 32->16 1.51),
-/// 2.0-2.5 for BlazeFace's heads of 2 and 6 filters (a few µs). Layers of fewer than 32 input channels lose
-/// too (MobileNetV2's 16->96 1.54, PP-OCR's 12->96 1.69), but on f32 they cost PP-OCRv4 det a text
-/// box with 8-bit weights on the NEON path (its int8 fidelity test), so they keep int8, as do the
-/// layers over the image (the shifted path), whose times went both ways (BlazeFace's 5×5 over 3
-/// channels 0.86, MobileNetV2's and PP-OCR's 3×3 1.17 and 1.40).
-pub(crate) fn pays(p: &Conv2dParams) -> bool {
-    !p.is_pointwise() || p.out_per_group() >= INT8_MIN_FILTERS
-}
-
-/// [`runs`], the layer's part.
+/// [`applies`], the layer's part.
 fn shape_applies(p: &Conv2dParams) -> bool {
     let plane = p.out_h * p.out_w;
     p.groups == 1
@@ -243,7 +220,7 @@ pub(crate) fn conv(
 ) -> Result<(), KernelError> {
     let rc = check_operands(x, bias, residual, p, y)?;
     act.check(p.out_c)?;
-    let Some(int8) = kernels.int8_kernels().and_then(|k| k.conv).filter(|_| runs(kernels, p)) else {
+    let Some(int8) = kernels.int8_kernels().and_then(|k| k.conv).filter(|_| applies(kernels, p)) else {
         return Err(KernelError::Params(format!(
             "an int8 convolution needs int8 activations on (they are {}), a path with int8 \
              convolutions ({} has {}) and an ungrouped layer that does not take Winograd (a 1x1 one \
@@ -528,7 +505,7 @@ mod tests {
     ) {
         let mut one_thread = Vec::new();
         for kernels in int8_sets() {
-            assert!(runs(&kernels, p), "{kernels:?} {p:?}");
+            assert!(applies(&kernels, p), "{kernels:?} {p:?}");
             let mut y = vec![f32::NAN; want.len()];
             let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
             let none = Activation::None;
@@ -607,7 +584,7 @@ mod tests {
                     let k = k.unwrap();
                     assert!(k.int8_activations());
                     // A path with only the int8 GEMV (AVX2) keeps its convolutions f32.
-                    assert_eq!(runs(&k, &pointwise(1, 4, 4, [8, 8])), int8.conv.is_some(), "{}", isa.name);
+                    assert_eq!(applies(&k, &pointwise(1, 4, 4, [8, 8])), int8.conv.is_some(), "{}", isa.name);
                 }
                 None => assert!(k.unwrap_err().to_string().contains("int8 dot-product"), "{}", isa.name),
             }
@@ -615,35 +592,8 @@ mod tests {
         // Off is always fine, and a depthwise layer never takes the int8 path.
         let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
         let dw = Conv2dParams { groups: 4, in_c: 4, out_c: 4, ..pointwise(1, 4, 4, [8, 8]) };
-        assert!(!runs(&k, &dw) && runs(&k, &pointwise(1, 4, 4, [8, 8])));
-        assert!(!runs(&k.with_int8_activations(false).unwrap(), &pointwise(1, 4, 4, [8, 8])));
-    }
-
-    #[test]
-    fn int8_is_chosen_only_where_it_pays() {
-        let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
-        let min = INT8_MIN_FILTERS;
-        // (input channels, filters, kernel side)
-        let cases = [
-            ((min, min, 1), true),
-            ((min, min - 1, 1), false),
-            // Few input channels keep int8, and so does any layer other than 1×1, however small.
-            ((4, min, 1), true),
-            ((3, min - 1, 3), true),
-        ];
-        for ((in_c, out_c, side), want) in cases {
-            let p = Conv2dParams {
-                k_h: side,
-                k_w: side,
-                stride_h: side.min(2),
-                stride_w: side.min(2),
-                out_h: if side > 1 { 4 } else { 8 },
-                out_w: if side > 1 { 4 } else { 8 },
-                ..pointwise(1, in_c, out_c, [8, 8])
-            };
-            assert!(runs(&k, &p), "{p:?}");
-            assert_eq!(k.int8_applies(&p), want, "{p:?}");
-        }
+        assert!(!applies(&k, &dw) && applies(&k, &pointwise(1, 4, 4, [8, 8])));
+        assert!(!applies(&k.with_int8_activations(false).unwrap(), &pointwise(1, 4, 4, [8, 8])));
     }
 
     /// A plain convolution on fully decoded weights, and per output how far int8 activations

@@ -251,21 +251,18 @@ impl Kernels {
         conv::conv2d(self, x, w, bias, Some(residual), p, act.into(), y, scratch)
     }
 
-    /// Whether a session should run layer `p` through [`Kernels::conv2d_int8`]: int8 activations
-    /// on (see [`Kernels::with_int8_activations`]), an ungrouped convolution that the int8 path
-    /// takes (1×1, stride 1, unpadded, over more than one pixel, or any other that does not take
-    /// Winograd), and, if 1×1, one of at least 32 filters (with fewer, quantizing the whole
-    /// input costs more than the narrower products save).
+    /// Whether [`Kernels::conv2d_int8`] runs layer `p`: int8 activations on (see
+    /// [`Kernels::with_int8_activations`]) and an ungrouped convolution: 1×1 (stride 1,
+    /// unpadded) over more than one pixel, or any other that does not take Winograd.
     pub fn int8_applies(&self, p: &Conv2dParams) -> bool {
         conv_int8::applies(self, p)
     }
 
-    /// [`Kernels::conv2d`] (with [`Kernels::conv2d_add`]'s residual, if given) of a layer the
-    /// int8 path takes (see [`Kernels::int8_applies`], which also asks whether it pays), on
-    /// `filters` prepared from its weights: the input is quantized to u8 on the fly (a 1×1 layer
-    /// per block of 256 pixels over all channels, any other per image, with zero on a level so
-    /// that padding stays zero), and multiplied on int8 dot products. Errors if the path cannot
-    /// take the layer or the filters do not fit it. Scratch:
+    /// [`Kernels::conv2d`] (with [`Kernels::conv2d_add`]'s residual, if given) of a layer where
+    /// [`Kernels::int8_applies`], on `filters` prepared from its weights: the input is quantized
+    /// to u8 on the fly (a 1×1 layer per block of 256 pixels over all channels, any other per
+    /// image, with zero on a level so that padding stays zero), and multiplied on int8 dot
+    /// products. Errors if the layer does not qualify or the filters do not fit it. Scratch:
     /// [`Kernels::conv2d_scratch_len`].
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_int8<'a>(
