@@ -928,7 +928,7 @@ fn plane_kernel(isa: Isa, p: &Conv2dParams) -> Option<DepthwisePlaneFn> {
 /// The activation a fused pointwise tile applies to filters `oc ..` under `act`, if it can
 /// (`leaky`: a LeakyRelu's slope repeated per panel row); `None` for the activations only the
 /// epilogue pass has (sigmoids).
-fn fused_activation<'a>(
+pub(crate) fn fused_activation<'a>(
     act: ChannelActivation<'a>,
     oc: usize,
     leaky: &'a [f32],

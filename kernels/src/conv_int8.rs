@@ -18,11 +18,11 @@ use std::ops::Range;
 
 use pith_format::TensorView;
 
-use crate::arch::int8::{Int8ConvKernels, U8Range, INT8_PIXEL_ALIGN};
-use crate::arch::Isa;
-use crate::conv::{check_operands, split_output_rows, Residual, Slab, PIXEL_SPLIT_MIN};
+use crate::arch::int8::{Int8ConvKernels, Int8GemmFusedFn, U8Range, INT8_PIXEL_ALIGN};
+use crate::arch::{FusedRows, Isa, ResidualRows};
+use crate::conv::{check_operands, fused_activation, split_output_rows, Residual, Slab, PIXEL_SPLIT_MIN};
 use crate::parallel::{split_units, TASKS_PER_THREAD};
-use crate::{check_min_len, ChannelActivation, Conv2dParams, KernelError, Kernels, WeightRows};
+use crate::{check_min_len, Activation, ChannelActivation, Conv2dParams, KernelError, Kernels, WeightRows};
 
 /// Pixels of a plane that share one quantization range (a multiple of [`INT8_PIXEL_ALIGN`]).
 pub(crate) const BLOCK: usize = 256;
@@ -321,11 +321,76 @@ impl Layer<'_> {
         let plane = self.p.out_h * self.p.out_w;
         let s = block.start;
         let n = block.n;
+        // What a fused tile can apply (slopes of a LeakyRelu repeated per panel row).
+        let leaky = match self.act.same() {
+            Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL],
+            _ => [0.0; PANEL],
+        };
+        if let Some(fused) = self.int8.gemm_fused.filter(|_| fused_activation(self.act, 0, &leaky).is_some())
+        {
+            return self.multiply_fused(fused, &leaky, q, block, residual, ocs, first, out, work);
+        }
         self.panels(q, block, ocs.clone(), work, |f, arow, bias| {
             let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..s + n]);
             let dst = &mut out[f - ocs.start][s - first..][..n];
             (self.isa.store_rows)(self.act.of(f), arow, n, bias, res, dst, n);
         });
+    }
+
+    /// [`Layer::multiply`] through the path's fused int8 GEMM (`fused`), for an activation the
+    /// fused tile applies: each panel's outputs written once, from the registers.
+    #[allow(clippy::too_many_arguments)]
+    fn multiply_fused(
+        &self,
+        fused: Int8GemmFusedFn,
+        leaky: &[f32; PANEL],
+        q: &[u8],
+        block: Quantized,
+        residual: Option<Residual<'_>>,
+        ocs: Range<usize>,
+        first: usize,
+        out: &mut [&mut [f32]],
+        work: &mut [f32],
+    ) {
+        let (kq, plane, s) = (depth(self.p), self.p.out_h * self.p.out_w, block.start);
+        let (mul, rest) = work.split_at_mut(PANEL);
+        let add = &mut rest[..PANEL];
+        for f0 in ocs.clone().step_by(PANEL) {
+            let f1 = (f0 + PANEL).min(ocs.end);
+            let m = f1 - f0;
+            // Whether the tile applies an activation depends on its kind alone (the caller
+            // checked it), not on the filters.
+            let Some(act) = fused_activation(self.act, f0, leaky) else {
+                unreachable!("checked by the caller")
+            };
+            self.panel_scales(f0..f1, block, mul, add);
+            let residual = residual.filter(|r| r.channels > f0).map(|r| ResidualRows {
+                data: &r.data[f0 * plane + s..],
+                pitch: plane,
+                rows: (r.channels - f0).min(m),
+            });
+            let bias = self.bias.map(|b| &b[f0..f1]);
+            let rows = FusedRows {
+                dst: &mut out[f0 - ocs.start..f1 - ocs.start],
+                col: s - first,
+                bias,
+                residual,
+                act,
+            };
+            let w = &self.filters.filters[f0 * kq..f1 * kq];
+            fused(w, kq, q, block.ldx, block.n, &mul[..m], &add[..m], rows);
+        }
+    }
+
+    /// Filters `fs`' factors and offsets over `block` (`mul[i] * s + add[i]` turns filter
+    /// `fs.start + i`'s exact sum `s` back into f32).
+    fn panel_scales(&self, fs: Range<usize>, block: Quantized, mul: &mut [f32], add: &mut [f32]) {
+        let Int8Filters { scales, sums, .. } = self.filters;
+        for ((m, a), (&scale, &sum)) in
+            mul.iter_mut().zip(add.iter_mut()).zip(scales[fs.clone()].iter().zip(&sums[fs]))
+        {
+            (*m, *a) = (scale * block.step, scale * block.lo * sum);
+        }
     }
 
     /// Filters `ocs`, a panel at a time, over the quantized pixels `q` of `block`: the GEMM into
@@ -339,17 +404,13 @@ impl Layer<'_> {
         mut store: impl FnMut(usize, &[f32], f32),
     ) {
         let kq = depth(self.p);
-        let Int8Filters { filters, scales, sums, .. } = self.filters;
-        let Quantized { n, ldx, lo, step, .. } = block;
+        let filters = &self.filters.filters;
+        let Quantized { n, ldx, .. } = block;
         let (mul, rest) = work.split_at_mut(PANEL);
         let (add, acc) = rest.split_at_mut(PANEL);
         for f0 in ocs.clone().step_by(PANEL) {
             let f1 = (f0 + PANEL).min(ocs.end);
-            for ((m, a), (&scale, &sum)) in
-                mul.iter_mut().zip(add.iter_mut()).zip(scales[f0..f1].iter().zip(&sums[f0..f1]))
-            {
-                (*m, *a) = (scale * step, scale * lo * sum);
-            }
+            self.panel_scales(f0..f1, block, mul, add);
             let acc = &mut acc[..(f1 - f0) * n];
             (self.int8.gemm)(&filters[f0 * kq..f1 * kq], kq, q, ldx, n, mul, add, acc, n);
             for (f, arow) in (f0..f1).zip(acc.chunks_exact(n)) {

@@ -146,3 +146,60 @@ fn fused_epilogue_matches_scalar_on_special_values() {
         }
     }
 }
+
+/// Every path's [`Int8ConvKernels::gemm_fused`](super::int8::Int8ConvKernels::gemm_fused)
+/// against what it replaces, the same path's plain int8 GEMM into an accumulator and the
+/// reference epilogue ([`crate::Activation::store_rows`]) over it: bit for bit, on row counts
+/// that leave every partial row block, pixel counts that leave every partial vector of two
+/// strips, with and without bias, residuals for some rows, every activation, and nothing
+/// written outside the cells.
+#[test]
+fn int8_gemm_fused_is_the_plain_gemm_then_the_epilogue() {
+    use super::int8::INT8_PIXEL_ALIGN;
+    let paths: Vec<_> = Isa::available()
+        .into_iter()
+        .filter_map(|isa| {
+            let conv = isa.int8?.conv?;
+            Some((isa.name, conv.gemm, conv.gemm_fused?))
+        })
+        .collect();
+    eprintln!("conformance_fused: int8 paths {:?}", paths.iter().map(|p| p.0).collect::<Vec<_>>());
+    let mut rng = Rng::new(52);
+    let slopes: Vec<f32> = (0..16).map(|r| r as f32 * 0.25 - 1.5).collect();
+    for (name, gemm, fused) in paths {
+        for case in 0..260usize {
+            let m = 1 + case % 13;
+            let n = 1 + (case * 7) % 140;
+            let kq = 4 * (1 + rng.below(12));
+            let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN) + INT8_PIXEL_ALIGN * rng.below(2);
+            let w: Vec<i8> = (0..m * kq).map(|_| (rng.below(255) as i32 - 127) as i8).collect();
+            let xq: Vec<u8> = (0..kq * ldx).map(|_| rng.below(256) as u8).collect();
+            let mul: Vec<f32> = rng.vec(m).iter().map(|v| v * 1e-3).collect();
+            let add: Vec<f32> = rng.vec(m).iter().map(|v| v * 4.0 - 2.0).collect();
+            let bias = rng.vec(m);
+            let bias = (case % 4 != 0).then_some(&bias[..]);
+            let (res_rows, pitch) = (case % (m + 1), n + 3);
+            let res: Vec<f32> = rng.vec(res_rows.max(1) * pitch).iter().map(|v| v * 6.0 - 3.0).collect();
+            let act = activations(&slopes)[case % 6];
+            let col = case % 3;
+            let mut acc = vec![0.0; m * n];
+            gemm(&w, kq, &xq, ldx, n, &mul, &add, &mut acc, n);
+            let mut want = vec![vec![f32::NAN; col + n + 2]; m];
+            for (r, (row, sums)) in want.iter_mut().zip(acc.chunks_exact(n)).enumerate() {
+                let residual = (r < res_rows).then(|| &res[r * pitch..][..n]);
+                let b = bias.map_or(0.0, |b| b[r]);
+                act.of_row(r).store_rows(sums, n, b, residual, &mut row[col..col + n], n);
+            }
+            let mut got = vec![vec![f32::NAN; col + n + 2]; m];
+            let mut dst: Vec<&mut [f32]> = got.iter_mut().map(|r| &mut r[..]).collect();
+            let residual = Some(ResidualRows { data: &res, pitch, rows: res_rows });
+            fused(&w, kq, &xq, ldx, n, &mul, &add, FusedRows { dst: &mut dst, col, bias, residual, act });
+            for (r, (g, wr)) in got.iter().zip(&want).enumerate() {
+                for (j, (g, wv)) in g.iter().zip(wr).enumerate() {
+                    let same = g.to_bits() == wv.to_bits() || (g.is_nan() && wv.is_nan());
+                    assert!(same, "{name} m {m} n {n} kq {kq} {act:?} row {r} col {j}: {g} vs {wv}");
+                }
+            }
+        }
+    }
+}

@@ -119,7 +119,30 @@ pub struct Int8ConvKernels {
         c: &mut [f32],
         ldc: usize,
     ),
+    /// [`Int8ConvKernels::gemm`] with the epilogue in the register tile: `out.dst[i][out.col +
+    /// j] = act_i((mul[i] * s + add[i] + residual(i, j)) + bias[i])`, each output written once,
+    /// where the plain form writes the scaled sums into an accumulator tile for an
+    /// [`crate::Isa::store_rows`] pass to read back. The same values, bit for bit. `None` on paths
+    /// without it.
+    ///
+    /// # Panics
+    /// As [`Int8ConvKernels::gemm`], or if `out` holds fewer rows, columns, biases, slopes or
+    /// residual values than the shape needs.
+    pub gemm_fused: Option<Int8GemmFusedFn>,
 }
+
+/// The form of [`Int8ConvKernels::gemm_fused`].
+#[allow(clippy::type_complexity)]
+pub type Int8GemmFusedFn = fn(
+    w: &[i8],
+    kq: usize,
+    xq: &[u8],
+    ldx: usize,
+    n: usize,
+    mul: &[f32],
+    add: &[f32],
+    out: crate::arch::FusedRows<'_, '_>,
+);
 
 /// The form of [`Int8Kernels::dot_nibbles`].
 pub type DotNibblesFn = fn(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]);
@@ -128,8 +151,10 @@ pub type DotNibblesFn = fn(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: us
 pub const NIBBLE_BLOCK: usize = 128;
 
 /// The scalar reference.
-pub const SCALAR: Int8Kernels =
-    Int8Kernels { conv: Some(Int8ConvKernels { min_max, quantize, gemm }), dot_nibbles: Some(dot_nibbles) };
+pub const SCALAR: Int8Kernels = Int8Kernels {
+    conv: Some(Int8ConvKernels { min_max, quantize, gemm, gemm_fused: None }),
+    dot_nibbles: Some(dot_nibbles),
+};
 
 /// Quantizes the GEMV input `x` to s8 with step `1 / inv` (`q = round(x * inv)`, half to even,
 /// clamped to ±127) into `xp` in the layout [`Int8Kernels::dot_nibbles`] reads: per block of
@@ -214,6 +239,41 @@ pub(crate) fn gemm_check(
     c: &[f32],
     ldc: usize,
 ) -> Option<usize> {
+    let m = gemm_operands_check(w, kq, xq, ldx, n, mul, add)?;
+    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "int8 gemm: c is too short");
+    Some(m)
+}
+
+/// Checks [`Int8ConvKernels::gemm_fused`] operands (panicking on a caller bug, as every path
+/// must) and returns the row count `w.len() / kq`, or `None` when there is nothing to do.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_fused_check(
+    w: &[i8],
+    kq: usize,
+    xq: &[u8],
+    ldx: usize,
+    n: usize,
+    mul: &[f32],
+    add: &[f32],
+    out: &crate::arch::FusedRows<'_, '_>,
+) -> Option<usize> {
+    let m = gemm_operands_check(w, kq, xq, ldx, n, mul, add)?;
+    crate::arch::fused_rows_check("int8 gemm_fused", out, m, n);
+    Some(m)
+}
+
+/// What both int8 GEMMs check of their inputs: the row count, or `None` when there is nothing
+/// to do.
+fn gemm_operands_check(
+    w: &[i8],
+    kq: usize,
+    xq: &[u8],
+    ldx: usize,
+    n: usize,
+    mul: &[f32],
+    add: &[f32],
+) -> Option<usize> {
     assert!(kq.is_multiple_of(4), "int8 gemm: depth {kq} is not a multiple of 4");
     assert!(ldx >= n && ldx.is_multiple_of(INT8_PIXEL_ALIGN), "int8 gemm: bad pixel pitch {ldx} for {n}");
     if kq == 0 || n == 0 || w.len() < kq {
@@ -222,7 +282,6 @@ pub(crate) fn gemm_check(
     let m = w.len() / kq;
     assert!(xq.len() >= kq * ldx, "int8 gemm: xq is too short");
     assert!(mul.len() >= m && add.len() >= m, "int8 gemm: fewer scales than rows");
-    assert!((m == 1 || n <= ldc) && c.len() >= (m - 1) * ldc + n, "int8 gemm: c is too short");
     Some(m)
 }
 

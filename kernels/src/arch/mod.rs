@@ -288,23 +288,29 @@ pub(crate) fn gemm_rows_fused_check(
     assert!(offs.len() >= k, "gemm_rows_fused: {} offsets for {k} rows", offs.len());
     let reach = offs[..k].iter().map(|&o| o.saturating_add(n)).max().unwrap_or(0);
     assert!(reach <= b.len(), "gemm_rows_fused: b is too short");
-    assert!(out.dst.len() >= m, "gemm_rows_fused: {} output rows for {m} weight rows", out.dst.len());
-    let end = out.col.checked_add(n).expect("gemm_rows_fused: column overflow");
-    assert!(out.dst[..m].iter().all(|row| row.len() >= end), "gemm_rows_fused: an output row is too short");
+    fused_rows_check("gemm_rows_fused", out, m, n);
+    Some(m)
+}
+
+/// Checks that `out` takes `m` rows of `n` columns: output rows, biases and slopes for each, and
+/// residual values for the rows that have one (panicking, named `kernel`, on a caller bug).
+pub(crate) fn fused_rows_check(kernel: &str, out: &FusedRows<'_, '_>, m: usize, n: usize) {
+    assert!(out.dst.len() >= m, "{kernel}: {} output rows for {m} weight rows", out.dst.len());
+    let end = out.col.checked_add(n).expect("column overflow");
+    assert!(out.dst[..m].iter().all(|row| row.len() >= end), "{kernel}: an output row is too short");
     if let Some(bias) = out.bias {
-        assert!(bias.len() >= m, "gemm_rows_fused: {} biases for {m} rows", bias.len());
+        assert!(bias.len() >= m, "{kernel}: {} biases for {m} rows", bias.len());
     }
     if let FusedActivation::Leaky(slopes) = out.act {
-        assert!(slopes.len() >= m, "gemm_rows_fused: {} slopes for {m} rows", slopes.len());
+        assert!(slopes.len() >= m, "{kernel}: {} slopes for {m} rows", slopes.len());
     }
     if let Some(res) = out.residual {
         let rows = res.rows.min(m);
         assert!(
             rows == 0 || res.data.len() >= (rows - 1) * res.pitch + n,
-            "gemm_rows_fused: the residual is too short"
+            "{kernel}: the residual is too short"
         );
     }
-    Some(m)
 }
 
 /// The form of [`Isa::depthwise_plane`]: filter `w`, input plane `x`, output plane `y`, the

@@ -67,7 +67,13 @@ impl Epilogue<'_> {
     /// NEON available; row `i` exists and columns `col + j ..` of the stored lanes lie in it,
     /// in its residual row if it has one; row `i` has a bias if any do, and a slope if leaky.
     #[inline(always)]
-    unsafe fn finish<const V: usize>(self, i: usize, j: usize, mut v: [float32x4_t; V], lanes: usize) {
+    pub(super) unsafe fn finish<const V: usize>(
+        self,
+        i: usize,
+        j: usize,
+        mut v: [float32x4_t; V],
+        lanes: usize,
+    ) {
         let whole = |q: usize| q + 1 < V || lanes == 4;
         // SAFETY: the caller's bounds cover every access; partial vectors go lane by lane.
         unsafe {

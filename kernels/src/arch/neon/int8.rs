@@ -19,15 +19,19 @@
 //! lets the assembler accept it inside `#[target_feature(enable = "dotprod")]` functions.
 
 use super::super::int8::{
-    dot_nibbles_check, gemm_check, min_max_check, quantize_check, Int8ConvKernels, Int8Kernels, U8Range,
-    NIBBLE_BLOCK,
+    dot_nibbles_check, gemm_check, gemm_fused_check, min_max_check, quantize_check, Int8ConvKernels,
+    Int8Kernels, U8Range, NIBBLE_BLOCK,
 };
+use crate::arch::fused_parts::Epilogue;
+use crate::arch::FusedRows;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// The NEON + dotprod int8 kernels. Only [`super::neon`] hands them out, after detecting dotprod.
-pub(super) const KERNELS: Int8Kernels =
-    Int8Kernels { conv: Some(Int8ConvKernels { min_max, quantize, gemm }), dot_nibbles: Some(dot_nibbles) };
+pub(super) const KERNELS: Int8Kernels = Int8Kernels {
+    conv: Some(Int8ConvKernels { min_max, quantize, gemm, gemm_fused: Some(gemm_fused) }),
+    dot_nibbles: Some(dot_nibbles),
+};
 
 /// Rows of `w` (and `c`) one `gemm` register block covers.
 const MR: usize = 8;
@@ -142,8 +146,38 @@ fn gemm(
     // within it), `m` scales and offsets, and `m` rows of `n` outputs `ldc` apart in `c`
     // (disjoint when `m > 1`), which the shared borrows cannot overlap.
     unsafe {
-        gemm_blocks(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), c.as_mut_ptr(), ldc)
+        let sink = Sink::Plain(c.as_mut_ptr(), ldc);
+        gemm_blocks(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), sink)
     }
+}
+
+/// See [`Int8ConvKernels::gemm_fused`]: the register blocks of [`gemm`], each row's scaled sums
+/// handed to the f32 fused kernel's epilogue (residual, bias, activation, store) in registers.
+#[allow(clippy::too_many_arguments)]
+fn gemm_fused(
+    w: &[i8],
+    kq: usize,
+    xq: &[u8],
+    ldx: usize,
+    n: usize,
+    mul: &[f32],
+    add: &[f32],
+    out: FusedRows<'_, '_>,
+) {
+    let Some(m) = gemm_fused_check(w, kq, xq, ldx, n, mul, add, &out) else { return };
+    // SAFETY: as in `gemm`, with `out`'s rows (and their biases, slopes and residual values)
+    // checked for `m` rows of `n` columns in place of `c`.
+    unsafe {
+        let sink = Sink::Fused(Epilogue::new(out));
+        gemm_blocks(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), sink)
+    }
+}
+
+/// Where a block's scaled sums go: rows `ldc` apart from a pointer, or an epilogue's output rows.
+#[derive(Clone, Copy)]
+enum Sink<'d> {
+    Plain(*mut f32, usize),
+    Fused(Epilogue<'d>),
 }
 
 /// All `m` rows, in blocks of [`MR`] and one block of the remainder.
@@ -161,27 +195,26 @@ unsafe fn gemm_blocks(
     n: usize,
     mul: *const f32,
     add: *const f32,
-    c: *mut f32,
-    ldc: usize,
+    sink: Sink<'_>,
 ) {
     let mut i = 0;
     // SAFETY: every block's rows `i..i + R` are below `m` (the caller's bounds).
     unsafe {
-        let block = |i: usize| (w.add(i * kq), mul.add(i), add.add(i), c.add(i * ldc));
+        let block = |i: usize| (w.add(i * kq), mul.add(i), add.add(i));
         while i + MR <= m {
-            let (w, mul, add, c) = block(i);
-            gemm_block::<MR>(w, kq, xq, ldx, n, mul, add, c, ldc);
+            let (w, mul, add) = block(i);
+            gemm_block::<MR>(w, kq, xq, ldx, n, mul, add, sink, i);
             i += MR;
         }
-        let (w, mul, add, c) = block(i);
+        let (w, mul, add) = block(i);
         match m - i {
-            7 => gemm_block::<7>(w, kq, xq, ldx, n, mul, add, c, ldc),
-            6 => gemm_block::<6>(w, kq, xq, ldx, n, mul, add, c, ldc),
-            5 => gemm_block::<5>(w, kq, xq, ldx, n, mul, add, c, ldc),
-            4 => gemm_block::<4>(w, kq, xq, ldx, n, mul, add, c, ldc),
-            3 => gemm_block::<3>(w, kq, xq, ldx, n, mul, add, c, ldc),
-            2 => gemm_block::<2>(w, kq, xq, ldx, n, mul, add, c, ldc),
-            1 => gemm_block::<1>(w, kq, xq, ldx, n, mul, add, c, ldc),
+            7 => gemm_block::<7>(w, kq, xq, ldx, n, mul, add, sink, i),
+            6 => gemm_block::<6>(w, kq, xq, ldx, n, mul, add, sink, i),
+            5 => gemm_block::<5>(w, kq, xq, ldx, n, mul, add, sink, i),
+            4 => gemm_block::<4>(w, kq, xq, ldx, n, mul, add, sink, i),
+            3 => gemm_block::<3>(w, kq, xq, ldx, n, mul, add, sink, i),
+            2 => gemm_block::<2>(w, kq, xq, ldx, n, mul, add, sink, i),
+            1 => gemm_block::<1>(w, kq, xq, ldx, n, mul, add, sink, i),
             _ => {}
         }
     }
@@ -195,7 +228,7 @@ unsafe fn gemm_blocks(
 /// # Safety
 /// NEON and dotprod available; `w` holds `R * kq` weights (`kq` a multiple of 4); `xq` holds
 /// `kq / 4` groups of `ldx * 4` bytes with `n <= ldx` and `ldx` a multiple of 8; `mul` and `add`
-/// hold `R` floats; `c` holds `R` rows of `n` floats `ldc` apart, not overlapping the inputs.
+/// hold `R` floats; `sink` holds rows `i0 .. i0 + R` of `n` floats, not overlapping the inputs.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn gemm_block<const R: usize>(
@@ -206,12 +239,12 @@ unsafe fn gemm_block<const R: usize>(
     n: usize,
     mul: *const f32,
     add: *const f32,
-    c: *mut f32,
-    ldc: usize,
+    sink: Sink<'_>,
+    i0: usize,
 ) {
     let groups = kq / 4;
     // SAFETY: the caller's bounds: rows `r < R` of `kq` weights, 8-pixel blocks starting below
-    // `n` end within `ldx` (a multiple of 8), and `R` scales, offsets and rows of `c`.
+    // `n` end within `ldx` (a multiple of 8), and `R` scales, offsets and rows of the sink.
     unsafe {
         // `128 * sum_p w[r][p]`: what flipping the activations to `x - 128` took off each sum.
         let mut bias = [0i32; R];
@@ -252,22 +285,29 @@ unsafe fn gemm_block<const R: usize>(
             for (r, row) in acc.iter().enumerate() {
                 let (scale, offset, b) =
                     (vdupq_n_f32(*mul.add(r)), vdupq_n_f32(*add.add(r)), vdupq_n_s32(bias[r]));
-                for (v, &a) in row.iter().enumerate() {
-                    let col = j + 4 * v;
-                    if col >= n {
-                        break;
+                // Multiply, then add, like the reference (no FMA: bit-identical results).
+                let y = row.map(|a| vaddq_f32(vmulq_f32(vcvtq_f32_s32(vaddq_s32(a, b)), scale), offset));
+                match sink {
+                    Sink::Plain(c, ldc) => {
+                        for (v, y) in y.into_iter().enumerate() {
+                            let col = j + 4 * v;
+                            if col >= n {
+                                break;
+                            }
+                            let out = c.add((i0 + r) * ldc + col);
+                            if col + 4 <= n {
+                                vst1q_f32(out, y);
+                            } else {
+                                // Pixels past `n` in `c` are not ours to write.
+                                let mut lanes = [0.0f32; 4];
+                                vst1q_f32(lanes.as_mut_ptr(), y);
+                                std::ptr::copy_nonoverlapping(lanes.as_ptr(), out, n - col);
+                            }
+                        }
                     }
-                    // Multiply, then add, like the reference (no FMA: bit-identical results).
-                    let y = vaddq_f32(vmulq_f32(vcvtq_f32_s32(vaddq_s32(a, b)), scale), offset);
-                    let out = c.add(r * ldc + col);
-                    if col + 4 <= n {
-                        vst1q_f32(out, y);
-                    } else {
-                        // Pixels past `n` in `c` are not ours to write.
-                        let mut lanes = [0.0f32; 4];
-                        vst1q_f32(lanes.as_mut_ptr(), y);
-                        std::ptr::copy_nonoverlapping(lanes.as_ptr(), out, n - col);
-                    }
+                    // The epilogue stores only the live lanes of the last live vector.
+                    Sink::Fused(e) if n - j > 4 => e.finish::<NV>(i0 + r, j, y, (n - j - 4).min(4)),
+                    Sink::Fused(e) => e.finish::<1>(i0 + r, j, [y[0]], n - j),
                 }
             }
             j += 4 * NV;

@@ -221,7 +221,7 @@ unsafe fn tile<const R: usize, const V: usize, B: BRows>(
 /// it has one; row `i` has a bias if any row does, and a slope for a leaky activation.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn store<const V: usize>(
+pub(super) unsafe fn store<const V: usize>(
     e: Epilogue<'_>,
     i: usize,
     j: usize,
