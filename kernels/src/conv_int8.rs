@@ -185,10 +185,16 @@ impl Shifted {
         (self.rows * self.slab.wq).next_multiple_of(INT8_PIXEL_ALIGN)
     }
 
-    /// The slab's planes, a panel's multipliers and offsets, a quantized block and its
-    /// accumulators.
+    /// The slab's planes, a panel's multipliers and offsets, a quantized block (with a block's
+    /// pixels more, so that the view from any row of it holds whole groups of `ldx` words: see
+    /// [`Layer::shifted_rows_fused`]) and its accumulators.
     fn scratch_len(&self, p: &Conv2dParams) -> usize {
-        p.in_c * self.slab.len() + 2 * PANEL + depth(p) * self.pixels() / 4 + PANEL * self.pixels()
+        p.in_c * self.slab.len() + 2 * PANEL + self.quantized_len(p) + PANEL * self.pixels()
+    }
+
+    /// f32 elements of the quantized block's part of the scratch.
+    fn quantized_len(&self, p: &Conv2dParams) -> usize {
+        depth(p) * self.pixels() / 4 + self.pixels()
     }
 }
 
@@ -532,8 +538,17 @@ impl Layer<'_> {
         let slab = &shifted.slab;
         let out_plane = p.out_h * p.out_w;
         let (planes, rest) = scratch.split_at_mut(p.in_c * slab.len());
-        let (q, work) = rest.split_at_mut(depth(p) * shifted.pixels() / 4);
+        let (q, work) = rest.split_at_mut(shifted.quantized_len(p));
         let q: &mut [u8] = bytemuck::cast_slice_mut(q);
+        // What a fused tile can apply (slopes of a LeakyRelu repeated per panel row).
+        let leaky = match self.act.same() {
+            Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL],
+            _ => [0.0; PANEL],
+        };
+        let fused = self
+            .int8
+            .gemm_fused
+            .filter(|_| p.out_w >= FUSED_ROW_MIN && fused_activation(self.act, 0, &leaky).is_some());
         let mut oy0 = rows.start;
         while oy0 < rows.end {
             let slab_rows = slab.rows.min(rows.end - oy0);
@@ -548,6 +563,12 @@ impl Layer<'_> {
                 let first_row = oy0 - rows.start + s0;
                 let start = (rows.start + first_row) * p.out_w;
                 let block = Quantized { start, n, ldx, lo: range.lo, step: range.step() };
+                if let Some(fused) = fused {
+                    let at = (first_row, slab.wq, sr);
+                    self.shifted_rows_fused(fused, &leaky, q, block, at, residual, out, work);
+                    s0 += sr;
+                    continue;
+                }
                 self.panels(q, block, 0..p.out_c, work, |f, arow, bias| {
                     let dst = &mut out[f][first_row * p.out_w..][..sr * p.out_w];
                     let res =
@@ -559,7 +580,60 @@ impl Layer<'_> {
             oy0 += slab_rows;
         }
     }
+
+    /// The quantized rows of `block` (`at`: the first's row in `out`, their pitch in the block,
+    /// their count) through the path's fused int8 GEMM, one output row at a time: the padded
+    /// columns between rows are not computed, and each output is written once, from the
+    /// registers, where the plain GEMM's accumulator went through a separate epilogue pass.
+    /// Each row's view of the block starts at its first pixel with the block's group pitch, so
+    /// it reaches up to a row's pixels past the block (the scratch holds them).
+    #[allow(clippy::too_many_arguments)]
+    fn shifted_rows_fused(
+        &self,
+        fused: Int8GemmFusedFn,
+        leaky: &[f32; PANEL],
+        q: &[u8],
+        block: Quantized,
+        (first_row, pitch, rows): (usize, usize, usize),
+        residual: Option<Residual<'_>>,
+        out: &mut [&mut [f32]],
+        work: &mut [f32],
+    ) {
+        let p = self.p;
+        let (kq, plane) = (depth(p), p.out_h * p.out_w);
+        let (mul, rest) = work.split_at_mut(PANEL);
+        let add = &mut rest[..PANEL];
+        for f0 in (0..p.out_c).step_by(PANEL) {
+            let f1 = (f0 + PANEL).min(p.out_c);
+            let m = f1 - f0;
+            // Whether the tile applies an activation depends on its kind alone (the caller
+            // checked it), not on the filters.
+            let Some(act) = fused_activation(self.act, f0, leaky) else {
+                unreachable!("checked by the caller")
+            };
+            self.panel_scales(f0..f1, block, mul, add);
+            let w = &self.filters.filters[f0 * kq..f1 * kq];
+            for r in 0..rows {
+                let start = block.start + r * p.out_w;
+                let residual = residual.filter(|res| res.channels > f0).map(|res| ResidualRows {
+                    data: &res.data[f0 * plane + start..],
+                    pitch: plane,
+                    rows: (res.channels - f0).min(m),
+                });
+                let bias = self.bias.map(|b| &b[f0..f1]);
+                let dst = &mut out[f0..f1];
+                let rows = FusedRows { dst, col: (first_row + r) * p.out_w, bias, residual, act };
+                let xq = &q[r * pitch * 4..][..kq * block.ldx];
+                fused(w, kq, xq, block.ldx, p.out_w, &mul[..m], &add[..m], rows);
+            }
+        }
+    }
 }
+
+/// Fewest output columns for which the shifted int8 path runs its GEMM row by row through the
+/// fused epilogue (narrower rows would leave most lanes of their one vector idle; they take the
+/// whole block at once and the epilogue pass).
+const FUSED_ROW_MIN: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -812,7 +886,22 @@ mod tests {
             let bias = rng.vec(out_c);
             let (want, bound) = general_reference(&x, &wf, &bias, &p);
             let filters = Int8Filters::new(&data.view(), p.out_c, p.filter_len()).unwrap();
-            check_every_set(&p, &filters, &x, &bias, &want, &bound, |_, _, _| {});
+            let residual = rng.vec(want.len());
+            check_every_set(&p, &filters, &x, &bias, &want, &bound, |kernels, y, scratch| {
+                // Residual and fused ReLU6 on top of the same sums (row by row through the fused
+                // epilogue for outputs of 16 columns or more).
+                let mut z = vec![f32::NAN; want.len()];
+                let act = Activation::Clip { min: 0.0, max: 6.0 };
+                let res = Some(&residual[..]);
+                kernels.conv2d_int8(&x, &filters, Some(&bias), res, &p, act, &mut z, scratch).unwrap();
+                for (i, ((zv, yv), r)) in z.iter().zip(y).zip(&residual).enumerate() {
+                    let expect = (yv + r).clamp(0.0, 6.0);
+                    assert!(
+                        (zv - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
+                        "{kernels:?} {p:?} at {i}: {zv} vs {expect}"
+                    );
+                }
+            });
         }
         // 3x3 stride-1 layers with enough channels keep Winograd.
         let k = Kernels::with_isa(Isa::scalar(), 1).unwrap().with_int8_activations(true).unwrap();
