@@ -187,7 +187,7 @@ impl Shifted {
 
     /// The slab's planes, a panel's multipliers and offsets, a quantized block (with a block's
     /// pixels more, so that the view from any row of it holds whole groups of `ldx` words: see
-    /// [`Layer::shifted_rows_fused`]) and its accumulators.
+    /// [`Layer::fused_runs`]) and its accumulators.
     fn scratch_len(&self, p: &Conv2dParams) -> usize {
         p.in_c * self.slab.len() + 2 * PANEL + self.quantized_len(p) + PANEL * self.pixels()
     }
@@ -392,14 +392,9 @@ impl Layer<'_> {
         let plane = self.p.out_h * self.p.out_w;
         let s = block.start;
         let n = block.n;
-        // What a fused tile can apply (slopes of a LeakyRelu repeated per panel row).
-        let leaky = match self.act.same() {
-            Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL],
-            _ => [0.0; PANEL],
-        };
-        if let Some(fused) = self.int8.gemm_fused.filter(|_| fused_activation(self.act, 0, &leaky).is_some())
-        {
-            return self.multiply_fused(fused, &leaky, q, block, residual, ocs, first, out, work);
+        if let Some((fused, leaky)) = self.fused_gemm() {
+            let run = (0, block.n, block.start - first, block.start);
+            return self.fused_runs(fused, &leaky, q, block, std::iter::once(run), residual, ocs, out, work);
         }
         self.panels(q, block, ocs.clone(), work, |f, arow, bias| {
             let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[s..s + n]);
@@ -408,22 +403,37 @@ impl Layer<'_> {
         });
     }
 
-    /// [`Layer::multiply`] through the path's fused int8 GEMM (`fused`), for an activation the
-    /// fused tile applies: each panel's outputs written once, from the registers.
+    /// The path's fused int8 GEMM, if it has one and its tile applies this layer's activation,
+    /// with the slopes of a LeakyRelu repeated per panel row (what the tile reads for it).
+    fn fused_gemm(&self) -> Option<(Int8GemmFusedFn, [f32; PANEL])> {
+        let leaky = match self.act.same() {
+            Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL],
+            _ => [0.0; PANEL],
+        };
+        let fused = self.int8.gemm_fused?;
+        fused_activation(self.act, 0, &leaky).map(|_| (fused, leaky))
+    }
+
+    /// Filters `ocs` over runs of the quantized pixels `q` of `block` through the path's fused
+    /// int8 GEMM (`fused`), for an activation the fused tile applies: each panel's outputs written
+    /// once, from the registers. A run `(at, n, col, pixel)` is `n` pixels from pixel `at` of the
+    /// block (viewed with the block's group pitch: the caller's buffer holds whole groups past it),
+    /// stored from column `col` of `out[i]` (filter `ocs.start + i`), and from plane pixel `pixel`
+    /// of the image's residual.
     #[allow(clippy::too_many_arguments)]
-    fn multiply_fused(
+    fn fused_runs(
         &self,
         fused: Int8GemmFusedFn,
         leaky: &[f32; PANEL],
         q: &[u8],
         block: Quantized,
+        runs: impl Iterator<Item = (usize, usize, usize, usize)> + Clone,
         residual: Option<Residual<'_>>,
         ocs: Range<usize>,
-        first: usize,
         out: &mut [&mut [f32]],
         work: &mut [f32],
     ) {
-        let (kq, plane, s) = (depth(self.p), self.p.out_h * self.p.out_w, block.start);
+        let (kq, plane) = (depth(self.p), self.p.out_h * self.p.out_w);
         let (mul, rest) = work.split_at_mut(PANEL);
         let add = &mut rest[..PANEL];
         for f0 in ocs.clone().step_by(PANEL) {
@@ -435,21 +445,19 @@ impl Layer<'_> {
                 unreachable!("checked by the caller")
             };
             self.panel_scales(f0..f1, block, mul, add);
-            let residual = residual.filter(|r| r.channels > f0).map(|r| ResidualRows {
-                data: &r.data[f0 * plane + s..],
-                pitch: plane,
-                rows: (r.channels - f0).min(m),
-            });
-            let bias = self.bias.map(|b| &b[f0..f1]);
-            let rows = FusedRows {
-                dst: &mut out[f0 - ocs.start..f1 - ocs.start],
-                col: s - first,
-                bias,
-                residual,
-                act,
-            };
             let w = &self.filters.filters[f0 * kq..f1 * kq];
-            fused(w, kq, q, block.ldx, block.n, &mul[..m], &add[..m], rows);
+            for (at, n, col, pixel) in runs.clone() {
+                let residual = residual.filter(|r| r.channels > f0).map(|r| ResidualRows {
+                    data: &r.data[f0 * plane + pixel..],
+                    pitch: plane,
+                    rows: (r.channels - f0).min(m),
+                });
+                let bias = self.bias.map(|b| &b[f0..f1]);
+                let dst = &mut out[f0 - ocs.start..f1 - ocs.start];
+                let rows = FusedRows { dst, col, bias, residual, act };
+                let xq = &q[at * 4..][..kq * block.ldx];
+                fused(w, kq, xq, block.ldx, n, &mul[..m], &add[..m], rows);
+            }
         }
     }
 
@@ -540,15 +548,7 @@ impl Layer<'_> {
         let (planes, rest) = scratch.split_at_mut(p.in_c * slab.len());
         let (q, work) = rest.split_at_mut(shifted.quantized_len(p));
         let q: &mut [u8] = bytemuck::cast_slice_mut(q);
-        // What a fused tile can apply (slopes of a LeakyRelu repeated per panel row).
-        let leaky = match self.act.same() {
-            Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL],
-            _ => [0.0; PANEL],
-        };
-        let fused = self
-            .int8
-            .gemm_fused
-            .filter(|_| p.out_w >= FUSED_ROW_MIN && fused_activation(self.act, 0, &leaky).is_some());
+        let fused = self.fused_gemm().filter(|_| p.out_w >= FUSED_ROW_MIN);
         let mut oy0 = rows.start;
         while oy0 < rows.end {
             let slab_rows = slab.rows.min(rows.end - oy0);
@@ -563,9 +563,15 @@ impl Layer<'_> {
                 let first_row = oy0 - rows.start + s0;
                 let start = (rows.start + first_row) * p.out_w;
                 let block = Quantized { start, n, ldx, lo: range.lo, step: range.step() };
-                if let Some(fused) = fused {
-                    let at = (first_row, slab.wq, sr);
-                    self.shifted_rows_fused(fused, &leaky, q, block, at, residual, out, work);
+                if let Some((fused, leaky)) = fused {
+                    // One output row at a time: the padded columns between rows are not
+                    // computed, and each row's view of the block starts at its first pixel (the
+                    // scratch holds a block's pixels more, so every view has whole groups).
+                    let runs = (0..sr).map(|r| {
+                        let row = first_row + r;
+                        (r * slab.wq, p.out_w, row * p.out_w, (rows.start + row) * p.out_w)
+                    });
+                    self.fused_runs(fused, &leaky, q, block, runs, residual, 0..p.out_c, out, work);
                     s0 += sr;
                     continue;
                 }
@@ -578,54 +584,6 @@ impl Layer<'_> {
                 s0 += sr;
             }
             oy0 += slab_rows;
-        }
-    }
-
-    /// The quantized rows of `block` (`at`: the first's row in `out`, their pitch in the block,
-    /// their count) through the path's fused int8 GEMM, one output row at a time: the padded
-    /// columns between rows are not computed, and each output is written once, from the
-    /// registers, where the plain GEMM's accumulator went through a separate epilogue pass.
-    /// Each row's view of the block starts at its first pixel with the block's group pitch, so
-    /// it reaches up to a row's pixels past the block (the scratch holds them).
-    #[allow(clippy::too_many_arguments)]
-    fn shifted_rows_fused(
-        &self,
-        fused: Int8GemmFusedFn,
-        leaky: &[f32; PANEL],
-        q: &[u8],
-        block: Quantized,
-        (first_row, pitch, rows): (usize, usize, usize),
-        residual: Option<Residual<'_>>,
-        out: &mut [&mut [f32]],
-        work: &mut [f32],
-    ) {
-        let p = self.p;
-        let (kq, plane) = (depth(p), p.out_h * p.out_w);
-        let (mul, rest) = work.split_at_mut(PANEL);
-        let add = &mut rest[..PANEL];
-        for f0 in (0..p.out_c).step_by(PANEL) {
-            let f1 = (f0 + PANEL).min(p.out_c);
-            let m = f1 - f0;
-            // Whether the tile applies an activation depends on its kind alone (the caller
-            // checked it), not on the filters.
-            let Some(act) = fused_activation(self.act, f0, leaky) else {
-                unreachable!("checked by the caller")
-            };
-            self.panel_scales(f0..f1, block, mul, add);
-            let w = &self.filters.filters[f0 * kq..f1 * kq];
-            for r in 0..rows {
-                let start = block.start + r * p.out_w;
-                let residual = residual.filter(|res| res.channels > f0).map(|res| ResidualRows {
-                    data: &res.data[f0 * plane + start..],
-                    pitch: plane,
-                    rows: (res.channels - f0).min(m),
-                });
-                let bias = self.bias.map(|b| &b[f0..f1]);
-                let dst = &mut out[f0..f1];
-                let rows = FusedRows { dst, col: (first_row + r) * p.out_w, bias, residual, act };
-                let xq = &q[r * pitch * 4..][..kq * block.ldx];
-                fused(w, kq, xq, block.ldx, p.out_w, &mul[..m], &add[..m], rows);
-            }
         }
     }
 }
@@ -653,6 +611,32 @@ mod tests {
             }
         }
         sets
+    }
+
+    /// Runs layer `p` again with `residual` added and a fused ReLU6, on top of the sums `y` it
+    /// gave without them, checks the result against `clamp(y + residual, 0, 6)` and returns it.
+    #[allow(clippy::too_many_arguments)]
+    fn check_residual_relu6(
+        kernels: &Kernels,
+        p: &Conv2dParams,
+        filters: &Int8Filters,
+        x: &[f32],
+        bias: &[f32],
+        residual: &[f32],
+        y: &[f32],
+        scratch: &mut [f32],
+    ) -> Vec<f32> {
+        let mut z = vec![f32::NAN; y.len()];
+        let act = Activation::Clip { min: 0.0, max: 6.0 };
+        kernels.conv2d_int8(x, filters, Some(bias), Some(residual), p, act, &mut z, scratch).unwrap();
+        for (i, ((zv, yv), r)) in z.iter().zip(y).zip(residual).enumerate() {
+            let expect = (yv + r).clamp(0.0, 6.0);
+            assert!(
+                (zv - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
+                "{kernels:?} {p:?} at {i}: {zv} vs {expect}"
+            );
+        }
+        z
     }
 
     /// The exact f32 result and, per output, how far 8-bit activations (half a step of the
@@ -752,18 +736,7 @@ mod tests {
             let (want, bound) = reference_and_bound(&x, &w, &bias, &p);
             let filters = Int8Filters::new(&data.view(), p.out_c, p.in_c).unwrap();
             check_every_set(&p, &filters, &x, &bias, &want, &bound, |kernels, y, scratch| {
-                // Residual and fused ReLU6 on top of the same sums.
-                let mut z = vec![f32::NAN; want.len()];
-                let act = Activation::Clip { min: 0.0, max: 6.0 };
-                let res = Some(&residual[..]);
-                kernels.conv2d_int8(&x, &filters, Some(&bias), res, &p, act, &mut z, scratch).unwrap();
-                for (i, ((zv, yv), r)) in z.iter().zip(y).zip(&residual).enumerate() {
-                    let expect = (yv + r).clamp(0.0, 6.0);
-                    assert!(
-                        (zv - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
-                        "{kernels:?} at {i}: {zv} vs {expect}"
-                    );
-                }
+                let mut z = check_residual_relu6(kernels, &p, &filters, &x, &bias, &residual, y, scratch);
                 // A PRelu slope per channel on the same sums: the same bits as applying it after.
                 let slopes: Vec<f32> = (0..p.out_c).map(|c| c as f32 / 4.0 - 1.0).collect();
                 let act = ChannelActivation::PRelu(&slopes);
@@ -887,20 +860,10 @@ mod tests {
             let (want, bound) = general_reference(&x, &wf, &bias, &p);
             let filters = Int8Filters::new(&data.view(), p.out_c, p.filter_len()).unwrap();
             let residual = rng.vec(want.len());
+            // With a residual and a fused ReLU6 too (row by row through the fused epilogue for
+            // outputs of 16 columns or more).
             check_every_set(&p, &filters, &x, &bias, &want, &bound, |kernels, y, scratch| {
-                // Residual and fused ReLU6 on top of the same sums (row by row through the fused
-                // epilogue for outputs of 16 columns or more).
-                let mut z = vec![f32::NAN; want.len()];
-                let act = Activation::Clip { min: 0.0, max: 6.0 };
-                let res = Some(&residual[..]);
-                kernels.conv2d_int8(&x, &filters, Some(&bias), res, &p, act, &mut z, scratch).unwrap();
-                for (i, ((zv, yv), r)) in z.iter().zip(y).zip(&residual).enumerate() {
-                    let expect = (yv + r).clamp(0.0, 6.0);
-                    assert!(
-                        (zv - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
-                        "{kernels:?} {p:?} at {i}: {zv} vs {expect}"
-                    );
-                }
+                check_residual_relu6(kernels, &p, &filters, &x, &bias, &residual, y, scratch);
             });
         }
         // 3x3 stride-1 layers with enough channels keep Winograd.
