@@ -55,3 +55,13 @@ impl<'d> Epilogue<'d> {
         }
     }
 }
+
+/// Where an int8 GEMM's scaled sums go (the [`Int8ConvKernels`](crate::arch::int8::Int8ConvKernels)
+/// `gemm` and `gemm_fused` of a path share their register blocks): rows `ldc` apart from a
+/// pointer, or an epilogue's output rows.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+#[derive(Clone, Copy)]
+pub(crate) enum SumsSink<'d> {
+    Plain(*mut f32, usize),
+    Fused(Epilogue<'d>),
+}

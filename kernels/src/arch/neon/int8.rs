@@ -22,7 +22,7 @@ use super::super::int8::{
     dot_nibbles_check, gemm_check, gemm_fused_check, min_max_check, quantize_check, Int8ConvKernels,
     Int8Kernels, U8Range, NIBBLE_BLOCK,
 };
-use crate::arch::fused_parts::Epilogue;
+use crate::arch::fused_parts::{Epilogue, SumsSink};
 use crate::arch::FusedRows;
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -146,7 +146,7 @@ fn gemm(
     // within it), `m` scales and offsets, and `m` rows of `n` outputs `ldc` apart in `c`
     // (disjoint when `m > 1`), which the shared borrows cannot overlap.
     unsafe {
-        let sink = Sink::Plain(c.as_mut_ptr(), ldc);
+        let sink = SumsSink::Plain(c.as_mut_ptr(), ldc);
         gemm_blocks(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), sink)
     }
 }
@@ -168,16 +168,9 @@ fn gemm_fused(
     // SAFETY: as in `gemm`, with `out`'s rows (and their biases, slopes and residual values)
     // checked for `m` rows of `n` columns in place of `c`.
     unsafe {
-        let sink = Sink::Fused(Epilogue::new(out));
+        let sink = SumsSink::Fused(Epilogue::new(out));
         gemm_blocks(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), sink)
     }
-}
-
-/// Where a block's scaled sums go: rows `ldc` apart from a pointer, or an epilogue's output rows.
-#[derive(Clone, Copy)]
-enum Sink<'d> {
-    Plain(*mut f32, usize),
-    Fused(Epilogue<'d>),
 }
 
 /// All `m` rows, in blocks of [`MR`] and one block of the remainder.
@@ -195,7 +188,7 @@ unsafe fn gemm_blocks(
     n: usize,
     mul: *const f32,
     add: *const f32,
-    sink: Sink<'_>,
+    sink: SumsSink<'_>,
 ) {
     let mut i = 0;
     // SAFETY: every block's rows `i..i + R` are below `m` (the caller's bounds).
@@ -239,7 +232,7 @@ unsafe fn gemm_block<const R: usize>(
     n: usize,
     mul: *const f32,
     add: *const f32,
-    sink: Sink<'_>,
+    sink: SumsSink<'_>,
     i0: usize,
 ) {
     let groups = kq / 4;
@@ -288,7 +281,7 @@ unsafe fn gemm_block<const R: usize>(
                 // Multiply, then add, like the reference (no FMA: bit-identical results).
                 let y = row.map(|a| vaddq_f32(vmulq_f32(vcvtq_f32_s32(vaddq_s32(a, b)), scale), offset));
                 match sink {
-                    Sink::Plain(c, ldc) => {
+                    SumsSink::Plain(c, ldc) => {
                         for (v, y) in y.into_iter().enumerate() {
                             let col = j + 4 * v;
                             if col >= n {
@@ -306,8 +299,8 @@ unsafe fn gemm_block<const R: usize>(
                         }
                     }
                     // The epilogue stores only the live lanes of the last live vector.
-                    Sink::Fused(e) if n - j > 4 => e.finish::<NV>(i0 + r, j, y, (n - j - 4).min(4)),
-                    Sink::Fused(e) => e.finish::<1>(i0 + r, j, [y[0]], n - j),
+                    SumsSink::Fused(e) if n - j > 4 => e.finish::<NV>(i0 + r, j, y, (n - j - 4).min(4)),
+                    SumsSink::Fused(e) => e.finish::<1>(i0 + r, j, [y[0]], n - j),
                 }
             }
             j += 4 * NV;

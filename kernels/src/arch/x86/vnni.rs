@@ -9,6 +9,7 @@ use super::bounds;
 use super::fused::Epilogue;
 use super::fused_avx512::store;
 use super::gemv_wide::PREFETCH;
+use crate::arch::fused_parts::SumsSink;
 use crate::arch::int8::{
     dot_nibbles_check, gemm_check, gemm_fused_check, min_max_check, quantize_check, Int8ConvKernels,
     Int8Kernels, U8Range,
@@ -139,7 +140,7 @@ fn gemm(
     // asserted that w holds m rows of kq, xq kq / 4 rows of ldx >= n.next_multiple_of(16) words
     // (ldx is a multiple of 16), mul/add m values and c m rows of n, ldc apart.
     unsafe {
-        let sink = Sink::Plain(c.as_mut_ptr(), ldc);
+        let sink = SumsSink::Plain(c.as_mut_ptr(), ldc);
         gemm_impl(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), sink)
     }
 }
@@ -162,16 +163,9 @@ fn gemm_fused(
     // SAFETY: as in `gemm`, with `out`'s rows (and their biases, slopes and residual values)
     // checked for `m` rows of `n` columns in place of `c`.
     unsafe {
-        let sink = Sink::Fused(Epilogue::new(out));
+        let sink = SumsSink::Fused(Epilogue::new(out));
         gemm_impl(w.as_ptr(), kq, m, xq.as_ptr(), ldx, n, mul.as_ptr(), add.as_ptr(), sink)
     }
-}
-
-/// Where a tile's scaled sums go: rows `ldc` apart from a pointer, or an epilogue's output rows.
-#[derive(Clone, Copy)]
-enum Sink<'d> {
-    Plain(*mut f32, usize),
-    Fused(Epilogue<'d>),
 }
 
 /// Rows per register block: 6 rows × 4 vectors = 24 accumulators, 4 activation vectors and a
@@ -193,7 +187,7 @@ unsafe fn gemm_impl(
     n: usize,
     mul: *const f32,
     add: *const f32,
-    sink: Sink<'_>,
+    sink: SumsSink<'_>,
 ) {
     let mut j = 0;
     while j < n {
@@ -245,7 +239,7 @@ unsafe fn tile<const R: usize, const V: usize>(
     width: usize,
     mul: *const f32,
     add: *const f32,
-    sink: Sink<'_>,
+    sink: SumsSink<'_>,
     at: (usize, usize),
 ) {
     let mut acc = [[_mm512_setzero_si512(); V]; R];
@@ -272,12 +266,12 @@ unsafe fn tile<const R: usize, const V: usize>(
             let (s, o) = (_mm512_set1_ps(*mul.add(r)), _mm512_set1_ps(*add.add(r)));
             let f = acc_r.map(|a| _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), s, o));
             match sink {
-                Sink::Plain(c, ldc) => {
+                SumsSink::Plain(c, ldc) => {
                     for (v, (f, &mask)) in f.into_iter().zip(&masks).enumerate() {
                         _mm512_mask_storeu_ps(c.add((at.0 + r) * ldc + at.1 + v * 16), mask, f);
                     }
                 }
-                Sink::Fused(e) => store(e, at.0 + r, at.1, f, masks),
+                SumsSink::Fused(e) => store(e, at.0 + r, at.1, f, masks),
             }
         }
     }
