@@ -107,18 +107,7 @@ pub struct Int8ConvKernels {
     /// # Panics
     /// If `kq` is not a multiple of 4, `ldx` not a multiple of [`INT8_PIXEL_ALIGN`] or below `n`,
     /// or a slice is shorter than the shape needs.
-    #[allow(clippy::type_complexity)]
-    pub gemm: fn(
-        w: &[i8],
-        kq: usize,
-        xq: &[u8],
-        ldx: usize,
-        n: usize,
-        mul: &[f32],
-        add: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-    ),
+    pub gemm: Int8GemmFn,
     /// [`Int8ConvKernels::gemm`] with the epilogue in the register tile: `out.dst[i][out.col +
     /// j] = act_i((mul[i] * s + add[i] + residual(i, j)) + bias[i])`, each output written once,
     /// where the plain form writes the scaled sums into an accumulator tile for an
@@ -130,6 +119,20 @@ pub struct Int8ConvKernels {
     /// residual values than the shape needs.
     pub gemm_fused: Option<Int8GemmFusedFn>,
 }
+
+/// The form of [`Int8ConvKernels::gemm`].
+#[allow(clippy::type_complexity)]
+pub type Int8GemmFn = fn(
+    w: &[i8],
+    kq: usize,
+    xq: &[u8],
+    ldx: usize,
+    n: usize,
+    mul: &[f32],
+    add: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+);
 
 /// The form of [`Int8ConvKernels::gemm_fused`].
 #[allow(clippy::type_complexity)]
@@ -246,7 +249,7 @@ pub(crate) fn gemm_check(
 
 /// Checks [`Int8ConvKernels::gemm_fused`] operands (panicking on a caller bug, as every path
 /// must) and returns the row count `w.len() / kq`, or `None` when there is nothing to do.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_fused_check(
     w: &[i8],

@@ -296,7 +296,7 @@ pub(crate) fn gemm_rows_fused_check(
 /// residual values for the rows that have one (panicking, named `kernel`, on a caller bug).
 pub(crate) fn fused_rows_check(kernel: &str, out: &FusedRows<'_, '_>, m: usize, n: usize) {
     assert!(out.dst.len() >= m, "{kernel}: {} output rows for {m} weight rows", out.dst.len());
-    let end = out.col.checked_add(n).expect("column overflow");
+    let end = out.col.checked_add(n).unwrap_or_else(|| panic!("{kernel}: column overflow"));
     assert!(out.dst[..m].iter().all(|row| row.len() >= end), "{kernel}: an output row is too short");
     if let Some(bias) = out.bias {
         assert!(bias.len() >= m, "{kernel}: {} biases for {m} rows", bias.len());
