@@ -552,7 +552,7 @@ impl Layer<'_> {
         let mut oy0 = rows.start;
         while oy0 < rows.end {
             let slab_rows = slab.rows.min(rows.end - oy0);
-            slab.fill(p, xb, oy0, planes, true);
+            slab.fill(&self.isa, p, xb, oy0, planes, true);
             let mut s0 = 0;
             while s0 < slab_rows {
                 let sr = shifted.rows.min(slab_rows - s0);

@@ -254,6 +254,34 @@ fn max_2x2_matches_scalar() {
 }
 
 #[test]
+fn deinterleave_matches_scalar() {
+    let mut rng = Rng::new(47);
+    // Bits, so that the untouched NaN past the outputs compares equal.
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for isa in simd_paths() {
+        for n in 0..70 {
+            // A source longer than needed (a row whose last value is a leading pad's partner):
+            // no path may read or write past its pairs.
+            let extra = rng.below(3);
+            let src = rng.vec(2 * n + extra);
+            let (mut want_even, mut want_odd) = (vec![f32::NAN; n + 2], vec![f32::NAN; n + 2]);
+            let (mut even, mut odd) = (want_even.clone(), want_odd.clone());
+            scalar::deinterleave(&src, &mut want_even[..n], &mut want_odd[..n]);
+            (isa.deinterleave)(&src, &mut even[..n], &mut odd[..n]);
+            assert_eq!(bits(&even), bits(&want_even), "{} deinterleave even n={n}", isa.name);
+            assert_eq!(bits(&odd), bits(&want_odd), "{} deinterleave odd n={n}", isa.name);
+            for i in 0..n {
+                assert_eq!((want_even[i], want_odd[i]), (src[2 * i], src[2 * i + 1]), "scalar pair {i}");
+            }
+        }
+        let short = std::panic::catch_unwind(|| (isa.deinterleave)(&[0.0; 7], &mut [0.0; 4], &mut [0.0; 4]));
+        assert!(short.is_err(), "{}: a short source was accepted", isa.name);
+        let uneven = std::panic::catch_unwind(|| (isa.deinterleave)(&[0.0; 8], &mut [0.0; 4], &mut [0.0; 3]));
+        assert!(uneven.is_err(), "{}: outputs of different lengths were accepted", isa.name);
+    }
+}
+
+#[test]
 fn decode_nibbles_matches_scalar() {
     let mut rng = Rng::new(31);
     for isa in simd_paths() {

@@ -75,6 +75,12 @@ pub struct Isa {
     /// # Panics
     /// If `r0` or `r1` holds fewer than `2 * out.len()` values.
     pub max_2x2: fn(r0: &[f32], r1: &[f32], out: &mut [f32]),
+    /// Splits pairs: `even[i] = src[2i]` and `odd[i] = src[2i + 1]` for `i < even.len()` (how a
+    /// stride-2 convolution's input rows become the column phases of its padded planes).
+    ///
+    /// # Panics
+    /// If `odd` is not as long as `even` or `src` holds fewer than `2 * even.len()` values.
+    pub deinterleave: fn(src: &[f32], even: &mut [f32], odd: &mut [f32]),
     /// Decodes `out.len()` 4-bit indices, two per byte, low nibble first, through a 16-entry
     /// table: `out[i] = lut[nibble i of packed]` (how a 4-bit weight row is widened into a panel;
     /// the x86 paths turn 16 indices into weights with one permute from a register).
@@ -407,6 +413,13 @@ pub(crate) fn evenly_spaced(offs: &[usize]) -> Option<usize> {
 pub(crate) fn max_2x2_check(r0: &[f32], r1: &[f32], out: &[f32]) {
     let n = out.len();
     assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+}
+
+/// Checks [`Isa::deinterleave`] operands (panicking on a caller bug, as every path must).
+pub(crate) fn deinterleave_check(src: &[f32], even: &[f32], odd: &[f32]) {
+    let n = even.len();
+    assert_eq!(odd.len(), n, "deinterleave: {n} even and {} odd outputs", odd.len());
+    assert!(src.len() >= 2 * n, "deinterleave: {} values for {n} pairs", src.len());
 }
 
 /// Checks [`Isa::decode_nibbles`] operands (panicking on a caller bug, as every path must).

@@ -12,6 +12,7 @@ pub const ISA: Isa = Isa {
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     max_2x2,
+    deinterleave,
     decode_nibbles,
     widen_f16,
     dot,
@@ -92,6 +93,14 @@ pub fn max_2x2(r0: &[f32], r1: &[f32], out: &mut [f32]) {
     super::max_2x2_check(r0, r1, out);
     for ((y, a), b) in out.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
         *y = a[0].max(a[1]).max(b[0].max(b[1]));
+    }
+}
+
+/// See [`Isa::deinterleave`].
+pub fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    super::deinterleave_check(src, even, odd);
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+        (*e, *o) = (pair[0], pair[1]);
     }
 }
 

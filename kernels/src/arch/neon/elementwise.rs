@@ -1,8 +1,9 @@
-//! NEON forms of the small streaming kernels: [`Isa::max_2x2`], [`Isa::decode_nibbles`] and
-//! [`Isa::widen_f16`]. Each runs whole vectors and leaves the tail (and every bound check) to the
+//! NEON forms of the small streaming kernels: [`Isa::max_2x2`], [`Isa::deinterleave`],
+//! [`Isa::decode_nibbles`] and [`Isa::widen_f16`]. Each runs whole vectors and leaves the tail (and every bound check) to the
 //! scalar path, so its results are the scalar path's bit for bit on finite inputs.
 //!
 //! [`Isa::max_2x2`]: crate::arch::Isa::max_2x2
+//! [`Isa::deinterleave`]: crate::arch::Isa::deinterleave
 //! [`Isa::decode_nibbles`]: crate::arch::Isa::decode_nibbles
 //! [`Isa::widen_f16`]: crate::arch::Isa::widen_f16
 
@@ -35,6 +36,34 @@ unsafe fn max_2x2_neon(r0: *const f32, r1: *const f32, out: *mut f32, whole: usi
             let (a, b) = (vld2q_f32(r0.add(2 * i)), vld2q_f32(r1.add(2 * i)));
             let m = vmaxq_f32(vmaxq_f32(a.0, a.1), vmaxq_f32(b.0, b.1));
             vst1q_f32(out.add(i), m);
+        }
+    }
+}
+
+/// See [`Isa::deinterleave`](crate::arch::Isa::deinterleave): 4 pairs per step, the scalar path
+/// for the rest.
+pub(super) fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    crate::arch::deinterleave_check(src, even, odd);
+    let whole = even.len() / 4 * 4;
+    // SAFETY: NEON was detected before this table was handed out; step `i` reads 8 values of
+    // `src` from 2i and writes 4 of `even` and of `odd` from i, all below 2 * whole and whole
+    // (asserted above).
+    unsafe { deinterleave_neon(src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr(), whole) }
+    scalar::deinterleave(&src[2 * whole..], &mut even[whole..], &mut odd[whole..]);
+}
+
+/// `vld2q_f32` loads 4 pairs split into even and odd values.
+///
+/// # Safety
+/// NEON available; `src` holds `2 * whole` floats, `even` and `odd` hold `whole` (a multiple of 4).
+#[target_feature(enable = "neon")]
+unsafe fn deinterleave_neon(src: *const f32, even: *mut f32, odd: *mut f32, whole: usize) {
+    for i in (0..whole).step_by(4) {
+        // SAFETY: `i + 4 <= whole`, so the read ends at 2 * whole and the writes at whole.
+        unsafe {
+            let pairs = vld2q_f32(src.add(2 * i));
+            vst1q_f32(even.add(i), pairs.0);
+            vst1q_f32(odd.add(i), pairs.1);
         }
     }
 }

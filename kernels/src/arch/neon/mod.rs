@@ -39,6 +39,7 @@ const ISA: Isa = Isa {
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     max_2x2: elementwise::max_2x2,
+    deinterleave: elementwise::deinterleave,
     decode_nibbles: elementwise::decode_nibbles,
     widen_f16: elementwise::widen_f16,
     dot,

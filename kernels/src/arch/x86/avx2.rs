@@ -20,6 +20,7 @@ pub(super) const ISA: Isa = Isa {
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,
     activate: crate::arch::epilogue::x86::activate_avx2,
     max_2x2,
+    deinterleave,
     decode_nibbles,
     widen_f16,
     dot,
@@ -480,6 +481,33 @@ unsafe fn max_2x2_impl(r0: *const f32, r1: *const f32, out: *mut f32, whole: usi
             _mm256_storeu_ps(out.add(i), _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(m)));
         }
         i += 8;
+    }
+}
+
+/// See [`Isa::deinterleave`]: 8 pairs per step (the scalar path for the rest).
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    crate::arch::deinterleave_check(src, even, odd);
+    let whole = even.len() / 8 * 8;
+    // SAFETY: AVX2 was detected before this table was handed out; step `i` reads the 16 values
+    // of `src` from 2i and writes 8 of `even` and of `odd` from i, all below 2 * whole and whole
+    // (asserted above).
+    unsafe { deinterleave_impl(src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr(), whole) }
+    scalar::deinterleave(&src[2 * whole..], &mut even[whole..], &mut odd[whole..]);
+}
+
+/// `vshufps` splits two vectors into even and odd values per 128-bit lane (0, 1, 4, 5 | 2, 3,
+/// 6, 7), `vpermpd` puts each in order.
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave_impl(src: *const f32, even: *mut f32, odd: *mut f32, whole: usize) {
+    for i in (0..whole).step_by(8) {
+        // SAFETY: see `deinterleave`.
+        unsafe {
+            let (a, b) = (_mm256_loadu_ps(src.add(2 * i)), _mm256_loadu_ps(src.add(2 * i + 8)));
+            let e = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+            let o = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+            _mm256_storeu_ps(even.add(i), _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(e)));
+            _mm256_storeu_ps(odd.add(i), _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(o)));
+        }
     }
 }
 

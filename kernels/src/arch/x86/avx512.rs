@@ -21,6 +21,7 @@ pub(super) const ISA: Isa = Isa {
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
     max_2x2,
+    deinterleave,
     decode_nibbles,
     widen_f16,
     dot,
@@ -346,6 +347,36 @@ unsafe fn max_2x2_impl(r0: *const f32, r1: *const f32, out: *mut f32, n: usize) 
             let pairs =
                 _mm512_max_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
             _mm512_mask_storeu_ps(out.add(i), lane_mask(n - i), pairs);
+        }
+        i += 16;
+    }
+}
+
+/// See [`Isa::deinterleave`].
+fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    crate::arch::deinterleave_check(src, even, odd);
+    // SAFETY: AVX-512 F was detected before this table was handed out; step `i` reads the 32
+    // values of `src` from 2i (masked to those below 2 * even.len()) and writes the 16 of `even`
+    // and of `odd` from i (masked to even.len()), all in bounds (asserted above).
+    unsafe { deinterleave_impl(src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr(), even.len()) }
+}
+
+/// Even and odd values of two vectors gathered by one `vpermt2ps` each; the last step under lane
+/// masks.
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave_impl(src: *const f32, even: *mut f32, odd: *mut f32, n: usize) {
+    let pick_even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let pick_odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let mut i = 0;
+    while i < n {
+        let left = 2 * (n - i);
+        let (m0, m1, out) = (lane_mask(left), lane_mask(left.saturating_sub(16)), lane_mask(n - i));
+        // SAFETY: see `deinterleave`.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(m0, src.add(2 * i));
+            let hi = _mm512_maskz_loadu_ps(m1, src.add(2 * i + 16));
+            _mm512_mask_storeu_ps(even.add(i), out, _mm512_permutex2var_ps(lo, pick_even, hi));
+            _mm512_mask_storeu_ps(odd.add(i), out, _mm512_permutex2var_ps(lo, pick_odd, hi));
         }
         i += 16;
     }
