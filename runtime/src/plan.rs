@@ -42,6 +42,10 @@ pub enum Slot {
     Known(Tensor),
     /// A run-time f32 activation at this element offset of the arena.
     Arena(usize),
+    /// Graph input `k` (of `Graph::inputs`), read in place from the caller's tensor: not copied,
+    /// no arena space. (An input that a view shares or that is also a graph output is copied into
+    /// the arena instead, as those are read from there.)
+    Input(usize),
     /// An activation that nothing at run time reads (e.g. an input only `Shape` looks at).
     Unused,
 }
@@ -226,7 +230,7 @@ fn plan_arg<'v, 'c: 'v>(
     let data = match &v.slot {
         Slot::Const => constant(id).map(ArgData::Const),
         Slot::Known(t) => Some(ArgData::Known(t)),
-        Slot::Arena(_) | Slot::Unused => None,
+        Slot::Arena(_) | Slot::Input(_) | Slot::Unused => None,
     };
     Arg { shape: &v.shape, elem: v.elem, data }
 }
@@ -470,8 +474,8 @@ fn place_activations(
     views: &HashMap<ValueId, ValueId>,
 ) -> (usize, usize) {
     let root = |id: ValueId| views.get(&id).copied().unwrap_or(id);
-    // Lifetimes of storage roots in step positions. Graph inputs are copied in before step 0;
-    // graph outputs live to the end.
+    // Lifetimes of storage roots in step positions. Graph inputs placed here are copied in before
+    // step 0; graph outputs live to the end.
     let mut life: HashMap<ValueId, (usize, usize)> = HashMap::new();
     for (pos, &ni) in steps.iter().enumerate() {
         let node = &graph.nodes[ni];
@@ -487,6 +491,16 @@ fn place_activations(
     for &id in &graph.outputs {
         if is_activation(values, id) {
             life.entry(root(id)).or_insert((0, 0)).1 = steps.len();
+        }
+    }
+    // Inputs the steps read directly stay in the caller's tensors (one copy of a camera frame
+    // fewer per run, and its size off the arena).
+    for (k, &id) in graph.inputs.iter().enumerate() {
+        let shared = views.values().any(|&r| r == id) || graph.outputs.contains(&id);
+        if !shared && life.remove(&id).is_some() {
+            if let Some(v) = values[id as usize].as_mut() {
+                v.slot = Slot::Input(k);
+            }
         }
     }
     let mut ids: Vec<ValueId> = life.keys().copied().collect();
