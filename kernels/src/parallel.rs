@@ -5,10 +5,10 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::Kernels;
 
-/// Tasks [`split_units`] cuts per thread, when the work allows: threads that take the next task
-/// as they finish one balance themselves when one of them runs slower (a core shared with
-/// another process, or a hypervisor's other guest), where one part per thread waits for the
-/// slowest.
+/// Tasks [`split_units`] cuts per thread for a job of at least [`BALANCE_MIN_WORK`] per thread:
+/// threads that take the next task as they finish one balance themselves when one of them runs
+/// slower (a core shared with another process, or a hypervisor's other guest), where one part
+/// per thread waits for the slowest.
 pub(crate) const TASKS_PER_THREAD: usize = 2;
 
 /// Runs `f(units, y_part, scratch_part)` over `units` independent units of `unit_len` contiguous
@@ -32,9 +32,10 @@ pub(crate) fn split_units<F>(
 ) where
     F: Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
 {
-    let worth = units.saturating_mul(unit_work) / kernels.min_task_work.max(1);
+    let work = units.saturating_mul(unit_work);
+    let worth = work / kernels.min_task_work.max(1);
     let (pool, threads) = kernels.pool_now();
-    let tasks = (threads * TASKS_PER_THREAD).min(units).min(worth).max(1);
+    let tasks = (threads * balanced(TASKS_PER_THREAD, work, threads)).min(units).min(worth).max(1);
     let per_task = per_task.max(1);
     match pool {
         Some(pool) if tasks > 1 && unit_len > 0 => {
@@ -50,6 +51,27 @@ pub(crate) fn split_units<F>(
             });
         }
         _ => f(0..units, y, scratch),
+    }
+}
+
+/// Multiply-adds per thread (about 10 µs) from which a job is cut into several tasks per thread
+/// (the caller's count, so that a fast thread can take over the rest of a slow one's share);
+/// smaller jobs take one task per thread, as each task has its own setup (decoded panels,
+/// quantized blocks, slab edges) and a thread that takes another's task reads what the other
+/// wrote. At 2 threads on a Xeon (alternating runs), against two tasks for every job: BlazeFace
+/// 0.514 → 0.501 ms, MobileNetV3-Small `--int8` 0.806 → 0.792, PP-OCRv4 det alike (11.40 /
+/// 11.36); one task for every job measured the same as this on all three, 2^22 alike. With a
+/// busy-looping process on one of the two vCPUs all three settings ran alike (the pool backs off
+/// to the caller alone, see `WorkerPool::backed_off`).
+const BALANCE_MIN_WORK: usize = 1 << 20;
+
+/// Tasks per thread for a job of `work` multiply-adds over `threads` threads: `wanted` (at least
+/// one) when each thread's share is long enough for a slow thread's lag to matter, else one.
+fn balanced(wanted: usize, work: usize, threads: usize) -> usize {
+    if work / threads.max(1) >= BALANCE_MIN_WORK {
+        wanted.max(1)
+    } else {
+        1
     }
 }
 
@@ -96,10 +118,11 @@ pub(crate) fn split_rows<F>(
     F: Fn(Range<usize>, &mut [&mut [f32]], &mut [f32]) + Sync,
 {
     let plane = plane_rows * row_len;
-    let worth = plane_rows.saturating_mul(row_work) / kernels.min_task_work.max(1);
+    let work = plane_rows.saturating_mul(row_work);
+    let worth = work / kernels.min_task_work.max(1);
     // One thread runs one range: the whole plane (the call below without a pool).
     let (pool, threads) = kernels.pool_now();
-    let tasks_per_thread = if pool.is_some() { tasks_per_thread.max(1) } else { 1 };
+    let tasks_per_thread = if pool.is_some() { balanced(tasks_per_thread, work, threads) } else { 1 };
     let tasks = (threads * tasks_per_thread).min(plane_rows).min(worth).max(1);
     let per_task = per_task.max(1);
     if plane == 0 {
@@ -211,9 +234,11 @@ mod tests {
             (3, 7, 10, 1, 1, vec![0..3, 3..6, 6..7]),
             (3, 7, 10, 30, 1, vec![0..4, 4..7]),
             (3, 7, 10, 1000, 1, vec![Range { start: 0, end: 7 }]),
-            // Two ranges per thread: more, smaller ranges, still one scratch part per thread.
-            (3, 7, 10, 1, 2, vec![0..2, 2..4, 4..6, 6..7]),
-            (3, 13, 10, 1, 2, vec![0..3, 3..6, 6..9, 9..12, 12..13]),
+            // Two ranges per thread for a job long enough: more, smaller ranges, still one scratch
+            // part per thread; a short one keeps one range per thread.
+            (3, 7, BALANCE_MIN_WORK, 1, 2, vec![0..2, 2..4, 4..6, 6..7]),
+            (3, 13, BALANCE_MIN_WORK, 1, 2, vec![0..3, 3..6, 6..9, 9..12, 12..13]),
+            (3, 7, 10, 1, 2, vec![0..3, 3..6, 6..7]),
             // One thread: one range, whatever the ranges per thread.
             (1, 13, 10, 1, 4, vec![Range { start: 0, end: 13 }]),
         ] {
@@ -247,6 +272,7 @@ mod tests {
         let mut k = Kernels::with_isa(Isa::scalar(), 3).unwrap();
         assert_eq!(ranges(&k, 12, 1 << 24), vec![0..2, 2..4, 4..6, 6..8, 8..10, 10..12]);
         assert_eq!(ranges(&k, 7, 1 << 24), vec![0..2, 2..4, 4..6, 6..7]);
+        assert_eq!(ranges(&k, 12, 1 << 16), vec![0..4, 4..8, 8..12], "a short job: one range per thread");
         assert_eq!(ranges(&k, 2, 1 << 24), vec![0..1, 1..2]);
         assert_eq!(ranges(&k, 7, 1), vec![0..7], "tiny work stays on one thread");
         k.min_task_work = 3;
