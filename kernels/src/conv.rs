@@ -324,9 +324,12 @@ pub fn conv2d(
                 let small = small_channels_kernel(kernels.isa(), p)
                     .filter(|_| rb.is_none())
                     .and_then(|kernel| Some((kernel, act.same()?)));
+                // Small planes: many channels per kernel call; the interleaved kernel before the
+                // whole-plane one too.
+                let small = small
+                    .filter(|(kernel, _)| flat.is_none() || matches!(kernel, SmallChannels::Interleaved(_)));
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                    if let (None, Some((kernel, act))) = (&flat, small) {
-                        // Small planes: many channels per kernel call.
+                    if let Some((kernel, act)) = small {
                         return layer.small_channels(xb, ocs, ys, s, kernel, act);
                     }
                     match (&flat, in_place) {
@@ -783,7 +786,9 @@ impl Layer<'_, '_> {
             let x = &xb[c0 * in_plane..c1 * in_plane];
             match kernel {
                 SmallChannels::ThreeByThree(kernel) => kernel(filters, x, out, shape),
-                SmallChannels::Square(kernel) => kernel(filters, x, out, shape, p.k_h),
+                SmallChannels::Square(kernel) | SmallChannels::Interleaved(kernel) => {
+                    kernel(filters, x, out, shape, p.k_h)
+                }
             }
             if let Some(act) = then {
                 (self.isa.activate)(act, out);
@@ -859,6 +864,8 @@ enum SmallChannels {
     ThreeByThree(Depthwise3x3Fn),
     /// [`Isa::depthwise_small`].
     Square(DepthwiseSmallFn),
+    /// [`Isa::depthwise_interleaved`], taken before the whole-plane kernel.
+    Interleaved(DepthwiseSmallFn),
 }
 
 /// The path's many-channel kernel for a depthwise layer over small planes, if one suits it:
@@ -866,6 +873,19 @@ enum SmallChannels {
 /// [`Isa::depthwise_small`] for other square filters at stride 1 or 2, undilated, into outputs
 /// of at most [`DEPTHWISE_SMALL_MAX_WIDTH`](crate::arch::DEPTHWISE_SMALL_MAX_WIDTH) columns.
 fn small_channels_kernel(isa: Isa, p: &Conv2dParams) -> Option<SmallChannels> {
+    let square = p.in_per_group() == 1
+        && p.out_per_group() == 1
+        && p.k_h == p.k_w
+        && (p.dil_h, p.dil_w) == (1, 1)
+        && p.stride_h == p.stride_w;
+    let interleaved = square
+        && interleaved_pays(p)
+        && crate::arch::depthwise_interleaved_fits(
+            p.k_h, p.stride_h, p.out_h, p.out_w, p.pad_top, p.pad_left,
+        );
+    if let Some(kernel) = isa.depthwise_interleaved.filter(|_| interleaved) {
+        return Some(SmallChannels::Interleaved(kernel));
+    }
     if let Some(kernel) = small_3x3_kernel(isa, p) {
         return Some(SmallChannels::ThreeByThree(kernel));
     }
@@ -877,6 +897,16 @@ fn small_channels_kernel(isa: Isa, p: &Conv2dParams) -> Option<SmallChannels> {
         && crate::arch::depthwise_small_plane(p.k_h, p.stride_h, p.out_h, p.out_w, p.pad_top, p.pad_left)
             .is_some();
     isa.depthwise_small.filter(|_| fits).map(SmallChannels::Square)
+}
+
+/// Whether [`Isa::depthwise_interleaved`] measured faster than the whole-plane and many-channel
+/// kernels on a layer of this shape (Xeon, AVX-512, one-layer models and MobileNets, 1 and 2
+/// threads): rows that are not whole half-vectors (7, 14 columns; BlazeFace's 8×8 and 16×16
+/// planes ran alike or slower), with 5×5 filters or over planes of at most 64 pixels. MobileNetV2's
+/// 3×3 layers over 14×14 took 0.060 → 0.048 ms at 1 thread but 0.032 → 0.044 at 2: there the
+/// transposes outweigh nine taps.
+fn interleaved_pays(p: &Conv2dParams) -> bool {
+    !p.out_w.is_multiple_of(8) && (p.k_h >= 5 || p.out_h * p.out_w <= 64)
 }
 
 /// The path's [`Isa::depthwise_3x3`] kernel when the layer suits it: 3×3 depthwise filters (one

@@ -611,6 +611,82 @@ fn depthwise_small_matches_the_definition() {
 }
 
 #[test]
+fn depthwise_interleaved_matches_the_definition() {
+    // Both strides, filter sides 1-7, outputs from one pixel to the largest plane taken, pads
+    // from none to k - 1, inputs shorter and longer than the outputs read, channel counts below,
+    // at and past one and two blocks of 16, with and without bias and clamp.
+    let mut rng = Rng::new(33);
+    let mut taken = 0;
+    for isa in Isa::available() {
+        let Some(kernel) = isa.depthwise_interleaved else { continue };
+        for case in 0..600 {
+            let stride = 1 + case % 2;
+            let k = 1 + (case / 2) % super::DEPTHWISE_SMALL_MAX_K;
+            let (out_h, out_w) = (1 + rng.below(17), 1 + rng.below(17));
+            let (pad_top, pad_left) = (rng.below(k), rng.below(k));
+            if !super::depthwise_interleaved_fits(k, stride, out_h, out_w, pad_top, pad_left) {
+                continue;
+            }
+            taken += 1;
+            let reach = |out: usize, pad: usize| (stride * (out - 1) + k).saturating_sub(pad);
+            let in_w = (reach(out_w, pad_left) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
+            let in_h = (reach(out_h, pad_top) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
+            let channels = [1, 3, 15, 16, 17, 33][case % 6];
+            let clamp = match case % 5 {
+                0 => Some([0.0, f32::INFINITY]),
+                1 => Some([-0.5, 0.75]),
+                _ => None,
+            };
+            let bias = (case % 3 != 0).then(|| rng.vec(channels));
+            let filters = rng.vec(k * k * channels);
+            let x = rng.vec(channels * in_h * in_w);
+            let bias = bias.as_deref();
+            let shape =
+                DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
+            let want = depthwise_by_definition(&filters, &x, k, &shape);
+            let spare = rng.below(20);
+            let y0 = rng.vec(want.len() + spare);
+            let mut got = y0.clone();
+            kernel(&filters, &x, &mut got, shape, k);
+            for (idx, g) in got.iter().enumerate() {
+                let ok = match want.get(idx) {
+                    Some(w) => close(*g, *w, (k * k) as f32),
+                    None => *g == y0[idx],
+                };
+                assert!(ok, "{} k={k} {channels} channels of {shape:?}, case {case} at {idx}: {g}", isa.name);
+            }
+        }
+        let shape = DepthwiseChannels {
+            in_h: 3,
+            in_w: 5,
+            out_h: 3,
+            out_w: 5,
+            stride: 1,
+            pad_top: 2,
+            pad_left: 2,
+            bias: None,
+            clamp: None,
+        };
+        let (filters, x) = (vec![1.0; 50], vec![1.0; 30]);
+        for (what, filters, x, len, shape, k) in [
+            ("weights", &filters[..49], &x[..], 30, shape, 5),
+            ("input", &filters[..], &x[..29], 30, shape, 5),
+            ("output", &filters[..], &x[..], 29, shape, 5),
+            ("bias", &filters[..], &x[..], 30, DepthwiseChannels { bias: Some(&[0.0]), ..shape }, 5),
+            ("stride", &filters[..], &x[..], 30, DepthwiseChannels { stride: 3, ..shape }, 5),
+            ("padding", &filters[..], &x[..], 30, DepthwiseChannels { pad_left: 5, ..shape }, 5),
+            ("filter side", &filters[..], &x[..], 30, shape, 8),
+            ("outputs", &filters[..], &x[..], 2000, DepthwiseChannels { out_h: 200, ..shape }, 5),
+            ("input plane", &filters[..], &x[..], 30, DepthwiseChannels { in_w: 0, ..shape }, 5),
+        ] {
+            let bad = std::panic::catch_unwind(|| kernel(filters, x, &mut vec![0.0; len], shape, k));
+            assert!(bad.is_err(), "{}: bad {what} must panic", isa.name);
+        }
+    }
+    assert!(taken > 0 || Isa::available().iter().all(|isa| isa.depthwise_interleaved.is_none()));
+}
+
+#[test]
 fn depthwise_rows_rejects_short_operands_and_handles_empty_filters() {
     let shape = DepthwiseRows {
         kh: 3,

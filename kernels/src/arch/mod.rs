@@ -203,6 +203,15 @@ pub struct Isa {
     /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
     /// shape is outside what [`depthwise_small_plane`] takes.
     pub depthwise_small: Option<DepthwiseSmallFn>,
+    /// [`Isa::depthwise_small`]'s computation, 16 channels at a time in a pixel-major copy (a
+    /// pixel's 16 channels in one vector, as NCHWc layouts hold them): every tap one aligned
+    /// load and one multiply-add for 16 channels. For shapes [`depthwise_interleaved_fits`]
+    /// takes (small planes, MobileNets' 7×7 and 14×14 stages); `None` on paths without it.
+    ///
+    /// # Panics
+    /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
+    /// shape is outside what [`depthwise_interleaved_fits`] takes.
+    pub depthwise_interleaved: Option<DepthwiseSmallFn>,
     /// The int8 dot-product kernels of dynamic-range quantized convolutions and 4-bit GEMVs
     /// (on x86 without AVX-512 VNNI the GEMV only); `None` on paths whose CPU lacks int8 dot
     /// products (NEON without dotprod), which keep f32.
@@ -450,6 +459,54 @@ pub const DEPTHWISE_SMALL_MAX_WIDTH: usize = 16;
 /// Floats of the zero-padded copy of an input plane that [`Isa::depthwise_small`] keeps on the
 /// stack (16 KiB).
 pub const DEPTHWISE_SMALL_SCRATCH: usize = 4096;
+
+/// Most padded input pixels (the rows × columns its outputs read) of a plane that
+/// [`Isa::depthwise_interleaved`] takes: its pixel-major copy of 16 channels lives on the stack
+/// (40 KiB).
+pub const DEPTHWISE_INTERLEAVED_MAX_PADDED: usize = 640;
+
+/// Most output pixels of a plane that [`Isa::depthwise_interleaved`] takes.
+pub const DEPTHWISE_INTERLEAVED_MAX_OUT: usize = 256;
+
+/// Whether [`Isa::depthwise_interleaved`] takes a `k`×`k` filter at `stride` into `out_h ×
+/// out_w` outputs with these leading pads: a filter side of 1 to [`DEPTHWISE_SMALL_MAX_K`],
+/// stride 1 or 2, pads below `k`, at most [`DEPTHWISE_INTERLEAVED_MAX_OUT`] outputs and
+/// [`DEPTHWISE_INTERLEAVED_MAX_PADDED`] padded input pixels.
+pub fn depthwise_interleaved_fits(
+    k: usize,
+    stride: usize,
+    out_h: usize,
+    out_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+) -> bool {
+    let reach = |out: usize| (out.max(1) - 1) * stride + k;
+    (1..=DEPTHWISE_SMALL_MAX_K).contains(&k)
+        && matches!(stride, 1 | 2)
+        && out_h > 0
+        && out_w > 0
+        && pad_top < k
+        && pad_left < k
+        && out_h * out_w <= DEPTHWISE_INTERLEAVED_MAX_OUT
+        && reach(out_h) * reach(out_w) <= DEPTHWISE_INTERLEAVED_MAX_PADDED
+}
+
+/// Checks [`Isa::depthwise_interleaved`] operands (panicking on a caller bug); the number of
+/// channels, or `None` when there is no output to compute.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn depthwise_interleaved_check(
+    w: &[f32],
+    x: &[f32],
+    y: &[f32],
+    s: &DepthwiseChannels<'_>,
+    k: usize,
+) -> Option<usize> {
+    assert!(
+        depthwise_interleaved_fits(k, s.stride, s.out_h, s.out_w, s.pad_top, s.pad_left),
+        "depthwise interleaved {k}x{k}: {s:?} is not supported"
+    );
+    depthwise_channels_check(k, w, x, y, s)
+}
 
 /// The form of [`Isa::depthwise_small`]: filters `w` (`k`×`k` per channel), input planes `x`,
 /// output planes `y`, back to back, their shape, and `k`.

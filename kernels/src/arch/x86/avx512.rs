@@ -43,6 +43,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_3x3: super::avx2::ISA.depthwise_3x3,
     depthwise_3x3_width: 8,
     depthwise_small: None,
+    depthwise_interleaved: Some(super::depthwise_interleaved::depthwise_interleaved_avx512),
     int8: None,
 };
 

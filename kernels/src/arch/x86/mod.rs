@@ -35,6 +35,7 @@ mod bounds;
 mod depthwise;
 mod depthwise3x3_avx2;
 mod depthwise_avx2;
+mod depthwise_interleaved;
 mod depthwise_small_avx2;
 mod fused;
 mod fused_avx512;
