@@ -1,8 +1,8 @@
 //! Every available path's micro-kernels against the scalar reference, on shapes with odd tails.
 
 use super::{
-    scalar, DepthwiseChannels, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, FusedActivation, FusedRows,
-    Isa, ResidualRows,
+    scalar, DepthwiseChannels, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, DepthwiseSmallFn,
+    FusedActivation, FusedRows, Isa, ResidualRows,
 };
 use crate::testutil::Rng;
 use crate::Conv2dParams;
@@ -430,7 +430,7 @@ fn depthwise_3x3_matches_the_reference() {
                 1 => Some([-0.5, 0.75]),
                 _ => None,
             };
-            let bias = (case % 3 != 0).then(|| rng.vec(channels));
+            let bias = (!case.is_multiple_of(3)).then(|| rng.vec(channels));
             let filters = rng.vec(9 * channels);
             let x = rng.vec(channels * in_plane);
             let spare = rng.below(20);
@@ -531,6 +531,90 @@ pub(super) fn depthwise_by_definition(w: &[f32], x: &[f32], k: usize, s: &Depthw
     y
 }
 
+/// One random case of a many-channel depthwise kernel's operands (`k`×`k` filters at `stride`,
+/// outputs up to `max_w` × `max_h`, pads below `k`, an input a few rows and columns shorter or
+/// longer than the outputs read), if `takes` accepts its shape: checked against the definition,
+/// and nothing written past the outputs.
+#[allow(clippy::too_many_arguments)]
+fn many_channel_case(
+    rng: &mut Rng,
+    name: &str,
+    kernel: DepthwiseSmallFn,
+    takes: fn(usize, usize, usize, usize, usize, usize) -> bool,
+    case: usize,
+    (max_w, max_h): (usize, usize),
+    channels: usize,
+) -> bool {
+    let stride = 1 + case % 2;
+    let k = 1 + (case / 2) % super::DEPTHWISE_SMALL_MAX_K;
+    let (out_w, out_h) = (1 + rng.below(max_w), 1 + rng.below(max_h));
+    let (pad_top, pad_left) = (rng.below(k), rng.below(k));
+    if !takes(k, stride, out_h, out_w, pad_top, pad_left) {
+        return false;
+    }
+    let reach = |out: usize, pad: usize| (stride * (out - 1) + k).saturating_sub(pad);
+    let in_w = (reach(out_w, pad_left) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
+    let in_h = (reach(out_h, pad_top) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
+    let clamp = match case % 5 {
+        0 => Some([0.0, f32::INFINITY]),
+        1 => Some([-0.5, 0.75]),
+        _ => None,
+    };
+    let bias = (!case.is_multiple_of(3)).then(|| rng.vec(channels));
+    let filters = rng.vec(k * k * channels);
+    let x = rng.vec(channels * in_h * in_w);
+    let bias = bias.as_deref();
+    let shape = DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
+    let want = depthwise_by_definition(&filters, &x, k, &shape);
+    let spare = rng.below(20);
+    let y0 = rng.vec(want.len() + spare);
+    let mut got = y0.clone();
+    kernel(&filters, &x, &mut got, shape, k);
+    for (idx, g) in got.iter().enumerate() {
+        let ok = match want.get(idx) {
+            Some(w) => close(*g, *w, (k * k) as f32),
+            None => *g == y0[idx],
+        };
+        assert!(ok, "{name} k={k} {channels} channels of {shape:?}, case {case} at {idx}: {g}");
+    }
+    true
+}
+
+/// A many-channel depthwise kernel must panic on operands that do not hold what the shape says
+/// and on shapes it does not take (`more`: cases of its own).
+fn many_channel_rejects(name: &str, kernel: DepthwiseSmallFn, more: &[(&str, usize, DepthwiseChannels<'_>)]) {
+    let shape = REJECTED;
+    let (filters, x) = (vec![1.0; 50], vec![1.0; 30]);
+    let mut cases = vec![
+        ("weights", &filters[..49], &x[..], 30, shape, 5),
+        ("input", &filters[..], &x[..29], 30, shape, 5),
+        ("output", &filters[..], &x[..], 29, shape, 5),
+        ("bias", &filters[..], &x[..], 30, DepthwiseChannels { bias: Some(&[0.0]), ..shape }, 5),
+        ("stride", &filters[..], &x[..], 30, DepthwiseChannels { stride: 3, ..shape }, 5),
+        ("padding", &filters[..], &x[..], 30, DepthwiseChannels { pad_left: 5, ..shape }, 5),
+        ("filter side", &filters[..], &x[..], 30, shape, 8),
+        ("input plane", &filters[..], &x[..], 30, DepthwiseChannels { in_w: 0, ..shape }, 5),
+    ];
+    cases.extend(more.iter().map(|&(what, len, shape)| (what, &filters[..], &x[..], len, shape, 5)));
+    for (what, filters, x, len, shape, k) in cases {
+        let bad = std::panic::catch_unwind(|| kernel(filters, x, &mut vec![0.0; len], shape, k));
+        assert!(bad.is_err(), "{name}: bad {what} must panic");
+    }
+}
+
+/// A shape every many-channel kernel takes, which [`many_channel_rejects`] varies.
+const REJECTED: DepthwiseChannels<'static> = DepthwiseChannels {
+    in_h: 3,
+    in_w: 5,
+    out_h: 3,
+    out_w: 5,
+    stride: 1,
+    pad_top: 2,
+    pad_left: 2,
+    bias: None,
+    clamp: None,
+};
+
 #[test]
 fn depthwise_small_matches_the_definition() {
     // Both strides, filter sides 1-7, every output width up to two vectors, heights from one row
@@ -538,150 +622,42 @@ fn depthwise_small_matches_the_definition() {
     // the outputs read, several channels per call, with and without bias and clamp.
     let mut rng = Rng::new(32);
     let mut taken = 0;
+    let takes = |k, stride, out_h, out_w, pad_top, pad_left| {
+        super::depthwise_small_plane(k, stride, out_h, out_w, pad_top, pad_left).is_some()
+    };
     for isa in Isa::available() {
         let Some(kernel) = isa.depthwise_small else { continue };
         for case in 0..1500 {
-            let stride = 1 + case % 2;
-            let k = 1 + (case / 2) % super::DEPTHWISE_SMALL_MAX_K;
-            let out_w = 1 + rng.below(super::DEPTHWISE_SMALL_MAX_WIDTH);
-            let out_h = 1 + rng.below(20);
-            let (pad_top, pad_left) = (rng.below(k), rng.below(k));
-            let Some(_) = super::depthwise_small_plane(k, stride, out_h, out_w, pad_top, pad_left) else {
-                continue;
-            };
-            taken += 1;
-            // The input the outputs read, give or take a few rows and columns.
-            let reach = |out: usize, pad: usize| (stride * (out - 1) + k).saturating_sub(pad);
-            let in_w = (reach(out_w, pad_left) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
-            let in_h = (reach(out_h, pad_top) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
             let channels = 1 + rng.below(4);
-            let clamp = match case % 5 {
-                0 => Some([0.0, f32::INFINITY]),
-                1 => Some([-0.5, 0.75]),
-                _ => None,
-            };
-            let bias = (case % 3 != 0).then(|| rng.vec(channels));
-            let filters = rng.vec(k * k * channels);
-            let x = rng.vec(channels * in_h * in_w);
-            let bias = bias.as_deref();
-            let shape =
-                DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
-            let want = depthwise_by_definition(&filters, &x, k, &shape);
-            let spare = rng.below(20);
-            let y0 = rng.vec(want.len() + spare);
-            let mut got = y0.clone();
-            kernel(&filters, &x, &mut got, shape, k);
-            for (idx, g) in got.iter().enumerate() {
-                let ok = match want.get(idx) {
-                    Some(w) => close(*g, *w, (k * k) as f32),
-                    None => *g == y0[idx],
-                };
-                assert!(ok, "{} k={k} {channels} channels of {shape:?}, case {case} at {idx}: {g}", isa.name);
-            }
+            let extent = (super::DEPTHWISE_SMALL_MAX_WIDTH, 20);
+            taken +=
+                usize::from(many_channel_case(&mut rng, isa.name, kernel, takes, case, extent, channels));
         }
-        let shape = DepthwiseChannels {
-            in_h: 3,
-            in_w: 5,
-            out_h: 3,
-            out_w: 5,
-            stride: 1,
-            pad_top: 2,
-            pad_left: 2,
-            bias: None,
-            clamp: None,
-        };
-        let (filters, x) = (vec![1.0; 50], vec![1.0; 30]);
-        for (what, filters, x, len, shape, k) in [
-            ("weights", &filters[..49], &x[..], 30, shape, 5),
-            ("input", &filters[..], &x[..29], 30, shape, 5),
-            ("output", &filters[..], &x[..], 29, shape, 5),
-            ("bias", &filters[..], &x[..], 30, DepthwiseChannels { bias: Some(&[0.0]), ..shape }, 5),
-            ("width", &filters[..], &x[..], 34, DepthwiseChannels { out_w: 17, out_h: 1, ..shape }, 5),
-            ("stride", &filters[..], &x[..], 30, DepthwiseChannels { stride: 3, ..shape }, 5),
-            ("padding", &filters[..], &x[..], 30, DepthwiseChannels { pad_left: 5, ..shape }, 5),
-            ("filter side", &filters[..], &x[..], 30, shape, 8),
-            ("height", &filters[..], &x[..], 2000, DepthwiseChannels { out_h: 400, ..shape }, 5),
-            ("input plane", &filters[..], &x[..], 30, DepthwiseChannels { in_w: 0, ..shape }, 5),
-        ] {
-            let bad = std::panic::catch_unwind(|| kernel(filters, x, &mut vec![0.0; len], shape, k));
-            assert!(bad.is_err(), "{}: bad {what} must panic", isa.name);
-        }
+        let more = [
+            ("width", 34, DepthwiseChannels { out_w: 17, out_h: 1, ..REJECTED }),
+            ("height", 2000, DepthwiseChannels { out_h: 400, ..REJECTED }),
+        ];
+        many_channel_rejects(isa.name, kernel, &more);
     }
     assert!(taken > 0 || Isa::available().iter().all(|isa| isa.depthwise_small.is_none()));
 }
 
 #[test]
 fn depthwise_interleaved_matches_the_definition() {
-    // Both strides, filter sides 1-7, outputs from one pixel to the largest plane taken, pads
-    // from none to k - 1, inputs shorter and longer than the outputs read, channel counts below,
-    // at and past one and two blocks of 16, with and without bias and clamp.
+    // As above, over outputs up to the largest plane taken and channel counts below, at and past
+    // one and two blocks of 16.
     let mut rng = Rng::new(33);
     let mut taken = 0;
     for isa in Isa::available() {
         let Some(kernel) = isa.depthwise_interleaved else { continue };
         for case in 0..600 {
-            let stride = 1 + case % 2;
-            let k = 1 + (case / 2) % super::DEPTHWISE_SMALL_MAX_K;
-            let (out_h, out_w) = (1 + rng.below(17), 1 + rng.below(17));
-            let (pad_top, pad_left) = (rng.below(k), rng.below(k));
-            if !super::depthwise_interleaved_fits(k, stride, out_h, out_w, pad_top, pad_left) {
-                continue;
-            }
-            taken += 1;
-            let reach = |out: usize, pad: usize| (stride * (out - 1) + k).saturating_sub(pad);
-            let in_w = (reach(out_w, pad_left) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
-            let in_h = (reach(out_h, pad_top) + rng.below(4)).saturating_sub(rng.below(4)).max(1);
             let channels = [1, 3, 15, 16, 17, 33][case % 6];
-            let clamp = match case % 5 {
-                0 => Some([0.0, f32::INFINITY]),
-                1 => Some([-0.5, 0.75]),
-                _ => None,
-            };
-            let bias = (case % 3 != 0).then(|| rng.vec(channels));
-            let filters = rng.vec(k * k * channels);
-            let x = rng.vec(channels * in_h * in_w);
-            let bias = bias.as_deref();
-            let shape =
-                DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
-            let want = depthwise_by_definition(&filters, &x, k, &shape);
-            let spare = rng.below(20);
-            let y0 = rng.vec(want.len() + spare);
-            let mut got = y0.clone();
-            kernel(&filters, &x, &mut got, shape, k);
-            for (idx, g) in got.iter().enumerate() {
-                let ok = match want.get(idx) {
-                    Some(w) => close(*g, *w, (k * k) as f32),
-                    None => *g == y0[idx],
-                };
-                assert!(ok, "{} k={k} {channels} channels of {shape:?}, case {case} at {idx}: {g}", isa.name);
-            }
+            let takes = super::depthwise_interleaved_fits;
+            taken +=
+                usize::from(many_channel_case(&mut rng, isa.name, kernel, takes, case, (17, 17), channels));
         }
-        let shape = DepthwiseChannels {
-            in_h: 3,
-            in_w: 5,
-            out_h: 3,
-            out_w: 5,
-            stride: 1,
-            pad_top: 2,
-            pad_left: 2,
-            bias: None,
-            clamp: None,
-        };
-        let (filters, x) = (vec![1.0; 50], vec![1.0; 30]);
-        for (what, filters, x, len, shape, k) in [
-            ("weights", &filters[..49], &x[..], 30, shape, 5),
-            ("input", &filters[..], &x[..29], 30, shape, 5),
-            ("output", &filters[..], &x[..], 29, shape, 5),
-            ("bias", &filters[..], &x[..], 30, DepthwiseChannels { bias: Some(&[0.0]), ..shape }, 5),
-            ("stride", &filters[..], &x[..], 30, DepthwiseChannels { stride: 3, ..shape }, 5),
-            ("padding", &filters[..], &x[..], 30, DepthwiseChannels { pad_left: 5, ..shape }, 5),
-            ("filter side", &filters[..], &x[..], 30, shape, 8),
-            ("outputs", &filters[..], &x[..], 2000, DepthwiseChannels { out_h: 200, ..shape }, 5),
-            ("input plane", &filters[..], &x[..], 30, DepthwiseChannels { in_w: 0, ..shape }, 5),
-        ] {
-            let bad = std::panic::catch_unwind(|| kernel(filters, x, &mut vec![0.0; len], shape, k));
-            assert!(bad.is_err(), "{}: bad {what} must panic", isa.name);
-        }
+        let more = [("outputs", 2000, DepthwiseChannels { out_h: 200, ..REJECTED })];
+        many_channel_rejects(isa.name, kernel, &more);
     }
     assert!(taken > 0 || Isa::available().iter().all(|isa| isa.depthwise_interleaved.is_none()));
 }
