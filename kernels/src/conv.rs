@@ -162,16 +162,18 @@ const DOT_OVERHEAD: usize = 64;
 /// MobileNetV2's 160→960, 960→160 and 320→1280 layers at 7×7 went from 0.233, 0.195 and 0.573 ms
 /// to 0.191, 0.160 and 0.474 (one-layer models, fastest of 6 alternating `pith bench --profile`
 /// rounds). 384→64 at 14×14 (4 columns past 12 vectors) measured no gain and stays on vectors.
-/// On AVX2 a single leftover column takes dot products when they cost at most the strip (Zen 3:
+/// A single leftover column takes dot products when they cost at most the strip (Zen 3, AVX2:
 /// 160→960 at 7×7 from 0.273 to 0.253 ms; 576→96 at 14×14, 4 columns past 24 vectors, was 2 %
 /// slower on dot products and stays on vectors).
 fn sliver_columns(lanes: usize, width: usize, k: usize) -> usize {
     let lanes = lanes.max(1);
     let rest = width % lanes;
     let dots = rest * (k.div_ceil(lanes) + DOT_OVERHEAD);
-    // On 8-lane paths the strip for one leftover column is a masked one-vector tile, bound by
-    // its multiply-adds' latency: there a dot product pays from its own cost down.
-    let pays = if lanes == 8 && rest == 1 { dots <= k } else { 2 * dots <= k };
+    // On 8- and 16-lane paths the strip for one leftover column is a masked one-vector tile,
+    // bound by its multiply-adds' latency: there a dot product pays from its own cost down
+    // (AVX-512, 96→576 over 7×7, one layer at 1 thread: 0.050 → 0.041 ms, the strip had taken 23 %
+    // of it). NEON's 4-lane strip keeps the general rule (not timed).
+    let pays = if lanes >= 8 && rest == 1 { dots <= k } else { 2 * dots <= k };
     if width > lanes && rest > 0 && pays {
         rest
     } else {
@@ -1560,8 +1562,9 @@ mod tests {
         assert_eq!(sliver_columns(8, 49, 320), 1);
         assert_eq!(sliver_columns(8, 49, 160), 1);
         assert_eq!(sliver_columns(8, 196, 576), 0);
+        assert_eq!(sliver_columns(16, 49, 96), 1);
         // Short reductions, several columns, whole vectors, one vector or less: vectors.
-        assert_eq!(sliver_columns(16, 49, 96), 0);
+        assert_eq!(sliver_columns(16, 49, 48), 0);
         assert_eq!(sliver_columns(16, 196, 384), 0);
         assert_eq!(sliver_columns(16, 64, 960), 0);
         assert_eq!(sliver_columns(16, 9, 960), 0);
