@@ -875,6 +875,7 @@ enum SmallChannels {
 /// [`Isa::depthwise_small`] for other square filters at stride 1 or 2, undilated, into outputs
 /// of at most [`DEPTHWISE_SMALL_MAX_WIDTH`](crate::arch::DEPTHWISE_SMALL_MAX_WIDTH) columns.
 fn small_channels_kernel(isa: Isa, p: &Conv2dParams) -> Option<SmallChannels> {
+    // Square undilated depthwise filters at one stride both ways: what both kernels take.
     let square = p.in_per_group() == 1
         && p.out_per_group() == 1
         && p.k_h == p.k_w
@@ -891,11 +892,7 @@ fn small_channels_kernel(isa: Isa, p: &Conv2dParams) -> Option<SmallChannels> {
     if let Some(kernel) = small_3x3_kernel(isa, p) {
         return Some(SmallChannels::ThreeByThree(kernel));
     }
-    let fits = p.in_per_group() == 1
-        && p.out_per_group() == 1
-        && p.k_h == p.k_w
-        && (p.dil_h, p.dil_w) == (1, 1)
-        && p.stride_h == p.stride_w
+    let fits = square
         && crate::arch::depthwise_small_plane(p.k_h, p.stride_h, p.out_h, p.out_w, p.pad_top, p.pad_left)
             .is_some();
     isa.depthwise_small.filter(|_| fits).map(SmallChannels::Square)

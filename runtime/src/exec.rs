@@ -206,25 +206,21 @@ impl Backend for CpuBackend {
         let arena = ArenaPtr::new(&mut self.arena, plan.arena_len)?;
         let ctx = job.ctx;
 
-        // Each graph input's data: copied into the arena where the plan put it there, else read in
-        // place by the steps (`Slot::Input`).
-        let mut in_place: Vec<&[f32]> = Vec::with_capacity(inputs.len());
+        // Graph inputs the steps read: checked, then copied into the arena where the plan put
+        // them there, else read in place from `inputs` by the steps (`Slot::Input`).
         for (&id, t) in graph.inputs.iter().zip(inputs) {
             let v = planned(plan, id)?;
-            let src = match (&v.slot, t.as_f32()) {
-                (Slot::Arena(_) | Slot::Input(_), None) => {
-                    return Err(RuntimeError::Graph(format!("input #{id} is not f32")));
-                }
-                (_, src) => src.unwrap_or_default(),
-            };
-            if matches!(v.slot, Slot::Arena(_) | Slot::Input(_)) && src.len() != v.numel() {
+            if !matches!(v.slot, Slot::Arena(_) | Slot::Input(_)) {
+                continue;
+            }
+            let src = t.as_f32().ok_or_else(|| RuntimeError::Graph(format!("input #{id} is not f32")))?;
+            if src.len() != v.numel() {
                 return Err(RuntimeError::Graph("input does not match its plan".into()));
             }
             if let Slot::Arena(off) = v.slot {
                 // SAFETY: no other arena borrow is alive during this copy.
                 unsafe { arena.get_mut(off, v) }.copy_from_slice(src);
             }
-            in_place.push(src);
         }
 
         // One argument list and one output list for every step: no allocation per node.
@@ -253,9 +249,12 @@ impl Backend for CpuBackend {
                         // SAFETY: see the outputs below; inputs are only read.
                         ArgData::Act(unsafe { arena.get(*off, v) })
                     }
-                    Slot::Input(k) => ArgData::Act(in_place.get(*k).copied().ok_or_else(|| {
-                        RuntimeError::Graph(format!("value #{id} is input {k} of {}", inputs.len()))
-                    })?),
+                    // Checked against its plan above.
+                    Slot::Input(k) => {
+                        ArgData::Act(inputs.get(*k).and_then(|t| t.as_f32()).ok_or_else(|| {
+                            RuntimeError::Graph(format!("value #{id} is input {k} of {}", inputs.len()))
+                        })?)
+                    }
                     Slot::Known(t) => ArgData::Known(t),
                     Slot::Const => ArgData::Const((job.constant)(id).ok_or_else(|| {
                         RuntimeError::Graph(format!("constant #{id} vanished from the model"))

@@ -11,6 +11,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx512::lane_mask;
 use crate::arch::{
     depthwise_interleaved_check, DepthwiseChannels, DEPTHWISE_INTERLEAVED_MAX_OUT,
     DEPTHWISE_INTERLEAVED_MAX_PADDED, DEPTHWISE_SMALL_MAX_K,
@@ -228,15 +229,5 @@ fn transpose(r: &mut [__m512; C]) {
         r[4 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_lo, cd_lo);
         r[8 + j] = _mm512_shuffle_f32x4::<0b10_00_10_00>(ab_hi, cd_hi);
         r[12 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(ab_hi, cd_hi);
-    }
-}
-
-/// Mask of lanes `i < n` (n clamped to 16).
-#[inline]
-fn lane_mask(n: usize) -> __mmask16 {
-    if n >= C {
-        0xFFFF
-    } else {
-        ((1u32 << n) - 1) as __mmask16
     }
 }
