@@ -279,8 +279,9 @@ pub fn conv2d(
         for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
             let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
             let rb = residual.map(|r| (&r[b * rc * out_plane..][..rc * out_plane], rc));
-            // Winograd's output tiles are 2 rows tall.
-            split_output_rows(kernels, p, 2, 1, yb, scratch, per_task, |rows, planes, s| {
+            // Each worker takes whole rows of tiles.
+            let align = crate::winograd::row_align(p);
+            split_output_rows(kernels, p, align, 1, yb, scratch, per_task, |rows, planes, s| {
                 layer.run(xb, rb, rows, planes, s)
             });
         }
@@ -1762,8 +1763,20 @@ mod tests {
         let sets = kernel_sets();
         let kind = WeightKind::Codebook(4, pith_format::ir::CodebookKind::PerRow, false);
         // (in_h, in_w, pad_top, pad_left, pad_bottom, pad_right): odd and even outputs, no
-        // padding, one-sided padding, and padding wider than a tile.
-        for (in_h, in_w, pt, pl, pb, pr) in [(9, 13, 1, 1, 1, 1), (8, 10, 0, 0, 0, 0), (7, 12, 2, 0, 1, 2)] {
+        // padding, one-sided padding, and padding wider than a tile; the first three take
+        // 2×2 tiles, the rest 4×4 ones (outputs of at least 8×16), with extents that leave 1, 2
+        // and 3 rows and columns of a last tile, rows of fewer and more tiles than a vector
+        // window, and every left padding modulo 4.
+        let cases = [
+            (9, 13, 1, 1, 1, 1),
+            (8, 10, 0, 0, 0, 0),
+            (7, 12, 2, 0, 1, 2),
+            (10, 18, 1, 1, 1, 1),
+            (11, 19, 0, 3, 0, 0),
+            (13, 70, 2, 2, 1, 0),
+            (9, 83, 0, 0, 2, 2),
+        ];
+        for (case, (in_h, in_w, pt, pl, pb, pr)) in cases.into_iter().enumerate() {
             let p = Conv2dParams {
                 batch: 2,
                 in_c: 17,
@@ -1783,6 +1796,7 @@ mod tests {
                 groups: 1,
             };
             assert!(crate::winograd::applies(&p), "{p:?}");
+            assert_eq!(crate::winograd::row_align(&p), if case < 3 { 2 } else { 4 }, "{p:?}");
             check_all_paths(&mut rng, &sets, &p, kind, true);
             check_all_paths(&mut rng, &sets, &p, WeightKind::F32, false);
         }
