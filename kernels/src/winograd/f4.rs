@@ -4,15 +4,20 @@
 //! Its transforms scale values by up to 8 and 1/24, so the sums lose a few more bits than
 //! F(2×2, 3×3)'s: about 1e-6 of the output's magnitude in f32 against 1e-7.
 
-/// `G` applied to the column `(g0, g1, g2)`.
+/// `G` applied to the column `(g0, g1, g2)`, its fractions as products with rounded reciprocals
+/// (divisions took most of a call's filter transforms, which a small plane does not amortise).
 #[inline(always)]
 fn g_column(g0: f32, g1: f32, g2: f32) -> [f32; 6] {
+    const SIXTH: f32 = 1.0 / 6.0;
+    const TWELFTH: f32 = 1.0 / 12.0;
+    const TWENTY_FOURTH: f32 = 1.0 / 24.0;
     let (sum, alt) = (g0 + g2 + g1, g0 + g2 - g1);
-    let (quarter, wide) = (g0 / 24.0 + g2 / 6.0, g1 / 12.0);
-    [g0 / 4.0, -sum / 6.0, -alt / 6.0, quarter + wide, quarter - wide, g2]
+    let (quarter, wide) = (g0 * TWENTY_FOURTH + g2 * SIXTH, g1 * TWELFTH);
+    [g0 * 0.25, -sum * SIXTH, -alt * SIXTH, quarter + wide, quarter - wide, g2]
 }
 
 /// `G g Gᵀ` of one 3×3 filter `g` (row-major) into `u` (36 values, row-major 6×6).
+#[inline(always)]
 pub(super) fn filter(g: &[f32], u: &mut [f32]) {
     let mut gg = [[0.0f32; 3]; 6];
     for c in 0..3 {
@@ -39,11 +44,20 @@ fn b_t(d0: f32, d1: f32, d2: f32, d3: f32, d4: f32, d5: f32) -> [f32; 6] {
 }
 
 /// `V = Bᵀ d B` for the `tiles` tiles of one tile row: `rows` holds 6 padded input rows, each as
-/// its 4 column phases (phase `j` holds padded columns `4t + j`, `tiles + 1` each); row `ξ` of
-/// the result goes to `v[ξ * stride + at ..]`. `work` holds 36 rows of `tiles + 1`.
+/// its 4 column phases (phase `j` holds padded columns `4t + j`, `half` apart, each at least
+/// `tiles + 1` long); row `ξ` of the result goes to `v[ξ * stride + at ..]`. `work` holds 36 rows
+/// of `half`.
 #[inline(always)]
-pub(super) fn input(rows: &[f32], tiles: usize, work: &mut [f32], v: &mut [f32], at: usize, stride: usize) {
-    let half = tiles + 1;
+pub(super) fn input(
+    rows: &[f32],
+    tiles: usize,
+    half: usize,
+    work: &mut [f32],
+    v: &mut [f32],
+    at: usize,
+    stride: usize,
+) {
+    debug_assert!(half > tiles);
     // Along each row, tile t reads (d0, .., d5) = (p0[t], p1[t], p2[t], p3[t], p0[t + 1],
     // p1[t + 1]); work row i * 6 + j holds component j of row i for every tile.
     for (i, row) in rows.chunks_exact(4 * half).take(6).enumerate() {

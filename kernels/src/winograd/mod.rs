@@ -30,7 +30,7 @@ macro_rules! windows {
         } else {
             let mut start = 0;
             while start < tiles {
-                let ($t0, $w) = (start.min(tiles - $crate::winograd::WINDOW), $crate::winograd::WINDOW);
+                let ($t0, $w) = (start.min(tiles - $crate::winograd::WINDOW), std::hint::black_box($crate::winograd::WINDOW));
                 $body
                 start += $crate::winograd::WINDOW;
             }
@@ -58,9 +58,12 @@ const V_BUDGET: usize = 1 << 18;
 /// MiB per tile row) took 29 ms against 39 ms (criterion `conv_layers`, 1 thread, Zen 4).
 const V_ROW_LIMIT: usize = 1 << 19;
 
-/// Smallest output plane (rows, columns) that takes F(4×4, 3×3); smaller ones take F(2×2, 3×3),
-/// whose tiles waste less of a plane that is not a multiple of 4.
-const F4_MIN_PLANE: (usize, usize) = (8, 16);
+/// Fewest 4×4 output tiles a plane needs to take F(4×4, 3×3): with fewer, its GEMMs are too
+/// narrow (a few tiles per row of `V`) and its costlier filter transform is not amortised, and
+/// F(2×2, 3×3) is faster. 96→24 filters at 1 thread (Xeon, one-layer models, ms, F(4×4) /
+/// F(2×2)): 8×16 0.123 / 0.096, 12×24 0.175 / 0.144, 16×32 (32 tiles) 0.248 / 0.245, 20×40 (50
+/// tiles) 0.319 / 0.399.
+const F4_MIN_TILES: usize = 48;
 
 /// Tiles per vector-sized window of the transforms (see `windows!`).
 const WINDOW: usize = 16;
@@ -84,7 +87,7 @@ fn tile_side(p: &Conv2dParams) -> Option<usize> {
         let points = (m + 2) * (m + 2);
         points * p.out_c * p.in_c <= U_BUDGET && points * p.in_c * p.out_w.div_ceil(m) <= V_ROW_LIMIT
     };
-    let big = p.out_h >= F4_MIN_PLANE.0 && p.out_w >= F4_MIN_PLANE.1;
+    let big = p.out_h >= 4 && p.out_w >= 8 && p.out_h.div_ceil(4) * p.out_w.div_ceil(4) >= F4_MIN_TILES;
     [4, 2].into_iter().filter(|_| shape).find(|&m| fits(m) && (m == 2 || big))
 }
 
@@ -127,7 +130,9 @@ impl Blocks {
     }
 
     /// Elements of one column phase of a padded row: a phase holds one column of every tile
-    /// and one past the last.
+    /// and one past the last. (Rounding it up to whole vector windows for m = 4, so that the
+    /// second split of each row runs without a masked last step, measured 3 % slower on a 96→24
+    /// layer over 80×160.)
     fn half(self) -> usize {
         self.tx + 1
     }
@@ -212,7 +217,7 @@ impl Winograd<'_, '_> {
                 }
                 for tr in 0..trs {
                     let rows_in = &hc[m * tr * m * half..][..(m + 2) * m * half];
-                    (t.input)(rows_in, tx, work, v, ic * n + tr * tx, cin * n);
+                    (t.input)(rows_in, tx, half, work, v, ic * n + tr * tx, cin * n);
                 }
             }
             let mm = &mut mm[..points * cout * n];
@@ -246,18 +251,30 @@ impl Winograd<'_, '_> {
 
     /// `u[ξ][oc][ic] = (G g Gᵀ)[ξ]` for every filter `g` (row `oc`, 3×3 taps per input channel).
     fn transform_filters(&self, m: usize, u: &mut [f32], filter: &mut [f32]) {
+        if m == 4 {
+            self.transform_filters_with::<36>(f4::filter, u, filter)
+        } else {
+            self.transform_filters_with::<16>(f2::filter, u, filter)
+        }
+    }
+
+    /// [`Winograd::transform_filters`] with `transform` (`P` values per filter), inlined so that
+    /// each tile size gets its own unrolled loop (a small plane does not amortise this pass: it
+    /// took a third of a 96→24 layer over 8×16).
+    #[inline(always)]
+    fn transform_filters_with<const P: usize>(
+        &self,
+        transform: impl Fn(&[f32], &mut [f32]),
+        u: &mut [f32],
+        filter: &mut [f32],
+    ) {
         let (cin, cout) = (self.p.in_c, self.p.out_c);
-        let mut tile = [0.0f32; 36];
-        let points = Blocks::points_of(m);
+        let mut tile = [0.0f32; P];
         for oc in 0..cout {
             self.rows.decode(oc, filter);
             for (ic, g) in filter.chunks_exact(9).enumerate() {
-                if m == 4 {
-                    f4::filter(g, &mut tile);
-                } else {
-                    f2::filter(g, &mut tile);
-                }
-                for (xi, &val) in tile[..points].iter().enumerate() {
+                transform(g, &mut tile);
+                for (xi, &val) in tile.iter().enumerate() {
                     u[(xi * cout + oc) * cin + ic] = val;
                 }
             }
@@ -353,7 +370,7 @@ struct Transforms {
 }
 
 /// [`f2::input`], [`f4::input`].
-type InputFn = fn(&[f32], usize, &mut [f32], &mut [f32], usize, usize);
+type InputFn = fn(&[f32], usize, usize, &mut [f32], &mut [f32], usize, usize);
 /// [`f2::output`], [`f4::output`].
 type OutputFn = for<'w> fn(&[f32], usize, usize, usize, &'w mut [f32]) -> &'w [f32];
 
@@ -387,15 +404,31 @@ mod x86 {
     /// Safe entry points and `#[target_feature]` bodies for one tile size's transforms.
     macro_rules! transforms {
         ($features:literal, $tile:ident, $input:ident, $input_tf:ident, $output:ident, $output_tf:ident) => {
-            pub(super) fn $input(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
+            pub(super) fn $input(
+                rows: &[f32],
+                t: usize,
+                h: usize,
+                w: &mut [f32],
+                v: &mut [f32],
+                at: usize,
+                s: usize,
+            ) {
                 // SAFETY: `Transforms::for_isa` hands this out only for a path whose table was
                 // given after these features were detected; the body is safe Rust.
-                unsafe { $input_tf(rows, t, w, v, at, s) }
+                unsafe { $input_tf(rows, t, h, w, v, at, s) }
             }
 
             #[target_feature(enable = $features)]
-            unsafe fn $input_tf(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
-                super::$tile::input(rows, t, w, v, at, s)
+            unsafe fn $input_tf(
+                rows: &[f32],
+                t: usize,
+                h: usize,
+                w: &mut [f32],
+                v: &mut [f32],
+                at: usize,
+                s: usize,
+            ) {
+                super::$tile::input(rows, t, h, w, v, at, s)
             }
 
             pub(super) fn $output<'w>(
