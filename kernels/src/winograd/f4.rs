@@ -44,20 +44,14 @@ fn b_t(d0: f32, d1: f32, d2: f32, d3: f32, d4: f32, d5: f32) -> [f32; 6] {
 }
 
 /// `V = Bᵀ d B` for the `tiles` tiles of one tile row: `rows` holds 6 padded input rows, each as
-/// its 4 column phases (phase `j` holds padded columns `4t + j`, `half` apart, each at least
-/// `tiles + 1` long); row `ξ` of the result goes to `v[ξ * stride + at ..]`. `work` holds 36 rows
-/// of `half`.
+/// its 4 column phases (phase `j` holds padded columns `4t + j`, `tiles + 1` each); row `ξ` of
+/// the result goes to `v[ξ * stride + at ..]`. `work` holds 36 rows of `tiles + 1`.
 #[inline(always)]
-pub(super) fn input(
-    rows: &[f32],
-    tiles: usize,
-    half: usize,
-    work: &mut [f32],
-    v: &mut [f32],
-    at: usize,
-    stride: usize,
-) {
-    debug_assert!(half > tiles);
+pub(super) fn input(rows: &[f32], tiles: usize, work: &mut [f32], v: &mut [f32], at: usize, stride: usize) {
+    // The phases' pitch, derived here rather than passed in: the compiler then proves the rows
+    // apart and vectorises without runtime overlap checks (given the pitch as a parameter, the
+    // checks failed and the scalar loop ran: a 96→24 layer over 16×32 took 13 % longer).
+    let half = tiles + 1;
     // Along each row, tile t reads (d0, .., d5) = (p0[t], p1[t], p2[t], p3[t], p0[t + 1],
     // p1[t + 1]); work row i * 6 + j holds component j of row i for every tile.
     for (i, row) in rows.chunks_exact(4 * half).take(6).enumerate() {

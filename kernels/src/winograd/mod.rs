@@ -217,7 +217,7 @@ impl Winograd<'_, '_> {
                 }
                 for tr in 0..trs {
                     let rows_in = &hc[m * tr * m * half..][..(m + 2) * m * half];
-                    (t.input)(rows_in, tx, half, work, v, ic * n + tr * tx, cin * n);
+                    (t.input)(rows_in, tx, work, v, ic * n + tr * tx, cin * n);
                 }
             }
             let mm = &mut mm[..points * cout * n];
@@ -370,7 +370,7 @@ struct Transforms {
 }
 
 /// [`f2::input`], [`f4::input`].
-type InputFn = fn(&[f32], usize, usize, &mut [f32], &mut [f32], usize, usize);
+type InputFn = fn(&[f32], usize, &mut [f32], &mut [f32], usize, usize);
 /// [`f2::output`], [`f4::output`].
 type OutputFn = for<'w> fn(&[f32], usize, usize, usize, &'w mut [f32]) -> &'w [f32];
 
@@ -404,31 +404,15 @@ mod x86 {
     /// Safe entry points and `#[target_feature]` bodies for one tile size's transforms.
     macro_rules! transforms {
         ($features:literal, $tile:ident, $input:ident, $input_tf:ident, $output:ident, $output_tf:ident) => {
-            pub(super) fn $input(
-                rows: &[f32],
-                t: usize,
-                h: usize,
-                w: &mut [f32],
-                v: &mut [f32],
-                at: usize,
-                s: usize,
-            ) {
+            pub(super) fn $input(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
                 // SAFETY: `Transforms::for_isa` hands this out only for a path whose table was
                 // given after these features were detected; the body is safe Rust.
-                unsafe { $input_tf(rows, t, h, w, v, at, s) }
+                unsafe { $input_tf(rows, t, w, v, at, s) }
             }
 
             #[target_feature(enable = $features)]
-            unsafe fn $input_tf(
-                rows: &[f32],
-                t: usize,
-                h: usize,
-                w: &mut [f32],
-                v: &mut [f32],
-                at: usize,
-                s: usize,
-            ) {
-                super::$tile::input(rows, t, h, w, v, at, s)
+            unsafe fn $input_tf(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
+                super::$tile::input(rows, t, w, v, at, s)
             }
 
             pub(super) fn $output<'w>(
