@@ -15,12 +15,14 @@
 
 /// Runs `$body` with `$t0` and `$w` naming windows `$t0 .. $t0 + $w` that cover `0 .. $tiles`:
 /// whole windows of [`WINDOW`] tiles, then, when `$tiles` is not a multiple, one more ending at
-/// `$tiles` that overlaps the one before, so that every pass over a window has a constant length
-/// the compiler turns into whole vectors (a remainder loop of up to 15 scalar tiles per row had
-/// taken a fifth of the transforms' time); fewer tiles than a window take one pass of `$tiles`.
-/// The transforms write each tile's values from its inputs alone, so a tile computed twice is
-/// written twice with the same values. A macro, not a function taking a closure: a closure is
-/// compiled without its caller's `#[target_feature]`s, so it would not use the path's vectors.
+/// `$tiles` that overlaps the one before, so that every pass runs whole vectors and no scalar
+/// remainder (a remainder of up to 15 tiles per row had taken a fifth of the transforms' time);
+/// fewer tiles than a window take one pass of `$tiles`. The transforms write each tile's values
+/// from its inputs alone, so a tile computed twice is written twice with the same values. The
+/// window length goes through `black_box`: as a constant, the loop was unrolled before the loop
+/// vectoriser saw it and came out as `xmm` or scalar code. A macro, not a function taking a
+/// closure: a closure is compiled without its caller's `#[target_feature]`s, so it would not use
+/// the path's vectors.
 macro_rules! windows {
     ($tiles:expr, |$t0:ident, $w:ident| $body:block) => {{
         let tiles: usize = $tiles;
