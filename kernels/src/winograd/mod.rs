@@ -215,7 +215,7 @@ impl Winograd<'_, '_> {
                 for (r, phases) in hc.chunks_exact_mut(m * half).enumerate() {
                     let row = (m * ty0 + r).checked_sub(p.pad_top).filter(|&iy| iy < p.in_h);
                     let xrow = row.map(|iy| &xc[iy * p.in_w..][..p.in_w]);
-                    split_phases(self.isa.deinterleave, xrow, p.pad_left, phases, half, work);
+                    split_phases(self.isa.deinterleave, xrow, p.pad_left, m, phases, half, work);
                 }
                 for tr in 0..trs {
                     let rows_in = &hc[m * tr * m * half..][..(m + 2) * m * half];
@@ -314,11 +314,12 @@ fn split_phases(
     deinterleave: fn(&[f32], &mut [f32], &mut [f32]),
     xrow: Option<&[f32]>,
     pad_left: usize,
+    m: usize,
     phases: &mut [f32],
     half: usize,
     work: &mut [f32],
 ) {
-    if phases.len() == 2 * half {
+    if m == 2 {
         let (even, odd) = phases.split_at_mut(half);
         return split_columns(deinterleave, xrow, pad_left, even, odd);
     }
