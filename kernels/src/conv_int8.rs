@@ -329,9 +329,9 @@ pub(crate) fn conv(
 
 impl Layer<'_> {
     /// Quantizes every block of image `xb`'s plane (channel `c` at `offs[c]`) into `shared`, block
-    /// `b` at `b * block_len`, the blocks split over the threads when there are several
-    /// (`scratch`: one element per thread). Returns each block's byte offset and map, and the
-    /// quantized blocks.
+    /// `b` at `b * block_len`, the blocks split over the threads when there are as many, else
+    /// each block's channels (`scratch`: one element per thread). Returns each block's byte
+    /// offset and map, and the quantized blocks.
     fn quantize_plane<'s>(
         &self,
         kernels: &Kernels,
@@ -343,6 +343,18 @@ impl Layer<'_> {
         let p = self.p;
         let (plane, len) = (p.out_h * p.out_w, block_len(p));
         let blocks = plane.div_ceil(BLOCK);
+        if blocks < kernels.threads() {
+            let shared = &mut shared[..blocks * len];
+            let quantized = shared
+                .chunks_exact_mut(len)
+                .enumerate()
+                .map(|(b, part)| {
+                    let pixels = b * BLOCK..plane.min((b + 1) * BLOCK);
+                    (b * len * 4, self.quantize_by_channels(kernels, xb, offs, pixels, part, scratch))
+                })
+                .collect();
+            return (quantized, bytemuck::cast_slice(&*shared));
+        }
         let quantized: Vec<Mutex<Option<Quantized>>> = (0..blocks).map(|_| Mutex::new(None)).collect();
         let shared = &mut shared[..blocks * len];
         let block_work = BLOCK * p.in_c * QUANTIZE_WORK_WEIGHT;
@@ -360,6 +372,47 @@ impl Layer<'_> {
             .filter_map(|(b, q)| Some((b * len * 4, q.into_inner().unwrap_or_else(PoisonError::into_inner)?)))
             .collect();
         (blocks, bytemuck::cast_slice(&*shared))
+    }
+}
+
+impl Layer<'_> {
+    /// Quantizes the whole block of `pixels` of image `xb` into `q`, its channels' words (groups
+    /// of 4 channels) split over the threads: first each group's range, then, with the block's
+    /// range, each group's bytes (`scratch`: one element per thread). The same bytes as
+    /// [`Layer::quantize`]. A plane of fewer blocks than threads is split this way rather than
+    /// not at all: the layer before it (depthwise, or 1×1 split by filters) left each thread's
+    /// channels in that thread's cache, where a thread reading a block's every channel takes
+    /// half of them from the other core's (MobileNetV2's projections over 14×14 and 7×7 ran
+    /// slower on 2 threads than on 1).
+    fn quantize_by_channels(
+        &self,
+        kernels: &Kernels,
+        xb: &[f32],
+        offs: &[usize],
+        pixels: Range<usize>,
+        q: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Quantized {
+        let (s, n) = (pixels.start, pixels.len());
+        let groups = offs.len().div_ceil(4);
+        let channels = |g: Range<usize>| &offs[4 * g.start..offs.len().min(4 * g.end)];
+        let group_work = 4 * n * QUANTIZE_WORK_WEIGHT;
+        let mut ranges = vec![0.0f32; 2 * groups];
+        split_units(kernels, groups, 2, group_work, &mut ranges, scratch, 1, |gs, out, _| {
+            for (g, range) in gs.zip(out.chunks_exact_mut(2)) {
+                range.copy_from_slice(&(self.int8.min_max)(&xb[s..], channels(g..g + 1), n));
+            }
+        });
+        let (lo, hi) = ranges
+            .chunks_exact(2)
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| (lo.min(r[0]), hi.max(r[1])));
+        let range = U8Range::new(lo, hi);
+        // A group's row: `ldx` pixels of 4 bytes, one f32 element each.
+        let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN);
+        split_units(kernels, groups, ldx, group_work, &mut q[..groups * ldx], scratch, 1, |gs, part, _| {
+            (self.int8.quantize)(&xb[s..], channels(gs), n, range, bytemuck::cast_slice_mut(part), ldx)
+        });
+        Quantized { start: s, n, ldx, lo, step: range.step() }
     }
 }
 
@@ -723,6 +776,10 @@ mod tests {
             (1, 33, 7, [40, 17]),
             // An expansion over several blocks: split by filters, its blocks quantized in parallel.
             (2, 6, 20, [30, 23]),
+            // Fewer blocks than threads: each block's channel groups (the last one partial)
+            // quantized in parallel; two blocks at 3 threads.
+            (1, 37, 11, [7, 7]),
+            (1, 21, 6, [16, 20]),
         ];
         for (case, &(batch, in_c, out_c, hw)) in shapes.iter().enumerate() {
             let p = pointwise(batch, in_c, out_c, hw);
