@@ -293,8 +293,16 @@ fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
             y.copy_within(pos - width..pos, pos);
         } else if let (true, Some((f, step))) = (whole, repeat) {
             let row = &mut y[pos..pos + n];
-            for (j, run) in row.chunks_mut(f).enumerate() {
-                run.fill(x[base + inner[0] + j * step]);
+            let first = base + inner[0];
+            match (f, step) {
+                (2, 1) => repeat_each::<2>(&x[first..][..n / 2], row),
+                (4, 1) => repeat_each::<4>(&x[first..][..n / 4], row),
+                (8, 1) => repeat_each::<8>(&x[first..][..n / 8], row),
+                _ => {
+                    for (j, run) in row.chunks_mut(f).enumerate() {
+                        run.fill(x[first + j * step]);
+                    }
+                }
             }
         } else {
             for (v, &off) in y[pos..pos + n].iter_mut().zip(&inner[col..]) {
@@ -311,6 +319,15 @@ fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
             }
             idx[d] = 0;
         }
+    }
+}
+
+/// `row[j] = src[j / F]`: each source element repeated `F` times, with `F` known to the compiler,
+/// which then vectorises the copies (nearest 2x / 4x / 8x upsampling of contiguous rows; with `F`
+/// a run-time value each run was its own little fill loop).
+fn repeat_each<const F: usize>(src: &[f32], row: &mut [f32]) {
+    for (run, &v) in row.chunks_exact_mut(F).zip(src) {
+        *run.first_chunk_mut::<F>().expect("chunks of F") = [v; F];
     }
 }
 
@@ -362,9 +379,14 @@ mod tests {
     #[test]
     fn upscale_fast_paths_match_the_plain_gather() {
         let x: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32).collect();
-        let patterns: [Vec<Vec<usize>>; 4] = [
+        let patterns: [Vec<Vec<usize>>; 7] = [
             // 2x along both inner axes of [2, 3, 4].
             vec![vec![0, 12], vec![0, 0, 4, 4, 8, 8], vec![0, 0, 1, 1, 2, 2, 3, 3]],
+            // 4x and 8x along the last axis (with 2x the forms whose factor the compiler knows),
+            // and 2x of every other column (the general form).
+            vec![vec![0, 12], vec![0, 4, 8], (0..16).map(|j| j / 4).collect()],
+            vec![vec![12], vec![0, 0, 4], (0..32).map(|j| j / 8).collect()],
+            vec![vec![0, 12], vec![8, 4], vec![0, 0, 2, 2]],
             // 3x along the last axis only, rows not repeated.
             vec![vec![0, 12], vec![0, 4, 8], (0..12).map(|j| j / 3).collect()],
             // Repeated rows with a non-repeating (downscaling) inner pattern.
