@@ -277,7 +277,9 @@ impl Backend for CpuBackend {
                 // die no earlier, so both are alive together: outputs never overlap each other or any
                 // input, and the shared input slices built above are only read. Reshaped views share
                 // their source's range but are never a step's output (their steps are removed), and
-                // their uses extend the source's lifetime. Checked below in debug builds.
+                // their uses extend the source's lifetime. The inputs of a concatenation folded into
+                // its output (plan::fold_concats) are disjoint ranges of that output, which no step
+                // reads before the last of them is written. Checked below in debug builds.
                 outs.push(Out { shape: &v.shape, data: unsafe { arena.get_mut(off, v) } });
             }
             debug_assert!(

@@ -25,7 +25,8 @@ pub type ConstantFn<'a> = dyn Fn(ValueId) -> Option<TensorView<'a>> + 'a;
 pub struct PlanSummary {
     /// Bytes of the activation arena plus every thread's op scratch.
     pub arena_bytes: usize,
-    /// Activation buffers placed in the arena (reshaped views share their source's buffer).
+    /// Activation buffers placed in the arena (reshaped views share their source's buffer, and
+    /// the inputs of a concatenation written in place lie in its output's).
     pub values: usize,
     /// Nodes executed on every run.
     pub runtime_nodes: usize,
@@ -347,7 +348,8 @@ pub fn plan(
 
     let steps = live_steps(graph, &values, steps);
     let (steps, views) = fold_views(graph, &values, steps);
-    let (arena_len, placed) = place_activations(graph, &mut values, &steps, &views);
+    let (steps, parts) = fold_concats(graph, &values, steps, &views);
+    let (arena_len, placed) = place_activations(graph, &mut values, &steps, &views, &parts);
     // One thread's scratch here; the session counts its own threads' (`Plan::memory_bytes`).
     let summary =
         PlanSummary { arena_bytes: 0, values: placed, runtime_nodes: steps.len(), folded_nodes: folded };
@@ -460,32 +462,114 @@ fn fold_views(
     (kept, views)
 }
 
+/// Removes the `Concat` steps whose inputs can be written straight into their place in the
+/// output: a concatenation along an axis with nothing but ones before it (channels, at batch 1),
+/// so that each input is one contiguous run of the output, where every input is an f32
+/// activation computed by a step (not a graph input or output, not a view and viewed by none),
+/// taken by no other such concatenation and starting at an aligned offset. Returns the remaining
+/// steps and, for each input of a removed step, its output and the element offset it lies at.
+/// (PP-OCRv4 det's neck concatenates four upsampled maps: 0.34 ms of copying at 320×640.)
+fn fold_concats(
+    graph: &Graph,
+    values: &[Option<PlannedValue>],
+    steps: Vec<usize>,
+    views: &HashMap<ValueId, ValueId>,
+) -> (Vec<usize>, HashMap<ValueId, (ValueId, usize)>) {
+    let concats: Vec<usize> =
+        steps.iter().copied().filter(|&ni| graph.nodes[ni].op == OpKind::Concat).collect();
+    // How many concatenation inputs each value is: one that two take (or one twice) stays a copy.
+    let mut taken: HashMap<ValueId, usize> = HashMap::new();
+    for &ni in &concats {
+        for &id in graph.nodes[ni].inputs.iter().flatten() {
+            *taken.entry(id).or_default() += 1;
+        }
+    }
+    let planned = |id: ValueId| values[id as usize].as_ref();
+    let placeable = |id: ValueId| {
+        is_activation(values, id)
+            && planned(id).is_some_and(|v| v.elem == ElemType::F32)
+            && taken.get(&id) == Some(&1)
+            && !graph.inputs.contains(&id)
+            && !graph.outputs.contains(&id)
+            && !views.contains_key(&id)
+            && !views.values().any(|&root| root == id)
+    };
+    let mut parts = HashMap::new();
+    let mut removed = Vec::new();
+    for ni in concats {
+        let node = &graph.nodes[ni];
+        let [out] = node.outputs[..] else { continue };
+        let Some(shape) = planned(out).filter(|v| v.elem == ElemType::F32).map(|v| &v.shape) else {
+            continue;
+        };
+        let Ok(axis) = crate::ops::attrs::int(node, "axis", 0) else { continue };
+        let rank = shape.len() as i64;
+        if !(-rank..rank).contains(&axis) || !is_activation(values, out) {
+            continue;
+        }
+        let axis = if axis < 0 { axis + rank } else { axis } as usize;
+        if shape[..axis].iter().product::<usize>() != 1 {
+            continue;
+        }
+        let mut offset = 0;
+        let mut places = Vec::with_capacity(node.inputs.len());
+        for input in &node.inputs {
+            match *input {
+                Some(id) if placeable(id) && offset % ALIGN == 0 => {
+                    places.push((id, offset));
+                    offset += planned(id).map_or(0, PlannedValue::numel);
+                }
+                _ => break,
+            }
+        }
+        if places.len() == node.inputs.len() && offset == shape.iter().product::<usize>() {
+            parts.extend(places.into_iter().map(|(id, at)| (id, (out, at))));
+            removed.push(ni);
+        }
+    }
+    let steps = steps.into_iter().filter(|ni| !removed.contains(ni)).collect();
+    (steps, parts)
+}
+
 /// True for run-time activations not yet placed.
 fn is_activation(values: &[Option<PlannedValue>], id: ValueId) -> bool {
     matches!(values[id as usize].as_ref().map(|v| &v.slot), Some(Slot::Unused))
 }
 
-/// Gives every activation that run time touches an arena offset; views share their root's offset.
-/// Returns the arena length and the number of placed buffers.
+/// Gives every activation that run time touches an arena offset; views share their root's offset,
+/// and the inputs of a folded concatenation (`parts`) lie inside its output's buffer. Returns the
+/// arena length and the number of placed buffers.
 fn place_activations(
     graph: &Graph,
     values: &mut [Option<PlannedValue>],
     steps: &[usize],
     views: &HashMap<ValueId, ValueId>,
+    parts: &HashMap<ValueId, (ValueId, usize)>,
 ) -> (usize, usize) {
-    let root = |id: ValueId| views.get(&id).copied().unwrap_or(id);
-    // Lifetimes of storage roots in step positions. Graph inputs placed here are copied in before
-    // step 0; graph outputs live to the end.
+    // The buffer a value lives in and its element offset there.
+    let storage = |id: ValueId| {
+        let (mut id, mut at) = (views.get(&id).copied().unwrap_or(id), 0);
+        while let Some(&(whole, offset)) = parts.get(&id) {
+            (id, at) = (views.get(&whole).copied().unwrap_or(whole), at + offset);
+        }
+        (id, at)
+    };
+    let root = |id: ValueId| storage(id).0;
+    // Lifetimes of storage roots in step positions, from the first step that writes any part of
+    // one to the last that reads any. Graph inputs placed here are copied in before step 0; graph
+    // outputs live to the end.
     let mut life: HashMap<ValueId, (usize, usize)> = HashMap::new();
     for (pos, &ni) in steps.iter().enumerate() {
         let node = &graph.nodes[ni];
         for &id in node.inputs.iter().flatten() {
             if is_activation(values, id) {
-                life.entry(root(id)).or_insert((0, pos)).1 = pos;
+                let span = life.entry(root(id)).or_insert((0, pos));
+                span.1 = span.1.max(pos);
             }
         }
         for &id in &node.outputs {
-            life.insert(id, (pos, pos));
+            let span = life.entry(root(id)).or_insert((pos, pos));
+            span.1 = span.1.max(pos);
         }
     }
     for &id in &graph.outputs {
@@ -522,8 +606,9 @@ fn place_activations(
     );
     let offset_of: HashMap<ValueId, usize> = ids.iter().copied().zip(offsets).collect();
     for (id, v) in values.iter_mut().enumerate() {
-        if let (Some(v), Some(&off)) = (v.as_mut(), offset_of.get(&root(id as ValueId))) {
-            v.slot = Slot::Arena(off);
+        let (root, at) = storage(id as ValueId);
+        if let (Some(v), Some(&off)) = (v.as_mut(), offset_of.get(&root)) {
+            v.slot = Slot::Arena(off + at);
         }
     }
     (arena_len, ids.len())

@@ -736,6 +736,58 @@ mod tests {
         assert_eq!(slot(flat), slot(x_id));
     }
 
+    #[test]
+    fn channel_concatenations_are_written_in_place_where_their_inputs_allow() {
+        // c = Concat(relu(x), sigmoid(relu(x))) on channels: both inputs are written straight into
+        // c (the step is gone), the second reading the first inside c. d concatenates along rows
+        // (two runs per input: a copy); e takes an input that e2 takes too (copies).
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(1), Dim::Fixed(2), Dim::Fixed(4), Dim::Fixed(4)]);
+        let r = b.node(OpKind::Relu, &[x], 1, vec![])[0];
+        let g = b.node(OpKind::Sigmoid, &[r], 1, vec![])[0];
+        let c = b.node(OpKind::Concat, &[r, g], 1, vec![("axis", Attr::Int(1))])[0];
+        let t = b.node(OpKind::Tanh, &[x], 1, vec![])[0];
+        let n = b.node(OpKind::HardSigmoid, &[x], 1, vec![])[0];
+        let d = b.node(OpKind::Concat, &[t, n], 1, vec![("axis", Attr::Int(-2))])[0];
+        let h = b.node(OpKind::HardSwish, &[x], 1, vec![])[0];
+        let e = b.node(OpKind::Concat, &[h, h], 1, vec![("axis", Attr::Int(0))])[0];
+        for out in [c, d, e] {
+            b.output(out);
+        }
+        let mut s = Mem::new(b.model).unwrap();
+        let x_t = Tensor::from_f32(vec![1, 2, 4, 4], (0..32).map(|i| i as f32 / 4.0 - 3.0).collect());
+        let out = s.run(&[("x", x_t.clone())]).unwrap();
+        let xs = x_t.as_f32().unwrap();
+        let relu: Vec<f32> = xs.iter().map(|v| v.max(0.0)).collect();
+        let sig: Vec<f32> = relu.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+        let got = out[0].1.as_f32().unwrap();
+        assert_eq!(out[0].1.shape, vec![1, 4, 4, 4]);
+        assert_eq!(&got[..32], &relu[..]);
+        for (g, w) in got[32..].iter().zip(&sig) {
+            assert!((g - w).abs() <= 1e-6, "{g} vs {w}");
+        }
+        let (tanh, neg): (Vec<f32>, Vec<f32>) =
+            xs.iter().map(|v| (v.tanh(), (0.2 * v + 0.5).clamp(0.0, 1.0))).unzip();
+        let rows = |v: &[f32], c: usize| v[c * 16..c * 16 + 16].to_vec();
+        let want_d = [rows(&tanh, 0), rows(&neg, 0), rows(&tanh, 1), rows(&neg, 1)].concat();
+        for (g, w) in out[1].1.as_f32().unwrap().iter().zip(&want_d) {
+            assert!((g - w).abs() <= 1e-6, "{g} vs {w}");
+        }
+        let swish: Vec<f32> = xs.iter().map(|v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0).collect();
+        for (g, w) in out[2].1.as_f32().unwrap().iter().zip(swish.iter().chain(&swish)) {
+            assert!((g - w).abs() <= 1e-6, "{g} vs {w}");
+        }
+        let plan = s.engine.current().unwrap();
+        assert_eq!(plan.summary.runtime_nodes, 7, "only the channel concatenation is folded");
+        let slot = |id: ValueId| match plan.values[id as usize].as_ref().unwrap().slot {
+            crate::plan::Slot::Arena(off) => off,
+            ref other => panic!("{other:?}"),
+        };
+        assert_eq!(slot(r), slot(c));
+        assert_eq!(slot(g), slot(c) + 32);
+        assert!(slot(t) + 32 <= slot(d) || slot(d) + 64 <= slot(t), "a row concatenation copies");
+    }
+
     /// A 3×3 convolution 4 -> 8 channels over an input of any height and width.
     fn small_conv_model() -> Model {
         let mut b = Builder::default();
