@@ -1862,7 +1862,7 @@ mod tests {
             let pt = Conv2dParams { in_c: 0, out_c: p.in_c, ..p };
             let mut s = vec![0.0; kernels.conv_transpose2d_scratch_len(&pt)];
             let mut y = vec![f32::NAN; p.batch * pt.out_c * p.out_h * p.out_w];
-            kernels.conv_transpose2d(&[], &view, None, &pt, Activation::None, &mut y, &mut s).unwrap();
+            kernels.conv_transpose2d(&[], &view, None, None, &pt, Activation::None, &mut y, &mut s).unwrap();
             assert!(y.iter().all(|&v| v == 0.0), "no inputs: bias-free output is zero");
         }
     }

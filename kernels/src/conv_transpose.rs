@@ -74,6 +74,7 @@ pub fn conv_transpose2d(
     kernels: &Kernels,
     x: &[f32],
     w: &TensorView<'_>,
+    scale: Option<&[f32]>,
     bias: Option<&[f32]>,
     p: &Conv2dParams,
     act: Activation,
@@ -88,13 +89,16 @@ pub fn conv_transpose2d(
     if let Some(b) = bias {
         check_len("conv-transpose bias", b.len(), p.out_c)?;
     }
+    if let Some(s) = scale {
+        check_len("conv-transpose scale", s.len(), p.out_c)?;
+    }
     let per_task = scratch_len(p);
     check_min_len("conv-transpose scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.in_c, row_len(p))?.with_isa(&kernels.isa());
     if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }
-    let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
+    let layer = Layer { isa: kernels.isa(), rows: &rows, scale, bias, act, p };
     for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
         if disjoint_rows(p) {
@@ -128,6 +132,8 @@ pub fn conv_transpose2d(
 struct Layer<'a, 'w> {
     isa: Isa,
     rows: &'a WeightRows<'w>,
+    /// Per output channel, a factor its decoded weights are multiplied by (a fused BatchNorm).
+    scale: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
     act: Activation,
     p: &'a Conv2dParams,
@@ -156,6 +162,8 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, cout_g, taps) = (p.in_per_group(), p.out_per_group(), p.k_h * p.k_w);
         let in_plane = p.in_h * p.in_w;
+        // Where each input channel's plane starts (the GEMM's rows of `b`).
+        let planes: Vec<usize> = (0..cin_g).map(|c| c * in_plane).collect();
         let tile = tile_pixels(p);
         for (g, oc, end) in self.channel_blocks(0..p.out_c) {
             let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
@@ -168,8 +176,7 @@ impl Layer<'_, '_> {
                 let nr = (tile / p.in_w.max(1)).max(1).min(rs.end - r0);
                 let (t0, t) = (r0 * p.in_w, nr * p.in_w);
                 let z = &mut product[..rows * t];
-                crate::zero(z);
-                (self.isa.gemm_rows)(panel, cin_g, &xg[t0..], in_plane, t, z, t);
+                self.products(panel, cin_g, &xg[t0..], &planes, t, z);
                 let out_rows = (r0 - rs.start) * p.k_h * p.out_w..(r0 - rs.start + nr) * p.k_h * p.out_w;
                 for (ocl, part) in parts[oc..end].iter_mut().enumerate() {
                     let bias = self.bias.map_or(0.0, |b| b[oc + ocl]);
@@ -180,6 +187,12 @@ impl Layer<'_, '_> {
                 r0 += nr;
             }
         }
+    }
+
+    /// `z[r * t + j] = sum_c panel[r * cin + c] * x[planes[c] + j]`: every tap row of a panel over
+    /// `t` input pixels, overwriting `z` (no zeroed accumulator to read back).
+    fn products(&self, panel: &[f32], cin: usize, x: &[f32], planes: &[usize], t: usize, z: &mut [f32]) {
+        (self.isa.gemm_rows_at)(panel, cin, x, planes, t, z, t)
     }
 
     /// The panels of output channels `ocs`: `(g, start, end)` for runs of at most
@@ -199,8 +212,9 @@ impl Layer<'_, '_> {
     }
 
     /// Decodes group `g`'s weights for its local output channels `ocls` into the front of
-    /// `scratch`, transposed: `panel[(ocl, tap)][ic] = W[ic][ocl][tap]`; returns the panel and
-    /// the scratch after the decoded row (the product tile's room).
+    /// `scratch`, transposed: `panel[(ocl, tap)][ic] = W[ic][ocl][tap]` (times the channel's
+    /// scale, if any); returns the panel and the scratch after the decoded row (the product
+    /// tile's room).
     fn decode_panel<'s>(
         &self,
         g: usize,
@@ -214,8 +228,18 @@ impl Layer<'_, '_> {
         for ic in 0..cin_g {
             self.rows.decode(g * cin_g + ic, wrow);
             let part = &wrow[ocls.start * taps..ocls.end * taps];
-            for (r, &v) in part.iter().enumerate() {
-                panel[r * cin_g + ic] = v;
+            match self.scale {
+                Some(scale) => {
+                    let first = g * p.out_per_group() + ocls.start;
+                    for (r, &v) in part.iter().enumerate() {
+                        panel[r * cin_g + ic] = v * scale[first + r / taps];
+                    }
+                }
+                None => {
+                    for (r, &v) in part.iter().enumerate() {
+                        panel[r * cin_g + ic] = v;
+                    }
+                }
             }
         }
         (panel, product)
@@ -227,6 +251,8 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, taps) = (p.in_per_group(), p.k_h * p.k_w);
         let in_plane = p.in_h * p.in_w;
+        // Where each input channel's plane starts (the GEMM's rows of `b`).
+        let planes: Vec<usize> = (0..cin_g).map(|c| c * in_plane).collect();
         let rows = ocls.len() * taps;
         let (panel, product) = self.decode_panel(g, ocls, scratch);
         let tile = tile_pixels(p);
@@ -234,8 +260,7 @@ impl Layer<'_, '_> {
         while t0 < in_plane {
             let t = tile.min(in_plane - t0);
             let z = &mut product[..rows * t];
-            crate::zero(z);
-            (self.isa.gemm_rows)(panel, cin_g, &xg[t0..], in_plane, t, z, t);
+            self.products(panel, cin_g, &xg[t0..], &planes, t, z);
             for (ocl, yplane) in y.chunks_exact_mut(p.out_h * p.out_w).enumerate() {
                 scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
             }
@@ -343,20 +368,36 @@ mod tests {
         y
     }
 
-    /// Runs `p` under every kernel set against the reference, with a fused activation.
+    /// Runs `p` under every kernel set against the reference, with a fused activation, without
+    /// and with a scale per output channel.
     fn check_all_paths(rng: &mut Rng, sets: &[Kernels], p: &Conv2dParams, kind: WeightKind, with_bias: bool) {
         let data = random_weight(rng, kind, p.in_c, row_len(p));
         let wf = decode_all(&data, p.in_c);
         let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
         let bias = rng.vec(p.out_c);
         let bias = with_bias.then_some(&bias[..]);
+        let scale: Vec<f32> = rng.vec(p.out_c).iter().map(|v| v * 3.0).collect();
         let act = Activation::LeakyRelu(0.3);
-        let want: Vec<f32> = reference(&x, &wf, bias, p).into_iter().map(|v| act.apply(v)).collect();
-        for kernels in sets {
-            let mut y = vec![f32::NAN; want.len()];
-            let mut scratch = vec![0.0; kernels.conv_transpose2d_scratch_len(p)];
-            kernels.conv_transpose2d(&x, &data.view(), bias, p, act, &mut y, &mut scratch).unwrap();
-            assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?}"));
+        let sums = reference(&x, &wf, None, p);
+        let plane = p.out_h * p.out_w;
+        let want = |scale: Option<&[f32]>| -> Vec<f32> {
+            let channel = |i: usize| i / plane % p.out_c;
+            let scaled = |i: usize, v: f32| scale.map_or(v, |s| v * s[channel(i)]);
+            sums.iter()
+                .enumerate()
+                .map(|(i, &v)| act.apply(scaled(i, v) + bias.map_or(0.0, |b| b[channel(i)])))
+                .collect()
+        };
+        for scale in [None, Some(&scale[..])] {
+            let want = want(scale);
+            for kernels in sets {
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![0.0; kernels.conv_transpose2d_scratch_len(p)];
+                kernels
+                    .conv_transpose2d(&x, &data.view(), scale, bias, p, act, &mut y, &mut scratch)
+                    .unwrap();
+                assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?} scale {}", scale.is_some()));
+            }
         }
     }
 
@@ -508,6 +549,7 @@ mod tests {
             &Kernels::default(),
             &x,
             &data.view(),
+            None,
             None,
             &p,
             Activation::None,

@@ -284,24 +284,28 @@ impl Kernels {
         conv_transpose::scratch_len(p) * self.threads
     }
 
-    /// 2-D transposed convolution, NCHW: `y = act(conv_transpose(x, w) + bias)`.
+    /// 2-D transposed convolution, NCHW: `y = act(scale * conv_transpose(x, w) + bias)`.
     ///
     /// `p.in_*` describe `x` and `p.out_*` describe `y` (the caller folds `output_padding` and
     /// `output_shape` into `out_h`/`out_w`); `pad_top`/`pad_left` are the begin pads of ONNX `pads`.
     /// `w`: ONNX layout `[in_c, out_c / groups, k_h, k_w]`; row `ic` holds input channel `ic`'s taps.
     /// Input pixel `(iy, ix)` reaches output `(iy * stride_h - pad_top + ky * dil_h, ...)`.
+    /// `scale` (one factor per output channel, or `None` for 1) multiplies each channel's decoded
+    /// weights: a BatchNormalization after the layer folded in at run time, where the stored
+    /// codebook rows, which run along input channels, keep their values.
     #[allow(clippy::too_many_arguments)]
     pub fn conv_transpose2d(
         &self,
         x: &[f32],
         w: &TensorView<'_>,
+        scale: Option<&[f32]>,
         bias: Option<&[f32]>,
         p: &Conv2dParams,
         act: Activation,
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv_transpose::conv_transpose2d(self, x, w, bias, p, act, y, scratch)
+        conv_transpose::conv_transpose2d(self, x, w, scale, bias, p, act, y, scratch)
     }
 
     /// f32 scratch elements [`Kernels::gemm`] needs: one share per worker thread.

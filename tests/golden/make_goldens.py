@@ -564,6 +564,24 @@ def block_cases() -> None:
          [init("dw", randn(3, 1, 3, 3) * 0.4), init("dwb", randn(3)),
           init("pw", randn(5, 3, 1, 1) * 0.5), init("pwb", randn(5)),
           i64("pads", [0, 0, 0, 0, 0, 2, 0, 0])])
+    # PP-OCRv4 det's head: the BatchNormalization and Relu fold into the ConvTranspose at run time.
+    case("block_convtranspose_bn_relu",
+         [node("ConvTranspose", ["x", "w", "b"], ["t"], strides=[2, 2]),
+          node("BatchNormalization", ["t", "scale", "bias", "mean", "var"], ["n"]),
+          node("Relu", ["n"], ["y"])],
+         {"x": randn(1, 4, 5, 6)}, ["y"],
+         [init("w", randn(4, 3, 2, 2) * 0.5), init("b", randn(3)),
+          init("scale", rand(3, lo=0.5, hi=1.5)), init("bias", randn(3)), init("mean", randn(3)),
+          init("var", rand(3, lo=0.2, hi=2.0))])
+    # PP-OCRv4 det's neck: maps upsampled to one size and concatenated along channels, which the
+    # planner writes in place.
+    case("block_upsample_concat",
+         [node("Conv", ["x", "w"], ["c"]),
+          node("Resize", ["c", "", "scales"], ["u"], mode="nearest"),
+          node("Relu", ["z"], ["r"]),
+          node("Concat", ["u", "r"], ["y"], axis=1)],
+         {"x": randn(1, 3, 3, 4), "z": randn(1, 2, 6, 8)}, ["y"],
+         [init("w", randn(5, 3, 1, 1) * 0.5), f32("scales", [1, 1, 2, 2])])
 
 
 def make_op_cases() -> None:

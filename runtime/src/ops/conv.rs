@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use pith_format::ir::{ElemType, Node};
+use pith_format::ir::{Attr, ElemType, Node};
 use pith_format::TensorView;
 use pith_kernels::{Activation, ChannelActivation, Conv2dParams, Int8Filters, Int8RowTables, Kernels};
 
@@ -213,6 +213,9 @@ struct ConvTranspose {
     activation: Activation,
     output_padding: Option<Vec<usize>>,
     output_shape: Option<Vec<usize>>,
+    /// A BatchNormalization folded in at session time ([`crate::fuse::BATCH_NORM_EPSILON`]): its
+    /// epsilon, its four parameters being inputs 3 to 6.
+    batch_norm_epsilon: Option<f32>,
 }
 
 fn parse_group(node: &Node) -> OpResult<usize> {
@@ -261,7 +264,40 @@ pub fn build_conv_transpose(node: &Node, activation: Activation) -> OpResult<Box
         output_padding: non_negative("output_padding")?,
         output_shape: non_negative("output_shape")?,
         activation,
+        batch_norm_epsilon: match node.attr(crate::fuse::BATCH_NORM_EPSILON) {
+            Some(Attr::Float(eps)) => Some(*eps),
+            Some(_) => op_bail!("attribute '{}' must be a float", crate::fuse::BATCH_NORM_EPSILON),
+            None => None,
+        },
     }))
+}
+
+/// A BatchNormalization folded into the layer before it, as that layer's factor and bias per
+/// output channel: `scale = gamma / sqrt(var + eps)` and `(bias - mean) * scale + beta`, from its
+/// parameters (`gamma`, `beta`, `mean`, `var`: inputs 3 to 6, `channels` values each). In f64,
+/// as the compressor folds one into a Conv.
+fn folded_batch_norm(
+    inputs: &[Option<Arg<'_>>],
+    eps: f32,
+    bias: Option<&[f32]>,
+    channels: usize,
+) -> OpResult<(Vec<f32>, Vec<f32>)> {
+    const NAMES: [&str; 4] = ["scale", "B", "input_mean", "input_var"];
+    let mut params = Vec::with_capacity(4);
+    for (i, name) in NAMES.iter().enumerate() {
+        let arg = input(inputs, 3 + i, name)?;
+        if arg.numel() != channels {
+            op_bail!("fused BatchNormalization '{name}' has {} values, expected {channels}", arg.numel());
+        }
+        params.push(arg.f32s()?);
+    }
+    let (gamma, beta, mean, var) = (&params[0], &params[1], &params[2], &params[3]);
+    let scale: Vec<f64> =
+        (0..channels).map(|c| gamma[c] as f64 / (var[c] as f64 + eps as f64).sqrt()).collect();
+    let shift = (0..channels)
+        .map(|c| ((bias.map_or(0.0, |b| b[c] as f64) - mean[c] as f64) * scale[c] + beta[c] as f64) as f32)
+        .collect();
+    Ok((scale.into_iter().map(|s| s as f32).collect(), shift))
 }
 
 /// The required input `i`.
@@ -642,10 +678,18 @@ impl Op for ConvTranspose {
         let (p, _) = self.geometry(x.shape, w.shape)?;
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
+        let (scale, b) = match self.batch_norm_epsilon {
+            Some(eps) => {
+                let (scale, shift) = folded_batch_norm(inputs, eps, b.as_deref(), p.out_c)?;
+                (Some(scale), Some(Cow::Owned(shift)))
+            }
+            None => (None, b),
+        };
         ctx.kernels
             .conv_transpose2d(
                 &x.f32s()?,
                 &weight.view(),
+                scale.as_deref(),
                 b.as_deref(),
                 &p,
                 self.activation,
