@@ -117,7 +117,81 @@ fn channel_prelu(graph: &Graph, node: &Node, producer: &Node, constant: &Constan
 /// adds into convolutions, then activations into their producers.
 pub fn fuse(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
     let graph = fuse_batch_norms(graph, constant);
-    fuse_activations(&fuse_residual_adds(&graph, constant), constant)
+    fuse_binary_addends(fuse_activations(&fuse_residual_adds(&graph, constant), constant))
+}
+
+/// Rewrites every `Add(p, r)` (either operand order) whose operand `p` an element-wise `Mul`,
+/// `Add`, `Sub` or `Div` with no fused activation writes for that `Add` alone (not a graph
+/// output) into that node with `r` as its third input, placed where the `Add` was (where `r` is
+/// known to be computed) and taking the `Add`'s activation: `act(a (op) b + r)` in one pass
+/// instead of writing `p` and reading it back. PP-OCRv4 det's neck adds each upsampled map to a
+/// squeeze-excite product over 96 channels (1.2 Mi elements at 320×640: 0.7 ms for the largest
+/// `Add` at one thread).
+pub fn fuse_binary_addends(fused: Fused) -> Fused {
+    let Fused { graph, activations } = fused;
+    let readers = readers(&graph);
+    let mut producer = vec![None; graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if let [out] = node.outputs[..] {
+            if let Some(slot) = producer.get_mut(out as usize) {
+                *slot = Some(i);
+            }
+        }
+    }
+    let elementwise = |op: OpKind| matches!(op, OpKind::Mul | OpKind::Add | OpKind::Sub | OpKind::Div);
+    // Per node: moved to the place of the Add that took it; or, for such an Add, the producer
+    // that takes its place and the addend.
+    let mut moved = vec![false; graph.nodes.len()];
+    let mut takes: Vec<Option<(usize, ValueId)>> = vec![None; graph.nodes.len()];
+    for (j, node) in graph.nodes.iter().enumerate() {
+        let ([Some(x), Some(y)], [_]) = (node.inputs.as_slice(), node.outputs.as_slice()) else { continue };
+        if node.op != OpKind::Add {
+            continue;
+        }
+        for (p, r) in [(*x, *y), (*y, *x)] {
+            let Some(i) = producer.get(p as usize).copied().flatten() else { continue };
+            let eligible = elementwise(graph.nodes[i].op)
+                && graph.nodes[i].inputs.len() == 2
+                && activations[i] == Activation::None
+                && readers[p as usize] == 1
+                && !graph.outputs.contains(&p)
+                && !moved[i]
+                && takes[i].is_none();
+            if eligible {
+                moved[i] = true;
+                takes[j] = Some((i, r));
+                break;
+            }
+        }
+    }
+    let mut nodes = Vec::with_capacity(graph.nodes.len());
+    let mut acts = Vec::with_capacity(graph.nodes.len());
+    for (j, node) in graph.nodes.iter().enumerate() {
+        if moved[j] {
+            continue;
+        }
+        match takes[j] {
+            Some((i, r)) => {
+                let mut fused = graph.nodes[i].clone();
+                fused.inputs.push(Some(r));
+                fused.outputs = node.outputs.clone();
+                nodes.push(fused);
+            }
+            None => nodes.push(node.clone()),
+        }
+        acts.push(activations[j]);
+    }
+    let taken = graph.nodes.len() - nodes.len();
+    if taken > 0 {
+        log::debug!("fused {taken} Add(s) into the element-wise op before them");
+    }
+    let graph = Graph {
+        values: graph.values.clone(),
+        nodes,
+        inputs: graph.inputs.clone(),
+        outputs: graph.outputs.clone(),
+    };
+    Fused { graph, activations: acts }
 }
 
 /// Attribute set on a `ConvTranspose` that took the `BatchNormalization` after it: that node's

@@ -737,6 +737,40 @@ mod tests {
     }
 
     #[test]
+    fn an_add_fuses_into_the_elementwise_op_before_it_only_when_that_op_feeds_it_alone() {
+        // y = relu(x * x + t) runs as one Mul node (the Add and the Relu taken in). In
+        // z = d + d * t with d = x - t, the Add cannot take the Sub, whose d the Mul reads too,
+        // but it takes the Mul: d * t + d.
+        let mut b = Builder::default();
+        let dims = vec![Dim::Fixed(2), Dim::Fixed(3)];
+        let x = b.input("x", dims.clone());
+        let t = b.input("t", dims);
+        let m = b.node(OpKind::Mul, &[x, x], 1, vec![])[0];
+        let a = b.node(OpKind::Add, &[m, t], 1, vec![])[0];
+        let y = b.node(OpKind::Relu, &[a], 1, vec![])[0];
+        let d = b.node(OpKind::Sub, &[x, t], 1, vec![])[0];
+        let p = b.node(OpKind::Mul, &[d, t], 1, vec![])[0];
+        let z = b.node(OpKind::Add, &[d, p], 1, vec![])[0];
+        b.output(y);
+        b.output(z);
+        let mut s = Mem::new(b.model).unwrap();
+        let xs: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+        let ts: Vec<f32> = (0..6).map(|i| 1.5 - i as f32 * 0.75).collect();
+        let out = s
+            .run(&[
+                ("x", Tensor::from_f32(vec![2, 3], xs.clone())),
+                ("t", Tensor::from_f32(vec![2, 3], ts.clone())),
+            ])
+            .unwrap();
+        let want_y: Vec<f32> = xs.iter().zip(&ts).map(|(x, t)| (x * x + t).max(0.0)).collect();
+        let want_z: Vec<f32> = xs.iter().zip(&ts).map(|(x, t)| (x - t) + (x - t) * t).collect();
+        assert_eq!(out[0].1.as_f32().unwrap(), &want_y[..]);
+        assert_eq!(out[1].1.as_f32().unwrap(), &want_z[..]);
+        let plan = s.engine.current().unwrap();
+        assert_eq!(plan.summary.runtime_nodes, 3, "Mul(+Add+Relu), Sub, Mul(+Add)");
+    }
+
+    #[test]
     fn channel_concatenations_are_written_in_place_where_their_inputs_allow() {
         // c = Concat(relu(x), sigmoid(relu(x))) on channels: both inputs are written straight into
         // c (the step is gone), the second reading the first inside c. d concatenates along rows

@@ -582,6 +582,17 @@ def block_cases() -> None:
           node("Concat", ["u", "r"], ["y"], axis=1)],
          {"x": randn(1, 3, 3, 4), "z": randn(1, 2, 6, 8)}, ["y"],
          [init("w", randn(5, 3, 1, 1) * 0.5), f32("scales", [1, 1, 2, 2])])
+    # PP-OCRv4 det's FPN adds: a product and the Add after it (and its Relu) in one pass; the
+    # second output's addend broadcasts.
+    case("block_scale_add_upsampled",
+         [node("Mul", ["x", "s"], ["m"]),
+          node("Resize", ["u", "", "scales"], ["r"], mode="nearest"),
+          node("Add", ["m", "r"], ["a"]),
+          node("Relu", ["a"], ["y"]),
+          node("Mul", ["x", "x"], ["q"]),
+          node("Add", ["c", "q"], ["z"])],
+         {"x": randn(1, 4, 6, 8), "u": randn(1, 4, 3, 4)}, ["y", "z"],
+         [init("s", randn(1, 4, 1, 1)), f32("scales", [1, 1, 2, 2]), init("c", randn(1, 4, 1, 1))])
 
 
 def make_op_cases() -> None:

@@ -216,33 +216,65 @@ fn two<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<(&'b Arg<'a>, &'b Arg<
     }
 }
 
+/// The tensor added to the result before the activation: the third input of a node that took the
+/// `Add` after it (see [`crate::fuse::fuse_binary_addends`]).
+fn addend<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
+    inputs.get(2).and_then(Option::as_ref)
+}
+
+/// Output elements a thread computes at a time, then adds the addend to and activates while they
+/// are in L1 (16 KiB).
+const ZIP_BLOCK: usize = 4096;
+
 /// `out = a (op) b` with broadcasting, split over the session's threads when large. Each arm
 /// passes its own closure so the element loop is monomorphised and vectorised (a function pointer
 /// would cost an indirect call per element).
+/// With `addend` (any shape that broadcasts to `shape`), `out = act(a (op) b + addend)`.
 #[allow(clippy::too_many_arguments)]
 fn zip_f32(
     kind: Kind,
     act: Activation,
     a: (&[f32], &[usize]),
     b: (&[f32], &[usize]),
+    addend: Option<(&[f32], &[usize])>,
     shape: &[usize],
     out: &mut [f32],
     ctx: &ExecCtx,
 ) {
     let ((x, xs), (y, ys)) = (a, b);
     let bc = Broadcast::new(xs, ys, shape);
+    // The fused form's addend has the output's shape: added block by block. Any other is
+    // broadcast in a second pass, before the activation.
+    let (same, other) = match addend {
+        Some((r, rs)) if rs == shape => (Some(r), None),
+        other => (None, other),
+    };
+    let block_act = if other.is_some() { Activation::None } else { act };
     ctx.kernels.for_each_part(out, SPLIT_MIN_ELEMENTS, |start, part| {
-        match kind {
-            Kind::Add => bc.zip(x, y, start, part, |a, b| a + b),
-            Kind::Sub => bc.zip(x, y, start, part, |a, b| a - b),
-            Kind::Mul => bc.zip(x, y, start, part, |a, b| a * b),
-            Kind::Div => bc.zip(x, y, start, part, |a, b| a / b),
-            Kind::Pow => bc.zip(x, y, start, part, f32::powf),
-            Kind::PRelu => bc.zip(x, y, start, part, |x, s| if x < 0.0 { s * x } else { x }),
+        for (k, block) in part.chunks_mut(ZIP_BLOCK).enumerate() {
+            let at = start + k * ZIP_BLOCK;
+            match kind {
+                Kind::Add => bc.zip(x, y, at, block, |a, b| a + b),
+                Kind::Sub => bc.zip(x, y, at, block, |a, b| a - b),
+                Kind::Mul => bc.zip(x, y, at, block, |a, b| a * b),
+                Kind::Div => bc.zip(x, y, at, block, |a, b| a / b),
+                Kind::Pow => bc.zip(x, y, at, block, f32::powf),
+                Kind::PRelu => bc.zip(x, y, at, block, |x, s| if x < 0.0 { s * x } else { x }),
+            }
+            if let Some(r) = same {
+                for (o, &v) in block.iter_mut().zip(&r[at..]) {
+                    *o += v;
+                }
+            }
+            // While the block is still in cache.
+            ctx.kernels.activate(block_act, block);
         }
-        // While the part is still in cache.
-        ctx.kernels.activate(act, part);
     });
+    if let Some((r, rs)) = other {
+        let sums = out.to_vec();
+        Broadcast::new(shape, rs, shape).zip(&sums, r, 0, out, |s, v| s + v);
+        ctx.kernels.activate(act, out);
+    }
 }
 
 /// Integer arithmetic; `None` marks an undefined result (division by zero, overflow, negative power).
@@ -269,6 +301,15 @@ impl Binary {
         }
         broadcast_shapes(a.shape, b.shape)
     }
+
+    /// The output shape with a fused addend `r`, if any.
+    fn out_shape_with(&self, a: &Arg<'_>, b: &Arg<'_>, r: Option<&Arg<'_>>) -> OpResult<Vec<usize>> {
+        let shape = self.out_shape(a, b)?;
+        match r {
+            Some(r) => broadcast_shapes(&shape, r.shape),
+            None => Ok(shape),
+        }
+    }
 }
 
 impl Op for Binary {
@@ -277,13 +318,18 @@ impl Op for Binary {
         if a.elem != b.elem && self.kind != Kind::Pow {
             op_bail!("input element types differ ({:?} vs {:?})", a.elem, b.elem);
         }
-        Ok(vec![(a.elem, self.out_shape(a, b)?)])
+        let r = addend(inputs);
+        if r.is_some_and(|r| r.elem != a.elem) {
+            op_bail!("a fused addend must have the inputs' element type");
+        }
+        Ok(vec![(a.elem, self.out_shape_with(a, b, r)?)])
     }
 
     fn eval(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Option<Vec<Tensor>>> {
         let (a, b) = two(inputs)?;
-        let known = a.is_known() && b.is_known();
-        let shape = self.out_shape(a, b)?;
+        let r = addend(inputs);
+        let known = a.is_known() && b.is_known() && r.is_none_or(Arg::is_known);
+        let shape = self.out_shape_with(a, b, r)?;
         if a.elem == ElemType::I64 {
             if self.activation != Activation::None {
                 op_bail!("a fused activation applies to float results only");
@@ -294,6 +340,20 @@ impl Op for Binary {
             let (x, y) = (a.i64s()?, b.i64s()?);
             let mut out = vec![None; shape.iter().product()];
             zip_broadcast(&x, a.shape, &y, b.shape, &shape, &mut out, i64_fn(self.kind));
+            if let Some(r) = r {
+                // Shape arithmetic that took the Add after it.
+                let (sums, rv) = (out, r.i64s()?);
+                out = vec![None; sums.len()];
+                zip_broadcast(
+                    &sums,
+                    &shape,
+                    &rv.iter().map(|&v| Some(v)).collect::<Vec<_>>(),
+                    r.shape,
+                    &shape,
+                    &mut out,
+                    |s, v| s?.checked_add(v?),
+                );
+            }
             let out: Option<Vec<i64>> = out.into_iter().collect();
             let Some(out) = out else {
                 op_bail!(
@@ -308,11 +368,13 @@ impl Op for Binary {
         }
         let mut out = vec![0.0; shape.iter().product()];
         let (x, y) = (a.f32s()?, b.f32s()?);
+        let rv = r.map(Arg::f32s).transpose()?;
         zip_f32(
             self.kind,
             self.activation,
             (&x, a.shape),
             (&y, b.shape),
+            r.zip(rv.as_deref()).map(|(r, v)| (v, r.shape)),
             &shape,
             &mut out,
             &ExecCtx::default(),
@@ -332,8 +394,11 @@ impl Op for Binary {
             return Err(OpError("integer arithmetic runs only at plan time".into()));
         }
         let (x, y) = (a.f32s()?, b.f32s()?);
+        let r = addend(inputs);
+        let rv = r.map(Arg::f32s).transpose()?;
+        let r = r.zip(rv.as_deref()).map(|(r, v)| (v, r.shape));
         let out = &mut outputs[0];
-        zip_f32(self.kind, self.activation, (&x, a.shape), (&y, b.shape), out.shape, out.data, ctx);
+        zip_f32(self.kind, self.activation, (&x, a.shape), (&y, b.shape), r, out.shape, out.data, ctx);
         Ok(())
     }
 }
@@ -501,5 +566,13 @@ mod tests {
         assert!(op.eval(&[arg(a), arg(zero)]).unwrap_err().0.contains("division by zero"));
         let unknown = Some(Arg { shape: &[3], elem: ElemType::I64, data: None });
         assert!(op.eval(&[arg(a), unknown]).is_err());
+        // A fused addend (shape arithmetic that took the Add after it), broadcast, checked.
+        let r = &Tensor::from_i64(vec![2, 1], vec![1, -1]);
+        let op = build_plain(&node(OpKind::Mul, 3, vec![])).unwrap();
+        assert_eq!(op.infer(&[arg(a), arg(b), arg(r)]).unwrap()[0].1, vec![2, 3]);
+        let out = op.eval(&[arg(a), arg(b), arg(r)]).unwrap().unwrap();
+        assert_eq!(out[0].buf, TensorBuf::I64(vec![15, -13, 25, 13, -15, 23]));
+        let big = &Tensor::from_i64(vec![1], vec![i64::MAX]);
+        assert!(op.eval(&[arg(a), arg(b), arg(big)]).unwrap_err().0.contains("undefined"));
     }
 }
