@@ -202,6 +202,35 @@ fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
         && p.out_h * p.out_w >= threads * PIXEL_SPLIT_MIN
 }
 
+/// Output pixels of the 1×1 layers that [`pointwise_by_depth`] splits by input channels. Each
+/// thread decodes every filter for its share of the depth, which over 7×7 planes costs more than
+/// the crossing it saves (MobileNetV2's 960 -> 160 at 2 threads: 0.086 -> 0.125 ms).
+const DEPTH_SPLIT_PLANES: std::ops::RangeInclusive<usize> = 128..=1024;
+
+/// What adding one partial sum into an output (and the epilogue) costs in multiply-adds, for
+/// [`Kernels::min_task_work`]: a load and an add, bound by memory, not by arithmetic.
+const REDUCE_WORK_WEIGHT: usize = 16;
+
+/// Whether a 1×1 layer is split across threads by input channels: each thread sums its share of
+/// the depth for every filter and pixel, then each adds up the partial sums of its pixels and
+/// finishes them. A projection (at least twice as many input channels as filters) over a small
+/// plane, on several threads: its input comes from a depthwise layer, or a 1×1 layer split by
+/// filters, that left each thread's channels in that thread's cache. Split by filters or pixels,
+/// each thread read half of its input from the other core's cache (slow on 2-vCPU VMs: a
+/// thread reads lines another core wrote at a third of the speed), where the partial sums that
+/// cross here are a fraction of it (the filters over the input channels, halved).
+fn pointwise_by_depth(kernels: &Kernels, p: &Conv2dParams) -> bool {
+    depth_split_shape(p) && kernels.threads() > 1 && p.in_c >= 8 * kernels.threads()
+}
+
+/// The layer part of [`pointwise_by_depth`] (what the scratch is sized for).
+fn depth_split_shape(p: &Conv2dParams) -> bool {
+    p.is_pointwise()
+        && p.groups == 1
+        && p.in_c >= 2 * p.out_c
+        && DEPTH_SPLIT_PLANES.contains(&(p.out_h * p.out_w))
+}
+
 /// [`split_rows`] over the output rows of one image `y` of layer `p` (every filter of a row
 /// costs `filter_len` multiply-adds per pixel), ranges starting at multiples of `align` rows.
 #[allow(clippy::too_many_arguments)]
@@ -233,8 +262,16 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
         crate::winograd::scratch_len(p)
     } else if p.is_pointwise() {
         // A panel of filters, one gathered input column, the accumulator tile; or what the int8
-        // path needs, if that is more (the runtime sizes scratch before it knows the path).
-        ((panel_rows(p) + 1) * p.filter_len() + POINTWISE_ACC).max(crate::conv_int8::scratch_len(p))
+        // path needs, if that is more (the runtime sizes scratch before it knows the path). Split
+        // by depth: each thread's partial sums (one per filter and pixel), and a panel and its
+        // share of the depth.
+        let work =
+            ((panel_rows(p) + 1) * p.filter_len() + POINTWISE_ACC).max(crate::conv_int8::scratch_len(p));
+        if depth_split_shape(p) {
+            p.out_c * p.out_h * p.out_w + work.max(2 * panel_rows(p) * p.filter_len())
+        } else {
+            work
+        }
     } else {
         // Also what the whole-plane depthwise kernels need: one decoded filter.
         Slab::new(p).scratch_len(p).max(crate::conv_int8::scratch_len(p))
@@ -301,6 +338,7 @@ pub fn conv2d(
             residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
         let work = out_plane * p.filter_len();
         match &slab {
+            None if pointwise_by_depth(kernels, p) => layer.pointwise_by_depth(kernels, xb, rb, yb, scratch),
             None if pointwise_by_pixels(kernels, p) => split_output_rows(
                 kernels,
                 p,
@@ -548,6 +586,90 @@ impl Layer<'_, '_> {
                     );
                 }
                 t0 += t;
+            }
+            oc = end;
+        }
+    }
+
+    /// A 1×1 layer split by input channels (see [`pointwise_by_depth`]) over image `xb` into its
+    /// output `y`: one share of the depth per thread, each summed for every filter and pixel into
+    /// the front of `scratch` (`threads` partial outputs), then each thread adds up the partial
+    /// sums of its pixels, with the bias, residual and activation.
+    fn pointwise_by_depth(
+        &self,
+        kernels: &Kernels,
+        xb: &[f32],
+        residual: Option<Residual<'_>>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let p = self.p;
+        let (k, plane, filters) = (p.in_c, p.out_h * p.out_w, p.out_c);
+        let shares = kernels.threads();
+        let part = filters * plane;
+        let per_task = scratch_len(p) - part;
+        let (partials, rest) = scratch.split_at_mut(shares * part);
+        let planes: Vec<usize> = (0..k).map(|c| c * plane).collect();
+        // Share `s` of the depth; shares are contiguous, as the channels a thread wrote are.
+        let depth = |s: usize| s * k / shares..(s + 1) * k / shares;
+        split_units(kernels, shares, part, part * k / shares, partials, rest, per_task, |ss, out, s| {
+            for (share, acc) in ss.zip(out.chunks_exact_mut(part)) {
+                self.partial_sums(xb, &planes, depth(share), acc, s);
+            }
+        });
+        let partials = &*partials;
+        let row_work = filters * (shares + 1) * REDUCE_WORK_WEIGHT;
+        // Pixel ranges of whole 64-byte lines.
+        split_rows(kernels, plane, 1, row_work, 16, 1, y, rest, per_task, |cols, outs, s| {
+            let sum = &mut s[..cols.len()];
+            for (f, dst) in outs.iter_mut().enumerate() {
+                let at = f * plane + cols.start;
+                sum.copy_from_slice(&partials[at..][..cols.len()]);
+                for other in partials.chunks_exact(part).skip(1) {
+                    sum.iter_mut().zip(&other[at..]).for_each(|(v, &o)| *v += o);
+                }
+                let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[cols.clone()]);
+                let bias = self.bias.map_or(0.0, |b| b[f]);
+                (self.isa.store_rows)(self.act.of(f), sum, cols.len(), bias, res, dst, cols.len());
+            }
+        });
+    }
+
+    /// `acc[f * plane + j]` = the sum over input channels `depth` of filter `f`'s weights times
+    /// pixel `j` of those channels (`planes[c]`: where channel `c` starts in `xb`), for every
+    /// filter, panel by panel of decoded filters, each cut to that share of the depth.
+    fn partial_sums(
+        &self,
+        xb: &[f32],
+        planes: &[usize],
+        depth: Range<usize>,
+        acc: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let p = self.p;
+        let (k, kc, plane) = (p.in_c, depth.len(), p.out_h * p.out_w);
+        let block = panel_rows(p);
+        let (panel, rest) = scratch.split_at_mut(block * k);
+        let cut = &mut rest[..block * kc];
+        let mut oc = 0;
+        while oc < p.out_c {
+            let end = p.out_c.min(oc + block);
+            let m = end - oc;
+            self.rows.decode_rows(oc..end, &mut panel[..m * k]);
+            for (row, share) in panel.chunks_exact(k).zip(cut.chunks_exact_mut(kc)).take(m) {
+                share.copy_from_slice(&row[depth.clone()]);
+            }
+            let sums = &mut acc[oc * plane..end * plane];
+            let (a, offs) = (&cut[..m * kc], &planes[depth.clone()]);
+            match self.isa.gemm_rows_fused {
+                // The register tile, storing each sum once.
+                Some(fused) => {
+                    let mut rows: Vec<&mut [f32]> = sums.chunks_exact_mut(plane).collect();
+                    let act = FusedActivation::None;
+                    let out = FusedRows { dst: &mut rows, col: 0, bias: None, residual: None, act };
+                    fused(a, kc, xb, offs, plane, out);
+                }
+                None => (self.isa.gemm_rows_at)(a, kc, xb, offs, plane, sums, plane),
             }
             oc = end;
         }
@@ -1606,6 +1728,27 @@ mod tests {
         // Every threaded set splits every layer above by pixels; one thread never does.
         let threaded = sets.iter().filter(|k| k.threads() > 1).count();
         assert_eq!(split, 4 * threaded);
+    }
+
+    #[test]
+    fn pointwise_split_by_depth_matches_the_reference() {
+        // Projections over small planes: split by input channels on the threaded sets, each
+        // thread's partial sums added up by pixel ranges (the last one short), with every epilogue
+        // (bias, full and partial residuals, a PRelu per channel), uneven shares of the depth,
+        // several panels of filters, odd extents and two images.
+        let mut rng = Rng::new(93);
+        let sets = kernel_sets();
+        let mut split = 0;
+        let cases = [(192, 32, [28, 28]), (100, 49, [14, 14]), (50, 7, [13, 11]), (64, 30, [9, 15])];
+        for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
+            let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
+            split += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
+            let kinds = WeightKind::all();
+            check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], true);
+            check_fused_activations(&mut rng, &sets, &p, kinds[(case + 1) % kinds.len()]);
+        }
+        let threaded = sets.iter().filter(|k| k.threads() > 1).count();
+        assert_eq!(split, cases.len() * threaded);
     }
 
     #[test]
