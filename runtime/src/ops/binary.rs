@@ -6,7 +6,7 @@ use pith_format::ir::{ElemType, Node, OpKind};
 
 use pith_kernels::Activation;
 
-use super::{Arg, ExecCtx, Op, OpResult, Out};
+use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::error::OpError;
 use crate::op_bail;
 use crate::tensor::Tensor;
@@ -192,6 +192,9 @@ struct Binary {
     kind: Kind,
     /// Applied to f32 results (an activation node fused into this one, see [`crate::fuse`]).
     activation: Activation,
+    /// How many times each element of a fused addend repeats along the last two axes (a nearest
+    /// upsampling folded in, [`crate::fuse::ADDEND_REPEAT`]); `[1, 1]` for none.
+    addend_repeat: [usize; 2],
 }
 
 /// Builds the op for an `Add`, `Sub`, `Mul`, `Div`, `Pow` or `PRelu` node whose f32 output then
@@ -206,8 +209,21 @@ pub fn build(node: &Node, activation: Activation) -> OpResult<Box<dyn Op>> {
         OpKind::PRelu => Kind::PRelu,
         other => op_bail!("{} is not a binary op", other.onnx_name()),
     };
-    Ok(Box::new(Binary { kind, activation }))
+    let addend_repeat = match attrs::ints(node, crate::fuse::ADDEND_REPEAT)?.as_deref() {
+        None => [1, 1],
+        Some(&[f, g]) if (1..=MAX_REPEAT).contains(&f) && (1..=MAX_REPEAT).contains(&g) => {
+            [f as usize, g as usize]
+        }
+        Some(other) => op_bail!(
+            "attribute '{}' must be two factors in 1..={MAX_REPEAT}, not {other:?}",
+            crate::fuse::ADDEND_REPEAT
+        ),
+    };
+    Ok(Box::new(Binary { kind, activation, addend_repeat }))
 }
+
+/// Largest repeat factor of a fused addend.
+const MAX_REPEAT: i64 = 64;
 
 fn two<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> OpResult<(&'b Arg<'a>, &'b Arg<'a>)> {
     match inputs {
@@ -222,6 +238,84 @@ fn addend<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
     inputs.get(2).and_then(Option::as_ref)
 }
 
+/// A fused addend's values as the sum sees them.
+#[derive(Clone, Copy)]
+struct Addend<'a> {
+    data: &'a [f32],
+    shape: &'a [usize],
+    /// Each element repeated this many times along the last two axes.
+    repeat: [usize; 2],
+}
+
+/// `shape` with its last two extents multiplied by `repeat` (`None` below rank 2 when `repeat`
+/// is not `[1, 1]`).
+fn repeated_shape(shape: &[usize], repeat: [usize; 2]) -> Option<Vec<usize>> {
+    let mut out = shape.to_vec();
+    if repeat != [1, 1] {
+        let rank = out.len().checked_sub(2)?;
+        out[rank] *= repeat[0];
+        out[rank + 1] *= repeat[1];
+    }
+    Some(out)
+}
+
+impl Addend<'_> {
+    /// Adds the repeated addend's elements `at .. at + block.len()` (in the repeated shape's
+    /// row-major order) to `block`, a row segment at a time.
+    fn add_repeated(&self, at: usize, block: &mut [f32]) {
+        let rank = self.shape.len();
+        let (h, w) = (self.shape[rank - 2], self.shape[rank - 1]);
+        let [f, g] = self.repeat;
+        let (big_h, big_w) = (h * f, w * g);
+        let mut pos = 0;
+        while pos < block.len() {
+            let (row, ox) = ((at + pos) / big_w, (at + pos) % big_w);
+            let (plane, oy) = (row / big_h, row % big_h);
+            let src = &self.data[(plane * h + oy / f) * w..][..w];
+            let n = (big_w - ox).min(block.len() - pos);
+            let seg = &mut block[pos..pos + n];
+            match g {
+                2 => add_each::<2>(seg, src, ox),
+                4 => add_each::<4>(seg, src, ox),
+                8 => add_each::<8>(seg, src, ox),
+                _ => seg.iter_mut().enumerate().for_each(|(j, v)| *v += src[(ox + j) / g]),
+            }
+            pos += n;
+        }
+    }
+
+    /// The addend with its repeats written out.
+    fn expanded(&self) -> Vec<f32> {
+        let n = self.data.len() * self.repeat[0] * self.repeat[1];
+        let mut out = vec![0.0; n];
+        self.add_repeated(0, &mut out);
+        out
+    }
+}
+
+/// `seg[j] += src[(ox + j) / G]`, with `G` known to the compiler: whole runs of `G` outputs take
+/// one source value each (a loop the compiler vectorises, as it did not the indexed one).
+fn add_each<const G: usize>(seg: &mut [f32], src: &[f32], ox: usize) {
+    let len = seg.len();
+    let head = ((G - ox % G) % G).min(len);
+    let (first, rest) = seg.split_at_mut(head);
+    for (j, v) in first.iter_mut().enumerate() {
+        *v += src[(ox + j) / G];
+    }
+    let start = (ox + head) / G;
+    let mut runs = rest.chunks_exact_mut(G);
+    for (run, &s) in (&mut runs).zip(&src[start..]) {
+        for v in run {
+            *v += s;
+        }
+    }
+    let tail = runs.into_remainder();
+    let at = ox + len - tail.len();
+    for (j, v) in tail.iter_mut().enumerate() {
+        *v += src[(at + j) / G];
+    }
+}
+
 /// Output elements a thread computes at a time, then adds the addend to and activates while they
 /// are in L1 (16 KiB).
 const ZIP_BLOCK: usize = 4096;
@@ -229,24 +323,24 @@ const ZIP_BLOCK: usize = 4096;
 /// `out = a (op) b` with broadcasting, split over the session's threads when large. Each arm
 /// passes its own closure so the element loop is monomorphised and vectorised (a function pointer
 /// would cost an indirect call per element).
-/// With `addend` (any shape that broadcasts to `shape`), `out = act(a (op) b + addend)`.
+/// With `addend` (any shape that, repeated, broadcasts to `shape`), `out = act(a (op) b + addend)`.
 #[allow(clippy::too_many_arguments)]
 fn zip_f32(
     kind: Kind,
     act: Activation,
     a: (&[f32], &[usize]),
     b: (&[f32], &[usize]),
-    addend: Option<(&[f32], &[usize])>,
+    addend: Option<Addend<'_>>,
     shape: &[usize],
     out: &mut [f32],
     ctx: &ExecCtx,
 ) {
     let ((x, xs), (y, ys)) = (a, b);
     let bc = Broadcast::new(xs, ys, shape);
-    // The fused form's addend has the output's shape: added block by block. Any other is
-    // broadcast in a second pass, before the activation.
+    // The fused form's addend has the output's shape (once repeated): added block by block. Any
+    // other is broadcast in a second pass, before the activation.
     let (same, other) = match addend {
-        Some((r, rs)) if rs == shape => (Some(r), None),
+        Some(r) if repeated_shape(r.shape, r.repeat).as_deref() == Some(shape) => (Some(r), None),
         other => (None, other),
     };
     let block_act = if other.is_some() { Activation::None } else { act };
@@ -261,18 +355,25 @@ fn zip_f32(
                 Kind::Pow => bc.zip(x, y, at, block, f32::powf),
                 Kind::PRelu => bc.zip(x, y, at, block, |x, s| if x < 0.0 { s * x } else { x }),
             }
-            if let Some(r) = same {
-                for (o, &v) in block.iter_mut().zip(&r[at..]) {
-                    *o += v;
+            match same {
+                Some(r) if r.repeat == [1, 1] => {
+                    for (o, &v) in block.iter_mut().zip(&r.data[at..]) {
+                        *o += v;
+                    }
                 }
+                Some(r) => r.add_repeated(at, block),
+                None => {}
             }
             // While the block is still in cache.
             ctx.kernels.activate(block_act, block);
         }
     });
-    if let Some((r, rs)) = other {
+    if let Some(r) = other {
         let sums = out.to_vec();
-        Broadcast::new(shape, rs, shape).zip(&sums, r, 0, out, |s, v| s + v);
+        let expanded = (r.repeat != [1, 1]).then(|| r.expanded());
+        let rs = repeated_shape(r.shape, r.repeat).unwrap_or_default();
+        let data = expanded.as_deref().unwrap_or(r.data);
+        Broadcast::new(shape, &rs, shape).zip(&sums, data, 0, out, |s, v| s + v);
         ctx.kernels.activate(act, out);
     }
 }
@@ -306,7 +407,12 @@ impl Binary {
     fn out_shape_with(&self, a: &Arg<'_>, b: &Arg<'_>, r: Option<&Arg<'_>>) -> OpResult<Vec<usize>> {
         let shape = self.out_shape(a, b)?;
         match r {
-            Some(r) => broadcast_shapes(&shape, r.shape),
+            Some(r) => {
+                let Some(rs) = repeated_shape(r.shape, self.addend_repeat) else {
+                    op_bail!("a repeated addend needs two axes, not shape {:?}", r.shape);
+                };
+                broadcast_shapes(&shape, &rs)
+            }
             None => Ok(shape),
         }
     }
@@ -342,6 +448,9 @@ impl Op for Binary {
             zip_broadcast(&x, a.shape, &y, b.shape, &shape, &mut out, i64_fn(self.kind));
             if let Some(r) = r {
                 // Shape arithmetic that took the Add after it.
+                if self.addend_repeat != [1, 1] {
+                    op_bail!("a repeated addend must be f32");
+                }
                 let (sums, rv) = (out, r.i64s()?);
                 out = vec![None; sums.len()];
                 zip_broadcast(
@@ -369,12 +478,13 @@ impl Op for Binary {
         let mut out = vec![0.0; shape.iter().product()];
         let (x, y) = (a.f32s()?, b.f32s()?);
         let rv = r.map(Arg::f32s).transpose()?;
+        let repeat = self.addend_repeat;
         zip_f32(
             self.kind,
             self.activation,
             (&x, a.shape),
             (&y, b.shape),
-            r.zip(rv.as_deref()).map(|(r, v)| (v, r.shape)),
+            r.zip(rv.as_deref()).map(|(r, data)| Addend { data, shape: r.shape, repeat }),
             &shape,
             &mut out,
             &ExecCtx::default(),
@@ -396,7 +506,8 @@ impl Op for Binary {
         let (x, y) = (a.f32s()?, b.f32s()?);
         let r = addend(inputs);
         let rv = r.map(Arg::f32s).transpose()?;
-        let r = r.zip(rv.as_deref()).map(|(r, v)| (v, r.shape));
+        let repeat = self.addend_repeat;
+        let r = r.zip(rv.as_deref()).map(|(r, data)| Addend { data, shape: r.shape, repeat });
         let out = &mut outputs[0];
         zip_f32(self.kind, self.activation, (&x, a.shape), (&y, b.shape), r, out.shape, out.data, ctx);
         Ok(())
@@ -409,6 +520,7 @@ mod tests {
     use crate::ops::conv::testing::{act, node, run, values};
     use crate::ops::ArgData;
     use crate::tensor::TensorBuf;
+    use pith_format::ir::Attr;
 
     fn build_plain(node: &Node) -> OpResult<Box<dyn Op>> {
         build(node, Activation::None)
@@ -515,6 +627,56 @@ mod tests {
         let mut outs = [Out { shape: sa, data: &mut out }];
         op.run(&args, &mut outs, &mut [], &ctx).unwrap();
         assert_eq!(out, one[0].1);
+    }
+
+    #[test]
+    fn repeated_runs_add_what_the_indexed_sum_adds() {
+        let src = values(8, 16);
+        for ox in 0..17 {
+            for len in [0, 1, 2, 5, 8, 13, 31, 40] {
+                let check = |g: usize, add: fn(&mut [f32], &[f32], usize)| {
+                    let len = len.min(16 * g - ox.min(16 * g));
+                    let mut got = values(9, len);
+                    let want: Vec<f32> = got.iter().enumerate().map(|(j, v)| v + src[(ox + j) / g]).collect();
+                    add(&mut got, &src, ox);
+                    assert_eq!(got, want, "G {g}, from {ox}, {len} long");
+                };
+                check(2, add_each::<2>);
+                check(4, add_each::<4>);
+                check(8, add_each::<8>);
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_addend_matches_its_upsampling_written_out() {
+        // y = a * b + r with r repeated 2 x 3 times along the last axes (a folded nearest
+        // upsampling): the same shape as the product (added block by block, on 1 and 3 threads,
+        // over blocks that start mid-row), or broadcast over channels (written out first).
+        let (sa, sb) = ([1usize, 2, 128, 96], [1usize, 2, 1, 1]);
+        let (a, b) = (values(5, sa.iter().product()), values(6, 2));
+        let attrs = || vec![(crate::fuse::ADDEND_REPEAT, Attr::Ints(vec![2, 3]))];
+        let op = build(&node(OpKind::Mul, 3, attrs()), Activation::Relu).unwrap();
+        for channels in [2usize, 1] {
+            let sr = [1, channels, 64, 32];
+            let r = values(7, sr.iter().product());
+            let mut want = vec![0.0f32; a.len()];
+            for (i, w) in want.iter_mut().enumerate() {
+                let (c, y, x) = (i / (128 * 96), i / 96 % 128, i % 96);
+                let rv = r[((c % channels) * 64 + y / 2) * 32 + x / 3];
+                *w = (a[i] * b[c] + rv).max(0.0);
+            }
+            assert_eq!(op.infer(&[act(&sa, &a), act(&sb, &b), act(&sr, &r)]).unwrap()[0].1, sa.to_vec());
+            for threads in [1, 3] {
+                let ctx = ExecCtx { kernels: pith_kernels::Kernels::new(threads).unwrap() };
+                let mut out = vec![f32::NAN; a.len()];
+                let mut outs = [Out { shape: &sa, data: &mut out }];
+                op.run(&[act(&sa, &a), act(&sb, &b), act(&sr, &r)], &mut outs, &mut [], &ctx).unwrap();
+                assert_eq!(out, want, "{channels} channel(s), {threads} thread(s)");
+            }
+        }
+        let bad = node(OpKind::Mul, 3, vec![(crate::fuse::ADDEND_REPEAT, Attr::Ints(vec![2]))]);
+        assert!(build(&bad, Activation::None).is_err());
     }
 
     /// The element formula each operator must match, written independently of the op.

@@ -43,6 +43,29 @@ struct Resize {
 
 /// Builds the op for a `Resize` node.
 pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
+    Ok(Box::new(parse(node)?))
+}
+
+/// Whether `Resize` node `node`, at whole-number scales `f`, repeats each input element `f` times
+/// along each axis (`out[o] = in[o / f]`): nearest with `asymmetric` coordinates and `floor`, or
+/// with `half_pixel` (or `pytorch_half_pixel`) coordinates and either rounding to nearest (source
+/// `o / f + (1 / f - 1) / 2` lies within half a pixel of `o / f` rounded down, never on a tie).
+/// Such a node can be folded into an element-wise op that reads its input instead (see
+/// [`crate::fuse::fuse_binary_addends`]).
+pub(crate) fn repeats_at_whole_scales(node: &Node) -> bool {
+    let Ok(op) = parse(node) else { return false };
+    matches!(
+        (op.mode, op.coord),
+        (Mode::Nearest(Rounding::Floor), Coord::Asymmetric)
+            | (
+                Mode::Nearest(Rounding::RoundPreferFloor | Rounding::RoundPreferCeil),
+                Coord::HalfPixel | Coord::PytorchHalfPixel
+            )
+    )
+}
+
+/// The `Resize` a node describes.
+fn parse(node: &Node) -> OpResult<Resize> {
     let rounding = match attrs::string(node, "nearest_mode", "round_prefer_floor")?.as_str() {
         "round_prefer_floor" => Rounding::RoundPreferFloor,
         "round_prefer_ceil" => Rounding::RoundPreferCeil,
@@ -77,7 +100,7 @@ pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
     if attrs::string(node, "keep_aspect_ratio_policy", "stretch")? != "stretch" {
         op_bail!("keep_aspect_ratio_policy other than 'stretch' is not supported");
     }
-    Ok(Box::new(Resize { mode, coord }))
+    Ok(Resize { mode, coord })
 }
 
 /// Optional input `i` if present and non-empty.
@@ -376,6 +399,44 @@ mod tests {
 
     /// Integer upscales (repeated runs, repeated rows) and other patterns give the element-wise
     /// gather's result, whole and in parts.
+    #[test]
+    fn whole_scale_repeats_are_recognised_by_their_modes() {
+        let with = |ctm: &str, nearest: &str| {
+            node(
+                OpKind::Resize,
+                3,
+                vec![("coordinate_transformation_mode", s(ctm)), ("nearest_mode", s(nearest))],
+            )
+        };
+        let cases = [
+            ("asymmetric", "floor", true),
+            ("half_pixel", "round_prefer_floor", true),
+            ("half_pixel", "round_prefer_ceil", true),
+            ("pytorch_half_pixel", "round_prefer_floor", true),
+            ("asymmetric", "round_prefer_floor", false),
+            ("half_pixel", "floor", false),
+            ("align_corners", "round_prefer_floor", false),
+            ("tf_half_pixel_for_nn", "round_prefer_floor", false),
+        ];
+        for (ctm, nearest_mode, repeats) in cases {
+            let n = with(ctm, nearest_mode);
+            assert_eq!(repeats_at_whole_scales(&n), repeats, "{ctm} {nearest_mode}");
+            // What the op itself computes agrees wherever a repeat is claimed.
+            let op = parse(&n).unwrap();
+            let Mode::Nearest(r) = op.mode else { unreachable!() };
+            let mut all = true;
+            for (n_in, f) in [(1, 2), (5, 2), (8, 3), (7, 4), (3, 8), (6, 1)] {
+                for o in 0..n_in * f {
+                    let src = nearest(op.source(o, n_in, n_in * f, f as f32), n_in, r);
+                    all &= src == o / f;
+                }
+            }
+            assert!(all || !repeats, "{ctm} {nearest_mode}");
+        }
+        let linear = node(OpKind::Resize, 3, vec![("mode", s("linear"))]);
+        assert!(!repeats_at_whole_scales(&linear));
+    }
+
     #[test]
     fn upscale_fast_paths_match_the_plain_gather() {
         let x: Vec<f32> = (0..2 * 3 * 4).map(|v| v as f32).collect();
