@@ -23,6 +23,12 @@
 //! order (where `r` is known to be computed). BlazeFace's blocks (`Relu(Add(Conv, Pad(x)))`) and
 //! PP-OCRv4's residual and FPN adds then run as one pass over their output. A residual whose shape
 //! differs from the convolution's is still added (by broadcasting, after the convolution).
+//!
+//! Two more rewrites frame those: first a `BatchNormalization` after a `ConvTranspose` folds into
+//! it ([`fuse_batch_norms`]: the kernel scales each output channel's decoded weights); last, an
+//! `Add` whose operand an element-wise op writes for it alone folds into that op, which takes the
+//! other operand as a third input, read through a nearest upsampling by whole factors when that
+//! is where it comes from ([`fuse_binary_addends`]: PP-OCRv4 det's FPN adds).
 
 use pith_format::ir::{Dim, Graph, Node, OpKind, ValueId};
 use pith_kernels::Activation;
