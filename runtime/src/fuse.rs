@@ -245,13 +245,7 @@ pub fn fuse_binary_addends(fused: Fused, constant: &ConstantFn<'_>) -> Fused {
     if taken > 0 {
         log::debug!("fused {taken} Add(s) into the element-wise op before them");
     }
-    let graph = Graph {
-        values: graph.values.clone(),
-        nodes,
-        inputs: graph.inputs.clone(),
-        outputs: graph.outputs.clone(),
-    };
-    Fused { graph, activations: acts }
+    Fused { graph: with_nodes(&graph, nodes), activations: acts }
 }
 
 /// Attribute set on a `ConvTranspose` that took the `BatchNormalization` after it: that node's
@@ -322,12 +316,7 @@ pub fn fuse_batch_norms(graph: &Graph, constant: &ConstantFn<'_>) -> Graph {
         fused.outputs = vec![*out];
         dropped[j] = true;
     }
-    Graph {
-        nodes: nodes.into_iter().zip(dropped).filter(|(_, d)| !d).map(|(n, _)| n).collect(),
-        values: graph.values.clone(),
-        inputs: graph.inputs.clone(),
-        outputs: graph.outputs.clone(),
-    }
+    with_nodes(graph, nodes.into_iter().zip(dropped).filter(|(_, d)| !d).map(|(n, _)| n).collect())
 }
 
 /// Attribute set on a fused Conv whose residual (fourth input) holds only the first channels of
@@ -367,6 +356,16 @@ fn channel_pad_source(node: &Node, constant: &ConstantFn<'_>) -> Option<ValueId>
     let channels_only =
         pads.len() == 8 && pads[5] > 0 && pads.iter().enumerate().all(|(i, &p)| i == 5 || p == 0);
     (mode_constant && value_zero && fill_zero && channels_only).then_some(node.inputs[0]).flatten()
+}
+
+/// `graph` with its nodes replaced by `nodes` (the same values, inputs and outputs).
+fn with_nodes(graph: &Graph, nodes: Vec<Node>) -> Graph {
+    Graph {
+        values: graph.values.clone(),
+        nodes,
+        inputs: graph.inputs.clone(),
+        outputs: graph.outputs.clone(),
+    }
 }
 
 /// How many inputs of `graph`'s nodes read each value.
@@ -431,12 +430,7 @@ pub fn fuse_residual_adds(graph: &Graph, constant: &ConstantFn<'_>) -> Graph {
     if fused > 0 {
         log::debug!("fused {fused} residual Add(s) into convolutions");
     }
-    Graph {
-        values: graph.values.clone(),
-        nodes: nodes.into_iter().flatten().collect(),
-        inputs: graph.inputs.clone(),
-        outputs: graph.outputs.clone(),
-    }
+    with_nodes(graph, nodes.into_iter().flatten().collect())
 }
 
 /// Rewrites `graph`, fusing every eligible producer–activation pair.
@@ -557,11 +551,5 @@ pub fn fuse_activations(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
     if fused > 0 {
         log::debug!("fused {fused} activation(s) into their producers");
     }
-    let graph = Graph {
-        values: graph.values.clone(),
-        nodes,
-        inputs: graph.inputs.clone(),
-        outputs: graph.outputs.clone(),
-    };
-    Fused { graph, activations }
+    Fused { graph: with_nodes(graph, nodes), activations }
 }
