@@ -216,6 +216,9 @@ struct ConvTranspose {
     /// A BatchNormalization folded in at session time ([`crate::fuse::BATCH_NORM_EPSILON`]): its
     /// epsilon, its four parameters being inputs 3 to 6.
     batch_norm_epsilon: Option<f32>,
+    /// That BatchNormalization's factor and bias per channel, computed on the first run when its
+    /// parameters and the layer's bias are constants (as the session's fusion makes sure).
+    batch_norm: OnceLock<(Vec<f32>, Vec<f32>)>,
 }
 
 fn parse_group(node: &Node) -> OpResult<usize> {
@@ -269,6 +272,7 @@ pub fn build_conv_transpose(node: &Node, activation: Activation) -> OpResult<Box
             Some(_) => op_bail!("attribute '{}' must be a float", crate::fuse::BATCH_NORM_EPSILON),
             None => None,
         },
+        batch_norm: OnceLock::new(),
     }))
 }
 
@@ -678,18 +682,24 @@ impl Op for ConvTranspose {
         let (p, _) = self.geometry(x.shape, w.shape)?;
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
-        let (scale, b) = match self.batch_norm_epsilon {
-            Some(eps) => {
-                let (scale, shift) = folded_batch_norm(inputs, eps, b.as_deref(), p.out_c)?;
-                (Some(scale), Some(Cow::Owned(shift)))
+        let computed;
+        let (scale, b) = match (self.batch_norm_epsilon, self.batch_norm.get()) {
+            (Some(_), Some((scale, shift))) => (Some(&scale[..]), Some(Cow::Borrowed(&shift[..]))),
+            (Some(eps), None) => {
+                computed = folded_batch_norm(inputs, eps, b.as_deref(), p.out_c)?;
+                let constant =
+                    inputs[2..].iter().flatten().all(|a| matches!(a.data, Some(ArgData::Const(_))));
+                let (scale, shift) =
+                    if constant { self.batch_norm.get_or_init(|| computed.clone()) } else { &computed };
+                (Some(&scale[..]), Some(Cow::Borrowed(&shift[..])))
             }
-            None => (None, b),
+            (None, _) => (None, b),
         };
         ctx.kernels
             .conv_transpose2d(
                 &x.f32s()?,
                 &weight.view(),
-                scale.as_deref(),
+                scale,
                 b.as_deref(),
                 &p,
                 self.activation,
