@@ -9,7 +9,8 @@
 //! multiply-adds where the direct convolution does 36 (2.25× fewer), F(4×4, 3×3) ([`f4`]) 36
 //! where it does 144 (4× fewer), with less transformed input per output too. The transforms are
 //! additions, vectorised over a row of tiles by splitting the padded input rows into their m
-//! column phases.
+//! column phases; on AVX-512, F(4×4, 3×3)'s split and input transform are written out in
+//! registers ([`f4_avx512`]).
 //!
 //! Work is split over output rows in whole tiles (m rows).
 
@@ -42,6 +43,8 @@ macro_rules! windows {
 
 mod f2;
 mod f4;
+#[cfg(target_arch = "x86_64")]
+mod f4_avx512;
 
 use std::ops::Range;
 
@@ -215,7 +218,10 @@ impl Winograd<'_, '_> {
                 for (r, phases) in hc.chunks_exact_mut(m * half).enumerate() {
                     let row = (m * ty0 + r).checked_sub(p.pad_top).filter(|&iy| iy < p.in_h);
                     let xrow = row.map(|iy| &xc[iy * p.in_w..][..p.in_w]);
-                    split_phases(self.isa.deinterleave, xrow, p.pad_left, m, phases, half, work);
+                    match t.split4.filter(|_| m == 4) {
+                        Some(split4) => split4(xrow, p.pad_left, phases, half),
+                        None => split_phases(self.isa.deinterleave, xrow, p.pad_left, m, phases, half, work),
+                    }
                 }
                 for tr in 0..trs {
                     let rows_in = &hc[m * tr * m * half..][..(m + 2) * m * half];
@@ -370,7 +376,12 @@ fn split_columns(
 struct Transforms {
     input: InputFn,
     output: OutputFn,
+    /// The path's own 4-phase row split for m = 4, if it has one (else [`split_phases`]).
+    split4: Option<Split4Fn>,
 }
+
+/// `f4_avx512::split4`: one padded row (`None`: a padding row) into its 4 column phases.
+type Split4Fn = fn(Option<&[f32]>, usize, &mut [f32], usize);
 
 /// [`f2::input`], [`f4::input`].
 type InputFn = fn(&[f32], usize, &mut [f32], &mut [f32], usize, usize);
@@ -383,30 +394,50 @@ impl Transforms {
         {
             match (isa.name, m) {
                 ("avx512", 4) => {
-                    return Transforms { input: x86::f4_input_avx512, output: x86::f4_output_avx512 }
+                    return Transforms {
+                        input: f4_avx512::input,
+                        output: x86::f4_output_avx512,
+                        split4: Some(f4_avx512::split4),
+                    }
                 }
                 ("avx512", _) => {
-                    return Transforms { input: x86::f2_input_avx512, output: x86::f2_output_avx512 }
+                    return Transforms {
+                        input: x86::f2_input_avx512,
+                        output: x86::f2_output_avx512,
+                        split4: None,
+                    }
                 }
-                ("avx2", 4) => return Transforms { input: x86::f4_input_avx2, output: x86::f4_output_avx2 },
-                ("avx2", _) => return Transforms { input: x86::f2_input_avx2, output: x86::f2_output_avx2 },
+                ("avx2", 4) => {
+                    return Transforms {
+                        input: x86::f4_input_avx2,
+                        output: x86::f4_output_avx2,
+                        split4: None,
+                    }
+                }
+                ("avx2", _) => {
+                    return Transforms {
+                        input: x86::f2_input_avx2,
+                        output: x86::f2_output_avx2,
+                        split4: None,
+                    }
+                }
                 _ => {}
             }
         }
         let _ = isa;
         if m == 4 {
-            Transforms { input: f4::input, output: f4::output }
+            Transforms { input: f4::input, output: f4::output, split4: None }
         } else {
-            Transforms { input: f2::input, output: f2::output }
+            Transforms { input: f2::input, output: f2::output, split4: None }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    /// Safe entry points and `#[target_feature]` bodies for one tile size's transforms.
-    macro_rules! transforms {
-        ($features:literal, $tile:ident, $input:ident, $input_tf:ident, $output:ident, $output_tf:ident) => {
+    /// Safe entry point and `#[target_feature]` body for one tile size's input transform.
+    macro_rules! input_transform {
+        ($features:literal, $tile:ident, $input:ident, $input_tf:ident) => {
             pub(super) fn $input(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
                 // SAFETY: `Transforms::for_isa` hands this out only for a path whose table was
                 // given after these features were detected; the body is safe Rust.
@@ -417,7 +448,12 @@ mod x86 {
             unsafe fn $input_tf(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
                 super::$tile::input(rows, t, w, v, at, s)
             }
+        };
+    }
 
+    /// Safe entry point and `#[target_feature]` body for one tile size's output transform.
+    macro_rules! output_transform {
+        ($features:literal, $tile:ident, $output:ident, $output_tf:ident) => {
             pub(super) fn $output<'w>(
                 m: &[f32],
                 at: usize,
@@ -425,7 +461,8 @@ mod x86 {
                 t: usize,
                 w: &'w mut [f32],
             ) -> &'w [f32] {
-                // SAFETY: as above.
+                // SAFETY: `Transforms::for_isa` hands this out only for a path whose table was
+                // given after these features were detected; the body is safe Rust.
                 unsafe { $output_tf(m, at, s, t, w) }
             }
 
@@ -442,6 +479,14 @@ mod x86 {
         };
     }
 
+    /// Both transforms of one tile size.
+    macro_rules! transforms {
+        ($features:literal, $tile:ident, $input:ident, $input_tf:ident, $output:ident, $output_tf:ident) => {
+            input_transform!($features, $tile, $input, $input_tf);
+            output_transform!($features, $tile, $output, $output_tf);
+        };
+    }
+
     transforms!("avx2,fma", f2, f2_input_avx2, f2_input_avx2_tf, f2_output_avx2, f2_output_avx2_tf);
     transforms!(
         "avx512f,avx2,fma",
@@ -452,12 +497,6 @@ mod x86 {
         f2_output_avx512_tf
     );
     transforms!("avx2,fma", f4, f4_input_avx2, f4_input_avx2_tf, f4_output_avx2, f4_output_avx2_tf);
-    transforms!(
-        "avx512f,avx2,fma",
-        f4,
-        f4_input_avx512,
-        f4_input_avx512_tf,
-        f4_output_avx512,
-        f4_output_avx512_tf
-    );
+    // AVX-512's F(4×4) input side is written out in `f4_avx512`.
+    output_transform!("avx512f,avx2,fma", f4, f4_output_avx512, f4_output_avx512_tf);
 }
