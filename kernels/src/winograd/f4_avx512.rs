@@ -1,14 +1,17 @@
-//! AVX-512 input side of Winograd F(4×4, 3×3), 16 tiles per vector with every intermediate in
+//! AVX-512 transforms of Winograd F(4×4, 3×3), 16 tiles per vector with every intermediate in
 //! registers: the split of a padded input row into its 4 column phases (two rounds of
-//! `vpermt2ps` over 64 columns) and `V = Bᵀ d B` ([`super::f4::input`]'s values, bit for bit: the
-//! same operations in the same order, no fused multiply-adds).
+//! `vpermt2ps` over 64 columns), `V = Bᵀ d B`, and `Aᵀ M A` with its column phases interleaved
+//! back into output rows by the inverse permutes ([`super::f4`]'s values, bit for bit: the same
+//! operations in the same order, no fused multiply-adds).
 //!
 //! The portable versions (a split through two rounds of [`Isa::deinterleave`] calls and rows of
 //! tiles written to memory between the two passes of `Bᵀ`, auto-vectorised) took 38 % of a 96→24
 //! layer over 80×160 (PP-OCRv4 det's head): short calls and passes over 40 tiles, each with its
-//! own setup and remainder. With these the layer took 2.44-2.55 ms against 2.72-3.03 (Xeon, 1
-//! thread, one-layer model, alternating runs) and PP-OCRv4 det at 320×640 17.8 against 18.7 ms;
-//! what is left of the split's time is mostly the input's first read (4.9 MB, from L3).
+//! own setup and remainder. With the input side written out the layer took 2.44-2.55 ms against
+//! 2.72-3.03 (Xeon, 1 thread, one-layer model, alternating runs) and PP-OCRv4 det at 320×640 17.8
+//! against 18.7 ms; with the output side too, 2.14-2.38 against 2.30-2.49. What is left of the
+//! split's time is mostly the input's first read (4.9 MB, from L3); the GEMMs between the
+//! transforms (24×96 by 96×40 per tile row and point) now take half the layer.
 //!
 //! [`Isa::deinterleave`]: crate::arch::Isa::deinterleave
 
@@ -139,6 +142,100 @@ unsafe fn input_impl(rows: *const f32, tiles: usize, v: *mut f32, at: usize, str
     }
 }
 
+/// `Aᵀ M A` for the `tiles` tiles of one tile row of one filter, as [`super::f4::output`] (same
+/// arguments and result: the four output rows, `4 * tiles` columns each, back to back at the
+/// start of `work`).
+///
+/// # Panics
+/// If `m` does not reach product row 35's `tiles` values at `35 * stride + at`, or `work` holds
+/// fewer than `16 * tiles` values.
+pub(super) fn output<'w>(
+    m: &[f32],
+    at: usize,
+    stride: usize,
+    tiles: usize,
+    work: &'w mut [f32],
+) -> &'w [f32] {
+    let out = &mut work[..16 * tiles];
+    if tiles == 0 {
+        return out;
+    }
+    assert!(
+        m.len() >= 35 * stride + at + tiles,
+        "products of {} values for stride {stride} at {at}",
+        m.len()
+    );
+    // SAFETY: as `split4`; the assertion and the slice above cover every lane the kernel reads
+    // and writes.
+    unsafe { output_impl(m.as_ptr(), at, stride, tiles, out.as_mut_ptr()) };
+    out
+}
+
+/// `Aᵀ` applied to `(m0, .., m5)` lane by lane, in [`super::f4`]'s operations and order.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn a_t(v: [__m512; 6]) -> [__m512; 4] {
+    let [m0, m1, m2, m3, m4, m5] = v;
+    let (two, four, eight) = (_mm512_set1_ps(2.0), _mm512_set1_ps(4.0), _mm512_set1_ps(8.0));
+    let (add, sub, mul) = (_mm512_add_ps, _mm512_sub_ps, _mm512_mul_ps);
+    let (p12, m12, p34, m34) = (add(m1, m2), sub(m1, m2), add(m3, m4), sub(m3, m4));
+    [
+        add(add(m0, p12), p34),
+        add(m12, mul(two, m34)),
+        add(p12, mul(four, p34)),
+        add(add(m12, mul(eight, m34)), m5),
+    ]
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn output_impl(m: *const f32, at: usize, stride: usize, tiles: usize, out: *mut f32) {
+    // Pairs (phase 0, 1) and (2, 3) of tiles 0..8 and 8..16, then four tiles' 16 columns.
+    let pair_lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let pair_hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    let quad_lo = _mm512_setr_epi32(0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+    let quad_hi = _mm512_setr_epi32(8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+    let row_len = 4 * tiles;
+    let mut t0 = 0;
+    while t0 < tiles {
+        // As `input_impl`'s windows.
+        let (start, count) = if tiles >= 16 { (t0.min(tiles - 16), 16) } else { (0, tiles) };
+        let mask = lanes(0, count);
+        // Along columns: s[a][c] is component c of product row a.
+        let s: [[__m512; 4]; 6] = std::array::from_fn(|a| {
+            // SAFETY: product rows a * 6 + b <= 35, lanes start .. start + count <= tiles.
+            a_t(std::array::from_fn(|b| unsafe {
+                _mm512_maskz_loadu_ps(mask, m.add((a * 6 + b) * stride + at + start))
+            }))
+        });
+        // Across rows: y[c][r] is output row r's column phase c (columns 4t + c).
+        let y: [[__m512; 4]; 4] = std::array::from_fn(|c| a_t(std::array::from_fn(|a| s[a][c])));
+        let rows: [[__m512; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|c| y[c][r]));
+        for (r, [y0, y1, y2, y3]) in rows.into_iter().enumerate() {
+            let (lo01, hi01) =
+                (_mm512_permutex2var_ps(y0, pair_lo, y1), _mm512_permutex2var_ps(y0, pair_hi, y1));
+            let (lo23, hi23) =
+                (_mm512_permutex2var_ps(y2, pair_lo, y3), _mm512_permutex2var_ps(y2, pair_hi, y3));
+            let columns = [
+                _mm512_permutex2var_ps(lo01, quad_lo, lo23),
+                _mm512_permutex2var_ps(lo01, quad_hi, lo23),
+                _mm512_permutex2var_ps(hi01, quad_lo, hi23),
+                _mm512_permutex2var_ps(hi01, quad_hi, hi23),
+            ];
+            for (q, v) in columns.into_iter().enumerate() {
+                // Columns 4·start + 16q .. of row r: tiles start + 4q .. start + 4q + 4.
+                let valid = (4 * count).saturating_sub(16 * q).min(16);
+                if valid > 0 {
+                    // SAFETY: columns below 4 * (start + count) <= 4 * tiles of row r < 4.
+                    unsafe {
+                        _mm512_mask_storeu_ps(out.add(r * row_len + 4 * start + 16 * q), lanes(0, valid), v)
+                    };
+                }
+            }
+        }
+        t0 += 16;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +295,23 @@ mod tests {
             let mut got = vec![f32::NAN; 36 * stride + at];
             input(&rows, tiles, &mut work, &mut got, at, stride);
             assert_eq!(bits(&got), bits(&want), "{tiles} tiles");
+        }
+    }
+
+    #[test]
+    fn output_matches_the_portable_transform() {
+        if crate::arch::x86::avx512().is_none() {
+            return;
+        }
+        let mut rng = Rng::new(47);
+        for tiles in [1, 2, 3, 4, 5, 7, 15, 16, 17, 31, 32, 33, 40, 47] {
+            let (at, stride) = (5, tiles + 3);
+            let products = rng.vec(36 * stride + at);
+            let mut work = vec![f32::NAN; 56 * tiles];
+            let want = crate::winograd::f4::output(&products, at, stride, tiles, &mut work).to_vec();
+            let mut work = vec![f32::NAN; 56 * tiles];
+            let got = output(&products, at, stride, tiles, &mut work);
+            assert_eq!(bits(got), bits(&want), "{tiles} tiles");
         }
     }
 }

@@ -396,7 +396,7 @@ impl Transforms {
                 ("avx512", 4) => {
                     return Transforms {
                         input: f4_avx512::input,
-                        output: x86::f4_output_avx512,
+                        output: f4_avx512::output,
                         split4: Some(f4_avx512::split4),
                     }
                 }
@@ -497,6 +497,4 @@ mod x86 {
         f2_output_avx512_tf
     );
     transforms!("avx2,fma", f4, f4_input_avx2, f4_input_avx2_tf, f4_output_avx2, f4_output_avx2_tf);
-    // AVX-512's F(4×4) input side is written out in `f4_avx512`.
-    output_transform!("avx512f,avx2,fma", f4, f4_output_avx512, f4_output_avx512_tf);
 }
