@@ -435,9 +435,9 @@ impl Transforms {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    /// Safe entry point and `#[target_feature]` body for one tile size's input transform.
-    macro_rules! input_transform {
-        ($features:literal, $tile:ident, $input:ident, $input_tf:ident) => {
+    /// Safe entry points and `#[target_feature]` bodies for one tile size's transforms.
+    macro_rules! transforms {
+        ($features:literal, $tile:ident, $input:ident, $input_tf:ident, $output:ident, $output_tf:ident) => {
             pub(super) fn $input(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
                 // SAFETY: `Transforms::for_isa` hands this out only for a path whose table was
                 // given after these features were detected; the body is safe Rust.
@@ -448,12 +448,7 @@ mod x86 {
             unsafe fn $input_tf(rows: &[f32], t: usize, w: &mut [f32], v: &mut [f32], at: usize, s: usize) {
                 super::$tile::input(rows, t, w, v, at, s)
             }
-        };
-    }
 
-    /// Safe entry point and `#[target_feature]` body for one tile size's output transform.
-    macro_rules! output_transform {
-        ($features:literal, $tile:ident, $output:ident, $output_tf:ident) => {
             pub(super) fn $output<'w>(
                 m: &[f32],
                 at: usize,
@@ -461,8 +456,7 @@ mod x86 {
                 t: usize,
                 w: &'w mut [f32],
             ) -> &'w [f32] {
-                // SAFETY: `Transforms::for_isa` hands this out only for a path whose table was
-                // given after these features were detected; the body is safe Rust.
+                // SAFETY: as above.
                 unsafe { $output_tf(m, at, s, t, w) }
             }
 
@@ -479,14 +473,6 @@ mod x86 {
         };
     }
 
-    /// Both transforms of one tile size.
-    macro_rules! transforms {
-        ($features:literal, $tile:ident, $input:ident, $input_tf:ident, $output:ident, $output_tf:ident) => {
-            input_transform!($features, $tile, $input, $input_tf);
-            output_transform!($features, $tile, $output, $output_tf);
-        };
-    }
-
     transforms!("avx2,fma", f2, f2_input_avx2, f2_input_avx2_tf, f2_output_avx2, f2_output_avx2_tf);
     transforms!(
         "avx512f,avx2,fma",
@@ -497,4 +483,5 @@ mod x86 {
         f2_output_avx512_tf
     );
     transforms!("avx2,fma", f4, f4_input_avx2, f4_input_avx2_tf, f4_output_avx2, f4_output_avx2_tf);
+    // AVX-512's F(4×4) transforms are written out in `f4_avx512`.
 }
