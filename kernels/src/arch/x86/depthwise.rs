@@ -293,15 +293,42 @@ unsafe fn load_columns(bp: *const f32, v: usize, whole: bool, mask: __mmask16) -
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile512_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
+    // Square 3×3 and 5×5 filters over rows that all lie in the plane (every tile but the first
+    // and last of a plane): the filter width a constant and no row tested, so the loops unroll
+    // into straight code (a 144-channel 3×3 layer over 56×56, one thread: 0.180 -> 0.141 ms;
+    // MobileNetV2 0.98 of its time, PP-OCRv4 det at 320×640 0.976). Wider strips (64 columns,
+    // 16 accumulators) measured slower: 0.17 ms.
+    let interior = t.first_row >= 0 && t.first_row + (R + KH - 1) as isize <= t.shape.in_h as isize;
+    // SAFETY: as this function's contract; the interior variants only where every input row
+    // the tile reads is inside the plane, and with `kw` equal to their constant.
+    unsafe {
+        match (interior, t.shape.kw) {
+            (true, 3) if KH == 3 => strips512_s1::<R, KH, 3, true>(t),
+            (true, 5) if KH == 5 => strips512_s1::<R, KH, 5, true>(t),
+            _ => strips512_s1::<R, KH, 0, false>(t),
+        }
+    }
+}
+
+/// [`tile512_s1`]'s strips: with `KW > 0` the filter is `KW` wide (`t.shape.kw == KW`), else
+/// `t.shape.kw`; with `INTERIOR` every input row the tile reads lies in the plane.
+///
+/// # Safety
+/// As [`tile512_s1`], and as the parameters say.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn strips512_s1<const R: usize, const KH: usize, const KW: usize, const INTERIOR: bool>(
+    t: InPlaceTile,
+) {
     let mut j = 0;
     while j < t.shape.out_w {
         let width = (t.shape.out_w - j).min(32);
         // SAFETY: as this function's contract, for columns j .. j + width < out_w.
         unsafe {
             if width > 16 {
-                strip512_s1::<R, KH, 2>(t, j, width);
+                strip512_s1::<R, KH, KW, INTERIOR, 2>(t, j, width);
             } else {
-                strip512_s1::<R, KH, 1>(t, j, width);
+                strip512_s1::<R, KH, KW, INTERIOR, 1>(t, j, width);
             }
         }
         j += width;
@@ -313,18 +340,25 @@ unsafe fn tile512_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
 /// outside the plane (rows outside it are skipped), and feeds every output row it belongs to.
 ///
 /// # Safety
-/// As [`tile512_s1`], with `j + width <= out_w`.
+/// As [`strips512_s1`], with `j + width <= out_w`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn strip512_s1<const R: usize, const KH: usize, const V: usize>(
+unsafe fn strip512_s1<
+    const R: usize,
+    const KH: usize,
+    const KW: usize,
+    const INTERIOR: bool,
+    const V: usize,
+>(
     t: InPlaceTile,
     j: usize,
     width: usize,
 ) {
     let s = t.shape;
     let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
+    let kw = if KW > 0 { KW } else { s.kw };
     let mut acc = [[_mm512_set1_ps(s.init); V]; R];
-    for kx in 0..s.kw {
+    for kx in 0..kw {
         let first = (j + kx) as isize - s.pad_left as isize;
         let Some(m) = column_masks(first, width as isize, in_w) else { continue };
         // SAFETY: `kx < kw` and every `ky < KH` index the filter.
@@ -334,7 +368,7 @@ unsafe fn strip512_s1<const R: usize, const KH: usize, const V: usize>(
         let whole = first >= 0 && in_w - first >= (16 * V) as isize;
         for i in 0..R + KH - 1 {
             let row = t.first_row + i as isize;
-            if !(0..in_h).contains(&row) {
+            if !INTERIOR && !(0..in_h).contains(&row) {
                 continue;
             }
             // The first lanes may lie before the row (left padding): the address is formed
