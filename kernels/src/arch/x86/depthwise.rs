@@ -495,6 +495,29 @@ unsafe fn store_strip_s2<const R: usize>(t: InPlaceTile, j: usize, width: usize,
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile512_s2_narrow<const R: usize, const KH: usize, const KW: usize>(t: InPlaceTile) {
+    // As the stride-1 tile: rows that all lie in the plane are not tested.
+    let interior = t.first_row >= 0 && t.first_row + (2 * (R - 1) + KH) as isize <= t.shape.in_h as isize;
+    // SAFETY: the caller's contract; the interior variant only where every input row the tile
+    // reads is inside the plane.
+    unsafe {
+        if interior {
+            strips512_s2_narrow::<R, KH, KW, true>(t)
+        } else {
+            strips512_s2_narrow::<R, KH, KW, false>(t)
+        }
+    }
+}
+
+/// [`tile512_s2_narrow`]'s strips; with `INTERIOR` every input row the tile reads lies in the
+/// plane.
+///
+/// # Safety
+/// As [`tile512_s2_narrow`], and as `INTERIOR` says.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn strips512_s2_narrow<const R: usize, const KH: usize, const KW: usize, const INTERIOR: bool>(
+    t: InPlaceTile,
+) {
     let s = t.shape;
     let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -519,7 +542,7 @@ unsafe fn tile512_s2_narrow<const R: usize, const KH: usize, const KW: usize>(t:
         let mut acc = [_mm512_set1_ps(s.init); R];
         for i in 0..2 * (R - 1) + KH {
             let row = t.first_row + i as isize;
-            if lanes == 0 || !(0..in_h).contains(&row) {
+            if lanes == 0 || (!INTERIOR && !(0..in_h).contains(&row)) {
                 continue;
             }
             // The first lanes may lie before the row (left padding): the address is formed
