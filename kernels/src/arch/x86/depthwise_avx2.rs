@@ -146,17 +146,39 @@ fn clamp_all(acc: &mut [__m256], clamp: Option<[f32; 2]>) {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
+    // As the AVX-512 tile: square 3×3 and 5×5 filters over rows that all lie in the plane take
+    // the filter width as a constant and test no row.
+    let interior = t.first_row >= 0 && t.first_row + (R + KH - 1) as isize <= t.shape.in_h as isize;
+    // SAFETY: as this function's contract; the interior variants only where every input row
+    // the tile reads is inside the plane, and with `kw` equal to their constant.
+    unsafe {
+        match (interior, t.shape.kw) {
+            (true, 3) if KH == 3 => strips_s1::<R, KH, 3, true>(t),
+            (true, 5) if KH == 5 => strips_s1::<R, KH, 5, true>(t),
+            _ => strips_s1::<R, KH, 0, false>(t),
+        }
+    }
+}
+
+/// [`tile_s1`]'s strips: with `KW > 0` the filter is `KW` wide (`t.shape.kw == KW`), else
+/// `t.shape.kw`; with `INTERIOR` every input row the tile reads lies in the plane.
+///
+/// # Safety
+/// As [`tile_s1`], and as the parameters say.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn strips_s1<const R: usize, const KH: usize, const KW: usize, const INTERIOR: bool>(t: InPlaceTile) {
     let mut j = 0;
     while j < t.shape.out_w {
         let width = (t.shape.out_w - j).min(16);
         // SAFETY: as this function's contract, for columns j .. j + width <= out_w.
         unsafe {
             if width == 16 && reads_inside(&t.shape, j) {
-                strip_s1::<R, KH, 2, true>(t, j, width);
+                strip_s1::<R, KH, KW, INTERIOR, 2, true>(t, j, width);
             } else if width > 8 {
-                strip_s1::<R, KH, 2, false>(t, j, width);
+                strip_s1::<R, KH, KW, INTERIOR, 2, false>(t, j, width);
             } else {
-                strip_s1::<R, KH, 1, false>(t, j, width);
+                strip_s1::<R, KH, KW, INTERIOR, 1, false>(t, j, width);
             }
         }
         j += width;
@@ -169,19 +191,27 @@ unsafe fn tile_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
 /// column's input columns lie inside the row, so no column masks are built (plain loads).
 ///
 /// # Safety
-/// As [`tile_s1`], with `j + width <= out_w`; with `INSIDE`, `width == 8 * V`, `j >= pad_left`
+/// As [`strips_s1`], with `j + width <= out_w`; with `INSIDE`, `width == 8 * V`, `j >= pad_left`
 /// and `j + kw - 1 + width <= in_w + pad_left`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn strip_s1<const R: usize, const KH: usize, const V: usize, const INSIDE: bool>(
+unsafe fn strip_s1<
+    const R: usize,
+    const KH: usize,
+    const KW: usize,
+    const INTERIOR: bool,
+    const V: usize,
+    const INSIDE: bool,
+>(
     t: InPlaceTile,
     j: usize,
     width: usize,
 ) {
     let s = t.shape;
     let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
+    let kw = if KW > 0 { KW } else { s.kw };
     let mut acc = [[_mm256_set1_ps(s.init); V]; R];
-    for kx in 0..s.kw {
+    for kx in 0..kw {
         let first = (j + kx) as isize - s.pad_left as isize;
         let cols = if INSIDE {
             Columns { masks: [_mm256_set1_epi32(-1); V], full: true }
@@ -190,10 +220,10 @@ unsafe fn strip_s1<const R: usize, const KH: usize, const V: usize, const INSIDE
             cols
         };
         // SAFETY: `kx < kw` and every `ky < KH` index the filter.
-        let wk: [__m256; KH] = std::array::from_fn(|ky| unsafe { _mm256_set1_ps(*t.w.add(ky * s.kw + kx)) });
+        let wk: [__m256; KH] = std::array::from_fn(|ky| unsafe { _mm256_set1_ps(*t.w.add(ky * kw + kx)) });
         for i in 0..R + KH - 1 {
             let row = t.first_row + i as isize;
-            if !(0..in_h).contains(&row) {
+            if !INTERIOR && !(0..in_h).contains(&row) {
                 continue;
             }
             // SAFETY: a set lane is a column inside 0..in_w of a row inside 0..in_h, an element
