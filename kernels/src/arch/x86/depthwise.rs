@@ -603,8 +603,9 @@ unsafe fn tile512_s2_k5<const R: usize, const KH: usize>(t: InPlaceTile) {
 }
 
 /// Blocks of [`DepthwisePlane`] one call of [`plane512`] computes together: independent sums,
-/// so consecutive FMAs do not wait on each other.
-const PLANE_BLOCKS: usize = 4;
+/// so consecutive FMAs do not wait on each other. 8 rather than 4: a 384-channel 3×3 layer over
+/// 14×14 (13 blocks) took 0.043-0.045 ms against 0.050-0.051 (one thread, one-layer model).
+const PLANE_BLOCKS: usize = 8;
 
 /// AVX-512 [`Isa::depthwise_plane`](crate::arch::Isa::depthwise_plane): [`PLANE_BLOCKS`] vectors
 /// of output at a time, each tap's input loaded under the plane's masks.
@@ -625,6 +626,10 @@ pub(super) fn depthwise_plane_avx512(
         // detected; the check asserted `w`, `x` and `y` cover the plane's taps, input and output.
         unsafe {
             match nb {
+                8 => plane512::<8>(w, x, y, plane, v0, init, clamp),
+                7 => plane512::<7>(w, x, y, plane, v0, init, clamp),
+                6 => plane512::<6>(w, x, y, plane, v0, init, clamp),
+                5 => plane512::<5>(w, x, y, plane, v0, init, clamp),
                 4 => plane512::<4>(w, x, y, plane, v0, init, clamp),
                 3 => plane512::<3>(w, x, y, plane, v0, init, clamp),
                 2 => plane512::<2>(w, x, y, plane, v0, init, clamp),
