@@ -45,6 +45,8 @@ mod f2;
 mod f4;
 #[cfg(target_arch = "x86_64")]
 mod f4_avx512;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx512;
 
 use std::ops::Range;
 
@@ -163,8 +165,12 @@ pub(crate) fn scratch_len(p: &Conv2dParams) -> usize {
     let Some(m) = tile_side(p) else { return 0 };
     let b = Blocks::new(p, m);
     let n = b.trs * b.tx;
-    b.points() * (p.out_c * p.in_c + p.in_c * n + p.out_c * n) + 9 * p.in_c + b.halves_len() + b.work_len()
+    let filters = p.out_c.next_multiple_of(PACKED_FILTERS);
+    b.points() * (filters * p.in_c + p.in_c * n + p.out_c * n) + 9 * p.in_c + b.halves_len() + b.work_len()
 }
+
+/// Filters per block of the packed layout (see [`Winograd::packs_filters`]).
+const PACKED_FILTERS: usize = 8;
 
 /// The layer, shared by the workers.
 pub(crate) struct Winograd<'a, 'w> {
@@ -196,12 +202,15 @@ impl Winograd<'_, '_> {
         let (cin, cout, tx, m) = (p.in_c, p.out_c, b.tx, b.m);
         let (points, half) = (b.points(), b.half());
         let n_max = b.trs * tx;
-        let (u, rest) = scratch.split_at_mut(points * cout * cin);
+        // Transformed filters, their rows padded to whole packed blocks when packed.
+        let packed = self.packs_filters();
+        let filters = if packed { cout.next_multiple_of(PACKED_FILTERS) } else { cout };
+        let (u, rest) = scratch.split_at_mut(points * filters * cin);
         let (v, rest) = rest.split_at_mut(points * cin * n_max);
         let (mm, rest) = rest.split_at_mut(points * cout * n_max);
         let (filter, rest) = rest.split_at_mut(9 * cin);
         let (halves, work) = rest.split_at_mut(b.halves_len());
-        self.transform_filters(m, u, filter);
+        self.transform_filters(m, u, filter, packed);
         let t = Transforms::for_isa(&self.isa, m);
         let (ty_start, ty_end) = (rows.start / m, rows.end.div_ceil(m));
         let mut ty0 = ty_start;
@@ -229,10 +238,15 @@ impl Winograd<'_, '_> {
                 }
             }
             let mm = &mut mm[..points * cout * n];
-            crate::zero(mm);
-            for (xi, (uxi, mxi)) in u.chunks_exact(cout * cin).zip(mm.chunks_exact_mut(cout * n)).enumerate()
-            {
-                (self.isa.gemm_rows)(uxi, cin, &v[xi * cin * n..][..cin * n], n, n, mxi, n);
+            if packed {
+                self.packed_products(u, v, mm, n);
+            } else {
+                crate::zero(mm);
+                for (xi, (uxi, mxi)) in
+                    u.chunks_exact(cout * cin).zip(mm.chunks_exact_mut(cout * n)).enumerate()
+                {
+                    (self.isa.gemm_rows)(uxi, cin, &v[xi * cin * n..][..cin * n], n, n, mxi, n);
+                }
             }
             for (oc, plane) in out.iter_mut().enumerate() {
                 let bias = self.bias.map_or(0.0, |b| b[oc]);
@@ -257,12 +271,40 @@ impl Winograd<'_, '_> {
         }
     }
 
-    /// `u[ξ][oc][ic] = (G g Gᵀ)[ξ]` for every filter `g` (row `oc`, 3×3 taps per input channel).
-    fn transform_filters(&self, m: usize, u: &mut [f32], filter: &mut [f32]) {
+    /// Whether the products run on filters packed in blocks of [`PACKED_FILTERS`] (AVX-512's
+    /// `gemm_avx512`), else on the path's [`Isa::gemm_rows`].
+    fn packs_filters(&self) -> bool {
+        cfg!(target_arch = "x86_64") && self.isa.name == "avx512"
+    }
+
+    /// `M_ξ = U_ξ · V_ξ` for every point ξ of a block of `n` tiles, on packed filters `u` (see
+    /// [`Winograd::transform_filters`]) into `mm` (`[ξ][oc][n]`, overwritten).
+    fn packed_products(&self, u: &[f32], v: &[f32], mm: &mut [f32], n: usize) {
+        let (cin, cout) = (self.p.in_c, self.p.out_c);
+        let filters = cout.next_multiple_of(PACKED_FILTERS);
+        #[cfg(target_arch = "x86_64")]
+        for (xi, (uxi, mxi)) in u.chunks_exact(filters * cin).zip(mm.chunks_exact_mut(cout * n)).enumerate() {
+            let vxi = &v[xi * cin * n..][..cin * n];
+            for (block, (ub, mb)) in
+                uxi.chunks_exact(PACKED_FILTERS * cin).zip(mxi.chunks_mut(PACKED_FILTERS * n)).enumerate()
+            {
+                let rows = (cout - block * PACKED_FILTERS).min(PACKED_FILTERS);
+                gemm_avx512::block_product(ub, cin, vxi, n, n, mb, n, rows);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (u, v, mm, n, cin, filters);
+    }
+
+    /// `U_ξ = (G g Gᵀ)[ξ]` for every filter `g` (row `oc`, 3×3 taps per input channel): laid out
+    /// `u[ξ][oc][ic]`, or, when `packed`, in blocks of [`PACKED_FILTERS`] filters, each input
+    /// channel's weights of a block together (`u[ξ][oc / 8][ic][oc % 8]`; the last block's
+    /// missing filters are left as they are: their sums are never stored).
+    fn transform_filters(&self, m: usize, u: &mut [f32], filter: &mut [f32], packed: bool) {
         if m == 4 {
-            self.transform_filters_with::<36>(f4::filter, u, filter)
+            self.transform_filters_with::<36>(f4::filter, u, filter, packed)
         } else {
-            self.transform_filters_with::<16>(f2::filter, u, filter)
+            self.transform_filters_with::<16>(f2::filter, u, filter, packed)
         }
     }
 
@@ -275,15 +317,23 @@ impl Winograd<'_, '_> {
         transform: impl Fn(&[f32], &mut [f32]),
         u: &mut [f32],
         filter: &mut [f32],
+        packed: bool,
     ) {
         let (cin, cout) = (self.p.in_c, self.p.out_c);
+        let filters = if packed { cout.next_multiple_of(PACKED_FILTERS) } else { cout };
         let mut tile = [0.0f32; P];
         for oc in 0..cout {
             self.rows.decode(oc, filter);
+            let (block, lane) = (oc / PACKED_FILTERS, oc % PACKED_FILTERS);
             for (ic, g) in filter.chunks_exact(9).enumerate() {
                 transform(g, &mut tile);
                 for (xi, &val) in tile.iter().enumerate() {
-                    u[(xi * cout + oc) * cin + ic] = val;
+                    let at = if packed {
+                        xi * filters * cin + (block * cin + ic) * PACKED_FILTERS + lane
+                    } else {
+                        (xi * cout + oc) * cin + ic
+                    };
+                    u[at] = val;
                 }
             }
         }
