@@ -9,8 +9,8 @@
 //! multiply-adds where the direct convolution does 36 (2.25× fewer), F(4×4, 3×3) ([`f4`]) 36
 //! where it does 144 (4× fewer), with less transformed input per output too. The transforms are
 //! additions, vectorised over a row of tiles by splitting the padded input rows into their m
-//! column phases; on AVX-512, F(4×4, 3×3)'s split and input transform are written out in
-//! registers ([`f4_avx512`]).
+//! column phases; on AVX-512, F(4×4, 3×3)'s split and transforms are written out in registers
+//! ([`f4_avx512`]) and the products run on filters packed 8 per block ([`gemm_avx512`]).
 //!
 //! Work is split over output rows in whole tiles (m rows).
 
