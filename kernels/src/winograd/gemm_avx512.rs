@@ -10,6 +10,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::arch::x86::lane_mask;
+
 /// Filters per packed block.
 pub(super) const BLOCK: usize = 8;
 
@@ -56,16 +58,6 @@ pub(super) fn block_product(
     }
 }
 
-/// Mask of lanes `0 .. n` (n clamped to 16).
-#[inline]
-fn lanes(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xFFFF
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
 /// One strip of [`block_product`]: `w <= 16 * V` columns.
 ///
 /// # Safety
@@ -84,7 +76,7 @@ unsafe fn strip<const V: usize>(
     ldc: usize,
     rows: usize,
 ) {
-    let masks: [__mmask16; V] = std::array::from_fn(|q| lanes(w.saturating_sub(16 * q)));
+    let masks: [__mmask16; V] = std::array::from_fn(|q| lane_mask(w.saturating_sub(16 * q)));
     let mut acc = [[_mm512_setzero_ps(); V]; BLOCK];
     let (mut up, mut vp) = (u, v);
     for _ in 0..k {

@@ -54,7 +54,7 @@ const NR: usize = 32;
 
 /// Mask of lanes `i < n` (n clamped to 16).
 #[inline]
-pub(super) fn lane_mask(n: usize) -> __mmask16 {
+pub(crate) fn lane_mask(n: usize) -> __mmask16 {
     if n >= 16 {
         0xFFFF
     } else {

@@ -251,6 +251,14 @@ pub(super) struct InPlaceTile {
     pub(super) shape: DepthwiseInPlace,
 }
 
+impl InPlaceTile {
+    /// Whether the `rows` input rows from the tile's first all lie in the plane (so a tile that
+    /// reads them needs no row test).
+    pub(super) fn reads_rows_inside(&self, rows: usize) -> bool {
+        self.first_row >= 0 && self.first_row + rows as isize <= self.shape.in_h as isize
+    }
+}
+
 /// Lanes `0..32` of a pair of vectors whose columns, from `first`, lie inside `0..in_w` and below
 /// `span`: the masks of the two loads, or `None` when no lane does.
 #[inline]
@@ -298,7 +306,7 @@ unsafe fn tile512_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
     // into straight code (a 144-channel 3×3 layer over 56×56, one thread: 0.180 -> 0.141 ms;
     // MobileNetV2 0.98 of its time, PP-OCRv4 det at 320×640 0.976). Wider strips (64 columns,
     // 16 accumulators) measured slower: 0.17 ms.
-    let interior = t.first_row >= 0 && t.first_row + (R + KH - 1) as isize <= t.shape.in_h as isize;
+    let interior = t.reads_rows_inside(R + KH - 1);
     // SAFETY: as this function's contract; the interior variants only where every input row
     // the tile reads is inside the plane, and with `kw` equal to their constant.
     unsafe {
@@ -496,7 +504,7 @@ unsafe fn store_strip_s2<const R: usize>(t: InPlaceTile, j: usize, width: usize,
 #[target_feature(enable = "avx512f")]
 unsafe fn tile512_s2_narrow<const R: usize, const KH: usize, const KW: usize>(t: InPlaceTile) {
     // As the stride-1 tile: rows that all lie in the plane are not tested.
-    let interior = t.first_row >= 0 && t.first_row + (2 * (R - 1) + KH) as isize <= t.shape.in_h as isize;
+    let interior = t.reads_rows_inside(2 * (R - 1) + KH);
     // SAFETY: the caller's contract; the interior variant only where every input row the tile
     // reads is inside the plane.
     unsafe {

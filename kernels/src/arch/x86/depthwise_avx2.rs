@@ -148,7 +148,7 @@ fn clamp_all(acc: &mut [__m256], clamp: Option<[f32; 2]>) {
 unsafe fn tile_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
     // As the AVX-512 tile: square 3×3 and 5×5 filters over rows that all lie in the plane take
     // the filter width as a constant and test no row.
-    let interior = t.first_row >= 0 && t.first_row + (R + KH - 1) as isize <= t.shape.in_h as isize;
+    let interior = t.reads_rows_inside(R + KH - 1);
     // SAFETY: as this function's contract; the interior variants only where every input row
     // the tile reads is inside the plane, and with `kw` equal to their constant.
     unsafe {

@@ -31,6 +31,8 @@ const NIBBLE_ROWS: usize = 4;
 
 mod avx2;
 mod avx512;
+
+pub(crate) use avx512::lane_mask;
 mod bounds;
 mod depthwise;
 mod depthwise3x3_avx2;
