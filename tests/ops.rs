@@ -11,7 +11,7 @@ use pith_runtime::{Session, SessionOptions};
 use pith_tests::{check_outputs, compile, data_dir, run_on_npy_inputs};
 
 /// Number of cases the generator writes; fewer found means the data is missing or stale.
-const GENERATED_CASES: usize = 138;
+const GENERATED_CASES: usize = 139;
 
 /// `|pith - ort| <= TOL * max(1, |ort|)` for every element.
 const TOL: f64 = 1e-4;
@@ -70,4 +70,26 @@ fn every_op_case_matches_onnxruntime() {
         dirs.len(),
         failures.join("\n  ")
     );
+}
+
+/// The inverted-residual case runs channel-blocked where the kernel path has blocked kernels
+/// (and matches onnxruntime that way, above), and planar when the session asks for it.
+#[test]
+fn inverted_residuals_run_channel_blocked_where_the_cpu_has_the_kernels() {
+    let dir = data_dir().join("ops").join("block_inverted_residuals_blocked");
+    let onnx = std::fs::read(dir.join("model.onnx")).expect("the case's model");
+    let file = Arc::new(compile(&onnx, WeightFormat::F32).expect("compiles"));
+    let has_kernels = pith_kernels::Kernels::new(1).expect("a kernel path").isa().blocked.is_some();
+    let shape = [("x", vec![1, 32, 14, 14])];
+    for blocked_layout in [true, false] {
+        let options = SessionOptions { blocked_layout, ..Default::default() };
+        let mut session = Session::new(file.clone(), options).expect("a session");
+        let summary = session.plan(&shape).expect("plans");
+        // x -> a, e1, d1 and the sum s1 (a 1x1 layer's output with its residual): four values;
+        // e2 feeds a stride-2 depthwise layer into 7x7 and stays planar, as does everything after.
+        let want = if blocked_layout && has_kernels { 4 } else { 0 };
+        assert_eq!(summary.blocked_values, want, "blocked_layout {blocked_layout}, kernels {has_kernels}");
+        let outputs = run_on_npy_inputs(&mut session, &file, &dir).expect("runs");
+        check_outputs(&outputs, &dir, TOL).expect("matches onnxruntime");
+    }
 }

@@ -175,12 +175,21 @@ struct SessionArgs {
     /// by 1024, 1024^2 or 1024^3.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     memory_limit: Option<usize>,
+    /// Keep every activation in planar NCHW (by default chains of 1x1 and depthwise layers over
+    /// 10x10 to 28x28 planes run channel-blocked, NCHW16c, where the CPU has the kernels).
+    #[arg(long)]
+    planar: bool,
 }
 
 impl SessionArgs {
     /// The session options these flags ask for.
     fn options(&self) -> SessionOptions {
-        SessionOptions { threads: self.threads, int8_activations: self.int8, memory_limit: self.memory_limit }
+        SessionOptions {
+            threads: self.threads,
+            int8_activations: self.int8,
+            memory_limit: self.memory_limit,
+            blocked_layout: !self.planar,
+        }
     }
 }
 

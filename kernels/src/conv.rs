@@ -100,7 +100,8 @@ impl Conv2dParams {
         self.in_per_group() * self.k_h * self.k_w
     }
 
-    pub(crate) fn is_pointwise(&self) -> bool {
+    /// A 1×1 filter at stride 1 without padding (any groups): output pixel `p` reads input pixel `p`.
+    pub fn is_pointwise(&self) -> bool {
         self.k_h == 1
             && self.k_w == 1
             && self.stride_h == 1
@@ -128,7 +129,7 @@ impl Conv2dParams {
 /// (medians of alternating rounds) against 0.92-1.00 at 4 and 0.95-1.02 at 1. Lowering
 /// `min_task_work` for every layer instead helped BlazeFace about as much but also split
 /// PP-OCRv4 det's tiny layers.
-const DEPTHWISE_WORK_WEIGHT: usize = 8;
+pub(crate) const DEPTHWISE_WORK_WEIGHT: usize = 8;
 
 /// f32 elements of the pointwise path's accumulator tile (128 KiB: a panel of filters times a
 /// tile of pixels, in L2 between the GEMM and the epilogue). 32 KiB, in L1, suited BlazeFace's
@@ -276,7 +277,8 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
         // Also what the whole-plane depthwise kernels need: one decoded filter.
         Slab::new(p).scratch_len(p).max(crate::conv_int8::scratch_len(p))
     };
-    per.max(1)
+    // The runtime sizes scratch before it knows which layout a layer runs in.
+    per.max(crate::blocked::scratch_len(p))
 }
 
 /// See [`crate::Kernels::conv2d`].

@@ -16,6 +16,7 @@
 
 mod activation;
 pub mod arch;
+pub mod blocked;
 mod conv;
 mod conv_int8;
 mod conv_transpose;
@@ -28,6 +29,7 @@ mod testutil;
 mod winograd;
 
 pub use activation::{Activation, ChannelActivation};
+pub use blocked::Layout;
 pub use conv::Conv2dParams;
 pub use conv_int8::Int8Filters;
 pub use decode::{Int8RowTables, WeightRows};
@@ -198,6 +200,32 @@ impl Kernels {
     /// ops use it for their fused activations).
     pub fn activate(&self, act: Activation, xs: &mut [f32]) {
         (self.isa.activate)(act, xs)
+    }
+
+    /// Whether layer `p` runs with its input in `x_layout` and its output in `y_layout` through
+    /// [`Kernels::conv2d_blocked`] on this kernel set (see [`blocked::supports`]).
+    pub fn blocked_supports(&self, p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
+        blocked::supports(&self.isa, p, x_layout, y_layout)
+    }
+
+    /// [`Kernels::conv2d_add`] with the input in `x_layout` and the output (and the residual) in
+    /// `y_layout`, at least one of them [`Layout::Blocked`] (see [`blocked`]); scratch as
+    /// [`Kernels::conv2d_scratch_len`]. Errors where [`Kernels::blocked_supports`] is false.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_blocked(
+        &self,
+        x: &[f32],
+        x_layout: Layout,
+        w: &TensorView<'_>,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        p: &Conv2dParams,
+        act: Activation,
+        y: &mut [f32],
+        y_layout: Layout,
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        blocked::conv2d(self, x, x_layout, w, bias, residual, p, act, y, y_layout, scratch)
     }
 
     /// f32 scratch elements [`Kernels::conv2d`] needs for `p`: one share per worker thread.

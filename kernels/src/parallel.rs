@@ -32,10 +32,28 @@ pub(crate) fn split_units<F>(
 ) where
     F: Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
 {
+    split_units_into(kernels, TASKS_PER_THREAD, units, unit_len, unit_work, y, scratch, per_task, f)
+}
+
+/// [`split_units`] with at most `tasks_per_thread` tasks per thread (at least one).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn split_units_into<F>(
+    kernels: &Kernels,
+    tasks_per_thread: usize,
+    units: usize,
+    unit_len: usize,
+    unit_work: usize,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    per_task: usize,
+    f: F,
+) where
+    F: Fn(Range<usize>, &mut [f32], &mut [f32]) + Sync,
+{
     let work = units.saturating_mul(unit_work);
     let worth = work / kernels.min_task_work.max(1);
     let (pool, threads) = kernels.pool_now();
-    let tasks = (threads * balanced(TASKS_PER_THREAD, work, threads)).min(units).min(worth).max(1);
+    let tasks = (threads * balanced(tasks_per_thread, work, threads)).min(units).min(worth).max(1);
     let per_task = per_task.max(1);
     match pool {
         Some(pool) if tasks > 1 && unit_len > 0 => {

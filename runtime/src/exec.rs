@@ -287,9 +287,12 @@ impl Backend for CpuBackend {
                 "arena plan overlaps live values at node #{ni}"
             );
             let start = self.profile.is_some().then(Instant::now);
-            job.ops[ni]
-                .run(&args, &mut outs, &mut self.scratch[..scratch_len], ctx)
-                .map_err(|e| node_error(node, ni, e))?;
+            let scratch = &mut self.scratch[..scratch_len];
+            match plan.node_layouts.get(ni).filter(|l| !l.all_planar()) {
+                Some(&layouts) => job.ops[ni].run_laid_out(&args, &mut outs, scratch, ctx, layouts),
+                None => job.ops[ni].run(&args, &mut outs, scratch, ctx),
+            }
+            .map_err(|e| node_error(node, ni, e))?;
             if let (Some(start), Some(profile)) = (start, self.profile.as_mut()) {
                 let took = start.elapsed();
                 let entry = profile.entry(node.op.onnx_name()).or_default();

@@ -32,6 +32,8 @@ pub struct PlanSummary {
     pub runtime_nodes: usize,
     /// Nodes evaluated once at plan time (shape arithmetic, constant subgraphs).
     pub folded_nodes: usize,
+    /// Activations kept in the channel-blocked layout (see [`crate::layout`]).
+    pub blocked_values: usize,
 }
 
 /// Where a planned value lives.
@@ -84,6 +86,9 @@ pub struct Plan {
     pub scratch_len: usize,
     /// Sizes and counts.
     pub summary: PlanSummary,
+    /// Per node (by index in the graph), which of its values are channel-blocked; empty or
+    /// shorter than the graph: all planar (see [`crate::layout`]).
+    pub node_layouts: Vec<crate::ops::NodeLayouts>,
 }
 
 impl Plan {
@@ -222,7 +227,7 @@ fn constant_shape(graph: &Graph, id: ValueId, view: &TensorView<'_>) -> Result<V
 }
 
 /// The plan-time argument for value `id`.
-fn plan_arg<'v, 'c: 'v>(
+pub(crate) fn plan_arg<'v, 'c: 'v>(
     values: &'v [Option<PlannedValue>],
     constant: &ConstantFn<'c>,
     id: ValueId,
@@ -351,9 +356,15 @@ pub fn plan(
     let (steps, parts) = fold_concats(graph, &values, steps, &views);
     let (arena_len, placed) = place_activations(graph, &mut values, &steps, &views, &parts);
     // One thread's scratch here; the session counts its own threads' (`Plan::memory_bytes`).
-    let summary =
-        PlanSummary { arena_bytes: 0, values: placed, runtime_nodes: steps.len(), folded_nodes: folded };
-    let mut plan = Plan { input_shapes, values, steps, arena_len, scratch_len, summary };
+    let summary = PlanSummary {
+        arena_bytes: 0,
+        values: placed,
+        runtime_nodes: steps.len(),
+        folded_nodes: folded,
+        blocked_values: 0,
+    };
+    let mut plan =
+        Plan { input_shapes, values, steps, arena_len, scratch_len, summary, node_layouts: Vec::new() };
     plan.summary.arena_bytes = plan.memory_bytes(1);
     log::info!(
         "planned inputs {:?}: {} run-time nodes, {} folded, {} activations, arena {} KiB",

@@ -39,11 +39,15 @@ pub struct SessionOptions {
     /// buffers its plans needed, so this also bounds what it holds between runs (inputs and
     /// returned outputs aside).
     pub memory_limit: Option<usize>,
+    /// Run chains of 1×1 and depthwise convolutions over small planes with their activations in
+    /// the channel-blocked layout where the kernel path has blocked kernels (see
+    /// [`crate::layout`]; AVX-512 today). On by default; off, every activation stays NCHW.
+    pub blocked_layout: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 1, int8_activations: false, memory_limit: None }
+        SessionOptions { threads: 1, int8_activations: false, memory_limit: None, blocked_layout: true }
     }
 }
 
@@ -216,6 +220,9 @@ impl Engine {
             Some(i) => self.plans.remove(i),
             None => {
                 let mut plan = plan::plan(graph, constant, &self.ops, input_shapes)?;
+                if self.options.blocked_layout {
+                    crate::layout::assign(graph, constant, &self.ops, &mut plan, &self.ctx.kernels);
+                }
                 plan.summary.arena_bytes = plan.memory_bytes(self.ctx.threads());
                 if let Some(limit) =
                     self.options.memory_limit.filter(|&limit| plan.summary.arena_bytes > limit)

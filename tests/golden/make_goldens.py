@@ -594,6 +594,35 @@ def block_cases() -> None:
          {"x": randn(1, 4, 6, 8), "u": randn(1, 4, 3, 4)}, ["y", "z"],
          [init("s", randn(1, 4, 1, 1)), f32("scales", [1, 1, 2, 2]), init("c", randn(1, 4, 1, 1))])
 
+    # MobileNetV2's inverted residuals over 14x14 with whole 16-channel blocks: the runtime runs
+    # this chain channel-blocked (NCHW16c) where the CPU has the kernels, entering at the first
+    # 1x1 layer (planar input), keeping a residual blocked, and leaving at the 1x1 layer before
+    # a stride-2 depthwise layer into 7x7 (planar). Appended last: earlier cases keep their data.
+    relu6 = {"min": 0.0, "max": 6.0}
+    case("block_inverted_residuals_blocked",
+         [node("Conv", ["x", "wa", "ba"], ["a"]),
+          node("Conv", ["a", "we1", "be1"], ["e1"]),
+          node("Clip", ["e1", "lo", "hi"], ["e1r"]),
+          node("Conv", ["e1r", "wd1", "bd1"], ["d1"], group=96, pads=[1, 1, 1, 1]),
+          node("HardSwish", ["d1"], ["d1h"]),
+          node("Conv", ["d1h", "wp1", "bp1"], ["p1"]),
+          node("Add", ["p1", "a"], ["s1"]),
+          node("Conv", ["s1", "we2", "be2"], ["e2"]),
+          node("Clip", ["e2", "lo", "hi"], ["e2r"]),
+          node("Conv", ["e2r", "wd2", "bd2"], ["d2"], group=96, pads=[1, 1, 1, 1], strides=[2, 2]),
+          node("Clip", ["d2", "lo", "hi"], ["d2r"]),
+          node("Conv", ["d2r", "wp2", "bp2"], ["y"])],
+         {"x": randn(1, 32, 14, 14)}, ["y"],
+         [init("wa", randn(32, 32, 1, 1) * 0.2), init("ba", randn(32) * 0.1),
+          init("we1", randn(96, 32, 1, 1) * 0.2), init("be1", randn(96) * 0.1),
+          init("wd1", randn(96, 1, 3, 3) * 0.3), init("bd1", randn(96) * 0.1),
+          init("wp1", randn(32, 96, 1, 1) * 0.1), init("bp1", randn(32) * 0.1),
+          init("we2", randn(96, 32, 1, 1) * 0.2), init("be2", randn(96) * 0.1),
+          init("wd2", randn(96, 1, 3, 3) * 0.3), init("bd2", randn(96) * 0.1),
+          init("wp2", randn(48, 96, 1, 1) * 0.1), init("bp2", randn(48) * 0.1),
+          f32("lo", relu6["min"]), f32("hi", relu6["max"])],
+         opset=14)
+
 
 def make_op_cases() -> None:
     if os.path.isdir(OPS):

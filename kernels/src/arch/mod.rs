@@ -212,6 +212,8 @@ pub struct Isa {
     /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
     /// shape is outside what [`depthwise_interleaved_fits`] takes.
     pub depthwise_interleaved: Option<DepthwiseSmallFn>,
+    /// Kernels of the channel-blocked layout ([`crate::blocked`]); `None` on paths without them.
+    pub blocked: Option<crate::blocked::BlockedKernels>,
     /// The int8 dot-product kernels of dynamic-range quantized convolutions and 4-bit GEMVs
     /// (on x86 without AVX-512 VNNI the GEMV only); `None` on paths whose CPU lacks int8 dot
     /// products (NEON without dotprod), which keep f32.

@@ -29,6 +29,7 @@ pub const ISA: Isa = Isa {
     depthwise_3x3_width: 0,
     depthwise_small: None,
     depthwise_interleaved: None,
+    blocked: None,
     int8: Some(super::int8::SCALAR),
 };
 

@@ -7,10 +7,12 @@ use std::sync::OnceLock;
 
 use pith_format::ir::{Attr, ElemType, Node};
 use pith_format::TensorView;
-use pith_kernels::{Activation, ChannelActivation, Conv2dParams, Int8Filters, Int8RowTables, Kernels};
+use pith_kernels::{
+    Activation, ChannelActivation, Conv2dParams, Int8Filters, Int8RowTables, Kernels, Layout,
+};
 
 use super::binary::{broadcast_shapes, zip_broadcast};
-use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
+use super::{attrs, Arg, ArgData, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out};
 use crate::error::OpError;
 use crate::op_bail;
 
@@ -508,6 +510,61 @@ impl Conv {
 }
 
 impl Op for Conv {
+    fn blocked_use(&self, inputs: &[Option<Arg<'_>>], kernels: &Kernels) -> Option<BlockedUse> {
+        let (p, conv_shape, broadcast) = self.shapes(inputs).ok()?;
+        // A residual of the output's own shape at most; no per-channel slopes; one image.
+        let residual = residual(inputs);
+        if broadcast.is_some()
+            || residual.is_some_and(|r| self.residual_channel_pad || r.shape != &conv_shape[..])
+            || prelu_slope(inputs).is_some()
+            || p.batch != 1
+            || input(inputs, 1, "W").is_ok_and(|w| Weight::of(w).is_err())
+        {
+            return None;
+        }
+        if p.is_pointwise() && p.groups == 1 && kernels.blocked_supports(&p, Layout::Planar, Layout::Blocked)
+        {
+            return Some(BlockedUse::Free { residual: residual.map(|_| 3) });
+        }
+        let depthwise = p.groups == p.in_c && p.out_c == p.in_c;
+        (depthwise && residual.is_none() && kernels.blocked_supports(&p, Layout::Blocked, Layout::Blocked))
+            .then_some(BlockedUse::Tied)
+    }
+
+    fn run_laid_out(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
+        let (p, _, _) = self.shapes(inputs)?;
+        let b = bias(inputs, p.out_c)?;
+        let weight = Weight::of(w)?;
+        let r = residual(inputs).map(|r| r.f32s()).transpose()?;
+        let (x, w, y) = (&x.f32s()?, &weight.view(), &mut *outputs[0].data);
+        let (x_layout, y_layout) = (layouts.input(0), layouts.output(0));
+        if r.is_some() && layouts.input(3) != y_layout {
+            return Err(OpError("the residual is not in the output's layout".into()));
+        }
+        ctx.kernels
+            .conv2d_blocked(
+                x,
+                x_layout,
+                w,
+                b.as_deref(),
+                r.as_deref(),
+                &p,
+                self.activation,
+                y,
+                y_layout,
+                scratch,
+            )
+            .map_err(kernel_err)
+    }
+
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         let (p, conv, broadcast) = self.shapes(inputs)?;
         bias(inputs, p.out_c)?;

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use pith_format::ir::{ElemType, Node, OpKind};
 use pith_format::TensorView;
-use pith_kernels::{Activation, Kernels};
+use pith_kernels::{Activation, Kernels, Layout};
 
 use crate::error::OpError;
 use crate::tensor::{Tensor, TensorBuf};
@@ -122,6 +122,54 @@ impl ExecCtx {
     }
 }
 
+/// How an op can take channel-blocked activations ([`Layout::Blocked`], see [`crate::layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockedUse {
+    /// Input 0 and output 0 each in either layout, independently; input `residual`, if any, in
+    /// the output's layout (a 1×1 convolution).
+    Free {
+        /// The input added to the output, which must share its layout.
+        residual: Option<usize>,
+    },
+    /// Input 0 and output 0 both blocked or both planar (a depthwise convolution).
+    Tied,
+}
+
+/// The layouts of one node's inputs and outputs at run time: bit `i` set when input (output) `i`
+/// is [`Layout::Blocked`]. The default is every value planar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeLayouts {
+    /// Blocked inputs.
+    pub inputs: u32,
+    /// Blocked outputs.
+    pub outputs: u32,
+}
+
+impl NodeLayouts {
+    /// Input `i`'s layout.
+    pub fn input(&self, i: usize) -> Layout {
+        if i < 32 && self.inputs >> i & 1 == 1 {
+            Layout::Blocked
+        } else {
+            Layout::Planar
+        }
+    }
+
+    /// Output `i`'s layout.
+    pub fn output(&self, i: usize) -> Layout {
+        if i < 32 && self.outputs >> i & 1 == 1 {
+            Layout::Blocked
+        } else {
+            Layout::Planar
+        }
+    }
+
+    /// Whether every input and output is planar.
+    pub fn all_planar(&self) -> bool {
+        self.inputs == 0 && self.outputs == 0
+    }
+}
+
 /// An operator ready to run.
 pub trait Op: Send + Sync + std::fmt::Debug {
     /// Output element types and shapes for these inputs (data present only where known at plan time).
@@ -153,6 +201,28 @@ pub trait Op: Send + Sync + std::fmt::Debug {
     /// receives [`ExecCtx::threads`] times as many, so multi-threaded kernels get a share each.
     fn scratch_len(&self, _inputs: &[Option<Arg<'_>>]) -> usize {
         0
+    }
+
+    /// Whether, and how, this op can read and write channel-blocked activations for these inputs
+    /// on `kernels` (see [`crate::layout`]); `None` (the default): planar only.
+    fn blocked_use(&self, _inputs: &[Option<Arg<'_>>], _kernels: &Kernels) -> Option<BlockedUse> {
+        None
+    }
+
+    /// [`Op::run`] with some inputs or outputs in the blocked layout, as `layouts` says (only
+    /// ever called on an op whose [`Op::blocked_use`] allowed it). The default runs planar.
+    fn run_laid_out(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        if !layouts.all_planar() {
+            return Err(OpError("this operator has no channel-blocked form".into()));
+        }
+        self.run(inputs, outputs, scratch, ctx)
     }
 
     /// Computes the f32 outputs. Every present input has data.

@@ -56,6 +56,7 @@ const ISA: Isa = Isa {
     depthwise_3x3_width: super::DEPTHWISE_3X3_MAX_WIDTH,
     depthwise_small: depthwise_planes::DEPTHWISE_SMALL,
     depthwise_interleaved: None,
+    blocked: None,
     // Set by `neon` when the CPU has dotprod.
     int8: None,
 };

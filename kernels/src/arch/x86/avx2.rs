@@ -37,6 +37,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_3x3_width: crate::arch::DEPTHWISE_3X3_MAX_WIDTH,
     depthwise_small: Some(super::depthwise_small_avx2::depthwise_small_avx2),
     depthwise_interleaved: None,
+    blocked: None,
     int8: None,
 };
 

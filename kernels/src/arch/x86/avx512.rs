@@ -44,6 +44,7 @@ pub(super) const ISA: Isa = Isa {
     depthwise_3x3_width: 8,
     depthwise_small: None,
     depthwise_interleaved: Some(super::depthwise_interleaved::depthwise_interleaved_avx512),
+    blocked: Some(super::blocked_avx512::KERNELS),
     int8: None,
 };
 

@@ -202,7 +202,7 @@ unsafe fn sums_of(
 /// (32-bit, then 64-bit interleaves within 128-bit lanes, then two 128-bit lane shuffles).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn transpose(r: &mut [__m512; C]) {
+pub(super) fn transpose(r: &mut [__m512; C]) {
     let mut t = [_mm512_setzero_ps(); C];
     for i in 0..C / 2 {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);

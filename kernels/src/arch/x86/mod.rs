@@ -33,6 +33,7 @@ mod avx2;
 mod avx512;
 
 pub(crate) use avx512::lane_mask;
+mod blocked_avx512;
 mod bounds;
 mod depthwise;
 mod depthwise3x3_avx2;

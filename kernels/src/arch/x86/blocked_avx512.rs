@@ -1,0 +1,528 @@
+//! AVX-512 kernels of the channel-blocked layout ([`crate::blocked`]): one vector is 16 channels
+//! of one pixel.
+//!
+//! * 1×1: a tile of `P` pixels × `V` blocks of 16 filters keeps `P·V ≤ 24` sums in registers;
+//!   per input channel it loads `V` vectors of transposed weights and broadcasts one input value
+//!   per pixel (from a planar or a blocked input alike), so any pixel count tiles without masks.
+//!   The output goes out as vectors (blocked), or (planar, at the exit of a blocked region) in
+//!   tiles of 16 pixels of one block transposed in registers into 16 channels' runs of pixels.
+//! * depthwise: up to 8 output pixels of a row at a time, each tap one load and one multiply-add
+//!   for 16 channels; border pixels test their taps one by one.
+
+use std::arch::x86_64::*;
+
+use super::avx512::lane_mask;
+use super::depthwise_interleaved::transpose;
+use crate::blocked::{BlockedAct, BlockedDepthwise, BlockedKernels, BlockedPointwise, Layout, BLOCK as C};
+
+/// This path's blocked kernels.
+pub(super) const KERNELS: BlockedKernels = BlockedKernels { transpose_rows, pointwise, depthwise };
+
+/// Most sums one pointwise tile keeps in registers (of 32; the weights take `V` more).
+const TILE_SUMS: usize = 24;
+
+/// Most input channels of one depth block of the pointwise tiles: 128 rows of 64 transposed
+/// weights are 32 KiB, in L1.
+const DEPTH_BLOCK: usize = 128;
+
+/// Output pixels of a row one depthwise call keeps in flight.
+const DEPTHWISE_PIXELS: usize = 8;
+
+/// See [`crate::blocked::TransposeRowsFn`].
+fn transpose_rows(panel: &[f32], rows: usize, k: usize, wt: &mut [f32], pitch: usize) {
+    assert!(rows.is_multiple_of(C) && rows <= pitch && panel.len() >= rows * k, "{rows} rows of {k}");
+    assert!(k == 0 || wt.len() >= (k - 1) * pitch + rows, "transposed panel too short");
+    // SAFETY: AVX-512 F was detected before this table was handed out; the asserts cover every
+    // row read (masked to `k`) and every transposed row written.
+    unsafe { transpose_rows_impl(panel.as_ptr(), rows, k, wt.as_mut_ptr(), pitch) }
+}
+
+/// # Safety
+/// AVX-512 F available; `panel` holds `rows × k`, `wt` `k` rows `pitch` apart of `rows`.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_rows_impl(panel: *const f32, rows: usize, k: usize, wt: *mut f32, pitch: usize) {
+    for r0 in (0..rows).step_by(C) {
+        for p0 in (0..k).step_by(C) {
+            let n = (k - p0).min(C);
+            let mask = lane_mask(n);
+            let mut v = [_mm512_setzero_ps(); C];
+            for (r, lane) in v.iter_mut().enumerate() {
+                // SAFETY: row r0 + r of the panel, columns p0 .. p0 + n (masked).
+                *lane = unsafe { _mm512_maskz_loadu_ps(mask, panel.add((r0 + r) * k + p0)) };
+            }
+            transpose(&mut v);
+            for (p, col) in v.iter().enumerate().take(n) {
+                // SAFETY: row p0 + p < k of `wt`, columns r0 .. r0 + 16 <= rows.
+                unsafe { _mm512_storeu_ps(wt.add((p0 + p) * pitch + r0), *col) };
+            }
+        }
+    }
+}
+
+/// `act` applied to 16 values, each the same operations in the same order as
+/// [`BlockedAct::apply`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn activate(act: BlockedAct, v: __m512) -> __m512 {
+    match act {
+        BlockedAct::None => v,
+        // `max(x, lo)` returns `lo` for a NaN `x`, as the scalar clamp does.
+        BlockedAct::Clamp(lo, hi) => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)),
+        BlockedAct::HardSwish(scale, shift) => {
+            let t = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.0 / 6.0)), _mm512_set1_ps(0.5));
+            // `max(0, t)` then `min(1, ..)` keep a NaN, as `f32::clamp` does.
+            let gate = _mm512_min_ps(_mm512_set1_ps(1.0), _mm512_max_ps(_mm512_setzero_ps(), t));
+            _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v, gate), _mm512_set1_ps(scale)), _mm512_set1_ps(shift))
+        }
+    }
+}
+
+/// See [`crate::blocked::BlockedKernels::pointwise`].
+fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
+    job.check(y);
+    assert!(carry.len() >= job.blocks * C * job.hw, "carry too short");
+    // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted every
+    // operand holds what the tiles read and write.
+    unsafe {
+        match job.blocks {
+            4 => pointwise_impl::<4>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+            3 => pointwise_impl::<3>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+            2 => pointwise_impl::<2>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+            _ => pointwise_impl::<1>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+        }
+    }
+}
+
+/// Tiles of `TILE_SUMS / V` pixels (fewer for the last) over the whole plane, the input
+/// channels in blocks of at most [`DEPTH_BLOCK`] whose transposed filters stay in L1 while every
+/// tile of the plane streams over them; the partial sums wait in `carry` between blocks.
+///
+/// # Safety
+/// AVX-512 F available; `job.check(y)` passed, `carry` holds `16 V` sums per pixel, with `job.blocks == V`.
+#[target_feature(enable = "avx512f")]
+unsafe fn pointwise_impl<const V: usize>(job: &BlockedPointwise<'_>, y: *mut f32, carry: *mut f32) {
+    let most = TILE_SUMS / V;
+    let depth = depth_block(job.k);
+    let mut c0 = 0;
+    while c0 < job.k {
+        let channels = c0..job.k.min(c0 + depth);
+        if job.y_layout == Layout::Planar {
+            // SAFETY: as below, for every block and run of pixels.
+            unsafe { planar_tiles::<V>(job, y, carry, channels.clone()) };
+            c0 = channels.end;
+            continue;
+        }
+        let mut p0 = 0;
+        while p0 < job.hw {
+            let n = (job.hw - p0).min(most);
+            // The widest tile of at most `n` pixels.
+            let p = match n {
+                24.. => 24,
+                12.. => 12,
+                8.. => 8,
+                6.. => 6,
+                4.. => 4,
+                n => n,
+            };
+            // SAFETY: pixels p0 .. p0 + p lie in the plane, `channels` in the input; the
+            // caller's contract covers the rest.
+            unsafe {
+                let at = (channels.clone(), p0);
+                match p {
+                    24 => tile::<24, V>(job, y, carry, at),
+                    12 => tile::<12, V>(job, y, carry, at),
+                    8 => tile::<8, V>(job, y, carry, at),
+                    6 => tile::<6, V>(job, y, carry, at),
+                    4 => tile::<4, V>(job, y, carry, at),
+                    3 => tile::<3, V>(job, y, carry, at),
+                    2 => tile::<2, V>(job, y, carry, at),
+                    _ => tile::<1, V>(job, y, carry, at),
+                }
+            }
+            p0 += p;
+        }
+        c0 = channels.end;
+    }
+}
+
+/// [`pointwise_impl`]'s depth block `channels` for a planar output: block by block, tiles of
+/// 16 pixels (fewer for the last), whose sums are transposed in registers into 16 channels'
+/// runs of pixels and stored whole (a scatter per pixel took the exit layer of a blocked
+/// region 14 % longer than the planar kernel).
+///
+/// # Safety
+/// As [`pointwise_impl`], `channels` a depth block of it.
+#[target_feature(enable = "avx512f")]
+unsafe fn planar_tiles<const V: usize>(
+    job: &BlockedPointwise<'_>,
+    y: *mut f32,
+    carry: *mut f32,
+    channels: std::ops::Range<usize>,
+) {
+    for v in 0..V {
+        let mut p0 = 0;
+        while p0 < job.hw {
+            let n = (job.hw - p0).min(C);
+            let at = (v, channels.clone(), p0);
+            // SAFETY: pixels p0 .. p0 + n lie in the plane; the caller's contract covers the rest.
+            unsafe {
+                match n {
+                    16 => planar_tile::<16, V>(job, y, carry, at),
+                    8.. => planar_tile::<8, V>(job, y, carry, at),
+                    4.. => planar_tile::<4, V>(job, y, carry, at),
+                    2.. => planar_tile::<2, V>(job, y, carry, at),
+                    _ => planar_tile::<1, V>(job, y, carry, at),
+                }
+            }
+            p0 += match n {
+                16 => 16,
+                8.. => 8,
+                4.. => 4,
+                2.. => 2,
+                _ => 1,
+            };
+        }
+    }
+}
+
+/// Pixels `p0 .. p0 + P` of output block `v` over input channels `channels` (`at`), into a
+/// planar output: as [`tile`], the finished sums transposed so that each channel's `P` pixels
+/// are one store (and its residual one load).
+///
+/// # Safety
+/// As [`planar_tiles`], `v < V` and `p0 + P <= job.hw`.
+#[inline(never)]
+#[target_feature(enable = "avx512f")]
+unsafe fn planar_tile<const P: usize, const V: usize>(
+    job: &BlockedPointwise<'_>,
+    y: *mut f32,
+    carry: *mut f32,
+    (v, channels, p0): (usize, std::ops::Range<usize>, usize),
+) {
+    let hw = job.hw;
+    let (x, wt) = (job.x.as_ptr(), job.wt.as_ptr());
+    // Pixel p's partial sums of block v: the same place as [`tile`]'s.
+    let partial = |j: usize| carry.wrapping_add(((p0 + j) * V + v) * C);
+    let mut acc = [[_mm512_setzero_ps(); 1]; P];
+    // SAFETY: the carry holds `hw` pixels of `16 V` sums (the check).
+    unsafe {
+        if channels.start > 0 {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm512_loadu_ps(partial(j));
+            }
+        }
+    }
+    let (c0, depth) = (channels.start, channels.len());
+    // SAFETY: as in [`tile`]: rows of the transposed filters hold `16 V` weights, of which block
+    // v's are 16 at `16 v`.
+    unsafe {
+        let wt = wt.add(c0 * V * C + v * C);
+        match job.x_layout {
+            Layout::Planar => {
+                sums::<P, 1>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0), InputSteps::planar(hw))
+            }
+            Layout::Blocked => {
+                sums::<P, 1>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0 * C), InputSteps::blocked(hw))
+            }
+        }
+    }
+    if channels.end < job.k {
+        // SAFETY: as above.
+        unsafe {
+            for (j, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(partial(j), acc[0]);
+            }
+        }
+        return;
+    }
+    // SAFETY: biases 16 v .. 16 v + 16 exist (the check).
+    let bias = unsafe { _mm512_loadu_ps(job.bias.as_ptr().add(v * C)) };
+    let mut rows = [_mm512_setzero_ps(); C];
+    for (row, acc) in rows.iter_mut().zip(&acc) {
+        *row = _mm512_add_ps(acc[0], bias);
+    }
+    // Row l: channel 16 v + l's pixels p0 .. p0 + P (lanes past P hold zeros).
+    transpose(&mut rows);
+    let mask = lane_mask(P);
+    for (l, row) in rows.iter().enumerate() {
+        let at = (v * C + l) * hw + p0;
+        // SAFETY: channel 16 v + l's pixels p0 .. p0 + P lie in the output and the residual
+        // (the check: `16 V` planes of `hw`); masked-off lanes are not accessed.
+        unsafe {
+            let mut sum = *row;
+            if let Some(res) = job.residual {
+                sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
+            }
+            _mm512_mask_storeu_ps(y.add(at), mask, activate(job.act, sum));
+        }
+    }
+}
+
+/// Input channels per depth block of a product over `k` (a multiple of 16 when `k` is): even
+/// blocks of at most [`DEPTH_BLOCK`].
+pub(super) fn depth_block(k: usize) -> usize {
+    if k <= DEPTH_BLOCK {
+        return k.max(1);
+    }
+    k.div_ceil(k.div_ceil(DEPTH_BLOCK)).next_multiple_of(C)
+}
+
+/// Pixels `p0 .. p0 + P` of the call's `16 V` output channels over input channels `channels`
+/// (`at`), into a blocked output: started from zero for the first channels, else from the
+/// partial sums in `carry`, and left there unless the channels are the last, when bias, residual
+/// and activation finish them into `y`.
+///
+/// # Safety
+/// As [`pointwise_impl`], `p0 + P <= job.hw` and `channels` a depth block of it.
+#[inline(never)]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const P: usize, const V: usize>(
+    job: &BlockedPointwise<'_>,
+    y: *mut f32,
+    carry: *mut f32,
+    (channels, p0): (std::ops::Range<usize>, usize),
+) {
+    let hw = job.hw;
+    let (x, wt) = (job.x.as_ptr(), job.wt.as_ptr());
+    // The tile's partial sums: P pixels of 16 V channels, pixel-major.
+    let partial = carry.wrapping_add(p0 * V * C);
+    let mut acc = [[_mm512_setzero_ps(); V]; P];
+    // SAFETY: the carry holds `hw` pixels of `16 V` sums (the check).
+    unsafe {
+        if channels.start > 0 {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(partial.add((j * V + v) * C));
+                }
+            }
+        }
+    }
+    let (c0, depth) = (channels.start, channels.len());
+    // SAFETY: rows c < k of the transposed filters hold `16 V` weights; input channel c of pixels
+    // p0 .. p0 + P lies in `x` in either layout (the check: blocked inputs have whole blocks, and
+    // depth blocks start at whole blocks).
+    unsafe {
+        let wt = wt.add(c0 * V * C);
+        match job.x_layout {
+            Layout::Planar => {
+                sums::<P, V>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0), InputSteps::planar(hw))
+            }
+            // Within a block channel c + 1 follows c; the next block starts 16 hw floats on.
+            Layout::Blocked => {
+                sums::<P, V>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0 * C), InputSteps::blocked(hw))
+            }
+        }
+    }
+    if channels.end < job.k {
+        // SAFETY: as above.
+        unsafe {
+            for (j, acc) in acc.iter().enumerate() {
+                for (v, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(partial.add((j * V + v) * C), *a);
+                }
+            }
+        }
+        return;
+    }
+    for v in 0..V {
+        // SAFETY: biases 16 v .. 16 v + 16 exist (the check).
+        let bias = unsafe { _mm512_loadu_ps(job.bias.as_ptr().add(v * C)) };
+        for (j, acc) in acc.iter().enumerate() {
+            // Block v's pixel p0 + j.
+            let at = v * C * hw + (p0 + j) * C;
+            let mut sum = _mm512_add_ps(acc[v], bias);
+            // SAFETY: the vector at `at` lies inside the output and the residual (the check:
+            // `16 V` channels of `hw` pixels each).
+            unsafe {
+                if let Some(res) = job.residual {
+                    sum = _mm512_add_ps(sum, _mm512_loadu_ps(res.as_ptr().add(at)));
+                }
+                _mm512_storeu_ps(y.add(at), activate(job.act, sum));
+            }
+        }
+    }
+}
+
+/// Where input channel `c`'s value of pixel `j` lies relative to the first: `(c % per) * step
+/// + (c / per) * jump + j * pixel` floats on. One input plane after another is `per` 1, `jump`
+/// the plane and `pixel` 1; 16 channels of a block next to each other `per` 16, `step` 1,
+/// `jump` the block and `pixel` 16.
+#[derive(Clone, Copy)]
+struct InputSteps {
+    step: usize,
+    jump: usize,
+    per: usize,
+    pixel: usize,
+}
+
+impl InputSteps {
+    /// A planar input of `hw` pixels per channel.
+    fn planar(hw: usize) -> Self {
+        InputSteps { step: 1, jump: hw, per: 1, pixel: 1 }
+    }
+
+    /// A blocked input of `hw` pixels per channel.
+    fn blocked(hw: usize) -> Self {
+        InputSteps { step: 1, jump: C * hw, per: C, pixel: C }
+    }
+}
+
+/// `acc[j][v] += sum_c wt[c][16 v ..] * x(c, j)` over `k` input channels (rows of `wt` `pitch`
+/// floats apart), `x(c, j)` where `steps` place it from `x`.
+///
+/// # Safety
+/// AVX-512 F available; every input address lies in the input, `k` rows of `16 V` at `wt`
+/// `pitch` apart; `k` is a multiple of `steps.per`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn sums<const P: usize, const V: usize>(
+    acc: &mut [[__m512; V]; P],
+    wt: *const f32,
+    pitch: usize,
+    k: usize,
+    x: *const f32,
+    steps: InputSteps,
+) {
+    let mut sums = *acc;
+    let mut wp = wt;
+    for g in 0..k / steps.per {
+        let base = x.wrapping_add(g * steps.jump);
+        for i in 0..steps.per {
+            // SAFETY: see the function's contract.
+            unsafe {
+                let xp = base.add(i * steps.step);
+                let mut w = [_mm512_setzero_ps(); V];
+                for (v, w) in w.iter_mut().enumerate() {
+                    *w = _mm512_loadu_ps(wp.add(v * C));
+                }
+                for (j, row) in sums.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*xp.add(j * steps.pixel));
+                    for (a, &w) in row.iter_mut().zip(&w) {
+                        *a = _mm512_fmadd_ps(w, xv, *a);
+                    }
+                }
+                wp = wp.add(pitch);
+            }
+        }
+    }
+    *acc = sums;
+}
+
+/// See [`crate::blocked::BlockedKernels::depthwise`].
+fn depthwise(job: &BlockedDepthwise<'_>, y: &mut [f32]) {
+    job.check(y);
+    // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted the
+    // filters, input and output hold what the geometry reads and writes.
+    unsafe { depthwise_impl(job, y.as_mut_ptr()) }
+}
+
+/// # Safety
+/// AVX-512 F available; `job.check(y)` passed.
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_impl(job: &BlockedDepthwise<'_>, y: *mut f32) {
+    let s = job;
+    // SAFETY: the check asserted 16 biases.
+    let bias = unsafe { _mm512_loadu_ps(s.bias.as_ptr()) };
+    // Outputs whose every tap column lies inside the input: `ox_lo .. ox_hi`.
+    let ox_lo = s.pad_left.div_ceil(s.stride_w).min(s.out_w);
+    let ox_hi = if s.in_w + s.pad_left >= s.kw {
+        ((s.in_w + s.pad_left - s.kw) / s.stride_w + 1).clamp(ox_lo, s.out_w)
+    } else {
+        ox_lo
+    };
+    for oy in 0..s.out_h {
+        let iy0 = (oy * s.stride_h) as isize - s.pad_top as isize;
+        // Filter rows inside the input.
+        let ky_lo = (-iy0).clamp(0, s.kh as isize) as usize;
+        let ky_hi = (s.in_h as isize - iy0).clamp(ky_lo as isize, s.kh as isize) as usize;
+        let rows = Rows { iy0, ky: ky_lo..ky_hi };
+        // SAFETY: output row oy < out_h; rows.ky only lists input rows inside the plane.
+        unsafe {
+            let yrow = y.add(oy * s.out_w * C);
+            for ox in (0..ox_lo).chain(ox_hi..s.out_w) {
+                border_pixel(s, &rows, ox, bias, yrow);
+            }
+            let mut ox = ox_lo;
+            while ox < ox_hi {
+                let n = (ox_hi - ox).min(DEPTHWISE_PIXELS);
+                match n {
+                    8 => interior::<8>(s, &rows, ox, bias, yrow),
+                    7 => interior::<7>(s, &rows, ox, bias, yrow),
+                    6 => interior::<6>(s, &rows, ox, bias, yrow),
+                    5 => interior::<5>(s, &rows, ox, bias, yrow),
+                    4 => interior::<4>(s, &rows, ox, bias, yrow),
+                    3 => interior::<3>(s, &rows, ox, bias, yrow),
+                    2 => interior::<2>(s, &rows, ox, bias, yrow),
+                    _ => interior::<1>(s, &rows, ox, bias, yrow),
+                }
+                ox += n;
+            }
+        }
+    }
+}
+
+/// The input rows one output row reads: filter rows `ky` (those inside the input) of the row
+/// whose first tap row is input row `iy0`.
+struct Rows {
+    iy0: isize,
+    ky: std::ops::Range<usize>,
+}
+
+/// Output pixels `ox .. ox + P` of the row at `yrow`, every tap column inside the input.
+///
+/// # Safety
+/// AVX-512 F available; the job's check passed; `rows` lists input rows inside the plane and
+/// every tap column of these pixels lies inside it; `yrow` is an output row.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn interior<const P: usize>(
+    s: &BlockedDepthwise<'_>,
+    rows: &Rows,
+    ox: usize,
+    bias: __m512,
+    yrow: *mut f32,
+) {
+    let (x, w) = (s.x.as_ptr(), s.w.as_ptr());
+    let mut acc = [bias; P];
+    // SAFETY: see the function's contract.
+    unsafe {
+        for ky in rows.ky.clone() {
+            let row = x.add((rows.iy0 + ky as isize) as usize * s.in_w * C);
+            for kx in 0..s.kw {
+                let wv = _mm512_loadu_ps(w.add((ky * s.kw + kx) * C));
+                let first = row.add((ox * s.stride_w + kx - s.pad_left) * C);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(first.add(j * s.stride_w * C)), wv, *a);
+                }
+            }
+        }
+        for (j, a) in acc.into_iter().enumerate() {
+            _mm512_storeu_ps(yrow.add((ox + j) * C), activate(s.act, a));
+        }
+    }
+}
+
+/// Output pixel `ox` of the row at `yrow`, its tap columns tested one by one.
+///
+/// # Safety
+/// As [`interior`], without the condition on tap columns.
+#[target_feature(enable = "avx512f")]
+unsafe fn border_pixel(s: &BlockedDepthwise<'_>, rows: &Rows, ox: usize, bias: __m512, yrow: *mut f32) {
+    let (x, w) = (s.x.as_ptr(), s.w.as_ptr());
+    let mut acc = bias;
+    let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
+    // SAFETY: only taps whose column lies inside the input are read.
+    unsafe {
+        for ky in rows.ky.clone() {
+            let row = x.add((rows.iy0 + ky as isize) as usize * s.in_w * C);
+            for kx in 0..s.kw {
+                let ix = ix0 + kx as isize;
+                if (0..s.in_w as isize).contains(&ix) {
+                    let wv = _mm512_loadu_ps(w.add((ky * s.kw + kx) * C));
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(ix as usize * C)), wv, acc);
+                }
+            }
+        }
+        _mm512_storeu_ps(yrow.add(ox * C), activate(s.act, acc));
+    }
+}

@@ -1,0 +1,144 @@
+//! Which activations run in the channel-blocked layout (NCHW16c, [`pith_kernels::blocked`]).
+//!
+//! Chains of 1×1 and depthwise convolutions over small planes (MobileNets' 28×28 and 14×14
+//! stages) run faster with their activations blocked: the depthwise layers need no lanes past a
+//! short row and no transposes, the 1×1 layers no masked pixel tails. A value is blocked when:
+//!
+//! * it is a batch-1, 4-D f32 activation of whole 16-channel blocks over a plane of
+//!   [`MIN_PLANE`] to [`MAX_PLANE`] pixels, neither a graph input nor a graph output;
+//! * the node that writes it and every node that reads it can take it blocked
+//!   ([`Op::blocked_use`]): a 1×1 convolution reads and writes either layout (so the edges of
+//!   a blocked region convert for free, inside the 1×1 layers' tiles), a depthwise convolution
+//!   needs both sides blocked, and a residual added in a convolution shares its output's layout.
+//!
+//! Planar everywhere else, so every other op is untouched. Off where the kernel path has no
+//! blocked kernels or the session runs int8 activations (whose 1×1 kernels are planar).
+
+use pith_format::ir::{ElemType, Graph};
+use pith_kernels::Kernels;
+
+use crate::ops::{Arg, BlockedUse, NodeLayouts, Op};
+use crate::plan::{plan_arg, ConstantFn, Plan, Slot};
+
+/// Fewest pixels of a blocked plane. 1×1 layers over 7×7 (49 pixels) measured slower blocked
+/// (transposing a group of filters once per call is a large share of so few pixels: 960→320
+/// took 0.33-0.34 ms against 0.25-0.27 planar, 1 thread, Xeon), 14×14 (196) alike or faster.
+/// Blocking the 7×7 output of MobileNetV2's stride-2 depthwise layer too (0.039 → 0.021 ms)
+/// cost the 1×1 layer after it more (0.082 → 0.115, converting back to planar).
+pub const MIN_PLANE: usize = 100;
+
+/// Most pixels of a blocked plane (28×28): larger planes fill the planar kernels' vectors.
+pub const MAX_PLANE: usize = 28 * 28;
+
+/// Works out which values of `plan` are blocked and records each node's layouts in
+/// `plan.node_layouts` (and their count in `plan.summary`); leaves the plan all planar where `kernels` have no blocked kernels or run
+/// int8 activations.
+pub fn assign(
+    graph: &Graph,
+    constant: &ConstantFn<'_>,
+    ops: &[Box<dyn Op>],
+    plan: &mut Plan,
+    kernels: &Kernels,
+) {
+    plan.node_layouts.clear();
+    plan.summary.blocked_values = 0;
+    if kernels.isa().blocked.is_none() || kernels.int8_activations() {
+        return;
+    }
+    let uses: Vec<Option<BlockedUse>> = (0..graph.nodes.len())
+        .map(|ni| {
+            if !plan.steps.contains(&ni) {
+                return None;
+            }
+            let node = &graph.nodes[ni];
+            let args: Vec<Option<Arg<'_>>> =
+                node.inputs.iter().map(|i| i.map(|id| plan_arg(&plan.values, constant, id))).collect();
+            ops[ni].blocked_use(&args, kernels)
+        })
+        .collect();
+    let mut blocked: Vec<bool> = (0..plan.values.len()).map(|id| candidate(graph, plan, id)).collect();
+    // The node that writes each value (among the steps).
+    let mut writer = vec![None; plan.values.len()];
+    for &ni in &plan.steps {
+        for (k, &id) in graph.nodes[ni].outputs.iter().enumerate() {
+            writer[id as usize] = Some((ni, k));
+        }
+    }
+    for (id, b) in blocked.iter_mut().enumerate() {
+        *b = *b && matches!(writer[id], Some((ni, 0)) if uses[ni].is_some());
+    }
+    // Every reader must take the value where it reads it: nodes folded out of the steps (views
+    // sharing the value's buffer, concatenations written in place) take nothing blocked.
+    for (ni, node) in graph.nodes.iter().enumerate() {
+        for (pos, id) in node.inputs.iter().enumerate() {
+            let Some(id) = *id else { continue };
+            let takes = match uses[ni] {
+                Some(BlockedUse::Free { residual }) => pos == 0 || residual == Some(pos),
+                Some(BlockedUse::Tied) => pos == 0,
+                None => false,
+            };
+            if !takes {
+                blocked[id as usize] = false;
+            }
+        }
+    }
+    // Values that must share a layout: a depthwise layer's input and output, a residual and
+    // its convolution's output. Unblock both of a pair that disagrees until none does.
+    loop {
+        let mut changed = false;
+        for &ni in &plan.steps {
+            let node = &graph.nodes[ni];
+            let pair = match uses[ni] {
+                Some(BlockedUse::Tied) => node.inputs.first().copied().flatten(),
+                Some(BlockedUse::Free { residual: Some(r) }) => node.inputs.get(r).copied().flatten(),
+                _ => None,
+            };
+            if let (Some(a), Some(&b)) = (pair, node.outputs.first()) {
+                let (a, b) = (a as usize, b as usize);
+                if blocked[a] != blocked[b] {
+                    (blocked[a], blocked[b]) = (false, false);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let bits = |ids: &mut dyn Iterator<Item = Option<u32>>| {
+        ids.enumerate().take(32).fold(0u32, |m, (i, id)| match id {
+            Some(id) if blocked[id as usize] => m | 1 << i,
+            _ => m,
+        })
+    };
+    let layouts: Vec<NodeLayouts> = graph
+        .nodes
+        .iter()
+        .map(|node| NodeLayouts {
+            inputs: bits(&mut node.inputs.iter().copied()),
+            outputs: bits(&mut node.outputs.iter().map(|&id| Some(id))),
+        })
+        .collect();
+    let count = blocked.iter().filter(|&&b| b).count();
+    plan.summary.blocked_values = count;
+    if count > 0 {
+        log::info!("{count} activations in the channel-blocked layout");
+        plan.node_layouts = layouts;
+    }
+}
+
+/// Whether value `id` could be blocked by its own shape and place (see the module documentation).
+fn candidate(graph: &Graph, plan: &Plan, id: usize) -> bool {
+    let Some(v) = &plan.values[id] else { return false };
+    let shape = &v.shape;
+    let plane = shape.get(2..).map_or(0, |s| s.iter().product::<usize>());
+    v.elem == ElemType::F32
+        && matches!(v.slot, Slot::Arena(_))
+        && shape.len() == 4
+        && shape[0] == 1
+        && shape[1] > 0
+        && shape[1].is_multiple_of(pith_kernels::blocked::BLOCK)
+        && (MIN_PLANE..=MAX_PLANE).contains(&plane)
+        && !graph.outputs.iter().any(|&o| o as usize == id)
+        && !graph.inputs.iter().any(|&i| i as usize == id)
+}
