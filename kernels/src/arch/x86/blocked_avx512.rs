@@ -7,7 +7,7 @@
 //!   The output goes out as vectors (blocked), or (planar, at the exit of a blocked region) in
 //!   tiles of 16 pixels of one block transposed in registers into 16 channels' runs of pixels.
 //! * depthwise: up to 8 output pixels of a row at a time, each tap one load and one multiply-add
-//!   for 16 channels; border pixels test their taps one by one.
+//!   for 16 channels; border pixels, up to 4 together, over the tap columns inside the input.
 
 use std::arch::x86_64::*;
 
@@ -20,6 +20,9 @@ pub(super) const KERNELS: BlockedKernels = BlockedKernels { transpose_rows, poin
 
 /// Most sums one pointwise tile keeps in registers (of 32; the weights take `V` more).
 const TILE_SUMS: usize = 24;
+
+/// Border pixels of an output row one depthwise call takes together.
+const BORDER_PIXELS: usize = 4;
 
 /// Most input channels of one depth block of the pointwise tiles: 128 rows of 64 transposed
 /// weights are 32 KiB, in L1.
@@ -439,8 +442,18 @@ unsafe fn depthwise_impl(job: &BlockedDepthwise<'_>, y: *mut f32) {
         // SAFETY: output row oy < out_h; rows.ky only lists input rows inside the plane.
         unsafe {
             let yrow = y.add(oy * s.out_w * C);
+            let mut border = [0usize; BORDER_PIXELS];
+            let mut n = 0;
             for ox in (0..ox_lo).chain(ox_hi..s.out_w) {
-                border_pixel(s, &rows, ox, bias, yrow);
+                border[n] = ox;
+                n += 1;
+                if n == BORDER_PIXELS {
+                    border_pixels(s, &rows, &border, bias, yrow);
+                    n = 0;
+                }
+            }
+            if n > 0 {
+                border_pixels(s, &rows, &border[..n], bias, yrow);
             }
             let mut ox = ox_lo;
             while ox < ox_hi {
@@ -502,27 +515,46 @@ unsafe fn interior<const P: usize>(
     }
 }
 
-/// Output pixel `ox` of the row at `yrow`, its tap columns tested one by one.
+/// Output pixels `pixels` (at most [`BORDER_PIXELS`]) of the row at `yrow`, each over the tap
+/// columns that lie inside the input: together, with two sums per pixel (even and odd filter
+/// rows), so that their multiply-adds do not wait on one chain.
 ///
 /// # Safety
 /// As [`interior`], without the condition on tap columns.
 #[target_feature(enable = "avx512f")]
-unsafe fn border_pixel(s: &BlockedDepthwise<'_>, rows: &Rows, ox: usize, bias: __m512, yrow: *mut f32) {
+unsafe fn border_pixels(
+    s: &BlockedDepthwise<'_>,
+    rows: &Rows,
+    pixels: &[usize],
+    bias: __m512,
+    yrow: *mut f32,
+) {
     let (x, w) = (s.x.as_ptr(), s.w.as_ptr());
-    let mut acc = bias;
-    let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
-    // SAFETY: only taps whose column lies inside the input are read.
+    let mut acc = [[bias, _mm512_setzero_ps()]; BORDER_PIXELS];
+    // Each pixel's first input column (may be negative) and its filter columns inside the input.
+    let mut spans = [(0isize, 0usize, 0usize); BORDER_PIXELS];
+    for (span, &ox) in spans.iter_mut().zip(pixels) {
+        let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
+        let lo = (-ix0).clamp(0, s.kw as isize) as usize;
+        let hi = (s.in_w as isize - ix0).clamp(lo as isize, s.kw as isize) as usize;
+        *span = (ix0, lo, hi);
+    }
+    let n = pixels.len().min(BORDER_PIXELS);
+    // SAFETY: only taps whose row (`rows`) and column (`lo .. hi`) lie inside the input are read;
+    // output pixels `pixels` lie in the row.
     unsafe {
         for ky in rows.ky.clone() {
             let row = x.add((rows.iy0 + ky as isize) as usize * s.in_w * C);
-            for kx in 0..s.kw {
-                let ix = ix0 + kx as isize;
-                if (0..s.in_w as isize).contains(&ix) {
+            for (acc, &(ix0, lo, hi)) in acc.iter_mut().zip(&spans).take(n) {
+                for kx in lo..hi {
                     let wv = _mm512_loadu_ps(w.add((ky * s.kw + kx) * C));
-                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(row.add(ix as usize * C)), wv, acc);
+                    let xv = _mm512_loadu_ps(row.add((ix0 + kx as isize) as usize * C));
+                    acc[ky & 1] = _mm512_fmadd_ps(xv, wv, acc[ky & 1]);
                 }
             }
         }
-        _mm512_storeu_ps(yrow.add(ox * C), activate(s.act, acc));
+        for (acc, &ox) in acc.iter().zip(pixels).take(n) {
+            _mm512_storeu_ps(yrow.add(ox * C), activate(s.act, _mm512_add_ps(acc[0], acc[1])));
+        }
     }
 }
