@@ -85,9 +85,11 @@ fn inverted_residuals_run_channel_blocked_where_the_cpu_has_the_kernels() {
         let options = SessionOptions { blocked_layout, ..Default::default() };
         let mut session = Session::new(file.clone(), options).expect("a session");
         let summary = session.plan(&shape).expect("plans");
-        // x -> a, e1, d1 and the sum s1 (a 1x1 layer's output with its residual): four values;
-        // e2 feeds a stride-2 depthwise layer into 7x7 and stays planar, as does everything after.
-        let want = if blocked_layout && has_kernels { 4 } else { 0 };
+        // a, e1, d1, the sum s1 (a 1x1 layer's output with its residual), e2 and d2: six values
+        // of one region with two depthwise layers; the side branch's e3 feeds a stride-2
+        // depthwise layer into 7x7 and stays planar, and so do the graph outputs and the chain
+        // f1, f2 (one depthwise layer between a 1x1 entry and a wide 1x1 exit).
+        let want = if blocked_layout && has_kernels { 6 } else { 0 };
         assert_eq!(summary.blocked_values, want, "blocked_layout {blocked_layout}, kernels {has_kernels}");
         let outputs = run_on_npy_inputs(&mut session, &file, &dir).expect("runs");
         check_outputs(&outputs, &dir, TOL).expect("matches onnxruntime");

@@ -9,7 +9,10 @@
 //! * the node that writes it and every node that reads it can take it blocked
 //!   ([`Op::blocked_use`]): a 1×1 convolution reads and writes either layout (so the edges of
 //!   a blocked region convert for free, inside the 1×1 layers' tiles), a depthwise convolution
-//!   needs both sides blocked, and a residual added in a convolution shares its output's layout.
+//!   needs both sides blocked, and a residual added in a convolution shares its output's layout;
+//! * its region (the blocked values connected through the layers between them) pays: its
+//!   depthwise layers' work, weighted by [`DEPTHWISE_GAIN_WEIGHT`], exceeds that of the 1×1
+//!   layers at its edges.
 //!
 //! Planar everywhere else, so every other op is untouched. Off where the kernel path has no
 //! blocked kernels or the session runs int8 activations (whose 1×1 kernels are planar).
@@ -26,6 +29,16 @@ use crate::plan::{plan_arg, ConstantFn, Plan, Slot};
 /// Blocking the 7×7 output of MobileNetV2's stride-2 depthwise layer too (0.039 → 0.021 ms)
 /// cost the 1×1 layer after it more (0.082 → 0.115, converting back to planar).
 pub const MIN_PLANE: usize = 100;
+
+/// How many 1×1 multiply-adds a depthwise multiply-add run blocked saves, for the rule that
+/// keeps a region only where its depthwise layers outweigh the 1×1 layers at its edges. Blocked,
+/// a depthwise layer took 0.54-0.78 of its planar time (MobileNetV2 over 28×28 and 14×14), a
+/// 1×1 layer converting at an edge 1.11-1.19; a depthwise multiply-add costs several dense ones
+/// (`DEPTHWISE_WORK_WEIGHT` in the kernels counts 8). With the rule MobileNetV2 keeps its region
+/// (depthwise 7.8 M multiply-adds, weighted 31 M, against 14.4 M at the edges) and PP-OCRv4 det at 320×640 drops
+/// its one over 10×20, whose exit layer (0.42 → 0.52 ms) cost more than its two depthwise layers
+/// gained (0.15 → 0.12 ms): the whole model took 1.00-1.03 of its planar time with it.
+pub const DEPTHWISE_GAIN_WEIGHT: usize = 4;
 
 /// Most pixels of a blocked plane (28×28): larger planes fill the planar kernels' vectors.
 pub const MAX_PLANE: usize = 28 * 28;
@@ -105,6 +118,7 @@ pub fn assign(
             break;
         }
     }
+    drop_unpaid_regions(graph, plan, &uses, &mut blocked);
     let bits = |ids: &mut dyn Iterator<Item = Option<u32>>| {
         ids.enumerate().take(32).fold(0u32, |m, (i, id)| match id {
             Some(id) if blocked[id as usize] => m | 1 << i,
@@ -124,6 +138,72 @@ pub fn assign(
     if count > 0 {
         log::info!("{count} activations in the channel-blocked layout");
         plan.node_layouts = layouts;
+    }
+}
+
+/// Unblocks every region (values connected through the nodes that read and write them blocked)
+/// whose depthwise layers' work, weighted by [`DEPTHWISE_GAIN_WEIGHT`], is less than that of the
+/// 1×1 layers at its edges (those that convert between layouts).
+fn drop_unpaid_regions(graph: &Graph, plan: &Plan, uses: &[Option<BlockedUse>], blocked: &mut [bool]) {
+    let mut parent: Vec<usize> = (0..blocked.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let dims = |id: Option<u32>| -> Vec<usize> {
+        id.and_then(|id| plan.values[id as usize].as_ref()).map_or_else(Vec::new, |v| v.shape.clone())
+    };
+    // (a blocked value of the step, its gain or its cost in multiply-adds)
+    let mut work: Vec<(usize, usize, usize)> = Vec::new();
+    for &ni in &plan.steps {
+        let node = &graph.nodes[ni];
+        let ids: Vec<usize> = node
+            .inputs
+            .iter()
+            .flatten()
+            .chain(&node.outputs)
+            .map(|&id| id as usize)
+            .filter(|&id| blocked[id])
+            .collect();
+        for pair in ids.windows(2) {
+            let (a, b) = (root(&mut parent, pair[0]), root(&mut parent, pair[1]));
+            parent[a] = b;
+        }
+        let Some(&first) = ids.first() else { continue };
+        let (x, y) = (dims(node.inputs.first().copied().flatten()), dims(node.outputs.first().copied()));
+        let out: usize = y.iter().product();
+        match uses[ni] {
+            Some(BlockedUse::Tied) => {
+                // Output elements times taps (the weight is [C, 1, kh, kw]).
+                let taps: usize = dims(node.inputs.get(1).copied().flatten()).iter().skip(2).product();
+                work.push((first, out * taps * DEPTHWISE_GAIN_WEIGHT, 0));
+            }
+            Some(BlockedUse::Free { .. }) => {
+                let (x_blocked, y_blocked) = (
+                    node.inputs.first().copied().flatten().is_some_and(|id| blocked[id as usize]),
+                    node.outputs.first().is_some_and(|&id| blocked[id as usize]),
+                );
+                if x_blocked != y_blocked {
+                    work.push((first, 0, out * x.get(1).copied().unwrap_or(0)));
+                }
+            }
+            None => {}
+        }
+    }
+    let (mut gain, mut cost) = (vec![0usize; blocked.len()], vec![0usize; blocked.len()]);
+    for (id, g, c) in work {
+        let r = root(&mut parent, id);
+        gain[r] += g;
+        cost[r] += c;
+    }
+    for (id, b) in blocked.iter_mut().enumerate() {
+        let r = root(&mut parent, id);
+        if *b && gain[r] <= cost[r] {
+            *b = false;
+        }
     }
 }
 

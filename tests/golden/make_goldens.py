@@ -596,9 +596,10 @@ def block_cases() -> None:
 
     # MobileNetV2's inverted residuals over 14x14 with whole 16-channel blocks: the runtime runs
     # this chain channel-blocked (NCHW16c) where the CPU has the kernels, entering at the first
-    # 1x1 layer (planar input), keeping a residual blocked, and leaving at the 1x1 layer before
-    # a stride-2 depthwise layer into 7x7 (planar). Appended last: earlier cases keep their data.
-    relu6 = {"min": 0.0, "max": 6.0}
+    # 1x1 layer (planar input), keeping a residual blocked, and leaving at the last 1x1 layer
+    # (a graph output) and at a side branch's 1x1 layer before a stride-2 depthwise layer into
+    # 7x7 (planar). A second chain from x (1x1, one depthwise layer, a wide 1x1) does not pay for
+    # its conversions and stays planar. Appended last: earlier cases keep their data.
     case("block_inverted_residuals_blocked",
          [node("Conv", ["x", "wa", "ba"], ["a"]),
           node("Conv", ["a", "we1", "be1"], ["e1"]),
@@ -609,20 +610,30 @@ def block_cases() -> None:
           node("Add", ["p1", "a"], ["s1"]),
           node("Conv", ["s1", "we2", "be2"], ["e2"]),
           node("Clip", ["e2", "lo", "hi"], ["e2r"]),
-          node("Conv", ["e2r", "wd2", "bd2"], ["d2"], group=96, pads=[1, 1, 1, 1], strides=[2, 2]),
+          node("Conv", ["e2r", "wd2", "bd2"], ["d2"], group=96, pads=[1, 1, 1, 1]),
           node("Clip", ["d2", "lo", "hi"], ["d2r"]),
-          node("Conv", ["d2r", "wp2", "bp2"], ["y"])],
-         {"x": randn(1, 32, 14, 14)}, ["y"],
+          node("Conv", ["d2r", "wp2", "bp2"], ["y"]),
+          node("Conv", ["s1", "we3", "be3"], ["e3"]),
+          node("Conv", ["e3", "wd3", "bd3"], ["d3"], group=64, pads=[1, 1, 1, 1], strides=[2, 2]),
+          node("Clip", ["d3", "lo", "hi"], ["y2"]),
+          node("Conv", ["x", "wf1", "bf1"], ["f1"]),
+          node("Conv", ["f1", "wf2", "bf2"], ["f2"], group=64, pads=[1, 1, 1, 1]),
+          node("Conv", ["f2", "wf3", "bf3"], ["y3"])],
+         {"x": randn(1, 32, 14, 14)}, ["y", "y2", "y3"],
          [init("wa", randn(32, 32, 1, 1) * 0.2), init("ba", randn(32) * 0.1),
           init("we1", randn(96, 32, 1, 1) * 0.2), init("be1", randn(96) * 0.1),
           init("wd1", randn(96, 1, 3, 3) * 0.3), init("bd1", randn(96) * 0.1),
           init("wp1", randn(32, 96, 1, 1) * 0.1), init("bp1", randn(32) * 0.1),
           init("we2", randn(96, 32, 1, 1) * 0.2), init("be2", randn(96) * 0.1),
           init("wd2", randn(96, 1, 3, 3) * 0.3), init("bd2", randn(96) * 0.1),
-          init("wp2", randn(48, 96, 1, 1) * 0.1), init("bp2", randn(48) * 0.1),
-          f32("lo", relu6["min"]), f32("hi", relu6["max"])],
+          init("wp2", randn(16, 96, 1, 1) * 0.1), init("bp2", randn(16) * 0.1),
+          init("we3", randn(64, 32, 1, 1) * 0.2), init("be3", randn(64) * 0.1),
+          init("wd3", randn(64, 1, 3, 3) * 0.3), init("bd3", randn(64) * 0.1),
+          init("wf1", randn(64, 32, 1, 1) * 0.2), init("bf1", randn(64) * 0.1),
+          init("wf2", randn(64, 1, 3, 3) * 0.3), init("bf2", randn(64) * 0.1),
+          init("wf3", randn(256, 64, 1, 1) * 0.1), init("bf3", randn(256) * 0.1),
+          f32("lo", 0.0), f32("hi", 6.0)],
          opset=14)
-
 
 def make_op_cases() -> None:
     if os.path.isdir(OPS):
