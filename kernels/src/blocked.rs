@@ -75,15 +75,6 @@ impl BlockedAct {
             other => (BlockedAct::None, Some(other)),
         }
     }
-
-    /// The activation applied to one value, as the kernels do (the reference of the tests).
-    pub fn apply(self, x: f32) -> f32 {
-        match self {
-            BlockedAct::None => x,
-            BlockedAct::Clamp(lo, hi) => x.max(lo).min(hi),
-            BlockedAct::HardSwish(scale, shift) => Activation::HardSwish.apply(x) * scale + shift,
-        }
-    }
 }
 
 /// One call of [`BlockedKernels::pointwise`]: `blocks` output channel blocks (16 filters each)
@@ -383,25 +374,6 @@ fn decode_transposed(
     }
 }
 
-/// The global average pool of a blocked image: `y[c] = mean of channel c over its `hw` pixels`
-/// for `channels` (a multiple of 16) channels of `x`.
-pub fn global_average_pool(x: &[f32], channels: usize, hw: usize, y: &mut [f32]) -> Result<(), KernelError> {
-    if !channels.is_multiple_of(BLOCK) {
-        return Err(KernelError::Params(format!("{channels} channels are not whole blocks")));
-    }
-    check_len("blocked pool input", x.len(), channels * hw)?;
-    check_len("blocked pool output", y.len(), channels)?;
-    let scale = 1.0 / hw.max(1) as f32;
-    for (block, out) in x.chunks_exact((BLOCK * hw).max(1)).zip(y.chunks_exact_mut(BLOCK)) {
-        let mut sums = [0.0f32; BLOCK];
-        for pixel in block.chunks_exact(BLOCK) {
-            sums.iter_mut().zip(pixel).for_each(|(s, v)| *s += v);
-        }
-        out.iter_mut().zip(sums).for_each(|(o, s)| *o = s * scale);
-    }
-    Ok(())
-}
-
 /// Copies a planar image of `channels` (a multiple of 16) channels of `hw` pixels into the
 /// blocked layout.
 pub fn to_blocked(planar: &[f32], channels: usize, hw: usize, blocked: &mut [f32]) {
@@ -635,7 +607,7 @@ mod tests {
     }
 
     #[test]
-    fn layout_copies_and_the_pool_agree_with_the_planar_forms() {
+    fn layout_copies_place_channels_in_blocks_and_back() {
         let mut rng = Rng::new(7);
         let (channels, hw) = (48, 13);
         let x = rng.vec(channels * hw);
@@ -645,13 +617,5 @@ mod tests {
         assert_eq!(b[BLOCK * hw + 5], x[(BLOCK + 5) * hw], "channel 21 of pixel 0");
         to_planar(&b, channels, hw, &mut back);
         assert_eq!(back, x);
-        let mut pooled = vec![0.0; channels];
-        global_average_pool(&b, channels, hw, &mut pooled).unwrap();
-        for (c, &v) in pooled.iter().enumerate() {
-            let want = x[c * hw..(c + 1) * hw].iter().sum::<f32>() / hw as f32;
-            assert!((v - want).abs() < 1e-5, "channel {c}: {v} against {want}");
-        }
-        assert!(global_average_pool(&b, 40, hw, &mut pooled[..40]).is_err());
-        assert!(global_average_pool(&b[1..], channels, hw, &mut pooled).is_err());
     }
 }

@@ -62,8 +62,8 @@ unsafe fn transpose_rows_impl(panel: *const f32, rows: usize, k: usize, wt: *mut
     }
 }
 
-/// `act` applied to 16 values, each the same operations in the same order as
-/// [`BlockedAct::apply`].
+/// `act` applied to 16 values, each the same operations in the same order as the
+/// [`crate::Activation`] it stands for.
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn activate(act: BlockedAct, v: __m512) -> __m512 {
