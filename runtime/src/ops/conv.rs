@@ -446,8 +446,11 @@ fn params_2d(
 /// The residual operand of a Conv that absorbed the `Add` after it (a fourth input, only in
 /// session graphs: see [`crate::fuse`]).
 fn residual<'b, 'a>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
-    inputs.get(3).and_then(Option::as_ref)
+    inputs.get(RESIDUAL_INPUT).and_then(Option::as_ref)
 }
+
+/// The input of a Conv that absorbed the residual `Add` after it (see [`crate::fuse`]).
+const RESIDUAL_INPUT: usize = 3;
 
 /// The per-channel PRelu slope of a Conv that absorbed the `PRelu` after it (a fifth input, only
 /// in session graphs: see [`crate::fuse`]).
@@ -524,7 +527,7 @@ impl Op for Conv {
         }
         if p.is_pointwise() && p.groups == 1 && kernels.blocked_supports(&p, Layout::Planar, Layout::Blocked)
         {
-            return Some(BlockedUse::Free { residual: residual.map(|_| 3) });
+            return Some(BlockedUse::Free { residual: residual.map(|_| RESIDUAL_INPUT) });
         }
         let depthwise = p.groups == p.in_c && p.out_c == p.in_c;
         (depthwise && residual.is_none() && kernels.blocked_supports(&p, Layout::Blocked, Layout::Blocked))
@@ -546,7 +549,7 @@ impl Op for Conv {
         let r = residual(inputs).map(|r| r.f32s()).transpose()?;
         let (x, w, y) = (&x.f32s()?, &weight.view(), &mut *outputs[0].data);
         let (x_layout, y_layout) = (layouts.input(0), layouts.output(0));
-        if r.is_some() && layouts.input(3) != y_layout {
+        if r.is_some() && layouts.input(RESIDUAL_INPUT) != y_layout {
             return Err(OpError("the residual is not in the output's layout".into()));
         }
         ctx.kernels
