@@ -265,97 +265,127 @@ pub fn conv2d(
     check_min_len("blocked conv scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.out_c, p.filter_len())?.with_isa(&isa);
     let (act, then) = BlockedAct::split(act);
-    let zeros = [0.0; POINTWISE_BLOCKS * BLOCK];
-    let units = p.out_c / BLOCK;
     let unit_len = BLOCK * out_plane;
+    let work = unit_len
+        * if is_dense_pointwise(p) { p.in_c } else { p.filter_len() * crate::conv::DEPTHWISE_WORK_WEIGHT };
     for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
-        let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
-        let rb = residual.map(|r| &r[b * p.out_c * out_plane..][..p.out_c * out_plane]);
-        if is_dense_pointwise(p) {
-            let k = p.in_c;
-            let work = unit_len * k;
-            split_units_into(
-                kernels,
-                TASKS_PER_THREAD,
-                units,
-                unit_len,
-                work,
-                yb,
-                scratch,
-                per_task,
-                |blocks, ys, s| {
-                    let (panel, rest) = s.split_at_mut(BLOCK * k);
-                    let (wt, carry) = rest.split_at_mut(POINTWISE_BLOCKS * BLOCK * k);
-                    let mut g = blocks.start;
-                    for yg in ys.chunks_mut(POINTWISE_BLOCKS * unit_len) {
-                        let n = yg.len() / unit_len;
-                        decode_transposed(&rows, &blocked, g * BLOCK..(g + n) * BLOCK, panel, wt);
-                        let channels = g * BLOCK..(g + n) * BLOCK;
-                        let job = BlockedPointwise {
-                            wt,
-                            k,
-                            blocks: n,
-                            x: xb,
-                            x_layout,
-                            hw: out_plane,
-                            bias: bias.map_or(&zeros[..], |b| &b[channels.clone()]),
-                            residual: rb.map(|r| &r[channels.start * out_plane..channels.end * out_plane]),
-                            act,
-                            y_layout,
-                        };
-                        (blocked.pointwise)(&job, yg, carry);
-                        g += n;
-                    }
-                },
-            );
-        } else {
-            let taps = p.filter_len();
-            let work = unit_len * taps * crate::conv::DEPTHWISE_WORK_WEIGHT;
-            split_units_into(
-                kernels,
-                TASKS_PER_THREAD,
-                units,
-                unit_len,
-                work,
-                yb,
-                scratch,
-                per_task,
-                |blocks, ys, s| {
-                    let (panel, wt) = s.split_at_mut(BLOCK * taps);
-                    for (c, yc) in blocks.zip(ys.chunks_exact_mut(unit_len)) {
-                        let channels = c * BLOCK..(c + 1) * BLOCK;
-                        rows.decode_rows(channels.clone(), panel);
-                        (blocked.transpose_rows)(panel, BLOCK, taps, wt, BLOCK);
-                        let mut biases = [0.0; BLOCK];
-                        if let Some(b) = bias {
-                            biases.copy_from_slice(&b[channels]);
-                        }
-                        let job = BlockedDepthwise {
-                            w: wt,
-                            kh: p.k_h,
-                            kw: p.k_w,
-                            stride_h: p.stride_h,
-                            stride_w: p.stride_w,
-                            pad_top: p.pad_top,
-                            pad_left: p.pad_left,
-                            in_h: p.in_h,
-                            in_w: p.in_w,
-                            out_h: p.out_h,
-                            out_w: p.out_w,
-                            x: &xb[c * BLOCK * in_plane..(c + 1) * BLOCK * in_plane],
-                            bias: biases,
-                            act,
-                        };
-                        (blocked.depthwise)(&job, yc);
-                    }
-                },
-            );
-        }
+        let image = Image {
+            kernels: &blocked,
+            rows: &rows,
+            x: &x[b * p.in_c * in_plane..][..p.in_c * in_plane],
+            x_layout,
+            bias,
+            residual: residual.map(|r| &r[b * p.out_c * out_plane..][..p.out_c * out_plane]),
+            act,
+            y_layout,
+            p,
+        };
+        let units = p.out_c / BLOCK;
+        split_units_into(
+            kernels,
+            TASKS_PER_THREAD,
+            units,
+            unit_len,
+            work,
+            yb,
+            scratch,
+            per_task,
+            |blocks, ys, s| {
+                if is_dense_pointwise(p) {
+                    image.pointwise(blocks, ys, s)
+                } else {
+                    image.depthwise(blocks, ys, s)
+                }
+            },
+        );
     }
     if let Some(then) = then {
         kernels.activate(then, y);
     }
     Ok(())
+}
+
+/// One image of a layer [`conv2d`] runs, shared by the worker threads.
+struct Image<'a, 'w> {
+    kernels: &'a BlockedKernels,
+    rows: &'a WeightRows<'w>,
+    /// The image's input.
+    x: &'a [f32],
+    x_layout: Layout,
+    bias: Option<&'a [f32]>,
+    /// The image's residual, in the output's layout.
+    residual: Option<&'a [f32]>,
+    act: BlockedAct,
+    y_layout: Layout,
+    p: &'a Conv2dParams,
+}
+
+impl Image<'_, '_> {
+    /// Output channel blocks `blocks` of a 1×1 layer into `ys` (theirs), up to
+    /// [`POINTWISE_BLOCKS`] per call: each group of filters decoded and transposed into the
+    /// scratch, with room for the partial sums of its depth blocks.
+    fn pointwise(&self, blocks: Range<usize>, ys: &mut [f32], scratch: &mut [f32]) {
+        let (p, k) = (self.p, self.p.in_c);
+        let out_plane = p.out_h * p.out_w;
+        let unit_len = BLOCK * out_plane;
+        let zeros = [0.0; POINTWISE_BLOCKS * BLOCK];
+        let (panel, rest) = scratch.split_at_mut(BLOCK * k);
+        let (wt, carry) = rest.split_at_mut(POINTWISE_BLOCKS * BLOCK * k);
+        let mut g = blocks.start;
+        for yg in ys.chunks_mut(POINTWISE_BLOCKS * unit_len) {
+            let n = yg.len() / unit_len;
+            let channels = g * BLOCK..(g + n) * BLOCK;
+            decode_transposed(self.rows, self.kernels, channels.clone(), panel, wt);
+            let job = BlockedPointwise {
+                wt,
+                k,
+                blocks: n,
+                x: self.x,
+                x_layout: self.x_layout,
+                hw: out_plane,
+                bias: self.bias.map_or(&zeros[..], |b| &b[channels.clone()]),
+                residual: self.residual.map(|r| &r[channels.start * out_plane..channels.end * out_plane]),
+                act: self.act,
+                y_layout: self.y_layout,
+            };
+            (self.kernels.pointwise)(&job, yg, carry);
+            g += n;
+        }
+    }
+
+    /// Channel blocks `blocks` of a depthwise layer into `ys` (theirs), one block per call: its
+    /// 16 filters decoded and transposed into the scratch.
+    fn depthwise(&self, blocks: Range<usize>, ys: &mut [f32], scratch: &mut [f32]) {
+        let p = self.p;
+        let (taps, in_plane) = (p.filter_len(), p.in_h * p.in_w);
+        let (panel, wt) = scratch.split_at_mut(BLOCK * taps);
+        for (c, yc) in blocks.zip(ys.chunks_exact_mut(BLOCK * p.out_h * p.out_w)) {
+            let channels = c * BLOCK..(c + 1) * BLOCK;
+            self.rows.decode_rows(channels.clone(), panel);
+            (self.kernels.transpose_rows)(panel, BLOCK, taps, wt, BLOCK);
+            let mut biases = [0.0; BLOCK];
+            if let Some(b) = self.bias {
+                biases.copy_from_slice(&b[channels]);
+            }
+            let job = BlockedDepthwise {
+                w: wt,
+                kh: p.k_h,
+                kw: p.k_w,
+                stride_h: p.stride_h,
+                stride_w: p.stride_w,
+                pad_top: p.pad_top,
+                pad_left: p.pad_left,
+                in_h: p.in_h,
+                in_w: p.in_w,
+                out_h: p.out_h,
+                out_w: p.out_w,
+                x: &self.x[c * BLOCK * in_plane..(c + 1) * BLOCK * in_plane],
+                bias: biases,
+                act: self.act,
+            };
+            (self.kernels.depthwise)(&job, yc);
+        }
+    }
 }
 
 /// Decodes filters `rows` (whole blocks, at most [`POINTWISE_BLOCKS`]) 16 at a time into
