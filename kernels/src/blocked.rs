@@ -32,6 +32,11 @@ use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Ker
 /// Channels per block of the blocked layout (one AVX-512 vector of f32).
 pub const BLOCK: usize = 16;
 
+/// Most pixels of a plane (input or output) the blocked kernels take (28×28): larger planes fill
+/// the planar kernels' vectors, and the 1×1 kernel's partial sums (64 per pixel) would need
+/// scratch in proportion.
+pub const MAX_PLANE: usize = 28 * 28;
+
 /// Output channel blocks one pointwise tile computes together (64 filters).
 pub const POINTWISE_BLOCKS: usize = 4;
 
@@ -192,15 +197,26 @@ pub struct BlockedKernels {
 }
 
 /// Whether layer `p` can run with its input in `x_layout` and its output in `y_layout` on path
-/// `isa` (a planar-to-planar layer is left to [`Kernels::conv2d`]): a 1×1 stride-1 unpadded
-/// layer without groups into whole output blocks (blocked input: whole input blocks too), or a
-/// depthwise layer (one input and one output channel per group) of whole blocks, undilated,
-/// blocked on both sides. Activations other than those of [`BlockedAct`] and per-channel PRelu
-/// are left to the caller's check: the former run as a pass afterwards, the latter is refused.
+/// `isa` (a planar-to-planar layer is left to [`Kernels::conv2d`]): planes of at most
+/// [`MAX_PLANE`] pixels and whole output blocks, and either a 1×1 stride-1 unpadded layer
+/// without groups (blocked input: whole input blocks too) or a depthwise layer (one input and
+/// one output channel per group), undilated, blocked on both sides. Activations other than
+/// those of [`BlockedAct`] run as a pass over the output afterwards.
 pub fn supports(isa: &Isa, p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
-    if isa.blocked.is_none() || p.check().is_err() || !p.out_c.is_multiple_of(BLOCK) || p.out_c == 0 {
-        return false;
-    }
+    isa.blocked.is_some() && shape_fits(p) && layouts_fit(p, x_layout, y_layout)
+}
+
+/// Whether layer `p` has whole output blocks over planes of at most [`MAX_PLANE`] pixels.
+fn shape_fits(p: &Conv2dParams) -> bool {
+    p.check().is_ok()
+        && p.out_c > 0
+        && p.out_c.is_multiple_of(BLOCK)
+        && p.in_h * p.in_w <= MAX_PLANE
+        && p.out_h * p.out_w <= MAX_PLANE
+}
+
+/// The layer and layout part of [`supports`].
+fn layouts_fit(p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
     if is_dense_pointwise(p) {
         return x_layout == Layout::Planar || p.in_c.is_multiple_of(BLOCK);
     }
@@ -218,7 +234,10 @@ fn is_dense_pointwise(p: &Conv2dParams) -> bool {
 
 /// Scratch elements one worker of [`conv2d`] needs for `p` (at least 1).
 pub fn scratch_len(p: &Conv2dParams) -> usize {
-    if is_dense_pointwise(p) {
+    if !shape_fits(p) {
+        // No blocked kernel takes the layer: nothing to reserve.
+        1
+    } else if is_dense_pointwise(p) {
         // A 16-row slice of the decoded group, the group transposed, and partial sums.
         let k = p.in_per_group();
         BLOCK * k + POINTWISE_BLOCKS * BLOCK * (k + p.out_h * p.out_w)
@@ -594,6 +613,10 @@ mod tests {
         assert!(k.blocked_supports(&dw, Layout::Blocked, Layout::Blocked));
         assert!(!k.blocked_supports(&dw, Layout::Planar, Layout::Blocked));
         assert!(!k.blocked_supports(&Conv2dParams { dil_h: 2, ..dw }, Layout::Blocked, Layout::Blocked));
+        // Planes over 28×28 (and no scratch reserved for them).
+        let wide = crate::testutil::pointwise(1, 32, 32, [29, 28]);
+        assert!(!k.blocked_supports(&wide, Layout::Blocked, Layout::Blocked));
+        assert_eq!(scratch_len(&wide), 1);
         // A grouped (not depthwise) layer.
         assert!(!k.blocked_supports(&Conv2dParams { groups: 2, ..dw }, Layout::Blocked, Layout::Blocked));
         let data = random_weight(&mut Rng::new(1), WeightKind::F32, 24, 32);

@@ -40,8 +40,9 @@ pub const MIN_PLANE: usize = 100;
 /// gained (0.15 → 0.12 ms): the whole model took 1.00-1.03 of its planar time with it.
 pub const DEPTHWISE_GAIN_WEIGHT: usize = 4;
 
-/// Most pixels of a blocked plane (28×28): larger planes fill the planar kernels' vectors.
-pub const MAX_PLANE: usize = 28 * 28;
+/// Most pixels of a blocked plane: the kernels' own limit (28×28; larger planes fill the
+/// planar kernels' vectors).
+pub const MAX_PLANE: usize = pith_kernels::blocked::MAX_PLANE;
 
 /// Works out which values of `plan` are blocked and records each node's layouts in
 /// `plan.node_layouts` (and their count in `plan.summary`); leaves the plan all planar where `kernels` have no blocked kernels or run

@@ -525,12 +525,12 @@ impl Op for Conv {
         {
             return None;
         }
-        if p.is_pointwise() && p.groups == 1 && kernels.blocked_supports(&p, Layout::Planar, Layout::Blocked)
-        {
+        // Only a 1×1 layer reads a planar input into a blocked output; only it and a depthwise
+        // layer run blocked on both sides.
+        if kernels.blocked_supports(&p, Layout::Planar, Layout::Blocked) {
             return Some(BlockedUse::Free { residual: residual.map(|_| RESIDUAL_INPUT) });
         }
-        let depthwise = p.groups == p.in_c && p.out_c == p.in_c;
-        (depthwise && residual.is_none() && kernels.blocked_supports(&p, Layout::Blocked, Layout::Blocked))
+        (residual.is_none() && kernels.blocked_supports(&p, Layout::Blocked, Layout::Blocked))
             .then_some(BlockedUse::Tied)
     }
 
