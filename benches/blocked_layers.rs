@@ -9,7 +9,7 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pith_benches::{conv, random_f32s, random_weights, ConvLayer};
+use pith_benches::{conv, random_f32s, random_weights, Aligned, ConvLayer};
 use pith_compress::WeightFormat;
 use pith_kernels::{Activation, Kernels, Layout};
 
@@ -39,17 +39,25 @@ fn bench_blocked_layers(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("blocked_layers_{}_t1", kernels.isa().name));
     for layer in layers() {
         let p = layer.params;
-        let x = random_f32s(p.in_c * p.in_h * p.in_w, 1);
+        let x = Aligned::copy_of(&random_f32s(p.in_c * p.in_h * p.in_w, 1));
         let bias = random_f32s(p.out_c, 2);
         let w = random_weights(WeightFormat::Codebook { bits: 4 }, p.out_c, p.filter_len(), 3);
-        let mut y = vec![0.0; p.out_c * p.out_h * p.out_w];
+        let mut y = Aligned::zeroed(p.out_c * p.out_h * p.out_w);
         let mut scratch = vec![0.0; kernels.conv2d_scratch_len(&p)];
         let act = Activation::Clip { min: 0.0, max: 6.0 };
         group.throughput(Throughput::Elements(layer.macs()));
         group.bench_function(BenchmarkId::new(layer.name, "planar"), |b| {
             b.iter(|| {
                 kernels
-                    .conv2d(black_box(&x), &w.view(), Some(&bias), &p, act, &mut y, &mut scratch)
+                    .conv2d(
+                        black_box(x.as_slice()),
+                        &w.view(),
+                        Some(&bias),
+                        &p,
+                        act,
+                        y.as_mut_slice(),
+                        &mut scratch,
+                    )
                     .expect("bench layers are consistent")
             })
         });
@@ -58,14 +66,14 @@ fn bench_blocked_layers(c: &mut Criterion) {
                 let (xl, yl) = (Layout::Blocked, Layout::Blocked);
                 kernels
                     .conv2d_blocked(
-                        black_box(&x),
+                        black_box(x.as_slice()),
                         xl,
                         &w.view(),
                         Some(&bias),
                         None,
                         &p,
                         act,
-                        &mut y,
+                        y.as_mut_slice(),
                         yl,
                         &mut scratch,
                     )

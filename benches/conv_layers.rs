@@ -11,7 +11,7 @@ mod common;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use pith_benches::{conv_layers, format_name, random_f32s, random_weights, FORMATS};
+use pith_benches::{conv_layers, format_name, random_f32s, random_weights, Aligned, FORMATS};
 use pith_kernels::{Activation, Int8Filters, Kernels};
 
 fn bench_conv_layers(c: &mut Criterion) {
@@ -27,9 +27,9 @@ fn bench_conv_layers(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     for layer in conv_layers() {
         let p = layer.params;
-        let x = random_f32s(p.batch * p.in_c * p.in_h * p.in_w, 1);
+        let x = Aligned::copy_of(&random_f32s(p.batch * p.in_c * p.in_h * p.in_w, 1));
         let bias = random_f32s(p.out_c, 2);
-        let mut y = vec![0.0; p.batch * p.out_c * p.out_h * p.out_w];
+        let mut y = Aligned::zeroed(p.batch * p.out_c * p.out_h * p.out_w);
         let mut scratch = vec![0.0; kernels.conv2d_scratch_len(&p)];
         group.throughput(Throughput::Elements(layer.macs()));
         for format in FORMATS {
@@ -38,12 +38,12 @@ fn bench_conv_layers(c: &mut Criterion) {
                 b.iter(|| {
                     kernels
                         .conv2d(
-                            black_box(&x),
+                            black_box(x.as_slice()),
                             &w.view(),
                             Some(&bias),
                             &p,
                             Activation::Relu,
-                            &mut y,
+                            y.as_mut_slice(),
                             &mut scratch,
                         )
                         .expect("bench layers are consistent")
@@ -57,13 +57,13 @@ fn bench_conv_layers(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(layer.name, "int8"), |b| {
                 b.iter(|| {
                     int8.conv2d_int8(
-                        black_box(&x),
+                        black_box(x.as_slice()),
                         &filters,
                         Some(&bias),
                         None,
                         &p,
                         Activation::Relu,
-                        &mut y,
+                        y.as_mut_slice(),
                         &mut scratch,
                     )
                     .expect("bench layers are consistent")

@@ -168,7 +168,11 @@ pub struct BlockedDepthwise<'a> {
 impl BlockedDepthwise<'_> {
     /// Panics unless the operands hold what the call reads and writes (`y` its output).
     pub fn check(&self, y: &[f32]) {
-        assert!(self.kh >= 1 && self.kw >= 1 && self.stride_h >= 1 && self.stride_w >= 1, "empty filter");
+        assert!(self.kh >= 1 && self.stride_h >= 1, "empty filter");
+        assert!(
+            depthwise_columns_fit(self.kw, self.stride_w, self.pad_left, self.in_w, self.out_w),
+            "filter columns, stride or pads the depthwise tiles do not take"
+        );
         assert!(self.w.len() >= self.kh * self.kw * BLOCK, "filters too short");
         assert!(self.x.len() >= self.in_h * self.in_w * BLOCK, "input too short");
         assert!(y.len() >= self.out_h * self.out_w * BLOCK, "output too short");
@@ -200,7 +204,8 @@ pub struct BlockedKernels {
 /// `isa` (a planar-to-planar layer is left to [`Kernels::conv2d`]): planes of at most
 /// [`MAX_PLANE`] pixels and whole output blocks, and either a 1×1 stride-1 unpadded layer
 /// without groups (blocked input: whole input blocks too) or a depthwise layer (one input and
-/// one output channel per group), undilated, blocked on both sides. Activations other than
+/// one output channel per group), undilated, with filters 3 or 5 wide ([`DEPTHWISE_WIDTHS`]), a
+/// horizontal stride of 1 or 2 and pads below the filter width, blocked on both sides. Activations other than
 /// those of [`BlockedAct`] run as a pass over the output afterwards.
 pub fn supports(isa: &Isa, p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
     isa.blocked.is_some() && shape_fits(p) && layouts_fit(p, x_layout, y_layout)
@@ -223,8 +228,25 @@ fn layouts_fit(p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
     p.in_per_group() == 1
         && p.out_per_group() == 1
         && (p.dil_h, p.dil_w) == (1, 1)
+        && depthwise_columns_fit(p.k_w, p.stride_w, p.pad_left, p.in_w, p.out_w)
         && x_layout == Layout::Blocked
         && y_layout == Layout::Blocked
+}
+
+/// Filter widths and horizontal strides the depthwise kernels take: tiles unrolled over the
+/// filter's columns keep their sums in registers (MobileNets, BlazeFace and PP-OCRv4 det use
+/// 3×3 and 5×5 filters with strides 1 and 2).
+pub const DEPTHWISE_WIDTHS: [usize; 2] = [3, 5];
+
+/// Whether a depthwise row of `out_w` pixels from `in_w` has a filter width of
+/// [`DEPTHWISE_WIDTHS`], a horizontal stride of 1 or 2 and pads on both sides below the filter
+/// width (so only a tile's edge columns can fall outside the input).
+fn depthwise_columns_fit(kw: usize, stride_w: usize, pad_left: usize, in_w: usize, out_w: usize) -> bool {
+    let covered = (out_w.max(1) - 1) * stride_w + kw;
+    DEPTHWISE_WIDTHS.contains(&kw)
+        && (1..=2).contains(&stride_w)
+        && pad_left < kw
+        && covered < in_w + pad_left + kw
 }
 
 /// A 1×1 stride-1 unpadded layer without groups: a product with the input planes.
@@ -458,7 +480,8 @@ mod tests {
     use crate::ChannelActivation;
 
     /// A random layer this module takes: 1×1 (any input channels when the input is planar) or
-    /// depthwise (filters 1-5 wide, strides 1-2, pads up to the filter's), planes 1-15 wide.
+    /// depthwise (filters 1-5 tall and 3 or 5 wide, strides 1-2, pads below the filter's), planes
+    /// 1-15 wide (depthwise: half of them 16-40 wide).
     fn random_layer(rng: &mut Rng, case: usize) -> (Conv2dParams, Layout, Layout) {
         let (h, w) = (1 + rng.below(15), 1 + rng.below(15));
         let blocks = 1 + rng.below(6);
@@ -478,10 +501,12 @@ mod tests {
             p.out_c = BLOCK * blocks;
             (p, x_layout, y_layout)
         } else {
-            let (kh, kw) = (1 + rng.below(5), 1 + rng.below(5));
+            let (kh, kw) = (1 + rng.below(5), DEPTHWISE_WIDTHS[rng.below(DEPTHWISE_WIDTHS.len())]);
             let (sh, sw) = (1 + rng.below(2), 1 + rng.below(2));
             let (pt, pl) = (rng.below(kh), rng.below(kw));
             let (pb, pr) = (rng.below(kh), rng.below(kw));
+            // Rows up to 40 wide: tiles of 16 pixels and a last one overlapping them.
+            let w = if rng.below(2) == 0 { w } else { 16 + rng.below(25) };
             let (in_h, in_w) = (h.max(kh), w.max(kw));
             let c = BLOCK * blocks;
             let p = Conv2dParams {
@@ -613,6 +638,17 @@ mod tests {
         assert!(k.blocked_supports(&dw, Layout::Blocked, Layout::Blocked));
         assert!(!k.blocked_supports(&dw, Layout::Planar, Layout::Blocked));
         assert!(!k.blocked_supports(&Conv2dParams { dil_h: 2, ..dw }, Layout::Blocked, Layout::Blocked));
+        // Depthwise filters 1, 2, 4 or 7 wide, a horizontal stride of 3, a pad as wide as the filter.
+        for k_w in [1, 2, 4, 7] {
+            let odd_width = Conv2dParams { k_w, pad_left: k_w / 2, out_w: 4 + 2 * (k_w / 2) + 1 - k_w, ..dw };
+            assert!(!k.blocked_supports(&odd_width, Layout::Blocked, Layout::Blocked), "{k_w} wide");
+        }
+        let strided = Conv2dParams { stride_w: 3, out_w: 2, ..dw };
+        assert!(!k.blocked_supports(&strided, Layout::Blocked, Layout::Blocked));
+        let padded = Conv2dParams { pad_left: 3, out_w: 8, ..dw };
+        assert!(!k.blocked_supports(&padded, Layout::Blocked, Layout::Blocked));
+        let right_padded = Conv2dParams { out_w: 6, ..dw };
+        assert!(!k.blocked_supports(&right_padded, Layout::Blocked, Layout::Blocked));
         // Planes over 28×28 (and no scratch reserved for them).
         let wide = crate::testutil::pointwise(1, 32, 32, [29, 28]);
         assert!(!k.blocked_supports(&wide, Layout::Blocked, Layout::Blocked));

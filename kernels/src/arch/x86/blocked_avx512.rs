@@ -6,8 +6,9 @@
 //!   per pixel (from a planar or a blocked input alike), so any pixel count tiles without masks.
 //!   The output goes out as vectors (blocked), or (planar, at the exit of a blocked region) in
 //!   tiles of 16 pixels of one block transposed in registers into 16 channels' runs of pixels.
-//! * depthwise: up to 8 output pixels of a row at a time, each tap one load and one multiply-add
-//!   for 16 channels; border pixels, up to 4 together, over the tap columns inside the input.
+//! * depthwise: tiles of up to 16 output pixels of a row with their sums in registers, each tap
+//!   one weight load and one multiply-add per pixel for 16 channels; taps outside the input are
+//!   skipped by tests the compiler keeps only for a tile's first and last columns.
 
 use std::arch::x86_64::*;
 
@@ -21,15 +22,9 @@ pub(super) const KERNELS: BlockedKernels = BlockedKernels { transpose_rows, poin
 /// Most sums one pointwise tile keeps in registers (of 32; the weights take `V` more).
 const TILE_SUMS: usize = 24;
 
-/// Border pixels of an output row one depthwise call takes together.
-const BORDER_PIXELS: usize = 4;
-
 /// Most input channels of one depth block of the pointwise tiles: 128 rows of 64 transposed
 /// weights are 32 KiB, in L1.
 const DEPTH_BLOCK: usize = 128;
-
-/// Output pixels of a row one depthwise call keeps in flight.
-const DEPTHWISE_PIXELS: usize = 8;
 
 /// See [`crate::blocked::TransposeRowsFn`].
 fn transpose_rows(panel: &[f32], rows: usize, k: usize, wt: &mut [f32], pitch: usize) {
@@ -415,23 +410,34 @@ unsafe fn sums<const P: usize, const V: usize>(
 fn depthwise(job: &BlockedDepthwise<'_>, y: &mut [f32]) {
     job.check(y);
     // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted the
-    // filters, input and output hold what the geometry reads and writes.
-    unsafe { depthwise_impl(job, y.as_mut_ptr()) }
+    // filters, input and output hold what the geometry reads and writes, and a filter width,
+    // stride and pads the tiles take.
+    unsafe {
+        match (job.kw, job.stride_w) {
+            (3, 1) => depthwise_rows::<3, 1>(job, y.as_mut_ptr()),
+            (3, _) => depthwise_rows::<3, 2>(job, y.as_mut_ptr()),
+            (_, 1) => depthwise_rows::<5, 1>(job, y.as_mut_ptr()),
+            _ => depthwise_rows::<5, 2>(job, y.as_mut_ptr()),
+        }
+    }
 }
 
+/// Every output row in tiles of `P` pixels (16, or the largest of 8, 4, 1 the row holds); a
+/// row's last tile ends at its last pixel, overlapping the one before where the width is not a
+/// multiple of `P` (those pixels are computed twice, the same way).
+///
 /// # Safety
-/// AVX-512 F available; `job.check(y)` passed.
+/// AVX-512 F available; `job.check(y)` passed with filters `K` wide and horizontal stride `S`.
 #[target_feature(enable = "avx512f")]
-unsafe fn depthwise_impl(job: &BlockedDepthwise<'_>, y: *mut f32) {
+unsafe fn depthwise_rows<const K: usize, const S: usize>(job: &BlockedDepthwise<'_>, y: *mut f32) {
     let s = job;
     // SAFETY: the check asserted 16 biases.
     let bias = unsafe { _mm512_loadu_ps(s.bias.as_ptr()) };
-    // Outputs whose every tap column lies inside the input: `ox_lo .. ox_hi`.
-    let ox_lo = s.pad_left.div_ceil(s.stride_w).min(s.out_w);
-    let ox_hi = if s.in_w + s.pad_left >= s.kw {
-        ((s.in_w + s.pad_left - s.kw) / s.stride_w + 1).clamp(ox_lo, s.out_w)
-    } else {
-        ox_lo
+    let tile = match s.out_w {
+        16.. => 16,
+        8.. => 8,
+        4.. => 4,
+        _ => 1,
     };
     for oy in 0..s.out_h {
         let iy0 = (oy * s.stride_h) as isize - s.pad_top as isize;
@@ -439,37 +445,20 @@ unsafe fn depthwise_impl(job: &BlockedDepthwise<'_>, y: *mut f32) {
         let ky_lo = (-iy0).clamp(0, s.kh as isize) as usize;
         let ky_hi = (s.in_h as isize - iy0).clamp(ky_lo as isize, s.kh as isize) as usize;
         let rows = Rows { iy0, ky: ky_lo..ky_hi };
-        // SAFETY: output row oy < out_h; rows.ky only lists input rows inside the plane.
-        unsafe {
-            let yrow = y.add(oy * s.out_w * C);
-            let mut border = [0usize; BORDER_PIXELS];
-            let mut n = 0;
-            for ox in (0..ox_lo).chain(ox_hi..s.out_w) {
-                border[n] = ox;
-                n += 1;
-                if n == BORDER_PIXELS {
-                    border_pixels(s, &rows, &border, bias, yrow);
-                    n = 0;
+        let mut ox = 0;
+        while ox < s.out_w {
+            let ox0 = ox.min(s.out_w - tile);
+            // SAFETY: rows.ky lists input rows inside the plane; the tile's pixels lie in row oy.
+            unsafe {
+                let yrow = y.add(oy * s.out_w * C);
+                match tile {
+                    16 => depthwise_tile::<K, S, 16>(s, &rows, ox0, bias, yrow),
+                    8 => depthwise_tile::<K, S, 8>(s, &rows, ox0, bias, yrow),
+                    4 => depthwise_tile::<K, S, 4>(s, &rows, ox0, bias, yrow),
+                    _ => depthwise_tile::<K, S, 1>(s, &rows, ox0, bias, yrow),
                 }
             }
-            if n > 0 {
-                border_pixels(s, &rows, &border[..n], bias, yrow);
-            }
-            let mut ox = ox_lo;
-            while ox < ox_hi {
-                let n = (ox_hi - ox).min(DEPTHWISE_PIXELS);
-                match n {
-                    8 => interior::<8>(s, &rows, ox, bias, yrow),
-                    7 => interior::<7>(s, &rows, ox, bias, yrow),
-                    6 => interior::<6>(s, &rows, ox, bias, yrow),
-                    5 => interior::<5>(s, &rows, ox, bias, yrow),
-                    4 => interior::<4>(s, &rows, ox, bias, yrow),
-                    3 => interior::<3>(s, &rows, ox, bias, yrow),
-                    2 => interior::<2>(s, &rows, ox, bias, yrow),
-                    _ => interior::<1>(s, &rows, ox, bias, yrow),
-                }
-                ox += n;
-            }
+            ox += tile;
         }
     }
 }
@@ -481,80 +470,49 @@ struct Rows {
     ky: std::ops::Range<usize>,
 }
 
-/// Output pixels `ox .. ox + P` of the row at `yrow`, every tap column inside the input.
+/// Output pixels `ox0 .. ox0 + P` of the row at `yrow`, their sums in registers: per filter tap,
+/// one weight load and `P` multiply-adds with the input as memory operand. Taps outside the
+/// input are skipped. Pads are below the filter width, and the tile ends inside the output row,
+/// so only the first `K - 1` input columns of a tile can lie left of the input and only those
+/// after column `(P - 1) * S` right of it: the compiler drops the test everywhere else.
 ///
 /// # Safety
-/// AVX-512 F available; the job's check passed; `rows` lists input rows inside the plane and
-/// every tap column of these pixels lies inside it; `yrow` is an output row.
+/// AVX-512 F available; the job's check passed with filters `K` wide and stride `S`; `rows`
+/// lists input rows inside the plane; `ox0 + P <= out_w`; `yrow` is an output row.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn interior<const P: usize>(
+unsafe fn depthwise_tile<const K: usize, const S: usize, const P: usize>(
     s: &BlockedDepthwise<'_>,
     rows: &Rows,
-    ox: usize,
+    ox0: usize,
     bias: __m512,
     yrow: *mut f32,
 ) {
     let (x, w) = (s.x.as_ptr(), s.w.as_ptr());
+    // Input column of the tile's first tap; tile columns below `lo` or from `hi` on are outside.
+    let ix0 = (ox0 * S) as isize - s.pad_left as isize;
+    let (lo, hi) = (-ix0, s.in_w as isize - ix0);
     let mut acc = [bias; P];
-    // SAFETY: see the function's contract.
+    // SAFETY: see the function's contract; a tap's input is read only when its column lies in
+    // `0 .. in_w` (tile column c in `lo .. hi`) and its row is one of `rows`.
     unsafe {
         for ky in rows.ky.clone() {
-            let row = x.add((rows.iy0 + ky as isize) as usize * s.in_w * C);
-            for kx in 0..s.kw {
-                let wv = _mm512_loadu_ps(w.add((ky * s.kw + kx) * C));
-                let first = row.add((ox * s.stride_w + kx - s.pad_left) * C);
+            let row = x.offset((rows.iy0 + ky as isize) * (s.in_w * C) as isize);
+            for kx in 0..K {
+                let wv = _mm512_loadu_ps(w.add((ky * K + kx) * C));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(first.add(j * s.stride_w * C)), wv, *a);
+                    let c = j * S + kx;
+                    let left = c + 1 < K && (c as isize) < lo;
+                    let right = c > (P - 1) * S && (c as isize) >= hi;
+                    if !left && !right {
+                        let xv = _mm512_loadu_ps(row.offset((ix0 + c as isize) * C as isize));
+                        *a = _mm512_fmadd_ps(xv, wv, *a);
+                    }
                 }
             }
         }
         for (j, a) in acc.into_iter().enumerate() {
-            _mm512_storeu_ps(yrow.add((ox + j) * C), activate(s.act, a));
-        }
-    }
-}
-
-/// Output pixels `pixels` (at most [`BORDER_PIXELS`]) of the row at `yrow`, each over the tap
-/// columns that lie inside the input: together, with two sums per pixel (even and odd filter
-/// rows), so that their multiply-adds do not wait on one chain.
-///
-/// # Safety
-/// As [`interior`], without the condition on tap columns.
-#[target_feature(enable = "avx512f")]
-unsafe fn border_pixels(
-    s: &BlockedDepthwise<'_>,
-    rows: &Rows,
-    pixels: &[usize],
-    bias: __m512,
-    yrow: *mut f32,
-) {
-    let (x, w) = (s.x.as_ptr(), s.w.as_ptr());
-    let mut acc = [[bias, _mm512_setzero_ps()]; BORDER_PIXELS];
-    // Each pixel's first input column (may be negative) and its filter columns inside the input.
-    let mut spans = [(0isize, 0usize, 0usize); BORDER_PIXELS];
-    for (span, &ox) in spans.iter_mut().zip(pixels) {
-        let ix0 = (ox * s.stride_w) as isize - s.pad_left as isize;
-        let lo = (-ix0).clamp(0, s.kw as isize) as usize;
-        let hi = (s.in_w as isize - ix0).clamp(lo as isize, s.kw as isize) as usize;
-        *span = (ix0, lo, hi);
-    }
-    let n = pixels.len().min(BORDER_PIXELS);
-    // SAFETY: only taps whose row (`rows`) and column (`lo .. hi`) lie inside the input are read;
-    // output pixels `pixels` lie in the row.
-    unsafe {
-        for ky in rows.ky.clone() {
-            let row = x.add((rows.iy0 + ky as isize) as usize * s.in_w * C);
-            for (acc, &(ix0, lo, hi)) in acc.iter_mut().zip(&spans).take(n) {
-                for kx in lo..hi {
-                    let wv = _mm512_loadu_ps(w.add((ky * s.kw + kx) * C));
-                    let xv = _mm512_loadu_ps(row.add((ix0 + kx as isize) as usize * C));
-                    acc[ky & 1] = _mm512_fmadd_ps(xv, wv, acc[ky & 1]);
-                }
-            }
-        }
-        for (acc, &ox) in acc.iter().zip(pixels).take(n) {
-            _mm512_storeu_ps(yrow.add(ox * C), activate(s.act, _mm512_add_ps(acc[0], acc[1])));
+            _mm512_storeu_ps(yrow.add((ox0 + j) * C), activate(s.act, a));
         }
     }
 }
