@@ -422,9 +422,11 @@ fn depthwise(job: &BlockedDepthwise<'_>, y: &mut [f32]) {
     }
 }
 
-/// Every output row in tiles of `P` pixels (16, or the largest of 8, 4, 1 the row holds); a
-/// row's last tile ends at its last pixel, overlapping the one before where the width is not a
-/// multiple of `P` (those pixels are computed twice, the same way).
+/// Every output row in tiles of `P` pixels (16; a whole row of 14 or 7, MobileNets' 14×14 and 7×7
+/// planes; else the largest of 8, 4, 1 the row holds); a row's last tile ends at its last pixel,
+/// overlapping the one before where the width is not a multiple of `P` (those pixels are
+/// computed twice, the same way). Rows of 14 took 12.0 µs in two tiles of 8 and 10.7 in one of 14
+/// (384 channels, Zen 5).
 ///
 /// # Safety
 /// AVX-512 F available; `job.check(y)` passed with filters `K` wide and horizontal stride `S`.
@@ -435,7 +437,9 @@ unsafe fn depthwise_rows<const K: usize, const S: usize>(job: &BlockedDepthwise<
     let bias = unsafe { _mm512_loadu_ps(s.bias.as_ptr()) };
     let tile = match s.out_w {
         16.. => 16,
+        14 => 14,
         8.. => 8,
+        7 => 7,
         4.. => 4,
         _ => 1,
     };
@@ -453,6 +457,8 @@ unsafe fn depthwise_rows<const K: usize, const S: usize>(job: &BlockedDepthwise<
                 let yrow = y.add(oy * s.out_w * C);
                 match tile {
                     16 => depthwise_tile::<K, S, 16>(s, &rows, ox0, bias, yrow),
+                    14 => depthwise_tile::<K, S, 14>(s, &rows, ox0, bias, yrow),
+                    7 => depthwise_tile::<K, S, 7>(s, &rows, ox0, bias, yrow),
                     8 => depthwise_tile::<K, S, 8>(s, &rows, ox0, bias, yrow),
                     4 => depthwise_tile::<K, S, 4>(s, &rows, ox0, bias, yrow),
                     _ => depthwise_tile::<K, S, 1>(s, &rows, ox0, bias, yrow),
