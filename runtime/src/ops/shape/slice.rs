@@ -58,6 +58,13 @@ impl Slice {
         };
         let axes = match axes {
             Some(a) => norm_axes(&a, shape.len())?,
+            None if starts.len() > shape.len() => {
+                return Err(OpError(format!(
+                    "{} starts without axes for an input of rank {}",
+                    starts.len(),
+                    shape.len()
+                )));
+            }
             None => (0..starts.len()).collect(),
         };
         let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
@@ -82,20 +89,22 @@ impl Slice {
             let dim = shape[axis] as i64;
             let wrap = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
             let (start, end) = (wrap(starts[k]), wrap(ends[k]));
+            // In i128: a step near i64's limits must not overflow the count.
             let (start, count) = if step > 0 {
                 let (s, e) = (start.clamp(0, dim), end.clamp(0, dim));
-                (s, if e > s { (e - s + step - 1) / step } else { 0 })
+                (s, if e > s { (i128::from(e - s) + i128::from(step) - 1) / i128::from(step) } else { 0 })
             } else {
                 // Negative steps walk down from start (at most dim-1) to just above end (at least -1).
                 let s = start.max(0).min(dim - 1);
                 let e = end.max(-1).min(dim - 1);
-                (s, if s > e { (s - e - step - 1) / -step } else { 0 })
+                (s, if s > e { (i128::from(s - e) - i128::from(step) - 1) / -i128::from(step) } else { 0 })
             };
             out_shape[axis] = count as usize;
             if count > 0 {
                 base += start as isize * in_strides[axis] as isize;
             }
-            strides[axis] = in_strides[axis] as isize * step as isize;
+            // Saturating: a step past the axis takes one element, whose stride is never used.
+            strides[axis] = (in_strides[axis] as isize).saturating_mul(step as isize);
         }
         Ok(SliceLayout { out_shape, base, strides })
     }
@@ -225,6 +234,18 @@ mod tests {
         let f = iota(&[1]);
         assert!(op.infer(&[act(&x), act(&f), known(&e), None, None]).is_err(), "f32 starts");
         assert!(op.infer(&[act(&x), known(&s), unknown(&[1]), None, None]).is_err());
+        // More starts than axes without an axes input (a 1-D input): an error, not a panic.
+        let (s2, e2) = (ints(&[0, 0]), ints(&[2, 2]));
+        let err = op.infer(&[act(&x), known(&s2), known(&e2), None, None]).unwrap_err();
+        assert!(err.to_string().contains("rank 1"), "{err}");
+    }
+
+    #[test]
+    fn slice_steps_at_the_limits_take_one_element() {
+        let x = iota(&[3, 5, 4]);
+        assert_eq!(slice(&x, &[1], &[5], &[1], &[i64::MAX]), pick(&x, 1, &[1]));
+        assert_eq!(slice(&x, &[3], &[i64::MIN], &[1], &[i64::MIN]), pick(&x, 1, &[3]));
+        assert_eq!(slice(&x, &[i64::MIN], &[i64::MAX], &[2], &[i64::MAX - 1]), pick(&x, 2, &[0]));
     }
 
     #[test]
