@@ -11,7 +11,7 @@ use pith_runtime::{Session, SessionOptions};
 use pith_tests::{check_outputs, compile, data_dir, run_on_npy_inputs};
 
 /// Number of cases the generator writes; fewer found means the data is missing or stale.
-const GENERATED_CASES: usize = 139;
+const GENERATED_CASES: usize = 140;
 
 /// `|pith - ort| <= TOL * max(1, |ort|)` for every element.
 const TOL: f64 = 1e-4;
@@ -93,5 +93,32 @@ fn inverted_residuals_run_channel_blocked_where_the_cpu_has_the_kernels() {
         assert_eq!(summary.blocked_values, want, "blocked_layout {blocked_layout}, kernels {has_kernels}");
         let outputs = run_on_npy_inputs(&mut session, &file, &dir).expect("runs");
         check_outputs(&outputs, &dir, TOL).expect("matches onnxruntime");
+    }
+}
+
+/// The squeeze-excite case runs its expansion, depthwise layer and both gated products
+/// channel-blocked where the kernel path has blocked kernels (the pools and the projection into
+/// 40 channels read them blocked), and everything planar when the session asks for it.
+#[test]
+fn squeeze_excite_blocks_run_channel_blocked_where_the_cpu_has_the_kernels() {
+    let dir = data_dir().join("ops").join("block_squeeze_excite_blocked");
+    let onnx = std::fs::read(dir.join("model.onnx")).expect("the case's model");
+    let file = Arc::new(compile(&onnx, WeightFormat::F32).expect("compiles"));
+    let has_kernels = pith_kernels::Kernels::new(1).expect("a kernel path").isa().blocked.is_some();
+    let shape = [("x", vec![1, 40, 14, 14])];
+    for blocked_layout in [true, false] {
+        for threads in [1, 2] {
+            let options = SessionOptions { blocked_layout, threads, ..Default::default() };
+            let mut session = Session::new(file.clone(), options).expect("a session");
+            let summary = session.plan(&shape).expect("plans");
+            // The expansion's and the depthwise layer's outputs and the two products.
+            let want = if blocked_layout && has_kernels { 4 } else { 0 };
+            assert_eq!(
+                summary.blocked_values, want,
+                "blocked_layout {blocked_layout}, kernels {has_kernels}"
+            );
+            let outputs = run_on_npy_inputs(&mut session, &file, &dir).expect("runs");
+            check_outputs(&outputs, &dir, TOL).expect("matches onnxruntime");
+        }
     }
 }

@@ -108,6 +108,9 @@ pub struct BlockedPointwise<'a> {
     pub act: BlockedAct,
     /// Layout of the output (and of the residual): `16 * blocks` channels of `hw` pixels.
     pub y_layout: Layout,
+    /// Output channels stored: `16 * blocks`, or fewer (not below `16 * (blocks - 1) + 1`) into a
+    /// planar output whose last block is ragged, whose residual then holds only these.
+    pub out_channels: usize,
 }
 
 impl BlockedPointwise<'_> {
@@ -123,8 +126,13 @@ impl BlockedPointwise<'_> {
             self.k
         );
         assert!(self.bias.len() >= cols, "bias too short");
-        assert!(y.len() >= cols * self.hw, "output too short");
-        assert!(self.residual.is_none_or(|r| r.len() >= cols * self.hw), "residual too short");
+        let stored = self.out_channels;
+        assert!(
+            stored == cols || (self.y_layout == Layout::Planar && stored < cols && stored > cols - BLOCK),
+            "{stored} output channels stored of {cols}"
+        );
+        assert!(y.len() >= stored * self.hw, "output too short");
+        assert!(self.residual.is_none_or(|r| r.len() >= stored * self.hw), "residual too short");
         assert!(cols * self.hw <= i32::MAX as usize, "plane too large for 32-bit lane offsets");
     }
 }
@@ -202,8 +210,9 @@ pub struct BlockedKernels {
 
 /// Whether layer `p` can run with its input in `x_layout` and its output in `y_layout` on path
 /// `isa` (a planar-to-planar layer is left to [`Kernels::conv2d`]): planes of at most
-/// [`MAX_PLANE`] pixels and whole output blocks, and either a 1×1 stride-1 unpadded layer
-/// without groups (blocked input: whole input blocks too) or a depthwise layer (one input and
+/// [`MAX_PLANE`] pixels and whole output blocks (but for a blocked input into a planar output),
+/// and either a 1×1 stride-1 unpadded layer without groups (blocked input: whole input blocks
+/// too) or a depthwise layer (one input and
 /// one output channel per group), undilated, with filters 3 or 5 wide ([`DEPTHWISE_WIDTHS`]), a
 /// horizontal stride of 1 or 2 and pads below the filter width, blocked on both sides. Activations other than
 /// those of [`BlockedAct`] run as a pass over the output afterwards.
@@ -211,21 +220,22 @@ pub fn supports(isa: &Isa, p: &Conv2dParams, x_layout: Layout, y_layout: Layout)
     isa.blocked.is_some() && shape_fits(p) && layouts_fit(p, x_layout, y_layout)
 }
 
-/// Whether layer `p` has whole output blocks over planes of at most [`MAX_PLANE`] pixels.
+/// Whether layer `p` has planes of at most [`MAX_PLANE`] pixels.
 fn shape_fits(p: &Conv2dParams) -> bool {
-    p.check().is_ok()
-        && p.out_c > 0
-        && p.out_c.is_multiple_of(BLOCK)
-        && p.in_h * p.in_w <= MAX_PLANE
-        && p.out_h * p.out_w <= MAX_PLANE
+    p.check().is_ok() && p.out_c > 0 && p.in_h * p.in_w <= MAX_PLANE && p.out_h * p.out_w <= MAX_PLANE
 }
 
 /// The layer and layout part of [`supports`].
 fn layouts_fit(p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
+    let whole_out = p.out_c.is_multiple_of(BLOCK);
     if is_dense_pointwise(p) {
-        return x_layout == Layout::Planar || p.in_c.is_multiple_of(BLOCK);
+        // A ragged last output block only from a blocked input into a planar output (the exit of
+        // a region into a layer of, say, 24 or 40 channels).
+        let ragged_exit = x_layout == Layout::Blocked && y_layout == Layout::Planar;
+        return (x_layout == Layout::Planar || p.in_c.is_multiple_of(BLOCK)) && (whole_out || ragged_exit);
     }
-    p.in_per_group() == 1
+    whole_out
+        && p.in_per_group() == 1
         && p.out_per_group() == 1
         && (p.dil_h, p.dil_w) == (1, 1)
         && depthwise_columns_fit(p.k_w, p.stride_w, p.pad_left, p.in_w, p.out_w)
@@ -321,7 +331,8 @@ pub fn conv2d(
             y_layout,
             p,
         };
-        let units = p.out_c / BLOCK;
+        // A ragged last block (a planar output only) is a shorter last unit.
+        let units = p.out_c.div_ceil(BLOCK);
         split_units_into(
             kernels,
             TASKS_PER_THREAD,
@@ -373,10 +384,22 @@ impl Image<'_, '_> {
         let (panel, rest) = scratch.split_at_mut(BLOCK * k);
         let (wt, carry) = rest.split_at_mut(POINTWISE_BLOCKS * BLOCK * k);
         let mut g = blocks.start;
+        let mut ragged_bias = [0.0; POINTWISE_BLOCKS * BLOCK];
         for yg in ys.chunks_mut(POINTWISE_BLOCKS * unit_len) {
-            let n = yg.len() / unit_len;
+            let n = yg.len().div_ceil(unit_len);
             let channels = g * BLOCK..(g + n) * BLOCK;
+            // Channels of the layer among them: all but in a ragged last block.
+            let stored = channels.start..channels.end.min(p.out_c);
             decode_transposed(self.rows, self.kernels, channels.clone(), panel, wt);
+            let bias = match self.bias {
+                Some(b) if stored == channels => &b[channels.clone()],
+                Some(b) => {
+                    ragged_bias.fill(0.0);
+                    ragged_bias[..stored.len()].copy_from_slice(&b[stored.clone()]);
+                    &ragged_bias[..]
+                }
+                None => &zeros[..],
+            };
             let job = BlockedPointwise {
                 wt,
                 k,
@@ -384,10 +407,11 @@ impl Image<'_, '_> {
                 x: self.x,
                 x_layout: self.x_layout,
                 hw: out_plane,
-                bias: self.bias.map_or(&zeros[..], |b| &b[channels.clone()]),
-                residual: self.residual.map(|r| &r[channels.start * out_plane..channels.end * out_plane]),
+                bias,
+                residual: self.residual.map(|r| &r[stored.start * out_plane..stored.end * out_plane]),
                 act: self.act,
                 y_layout: self.y_layout,
+                out_channels: stored.len(),
             };
             (self.kernels.pointwise)(&job, yg, carry);
             g += n;
@@ -440,7 +464,10 @@ fn decode_transposed(
 ) {
     let (k, cols) = (weights.row_len(), rows.len());
     for (i, r0) in rows.step_by(BLOCK).enumerate() {
-        weights.decode_rows(r0..r0 + BLOCK, &mut panel[..BLOCK * k]);
+        // Filters past the layer's (a ragged last block) are zeros.
+        let have = weights.rows().min(r0 + BLOCK).saturating_sub(r0);
+        weights.decode_rows(r0..r0 + have, &mut panel[..have * k]);
+        panel[have * k..BLOCK * k].fill(0.0);
         (blocked.transpose_rows)(&panel[..BLOCK * k], BLOCK, k, &mut wt[BLOCK * i..], cols);
     }
 }
@@ -498,7 +525,9 @@ mod tests {
                 Layout::Blocked => BLOCK * (1 + rng.below(19)),
             };
             let mut p = crate::testutil::pointwise(1 + rng.below(2), in_c, BLOCK * blocks, [h, w]);
-            p.out_c = BLOCK * blocks;
+            // A blocked input into a planar output: half the time a ragged last block.
+            let ragged = x_layout == Layout::Blocked && y_layout == Layout::Planar && rng.below(2) == 0;
+            p.out_c = BLOCK * blocks - if ragged { 1 + rng.below(BLOCK - 1) } else { 0 };
             (p, x_layout, y_layout)
         } else {
             let (kh, kw) = (1 + rng.below(5), DEPTHWISE_WIDTHS[rng.below(DEPTHWISE_WIDTHS.len())]);
@@ -629,6 +658,9 @@ mod tests {
         // Output channels that are not whole blocks.
         let odd = Conv2dParams { out_c: 24, ..p };
         assert!(!k.blocked_supports(&odd, Layout::Planar, Layout::Blocked));
+        // Output channels that are not whole blocks, from a blocked input into a planar output.
+        assert!(k.blocked_supports(&odd, Layout::Blocked, Layout::Planar));
+        assert!(!k.blocked_supports(&odd, Layout::Blocked, Layout::Blocked));
         // A blocked input of channels that are not whole blocks.
         let ragged = Conv2dParams { in_c: 20, ..p };
         assert!(!k.blocked_supports(&ragged, Layout::Blocked, Layout::Blocked));

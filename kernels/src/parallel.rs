@@ -12,7 +12,7 @@ use crate::Kernels;
 pub(crate) const TASKS_PER_THREAD: usize = 2;
 
 /// Runs `f(units, y_part, scratch_part)` over `units` independent units of `unit_len` contiguous
-/// output elements each (`y.len() == units * unit_len`), split into at most
+/// output elements each (`y.len() == units * unit_len`, or the last unit shorter), split into at most
 /// `kernels.threads() * TASKS_PER_THREAD` contiguous ranges of at least `kernels.min_task_work`
 /// multiply-adds (`unit_work` per unit). Each call gets its thread's `per_task` elements of
 /// `scratch`, which must hold `kernels.threads() * per_task`.
@@ -64,7 +64,7 @@ pub(crate) fn split_units_into<F>(
                 if let Some(yc) = claim(&parts, t) {
                     let mut sc = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
                     let start = t * per_units;
-                    f(start..start + yc.len() / unit_len, yc, &mut sc);
+                    f(start..start + yc.len().div_ceil(unit_len), yc, &mut sc);
                 }
             });
         }

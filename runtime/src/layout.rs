@@ -1,15 +1,18 @@
 //! Which activations run in the channel-blocked layout (NCHW16c, [`pith_kernels::blocked`]).
 //!
 //! Chains of 1×1 and depthwise convolutions over small planes (MobileNets' 28×28 and 14×14
-//! stages) run faster with their activations blocked: the depthwise layers need no lanes past a
+//! stages, squeeze-excite blocks included) run faster with their activations blocked: the depthwise layers need no lanes past a
 //! short row and no transposes, the 1×1 layers no masked pixel tails. A value is blocked when:
 //!
 //! * it is a batch-1, 4-D f32 activation of whole 16-channel blocks over a plane of
 //!   [`MIN_PLANE`] to [`MAX_PLANE`] pixels, neither a graph input nor a graph output;
 //! * the node that writes it and every node that reads it can take it blocked
 //!   ([`Op::blocked_use`]): a 1×1 convolution reads and writes either layout (so the edges of
-//!   a blocked region convert for free, inside the 1×1 layers' tiles), a depthwise convolution
-//!   needs both sides blocked, and a residual added in a convolution shares its output's layout;
+//!   a blocked region convert for free, inside the 1×1 layers' tiles, and one leaving a region
+//!   may have a ragged last block of output channels), a depthwise convolution needs both sides
+//!   blocked, a residual added in a convolution shares its output's layout, and in a
+//!   squeeze-excite block a global average pool reads the value blocked and the product with
+//!   the per-channel gate keeps its layout;
 //! * its region (the blocked values connected through the layers between them) pays: its
 //!   depthwise layers' work, weighted by [`DEPTHWISE_GAIN_WEIGHT`], exceeds that of the 1×1
 //!   layers at its edges.
@@ -88,7 +91,8 @@ pub fn assign(
             let Some(id) = *id else { continue };
             let takes = match uses[ni] {
                 Some(BlockedUse::Free { residual }) => pos == 0 || residual == Some(pos),
-                Some(BlockedUse::Tied) => pos == 0,
+                Some(BlockedUse::Tied { input, .. }) => pos == input,
+                Some(BlockedUse::Reads) => pos == 0,
                 None => false,
             };
             if !takes {
@@ -103,7 +107,7 @@ pub fn assign(
         for &ni in &plan.steps {
             let node = &graph.nodes[ni];
             let pair = match uses[ni] {
-                Some(BlockedUse::Tied) => node.inputs.first().copied().flatten(),
+                Some(BlockedUse::Tied { input, .. }) => node.inputs.get(input).copied().flatten(),
                 Some(BlockedUse::Free { residual: Some(r) }) => node.inputs.get(r).copied().flatten(),
                 _ => None,
             };
@@ -177,11 +181,7 @@ fn drop_unpaid_regions(graph: &Graph, plan: &Plan, uses: &[Option<BlockedUse>], 
         let (x, y) = (dims(node.inputs.first().copied().flatten()), dims(node.outputs.first().copied()));
         let out: usize = y.iter().product();
         match uses[ni] {
-            Some(BlockedUse::Tied) => {
-                // Output elements times taps (the weight is [C, 1, kh, kw]).
-                let taps: usize = dims(node.inputs.get(1).copied().flatten()).iter().skip(2).product();
-                work.push((first, out * taps * DEPTHWISE_GAIN_WEIGHT, 0));
-            }
+            Some(BlockedUse::Tied { gain, .. }) => work.push((first, gain * DEPTHWISE_GAIN_WEIGHT, 0)),
             Some(BlockedUse::Free { .. }) => {
                 let (x_blocked, y_blocked) = (
                     node.inputs.first().copied().flatten().is_some_and(|id| blocked[id as usize]),
@@ -191,7 +191,7 @@ fn drop_unpaid_regions(graph: &Graph, plan: &Plan, uses: &[Option<BlockedUse>], 
                     work.push((first, 0, out * x.get(1).copied().unwrap_or(0)));
                 }
             }
-            None => {}
+            Some(BlockedUse::Reads) | None => {}
         }
     }
     let (mut gain, mut cost) = (vec![0usize; blocked.len()], vec![0usize; blocked.len()]);

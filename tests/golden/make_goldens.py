@@ -634,6 +634,33 @@ def block_cases() -> None:
           init("wf3", randn(256, 64, 1, 1) * 0.1), init("bf3", randn(256) * 0.1),
           f32("lo", 0.0), f32("hi", 6.0)],
          opset=14)
+    # MobileNetV3's squeeze-excite block over 14x14 with a 5x5 depthwise layer: blocked from the
+    # expansion to the gated product (the pool reads the depthwise output blocked, the product
+    # keeps its layout with the gate first or second), leaving at the projection into 40
+    # channels (not whole blocks) with its residual, and at a pool of the second product.
+    # Appended last: earlier cases keep their data.
+    case("block_squeeze_excite_blocked",
+         [node("Conv", ["x", "we", "be"], ["e"]),
+          node("HardSwish", ["e"], ["eh"]),
+          node("Conv", ["eh", "wd", "bd"], ["d"], group=96, pads=[2, 2, 2, 2]),
+          node("HardSwish", ["d"], ["dh"]),
+          node("GlobalAveragePool", ["dh"], ["g"]),
+          node("Conv", ["g", "w1", "b1"], ["c1"]),
+          node("Relu", ["c1"], ["r1"]),
+          node("Conv", ["r1", "w2", "b2"], ["c2"]),
+          node("HardSigmoid", ["c2"], ["h"], alpha=0.1666667, beta=0.5),
+          node("Mul", ["dh", "h"], ["m"]),
+          node("Conv", ["m", "wp", "bp"], ["p"]),
+          node("Add", ["p", "x"], ["y"]),
+          node("Mul", ["h", "dh"], ["m2"]),
+          node("GlobalAveragePool", ["m2"], ["y2"])],
+         {"x": randn(1, 40, 14, 14)}, ["y", "y2"],
+         [init("we", randn(96, 40, 1, 1) * 0.2), init("be", randn(96) * 0.1),
+          init("wd", randn(96, 1, 5, 5) * 0.2), init("bd", randn(96) * 0.1),
+          init("w1", randn(24, 96, 1, 1) * 0.3), init("b1", randn(24) * 0.1),
+          init("w2", randn(96, 24, 1, 1) * 0.3), init("b2", randn(96) * 0.1),
+          init("wp", randn(40, 96, 1, 1) * 0.1), init("bp", randn(40) * 0.1)],
+         opset=14)
 
 def make_op_cases() -> None:
     if os.path.isdir(OPS):

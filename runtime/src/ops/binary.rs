@@ -4,9 +4,10 @@
 
 use pith_format::ir::{ElemType, Node, OpKind};
 
-use pith_kernels::Activation;
+use pith_kernels::blocked::BLOCK;
+use pith_kernels::{Activation, Kernels, Layout};
 
-use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
+use super::{attrs, Arg, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out};
 use crate::error::OpError;
 use crate::op_bail;
 use crate::tensor::Tensor;
@@ -418,7 +419,89 @@ impl Binary {
     }
 }
 
+/// For a product of one image `[1, C, H, W]` with a per-channel factor (`[1, C, 1, 1]` or
+/// `[C, 1, 1]`, a squeeze-excite gate), in either order: the image's input position.
+fn gated_image(a: &Arg<'_>, b: &Arg<'_>) -> Option<usize> {
+    let per_channel = |image: &[usize], gate: &[usize]| {
+        image.len() == 4 && image[0] == 1 && matches!(gate, [1, c, 1, 1] | [c, 1, 1] if *c == image[1])
+    };
+    if per_channel(a.shape, b.shape) {
+        Some(0)
+    } else if per_channel(b.shape, a.shape) {
+        Some(1)
+    } else {
+        None
+    }
+}
+
+impl Binary {
+    /// `y = image * gate` per channel, the image (input `at`) and `y` channel-blocked.
+    fn run_gated_blocked(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        at: usize,
+        outputs: &mut [Out<'_>],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let (a, b) = two(inputs)?;
+        let (image, gate) = if at == 0 { (a, b) } else { (b, a) };
+        let channels = image.shape[1];
+        if !channels.is_multiple_of(BLOCK) {
+            op_bail!("a blocked image must hold whole 16-channel blocks, not {:?}", image.shape);
+        }
+        let plane = image.shape[2] * image.shape[3];
+        let (x, g) = (image.f32s()?, gate.f32s()?);
+        let y = &mut *outputs[0].data;
+        // Block after block: each pixel's 16 channels times the block's 16 factors (a product
+        // of two floats is the same in either order).
+        for ((xb, yb), gb) in
+            x.chunks_exact(BLOCK * plane).zip(y.chunks_exact_mut(BLOCK * plane)).zip(g.chunks_exact(BLOCK))
+        {
+            let factors: [f32; BLOCK] = std::array::from_fn(|l| gb[l]);
+            for (xp, yp) in xb.chunks_exact(BLOCK).zip(yb.chunks_exact_mut(BLOCK)) {
+                let (xp, yp): (&[f32; BLOCK], &mut [f32; BLOCK]) =
+                    (xp.try_into().expect("16 lanes"), yp.try_into().expect("16 lanes"));
+                *yp = std::array::from_fn(|l| xp[l] * factors[l]);
+            }
+        }
+        if self.activation != Activation::None {
+            ctx.kernels.activate(self.activation, y);
+        }
+        Ok(())
+    }
+}
+
 impl Op for Binary {
+    /// A squeeze-excite product (an image times a per-channel gate, no fused addend) keeps the
+    /// image's layout.
+    fn blocked_use(&self, inputs: &[Option<Arg<'_>>], _kernels: &Kernels) -> Option<BlockedUse> {
+        let (a, b) = two(inputs).ok()?;
+        let plain = self.kind == Kind::Mul && addend(inputs).is_none();
+        let input =
+            gated_image(a, b).filter(|_| plain && a.elem == ElemType::F32 && b.elem == ElemType::F32)?;
+        Some(BlockedUse::Tied { input, gain: 0 })
+    }
+
+    fn run_laid_out(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        if layouts.all_planar() {
+            return self.run(inputs, outputs, scratch, ctx);
+        }
+        let (a, b) = two(inputs)?;
+        match gated_image(a, b) {
+            Some(at) if layouts.input(at) == Layout::Blocked && layouts.output(0) == Layout::Blocked => {
+                self.run_gated_blocked(inputs, at, outputs, ctx)
+            }
+            _ => op_bail!("only a per-channel product runs channel-blocked"),
+        }
+    }
+
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         let (a, b) = two(inputs)?;
         if a.elem != b.elem && self.kind != Kind::Pow {

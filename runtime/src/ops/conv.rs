@@ -525,13 +525,18 @@ impl Op for Conv {
         {
             return None;
         }
-        // Only a 1×1 layer reads a planar input into a blocked output; only it and a depthwise
-        // layer run blocked on both sides.
-        if kernels.blocked_supports(&p, Layout::Planar, Layout::Blocked) {
+        // Only a 1×1 layer reads a planar input into a blocked output, or a blocked input into
+        // a planar output of channels that are not whole blocks (never blocked themselves); only
+        // it and a depthwise layer run blocked on both sides.
+        if kernels.blocked_supports(&p, Layout::Planar, Layout::Blocked)
+            || kernels.blocked_supports(&p, Layout::Blocked, Layout::Planar)
+        {
             return Some(BlockedUse::Free { residual: residual.map(|_| RESIDUAL_INPUT) });
         }
+        // A depthwise layer: its output elements times its taps.
+        let gain = p.batch * p.out_c * p.out_h * p.out_w * p.k_h * p.k_w;
         (residual.is_none() && kernels.blocked_supports(&p, Layout::Blocked, Layout::Blocked))
-            .then_some(BlockedUse::Tied)
+            .then_some(BlockedUse::Tied { input: 0, gain })
     }
 
     fn run_laid_out(

@@ -131,8 +131,18 @@ pub enum BlockedUse {
         /// The input added to the output, which must share its layout.
         residual: Option<usize>,
     },
-    /// Input 0 and output 0 both blocked or both planar (a depthwise convolution).
-    Tied,
+    /// Input `input` and output 0 both blocked or both planar: a depthwise convolution (input 0),
+    /// or a product with a per-channel factor (a squeeze-excite gate) at either input.
+    Tied {
+        /// The input that shares the output's layout (the op's other inputs stay planar).
+        input: usize,
+        /// Multiply-adds the op saves by running blocked, for the rule that keeps a blocked region
+        /// only where it pays: a depthwise convolution's output elements times its taps, else 0.
+        gain: usize,
+    },
+    /// Input 0 in either layout, every output planar, at the same cost either way (a global
+    /// average pool, whose one-pixel planes are laid out alike in both layouts).
+    Reads,
 }
 
 /// The layouts of one node's inputs and outputs at run time: bit `i` set when input (output) `i`

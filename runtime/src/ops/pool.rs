@@ -1,10 +1,12 @@
 //! ONNX `MaxPool`, `AveragePool` (1-D and 2-D, NCHW) and `GlobalAveragePool` (any rank).
 
 use pith_format::ir::{ElemType, Node, OpKind};
+use pith_kernels::blocked::BLOCK;
+use pith_kernels::{Kernels, Layout};
 
 use super::binary::SPLIT_MIN_ELEMENTS;
 use super::conv::{Axis, Window};
-use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
+use super::{attrs, Arg, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out};
 use crate::op_bail;
 
 /// Pooling reduction.
@@ -267,6 +269,41 @@ impl Op for Pool {
 }
 
 impl Op for GlobalAvg {
+    /// A squeeze-excite block's pool reads the depthwise output the block keeps blocked.
+    fn blocked_use(&self, inputs: &[Option<Arg<'_>>], _kernels: &Kernels) -> Option<BlockedUse> {
+        let x = first(inputs).ok()?;
+        (x.elem == ElemType::F32 && x.shape.len() == 4 && x.shape[0] == 1).then_some(BlockedUse::Reads)
+    }
+
+    fn run_laid_out(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        if layouts.input(0) == Layout::Planar {
+            return self.run(inputs, outputs, scratch, ctx);
+        }
+        let x_arg = first(inputs)?;
+        let (channels, plane) = (x_arg.shape[1], x_arg.shape[2..].iter().product::<usize>());
+        if x_arg.shape[0] != 1 || !channels.is_multiple_of(BLOCK) || plane == 0 {
+            op_bail!("a blocked input must be one image of whole 16-channel blocks, not {:?}", x_arg.shape);
+        }
+        let x = x_arg.f32s()?;
+        let y = &mut *outputs[0].data;
+        // Each block's planes are its pixels' 16 channels one after another: one 16-lane sum.
+        for (xb, yb) in x.chunks_exact(BLOCK * plane).zip(y.chunks_exact_mut(BLOCK)) {
+            let mut sums = [0.0f32; BLOCK];
+            for pixel in xb.chunks_exact(BLOCK) {
+                sums.iter_mut().zip(pixel).for_each(|(s, &v)| *s += v);
+            }
+            yb.iter_mut().zip(sums).for_each(|(o, s)| *o = s / plane as f32);
+        }
+        Ok(())
+    }
+
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         let x = first(inputs)?;
         if x.shape.len() < 2 {

@@ -242,10 +242,13 @@ unsafe fn planar_tile<const P: usize, const V: usize>(
     // Row l: channel 16 v + l's pixels p0 .. p0 + P (lanes past P hold zeros).
     transpose(&mut rows);
     let mask = lane_mask(P);
-    for (l, row) in rows.iter().enumerate() {
+    // The block's channels the layer has (fewer in a ragged last block).
+    let stored = job.out_channels.saturating_sub(v * C).min(C);
+    for (l, row) in rows.iter().enumerate().take(stored) {
         let at = (v * C + l) * hw + p0;
-        // SAFETY: channel 16 v + l's pixels p0 .. p0 + P lie in the output and the residual
-        // (the check: `16 V` planes of `hw`); masked-off lanes are not accessed.
+        // SAFETY: channel 16 v + l < out_channels: its pixels p0 .. p0 + P lie in the output and
+        // the residual (the check: `out_channels` planes of `hw`); masked-off lanes are not
+        // accessed.
         unsafe {
             let mut sum = *row;
             if let Some(res) = job.residual {
