@@ -72,53 +72,43 @@ fn every_op_case_matches_onnxruntime() {
     );
 }
 
-/// The inverted-residual case runs channel-blocked where the kernel path has blocked kernels
-/// (and matches onnxruntime that way, above), and planar when the session asks for it.
-#[test]
-fn inverted_residuals_run_channel_blocked_where_the_cpu_has_the_kernels() {
-    let dir = data_dir().join("ops").join("block_inverted_residuals_blocked");
+/// Runs op case `case` (one input `x` of `shape`) with and without the blocked layout, at 1 and 2
+/// threads: the plan holds `blocked` channel-blocked values where the kernel path has blocked
+/// kernels and the session allows them (none otherwise), and every run matches onnxruntime.
+fn check_blocked_case(case: &str, shape: [usize; 4], blocked: usize) {
+    let dir = data_dir().join("ops").join(case);
     let onnx = std::fs::read(dir.join("model.onnx")).expect("the case's model");
     let file = Arc::new(compile(&onnx, WeightFormat::F32).expect("compiles"));
     let has_kernels = pith_kernels::Kernels::new(1).expect("a kernel path").isa().blocked.is_some();
-    let shape = [("x", vec![1, 32, 14, 14])];
-    for blocked_layout in [true, false] {
-        let options = SessionOptions { blocked_layout, ..Default::default() };
-        let mut session = Session::new(file.clone(), options).expect("a session");
-        let summary = session.plan(&shape).expect("plans");
-        // a, e1, d1, the sum s1 (a 1x1 layer's output with its residual), e2 and d2: six values
-        // of one region with two depthwise layers; the side branch's e3 feeds a stride-2
-        // depthwise layer into 7x7 and stays planar, and so do the graph outputs and the chain
-        // f1, f2 (one depthwise layer between a 1x1 entry and a wide 1x1 exit).
-        let want = if blocked_layout && has_kernels { 6 } else { 0 };
-        assert_eq!(summary.blocked_values, want, "blocked_layout {blocked_layout}, kernels {has_kernels}");
-        let outputs = run_on_npy_inputs(&mut session, &file, &dir).expect("runs");
-        check_outputs(&outputs, &dir, TOL).expect("matches onnxruntime");
-    }
-}
-
-/// The squeeze-excite case runs its expansion, depthwise layer and both gated products
-/// channel-blocked where the kernel path has blocked kernels (the pools and the projection into
-/// 40 channels read them blocked), and everything planar when the session asks for it.
-#[test]
-fn squeeze_excite_blocks_run_channel_blocked_where_the_cpu_has_the_kernels() {
-    let dir = data_dir().join("ops").join("block_squeeze_excite_blocked");
-    let onnx = std::fs::read(dir.join("model.onnx")).expect("the case's model");
-    let file = Arc::new(compile(&onnx, WeightFormat::F32).expect("compiles"));
-    let has_kernels = pith_kernels::Kernels::new(1).expect("a kernel path").isa().blocked.is_some();
-    let shape = [("x", vec![1, 40, 14, 14])];
+    let shape = [("x", shape.to_vec())];
     for blocked_layout in [true, false] {
         for threads in [1, 2] {
             let options = SessionOptions { blocked_layout, threads, ..Default::default() };
             let mut session = Session::new(file.clone(), options).expect("a session");
             let summary = session.plan(&shape).expect("plans");
-            // The expansion's and the depthwise layer's outputs and the two products.
-            let want = if blocked_layout && has_kernels { 4 } else { 0 };
+            let want = if blocked_layout && has_kernels { blocked } else { 0 };
             assert_eq!(
                 summary.blocked_values, want,
-                "blocked_layout {blocked_layout}, kernels {has_kernels}"
+                "{case}: blocked_layout {blocked_layout}, kernels {has_kernels}"
             );
             let outputs = run_on_npy_inputs(&mut session, &file, &dir).expect("runs");
             check_outputs(&outputs, &dir, TOL).expect("matches onnxruntime");
         }
     }
+}
+
+/// The inverted-residual case: a, e1, d1, the sum s1 (a 1x1 layer's output with its residual),
+/// e2 and d2 run blocked, six values of one region with two depthwise layers; the side branch's
+/// e3 feeds a stride-2 depthwise layer into 7x7 and stays planar, and so do the graph outputs and
+/// the chain f1, f2 (one depthwise layer between a 1x1 entry and a wide 1x1 exit).
+#[test]
+fn inverted_residuals_run_channel_blocked_where_the_cpu_has_the_kernels() {
+    check_blocked_case("block_inverted_residuals_blocked", [1, 32, 14, 14], 6);
+}
+
+/// The squeeze-excite case: the expansion's and the depthwise layer's outputs and both gated
+/// products run blocked (the pools and the projection into 40 channels read them blocked).
+#[test]
+fn squeeze_excite_blocks_run_channel_blocked_where_the_cpu_has_the_kernels() {
+    check_blocked_case("block_squeeze_excite_blocked", [1, 40, 14, 14], 4);
 }
