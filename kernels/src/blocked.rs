@@ -212,10 +212,10 @@ pub struct BlockedKernels {
 /// `isa` (a planar-to-planar layer is left to [`Kernels::conv2d`]): planes of at most
 /// [`MAX_PLANE`] pixels and whole output blocks (but for a blocked input into a planar output),
 /// and either a 1×1 stride-1 unpadded layer without groups (blocked input: whole input blocks
-/// too) or a depthwise layer (one input and
-/// one output channel per group), undilated, with filters 3 or 5 wide ([`DEPTHWISE_WIDTHS`]), a
-/// horizontal stride of 1 or 2 and pads below the filter width, blocked on both sides. Activations other than
-/// those of [`BlockedAct`] run as a pass over the output afterwards.
+/// too) or a depthwise layer (one input and one output channel per group), undilated, with
+/// filters 3 or 5 wide ([`DEPTHWISE_WIDTHS`]), a horizontal stride of 1 or 2 and pads below the
+/// filter width, blocked on both sides. Activations other than those of [`BlockedAct`] run as a
+/// pass over the output afterwards.
 pub fn supports(isa: &Isa, p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
     isa.blocked.is_some() && shape_fits(p) && layouts_fit(p, x_layout, y_layout)
 }

@@ -1,8 +1,9 @@
 //! Which activations run in the channel-blocked layout (NCHW16c, [`pith_kernels::blocked`]).
 //!
 //! Chains of 1×1 and depthwise convolutions over small planes (MobileNets' 28×28 and 14×14
-//! stages, squeeze-excite blocks included) run faster with their activations blocked: the depthwise layers need no lanes past a
-//! short row and no transposes, the 1×1 layers no masked pixel tails. A value is blocked when:
+//! stages, squeeze-excite blocks included) run faster with their activations blocked: the
+//! depthwise layers need no lanes past a short row and no transposes, the 1×1 layers no masked
+//! pixel tails. A value is blocked when:
 //!
 //! * it is a batch-1, 4-D f32 activation of whole 16-channel blocks over a plane of
 //!   [`MIN_PLANE`] to [`MAX_PLANE`] pixels, neither a graph input nor a graph output;
