@@ -4,8 +4,9 @@
 //! * 1×1: a tile of `P` pixels × `V` blocks of 16 filters keeps `P·V ≤ 24` sums in registers;
 //!   per input channel it loads `V` vectors of transposed weights and broadcasts one input value
 //!   per pixel (from a planar or a blocked input alike), so any pixel count tiles without masks.
-//!   The output goes out as vectors (blocked), or (planar, at the exit of a blocked region) in
-//!   tiles of 16 pixels of one block transposed in registers into 16 channels' runs of pixels.
+//!   The output goes out as vectors (blocked), or (planar, at the exit of a blocked region) from
+//!   the same tiles of at most 16 pixels, each block's sums transposed in registers into 16
+//!   channels' runs of pixels (a ragged last block stores only the layer's channels).
 //! * depthwise: tiles of up to 16 output pixels of a row with their sums in registers, each tap
 //!   one weight load and one multiply-add per pixel for 16 channels; taps outside the input are
 //!   skipped by tests the compiler keeps only for a tile's first and last columns.
@@ -99,23 +100,22 @@ fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
 /// AVX-512 F available; `job.check(y)` passed, `carry` holds `16 V` sums per pixel, with `job.blocks == V`.
 #[target_feature(enable = "avx512f")]
 unsafe fn pointwise_impl<const V: usize>(job: &BlockedPointwise<'_>, y: *mut f32, carry: *mut f32) {
-    let most = TILE_SUMS / V;
+    // A planar output goes out in 16×16 transposes: at most 16 pixels per tile.
+    let most = match job.y_layout {
+        Layout::Blocked => TILE_SUMS / V,
+        Layout::Planar => (TILE_SUMS / V).min(C),
+    };
     let depth = depth_block(job.k);
     let mut c0 = 0;
     while c0 < job.k {
         let channels = c0..job.k.min(c0 + depth);
-        if job.y_layout == Layout::Planar {
-            // SAFETY: as below, for every block and run of pixels.
-            unsafe { planar_tiles::<V>(job, y, carry, channels.clone()) };
-            c0 = channels.end;
-            continue;
-        }
         let mut p0 = 0;
         while p0 < job.hw {
             let n = (job.hw - p0).min(most);
             // The widest tile of at most `n` pixels.
             let p = match n {
                 24.. => 24,
+                16.. => 16,
                 12.. => 12,
                 8.. => 8,
                 6.. => 6,
@@ -128,6 +128,7 @@ unsafe fn pointwise_impl<const V: usize>(job: &BlockedPointwise<'_>, y: *mut f32
                 let at = (channels.clone(), p0);
                 match p {
                     24 => tile::<24, V>(job, y, carry, at),
+                    16 => tile::<16, V>(job, y, carry, at),
                     12 => tile::<12, V>(job, y, carry, at),
                     8 => tile::<8, V>(job, y, carry, at),
                     6 => tile::<6, V>(job, y, carry, at),
@@ -143,118 +144,47 @@ unsafe fn pointwise_impl<const V: usize>(job: &BlockedPointwise<'_>, y: *mut f32
     }
 }
 
-/// [`pointwise_impl`]'s depth block `channels` for a planar output: block by block, tiles of
-/// 16 pixels (fewer for the last), whose sums are transposed in registers into 16 channels'
-/// runs of pixels and stored whole (a scatter per pixel took the exit layer of a blocked
-/// region 14 % longer than the planar kernel).
+/// Finishes a tile's sums `acc` (pixels `p0 .. p0 + P` of the call's `16 V` channels) into a
+/// planar output: per block, bias added, the 16 channels × `P` pixels transposed in registers so
+/// that each channel's run of pixels is one masked store (and its residual one masked load), for
+/// the channels the layer has (`job.out_channels`: a ragged last block stores fewer). Each input
+/// value of the tile was broadcast once for all `V` blocks.
 ///
 /// # Safety
-/// As [`pointwise_impl`], `channels` a depth block of it.
+/// AVX-512 F available; `job.check` passed with a planar output; `P <= 16` and `p0 + P <= job.hw`.
+#[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn planar_tiles<const V: usize>(
+unsafe fn planar_finish<const P: usize, const V: usize>(
     job: &BlockedPointwise<'_>,
     y: *mut f32,
-    carry: *mut f32,
-    channels: std::ops::Range<usize>,
-) {
-    for v in 0..V {
-        let mut p0 = 0;
-        while p0 < job.hw {
-            let n = (job.hw - p0).min(C);
-            let at = (v, channels.clone(), p0);
-            // SAFETY: pixels p0 .. p0 + n lie in the plane; the caller's contract covers the rest.
-            unsafe {
-                match n {
-                    16 => planar_tile::<16, V>(job, y, carry, at),
-                    8.. => planar_tile::<8, V>(job, y, carry, at),
-                    4.. => planar_tile::<4, V>(job, y, carry, at),
-                    2.. => planar_tile::<2, V>(job, y, carry, at),
-                    _ => planar_tile::<1, V>(job, y, carry, at),
-                }
-            }
-            p0 += match n {
-                16 => 16,
-                8.. => 8,
-                4.. => 4,
-                2.. => 2,
-                _ => 1,
-            };
-        }
-    }
-}
-
-/// Pixels `p0 .. p0 + P` of output block `v` over input channels `channels` (`at`), into a
-/// planar output: as [`tile`], the finished sums transposed so that each channel's `P` pixels
-/// are one store (and its residual one load).
-///
-/// # Safety
-/// As [`planar_tiles`], `v < V` and `p0 + P <= job.hw`.
-#[inline(never)]
-#[target_feature(enable = "avx512f")]
-unsafe fn planar_tile<const P: usize, const V: usize>(
-    job: &BlockedPointwise<'_>,
-    y: *mut f32,
-    carry: *mut f32,
-    (v, channels, p0): (usize, std::ops::Range<usize>, usize),
+    acc: &[[__m512; V]; P],
+    p0: usize,
 ) {
     let hw = job.hw;
-    let (x, wt) = (job.x.as_ptr(), job.wt.as_ptr());
-    // Pixel p's partial sums of block v: the same place as [`tile`]'s.
-    let partial = |j: usize| carry.wrapping_add(((p0 + j) * V + v) * C);
-    let mut acc = [[_mm512_setzero_ps(); 1]; P];
-    // SAFETY: the carry holds `hw` pixels of `16 V` sums (the check).
-    unsafe {
-        if channels.start > 0 {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                acc[0] = _mm512_loadu_ps(partial(j));
-            }
-        }
-    }
-    let (c0, depth) = (channels.start, channels.len());
-    // SAFETY: as in [`tile`]: rows of the transposed filters hold `16 V` weights, of which block
-    // v's are 16 at `16 v`.
-    unsafe {
-        let wt = wt.add(c0 * V * C + v * C);
-        match job.x_layout {
-            Layout::Planar => {
-                sums::<P, 1>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0), InputSteps::planar(hw))
-            }
-            Layout::Blocked => {
-                sums::<P, 1>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0 * C), InputSteps::blocked(hw))
-            }
-        }
-    }
-    if channels.end < job.k {
-        // SAFETY: as above.
-        unsafe {
-            for (j, acc) in acc.iter().enumerate() {
-                _mm512_storeu_ps(partial(j), acc[0]);
-            }
-        }
-        return;
-    }
-    // SAFETY: biases 16 v .. 16 v + 16 exist (the check).
-    let bias = unsafe { _mm512_loadu_ps(job.bias.as_ptr().add(v * C)) };
-    let mut rows = [_mm512_setzero_ps(); C];
-    for (row, acc) in rows.iter_mut().zip(&acc) {
-        *row = _mm512_add_ps(acc[0], bias);
-    }
-    // Row l: channel 16 v + l's pixels p0 .. p0 + P (lanes past P hold zeros).
-    transpose(&mut rows);
     let mask = lane_mask(P);
-    // The block's channels the layer has (fewer in a ragged last block).
-    let stored = job.out_channels.saturating_sub(v * C).min(C);
-    for (l, row) in rows.iter().enumerate().take(stored) {
-        let at = (v * C + l) * hw + p0;
-        // SAFETY: channel 16 v + l < out_channels: its pixels p0 .. p0 + P lie in the output and
-        // the residual (the check: `out_channels` planes of `hw`); masked-off lanes are not
-        // accessed.
-        unsafe {
-            let mut sum = *row;
-            if let Some(res) = job.residual {
-                sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
+    for v in 0..V {
+        // The block's channels the layer has (fewer in a ragged last block).
+        let stored = job.out_channels.saturating_sub(v * C).min(C);
+        // SAFETY: biases 16 v .. 16 v + 16 exist (the check).
+        let bias = unsafe { _mm512_loadu_ps(job.bias.as_ptr().add(v * C)) };
+        let mut rows = [_mm512_setzero_ps(); C];
+        for (row, acc) in rows.iter_mut().zip(acc) {
+            *row = _mm512_add_ps(acc[v], bias);
+        }
+        // Row l: channel 16 v + l's pixels p0 .. p0 + P (lanes past P hold zeros).
+        transpose(&mut rows);
+        for (l, row) in rows.iter().enumerate().take(stored) {
+            let at = (v * C + l) * hw + p0;
+            // SAFETY: channel 16 v + l < out_channels: its pixels p0 .. p0 + P lie in the output
+            // and the residual (the check: `out_channels` planes of `hw`); masked-off lanes are
+            // not accessed.
+            unsafe {
+                let mut sum = *row;
+                if let Some(res) = job.residual {
+                    sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
+                }
+                _mm512_mask_storeu_ps(y.add(at), mask, activate(job.act, sum));
             }
-            _mm512_mask_storeu_ps(y.add(at), mask, activate(job.act, sum));
         }
     }
 }
@@ -323,6 +253,12 @@ unsafe fn tile<const P: usize, const V: usize>(
                 }
             }
         }
+        return;
+    }
+    if job.y_layout == Layout::Planar {
+        // SAFETY: as [`planar_finish`] requires: P <= 16 pixels (the caller's tiles) of the
+        // call's output channels.
+        unsafe { planar_finish::<P, V>(job, y, &acc, p0) };
         return;
     }
     for v in 0..V {
