@@ -35,14 +35,15 @@ use crate::plan::{plan_arg, ConstantFn, Plan, Slot};
 pub const MIN_PLANE: usize = 100;
 
 /// How many 1×1 multiply-adds a depthwise multiply-add run blocked saves, for the rule that
-/// keeps a region only where its depthwise layers outweigh the 1×1 layers at its edges. Blocked,
-/// a depthwise layer took 0.54-0.78 of its planar time (MobileNetV2 over 28×28 and 14×14), a
-/// 1×1 layer converting at an edge 1.11-1.19; a depthwise multiply-add costs several dense ones
-/// (`DEPTHWISE_WORK_WEIGHT` in the kernels counts 8). With the rule MobileNetV2 keeps its region
-/// (depthwise 7.8 M multiply-adds, weighted 31 M, against 14.4 M at the edges) and PP-OCRv4 det at 320×640 drops
-/// its one over 10×20, whose exit layer (0.42 → 0.52 ms) cost more than its two depthwise layers
-/// gained (0.15 → 0.12 ms): the whole model took 1.00-1.03 of its planar time with it.
-pub const DEPTHWISE_GAIN_WEIGHT: usize = 4;
+/// keeps a region only where its depthwise layers outweigh the 1×1 layers at its edges (a region
+/// pays when its edges' multiply-adds are below this many times its depthwise ones). With the
+/// depthwise row tiles (Zen 5, the thirtieth session) a blocked depthwise layer takes 0.4-0.5 of
+/// its planar time, a 1×1 layer converting at an edge 1.05-1.35 of its own. Measured regions, as
+/// edge ÷ depthwise multiply-adds: MobileNetV2's one region 1.9 (kept: the model 0.98 of its
+/// planar time on the Xeon); MobileNetV3-Small's squeeze-excite blocks 3.2 (×2) and 5.4 (×2:
+/// kept with 6, the model 0.98-0.99 of its time without them); PP-OCRv4 det's one over 10×20 at
+/// 320×640 7.4 (dropped: 1.00-1.04 of its time with it, here and on the Xeon).
+pub const DEPTHWISE_GAIN_WEIGHT: usize = 6;
 
 /// Most pixels of a blocked plane: the kernels' own limit (28×28; larger planes fill the
 /// planar kernels' vectors).
