@@ -445,11 +445,10 @@ impl Binary {
     ) -> OpResult<()> {
         let (a, b) = two(inputs)?;
         let (image, gate) = if at == 0 { (a, b) } else { (b, a) };
-        let channels = image.shape[1];
-        if !channels.is_multiple_of(BLOCK) {
-            op_bail!("a blocked image must hold whole 16-channel blocks, not {:?}", image.shape);
+        let (channels, plane) = (image.shape[1], image.shape[2] * image.shape[3]);
+        if !channels.is_multiple_of(BLOCK) || plane == 0 {
+            op_bail!("a blocked image must hold whole 16-channel blocks of pixels, not {:?}", image.shape);
         }
-        let plane = image.shape[2] * image.shape[3];
         let (x, g) = (image.f32s()?, gate.f32s()?);
         let y = &mut *outputs[0].data;
         // Block after block: each pixel's 16 channels times the block's 16 factors (a product
@@ -607,6 +606,41 @@ mod tests {
 
     fn build_plain(node: &Node) -> OpResult<Box<dyn Op>> {
         build(node, Activation::None)
+    }
+
+    /// A squeeze-excite product run channel-blocked (gate first or second) equals the planar
+    /// product laid out blocked; an image with an empty plane is an error, not a panic.
+    #[test]
+    fn a_gated_product_runs_blocked_in_either_operand_order() {
+        use pith_kernels::blocked::{to_blocked, to_planar};
+        let (c, hw) = (32, 6);
+        let image: Vec<f32> = (0..c * hw).map(|i| (i as f32 * 0.37).sin()).collect();
+        let gate: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.01).collect();
+        let mut blocked = vec![0.0; c * hw];
+        to_blocked(&image, c, hw, &mut blocked);
+        let (image_shape, gate_shape, empty_shape) = ([1, c, 2, 3], [1, c, 1, 1], [1, c, 0, 3]);
+        let op = build(&node(OpKind::Mul, 2, vec![]), Activation::Relu).unwrap();
+        let want = run(&*op, &[act(&image_shape, &image), act(&gate_shape, &gate)]).unwrap().remove(0).1;
+        for at in [0, 1] {
+            let (x, g) = (act(&image_shape, &blocked), act(&gate_shape, &gate));
+            let inputs = if at == 0 { [x, g] } else { [g, x] };
+            assert_eq!(
+                op.blocked_use(&inputs, &pith_kernels::Kernels::default()),
+                Some(BlockedUse::Tied { input: at, gain: 0 })
+            );
+            let mut y = vec![f32::NAN; c * hw];
+            let mut outs = [Out { shape: &image_shape, data: &mut y }];
+            let layouts = NodeLayouts { inputs: 1 << at, outputs: 1 };
+            op.run_laid_out(&inputs, &mut outs, &mut [], &ExecCtx::default(), layouts).unwrap();
+            let mut got = vec![0.0; c * hw];
+            to_planar(&y, c, hw, &mut got);
+            assert_eq!(got, want, "gate at input {}", 1 - at);
+        }
+        let empty = [act(&empty_shape, &[]), act(&gate_shape, &gate)];
+        let mut outs = [Out { shape: &empty_shape, data: &mut [] }];
+        let layouts = NodeLayouts { inputs: 1, outputs: 1 };
+        let err = op.run_laid_out(&empty, &mut outs, &mut [], &ExecCtx::default(), layouts).unwrap_err();
+        assert!(err.to_string().contains("16-channel blocks of pixels"), "{err}");
     }
 
     #[test]
