@@ -37,8 +37,9 @@ pub const MIN_PLANE: usize = 100;
 /// How many 1×1 multiply-adds a depthwise multiply-add run blocked saves, for the rule that
 /// keeps a region only where its depthwise layers outweigh the 1×1 layers at its edges (a region
 /// pays when its edges' multiply-adds are below this many times its depthwise ones). With the
-/// depthwise row tiles (Zen 5, the thirtieth session) a blocked depthwise layer takes 0.4-0.5 of
-/// its planar time, a 1×1 layer converting at an edge 1.05-1.35 of its own. Measured regions, as
+/// depthwise row tiles (Zen 5, the thirtieth session) a blocked depthwise layer takes 0.37-0.48
+/// of its planar time, a blocked 1×1 layer 0.98-1.09 of its own, and one leaving a region into
+/// 40 channels 1.26 (criterion and per-node profiles, 1 thread). Measured regions, as
 /// edge ÷ depthwise multiply-adds: MobileNetV2's one region 1.9 (kept: the model 0.98 of its
 /// planar time on the Xeon); MobileNetV3-Small's squeeze-excite blocks 3.2 (×2) and 5.4 (×2:
 /// kept with 6, the model 0.98-0.99 of its time without them); PP-OCRv4 det's one over 10×20 at
