@@ -87,11 +87,17 @@ class Pith:
             "--threads", str(threads),
         ] + (["--int8"] if int8 else [])
 
+        # Each run's `core_round_trip_ns` (printed at several threads): the host's state.
+        self.round_trips = []
+
     def median_ms(self, iters):
         out = subprocess.run(self.cmd + ["--iters", str(iters)], check=True, capture_output=True, text=True)
         m = re.search(r"median_ms=([0-9.]+)", out.stdout)
         if not m:
             raise RuntimeError(f"unexpected `pith bench` output: {out.stdout!r}")
+        trip = re.search(r"core_round_trip_ns=([0-9.]+)", out.stderr)
+        if trip:
+            self.round_trips.append(float(trip.group(1)))
         return float(m.group(1))
 
 
@@ -300,6 +306,11 @@ def compare(args, onnx_path, input_name, shape, work_dir):
                 continue
             per_round = statistics.median(a / b for a, b in zip(rounds[p], v))
             print(f"{p}/{name}: per-round median {per_round:.2f}, fastest rounds {min(rounds[p]) / min(v):.2f}")
+    # Two threads hand work over through shared cache lines; on 2-vCPU cloud hosts how long that
+    # takes moved between about 80 and 400 ns, and two-thread times with it (`pith bench`).
+    trips = [t for r in runtimes for t in getattr(r, "round_trips", [])]
+    if trips:
+        print(f"core round trip (pith bench, per round): {' '.join(f'{t:.0f}' for t in trips)} ns")
 
 
 if __name__ == "__main__":

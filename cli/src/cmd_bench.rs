@@ -1,6 +1,7 @@
 //! `pith bench`: time a model (load once, warm up, K inferences) or, with `--gemv`, one packed
 //! matrix-vector product against its f32 and `memcpy` baselines ([`gemv`]).
 
+mod core_latency;
 pub mod gemv;
 mod synth;
 
@@ -149,12 +150,15 @@ fn run_model(
     let plan = session.plan(&shapes_only)?;
     let load_ms = (open_and_session + plan_start.elapsed()).as_secs_f64() * 1e3;
 
+    // The state of the host for the times below (see `core_latency`), taken before they start:
+    // afterwards the session's workers still spin for a while, taking a core from the probe.
+    let round_trip_ns = if threads > 1 { core_latency::round_trip_ns() } else { None };
     let run_feeds: Vec<(&str, Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let times_s = time_iters(iters, || session.run(&run_feeds).map(drop).map_err(Into::into))?;
     let times: Vec<f64> = times_s.iter().map(|s| s * 1e3).collect();
     log::info!("arena {} bytes", plan.arena_bytes);
     println!(
-        "bench model={} threads={}{} iters={} load_ms={:.3} median_ms={:.3} p90_ms={:.3} p99_ms={:.3}",
+        "bench model={} threads={}{} iters={} load_ms={:.3} median_ms={:.4} p90_ms={:.4} p99_ms={:.4}",
         model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         threads,
         if int8 { " int8" } else { "" },
@@ -165,6 +169,9 @@ fn run_model(
         percentile(&times, 0.99),
     );
     eprintln!("arena_bytes={}", plan.arena_bytes);
+    if let Some(ns) = round_trip_ns {
+        eprintln!("core_round_trip_ns={ns:.0}");
+    }
     if let Some(nodes) = profile {
         // Separate runs, so the clock reads around every node do not touch the times above.
         session.set_profiling(true);
