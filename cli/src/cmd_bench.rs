@@ -43,13 +43,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
+/// Untimed runs before `iters` timed ones.
+fn warm_up_runs(iters: usize) -> usize {
+    (iters / 10).clamp(1, 5)
+}
+
 /// Runs `f` a few times to warm caches and threads, then `iters` (>= 1) timed times; returns the
 /// times in seconds, ascending.
 fn time_iters(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     if iters == 0 {
         bail!("--iters must be at least 1");
     }
-    for _ in 0..(iters / 10).clamp(1, 5) {
+    for _ in 0..warm_up_runs(iters) {
         f()?;
     }
     let mut times = Vec::with_capacity(iters);
@@ -171,6 +176,8 @@ fn run_model(
     eprintln!("arena_bytes={}", plan.arena_bytes);
     if let Some(ns) = round_trip_ns {
         eprintln!("core_round_trip_ns={ns:.0}");
+        // Runs (warm-up included) the session chose to run on one thread (`tune_threads`).
+        eprintln!("serial_runs={} of {}", session.serial_runs(), iters + warm_up_runs(iters));
     }
     if let Some(nodes) = profile {
         // Separate runs, so the clock reads around every node do not touch the times above.

@@ -179,6 +179,10 @@ struct SessionArgs {
     /// 10x10 to 28x28 planes run channel-blocked, NCHW16c, where the CPU has the kernels).
     #[arg(long)]
     planar: bool,
+    /// Split layers over the threads on every run (by default, with several threads, the session
+    /// times runs on the threads and on one thread and runs the faster way).
+    #[arg(long)]
+    fixed_threads: bool,
 }
 
 impl SessionArgs {
@@ -189,6 +193,7 @@ impl SessionArgs {
             int8_activations: self.int8,
             memory_limit: self.memory_limit,
             blocked_layout: !self.planar,
+            tune_threads: !self.fixed_threads,
         }
     }
 }

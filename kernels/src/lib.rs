@@ -188,6 +188,16 @@ impl Kernels {
         }
     }
 
+    /// With `on`, this kernel set's work runs on the caller's thread alone, as with one thread,
+    /// until called again with `false` (the worker threads stay, and park once idle). For a
+    /// caller that measured its work to be faster that way (see the runtime's thread tuner);
+    /// without worker threads it does nothing.
+    pub fn set_serial(&self, on: bool) {
+        if let Some(pool) = self.pool() {
+            pool.set_serial(on);
+        }
+    }
+
     /// Runs `f(start, part)` over contiguous parts of `out` on this kernel set's threads, for
     /// element-wise work outside the kernels (the runtime's arithmetic and activations): one part
     /// per thread when each gets at least `min_len` elements, else one call on the caller's
@@ -413,6 +423,21 @@ pub(crate) fn zero(xs: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_serial_kernel_set_cuts_work_for_one_thread_until_released() {
+        let k = Kernels::with_isa(*Isa::available().last().unwrap(), 2).unwrap();
+        assert_eq!(k.pool_now().1, 2);
+        // Clones share the pool, as a session's ops share its kernel set.
+        k.clone().set_serial(true);
+        assert!(k.pool_now().0.is_none() && k.pool_now().1 == 1);
+        k.set_serial(false);
+        assert_eq!(k.pool_now().1, 2);
+        // Without workers it changes nothing.
+        let one = Kernels::default();
+        one.set_serial(true);
+        assert_eq!(one.pool_now().1, 1);
+    }
 
     #[test]
     fn zero_clears_exactly_the_slice() {

@@ -193,6 +193,8 @@ pub(crate) struct WorkerPool {
     /// The end of the current back-off, in nanoseconds after `created` (0: none yet), readable
     /// without the lock: see [`WorkerPool::backed_off`].
     serial_until: AtomicU64,
+    /// Jobs run on the caller alone until this is cleared ([`WorkerPool::set_serial`]).
+    serial: AtomicBool,
 }
 
 impl std::fmt::Debug for WorkerPool {
@@ -223,6 +225,7 @@ impl WorkerPool {
             busy: Mutex::new(Backoff::default()),
             created: Instant::now(),
             serial_until: AtomicU64::new(0),
+            serial: AtomicBool::new(false),
         };
         for id in 1..=workers {
             let shared = Arc::clone(&pool.shared);
@@ -258,8 +261,17 @@ impl WorkerPool {
     /// gains nothing from cutting its work into tasks for several threads (each costs a
     /// task's setup) and should make one.
     pub(crate) fn backed_off(&self) -> bool {
+        if self.serial.load(Ordering::Relaxed) {
+            return true;
+        }
         let until = self.serial_until.load(Ordering::Relaxed);
         until > 0 && self.created.elapsed().as_nanos() < u128::from(until)
+    }
+
+    /// With `on`, every job runs on the caller alone (as during a back-off) until called again
+    /// with `false`: for a caller that found its work faster on one thread.
+    pub(crate) fn set_serial(&self, on: bool) {
+        self.serial.store(on, Ordering::Relaxed);
     }
 
     /// Runs `f(t, slot)` once for every `t < tasks`, on whichever thread claims it first (the
@@ -278,7 +290,7 @@ impl WorkerPool {
             }
         };
         let start = Instant::now();
-        if tasks <= 1 || backoff.serial(start) {
+        if tasks <= 1 || backoff.serial(start) || self.serial.load(Ordering::Relaxed) {
             (0..tasks).for_each(|t| f(t, 0));
             return;
         }
@@ -420,6 +432,27 @@ mod tests {
         }
         let got: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         assert_eq!(got, vec![2000, 1500, 1000, 500]);
+    }
+
+    #[test]
+    fn a_serial_pool_runs_every_task_on_the_caller_until_released() {
+        let pool = WorkerPool::new(2).unwrap();
+        let slots: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        pool.set_serial(true);
+        assert!(pool.backed_off());
+        for _ in 0..50 {
+            pool.run(6, &|_, slot| {
+                slots[slot].fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(slots[0].load(Ordering::Relaxed), 300);
+        pool.set_serial(false);
+        assert!(!pool.backed_off());
+        let sum = AtomicUsize::new(0);
+        pool.run(6, &|t, _| {
+            sum.fetch_add(t, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 15);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod session;
 pub mod tasks;
 pub mod tensor;
+pub mod threads;
 
 pub use error::{Result, RuntimeError};
 pub use session::{PlanSummary, Session, SessionOptions};

@@ -5,6 +5,7 @@
 //! activation arena; [`Session::run`] then executes only the remaining nodes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use pith_format::ir::{ElemType, Graph, Value};
 use pith_format::PithFile;
@@ -17,6 +18,7 @@ use crate::ops::{self, ExecCtx, Op};
 pub use crate::plan::PlanSummary;
 use crate::plan::{self, node_error, ConstantFn, Plan};
 use crate::tensor::{Tensor, TensorBuf};
+use crate::threads::{ThreadTuner, Way};
 
 /// How a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +45,22 @@ pub struct SessionOptions {
     /// the channel-blocked layout where the kernel path has blocked kernels (see
     /// [`crate::layout`]; AVX-512 today). On by default; off, every activation stays NCHW.
     pub blocked_layout: bool,
+    /// With several threads, time runs on the threads and on the caller alone and run the faster
+    /// way ([`crate::threads`]: on hosts where threads hand work over slowly, small models run
+    /// faster on one thread); `threads` is then the most a run uses. On by default; off, every
+    /// run splits its layers over the threads as their size warrants.
+    pub tune_threads: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { threads: 1, int8_activations: false, memory_limit: None, blocked_layout: true }
+        SessionOptions {
+            threads: 1,
+            int8_activations: false,
+            memory_limit: None,
+            blocked_layout: true,
+            tune_threads: true,
+        }
     }
 }
 
@@ -138,6 +151,12 @@ impl Session {
         self.engine.run(&|id| model.constant(id), inputs)
     }
 
+    /// How many runs went on the caller's thread alone because the session measured that faster
+    /// ([`SessionOptions::tune_threads`]).
+    pub fn serial_runs(&self) -> u64 {
+        self.engine.serial_runs
+    }
+
     /// The summary of the current plan, if any.
     pub fn last_plan(&self) -> Option<&PlanSummary> {
         self.engine.current().map(|p| &p.summary)
@@ -146,6 +165,13 @@ impl Session {
 
 /// How many plans (distinct input-shape sets) a session keeps; older ones are re-planned on demand.
 const PLAN_CACHE: usize = 4;
+
+/// A plan and how its runs use the threads (timed per plan: run times differ by input shape).
+#[derive(Debug)]
+struct CachedPlan {
+    plan: Plan,
+    tuner: ThreadTuner,
+}
 
 /// The model-independent part of a session: ops, plan and backend. It sees the model through a
 /// graph and a constant lookup, so tests can drive it with in-memory models.
@@ -156,7 +182,9 @@ struct Engine {
     graph: Graph,
     ops: Vec<Box<dyn Op>>,
     /// Recently used plans, the current one last.
-    plans: Vec<Plan>,
+    plans: Vec<CachedPlan>,
+    /// Runs that went on the caller's thread alone by the thread tuner's choice.
+    serial_runs: u64,
     backend: Box<dyn Backend>,
     options: SessionOptions,
     /// Kernel path and worker pool, chosen once here and shared by every run.
@@ -200,12 +228,13 @@ impl Engine {
             kernels.int8_activations()
         );
         let ctx = ExecCtx { kernels };
-        Ok(Engine { graph, ops, plans: Vec::new(), backend: Box::new(CpuBackend::new()), options, ctx })
+        let backend = Box::new(CpuBackend::new());
+        Ok(Engine { graph, ops, plans: Vec::new(), serial_runs: 0, backend, options, ctx })
     }
 
     /// The plan of the latest successful `plan` or `run`.
     fn current(&self) -> Option<&Plan> {
-        self.plans.last()
+        self.plans.last().map(|c| &c.plan)
     }
 
     /// Makes the plan for these shapes current, reusing a cached one when the shapes were seen.
@@ -216,7 +245,7 @@ impl Engine {
     ) -> Result<PlanSummary> {
         let graph = &self.graph;
         let bound = plan::bind_inputs(graph, input_shapes)?;
-        let plan = match self.plans.iter().position(|p| p.input_shapes == bound.shapes) {
+        let cached = match self.plans.iter().position(|c| c.plan.input_shapes == bound.shapes) {
             Some(i) => self.plans.remove(i),
             None => {
                 let mut plan = plan::plan(graph, constant, &self.ops, input_shapes)?;
@@ -233,14 +262,14 @@ impl Engine {
                         limit,
                     });
                 }
-                plan
+                CachedPlan { plan, tuner: ThreadTuner::default() }
             }
         };
         if self.plans.len() >= PLAN_CACHE {
             self.plans.remove(0);
         }
-        let summary = plan.summary;
-        self.plans.push(plan);
+        let summary = cached.plan.summary;
+        self.plans.push(cached);
         Ok(summary)
     }
 
@@ -251,7 +280,8 @@ impl Engine {
         let shapes: Vec<(&str, Vec<usize>)> = inputs.iter().map(|(n, t)| (*n, t.shape.clone())).collect();
         self.plan(constant, &shapes)?;
         let graph = &self.graph;
-        let plan = self.plans.last().expect("planned above");
+        let cached = self.plans.last_mut().expect("planned above");
+        let plan = &cached.plan;
         let by_graph_order: Vec<&Tensor> = graph
             .inputs
             .iter()
@@ -260,8 +290,16 @@ impl Engine {
                 &inputs.iter().find(|(n, _)| n == name).expect("bound above").1
             })
             .collect();
+        let tune = self.options.tune_threads && self.ctx.threads() > 1;
+        let way = if tune { cached.tuner.next_way() } else { Way::Threads };
+        self.ctx.kernels.set_serial(way == Way::Serial);
+        self.serial_runs += u64::from(way == Way::Serial);
         let job = Job { graph, constant, ops: &self.ops, plan, ctx: &self.ctx };
+        let start = Instant::now();
         let outs = self.backend.execute(&job, &by_graph_order)?;
+        if tune {
+            cached.tuner.record(way, start.elapsed());
+        }
         Ok(graph.outputs.iter().map(|&id| graph.values[id as usize].name.clone()).zip(outs).collect())
     }
 }
@@ -382,9 +420,13 @@ mod tests {
         }
 
         fn with_fusion(model: Model, fuse: bool) -> Result<Mem> {
+            Mem::with_options(model, SessionOptions::default(), fuse)
+        }
+
+        fn with_options(model: Model, options: SessionOptions, fuse: bool) -> Result<Mem> {
             let consts = &model.constants;
             let lookup = |id| consts.iter().find(|c| c.value == id).map(|c| c.data.view());
-            let engine = Engine::with_fusion(&model.graph, &lookup, SessionOptions::default(), fuse)?;
+            let engine = Engine::with_fusion(&model.graph, &lookup, options, fuse)?;
             Ok(Mem { model, engine })
         }
 
@@ -481,6 +523,28 @@ mod tests {
         let y = b.node(OpKind::Conv, &[x, w, bias], 1, vec![])[0];
         b.output(y);
         (b.model, [w, bias])
+    }
+
+    #[test]
+    fn a_tuned_session_times_runs_on_one_thread_and_computes_the_same() {
+        let x = iota(&[1, 3, 4, 4]);
+        let runs = 2 * crate::threads::SAMPLES + 1;
+        let mut outputs = Vec::new();
+        for (threads, tune) in [(2, true), (2, false), (1, true)] {
+            let options = SessionOptions { threads, tune_threads: tune, ..Default::default() };
+            let mut s = Mem::with_options(conv_with_bias(false).0, options, true).unwrap();
+            for _ in 0..runs {
+                outputs.push(s.run(&[("x", x.clone())]).unwrap()[0].1.clone());
+            }
+            // The calibration runs serial whatever the machine; without tuning or threads, none.
+            let serial = s.engine.serial_runs;
+            let least = if threads > 1 && tune { crate::threads::SAMPLES as u64 } else { 0 };
+            let most = if threads > 1 && tune { runs as u64 } else { 0 };
+            assert!((least..=most).contains(&serial), "{threads} threads, tuning {tune}: {serial} serial");
+        }
+        // A serial run, of the threads' plan, computes what the threads do (this conv sums in the
+        // same order either way).
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]
@@ -699,7 +763,7 @@ mod tests {
             assert_eq!(s.engine.current().unwrap().input_shapes, vec![vec![1, 2, h, w]]);
             assert!(s.engine.plans.len() <= PLAN_CACHE);
         }
-        let cached: Vec<usize> = s.engine.plans.iter().map(|p| p.input_shapes[0][2]).collect();
+        let cached: Vec<usize> = s.engine.plans.iter().map(|c| c.plan.input_shapes[0][2]).collect();
         assert_eq!(cached, vec![4, 5, 6, 2], "least recently used first");
     }
 

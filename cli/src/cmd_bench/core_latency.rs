@@ -1,10 +1,11 @@
 //! How long two threads of this process take to hand a cache line back and forth: what every
-//! multi-threaded job pays to start and to finish. On the 2-vCPU cloud hosts the benchmarks ran
-//! on, it moved between about 80 ns and 400 ns from minute to minute (the host placing the two
-//! vCPUs on cores that share a cache or not), and two-thread inference of small models followed
-//! it (BlazeFace 0.27 ms at 80 ns, 0.58 ms at 370 ns, slower than one thread's 0.40; onnxruntime
-//! likewise). `pith bench` prints it after timing a model on several threads, so a two-thread
-//! figure comes with the state the host was in.
+//! multi-threaded job pays to start and to finish. On the 2-vCPU Zen 5 cloud host of the
+//! thirty-first session it moved between about 45 and 400 ns every few minutes (the host placing
+//! the two vCPUs on cores that share a cache or not), and two-thread inference of small models
+//! followed it: BlazeFace at 2 threads with every run split over them took 0.27 ms at 45-50 ns
+//! and 0.59 ms at 360-390 ns, slower than one thread's 0.41 (onnxruntime likewise: 0.95 against
+//! 0.64). `pith bench` prints it, measured just before timing a model on several threads, so a
+//! two-thread figure comes with the state the host was in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;

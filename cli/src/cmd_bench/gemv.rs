@@ -152,6 +152,8 @@ pub fn measure(
     options: SessionOptions,
     iters: usize,
 ) -> Result<GemvReport> {
+    // The product on the threads asked for, every run (not the session's faster way).
+    let options = SessionOptions { tune_threads: false, ..options };
     let threads = options.threads;
     let Some(packed) = random_codebook_matrix(rows, cols, bits, 1) else {
         bail!("cannot build a {rows}x{cols} matrix at {bits} bits (bits must be 1..=8)");
@@ -162,7 +164,7 @@ pub fn measure(
 
     let mut packed = gemv_session(packed, rows, cols, options)?;
     let dense = TensorData::F32(random_f32s(rows * cols, 3));
-    let plain = SessionOptions { threads, ..Default::default() };
+    let plain = SessionOptions { threads, tune_threads: false, ..Default::default() };
     let mut dense = gemv_session(dense, rows, cols, plain)?;
     let src = vec![0x5au8; packed_bytes];
     let mut dst = vec![0u8; packed_bytes];
