@@ -194,7 +194,7 @@ fn panel_rows(p: &Conv2dParams) -> usize {
 /// full panels, and decodes every filter itself, which costs little while each thread still
 /// has [`PIXEL_SPLIT_MIN`] pixels.
 fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    let threads = kernels.threads();
+    let threads = kernels.threads_now();
     let filters_per_task = p.out_c / (threads * TASKS_PER_THREAD).max(1);
     threads > 1
         && p.groups == 1
@@ -221,7 +221,8 @@ const REDUCE_WORK_WEIGHT: usize = 16;
 /// thread reads lines another core wrote at a third of the speed), where the partial sums that
 /// cross here are a fraction of it (the filters over the input channels, halved).
 fn pointwise_by_depth(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    depth_split_shape(p) && kernels.threads() > 1 && p.in_c >= 8 * kernels.threads()
+    let threads = kernels.threads_now();
+    depth_split_shape(p) && threads > 1 && p.in_c >= 8 * threads
 }
 
 /// The layer part of [`pointwise_by_depth`] (what the scratch is sized for).
@@ -359,7 +360,7 @@ pub fn conv2d(
                 layer.pointwise(xb, rb, ocs, 0..out_plane, &mut planes, s)
             }),
             // Groups of their own input (depthwise): split filters, no input is read twice.
-            Some(slab) if p.groups >= kernels.threads() => {
+            Some(slab) if p.groups >= kernels.threads_now() => {
                 // A depthwise multiply-add takes several times a dense one's time, so
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
@@ -607,7 +608,8 @@ impl Layer<'_, '_> {
     ) {
         let p = self.p;
         let (k, plane, filters) = (p.in_c, p.out_h * p.out_w, p.out_c);
-        let shares = kernels.threads();
+        // As many shares as threads (at most `kernels.threads()`, which the scratch is sized for).
+        let shares = kernels.threads_now();
         let part = filters * plane;
         let per_task = scratch_len(p) - part;
         let (partials, rest) = scratch.split_at_mut(shares * part);

@@ -279,9 +279,9 @@ pub(crate) fn conv(
             p.filter_len()
         )));
     }
-    let threads = kernels.threads();
     let per_task = scratch_len(p);
-    check_min_len("conv scratch", scratch.len(), per_task * threads)?;
+    check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
+    let threads = kernels.threads_now();
     let layer = Layer { isa: kernels.isa(), int8, filters, bias, act, p };
     if !p.is_pointwise() {
         layer.shifted(kernels, x, residual.map(|r| (r, rc)), y, scratch, per_task);
@@ -343,7 +343,7 @@ impl Layer<'_> {
         let p = self.p;
         let (plane, len) = (p.out_h * p.out_w, block_len(p));
         let blocks = plane.div_ceil(BLOCK);
-        if blocks < kernels.threads() {
+        if blocks < kernels.threads_now() {
             let shared = &mut shared[..blocks * len];
             let quantized = shared
                 .chunks_exact_mut(len)

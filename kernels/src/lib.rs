@@ -198,6 +198,14 @@ impl Kernels {
         }
     }
 
+    /// The threads to cut work for now: [`Kernels::threads`], or 1 while the work runs on the
+    /// caller alone ([`Kernels::set_serial`], or a back-off after a stalled worker). Choices of
+    /// how to split a layer read this, so that a serial run computes as one thread would;
+    /// scratch stays sized for [`Kernels::threads`].
+    pub(crate) fn threads_now(&self) -> usize {
+        self.pool_now().1
+    }
+
     /// Runs `f(start, part)` over contiguous parts of `out` on this kernel set's threads, for
     /// element-wise work outside the kernels (the runtime's arithmetic and activations): one part
     /// per thread when each gets at least `min_len` elements, else one call on the caller's
