@@ -199,14 +199,14 @@ fn print_profile(profile: &[OpTime], runs: usize) -> Result<()> {
         let secs = t.total.as_secs_f64();
         writeln!(
             out,
-            "op={} calls_per_run={} ms_per_run={:.3} share={:.1}%",
+            "op={} calls_per_run={} ms_per_run={:.4} share={:.1}%",
             t.op,
             t.calls / runs.max(1),
             secs * 1e3 / runs.max(1) as f64,
             100.0 * secs / total.max(f64::MIN_POSITIVE)
         )?;
     }
-    writeln!(out, "op=all ms_per_run={:.3}", total * 1e3 / runs.max(1) as f64)?;
+    writeln!(out, "op=all ms_per_run={:.4}", total * 1e3 / runs.max(1) as f64)?;
     Ok(())
 }
 
@@ -219,7 +219,7 @@ fn print_slowest_nodes(nodes: &[NodeTime], runs: usize, count: usize) -> Result<
         let secs = t.total.as_secs_f64();
         writeln!(
             out,
-            "node={} op={} out={} ms_per_run={:.3} share={:.1}%",
+            "node={} op={} out={} ms_per_run={:.4} share={:.1}%",
             t.name,
             t.op,
             t.output,
