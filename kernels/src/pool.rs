@@ -195,6 +195,9 @@ pub(crate) struct WorkerPool {
     serial_until: AtomicU64,
     /// Jobs run on the caller alone until this is cleared ([`WorkerPool::set_serial`]).
     serial: AtomicBool,
+    /// Stalls never start a back-off ([`WorkerPool::ignore_stalls`]).
+    #[cfg(test)]
+    ignore_stalls: AtomicBool,
 }
 
 impl std::fmt::Debug for WorkerPool {
@@ -226,6 +229,8 @@ impl WorkerPool {
             created: Instant::now(),
             serial_until: AtomicU64::new(0),
             serial: AtomicBool::new(false),
+            #[cfg(test)]
+            ignore_stalls: AtomicBool::new(false),
         };
         for id in 1..=workers {
             let shared = Arc::clone(&pool.shared);
@@ -255,6 +260,21 @@ impl WorkerPool {
     fn publish_back_off(&self, until: Instant) {
         let nanos = until.saturating_duration_since(self.created).as_nanos();
         self.serial_until.store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Keeps the workers on every job however long they stall it: for tests that check how a
+    /// kernel splits its work, on hosts (qemu, a loaded CI runner) where stalls are common.
+    #[cfg(test)]
+    pub(crate) fn ignore_stalls(&self) {
+        self.ignore_stalls.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether stalled jobs may start a back-off: always, but in tests that turned it off.
+    fn stalls_back_off(&self) -> bool {
+        #[cfg(test)]
+        return !self.ignore_stalls.load(Ordering::Relaxed);
+        #[cfg(not(test))]
+        true
     }
 
     /// Whether jobs run on the caller alone now, after a worker stalled one: a kernel then
@@ -325,7 +345,8 @@ impl WorkerPool {
         s.closed.store(epoch, Ordering::SeqCst);
         wait(|| s.active.load(Ordering::SeqCst) == 0);
         let end = Instant::now();
-        if let Some(pause) = backoff.record(own_end - start, end - own_end, end) {
+        let pause = self.stalls_back_off().then(|| backoff.record(own_end - start, end - own_end, end));
+        if let Some(pause) = pause.flatten() {
             self.publish_back_off(end + pause);
             log::debug!(
                 "workers stalled jobs (the last one waited {:?}, the caller's share took {:?}): caller-only jobs for {pause:?}",
@@ -621,6 +642,16 @@ mod tests {
             a_worker_runs_a_task(&pool, Duration::ZERO),
             "the worker never took a task after the back-off"
         );
+    }
+
+    #[test]
+    fn a_pool_that_ignores_stalls_keeps_its_workers_after_one() {
+        // What the kernel tests' sets rely on: their split choices must not depend on the host.
+        let pool = WorkerPool::new(1).unwrap();
+        pool.ignore_stalls();
+        assert!(a_worker_runs_a_task(&pool, Duration::from_millis(20)), "the worker never took a task");
+        assert!(pool.busy.lock().unwrap().until.is_none(), "a stall started a back-off");
+        assert!(!pool.backed_off());
     }
 
     #[test]
