@@ -194,7 +194,7 @@ impl NkProduct<'_, '_> {
     /// (nothing written) when the weights are not packed indices.
     fn gemv_packed(&self, i: usize, js: Range<usize>, y: &mut [f32], xp: &mut [f32]) -> bool {
         let k = self.k;
-        let mut luts = [[0.0f32; 256]; PACKED_ROWS];
+        let mut luts = [[0.0f32; 256]; PER_ROW_BATCH];
         let Some((bits, tables)) = self.rows.packed_tables(&mut luts[0]) else { return false };
         let x = &self.a[i * k..(i + 1) * k];
         let padded = k.next_multiple_of(GEMV_BLOCK).min(xp.len());
@@ -204,7 +204,7 @@ impl NkProduct<'_, '_> {
         // codebook's PACKED_ROWS at a time, each with its own.
         let (batch, shared) = match tables {
             PackedTables::Shared(_) => (GEMV_BATCH, true),
-            PackedTables::PerRow => (PACKED_ROWS, false),
+            PackedTables::PerRow => (PER_ROW_BATCH, false),
         };
         let mut rows: [&[u8]; GEMV_BATCH] = [&[]; GEMV_BATCH];
         let mut at = [0usize; GEMV_BATCH];
@@ -260,6 +260,9 @@ impl NkProduct<'_, '_> {
 /// and sums live on the stack); more per call spreads its fixed costs (bounds, dispatch) over
 /// more rows, which short rows (squeeze-excite, 144 or 576 columns) feel.
 const GEMV_BATCH: usize = 64;
+
+/// Rows of per-row codebooks per [`Isa::dot_packed_rows`] call (each with its own table).
+const PER_ROW_BATCH: usize = 16;
 
 /// Longest row the int8 GEMV takes: its i32 sums (up to 255 · 127 per weight) must not overflow.
 const INT8_GEMV_MAX_K: usize = 1 << 16;
@@ -372,8 +375,8 @@ mod tests {
     fn packed_gemv_matches_reference_over_whole_blocks_and_tails() {
         // m = 1 over packed rows: whole 64-byte blocks of every width plus odd tails (and rows
         // shorter than one block: squeeze-excite layers), row counts that leave 1..3 rows in the
-        // last kernel call, and some above GEMV_BATCH (several batches of a shared table, a
-        // partial last one), every codebook kind, split over workers.
+        // last kernel call, and some above GEMV_BATCH (several batches of a shared table or of
+        // per-row tables, a partial last one), every codebook kind, split over workers.
         let mut rng = Rng::new(21);
         let sets = kernel_sets();
         for (case, kind) in WeightKind::all().into_iter().skip(2).enumerate() {
@@ -382,7 +385,9 @@ mod tests {
                 4 => 1 + rng.below(150),
                 tail => (512 / bits as usize) * (1 + rng.below(2)) + [0, 1, 63, 100][tail],
             };
-            let n = if case % 3 == 2 { GEMV_BATCH + rng.below(3 * GEMV_BATCH) } else { 1 + rng.below(11) };
+            // Shared-table kinds (case % 3 == 2), and per-row ones of even widths (case % 6 == 4).
+            let many = case % 3 == 2 || case % 6 == 4;
+            let n = if many { GEMV_BATCH + rng.below(3 * GEMV_BATCH) } else { 1 + rng.below(11) };
             let data = random_weight(&mut rng, kind, n, k);
             let wf = decode_all(&data, n);
             let a = rng.vec(k);
