@@ -106,6 +106,15 @@ fn inverted_residuals_run_channel_blocked_where_the_cpu_has_the_kernels() {
     check_blocked_case("block_inverted_residuals_blocked", [1, 32, 14, 14], 6);
 }
 
+/// The small-plane case: from one 14x14 region, depthwise layers over 7x7 run blocked where their
+/// multiply-adds pay for their 1x1 neighbours' weights (a1-a4, the stream c1 and c2-c3: 7
+/// values) and so do b1 and the stride-2 layer's output b2; the 3x3 layer between 160-channel
+/// 1x1 layers (b3, b4), the stream s into it and the one after it (d1) stay planar.
+#[test]
+fn depthwise_layers_over_7x7_run_channel_blocked_where_they_pay_for_their_neighbours() {
+    check_blocked_case("block_small_planes_blocked", [1, 32, 14, 14], 9);
+}
+
 /// The squeeze-excite case: the expansion's and the depthwise layer's outputs and both gated
 /// products run blocked (the pools and the projection into 40 channels read them blocked).
 #[test]

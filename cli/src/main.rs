@@ -176,7 +176,7 @@ struct SessionArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     memory_limit: Option<usize>,
     /// Keep every activation in planar NCHW (by default chains of 1x1 and depthwise layers over
-    /// 10x10 to 28x28 planes run channel-blocked, NCHW16c, where the CPU has the kernels).
+    /// 7x7 to 28x28 planes run channel-blocked, NCHW16c, where the CPU has the kernels).
     #[arg(long)]
     planar: bool,
     /// Split layers over the threads on every run (by default, with several threads, the session

@@ -1,6 +1,6 @@
 //! Which activations run in the channel-blocked layout (NCHW16c, [`pith_kernels::blocked`]).
 //!
-//! Chains of 1×1 and depthwise convolutions over small planes (MobileNets' 28×28 and 14×14
+//! Chains of 1×1 and depthwise convolutions over small planes (MobileNets' 28×28, 14×14 and 7×7
 //! stages, squeeze-excite blocks included) run faster with their activations blocked: the
 //! depthwise layers need no lanes past a short row and no transposes, the 1×1 layers no masked
 //! pixel tails. A value is blocked when:
@@ -14,6 +14,9 @@
 //!   blocked, a residual added in a convolution shares its output's layout, and in a
 //!   squeeze-excite block a global average pool reads the value blocked and the product with
 //!   the per-channel gate keeps its layout;
+//! * over a plane under [`SMALL_PLANE`] pixels (7×7), it belongs to a depthwise layer whose work
+//!   pays for the weights of the 1×1 layers next to it, or to a stream between 1×1 layers none
+//!   of which touches a depthwise layer that does not ([`SMALL_PLANE_WEIGHT_COST`]);
 //! * its region (the blocked values connected through the layers between them) pays: its
 //!   depthwise layers' work, weighted by [`DEPTHWISE_GAIN_WEIGHT`], exceeds that of the 1×1
 //!   layers at its edges.
@@ -27,12 +30,27 @@ use pith_kernels::Kernels;
 use crate::ops::{Arg, BlockedUse, NodeLayouts, Op};
 use crate::plan::{plan_arg, ConstantFn, Plan, Slot};
 
-/// Fewest pixels of a blocked plane. 1×1 layers over 7×7 (49 pixels) measured slower blocked
-/// (transposing a group of filters once per call is a large share of so few pixels: 960→320
-/// took 0.33-0.34 ms against 0.25-0.27 planar, 1 thread, Xeon), 14×14 (196) alike or faster.
-/// Blocking the 7×7 output of MobileNetV2's stride-2 depthwise layer too (0.039 → 0.021 ms)
-/// cost the 1×1 layer after it more (0.082 → 0.115, converting back to planar).
-pub const MIN_PLANE: usize = 100;
+/// Fewest pixels of a blocked plane: 7×7, MobileNets' last stage, where a blocked depthwise
+/// layer takes 0.43-0.66 of its planar time (Zen 5, 1 thread: MobileNetV2's 960 channels 20.5 →
+/// 13.4 µs, its stride-2 layer into 7×7 23.8 → 10.2, MobileNetV3-Small's 5×5 ones 20.5 → 13.5).
+/// Planes under [`SMALL_PLANE`] are blocked only around depthwise layers that pay for the 1×1
+/// layers next to them ([`SMALL_PLANE_WEIGHT_COST`]).
+pub const MIN_PLANE: usize = 49;
+
+/// Planes under this many pixels are *small*: a 1×1 layer over one runs slower blocked, its
+/// filters transposed once per call for few pixels (Zen 5, 1 thread: MobileNetV2's 960 → 320
+/// over 7×7 134.6 → 160.2 µs, 320 → 1280 196.1 → 218.3; the Xeon of the twenty-second session
+/// measured 960 → 320 0.25-0.27 → 0.33-0.34 ms), by a cost in proportion to its weights.
+pub const SMALL_PLANE: usize = 100;
+
+/// A depthwise layer over a small plane runs blocked (with the values tied to it) only when its
+/// multiply-adds are at least this many times the weights of the 1×1 layers over small planes
+/// that read or write those values. Measured (Zen 5, 1 thread, all-or-nothing over the 7×7
+/// stage): MobileNetV3-Small's 5×5 layers (ratio of weights to multiply-adds 0.16) and stride-2
+/// layers into 7×7 (0.08; MobileNetV2's 0.36) gain, each with the 1×1 layer before it no longer
+/// converting its output back to planar (14.6 and 10.3 µs); MobileNetV2's 3×3 layers between
+/// 160-channel 1×1 layers (0.73) lose (7 µs saved against 3 + 12.4 lost in their neighbours).
+pub const SMALL_PLANE_WEIGHT_COST: usize = 2;
 
 /// How many 1×1 multiply-adds a depthwise multiply-add run blocked saves, for the rule that
 /// keeps a region only where its depthwise layers outweigh the 1×1 layers at its edges (a region
@@ -103,6 +121,7 @@ pub fn assign(
             }
         }
     }
+    keep_small_planes_that_pay(graph, plan, &uses, &mut blocked);
     // Values that must share a layout: a depthwise layer's input and output, a residual and
     // its convolution's output. Unblock both of a pair that disagrees until none does.
     loop {
@@ -206,6 +225,88 @@ fn drop_unpaid_regions(graph: &Graph, plan: &Plan, uses: &[Option<BlockedUse>], 
     for (id, b) in blocked.iter_mut().enumerate() {
         let r = root(&mut parent, id);
         if *b && gain[r] <= cost[r] {
+            *b = false;
+        }
+    }
+}
+
+/// Unblocks every value over a small plane (under [`SMALL_PLANE`] pixels) but those tied to a
+/// depthwise layer whose work pays for its small-plane 1×1 neighbours: the layer's input and
+/// output, and the products that gate its output (squeeze-excite), when its multiply-adds are at
+/// least [`SMALL_PLANE_WEIGHT_COST`] times the weights of the 1×1 layers over small planes that
+/// read or write them. A 1×1 layer between two small-plane values (a projection into a residual
+/// stream) then reads or writes one of them planar, so it converts at no extra cost rather than
+/// computing blocked over the small plane.
+fn keep_small_planes_that_pay(graph: &Graph, plan: &Plan, uses: &[Option<BlockedUse>], blocked: &mut [bool]) {
+    let shape = |id: usize| plan.values[id].as_ref().map_or(&[][..], |v| &v.shape[..]);
+    let small = |id: usize| shape(id).get(2..).is_some_and(|s| s.iter().product::<usize>() < SMALL_PLANE);
+    let channels = |id: Option<u32>| id.and_then(|id| shape(id as usize).get(1).copied()).unwrap_or(0);
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); blocked.len()];
+    let mut writer: Vec<Option<usize>> = vec![None; blocked.len()];
+    for &ni in &plan.steps {
+        for &id in graph.nodes[ni].inputs.iter().flatten() {
+            readers[id as usize].push(ni);
+        }
+        for &id in &graph.nodes[ni].outputs {
+            writer[id as usize] = Some(ni);
+        }
+    }
+    // Values tied to a small-plane depthwise layer that pays, or to one that does not.
+    let (mut allowed, mut failing) = (vec![false; blocked.len()], vec![false; blocked.len()]);
+    for &ni in &plan.steps {
+        let Some(BlockedUse::Tied { input, gain }) = uses[ni] else { continue };
+        let node = &graph.nodes[ni];
+        let (Some(Some(x)), Some(&y)) = (node.inputs.get(input), node.outputs.first()) else { continue };
+        let y = y as usize;
+        if gain == 0 || !small(y) || !blocked[y] {
+            continue;
+        }
+        // The layer's values and the gated products of its output, output by output.
+        let mut tied = vec![*x as usize, y];
+        let mut next = 1;
+        while next < tied.len() {
+            let v = tied[next];
+            next += 1;
+            for &r in &readers[v] {
+                let gate = graph.nodes[r].outputs.first().map(|&o| o as usize);
+                if let (Some(BlockedUse::Tied { input, gain: 0 }), Some(o)) = (uses[r], gate) {
+                    if graph.nodes[r].inputs.get(input) == Some(&Some(v as u32)) && !tied.contains(&o) {
+                        tied.push(o);
+                    }
+                }
+            }
+        }
+        let mut neighbours: Vec<usize> = tied
+            .iter()
+            .flat_map(|&v| readers[v].iter().copied().chain(writer[v]))
+            .filter(|&n| matches!(uses[n], Some(BlockedUse::Free { .. })))
+            .collect();
+        neighbours.sort_unstable();
+        neighbours.dedup();
+        let weights: usize = neighbours
+            .iter()
+            .map(|&n| &graph.nodes[n])
+            .filter(|n| n.outputs.first().is_some_and(|&o| small(o as usize)))
+            .map(|n| channels(n.inputs.first().copied().flatten()) * channels(n.outputs.first().copied()))
+            .sum();
+        let pays = gain >= SMALL_PLANE_WEIGHT_COST * weights;
+        tied.iter().for_each(|&v| if pays { allowed[v] = true } else { failing[v] = true });
+    }
+    // Values tied to no small-plane depthwise layer (a residual stream between 1×1 layers) stay
+    // blocked unless a 1×1 layer that reads or writes them touches one a depthwise layer left
+    // planar (whose 1×1 layers would then convert over the small plane).
+    for id in 0..blocked.len() {
+        if !blocked[id] || !small(id) || allowed[id] || failing[id] {
+            continue;
+        }
+        let touching = readers[id].iter().copied().chain(writer[id]);
+        allowed[id] = touching.filter(|&n| matches!(uses[n], Some(BlockedUse::Free { .. }))).all(|n| {
+            let node = &graph.nodes[n];
+            !node.inputs.iter().flatten().chain(&node.outputs).any(|&v| failing[v as usize])
+        });
+    }
+    for (id, b) in blocked.iter_mut().enumerate() {
+        if *b && small(id) && !allowed[id] {
             *b = false;
         }
     }

@@ -661,6 +661,58 @@ def block_cases() -> None:
           init("w2", randn(96, 24, 1, 1) * 0.3), init("b2", randn(96) * 0.1),
           init("wp", randn(40, 96, 1, 1) * 0.1), init("bp", randn(40) * 0.1)],
          opset=14)
+    # MobileNets' last stage over 7x7, from one 14x14 region: depthwise layers over 7x7 run
+    # blocked where their multiply-adds pay for the weights of their 1x1 neighbours over 7x7
+    # (chain a: a stride-2 layer into 7x7 and a 5x5 one; chain c: a 32-channel stream between two
+    # 1x1 layers, then a 5x5 layer), and planar where they do not (chain b: after a stride-2
+    # layer into 7x7 that pays, a 160-channel stream s into a 3x3 layer between 160-channel 1x1
+    # layers, as in MobileNetV2; s stays planar too, for a 1x1 layer that reads it feeds the 3x3
+    # layer). Appended last: earlier cases keep their data.
+    case("block_small_planes_blocked",
+         [node("Conv", ["x", "wa1", "ba1"], ["a1"]),
+          node("HardSwish", ["a1"], ["a1h"]),
+          node("Conv", ["a1h", "wa2", "ba2"], ["a2"], group=64, pads=[2, 2, 2, 2]),
+          node("HardSwish", ["a2"], ["a2h"]),
+          node("Conv", ["a2h", "wa3", "ba3"], ["a3"], group=64, pads=[1, 1, 1, 1], strides=[2, 2]),
+          node("Clip", ["a3", "lo", "hi"], ["a3r"]),
+          node("Conv", ["a3r", "wa4", "ba4"], ["a4"], group=64, pads=[2, 2, 2, 2]),
+          node("HardSwish", ["a4"], ["a4h"]),
+          node("Conv", ["a4h", "wy1", "by1"], ["y1"]),
+          node("Conv", ["a4h", "wc1", "bc1"], ["c1"]),
+          node("Conv", ["c1", "wc2", "bc2"], ["c2"]),
+          node("HardSwish", ["c2"], ["c2h"]),
+          node("Conv", ["c2h", "wc3", "bc3"], ["c3"], group=64, pads=[2, 2, 2, 2]),
+          node("Conv", ["c3", "wy3", "by3"], ["y3"]),
+          node("Conv", ["a2h", "wb1", "bb1"], ["b1"]),
+          node("Clip", ["b1", "lo", "hi"], ["b1r"]),
+          node("Conv", ["b1r", "wb2", "bb2"], ["b2"], group=96, pads=[2, 2, 2, 2], strides=[2, 2]),
+          node("Clip", ["b2", "lo", "hi"], ["b2r"]),
+          node("Conv", ["b2r", "ws", "bs"], ["s"]),
+          node("Conv", ["s", "wb3", "bb3"], ["b3"]),
+          node("Clip", ["b3", "lo", "hi"], ["b3r"]),
+          node("Conv", ["b3r", "wb4", "bb4"], ["b4"], group=256, pads=[1, 1, 1, 1]),
+          node("Clip", ["b4", "lo", "hi"], ["b4r"]),
+          node("Conv", ["b4r", "wd1", "bd1"], ["d1"]),
+          node("Conv", ["d1", "wy2", "by2"], ["y2"])],
+         {"x": randn(1, 32, 14, 14)}, ["y1", "y2", "y3"],
+         [init("wa1", randn(64, 32, 1, 1) * 0.2), init("ba1", randn(64) * 0.1),
+          init("wa2", randn(64, 1, 5, 5) * 0.2), init("ba2", randn(64) * 0.1),
+          init("wa3", randn(64, 1, 3, 3) * 0.3), init("ba3", randn(64) * 0.1),
+          init("wa4", randn(64, 1, 5, 5) * 0.2), init("ba4", randn(64) * 0.1),
+          init("wy1", randn(16, 64, 1, 1) * 0.1), init("by1", randn(16) * 0.1),
+          init("wc1", randn(32, 64, 1, 1) * 0.1), init("bc1", randn(32) * 0.1),
+          init("wc2", randn(64, 32, 1, 1) * 0.2), init("bc2", randn(64) * 0.1),
+          init("wc3", randn(64, 1, 5, 5) * 0.2), init("bc3", randn(64) * 0.1),
+          init("wy3", randn(16, 64, 1, 1) * 0.1), init("by3", randn(16) * 0.1),
+          init("wb1", randn(96, 64, 1, 1) * 0.2), init("bb1", randn(96) * 0.1),
+          init("wb2", randn(96, 1, 5, 5) * 0.2), init("bb2", randn(96) * 0.1),
+          init("ws", randn(160, 96, 1, 1) * 0.1), init("bs", randn(160) * 0.1),
+          init("wb3", randn(256, 160, 1, 1) * 0.1), init("bb3", randn(256) * 0.1),
+          init("wb4", randn(256, 1, 3, 3) * 0.3), init("bb4", randn(256) * 0.1),
+          init("wd1", randn(160, 256, 1, 1) * 0.1), init("bd1", randn(160) * 0.1),
+          init("wy2", randn(16, 160, 1, 1) * 0.1), init("by2", randn(16) * 0.1),
+          f32("lo", 0.0), f32("hi", 6.0)],
+         opset=14)
 
 def make_op_cases() -> None:
     if os.path.isdir(OPS):
