@@ -26,6 +26,7 @@ use std::ops::Range;
 use pith_format::TensorView;
 
 use crate::arch::Isa;
+use crate::decode::PackedTables;
 use crate::parallel::split_units_into;
 use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
 
@@ -190,6 +191,17 @@ impl BlockedDepthwise<'_> {
 /// `transpose_rows(panel, rows, k, wt, pitch)`: `wt[p * pitch + r] = panel[r * k + p]` for `rows`
 /// (a multiple of 16, at most `pitch`) rows of `k`.
 pub type TransposeRowsFn = fn(panel: &[f32], rows: usize, k: usize, wt: &mut [f32], pitch: usize);
+/// `nibbles_transposed(rows, k, table, scales, wt, pitch)`: `wt[p * pitch + r] = table[i] *
+/// scales[r]` for the 4-bit index `i` of column `p < k` of row `r < 16` (packed LSB first, two
+/// per byte; each row at least `k.div_ceil(2)` bytes).
+pub type NibblesTransposedFn = fn(
+    rows: &[&[u8]; BLOCK],
+    k: usize,
+    table: &[f32; 16],
+    scales: &[f32; BLOCK],
+    wt: &mut [f32],
+    pitch: usize,
+);
 /// The form of [`BlockedKernels::pointwise`].
 pub type BlockedPointwiseFn = fn(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]);
 /// The form of [`BlockedKernels::depthwise`].
@@ -201,6 +213,11 @@ pub struct BlockedKernels {
     /// Transposes decoded filter rows into the panel [`BlockedPointwise::wt`] /
     /// [`BlockedDepthwise::w`] read. Panics if `rows` is not a multiple of 16 or a slice is short.
     pub transpose_rows: TransposeRowsFn,
+    /// Decodes 16 rows of 4-bit indices of one shared codebook (per tensor or scaled per row)
+    /// straight into the transposed panel: the indices are transposed, a sixteenth of the floats'
+    /// data, and each vector of 16 filters' weights of a column is one table lookup. Panics if a
+    /// row or `wt` is short.
+    pub nibbles_transposed: NibblesTransposedFn,
     /// 1×1 products of up to 64 filters (see [`BlockedPointwise`]) into `y`, with `carry` (at
     /// least `16 * blocks * hw` floats) for partial sums; panics if its check fails.
     pub pointwise: BlockedPointwiseFn,
@@ -463,9 +480,21 @@ fn decode_transposed(
     wt: &mut [f32],
 ) {
     let (k, cols) = (weights.row_len(), rows.len());
+    let mut lut = [0.0f32; 256];
+    let shared = match weights.packed_tables(&mut lut) {
+        Some((4, PackedTables::Shared(scales))) => Some(scales),
+        _ => None,
+    };
+    let table: [f32; 16] = std::array::from_fn(|i| lut[i]);
     for (i, r0) in rows.step_by(BLOCK).enumerate() {
         // Filters past the layer's (a ragged last block) are zeros.
         let have = weights.rows().min(r0 + BLOCK).saturating_sub(r0);
+        if let (Some(scales), BLOCK) = (shared, have) {
+            let indices = std::array::from_fn(|r| weights.packed_indices(r0 + r));
+            let scales = std::array::from_fn(|r| scales.map_or(1.0, |s| s[r0 + r]));
+            (blocked.nibbles_transposed)(&indices, k, &table, &scales, &mut wt[BLOCK * i..], cols);
+            continue;
+        }
         weights.decode_rows(r0..r0 + have, &mut panel[..have * k]);
         panel[have * k..BLOCK * k].fill(0.0);
         (blocked.transpose_rows)(&panel[..BLOCK * k], BLOCK, k, &mut wt[BLOCK * i..], cols);
@@ -725,6 +754,51 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("input"), "{err}");
         let _ = ChannelActivation::Same(Activation::None);
+    }
+
+    #[test]
+    fn filters_decode_into_the_transposed_panel_as_row_by_row() {
+        // 4-bit shared codebooks (per tensor, scaled per row; f16 and f32 centroids, some with
+        // fewer than 16 entries) take the transposed-index path, every other encoding and a
+        // ragged last block the rows' own decoding: bit for bit the same panel, over rows shorter
+        // than a 64-byte block, whole blocks and odd tails.
+        use pith_format::ir::CodebookKind;
+        let mut rng = Rng::new(5);
+        let Some(blocked) = Isa::available().into_iter().filter_map(|isa| isa.blocked).next_back() else {
+            eprintln!("no blocked kernels on this CPU/build, skipped");
+            return;
+        };
+        let kinds = [
+            WeightKind::Codebook(4, CodebookKind::SharedScaled, false),
+            WeightKind::Codebook(4, CodebookKind::SharedScaled, true),
+            WeightKind::Codebook(4, CodebookKind::PerTensor, true),
+            WeightKind::Codebook(4, CodebookKind::PerRow, true),
+            WeightKind::Codebook(3, CodebookKind::SharedScaled, false),
+            WeightKind::F16,
+        ];
+        for (case, k) in [1, 2, 7, 31, 32, 33, 127, 128, 129, 255, 300].into_iter().enumerate() {
+            for (i, &kind) in kinds.iter().enumerate() {
+                let rows = [16, 32, 64, 40][(case + i) % 4];
+                let data = random_weight(&mut rng, kind, rows, k);
+                let weights = WeightRows::new(data.view(), rows, k).unwrap();
+                let cols = rows.next_multiple_of(BLOCK).min(POINTWISE_BLOCKS * BLOCK);
+                let mut panel = vec![f32::NAN; BLOCK * k];
+                let mut wt = vec![f32::NAN; k * cols];
+                decode_transposed(&weights, &blocked, 0..cols, &mut panel, &mut wt);
+                let mut row = vec![0.0; k];
+                for r in 0..cols {
+                    if r < rows {
+                        weights.decode(r, &mut row);
+                    } else {
+                        row.fill(0.0);
+                    }
+                    for (p, want) in row.iter().enumerate() {
+                        let got = wt[p * cols + r];
+                        assert_eq!(got.to_bits(), want.to_bits(), "{kind:?} {rows}x{k}: row {r} column {p}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -18,7 +18,8 @@ use super::depthwise_interleaved::transpose;
 use crate::blocked::{BlockedAct, BlockedDepthwise, BlockedKernels, BlockedPointwise, Layout, BLOCK as C};
 
 /// This path's blocked kernels.
-pub(super) const KERNELS: BlockedKernels = BlockedKernels { transpose_rows, pointwise, depthwise };
+pub(super) const KERNELS: BlockedKernels =
+    BlockedKernels { transpose_rows, nibbles_transposed, pointwise, depthwise };
 
 /// Most sums one pointwise tile keeps in registers (of 32; the weights take `V` more).
 const TILE_SUMS: usize = 24;
@@ -53,6 +54,62 @@ unsafe fn transpose_rows_impl(panel: *const f32, rows: usize, k: usize, wt: *mut
             for (p, col) in v.iter().enumerate().take(n) {
                 // SAFETY: row p0 + p < k of `wt`, columns r0 .. r0 + 16 <= rows.
                 unsafe { _mm512_storeu_ps(wt.add((p0 + p) * pitch + r0), *col) };
+            }
+        }
+    }
+}
+
+/// See [`crate::blocked::NibblesTransposedFn`].
+fn nibbles_transposed(
+    rows: &[&[u8]; C],
+    k: usize,
+    table: &[f32; 16],
+    scales: &[f32; C],
+    wt: &mut [f32],
+    pitch: usize,
+) {
+    let bytes = k.div_ceil(2);
+    assert!(rows.iter().all(|row| row.len() >= bytes), "a row holds fewer than {k} indices");
+    assert!(pitch >= C && (k == 0 || wt.len() >= (k - 1) * pitch + C), "transposed panel too short");
+    // SAFETY: AVX-512 F and BW were detected before this table was handed out; the asserts cover
+    // every row byte read (masked to `bytes`) and every vector written.
+    unsafe { nibbles_transposed_impl(rows, k, table, scales, wt.as_mut_ptr(), pitch) }
+}
+
+/// # Safety
+/// AVX-512 F and BW available; every row holds `k.div_ceil(2)` bytes, `wt` `k` rows of 16 floats
+/// `pitch` apart.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn nibbles_transposed_impl(
+    rows: &[&[u8]; C],
+    k: usize,
+    table: &[f32; 16],
+    scales: &[f32; C],
+    wt: *mut f32,
+    pitch: usize,
+) {
+    let bytes = k.div_ceil(2);
+    // SAFETY: both arrays hold 16 floats.
+    let (table, scales) = unsafe { (_mm512_loadu_ps(table.as_ptr()), _mm512_loadu_ps(scales.as_ptr())) };
+    for b0 in (0..bytes).step_by(64) {
+        let n = (bytes - b0).min(64);
+        let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        // Lane w of vector r: bytes 4w .. 4w + 4 of row r's 64 from b0, 8 indices; transposed,
+        // lane r of vector w.
+        let mut v: [__m512; C] = std::array::from_fn(|r| {
+            // SAFETY: bytes b0 .. b0 + n of the row (masked), inside it by the caller's contract.
+            _mm512_castsi512_ps(unsafe { _mm512_maskz_loadu_epi8(mask, rows[r].as_ptr().add(b0).cast()) })
+        });
+        transpose(&mut v);
+        for (w, word) in v.iter().enumerate().take(n.div_ceil(4)) {
+            let mut indices = _mm512_castps_si512(*word);
+            let first = 2 * b0 + 8 * w;
+            for p in first..(first + 8).min(k) {
+                // `vpermps` reads the low 4 bits of each lane: the next index, LSB first.
+                let weights = _mm512_mul_ps(_mm512_permutexvar_ps(indices, table), scales);
+                // SAFETY: column p < k of the panel, 16 floats (the caller's contract).
+                unsafe { _mm512_storeu_ps(wt.add(p * pitch), weights) };
+                indices = _mm512_srli_epi32::<4>(indices);
             }
         }
     }
