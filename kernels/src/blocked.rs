@@ -14,7 +14,8 @@
 //!
 //! The weights stay in their stored encoding: a group of up to 64 filters is decoded row by row
 //! (as everywhere, [`WeightRows`]) and transposed once per call into the `[k][64]` panel the
-//! tiles read.
+//! tiles read; 4-bit indices of a codebook every row shares are transposed instead (a sixteenth
+//! of the data) and decoded straight into the panel ([`BlockedKernels::nibbles_transposed`]).
 //!
 //! Only layers whose channel counts are whole blocks take this layout (then a blocked tensor
 //! has the planar one's size), and only on paths with blocked kernels ([`Isa::blocked`]). The
