@@ -188,24 +188,50 @@ impl NkProduct<'_, '_> {
     /// whose kernels share each load of it between [`PACKED_ROWS`] rows). A codebook shared by
     /// every row is widened into one table once per call and [`GEMV_BATCH`] rows go per kernel
     /// call, a row scale multiplying the row's sum; a per-row codebook fills a table per row and
-    /// goes [`PACKED_ROWS`] rows per call. Each group of [`PACKED_ROWS`] rows comes from the
-    /// quarters of `js`, so the kernel reads that many long contiguous streams instead of
-    /// restarting them every few KiB (measured about 10 % faster at 4096×4096, 4 bits). `false`
-    /// (nothing written) when the weights are not packed indices.
+    /// goes [`PER_ROW_BATCH`] rows per call. `false` (nothing written) when the weights are not
+    /// packed indices.
     fn gemv_packed(&self, i: usize, js: Range<usize>, y: &mut [f32], xp: &mut [f32]) -> bool {
         let k = self.k;
-        let mut luts = [[0.0f32; 256]; PER_ROW_BATCH];
-        let Some((bits, tables)) = self.rows.packed_tables(&mut luts[0]) else { return false };
+        let mut shared = [[0.0f32; 256]; 1];
+        let Some((bits, tables)) = self.rows.packed_tables(&mut shared[0]) else { return false };
         let x = &self.a[i * k..(i + 1) * k];
         let padded = k.next_multiple_of(GEMV_BLOCK).min(xp.len());
         let xp = &mut xp[..padded];
         (self.isa.gemv_prepare)(bits, x, xp);
-        // A shared codebook's rows go GEMV_BATCH at a time against its one table; a per-row
-        // codebook's PACKED_ROWS at a time, each with its own.
-        let (batch, shared) = match tables {
-            PackedTables::Shared(_) => (GEMV_BATCH, true),
-            PackedTables::PerRow => (PER_ROW_BATCH, false),
+        // Only a per-row codebook zeroes a table per row of its batch (16 KiB), not every call.
+        match tables {
+            PackedTables::Shared(_) => self.gemv_batches(bits, x, xp, js.clone(), y, &mut shared, tables),
+            PackedTables::PerRow => {
+                let mut luts = [[0.0f32; 256]; PER_ROW_BATCH];
+                self.gemv_batches(bits, x, xp, js.clone(), y, &mut luts, tables)
+            }
+        }
+        self.finish(js, y);
+        true
+    }
+
+    /// [`NkProduct::gemv_packed`]'s kernel calls over rows `js`: for a shared codebook [`GEMV_BATCH`]
+    /// rows per call against `luts[0]` (filled), each sum then times its row's scale, if any; for
+    /// per-row codebooks `luts.len()` rows per call, each row's table filled here. Each group of
+    /// [`PACKED_ROWS`] rows comes from the quarters of `js`, so the kernel reads that many long
+    /// contiguous streams instead of restarting them every few KiB (measured about 10 % faster at
+    /// 4096×4096, 4 bits).
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_batches(
+        &self,
+        bits: u8,
+        x: &[f32],
+        xp: &[f32],
+        js: Range<usize>,
+        y: &mut [f32],
+        luts: &mut [[f32; 256]],
+        tables: PackedTables<'_>,
+    ) {
+        let (shared, scales) = match tables {
+            PackedTables::Shared(scales) => (true, scales),
+            PackedTables::PerRow => (false, None),
         };
+        let batch = if shared { GEMV_BATCH } else { luts.len().min(GEMV_BATCH) };
         let mut rows: [&[u8]; GEMV_BATCH] = [&[]; GEMV_BATCH];
         let mut at = [0usize; GEMV_BATCH];
         let mut out = [0.0f32; GEMV_BATCH];
@@ -226,18 +252,13 @@ impl NkProduct<'_, '_> {
             if n + PACKED_ROWS <= batch && q + 1 < quarter {
                 continue;
             }
-            let luts = if shared { &luts[..1] } else { &luts[..n] };
-            (self.isa.dot_packed_rows)(&rows[..n], bits, luts, x, xp, &mut out[..n]);
+            let call_luts = if shared { &luts[..1] } else { &luts[..n] };
+            (self.isa.dot_packed_rows)(&rows[..n], bits, call_luts, x, xp, &mut out[..n]);
             for (&jl, &s) in at.iter().zip(&out).take(n) {
-                y[jl] = match tables {
-                    PackedTables::Shared(Some(scales)) => s * scales[js.start + jl],
-                    _ => s,
-                };
+                y[jl] = scales.map_or(s, |scales| s * scales[js.start + jl]);
             }
             n = 0;
         }
-        self.finish(js, y);
-        true
     }
 
     /// Adds the bias of outputs `js` to their sums in `y` and applies the activation: over the
