@@ -401,6 +401,7 @@ impl Image<'_, '_> {
         let zeros = [0.0; POINTWISE_BLOCKS * BLOCK];
         let (panel, rest) = scratch.split_at_mut(BLOCK * k);
         let (wt, carry) = rest.split_at_mut(POINTWISE_BLOCKS * BLOCK * k);
+        let filters = TransposedFilters::new(self.rows, self.kernels);
         let mut g = blocks.start;
         let mut ragged_bias = [0.0; POINTWISE_BLOCKS * BLOCK];
         for yg in ys.chunks_mut(POINTWISE_BLOCKS * unit_len) {
@@ -408,7 +409,7 @@ impl Image<'_, '_> {
             let channels = g * BLOCK..(g + n) * BLOCK;
             // Channels of the layer among them: all but in a ragged last block.
             let stored = channels.start..channels.end.min(p.out_c);
-            decode_transposed(self.rows, self.kernels, channels.clone(), panel, wt);
+            filters.decode(channels.clone(), panel, wt);
             let bias = match self.bias {
                 Some(b) if stored == channels => &b[channels.clone()],
                 Some(b) => {
@@ -444,9 +445,10 @@ impl Image<'_, '_> {
         let p = self.p;
         let (taps, in_plane) = (p.filter_len(), p.in_h * p.in_w);
         let (panel, wt) = scratch.split_at_mut(BLOCK * taps);
+        let filters = TransposedFilters::new(self.rows, self.kernels);
         for (c, yc) in blocks.zip(ys.chunks_exact_mut(BLOCK * p.out_h * p.out_w)) {
             let channels = c * BLOCK..(c + 1) * BLOCK;
-            decode_transposed(self.rows, self.kernels, channels.clone(), panel, wt);
+            filters.decode(channels.clone(), panel, wt);
             let mut biases = [0.0; BLOCK];
             if let Some(b) = self.bias {
                 biases.copy_from_slice(&b[channels]);
@@ -472,35 +474,44 @@ impl Image<'_, '_> {
     }
 }
 
-/// Decodes filters `rows` (whole blocks) 16 at a time into `wt` (`k` rows of `rows.len()`
-/// weights): a 4-bit shared codebook straight, any other encoding through `panel` (the rows
-/// decoded, then transposed).
-fn decode_transposed(
-    weights: &WeightRows<'_>,
-    blocked: &BlockedKernels,
-    rows: Range<usize>,
-    panel: &mut [f32],
-    wt: &mut [f32],
-) {
-    let (k, cols) = (weights.row_len(), rows.len());
-    let mut lut = [0.0f32; 256];
-    let shared = match weights.packed_tables(&mut lut) {
-        Some((4, PackedTables::Shared(scales))) => Some(scales),
-        _ => None,
-    };
-    let table: [f32; 16] = std::array::from_fn(|i| lut[i]);
-    for (i, r0) in rows.step_by(BLOCK).enumerate() {
-        // Filters past the layer's (a ragged last block) are zeros.
-        let have = weights.rows().min(r0 + BLOCK).saturating_sub(r0);
-        if let (Some(scales), BLOCK) = (shared, have) {
-            let indices = std::array::from_fn(|r| weights.packed_indices(r0 + r));
-            let scales = std::array::from_fn(|r| scales.map_or(1.0, |s| s[r0 + r]));
-            (blocked.nibbles_transposed)(&indices, k, &table, &scales, &mut wt[BLOCK * i..], cols);
-            continue;
+/// Decodes a layer's filters 16 at a time into the transposed order the tiles read: a 4-bit
+/// shared codebook straight ([`BlockedKernels::nibbles_transposed`]), any other encoding through
+/// a panel (the rows decoded, then transposed). Made once per call of a worker: the shared table
+/// is looked up once, not for every block (a depthwise layer decodes one block at a time).
+struct TransposedFilters<'r, 'w> {
+    weights: &'r WeightRows<'w>,
+    blocked: &'r BlockedKernels,
+    /// The shared 4-bit codebook and the rows' scales (if any), when the tensor has them.
+    shared: Option<([f32; 16], Option<&'w [f32]>)>,
+}
+
+impl<'r, 'w> TransposedFilters<'r, 'w> {
+    fn new(weights: &'r WeightRows<'w>, blocked: &'r BlockedKernels) -> Self {
+        let mut lut = [0.0f32; 256];
+        let shared = match weights.packed_tables(&mut lut) {
+            Some((4, PackedTables::Shared(scales))) => Some((std::array::from_fn(|i| lut[i]), scales)),
+            _ => None,
+        };
+        TransposedFilters { weights, blocked, shared }
+    }
+
+    /// Filters `rows` (whole blocks) into `wt` (`k` rows of `rows.len()` weights); `panel`
+    /// holds 16 decoded rows.
+    fn decode(&self, rows: Range<usize>, panel: &mut [f32], wt: &mut [f32]) {
+        let (weights, k, cols) = (self.weights, self.weights.row_len(), rows.len());
+        for (i, r0) in rows.step_by(BLOCK).enumerate() {
+            // Filters past the layer's (a ragged last block) are zeros.
+            let have = weights.rows().min(r0 + BLOCK).saturating_sub(r0);
+            if let (Some((table, scales)), BLOCK) = (&self.shared, have) {
+                let indices = std::array::from_fn(|r| weights.packed_indices(r0 + r));
+                let scales = std::array::from_fn(|r| scales.map_or(1.0, |s| s[r0 + r]));
+                (self.blocked.nibbles_transposed)(&indices, k, table, &scales, &mut wt[BLOCK * i..], cols);
+                continue;
+            }
+            weights.decode_rows(r0..r0 + have, &mut panel[..have * k]);
+            panel[have * k..BLOCK * k].fill(0.0);
+            (self.blocked.transpose_rows)(&panel[..BLOCK * k], BLOCK, k, &mut wt[BLOCK * i..], cols);
         }
-        weights.decode_rows(r0..r0 + have, &mut panel[..have * k]);
-        panel[have * k..BLOCK * k].fill(0.0);
-        (blocked.transpose_rows)(&panel[..BLOCK * k], BLOCK, k, &mut wt[BLOCK * i..], cols);
     }
 }
 
@@ -787,7 +798,7 @@ mod tests {
                 let cols = rows.next_multiple_of(BLOCK).min(POINTWISE_BLOCKS * BLOCK);
                 let mut panel = vec![f32::NAN; BLOCK * k];
                 let mut wt = vec![f32::NAN; k * cols];
-                decode_transposed(&weights, &blocked, 0..cols, &mut panel, &mut wt);
+                TransposedFilters::new(&weights, &blocked).decode(0..cols, &mut panel, &mut wt);
                 let mut row = vec![0.0; k];
                 for r in 0..cols {
                     if r < rows {
