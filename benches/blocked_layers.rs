@@ -71,6 +71,7 @@ fn bench_blocked_layers(c: &mut Criterion) {
                         &w.view(),
                         Some(&bias),
                         None,
+                        None,
                         &p,
                         act,
                         y.as_mut_slice(),

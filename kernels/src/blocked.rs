@@ -192,14 +192,16 @@ impl BlockedDepthwise<'_> {
 /// `transpose_rows(panel, rows, k, wt, pitch)`: `wt[p * pitch + r] = panel[r * k + p]` for `rows`
 /// (a multiple of 16, at most `pitch`) rows of `k`.
 pub type TransposeRowsFn = fn(panel: &[f32], rows: usize, k: usize, wt: &mut [f32], pitch: usize);
-/// `nibbles_transposed(rows, k, table, scales, wt, pitch)`: `wt[p * pitch + r] = table[i] *
-/// scales[r]` for the 4-bit index `i` of column `p < k` of row `r < 16` (packed LSB first, two
-/// per byte; each row at least `k.div_ceil(2)` bytes).
+/// `nibbles_transposed(rows, k, table, scales, columns, wt, pitch)`: `wt[p * pitch + r] =
+/// table[i] * scales[r]`, then times `columns[p]` when given, for the 4-bit index `i` of column
+/// `p < k` of row `r < 16` (packed LSB first, two per byte; each row at least `k.div_ceil(2)`
+/// bytes, `columns` at least `k` factors).
 pub type NibblesTransposedFn = fn(
     rows: &[&[u8]; BLOCK],
     k: usize,
     table: &[f32; 16],
     scales: &[f32; BLOCK],
+    columns: Option<&[f32]>,
     wt: &mut [f32],
     pitch: usize,
 );
@@ -298,8 +300,10 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
 }
 
 /// Convolution `p` of `x` (in `x_layout`) into `y` (in `y_layout`):
-/// `y = act(conv(x, w) + bias + residual)`, `residual` (if any) in `y_layout` with `y`'s shape.
-/// Errors if [`supports`] refuses the layouts, and on buffers of the wrong size.
+/// `y = act(conv(x ⊙ input_scale, w) + bias + residual)`, `residual` (if any) in `y_layout` with
+/// `y`'s shape, `input_scale` (if any) one factor per input channel of a 1×1 layer, folded into
+/// its decoded filters. Errors if [`supports`] refuses the layouts, on an input scale for another
+/// layer, and on buffers of the wrong size.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     kernels: &Kernels,
@@ -308,6 +312,7 @@ pub fn conv2d(
     w: &TensorView<'_>,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
+    input_scale: Option<&[f32]>,
     p: &Conv2dParams,
     act: Activation,
     y: &mut [f32],
@@ -333,6 +338,13 @@ pub fn conv2d(
     let per_task = scratch_len(p);
     check_min_len("blocked conv scratch", scratch.len(), per_task * kernels.threads())?;
     let rows = WeightRows::new(*w, p.out_c, p.filter_len())?.with_isa(&isa);
+    let rows = match input_scale {
+        Some(s) if is_dense_pointwise(p) && p.batch == 1 => rows.with_column_scales(s)?,
+        Some(_) => {
+            return Err(KernelError::Params("an input scale applies to a 1×1 layer over one image".into()))
+        }
+        None => rows,
+    };
     let (act, then) = BlockedAct::split(act);
     let unit_len = BLOCK * out_plane;
     let work = unit_len
@@ -488,7 +500,7 @@ struct TransposedFilters<'r, 'w> {
 impl<'r, 'w> TransposedFilters<'r, 'w> {
     fn new(weights: &'r WeightRows<'w>, blocked: &'r BlockedKernels) -> Self {
         let mut lut = [0.0f32; 256];
-        let shared = match weights.packed_tables(&mut lut) {
+        let shared = match weights.unscaled().packed_tables(&mut lut) {
             Some((4, PackedTables::Shared(scales))) => Some((std::array::from_fn(|i| lut[i]), scales)),
             _ => None,
         };
@@ -505,7 +517,16 @@ impl<'r, 'w> TransposedFilters<'r, 'w> {
             if let (Some((table, scales)), BLOCK) = (&self.shared, have) {
                 let indices = std::array::from_fn(|r| weights.packed_indices(r0 + r));
                 let scales = std::array::from_fn(|r| scales.map_or(1.0, |s| s[r0 + r]));
-                (self.blocked.nibbles_transposed)(&indices, k, table, &scales, &mut wt[BLOCK * i..], cols);
+                let columns = weights.column_scales();
+                (self.blocked.nibbles_transposed)(
+                    &indices,
+                    k,
+                    table,
+                    &scales,
+                    columns,
+                    &mut wt[BLOCK * i..],
+                    cols,
+                );
                 continue;
             }
             weights.decode_rows(r0..r0 + have, &mut panel[..have * k]);
@@ -677,6 +698,7 @@ mod tests {
                     &w,
                     bias.as_deref(),
                     rl.as_deref(),
+                    None,
                     &p,
                     act,
                     &mut y,
@@ -687,6 +709,81 @@ mod tests {
                 let what = format!("case {case} {kind:?} {act:?} {x_layout:?}->{y_layout:?} {p:?} on {k:?}");
                 assert_close(&planar(&y, p.out_c, out_hw, y_layout), &want, &what);
             }
+        }
+    }
+
+    #[test]
+    fn pointwise_with_an_input_scale_matches_the_scaled_input() {
+        // A squeeze-excite gate folded into the filters of random 1×1 layers, both layouts on
+        // each side, every encoding: as the planar convolution of the gated input.
+        let mut rng = Rng::new(0x5E);
+        let kinds = WeightKind::all();
+        let sets: Vec<Kernels> = kernel_sets().into_iter().filter(|k| k.isa().blocked.is_some()).collect();
+        let reference = Kernels::with_isa(crate::arch::scalar::ISA, 1).unwrap();
+        for case in 0..40 {
+            let (mut p, x_layout, y_layout) = random_layer(&mut rng, 2 * case);
+            p.batch = 1;
+            let data = random_weight(&mut rng, kinds[case % kinds.len()], p.out_c, p.filter_len());
+            let (in_hw, out_hw) = (p.in_h * p.in_w, p.out_h * p.out_w);
+            let (x, scale, bias) = (rng.vec(p.in_c * in_hw), rng.vec(p.in_c), rng.vec(p.out_c));
+            let gated: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * scale[i / in_hw]).collect();
+            let mut want = vec![0.0; p.out_c * out_hw];
+            let mut scratch = vec![0.0; reference.conv2d_scratch_len(&p)];
+            let act = Activation::Relu;
+            reference.conv2d(&gated, &data.view(), Some(&bias), &p, act, &mut want, &mut scratch).unwrap();
+            let x_layout = if p.in_c.is_multiple_of(BLOCK) { x_layout } else { Layout::Planar };
+            let xl = laid_out(&x, p.in_c, in_hw, x_layout);
+            for k in &sets {
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; k.conv2d_scratch_len(&p)];
+                let w = data.view();
+                k.conv2d_blocked(
+                    &xl,
+                    x_layout,
+                    &w,
+                    Some(&bias),
+                    None,
+                    Some(&scale),
+                    &p,
+                    act,
+                    &mut y,
+                    y_layout,
+                    &mut scratch,
+                )
+                .unwrap();
+                let what = format!("case {case} {x_layout:?}->{y_layout:?} {p:?} on {k:?}");
+                assert_close(&planar(&y, p.out_c, out_hw, y_layout), &want, &what);
+            }
+        }
+        // Not for a depthwise layer.
+        if let Some(k) = sets.first() {
+            let p = Conv2dParams {
+                groups: 16,
+                k_h: 3,
+                k_w: 3,
+                pad_top: 1,
+                pad_left: 1,
+                ..crate::testutil::pointwise(1, 16, 16, [4, 4])
+            };
+            let data = random_weight(&mut rng, WeightKind::F32, 16, 9);
+            let (x, mut y) = (rng.vec(256), vec![0.0; 256]);
+            let mut scratch = vec![0.0; k.conv2d_scratch_len(&p)];
+            let err = k
+                .conv2d_blocked(
+                    &x,
+                    Layout::Blocked,
+                    &data.view(),
+                    None,
+                    None,
+                    Some(&[1.0; 16]),
+                    &p,
+                    Activation::None,
+                    &mut y,
+                    Layout::Blocked,
+                    &mut scratch,
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("input scale"), "{err}");
         }
     }
 
@@ -740,6 +837,7 @@ mod tests {
                 &data.view(),
                 None,
                 None,
+                None,
                 &odd,
                 Activation::None,
                 &mut y,
@@ -759,6 +857,7 @@ mod tests {
                 &data.view(),
                 None,
                 None,
+                None,
                 &p,
                 Activation::None,
                 &mut y,
@@ -775,7 +874,7 @@ mod tests {
         // 4-bit shared codebooks (per tensor, scaled per row; f16 and f32 centroids, some with
         // fewer than 16 entries) take the transposed-index path, every other encoding and a
         // ragged last block the rows' own decoding: bit for bit the same panel, over rows shorter
-        // than a 64-byte block, whole blocks and odd tails.
+        // than a 64-byte block, whole blocks and odd tails, half of them with column factors.
         use pith_format::ir::CodebookKind;
         let mut rng = Rng::new(5);
         let Some(blocked) = Isa::available().into_iter().filter_map(|isa| isa.blocked).next_back() else {
@@ -794,7 +893,10 @@ mod tests {
             for (i, &kind) in kinds.iter().enumerate() {
                 let rows = [16, 32, 64, 40][(case + i) % 4];
                 let data = random_weight(&mut rng, kind, rows, k);
+                let factors = rng.vec(k);
                 let weights = WeightRows::new(data.view(), rows, k).unwrap();
+                let weights =
+                    if (case + i) % 2 == 0 { weights.with_column_scales(&factors).unwrap() } else { weights };
                 let cols = rows.next_multiple_of(BLOCK).min(POINTWISE_BLOCKS * BLOCK);
                 let mut panel = vec![f32::NAN; BLOCK * k];
                 let mut wt = vec![f32::NAN; k * cols];

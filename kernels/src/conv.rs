@@ -290,12 +290,19 @@ pub fn conv2d(
     w: &TensorView<'_>,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
+    input_scale: Option<&[f32]>,
     p: &Conv2dParams,
     act: ChannelActivation<'_>,
     y: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), KernelError> {
     let rc = check_operands(x, bias, residual, p, y)?;
+    if let Some(s) = input_scale {
+        if !p.is_pointwise() || p.groups != 1 {
+            return Err(KernelError::Params("an input scale applies to an ungrouped 1×1 layer only".into()));
+        }
+        check_len("conv input scale", s.len(), p.batch * p.in_c)?;
+    }
     act.check(p.out_c)?;
     let in_plane = p.in_h * p.in_w;
     let out_plane = p.out_h * p.out_w;
@@ -305,7 +312,7 @@ pub fn conv2d(
     if out_plane == 0 || p.out_c == 0 {
         return Ok(());
     }
-    if p.is_gemv() && residual.is_none() {
+    if p.is_gemv() && residual.is_none() && input_scale.is_none() {
         // A matrix-vector product (squeeze-excite convs after a global pool): dot products on
         // the packed indices, with no panel decoded. The [batch, out_c, 1, 1] output is the
         // GEMM's [batch, out_c].
@@ -327,7 +334,6 @@ pub fn conv2d(
         }
         return Ok(());
     }
-    let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
     // A small stride-1 depthwise plane with no residual: whole-plane vectors.
     let flat = plane_kernel(kernels.isa(), p)
         .filter(|_| residual.is_none())
@@ -336,6 +342,12 @@ pub fn conv2d(
     let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
     let image = p.out_c * out_plane;
     for (b, yb) in y.chunks_exact_mut(image).enumerate() {
+        // The image's input factors fold into the filters it decodes.
+        let rows = match input_scale {
+            Some(s) => rows.with_column_scales(&s[b * p.in_c..][..p.in_c])?,
+            None => rows,
+        };
+        let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
         let rb =
             residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
@@ -1756,6 +1768,83 @@ mod tests {
     }
 
     #[test]
+    fn pointwise_with_an_input_scale_matches_the_scaled_input() {
+        // A squeeze-excite gate folded into the filters: the same as convolving the gated input,
+        // on every path and thread count, for each way the layer splits (by filters, pixels and
+        // depth), a plane of one pixel (no GEMV shortcut), two images, every encoding, with a
+        // residual and a clamp.
+        let mut rng = Rng::new(95);
+        let sets = kernel_sets();
+        let cases =
+            [(24, 40, [7, 9]), (192, 32, [28, 28]), (16, 48, [33, 31]), (40, 24, [1, 1]), (5, 3, [2, 3])];
+        for (case, (in_c, out_c, hw)) in cases.into_iter().enumerate() {
+            let p = pointwise(1 + case % 2, in_c, out_c, hw);
+            for kind in WeightKind::all() {
+                let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
+                let (x, scale) = (rng.vec(p.batch * p.in_c * hw[0] * hw[1]), rng.vec(p.batch * p.in_c));
+                let gated: Vec<f32> =
+                    x.iter().enumerate().map(|(i, v)| v * scale[i / (hw[0] * hw[1])]).collect();
+                let bias = rng.vec(p.out_c);
+                let residual = rng.vec(p.batch * p.out_c * hw[0] * hw[1]);
+                let act = Activation::Clip { min: -0.5, max: 0.5 };
+                let want = reference(&gated, &decode_all(&data, p.out_c), Some(&bias), &p)
+                    .iter()
+                    .zip(&residual)
+                    .map(|(y, r)| act.apply(y + r))
+                    .collect::<Vec<_>>();
+                for k in &sets {
+                    let mut y = vec![f32::NAN; want.len()];
+                    let mut s = vec![0.0; k.conv2d_scratch_len(&p)];
+                    k.conv2d_scaled_input(
+                        &x,
+                        &scale,
+                        &data.view(),
+                        Some(&bias),
+                        Some(&residual),
+                        &p,
+                        act,
+                        &mut y,
+                        &mut s,
+                    )
+                    .unwrap();
+                    assert_close(&y, &want, &format!("{kind:?} {p:?} on {k:?}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_input_scale_is_refused_where_it_does_not_apply() {
+        let k = Kernels::default();
+        let mut rng = Rng::new(96);
+        let p = pointwise(1, 8, 4, [3, 3]);
+        let data = random_weight(&mut rng, WeightKind::F32, 4, 8);
+        let (x, mut y, mut s) = (rng.vec(72), vec![0.0; 36], vec![0.0; k.conv2d_scratch_len(&p)]);
+        let err = k
+            .conv2d_scaled_input(
+                &x,
+                &[1.0; 7],
+                &data.view(),
+                None,
+                None,
+                &p,
+                Activation::None,
+                &mut y,
+                &mut s,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("input scale"), "{err}");
+        // A 3×3 depthwise layer over the same input.
+        let q = Conv2dParams { out_c: 8, k_h: 3, k_w: 3, pad_top: 1, pad_left: 1, groups: 8, ..p };
+        let dw = random_weight(&mut rng, WeightKind::F32, 8, 9);
+        let mut y = vec![0.0; 72];
+        let err = k
+            .conv2d_scaled_input(&x, &[1.0; 8], &dw.view(), None, None, &q, Activation::None, &mut y, &mut s)
+            .unwrap_err();
+        assert!(err.to_string().contains("1×1"), "{err}");
+    }
+
+    #[test]
     fn pointwise_sliver_columns_match_the_reference() {
         // Planes a column or two past whole vectors, long enough reductions for the dot-product
         // columns on every SIMD path, several panels and tiles, a residual and a clamp.
@@ -1977,22 +2066,22 @@ mod tests {
         let mut s = vec![0.0; scratch_len(&p)];
         let a = ChannelActivation::Same(Activation::None);
         let k = Kernels::default();
-        assert!(conv2d(&k, &x[1..], &data.view(), None, None, &p, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x[1..], &data.view(), None, None, None, &p, a, &mut y, &mut s).is_err());
         // One PRelu slope too few: an error, not a panic in the epilogue.
         let slopes = vec![0.5; p.out_c - 1];
         let prelu = ChannelActivation::PRelu(&slopes);
-        let err = conv2d(&k, &x, &data.view(), None, None, &p, prelu, &mut y, &mut s).unwrap_err();
+        let err = conv2d(&k, &x, &data.view(), None, None, None, &p, prelu, &mut y, &mut s).unwrap_err();
         assert!(err.to_string().contains("PRelu slopes"), "{err}");
         let mut short = vec![0.0; scratch_len(&p) - 1];
-        assert!(conv2d(&k, &x, &data.view(), None, None, &p, a, &mut y, &mut short).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, None, None, &p, a, &mut y, &mut short).is_err());
         let short_residual = vec![0.0; y.len() - 1];
         assert!(k.conv2d_add(&x, &data.view(), None, &short_residual, &p, a, &mut y, &mut s).is_err());
         let long_residual = vec![0.0; y.len() + p.batch * p.out_h * p.out_w];
         assert!(k.conv2d_add(&x, &data.view(), None, &long_residual, &p, a, &mut y, &mut s).is_err());
         let bad = Conv2dParams { stride_h: 0, ..p };
-        assert!(conv2d(&k, &x, &data.view(), None, None, &bad, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, None, None, &bad, a, &mut y, &mut s).is_err());
         let bad = Conv2dParams { out_c: p.out_c + 1, groups: 1, ..p };
-        assert!(conv2d(&k, &x, &data.view(), None, None, &bad, a, &mut y, &mut s).is_err());
+        assert!(conv2d(&k, &x, &data.view(), None, None, None, &bad, a, &mut y, &mut s).is_err());
     }
 
     #[test]

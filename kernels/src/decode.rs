@@ -22,6 +22,11 @@ pub struct WeightRows<'a> {
     nibbles: Nibbles,
     /// How f16 codebooks are widened into tables ([`crate::Isa::widen_f16`]).
     widen: Widen,
+    /// How decoded rows are multiplied by the column factors ([`crate::Isa::mul`]).
+    mul: fn(&mut [f32], &[f32]),
+    /// Factors every decoded row is multiplied by, column by column (one per input channel of a
+    /// 1×1 layer: a squeeze-excite gate folded into the layer after it).
+    column_scales: Option<&'a [f32]>,
 }
 
 /// A path's [`crate::Isa::decode_nibbles`].
@@ -53,13 +58,49 @@ impl<'a> WeightRows<'a> {
             _ => {}
         }
         let scalar = &crate::arch::scalar::ISA;
-        Ok(WeightRows { view, rows, row_len, nibbles: scalar.decode_nibbles, widen: scalar.widen_f16 })
+        Ok(WeightRows {
+            view,
+            rows,
+            row_len,
+            nibbles: scalar.decode_nibbles,
+            widen: scalar.widen_f16,
+            mul: scalar.mul,
+            column_scales: None,
+        })
     }
 
-    /// These rows, with 4-bit codebook rows widened by `isa`'s [`crate::Isa::decode_nibbles`] and
-    /// f16 codebooks by its [`crate::Isa::widen_f16`].
+    /// These rows, with 4-bit codebook rows widened by `isa`'s [`crate::Isa::decode_nibbles`],
+    /// f16 codebooks by its [`crate::Isa::widen_f16`] and column factors applied by its
+    /// [`crate::Isa::mul`].
     pub fn with_isa(self, isa: &crate::Isa) -> Self {
-        WeightRows { nibbles: isa.decode_nibbles, widen: isa.widen_f16, ..self }
+        WeightRows { nibbles: isa.decode_nibbles, widen: isa.widen_f16, mul: isa.mul, ..self }
+    }
+
+    /// These rows with column `c` of every decoded row multiplied by `scales[c]` (the decoded
+    /// weight times the factor, one product each): how a 1×1 layer takes a per-input-channel
+    /// factor of its input (`W (s ⊙ x) = (W diag(s)) x`) without a pass over the input. Errors
+    /// unless there is one factor per column. Packed and borrowed access
+    /// ([`WeightRows::dense_row`], [`WeightRows::packed_row`]) then returns `None`: only decoding
+    /// applies the factors.
+    pub fn with_column_scales(self, scales: &'a [f32]) -> Result<Self, KernelError> {
+        if scales.len() != self.row_len {
+            return Err(KernelError::Weight(format!(
+                "{} column factors for rows of {} weights",
+                scales.len(),
+                self.row_len
+            )));
+        }
+        Ok(WeightRows { column_scales: Some(scales), ..self })
+    }
+
+    /// The factors of [`WeightRows::with_column_scales`], if any.
+    pub(crate) fn column_scales(&self) -> Option<&'a [f32]> {
+        self.column_scales
+    }
+
+    /// These rows without column factors (what the packed indices alone encode).
+    pub(crate) fn unscaled(self) -> Self {
+        WeightRows { column_scales: None, ..self }
     }
 
     /// Number of rows.
@@ -74,6 +115,9 @@ impl<'a> WeightRows<'a> {
 
     /// Row `r` of an f32 tensor, borrowed; `None` for other encodings.
     pub fn dense_row(&self, r: usize) -> Option<&'a [f32]> {
+        if self.column_scales.is_some() {
+            return None;
+        }
         match self.view {
             TensorView::F32(d) => d.get(r * self.row_len..(r + 1) * self.row_len),
             _ => None,
@@ -85,6 +129,9 @@ impl<'a> WeightRows<'a> {
     /// returns the row's packed indices and their width, for [`crate::arch::Isa::dot_packed`].
     /// `None` for other encodings.
     pub fn packed_row(&self, r: usize, lut: &mut [f32; 256]) -> Option<(&'a [u8], u8)> {
+        if self.column_scales.is_some() {
+            return None;
+        }
         match self.view {
             TensorView::Codebook(c) if r < self.rows => {
                 fill_lut(&c, r, lut, self.widen);
@@ -107,6 +154,15 @@ impl<'a> WeightRows<'a> {
         let n = self.row_len;
         assert!(rows.end <= self.rows, "rows {rows:?} of {} rows", self.rows);
         let out = &mut out[..rows.len() * n];
+        self.unscaled().decode_rows_unscaled(rows, out);
+        if let Some(scales) = self.column_scales {
+            out.chunks_exact_mut(n.max(1)).for_each(|row| (self.mul)(row, scales));
+        }
+    }
+
+    /// [`WeightRows::decode_rows`] without the column factors.
+    fn decode_rows_unscaled(&self, rows: Range<usize>, out: &mut [f32]) {
+        let n = self.row_len;
         let mut lut = [0.0f32; 256];
         let Some((bits, PackedTables::Shared(scales))) = self.packed_tables(&mut lut).filter(|_| n > 0)
         else {
@@ -159,8 +215,12 @@ impl<'a> WeightRows<'a> {
     /// row shares one codebook (per tensor, or scaled per row), `lut` receives it unscaled (as
     /// [`WeightRows::packed_row`] fills it) and the rows' scales come back, if any, to multiply
     /// each row's sum: no table is built per row. `None` for other encodings.
+    /// `None` too with column factors (see [`WeightRows::unscaled`]).
     pub(crate) fn packed_tables(&self, lut: &mut [f32; 256]) -> Option<(u8, PackedTables<'a>)> {
         let TensorView::Codebook(c) = self.view else { return None };
+        if self.column_scales.is_some() {
+            return None;
+        }
         let tables = match c.kind {
             CodebookKind::PerRow => PackedTables::PerRow,
             CodebookKind::PerTensor => PackedTables::Shared(None),
@@ -183,6 +243,9 @@ impl<'a> WeightRows<'a> {
     /// For a 4-bit codebook tensor: its tables as the int8 GEMV reads them (from `prepared`,
     /// when given, which must have been made from these rows); `None` otherwise.
     pub(crate) fn nibble_tables(&self, prepared: Option<&'a Int8RowTables>) -> Option<NibbleTables<'a>> {
+        if self.column_scales.is_some() {
+            return None;
+        }
         match self.view {
             TensorView::Codebook(c) if c.bits == 4 => {
                 let shared = (c.kind != CodebookKind::PerRow && prepared.is_none()).then(|| {
@@ -217,6 +280,9 @@ impl<'a> WeightRows<'a> {
                 }
             }
             TensorView::Codebook(c) => decode_codebook_row(&c, r, out, self.nibbles, self.widen),
+        }
+        if let Some(scales) = self.column_scales {
+            (self.mul)(out, scales);
         }
     }
 }

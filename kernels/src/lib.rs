@@ -228,7 +228,8 @@ impl Kernels {
 
     /// [`Kernels::conv2d_add`] with the input in `x_layout` and the output (and the residual) in
     /// `y_layout`, at least one of them [`Layout::Blocked`] (see [`blocked`]); scratch as
-    /// [`Kernels::conv2d_scratch_len`]. Errors where [`Kernels::blocked_supports`] is false.
+    /// [`Kernels::conv2d_scratch_len`]; `input_scale` as [`Kernels::conv2d_scaled_input`] (a 1×1
+    /// layer's only). Errors where [`Kernels::blocked_supports`] is false.
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_blocked(
         &self,
@@ -237,13 +238,14 @@ impl Kernels {
         w: &TensorView<'_>,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
+        input_scale: Option<&[f32]>,
         p: &Conv2dParams,
         act: Activation,
         y: &mut [f32],
         y_layout: Layout,
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        blocked::conv2d(self, x, x_layout, w, bias, residual, p, act, y, y_layout, scratch)
+        blocked::conv2d(self, x, x_layout, w, bias, residual, input_scale, p, act, y, y_layout, scratch)
     }
 
     /// f32 scratch elements [`Kernels::conv2d`] needs for `p`: one share per worker thread.
@@ -271,7 +273,7 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, None, p, act.into(), y, scratch)
+        conv::conv2d(self, x, w, bias, None, None, p, act.into(), y, scratch)
     }
 
     /// [`Kernels::conv2d`] followed by a residual add, in one pass over the output:
@@ -294,7 +296,29 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, Some(residual), p, act.into(), y, scratch)
+        conv::conv2d(self, x, w, bias, Some(residual), None, p, act.into(), y, scratch)
+    }
+
+    /// A 1×1 convolution (stride 1, unpadded, ungrouped) of its input scaled per channel:
+    /// `y = act(conv(x ⊙ s, w) + bias + residual)`, `s` (`input_scale`) holding `in_c` factors per
+    /// image (`[batch, in_c]`, a squeeze-excite gate), `residual` as [`Kernels::conv2d_add`]. The
+    /// factors multiply the decoded filters' columns (`W (s ⊙ x) = (W diag(s)) x`), so the scaled
+    /// input is never written: one pass over the input instead of three. Errors for any other
+    /// layer and on a scale of the wrong length; scratch as [`Kernels::conv2d_scratch_len`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_scaled_input<'a>(
+        &self,
+        x: &[f32],
+        input_scale: &[f32],
+        w: &TensorView<'_>,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        p: &Conv2dParams,
+        act: impl Into<ChannelActivation<'a>>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        conv::conv2d(self, x, w, bias, residual, Some(input_scale), p, act.into(), y, scratch)
     }
 
     /// Whether [`Kernels::conv2d_int8`] runs layer `p`: int8 activations on (see

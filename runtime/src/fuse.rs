@@ -28,7 +28,10 @@
 //! it ([`fuse_batch_norms`]: the kernel scales each output channel's decoded weights); last, an
 //! `Add` whose operand an element-wise op writes for it alone folds into that op, which takes the
 //! other operand as a third input, read through a nearest upsampling by whole factors when that
-//! is where it comes from ([`fuse_binary_addends`]: PP-OCRv4 det's FPN adds).
+//! is where it comes from ([`fuse_binary_addends`]: PP-OCRv4 det's FPN adds). Outside sessions
+//! with int8 activations, a product that only a 1×1 convolution reads becomes that
+//! convolution's sixth input ([`fuse_input_scales`]): a squeeze-excite gate then scales the
+//! filters' columns as they are decoded, and the gated tensor is never written.
 
 use pith_format::ir::{Dim, Graph, Node, OpKind, ValueId};
 use pith_kernels::Activation;
@@ -120,10 +123,99 @@ fn channel_prelu(graph: &Graph, node: &Node, producer: &Node, constant: &Constan
 }
 
 /// Rewrites `graph`: BatchNormalizations into the transposed convolutions before them, residual
-/// adds into convolutions, then activations into their producers.
-pub fn fuse(graph: &Graph, constant: &ConstantFn<'_>) -> Fused {
+/// adds into convolutions, then activations into their producers, addends into element-wise ops
+/// and, when `input_scales` is set, squeeze-excite products into the 1×1 convolutions that read
+/// them ([`fuse_input_scales`]; sessions with int8 activations leave them, as their 1×1 kernels
+/// do not decode filters).
+pub fn fuse(graph: &Graph, constant: &ConstantFn<'_>, input_scales: bool) -> Fused {
     let graph = fuse_batch_norms(graph, constant);
-    fuse_binary_addends(fuse_activations(&fuse_residual_adds(&graph, constant), constant), constant)
+    let fused =
+        fuse_binary_addends(fuse_activations(&fuse_residual_adds(&graph, constant), constant), constant);
+    if input_scales {
+        fuse_input_scales(fused)
+    } else {
+        fused
+    }
+}
+
+/// Input index of a fused Conv's per-input-channel factor (after data, weights, bias, residual
+/// and PRelu slope, which may be absent).
+pub const INPUT_SCALE_INPUT: usize = 5;
+
+/// Rewrites every `y = Conv(Mul(a, b))` whose product the convolution alone reads (not a graph
+/// output, no fused activation or addend) into `Conv(a)` with `b` as its input
+/// [`INPUT_SCALE_INPUT`], when the convolution is 1×1 (stride 1, unpadded, ungrouped). When the
+/// session plans, a product of data and one factor per channel of each image (`[N, C, 1, 1]`, a
+/// squeeze-excite gate, either operand order) into a layer over more than one pixel folds into
+/// the filters the kernels decode (`W (s ⊙ x) = (W diag(s)) x`), so the gated tensor is never
+/// written and read back (MobileNetV3-Small's nine products took 2.5 % of its time at one
+/// thread); any other product the convolution computes into its scratch, as `Mul` would have.
+pub fn fuse_input_scales(fused: Fused) -> Fused {
+    let Fused { graph, activations } = fused;
+    let readers = readers(&graph);
+    let mut producer = vec![None; graph.values.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for &o in &node.outputs {
+            if let Some(p) = producer.get_mut(o as usize) {
+                *p = Some(i);
+            }
+        }
+    }
+    let fixed = |id: ValueId| -> Option<Vec<u64>> {
+        let dims = graph.values.get(id as usize)?.shape.as_ref()?;
+        dims.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
+    };
+    let mut nodes: Vec<Option<Node>> = graph.nodes.iter().cloned().map(Some).collect();
+    let mut fused = 0;
+    for (c, conv) in graph.nodes.iter().enumerate() {
+        if conv.op != OpKind::Conv || conv.inputs.len() > INPUT_SCALE_INPUT || !is_plain_pointwise(conv) {
+            continue;
+        }
+        let Some(Some(v)) = conv.inputs.first().copied() else { continue };
+        let Some(m) = producer.get(v as usize).copied().flatten() else { continue };
+        let mul = &graph.nodes[m];
+        let [Some(a), Some(b)] = mul.inputs[..] else { continue };
+        if mul.op != OpKind::Mul
+            || activations[m] != Activation::None
+            || readers[v as usize] != 1
+            || graph.outputs.contains(&v)
+            || nodes[m].is_none()
+        {
+            continue;
+        }
+        // A 1×1 filter bank (activation shapes are known only when the session plans; the
+        // convolution then checks that the product is a per-channel one, and computes any
+        // other itself).
+        let w = conv.inputs.get(1).copied().flatten().and_then(fixed);
+        if !w.is_some_and(|w| matches!(w[..], [_, _, 1, 1])) {
+            continue;
+        }
+        let mut conv = conv.clone();
+        conv.inputs[0] = Some(a);
+        conv.inputs.resize(INPUT_SCALE_INPUT, None);
+        conv.inputs.push(Some(b));
+        nodes[c] = Some(conv);
+        nodes[m] = None;
+        fused += 1;
+    }
+    if fused > 0 {
+        log::debug!("fused {fused} per-channel product(s) into 1x1 convolutions");
+    }
+    let activations = nodes.iter().zip(activations).filter(|(n, _)| n.is_some()).map(|(_, a)| a).collect();
+    Fused { graph: with_nodes(&graph, nodes.into_iter().flatten().collect()), activations }
+}
+
+/// Whether `conv`'s attributes make it a 1×1 layer as the kernels' pointwise path takes it:
+/// ungrouped, stride 1, unpadded, undilated (its weight's shape is checked apart).
+fn is_plain_pointwise(conv: &Node) -> bool {
+    use pith_format::ir::Attr;
+    conv.attrs.iter().all(|(name, attr)| match (name.as_str(), attr) {
+        ("group", Attr::Int(g)) => *g == 1,
+        ("strides" | "dilations" | "kernel_shape", Attr::Ints(v)) => v.iter().all(|&x| x == 1),
+        ("pads", Attr::Ints(v)) => v.iter().all(|&x| x == 0),
+        ("auto_pad", Attr::Str(s)) => matches!(s.as_str(), "NOTSET" | "VALID" | ""),
+        _ => true,
+    })
 }
 
 /// Attribute set on an element-wise node whose third input (a fused addend, see

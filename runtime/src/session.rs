@@ -206,7 +206,7 @@ impl Engine {
     ) -> Result<Engine> {
         check_ids(graph)?;
         let Fused { graph, activations } = if fuse {
-            fuse::fuse(graph, constant)
+            fuse::fuse(graph, constant, !options.int8_activations)
         } else {
             Fused { graph: graph.clone(), activations: vec![Activation::None; graph.nodes.len()] }
         };
@@ -1044,6 +1044,58 @@ mod tests {
         for x_first in [true, false] {
             fused_matches_plain(|| build(x_first), &x, (4, 6), 1e-6);
         }
+    }
+
+    /// `x -> Conv 1×1 -> y; Conv(Mul(y, gate))` with `gate` a squeeze-excite gate of `y`
+    /// (`Sigmoid(Conv(GlobalAveragePool(y)))`, either operand order) or, with `constant`, a
+    /// constant of that shape.
+    fn gated_projection(gate_first: bool, constant: Option<&[usize]>, graph_output: bool) -> Model {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(2), Dim::Fixed(3), sym("H"), sym("W")]);
+        let w1 = b.floats("w1", &[3, 3, 1, 1], (0..9).map(|i| (i as f32 * 0.7).sin()).collect());
+        let w3 = b.floats("w3", &[4, 3, 1, 1], (0..12).map(|i| (i as f32 * 0.4).cos()).collect());
+        let y = b.node(OpKind::Conv, &[x, w1], 1, vec![])[0];
+        let gate = match constant {
+            Some(shape) => {
+                let n = shape.iter().product();
+                b.floats("c", shape, (0..n).map(|i| 0.5 + i as f32 * 0.1).collect())
+            }
+            None => {
+                let g = b.node(OpKind::GlobalAveragePool, &[y], 1, vec![])[0];
+                let t = b.node(OpKind::Conv, &[g, w1], 1, vec![])[0];
+                b.node(OpKind::Sigmoid, &[t], 1, vec![])[0] // fuses into the gate conv
+            }
+        };
+        let inputs = if gate_first { [gate, y] } else { [y, gate] };
+        let m = b.node(OpKind::Mul, &inputs, 1, vec![])[0];
+        let z = b.node(OpKind::Conv, &[m, w3], 1, vec![])[0];
+        b.output(z);
+        if graph_output {
+            b.output(m);
+        }
+        b.model
+    }
+
+    #[test]
+    fn a_gated_product_folds_into_the_1x1_conv_after_it() {
+        let x =
+            Tensor::from_f32(vec![2, 3, 3, 4], (0..72).map(|i| ((i * 7 % 19) as f32 - 9.0) / 4.0).collect());
+        // Conv, pool, gate conv (with its Sigmoid), and the projection taking the product.
+        for gate_first in [false, true] {
+            fused_matches_plain(|| gated_projection(gate_first, None, false), &x, (4, 6), 1e-5);
+        }
+        // Products that are not one factor per channel of each image (per pixel; per channel
+        // but shared by both images): the projection computes them itself.
+        for shape in [&[1, 1, 3, 4][..], &[1, 3, 1, 1]] {
+            fused_matches_plain(|| gated_projection(false, Some(shape), false), &x, (2, 3), 1e-6);
+        }
+        // A product read elsewhere too (here, a graph output) stays.
+        fused_matches_plain(|| gated_projection(false, None, true), &x, (5, 6), 1e-6);
+        // Sessions with int8 activations keep the product (their 1×1 kernels do not decode).
+        let options = SessionOptions { int8_activations: true, ..SessionOptions::default() };
+        let mut int8 = Mem::with_options(gated_projection(false, None, false), options, true).unwrap();
+        int8.run(&[("x", x.clone())]).unwrap();
+        assert_eq!(int8.engine.current().unwrap().summary.runtime_nodes, 5);
     }
 
     #[test]

@@ -635,9 +635,10 @@ def block_cases() -> None:
           f32("lo", 0.0), f32("hi", 6.0)],
          opset=14)
     # MobileNetV3's squeeze-excite block over 14x14 with a 5x5 depthwise layer: blocked from the
-    # expansion to the gated product (the pool reads the depthwise output blocked, the product
-    # keeps its layout with the gate first or second), leaving at the projection into 40
-    # channels (not whole blocks) with its residual, and at a pool of the second product.
+    # expansion to the gated products (the pool reads the depthwise output blocked, a product
+    # keeps its layout with the gate first or second; the first folds into the projection at run
+    # time), leaving at the projection into 40 channels (not whole blocks) with its residual, and
+    # at a pool of the second product.
     # Appended last: earlier cases keep their data.
     case("block_squeeze_excite_blocked",
          [node("Conv", ["x", "we", "be"], ["e"]),

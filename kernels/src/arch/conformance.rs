@@ -781,6 +781,22 @@ fn dot_and_axpy_match_scalar() {
 }
 
 #[test]
+fn mul_matches_scalar_bit_for_bit() {
+    let mut rng = Rng::new(13);
+    for isa in simd_paths() {
+        for n in 0..=140 {
+            let extra = rng.below(3);
+            let (y0, x) = (rng.vec(n), rng.vec(n + extra));
+            let (mut got, mut want) = (y0.clone(), y0);
+            (isa.mul)(&mut got, &x);
+            scalar::mul(&mut want, &x);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} mul n={n}", isa.name);
+        }
+    }
+}
+
+#[test]
 fn dot_rows_matches_a_dot_product_per_row() {
     let mut rng = Rng::new(14);
     for isa in simd_paths() {

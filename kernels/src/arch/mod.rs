@@ -104,6 +104,9 @@ pub struct Isa {
     pub dot_rows: Option<DotRowsFn>,
     /// `y[i] += a * x[i]` over the common length.
     pub axpy: fn(y: &mut [f32], a: f32, x: &[f32]),
+    /// `y[i] *= x[i]` over the common length: one product each, so every path gives the same
+    /// bits (filters scaled by a squeeze-excite gate, [`crate::WeightRows::with_column_scales`]).
+    pub mul: fn(y: &mut [f32], x: &[f32]),
     /// Dot product of `x` with a packed index row decoded through `lut`:
     /// `sum_i lut[index_i] * x[i]` for `i < x.len()`, indices packed LSB-first at `bits` bits in `row`.
     /// `lut` has `2^bits` entries (unused entries zero), so no index can fall outside it.

@@ -18,6 +18,7 @@ pub const ISA: Isa = Isa {
     dot,
     dot_rows: None,
     axpy,
+    mul,
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
@@ -228,6 +229,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// See [`Isa::mul`].
+pub fn mul(y: &mut [f32], x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y *= x;
+    }
 }
 
 /// See [`Isa::axpy`].

@@ -458,12 +458,41 @@ fn prelu_slope<'b, 'a>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
     inputs.get(crate::fuse::PRELU_SLOPE_INPUT).and_then(Option::as_ref)
 }
 
+/// The other operand of the product `Mul(inputs[0], inputs[5])` a 1×1 Conv absorbed (a sixth
+/// input, only in session graphs: see [`crate::fuse::fuse_input_scales`]).
+fn input_scale<'b, 'a>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
+    inputs.get(crate::fuse::INPUT_SCALE_INPUT).and_then(Option::as_ref)
+}
+
+/// How a Conv reads its data: input 0, or the product of inputs 0 and 5 it absorbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gated {
+    /// No product: input 0 is the data.
+    No,
+    /// Input `data` times one factor per channel of each image (input `factors`, a squeeze-excite
+    /// gate) into an ungrouped 1×1 layer over more than one pixel: the kernels fold the factors
+    /// into the filters they decode.
+    Folded { data: usize, factors: usize },
+    /// Any other product (broadcast as `Mul` does): computed into the front of the scratch
+    /// (`len` values), then convolved as an input of its own.
+    Materialised { len: usize },
+}
+
+/// Whether `factors` holds one value per channel of each image of a tensor of `shape`
+/// (`[N, C, 1, ..]` against `[N, C, ..]`).
+fn per_channel(factors: &[usize], shape: &[usize]) -> bool {
+    factors.len() == shape.len()
+        && shape.len() >= 3
+        && factors[..2] == shape[..2]
+        && factors[2..].iter().all(|&d| d == 1)
+}
+
 impl Conv {
     /// The convolution's own output shape, and the node's where it differs (the broadcast with a
     /// residual of another shape).
     fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Conv2dParams, Vec<usize>, Option<Vec<usize>>)> {
-        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
-        let (p, shape) = self.geometry(x.shape, w.shape)?;
+        let (x, w) = (data_shape(inputs)?, input(inputs, 1, "W")?);
+        let (p, shape) = self.geometry(&x, w.shape)?;
 
         let broadcast = match residual(inputs) {
             Some(r) if self.residual_channel_pad => {
@@ -487,6 +516,49 @@ impl Conv {
         }
         Ok((p, shape, broadcast))
     }
+
+    /// How the layer `p` reads its data (see [`Gated`]).
+    fn gated(&self, inputs: &[Option<Arg<'_>>], p: &Conv2dParams) -> OpResult<Gated> {
+        let Some(b) = input_scale(inputs) else { return Ok(Gated::No) };
+        let a = input(inputs, 0, "X")?;
+        let shape = broadcast_shapes(a.shape, b.shape)?;
+        let folds = p.is_pointwise() && p.groups == 1 && !p.is_gemv();
+        let folded = [(0, a, b), (crate::fuse::INPUT_SCALE_INPUT, b, a)]
+            .into_iter()
+            .find(|(_, x, s)| folds && x.shape == &shape[..] && per_channel(s.shape, &shape));
+        Ok(match folded {
+            Some((0, ..)) => Gated::Folded { data: 0, factors: crate::fuse::INPUT_SCALE_INPUT },
+            Some(_) => Gated::Folded { data: crate::fuse::INPUT_SCALE_INPUT, factors: 0 },
+            None => Gated::Materialised { len: shape.iter().product() },
+        })
+    }
+}
+
+impl Conv {
+    /// Scratch of the convolution itself (without a materialised product).
+    fn conv_scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
+        match self.shapes(inputs) {
+            // A residual of another shape is added by broadcasting, after the convolution wrote
+            // its own output to scratch.
+            Ok((p, conv, broadcast))
+                if !self.residual_channel_pad
+                    && (broadcast.is_some() || residual(inputs).is_some_and(|r| r.shape != conv)) =>
+            {
+                Kernels::default().conv2d_scratch_len(&p) + conv.iter().product::<usize>()
+            }
+            Ok((p, _, _)) => Kernels::default().conv2d_scratch_len(&p),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// The shape of a Conv's data: input 0's, or that of its product with input 5 (see [`Gated`]).
+fn data_shape<'a>(inputs: &'a [Option<Arg<'_>>]) -> OpResult<Cow<'a, [usize]>> {
+    let x = input(inputs, 0, "X")?;
+    Ok(match input_scale(inputs) {
+        Some(s) => Cow::Owned(broadcast_shapes(x.shape, s.shape)?),
+        None => Cow::Borrowed(x.shape),
+    })
 }
 
 impl Conv {
@@ -520,6 +592,7 @@ impl Op for Conv {
         if broadcast.is_some()
             || residual.is_some_and(|r| self.residual_channel_pad || r.shape != &conv_shape[..])
             || prelu_slope(inputs).is_some()
+            || !matches!(self.gated(inputs, &p), Ok(Gated::No | Gated::Folded { data: 0, .. }))
             || p.batch != 1
             || input(inputs, 1, "W").is_ok_and(|w| Weight::of(w).is_err())
         {
@@ -552,6 +625,15 @@ impl Op for Conv {
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
         let r = residual(inputs).map(|r| r.f32s()).transpose()?;
+        let scale = match self.gated(inputs, &p)? {
+            Gated::No => None,
+            Gated::Folded { data: 0, factors } => Some(input(inputs, factors, "X")?.f32s()?),
+            _ => {
+                return Err(OpError(
+                    "a blocked convolution takes only a per-channel product of its input".into(),
+                ))
+            }
+        };
         let (x, w, y) = (&x.f32s()?, &weight.view(), &mut *outputs[0].data);
         let (x_layout, y_layout) = (layouts.input(0), layouts.output(0));
         if r.is_some() && layouts.input(RESIDUAL_INPUT) != y_layout {
@@ -564,6 +646,7 @@ impl Op for Conv {
                 w,
                 b.as_deref(),
                 r.as_deref(),
+                scale.as_deref(),
                 &p,
                 self.activation,
                 y,
@@ -580,18 +663,11 @@ impl Op for Conv {
     }
 
     fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
-        match self.shapes(inputs) {
-            // A residual of another shape is added by broadcasting, after the convolution wrote
-            // its own output to scratch.
-            Ok((p, conv, broadcast))
-                if !self.residual_channel_pad
-                    && (broadcast.is_some() || residual(inputs).is_some_and(|r| r.shape != conv)) =>
-            {
-                Kernels::default().conv2d_scratch_len(&p) + conv.iter().product::<usize>()
-            }
-            Ok((p, _, _)) => Kernels::default().conv2d_scratch_len(&p),
-            Err(_) => 0,
-        }
+        let product = match self.shapes(inputs).and_then(|(p, ..)| self.gated(inputs, &p)) {
+            Ok(Gated::Materialised { len }) => len,
+            _ => 0,
+        };
+        product + self.conv_scratch_len(inputs)
     }
 
     fn run(
@@ -611,7 +687,33 @@ impl Op for Conv {
             Some(s) => ChannelActivation::PRelu(s),
             None => ChannelActivation::Same(self.activation),
         };
-        let (x, w, y) = (&x.f32s()?, &weight.view(), &mut *outputs[0].data);
+        let (w, y) = (&weight.view(), &mut *outputs[0].data);
+        let a = x.f32s()?;
+        let (x, scratch): (&[f32], &mut [f32]) = match self.gated(inputs, &p)? {
+            Gated::No => (&a, scratch),
+            Gated::Folded { data, factors } => {
+                let (x, s) = (input(inputs, data, "X")?.f32s()?, input(inputs, factors, "X")?.f32s()?);
+                return self.run_scaled_input(
+                    inputs,
+                    (&x, &s, w),
+                    &p,
+                    &conv_shape,
+                    out_shape,
+                    act,
+                    y,
+                    scratch,
+                    ctx,
+                );
+            }
+            Gated::Materialised { len } => {
+                // The product `Mul` would have written, into the front of the scratch.
+                let (product, scratch) = scratch.split_at_mut(len);
+                let other = input(inputs, crate::fuse::INPUT_SCALE_INPUT, "X")?;
+                let shape = data_shape(inputs)?;
+                zip_broadcast(&a, x.shape, &other.f32s()?, other.shape, &shape, product, |a, b| a * b);
+                (&*product, scratch)
+            }
+        };
         if let Some(filters) = self.int8_filters(&weight, &p, ctx) {
             let r = residual(inputs).filter(|r| self.residual_channel_pad || r.shape == &conv_shape[..]);
             if r.is_some() || residual(inputs).is_none() {
@@ -639,16 +741,66 @@ impl Op for Conv {
                 ctx.kernels
                     .conv2d(x, w, b.as_deref(), &p, Activation::None, conv, scratch)
                     .map_err(kernel_err)?;
-                zip_broadcast(conv, &conv_shape, &r.f32s()?, r.shape, out_shape, y, |a, b| a + b);
-                // Channel c of every image: out_shape is [batch, channels, h, w].
-                let plane: usize = out_shape[2..].iter().product();
-                for (i, channel) in y.chunks_mut(plane.max(1)).enumerate() {
-                    act.of(i % p.out_c).apply_slice(channel);
-                }
+                add_broadcast_residual((conv, &conv_shape), r, out_shape, act, p.out_c, y)?;
                 Ok(())
             }
         }
         .map_err(kernel_err)
+    }
+}
+
+/// `y = act(conv + r)`, the residual `r` broadcast against the convolution's output `conv` (of
+/// `conv_shape`, `out_c` channels) to `out_shape`.
+fn add_broadcast_residual(
+    (conv, conv_shape): (&[f32], &[usize]),
+    r: &Arg<'_>,
+    out_shape: &[usize],
+    act: ChannelActivation<'_>,
+    out_c: usize,
+    y: &mut [f32],
+) -> OpResult<()> {
+    zip_broadcast(conv, conv_shape, &r.f32s()?, r.shape, out_shape, y, |a, b| a + b);
+    // Channel c of every image: out_shape is [batch, channels, h, w].
+    let plane: usize = out_shape[2..].iter().product();
+    for (i, channel) in y.chunks_mut(plane.max(1)).enumerate() {
+        act.of(i % out_c).apply_slice(channel);
+    }
+    Ok(())
+}
+
+impl Conv {
+    /// [`Op::run`] for a 1×1 layer with a fused input scale (`operands`: the input, its factors
+    /// and the weights), on the f32 path whatever the session's activations (the factors fold
+    /// into decoded filters, which the int8 kernels do not decode).
+    #[allow(clippy::too_many_arguments)]
+    fn run_scaled_input(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        (x, s, w): (&[f32], &[f32], &TensorView<'_>),
+        p: &Conv2dParams,
+        conv_shape: &[usize],
+        out_shape: &[usize],
+        act: ChannelActivation<'_>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let b = bias(inputs, p.out_c)?;
+        let k = &ctx.kernels;
+        match residual(inputs) {
+            Some(r) if !self.residual_channel_pad && r.shape != conv_shape => {
+                // A broadcast residual: convolve into scratch, then add and activate.
+                let (conv, scratch) = scratch.split_at_mut(conv_shape.iter().product());
+                k.conv2d_scaled_input(x, s, w, b.as_deref(), None, p, Activation::None, conv, scratch)
+                    .map_err(kernel_err)?;
+                add_broadcast_residual((conv, conv_shape), r, out_shape, act, p.out_c, y)
+            }
+            r => {
+                let r = r.map(|r| r.f32s()).transpose()?;
+                k.conv2d_scaled_input(x, s, w, b.as_deref(), r.as_deref(), p, act, y, scratch)
+                    .map_err(kernel_err)
+            }
+        }
     }
 }
 

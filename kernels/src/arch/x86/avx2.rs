@@ -26,6 +26,7 @@ pub(super) const ISA: Isa = Isa {
     dot,
     dot_rows: Some(dot_rows),
     axpy,
+    mul,
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
@@ -696,6 +697,30 @@ unsafe fn dot_rows_impl(a: *const f32, k: usize, x: *const f32, out: *mut f32, r
         // SAFETY: `live` outputs from r0 are within `out` (the caller's bounds).
         unsafe { _mm256_maskstore_ps(out.add(r0), lane_mask(live), sums) };
         r0 += live;
+    }
+}
+
+/// See [`Isa::mul`].
+fn mul(y: &mut [f32], x: &[f32]) {
+    let n = y.len().min(x.len());
+    // SAFETY: AVX2 was detected before this table was handed out; both slices hold n values.
+    unsafe { mul_impl(y.as_mut_ptr(), x.as_ptr(), n) }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn mul_impl(y: *mut f32, x: *const f32, n: usize) {
+    let mut i = 0;
+    // SAFETY: every access is below n (full vectors) or masked to lanes below n.
+    unsafe {
+        while i + 8 <= n {
+            _mm256_storeu_ps(y.add(i), _mm256_mul_ps(_mm256_loadu_ps(y.add(i)), _mm256_loadu_ps(x.add(i))));
+            i += 8;
+        }
+        if i < n {
+            let m = lane_mask(n - i);
+            let v = _mm256_mul_ps(_mm256_maskload_ps(y.add(i), m), _mm256_maskload_ps(x.add(i), m));
+            _mm256_maskstore_ps(y.add(i), m, v);
+        }
     }
 }
 

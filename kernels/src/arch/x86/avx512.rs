@@ -27,6 +27,7 @@ pub(super) const ISA: Isa = Isa {
     dot,
     dot_rows: Some(dot_rows),
     axpy,
+    mul,
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
@@ -391,6 +392,30 @@ unsafe fn deinterleave_impl(src: *const f32, even: *mut f32, odd: *mut f32, n: u
             let hi = _mm512_maskz_loadu_ps(m1, src.add(2 * i + 16));
             _mm512_mask_storeu_ps(even.add(i), out, _mm512_permutex2var_ps(lo, pick_even, hi));
             _mm512_mask_storeu_ps(odd.add(i), out, _mm512_permutex2var_ps(lo, pick_odd, hi));
+        }
+    }
+}
+
+/// See [`Isa::mul`].
+fn mul(y: &mut [f32], x: &[f32]) {
+    let n = y.len().min(x.len());
+    // SAFETY: AVX-512 F was detected before this table was handed out; both slices hold n values.
+    unsafe { mul_impl(y.as_mut_ptr(), x.as_ptr(), n) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn mul_impl(y: *mut f32, x: *const f32, n: usize) {
+    let mut i = 0;
+    // SAFETY: every access is below n (full vectors) or masked to lanes below n.
+    unsafe {
+        while i + 16 <= n {
+            _mm512_storeu_ps(y.add(i), _mm512_mul_ps(_mm512_loadu_ps(y.add(i)), _mm512_loadu_ps(x.add(i))));
+            i += 16;
+        }
+        if i < n {
+            let m = lane_mask(n - i);
+            let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y.add(i)), _mm512_maskz_loadu_ps(m, x.add(i)));
+            _mm512_mask_storeu_ps(y.add(i), m, v);
         }
     }
 }

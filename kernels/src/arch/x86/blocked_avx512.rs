@@ -65,26 +65,29 @@ fn nibbles_transposed(
     k: usize,
     table: &[f32; 16],
     scales: &[f32; C],
+    columns: Option<&[f32]>,
     wt: &mut [f32],
     pitch: usize,
 ) {
     let bytes = k.div_ceil(2);
     assert!(rows.iter().all(|row| row.len() >= bytes), "a row holds fewer than {k} indices");
+    assert!(columns.is_none_or(|c| c.len() >= k), "fewer than {k} column factors");
     assert!(pitch >= C && (k == 0 || wt.len() >= (k - 1) * pitch + C), "transposed panel too short");
     // SAFETY: AVX-512 F and BW were detected before this table was handed out; the asserts cover
     // every row byte read (masked to `bytes`) and every vector written.
-    unsafe { nibbles_transposed_impl(rows, k, table, scales, wt.as_mut_ptr(), pitch) }
+    unsafe { nibbles_transposed_impl(rows, k, table, scales, columns, wt.as_mut_ptr(), pitch) }
 }
 
 /// # Safety
-/// AVX-512 F and BW available; every row holds `k.div_ceil(2)` bytes, `wt` `k` rows of 16 floats
-/// `pitch` apart.
+/// AVX-512 F and BW available; every row holds `k.div_ceil(2)` bytes, `columns` (if any) `k`
+/// factors, `wt` `k` rows of 16 floats `pitch` apart.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn nibbles_transposed_impl(
     rows: &[&[u8]; C],
     k: usize,
     table: &[f32; 16],
     scales: &[f32; C],
+    columns: Option<&[f32]>,
     wt: *mut f32,
     pitch: usize,
 ) {
@@ -106,7 +109,11 @@ unsafe fn nibbles_transposed_impl(
             let first = 2 * b0 + 8 * w;
             for p in first..(first + 8).min(k) {
                 // `vpermps` reads the low 4 bits of each lane: the next index, LSB first.
-                let weights = _mm512_mul_ps(_mm512_permutexvar_ps(indices, table), scales);
+                let mut weights = _mm512_mul_ps(_mm512_permutexvar_ps(indices, table), scales);
+                if let Some(columns) = columns {
+                    // The decoded weight times its column's factor, as `WeightRows` applies it.
+                    weights = _mm512_mul_ps(weights, _mm512_set1_ps(columns[p]));
+                }
                 // SAFETY: column p < k of the panel, 16 floats (the caller's contract).
                 unsafe { _mm512_storeu_ps(wt.add(p * pitch), weights) };
                 indices = _mm512_srli_epi32::<4>(indices);
