@@ -1,7 +1,12 @@
 //! Static placement of activations in one arena.
 //!
-//! Greedy by size, as TFLite's arena planner does: the largest tensors are placed first, each at the
-//! lowest aligned offset where it overlaps no already-placed tensor that is alive at the same time.
+//! Greedy, as TFLite's arena planner is: tensors are placed one by one, each at the lowest aligned
+//! offset where it overlaps no already-placed tensor that is alive at the same time, in two orders
+//! (largest first, and longest-lived first), keeping the smaller arena. Neither order is best for
+//! every graph, and the better one usually reaches the bound (the most elements alive at one
+//! step): BlazeFace's 393,600 floats largest first against 311,552 longest-lived first (bound
+//! 311,296); MobileNetV3-Small with its squeeze-excite products folded 301,312 against 282,240
+//! (the bound); MobileNetV2 and PP-OCRv4 det within 0.2 % of their bounds either way.
 //!
 //! Tensors of a page or more that are alive together also start at least 512 bytes apart modulo
 //! 4 KiB. x86 cores guess whether a load depends on an earlier store from the low 12 bits of
@@ -48,16 +53,33 @@ const SKEWS: usize = PAGE / SKEW;
 /// elements start at least `SKEW` (128) apart modulo `PAGE` where the lowest gap that fits, or
 /// the lowest with a page to spare, allows it; the result is deterministic.
 pub fn place(blocks: &[Block], align: usize) -> (Vec<usize>, usize) {
+    use std::cmp::Reverse;
+    // Ties by birth, then index, keep the layouts deterministic.
+    let mut largest: Vec<usize> = (0..blocks.len()).collect();
+    largest.sort_by_key(|&i| (Reverse(blocks[i].len), blocks[i].first, i));
+    let mut longest: Vec<usize> = (0..blocks.len()).collect();
+    longest.sort_by_key(|&i| {
+        (Reverse(blocks[i].last.saturating_sub(blocks[i].first)), Reverse(blocks[i].len), i)
+    });
+    let by_size = place_in_order(blocks, align, &largest);
+    let by_life = place_in_order(blocks, align, &longest);
+    // A tie keeps the order by size.
+    if by_life.1 < by_size.1 {
+        by_life
+    } else {
+        by_size
+    }
+}
+
+/// [`place`] in one order of the blocks.
+fn place_in_order(blocks: &[Block], align: usize, order: &[usize]) -> (Vec<usize>, usize) {
     let align = align.max(1);
     // Skewed starts stay multiples of `align`.
     let step = SKEW.next_multiple_of(align);
-    let mut order: Vec<usize> = (0..blocks.len()).collect();
-    // Largest first; ties by birth then index keep the layout deterministic.
-    order.sort_by_key(|&i| (std::cmp::Reverse(blocks[i].len), blocks[i].first, i));
     let mut offsets = vec![0; blocks.len()];
     let mut placed: Vec<usize> = Vec::with_capacity(blocks.len());
     let mut total = 0;
-    for &i in &order {
+    for &i in order {
         let b = &blocks[i];
         if b.len == 0 {
             continue;
@@ -131,6 +153,22 @@ mod tests {
         check_disjoint(&blocks, &offsets);
         assert!(total < 400, "arena {total} should reuse memory");
         assert_eq!(total, 224, "two 100-element buffers, the second aligned to 112");
+    }
+
+    #[test]
+    fn keeps_the_order_that_packs_tighter() {
+        // Largest first places b (9, step 1) and then d (9, steps 1-2) above it, c (9, step 3)
+        // at 0 and a (7, steps 2-3) above d: 25. Longest-lived first: d at 0, a and then b at 9
+        // (they do not meet), c at 0: 18, the most alive at one step (steps 2 and 3).
+        let blocks = [
+            Block { len: 7, first: 2, last: 3 },
+            Block { len: 9, first: 1, last: 1 },
+            Block { len: 9, first: 3, last: 3 },
+            Block { len: 9, first: 1, last: 2 },
+        ];
+        let (offsets, total) = place(&blocks, 1);
+        check_disjoint(&blocks, &offsets);
+        assert_eq!(total, 18, "{offsets:?}");
     }
 
     #[test]
