@@ -707,6 +707,9 @@ impl Op for Conv {
             }
             Gated::Materialised { len } => {
                 // The product `Mul` would have written, into the front of the scratch.
+                if scratch.len() < len {
+                    op_bail!("scratch of {} values for a product of {len}", scratch.len());
+                }
                 let (product, scratch) = scratch.split_at_mut(len);
                 let other = input(inputs, crate::fuse::INPUT_SCALE_INPUT, "X")?;
                 let shape = data_shape(inputs)?;
