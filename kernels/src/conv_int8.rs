@@ -605,7 +605,9 @@ impl Layer<'_> {
         let mut oy0 = rows.start;
         while oy0 < rows.end {
             let slab_rows = slab.rows.min(rows.end - oy0);
-            slab.fill(&self.isa, p, xb, oy0, planes, true);
+            // Zeros only where this fill leaves padding rows (see `Layer::shifted`).
+            let zero = oy0 == rows.start || !slab.rows_inside(p, oy0);
+            slab.fill(&self.isa, p, xb, oy0, planes, zero);
             let mut s0 = 0;
             while s0 < slab_rows {
                 let sr = shifted.rows.min(slab_rows - s0);
