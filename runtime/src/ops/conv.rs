@@ -627,7 +627,7 @@ impl Op for Conv {
         let r = residual(inputs).map(|r| r.f32s()).transpose()?;
         let scale = match self.gated(inputs, &p)? {
             Gated::No => None,
-            Gated::Folded { data: 0, factors } => Some(input(inputs, factors, "X")?.f32s()?),
+            Gated::Folded { data: 0, factors } => Some(input(inputs, factors, "gate")?.f32s()?),
             _ => {
                 return Err(OpError(
                     "a blocked convolution takes only a per-channel product of its input".into(),
@@ -692,7 +692,7 @@ impl Op for Conv {
         let (x, scratch): (&[f32], &mut [f32]) = match self.gated(inputs, &p)? {
             Gated::No => (&a, scratch),
             Gated::Folded { data, factors } => {
-                let (x, s) = (input(inputs, data, "X")?.f32s()?, input(inputs, factors, "X")?.f32s()?);
+                let (x, s) = (input(inputs, data, "X")?.f32s()?, input(inputs, factors, "gate")?.f32s()?);
                 return self.run_scaled_input(
                     inputs,
                     (&x, &s, w),
@@ -711,7 +711,7 @@ impl Op for Conv {
                     op_bail!("scratch of {} values for a product of {len}", scratch.len());
                 }
                 let (product, scratch) = scratch.split_at_mut(len);
-                let other = input(inputs, crate::fuse::INPUT_SCALE_INPUT, "X")?;
+                let other = input(inputs, crate::fuse::INPUT_SCALE_INPUT, "gate")?;
                 let shape = data_shape(inputs)?;
                 zip_broadcast(&a, x.shape, &other.f32s()?, other.shape, &shape, product, |a, b| a * b);
                 (&*product, scratch)
