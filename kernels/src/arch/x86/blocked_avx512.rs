@@ -279,35 +279,27 @@ unsafe fn tile<const P: usize, const V: usize>(
 ) {
     let hw = job.hw;
     let (x, wt) = (job.x.as_ptr(), job.wt.as_ptr());
-    // The tile's partial sums: P pixels of 16 V channels, pixel-major.
+    // The tile's partial sums: P pixels of 16 V channels, pixel-major; the sums start from them
+    // after the first depth block, else from zero (inside `sums`: an array zeroed here, in
+    // memory when `sums` is not inlined, cost a `memset` call per tile).
     let partial = carry.wrapping_add(p0 * V * C);
-    let mut acc = [[_mm512_setzero_ps(); V]; P];
-    // SAFETY: the carry holds `hw` pixels of `16 V` sums (the check).
-    unsafe {
-        if channels.start > 0 {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(partial.add((j * V + v) * C));
-                }
-            }
-        }
-    }
+    let start = (channels.start > 0).then_some(partial.cast_const());
     let (c0, depth) = (channels.start, channels.len());
     // SAFETY: rows c < k of the transposed filters hold `16 V` weights; input channel c of pixels
     // p0 .. p0 + P lies in `x` in either layout (the check: blocked inputs have whole blocks, and
-    // depth blocks start at whole blocks).
-    unsafe {
+    // depth blocks start at whole blocks); the carry holds `hw` pixels of `16 V` sums.
+    let acc = unsafe {
         let wt = wt.add(c0 * V * C);
         match job.x_layout {
             Layout::Planar => {
-                sums::<P, V>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0), InputSteps::planar(hw))
+                sums::<P, V>(start, wt, V * C, depth, x.add(c0 * hw + p0), InputSteps::planar(hw))
             }
             // Within a block channel c + 1 follows c; the next block starts 16 hw floats on.
             Layout::Blocked => {
-                sums::<P, V>(&mut acc, wt, V * C, depth, x.add(c0 * hw + p0 * C), InputSteps::blocked(hw))
+                sums::<P, V>(start, wt, V * C, depth, x.add(c0 * hw + p0 * C), InputSteps::blocked(hw))
             }
         }
-    }
+    };
     if channels.end < job.k {
         // SAFETY: as above.
         unsafe {
@@ -368,23 +360,32 @@ impl InputSteps {
     }
 }
 
-/// `acc[j][v] += sum_c wt[c][16 v ..] * x(c, j)` over `k` input channels (rows of `wt` `pitch`
-/// floats apart), `x(c, j)` where `steps` place it from `x`.
+/// `acc[j][v] = start[j][v] + sum_c wt[c][16 v ..] * x(c, j)` over `k` input channels (rows of
+/// `wt` `pitch` floats apart), `x(c, j)` where `steps` place it from `x`; `start` (pixel-major,
+/// `16 V` sums per pixel) or zeros.
 ///
 /// # Safety
 /// AVX-512 F available; every input address lies in the input, `k` rows of `16 V` at `wt`
-/// `pitch` apart; `k` is a multiple of `steps.per`.
+/// `pitch` apart; `k` is a multiple of `steps.per`; `start`, if any, holds `P` pixels of sums.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn sums<const P: usize, const V: usize>(
-    acc: &mut [[__m512; V]; P],
+    start: Option<*const f32>,
     wt: *const f32,
     pitch: usize,
     k: usize,
     x: *const f32,
     steps: InputSteps,
-) {
-    let mut sums = *acc;
+) -> [[__m512; V]; P] {
+    let mut sums = [[_mm512_setzero_ps(); V]; P];
+    if let Some(start) = start {
+        for (j, row) in sums.iter_mut().enumerate() {
+            for (v, a) in row.iter_mut().enumerate() {
+                // SAFETY: sum v of pixel j of the start (the contract).
+                *a = unsafe { _mm512_loadu_ps(start.add((j * V + v) * C)) };
+            }
+        }
+    }
     let mut wp = wt;
     for g in 0..k / steps.per {
         let base = x.wrapping_add(g * steps.jump);
@@ -406,7 +407,7 @@ unsafe fn sums<const P: usize, const V: usize>(
             }
         }
     }
-    *acc = sums;
+    sums
 }
 
 /// See [`crate::blocked::BlockedKernels::depthwise`].
