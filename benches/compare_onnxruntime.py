@@ -5,7 +5,7 @@ Usage, from the repository root after `cargo build --release -p pith-cli`:
 
     python3 benches/compare_onnxruntime.py blazeface --bits 4 --threads 1
     python3 benches/compare_onnxruntime.py ppocr --bits f32 --threads 2 --rounds 7 --iters 10
-    python3 benches/compare_onnxruntime.py blazeface --tflite face_detection_short_range.tflite
+    python3 benches/compare_onnxruntime.py blazeface --tflite other_build.tflite
     python3 benches/compare_onnxruntime.py --onnx mobilenetv2.onnx --input input=1x3x224x224
     python3 benches/compare_onnxruntime.py blazeface --int8 --threads 2
 
@@ -21,7 +21,9 @@ Arguments:
     --iters K       timed inferences per runtime and round (default 20), after a warm-up
     --hw HxW        PP-OCR input height x width (default 320x640; 736x1472 is a full page)
     --pith PATH     the pith binary (default target/release/pith)
-    --tflite PATH   the original .tflite for LiteRT (not bundled: the repository has the ONNX only)
+    --tflite PATH   a .tflite for LiteRT (default for blazeface: the bundled original,
+                    tests/data/models/blazeface_short_range.tflite, that the ONNX file was
+                    converted from; PP-OCRv4 det and --onnx models have none)
     --int8          also time Pith with int8 activations (`pith bench --int8`: dynamic-range
                     quantized 1x1 convolutions and 4-bit GEMVs on int8 dot products; GEMVs
                     only on x86 without AVX-512 VNNI) and onnxruntime on the model
@@ -58,9 +60,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Pause before each runtime's turn (seconds): longer than any pool's spin-before-park time.
 SETTLE_S = 0.25
 
+# Bundled model: ONNX file, input name, default height x width, the original .tflite (if any).
 MODELS = {
-    "blazeface": ("blazeface_short_range.onnx", "input", None),
-    "ppocr": ("ppocr_v4_det.onnx", "x", (320, 640)),
+    "blazeface": ("blazeface_short_range.onnx", "input", None, "blazeface_short_range.tflite"),
+    "ppocr": ("ppocr_v4_det.onnx", "x", (320, 640), None),
 }
 
 
@@ -229,8 +232,10 @@ def main():
         shape = tuple(int(d) for d in dims.split("x"))
         args.model = os.path.splitext(os.path.basename(onnx_path))[0]
     else:
-        file, input_name, default_hw = MODELS[args.model]
+        file, input_name, default_hw, tflite = MODELS[args.model]
         onnx_path = os.path.join(ROOT, "tests", "data", "models", file)
+        if args.tflite is None and tflite is not None:
+            args.tflite = os.path.join(ROOT, "tests", "data", "models", tflite)
         h, w = args.hw or default_hw or (128, 128)
         if args.model == "blazeface" and (h, w) != (128, 128):
             p.error("BlazeFace takes 128x128 only")
@@ -272,7 +277,7 @@ def compare(args, onnx_path, input_name, shape, work_dir):
     if args.tflite:
         runtimes.append(optional("litert", lambda: LiteRT(args.tflite, x, args.threads)))
     else:
-        print("litert: skipped, pass --tflite PATH (the original .tflite is not bundled)", file=sys.stderr)
+        print("litert: skipped, no .tflite for this model (pass --tflite PATH)", file=sys.stderr)
     runtimes.append(optional("mnn", lambda: Mnn(onnx_path, work_dir, x, args.threads)))
     runtimes = [r for r in runtimes if r is not None]
 
