@@ -75,6 +75,17 @@ fn int8_options(threads: usize) -> Option<SessionOptions> {
     supported.then_some(options)
 }
 
+/// Sessions with bf16 products, if this CPU's kernel path has them (`None`, with a note in the
+/// log, if not: AVX-512 BF16 only).
+fn bf16_options(threads: usize) -> Option<SessionOptions> {
+    let options = SessionOptions { threads, bf16_products: true, ..Default::default() };
+    let supported = pith_kernels::Kernels::new(1).is_ok_and(|k| k.with_bf16_products(true).is_ok());
+    if !supported {
+        eprintln!("bf16 products: this CPU's kernel path has none, skipped");
+    }
+    supported.then_some(options)
+}
+
 fn golden_dir(name: &str) -> PathBuf {
     data_dir().join("golden").join(name)
 }
@@ -261,6 +272,9 @@ const COS_INT8_BLAZEFACE: f64 = 0.99;
 const COS_INT8_PPOCR: f64 = 0.995;
 /// The same with 8-bit codebook weights on PP-OCRv4 det (measured 0.9926; 0.9996 without int8).
 const COS_INT8_PPOCR_8BIT: f64 = 0.99;
+/// Minimum output cosine (against onnxruntime fp32) with bf16 products in the 1×1 layers and f32
+/// weights (measured on Zen 5: BlazeFace 0.999961-0.999994, PP-OCRv4 det 0.999950).
+const COS_BF16: f64 = 0.9999;
 
 #[test]
 fn blazeface_int8_activations_keep_the_faces() {
@@ -278,6 +292,41 @@ fn blazeface_int8_activations_keep_the_faces() {
             panic!("{weights:?}: int8 activations change the faces: {e}");
         }
     }
+}
+
+#[test]
+fn bf16_products_keep_the_faces_and_the_text_boxes() {
+    // Onnxruntime's f32 outputs on the bundled images, and the detections of the f32 session,
+    // from sessions whose 1×1 layers multiply in bf16 (1 and 2 threads).
+    for threads in [1, 2] {
+        let Some(options) = bf16_options(threads) else { return };
+        for golden in ["blazeface", "blazeface_camera"] {
+            assert_cosine_with(BLAZEFACE, Weights::F32, golden, options, COS_BF16);
+        }
+        assert_cosine_with(PPOCR, Weights::F32, "ppocr", options, COS_BF16);
+        for weights in [Weights::F32, Weights::Bits(4)] {
+            let (reference, bf16) = (faces(weights), faces_with(weights, options));
+            assert!(!reference.is_empty(), "no face on the portrait");
+            let boxes = |f: &[blazeface::Face]| f.iter().map(|f| f.bbox).collect::<Vec<_>>();
+            if let Err(e) = match_boxes(&boxes(&reference), &boxes(&bf16)) {
+                panic!("{weights:?}, {threads} threads: bf16 products change the faces: {e}");
+            }
+        }
+        let (reference, bf16) = (text_boxes(Weights::Bits(8)), text_boxes_with(Weights::Bits(8), options));
+        assert!(!reference.is_empty(), "no text on the page");
+        if let Err(e) = match_boxes(&reference, &bf16) {
+            panic!("{threads} threads: bf16 products change the text boxes: {e}");
+        }
+    }
+}
+
+#[test]
+fn bf16_products_are_refused_with_int8_activations() {
+    let options = SessionOptions { int8_activations: true, bf16_products: true, ..Default::default() };
+    let Err(err) = Session::new(pith(BLAZEFACE, Weights::F32), options) else {
+        panic!("a session took int8 activations and bf16 products at once");
+    };
+    assert!(err.to_string().contains("choose one"), "{err}");
 }
 
 #[test]

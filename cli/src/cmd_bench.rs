@@ -112,7 +112,7 @@ fn run_model(
     }
     let load_start = Instant::now();
     let file = pith_format::PithFile::open(model).with_context(|| format!("opening {}", model.display()))?;
-    let (threads, int8) = (options.threads, options.int8_activations);
+    let (threads, int8, bf16) = (options.threads, options.int8_activations, options.bf16_products);
     let mut session = Session::new(Arc::new(file), options)?;
     // Load time is what an app pays before its first inference: opening and validating the
     // file, creating the session and planning for the input shapes. Reading or synthesising the
@@ -163,10 +163,11 @@ fn run_model(
     let times: Vec<f64> = times_s.iter().map(|s| s * 1e3).collect();
     log::info!("arena {} bytes", plan.arena_bytes);
     println!(
-        "bench model={} threads={}{} iters={} load_ms={:.3} median_ms={:.4} p90_ms={:.4} p99_ms={:.4}",
+        "bench model={} threads={}{}{} iters={} load_ms={:.3} median_ms={:.4} p90_ms={:.4} p99_ms={:.4}",
         model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         threads,
         if int8 { " int8" } else { "" },
+        if bf16 { " bf16" } else { "" },
         iters,
         load_ms,
         percentile(&times, 0.5),

@@ -170,6 +170,11 @@ struct SessionArgs {
     /// VNNI runs only the GEMVs on int8; needs AVX2 or NEON dotprod).
     #[arg(long)]
     int8: bool,
+    /// Multiply the weights and inputs of 1x1 convolutions rounded to bf16 (8 significant bits,
+    /// sums in f32) on bf16 dot products: about twice the f32 multiply-adds per instruction;
+    /// needs x86 AVX-512 BF16 (Zen 4 and later, Xeon from Cooper Lake); not with --int8.
+    #[arg(long, conflicts_with = "int8")]
+    bf16: bool,
     /// Refuse inputs whose plan needs more activation memory than this many bytes (arena plus
     /// every thread's scratch; weights are mapped, not counted); a K, M or G suffix multiplies
     /// by 1024, 1024^2 or 1024^3.
@@ -191,6 +196,7 @@ impl SessionArgs {
         SessionOptions {
             threads: self.threads,
             int8_activations: self.int8,
+            bf16_products: self.bf16,
             memory_limit: self.memory_limit,
             blocked_layout: !self.planar,
             tune_threads: !self.fixed_threads,

@@ -347,7 +347,8 @@ pub fn conv2d(
             Some(s) => rows.with_column_scales(&s[b * p.in_c..][..p.in_c])?,
             None => rows,
         };
-        let layer = Layer { isa: kernels.isa(), rows: &rows, bias, act, p };
+        let bf16 = kernels.isa().gemm_rows_fused_bf16.filter(|_| kernels.bf16_products());
+        let layer = Layer { isa: kernels.isa(), bf16, rows: &rows, bias, act, p };
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
         let rb =
             residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
@@ -453,6 +454,8 @@ pub(crate) fn check_operands(
 /// One layer's filters, epilogue and geometry, shared by the worker threads.
 struct Layer<'a, 'w> {
     isa: Isa,
+    /// The bf16 1×1 kernel, when the session chose bf16 products and the path has one.
+    bf16: Option<crate::arch::GemmRowsFusedBf16Fn>,
     rows: &'a WeightRows<'w>,
     bias: Option<&'a [f32]>,
     /// Applied per output channel (`act.of(oc)`).
@@ -526,17 +529,29 @@ impl Layer<'_, '_> {
                 // straight from the sums. Every column in one call (the tile streams each
                 // 16-column strip of the input through all filters, whatever the width).
                 let vectors = cols.len() - sliver_columns(self.isa.lanes, cols.len(), k);
-                let out =
-                    FusedRows {
-                        dst: yblock,
-                        col: 0,
-                        bias: self.bias.map(|b| &b[oc..end]),
-                        residual: residual_rows.filter(|&(_, rows)| rows > 0).map(|(res, rows)| {
-                            ResidualRows { data: &res.data[oc * plane + cols.start..], pitch: plane, rows }
-                        }),
-                        act,
+                macro_rules! rows_out {
+                    ($dst:expr) => {
+                        FusedRows {
+                            dst: $dst,
+                            col: 0,
+                            bias: self.bias.map(|b| &b[oc..end]),
+                            residual: residual_rows.filter(|&(_, rows)| rows > 0).map(|(res, rows)| {
+                                ResidualRows {
+                                    data: &res.data[oc * plane + cols.start..],
+                                    pitch: plane,
+                                    rows,
+                                }
+                            }),
+                            act,
+                        }
                     };
-                fused(a, k, &xg[cols.start..], &planes, vectors, out);
+                }
+                // bf16 products pack the input strip by strip into the accumulator, which this
+                // branch leaves unused (the f32 tile where it is too short for the depth).
+                let bf16 = self.bf16.filter(|_| crate::arch::bf16_strip_len(k) <= acc.len());
+                if bf16.is_none() {
+                    fused(a, k, &xg[cols.start..], &planes, vectors, rows_out!(&mut *yblock));
+                }
                 for j in cols.start + vectors..cols.end {
                     let column: &[f32] = match gathered {
                         Some(gathered) => &gathered[(j - first_sliver) * k..][..k],
@@ -563,6 +578,11 @@ impl Layer<'_, '_> {
                         yplane[j - cols.start] =
                             act.of_row(r).apply(v + self.bias.map_or(0.0, |b| b[oc + r]));
                     }
+                }
+                if let Some(bf16) = bf16 {
+                    // After the columns above, which read the panel in f32: this rounds it.
+                    let out = rows_out!(&mut *yblock);
+                    bf16(&mut panel[..m * k], k, &xg[cols.start..], &planes, vectors, out, acc);
                 }
                 oc = end;
                 continue;
@@ -1883,6 +1903,96 @@ mod tests {
                 assert_close(&y, &want, &format!("{kernels:?} {p:?}"));
             }
         }
+    }
+
+    /// Every kernel set of [`kernel_sets`] that can take bf16 products, with them on.
+    fn bf16_sets() -> Vec<Kernels> {
+        let sets: Vec<Kernels> =
+            kernel_sets().into_iter().filter_map(|k| k.with_bf16_products(true).ok()).collect();
+        if sets.is_empty() {
+            eprintln!("no kernel path with bf16 products on this CPU: bf16 checks skipped");
+        }
+        sets
+    }
+
+    #[test]
+    fn bf16_products_stay_within_their_rounding_of_the_f32_result() {
+        // Each product of two factors rounded to bf16 (8 significant bits: off by at most 2^-8
+        // each) is off by at most 2^-7 of itself, so an output by at most 2^-7 of the sum of its
+        // products' magnitudes (the f32 reference on |x| and |w|), plus the sums' own rounding. Expansions and projections,
+        // sliver columns (f32 dot products), odd depths (a zero in the last pair), widths across
+        // strips of 48, two images, residuals, every encoding, 1-3 threads; the 2000-deep layer
+        // needs more strip than the accumulator holds and runs in f32.
+        let mut rng = Rng::new(97);
+        let sets = bf16_sets();
+        let kinds = WeightKind::all();
+        let cases = [
+            (16, 96, [12, 11]),
+            (24, 7, [9, 49]),
+            (320, 37, [7, 7]),
+            (3, 5, [4, 5]),
+            (961, 20, [2, 9]),
+            (2000, 3, [3, 5]),
+        ];
+        for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
+            let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
+            let kind = kinds[case * 5 % kinds.len()];
+            let data = random_weight(&mut rng, kind, out_c, in_c);
+            let wf = decode_all(&data, out_c);
+            let x: Vec<f32> = rng.vec(p.batch * in_c * h * w).iter().map(|v| v - 0.5).collect();
+            let (bias, res) = (rng.vec(out_c), rng.vec(p.batch * out_c * h * w));
+            let plain = reference(&x, &wf, Some(&bias), &p);
+            let want: Vec<f32> = plain.iter().zip(&res).map(|(v, r)| v + r).collect();
+            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+            let magnitude = reference(&abs(&x), &abs(&wf), None, &p);
+            for kernels in &sets {
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                let act = Activation::None;
+                kernels
+                    .conv2d_add(&x, &data.view(), Some(&bias), &res, &p, act, &mut y, &mut scratch)
+                    .unwrap();
+                for (i, ((g, w), m)) in y.iter().zip(&want).zip(&magnitude).enumerate() {
+                    let bound = m / 128.0 + 1e-4 * (1.0 + w.abs());
+                    assert!(
+                        (g - w).abs() <= bound,
+                        "{kernels:?} {kind:?} {p:?} element {i}: {g} vs {w} (bound {bound})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_round_both_factors() {
+        // Inputs of 1 + 2^-10 round to 1 in bf16 and weights of 1 - 2^-12 to 1: 64 products
+        // then sum to exactly 64, where f32 sums 64 (1 + 2^-10)(1 - 2^-12). Columns in whole
+        // vectors (48 per row) and one sliver column (49: a dot product in f32) over 64 inputs.
+        let sets = bf16_sets();
+        for (h, w) in [(4, 12), (7, 7)] {
+            let p = pointwise(1, 64, 16, [h, w]);
+            let data = pith_format::ir::TensorData::F32(vec![1.0 - 1.0 / 4096.0; 16 * 64]);
+            let x = vec![1.0 + 1.0 / 1024.0; 64 * h * w];
+            let f32_sum = 64.0 * (1.0 + 1.0 / 1024.0) * (1.0 - 1.0 / 4096.0);
+            for kernels in &sets {
+                let mut y = vec![f32::NAN; 16 * h * w];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
+                kernels.conv2d(&x, &data.view(), None, &p, Activation::None, &mut y, &mut scratch).unwrap();
+                let slivers = sliver_columns(kernels.isa().lanes, h * w, 64);
+                for (i, &v) in y.iter().enumerate() {
+                    let want = if i % (h * w) >= h * w - slivers { f32_sum } else { 64.0 };
+                    assert!((v - want).abs() < 1e-4, "{kernels:?} {h}x{w} element {i}: {v}, want {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_need_a_path_that_has_them() {
+        let scalar = Kernels::with_isa(crate::arch::scalar::ISA, 1).unwrap();
+        let err = scalar.with_bf16_products(true).unwrap_err().to_string();
+        assert!(err.contains("bf16") && err.contains("scalar"), "{err}");
+        assert!(Kernels::with_isa(crate::arch::scalar::ISA, 1).unwrap().with_bf16_products(false).is_ok());
     }
 
     #[test]

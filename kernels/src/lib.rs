@@ -77,6 +77,8 @@ pub struct Kernels {
     pub(crate) min_task_work: usize,
     /// Whether 1×1 convolutions quantize their input to u8 and run on int8 dot products.
     int8: bool,
+    /// Whether 1×1 convolutions round weights and inputs to bf16 for their products.
+    bf16: bool,
 }
 
 /// Default of [`Kernels::min_task_work`]: about 2 µs of multiply-adds. Workers spin between jobs
@@ -93,13 +95,17 @@ impl std::fmt::Debug for Kernels {
             .field("isa", &self.isa.name)
             .field("threads", &self.threads)
             .field("int8", &self.int8)
+            .field("bf16", &self.bf16)
             .finish()
     }
 }
 
 impl PartialEq for Kernels {
     fn eq(&self, other: &Self) -> bool {
-        self.isa == other.isa && self.threads == other.threads && self.int8 == other.int8
+        self.isa == other.isa
+            && self.threads == other.threads
+            && self.int8 == other.int8
+            && self.bf16 == other.bf16
     }
 }
 
@@ -107,7 +113,7 @@ impl Default for Kernels {
     /// The best path this CPU supports (ignoring `PITH_KERNEL`), on the caller's thread.
     fn default() -> Self {
         let isa = *Isa::available().last().expect("scalar is always available");
-        Kernels { isa, threads: 1, pool: None, min_task_work: MIN_TASK_WORK, int8: false }
+        Kernels { isa, threads: 1, pool: None, min_task_work: MIN_TASK_WORK, int8: false, bf16: false }
     }
 }
 
@@ -132,7 +138,7 @@ impl Kernels {
         } else {
             None
         };
-        Ok(Kernels { isa, threads, pool, min_task_work: MIN_TASK_WORK, int8: false })
+        Ok(Kernels { isa, threads, pool, min_task_work: MIN_TASK_WORK, int8: false, bf16: false })
     }
 
     /// With `on`, [`Kernels::conv2d_int8`] runs 1×1 convolutions (the bulk of the multiply-adds
@@ -157,6 +163,27 @@ impl Kernels {
     /// Whether 1×1 convolutions run on int8 activations (see [`Kernels::with_int8_activations`]).
     pub fn int8_activations(&self) -> bool {
         self.int8
+    }
+
+    /// With `on`, 1×1 convolutions (planar, split by filters or pixels) multiply weights and
+    /// inputs rounded to bf16 (8 significant bits: a relative error of at most 2^-8 per factor),
+    /// summed in f32, by the CPU's bf16 dot products: twice the multiply-adds per instruction of
+    /// f32. Errors if this path has none (x86 without AVX-512 BF16, aarch64, scalar).
+    pub fn with_bf16_products(mut self, on: bool) -> Result<Kernels, KernelError> {
+        if on && self.isa.gemm_rows_fused_bf16.is_none() {
+            return Err(KernelError::Params(format!(
+                "bf16 products need bf16 dot-product instructions (x86 AVX-512 BF16); the '{}' \
+                 kernel path has none",
+                self.isa.name
+            )));
+        }
+        self.bf16 = on;
+        Ok(self)
+    }
+
+    /// Whether 1×1 convolutions multiply in bf16 (see [`Kernels::with_bf16_products`]).
+    pub fn bf16_products(&self) -> bool {
+        self.bf16
     }
 
     /// The int8 kernels, when int8 activations are on.

@@ -80,7 +80,9 @@ pub fn assign(
 ) {
     plan.node_layouts.clear();
     plan.summary.blocked_values = 0;
-    if kernels.isa().blocked.is_none() || kernels.int8_activations() {
+    // The blocked kernels are f32: int8 and bf16 sessions keep their 1×1 layers planar, where
+    // those kernels are.
+    if kernels.isa().blocked.is_none() || kernels.int8_activations() || kernels.bf16_products() {
         return;
     }
     let uses: Vec<Option<BlockedUse>> = (0..graph.nodes.len())

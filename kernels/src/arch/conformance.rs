@@ -217,6 +217,89 @@ fn gemm_rows_fused_matches_scalar() {
     }
 }
 
+/// `x` rounded to the nearest bf16 (ties to even), as an f32: what `vcvtneps2bf16` keeps.
+fn bf16_round(x: f32) -> f32 {
+    let bits = x.to_bits();
+    f32::from_bits((bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+}
+
+#[test]
+fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
+    // The scalar f32 kernel on weights and inputs rounded to bf16 first: their products are
+    // exact in f32, so the two differ only by the order of the sums. Odd depths (a zero half in
+    // the last pair), widths across strips of 48 and ragged vectors, every epilogue; the weights
+    // are scratch afterwards, and columns outside the written ones stay untouched.
+    let mut rng = Rng::new(44);
+    for isa in Isa::available() {
+        let Some(bf16) = isa.gemm_rows_fused_bf16 else { continue };
+        for case in 0..400 {
+            let c = FusedCase::random(&mut rng, case);
+            let rounded = FusedCase {
+                a: c.a.iter().map(|&v| bf16_round(v)).collect(),
+                b: c.b.iter().map(|&v| bf16_round(v)).collect(),
+                bias: c.bias.clone(),
+                residual: c.residual.clone(),
+                slopes: c.slopes.clone(),
+                offs: c.offs.clone(),
+                ..c
+            };
+            let want = rounded.run(scalar::gemm_rows_fused, 3);
+            let mut rows = vec![vec![f32::NAN; c.col + c.n + 3]; c.m];
+            let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
+            let out = FusedRows {
+                dst: &mut dst,
+                col: c.col,
+                bias: c.bias.as_deref(),
+                residual: c.residual.as_ref().map(|(data, pitch, rows)| ResidualRows {
+                    data: &data[..],
+                    pitch: *pitch,
+                    rows: *rows,
+                }),
+                act: c.activation(),
+            };
+            let mut strip = vec![f32::NAN; super::bf16_strip_len(c.k) + rng.below(5)];
+            bf16(&mut c.a.clone(), c.k, &c.b, &c.offs, c.n, out, &mut strip);
+            for (r, (g, w)) in rows.iter().zip(&want).enumerate() {
+                for (j, (g, w)) in g.iter().zip(w).enumerate() {
+                    let written = (c.col..c.col + c.n).contains(&j);
+                    let ok = if written { close(*g, *w, c.k as f32 + 3.0) } else { g.is_nan() };
+                    assert!(
+                        ok,
+                        "{} case {case} m={} k={} n={} row {r} col {j}: {g} vs {w}",
+                        isa.name, c.m, c.k, c.n
+                    );
+                }
+            }
+        }
+        let short = std::panic::catch_unwind(|| {
+            let (mut a, b) = (vec![1.0; 8], vec![1.0; 16]);
+            let mut rows = [vec![0.0; 4]];
+            let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
+            let out =
+                FusedRows { dst: &mut dst, col: 0, bias: None, residual: None, act: FusedActivation::None };
+            bf16(
+                &mut a,
+                8,
+                &b,
+                &[0, 1, 2, 3, 4, 5, 6, 7],
+                4,
+                out,
+                &mut vec![0.0; super::bf16_strip_len(8) - 1],
+            );
+        });
+        assert!(short.is_err(), "{}: a short strip scratch was accepted", isa.name);
+    }
+}
+
+#[test]
+fn bf16_round_ties_to_even_and_keeps_eight_bits() {
+    assert_eq!(bf16_round(1.0), 1.0);
+    // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to the even one, 1.
+    assert_eq!(bf16_round(1.0 + 1.0 / 256.0), 1.0);
+    assert_eq!(bf16_round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+    assert_eq!(bf16_round(-1.0 - 1.5 / 256.0), -1.0 - 2.0 / 256.0);
+}
+
 #[test]
 fn gemm_rows_fused_rejects_short_rows() {
     for isa in Isa::available() {

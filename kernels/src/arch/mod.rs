@@ -55,6 +55,10 @@ pub struct Isa {
     /// [`FusedRows`]), so a 1×1 convolution writes its output once instead of writing an
     /// accumulator and reading it back for a [`Isa::store_rows`] pass. `None` on paths without it.
     pub gemm_rows_fused: Option<GemmRowsFusedFn>,
+    /// [`Isa::gemm_rows_fused`] on weights and inputs rounded to bf16 (products summed in f32),
+    /// for sessions that choose bf16 products (`Kernels::with_bf16_products`); `None` on paths
+    /// whose CPU has no bf16 dot products.
+    pub gemm_rows_fused_bf16: Option<GemmRowsFusedBf16Fn>,
     /// [`crate::Activation::store_rows`], compiled for this path.
     #[allow(clippy::type_complexity)]
     pub store_rows: fn(
@@ -227,6 +231,28 @@ pub struct Isa {
 /// row `p` at `offs[p]`, `n` columns, and where the rows go.
 pub type GemmRowsFusedFn =
     fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>);
+
+/// The form of [`Isa::gemm_rows_fused_bf16`]: as [`GemmRowsFusedFn`], except that the decoded
+/// weight rows `a` are rounded to bf16 in place (scratch afterwards), and `strip` is scratch of
+/// at least [`bf16_strip_len`]`(k)` floats.
+pub type GemmRowsFusedBf16Fn = fn(
+    a: &mut [f32],
+    k: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    out: FusedRows<'_, '_>,
+    strip: &mut [f32],
+);
+
+/// Columns of the input that [`Isa::gemm_rows_fused_bf16`] packs at a time.
+pub const BF16_STRIP: usize = 48;
+
+/// Scratch floats [`Isa::gemm_rows_fused_bf16`] needs for a depth of `k`: one packed strip of
+/// [`BF16_STRIP`] columns, each a 32-bit pair of bf16 inputs per two input rows.
+pub fn bf16_strip_len(k: usize) -> usize {
+    k.div_ceil(2) * BF16_STRIP
+}
 
 /// Where [`Isa::gemm_rows_fused`] writes: for every row `r < a.len() / k` and column `j < n`,
 /// `dst[r][col + j] = act_r((sum_p a[r * k + p] * b[offs[p] + j] + residual(r, j)) + bias[r])`.

@@ -42,6 +42,7 @@ mod depthwise_interleaved;
 mod depthwise_small_avx2;
 mod fused;
 mod fused_avx512;
+mod fused_bf16;
 mod gemv_planes_avx2;
 mod gemv_wide;
 mod int8_avx2;
@@ -58,7 +59,8 @@ pub fn avx2() -> Option<Isa> {
 }
 
 /// The AVX-512 path (F, BW, VL; with AVX2 + FMA for the 8-lane tails), if this CPU supports it;
-/// with the VNNI int8 kernels when it also has VNNI, else with the AVX2 path's int8 GEMV.
+/// with the VNNI int8 kernels when it also has VNNI, else with the AVX2 path's int8 GEMV; and
+/// with bf16 1×1 products when it has AVX-512 BF16.
 pub fn avx512() -> Option<Isa> {
     let ok = is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
@@ -67,5 +69,6 @@ pub fn avx512() -> Option<Isa> {
         && is_x86_feature_detected!("fma");
     let vnni = is_x86_feature_detected!("avx512vnni");
     let int8 = if vnni { vnni::KERNELS } else { int8_avx2::KERNELS };
-    ok.then_some(Isa { int8: Some(int8), ..avx512::ISA })
+    let bf16 = is_x86_feature_detected!("avx512bf16").then_some(fused_bf16::gemm_rows_fused_bf16 as _);
+    ok.then_some(Isa { int8: Some(int8), gemm_rows_fused_bf16: bf16, ..avx512::ISA })
 }
