@@ -580,9 +580,12 @@ impl Layer<'_, '_> {
                     }
                 }
                 if let Some(bf16) = bf16 {
-                    // After the columns above, which read the panel in f32: this rounds it.
+                    // After the columns above, which read the panel in f32: this rounds it. The
+                    // input is packed for the first panel, and again for each only when its
+                    // strips do not all fit.
                     let out = rows_out!(&mut *yblock);
-                    bf16(&mut panel[..m * k], k, &xg[cols.start..], &planes, vectors, out, acc);
+                    let pack = oc == ocs.start || crate::arch::bf16_packed_len(k, vectors) > acc.len();
+                    bf16(&mut panel[..m * k], k, &xg[cols.start..], &planes, vectors, out, acc, pack);
                 }
                 oc = end;
                 continue;

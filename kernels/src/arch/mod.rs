@@ -233,8 +233,10 @@ pub type GemmRowsFusedFn =
     fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>);
 
 /// The form of [`Isa::gemm_rows_fused_bf16`]: as [`GemmRowsFusedFn`], except that the decoded
-/// weight rows `a` are rounded to bf16 in place (scratch afterwards), and `strip` is scratch of
-/// at least [`bf16_strip_len`]`(k)` floats.
+/// weight rows `a` are rounded to bf16 in place (scratch afterwards), and `strips` is scratch for
+/// the input packed in bf16: at least [`bf16_strip_len`]`(k)` floats, one strip at a time, packed
+/// in every call; or [`bf16_packed_len`]`(k, n)`, every strip of the columns, packed when `pack`
+/// is set and otherwise taken as the previous call left them (the same `k`, `b`, `offs` and `n`).
 pub type GemmRowsFusedBf16Fn = fn(
     a: &mut [f32],
     k: usize,
@@ -242,7 +244,8 @@ pub type GemmRowsFusedBf16Fn = fn(
     offs: &[usize],
     n: usize,
     out: FusedRows<'_, '_>,
-    strip: &mut [f32],
+    strips: &mut [f32],
+    pack: bool,
 );
 
 /// Columns of the input that [`Isa::gemm_rows_fused_bf16`] packs at a time.
@@ -252,6 +255,11 @@ pub const BF16_STRIP: usize = 48;
 /// [`BF16_STRIP`] columns, each a 32-bit pair of bf16 inputs per two input rows.
 pub fn bf16_strip_len(k: usize) -> usize {
     k.div_ceil(2) * BF16_STRIP
+}
+
+/// Scratch floats of every strip of `n` columns of [`Isa::gemm_rows_fused_bf16`]'s input.
+pub fn bf16_packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(BF16_STRIP) * bf16_strip_len(k)
 }
 
 /// Where [`Isa::gemm_rows_fused`] writes: for every row `r < a.len() / k` and column `j < n`,

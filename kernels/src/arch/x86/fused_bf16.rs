@@ -7,7 +7,9 @@
 //! strip of at most [`BF16_STRIP`](crate::arch::BF16_STRIP) columns, input rows `2i` and `2i + 1` interleaved per column (one
 //! 32-bit lane per column), so a register tile broadcasts one weight pair and loads the strip's
 //! pairs as they lie. A strip is packed once for every row of the panel, into the caller's
-//! scratch. A 16-bit pair of an odd depth's last row takes a zero.
+//! scratch; when the scratch holds every strip of the columns, the caller can keep them for its
+//! next panel of filters over the same columns. A 16-bit pair of an odd depth's last row takes a
+//! zero.
 //!
 //! Measured before it was built (a stand-alone model of this tile against the f32 tile of the
 //! same loop, Zen 5, 1 thread): 0.49-0.51 of its time at 320 → 1280, 960 → 320 and 160 → 960 over
@@ -20,12 +22,13 @@ use std::arch::x86_64::*;
 use super::avx512::lane_mask;
 use super::fused_avx512::store;
 use crate::arch::fused_parts::Epilogue;
-use crate::arch::{bf16_strip_len, gemm_rows_fused_check, FusedRows, BF16_STRIP as STRIP};
+use crate::arch::{bf16_packed_len, bf16_strip_len, gemm_rows_fused_check, FusedRows, BF16_STRIP as STRIP};
 
 /// Weight rows per register tile.
 const MR: usize = 8;
 
 /// See [`Isa::gemm_rows_fused_bf16`](crate::arch::Isa::gemm_rows_fused_bf16).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_rows_fused_bf16(
     a: &mut [f32],
     k: usize,
@@ -33,14 +36,18 @@ pub(super) fn gemm_rows_fused_bf16(
     offs: &[usize],
     n: usize,
     out: FusedRows<'_, '_>,
-    strip: &mut [f32],
+    strips: &mut [f32],
+    pack: bool,
 ) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
-    let pairs = k.div_ceil(2);
-    assert!(strip.len() >= bf16_strip_len(k), "gemm_rows_fused_bf16: strip scratch too short");
+    let (pairs, strip) = (k.div_ceil(2), bf16_strip_len(k));
+    // Every strip of the columns, or one at a time (then packed here, whatever `pack` says).
+    let all = strips.len() >= bf16_packed_len(k, n);
+    assert!(strips.len() >= strip, "gemm_rows_fused_bf16: strip scratch too short");
     // SAFETY: this function is only in the table when AVX-512 F/BW/VL and BF16 were detected
     // (see `super::avx512`); the checks cover `a` (m rows of k), `b` (k rows at `offs`, n
-    // columns each), the output rows and the strip scratch (`pairs * STRIP` lanes).
+    // columns each), the output rows and the strips (`pairs * STRIP` lanes each, every strip of
+    // the `n` columns when `all`).
     unsafe {
         for row in a.chunks_exact_mut(k).take(m) {
             row_to_pairs(row);
@@ -49,11 +56,14 @@ pub(super) fn gemm_rows_fused_bf16(
         let mut j = 0;
         while j < n {
             let w = (n - j).min(STRIP);
-            pack_strip(b, offs, k, j, w, strip);
+            let at = if all { j / STRIP * strip } else { 0 };
+            if pack || !all {
+                pack_strip(b, offs, k, j, w, &mut strips[at..at + strip]);
+            }
             let mut i = 0;
             while i < m {
                 let r = (m - i).min(MR);
-                let (ap, bp) = (a.as_ptr().add(i * k).cast::<u32>(), strip.as_ptr().cast::<u32>());
+                let (ap, bp) = (a.as_ptr().add(i * k).cast::<u32>(), strips.as_ptr().add(at).cast::<u32>());
                 tile_for(r, w, ap, k, pairs, bp, sink, (i, j));
                 i += r;
             }
@@ -74,17 +84,21 @@ unsafe fn row_to_pairs(row: &mut [f32]) {
     let p = row.as_mut_ptr();
     let mut c = 0;
     while c < k {
-        let mask = lane_mask(k - c);
-        // SAFETY: columns c .. c + 16 of the row (masked to its end) are read; their bf16 are
-        // written at bytes 2c .., below byte 4c where the next unread value starts, and inside
-        // the row. A masked lane reads as zero: an odd row's last pair gets a zero above.
+        let (lo, hi) = (lane_mask(k - c), lane_mask((k - c).saturating_sub(16)));
+        // SAFETY: columns c .. c + 32 of the row (masked to its end) are read; their bf16 are
+        // written at bytes 2c .. 2c + 64, below byte 4c + 128 where the next unread value
+        // starts, and inside the row. A masked lane reads as zero: an odd row's last pair gets a
+        // zero above.
         unsafe {
-            let x = _mm512_maskz_loadu_ps(mask, p.add(c));
-            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
-            let words = (k - c).min(16).next_multiple_of(2);
-            _mm256_mask_storeu_epi16(p.cast::<u16>().add(c).cast(), lane_mask(words), h);
+            let x = _mm512_maskz_loadu_ps(lo, p.add(c));
+            let y = _mm512_maskz_loadu_ps(hi, p.add(c + 16));
+            // One instruction for 32 values: `y`'s in the upper half.
+            let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(y, x));
+            let words = (k - c).min(32).next_multiple_of(2);
+            let mask = if words == 32 { u32::MAX } else { (1u32 << words) - 1 };
+            _mm512_mask_storeu_epi16(p.cast::<u16>().add(c).cast(), mask, h);
         }
-        c += 16;
+        c += 32;
     }
 }
 
