@@ -8,6 +8,7 @@ Usage, from the repository root after `cargo build --release -p pith-cli`:
     python3 benches/compare_onnxruntime.py blazeface --tflite other_build.tflite
     python3 benches/compare_onnxruntime.py --onnx mobilenetv2.onnx --input input=1x3x224x224
     python3 benches/compare_onnxruntime.py blazeface --int8 --threads 2
+    python3 benches/compare_onnxruntime.py --onnx mobilenetv2.onnx --input input=1x3x224x224 --bf16
 
 Arguments:
     model           blazeface (1x3x128x128) or ppocr (PP-OCRv4 det, 1x3xHxW; --hw, default 320x640)
@@ -24,6 +25,8 @@ Arguments:
     --tflite PATH   a .tflite for LiteRT (default for blazeface: the bundled original,
                     tests/data/models/blazeface_short_range.tflite, that the ONNX file was
                     converted from; PP-OCRv4 det and --onnx models have none)
+    --bf16          also time Pith with bf16 products in its 1x1 layers (`pith bench --bf16`:
+                    weights and inputs rounded to bf16, sums in f32; x86 with AVX-512 BF16)
     --int8          also time Pith with int8 activations (`pith bench --int8`: dynamic-range
                     quantized 1x1 convolutions and 4-bit GEMVs on int8 dot products; GEMVs
                     only on x86 without AVX-512 VNNI) and onnxruntime on the model
@@ -82,13 +85,13 @@ def time_calls(fn, iters):
 class Pith:
     """`pith bench` on a .pith file, one subprocess per round."""
 
-    def __init__(self, binary, pith_model, input_name, shape, threads, int8=False):
-        self.name = "pith-int8" if int8 else "pith"
+    def __init__(self, binary, pith_model, input_name, shape, threads, precision=None):
+        self.name = f"pith-{precision}" if precision else "pith"
         self.cmd = [
             binary, "bench", pith_model,
             "--shape", f"{input_name}={'x'.join(map(str, shape))}",
             "--threads", str(threads),
-        ] + (["--int8"] if int8 else [])
+        ] + ([f"--{precision}"] if precision else [])
 
         # Each run's `core_round_trip_ns` (printed at several threads): the host's state.
         self.round_trips = []
@@ -216,6 +219,7 @@ def main():
     p.add_argument("--tflite", default=None)
     p.add_argument("--work-dir", default=None)
     p.add_argument("--int8", action="store_true")
+    p.add_argument("--bf16", action="store_true")
     args = p.parse_args()
     if args.rounds < 1 or args.iters < 1 or args.threads < 1:
         p.error("--rounds, --iters and --threads must be at least 1")
@@ -262,12 +266,14 @@ def compare(args, onnx_path, input_name, shape, work_dir):
         Pith(args.pith, pith_model, input_name, shape, args.threads),
         OnnxRuntime(onnx_path, input_name, x, args.threads),
     ]
+    if args.bf16:
+        runtimes.insert(1, Pith(args.pith, pith_model, input_name, shape, args.threads, precision="bf16"))
     if args.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         from compare_compression import constants_to_initializers
 
-        runtimes.insert(1, Pith(args.pith, pith_model, input_name, shape, args.threads, int8=True))
+        runtimes.insert(1, Pith(args.pith, pith_model, input_name, shape, args.threads, precision="int8"))
         # The quantiser only quantises initializers; PP-OCRv4 det keeps its weights in Constants.
         plain = os.path.join(work_dir, f"{args.model}_initializers.onnx")
         constants_to_initializers(onnx_path, plain)
