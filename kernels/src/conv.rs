@@ -454,7 +454,8 @@ pub(crate) fn check_operands(
 /// One layer's filters, epilogue and geometry, shared by the worker threads.
 struct Layer<'a, 'w> {
     isa: Isa,
-    /// The bf16 1×1 kernel, when the session chose bf16 products and the path has one.
+    /// The bf16 1×1 kernel, when the session chose bf16 products and the path has one (1×1
+    /// layers split by filters, pixels or depth; the f32 tile where the scratch holds no strip).
     bf16: Option<crate::arch::GemmRowsFusedBf16Fn>,
     rows: &'a WeightRows<'w>,
     bias: Option<&'a [f32]>,
@@ -689,7 +690,9 @@ impl Layer<'_, '_> {
         let (k, kc, plane) = (p.in_c, depth.len(), p.out_h * p.out_w);
         let block = panel_rows(p);
         let (panel, rest) = scratch.split_at_mut(block * k);
-        let cut = &mut rest[..block * kc];
+        let (cut, spare) = rest.split_at_mut(block * kc);
+        // bf16 products pack the input into what is left of the scratch, if a strip fits.
+        let bf16 = self.bf16.filter(|_| crate::arch::bf16_strip_len(kc) <= spare.len());
         let mut oc = 0;
         while oc < p.out_c {
             let end = p.out_c.min(oc + block);
@@ -699,7 +702,18 @@ impl Layer<'_, '_> {
                 share.copy_from_slice(&row[depth.clone()]);
             }
             let sums = &mut acc[oc * plane..end * plane];
-            let (a, offs) = (&cut[..m * kc], &planes[depth.clone()]);
+            let offs = &planes[depth.clone()];
+            if let Some(bf16) = bf16 {
+                let mut rows: Vec<&mut [f32]> = sums.chunks_exact_mut(plane).collect();
+                let act = FusedActivation::None;
+                let out = FusedRows { dst: &mut rows, col: 0, bias: None, residual: None, act };
+                // Packed for the first panel, and again only when the strips do not all fit.
+                let pack = oc == 0 || crate::arch::bf16_packed_len(kc, plane) > spare.len();
+                bf16(&mut cut[..m * kc], kc, xb, offs, plane, out, spare, pack);
+                oc = end;
+                continue;
+            }
+            let a = &cut[..m * kc];
             match self.isa.gemm_rows_fused {
                 // The register tile, storing each sum once.
                 Some(fused) => {
@@ -1922,10 +1936,11 @@ mod tests {
     fn bf16_products_stay_within_their_rounding_of_the_f32_result() {
         // Each product of two factors rounded to bf16 (8 significant bits: off by at most 2^-8
         // each) is off by at most 2^-7 of itself, so an output by at most 2^-7 of the sum of its
-        // products' magnitudes (the f32 reference on |x| and |w|), plus the sums' own rounding. Expansions and projections,
-        // sliver columns (f32 dot products), odd depths (a zero in the last pair), widths across
-        // strips of 48, two images, residuals, every encoding, 1-3 threads; the 2000-deep layer
-        // needs more strip than the accumulator holds and runs in f32.
+        // products' magnitudes (the f32 reference on |x| and |w|), plus the sums' own rounding.
+        // Expansions and projections (split by depth on several threads), sliver columns (f32
+        // dot products), odd depths (a zero in the last pair), widths across strips of 48, two
+        // images, residuals, every encoding, 1-3 threads; the 2000-deep layer needs more strip
+        // than the accumulator holds and runs in f32.
         let mut rng = Rng::new(97);
         let sets = bf16_sets();
         let kinds = WeightKind::all();
@@ -1936,9 +1951,12 @@ mod tests {
             (3, 5, [4, 5]),
             (961, 20, [2, 9]),
             (2000, 3, [3, 5]),
+            (201, 20, [14, 14]),
         ];
+        let mut by_depth = 0;
         for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
             let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
+            by_depth += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
             let kind = kinds[case * 5 % kinds.len()];
             let data = random_weight(&mut rng, kind, out_c, in_c);
             let wf = decode_all(&data, out_c);
@@ -1964,15 +1982,18 @@ mod tests {
                 }
             }
         }
+        // Two layers above split by depth on the 2- and 3-thread sets.
+        assert!(sets.is_empty() || by_depth >= 2, "no layer took the split by depth");
     }
 
     #[test]
     fn bf16_products_round_both_factors() {
         // Inputs of 1 + 2^-10 round to 1 in bf16 and weights of 1 - 2^-12 to 1: 64 products
         // then sum to exactly 64, where f32 sums 64 (1 + 2^-10)(1 - 2^-12). Columns in whole
-        // vectors (48 per row) and one sliver column (49: a dot product in f32) over 64 inputs.
+        // vectors (48 per row), one sliver column (49: a dot product in f32), and 192 split by
+        // depth on the threaded sets, over 64 inputs.
         let sets = bf16_sets();
-        for (h, w) in [(4, 12), (7, 7)] {
+        for (h, w) in [(4, 12), (7, 7), (12, 16)] {
             let p = pointwise(1, 64, 16, [h, w]);
             let data = pith_format::ir::TensorData::F32(vec![1.0 - 1.0 / 4096.0; 16 * 64]);
             let x = vec![1.0 + 1.0 / 1024.0; 64 * h * w];
