@@ -154,6 +154,12 @@ impl FusedCase {
 
     /// Runs `f` on rows of NaN, `tail` columns past the written ones, and returns the rows.
     fn run(&self, f: super::GemmRowsFusedFn, tail: usize) -> Vec<Vec<f32>> {
+        self.run_with(tail, |out| f(&self.a, self.k, &self.b, &self.offs, self.n, out))
+    }
+
+    /// Calls `f` with the case's output rows (of NaN, `tail` columns past the written ones) and
+    /// epilogue, and returns the rows.
+    fn run_with(&self, tail: usize, f: impl FnOnce(FusedRows<'_, '_>)) -> Vec<Vec<f32>> {
         let mut rows = vec![vec![f32::NAN; self.col + self.n + tail]; self.m];
         let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
         let out = FusedRows {
@@ -167,7 +173,7 @@ impl FusedCase {
             }),
             act: self.activation(),
         };
-        f(&self.a, self.k, &self.b, &self.offs, self.n, out);
+        f(out);
         rows
     }
 }
@@ -244,19 +250,6 @@ fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
                 ..c
             };
             let want = rounded.run(scalar::gemm_rows_fused, 3);
-            let mut rows = vec![vec![f32::NAN; c.col + c.n + 3]; c.m];
-            let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
-            let out = FusedRows {
-                dst: &mut dst,
-                col: c.col,
-                bias: c.bias.as_deref(),
-                residual: c.residual.as_ref().map(|(data, pitch, rows)| ResidualRows {
-                    data: &data[..],
-                    pitch: *pitch,
-                    rows: *rows,
-                }),
-                act: c.activation(),
-            };
             // One strip at a time, or every strip: packed now, or kept from packing the same
             // columns for other weights.
             let strips = match case % 3 {
@@ -266,18 +259,11 @@ fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
             let mut strips = vec![f32::NAN; strips];
             if case % 3 == 2 {
                 let mut other: Vec<f32> = c.a.iter().map(|v| v + 1.0).collect();
-                let mut rows = vec![vec![0.0; c.col + c.n]; c.m];
-                let mut dst: Vec<&mut [f32]> = rows.iter_mut().map(|r| &mut r[..]).collect();
-                let out = FusedRows {
-                    dst: &mut dst,
-                    col: c.col,
-                    bias: None,
-                    residual: None,
-                    act: FusedActivation::None,
-                };
-                bf16(&mut other, c.k, &c.b, &c.offs, c.n, out, &mut strips, true);
+                c.run_with(0, |out| bf16(&mut other, c.k, &c.b, &c.offs, c.n, out, &mut strips, true));
             }
-            bf16(&mut c.a.clone(), c.k, &c.b, &c.offs, c.n, out, &mut strips, case % 3 != 2);
+            let rows = c.run_with(3, |out| {
+                bf16(&mut c.a.clone(), c.k, &c.b, &c.offs, c.n, out, &mut strips, case % 3 != 2)
+            });
             for (r, (g, w)) in rows.iter().zip(&want).enumerate() {
                 for (j, (g, w)) in g.iter().zip(w).enumerate() {
                     let written = (c.col..c.col + c.n).contains(&j);
