@@ -2,8 +2,10 @@
 //! models, see `pith_benches::conv_layers`) through `Kernels::conv2d` on one thread, with f32
 //! weights (the baseline) against 8-bit and 4-bit codebook weights, and, where the CPU has int8
 //! convolutions (AVX-512 VNNI, NEON dotprod; not AVX2), the ungrouped layers on int8 activations
-//! (`Kernels::conv2d_int8`, filters prepared once outside the timed loop; id `int8`). Throughput
-//! is in multiply-accumulates, so criterion prints MAC/s. Run:
+//! (`Kernels::conv2d_int8`, filters prepared once outside the timed loop; id `int8`), and, where
+//! it has bf16 dot products (AVX-512 BF16), the 1×1 layers with 4-bit weights and bf16 products
+//! (`Kernels::with_bf16_products`; id `cb4-bf16`, against `cb4` of the same run). Throughput is
+//! in multiply-accumulates, so criterion prints MAC/s. Run:
 //! `cargo bench -p pith-benches --bench conv_layers`.
 
 mod common;
@@ -21,6 +23,10 @@ fn bench_conv_layers(c: &mut Criterion) {
     if int8.is_none() {
         let name = kernels.isa().name;
         eprintln!("conv_layers: the '{name}' path has no int8 convolutions; int8 rows skipped");
+    }
+    let bf16 = kernels.clone().with_bf16_products(true).ok();
+    if bf16.is_none() {
+        eprintln!("conv_layers: the '{}' path has no bf16 products; bf16 rows skipped", kernels.isa().name);
     }
     let mut group = c.benchmark_group(format!("conv_layers_{}_t1", kernels.isa().name));
     // The large PP-OCR layers take a good fraction of a second per call on scalar paths.
@@ -49,6 +55,27 @@ fn bench_conv_layers(c: &mut Criterion) {
                         .expect("bench layers are consistent")
                 })
             });
+        }
+        if let Some(bf16) = bf16.as_ref().filter(|_| p.is_pointwise() && p.groups == 1) {
+            let format = FORMATS[2];
+            let w = random_weights(format, p.out_c, p.filter_len(), 3);
+            group.bench_function(
+                BenchmarkId::new(layer.name, format!("{}-bf16", format_name(format))),
+                |b| {
+                    b.iter(|| {
+                        bf16.conv2d(
+                            black_box(x.as_slice()),
+                            &w.view(),
+                            Some(&bias),
+                            &p,
+                            Activation::Relu,
+                            y.as_mut_slice(),
+                            &mut scratch,
+                        )
+                        .expect("bench layers are consistent")
+                    })
+                },
+            );
         }
         if let Some(int8) = int8.as_ref().filter(|k| k.int8_applies(&p)) {
             let w = random_weights(FORMATS[0], p.out_c, p.filter_len(), 3);
