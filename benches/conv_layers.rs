@@ -38,44 +38,26 @@ fn bench_conv_layers(c: &mut Criterion) {
         let mut y = Aligned::zeroed(p.batch * p.out_c * p.out_h * p.out_w);
         let mut scratch = vec![0.0; kernels.conv2d_scratch_len(&p)];
         group.throughput(Throughput::Elements(layer.macs()));
-        for format in FORMATS {
+        // The f32 formats on `kernels`, and 4-bit weights with bf16 products where they apply.
+        let bf16 = bf16.as_ref().filter(|_| p.is_pointwise() && p.groups == 1);
+        let runs = FORMATS.iter().map(|&f| (f, &kernels, "")).chain(bf16.map(|k| (FORMATS[2], k, "-bf16")));
+        for (format, set, suffix) in runs {
             let w = random_weights(format, p.out_c, p.filter_len(), 3);
-            group.bench_function(BenchmarkId::new(layer.name, format_name(format)), |b| {
+            let id = format!("{}{suffix}", format_name(format));
+            group.bench_function(BenchmarkId::new(layer.name, id), |b| {
                 b.iter(|| {
-                    kernels
-                        .conv2d(
-                            black_box(x.as_slice()),
-                            &w.view(),
-                            Some(&bias),
-                            &p,
-                            Activation::Relu,
-                            y.as_mut_slice(),
-                            &mut scratch,
-                        )
-                        .expect("bench layers are consistent")
+                    set.conv2d(
+                        black_box(x.as_slice()),
+                        &w.view(),
+                        Some(&bias),
+                        &p,
+                        Activation::Relu,
+                        y.as_mut_slice(),
+                        &mut scratch,
+                    )
+                    .expect("bench layers are consistent")
                 })
             });
-        }
-        if let Some(bf16) = bf16.as_ref().filter(|_| p.is_pointwise() && p.groups == 1) {
-            let format = FORMATS[2];
-            let w = random_weights(format, p.out_c, p.filter_len(), 3);
-            group.bench_function(
-                BenchmarkId::new(layer.name, format!("{}-bf16", format_name(format))),
-                |b| {
-                    b.iter(|| {
-                        bf16.conv2d(
-                            black_box(x.as_slice()),
-                            &w.view(),
-                            Some(&bias),
-                            &p,
-                            Activation::Relu,
-                            y.as_mut_slice(),
-                            &mut scratch,
-                        )
-                        .expect("bench layers are consistent")
-                    })
-                },
-            );
         }
         if let Some(int8) = int8.as_ref().filter(|k| k.int8_applies(&p)) {
             let w = random_weights(FORMATS[0], p.out_c, p.filter_len(), 3);
