@@ -511,6 +511,9 @@ impl Layer<'_, '_> {
             }
             &*gathered
         });
+        // The group whose columns `acc` holds as every bf16 strip of this call (packed by an
+        // earlier panel of that group), if any.
+        let mut strips_of: Option<usize> = None;
         let mut oc = ocs.start;
         while oc < ocs.end {
             // Filters of oc's group, at most one panel.
@@ -585,8 +588,10 @@ impl Layer<'_, '_> {
                     // input is packed for the first panel, and again for each only when its
                     // strips do not all fit.
                     let out = rows_out!(&mut *yblock);
-                    let pack = oc == ocs.start || crate::arch::bf16_packed_len(k, vectors) > acc.len();
+                    let all = crate::arch::bf16_packed_len(k, vectors) <= acc.len();
+                    let pack = !all || strips_of != Some(g);
                     bf16(&mut panel[..m * k], k, &xg[cols.start..], &planes, vectors, out, acc, pack);
+                    strips_of = all.then_some(g);
                 }
                 oc = end;
                 continue;
@@ -1952,13 +1957,17 @@ mod tests {
             (961, 20, [2, 9]),
             (2000, 3, [3, 5]),
             (201, 20, [14, 14]),
+            (64, 200, [7, 7]),
         ];
         let mut by_depth = 0;
         for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
-            let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
+            let mut p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
+            // The last layer in two groups of 32 inputs and 100 filters (several panels each),
+            // whose packed input must not pass from one group to the next.
+            p.groups = if case == cases.len() - 1 { 2 } else { 1 };
             by_depth += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
             let kind = kinds[case * 5 % kinds.len()];
-            let data = random_weight(&mut rng, kind, out_c, in_c);
+            let data = random_weight(&mut rng, kind, out_c, p.filter_len());
             let wf = decode_all(&data, out_c);
             let x: Vec<f32> = rng.vec(p.batch * in_c * h * w).iter().map(|v| v - 0.5).collect();
             let (bias, res) = (rng.vec(out_c), rng.vec(p.batch * out_c * h * w));
