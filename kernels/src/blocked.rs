@@ -226,6 +226,23 @@ pub struct BlockedKernels {
     pub pointwise: BlockedPointwiseFn,
     /// One block of depthwise channels (see [`BlockedDepthwise`]); panics if its check fails.
     pub depthwise: BlockedDepthwiseFn,
+    /// bf16 products for 1×1 layers with a blocked input, for sessions that choose them
+    /// (`Kernels::with_bf16_products`); `None` where the CPU has no bf16 dot products.
+    pub bf16: Option<BlockedBf16>,
+}
+
+/// The blocked 1×1 kernels of bf16 products: weights and inputs rounded to bf16, products summed
+/// in f32.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockedBf16 {
+    /// Rounds a transposed panel of `k` rows of `cols` weights (`k` even) in place into `k / 2`
+    /// rows of `cols` pairs: lane `o` of pair row `i` holds rows `2i` (low half) and `2i + 1` of
+    /// column `o` as bf16. Panics if `wt` is short or `k` odd.
+    pub pair_rows: fn(wt: &mut [f32], k: usize, cols: usize),
+    /// [`BlockedKernels::pointwise`] for a blocked input and weights that [`BlockedBf16::pair_rows`]
+    /// rounded (`job.wt` then holds `k / 2` rows of pairs); panics if its check fails or the
+    /// input is planar.
+    pub pointwise: BlockedPointwiseFn,
 }
 
 /// Whether layer `p` can run with its input in `x_layout` and its output in `y_layout` on path
@@ -352,6 +369,7 @@ pub fn conv2d(
     for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
         let image = Image {
             kernels: &blocked,
+            bf16: blocked.bf16.filter(|_| kernels.bf16_products()),
             rows: &rows,
             x: &x[b * p.in_c * in_plane..][..p.in_c * in_plane],
             x_layout,
@@ -390,6 +408,8 @@ pub fn conv2d(
 /// One image of a layer [`conv2d`] runs, shared by the worker threads.
 struct Image<'a, 'w> {
     kernels: &'a BlockedKernels,
+    /// The bf16 kernels, when the session chose bf16 products and the path has them.
+    bf16: Option<BlockedBf16>,
     rows: &'a WeightRows<'w>,
     /// The image's input.
     x: &'a [f32],
@@ -422,6 +442,11 @@ impl Image<'_, '_> {
             // Channels of the layer among them: all but in a ragged last block.
             let stored = channels.start..channels.end.min(p.out_c);
             filters.decode(channels.clone(), panel, wt);
+            // bf16 products where the input's 16-channel blocks give its pairs as they lie.
+            let bf16 = self.bf16.filter(|_| self.x_layout == Layout::Blocked);
+            if let Some(bf16) = bf16 {
+                (bf16.pair_rows)(wt, k, channels.len());
+            }
             let bias = match self.bias {
                 Some(b) if stored == channels => &b[channels.clone()],
                 Some(b) => {
@@ -444,7 +469,10 @@ impl Image<'_, '_> {
                 y_layout: self.y_layout,
                 out_channels: stored.len(),
             };
-            (self.kernels.pointwise)(&job, yg, carry);
+            match bf16 {
+                Some(bf16) => (bf16.pointwise)(&job, yg, carry),
+                None => (self.kernels.pointwise)(&job, yg, carry),
+            }
             g += n;
         }
     }
@@ -709,6 +737,102 @@ mod tests {
                 let what = format!("case {case} {kind:?} {act:?} {x_layout:?}->{y_layout:?} {p:?} on {k:?}");
                 assert_close(&planar(&y, p.out_c, out_hw, y_layout), &want, &what);
             }
+        }
+    }
+
+    #[test]
+    fn bf16_pointwise_stays_within_its_rounding_of_the_planar_result() {
+        // 1×1 layers with blocked inputs (several depth blocks: up to 19 blocks of 16) into both
+        // layouts, ragged planar exits, residuals, two images, 1-3 threads, with bf16 products:
+        // within 2^-7 of the sum of their products' magnitudes of the f32 result (both factors
+        // rounded to 8 significant bits). Planar inputs keep the f32 tiles.
+        let mut rng = Rng::new(0xBF16);
+        let sets: Vec<Kernels> = kernel_sets()
+            .into_iter()
+            .filter_map(|k| k.with_bf16_products(true).ok())
+            .filter(|k| k.isa().blocked.is_some_and(|b| b.bf16.is_some()))
+            .collect();
+        if sets.is_empty() {
+            eprintln!("no kernel path with blocked bf16 products on this CPU: skipped");
+            return;
+        }
+        let reference = Kernels::with_isa(crate::arch::scalar::ISA, 1).unwrap();
+        let kinds = WeightKind::all();
+        let mut cases = 0;
+        for case in 0..120 {
+            let (p, x_layout, y_layout) = random_layer(&mut rng, 2 * case);
+            if x_layout != Layout::Blocked {
+                continue;
+            }
+            cases += 1;
+            let data = random_weight(&mut rng, kinds[case % kinds.len()], p.out_c, p.filter_len());
+            let (in_hw, out_hw) = (p.in_h * p.in_w, p.out_h * p.out_w);
+            let x: Vec<f32> = rng.vec(p.batch * p.in_c * in_hw).iter().map(|v| v - 0.5).collect();
+            let bias = rng.vec(p.out_c);
+            let residual = rng.vec(p.batch * p.out_c * out_hw);
+            let mut want = vec![0.0; residual.len()];
+            let mut scratch = vec![0.0; reference.conv2d_scratch_len(&p)];
+            let act = Activation::None;
+            reference
+                .conv2d_add(&x, &data.view(), Some(&bias), &residual, &p, act, &mut want, &mut scratch)
+                .unwrap();
+            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+            let wabs = pith_format::ir::TensorData::F32(abs(&crate::testutil::decode_all(&data, p.out_c)));
+            let mut magnitude = vec![0.0; want.len()];
+            reference.conv2d(&abs(&x), &wabs.view(), None, &p, act, &mut magnitude, &mut scratch).unwrap();
+            let (xl, rl) =
+                (laid_out(&x, p.in_c, in_hw, x_layout), laid_out(&residual, p.out_c, out_hw, y_layout));
+            for k in &sets {
+                let mut y = vec![f32::NAN; want.len()];
+                let mut scratch = vec![f32::NAN; k.conv2d_scratch_len(&p)];
+                k.conv2d_blocked(
+                    &xl,
+                    x_layout,
+                    &data.view(),
+                    Some(&bias),
+                    Some(&rl),
+                    None,
+                    &p,
+                    act,
+                    &mut y,
+                    y_layout,
+                    &mut scratch,
+                )
+                .unwrap();
+                let got = planar(&y, p.out_c, out_hw, y_layout);
+                for (i, ((g, w), m)) in got.iter().zip(&want).zip(&magnitude).enumerate() {
+                    let bound = m / 128.0 + 1e-4 * (1.0 + w.abs());
+                    assert!(
+                        (g - w).abs() <= bound,
+                        "case {case} {x_layout:?}->{y_layout:?} {p:?} on {k:?} at {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        assert!(cases > 20, "{cases} layers with a blocked input");
+        // Inputs of 1 + 2^-10 and weights of 1 - 2^-12 round to 1: 64 channels (4 blocks) sum
+        // to exactly 64 with bf16 products, where f32 sums 64 (1 + 2^-10)(1 - 2^-12).
+        let p = crate::testutil::pointwise(1, 64, 32, [5, 7]);
+        let data = pith_format::ir::TensorData::F32(vec![1.0 - 1.0 / 4096.0; 32 * 64]);
+        let x = laid_out(&vec![1.0 + 1.0 / 1024.0; 64 * 35], 64, 35, Layout::Blocked);
+        for k in &sets {
+            let mut y = vec![f32::NAN; 32 * 35];
+            let mut scratch = vec![f32::NAN; k.conv2d_scratch_len(&p)];
+            k.conv2d_blocked(
+                &x,
+                Layout::Blocked,
+                &data.view(),
+                None,
+                None,
+                None,
+                &p,
+                Activation::None,
+                &mut y,
+                Layout::Blocked,
+                &mut scratch,
+            )
+            .unwrap();
+            assert!(y.iter().all(|&v| v == 64.0), "{k:?}: {:?}", &y[..4]);
         }
     }
 

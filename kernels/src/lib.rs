@@ -165,7 +165,8 @@ impl Kernels {
         self.int8
     }
 
-    /// With `on`, 1×1 convolutions (planar, split by filters or pixels) multiply weights and
+    /// With `on`, 1×1 convolutions (planar ones, however split; channel-blocked ones with a
+    /// blocked input, through [`Kernels::conv2d_blocked`]) multiply weights and
     /// inputs rounded to bf16 (8 significant bits: a relative error of at most 2^-8 per factor),
     /// summed in f32, by the CPU's bf16 dot products: twice the multiply-adds per instruction of
     /// f32. Errors if this path has none (x86 without AVX-512 BF16, aarch64, scalar).

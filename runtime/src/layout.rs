@@ -80,9 +80,14 @@ pub fn assign(
 ) {
     plan.node_layouts.clear();
     plan.summary.blocked_values = 0;
-    // The blocked kernels are f32: int8 and bf16 sessions keep their 1×1 layers planar, where
-    // those kernels are.
-    if kernels.isa().blocked.is_none() || kernels.int8_activations() || kernels.bf16_products() {
+    // The blocked kernels have no int8 products: int8 sessions keep their 1×1 layers planar,
+    // where those kernels are. bf16 sessions keep the layout where its 1×1 kernels take bf16
+    // products (a blocked input), and stay planar where they do not.
+    let bf16_blocked = kernels.isa().blocked.is_some_and(|b| b.bf16.is_some());
+    if kernels.isa().blocked.is_none()
+        || kernels.int8_activations()
+        || (kernels.bf16_products() && !bf16_blocked)
+    {
         return;
     }
     let uses: Vec<Option<BlockedUse>> = (0..graph.nodes.len())

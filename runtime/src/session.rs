@@ -36,9 +36,9 @@ pub struct SessionOptions {
     /// Multiply the weights and inputs of 1×1 convolutions rounded to bf16 (8 significant bits),
     /// summed in f32, on the CPU's bf16 dot products (x86 AVX-512 BF16: Zen 4 and later, Xeon
     /// from Cooper Lake): about twice the multiply-adds per instruction of f32, at a relative
-    /// error of at most 2^-8 per factor. Every activation then stays NCHW (the blocked layout's
-    /// kernels are f32). `Session::new` fails naming the kernel path on a CPU without them, and
-    /// when `int8_activations` is set too.
+    /// error of at most 2^-8 per factor: planar 1×1 layers, and channel-blocked ones whose input
+    /// is blocked (those entering a blocked region keep f32). `Session::new` fails naming the
+    /// kernel path on a CPU without them, and when `int8_activations` is set too.
     pub bf16_products: bool,
     /// Most bytes of activation memory a plan may need (the arena of intermediate values plus
     /// every thread's op scratch, as [`PlanSummary::arena_bytes`] counts it); planning for input

@@ -19,14 +19,14 @@ use crate::blocked::{BlockedAct, BlockedDepthwise, BlockedKernels, BlockedPointw
 
 /// This path's blocked kernels.
 pub(super) const KERNELS: BlockedKernels =
-    BlockedKernels { transpose_rows, nibbles_transposed, pointwise, depthwise };
+    BlockedKernels { transpose_rows, nibbles_transposed, pointwise, depthwise, bf16: None };
 
 /// Most sums one pointwise tile keeps in registers (of 32; the weights take `V` more).
-const TILE_SUMS: usize = 24;
+pub(super) const TILE_SUMS: usize = 24;
 
 /// Most input channels of one depth block of the pointwise tiles: 128 rows of 64 transposed
 /// weights are 32 KiB, in L1.
-const DEPTH_BLOCK: usize = 128;
+pub(super) const DEPTH_BLOCK: usize = 128;
 
 /// See [`crate::blocked::TransposeRowsFn`].
 fn transpose_rows(panel: &[f32], rows: usize, k: usize, wt: &mut [f32], pitch: usize) {
@@ -148,22 +148,28 @@ fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
     // operand holds what the tiles read and write.
     unsafe {
         match job.blocks {
-            4 => pointwise_impl::<4>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
-            3 => pointwise_impl::<3>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
-            2 => pointwise_impl::<2>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
-            _ => pointwise_impl::<1>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+            4 => pointwise_impl::<4, false>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+            3 => pointwise_impl::<3, false>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+            2 => pointwise_impl::<2, false>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
+            _ => pointwise_impl::<1, false>(job, y.as_mut_ptr(), carry.as_mut_ptr()),
         }
     }
 }
 
 /// Tiles of `TILE_SUMS / V` pixels (fewer for the last) over the whole plane, the input
 /// channels in blocks of at most [`DEPTH_BLOCK`] whose transposed filters stay in L1 while every
-/// tile of the plane streams over them; the partial sums wait in `carry` between blocks.
+/// tile of the plane streams over them; the partial sums wait in `carry` between blocks. With
+/// `BF16` the tiles are [`super::blocked_bf16`]'s.
 ///
 /// # Safety
-/// AVX-512 F available; `job.check(y)` passed, `carry` holds `16 V` sums per pixel, with `job.blocks == V`.
+/// AVX-512 F available; `job.check(y)` passed, `carry` holds `16 V` sums per pixel, with `job.blocks == V`;
+/// with `BF16`, as [`super::blocked_bf16::pointwise`] requires.
 #[target_feature(enable = "avx512f")]
-unsafe fn pointwise_impl<const V: usize>(job: &BlockedPointwise<'_>, y: *mut f32, carry: *mut f32) {
+pub(super) unsafe fn pointwise_impl<const V: usize, const BF16: bool>(
+    job: &BlockedPointwise<'_>,
+    y: *mut f32,
+    carry: *mut f32,
+) {
     // A planar output goes out in 16×16 transposes: at most 16 pixels per tile.
     let most = match job.y_layout {
         Layout::Blocked => TILE_SUMS / V,
@@ -190,16 +196,25 @@ unsafe fn pointwise_impl<const V: usize>(job: &BlockedPointwise<'_>, y: *mut f32
             // caller's contract covers the rest.
             unsafe {
                 let at = (channels.clone(), p0);
+                macro_rules! tile_of {
+                    ($p:literal) => {
+                        if BF16 {
+                            super::blocked_bf16::tile::<$p, V>(job, y, carry, at)
+                        } else {
+                            tile::<$p, V>(job, y, carry, at)
+                        }
+                    };
+                }
                 match p {
-                    24 => tile::<24, V>(job, y, carry, at),
-                    16 => tile::<16, V>(job, y, carry, at),
-                    12 => tile::<12, V>(job, y, carry, at),
-                    8 => tile::<8, V>(job, y, carry, at),
-                    6 => tile::<6, V>(job, y, carry, at),
-                    4 => tile::<4, V>(job, y, carry, at),
-                    3 => tile::<3, V>(job, y, carry, at),
-                    2 => tile::<2, V>(job, y, carry, at),
-                    _ => tile::<1, V>(job, y, carry, at),
+                    24 => tile_of!(24),
+                    16 => tile_of!(16),
+                    12 => tile_of!(12),
+                    8 => tile_of!(8),
+                    6 => tile_of!(6),
+                    4 => tile_of!(4),
+                    3 => tile_of!(3),
+                    2 => tile_of!(2),
+                    _ => tile_of!(1),
                 }
             }
             p0 += p;
@@ -300,8 +315,29 @@ unsafe fn tile<const P: usize, const V: usize>(
             }
         }
     };
-    if channels.end < job.k {
-        // SAFETY: as above.
+    // SAFETY: the caller's contract; `partial` is pixel p0's sums in the carry.
+    unsafe { finish::<P, V>(job, y, partial, channels.end, p0, acc) }
+}
+
+/// Leaves a tile's sums `acc` (pixels `p0 .. p0 + P`, input channels up to `end`) in the carry
+/// at `partial` when channels remain, else adds bias and residual, applies the activation and
+/// stores them in the output's layout.
+///
+/// # Safety
+/// As [`tile`]; `partial` holds `P` pixels of `16 V` sums.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn finish<const P: usize, const V: usize>(
+    job: &BlockedPointwise<'_>,
+    y: *mut f32,
+    partial: *mut f32,
+    end: usize,
+    p0: usize,
+    acc: [[__m512; V]; P],
+) {
+    let hw = job.hw;
+    if end < job.k {
+        // SAFETY: as the contract says.
         unsafe {
             for (j, acc) in acc.iter().enumerate() {
                 for (v, a) in acc.iter().enumerate() {

@@ -34,6 +34,7 @@ mod avx512;
 
 pub(crate) use avx512::lane_mask;
 mod blocked_avx512;
+mod blocked_bf16;
 mod bounds;
 mod depthwise;
 mod depthwise3x3_avx2;
@@ -69,6 +70,15 @@ pub fn avx512() -> Option<Isa> {
         && is_x86_feature_detected!("fma");
     let vnni = is_x86_feature_detected!("avx512vnni");
     let int8 = if vnni { vnni::KERNELS } else { int8_avx2::KERNELS };
-    let bf16 = is_x86_feature_detected!("avx512bf16").then_some(fused_bf16::gemm_rows_fused_bf16 as _);
-    ok.then_some(Isa { int8: Some(int8), gemm_rows_fused_bf16: bf16, ..avx512::ISA })
+    let bf16 = is_x86_feature_detected!("avx512bf16");
+    let blocked = crate::blocked::BlockedKernels {
+        bf16: bf16.then_some(blocked_bf16::KERNELS),
+        ..blocked_avx512::KERNELS
+    };
+    ok.then_some(Isa {
+        int8: Some(int8),
+        gemm_rows_fused_bf16: bf16.then_some(fused_bf16::gemm_rows_fused_bf16 as _),
+        blocked: Some(blocked),
+        ..avx512::ISA
+    })
 }
