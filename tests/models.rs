@@ -273,7 +273,7 @@ const COS_INT8_PPOCR: f64 = 0.995;
 /// The same with 8-bit codebook weights on PP-OCRv4 det (measured 0.9926; 0.9996 without int8).
 const COS_INT8_PPOCR_8BIT: f64 = 0.99;
 /// Minimum output cosine (against onnxruntime fp32) with bf16 products in the 1×1 layers and f32
-/// weights (measured on Zen 5: BlazeFace 0.999961-0.999994, PP-OCRv4 det 0.999950).
+/// weights (measured on Zen 5: BlazeFace 0.999961-0.999994, PP-OCRv4 det 0.999942).
 const COS_BF16: f64 = 0.9999;
 
 #[test]
