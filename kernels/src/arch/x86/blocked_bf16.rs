@@ -10,7 +10,8 @@
 
 use std::arch::x86_64::*;
 
-use super::blocked_avx512::{finish, pointwise_impl, DEPTH_BLOCK, TILE_SUMS};
+use super::blocked_avx512::{depth_block, finish, pointwise_impl, DEPTH_BLOCK, TILE_SUMS};
+use super::fused_bf16::pairs_of;
 use crate::blocked::{BlockedBf16, BlockedPointwise, Layout, BLOCK as C};
 
 /// This path's bf16 blocked kernels.
@@ -39,13 +40,8 @@ unsafe fn pair_rows_impl(wt: *mut f32, k: usize, cols: usize) {
             // written there; pair row i (floats i·cols ..) lies at or below row 2i, and the rows
             // below it were read by earlier pairs, so nothing unread is overwritten.
             unsafe {
-                let round = |row: usize| -> __m512i {
-                    let h: __m256i =
-                        std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(wt.add(row * cols + o))));
-                    _mm512_cvtepu16_epi32(h)
-                };
-                let (lo, hi) = (round(2 * i), round(2 * i + 1));
-                let pair = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                let row = |r: usize| _mm512_loadu_ps(wt.add(r * cols + o));
+                let pair = pairs_of(row(2 * i), row(2 * i + 1));
                 _mm512_storeu_si512(wt.add(i * cols + o).cast(), pair);
             }
         }
@@ -57,6 +53,8 @@ fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
     job.check(y);
     assert!(job.x_layout == Layout::Blocked, "bf16 blocked products take a blocked input");
     assert!(carry.len() >= job.blocks * C * job.hw, "carry too short");
+    // The tiles round a depth block's input onto the stack, sized for the deepest.
+    assert!(depth_block(job.k) <= DEPTH_BLOCK, "depth block of {}", depth_block(job.k));
     // SAFETY: AVX-512 F/BW/VL and BF16 were detected before this table was handed out; the check
     // asserted every operand holds what the tiles read and write, and a blocked input has whole
     // blocks of channels (so the depth and every depth block are even).

@@ -4,9 +4,9 @@
 //!
 //! Layout: a weight row's pairs of adjacent inputs `(w[2i], w[2i + 1])` are one 32-bit lane
 //! (the row converted to bf16 in place, over its own f32 values); the input is packed strip by
-//! strip of at most [`BF16_STRIP`](crate::arch::BF16_STRIP) columns, input rows `2i` and `2i + 1` interleaved per column (one
-//! 32-bit lane per column), so a register tile broadcasts one weight pair and loads the strip's
-//! pairs as they lie. A strip is packed once for every row of the panel, into the caller's
+//! strip of at most [`BF16_STRIP`](crate::arch::BF16_STRIP) columns, input rows `2i` and
+//! `2i + 1` interleaved per column (one 32-bit lane per column), so a register tile broadcasts
+//! one weight pair and loads the strip's pairs as they lie. A strip is packed once for every row of the panel, into the caller's
 //! scratch; when the scratch holds every strip of the columns, the caller can keep them for its
 //! next panel of filters over the same columns. A 16-bit pair of an odd depth's last row takes a
 //! zero.
@@ -123,20 +123,28 @@ unsafe fn pack_strip(b: &[f32], offs: &[usize], k: usize, j: usize, w: usize, st
             // lanes i * STRIP + c .. (masked) of the strip, inside it. Masked-off lanes are not
             // accessed.
             unsafe {
-                let load = |row: *const f32| -> __m256i {
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, row.add(c))))
-                };
-                let lo = load(even);
-                let hi = odd.map_or(_mm256_setzero_si256(), load);
-                let pair = _mm512_or_si512(
-                    _mm512_cvtepu16_epi32(lo),
-                    _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)),
-                );
-                _mm512_mask_storeu_epi32(out.add(i * STRIP + c).cast(), mask, pair);
+                let lo = _mm512_maskz_loadu_ps(mask, even.add(c));
+                let hi = odd.map_or(_mm512_setzero_ps(), |odd| _mm512_maskz_loadu_ps(mask, odd.add(c)));
+                _mm512_mask_storeu_epi32(out.add(i * STRIP + c).cast(), mask, pairs_of(lo, hi));
             }
             c += 16;
         }
     }
+}
+
+/// Lane `l` of the result: `lo[l]` rounded to bf16 in the low half, `hi[l]` in the high one (the
+/// pair of two rows' values that `vdpbf16ps` multiplies by a weight pair).
+///
+/// # Safety
+/// AVX-512 F and BF16 available.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn pairs_of(lo: __m512, hi: __m512) -> __m512i {
+    // SAFETY: a 256-bit vector of 16 bf16 read as 16 words.
+    let round = |v: __m512| -> __m512i {
+        _mm512_cvtepu16_epi32(unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) })
+    };
+    _mm512_or_si512(round(lo), _mm512_slli_epi32::<16>(round(hi)))
 }
 
 /// Calls [`tile`] with `R` the row count `r` (1 to [`MR`]) and `V` the vectors of `w` columns.
