@@ -347,7 +347,7 @@ pub fn conv2d(
             Some(s) => rows.with_column_scales(&s[b * p.in_c..][..p.in_c])?,
             None => rows,
         };
-        let bf16 = kernels.isa().gemm_rows_fused_bf16.filter(|_| kernels.bf16_products());
+        let bf16 = kernels.isa().bf16.filter(|_| kernels.bf16_products());
         let layer = Layer { isa: kernels.isa(), bf16, rows: &rows, bias, act, p };
         let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
         let rb =
@@ -454,9 +454,9 @@ pub(crate) fn check_operands(
 /// One layer's filters, epilogue and geometry, shared by the worker threads.
 struct Layer<'a, 'w> {
     isa: Isa,
-    /// The bf16 1×1 kernel, when the session chose bf16 products and the path has one (1×1
+    /// The bf16 1×1 kernels, when the session chose bf16 products and the path has them (1×1
     /// layers split by filters, pixels or depth; the f32 tile where the scratch holds no strip).
-    bf16: Option<crate::arch::GemmRowsFusedBf16Fn>,
+    bf16: Option<crate::arch::FusedBf16>,
     rows: &'a WeightRows<'w>,
     bias: Option<&'a [f32]>,
     /// Applied per output channel (`act.of(oc)`).
@@ -503,11 +503,18 @@ impl Layer<'_, '_> {
         let first_sliver = cols.end - slivers;
         let gather = slivers > 0 && p.groups == 1 && slivers * k <= acc.len();
         let (gathered, acc) = acc.split_at_mut(if gather { slivers * k } else { 0 });
+        // bf16 products pack the input strip by strip into the accumulator, which the fused
+        // path leaves unused (the f32 tile where it is too short for the depth); their sliver
+        // columns are pair rows too.
+        let bf16 = self.bf16.filter(|_| fused_path && crate::arch::bf16_strip_len(k) <= acc.len());
         let gathered = gather.then(|| {
             for (j, column) in (first_sliver..cols.end).zip(gathered.chunks_exact_mut(k)) {
                 for (c, &start) in column.iter_mut().zip(&planes) {
                     *c = xb[start + j];
                 }
+            }
+            if let Some(bf16) = bf16 {
+                (bf16.pairs_in_place)(gathered, k);
             }
             &*gathered
         });
@@ -523,7 +530,10 @@ impl Layer<'_, '_> {
             let xg = &xb[g * cin_g * plane..][..cin_g * plane];
             let yblock = &mut out[oc - ocs.start..end - ocs.start];
             // One call for the panel: a shared codebook's table is widened once, not per filter.
-            self.rows.decode_rows(oc..end, &mut panel[..m * k]);
+            match bf16 {
+                Some(bf16) => self.rows.decode_rows_bf16(oc..end, &mut panel[..m * k], &bf16),
+                None => self.rows.decode_rows(oc..end, &mut panel[..m * k]),
+            }
             let a = &panel[..m * k];
             let residual_rows = residual.map(|res| (res, res.channels.saturating_sub(oc).min(m)));
             if let (Some(fused), Some(act)) =
@@ -550,9 +560,6 @@ impl Layer<'_, '_> {
                         }
                     };
                 }
-                // bf16 products pack the input strip by strip into the accumulator, which this
-                // branch leaves unused (the f32 tile where it is too short for the depth).
-                let bf16 = self.bf16.filter(|_| crate::arch::bf16_strip_len(k) <= acc.len());
                 if bf16.is_none() {
                     fused(a, k, &xg[cols.start..], &planes, vectors, rows_out!(&mut *yblock));
                 }
@@ -563,14 +570,18 @@ impl Layer<'_, '_> {
                             for (c, &start) in column.iter_mut().zip(&planes) {
                                 *c = xg[start + j];
                             }
+                            if let Some(bf16) = bf16 {
+                                (bf16.pairs_in_place)(column, k);
+                            }
                             column
                         }
                     };
                     let mut sums = [0.0f32; PANEL_ROWS];
                     let sums = &mut sums[..m];
-                    match self.isa.dot_rows {
-                        Some(dot_rows) => dot_rows(a, k, column, sums),
-                        None => a.chunks_exact(k).zip(sums.iter_mut()).for_each(|(arow, v)| {
+                    match (bf16, self.isa.dot_rows) {
+                        (Some(bf16), _) => (bf16.dot_rows)(a, k, column, sums),
+                        (None, Some(dot_rows)) => dot_rows(a, k, column, sums),
+                        (None, None) => a.chunks_exact(k).zip(sums.iter_mut()).for_each(|(arow, v)| {
                             *v = (self.isa.dot)(arow, column);
                         }),
                     }
@@ -584,13 +595,12 @@ impl Layer<'_, '_> {
                     }
                 }
                 if let Some(bf16) = bf16 {
-                    // After the columns above, which read the panel in f32: this rounds it. The
-                    // input is packed for the first panel, and again for each only when its
+                    // The input is packed for the first panel, and again for each only when its
                     // strips do not all fit.
                     let out = rows_out!(&mut *yblock);
                     let all = crate::arch::bf16_packed_len(k, vectors) <= acc.len();
                     let pack = !all || strips_of != Some(g);
-                    bf16(&mut panel[..m * k], k, &xg[cols.start..], &planes, vectors, out, acc, pack);
+                    (bf16.gemm)(a, k, &xg[cols.start..], &planes, vectors, out, acc, pack);
                     strips_of = all.then_some(g);
                 }
                 oc = end;
@@ -714,7 +724,8 @@ impl Layer<'_, '_> {
                 let out = FusedRows { dst: &mut rows, col: 0, bias: None, residual: None, act };
                 // Packed for the first panel, and again only when the strips do not all fit.
                 let pack = oc == 0 || crate::arch::bf16_packed_len(kc, plane) > spare.len();
-                bf16(&mut cut[..m * kc], kc, xb, offs, plane, out, spare, pack);
+                (bf16.pairs_in_place)(&mut cut[..m * kc], kc);
+                (bf16.gemm)(&cut[..m * kc], kc, xb, offs, plane, out, spare, pack);
                 oc = end;
                 continue;
             }
@@ -1942,10 +1953,10 @@ mod tests {
         // Each product of two factors rounded to bf16 (8 significant bits: off by at most 2^-8
         // each) is off by at most 2^-7 of itself, so an output by at most 2^-7 of the sum of its
         // products' magnitudes (the f32 reference on |x| and |w|), plus the sums' own rounding.
-        // Expansions and projections (split by depth on several threads), sliver columns (f32
-        // dot products), odd depths (a zero in the last pair), widths across strips of 48, two
-        // images, residuals, every encoding, 1-3 threads; the 2000-deep layer needs more strip
-        // than the accumulator holds and runs in f32.
+        // Expansions and projections (split by depth on several threads), sliver columns (dot
+        // products of pair rows), odd depths (a zero in the last pair), widths across strips of
+        // 48, two images, residuals, every encoding, 1-3 threads; the 2000-deep layer needs more
+        // strip than the accumulator holds and runs in f32.
         let mut rng = Rng::new(97);
         let sets = bf16_sets();
         let kinds = WeightKind::all();
@@ -1957,13 +1968,14 @@ mod tests {
             (961, 20, [2, 9]),
             (2000, 3, [3, 5]),
             (201, 20, [14, 14]),
-            (64, 200, [7, 7]),
+            (192, 200, [7, 7]),
         ];
         let mut by_depth = 0;
         for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
             let mut p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
-            // The last layer in two groups of 32 inputs and 100 filters (several panels each),
-            // whose packed input must not pass from one group to the next.
+            // The last layer in two groups of 96 inputs and 100 filters (several panels each),
+            // whose packed input must not pass from one group to the next, and whose sliver
+            // column each panel gathers and rounds for itself.
             p.groups = if case == cases.len() - 1 { 2 } else { 1 };
             by_depth += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
             let kind = kinds[case * 5 % kinds.len()];
@@ -1997,24 +2009,27 @@ mod tests {
 
     #[test]
     fn bf16_products_round_both_factors() {
-        // Inputs of 1 + 2^-10 round to 1 in bf16 and weights of 1 - 2^-12 to 1: 64 products
-        // then sum to exactly 64, where f32 sums 64 (1 + 2^-10)(1 - 2^-12). Columns in whole
-        // vectors (48 per row), one sliver column (49: a dot product in f32), and 192 split by
-        // depth on the threaded sets, over 64 inputs.
+        // Inputs of 1 + 2^-10 round to 1 in bf16 and weights of 1 - 2^-12 to 1: 96 products
+        // then sum to exactly 96, where f32 sums 96 (1 + 2^-10)(1 - 2^-12). Columns in whole
+        // vectors (48 per row), one sliver column (the 49th: a dot product of pair rows), and
+        // 192 split by depth on the threaded sets, over 96 inputs.
+        const K: usize = 96;
         let sets = bf16_sets();
+        let f32_sum = K as f32 * (1.0 + 1.0 / 1024.0) * (1.0 - 1.0 / 4096.0);
+        assert!((f32_sum - K as f32).abs() > 1e-2, "the f32 sum must differ from the bf16 one");
         for (h, w) in [(4, 12), (7, 7), (12, 16)] {
-            let p = pointwise(1, 64, 16, [h, w]);
-            let data = pith_format::ir::TensorData::F32(vec![1.0 - 1.0 / 4096.0; 16 * 64]);
-            let x = vec![1.0 + 1.0 / 1024.0; 64 * h * w];
-            let f32_sum = 64.0 * (1.0 + 1.0 / 1024.0) * (1.0 - 1.0 / 4096.0);
+            let p = pointwise(1, K, 16, [h, w]);
+            let data = pith_format::ir::TensorData::F32(vec![1.0 - 1.0 / 4096.0; 16 * K]);
+            let x = vec![1.0 + 1.0 / 1024.0; K * h * w];
             for kernels in &sets {
+                if (h, w) == (7, 7) {
+                    assert_eq!(sliver_columns(kernels.isa().lanes, h * w, K), 1, "no sliver column");
+                }
                 let mut y = vec![f32::NAN; 16 * h * w];
                 let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(&p)];
                 kernels.conv2d(&x, &data.view(), None, &p, Activation::None, &mut y, &mut scratch).unwrap();
-                let slivers = sliver_columns(kernels.isa().lanes, h * w, 64);
                 for (i, &v) in y.iter().enumerate() {
-                    let want = if i % (h * w) >= h * w - slivers { f32_sum } else { 64.0 };
-                    assert!((v - want).abs() < 1e-4, "{kernels:?} {h}x{w} element {i}: {v}, want {want}");
+                    assert!((v - K as f32).abs() < 1e-4, "{kernels:?} {h}x{w} element {i}: {v}, want {K}");
                 }
             }
         }

@@ -160,6 +160,39 @@ impl<'a> WeightRows<'a> {
         }
     }
 
+    /// Rows `rows` as pair rows of bf16 (see [`crate::arch::FusedBf16`]), row `i` in
+    /// `out[i * row_len..]`: 4-bit rows of a shared codebook (per tensor, or scaled per row)
+    /// decoded straight through the row's table rounded to bf16, others decoded in f32 and then
+    /// rounded. Either way each weight is its f32 decoding rounded to nearest.
+    ///
+    /// # Panics
+    /// As [`WeightRows::decode_rows`].
+    pub(crate) fn decode_rows_bf16(
+        &self,
+        rows: Range<usize>,
+        out: &mut [f32],
+        bf16: &crate::arch::FusedBf16,
+    ) {
+        let n = self.row_len;
+        assert!(rows.end <= self.rows, "rows {rows:?} of {} rows", self.rows);
+        let out = &mut out[..rows.len() * n];
+        let mut lut = [0.0f32; 256];
+        match self.packed_tables(&mut lut) {
+            Some((4, PackedTables::Shared(scales))) if n > 0 => {
+                let nibble_lut: [f32; 16] = std::array::from_fn(|i| lut[i]);
+                for (r, row) in rows.zip(out.chunks_exact_mut(n)) {
+                    // The products `decode_rows` makes, centroid times the row's scale.
+                    let table = scales.map_or(nibble_lut, |s| nibble_lut.map(|c| c * s[r]));
+                    (bf16.decode_nibbles)(self.packed_indices(r), &table, row);
+                }
+            }
+            _ => {
+                self.decode_rows(rows, out);
+                (bf16.pairs_in_place)(out, n);
+            }
+        }
+    }
+
     /// [`WeightRows::decode_rows`] without the column factors.
     fn decode_rows_unscaled(&self, rows: Range<usize>, out: &mut [f32]) {
         let n = self.row_len;

@@ -171,7 +171,7 @@ impl Kernels {
     /// summed in f32, by the CPU's bf16 dot products: twice the multiply-adds per instruction of
     /// f32. Errors if this path has none (x86 without AVX-512 BF16, aarch64, scalar).
     pub fn with_bf16_products(mut self, on: bool) -> Result<Kernels, KernelError> {
-        if on && self.isa.gemm_rows_fused_bf16.is_none() {
+        if on && self.isa.bf16.is_none() {
             return Err(KernelError::Params(format!(
                 "bf16 products need bf16 dot-product instructions (x86 AVX-512 BF16); the '{}' \
                  kernel path has none",

@@ -237,7 +237,23 @@ fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
     // are scratch afterwards, and columns outside the written ones stay untouched.
     let mut rng = Rng::new(44);
     for isa in Isa::available() {
-        let Some(bf16) = isa.gemm_rows_fused_bf16 else { continue };
+        let Some(kernels) = isa.bf16 else { continue };
+        // The weights rounded into pair rows first, as the kernels' callers do.
+        #[allow(clippy::too_many_arguments)]
+        fn bf16(
+            kernels: &super::FusedBf16,
+            a: &mut [f32],
+            k: usize,
+            b: &[f32],
+            offs: &[usize],
+            n: usize,
+            out: FusedRows<'_, '_>,
+            strips: &mut [f32],
+            pack: bool,
+        ) {
+            (kernels.pairs_in_place)(a, k);
+            (kernels.gemm)(a, k, b, offs, n, out, strips, pack)
+        }
         for case in 0..400 {
             let c = FusedCase::random(&mut rng, case);
             let rounded = FusedCase {
@@ -259,10 +275,12 @@ fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
             let mut strips = vec![f32::NAN; strips];
             if case % 3 == 2 {
                 let mut other: Vec<f32> = c.a.iter().map(|v| v + 1.0).collect();
-                c.run_with(0, |out| bf16(&mut other, c.k, &c.b, &c.offs, c.n, out, &mut strips, true));
+                c.run_with(0, |out| {
+                    bf16(&kernels, &mut other, c.k, &c.b, &c.offs, c.n, out, &mut strips, true)
+                });
             }
             let rows = c.run_with(3, |out| {
-                bf16(&mut c.a.clone(), c.k, &c.b, &c.offs, c.n, out, &mut strips, case % 3 != 2)
+                bf16(&kernels, &mut c.a.clone(), c.k, &c.b, &c.offs, c.n, out, &mut strips, case % 3 != 2)
             });
             for (r, (g, w)) in rows.iter().zip(&want).enumerate() {
                 for (j, (g, w)) in g.iter().zip(w).enumerate() {
@@ -283,6 +301,7 @@ fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
             let out =
                 FusedRows { dst: &mut dst, col: 0, bias: None, residual: None, act: FusedActivation::None };
             bf16(
+                &kernels,
                 &mut a,
                 8,
                 &b,
@@ -294,6 +313,75 @@ fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
             );
         });
         assert!(short.is_err(), "{}: a short strip scratch was accepted", isa.name);
+    }
+}
+
+/// `row` as the pair row the bf16 kernels read: its values rounded to bf16, two per 32-bit lane
+/// (the even one low), a zero after an odd last value; the lanes past the pairs as `row` left
+/// them.
+fn pair_row_of(row: &[f32]) -> Vec<u32> {
+    let half = |v: f32| bf16_round(v).to_bits() >> 16;
+    (0..row.len().div_ceil(2))
+        .map(|i| half(row[2 * i]) | row.get(2 * i + 1).map_or(0, |&v| half(v)) << 16)
+        .collect()
+}
+
+#[test]
+fn bf16_pair_rows_are_the_rounded_values_two_per_lane() {
+    // Rounding in place and decoding 4-bit indices straight into pairs give the same lanes: the
+    // f32 values (decoded through the f32 table) rounded to nearest, ties to even, a zero after
+    // an odd last value; every length from one pair to past two 32-index blocks.
+    let mut rng = Rng::new(45);
+    for isa in Isa::available() {
+        let Some(bf16) = isa.bf16 else { continue };
+        for n in 1..80usize {
+            let table: [f32; 16] = std::array::from_fn(|_| rng.f32() * 3.0);
+            let packed: Vec<u8> = (0..n.div_ceil(2)).map(|_| rng.below(256) as u8).collect();
+            let f32_row: Vec<f32> =
+                (0..n).map(|i| table[(packed[i / 2] >> (4 * (i % 2)) & 15) as usize]).collect();
+            let want = pair_row_of(&f32_row);
+            let mut decoded = vec![f32::NAN; n];
+            (bf16.decode_nibbles)(&packed, &table, &mut decoded);
+            let mut rounded = f32_row.clone();
+            (bf16.pairs_in_place)(&mut rounded, n);
+            for (what, got) in [("decoded", &decoded), ("rounded", &rounded)] {
+                let lanes: Vec<u32> = got[..want.len()].iter().map(|v| v.to_bits()).collect();
+                assert_eq!(lanes, want, "{} {what} n={n}", isa.name);
+            }
+            // Past the pairs, the row is untouched (a decoded row's NaNs are still there).
+            assert!(decoded[want.len()..].iter().all(|v| v.is_nan()), "{} n={n}", isa.name);
+        }
+    }
+}
+
+#[test]
+fn bf16_dot_rows_sum_the_rounded_products() {
+    // Every row's dot product with one column, both rounded to bf16 pairs: the f64 sum of the
+    // rounded factors' products up to f32 summation error; odd depths, one to nine rows.
+    let mut rng = Rng::new(46);
+    for isa in Isa::available() {
+        let Some(bf16) = isa.bf16 else { continue };
+        for case in 0..200 {
+            let (k, rows) = (1 + rng.below(300), 1 + case % 9);
+            let a: Vec<f32> = (0..rows * k).map(|_| rng.f32()).collect();
+            let x: Vec<f32> = (0..k).map(|_| rng.f32()).collect();
+            let (mut pa, mut px) = (a.clone(), x.clone());
+            (bf16.pairs_in_place)(&mut pa, k);
+            (bf16.pairs_in_place)(&mut px, k);
+            let mut out = vec![f32::NAN; rows];
+            (bf16.dot_rows)(&pa, k, &px, &mut out);
+            for (r, &got) in out.iter().enumerate() {
+                let row = &a[r * k..][..k];
+                let want: f64 =
+                    row.iter().zip(&x).map(|(&w, &v)| bf16_round(w) as f64 * bf16_round(v) as f64).sum();
+                let scale: f64 = row.iter().zip(&x).map(|(&w, &v)| (w * v).abs() as f64).sum();
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * (scale + 1.0),
+                    "{} case {case} k={k} row {r}: {got} vs {want}",
+                    isa.name
+                );
+            }
+        }
     }
 }
 

@@ -55,10 +55,10 @@ pub struct Isa {
     /// [`FusedRows`]), so a 1×1 convolution writes its output once instead of writing an
     /// accumulator and reading it back for a [`Isa::store_rows`] pass. `None` on paths without it.
     pub gemm_rows_fused: Option<GemmRowsFusedFn>,
-    /// [`Isa::gemm_rows_fused`] on weights and inputs rounded to bf16 (products summed in f32),
-    /// for sessions that choose bf16 products (`Kernels::with_bf16_products`); `None` on paths
-    /// whose CPU has no bf16 dot products.
-    pub gemm_rows_fused_bf16: Option<GemmRowsFusedBf16Fn>,
+    /// The 1×1 kernels on weights and inputs rounded to bf16 (products summed in f32), for
+    /// sessions that choose bf16 products (`Kernels::with_bf16_products`); `None` on paths whose
+    /// CPU has no bf16 dot products.
+    pub bf16: Option<FusedBf16>,
     /// [`crate::Activation::store_rows`], compiled for this path.
     #[allow(clippy::type_complexity)]
     pub store_rows: fn(
@@ -232,13 +232,31 @@ pub struct Isa {
 pub type GemmRowsFusedFn =
     fn(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>);
 
-/// The form of [`Isa::gemm_rows_fused_bf16`]: as [`GemmRowsFusedFn`], except that the decoded
-/// weight rows `a` are rounded to bf16 in place (scratch afterwards), and `strips` is scratch for
-/// the input packed in bf16: at least [`bf16_strip_len`]`(k)` floats, one strip at a time, packed
-/// in every call; or [`bf16_packed_len`]`(k, n)`, every strip of the columns, packed when `pack`
-/// is set and otherwise taken as the previous call left them (the same `k`, `b`, `offs` and `n`).
+/// A path's 1×1 kernels on bf16 products ([`Isa::bf16`]). They take weight rows of `k` values
+/// as *pair rows*: each row keeps its place (`k` floats apart) and holds, in its first
+/// `k.div_ceil(2)` 32-bit lanes, the pairs `(w[2i], w[2i + 1])` rounded to bf16 (to nearest, ties
+/// to even), the even value in the low half, a zero after an odd last value.
+#[derive(Debug, Clone, Copy)]
+pub struct FusedBf16 {
+    /// [`Isa::gemm_rows_fused`] on pair rows `a` and the input rounded to bf16: `strips` is
+    /// scratch for the input packed in bf16, at least [`bf16_strip_len`]`(k)` floats, one strip
+    /// at a time, packed in every call; or [`bf16_packed_len`]`(k, n)`, every strip of the
+    /// columns, packed when `pack` is set and otherwise taken as the previous call left them (the
+    /// same `k`, `b`, `offs` and `n`).
+    pub gemm: GemmRowsFusedBf16Fn,
+    /// Rounds the rows of `k` values of `a` into pair rows, in place.
+    pub pairs_in_place: fn(a: &mut [f32], k: usize),
+    /// Decodes a row of `row.len()` 4-bit indices (two per byte of `packed`, the low nibble
+    /// first) through `table`, rounded to bf16, into the pair row `row`.
+    pub decode_nibbles: fn(packed: &[u8], table: &[f32; 16], row: &mut [f32]),
+    /// `out[r]` = the sum of the bf16 products of pair row `r` of `a` (`out.len()` rows of `k`)
+    /// and the pair row `column` (one column of the input, rounded the same way).
+    pub dot_rows: fn(a: &[f32], k: usize, column: &[f32], out: &mut [f32]),
+}
+
+/// The form of [`FusedBf16::gemm`].
 pub type GemmRowsFusedBf16Fn = fn(
-    a: &mut [f32],
+    a: &[f32],
     k: usize,
     b: &[f32],
     offs: &[usize],
@@ -248,16 +266,16 @@ pub type GemmRowsFusedBf16Fn = fn(
     pack: bool,
 );
 
-/// Columns of the input that [`Isa::gemm_rows_fused_bf16`] packs at a time.
+/// Columns of the input that [`FusedBf16::gemm`] packs at a time.
 pub const BF16_STRIP: usize = 48;
 
-/// Scratch floats [`Isa::gemm_rows_fused_bf16`] needs for a depth of `k`: one packed strip of
+/// Scratch floats [`FusedBf16::gemm`] needs for a depth of `k`: one packed strip of
 /// [`BF16_STRIP`] columns, each a 32-bit pair of bf16 inputs per two input rows.
 pub fn bf16_strip_len(k: usize) -> usize {
     k.div_ceil(2) * BF16_STRIP
 }
 
-/// Scratch floats of every strip of `n` columns of [`Isa::gemm_rows_fused_bf16`]'s input.
+/// Scratch floats of every strip of `n` columns of [`FusedBf16::gemm`]'s input.
 pub fn bf16_packed_len(k: usize, n: usize) -> usize {
     n.div_ceil(BF16_STRIP) * bf16_strip_len(k)
 }

@@ -9,7 +9,7 @@ pub const ISA: Isa = Isa {
     gemm_rows,
     gemm_rows_at,
     gemm_rows_fused: Some(gemm_rows_fused),
-    gemm_rows_fused_bf16: None,
+    bf16: None,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     max_2x2,

@@ -36,7 +36,7 @@ const ISA: Isa = Isa {
     gemm_rows,
     gemm_rows_at,
     gemm_rows_fused: fused::GEMM_ROWS_FUSED,
-    gemm_rows_fused_bf16: None,
+    bf16: None,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
     max_2x2: elementwise::max_2x2,

@@ -17,7 +17,7 @@ pub(super) const ISA: Isa = Isa {
     gemm_rows,
     gemm_rows_at,
     gemm_rows_fused: Some(gemm_rows_fused),
-    gemm_rows_fused_bf16: None,
+    bf16: None,
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,
     activate: crate::arch::epilogue::x86::activate_avx2,
     max_2x2,

@@ -18,7 +18,7 @@ pub(super) const ISA: Isa = Isa {
     gemm_rows,
     gemm_rows_at,
     gemm_rows_fused: Some(super::fused_avx512::gemm_rows_fused),
-    gemm_rows_fused_bf16: None,
+    bf16: None,
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
     max_2x2,

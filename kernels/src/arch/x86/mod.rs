@@ -77,7 +77,7 @@ pub fn avx512() -> Option<Isa> {
     };
     ok.then_some(Isa {
         int8: Some(int8),
-        gemm_rows_fused_bf16: bf16.then_some(fused_bf16::gemm_rows_fused_bf16 as _),
+        bf16: bf16.then_some(fused_bf16::KERNELS),
         blocked: Some(blocked),
         ..avx512::ISA
     })
