@@ -174,6 +174,7 @@ fn run_model(
         percentile(&times, 0.9),
         percentile(&times, 0.99),
     );
+    eprintln!("kernels={}", session.kernel_path());
     eprintln!("arena_bytes={}", plan.arena_bytes);
     if let Some(ns) = round_trip_ns {
         eprintln!("core_round_trip_ns={ns:.0}");

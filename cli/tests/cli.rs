@@ -19,6 +19,11 @@ fn pith(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pith")).args(args).output().expect("pith runs")
 }
 
+/// [`pith`] with one environment variable set.
+fn pith_env(args: &[&str], key: &str, value: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pith")).args(args).env(key, value).output().expect("pith runs")
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -152,6 +157,17 @@ fn bench_prints_one_parsable_line() {
         let value = line.split(key).nth(1).unwrap().split(' ').next().unwrap();
         assert!(value.parse::<f64>().unwrap() >= 0.0, "{key} in {line}");
     }
+    // The kernel path goes to stderr, one of the paths the kernels crate has; `PITH_KERNEL`
+    // forces the portable one.
+    let err = stderr(&o);
+    let path = err.lines().find_map(|l| l.strip_prefix("kernels=")).unwrap_or_else(|| panic!("{err}"));
+    assert!(["scalar", "avx2", "avx512", "neon"].contains(&path), "{path}");
+    let o = pith_env(
+        &["bench", model.to_str().unwrap(), "--threads", "1", "--iters", "1"],
+        "PITH_KERNEL",
+        "scalar",
+    );
+    assert!(o.status.success() && stderr(&o).lines().any(|l| l == "kernels=scalar"), "{}", stderr(&o));
 }
 
 /// `--memory-limit` refuses a model whose plan needs more (naming the need and the limit),

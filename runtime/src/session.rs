@@ -159,6 +159,12 @@ impl Session {
         self.engine.run(&|id| model.constant(id), inputs)
     }
 
+    /// The CPU kernel path this session runs (`avx512`, `avx2`, `neon` or `scalar`): the best
+    /// the CPU supports unless `PITH_KERNEL` chose another.
+    pub fn kernel_path(&self) -> &'static str {
+        self.engine.ctx.kernels.isa().name
+    }
+
     /// How many runs went on the caller's thread alone because the session measured that faster
     /// ([`SessionOptions::tune_threads`]).
     pub fn serial_runs(&self) -> u64 {
