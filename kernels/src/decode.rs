@@ -182,7 +182,7 @@ impl<'a> WeightRows<'a> {
                 let nibble_lut: [f32; 16] = std::array::from_fn(|i| lut[i]);
                 for (r, row) in rows.zip(out.chunks_exact_mut(n)) {
                     // The products `decode_rows` makes, centroid times the row's scale.
-                    let table = scales.map_or(nibble_lut, |s| nibble_lut.map(|c| c * s[r]));
+                    let table = row_table(&nibble_lut, scales, r);
                     (bf16.decode_nibbles)(self.packed_indices(r), &table, row);
                 }
             }
@@ -231,7 +231,7 @@ impl<'a> WeightRows<'a> {
             // shorter rows (depthwise filters) decode faster inline.
             match bits {
                 4 if n >= 32 => {
-                    let table = scales.map_or(nibble_lut, |s| nibble_lut.map(|c| c * s[r]));
+                    let table = row_table(&nibble_lut, scales, r);
                     (self.nibbles)(self.packed_indices(r), &table, row)
                 }
                 bits => {
@@ -452,6 +452,12 @@ fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(
 }
 
 /// Fast decode of codebook row `r` (a view checked by [`check_codebook`]) into `out` (`row_len` long),
+/// Row `r`'s 16 weights of a shared 4-bit codebook: each centroid times the row's scale, if the
+/// rows have scales.
+fn row_table(nibble_lut: &[f32; 16], scales: Option<&[f32]>, r: usize) -> [f32; 16] {
+    scales.map_or(*nibble_lut, |s| nibble_lut.map(|c| c * s[r]))
+}
+
 /// 4-bit rows through `nibbles`, f16 codebooks widened by `widen`.
 fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32], nibbles: Nibbles, widen: Widen) {
     // A table of at least 2^bits slots, so no index can fall outside it, sized to the width:
