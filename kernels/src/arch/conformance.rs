@@ -157,6 +157,18 @@ impl FusedCase {
         self.run_with(tail, |out| f(&self.a, self.k, &self.b, &self.offs, self.n, out))
     }
 
+    /// Asserts that `got` matches `want` within the sums' rounding over the written columns
+    /// and that every other column is still NaN (`run`'s and `run_with`'s rows).
+    fn assert_rows_match(&self, got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
+        for (r, (g, w)) in got.iter().zip(want).enumerate() {
+            for (j, (g, w)) in g.iter().zip(w).enumerate() {
+                let written = (self.col..self.col + self.n).contains(&j);
+                let ok = if written { close(*g, *w, self.k as f32 + 3.0) } else { g.is_nan() };
+                assert!(ok, "{what} m={} k={} n={} row {r} col {j}: {g} vs {w}", self.m, self.k, self.n);
+            }
+        }
+    }
+
     /// Calls `f` with the case's output rows (of NaN, `tail` columns past the written ones) and
     /// epilogue, and returns the rows.
     fn run_with(&self, tail: usize, f: impl FnOnce(FusedRows<'_, '_>)) -> Vec<Vec<f32>> {
@@ -208,17 +220,7 @@ fn gemm_rows_fused_matches_scalar() {
         for case in 0..400 {
             let c = FusedCase::random(&mut rng, case);
             let (want, got) = (c.run(scalar::gemm_rows_fused, 3), c.run(fused, 3));
-            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
-                for (j, (g, w)) in g.iter().zip(w).enumerate() {
-                    let written = (c.col..c.col + c.n).contains(&j);
-                    let ok = if written { close(*g, *w, c.k as f32 + 3.0) } else { g.is_nan() };
-                    assert!(
-                        ok,
-                        "{} case {case} m={} k={} n={} row {r} col {j}: {g} vs {w}",
-                        isa.name, c.m, c.k, c.n
-                    );
-                }
-            }
+            c.assert_rows_match(&got, &want, &format!("{} case {case}", isa.name));
         }
     }
 }
@@ -282,17 +284,7 @@ fn gemm_rows_fused_bf16_is_the_f32_product_of_bf16_rounded_factors() {
             let rows = c.run_with(3, |out| {
                 bf16(&kernels, &mut c.a.clone(), c.k, &c.b, &c.offs, c.n, out, &mut strips, case % 3 != 2)
             });
-            for (r, (g, w)) in rows.iter().zip(&want).enumerate() {
-                for (j, (g, w)) in g.iter().zip(w).enumerate() {
-                    let written = (c.col..c.col + c.n).contains(&j);
-                    let ok = if written { close(*g, *w, c.k as f32 + 3.0) } else { g.is_nan() };
-                    assert!(
-                        ok,
-                        "{} case {case} m={} k={} n={} row {r} col {j}: {g} vs {w}",
-                        isa.name, c.m, c.k, c.n
-                    );
-                }
-            }
+            c.assert_rows_match(&rows, &want, &format!("{} case {case}", isa.name));
         }
         let short = std::panic::catch_unwind(|| {
             let (mut a, b) = (vec![1.0; 8], vec![1.0; 16]);
