@@ -100,11 +100,6 @@ impl FusedTiles for Tiles {
     const MR: usize = MR;
     type Carry = [__m256; 2];
 
-    unsafe fn zero_carry() -> [__m256; 2] {
-        // SAFETY: the caller guarantees AVX2.
-        unsafe { [_mm256_setzero_ps(); 2] }
-    }
-
     unsafe fn rows<B: BRows>(
         a: *const f32,
         k: usize,

@@ -82,11 +82,6 @@ impl FusedTiles for Tiles {
     const MR: usize = MR;
     type Carry = Carry;
 
-    unsafe fn zero_carry() -> Carry {
-        // SAFETY: the caller guarantees AVX-512 F.
-        unsafe { [_mm512_setzero_ps(); 3] }
-    }
-
     unsafe fn rows<B: BRows>(
         a: *const f32,
         k: usize,
