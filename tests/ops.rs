@@ -115,6 +115,14 @@ fn depthwise_layers_over_7x7_run_channel_blocked_where_they_pay_for_their_neighb
     check_blocked_case("block_small_planes_blocked", [1, 32, 14, 14], 9);
 }
 
+/// The large-plane case: a stride-1 inverted residual block over 56x56 stays planar (its 1x1
+/// edges there count twice against its depthwise gain), and the stride-2 block after it starts a
+/// region over 56x56 that runs into 28x28: e2, d2, p2, e3 and d3, five values.
+#[test]
+fn regions_over_56x56_run_channel_blocked_where_they_pay() {
+    check_blocked_case("block_large_planes_blocked", [1, 24, 56, 56], 5);
+}
+
 /// The squeeze-excite case: the expansion's and the depthwise layer's outputs and the second
 /// gated product run blocked (the pools read them blocked); the first product folds into the
 /// projection into 40 channels, which reads the depthwise output blocked and the gate as factors

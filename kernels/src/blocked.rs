@@ -34,10 +34,17 @@ use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Ker
 /// Channels per block of the blocked layout (one AVX-512 vector of f32).
 pub const BLOCK: usize = 16;
 
-/// Most pixels of a plane (input or output) the blocked kernels take (28×28): larger planes fill
-/// the planar kernels' vectors, and the 1×1 kernel's partial sums (64 per pixel) would need
-/// scratch in proportion.
-pub const MAX_PLANE: usize = 28 * 28;
+/// Most pixels of a plane (input or output) the blocked kernels take (56×56): larger planes fill
+/// the planar kernels' vectors, and the 1×1 kernel's partial sums (64 per pixel) need scratch in
+/// proportion (800 KB per thread at 56×56). Up to 28×28 until the thirty-sixth session; over
+/// 56×56 a planar stride-2 depthwise layer shuffles every input row into even and odd columns,
+/// a blocked one does not (MobileNetV2's 144 channels into 28×28: 45 → 21 µs, 1 thread, Zen 5).
+pub const MAX_PLANE: usize = 56 * 56;
+
+/// Most input channels of one depth block of the pointwise tiles: 128 rows of 64 transposed
+/// weights are 32 KiB, in L1. Deeper layers carry each pixel's partial sums between blocks in
+/// scratch (64 per pixel); shallower ones need none.
+pub const DEPTH_BLOCK: usize = 128;
 
 /// Output channel blocks one pointwise tile computes together (64 filters).
 pub const POINTWISE_BLOCKS: usize = 4;
@@ -222,7 +229,8 @@ pub struct BlockedKernels {
     /// row or `wt` is short.
     pub nibbles_transposed: NibblesTransposedFn,
     /// 1×1 products of up to 64 filters (see [`BlockedPointwise`]) into `y`, with `carry` (at
-    /// least `16 * blocks * hw` floats) for partial sums; panics if its check fails.
+    /// least `16 * blocks * hw` floats when the product is deeper than [`DEPTH_BLOCK`]) for
+    /// partial sums; panics if its check fails.
     pub pointwise: BlockedPointwiseFn,
     /// One block of depthwise channels (see [`BlockedDepthwise`]); panics if its check fails.
     pub depthwise: BlockedDepthwiseFn,
@@ -307,9 +315,11 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
         // No blocked kernel takes the layer: nothing to reserve.
         1
     } else if is_dense_pointwise(p) {
-        // A 16-row slice of the decoded group, the group transposed, and partial sums.
+        // A 16-row slice of the decoded group, the group transposed, and partial sums between
+        // depth blocks, if there are several.
         let k = p.in_per_group();
-        BLOCK * k + POINTWISE_BLOCKS * BLOCK * (k + p.out_h * p.out_w)
+        let carry = if k > DEPTH_BLOCK { p.out_h * p.out_w } else { 0 };
+        BLOCK * k + POINTWISE_BLOCKS * BLOCK * (k + carry)
     } else {
         2 * BLOCK * p.filter_len()
     }
@@ -424,8 +434,10 @@ struct Image<'a, 'w> {
 
 impl Image<'_, '_> {
     /// Output channel blocks `blocks` of a 1×1 layer into `ys` (theirs), up to
-    /// [`POINTWISE_BLOCKS`] per call: each group of filters decoded and transposed into the
-    /// scratch, with room for the partial sums of its depth blocks.
+    /// [`POINTWISE_BLOCKS`] per call, in calls as even as that allows (9 blocks as 3 + 3 + 3, not
+    /// 4 + 4 + 1: a one-block tile broadcasts 24 input values for 24 multiply-adds and is bound
+    /// by its loads): each group of filters decoded and transposed into the scratch, with room
+    /// for the partial sums of its depth blocks.
     fn pointwise(&self, blocks: Range<usize>, ys: &mut [f32], scratch: &mut [f32]) {
         let (p, k) = (self.p, self.p.in_c);
         let out_plane = p.out_h * p.out_w;
@@ -436,7 +448,9 @@ impl Image<'_, '_> {
         let filters = TransposedFilters::new(self.rows, self.kernels);
         let mut g = blocks.start;
         let mut ragged_bias = [0.0; POINTWISE_BLOCKS * BLOCK];
-        for yg in ys.chunks_mut(POINTWISE_BLOCKS * unit_len) {
+        let calls = blocks.len().div_ceil(POINTWISE_BLOCKS);
+        let per_call = blocks.len().div_ceil(calls.max(1)).max(1);
+        for yg in ys.chunks_mut(per_call * unit_len) {
             let n = yg.len().div_ceil(unit_len);
             let channels = g * BLOCK..(g + n) * BLOCK;
             // Channels of the layer among them: all but in a ragged last block.
@@ -600,9 +614,12 @@ mod tests {
 
     /// A random layer this module takes: 1×1 (any input channels when the input is planar) or
     /// depthwise (filters 1-5 tall and 3 or 5 wide, strides 1-2, pads below the filter's), planes
-    /// 1-15 wide (depthwise: half of them 16-40 wide).
+    /// 1-15 wide (depthwise: half of them 16-40 wide), every eighth pair of cases 40-56 on a side
+    /// (up to [`MAX_PLANE`]).
     fn random_layer(rng: &mut Rng, case: usize) -> (Conv2dParams, Layout, Layout) {
-        let (h, w) = (1 + rng.below(15), 1 + rng.below(15));
+        let large = case % 16 >= 14;
+        let side = |rng: &mut Rng| if large { 40 + rng.below(17) } else { 1 + rng.below(15) };
+        let (h, w) = (side(rng), side(rng));
         let blocks = 1 + rng.below(6);
         if case.is_multiple_of(2) {
             let x_layout = if rng.below(2) == 0 { Layout::Planar } else { Layout::Blocked };
@@ -627,7 +644,7 @@ mod tests {
             let (pt, pl) = (rng.below(kh), rng.below(kw));
             let (pb, pr) = (rng.below(kh), rng.below(kw));
             // Rows up to 40 wide: tiles of 16 pixels and a last one overlapping them.
-            let w = if rng.below(2) == 0 { w } else { 16 + rng.below(25) };
+            let w = if large || rng.below(2) == 0 { w } else { 16 + rng.below(25) };
             let (in_h, in_w) = (h.max(kh), w.max(kw));
             let c = BLOCK * blocks;
             let p = Conv2dParams {
@@ -945,10 +962,12 @@ mod tests {
         assert!(!k.blocked_supports(&padded, Layout::Blocked, Layout::Blocked));
         let right_padded = Conv2dParams { out_w: 6, ..dw };
         assert!(!k.blocked_supports(&right_padded, Layout::Blocked, Layout::Blocked));
-        // Planes over 28×28 (and no scratch reserved for them).
-        let wide = crate::testutil::pointwise(1, 32, 32, [29, 28]);
+        // Planes over 56×56 (and no scratch reserved for them); 56×56 itself is taken.
+        let wide = crate::testutil::pointwise(1, 32, 32, [57, 56]);
         assert!(!k.blocked_supports(&wide, Layout::Blocked, Layout::Blocked));
         assert_eq!(scratch_len(&wide), 1);
+        let largest = crate::testutil::pointwise(1, 32, 32, [56, 56]);
+        assert!(k.blocked_supports(&largest, Layout::Blocked, Layout::Blocked));
         // A grouped (not depthwise) layer.
         assert!(!k.blocked_supports(&Conv2dParams { groups: 2, ..dw }, Layout::Blocked, Layout::Blocked));
         let data = random_weight(&mut Rng::new(1), WeightKind::F32, 24, 32);

@@ -1,7 +1,8 @@
 //! Which activations run in the channel-blocked layout (NCHW16c, [`pith_kernels::blocked`]).
 //!
 //! Chains of 1×1 and depthwise convolutions over small planes (MobileNets' 28×28, 14×14 and 7×7
-//! stages, squeeze-excite blocks included) run faster with their activations blocked: the
+//! stages, squeeze-excite blocks included, and a stride-2 block from 56×56 into them) run
+//! faster with their activations blocked: the
 //! depthwise layers need no lanes past a short row and no transposes, the 1×1 layers no masked
 //! pixel tails. A value is blocked when:
 //!
@@ -19,7 +20,8 @@
 //!   of which touches a depthwise layer that does not ([`SMALL_PLANE_WEIGHT_COST`]);
 //! * its region (the blocked values connected through the layers between them) pays: its
 //!   depthwise layers' work, weighted by [`DEPTHWISE_GAIN_WEIGHT`], exceeds that of the 1×1
-//!   layers at its edges.
+//!   layers at its edges (those over planes above [`LARGE_PLANE`] counted
+//!   [`LARGE_PLANE_EDGE_COST`] times).
 //!
 //! Planar everywhere else, so every other op is untouched. Off where the kernel path has no
 //! blocked kernels or the session runs int8 activations (whose 1×1 kernels are planar).
@@ -64,9 +66,22 @@ pub const SMALL_PLANE_WEIGHT_COST: usize = 2;
 /// 320×640 7.4 (dropped: 1.00-1.04 of its time with it, here and on the Xeon).
 pub const DEPTHWISE_GAIN_WEIGHT: usize = 6;
 
-/// Most pixels of a blocked plane: the kernels' own limit (28×28; larger planes fill the
+/// Most pixels of a blocked plane: the kernels' own limit (56×56; larger planes fill the
 /// planar kernels' vectors).
 pub const MAX_PLANE: usize = pith_kernels::blocked::MAX_PLANE;
+
+/// Planes over this many pixels (28×28) are *large*: there a 1×1 layer at a region's edge costs
+/// more blocked than on smaller planes, and the region rule counts its multiply-adds
+/// [`LARGE_PLANE_EDGE_COST`] times. Zen 5, 1 thread, per node: MobileNetV2's 24 → 144 expansion
+/// over 56×56 writing blocked 95 → 103 µs, its 144 → 24 projection reading blocked (a ragged
+/// exit) 90 → 130 µs, against 79.6 → 46.6 µs for the depthwise layer between them.
+pub const LARGE_PLANE: usize = 28 * 28;
+
+/// How many times a 1×1 layer over a large plane ([`LARGE_PLANE`]) at a region's edge counts
+/// in the region rule ([`DEPTHWISE_GAIN_WEIGHT`]). With it MobileNetV2's stride-1 block over 56×56
+/// stays planar (its edges weigh 43 M against 24 M of depthwise gain) and its stride-2 block into
+/// 28×28 joins the blocked region after it.
+pub const LARGE_PLANE_EDGE_COST: usize = 2;
 
 /// Works out which values of `plan` are blocked and records each node's layouts in
 /// `plan.node_layouts` (and their count in `plan.summary`); leaves the plan all planar where `kernels` have no blocked kernels or run
@@ -217,7 +232,9 @@ fn drop_unpaid_regions(graph: &Graph, plan: &Plan, uses: &[Option<BlockedUse>], 
                     node.outputs.first().is_some_and(|&id| blocked[id as usize]),
                 );
                 if x_blocked != y_blocked {
-                    work.push((first, 0, out * x.get(1).copied().unwrap_or(0)));
+                    let plane: usize = y.get(2..).map_or(0, |s| s.iter().product());
+                    let weight = if plane > LARGE_PLANE { LARGE_PLANE_EDGE_COST } else { 1 };
+                    work.push((first, 0, weight * out * x.get(1).copied().unwrap_or(0)));
                 }
             }
             Some(BlockedUse::Reads) | None => {}

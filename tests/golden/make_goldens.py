@@ -715,6 +715,41 @@ def block_cases() -> None:
           f32("lo", 0.0), f32("hi", 6.0)],
          opset=14)
 
+    # Channel-blocked regions over 56x56 (the largest blocked planes): a stride-1 inverted
+    # residual block there stays planar, for its 1x1 edges over a plane above 28x28 count twice
+    # against its depthwise gain (e1 and d1 would be blocked if they counted once); the stride-2
+    # block after it starts a region that runs through 28x28 (e2 at 56x56, d2, p2, e3, d3), left
+    # by p3 into the graph output. Appended last: earlier cases keep their data.
+    case("block_large_planes_blocked",
+         [node("Conv", ["x", "we1", "be1"], ["e1"]),
+          node("Clip", ["e1", "lo", "hi"], ["e1r"]),
+          node("Conv", ["e1r", "wd1", "bd1"], ["d1"], group=96, pads=[1, 1, 1, 1]),
+          node("Clip", ["d1", "lo", "hi"], ["d1r"]),
+          node("Conv", ["d1r", "wp1", "bp1"], ["p1"]),
+          node("Add", ["p1", "x"], ["s"]),
+          node("Conv", ["s", "we2", "be2"], ["e2"]),
+          node("Clip", ["e2", "lo", "hi"], ["e2r"]),
+          node("Conv", ["e2r", "wd2", "bd2"], ["d2"], group=96, pads=[2, 2, 2, 2], strides=[2, 2]),
+          node("Clip", ["d2", "lo", "hi"], ["d2r"]),
+          node("Conv", ["d2r", "wp2", "bp2"], ["p2"]),
+          node("Conv", ["p2", "we3", "be3"], ["e3"]),
+          node("Clip", ["e3", "lo", "hi"], ["e3r"]),
+          node("Conv", ["e3r", "wd3", "bd3"], ["d3"], group=192, pads=[2, 2, 2, 2]),
+          node("Clip", ["d3", "lo", "hi"], ["d3r"]),
+          node("Conv", ["d3r", "wp3", "bp3"], ["y"])],
+         {"x": randn(1, 24, 56, 56)}, ["y"],
+         [init("we1", randn(96, 24, 1, 1) * 0.2), init("be1", randn(96) * 0.1),
+          init("wd1", randn(96, 1, 3, 3) * 0.3), init("bd1", randn(96) * 0.1),
+          init("wp1", randn(24, 96, 1, 1) * 0.1), init("bp1", randn(24) * 0.1),
+          init("we2", randn(96, 24, 1, 1) * 0.2), init("be2", randn(96) * 0.1),
+          init("wd2", randn(96, 1, 5, 5) * 0.2), init("bd2", randn(96) * 0.1),
+          init("wp2", randn(32, 96, 1, 1) * 0.1), init("bp2", randn(32) * 0.1),
+          init("we3", randn(192, 32, 1, 1) * 0.2), init("be3", randn(192) * 0.1),
+          init("wd3", randn(192, 1, 5, 5) * 0.2), init("bd3", randn(192) * 0.1),
+          init("wp3", randn(16, 192, 1, 1) * 0.1), init("bp3", randn(16) * 0.1),
+          f32("lo", 0.0), f32("hi", 6.0)],
+         opset=14)
+
 def make_op_cases() -> None:
     if os.path.isdir(OPS):
         shutil.rmtree(OPS)

@@ -24,9 +24,9 @@ pub(super) const KERNELS: BlockedKernels =
 /// Most sums one pointwise tile keeps in registers (of 32; the weights take `V` more).
 pub(super) const TILE_SUMS: usize = 24;
 
-/// Most input channels of one depth block of the pointwise tiles: 128 rows of 64 transposed
-/// weights are 32 KiB, in L1.
-pub(super) const DEPTH_BLOCK: usize = 128;
+/// Most input channels of one depth block of the pointwise tiles (see
+/// [`crate::blocked::DEPTH_BLOCK`]).
+pub(super) const DEPTH_BLOCK: usize = crate::blocked::DEPTH_BLOCK;
 
 /// See [`crate::blocked::TransposeRowsFn`].
 fn transpose_rows(panel: &[f32], rows: usize, k: usize, wt: &mut [f32], pitch: usize) {
@@ -143,7 +143,7 @@ fn activate(act: BlockedAct, v: __m512) -> __m512 {
 /// See [`crate::blocked::BlockedKernels::pointwise`].
 fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
     job.check(y);
-    assert!(carry.len() >= job.blocks * C * job.hw, "carry too short");
+    assert!(job.k <= DEPTH_BLOCK || carry.len() >= job.blocks * C * job.hw, "carry too short");
     // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted every
     // operand holds what the tiles read and write.
     unsafe {
