@@ -345,6 +345,7 @@ pub struct ResidualRows<'a> {
 
 /// Checks [`Isa::gemm_rows_fused`] operands (panicking on a caller bug, like slice indexing
 /// would) and returns the row count `a.len() / k`, or `None` when there is nothing to do.
+#[inline]
 pub(crate) fn gemm_rows_fused_check(
     a: &[f32],
     k: usize,
@@ -468,6 +469,7 @@ pub type DotRowsFn = fn(a: &[f32], k: usize, x: &[f32], out: &mut [f32]);
 /// lies at `p * step`: the rows of a 1×1 convolution (its input planes), which a kernel can step
 /// through instead of loading an offset per row.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline]
 pub(crate) fn evenly_spaced(offs: &[usize]) -> Option<usize> {
     let step = match offs {
         [first, second, ..] => second.checked_sub(*first)?,
