@@ -86,9 +86,26 @@ fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mu
 
 /// See [`Isa::gemm_rows_fused`].
 fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
+    // SAFETY: this table is only reachable after AVX2 + FMA were detected (see `super::avx2`).
+    unsafe { gemm_rows_fused_checked(a, k, b, offs, n, out) }
+}
+
+/// The operands' check, then the tiles: compiled for AVX2 so that the check's scans of the `k`
+/// offsets vectorise (as the AVX-512 path's, see `fused_avx512`).
+///
+/// # Safety
+/// AVX2 and FMA available.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_rows_fused_checked(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    out: FusedRows<'_, '_>,
+) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
-    // SAFETY: this table is only reachable after AVX2 + FMA were detected (see `super::avx2`),
-    // and the check passed for these operands and `m`.
+    // SAFETY: the caller guarantees the features, and the check passed for these operands and `m`.
     unsafe { fused::run::<Tiles>(a, k, m, b, offs, n, out) }
 }
 
