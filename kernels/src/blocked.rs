@@ -28,7 +28,7 @@ use pith_format::TensorView;
 
 use crate::arch::Isa;
 use crate::decode::PackedTables;
-use crate::parallel::split_units_into;
+use crate::parallel::{split_rows, split_units_into};
 use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
 
 /// Channels per block of the blocked layout (one AVX-512 vector of f32).
@@ -45,6 +45,12 @@ pub const MAX_PLANE: usize = 56 * 56;
 /// weights are 32 KiB, in L1. Deeper layers carry each pixel's partial sums between blocks in
 /// scratch (64 per pixel); shallower ones need none.
 pub const DEPTH_BLOCK: usize = 128;
+
+/// Most output channel blocks of a 1×1 layer split over the threads by rows of pixels (each
+/// thread all of them over its band) rather than by blocks: a projection into 32 or 40 channels
+/// split by blocks left each of two threads a one-block tile (bound by its broadcasts), or one
+/// thread a ragged half-block.
+const PIXEL_SPLIT_BLOCKS: usize = 3;
 
 /// Output channel blocks one pointwise tile computes together (64 filters).
 pub const POINTWISE_BLOCKS: usize = 4;
@@ -120,9 +126,18 @@ pub struct BlockedPointwise<'a> {
     /// Output channels stored: `16 * blocks`, or fewer (not below `16 * (blocks - 1) + 1`) into a
     /// planar output whose last block is ragged, whose residual then holds only these.
     pub out_channels: usize,
+    /// The pixels of the plane the call computes, first and end (`(0, hw)` for all). The output
+    /// holds only these, each channel's (blocked: each block's) run of them after the other's;
+    /// the input and the residual are whole planes.
+    pub pixels: (usize, usize),
 }
 
 impl BlockedPointwise<'_> {
+    /// How many pixels the call computes.
+    pub fn pixel_count(&self) -> usize {
+        self.pixels.1.saturating_sub(self.pixels.0)
+    }
+
     /// Panics unless the operands hold what the call reads and writes (`y` its output).
     pub fn check(&self, y: &[f32]) {
         let cols = BLOCK * self.blocks;
@@ -140,7 +155,8 @@ impl BlockedPointwise<'_> {
             stored == cols || (self.y_layout == Layout::Planar && stored < cols && stored > cols - BLOCK),
             "{stored} output channels stored of {cols}"
         );
-        assert!(y.len() >= stored * self.hw, "output too short");
+        assert!(self.pixels.0 <= self.pixels.1 && self.pixels.1 <= self.hw, "pixels outside the plane");
+        assert!(y.len() >= stored * self.pixel_count(), "output too short");
         assert!(self.residual.is_none_or(|r| r.len() >= stored * self.hw), "residual too short");
         assert!(cols * self.hw <= i32::MAX as usize, "plane too large for 32-bit lane offsets");
     }
@@ -317,9 +333,15 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
     } else if is_dense_pointwise(p) {
         // A 16-row slice of the decoded group, the group transposed, and partial sums between
         // depth blocks, if there are several.
-        let k = p.in_per_group();
-        let carry = if k > DEPTH_BLOCK { p.out_h * p.out_w } else { 0 };
-        BLOCK * k + POINTWISE_BLOCKS * BLOCK * (k + carry)
+        let (k, plane) = (p.in_per_group(), p.out_h * p.out_w);
+        let carry = if k > DEPTH_BLOCK { plane } else { 0 };
+        // With few filter blocks, a thread's band of the output, made before it is copied.
+        let band = if p.out_c.div_ceil(BLOCK) <= PIXEL_SPLIT_BLOCKS {
+            p.out_c.div_ceil(BLOCK) * BLOCK * plane
+        } else {
+            0
+        };
+        band + BLOCK * k + POINTWISE_BLOCKS * BLOCK * (k + carry)
     } else {
         2 * BLOCK * p.filter_len()
     }
@@ -391,6 +413,23 @@ pub fn conv2d(
         };
         // A ragged last block (a planar output only) is a shorter last unit.
         let units = p.out_c.div_ceil(BLOCK);
+        if is_dense_pointwise(p) && units <= PIXEL_SPLIT_BLOCKS && kernels.threads_now() > 1 {
+            // Few filter blocks: each thread takes them all over a band of rows, into scratch,
+            // then copies its band into place (one block per thread would leave a one-block
+            // tile on each, or a thread idle).
+            let row_len = if y_layout == Layout::Blocked { BLOCK * p.out_w } else { p.out_w };
+            let row_work = p.out_w * units * BLOCK * p.in_c;
+            split_rows(kernels, p.out_h, row_len, row_work, 1, 1, yb, scratch, per_task, |rows, parts, s| {
+                let pixels = rows.start * p.out_w..rows.end * p.out_w;
+                let band = parts.first().map_or(0, |part| part.len());
+                let (own, s) = s.split_at_mut(parts.len() * band);
+                image.pointwise(0..units, pixels, own, s);
+                for (part, from) in parts.iter_mut().zip(own.chunks_exact(band.max(1))) {
+                    part.copy_from_slice(from);
+                }
+            });
+            continue;
+        }
         split_units_into(
             kernels,
             TASKS_PER_THREAD,
@@ -402,7 +441,7 @@ pub fn conv2d(
             per_task,
             |blocks, ys, s| {
                 if is_dense_pointwise(p) {
-                    image.pointwise(blocks, ys, s)
+                    image.pointwise(blocks, 0..out_plane, ys, s)
                 } else {
                     image.depthwise(blocks, ys, s)
                 }
@@ -438,10 +477,10 @@ impl Image<'_, '_> {
     /// 4 + 4 + 1: a one-block tile broadcasts 24 input values for 24 multiply-adds and is bound
     /// by its loads): each group of filters decoded and transposed into the scratch, with room
     /// for the partial sums of its depth blocks.
-    fn pointwise(&self, blocks: Range<usize>, ys: &mut [f32], scratch: &mut [f32]) {
+    fn pointwise(&self, blocks: Range<usize>, pixels: Range<usize>, ys: &mut [f32], scratch: &mut [f32]) {
         let (p, k) = (self.p, self.p.in_c);
         let out_plane = p.out_h * p.out_w;
-        let unit_len = BLOCK * out_plane;
+        let unit_len = BLOCK * pixels.len();
         let zeros = [0.0; POINTWISE_BLOCKS * BLOCK];
         let (panel, rest) = scratch.split_at_mut(BLOCK * k);
         let (wt, carry) = rest.split_at_mut(POINTWISE_BLOCKS * BLOCK * k);
@@ -482,6 +521,7 @@ impl Image<'_, '_> {
                 act: self.act,
                 y_layout: self.y_layout,
                 out_channels: stored.len(),
+                pixels: (pixels.start, pixels.end),
             };
             match bf16 {
                 Some(bf16) => (bf16.pointwise)(&job, yg, carry),

@@ -143,7 +143,7 @@ fn activate(act: BlockedAct, v: __m512) -> __m512 {
 /// See [`crate::blocked::BlockedKernels::pointwise`].
 fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
     job.check(y);
-    assert!(job.k <= DEPTH_BLOCK || carry.len() >= job.blocks * C * job.hw, "carry too short");
+    assert!(job.k <= DEPTH_BLOCK || carry.len() >= job.blocks * C * job.pixel_count(), "carry too short");
     // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted every
     // operand holds what the tiles read and write.
     unsafe {
@@ -179,9 +179,9 @@ pub(super) unsafe fn pointwise_impl<const V: usize, const BF16: bool>(
     let mut c0 = 0;
     while c0 < job.k {
         let channels = c0..job.k.min(c0 + depth);
-        let mut p0 = 0;
-        while p0 < job.hw {
-            let n = (job.hw - p0).min(most);
+        let mut p0 = job.pixels.0;
+        while p0 < job.pixels.1 {
+            let n = (job.pixels.1 - p0).min(most);
             // The widest tile of at most `n` pixels.
             let p = match n {
                 24.. => 24,
@@ -230,7 +230,8 @@ pub(super) unsafe fn pointwise_impl<const V: usize, const BF16: bool>(
 /// value of the tile was broadcast once for all `V` blocks.
 ///
 /// # Safety
-/// AVX-512 F available; `job.check` passed with a planar output; `P <= 16` and `p0 + P <= job.hw`.
+/// AVX-512 F available; `job.check` passed with a planar output; `P <= 16` and pixels `p0 .. p0 + P`
+/// among `job.pixels`.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn planar_finish<const P: usize, const V: usize>(
@@ -239,7 +240,7 @@ unsafe fn planar_finish<const P: usize, const V: usize>(
     acc: &[[__m512; V]; P],
     p0: usize,
 ) {
-    let hw = job.hw;
+    let (hw, lo, ny) = (job.hw, job.pixels.0, job.pixel_count());
     let mask = lane_mask(P);
     for v in 0..V {
         // The block's channels the layer has (fewer in a ragged last block).
@@ -253,16 +254,16 @@ unsafe fn planar_finish<const P: usize, const V: usize>(
         // Row l: channel 16 v + l's pixels p0 .. p0 + P (lanes past P hold zeros).
         transpose(&mut rows);
         for (l, row) in rows.iter().enumerate().take(stored) {
-            let at = (v * C + l) * hw + p0;
-            // SAFETY: channel 16 v + l < out_channels: its pixels p0 .. p0 + P lie in the output
-            // and the residual (the check: `out_channels` planes of `hw`); masked-off lanes are
-            // not accessed.
+            let c = v * C + l;
+            // SAFETY: channel c < out_channels: its pixels p0 .. p0 + P lie in the residual's
+            // plane (the check: `out_channels` planes of `hw`) and among the output's `ny` from
+            // `lo`; masked-off lanes are not accessed.
             unsafe {
                 let mut sum = *row;
                 if let Some(res) = job.residual {
-                    sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(at)));
+                    sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(c * hw + p0)));
                 }
-                _mm512_mask_storeu_ps(y.add(at), mask, activate(job.act, sum));
+                _mm512_mask_storeu_ps(y.add(c * ny + p0 - lo), mask, activate(job.act, sum));
             }
         }
     }
@@ -283,7 +284,8 @@ pub(super) fn depth_block(k: usize) -> usize {
 /// and activation finish them into `y`.
 ///
 /// # Safety
-/// As [`pointwise_impl`], `p0 + P <= job.hw` and `channels` a depth block of it.
+/// As [`pointwise_impl`], pixels `p0 .. p0 + P` among `job.pixels` and `channels` a depth block of
+/// it.
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const P: usize, const V: usize>(
@@ -297,7 +299,7 @@ unsafe fn tile<const P: usize, const V: usize>(
     // The tile's partial sums: P pixels of 16 V channels, pixel-major; the sums start from them
     // after the first depth block, else from zero (inside `sums`: an array zeroed here, in
     // memory when `sums` is not inlined, cost a `memset` call per tile).
-    let partial = carry.wrapping_add(p0 * V * C);
+    let partial = carry.wrapping_add((p0 - job.pixels.0) * V * C);
     let start = (channels.start > 0).then_some(partial.cast_const());
     let (c0, depth) = (channels.start, channels.len());
     // SAFETY: rows c < k of the transposed filters hold `16 V` weights; input channel c of pixels
@@ -335,7 +337,7 @@ pub(super) unsafe fn finish<const P: usize, const V: usize>(
     p0: usize,
     acc: [[__m512; V]; P],
 ) {
-    let hw = job.hw;
+    let (hw, lo, ny) = (job.hw, job.pixels.0, job.pixel_count());
     if end < job.k {
         // SAFETY: as the contract says.
         unsafe {
@@ -357,16 +359,16 @@ pub(super) unsafe fn finish<const P: usize, const V: usize>(
         // SAFETY: biases 16 v .. 16 v + 16 exist (the check).
         let bias = unsafe { _mm512_loadu_ps(job.bias.as_ptr().add(v * C)) };
         for (j, acc) in acc.iter().enumerate() {
-            // Block v's pixel p0 + j.
-            let at = v * C * hw + (p0 + j) * C;
+            // Block v's pixel p0 + j: in the residual's whole plane and among the output's `ny`.
+            let (at, out) = (v * C * hw + (p0 + j) * C, (v * ny + p0 + j - lo) * C);
             let mut sum = _mm512_add_ps(acc[v], bias);
-            // SAFETY: the vector at `at` lies inside the output and the residual (the check:
-            // `16 V` channels of `hw` pixels each).
+            // SAFETY: the vectors at `at` and `out` lie inside the residual and the output (the
+            // check: `16 V` channels of `hw` pixels, and of the call's `ny`).
             unsafe {
                 if let Some(res) = job.residual {
                     sum = _mm512_add_ps(sum, _mm512_loadu_ps(res.as_ptr().add(at)));
                 }
-                _mm512_storeu_ps(y.add(at), activate(job.act, sum));
+                _mm512_storeu_ps(y.add(out), activate(job.act, sum));
             }
         }
     }

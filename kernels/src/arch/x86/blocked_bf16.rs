@@ -52,7 +52,7 @@ unsafe fn pair_rows_impl(wt: *mut f32, k: usize, cols: usize) {
 fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
     job.check(y);
     assert!(job.x_layout == Layout::Blocked, "bf16 blocked products take a blocked input");
-    assert!(job.k <= DEPTH_BLOCK || carry.len() >= job.blocks * C * job.hw, "carry too short");
+    assert!(job.k <= DEPTH_BLOCK || carry.len() >= job.blocks * C * job.pixel_count(), "carry too short");
     // The tiles round a depth block's input onto the stack, sized for the deepest.
     assert!(depth_block(job.k) <= DEPTH_BLOCK, "depth block of {}", depth_block(job.k));
     // SAFETY: AVX-512 F/BW/VL and BF16 were detected before this table was handed out; the check
@@ -101,7 +101,7 @@ pub(super) unsafe fn tile<const P: usize, const V: usize>(
             }
         }
     }
-    let partial = carry.wrapping_add(p0 * V * C);
+    let partial = carry.wrapping_add((p0 - job.pixels.0) * V * C);
     let mut acc = [[_mm512_setzero_ps(); V]; P];
     // SAFETY: after the first depth block the carry holds this tile's partial sums (P pixels of
     // 16 V, pixel-major); pair row c0 / 2 + i of the filters holds 16 V lanes (the contract); the
