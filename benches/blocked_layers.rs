@@ -1,8 +1,9 @@
-//! MobileNetV2's 1×1 and depthwise layers over 28×28 and 14×14 (and one over 7×7) on one thread
-//! with 4-bit weights, in the channel-blocked layout (`Kernels::conv2d_blocked`, input and output
-//! blocked; id `blocked`) against the planar NCHW kernels of the same run (`Kernels::conv2d`; id
-//! `planar`). Skipped on paths without blocked kernels (only AVX-512 has them). Throughput is in
-//! multiply-accumulates. Run: `cargo bench -p pith-benches --bench blocked_layers`.
+//! MobileNetV2's 1×1 and depthwise layers over 56×56, 28×28 and 14×14 (and one over 7×7) on one
+//! thread with 4-bit weights, in the channel-blocked layout (`Kernels::conv2d_blocked`, input and
+//! output blocked, or a planar input where it has no whole 16-channel blocks; id `blocked`)
+//! against the planar NCHW kernels of the same run (`Kernels::conv2d`; id `planar`). Skipped on
+//! paths without blocked kernels (only AVX-512 has them). Throughput is in multiply-accumulates.
+//! Run: `cargo bench -p pith-benches --bench blocked_layers`.
 
 mod common;
 
@@ -22,6 +23,9 @@ fn layers() -> Vec<ConvLayer> {
         layer("mbv2_1x1_192to32_28x28", conv(192, 32, (28, 28), 1, 1, 1)),
         layer("mbv2_dw3x3_192_28x28", conv(192, 192, (28, 28), 3, 1, 192)),
         layer("mbv2_dw3x3s2_192_28x28", conv(192, 192, (28, 28), 3, 2, 192)),
+        // Over 56×56, the largest blocked planes (since the thirty-sixth session).
+        layer("mbv2_dw3x3s2_144_56x56", conv(144, 144, (56, 56), 3, 2, 144)),
+        layer("mbv2_1x1_24to144_56x56", conv(24, 144, (56, 56), 1, 1, 1)),
         layer("mbv2_1x1_64to384_14x14", conv(64, 384, (14, 14), 1, 1, 1)),
         layer("mbv2_1x1_576to96_14x14", conv(576, 96, (14, 14), 1, 1, 1)),
         layer("mbv2_dw3x3_384_14x14", conv(384, 384, (14, 14), 3, 1, 384)),
@@ -63,7 +67,9 @@ fn bench_blocked_layers(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new(layer.name, "blocked"), |b| {
             b.iter(|| {
-                let (xl, yl) = (Layout::Blocked, Layout::Blocked);
+                // An input without whole 16-channel blocks enters the region planar.
+                let xl = if p.in_c % 16 == 0 { Layout::Blocked } else { Layout::Planar };
+                let (xl, yl) = (xl, Layout::Blocked);
                 kernels
                     .conv2d_blocked(
                         black_box(x.as_slice()),
