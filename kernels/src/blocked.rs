@@ -52,6 +52,19 @@ pub const DEPTH_BLOCK: usize = 128;
 /// thread a ragged half-block.
 const PIXEL_SPLIT_BLOCKS: usize = 3;
 
+/// Largest plane (28×28) a 1×1 layer of few filter blocks splits by rows over: each thread's
+/// band is made in scratch reserved for the whole output, which over larger planes would grow
+/// every session's scratch for layers that rarely run blocked (MobileNetV2's 144 -> 24 over
+/// 56×56 stays planar: 400 KB per thread).
+const PIXEL_SPLIT_MAX_PLANE: usize = 28 * 28;
+
+/// Whether 1×1 layer `p` splits by rows of pixels ([`PIXEL_SPLIT_BLOCKS`]) when threads share it.
+fn splits_by_pixels(p: &Conv2dParams) -> bool {
+    is_dense_pointwise(p)
+        && p.out_c.div_ceil(BLOCK) <= PIXEL_SPLIT_BLOCKS
+        && p.out_h * p.out_w <= PIXEL_SPLIT_MAX_PLANE
+}
+
 /// Output channel blocks one pointwise tile computes together (64 filters).
 pub const POINTWISE_BLOCKS: usize = 4;
 
@@ -283,8 +296,18 @@ pub fn supports(isa: &Isa, p: &Conv2dParams, x_layout: Layout, y_layout: Layout)
 
 /// Whether layer `p` has planes of at most [`MAX_PLANE`] pixels.
 fn shape_fits(p: &Conv2dParams) -> bool {
-    p.check().is_ok() && p.out_c > 0 && p.in_h * p.in_w <= MAX_PLANE && p.out_h * p.out_w <= MAX_PLANE
+    let plane = p.out_h * p.out_w;
+    p.check().is_ok()
+        && p.out_c > 0
+        && p.in_h * p.in_w <= MAX_PLANE
+        && plane <= MAX_PLANE
+        && (!is_dense_pointwise(p) || p.in_c <= DEPTH_BLOCK || plane <= CARRY_MAX_PLANE)
 }
+
+/// Largest plane (28×28) of a blocked 1×1 layer deeper than [`DEPTH_BLOCK`]: its partial sums
+/// between depth blocks take scratch in proportion to the plane (64 per pixel), which over 56×56
+/// (800 KB per thread) would be reserved in every plan with such a layer, blocked or not.
+const CARRY_MAX_PLANE: usize = 28 * 28;
 
 /// The layer and layout part of [`supports`].
 fn layouts_fit(p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {
@@ -336,11 +359,7 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
         let (k, plane) = (p.in_per_group(), p.out_h * p.out_w);
         let carry = if k > DEPTH_BLOCK { plane } else { 0 };
         // With few filter blocks, a thread's band of the output, made before it is copied.
-        let band = if p.out_c.div_ceil(BLOCK) <= PIXEL_SPLIT_BLOCKS {
-            p.out_c.div_ceil(BLOCK) * BLOCK * plane
-        } else {
-            0
-        };
+        let band = if splits_by_pixels(p) { p.out_c.div_ceil(BLOCK) * BLOCK * plane } else { 0 };
         band + BLOCK * k + POINTWISE_BLOCKS * BLOCK * (k + carry)
     } else {
         2 * BLOCK * p.filter_len()
@@ -413,7 +432,7 @@ pub fn conv2d(
         };
         // A ragged last block (a planar output only) is a shorter last unit.
         let units = p.out_c.div_ceil(BLOCK);
-        if is_dense_pointwise(p) && units <= PIXEL_SPLIT_BLOCKS && kernels.threads_now() > 1 {
+        if splits_by_pixels(p) && kernels.threads_now() > 1 {
             // Few filter blocks: each thread takes them all over a band of rows, into scratch,
             // then copies its band into place (one block per thread would leave a one-block
             // tile on each, or a thread idle).
@@ -657,6 +676,7 @@ mod tests {
     /// 1-15 wide (depthwise: half of them 16-40 wide), every eighth pair of cases 40-56 on a side
     /// (up to [`MAX_PLANE`]).
     fn random_layer(rng: &mut Rng, case: usize) -> (Conv2dParams, Layout, Layout) {
+        // (Over planes above 28×28 a 1×1 layer takes at most `DEPTH_BLOCK` input channels.)
         let large = case % 16 >= 14;
         let side = |rng: &mut Rng| if large { 40 + rng.below(17) } else { 1 + rng.below(15) };
         let (h, w) = (side(rng), side(rng));
@@ -669,9 +689,11 @@ mod tests {
                 Layout::Planar
             };
             // Up to 300 input channels: several depth blocks of the tiles.
-            let in_c = match x_layout {
-                Layout::Planar => 1 + rng.below(300),
-                Layout::Blocked => BLOCK * (1 + rng.below(19)),
+            let in_c = match (x_layout, large) {
+                (Layout::Planar, false) => 1 + rng.below(300),
+                (Layout::Blocked, false) => BLOCK * (1 + rng.below(19)),
+                (Layout::Planar, true) => 1 + rng.below(DEPTH_BLOCK),
+                (Layout::Blocked, true) => BLOCK * (1 + rng.below(DEPTH_BLOCK / BLOCK)),
             };
             let mut p = crate::testutil::pointwise(1 + rng.below(2), in_c, BLOCK * blocks, [h, w]);
             // A blocked input into a planar output: half the time a ragged last block.
@@ -1008,6 +1030,14 @@ mod tests {
         assert_eq!(scratch_len(&wide), 1);
         let largest = crate::testutil::pointwise(1, 32, 32, [56, 56]);
         assert!(k.blocked_supports(&largest, Layout::Blocked, Layout::Blocked));
+        // Deeper than one depth block only up to 28×28 (no partial sums over larger planes).
+        let deep = crate::testutil::pointwise(1, 144, 32, [56, 56]);
+        assert!(!k.blocked_supports(&deep, Layout::Blocked, Layout::Blocked));
+        assert!(k.blocked_supports(
+            &crate::testutil::pointwise(1, 144, 32, [28, 28]),
+            Layout::Blocked,
+            Layout::Blocked
+        ));
         // A grouped (not depthwise) layer.
         assert!(!k.blocked_supports(&Conv2dParams { groups: 2, ..dw }, Layout::Blocked, Layout::Blocked));
         let data = random_weight(&mut Rng::new(1), WeightKind::F32, 24, 32);
