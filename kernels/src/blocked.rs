@@ -35,8 +35,9 @@ use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Ker
 pub const BLOCK: usize = 16;
 
 /// Most pixels of a plane (input or output) the blocked kernels take (56×56): larger planes fill
-/// the planar kernels' vectors, and the 1×1 kernel's partial sums (64 per pixel) need scratch in
-/// proportion (800 KB per thread at 56×56). Up to 28×28 until the thirty-sixth session; over
+/// the planar kernels' vectors (and over planes above 28×28 a 1×1 layer runs blocked only when
+/// one depth block holds its input channels, [`DEPTH_BLOCK`]). Up to 28×28 until the
+/// thirty-sixth session; over
 /// 56×56 a planar stride-2 depthwise layer shuffles every input row into even and odd columns,
 /// a blocked one does not (MobileNetV2's 144 channels into 28×28: 45 → 21 µs, 1 thread, Zen 5).
 pub const MAX_PLANE: usize = 56 * 56;
@@ -151,8 +152,9 @@ impl BlockedPointwise<'_> {
         self.pixels.1.saturating_sub(self.pixels.0)
     }
 
-    /// Panics unless the operands hold what the call reads and writes (`y` its output).
-    pub fn check(&self, y: &[f32]) {
+    /// Panics unless the operands hold what the call reads and writes (`y` its output, `carry`
+    /// its partial sums between depth blocks, needed deeper than [`DEPTH_BLOCK`]).
+    pub fn check(&self, y: &[f32], carry: &[f32]) {
         let cols = BLOCK * self.blocks;
         assert!((1..=POINTWISE_BLOCKS).contains(&self.blocks), "{} output blocks", self.blocks);
         assert!(self.wt.len() >= self.k * cols, "transposed filters too short");
@@ -170,6 +172,7 @@ impl BlockedPointwise<'_> {
         );
         assert!(self.pixels.0 <= self.pixels.1 && self.pixels.1 <= self.hw, "pixels outside the plane");
         assert!(y.len() >= stored * self.pixel_count(), "output too short");
+        assert!(self.k <= DEPTH_BLOCK || carry.len() >= cols * self.pixel_count(), "carry too short");
         assert!(self.residual.is_none_or(|r| r.len() >= stored * self.hw), "residual too short");
         assert!(cols * self.hw <= i32::MAX as usize, "plane too large for 32-bit lane offsets");
     }

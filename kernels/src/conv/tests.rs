@@ -290,18 +290,23 @@ fn small_square_depthwise_matches_the_reference() {
     }
 }
 
-#[test]
-fn stride_2_depthwise_covers_every_border_on_every_path() {
-    // Pads up to past the filter, planes smaller than the filter, odd and even sizes,
-    // channel multipliers, filters up to 5x7, with and without bias and clamps.
-    let mut rng = Rng::new(78);
+/// 150 random depthwise layers of `stride` (filters up to `max_k`, planes up to `max_in`, every
+/// tenth over `big`), each taking the path `takes` says, checked on every path with and without
+/// fused activations; more than 100 of them must have an output.
+fn check_depthwise_borders(
+    seed: u64,
+    stride: usize,
+    [max_k, max_in, big]: [[usize; 2]; 3],
+    takes: fn(&Conv2dParams) -> bool,
+) {
+    let mut rng = Rng::new(seed);
     let sets = kernel_sets();
     let kinds = WeightKind::all();
     let mut cases = 0;
     for case in 0..150 {
-        let big = (case % 10 == 0).then_some([41, 38]);
-        let Some(p) = random_depthwise(&mut rng, 2, [5, 7], [12, 14], big) else { continue };
-        assert!(in_place_depthwise(&p));
+        let big = (case % 10 == 0).then_some(big);
+        let Some(p) = random_depthwise(&mut rng, stride, max_k, max_in, big) else { continue };
+        assert!(takes(&p), "{p:?}");
         cases += 1;
         let kind = kinds[case % kinds.len()];
         check_all_paths(&mut rng, &sets, &p, kind, case % 2 == 0);
@@ -311,22 +316,17 @@ fn stride_2_depthwise_covers_every_border_on_every_path() {
 }
 
 #[test]
+fn stride_2_depthwise_covers_every_border_on_every_path() {
+    // Pads up to past the filter, planes smaller than the filter, odd and even sizes,
+    // channel multipliers, filters up to 5x7, with and without bias and clamps.
+    check_depthwise_borders(78, 2, [[5, 7], [12, 14], [41, 38]], in_place_depthwise);
+}
+
+#[test]
 fn stride_1_depthwise_rows_cover_every_border() {
     // Pads up to past the filter (output rows and columns with no tap inside), planes
     // narrower or shorter than the filter, channel multipliers, residuals, fused clamps.
-    let mut rng = Rng::new(77);
-    let sets = kernel_sets();
-    let kinds = WeightKind::all();
-    let mut cases = 0;
-    for case in 0..150 {
-        let big = (case % 10 == 0).then_some([40, 37]);
-        let Some(p) = random_depthwise(&mut rng, 1, [5, 5], [9, 12], big) else { continue };
-        assert!(uses_depthwise_rows(&p));
-        cases += 1;
-        check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], case % 2 == 0);
-        check_fused_activations(&mut rng, &sets, &p, kinds[case % kinds.len()]);
-    }
-    assert!(cases > 100, "only {cases} cases had an output");
+    check_depthwise_borders(77, 1, [[5, 5], [9, 12], [40, 37]], uses_depthwise_rows);
 }
 
 #[test]

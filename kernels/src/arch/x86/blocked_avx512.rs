@@ -142,8 +142,7 @@ fn activate(act: BlockedAct, v: __m512) -> __m512 {
 
 /// See [`crate::blocked::BlockedKernels::pointwise`].
 fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
-    job.check(y);
-    assert!(job.k <= DEPTH_BLOCK || carry.len() >= job.blocks * C * job.pixel_count(), "carry too short");
+    job.check(y, carry);
     // SAFETY: AVX-512 F was detected before this table was handed out; the check asserted every
     // operand holds what the tiles read and write.
     unsafe {
@@ -162,7 +161,7 @@ fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
 /// `BF16` the tiles are [`super::blocked_bf16`]'s.
 ///
 /// # Safety
-/// AVX-512 F available; `job.check(y)` passed, `carry` holds `16 V` sums per pixel, with `job.blocks == V`;
+/// AVX-512 F available; `job.check(y, carry)` passed, with `job.blocks == V`;
 /// with `BF16`, as [`super::blocked_bf16::pointwise`] requires.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn pointwise_impl<const V: usize, const BF16: bool>(

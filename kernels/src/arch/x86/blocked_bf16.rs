@@ -50,9 +50,8 @@ unsafe fn pair_rows_impl(wt: *mut f32, k: usize, cols: usize) {
 
 /// See [`BlockedBf16::pointwise`].
 fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
-    job.check(y);
+    job.check(y, carry);
     assert!(job.x_layout == Layout::Blocked, "bf16 blocked products take a blocked input");
-    assert!(job.k <= DEPTH_BLOCK || carry.len() >= job.blocks * C * job.pixel_count(), "carry too short");
     // The tiles round a depth block's input onto the stack, sized for the deepest.
     assert!(depth_block(job.k) <= DEPTH_BLOCK, "depth block of {}", depth_block(job.k));
     // SAFETY: AVX-512 F/BW/VL and BF16 were detected before this table was handed out; the check

@@ -37,7 +37,7 @@ pub(super) fn gemm_rows_fused(
 ) {
     // SAFETY: this function is only in the AVX-512 table, handed out after AVX-512 F/BW/VL were
     // detected (see `super::avx512`).
-    unsafe { checked(a, k, b, offs, n, out) }
+    unsafe { gemm_rows_fused_checked(a, k, b, offs, n, out) }
 }
 
 /// The operands' check, then the tiles: compiled for AVX-512 so that the check's scans of the
@@ -47,7 +47,14 @@ pub(super) fn gemm_rows_fused(
 /// # Safety
 /// AVX-512 F/BW/VL available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn checked(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
+unsafe fn gemm_rows_fused_checked(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    offs: &[usize],
+    n: usize,
+    out: FusedRows<'_, '_>,
+) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
     // SAFETY: the caller guarantees the features, and the check passed for these operands and `m`.
     unsafe { fused::run::<Tiles>(a, k, m, b, offs, n, out) }
