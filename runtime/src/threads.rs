@@ -13,13 +13,23 @@
 //! and in the fast state 0.26-0.27 and 0.53 ms, as without tuning.
 //!
 //! So each plan (input-shape set) keeps a [`ThreadTuner`]: after the plan's first run it times
-//! [`SAMPLES`] runs on the threads and as many on the caller alone, then runs the faster way;
+//! [`SAMPLES`] runs on the caller alone (after one more, not counted), then (after one run that
+//! wakes the workers, not counted either) as many on the threads, then runs the faster way;
 //! while threads win, one run in [`SERIAL_PROBE_EVERY`] goes serial (one in
 //! [`EARLY_SERIAL_PROBE_EVERY`] over the plan's first runs), and while the caller alone
 //! wins, two runs in [`PARALLEL_PROBE_EVERY`] use the threads (the first wakes the parked
 //! workers and is not counted), so a change of state is found within a few hundred runs. The
 //! other way must take less than [`SWITCH_BELOW`] of the current one's time (the medians of the
 //! last [`SAMPLES`] runs each way) to take over.
+//!
+//! The serial runs come first because a session's first threaded runs are slow for a reason of
+//! their own: the OS places a new worker thread on its creator's core and moves it a few
+//! milliseconds later. On the Zen 5 host in the fast state, MobileNetV3-Small's first threaded
+//! runs took up to 0.78 ms against 0.45 once settled (serial: 0.69); timed right after the
+//! plan's first run, as they were, they made 3 sessions in 10 choose the caller alone, and 20 runs
+//! later those still ran serial (`pith bench --threads 2 --iters 20`: median 0.69-0.71 ms against
+//! 0.48-0.51). Timed after the serial ones, the threaded samples come once the workers have
+//! settled.
 //!
 //! Outputs do not depend on the choice beyond rounding: a few kernels cut sums by threads (a
 //! 1×1 layer split by input channels adds the threads' partial sums), so the two ways may
@@ -30,6 +40,11 @@ use std::time::Duration;
 
 /// Runs timed each way before the first choice, and kept each way for later ones.
 pub const SAMPLES: usize = 3;
+
+/// Runs of a plan before its first choice: the first run, [`SAMPLES`] + 1 serial ones (the
+/// first not counted), one that wakes the workers and [`SAMPLES`] on the threads. A benchmark that warms a session up for
+/// this many runs times the way the session settled on (and its probes), not its calibration.
+pub const CALIBRATION_RUNS: u64 = 2 * SAMPLES as u64 + 3;
 
 /// While the threads are faster, one run in this many goes serial to see whether that changed.
 /// The cost is one slower run in this many (BlazeFace at 2 threads: 0.14 ms / 128 per run).
@@ -99,14 +114,21 @@ impl ThreadTuner {
     pub fn next_way(&mut self) -> Way {
         let r = self.runs;
         self.runs += 1;
-        let calibrating = SAMPLES as u64;
+        let samples = SAMPLES as u64;
         let (way, counted) = if r == 0 {
             // The plan's first run pays for first touches of its buffers.
             (Way::Threads, false)
-        } else if r <= calibrating {
-            (Way::Threads, true)
-        } else if r <= 2 * calibrating {
+        } else if r == 1 {
+            // The first serial run is slow too (in the slow state 0.76-0.87 ms for
+            // MobileNetV3-Small against 0.67-0.70 for the next ones).
+            (Way::Serial, false)
+        } else if r <= samples + 1 {
             (Way::Serial, true)
+        } else if r == samples + 2 {
+            // The workers parked during the serial runs: this run wakes them.
+            (Way::Threads, false)
+        } else if r < CALIBRATION_RUNS {
+            (Way::Threads, true)
         } else if self.serial_wins {
             match r % PARALLEL_PROBE_EVERY {
                 // The workers have parked: the first run wakes them.
@@ -226,8 +248,49 @@ mod tests {
         // A slow first run (and slow first threaded run of each probe pair) must not tip it.
         assert_eq!(t.next_way(), Way::Threads);
         t.record(Way::Threads, Duration::from_millis(50));
+        // So are the first serial run and the one that wakes the workers after the serial ones.
+        assert_eq!(t.next_way(), Way::Serial);
+        t.record(Way::Serial, Duration::from_millis(50));
+        drive(&mut t, SAMPLES, 270, 400);
+        assert_eq!(t.next_way(), Way::Threads);
+        t.record(Way::Threads, Duration::from_millis(50));
         drive(&mut t, 9, 270, 400);
         assert!(!t.serial_wins());
         assert_eq!(t.threads.median(), Some(Duration::from_micros(270)));
+    }
+
+    #[test]
+    fn the_calibration_times_the_caller_alone_first_then_the_threads() {
+        let mut t = ThreadTuner::default();
+        let ways: Vec<Way> = (0..CALIBRATION_RUNS)
+            .map(|_| {
+                let way = t.next_way();
+                t.record(way, Duration::from_micros(300));
+                way
+            })
+            .collect();
+        let (s, th) = (Way::Serial, Way::Threads);
+        assert_eq!(ways, [th, s, s, s, s, th, th, th, th]);
+        assert_eq!((t.serial.len, t.threads.len), (SAMPLES, SAMPLES), "three runs are not counted");
+    }
+
+    #[test]
+    fn slow_threaded_runs_at_the_start_do_not_decide_the_calibration() {
+        // Threads at 450 µs once settled, serial 690; the first threaded runs after the plan's
+        // first are slow (a new worker still on its creator's core). They fall on serial runs.
+        let mut t = ThreadTuner::default();
+        for r in 0..40u64 {
+            let way = t.next_way();
+            let us = match way {
+                Way::Serial if r == 1 => 850,
+                Way::Serial => 690,
+                Way::Threads if r <= 3 => 780,
+                Way::Threads => 450,
+            };
+            t.record(way, Duration::from_micros(us));
+            if r + 1 >= CALIBRATION_RUNS {
+                assert!(!t.serial_wins(), "run {r} chose the caller alone");
+            }
+        }
     }
 }

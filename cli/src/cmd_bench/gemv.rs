@@ -18,7 +18,7 @@ use pith_runtime::session::{Session, SessionOptions};
 use pith_runtime::Tensor;
 
 use super::synth::{random_codebook_matrix, random_f32s};
-use super::time_iters;
+use super::{time_iters, warm_up_runs};
 
 /// Parses `ROWSxCOLS` (both at least 1).
 pub fn parse_matrix(s: &str) -> Result<(usize, usize), String> {
@@ -139,7 +139,7 @@ fn warm_then_time(iters: usize, f: &mut impl FnMut() -> Result<()>) -> Result<Ve
     for _ in 0..WARM_RUNS {
         f()?;
     }
-    time_iters(iters, f)
+    time_iters(iters, warm_up_runs(iters, false), f)
 }
 
 /// Times the packed product (with `options`: threads, int8 activations), the f32 product (same
