@@ -96,9 +96,11 @@ impl Session {
     }
 
     /// Starts (clearing earlier timings) or stops timing every op of later runs; see
-    /// [`Session::profile`]. Timing costs two clock reads per node.
+    /// [`Session::profile`]. Timing costs two clock reads per node. While profiling, a session
+    /// that tunes its threads runs every run the way it has settled on, without probing the
+    /// other: a serial probe among threaded runs would blend one-thread times into every node's.
     pub fn set_profiling(&mut self, on: bool) {
-        self.engine.backend.set_profiling(on);
+        self.engine.set_profiling(on);
     }
 
     /// Time per operator kind over the runs since [`Session::set_profiling`]`(true)`, most
@@ -199,6 +201,8 @@ struct Engine {
     plans: Vec<CachedPlan>,
     /// Runs that went on the caller's thread alone by the thread tuner's choice.
     serial_runs: u64,
+    /// Ops are being timed ([`Session::set_profiling`]): the thread tuner holds its way.
+    profiling: bool,
     backend: Box<dyn Backend>,
     options: SessionOptions,
     /// Kernel path and worker pool, chosen once here and shared by every run.
@@ -251,7 +255,7 @@ impl Engine {
         );
         let ctx = ExecCtx { kernels };
         let backend = Box::new(CpuBackend::new());
-        Ok(Engine { graph, ops, plans: Vec::new(), serial_runs: 0, backend, options, ctx })
+        Ok(Engine { graph, ops, plans: Vec::new(), serial_runs: 0, profiling: false, backend, options, ctx })
     }
 
     /// The plan of the latest successful `plan` or `run`.
@@ -295,6 +299,12 @@ impl Engine {
         Ok(summary)
     }
 
+    /// See [`Session::set_profiling`].
+    fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+        self.backend.set_profiling(on);
+    }
+
     fn run(&mut self, constant: &ConstantFn<'_>, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
         for (name, t) in inputs {
             check_tensor(&self.graph, name, t)?;
@@ -313,13 +323,17 @@ impl Engine {
             })
             .collect();
         let tune = self.options.tune_threads && self.ctx.threads() > 1;
-        let way = if tune { cached.tuner.next_way() } else { Way::Threads };
+        let way = match (tune, self.profiling) {
+            (false, _) => Way::Threads,
+            (true, false) => cached.tuner.next_way(),
+            (true, true) => cached.tuner.settled_way(),
+        };
         self.ctx.kernels.set_serial(way == Way::Serial);
         self.serial_runs += u64::from(way == Way::Serial);
         let job = Job { graph, constant, ops: &self.ops, plan, ctx: &self.ctx };
         let start = Instant::now();
         let outs = self.backend.execute(&job, &by_graph_order)?;
-        if tune {
+        if tune && !self.profiling {
             cached.tuner.record(way, start.elapsed());
         }
         Ok(graph.outputs.iter().map(|&id| graph.values[id as usize].name.clone()).zip(outs).collect())
@@ -550,7 +564,7 @@ mod tests {
     #[test]
     fn a_tuned_session_times_runs_on_one_thread_and_computes_the_same() {
         let x = iota(&[1, 3, 4, 4]);
-        let runs = 2 * crate::threads::SAMPLES + 1;
+        let runs = crate::threads::CALIBRATION_RUNS as usize;
         let mut outputs = Vec::new();
         for (threads, tune) in [(2, true), (2, false), (1, true)] {
             let options = SessionOptions { threads, tune_threads: tune, ..Default::default() };
@@ -567,6 +581,27 @@ mod tests {
         // A serial run, of the threads' plan, computes what the threads do (this conv sums in the
         // same order either way).
         assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn profiled_runs_keep_the_tuners_way_and_do_not_calibrate() {
+        let x = iota(&[1, 3, 4, 4]);
+        let options = SessionOptions { threads: 2, tune_threads: true, ..Default::default() };
+        let mut s = Mem::with_options(conv_with_bias(false).0, options, true).unwrap();
+        s.engine.set_profiling(true);
+        for _ in 0..2 * crate::threads::CALIBRATION_RUNS {
+            s.run(&[("x", x.clone())]).unwrap();
+        }
+        // Not yet calibrated, the tuner's way is the threads': no calibration or probe ran serial.
+        assert_eq!(s.engine.serial_runs, 0);
+        s.engine.set_profiling(false);
+        for _ in 0..crate::threads::CALIBRATION_RUNS {
+            s.run(&[("x", x.clone())]).unwrap();
+        }
+        assert!(
+            s.engine.serial_runs >= crate::threads::SAMPLES as u64,
+            "the calibration starts once profiling stops"
+        );
     }
 
     #[test]

@@ -171,6 +171,16 @@ impl ThreadTuner {
     pub fn serial_wins(&self) -> bool {
         self.serial_wins
     }
+
+    /// The way runs go now outside probes (threads until the calibration chose), without
+    /// counting a run: for runs that must not probe, such as profiled ones.
+    pub fn settled_way(&self) -> Way {
+        if self.serial_wins {
+            Way::Serial
+        } else {
+            Way::Threads
+        }
+    }
 }
 
 #[cfg(test)]
