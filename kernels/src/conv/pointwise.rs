@@ -91,11 +91,21 @@ pub(super) fn pointwise_by_depth(kernels: &Kernels, p: &Conv2dParams) -> bool {
     depth_split_shape(p) && threads > 1 && p.in_c >= 8 * threads
 }
 
+/// Fewest input channels of a 1×1 layer that [`pointwise_by_depth`] splits. Shallower ones
+/// leave each thread a tile too short in depth for its setup and a reduction as large as for
+/// a deep layer: MobileNetV3-Small's 72 -> 24 and 88 -> 24 over 28×28 took 10.7 and 11.8 µs
+/// at 2 threads split by depth (11.0 and 13.3 at 1), 7.5 and 9.1 split by pixels, and the 24 ->
+/// 88 layer after them 12.1 -> 10.6 as its rows were then where it reads them (the model
+/// 0.439-0.442 -> 0.430-0.436 ms, 3 alternating runs of 1000, Zen 5). MobileNetV2's split
+/// projections, 144 channels and deeper, keep it.
+const DEPTH_SPLIT_MIN_INPUTS: usize = 128;
+
 /// The layer part of [`pointwise_by_depth`] (what the scratch is sized for).
 pub(super) fn depth_split_shape(p: &Conv2dParams) -> bool {
     p.is_pointwise()
         && p.groups == 1
         && p.in_c >= 2 * p.out_c
+        && p.in_c >= DEPTH_SPLIT_MIN_INPUTS
         && DEPTH_SPLIT_PLANES.contains(&(p.out_h * p.out_w))
 }
 

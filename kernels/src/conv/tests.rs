@@ -418,7 +418,7 @@ fn pointwise_split_by_depth_matches_the_reference() {
     let mut rng = Rng::new(93);
     let sets = kernel_sets();
     let mut split = 0;
-    let cases = [(192, 32, [28, 28]), (100, 49, [14, 14]), (50, 7, [13, 11]), (64, 30, [9, 15])];
+    let cases = [(192, 32, [28, 28]), (130, 49, [14, 14]), (150, 7, [13, 11]), (128, 30, [9, 15])];
     for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
         let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
         split += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
@@ -428,6 +428,10 @@ fn pointwise_split_by_depth_matches_the_reference() {
     }
     let threaded = sets.iter().filter(|k| k.threads() > 1).count();
     assert_eq!(split, cases.len() * threaded);
+    // Shallower projections split by pixels (MobileNetV3-Small's 72 -> 24 over 28×28).
+    let shallow = pointwise(1, 72, 24, [28, 28]);
+    assert!(sets.iter().all(|k| !pointwise_by_depth(k, &shallow)), "72 inputs split by depth");
+    assert!(sets.iter().any(|k| k.threads() > 1 && pointwise_by_pixels(k, &shallow)));
 }
 
 #[test]
@@ -593,8 +597,8 @@ fn bf16_products_round_both_factors() {
     // Inputs of 1 + 2^-10 round to 1 in bf16 and weights of 1 - 2^-12 to 1: 96 products
     // then sum to exactly 96, where f32 sums 96 (1 + 2^-10)(1 - 2^-12). Columns in whole
     // vectors (48 per row), one sliver column (the 49th: a dot product of pair rows), and
-    // 192 split by depth on the threaded sets, over 96 inputs.
-    const K: usize = 96;
+    // 192 split by depth on the threaded sets, over 128 inputs.
+    const K: usize = 128;
     let sets = bf16_sets();
     let f32_sum = K as f32 * (1.0 + 1.0 / 1024.0) * (1.0 - 1.0 / 4096.0);
     assert!((f32_sum - K as f32).abs() > 1e-2, "the f32 sum must differ from the bf16 one");
