@@ -284,6 +284,23 @@ impl<'a> WeightRows<'a> {
         Some((c.bits, tables))
     }
 
+    /// For a 4-bit tensor with a codebook of at most 16 f16 centroids per row and no column
+    /// factors: every row's centroids (row `r`'s at `r * entries..`) and `entries`, which
+    /// [`crate::arch::Isa::dot_nibble_rows_f16`] reads as they are stored. `None` otherwise.
+    pub(crate) fn nibble_centroids_f16(&self) -> Option<(&'a [half::f16], usize)> {
+        match (self.view, self.column_scales) {
+            (TensorView::Codebook(c), None)
+                if c.kind == CodebookKind::PerRow && c.bits == 4 && (1..=16).contains(&c.entries) =>
+            {
+                match c.centroids {
+                    CentroidsView::F16(v) if v.len() >= self.rows * c.entries => Some((v, c.entries)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Row `r`'s packed indices (empty unless this is a codebook tensor).
     pub(crate) fn packed_indices(&self, r: usize) -> &'a [u8] {
         match self.view {

@@ -199,24 +199,30 @@ impl NkProduct<'_, '_> {
         let xp = &mut xp[..padded];
         (self.isa.gemv_prepare)(bits, x, xp);
         // Only a per-row codebook zeroes a table per row of its batch (16 KiB), not every call.
-        match tables {
-            PackedTables::Shared(_) => self.gemv_batches(bits, x, xp, js.clone(), y, &mut shared, tables),
-            PackedTables::PerRow => {
+        let straight = self.isa.dot_nibble_rows_f16.zip(self.rows.nibble_centroids_f16());
+        match (tables, straight) {
+            (PackedTables::Shared(_), _) => {
+                self.gemv_batches(bits, x, xp, js.clone(), y, Batches::Shared(&mut shared, tables))
+            }
+            (PackedTables::PerRow, Some((dot, (centroids, entries)))) if bits == 4 => {
+                self.gemv_batches(bits, x, xp, js.clone(), y, Batches::PerRowF16(dot, centroids, entries))
+            }
+            (PackedTables::PerRow, _) => {
                 let mut luts = [[0.0f32; 256]; PER_ROW_BATCH];
-                self.gemv_batches(bits, x, xp, js.clone(), y, &mut luts, tables)
+                self.gemv_batches(bits, x, xp, js.clone(), y, Batches::PerRow(&mut luts))
             }
         }
         self.finish(js, y);
         true
     }
 
-    /// [`NkProduct::gemv_packed`]'s kernel calls over rows `js`: for a shared codebook [`GEMV_BATCH`]
-    /// rows per call against `luts[0]` (filled), each sum then times its row's scale, if any; for
-    /// per-row codebooks `luts.len()` rows per call, each row's table filled here. Each group of
-    /// [`PACKED_ROWS`] rows comes from the quarters of `js`, so the kernel reads that many long
-    /// contiguous streams instead of restarting them every few KiB (measured about 10 % faster at
-    /// 4096×4096, 4 bits).
-    #[allow(clippy::too_many_arguments)]
+    /// [`NkProduct::gemv_packed`]'s kernel calls over rows `js` ([`Batches`]): for a shared
+    /// codebook [`GEMV_BATCH`] rows per call against one table, each sum then times its row's
+    /// scale, if any; for per-row codebooks as many rows per call as there are tables, each row's
+    /// table filled here; for per-row f16 codebooks at 4 bits [`GEMV_BATCH`] rows per call, the
+    /// kernel reading the centroids as stored. Each group of [`PACKED_ROWS`] rows comes from the
+    /// quarters of `js`, so the kernel reads that many long contiguous streams instead of
+    /// restarting them every few KiB (measured about 10 % faster at 4096×4096, 4 bits).
     fn gemv_batches(
         &self,
         bits: u8,
@@ -224,36 +230,50 @@ impl NkProduct<'_, '_> {
         xp: &[f32],
         js: Range<usize>,
         y: &mut [f32],
-        luts: &mut [[f32; 256]],
-        tables: PackedTables<'_>,
+        mut how: Batches<'_, '_>,
     ) {
-        let (shared, scales) = match tables {
-            PackedTables::Shared(scales) => (true, scales),
-            PackedTables::PerRow => (false, None),
+        let (batch, scales) = match &how {
+            Batches::Shared(_, PackedTables::Shared(scales)) => (GEMV_BATCH, *scales),
+            Batches::Shared(..) | Batches::PerRowF16(..) => (GEMV_BATCH, None),
+            Batches::PerRow(luts) => (luts.len().min(GEMV_BATCH), None),
         };
-        let batch = if shared { GEMV_BATCH } else { luts.len().min(GEMV_BATCH) };
         let mut rows: [&[u8]; GEMV_BATCH] = [&[]; GEMV_BATCH];
+        let mut centroids: [&[half::f16]; GEMV_BATCH] = [&[]; GEMV_BATCH];
         let mut at = [0usize; GEMV_BATCH];
         let mut out = [0.0f32; GEMV_BATCH];
         let mut n = 0;
         let quarter = js.len().div_ceil(PACKED_ROWS);
         for q in 0..quarter {
-            for jl in (q..js.len()).step_by(quarter) {
+            // Rows q, q + quarter, ...: stepped by hand, as `step_by` divides to count its steps
+            // (a tenth of a 1024 × 576 GEMV with a codebook per row).
+            let mut jl = q;
+            while jl < js.len() {
                 let j = js.start + jl;
-                rows[n] = if shared {
-                    self.rows.packed_indices(j)
-                } else {
+                rows[n] = match &mut how {
+                    Batches::Shared(..) => self.rows.packed_indices(j),
                     // Every row of a codebook tensor is packed.
-                    self.rows.packed_row(j, &mut luts[n]).map_or(&[], |(r, _)| r)
+                    Batches::PerRow(luts) => self.rows.packed_row(j, &mut luts[n]).map_or(&[], |(r, _)| r),
+                    Batches::PerRowF16(_, all, entries) => {
+                        centroids[n] = &all[j * *entries..(j + 1) * *entries];
+                        self.rows.packed_indices(j)
+                    }
                 };
                 at[n] = jl;
                 n += 1;
+                jl += quarter;
             }
             if n + PACKED_ROWS <= batch && q + 1 < quarter {
                 continue;
             }
-            let call_luts = if shared { &luts[..1] } else { &luts[..n] };
-            (self.isa.dot_packed_rows)(&rows[..n], bits, call_luts, x, xp, &mut out[..n]);
+            match &how {
+                Batches::Shared(luts, _) => {
+                    (self.isa.dot_packed_rows)(&rows[..n], bits, &luts[..1], x, xp, &mut out[..n])
+                }
+                Batches::PerRow(luts) => {
+                    (self.isa.dot_packed_rows)(&rows[..n], bits, &luts[..n], x, xp, &mut out[..n])
+                }
+                Batches::PerRowF16(dot, ..) => dot(&rows[..n], &centroids[..n], x, xp, &mut out[..n]),
+            }
             for (&jl, &s) in at.iter().zip(&out).take(n) {
                 y[jl] = scales.map_or(s, |scales| s * scales[js.start + jl]);
             }
@@ -275,6 +295,16 @@ impl NkProduct<'_, '_> {
             None => y.iter_mut().zip(js).for_each(|(v, j)| *v = self.act.of(j).apply(*v)),
         }
     }
+}
+
+/// Where [`NkProduct::gemv_batches`] finds its rows' tables.
+enum Batches<'l, 'a> {
+    /// One table (filled) for every row, and the rows' scales if any.
+    Shared(&'l mut [[f32; 256]; 1], PackedTables<'a>),
+    /// A table per row of a call, each filled as its row is taken.
+    PerRow(&'l mut [[f32; 256]]),
+    /// 4-bit rows whose f16 centroids the kernel reads as stored: every row's (`entries` each).
+    PerRowF16(crate::arch::DotNibbleRowsF16, &'a [half::f16], usize),
 }
 
 /// Rows of a shared codebook one [`Isa::dot_packed_rows`] call of the GEMV takes (their slices

@@ -1089,6 +1089,78 @@ fn dot_packed_rows_matches_scalar_for_every_width() {
 }
 
 #[test]
+fn dot_nibble_rows_f16_matches_the_widened_tables() {
+    // Every path that has it gives what its `dot_packed_rows` gives with the f16 centroids
+    // widened (the same kernel, so the same bits): codebooks of 1-16 entries (indices past them
+    // weigh 0), 1-9 rows (whole and ragged groups of rows), row lengths around the 128-index
+    // blocks with odd tails, `xp` zero-padded to a whole block or not (then the tails go through
+    // `dot_packed`), rows carrying bytes past their last index.
+    let mut rng = Rng::new(23);
+    for isa in Isa::available() {
+        let Some(dot) = isa.dot_nibble_rows_f16 else { continue };
+        for case in 0..60 {
+            let n = match case % 4 {
+                0 => 1 + rng.below(70),
+                1 => 128 * (1 + rng.below(3)),
+                2 => 128 * (1 + rng.below(4)) + 1 + rng.below(127),
+                _ => 144 * (1 + rng.below(4)),
+            };
+            let nrows = 1 + rng.below(9);
+            let bytes = n.div_ceil(2);
+            let rows: Vec<Vec<u8>> = (0..nrows)
+                .map(|_| (0..bytes + rng.below(3) * (case % 2)).map(|_| rng.below(256) as u8).collect())
+                .collect();
+            let tables: Vec<Vec<half::f16>> = (0..nrows)
+                .map(|_| (0..1 + rng.below(16)).map(|_| half::f16::from_f32(rng.f32() - 0.5)).collect())
+                .collect();
+            let luts: Vec<[f32; 256]> = tables
+                .iter()
+                .map(|t| {
+                    let mut l = [0.0f32; 256];
+                    t.iter().zip(&mut l).for_each(|(c, v)| *v = c.to_f32());
+                    l
+                })
+                .collect();
+            let x = rng.vec(n);
+            let padded = case % 3 != 0;
+            let len = if padded { n.next_multiple_of(super::GEMV_BLOCK) } else { n };
+            let mut xp = vec![f32::NAN; len];
+            (isa.gemv_prepare)(4, &x, &mut xp);
+            let refs: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+            let trefs: Vec<&[half::f16]> = tables.iter().map(|t| &t[..]).collect();
+            let mut got = vec![f32::NAN; nrows + 1];
+            dot(&refs, &trefs, &x, &xp, &mut got);
+            assert!(got[nrows].is_nan(), "{}: wrote past rows.len() outputs", isa.name);
+            let mut want = vec![f32::NAN; nrows];
+            (isa.dot_packed_rows)(&refs, 4, &luts, &x, &xp, &mut want);
+            assert_eq!(got[..nrows], want[..], "{} n={n} rows={nrows} padded={padded}", isa.name);
+            for (r, row) in rows.iter().enumerate() {
+                let scalar = scalar::dot_packed(row, 4, &luts[r], &x);
+                assert!(
+                    close(got[r], scalar, n as f32),
+                    "{} n={n} row {r}: {} vs {scalar}",
+                    isa.name,
+                    got[r]
+                );
+            }
+        }
+        // Caller bugs panic: a table per row, at most 16 entries each, an output per row.
+        let (row, x) = ([0x21u8; 64], vec![1.0f32; 128]);
+        let table = [half::f16::ONE; 17];
+        let panics = |rows: &[&[u8]], tables: &[&[half::f16]], out: usize| {
+            std::panic::catch_unwind(|| dot(rows, tables, &x, &x, &mut vec![0.0; out])).is_err()
+        };
+        assert!(panics(&[&row, &row], &[&table[..16]], 2), "{}: too few tables", isa.name);
+        assert!(panics(&[&row], &[&table[..]], 1), "{}: a table of 17 entries", isa.name);
+        assert!(panics(&[&row, &row], &[&table[..16], &table[..2]], 1), "{}: too few outputs", isa.name);
+        // Bytes 0x21 are indices 1 and 2 by turns; a table of 2 entries weighs index 2 as 0.
+        let mut out = [0.0f32; 2];
+        dot(&[&row, &row], &[&table[..16], &table[..2]], &x, &x, &mut out);
+        assert_eq!(out, [128.0, 64.0], "{}", isa.name);
+    }
+}
+
+#[test]
 fn dot_packed_rows_rejects_short_operands() {
     for isa in Isa::available() {
         let (row, lut, x) = ([0x21u8; 64], [[1.0f32; 256]; 2], vec![1.0f32; 128]);

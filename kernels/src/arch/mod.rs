@@ -139,6 +139,17 @@ pub struct Isa {
     #[allow(clippy::type_complexity)]
     pub dot_packed_rows:
         fn(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp: &[f32], out: &mut [f32]),
+    /// [`Isa::dot_packed_rows`] at 4 bits for rows that each have a codebook of their own, read
+    /// straight from its f16 centroids: `tables[r]` (at most 16 entries; an index at or past its
+    /// length weighs 0) for `rows[r]`, the sums `dot_packed_rows` gives with those tables
+    /// widened, without an f32 table filled per row (a squeeze-excite layer's short rows spent
+    /// more on filling tables than on their products). `xp` is [`Isa::gemv_prepare`] of `x` at
+    /// 4 bits. `None` on paths without it.
+    ///
+    /// # Panics
+    /// If `tables` and `rows` differ in length, a table holds more than 16 entries, `out` fewer
+    /// entries than `rows`, or `xp` is shorter than `x`.
+    pub dot_nibble_rows_f16: Option<DotNibbleRowsF16>,
     /// One depthwise filter `w` (`kh × kw`, row-major) at stride 1 over rows of `b` `ldb` apart:
     /// `c[r * ldc + j] = init + sum_{ky, kx} w[ky * kw + kx] * b[(r + ky) * ldb + kx + j]` (or
     /// `+= sum` when accumulating) for
@@ -775,6 +786,30 @@ pub(crate) fn permute_each_block(
     } else {
         xp[whole..x.len()].copy_from_slice(rest);
     }
+}
+
+/// See [`Isa::dot_nibble_rows_f16`].
+pub type DotNibbleRowsF16 =
+    fn(rows: &[&[u8]], tables: &[&[half::f16]], x: &[f32], xp: &[f32], out: &mut [f32]);
+
+/// Checks [`Isa::dot_nibble_rows_f16`] operands (panicking on a caller bug).
+pub(crate) fn dot_nibble_rows_f16_check(
+    rows: &[&[u8]],
+    tables: &[&[half::f16]],
+    x: &[f32],
+    xp: &[f32],
+    out: &[f32],
+) {
+    assert_eq!(
+        tables.len(),
+        rows.len(),
+        "dot_nibble_rows_f16: {} tables for {} rows",
+        tables.len(),
+        rows.len()
+    );
+    assert!(tables.iter().all(|t| t.len() <= 16), "dot_nibble_rows_f16: a table of more than 16 entries");
+    assert!(out.len() >= rows.len(), "dot_nibble_rows_f16: {} outputs for {} rows", out.len(), rows.len());
+    assert!(xp.len() >= x.len(), "dot_nibble_rows_f16: prepared input is shorter than x");
 }
 
 /// Checks [`Isa::dot_packed_rows`] operands (panicking on a caller bug).

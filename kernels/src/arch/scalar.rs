@@ -23,6 +23,7 @@ pub const ISA: Isa = Isa {
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
+    dot_nibble_rows_f16: None,
     depthwise_rows,
     depthwise_s1: None,
     depthwise_s2: None,

@@ -50,6 +50,7 @@ const ISA: Isa = Isa {
     dot_packed: packed::dot_packed,
     gemv_prepare: super::scalar::gemv_prepare,
     dot_packed_rows,
+    dot_nibble_rows_f16: None,
     depthwise_rows: depthwise::depthwise_rows,
     depthwise_s1: None,
     depthwise_s2: None,

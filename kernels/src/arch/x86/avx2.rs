@@ -31,6 +31,7 @@ pub(super) const ISA: Isa = Isa {
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
+    dot_nibble_rows_f16: None,
     depthwise_rows: super::depthwise::depthwise_rows_avx2,
     depthwise_s1: Some(super::depthwise_avx2::depthwise_s1_avx2),
     depthwise_s2: Some(super::depthwise_avx2::depthwise_s2_avx2),

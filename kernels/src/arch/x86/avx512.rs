@@ -7,8 +7,8 @@ use super::bounds::{self, Span};
 use super::gemv_wide::{self, PREFETCH};
 use super::permute;
 use crate::arch::{
-    dot_packed_rows_check, dot_rows_check, gemm_rows_at_check, gemm_rows_check, row_table, scalar,
-    tables_from, BRows, Isa, Listed, Strided, PACKED_ROWS,
+    dot_nibble_rows_f16_check, dot_packed_rows_check, dot_rows_check, gemm_rows_at_check, gemm_rows_check,
+    row_table, scalar, tables_from, BRows, Isa, Listed, Strided, PACKED_ROWS,
 };
 
 /// The AVX-512 path. Private: only [`super::avx512()`] hands it out, after feature detection.
@@ -32,6 +32,7 @@ pub(super) const ISA: Isa = Isa {
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
+    dot_nibble_rows_f16: Some(dot_nibble_rows_f16),
     depthwise_rows: super::depthwise::depthwise_rows_avx512,
     depthwise_s1: Some(super::depthwise::depthwise_s1_avx512),
     depthwise_s2: Some(super::depthwise::depthwise_s2_avx512),
@@ -618,22 +619,92 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
                 (3, 2) => rows_kernel3::<2>(rows, luts, xp, span, &mut sums),
                 (3, 3) => rows_kernel3::<3>(rows, luts, xp, span, &mut sums),
                 (3, _) => rows_kernel3::<4>(rows, luts, xp, span, &mut sums),
-                (1, 1) => rows_kernel::<1, 1>(rows, luts, xp, span, &mut sums),
-                (1, 2) => rows_kernel::<1, 2>(rows, luts, xp, span, &mut sums),
-                (1, 3) => rows_kernel::<1, 3>(rows, luts, xp, span, &mut sums),
-                (1, _) => rows_kernel::<1, 4>(rows, luts, xp, span, &mut sums),
-                (2, 1) => rows_kernel::<2, 1>(rows, luts, xp, span, &mut sums),
-                (2, 2) => rows_kernel::<2, 2>(rows, luts, xp, span, &mut sums),
-                (2, 3) => rows_kernel::<2, 3>(rows, luts, xp, span, &mut sums),
-                (2, _) => rows_kernel::<2, 4>(rows, luts, xp, span, &mut sums),
-                (_, 1) => rows_kernel::<4, 1>(rows, luts, xp, span, &mut sums),
-                (_, 2) => rows_kernel::<4, 2>(rows, luts, xp, span, &mut sums),
-                (_, 3) => rows_kernel::<4, 3>(rows, luts, xp, span, &mut sums),
-                (_, _) => rows_kernel::<4, 4>(rows, luts, xp, span, &mut sums),
+                (1, 1) => rows_kernel::<1, 1>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (1, 2) => rows_kernel::<1, 2>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (1, 3) => rows_kernel::<1, 3>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (1, _) => rows_kernel::<1, 4>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (2, 1) => rows_kernel::<2, 1>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (2, 2) => rows_kernel::<2, 2>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (2, 3) => rows_kernel::<2, 3>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (2, _) => rows_kernel::<2, 4>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (_, 1) => rows_kernel::<4, 1>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (_, 2) => rows_kernel::<4, 2>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (_, 3) => rows_kernel::<4, 3>(rows, RowTables::F32(luts), xp, span, &mut sums),
+                (_, _) => rows_kernel::<4, 4>(rows, RowTables::F32(luts), xp, span, &mut sums),
             }
         }
         bounds::add_row_tails(dot_packed, rows, bits, luts, x, done, &sums, out);
     }
+}
+
+/// See [`Isa::dot_nibble_rows_f16`]: [`rows_kernel`] at 4 bits, [`PACKED_ROWS`] rows at a time,
+/// each row's table converted from its f16 centroids in a register ([`f16_tables`]) instead of
+/// an f32 table filled in memory per row; columns past the kernel's blocks (when `xp` is not
+/// zero-padded to a whole block, or a row is short) go through [`dot_packed`] with the tables
+/// widened.
+fn dot_nibble_rows_f16(rows: &[&[u8]], tables: &[&[half::f16]], x: &[f32], xp: &[f32], out: &mut [f32]) {
+    dot_nibble_rows_f16_check(rows, tables, x, xp, out);
+    let (cols, bytes) = (128, 64);
+    let blocks = bounds::whole_blocks(rows, x.len(), cols, bytes);
+    let tail = bounds::tail_bytes(rows, 4, x.len(), xp.len(), blocks, cols, bytes);
+    let done = if tail > 0 { x.len() } else { blocks * cols };
+    let out = &mut out[..rows.len()];
+    let chunks = rows.chunks(PACKED_ROWS).zip(tables.chunks(PACKED_ROWS)).zip(out.chunks_mut(PACKED_ROWS));
+    for ((rows, tables), out) in chunks {
+        let mut sums = [0.0f32; PACKED_ROWS];
+        let (xp, span, t) = (xp.as_ptr(), Span { blocks, tail }, RowTables::F16(tables));
+        // SAFETY: AVX-512 F/BW were detected before this table was handed out. Every row holds at
+        // least `blocks * 64 + tail` bytes and `xp` at least `(blocks + (tail > 0)) * 128` values,
+        // by `whole_blocks` and `tail_bytes` above; `rows` and `tables` hold the arm's R entries
+        // (checked equal in length), each table at most 16.
+        unsafe {
+            match rows.len() {
+                1 => rows_kernel::<4, 1>(rows, t, xp, span, &mut sums),
+                2 => rows_kernel::<4, 2>(rows, t, xp, span, &mut sums),
+                3 => rows_kernel::<4, 3>(rows, t, xp, span, &mut sums),
+                _ => rows_kernel::<4, 4>(rows, t, xp, span, &mut sums),
+            }
+        }
+        if done < x.len() {
+            let mut luts = [[0.0f32; 256]; PACKED_ROWS];
+            for (lut, table) in luts.iter_mut().zip(tables) {
+                widen_f16(table, &mut lut[..table.len()]);
+            }
+            bounds::add_row_tails(dot_packed, rows, 4, &luts[..rows.len()], x, done, &sums, out);
+        } else if let Ok(whole) = <&mut [f32; PACKED_ROWS]>::try_from(&mut *out) {
+            // A fixed-size store: a copy of a run-time length is a `memcpy` call (7 % of a
+            // 1024 × 576 GEMV, 64 rows a call).
+            *whole = sums;
+        } else {
+            out.copy_from_slice(&sums[..out.len()]);
+        }
+    }
+}
+
+/// Where [`rows_kernel`] finds its rows' tables.
+#[derive(Clone, Copy)]
+enum RowTables<'a> {
+    /// f32 tables, one per row or one for all ([`Isa::dot_packed_rows`]).
+    F32(&'a [[f32; 256]]),
+    /// At most 16 f16 centroids per row, one list per row (4 bits, [`Isa::dot_nibble_rows_f16`]).
+    F16(&'a [&'a [half::f16]]),
+}
+
+/// Each of `R` rows' f16 centroids (at most 16; missing entries 0) as a register of f32, for
+/// 4-bit indices (every lane an entry, so `vpermps` needs no masking).
+///
+/// # Safety
+/// AVX-512 F must be available; `tables` holds at least `R` lists of at most 16 entries.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn f16_tables<const R: usize>(tables: &[&[half::f16]]) -> [__m512; R] {
+    std::array::from_fn(|r| {
+        let mut raw = [0u16; 16];
+        let t = tables[r];
+        raw.iter_mut().zip(t).for_each(|(r, v)| *r = v.to_bits());
+        // SAFETY: `raw` is 16 u16 (32 bytes) long.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(raw.as_ptr().cast()) })
+    })
 }
 
 /// Each of `R` rows' table as a register: `luts[r][i & (2^B - 1)]` in lane `i`, so that `vpermps`,
@@ -666,14 +737,19 @@ unsafe fn row_tables<const B: u32, const R: usize>(luts: &[[f32; 256]]) -> [__m5
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn rows_kernel<const B: u32, const R: usize>(
     rows: &[&[u8]],
-    luts: &[[f32; 256]],
+    tables: RowTables<'_>,
     xp: *const f32,
     span: Span,
     sums: &mut [f32; PACKED_ROWS],
 ) {
     let per = 32 / B as usize;
-    // SAFETY: the caller guarantees AVX-512 F and one table or R.
-    let t: [__m512; R] = unsafe { row_tables::<B, R>(luts) };
+    // SAFETY: the caller guarantees AVX-512 F and one table or R (f16 tables: R, 4 bits).
+    let t: [__m512; R] = unsafe {
+        match tables {
+            RowTables::F32(luts) => row_tables::<B, R>(luts),
+            RowTables::F16(f16) => f16_tables::<R>(f16),
+        }
+    };
     let p: [*const u8; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for blk in 0..span.count() {
