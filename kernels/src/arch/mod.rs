@@ -793,6 +793,7 @@ pub type DotNibbleRowsF16 =
     fn(rows: &[&[u8]], tables: &[&[half::f16]], x: &[f32], xp: &[f32], out: &mut [f32]);
 
 /// Checks [`Isa::dot_nibble_rows_f16`] operands (panicking on a caller bug).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn dot_nibble_rows_f16_check(
     rows: &[&[u8]],
     tables: &[&[half::f16]],
