@@ -31,7 +31,7 @@ pub(super) const ISA: Isa = Isa {
     dot_packed,
     gemv_prepare,
     dot_packed_rows,
-    dot_nibble_rows_f16: None,
+    dot_nibble_rows_f16: Some(dot_nibble_rows_f16),
     depthwise_rows: super::depthwise::depthwise_rows_avx2,
     depthwise_s1: Some(super::depthwise_avx2::depthwise_s1_avx2),
     depthwise_s2: Some(super::depthwise_avx2::depthwise_s2_avx2),
@@ -880,6 +880,15 @@ fn gemv_prepare(bits: u8, x: &[f32], xp: &mut [f32]) {
         _ if gemv_planes_avx2::takes(bits) => gemv_planes_avx2::prepare(bits, x, xp),
         _ => scalar::gemv_prepare(bits, x, xp),
     }
+}
+
+/// See [`Isa::dot_nibble_rows_f16`]: [`gemv_planes_avx2::dot_nibble_rows_f16`].
+fn dot_nibble_rows_f16(rows: &[&[u8]], tables: &[&[half::f16]], x: &[f32], xp: &[f32], out: &mut [f32]) {
+    crate::arch::dot_nibble_rows_f16_check(rows, tables, x, xp, out);
+    // SAFETY: AVX2 + FMA were detected before this table was handed out; one table of at most 16
+    // entries per row and an output per row (checked); `xp` is `gemv_prepare`'s order at 4 bits
+    // (the contract).
+    unsafe { gemv_planes_avx2::dot_nibble_rows_f16(rows, tables, x, xp, out, dot_packed) }
 }
 
 /// See [`Isa::dot_packed_rows`]. At 1 and 2 bits, up to [`PACKED_ROWS`] rows go through

@@ -126,6 +126,74 @@ pub(super) unsafe fn dot_rows(
     }
 }
 
+/// [`crate::arch::Isa::dot_nibble_rows_f16`] on AVX2: each row's f16 centroids widened into 16
+/// floats on the stack (F16C where present) and split into planes, its whole blocks (and a
+/// partial last one when `xp` holds it zero-padded) through [`rows_sum`], the rest through `dot`
+/// with the widened table: the sums [`dot_rows`] gives at 4 bits with those tables, without the
+/// GEMV filling a 256-entry table per row and calling for each.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `tables` holds one list of at most 16 centroids per row;
+/// `out` at least `rows.len()` entries; `xp` is [`prepare`]'s output for `x` at 4 bits.
+pub(super) unsafe fn dot_nibble_rows_f16(
+    rows: &[&[u8]],
+    tables: &[&[half::f16]],
+    x: &[f32],
+    xp: &[f32],
+    out: &mut [f32],
+    dot: fn(&[u8], u8, &[f32], &[f32]) -> f32,
+) {
+    let blocks = bounds::whole_blocks(rows, x.len(), COLS, BYTES);
+    let tail = bounds::tail_bytes(rows, 4, x.len(), xp.len(), blocks, COLS, BYTES);
+    let done = if tail > 0 { x.len() } else { blocks * COLS };
+    let span = Span { blocks, tail };
+    let windows = Windows::new(4);
+    let f16c = is_x86_feature_detected!("f16c");
+    let mut planes = Planes([[[0u8; 16]; 4]; 8]);
+    for ((row, table), o) in rows.iter().zip(tables).zip(out.iter_mut()) {
+        let mut raw = [0u16; 16];
+        raw.iter_mut().zip(*table).for_each(|(r, v)| *r = v.to_bits());
+        let lut: [f32; 16] = if f16c {
+            // SAFETY: F16C was detected just now; `raw` holds 16 values.
+            unsafe { widen16_f16c(&raw) }
+        } else {
+            std::array::from_fn(|i| half::f16::from_bits(raw[i]).to_f32())
+        };
+        // SAFETY: the caller guarantees AVX2 + FMA; `lut` holds 16 floats; `whole_blocks` and
+        // `tail_bytes` guarantee the row `blocks * 32 + tail` bytes and `xp` the span's blocks.
+        let mut sum = 0.0f32;
+        unsafe {
+            split16(lut.as_ptr(), &mut planes.0[0]);
+            rows_sum::<4>(
+                std::slice::from_ref(row),
+                &planes,
+                &windows,
+                xp.as_ptr(),
+                span,
+                std::slice::from_mut(&mut sum),
+            );
+        }
+        *o = if done < x.len() { sum + dot(&row[done / 2..], 4, &lut, &x[done..]) } else { sum };
+    }
+}
+
+/// 16 f16 bit patterns widened to f32.
+///
+/// # Safety
+/// F16C (and AVX) must be available.
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen16_f16c(raw: &[u16; 16]) -> [f32; 16] {
+    let mut out = [0.0f32; 16];
+    for h in 0..2 {
+        // SAFETY: 8 u16 at `raw[8 * h..]`, 8 floats at `out[8 * h..]`.
+        unsafe {
+            let v = _mm256_cvtph_ps(_mm_loadu_si128(raw[8 * h..].as_ptr().cast()));
+            _mm256_storeu_ps(out[8 * h..].as_mut_ptr(), v);
+        }
+    }
+    out
+}
+
 /// A table's four byte planes in 16-entry registers: `0[s][k][i]` is byte `k` (little-endian) of
 /// entry `16 * s + i` (registers past the table's `2^bits` entries are zero).
 struct Planes([[[u8; 16]; 4]; 8]);
