@@ -16,6 +16,7 @@ use pith_format::{Entropy, PithFile, WriteOptions};
 use pith_runtime::tasks::{blazeface, db};
 use serde_json::{json, Value};
 
+use crate::image_args::ImageArgs;
 use crate::{augment, imageio, npy};
 
 /// `--bits`: a fixed weight format or `auto`.
@@ -61,6 +62,8 @@ pub struct Args {
     pub calib: Option<PathBuf>,
     /// `--preprocess`.
     pub preprocess: Option<Preprocess>,
+    /// Explicit image preprocessing (`--input-size`, `--mean`, …), for models without a preset.
+    pub image: ImageArgs,
     /// `--min-fidelity`.
     pub min_fidelity: f64,
     /// `--min-iou`.
@@ -213,7 +216,8 @@ pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
 }
 
 /// Loads the calibration folder: `.npy` files named `<input name>.<key>.npy` (files sharing a
-/// key form one sample), and PNG/JPEG images through `preprocess`, each followed by `augment`
+/// key form one sample), and PNG/JPEG images through the preset `preprocess` or else the explicit
+/// recipe `image` (resolved against the model input's declared shape), each followed by `augment`
 /// deterministic variants ([`augment::variants`]; images are ordered by [`augment::interleave`]
 /// so fine-tuning's held-out samples are whole images). Files are visited in name order, so the
 /// samples (and the compressed model) do not depend on the directory order.
@@ -221,6 +225,7 @@ pub fn load_calibration(
     dir: &Path,
     inputs: &[ModelInput],
     preprocess: Option<Preprocess>,
+    image: &ImageArgs,
     augment: usize,
 ) -> Result<Vec<CalibSample>> {
     let mut files = Vec::new();
@@ -257,12 +262,13 @@ pub fn load_calibration(
                 npys.entry(key).or_default().push((input.name.clone(), tensor));
             }
             "png" | "jpg" | "jpeg" => {
-                let Some(pre) = preprocess else {
+                if preprocess.is_none() && !image.is_set() {
                     bail!(
-                        "{}: calibration images need --preprocess (blazeface or ppocr-det)",
+                        "{}: calibration images need --preprocess (blazeface or ppocr-det) or explicit \
+                         preprocessing flags (--input-size, --fit, --mean, --std, --layout, --channels)",
                         path.display()
                     );
-                };
+                }
                 if inputs.len() != 1 {
                     bail!(
                         "{}: images can only feed a model with one input; this one has {}",
@@ -270,22 +276,33 @@ pub fn load_calibration(
                         inputs.len()
                     );
                 }
+                let recipe = match preprocess {
+                    Some(_) => None,
+                    None => Some(image.resolve(&inputs[0].name, inputs[0].shape.as_deref())?),
+                };
                 let img = imageio::load(&path)?;
-                let prep = |img: &pith_runtime::tasks::image::RgbImage| match pre {
-                    Preprocess::Blazeface => blazeface::preprocess(img).0,
-                    Preprocess::PpocrDet => {
-                        let opts = db::DbOptions { limit_side_len: PPOCR_CALIB_SIDE, ..Default::default() };
-                        db::preprocess(img, &opts).0
-                    }
+                let prep = |img: &pith_runtime::tasks::image::RgbImage| -> Result<pith_runtime::Tensor> {
+                    Ok(match (preprocess, &recipe) {
+                        (Some(Preprocess::Blazeface), _) => blazeface::preprocess(img).0,
+                        (Some(Preprocess::PpocrDet), _) => {
+                            let opts =
+                                db::DbOptions { limit_side_len: PPOCR_CALIB_SIDE, ..Default::default() };
+                            db::preprocess(img, &opts).0
+                        }
+                        (None, Some(recipe)) => {
+                            recipe.apply(img).with_context(|| format!("preprocessing {}", path.display()))?
+                        }
+                        (None, None) => unreachable!("a recipe is resolved when no preset is given"),
+                    })
                 };
                 let mut group = vec![CalibSample {
                     label: file.clone(),
-                    inputs: vec![(inputs[0].name.clone(), prep(&img))],
+                    inputs: vec![(inputs[0].name.clone(), prep(&img)?)],
                 }];
                 for (suffix, variant) in augment::variants(&img, &file, augment) {
                     group.push(CalibSample {
                         label: format!("{file}{suffix}"),
-                        inputs: vec![(inputs[0].name.clone(), prep(&variant))],
+                        inputs: vec![(inputs[0].name.clone(), prep(&variant)?)],
                     });
                 }
                 groups.push(group);
@@ -316,6 +333,7 @@ pub fn compress_auto_file(
         bits: Bits::Auto,
         calib: Some(calib.to_path_buf()),
         preprocess: Some(preprocess),
+        image: ImageArgs::default(),
         min_fidelity: DEFAULT_MIN_FIDELITY,
         min_iou,
         data_aware: true,
@@ -336,7 +354,7 @@ pub fn compress_auto_file(
 /// Compresses with calibration data; the progress bar names the stage.
 fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compressed> {
     let prepared = Prepared::new(onnx).context("importing the model")?;
-    let samples = load_calibration(dir, &prepared.inputs(), args.preprocess, args.augment)?;
+    let samples = load_calibration(dir, &prepared.inputs(), args.preprocess, &args.image, args.augment)?;
     let options = CalibOptions {
         bits: match args.bits {
             Bits::Fixed(f) => BitsChoice::Fixed(f),
@@ -396,6 +414,17 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     }
     if args.preprocess.is_some() && args.calib.is_none() {
         bail!("--preprocess applies to calibration images: pass --calib DIR");
+    }
+    if args.image.is_set() && args.calib.is_none() {
+        bail!("image preprocessing flags apply to calibration images: pass --calib DIR");
+    }
+    if let (Some(preset), true) = (args.preprocess, args.image.is_set()) {
+        bail!(
+            "--preprocess {} already fixes the image preprocessing: drop the explicit flags \
+             (--input-size, --fit, --pad, --mean, --std, --layout, --channels) or the preset",
+            clap::ValueEnum::to_possible_value(&preset)
+                .map_or_else(String::new, |v| v.get_name().to_string())
+        );
     }
     let start = Instant::now();
     let compressed = match (&args.calib, args.bits) {

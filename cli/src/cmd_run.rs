@@ -1,18 +1,58 @@
-//! `pith run`: one inference from `.npy` inputs to `.npy` outputs.
+//! `pith run`: one inference from `.npy` inputs (or PNG/JPEG images through the explicit image
+//! preprocessing flags) to `.npy` outputs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use pith_format::ir::Dim;
 use pith_runtime::session::{Session, SessionOptions};
 
-use crate::npy;
+use crate::image_args::ImageArgs;
+use crate::{imageio, npy};
 
 /// Parses `NAME=FILE.npy` into its parts.
 pub fn parse_input_arg(arg: &str) -> Result<(String, PathBuf)> {
     let (name, file) =
         arg.split_once('=').with_context(|| format!("--input '{arg}' must be NAME=FILE.npy"))?;
     Ok((name.to_string(), PathBuf::from(file)))
+}
+
+/// Whether `path` names a PNG or JPEG image (by extension).
+fn is_image(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    matches!(ext.as_str(), "png" | "jpg" | "jpeg")
+}
+
+/// Reads input `name` from `path`: an `.npy` file, or an image made into a tensor by `image`
+/// (resolved against the input's declared shape).
+fn read_input(session: &Session, name: &str, path: &Path, image: &ImageArgs) -> Result<pith_runtime::Tensor> {
+    if !is_image(path) {
+        return npy::read(path);
+    }
+    if !image.is_set() {
+        bail!(
+            "{}: an image input needs the preprocessing flags (--input-size, --fit, --mean, --std, \
+             --layout, --channels) that say how the model expects it",
+            path.display()
+        );
+    }
+    let value = session.inputs().into_iter().find(|v| v.name == name);
+    let Some(value) = value else {
+        let names: Vec<&str> = session.inputs().iter().map(|v| v.name.as_str()).collect();
+        bail!("the model has no input '{name}' (inputs: {})", names.join(", "));
+    };
+    let declared: Option<Vec<Option<usize>>> = value.shape.as_ref().map(|dims| {
+        dims.iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => usize::try_from(*n).ok(),
+                Dim::Symbol(_) => None,
+            })
+            .collect()
+    });
+    let recipe = image.resolve(name, declared.as_deref())?;
+    let img = imageio::load(path)?;
+    recipe.apply(&img).with_context(|| format!("preprocessing {}", path.display()))
 }
 
 /// Opens a model and builds a session.
@@ -24,12 +64,19 @@ pub fn open_session(model: &Path, options: SessionOptions) -> Result<Session> {
 }
 
 /// Runs the command.
-pub fn run(model: &Path, inputs: &[String], output_dir: &Path, options: SessionOptions) -> Result<()> {
+pub fn run(
+    model: &Path,
+    inputs: &[String],
+    image: &ImageArgs,
+    output_dir: &Path,
+    options: SessionOptions,
+) -> Result<()> {
     let mut session = open_session(model, options)?;
     let mut tensors = Vec::new();
     for arg in inputs {
         let (name, path) = parse_input_arg(arg)?;
-        tensors.push((name, npy::read(&path)?));
+        let tensor = read_input(&session, &name, &path, image)?;
+        tensors.push((name, tensor));
     }
     let feeds: Vec<(&str, pith_runtime::Tensor)> =
         tensors.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();

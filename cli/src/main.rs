@@ -7,6 +7,7 @@ mod cmd_demo;
 mod cmd_detect;
 mod cmd_inspect;
 mod cmd_run;
+mod image_args;
 mod imageio;
 mod npy;
 mod pipeline;
@@ -42,12 +43,15 @@ enum Command {
         #[arg(long, default_value = "8", value_parser = cmd_compress::parse_bits_choice)]
         bits: cmd_compress::Bits,
         /// Folder of calibration inputs: <input name>.<anything>.npy files, and PNG/JPEG images
-        /// with --preprocess.
+        /// with --preprocess or the explicit image flags below.
         #[arg(long, value_name = "DIR")]
         calib: Option<PathBuf>,
-        /// How calibration images become model inputs (and which task check applies).
+        /// How calibration images become model inputs (and which task check applies); for other
+        /// models give the explicit image flags instead (no task check: output cosine only).
         #[arg(long, value_enum)]
         preprocess: Option<cmd_compress::Preprocess>,
+        #[command(flatten)]
+        image: image_args::ImageArgs,
         /// With --bits auto: floor on the minimum output cosine over the calibration set.
         #[arg(long, default_value_t = cmd_compress::DEFAULT_MIN_FIDELITY)]
         min_fidelity: f64,
@@ -85,13 +89,15 @@ enum Command {
         #[arg(long)]
         plain_layout: bool,
     },
-    /// Run one inference: .npy inputs, one .npy per output.
+    /// Run one inference: .npy inputs (or PNG/JPEG with the image flags), one .npy per output.
     Run {
         /// The .pith model.
         model: PathBuf,
-        /// NAME=FILE.npy, once per input.
+        /// NAME=FILE.npy (or NAME=IMAGE.png / .jpg with the image flags), once per input.
         #[arg(long = "input", required = true)]
         inputs: Vec<String>,
+        #[command(flatten)]
+        image: image_args::ImageArgs,
         /// Where to write <output name>.npy files.
         #[arg(long, default_value = ".")]
         output_dir: PathBuf,
@@ -231,6 +237,7 @@ fn main() {
             bits,
             calib,
             preprocess,
+            image,
             min_fidelity,
             min_iou,
             no_data_aware,
@@ -246,6 +253,7 @@ fn main() {
                 bits,
                 calib,
                 preprocess,
+                image,
                 min_fidelity,
                 min_iou,
                 data_aware: !no_data_aware,
@@ -259,8 +267,8 @@ fn main() {
             };
             cmd_compress::run_with(&input, &output, &args)
         }
-        Command::Run { model, inputs, output_dir, session } => {
-            cmd_run::run(&model, &inputs, &output_dir, session.options())
+        Command::Run { model, inputs, image, output_dir, session } => {
+            cmd_run::run(&model, &inputs, &image, &output_dir, session.options())
         }
         Command::Inspect { model } => cmd_inspect::run(&model),
         Command::Detect { task, model, image, out, session } => {

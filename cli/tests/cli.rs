@@ -481,3 +481,71 @@ fn raw_npy(shape: &str, data_bytes: usize) -> Vec<u8> {
     npy.resize(npy.len() + data_bytes, 0);
     npy
 }
+
+#[test]
+fn explicit_image_flags_feed_calibration_and_run() {
+    let dir = scratch("image-flags");
+    let calib = dir.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    std::fs::copy(data("images/astronaut.png"), calib.join("astronaut.png")).unwrap();
+    let calib_dir = calib.to_str().unwrap();
+    let letterbox = ["--fit", "letterbox", "--mean", "0.5", "--std", "0.5"];
+
+    // BlazeFace's preprocessing spelled out: calibrates without a task check (cosine only).
+    let o = compress_args(&dir, &[&["--bits", "4", "--calib", calib_dir], &letterbox[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("fidelity on 1 calibration samples"), "{text}");
+    assert!(!text.contains("task check"), "{text}");
+
+    // The flags and a preset together, or flags that contradict the model, are refused.
+    let o = compress_args(
+        &dir,
+        &["--bits", "4", "--calib", calib_dir, "--preprocess", "blazeface", "--mean", "0.5"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--preprocess blazeface already fixes"), "{}", stderr(&o));
+    let o = compress_args(&dir, &["--bits", "4", "--calib", calib_dir, "--input-size", "64x64"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--input-size 64x64 does not match input 'input'"), "{}", stderr(&o));
+    let o = compress_args(&dir, &["--bits", "4", "--calib", calib_dir, "--mean", "127.5"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("0-1 scale"), "{}", stderr(&o));
+    let o = compress_args(&dir, &["--bits", "4", "--mean", "0.5"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("apply to calibration images: pass --calib"), "{}", stderr(&o));
+
+    // `pith run` reads the image through the same flags: the astronaut's face scores high.
+    let model = compress(&dir, "f32");
+    let out_dir = dir.join("outputs");
+    let input = format!("input={}", data("images/astronaut.png").display());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            model.to_str().unwrap(),
+            "--input",
+            &input,
+            "--output-dir",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        pith(&args)
+    };
+    let o = run(&letterbox);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let scores = npy_f32(&std::fs::read(out_dir.join("classificators.npy")).unwrap());
+    let best = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    assert!(best > 1.0, "no confident face: best logit {best}");
+    // A tenfold contrast (std 0.05) saturates the picture: no anchor scores a face.
+    let o = run(&["--fit", "letterbox", "--mean", "0.5", "--std", "0.05"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let scores = npy_f32(&std::fs::read(out_dir.join("classificators.npy")).unwrap());
+    assert!(scores.iter().all(|&s| s < 0.0), "the statistics changed nothing");
+
+    let o = run(&[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs the preprocessing flags"), "{}", stderr(&o));
+    let o = run(&["--channels", "gray"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("does not fit input 'input' with 3 channel(s)"), "{}", stderr(&o));
+}

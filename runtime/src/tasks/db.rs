@@ -7,9 +7,9 @@ use super::{f32_with_shape, TaskError};
 use crate::tensor::Tensor;
 
 /// ImageNet channel means (R, G, B) applied after scaling to [0, 1].
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub(crate) const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (R, G, B).
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub(crate) const STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Model input sides must be multiples of this (the network downsamples by 32).
 const ALIGN: usize = 32;
 

@@ -78,7 +78,7 @@ impl RgbImage {
     }
 }
 
-fn check_size(width: usize, height: usize, channels: usize, got: usize) -> Result<(), TaskError> {
+pub(crate) fn check_size(width: usize, height: usize, channels: usize, got: usize) -> Result<(), TaskError> {
     if width == 0 || height == 0 {
         return Err(TaskError::EmptyImage { width, height });
     }

@@ -8,6 +8,8 @@
 //! * [`db`]: PP-OCR DBNet text detection (PaddleOCR `DetResizeForTest` + `DBPostProcess`)
 //!   producing [`TextBox`]es.
 //! * [`draw`]: overlays for both result types.
+//! * [`preprocess`]: a generic image-to-tensor recipe (resize, normalisation, layout) for
+//!   models without a bundled task.
 //!
 //! Images are plain RGB8 buffers ([`RgbImage`]); decoding image files is left to callers so this
 //! crate stays free of codec dependencies.
@@ -17,11 +19,13 @@ pub mod db;
 pub mod draw;
 pub mod geometry;
 pub mod image;
+pub mod preprocess;
 
 pub use blazeface::{Face, FaceOptions, Letterbox};
 pub use db::{DbOptions, DbResize, TextBox};
 pub use geometry::BBox;
 pub use image::{resize_bilinear, RgbImage};
+pub use preprocess::ImagePreprocess;
 
 use crate::tensor::Tensor;
 
@@ -59,6 +63,12 @@ pub enum TaskError {
         expected: String,
         /// The actual shape.
         got: Vec<usize>,
+    },
+    /// An image preprocessing recipe cannot be applied.
+    #[error("image preprocessing: {reason}")]
+    Preprocess {
+        /// What is wrong with it.
+        reason: String,
     },
     /// A model output is not an f32 tensor.
     #[error("model output '{name}' must be f32")]
