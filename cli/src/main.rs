@@ -24,9 +24,9 @@ struct Cli {
     command: Command,
 }
 
-/// Default thread count: the machine's available parallelism.
+/// Default thread count: the physical cores this process may use.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    pith_runtime::default_threads()
 }
 
 #[derive(Subcommand)]
@@ -168,7 +168,7 @@ enum Command {
 /// How `run`, `detect` and `bench` set up their session.
 #[derive(clap::Args)]
 struct SessionArgs {
-    /// Worker threads.
+    /// Worker threads (default: the physical cores this process may use).
     #[arg(long, default_value_t = default_threads())]
     threads: usize,
     /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products

@@ -6,6 +6,7 @@
 //! * [`exec`] runs plans; [`exec::CpuBackend`] is the CPU backend built on [`ops`].
 
 pub mod arena;
+pub mod cpu;
 pub mod error;
 pub mod exec;
 pub mod fuse;
@@ -17,6 +18,7 @@ pub mod tasks;
 pub mod tensor;
 pub mod threads;
 
+pub use cpu::default_threads;
 pub use error::{Result, RuntimeError};
 pub use session::{PlanSummary, Session, SessionOptions};
 pub use tensor::{Tensor, TensorBuf, MAX_TENSOR_ELEMENTS};

@@ -24,7 +24,8 @@ use crate::threads::{ThreadTuner, Way};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Worker threads ops may use (1 = run on the caller's thread; more start a pool once, at
-    /// session creation). The kernel path is the best the CPU supports, or `PITH_KERNEL`
+    /// session creation); by default the physical cores this process may use
+    /// ([`crate::default_threads`]). The kernel path is the best the CPU supports, or `PITH_KERNEL`
     /// (`scalar`, `avx2`, `avx512`, `neon`); an unknown or unsupported name fails `Session::new`.
     pub threads: usize,
     /// Run 1×1 convolutions and 4-bit GEMVs on activations quantized to 8 bits on the fly and
@@ -62,7 +63,7 @@ pub struct SessionOptions {
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
-            threads: 1,
+            threads: crate::cpu::default_threads(),
             int8_activations: false,
             bf16_products: false,
             memory_limit: None,
@@ -456,7 +457,7 @@ mod tests {
         }
 
         fn with_fusion(model: Model, fuse: bool) -> Result<Mem> {
-            Mem::with_options(model, SessionOptions::default(), fuse)
+            Mem::with_options(model, SessionOptions { threads: 1, ..SessionOptions::default() }, fuse)
         }
 
         fn with_options(model: Model, options: SessionOptions, fuse: bool) -> Result<Mem> {

@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn measure_reports_consistent_numbers() {
-        let r = measure(64, 128, 4, SessionOptions::default(), 3).unwrap();
+        let r = measure(64, 128, 4, SessionOptions { threads: 1, ..SessionOptions::default() }, 3).unwrap();
         assert_eq!(r.packed_bytes, 64 * 64);
         assert!(r.median_us > 0.0 && r.f32_median_us > 0.0 && r.memcpy_median_us > 0.0);
         let line = r.to_string();

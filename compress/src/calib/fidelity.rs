@@ -242,10 +242,16 @@ pub fn detections(
     }
 }
 
+/// Session options of the compressor's sessions: one thread each (samples run in parallel
+/// instead, and a layer's sums then never depend on how many cores the machine has).
+fn single_threaded() -> SessionOptions {
+    SessionOptions { threads: 1, ..SessionOptions::default() }
+}
+
 /// Loads an in-memory model into a single-threaded session, as a `.pith` file would be.
 pub(crate) fn session(model: &ir::Model) -> Result<Session, CalibError> {
     let file = PithFile::from_bytes(pith_format::write(model)?)?;
-    Session::new(Arc::new(file), SessionOptions::default()).map_err(|e| CalibError::Session(e.to_string()))
+    Session::new(Arc::new(file), single_threaded()).map_err(|e| CalibError::Session(e.to_string()))
 }
 
 /// Runs `session` on calibration sample `index`.
@@ -366,7 +372,7 @@ fn run_all(
     let file = Arc::new(PithFile::from_bytes(pith_format::write(model)?)?);
     ids.par_iter()
         .map_init(
-            || Session::new(file.clone(), SessionOptions::default()).map_err(|e| e.to_string()),
+            || Session::new(file.clone(), single_threaded()).map_err(|e| e.to_string()),
             |session, &i| match session {
                 Ok(s) => run(s, samples, i),
                 Err(e) => Err(CalibError::Session(e.clone())),
