@@ -52,7 +52,8 @@ enum Command {
         preprocess: Option<cmd_compress::Preprocess>,
         #[command(flatten)]
         image: image_args::ImageArgs,
-        /// With --bits auto: floor on the minimum output cosine over the calibration set.
+        /// With --bits auto: floor on the output cosine over the calibration set (each output's
+        /// values of every sample together; the lowest over outputs).
         #[arg(long, default_value_t = cmd_compress::DEFAULT_MIN_FIDELITY)]
         min_fidelity: f64,
         /// Task check: IoU each calibration detection must keep with the uncompressed model's.
