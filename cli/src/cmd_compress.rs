@@ -13,7 +13,7 @@ use pith_compress::calib::{self, BitsChoice, CalibOptions, CalibSample, ModelInp
 use pith_compress::finetune::FinetuneOptions;
 use pith_compress::{CompressOptions, Compressed, WeightFormat};
 use pith_format::{Entropy, PithFile, WriteOptions};
-use pith_runtime::tasks::{blazeface, db};
+use pith_runtime::tasks::{blazeface, db, ImagePreprocess, RgbImage};
 use serde_json::{json, Value};
 
 use crate::image_args::ImageArgs;
@@ -215,6 +215,14 @@ pub fn print_report(compressed: &Compressed, file_bytes: usize) -> Result<()> {
     Ok(())
 }
 
+/// How calibration images become inputs: a preset, or the explicit flags' recipe.
+enum ImageRecipe {
+    /// `--preprocess`.
+    Preset(Preprocess),
+    /// `--input-size`, `--mean`, … resolved against the model input.
+    Explicit(ImagePreprocess),
+}
+
 /// Loads the calibration folder: `.npy` files named `<input name>.<key>.npy` (files sharing a
 /// key form one sample), and PNG/JPEG images through the preset `preprocess` or else the explicit
 /// recipe `image` (resolved against the model input's declared shape), each followed by `augment`
@@ -277,22 +285,23 @@ pub fn load_calibration(
                     );
                 }
                 let recipe = match preprocess {
-                    Some(_) => None,
-                    None => Some(image.resolve(&inputs[0].name, inputs[0].shape.as_deref())?),
+                    Some(preset) => ImageRecipe::Preset(preset),
+                    None => {
+                        ImageRecipe::Explicit(image.resolve(&inputs[0].name, inputs[0].shape.as_deref())?)
+                    }
                 };
                 let img = imageio::load(&path)?;
-                let prep = |img: &pith_runtime::tasks::image::RgbImage| -> Result<pith_runtime::Tensor> {
-                    Ok(match (preprocess, &recipe) {
-                        (Some(Preprocess::Blazeface), _) => blazeface::preprocess(img).0,
-                        (Some(Preprocess::PpocrDet), _) => {
+                let prep = |img: &RgbImage| -> Result<pith_runtime::Tensor> {
+                    Ok(match &recipe {
+                        ImageRecipe::Preset(Preprocess::Blazeface) => blazeface::preprocess(img).0,
+                        ImageRecipe::Preset(Preprocess::PpocrDet) => {
                             let opts =
                                 db::DbOptions { limit_side_len: PPOCR_CALIB_SIDE, ..Default::default() };
                             db::preprocess(img, &opts).0
                         }
-                        (None, Some(recipe)) => {
+                        ImageRecipe::Explicit(recipe) => {
                             recipe.apply(img).with_context(|| format!("preprocessing {}", path.display()))?
                         }
-                        (None, None) => unreachable!("a recipe is resolved when no preset is given"),
                     })
                 };
                 let mut group = vec![CalibSample {
