@@ -5,10 +5,14 @@
 //! defaults to physical cores for the same reason.
 
 /// Physical cores this process may use: the machine's physical cores (`num_cpus`), at most the
-/// CPUs the scheduler gives the process (affinity mask, cgroup quota), at least 1.
+/// CPUs the scheduler gives the process (affinity mask, cgroup quota), at least 1. Worked out
+/// once per process (it reads `/proc` on Linux; every `SessionOptions::default()` asks).
 pub fn default_threads() -> usize {
-    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
-    threads_for(num_cpus::get_physical(), allowed)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+        threads_for(num_cpus::get_physical(), allowed)
+    })
 }
 
 /// [`default_threads`] from its two counts.
