@@ -96,6 +96,7 @@ fn compress_auto(
         min_iou,
         entropy: false,
         finetune: None,
+        portable_kernels: false,
     };
     let out = calib::compress_calibrated(prepared, samples, &options, &|_, _, _| {}).unwrap();
     let fid = out.report.fidelity.clone().unwrap();
@@ -201,6 +202,7 @@ fn blazeface_finetuning_raises_held_out_fidelity_at_the_same_size() {
         data_aware: false,
         task: Some(TaskCheck::BlazeFace),
         finetune,
+        portable_kernels: false,
         ..Default::default()
     };
     let (plain, plain_bytes, none) = held_out(&options(None));

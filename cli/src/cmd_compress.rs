@@ -84,6 +84,8 @@ pub struct Args {
     pub report: Option<PathBuf>,
     /// `--plain-layout`: format 1.0 / 1.1 layout instead of the compact 1.2 one.
     pub plain_layout: bool,
+    /// `--reproducible`: calibrate on the portable kernels, for the same bytes on every machine.
+    pub reproducible: bool,
 }
 
 /// Serialises `model` in the compact layout (format 1.2: deflated metadata, 16-byte blobs) or,
@@ -353,6 +355,7 @@ pub fn compress_auto_file(
         augment: 0,
         report: None,
         plain_layout: false,
+        reproducible: false,
     };
     let compressed = compress_calibrated(&onnx, &args, calib)
         .with_context(|| format!("compressing {}", input.display()))?;
@@ -382,6 +385,7 @@ fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compresse
             reassign: args.finetune_reassign,
             ..FinetuneOptions::default()
         }),
+        portable_kernels: args.reproducible,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -423,6 +427,9 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     }
     if args.preprocess.is_some() && args.calib.is_none() {
         bail!("--preprocess applies to calibration images: pass --calib DIR");
+    }
+    if args.reproducible && args.finetune > 0 {
+        bail!("--reproducible does not cover --finetune yet (fine-tuning runs the CPU's fastest kernels)");
     }
     if args.image.is_set() && args.calib.is_none() {
         bail!("image preprocessing flags apply to calibration images: pass --calib DIR");

@@ -89,6 +89,12 @@ enum Command {
         /// older Pith readers understand, instead of the smaller 1.2 layout.
         #[arg(long)]
         plain_layout: bool,
+        /// With --calib: run the calibration and verification on the portable reference kernels,
+        /// so the file is the same bytes on every CPU and architecture (the fastest kernels' last
+        /// bits differ from path to path and can tip the search); about 2-3x the time on x86.
+        /// Without --calib the output is the same everywhere already. Not with --finetune.
+        #[arg(long)]
+        reproducible: bool,
     },
     /// Run one inference: .npy inputs (or PNG/JPEG with the image flags), one .npy per output.
     Run {
@@ -207,6 +213,7 @@ impl SessionArgs {
             memory_limit: self.memory_limit,
             blocked_layout: !self.planar,
             tune_threads: !self.fixed_threads,
+            portable_kernels: false,
         }
     }
 }
@@ -249,6 +256,7 @@ fn main() {
             augment,
             report,
             plain_layout,
+            reproducible,
         } => {
             let args = cmd_compress::Args {
                 bits,
@@ -265,6 +273,7 @@ fn main() {
                 augment,
                 report,
                 plain_layout,
+                reproducible,
             };
             cmd_compress::run_with(&input, &output, &args)
         }

@@ -58,6 +58,12 @@ pub struct SessionOptions {
     /// faster on one thread); `threads` is then the most a run uses. On by default; off, every
     /// run splits its layers over the threads as their size warrants.
     pub tune_threads: bool,
+    /// Run the portable reference kernels (the scalar path) whatever the CPU and `PITH_KERNEL`:
+    /// slower (about 2-3× on x86 with AVX2 or AVX-512), but every sum is formed in the same order
+    /// with the same roundings on every machine, so at the same thread count the outputs are
+    /// the same bits on any CPU and architecture (`pith compress --reproducible` runs its
+    /// calibration this way). Off by default.
+    pub portable_kernels: bool,
 }
 
 impl Default for SessionOptions {
@@ -69,6 +75,7 @@ impl Default for SessionOptions {
             memory_limit: None,
             blocked_layout: true,
             tune_threads: true,
+            portable_kernels: false,
         }
     }
 }
@@ -243,7 +250,12 @@ impl Engine {
                     .into(),
             ));
         }
-        let kernels = Kernels::new(options.threads)
+        let kernels = if options.portable_kernels {
+            Kernels::with_isa(pith_kernels::Isa::scalar(), options.threads)
+        } else {
+            Kernels::new(options.threads)
+        };
+        let kernels = kernels
             .and_then(|k| k.with_int8_activations(options.int8_activations))
             .and_then(|k| k.with_bf16_products(options.bf16_products))
             .map_err(|e| RuntimeError::Graph(format!("cannot set up CPU kernels: {e}")))?;

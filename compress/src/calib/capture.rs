@@ -12,7 +12,7 @@ use pith_format::ir::{self, Attr, Node, OpKind, ValueId};
 use pith_runtime::{Session, Tensor};
 use rayon::prelude::*;
 
-use super::fidelity::{run, session};
+use super::fidelity::{run, Runner};
 use super::layers::LayerInfo;
 use super::{CalibError, CalibSample, Progress};
 use crate::gram::{ConvGeometry, RowGram};
@@ -71,6 +71,7 @@ fn value_ids(model: &ir::Model) -> BTreeMap<&str, ValueId> {
 
 /// A session of `model` that also outputs the activations `uses` read.
 fn session_with_inputs<'u>(
+    runner: Runner,
     model: &ir::Model,
     uses: impl Iterator<Item = &'u Use>,
 ) -> Result<Session, CalibError> {
@@ -80,7 +81,7 @@ fn session_with_inputs<'u>(
             model.graph.outputs.push(u.input);
         }
     }
-    session(&model)
+    runner.session(&model)
 }
 
 /// Runs sample `i` and returns every activation it yields (graph inputs and outputs) by id.
@@ -98,6 +99,7 @@ fn activations(
 
 /// One Gram accumulator per layer (`None` when no use of the weight has a supported layout).
 pub(crate) fn grams(
+    runner: Runner,
     base: &ir::Model,
     infos: &[LayerInfo],
     samples: &[CalibSample],
@@ -107,7 +109,7 @@ pub(crate) fn grams(
     let (layouts, uses) = layer_uses(base, infos);
     let mut accs: Vec<Option<RowGram>> =
         layouts.iter().map(|l| l.map(|(groups, row_len)| RowGram::new(groups, row_len))).collect();
-    let mut session = session_with_inputs(base, uses.iter().flatten())?;
+    let mut session = session_with_inputs(runner, base, uses.iter().flatten())?;
     let done = AtomicUsize::new(0);
     progress("capture", 0, samples.len());
     for i in 0..samples.len() {

@@ -242,16 +242,25 @@ pub fn detections(
     }
 }
 
-/// Session options of the compressor's sessions: one thread each (samples run in parallel
-/// instead, and a layer's sums then never depend on how many cores the machine has).
-fn single_threaded() -> SessionOptions {
-    SessionOptions { threads: 1, ..SessionOptions::default() }
+/// How the compressor's sessions run: one thread each (samples run in parallel instead, and a
+/// layer's sums then never depend on how many cores the machine has), on the CPU's fastest
+/// kernels or, for files that are the same bits on every machine, the portable ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Runner {
+    /// [`SessionOptions::portable_kernels`].
+    pub portable: bool,
 }
 
-/// Loads an in-memory model into a single-threaded session, as a `.pith` file would be.
-pub(crate) fn session(model: &ir::Model) -> Result<Session, CalibError> {
-    let file = PithFile::from_bytes(pith_format::write(model)?)?;
-    Session::new(Arc::new(file), single_threaded()).map_err(|e| CalibError::Session(e.to_string()))
+impl Runner {
+    fn options(self) -> SessionOptions {
+        SessionOptions { threads: 1, portable_kernels: self.portable, ..SessionOptions::default() }
+    }
+
+    /// Loads an in-memory model into a session, as a `.pith` file would be.
+    pub fn session(self, model: &ir::Model) -> Result<Session, CalibError> {
+        let file = PithFile::from_bytes(pith_format::write(model)?)?;
+        Session::new(Arc::new(file), self.options()).map_err(|e| CalibError::Session(e.to_string()))
+    }
 }
 
 /// Runs `session` on calibration sample `index`.
@@ -268,6 +277,7 @@ pub(crate) fn run(
 /// The reference (uncompressed) outputs and detections, and the measurement of candidates.
 #[derive(Debug)]
 pub(crate) struct Evaluator<'a> {
+    runner: Runner,
     samples: &'a [CalibSample],
     task: Option<TaskCheck>,
     min_iou: f32,
@@ -278,12 +288,13 @@ pub(crate) struct Evaluator<'a> {
 impl<'a> Evaluator<'a> {
     /// Runs the reference model on every sample.
     pub fn new(
+        runner: Runner,
         reference: &ir::Model,
         samples: &'a [CalibSample],
         task: Option<TaskCheck>,
         min_iou: f32,
     ) -> Result<Evaluator<'a>, CalibError> {
-        let outputs = run_all(reference, samples, &(0..samples.len()).collect::<Vec<_>>())?;
+        let outputs = run_all(runner, reference, samples, &(0..samples.len()).collect::<Vec<_>>())?;
         let detections = match task {
             Some(task) => outputs
                 .iter()
@@ -293,7 +304,7 @@ impl<'a> Evaluator<'a> {
                 .map_err(CalibError::Task)?,
             None => Vec::new(),
         };
-        Ok(Evaluator { samples, task, min_iou, outputs, detections })
+        Ok(Evaluator { runner, samples, task, min_iou, outputs, detections })
     }
 
     /// The task check, if one was asked for.
@@ -316,7 +327,7 @@ impl<'a> Evaluator<'a> {
     ) -> Result<Fidelity, CalibError> {
         let all: Vec<usize> = (0..self.samples.len()).collect();
         let ids = subset.unwrap_or(&all);
-        let outputs = run_all(model, self.samples, ids)?;
+        let outputs = run_all(self.runner, model, self.samples, ids)?;
         // One cosine per output over all samples together: a sample whose reference output is
         // nearly zero (a text map of a page without text) then weighs by its energy, instead of
         // letting the noise in its near-zero vector decide the minimum.
@@ -365,6 +376,7 @@ impl<'a> Evaluator<'a> {
 /// Outputs of `model` on the samples `ids`, in order (samples run in parallel, one session each
 /// per worker).
 fn run_all(
+    runner: Runner,
     model: &ir::Model,
     samples: &[CalibSample],
     ids: &[usize],
@@ -372,7 +384,7 @@ fn run_all(
     let file = Arc::new(PithFile::from_bytes(pith_format::write(model)?)?);
     ids.par_iter()
         .map_init(
-            || Session::new(file.clone(), single_threaded()).map_err(|e| e.to_string()),
+            || Session::new(file.clone(), runner.options()).map_err(|e| e.to_string()),
             |session, &i| match session {
                 Ok(s) => run(s, samples, i),
                 Err(e) => Err(CalibError::Session(e.clone())),

@@ -489,7 +489,7 @@ mod tests {
     }
 
     fn run(model: &ir::Model, x: &[f32]) -> Vec<f32> {
-        let mut session = super::super::fidelity::session(model).unwrap();
+        let mut session = super::super::fidelity::Runner::default().session(model).unwrap();
         let out =
             session.run(&[("x", pith_runtime::Tensor::from_f32(vec![1, 4, 2, 2], x.to_vec()))]).unwrap();
         out[0].1.as_f32().unwrap().to_vec()

@@ -119,6 +119,12 @@ pub struct CalibOptions {
     /// after the widths are chosen; with [`BitsChoice::Auto`] the search then aims below the
     /// floor by [`FINETUNE_RELAX`] factors and keeps the smallest model that passes after tuning.
     pub finetune: Option<FinetuneOptions>,
+    /// Run every calibration and verification pass on the portable reference kernels
+    /// ([`pith_runtime::SessionOptions::portable_kernels`]), so the file is the same bytes on
+    /// every CPU and architecture (the fastest kernels' sums differ in their last bits from path
+    /// to path, which can tip the search's choices). About 2-3× the time on x86 with AVX2 or
+    /// AVX-512. Not with `finetune`, whose passes run the CPU's fastest kernels.
+    pub portable_kernels: bool,
 }
 
 impl Default for CalibOptions {
@@ -131,6 +137,7 @@ impl Default for CalibOptions {
             min_iou: fidelity::MIN_IOU,
             entropy: false,
             finetune: None,
+            portable_kernels: false,
         }
     }
 }
@@ -221,12 +228,13 @@ pub fn compress_calibrated(
     let clock = std::time::Instant::now();
     let lap = |stage: &str| log::info!("calibration: {stage} done at {:.2} s", clock.elapsed().as_secs_f64());
     progress("reference", 0, samples.len());
-    let eval = fidelity::Evaluator::new(&base, samples, options.task, options.min_iou)?;
+    let runner = fidelity::Runner { portable: options.portable_kernels };
+    let eval = fidelity::Evaluator::new(runner, &base, samples, options.task, options.min_iou)?;
     progress("reference", samples.len(), samples.len());
     lap("reference");
 
     let mut grams = if options.data_aware {
-        capture::grams(&base, &infos, samples, MAX_PATCHES, progress)?
+        capture::grams(runner, &base, &infos, samples, MAX_PATCHES, progress)?
     } else {
         vec![None; infos.len()]
     };
@@ -526,6 +534,11 @@ fn check_options(options: &CalibOptions) -> Result<(), CalibError> {
         _ if options.finetune.is_some_and(|f| f.steps == 0 || !(f.rel_lr > 0.0 && f.rel_lr.is_finite())) => {
             Err(CalibError::Options("fine-tuning needs at least one step and a positive step size".into()))
         }
+        _ if options.portable_kernels && options.finetune.is_some() => Err(CalibError::Options(
+            "fine-tuning runs the CPU's fastest kernels, so its files are not the same bytes on every \
+             machine: the portable kernels cannot be combined with it yet"
+                .into(),
+        )),
         _ => Ok(()),
     }
 }
