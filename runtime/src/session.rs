@@ -59,10 +59,10 @@ pub struct SessionOptions {
     /// run splits its layers over the threads as their size warrants.
     pub tune_threads: bool,
     /// Run the portable reference kernels (the scalar path) whatever the CPU and `PITH_KERNEL`:
-    /// slower (about 2-3× on x86 with AVX2 or AVX-512), but every sum is formed in the same order
-    /// with the same roundings on every machine, so at the same thread count the outputs are
-    /// the same bits on any CPU and architecture (`pith compress --reproducible` runs its
-    /// calibration this way). Off by default.
+    /// much slower than the SIMD paths, but every sum is formed in the same order with the same
+    /// roundings on every machine, so on one thread the outputs are the same bits on any CPU
+    /// and architecture (`pith compress --reproducible` calibrates this way, and CI checks its
+    /// files on x86-64 against aarch64). Off by default.
     pub portable_kernels: bool,
 }
 
