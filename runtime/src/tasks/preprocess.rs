@@ -9,9 +9,9 @@ use super::image::{check_size, resize_bilinear, RgbImage};
 use super::TaskError;
 use crate::tensor::Tensor;
 
-/// Largest tensor [`ImagePreprocess`] builds, in elements (a 16k × 16k RGB image), so a typo in
-/// a size cannot ask for gigabytes.
-pub const MAX_ELEMENTS: usize = 3 << 28;
+/// Largest tensor [`ImagePreprocess`] builds, in elements (a 4096 × 4096 RGB image, 192 MiB of
+/// f32), so a typo in a size cannot ask for gigabytes.
+pub const MAX_ELEMENTS: usize = 3 << 24;
 
 /// How an image of another aspect ratio is fitted to the input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
