@@ -42,14 +42,8 @@ fn read_input(session: &Session, name: &str, path: &Path, image: &ImageArgs) -> 
         let names: Vec<&str> = session.inputs().iter().map(|v| v.name.as_str()).collect();
         bail!("the model has no input '{name}' (inputs: {})", names.join(", "));
     };
-    let declared: Option<Vec<Option<usize>>> = value.shape.as_ref().map(|dims| {
-        dims.iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => usize::try_from(*n).ok(),
-                Dim::Symbol(_) => None,
-            })
-            .collect()
-    });
+    let declared: Option<Vec<Option<usize>>> =
+        value.shape.as_ref().map(|dims| dims.iter().map(Dim::extent).collect());
     let recipe = image.resolve(name, declared.as_deref())?;
     let img = imageio::load(path)?;
     recipe.apply(&img).with_context(|| format!("preprocessing {}", path.display()))

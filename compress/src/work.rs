@@ -114,11 +114,5 @@ pub(crate) fn fixed_shape(shape: &[usize]) -> Vec<Dim> {
 
 /// The extents of a declared shape when all are fixed.
 pub(crate) fn concrete_shape(shape: &[Dim]) -> Option<Vec<usize>> {
-    shape
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => usize::try_from(*n).ok(),
-            Dim::Symbol(_) => None,
-        })
-        .collect()
+    shape.iter().map(Dim::extent).collect()
 }

@@ -27,6 +27,16 @@ pub enum Dim {
     Symbol(String),
 }
 
+impl Dim {
+    /// The extent when it is fixed (and fits a `usize`); `None` for a symbol.
+    pub fn extent(&self) -> Option<usize> {
+        match self {
+            Dim::Fixed(n) => usize::try_from(*n).ok(),
+            Dim::Symbol(_) => None,
+        }
+    }
+}
+
 /// A typed attribute value, as in ONNX.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attr {

@@ -563,3 +563,11 @@ fn node_and_value_ranges_are_checked() {
     });
     assert!(matches!(&e, FormatError::BadReference { what: "DIMS", .. }), "{e:?}");
 }
+
+#[test]
+fn dim_extent_is_the_fixed_size_only() {
+    assert_eq!(Dim::Fixed(7).extent(), Some(7));
+    assert_eq!(Dim::Symbol("batch".into()).extent(), None);
+    #[cfg(target_pointer_width = "32")]
+    assert_eq!(Dim::Fixed(u64::MAX).extent(), None);
+}

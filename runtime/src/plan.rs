@@ -208,14 +208,8 @@ pub fn bind_inputs(graph: &Graph, given: &[(&str, Vec<usize>)]) -> Result<BoundI
 /// Fixed shape of a constant, checked against its data.
 fn constant_shape(graph: &Graph, id: ValueId, view: &TensorView<'_>) -> Result<Vec<usize>> {
     let value = &graph.values[id as usize];
-    let shape: Option<Vec<usize>> = value.shape.as_ref().and_then(|dims| {
-        dims.iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => usize::try_from(*n).ok(),
-                Dim::Symbol(_) => None,
-            })
-            .collect()
-    });
+    let shape: Option<Vec<usize>> =
+        value.shape.as_ref().and_then(|dims| dims.iter().map(Dim::extent).collect());
     match shape {
         Some(s) if s.iter().product::<usize>() == view.numel() => Ok(s),
         _ => Err(RuntimeError::Graph(format!(

@@ -187,14 +187,7 @@ impl Prepared {
             .iter()
             .map(|&id| {
                 let v = &g.values[id as usize];
-                let shape = v.shape.as_ref().map(|dims| {
-                    dims.iter()
-                        .map(|d| match d {
-                            Dim::Fixed(n) => usize::try_from(*n).ok(),
-                            Dim::Symbol(_) => None,
-                        })
-                        .collect()
-                });
+                let shape = v.shape.as_ref().map(|dims| dims.iter().map(Dim::extent).collect());
                 ModelInput { name: v.name.clone(), shape }
             })
             .collect()
