@@ -89,29 +89,33 @@ QEMU_CPU=cortex-a53 run "cortex-a53 (neon, no dotprod)"
 run_end_to_end "max (neon, dotprod, i8mm)" "f32_matches 8bit_finds int8_activations"
 QEMU_CPU=cortex-a53 run_end_to_end "cortex-a53 (neon, no dotprod)" "f32_matches"
 
-# `pith compress --reproducible` promises the same bytes on every machine: calibrate BlazeFace on
-# two of its calibration images (width search, task check) under qemu and natively, and compare.
+# `pith compress --reproducible` promises the same bytes on every machine: compress BlazeFace on
+# two of its calibration images under qemu and natively, and compare; once with the width search
+# and task check, once at 4 bits with a few fine-tuning steps.
 reproducible() {
-  echo "-- compress --reproducible: aarch64 (qemu) against this host"
-  local native=target/release/pith
-  [ -x "$native" ] || (unset RUSTC RUSTDOC CARGO_TARGET_DIR; cargo build --release -q -p pith-cli)
-  cargo build --release --target "$TARGET" -p pith-cli
+  local label=$1
+  shift
+  echo "-- compress --reproducible $label: aarch64 (qemu) against this host"
   local dir
   dir=$(mktemp -d)
   mkdir "$dir/calib"
   cp tests/data/calib/blazeface/grace.png tests/data/calib/blazeface/camera.png "$dir/calib/"
-  local args=(compress tests/data/models/blazeface_short_range.onnx --bits auto --min-fidelity 0.99
+  local args=(compress tests/data/models/blazeface_short_range.onnx "$@"
               --calib "$dir/calib" --preprocess blazeface --reproducible)
   "$native" "${args[@]}" -o "$dir/native.pith" > /dev/null
   qemu-aarch64 "$CARGO_TARGET_DIR/$TARGET/release/pith" "${args[@]}" -o "$dir/aarch64.pith" > /dev/null
   if cmp -s "$dir/native.pith" "$dir/aarch64.pith"; then
-    summary+=("compress --reproducible: the same $(stat -c %s "$dir/native.pith") bytes on aarch64 and $(uname -m)")
+    summary+=("compress --reproducible $label: the same $(stat -c %s "$dir/native.pith") bytes on aarch64 and $(uname -m)")
     rm -rf "$dir"
   else
-    echo "compress --reproducible wrote different files on aarch64 and $(uname -m): $dir" >&2
+    echo "compress --reproducible $label wrote different files on aarch64 and $(uname -m): $dir" >&2
     exit 1
   fi
 }
-reproducible
+native=target/release/pith
+(unset RUSTC RUSTDOC CARGO_TARGET_DIR; cargo build --release -q -p pith-cli)
+cargo build --release --target "$TARGET" -p pith-cli
+reproducible "(width search)" --bits auto --min-fidelity 0.99
+reproducible "(fine-tuned)" --bits 4 --finetune 5
 echo "== aarch64 summary: $((SECONDS - t0)) s in all ($((t1 - t0)) s install check, $((SECONDS - t1)) s build + clippy + tests)"
 printf '  %s\n' "${summary[@]}"

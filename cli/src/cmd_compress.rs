@@ -428,9 +428,6 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     if args.preprocess.is_some() && args.calib.is_none() {
         bail!("--preprocess applies to calibration images: pass --calib DIR");
     }
-    if args.reproducible && args.finetune > 0 {
-        bail!("--reproducible does not cover --finetune yet (fine-tuning runs the CPU's fastest kernels)");
-    }
     if args.image.is_set() && args.calib.is_none() {
         bail!("image preprocessing flags apply to calibration images: pass --calib DIR");
     }

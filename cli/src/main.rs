@@ -92,7 +92,8 @@ enum Command {
         /// With --calib: run the calibration and verification on the portable reference kernels,
         /// so the file is the same bytes on every CPU and architecture (the fastest kernels' last
         /// bits differ from path to path and can tip the search); about 2-3x the time on x86.
-        /// Without --calib the output is the same everywhere already. Not with --finetune.
+        /// Fine-tuning (--finetune) runs on them too. Without --calib the output is the same
+        /// everywhere already.
         #[arg(long)]
         reproducible: bool,
     },

@@ -28,7 +28,7 @@ mod pool;
 mod testutil;
 mod winograd;
 
-pub use activation::{Activation, ChannelActivation};
+pub use activation::{exp_neg_abs, sigmoid, Activation, ChannelActivation};
 pub use blocked::Layout;
 pub use conv::Conv2dParams;
 pub use conv_int8::Int8Filters;

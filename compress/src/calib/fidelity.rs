@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use pith_format::ir;
 use pith_format::PithFile;
+use pith_kernels::{exp_neg_abs, sigmoid};
 use pith_runtime::tasks::blazeface::{self, FaceOptions, Letterbox};
 use pith_runtime::tasks::db::{self, DbOptions, DbResize};
 use pith_runtime::tasks::geometry::BBox;
@@ -60,10 +61,11 @@ impl TaskCheck {
                 let by_last = |n: usize| outputs.iter().position(|t| t.shape.last() == Some(&n));
                 let (Some(r), Some(c)) = (by_last(16), by_last(1)) else { return out };
                 let Some(logits) = outputs[c].as_f32() else { return out };
-                let near = |l: f32| 1.0 + TASK_EMPHASIS * (-l * l / 8.0).exp();
+                // The kernels' exp and sigmoid, not libm's: the same bits on every CPU.
+                let near = |l: f32| 1.0 + TASK_EMPHASIS * exp_neg_abs(l * l / 8.0);
                 out[c] = Some(logits.iter().map(|&l| near(l)).collect());
                 let rows = outputs[r].numel() / logits.len().max(1);
-                let score = |l: f32| 1.0 / (1.0 + (-l.clamp(-50.0, 50.0)).exp());
+                let score = |l: f32| sigmoid(l.clamp(-50.0, 50.0));
                 out[r] = Some(
                     logits
                         .iter()
@@ -74,7 +76,10 @@ impl TaskCheck {
             TaskCheck::Db => {
                 let thresh = DbOptions::default().thresh;
                 if let Some(p) = outputs.first().and_then(Tensor::as_f32) {
-                    let near = |x: f32| 1.0 + TASK_EMPHASIS * (-((x - thresh) / 0.1).powi(2)).exp();
+                    let near = |x: f32| {
+                        let z = (x - thresh) / 0.1;
+                        1.0 + TASK_EMPHASIS * exp_neg_abs(z * z)
+                    };
                     out[0] = Some(p.iter().map(|&x| near(x)).collect());
                 }
             }

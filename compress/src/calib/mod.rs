@@ -123,7 +123,7 @@ pub struct CalibOptions {
     /// ([`pith_runtime::SessionOptions::portable_kernels`]), so the file is the same bytes on
     /// every CPU and architecture (the fastest kernels' sums differ in their last bits from path
     /// to path, which can tip the search's choices). About 2-3× the time on x86 with AVX2 or
-    /// AVX-512. Not with `finetune`, whose passes run the CPU's fastest kernels.
+    /// AVX-512. Fine-tuning then runs on them as well ([`FinetuneOptions::portable_kernels`]).
     pub portable_kernels: bool,
 }
 
@@ -206,11 +206,15 @@ pub fn compress_calibrated(
 ) -> Result<Compressed, CalibError> {
     check_options(options)?;
     check_samples(&prepared.inputs(), samples)?;
+    // Portable calibration tunes on the portable kernels too.
+    let finetune = options
+        .finetune
+        .map(|f| FinetuneOptions { portable_kernels: f.portable_kernels || options.portable_kernels, ..f });
     let Prepared { work, onnx_bytes } = prepared;
     let infos = layers::layer_infos(&work);
     let base = crate::finish(work, BTreeMap::new());
     // Fine-tuning's teacher: the graph with every weight and bias in f32.
-    let teacher = options.finetune.map(|_| base.clone());
+    let teacher = finetune.map(|_| base.clone());
     let weight_slots = layers::constant_slots(&base, &infos)?;
     let biases = if options.data_aware && options.bias_correction {
         layers::bias_slots(&base, &infos, &weight_slots)
@@ -312,7 +316,7 @@ pub fn compress_calibrated(
             lap("probe");
             let plain =
                 auto_search(&eval, &base, &slots, &cands, &sens, min_fidelity, options.min_iou, progress)?;
-            match (&teacher, options.finetune) {
+            match (&teacher, finetune) {
                 (Some(teacher), Some(ft)) => {
                     let tuned = relaxed_search(
                         &eval,
@@ -345,7 +349,7 @@ pub fn compress_calibrated(
     }
     lap("search");
     let mut model = layers::assemble(&base, &slots, chosen.iter());
-    if let (Some(teacher), Some(ft), None) = (&teacher, options.finetune, &finetuned) {
+    if let (Some(teacher), Some(ft), None) = (&teacher, finetune, &finetuned) {
         if matches!(options.bits, BitsChoice::Fixed(WeightFormat::Codebook { .. })) {
             finetuned = Some(tune(teacher, &model, samples, &ft, options.task, progress)?);
         }
@@ -527,11 +531,6 @@ fn check_options(options: &CalibOptions) -> Result<(), CalibError> {
         _ if options.finetune.is_some_and(|f| f.steps == 0 || !(f.rel_lr > 0.0 && f.rel_lr.is_finite())) => {
             Err(CalibError::Options("fine-tuning needs at least one step and a positive step size".into()))
         }
-        _ if options.portable_kernels && options.finetune.is_some() => Err(CalibError::Options(
-            "fine-tuning runs the CPU's fastest kernels, so its files are not the same bytes on every \
-             machine: the portable kernels cannot be combined with it yet"
-                .into(),
-        )),
         _ => Ok(()),
     }
 }

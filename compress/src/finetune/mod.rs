@@ -21,6 +21,7 @@ mod net;
 mod params;
 
 use pith_format::ir;
+use pith_kernels::Isa;
 use pith_runtime::Tensor;
 use rayon::prelude::*;
 
@@ -41,11 +42,16 @@ pub struct FinetuneOptions {
     /// straight-through estimator on latent f32 weights (see `params`). Pruned weights stay
     /// pruned; the file's size is unchanged (packed indices), its indices are not.
     pub reassign: bool,
+    /// Run both passes on the portable scalar kernels (as
+    /// [`pith_runtime::SessionOptions::portable_kernels`]), so the tuned values are the same
+    /// bits on every CPU; otherwise the path [`Isa::detect`] picks, faster, whose sums differ
+    /// in their last bits from other paths'.
+    pub portable_kernels: bool,
 }
 
 impl Default for FinetuneOptions {
     fn default() -> Self {
-        FinetuneOptions { steps: 100, rel_lr: 1e-3, reassign: false }
+        FinetuneOptions { steps: 100, rel_lr: 1e-3, reassign: false, portable_kernels: false }
     }
 }
 
@@ -109,7 +115,12 @@ pub fn finetune(
     emphasis: Option<OutputWeights<'_>>,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(ir::Model, FinetuneReport), FinetuneError> {
-    let teacher_net = Net::new(teacher, &[])?;
+    let isa = if options.portable_kernels {
+        Isa::scalar()
+    } else {
+        Isa::detect().map_err(|e| FinetuneError::Model(format!("no kernel path: {e}")))?
+    };
+    let teacher_net = Net::new(teacher, &[], isa)?;
     let targets: Vec<Vec<Tensor>> = samples
         .par_iter()
         .enumerate()
@@ -127,7 +138,7 @@ pub fn finetune(
     let norms = output_norms(&targets, &weights);
 
     let mut params = Params::new(student, options.reassign)?;
-    let net = Net::new(student, &params.values())?;
+    let net = Net::new(student, &params.values(), isa)?;
     let mut best: Option<Best> = None;
     let mut damping = 1.0f32;
     let mut report = FinetuneReport { parameters: params.count(), ..Default::default() };
@@ -229,7 +240,22 @@ fn step_size(rel_lr: f32, step: usize, steps: usize) -> f32 {
     let warm = (steps / 10).max(1);
     let ramp = ((step + 1) as f32 / warm as f32).min(1.0);
     let frac = step as f32 / steps.max(1) as f32;
-    rel_lr * ramp * 0.5 * (1.0 + (std::f32::consts::PI * frac).cos())
+    rel_lr * ramp * half_cosine(frac)
+}
+
+/// `(1 + cos(π·frac)) / 2` for `frac` in `[0, 1]`, in arithmetic alone: libm's `cos` may round
+/// differently on other CPUs (or in its FMA variant), and the schedule must be the same bits
+/// everywhere for `portable_kernels` to give the same file. A Taylor series of `sin` around the
+/// middle, `cos(π·f) = -sin(π·(f - ½))`, with terms to the 19th power (error below 1e-12).
+fn half_cosine(frac: f32) -> f32 {
+    let x = std::f64::consts::PI * (frac.clamp(0.0, 1.0) as f64 - 0.5);
+    let x2 = x * x;
+    let (mut term, mut sin) = (x, x);
+    for k in 1..10 {
+        term *= -x2 / ((2 * k) * (2 * k + 1)) as f64;
+        sin += term;
+    }
+    (0.5 * (1.0 - sin)) as f32
 }
 
 /// Per graph output, `Σ_samples Σ w t²` (at least a tiny positive value, so an all-zero output
@@ -302,7 +328,7 @@ mod tests {
     fn tuning_lowers_the_loss_keeps_indices_and_is_deterministic() {
         let (teacher, student) = models();
         assert!(student.constants.iter().any(|c| matches!(c.data, TensorData::Codebook(_))));
-        let options = FinetuneOptions { steps: 40, rel_lr: 1e-2, reassign: false };
+        let options = FinetuneOptions { steps: 40, rel_lr: 1e-2, reassign: false, portable_kernels: false };
         let (tuned, report) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
         assert!(report.initial_loss > 0.0);
         assert!(report.final_loss < 0.5 * report.initial_loss, "{report:?}");
@@ -319,7 +345,7 @@ mod tests {
     #[test]
     fn reassignment_moves_indices_lowers_the_loss_and_is_deterministic() {
         let (teacher, student) = models();
-        let options = FinetuneOptions { steps: 40, rel_lr: 1e-2, reassign: true };
+        let options = FinetuneOptions { steps: 40, rel_lr: 1e-2, reassign: true, portable_kernels: false };
         let (tuned, report) = finetune(&teacher, &student, &samples(), &options, None, &|_, _| {}).unwrap();
         assert!(report.final_loss < 0.5 * report.initial_loss, "{report:?}");
         let moved = student
@@ -342,6 +368,16 @@ mod tests {
             dense.iter().map(|t| t.as_f32().unwrap().to_vec()).collect::<Vec<_>>(),
             q.dense().iter().map(|t| t.as_f32().unwrap().to_vec()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn the_arithmetic_half_cosine_follows_libms() {
+        for i in 0..=1000 {
+            let f = i as f32 / 1000.0;
+            let want = 0.5 * (1.0 + (std::f64::consts::PI * f as f64).cos());
+            assert!((half_cosine(f) as f64 - want).abs() < 1e-7, "{f}: {} against {want}", half_cosine(f));
+        }
+        assert!(half_cosine(1.0) < 1e-9 && half_cosine(0.0) == 1.0);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! through [`super::grad`].
 
 use pith_format::ir::{self, ElemType, TensorData, ValueId};
-use pith_runtime::ops::{self, Arg, ArgData, Op};
+use pith_kernels::{Isa, Kernels};
+use pith_runtime::ops::{self, Arg, ArgData, ExecCtx, Op};
 use pith_runtime::Tensor;
 
 use super::grad::{self, NodeArgs};
@@ -19,6 +20,8 @@ pub(super) struct Net<'m> {
     slot: Vec<Option<usize>>,
     /// Whether a value depends on a trainable constant (its gradient is needed).
     needs_grad: Vec<bool>,
+    /// The kernels of both passes, on the caller's thread (samples run in parallel).
+    ctx: ExecCtx,
 }
 
 /// Every value of one forward pass, by value id.
@@ -27,9 +30,11 @@ pub(super) struct Trace {
 }
 
 impl<'m> Net<'m> {
-    /// Builds every op of `model`; `trainable` lists the values passed as parameters (in slot
-    /// order) instead of read from the model's constants.
-    pub fn new(model: &'m ir::Model, trainable: &[ValueId]) -> Result<Net<'m>, FinetuneError> {
+    /// Builds every op of `model` to run on the kernel path `isa`; `trainable` lists the values
+    /// passed as parameters (in slot order) instead of read from the model's constants.
+    pub fn new(model: &'m ir::Model, trainable: &[ValueId], isa: Isa) -> Result<Net<'m>, FinetuneError> {
+        let kernels = Kernels::with_isa(isa, 1)
+            .map_err(|e| FinetuneError::Model(format!("cannot set up the {} kernels: {e}", isa.name)))?;
         let n_values = model.graph.values.len();
         let mut slot = vec![None; n_values];
         for (i, &v) in trainable.iter().enumerate() {
@@ -61,7 +66,7 @@ impl<'m> Net<'m> {
                 }
             }
         }
-        Ok(Net { model, ops, consts, slot, needs_grad })
+        Ok(Net { model, ops, consts, slot, needs_grad, ctx: ExecCtx { kernels } })
     }
 
     /// The value `id` of a forward pass in progress.
@@ -109,9 +114,13 @@ impl<'m> Net<'m> {
                         .transpose()
                     })
                     .collect::<Result<_, _>>()?;
-                op.eval(&args)
-                    .map_err(|e| fail(e.0))?
-                    .ok_or_else(|| fail("the op could not run on known inputs".into()))?
+                // f32 results on the chosen kernels; shape arithmetic (integer results) as
+                // the planner evaluates it.
+                let run = match ops::run_owned(op.as_ref(), &args, &self.ctx).map_err(|e| fail(e.0))? {
+                    Some(outs) => Some(outs),
+                    None => op.eval(&args).map_err(|e| fail(e.0))?,
+                };
+                run.ok_or_else(|| fail("the op could not run on known inputs".into()))?
             };
             if outs.len() != node.outputs.len() {
                 return Err(fail(format!("{} outputs for {} declared", outs.len(), node.outputs.len())));
@@ -183,6 +192,7 @@ impl<'m> Net<'m> {
                 outputs: node.outputs.iter().map(|&o| value(o)).collect(),
                 d_out: d_out.iter().map(|d| d.as_deref()).collect(),
                 need: need.clone(),
+                isa: self.ctx.kernels.isa(),
             };
             let d_in = grad::backward(&args).map_err(|msg| {
                 let op = node.op.onnx_name().to_string();

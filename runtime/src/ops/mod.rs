@@ -190,21 +190,7 @@ pub trait Op: Send + Sync + std::fmt::Debug {
     /// and is only acceptable for all-f32 outputs. The default runs [`Op::run`] into owned buffers when
     /// every input is known and every output is f32.
     fn eval(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Option<Vec<Tensor>>> {
-        if !inputs.iter().flatten().all(Arg::is_known) {
-            return Ok(None);
-        }
-        let shapes = self.infer(inputs)?;
-        if shapes.iter().any(|(e, _)| *e != ElemType::F32) {
-            return Ok(None);
-        }
-        let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|(_, s)| vec![0.0; s.iter().product()]).collect();
-        let mut scratch = vec![0.0; self.scratch_len(inputs)];
-        {
-            let mut outs: Vec<Out<'_>> =
-                shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
-            self.run(inputs, &mut outs, &mut scratch, &ExecCtx::default())?;
-        }
-        Ok(Some(shapes.into_iter().zip(bufs).map(|((_, s), b)| Tensor::from_f32(s, b)).collect()))
+        run_owned(self, inputs, &ExecCtx::default())
     }
 
     /// f32 scratch elements ONE worker thread of [`Op::run`] needs for these input shapes; `run`
@@ -243,6 +229,31 @@ pub trait Op: Send + Sync + std::fmt::Debug {
         scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()>;
+}
+
+/// Runs `op` on known inputs into owned f32 tensors with `ctx`'s kernels: [`Op::eval`]'s default
+/// with a chosen kernel set (the compressor's fine-tuning runs the portable path through it).
+/// `Ok(None)` when an input is not known or an output is not f32.
+pub fn run_owned<O: Op + ?Sized>(
+    op: &O,
+    inputs: &[Option<Arg<'_>>],
+    ctx: &ExecCtx,
+) -> OpResult<Option<Vec<Tensor>>> {
+    if !inputs.iter().flatten().all(Arg::is_known) {
+        return Ok(None);
+    }
+    let shapes = op.infer(inputs)?;
+    if shapes.iter().any(|(e, _)| *e != ElemType::F32) {
+        return Ok(None);
+    }
+    let mut bufs: Vec<Vec<f32>> = shapes.iter().map(|(_, s)| vec![0.0; s.iter().product()]).collect();
+    let mut scratch = vec![0.0; op.scratch_len(inputs) * ctx.threads()];
+    {
+        let mut outs: Vec<Out<'_>> =
+            shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
+        op.run(inputs, &mut outs, &mut scratch, ctx)?;
+    }
+    Ok(Some(shapes.into_iter().zip(bufs).map(|((_, s), b)| Tensor::from_f32(s, b)).collect()))
 }
 
 /// Parses a node into a runnable op, checking its attributes.

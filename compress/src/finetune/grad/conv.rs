@@ -9,8 +9,6 @@
 //! chunks of output rows so the unfolded patches stay small (a few hundred KiB). Patches are
 //! unfolded tap-major, so every (tap, output row) is one contiguous copy at stride 1.
 
-use std::sync::OnceLock;
-
 use pith_kernels::Isa;
 use pith_runtime::ops::attrs;
 use pith_runtime::ops::conv::Window;
@@ -19,12 +17,6 @@ use super::{Grads, NodeArgs};
 
 /// Unfolded patch elements per chunk of output rows (about this many).
 const CHUNK_ELEMS: usize = 1 << 16;
-
-/// The best kernel path of this CPU (scalar if detection fails).
-fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| Isa::detect().unwrap_or_else(|_| Isa::scalar()))
-}
 
 /// A 2-D convolution `out[n, co, o] = Σ in[n, ci, o·s - p + k·d] · w[co, ci - g·cpg, k]` over
 /// the input channels `ci` of the output channel's group `g`.
@@ -46,6 +38,8 @@ struct Geom {
     stride: [usize; 2],
     dil: [usize; 2],
     pad: [usize; 2],
+    /// The kernel path of the products (the forward pass's).
+    isa: Isa,
 }
 
 impl Geom {
@@ -159,7 +153,7 @@ impl Geom {
                     let r = rows.min(self.oh - oy0);
                     let pc = r * self.ow;
                     self.unfold(planes, oy0, r, &mut col);
-                    (isa().gemm_rows)(w_g, k, &col[..k * pc], pc, pc, &mut out_g[oy0 * self.ow..], pos);
+                    (self.isa.gemm_rows)(w_g, k, &col[..k * pc], pc, pc, &mut out_g[oy0 * self.ow..], pos);
                 }
             }
         }
@@ -189,7 +183,7 @@ impl Geom {
                             dyt[i * opg + o] = d;
                         }
                     }
-                    (isa().gemm_rows)(&col[..k * pc], pc, &dyt[..pc * opg], opg, opg, &mut dwt, opg);
+                    (self.isa.gemm_rows)(&col[..k * pc], pc, &dyt[..pc * opg], opg, opg, &mut dwt, opg);
                 }
             }
             for o in 0..opg {
@@ -222,7 +216,7 @@ impl Geom {
                     let r = rows.min(self.oh - oy0);
                     let pc = r * self.ow;
                     col[..k * pc].fill(0.0);
-                    (isa().gemm_rows)(&wt, opg, &d_g[oy0 * self.ow..], pos, pc, &mut col[..k * pc], pc);
+                    (self.isa.gemm_rows)(&wt, opg, &d_g[oy0 * self.ow..], pos, pc, &mut col[..k * pc], pc);
                     self.fold(&col, oy0, r, planes);
                 }
             }
@@ -278,6 +272,7 @@ pub(super) fn conv(a: &NodeArgs<'_>) -> Result<Grads, String> {
         stride: [axes[0].stride, axes[1].stride],
         dil: [axes[0].dil, axes[1].dil],
         pad: [axes[0].pad_begin, axes[1].pad_begin],
+        isa: a.isa,
     };
     let dy = a.d_y()?;
     let x_data = a.f32_input(0)?;
@@ -331,6 +326,7 @@ pub(super) fn conv_transpose(a: &NodeArgs<'_>) -> Result<Grads, String> {
         stride: list("strides", 1)?,
         dil: list("dilations", 1)?,
         pad: list("pads", 0)?,
+        isa: a.isa,
     };
     if geom.stride.contains(&0) || geom.dil.contains(&0) {
         return Err("strides and dilations must be positive".into());

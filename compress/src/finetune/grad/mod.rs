@@ -12,6 +12,7 @@ mod pointwise;
 mod pool;
 
 use pith_format::ir::{Node, OpKind};
+use pith_kernels::Isa;
 use pith_runtime::ops::Op;
 use pith_runtime::Tensor;
 
@@ -29,6 +30,8 @@ pub(super) struct NodeArgs<'a> {
     pub d_out: Vec<Option<&'a [f32]>>,
     /// Which inputs need a gradient.
     pub need: Vec<bool>,
+    /// The kernel path of the forward pass, which the products of the backward pass take too.
+    pub isa: Isa,
 }
 
 impl<'a> NodeArgs<'a> {

@@ -129,19 +129,27 @@ fn every_rule_matches_finite_differences() {
             Tensor::from_f32(shape, v.clone())
         })
         .collect();
-    let net = Net::new(&model, &ids).unwrap();
-    let inputs = vec![("x".to_string(), x)];
-    let trace = net.forward(0, &inputs, &params).unwrap();
-    let outputs: Vec<Tensor> = net.run(0, &inputs, &params).unwrap();
+    // On every kernel path of this CPU: the backward products run on the forward pass's path.
+    for isa in pith_kernels::Isa::available() {
+        let net = Net::new(&model, &ids, isa).unwrap();
+        check_gradients(&net, &names, &params, &x, isa.name);
+    }
+}
+
+/// Compares `net`'s analytic gradients of `params` (named `names`) with central differences.
+fn check_gradients(net: &Net<'_>, names: &[&str], params: &[Tensor], x: &Tensor, path: &str) {
+    let inputs = vec![("x".to_string(), x.clone())];
+    let trace = net.forward(0, &inputs, params).unwrap();
+    let outputs: Vec<Tensor> = net.run(0, &inputs, params).unwrap();
     let (_, d_out) = loss(&outputs);
-    let grads = net.backward(0, &trace, &params, d_out).unwrap();
+    let grads = net.backward(0, &trace, params, d_out).unwrap();
     let eps = 1e-3f32;
     for (slot, name) in names.iter().enumerate() {
         let n = params[slot].numel();
         // Up to 12 elements per parameter, spread over the tensor.
         for e in (0..n).step_by(n.div_ceil(12).max(1)) {
             let at = |delta: f32| {
-                let mut p = params.clone();
+                let mut p = params.to_vec();
                 if let pith_runtime::TensorBuf::F32(v) = &mut p[slot].buf {
                     v[e] += delta;
                 }
@@ -152,10 +160,10 @@ fn every_rule_matches_finite_differences() {
             let tol = 2e-3 + 2e-2 * numeric.abs().max(analytic.abs());
             assert!(
                 (numeric - analytic).abs() <= tol,
-                "{name}[{e}]: analytic {analytic} vs finite difference {numeric}"
+                "{path}: {name}[{e}]: analytic {analytic} vs finite difference {numeric}"
             );
         }
-        assert!(grads[slot].iter().any(|&g| g != 0.0), "{name} received no gradient");
+        assert!(grads[slot].iter().any(|&g| g != 0.0), "{path}: {name} received no gradient");
     }
 }
 
@@ -180,7 +188,7 @@ fn an_op_without_a_rule_is_named() {
     w.graph.outputs = vec![z];
     let model = crate::finish(w, Default::default());
     let id = model.graph.values.iter().position(|v| v.name == "w").unwrap() as ValueId;
-    let net = Net::new(&model, &[id]).unwrap();
+    let net = Net::new(&model, &[id], pith_kernels::Isa::scalar()).unwrap();
     let params = vec![Tensor::from_f32(vec![2, 1, 1, 1], vec![1.0, 2.0])];
     let inputs = vec![("x".to_string(), Tensor::from_f32(vec![1, 1, 2, 2], vec![1.0; 4]))];
     let trace = net.forward(0, &inputs, &params).unwrap();
