@@ -38,6 +38,28 @@ pub enum Preprocess {
     PpocrDet,
 }
 
+/// `--task`: the check every calibration sample's detections must pass besides the cosine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskArg {
+    /// The same faces: BlazeFace short-range outputs (896 anchors of a 128x128 input).
+    Faces,
+    /// The same text boxes: a DB text detector's probability map as the first output (any size).
+    Text,
+    /// The output cosine only.
+    None,
+}
+
+impl Args {
+    /// The task check: `--task`, or else the preset's (`--preprocess`).
+    pub fn task_check(&self) -> Option<TaskCheck> {
+        match (self.task, self.preprocess) {
+            (Some(TaskArg::Faces), _) | (None, Some(Preprocess::Blazeface)) => Some(TaskCheck::BlazeFace),
+            (Some(TaskArg::Text), _) | (None, Some(Preprocess::PpocrDet)) => Some(TaskCheck::Db),
+            (Some(TaskArg::None), _) | (None, None) => None,
+        }
+    }
+}
+
 /// `--entropy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EntropyArg {
@@ -64,6 +86,8 @@ pub struct Args {
     pub preprocess: Option<Preprocess>,
     /// Explicit image preprocessing (`--input-size`, `--mean`, …), for models without a preset.
     pub image: ImageArgs,
+    /// `--task` (`None`: the preset's check, if any).
+    pub task: Option<TaskArg>,
     /// `--min-fidelity`.
     pub min_fidelity: f64,
     /// `--min-iou`.
@@ -345,6 +369,7 @@ pub fn compress_auto_file(
         calib: Some(calib.to_path_buf()),
         preprocess: Some(preprocess),
         image: ImageArgs::default(),
+        task: None,
         min_fidelity: DEFAULT_MIN_FIDELITY,
         min_iou,
         data_aware: true,
@@ -374,10 +399,7 @@ fn compress_calibrated(onnx: &[u8], args: &Args, dir: &Path) -> Result<Compresse
         },
         data_aware: args.data_aware,
         bias_correction: args.bias_correction,
-        task: args.preprocess.map(|p| match p {
-            Preprocess::Blazeface => TaskCheck::BlazeFace,
-            Preprocess::PpocrDet => TaskCheck::Db,
-        }),
+        task: args.task_check(),
         min_iou: args.min_iou,
         entropy: args.entropy == EntropyArg::Huffman,
         finetune: (args.finetune > 0).then(|| FinetuneOptions {
@@ -427,6 +449,9 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     }
     if args.preprocess.is_some() && args.calib.is_none() {
         bail!("--preprocess applies to calibration images: pass --calib DIR");
+    }
+    if args.task.is_some() && args.calib.is_none() {
+        bail!("--task checks the calibration samples' detections: pass --calib DIR");
     }
     if args.image.is_set() && args.calib.is_none() {
         bail!("image preprocessing flags apply to calibration images: pass --calib DIR");
@@ -569,7 +594,8 @@ fn report_json(
     json!({
         "bits": match args.bits { Bits::Auto => "auto".to_string(), Bits::Fixed(w) => format!("{w:?}") },
         "min_fidelity": (args.bits == Bits::Auto).then_some(args.min_fidelity),
-        "min_iou": args.preprocess.map(|_| args.min_iou),
+        "task": args.task_check().map(|t| match t { TaskCheck::BlazeFace => "faces", TaskCheck::Db => "text" }),
+        "min_iou": args.task_check().map(|_| args.min_iou),
         "data_aware": args.calib.is_some() && args.data_aware,
         "bias_correction": args.calib.is_some() && args.data_aware && args.bias_correction,
         "augment": args.augment,

@@ -47,11 +47,15 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         calib: Option<PathBuf>,
         /// How calibration images become model inputs (and which task check applies); for other
-        /// models give the explicit image flags instead (no task check: output cosine only).
+        /// models give the explicit image flags instead.
         #[arg(long, value_enum)]
         preprocess: Option<cmd_compress::Preprocess>,
         #[command(flatten)]
         image: image_args::ImageArgs,
+        /// With --calib: the detections every calibration sample must keep besides the output
+        /// cosine (at --min-iou). Default: the --preprocess preset's check, else none.
+        #[arg(long, value_enum)]
+        task: Option<cmd_compress::TaskArg>,
         /// With --bits auto: floor on the output cosine over the calibration set (each output's
         /// values of every sample together; the lowest over outputs).
         #[arg(long, default_value_t = cmd_compress::DEFAULT_MIN_FIDELITY)]
@@ -247,6 +251,7 @@ fn main() {
             calib,
             preprocess,
             image,
+            task,
             min_fidelity,
             min_iou,
             no_data_aware,
@@ -264,6 +269,7 @@ fn main() {
                 calib,
                 preprocess,
                 image,
+                task,
                 min_fidelity,
                 min_iou,
                 data_aware: !no_data_aware,

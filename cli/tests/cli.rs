@@ -497,6 +497,27 @@ fn explicit_image_flags_feed_calibration_and_run() {
     let text = stdout(&o);
     assert!(text.contains("fidelity on 1 calibration samples"), "{text}");
     assert!(!text.contains("task check"), "{text}");
+    // `--task` adds a detector's check to a model calibrated through the flags; a check that does
+    // not fit the model's outputs, or one without calibration data, is named.
+    let o = compress_args(
+        &dir,
+        &[&["--bits", "4", "--calib", calib_dir, "--task", "faces"], &letterbox[..]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("task check passed (1 detections"), "{}", stdout(&o));
+    let o = compress_args(
+        &dir,
+        &[&["--bits", "4", "--calib", calib_dir, "--task", "text"], &letterbox[..]].concat(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("task check: model output 'probability map' has shape [1, 896, 16]"),
+        "{}",
+        stderr(&o)
+    );
+    let o = compress_args(&dir, &["--bits", "4", "--task", "faces"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--task checks the calibration samples' detections"), "{}", stderr(&o));
 
     // The flags and a preset together, or flags that contradict the model, are refused.
     let o = compress_args(
