@@ -178,7 +178,10 @@ impl<'a> Importer<'a> {
         dims.iter()
             .map(|d| match (&d.dim_value, &d.dim_param) {
                 (Some(v), _) if *v >= 0 => Dim::Fixed(*v as u64),
-                (_, Some(p)) if !p.is_empty() => Dim::Symbol(p.clone()),
+                // "?" is how exporters such as Paddle2ONNX write "unknown" for every free
+                // dimension (PP-OCRv3 det: `[?, 3, ?, ?]`); it does not tie them together, as a
+                // shared name otherwise would, so each becomes its own symbol.
+                (_, Some(p)) if !p.is_empty() && p != "?" => Dim::Symbol(p.clone()),
                 _ => {
                     self.unknown_dims += 1;
                     Dim::Symbol(format!("unk_{}", self.unknown_dims - 1))

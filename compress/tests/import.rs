@@ -218,6 +218,21 @@ fn integer_tensors_become_i64() {
 }
 
 #[test]
+fn question_mark_dimensions_are_each_their_own_unknown() {
+    // Paddle2ONNX writes "?" for every free dimension; a shared name would tie height to width.
+    let named = |p: &str| Dimension { dim_param: Some(p.into()), ..Default::default() };
+    let graph = GraphProto {
+        node: vec![node("Relu", "relu", &["x"], &["y"])],
+        input: vec![value_info("x", data_type::FLOAT, &[named("?"), fixed(3), named("?"), named("h")])],
+        output: vec![value_info("y", data_type::FLOAT, &[])],
+        ..Default::default()
+    };
+    let m = compress(&encode(13, graph)).unwrap();
+    let sym = |s: &str| Dim::Symbol(s.into());
+    assert_eq!(value_named(&m, "x").1.shape, Some(vec![sym("unk_0"), Dim::Fixed(3), sym("unk_1"), sym("h")]));
+}
+
+#[test]
 fn unknown_op_error_names_op_and_node() {
     let graph = GraphProto {
         node: vec![node("FancyOp", "the_fancy_node", &["x"], &["y"])],
