@@ -1,5 +1,7 @@
-//! The two real models end to end: f32 fidelity to onnxruntime, 8-bit codebook fidelity (raw
-//! outputs and detected faces / text boxes), int8 activations (same detections), and a 4-bit report.
+//! The real models end to end: f32 fidelity to onnxruntime, 8-bit codebook fidelity (raw
+//! outputs and detected faces / text boxes), int8 activations (same detections), and a 4-bit
+//! report; for the two models nothing was tuned for, f32 fidelity, the detector's 8-bit cosine and
+//! the classifier's calls at 8 and 4 bits.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +19,11 @@ use pith_tests::{
 
 const BLAZEFACE: &str = "blazeface_short_range.onnx";
 const PPOCR: &str = "ppocr_v4_det.onnx";
+/// Two trained models no kernel, pass or compression setting was tuned for (first run in the
+/// thirty-ninth session): PaddleOCR's PP-OCRv3 text detector and its text-line direction
+/// classifier.
+const PPOCR_V3: &str = "ppocr_v3_det.onnx";
+const PPOCR_CLS: &str = "ppocr_mobile_v2_cls.onnx";
 
 /// f32 `.pith` vs onnxruntime: `|a - b| <= TOL * max(1, |b|)`.
 const TOL: f64 = 1e-4;
@@ -138,6 +145,35 @@ fn blazeface_f32_matches_onnxruntime() {
 #[test]
 fn ppocr_f32_matches_onnxruntime() {
     assert_f32_matches(PPOCR, "ppocr");
+}
+
+#[test]
+fn untuned_models_f32_matches_onnxruntime() {
+    assert_f32_matches(PPOCR_V3, "ppocr_v3");
+    assert_f32_matches(PPOCR_CLS, "ppocr_cls");
+    assert_f32_matches(PPOCR_CLS, "ppocr_cls_flipped");
+}
+
+#[test]
+fn untuned_detector_8bit_cosine() {
+    assert_cosine(PPOCR_V3, Weights::Bits(8), "ppocr_v3", COS8_PPOCR);
+}
+
+/// The direction classifier's call (upright / turned 180°) on the page's first text line, both
+/// ways round, survives plain 8- and 4-bit codebooks with a clear margin.
+#[test]
+fn untuned_classifier_keeps_its_calls_at_8_and_4_bits() {
+    for golden in ["ppocr_cls", "ppocr_cls_flipped"] {
+        let files = npy_files(&golden_dir(golden), "output.").unwrap();
+        let expected = read_npy(&files[0].1).unwrap().data;
+        let class = usize::from(expected[1] > expected[0]);
+        assert!(expected[class] > 0.9, "{golden}: onnxruntime is unsure: {expected:?}");
+        for weights in [Weights::Bits(8), Weights::Bits(4)] {
+            let out = run_golden(PPOCR_CLS, weights, golden);
+            let p = out[0].1.as_f32().unwrap();
+            assert!(p[class] > 0.8, "{golden} {weights:?}: probabilities {p:?}, onnxruntime {expected:?}");
+        }
+    }
 }
 
 fn assert_cosine(model: &'static str, weights: Weights, golden: &str, min: f64) {

@@ -26,6 +26,10 @@ What it writes (under tests/data/):
   sides are multiples of 32 - 384x191 becomes 384x192, Pillow bilinear - RGB / 255, ImageNet
   mean/std normalisation, NCHW; the page is grey, so RGB vs BGR channel order makes no difference)
   and ``output.sigmoid_0_tmp_0.npy``.
+* ``golden/ppocr_v3/``: PP-OCRv3 det on the same ``input.x.npy`` as ``golden/ppocr/``.
+* ``golden/ppocr_cls/`` and ``golden/ppocr_cls_flipped/``: the direction classifier on page.png's
+  first text line (cropped at x 4..294, y 9..35), upright and turned 180°, PaddleOCR-style
+  (scaled to 48 px high and at most 192 wide, to [-1, 1], zero-padded to 192 columns, NCHW).
 * ``bad/unknown_op.onnx``: a valid ONNX model using an operator Pith does not support (Erf).
 """
 
@@ -795,6 +799,16 @@ def ppocr_input(img: Image.Image) -> np.ndarray:
     return arr.transpose(2, 0, 1)[None].astype(np.float32).copy()
 
 
+def cls_input(line: Image.Image) -> np.ndarray:
+    """PaddleOCR ClsResizeImg: a text line scaled to 48 px high (width at most 192), to [-1, 1],
+    zero-padded on the right to 192 columns, NCHW."""
+    w = min(192, int(np.ceil(48 * line.width / line.height)))
+    arr = np.asarray(line.resize((w, 48), Image.BILINEAR), dtype=np.float32) / 127.5 - 1.0
+    out = np.zeros((48, 192, 3), np.float32)
+    out[:, :w] = arr
+    return out.transpose(2, 0, 1)[None].copy()
+
+
 def model_golden(folder: str, model: str, input_name: str, x: np.ndarray) -> None:
     out_dir = os.path.join(GOLDEN, folder)
     if os.path.isdir(out_dir):
@@ -818,8 +832,13 @@ def make_model_goldens() -> None:
         model_golden("blazeface_camera", bf, "input", blazeface_input(load_rgb(camera)))
     else:
         print(f"  {camera} not found: keeping golden/blazeface_camera as it is")
-    model_golden("ppocr", "ppocr_v4_det.onnx", "x",
-                 ppocr_input(load_rgb(os.path.join(IMAGES, "page.png"))))
+    page = load_rgb(os.path.join(IMAGES, "page.png"))
+    model_golden("ppocr", "ppocr_v4_det.onnx", "x", ppocr_input(page))
+    model_golden("ppocr_v3", "ppocr_v3_det.onnx", "x", ppocr_input(page))
+    # The page's first text line (the box PP-OCRv4 det finds there), upright and turned 180°.
+    line = page.crop((4, 9, 294, 35))
+    model_golden("ppocr_cls", "ppocr_mobile_v2_cls.onnx", "x", cls_input(line))
+    model_golden("ppocr_cls_flipped", "ppocr_mobile_v2_cls.onnx", "x", cls_input(line.rotate(180)))
 
 
 def make_bad() -> None:
