@@ -51,7 +51,21 @@ MODELS = {
         "task": "text",
         "calib": "--calib tests/data/calib/ppocr --preprocess ppocr-det",
     },
-    # A detector nothing was tuned for (thirty-ninth session), judged like PP-OCRv4 det.
+    # Detectors nothing was tuned for (thirty-ninth session), judged like the bundled ones.
+    "blazeface_full_range": {
+        "onnx": "blazeface_full_range.onnx",
+        "golden": "blazeface_full_range",
+        "image": "astronaut.png",
+        "task": "faces",
+        "calib": "--calib tests/data/calib/blazeface --preprocess blazeface",
+    },
+    "blazeface_back": {
+        "onnx": "blazeface_back.onnx",
+        "golden": "blazeface_back",
+        "image": "astronaut.png",
+        "task": "faces",
+        "calib": "--calib tests/data/calib/blazeface --preprocess blazeface",
+    },
     "ppocr_v3": {
         "onnx": "ppocr_v3_det.onnx",
         "golden": "ppocr_v3",

@@ -31,7 +31,8 @@ pub enum Bits {
 /// `--preprocess`: how calibration images become model inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preprocess {
-    /// MediaPipe BlazeFace: letterbox to 128x128, [-1, 1]; task check: same faces.
+    /// MediaPipe BlazeFace (short range, full range or back camera, by the input's size):
+    /// letterbox to 128, 192 or 256 square, [-1, 1]; task check: same faces.
     Blazeface,
     /// PP-OCR det: resize (longer side at most 480) to multiples of 32, ImageNet normalisation;
     /// task check: same text boxes.
@@ -41,7 +42,8 @@ pub enum Preprocess {
 /// `--task`: the check every calibration sample's detections must pass besides the cosine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TaskArg {
-    /// The same faces: BlazeFace short-range outputs (896 anchors of a 128x128 input).
+    /// The same faces: BlazeFace outputs (short range, full range or back camera: a 128, 192 or
+    /// 256 square input).
     Faces,
     /// The same text boxes: a DB text detector's probability map as the first output (any size).
     Text,
@@ -319,7 +321,10 @@ pub fn load_calibration(
                 let img = imageio::load(&path)?;
                 let prep = |img: &RgbImage| -> Result<pith_runtime::Tensor> {
                     Ok(match &recipe {
-                        ImageRecipe::Preset(Preprocess::Blazeface) => blazeface::preprocess(img).0,
+                        ImageRecipe::Preset(Preprocess::Blazeface) => {
+                            let dims = inputs[0].shape.as_deref().unwrap_or(&[]);
+                            blazeface::preprocess(img, blazeface::FaceModel::for_input(dims)?).0
+                        }
                         ImageRecipe::Preset(Preprocess::PpocrDet) => {
                             let opts =
                                 db::DbOptions { limit_side_len: PPOCR_CALIB_SIDE, ..Default::default() };

@@ -15,7 +15,7 @@ use crate::{cmd_run, imageio, pipeline};
 /// The detection task to run.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Task {
-    /// BlazeFace face detection.
+    /// BlazeFace face detection (short range, full range or back camera, by the input size).
     Faces,
     /// DB (PP-OCR det) text detection.
     Text,

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use pith_runtime::session::Session;
-use pith_runtime::tasks::blazeface::{self, Face, FaceOptions};
+use pith_runtime::tasks::blazeface::{self, Face, FaceModel, FaceOptions};
 use pith_runtime::tasks::db::{self, DbOptions, TextBox};
 use pith_runtime::tasks::image::RgbImage;
 use pith_runtime::Tensor;
@@ -18,9 +18,11 @@ fn run_single(session: &mut Session, input: Tensor) -> Result<Vec<(String, Tenso
     Ok(session.run(&[(name.as_str(), input)])?)
 }
 
-/// Detects faces with a BlazeFace model.
+/// Detects faces with a BlazeFace model (short range, full range or back camera, told apart by
+/// the input's declared size).
 pub fn detect_faces(session: &mut Session, img: &RgbImage, opts: &FaceOptions) -> Result<Vec<Face>> {
-    let (input, letterbox) = blazeface::preprocess(img);
+    let model = face_model(session)?;
+    let (input, letterbox) = blazeface::preprocess(img, model);
     let outputs = run_single(session, input)?;
     // Regressors carry 16 values per anchor, scores 1: tell them apart by shape, not by name,
     // so converted models with other output names work too.
@@ -29,8 +31,18 @@ pub fn detect_faces(session: &mut Session, img: &RgbImage, opts: &FaceOptions) -
             format!("model has no output with last dimension {n}; is this a BlazeFace model?")
         })
     };
-    let faces = blazeface::decode(by_last_dim(16)?, by_last_dim(1)?, &letterbox, opts)?;
+    let faces = blazeface::decode(model, by_last_dim(16)?, by_last_dim(1)?, &letterbox, opts)?;
     Ok(faces)
+}
+
+/// The BlazeFace model a session's single input declares (1x3xSxS).
+pub fn face_model(session: &Session) -> Result<FaceModel> {
+    let inputs = session.inputs();
+    let shape = match inputs.as_slice() {
+        [input] => input.shape.as_deref().unwrap_or(&[]).iter().map(|d| d.extent()).collect::<Vec<_>>(),
+        _ => bail!("expected a model with one input, this one has {}", inputs.len()),
+    };
+    Ok(FaceModel::for_input(&shape)?)
 }
 
 /// Detects text boxes with a DB text detector (PP-OCR det).

@@ -142,6 +142,35 @@ fn detect_faces_prints_json_and_writes_an_annotated_png() {
     assert_eq!(faces[0]["keypoints"].as_array().unwrap().len(), 6);
     let png = std::fs::read(&annotated).unwrap();
     assert_eq!(&png[1..4], b"PNG");
+
+    // The full-range (192x192) and back-camera (256x256) models: the input size picks the anchors.
+    for name in ["blazeface_full_range", "blazeface_back"] {
+        let model = dir.join(format!("{name}.pith"));
+        let onnx = data(&format!("models/{name}.onnx"));
+        let o = pith(&["compress", onnx.to_str().unwrap(), "-o", model.to_str().unwrap(), "--bits", "8"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = pith(&[
+            "detect",
+            "faces",
+            model.to_str().unwrap(),
+            data("images/astronaut.png").to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("stdout is JSON");
+        let faces = json["faces"].as_array().expect("faces array");
+        assert_eq!(faces.len(), 1, "{name}: {json}");
+        let b: Vec<f64> = faces[0]["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(b[0] > 150.0 && b[2] < 300.0 && b[1] > 50.0 && b[3] < 200.0, "{name}: {b:?}");
+    }
+    // A model whose input is no BlazeFace size is named.
+    let text = dir.join("ppocr.pith");
+    let onnx = data("models/ppocr_mobile_v2_cls.onnx");
+    let o = pith(&["compress", onnx.to_str().unwrap(), "-o", text.to_str().unwrap(), "--bits", "8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o =
+        pith(&["detect", "faces", text.to_str().unwrap(), data("images/astronaut.png").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("a BlazeFace input is NCHW 1x3x128x128 (short range)"), "{}", stderr(&o));
 }
 
 #[test]

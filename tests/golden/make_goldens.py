@@ -22,6 +22,8 @@ What it writes (under tests/data/):
   RGB, scaled to [-1, 1], NCHW) and the model's ``output.regressors.npy`` /
   ``output.classificators.npy``.
 * ``golden/blazeface_camera/``: the same for camera.png (greyscale, replicated to RGB).
+* ``golden/blazeface_full_range/`` and ``golden/blazeface_back/``: astronaut.png for the full-range
+  (192x192) and back-camera (256x256) BlazeFace models, preprocessed the same way at their size.
 * ``golden/ppocr/``: ``input.x.npy`` (page.png, PaddleOCR-style preprocessing: resized so both
   sides are multiples of 32 - 384x191 becomes 384x192, Pillow bilinear - RGB / 255, ImageNet
   mean/std normalisation, NCHW; the page is grey, so RGB vs BGR channel order makes no difference)
@@ -780,10 +782,10 @@ def load_rgb(path: str) -> Image.Image:
     return Image.open(path).convert("RGB")
 
 
-def blazeface_input(img: Image.Image) -> np.ndarray:
-    """MediaPipe-style: 128x128 RGB in [-1, 1], NCHW. Only square images (letterbox = resize)."""
+def blazeface_input(img: Image.Image, side: int = 128) -> np.ndarray:
+    """MediaPipe-style: side x side RGB in [-1, 1], NCHW. Only square images (letterbox = resize)."""
     assert img.width == img.height, "letterboxing of non-square images is not implemented here"
-    arr = np.asarray(img.resize((128, 128), Image.BILINEAR), dtype=np.float32)
+    arr = np.asarray(img.resize((side, side), Image.BILINEAR), dtype=np.float32)
     arr = arr / 127.5 - 1.0
     return arr.transpose(2, 0, 1)[None].copy()
 
@@ -827,6 +829,9 @@ def make_model_goldens() -> None:
     bf = "blazeface_short_range.onnx"
     model_golden("blazeface", bf, "input",
                  blazeface_input(load_rgb(os.path.join(IMAGES, "astronaut.png"))))
+    astronaut = load_rgb(os.path.join(IMAGES, "astronaut.png"))
+    model_golden("blazeface_full_range", "blazeface_full_range.onnx", "input", blazeface_input(astronaut, 192))
+    model_golden("blazeface_back", "blazeface_back.onnx", "input", blazeface_input(astronaut, 256))
     camera = os.path.join(EXTRA_IMAGES, "camera.png")
     if os.path.isfile(camera):
         model_golden("blazeface_camera", bf, "input", blazeface_input(load_rgb(camera)))

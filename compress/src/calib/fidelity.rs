@@ -13,7 +13,7 @@ use std::sync::Arc;
 use pith_format::ir;
 use pith_format::PithFile;
 use pith_kernels::{exp_neg_abs, sigmoid};
-use pith_runtime::tasks::blazeface::{self, FaceOptions, Letterbox};
+use pith_runtime::tasks::blazeface::{self, FaceModel, FaceOptions, Letterbox};
 use pith_runtime::tasks::db::{self, DbOptions, DbResize};
 use pith_runtime::tasks::geometry::BBox;
 use pith_runtime::{Session, SessionOptions, Tensor};
@@ -225,10 +225,12 @@ pub fn detections(
                         || format!("no output with last dimension {n}; is this a BlazeFace model?"),
                     )
                 };
-            let lb = Letterbox::new(blazeface::INPUT_SIZE, blazeface::INPUT_SIZE);
+            let dims: Vec<Option<usize>> = input.shape.iter().map(|&d| Some(d)).collect();
+            let model = FaceModel::for_input(&dims).map_err(|e| e.to_string())?;
+            let lb = Letterbox::new(model.input_size(), model.input_size());
             let options = FaceOptions::default();
-            let faces =
-                blazeface::decode(by_last(16)?, by_last(1)?, &lb, &options).map_err(|e| e.to_string())?;
+            let faces = blazeface::decode(model, by_last(16)?, by_last(1)?, &lb, &options)
+                .map_err(|e| e.to_string())?;
             let borderline = |score: f32| score < options.min_score + BORDERLINE;
             Ok(faces.iter().map(|f| Detection { bbox: f.bbox, borderline: borderline(f.score) }).collect())
         }

@@ -295,7 +295,8 @@ mod tests {
             let img = image(w, h, |x, y| {
                 [(10 + x * 240 / w) as u8, (10 + y * 240 / h) as u8, (10 + (x + y) * 100 / (w + h)) as u8]
             });
-            let (want, _) = super::super::blazeface::preprocess(&img);
+            let (want, _) =
+                super::super::blazeface::preprocess(&img, super::super::blazeface::FaceModel::ShortRange);
             let mut p = ImagePreprocess::new(128, 128);
             p.fit = Fit::Letterbox;
             p.mean = [0.5; 3];
