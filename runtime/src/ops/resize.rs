@@ -214,16 +214,66 @@ fn linear_taps(c: f32, n: usize) -> (usize, usize, f32) {
     (i0, i1, if i0 == i1 { 0.0 } else { c - i0 as f32 })
 }
 
+/// One plane of a linear resize: every output row blends two input rows, each first
+/// interpolated along x (`top`, `bottom`: one output row each, kept while the next output row
+/// reads the same input rows), so the per-element gathers run once per input row rather than
+/// twice per output row, and the vertical blend is a contiguous loop that vectorises. The same
+/// operations in the same order as blending the four taps per output element.
+fn linear_plane<'a>(
+    xp: &[f32],
+    w: usize,
+    ys: &[(usize, usize, f32)],
+    xs: &[(usize, usize, f32)],
+    yp: &mut [f32],
+    mut top: &'a mut [f32],
+    mut bottom: &'a mut [f32],
+) {
+    let ow = xs.len();
+    let along_x = |row: usize, out: &mut [f32]| {
+        let r = &xp[row * w..][..w];
+        for (o, &(x0, x1, wx)) in out.iter_mut().zip(xs) {
+            *o = r[x0] + (r[x1] - r[x0]) * wx;
+        }
+    };
+    let mut held: [Option<usize>; 2] = [None, None];
+    for (yrow, &(y0, y1, wy)) in yp.chunks_exact_mut(ow).zip(ys) {
+        if held[0] != Some(y0) {
+            if held[1] == Some(y0) {
+                std::mem::swap(&mut top, &mut bottom);
+                held = [held[1], held[0]];
+            } else {
+                along_x(y0, top);
+                held[0] = Some(y0);
+            }
+        }
+        if held[1] != Some(y1) {
+            along_x(y1, bottom);
+            held[1] = Some(y1);
+        }
+        for ((o, &t), &b) in yrow.iter_mut().zip(top.iter()).zip(bottom.iter()) {
+            *o = t + (b - t) * wy;
+        }
+    }
+}
+
 impl Op for Resize {
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         Ok(vec![(ElemType::F32, self.plan(inputs)?.0)])
+    }
+
+    fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
+        // Two rows of output width for the linear mode's interpolated input rows.
+        match (self.mode, self.plan(inputs)) {
+            (Mode::Linear, Ok((out, _))) => 2 * out.last().copied().unwrap_or(0),
+            _ => 0,
+        }
     }
 
     fn run(
         &self,
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
-        _scratch: &mut [f32],
+        scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
         let (out, scales) = self.plan(inputs)?;
@@ -260,15 +310,12 @@ impl Op for Resize {
                 let sw = scales[rank - 1];
                 let ys: Vec<_> = (0..oh).map(|o| linear_taps(self.source(o, h, oh, sh), h)).collect();
                 let xs: Vec<_> = (0..ow).map(|o| linear_taps(self.source(o, w, ow, sw), w)).collect();
+                if scratch.len() < 2 * ow {
+                    op_bail!("linear resize needs {} scratch elements, got {}", 2 * ow, scratch.len());
+                }
+                let (top, bottom) = scratch[..2 * ow].split_at_mut(ow);
                 for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)) {
-                    for (yrow, &(y0, y1, wy)) in yp.chunks_exact_mut(ow).zip(&ys) {
-                        let (r0, r1) = (&xp[y0 * w..][..w], &xp[y1 * w..][..w]);
-                        for (o, &(x0, x1, wx)) in yrow.iter_mut().zip(&xs) {
-                            let top = r0[x0] + (r0[x1] - r0[x0]) * wx;
-                            let bottom = r1[x0] + (r1[x1] - r1[x0]) * wx;
-                            *o = top + (bottom - top) * wy;
-                        }
-                    }
+                    linear_plane(xp, w, &ys, &xs, yp, top, bottom);
                 }
             }
         }
@@ -481,6 +528,34 @@ mod tests {
         assert_eq!(repeat_factor(&[0, 1, 2]), None);
         assert_eq!(repeat_factor(&[1, 1, 0, 0]), None);
         assert_eq!(repeat_factor(&[2, 2]), Some((2, 0)));
+    }
+
+    #[test]
+    fn linear_rows_blend_as_the_four_taps_do() {
+        // Up (2x, 3x), down (0.4x) and uneven scales: the row-cached form gives the per-element
+        // four-tap blend's bits.
+        let taps = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
+            let scale = n_out as f32 / n_in as f32;
+            (0..n_out).map(|o| linear_taps((o as f32 + 0.5) / scale - 0.5, n_in)).collect()
+        };
+        for (h, w, oh, ow) in [(5, 7, 10, 14), (4, 3, 12, 9), (10, 10, 4, 4), (3, 8, 7, 5), (1, 1, 3, 2)] {
+            let xp: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.37).collect();
+            let (ys, xs) = (taps(h, oh), taps(w, ow));
+            let mut want = vec![0.0f32; oh * ow];
+            for (yrow, &(y0, y1, wy)) in want.chunks_exact_mut(ow).zip(&ys) {
+                let (r0, r1) = (&xp[y0 * w..][..w], &xp[y1 * w..][..w]);
+                for (o, &(x0, x1, wx)) in yrow.iter_mut().zip(&xs) {
+                    let top = r0[x0] + (r0[x1] - r0[x0]) * wx;
+                    let bottom = r1[x0] + (r1[x1] - r1[x0]) * wx;
+                    *o = top + (bottom - top) * wy;
+                }
+            }
+            let mut got = vec![f32::NAN; oh * ow];
+            let (mut top, mut bottom) = (vec![f32::NAN; ow], vec![f32::NAN; ow]);
+            linear_plane(&xp, w, &ys, &xs, &mut got, &mut top, &mut bottom);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{h}x{w} -> {oh}x{ow}");
+        }
     }
 
     fn resize(
