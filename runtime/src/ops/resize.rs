@@ -229,8 +229,25 @@ fn linear_plane<'a>(
     mut bottom: &'a mut [f32],
 ) {
     let ow = xs.len();
+    let doubling = doubles_half_pixel(xs, w);
     let along_x = |row: usize, out: &mut [f32]| {
         let r = &xp[row * w..][..w];
+        if doubling {
+            // Taps (i, i + 1) at weights 0.25 and 0.75 for columns 2i + 1 and 2i + 2; the edge
+            // columns hold their neighbour (a zero weight, as the general form computes them).
+            out[0] = r[0] + (r[1] - r[0]) * 0.0;
+            // The general form's `x + (x - x) * 0`: an infinite edge value stays NaN there too.
+            #[allow(clippy::eq_op)]
+            {
+                out[ow - 1] = r[w - 1] + (r[w - 1] - r[w - 1]) * 0.0;
+            }
+            for (pair, ab) in out[1..ow - 1].chunks_exact_mut(2).zip(r.windows(2)) {
+                let (a, d) = (ab[0], ab[1] - ab[0]);
+                pair[0] = a + d * 0.25;
+                pair[1] = a + d * 0.75;
+            }
+            return;
+        }
         for (o, &(x0, x1, wx)) in out.iter_mut().zip(xs) {
             *o = r[x0] + (r[x1] - r[x0]) * wx;
         }
@@ -254,6 +271,17 @@ fn linear_plane<'a>(
             *o = t + (b - t) * wy;
         }
     }
+}
+
+/// Whether `xs` (over `w >= 2` input columns) are the taps of an exact 2x half-pixel upscale:
+/// output column `2i + 1` reads `(i, i + 1)` at 0.25 and `2i + 2` at 0.75, the edge columns
+/// clamp (weight 0).
+fn doubles_half_pixel(xs: &[(usize, usize, f32)], w: usize) -> bool {
+    w >= 2
+        && xs.len() == 2 * w
+        && xs[0] == (0, 1, 0.0)
+        && xs[2 * w - 1] == (w - 1, w - 1, 0.0)
+        && xs[1..2 * w - 1].iter().enumerate().all(|(j, &t)| t == (j / 2, j / 2 + 1, [0.25, 0.75][j % 2]))
 }
 
 impl Op for Resize {
@@ -538,7 +566,11 @@ mod tests {
             let scale = n_out as f32 / n_in as f32;
             (0..n_out).map(|o| linear_taps((o as f32 + 0.5) / scale - 0.5, n_in)).collect()
         };
-        for (h, w, oh, ow) in [(5, 7, 10, 14), (4, 3, 12, 9), (10, 10, 4, 4), (3, 8, 7, 5), (1, 1, 3, 2)] {
+        assert!(doubles_half_pixel(&taps(7, 14), 7) && doubles_half_pixel(&taps(2, 4), 2));
+        assert!(!doubles_half_pixel(&taps(7, 21), 7) && !doubles_half_pixel(&taps(1, 2), 1));
+        for (h, w, oh, ow) in
+            [(5, 7, 10, 14), (4, 2, 8, 4), (4, 3, 12, 9), (10, 10, 4, 4), (3, 8, 7, 5), (1, 1, 3, 2)]
+        {
             let xp: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.37).collect();
             let (ys, xs) = (taps(h, oh), taps(w, ow));
             let mut want = vec![0.0f32; oh * ow];
