@@ -11,7 +11,9 @@ Usage, from the repository root after `cargo build --release -p pith-cli`:
     python3 benches/compare_onnxruntime.py --onnx mobilenetv2.onnx --input input=1x3x224x224 --bf16
 
 Arguments:
-    model           blazeface (1x3x128x128) or ppocr (PP-OCRv4 det, 1x3xHxW; --hw, default 320x640)
+    model           blazeface (1x3x128x128) or ppocr (PP-OCRv4 det, 1x3xHxW; --hw, default 320x640);
+                    untuned: blazeface_full (192x192), blazeface_back (256x256), ppocr_v3
+                    (PP-OCRv3 det, --hw, default 320x640), ppocr_cls (direction classifier, 48x192)
     --onnx PATH     any other ONNX model instead (with --input): e.g. the MobileNetV2 that
                     `benches/make_untuned_model.py` writes, a model the kernels were not tuned for
     --input N=SHAPE its input name and shape, e.g. input=1x3x224x224 (with --onnx)
@@ -63,10 +65,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Pause before each runtime's turn (seconds): longer than any pool's spin-before-park time.
 SETTLE_S = 0.25
 
-# Bundled model: ONNX file, input name, default height x width, the original .tflite (if any).
+# Bundled model: ONNX file, input name, default (and for the face models only) height x width,
+# the original .tflite (if any). The last four are the models nothing was tuned for.
 MODELS = {
-    "blazeface": ("blazeface_short_range.onnx", "input", None, "blazeface_short_range.tflite"),
+    "blazeface": ("blazeface_short_range.onnx", "input", (128, 128), "blazeface_short_range.tflite"),
     "ppocr": ("ppocr_v4_det.onnx", "x", (320, 640), None),
+    "blazeface_full": ("blazeface_full_range.onnx", "input", (192, 192), "blazeface_full_range.tflite"),
+    "blazeface_back": ("blazeface_back.onnx", "input", (256, 256), "blazeface_back.tflite"),
+    "ppocr_v3": ("ppocr_v3_det.onnx", "x", (320, 640), None),
+    "ppocr_cls": ("ppocr_mobile_v2_cls.onnx", "x", (48, 192), None),
 }
 
 
@@ -240,9 +247,9 @@ def main():
         onnx_path = os.path.join(ROOT, "tests", "data", "models", file)
         if args.tflite is None and tflite is not None:
             args.tflite = os.path.join(ROOT, "tests", "data", "models", tflite)
-        h, w = args.hw or default_hw or (128, 128)
-        if args.model == "blazeface" and (h, w) != (128, 128):
-            p.error("BlazeFace takes 128x128 only")
+        h, w = args.hw or default_hw
+        if args.model.startswith("blazeface") and (h, w) != default_hw:
+            p.error(f"{args.model} takes {default_hw[0]}x{default_hw[1]} only")
         shape = (1, 3, h, w)
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="pith-compare-")
