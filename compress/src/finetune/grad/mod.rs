@@ -1,8 +1,8 @@
 //! Backward rules, one per op kind: given a node's inputs, outputs and the gradients of its
 //! outputs, the gradients of the inputs that need one.
 //!
-//! Layout ops (reshape, transpose, concat, pad, slice, nearest resize, ...) share one rule,
-//! [`gather`]: their forward pass, run by the runtime on index-valued probes, tells which
+//! Linear resize has its own rule ([`resize`]). Layout ops (reshape, transpose, concat, pad,
+//! slice, nearest resize, ...) share one rule, [`gather`]: their forward pass, run by the runtime on index-valued probes, tells which
 //! input element each output element copies, and the gradient flows back along that map.
 
 mod conv;
@@ -10,6 +10,7 @@ mod dense;
 mod gather;
 mod pointwise;
 mod pool;
+mod resize;
 
 use pith_format::ir::{Node, OpKind};
 use pith_kernels::Isa;
@@ -84,10 +85,11 @@ pub(super) fn backward(a: &NodeArgs<'_>) -> Result<Grads, String> {
         GlobalAveragePool => pool::global_average(a),
         Resize => {
             let mode = pith_runtime::ops::attrs::string(a.node, "mode", "nearest").map_err(|e| e.0)?;
-            if mode != "nearest" {
-                return Err(format!("no backward rule for Resize mode '{mode}' (only nearest)"));
+            match mode.as_str() {
+                "nearest" => gather::gather(a, &[0]),
+                "linear" => resize::linear(a),
+                _ => Err(format!("no backward rule for Resize mode '{mode}' (nearest and linear only)")),
             }
-            gather::gather(a, &[0])
         }
         Concat => gather::gather(a, &(0..a.inputs.len()).collect::<Vec<_>>()),
         Slice | Split | Reshape | Flatten | Transpose | Squeeze | Unsqueeze | Pad | Identity | Gather

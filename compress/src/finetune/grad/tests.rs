@@ -80,7 +80,10 @@ fn graph() -> (ir::Model, Vec<&'static str>, Tensor) {
     push(&mut w, "hsig", OpKind::HardSigmoid, &[Some(v[10])], &[v[11]]);
     push(&mut w, "se", OpKind::Mul, &[Some(v[9]), Some(v[11])], &[v[12]]);
     push(&mut w, "resize", OpKind::Resize, &[Some(v[12]), None, Some(scales)], &[v[13]]);
-    push(&mut w, "cat", OpKind::Concat, &[Some(v[13]), Some(v[13])], &[v[14]]);
+    let smooth = act(&mut w, "smooth");
+    push(&mut w, "bilinear", OpKind::Resize, &[Some(v[12]), None, Some(scales)], &[smooth]);
+    set_attrs(&mut w, vec![("mode", Attr::Str("linear".into()))]);
+    push(&mut w, "cat", OpKind::Concat, &[Some(v[13]), Some(smooth)], &[v[14]]);
     set_attrs(&mut w, vec![("axis", Attr::Int(1))]);
     push(&mut w, "sig", OpKind::Sigmoid, &[Some(v[14])], &[v[15]]);
     push(&mut w, "reshape", OpKind::Reshape, &[Some(v[15]), Some(shape)], &[v[16]]);
