@@ -47,6 +47,9 @@ pub enum TaskArg {
     Faces,
     /// The same text boxes: a DB text detector's probability map as the first output (any size).
     Text,
+    /// The same top class in every row of a classifier's [N, classes] outputs (near ties, within
+    /// 0.05, may change).
+    Classes,
     /// The output cosine only.
     None,
 }
@@ -57,6 +60,7 @@ impl Args {
         match (self.task, self.preprocess) {
             (Some(TaskArg::Faces), _) | (None, Some(Preprocess::Blazeface)) => Some(TaskCheck::BlazeFace),
             (Some(TaskArg::Text), _) | (None, Some(Preprocess::PpocrDet)) => Some(TaskCheck::Db),
+            (Some(TaskArg::Classes), _) => Some(TaskCheck::Classes),
             (Some(TaskArg::None), _) | (None, None) => None,
         }
     }
@@ -508,6 +512,12 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     }
     if let Some(f) = &compressed.report.fidelity {
         let task = match &f.task {
+            Some(t) if t.passed && args.task_check() == Some(TaskCheck::Classes) => {
+                format!(
+                    ", task check passed ({} class decisions kept; {} near ties)",
+                    t.detections, t.borderline
+                )
+            }
             Some(t) if t.passed => {
                 format!(
                     ", task check passed ({} detections, min IoU {:.3}; {} borderline)",
@@ -599,7 +609,11 @@ fn report_json(
     json!({
         "bits": match args.bits { Bits::Auto => "auto".to_string(), Bits::Fixed(w) => format!("{w:?}") },
         "min_fidelity": (args.bits == Bits::Auto).then_some(args.min_fidelity),
-        "task": args.task_check().map(|t| match t { TaskCheck::BlazeFace => "faces", TaskCheck::Db => "text" }),
+        "task": args.task_check().map(|t| match t {
+            TaskCheck::BlazeFace => "faces",
+            TaskCheck::Db => "text",
+            TaskCheck::Classes => "classes",
+        }),
         "min_iou": args.task_check().map(|_| args.min_iou),
         "data_aware": args.calib.is_some() && args.data_aware,
         "bias_correction": args.calib.is_some() && args.data_aware && args.bias_correction,

@@ -601,6 +601,34 @@ fn explicit_image_flags_feed_calibration_and_run() {
 }
 
 #[test]
+fn classes_task_check_guards_a_classifiers_calls() {
+    // PaddleOCR's direction classifier on a real text line, upright and turned 180°, as .npy
+    // calibration samples: `--task classes` asks every sample to keep its top class.
+    let dir = scratch("classes");
+    let calib = dir.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    std::fs::copy(data("golden/ppocr_cls/input.x.npy"), calib.join("x.line.npy")).unwrap();
+    std::fs::copy(data("golden/ppocr_cls_flipped/input.x.npy"), calib.join("x.turned.npy")).unwrap();
+    let model = data("models/ppocr_mobile_v2_cls.onnx");
+    let out = dir.join("cls.pith");
+    let compress = |bits: &str| {
+        let args = ["compress", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--bits", bits];
+        pith(&[&args[..], &["--calib", calib.to_str().unwrap(), "--task", "classes"]].concat())
+    };
+    let o = compress("auto");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("task check passed (2 class decisions kept; 0 near ties)"), "{}", stdout(&o));
+    // At 2 bits the turned line reads as upright: reported, with the sample and the classes.
+    let o = compress("2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("task check FAILED: sample 1 (turned.npy): row 0: class 1 became 0"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
 fn reproducible_calibration_writes_the_portable_paths_bytes_whatever_the_kernel_path() {
     let dir = scratch("reproducible");
     let calib = dir.join("calib");

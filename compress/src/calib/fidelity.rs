@@ -43,6 +43,10 @@ pub enum TaskCheck {
     BlazeFace,
     /// DB text detection (PP-OCR det): the same text boxes from the first output.
     Db,
+    /// A classifier: the same top class in every row of its `[N, classes]` (or `[classes]`)
+    /// outputs; a row whose two best values lie within [`BORDERLINE`] of each other (on the
+    /// output's own scale: probabilities or logits) may change.
+    Classes,
 }
 
 /// How much more than other elements fine-tuning weighs an element that decides detections.
@@ -83,6 +87,8 @@ impl TaskCheck {
                     out[0] = Some(p.iter().map(|&x| near(x)).collect());
                 }
             }
+            // Every value of a classifier's row takes part in its decision: no emphasis.
+            TaskCheck::Classes => {}
         }
         out
     }
@@ -211,6 +217,60 @@ pub fn match_detections(
     }
 }
 
+/// A classifier's decisions in `outputs`: one per row of every output shaped `[N, classes]` or
+/// `[classes]` (at least two classes), in output and row order, as a [`Detection`] whose box's
+/// `xmin` is the top class and `ymin` the row; borderline when the runner-up is within
+/// [`BORDERLINE`].
+fn class_decisions(outputs: &[(String, Tensor)]) -> Result<Vec<Detection>, String> {
+    let mut out = Vec::new();
+    for (_, t) in outputs {
+        let classes = match t.shape[..] {
+            [c] | [_, c] if c >= 2 => c,
+            _ => continue,
+        };
+        let values = t.as_f32().ok_or("a classifier output is not f32")?;
+        for (row, v) in values.chunks_exact(classes).enumerate() {
+            let (mut best, mut second) = (0, usize::MAX);
+            for (c, &x) in v.iter().enumerate().skip(1) {
+                if x > v[best] {
+                    (best, second) = (c, best);
+                } else if second == usize::MAX || x > v[second] {
+                    second = c;
+                }
+            }
+            let second = if second == usize::MAX { 1 } else { second };
+            let (c, r) = (best as f32, (out.len() + row) as f32);
+            let margin = v[best] - v[second];
+            out.push(Detection {
+                bbox: BBox { xmin: c, ymin: r, xmax: c + 1.0, ymax: r + 1.0 },
+                // NaN margins count as firm: a broken output must fail.
+                borderline: margin < BORDERLINE,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err("no classifier output ([N, classes] or [classes], at least 2 classes)".into());
+    }
+    Ok(out)
+}
+
+/// Compares class decisions row by row: every firm reference row keeps its class.
+fn match_classes(reference: &[Detection], candidate: &[Detection]) -> Result<f32, String> {
+    if reference.len() != candidate.len() {
+        return Err(format!(
+            "{} class decisions against {} in the reference",
+            candidate.len(),
+            reference.len()
+        ));
+    }
+    for (row, (r, c)) in reference.iter().zip(candidate).enumerate() {
+        if !r.borderline && r.bbox.xmin != c.bbox.xmin {
+            return Err(format!("row {row}: class {} became {}", r.bbox.xmin, c.bbox.xmin));
+        }
+    }
+    Ok(1.0)
+}
+
 /// The detections of `task` in model outputs for input `input` (boxes in input pixels).
 pub fn detections(
     task: TaskCheck,
@@ -246,6 +306,7 @@ pub fn detections(
             let borderline = |score: f32| score < options.box_thresh + BORDERLINE;
             Ok(boxes.iter().map(|b| Detection { bbox: b.aabb(), borderline: borderline(b.score) }).collect())
         }
+        TaskCheck::Classes => class_decisions(outputs),
     }
 }
 
@@ -363,7 +424,11 @@ impl<'a> Evaluator<'a> {
                     outcome.detections += reference.len() - borderline;
                     outcome.borderline += borderline;
                     let got = detections(task, &self.samples[i].inputs[0].1, out);
-                    match got.and_then(|got| match_detections(reference, &got, self.min_iou)) {
+                    let matched = got.and_then(|got| match task {
+                        TaskCheck::Classes => match_classes(reference, &got),
+                        _ => match_detections(reference, &got, self.min_iou),
+                    });
+                    match matched {
                         Ok(iou) => outcome.min_iou = outcome.min_iou.min(iou),
                         Err(e) if outcome.passed => {
                             outcome.passed = false;
@@ -482,6 +547,28 @@ mod tests {
         assert!(match_detections(&reference, &[kept, firm(80.0, 50.0, 20.0)], MIN_IOU).is_err());
         // The firm one must still be there.
         assert!(match_detections(&reference, &[weak(50.0, 50.0, 20.0)], MIN_IOU).is_err());
+    }
+
+    #[test]
+    fn class_decisions_keep_firm_rows_and_free_near_ties() {
+        let out = |v: Vec<f32>| vec![("p".to_string(), Tensor::from_f32(vec![2, 3], v))];
+        // Row 0: class 2 by a wide margin; row 1: classes 0 and 1 within 0.05.
+        let reference = class_decisions(&out(vec![0.1, 0.2, 0.7, 0.48, 0.46, 0.06])).unwrap();
+        assert_eq!((reference[0].bbox.xmin, reference[0].borderline), (2.0, false));
+        assert_eq!((reference[1].bbox.xmin, reference[1].borderline), (0.0, true));
+        // The near tie may flip; the firm row may not.
+        let flipped_tie = class_decisions(&out(vec![0.1, 0.2, 0.7, 0.40, 0.54, 0.06])).unwrap();
+        assert!(match_classes(&reference, &flipped_tie).is_ok());
+        let flipped_firm = class_decisions(&out(vec![0.5, 0.2, 0.3, 0.48, 0.46, 0.06])).unwrap();
+        let err = match_classes(&reference, &flipped_firm).unwrap_err();
+        assert!(err.contains("row 0: class 2 became 0"), "{err}");
+        // A broken output is never a near tie.
+        let nan = class_decisions(&out(vec![f32::NAN, 0.2, 0.7, 0.48, 0.46, 0.06])).unwrap();
+        assert!(!nan[0].borderline && match_classes(&reference, &nan).is_err());
+        // Outputs that are no classifier's are refused by name.
+        let map = vec![("map".to_string(), Tensor::zeros(vec![1, 1, 4, 4]))];
+        assert!(class_decisions(&map).unwrap_err().contains("no classifier output"));
+        assert_eq!(TaskCheck::Classes.emphasis(&[Tensor::zeros(vec![1, 3])]), vec![None]);
     }
 
     #[test]
