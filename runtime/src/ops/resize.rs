@@ -219,17 +219,19 @@ fn linear_taps(c: f32, n: usize) -> (usize, usize, f32) {
 /// reads the same input rows), so the per-element gathers run once per input row rather than
 /// twice per output row, and the vertical blend is a contiguous loop that vectorises. The same
 /// operations in the same order as blending the four taps per output element.
+/// `doubling`: `xs` are an exact 2x half-pixel upscale's taps ([`doubles_half_pixel`]).
+#[allow(clippy::too_many_arguments)]
 fn linear_plane<'a>(
     xp: &[f32],
     w: usize,
     ys: &[(usize, usize, f32)],
     xs: &[(usize, usize, f32)],
+    doubling: bool,
     yp: &mut [f32],
     mut top: &'a mut [f32],
     mut bottom: &'a mut [f32],
 ) {
     let ow = xs.len();
-    let doubling = doubles_half_pixel(xs, w);
     let along_x = |row: usize, out: &mut [f32]| {
         let r = &xp[row * w..][..w];
         if doubling {
@@ -342,8 +344,9 @@ impl Op for Resize {
                     op_bail!("linear resize needs {} scratch elements, got {}", 2 * ow, scratch.len());
                 }
                 let (top, bottom) = scratch[..2 * ow].split_at_mut(ow);
+                let doubling = doubles_half_pixel(&xs, w);
                 for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)) {
-                    linear_plane(xp, w, &ys, &xs, yp, top, bottom);
+                    linear_plane(xp, w, &ys, &xs, doubling, yp, top, bottom);
                 }
             }
         }
@@ -584,7 +587,8 @@ mod tests {
             }
             let mut got = vec![f32::NAN; oh * ow];
             let (mut top, mut bottom) = (vec![f32::NAN; ow], vec![f32::NAN; ow]);
-            linear_plane(&xp, w, &ys, &xs, &mut got, &mut top, &mut bottom);
+            let doubling = doubles_half_pixel(&xs, w);
+            linear_plane(&xp, w, &ys, &xs, doubling, &mut got, &mut top, &mut bottom);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{h}x{w} -> {oh}x{ow}");
         }
