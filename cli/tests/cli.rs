@@ -7,6 +7,17 @@ fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(rel)
 }
 
+/// A `calib` folder in `dir` holding copies of bundled data files: `(source under tests/data,
+/// name in the folder)`.
+fn calib_dir(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let calib = dir.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    for (from, to) in files {
+        std::fs::copy(data(from), calib.join(to)).unwrap();
+    }
+    calib
+}
+
 /// A fresh scratch folder per test.
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pith-cli-test-{}-{name}", std::process::id()));
@@ -432,11 +443,14 @@ fn calibration_errors_are_clear() {
 #[test]
 fn calibrated_auto_writes_a_report_and_is_deterministic() {
     let dir = scratch("calib-auto");
-    let calib = dir.join("calib");
-    std::fs::create_dir_all(&calib).unwrap();
-    std::fs::copy(data("golden/blazeface/input.input.npy"), calib.join("input.portrait.npy")).unwrap();
-    std::fs::copy(data("golden/blazeface_camera/input.input.npy"), calib.join("input.camera.npy")).unwrap();
-    std::fs::copy(data("images/astronaut.png"), calib.join("astronaut.png")).unwrap();
+    let calib = calib_dir(
+        &dir,
+        &[
+            ("golden/blazeface/input.input.npy", "input.portrait.npy"),
+            ("golden/blazeface_camera/input.input.npy", "input.camera.npy"),
+            ("images/astronaut.png", "astronaut.png"),
+        ],
+    );
     let report = dir.join("report.json");
     let args = [
         "--bits",
@@ -514,9 +528,7 @@ fn raw_npy(shape: &str, data_bytes: usize) -> Vec<u8> {
 #[test]
 fn explicit_image_flags_feed_calibration_and_run() {
     let dir = scratch("image-flags");
-    let calib = dir.join("calib");
-    std::fs::create_dir_all(&calib).unwrap();
-    std::fs::copy(data("images/astronaut.png"), calib.join("astronaut.png")).unwrap();
+    let calib = calib_dir(&dir, &[("images/astronaut.png", "astronaut.png")]);
     let calib_dir = calib.to_str().unwrap();
     let letterbox = ["--fit", "letterbox", "--mean", "0.5", "--std", "0.5"];
 
@@ -605,10 +617,13 @@ fn classes_task_check_guards_a_classifiers_calls() {
     // PaddleOCR's direction classifier on a real text line, upright and turned 180°, as .npy
     // calibration samples: `--task classes` asks every sample to keep its top class.
     let dir = scratch("classes");
-    let calib = dir.join("calib");
-    std::fs::create_dir_all(&calib).unwrap();
-    std::fs::copy(data("golden/ppocr_cls/input.x.npy"), calib.join("x.line.npy")).unwrap();
-    std::fs::copy(data("golden/ppocr_cls_flipped/input.x.npy"), calib.join("x.turned.npy")).unwrap();
+    let calib = calib_dir(
+        &dir,
+        &[
+            ("golden/ppocr_cls/input.x.npy", "x.line.npy"),
+            ("golden/ppocr_cls_flipped/input.x.npy", "x.turned.npy"),
+        ],
+    );
     let model = data("models/ppocr_mobile_v2_cls.onnx");
     let out = dir.join("cls.pith");
     let compress = |bits: &str| {
@@ -631,10 +646,13 @@ fn classes_task_check_guards_a_classifiers_calls() {
 #[test]
 fn reproducible_calibration_writes_the_portable_paths_bytes_whatever_the_kernel_path() {
     let dir = scratch("reproducible");
-    let calib = dir.join("calib");
-    std::fs::create_dir_all(&calib).unwrap();
-    std::fs::copy(data("golden/blazeface/input.input.npy"), calib.join("input.portrait.npy")).unwrap();
-    std::fs::copy(data("golden/blazeface_camera/input.input.npy"), calib.join("input.camera.npy")).unwrap();
+    let calib = calib_dir(
+        &dir,
+        &[
+            ("golden/blazeface/input.input.npy", "input.portrait.npy"),
+            ("golden/blazeface_camera/input.input.npy", "input.camera.npy"),
+        ],
+    );
     let model = data("models/blazeface_short_range.onnx");
     let out = dir.join("out.pith");
     let compress = |kernel: &str, extra: &[&str]| -> Vec<u8> {
