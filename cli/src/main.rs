@@ -189,7 +189,8 @@ struct SessionArgs {
     #[arg(long)]
     int8: bool,
     /// Multiply the weights and inputs of 1x1 convolutions rounded to bf16 (8 significant bits,
-    /// sums in f32) on bf16 dot products: about twice the f32 multiply-adds per instruction;
+    /// sums in f32) on bf16 dot products: about twice the f32 multiply-adds per instruction on
+    /// AMD Zen 4/5, but a third of them on Intel Xeons (Emerald Rapids measured: 1.6x slower);
     /// needs x86 AVX-512 BF16 (Zen 4 and later, Xeon from Cooper Lake); not with --int8.
     #[arg(long, conflicts_with = "int8")]
     bf16: bool,

@@ -169,7 +169,9 @@ impl Kernels {
     /// blocked input, through [`Kernels::conv2d_blocked`]) multiply weights and
     /// inputs rounded to bf16 (8 significant bits: a relative error of at most 2^-8 per factor),
     /// summed in f32, by the CPU's bf16 dot products: twice the multiply-adds per instruction of
-    /// f32. Errors if this path has none (x86 without AVX-512 BF16, aarch64, scalar).
+    /// f32 (AMD Zen 4/5; on Intel Xeons `vdpbf16ps` issues at about a third of the FMA's rate,
+    /// and this is slower than f32). Errors if this path has none (x86 without AVX-512 BF16,
+    /// aarch64, scalar).
     pub fn with_bf16_products(mut self, on: bool) -> Result<Kernels, KernelError> {
         if on && self.isa.bf16.is_none() {
             return Err(KernelError::Params(format!(
