@@ -110,13 +110,7 @@ fn truncated_or_corrupt_pith_is_a_format_error() {
 fn mutated_op_models_end_in_a_result_or_an_error() {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     // xorshift64: the variants are the same on every run.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut below = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut rng = Mutator(0x9E37_79B9_7F4A_7C15);
     let root = data_dir().join("ops");
     let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
     dirs.sort();
@@ -125,13 +119,8 @@ fn mutated_op_models_end_in_a_result_or_an_error() {
         let onnx = std::fs::read(dir.join("model.onnx")).unwrap();
         for _ in 0..100 {
             let mut bytes = onnx.clone();
-            let at = below(bytes.len());
-            match below(4) {
-                0 => bytes[at] = below(256) as u8,
-                1 => bytes[at] ^= 1 << below(8),
-                2 => bytes[at..(at + 1 + below(5)).min(onnx.len())].fill(0xff),
-                _ => bytes[at] = [0, 1, 0x7f, 0x80, 0xff][below(5)],
-            }
+            let at = rng.below(bytes.len());
+            rng.mutate(&mut bytes, at, 5);
             variants += 1;
             let outcome = catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<()> {
                 let file = Arc::new(compile(&bytes, WeightFormat::F32)?);
@@ -165,13 +154,7 @@ fn resealed_mutated_pith_files_end_in_a_result_or_an_error() {
     const VARIANTS: usize = 300;
     use pith_format::{Entropy, WriteOptions};
     use std::panic::{catch_unwind, AssertUnwindSafe};
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut below = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n.max(1) as u64) as usize
-    };
+    let mut rng = Mutator(0x2545_F491_4F6C_DD1D);
     let model = |weights| compress_onnx(&blazeface_onnx(), &CompressOptions { weights }).unwrap().model;
     let (codebook, f16) = (model(WeightFormat::Codebook { bits: 4 }), model(WeightFormat::F16));
     let huffman = WriteOptions { entropy: Entropy::Huffman, compact: true };
@@ -187,21 +170,16 @@ fn resealed_mutated_pith_files_end_in_a_result_or_an_error() {
         let (mut loaded, mut ran, mut panics) = (0, 0, Vec::new());
         for variant in 0..VARIANTS {
             let mut bytes = original.clone();
-            let at = match below(3) {
+            let at = match rng.below(3) {
                 0 => {
-                    let (start, end) = sections[below(sections.len())];
-                    start + below(end - start)
+                    let (start, end) = sections[rng.below(sections.len())];
+                    start + rng.below(end - start)
                 }
-                1 => table_end + below(bytes.len() - table_end),
+                1 => table_end + rng.below(bytes.len() - table_end),
                 // A field of one entry: kind, flags, offset, length (not its CRC, re-sealed).
-                _ => 32 + 32 * below(sections.len()) + below(24),
+                _ => 32 + 32 * rng.below(sections.len()) + rng.below(24),
             };
-            match below(4) {
-                0 => bytes[at] = below(256) as u8,
-                1 => bytes[at] ^= 1 << below(8),
-                2 => bytes[at..(at + 1 + below(4)).min(original.len())].fill(0xff),
-                _ => bytes[at] = [0, 1, 0x7f, 0x80, 0xff][below(5)],
-            }
+            rng.mutate(&mut bytes, at, 4);
             reseal(&mut bytes);
             let outcome = catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<(bool, bool)> {
                 let file = match PithFile::from_bytes(bytes) {
@@ -247,6 +225,33 @@ fn resealed_mutated_pith_files_end_in_a_result_or_an_error() {
             loaded > VARIANTS / 10 && loaded < VARIANTS,
             "{what}: {loaded} of {VARIANTS} variants loaded"
         );
+    }
+}
+
+/// Byte mutations from a fixed seed (xorshift64): the same variants on every run.
+struct Mutator(u64);
+
+impl Mutator {
+    /// The next number below `n` (0 when `n` is 0).
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+
+    /// Changes `bytes` at `at`: a random byte, a flipped bit, a run of 0xff (up to `longest_run`
+    /// bytes, cut at the end) or a boundary value (0, 1, 0x7f, 0x80, 0xff).
+    fn mutate(&mut self, bytes: &mut [u8], at: usize, longest_run: usize) {
+        match self.below(4) {
+            0 => bytes[at] = self.below(256) as u8,
+            1 => bytes[at] ^= 1 << self.below(8),
+            2 => {
+                let end = (at + 1 + self.below(longest_run)).min(bytes.len());
+                bytes[at..end].fill(0xff)
+            }
+            _ => bytes[at] = [0, 1, 0x7f, 0x80, 0xff][self.below(5)],
+        }
     }
 }
 
