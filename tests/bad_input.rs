@@ -144,11 +144,11 @@ fn mutated_op_models_end_in_a_result_or_an_error() {
 /// section's CRC-32 and the header's recomputed, so the checksums cannot catch the change and
 /// the reader's validation, the planner and the kernels meet it. BlazeFace at 4 bits, packed and
 /// Huffman-coded with compact (deflated) metadata, and in f16; 300 variants of each from a fixed
-/// seed (10,000 of each passed once, in 18 s): a byte
-/// of a random section (metadata sections are small, so each gets its share), a byte anywhere
-/// after the section table (mostly weights: indices, centroids, scales, Huffman streams), or a
-/// field of the section table. Each file must load and run on a random input or end in an
-/// error, never a panic or an abort.
+/// seed (10,000 of each passed once, in 18 s): a byte of a random section (metadata sections are
+/// small, so each gets its share), a byte anywhere after the section table (mostly weights:
+/// indices, centroids, scales, Huffman streams), or a field of the section table. Each file must
+/// load and run on a fixed input of its declared shape or end in an error, never a panic or an
+/// abort.
 #[test]
 fn resealed_mutated_pith_files_end_in_a_result_or_an_error() {
     const VARIANTS: usize = 300;
