@@ -728,7 +728,8 @@ unsafe fn row_tables<const B: u32, const R: usize>(luts: &[[f32; 256]]) -> [__m5
 /// words; shifting it right by `B` after each step brings the next index of every word into the
 /// low bits, which is all `vpermps` reads (bits 3..0), so a table of 16 entries
 /// `lut[i & (2^B - 1)]` turns it into 16 weights without masking: per 16 weights one `vpermps`,
-/// one shift and one FMA, and one load of `xp` shared by the `R` rows.
+/// one shift and one FMA, and one load of `xp` shared by the `R` rows. At 4 bits the indices come
+/// down by loads at byte offsets instead of most shifts ([`nibble_blocks`]).
 ///
 /// # Safety
 /// AVX-512 F and BW must be available; `rows` holds at least `R` entries and `luts` one table or
