@@ -423,6 +423,44 @@ fn max_2x2_matches_scalar() {
 }
 
 #[test]
+fn transpose_matches_the_definition_on_every_path() {
+    let mut rng = Rng::new(53);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Shapes with whole tiles, odd tails on either side, single rows and columns, and empty ones.
+    let mut shapes = vec![(0, 5), (5, 0), (1, 1), (1, 37), (37, 1), (8, 8), (16, 2304), (4, 4)];
+    shapes.extend((0..40).map(|_| (1 + rng.below(40), 1 + rng.below(70))));
+    for isa in std::iter::once(Isa::scalar()).chain(simd_paths()) {
+        for &(rows, cols) in &shapes {
+            let src = rng.vec(rows * cols);
+            // Past the matrix: NaN that no path may overwrite.
+            let mut got = vec![f32::NAN; rows * cols + 3];
+            (isa.transpose)(&src, rows, cols, &mut got);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (v, want) = (got[c * rows + r], src[r * cols + c]);
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "{} transpose {rows}x{cols} at ({r}, {c})",
+                        isa.name
+                    );
+                }
+            }
+            assert_eq!(
+                bits(&got[rows * cols..]),
+                bits(&[f32::NAN; 3]),
+                "{} wrote past {rows}x{cols}",
+                isa.name
+            );
+        }
+        let short = std::panic::catch_unwind(|| (isa.transpose)(&[0.0; 11], 3, 4, &mut [0.0; 12]));
+        assert!(short.is_err(), "{}: a short source was accepted", isa.name);
+        let short = std::panic::catch_unwind(|| (isa.transpose)(&[0.0; 12], 3, 4, &mut [0.0; 11]));
+        assert!(short.is_err(), "{}: a short destination was accepted", isa.name);
+    }
+}
+
+#[test]
 fn deinterleave_matches_scalar() {
     let mut rng = Rng::new(47);
     // Bits, so that the untouched NaN past the outputs compares equal.

@@ -85,6 +85,13 @@ pub struct Isa {
     /// # Panics
     /// If `odd` is not as long as `even` or `src` holds fewer than `2 * even.len()` values.
     pub deinterleave: fn(src: &[f32], even: &mut [f32], odd: &mut [f32]),
+    /// Transposes the `rows`×`cols` row-major matrix `src` into `dst`: `dst[c * rows + r] =
+    /// src[r * cols + c]` (an NCHW → NHWC Transpose of one image: rows are channels, columns
+    /// pixels). The vector paths move whole square tiles through registers.
+    ///
+    /// # Panics
+    /// If `src` or `dst` holds fewer than `rows * cols` values.
+    pub transpose: fn(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]),
     /// Decodes `out.len()` 4-bit indices, two per byte, low nibble first, through a 16-entry
     /// table: `out[i] = lut[nibble i of packed]` (how a 4-bit weight row is widened into a panel;
     /// the x86 paths turn 16 indices into weights with one permute from a register).
@@ -495,6 +502,14 @@ pub(crate) fn evenly_spaced(offs: &[usize]) -> Option<usize> {
 pub(crate) fn max_2x2_check(r0: &[f32], r1: &[f32], out: &[f32]) {
     let n = out.len();
     assert!(r0.len() >= 2 * n && r1.len() >= 2 * n, "max_2x2: input rows shorter than {} values", 2 * n);
+}
+
+/// Checks [`Isa::transpose`] operands (panicking on a caller bug, as every path must); returns
+/// `rows * cols`.
+pub(crate) fn transpose_check(src: &[f32], rows: usize, cols: usize, dst: &[f32]) -> usize {
+    let n = rows.checked_mul(cols).expect("transpose: rows * cols overflows");
+    assert!(src.len() >= n && dst.len() >= n, "transpose: {rows}x{cols} needs {n} values in and out");
+    n
 }
 
 /// Checks [`Isa::deinterleave`] operands (panicking on a caller bug, as every path must).

@@ -14,6 +14,7 @@ pub const ISA: Isa = Isa {
     activate: super::epilogue::activate_plain,
     max_2x2,
     deinterleave,
+    transpose,
     decode_nibbles,
     widen_f16,
     dot,
@@ -106,6 +107,47 @@ pub fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
     super::deinterleave_check(src, even, odd);
     for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
         (*e, *o) = (pair[0], pair[1]);
+    }
+}
+
+/// Side of the square blocks [`transpose`] copies: 8 rows of 8 columns, read from and written to
+/// at most 8 cache lines each.
+const TRANSPOSE_BLOCK: usize = 8;
+
+/// See [`Isa::transpose`]: block by block, so that each block's reads and writes stay in a few
+/// cache lines.
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    let n = super::transpose_check(src, rows, cols, dst);
+    if rows == 1 || cols == 1 {
+        // A single row or column: the same values in the same order.
+        return dst[..n].copy_from_slice(&src[..n]);
+    }
+    transpose_part(src, rows, cols, 0..rows, 0..cols, dst);
+}
+
+/// [`transpose`] of the rows `rs` and columns `cs` of `src` only (the vector paths' edges), for
+/// any element type (the runtime's structural ops move i64 shapes too): `dst[c * rows + r] =
+/// src[r * cols + c]` for `r` in `rs`, `c` in `cs`.
+///
+/// # Panics
+/// If `src` or `dst` is too short for those rows and columns.
+pub fn transpose_part<T: Copy>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    rs: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+    dst: &mut [T],
+) {
+    for r0 in rs.clone().step_by(TRANSPOSE_BLOCK) {
+        let r1 = (r0 + TRANSPOSE_BLOCK).min(rs.end);
+        for c0 in cs.clone().step_by(TRANSPOSE_BLOCK) {
+            for c in c0..(c0 + TRANSPOSE_BLOCK).min(cs.end) {
+                for (o, r) in dst[c * rows + r0..c * rows + r1].iter_mut().zip(r0..r1) {
+                    *o = src[r * cols + c];
+                }
+            }
+        }
     }
 }
 

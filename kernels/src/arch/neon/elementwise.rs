@@ -1,9 +1,10 @@
 //! NEON forms of the small streaming kernels: [`Isa::max_2x2`], [`Isa::deinterleave`],
-//! [`Isa::decode_nibbles`] and [`Isa::widen_f16`]. Each runs whole vectors and leaves the tail (and every bound check) to the
+//! [`Isa::transpose`], [`Isa::decode_nibbles`] and [`Isa::widen_f16`]. Each runs whole vectors and leaves the tail (and every bound check) to the
 //! scalar path, so its results are the scalar path's bit for bit on finite inputs.
 //!
 //! [`Isa::max_2x2`]: crate::arch::Isa::max_2x2
 //! [`Isa::deinterleave`]: crate::arch::Isa::deinterleave
+//! [`Isa::transpose`]: crate::arch::Isa::transpose
 //! [`Isa::decode_nibbles`]: crate::arch::Isa::decode_nibbles
 //! [`Isa::widen_f16`]: crate::arch::Isa::widen_f16
 
@@ -149,6 +150,54 @@ unsafe fn widen_f16_neon(src: *const u16, dst: *mut f32, whole: usize) {
             vst1q_f32(dst.add(i), lo);
             vst1q_f32(dst.add(i + 4), hi);
         }
+    }
+}
+
+/// See [`Isa::transpose`](crate::arch::Isa::transpose): whole 4×4 tiles through registers
+/// ([`tile_4x4`]), the scalar path for the last rows and columns.
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    let n = crate::arch::transpose_check(src, rows, cols, dst);
+    if rows == 1 || cols == 1 {
+        // A single row or column: the same values in the same order.
+        return dst[..n].copy_from_slice(&src[..n]);
+    }
+    let (whole_rows, whole_cols) = (rows / 4 * 4, cols / 4 * 4);
+    // SAFETY: NEON was detected before this table was handed out; tile (r, c) reads rows
+    // r..r + 4 <= rows at columns c..c + 4 <= cols and writes rows c..c + 4 <= cols at columns
+    // r..r + 4 <= rows of the transposed matrix: inside the `rows * cols` values checked above.
+    unsafe {
+        for r in (0..whole_rows).step_by(4) {
+            for c in (0..whole_cols).step_by(4) {
+                tile_4x4(src.as_ptr().add(r * cols + c), cols, dst.as_mut_ptr().add(c * rows + r), rows);
+            }
+        }
+    }
+    scalar::transpose_part(src, rows, cols, 0..whole_rows, whole_cols..cols, dst);
+    scalar::transpose_part(src, rows, cols, whole_rows..rows, 0..cols, dst);
+}
+
+/// Transposes one 4×4 tile: `dst[j * dst_pitch + i] = src[i * src_pitch + j]` for `i, j < 4`:
+/// `vtrn` pairs values of rows 0 / 1 and 2 / 3, then 64-bit `vtrn` pairs those pairs.
+///
+/// # Safety
+/// NEON available; rows `0..4` of 4 values at `src` (`src_pitch` apart) and at `dst`
+/// (`dst_pitch` apart) must be valid.
+#[target_feature(enable = "neon")]
+unsafe fn tile_4x4(src: *const f32, src_pitch: usize, dst: *mut f32, dst_pitch: usize) {
+    // SAFETY: the caller guarantees the four rows of four values on both sides.
+    unsafe {
+        let r: [float32x4_t; 4] = std::array::from_fn(|i| vld1q_f32(src.add(i * src_pitch)));
+        // t0 = r0[0] r1[0] r0[2] r1[2], t1 = r0[1] r1[1] r0[3] r1[3]; t2, t3 alike for rows 2, 3.
+        let (t0, t1) = (vtrn1q_f32(r[0], r[1]), vtrn2q_f32(r[0], r[1]));
+        let (t2, t3) = (vtrn1q_f32(r[2], r[3]), vtrn2q_f32(r[2], r[3]));
+        let pair = |a: float32x4_t, b: float32x4_t, high: bool| {
+            let (a, b) = (vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b));
+            vreinterpretq_f32_f64(if high { vtrn2q_f64(a, b) } else { vtrn1q_f64(a, b) })
+        };
+        vst1q_f32(dst, pair(t0, t2, false));
+        vst1q_f32(dst.add(dst_pitch), pair(t1, t3, false));
+        vst1q_f32(dst.add(2 * dst_pitch), pair(t0, t2, true));
+        vst1q_f32(dst.add(3 * dst_pitch), pair(t1, t3, true));
     }
 }
 

@@ -41,6 +41,7 @@ const ISA: Isa = Isa {
     activate: super::epilogue::activate_plain,
     max_2x2: elementwise::max_2x2,
     deinterleave: elementwise::deinterleave,
+    transpose: elementwise::transpose,
     decode_nibbles: elementwise::decode_nibbles,
     widen_f16: elementwise::widen_f16,
     dot,

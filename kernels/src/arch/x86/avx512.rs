@@ -23,6 +23,7 @@ pub(super) const ISA: Isa = Isa {
     activate: crate::arch::epilogue::x86::activate_avx512,
     max_2x2,
     deinterleave,
+    transpose: super::permute::transpose,
     decode_nibbles,
     widen_f16,
     dot,
