@@ -9,6 +9,8 @@ use std::fmt::Debug;
 use pith_format::ir::ElemType;
 
 use crate::error::OpError;
+use pith_kernels::Kernels;
+
 use crate::ops::{Arg, ExecCtx, Op, OpResult, Out};
 use crate::tensor::Tensor;
 
@@ -20,6 +22,14 @@ pub(crate) trait Elem: Copy + Default + PartialEq + Debug + Send + Sync + 'stati
     fn from_f32(v: f32) -> Self;
     /// Wraps owned elements into a tensor.
     fn tensor(shape: Vec<usize>, data: Vec<Self>) -> Tensor;
+    /// The elements as f32 values, if that is their type (for the kernels' vector paths).
+    fn as_f32s(_data: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// Mutably, as [`Elem::as_f32s`].
+    fn as_f32s_mut(_data: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl Elem for f32 {
@@ -31,6 +41,12 @@ impl Elem for f32 {
     }
     fn tensor(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
         Tensor::from_f32(shape, data)
+    }
+    fn as_f32s(data: &[f32]) -> Option<&[f32]> {
+        Some(data)
+    }
+    fn as_f32s_mut(data: &mut [f32]) -> Option<&mut [f32]> {
+        Some(data)
     }
 }
 
@@ -59,6 +75,18 @@ pub(crate) trait Move: Send + Sync + Debug {
     /// Fills `dst` (one slice per output, sized by [`Move::shapes`]) from `src` (one slice per input;
     /// empty for parameter and absent inputs).
     fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()>;
+
+    /// [`Move::apply`] at run time, where `kernels` (the session's path) may move the elements
+    /// faster; by default the same as `apply`.
+    fn apply_on<T: Elem>(
+        &self,
+        _kernels: &Kernels,
+        inputs: &[Option<Arg<'_>>],
+        src: &[&[T]],
+        dst: &mut [&mut [T]],
+    ) -> OpResult<()> {
+        self.apply(inputs, src, dst)
+    }
 }
 
 /// Adapts a [`Move`] into an [`Op`] for both element types.
@@ -135,12 +163,12 @@ impl<M: Move> Op for Mover<M> {
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
         _scratch: &mut [f32],
-        _ctx: &ExecCtx,
+        ctx: &ExecCtx,
     ) -> OpResult<()> {
         let src = self.read_data::<f32>(inputs)?;
         let src_refs: Vec<&[f32]> = src.iter().map(|c| &**c).collect();
         let mut dst: Vec<&mut [f32]> = outputs.iter_mut().map(|o| &mut *o.data).collect();
-        self.0.apply(inputs, &src_refs, &mut dst)
+        self.0.apply_on(&ctx.kernels, inputs, &src_refs, &mut dst)
     }
 }
 
@@ -260,9 +288,27 @@ pub(crate) fn as_batched_transpose(shape: &[usize], perm: &[usize]) -> Option<(u
     Some((size(0..kept), size(kept..q), size(q..rank)))
 }
 
-/// Side of the square blocks [`batched_transpose`] copies: 8 rows of 8 columns read from and
-/// written to at most 8 cache lines each.
-const TRANSPOSE_BLOCK: usize = 8;
+/// [`batched_transpose`] on `kernels`' path, whose vector forms move f32 values through
+/// registers a tile at a time (other element types take the generic copy).
+pub(crate) fn batched_transpose_on<T: Elem>(
+    kernels: &Kernels,
+    src: &[T],
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    dst: &mut [T],
+) {
+    let len = rows * cols;
+    match (T::as_f32s(src), T::as_f32s_mut(dst)) {
+        (Some(src), Some(dst)) if len > 0 => {
+            let transpose = kernels.isa().transpose;
+            for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)).take(batch) {
+                transpose(s, rows, cols, d);
+            }
+        }
+        _ => batched_transpose(src, batch, rows, cols, dst),
+    }
+}
 
 /// `dst[b][c][r] = src[b][r][c]` for `batch` matrices of `rows × cols`, block by block, so that
 /// both sides are read and written a few lines at a time instead of one side element by element
@@ -273,18 +319,7 @@ pub(crate) fn batched_transpose<T: Copy>(src: &[T], batch: usize, rows: usize, c
         return;
     }
     for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)).take(batch) {
-        for r0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
-            let r1 = (r0 + TRANSPOSE_BLOCK).min(rows);
-            for c0 in (0..cols).step_by(TRANSPOSE_BLOCK) {
-                let c1 = (c0 + TRANSPOSE_BLOCK).min(cols);
-                for c in c0..c1 {
-                    let out = &mut d[c * rows + r0..c * rows + r1];
-                    for (o, r) in out.iter_mut().zip(r0..r1) {
-                        *o = s[r * cols + c];
-                    }
-                }
-            }
-        }
+        pith_kernels::arch::scalar::transpose_part(s, rows, cols, 0..rows, 0..cols, d);
     }
 }
 

@@ -1,10 +1,11 @@
 //! Slice and Transpose: strided views copied out with [`strided_copy`].
 
 use pith_format::ir::Node;
+use pith_kernels::Kernels;
 
 use super::common::{
-    as_batched_transpose, batched_transpose, input, norm_axes, param, strided_copy, strides, Elem, Move,
-    Mover,
+    as_batched_transpose, batched_transpose, batched_transpose_on, input, norm_axes, param, strided_copy,
+    strides, Elem, Move, Mover,
 };
 use crate::error::OpError;
 use crate::ops::{attrs, Arg, Op, OpResult};
@@ -144,6 +145,30 @@ impl Transpose {
         }
         norm_axes(perm, rank)
     }
+
+    /// The copy, with the kernels' transposes for batched ones when `kernels` is given.
+    fn transpose<T: Elem>(
+        &self,
+        kernels: Option<&Kernels>,
+        inputs: &[Option<Arg<'_>>],
+        src: &[&[T]],
+        dst: &mut [&mut [T]],
+    ) -> OpResult<()> {
+        let shape = input(inputs, 0)?.shape;
+        let perm = self.perm(shape.len())?;
+        if let Some((batch, rows, cols)) = as_batched_transpose(shape, &perm) {
+            match kernels {
+                Some(kernels) => batched_transpose_on(kernels, src[0], batch, rows, cols, dst[0]),
+                None => batched_transpose(src[0], batch, rows, cols, dst[0]),
+            }
+            return Ok(());
+        }
+        let in_strides = strides(shape);
+        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let st: Vec<isize> = perm.iter().map(|&p| in_strides[p] as isize).collect();
+        strided_copy(src[0], 0, &st, &out_shape, dst[0]);
+        Ok(())
+    }
 }
 
 impl Move for Transpose {
@@ -153,17 +178,17 @@ impl Move for Transpose {
     }
 
     fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
-        let shape = input(inputs, 0)?.shape;
-        let perm = self.perm(shape.len())?;
-        if let Some((batch, rows, cols)) = as_batched_transpose(shape, &perm) {
-            batched_transpose(src[0], batch, rows, cols, dst[0]);
-            return Ok(());
-        }
-        let in_strides = strides(shape);
-        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-        let st: Vec<isize> = perm.iter().map(|&p| in_strides[p] as isize).collect();
-        strided_copy(src[0], 0, &st, &out_shape, dst[0]);
-        Ok(())
+        self.transpose(None, inputs, src, dst)
+    }
+
+    fn apply_on<T: Elem>(
+        &self,
+        kernels: &Kernels,
+        inputs: &[Option<Arg<'_>>],
+        src: &[&[T]],
+        dst: &mut [&mut [T]],
+    ) -> OpResult<()> {
+        self.transpose(Some(kernels), inputs, src, dst)
     }
 }
 
