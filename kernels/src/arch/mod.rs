@@ -512,6 +512,44 @@ pub(crate) fn transpose_check(src: &[f32], rows: usize, cols: usize, dst: &[f32]
     n
 }
 
+/// A transpose of one `side`×`side` tile: `dst[j * dst_pitch + i] = src[i * src_pitch + j]`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) type TransposeTile = unsafe fn(src: *const f32, src_pitch: usize, dst: *mut f32, dst_pitch: usize);
+
+/// The vector paths' [`Isa::transpose`]: whole `side`×`side` tiles through `tile`, the scalar
+/// path for the last rows and columns, a copy for a single row or column.
+///
+/// # Safety
+/// `tile` must be callable on this CPU (its target features detected) and transpose exactly
+/// one `side`×`side` tile, reading and writing nothing else.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) unsafe fn transpose_by_tiles(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    dst: &mut [f32],
+    side: usize,
+    tile: TransposeTile,
+) {
+    let n = transpose_check(src, rows, cols, dst);
+    if rows == 1 || cols == 1 {
+        // A single row or column: the same values in the same order.
+        return dst[..n].copy_from_slice(&src[..n]);
+    }
+    let (whole_rows, whole_cols) = (rows / side * side, cols / side * side);
+    for r in (0..whole_rows).step_by(side) {
+        for c in (0..whole_cols).step_by(side) {
+            // SAFETY: `tile` runs on this CPU (the caller's promise); tile (r, c) reads rows
+            // r..r + side <= rows at columns c..c + side <= cols and writes rows c..c + side <=
+            // cols at columns r..r + side <= rows of the transposed matrix: inside the
+            // `rows * cols` values checked above.
+            unsafe { tile(src.as_ptr().add(r * cols + c), cols, dst.as_mut_ptr().add(c * rows + r), rows) }
+        }
+    }
+    scalar::transpose_part(src, rows, cols, 0..whole_rows, whole_cols..cols, dst);
+    scalar::transpose_part(src, rows, cols, whole_rows..rows, 0..cols, dst);
+}
+
 /// Checks [`Isa::deinterleave`] operands (panicking on a caller bug, as every path must).
 pub(crate) fn deinterleave_check(src: &[f32], even: &[f32], odd: &[f32]) {
     let n = even.len();

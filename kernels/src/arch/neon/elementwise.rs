@@ -156,24 +156,9 @@ unsafe fn widen_f16_neon(src: *const u16, dst: *mut f32, whole: usize) {
 /// See [`Isa::transpose`](crate::arch::Isa::transpose): whole 4×4 tiles through registers
 /// ([`tile_4x4`]), the scalar path for the last rows and columns.
 pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    let n = crate::arch::transpose_check(src, rows, cols, dst);
-    if rows == 1 || cols == 1 {
-        // A single row or column: the same values in the same order.
-        return dst[..n].copy_from_slice(&src[..n]);
-    }
-    let (whole_rows, whole_cols) = (rows / 4 * 4, cols / 4 * 4);
-    // SAFETY: NEON was detected before this table was handed out; tile (r, c) reads rows
-    // r..r + 4 <= rows at columns c..c + 4 <= cols and writes rows c..c + 4 <= cols at columns
-    // r..r + 4 <= rows of the transposed matrix: inside the `rows * cols` values checked above.
-    unsafe {
-        for r in (0..whole_rows).step_by(4) {
-            for c in (0..whole_cols).step_by(4) {
-                tile_4x4(src.as_ptr().add(r * cols + c), cols, dst.as_mut_ptr().add(c * rows + r), rows);
-            }
-        }
-    }
-    scalar::transpose_part(src, rows, cols, 0..whole_rows, whole_cols..cols, dst);
-    scalar::transpose_part(src, rows, cols, whole_rows..rows, 0..cols, dst);
+    // SAFETY: NEON was detected before this table was handed out, all `tile_4x4` needs; it
+    // transposes one 4×4 tile at the pitches it is given.
+    unsafe { crate::arch::transpose_by_tiles(src, rows, cols, dst, 4, tile_4x4) }
 }
 
 /// Transposes one 4×4 tile: `dst[j * dst_pitch + i] = src[i * src_pitch + j]` for `i, j < 4`:

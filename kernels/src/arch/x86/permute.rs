@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::arch::{permute_blocks, permute_each_block, scalar};
+use crate::arch::{permute_blocks, permute_each_block};
 
 /// [`permute_blocks`] for `lanes` 8 or 16 and `per` a multiple of 8, each whole block by 8×8
 /// transposes in registers ([`transpose_block`]): the scalar transpose took about 2.7 cycles a
@@ -47,24 +47,9 @@ unsafe fn transpose_block(src: *const f32, dst: *mut f32, lanes: usize, per: usi
 ///
 /// Only the AVX2 and AVX-512 paths use this, after detecting AVX.
 pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    let n = crate::arch::transpose_check(src, rows, cols, dst);
-    if rows == 1 || cols == 1 {
-        // A single row or column: the same values in the same order.
-        return dst[..n].copy_from_slice(&src[..n]);
-    }
-    let (whole_rows, whole_cols) = (rows / 8 * 8, cols / 8 * 8);
-    // SAFETY: the paths that hand this out detected AVX; tile (r, c) reads rows r..r + 8 <= rows
-    // at columns c..c + 8 <= cols and writes rows c..c + 8 <= cols at columns r..r + 8 <= rows of
-    // the transposed matrix: all inside the `rows * cols` values checked above.
-    unsafe {
-        for r in (0..whole_rows).step_by(8) {
-            for c in (0..whole_cols).step_by(8) {
-                tile_8x8(src.as_ptr().add(r * cols + c), cols, dst.as_mut_ptr().add(c * rows + r), rows);
-            }
-        }
-    }
-    scalar::transpose_part(src, rows, cols, 0..whole_rows, whole_cols..cols, dst);
-    scalar::transpose_part(src, rows, cols, whole_rows..rows, 0..cols, dst);
+    // SAFETY: the paths that hand this out detected AVX, all `tile_8x8` needs; it transposes one
+    // 8×8 tile at the pitches it is given.
+    unsafe { crate::arch::transpose_by_tiles(src, rows, cols, dst, 8, tile_8x8) }
 }
 
 /// Transposes one 8×8 tile: `dst[j * dst_pitch + i] = src[i * src_pitch + j]` for `i, j < 8`,
