@@ -195,6 +195,9 @@ fn run_model(
         }
         print_profile(&session.profile(), iters)?;
         print_slowest_nodes(&session.node_profile(), iters, nodes)?;
+        if let Some(work) = session.thread_work() {
+            print_thread_work(&work, iters)?;
+        }
     }
     Ok(())
 }
@@ -215,6 +218,22 @@ fn print_profile(profile: &[OpTime], runs: usize) -> Result<()> {
         )?;
     }
     writeln!(out, "op=all ms_per_run={:.4}", total * 1e3 / runs.max(1) as f64)?;
+    Ok(())
+}
+
+/// One line on how the threads spent the jobs they shared: `threads jobs_per_run=…
+/// busy_ms_per_run=<caller>,<worker 1>,… waited_ms_per_run=…` (the caller's wait for workers'
+/// tasks after its own).
+fn print_thread_work(work: &pith_runtime::ThreadWork, runs: usize) -> Result<()> {
+    let per_run = |d: std::time::Duration| d.as_secs_f64() * 1e3 / runs.max(1) as f64;
+    let busy: Vec<String> = work.busy.iter().map(|&d| format!("{:.4}", per_run(d))).collect();
+    writeln!(
+        std::io::stdout().lock(),
+        "threads jobs_per_run={} busy_ms_per_run={} waited_ms_per_run={:.4}",
+        work.jobs / runs.max(1) as u64,
+        busy.join(","),
+        per_run(work.waited)
+    )?;
     Ok(())
 }
 

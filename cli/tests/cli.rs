@@ -281,6 +281,30 @@ fn bench_profile_prints_one_line_per_operator_kind() {
         "{out}"
     );
     assert!(ops.last().unwrap().starts_with("all ms_per_run="), "{out}");
+    // One thread shares no jobs: no line on how threads spent them.
+    assert!(!out.lines().any(|l| l.starts_with("threads ")), "{out}");
+    let o = pith(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--threads",
+        "2",
+        "--fixed-threads",
+        "--iters",
+        "3",
+        "--profile",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let line = out.lines().find_map(|l| l.strip_prefix("threads ")).unwrap_or_else(|| panic!("{out}"));
+    let field = |name: &str| line.split(name).nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+    // How many jobs were shared depends on the host (a stalled worker makes the pool run jobs on
+    // the caller alone for a while), so only the form is checked: a count, the caller's and the
+    // worker's busy time, the caller's wait.
+    assert!(field("jobs_per_run=").parse::<u64>().is_ok(), "{line}");
+    let busy: Vec<f64> = field("busy_ms_per_run=").split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(busy.len(), 2, "{line}");
+    assert!(field("waited_ms_per_run=").parse::<f64>().is_ok_and(|w| w >= 0.0), "{line}");
     // `--profile N` lists N nodes (BlazeFace runs more than 40 after fusion).
     let o = pith(&["bench", model.to_str().unwrap(), "--threads", "1", "--iters", "1", "--profile", "40"]);
     assert!(o.status.success(), "{}", stderr(&o));

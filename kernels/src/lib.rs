@@ -81,6 +81,22 @@ pub struct Kernels {
     bf16: bool,
 }
 
+/// How a kernel set's threads spent the jobs split over several of them ([`Kernels::take_thread_work`]):
+/// each thread running its tasks should take about the same time, and the caller should wait
+/// little for the workers. A thread's share running slower than the whole job divided by the
+/// threads (from a one-thread profile) is time lost inside the tasks: on 2-vCPU VMs mostly to
+/// data that one core wrote and the other reads or overwrites.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadWork {
+    /// Jobs that ran on several threads (jobs run on the caller alone are not counted).
+    pub jobs: u64,
+    /// Each thread's time running its tasks of those jobs: the caller's first, then each
+    /// worker's.
+    pub busy: Vec<std::time::Duration>,
+    /// The caller's time waiting for workers' tasks after finishing its own.
+    pub waited: std::time::Duration,
+}
+
 /// Default of [`Kernels::min_task_work`]: about 2 µs of multiply-adds. Workers spin between jobs
 /// (see `pool`), so handing out a task costs about a cache-line transfer, not a wake-up. With
 /// rayon's sleeping workers this had to be 2^22 (at 2^18 BlazeFace ran 1.8x slower on 2 threads
@@ -226,6 +242,21 @@ impl Kernels {
         if let Some(pool) = self.pool() {
             pool.set_serial(on);
         }
+    }
+
+    /// Starts or stops counting how the threads spend the jobs they share (see
+    /// [`Kernels::take_thread_work`]); nothing without worker threads.
+    pub fn count_thread_work(&self, on: bool) {
+        if let Some(pool) = self.pool() {
+            pool.set_counting(on);
+        }
+    }
+
+    /// The time the threads spent on jobs split over several of them since the last call
+    /// (while [`Kernels::count_thread_work`] is on), counting again from zero; `None` without
+    /// worker threads.
+    pub fn take_thread_work(&self) -> Option<ThreadWork> {
+        self.pool().map(WorkerPool::take_counts)
     }
 
     /// The threads to cut work for now: [`Kernels::threads`], or 1 while the work runs on the

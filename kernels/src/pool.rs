@@ -127,6 +127,13 @@ struct Shared {
     shutdown: AtomicBool,
     /// Workers parked on `wake` (read by the caller to skip the condvar when none is).
     sleeping: AtomicUsize,
+    /// Whether jobs are counted into `counts` ([`WorkerPool::set_counting`]).
+    counting: AtomicBool,
+    /// Each thread's time in jobs' tasks, in nanoseconds (slot 0 the caller's).
+    busy_ns: Vec<Counter>,
+    /// Jobs counted, and the caller's time waiting for workers' tasks after its own.
+    jobs: AtomicU64,
+    waited_ns: AtomicU64,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -140,6 +147,16 @@ impl Shared {
     /// Claims and runs tasks of the current job `f` on `slot` until none is left, its own share
     /// first, then the others' in turn; `Err` if one panicked.
     fn run_tasks(&self, f: &Task<'_>, slot: usize) -> std::thread::Result<()> {
+        let start = self.counting.load(Ordering::Relaxed).then(Instant::now);
+        let result = self.claim_and_run(f, slot);
+        if let (Some(start), Some(busy)) = (start, self.busy_ns.get(slot)) {
+            busy.0.fetch_add(nanos(start.elapsed()), Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// The body of [`Shared::run_tasks`].
+    fn claim_and_run(&self, f: &Task<'_>, slot: usize) -> std::thread::Result<()> {
         let n = self.shares.len();
         let mut result = Ok(());
         for share in (0..n).map(|i| &self.shares[(slot + i) % n]) {
@@ -158,6 +175,17 @@ impl Shared {
         }
         result
     }
+}
+
+/// A counter on a cache line of its own, so that threads counting their own time do not slow
+/// each other.
+#[derive(Default)]
+#[repr(align(64))]
+struct Counter(AtomicU64);
+
+/// Nanoseconds of `d`, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One thread's share of a job: tasks `next..end` are unclaimed (claimed by `fetch_add` on
@@ -219,6 +247,10 @@ impl WorkerPool {
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleeping: AtomicUsize::new(0),
+            counting: AtomicBool::new(false),
+            busy_ns: (0..=workers).map(|_| Counter::default()).collect(),
+            jobs: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -294,6 +326,23 @@ impl WorkerPool {
         self.serial.store(on, Ordering::Relaxed);
     }
 
+    /// Starts or stops counting the jobs that run on several threads into
+    /// [`WorkerPool::take_counts`] (two clock reads per thread and job while on).
+    pub(crate) fn set_counting(&self, on: bool) {
+        self.shared.counting.store(on, Ordering::Relaxed);
+    }
+
+    /// What was counted since the last call, and starts again from zero.
+    pub(crate) fn take_counts(&self) -> crate::ThreadWork {
+        let s = &*self.shared;
+        let take = |c: &AtomicU64| Duration::from_nanos(c.swap(0, Ordering::Relaxed));
+        crate::ThreadWork {
+            jobs: s.jobs.swap(0, Ordering::Relaxed),
+            busy: s.busy_ns.iter().map(|c| take(&c.0)).collect(),
+            waited: take(&s.waited_ns),
+        }
+    }
+
     /// Runs `f(t, slot)` once for every `t < tasks`, on whichever thread claims it first (the
     /// caller's included), and returns when all are done. A panic in any task is re-raised here,
     /// after every task has finished. While workers are backed off after a stall, every task
@@ -345,6 +394,10 @@ impl WorkerPool {
         s.closed.store(epoch, Ordering::SeqCst);
         wait(|| s.active.load(Ordering::SeqCst) == 0);
         let end = Instant::now();
+        if s.counting.load(Ordering::Relaxed) {
+            s.jobs.fetch_add(1, Ordering::Relaxed);
+            s.waited_ns.fetch_add(nanos(end - own_end), Ordering::Relaxed);
+        }
         let pause = self.stalls_back_off().then(|| backoff.record(own_end - start, end - own_end, end));
         if let Some(pause) = pause.flatten() {
             self.publish_back_off(end + pause);
@@ -453,6 +506,38 @@ mod tests {
         }
         let got: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         assert_eq!(got, vec![2000, 1500, 1000, 500]);
+    }
+
+    #[test]
+    fn counted_jobs_add_up_each_threads_task_time_and_start_again_when_taken() {
+        let pool = WorkerPool::new(1).unwrap();
+        pool.ignore_stalls();
+        let task = Duration::from_micros(50);
+        let spin = |_: usize, _: usize| {
+            let start = Instant::now();
+            while start.elapsed() < task {
+                std::hint::spin_loop();
+            }
+        };
+        // Not counting: nothing is recorded.
+        (0..5).for_each(|_| pool.run(2, &spin));
+        assert_eq!(
+            pool.take_counts(),
+            crate::ThreadWork { busy: vec![Duration::ZERO; 2], ..Default::default() }
+        );
+        pool.set_counting(true);
+        (0..20).for_each(|_| pool.run(4, &spin));
+        // A job of one task runs on the caller alone and is not a shared job.
+        (0..7).for_each(|_| pool.run(1, &spin));
+        let work = pool.take_counts();
+        assert_eq!((work.jobs, work.busy.len()), (20, 2));
+        // Every task spun at least `task`, on whichever thread claimed it.
+        let busy: Duration = work.busy.iter().sum();
+        assert!(busy >= task * 80, "{work:?}");
+        assert_eq!(pool.take_counts().jobs, 0, "taking starts again from zero");
+        pool.set_counting(false);
+        pool.run(2, &spin);
+        assert_eq!(pool.take_counts().jobs, 0);
     }
 
     #[test]

@@ -20,5 +20,6 @@ pub mod threads;
 
 pub use cpu::default_threads;
 pub use error::{Result, RuntimeError};
+pub use pith_kernels::ThreadWork;
 pub use session::{PlanSummary, Session, SessionOptions};
 pub use tensor::{Tensor, TensorBuf, MAX_TENSOR_ELEMENTS};

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use pith_format::ir::{ElemType, Graph, Value};
 use pith_format::PithFile;
-use pith_kernels::{Activation, Kernels};
+use pith_kernels::{Activation, Kernels, ThreadWork};
 
 use crate::error::{Result, RuntimeError};
 use crate::exec::{Backend, CpuBackend, Job, NodeTime, OpTime};
@@ -110,6 +110,13 @@ impl Session {
     /// other: a serial probe among threaded runs would blend one-thread times into every node's.
     pub fn set_profiling(&mut self, on: bool) {
         self.engine.set_profiling(on);
+    }
+
+    /// How the session's threads spent the jobs they shared over the runs since
+    /// [`Session::set_profiling`]`(true)` or the last call (counting again from zero); `None`
+    /// on one thread. Counted only while profiling.
+    pub fn thread_work(&self) -> Option<ThreadWork> {
+        self.engine.ctx.kernels.take_thread_work()
     }
 
     /// Time per operator kind over the runs since [`Session::set_profiling`]`(true)`, most
@@ -317,6 +324,11 @@ impl Engine {
     fn set_profiling(&mut self, on: bool) {
         self.profiling = on;
         self.backend.set_profiling(on);
+        self.ctx.kernels.count_thread_work(on);
+        if on {
+            // Counting starts from zero, as the op timings do.
+            self.ctx.kernels.take_thread_work();
+        }
     }
 
     fn run(&mut self, constant: &ConstantFn<'_>, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
