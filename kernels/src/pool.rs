@@ -127,12 +127,13 @@ struct Shared {
     shutdown: AtomicBool,
     /// Workers parked on `wake` (read by the caller to skip the condvar when none is).
     sleeping: AtomicUsize,
-    /// Whether jobs are counted into `counts` ([`WorkerPool::set_counting`]).
+    /// Whether jobs are counted into the three fields below ([`WorkerPool::set_counting`]).
     counting: AtomicBool,
     /// Each thread's time in jobs' tasks, in nanoseconds (slot 0 the caller's).
     busy_ns: Vec<Counter>,
-    /// Jobs counted, and the caller's time waiting for workers' tasks after its own.
+    /// Jobs counted.
     jobs: AtomicU64,
+    /// The caller's time waiting for workers' tasks after its own, in nanoseconds.
     waited_ns: AtomicU64,
     lock: Mutex<()>,
     wake: Condvar,
