@@ -7,10 +7,9 @@ use std::borrow::Cow;
 use std::fmt::Debug;
 
 use pith_format::ir::ElemType;
-
-use crate::error::OpError;
 use pith_kernels::Kernels;
 
+use crate::error::OpError;
 use crate::ops::{Arg, ExecCtx, Op, OpResult, Out};
 use crate::tensor::Tensor;
 
