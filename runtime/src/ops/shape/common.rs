@@ -287,10 +287,14 @@ pub(crate) fn as_batched_transpose(shape: &[usize], perm: &[usize]) -> Option<(u
     Some((size(0..kept), size(kept..q), size(q..rank)))
 }
 
-/// [`batched_transpose`] on `kernels`' path, whose vector forms move f32 values through
-/// registers a tile at a time (other element types take the generic copy).
-pub(crate) fn batched_transpose_on<T: Elem>(
-    kernels: &Kernels,
+/// `dst[b][c][r] = src[b][r][c]` for `batch` matrices of `rows × cols`. With `kernels` (at run
+/// time) f32 values go through the session path's [`pith_kernels::Isa::transpose`], whose vector
+/// forms move whole tiles through registers; otherwise (plan-time i64 shapes too) the scalar
+/// block copy, which reads and writes both sides a few lines at a time instead of one side
+/// element by element a row apart (BlazeFace's NCHW-to-NHWC head transposes took 0.7 ns per
+/// element that way).
+pub(crate) fn batched_transpose<T: Elem>(
+    kernels: Option<&Kernels>,
     src: &[T],
     batch: usize,
     rows: usize,
@@ -298,27 +302,15 @@ pub(crate) fn batched_transpose_on<T: Elem>(
     dst: &mut [T],
 ) {
     let len = rows * cols;
-    match (T::as_f32s(src), T::as_f32s_mut(dst)) {
-        (Some(src), Some(dst)) if len > 0 => {
-            let transpose = kernels.isa().transpose;
-            for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)).take(batch) {
-                transpose(s, rows, cols, d);
-            }
-        }
-        _ => batched_transpose(src, batch, rows, cols, dst),
-    }
-}
-
-/// `dst[b][c][r] = src[b][r][c]` for `batch` matrices of `rows × cols`, block by block, so that
-/// both sides are read and written a few lines at a time instead of one side element by element
-/// a row apart (BlazeFace's NCHW-to-NHWC head transposes took 0.7 ns per element that way).
-pub(crate) fn batched_transpose<T: Copy>(src: &[T], batch: usize, rows: usize, cols: usize, dst: &mut [T]) {
-    let len = rows * cols;
     if len == 0 {
         return;
     }
+    let one = |s: &[T], d: &mut [T]| match (kernels, T::as_f32s(s), T::as_f32s_mut(d)) {
+        (Some(k), Some(s), Some(d)) => (k.isa().transpose)(s, rows, cols, d),
+        _ => pith_kernels::arch::scalar::transpose_part(s, rows, cols, 0..rows, 0..cols, d),
+    };
     for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)).take(batch) {
-        pith_kernels::arch::scalar::transpose_part(s, rows, cols, 0..rows, 0..cols, d);
+        one(s, d);
     }
 }
 

@@ -4,8 +4,8 @@ use pith_format::ir::Node;
 use pith_kernels::Kernels;
 
 use super::common::{
-    as_batched_transpose, batched_transpose, batched_transpose_on, input, norm_axes, param, strided_copy,
-    strides, Elem, Move, Mover,
+    as_batched_transpose, batched_transpose, input, norm_axes, param, strided_copy, strides, Elem, Move,
+    Mover,
 };
 use crate::error::OpError;
 use crate::ops::{attrs, Arg, Op, OpResult};
@@ -157,10 +157,7 @@ impl Transpose {
         let shape = input(inputs, 0)?.shape;
         let perm = self.perm(shape.len())?;
         if let Some((batch, rows, cols)) = as_batched_transpose(shape, &perm) {
-            match kernels {
-                Some(kernels) => batched_transpose_on(kernels, src[0], batch, rows, cols, dst[0]),
-                None => batched_transpose(src[0], batch, rows, cols, dst[0]),
-            }
+            batched_transpose(kernels, src[0], batch, rows, cols, dst[0]);
             return Ok(());
         }
         let in_strides = strides(shape);
