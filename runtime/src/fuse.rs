@@ -26,9 +26,10 @@
 //!
 //! Two more rewrites frame those: first a `BatchNormalization` after a `ConvTranspose` folds into
 //! it ([`fuse_batch_norms`]: the kernel scales each output channel's decoded weights); last, an
-//! `Add` whose operand an element-wise op writes for it alone folds into that op, which takes the
-//! other operand as a third input, read through a nearest upsampling by whole factors when that
-//! is where it comes from ([`fuse_binary_addends`]: PP-OCRv4 det's FPN adds). Outside sessions
+//! `Add` whose operand an element-wise op or a `Resize` writes for it alone folds into that op,
+//! which takes the other operand as one more input (an element-wise op reads it through a nearest
+//! upsampling by whole factors when that is where it comes from): [`fuse_binary_addends`],
+//! PP-OCRv4 det's and BlazeFace full range's FPN adds. Outside sessions
 //! with int8 activations, a product that only a 1×1 convolution reads becomes that
 //! convolution's sixth input ([`fuse_input_scales`]): a squeeze-excite gate then scales the
 //! filters' columns as they are decoded, and the gated tensor is never written.
@@ -265,7 +266,10 @@ type TakenAdd = (usize, ValueId, Option<[i64; 2]>);
 /// that nothing else reads, the node reads its input instead, each element repeated
 /// ([`ADDEND_REPEAT`]), and the upsampled map is never written. PP-OCRv4 det's neck adds each
 /// upsampled map to a squeeze-excite product over 96 channels (1.2 Mi elements at 320×640: the
-/// largest `Add` took 0.7 ms at one thread, its upsampling 0.24).
+/// largest `Add` took 0.7 ms at one thread, its upsampling 0.24). Likewise an `Add` with no
+/// activation whose operand `p` a `Resize` (opset 11 or later) writes for it alone: the Resize
+/// takes `r` as its fifth input (after roi, scales and sizes) and adds it to its output (as it
+/// blends each row, in linear mode): BlazeFace full range's three bilinear upsamplings in its head.
 pub fn fuse_binary_addends(fused: Fused, constant: &ConstantFn<'_>) -> Fused {
     let Fused { graph, activations } = fused;
     let readers = readers(&graph);
@@ -289,8 +293,11 @@ pub fn fuse_binary_addends(fused: Fused, constant: &ConstantFn<'_>) -> Fused {
         }
         for (p, r) in [(*x, *y), (*y, *x)] {
             let Some(i) = producer.get(p as usize).copied().flatten() else { continue };
-            let eligible = elementwise(graph.nodes[i].op)
-                && graph.nodes[i].inputs.len() == 2
+            let producer_node = &graph.nodes[i];
+            // A Resize applies no activation: it takes only an Add that has none.
+            let takes_addend = (elementwise(producer_node.op) && producer_node.inputs.len() == 2)
+                || (crate::ops::resize::takes_addend(producer_node) && activations[j] == Activation::None);
+            let eligible = takes_addend
                 && activations[i] == Activation::None
                 && readers[p as usize] == 1
                 && !graph.outputs.contains(&p)
@@ -298,9 +305,11 @@ pub fn fuse_binary_addends(fused: Fused, constant: &ConstantFn<'_>) -> Fused {
                 && takes[i].is_none();
             if eligible {
                 moved[i] = true;
-                // An addend that is a nearest upsampling: its input, repeated as it is read.
+                // An addend that is a nearest upsampling: its input, repeated as it is read (by
+                // element-wise ops; a Resize reads its addend as it is).
+                let folds = producer_node.op != OpKind::Resize;
                 let (r, repeat) = match repeating_resize(&graph, r, &producer, &readers, constant) {
-                    Some((k, source, repeat)) if !moved[k] => {
+                    Some((k, source, repeat)) if folds && !moved[k] => {
                         moved[k] = true;
                         (source, Some(repeat))
                     }
@@ -320,6 +329,10 @@ pub fn fuse_binary_addends(fused: Fused, constant: &ConstantFn<'_>) -> Fused {
         match takes[j] {
             Some((i, r, repeat)) => {
                 let mut fused = graph.nodes[i].clone();
+                if fused.op == OpKind::Resize {
+                    // After its optional roi, scales and sizes.
+                    fused.inputs.resize(crate::ops::resize::ADDEND_INPUT, None);
+                }
                 fused.inputs.push(Some(r));
                 fused.outputs = node.outputs.clone();
                 if let Some(repeat) = repeat {

@@ -1254,6 +1254,51 @@ mod tests {
     }
 
     #[test]
+    fn an_add_fuses_into_the_resize_before_it_without_changing_results() {
+        // Add(linear 2x upsampling, nearest one) runs as one Resize that adds the nearest map;
+        // Add(nearest 3x1, linear 3x1) as the nearest one adding the linear map; an Add with a
+        // per-channel constant, and one that broadcasts to a larger shape, still fuse (the
+        // addend broadcast after resizing); a Relu(Add(..)) stays three nodes, as a Resize
+        // applies no activation.
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [1, 2, 3, 4].iter().map(|&d| Dim::Fixed(d)).collect());
+            let roi = b.floats("roi", &[0], vec![]);
+            let double = b.floats("double", &[4], vec![1.0, 1.0, 2.0, 2.0]);
+            let tall = b.floats("tall", &[4], vec![1.0, 1.0, 3.0, 1.0]);
+            let mode = |m: &str| vec![("mode", Attr::Str(m.into()))];
+            let resize =
+                |b: &mut Builder, scales, m: &str| b.node(OpKind::Resize, &[x, roi, scales], 1, mode(m))[0];
+            let u = resize(&mut b, double, "linear");
+            let v = resize(&mut b, double, "nearest");
+            let a = b.node(OpKind::Add, &[u, v], 1, vec![])[0];
+            let n = resize(&mut b, tall, "nearest");
+            let t = resize(&mut b, tall, "linear");
+            let c = b.node(OpKind::Add, &[n, t], 1, vec![])[0];
+            let bias = b.floats("bias", &[1, 2, 1, 1], vec![0.5, -2.0]);
+            let p = resize(&mut b, double, "linear");
+            let d = b.node(OpKind::Add, &[bias, p], 1, vec![])[0];
+            let wide = b.floats("wide", &[2, 1, 1, 1], vec![1.0, -1.0]);
+            let q = resize(&mut b, tall, "linear");
+            let e = b.node(OpKind::Add, &[q, wide], 1, vec![])[0];
+            let g = resize(&mut b, double, "linear");
+            let h = resize(&mut b, double, "nearest");
+            let s = b.node(OpKind::Add, &[g, h], 1, vec![])[0];
+            let r = b.node(OpKind::Relu, &[s], 1, vec![])[0];
+            for out in [a, c, d, e, r] {
+                b.output(out);
+            }
+            b.model
+        };
+        let x =
+            Tensor::from_f32(vec![1, 2, 3, 4], (0..24).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect());
+        // Exactly equal: the fused Resize adds the same operands after the same interpolation.
+        // Unfused: eight Resizes, five Adds and the Relu; fused: the eight Resizes and one Add.
+        let out = fused_matches_plain(build, &x, (9, 14), 0.0);
+        assert_eq!(out[3].1.shape, vec![2, 2, 9, 4]);
+    }
+
+    #[test]
     fn an_activation_fuses_into_a_batch_norm() {
         let build = || {
             let mut b = Builder::default();

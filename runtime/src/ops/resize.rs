@@ -46,6 +46,25 @@ pub fn build(node: &Node) -> OpResult<Box<dyn Op>> {
     Ok(Box::new(parse(node)?))
 }
 
+/// Input of an addend that a fused `Add` hands the resize (after roi, scales and sizes; see
+/// [`crate::fuse::fuse_binary_addends`]): the output is the resized input plus the addend,
+/// broadcast as `Add` would; an addend of the resized shape is added as linear mode blends each
+/// output row (nearest mode: in one pass after its gather).
+pub(crate) const ADDEND_INPUT: usize = 4;
+
+/// Whether `Resize` node `node` can take a fused addend ([`ADDEND_INPUT`]): the opset 11+ form
+/// (opset 10's `(X, scales)` has no room before it), a mode this op runs.
+pub(crate) fn takes_addend(node: &Node) -> bool {
+    node.op == pith_format::ir::OpKind::Resize
+        && (3..=ADDEND_INPUT).contains(&node.inputs.len())
+        && parse(node).is_ok()
+}
+
+/// The fused addend, if any.
+fn addend<'a, 'b>(inputs: &'b [Option<Arg<'a>>]) -> Option<&'b Arg<'a>> {
+    inputs.get(ADDEND_INPUT).and_then(Option::as_ref)
+}
+
 /// Whether `Resize` node `node`, at whole-number scales `f`, repeats each input element `f` times
 /// along each axis (`out[o] = in[o / f]`): nearest with `asymmetric` coordinates and `floor`, or
 /// with `half_pixel` (or `pytorch_half_pixel`) coordinates and either rounding to nearest (source
@@ -228,6 +247,7 @@ fn linear_plane<'a>(
     xs: &[(usize, usize, f32)],
     doubling: bool,
     yp: &mut [f32],
+    addend: Option<&[f32]>,
     mut top: &'a mut [f32],
     mut bottom: &'a mut [f32],
 ) {
@@ -255,7 +275,7 @@ fn linear_plane<'a>(
         }
     };
     let mut held: [Option<usize>; 2] = [None, None];
-    for (yrow, &(y0, y1, wy)) in yp.chunks_exact_mut(ow).zip(ys) {
+    for (r, (yrow, &(y0, y1, wy))) in yp.chunks_exact_mut(ow).zip(ys).enumerate() {
         if held[0] != Some(y0) {
             if held[1] == Some(y0) {
                 std::mem::swap(&mut top, &mut bottom);
@@ -269,8 +289,19 @@ fn linear_plane<'a>(
             along_x(y1, bottom);
             held[1] = Some(y1);
         }
-        for ((o, &t), &b) in yrow.iter_mut().zip(top.iter()).zip(bottom.iter()) {
-            *o = t + (b - t) * wy;
+        match addend {
+            // The blend first, then the addend: the unfused `Add`'s rounding.
+            Some(a) => {
+                let arow = &a[r * ow..][..ow];
+                for (((o, &t), &b), &a) in yrow.iter_mut().zip(top.iter()).zip(bottom.iter()).zip(arow) {
+                    *o = (t + (b - t) * wy) + a;
+                }
+            }
+            None => {
+                for ((o, &t), &b) in yrow.iter_mut().zip(top.iter()).zip(bottom.iter()) {
+                    *o = t + (b - t) * wy;
+                }
+            }
         }
     }
 }
@@ -288,15 +319,23 @@ fn doubles_half_pixel(xs: &[(usize, usize, f32)], w: usize) -> bool {
 
 impl Op for Resize {
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
-        Ok(vec![(ElemType::F32, self.plan(inputs)?.0)])
+        let resized = self.plan(inputs)?.0;
+        Ok(vec![(ElemType::F32, self.output_shape(inputs, &resized)?)])
     }
 
     fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
+        let Ok((out, _)) = self.plan(inputs) else { return 0 };
         // Two rows of output width for the linear mode's interpolated input rows.
-        match (self.mode, self.plan(inputs)) {
-            (Mode::Linear, Ok((out, _))) => 2 * out.last().copied().unwrap_or(0),
+        let rows = match self.mode {
+            Mode::Linear => 2 * out.last().copied().unwrap_or(0),
+            Mode::Nearest(_) => 0,
+        };
+        // An addend of another shape: the resized map first, then the broadcast sum.
+        let staged = match addend(inputs) {
+            Some(a) if a.shape != &out[..] => out.iter().product(),
             _ => 0,
-        }
+        };
+        rows + staged
     }
 
     fn run(
@@ -318,7 +357,50 @@ impl Op for Resize {
         if x.is_empty() {
             op_bail!("cannot resize an empty input to a non-empty output");
         }
-        let shape = x_arg.shape;
+        let Some(a_arg) = addend(inputs) else {
+            return self.resize(x_arg.shape, &x, &out, &scales, None, y, scratch, ctx);
+        };
+        let a = a_arg.f32s()?;
+        if a_arg.shape == &out[..] {
+            return self.resize(x_arg.shape, &x, &out, &scales, Some(&a), y, scratch, ctx);
+        }
+        let shape = self.output_shape(inputs, &out)?;
+        // An addend that broadcasts: resize into scratch, then add as `Add` would.
+        let len: usize = out.iter().product();
+        if scratch.len() < len {
+            op_bail!("a broadcast addend needs {len} scratch elements, got {}", scratch.len());
+        }
+        let (resized, scratch) = scratch.split_at_mut(len);
+        self.resize(x_arg.shape, &x, &out, &scales, None, resized, scratch, ctx)?;
+        super::binary::zip_broadcast(resized, &out, &a, a_arg.shape, &shape, y, |p, r| p + r);
+        Ok(())
+    }
+}
+
+impl Resize {
+    /// The node's output shape: the resized one `out`, broadcast with a fused addend's.
+    fn output_shape(&self, inputs: &[Option<Arg<'_>>], out: &[usize]) -> OpResult<Vec<usize>> {
+        match addend(inputs) {
+            Some(a) if a.elem != ElemType::F32 => op_bail!("a fused addend must be f32, not {:?}", a.elem),
+            Some(a) => super::binary::broadcast_shapes(out, a.shape),
+            None => Ok(out.to_vec()),
+        }
+    }
+
+    /// Resizes `x` (of `shape`) to `out` at `scales` into `y`, adding `addend` (of `out`'s shape)
+    /// if given.
+    #[allow(clippy::too_many_arguments)]
+    fn resize(
+        &self,
+        shape: &[usize],
+        x: &[f32],
+        out: &[usize],
+        scales: &[f32],
+        addend: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
         match self.mode {
             Mode::Nearest(r) => {
                 // Per axis: input element offset of every output position.
@@ -330,7 +412,10 @@ impl Op for Resize {
                         .collect();
                     stride *= shape[d];
                 }
-                gather(&x, &offsets, y, ctx);
+                gather(x, &offsets, y, ctx);
+                if let Some(a) = addend {
+                    y.iter_mut().zip(a).for_each(|(o, &a)| *o += a);
+                }
             }
             Mode::Linear => {
                 let rank = shape.len();
@@ -345,8 +430,10 @@ impl Op for Resize {
                 }
                 let (top, bottom) = scratch[..2 * ow].split_at_mut(ow);
                 let doubling = doubles_half_pixel(&xs, w);
-                for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow)) {
-                    linear_plane(xp, w, &ys, &xs, doubling, yp, top, bottom);
+                let plane = oh * ow;
+                for (i, (xp, yp)) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(plane)).enumerate() {
+                    let a = addend.map(|a| &a[i * plane..][..plane]);
+                    linear_plane(xp, w, &ys, &xs, doubling, yp, a, top, bottom);
                 }
             }
         }
@@ -588,7 +675,7 @@ mod tests {
             let mut got = vec![f32::NAN; oh * ow];
             let (mut top, mut bottom) = (vec![f32::NAN; ow], vec![f32::NAN; ow]);
             let doubling = doubles_half_pixel(&xs, w);
-            linear_plane(&xp, w, &ys, &xs, doubling, &mut got, &mut top, &mut bottom);
+            linear_plane(&xp, w, &ys, &xs, doubling, &mut got, None, &mut top, &mut bottom);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{h}x{w} -> {oh}x{ow}");
         }
