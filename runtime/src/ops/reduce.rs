@@ -162,35 +162,69 @@ impl Op for ReduceMean {
         let x = x_arg.f32s()?;
         let shape = x_arg.shape;
         let y = &mut *outputs[0].data;
-        // Output stride of every input axis (0 on reduced axes).
-        let mut strides = vec![0; shape.len()];
-        let mut s = 1;
-        for d in (0..shape.len()).rev() {
-            if !reduced[d] {
-                strides[d] = s;
-                s *= shape[d];
-            }
-        }
         y.fill(0.0);
-        let mut idx = vec![0usize; shape.len()];
-        let mut off = 0;
-        for &v in x.iter() {
-            y[off] += v;
-            for d in (0..shape.len()).rev() {
-                idx[d] += 1;
-                off += strides[d];
-                if idx[d] < shape[d] {
-                    break;
-                }
-                off -= strides[d] * shape[d];
-                idx[d] = 0;
-            }
+        if !x.is_empty() {
+            sum_into(&x, shape, &reduced, y);
         }
         let count: usize = shape.iter().zip(&reduced).filter(|(_, &r)| r).map(|(&d, _)| d).product();
         let inv = 1.0 / count as f32;
         y.iter_mut().for_each(|v| *v *= inv);
         Ok(())
     }
+}
+
+/// Adds every element of `x` (of `shape`) into `y` at its index with the `reduced` axes dropped.
+/// The trailing axes that share the last axis's role form contiguous runs: a reduced run is
+/// summed (in lanes that vectorise) into one output, a kept run added to as many outputs; an
+/// odometer walks the axes before it run by run. (Element by element, a mean over a
+/// 32 × 96 × 96 map took 2.7 ns a value on a Xeon, each add waiting for the one before.)
+fn sum_into(x: &[f32], shape: &[usize], reduced: &[bool], y: &mut [f32]) {
+    let rank = shape.len();
+    let Some(&last) = reduced.last() else {
+        // A scalar: its own mean.
+        y[0] += x[0];
+        return;
+    };
+    let split = (0..rank).rev().take_while(|&d| reduced[d] == last).last().unwrap_or(rank);
+    let run: usize = shape[split..].iter().product();
+    // Output stride of every outer axis (0 on reduced ones).
+    let mut strides = vec![0; split];
+    let mut s = if last { 1 } else { run };
+    for d in (0..split).rev() {
+        if !reduced[d] {
+            strides[d] = s;
+            s *= shape[d];
+        }
+    }
+    let mut idx = vec![0usize; split];
+    let mut off = 0;
+    for part in x.chunks_exact(run) {
+        if last {
+            y[off] += lane_sum(part);
+        } else {
+            y[off..off + run].iter_mut().zip(part).for_each(|(o, &v)| *o += v);
+        }
+        for d in (0..split).rev() {
+            idx[d] += 1;
+            off += strides[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            off -= strides[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+/// The sum of `v`, 16 partial sums at a time (a loop the compiler vectorises).
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder().iter().sum::<f32>();
+    for chunk in chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += x);
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]
@@ -268,5 +302,29 @@ mod tests {
         assert_eq!(got[0], (shape.to_vec(), x.clone()));
         let op = build(&node(OpKind::ReduceMean, 1, vec![("axes", Attr::Ints(vec![1, -2]))])).unwrap();
         assert!(op.infer(&[act(&shape, &x)]).unwrap_err().0.contains("twice"));
+    }
+
+    #[test]
+    fn reduce_mean_over_long_runs_matches_the_definition() {
+        // Runs of 37 and 74 values (whole 16-lane chunks and a remainder) reduced, kept, or
+        // reduced around kept axes: each output the mean of its inputs, by an index walk.
+        let shape = [2, 3, 2, 37];
+        let x = values(5, shape.iter().product());
+        for axes in [vec![3], vec![2, 3], vec![0, 1], vec![0, 2], vec![1, 3], vec![0, 1, 2, 3]] {
+            let op = build(&node(OpKind::ReduceMean, 1, vec![("axes", Attr::Ints(axes.clone()))])).unwrap();
+            let got = run(&*op, &[act(&shape, &x)]).unwrap();
+            let out: Vec<usize> =
+                (0..4).map(|d| if axes.contains(&(d as i64)) { 1 } else { shape[d] }).collect();
+            assert_eq!(got[0].0, out);
+            let mut want = vec![0.0f32; out.iter().product()];
+            for (i, &v) in x.iter().enumerate() {
+                let idx = [i / 222, i / 74 % 3, i / 37 % 2, i % 37];
+                let o = (0..4).fold(0, |o, d| o * out[d] + if out[d] == 1 { 0 } else { idx[d] });
+                want[o] += v;
+            }
+            let count = (x.len() / want.len()) as f32;
+            want.iter_mut().for_each(|w| *w /= count);
+            assert_close(&got[0].1, &want);
+        }
     }
 }
