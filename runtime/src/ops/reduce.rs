@@ -2,6 +2,7 @@
 //! compressor marks the node with `coerce_2d = 1`) and `ReduceMean`.
 
 use pith_format::ir::{ElemType, Node, OpKind};
+use pith_kernels::exp_neg_abs;
 
 use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
@@ -81,30 +82,59 @@ impl Op for Softmax {
         Ok(vec![(ElemType::F32, x.shape.to_vec())])
     }
 
+    fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
+        // A running maximum and sum per position along the inner axes.
+        match first(inputs).and_then(|x| self.split(x.shape)) {
+            Ok((_, _, inner)) if inner > 1 => 2 * inner,
+            _ => 0,
+        }
+    }
+
     fn run(
         &self,
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
-        _scratch: &mut [f32],
+        scratch: &mut [f32],
         _ctx: &ExecCtx,
     ) -> OpResult<()> {
         let x_arg = first(inputs)?;
         let (outer, n, inner) = self.split(x_arg.shape)?;
         let x = x_arg.f32s()?;
         let y = &mut *outputs[0].data;
-        for o in 0..outer {
-            for i in 0..inner {
-                let at = |k: usize| o * n * inner + k * inner + i;
-                let max = (0..n).map(|k| x[at(k)]).fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for k in 0..n {
-                    let e = (x[at(k)] - max).exp();
-                    y[at(k)] = e;
-                    sum += e;
+        if n == 0 || inner == 0 {
+            return Ok(());
+        }
+        // Every loop below runs along contiguous memory and vectorises: `exp_neg_abs` is
+        // `exp` for the arguments here (each at most 0 once the maximum is taken off; NaN and
+        // infinities as `exp` gives them), where libm's `expf` is a call per element (a softmax
+        // over 32 channels of 96×96 took 2.7 ms on it, over rows of 96 1.9 ms).
+        if inner == 1 {
+            for (xs, ys) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).take(outer) {
+                let max = xs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                ys.iter_mut().zip(xs).for_each(|(e, &v)| *e = exp_neg_abs(v - max));
+                let sum = lane_sum(ys);
+                ys.iter_mut().for_each(|e| *e /= sum);
+            }
+            return Ok(());
+        }
+        if scratch.len() < 2 * inner {
+            op_bail!("softmax needs {} scratch elements, got {}", 2 * inner, scratch.len());
+        }
+        let (max, sum) = scratch[..2 * inner].split_at_mut(inner);
+        for (xs, ys) in x.chunks_exact(n * inner).zip(y.chunks_exact_mut(n * inner)).take(outer) {
+            max.fill(f32::NEG_INFINITY);
+            for row in xs.chunks_exact(inner) {
+                max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
+            }
+            sum.fill(0.0);
+            for (yr, xr) in ys.chunks_exact_mut(inner).zip(xs.chunks_exact(inner)) {
+                for (((e, &v), &m), s) in yr.iter_mut().zip(xr).zip(&*max).zip(sum.iter_mut()) {
+                    *e = exp_neg_abs(v - m);
+                    *s += *e;
                 }
-                for k in 0..n {
-                    y[at(k)] /= sum;
-                }
+            }
+            for yr in ys.chunks_exact_mut(inner) {
+                yr.iter_mut().zip(&*sum).for_each(|(e, &s)| *e /= s);
             }
         }
         Ok(())
@@ -267,6 +297,19 @@ mod tests {
         }
         let op = build(&node(OpKind::Softmax, 1, vec![("axis", Attr::Int(3))])).unwrap();
         assert!(op.infer(&[act(&shape, &x)]).is_err());
+        // Longer rows (whole 16-lane chunks and a remainder) with -inf entries, which weigh 0,
+        // over the contiguous axis and over a strided one.
+        let shape = [2, 37, 19];
+        let mut x: Vec<f32> = values(3, 2 * 37 * 19).iter().map(|v| v * 30.0).collect();
+        x[5] = f32::NEG_INFINITY;
+        x[19 * 7 + 3] = f32::NEG_INFINITY;
+        for (axis, (outer, n, inner)) in [(2, (74, 19, 1)), (1, (2, 37, 19))] {
+            let op = build(&node(OpKind::Softmax, 1, vec![("axis", Attr::Int(axis))])).unwrap();
+            let got = run(&*op, &[act(&shape, &x)]).unwrap();
+            let want = reference_softmax(&x, outer, n, inner);
+            assert_close(&got[0].1, &want);
+            assert_eq!((got[0].1[5], got[0].1[19 * 7 + 3]), (0.0, 0.0));
+        }
     }
 
     #[test]
