@@ -96,6 +96,32 @@ pub fn taps(a: &Axis, n: usize, o: usize) -> (Vec<usize>, usize) {
     (valid, padded)
 }
 
+/// Average pool of one `w`-wide input plane `xp` into `yp` (`rows` and `cols`: each output row's
+/// and column's valid input taps and padded tap count, see [`taps`]). Each output row first sums
+/// its valid input rows into `rowsum` (contiguous, vectorisable), then each output adds its
+/// columns' taps from there: a 2×2, stride-2 pool over 32 planes of 96×96 took 0.36 ms summing
+/// the four taps of every output through nested iterators.
+fn avg_plane(
+    xp: &[f32],
+    w: usize,
+    rows: &[(Vec<usize>, usize)],
+    cols: &[(Vec<usize>, usize)],
+    include_pad: bool,
+    rowsum: &mut [f32],
+    yp: &mut [f32],
+) {
+    for ((ry, py), yrow) in rows.iter().zip(yp.chunks_exact_mut(cols.len().max(1))) {
+        rowsum.fill(0.0);
+        for &iy in ry {
+            rowsum.iter_mut().zip(&xp[iy * w..][..w]).for_each(|(s, &v)| *s += v);
+        }
+        for ((rx, px), y) in cols.iter().zip(yrow.iter_mut()) {
+            let count = if include_pad { py * px } else { ry.len() * rx.len() };
+            *y = if count == 0 { 0.0 } else { rx.iter().map(|&ix| rowsum[ix]).sum::<f32>() / count as f32 };
+        }
+    }
+}
+
 /// `max(m, v)` as one compare and select, which loops vectorise (`f32::max` also needs a NaN
 /// test and a blend per vector: a 3×3, stride-1 pool over 32 planes of 96×96 took 1.09 ms on
 /// it). With a NaN among the window's values the result is one of them or NaN, as
@@ -266,23 +292,10 @@ impl Op for Pool {
             }
             return Ok(());
         }
+        let Reduce::Avg { include_pad } = self.reduce else { unreachable!("max pools returned above") };
+        let mut rowsum = vec![0.0; w];
         for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
-            for (oy, (ry, py)) in rows.iter().enumerate() {
-                for (ox, (rx, px)) in cols.iter().enumerate() {
-                    let taps = ry.iter().flat_map(|&iy| rx.iter().map(move |&ix| xp[iy * w + ix]));
-                    yp[oy * aw.out + ox] = match self.reduce {
-                        Reduce::Max => taps.fold(f32::NEG_INFINITY, f32::max),
-                        Reduce::Avg { include_pad } => {
-                            let count = if include_pad { py * px } else { ry.len() * rx.len() };
-                            if count == 0 {
-                                0.0
-                            } else {
-                                taps.sum::<f32>() / count as f32
-                            }
-                        }
-                    };
-                }
-            }
+            avg_plane(xp, w, &rows, &cols, include_pad, &mut rowsum, yp);
         }
         Ok(())
     }
