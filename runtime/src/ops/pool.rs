@@ -376,7 +376,7 @@ impl Op for GlobalAvg {
 
 /// Sum of `xs` in 16 independent lanes (one AVX-512 or two AVX2 registers), which the compiler
 /// vectorises; a plain `iter().sum()` must add in order and runs one element per cycle.
-fn lane_sum(xs: &[f32]) -> f32 {
+pub(super) fn lane_sum(xs: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0.0f32; LANES];
     let mut chunks = xs.chunks_exact(LANES);

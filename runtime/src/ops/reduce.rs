@@ -4,6 +4,7 @@
 use pith_format::ir::{ElemType, Node, OpKind};
 use pith_kernels::exp_neg_abs;
 
+use super::pool::lane_sum;
 use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
 
@@ -244,17 +245,6 @@ fn sum_into(x: &[f32], shape: &[usize], reduced: &[bool], y: &mut [f32]) {
             idx[d] = 0;
         }
     }
-}
-
-/// The sum of `v`, 16 partial sums at a time (a loop the compiler vectorises).
-fn lane_sum(v: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let chunks = v.chunks_exact(16);
-    let rest = chunks.remainder().iter().sum::<f32>();
-    for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += x);
-    }
-    lanes.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]
