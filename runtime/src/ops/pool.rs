@@ -284,18 +284,15 @@ impl Op for Pool {
             return Ok(());
         }
         let rows: Vec<_> = (0..ah.out).map(|o| taps(&ah, h, o)).collect();
-        let cols: Vec<_> = (0..aw.out).map(|o| taps(&aw, w, o)).collect();
-        if self.reduce == Reduce::Max {
-            let mut rowmax = vec![0.0; w];
-            for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
-                max_plane(xp, w, &rows, &aw, &mut rowmax, yp);
+        // One input row's maxima or sums.
+        let mut line = vec![0.0; w];
+        let planes = x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane));
+        match self.reduce {
+            Reduce::Max => planes.for_each(|(xp, yp)| max_plane(xp, w, &rows, &aw, &mut line, yp)),
+            Reduce::Avg { include_pad } => {
+                let cols: Vec<_> = (0..aw.out).map(|o| taps(&aw, w, o)).collect();
+                planes.for_each(|(xp, yp)| avg_plane(xp, w, &rows, &cols, include_pad, &mut line, yp));
             }
-            return Ok(());
-        }
-        let Reduce::Avg { include_pad } = self.reduce else { unreachable!("max pools returned above") };
-        let mut rowsum = vec![0.0; w];
-        for (xp, yp) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane)) {
-            avg_plane(xp, w, &rows, &cols, include_pad, &mut rowsum, yp);
         }
         Ok(())
     }
