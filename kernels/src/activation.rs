@@ -269,6 +269,44 @@ pub fn sigmoid(x: f32) -> f32 {
     num / (1.0 + e)
 }
 
+/// `ys = softmax(xs)` over one contiguous row (`ys.len()` values of `xs`): the largest value
+/// taken off, each `exp` through [`exp_neg_abs`] (its argument is at most 0), divided by their
+/// sum. Maximum and sum run in 16 independent lanes in a fixed order, so every path's copy
+/// ([`crate::Isa::softmax_row`]) gives the same bits; NaNs are ignored by the maximum and
+/// spread through the sum, as a plain loop would.
+#[inline(always)]
+pub(crate) fn softmax_row(xs: &[f32], ys: &mut [f32]) {
+    const LANES: usize = 16;
+    let xs = &xs[..ys.len()];
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
+    let mut top = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (t, &v) in top.iter_mut().zip(c) {
+            *t = larger(*t, v);
+        }
+    }
+    let max = top.into_iter().chain(chunks.remainder().iter().copied()).fold(f32::NEG_INFINITY, larger);
+    let mut acc = [0.0f32; LANES];
+    let mut pairs = ys.chunks_exact_mut(LANES).zip(xs.chunks_exact(LANES));
+    for (yc, xc) in &mut pairs {
+        for ((y, &x), a) in yc.iter_mut().zip(xc).zip(acc.iter_mut()) {
+            *y = exp_neg_abs(x - max);
+            *a += *y;
+        }
+    }
+    let whole = ys.len() / LANES * LANES;
+    let mut tail = 0.0f32;
+    for (y, &x) in ys[whole..].iter_mut().zip(&xs[whole..]) {
+        *y = exp_neg_abs(x - max);
+        tail += *y;
+    }
+    let sum = acc.iter().sum::<f32>() + tail;
+    for y in ys.iter_mut() {
+        *y /= sum;
+    }
+}
+
 /// `exp(-|x|)`, relative error below 3e-7 (0 past `|x|` = 87.3, where the result would be
 /// denormal), NaN for NaN. A Cephes-style reduction `exp(r) * 2^n` with a degree-6 polynomial,
 /// using only arithmetic and bit operations that vectorise.

@@ -281,6 +281,11 @@ impl Kernels {
         (self.isa.activate)(act, xs)
     }
 
+    /// `ys = softmax(xs[..ys.len()])` over one contiguous row with this kernel set's path.
+    pub fn softmax_row(&self, xs: &[f32], ys: &mut [f32]) {
+        (self.isa.softmax_row)(xs, ys)
+    }
+
     /// Whether layer `p` runs with its input in `x_layout` and its output in `y_layout` through
     /// [`Kernels::conv2d_blocked`] on this kernel set (see [`blocked::supports`]).
     pub fn blocked_supports(&self, p: &Conv2dParams, x_layout: Layout, y_layout: Layout) -> bool {

@@ -403,6 +403,42 @@ fn gemm_rows_fused_rejects_short_rows() {
 }
 
 #[test]
+fn softmax_row_gives_the_same_bits_on_every_path_and_matches_the_definition() {
+    let mut rng = Rng::new(43);
+    for n in [1usize, 2, 15, 16, 17, 37, 100, 6625] {
+        let mut xs: Vec<f32> = rng.vec(n).iter().map(|v| v * 30.0).collect();
+        if n > 3 {
+            xs[n / 2] = f32::NEG_INFINITY;
+        }
+        let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = xs.iter().map(|&v| (v as f64 - max).exp()).sum();
+        let mut want = vec![0.0f32; n];
+        (scalar::ISA.softmax_row)(&xs, &mut want);
+        for (i, (&w, &x)) in want.iter().zip(&xs).enumerate() {
+            let exact = (x as f64 - max).exp() / sum;
+            assert!(
+                (w as f64 - exact).abs() <= 1e-6 * exact.max(1e-30) + 1e-12,
+                "n={n} [{i}]: {w} vs {exact}"
+            );
+        }
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; n + 1];
+            (isa.softmax_row)(&xs, &mut got[..n]);
+            assert_eq!(&got[..n], &want[..], "{} n={n}", isa.name);
+            assert!(got[n].is_nan(), "{} wrote past the row", isa.name);
+        }
+    }
+    // A NaN is ignored by the maximum and spreads through the sum: every output NaN.
+    let mut xs = vec![1.0f32; 40];
+    xs[33] = f32::NAN;
+    for isa in Isa::available() {
+        let mut got = vec![0.0f32; 40];
+        (isa.softmax_row)(&xs, &mut got);
+        assert!(got.iter().all(|v| v.is_nan()), "{}", isa.name);
+    }
+}
+
+#[test]
 fn max_2x2_matches_scalar() {
     let mut rng = Rng::new(43);
     for isa in simd_paths() {

@@ -72,6 +72,12 @@ pub struct Isa {
     ),
     /// [`crate::Activation::apply_slice`], compiled for this path.
     pub activate: fn(act: crate::Activation, xs: &mut [f32]),
+    /// `ys = softmax(xs[..ys.len()])` over one contiguous row, compiled for this path (the same
+    /// bits on every path; see the runtime's `Softmax`).
+    ///
+    /// # Panics
+    /// If `xs` is shorter than `ys`.
+    pub softmax_row: fn(xs: &[f32], ys: &mut [f32]),
     /// One output row of a 2×2, stride-2 max pool: `out[i] = max(r0[2i], r0[2i + 1], r1[2i],
     /// r1[2i + 1])` for `i < out.len()`, from the window's two input rows. With a NaN among the
     /// four, the result is one of them or NaN, by path.

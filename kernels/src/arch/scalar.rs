@@ -12,6 +12,7 @@ pub const ISA: Isa = Isa {
     bf16: None,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
+    softmax_row: super::epilogue::softmax_plain,
     max_2x2,
     deinterleave,
     transpose,

@@ -345,6 +345,7 @@ fn zip_f32(
         other => (None, other),
     };
     let block_act = if other.is_some() { Activation::None } else { act };
+    let squares = kind == Kind::Pow && y == [2.0];
     ctx.kernels.for_each_part(out, SPLIT_MIN_ELEMENTS, |start, part| {
         for (k, block) in part.chunks_mut(ZIP_BLOCK).enumerate() {
             let at = start + k * ZIP_BLOCK;
@@ -353,6 +354,11 @@ fn zip_f32(
                 Kind::Sub => bc.zip(x, y, at, block, |a, b| a - b),
                 Kind::Mul => bc.zip(x, y, at, block, |a, b| a * b),
                 Kind::Div => bc.zip(x, y, at, block, |a, b| a / b),
+                // A squared value (LayerNorm written out as `Pow(x - mean, 2)`) as one product:
+                // what `powf` gives for an exponent of 2 (one correctly rounded product),
+                // without a libm call per element (5 such Pows took 0.21 ms of PP-OCRv3's
+                // recognizer at 40 × 120 values each).
+                Kind::Pow if squares => bc.zip(x, y, at, block, |a, _| a * a),
                 Kind::Pow => bc.zip(x, y, at, block, f32::powf),
                 Kind::PRelu => bc.zip(x, y, at, block, |x, s| if x < 0.0 { s * x } else { x }),
             }
@@ -812,6 +818,17 @@ mod tests {
         let op = build_plain(&node(OpKind::Pow, 2, vec![])).unwrap();
         let got = run(&*op, &[act(&[2, 3], &x), act(&[], &[2.0])]).unwrap();
         assert_eq!(got[0].1, x.iter().map(|v| v * v).collect::<Vec<_>>());
+        // Squares (the product path) and other exponents (libm) give `powf`'s bits, also for
+        // NaN, infinities, signed zeros and values whose square overflows or underflows.
+        let wide: Vec<f32> = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e20, -3e-23, 0.1, -7.25]
+            .into_iter()
+            .chain(values(5, 37))
+            .collect();
+        for e in [2.0f32, 3.0, 0.5, -2.0] {
+            let got = run(&*op, &[act(&[wide.len()], &wide), act(&[1], &[e])]).unwrap();
+            let want: Vec<u32> = wide.iter().map(|v| v.powf(e).to_bits()).collect();
+            assert_eq!(got[0].1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want, "exponent {e}");
+        }
         let op = build_plain(&node(OpKind::PRelu, 2, vec![])).unwrap();
         let slope = [0.1f32, 0.2, 0.3];
         let got = run(&*op, &[act(&[2, 3, 1], &x), act(&[3, 1], &slope)]).unwrap();

@@ -39,6 +39,7 @@ const ISA: Isa = Isa {
     bf16: None,
     store_rows: super::epilogue::store_rows_plain,
     activate: super::epilogue::activate_plain,
+    softmax_row: super::epilogue::softmax_plain,
     max_2x2: elementwise::max_2x2,
     deinterleave: elementwise::deinterleave,
     transpose: elementwise::transpose,

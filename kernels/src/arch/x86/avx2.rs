@@ -20,6 +20,7 @@ pub(super) const ISA: Isa = Isa {
     bf16: None,
     store_rows: crate::arch::epilogue::x86::store_rows_avx2,
     activate: crate::arch::epilogue::x86::activate_avx2,
+    softmax_row: crate::arch::epilogue::x86::softmax_avx2,
     max_2x2,
     deinterleave,
     transpose: super::permute::transpose,

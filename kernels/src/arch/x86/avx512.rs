@@ -21,6 +21,7 @@ pub(super) const ISA: Isa = Isa {
     bf16: None,
     store_rows: crate::arch::epilogue::x86::store_rows_avx512,
     activate: crate::arch::epilogue::x86::activate_avx512,
+    softmax_row: crate::arch::epilogue::x86::softmax_avx512,
     max_2x2,
     deinterleave,
     transpose: super::permute::transpose,
