@@ -124,6 +124,18 @@ impl<'a> WeightRows<'a> {
         }
     }
 
+    /// Rows `rows` of an f32 tensor, borrowed (contiguous, `row_len` values each); `None` for
+    /// other encodings.
+    pub fn dense_rows(&self, rows: Range<usize>) -> Option<&'a [f32]> {
+        if self.column_scales.is_some() || rows.end > self.rows {
+            return None;
+        }
+        match self.view {
+            TensorView::F32(d) => d.get(rows.start * self.row_len..rows.end * self.row_len),
+            _ => None,
+        }
+    }
+
     /// For a codebook tensor: fills `lut` with row `r`'s decoded entries (row scale folded in,
     /// unused slots below `2^bits` zero; later slots untouched, as no index reaches them) and
     /// returns the row's packed indices and their width, for [`crate::arch::Isa::dot_packed`].
@@ -328,6 +340,98 @@ impl<'a> WeightRows<'a> {
         }
     }
 
+    /// Decodes columns `cols` of row `r` into `out[..cols.len()]`: the values
+    /// [`WeightRows::decode`] writes at those columns. `cols.start` must be a multiple of 8,
+    /// where a whole byte of indices starts at any width.
+    ///
+    /// # Panics
+    /// If `r >= rows`, `cols` reaches past the row or does not start at a multiple of 8, or
+    /// `out` is shorter than `cols` (caller bugs).
+    pub fn decode_columns(&self, r: usize, cols: Range<usize>, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} out of {} rows", self.rows);
+        assert!(cols.end <= self.row_len && cols.start.is_multiple_of(8), "columns {cols:?} of {}", self.row_len);
+        let n = self.row_len;
+        let out = &mut out[..cols.len()];
+        let at = r * n + cols.start;
+        match self.view {
+            TensorView::F32(d) => out.copy_from_slice(&d[at..at + cols.len()]),
+            TensorView::F16(d) => out.iter_mut().zip(&d[at..]).for_each(|(o, v)| *o = v.to_f32()),
+            TensorView::I64(d) => out.iter_mut().zip(&d[at..]).for_each(|(o, v)| *o = *v as f32),
+            TensorView::Codebook(c) => {
+                let bits = c.bits as usize;
+                let first = cols.start * bits / 8;
+                let bytes = &c.row_indices(r)[first..first + (cols.len() * bits).div_ceil(8)];
+                match c.bits {
+                    4 => {
+                        let mut lut = [0.0f32; 16];
+                        fill_lut(&c, r, &mut lut, self.widen);
+                        (self.nibbles)(bytes, &lut, out);
+                    }
+                    1..=3 => decode_slice_with_lut::<16>(&c, r, bytes, out, self.widen),
+                    5 | 6 => decode_slice_with_lut::<64>(&c, r, bytes, out, self.widen),
+                    _ => decode_slice_with_lut::<256>(&c, r, bytes, out, self.widen),
+                }
+            }
+        }
+        if let Some(scales) = self.column_scales {
+            (self.mul)(out, &scales[cols]);
+        }
+    }
+
+    /// Decodes the weights of row `r` at columns `cols` (each below `row_len`, which the caller
+    /// guarantees: checking every column per row took half the time) into `out[..cols.len()]`:
+    /// the values [`WeightRows::decode`] writes there, without decoding the rest of the row (a
+    /// convolution's taps that read only padding are never decoded).
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out` is shorter than `cols`; a column past the row may give any value
+    /// or panic (caller bugs).
+    pub(crate) fn decode_gather(&self, r: usize, cols: &[usize], out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} out of {} rows", self.rows);
+        let n = self.row_len;
+        let out = &mut out[..cols.len()];
+        match self.view {
+            TensorView::F32(d) => {
+                let row = &d[r * n..(r + 1) * n];
+                out.iter_mut().zip(cols).for_each(|(o, &c)| *o = row[c]);
+            }
+            TensorView::F16(d) => {
+                let row = &d[r * n..(r + 1) * n];
+                out.iter_mut().zip(cols).for_each(|(o, &c)| *o = row[c].to_f32());
+            }
+            TensorView::I64(d) => {
+                let row = &d[r * n..(r + 1) * n];
+                out.iter_mut().zip(cols).for_each(|(o, &c)| *o = row[c] as f32);
+            }
+            TensorView::Codebook(c) => {
+                debug_assert!(cols.iter().all(|&col| col < n), "a column past the row of {n}");
+                let mut lut = [0.0f32; 256];
+                fill_lut(&c, r, &mut lut, self.widen);
+                let (bytes, bits) = (c.row_indices(r), c.bits as usize);
+                match bits {
+                    // A byte per index, or two per byte: no bit arithmetic across bytes.
+                    8 => out.iter_mut().zip(cols).for_each(|(o, &col)| *o = lut[usize::from(bytes[col])]),
+                    4 => out.iter_mut().zip(cols).for_each(|(o, &col)| {
+                        *o = lut[usize::from(bytes[col / 2] >> (col % 2 * 4) & 15)];
+                    }),
+                    _ => {
+                        let mask = (1u16 << bits) - 1;
+                        for (o, &col) in out.iter_mut().zip(cols) {
+                            // The index's bits start in byte `bit / 8` and may run into the next.
+                            let bit = col * bits;
+                            let next = u16::from(*bytes.get(bit / 8 + 1).unwrap_or(&0));
+                            let pair = u16::from(bytes[bit / 8]) | next << 8;
+                            *o = lut[usize::from(pair >> (bit % 8) & mask)];
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(scales) = self.column_scales {
+            out.iter_mut().zip(cols).for_each(|(o, &c)| *o *= scales[c]);
+        }
+    }
+
     /// Decodes row `r` into `out[..row_len]`.
     ///
     /// # Panics
@@ -513,9 +617,21 @@ fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32], nibbles:
 /// [`decode_codebook_row`] through an `N`-slot table (`N >= 2^bits`).
 #[inline(always)]
 fn decode_with_lut<const N: usize>(c: &CodebookView<'_>, r: usize, out: &mut [f32], widen: Widen) {
+    decode_slice_with_lut::<N>(c, r, c.row_indices(r), out, widen)
+}
+
+/// [`decode_with_lut`] of the indices `bytes` (a part of row `r`'s) into `out`.
+#[inline(always)]
+fn decode_slice_with_lut<const N: usize>(
+    c: &CodebookView<'_>,
+    r: usize,
+    bytes: &[u8],
+    out: &mut [f32],
+    widen: Widen,
+) {
     let mut lut = [0.0f32; N];
     fill_lut(c, r, &mut lut, widen);
-    decode_indices(c.bits, c.row_indices(r), &lut, out);
+    decode_indices(c.bits, bytes, &lut, out);
 }
 
 /// Row `r`'s codebook widened to f32 with its scale folded in, as many entries as `lut` holds;
@@ -641,6 +757,36 @@ mod tests {
                             );
                         }
                         assert!(together[(rows - first) * row_len].is_nan(), "wrote past the rows");
+                    }
+                    // Any columns, in any order, repeated.
+                    let picks: Vec<usize> = (0..row_len).rev().step_by(3).chain([0, row_len - 1]).collect();
+                    for r in 0..rows {
+                        view.decode_row(rows, r, &mut reference);
+                        let mut got = vec![f32::NAN; picks.len() + 1];
+                        w.decode_gather(r, &picks, &mut got);
+                        let want: Vec<f32> = picks.iter().map(|&c| reference[c]).collect();
+                        assert_eq!(
+                            &got[..picks.len()],
+                            &want[..],
+                            "{} {kind:?} {rows}x{row_len} row {r}",
+                            isa.name
+                        );
+                        assert!(got[picks.len()].is_nan(), "wrote past the picks");
+                    }
+                    // Bands of columns from byte-aligned starts (odd ends, the whole row, none).
+                    let bands = [(0, row_len), (0, row_len / 2), (8, row_len), (16, row_len - 1), (8, 8)];
+                    for r in 0..rows {
+                        view.decode_row(rows, r, &mut reference);
+                        for &(start, end) in bands.iter().filter(|&&(s, e)| s <= e && e <= row_len) {
+                            let mut part = vec![f32::NAN; end - start + 1];
+                            w.decode_columns(r, start..end, &mut part);
+                            let what = format!(
+                                "{} {kind:?} {rows}x{row_len} row {r} columns {start}..{end}",
+                                isa.name
+                            );
+                            assert_eq!(&part[..end - start], &reference[start..end], "{what}");
+                            assert!(part[end - start].is_nan(), "{what}: wrote past the band");
+                        }
                     }
                 }
             }

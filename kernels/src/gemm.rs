@@ -15,7 +15,7 @@ use crate::arch::int8::Int8Kernels;
 use crate::arch::int8::{prepare_nibbles, DotNibblesFn, NIBBLE_BLOCK};
 use crate::arch::{Isa, GEMV_BLOCK, PACKED_ROWS};
 use crate::decode::PackedTables;
-use crate::parallel::split_units;
+use crate::parallel::{split_rows, split_units};
 use crate::{check_len, check_min_len, ChannelActivation, Int8RowTables, KernelError, Kernels, WeightRows};
 
 /// How the `k × n` weight matrix is stored.
@@ -34,10 +34,28 @@ pub fn scratch_len(k: usize, n: usize, layout: WeightLayout) -> usize {
         // The packed GEMV's input, zero-padded to whole blocks; k.next_multiple_of(NIBBLE_BLOCK)
         // bytes fit in max(k, NIBBLE_BLOCK / 4) elements.
         WeightLayout::NK => k.next_multiple_of(GEMV_BLOCK).max(NIBBLE_BLOCK / 4),
-        WeightLayout::KN => n,
+        WeightLayout::KN => (k + KN_ROWS) * kn_columns(k, n),
     }
     .max(1)
 }
+
+/// Most f32 elements of the decoded weight block a `[K, N]` product multiplies at a time (128
+/// KiB): every input channel's weights for a band of output columns, so that each output is
+/// read and written once, its whole sum taken in the register tile. PP-OCRv3's recognizer head,
+/// 40 inputs × 64 × 6625 at 8 bits, had decoded one weight row at a time and streamed its 1 MB
+/// of outputs once per row: 2.2 ms at 1 thread.
+const KN_PANEL_BUDGET: usize = 1 << 15;
+
+/// Output columns per decoded block of a `[K, N]` product: as many as [`KN_PANEL_BUDGET`]
+/// holds over the `k` rows, a multiple of 16 (whole vectors, and whole bytes of indices at any
+/// width), at least 16.
+fn kn_columns(k: usize, n: usize) -> usize {
+    let fit = KN_PANEL_BUDGET / k.max(1) / 16 * 16;
+    fit.clamp(16, n.next_multiple_of(16).max(16))
+}
+
+/// Input rows a `[K, N]` product multiplies per [`Isa::gemm_rows`] call.
+const KN_ROWS: usize = 64;
 
 /// How many convolution multiply-adds one weight of a packed GEMV counts as when deciding
 /// whether to split it over threads: each weight is used once, so a GEMV runs at a fraction of
@@ -106,33 +124,109 @@ pub fn gemm(
         }
         WeightLayout::KN => {
             let rows = WeightRows::new(*w, k, n)?.with_isa(&isa);
-            split_units(kernels, m, n, n * k, y, scratch, per_task, |is, ys, wrow| {
-                for yrow in ys.chunks_exact_mut(n) {
-                    match bias {
-                        Some(b) => yrow.copy_from_slice(b),
-                        None => yrow.fill(0.0),
-                    }
-                }
-                // Each decoded weight row is used by every input row of this worker's range.
-                for kk in 0..k {
-                    rows.decode(kk, wrow);
-                    for (yrow, i) in ys.chunks_exact_mut(n).zip(is.clone()) {
-                        (isa.axpy)(yrow, a[i * k + kk], &wrow[..n]);
-                    }
-                }
-                match act.same() {
-                    Some(act) => (isa.activate)(act, ys),
-                    // A slope per output column.
-                    None => {
-                        for yrow in ys.chunks_exact_mut(n) {
-                            yrow.iter_mut().enumerate().for_each(|(j, v)| *v = act.of(j).apply(*v));
-                        }
-                    }
-                }
-            });
+            let product = KnProduct { isa, rows: &rows, a, k, n, bias, act, band: kn_columns(k, n) };
+            if m <= KN_ROWS && kernels.threads() > 1 {
+                // Few input rows: the threads take bands of output columns, so each decodes
+                // only its bands' weights (split by rows, every thread decoded all of them: the
+                // recognizer head above ran no faster on two threads than on one).
+                split_rows(kernels, n, 1, m * k, 16, 1, y, scratch, per_task, |cols, parts, s| {
+                    product.columns(m, cols, parts, s)
+                });
+            } else {
+                split_units(kernels, m, n, n * k, y, scratch, per_task, |is, ys, panel| {
+                    product.rows(is, ys, panel)
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// `y[i, j] = act(bias[j] + a[i, :] · W[:, j])` with `W` stored `[K, N]`: band by band of
+/// output columns, every weight row's part of the band decoded once (f32 weights read in place)
+/// and multiplied by [`Isa::gemm_rows`] into the outputs, each output's whole sum taken in the
+/// register tile, so each output is read and written once.
+struct KnProduct<'a, 'w> {
+    isa: Isa,
+    rows: &'a WeightRows<'w>,
+    a: &'a [f32],
+    k: usize,
+    n: usize,
+    bias: Option<&'a [f32]>,
+    act: ChannelActivation<'a>,
+    /// Output columns per decoded band ([`kn_columns`]).
+    band: usize,
+}
+
+impl KnProduct<'_, '_> {
+    /// The band of columns `j0..j0 + w` of every weight row as `(b, ldb)` for
+    /// [`Isa::gemm_rows`]: the f32 weights themselves, or decoded into `panel`.
+    fn band<'p>(&'p self, j0: usize, w: usize, panel: &'p mut [f32]) -> (&'p [f32], usize) {
+        match self.rows.dense_rows(0..self.k) {
+            Some(d) => (&d[j0..], self.n),
+            None => {
+                for (r, row) in panel[..self.k * w].chunks_exact_mut(w).enumerate() {
+                    self.rows.decode_columns(r, j0..j0 + w, row);
+                }
+                (&panel[..self.k * w], w)
+            }
+        }
+    }
+
+    /// Input rows `is` into `ys` (their whole output rows, `n` each).
+    fn rows(&self, is: Range<usize>, ys: &mut [f32], panel: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
+        for yrow in ys.chunks_exact_mut(n) {
+            match self.bias {
+                Some(b) => yrow.copy_from_slice(b),
+                None => yrow.fill(0.0),
+            }
+        }
+        for j0 in (0..n).step_by(self.band) {
+            let w = self.band.min(n - j0);
+            let (b, ldb) = self.band(j0, w, panel);
+            for (i0, yc) in is.clone().step_by(KN_ROWS).zip(ys.chunks_mut(KN_ROWS * n)) {
+                let mi = yc.len() / n;
+                (self.isa.gemm_rows)(&self.a[i0 * k..(i0 + mi) * k], k, b, ldb, w, &mut yc[j0..], n);
+            }
+        }
+        match self.act.same() {
+            Some(act) => (self.isa.activate)(act, ys),
+            // A slope per output column.
+            None => {
+                for yrow in ys.chunks_exact_mut(n) {
+                    yrow.iter_mut().enumerate().for_each(|(j, v)| *v = self.act.of(j).apply(*v));
+                }
+            }
+        }
+    }
+
+    /// Columns `cols` of all `m` (at most [`KN_ROWS`]) output rows, `parts[i]` holding row `i`'s:
+    /// each band's sums in a block of `scratch` after the panel, then copied out.
+    fn columns(&self, m: usize, cols: Range<usize>, parts: &mut [&mut [f32]], scratch: &mut [f32]) {
+        let k = self.k;
+        let (panel, block) = scratch.split_at_mut(k * self.band);
+        for j0 in cols.clone().step_by(self.band) {
+            let w = self.band.min(cols.end - j0);
+            let block = &mut block[..m * w];
+            for row in block.chunks_exact_mut(w) {
+                match self.bias {
+                    Some(b) => row.copy_from_slice(&b[j0..j0 + w]),
+                    None => row.fill(0.0),
+                }
+            }
+            let (b, ldb) = self.band(j0, w, panel);
+            (self.isa.gemm_rows)(&self.a[..m * k], k, b, ldb, w, block, w);
+            for (part, row) in parts.iter_mut().zip(block.chunks_exact(w)) {
+                let out = &mut part[j0 - cols.start..][..w];
+                out.copy_from_slice(row);
+                match self.act.same() {
+                    Some(act) => (self.isa.activate)(act, out),
+                    None => out.iter_mut().zip(j0..).for_each(|(v, j)| *v = self.act.of(j).apply(*v)),
+                }
+            }
+        }
+    }
 }
 
 /// `y[i, j] = act(bias[j] + a[i, :] · W[j, :])` with `W` stored `[N, K]`.
@@ -421,6 +515,52 @@ mod tests {
                     kernels.gemm(&a, m, k, n, &w, layout, bias, act, &mut y, &mut scratch).unwrap();
                     assert_close(&y, &want, &format!("{kernels:?} {kind:?} {layout:?} {m}x{k}x{n} {act:?}"));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn kn_products_over_several_column_bands_and_row_chunks_match_reference() {
+        // [K, N] weights (MatMul): 300 input channels give bands of 96 columns, so 250 outputs
+        // take two whole bands and a partial one; 70 input rows take two calls of at most
+        // KN_ROWS (split over threads by rows), 40 one (split by bands of columns). Every
+        // encoding, every kernel path, one and two threads.
+        let (k, n) = (300, 250);
+        assert!(
+            kn_columns(k, n) < n && 40 <= KN_ROWS && 70 > KN_ROWS,
+            "the shapes must span bands and row chunks"
+        );
+        let mut rng = Rng::new(31);
+        let sets = kernel_sets();
+        assert!(sets.iter().any(|s| s.threads() > 1), "a set with threads splits by columns");
+        for (case, kind) in WeightKind::all().into_iter().enumerate() {
+            let m = [40, 70][case % 2];
+            let data = random_weight(&mut rng, kind, k, n);
+            let wf = decode_all(&data, k);
+            let a = rng.vec(m * k);
+            let bias = rng.vec(n);
+            // ReLU, or a PRelu slope per output column (both signs), which each band must take
+            // at its own columns.
+            let slopes: Vec<f32> = rng.vec(n).iter().map(|v| 2.0 * v).collect();
+            let act = match case % 3 {
+                0 => ChannelActivation::PRelu(&slopes),
+                _ => ChannelActivation::Same(Activation::Relu),
+            };
+            let mut want = vec![0.0; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f32 = (0..k).map(|kk| a[i * k + kk] * wf[kk * n + j]).sum();
+                    want[i * n + j] = act.of(j).apply(bias[j] + s);
+                }
+            }
+            for kernels in &sets {
+                let mut y = vec![f32::NAN; m * n];
+                let mut scratch = vec![0.0; kernels.gemm_scratch_len(k, n, WeightLayout::KN)];
+                let w = data.view();
+                kernels
+                    .gemm(&a, m, k, n, &w, WeightLayout::KN, Some(&bias), act, &mut y, &mut scratch)
+                    .unwrap();
+                assert_close(&y, &want, &format!("{kernels:?} {kind:?} {m}x{k}x{n}"));
             }
         }
     }

@@ -245,8 +245,11 @@ pub fn conv2d(
     let flat = plane_kernel(kernels.isa(), p)
         .filter(|_| residual.is_none())
         .and_then(|kernel| Some((kernel, DepthwisePlane::new(p)?)));
-    let slab = (!p.is_pointwise()).then(|| Slab::new(p));
-    let offsets = slab.as_ref().map_or_else(Vec::new, |s| s.offsets(p));
+    let slab = (!p.is_pointwise()).then(|| {
+        let slab = Slab::new(p);
+        let taps = slab.taps(p);
+        (slab, taps)
+    });
     let image = p.out_c * out_plane;
     for (b, yb) in y.chunks_exact_mut(image).enumerate() {
         // The image's input factors fold into the filters it decodes.
@@ -280,7 +283,7 @@ pub fn conv2d(
                 layer.pointwise(xb, rb, ocs, 0..out_plane, &mut planes, s)
             }),
             // Groups of their own input (depthwise): split filters, no input is read twice.
-            Some(slab) if p.groups >= kernels.threads_now() => {
+            Some((slab, taps)) if p.groups >= kernels.threads_now() => {
                 // A depthwise multiply-add takes several times a dense one's time, so
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
@@ -310,16 +313,26 @@ pub fn conv2d(
                         }
                         (None, None) => {
                             let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
-                            layer.shifted(slab, &offsets, xb, rb, ocs, 0..p.out_h, &mut planes, s)
+                            layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, &mut planes, s)
                         }
                     }
                 })
             }
+            // Fewer output rows than threads (a map one row high, as in text recognizers' necks):
+            // split filters; each worker pads the whole input, which is short.
+            Some((slab, taps)) if p.out_h < kernels.threads_now() => {
+                split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+                    let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
+                    layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, &mut planes, s)
+                })
+            }
             // A few groups sharing their input: split output rows, so each worker reads and pads
             // only its part of the input and decodes its filters once.
-            Some(slab) => split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, planes, s| {
-                layer.shifted(slab, &offsets, xb, rb, 0..p.out_c, rows, planes, s)
-            }),
+            Some((slab, taps)) => {
+                split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, planes, s| {
+                    layer.shifted(slab, taps, xb, rb, 0..p.out_c, rows, planes, s)
+                })
+            }
         }
     }
     Ok(())

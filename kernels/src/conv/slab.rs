@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use super::{direct_store, fused_activation, Conv2dParams, Layer, Residual};
 use crate::arch::{FusedRows, Isa, ResidualRows};
-use crate::Activation;
+use crate::{Activation, WeightRows};
 
 /// Most f32 elements of the zero-padded input planes of one slab of output rows (32 KiB): the
 /// shifted path zeroes, fills and reads them once per slab, so they should stay in L1. Against
@@ -32,7 +32,7 @@ impl Layer<'_, '_> {
     pub(super) fn shifted(
         &self,
         slab: &Slab,
-        offsets: &[usize],
+        taps: &Taps,
         xb: &[f32],
         residual: Option<Residual<'_>>,
         ocs: Range<usize>,
@@ -59,8 +59,8 @@ impl Layer<'_, '_> {
             let end = ocs.end.min((g + 1) * cout_g).min(oc + slab.panel_rows);
             let m = end - oc;
             let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
-            self.rows.decode_rows(oc..end, &mut panel[..m * k_len]);
-            let a = &panel[..m * k_len];
+            let k_len = taps.decode(self.rows, oc..end, panel, k_len);
+            let (a, offsets) = (&panel[..m * k_len], &taps.offsets[..]);
             let sub_rows = slab.sub_rows(m);
             // What a fused tile can apply (not a LeakyRelu, whose slope it takes per row).
             let fused_act = match self.act.same() {
@@ -180,6 +180,39 @@ impl Layer<'_, '_> {
     }
 }
 
+/// The taps [`Layer::shifted`] multiplies ([`Slab::taps`]).
+pub(crate) struct Taps {
+    /// Element offset of each multiplied tap in the slab's planes ([`Slab::offsets`]).
+    offsets: Vec<usize>,
+    /// When some taps read only padding: the others, by index in filter order.
+    live: Option<Vec<usize>>,
+}
+
+impl Taps {
+    /// How many taps are multiplied.
+    #[cfg(test)]
+    pub(super) fn multiplied(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// Decodes filters `filters` of `rows` into `panel` (one row each), only the multiplied
+    /// taps' weights, and returns the row length (`k_len` when every tap is multiplied).
+    fn decode(&self, rows: &WeightRows<'_>, filters: Range<usize>, panel: &mut [f32], k_len: usize) -> usize {
+        match &self.live {
+            None => {
+                rows.decode_rows(filters.clone(), &mut panel[..filters.len() * k_len]);
+                k_len
+            }
+            Some(live) => {
+                for (row, r) in panel.chunks_exact_mut(live.len()).zip(filters) {
+                    rows.decode_gather(r, live, row);
+                }
+                live.len()
+            }
+        }
+    }
+}
+
 /// Geometry of the shifted path: the input rows one slab of `rows` output rows reads, copied
 /// into zero-padded planes split by (row, column) phase of the strides, so that tap `(ky, kx)`
 /// of output `(oy, ox)` is element `(oy + ky*dil_h / stride_h, ox + kx*dil_w / stride_w)` of
@@ -242,21 +275,57 @@ impl Slab {
         lo >= p.pad_top && lo + span <= p.pad_top + p.in_h
     }
 
+    /// The taps layer `p` multiplies on this slab: all of them, or, when some kernel rows or
+    /// columns read only padding for every output pixel (a 3×3 layer over a map one row high,
+    /// as in text recognizers' necks), only the others.
+    pub(crate) fn taps(&self, p: &Conv2dParams) -> Taps {
+        // Whether kernel row (column) `t` reads an input row (column) for some output one.
+        let reads = |t: usize, out: usize, s: usize, d: usize, pad: usize, n: usize| {
+            (0..out).any(|o| (o * s + t * d).checked_sub(pad).is_some_and(|i| i < n))
+        };
+        let rows: Vec<bool> =
+            (0..p.k_h).map(|ky| reads(ky, p.out_h, p.stride_h, p.dil_h, p.pad_top, p.in_h)).collect();
+        let cols: Vec<bool> =
+            (0..p.k_w).map(|kx| reads(kx, p.out_w, p.stride_w, p.dil_w, p.pad_left, p.in_w)).collect();
+        let all = |v: &[bool]| v.iter().all(|&b| b);
+        let none = |v: &[bool]| !v.iter().any(|&b| b);
+        if uses_depthwise_rows(p) || (all(&rows) && all(&cols)) || none(&rows) || none(&cols) {
+            return Taps { offsets: self.offsets(p), live: None };
+        }
+        let kept = rows.iter().filter(|&&r| r).count() * cols.iter().filter(|&&c| c).count();
+        let mut offsets = Vec::with_capacity(p.in_per_group() * kept);
+        let mut live = Vec::with_capacity(p.in_per_group() * kept);
+        for c in 0..p.in_per_group() {
+            for ky in (0..p.k_h).filter(|&ky| rows[ky]) {
+                for kx in (0..p.k_w).filter(|&kx| cols[kx]) {
+                    offsets.push(self.offset(p, c, ky, kx));
+                    live.push((c * p.k_h + ky) * p.k_w + kx);
+                }
+            }
+        }
+        Taps { offsets, live: Some(live) }
+    }
+
     /// Element offset of every tap `(c, ky, kx)`, in filter order, from the start of the planes.
     pub(crate) fn offsets(&self, p: &Conv2dParams) -> Vec<usize> {
-        let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
-        let plane_len = self.hq * self.wq;
         let mut offs = Vec::with_capacity(p.filter_len());
         for c in 0..p.in_per_group() {
             for ky in 0..p.k_h {
-                let (ay, rr) = ((ky * p.dil_h) / sh, (ky * p.dil_h) % sh);
                 for kx in 0..p.k_w {
-                    let (ax, rc) = ((kx * p.dil_w) / sw, (kx * p.dil_w) % sw);
-                    offs.push(c * self.len() + (rr * sw + rc) * plane_len + ay * self.wq + ax);
+                    offs.push(self.offset(p, c, ky, kx));
                 }
             }
         }
         offs
+    }
+
+    /// Element offset of tap `(c, ky, kx)` from the start of the planes: in the phase plane of
+    /// its row and column phase, at its row and column within the plane.
+    fn offset(&self, p: &Conv2dParams, c: usize, ky: usize, kx: usize) -> usize {
+        let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
+        let (ay, rr) = ((ky * p.dil_h) / sh, (ky * p.dil_h) % sh);
+        let (ax, rc) = ((kx * p.dil_w) / sw, (kx * p.dil_w) % sw);
+        c * self.len() + (rr * sw + rc) * self.hq * self.wq + ay * self.wq + ax
     }
 
     /// Writes into `planes` the input rows of group input `xg` (`in_per_group` planes of

@@ -629,6 +629,52 @@ fn bf16_products_need_a_path_that_has_them() {
 }
 
 #[test]
+fn taps_that_read_only_padding_are_skipped_and_one_row_maps_split_by_filters() {
+    // (in_h, in_w, k_h, k_w, stride, dilation, pads top/left/bottom/right, taps multiplied of
+    // one input channel): 3×3 over a map one row high (the outer kernel rows read only padding,
+    // as in text recognizers' necks) or one column wide, a single pixel, a dilated 3×3 whose
+    // outer rows miss a 2-row map, a strided one, a 5×5 over 2 rows; and one with every tap live.
+    let cases = [
+        (1, 40, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1], 3),
+        (40, 1, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1], 3),
+        (1, 1, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1], 1),
+        (2, 9, 3, 3, (1, 1), (2, 1), [2, 1, 2, 1], 3),
+        (1, 17, 3, 3, (2, 2), (1, 1), [1, 1, 1, 1], 3),
+        (2, 9, 5, 5, (1, 1), (1, 1), [2, 2, 2, 2], 15),
+        (6, 7, 3, 3, (1, 1), (1, 1), [1, 1, 1, 1], 9),
+    ];
+    let mut rng = Rng::new(77);
+    let sets = kernel_sets();
+    for (i, &(in_h, in_w, k_h, k_w, (sh, sw), (dh, dw), pads, live)) in cases.iter().enumerate() {
+        let (in_c, out_c) = (5 + i, 7 + 2 * i);
+        let out_h = out_extent(in_h, pads[0] + pads[2], k_h, sh, dh);
+        let out_w = out_extent(in_w, pads[1] + pads[3], k_w, sw, dw);
+        let p = Conv2dParams {
+            batch: 1 + i % 2,
+            in_c,
+            in_h,
+            in_w,
+            out_c,
+            out_h,
+            out_w,
+            k_h,
+            k_w,
+            stride_h: sh,
+            stride_w: sw,
+            pad_top: pads[0],
+            pad_left: pads[1],
+            dil_h: dh,
+            dil_w: dw,
+            groups: 1,
+        };
+        assert_eq!(Slab::new(&p).taps(&p).multiplied(), in_c * live, "{p:?}");
+        for kind in [WeightKind::F32, WeightKind::all()[14], WeightKind::all()[24]] {
+            check_all_paths(&mut rng, &sets, &p, kind, i % 2 == 0);
+        }
+    }
+}
+
+#[test]
 fn many_filters_span_panels_groups_and_workers() {
     // 100 and 53 filters: several 48-filter panels with a ragged last one, worker ranges that
     // cross group boundaries, and output planes that are not a multiple of any vector width.
