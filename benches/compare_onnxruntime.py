@@ -13,7 +13,8 @@ Usage, from the repository root after `cargo build --release -p pith-cli`:
 Arguments:
     model           blazeface (1x3x128x128) or ppocr (PP-OCRv4 det, 1x3xHxW; --hw, default 320x640);
                     untuned: blazeface_full (192x192), blazeface_back (256x256), ppocr_v3
-                    (PP-OCRv3 det, --hw, default 320x640), ppocr_cls (direction classifier, 48x192)
+                    (PP-OCRv3 det, --hw, default 320x640), ppocr_cls (direction classifier, 48x192),
+                    ppocr_rec (PP-OCRv3 text recognizer, 48x320)
     --onnx PATH     any other ONNX model instead (with --input): e.g. the MobileNetV2 that
                     `benches/make_untuned_model.py` writes, a model the kernels were not tuned for
     --input N=SHAPE its input name and shape, e.g. input=1x3x224x224 (with --onnx)
@@ -66,7 +67,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTLE_S = 0.25
 
 # Bundled model: ONNX file, input name, default (and for the face models only) height x width,
-# the original .tflite (if any). The last four are the models nothing was tuned for.
+# the original .tflite (if any). The last five are the models nothing was tuned for.
 MODELS = {
     "blazeface": ("blazeface_short_range.onnx", "input", (128, 128), "blazeface_short_range.tflite"),
     "ppocr": ("ppocr_v4_det.onnx", "x", (320, 640), None),
@@ -74,6 +75,7 @@ MODELS = {
     "blazeface_back": ("blazeface_back.onnx", "input", (256, 256), "blazeface_back.tflite"),
     "ppocr_v3": ("ppocr_v3_det.onnx", "x", (320, 640), None),
     "ppocr_cls": ("ppocr_mobile_v2_cls.onnx", "x", (48, 192), None),
+    "ppocr_rec": ("ppocr_v3_rec.onnx", "x", (48, 320), None),
 }
 
 

@@ -1,7 +1,7 @@
 //! The real models end to end: f32 fidelity to onnxruntime, 8-bit codebook fidelity (raw
 //! outputs and detected faces / text boxes), int8 activations (same detections), and a 4-bit
-//! report; for the two models nothing was tuned for, f32 fidelity, the detector's 8-bit cosine and
-//! the classifier's calls at 8 and 4 bits.
+//! report; for the models nothing was tuned for, f32 fidelity, the detector's 8-bit cosine, the
+//! classifier's calls at 8 and 4 bits and the recognizer's reading at 8 bits.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,6 +28,10 @@ const PPOCR_V3: &str = "ppocr_v3_det.onnx";
 const BLAZEFACE_FULL: &str = "blazeface_full_range.onnx";
 const BLAZEFACE_BACK: &str = "blazeface_back.onnx";
 const PPOCR_CLS: &str = "ppocr_mobile_v2_cls.onnx";
+/// PaddleOCR's PP-OCRv3 text recognizer (a MobileNetV1-style backbone, an SVTR neck with
+/// attention and LayerNorm written out as ONNX ops, a 6625-class CTC head; first run in the
+/// forty-third session).
+const PPOCR_REC: &str = "ppocr_v3_rec.onnx";
 
 /// f32 `.pith` vs onnxruntime: `|a - b| <= TOL * max(1, |b|)`.
 const TOL: f64 = 1e-4;
@@ -158,6 +162,37 @@ fn untuned_models_f32_matches_onnxruntime() {
     assert_f32_matches(BLAZEFACE_BACK, "blazeface_back");
     assert_f32_matches(PPOCR_CLS, "ppocr_cls");
     assert_f32_matches(PPOCR_CLS, "ppocr_cls_flipped");
+    assert_f32_matches(PPOCR_REC, "ppocr_rec");
+}
+
+/// A CTC reading: the most likely class at each step, repeats merged and blanks (class 0)
+/// dropped, as class indices (the characters themselves are in the model's metadata).
+fn ctc_reading(probs: &[f32], classes: usize) -> Vec<usize> {
+    let best = probs
+        .chunks_exact(classes)
+        .map(|step| step.iter().enumerate().fold(0, |b, (i, &p)| if p > step[b] { i } else { b }));
+    let mut reading = Vec::new();
+    let mut previous = 0;
+    for class in best {
+        if class != 0 && class != previous {
+            reading.push(class);
+        }
+        previous = class;
+    }
+    reading
+}
+
+/// The recognizer reads the page's first line ("Region-based segmentation", 25 characters) the
+/// same at 8 bits as onnxruntime does in f32.
+#[test]
+fn untuned_recognizer_reads_the_same_line_at_8_bits() {
+    let files = npy_files(&golden_dir("ppocr_rec"), "output.").unwrap();
+    let expected = read_npy(&files[0].1).unwrap();
+    let classes = *expected.shape.last().unwrap();
+    let want = ctc_reading(&expected.data, classes);
+    assert_eq!(want.len(), 25, "onnxruntime's reading of the line: {want:?}");
+    let out = run_golden(PPOCR_REC, Weights::Bits(8), "ppocr_rec");
+    assert_eq!(ctc_reading(out[0].1.as_f32().unwrap(), classes), want);
 }
 
 #[test]

@@ -349,7 +349,11 @@ impl<'a> WeightRows<'a> {
     /// `out` is shorter than `cols` (caller bugs).
     pub fn decode_columns(&self, r: usize, cols: Range<usize>, out: &mut [f32]) {
         assert!(r < self.rows, "row {r} out of {} rows", self.rows);
-        assert!(cols.end <= self.row_len && cols.start.is_multiple_of(8), "columns {cols:?} of {}", self.row_len);
+        assert!(
+            cols.end <= self.row_len && cols.start.is_multiple_of(8),
+            "columns {cols:?} of {}",
+            self.row_len
+        );
         let n = self.row_len;
         let out = &mut out[..cols.len()];
         let at = r * n + cols.start;

@@ -32,6 +32,9 @@ What it writes (under tests/data/):
 * ``golden/ppocr_cls/`` and ``golden/ppocr_cls_flipped/``: the direction classifier on page.png's
   first text line (cropped at x 4..294, y 9..35), upright and turned 180°, PaddleOCR-style
   (scaled to 48 px high and at most 192 wide, to [-1, 1], zero-padded to 192 columns, NCHW).
+* ``golden/ppocr_rec/``: the PP-OCRv3 text recognizer on the same line, PaddleOCR-style (scaled
+  to 48 px high and at most 320 wide, to [-1, 1], zero-padded to 320 columns, NCHW); its output is
+  the per-step probabilities over the 6625 classes of its character set.
 * ``bad/unknown_op.onnx``: a valid ONNX model using an operator Pith does not support (Erf).
 """
 
@@ -811,6 +814,16 @@ def cls_input(line: Image.Image) -> np.ndarray:
     return out.transpose(2, 0, 1)[None].copy()
 
 
+def rec_input(line: Image.Image, width: int = 320) -> np.ndarray:
+    """PaddleOCR RecResizeImg at its default 3x48x320: a text line scaled to 48 px high (width at
+    most 320), to [-1, 1], zero-padded on the right to 320 columns, NCHW."""
+    w = min(width, int(np.ceil(48 * line.width / line.height)))
+    arr = np.asarray(line.resize((w, 48), Image.BILINEAR), dtype=np.float32) / 127.5 - 1.0
+    out = np.zeros((48, width, 3), np.float32)
+    out[:, :w] = arr
+    return out.transpose(2, 0, 1)[None].copy()
+
+
 def model_golden(folder: str, model: str, input_name: str, x: np.ndarray) -> None:
     out_dir = os.path.join(GOLDEN, folder)
     if os.path.isdir(out_dir):
@@ -844,6 +857,7 @@ def make_model_goldens() -> None:
     line = page.crop((4, 9, 294, 35))
     model_golden("ppocr_cls", "ppocr_mobile_v2_cls.onnx", "x", cls_input(line))
     model_golden("ppocr_cls_flipped", "ppocr_mobile_v2_cls.onnx", "x", cls_input(line.rotate(180)))
+    model_golden("ppocr_rec", "ppocr_v3_rec.onnx", "x", rec_input(line))
 
 
 def make_bad() -> None:
