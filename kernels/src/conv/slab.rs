@@ -283,21 +283,21 @@ impl Slab {
         let reads = |t: usize, out: usize, s: usize, d: usize, pad: usize, n: usize| {
             (0..out).any(|o| (o * s + t * d).checked_sub(pad).is_some_and(|i| i < n))
         };
-        let rows: Vec<bool> =
-            (0..p.k_h).map(|ky| reads(ky, p.out_h, p.stride_h, p.dil_h, p.pad_top, p.in_h)).collect();
-        let cols: Vec<bool> =
-            (0..p.k_w).map(|kx| reads(kx, p.out_w, p.stride_w, p.dil_w, p.pad_left, p.in_w)).collect();
-        let all = |v: &[bool]| v.iter().all(|&b| b);
-        let none = |v: &[bool]| !v.iter().any(|&b| b);
-        if uses_depthwise_rows(p) || (all(&rows) && all(&cols)) || none(&rows) || none(&cols) {
+        let row = |ky: usize| reads(ky, p.out_h, p.stride_h, p.dil_h, p.pad_top, p.in_h);
+        let col = |kx: usize| reads(kx, p.out_w, p.stride_w, p.dil_w, p.pad_left, p.in_w);
+        // Most layers: every tap reads some input (checked without allocating anything).
+        let every = uses_depthwise_rows(p) || ((0..p.k_h).all(row) && (0..p.k_w).all(col));
+        if every || !(0..p.k_h).any(row) || !(0..p.k_w).any(col) {
             return Taps { offsets: self.offsets(p), live: None };
         }
-        let kept = rows.iter().filter(|&&r| r).count() * cols.iter().filter(|&&c| c).count();
-        let mut offsets = Vec::with_capacity(p.in_per_group() * kept);
-        let mut live = Vec::with_capacity(p.in_per_group() * kept);
+        let (rows, cols): (Vec<usize>, Vec<usize>) =
+            ((0..p.k_h).filter(|&ky| row(ky)).collect(), (0..p.k_w).filter(|&kx| col(kx)).collect());
+        let kept = p.in_per_group() * rows.len() * cols.len();
+        let mut offsets = Vec::with_capacity(kept);
+        let mut live = Vec::with_capacity(kept);
         for c in 0..p.in_per_group() {
-            for ky in (0..p.k_h).filter(|&ky| rows[ky]) {
-                for kx in (0..p.k_w).filter(|&kx| cols[kx]) {
+            for &ky in &rows {
+                for &kx in &cols {
                     offsets.push(self.offset(p, c, ky, kx));
                     live.push((c * p.k_h + ky) * p.k_w + kx);
                 }
@@ -308,11 +308,15 @@ impl Slab {
 
     /// Element offset of every tap `(c, ky, kx)`, in filter order, from the start of the planes.
     pub(crate) fn offsets(&self, p: &Conv2dParams) -> Vec<usize> {
+        let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
+        let plane_len = self.hq * self.wq;
         let mut offs = Vec::with_capacity(p.filter_len());
         for c in 0..p.in_per_group() {
             for ky in 0..p.k_h {
+                let (ay, rr) = ((ky * p.dil_h) / sh, (ky * p.dil_h) % sh);
                 for kx in 0..p.k_w {
-                    offs.push(self.offset(p, c, ky, kx));
+                    let (ax, rc) = ((kx * p.dil_w) / sw, (kx * p.dil_w) % sw);
+                    offs.push(c * self.len() + (rr * sw + rc) * plane_len + ay * self.wq + ax);
                 }
             }
         }
