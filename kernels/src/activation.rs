@@ -278,30 +278,35 @@ pub fn sigmoid(x: f32) -> f32 {
 pub(crate) fn softmax_row(xs: &[f32], ys: &mut [f32]) {
     const LANES: usize = 16;
     let xs = &xs[..ys.len()];
+    let whole = ys.len() / LANES * LANES;
+    // The last partial chunk, padded with -inf, which neither raises the maximum nor adds to the
+    // sum (its exponential is 0): short rows (attention over 40 positions) stay on the vectors.
+    let mut tail = [f32::NEG_INFINITY; LANES];
+    tail[..ys.len() - whole].copy_from_slice(&xs[whole..]);
     let larger = |m: f32, v: f32| if v > m { v } else { m };
-    let mut top = [f32::NEG_INFINITY; LANES];
-    let mut chunks = xs.chunks_exact(LANES);
-    for c in &mut chunks {
+    let mut top = tail;
+    for c in xs[..whole].chunks_exact(LANES) {
         for (t, &v) in top.iter_mut().zip(c) {
             *t = larger(*t, v);
         }
     }
-    let max = top.into_iter().chain(chunks.remainder().iter().copied()).fold(f32::NEG_INFINITY, larger);
+    let max = top.into_iter().fold(f32::NEG_INFINITY, larger);
     let mut acc = [0.0f32; LANES];
-    let mut pairs = ys.chunks_exact_mut(LANES).zip(xs.chunks_exact(LANES));
-    for (yc, xc) in &mut pairs {
+    for t in tail.iter_mut() {
+        *t = exp_neg_abs(*t - max);
+    }
+    for (a, &t) in acc.iter_mut().zip(&tail) {
+        *a += t;
+    }
+    for (yc, xc) in ys[..whole].chunks_exact_mut(LANES).zip(xs[..whole].chunks_exact(LANES)) {
         for ((y, &x), a) in yc.iter_mut().zip(xc).zip(acc.iter_mut()) {
             *y = exp_neg_abs(x - max);
             *a += *y;
         }
     }
-    let whole = ys.len() / LANES * LANES;
-    let mut tail = 0.0f32;
-    for (y, &x) in ys[whole..].iter_mut().zip(&xs[whole..]) {
-        *y = exp_neg_abs(x - max);
-        tail += *y;
-    }
-    let sum = acc.iter().sum::<f32>() + tail;
+    let rest = ys.len() - whole;
+    ys[whole..].copy_from_slice(&tail[..rest]);
+    let sum = acc.iter().sum::<f32>();
     for y in ys.iter_mut() {
         *y /= sum;
     }

@@ -275,6 +275,18 @@ impl Kernels {
         parallel::split_elements(self, out, min_len, f)
     }
 
+    /// [`Kernels::for_each_part`] for row-wise work: parts are whole rows of `row_len`
+    /// elements (`part` starts at element `start`, a multiple of `row_len`).
+    pub fn for_each_rows(
+        &self,
+        out: &mut [f32],
+        row_len: usize,
+        min_len: usize,
+        f: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        parallel::split_aligned(self, out, row_len, min_len, f)
+    }
+
     /// Applies `act` to `xs` in place with this kernel set's path (the runtime's element-wise
     /// ops use it for their fused activations).
     pub fn activate(&self, act: Activation, xs: &mut [f32]) {

@@ -181,11 +181,20 @@ pub(crate) fn split_elements<F>(kernels: &Kernels, out: &mut [f32], min_len: usi
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
+    split_aligned(kernels, out, 16, min_len, f)
+}
+
+/// [`split_elements`] with parts starting at multiples of `align` elements (whole rows of a
+/// row-wise operation).
+pub(crate) fn split_aligned<F>(kernels: &Kernels, out: &mut [f32], align: usize, min_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
     let (pool, threads) = kernels.pool_now();
     let tasks = threads.min(out.len() / min_len.max(1)).max(1);
     match pool {
         Some(pool) if tasks > 1 => {
-            let part = out.len().div_ceil(tasks).next_multiple_of(16);
+            let part = out.len().div_ceil(tasks).next_multiple_of(align.max(1));
             let parts = claims(out.chunks_mut(part));
             pool.run(parts.len(), &|t, _| {
                 if let Some(chunk) = claim(&parts, t) {
