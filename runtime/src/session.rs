@@ -1299,6 +1299,44 @@ mod tests {
     }
 
     #[test]
+    fn a_constant_bias_fuses_into_the_matmul_before_it() {
+        // MatMul(x, W) + b with b of [7] or [1, 1, 7] (either operand order) runs as one MatMul
+        // that starts each sum from its bias; a b that broadcasts along another axis ([3, 1]),
+        // an Add with a Relu after it, and a MatMul of two activations stay as they were.
+        let build = || {
+            let mut b = Builder::default();
+            let x = b.input("x", [2, 3, 5].iter().map(|&d| Dim::Fixed(d)).collect());
+            let w = b.floats("w", &[5, 7], (0..35).map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0).collect());
+            let bias = b.floats("bias", &[7], (0..7).map(|i| i as f32 * 0.25 - 0.75).collect());
+            let bias3 = b.floats("bias3", &[1, 1, 7], (0..7).map(|i| 1.0 - i as f32 * 0.3).collect());
+            let tall = b.floats("tall", &[3, 1], vec![0.5, -0.5, 2.0]);
+            let mm = |b: &mut Builder| b.node(OpKind::MatMul, &[x, w], 1, vec![])[0];
+            let m1 = mm(&mut b);
+            let a1 = b.node(OpKind::Add, &[m1, bias], 1, vec![])[0];
+            let m2 = mm(&mut b);
+            let a2 = b.node(OpKind::Add, &[bias3, m2], 1, vec![])[0];
+            let m3 = mm(&mut b);
+            let a3 = b.node(OpKind::Add, &[m3, tall], 1, vec![])[0];
+            let m4 = mm(&mut b);
+            let a4 = b.node(OpKind::Add, &[m4, bias], 1, vec![])[0];
+            let r4 = b.node(OpKind::Relu, &[a4], 1, vec![])[0];
+            let xt = b.node(OpKind::Transpose, &[x], 1, vec![("perm", Attr::Ints(vec![0, 2, 1]))])[0];
+            let m5 = b.node(OpKind::MatMul, &[x, xt], 1, vec![])[0];
+            let a5 = b.node(OpKind::Add, &[m5, tall], 1, vec![])[0];
+            for out in [a1, a2, a3, r4, a5] {
+                b.output(out);
+            }
+            b.model
+        };
+        let x = Tensor::from_f32(vec![2, 3, 5], (0..30).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect());
+        // Unfused: 5 MatMuls, 5 Adds, a Relu and a Transpose; fused: two Adds fewer, and the
+        // Relu in its Add. The bias is added before the products rather than after: equal to
+        // rounding.
+        let out = fused_matches_plain(build, &x, (9, 12), 1e-5);
+        assert_eq!(out[0].1.shape, vec![2, 3, 7]);
+    }
+
+    #[test]
     fn an_activation_fuses_into_a_batch_norm() {
         let build = || {
             let mut b = Builder::default();

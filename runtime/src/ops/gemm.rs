@@ -40,6 +40,11 @@ pub fn build_gemm(node: &Node) -> OpResult<Box<dyn Op>> {
     }))
 }
 
+/// Input of a bias a fused `Add` hands a `MatMul` by a constant matrix (see
+/// [`crate::fuse::fuse_binary_addends`]): `N` values added to every output row, as the kernel
+/// starts each sum from them.
+pub(crate) const MATMUL_BIAS_INPUT: usize = 2;
+
 /// Builds the op for a `MatMul` node.
 pub fn build_matmul(_node: &Node) -> OpResult<Box<dyn Op>> {
     Ok(Box::new(MatMul))
@@ -251,9 +256,23 @@ impl Op for MatMul {
         let kernels = &ctx.kernels;
         let x = a.f32s()?;
         let y = &mut *outputs[0].data;
+        let bias = match inputs.get(MATMUL_BIAS_INPUT) {
+            Some(Some(b)) => {
+                let b = b.f32s()?;
+                if b.len() != d.n || !d.b_batch.is_empty() {
+                    op_bail!(
+                        "a fused MatMul bias must hold one value per output column ({}), not {}",
+                        d.n,
+                        b.len()
+                    );
+                }
+                Some(b)
+            }
+            _ => None,
+        };
         let gemm = |a: &[f32], m: usize, w: TensorView<'_>, y: &mut [f32], s: &mut [f32]| {
             kernels
-                .gemm(a, m, d.k, d.n, &w, WeightLayout::KN, None, Activation::None, y, s)
+                .gemm(a, m, d.k, d.n, &w, WeightLayout::KN, bias.as_deref(), Activation::None, y, s)
                 .map_err(kernel_err)
         };
         if d.b_batch.is_empty() {
