@@ -1,10 +1,11 @@
-//! Matrix product with a packed weight operand, decoded one row at a time.
+//! Matrix product with a packed weight operand, decoded a row (or a band of columns) at a time.
 //!
 //! `[N, K]` weights with few input rows (GEMV) never widen a row: [`Isa::dot_packed`] decodes the
 //! packed indices in registers, so only packed bytes move; with int8 activations on, 4-bit rows
 //! multiply an s8 copy of the input on int8 dot products instead ([`Int8Kernels::dot_nibbles`]).
-//! Work is split over output columns (one input row) or input rows (several) across the worker
-//! threads.
+//! `[K, N]` weights (ONNX MatMul) are decoded band by band of output columns and multiplied by
+//! the GEMM tile ([`KnProduct`]). Work is split over output columns (one input row, or a few
+//! with `[K, N]` weights) or input rows (several) across the worker threads.
 
 use std::ops::Range;
 
