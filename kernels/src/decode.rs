@@ -365,16 +365,7 @@ impl<'a> WeightRows<'a> {
                 let bits = c.bits as usize;
                 let first = cols.start * bits / 8;
                 let bytes = &c.row_indices(r)[first..first + (cols.len() * bits).div_ceil(8)];
-                match c.bits {
-                    4 => {
-                        let mut lut = [0.0f32; 16];
-                        fill_lut(&c, r, &mut lut, self.widen);
-                        (self.nibbles)(bytes, &lut, out);
-                    }
-                    1..=3 => decode_slice_with_lut::<16>(&c, r, bytes, out, self.widen),
-                    5 | 6 => decode_slice_with_lut::<64>(&c, r, bytes, out, self.widen),
-                    _ => decode_slice_with_lut::<256>(&c, r, bytes, out, self.widen),
-                }
+                decode_codebook_indices(&c, r, bytes, out, self.nibbles, self.widen)
             }
         }
         if let Some(scales) = self.column_scales {
@@ -456,7 +447,9 @@ impl<'a> WeightRows<'a> {
                     *o = *v as f32;
                 }
             }
-            TensorView::Codebook(c) => decode_codebook_row(&c, r, out, self.nibbles, self.widen),
+            TensorView::Codebook(c) => {
+                decode_codebook_indices(&c, r, c.row_indices(r), out, self.nibbles, self.widen)
+            }
         }
         if let Some(scales) = self.column_scales {
             (self.mul)(out, scales);
@@ -567,7 +560,7 @@ fn s8_table(lut: &[f32; 16]) -> ([u8; 16], f32) {
 }
 
 /// Rejects codebook views whose slices are too short for `rows` × `row_len`, so decoding never
-/// indexes out of bounds. Indices at or above `entries` decode as 0 (see [`decode_codebook_row`]).
+/// indexes out of bounds. Indices at or above `entries` decode as 0 (see [`decode_codebook_indices`]).
 fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(), KernelError> {
     let fail = |msg: String| Err(KernelError::Weight(msg));
     if c.rows != rows || c.row_len != row_len {
@@ -595,38 +588,40 @@ fn check_codebook(c: &CodebookView<'_>, rows: usize, row_len: usize) -> Result<(
     Ok(())
 }
 
-/// Fast decode of codebook row `r` (a view checked by [`check_codebook`]) into `out` (`row_len` long),
 /// Row `r`'s 16 weights of a shared 4-bit codebook: each centroid times the row's scale, if the
 /// rows have scales.
 fn row_table(nibble_lut: &[f32; 16], scales: Option<&[f32]>, r: usize) -> [f32; 16] {
     scales.map_or(*nibble_lut, |s| nibble_lut.map(|c| c * s[r]))
 }
 
-/// 4-bit rows through `nibbles`, f16 codebooks widened by `widen`.
-fn decode_codebook_row(c: &CodebookView<'_>, r: usize, out: &mut [f32], nibbles: Nibbles, widen: Widen) {
+/// Fast decode of indices `bytes` of codebook row `r` (a view checked by [`check_codebook`]; the
+/// whole row's indices, or a byte-aligned part of them) into `out`, one weight per index: 4-bit
+/// rows through `nibbles`, f16 codebooks widened by `widen`.
+fn decode_codebook_indices(
+    c: &CodebookView<'_>,
+    r: usize,
+    bytes: &[u8],
+    out: &mut [f32],
+    nibbles: Nibbles,
+    widen: Widen,
+) {
     // A table of at least 2^bits slots, so no index can fall outside it, sized to the width:
     // zeroing a 256-slot table for every row cost more than decoding a 9-weight depthwise row.
     match c.bits {
         4 => {
             let mut lut = [0.0f32; 16];
             fill_lut(c, r, &mut lut, widen);
-            nibbles(c.row_indices(r), &lut, out);
+            nibbles(bytes, &lut, out);
         }
-        1..=3 => decode_with_lut::<16>(c, r, out, widen),
-        5 | 6 => decode_with_lut::<64>(c, r, out, widen),
-        _ => decode_with_lut::<256>(c, r, out, widen),
+        1..=3 => decode_with_lut::<16>(c, r, bytes, out, widen),
+        5 | 6 => decode_with_lut::<64>(c, r, bytes, out, widen),
+        _ => decode_with_lut::<256>(c, r, bytes, out, widen),
     }
 }
 
-/// [`decode_codebook_row`] through an `N`-slot table (`N >= 2^bits`).
+/// [`decode_codebook_indices`] through an `N`-slot table (`N >= 2^bits`).
 #[inline(always)]
-fn decode_with_lut<const N: usize>(c: &CodebookView<'_>, r: usize, out: &mut [f32], widen: Widen) {
-    decode_slice_with_lut::<N>(c, r, c.row_indices(r), out, widen)
-}
-
-/// [`decode_with_lut`] of the indices `bytes` (a part of row `r`'s) into `out`.
-#[inline(always)]
-fn decode_slice_with_lut<const N: usize>(
+fn decode_with_lut<const N: usize>(
     c: &CodebookView<'_>,
     r: usize,
     bytes: &[u8],

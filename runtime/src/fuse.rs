@@ -162,10 +162,7 @@ pub fn fuse_input_scales(fused: Fused) -> Fused {
             }
         }
     }
-    let fixed = |id: ValueId| -> Option<Vec<u64>> {
-        let dims = graph.values.get(id as usize)?.shape.as_ref()?;
-        dims.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
-    };
+    let fixed = |id: ValueId| fixed_shape(&graph, id);
     let mut nodes: Vec<Option<Node>> = graph.nodes.iter().cloned().map(Some).collect();
     let mut fused = 0;
     for (c, conv) in graph.nodes.iter().enumerate() {
@@ -358,6 +355,12 @@ pub fn fuse_binary_addends(fused: Fused, constant: &ConstantFn<'_>) -> Fused {
 /// epsilon; its four parameters are the ConvTranspose's inputs 3 to 6.
 pub const BATCH_NORM_EPSILON: &str = "pith.batch_norm_epsilon";
 
+/// Value `id`'s shape when every dimension is known.
+fn fixed_shape(graph: &Graph, id: ValueId) -> Option<Vec<u64>> {
+    let dims = graph.values.get(id as usize)?.shape.as_ref()?;
+    dims.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
+}
+
 /// Whether `Add(matmul, bias)` can hand `bias` to `matmul` as a third input (see
 /// [`crate::ops::gemm::MATMUL_BIAS_INPUT`]): a `MatMul` by a constant `[K, N]` matrix (a dense
 /// layer: the kernel starts each output from its bias) and a constant of `N` values that
@@ -368,11 +371,7 @@ fn matmul_bias(graph: &Graph, matmul: &Node, bias: ValueId, constant: &ConstantF
     if matmul.op != OpKind::MatMul || constant(w).is_none() || constant(bias).is_none() {
         return false;
     }
-    let fixed = |id: ValueId| -> Option<Vec<u64>> {
-        let dims = graph.values.get(id as usize)?.shape.as_ref()?;
-        dims.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
-    };
-    match (fixed(w).as_deref(), fixed(bias).as_deref()) {
+    match (fixed_shape(graph, w).as_deref(), fixed_shape(graph, bias).as_deref()) {
         (Some(&[_, n]), Some(b)) => b.last() == Some(&n) && b[..b.len() - 1].iter().all(|&d| d == 1),
         _ => false,
     }
