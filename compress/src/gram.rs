@@ -284,9 +284,13 @@ impl RowGram {
         for (i, total) in self.patch_sums[g * len..(g + 1) * len].iter_mut().enumerate() {
             *total += p[i * b..(i + 1) * b].iter().sum::<f64>();
         }
-        for i in 0..len {
+        // Rows of zeros add nothing: inputs that read only padding in this batch (the outer
+        // taps of a 3×3 filter over a one-row map, two thirds of its rows) are skipped.
+        let live: Vec<usize> =
+            (0..len).filter(|&i| p[i * b..(i + 1) * b].iter().any(|&v| v != 0.0)).collect();
+        for (n, &i) in live.iter().enumerate() {
             let pi = &p[i * b..(i + 1) * b];
-            for j in i..len {
+            for &j in &live[n..] {
                 let pj = &p[j * b..(j + 1) * b];
                 sums[i * len + j] += crate::refit::dot(pi, pj);
             }

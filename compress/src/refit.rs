@@ -15,15 +15,75 @@
 //! other, 8-12% below 0.01); the milder 0.1 is used. Reported errors use the raw `G`, and a step
 //! is kept only when it does not increase that raw error.
 
+use std::borrow::Cow;
+
 use crate::gram::RowGram;
 use crate::kmeans;
 
 /// Damping added to the Gram diagonal for fitting, relative to the group's mean diagonal.
 pub(crate) const DAMP: f64 = 0.1;
 
+/// One group's Gram matrix restricted to its support: the input positions whose row of `G` holds
+/// a non-zero. A position that only ever reads padding (the outer taps of a 3×3 filter over a
+/// one-row map, two thirds of a recognizer's 3×3 weights) has an all-zero row and column, so its
+/// weights cannot change the output error; leaving it out of every `G` sweep makes the sweeps
+/// `(support / row_len)²` as long, with the same results.
+struct Support<'a> {
+    /// Positions in the support, ascending.
+    idx: Vec<usize>,
+    /// `pos[j]`: where position `j` lies in `idx` (`usize::MAX` outside the support).
+    pos: Vec<usize>,
+    /// `G[idx, idx]`, row-major (borrowed when the support is every position).
+    gram: Cow<'a, [f64]>,
+    /// The full diagonal of `G`.
+    diag: Vec<f64>,
+}
+
+impl<'a> Support<'a> {
+    fn new(gm: &'a [f64], len: usize) -> Support<'a> {
+        let idx: Vec<usize> =
+            (0..len).filter(|&j| gm[j * len..(j + 1) * len].iter().any(|&v| v != 0.0)).collect();
+        let mut pos = vec![usize::MAX; len];
+        for (p, &j) in idx.iter().enumerate() {
+            pos[j] = p;
+        }
+        let gram = if idx.len() == len {
+            Cow::Borrowed(gm)
+        } else {
+            Cow::Owned(idx.iter().flat_map(|&i| idx.iter().map(move |&j| gm[i * len + j])).collect())
+        };
+        let diag = (0..len).map(|j| gm[j * len + j]).collect();
+        Support { idx, pos, gram, diag }
+    }
+
+    /// Whether every position is in the support.
+    fn full(&self) -> bool {
+        self.idx.len() == self.pos.len()
+    }
+
+    /// Row `p` of the restricted matrix (position `idx[p]`).
+    fn row(&self, p: usize) -> &[f64] {
+        let n = self.idx.len();
+        &self.gram[p * n..(p + 1) * n]
+    }
+
+    /// `v[i] += a · G[j, i]` for every position `i` (`j` in the support at `p`).
+    fn add_row(&self, p: usize, a: f64, v: &mut [f64]) {
+        let row = self.row(p);
+        if self.full() {
+            v.iter_mut().zip(row).for_each(|(v, g)| *v += a * g);
+        } else {
+            for (&i, g) in self.idx.iter().zip(row) {
+                v[i] += a * g;
+            }
+        }
+    }
+}
+
 /// The output-error objective of one weight tensor.
 pub(crate) struct Objective<'a> {
-    gram: &'a RowGram,
+    /// Each group's Gram matrix on its support.
+    support: Vec<Support<'a>>,
     row_len: usize,
     rows_per_group: usize,
     /// Damping per group.
@@ -191,15 +251,21 @@ impl<'a> Objective<'a> {
             return None;
         }
         let row_len = w.len() / rows;
-        let diags: Vec<Vec<f64>> = (0..gram.groups).map(|g| gram.diag(g)).collect();
+        let support: Vec<Support> = (0..gram.groups).map(|g| Support::new(gram.group(g), row_len)).collect();
         let lambda: Vec<f64> =
-            diags.iter().map(|d| DAMP * d.iter().sum::<f64>() / row_len.max(1) as f64).collect();
-        let total: f64 = diags.iter().flatten().sum();
+            support.iter().map(|s| DAMP * s.diag.iter().sum::<f64>() / row_len.max(1) as f64).collect();
+        let total: f64 = support.iter().flat_map(|s| &s.diag).sum();
         let floor = 1e-9 * total / (gram.groups * row_len) as f64 + f64::MIN_POSITIVE;
-        let mut obj =
-            Objective { gram, row_len, rows_per_group: rows / gram.groups, lambda, floor, wgw: Vec::new() };
+        let rows_per_group = rows / gram.groups;
+        let mut obj = Objective { support, row_len, rows_per_group, lambda, floor, wgw: Vec::new() };
         obj.wgw = obj.row_energies(w);
         Some(obj)
+    }
+
+    /// Positions in each group's support (tests).
+    #[cfg(test)]
+    pub(crate) fn support_sizes(&self) -> Vec<usize> {
+        self.support.iter().map(|s| s.idx.len()).collect()
     }
 
     /// Group of row `r`.
@@ -210,8 +276,7 @@ impl<'a> Objective<'a> {
     /// Importance of each weight of row `r` for diagonal weighting: `G_jj + λ` (floored > 0).
     pub fn importance(&self, r: usize) -> Vec<f64> {
         let g = self.group(r);
-        let gm = self.gram.group(g);
-        (0..self.row_len).map(|j| (gm[j * self.row_len + j] + self.lambda[g]).max(self.floor)).collect()
+        self.support[g].diag.iter().map(|d| (d + self.lambda[g]).max(self.floor)).collect()
     }
 
     /// Total raw `wᵀGw` (the denominator of the relative output error).
@@ -255,20 +320,29 @@ impl<'a> Objective<'a> {
 
     /// `G x` for each `x` of a block of rows of group `g`, into `out` (one Gram sweep).
     fn matvec_block(&self, g: usize, xs: &[Vec<f64>], out: &mut [Vec<f64>]) {
-        let len = self.row_len;
-        let gm = self.gram.group(g);
-        for o in out.iter_mut() {
-            o.clear();
-            o.resize(len, 0.0);
-        }
+        let sup = &self.support[g];
+        let n = sup.idx.len();
+        // Sums over the support; positions outside it get 0 (their rows of G are zero).
+        let mut sums: Vec<Vec<f64>> = vec![vec![0.0; n]; xs.len()];
         // G is symmetric: G x = Σ_j x_j G[j, :], contiguous multiply-adds that vectorise (a
         // dot-product form would be one serial f64 add chain).
-        for j in 0..len {
-            let gj = &gm[j * len..(j + 1) * len];
-            for (x, o) in xs.iter().zip(out.iter_mut()) {
+        for (p, &j) in sup.idx.iter().enumerate() {
+            let gj = sup.row(p);
+            for (x, o) in xs.iter().zip(sums.iter_mut()) {
                 let xj = x[j];
                 if xj != 0.0 {
                     o.iter_mut().zip(gj).for_each(|(o, g)| *o += xj * g);
+                }
+            }
+        }
+        for (o, s) in out.iter_mut().zip(sums) {
+            if sup.full() {
+                *o = s;
+            } else {
+                o.clear();
+                o.resize(self.row_len, 0.0);
+                for (&i, v) in sup.idx.iter().zip(s) {
+                    o[i] = v;
                 }
             }
         }
@@ -317,18 +391,20 @@ impl<'a> Objective<'a> {
         let mut by_cluster = Vec::new();
         for block in self.blocks(rows, Self::block_len(k_max * len)) {
             let g = self.group(block[0]);
-            let gm = self.gram.group(g);
+            let sup = &self.support[g];
+            let n = sup.idx.len();
             ys.resize(block.len(), Vec::new());
-            // y[b][i] = Σ_{j in cluster b} G[j][i]: per weight, one contiguous add of a Gram row.
+            // y[b][i] = Σ_{j in cluster b} G[j][i] over the support (G is zero elsewhere): per
+            // weight, one contiguous add of a Gram row.
             for (y, &r) in ys.iter_mut().zip(block) {
                 y.clear();
-                y.resize(accs[unit(r)].k * len, 0.0);
+                y.resize(accs[unit(r)].k * n, 0.0);
             }
-            for j in 0..len {
-                let gj = &gm[j * len..(j + 1) * len];
+            for (p, &j) in sup.idx.iter().enumerate() {
+                let gj = sup.row(p);
                 for (y, &r) in ys.iter_mut().zip(block) {
                     let a = idx[r * len + j] as usize;
-                    for (d, s) in y[a * len..(a + 1) * len].iter_mut().zip(gj) {
+                    for (d, s) in y[a * n..(a + 1) * n].iter_mut().zip(gj) {
                         *d += s;
                     }
                 }
@@ -344,15 +420,24 @@ impl<'a> Objective<'a> {
                 }
                 by_cluster.resize(k, 0.0);
                 for b in (0..k).filter(|&b| members[b]) {
-                    let yb = &y[b * len..(b + 1) * len];
+                    let yb = &y[b * n..(b + 1) * n];
                     by_cluster.iter_mut().for_each(|v| *v = 0.0);
-                    for (&a, &v) in ri.iter().zip(yb) {
-                        by_cluster[a as usize] += v;
+                    if sup.full() {
+                        for (&a, &v) in ri.iter().zip(yb) {
+                            by_cluster[a as usize] += v;
+                        }
+                        acc.rhs[b] += s * dot_f32(yb, wr);
+                    } else {
+                        let mut yw = 0.0;
+                        for (&i, &v) in sup.idx.iter().zip(yb) {
+                            by_cluster[ri[i] as usize] += v;
+                            yw += v * wr[i] as f64;
+                        }
+                        acc.rhs[b] += s * yw;
                     }
                     for (a, v) in by_cluster.iter().enumerate() {
                         acc.h[a * k + b] += s2 * v;
                     }
-                    acc.rhs[b] += s * dot_f32(yb, wr);
                 }
                 for (&a, &v) in ri.iter().zip(wr) {
                     acc.h_damp[a as usize] += s2 * lam;
@@ -385,7 +470,7 @@ impl<'a> Objective<'a> {
         let mut gxs: Vec<Vec<f64>> = Vec::new();
         for block in self.blocks(rows, Self::block_len(3 * len)) {
             let g = self.group(block[0]);
-            let (gm, lam) = (self.gram.group(g), self.lambda[g]);
+            let (sup, lam) = (&self.support[g], self.lambda[g]);
             let wide =
                 |r: usize| -> Vec<f64> { w[r * len..(r + 1) * len].iter().map(|&v| v as f64).collect() };
             let unscaled = |r: usize| -> Vec<f64> {
@@ -433,7 +518,7 @@ impl<'a> Objective<'a> {
                     if pruned.is_some_and(|p| p[r * len + j]) {
                         continue;
                     }
-                    let gjj = gm[j * len + j] + lam;
+                    let gjj = sup.diag[j] + lam;
                     if gjj.is_nan() || gjj <= 0.0 {
                         continue;
                     }
@@ -449,8 +534,8 @@ impl<'a> Objective<'a> {
                     }
                     idx[r * len + j] = a;
                     n += 1;
-                    for (v, g) in gd.iter_mut().zip(&gm[j * len..(j + 1) * len]) {
-                        *v += delta * g;
+                    if sup.pos[j] != usize::MAX {
+                        sup.add_row(sup.pos[j], delta, &mut gd);
                     }
                     gd[j] += delta * lam;
                 }
