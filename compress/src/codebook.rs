@@ -850,6 +850,24 @@ mod data_aware_tests {
         g
     }
 
+    /// [`gram`] with the inputs at positions `j % 3 != 1` always zero, as the outer taps of a
+    /// 3×3 filter over a one-row map: their rows and columns of G are zero.
+    fn gram_with_dead_inputs(row_len: usize, samples: usize, seed: u64) -> RowGram {
+        let full = gram(row_len, samples, seed);
+        let mut g = full.clone();
+        for i in 0..row_len {
+            for j in 0..row_len {
+                if i % 3 != 1 || j % 3 != 1 {
+                    g.sums[i * row_len + j] = 0.0;
+                }
+            }
+            if i % 3 != 1 {
+                g.patch_sums[i] = 0.0;
+            }
+        }
+        g
+    }
+
     /// `sqrt(Σ dᵀGd / Σ wᵀGw)` by decoding every row (independent of the normal equations).
     fn decoded_out_error(w: &[f32], rows: usize, data: &TensorData, gram: &RowGram) -> f64 {
         let len = w.len() / rows;
@@ -918,15 +936,20 @@ mod data_aware_tests {
     fn out_error_matches_decoded_output_error() {
         let (rows, len) = (10, 37);
         let w = weights(rows, len, 3);
-        let g = gram(len, 200, 4);
-        for bits in [1u8, 3, 5, 8] {
-            for (prune, weighted, refit) in
-                [(0.0, false, false), (0.3, true, false), (0.0, true, true), (0.2, true, true)]
-            {
-                let e = encode_with(&w, rows, bits, &opts(Some(&g), prune, weighted, refit));
-                let want = decoded_out_error(&w, rows, &e.data, &g);
-                let got = e.out_error.unwrap();
-                assert!((got - want).abs() <= 1e-4 * want.max(1e-9), "bits={bits}: {got} vs {want}");
+        // Every input live, and two thirds of them dead (the Gram's support path).
+        for (live, g) in [("all", gram(len, 200, 4)), ("a third", gram_with_dead_inputs(len, 200, 4))] {
+            for bits in [1u8, 3, 5, 8] {
+                for (prune, weighted, refit) in
+                    [(0.0, false, false), (0.3, true, false), (0.0, true, true), (0.2, true, true)]
+                {
+                    let e = encode_with(&w, rows, bits, &opts(Some(&g), prune, weighted, refit));
+                    let want = decoded_out_error(&w, rows, &e.data, &g);
+                    let got = e.out_error.unwrap();
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.max(1e-9),
+                        "{live} inputs live, bits={bits}: {got} vs {want}"
+                    );
+                }
             }
         }
     }
@@ -951,9 +974,10 @@ mod data_aware_tests {
     fn refit_never_increases_output_error() {
         let (rows, len) = (9, 41);
         let w = weights(rows, len, 7);
-        for (samples, seed) in [(300, 8), (20, 9)] {
-            // 20 samples < 41 inputs: a singular Gram.
-            let g = gram(len, samples, seed);
+        for (samples, seed, dead) in [(300, 8, false), (20, 9, false), (300, 12, true)] {
+            // 20 samples < 41 inputs: a singular Gram; `dead`: two thirds of the inputs never
+            // carry a value.
+            let g = if dead { gram_with_dead_inputs(len, samples, seed) } else { gram(len, samples, seed) };
             let obj = Objective::new(&g, &w, rows).unwrap();
             for bits in 1..=8u8 {
                 for prune in [0.0, 0.4] {
@@ -984,6 +1008,36 @@ mod data_aware_tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn gram_support_fits_as_the_whole_gram_does() {
+        // Dead inputs leave the Gram sweeps; the same Gram with a diagonal far below rounding at
+        // the dead positions takes the dense path. Both must fit the same codebooks.
+        let (rows, len) = (6, 39);
+        let w = weights(rows, len, 13);
+        let sparse = gram_with_dead_inputs(len, 150, 14);
+        let mut dense = sparse.clone();
+        for j in (0..len).filter(|j| j % 3 != 1) {
+            dense.sums[j * len + j] = 1e-200;
+        }
+        let (a, b) = (Objective::new(&sparse, &w, rows).unwrap(), Objective::new(&dense, &w, rows).unwrap());
+        assert_eq!((a.support_sizes(), b.support_sizes()), (vec![13], vec![39]));
+        for bits in [2u8, 4] {
+            let fits = [fit_per_tensor(&w, bits, None, None), fit_shared_scaled(&w, rows, bits, None, None)];
+            for fit in fits.into_iter().chain(fit_per_row(&w, rows, bits, None, None)) {
+                let run = |obj| {
+                    let mut f = fit.clone();
+                    let e =
+                        Refine { w: &w, row_len: len, obj, pruned: None, refit: true }.fit(&mut f, rows, 3);
+                    (f, e)
+                };
+                let ((fa, ea), (fb, eb)) = (run(&a), run(&b));
+                assert_eq!(fa.idx, fb.idx, "{:?} bits={bits}", fit.kind);
+                assert_eq!(fa.books, fb.books, "{:?} bits={bits}", fit.kind);
+                assert!((ea - eb).abs() <= 1e-12 * eb, "{:?} bits={bits}: {ea} vs {eb}", fit.kind);
             }
         }
     }
