@@ -53,6 +53,22 @@ impl RgbImage {
         }
     }
 
+    /// The part of the image in columns `x0..x1` and rows `y0..y1`, clipped to the image; an
+    /// error when nothing of it lies inside (or the buffer is malformed).
+    pub fn crop(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> Result<RgbImage, TaskError> {
+        check_size(self.width, self.height, 3, self.pixels.len())?;
+        let (x1, y1) = (x1.min(self.width), y1.min(self.height));
+        if x0 >= x1 || y0 >= y1 {
+            return Err(TaskError::EmptyImage {
+                width: x1.saturating_sub(x0),
+                height: y1.saturating_sub(y0),
+            });
+        }
+        let row = |y: usize| &self.pixels[(y * self.width + x0) * 3..(y * self.width + x1) * 3];
+        let pixels = (y0..y1).flat_map(row).copied().collect();
+        Ok(RgbImage { width: x1 - x0, height: y1 - y0, pixels })
+    }
+
     /// Bilinear sample at continuous pixel coordinates (pixel centres at integers), clamping
     /// to the edge; returns black for an empty or malformed image.
     pub(crate) fn sample(&self, x: f32, y: f32) -> [f32; 3] {
@@ -131,6 +147,20 @@ mod tests {
         ));
         assert!(matches!(RgbImage::new(0, 2, vec![]), Err(TaskError::EmptyImage { .. })));
         assert!(RgbImage::from_gray(3, 1, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn crop_clips_to_the_image_and_refuses_empty_parts() {
+        let img = RgbImage::new(3, 2, (0..18).collect()).unwrap();
+        let c = img.crop(1, 0, 3, 1).unwrap();
+        assert_eq!((c.width, c.height, c.pixels), (2, 1, vec![3, 4, 5, 6, 7, 8]));
+        // Clipped at the right and bottom edges.
+        let c = img.crop(2, 1, 10, 10).unwrap();
+        assert_eq!((c.width, c.height, c.pixels), (1, 1, vec![15, 16, 17]));
+        assert!(matches!(img.crop(3, 0, 5, 2), Err(TaskError::EmptyImage { .. })));
+        assert!(matches!(img.crop(1, 1, 1, 2), Err(TaskError::EmptyImage { .. })));
+        let bad = RgbImage { width: 3, height: 2, pixels: vec![0; 5] };
+        assert!(matches!(bad.crop(0, 0, 1, 1), Err(TaskError::ImageSize { .. })));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   decoding, weighted non-max suppression) producing [`Face`]s.
 //! * [`db`]: PP-OCR DBNet text detection (PaddleOCR `DetResizeForTest` + `DBPostProcess`)
 //!   producing [`TextBox`]es.
+//! * [`ctc`]: PP-OCR text-line recognition (PaddleOCR `resize_norm_img` + `CTCLabelDecode`)
+//!   producing a [`ctc::Reading`].
 //! * [`draw`]: overlays for both result types.
 //! * [`preprocess`]: a generic image-to-tensor recipe (resize, normalisation, layout) for
 //!   models without a bundled task.
@@ -15,6 +17,7 @@
 //! crate stays free of codec dependencies.
 
 pub mod blazeface;
+pub mod ctc;
 pub mod db;
 pub mod draw;
 pub mod geometry;

@@ -1,0 +1,255 @@
+//! PP-OCR text-line recognition: PaddleOCR's `resize_norm_img` before the model (a line scaled
+//! to 48 pixels high, at least 320 wide, zero-padded on the right) and `CTCLabelDecode` after it
+//! (the best class of every time step, repeats merged, blanks dropped).
+
+use super::image::{check_size, resize_bilinear, RgbImage};
+use super::TaskError;
+use crate::tensor::Tensor;
+
+/// Index of CTC's blank class (PaddleOCR puts it first).
+pub const BLANK: usize = 0;
+
+/// Parameters of the recognizer's input (PaddleOCR PP-OCRv3/v4 defaults: `rec_image_shape`
+/// 3×48×320).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecOptions {
+    /// Input height in pixels.
+    pub height: usize,
+    /// Narrowest input: shorter lines are padded to it.
+    pub min_width: usize,
+    /// Widest input: longer lines are squeezed to it (PaddleOCR has no cap; one keeps a
+    /// pathological aspect ratio from asking for a huge tensor).
+    pub max_width: usize,
+}
+
+impl Default for RecOptions {
+    fn default() -> Self {
+        RecOptions { height: 48, min_width: 320, max_width: 48 * 40 }
+    }
+}
+
+impl RecOptions {
+    /// The input width for a `width × height` line and the width its pixels take in it (the
+    /// rest is padding): the line keeps its aspect ratio at the input height, rounded up as
+    /// PaddleOCR's `ceil`.
+    pub fn widths(&self, width: usize, height: usize) -> (usize, usize) {
+        let scaled = (self.height as f64 * width as f64 / height.max(1) as f64).ceil() as usize;
+        let min_width = self.min_width.max(1);
+        let input = scaled.clamp(min_width, self.max_width.max(min_width));
+        (input, scaled.clamp(1, input))
+    }
+}
+
+/// A text line's input: `1 × 3 × height × W` NCHW in BGR order (PaddleOCR's recognizers were
+/// trained on OpenCV's channel order), values `pixel / 127.5 - 1`, zero past the line's width.
+pub fn preprocess(img: &RgbImage, opts: &RecOptions) -> Result<Tensor, TaskError> {
+    check_size(img.width, img.height, 3, img.pixels.len())?;
+    if opts.height == 0 {
+        return Err(TaskError::Preprocess { reason: "recognizer input height is 0".into() });
+    }
+    let (width, inner) = opts.widths(img.width, img.height);
+    let resized = resize_bilinear(img, inner, opts.height);
+    let plane = width * opts.height;
+    let mut data = vec![0.0f32; 3 * plane];
+    for (i, px) in resized.pixels.chunks_exact(3).enumerate() {
+        let at = (i / inner) * width + i % inner;
+        for (c, &v) in px.iter().rev().enumerate() {
+            data[c * plane + at] = v as f32 / 127.5 - 1.0;
+        }
+    }
+    Ok(Tensor::from_f32(vec![1, 3, opts.height, width], data))
+}
+
+/// The characters of a CTC head's classes: class 0 is the blank, class `i` the dictionary's
+/// entry `i - 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charset {
+    symbols: Vec<String>,
+}
+
+impl Charset {
+    /// PaddleOCR's convention: the blank, one entry per line of `dict` (a final newline adds no
+    /// entry; `\r\n` line ends are read as `\n`), then a space when `use_space` (its
+    /// `use_space_char`, on for the bundled recognizers).
+    pub fn paddle(dict: &str, use_space: bool) -> Charset {
+        let mut symbols = vec![String::new()];
+        symbols.extend(dict.lines().map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()));
+        if use_space {
+            symbols.push(" ".to_string());
+        }
+        Charset { symbols }
+    }
+
+    /// Classes including the blank.
+    pub fn len(&self) -> usize {
+        self.symbols.len()
+    }
+
+    /// Always false: the blank is a class.
+    pub fn is_empty(&self) -> bool {
+        self.symbols.is_empty()
+    }
+
+    /// The text of class `class`, `None` past the end (the blank is `""`).
+    pub fn symbol(&self, class: usize) -> Option<&str> {
+        self.symbols.get(class).map(String::as_str)
+    }
+}
+
+/// A decoded line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// The kept classes, in order (no blanks, no merged repeats).
+    pub classes: Vec<usize>,
+    /// Their characters joined (empty without a [`Charset`]).
+    pub text: String,
+    /// Mean probability of the kept classes (0 when none was kept), as PaddleOCR reports.
+    pub confidence: f32,
+}
+
+/// The best class and its value at each time step of a `[1, T, C]` or `[T, C]` output.
+pub fn best_classes(probs: &Tensor) -> Result<Vec<(usize, f32)>, TaskError> {
+    let classes = match probs.shape[..] {
+        [1, _, c] | [_, c] if c >= 2 => c,
+        _ => {
+            return Err(TaskError::Shape {
+                name: "recognizer probabilities",
+                expected: "[1, T, classes] or [T, classes], at least 2 classes".into(),
+                got: probs.shape.clone(),
+            })
+        }
+    };
+    let data = probs.as_f32().ok_or(TaskError::NotF32 { name: "recognizer probabilities" })?;
+    if data.len() != probs.numel() {
+        return Err(TaskError::Shape {
+            name: "recognizer probabilities",
+            expected: format!("{:?} with {} elements", probs.shape, probs.numel()),
+            got: vec![data.len()],
+        });
+    }
+    Ok(data
+        .chunks_exact(classes)
+        .map(|row| {
+            // The first maximum, as numpy's argmax; a NaN never wins.
+            let first = (0, f32::NEG_INFINITY);
+            row.iter().enumerate().fold(first, |best, (c, &v)| if v > best.1 { (c, v) } else { best })
+        })
+        .collect())
+}
+
+/// Greedy CTC decoding of a recognizer's per-step probabilities: the best class per step,
+/// repeats merged, blanks dropped, mapped through `charset` when given. A class the charset does
+/// not hold is an error (the charset belongs to another model).
+pub fn decode(probs: &Tensor, charset: Option<&Charset>) -> Result<Reading, TaskError> {
+    let best = best_classes(probs)?;
+    if let Some(set) = charset {
+        // `best_classes` checked the shape: its last dimension is the class count.
+        if probs.shape.last() != Some(&set.len()) {
+            return Err(TaskError::Shape {
+                name: "recognizer probabilities",
+                expected: format!("{} classes (the character set's, blank included)", set.len()),
+                got: probs.shape.clone(),
+            });
+        }
+    }
+    let mut reading = Reading { classes: Vec::new(), text: String::new(), confidence: 0.0 };
+    let mut sum = 0.0f64;
+    let mut previous = None;
+    for &(class, p) in &best {
+        if class != BLANK && previous != Some(class) {
+            reading.classes.push(class);
+            sum += p as f64;
+            if let Some(symbol) = charset.and_then(|s| s.symbol(class)) {
+                reading.text.push_str(symbol);
+            }
+        }
+        previous = Some(class);
+    }
+    if !reading.classes.is_empty() {
+        reading.confidence = (sum / reading.classes.len() as f64) as f32;
+    }
+    Ok(reading)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probs(steps: &[usize], classes: usize) -> Tensor {
+        let mut data = vec![0.01f32; steps.len() * classes];
+        for (t, &c) in steps.iter().enumerate() {
+            data[t * classes + c] = 0.9 - 0.1 * (t % 2) as f32;
+        }
+        Tensor::from_f32(vec![1, steps.len(), classes], data)
+    }
+
+    #[test]
+    fn widths_keep_the_aspect_ratio_between_the_bounds() {
+        let o = RecOptions::default();
+        // 100×20 at 48 high is 240 wide: padded to 320.
+        assert_eq!(o.widths(100, 20), (320, 240));
+        // 290×26 → ceil(535.38) = 536, no padding.
+        assert_eq!(o.widths(290, 26), (536, 536));
+        // A very long line is squeezed to the cap.
+        assert_eq!(o.widths(10_000, 10), (1920, 1920));
+        // A one-pixel-wide sliver still gets one column.
+        assert_eq!(o.widths(1, 1000), (320, 1));
+    }
+
+    #[test]
+    fn preprocess_pads_with_zero_and_swaps_to_bgr() {
+        let mut img = RgbImage::black(10, 48);
+        for y in 0..48 {
+            for x in 0..10 {
+                img.put(x, y, [255, 0, 51]);
+            }
+        }
+        let t = preprocess(&img, &RecOptions::default()).unwrap();
+        assert_eq!(t.shape, vec![1, 3, 48, 320]);
+        let d = t.as_f32().unwrap();
+        let plane = 48 * 320;
+        // Channel 0 is blue (51 → -0.6), channel 2 red (255 → 1).
+        assert!((d[0] - (51.0 / 127.5 - 1.0)).abs() < 1e-6);
+        assert_eq!(d[plane], -1.0);
+        assert_eq!(d[2 * plane + 47 * 320 + 9], 1.0);
+        // Past the line's 10 columns: padding.
+        assert_eq!(d[2 * plane + 47 * 320 + 10], 0.0);
+        assert!(preprocess(&RgbImage { width: 2, height: 2, pixels: vec![0; 3] }, &RecOptions::default())
+            .is_err());
+        let flat = RecOptions { height: 0, ..Default::default() };
+        assert!(matches!(preprocess(&img, &flat), Err(TaskError::Preprocess { .. })));
+    }
+
+    #[test]
+    fn decode_merges_repeats_and_drops_blanks() {
+        let set = Charset::paddle("a\nb\r\nc\n", true);
+        assert_eq!(set.len(), 5);
+        assert_eq!(set.symbol(4), Some(" "));
+        // a a _ a b _ _ space c c → "aab c" (the blank splits the two a's).
+        let p = probs(&[1, 1, 0, 1, 2, 0, 0, 4, 3, 3], 5);
+        let r = decode(&p, Some(&set)).unwrap();
+        assert_eq!(r.classes, vec![1, 1, 2, 4, 3]);
+        assert_eq!(r.text, "aab c");
+        // Kept steps 0, 3, 4, 7, 8: values 0.9, 0.8, 0.9, 0.8, 0.9.
+        assert!((r.confidence - 0.86).abs() < 1e-6, "{}", r.confidence);
+        // Without a charset: classes only.
+        assert_eq!(decode(&p, None).unwrap().text, "");
+        // All blank: nothing read, confidence 0.
+        let blank = decode(&probs(&[0, 0], 5), Some(&set)).unwrap();
+        assert_eq!((blank.classes.len(), blank.confidence), (0, 0.0));
+    }
+
+    #[test]
+    fn decode_refuses_wrong_shapes_and_charsets() {
+        let set = Charset::paddle("a\nb", false);
+        let err = decode(&probs(&[1], 5), Some(&set)).unwrap_err();
+        assert!(err.to_string().contains("3 classes"), "{err}");
+        for shape in [vec![2, 3, 4], vec![4], vec![3, 1]] {
+            let t = Tensor::zeros(shape);
+            assert!(matches!(decode(&t, None), Err(TaskError::Shape { .. })));
+        }
+        // A NaN never becomes the best class.
+        let t = Tensor::from_f32(vec![2, 3], vec![f32::NAN, 0.5, 0.2, 0.1, f32::NAN, 0.3]);
+        assert_eq!(best_classes(&t).unwrap().iter().map(|b| b.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+}
