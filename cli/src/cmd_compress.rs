@@ -13,7 +13,7 @@ use pith_compress::calib::{self, BitsChoice, CalibOptions, CalibSample, ModelInp
 use pith_compress::finetune::FinetuneOptions;
 use pith_compress::{CompressOptions, Compressed, WeightFormat};
 use pith_format::{Entropy, PithFile, WriteOptions};
-use pith_runtime::tasks::{blazeface, db, ImagePreprocess, RgbImage};
+use pith_runtime::tasks::{blazeface, ctc, db, ImagePreprocess, RgbImage};
 use serde_json::{json, Value};
 
 use crate::image_args::ImageArgs;
@@ -37,6 +37,9 @@ pub enum Preprocess {
     /// PP-OCR det: resize (longer side at most 480) to multiples of 32, ImageNet normalisation;
     /// task check: same text boxes.
     PpocrDet,
+    /// PP-OCR rec: a text line scaled to 48 px high (at least 320 wide, zero-padded on the
+    /// right), [-1, 1], BGR; task check: the same reading (greedy CTC).
+    PpocrRec,
 }
 
 /// `--task`: the check every calibration sample's detections must pass besides the cosine.
@@ -47,9 +50,12 @@ pub enum TaskArg {
     Faces,
     /// The same text boxes: a DB text detector's probability map as the first output (any size).
     Text,
-    /// The same top class in every row of a classifier's [N, classes] outputs (near ties, within
-    /// 0.05, may change).
+    /// The same top class in every row of a classifier's [N, classes] outputs, or at every time
+    /// step of a CTC recognizer's [N, T, classes] (near ties, within 0.05, may change).
     Classes,
+    /// The same greedy CTC reading of every line: a text recognizer's [1, T, classes] first
+    /// output, class 0 the blank.
+    Reading,
     /// The output cosine only.
     None,
 }
@@ -61,6 +67,7 @@ impl Args {
             (Some(TaskArg::Faces), _) | (None, Some(Preprocess::Blazeface)) => Some(TaskCheck::BlazeFace),
             (Some(TaskArg::Text), _) | (None, Some(Preprocess::PpocrDet)) => Some(TaskCheck::Db),
             (Some(TaskArg::Classes), _) => Some(TaskCheck::Classes),
+            (Some(TaskArg::Reading), _) | (None, Some(Preprocess::PpocrRec)) => Some(TaskCheck::Reading),
             (Some(TaskArg::None), _) | (None, None) => None,
         }
     }
@@ -304,7 +311,7 @@ pub fn load_calibration(
             "png" | "jpg" | "jpeg" => {
                 if preprocess.is_none() && !image.is_set() {
                     bail!(
-                        "{}: calibration images need --preprocess (blazeface or ppocr-det) or explicit \
+                        "{}: calibration images need --preprocess (blazeface, ppocr-det or ppocr-rec) or explicit \
                          preprocessing flags (--input-size, --fit, --mean, --std, --layout, --channels)",
                         path.display()
                     );
@@ -328,6 +335,10 @@ pub fn load_calibration(
                         ImageRecipe::Preset(Preprocess::Blazeface) => {
                             let dims = inputs[0].shape.as_deref().unwrap_or(&[]);
                             blazeface::preprocess(img, blazeface::FaceModel::for_input(dims)?).0
+                        }
+                        ImageRecipe::Preset(Preprocess::PpocrRec) => {
+                            ctc::preprocess(img, &ctc::RecOptions::default())
+                                .with_context(|| format!("preprocessing {}", path.display()))?
                         }
                         ImageRecipe::Preset(Preprocess::PpocrDet) => {
                             let opts =
@@ -512,6 +523,9 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
     }
     if let Some(f) = &compressed.report.fidelity {
         let task = match &f.task {
+            Some(t) if t.passed && args.task_check() == Some(TaskCheck::Reading) => {
+                format!(", task check passed (every reading kept, {} characters)", t.detections)
+            }
             Some(t) if t.passed && args.task_check() == Some(TaskCheck::Classes) => {
                 format!(
                     ", task check passed ({} class decisions kept; {} near ties)",
@@ -613,6 +627,7 @@ fn report_json(
             TaskCheck::BlazeFace => "faces",
             TaskCheck::Db => "text",
             TaskCheck::Classes => "classes",
+            TaskCheck::Reading => "reading",
         }),
         "min_iou": args.task_check().map(|_| args.min_iou),
         "data_aware": args.calib.is_some() && args.data_aware,

@@ -14,6 +14,7 @@ use pith_format::ir;
 use pith_format::PithFile;
 use pith_kernels::{exp_neg_abs, sigmoid};
 use pith_runtime::tasks::blazeface::{self, FaceModel, FaceOptions, Letterbox};
+use pith_runtime::tasks::ctc;
 use pith_runtime::tasks::db::{self, DbOptions, DbResize};
 use pith_runtime::tasks::geometry::BBox;
 use pith_runtime::{Session, SessionOptions, Tensor};
@@ -44,9 +45,15 @@ pub enum TaskCheck {
     /// DB text detection (PP-OCR det): the same text boxes from the first output.
     Db,
     /// A classifier: the same top class in every row of its `[N, classes]` (or `[classes]`)
-    /// outputs; a row whose two best values lie within [`BORDERLINE`] of each other (on the
+    /// outputs, or at every time step of a CTC recognizer's `[N, T, classes]` (the same greedy
+    /// reading); a row whose two best values lie within [`BORDERLINE`] of each other (on the
     /// output's own scale: probabilities or logits) may change.
     Classes,
+    /// A CTC text recognizer (first output `[1, T, classes]`, class 0 the blank): the same
+    /// greedy reading of every sample (the best class per step, repeats merged, blanks dropped).
+    /// Steps may change where the reading does not (a blank beside a repeated character), which
+    /// per-step [`TaskCheck::Classes`] would refuse.
+    Reading,
 }
 
 /// How much more than other elements fine-tuning weighs an element that decides detections.
@@ -88,7 +95,7 @@ impl TaskCheck {
                 }
             }
             // Every value of a classifier's row takes part in its decision: no emphasis.
-            TaskCheck::Classes => {}
+            TaskCheck::Classes | TaskCheck::Reading => {}
         }
         out
     }
@@ -217,19 +224,19 @@ pub fn match_detections(
     }
 }
 
-/// A classifier's decisions in `outputs`: one per row of every output shaped `[N, classes]` or
-/// `[classes]` (at least two classes), in output and row order, as a [`Detection`] whose box's
+/// A classifier's decisions in `outputs`: one per row of every output shaped `[N, classes]`,
+/// `[classes]` or `[N, T, classes]` (at least two classes), in output and row order, as a [`Detection`] whose box's
 /// `xmin` is the top class and `ymin` the row; borderline when the runner-up is within
 /// [`BORDERLINE`].
 fn class_decisions(outputs: &[(String, Tensor)]) -> Result<Vec<Detection>, String> {
     let mut out = Vec::new();
     for (_, t) in outputs {
         let classes = match t.shape[..] {
-            [c] | [_, c] if c >= 2 => c,
+            [c] | [_, c] | [_, _, c] if c >= 2 => c,
             _ => continue,
         };
         let values = t.as_f32().ok_or("a classifier output is not f32")?;
-        for (row, v) in values.chunks_exact(classes).enumerate() {
+        for v in values.chunks_exact(classes) {
             let (mut best, mut second) = (0, usize::MAX);
             for (c, &x) in v.iter().enumerate().skip(1) {
                 if x > v[best] {
@@ -239,7 +246,8 @@ fn class_decisions(outputs: &[(String, Tensor)]) -> Result<Vec<Detection>, Strin
                 }
             }
             let second = if second == usize::MAX { 1 } else { second };
-            let (c, r) = (best as f32, (out.len() + row) as f32);
+            // Rows are numbered across outputs, in order.
+            let (c, r) = (best as f32, out.len() as f32);
             let margin = v[best] - v[second];
             out.push(Detection {
                 bbox: BBox { xmin: c, ymin: r, xmax: c + 1.0, ymax: r + 1.0 },
@@ -249,7 +257,9 @@ fn class_decisions(outputs: &[(String, Tensor)]) -> Result<Vec<Detection>, Strin
         }
     }
     if out.is_empty() {
-        return Err("no classifier output ([N, classes] or [classes], at least 2 classes)".into());
+        return Err(
+            "no classifier output ([classes], [N, classes] or [N, T, classes], at least 2 classes)".into()
+        );
     }
     Ok(out)
 }
@@ -307,7 +317,38 @@ pub fn detections(
             Ok(boxes.iter().map(|b| Detection { bbox: b.aabb(), borderline: borderline(b.score) }).collect())
         }
         TaskCheck::Classes => class_decisions(outputs),
+        TaskCheck::Reading => {
+            let (_, probs) = outputs.first().ok_or("the model has no output")?;
+            let reading = ctc::decode(probs, None).map_err(|e| e.to_string())?;
+            Ok(reading
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    let (c, i) = (c as f32, i as f32);
+                    Detection {
+                        bbox: BBox { xmin: c, ymin: i, xmax: c + 1.0, ymax: i + 1.0 },
+                        borderline: false,
+                    }
+                })
+                .collect())
+        }
     }
+}
+
+/// Compares two greedy CTC readings (from [`detections`]): the same classes in the same order.
+fn match_reading(reference: &[Detection], candidate: &[Detection]) -> Result<f32, String> {
+    let classes = |d: &[Detection]| d.iter().map(|d| d.bbox.xmin as usize).collect::<Vec<_>>();
+    let (want, got) = (classes(reference), classes(candidate));
+    if want != got {
+        let at = want.iter().zip(&got).position(|(a, b)| a != b).unwrap_or(want.len().min(got.len()));
+        return Err(format!(
+            "the reading of {} characters became {} characters, first difference at character {at}",
+            want.len(),
+            got.len()
+        ));
+    }
+    Ok(1.0)
 }
 
 /// How the compressor's sessions run: one thread each (samples run in parallel instead, and a
@@ -426,7 +467,10 @@ impl<'a> Evaluator<'a> {
                     let got = detections(task, &self.samples[i].inputs[0].1, out);
                     let matched = got.and_then(|got| match task {
                         TaskCheck::Classes => match_classes(reference, &got),
-                        _ => match_detections(reference, &got, self.min_iou),
+                        TaskCheck::Reading => match_reading(reference, &got),
+                        TaskCheck::BlazeFace | TaskCheck::Db => {
+                            match_detections(reference, &got, self.min_iou)
+                        }
                     });
                     match matched {
                         Ok(iou) => outcome.min_iou = outcome.min_iou.min(iou),
@@ -565,10 +609,44 @@ mod tests {
         // A broken output is never a near tie.
         let nan = class_decisions(&out(vec![f32::NAN, 0.2, 0.7, 0.48, 0.46, 0.06])).unwrap();
         assert!(!nan[0].borderline && match_classes(&reference, &nan).is_err());
+        // A CTC recognizer's [1, T, classes]: one decision per time step.
+        let steps =
+            vec![("p".to_string(), Tensor::from_f32(vec![1, 2, 3], vec![0.1, 0.2, 0.7, 0.9, 0.05, 0.05]))];
+        let per_step = class_decisions(&steps).unwrap();
+        assert_eq!(
+            per_step.iter().map(|d| (d.bbox.xmin, d.bbox.ymin)).collect::<Vec<_>>(),
+            [(2.0, 0.0), (0.0, 1.0)]
+        );
         // Outputs that are no classifier's are refused by name.
         let map = vec![("map".to_string(), Tensor::zeros(vec![1, 1, 4, 4]))];
         assert!(class_decisions(&map).unwrap_err().contains("no classifier output"));
         assert_eq!(TaskCheck::Classes.emphasis(&[Tensor::zeros(vec![1, 3])]), vec![None]);
+    }
+
+    #[test]
+    fn readings_ignore_steps_that_do_not_change_the_text() {
+        // Steps (classes 0-3): a a _ b  → "ab".
+        let steps = |v: [usize; 4]| {
+            let mut p = vec![0.0f32; 16];
+            for (t, &c) in v.iter().enumerate() {
+                p[t * 4 + c] = 1.0;
+            }
+            vec![("p".to_string(), Tensor::from_f32(vec![1, 4, 4], p))]
+        };
+        let x = Tensor::zeros(vec![1, 3, 48, 320]);
+        let read = |v| detections(TaskCheck::Reading, &x, &steps(v)).unwrap();
+        let reference = read([1, 1, 0, 2]);
+        assert_eq!(reference.len(), 2);
+        // The blank moved: same text, though two steps changed class.
+        assert!(match_reading(&reference, &read([1, 0, 2, 2])).is_ok());
+        // A character replaced, dropped or added.
+        let err = match_reading(&reference, &read([1, 1, 0, 3])).unwrap_err();
+        assert!(err.contains("first difference at character 1"), "{err}");
+        assert!(match_reading(&reference, &read([1, 1, 0, 0])).is_err());
+        assert!(match_reading(&reference, &read([1, 0, 1, 2])).is_err());
+        // Not a recognizer's output.
+        let map = vec![("map".to_string(), Tensor::zeros(vec![1, 1, 4, 4]))];
+        assert!(detections(TaskCheck::Reading, &x, &map).is_err());
     }
 
     #[test]
