@@ -1,4 +1,5 @@
-//! `pith demo`: compress the bundled detectors, run them on the bundled images, print and draw the results.
+//! `pith demo`: compress the bundled detectors, run them on the bundled images, print and draw the
+//! results; then read the text boxes with the bundled recognizer at 8 bits.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,11 +9,13 @@ use anyhow::{Context, Result};
 use pith_compress::WeightFormat;
 use pith_runtime::session::{Session, SessionOptions};
 use pith_runtime::tasks::blazeface::FaceOptions;
-use pith_runtime::tasks::db::DbOptions;
+use pith_runtime::tasks::db::{DbOptions, TextBox};
 use pith_runtime::tasks::draw;
 use pith_runtime::tasks::geometry::BBox;
+use pith_runtime::tasks::image::RgbImage;
 
 use crate::cmd_compress::{compress_auto_file, compress_file, human_bytes, Preprocess, DEFAULT_MIN_FIDELITY};
+use crate::cmd_detect::load_charset;
 use crate::{imageio, pipeline};
 
 /// Where the bundled models and images live in a source checkout.
@@ -138,11 +141,15 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
         compress_all(&data_dir.join("models/ppocr_v4_det.onnx"), "ppocr_det", &auto, out_dir, threads)?;
     let page_path = data_dir.join("images/page.png");
     let page = imageio::load(&page_path)?;
+    let mut auto_boxes = Vec::new();
     for (w, session) in SETTINGS.iter().zip(sessions.iter_mut()) {
         let boxes = pipeline::detect_text(session, &page, &DbOptions::default())?;
+        if *w == Setting::Auto {
+            auto_boxes = boxes.clone();
+        }
         let aabbs: Vec<BBox> = boxes.iter().map(|b| b.aabb()).collect();
         println!("{} weights, {} text box(es) in {}:", label(*w), boxes.len(), page_path.display());
-        println!("{}", serde_json::to_string(&pipeline::text_json(&boxes))?);
+        println!("{}", serde_json::to_string(&pipeline::text_json(&boxes, None))?);
         if *w == Setting::Fixed(WeightFormat::F32) {
             reference = aabbs;
         } else {
@@ -154,6 +161,7 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
             println!("  annotated: {}", path.display());
         }
     }
+    read_boxes(data_dir, out_dir, threads, &page, &auto_boxes)?;
     println!(
         "\nNote: plain 4-bit k-means damages PP-OCRv4 det; `auto` picks each layer's width on the \
          calibration images in {} (not the test images) under an output-cosine floor of {} and the \
@@ -161,5 +169,37 @@ pub fn run(data_dir: &Path, out_dir: &Path, threads: usize) -> Result<()> {
         data_dir.join("calib").display(),
         DEFAULT_MIN_FIDELITY
     );
+    Ok(())
+}
+
+/// Reads the `auto` detector's text boxes with PP-OCRv3 rec at plain 8 bits (its `auto` search
+/// takes a minute and a half; `--preprocess ppocr-rec` in the README).
+fn read_boxes(
+    data_dir: &Path,
+    out_dir: &Path,
+    threads: usize,
+    page: &RgbImage,
+    boxes: &[TextBox],
+) -> Result<()> {
+    println!("\n== Text recognition (PP-OCRv3 rec, 8-bit weights) of the `auto` detector's boxes ==");
+    let onnx = data_dir.join("models/ppocr_v3_rec.onnx");
+    let start = Instant::now();
+    let (_, bytes) = compress_file(&onnx, WeightFormat::Codebook { bits: 8 }, true)?;
+    let path = out_dir.join("ppocr_rec_8bit.pith");
+    std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "ppocr_rec: {} ({:.2}x smaller than ONNX), compressed in {:.2} s -> {}",
+        human_bytes(bytes.len()),
+        std::fs::metadata(&onnx)?.len() as f64 / bytes.len() as f64,
+        start.elapsed().as_secs_f64(),
+        path.display()
+    );
+    let file = pith_format::PithFile::open(&path)?;
+    let mut session = Session::new(Arc::new(file), SessionOptions { threads, ..Default::default() })?;
+    let charset = load_charset(&data_dir.join("models/ppocr_v3_rec_keys.txt"))?;
+    for (b, r) in boxes.iter().zip(pipeline::read_text(&mut session, page, boxes, &charset)?) {
+        let [x, y] = b.points[0];
+        println!("  ({x:>5.1}, {y:>5.1})  {:?}  confidence {:.3}", r.text, r.confidence);
+    }
     Ok(())
 }

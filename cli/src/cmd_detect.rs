@@ -1,12 +1,14 @@
-//! `pith detect faces|text`: task post-processing on a real image, JSON on stdout.
+//! `pith detect faces|text`: task post-processing on a real image, JSON on stdout; text boxes
+//! optionally read by a recognizer (`--rec`, `--charset`).
 
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use pith_runtime::session::SessionOptions;
 use pith_runtime::tasks::blazeface::FaceOptions;
+use pith_runtime::tasks::ctc::Charset;
 use pith_runtime::tasks::db::DbOptions;
 use pith_runtime::tasks::draw;
 
@@ -21,17 +23,19 @@ pub enum Task {
     Text,
 }
 
-/// Runs the command.
+/// Runs the command; `reader` is the recognizer and its character set file.
 pub fn run(
     task: Task,
     model: &Path,
     image: &Path,
     out: Option<&Path>,
+    reader: Option<(&Path, &Path)>,
     options: SessionOptions,
 ) -> Result<()> {
     let mut img = imageio::load(image)?;
     let mut session = cmd_run::open_session(model, options)?;
     let json = match task {
+        Task::Faces if reader.is_some() => bail!("--rec reads text boxes: use it with `pith detect text`"),
         Task::Faces => {
             let faces = pipeline::detect_faces(&mut session, &img, &FaceOptions::default())?;
             draw::draw_faces(&mut img, &faces);
@@ -39,8 +43,17 @@ pub fn run(
         }
         Task::Text => {
             let boxes = pipeline::detect_text(&mut session, &img, &DbOptions::default())?;
+            let readings = match reader {
+                Some((rec, charset)) => {
+                    let charset = load_charset(charset)?;
+                    let mut rec_session = cmd_run::open_session(rec, options)?;
+                    Some(pipeline::read_text(&mut rec_session, &img, &boxes, &charset)?)
+                }
+                None => None,
+            };
             draw::draw_text_boxes(&mut img, &boxes);
-            serde_json::json!({ "image": image.display().to_string(), "text_boxes": pipeline::text_json(&boxes) })
+            let boxes = pipeline::text_json(&boxes, readings.as_deref());
+            serde_json::json!({ "image": image.display().to_string(), "text_boxes": boxes })
         }
     };
     // writeln! rather than println!: a closed pipe (`pith detect .. | head`) is an error the
@@ -51,4 +64,12 @@ pub fn run(
         eprintln!("annotated image written to {}", out.display());
     }
     Ok(())
+}
+
+/// Reads a recognizer's character set: UTF-8 text, one character per line.
+pub fn load_charset(path: &Path) -> Result<Charset> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("reading the character set {} (UTF-8 text, one per line)", path.display())
+    })?;
+    Ok(Charset::paddle(&text, true))
 }

@@ -132,6 +132,13 @@ enum Command {
         /// Write an annotated PNG here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With `text`: read each box with this CTC text recognizer (.pith; PP-OCR rec).
+        #[arg(long, requires = "charset")]
+        rec: Option<PathBuf>,
+        /// The recognizer's character set: one character per line, as PaddleOCR's dictionaries
+        /// (class 0 is CTC's blank, a space follows the last line).
+        #[arg(long, requires = "rec")]
+        charset: Option<PathBuf>,
         #[command(flatten)]
         session: SessionArgs,
     },
@@ -289,8 +296,9 @@ fn main() {
             cmd_run::run(&model, &inputs, &image, &output_dir, session.options())
         }
         Command::Inspect { model } => cmd_inspect::run(&model),
-        Command::Detect { task, model, image, out, session } => {
-            cmd_detect::run(task, &model, &image, out.as_deref(), session.options())
+        Command::Detect { task, model, image, out, rec, charset, session } => {
+            let reader = rec.as_deref().zip(charset.as_deref());
+            cmd_detect::run(task, &model, &image, out.as_deref(), reader, session.options())
         }
         Command::Bench { model, gemv, bits, inputs, shapes, session, iters, profile } => {
             let options = session.options();

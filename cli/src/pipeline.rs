@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use pith_runtime::session::Session;
 use pith_runtime::tasks::blazeface::{self, Face, FaceModel, FaceOptions};
+use pith_runtime::tasks::ctc::{self, Charset, Reading, RecOptions};
 use pith_runtime::tasks::db::{self, DbOptions, TextBox};
 use pith_runtime::tasks::image::RgbImage;
 use pith_runtime::Tensor;
@@ -53,6 +54,26 @@ pub fn detect_text(session: &mut Session, img: &RgbImage, opts: &DbOptions) -> R
     Ok(db::decode(prob, &resize, opts)?)
 }
 
+/// Reads the text of each box with a CTC recognizer (PP-OCR rec): the box is cut out and
+/// straightened, scaled to the recognizer's input and decoded greedily through `charset`.
+pub fn read_text(
+    session: &mut Session,
+    img: &RgbImage,
+    boxes: &[TextBox],
+    charset: &Charset,
+) -> Result<Vec<Reading>> {
+    boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let line = ctc::crop_line(img, &b.points).with_context(|| format!("text box {i}"))?;
+            let outputs = run_single(session, ctc::preprocess(&line, &RecOptions::default())?)?;
+            let (_, probs) = outputs.first().context("recognizer has no output")?;
+            ctc::decode(probs, Some(charset)).with_context(|| format!("reading text box {i}"))
+        })
+        .collect()
+}
+
 /// Rounds to `decimals` places for compact JSON.
 fn round(v: f32, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
@@ -79,16 +100,23 @@ pub fn faces_json(faces: &[Face]) -> Value {
     )
 }
 
-/// Text boxes as JSON.
-pub fn text_json(boxes: &[TextBox]) -> Value {
+/// Text boxes as JSON, each with its text and the recognizer's confidence when `readings`
+/// holds one per box.
+pub fn text_json(boxes: &[TextBox], readings: Option<&[Reading]>) -> Value {
     Value::Array(
         boxes
             .iter()
-            .map(|b| {
-                json!({
+            .enumerate()
+            .map(|(i, b)| {
+                let mut v = json!({
                     "points": b.points.iter().map(|p| [round2(p[0]), round2(p[1])]).collect::<Vec<_>>(),
                     "score": round(b.score, 4),
-                })
+                });
+                if let Some(r) = readings.and_then(|r| r.get(i)) {
+                    v["text"] = json!(r.text);
+                    v["text_confidence"] = json!(round(r.confidence, 4));
+                }
+                v
             })
             .collect(),
     )

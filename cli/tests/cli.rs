@@ -184,6 +184,49 @@ fn detect_faces_prints_json_and_writes_an_annotated_png() {
     assert!(stderr(&o).contains("a BlazeFace input is NCHW 1x3x128x128 (short range)"), "{}", stderr(&o));
 }
 
+/// `pith detect text --rec --charset`: the page's text boxes, each read by the recognizer at
+/// f32 weights; the first line is the page's title.
+#[test]
+fn detect_text_reads_each_box_with_a_recognizer() {
+    let dir = scratch("read");
+    let (det, rec) = (dir.join("det.pith"), dir.join("rec.pith"));
+    for (onnx, out) in [("models/ppocr_v4_det.onnx", &det), ("models/ppocr_v3_rec.onnx", &rec)] {
+        let onnx = data(onnx);
+        let o = pith(&["compress", onnx.to_str().unwrap(), "-o", out.to_str().unwrap(), "--bits", "f32"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let keys = data("models/ppocr_v3_rec_keys.txt");
+    let page = data("images/page.png");
+    let args = |rec: &Path| {
+        let mut a = vec!["detect", "text", det.to_str().unwrap(), page.to_str().unwrap()];
+        a.extend(["--rec", rec.to_str().unwrap(), "--charset", keys.to_str().unwrap()]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: &[String]| pith(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(&args(&rec));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("stdout is JSON");
+    let boxes = json["text_boxes"].as_array().expect("text_boxes array");
+    assert!(boxes.len() >= 4, "{json}");
+    let texts: Vec<&str> = boxes.iter().map(|b| b["text"].as_str().expect("every box has text")).collect();
+    assert_eq!(texts[0], "Region-based segmentation", "{texts:?}");
+    assert!(texts.contains(&"histogram of grey values:"), "{texts:?}");
+    for b in boxes {
+        let c = b["text_confidence"].as_f64().unwrap();
+        assert!(c > 0.5 && c <= 1.0, "{b}");
+    }
+    // A detector given as the recognizer fails with the reason, not a panic.
+    let o = run(&args(&det));
+    assert!(!o.status.success() && stderr(&o).contains("error"), "{}", stderr(&o));
+    // --rec needs --charset; faces have no text to read.
+    let o = pith(&["detect", "text", det.to_str().unwrap(), page.to_str().unwrap(), "--rec", "x.pith"]);
+    assert!(!o.status.success() && stderr(&o).contains("--charset"), "{}", stderr(&o));
+    let mut faces = args(&rec);
+    faces[1] = "faces".into();
+    let o = run(&faces);
+    assert!(!o.status.success() && stderr(&o).contains("pith detect text"), "{}", stderr(&o));
+}
+
 #[test]
 fn bench_prints_one_parsable_line() {
     let dir = scratch("bench");

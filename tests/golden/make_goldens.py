@@ -858,6 +858,16 @@ def make_model_goldens() -> None:
     model_golden("ppocr_cls", "ppocr_mobile_v2_cls.onnx", "x", cls_input(line))
     model_golden("ppocr_cls_flipped", "ppocr_mobile_v2_cls.onnx", "x", cls_input(line.rotate(180)))
     model_golden("ppocr_rec", "ppocr_v3_rec.onnx", "x", rec_input(line))
+    write_rec_keys()
+
+
+def write_rec_keys() -> None:
+    """The recognizer's character set (its ONNX metadata entry `character`, one character per line,
+    PaddleOCR's `ppocr_keys_v1.txt` format) as `pith detect text --charset` reads it."""
+    model = onnx.load(os.path.join(MODELS, "ppocr_v3_rec.onnx"))
+    chars = next(p.value for p in model.metadata_props if p.key == "character")
+    with open(os.path.join(MODELS, "ppocr_v3_rec_keys.txt"), "w", encoding="utf-8", newline="\n") as f:
+        f.write(chars + "\n")
 
 
 def make_bad() -> None:

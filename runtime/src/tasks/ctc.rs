@@ -1,6 +1,7 @@
-//! PP-OCR text-line recognition: PaddleOCR's `resize_norm_img` before the model (a line scaled
-//! to 48 pixels high, at least 320 wide, zero-padded on the right) and `CTCLabelDecode` after it
-//! (the best class of every time step, repeats merged, blanks dropped).
+//! PP-OCR text-line recognition: PaddleOCR's `get_rotate_crop_image` (a detected box cut out
+//! and straightened) and `resize_norm_img` (scaled to 48 pixels high, at least 320 wide,
+//! zero-padded on the right) before the model, and `CTCLabelDecode` after it (the best class of
+//! every time step, repeats merged, blanks dropped).
 
 use super::image::{check_size, resize_bilinear, RgbImage};
 use super::TaskError;
@@ -38,6 +39,54 @@ impl RecOptions {
         let input = scaled.clamp(min_width, self.max_width.max(min_width));
         (input, scaled.clamp(1, input))
     }
+}
+
+/// The line inside a detected box (corners clockwise from the top-left, as [`super::TextBox`]
+/// gives them), straightened into an upright image: as wide as the longer of the box's top and
+/// bottom edges and as tall as the longer of its sides, each pixel sampled bilinearly from where
+/// it lies in the box (edges clamped), as PaddleOCR's `get_rotate_crop_image`; a crop at least
+/// 1.5 times taller than wide is turned a quarter counter-clockwise (vertical text read
+/// sideways). An error for a box of less than one pixel or with non-finite corners.
+pub fn crop_line(img: &RgbImage, points: &[[f32; 2]; 4]) -> Result<RgbImage, TaskError> {
+    check_size(img.width, img.height, 3, img.pixels.len())?;
+    let dist = |a: [f32; 2], b: [f32; 2]| ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt();
+    let [p0, p1, p2, p3] = *points;
+    let width = dist(p0, p1).max(dist(p3, p2));
+    let height = dist(p0, p3).max(dist(p1, p2));
+    let finite = points.iter().flatten().all(|v| v.is_finite());
+    let fits = width * height <= super::preprocess::MAX_ELEMENTS as f32;
+    if !(finite && fits && width >= 1.0 && height >= 1.0) {
+        return Err(TaskError::Preprocess { reason: format!("text box {points:?} is not a line to crop") });
+    }
+    let (w, h) = (width as usize, height as usize);
+    let mut out = RgbImage::black(w, h);
+    for y in 0..h {
+        let t = y as f32 / h as f32;
+        for x in 0..w {
+            let s = x as f32 / w as f32;
+            // Bilinear in the corners: the perspective map for a rectangle or parallelogram.
+            let at = |k: usize| {
+                (1.0 - s) * (1.0 - t) * p0[k] + s * (1.0 - t) * p1[k] + s * t * p2[k] + (1.0 - s) * t * p3[k]
+            };
+            let v = img.sample(at(0), at(1));
+            let i = (y * w + x) * 3;
+            for (dst, val) in out.pixels[i..i + 3].iter_mut().zip(v) {
+                *dst = val.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    if h as f32 >= 1.5 * w as f32 {
+        // A quarter turn counter-clockwise: column w-1-x of the crop becomes row x.
+        let mut turned = RgbImage::black(h, w);
+        for y in 0..h {
+            for x in 0..w {
+                let (src, dst) = ((y * w + x) * 3, ((w - 1 - x) * h + y) * 3);
+                turned.pixels[dst..dst + 3].copy_from_slice(&out.pixels[src..src + 3]);
+            }
+        }
+        out = turned;
+    }
+    Ok(out)
 }
 
 /// A text line's input: `1 × 3 × height × W` NCHW in BGR order (PaddleOCR's recognizers were
@@ -218,6 +267,36 @@ mod tests {
             .is_err());
         let flat = RecOptions { height: 0, ..Default::default() };
         assert!(matches!(preprocess(&img, &flat), Err(TaskError::Preprocess { .. })));
+    }
+
+    #[test]
+    fn crop_line_straightens_a_box_and_turns_tall_ones() {
+        // A 6×4 image whose pixel (x, y) holds red x·10, green y·10.
+        let mut img = RgbImage::black(6, 4);
+        for y in 0..4 {
+            for x in 0..6 {
+                img.put(x, y, [(x * 10) as u8, (y * 10) as u8, 0]);
+            }
+        }
+        // An axis-aligned box from (1, 1) to (5, 3): a 4×2 crop of the same pixels.
+        let c = crop_line(&img, &[[1.0, 1.0], [5.0, 1.0], [5.0, 3.0], [1.0, 3.0]]).unwrap();
+        assert_eq!((c.width, c.height), (4, 2));
+        assert_eq!(c.get(0, 0), Some([10, 10, 0]));
+        assert_eq!(c.get(3, 1), Some([40, 20, 0]));
+        // The same box listed from its top-right corner: its "top edge" is the right side, so
+        // the crop is 2 wide and 4 high, turned a quarter counter-clockwise.
+        let c = crop_line(&img, &[[5.0, 1.0], [5.0, 3.0], [1.0, 3.0], [1.0, 1.0]]).unwrap();
+        assert_eq!((c.width, c.height), (4, 2));
+        assert_eq!((c.get(0, 0), c.get(0, 1)), (Some([50, 20, 0]), Some([50, 10, 0])));
+        // A tall box (1 wide, 3 high) is turned a quarter counter-clockwise: 3 wide, 1 high, its
+        // bottom pixel first.
+        let c = crop_line(&img, &[[2.0, 0.0], [3.0, 0.0], [3.0, 3.0], [2.0, 3.0]]).unwrap();
+        assert_eq!((c.width, c.height), (3, 1));
+        assert_eq!(c.pixels, vec![20, 0, 0, 20, 10, 0, 20, 20, 0]);
+        // Degenerate and non-finite boxes are refused.
+        for bad in [[[1.0, 1.0]; 4], [[f32::NAN, 0.0], [4.0, 0.0], [4.0, 2.0], [0.0, 2.0]]] {
+            assert!(matches!(crop_line(&img, &bad), Err(TaskError::Preprocess { .. })));
+        }
     }
 
     #[test]
