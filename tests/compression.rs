@@ -60,9 +60,10 @@ const BLAZEFACE_BACK_MIN_RATIO: f64 = 3.0;
 /// kept every box of the held-out page but one 15-pixel-tall line's outline moved by a pixel,
 /// IoU 0.882; asking 0.95 of the calibration boxes leaves that margin (lowest held-out IoU 0.944).
 const UNTUNED_CALIB_IOU: f32 = 0.95;
-/// The PP-OCRv3 recognizer at the default floor with its reading check: 5.87× on the Emerald
-/// Rapids Xeon (AVX-512) in the forty-fourth session.
-const PPOCR_REC_MIN_RATIO: f64 = 5.2;
+/// The PP-OCRv3 recognizer at the default floor with the `ppocr-rec` preset's check (the same
+/// class at every time step): 5.30× on the Emerald Rapids Xeon (AVX-512) in the forty-fourth
+/// session.
+const PPOCR_REC_MIN_RATIO: f64 = 4.8;
 /// Held-out text lines: crops of `page.png` (columns `x0..x1`, rows `y0..y1`), none of them in
 /// the recognizer's calibration set of rendered lines, and whether the f32 model's reading of it
 /// must survive. The last line (`>>> markers = np.zeros_like(coins)`, cut by the scan's edge)
@@ -370,15 +371,15 @@ fn untuned_detector_auto_keeps_the_firm_text_boxes_on_a_held_out_page() {
 }
 
 /// The same command on a text recognizer (PP-OCRv3 rec, an SVTR neck and a 6625-class CTC
-/// head) calibrated on rendered lines (`--preprocess ppocr-rec`, whose task check is the
-/// reading): the held-out lines of the scanned page read the same (the greedy CTC reading,
+/// head) calibrated on rendered lines (`--preprocess ppocr-rec`, whose task check keeps every
+/// time step's class): the held-out lines of the scanned page read the same (the greedy CTC reading,
 /// class by class) as with the f32 model, and every line keeps its output cosine.
 #[test]
 fn untuned_recognizer_auto_reads_held_out_lines_the_same() {
     let rec = ctc::RecOptions::default();
     let samples = calibration("ppocr_rec", |img| ctc::preprocess(img, &rec).unwrap());
     let (file, packed, _huffman, onnx) =
-        compress_auto("ppocr_v3_rec.onnx", &samples, TaskCheck::Reading, PPOCR_MIN_FIDELITY, MIN_IOU);
+        compress_auto("ppocr_v3_rec.onnx", &samples, TaskCheck::Classes, PPOCR_MIN_FIDELITY, MIN_IOU);
     let (file, reference) = (Arc::new(file), Arc::new(f32_file("ppocr_v3_rec.onnx")));
     let page = load_rgb("page.png").unwrap();
     let mut characters = 0;

@@ -38,7 +38,7 @@ pub enum Preprocess {
     /// task check: same text boxes.
     PpocrDet,
     /// PP-OCR rec: a text line scaled to 48 px high (at least 320 wide, zero-padded on the
-    /// right), [-1, 1], BGR; task check: the same reading (greedy CTC).
+    /// right), [-1, 1], BGR; task check: the same class at every time step (`classes`).
     PpocrRec,
 }
 
@@ -66,8 +66,8 @@ impl Args {
         match (self.task, self.preprocess) {
             (Some(TaskArg::Faces), _) | (None, Some(Preprocess::Blazeface)) => Some(TaskCheck::BlazeFace),
             (Some(TaskArg::Text), _) | (None, Some(Preprocess::PpocrDet)) => Some(TaskCheck::Db),
-            (Some(TaskArg::Classes), _) => Some(TaskCheck::Classes),
-            (Some(TaskArg::Reading), _) | (None, Some(Preprocess::PpocrRec)) => Some(TaskCheck::Reading),
+            (Some(TaskArg::Classes), _) | (None, Some(Preprocess::PpocrRec)) => Some(TaskCheck::Classes),
+            (Some(TaskArg::Reading), _) => Some(TaskCheck::Reading),
             (Some(TaskArg::None), _) | (None, None) => None,
         }
     }
