@@ -40,8 +40,8 @@ DEFAULT_SETTINGS = [
     "8-bit=--bits 8",
     "4-bit=--bits 4",
     "auto=--bits auto {calib}",
-    "auto, Huffman=--bits auto {calib} --entropy huffman",
-    "auto, per-step classes=--bits auto {calib} --task classes",
+    "auto, reading=--bits auto {calib} --task reading",
+    "auto, reading, Huffman=--bits auto {calib} --task reading --entropy huffman",
 ]
 
 
