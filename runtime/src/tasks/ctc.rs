@@ -97,6 +97,10 @@ pub fn preprocess(img: &RgbImage, opts: &RecOptions) -> Result<Tensor, TaskError
         return Err(TaskError::Preprocess { reason: "recognizer input height is 0".into() });
     }
     let (width, inner) = opts.widths(img.width, img.height);
+    if width.checked_mul(opts.height).is_none_or(|n| n > super::preprocess::MAX_ELEMENTS / 3) {
+        let reason = format!("recognizer input {width}x{} is too large", opts.height);
+        return Err(TaskError::Preprocess { reason });
+    }
     let resized = resize_bilinear(img, inner, opts.height);
     let plane = width * opts.height;
     let mut data = vec![0.0f32; 3 * plane];
@@ -267,6 +271,8 @@ mod tests {
             .is_err());
         let flat = RecOptions { height: 0, ..Default::default() };
         assert!(matches!(preprocess(&img, &flat), Err(TaskError::Preprocess { .. })));
+        let huge = RecOptions { height: 1 << 20, min_width: 1 << 20, max_width: 1 << 20 };
+        assert!(matches!(preprocess(&img, &huge), Err(TaskError::Preprocess { .. })));
     }
 
     #[test]
