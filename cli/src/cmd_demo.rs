@@ -15,7 +15,7 @@ use pith_runtime::tasks::geometry::BBox;
 use pith_runtime::tasks::image::RgbImage;
 
 use crate::cmd_compress::{compress_auto_file, compress_file, human_bytes, Preprocess, DEFAULT_MIN_FIDELITY};
-use crate::cmd_detect::load_charset;
+use crate::cmd_detect::model_charset;
 use crate::{imageio, pipeline};
 
 /// Where the bundled models and images live in a source checkout.
@@ -194,9 +194,10 @@ fn read_boxes(
         start.elapsed().as_secs_f64(),
         path.display()
     );
-    let file = pith_format::PithFile::open(&path)?;
-    let mut session = Session::new(Arc::new(file), SessionOptions { threads, ..Default::default() })?;
-    let charset = load_charset(&data_dir.join("models/ppocr_v3_rec_keys.txt"))?;
+    let file = Arc::new(pith_format::PithFile::open(&path)?);
+    let mut session = Session::new(Arc::clone(&file), SessionOptions { threads, ..Default::default() })?;
+    // PaddleOCR's ONNX recognizer carries its character set as metadata; the .pith file keeps it.
+    let charset = model_charset(&file, &path)?;
     for (b, r) in boxes.iter().zip(pipeline::read_text(&mut session, page, boxes, &charset)?) {
         let [x, y] = b.points[0];
         println!("  ({x:>5.1}, {y:>5.1})  {:?}  confidence {:.3}", r.text, r.confidence);

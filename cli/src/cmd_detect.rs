@@ -1,11 +1,12 @@
 //! `pith detect faces|text`: task post-processing on a real image, JSON on stdout; text boxes
-//! optionally read by a recognizer (`--rec`, `--charset`).
+//! optionally read by a recognizer (`--rec`, its character set from the model or `--charset`).
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
+use pith_format::PithFile;
 use pith_runtime::session::SessionOptions;
 use pith_runtime::tasks::blazeface::FaceOptions;
 use pith_runtime::tasks::ctc::Charset;
@@ -23,13 +24,13 @@ pub enum Task {
     Text,
 }
 
-/// Runs the command; `reader` is the recognizer and its character set file.
+/// Runs the command; `reader` is the recognizer and, if given, its character set file.
 pub fn run(
     task: Task,
     model: &Path,
     image: &Path,
     out: Option<&Path>,
-    reader: Option<(&Path, &Path)>,
+    reader: Option<(&Path, Option<&Path>)>,
     options: SessionOptions,
 ) -> Result<()> {
     let mut img = imageio::load(image)?;
@@ -45,8 +46,11 @@ pub fn run(
             let boxes = pipeline::detect_text(&mut session, &img, &DbOptions::default())?;
             let readings = match reader {
                 Some((rec, charset)) => {
-                    let charset = load_charset(charset)?;
                     let mut rec_session = cmd_run::open_session(rec, options)?;
+                    let charset = match charset {
+                        Some(path) => load_charset(path)?,
+                        None => model_charset(rec_session.model(), rec)?,
+                    };
                     Some(pipeline::read_text(&mut rec_session, &img, &boxes, &charset)?)
                 }
                 None => None,
@@ -64,6 +68,22 @@ pub fn run(
         eprintln!("annotated image written to {}", out.display());
     }
     Ok(())
+}
+
+/// The property under which PaddleOCR's recognizers carry their character set (one character per
+/// line), kept from the ONNX metadata by `pith compress`.
+pub const CHARSET_PROP: &str = "character";
+
+/// The character set a recognizer carries in its [`CHARSET_PROP`] property.
+pub fn model_charset(model: &PithFile, path: &Path) -> Result<Charset> {
+    match model.prop(CHARSET_PROP) {
+        Some(text) => Ok(Charset::paddle(text, true)),
+        None => bail!(
+            "the recognizer {} carries no character set (no '{CHARSET_PROP}' property: its ONNX \
+             model had none, or an older pith compressed it); pass --charset FILE",
+            path.display()
+        ),
+    }
 }
 
 /// Reads a recognizer's character set: UTF-8 text, one character per line.

@@ -23,6 +23,18 @@ fn shape_string(v: &Value) -> String {
     }
 }
 
+/// A property's value on one line: short single-line values whole, others by their size and
+/// first line.
+fn prop_summary(value: &str) -> String {
+    const SHORT: usize = 60;
+    let lines = value.lines().count();
+    if lines <= 1 && value.chars().count() <= SHORT {
+        return format!("{value:?}");
+    }
+    let head: String = value.lines().next().unwrap_or("").chars().take(SHORT).collect();
+    format!("({} bytes, {lines} lines, starting {head:?})", value.len())
+}
+
 /// Runs the command.
 pub fn run(model: &Path) -> Result<()> {
     let file = PithFile::open(model).with_context(|| format!("opening {}", model.display()))?;
@@ -36,6 +48,9 @@ pub fn run(model: &Path) -> Result<()> {
         file.file_len(),
         file.producer()
     )?;
+    for (key, value) in file.props() {
+        writeln!(out, "property {key} = {}", prop_summary(value))?;
+    }
     for &id in &graph.inputs {
         let v = &graph.values[id as usize];
         writeln!(out, "input  {} {:?} {}", v.name, v.elem, shape_string(v))?;

@@ -132,8 +132,10 @@ enum Command {
         /// Write an annotated PNG here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// With `text`: read each box with this CTC text recognizer (.pith; PP-OCR rec).
-        #[arg(long, requires = "charset")]
+        /// With `text`: read each box with this CTC text recognizer (.pith; PP-OCR rec). Its
+        /// character set is the model's `character` property (PaddleOCR's ONNX metadata, kept
+        /// by `pith compress`) unless --charset names one.
+        #[arg(long)]
         rec: Option<PathBuf>,
         /// The recognizer's character set: one character per line, as PaddleOCR's dictionaries
         /// (class 0 is CTC's blank, a space follows the last line).
@@ -297,7 +299,7 @@ fn main() {
         }
         Command::Inspect { model } => cmd_inspect::run(&model),
         Command::Detect { task, model, image, out, rec, charset, session } => {
-            let reader = rec.as_deref().zip(charset.as_deref());
+            let reader = rec.as_deref().map(|rec| (rec, charset.as_deref()));
             cmd_detect::run(task, &model, &image, out.as_deref(), reader, session.options())
         }
         Command::Bench { model, gemv, bits, inputs, shapes, session, iters, profile } => {

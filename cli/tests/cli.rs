@@ -215,12 +215,20 @@ fn detect_text_reads_each_box_with_a_recognizer() {
         let c = b["text_confidence"].as_f64().unwrap();
         assert!(c > 0.5 && c <= 1.0, "{b}");
     }
+    // Without --charset the recognizer's own `character` property (its ONNX metadata, kept by
+    // `pith compress`) reads the same text.
+    let own = run(&args(&rec)[..6]);
+    assert!(own.status.success(), "{}", stderr(&own));
+    assert_eq!(stdout(&own), stdout(&o));
+    let o = pith(&["inspect", rec.to_str().unwrap()]);
+    assert!(stdout(&o).contains("property character = (26249 bytes, 6623 lines"), "{}", stdout(&o));
     // A detector given as the recognizer fails with the reason, not a panic.
     let o = run(&args(&det));
     assert!(!o.status.success() && stderr(&o).contains("error"), "{}", stderr(&o));
-    // --rec needs --charset; faces have no text to read.
-    let o = pith(&["detect", "text", det.to_str().unwrap(), page.to_str().unwrap(), "--rec", "x.pith"]);
-    assert!(!o.status.success() && stderr(&o).contains("--charset"), "{}", stderr(&o));
+    // A model without a character set needs --charset; faces have no text to read.
+    let o = run(&args(&det)[..6]);
+    assert!(!o.status.success() && stderr(&o).contains("carries no character set"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--charset FILE"), "{}", stderr(&o));
     let mut faces = args(&rec);
     faces[1] = "faces".into();
     let o = run(&faces);

@@ -9,6 +9,9 @@ pub enum CompressError {
     /// The model has no graph.
     #[error("ONNX model has no graph")]
     MissingGraph,
+    /// The model's `metadata_props` break ONNX's rules (an empty or repeated key).
+    #[error("ONNX model metadata: {0}")]
+    BadMetadata(String),
     /// The model declares no opset for the default (`ai.onnx`) domain.
     #[error("ONNX model imports no opset for the default ai.onnx domain")]
     NoDefaultOpset,

@@ -1,7 +1,7 @@
 //! ONNX protobuf → [`WorkModel`]: values, constants (initializers and `Constant` nodes), nodes,
 //! and the opset-dependent canonicalisation that lets the runtime implement one semantics per op.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pith_format::ir::{Attr, Dim, ElemType, Node, OpKind, ValueId};
 use pith_runtime::Tensor;
@@ -25,7 +25,24 @@ pub(crate) fn import(onnx: &[u8]) -> Result<WorkModel, CompressError> {
         .max()
         .ok_or(CompressError::NoDefaultOpset)?;
     let graph = model.graph.as_ref().ok_or(CompressError::MissingGraph)?;
-    Importer::new(opset, graph).run()
+    let mut work = Importer::new(opset, graph).run()?;
+    work.props = metadata_props(&model)?;
+    Ok(work)
+}
+
+/// The model's `metadata_props` by key: ONNX requires distinct, non-empty keys, and a `.pith`
+/// file stores them so.
+fn metadata_props(model: &ModelProto) -> Result<BTreeMap<String, String>, CompressError> {
+    let mut props = BTreeMap::new();
+    for p in &model.metadata_props {
+        if p.key.is_empty() {
+            return Err(CompressError::BadMetadata("an entry of metadata_props has an empty key".into()));
+        }
+        if props.insert(p.key.clone(), p.value.clone()).is_some() {
+            return Err(CompressError::BadMetadata(format!("metadata_props has the key '{}' twice", p.key)));
+        }
+    }
+    Ok(props)
 }
 
 /// Import state: the model being built and name lookups.

@@ -185,7 +185,7 @@ fn drop_intermediate_shapes(values: &mut [ir::Value], keep_ids: impl Iterator<It
 /// original order, forgets intermediate shapes, and attaches constant data (encoded weights
 /// replacing their f32 data).
 fn finish(work: WorkModel, mut encoded: BTreeMap<ValueId, TensorData>) -> ir::Model {
-    let WorkModel { graph, consts, .. } = work;
+    let WorkModel { graph, consts, props, .. } = work;
     let mut used = vec![false; graph.values.len()];
     let referenced = graph
         .inputs
@@ -236,5 +236,6 @@ fn finish(work: WorkModel, mut encoded: BTreeMap<ValueId, TensorData>) -> ir::Mo
         },
         constants,
         producer: format!("pith-compress {}", env!("CARGO_PKG_VERSION")),
+        props,
     }
 }

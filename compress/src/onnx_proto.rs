@@ -18,6 +18,9 @@ pub struct ModelProto {
     /// The graph.
     #[prost(message, optional, tag = "7")]
     pub graph: Option<GraphProto>,
+    /// Named metadata (a text recognizer's `character` set, labels, versions).
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
 }
 
 /// `onnx.OperatorSetIdProto`.

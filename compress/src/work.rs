@@ -12,6 +12,8 @@ pub(crate) struct WorkModel {
     pub graph: ir::Graph,
     /// Constant data by value id (ordered, so iteration is deterministic).
     pub consts: BTreeMap<ValueId, Tensor>,
+    /// The model's properties (ONNX `metadata_props`), written to the `.pith` file as they are.
+    pub props: BTreeMap<String, String>,
     /// Every value name in use, to mint unique names.
     names: HashSet<String>,
 }

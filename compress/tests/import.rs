@@ -46,11 +46,19 @@ fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
 }
 
 fn encode(opset: i64, graph: GraphProto) -> Vec<u8> {
+    encode_with_metadata(opset, graph, &[])
+}
+
+fn encode_with_metadata(opset: i64, graph: GraphProto, metadata: &[(&str, &str)]) -> Vec<u8> {
     ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
         producer_name: "test".into(),
         graph: Some(graph),
+        metadata_props: metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto { key: k.to_string(), value: v.to_string() })
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -133,6 +141,40 @@ fn imports_initializers_constant_nodes_inputs_and_outputs() {
     assert_eq!(g.nodes[2].attr("axis"), Some(&Attr::Int(1)));
     assert_eq!(g.nodes[2].attr("coerce_2d"), Some(&Attr::Int(1)));
     assert!(m.producer.starts_with("pith-compress "));
+}
+
+/// The graph of [`small_model`], decoded back from its encoding.
+fn small_graph() -> GraphProto {
+    ModelProto::decode(small_model(13, &[0.0; 12]).as_slice()).unwrap().graph.unwrap()
+}
+
+#[test]
+fn metadata_props_travel_into_the_file() {
+    let chars = "a\nb\n字";
+    let onnx = encode_with_metadata(13, small_graph(), &[("character", chars), ("version", "")]);
+    let m = compress(&onnx).unwrap();
+    assert_eq!(m.props.len(), 2);
+    assert_eq!(m.props["character"], chars);
+    assert_eq!(m.props["version"], "");
+    let file = pith_format::PithFile::from_bytes(pith_format::write(&m).unwrap()).unwrap();
+    assert_eq!(file.prop("character"), Some(chars));
+    assert_eq!(file.props(), &m.props);
+    assert_eq!(file.version(), (1, 4));
+    // No metadata, no PROPS section: the file keeps the lowest version its features need.
+    let plain = compress(&encode(13, small_graph())).unwrap();
+    assert!(plain.props.is_empty());
+    let file = pith_format::PithFile::from_bytes(pith_format::write(&plain).unwrap()).unwrap();
+    assert_eq!(file.version(), (1, 0));
+}
+
+#[test]
+fn repeated_or_empty_metadata_keys_are_refused() {
+    let twice = encode_with_metadata(13, small_graph(), &[("k", "1"), ("k", "2")]);
+    let e = compress(&twice).unwrap_err();
+    assert!(matches!(e, CompressError::BadMetadata(_)), "{e:?}");
+    assert!(e.to_string().contains("key 'k' twice"), "{e}");
+    let empty = encode_with_metadata(13, small_graph(), &[("", "v")]);
+    assert!(compress(&empty).unwrap_err().to_string().contains("empty key"));
 }
 
 #[test]

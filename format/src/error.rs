@@ -77,6 +77,9 @@ pub enum FormatError {
     /// The PACKED section (deflated metadata, format 1.2) is malformed.
     #[error("bad PACKED metadata section: {0}")]
     Packed(String),
+    /// The PROPS section (the model's properties, format 1.4) is malformed.
+    #[error("bad PROPS section: {0}")]
+    Props(String),
     /// A byte outside every section (padding) is not zero.
     #[error("non-zero padding byte at file offset {offset}")]
     NonZeroPadding {

@@ -3,6 +3,8 @@
 //! The reader parses the small metadata (values, nodes, attributes) into these types once at open time;
 //! tensor data stays in the mapped file and is handed out as [`crate::TensorView`]s.
 
+use std::collections::BTreeMap;
+
 use half::f16;
 
 /// Index of a value (graph input, constant or node output) in [`Graph::values`].
@@ -237,4 +239,7 @@ pub struct Model {
     pub constants: Vec<Constant>,
     /// Free-form producer string (e.g. "pith-compress 0.1.0").
     pub producer: String,
+    /// The model's properties (ONNX `metadata_props`: a recognizer's `character` set, labels,
+    /// versions), stored in the PROPS section when not empty. Keys must not be empty.
+    pub props: BTreeMap<String, String>,
 }

@@ -36,8 +36,8 @@ const MAX_RATIO: usize = 1032;
 /// miniz_oxide's strongest standard level (deterministic output for the same input).
 const LEVEL: u8 = 9;
 
-fn err(msg: impl Into<String>) -> FormatError {
-    FormatError::Packed(msg.into())
+fn err(msg: String) -> FormatError {
+    FormatError::Packed(msg)
 }
 
 /// Whether sections of `kind` may be packed: every metadata section, never DATA.
@@ -63,11 +63,18 @@ pub fn pack(sections: &[(SectionKind, &[u8])]) -> Result<Vec<u8>> {
             raw.len()
         )));
     }
+    Ok(deflate_prefixed(&raw))
+}
+
+/// `raw` (at most [`MAX_INFLATED`] bytes) as a section body: `u32 inflated_len`, `u32 reserved`
+/// and the raw DEFLATE stream (the layout PACKED and PROPS share).
+pub(crate) fn deflate_prefixed(raw: &[u8]) -> Vec<u8> {
+    debug_assert!(raw.len() <= MAX_INFLATED);
     let mut out = Vec::with_capacity(PREFIX + raw.len() / 3);
     out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&raw, LEVEL));
-    Ok(out)
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(raw, LEVEL));
+    out
 }
 
 /// A PACKED section inflated: the buffer and each section's kind and byte range in it.
@@ -87,6 +94,15 @@ impl Unpacked {
 /// exactly the declared length and ends with the section, and that the entries are known,
 /// packable, distinct kinds, in bounds, zero-padded and cover the inflated bytes exactly.
 pub fn unpack(section: &[u8]) -> Result<Unpacked> {
+    let buf = inflate_prefixed(section, err)?;
+    let entries = entries(buf.bytes())?;
+    Ok(Unpacked { buf, entries })
+}
+
+/// Inflates a section body written by [`deflate_prefixed`], checking its prefix, the declared
+/// length against the reader's limits (before allocating) and that the stream inflates to exactly
+/// that length and ends with the section. `err` names the section in the error.
+pub(crate) fn inflate_prefixed(section: &[u8], err: fn(String) -> FormatError) -> Result<AlignedBuf> {
     if section.len() < PREFIX {
         return Err(err(format!("{} bytes, shorter than its {PREFIX}-byte prefix", section.len())));
     }
@@ -104,13 +120,13 @@ pub fn unpack(section: &[u8]) -> Result<Unpacked> {
         )));
     }
     let mut buf = AlignedBuf::zeroed(len);
-    inflate_exact(stream, buf.bytes_mut())?;
-    let entries = entries(buf.bytes())?;
-    Ok(Unpacked { buf, entries })
+    inflate_exact(stream, buf.bytes_mut()).map_err(err)?;
+    Ok(buf)
 }
 
-/// Inflates `stream` into `out`, which it must fill exactly, consuming the whole stream.
-fn inflate_exact(stream: &[u8], out: &mut [u8]) -> Result<()> {
+/// Inflates `stream` into `out`, which it must fill exactly, consuming the whole stream; the
+/// error says what is wrong with the stream.
+fn inflate_exact(stream: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
     use miniz_oxide::inflate::core::{decompress, inflate_flags, DecompressorOxide};
     use miniz_oxide::inflate::TINFLStatus;
     let mut state = Box::<DecompressorOxide>::default();
@@ -119,16 +135,14 @@ fn inflate_exact(stream: &[u8], out: &mut [u8]) -> Result<()> {
     match status {
         TINFLStatus::Done if written == out.len() && read == stream.len() => Ok(()),
         TINFLStatus::Done if written != out.len() => {
-            Err(err(format!("inflates to {written} bytes, but declares {}", out.len())))
+            Err(format!("inflates to {written} bytes, but declares {}", out.len()))
         }
-        TINFLStatus::Done => Err(err(format!("{} bytes follow the DEFLATE stream", stream.len() - read))),
-        TINFLStatus::HasMoreOutput => {
-            Err(err(format!("inflates to more than the declared {} bytes", out.len())))
-        }
+        TINFLStatus::Done => Err(format!("{} bytes follow the DEFLATE stream", stream.len() - read)),
+        TINFLStatus::HasMoreOutput => Err(format!("inflates to more than the declared {} bytes", out.len())),
         TINFLStatus::NeedsMoreInput | TINFLStatus::FailedCannotMakeProgress => {
-            Err(err("the DEFLATE stream is truncated"))
+            Err("the DEFLATE stream is truncated".into())
         }
-        other => Err(err(format!("the DEFLATE stream is corrupt ({other:?})"))),
+        other => Err(format!("the DEFLATE stream is corrupt ({other:?})")),
     }
 }
 

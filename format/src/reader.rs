@@ -1,5 +1,6 @@
 //! [`PithFile`]: opens, validates once, then serves the graph and zero-copy constant views.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
@@ -75,6 +76,7 @@ pub struct PithFile {
     storage: Storage,
     graph: Graph,
     producer: String,
+    props: BTreeMap<String, String>,
     version: (u16, u16),
     constants: Vec<ConstEntry>,
     /// For each value id, its index in `constants` or `u32::MAX`.
@@ -125,6 +127,7 @@ impl PithFile {
         let bytes = storage.bytes();
         let table = read_sections(bytes)?;
         let unpacked = table.unpack()?;
+        let props = table.props()?;
         let sections = table.resolve(unpacked.as_ref())?;
         let (graph, producer) = parse_graph(&sections)?;
         let recs: &[ConstRec] = records(sections.get(SectionKind::Constants).bytes, SectionKind::Constants)?;
@@ -197,7 +200,7 @@ impl PithFile {
                 entropy.decode_time
             );
         }
-        Ok(PithFile { storage, graph, producer, version, constants, const_index, decoded, entropy })
+        Ok(PithFile { storage, graph, producer, props, version, constants, const_index, decoded, entropy })
     }
 
     /// The graph, parsed once at open.
@@ -253,6 +256,17 @@ impl PithFile {
     /// The producer string recorded by the writer.
     pub fn producer(&self) -> &str {
         &self.producer
+    }
+
+    /// The model's properties (ONNX `metadata_props`, carried in the PROPS section), by key;
+    /// empty when the file has none.
+    pub fn props(&self) -> &BTreeMap<String, String> {
+        &self.props
+    }
+
+    /// The property `key`, if the model has it.
+    pub fn prop(&self, key: &str) -> Option<&str> {
+        self.props.get(key).map(String::as_str)
     }
 
     /// Length of the file in bytes.

@@ -3,11 +3,13 @@
 //! [`TableSections::resolve`] the metadata sections stored in a PACKED section (format 1.2) have
 //! joined them and every required section is present.
 
+use std::collections::BTreeMap;
 use std::mem::size_of;
 
 use crate::error::FormatError;
 use crate::layout::{Header, SectionEntry, SectionKind, ALIGN, HEADER_CRC_SPAN, MAGIC, SECTION_OPTIONAL};
 use crate::packed::{self, Unpacked, PACKED_KIND};
+use crate::props::{self, PROPS_KIND};
 use crate::{FORMAT_MAJOR, FORMAT_MINOR};
 
 type Result<T> = std::result::Result<T, FormatError>;
@@ -27,6 +29,8 @@ pub(crate) struct TableSections<'a> {
     parts: [Option<Section<'a>>; SectionKind::ALL.len()],
     /// The PACKED section's bytes, if the file has one.
     packed: Option<&'a [u8]>,
+    /// The PROPS section's bytes, if the file has one.
+    props: Option<&'a [u8]>,
 }
 
 impl<'a> TableSections<'a> {
@@ -40,6 +44,19 @@ impl<'a> TableSections<'a> {
             )));
         }
         packed::unpack(bytes).map(Some)
+    }
+
+    /// The model's properties from the PROPS section (format 1.4 and later only); empty without
+    /// one.
+    pub fn props(&self) -> Result<BTreeMap<String, String>> {
+        let Some(bytes) = self.props else { return Ok(BTreeMap::new()) };
+        if self.version.1 < 4 {
+            return Err(table_err(format!(
+                "a PROPS section needs format 1.4, but the file says {}.{}",
+                self.version.0, self.version.1
+            )));
+        }
+        props::decode(bytes)
     }
 
     /// The complete sections: those of the table plus those inflated into `unpacked` (which
@@ -132,6 +149,7 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<TableSections<'_>> {
 
     let mut parts = [None; SectionKind::ALL.len()];
     let mut packed = None;
+    let mut props = None;
     // Bounded by the file length: the table fits in the file.
     let mut ranges = Vec::with_capacity(header.section_count as usize);
     for (i, raw) in bytes[header_len..table_end].chunks_exact(entry_len).enumerate() {
@@ -140,6 +158,7 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<TableSections<'_>> {
         let name = match kind {
             Some(k) => k.name().to_string(),
             None if e.kind == PACKED_KIND => "PACKED".to_string(),
+            None if e.kind == PROPS_KIND => "PROPS".to_string(),
             None => format!("kind {}", e.kind),
         };
         let what = format!("section #{i} ({name})");
@@ -178,6 +197,11 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<TableSections<'_>> {
                     return Err(table_err(format!("{what}: duplicate PACKED section")));
                 }
             }
+            None if e.kind == PROPS_KIND => {
+                if props.replace(section).is_some() {
+                    return Err(table_err(format!("{what}: duplicate PROPS section")));
+                }
+            }
             None if e.flags & SECTION_OPTIONAL != 0 => {
                 log::debug!("skipping unknown optional {what}");
             }
@@ -191,7 +215,7 @@ pub(crate) fn read_sections(bytes: &[u8]) -> Result<TableSections<'_>> {
         }
     }
     check_gaps(bytes, table_end, &mut ranges)?;
-    Ok(TableSections { version: (major, minor), parts, packed })
+    Ok(TableSections { version: (major, minor), parts, packed, props })
 }
 
 /// Sections must not overlap and every byte outside header, table and sections must be zero,

@@ -38,6 +38,7 @@ fn base() -> Model {
         },
         constants: vec![Constant { value: 1, data: TensorData::F32((0..8).map(|i| i as f32).collect()) }],
         producer: "unit".into(),
+        props: Default::default(),
     }
 }
 

@@ -14,6 +14,7 @@ use half::f16;
 use crate::ir::{Attr, Centroids, CodebookKind, Constant, Dim, ElemType, Model, TensorData, ValueId};
 use crate::layout::*;
 use crate::packed;
+use crate::props;
 use crate::sections::header_crc;
 use crate::validate::{self, bad_constant, CodebookParams};
 use crate::view::{CentroidsView, CodebookView};
@@ -397,7 +398,9 @@ pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u
     }
     to_u32(b.constants.len(), "CONSTANTS")?;
     // The lowest minor version whose features the file uses.
-    let minor = if b.constants.iter().any(|c| c.scale_type == SCALES_F16) {
+    let minor = if !model.props.is_empty() {
+        4
+    } else if b.constants.iter().any(|c| c.scale_type == SCALES_F16) {
         3
     } else if options.compact {
         2
@@ -421,29 +424,34 @@ pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u
         (SectionKind::Symbols, bytemuck::cast_slice(&b.symbols)),
         (SectionKind::Data, &b.data),
     ];
-    if !options.compact {
-        return Ok(assemble(&sections, minor));
-    }
     let (metadata, data) = sections.split_at(sections.len() - 1);
-    let packed = packed::pack(metadata)?;
-    Ok(assemble(&[(Stored::Packed, &packed), (Stored::Kind(data[0].0), data[0].1)], minor))
+    let mut stored: Vec<(Stored, &[u8])> = Vec::with_capacity(sections.len() + 1);
+    let packed;
+    if options.compact {
+        packed = packed::pack(metadata)?;
+        stored.push((Stored::Packed, &packed));
+    } else {
+        stored.extend(metadata.iter().map(|&(k, bytes)| (Stored::Kind(k), bytes)));
+    }
+    // The properties go just before DATA, which stays the last section.
+    let props = if model.props.is_empty() { None } else { Some(props::encode(&model.props)?) };
+    if let Some(props) = &props {
+        stored.push((Stored::Props, props));
+    }
+    stored.push((Stored::Kind(data[0].0), data[0].1));
+    Ok(assemble(&stored, minor))
 }
 
-/// What a written section holds: one of the section kinds, or the PACKED metadata.
+/// What a written section holds: one of the section kinds, the PACKED metadata or the PROPS.
 #[derive(Clone, Copy)]
 enum Stored {
     Kind(SectionKind),
     Packed,
-}
-
-impl From<SectionKind> for Stored {
-    fn from(k: SectionKind) -> Stored {
-        Stored::Kind(k)
-    }
+    Props,
 }
 
 /// Lays out header, section table and sections, each section at a 64-byte boundary.
-fn assemble<K: Into<Stored> + Copy>(sections: &[(K, &[u8])], minor: u16) -> Vec<u8> {
+fn assemble(sections: &[(Stored, &[u8])], minor: u16) -> Vec<u8> {
     let header_len = std::mem::size_of::<Header>();
     let table_end = header_len + sections.len() * std::mem::size_of::<SectionEntry>();
     let total: usize = sections.iter().map(|(_, s)| align_up(s.len())).sum();
@@ -454,13 +462,15 @@ fn assemble<K: Into<Stored> + Copy>(sections: &[(K, &[u8])], minor: u16) -> Vec<
         let offset = align_up(out.len());
         out.resize(offset, 0);
         out.extend_from_slice(bytes);
-        let kind = match (*kind).into() {
-            Stored::Kind(k) => k as u32,
-            Stored::Packed => packed::PACKED_KIND,
+        let (kind, flags) = match *kind {
+            Stored::Kind(k) => (k as u32, 0),
+            Stored::Packed => (packed::PACKED_KIND, 0),
+            // Optional: readers older than 1.4 skip it.
+            Stored::Props => (props::PROPS_KIND, SECTION_OPTIONAL),
         };
         entries.push(SectionEntry {
             kind,
-            flags: 0,
+            flags,
             offset: offset as u64,
             length: bytes.len() as u64,
             crc: crc32fast::hash(bytes),

@@ -42,6 +42,7 @@ fn small_file() -> Vec<u8> {
         graph,
         constants: vec![Constant { value: 1, data: TensorData::Codebook(cb.tensor) }],
         producer: "p".into(),
+        props: Default::default(),
     };
     write(&m).unwrap()
 }
@@ -128,7 +129,7 @@ fn newer_major_version_is_refused_with_an_upgrade_hint() {
     b[10..12].copy_from_slice(&3u16.to_le_bytes());
     let e = err(b);
     assert!(matches!(e, FormatError::NewerVersion { major: 7, minor: 3 }));
-    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.3); upgrade Pith");
+    assert_eq!(e.to_string(), "format version 7.3 is newer than this reader (1.4); upgrade Pith");
 
     let mut b = small_file();
     b[8..10].copy_from_slice(&0u16.to_le_bytes());
@@ -550,4 +551,157 @@ fn f16_scales_round_trip_in_the_compact_layout_and_their_record_is_checked() {
     assert!(e.contains("f16 scales on a codebook without scales"), "{e}");
     let e = patched(rec + 10, 0);
     assert!(e.contains("codebook scales"), "{e}");
+}
+
+/// Section kind code of PROPS (format 1.4).
+const PROPS: u32 = 14;
+
+/// The full model with properties: a recognizer's character set and an empty value.
+fn model_with_props() -> Model {
+    let (mut m, _) = full_model();
+    m.props.insert("character".into(), "a\nb\n字\n".repeat(40));
+    m.props.insert("empty".into(), String::new());
+    m
+}
+
+/// `inflated` as a PROPS section body (layout from SPEC.md).
+fn props_section(inflated: &[u8]) -> Vec<u8> {
+    let mut payload = (inflated.len() as u32).to_le_bytes().to_vec();
+    payload.extend_from_slice(&[0; 4]);
+    payload.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(inflated, 6));
+    payload
+}
+
+/// `b` with its PROPS section's bytes replaced by `props` (same kind and flags).
+fn with_props_section(b: &[u8], props: Vec<u8>) -> Vec<u8> {
+    let secs: Vec<(u32, u32, Vec<u8>)> = entries(b)
+        .iter()
+        .map(|e| {
+            let bytes = if e.kind == PROPS {
+                props.clone()
+            } else {
+                b[e.offset as usize..(e.offset + e.length) as usize].to_vec()
+            };
+            (e.kind, e.flags, bytes)
+        })
+        .collect();
+    relayout_only(b, &secs)
+}
+
+#[test]
+fn properties_round_trip_in_an_optional_section_before_data() {
+    let m = model_with_props();
+    for options in [WriteOptions::default(), COMPACT] {
+        let b = write_with(&m, &options).unwrap();
+        let f = PithFile::from_bytes(b.clone()).unwrap();
+        assert_eq!(f.version(), (1, 4));
+        assert_eq!(f.props(), &m.props);
+        assert_eq!(f.prop("empty"), Some(""));
+        assert_eq!(f.prop("absent"), None);
+        assert_eq!(f.graph(), &m.graph);
+        let table = entries(&b);
+        let n = table.len();
+        assert_eq!((table[n - 2].kind, table[n - 2].flags), (PROPS, 1), "PROPS, marked optional");
+        assert_eq!(table[n - 1].kind, 12, "DATA stays last");
+        // Deflated: the repeated character set takes a fraction of its 400 bytes.
+        assert!(table[n - 2].length < 100, "{} bytes", table[n - 2].length);
+        assert_eq!(b, write_with(&m, &options).unwrap(), "deterministic");
+    }
+    // Without properties there is no PROPS section and the version stays what the rest needs.
+    let (plain, _) = full_model();
+    let b = write_with(&plain, &COMPACT).unwrap();
+    assert!(entries(&b).iter().all(|e| e.kind != PROPS));
+    assert_eq!(PithFile::from_bytes(b).unwrap().version(), (1, 2));
+}
+
+#[test]
+fn a_reader_that_skips_optional_sections_reads_the_model_without_its_properties() {
+    // What a 1.3 reader does with the file: the PROPS entry, marked optional, dropped.
+    let m = model_with_props();
+    let b = write_with(&m, &COMPACT).unwrap();
+    let without: Vec<(u32, u32, Vec<u8>)> = entries(&b)
+        .iter()
+        .filter(|e| e.kind != PROPS)
+        .map(|e| (e.kind, e.flags, b[e.offset as usize..(e.offset + e.length) as usize].to_vec()))
+        .collect();
+    let f = PithFile::from_bytes(relayout_only(&b, &without)).unwrap();
+    assert_eq!(f.graph(), &m.graph);
+    assert!(f.props().is_empty());
+}
+
+#[test]
+fn bad_properties_are_named() {
+    let m = model_with_props();
+    let b = write_with(&m, &COMPACT).unwrap();
+    // A PROPS section in a file that claims 1.3.
+    let mut old = b.clone();
+    old[10..12].copy_from_slice(&3u16.to_le_bytes());
+    reseal_header(&mut old);
+    assert!(table_msg(err(old)).contains("a PROPS section needs format 1.4, but the file says 1.3"));
+    // Two PROPS sections.
+    let props = b[section(&b, PROPS)].to_vec();
+    assert!(table_msg(err(relayout(&b, &[(PROPS, 1, props)]))).contains("duplicate PROPS"));
+    // Records that break the rules, in a well-formed stream.
+    let entry = |k: &[u8], v: &[u8]| {
+        [&(k.len() as u32).to_le_bytes()[..], &(v.len() as u32).to_le_bytes(), k, v].concat()
+    };
+    let cases: [(Vec<u8>, &str); 4] = [
+        ([entry(b"b", b""), entry(b"a", b"")].concat(), "ascending order"),
+        (entry(b"k", &[0xc3]), "value is not UTF-8"),
+        (entry(b"", b"v"), "empty key"),
+        (entry(b"k", b"v")[..9].to_vec(), "runs past the inflated end"),
+    ];
+    for (raw, want) in cases {
+        match err(with_props_section(&b, props_section(&raw))) {
+            FormatError::Props(msg) => assert!(msg.contains(want), "{msg} (expected '{want}')"),
+            e => panic!("expected a PROPS error, got {e:?}"),
+        }
+    }
+    // A damaged stream, resealed so the checksum passes.
+    let mut bad = b.clone();
+    let at = section(&bad, PROPS).start + 8;
+    bad[at] ^= 0xff;
+    reseal(&mut bad);
+    assert!(matches!(err(bad), FormatError::Props(_)));
+}
+
+/// Mutates the properties' inflated records and their stream: never a panic, and a file that
+/// opens has properties it can hand out.
+#[test]
+fn property_mutations_never_panic() {
+    let b = write_with(&model_with_props(), &COMPACT).unwrap();
+    let s = &b[section(&b, PROPS)];
+    let inflated = miniz_oxide::inflate::decompress_to_vec(&s[8..]).unwrap();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let (mut ok, mut errs) = (0, 0);
+    for iter in 0..600 {
+        let file = if iter % 3 == 2 {
+            let mut b = b.clone();
+            let s = section(&b, PROPS);
+            let pos = s.start + rng.below(s.len());
+            b[pos] = rng.next() as u8;
+            reseal(&mut b);
+            b
+        } else {
+            let mut raw = inflated.clone();
+            let pos = rng.below(raw.len());
+            match rng.below(3) {
+                0 => raw[pos] = rng.next() as u8,
+                1 => raw[pos] ^= 1 << rng.below(8),
+                _ => raw.truncate(pos),
+            }
+            with_props_section(&b, props_section(&raw))
+        };
+        match PithFile::from_bytes(file) {
+            Ok(f) => {
+                ok += 1;
+                assert!(f.props().keys().all(|k| !k.is_empty()));
+            }
+            Err(e) => {
+                errs += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    assert!(errs > 200 && ok > 0, "{ok} ok, {errs} errors");
 }

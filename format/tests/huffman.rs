@@ -78,6 +78,7 @@ fn model(cbs: Vec<(Vec<u64>, CodebookTensor)>) -> Model {
         graph: Graph { values, nodes: vec![], inputs: vec![0], outputs: vec![0] },
         constants,
         producer: "t".into(),
+        props: Default::default(),
     }
 }
 

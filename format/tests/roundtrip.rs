@@ -85,7 +85,7 @@ fn full_model_round_trips_through_bytes() {
     assert_eq!(f.producer(), m.producer);
     // Without Huffman-coded tensors the writer records 1.0, the lowest version that describes the file.
     assert_eq!(f.version(), (FORMAT_MAJOR, 0));
-    assert_eq!(FORMAT_MINOR, 3);
+    assert_eq!(FORMAT_MINOR, 4);
     assert_eq!(f.file_len(), len);
     check_constants(&f, &m, &cb_idx);
     assert_eq!(f.constant_bytes(m.constants[0].value), 12 * 4);

@@ -111,7 +111,12 @@ pub fn gemv_model(weight: TensorData, rows: usize, cols: usize) -> Model {
         inputs: vec![0],
         outputs: vec![2],
     };
-    Model { graph, constants: vec![Constant { value: 1, data: weight }], producer: "pith bench".into() }
+    Model {
+        graph,
+        constants: vec![Constant { value: 1, data: weight }],
+        producer: "pith bench".into(),
+        props: Default::default(),
+    }
 }
 
 /// A planned session over [`gemv_model`] of `weight`.

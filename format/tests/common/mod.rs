@@ -163,7 +163,7 @@ pub fn full_model() -> (Model, Vec<CbIndices>) {
         prev = out;
     }
     let graph = Graph { inputs: vec![0], outputs: vec![prev, w32], values, nodes };
-    (Model { graph, constants, producer: "pith-format tests ✓".into() }, cb_idx)
+    (Model { graph, constants, producer: "pith-format tests ✓".into(), props: Default::default() }, cb_idx)
 }
 
 /// One section table entry, read as SPEC.md describes.
