@@ -123,6 +123,31 @@ pub struct Args {
     pub plain_layout: bool,
     /// `--reproducible`: calibrate on the portable kernels, for the same bytes on every machine.
     pub reproducible: bool,
+    /// `--prop KEY=VALUE` / `KEY=@FILE` entries, as given.
+    pub props: Vec<String>,
+    /// Not `--no-onnx-props`: keep the ONNX model's `metadata_props`.
+    pub keep_onnx_props: bool,
+}
+
+/// Parses `--prop` entries into properties: `KEY=VALUE`, or `KEY=@FILE` for a file's UTF-8 text.
+/// A later entry of the same key wins.
+pub fn parse_props(entries: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut props = BTreeMap::new();
+    for entry in entries {
+        let Some((key, value)) = entry.split_once('=') else {
+            bail!("--prop {entry:?}: expected KEY=VALUE or KEY=@FILE");
+        };
+        if key.is_empty() {
+            bail!("--prop {entry:?}: the key is empty");
+        }
+        let value = match value.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--prop {key}: reading {path} (UTF-8 text)"))?,
+            None => value.to_string(),
+        };
+        props.insert(key.to_string(), value);
+    }
+    Ok(props)
 }
 
 /// Serialises `model` in the compact layout (format 1.2: deflated metadata, 16-byte blobs) or,
@@ -401,6 +426,8 @@ pub fn compress_auto_file(
         report: None,
         plain_layout: false,
         reproducible: false,
+        props: Vec::new(),
+        keep_onnx_props: true,
     };
     let compressed = compress_calibrated(&onnx, &args, calib)
         .with_context(|| format!("compressing {}", input.display()))?;
@@ -484,8 +511,10 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
                 .map_or_else(String::new, |v| v.get_name().to_string())
         );
     }
+    // Read before compressing, so a missing file fails at once.
+    let props = parse_props(&args.props)?;
     let start = Instant::now();
-    let compressed = match (&args.calib, args.bits) {
+    let mut compressed = match (&args.calib, args.bits) {
         (Some(dir), _) => {
             let onnx = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
             compress_calibrated(&onnx, args, dir)
@@ -494,6 +523,10 @@ pub fn run_with(input: &Path, output: &Path, args: &Args) -> Result<()> {
         (None, Bits::Fixed(w)) => compress_file(input, w, false)?.0,
         (None, Bits::Auto) => unreachable!("checked above"),
     };
+    if !args.keep_onnx_props {
+        compressed.model.props.clear();
+    }
+    compressed.model.props.extend(props);
     let packed = serialise(&compressed.model, Entropy::None, args.plain_layout)?;
     let huffman = match args.entropy {
         EntropyArg::Huffman => Some(serialise(&compressed.model, Entropy::Huffman, args.plain_layout)?),

@@ -100,6 +100,14 @@ enum Command {
         /// everywhere already.
         #[arg(long)]
         reproducible: bool,
+        /// Set the model property KEY (stored in the file, read back by `PithFile::prop` and
+        /// `pith inspect`) to VALUE, or to the UTF-8 text of FILE with KEY=@FILE; repeatable.
+        /// Replaces the ONNX model's metadata entry of the same key.
+        #[arg(long = "prop", value_name = "KEY=VALUE")]
+        props: Vec<String>,
+        /// Leave the ONNX model's metadata_props out of the file (--prop entries are still kept).
+        #[arg(long)]
+        no_onnx_props: bool,
     },
     /// Run one inference: .npy inputs (or PNG/JPEG with the image flags), one .npy per output.
     Run {
@@ -273,6 +281,8 @@ fn main() {
             report,
             plain_layout,
             reproducible,
+            props,
+            no_onnx_props,
         } => {
             let args = cmd_compress::Args {
                 bits,
@@ -291,6 +301,8 @@ fn main() {
                 report,
                 plain_layout,
                 reproducible,
+                props,
+                keep_onnx_props: !no_onnx_props,
             };
             cmd_compress::run_with(&input, &output, &args)
         }

@@ -236,6 +236,50 @@ fn detect_text_reads_each_box_with_a_recognizer() {
 }
 
 #[test]
+fn compress_sets_and_drops_model_properties() {
+    let dir = scratch("props");
+    let labels = dir.join("labels.txt");
+    std::fs::write(&labels, "face\nbackground\n").unwrap();
+    let (face, rec) = (dir.join("face.pith"), dir.join("rec.pith"));
+    let label_arg = format!("labels=@{}", labels.display());
+    let onnx = data("models/blazeface_short_range.onnx");
+    let compress = |extra: &[&str]| {
+        let mut a = vec!["compress", onnx.to_str().unwrap(), "-o", face.to_str().unwrap()];
+        a.extend(extra);
+        pith(&a)
+    };
+    let o = compress(&["--prop", &label_arg, "--prop", "source=a=b", "--prop", "source=mediapipe"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info = stdout(&pith(&["inspect", face.to_str().unwrap()]));
+    assert!(info.contains("format 1.4"), "{info}");
+    assert!(info.contains("property labels = (16 bytes, 2 lines, starting \"face\")"), "{info}");
+    assert!(info.contains("property source = \"mediapipe\""), "the later entry wins: {info}");
+    // Bad entries fail before compressing, naming the entry.
+    for (bad, want) in
+        [("=x", "the key is empty"), ("novalue", "expected KEY=VALUE"), ("k=@/no/such/file", "reading")]
+    {
+        let o = compress(&["--prop", bad]);
+        assert!(!o.status.success() && stderr(&o).contains(want), "{bad}: {}", stderr(&o));
+    }
+    // --no-onnx-props leaves the recognizer's character set out; --prop entries stay.
+    let rec_onnx = data("models/ppocr_v3_rec.onnx");
+    let o = pith(&[
+        "compress",
+        rec_onnx.to_str().unwrap(),
+        "-o",
+        rec.to_str().unwrap(),
+        "--bits",
+        "f16",
+        "--no-onnx-props",
+        "--prop",
+        "k=v",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info = stdout(&pith(&["inspect", rec.to_str().unwrap()]));
+    assert!(info.contains("property k = \"v\"") && !info.contains("property character"), "{info}");
+}
+
+#[test]
 fn bench_prints_one_parsable_line() {
     let dir = scratch("bench");
     let model = compress(&dir, "4");
