@@ -5,6 +5,7 @@ use std::ops::Range;
 use pith_format::ir::{row_stride, CodebookKind};
 use pith_format::{CentroidsView, CodebookView, TensorView};
 
+use crate::arch::DecodePacked;
 use crate::KernelError;
 
 /// A weight tensor seen as `rows` rows of `row_len` weights, validated once so that decoding any
@@ -22,6 +23,9 @@ pub struct WeightRows<'a> {
     nibbles: Nibbles,
     /// How f16 codebooks are widened into tables ([`crate::Isa::widen_f16`]).
     widen: Widen,
+    /// How 1-3- and 5-7-bit rows are widened when the path has a vector decoder
+    /// ([`crate::Isa::decode_packed`]; else the portable eight-at-a-time loop).
+    packed: Option<DecodePacked>,
     /// How decoded rows are multiplied by the column factors ([`crate::Isa::mul`]).
     mul: fn(&mut [f32], &[f32]),
     /// Factors every decoded row is multiplied by, column by column (one per input channel of a
@@ -33,6 +37,10 @@ pub struct WeightRows<'a> {
 type Nibbles = fn(&[u8], &[f32; 16], &mut [f32]);
 /// A path's [`crate::Isa::widen_f16`].
 type Widen = fn(&[half::f16], &mut [f32]);
+
+/// Fewest indices for which a row goes through [`crate::Isa::decode_packed`]: a call copies its
+/// table into registers, which shorter rows (depthwise filters of 9-25 weights) do not repay.
+const VECTOR_DECODE_MIN: usize = 32;
 
 /// Fewest short rows for which [`WeightRows::decode_rows`] builds its table of byte pairs (512
 /// floats to fill, so not for a row or two). With it, 3×3 and 5×5 depthwise layers over 7×7
@@ -64,16 +72,23 @@ impl<'a> WeightRows<'a> {
             row_len,
             nibbles: scalar.decode_nibbles,
             widen: scalar.widen_f16,
+            packed: scalar.decode_packed,
             mul: scalar.mul,
             column_scales: None,
         })
     }
 
     /// These rows, with 4-bit codebook rows widened by `isa`'s [`crate::Isa::decode_nibbles`],
-    /// f16 codebooks by its [`crate::Isa::widen_f16`] and column factors applied by its
-    /// [`crate::Isa::mul`].
+    /// other widths by its [`crate::Isa::decode_packed`] (if it has one), f16 codebooks by its
+    /// [`crate::Isa::widen_f16`] and column factors applied by its [`crate::Isa::mul`].
     pub fn with_isa(self, isa: &crate::Isa) -> Self {
-        WeightRows { nibbles: isa.decode_nibbles, widen: isa.widen_f16, mul: isa.mul, ..self }
+        WeightRows {
+            nibbles: isa.decode_nibbles,
+            widen: isa.widen_f16,
+            packed: isa.decode_packed,
+            mul: isa.mul,
+            ..self
+        }
     }
 
     /// These rows with column `c` of every decoded row multiplied by `scales[c]` (the decoded
@@ -250,7 +265,7 @@ impl<'a> WeightRows<'a> {
                     (self.nibbles)(self.packed_indices(r), &table, row)
                 }
                 bits => {
-                    decode_indices(bits, self.packed_indices(r), &lut, row);
+                    decode_indices(bits, self.packed_indices(r), &lut, row, self.packed);
                     if let Some(scales) = scales {
                         row.iter_mut().for_each(|w| *w *= scales[r]);
                     }
@@ -365,7 +380,7 @@ impl<'a> WeightRows<'a> {
                 let bits = c.bits as usize;
                 let first = cols.start * bits / 8;
                 let bytes = &c.row_indices(r)[first..first + (cols.len() * bits).div_ceil(8)];
-                decode_codebook_indices(&c, r, bytes, out, self.nibbles, self.widen)
+                decode_codebook_indices(&c, r, bytes, out, self.nibbles, self.widen, self.packed)
             }
         }
         if let Some(scales) = self.column_scales {
@@ -451,7 +466,7 @@ impl<'a> WeightRows<'a> {
                 }
             }
             TensorView::Codebook(c) => {
-                decode_codebook_indices(&c, r, c.row_indices(r), out, self.nibbles, self.widen)
+                decode_codebook_indices(&c, r, c.row_indices(r), out, self.nibbles, self.widen, self.packed)
             }
         }
         if let Some(scales) = self.column_scales {
@@ -607,6 +622,7 @@ fn decode_codebook_indices(
     out: &mut [f32],
     nibbles: Nibbles,
     widen: Widen,
+    packed: Option<DecodePacked>,
 ) {
     // A table of at least 2^bits slots, so no index can fall outside it, sized to the width:
     // zeroing a 256-slot table for every row cost more than decoding a 9-weight depthwise row.
@@ -616,9 +632,9 @@ fn decode_codebook_indices(
             fill_lut(c, r, &mut lut, widen);
             nibbles(bytes, &lut, out);
         }
-        1..=3 => decode_with_lut::<16>(c, r, bytes, out, widen),
-        5 | 6 => decode_with_lut::<64>(c, r, bytes, out, widen),
-        _ => decode_with_lut::<256>(c, r, bytes, out, widen),
+        1..=3 => decode_with_lut::<16>(c, r, bytes, out, widen, packed),
+        5 | 6 => decode_with_lut::<64>(c, r, bytes, out, widen, packed),
+        _ => decode_with_lut::<256>(c, r, bytes, out, widen, packed),
     }
 }
 
@@ -630,10 +646,11 @@ fn decode_with_lut<const N: usize>(
     bytes: &[u8],
     out: &mut [f32],
     widen: Widen,
+    packed: Option<DecodePacked>,
 ) {
     let mut lut = [0.0f32; N];
     fill_lut(c, r, &mut lut, widen);
-    decode_indices(c.bits, bytes, &lut, out);
+    decode_indices(c.bits, bytes, &lut, out, packed);
 }
 
 /// Row `r`'s codebook widened to f32 with its scale folded in, as many entries as `lut` holds;
@@ -675,9 +692,19 @@ fn fill_lut_scaled(c: &CodebookView<'_>, base: usize, scale: f32, lut: &mut [f32
 }
 
 /// Decodes `out.len()` indices of width `bits`, packed LSB-first in `bytes`, through `lut`
-/// (`N >= 2^bits` slots).
+/// (`N >= 2^bits` slots); rows of at least [`VECTOR_DECODE_MIN`] 1-3- or 5-7-bit indices through
+/// `packed`, the path's vector decoder, when it has one.
 #[inline(always)]
-fn decode_indices<const N: usize>(bits: u8, bytes: &[u8], lut: &[f32; N], out: &mut [f32]) {
+fn decode_indices<const N: usize>(
+    bits: u8,
+    bytes: &[u8],
+    lut: &[f32; N],
+    out: &mut [f32],
+    packed: Option<DecodePacked>,
+) {
+    if let Some(vector) = packed.filter(|_| out.len() >= VECTOR_DECODE_MIN && !matches!(bits, 4 | 8)) {
+        return vector(bytes, bits, lut, out);
+    }
     match bits {
         8 => {
             for (o, &b) in out.iter_mut().zip(bytes) {

@@ -544,6 +544,63 @@ fn decode_nibbles_matches_scalar() {
 }
 
 #[test]
+fn decode_packed_matches_scalar() {
+    let mut rng = Rng::new(37);
+    let mut vector_paths = 0;
+    for isa in simd_paths() {
+        let Some(decode) = isa.decode_packed else { continue };
+        vector_paths += 1;
+        for bits in 1..=7u8 {
+            // Tables of exactly 2^bits entries and longer; every group tail on 16 lanes.
+            for n in (0..70usize).chain([255, 256, 257, 1000]) {
+                let need = (n * bits as usize).div_ceil(8);
+                let packed: Vec<u8> = (0..need + rng.below(2)).map(|_| rng.below(256) as u8).collect();
+                let extra = rng.below(2) * 5;
+                let lut = rng.vec((1 << bits) + extra);
+                let (mut want, mut got) = (vec![f32::NAN; n + 2], vec![f32::NAN; n + 2]);
+                scalar::decode_packed(&packed, bits, &lut, &mut want[..n]);
+                decode(&packed, bits, &lut, &mut got[..n]);
+                // Bit-exact (a table lookup), and nothing written past `n`.
+                assert_eq!(got[..n], want[..n], "{} bits={bits} n={n}", isa.name);
+                assert!(
+                    got[n..].iter().all(|v| v.is_nan()),
+                    "{} bits={bits} n={n} wrote past the end",
+                    isa.name
+                );
+            }
+            // Exactly the bytes the indices need: the last group's load must not read past them.
+            let n = 48;
+            let packed = vec![0xA5u8; n * bits as usize / 8];
+            let lut = rng.vec(1 << bits);
+            let (mut want, mut got) = (vec![0.0; n], vec![0.0; n]);
+            scalar::decode_packed(&packed, bits, &lut, &mut want);
+            decode(&packed, bits, &lut, &mut got);
+            assert_eq!(got, want, "{} bits={bits}, exact length", isa.name);
+        }
+        let short_bytes = std::panic::catch_unwind(|| decode(&[0; 4], 5, &[0.0; 32], &mut [0.0; 7]));
+        assert!(short_bytes.is_err(), "{}: 7 5-bit indices need 5 bytes", isa.name);
+        let short_table = std::panic::catch_unwind(|| decode(&[0; 8], 6, &[0.0; 32], &mut [0.0; 8]));
+        assert!(short_table.is_err(), "{}: 6-bit indices need 64 entries", isa.name);
+        let eight = std::panic::catch_unwind(|| decode(&[0; 8], 8, &[0.0; 256], &mut [0.0; 8]));
+        assert!(eight.is_err(), "{}: 8-bit indices are not this decoder's", isa.name);
+    }
+    if vector_paths == 0 {
+        eprintln!("conformance: no path with a vector decode_packed on this CPU, skipped");
+    }
+}
+
+#[test]
+fn scalar_decode_packed_reads_the_spec_layout() {
+    // Index i starts at bit i * bits, LSB first: 5-bit indices 1, 2, 3 and 31 are the number
+    // 1 | 2 << 5 | 3 << 10 | 31 << 15 = 0x0F8C41, stored little-endian.
+    let packed = [0x41u8, 0x8C, 0x0F];
+    let lut: Vec<f32> = (0..32).map(|i| i as f32).collect();
+    let mut out = [0.0; 4];
+    scalar::decode_packed(&packed, 5, &lut, &mut out);
+    assert_eq!(out, [1.0, 2.0, 3.0, 31.0]);
+}
+
+#[test]
 fn depthwise_rows_matches_scalar() {
     let mut rng = Rng::new(23);
     for isa in simd_paths() {

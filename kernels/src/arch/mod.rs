@@ -105,6 +105,16 @@ pub struct Isa {
     /// # Panics
     /// If `packed` holds fewer than `out.len().div_ceil(2)` bytes.
     pub decode_nibbles: fn(packed: &[u8], lut: &[f32; 16], out: &mut [f32]),
+    /// Decodes `out.len()` indices of `bits` (1-7) bits, packed LSB-first (index `i` starts at
+    /// bit `i * bits`), through a table: `out[i] = lut[index i]` (how 1-3- and 5-7-bit weight
+    /// rows are widened into panels; 4 bits take [`Isa::decode_nibbles`], 8 bits a byte read
+    /// each). `None`: the portable decoder ([`scalar::decode_packed`] semantics, eight indices
+    /// per word).
+    ///
+    /// # Panics
+    /// If `bits` is outside 1..=7, `lut` holds fewer than `2^bits` entries or `packed` fewer than
+    /// `ceil(out.len() * bits / 8)` bytes.
+    pub decode_packed: Option<DecodePacked>,
     /// `dst[i] = src[i]` widened to f32, over the common length: f16 codebooks become lookup
     /// tables once per weight row, so this runs for every row of a per-row codebook (a
     /// squeeze-excite GEMV's 576 rows of 16 entries), where a general slice conversion's call
@@ -561,6 +571,18 @@ pub(crate) fn deinterleave_check(src: &[f32], even: &[f32], odd: &[f32]) {
     let n = even.len();
     assert_eq!(odd.len(), n, "deinterleave: {n} even and {} odd outputs", odd.len());
     assert!(src.len() >= 2 * n, "deinterleave: {} values for {n} pairs", src.len());
+}
+
+/// See [`Isa::decode_packed`].
+pub type DecodePacked = fn(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32]);
+
+/// Checks [`Isa::decode_packed`] operands (panicking on a caller bug, as every path must).
+pub(crate) fn decode_packed_check(packed: &[u8], bits: u8, lut: &[f32], out: &[f32]) {
+    let n = out.len();
+    assert!((1..=7).contains(&bits), "decode_packed: {bits}-bit indices");
+    assert!(lut.len() >= 1 << bits, "decode_packed: {} table entries for {bits}-bit indices", lut.len());
+    let need = (n * bits as usize).div_ceil(8);
+    assert!(packed.len() >= need, "decode_packed: {} bytes for {n} {bits}-bit indices", packed.len());
 }
 
 /// Checks [`Isa::decode_nibbles`] operands (panicking on a caller bug, as every path must).

@@ -17,6 +17,7 @@ pub const ISA: Isa = Isa {
     deinterleave,
     transpose,
     decode_nibbles,
+    decode_packed: None,
     widen_f16,
     dot,
     dot_rows: None,
@@ -159,6 +160,19 @@ pub fn decode_nibbles(packed: &[u8], lut: &[f32; 16], out: &mut [f32]) {
     }
     if let [last] = pairs.into_remainder() {
         *last = lut[(packed[n / 2] & 15) as usize];
+    }
+}
+
+/// The reference of [`Isa::decode_packed`]: index by index, each read from the (at most) two
+/// bytes it spans.
+pub fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32]) {
+    super::decode_packed_check(packed, bits, lut, out);
+    let b = bits as usize;
+    let mask = (1u16 << b) - 1;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (bit, at) = (i * b, i * b / 8);
+        let pair = u16::from(packed[at]) | u16::from(*packed.get(at + 1).unwrap_or(&0)) << 8;
+        *o = lut[usize::from(pair >> (bit % 8) & mask)];
     }
 }
 

@@ -44,6 +44,7 @@ const ISA: Isa = Isa {
     deinterleave: elementwise::deinterleave,
     transpose: elementwise::transpose,
     decode_nibbles: elementwise::decode_nibbles,
+    decode_packed: None,
     widen_f16: elementwise::widen_f16,
     dot,
     dot_rows: fused::DOT_ROWS,

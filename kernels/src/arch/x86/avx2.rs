@@ -25,6 +25,7 @@ pub(super) const ISA: Isa = Isa {
     deinterleave,
     transpose: super::permute::transpose,
     decode_nibbles,
+    decode_packed: None,
     widen_f16,
     dot,
     dot_rows: Some(dot_rows),

@@ -36,6 +36,7 @@ pub(crate) use avx512::lane_mask;
 mod blocked_avx512;
 mod blocked_bf16;
 mod bounds;
+mod decode_packed;
 mod depthwise;
 mod depthwise3x3_avx2;
 mod depthwise_avx2;
