@@ -445,6 +445,46 @@ impl<'a> WeightRows<'a> {
         }
     }
 
+    /// [`WeightRows::decode_gather`] for strictly ascending `cols`: with a vector decoder for
+    /// the width ([`crate::Isa::decode_packed`]), the stretches of the row that hold the columns
+    /// are decoded whole, 1024 columns at a time, and the columns picked from them. A 5-bit
+    /// 64×1024×3×3 layer over a one-row map, two thirds of whose taps read padding, had gathered
+    /// its live weights index by index (see the forty-fifth session in `docs/kernels.md`).
+    ///
+    /// # Panics
+    /// As [`WeightRows::decode_gather`]; columns out of order may give any values.
+    pub(crate) fn decode_ascending(&self, r: usize, cols: &[usize], out: &mut [f32]) {
+        const CHUNK: usize = 1024;
+        let (TensorView::Codebook(c), Some(vector)) = (self.view, self.packed) else {
+            return self.decode_gather(r, cols, out);
+        };
+        if matches!(c.bits, 4 | 8) || cols.len() < VECTOR_DECODE_MIN {
+            return self.decode_gather(r, cols, out);
+        }
+        assert!(r < self.rows, "row {r} out of {} rows", self.rows);
+        debug_assert!(cols.windows(2).all(|w| w[0] < w[1]), "columns not ascending");
+        let (n, bits) = (self.row_len, c.bits as usize);
+        let out = &mut out[..cols.len()];
+        let mut lut = [0.0f32; 128];
+        fill_lut(&c, r, &mut lut, self.widen);
+        let bytes = c.row_indices(r);
+        let mut chunk = [0.0f32; CHUNK];
+        let mut i = 0;
+        while i < cols.len() {
+            // A stretch from a multiple of 8 columns, where a whole byte of indices starts.
+            let start = cols[i] / 8 * 8;
+            let len = CHUNK.min(n - start);
+            vector(&bytes[start * bits / 8..], c.bits, &lut, &mut chunk[..len]);
+            while i < cols.len() && cols[i] < start + len {
+                out[i] = chunk[cols[i] - start];
+                i += 1;
+            }
+        }
+        if let Some(scales) = self.column_scales {
+            out.iter_mut().zip(cols).for_each(|(o, &c)| *o *= scales[c]);
+        }
+    }
+
     /// Decodes row `r` into `out[..row_len]`.
     ///
     /// # Panics
@@ -846,6 +886,42 @@ mod tests {
                             );
                             assert_eq!(&part[..end - start], &reference[start..end], "{what}");
                             assert!(part[end - start].is_nan(), "{what}: wrote past the band");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ascending_columns_decode_as_gathered() {
+        let mut rng = Rng::new(11);
+        for kind in WeightKind::all() {
+            for &(rows, row_len) in &[(2, 40), (2, 300), (1, 1031), (2, 9 * 250)] {
+                let data = random_weight(&mut rng, kind, rows, row_len);
+                let factors = rng.vec(row_len);
+                // A 3×3 filter's middle row of taps (a one-row map's live taps), every fifth column,
+                // the whole row, a few columns spread past several stretches.
+                let patterns: [Vec<usize>; 4] = [
+                    (0..row_len).filter(|c| (3..6).contains(&(c % 9))).collect(),
+                    (0..row_len).step_by(5).collect(),
+                    (0..row_len).collect(),
+                    (0..row_len).filter(|c| c % 97 == 1 || *c + 1 == row_len).collect(),
+                ];
+                for isa in crate::Isa::available() {
+                    let plain = WeightRows::new(data.view(), rows, row_len).unwrap().with_isa(&isa);
+                    for w in [plain, plain.with_column_scales(&factors).unwrap()] {
+                        for cols in &patterns {
+                            for r in 0..rows {
+                                let mut want = vec![f32::NAN; cols.len() + 1];
+                                let mut got = vec![f32::NAN; cols.len() + 1];
+                                w.decode_gather(r, cols, &mut want);
+                                w.decode_ascending(r, cols, &mut got);
+                                let what =
+                                    format!("{} {kind:?} {rows}x{row_len} {} columns", isa.name, cols.len());
+                                assert_eq!(got[..cols.len()], want[..cols.len()], "{what}");
+                                assert!(got[cols.len()].is_nan(), "{what}: wrote past the columns");
+                            }
                         }
                     }
                 }

@@ -184,7 +184,7 @@ impl Layer<'_, '_> {
 pub(crate) struct Taps {
     /// Element offset of each multiplied tap in the slab's planes ([`Slab::offsets`]).
     offsets: Vec<usize>,
-    /// When some taps read only padding: the others, by index in filter order.
+    /// When some taps read only padding: the others, by index in filter order (ascending).
     live: Option<Vec<usize>>,
 }
 
@@ -205,7 +205,7 @@ impl Taps {
             }
             Some(live) => {
                 for (row, r) in panel.chunks_exact_mut(live.len()).zip(filters) {
-                    rows.decode_gather(r, live, row);
+                    rows.decode_ascending(r, live, row);
                 }
                 live.len()
             }

@@ -10,7 +10,6 @@
 
 use std::arch::x86_64::*;
 
-use super::bounds;
 use crate::arch::{decode_packed_check, scalar};
 
 /// See [`crate::Isa::decode_packed`]: whole groups of 16 in registers, the last few indices by
@@ -37,6 +36,33 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
     scalar::decode_packed(&packed[groups * 2 * b..], bits, lut, &mut out[groups * 16..]);
 }
 
+/// The per-lane controls of [`groups_impl`] at `B` bits, built at compile time: lane `j` (index
+/// `j` of a group; 128-bit lane `j / 4`) takes bytes `j * B / 8` and the one after (0x80 zeroes
+/// the other two), then shifts right by `j * B % 8`.
+struct Controls<const B: usize>;
+
+impl<const B: usize> Controls<B> {
+    const SHUFFLE: [u8; 64] = {
+        let mut s = [0x80u8; 64];
+        let mut j = 0;
+        while j < 16 {
+            s[4 * j] = (j * B / 8) as u8;
+            s[4 * j + 1] = (j * B / 8 + 1) as u8;
+            j += 1;
+        }
+        s
+    };
+    const SHIFT: [i32; 16] = {
+        let mut s = [0i32; 16];
+        let mut j = 0;
+        while j < 16 {
+            s[j] = (j * B % 8) as i32;
+            j += 1;
+        }
+        s
+    };
+}
+
 /// Decodes `groups` groups of 16 `B`-bit indices from `packed` into `out`.
 ///
 /// # Safety
@@ -44,20 +70,23 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
 /// `groups * 16` writable floats, and `lut` at least `2^B` entries.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn groups_impl<const B: usize>(packed: *const u8, lut: &[f32], out: *mut f32, groups: usize) {
-    let table = bounds::padded_lut::<128>(&lut[..1 << B]);
-    // SAFETY: `table` is 128 floats long.
-    let t = unsafe { [0, 16, 32, 48, 64, 80, 96, 112].map(|o| _mm512_loadu_ps(table.as_ptr().add(o))) };
-    // Lane j (index j of the group; 128-bit lane j / 4) takes bytes bit / 8 and bit / 8 + 1 of
-    // the group (bit = j * B; 0x80 zeroes a byte), then shifts right by bit % 8.
-    let mut shuffle = [0x80u8; 64];
-    let shift: [i32; 16] = std::array::from_fn(|j| (j * B % 8) as i32);
-    for (j, lane) in shuffle.chunks_exact_mut(4).enumerate() {
-        lane[0] = (j * B / 8) as u8;
-        lane[1] = (j * B / 8 + 1) as u8;
+    // The table straight from `lut` into registers, a short one (B < 4) zero-padded by the load
+    // mask: no copy, so a call costs little over a short stretch of a row.
+    let entries = 1usize << B;
+    let mut t = [_mm512_setzero_ps(); 8];
+    for (i, reg) in t.iter_mut().enumerate().take(entries.div_ceil(16)) {
+        let live = (entries - 16 * i).min(16);
+        // SAFETY: the caller guarantees 2^B entries in `lut`; the mask loads `live` of them from
+        // 16 * i, the last of which is entry 2^B - 1 at most.
+        *reg = unsafe { _mm512_maskz_loadu_ps(((1u32 << live) - 1) as u16, lut.as_ptr().add(16 * i)) };
     }
-    // SAFETY: `shuffle` is 64 bytes and `shift` 16 i32s long.
-    let (shuffle, shift) =
-        unsafe { (_mm512_loadu_si512(shuffle.as_ptr().cast()), _mm512_loadu_si512(shift.as_ptr().cast())) };
+    // SAFETY: both tables are 64 bytes long.
+    let (shuffle, shift) = unsafe {
+        (
+            _mm512_loadu_si512(Controls::<B>::SHUFFLE.as_ptr().cast()),
+            _mm512_loadu_si512(Controls::<B>::SHIFT.as_ptr().cast()),
+        )
+    };
     let mask = _mm512_set1_epi32((1 << B) - 1);
     // The group's 2B bytes (at most 14): bytes past them load as zero, never from memory.
     let load = ((1u32 << (2 * B)) - 1) as u16;
