@@ -787,12 +787,7 @@ fn decode_groups<const B: usize, const N: usize>(bytes: &[u8], lut: &[f32; N], o
         // (zeros past the end of `bytes`).
         let word = match bytes.get(at..at + 8) {
             Some(eight) => u64::from_le_bytes(eight.try_into().expect("8 bytes")),
-            None => {
-                let mut padded = [0u8; 8];
-                let have = &bytes[at.min(bytes.len())..bytes.len().min(at + B)];
-                padded[..have.len()].copy_from_slice(have);
-                u64::from_le_bytes(padded)
-            }
+            None => padded_word::<B>(bytes, at),
         };
         for (k, o) in dst.iter_mut().enumerate() {
             *o = lut[((word >> (k * B)) & mask) as usize];
@@ -801,15 +796,21 @@ fn decode_groups<const B: usize, const N: usize>(bytes: &[u8], lut: &[f32; N], o
     let tail = groups.into_remainder();
     if !tail.is_empty() {
         // Fewer than eight indices left: at most B bytes, read as one padded word.
-        let at = tail_at;
-        let mut padded = [0u8; 8];
-        let have = &bytes[at.min(bytes.len())..bytes.len().min(at + B)];
-        padded[..have.len()].copy_from_slice(have);
-        let word = u64::from_le_bytes(padded);
+        let word = padded_word::<B>(bytes, tail_at);
         for (k, o) in tail.iter_mut().enumerate() {
             *o = lut[((word >> (k * B)) & mask) as usize];
         }
     }
+}
+
+/// The (at most) `B` bytes of `bytes` from `at` as a little-endian word, zero-padded: a group
+/// near the end of a row, where eight bytes cannot be read.
+#[inline(always)]
+fn padded_word<const B: usize>(bytes: &[u8], at: usize) -> u64 {
+    let mut padded = [0u8; 8];
+    let have = &bytes[at.min(bytes.len())..bytes.len().min(at + B)];
+    padded[..have.len()].copy_from_slice(have);
+    u64::from_le_bytes(padded)
 }
 
 #[cfg(test)]
