@@ -38,7 +38,7 @@ type Nibbles = fn(&[u8], &[f32; 16], &mut [f32]);
 /// A path's [`crate::Isa::widen_f16`].
 type Widen = fn(&[half::f16], &mut [f32]);
 
-/// Fewest indices for which a row goes through [`crate::Isa::decode_packed`]: a call copies its
+/// Fewest indices for which a row goes through [`crate::Isa::decode_packed`]: a call loads its
 /// table into registers, which shorter rows (depthwise filters of 9-25 weights) do not repay.
 const VECTOR_DECODE_MIN: usize = 32;
 
@@ -452,7 +452,7 @@ impl<'a> WeightRows<'a> {
     /// its live weights index by index (see the forty-fifth session in `docs/kernels.md`).
     ///
     /// # Panics
-    /// As [`WeightRows::decode_gather`]; columns out of order may give any values.
+    /// As [`WeightRows::decode_gather`]; columns out of order may give any values or panic.
     pub(crate) fn decode_ascending(&self, r: usize, cols: &[usize], out: &mut [f32]) {
         const CHUNK: usize = 1024;
         let (TensorView::Codebook(c), Some(vector)) = (self.view, self.packed) else {
