@@ -55,8 +55,7 @@ pub fn encode(props: &BTreeMap<String, String>) -> Result<Vec<u8>> {
 pub fn decode(section: &[u8]) -> Result<BTreeMap<String, String>> {
     let buf = inflate_prefixed(section, err)?;
     let bytes = buf.bytes();
-    let mut props = BTreeMap::new();
-    let mut last: Option<&str> = None;
+    let mut props: BTreeMap<String, String> = BTreeMap::new();
     let mut at = 0;
     while at < bytes.len() {
         let n = props.len();
@@ -88,12 +87,11 @@ pub fn decode(section: &[u8]) -> Result<BTreeMap<String, String>> {
         if key.is_empty() {
             return Err(err(format!("entry #{n} has an empty key")));
         }
-        if let Some(prev) = last.filter(|&prev| prev >= key) {
+        if let Some((prev, _)) = props.last_key_value().filter(|(prev, _)| prev.as_str() >= key) {
             return Err(err(format!(
                 "key '{key}' (entry #{n}) does not follow '{prev}': keys must be distinct and in ascending order"
             )));
         }
-        last = Some(key);
         props.insert(key.to_owned(), value.to_owned());
         at = end;
     }
