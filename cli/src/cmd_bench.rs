@@ -238,21 +238,29 @@ fn print_thread_work(work: &pith_runtime::ThreadWork, runs: usize) -> Result<()>
 }
 
 /// The `count` most expensive nodes, one line each: `node=<name> op=… out=<output> ms_per_run=… share=…%`
-/// (share of all nodes' time).
+/// (share of all nodes' time), and on several threads ` split_jobs_per_run=… busy_ms_per_run=<caller>,<worker 1>,…`
+/// (the node's jobs split over the threads and each thread's time in them).
 fn print_slowest_nodes(nodes: &[NodeTime], runs: usize, count: usize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let total: f64 = nodes.iter().map(|t| t.total.as_secs_f64()).sum();
+    let per_run = |d: std::time::Duration| d.as_secs_f64() * 1e3 / runs.max(1) as f64;
     for t in nodes.iter().take(count) {
         let secs = t.total.as_secs_f64();
-        writeln!(
+        write!(
             out,
             "node={} op={} out={} ms_per_run={:.4} share={:.1}%",
             t.name,
             t.op,
             t.output,
-            secs * 1e3 / runs.max(1) as f64,
+            per_run(t.total),
             100.0 * secs / total.max(f64::MIN_POSITIVE)
         )?;
+        if let Some(work) = &t.work {
+            let busy: Vec<String> = work.busy.iter().map(|&d| format!("{:.4}", per_run(d))).collect();
+            let jobs = work.jobs as f64 / runs.max(1) as f64;
+            write!(out, " split_jobs_per_run={jobs:.1} busy_ms_per_run={}", busy.join(","))?;
+        }
+        writeln!(out)?;
     }
     Ok(())
 }

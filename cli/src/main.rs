@@ -176,7 +176,8 @@ enum Command {
         iters: usize,
         /// Then run as many more inferences timing every operator, and print one line per
         /// operator kind (`op=… calls_per_run=… ms_per_run=… share=…%`) and one per node for the
-        /// NODES slowest nodes (default 10: `node=… op=… out=<output value> ms_per_run=…`).
+        /// NODES slowest nodes (default 10: `node=… op=… out=<output value> ms_per_run=…`, at
+        /// several threads with `split_jobs_per_run=… busy_ms_per_run=<caller>,<worker>…`).
         #[arg(long, value_name = "NODES", num_args = 0..=1, default_missing_value = "10")]
         profile: Option<usize>,
     },

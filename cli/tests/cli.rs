@@ -376,8 +376,9 @@ fn bench_profile_prints_one_line_per_operator_kind() {
         "{out}"
     );
     assert!(ops.last().unwrap().starts_with("all ms_per_run="), "{out}");
-    // One thread shares no jobs: no line on how threads spent them.
+    // One thread shares no jobs: no line on how threads spent them, nor per node.
     assert!(!out.lines().any(|l| l.starts_with("threads ")), "{out}");
+    assert!(!out.contains("split_jobs_per_run="), "{out}");
     let o = pith(&[
         "bench",
         model.to_str().unwrap(),
@@ -400,6 +401,12 @@ fn bench_profile_prints_one_line_per_operator_kind() {
     let busy: Vec<f64> = field("busy_ms_per_run=").split(',').map(|v| v.parse().unwrap()).collect();
     assert_eq!(busy.len(), 2, "{line}");
     assert!(field("waited_ms_per_run=").parse::<f64>().is_ok_and(|w| w >= 0.0), "{line}");
+    // The node line says how that node shared the threads, in the same form.
+    let node = out.lines().find(|l| l.starts_with("node=")).unwrap_or_else(|| panic!("{out}"));
+    let field = |name: &str| node.split(name).nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+    assert!(field("split_jobs_per_run=").parse::<f64>().is_ok(), "{node}");
+    let busy: Vec<f64> = field("busy_ms_per_run=").split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(busy.len(), 2, "{node}");
     // `--profile N` lists N nodes (BlazeFace runs more than 40 after fusion).
     let o = pith(&["bench", model.to_str().unwrap(), "--threads", "1", "--iters", "1", "--profile", "40"]);
     assert!(o.status.success(), "{}", stderr(&o));

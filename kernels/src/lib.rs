@@ -97,6 +97,20 @@ pub struct ThreadWork {
     pub waited: std::time::Duration,
 }
 
+impl ThreadWork {
+    /// Adds `other`'s jobs and times to these (thread by thread).
+    pub fn add(&mut self, other: &ThreadWork) {
+        self.jobs += other.jobs;
+        if self.busy.len() < other.busy.len() {
+            self.busy.resize(other.busy.len(), std::time::Duration::ZERO);
+        }
+        for (mine, theirs) in self.busy.iter_mut().zip(&other.busy) {
+            *mine += *theirs;
+        }
+        self.waited += other.waited;
+    }
+}
+
 /// Default of [`Kernels::min_task_work`]: about 2 µs of multiply-adds. Workers spin between jobs
 /// (see `pool`), so handing out a task costs about a cache-line transfer, not a wake-up. With
 /// rayon's sleeping workers this had to be 2^22 (at 2^18 BlazeFace ran 1.8x slower on 2 threads
@@ -533,6 +547,16 @@ pub(crate) fn zero(xs: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_work_adds_thread_by_thread() {
+        let ms = std::time::Duration::from_millis;
+        let mut a = ThreadWork { jobs: 2, busy: vec![ms(3)], waited: ms(1) };
+        a.add(&ThreadWork { jobs: 5, busy: vec![ms(4), ms(7)], waited: ms(2) });
+        assert_eq!(a, ThreadWork { jobs: 7, busy: vec![ms(7), ms(7)], waited: ms(3) });
+        a.add(&ThreadWork::default());
+        assert_eq!(a, ThreadWork { jobs: 7, busy: vec![ms(7), ms(7)], waited: ms(3) });
+    }
 
     #[test]
     fn a_serial_kernel_set_cuts_work_for_one_thread_until_released() {

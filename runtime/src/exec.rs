@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pith_format::ir::{ElemType, Graph, ValueId};
+use pith_kernels::ThreadWork;
 
 use crate::error::{OpError, Result, RuntimeError};
 use crate::ops::{Arg, ArgData, ExecCtx, Op, Out};
@@ -53,6 +54,13 @@ pub trait Backend: Send + std::fmt::Debug {
     fn node_profile(&self) -> Vec<(usize, Duration)> {
         Vec::new()
     }
+
+    /// How the worker threads shared each node's jobs over the profiled runs (index into the
+    /// job's graph), in node order; empty when profiling is off, on one thread, or when the
+    /// backend does not count thread work.
+    fn node_thread_work(&self) -> Vec<(usize, ThreadWork)> {
+        Vec::new()
+    }
 }
 
 /// Time spent in one operator kind (an activation fused into a convolution counts as the
@@ -80,6 +88,10 @@ pub struct NodeTime {
     pub output: String,
     /// Wall time inside the node, summed over the runs.
     pub total: Duration,
+    /// How the session's threads shared the node's split jobs over the runs (`None` on one
+    /// thread): a node whose threads' busy times add up to much more than its one-thread time
+    /// loses that much to splitting it.
+    pub work: Option<ThreadWork>,
 }
 
 /// The CPU backend: one f32 arena for all activations, one scratch buffer shared by all ops
@@ -92,6 +104,8 @@ pub struct CpuBackend {
     profile: Option<BTreeMap<&'static str, (usize, Duration)>>,
     /// Per-node time while profiling (grown to the graph's node count).
     node_times: Vec<Duration>,
+    /// Per-node thread work while profiling (grown like `node_times`; empty on one thread).
+    node_work: Vec<ThreadWork>,
 }
 
 impl CpuBackend {
@@ -178,10 +192,15 @@ impl Backend for CpuBackend {
     fn set_profiling(&mut self, on: bool) {
         self.profile = on.then(BTreeMap::new);
         self.node_times.clear();
+        self.node_work.clear();
     }
 
     fn node_profile(&self) -> Vec<(usize, Duration)> {
         self.node_times.iter().copied().enumerate().collect()
+    }
+
+    fn node_thread_work(&self) -> Vec<(usize, ThreadWork)> {
+        self.node_work.iter().cloned().enumerate().collect()
     }
 
     fn profile(&self) -> Vec<OpTime> {
@@ -302,6 +321,14 @@ impl Backend for CpuBackend {
                     self.node_times.resize(ni + 1, Duration::ZERO);
                 }
                 self.node_times[ni] += took;
+                // The kernels count split jobs while profiling; taken per node, they say which
+                // nodes lose time to splitting.
+                if let Some(work) = job.ctx.kernels.take_thread_work() {
+                    if self.node_work.len() <= ni {
+                        self.node_work.resize(ni + 1, ThreadWork::default());
+                    }
+                    self.node_work[ni].add(&work);
+                }
             }
         }
 

@@ -4,6 +4,7 @@
 //! whenever the input shapes change) resolves shapes, folds shape arithmetic and lays out the
 //! activation arena; [`Session::run`] then executes only the remaining nodes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,10 +114,16 @@ impl Session {
     }
 
     /// How the session's threads spent the jobs they shared over the runs since
-    /// [`Session::set_profiling`]`(true)` or the last call (counting again from zero); `None`
-    /// on one thread. Counted only while profiling.
+    /// [`Session::set_profiling`]`(true)`, all nodes together (each node's share is in
+    /// [`Session::node_profile`]); `None` on one thread. Counted only while profiling.
     pub fn thread_work(&self) -> Option<ThreadWork> {
-        self.engine.ctx.kernels.take_thread_work()
+        self.engine.ctx.threads().gt(&1).then(|| {
+            let mut total = ThreadWork::default();
+            for (_, work) in self.engine.backend.node_thread_work() {
+                total.add(&work);
+            }
+            total
+        })
     }
 
     /// Time per operator kind over the runs since [`Session::set_profiling`]`(true)`, most
@@ -130,9 +137,10 @@ impl Session {
     pub fn node_profile(&self) -> Vec<NodeTime> {
         let graph = &self.engine.graph;
         let nodes = &graph.nodes;
-        let mut out: Vec<NodeTime> = self
-            .engine
-            .backend
+        let backend = &self.engine.backend;
+        let threaded = self.engine.ctx.threads() > 1;
+        let work: BTreeMap<usize, ThreadWork> = backend.node_thread_work().into_iter().collect();
+        let mut out: Vec<NodeTime> = backend
             .node_profile()
             .into_iter()
             .filter_map(|(i, total)| {
@@ -140,7 +148,8 @@ impl Session {
                 let name = if node.name.is_empty() { format!("#{i}") } else { node.name.clone() };
                 let output = node.outputs.first().and_then(|&id| graph.values.get(id as usize));
                 let output = output.map_or_else(String::new, |v| v.name.clone());
-                Some(NodeTime { name, op: node.op.onnx_name(), output, total })
+                let work = threaded.then(|| work.get(&i).cloned().unwrap_or_default());
+                Some(NodeTime { name, op: node.op.onnx_name(), output, total, work })
             })
             .collect();
         out.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));

@@ -55,12 +55,16 @@ impl Builder {
         out
     }
 
-    fn session(mut self, outputs: &[ValueId]) -> Session {
+    fn session(self, outputs: &[ValueId]) -> Session {
+        self.session_with(outputs, SessionOptions::default())
+    }
+
+    fn session_with(mut self, outputs: &[ValueId], options: SessionOptions) -> Session {
         self.model.graph.outputs = outputs.to_vec();
         self.model.producer = "runtime session tests".into();
         let bytes = pith_format::write(&self.model).expect("write");
         let file = PithFile::from_bytes(bytes).expect("read back");
-        Session::new(Arc::new(file), SessionOptions::default()).expect("session")
+        Session::new(Arc::new(file), options).expect("session")
     }
 }
 
@@ -243,4 +247,49 @@ fn profiling_counts_every_executed_node_by_operator() {
     session.set_profiling(false);
     session.run(&input()).unwrap();
     assert!(session.profile().is_empty());
+}
+
+#[test]
+fn profiles_say_how_each_node_shared_its_threads() {
+    // A 1×1 layer large enough to split over two threads (the Add folds into it), then a
+    // Transpose, which runs on the caller.
+    let build = |threads: usize| {
+        let mut b = Builder::default();
+        let x = b.input("x", vec![Dim::Fixed(1), Dim::Fixed(16), Dim::Fixed(64), Dim::Fixed(64)]);
+        let w = (0..256).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+        let w = b.constant("w", &[16, 16, 1, 1], TensorData::F32(w));
+        let y = b.node(OpKind::Conv, &[x, w], vec![]);
+        let z = b.node(OpKind::Add, &[y, x], vec![]);
+        let z = b.node(OpKind::Transpose, &[z], vec![]);
+        let options = SessionOptions { threads, tune_threads: false, ..SessionOptions::default() };
+        b.session_with(&[z], options)
+    };
+    let input =
+        || vec![("x", Tensor::from_f32(vec![1, 16, 64, 64], (0..65536).map(|i| (i % 11) as f32).collect()))];
+    let mut one = build(1);
+    one.set_profiling(true);
+    one.run(&input()).unwrap();
+    assert!(one.thread_work().is_none(), "one thread shares nothing");
+    assert!(one.node_profile().iter().all(|t| t.work.is_none()));
+
+    let mut two = build(2);
+    two.set_profiling(true);
+    for _ in 0..3 {
+        two.run(&input()).unwrap();
+    }
+    let nodes = two.node_profile();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    // Every node reports both threads; the session's total is the sum of its nodes'.
+    let mut sum = pith_runtime::ThreadWork::default();
+    for t in &nodes {
+        let work = t.work.as_ref().expect("two threads");
+        assert_eq!(work.busy.len(), 2, "{}: {work:?}", t.name);
+        sum.add(work);
+    }
+    let total = two.thread_work().expect("two threads");
+    assert_eq!(total.jobs, sum.jobs);
+    assert_eq!(total.busy, sum.busy);
+    assert_eq!(total.waited, sum.waited);
+    two.set_profiling(true);
+    assert_eq!(two.thread_work().map(|w| w.jobs), Some(0), "switching on again clears");
 }
