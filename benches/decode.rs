@@ -3,9 +3,10 @@
 //! 16 rows of 9216 weights (a panel of PP-OCRv3 rec's 64×1024×3×3 layer; 590 KB of f32 out, in
 //! L2 as a panel is) at 3, 5, 6, 7 and 8 bits, shared
 //! codebooks with row scales, through the portable decoder (`portable`) and through this CPU's
-//! path (`path`: on AVX-512, `Isa::decode_packed` in registers; elsewhere the same portable
-//! loop), against copying as many f32 weights (`f32-copy`, the baseline: no decoder writes its
-//! output faster). Throughput is weights, so criterion prints Gelem/s.
+//! path (`path`: on AVX-512 and AVX2, `Isa::decode_packed` in registers; elsewhere the same
+//! portable loop; `PITH_KERNEL=avx2` picks the AVX2 path on an AVX-512 CPU), against copying as
+//! many f32 weights (`f32-copy`, the baseline: no decoder writes its output faster). Throughput
+//! is weights, so criterion prints Gelem/s.
 //! Run: `cargo bench -p pith-benches --bench decode`.
 
 mod common;

@@ -25,7 +25,7 @@ pub(super) const ISA: Isa = Isa {
     deinterleave,
     transpose: super::permute::transpose,
     decode_nibbles,
-    decode_packed: None,
+    decode_packed: Some(super::decode_packed_avx2::decode_packed),
     widen_f16,
     dot,
     dot_rows: Some(dot_rows),

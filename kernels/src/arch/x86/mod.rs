@@ -37,6 +37,7 @@ mod blocked_avx512;
 mod blocked_bf16;
 mod bounds;
 mod decode_packed;
+mod decode_packed_avx2;
 mod depthwise;
 mod depthwise3x3_avx2;
 mod depthwise_avx2;
