@@ -117,7 +117,7 @@ impl Session {
     /// [`Session::set_profiling`]`(true)`, all nodes together (each node's share is in
     /// [`Session::node_profile`]); `None` on one thread. Counted only while profiling.
     pub fn thread_work(&self) -> Option<ThreadWork> {
-        self.engine.ctx.threads().gt(&1).then(|| {
+        (self.engine.ctx.threads() > 1).then(|| {
             let mut total = ThreadWork::default();
             for (_, work) in self.engine.backend.node_thread_work() {
                 total.add(&work);
