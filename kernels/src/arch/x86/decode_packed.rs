@@ -37,12 +37,13 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
 }
 
 /// The per-lane controls of [`groups_impl`] at `B` bits, built at compile time: lane `j` (index
-/// `j` of a group; 128-bit lane `j / 4`) takes bytes `j * B / 8` and the one after (0x80 zeroes
-/// the other two), then shifts right by `j * B % 8`.
-struct Controls<const B: usize>;
+/// `j` of a group; 128-bit lane `j / 4`, which holds the group's bytes from the first) takes bytes
+/// `j * B / 8` and the one after (0x80 zeroes the other two), then shifts right by `j * B % 8`.
+/// The AVX2 decoder's eight lanes are the first eight of these.
+pub(super) struct Controls<const B: usize>;
 
 impl<const B: usize> Controls<B> {
-    const SHUFFLE: [u8; 64] = {
+    pub(super) const SHUFFLE: [u8; 64] = {
         let mut s = [0x80u8; 64];
         let mut j = 0;
         while j < 16 {
@@ -52,7 +53,7 @@ impl<const B: usize> Controls<B> {
         }
         s
     };
-    const SHIFT: [i32; 16] = {
+    pub(super) const SHIFT: [i32; 16] = {
         let mut s = [0i32; 16];
         let mut j = 0;
         while j < 16 {

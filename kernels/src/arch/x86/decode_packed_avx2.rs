@@ -10,6 +10,7 @@
 
 use std::arch::x86_64::*;
 
+use super::decode_packed::Controls;
 use crate::arch::{decode_packed_check, scalar};
 
 /// Bytes each group's load reads: the group's `B` (at most 7) and whatever follows, unused.
@@ -23,8 +24,8 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
     // Group g reads bytes g * b .. g * b + LOAD.
     let in_bounds = packed.len().checked_sub(LOAD).map_or(0, |last| last / b + 1);
     let groups = (out.len() / 8).min(in_bounds);
-    // The loads' bound, stated apart from how `in_bounds` finds it (the tests' exact-length
-    // inputs would read past their end otherwise, which no output shows).
+    // The loads' bound, checked apart from how `in_bounds` finds it: a load past the input
+    // would change no output, so only this lets the tests' exact-length inputs catch one.
     assert!(groups == 0 || (groups - 1) * b + LOAD <= packed.len(), "decode_packed: a load past the input");
     // SAFETY: AVX2 was detected before this table was handed out. Every group's 8-byte load
     // ends at (groups - 1) * b + LOAD <= packed.len() by `in_bounds`; `out` holds groups * 8
@@ -44,33 +45,6 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
     scalar::decode_packed(&packed[groups * b..], bits, lut, &mut out[groups * 8..]);
 }
 
-/// The per-lane controls of [`groups_impl`] at `B` bits, built at compile time: lane `j` (index
-/// `j` of a group; 128-bit lane `j / 4`, which holds the same bytes as the other) takes bytes
-/// `j * B / 8` and the one after (0x80 zeroes the other two), then shifts right by `j * B % 8`.
-struct Controls<const B: usize>;
-
-impl<const B: usize> Controls<B> {
-    const SHUFFLE: [u8; 32] = {
-        let mut s = [0x80u8; 32];
-        let mut j = 0;
-        while j < 8 {
-            s[4 * j] = (j * B / 8) as u8;
-            s[4 * j + 1] = (j * B / 8 + 1) as u8;
-            j += 1;
-        }
-        s
-    };
-    const SHIFT: [i32; 8] = {
-        let mut s = [0i32; 8];
-        let mut j = 0;
-        while j < 8 {
-            s[j] = (j * B % 8) as i32;
-            j += 1;
-        }
-        s
-    };
-}
-
 /// Decodes `groups` groups of 8 `B`-bit indices from `packed` into `out`.
 ///
 /// # Safety
@@ -84,7 +58,9 @@ unsafe fn groups_impl<const B: usize>(packed: *const u8, lut: &[f32], out: *mut 
     let first = _mm256_cmpgt_epi32(_mm256_set1_epi32(live), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     // SAFETY: the caller guarantees 2^B entries in `lut`; the mask loads the first min(2^B, 8).
     let table = unsafe { _mm256_maskload_ps(lut.as_ptr(), first) };
-    // SAFETY: both tables are 32 bytes long.
+    // The first eight lanes' controls: lanes 4-7 sit in the upper 128-bit lane, which holds the
+    // same bytes as the lower.
+    // SAFETY: both tables are 64 bytes long; these loads read their first 32.
     let (shuffle, shift) = unsafe {
         (
             _mm256_loadu_si256(Controls::<B>::SHUFFLE.as_ptr().cast()),
