@@ -23,15 +23,7 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
     // masked 2b-byte load is in bounds; `out` holds groups * 16 floats; `lut` has 2^b entries.
     unsafe {
         let (p, o) = (packed.as_ptr(), out.as_mut_ptr());
-        match bits {
-            1 => groups_impl::<1>(p, lut, o, groups),
-            2 => groups_impl::<2>(p, lut, o, groups),
-            3 => groups_impl::<3>(p, lut, o, groups),
-            4 => groups_impl::<4>(p, lut, o, groups),
-            5 => groups_impl::<5>(p, lut, o, groups),
-            6 => groups_impl::<6>(p, lut, o, groups),
-            _ => groups_impl::<7>(p, lut, o, groups),
-        }
+        for_index_width!(groups_impl, bits, p, lut, o, groups)
     }
     scalar::decode_packed(&packed[groups * 2 * b..], bits, lut, &mut out[groups * 16..]);
 }

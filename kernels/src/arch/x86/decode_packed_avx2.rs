@@ -32,15 +32,7 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
     // floats; the check above guarantees `lut` 2^b entries, and every index is below 2^b.
     unsafe {
         let (p, o) = (packed.as_ptr(), out.as_mut_ptr());
-        match bits {
-            1 => groups_impl::<1>(p, lut, o, groups),
-            2 => groups_impl::<2>(p, lut, o, groups),
-            3 => groups_impl::<3>(p, lut, o, groups),
-            4 => groups_impl::<4>(p, lut, o, groups),
-            5 => groups_impl::<5>(p, lut, o, groups),
-            6 => groups_impl::<6>(p, lut, o, groups),
-            _ => groups_impl::<7>(p, lut, o, groups),
-        }
+        for_index_width!(groups_impl, bits, p, lut, o, groups)
     }
     scalar::decode_packed(&packed[groups * b..], bits, lut, &mut out[groups * 8..]);
 }
@@ -52,12 +44,16 @@ pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32
 /// `groups` is 0), `out` `groups * 8` writable floats, and `lut` at least `2^B` entries.
 #[target_feature(enable = "avx2")]
 unsafe fn groups_impl<const B: usize>(packed: *const u8, lut: &[f32], out: *mut f32, groups: usize) {
-    // Up to 8 entries in a register, zero-padded by the load mask: no copy, so a call costs
-    // little over a short stretch of a row.
-    let live = (1i32 << B).min(8);
-    let first = _mm256_cmpgt_epi32(_mm256_set1_epi32(live), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    // SAFETY: the caller guarantees 2^B entries in `lut`; the mask loads the first min(2^B, 8).
-    let table = unsafe { _mm256_maskload_ps(lut.as_ptr(), first) };
+    // A table of up to 8 entries (B <= 3) in a register, zero-padded by the load mask: no copy,
+    // so a call costs little over a short stretch of a row. Longer tables stay in memory.
+    let table = if B <= 3 {
+        let live = _mm256_set1_epi32(1 << B);
+        let first = _mm256_cmpgt_epi32(live, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        // SAFETY: the caller guarantees 2^B entries in `lut`; the mask loads exactly those.
+        unsafe { _mm256_maskload_ps(lut.as_ptr(), first) }
+    } else {
+        _mm256_setzero_ps()
+    };
     // The first eight lanes' controls: lanes 4-7 sit in the upper 128-bit lane, which holds the
     // same bytes as the lower.
     // SAFETY: both tables are 64 bytes long; these loads read their first 32.

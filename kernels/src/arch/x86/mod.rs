@@ -29,6 +29,23 @@ macro_rules! for_nibble_row_groups {
 /// Rows the int8 `dot_nibbles` kernels take together, sharing each load of the prepared input.
 const NIBBLE_ROWS: usize = 4;
 
+/// Calls `$kernel::<B>(args…)` (a `decode_packed` group loop) for the index width `$bits`
+/// (1-7; the caller has checked it, and anything above 6 takes 7). Expands to calls of the
+/// `unsafe` kernel: use it inside an `unsafe` block whose `SAFETY` comment covers its contract.
+macro_rules! for_index_width {
+    ($kernel:ident, $bits:expr, $($arg:expr),* $(,)?) => {
+        match $bits {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            _ => $kernel::<7>($($arg),*),
+        }
+    };
+}
+
 mod avx2;
 mod avx512;
 
