@@ -299,6 +299,78 @@ pub(crate) fn for_each_tile(
     });
 }
 
+/// Checks an in-place depthwise call and hands `run` each register tile of [`TILE_ROWS`] output
+/// rows at `stride`, as a block (for the dispatch) and its [`InPlaceTile`]. `run` may call a
+/// tile of its path on it: each driver is only in its path's table, handed out after the path's
+/// features were detected; the check asserted the filter, the input plane and the output plane,
+/// and a tile writes output rows `r0 .. r0 + rows` (< out_h) and reads only input elements inside
+/// the plane.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn in_place_tiles(
+    stride: usize,
+    w: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    s: super::DepthwiseInPlace,
+    mut run: impl FnMut(DepthwiseBlock, InPlaceTile),
+) {
+    if !super::depthwise_in_place_check(w, x, y, &s) {
+        return;
+    }
+    let mut r0 = 0;
+    while r0 < s.out_h {
+        let rows = (s.out_h - r0).min(TILE_ROWS);
+        let t = InPlaceTile {
+            w: w.as_ptr(),
+            x: x.as_ptr(),
+            // SAFETY: r0 < out_h, and the check asserted `y` holds out_h rows of out_w.
+            y: unsafe { y.as_mut_ptr().add(r0 * s.out_w) },
+            first_row: (stride * r0) as isize - s.pad_top as isize,
+            rows_left: s.out_h - r0,
+            shape: s,
+        };
+        run(DepthwiseBlock { w: 0, kh: s.kh, b: 0, c: 0, rows, accumulate: false, last: true }, t);
+        r0 += rows;
+    }
+}
+
+/// One register tile of an in-place depthwise call: its output rows' filter, input plane and
+/// output, as raw pointers (what the `#[target_feature]` tiles take).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Clone, Copy)]
+pub(crate) struct InPlaceTile {
+    /// The filter (`kh × kw`).
+    pub(crate) w: *const f32,
+    /// The whole input plane.
+    pub(crate) x: *const f32,
+    /// The tile's first output row.
+    pub(crate) y: *mut f32,
+    /// Input row (possibly negative: padding) that filter row 0 of the tile's first output row
+    /// reads.
+    pub(crate) first_row: isize,
+    /// Output rows from the tile's first to the plane's last.
+    pub(crate) rows_left: usize,
+    /// The call's shape.
+    pub(crate) shape: super::DepthwiseInPlace,
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl InPlaceTile {
+    /// Whether the `rows` input rows from the tile's first all lie in the plane (so a tile that
+    /// reads them needs no row test).
+    pub(crate) fn reads_rows_inside(&self, rows: usize) -> bool {
+        self.first_row >= 0 && self.first_row + rows as isize <= self.shape.in_h as isize
+    }
+
+    /// Whether a vector of `lanes` outputs stored at column `col` of the tile's output row `r` may
+    /// be stored whole although fewer of its lanes are outputs of its strip: the strip holds all
+    /// of its row (`row_strip`, so what spills over lies in the rows after it, which are stored
+    /// later) and the vector ends inside the output plane.
+    pub(crate) fn stores_whole(&self, row_strip: bool, r: usize, col: usize, lanes: usize) -> bool {
+        row_strip && r * self.shape.out_w + col + lanes <= self.rows_left * self.shape.out_w
+    }
+}
+
 // `depthwise_dispatch!` spells out every tile size.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const _: () = assert!(TILE_ROWS == 4 && PASS_ROWS == 5);

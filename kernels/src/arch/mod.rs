@@ -25,7 +25,9 @@ pub mod x86;
 
 pub(crate) use depthwise::depthwise_rows_check;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) use depthwise::{for_each_tile as depthwise_tiles, DepthwiseBlock, DepthwiseTile};
+pub(crate) use depthwise::{
+    for_each_tile as depthwise_tiles, in_place_tiles, DepthwiseBlock, DepthwiseTile, InPlaceTile,
+};
 pub use depthwise::{DepthwisePlane, DepthwiseRows, PLANE_LANES};
 
 use crate::KernelError;

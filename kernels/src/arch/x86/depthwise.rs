@@ -13,12 +13,9 @@
 use std::arch::x86_64::*;
 
 use super::{avx2::lane_mask as mask8, avx512::lane_mask as mask16};
-use crate::arch::depthwise::TILE_ROWS;
 use crate::arch::PLANE_LANES;
-use crate::arch::{
-    depthwise_in_place_check, depthwise_tiles, DepthwiseInPlace, DepthwisePlane, DepthwiseRows,
-    DepthwiseTile as Tile,
-};
+use crate::arch::{depthwise_tiles, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, DepthwiseTile as Tile};
+use crate::arch::{in_place_tiles, InPlaceTile};
 
 /// AVX-512 [`Isa::depthwise_rows`](crate::arch::Isa::depthwise_rows).
 pub(super) fn depthwise_rows_avx512(w: &[f32], b: &[f32], c: &mut [f32], s: DepthwiseRows) {
@@ -171,8 +168,8 @@ unsafe fn strip256<const R: usize, const KH: usize, const V: usize>(t: Tile, j: 
     }
 }
 
-/// AVX-512 [`Isa::depthwise_s1`](crate::arch::Isa::depthwise_s1): [`TILE_ROWS`] output rows at a
-/// time, 32 output columns (two vectors per row) per strip, the input read in place.
+/// AVX-512 [`Isa::depthwise_s1`](crate::arch::Isa::depthwise_s1): 4 output rows at a time, 32
+/// output columns (two vectors per row) per strip, the input read in place.
 pub(super) fn depthwise_s1_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
     in_place_tiles(1, w, x, y, s, |blk, t| {
         // SAFETY: see `in_place_tiles`.
@@ -180,8 +177,8 @@ pub(super) fn depthwise_s1_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: Depthw
     });
 }
 
-/// AVX-512 [`Isa::depthwise_s2`](crate::arch::Isa::depthwise_s2): [`TILE_ROWS`] output rows at a
-/// time, 16 output columns per vector, the input read in place.
+/// AVX-512 [`Isa::depthwise_s2`](crate::arch::Isa::depthwise_s2): 4 output rows at a time, 16
+/// output columns per vector, the input read in place.
 pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
     in_place_tiles(2, w, x, y, s, |blk, t| {
         // SAFETY: see `in_place_tiles`.
@@ -193,70 +190,6 @@ pub(super) fn depthwise_s2_avx512(w: &[f32], x: &[f32], y: &mut [f32], s: Depthw
             }
         }
     });
-}
-
-/// Checks an in-place depthwise call and hands `run` each register tile of [`TILE_ROWS`] output
-/// rows at `stride`, as a block (for the dispatch) and its [`InPlaceTile`]. `run` may call a
-/// tile of its path on it: each driver is only in its path's table, handed out after the path's
-/// features were detected; the check asserted the filter, the input plane and the output plane,
-/// and a tile writes output rows `r0 .. r0 + rows` (< out_h) and reads only input elements inside
-/// the plane.
-pub(super) fn in_place_tiles(
-    stride: usize,
-    w: &[f32],
-    x: &[f32],
-    y: &mut [f32],
-    s: DepthwiseInPlace,
-    mut run: impl FnMut(crate::arch::DepthwiseBlock, InPlaceTile),
-) {
-    if !depthwise_in_place_check(w, x, y, &s) {
-        return;
-    }
-    let mut r0 = 0;
-    while r0 < s.out_h {
-        let rows = (s.out_h - r0).min(TILE_ROWS);
-        let t = InPlaceTile {
-            w: w.as_ptr(),
-            x: x.as_ptr(),
-            // SAFETY: r0 < out_h, and the check asserted `y` holds out_h rows of out_w.
-            y: unsafe { y.as_mut_ptr().add(r0 * s.out_w) },
-            first_row: (stride * r0) as isize - s.pad_top as isize,
-            rows_left: s.out_h - r0,
-            shape: s,
-        };
-        run(
-            crate::arch::DepthwiseBlock { w: 0, kh: s.kh, b: 0, c: 0, rows, accumulate: false, last: true },
-            t,
-        );
-        r0 += rows;
-    }
-}
-
-/// One register tile of an in-place depthwise call: its output rows' filter, input plane and
-/// output, as raw pointers (what the `#[target_feature]` tiles take).
-#[derive(Clone, Copy)]
-pub(super) struct InPlaceTile {
-    /// The filter (`kh × kw`).
-    pub(super) w: *const f32,
-    /// The whole input plane.
-    pub(super) x: *const f32,
-    /// The tile's first output row.
-    pub(super) y: *mut f32,
-    /// Input row (possibly negative: padding) that filter row 0 of the tile's first output row
-    /// reads.
-    pub(super) first_row: isize,
-    /// Output rows from the tile's first to the plane's last.
-    pub(super) rows_left: usize,
-    /// The call's shape.
-    pub(super) shape: DepthwiseInPlace,
-}
-
-impl InPlaceTile {
-    /// Whether the `rows` input rows from the tile's first all lie in the plane (so a tile that
-    /// reads them needs no row test).
-    pub(super) fn reads_rows_inside(&self, rows: usize) -> bool {
-        self.first_row >= 0 && self.first_row + rows as isize <= self.shape.in_h as isize
-    }
 }
 
 /// Lanes `0..32` of a pair of vectors whose columns, from `first`, lie inside `0..in_w` and below

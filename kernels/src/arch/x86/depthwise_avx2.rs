@@ -18,8 +18,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::lane_mask;
-use super::depthwise::{in_place_tiles, InPlaceTile};
 use crate::arch::DepthwiseInPlace;
+use crate::arch::{in_place_tiles, InPlaceTile};
 
 /// AVX2 [`Isa::depthwise_s1`](crate::arch::Isa::depthwise_s1): 4 output rows at a time, 16
 /// output columns (two vectors per row) per strip, the input read in place; planes whose rows
@@ -117,14 +117,6 @@ unsafe fn store(p: *mut f32, n: usize, whole: bool, a: __m256) {
             _mm256_maskstore_ps(p, lane_mask(n), a);
         }
     }
-}
-
-/// Whether a vector stored at column `col` of output row `r` of a tile may be stored whole: the
-/// strip holds all of its row (`row_strip`, so what spills over lies in the rows after it, which
-/// are stored later) and its 8 lanes end inside the plane.
-#[inline]
-fn spills_into_later_rows(t: &InPlaceTile, row_strip: bool, r: usize, col: usize) -> bool {
-    row_strip && r * t.shape.out_w + col + 8 <= t.rows_left * t.shape.out_w
 }
 
 /// Clamps every accumulator to `lo..=hi` (`max` first, so NaN becomes `lo`, as `f32::max`).
@@ -242,7 +234,7 @@ unsafe fn strip_s1<
     clamp_all(acc.as_flattened_mut(), s.clamp);
     for (r, acc) in acc.iter().enumerate() {
         for (v, &a) in acc.iter().enumerate() {
-            let whole = spills_into_later_rows(&t, j == 0 && width == s.out_w, r, 8 * v);
+            let whole = t.stores_whole(j == 0 && width == s.out_w, r, 8 * v, 8);
             // SAFETY: output row r < R, columns j + 8v .. below j + width <= out_w; a whole store
             // ends inside the plane.
             unsafe { store(t.y.add(r * s.out_w + j + 8 * v), width - 8 * v, whole, a) };
@@ -345,7 +337,7 @@ unsafe fn narrow_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
     }
     clamp_all(&mut acc, s.clamp);
     for (r, &a) in acc.iter().enumerate() {
-        let whole = spills_into_later_rows(&t, true, r, 0);
+        let whole = t.stores_whole(true, r, 0, 8);
         // SAFETY: output row r < R, columns 0 .. out_w <= 8; a whole store ends inside the plane.
         unsafe { store(t.y.add(r * s.out_w), s.out_w, whole, a) };
     }
@@ -404,7 +396,7 @@ unsafe fn strip_s2<const R: usize, const KH: usize, const INSIDE: bool>(
     for (r, &a) in acc.iter().enumerate() {
         // Pairs of outputs (0 1) (4 5) (2 3) (6 7) back to (0 1) (2 3) (4 5) (6 7).
         let a = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(a)));
-        let whole = spills_into_later_rows(&t, width == s.out_w, r, 0);
+        let whole = t.stores_whole(width == s.out_w, r, 0, 8);
         // SAFETY: output row r < R, columns j .. j + width <= out_w; a whole store ends inside
         // the plane.
         unsafe { store(t.y.add(r * s.out_w + j), width, whole, a) };
