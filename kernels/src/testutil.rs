@@ -219,3 +219,110 @@ pub fn pointwise(batch: usize, in_c: usize, out_c: usize, [h, w]: [usize; 2]) ->
         groups: 1,
     }
 }
+
+/// Which end of a [`Guarded`] buffer touches its no-access page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// The first element follows a no-access page.
+    Start,
+    /// The last element precedes a no-access page.
+    End,
+}
+
+/// A copy of some `f32`s placed against a page the process may not read or write, so a kernel
+/// that reads a single element before or past them faults (SIGSEGV) instead of reading whatever
+/// lies there: masked-off lanes of an out-of-bounds load give the right answer and leave no other
+/// trace. Both neighbouring pages are no-access; [`Edge`] says which one the data touches.
+pub struct Guarded {
+    /// The whole mapping: guard page, data pages, guard page.
+    base: *mut libc::c_void,
+    /// Bytes mapped.
+    mapped: usize,
+    /// The first element.
+    data: *mut f32,
+    /// Elements.
+    len: usize,
+}
+
+impl Guarded {
+    /// `values` copied against the guard page at `edge`.
+    pub fn new(values: &[f32], edge: Edge) -> Guarded {
+        // SAFETY: `sysconf` has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = std::mem::size_of_val(values);
+        let data_pages = bytes.div_ceil(page).max(1) * page;
+        let mapped = data_pages + 2 * page;
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing; checked.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(base != libc::MAP_FAILED, "mmap of {mapped} bytes failed");
+        let start = base as usize + page;
+        let data = match edge {
+            Edge::Start => start,
+            Edge::End => start + data_pages - bytes,
+        } as *mut f32;
+        // SAFETY: both guard pages lie in the mapping just made; `data .. data + len` lies in its
+        // data pages (4-byte aligned: pages are, and `bytes` is a multiple of 4), which nothing
+        // else references.
+        unsafe {
+            assert_eq!(libc::mprotect(base, page, libc::PROT_NONE), 0, "mprotect failed");
+            let after = (start + data_pages) as *mut libc::c_void;
+            assert_eq!(libc::mprotect(after, page, libc::PROT_NONE), 0, "mprotect failed");
+            std::ptr::copy_nonoverlapping(values.as_ptr(), data, values.len());
+        }
+        Guarded { base, mapped, data, len: values.len() }
+    }
+
+    /// The copied values.
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: `new` copied `len` elements to `data`, readable until `drop`.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.base, self.mapped) };
+    }
+}
+
+/// Whether the 4 bytes at `p` are readable: a pipe copies them from user memory, so `write` fails
+/// with EFAULT (and does not fault) where they are not.
+fn readable(p: *const f32) -> bool {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe failed");
+    // SAFETY: `write` only reads `p .. p + 4` and reports EFAULT where it cannot; both descriptors
+    // are ours and closed here.
+    unsafe {
+        let written = libc::write(fds[1], p.cast(), 4);
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        written == 4
+    }
+}
+
+#[test]
+fn guarded_data_reads_back_and_its_neighbours_cannot_be_read() {
+    let values: Vec<f32> = (0..37).map(|i| i as f32).collect();
+    for edge in [Edge::Start, Edge::End] {
+        let g = Guarded::new(&values, edge);
+        assert_eq!(g.as_slice(), &values[..]);
+        let range = g.as_slice().as_ptr_range();
+        assert!(readable(range.start) && readable(range.end.wrapping_sub(1)), "{edge:?}: data readable");
+        let neighbour = match edge {
+            Edge::Start => range.start.wrapping_sub(1),
+            Edge::End => range.end,
+        };
+        assert!(!readable(neighbour), "{edge:?}: the element beside the data must not be readable");
+    }
+}

@@ -4,7 +4,7 @@ use super::{
     scalar, DepthwiseChannels, DepthwiseInPlace, DepthwisePlane, DepthwiseRows, DepthwiseSmallFn,
     FusedActivation, FusedRows, Isa, ResidualRows,
 };
-use crate::testutil::Rng;
+use crate::testutil::{Edge, Guarded, Rng};
 use crate::Conv2dParams;
 
 /// The non-scalar paths this CPU runs; prints the known ones it skips so CI logs say what ran.
@@ -669,12 +669,18 @@ fn depthwise_in_place_matches_the_reference() {
                 let w = rng.vec(kh * kw + spare_w);
                 let x = rng.vec(in_h * in_w);
                 let y0 = rng.vec(out_h * out_w + spare_y);
-                let (mut want, mut got) = (y0.clone(), y0.clone());
+                let mut want = y0.clone();
                 reference(&w, &x, &mut want, shape);
-                kernel(&w, &x, &mut got, shape);
-                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let ok = if idx < out_h * out_w { close(*g, *w, (kh * kw) as f32 + 1.0) } else { g == w };
-                    assert!(ok, "{} stride {stride} {shape:?} at {idx}: {g} vs {w}", isa.name);
+                // The plane against a no-access page on each side: a load that reaches past the
+                // plane faults even where its lanes outside it are masked off.
+                for edge in [Edge::Start, Edge::End] {
+                    let mut got = y0.clone();
+                    kernel(&w, Guarded::new(&x, edge).as_slice(), &mut got, shape);
+                    for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let ok =
+                            if idx < out_h * out_w { close(*g, *w, (kh * kw) as f32 + 1.0) } else { g == w };
+                        assert!(ok, "{} stride {stride} {shape:?} at {idx}: {g} vs {w}", isa.name);
+                    }
                 }
             }
             let shape = DepthwiseInPlace {
@@ -735,7 +741,7 @@ fn depthwise_3x3_matches_the_reference() {
             let x = rng.vec(channels * in_plane);
             let spare = rng.below(20);
             let y0 = rng.vec(channels * out_plane + spare);
-            let (mut want, mut got) = (y0.clone(), y0.clone());
+            let mut want = y0.clone();
             for c in 0..channels {
                 let init = bias.as_ref().map_or(0.0, |b| b[c]);
                 let one = DepthwiseInPlace {
@@ -757,14 +763,18 @@ fn depthwise_3x3_matches_the_reference() {
             let bias = bias.as_deref();
             let shape =
                 DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
-            kernel(&filters, &x, &mut got, shape);
-            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ok = if idx < channels * out_plane { close(*g, *w, 10.0) } else { g == w };
-                assert!(
-                    ok,
-                    "{} {channels} channels of {shape:?}, case {case} at {idx}: {g} vs {w}",
-                    isa.name
-                );
+            // The planes against a no-access page on each side (see `Guarded`).
+            for edge in [Edge::Start, Edge::End] {
+                let mut got = y0.clone();
+                kernel(&filters, Guarded::new(&x, edge).as_slice(), &mut got, shape);
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let ok = if idx < channels * out_plane { close(*g, *w, 10.0) } else { g == w };
+                    assert!(
+                        ok,
+                        "{} {channels} channels of {shape:?}, case {case} at {idx}: {g} vs {w}",
+                        isa.name
+                    );
+                }
             }
         }
         let shape = DepthwiseChannels {
@@ -868,14 +878,17 @@ fn many_channel_case(
     let want = depthwise_by_definition(&filters, &x, k, &shape);
     let spare = rng.below(20);
     let y0 = rng.vec(want.len() + spare);
-    let mut got = y0.clone();
-    kernel(&filters, &x, &mut got, shape, k);
-    for (idx, g) in got.iter().enumerate() {
-        let ok = match want.get(idx) {
-            Some(w) => close(*g, *w, (k * k) as f32),
-            None => *g == y0[idx],
-        };
-        assert!(ok, "{name} k={k} {channels} channels of {shape:?}, case {case} at {idx}: {g}");
+    // The planes against a no-access page on each side (see `Guarded`).
+    for edge in [Edge::Start, Edge::End] {
+        let mut got = y0.clone();
+        kernel(&filters, Guarded::new(&x, edge).as_slice(), &mut got, shape, k);
+        for (idx, g) in got.iter().enumerate() {
+            let ok = match want.get(idx) {
+                Some(w) => close(*g, *w, (k * k) as f32),
+                None => *g == y0[idx],
+            };
+            assert!(ok, "{name} k={k} {channels} channels of {shape:?}, case {case} at {idx}: {g}");
+        }
     }
     true
 }
@@ -1399,12 +1412,17 @@ fn depthwise_plane_matches_the_reference() {
             let w = rng.vec(plane.taps() + spare_w);
             let x = rng.vec(p.in_h * p.in_w);
             let y0 = rng.vec(plane.len() + spare_y);
-            let (mut want, mut got) = (y0.clone(), y0.clone());
+            let mut want = y0.clone();
             scalar::depthwise_plane(&w, &x, &mut want, &plane, init, clamp);
-            kernel(&w, &x, &mut got, &plane, init, clamp);
-            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ok = if idx < plane.len() { close(*g, *w, plane.taps() as f32 + 1.0) } else { g == w };
-                assert!(ok, "{} {p:?} at {idx}: {g} vs {w}", isa.name);
+            // The plane against a no-access page on each side (see `Guarded`).
+            for edge in [Edge::Start, Edge::End] {
+                let mut got = y0.clone();
+                kernel(&w, Guarded::new(&x, edge).as_slice(), &mut got, &plane, init, clamp);
+                for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let ok =
+                        if idx < plane.len() { close(*g, *w, plane.taps() as f32 + 1.0) } else { g == w };
+                    assert!(ok, "{} {p:?} at {idx}: {g} vs {w}", isa.name);
+                }
             }
         }
         let layer = std::iter::repeat_with(|| random_plane_layer(&mut rng)).flatten().next().unwrap();
