@@ -7,6 +7,7 @@
 //! the unsafe kernel on raw pointers.
 
 mod depthwise;
+mod depthwise_in_place;
 mod depthwise_planes;
 mod elementwise;
 mod fused;
@@ -55,8 +56,8 @@ const ISA: Isa = Isa {
     dot_packed_rows,
     dot_nibble_rows_f16: None,
     depthwise_rows: depthwise::depthwise_rows,
-    depthwise_s1: None,
-    depthwise_s2: None,
+    depthwise_s1: Some(depthwise_in_place::depthwise_s1),
+    depthwise_s2: Some(depthwise_in_place::depthwise_s2),
     depthwise_plane: None,
     depthwise_3x3: depthwise_planes::DEPTHWISE_3X3,
     depthwise_3x3_width: super::DEPTHWISE_3X3_MAX_WIDTH,
