@@ -229,24 +229,24 @@ pub enum Edge {
     End,
 }
 
-/// A copy of some `f32`s placed against a page the process may not read or write, so a kernel
+/// A copy of some values placed against a page the process may not read or write, so a kernel
 /// that reads a single element before or past them faults (SIGSEGV) instead of reading whatever
 /// lies there: masked-off lanes of an out-of-bounds load give the right answer and leave no other
 /// trace. Both neighbouring pages are no-access; [`Edge`] says which one the data touches.
-pub struct Guarded {
+pub struct Guarded<T> {
     /// The whole mapping: guard page, data pages, guard page.
     base: *mut libc::c_void,
     /// Bytes mapped.
     mapped: usize,
     /// The first element.
-    data: *mut f32,
+    data: *mut T,
     /// Elements.
     len: usize,
 }
 
-impl Guarded {
+impl<T: bytemuck::Pod> Guarded<T> {
     /// `values` copied against the guard page at `edge`.
-    pub fn new(values: &[f32], edge: Edge) -> Guarded {
+    pub fn new(values: &[T], edge: Edge) -> Guarded<T> {
         // SAFETY: `sysconf` has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let bytes = std::mem::size_of_val(values);
@@ -268,10 +268,10 @@ impl Guarded {
         let data = match edge {
             Edge::Start => start,
             Edge::End => start + data_pages - bytes,
-        } as *mut f32;
+        } as *mut T;
+        assert!(data.is_aligned(), "a {}-byte element is less aligned than its size", size_of::<T>());
         // SAFETY: both guard pages lie in the mapping just made; `data .. data + len` lies in its
-        // data pages (4-byte aligned: pages are, and `bytes` is a multiple of 4), which nothing
-        // else references.
+        // data pages (aligned, as just checked), which nothing else references.
         unsafe {
             assert_eq!(libc::mprotect(base, page, libc::PROT_NONE), 0, "mprotect failed");
             let after = (start + data_pages) as *mut libc::c_void;
@@ -282,32 +282,32 @@ impl Guarded {
     }
 
     /// The copied values.
-    pub fn as_slice(&self) -> &[f32] {
+    pub fn as_slice(&self) -> &[T] {
         // SAFETY: `new` copied `len` elements to `data`, readable until `drop`.
         unsafe { std::slice::from_raw_parts(self.data, self.len) }
     }
 }
 
-impl Drop for Guarded {
+impl<T> Drop for Guarded<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping `new` made; no slice of it outlives `self`.
         unsafe { libc::munmap(self.base, self.mapped) };
     }
 }
 
-/// Whether the 4 bytes at `p` are readable: a pipe copies them from user memory, so `write` fails
-/// with EFAULT (and does not fault) where they are not.
-fn readable(p: *const f32) -> bool {
+/// Whether the byte at `p` is readable: a pipe copies it from user memory, so `write` fails with
+/// EFAULT (and does not fault) where it is not.
+fn readable<T>(p: *const T) -> bool {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe failed");
-    // SAFETY: `write` only reads `p .. p + 4` and reports EFAULT where it cannot; both descriptors
-    // are ours and closed here.
+    // SAFETY: `write` only reads the byte at `p` and reports EFAULT where it cannot; both
+    // descriptors are ours and closed here.
     unsafe {
-        let written = libc::write(fds[1], p.cast(), 4);
+        let written = libc::write(fds[1], p.cast(), 1);
         libc::close(fds[0]);
         libc::close(fds[1]);
-        written == 4
+        written == 1
     }
 }
 
@@ -325,4 +325,8 @@ fn guarded_data_reads_back_and_its_neighbours_cannot_be_read() {
         };
         assert!(!readable(neighbour), "{edge:?}: the element beside the data must not be readable");
     }
+    // Bytes too: the last one touches the guard.
+    let g = Guarded::new(&[1u8, 2, 3], Edge::End);
+    let end = g.as_slice().as_ptr_range().end;
+    assert!(readable(end.wrapping_sub(1)) && !readable(end), "bytes against the end");
 }

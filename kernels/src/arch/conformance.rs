@@ -537,6 +537,11 @@ fn decode_nibbles_matches_scalar() {
             // Bit-exact (a table lookup), and nothing written past `n`.
             assert_eq!(got[..n], want[..n], "{} n={n}", isa.name);
             assert!(got[n..].iter().all(|v| v.is_nan()), "{} n={n} wrote past the end", isa.name);
+            // Exactly the bytes the indices need, against a no-access page: no load past them.
+            let exact = Guarded::new(&packed[..n.div_ceil(2)], Edge::End);
+            let mut again = vec![f32::NAN; n];
+            (isa.decode_nibbles)(exact.as_slice(), &lut, &mut again);
+            assert_eq!(again, want[..n], "{} n={n}, exact length", isa.name);
         }
         let short = std::panic::catch_unwind(|| (isa.decode_nibbles)(&[0; 4], &[0.0; 16], &mut [0.0; 9]));
         assert!(short.is_err(), "{}: 9 indices need 5 bytes", isa.name);
@@ -567,15 +572,13 @@ fn decode_packed_matches_scalar() {
                     "{} bits={bits} n={n} wrote past the end",
                     isa.name
                 );
+                // Exactly the bytes the indices need, against a no-access page: the last
+                // group's load must not read past them.
+                let exact = Guarded::new(&packed[..need], Edge::End);
+                let mut again = vec![f32::NAN; n];
+                decode(exact.as_slice(), bits, &lut, &mut again);
+                assert_eq!(again, want[..n], "{} bits={bits} n={n}, exact length", isa.name);
             }
-            // Exactly the bytes the indices need: the last group's load must not read past them.
-            let n = 48;
-            let packed = vec![0xA5u8; n * bits as usize / 8];
-            let lut = rng.vec(1 << bits);
-            let (mut want, mut got) = (vec![0.0; n], vec![0.0; n]);
-            scalar::decode_packed(&packed, bits, &lut, &mut want);
-            decode(&packed, bits, &lut, &mut got);
-            assert_eq!(got, want, "{} bits={bits}, exact length", isa.name);
         }
         let short_bytes = std::panic::catch_unwind(|| decode(&[0; 4], 5, &[0.0; 32], &mut [0.0; 7]));
         assert!(short_bytes.is_err(), "{}: 7 5-bit indices need 5 bytes", isa.name);
@@ -1152,8 +1155,10 @@ fn dot_packed_matches_scalar_for_every_width() {
                 let bytes = (n * bits as usize).div_ceil(8);
                 let row: Vec<u8> = (0..bytes).map(|_| rng.below(256) as u8).collect();
                 let x = rng.vec(n);
-                let (got, want) =
-                    ((isa.dot_packed)(&row, bits, &lut, &x), scalar::dot_packed(&row, bits, &lut, &x));
+                let want = scalar::dot_packed(&row, bits, &lut, &x);
+                // The row (exactly its bytes) and the input against no-access pages.
+                let (row, x) = (Guarded::new(&row, Edge::End), Guarded::new(&x, Edge::End));
+                let got = (isa.dot_packed)(row.as_slice(), bits, &lut, x.as_slice());
                 assert!(close(got, want, n as f32), "{} bits={bits} n={n}: {got} vs {want}", isa.name);
             }
         }
@@ -1214,9 +1219,12 @@ fn dot_packed_rows_matches_scalar_for_every_width() {
                     "{} bits={bits} n={n}: xp[..n] unwritten",
                     isa.name
                 );
-                let refs: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+                // Every row, the input and the prepared input against no-access pages.
+                let guarded: Vec<Guarded<u8>> = rows.iter().map(|r| Guarded::new(r, Edge::End)).collect();
+                let refs: Vec<&[u8]> = guarded.iter().map(Guarded::as_slice).collect();
+                let (gx, gxp) = (Guarded::new(&x, Edge::End), Guarded::new(&xp, Edge::End));
                 let mut got = vec![f32::NAN; nrows + 1];
-                (isa.dot_packed_rows)(&refs, bits, &luts, &x, &xp, &mut got);
+                (isa.dot_packed_rows)(&refs, bits, &luts, gx.as_slice(), gxp.as_slice(), &mut got);
                 assert!(got[nrows].is_nan(), "{}: wrote past rows.len() outputs", isa.name);
                 for (r, row) in rows.iter().enumerate() {
                     let want = scalar::dot_packed(row, bits, &luts[if shared { 0 } else { r }], &x);
@@ -1474,7 +1482,15 @@ fn int8_kernels_match_scalar() {
             }
             let offs: Vec<usize> = (0..k).map(|_| rng.below(extra + 1)).collect();
             let want_range = int8::min_max(&x, &offs, n);
-            assert_eq!((kern.min_max)(&x, &offs, n), want_range, "{} min_max k={k} n={n}", isa.name);
+            // The planes against a no-access page (see `Guarded`), for the range scan and the
+            // quantizer.
+            let gx = Guarded::new(&x, Edge::End);
+            assert_eq!(
+                (kern.min_max)(gx.as_slice(), &offs, n),
+                want_range,
+                "{} min_max k={k} n={n}",
+                isa.name
+            );
             let range = if case % 7 == 1 {
                 // The middle 1/512 of the values' span: levels far below 0 and far above 255
                 // (past 2^15) clamp.
@@ -1487,7 +1503,7 @@ fn int8_kernels_match_scalar() {
             let kq = k.next_multiple_of(4);
             let (mut want_q, mut got_q) = (vec![7u8; kq * ldx], vec![7u8; kq * ldx]);
             int8::quantize(&x, &offs, n, range, &mut want_q, ldx);
-            (kern.quantize)(&x, &offs, n, range, &mut got_q, ldx);
+            (kern.quantize)(gx.as_slice(), &offs, n, range, &mut got_q, ldx);
             assert_eq!(got_q, want_q, "{} quantize k={k} n={n} ldx={ldx}", isa.name);
 
             let m = 1 + rng.below(23);
@@ -1501,7 +1517,8 @@ fn int8_kernels_match_scalar() {
             let c0 = rng.vec((m - 1) * ldc + n);
             let (mut want, mut got) = (c0.clone(), c0.clone());
             int8::gemm(&w, kq, &want_q, ldx, n, &mul, &add, &mut want, ldc);
-            (kern.gemm)(&w, kq, &want_q, ldx, n, &mul, &add, &mut got, ldc);
+            let (gw, gq) = (Guarded::new(&w, Edge::End), Guarded::new(&want_q, Edge::End));
+            (kern.gemm)(gw.as_slice(), kq, gq.as_slice(), ldx, n, &mul, &add, &mut got, ldc);
             for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                 let ok = if idx % ldc < n { (g - w).abs() <= 1e-6 * w.abs().max(1.0) } else { g == w };
                 assert!(ok, "{} gemm m={m} k={k} n={n} ldx={ldx} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
@@ -1532,12 +1549,15 @@ fn int8_dot_nibbles_matches_scalar() {
             let rows: Vec<Vec<u8>> = (0..m)
                 .map(|_| (0..k.div_ceil(2) + rng.below(3)).map(|_| rng.below(256) as u8).collect())
                 .collect();
-            let rows: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+            // Each row holds exactly its bytes, against a no-access page, as does the input.
+            let rows: Vec<Guarded<u8>> =
+                rows.iter().map(|r| Guarded::new(&r[..k.div_ceil(2)], Edge::End)).collect();
+            let rows: Vec<&[u8]> = rows.iter().map(Guarded::as_slice).collect();
             let tables: Vec<[u8; 16]> =
                 (0..m).map(|_| std::array::from_fn(|_| rng.below(256) as u8)).collect();
             let (mut want, mut got) = (vec![0; m], vec![0; m]);
             int8::dot_nibbles(&rows, &tables, &xp, k, &mut want);
-            dot(&rows, &tables, &xp, k, &mut got);
+            dot(&rows, &tables, Guarded::new(&xp, Edge::End).as_slice(), k, &mut got);
             assert_eq!(got, want, "{name} k={k} m={m}");
         }
         // The extremes, where 16-bit pair sums would saturate if a path let them: activations
