@@ -4,7 +4,7 @@ use super::slab::uses_depthwise_rows;
 use super::*;
 use crate::testutil::{
     assert_close, assert_close_within, decode_all, kernel_sets, pointwise, random_weight,
-    same_width_depthwise, Rng, WeightKind,
+    same_width_depthwise, Edge, Guarded, Rng, WeightKind,
 };
 use crate::Kernels;
 
@@ -103,11 +103,15 @@ fn check_all_paths_within(
     let bias = rng.vec(p.out_c);
     let bias = with_bias.then_some(&bias[..]);
     let want = reference(&x, &wf, bias, p);
+    // The input against a no-access page after it, and before it for the residual calls, so a
+    // kernel that reads past either end faults (see `Guarded`).
+    let (x_end, x_start) = (Guarded::new(&x, Edge::End), Guarded::new(&x, Edge::Start));
+    let (x, x_start) = (x_end.as_slice(), x_start.as_slice());
     for kernels in sets {
         let mut y = vec![f32::NAN; want.len()];
         // Stale scratch (NaN) must never leak into the result.
         let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
-        kernels.conv2d(&x, &data.view(), bias, p, Activation::None, &mut y, &mut scratch).unwrap();
+        kernels.conv2d(x, &data.view(), bias, p, Activation::None, &mut y, &mut scratch).unwrap();
         assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?}"));
         // The fused residual add: y = conv + bias + residual.
         let residual = rng.vec(want.len());
@@ -115,7 +119,10 @@ fn check_all_paths_within(
         scratch.fill(f32::NAN);
         y.fill(f32::NAN);
         let act = Activation::None;
-        kernels.conv2d_add(&x, &data.view(), bias, &residual, p, act, &mut y, &mut scratch).unwrap();
+        let residual_end = Guarded::new(&residual, Edge::End);
+        kernels
+            .conv2d_add(x_start, &data.view(), bias, residual_end.as_slice(), p, act, &mut y, &mut scratch)
+            .unwrap();
         assert_close(&y, &want_add, &format!("residual {kernels:?} {kind:?} {p:?}"));
         // A residual of fewer channels: the missing ones add zero (a channel-padded skip).
         let (plane, rc) = (p.out_h * p.out_w, p.out_c / 2);
@@ -126,12 +133,12 @@ fn check_all_paths_within(
             .enumerate()
             .map(|(i, w)| if i / plane % p.out_c < rc { want_add[i] } else { *w })
             .collect();
-        kernels.conv2d_add(&x, &data.view(), bias, &short, p, act, &mut y, &mut scratch).unwrap();
+        kernels.conv2d_add(x, &data.view(), bias, &short, p, act, &mut y, &mut scratch).unwrap();
         assert_close(&y, &want_short, &format!("{rc}-channel residual {kernels:?} {kind:?} {p:?}"));
         // A PRelu with a slope per output channel, after the residual.
         let slopes = prelu_slopes(rng, p.out_c);
         let act = ChannelActivation::PRelu(&slopes);
-        kernels.conv2d_add(&x, &data.view(), bias, &residual, p, act, &mut y, &mut scratch).unwrap();
+        kernels.conv2d_add(x_start, &data.view(), bias, &residual, p, act, &mut y, &mut scratch).unwrap();
         let want_prelu = per_channel_prelu(&want_add, &slopes, plane);
         assert_close(&y, &want_prelu, &format!("PRelu {kernels:?} {kind:?} {p:?}"));
     }
@@ -210,6 +217,8 @@ fn check_fused_activations(
     let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
     let bias = rng.vec(p.out_c);
     let plain = reference(&x, &decode_all(&data, p.out_c), Some(&bias), p);
+    // The input against a no-access page after it, and before it for the PRelu calls.
+    let (x_end, x_start) = (Guarded::new(&x, Edge::End), Guarded::new(&x, Edge::Start));
     for (act, f) in [
         (Activation::Relu, (|v: f32| v.max(0.0)) as fn(f32) -> f32),
         (Activation::Clip { min: -0.2, max: 0.3 }, |v: f32| v.clamp(-0.2, 0.3)),
@@ -219,7 +228,9 @@ fn check_fused_activations(
         for kernels in sets {
             let mut y = vec![f32::NAN; want.len()];
             let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
-            kernels.conv2d(&x, &data.view(), Some(&bias), p, act, &mut y, &mut scratch).unwrap();
+            kernels
+                .conv2d(x_end.as_slice(), &data.view(), Some(&bias), p, act, &mut y, &mut scratch)
+                .unwrap();
             assert_close(&y, &want, &format!("{act:?} {kernels:?} {p:?}"));
         }
     }
@@ -230,7 +241,7 @@ fn check_fused_activations(
         let mut y = vec![f32::NAN; want.len()];
         let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
         let act = ChannelActivation::PRelu(&slopes);
-        kernels.conv2d(&x, &data.view(), Some(&bias), p, act, &mut y, &mut scratch).unwrap();
+        kernels.conv2d(x_start.as_slice(), &data.view(), Some(&bias), p, act, &mut y, &mut scratch).unwrap();
         assert_close(&y, &want, &format!("PRelu {kernels:?} {p:?}"));
     }
     (data, x, bias, plain)
