@@ -286,6 +286,12 @@ impl<T: bytemuck::Pod> Guarded<T> {
         // SAFETY: `new` copied `len` elements to `data`, readable until `drop`.
         unsafe { std::slice::from_raw_parts(self.data, self.len) }
     }
+
+    /// The copied values, to be written: a write past either end faults too.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`; `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.data, self.len) }
+    }
 }
 
 impl<T> Drop for Guarded<T> {

@@ -358,6 +358,7 @@ pub(crate) struct InPlaceTile {
 impl InPlaceTile {
     /// Whether the `rows` input rows from the tile's first all lie in the plane (so a tile that
     /// reads them needs no row test).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn reads_rows_inside(&self, rows: usize) -> bool {
         self.first_row >= 0 && self.first_row + rows as isize <= self.shape.in_h as isize
     }

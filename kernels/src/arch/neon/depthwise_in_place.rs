@@ -25,13 +25,19 @@ const S1_STRIP: usize = 16;
 /// Output columns of a stride-2 strip (two vectors per row).
 const S2_STRIP: usize = 8;
 
+/// Output rows of every register tile. A plane's last tile may hold fewer: it computes all
+/// [`ROWS`] and stores its own, so each filter height needs one tile per strip kind, not one per
+/// row count (the kernels' code is a quarter the size; the spare rows cost at most 3 rows of
+/// work per channel, none where the output height is a multiple of 4).
+const ROWS: usize = 4;
+
 /// NEON [`Isa::depthwise_s1`](crate::arch::Isa::depthwise_s1): 4 output rows at a time, 16 output
 /// columns per strip, the input read in place.
 pub(super) fn depthwise_s1(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
     in_place_tiles(1, w, x, y, s, |blk, t| {
         // SAFETY: this function is only in the NEON table, handed out after NEON was detected;
         // see `in_place_tiles` for the bounds a tile keeps to.
-        unsafe { depthwise_dispatch!(tile_s1, blk, t) }
+        unsafe { by_filter_rows::<1>(blk.kh, t) }
     });
 }
 
@@ -40,62 +46,55 @@ pub(super) fn depthwise_s1(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPl
 pub(super) fn depthwise_s2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseInPlace) {
     in_place_tiles(2, w, x, y, s, |blk, t| {
         // SAFETY: as in `depthwise_s1`.
-        unsafe { depthwise_dispatch!(tile_s2, blk, t) }
+        unsafe { by_filter_rows::<2>(blk.kh, t) }
     });
 }
 
-/// [`tile`] at stride 1.
+/// [`tile`] at stride `S` for a filter of `kh` rows (1 to 5).
 ///
 /// # Safety
 /// As [`tile`].
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn tile_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
+unsafe fn by_filter_rows<const S: usize>(kh: usize, t: InPlaceTile) {
     // SAFETY: by the contract.
-    unsafe { tile::<1, R, KH>(t) }
+    unsafe {
+        match kh {
+            5 => tile::<S, 5>(t),
+            4 => tile::<S, 4>(t),
+            3 => tile::<S, 3>(t),
+            2 => tile::<S, 2>(t),
+            _ => tile::<S, 1>(t),
+        }
+    }
 }
 
-/// [`tile`] at stride 2.
-///
-/// # Safety
-/// As [`tile`].
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn tile_s2<const R: usize, const KH: usize>(t: InPlaceTile) {
-    // SAFETY: by the contract.
-    unsafe { tile::<2, R, KH>(t) }
-}
-
-/// `R` output rows of a `KH`-row filter at stride `S`, strip by strip: whole strips whose every
-/// filter column reads inside the row without masks, the others (and a last, narrower strip)
-/// with them.
+/// The tile's output rows (up to [`ROWS`]) of a `KH`-row filter at stride `S`, strip by strip:
+/// whole strips whose every filter column reads inside the row without masks, the others (and a
+/// last, narrower strip) with them.
 ///
 /// # Safety
 /// NEON available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane and
-/// `t.y` output rows `0 .. R` of `out_w` columns.
+/// `t.y` output rows `0 .. min(rows_left, ROWS)` of `out_w` columns.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn tile<const S: usize, const R: usize, const KH: usize>(t: InPlaceTile) {
+unsafe fn tile<const S: usize, const KH: usize>(t: InPlaceTile) {
     let s = t.shape;
     let strip = if S == 1 { S1_STRIP } else { S2_STRIP };
-    // Every input row the tile reads lies in the plane: no row test.
-    let interior = t.reads_rows_inside(S * (R - 1) + KH);
     let mut j = 0;
     while j < s.out_w {
         let width = (s.out_w - j).min(strip);
         let inside = width == strip && reads_inside(&s, S, j, width);
-        // SAFETY: as this function's contract, for columns j .. j + width <= out_w; `inside`
-        // and `interior` were just checked.
+        // SAFETY: as this function's contract, for columns j .. j + width <= out_w; `inside` was
+        // just checked.
         unsafe {
-            match (S, width.div_ceil(4), inside, interior) {
-                (1, 4, true, true) => strip_cols::<S, R, KH, 4, true, true>(t, j, width),
-                (1, 4, true, false) => strip_cols::<S, R, KH, 4, true, false>(t, j, width),
-                (2, 2, true, true) => strip_cols::<S, R, KH, 2, true, true>(t, j, width),
-                (2, 2, true, false) => strip_cols::<S, R, KH, 2, true, false>(t, j, width),
-                (_, 4, ..) => strip_cols::<S, R, KH, 4, false, false>(t, j, width),
-                (_, 3, ..) => strip_cols::<S, R, KH, 3, false, false>(t, j, width),
-                (_, 2, ..) => strip_cols::<S, R, KH, 2, false, false>(t, j, width),
-                _ => strip_cols::<S, R, KH, 1, false, false>(t, j, width),
+            match (width.div_ceil(4), inside) {
+                (4, true) => strip_cols::<S, KH, 4, true>(t, j, width),
+                (2, true) => strip_cols::<S, KH, 2, true>(t, j, width),
+                // Three vectors' worth takes four, the last one masked off.
+                (3 | 4, false) => strip_cols::<S, KH, 4, false>(t, j, width),
+                (2, false) => strip_cols::<S, KH, 2, false>(t, j, width),
+                _ => strip_cols::<S, KH, 1, false>(t, j, width),
             }
         }
         j += width;
@@ -192,28 +191,20 @@ unsafe fn load<const S: usize>(p: *const f32) -> float32x4_t {
 }
 
 /// Output columns `j .. j + width` (`width <= 4 * V`) of [`tile`]: for each filter column, each
-/// input row the filter reaches is loaded once, in place, and feeds every output row it belongs
-/// to. `INSIDE`: every filter column's input columns lie inside the row (plain loads, no masks);
-/// `INTERIOR`: every input row lies in the plane (no row test).
+/// input row the filter reaches is loaded once, in place (rows outside the plane skipped), and
+/// feeds every output row it belongs to. `INSIDE`: every filter column's input columns lie
+/// inside the row (plain loads, no masks).
 ///
 /// # Safety
-/// As [`tile`], with `j + width <= out_w`; with `INSIDE`, `width == 4 * V` and
-/// [`reads_inside`]; with `INTERIOR`, the tile's input rows `first_row .. first_row + S * (R - 1)
-/// + KH` lie in the plane.
+/// As [`tile`], with `j + width <= out_w`; with `INSIDE`, `width == 4 * V` and [`reads_inside`].
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn strip_cols<
-    const S: usize,
-    const R: usize,
-    const KH: usize,
-    const V: usize,
-    const INSIDE: bool,
-    const INTERIOR: bool,
->(
+unsafe fn strip_cols<const S: usize, const KH: usize, const V: usize, const INSIDE: bool>(
     t: InPlaceTile,
     j: usize,
     width: usize,
 ) {
+    const R: usize = ROWS;
     let s = t.shape;
     let (in_h, in_w) = (s.in_h as isize, s.in_w as isize);
     let plane = s.in_h * s.in_w;
@@ -233,7 +224,7 @@ unsafe fn strip_cols<
         let wk: [f32; KH] = std::array::from_fn(|ky| unsafe { *t.w.add(ky * s.kw + kx) });
         for i in 0..S * (R - 1) + KH {
             let row = t.first_row + i as isize;
-            if !INTERIOR && !(0..in_h).contains(&row) {
+            if !(0..in_h).contains(&row) {
                 continue;
             }
             let at = row * in_w + first;
@@ -266,10 +257,11 @@ unsafe fn strip_cols<
         acc.iter_mut().flatten().for_each(|a| *a = vminnmq_f32(vmaxnmq_f32(*a, lo), hi));
     }
     let row_strip = j == 0 && width == s.out_w;
-    for (r, acc) in acc.iter().enumerate() {
-        for (v, &a) in acc.iter().enumerate() {
+    for (r, acc) in acc.iter().enumerate().take(t.rows_left) {
+        // (A strip of three vectors' width runs four, the last holding no output.)
+        for (v, &a) in acc.iter().enumerate().take(width.div_ceil(4)) {
             let n = width - 4 * v;
-            // SAFETY: output row r < R, columns j + 4v .. j + 4v + min(n, 4) <= out_w; a whole
+            // SAFETY: output row r < min(rows_left, R), columns j + 4v .. j + 4v + min(n, 4) <= out_w; a whole
             // store of a partial vector ends inside the output plane, where what it spills over
             // is stored after it.
             unsafe {
