@@ -372,12 +372,14 @@ impl InPlaceTile {
     }
 }
 
-// `depthwise_dispatch!` spells out every tile size.
+// `depthwise_dispatch!` and the NEON tiles' matches spell out every tile size.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const _: () = assert!(TILE_ROWS == 4 && PASS_ROWS == 5);
 
-/// Calls `$tile::<R, KH>($args)` for a [`DepthwiseBlock`]'s output rows `R` and filter rows `KH`.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// Calls `$tile::<R, KH>($args)` for a [`DepthwiseBlock`]'s output rows `R` and filter rows `KH`
+/// (the x86 tiles; NEON's compute every row of a tile, for code size, and take the rows at run
+/// time).
+#[cfg(target_arch = "x86_64")]
 macro_rules! depthwise_dispatch {
     ($tile:ident, $blk:expr, $($arg:expr),*) => {{
         let blk: $crate::arch::DepthwiseBlock = $blk;

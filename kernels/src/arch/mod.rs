@@ -24,10 +24,10 @@ pub mod scalar;
 pub mod x86;
 
 pub(crate) use depthwise::depthwise_rows_check;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use depthwise::DepthwiseBlock;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) use depthwise::{
-    for_each_tile as depthwise_tiles, in_place_tiles, DepthwiseBlock, DepthwiseTile, InPlaceTile,
-};
+pub(crate) use depthwise::{for_each_tile as depthwise_tiles, in_place_tiles, DepthwiseTile, InPlaceTile};
 pub use depthwise::{DepthwisePlane, DepthwiseRows, PLANE_LANES};
 
 use crate::KernelError;
