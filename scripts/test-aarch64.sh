@@ -122,5 +122,17 @@ native=target/release/pith
 cargo build --release --target "$TARGET" -p pith-cli
 reproducible "(width search)" --bits auto --min-fidelity 0.99
 reproducible "(fine-tuned)" --bits 4 --finetune 5
+
+# What the runtime adds to an app: the smallest embedding (runtime/examples/run_model.rs), built
+# for aarch64 in release and stripped, run under qemu on a 4-bit BlazeFace.
+echo "-- an app embedding the runtime: aarch64 size, one run under qemu"
+cargo build --release --target "$TARGET" -p pith-runtime --example run_model
+app=$(mktemp -d)
+aarch64-linux-gnu-strip -o "$app/run_model" "$CARGO_TARGET_DIR/$TARGET/release/examples/run_model"
+"$native" compress tests/data/models/blazeface_short_range.onnx --bits 4 -o "$app/face.pith" > /dev/null
+qemu-aarch64 "$app/run_model" "$app/face.pith" | tee "$app/out"
+grep -qx 'regressors: \[1, 896, 16\]' "$app/out"
+summary+=("an app embedding the runtime (runtime/examples/run_model.rs, release, stripped): $(stat -c %s "$app/run_model") bytes on aarch64")
+rm -rf "$app"
 echo "== aarch64 summary: $((SECONDS - t0)) s in all ($((t1 - t0)) s install check, $((SECONDS - t1)) s build + clippy + tests)"
 printf '  %s\n' "${summary[@]}"
