@@ -37,10 +37,14 @@ fn gemm_rows_matches_scalar() {
             let a = rng.vec(m * k);
             let b = rng.vec((k - 1) * ldb + n);
             let c0 = rng.vec((m - 1) * ldc + n);
-            let (mut want, mut got) = (c0.clone(), c0.clone());
+            let mut want = c0.clone();
             scalar::gemm_rows(&a, k, &b, ldb, n, &mut want, ldc);
-            (isa.gemm_rows)(&a, k, &b, ldb, n, &mut got, ldc);
-            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+            // Weights, input rows and output rows (each exactly its length) against no-access
+            // pages (see `Guarded`).
+            let (ga, gb, mut got) =
+                (Guarded::new(&a, Edge::Start), Guarded::new(&b, Edge::End), Guarded::new(&c0, Edge::End));
+            (isa.gemm_rows)(ga.as_slice(), k, gb.as_slice(), ldb, n, got.as_mut_slice(), ldc);
+            for (idx, (g, w)) in got.as_slice().iter().zip(&want).enumerate() {
                 let ok = if idx % ldc < n { close(*g, *w, k as f32 + 1.0) } else { g == w };
                 assert!(ok, "{} m={m} k={k} n={n} ldb={ldb} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
             }
@@ -64,10 +68,13 @@ fn gemm_rows_at_matches_scalar() {
             let offs: Vec<usize> = (0..listed).map(|_| rng.below(extra + 1)).collect();
             let a = rng.vec(m * k);
             let c0 = rng.vec((m - 1) * ldc + n);
-            let (mut want, mut got) = (c0.clone(), c0.clone());
+            let mut want = c0.clone();
             scalar::gemm_rows_at(&a, k, &b, &offs, n, &mut want, ldc);
-            (isa.gemm_rows_at)(&a, k, &b, &offs, n, &mut got, ldc);
-            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+            // Weights, input and output rows against no-access pages (see `Guarded`).
+            let (ga, gb, mut got) =
+                (Guarded::new(&a, Edge::End), Guarded::new(&b, Edge::End), Guarded::new(&c0, Edge::End));
+            (isa.gemm_rows_at)(ga.as_slice(), k, gb.as_slice(), &offs, n, got.as_mut_slice(), ldc);
+            for (idx, (g, w)) in got.as_slice().iter().zip(&want).enumerate() {
                 let ok = if idx % ldc < n { close(*g, *w, k as f32 + 1.0) } else { g == w };
                 assert!(ok, "{} m={m} k={k} n={n} ldc={ldc} at {idx}: {g} vs {w}", isa.name);
             }
@@ -152,9 +159,11 @@ impl FusedCase {
         }
     }
 
-    /// Runs `f` on rows of NaN, `tail` columns past the written ones, and returns the rows.
+    /// Runs `f` on rows of NaN, `tail` columns past the written ones, and returns the rows; the
+    /// weights and the input rows lie against no-access pages (see `Guarded`).
     fn run(&self, f: super::GemmRowsFusedFn, tail: usize) -> Vec<Vec<f32>> {
-        self.run_with(tail, |out| f(&self.a, self.k, &self.b, &self.offs, self.n, out))
+        let (a, b) = (Guarded::new(&self.a, Edge::End), Guarded::new(&self.b, Edge::End));
+        self.run_with(tail, |out| f(a.as_slice(), self.k, b.as_slice(), &self.offs, self.n, out))
     }
 
     /// Asserts that `got` matches `want` within the sums' rounding over the written columns
@@ -448,9 +457,12 @@ fn max_2x2_matches_scalar() {
             let extra = rng.below(3);
             let r0: Vec<f32> = rng.vec(2 * n + extra).iter().map(|v| (v - 0.5) * 8.0).collect();
             let r1: Vec<f32> = rng.vec(2 * n).iter().map(|v| ((v - 0.5) * 8.0).round()).collect();
-            let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            let (mut want, mut got) = (vec![f32::NAN; n], Guarded::new(&vec![f32::NAN; n], Edge::End));
             scalar::max_2x2(&r0, &r1, &mut want);
-            (isa.max_2x2)(&r0, &r1, &mut got);
+            // Both rows and the output against no-access pages (see `Guarded`).
+            let (g0, g1) = (Guarded::new(&r0, Edge::End), Guarded::new(&r1, Edge::End));
+            (isa.max_2x2)(g0.as_slice(), g1.as_slice(), got.as_mut_slice());
+            let got = got.as_slice();
             assert_eq!(got, want, "{} max_2x2 n={n}", isa.name);
         }
         let short = std::panic::catch_unwind(|| (isa.max_2x2)(&[0.0; 7], &[0.0; 8], &mut [0.0; 4]));
@@ -470,7 +482,8 @@ fn transpose_matches_the_definition_on_every_path() {
             let src = rng.vec(rows * cols);
             // Past the matrix: NaN that no path may overwrite.
             let mut got = vec![f32::NAN; rows * cols + 3];
-            (isa.transpose)(&src, rows, cols, &mut got);
+            // The source against a no-access page (see `Guarded`).
+            (isa.transpose)(Guarded::new(&src, Edge::End).as_slice(), rows, cols, &mut got);
             for r in 0..rows {
                 for c in 0..cols {
                     let (v, want) = (got[c * rows + r], src[r * cols + c]);
@@ -510,7 +523,8 @@ fn deinterleave_matches_scalar() {
             let (mut want_even, mut want_odd) = (vec![f32::NAN; n + 2], vec![f32::NAN; n + 2]);
             let (mut even, mut odd) = (want_even.clone(), want_odd.clone());
             scalar::deinterleave(&src, &mut want_even[..n], &mut want_odd[..n]);
-            (isa.deinterleave)(&src, &mut even[..n], &mut odd[..n]);
+            // The source against a no-access page (see `Guarded`).
+            (isa.deinterleave)(Guarded::new(&src, Edge::End).as_slice(), &mut even[..n], &mut odd[..n]);
             assert_eq!(bits(&even), bits(&want_even), "{} deinterleave even n={n}", isa.name);
             assert_eq!(bits(&odd), bits(&want_odd), "{} deinterleave odd n={n}", isa.name);
             for i in 0..n {
