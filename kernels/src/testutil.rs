@@ -1,4 +1,5 @@
-//! Test helpers: a fixed-seed xorshift generator and random weights in every encoding.
+//! Test helpers: a fixed-seed xorshift generator, random weights in every encoding, and buffers
+//! placed against no-access pages ([`Guarded`]) so that reads past them fault.
 
 use half::f16;
 use pith_format::ir::{row_stride, Centroids, CodebookKind, CodebookTensor, TensorData};

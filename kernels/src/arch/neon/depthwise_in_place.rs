@@ -261,9 +261,9 @@ unsafe fn strip_cols<const S: usize, const KH: usize, const V: usize, const INSI
         // (A strip of three vectors' width runs four, the last holding no output.)
         for (v, &a) in acc.iter().enumerate().take(width.div_ceil(4)) {
             let n = width - 4 * v;
-            // SAFETY: output row r < min(rows_left, R), columns j + 4v .. j + 4v + min(n, 4) <= out_w; a whole
-            // store of a partial vector ends inside the output plane, where what it spills over
-            // is stored after it.
+            // SAFETY: output row r < min(rows_left, R), columns j + 4v .. j + 4v + min(n, 4) <=
+            // out_w; a whole store of a partial vector ends inside the output plane, where what it
+            // spills over is stored after it.
             unsafe {
                 let p = t.y.add(r * s.out_w + j + 4 * v);
                 if n >= 4 || t.stores_whole(row_strip, r, 4 * v, 4) {
