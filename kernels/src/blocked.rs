@@ -798,12 +798,14 @@ mod tests {
                 if p.in_c.is_multiple_of(BLOCK) { x_layout } else { Layout::Planar },
             );
             let rl = residual.as_ref().map(|r| laid_out(r, p.out_c, out_hw, y_layout));
+            // The input against a no-access page (see `testutil::Guarded`).
+            let xl = crate::testutil::Guarded::new(&xl, crate::testutil::Edge::End);
             for k in &sets {
                 assert!(k.blocked_supports(&p, x_layout, y_layout), "case {case}: {p:?}");
                 let mut y = vec![f32::NAN; want.len()];
                 let mut scratch = vec![f32::NAN; k.conv2d_scratch_len(&p)];
                 k.conv2d_blocked(
-                    &xl,
+                    xl.as_slice(),
                     x_layout,
                     &w,
                     bias.as_deref(),

@@ -743,6 +743,9 @@ mod tests {
         mut extra: impl FnMut(&Kernels, &[f32], &mut [f32]),
     ) {
         let mut one_thread = Vec::new();
+        // The input against a no-access page (see `testutil::Guarded`).
+        let guarded = crate::testutil::Guarded::new(x, crate::testutil::Edge::End);
+        let x = guarded.as_slice();
         for kernels in int8_sets() {
             assert!(applies(&kernels, p), "{kernels:?} {p:?}");
             let mut y = vec![f32::NAN; want.len()];

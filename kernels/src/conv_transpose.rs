@@ -388,13 +388,15 @@ mod tests {
                 .map(|(i, &v)| act.apply(scaled(i, v) + bias.map_or(0.0, |b| b[channel(i)])))
                 .collect()
         };
+        // The input against a no-access page (see `testutil::Guarded`).
+        let x = crate::testutil::Guarded::new(&x, crate::testutil::Edge::End);
         for scale in [None, Some(&scale[..])] {
             let want = want(scale);
             for kernels in sets {
                 let mut y = vec![f32::NAN; want.len()];
                 let mut scratch = vec![0.0; kernels.conv_transpose2d_scratch_len(p)];
                 kernels
-                    .conv_transpose2d(&x, &data.view(), scale, bias, p, act, &mut y, &mut scratch)
+                    .conv_transpose2d(x.as_slice(), &data.view(), scale, bias, p, act, &mut y, &mut scratch)
                     .unwrap();
                 assert_close(&y, &want, &format!("{kernels:?} {kind:?} {p:?} scale {}", scale.is_some()));
             }

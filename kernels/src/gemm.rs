@@ -509,11 +509,13 @@ mod tests {
                         want[i * n + j] = act.of(j).apply(s);
                     }
                 }
+                // The input rows against a no-access page (see `testutil::Guarded`).
+                let a = crate::testutil::Guarded::new(&a, crate::testutil::Edge::End);
                 for kernels in &sets {
                     let mut y = vec![f32::NAN; m * n];
                     let mut scratch = vec![0.0; kernels.gemm_scratch_len(k, n, layout)];
                     let w = data.view();
-                    kernels.gemm(&a, m, k, n, &w, layout, bias, act, &mut y, &mut scratch).unwrap();
+                    kernels.gemm(a.as_slice(), m, k, n, &w, layout, bias, act, &mut y, &mut scratch).unwrap();
                     assert_close(&y, &want, &format!("{kernels:?} {kind:?} {layout:?} {m}x{k}x{n} {act:?}"));
                 }
             }
