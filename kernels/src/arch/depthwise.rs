@@ -359,6 +359,7 @@ impl InPlaceTile {
     /// Whether the `rows` input rows from the tile's first all lie in the plane (so a tile that
     /// reads them needs no row test).
     #[cfg(target_arch = "x86_64")]
+    #[inline]
     pub(crate) fn reads_rows_inside(&self, rows: usize) -> bool {
         self.first_row >= 0 && self.first_row + rows as isize <= self.shape.in_h as isize
     }
@@ -367,6 +368,7 @@ impl InPlaceTile {
     /// be stored whole although fewer of its lanes are outputs of its strip: the strip holds all
     /// of its row (`row_strip`, so what spills over lies in the rows after it, which are stored
     /// later) and the vector ends inside the output plane.
+    #[inline]
     pub(crate) fn stores_whole(&self, row_strip: bool, r: usize, col: usize, lanes: usize) -> bool {
         row_strip && r * self.shape.out_w + col + lanes <= self.rows_left * self.shape.out_w
     }
