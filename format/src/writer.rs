@@ -347,7 +347,8 @@ pub(crate) fn encode(model: &Model) -> Result<Vec<u8>> {
     encode_with(model, &WriteOptions::default())
 }
 
-/// [`encode`] with options. Huffman coding needs valid codebook tensors (indices `< entries`).
+/// Serialises `model` with `options`, without validating it (the writer validates first).
+/// Huffman coding needs valid codebook tensors (indices `< entries`).
 pub(crate) fn encode_with(model: &Model, options: &WriteOptions) -> Result<Vec<u8>> {
     let g = &model.graph;
     let blob_align = if options.compact { COMPACT_BLOB_ALIGN } else { ALIGN };

@@ -10,7 +10,7 @@
 //! where it does 144 (4× fewer), with less transformed input per output too. The transforms are
 //! additions, vectorised over a row of tiles by splitting the padded input rows into their m
 //! column phases; on AVX-512, F(4×4, 3×3)'s split and transforms are written out in registers
-//! ([`f4_avx512`]) and the products run on filters packed 8 per block ([`gemm_avx512`]).
+//! (`f4_avx512`) and the products run on filters packed 8 per block (`gemm_avx512`).
 //!
 //! Work is split over output rows in whole tiles (m rows).
 

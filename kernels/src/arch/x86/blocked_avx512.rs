@@ -162,7 +162,7 @@ fn pointwise(job: &BlockedPointwise<'_>, y: &mut [f32], carry: &mut [f32]) {
 ///
 /// # Safety
 /// AVX-512 F available; `job.check(y, carry)` passed, with `job.blocks == V`;
-/// with `BF16`, as [`super::blocked_bf16::pointwise`] requires.
+/// with `BF16`, as `super::blocked_bf16::pointwise` requires.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn pointwise_impl<const V: usize, const BF16: bool>(
     job: &BlockedPointwise<'_>,

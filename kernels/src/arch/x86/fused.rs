@@ -36,7 +36,7 @@ impl<'d> Epilogue<'d> {
 }
 
 /// Bytes of L1 a column block of the fused kernels and their weight rows may fill (see
-/// [`Epilogue::strips`]; 32 KiB L1 less a few lines for the output rows).
+/// [`Epilogue::l1_strips`]; 32 KiB L1 less a few lines for the output rows).
 const FUSED_L1_BYTES: usize = 28 << 10;
 
 /// f32 elements in a 4 KiB page: rows this many apart map to the same L1 sets.

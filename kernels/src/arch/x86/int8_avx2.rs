@@ -24,7 +24,7 @@ pub(super) const KERNELS: Int8Kernels = Int8Kernels { conv: None, dot_nibbles: S
 const STEP: usize = 32;
 
 /// See [`Int8Kernels::dot_nibbles`]. Exact for activations in ±127 (what
-/// [`int8::prepare_nibbles`] writes) and any table.
+/// [`crate::arch::int8::prepare_nibbles`] writes) and any table.
 fn dot_nibbles(rows: &[&[u8]], tables: &[[u8; 16]], xp: &[i8], k: usize, out: &mut [i32]) {
     dot_nibbles_check(rows, tables, xp, k, out);
     // SAFETY: AVX2 was detected before this table was handed out (`super::avx2`); the check
@@ -44,7 +44,7 @@ fn hsum_i32(v: __m256i) -> i32 {
 }
 
 /// `R` rows over every step of 32 packed bytes: the low nibbles pair with the block's even
-/// activations, the high ones with its odd ones (the [`int8::prepare_nibbles`] layout: per 128
+/// activations, the high ones with its odd ones (the [`crate::arch::int8::prepare_nibbles`] layout: per 128
 /// activations, 64 even then 64 odd, so packed bytes `at .. at + 32` meet activations
 /// `at / 64 * 128 + at % 64` and 64 past it).
 #[target_feature(enable = "avx2")]
