@@ -2,7 +2,7 @@
 //! (two vectors per row) at a time, then 4, then a scalar tail.
 //!
 //! Every tile computes [`TILE_ROWS`] output rows, so each filter height has one tile, not one per
-//! row count (a quarter of the code: app size matters on a phone). A block of fewer rows (a
+//! row count (a fifth of the code: app size matters on a phone). A block of fewer rows (a
 //! plane's last) reads its last input row again in place of the rows past it and stores only its
 //! own rows: the spare sums cost at most 3 rows of work per block.
 //!
