@@ -45,7 +45,7 @@ const ISA: Isa = Isa {
     deinterleave: elementwise::deinterleave,
     transpose: elementwise::transpose,
     decode_nibbles: elementwise::decode_nibbles,
-    decode_packed: None,
+    decode_packed: Some(packed::decode_packed),
     widen_f16: elementwise::widen_f16,
     dot,
     dot_rows: fused::DOT_ROWS,

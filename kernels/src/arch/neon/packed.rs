@@ -1,38 +1,39 @@
-//! `dot_packed` on NEON: indices decoded 16 at a time in registers, centroids looked up with
-//! byte-table instructions.
+//! Packed index rows on NEON, `dot_packed` and `decode_packed`: indices decoded 16 at a time in
+//! registers, centroids looked up with byte-table instructions.
 //!
-//! Decoding: 16 indices at `bits` bits span exactly `2 * bits` bytes. Two `TBL`s gather, per
-//! index, the byte it starts in and the next one; zipped into u16 lanes, a per-lane variable
-//! shift and a mask leave the index in the low byte (`bits <= 8` and a start offset `< 8` never
-//! need a third byte).
+//! Decoding: 16 indices at `bits` bits span exactly `2 * bits` bytes. Per 8 indices one `TBL`
+//! gathers the two bytes each index spans into a u16 lane, a per-lane variable shift and a mask
+//! leave the index in the low byte (`bits <= 8` and a start offset `< 8` never need a third byte).
 //!
-//! Lookup (`bits <= 6`): `vld4q_u8` splits up to 16 f32 centroids into four byte planes (plane `b`
-//! holds byte `b` of every centroid), so a `TBL` on each plane (1, 2 or 4 registers for 16, 32, 64
-//! entries) fetches one byte of 16 centroids at once; two rounds of zips reassemble the f32s.
-//! At 7 and 8 bits the planes would need 32 or 64 registers, so the decoded indices are spilled
-//! and the centroids loaded one by one (still no serial bit-accumulator chain).
-
-use super::super::scalar;
+//! Lookup (`bits <= 6`): the f32 centroids are split into four byte planes (plane `b` holds byte
+//! `b` of every centroid), so a `TBL` on each plane (1, 2 or 4 registers for 16, 32, 64 entries)
+//! fetches one byte of 16 centroids at once; two rounds of zips reassemble the f32s for a
+//! product, one `ST4` stores them decoded. At 7 and 8 bits the planes would need 32 or 64
+//! registers: the dot product spills the decoded indices and loads the centroids one by one, and
+//! the decoder takes the portable loop, which reads each index straight from a word.
+//!
+use super::super::{decode_packed_check, scalar};
 use std::arch::aarch64::*;
 
-/// Per bit width (index 0 unused): for index `i` of a 16-group, its start byte, the byte after
-/// it, and minus its start bit within that byte (a negative count makes `vshlq_u16` shift right).
+/// Per bit width (index 0 unused): for index `i` of a 16-group, the byte it starts in and the
+/// next one, side by side in byte pair `i % 8` of control `i / 8` (one `TBL` per 8 indices then
+/// gives their u16 windows), and minus its start bit within that byte (a negative count makes
+/// `vshlq_u16` shift right).
 struct DecodeTables {
-    lo: [[u8; 16]; 9],
-    hi: [[u8; 16]; 9],
+    pairs: [[[u8; 16]; 2]; 9],
     shift: [[i16; 16]; 9],
 }
 
 const TABLES: DecodeTables = {
-    let mut t = DecodeTables { lo: [[0; 16]; 9], hi: [[0; 16]; 9], shift: [[0; 16]; 9] };
+    let mut t = DecodeTables { pairs: [[[0; 16]; 2]; 9], shift: [[0; 16]; 9] };
     let mut bits = 1;
     while bits <= 8 {
         let mut i = 0;
         while i < 16 {
             let bit = i * bits;
-            t.lo[bits][i] = (bit / 8) as u8;
+            t.pairs[bits][i / 8][2 * (i % 8)] = (bit / 8) as u8;
             // At 8 bits the last "next byte" is 16: out of table range, so TBL yields 0 (unused).
-            t.hi[bits][i] = (bit / 8 + 1) as u8;
+            t.pairs[bits][i / 8][2 * (i % 8) + 1] = (bit / 8 + 1) as u8;
             t.shift[bits][i] = -((bit % 8) as i16);
             i += 1;
         }
@@ -86,8 +87,7 @@ unsafe fn load_bytes(row: &[u8], off: usize) -> uint8x16_t {
 /// The constant vectors that unpack 16 indices of one bit width, loaded once per row.
 #[derive(Clone, Copy)]
 struct Decoder {
-    lo: uint8x16_t,
-    hi: uint8x16_t,
+    pairs: [uint8x16_t; 2],
     shift: [int16x8_t; 2],
     mask: uint8x16_t,
 }
@@ -98,28 +98,88 @@ impl Decoder {
     #[inline]
     #[target_feature(enable = "neon")]
     unsafe fn new(bits: usize) -> Decoder {
-        let sh = TABLES.shift[bits].as_ptr();
+        let (pairs, sh) = (&TABLES.pairs[bits], TABLES.shift[bits].as_ptr());
         Decoder {
-            lo: vld1q_u8(TABLES.lo[bits].as_ptr()),
-            hi: vld1q_u8(TABLES.hi[bits].as_ptr()),
+            pairs: [vld1q_u8(pairs[0].as_ptr()), vld1q_u8(pairs[1].as_ptr())],
             shift: [vld1q_s16(sh), vld1q_s16(sh.add(8))],
             mask: vdupq_n_u8(((1u16 << bits) - 1) as u8),
         }
     }
 
-    /// The 16 indices packed at the start of `bytes`, one per byte lane.
+    /// The 16 indices packed at the start of `bytes`, one per byte lane: per 8 indices one `TBL`
+    /// for their two-byte windows, one shift; one `UZP1` keeps the low bytes, one AND the index.
     ///
     /// # Safety
     /// NEON available.
     #[inline]
     #[target_feature(enable = "neon")]
     unsafe fn decode16(&self, bytes: uint8x16_t) -> uint8x16_t {
-        let lo = vqtbl1q_u8(bytes, self.lo);
-        let hi = vqtbl1q_u8(bytes, self.hi);
-        let w0 = vshlq_u16(vreinterpretq_u16_u8(vzip1q_u8(lo, hi)), self.shift[0]);
-        let w1 = vshlq_u16(vreinterpretq_u16_u8(vzip2q_u8(lo, hi)), self.shift[1]);
+        let w0 = vshlq_u16(vreinterpretq_u16_u8(vqtbl1q_u8(bytes, self.pairs[0])), self.shift[0]);
+        let w1 = vshlq_u16(vreinterpretq_u16_u8(vqtbl1q_u8(bytes, self.pairs[1])), self.shift[1]);
         let idx = vuzp1q_u8(vreinterpretq_u8_u16(w0), vreinterpretq_u8_u16(w1));
         vandq_u8(idx, self.mask)
+    }
+}
+
+/// Up to `16 * T` f32 centroids split into byte planes: plane `b` holds byte `b` of every
+/// centroid in `T` registers (16 entries each; unused registers zero), so one `TBL` per plane
+/// fetches one byte of 16 centroids at once.
+#[derive(Clone, Copy)]
+struct BytePlanes<const T: usize>([[uint8x16_t; 4]; 4]);
+
+impl<const T: usize> BytePlanes<T> {
+    /// The planes of `lut[..2^bits]`, zero-padded to `16 * T` entries (never indexed: indices
+    /// are `< 2^bits`). Each plane is split in memory and loaded by one `LD1` of `T` registers,
+    /// which puts them in consecutive registers, as a multi-register `TBL` takes them (split by
+    /// `LD4` from the centroids, the planes came out interleaved, and the compiler copied four
+    /// registers into place for every lookup).
+    ///
+    /// # Safety
+    /// NEON available; `T` in {1, 2, 4}; `2^bits <= 16 * T`; `lut` holds `2^bits` floats.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn new(lut: &[f32], bits: usize) -> Self {
+        let mut bytes = [[0u8; 64]; 4];
+        for (e, v) in lut[..1 << bits].iter().enumerate() {
+            for (plane, byte) in bytes.iter_mut().zip(v.to_le_bytes()) {
+                plane[e] = byte;
+            }
+        }
+        let mut planes = [[vdupq_n_u8(0); 4]; 4];
+        for (regs, plane) in planes.iter_mut().zip(&bytes) {
+            // SAFETY: each plane holds 64 bytes, at least the `16 * T` loaded.
+            unsafe {
+                let p = plane.as_ptr();
+                match T {
+                    1 => regs[0] = vld1q_u8(p),
+                    2 => {
+                        let q = vld1q_u8_x2(p);
+                        [regs[0], regs[1]] = [q.0, q.1];
+                    }
+                    _ => {
+                        let q = vld1q_u8_x4(p);
+                        *regs = [q.0, q.1, q.2, q.3];
+                    }
+                }
+            }
+        }
+        BytePlanes(planes)
+    }
+
+    /// Byte `b` of the centroids at the 16 indices `idx` (each `< 16 * T`) in result `b`: the
+    /// centroids' little-endian bytes, as `st4` would store them interleaved.
+    ///
+    /// # Safety
+    /// NEON available.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn lookup(&self, idx: uint8x16_t) -> uint8x16x4_t {
+        let byte = |p: &[uint8x16_t; 4]| match T {
+            1 => vqtbl1q_u8(p[0], idx),
+            2 => vqtbl2q_u8(uint8x16x2_t(p[0], p[1]), idx),
+            _ => vqtbl4q_u8(uint8x16x4_t(p[0], p[1], p[2], p[3]), idx),
+        };
+        uint8x16x4_t(byte(&self.0[0]), byte(&self.0[1]), byte(&self.0[2]), byte(&self.0[3]))
     }
 }
 
@@ -138,32 +198,17 @@ unsafe fn dot_groups_tbl<const T: usize>(
     groups: usize,
 ) -> (f32, usize) {
     let bits = bits as usize;
-    // Centroids padded to 16 * T with zeros (never indexed: indices are `< 2^bits`).
-    let mut padded = [0.0f32; 64];
-    padded[..1 << bits].copy_from_slice(&lut[..1 << bits]);
-    let mut planes = [[vdupq_n_u8(0); 4]; 4];
-    for (t, chunk) in padded.chunks_exact(16).take(T).enumerate() {
-        let q = vld4q_u8(chunk.as_ptr() as *const u8);
-        [planes[0][t], planes[1][t], planes[2][t], planes[3][t]] = [q.0, q.1, q.2, q.3];
-    }
+    let planes = BytePlanes::<T>::new(lut, bits);
     let dec = Decoder::new(bits);
     let mut acc = [vdupq_n_f32(0.0); 4];
     let step = 2 * bits;
     for g in 0..groups {
-        let idx = dec.decode16(load_bytes(row, g * step));
-        let mut b = [vdupq_n_u8(0); 4];
-        for (plane, byte) in planes.iter().zip(b.iter_mut()) {
-            *byte = match T {
-                1 => vqtbl1q_u8(plane[0], idx),
-                2 => vqtbl2q_u8(uint8x16x2_t(plane[0], plane[1]), idx),
-                _ => vqtbl4q_u8(uint8x16x4_t(plane[0], plane[1], plane[2], plane[3]), idx),
-            };
-        }
+        let b = planes.lookup(dec.decode16(load_bytes(row, g * step)));
         // Bytes 0|1 and 2|3 as u16 halves, then halves as u32: centroids 0-3, 4-7, 8-11, 12-15.
-        let l01 = vreinterpretq_u16_u8(vzip1q_u8(b[0], b[1]));
-        let h01 = vreinterpretq_u16_u8(vzip2q_u8(b[0], b[1]));
-        let l23 = vreinterpretq_u16_u8(vzip1q_u8(b[2], b[3]));
-        let h23 = vreinterpretq_u16_u8(vzip2q_u8(b[2], b[3]));
+        let l01 = vreinterpretq_u16_u8(vzip1q_u8(b.0, b.1));
+        let h01 = vreinterpretq_u16_u8(vzip2q_u8(b.0, b.1));
+        let l23 = vreinterpretq_u16_u8(vzip1q_u8(b.2, b.3));
+        let h23 = vreinterpretq_u16_u8(vzip2q_u8(b.2, b.3));
         let w = [vzip1q_u16(l01, l23), vzip2q_u16(l01, l23), vzip1q_u16(h01, h23), vzip2q_u16(h01, h23)];
         let xg = x.add(16 * g);
         for (v, (lane, &wv)) in acc.iter_mut().zip(&w).enumerate() {
@@ -198,6 +243,59 @@ unsafe fn dot_groups_gather(row: &[u8], bits: u8, lut: &[f32], x: *const f32, gr
     }
     let sum = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
     (vaddvq_f32(sum), groups * step)
+}
+
+/// See [`crate::arch::Isa::decode_packed`]: 16 indices per step, decoded in registers
+/// ([`Decoder`]); tables of up to 64 entries are looked up by [`BytePlanes`] and the four byte
+/// planes stored interleaved by `ST4` (which gives the centroids' bytes in order); 7-bit rows
+/// by the portable word decoder ([`crate::decode::decode_words`]: `llvm-mca` put moving each
+/// index out of a vector lane at twice its cycles, see `docs/kernels.md`); the indices past the
+/// last whole 16 by [`scalar::decode_packed`].
+pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32]) {
+    decode_packed_check(packed, bits, lut, out);
+    if bits == 7 {
+        return crate::decode::decode_words(packed, bits, lut, out);
+    }
+    let groups = out.len() / 16;
+    let o = out.as_mut_ptr();
+    // SAFETY: NEON was detected before this table was handed out (`super::neon`). The check
+    // asserted `1 <= bits <= 6` here, `2^bits` entries in `lut` and the bytes of every index
+    // in `packed`, which `load_bytes` reads through a bounds-checked copy where 16 bytes from a
+    // group's start pass its end; `out` holds `16 * groups` floats.
+    unsafe {
+        match bits {
+            1..=4 => decode_groups_tbl::<1>(packed, bits, lut, o, groups),
+            5 => decode_groups_tbl::<2>(packed, bits, lut, o, groups),
+            _ => decode_groups_tbl::<4>(packed, bits, lut, o, groups),
+        }
+    }
+    // 16 indices end on a byte boundary, so the rest is a packed row of its own.
+    let used = groups * 2 * bits as usize;
+    scalar::decode_packed(&packed[used..], bits, lut, &mut out[16 * groups..]);
+}
+
+/// Decodes the first `groups` 16-index groups of `packed` into `out` through [`BytePlanes`]
+/// of `T` registers per plane.
+///
+/// # Safety
+/// NEON available; `1 <= bits <= 6`, `2^bits <= 16 * T`, `T` in {1, 2, 4}; `lut` holds `2^bits`
+/// floats; `out` holds `16 * groups` floats.
+#[target_feature(enable = "neon")]
+unsafe fn decode_groups_tbl<const T: usize>(
+    packed: &[u8],
+    bits: u8,
+    lut: &[f32],
+    out: *mut f32,
+    groups: usize,
+) {
+    let bits = bits as usize;
+    let planes = BytePlanes::<T>::new(lut, bits);
+    let dec = Decoder::new(bits);
+    for g in 0..groups {
+        let bytes = planes.lookup(dec.decode16(load_bytes(packed, g * 2 * bits)));
+        // SAFETY: the caller guarantees 16 floats (64 bytes) at `out + 16 * g`.
+        unsafe { vst4q_u8(out.add(16 * g).cast(), bytes) };
+    }
 }
 
 #[cfg(all(test, target_arch = "aarch64"))]
