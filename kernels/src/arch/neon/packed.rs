@@ -9,8 +9,9 @@
 //! `b` of every centroid), so a `TBL` on each plane (1, 2 or 4 registers for 16, 32, 64 entries)
 //! fetches one byte of 16 centroids at once; two rounds of zips reassemble the f32s for a
 //! product, one `ST4` stores them decoded. At 7 and 8 bits the planes would need 32 or 64
-//! registers: the dot product spills the decoded indices and loads the centroids one by one, and
-//! the decoder takes the portable loop, which reads each index straight from a word.
+//! registers, and taking indices out of vector lanes one by one costs more than reading them
+//! from memory: 8-bit indices are the row's bytes, read straight, and 7-bit rows go through the
+//! portable loop that takes each index from a word; their centroids are loaded one by one.
 //!
 use super::super::{decode_packed_check, scalar};
 use std::arch::aarch64::*;
@@ -58,12 +59,13 @@ pub(super) fn dot_packed(row: &[u8], bits: u8, lut: &[f32], x: &[f32]) -> f32 {
             1..=4 => dot_groups_tbl::<1>(row, bits, lut, x.as_ptr(), groups),
             5 => dot_groups_tbl::<2>(row, bits, lut, x.as_ptr(), groups),
             6 => dot_groups_tbl::<4>(row, bits, lut, x.as_ptr(), groups),
-            _ => dot_groups_gather(row, bits, lut, x.as_ptr(), groups),
+            7 => dot_groups_words(row, lut, x, groups),
+            _ => dot_groups_bytes(row, lut, x, groups),
         }
     };
-    // 16 indices end on a byte boundary, so the tail is a packed row of its own.
+    // The groups end on a byte boundary, so the tail is a packed row of its own.
     let tail_row = row.get(consumed..).unwrap_or(&[]);
-    s + scalar::dot_packed(tail_row, bits, lut, &x[16 * groups..])
+    s + scalar::dot_packed(tail_row, bits, lut, &x[consumed * 8 / bits as usize..])
 }
 
 /// 16 bytes of `row` from `off`, zero-filled past its end (the reference reads missing bytes as 0).
@@ -184,7 +186,8 @@ impl<const T: usize> BytePlanes<T> {
 }
 
 /// Sum over the first `groups` 16-index groups via byte-plane table lookups, with `T` registers
-/// per plane (`16 * T >= 2^bits` entries). Returns the sum and the bytes of `row` consumed.
+/// per plane (`16 * T >= 2^bits` entries). Returns the sum and the bytes of `row` consumed (as
+/// every `dot_groups_*`: whole groups, whose indices end on a byte boundary).
 ///
 /// # Safety
 /// NEON available; `1 <= bits <= 8`, `2^bits <= 16 * T`, `T` in {1, 2, 4}; `lut` holds `2^bits`
@@ -219,30 +222,53 @@ unsafe fn dot_groups_tbl<const T: usize>(
     (vaddvq_f32(sum), groups * step)
 }
 
-/// Like [`dot_groups_tbl`] for any width: indices decoded in registers, centroids loaded one by one.
+/// [`dot_groups_tbl`] for 8-bit rows, which need no decoding: each index is a byte of `row`, read
+/// straight, its centroid loaded into a vector lane (a `u8` indexes the 256-entry table without a
+/// bounds check). Only groups whose 16 bytes lie in `row` are taken; the caller's tail reads the
+/// rest as [`scalar::dot_packed`] does (missing bytes are index 0).
 ///
 /// # Safety
-/// NEON available; `1 <= bits <= 8`; `lut` holds `2^bits` floats; `x` holds `16 * groups` floats.
+/// NEON available; `lut` holds 256 floats; `x` holds `16 * groups` floats.
 #[target_feature(enable = "neon")]
-unsafe fn dot_groups_gather(row: &[u8], bits: u8, lut: &[f32], x: *const f32, groups: usize) -> (f32, usize) {
-    let bits = bits as usize;
-    let lut = &lut[..1 << bits];
+unsafe fn dot_groups_bytes(row: &[u8], lut: &[f32], x: &[f32], groups: usize) -> (f32, usize) {
+    let table: &[f32; 256] = lut[..256].try_into().expect("256 entries");
+    let groups = groups.min(row.len() / 16);
     let mut acc = [vdupq_n_f32(0.0); 4];
-    let step = 2 * bits;
-    let dec = Decoder::new(bits);
-    let mut idx = [0u8; 16];
-    for g in 0..groups {
-        vst1q_u8(idx.as_mut_ptr(), dec.decode16(load_bytes(row, g * step)));
-        let xg = x.add(16 * g);
+    for (idx, xs) in row.chunks_exact(16).zip(x.chunks_exact(16)).take(groups) {
         for (v, lane) in acc.iter_mut().enumerate() {
-            let i = &idx[4 * v..4 * v + 4];
-            // Indices are masked to `bits` bits, so they are in bounds of `lut` (checked anyway).
-            let c = [lut[i[0] as usize], lut[i[1] as usize], lut[i[2] as usize], lut[i[3] as usize]];
-            *lane = vfmaq_f32(*lane, vld1q_f32(c.as_ptr()), vld1q_f32(xg.add(4 * v)));
+            let c: [f32; 4] = std::array::from_fn(|l| table[idx[4 * v + l] as usize]);
+            // SAFETY: `c` holds 4 floats and `xs` 16, of which these 4.
+            *lane = unsafe { vfmaq_f32(*lane, vld1q_f32(c.as_ptr()), vld1q_f32(xs[4 * v..].as_ptr())) };
         }
     }
     let sum = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
-    (vaddvq_f32(sum), groups * step)
+    (vaddvq_f32(sum), 16 * groups)
+}
+
+/// [`dot_groups_tbl`] for 7-bit rows, whose table is too long for registers: 64 indices (56
+/// bytes) at a time decoded by the portable word decoder ([`crate::decode::decode_words`]) into a
+/// buffer, then multiplied four lanes at a time (taking each index out of a vector lane cost
+/// more, see [`decode_packed`]). Only whole chunks whose bytes lie in `row` are taken; returns the
+/// sum and the bytes consumed, the caller's tail takes the rest.
+///
+/// # Safety
+/// NEON available; `lut` holds 128 floats; `x` holds `16 * groups` floats.
+#[target_feature(enable = "neon")]
+unsafe fn dot_groups_words(row: &[u8], lut: &[f32], x: &[f32], groups: usize) -> (f32, usize) {
+    const CHUNK: usize = 64;
+    const BYTES: usize = CHUNK * 7 / 8;
+    let chunks = (16 * groups / CHUNK).min(row.len() / BYTES);
+    let mut buf = [0.0f32; CHUNK];
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    for (packed, xs) in row.chunks_exact(BYTES).zip(x.chunks_exact(CHUNK)).take(chunks) {
+        crate::decode::decode_words(packed, 7, lut, &mut buf);
+        for (v, (w, xv)) in buf.chunks_exact(4).zip(xs.chunks_exact(4)).enumerate() {
+            // SAFETY: both chunks hold 4 floats.
+            acc[v % 4] = unsafe { vfmaq_f32(acc[v % 4], vld1q_f32(w.as_ptr()), vld1q_f32(xv.as_ptr())) };
+        }
+    }
+    let sum = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
+    (vaddvq_f32(sum), BYTES * chunks)
 }
 
 /// See [`crate::arch::Isa::decode_packed`]: 16 indices per step, decoded in registers
