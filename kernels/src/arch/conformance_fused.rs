@@ -108,6 +108,42 @@ fn fused_matches_scalar_on_every_small_shape() {
     }
 }
 
+/// Panels of several whole register tiles and a partial one, over depths from 1 to past a
+/// column block's L1 share, one call after another on the same thread (a path may keep a
+/// packed copy of the weights between calls: NEON does): each cell close to the reference.
+#[test]
+fn fused_matches_scalar_on_panels_of_many_tiles_and_deep_rows() {
+    let mut rng = Rng::new(53);
+    let slopes: Vec<f32> = (0..48).map(|r| r as f32 * 0.05 - 1.0).collect();
+    for (name, fused) in fused_paths() {
+        for (m, k, n) in [(48, 300, 37), (16, 1, 9), (24, 64, 130), (17, 700, 12), (48, 5, 64), (8, 2000, 5)]
+        {
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * n);
+            let offs: Vec<usize> = (0..k).map(|p| p * n).collect();
+            let bias = rng.vec(m);
+            let res = rng.vec(m * n);
+            let act = activations(&slopes)[(m + k) % 6];
+            let o = Out {
+                m,
+                col: 1,
+                bias: Some(&bias),
+                residual: Some(ResidualRows { data: &res, pitch: n, rows: m }),
+                act,
+            };
+            let want = run(scalar::gemm_rows_fused, &a, k, &b, &offs, n, &o);
+            let got = run(fused, &a, k, &b, &offs, n, &o);
+            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                for (j, (g, w)) in g.iter().zip(w).enumerate() {
+                    let ok =
+                        if (1..1 + n).contains(&j) { (g - w).abs() <= 1e-5 * k as f32 } else { g.is_nan() };
+                    assert!(ok, "{name} m {m} n {n} k {k} row {r} col {j}: {g} vs {w}");
+                }
+            }
+        }
+    }
+}
+
 /// NaN, infinities, zeros of both signs and each activation's bends through every activation,
 /// with and without a residual: exactly the reference's results (sums of one product by 1 are
 /// exact), NaN where it gives NaN.

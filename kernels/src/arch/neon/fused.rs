@@ -45,16 +45,90 @@ const MAX_STRIPS: usize = 32;
 fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
     let epi = Epilogue::new(out);
-    // SAFETY: NEON was detected before this table was handed out (`super::neon`). The check
-    // asserted `m` rows of `k` weights, `k` offsets each followed by `n` values of `b` (evenly
-    // spaced, row `p` of `b + offs[0]` at `p * step` is `b + offs[p]`, the same rows), `m` output
-    // rows of at least `col + n` values, `m` biases when there are any, `m` slopes for a leaky
-    // activation, and `n` residual values at `r * pitch` for every row `r` below both `m` and
-    // the residual's row count, which is all the kernel touches.
-    unsafe {
-        match evenly_spaced(&offs[..k]) {
-            Some(step) => gemm_fused(a.as_ptr(), k, m, b.as_ptr().add(offs[0]), Strided(step), n, epi),
-            None => gemm_fused(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, epi),
+    PACKED.with_borrow_mut(|packed| {
+        let need = m / MR * MR * k;
+        if packed.len() < need {
+            packed.resize(need, 0.0);
+        }
+        // SAFETY: NEON was detected before this table was handed out (`super::neon`).
+        unsafe { pack_blocks(&a[..m * k], k, &mut packed[..need]) };
+        let w = Weights { rows: a.as_ptr(), packed: packed.as_ptr() };
+        // SAFETY: NEON was detected before this table was handed out (`super::neon`). The check
+        // asserted `m` rows of `k` weights, `k` offsets each followed by `n` values of `b`
+        // (evenly spaced, row `p` of `b + offs[0]` at `p * step` is `b + offs[p]`, the same
+        // rows), `m` output rows of at least `col + n` values, `m` biases when there are any,
+        // `m` slopes for a leaky activation, and `n` residual values at `r * pitch` for every
+        // row `r` below both `m` and the residual's row count, which is all the kernel touches;
+        // `w.packed` holds the `need` floats of every whole block of `MR` rows.
+        unsafe {
+            match evenly_spaced(&offs[..k]) {
+                Some(step) => gemm_fused(w, k, m, b.as_ptr().add(offs[0]), Strided(step), n, epi),
+                None => gemm_fused(w, k, m, b.as_ptr(), Listed(offs.as_ptr()), n, epi),
+            }
+        }
+    })
+}
+
+thread_local! {
+    /// This thread's buffer for [`pack_blocks`], kept between calls: one allocation per thread
+    /// that grows to the largest panel it has multiplied (48 filters of `k` weights each).
+    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The weight rows of a call: as given (`m` rows of `k`), and every whole block of [`MR`] rows
+/// also packed by [`pack_blocks`].
+#[derive(Clone, Copy)]
+struct Weights {
+    rows: *const f32,
+    packed: *const f32,
+}
+
+/// Packs each whole block of [`MR`] rows of `a` (rows of `k` weights) depth-major: block `t`'s
+/// weights of depth `p` are the [`MR`] floats at `packed[(t * k + p) * MR ..]`, so a depth step
+/// loads them as two vectors and multiplies by lane (`FMLA` by element), where the rows as given
+/// take one broadcast load per row and step. `llvm-mca`'s models put the 8×8 tile at 1.13
+/// against 2.38 cycles per multiply-add on the Cortex-A55, 1.00 against 1.35 on the A57 and 0.33
+/// against 0.62 on Apple's M1 (not timed; see `docs/kernels.md`). Four rows by four depths at a
+/// time go through a register transpose; the rows past the last whole block are not packed.
+///
+/// # Safety
+/// NEON available.
+#[target_feature(enable = "neon")]
+unsafe fn pack_blocks(a: &[f32], k: usize, packed: &mut [f32]) {
+    if k == 0 {
+        return;
+    }
+    let whole = k / 4 * 4;
+    for (block, out) in a.chunks_exact(MR * k).zip(packed.chunks_exact_mut(MR * k)) {
+        for half in 0..MR / 4 {
+            let rows: [&[f32]; 4] = std::array::from_fn(|i| &block[(4 * half + i) * k..][..k]);
+            for p in (0..whole).step_by(4) {
+                // SAFETY: NEON (the caller's contract); every load and store is through a slice
+                // of the 4 floats it touches.
+                unsafe {
+                    let [r0, r1, r2, r3] = rows.map(|r| vld1q_f32(r[p..p + 4].as_ptr()));
+                    // Rows 0|1 and 2|3 interleaved, then their 64-bit halves: column j of the
+                    // 4×4 block in vector j.
+                    let (t0, t1) = (vtrn1q_f32(r0, r1), vtrn2q_f32(r0, r1));
+                    let (t2, t3) = (vtrn1q_f32(r2, r3), vtrn2q_f32(r2, r3));
+                    let (t0, t1, t2, t3) = (
+                        vreinterpretq_f64_f32(t0),
+                        vreinterpretq_f64_f32(t1),
+                        vreinterpretq_f64_f32(t2),
+                        vreinterpretq_f64_f32(t3),
+                    );
+                    let cols =
+                        [vzip1q_f64(t0, t2), vzip1q_f64(t1, t3), vzip2q_f64(t0, t2), vzip2q_f64(t1, t3)];
+                    for (j, c) in cols.into_iter().enumerate() {
+                        vst1q_f32(out[(p + j) * MR + 4 * half..][..4].as_mut_ptr(), vreinterpretq_f32_f64(c));
+                    }
+                }
+            }
+        }
+        for p in whole..k {
+            for r in 0..MR {
+                out[p * MR + r] = block[r * k + p];
+            }
         }
     }
 }
@@ -183,12 +257,13 @@ unsafe fn store_lanes(p: *mut f32, v: float32x4_t, lanes: usize) {
 /// row block streams over it.
 ///
 /// # Safety
-/// NEON available; `a` holds `m * k` floats; `rows` locates `k` rows of `n` floats in `b`;
-/// `epi` has `m` rows of `n` columns (see [`Epilogue::finish`]).
+/// NEON available; `w.rows` holds `m * k` floats and `w.packed` the `m / MR * MR * k` of
+/// [`pack_blocks`]; `rows` locates `k` rows of `n` floats in `b`; `epi` has `m` rows of `n`
+/// columns (see [`Epilogue::finish`]).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
 unsafe fn gemm_fused<B: BRows>(
-    a: *const f32,
+    w: Weights,
     k: usize,
     m: usize,
     b: *const f32,
@@ -206,17 +281,28 @@ unsafe fn gemm_fused<B: BRows>(
             let r = (m - i).min(MR);
             let mut j = j0;
             while j < end {
-                let w = (end - j).min(NR);
-                // SAFETY: rows i .. i + r of `a` and `epi` lie below `m`, columns j .. j + w below `n`.
+                let cols = (end - j).min(NR);
+                // SAFETY: rows i .. i + r of the weights and `epi` lie below `m`, columns
+                // j .. j + cols below `n`; a whole block's packed weights start at `i * k`
+                // (`i` is a multiple of `MR`).
                 unsafe {
-                    let (ap, bp) = (a.add(i * k), b.add(j));
-                    if w > 4 {
-                        tile_rows::<2, B>(r, ap, k, bp, rows, w - 4, epi, (i, j));
-                    } else {
-                        tile_rows::<1, B>(r, ap, k, bp, rows, w, epi, (i, j));
+                    let bp = b.add(j);
+                    match (r == MR, cols > 4) {
+                        (true, true) => {
+                            tile_packed::<2, B>(w.packed.add(i * k), k, bp, rows, cols - 4, epi, (i, j))
+                        }
+                        (true, false) => {
+                            tile_packed::<1, B>(w.packed.add(i * k), k, bp, rows, cols, epi, (i, j))
+                        }
+                        (false, true) => {
+                            tile_rows::<2, B>(r, w.rows.add(i * k), k, bp, rows, cols - 4, epi, (i, j))
+                        }
+                        (false, false) => {
+                            tile_rows::<1, B>(r, w.rows.add(i * k), k, bp, rows, cols, epi, (i, j))
+                        }
                     }
                 }
-                j += w;
+                j += cols;
             }
             i += r;
         }
@@ -299,6 +385,75 @@ unsafe fn tile<const R: usize, const V: usize, B: BRows>(
         }
         for (r, acc) in acc.into_iter().enumerate() {
             epi.finish(at.0 + r, at.1, acc, lanes);
+        }
+    }
+}
+
+/// [`tile`] for a whole block of [`MR`] rows packed by [`pack_blocks`]: each depth step loads the
+/// block's 8 weights as two vectors and multiplies by lane, the same fused multiply-adds in the
+/// same order as [`tile`], so the same bits.
+///
+/// # Safety
+/// NEON available; `w` holds the block's `MR * k` packed floats; `rows` locates `k` rows of `w`
+/// floats in `b` as in [`tile`]; `epi` has rows `at.0 .. at.0 + MR` with the tile's columns.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn tile_packed<const V: usize, B: BRows>(
+    w: *const f32,
+    k: usize,
+    b: *const f32,
+    rows: B,
+    lanes: usize,
+    epi: Epilogue,
+    at: (usize, usize),
+) {
+    let mut acc = [[vdupq_n_f32(0.0); V]; MR];
+    // SAFETY: as in `tile`; the weight loads read the block's `MR * k` packed floats.
+    unsafe {
+        if lanes == 4 {
+            for p in 0..k {
+                let bp = b.add(rows.offset(p));
+                let bv: [float32x4_t; V] = std::array::from_fn(|q| vld1q_f32(bp.add(4 * q)));
+                fma_lanes(&mut acc, w.add(p * MR), bv);
+            }
+        } else {
+            for p in 0..k {
+                let bp = b.add(rows.offset(p));
+                let bv: [float32x4_t; V] = std::array::from_fn(|q| {
+                    if q + 1 < V {
+                        vld1q_f32(bp.add(4 * q))
+                    } else {
+                        load_lanes(bp.add(4 * q), lanes)
+                    }
+                });
+                fma_lanes(&mut acc, w.add(p * MR), bv);
+            }
+        }
+        for (r, acc) in acc.into_iter().enumerate() {
+            epi.finish(at.0 + r, at.1, acc, lanes);
+        }
+    }
+}
+
+/// One depth step of a packed tile: `acc[r] += w[r] * bv` for the [`MR`] rows, the weights
+/// loaded as two vectors and applied by lane.
+///
+/// # Safety
+/// NEON available; `w` holds [`MR`] floats.
+#[inline(always)]
+unsafe fn fma_lanes<const V: usize>(acc: &mut [[float32x4_t; V]; MR], w: *const f32, bv: [float32x4_t; V]) {
+    // SAFETY: reads the step's `MR` weights; register arithmetic on NEON.
+    unsafe {
+        let (lo, hi) = (vld1q_f32(w), vld1q_f32(w.add(4)));
+        for q in 0..V {
+            acc[0][q] = vfmaq_laneq_f32::<0>(acc[0][q], bv[q], lo);
+            acc[1][q] = vfmaq_laneq_f32::<1>(acc[1][q], bv[q], lo);
+            acc[2][q] = vfmaq_laneq_f32::<2>(acc[2][q], bv[q], lo);
+            acc[3][q] = vfmaq_laneq_f32::<3>(acc[3][q], bv[q], lo);
+            acc[4][q] = vfmaq_laneq_f32::<0>(acc[4][q], bv[q], hi);
+            acc[5][q] = vfmaq_laneq_f32::<1>(acc[5][q], bv[q], hi);
+            acc[6][q] = vfmaq_laneq_f32::<2>(acc[6][q], bv[q], hi);
+            acc[7][q] = vfmaq_laneq_f32::<3>(acc[7][q], bv[q], hi);
         }
     }
 }
