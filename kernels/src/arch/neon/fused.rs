@@ -1,8 +1,10 @@
 //! NEON [`Isa::gemm_rows_fused`] and [`Isa::dot_rows`].
 //!
 //! `gemm_rows_fused` follows the AVX2 path's design on 4-lane vectors. A register tile is up to
-//! [`MR`] weight rows × [`NR`] columns: 16 accumulators, two vectors of `b` per depth step and
-//! each row's weight applied with `vfmaq_n_f32`, well within the 32 q registers. The finished
+//! [`MR`] weight rows × [`NR`] columns: 16 accumulators, two vectors of `b` per depth step, well
+//! within the 32 q registers. Whole blocks of [`MR`] rows are packed depth-major once per call
+//! ([`with_packed`]), so a step loads their 8 weights as two vectors and applies them by lane;
+//! the last 1-7 rows of a call apply each row's weight with `vfmaq_n_f32`. The finished
 //! sums go through the epilogue in registers (residual, bias, activation: the operations of
 //! `arch::scalar::gemm_rows_fused`, in its order) and are stored straight into the output rows.
 //! NEON has no masked loads or stores, so a strip's last vector may hold 1-3 live columns,
@@ -19,6 +21,7 @@
 //! [`Isa::gemm_rows_fused`]: crate::arch::Isa::gemm_rows_fused
 //! [`Isa::dot_rows`]: crate::arch::Isa::dot_rows
 
+use super::packing::{fma_step, with_packed};
 use crate::arch::fused_parts::{Act, Epilogue};
 use crate::arch::{
     dot_rows_check, evenly_spaced, gemm_rows_fused_check, BRows, DotRowsFn, FusedRows, GemmRowsFusedFn,
@@ -45,13 +48,7 @@ const MAX_STRIPS: usize = 32;
 fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out: FusedRows<'_, '_>) {
     let Some(m) = gemm_rows_fused_check(a, k, b, offs, n, &out) else { return };
     let epi = Epilogue::new(out);
-    PACKED.with_borrow_mut(|packed| {
-        let need = m / MR * MR * k;
-        if packed.len() < need {
-            packed.resize(need, 0.0);
-        }
-        // SAFETY: NEON was detected before this table was handed out (`super::neon`).
-        unsafe { pack_blocks(&a[..m * k], k, &mut packed[..need]) };
+    with_packed::<MR, _>(&a[..m * k], k, |packed| {
         let w = Weights { rows: a.as_ptr(), packed: packed.as_ptr() };
         // SAFETY: NEON was detected before this table was handed out (`super::neon`). The check
         // asserted `m` rows of `k` weights, `k` offsets each followed by `n` values of `b`
@@ -59,7 +56,7 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
         // rows), `m` output rows of at least `col + n` values, `m` biases when there are any,
         // `m` slopes for a leaky activation, and `n` residual values at `r * pitch` for every
         // row `r` below both `m` and the residual's row count, which is all the kernel touches;
-        // `w.packed` holds the `need` floats of every whole block of `MR` rows.
+        // `packed` holds the weights of every whole block of `MR` rows.
         unsafe {
             match evenly_spaced(&offs[..k]) {
                 Some(step) => gemm_fused(w, k, m, b.as_ptr().add(offs[0]), Strided(step), n, epi),
@@ -69,68 +66,12 @@ fn gemm_rows_fused(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, out
     })
 }
 
-thread_local! {
-    /// This thread's buffer for [`pack_blocks`], kept between calls: one allocation per thread
-    /// that grows to the largest panel it has multiplied (48 filters of `k` weights each).
-    static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// The weight rows of a call: as given (`m` rows of `k`), and every whole block of [`MR`] rows
-/// also packed by [`pack_blocks`].
+/// also packed depth-major ([`with_packed`]).
 #[derive(Clone, Copy)]
 struct Weights {
     rows: *const f32,
     packed: *const f32,
-}
-
-/// Packs each whole block of [`MR`] rows of `a` (rows of `k` weights) depth-major: block `t`'s
-/// weights of depth `p` are the [`MR`] floats at `packed[(t * k + p) * MR ..]`, so a depth step
-/// loads them as two vectors and multiplies by lane (`FMLA` by element), where the rows as given
-/// take one broadcast load per row and step. `llvm-mca`'s models put the 8×8 tile at 1.13
-/// against 2.38 cycles per multiply-add on the Cortex-A55, 1.00 against 1.35 on the A57 and 0.33
-/// against 0.62 on Apple's M1 (not timed; see `docs/kernels.md`). Four rows by four depths at a
-/// time go through a register transpose; the rows past the last whole block are not packed.
-///
-/// # Safety
-/// NEON available.
-#[target_feature(enable = "neon")]
-unsafe fn pack_blocks(a: &[f32], k: usize, packed: &mut [f32]) {
-    if k == 0 {
-        return;
-    }
-    let whole = k / 4 * 4;
-    for (block, out) in a.chunks_exact(MR * k).zip(packed.chunks_exact_mut(MR * k)) {
-        for half in 0..MR / 4 {
-            let rows: [&[f32]; 4] = std::array::from_fn(|i| &block[(4 * half + i) * k..][..k]);
-            for p in (0..whole).step_by(4) {
-                // SAFETY: NEON (the caller's contract); every load and store is through a slice
-                // of the 4 floats it touches.
-                unsafe {
-                    let [r0, r1, r2, r3] = rows.map(|r| vld1q_f32(r[p..p + 4].as_ptr()));
-                    // Rows 0|1 and 2|3 interleaved, then their 64-bit halves: column j of the
-                    // 4×4 block in vector j.
-                    let (t0, t1) = (vtrn1q_f32(r0, r1), vtrn2q_f32(r0, r1));
-                    let (t2, t3) = (vtrn1q_f32(r2, r3), vtrn2q_f32(r2, r3));
-                    let (t0, t1, t2, t3) = (
-                        vreinterpretq_f64_f32(t0),
-                        vreinterpretq_f64_f32(t1),
-                        vreinterpretq_f64_f32(t2),
-                        vreinterpretq_f64_f32(t3),
-                    );
-                    let cols =
-                        [vzip1q_f64(t0, t2), vzip1q_f64(t1, t3), vzip2q_f64(t0, t2), vzip2q_f64(t1, t3)];
-                    for (j, c) in cols.into_iter().enumerate() {
-                        vst1q_f32(out[(p + j) * MR + 4 * half..][..4].as_mut_ptr(), vreinterpretq_f32_f64(c));
-                    }
-                }
-            }
-        }
-        for p in whole..k {
-            for r in 0..MR {
-                out[p * MR + r] = block[r * k + p];
-            }
-        }
-    }
 }
 
 impl Epilogue<'_> {
@@ -258,7 +199,7 @@ unsafe fn store_lanes(p: *mut f32, v: float32x4_t, lanes: usize) {
 ///
 /// # Safety
 /// NEON available; `w.rows` holds `m * k` floats and `w.packed` the `m / MR * MR * k` of
-/// [`pack_blocks`]; `rows` locates `k` rows of `n` floats in `b`; `epi` has `m` rows of `n`
+/// [`with_packed`]; `rows` locates `k` rows of `n` floats in `b`; `epi` has `m` rows of `n`
 /// columns (see [`Epilogue::finish`]).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
@@ -286,20 +227,12 @@ unsafe fn gemm_fused<B: BRows>(
                 // j .. j + cols below `n`; a whole block's packed weights start at `i * k`
                 // (`i` is a multiple of `MR`).
                 unsafe {
-                    let bp = b.add(j);
-                    match (r == MR, cols > 4) {
-                        (true, true) => {
-                            tile_packed::<2, B>(w.packed.add(i * k), k, bp, rows, cols - 4, epi, (i, j))
-                        }
-                        (true, false) => {
-                            tile_packed::<1, B>(w.packed.add(i * k), k, bp, rows, cols, epi, (i, j))
-                        }
-                        (false, true) => {
-                            tile_rows::<2, B>(r, w.rows.add(i * k), k, bp, rows, cols - 4, epi, (i, j))
-                        }
-                        (false, false) => {
-                            tile_rows::<1, B>(r, w.rows.add(i * k), k, bp, rows, cols, epi, (i, j))
-                        }
+                    let (a, bp) = (w.rows.add(i * k), b.add(j));
+                    let packed = (r == MR).then(|| w.packed.add(i * k));
+                    if cols > 4 {
+                        tile_rows::<2, B>(r, a, packed, k, bp, rows, cols - 4, epi, (i, j));
+                    } else {
+                        tile_rows::<1, B>(r, a, packed, k, bp, rows, cols, epi, (i, j));
                     }
                 }
                 j += cols;
@@ -310,15 +243,17 @@ unsafe fn gemm_fused<B: BRows>(
     }
 }
 
-/// [`tile`] for `r` (1 to [`MR`]) rows, each count its own register tile.
+/// [`tile`] for `r` (1 to [`MR`]) rows, each count its own register tile; `packed` goes to the
+/// whole block's.
 ///
 /// # Safety
-/// As [`tile`], for `r` rows.
+/// As [`tile`], for `r` rows (`packed` only with `r` = [`MR`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile_rows<const V: usize, B: BRows>(
     r: usize,
     a: *const f32,
+    packed: Option<*const f32>,
     k: usize,
     b: *const f32,
     rows: B,
@@ -329,29 +264,34 @@ unsafe fn tile_rows<const V: usize, B: BRows>(
     // SAFETY: the caller's bounds, for the `r` rows each arm covers.
     unsafe {
         match r {
-            8 => tile::<8, V, B>(a, k, b, rows, lanes, epi, at),
-            7 => tile::<7, V, B>(a, k, b, rows, lanes, epi, at),
-            6 => tile::<6, V, B>(a, k, b, rows, lanes, epi, at),
-            5 => tile::<5, V, B>(a, k, b, rows, lanes, epi, at),
-            4 => tile::<4, V, B>(a, k, b, rows, lanes, epi, at),
-            3 => tile::<3, V, B>(a, k, b, rows, lanes, epi, at),
-            2 => tile::<2, V, B>(a, k, b, rows, lanes, epi, at),
-            _ => tile::<1, V, B>(a, k, b, rows, lanes, epi, at),
+            8 => tile::<8, V, B>(a, packed, k, b, rows, lanes, epi, at),
+            7 => tile::<7, V, B>(a, None, k, b, rows, lanes, epi, at),
+            6 => tile::<6, V, B>(a, None, k, b, rows, lanes, epi, at),
+            5 => tile::<5, V, B>(a, None, k, b, rows, lanes, epi, at),
+            4 => tile::<4, V, B>(a, None, k, b, rows, lanes, epi, at),
+            3 => tile::<3, V, B>(a, None, k, b, rows, lanes, epi, at),
+            2 => tile::<2, V, B>(a, None, k, b, rows, lanes, epi, at),
+            _ => tile::<1, V, B>(a, None, k, b, rows, lanes, epi, at),
         }
     }
 }
 
 /// `sum_p a[r * k + p] * b[offset(p) + 0 .. w]` for `R` rows over `w = 4 * (V - 1) + lanes`
 /// columns (`lanes` 1-4 live in the last vector), accumulated in registers and handed to `epi`
-/// as rows `at.0 ..` at column `at.1`.
+/// as rows `at.0 ..` at column `at.1`. With `packed` (a whole block of [`MR`] rows packed by
+/// [`with_packed`]) each depth step loads the 8 weights as two vectors and multiplies by lane;
+/// without, one broadcast per row: the same fused multiply-adds in the same order either way.
 ///
 /// # Safety
-/// NEON available; `R` rows of `k` floats at `a`; `rows` locates `k` rows of `w` floats in `b`;
-/// `epi` has rows `at.0 .. at.0 + R` with columns `at.1 .. at.1 + w` (see [`Epilogue::finish`]).
+/// NEON available; `R` rows of `k` floats at `a`, and `packed`, if any, the block's `MR * k`
+/// packed floats with `R` = [`MR`]; `rows` locates `k` rows of `w` floats in `b`; `epi` has rows
+/// `at.0 .. at.0 + R` with columns `at.1 .. at.1 + w` (see [`Epilogue::finish`]).
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn tile<const R: usize, const V: usize, B: BRows>(
     a: *const f32,
+    packed: Option<*const f32>,
     k: usize,
     b: *const f32,
     rows: B,
@@ -371,7 +311,7 @@ unsafe fn tile<const R: usize, const V: usize, B: BRows>(
                 for (q, v) in bv.iter_mut().enumerate() {
                     *v = vld1q_f32(bp.add(4 * q));
                 }
-                fma_rows(&mut acc, a.add(p), k, bv);
+                fma_step(&mut acc, a, packed, k, p, &bv);
             }
         } else {
             for p in 0..k {
@@ -380,102 +320,11 @@ unsafe fn tile<const R: usize, const V: usize, B: BRows>(
                 for (q, v) in bv.iter_mut().enumerate() {
                     *v = if q + 1 < V { vld1q_f32(bp.add(4 * q)) } else { load_lanes(bp.add(4 * q), lanes) };
                 }
-                fma_rows(&mut acc, a.add(p), k, bv);
+                fma_step(&mut acc, a, packed, k, p, &bv);
             }
         }
         for (r, acc) in acc.into_iter().enumerate() {
             epi.finish(at.0 + r, at.1, acc, lanes);
-        }
-    }
-}
-
-/// [`tile`] for a whole block of [`MR`] rows packed by [`pack_blocks`]: each depth step loads the
-/// block's 8 weights as two vectors and multiplies by lane, the same fused multiply-adds in the
-/// same order as [`tile`], so the same bits.
-///
-/// # Safety
-/// NEON available; `w` holds the block's `MR * k` packed floats; `rows` locates `k` rows of `w`
-/// floats in `b` as in [`tile`]; `epi` has rows `at.0 .. at.0 + MR` with the tile's columns.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn tile_packed<const V: usize, B: BRows>(
-    w: *const f32,
-    k: usize,
-    b: *const f32,
-    rows: B,
-    lanes: usize,
-    epi: Epilogue,
-    at: (usize, usize),
-) {
-    let mut acc = [[vdupq_n_f32(0.0); V]; MR];
-    // SAFETY: as in `tile`; the weight loads read the block's `MR * k` packed floats.
-    unsafe {
-        if lanes == 4 {
-            for p in 0..k {
-                let bp = b.add(rows.offset(p));
-                let bv: [float32x4_t; V] = std::array::from_fn(|q| vld1q_f32(bp.add(4 * q)));
-                fma_lanes(&mut acc, w.add(p * MR), bv);
-            }
-        } else {
-            for p in 0..k {
-                let bp = b.add(rows.offset(p));
-                let bv: [float32x4_t; V] = std::array::from_fn(|q| {
-                    if q + 1 < V {
-                        vld1q_f32(bp.add(4 * q))
-                    } else {
-                        load_lanes(bp.add(4 * q), lanes)
-                    }
-                });
-                fma_lanes(&mut acc, w.add(p * MR), bv);
-            }
-        }
-        for (r, acc) in acc.into_iter().enumerate() {
-            epi.finish(at.0 + r, at.1, acc, lanes);
-        }
-    }
-}
-
-/// One depth step of a packed tile: `acc[r] += w[r] * bv` for the [`MR`] rows, the weights
-/// loaded as two vectors and applied by lane.
-///
-/// # Safety
-/// NEON available; `w` holds [`MR`] floats.
-#[inline(always)]
-unsafe fn fma_lanes<const V: usize>(acc: &mut [[float32x4_t; V]; MR], w: *const f32, bv: [float32x4_t; V]) {
-    // SAFETY: reads the step's `MR` weights; register arithmetic on NEON.
-    unsafe {
-        let (lo, hi) = (vld1q_f32(w), vld1q_f32(w.add(4)));
-        for q in 0..V {
-            acc[0][q] = vfmaq_laneq_f32::<0>(acc[0][q], bv[q], lo);
-            acc[1][q] = vfmaq_laneq_f32::<1>(acc[1][q], bv[q], lo);
-            acc[2][q] = vfmaq_laneq_f32::<2>(acc[2][q], bv[q], lo);
-            acc[3][q] = vfmaq_laneq_f32::<3>(acc[3][q], bv[q], lo);
-            acc[4][q] = vfmaq_laneq_f32::<0>(acc[4][q], bv[q], hi);
-            acc[5][q] = vfmaq_laneq_f32::<1>(acc[5][q], bv[q], hi);
-            acc[6][q] = vfmaq_laneq_f32::<2>(acc[6][q], bv[q], hi);
-            acc[7][q] = vfmaq_laneq_f32::<3>(acc[7][q], bv[q], hi);
-        }
-    }
-}
-
-/// One depth step of a tile: `acc[r] += a[r * k] * bv` for every row `r`.
-///
-/// # Safety
-/// NEON available; `a` holds `R` weights `k` apart.
-#[inline(always)]
-unsafe fn fma_rows<const R: usize, const V: usize>(
-    acc: &mut [[float32x4_t; V]; R],
-    a: *const f32,
-    k: usize,
-    bv: [float32x4_t; V],
-) {
-    // SAFETY: reads row `r < R` of the caller's weights; register arithmetic on NEON.
-    unsafe {
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let w = *a.add(r * k);
-            for (x, &bq) in acc.iter_mut().zip(&bv) {
-                *x = vfmaq_n_f32(*x, bq, w);
-            }
         }
     }
 }

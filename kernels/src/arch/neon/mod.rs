@@ -13,6 +13,7 @@ mod elementwise;
 mod fused;
 mod int8;
 mod packed;
+mod packing;
 
 use super::{gemm_rows_at_check, gemm_rows_check, BRows, Isa, Listed, Strided};
 use std::arch::aarch64::*;
@@ -83,28 +84,38 @@ const MR: usize = 4;
 /// See [`Isa::gemm_rows`].
 fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
     let Some(m) = gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
-    // SAFETY: NEON was detected before this table was handed out (`neon`); the check asserted
-    // the bounds of every row `gemm_blocks` reads through `Strided(ldb)` and writes.
-    unsafe { gemm_blocks(a.as_ptr(), k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
+    packing::with_packed::<MR, _>(&a[..m * k], k, |packed| {
+        // SAFETY: NEON was detected before this table was handed out (`neon`); the check
+        // asserted the bounds of every row `gemm_blocks` reads through `Strided(ldb)` and
+        // writes; `packed` holds every whole block of `MR` rows.
+        unsafe { gemm_blocks(a.as_ptr(), packed, k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
+    })
 }
 
 /// See [`Isa::gemm_rows_at`].
 fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize) {
     let Some(m) = gemm_rows_at_check(a, k, b, offs, n, c, ldc) else { return };
-    // SAFETY: NEON was detected (`neon`); the check asserted `k` offsets, each followed by `n`
-    // elements of `b`, and `m` rows of `c`, so every access through `Listed` is in bounds.
-    unsafe { gemm_blocks(a.as_ptr(), k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc) }
+    packing::with_packed::<MR, _>(&a[..m * k], k, |packed| {
+        // SAFETY: NEON was detected (`neon`); the check asserted `k` offsets, each followed by
+        // `n` elements of `b`, and `m` rows of `c`, so every access through `Listed` is in
+        // bounds; `packed` holds every whole block of `MR` rows.
+        unsafe {
+            gemm_blocks(a.as_ptr(), packed, k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc)
+        }
+    })
 }
 
 /// All `m` rows, in blocks of [`MR`].
 ///
 /// # Safety
-/// NEON available; `a` holds `m * k` floats; `rows` locates `k` rows of `n` floats in `b`; `c`
+/// NEON available; `a` holds `m * k` floats and `packed` its whole blocks of [`MR`] rows packed
+/// depth-major ([`packing::with_packed`]); `rows` locates `k` rows of `n` floats in `b`; `c`
 /// holds `m` rows of `n` floats `ldc` apart (disjoint unless `m == 1`), not overlapping `a` or `b`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
 unsafe fn gemm_blocks<B: BRows>(
     a: *const f32,
+    packed: &[f32],
     k: usize,
     m: usize,
     b: *const f32,
@@ -117,13 +128,14 @@ unsafe fn gemm_blocks<B: BRows>(
     // SAFETY: rows `i..i + R` of `a` and `c` are below `m` (the caller's bounds).
     unsafe {
         while i + MR <= m {
-            gemm_block::<MR, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc);
+            let w = Some(packed[i * k..][..MR * k].as_ptr());
+            gemm_block::<MR, B>(a.add(i * k), w, k, b, rows, n, c.add(i * ldc), ldc);
             i += MR;
         }
         match m - i {
-            3 => gemm_block::<3, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc),
-            2 => gemm_block::<2, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc),
-            1 => gemm_block::<1, B>(a.add(i * k), k, b, rows, n, c.add(i * ldc), ldc),
+            3 => gemm_block::<3, B>(a.add(i * k), None, k, b, rows, n, c.add(i * ldc), ldc),
+            2 => gemm_block::<2, B>(a.add(i * k), None, k, b, rows, n, c.add(i * ldc), ldc),
+            1 => gemm_block::<1, B>(a.add(i * k), None, k, b, rows, n, c.add(i * ldc), ldc),
             _ => {}
         }
     }
@@ -132,12 +144,19 @@ unsafe fn gemm_blocks<B: BRows>(
 /// `R` rows of `c[.., 0..n] += a · b`, in register blocks of `R` × 16 columns (`R * 4`
 /// accumulators), then `R` × 4, then scalar columns.
 ///
+/// With `packed` (the `R = 4` rows depth-major, [`packing::with_packed`]) each depth step
+/// loads the 4 weights as one vector and multiplies by lane; without, one broadcast per row.
+/// Either way the same fused multiply-adds in the same order.
+///
 /// # Safety
-/// NEON available; `a` holds `R * k` floats; `rows` locates `k` rows of `n` floats in `b`; `c`
-/// holds `R` rows of `n` floats `ldc` apart, not overlapping `a` or `b`.
+/// NEON available; `a` holds `R * k` floats, and `packed`, if any, `4 * k` with `R` 4; `rows`
+/// locates `k` rows of `n` floats in `b`; `c` holds `R` rows of `n` floats `ldc` apart, not
+/// overlapping `a` or `b`.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
 unsafe fn gemm_block<const R: usize, B: BRows>(
     a: *const f32,
+    packed: Option<*const f32>,
     k: usize,
     b: *const f32,
     rows: B,
@@ -158,12 +177,7 @@ unsafe fn gemm_block<const R: usize, B: BRows>(
         for p in 0..k {
             let bp = b.add(rows.offset(p) + j);
             let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
-            for (r, row) in acc.iter_mut().enumerate() {
-                let w = *a.add(r * k + p);
-                for (lane, &bq) in row.iter_mut().zip(&bv) {
-                    *lane = vfmaq_n_f32(*lane, bq, w);
-                }
-            }
+            packing::fma_step(&mut acc, a, packed, k, p, &bv);
         }
         for (r, row) in acc.iter().enumerate() {
             for (v, &lane) in row.iter().enumerate() {
@@ -173,19 +187,17 @@ unsafe fn gemm_block<const R: usize, B: BRows>(
         j += 16;
     }
     while j + 4 <= n {
-        let mut acc = [vdupq_n_f32(0.0); R];
+        let mut acc = [[vdupq_n_f32(0.0); 1]; R];
         if B::ACCUMULATE {
-            for (r, lane) in acc.iter_mut().enumerate() {
+            for (r, [lane]) in acc.iter_mut().enumerate() {
                 *lane = vld1q_f32(c.add(r * ldc + j));
             }
         }
         for p in 0..k {
-            let bq = vld1q_f32(b.add(rows.offset(p) + j));
-            for (r, lane) in acc.iter_mut().enumerate() {
-                *lane = vfmaq_n_f32(*lane, bq, *a.add(r * k + p));
-            }
+            let bq = [vld1q_f32(b.add(rows.offset(p) + j))];
+            packing::fma_step(&mut acc, a, packed, k, p, &bq);
         }
-        for (r, &lane) in acc.iter().enumerate() {
+        for (r, &[lane]) in acc.iter().enumerate() {
             vst1q_f32(c.add(r * ldc + j), lane);
         }
         j += 4;
