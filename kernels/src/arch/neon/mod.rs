@@ -80,14 +80,19 @@ fn dot_packed_rows(rows: &[&[u8]], bits: u8, luts: &[[f32; 256]], x: &[f32], xp:
 
 /// Rows of `a` (and `c`) one register block covers.
 const MR: usize = 4;
+/// Fewest columns for which [`gemm_rows`] and [`gemm_rows_at`] pack their weights
+/// ([`packing::with_packed`]): on the A55 model packing a weight (1.44 cycles) costs what it
+/// saves on 16 columns (0.37 per multiply-add), on the A57's it saves almost nothing (1.03 →
+/// 1.00); from 64 columns it gains on the A55 and M1 models and costs the A57's a few percent.
+const PACK_MIN_COLUMNS: usize = 64;
 
 /// See [`Isa::gemm_rows`].
 fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32], ldc: usize) {
     let Some(m) = gemm_rows_check(a, k, b, ldb, n, c, ldc) else { return };
-    packing::with_packed::<MR, _>(&a[..m * k], k, |packed| {
+    packing::with_packed::<MR, _>(&a[..m * k], k, n >= PACK_MIN_COLUMNS, |packed| {
         // SAFETY: NEON was detected before this table was handed out (`neon`); the check
         // asserted the bounds of every row `gemm_blocks` reads through `Strided(ldb)` and
-        // writes; `packed` holds every whole block of `MR` rows.
+        // writes; `packed`, if any, holds every whole block of `MR` rows.
         unsafe { gemm_blocks(a.as_ptr(), packed, k, m, b.as_ptr(), Strided(ldb), n, c.as_mut_ptr(), ldc) }
     })
 }
@@ -95,10 +100,10 @@ fn gemm_rows(a: &[f32], k: usize, b: &[f32], ldb: usize, n: usize, c: &mut [f32]
 /// See [`Isa::gemm_rows_at`].
 fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mut [f32], ldc: usize) {
     let Some(m) = gemm_rows_at_check(a, k, b, offs, n, c, ldc) else { return };
-    packing::with_packed::<MR, _>(&a[..m * k], k, |packed| {
+    packing::with_packed::<MR, _>(&a[..m * k], k, n >= PACK_MIN_COLUMNS, |packed| {
         // SAFETY: NEON was detected (`neon`); the check asserted `k` offsets, each followed by
         // `n` elements of `b`, and `m` rows of `c`, so every access through `Listed` is in
-        // bounds; `packed` holds every whole block of `MR` rows.
+        // bounds; `packed`, if any, holds every whole block of `MR` rows.
         unsafe {
             gemm_blocks(a.as_ptr(), packed, k, m, b.as_ptr(), Listed(offs.as_ptr()), n, c.as_mut_ptr(), ldc)
         }
@@ -108,14 +113,14 @@ fn gemm_rows_at(a: &[f32], k: usize, b: &[f32], offs: &[usize], n: usize, c: &mu
 /// All `m` rows, in blocks of [`MR`].
 ///
 /// # Safety
-/// NEON available; `a` holds `m * k` floats and `packed` its whole blocks of [`MR`] rows packed
-/// depth-major ([`packing::with_packed`]); `rows` locates `k` rows of `n` floats in `b`; `c`
+/// NEON available; `a` holds `m * k` floats and `packed`, if any, its whole blocks of [`MR`] rows
+/// packed depth-major ([`packing::with_packed`]); `rows` locates `k` rows of `n` floats in `b`; `c`
 /// holds `m` rows of `n` floats `ldc` apart (disjoint unless `m == 1`), not overlapping `a` or `b`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
 unsafe fn gemm_blocks<B: BRows>(
     a: *const f32,
-    packed: &[f32],
+    packed: Option<&[f32]>,
     k: usize,
     m: usize,
     b: *const f32,
@@ -128,7 +133,7 @@ unsafe fn gemm_blocks<B: BRows>(
     // SAFETY: rows `i..i + R` of `a` and `c` are below `m` (the caller's bounds).
     unsafe {
         while i + MR <= m {
-            let w = Some(packed[i * k..][..MR * k].as_ptr());
+            let w = packed.map(|p| p[i * k..][..MR * k].as_ptr());
             gemm_block::<MR, B>(a.add(i * k), w, k, b, rows, n, c.add(i * ldc), ldc);
             i += MR;
         }

@@ -19,9 +19,18 @@ thread_local! {
 }
 
 /// Calls `f` with every whole block of `R` rows of `a` (rows of `k` weights, `R` a multiple of
-/// 4) packed by [`pack_blocks`]: `R * k` floats per block, the rows past the last whole block
-/// left out. Uses this thread's buffer, or (if a caller up the stack holds it) a new one.
-pub(super) fn with_packed<const R: usize, T>(a: &[f32], k: usize, f: impl FnOnce(&[f32]) -> T) -> T {
+/// 4) packed by [`pack_blocks`] if `pack`: `R * k` floats per block, the rows past the last
+/// whole block left out; `None` without packing (a call over too few columns to repay it).
+/// Uses this thread's buffer, or (if a caller up the stack holds it) a new one.
+pub(super) fn with_packed<const R: usize, T>(
+    a: &[f32],
+    k: usize,
+    pack: bool,
+    f: impl FnOnce(Option<&[f32]>) -> T,
+) -> T {
+    if !pack {
+        return f(None);
+    }
     let need = a.len() / (R * k).max(1) * R * k;
     let run = |buf: &mut Vec<f32>| {
         if buf.len() < need {
@@ -29,7 +38,7 @@ pub(super) fn with_packed<const R: usize, T>(a: &[f32], k: usize, f: impl FnOnce
         }
         let packed = &mut buf[..need];
         pack_blocks::<R>(a, k, packed);
-        f(packed)
+        f(Some(packed))
     };
     PACKED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => run(&mut buf),
@@ -135,8 +144,8 @@ mod tests {
         let mut rng = Rng::new(61);
         for (rows, k) in [(8, 1), (8, 3), (16, 4), (17, 9), (4, 13), (3, 5), (12, 64)] {
             let a = rng.vec(rows * k);
-            let got8 = with_packed::<8, _>(&a, k, |p| p.to_vec());
-            let got4 = with_packed::<4, _>(&a, k, |p| p.to_vec());
+            let got8 = with_packed::<8, _>(&a, k, true, |p| p.expect("packed").to_vec());
+            let got4 = with_packed::<4, _>(&a, k, true, |p| p.expect("packed").to_vec());
             for (got, r) in [(got8, 8), (got4, 4)] {
                 assert_eq!(got.len(), rows / r * r * k, "rows {rows} k {k} block {r}");
                 for (i, v) in got.iter().enumerate() {
@@ -147,9 +156,11 @@ mod tests {
         }
         // A caller holding the buffer (a nested use) gets its own.
         let a = rng.vec(8 * 5);
-        let nested = with_packed::<8, _>(&a, 5, |outer| {
-            with_packed::<4, _>(&a, 5, |inner| (outer.to_vec(), inner.len()))
+        let nested = with_packed::<8, _>(&a, 5, true, |outer| {
+            with_packed::<4, _>(&a, 5, true, |inner| (outer.map(<[f32]>::len), inner.map(<[f32]>::len)))
         });
-        assert_eq!((nested.0.len(), nested.1), (40, 40));
+        assert_eq!(nested, (Some(40), Some(40)));
+        // Not asked to pack: nothing packed.
+        assert!(with_packed::<4, _>(&a, 5, false, |p| p.is_none()));
     }
 }
