@@ -770,26 +770,16 @@ fn decode_indices<const N: usize>(
     }
 }
 
-/// The portable decoder of [`crate::Isa::decode_packed`] ([`decode_groups`], eight indices per
-/// word), for vector paths to fall back on at widths where it is the faster (NEON at 7 bits).
+/// The portable decoder of [`crate::Isa::decode_packed`] at 7 bits ([`decode_groups`], eight
+/// indices per word), for a vector path to fall back on where it is the faster (NEON, whose
+/// 128-entry tables do not fit its registers).
 ///
 /// # Panics
-/// If `bits` is outside 1..=7, `lut` holds fewer than `2^bits` entries or `packed` fewer than
-/// `ceil(out.len() * bits / 8)` bytes.
+/// If `lut` holds fewer than 128 entries or `packed` fewer than `ceil(out.len() * 7 / 8)` bytes.
 #[cfg(any(test, target_arch = "aarch64"))]
-pub(crate) fn decode_words(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32]) {
-    crate::arch::decode_packed_check(packed, bits, lut, out);
-    let table = |n: usize| &lut[..n];
-    match bits {
-        1 => decode_groups::<1, 2>(packed, table(2).try_into().expect("2 entries"), out),
-        2 => decode_groups::<2, 4>(packed, table(4).try_into().expect("4 entries"), out),
-        3 => decode_groups::<3, 8>(packed, table(8).try_into().expect("8 entries"), out),
-        4 => decode_groups::<4, 16>(packed, table(16).try_into().expect("16 entries"), out),
-        5 => decode_groups::<5, 32>(packed, table(32).try_into().expect("32 entries"), out),
-        6 => decode_groups::<6, 64>(packed, table(64).try_into().expect("64 entries"), out),
-        7 => decode_groups::<7, 128>(packed, table(128).try_into().expect("128 entries"), out),
-        _ => unreachable!("decode_packed_check admits 1-7 bits"),
-    }
+pub(crate) fn decode_7bit_words(packed: &[u8], lut: &[f32], out: &mut [f32]) {
+    crate::arch::decode_packed_check(packed, 7, lut, out);
+    decode_groups::<7, 128>(packed, lut[..128].try_into().expect("128 entries"), out);
 }
 
 /// [`decode_indices`] at `B` bits (1-7), eight indices at a time: eight `B`-bit indices fill
@@ -841,24 +831,22 @@ mod tests {
     use crate::testutil::{random_weight, Edge, Guarded, Rng, WeightKind};
 
     #[test]
-    fn word_decoder_matches_the_reference_at_every_width() {
+    fn seven_bit_word_decoder_matches_the_reference() {
         let mut rng = Rng::new(11);
-        for bits in 1..=7u8 {
-            for n in (0..40).chain([127, 128, 129, 300]) {
-                let need = (n * bits as usize).div_ceil(8);
-                let packed: Vec<u8> = (0..need).map(|_| rng.below(256) as u8).collect();
-                let extra = rng.below(3);
-                let lut = rng.vec((1 << bits) + extra);
-                let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-                crate::arch::scalar::decode_packed(&packed, bits, &lut, &mut want);
-                // Exactly the bytes the indices need, against a no-access page.
-                let exact = Guarded::new(&packed, Edge::End);
-                decode_words(exact.as_slice(), bits, &lut, &mut got);
-                assert_eq!(got, want, "bits {bits} n {n}");
-            }
+        for n in (0..40).chain([127, 128, 129, 300]) {
+            let need = (n * 7usize).div_ceil(8);
+            let packed: Vec<u8> = (0..need).map(|_| rng.below(256) as u8).collect();
+            let extra = rng.below(3);
+            let lut = rng.vec(128 + extra);
+            let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            crate::arch::scalar::decode_packed(&packed, 7, &lut, &mut want);
+            // Exactly the bytes the indices need, against a no-access page.
+            let exact = Guarded::new(&packed, Edge::End);
+            decode_7bit_words(exact.as_slice(), &lut, &mut got);
+            assert_eq!(got, want, "n {n}");
         }
-        let eight = std::panic::catch_unwind(|| decode_words(&[0; 8], 8, &[0.0; 256], &mut [0.0; 8]));
-        assert!(eight.is_err(), "8-bit indices are not this decoder's");
+        let short = std::panic::catch_unwind(|| decode_7bit_words(&[0; 7], &[0.0; 64], &mut [0.0; 8]));
+        assert!(short.is_err(), "7-bit indices need 128 entries");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! registers, and taking indices out of vector lanes one by one costs more than reading them
 //! from memory: 8-bit indices are the row's bytes, read straight, and 7-bit rows go through the
 //! portable loop that takes each index from a word; their centroids are loaded one by one.
-//!
+
 use super::super::{decode_packed_check, scalar};
 use std::arch::aarch64::*;
 
@@ -246,7 +246,7 @@ unsafe fn dot_groups_bytes(row: &[u8], lut: &[f32], x: &[f32], groups: usize) ->
 }
 
 /// [`dot_groups_tbl`] for 7-bit rows, whose table is too long for registers: 64 indices (56
-/// bytes) at a time decoded by the portable word decoder ([`crate::decode::decode_words`]) into a
+/// bytes) at a time decoded by the portable word decoder ([`crate::decode::decode_7bit_words`]) into a
 /// buffer, then multiplied four lanes at a time (taking each index out of a vector lane cost
 /// more, see [`decode_packed`]). Only whole chunks whose bytes lie in `row` are taken; returns the
 /// sum and the bytes consumed, the caller's tail takes the rest.
@@ -261,7 +261,7 @@ unsafe fn dot_groups_words(row: &[u8], lut: &[f32], x: &[f32], groups: usize) ->
     let mut buf = [0.0f32; CHUNK];
     let mut acc = [vdupq_n_f32(0.0); 4];
     for (packed, xs) in row.chunks_exact(BYTES).zip(x.chunks_exact(CHUNK)).take(chunks) {
-        crate::decode::decode_words(packed, 7, lut, &mut buf);
+        crate::decode::decode_7bit_words(packed, lut, &mut buf);
         for (v, (w, xv)) in buf.chunks_exact(4).zip(xs.chunks_exact(4)).enumerate() {
             // SAFETY: both chunks hold 4 floats.
             acc[v % 4] = unsafe { vfmaq_f32(acc[v % 4], vld1q_f32(w.as_ptr()), vld1q_f32(xv.as_ptr())) };
@@ -274,13 +274,13 @@ unsafe fn dot_groups_words(row: &[u8], lut: &[f32], x: &[f32], groups: usize) ->
 /// See [`crate::arch::Isa::decode_packed`]: 16 indices per step, decoded in registers
 /// ([`Decoder`]); tables of up to 64 entries are looked up by [`BytePlanes`] and the four byte
 /// planes stored interleaved by `ST4` (which gives the centroids' bytes in order); 7-bit rows
-/// by the portable word decoder ([`crate::decode::decode_words`]: `llvm-mca` put moving each
-/// index out of a vector lane at twice its cycles, see `docs/kernels.md`); the indices past the
-/// last whole 16 by [`scalar::decode_packed`].
+/// by the portable word decoder ([`crate::decode::decode_7bit_words`]: `llvm-mca`'s models put
+/// taking each index out of a vector lane at 2.2-2.7 times its cycles, see `docs/kernels.md`);
+/// the indices past the last whole 16 by [`scalar::decode_packed`].
 pub(super) fn decode_packed(packed: &[u8], bits: u8, lut: &[f32], out: &mut [f32]) {
     decode_packed_check(packed, bits, lut, out);
     if bits == 7 {
-        return crate::decode::decode_words(packed, bits, lut, out);
+        return crate::decode::decode_7bit_words(packed, lut, out);
     }
     let groups = out.len() / 16;
     let o = out.as_mut_ptr();
