@@ -2,9 +2,10 @@
 //!
 //! `gemm_rows_fused` follows the AVX2 path's design on 4-lane vectors. A register tile is up to
 //! [`MR`] weight rows × [`NR`] columns: 16 accumulators, two vectors of `b` per depth step, well
-//! within the 32 q registers. Whole blocks of [`MR`] rows are packed depth-major once per call
-//! ([`with_packed`]), so a step loads their 8 weights as two vectors and applies them by lane;
-//! the last 1-7 rows of a call apply each row's weight with `vfmaq_n_f32`. The finished
+//! within the 32 q registers. Over at least [`PACK_MIN_COLUMNS`] columns, whole blocks of [`MR`]
+//! rows are packed depth-major once per call ([`with_packed`]), so a step loads their 8 weights
+//! as two vectors and applies them by lane; the last 1-7 rows of a call, and calls over fewer
+//! columns, apply each row's weight with `vfmaq_n_f32`. The finished
 //! sums go through the epilogue in registers (residual, bias, activation: the operations of
 //! `arch::scalar::gemm_rows_fused`, in its order) and are stored straight into the output rows.
 //! NEON has no masked loads or stores, so a strip's last vector may hold 1-3 live columns,
