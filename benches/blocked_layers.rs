@@ -1,4 +1,4 @@
-//! MobileNetV2's 1×1 and depthwise layers over 56×56, 28×28 and 14×14 (and one over 7×7) on one
+//! MobileNetV2's 1×1 and depthwise layers over 56×56, 28×28 and 14×14 (and two over 7×7) on one
 //! thread with 4-bit weights, in the channel-blocked layout (`Kernels::conv2d_blocked`, input and
 //! output blocked, or a planar input where it has no whole 16-channel blocks; id `blocked`)
 //! against the planar NCHW kernels of the same run (`Kernels::conv2d`; id `planar`). Skipped on
@@ -30,6 +30,7 @@ fn layers() -> Vec<ConvLayer> {
         layer("mbv2_1x1_576to96_14x14", conv(576, 96, (14, 14), 1, 1, 1)),
         layer("mbv2_dw3x3_384_14x14", conv(384, 384, (14, 14), 3, 1, 384)),
         layer("mbv2_dw3x3s2_576_14x14", conv(576, 576, (14, 14), 3, 2, 576)),
+        layer("mbv2_dw3x3_960_7x7", conv(960, 960, (7, 7), 3, 1, 960)),
         layer("mbv2_1x1_960to320_7x7", conv(960, 320, (7, 7), 1, 1, 1)),
     ]
 }

@@ -50,13 +50,14 @@ unsafe fn run(w: &[f32], x: &[f32], y: &mut [f32], s: &DepthwiseChannels<'_>, k:
     let (in_len, out_len) = (s.in_h * s.in_w, s.out_h * s.out_w);
     // The zero-padded copy of 16 channels, pixel-major, each pixel one aligned vector; the
     // padding stays zero from block to block, as every block writes the same interior pixels.
-    let mut padded = std::mem::MaybeUninit::<Lines<{ DEPTHWISE_INTERLEAVED_MAX_PADDED * C }>>::uninit();
-    // SAFETY: the first `rows * cols * C` floats (inside the buffer: the check) are zeroed
-    // before the slice over them is formed.
+    // One pixel more, after them: where `fill` stores the input pixels no output reads.
+    let mut padded = std::mem::MaybeUninit::<Lines<{ (DEPTHWISE_INTERLEAVED_MAX_PADDED + 1) * C }>>::uninit();
+    // SAFETY: the first `(rows * cols + 1) * C` floats (inside the buffer: the check bounds
+    // `rows * cols`) are zeroed before the slice over them is formed.
     let padded = unsafe {
         let first = padded.as_mut_ptr().cast::<f32>();
-        std::ptr::write_bytes(first, 0, rows * cols * C);
-        std::slice::from_raw_parts_mut(first, rows * cols * C)
+        std::ptr::write_bytes(first, 0, (rows * cols + 1) * C);
+        std::slice::from_raw_parts_mut(first, (rows * cols + 1) * C)
     };
     let mut weights = Lines([0.0f32; DEPTHWISE_SMALL_MAX_K * DEPTHWISE_SMALL_MAX_K * C]);
     let weights = &mut weights.0;
@@ -80,18 +81,16 @@ unsafe fn run(w: &[f32], x: &[f32], y: &mut [f32], s: &DepthwiseChannels<'_>, k:
             let bias = _mm512_loadu_ps(bias.as_ptr());
             fill(x.as_ptr().add(c0 * in_len), n, s, cols, padded);
             for o0 in (0..out_len).step_by(2 * PIXELS) {
-                let mut sums = [_mm512_setzero_ps(); C];
-                for (half, part) in sums.chunks_exact_mut(PIXELS).enumerate() {
-                    let first = o0 + half * PIXELS;
-                    if first < out_len {
-                        // Pixels past the plane repeat its last one (computed, never stored).
-                        let mut at = [0; PIXELS];
-                        for (j, a) in at.iter_mut().enumerate() {
-                            *a = corners[(first + j).min(out_len - 1)];
-                        }
-                        sums_of(padded.as_ptr(), &at, weights.as_ptr(), k, cols, bias, part);
-                    }
-                }
+                // Two halves of `PIXELS` pixels; a half past the plane is not computed. Pixels
+                // past the plane repeat its last one (computed, never stored).
+                let half = |first: usize| {
+                    let at: [usize; PIXELS] = std::array::from_fn(|j| corners[(first + j).min(out_len - 1)]);
+                    sums_of(padded.as_ptr(), &at, weights.as_ptr(), k, cols, bias)
+                };
+                let lo = half(o0);
+                let hi = if o0 + PIXELS < out_len { half(o0 + PIXELS) } else { [bias; PIXELS] };
+                let mut sums: [__m512; C] =
+                    std::array::from_fn(|i| if i < PIXELS { lo[i] } else { hi[i - PIXELS] });
                 if let Some([lo, hi]) = s.clamp {
                     let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
                     // max(x, lo) returns lo for a NaN x, as f32::max does.
@@ -99,8 +98,12 @@ unsafe fn run(w: &[f32], x: &[f32], y: &mut [f32], s: &DepthwiseChannels<'_>, k:
                 }
                 transpose(&mut sums);
                 let mask = lane_mask(out_len - o0);
-                for (c, v) in sums.iter().enumerate().take(n) {
-                    _mm512_mask_storeu_ps(y.as_mut_ptr().add((c0 + c) * out_len + o0), mask, *v);
+                // A constant trip count keeps `sums` in registers (a loop up to `n` indexed
+                // them in memory, and each transposed vector went through a store and a load).
+                for (c, v) in sums.iter().enumerate() {
+                    if c < n {
+                        _mm512_mask_storeu_ps(y.as_mut_ptr().add((c0 + c) * out_len + o0), mask, *v);
+                    }
                 }
             }
         }
@@ -109,35 +112,46 @@ unsafe fn run(w: &[f32], x: &[f32], y: &mut [f32], s: &DepthwiseChannels<'_>, k:
 
 /// Copies `n` planes of `s`'s input from `x` (one after another) into `padded`, pixel-major with
 /// `cols` padded columns: input pixel `(iy, ix)` of channel `c` goes to lane `c` of padded pixel
-/// `(iy + pad_top, ix + pad_left)`, if the outputs read it. Lanes of channels past `n` get zeros.
+/// `(iy + pad_top, ix + pad_left)`, if the outputs read it, else to the spare pixel after them.
+/// Lanes of channels past `n` get zeros.
 ///
 /// # Safety
 /// AVX-512 F available; `x` holds `n` planes of `in_h × in_w`; `padded` holds `rows × cols`
-/// pixels of `C` lanes, `rows` and `cols` what the outputs read.
+/// pixels of `C` lanes, `rows` and `cols` what the outputs read, and one spare pixel after them.
 #[target_feature(enable = "avx512f")]
 unsafe fn fill(x: *const f32, n: usize, s: &DepthwiseChannels<'_>, cols: usize, padded: &mut [f32]) {
-    let rows = padded.len() / C / cols;
+    let spare = padded.len() / C - 1;
+    let rows = spare / cols;
     let in_len = s.in_h * s.in_w;
     // The input pixel the next vector holds.
     let (mut iy, mut ix) = (0, 0);
     for p0 in (0..in_len).step_by(C) {
         let mask = lane_mask(in_len - p0);
-        let mut v = [_mm512_setzero_ps(); C];
-        for (c, lane) in v.iter_mut().enumerate().take(n) {
-            // SAFETY: the masked load reads pixels `p0 ..` of plane `c`, inside `x`.
-            *lane = unsafe { _mm512_maskz_loadu_ps(mask, x.add(c * in_len + p0)) };
-        }
+        // Every lane loaded under a mask (none past channel `n`), and every transposed vector
+        // stored, to its pixel or the spare one: constant indices keep the 16 vectors in
+        // registers (a loop up to `n`, or one ending at the plane's last pixel, kept them in
+        // memory, and each went through a store and a load).
+        let mut v: [__m512; C] = std::array::from_fn(|c| {
+            let lanes = if c < n { mask } else { 0 };
+            // SAFETY: the masked load reads pixels `p0 ..` of plane `c < n`, inside `x`; with no
+            // lane set it reads nothing (the address is formed without claiming it is inside).
+            unsafe { _mm512_maskz_loadu_ps(lanes, x.wrapping_add(c * in_len + p0)) }
+        });
         transpose(&mut v);
-        for pixel in v.iter().take(in_len - p0) {
+        let mut to = [spare; C];
+        for to in to.iter_mut().take(in_len - p0) {
             let (py, px) = (iy + s.pad_top, ix + s.pad_left);
             if py < rows && px < cols {
-                // SAFETY: padded pixel (py, px) lies inside `padded` (checked just above).
-                unsafe { _mm512_storeu_ps(padded.as_mut_ptr().add((py * cols + px) * C), *pixel) };
+                *to = py * cols + px;
             }
             ix += 1;
             if ix == s.in_w {
                 (iy, ix) = (iy + 1, 0);
             }
+        }
+        for (&to, pixel) in to.iter().zip(&v) {
+            // SAFETY: `to` is a pixel of the copy or the spare one, inside `padded`.
+            unsafe { _mm512_storeu_ps(padded.as_mut_ptr().add(to * C), *pixel) };
         }
     }
 }
@@ -164,9 +178,9 @@ unsafe fn gather_taps(w: *const f32, n: usize, taps: usize, out: *mut f32) {
     }
 }
 
-/// The sums of `PIXELS` output pixels, the first input pixel of each at `at` (in floats) in the
-/// padded copy, over the `k`×`k` taps whose 16 weights lie at `weights + C * tap`, each starting
-/// from `bias`.
+/// Returns the sums of `PIXELS` output pixels, the first input pixel of each at `at` (in floats)
+/// in the padded copy, over the `k`×`k` taps whose 16 weights lie at `weights + C * tap`, each
+/// starting from `bias`.
 ///
 /// # Safety
 /// AVX-512 F available; every tap of every pixel lies inside the padded copy at `padded` (rows
@@ -180,8 +194,7 @@ unsafe fn sums_of(
     k: usize,
     cols: usize,
     bias: __m512,
-    out: &mut [__m512],
-) {
+) -> [__m512; PIXELS] {
     let mut acc = [bias; PIXELS];
     for ky in 0..k {
         for kx in 0..k {
@@ -195,7 +208,7 @@ unsafe fn sums_of(
             }
         }
     }
-    out.copy_from_slice(&acc);
+    acc
 }
 
 /// Transposes 16 vectors of 16 lanes: lane `j` of vector `i` becomes lane `i` of vector `j`
