@@ -425,21 +425,43 @@ impl Resize {
                 let sw = scales[rank - 1];
                 let ys: Vec<_> = (0..oh).map(|o| linear_taps(self.source(o, h, oh, sh), h)).collect();
                 let xs: Vec<_> = (0..ow).map(|o| linear_taps(self.source(o, w, ow, sw), w)).collect();
-                if scratch.len() < 2 * ow {
-                    op_bail!("linear resize needs {} scratch elements, got {}", 2 * ow, scratch.len());
-                }
-                let (top, bottom) = scratch[..2 * ow].split_at_mut(ow);
                 let doubling = doubles_half_pixel(&xs, w);
                 let plane = oh * ow;
-                for (i, (xp, yp)) in x.chunks_exact(h * w).zip(y.chunks_exact_mut(plane)).enumerate() {
-                    let a = addend.map(|a| &a[i * plane..][..plane]);
-                    linear_plane(xp, w, &ys, &xs, doubling, yp, a, top, bottom);
+                // Output planes from `start` (a multiple of `plane`) into `part`.
+                let planes = |start: usize, part: &mut [f32], top: &mut [f32], bottom: &mut [f32]| {
+                    let first = start / plane;
+                    for (i, yp) in part.chunks_exact_mut(plane).enumerate() {
+                        let xp = &x[(first + i) * h * w..][..h * w];
+                        let a = addend.map(|a| &a[(first + i) * plane..][..plane]);
+                        linear_plane(xp, w, &ys, &xs, doubling, yp, a, top, bottom);
+                    }
+                };
+                if ow <= SPLIT_MAX_WIDTH {
+                    // Split by planes, each part with its two rows on its stack.
+                    ctx.kernels.for_each_rows(y, plane, LINEAR_PARALLEL_MIN_ELEMENTS, |start, part| {
+                        let mut rows = [0.0f32; 2 * SPLIT_MAX_WIDTH];
+                        let (top, bottom) = rows[..2 * ow].split_at_mut(ow);
+                        planes(start, part, top, bottom);
+                    });
+                } else {
+                    if scratch.len() < 2 * ow {
+                        op_bail!("linear resize needs {} scratch elements, got {}", 2 * ow, scratch.len());
+                    }
+                    let (top, bottom) = scratch[..2 * ow].split_at_mut(ow);
+                    planes(0, y, top, bottom);
                 }
             }
         }
         Ok(())
     }
 }
+
+/// Widest output rows a linear resize splits over the threads (each part keeps two such rows on
+/// its stack); wider ones run on the caller with the op's scratch.
+const SPLIT_MAX_WIDTH: usize = 512;
+
+/// Fewest output elements of a linear resize worth splitting over the threads.
+const LINEAR_PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
 /// `y[o] = x[sum_d offsets[d][o_d]]` over the output's multi-index, row-major, split over the
 /// session's threads when large.
@@ -541,7 +563,7 @@ fn repeat_factor(offsets: &[usize]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::testing::{act, assert_close, node, run};
+    use crate::ops::conv::testing::{act, assert_close, node, run, run_with};
     use crate::ops::ArgData;
     use crate::tensor::Tensor;
     use pith_format::ir::{Attr, OpKind};
@@ -759,6 +781,45 @@ mod tests {
         let attrs = vec![("mode", s("linear")), ("coordinate_transformation_mode", s("asymmetric"))];
         let (_, y) = resize(attrs, &[1, 5], Some(&[1.0, 0.6]), None);
         assert_close(&y, &[0., 1.6666666, 3.3333333]);
+    }
+
+    #[test]
+    fn linear_planes_split_over_threads_give_the_one_thread_bits() {
+        // Enough planes to split three ways (an uneven count of them), with a fused addend; then rows
+        // wider than the split takes, which run on the caller with the op's scratch.
+        let op = build(&node(OpKind::Resize, 5, vec![("mode", s("linear"))])).unwrap();
+        for (shape, out) in [
+            ([1, 37, 24, 24], [1usize, 37, 48, 48]),
+            ([1, 3, 2, SPLIT_MAX_WIDTH / 2 + 1], [1, 3, 4, SPLIT_MAX_WIDTH + 2]),
+        ] {
+            let x: Vec<f32> =
+                (0..shape.iter().product::<usize>()).map(|i| ((i * 37 % 101) as f32) * 0.13).collect();
+            let a: Vec<f32> =
+                (0..out.iter().product::<usize>()).map(|i| ((i * 11 % 29) as f32) - 14.0).collect();
+            let sizes: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+            let sizes_t = Tensor::from_i64(vec![4], sizes);
+            let inputs = [
+                act(&shape, &x),
+                None,
+                None,
+                Some(Arg { shape: &[4], elem: ElemType::I64, data: Some(ArgData::Known(&sizes_t)) }),
+                act(&out, &a),
+            ];
+            let one = run(&*op, &inputs).unwrap().remove(0).1;
+            assert!(
+                out.iter().product::<usize>() >= LINEAR_PARALLEL_MIN_ELEMENTS || out[3] > SPLIT_MAX_WIDTH
+            );
+            let ctx = ExecCtx { kernels: pith_kernels::Kernels::new(3).unwrap() };
+            let three = run_with(&*op, &inputs, &ctx).unwrap().remove(0).1;
+            assert_eq!(
+                one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                three.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{shape:?} -> {out:?}"
+            );
+            // The addend is in: the output is not the plain resize.
+            let plain = run(&*op, &inputs[..4]).unwrap().remove(0).1;
+            assert!(one.iter().zip(&plain).zip(&a).all(|((o, p), a)| o == &(p + a)));
+        }
     }
 
     #[test]
