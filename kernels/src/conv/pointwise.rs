@@ -71,8 +71,13 @@ pub(super) fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
 
 /// Output pixels of the 1×1 layers that [`pointwise_by_depth`] splits by input channels. Each
 /// thread decodes every filter for its share of the depth, which over 7×7 planes costs more than
-/// the crossing it saves (MobileNetV2's 960 -> 160 at 2 threads: 0.086 -> 0.125 ms).
-const DEPTH_SPLIT_PLANES: std::ops::RangeInclusive<usize> = 128..=1024;
+/// the crossing it saves (MobileNetV2's 960 -> 160 at 2 threads: 0.086 -> 0.125 ms). Over 12×12
+/// the two passes (the sums, then their reduction) outweigh it too: BlazeFace full range's
+/// projections 128 -> 36, 144 -> 48 and 192 -> 64 there took 15.5, 18.6 and 28.2 µs at 2 threads
+/// split by depth against 13.3, 20.0 and 34.2 at 1, and 8.8, 11.9 and 19.8 split by filters
+/// (Zen 4, `pith bench --profile`); the model 1.83 -> 1.79 ms (4 alternating runs), MobileNetV2,
+/// MobileNetV3-Small, PP-OCRv4 det and BlazeFace unchanged within 1 %. From 14×14 it is kept.
+const DEPTH_SPLIT_PLANES: std::ops::RangeInclusive<usize> = 14 * 14..=1024;
 
 /// What adding one partial sum into an output (and the epilogue) costs in multiply-adds, for
 /// [`Kernels::min_task_work`]: a load and an add, bound by memory, not by arithmetic.

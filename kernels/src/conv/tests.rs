@@ -429,7 +429,7 @@ fn pointwise_split_by_depth_matches_the_reference() {
     let mut rng = Rng::new(93);
     let sets = kernel_sets();
     let mut split = 0;
-    let cases = [(192, 32, [28, 28]), (130, 49, [14, 14]), (150, 7, [13, 11]), (128, 30, [9, 15])];
+    let cases = [(192, 32, [28, 28]), (130, 49, [14, 14]), (150, 7, [15, 14]), (128, 30, [14, 15])];
     for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
         let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
         split += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
@@ -439,6 +439,10 @@ fn pointwise_split_by_depth_matches_the_reference() {
     }
     let threaded = sets.iter().filter(|k| k.threads() > 1).count();
     assert_eq!(split, cases.len() * threaded);
+    // Projections over planes under 14×14 are not split by depth (BlazeFace full range's 192 ->
+    // 64 over 12×12).
+    let small = pointwise(1, 192, 64, [12, 12]);
+    assert!(sets.iter().all(|k| !pointwise_by_depth(k, &small)), "a 12×12 plane split by depth");
     // Shallower projections split by pixels (MobileNetV3-Small's 72 -> 24 over 28×28).
     let shallow = pointwise(1, 72, 24, [28, 28]);
     assert!(sets.iter().all(|k| !pointwise_by_depth(k, &shallow)), "72 inputs split by depth");
