@@ -75,7 +75,7 @@ pub(super) fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
 /// the two passes (the sums, then their reduction) outweigh it too: BlazeFace full range's
 /// projections 128 -> 36, 144 -> 48 and 192 -> 64 there took 15.5, 18.6 and 28.2 µs at 2 threads
 /// split by depth against 13.3, 20.0 and 34.2 at 1, and 8.8, 11.9 and 19.8 split by filters
-/// (Zen 4, `pith bench --profile`); the model 1.83 -> 1.79 ms (4 alternating runs), MobileNetV2,
+/// (Zen 4, `pith bench --profile`); the model 1.84 -> 1.81 ms (5 alternating runs), MobileNetV2,
 /// MobileNetV3-Small, PP-OCRv4 det and BlazeFace unchanged within 1 %. From 14×14 it is kept.
 const DEPTH_SPLIT_PLANES: std::ops::RangeInclusive<usize> = 14 * 14..=1024;
 

@@ -463,7 +463,7 @@ const SPLIT_MAX_WIDTH: usize = 512;
 /// Fewest output elements of a linear resize worth splitting over the threads. BlazeFace full
 /// range's three upsamplings (13,824, 36,864 and 110,592 elements) all gain at 2 threads on a
 /// 2-vCPU Zen 4: a serial one there reads what both cores wrote (the smallest took 23.6 µs at 2
-/// threads against 12.5 at 1), and split, its feature-pyramid stage took 0.342 -> 0.332 ms.
+/// threads against 12.5 at 1), and split, its feature-pyramid stage took 0.342 → 0.332 ms.
 const LINEAR_PARALLEL_MIN_ELEMENTS: usize = 1 << 13;
 
 /// `y[o] = x[sum_d offsets[d][o_d]]` over the output's multi-index, row-major, split over the
@@ -788,8 +788,8 @@ mod tests {
 
     #[test]
     fn linear_planes_split_over_threads_give_the_one_thread_bits() {
-        // Enough planes to split three ways (an uneven count of them), with a fused addend; then rows
-        // wider than the split takes, which run on the caller with the op's scratch.
+        // Enough planes to split three ways (an uneven count of them), with a fused addend; then
+        // rows wider than the split takes, which run on the caller with the op's scratch.
         let op = build(&node(OpKind::Resize, 5, vec![("mode", s("linear"))])).unwrap();
         for (shape, out) in [
             ([1, 37, 24, 24], [1usize, 37, 48, 48]),
@@ -810,7 +810,7 @@ mod tests {
             ];
             let one = run(&*op, &inputs).unwrap().remove(0).1;
             assert!(
-                out.iter().product::<usize>() >= LINEAR_PARALLEL_MIN_ELEMENTS || out[3] > SPLIT_MAX_WIDTH
+                out.iter().product::<usize>() >= 3 * LINEAR_PARALLEL_MIN_ELEMENTS || out[3] > SPLIT_MAX_WIDTH
             );
             let ctx = ExecCtx { kernels: pith_kernels::Kernels::new(3).unwrap() };
             let three = run_with(&*op, &inputs, &ctx).unwrap().remove(0).1;
