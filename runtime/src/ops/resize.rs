@@ -325,10 +325,12 @@ impl Op for Resize {
 
     fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
         let Ok((out, _)) = self.plan(inputs) else { return 0 };
-        // Two rows of output width for the linear mode's interpolated input rows.
+        // Two rows of output width for the linear mode's interpolated input rows, where they do
+        // not fit the stack of a split's parts (rows wider than `SPLIT_MAX_WIDTH`).
+        let width = out.last().copied().unwrap_or(0);
         let rows = match self.mode {
-            Mode::Linear => 2 * out.last().copied().unwrap_or(0),
-            Mode::Nearest(_) => 0,
+            Mode::Linear if width > SPLIT_MAX_WIDTH => 2 * width,
+            Mode::Linear | Mode::Nearest(_) => 0,
         };
         // An addend of another shape: the resized map first, then the broadcast sum.
         let staged = match addend(inputs) {
