@@ -11,6 +11,7 @@ mod image_args;
 mod imageio;
 mod npy;
 mod pipeline;
+mod report;
 
 use std::path::PathBuf;
 
@@ -331,7 +332,7 @@ fn main() {
         if broken_pipe {
             return;
         }
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", report::error_line(&err));
         std::process::exit(1);
     }
 }
