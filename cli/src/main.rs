@@ -30,6 +30,16 @@ fn default_threads() -> usize {
     pith_runtime::default_threads()
 }
 
+/// Parses `--threads`: at least 1, the caller's own thread (0 would otherwise run as 1 while
+/// the output said 0).
+fn thread_count(arg: &str) -> Result<usize, String> {
+    match arg.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (the calling thread counts as one)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Compress an ONNX model into a .pith file.
@@ -191,7 +201,7 @@ enum Command {
         #[arg(long, default_value = "out/demo")]
         out_dir: PathBuf,
         /// Worker threads.
-        #[arg(long, default_value_t = default_threads())]
+        #[arg(long, default_value_t = default_threads(), value_parser = thread_count)]
         threads: usize,
     },
 }
@@ -200,7 +210,7 @@ enum Command {
 #[derive(clap::Args)]
 struct SessionArgs {
     /// Worker threads (default: the physical cores this process may use).
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = default_threads(), value_parser = thread_count)]
     threads: usize,
     /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products
     /// (dynamic-range quantization: faster, with 8-bit activation error; x86 without AVX-512

@@ -325,6 +325,25 @@ fn memory_limit_refuses_or_runs() {
 /// `--int8` either runs (the line says so) or, on a CPU without int8 dot products, fails naming
 /// the kernel path, for a model and for `--gemv`.
 #[test]
+fn a_zero_thread_count_and_a_directory_as_model_are_refused_by_name() {
+    let o = pith(&["bench", "--gemv", "64x64", "--bits", "4", "--threads", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("invalid value '0' for '--threads <THREADS>': must be at least 1"),
+        "{}",
+        stderr(&o)
+    );
+    let dir = std::env::temp_dir();
+    let o = pith(&["bench", dir.to_str().unwrap(), "--iters", "1"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.trim_end().ends_with("is a directory") && err.matches("is a directory").count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
 fn bench_int8_runs_or_names_the_missing_instructions() {
     let dir = scratch("bench_int8");
     let model = compress(&dir, "4");

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::ErrorKind;
 use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -106,7 +107,14 @@ impl PithFile {
         let path = path.as_ref();
         let io = |source| FormatError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            // Mapping a directory or a device fails with an unhelpful "No such device".
+            let kind = if meta.is_dir() { ErrorKind::IsADirectory } else { ErrorKind::InvalidInput };
+            let msg = if meta.is_dir() { "is a directory" } else { "not a regular file" };
+            return Err(io(std::io::Error::new(kind, msg)));
+        }
+        let len = meta.len();
         if len == 0 {
             // Mapping an empty file is an error on some platforms; report what it really is.
             return Err(FormatError::Truncated {

@@ -123,6 +123,24 @@ fn bad_magic_is_reported() {
 }
 
 #[test]
+fn paths_that_are_not_files_are_named_as_such() {
+    // mmap of a directory or a device fails with "No such device"; the reader says what it is.
+    let dir = std::env::temp_dir();
+    let e = PithFile::open(&dir).unwrap_err();
+    assert!(
+        matches!(&e, FormatError::Io { source, .. } if source.kind() == std::io::ErrorKind::IsADirectory)
+    );
+    assert!(e.to_string().ends_with("is a directory"), "{e}");
+    #[cfg(unix)]
+    {
+        let e = PithFile::open("/dev/null").unwrap_err();
+        assert!(e.to_string().ends_with("not a regular file"), "{e}");
+    }
+    let e = PithFile::open(dir.join("pith-no-such-model.pith")).unwrap_err();
+    assert!(matches!(&e, FormatError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+}
+
+#[test]
 fn newer_major_version_is_refused_with_an_upgrade_hint() {
     let mut b = small_file();
     b[8..10].copy_from_slice(&7u16.to_le_bytes());

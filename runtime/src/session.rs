@@ -24,7 +24,7 @@ use crate::threads::{ThreadTuner, Way};
 /// How a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// Worker threads ops may use (1 = run on the caller's thread; more start a pool once, at
+    /// Worker threads ops may use (1 or 0 = run on the caller's thread; more start a pool once, at
     /// session creation); by default the physical cores this process may use
     /// ([`crate::default_threads`]). The kernel path is the best the CPU supports, or `PITH_KERNEL`
     /// (`scalar`, `avx2`, `avx512`, `neon`); an unknown or unsupported name fails `Session::new`.
