@@ -462,11 +462,14 @@ impl Resize {
 /// its stack); wider ones run on the caller with the op's scratch.
 const SPLIT_MAX_WIDTH: usize = 512;
 
-/// Fewest output elements of a linear resize worth splitting over the threads. BlazeFace full
-/// range's three upsamplings (13,824, 36,864 and 110,592 elements) all gain at 2 threads on a
-/// 2-vCPU Zen 4: a serial one there reads what both cores wrote (the smallest took 23.6 µs at 2
-/// threads against 12.5 at 1), and split, its feature-pyramid stage took 0.342 → 0.332 ms.
-const LINEAR_PARALLEL_MIN_ELEMENTS: usize = 1 << 13;
+/// Fewest output elements per thread of a linear resize split over the threads (a part holds
+/// at least this many). BlazeFace full range's three upsamplings (13,824, 36,864 and 110,592
+/// elements) all gain at 2 threads on a 2-vCPU Zen 4: a serial one reads what both cores wrote.
+/// Split, its feature-pyramid stage took 0.342 → 0.332 ms; at 8,192 per part the smallest one
+/// still ran serial, 34 µs at 2 threads against 13.4 at 1 (`pith bench --profile`); at 4,096 it
+/// splits (17 µs) and the model's 2-thread median fell in every rank of 8 alternating runs
+/// (1.88-2.75 → 1.82-2.32 ms on a noisy host).
+const LINEAR_PARALLEL_MIN_ELEMENTS: usize = 1 << 12;
 
 /// `y[o] = x[sum_d offsets[d][o_d]]` over the output's multi-index, row-major, split over the
 /// session's threads when large.
