@@ -101,9 +101,12 @@ pub(super) fn pointwise_by_depth(kernels: &Kernels, p: &Conv2dParams) -> bool {
 /// a deep layer: MobileNetV3-Small's 72 -> 24 and 88 -> 24 over 28×28 took 10.7 and 11.8 µs
 /// at 2 threads split by depth (11.0 and 13.3 at 1), 7.5 and 9.1 split by pixels, and the 24 ->
 /// 88 layer after them 12.1 -> 10.6 as its rows were then where it reads them (the model
-/// 0.439-0.442 -> 0.430-0.436 ms, 3 alternating runs of 1000, Zen 5). MobileNetV2's split
-/// projections, 144 channels and deeper, keep it.
-const DEPTH_SPLIT_MIN_INPUTS: usize = 128;
+/// 0.439-0.442 -> 0.430-0.436 ms, 3 alternating runs of 1000, Zen 5). 128 channels are too
+/// few as well: BlazeFace full range's 128 -> 32 and 128 -> 64 over 24×24 took 33.9 and 61.3 µs
+/// at 2 threads split by depth, 28.7 (by pixels) and 52.3 (by filters) otherwise (Zen 4, `pith
+/// bench --profile`), and the model 1.79-1.80 -> 1.77-1.79 ms (medians of 8 alternating runs of
+/// 400). MobileNetV2's split projections, 144 channels and deeper, keep it.
+const DEPTH_SPLIT_MIN_INPUTS: usize = 144;
 
 /// The layer part of [`pointwise_by_depth`] (what the scratch is sized for).
 pub(super) fn depth_split_shape(p: &Conv2dParams) -> bool {

@@ -429,7 +429,7 @@ fn pointwise_split_by_depth_matches_the_reference() {
     let mut rng = Rng::new(93);
     let sets = kernel_sets();
     let mut split = 0;
-    let cases = [(192, 32, [28, 28]), (130, 49, [14, 14]), (150, 7, [15, 14]), (128, 30, [14, 15])];
+    let cases = [(192, 32, [28, 28]), (160, 49, [14, 14]), (150, 7, [15, 14]), (144, 30, [14, 15])];
     for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
         let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
         split += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
@@ -443,6 +443,9 @@ fn pointwise_split_by_depth_matches_the_reference() {
     // 64 over 12×12).
     let small = pointwise(1, 192, 64, [12, 12]);
     assert!(sets.iter().all(|k| !pointwise_by_depth(k, &small)), "a 12×12 plane split by depth");
+    // Nor 128-deep ones (BlazeFace full range's 128 -> 64 over 24×24).
+    let full_range = pointwise(1, 128, 64, [24, 24]);
+    assert!(sets.iter().all(|k| !pointwise_by_depth(k, &full_range)), "128 inputs split by depth");
     // Shallower projections split by pixels (MobileNetV3-Small's 72 -> 24 over 28×28).
     let shallow = pointwise(1, 72, 24, [28, 28]);
     assert!(sets.iter().all(|k| !pointwise_by_depth(k, &shallow)), "72 inputs split by depth");
