@@ -119,6 +119,7 @@ struct Tiles;
 impl FusedTiles for Tiles {
     const NR: usize = NR;
     const MR: usize = MR;
+    const COPIES_PAGE_ALIASED_ROWS: bool = true;
     type Carry = [__m256; 2];
 
     unsafe fn rows<B: BRows>(

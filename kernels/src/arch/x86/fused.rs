@@ -60,6 +60,9 @@ pub(super) trait FusedTiles {
     const NR: usize;
     /// Most weight rows of one register tile.
     const MR: usize;
+    /// Whether [`run`] first copies input rows whose planes lie a whole number of 4 KiB pages
+    /// apart into one contiguous block (see there).
+    const COPIES_PAGE_ALIASED_ROWS: bool;
     /// One weight row's partial sums over a strip, carried between depth blocks.
     type Carry: Copy;
 
@@ -188,12 +191,17 @@ pub(super) unsafe fn run<T: FusedTiles>(
         match evenly_spaced(&offs[..k]) {
             // (At most as many rows as leave a whole strip of each in the block.)
             Some(step)
-                if step > 0 && step % PAGE_FLOATS == 0 && k <= PAGE_ROWS_BLOCK / T::NR && m > T::MR =>
+                if T::COPIES_PAGE_ALIASED_ROWS
+                    && step > 0
+                    && step % PAGE_FLOATS == 0
+                    && k <= PAGE_ROWS_BLOCK / T::NR
+                    && m > T::MR =>
             {
                 // Planes a whole number of 4 KiB pages apart (64×64, 32×32): a column of every
                 // row falls in one L1 set, so a block of 24 rows cannot stay in L1 while each
                 // block of filters streams over it. Copied chunk by chunk into one contiguous
-                // block, it does (BlazeFace 1.128 -> 1.100 ms at 1 thread on Zen 3). One block
+                // block, it does (AVX2 tiles: BlazeFace 1.128 -> 1.100 ms at 1 thread on Zen 3;
+                // the AVX-512 tiles do not copy, see `fused_avx512`). One block
                 // of filters (at most `MR` rows) reads each input value once, so the copy would
                 // only add a pass: BlazeFace full range's 32 -> 8 layers over 96×96 took
                 // 0.069-0.079 ms copied and 0.044-0.048 read in place (one-layer model, 1 thread,
