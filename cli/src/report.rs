@@ -5,12 +5,12 @@
 //! chain naively would print the cause twice.
 
 /// `err` and its causes joined by `": "`, leaving out a cause whose message the text before it
-/// already contains.
+/// already ends with (a wrapper that printed its source last).
 pub fn error_line(err: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in err.chain() {
         let message = cause.to_string();
-        if message.is_empty() || line.contains(&message) {
+        if message.is_empty() || line.ends_with(&message) {
             continue;
         }
         if !line.is_empty() {

@@ -322,8 +322,6 @@ fn memory_limit_refuses_or_runs() {
     assert!(!o.status.success() && stderr(&o).contains("unknown unit 'Q'"), "{}", stderr(&o));
 }
 
-/// `--int8` either runs (the line says so) or, on a CPU without int8 dot products, fails naming
-/// the kernel path, for a model and for `--gemv`.
 #[test]
 fn a_zero_thread_count_and_a_directory_as_model_are_refused_by_name() {
     let o = pith(&["bench", "--gemv", "64x64", "--bits", "4", "--threads", "0"]);
@@ -343,6 +341,8 @@ fn a_zero_thread_count_and_a_directory_as_model_are_refused_by_name() {
     );
 }
 
+/// `--int8` either runs (the line says so) or, on a CPU without int8 dot products, fails naming
+/// the kernel path, for a model and for `--gemv`.
 #[test]
 fn bench_int8_runs_or_names_the_missing_instructions() {
     let dir = scratch("bench_int8");
