@@ -155,7 +155,9 @@ pub fn conv_layers() -> Vec<ConvLayer> {
         layer("mobilenetv2_dw3x3s2_576_14", conv(576, 576, (14, 14), 3, 2, 576)),
         layer("mobilenetv2_dw3x3_960_7", conv(960, 960, (7, 7), 3, 1, 960)),
         layer("mobilenetv2_pw1x1_320to1280_7", conv(320, 1280, (7, 7), 1, 1, 1)),
-        // BlazeFace full range's last stage: 36 columns, two vectors and 4 columns on AVX-512.
+        // BlazeFace full range: 24-column rows (a vector and 8 columns on AVX-512), and its
+        // last stage's 36 columns (two vectors and 4 columns).
+        layer("blazeface_full_dw3x3_128_24", conv(128, 128, (24, 24), 3, 1, 128)),
         layer("blazeface_full_pw1x1_96to384_6", conv(96, 384, (6, 6), 1, 1, 1)),
     ]
 }

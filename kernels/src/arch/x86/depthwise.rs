@@ -225,6 +225,25 @@ unsafe fn load_columns(bp: *const f32, v: usize, whole: bool, mask: __mmask16) -
     }
 }
 
+/// Columns `16 v .. 16 v + 8` from `bp`, as [`load_columns`] at 256 bits.
+///
+/// # Safety
+/// AVX-512 F and VL available; with `whole`, those 8 floats are readable; otherwise the lanes
+/// `mask` selects are (masked-off lanes are not accessed).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn load_half_columns(bp: *const f32, v: usize, whole: bool, mask: __mmask8) -> __m256 {
+    let p = bp.wrapping_add(16 * v);
+    // SAFETY: as the contract says.
+    unsafe {
+        if whole {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskz_loadu_ps(mask, p)
+        }
+    }
+}
+
 /// `R` output rows of a `KH`-row filter at stride 1, over strips of 32 columns (a last strip of
 /// at most 16 columns takes one vector per row).
 ///
@@ -232,7 +251,7 @@ unsafe fn load_columns(bp: *const f32, v: usize, whole: bool, mask: __mmask16) -
 /// AVX-512 F available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
 /// and `t.y` output rows `0 .. R` of `out_w` columns.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn tile512_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
     // Square 3×3 and 5×5 filters over rows that all lie in the plane (every tile but the first
     // and last of a plane): the filter width a constant and no row tested, so the loops unroll
@@ -257,19 +276,22 @@ unsafe fn tile512_s1<const R: usize, const KH: usize>(t: InPlaceTile) {
 /// # Safety
 /// As [`tile512_s1`], and as the parameters say.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn strips512_s1<const R: usize, const KH: usize, const KW: usize, const INTERIOR: bool>(
     t: InPlaceTile,
 ) {
     let mut j = 0;
     while j < t.shape.out_w {
         let width = (t.shape.out_w - j).min(32);
+        // A last vector of at most 8 columns runs at 256 bits (see `strip512_s1`).
+        let half = !width.is_multiple_of(16) && width % 16 <= 8;
         // SAFETY: as this function's contract, for columns j .. j + width < out_w.
         unsafe {
-            if width > 16 {
-                strip512_s1::<R, KH, KW, INTERIOR, 2>(t, j, width);
-            } else {
-                strip512_s1::<R, KH, KW, INTERIOR, 1>(t, j, width);
+            match (width > 16, half) {
+                (true, true) => strip512_s1::<R, KH, KW, INTERIOR, 2, true>(t, j, width),
+                (true, false) => strip512_s1::<R, KH, KW, INTERIOR, 2, false>(t, j, width),
+                (false, true) => strip512_s1::<R, KH, KW, INTERIOR, 1, true>(t, j, width),
+                (false, false) => strip512_s1::<R, KH, KW, INTERIOR, 1, false>(t, j, width),
             }
         }
         j += width;
@@ -279,17 +301,21 @@ unsafe fn strips512_s1<const R: usize, const KH: usize, const KW: usize, const I
 /// Output columns `j .. j + width` (`width <= 16 * V`) of [`tile512_s1`]: each input row the
 /// filter reaches is loaded once per filter column, in place under the masks that drop columns
 /// outside the plane (rows outside it are skipped), and feeds every output row it belongs to.
+/// With `HALF` (`width <= 16 * V - 8`) the last vector's loads and multiply-adds are 256 bits
+/// wide: Zen 4 runs those two a cycle against one 512-bit one (a 24-column row, one vector and
+/// 8 columns, costs 3 halves instead of 4).
 ///
 /// # Safety
-/// As [`strips512_s1`], with `j + width <= out_w`.
+/// As [`strips512_s1`], with `j + width <= out_w`, and `width <= 16 * V - 8` with `HALF`.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn strip512_s1<
     const R: usize,
     const KH: usize,
     const KW: usize,
     const INTERIOR: bool,
     const V: usize,
+    const HALF: bool,
 >(
     t: InPlaceTile,
     j: usize,
@@ -304,9 +330,11 @@ unsafe fn strip512_s1<
         let Some(m) = column_masks(first, width as isize, in_w) else { continue };
         // SAFETY: `kx < kw` and every `ky < KH` index the filter.
         let wk: [__m512; KH] = std::array::from_fn(|ky| unsafe { _mm512_set1_ps(*t.w.add(ky * s.kw + kx)) });
-        // When all 16 V columns from `first` lie in the row, plain loads (lanes past the strip
-        // compute outputs that are not stored; see `load_columns`).
-        let whole = first >= 0 && in_w - first >= (16 * V) as isize;
+        // When all the columns the vectors load from `first` (16 V, or 16 V - 8 with `HALF`)
+        // lie in the row, plain loads (lanes past the strip compute outputs that are not
+        // stored; see `load_columns`).
+        let loaded = 16 * V - if HALF { 8 } else { 0 };
+        let whole = first >= 0 && in_w - first >= loaded as isize;
         for i in 0..R + KH - 1 {
             let row = t.first_row + i as isize;
             if !INTERIOR && !(0..in_h).contains(&row) {
@@ -318,12 +346,26 @@ unsafe fn strip512_s1<
             // SAFETY: a set mask bit marks a column inside 0..in_w of a row inside 0..in_h, an
             // element of the plane; masked-off lanes are not accessed. With `whole`, all 16 V
             // columns from `first` are inside the row.
-            let x: [__m512; V] = std::array::from_fn(|v| unsafe { load_columns(bp, v, whole, m[v]) });
+            // With `HALF` the last vector's mask sets at most its low 8 lanes (`width <= 16 V -
+            // 8`), and `whole` covers its 8 columns.
+            let x: [__m512; V] = std::array::from_fn(|v| unsafe {
+                if HALF && v == V - 1 {
+                    _mm512_zextps256_ps512(load_half_columns(bp, v, whole, m[v] as __mmask8))
+                } else {
+                    load_columns(bp, v, whole, m[v])
+                }
+            });
             for (ky, &wv) in wk.iter().enumerate() {
                 // Input row i is filter row ky of output row i - ky.
                 if i >= ky && i - ky < R {
-                    for (a, &xv) in acc[i - ky].iter_mut().zip(&x) {
-                        *a = _mm512_fmadd_ps(wv, xv, *a);
+                    for (v, (a, &xv)) in acc[i - ky].iter_mut().zip(&x).enumerate() {
+                        *a = if HALF && v == V - 1 {
+                            let lo = |x| _mm512_castps512_ps256(x);
+                            // Lanes 8.. are not stored (the store's mask).
+                            _mm512_zextps256_ps512(_mm256_fmadd_ps(lo(wv), lo(xv), lo(*a)))
+                        } else {
+                            _mm512_fmadd_ps(wv, xv, *a)
+                        };
                     }
                 }
             }

@@ -84,7 +84,7 @@ macro_rules! tile_for {
         // A strip takes as few vectors as hold its columns: a masked-off vector would spend its
         // multiply-adds on nothing. A last vector of at most 8 columns multiplies at 256 bits.
         let w: usize = $w;
-        let half = w % 16 != 0 && w % 16 <= 8;
+        let half = !w.is_multiple_of(16) && w % 16 <= 8;
         match (w > 32, w > 16, half) {
             (true, _, true) => rows!(3, true),
             (true, _, false) => rows!(3, false),
