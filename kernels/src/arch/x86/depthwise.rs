@@ -248,7 +248,7 @@ unsafe fn load_half_columns(bp: *const f32, v: usize, whole: bool, mask: __mmask
 /// at most 16 columns takes one vector per row).
 ///
 /// # Safety
-/// AVX-512 F available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
+/// AVX-512 F and VL available; `t.w` holds `KH × kw` weights, `t.x` the whole `in_h × in_w` input plane
 /// and `t.y` output rows `0 .. R` of `out_w` columns.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl")]
@@ -344,10 +344,9 @@ unsafe fn strip512_s1<
             // without claiming it is inside the plane.
             let bp = t.x.wrapping_offset(row * in_w + first);
             // SAFETY: a set mask bit marks a column inside 0..in_w of a row inside 0..in_h, an
-            // element of the plane; masked-off lanes are not accessed. With `whole`, all 16 V
-            // columns from `first` are inside the row.
-            // With `HALF` the last vector's mask sets at most its low 8 lanes (`width <= 16 V -
-            // 8`), and `whole` covers its 8 columns.
+            // element of the plane; masked-off lanes are not accessed. With `whole`, every column
+            // the loads read from `first` (16 V, or 16 V - 8 with `HALF`) is inside the row. With
+            // `HALF` the last vector's mask sets at most its low 8 lanes (`width <= 16 V - 8`).
             let x: [__m512; V] = std::array::from_fn(|v| unsafe {
                 if HALF && v == V - 1 {
                     _mm512_zextps256_ps512(load_half_columns(bp, v, whole, m[v] as __mmask8))
