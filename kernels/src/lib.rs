@@ -30,7 +30,7 @@ mod winograd;
 
 pub use activation::{exp_neg_abs, sigmoid, Activation, ChannelActivation};
 pub use blocked::Layout;
-pub use conv::Conv2dParams;
+pub use conv::{Conv2dParams, ConvGeometry};
 pub use conv_int8::Int8Filters;
 pub use decode::{Int8RowTables, WeightRows};
 pub use gemm::WeightLayout;
@@ -365,7 +365,7 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, None, None, p, act.into(), y, scratch)
+        conv::conv2d(self, None, x, w, bias, None, None, p, act.into(), y, scratch)
     }
 
     /// [`Kernels::conv2d`] followed by a residual add, in one pass over the output:
@@ -388,7 +388,7 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, Some(residual), None, p, act.into(), y, scratch)
+        conv::conv2d(self, None, x, w, bias, Some(residual), None, p, act.into(), y, scratch)
     }
 
     /// A 1×1 convolution (stride 1, unpadded, ungrouped) of its input scaled per channel:
@@ -410,7 +410,36 @@ impl Kernels {
         y: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        conv::conv2d(self, x, w, bias, residual, Some(input_scale), p, act.into(), y, scratch)
+        conv::conv2d(self, None, x, w, bias, residual, Some(input_scale), p, act.into(), y, scratch)
+    }
+
+    /// The geometry of layer `p` on this kernel path, for [`Kernels::conv2d_prepared`]: what
+    /// [`Kernels::conv2d`] would otherwise derive on every call (tap masks, slab extents). Errors
+    /// on parameters [`Conv2dParams::check`] rejects.
+    pub fn conv_geometry(&self, p: &Conv2dParams) -> Result<ConvGeometry, KernelError> {
+        p.check()?;
+        Ok(ConvGeometry::new(self.isa, p))
+    }
+
+    /// [`Kernels::conv2d`] of the layer `geometry` describes (made by
+    /// [`Kernels::conv_geometry`]), with [`Kernels::conv2d_add`]'s residual and
+    /// [`Kernels::conv2d_scaled_input`]'s input scale where given: the same sums without
+    /// deriving the geometry again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_prepared<'a>(
+        &self,
+        geometry: &ConvGeometry,
+        x: &[f32],
+        w: &TensorView<'_>,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        input_scale: Option<&[f32]>,
+        act: impl Into<ChannelActivation<'a>>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let p = geometry.params();
+        conv::conv2d(self, Some(geometry), x, w, bias, residual, input_scale, p, act.into(), y, scratch)
     }
 
     /// Whether [`Kernels::conv2d_int8`] runs layer `p`: int8 activations on (see

@@ -307,8 +307,12 @@ impl Backend for CpuBackend {
             );
             let start = self.profile.is_some().then(Instant::now);
             let scratch = &mut self.scratch[..scratch_len];
-            match plan.node_layouts.get(ni).filter(|l| !l.all_planar()) {
-                Some(&layouts) => job.ops[ni].run_laid_out(&args, &mut outs, scratch, ctx, layouts),
+            let layouts = plan.node_layouts.get(ni).copied().unwrap_or_default();
+            match plan.prepared.get(ni).and_then(Option::as_deref) {
+                Some(prepared) => job.ops[ni].run_prepared(prepared, &args, &mut outs, scratch, ctx, layouts),
+                None if !layouts.all_planar() => {
+                    job.ops[ni].run_laid_out(&args, &mut outs, scratch, ctx, layouts)
+                }
                 None => job.ops[ni].run(&args, &mut outs, scratch, ctx),
             }
             .map_err(|e| node_error(node, ni, e))?;

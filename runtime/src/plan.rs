@@ -11,7 +11,7 @@ use pith_format::TensorView;
 
 use crate::arena::{self, Block};
 use crate::error::{OpError, Result, RuntimeError};
-use crate::ops::{Arg, ArgData, Op};
+use crate::ops::{Arg, ArgData, ExecCtx, Op, Prepared};
 use crate::tensor::{bounded_numel, Tensor, MAX_TENSOR_ELEMENTS};
 
 /// Arena offsets are multiples of this many f32 elements (64 bytes: one cache line, any SIMD width).
@@ -89,6 +89,9 @@ pub struct Plan {
     /// Per node (by index in the graph), which of its values are channel-blocked; empty or
     /// shorter than the graph: all planar (see [`crate::layout`]).
     pub node_layouts: Vec<crate::ops::NodeLayouts>,
+    /// Per node (by index in the graph), what its op prepared for this plan ([`prepare`]); empty
+    /// or shorter than the graph, or `None`: nothing.
+    pub prepared: Vec<Option<Prepared>>,
 }
 
 impl Plan {
@@ -98,6 +101,27 @@ impl Plan {
         let scratch = self.scratch_len.saturating_mul(threads.max(1));
         self.arena_len.saturating_add(scratch).saturating_mul(std::mem::size_of::<f32>())
     }
+}
+
+/// Lets every step's op prepare what its runs reuse ([`Op::prepare`]) for the plan's shapes and
+/// layouts (after [`crate::layout::assign`]), on the session's kernels.
+pub fn prepare(
+    graph: &Graph,
+    constant: &ConstantFn<'_>,
+    ops: &[Box<dyn Op>],
+    plan: &mut Plan,
+    ctx: &ExecCtx,
+) -> Result<()> {
+    let mut prepared = vec![None; graph.nodes.len()];
+    for &ni in &plan.steps {
+        let node = &graph.nodes[ni];
+        let args: Vec<Option<Arg<'_>>> =
+            node.inputs.iter().map(|i| i.map(|id| plan_arg(&plan.values, constant, id))).collect();
+        let layouts = plan.node_layouts.get(ni).copied().unwrap_or_default();
+        prepared[ni] = ops[ni].prepare(&args, ctx, layouts).map_err(|e| node_error(node, ni, e))?;
+    }
+    plan.prepared = prepared;
+    Ok(())
 }
 
 /// A display name for node `index` (its name, or `#index` when unnamed).
@@ -357,8 +381,16 @@ pub fn plan(
         folded_nodes: folded,
         blocked_values: 0,
     };
-    let mut plan =
-        Plan { input_shapes, values, steps, arena_len, scratch_len, summary, node_layouts: Vec::new() };
+    let mut plan = Plan {
+        input_shapes,
+        values,
+        steps,
+        arena_len,
+        scratch_len,
+        summary,
+        node_layouts: Vec::new(),
+        prepared: Vec::new(),
+    };
     plan.summary.arena_bytes = plan.memory_bytes(1);
     log::info!(
         "planned inputs {:?}: {} run-time nodes, {} folded, {} activations, arena {} KiB",

@@ -308,6 +308,7 @@ impl Engine {
                 if self.options.blocked_layout {
                     crate::layout::assign(graph, constant, &self.ops, &mut plan, &self.ctx.kernels);
                 }
+                plan::prepare(graph, constant, &self.ops, &mut plan, &self.ctx)?;
                 plan.summary.arena_bytes = plan.memory_bytes(self.ctx.threads());
                 if let Some(limit) =
                     self.options.memory_limit.filter(|&limit| plan.summary.arena_bytes > limit)
@@ -528,6 +529,14 @@ mod tests {
         let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x.clone())]).unwrap());
         assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, nodes.0, "fused nodes");
         assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, nodes.1, "unfused nodes");
+        // Every convolution step runs on what it prepared for the plan.
+        for engine in [&fused.engine, &plain.engine] {
+            let plan = engine.current().unwrap();
+            for &ni in &plan.steps {
+                let prepared = plan.prepared.get(ni).is_some_and(Option::is_some);
+                assert_eq!(prepared, engine.graph.nodes[ni].op == OpKind::Conv, "node #{ni} prepared");
+            }
+        }
         assert_eq!(a.len(), b.len());
         for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
             assert_eq!((na, &ta.shape), (nb, &tb.shape));

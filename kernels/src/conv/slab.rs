@@ -181,6 +181,7 @@ impl Layer<'_, '_> {
 }
 
 /// The taps [`Layer::shifted`] multiplies ([`Slab::taps`]).
+#[derive(Debug)]
 pub(crate) struct Taps {
     /// Element offset of each multiplied tap in the slab's planes ([`Slab::offsets`]).
     offsets: Vec<usize>,
@@ -218,6 +219,7 @@ impl Taps {
 /// of output `(oy, ox)` is element `(oy + ky*dil_h / stride_h, ox + kx*dil_w / stride_w)` of
 /// phase plane `(ky*dil_h % stride_h, kx*dil_w % stride_w)`: a contiguous run for consecutive
 /// `ox`. Every slab has the same plane extents, so tap offsets are computed once per layer.
+#[derive(Debug)]
 pub(crate) struct Slab {
     /// Output rows per slab.
     pub(crate) rows: usize,

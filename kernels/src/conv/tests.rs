@@ -116,6 +116,19 @@ fn check_all_paths_within(
         // The fused residual add: y = conv + bias + residual.
         let residual = rng.vec(want.len());
         let want_add: Vec<f32> = want.iter().zip(&residual).map(|(w, r)| w + r).collect();
+        // The same on a geometry prepared once (as the runtime runs a planned layer), and on one
+        // prepared for the first kernel set (the call makes its own when the paths differ).
+        for geometry in [kernels.conv_geometry(p).unwrap(), sets[0].conv_geometry(p).unwrap()] {
+            let w = &data.view();
+            for (r, want) in [(None, &want), (Some(&residual[..]), &want_add)] {
+                y.fill(f32::NAN);
+                scratch.fill(f32::NAN);
+                let act = Activation::None;
+                kernels.conv2d_prepared(&geometry, x, w, bias, r, None, act, &mut y, &mut scratch).unwrap();
+                let what = format!("prepared, residual {}, {kernels:?} {kind:?} {p:?}", r.is_some());
+                assert_close(&y, want, &what);
+            }
+        }
         scratch.fill(f32::NAN);
         y.fill(f32::NAN);
         let act = Activation::None;
@@ -491,6 +504,11 @@ fn pointwise_with_an_input_scale_matches_the_scaled_input() {
                 )
                 .unwrap();
                 assert_close(&y, &want, &format!("{kind:?} {p:?} on {k:?}"));
+                // The same on the layer's prepared geometry.
+                y.fill(f32::NAN);
+                let (g, w, r) = (k.conv_geometry(&p).unwrap(), &data.view(), Some(&residual[..]));
+                k.conv2d_prepared(&g, &x, w, Some(&bias), r, Some(&scale), act, &mut y, &mut s).unwrap();
+                assert_close(&y, &want, &format!("prepared {kind:?} {p:?} on {k:?}"));
             }
         }
     }
@@ -930,22 +948,28 @@ fn rejects_bad_buffers_and_params() {
     let mut s = vec![0.0; scratch_len(&p)];
     let a = ChannelActivation::Same(Activation::None);
     let k = Kernels::default();
-    assert!(conv2d(&k, &x[1..], &data.view(), None, None, None, &p, a, &mut y, &mut s).is_err());
+    assert!(conv2d(&k, None, &x[1..], &data.view(), None, None, None, &p, a, &mut y, &mut s).is_err());
     // One PRelu slope too few: an error, not a panic in the epilogue.
     let slopes = vec![0.5; p.out_c - 1];
     let prelu = ChannelActivation::PRelu(&slopes);
-    let err = conv2d(&k, &x, &data.view(), None, None, None, &p, prelu, &mut y, &mut s).unwrap_err();
+    let err = conv2d(&k, None, &x, &data.view(), None, None, None, &p, prelu, &mut y, &mut s).unwrap_err();
     assert!(err.to_string().contains("PRelu slopes"), "{err}");
     let mut short = vec![0.0; scratch_len(&p) - 1];
-    assert!(conv2d(&k, &x, &data.view(), None, None, None, &p, a, &mut y, &mut short).is_err());
+    assert!(conv2d(&k, None, &x, &data.view(), None, None, None, &p, a, &mut y, &mut short).is_err());
     let short_residual = vec![0.0; y.len() - 1];
     assert!(k.conv2d_add(&x, &data.view(), None, &short_residual, &p, a, &mut y, &mut s).is_err());
     let long_residual = vec![0.0; y.len() + p.batch * p.out_h * p.out_w];
     assert!(k.conv2d_add(&x, &data.view(), None, &long_residual, &p, a, &mut y, &mut s).is_err());
     let bad = Conv2dParams { stride_h: 0, ..p };
-    assert!(conv2d(&k, &x, &data.view(), None, None, None, &bad, a, &mut y, &mut s).is_err());
+    assert!(conv2d(&k, None, &x, &data.view(), None, None, None, &bad, a, &mut y, &mut s).is_err());
     let bad = Conv2dParams { out_c: p.out_c + 1, groups: 1, ..p };
-    assert!(conv2d(&k, &x, &data.view(), None, None, None, &bad, a, &mut y, &mut s).is_err());
+    assert!(conv2d(&k, None, &x, &data.view(), None, None, None, &bad, a, &mut y, &mut s).is_err());
+    assert!(k.conv_geometry(&Conv2dParams { stride_h: 0, ..p }).is_err());
+    // A geometry prepared for another layer is refused, not trusted.
+    let other = k.conv_geometry(&Conv2dParams { pad_top: p.pad_top + 1, ..p }).unwrap();
+    let err =
+        conv2d(&k, Some(&other), &x, &data.view(), None, None, None, &p, a, &mut y, &mut s).unwrap_err();
+    assert!(err.to_string().contains("another layer"), "{err}");
 }
 
 #[test]

@@ -8,11 +8,11 @@ use std::sync::OnceLock;
 use pith_format::ir::{Attr, ElemType, Node};
 use pith_format::TensorView;
 use pith_kernels::{
-    Activation, ChannelActivation, Conv2dParams, Int8Filters, Int8RowTables, Kernels, Layout,
+    Activation, ChannelActivation, Conv2dParams, ConvGeometry, Int8Filters, Int8RowTables, Kernels, Layout,
 };
 
 use super::binary::{broadcast_shapes, zip_broadcast};
-use super::{attrs, Arg, ArgData, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out};
+use super::{attrs, Arg, ArgData, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out, Prepared};
 use crate::error::OpError;
 use crate::op_bail;
 
@@ -534,6 +534,35 @@ impl Conv {
     }
 }
 
+/// What a Conv derives from its inputs' shapes: the kernel parameters, the convolution's own
+/// output shape, the node's where a residual broadcasts it, and how it reads its data.
+#[derive(Debug)]
+struct ConvShapes {
+    p: Conv2dParams,
+    conv: Vec<usize>,
+    broadcast: Option<Vec<usize>>,
+    gated: Gated,
+}
+
+/// What a Conv prepares for a plan ([`Op::prepare`]): its shapes, the kernels' geometry of the
+/// layer when it runs planar, and its bias decoded to f32 when the model stores it otherwise
+/// (f16), so that runs neither resolve the window nor decode the bias again.
+#[derive(Debug)]
+struct PreparedConv {
+    shapes: ConvShapes,
+    geometry: Option<ConvGeometry>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Conv {
+    /// [`Conv::shapes`] and [`Conv::gated`] together.
+    fn conv_shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<ConvShapes> {
+        let (p, conv, broadcast) = self.shapes(inputs)?;
+        let gated = self.gated(inputs, &p)?;
+        Ok(ConvShapes { p, conv, broadcast, gated })
+    }
+}
+
 impl Conv {
     /// Scratch of the convolution itself (without a materialised product).
     fn conv_scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
@@ -620,40 +649,52 @@ impl Op for Conv {
         ctx: &ExecCtx,
         layouts: NodeLayouts,
     ) -> OpResult<()> {
-        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
-        let (p, _, _) = self.shapes(inputs)?;
-        let b = bias(inputs, p.out_c)?;
-        let weight = Weight::of(w)?;
-        let r = residual(inputs).map(|r| r.f32s()).transpose()?;
-        let scale = match self.gated(inputs, &p)? {
-            Gated::No => None,
-            Gated::Folded { data: 0, factors } => Some(input(inputs, factors, "gate")?.f32s()?),
-            _ => {
-                return Err(OpError(
-                    "a blocked convolution takes only a per-channel product of its input".into(),
-                ))
-            }
-        };
-        let (x, w, y) = (&x.f32s()?, &weight.view(), &mut *outputs[0].data);
-        let (x_layout, y_layout) = (layouts.input(0), layouts.output(0));
-        if r.is_some() && layouts.input(RESIDUAL_INPUT) != y_layout {
-            return Err(OpError("the residual is not in the output's layout".into()));
+        let shapes = self.conv_shapes(inputs)?;
+        if layouts.all_planar() {
+            self.run_planar(&shapes, None, inputs, outputs, scratch, ctx)
+        } else {
+            self.run_blocked(&shapes, None, inputs, outputs, scratch, ctx, layouts)
         }
-        ctx.kernels
-            .conv2d_blocked(
-                x,
-                x_layout,
-                w,
-                b.as_deref(),
-                r.as_deref(),
-                scale.as_deref(),
-                &p,
-                self.activation,
-                y,
-                y_layout,
-                scratch,
-            )
-            .map_err(kernel_err)
+    }
+
+    fn prepare(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<Option<Prepared>> {
+        let shapes = self.conv_shapes(inputs)?;
+        // The blocked kernels and the int8 ones derive their own geometry.
+        let geometry = (layouts.all_planar() && !ctx.kernels.int8_applies(&shapes.p))
+            .then(|| ctx.kernels.conv_geometry(&shapes.p))
+            .transpose()
+            .map_err(kernel_err)?;
+        // A constant bias stored other than as f32 (calibrated models store f16).
+        let bias = match (bias(inputs, shapes.p.out_c)?, inputs.get(2).and_then(Option::as_ref)) {
+            (Some(Cow::Owned(b)), Some(Arg { data: Some(ArgData::Const(_)), .. })) => Some(b),
+            _ => None,
+        };
+        Ok(Some(std::sync::Arc::new(PreparedConv { shapes, geometry, bias })))
+    }
+
+    fn run_prepared(
+        &self,
+        prepared: &(dyn std::any::Any + Send + Sync),
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        let Some(prepared) = prepared.downcast_ref::<PreparedConv>() else {
+            return self.run_laid_out(inputs, outputs, scratch, ctx, layouts);
+        };
+        let shapes = &prepared.shapes;
+        if layouts.all_planar() {
+            self.run_planar(shapes, Some(prepared), inputs, outputs, scratch, ctx)
+        } else {
+            self.run_blocked(shapes, Some(prepared), inputs, outputs, scratch, ctx, layouts)
+        }
     }
 
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
@@ -677,11 +718,87 @@ impl Op for Conv {
         scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
+        self.run_laid_out(inputs, outputs, scratch, ctx, NodeLayouts::default())
+    }
+}
+
+/// The bias of a Conv: the one `prepared` decoded, else input 2 (decoded if not f32).
+fn conv_bias<'a>(
+    prepared: Option<&'a PreparedConv>,
+    inputs: &[Option<Arg<'a>>],
+    len: usize,
+) -> OpResult<Option<Cow<'a, [f32]>>> {
+    match prepared.and_then(|p| p.bias.as_deref()) {
+        Some(b) => Ok(Some(Cow::Borrowed(b))),
+        None => bias(inputs, len),
+    }
+}
+
+impl Conv {
+    /// [`Op::run_laid_out`] with some input or output blocked, for layer `shapes`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_blocked(
+        &self,
+        shapes: &ConvShapes,
+        prepared: Option<&PreparedConv>,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
-        let (p, conv_shape, broadcast) = self.shapes(inputs)?;
-        let out_shape = broadcast.as_deref().unwrap_or(&conv_shape);
-        let b = bias(inputs, p.out_c)?;
+        let p = &shapes.p;
+        let b = conv_bias(prepared, inputs, p.out_c)?;
         let weight = Weight::of(w)?;
+        let r = residual(inputs).map(|r| r.f32s()).transpose()?;
+        let scale = match shapes.gated {
+            Gated::No => None,
+            Gated::Folded { data: 0, factors } => Some(input(inputs, factors, "gate")?.f32s()?),
+            _ => {
+                return Err(OpError(
+                    "a blocked convolution takes only a per-channel product of its input".into(),
+                ))
+            }
+        };
+        let (x, w, y) = (&x.f32s()?, &weight.view(), &mut *outputs[0].data);
+        let (x_layout, y_layout) = (layouts.input(0), layouts.output(0));
+        if r.is_some() && layouts.input(RESIDUAL_INPUT) != y_layout {
+            return Err(OpError("the residual is not in the output's layout".into()));
+        }
+        ctx.kernels
+            .conv2d_blocked(
+                x,
+                x_layout,
+                w,
+                b.as_deref(),
+                r.as_deref(),
+                scale.as_deref(),
+                p,
+                self.activation,
+                y,
+                y_layout,
+                scratch,
+            )
+            .map_err(kernel_err)
+    }
+
+    /// [`Op::run`] of layer `shapes`, on the kernels' geometry in `prepared` where it has one.
+    fn run_planar(
+        &self,
+        shapes: &ConvShapes,
+        prepared: Option<&PreparedConv>,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let x = input(inputs, 0, "X")?;
+        let (p, conv_shape) = (shapes.p, &shapes.conv[..]);
+        let out_shape = shapes.broadcast.as_deref().unwrap_or(conv_shape);
+        let geometry = prepared.and_then(|prepared| prepared.geometry.as_ref());
+        let b = conv_bias(prepared, inputs, p.out_c)?;
+        let weight = Weight::of(input(inputs, 1, "W")?)?;
         let slopes = prelu_slope(inputs).map(|s| s.f32s()).transpose()?;
         let act = match slopes.as_deref() {
             Some(s) => ChannelActivation::PRelu(s),
@@ -689,17 +806,17 @@ impl Op for Conv {
         };
         let (w, y) = (&weight.view(), &mut *outputs[0].data);
         let a = x.f32s()?;
-        let (x, scratch): (&[f32], &mut [f32]) = match self.gated(inputs, &p)? {
+        let (x, scratch): (&[f32], &mut [f32]) = match shapes.gated {
             Gated::No => (&a, scratch),
             Gated::Folded { data, factors } => {
                 let (x, s) = (input(inputs, data, "X")?.f32s()?, input(inputs, factors, "gate")?.f32s()?);
+                let conv = ConvCall { p: &p, geometry, bias: b.as_deref(), act };
                 return self.run_scaled_input(
                     inputs,
                     (&x, &s, w),
-                    &p,
-                    &conv_shape,
+                    conv,
+                    conv_shape,
                     out_shape,
-                    act,
                     y,
                     scratch,
                     ctx,
@@ -718,7 +835,7 @@ impl Op for Conv {
             }
         };
         if let Some(filters) = self.int8_filters(&weight, &p, ctx) {
-            let r = residual(inputs).filter(|r| self.residual_channel_pad || r.shape == &conv_shape[..]);
+            let r = residual(inputs).filter(|r| self.residual_channel_pad || r.shape == conv_shape);
             if r.is_some() || residual(inputs).is_none() {
                 let r = r.map(|r| r.f32s()).transpose()?;
                 return ctx
@@ -727,28 +844,61 @@ impl Op for Conv {
                     .map_err(kernel_err);
             }
         }
+        let conv = ConvCall { p: &p, geometry, bias: b.as_deref(), act };
         match residual(inputs) {
             None => match self.int8_rows(&weight, &p, ctx) {
                 // [batch, in_c, 1, 1] times [out_c, in_c] is the GEMM [batch, out_c].
                 Some(t) => {
                     ctx.kernels.gemm_int8(x, p.batch, p.in_c, p.out_c, w, t, b.as_deref(), act, y, scratch)
                 }
-                None => ctx.kernels.conv2d(x, w, b.as_deref(), &p, act, y, scratch),
+                None => conv.run(&ctx.kernels, x, w, None, None, y, scratch),
             },
-            Some(r) if self.residual_channel_pad || r.shape == &conv_shape[..] => {
-                ctx.kernels.conv2d_add(x, w, b.as_deref(), &r.f32s()?, &p, act, y, scratch)
+            Some(r) if self.residual_channel_pad || r.shape == conv_shape => {
+                conv.run(&ctx.kernels, x, w, Some(&r.f32s()?), None, y, scratch)
             }
             Some(r) => {
                 // A broadcast residual (rare): convolve into scratch, then add and activate.
-                let (conv, scratch) = scratch.split_at_mut(conv_shape.iter().product());
-                ctx.kernels
-                    .conv2d(x, w, b.as_deref(), &p, Activation::None, conv, scratch)
-                    .map_err(kernel_err)?;
-                add_broadcast_residual((conv, &conv_shape), r, out_shape, act, p.out_c, y)?;
+                let (out, scratch) = scratch.split_at_mut(conv_shape.iter().product());
+                let plain = ConvCall { act: ChannelActivation::Same(Activation::None), ..conv };
+                plain.run(&ctx.kernels, x, w, None, None, out, scratch).map_err(kernel_err)?;
+                add_broadcast_residual((out, conv_shape), r, out_shape, act, p.out_c, y)?;
                 Ok(())
             }
         }
         .map_err(kernel_err)
+    }
+}
+
+/// One call of the f32 convolution kernels: the layer, its geometry if prepared, its bias and
+/// activation.
+#[derive(Clone, Copy)]
+struct ConvCall<'a> {
+    p: &'a Conv2dParams,
+    geometry: Option<&'a ConvGeometry>,
+    bias: Option<&'a [f32]>,
+    act: ChannelActivation<'a>,
+}
+
+impl ConvCall<'_> {
+    /// `y = act(conv(x ⊙ scale, w) + bias + residual)` on the prepared geometry, if any.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        k: &Kernels,
+        x: &[f32],
+        w: &TensorView<'_>,
+        residual: Option<&[f32]>,
+        scale: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), pith_kernels::KernelError> {
+        let (p, b, act) = (self.p, self.bias, self.act);
+        match (self.geometry, residual, scale) {
+            (Some(g), ..) => k.conv2d_prepared(g, x, w, b, residual, scale, act, y, scratch),
+            (None, None, None) => k.conv2d(x, w, b, p, act, y, scratch),
+            (None, Some(r), None) => k.conv2d_add(x, w, b, r, p, act, y, scratch),
+            (None, r, Some(s)) => k.conv2d_scaled_input(x, s, w, b, r, p, act, y, scratch),
+        }
     }
 }
 
@@ -780,28 +930,25 @@ impl Conv {
         &self,
         inputs: &[Option<Arg<'_>>],
         (x, s, w): (&[f32], &[f32], &TensorView<'_>),
-        p: &Conv2dParams,
+        conv: ConvCall<'_>,
         conv_shape: &[usize],
         out_shape: &[usize],
-        act: ChannelActivation<'_>,
         y: &mut [f32],
         scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
-        let b = bias(inputs, p.out_c)?;
         let k = &ctx.kernels;
         match residual(inputs) {
             Some(r) if !self.residual_channel_pad && r.shape != conv_shape => {
                 // A broadcast residual: convolve into scratch, then add and activate.
-                let (conv, scratch) = scratch.split_at_mut(conv_shape.iter().product());
-                k.conv2d_scaled_input(x, s, w, b.as_deref(), None, p, Activation::None, conv, scratch)
-                    .map_err(kernel_err)?;
-                add_broadcast_residual((conv, conv_shape), r, out_shape, act, p.out_c, y)
+                let (out, scratch) = scratch.split_at_mut(conv_shape.iter().product());
+                let plain = ConvCall { act: ChannelActivation::Same(Activation::None), ..conv };
+                plain.run(k, x, w, None, Some(s), out, scratch).map_err(kernel_err)?;
+                add_broadcast_residual((out, conv_shape), r, out_shape, conv.act, conv.p.out_c, y)
             }
             r => {
                 let r = r.map(|r| r.f32s()).transpose()?;
-                k.conv2d_scaled_input(x, s, w, b.as_deref(), r.as_deref(), p, act, y, scratch)
-                    .map_err(kernel_err)
+                conv.run(k, x, w, r.as_deref(), Some(s), y, scratch).map_err(kernel_err)
             }
         }
     }
@@ -976,6 +1123,31 @@ pub(crate) mod testing {
         Ok(shapes.into_iter().map(|(_, s)| s).zip(bufs).collect())
     }
 
+    /// Each output's shape and data.
+    pub type Outputs = Vec<(Vec<usize>, Vec<f32>)>;
+
+    /// [`run_with`] through [`Op::prepare`] and [`Op::run_prepared`] (planar layouts), as a
+    /// session runs a planned node; also returns whether the op prepared anything.
+    pub fn run_prepared_with(
+        op: &dyn Op,
+        inputs: &[Option<Arg<'_>>],
+        ctx: &ExecCtx,
+    ) -> OpResult<(Outputs, bool)> {
+        let shapes = op.infer(inputs)?;
+        let mut bufs: Vec<Vec<f32>> =
+            shapes.iter().map(|(_, s)| vec![f32::NAN; s.iter().product()]).collect();
+        let mut scratch = vec![f32::NAN; op.scratch_len(inputs) * ctx.threads()];
+        let mut outs: Vec<Out<'_>> =
+            shapes.iter().zip(bufs.iter_mut()).map(|((_, s), b)| Out { shape: s, data: b }).collect();
+        let layouts = crate::ops::NodeLayouts::default();
+        let prepared = op.prepare(inputs, ctx, layouts)?;
+        match &prepared {
+            Some(p) => op.run_prepared(&**p, inputs, &mut outs, &mut scratch, ctx, layouts)?,
+            None => op.run(inputs, &mut outs, &mut scratch, ctx)?,
+        }
+        Ok((shapes.into_iter().map(|(_, s)| s).zip(bufs).collect(), prepared.is_some()))
+    }
+
     /// A 4-bit codebook of `rows` × `row_len` weights with one table of f16 centroids per row,
     /// as the compressor writes for MobileNetV3's squeeze-excite layers.
     pub fn per_row_4bit(seed: u64, rows: usize, row_len: usize) -> CodebookTensor {
@@ -1025,7 +1197,9 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{act, assert_close, int8_ctx, node, per_row_4bit, run, run_with, values};
+    use super::testing::{
+        act, assert_close, int8_ctx, node, per_row_4bit, run, run_prepared_with, run_with, values,
+    };
     use super::*;
     use pith_format::ir::{Attr, Centroids, CodebookKind, CodebookTensor, OpKind, TensorData};
 
@@ -1099,6 +1273,83 @@ mod tests {
         assert_eq!(out[0].0, vec![2, 6, 4, 10]);
         let want = naive_conv(&x, xs, &w, ws, Some(&b), 2, [2, 1], [1, 2], [1, 0], [4, 10]);
         assert_close(&out[0].1, &want);
+    }
+
+    #[test]
+    fn prepared_runs_match_on_every_path_with_a_decoded_f16_bias() {
+        // A depthwise 3×3 over a small plane (the whole-plane kernel where the path has one), a
+        // strided dense 3×3 (the shifted path), a 1×1 and a 1×1 with a residual, each with an f16
+        // constant bias: prepared once, run as a session runs them, equal to the naive sums.
+        // Input and weight shapes, groups, stride, and whether a residual is added.
+        type Case = ([usize; 4], [usize; 4], usize, usize, bool);
+        let cases: [Case; 4] = [
+            ([1, 8, 6, 7], [8, 1, 3, 3], 8, 1, false),
+            ([2, 3, 9, 8], [5, 3, 3, 3], 1, 2, false),
+            ([1, 16, 5, 5], [12, 16, 1, 1], 1, 1, false),
+            ([1, 16, 5, 5], [16, 16, 1, 1], 1, 1, true),
+        ];
+        let ctxs = [
+            ExecCtx::default(),
+            ExecCtx { kernels: Kernels::with_isa(pith_kernels::Isa::scalar(), 2).unwrap() },
+        ];
+        for (case, (xs, ws, group, stride, with_residual)) in cases.into_iter().enumerate() {
+            let k = ws[2];
+            let x = values(20 + case as u64, xs.iter().product());
+            let w = values(30 + case as u64, ws.iter().product());
+            let b16: Vec<half::f16> =
+                values(40 + case as u64, ws[0]).into_iter().map(half::f16::from_f32).collect();
+            let b32: Vec<f32> = b16.iter().map(|v| v.to_f32()).collect();
+            let pad = k / 2;
+            let out = [(xs[2] + 2 * pad - k) / stride + 1, (xs[3] + 2 * pad - k) / stride + 1];
+            let mut want = naive_conv(&x, xs, &w, ws, Some(&b32), group, [stride; 2], [1, 1], [pad; 2], out);
+            let residual = values(50 + case as u64, want.len());
+            let mut inputs = vec![
+                act(&xs, &x),
+                act(&ws, &w),
+                Some(Arg {
+                    shape: &ws[..1],
+                    elem: ElemType::F32,
+                    data: Some(ArgData::Const(TensorView::F16(&b16))),
+                }),
+            ];
+            let out_shape = [xs[0], ws[0], out[0], out[1]];
+            if with_residual {
+                inputs.push(act(&out_shape, &residual));
+                want.iter_mut().zip(&residual).for_each(|(y, r)| *y += r);
+            }
+            let pads = ints(&[pad as i64; 4]);
+            let attrs = vec![
+                ("group", Attr::Int(group as i64)),
+                ("strides", ints(&[stride as i64; 2])),
+                ("pads", pads),
+            ];
+            let op = build_conv(&node(OpKind::Conv, inputs.len(), attrs), Activation::None).unwrap();
+            for ctx in &ctxs {
+                let (got, prepared) = run_prepared_with(&*op, &inputs, ctx).unwrap();
+                assert!(prepared, "a Conv prepares its geometry");
+                let state = op.prepare(&inputs, ctx, NodeLayouts::default()).unwrap().unwrap();
+                let state = state.downcast_ref::<PreparedConv>().unwrap();
+                assert_eq!(state.bias.as_deref(), Some(&b32[..]), "the f16 bias decoded once");
+                assert!(state.geometry.is_some());
+                assert_eq!(got[0].0, out_shape.to_vec());
+                assert_close(&got[0].1, &want);
+            }
+        }
+    }
+
+    #[test]
+    fn prepared_state_of_another_op_is_not_trusted() {
+        // A prepared value of the wrong type: the Conv runs as if unprepared.
+        let (xs, ws) = ([1, 2, 4, 4], [3, 2, 1, 1]);
+        let (x, w) = (values(60, 32), values(61, 6));
+        let op = build_conv(&node(OpKind::Conv, 2, vec![]), Activation::None).unwrap();
+        let inputs = [act(&xs, &x), act(&ws, &w)];
+        let mut y = vec![f32::NAN; 48];
+        let mut scratch = vec![0.0; op.scratch_len(&inputs)];
+        let mut outs = [Out { shape: &[1, 3, 4, 4], data: &mut y }];
+        let ctx = ExecCtx::default();
+        op.run_prepared(&7u32, &inputs, &mut outs, &mut scratch, &ctx, NodeLayouts::default()).unwrap();
+        assert_close(&y, &naive_conv(&x, xs, &w, ws, None, 1, [1, 1], [1, 1], [0, 0], [4, 4]));
     }
 
     #[test]

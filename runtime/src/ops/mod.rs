@@ -2,9 +2,14 @@
 //!
 //! Each ONNX operator is parsed from its [`Node`] once at session creation into a value implementing
 //! [`Op`]. The planner calls [`Op::infer`] (shapes) and [`Op::eval`] (plan-time values such as shape
-//! arithmetic) once per input-shape set; the executor calls [`Op::run`] on every inference.
+//! arithmetic) once per input-shape set; the executor calls [`Op::run`] on every inference. An op
+//! whose run derives much from its inputs' shapes alone (a convolution's geometry) does that once
+//! per plan in [`Op::prepare`] and runs with it through [`Op::run_prepared`], as TFLite's kernels
+//! split `Prepare` from `Invoke`.
 
+use std::any::Any;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use pith_format::ir::{ElemType, Node, OpKind};
 use pith_format::TensorView;
@@ -26,6 +31,9 @@ pub mod unary;
 
 /// Result type of op code.
 pub type OpResult<T> = Result<T, OpError>;
+
+/// What an op derived once for a plan ([`Op::prepare`]), handed back to each of its runs.
+pub type Prepared = Arc<dyn Any + Send + Sync>;
 
 /// Where an argument's data lives.
 #[derive(Debug, Clone, Copy)]
@@ -219,6 +227,32 @@ pub trait Op: Send + Sync + std::fmt::Debug {
             return Err(OpError("this operator has no channel-blocked form".into()));
         }
         self.run(inputs, outputs, scratch, ctx)
+    }
+
+    /// What every run of this plan can reuse (shapes, kernel geometry, decoded constants), given
+    /// the inputs as the plan knows them (shapes; data of constants and plan-time values) and
+    /// the node's layouts; `None` (the default): nothing, runs go through [`Op::run_laid_out`].
+    fn prepare(
+        &self,
+        _inputs: &[Option<Arg<'_>>],
+        _ctx: &ExecCtx,
+        _layouts: NodeLayouts,
+    ) -> OpResult<Option<Prepared>> {
+        Ok(None)
+    }
+
+    /// [`Op::run_laid_out`] with what [`Op::prepare`] made for the same plan (inputs of the
+    /// shapes it saw, the same layouts). The default ignores it.
+    fn run_prepared(
+        &self,
+        _prepared: &(dyn Any + Send + Sync),
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        self.run_laid_out(inputs, outputs, scratch, ctx, layouts)
     }
 
     /// Computes the f32 outputs. Every present input has data.
