@@ -308,7 +308,6 @@ impl Engine {
                 if self.options.blocked_layout {
                     crate::layout::assign(graph, constant, &self.ops, &mut plan, &self.ctx.kernels);
                 }
-                plan::prepare(graph, constant, &self.ops, &mut plan, &self.ctx)?;
                 plan.summary.arena_bytes = plan.memory_bytes(self.ctx.threads());
                 if let Some(limit) =
                     self.options.memory_limit.filter(|&limit| plan.summary.arena_bytes > limit)
@@ -319,6 +318,8 @@ impl Engine {
                         limit,
                     });
                 }
+                // Only for a plan that will run.
+                plan::prepare(graph, constant, &self.ops, &mut plan, &self.ctx)?;
                 CachedPlan { plan, tuner: ThreadTuner::default() }
             }
         };
