@@ -25,7 +25,7 @@ struct Cli {
     command: Command,
 }
 
-/// Default thread count: the physical cores this process may use.
+/// Default thread count: the (fast) physical cores this process may use.
 fn default_threads() -> usize {
     pith_runtime::default_threads()
 }
@@ -209,7 +209,8 @@ enum Command {
 /// How `run`, `detect` and `bench` set up their session.
 #[derive(clap::Args)]
 struct SessionArgs {
-    /// Worker threads (default: the physical cores this process may use).
+    /// Worker threads (default: the physical cores this process may use; on CPUs with cores of
+    /// several speeds, as phones' big.LITTLE, only the fast ones).
     #[arg(long, default_value_t = default_threads(), value_parser = thread_count)]
     threads: usize,
     /// Run 1x1 convolutions and 4-bit GEMVs on 8-bit activations and int8 dot products

@@ -25,8 +25,8 @@ use crate::threads::{ThreadTuner, Way};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Worker threads ops may use (1 or 0 = run on the caller's thread; more start a pool once, at
-    /// session creation); by default the physical cores this process may use
-    /// ([`crate::default_threads`]). The kernel path is the best the CPU supports, or `PITH_KERNEL`
+    /// session creation); by default the physical cores this process may use, only the fast ones
+    /// on CPUs with cores of several speeds ([`crate::default_threads`]). The kernel path is the best the CPU supports, or `PITH_KERNEL`
     /// (`scalar`, `avx2`, `avx512`, `neon`); an unknown or unsupported name fails `Session::new`.
     pub threads: usize,
     /// Run 1×1 convolutions and 4-bit GEMVs on activations quantized to 8 bits on the fly and
