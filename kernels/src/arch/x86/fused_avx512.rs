@@ -138,7 +138,7 @@ impl FusedTiles for Tiles {
     ) {
         // SAFETY: the caller's contract is `tile`'s, for `r <= MR` rows and rows of `b` `step`
         // apart.
-        unsafe { tile_for!(r, w, (a, lda, kl, b, Strided(step), w, carry, first, last, sink, at)) }
+        unsafe { tile_for!(r, w, (a, lda, kl, b, Strided(step), w, 1, carry, first, last, sink, at)) }
     }
 }
 
@@ -158,20 +158,35 @@ unsafe fn rows_impl<B: BRows>(
     let mut j0 = 0;
     while j0 < n {
         let block_end = n.min(j0 + block);
+        // The block's whole strips, then a narrower last one.
+        let whole_end = j0 + (block_end - j0) / NR * NR;
         let mut i = 0;
         while i < m {
             let r = (m - i).min(MR);
-            let mut j = j0;
-            while j < block_end {
-                let w = (block_end - j).min(NR);
-                // SAFETY: rows i..i+r of `a` and the sink and columns j..j+w of `b` (through
-                // `rows`) and the sink are within the caller's bounds; with no carry the tile
-                // takes the whole depth at once.
-                unsafe {
-                    let (ap, bp) = (a.add(i * k), b.add(j));
-                    tile_for!(r, w, (ap, k, k, bp, rows, w, std::ptr::null_mut(), true, true, sink, (i, j)));
+            // SAFETY: rows i..i+r of `a` and the sink and columns j0..block_end of `b` (through
+            // `rows`) and the sink are within the caller's bounds; with no carry a tile takes
+            // the whole depth at once.
+            unsafe {
+                let ap = a.add(i * k);
+                match r {
+                    8 => strips::<8, B>(ap, k, b, rows, j0..whole_end, sink, i),
+                    7 => strips::<7, B>(ap, k, b, rows, j0..whole_end, sink, i),
+                    6 => strips::<6, B>(ap, k, b, rows, j0..whole_end, sink, i),
+                    5 => strips::<5, B>(ap, k, b, rows, j0..whole_end, sink, i),
+                    4 => strips::<4, B>(ap, k, b, rows, j0..whole_end, sink, i),
+                    3 => strips::<3, B>(ap, k, b, rows, j0..whole_end, sink, i),
+                    2 => strips::<2, B>(ap, k, b, rows, j0..whole_end, sink, i),
+                    _ => strips::<1, B>(ap, k, b, rows, j0..whole_end, sink, i),
                 }
-                j += w;
+                let (j, w) = (whole_end, block_end - whole_end);
+                if w > 0 {
+                    let bp = b.add(j);
+                    tile_for!(
+                        r,
+                        w,
+                        (ap, k, k, bp, rows, w, 1, std::ptr::null_mut(), true, true, sink, (i, j))
+                    );
+                }
             }
             i += r;
         }
@@ -179,10 +194,41 @@ unsafe fn rows_impl<B: BRows>(
     }
 }
 
+/// `R` rows of whole strips ([`NR`] columns each) over the columns `cols` (whole strips) of
+/// `b`, the whole depth `k` at once, into rows `i ..` of `sink`: one call per row block rather
+/// than per strip, so the tiles cost no call each where the compiler does not inline them into
+/// the row loop (it did in some builds and not in others: BlazeFace's 1×1 layers ran 2-3 %
+/// slower per call-per-tile).
+///
+/// # Safety
+/// As [`tile`]'s for every strip of `cols`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn strips<const R: usize, B: BRows>(
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    rows: B,
+    cols: std::ops::Range<usize>,
+    sink: Epilogue<'_>,
+    i: usize,
+) {
+    let count = cols.len() / NR;
+    if count > 0 {
+        let (j, carry) = (cols.start, std::ptr::null_mut());
+        // SAFETY: the caller's, for the `count` strips from column `j`.
+        unsafe {
+            tile::<R, 3, false, B>(a, k, k, b.add(j), rows, NR, count, carry, true, true, sink, (i, j))
+        };
+    }
+}
+
 /// `sum_p a[r * lda + p] * b[row p][0..w]` over `depth` rows of `b` for `R` weight rows, `w <=
 /// 16 * V`, in registers: started from the partial sums in `carry` unless `first`, and left there
 /// unless `last`, when they go to `sink` as rows `at.0 ..` at column `at.1`. `carry` may be null
-/// when both are set.
+/// when both are set. Repeated for `strips` strips [`NR`] columns apart (more than one only with
+/// `first` and `last`: see [`strips`]).
 ///
 /// With `HALF` (the last vector holds at most 8 columns: `w <= 16 * V - 8`) that vector's loads
 /// and multiply-adds are 256 bits wide, its upper lanes zero. Zen 4 runs a 512-bit multiply-add
@@ -199,6 +245,7 @@ unsafe fn tile<const R: usize, const V: usize, const HALF: bool, B: BRows>(
     b: *const f32,
     rows: B,
     w: usize,
+    strips: usize,
     carry: *mut Carry,
     first: bool,
     last: bool,
@@ -206,53 +253,56 @@ unsafe fn tile<const R: usize, const V: usize, const HALF: bool, B: BRows>(
     at: (usize, usize),
 ) {
     let masks: [__mmask16; V] = std::array::from_fn(|v| lane_mask(w.saturating_sub(16 * v)));
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: the caller guarantees R rows of `depth` values `lda` apart at `a`, `depth` rows of
-    // `w` values at `b` (through `rows`), R partial sums at `carry` unless it is null (then
-    // `first` and `last` are set), and R rows of `w` columns in `sink` at `at`; masked-off lanes
-    // are neither loaded nor stored.
-    unsafe {
-        if !first {
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let c = &*carry.add(r);
-                *acc = std::array::from_fn(|v| c[v]);
-            }
-        }
-        for p in 0..depth {
-            let bp = b.add(rows.offset(p));
-            let bv: [__m512; V] = std::array::from_fn(|v| {
-                if HALF && v == V - 1 {
-                    // `masks[v]` sets at most the low 8 lanes; the upper ones are zero.
-                    _mm512_zextps256_ps512(_mm256_maskz_loadu_ps(masks[v] as __mmask8, bp.add(16 * v)))
-                } else {
-                    _mm512_maskz_loadu_ps(masks[v], bp.add(16 * v))
+    for s in 0..strips {
+        let (b, at) = (b.wrapping_add(s * NR), (at.0, at.1 + s * NR));
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        // SAFETY: the caller guarantees R rows of `depth` values `lda` apart at `a`, `depth` rows of
+        // `w` values at `b` (through `rows`) for each of the `strips` strips [`NR`] columns apart,
+        // R partial sums at `carry` unless it is null (then `first` and `last` are set), and R rows
+        // of `w` columns per strip in `sink` at `at`; masked-off lanes are neither loaded nor stored.
+        unsafe {
+            if !first {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let c = &*carry.add(r);
+                    *acc = std::array::from_fn(|v| c[v]);
                 }
-            });
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * lda + p));
-                for (v, (acc, &bv)) in acc.iter_mut().zip(&bv).enumerate() {
-                    *acc = if HALF && v == V - 1 {
-                        let sum = _mm256_fmadd_ps(
-                            _mm512_castps512_ps256(av),
-                            _mm512_castps512_ps256(bv),
-                            _mm512_castps512_ps256(*acc),
-                        );
-                        // Lanes 8.. stay zero (and are never stored: `masks[v]`).
-                        _mm512_zextps256_ps512(sum)
+            }
+            for p in 0..depth {
+                let bp = b.add(rows.offset(p));
+                let bv: [__m512; V] = std::array::from_fn(|v| {
+                    if HALF && v == V - 1 {
+                        // `masks[v]` sets at most the low 8 lanes; the upper ones are zero.
+                        _mm512_zextps256_ps512(_mm256_maskz_loadu_ps(masks[v] as __mmask8, bp.add(16 * v)))
                     } else {
-                        _mm512_fmadd_ps(av, bv, *acc)
-                    };
+                        _mm512_maskz_loadu_ps(masks[v], bp.add(16 * v))
+                    }
+                });
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * lda + p));
+                    for (v, (acc, &bv)) in acc.iter_mut().zip(&bv).enumerate() {
+                        *acc = if HALF && v == V - 1 {
+                            let sum = _mm256_fmadd_ps(
+                                _mm512_castps512_ps256(av),
+                                _mm512_castps512_ps256(bv),
+                                _mm512_castps512_ps256(*acc),
+                            );
+                            // Lanes 8.. stay zero (and are never stored: `masks[v]`).
+                            _mm512_zextps256_ps512(sum)
+                        } else {
+                            _mm512_fmadd_ps(av, bv, *acc)
+                        };
+                    }
                 }
             }
-        }
-        if last {
-            for (r, acc) in acc.into_iter().enumerate() {
-                store(sink, at.0 + r, at.1, acc, masks);
-            }
-        } else {
-            for (r, acc) in acc.into_iter().enumerate() {
-                let c = &mut *carry.add(r);
-                c[..V].copy_from_slice(&acc);
+            if last {
+                for (r, acc) in acc.into_iter().enumerate() {
+                    store(sink, at.0 + r, at.1, acc, masks);
+                }
+            } else {
+                for (r, acc) in acc.into_iter().enumerate() {
+                    let c = &mut *carry.add(r);
+                    c[..V].copy_from_slice(&acc);
+                }
             }
         }
     }
