@@ -23,7 +23,7 @@ use pith_format::TensorView;
 use crate::arch::int8::{Int8ConvKernels, Int8GemmFusedFn, U8Range, INT8_PIXEL_ALIGN};
 use crate::arch::{FusedRows, Isa, ResidualRows};
 use crate::conv::{check_operands, fused_activation, split_output_rows, Residual, Slab, PIXEL_SPLIT_MIN};
-use crate::parallel::{split_units, TASKS_PER_THREAD};
+use crate::parallel::{split_units, with_plane_list, TASKS_PER_THREAD};
 use crate::{check_min_len, Activation, ChannelActivation, Conv2dParams, KernelError, Kernels, WeightRows};
 
 /// Pixels of a plane that share one quantization range (a multiple of [`INT8_PIXEL_ALIGN`]).
@@ -317,10 +317,11 @@ pub(crate) fn conv(
             let work = plane * p.in_c;
             let per_task = per_task - shared_blocks(p) * block_len(p);
             split_units(kernels, p.out_c, plane, work, yb, rest, per_task, |ocs, ys, s| {
-                let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(plane).collect();
-                for &(at, block) in &blocks {
-                    layer.multiply(&shared[at..], block, rb, ocs.clone(), 0, &mut planes, s);
-                }
+                with_plane_list(ys.chunks_exact_mut(plane), |planes| {
+                    for &(at, block) in &blocks {
+                        layer.multiply(&shared[at..], block, rb, ocs.clone(), 0, planes, s);
+                    }
+                })
             });
         }
     }

@@ -13,7 +13,7 @@ use pith_format::TensorView;
 
 use crate::arch::Isa;
 use crate::conv::valid_range;
-use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
+use crate::parallel::{split_rows, split_units, with_plane_offsets, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, Conv2dParams, KernelError, Kernels, WeightRows};
 
 /// f32 elements of a transposed weight panel.
@@ -160,10 +160,24 @@ impl Layer<'_, '_> {
     /// `parts[oc]` is channel `oc`'s output rows `rs.start * k_h .. rs.end * k_h`.
     fn input_rows(&self, xb: &[f32], rs: Range<usize>, parts: &mut [&mut [f32]], scratch: &mut [f32]) {
         let p = self.p;
+        // Where each input channel's plane starts (the GEMM's rows of `b`).
+        with_plane_offsets(p.in_per_group(), p.in_h * p.in_w, |planes| {
+            self.input_rows_at(xb, rs, parts, scratch, planes)
+        })
+    }
+
+    /// [`Layer::input_rows`] with `planes[c]`, where input plane `c` of a group starts.
+    fn input_rows_at(
+        &self,
+        xb: &[f32],
+        rs: Range<usize>,
+        parts: &mut [&mut [f32]],
+        scratch: &mut [f32],
+        planes: &[usize],
+    ) {
+        let p = self.p;
         let (cin_g, cout_g, taps) = (p.in_per_group(), p.out_per_group(), p.k_h * p.k_w);
         let in_plane = p.in_h * p.in_w;
-        // Where each input channel's plane starts (the GEMM's rows of `b`).
-        let planes: Vec<usize> = (0..cin_g).map(|c| c * in_plane).collect();
         let tile = tile_pixels(p);
         for (g, oc, end) in self.channel_blocks(0..p.out_c) {
             let xg = &xb[g * cin_g * in_plane..][..cin_g * in_plane];
@@ -176,7 +190,7 @@ impl Layer<'_, '_> {
                 let nr = (tile / p.in_w.max(1)).max(1).min(rs.end - r0);
                 let (t0, t) = (r0 * p.in_w, nr * p.in_w);
                 let z = &mut product[..rows * t];
-                self.products(panel, cin_g, &xg[t0..], &planes, t, z);
+                self.products(panel, cin_g, &xg[t0..], planes, t, z);
                 let out_rows = (r0 - rs.start) * p.k_h * p.out_w..(r0 - rs.start + nr) * p.k_h * p.out_w;
                 for (ocl, part) in parts[oc..end].iter_mut().enumerate() {
                     let bias = self.bias.map_or(0.0, |b| b[oc + ocl]);
@@ -251,21 +265,22 @@ impl Layer<'_, '_> {
         let p = self.p;
         let (cin_g, taps) = (p.in_per_group(), p.k_h * p.k_w);
         let in_plane = p.in_h * p.in_w;
-        // Where each input channel's plane starts (the GEMM's rows of `b`).
-        let planes: Vec<usize> = (0..cin_g).map(|c| c * in_plane).collect();
         let rows = ocls.len() * taps;
         let (panel, product) = self.decode_panel(g, ocls, scratch);
         let tile = tile_pixels(p);
-        let mut t0 = 0;
-        while t0 < in_plane {
-            let t = tile.min(in_plane - t0);
-            let z = &mut product[..rows * t];
-            self.products(panel, cin_g, &xg[t0..], &planes, t, z);
-            for (ocl, yplane) in y.chunks_exact_mut(p.out_h * p.out_w).enumerate() {
-                scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
+        // Where each input channel's plane starts (the GEMM's rows of `b`).
+        with_plane_offsets(cin_g, in_plane, |planes| {
+            let mut t0 = 0;
+            while t0 < in_plane {
+                let t = tile.min(in_plane - t0);
+                let z = &mut product[..rows * t];
+                self.products(panel, cin_g, &xg[t0..], planes, t, z);
+                for (ocl, yplane) in y.chunks_exact_mut(p.out_h * p.out_w).enumerate() {
+                    scatter_tile(&z[ocl * taps * t..][..taps * t], t0, t, p, yplane);
+                }
+                t0 += t;
             }
-            t0 += t;
-        }
+        })
     }
 }
 

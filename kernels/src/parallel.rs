@@ -1,5 +1,6 @@
 //! Splitting a kernel's output over the session's worker threads.
 
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
@@ -149,6 +150,11 @@ pub(crate) fn split_rows<F>(
     // Ranges start at multiples of `align` rows (Winograd's 2-row output tiles).
     let per_rows = plane_rows.div_ceil(tasks).next_multiple_of(align.max(1));
     let tasks = plane_rows.div_ceil(per_rows).max(1);
+    let pool = pool.filter(|_| tasks > 1);
+    let Some(pool) = pool else {
+        // One range, the whole of every plane.
+        return with_plane_list(y.chunks_exact_mut(plane), |planes| f(0..plane_rows, planes, scratch));
+    };
     // Each plane's rows, cut at the same row boundaries and dealt out to the tasks.
     let mut parts: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::new()).collect();
     for mut rest in y.chunks_exact_mut(plane) {
@@ -159,19 +165,56 @@ pub(crate) fn split_rows<F>(
         }
     }
     let range = |t: usize| (t * per_rows).min(plane_rows)..((t + 1) * per_rows).min(plane_rows);
-    match pool {
-        Some(pool) if tasks > 1 => {
-            let parts = claims(parts.into_iter());
-            let slots = slots(scratch, per_task, pool.workers() + 1);
-            pool.run(parts.len(), &|t, slot| {
-                if let Some(mut pt) = claim(&parts, t) {
-                    let mut st = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
-                    f(range(t), &mut pt, &mut st);
-                }
-            });
+    let parts = claims(parts.into_iter());
+    let slots = slots(scratch, per_task, pool.workers() + 1);
+    pool.run(parts.len(), &|t, slot| {
+        if let Some(mut pt) = claim(&parts, t) {
+            let mut st = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
+            f(range(t), &mut pt, &mut st);
         }
-        _ => f(0..plane_rows, &mut parts[0], scratch),
-    }
+    });
+}
+
+thread_local! {
+    /// This thread's spare list of output planes, empty: its capacity is kept for the next.
+    static SPARE_PLANES: Cell<Vec<&'static mut [f32]>> = const { Cell::new(Vec::new()) };
+    /// This thread's spare list of offsets, empty.
+    static SPARE_OFFSETS: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
+}
+
+/// `v`'s allocation, emptied, for elements of another lifetime (a list of plane slices borrows
+/// one call's output, so it outlives the call only as capacity). Collecting a vector's own
+/// iterator into elements of the same size and alignment reuses its buffer (std's in-place
+/// iteration; were it not to, the list would be allocated again, as a new one is).
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("the vector was emptied")).collect()
+}
+
+/// Runs `f` on `planes` gathered into a list, whose buffer the calling thread keeps from call to
+/// call: a kernel that takes its output as a list of planes allocates no list once each thread
+/// has made one as long (an inference runs a hundred such kernels). A nested call makes a list of
+/// its own.
+pub(crate) fn with_plane_list<'a, R>(
+    planes: impl Iterator<Item = &'a mut [f32]>,
+    f: impl FnOnce(&mut [&'a mut [f32]]) -> R,
+) -> R {
+    let mut list: Vec<&'a mut [f32]> = recycle(SPARE_PLANES.take());
+    list.extend(planes);
+    let result = f(&mut list);
+    SPARE_PLANES.set(recycle(list));
+    result
+}
+
+/// Runs `f` on `[0, stride, 2 * stride, ..]` (`count` offsets: where each input plane of a 1×1
+/// layer starts), in a list the calling thread keeps from call to call, as [`with_plane_list`].
+pub(crate) fn with_plane_offsets<R>(count: usize, stride: usize, f: impl FnOnce(&[usize]) -> R) -> R {
+    let mut list = SPARE_OFFSETS.take();
+    list.clear();
+    list.extend((0..count).map(|c| c * stride));
+    let result = f(&list);
+    SPARE_OFFSETS.set(list);
+    result
 }
 
 /// Runs `f(start, part)` over contiguous parts of `out` (`part = out[start..start + part.len()]`),

@@ -24,7 +24,7 @@ use std::ops::Range;
 use pith_format::TensorView;
 
 use crate::arch::{DepthwisePlane, FusedActivation, Isa};
-use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
+use crate::parallel::{split_rows, split_units, with_plane_list, TASKS_PER_THREAD};
 use crate::{check_len, check_min_len, Activation, ChannelActivation, KernelError, Kernels, WeightRows};
 
 /// Geometry of a 2-D convolution (and, with input/output roles as documented on
@@ -328,8 +328,9 @@ pub fn conv2d(
                 },
             ),
             None => split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
-                layer.pointwise(xb, rb, ocs, 0..out_plane, &mut planes, s)
+                with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
+                    layer.pointwise(xb, rb, ocs, 0..out_plane, planes, s)
+                })
             }),
             // Groups of their own input (depthwise): split filters, no input is read twice.
             Some((slab, taps)) if p.groups >= kernels.threads_now() => {
@@ -360,10 +361,9 @@ pub fn conv2d(
                                 kernel(w, x, out, layer.in_place_shape(init, clamp))
                             })
                         }
-                        (None, None) => {
-                            let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
-                            layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, &mut planes, s)
-                        }
+                        (None, None) => with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
+                            layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, planes, s)
+                        }),
                     }
                 })
             }
@@ -371,8 +371,9 @@ pub fn conv2d(
             // split filters; each worker pads the whole input, which is short.
             Some((slab, taps)) if p.out_h < kernels.threads_now() => {
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                    let mut planes: Vec<&mut [f32]> = ys.chunks_exact_mut(out_plane).collect();
-                    layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, &mut planes, s)
+                    with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
+                        layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, planes, s)
+                    })
                 })
             }
             // A few groups sharing their input: split output rows, so each worker reads and pads

@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use super::{fused_activation, scratch_len, Conv2dParams, Layer, Residual, PIXEL_SPLIT_MIN};
 use crate::arch::{FusedActivation, FusedRows, ResidualRows};
-use crate::parallel::{split_rows, split_units, TASKS_PER_THREAD};
+use crate::parallel::{split_rows, split_units, with_plane_list, with_plane_offsets, TASKS_PER_THREAD};
 use crate::{Activation, Kernels};
 
 /// f32 elements of the pointwise path's accumulator tile (128 KiB: a panel of filters times a
@@ -136,12 +136,32 @@ impl Layer<'_, '_> {
         scratch: &mut [f32],
     ) {
         let p = self.p;
+        let (k, plane) = (self.rows.row_len(), p.out_h * p.out_w);
+        let (panel, rest) = scratch.split_at_mut(panel_rows(p) * k);
+        let (column, acc) = rest.split_at_mut(k);
+        with_plane_offsets(k, plane, |planes| {
+            self.pointwise_panels(xb, residual, ocs, cols, out, panel, column, acc, planes)
+        })
+    }
+
+    /// [`Layer::pointwise`] with its scratch cut and `planes[c]`, where input plane `c` starts.
+    #[allow(clippy::too_many_arguments)]
+    fn pointwise_panels(
+        &self,
+        xb: &[f32],
+        residual: Option<Residual<'_>>,
+        ocs: Range<usize>,
+        cols: Range<usize>,
+        out: &mut [&mut [f32]],
+        panel: &mut [f32],
+        column: &mut [f32],
+        acc: &mut [f32],
+        planes: &[usize],
+    ) {
+        let p = self.p;
         let (cin_g, cout_g) = (p.in_per_group(), p.out_per_group());
         let (k, plane) = (self.rows.row_len(), p.out_h * p.out_w);
         let block = panel_rows(p);
-        let (panel, rest) = scratch.split_at_mut(block * k);
-        let (column, acc) = rest.split_at_mut(k);
-        let planes: Vec<usize> = (0..k).map(|c| c * plane).collect();
         // What a fused tile can apply (slopes of a LeakyRelu repeated per panel row).
         let leaky = match self.act.same() {
             Some(Activation::LeakyRelu(alpha)) => [alpha; PANEL_ROWS],
@@ -162,7 +182,7 @@ impl Layer<'_, '_> {
         let bf16 = self.bf16.filter(|_| fused_path && crate::arch::bf16_strip_len(k) <= acc.len());
         let gathered = gather.then(|| {
             for (j, column) in (first_sliver..cols.end).zip(gathered.chunks_exact_mut(k)) {
-                for (c, &start) in column.iter_mut().zip(&planes) {
+                for (c, &start) in column.iter_mut().zip(planes) {
                     *c = xb[start + j];
                 }
             }
@@ -214,13 +234,13 @@ impl Layer<'_, '_> {
                     };
                 }
                 if bf16.is_none() {
-                    fused(a, k, &xg[cols.start..], &planes, vectors, rows_out!(&mut *yblock));
+                    fused(a, k, &xg[cols.start..], planes, vectors, rows_out!(&mut *yblock));
                 }
                 for j in cols.start + vectors..cols.end {
                     let column: &[f32] = match gathered {
                         Some(gathered) => &gathered[(j - first_sliver) * k..][..k],
                         None => {
-                            for (c, &start) in column.iter_mut().zip(&planes) {
+                            for (c, &start) in column.iter_mut().zip(planes) {
                                 *c = xg[start + j];
                             }
                             if let Some(bf16) = bf16 {
@@ -253,7 +273,7 @@ impl Layer<'_, '_> {
                     let out = rows_out!(&mut *yblock);
                     let all = crate::arch::bf16_packed_len(k, vectors) <= acc.len();
                     let pack = !all || strips_of != Some(g);
-                    (bf16.gemm)(a, k, &xg[cols.start..], &planes, vectors, out, acc, pack);
+                    (bf16.gemm)(a, k, &xg[cols.start..], planes, vectors, out, acc, pack);
                     strips_of = all.then_some(g);
                 }
                 oc = end;
@@ -269,10 +289,10 @@ impl Layer<'_, '_> {
                 let t = tile.min(cols.end - t0);
                 let acc = &mut acc[..m * t];
                 let vectors = t - sliver_columns(self.isa.lanes, t, k);
-                (self.isa.gemm_rows_at)(a, k, &xg[t0..], &planes, vectors, acc, t);
+                (self.isa.gemm_rows_at)(a, k, &xg[t0..], planes, vectors, acc, t);
                 for j in vectors..t {
                     // A few columns past the last whole vector: dot products, not a vector each.
-                    for (c, &start) in column.iter_mut().zip(&planes) {
+                    for (c, &start) in column.iter_mut().zip(planes) {
                         *c = xg[start + t0 + j];
                     }
                     for (r, arow) in a.chunks_exact(k).enumerate() {
@@ -317,13 +337,14 @@ impl Layer<'_, '_> {
         let part = filters * plane;
         let per_task = scratch_len(p) - part;
         let (partials, rest) = scratch.split_at_mut(shares * part);
-        let planes: Vec<usize> = (0..k).map(|c| c * plane).collect();
         // Share `s` of the depth; shares are contiguous, as the channels a thread wrote are.
         let depth = |s: usize| s * k / shares..(s + 1) * k / shares;
         split_units(kernels, shares, part, part * k / shares, partials, rest, per_task, |ss, out, s| {
-            for (share, acc) in ss.zip(out.chunks_exact_mut(part)) {
-                self.partial_sums(xb, &planes, depth(share), acc, s);
-            }
+            with_plane_offsets(k, plane, |planes| {
+                for (share, acc) in ss.zip(out.chunks_exact_mut(part)) {
+                    self.partial_sums(xb, planes, depth(share), acc, s);
+                }
+            })
         });
         let partials = &*partials;
         let row_work = filters * (shares + 1) * REDUCE_WORK_WEIGHT;
@@ -372,25 +393,25 @@ impl Layer<'_, '_> {
             let sums = &mut acc[oc * plane..end * plane];
             let offs = &planes[depth.clone()];
             if let Some(bf16) = bf16 {
-                let mut rows: Vec<&mut [f32]> = sums.chunks_exact_mut(plane).collect();
-                let act = FusedActivation::None;
-                let out = FusedRows { dst: &mut rows, col: 0, bias: None, residual: None, act };
                 // Packed for the first panel, and again only when the strips do not all fit.
                 let pack = oc == 0 || crate::arch::bf16_packed_len(kc, plane) > spare.len();
                 (bf16.pairs_in_place)(&mut cut[..m * kc], kc);
-                (bf16.gemm)(&cut[..m * kc], kc, xb, offs, plane, out, spare, pack);
+                with_plane_list(sums.chunks_exact_mut(plane), |rows| {
+                    let act = FusedActivation::None;
+                    let out = FusedRows { dst: rows, col: 0, bias: None, residual: None, act };
+                    (bf16.gemm)(&cut[..m * kc], kc, xb, offs, plane, out, spare, pack);
+                });
                 oc = end;
                 continue;
             }
             let a = &cut[..m * kc];
             match self.isa.gemm_rows_fused {
                 // The register tile, storing each sum once.
-                Some(fused) => {
-                    let mut rows: Vec<&mut [f32]> = sums.chunks_exact_mut(plane).collect();
+                Some(fused) => with_plane_list(sums.chunks_exact_mut(plane), |rows| {
                     let act = FusedActivation::None;
-                    let out = FusedRows { dst: &mut rows, col: 0, bias: None, residual: None, act };
+                    let out = FusedRows { dst: rows, col: 0, bias: None, residual: None, act };
                     fused(a, kc, xb, offs, plane, out);
-                }
+                }),
                 None => (self.isa.gemm_rows_at)(a, kc, xb, offs, plane, sums, plane),
             }
             oc = end;
