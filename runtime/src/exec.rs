@@ -34,9 +34,16 @@ pub trait Backend: Send + std::fmt::Debug {
     /// Short name for logs ("cpu").
     fn name(&self) -> &'static str;
 
-    /// Runs `job` on `inputs` (one per graph input, in graph order, shapes as planned) and returns the
-    /// graph outputs in graph order.
-    fn execute(&mut self, job: &Job<'_, '_>, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
+    /// Runs `job` on `inputs` (one per graph input, shapes as planned) and writes the graph
+    /// outputs, in graph order, into `outputs`: its first tensors are overwritten (their buffers
+    /// reused where they are f32), more are added, and it is cut to the graph's output count. On
+    /// an error `outputs` holds unspecified tensors.
+    fn execute(
+        &mut self,
+        job: &Job<'_, '_>,
+        inputs: GraphInputs<'_>,
+        outputs: &mut Vec<Tensor>,
+    ) -> Result<()>;
 
     /// Starts (clearing what was gathered) or stops timing every op of later runs.
     fn set_profiling(&mut self, on: bool) {
@@ -60,6 +67,36 @@ pub trait Backend: Send + std::fmt::Debug {
     /// backend does not count thread work.
     fn node_thread_work(&self) -> Vec<(usize, ThreadWork)> {
         Vec::new()
+    }
+}
+
+/// The caller's input tensors in graph order: a view over the named list a caller gave, with each
+/// graph input's position in it (no list is built per run).
+#[derive(Debug, Clone, Copy)]
+pub struct GraphInputs<'a> {
+    given: &'a [(&'a str, Tensor)],
+    order: &'a [usize],
+}
+
+impl<'a> GraphInputs<'a> {
+    /// Graph input `k` is `given[order[k]].1`.
+    pub fn new(given: &'a [(&'a str, Tensor)], order: &'a [usize]) -> GraphInputs<'a> {
+        GraphInputs { given, order }
+    }
+
+    /// How many graph inputs the view holds.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Graph input `k`'s tensor, if `k` and its position are in range.
+    pub fn get(&self, k: usize) -> Option<&'a Tensor> {
+        self.given.get(*self.order.get(k)?).map(|(_, t)| t)
     }
 }
 
@@ -106,6 +143,9 @@ pub struct CpuBackend {
     node_times: Vec<Duration>,
     /// Per-node thread work while profiling (grown like `node_times`; empty on one thread).
     node_work: Vec<ThreadWork>,
+    /// The steps' argument and output lists, empty between runs: kept for their capacity.
+    args: Vec<Option<Arg<'static>>>,
+    outs: Vec<Out<'static>>,
 }
 
 impl CpuBackend {
@@ -210,7 +250,12 @@ impl Backend for CpuBackend {
         out
     }
 
-    fn execute(&mut self, job: &Job<'_, '_>, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    fn execute(
+        &mut self,
+        job: &Job<'_, '_>,
+        inputs: GraphInputs<'_>,
+        outputs: &mut Vec<Tensor>,
+    ) -> Result<()> {
         let (graph, plan) = (job.graph, job.plan);
         if inputs.len() != graph.inputs.len() {
             return Err(RuntimeError::Graph(format!(
@@ -227,7 +272,8 @@ impl Backend for CpuBackend {
 
         // Graph inputs the steps read: checked, then copied into the arena where the plan put
         // them there, else read in place from `inputs` by the steps (`Slot::Input`).
-        for (&id, t) in graph.inputs.iter().zip(inputs) {
+        for (k, &id) in graph.inputs.iter().enumerate() {
+            let t = inputs.get(k).ok_or_else(|| RuntimeError::Graph(format!("input #{id} not given")))?;
             let v = planned(plan, id)?;
             if !matches!(v.slot, Slot::Arena(_) | Slot::Input(_)) {
                 continue;
@@ -242,12 +288,10 @@ impl Backend for CpuBackend {
             }
         }
 
-        // One argument list and one output list for every step: no allocation per node.
-        let most = |count: fn(&pith_format::ir::Node) -> usize| {
-            plan.steps.iter().map(|&ni| count(&graph.nodes[ni])).max().unwrap_or(0)
-        };
-        let mut args = Vec::with_capacity(most(|n| n.inputs.len()));
-        let mut outs = Vec::with_capacity(most(|n| n.outputs.len()));
+        // One argument list and one output list for every step, their capacity kept from run to
+        // run: no allocation per node or per run.
+        let mut args: Vec<Option<Arg<'_>>> = recycle(std::mem::take(&mut self.args));
+        let mut outs: Vec<Out<'_>> = recycle(std::mem::take(&mut self.outs));
         for &ni in &plan.steps {
             let node = &graph.nodes[ni];
             // Arena ranges for the debug-build overlap check (empty, never allocated, in release).
@@ -336,24 +380,55 @@ impl Backend for CpuBackend {
             }
         }
 
-        graph
-            .outputs
-            .iter()
-            .map(|&id| {
-                let v = planned(plan, id)?;
-                match &v.slot {
-                    Slot::Known(t) => Ok(t.clone()),
-                    // SAFETY: every step is done; no mutable arena borrow is alive.
-                    Slot::Arena(off) => {
-                        Ok(Tensor::from_f32(v.shape.clone(), unsafe { arena.get(*off, v) }.to_vec()))
-                    }
-                    Slot::Const => constant_tensor(job, id, v),
-                    Slot::Input(_) | Slot::Unused => {
-                        Err(RuntimeError::Graph(format!("output #{id} has no storage")))
-                    }
+        self.args = recycle(args);
+        self.outs = recycle(outs);
+        outputs.truncate(graph.outputs.len());
+        for (i, &id) in graph.outputs.iter().enumerate() {
+            let v = planned(plan, id)?;
+            let tensor = match &v.slot {
+                // SAFETY: every step is done; no mutable arena borrow is alive.
+                Slot::Arena(off) => {
+                    copy_into(outputs, i, &v.shape, unsafe { arena.get(*off, v) });
+                    continue;
                 }
-            })
-            .collect()
+                Slot::Known(t) => t.clone(),
+                Slot::Const => constant_tensor(job, id, v)?,
+                Slot::Input(_) | Slot::Unused => {
+                    return Err(RuntimeError::Graph(format!("output #{id} has no storage")))
+                }
+            };
+            match outputs.get_mut(i) {
+                Some(slot) => *slot = tensor,
+                None => outputs.push(tensor),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `v`'s allocation, emptied, for elements of another lifetime: a step's argument list borrows
+/// one run's arena and inputs, so it outlives the run only as capacity. Collecting a vector's
+/// own iterator into elements of the same size and alignment reuses its buffer (std's in-place
+/// iteration; were it not to, the list would only be allocated again, as a new one is).
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("the vector was emptied")).collect()
+}
+
+/// Makes `outputs[i]` (added if `outputs` holds only `i` tensors) an f32 tensor of `shape` holding
+/// `data`, reusing its buffers: no allocation when it already held as many elements.
+fn copy_into(outputs: &mut Vec<Tensor>, i: usize, shape: &[usize], data: &[f32]) {
+    if let Some(Tensor { shape: s, buf: TensorBuf::F32(v) }) = outputs.get_mut(i) {
+        s.clear();
+        s.extend_from_slice(shape);
+        v.clear();
+        v.extend_from_slice(data);
+        return;
+    }
+    let tensor = Tensor::from_f32(shape.to_vec(), data.to_vec());
+    match outputs.get_mut(i) {
+        Some(slot) => *slot = tensor,
+        None => outputs.push(tensor),
     }
 }
 

@@ -13,7 +13,7 @@ use pith_format::PithFile;
 use pith_kernels::{Activation, Kernels, ThreadWork};
 
 use crate::error::{Result, RuntimeError};
-use crate::exec::{Backend, CpuBackend, Job, NodeTime, OpTime};
+use crate::exec::{Backend, CpuBackend, GraphInputs, Job, NodeTime, OpTime};
 use crate::fuse::{self, Fused};
 use crate::ops::{self, ExecCtx, Op};
 pub use crate::plan::PlanSummary;
@@ -183,7 +183,18 @@ impl Session {
     /// order. Re-plans first when the input shapes differ from the current plan's.
     pub fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
         let model = &*self.model;
-        self.engine.run(&|id| model.constant(id), inputs)
+        self.engine.run_named(&|id| model.constant(id), inputs)
+    }
+
+    /// [`Session::run`] for a loop over frames: writes the outputs, in graph order (as
+    /// [`Session::outputs`] names them), into `outputs`, reusing its tensors' buffers (ONNX
+    /// Runtime's bound outputs, TFLite's output tensors). Once `outputs` holds a run's results, a
+    /// run with inputs of the same shapes allocates nothing on one thread: the plan, the
+    /// activation arena, the scratch and every op's prepared state are kept by the session. On an
+    /// error `outputs` holds unspecified tensors.
+    pub fn run_into(&mut self, inputs: &[(&str, Tensor)], outputs: &mut Vec<Tensor>) -> Result<()> {
+        let model = &*self.model;
+        self.engine.run(&|id| model.constant(id), inputs, outputs)
     }
 
     /// The CPU kernel path this session runs (`avx512`, `avx2`, `neon` or `scalar`): the best
@@ -232,6 +243,8 @@ struct Engine {
     options: SessionOptions,
     /// Kernel path and worker pool, chosen once here and shared by every run.
     ctx: ExecCtx,
+    /// Each graph input's position in the latest run's inputs (kept for its capacity).
+    input_order: Vec<usize>,
 }
 
 impl Engine {
@@ -285,7 +298,17 @@ impl Engine {
         );
         let ctx = ExecCtx { kernels };
         let backend = Box::new(CpuBackend::new());
-        Ok(Engine { graph, ops, plans: Vec::new(), serial_runs: 0, profiling: false, backend, options, ctx })
+        Ok(Engine {
+            graph,
+            ops,
+            plans: Vec::new(),
+            serial_runs: 0,
+            profiling: false,
+            backend,
+            options,
+            ctx,
+            input_order: Vec::new(),
+        })
     }
 
     /// The plan of the latest successful `plan` or `run`.
@@ -342,23 +365,53 @@ impl Engine {
         }
     }
 
-    fn run(&mut self, constant: &ConstantFn<'_>, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    /// [`Engine::run`] into new tensors, each with its output's name.
+    fn run_named(
+        &mut self,
+        constant: &ConstantFn<'_>,
+        inputs: &[(&str, Tensor)],
+    ) -> Result<Vec<(String, Tensor)>> {
+        let mut outputs = Vec::new();
+        self.run(constant, inputs, &mut outputs)?;
+        let graph = &self.graph;
+        Ok(graph.outputs.iter().map(|&id| graph.values[id as usize].name.clone()).zip(outputs).collect())
+    }
+
+    /// Whether `inputs` are the current plan's: every graph input given once, by name, with the
+    /// plan's shape (checked without allocating, as every run of a camera loop does).
+    fn plan_fits(&self, inputs: &[(&str, Tensor)]) -> bool {
+        let Some(plan) = self.current() else { return false };
+        let graph = &self.graph;
+        inputs.len() == graph.inputs.len()
+            && graph.inputs.iter().zip(&plan.input_shapes).all(|(&id, shape)| {
+                let name = &graph.values[id as usize].name;
+                let mut given = inputs.iter().filter(|(n, _)| n == name);
+                matches!((given.next(), given.next()), (Some((_, t)), None) if t.shape == *shape)
+            })
+    }
+
+    fn run(
+        &mut self,
+        constant: &ConstantFn<'_>,
+        inputs: &[(&str, Tensor)],
+        outputs: &mut Vec<Tensor>,
+    ) -> Result<()> {
         for (name, t) in inputs {
             check_tensor(&self.graph, name, t)?;
         }
-        let shapes: Vec<(&str, Vec<usize>)> = inputs.iter().map(|(n, t)| (*n, t.shape.clone())).collect();
-        self.plan(constant, &shapes)?;
+        if !self.plan_fits(inputs) {
+            let shapes: Vec<(&str, Vec<usize>)> = inputs.iter().map(|(n, t)| (*n, t.shape.clone())).collect();
+            self.plan(constant, &shapes)?;
+        }
         let graph = &self.graph;
+        // Each graph input's place in `inputs` (bound by name above); the list keeps its capacity.
+        self.input_order.clear();
+        for &id in &graph.inputs {
+            let name = &graph.values[id as usize].name;
+            self.input_order.push(inputs.iter().position(|(n, _)| n == name).expect("bound above"));
+        }
         let cached = self.plans.last_mut().expect("planned above");
         let plan = &cached.plan;
-        let by_graph_order: Vec<&Tensor> = graph
-            .inputs
-            .iter()
-            .map(|&id| {
-                let name = &graph.values[id as usize].name;
-                &inputs.iter().find(|(n, _)| n == name).expect("bound above").1
-            })
-            .collect();
         let tune = self.options.tune_threads && self.ctx.threads() > 1;
         let way = match (tune, self.profiling) {
             (false, _) => Way::Threads,
@@ -369,11 +422,11 @@ impl Engine {
         self.serial_runs += u64::from(way == Way::Serial);
         let job = Job { graph, constant, ops: &self.ops, plan, ctx: &self.ctx };
         let start = Instant::now();
-        let outs = self.backend.execute(&job, &by_graph_order)?;
+        self.backend.execute(&job, GraphInputs::new(inputs, &self.input_order), outputs)?;
         if tune && !self.profiling {
             cached.tuner.record(way, start.elapsed());
         }
-        Ok(graph.outputs.iter().map(|&id| graph.values[id as usize].name.clone()).zip(outs).collect())
+        Ok(())
     }
 }
 
@@ -506,7 +559,7 @@ mod tests {
         fn run(&mut self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
             let consts = &self.model.constants;
             let lookup = |id| consts.iter().find(|c| c.value == id).map(|c| c.data.view());
-            self.engine.run(&lookup, inputs)
+            self.engine.run_named(&lookup, inputs)
         }
 
         fn plan(&mut self, shapes: &[(&str, Vec<usize>)]) -> Result<PlanSummary> {
@@ -530,12 +583,19 @@ mod tests {
         let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x.clone())]).unwrap());
         assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, nodes.0, "fused nodes");
         assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, nodes.1, "unfused nodes");
-        // Every convolution step runs on what it prepared for the plan.
+        // Every convolution, pool, resize and conv-transpose step runs on what it prepared for
+        // the plan.
+        let prepares = |op: OpKind| {
+            matches!(
+                op,
+                OpKind::Conv | OpKind::MaxPool | OpKind::AveragePool | OpKind::Resize | OpKind::ConvTranspose
+            )
+        };
         for engine in [&fused.engine, &plain.engine] {
             let plan = engine.current().unwrap();
             for &ni in &plan.steps {
                 let prepared = plan.prepared.get(ni).is_some_and(Option::is_some);
-                assert_eq!(prepared, engine.graph.nodes[ni].op == OpKind::Conv, "node #{ni} prepared");
+                assert_eq!(prepared, prepares(engine.graph.nodes[ni].op), "node #{ni} prepared");
             }
         }
         assert_eq!(a.len(), b.len());

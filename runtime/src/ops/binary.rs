@@ -32,20 +32,6 @@ pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> OpResult<Vec<usize>>
         .collect()
 }
 
-/// Element strides of `shape` seen as broadcast to `out` (same or higher rank): 0 on broadcast axes.
-fn strides_in(shape: &[usize], out: &[usize]) -> Vec<usize> {
-    let lead = out.len() - shape.len();
-    let mut strides = vec![0; out.len()];
-    let mut s = 1;
-    for i in (0..shape.len()).rev() {
-        if shape[i] != 1 {
-            strides[lead + i] = s;
-        }
-        s *= shape[i];
-    }
-    strides
-}
-
 /// `out[i] = f(a[ia], b[ib])` over the broadcast of `a_shape` and `b_shape` into `out_shape`.
 ///
 /// Axes are coalesced first, so common cases (same shape, scalar, per-channel) run as long inner
@@ -62,35 +48,91 @@ pub(crate) fn zip_broadcast<T: Copy, U>(
     Broadcast::new(a_shape, b_shape, out_shape).zip(a, b, 0, out, f)
 }
 
+/// Most coalesced axes a [`Broadcast`] keeps on the stack; more (tensors of higher rank) go to
+/// the heap. Element-wise ops run many times per inference, and on the stack they allocate
+/// nothing.
+const INLINE_AXES: usize = 8;
+
+/// An axis of a [`Broadcast`]: extent, a stride, b stride.
+type BroadcastAxis = (usize, usize, usize);
+
 /// The broadcast of two operands into an output, as coalesced loops: outer axes (extent, a
 /// stride, b stride), outermost first, and one inner axis.
 struct Broadcast {
-    outer: Vec<(usize, usize, usize)>,
-    inner: (usize, usize, usize),
+    /// The first `outer_len` outer axes, unless `heap` holds them (more than [`INLINE_AXES`]).
+    inline: [BroadcastAxis; INLINE_AXES],
+    outer_len: usize,
+    heap: Vec<BroadcastAxis>,
+    inner: BroadcastAxis,
+}
+
+/// The element stride of axis `i` of `out` (of rank `rank`) in `shape` broadcast to it (same or
+/// lower rank): 0 where `shape` is broadcast along it.
+fn stride_in(shape: &[usize], rank: usize, i: usize) -> usize {
+    let lead = rank - shape.len();
+    match i.checked_sub(lead) {
+        Some(j) if shape[j] != 1 => shape[j + 1..].iter().product(),
+        _ => 0,
+    }
 }
 
 impl Broadcast {
     fn new(a_shape: &[usize], b_shape: &[usize], out_shape: &[usize]) -> Broadcast {
-        let sa = strides_in(a_shape, out_shape);
-        let sb = strides_in(b_shape, out_shape);
+        let rank = out_shape.len();
+        let mut bc =
+            Broadcast { inline: [(0, 0, 0); INLINE_AXES], outer_len: 0, heap: Vec::new(), inner: (1, 0, 0) };
+        let mut axes = [(0, 0, 0); INLINE_AXES];
+        let mut len = 0;
         // Extents of 1 are dropped; neighbours whose strides chain are merged.
-        let mut axes: Vec<(usize, usize, usize)> = Vec::new();
-        for i in 0..out_shape.len() {
-            let (n, x, y) = (out_shape[i], sa[i], sb[i]);
+        for (i, &n) in out_shape.iter().enumerate() {
+            let (x, y) = (stride_in(a_shape, rank, i), stride_in(b_shape, rank, i));
             if n == 1 {
                 continue;
             }
-            match axes.last_mut() {
+            let on_heap = !bc.heap.is_empty();
+            let last = match len {
+                0 => None,
+                _ if !on_heap => Some(&mut axes[len - 1]),
+                _ => bc.heap.last_mut(),
+            };
+            match last {
                 Some(last) if last.1 == x * n && last.2 == y * n => {
                     last.0 *= n;
                     last.1 = x;
                     last.2 = y;
                 }
-                _ => axes.push((n, x, y)),
+                _ if len < INLINE_AXES && !on_heap => {
+                    axes[len] = (n, x, y);
+                    len += 1;
+                }
+                _ => {
+                    if !on_heap {
+                        bc.heap.extend_from_slice(&axes[..len]);
+                    }
+                    bc.heap.push((n, x, y));
+                    len += 1;
+                }
             }
         }
-        let inner = axes.pop().unwrap_or((1, 0, 0));
-        Broadcast { outer: axes, inner }
+        bc.inner = match bc.heap.pop() {
+            Some(inner) => inner,
+            None if len > 0 => axes[len - 1],
+            None => (1, 0, 0),
+        };
+        bc.outer_len = len.saturating_sub(1);
+        if bc.heap.is_empty() {
+            bc.inline = axes;
+        }
+        bc
+    }
+
+    /// The outer axes, outermost first.
+    fn outer(&self) -> &[BroadcastAxis] {
+        if self.heap.is_empty() {
+            &self.inline[..self.outer_len]
+        } else {
+            &self.heap
+        }
     }
 
     /// Computes output elements `start .. start + out.len()` into `out`.
@@ -100,11 +142,19 @@ impl Broadcast {
             return;
         }
         // Position the odometer over the outer axes at the block holding `start`.
+        let outer = self.outer();
         let (mut block, mut j0) = (start / inner, start % inner);
-        let mut idx = vec![0usize; self.outer.len()];
+        let (mut inline, mut heap) = ([0usize; INLINE_AXES], Vec::new());
+        let idx: &mut [usize] = match inline.get_mut(..outer.len()) {
+            Some(idx) => idx,
+            None => {
+                heap.resize(outer.len(), 0);
+                &mut heap
+            }
+        };
         let (mut oa, mut ob) = (0usize, 0usize);
-        for d in (0..self.outer.len()).rev() {
-            let (n, x, y) = self.outer[d];
+        for d in (0..outer.len()).rev() {
+            let (n, x, y) = outer[d];
             idx[d] = block % n;
             block /= n;
             oa += idx[d] * x;
@@ -142,8 +192,8 @@ impl Broadcast {
             pos += n;
             j0 = 0;
             // Advance the odometer over the outer axes.
-            for d in (0..self.outer.len()).rev() {
-                let (n, x, y) = self.outer[d];
+            for d in (0..outer.len()).rev() {
+                let (n, x, y) = outer[d];
                 idx[d] += 1;
                 oa += x;
                 ob += y;
@@ -260,6 +310,20 @@ fn repeated_shape(shape: &[usize], repeat: [usize; 2]) -> Option<Vec<usize>> {
     Some(out)
 }
 
+/// Whether `shape` repeated `repeat` times along its last two axes (see [`repeated_shape`]) is
+/// `target`, allocating nothing.
+fn repeats_to(shape: &[usize], repeat: [usize; 2], target: &[usize]) -> bool {
+    let rank = shape.len();
+    if repeat == [1, 1] {
+        return shape == target;
+    }
+    rank >= 2
+        && target.len() == rank
+        && shape[..rank - 2] == target[..rank - 2]
+        && shape[rank - 2] * repeat[0] == target[rank - 2]
+        && shape[rank - 1] * repeat[1] == target[rank - 1]
+}
+
 impl Addend<'_> {
     /// Adds the repeated addend's elements `at .. at + block.len()` (in the repeated shape's
     /// row-major order) to `block`, a row segment at a time.
@@ -341,7 +405,7 @@ fn zip_f32(
     // The fused form's addend has the output's shape (once repeated): added block by block. Any
     // other is broadcast in a second pass, before the activation.
     let (same, other) = match addend {
-        Some(r) if repeated_shape(r.shape, r.repeat).as_deref() == Some(shape) => (Some(r), None),
+        Some(r) if repeats_to(r.shape, r.repeat, shape) => (Some(r), None),
         other => (None, other),
     };
     let block_act = if other.is_some() { Activation::None } else { act };
@@ -681,6 +745,24 @@ mod tests {
     }
 
     #[test]
+    fn repeats_to_agrees_with_the_repeated_shape() {
+        let shapes: &[&[usize]] =
+            &[&[], &[3], &[1, 2, 3], &[1, 2, 6], &[1, 2, 6, 6], &[1, 2, 3, 3], &[2, 3, 3]];
+        for &shape in shapes {
+            for repeat in [[1, 1], [2, 2], [1, 2], [2, 1]] {
+                for &target in shapes {
+                    let want = repeated_shape(shape, repeat).as_deref() == Some(target);
+                    assert_eq!(
+                        repeats_to(shape, repeat, target),
+                        want,
+                        "{shape:?} x {repeat:?} -> {target:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn broadcasting_matches_reference_for_assorted_shapes() {
         let cases: &[(&[usize], &[usize])] = &[
             (&[2, 3, 4], &[2, 3, 4]),
@@ -693,6 +775,10 @@ mod tests {
             (&[4, 1], &[1, 4]),
             (&[0, 3], &[1, 3]),
             (&[3, 0], &[1]),
+            // Axes that never coalesce, past the broadcast's stack capacity (8, 9 and 11).
+            (&[2, 1, 2, 1, 2, 1, 2, 1], &[1, 3, 1, 3, 1, 3, 1, 3]),
+            (&[2, 1, 2, 1, 2, 1, 2, 1, 2], &[1, 3, 1, 3, 1, 3, 1, 3, 1]),
+            (&[2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2], &[1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1]),
         ];
         for (i, &(sa, sb)) in cases.iter().enumerate() {
             for kind in [OpKind::Add, OpKind::Sub, OpKind::Mul, OpKind::Div] {
@@ -721,6 +807,8 @@ mod tests {
             (&[3, 1, 5], &[4, 1]),
             (&[2, 1, 3, 1], &[5, 1, 2]),
             (&[1, 7, 1], &[6, 1, 5]),
+            (&[2, 1, 2, 1, 2, 1, 2, 1, 2], &[1, 3, 1, 3, 1, 3, 1, 3, 1]),
+            (&[2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2], &[1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1]),
         ];
         for &(sa, sb) in cases {
             let (a, b) = (values(1, sa.iter().product()), values(2, sb.iter().product()));

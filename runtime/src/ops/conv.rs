@@ -1038,6 +1038,37 @@ impl Op for ConvTranspose {
         }
     }
 
+    /// The layer's parameters, once per plan (a run then allocates nothing).
+    fn prepare(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        _ctx: &ExecCtx,
+        _layouts: NodeLayouts,
+    ) -> OpResult<Option<Prepared>> {
+        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
+        let (p, _) = self.geometry(x.shape, w.shape)?;
+        Ok(Some(std::sync::Arc::new(PreparedConvTranspose { input: x.shape.to_vec(), p })))
+    }
+
+    fn run_prepared(
+        &self,
+        prepared: &(dyn std::any::Any + Send + Sync),
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        let x = input(inputs, 0, "X")?;
+        match prepared.downcast_ref::<PreparedConvTranspose>() {
+            // Made for an input of this shape, planar.
+            Some(prepared) if prepared.input == x.shape && layouts.all_planar() => {
+                self.run_with(&prepared.p, inputs, outputs, scratch, ctx)
+            }
+            _ => self.run_laid_out(inputs, outputs, scratch, ctx, layouts),
+        }
+    }
+
     fn run(
         &self,
         inputs: &[Option<Arg<'_>>],
@@ -1047,6 +1078,29 @@ impl Op for ConvTranspose {
     ) -> OpResult<()> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let (p, _) = self.geometry(x.shape, w.shape)?;
+        self.run_with(&p, inputs, outputs, scratch, ctx)
+    }
+}
+
+/// What [`ConvTranspose`] works out once per plan: the input shape it was made for and the
+/// layer's parameters.
+#[derive(Debug)]
+struct PreparedConvTranspose {
+    input: Vec<usize>,
+    p: Conv2dParams,
+}
+
+impl ConvTranspose {
+    /// The layer with parameters `p` (of [`ConvTranspose::geometry`]).
+    fn run_with(
+        &self,
+        p: &Conv2dParams,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
         let computed;
@@ -1068,7 +1122,7 @@ impl Op for ConvTranspose {
                 &weight.view(),
                 scale,
                 b.as_deref(),
-                &p,
+                p,
                 self.activation,
                 outputs[0].data,
                 scratch,

@@ -6,7 +6,7 @@ use pith_kernels::{Kernels, Layout};
 
 use super::binary::SPLIT_MIN_ELEMENTS;
 use super::conv::{Axis, Window};
-use super::{attrs, Arg, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out};
+use super::{attrs, Arg, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out, Prepared};
 use crate::op_bail;
 
 /// Pooling reduction.
@@ -269,6 +269,39 @@ impl Op for Pool {
         Ok(vec![(ElemType::F32, self.geometry(first(inputs)?.shape)?.1)])
     }
 
+    /// The window along both axes, resolved once per plan (a run then allocates nothing).
+    fn prepare(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        _ctx: &ExecCtx,
+        _layouts: NodeLayouts,
+    ) -> OpResult<Option<Prepared>> {
+        let x = first(inputs)?;
+        Ok(Some(std::sync::Arc::new(PreparedPool {
+            input: x.shape.to_vec(),
+            axes: self.geometry(x.shape)?.0,
+        })))
+    }
+
+    fn run_prepared(
+        &self,
+        prepared: &(dyn std::any::Any + Send + Sync),
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        let x = first(inputs)?;
+        match prepared.downcast_ref::<PreparedPool>() {
+            // Prepared for inputs of this shape, planar.
+            Some(prepared) if prepared.input == x.shape && layouts.all_planar() => {
+                self.pool(prepared.axes, inputs, outputs, ctx)
+            }
+            _ => self.run_laid_out(inputs, outputs, scratch, ctx, layouts),
+        }
+    }
+
     fn run(
         &self,
         inputs: &[Option<Arg<'_>>],
@@ -276,8 +309,29 @@ impl Op for Pool {
         _scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
+        let axes = self.geometry(first(inputs)?.shape)?.0;
+        self.pool(axes, inputs, outputs, ctx)
+    }
+}
+
+/// What [`Pool`] resolves once per plan: the input shape it was made for and the window along
+/// both spatial axes.
+#[derive(Debug)]
+struct PreparedPool {
+    input: Vec<usize>,
+    axes: [Axis; 2],
+}
+
+impl Pool {
+    /// The pooling of `inputs[0]` into `outputs[0]` over the window `axes` (of [`Pool::geometry`]).
+    fn pool(
+        &self,
+        [ah, aw]: [Axis; 2],
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
         let x_arg = first(inputs)?;
-        let ([ah, aw], _) = self.geometry(x_arg.shape)?;
         let x = x_arg.f32s()?;
         let (h, w) =
             if x_arg.shape.len() == 4 { (x_arg.shape[2], x_arg.shape[3]) } else { (1, x_arg.shape[2]) };

@@ -4,7 +4,7 @@
 use pith_format::ir::{ElemType, Node};
 
 use super::binary::PARALLEL_MIN_ELEMENTS;
-use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
+use super::{attrs, Arg, ExecCtx, NodeLayouts, Op, OpResult, Out, Prepared};
 use crate::op_bail;
 
 /// Interpolation mode.
@@ -340,6 +340,37 @@ impl Op for Resize {
         rows + staged
     }
 
+    /// The output shape and the interpolation tables, once per plan: a run then allocates
+    /// nothing.
+    fn prepare(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        _ctx: &ExecCtx,
+        _layouts: NodeLayouts,
+    ) -> OpResult<Option<Prepared>> {
+        Ok(Some(std::sync::Arc::new(self.tables(inputs)?)))
+    }
+
+    fn run_prepared(
+        &self,
+        prepared: &(dyn std::any::Any + Send + Sync),
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        match prepared.downcast_ref::<Tables>() {
+            // Made for an input of this shape (the scales and sizes are plan-time constants).
+            Some(tables)
+                if inputs.first().and_then(Option::as_ref).is_some_and(|x| x.shape == tables.input) =>
+            {
+                self.run_with(tables, inputs, outputs, scratch, ctx)
+            }
+            _ => self.run_laid_out(inputs, outputs, scratch, ctx, layouts),
+        }
+    }
+
     fn run(
         &self,
         inputs: &[Option<Arg<'_>>],
@@ -347,7 +378,75 @@ impl Op for Resize {
         scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
+        self.run_with(&self.tables(inputs)?, inputs, outputs, scratch, ctx)
+    }
+}
+
+/// What a resize of one input shape reads at every output position.
+#[derive(Debug)]
+struct Tables {
+    /// The input shape they were made for.
+    input: Vec<usize>,
+    /// The resized shape (before a fused addend's broadcast).
+    out: Vec<usize>,
+    taps: Taps,
+}
+
+/// The interpolation taps of [`Tables`].
+#[derive(Debug)]
+enum Taps {
+    /// Per axis: the input element offset of every output position.
+    Nearest(Vec<Vec<usize>>),
+    /// The two input rows (and columns) and the weight of the second for every output row (and
+    /// column), and whether the columns are an exact half-pixel doubling.
+    Linear { ys: Vec<(usize, usize, f32)>, xs: Vec<(usize, usize, f32)>, doubling: bool },
+}
+
+impl Resize {
+    /// The tables for `inputs` (see [`Resize::plan`]).
+    fn tables(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Tables> {
         let (out, scales) = self.plan(inputs)?;
+        let Some(Some(x)) = inputs.first() else {
+            op_bail!("missing input X");
+        };
+        let shape = x.shape;
+        let taps = match self.mode {
+            Mode::Nearest(r) => {
+                let mut stride = 1;
+                let mut offsets = vec![Vec::new(); shape.len()];
+                for d in (0..shape.len()).rev() {
+                    offsets[d] = (0..out[d])
+                        .map(|o| nearest(self.source(o, shape[d], out[d], scales[d]), shape[d], r) * stride)
+                        .collect();
+                    stride *= shape[d];
+                }
+                Taps::Nearest(offsets)
+            }
+            Mode::Linear => {
+                let rank = shape.len();
+                let (h, w) = (if rank >= 2 { shape[rank - 2] } else { 1 }, shape[rank - 1]);
+                let (oh, ow) = (if rank >= 2 { out[rank - 2] } else { 1 }, out[rank - 1]);
+                let sh = if rank >= 2 { scales[rank - 2] } else { 1.0 };
+                let sw = scales[rank - 1];
+                let ys: Vec<_> = (0..oh).map(|o| linear_taps(self.source(o, h, oh, sh), h)).collect();
+                let xs: Vec<_> = (0..ow).map(|o| linear_taps(self.source(o, w, ow, sw), w)).collect();
+                let doubling = doubles_half_pixel(&xs, w);
+                Taps::Linear { ys, xs, doubling }
+            }
+        };
+        Ok(Tables { input: shape.to_vec(), out, taps })
+    }
+
+    /// The op's run on `tables`.
+    fn run_with(
+        &self,
+        tables: &Tables,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+    ) -> OpResult<()> {
+        let out = &tables.out;
         let Some(Some(x_arg)) = inputs.first() else {
             op_bail!("missing input X");
         };
@@ -360,21 +459,21 @@ impl Op for Resize {
             op_bail!("cannot resize an empty input to a non-empty output");
         }
         let Some(a_arg) = addend(inputs) else {
-            return self.resize(x_arg.shape, &x, &out, &scales, None, y, scratch, ctx);
+            return resize(tables, &x, None, y, scratch, ctx);
         };
         let a = a_arg.f32s()?;
         if a_arg.shape == &out[..] {
-            return self.resize(x_arg.shape, &x, &out, &scales, Some(&a), y, scratch, ctx);
+            return resize(tables, &x, Some(&a), y, scratch, ctx);
         }
-        let shape = self.output_shape(inputs, &out)?;
+        let shape = self.output_shape(inputs, out)?;
         // An addend that broadcasts: resize into scratch, then add as `Add` would.
         let len: usize = out.iter().product();
         if scratch.len() < len {
             op_bail!("a broadcast addend needs {len} scratch elements, got {}", scratch.len());
         }
         let (resized, scratch) = scratch.split_at_mut(len);
-        self.resize(x_arg.shape, &x, &out, &scales, None, resized, scratch, ctx)?;
-        super::binary::zip_broadcast(resized, &out, &a, a_arg.shape, &shape, y, |p, r| p + r);
+        resize(tables, &x, None, resized, scratch, ctx)?;
+        super::binary::zip_broadcast(resized, out, &a, a_arg.shape, &shape, y, |p, r| p + r);
         Ok(())
     }
 }
@@ -388,74 +487,57 @@ impl Resize {
             None => Ok(out.to_vec()),
         }
     }
+}
 
-    /// Resizes `x` (of `shape`) to `out` at `scales` into `y`, adding `addend` (of `out`'s shape)
-    /// if given.
-    #[allow(clippy::too_many_arguments)]
-    fn resize(
-        &self,
-        shape: &[usize],
-        x: &[f32],
-        out: &[usize],
-        scales: &[f32],
-        addend: Option<&[f32]>,
-        y: &mut [f32],
-        scratch: &mut [f32],
-        ctx: &ExecCtx,
-    ) -> OpResult<()> {
-        match self.mode {
-            Mode::Nearest(r) => {
-                // Per axis: input element offset of every output position.
-                let mut stride = 1;
-                let mut offsets = vec![Vec::new(); shape.len()];
-                for d in (0..shape.len()).rev() {
-                    offsets[d] = (0..out[d])
-                        .map(|o| nearest(self.source(o, shape[d], out[d], scales[d]), shape[d], r) * stride)
-                        .collect();
-                    stride *= shape[d];
-                }
-                gather(x, &offsets, y, ctx);
-                if let Some(a) = addend {
-                    y.iter_mut().zip(a).for_each(|(o, &a)| *o += a);
-                }
-            }
-            Mode::Linear => {
-                let rank = shape.len();
-                let (h, w) = (if rank >= 2 { shape[rank - 2] } else { 1 }, shape[rank - 1]);
-                let (oh, ow) = (if rank >= 2 { out[rank - 2] } else { 1 }, out[rank - 1]);
-                let sh = if rank >= 2 { scales[rank - 2] } else { 1.0 };
-                let sw = scales[rank - 1];
-                let ys: Vec<_> = (0..oh).map(|o| linear_taps(self.source(o, h, oh, sh), h)).collect();
-                let xs: Vec<_> = (0..ow).map(|o| linear_taps(self.source(o, w, ow, sw), w)).collect();
-                let doubling = doubles_half_pixel(&xs, w);
-                let plane = oh * ow;
-                // Output planes from `start` (a multiple of `plane`) into `part`.
-                let planes = |start: usize, part: &mut [f32], top: &mut [f32], bottom: &mut [f32]| {
-                    let first = start / plane;
-                    for (i, yp) in part.chunks_exact_mut(plane).enumerate() {
-                        let xp = &x[(first + i) * h * w..][..h * w];
-                        let a = addend.map(|a| &a[(first + i) * plane..][..plane]);
-                        linear_plane(xp, w, &ys, &xs, doubling, yp, a, top, bottom);
-                    }
-                };
-                if ow <= SPLIT_MAX_WIDTH {
-                    // Split by planes, each part with its two rows on its stack.
-                    ctx.kernels.for_each_rows(y, plane, LINEAR_PARALLEL_MIN_ELEMENTS, |start, part| {
-                        let mut rows = [0.0f32; 2 * SPLIT_MAX_WIDTH];
-                        let (top, bottom) = rows[..2 * ow].split_at_mut(ow);
-                        planes(start, part, top, bottom);
-                    });
-                } else {
-                    if scratch.len() < 2 * ow {
-                        op_bail!("linear resize needs {} scratch elements, got {}", 2 * ow, scratch.len());
-                    }
-                    let (top, bottom) = scratch[..2 * ow].split_at_mut(ow);
-                    planes(0, y, top, bottom);
-                }
+/// Resizes `x` (of `tables.input`'s shape) to `tables.out` into `y`, adding `addend` (of the
+/// resized shape) if given.
+fn resize(
+    tables: &Tables,
+    x: &[f32],
+    addend: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    ctx: &ExecCtx,
+) -> OpResult<()> {
+    let shape = &tables.input;
+    match &tables.taps {
+        Taps::Nearest(offsets) => {
+            gather(x, offsets, y, ctx);
+            if let Some(a) = addend {
+                y.iter_mut().zip(a).for_each(|(o, &a)| *o += a);
             }
         }
-        Ok(())
+        &Taps::Linear { ref ys, ref xs, doubling } => {
+            let rank = shape.len();
+            let (h, w) = (if rank >= 2 { shape[rank - 2] } else { 1 }, shape[rank - 1]);
+            let (oh, ow) = (ys.len(), xs.len());
+            let plane = oh * ow;
+            // Output planes from `start` (a multiple of `plane`) into `part`.
+            let planes = |start: usize, part: &mut [f32], top: &mut [f32], bottom: &mut [f32]| {
+                let first = start / plane;
+                for (i, yp) in part.chunks_exact_mut(plane).enumerate() {
+                    let xp = &x[(first + i) * h * w..][..h * w];
+                    let a = addend.map(|a| &a[(first + i) * plane..][..plane]);
+                    linear_plane(xp, w, ys, xs, doubling, yp, a, top, bottom);
+                }
+            };
+            if ow <= SPLIT_MAX_WIDTH {
+                // Split by planes, each part with its two rows on its stack.
+                ctx.kernels.for_each_rows(y, plane, LINEAR_PARALLEL_MIN_ELEMENTS, |start, part| {
+                    let mut rows = [0.0f32; 2 * SPLIT_MAX_WIDTH];
+                    let (top, bottom) = rows[..2 * ow].split_at_mut(ow);
+                    planes(start, part, top, bottom);
+                });
+            } else {
+                if scratch.len() < 2 * ow {
+                    op_bail!("linear resize needs {} scratch elements, got {}", 2 * ow, scratch.len());
+                }
+                let (top, bottom) = scratch[..2 * ow].split_at_mut(ow);
+                planes(0, y, top, bottom);
+            }
+        }
     }
+    Ok(())
 }
 
 /// Widest output rows a linear resize splits over the threads (each part keeps two such rows on
@@ -490,7 +572,15 @@ fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
     }
     // The odometer over the outer axes, positioned at the row holding `start`.
     let (mut row, mut col) = (start / inner.len(), start % inner.len());
-    let mut idx = vec![0usize; outer.len()];
+    // On the stack for the usual ranks (a run then allocates nothing).
+    let (mut inline, mut heap) = ([0usize; 8], Vec::new());
+    let idx: &mut [usize] = match inline.get_mut(..outer.len()) {
+        Some(idx) => idx,
+        None => {
+            heap.resize(outer.len(), 0);
+            &mut heap
+        }
+    };
     for d in (0..outer.len()).rev() {
         idx[d] = row % outer[d].len();
         row /= outer[d].len();
@@ -504,7 +594,7 @@ fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
     let mut pos = 0;
     while pos < y.len() {
         let n = (width - col).min(y.len() - pos);
-        let base: usize = outer.iter().zip(&idx).map(|(o, &i)| o[i]).sum();
+        let base: usize = outer.iter().zip(&*idx).map(|(o, &i)| o[i]).sum();
         let whole = col == 0 && n == width;
         if whole && last_base == Some(base) {
             // Upscaled along an outer axis: the same input row again, already gathered.

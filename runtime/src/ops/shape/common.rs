@@ -164,12 +164,32 @@ impl<M: Move> Op for Mover<M> {
         _scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
-        let src = self.read_data::<f32>(inputs)?;
-        let src_refs: Vec<&[f32]> = src.iter().map(|c| &**c).collect();
-        let mut dst: Vec<&mut [f32]> = outputs.iter_mut().map(|o| &mut *o.data).collect();
-        self.0.apply_on(&ctx.kernels, inputs, &src_refs, &mut dst)
+        if inputs.len() > INLINE_ARGS || outputs.len() > INLINE_ARGS {
+            let src = self.read_data::<f32>(inputs)?;
+            let src_refs: Vec<&[f32]> = src.iter().map(|c| &**c).collect();
+            let mut dst: Vec<&mut [f32]> = outputs.iter_mut().map(|o| &mut *o.data).collect();
+            return self.0.apply_on(&ctx.kernels, inputs, &src_refs, &mut dst);
+        }
+        // The usual few inputs and outputs: their lists on the stack, so a run allocates nothing
+        // (an activation's data is borrowed; an f16 constant's is decoded, which allocates).
+        let mut src: [Cow<'_, [f32]>; INLINE_ARGS] = Default::default();
+        for (i, (slot, a)) in src.iter_mut().zip(inputs).enumerate() {
+            if let Some(a) = a.as_ref().filter(|_| self.0.is_data(i)) {
+                *slot = f32::read(a)?;
+            }
+        }
+        let src_refs: [&[f32]; INLINE_ARGS] = std::array::from_fn(|i| &*src[i]);
+        let n_out = outputs.len();
+        let mut dst: [&mut [f32]; INLINE_ARGS] = Default::default();
+        for (d, o) in dst.iter_mut().zip(outputs.iter_mut()) {
+            *d = &mut *o.data;
+        }
+        self.0.apply_on(&ctx.kernels, inputs, &src_refs[..inputs.len()], &mut dst[..n_out])
     }
 }
+
+/// Most inputs and outputs whose lists a structural op's run keeps on the stack.
+const INLINE_ARGS: usize = 8;
 
 /// Input `i`, which must be present.
 pub(crate) fn input<'b, 'a>(inputs: &'b [Option<Arg<'a>>], i: usize) -> OpResult<&'b Arg<'a>> {
@@ -205,15 +225,21 @@ pub(crate) fn norm_axis(axis: i64, rank: usize) -> OpResult<usize> {
 
 /// Normalises a list of axes, refusing duplicates.
 pub(crate) fn norm_axes(axes: &[i64], rank: usize) -> OpResult<Vec<usize>> {
-    let mut out = Vec::with_capacity(axes.len());
-    for &a in axes {
+    let mut out = vec![0; axes.len()];
+    norm_axes_into(axes, rank, &mut out)?;
+    Ok(out)
+}
+
+/// [`norm_axes`] into `out` (as long as `axes`), allocating nothing.
+pub(crate) fn norm_axes_into(axes: &[i64], rank: usize, out: &mut [usize]) -> OpResult<()> {
+    for (i, &a) in axes.iter().enumerate() {
         let a = norm_axis(a, rank)?;
-        if out.contains(&a) {
+        if out[..i].contains(&a) {
             return Err(OpError(format!("axis {a} is repeated")));
         }
-        out.push(a);
+        out[i] = a;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Row-major strides of `shape`, in elements.

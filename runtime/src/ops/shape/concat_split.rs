@@ -23,8 +23,8 @@ pub(crate) fn build_concat(node: &Node) -> OpResult<Box<dyn Op>> {
 
 impl Concat {
     /// Normalised axis and the shape of the first input.
-    fn axis(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(usize, Vec<usize>)> {
-        let first = input(inputs, 0)?.shape.to_vec();
+    fn axis<'b>(&self, inputs: &'b [Option<Arg<'_>>]) -> OpResult<(usize, &'b [usize])> {
+        let first = input(inputs, 0)?.shape;
         Ok((norm_axis(self.axis, first.len())?, first))
     }
 }
@@ -35,7 +35,8 @@ impl Move for Concat {
     }
 
     fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
-        let (axis, mut out) = self.axis(inputs)?;
+        let (axis, first) = self.axis(inputs)?;
+        let mut out = first.to_vec();
         out[axis] = 0;
         for (i, a) in inputs.iter().enumerate() {
             let a = a.as_ref().ok_or_else(|| OpError(format!("input {i} is missing")))?;
@@ -57,10 +58,9 @@ impl Move for Concat {
         let (axis, shape) = self.axis(inputs)?;
         let outer: usize = shape[..axis].iter().product();
         let inner: usize = shape[axis + 1..].iter().product();
-        let chunks: Vec<usize> = inputs.iter().flatten().map(|a| a.shape[axis] * inner).collect();
         let mut pos = 0;
         for o in 0..outer {
-            for (s, &len) in src.iter().zip(&chunks) {
+            for (s, len) in src.iter().zip(inputs.iter().flatten().map(|a| a.shape[axis] * inner)) {
                 dst[0][pos..pos + len].copy_from_slice(&s[o * len..(o + 1) * len]);
                 pos += len;
             }

@@ -4,8 +4,8 @@ use pith_format::ir::Node;
 use pith_kernels::Kernels;
 
 use super::common::{
-    as_batched_transpose, batched_transpose, input, norm_axes, param, strided_copy, strides, Elem, Move,
-    Mover,
+    as_batched_transpose, batched_transpose, input, norm_axes, norm_axes_into, param, strided_copy, strides,
+    Elem, Move, Mover,
 };
 use crate::error::OpError;
 use crate::ops::{attrs, Arg, Op, OpResult};
@@ -136,14 +136,25 @@ pub(crate) fn build_transpose(node: &Node) -> OpResult<Box<dyn Op>> {
 
 impl Transpose {
     fn perm(&self, rank: usize) -> OpResult<Vec<usize>> {
+        let mut perm = vec![0; rank];
+        self.perm_into(&mut perm)?;
+        Ok(perm)
+    }
+
+    /// The permutation for the input's rank (`out.len()`), into `out`.
+    fn perm_into(&self, out: &mut [usize]) -> OpResult<()> {
+        let rank = out.len();
         let perm = match &self.perm {
-            None => return Ok((0..rank).rev().collect()),
+            None => {
+                out.iter_mut().enumerate().for_each(|(i, p)| *p = rank - 1 - i);
+                return Ok(());
+            }
             Some(p) => p,
         };
         if perm.len() != rank {
             return Err(OpError(format!("perm {perm:?} does not match rank {rank}")));
         }
-        norm_axes(perm, rank)
+        norm_axes_into(perm, rank, out)
     }
 
     /// The copy, with the kernels' transposes for batched ones when `kernels` is given.
@@ -155,6 +166,16 @@ impl Transpose {
         dst: &mut [&mut [T]],
     ) -> OpResult<()> {
         let shape = input(inputs, 0)?.shape;
+        // The layout changes between NCHW and NHWC of a detector's heads are batched transposes:
+        // found with the permutation on the stack, so a run allocates nothing.
+        let mut inline = [0usize; 8];
+        if let Some(perm) = inline.get_mut(..shape.len()) {
+            self.perm_into(perm)?;
+            if let Some((batch, rows, cols)) = as_batched_transpose(shape, perm) {
+                batched_transpose(kernels, src[0], batch, rows, cols, dst[0]);
+                return Ok(());
+            }
+        }
         let perm = self.perm(shape.len())?;
         if let Some((batch, rows, cols)) = as_batched_transpose(shape, &perm) {
             batched_transpose(kernels, src[0], batch, rows, cols, dst[0]);
