@@ -59,14 +59,16 @@ pub(crate) fn split_units_into<F>(
     match pool {
         Some(pool) if tasks > 1 && unit_len > 0 => {
             let per_units = units.div_ceil(tasks);
-            let parts = claims(y.chunks_mut(per_units * unit_len));
-            let slots = slots(scratch, per_task, pool.workers() + 1);
-            pool.run(parts.len(), &|t, slot| {
-                if let Some(yc) = claim(&parts, t) {
-                    let mut sc = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
-                    let start = t * per_units;
-                    f(start..start + yc.len().div_ceil(unit_len), yc, &mut sc);
-                }
+            with_claims(y.chunks_mut(per_units * unit_len), |parts| {
+                with_slots(scratch, per_task, pool.workers() + 1, |slots| {
+                    pool.run(parts.len(), &|t, slot| {
+                        if let Some(yc) = claim(parts, t) {
+                            let mut sc = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
+                            let start = t * per_units;
+                            f(start..start + yc.len().div_ceil(unit_len), yc, &mut sc);
+                        }
+                    })
+                })
             });
         }
         _ => f(0..units, y, scratch),
@@ -94,17 +96,34 @@ fn balanced(wanted: usize, work: usize, threads: usize) -> usize {
     }
 }
 
-/// `scratch` cut into one `per_task` part per thread slot (`threads` of them, the caller's and
-/// each worker's), each locked by the one task running on that slot.
-fn slots(scratch: &mut [f32], per_task: usize, threads: usize) -> Vec<Mutex<&mut [f32]>> {
-    let slots: Vec<Mutex<&mut [f32]>> = scratch.chunks_mut(per_task).map(Mutex::new).collect();
+/// Runs `f` on `scratch` cut into one `per_task` part per thread slot (`threads` of them, the
+/// caller's and each worker's), each locked by the one task running on that slot; the list is
+/// one the calling thread keeps from job to job (see [`with_plane_list`]).
+fn with_slots<'a, R>(
+    scratch: &'a mut [f32],
+    per_task: usize,
+    threads: usize,
+    f: impl FnOnce(&[Mutex<&'a mut [f32]>]) -> R,
+) -> R {
+    let mut slots: Vec<Mutex<&'a mut [f32]>> = recycle(SPARE_SLOTS.take());
+    slots.extend(scratch.chunks_mut(per_task).map(Mutex::new));
     assert!(slots.len() >= threads, "scratch holds {} of {threads} slots", slots.len());
-    slots
+    let result = f(&slots);
+    SPARE_SLOTS.set(recycle(slots));
+    result
 }
 
-/// One part per task, each taken once by its task (uncontended locks: a few nanoseconds).
-fn claims<T>(parts: impl Iterator<Item = T>) -> Vec<Mutex<Option<T>>> {
-    parts.map(|p| Mutex::new(Some(p))).collect()
+/// Runs `f` on one claim per part, each taken once by its task (uncontended locks: a few
+/// nanoseconds), in a list the calling thread keeps from job to job.
+fn with_claims<'a, R>(
+    parts: impl Iterator<Item = &'a mut [f32]>,
+    f: impl FnOnce(&[Mutex<Option<&'a mut [f32]>>]) -> R,
+) -> R {
+    let mut claims: Vec<Mutex<Option<&'a mut [f32]>>> = recycle(SPARE_CLAIMS.take());
+    claims.extend(parts.map(|p| Mutex::new(Some(p))));
+    let result = f(&claims);
+    SPARE_CLAIMS.set(recycle(claims));
+    result
 }
 
 /// Task `t`'s part, if it has one left.
@@ -155,24 +174,34 @@ pub(crate) fn split_rows<F>(
         // One range, the whole of every plane.
         return with_plane_list(y.chunks_exact_mut(plane), |planes| f(0..plane_rows, planes, scratch));
     };
-    // Each plane's rows, cut at the same row boundaries and dealt out to the tasks.
-    let mut parts: Vec<Vec<&mut [f32]>> = (0..tasks).map(|_| Vec::new()).collect();
+    // Each plane's rows, cut at the same row boundaries and dealt out to the tasks' lists (kept
+    // by the calling thread from job to job, each task's locked by that task alone).
+    let mut parts: Vec<Mutex<Vec<&mut [f32]>>> = recycle_lists(SPARE_ROW_PARTS.take());
+    parts.resize_with(parts.len().max(tasks), || Mutex::new(Vec::new()));
     for mut rest in y.chunks_exact_mut(plane) {
-        for task in parts.iter_mut() {
+        for task in parts[..tasks].iter_mut() {
             let (part, tail) = rest.split_at_mut((per_rows * row_len).min(rest.len()));
-            task.push(part);
+            task.get_mut().unwrap_or_else(PoisonError::into_inner).push(part);
             rest = tail;
         }
     }
     let range = |t: usize| (t * per_rows).min(plane_rows)..((t + 1) * per_rows).min(plane_rows);
-    let parts = claims(parts.into_iter());
-    let slots = slots(scratch, per_task, pool.workers() + 1);
-    pool.run(parts.len(), &|t, slot| {
-        if let Some(mut pt) = claim(&parts, t) {
+    with_slots(scratch, per_task, pool.workers() + 1, |slots| {
+        pool.run(tasks, &|t, slot| {
+            let mut pt = parts[t].lock().unwrap_or_else(PoisonError::into_inner);
             let mut st = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
             f(range(t), &mut pt, &mut st);
-        }
+        })
     });
+    SPARE_ROW_PARTS.set(recycle_lists(parts));
+}
+
+/// [`recycle`] for a list of locked lists, keeping each inner list's capacity too.
+fn recycle_lists<'b>(lists: Vec<Mutex<Vec<&mut [f32]>>>) -> Vec<Mutex<Vec<&'b mut [f32]>>> {
+    lists
+        .into_iter()
+        .map(|m| Mutex::new(recycle(m.into_inner().unwrap_or_else(PoisonError::into_inner))))
+        .collect()
 }
 
 thread_local! {
@@ -180,6 +209,11 @@ thread_local! {
     static SPARE_PLANES: Cell<Vec<&'static mut [f32]>> = const { Cell::new(Vec::new()) };
     /// This thread's spare list of offsets, empty.
     static SPARE_OFFSETS: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
+    /// This thread's spare lists for splitting a job: claims on output parts, scratch slots and
+    /// per-task lists of row parts, all empty.
+    static SPARE_CLAIMS: Cell<Vec<Mutex<Option<&'static mut [f32]>>>> = const { Cell::new(Vec::new()) };
+    static SPARE_SLOTS: Cell<Vec<Mutex<&'static mut [f32]>>> = const { Cell::new(Vec::new()) };
+    static SPARE_ROW_PARTS: Cell<Vec<Mutex<Vec<&'static mut [f32]>>>> = const { Cell::new(Vec::new()) };
 }
 
 /// `v`'s allocation, emptied, for elements of another lifetime (a list of plane slices borrows
@@ -238,11 +272,12 @@ where
     match pool {
         Some(pool) if tasks > 1 => {
             let part = out.len().div_ceil(tasks).next_multiple_of(align.max(1));
-            let parts = claims(out.chunks_mut(part));
-            pool.run(parts.len(), &|t, _| {
-                if let Some(chunk) = claim(&parts, t) {
-                    f(t * part, chunk);
-                }
+            with_claims(out.chunks_mut(part), |parts| {
+                pool.run(parts.len(), &|t, _| {
+                    if let Some(chunk) = claim(parts, t) {
+                        f(t * part, chunk);
+                    }
+                })
             });
         }
         _ => f(0, out),
