@@ -26,8 +26,9 @@ use crate::threads::{ThreadTuner, Way};
 pub struct SessionOptions {
     /// Worker threads ops may use (1 or 0 = run on the caller's thread; more start a pool once, at
     /// session creation); by default the physical cores this process may use, only the fast ones
-    /// on CPUs with cores of several speeds ([`crate::default_threads`]). The kernel path is the best the CPU supports, or `PITH_KERNEL`
-    /// (`scalar`, `avx2`, `avx512`, `neon`); an unknown or unsupported name fails `Session::new`.
+    /// on CPUs with cores of several speeds ([`crate::default_threads`]). The kernel path is the
+    /// best the CPU supports, or `PITH_KERNEL` (`scalar`, `avx2`, `avx512`, `neon`); an unknown or
+    /// unsupported name fails `Session::new`.
     pub threads: usize,
     /// Run 1×1 convolutions and 4-bit GEMVs on activations quantized to 8 bits on the fly and
     /// the CPU's int8 dot products (dynamic-range quantization, as TFLite's hybrid kernels):
@@ -189,9 +190,11 @@ impl Session {
     /// [`Session::run`] for a loop over frames: writes the outputs, in graph order (as
     /// [`Session::outputs`] names them), into `outputs`, reusing its tensors' buffers (ONNX
     /// Runtime's bound outputs, TFLite's output tensors). Once `outputs` holds a run's results, a
-    /// run with inputs of the same shapes allocates nothing on one thread: the plan, the
-    /// activation arena, the scratch and every op's prepared state are kept by the session. On an
-    /// error `outputs` holds unspecified tensors.
+    /// run with inputs of the same shapes allocates nothing, on one thread or several: the plan,
+    /// the activation arena, the scratch and every op's prepared state are kept by the session,
+    /// and the lists the kernels split work with by its threads (`tests/allocations.rs`; not yet
+    /// with `int8_activations`, nor for every op: see the README). On an error `outputs` holds
+    /// unspecified tensors.
     pub fn run_into(&mut self, inputs: &[(&str, Tensor)], outputs: &mut Vec<Tensor>) -> Result<()> {
         let model = &*self.model;
         self.engine.run(&|id| model.constant(id), inputs, outputs)
