@@ -361,9 +361,11 @@ impl Op for Resize {
         layouts: NodeLayouts,
     ) -> OpResult<()> {
         match prepared.downcast_ref::<Tables>() {
-            // Made for an input of this shape (the scales and sizes are plan-time constants).
+            // Made for an input of this shape (the scales and sizes are plan-time constants),
+            // planar (a resize has no channel-blocked form: `run_laid_out` refuses one).
             Some(tables)
-                if inputs.first().and_then(Option::as_ref).is_some_and(|x| x.shape == tables.input) =>
+                if layouts.all_planar()
+                    && inputs.first().and_then(Option::as_ref).is_some_and(|x| x.shape == tables.input) =>
             {
                 self.run_with(tables, inputs, outputs, scratch, ctx)
             }
