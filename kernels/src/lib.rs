@@ -34,6 +34,7 @@ pub use conv::{Conv2dParams, ConvGeometry};
 pub use conv_int8::Int8Filters;
 pub use decode::{Int8RowTables, WeightRows};
 pub use gemm::WeightLayout;
+pub use parallel::recycle;
 
 use std::sync::Arc;
 

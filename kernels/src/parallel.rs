@@ -217,10 +217,11 @@ thread_local! {
 }
 
 /// `v`'s allocation, emptied, for elements of another lifetime (a list of plane slices borrows
-/// one call's output, so it outlives the call only as capacity). Collecting a vector's own
-/// iterator into elements of the same size and alignment reuses its buffer (std's in-place
-/// iteration; were it not to, the list would be allocated again, as a new one is).
-fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+/// one call's output, so it outlives the call only as capacity; the runtime keeps its executor's
+/// argument lists the same way). Collecting a vector's own iterator into elements of the same
+/// size and alignment reuses its buffer (std's in-place iteration; were it not to, the list would
+/// be allocated again, as a new one is, and `tests/allocations.rs` would say so).
+pub fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter().map(|_| unreachable!("the vector was emptied")).collect()
 }
@@ -309,6 +310,21 @@ mod tests {
             assert!(y[r.start * 2..r.end * 2].iter().all(|&x| x == r.start as f32));
         }
         v
+    }
+
+    #[test]
+    fn recycled_lists_keep_their_buffer_across_lifetimes() {
+        let mut a = [0.0f32; 8];
+        let mut list: Vec<&mut [f32]> = Vec::with_capacity(16);
+        list.extend(a.chunks_mut(2));
+        let (ptr, cap) = (list.as_ptr() as usize, list.capacity());
+        let spare: Vec<&'static mut [f32]> = recycle(list);
+        assert!(spare.is_empty());
+        assert_eq!((spare.as_ptr() as usize, spare.capacity()), (ptr, cap), "the buffer is reused");
+        let mut b = [1.0f32; 4];
+        let mut again: Vec<&mut [f32]> = recycle(spare);
+        again.push(&mut b);
+        assert_eq!((again.as_ptr() as usize, again.capacity()), (ptr, cap));
     }
 
     #[test]

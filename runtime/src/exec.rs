@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pith_format::ir::{ElemType, Graph, ValueId};
-use pith_kernels::ThreadWork;
+use pith_kernels::{recycle, ThreadWork};
 
 use crate::error::{OpError, Result, RuntimeError};
 use crate::ops::{Arg, ArgData, ExecCtx, Op, Out};
@@ -404,15 +404,6 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
-}
-
-/// `v`'s allocation, emptied, for elements of another lifetime: a step's argument list borrows
-/// one run's arena and inputs, so it outlives the run only as capacity. Collecting a vector's
-/// own iterator into elements of the same size and alignment reuses its buffer (std's in-place
-/// iteration; were it not to, the list would only be allocated again, as a new one is).
-fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("the vector was emptied")).collect()
 }
 
 /// Makes `outputs[i]` (added if `outputs` holds only `i` tensors) an f32 tensor of `shape` holding
