@@ -15,6 +15,7 @@
 //! step of the range per input, up to a whole one at the top of a range with a snapped zero) and
 //! of 8-bit filters (half a step of the filter's largest weight).
 
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
@@ -23,7 +24,7 @@ use pith_format::TensorView;
 use crate::arch::int8::{Int8ConvKernels, Int8GemmFusedFn, U8Range, INT8_PIXEL_ALIGN};
 use crate::arch::{FusedRows, Isa, ResidualRows};
 use crate::conv::{check_operands, fused_activation, split_output_rows, Residual, Slab, PIXEL_SPLIT_MIN};
-use crate::parallel::{split_units, with_plane_list, TASKS_PER_THREAD};
+use crate::parallel::{split_units, with_offsets, with_plane_list, with_plane_offsets, TASKS_PER_THREAD};
 use crate::{check_min_len, Activation, ChannelActivation, Conv2dParams, KernelError, Kernels, WeightRows};
 
 /// Pixels of a plane that share one quantization range (a multiple of [`INT8_PIXEL_ALIGN`]).
@@ -281,58 +282,102 @@ pub(crate) fn conv(
     }
     let per_task = scratch_len(p);
     check_min_len("conv scratch", scratch.len(), per_task * kernels.threads())?;
-    let threads = kernels.threads_now();
     let layer = Layer { isa: kernels.isa(), int8, filters, bias, act, p };
     if !p.is_pointwise() {
         layer.shifted(kernels, x, residual.map(|r| (r, rc)), y, scratch, per_task);
         return Ok(());
     }
     let plane = p.out_h * p.out_w;
-    let offs: Vec<usize> = (0..p.in_c).map(|c| c * plane).collect();
-    for (b, yb) in y.chunks_exact_mut(p.out_c * plane).enumerate() {
-        let xb = &x[b * p.in_c * plane..][..p.in_c * plane];
-        let rb = residual.map(|r| Residual { data: &r[b * rc * plane..][..rc * plane], channels: rc });
-        let by_filters = threads > 1 && (plane < threads * PIXEL_SPLIT_MIN || expands_on_a_small_plane(p));
-        if !by_filters {
-            // Each thread quantizes only the blocks its rows touch, one at a time.
-            split_output_rows(kernels, p, 1, TASKS_PER_THREAD, yb, scratch, per_task, |rows, planes, s| {
-                let cols = rows.start * p.out_w..rows.end * p.out_w;
-                let (q, work) = s.split_at_mut(block_len(p));
-                let q: &mut [u8] = bytemuck::cast_slice_mut(q);
-                let mut start = cols.start;
-                while start < cols.end {
-                    let end = cols.end.min((start / BLOCK + 1) * BLOCK);
-                    let block = layer.quantize(xb, &offs, start, end, q);
-                    layer.multiply(q, block, rb, 0..p.out_c, cols.start, planes, work);
-                    start = end;
-                }
-            });
-        } else {
-            // Split filters over the threads, which share the plane quantized once, here: a small
-            // plane (fewer than 256 pixels per thread, at most one block per thread), or an
-            // expansion's (see `expands_on_a_small_plane`).
-            let shared_len = threads * shared_blocks(p) * block_len(p);
-            let (shared, rest) = scratch.split_at_mut(shared_len);
-            let (blocks, shared) = layer.quantize_plane(kernels, xb, &offs, shared, &mut rest[..threads]);
-            let work = plane * p.in_c;
-            let per_task = per_task - shared_blocks(p) * block_len(p);
-            split_units(kernels, p.out_c, plane, work, yb, rest, per_task, |ocs, ys, s| {
-                with_plane_list(ys.chunks_exact_mut(plane), |planes| {
-                    for &(at, block) in &blocks {
-                        layer.multiply(&shared[at..], block, rb, ocs.clone(), 0, planes, s);
-                    }
-                })
-            });
+    with_plane_offsets(p.in_c, plane, |offs| {
+        layer.pointwise(kernels, x, residual, rc, y, scratch, per_task, offs)
+    });
+    Ok(())
+}
+
+thread_local! {
+    /// This thread's spare list of a shared plane's quantized blocks, empty: its capacity is kept
+    /// for the next layer, so that a steady run allocates none.
+    static SPARE_BLOCKS: Cell<Vec<(usize, Quantized)>> = const { Cell::new(Vec::new()) };
+    /// This thread's spare list of slots the tasks quantizing a shared plane fill, empty.
+    static SPARE_BLOCK_SLOTS: Cell<Vec<Mutex<Option<Quantized>>>> = const { Cell::new(Vec::new()) };
+    /// This thread's spare list of each channel group's range in a block quantized by channels.
+    static SPARE_RANGES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+impl Layer<'_> {
+    /// The 1×1 layer over every image of `x` (input plane `c` at `offs[c]`).
+    #[allow(clippy::too_many_arguments)]
+    fn pointwise(
+        &self,
+        kernels: &Kernels,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        rc: usize,
+        y: &mut [f32],
+        scratch: &mut [f32],
+        per_task: usize,
+        offs: &[usize],
+    ) {
+        let (layer, p) = (self, self.p);
+        let threads = kernels.threads_now();
+        let plane = p.out_h * p.out_w;
+        for (b, yb) in y.chunks_exact_mut(p.out_c * plane).enumerate() {
+            let xb = &x[b * p.in_c * plane..][..p.in_c * plane];
+            let rb = residual.map(|r| Residual { data: &r[b * rc * plane..][..rc * plane], channels: rc });
+            let by_filters =
+                threads > 1 && (plane < threads * PIXEL_SPLIT_MIN || expands_on_a_small_plane(p));
+            if !by_filters {
+                // Each thread quantizes only the blocks its rows touch, one at a time.
+                split_output_rows(
+                    kernels,
+                    p,
+                    1,
+                    TASKS_PER_THREAD,
+                    yb,
+                    scratch,
+                    per_task,
+                    |rows, planes, s| {
+                        let cols = rows.start * p.out_w..rows.end * p.out_w;
+                        let (q, work) = s.split_at_mut(block_len(p));
+                        let q: &mut [u8] = bytemuck::cast_slice_mut(q);
+                        let mut start = cols.start;
+                        while start < cols.end {
+                            let end = cols.end.min((start / BLOCK + 1) * BLOCK);
+                            let block = layer.quantize(xb, offs, start, end, q);
+                            layer.multiply(q, block, rb, 0..p.out_c, cols.start, planes, work);
+                            start = end;
+                        }
+                    },
+                );
+            } else {
+                // Split filters over the threads, which share the plane quantized once, here: a small
+                // plane (fewer than 256 pixels per thread, at most one block per thread), or an
+                // expansion's (see `expands_on_a_small_plane`).
+                let shared_len = threads * shared_blocks(p) * block_len(p);
+                let (shared, rest) = scratch.split_at_mut(shared_len);
+                let mut blocks = SPARE_BLOCKS.take();
+                let shared =
+                    layer.quantize_plane(kernels, xb, offs, shared, &mut rest[..threads], &mut blocks);
+                let work = plane * p.in_c;
+                let per_task = per_task - shared_blocks(p) * block_len(p);
+                split_units(kernels, p.out_c, plane, work, yb, rest, per_task, |ocs, ys, s| {
+                    with_plane_list(ys.chunks_exact_mut(plane), |planes| {
+                        for &(at, block) in &blocks {
+                            layer.multiply(&shared[at..], block, rb, ocs.clone(), 0, planes, s);
+                        }
+                    })
+                });
+                SPARE_BLOCKS.set(blocks);
+            }
         }
     }
-    Ok(())
 }
 
 impl Layer<'_> {
     /// Quantizes every block of image `xb`'s plane (channel `c` at `offs[c]`) into `shared`, block
     /// `b` at `b * block_len`, the blocks split over the threads when there are as many, else
     /// each block's channels (`scratch`: one element per thread). Returns each block's byte
-    /// offset and map, and the quantized blocks.
+    /// offset and map (into `quantized`, emptied first), and returns the quantized blocks.
     fn quantize_plane<'s>(
         &self,
         kernels: &Kernels,
@@ -340,39 +385,38 @@ impl Layer<'_> {
         offs: &[usize],
         shared: &'s mut [f32],
         scratch: &mut [f32],
-    ) -> (Vec<(usize, Quantized)>, &'s [u8]) {
+        quantized: &mut Vec<(usize, Quantized)>,
+    ) -> &'s [u8] {
         let p = self.p;
         let (plane, len) = (p.out_h * p.out_w, block_len(p));
         let blocks = plane.div_ceil(BLOCK);
+        quantized.clear();
         if blocks < kernels.threads_now() {
             let shared = &mut shared[..blocks * len];
-            let quantized = shared
-                .chunks_exact_mut(len)
-                .enumerate()
-                .map(|(b, part)| {
-                    let pixels = b * BLOCK..plane.min((b + 1) * BLOCK);
-                    (b * len * 4, self.quantize_by_channels(kernels, xb, offs, pixels, part, scratch))
-                })
-                .collect();
-            return (quantized, bytemuck::cast_slice(&*shared));
+            quantized.extend(shared.chunks_exact_mut(len).enumerate().map(|(b, part)| {
+                let pixels = b * BLOCK..plane.min((b + 1) * BLOCK);
+                (b * len * 4, self.quantize_by_channels(kernels, xb, offs, pixels, part, scratch))
+            }));
+            return bytemuck::cast_slice(&*shared);
         }
-        let quantized: Vec<Mutex<Option<Quantized>>> = (0..blocks).map(|_| Mutex::new(None)).collect();
+        let mut slots = SPARE_BLOCK_SLOTS.take();
+        slots.clear();
+        slots.resize_with(blocks, || Mutex::new(None));
         let shared = &mut shared[..blocks * len];
         let block_work = BLOCK * p.in_c * QUANTIZE_WORK_WEIGHT;
         split_units(kernels, blocks, len, block_work, shared, scratch, 1, |bs, part, _| {
             for (b, q) in bs.zip(part.chunks_exact_mut(len)) {
                 let q: &mut [u8] = bytemuck::cast_slice_mut(q);
                 let block = self.quantize(xb, offs, b * BLOCK, plane.min((b + 1) * BLOCK), q);
-                *quantized[b].lock().unwrap_or_else(PoisonError::into_inner) = Some(block);
+                *slots[b].lock().unwrap_or_else(PoisonError::into_inner) = Some(block);
             }
         });
         // Every block was quantized by one of the tasks (`split_units` runs each unit once).
-        let blocks = quantized
-            .into_iter()
-            .enumerate()
-            .filter_map(|(b, q)| Some((b * len * 4, q.into_inner().unwrap_or_else(PoisonError::into_inner)?)))
-            .collect();
-        (blocks, bytemuck::cast_slice(&*shared))
+        quantized.extend(slots.iter_mut().enumerate().filter_map(|(b, q)| {
+            Some((b * len * 4, (*q.get_mut().unwrap_or_else(PoisonError::into_inner))?))
+        }));
+        SPARE_BLOCK_SLOTS.set(slots);
+        bytemuck::cast_slice(&*shared)
     }
 }
 
@@ -398,7 +442,9 @@ impl Layer<'_> {
         let groups = offs.len().div_ceil(4);
         let channels = |g: Range<usize>| &offs[4 * g.start..offs.len().min(4 * g.end)];
         let group_work = 4 * n * QUANTIZE_WORK_WEIGHT;
-        let mut ranges = vec![0.0f32; 2 * groups];
+        let mut ranges = SPARE_RANGES.take();
+        ranges.clear();
+        ranges.resize(2 * groups, 0.0);
         split_units(kernels, groups, 2, group_work, &mut ranges, scratch, 1, |gs, out, _| {
             for (g, range) in gs.zip(out.chunks_exact_mut(2)) {
                 range.copy_from_slice(&(self.int8.min_max)(&xb[s..], channels(g..g + 1), n));
@@ -407,6 +453,7 @@ impl Layer<'_> {
         let (lo, hi) = ranges
             .chunks_exact(2)
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), r| (lo.min(r[0]), hi.max(r[1])));
+        SPARE_RANGES.set(ranges);
         let range = U8Range::new(lo, hi);
         // A group's row: `ldx` pixels of 4 bytes, one f32 element each.
         let ldx = n.next_multiple_of(INT8_PIXEL_ALIGN);
@@ -569,17 +616,23 @@ impl Layer<'_> {
         let p = self.p;
         let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
         let shifted = Shifted::new(p);
-        let offsets = shifted.slab.offsets(p);
-        for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
-            let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
-            let rb = residual
-                .map(|(r, rc)| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
-            let [lo, hi] = (self.int8.min_max)(xb, &[0], xb.len());
-            let range = U8Range::with_zero(lo, hi);
-            split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, out, s| {
-                self.shifted_rows(&shifted, &offsets, xb, range, rb, rows, out, s)
-            });
-        }
+        with_offsets(
+            |offs| shifted.slab.push_offsets(p, offs),
+            |offsets| {
+                for (b, yb) in y.chunks_exact_mut(p.out_c * out_plane).enumerate() {
+                    let xb = &x[b * p.in_c * in_plane..][..p.in_c * in_plane];
+                    let rb = residual.map(|(r, rc)| Residual {
+                        data: &r[b * rc * out_plane..][..rc * out_plane],
+                        channels: rc,
+                    });
+                    let [lo, hi] = (self.int8.min_max)(xb, &[0], xb.len());
+                    let range = U8Range::with_zero(lo, hi);
+                    split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, out, s| {
+                        self.shifted_rows(&shifted, offsets, xb, range, rb, rows, out, s)
+                    });
+                }
+            },
+        )
     }
 
     /// Output rows `rows` of image `xb` into `out[f]` (those rows of filter `f`), slab by slab:

@@ -216,6 +216,23 @@ thread_local! {
     static SPARE_ROW_PARTS: Cell<Vec<Mutex<Vec<&'static mut [f32]>>>> = const { Cell::new(Vec::new()) };
 }
 
+/// Entries each thread's spare plane and offset lists start with ([`reserve_spares`]): more than
+/// one task of a mobile model's widest layer takes (MobileNetV2's has 1280 output channels).
+const SPARE_ENTRIES: usize = 2048;
+
+/// Gives this thread's spare plane and offset lists room for [`SPARE_ENTRIES`] entries up front.
+/// Pool workers do it as they start, and the thread that makes a pool as it does: which thread
+/// takes which task varies from run to run, so a thread's first task of a kind may come in any
+/// run, and without the room its list would grow then (a steady run would allocate).
+pub(crate) fn reserve_spares() {
+    let mut planes = SPARE_PLANES.take();
+    planes.reserve(SPARE_ENTRIES);
+    SPARE_PLANES.set(planes);
+    let mut offsets = SPARE_OFFSETS.take();
+    offsets.reserve(SPARE_ENTRIES);
+    SPARE_OFFSETS.set(offsets);
+}
+
 /// `v`'s allocation, emptied, for elements of another lifetime (a list of plane slices borrows
 /// one call's output, so it outlives the call only as capacity; the runtime keeps its executor's
 /// argument lists the same way). Collecting a vector's own iterator into elements of the same
@@ -244,9 +261,15 @@ pub(crate) fn with_plane_list<'a, R>(
 /// Runs `f` on `[0, stride, 2 * stride, ..]` (`count` offsets: where each input plane of a 1×1
 /// layer starts), in a list the calling thread keeps from call to call, as [`with_plane_list`].
 pub(crate) fn with_plane_offsets<R>(count: usize, stride: usize, f: impl FnOnce(&[usize]) -> R) -> R {
+    with_offsets(|list| list.extend((0..count).map(|c| c * stride)), f)
+}
+
+/// Runs `f` on the offsets `fill` pushes into an empty list that the calling thread keeps from
+/// call to call, as [`with_plane_list`].
+pub(crate) fn with_offsets<R>(fill: impl FnOnce(&mut Vec<usize>), f: impl FnOnce(&[usize]) -> R) -> R {
     let mut list = SPARE_OFFSETS.take();
     list.clear();
-    list.extend((0..count).map(|c| c * stride));
+    fill(&mut list);
     let result = f(&list);
     SPARE_OFFSETS.set(list);
     result
@@ -325,6 +348,48 @@ mod tests {
         let mut again: Vec<&mut [f32]> = recycle(spare);
         again.push(&mut b);
         assert_eq!((again.as_ptr() as usize, again.capacity()), (ptr, cap));
+    }
+
+    #[test]
+    fn pool_threads_start_with_room_in_their_spare_lists() {
+        // A fresh thread's lists are empty until it reserves; a pool's workers and its maker
+        // reserve as they start.
+        let capacities = || {
+            let (planes, offsets) = (SPARE_PLANES.take(), SPARE_OFFSETS.take());
+            let seen = (planes.capacity(), offsets.capacity());
+            SPARE_PLANES.set(planes);
+            SPARE_OFFSETS.set(offsets);
+            seen
+        };
+        assert_eq!(std::thread::spawn(capacities).join().unwrap(), (0, 0));
+        let reserved = std::thread::spawn(move || {
+            reserve_spares();
+            capacities()
+        });
+        let (planes, offsets) = reserved.join().unwrap();
+        assert!(planes >= SPARE_ENTRIES && offsets >= SPARE_ENTRIES, "{planes}, {offsets}");
+        let (made, workers) = std::thread::spawn(move || {
+            let pool = crate::pool::WorkerPool::new(2).unwrap();
+            let seen = Mutex::new(Vec::new());
+            // Enough tasks that each worker takes some whatever the timing: each records its
+            // thread's capacities once it is running.
+            for _ in 0..100 {
+                pool.run(64, &|_, slot| {
+                    if slot > 0 {
+                        seen.lock().unwrap().push(capacities());
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                });
+            }
+            (capacities(), seen.into_inner().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert!(made.0 >= SPARE_ENTRIES && made.1 >= SPARE_ENTRIES, "{made:?}");
+        assert!(!workers.is_empty(), "no worker took a task");
+        for (planes, offsets) in workers {
+            assert!(planes >= SPARE_ENTRIES && offsets >= SPARE_ENTRIES, "a worker's {planes}, {offsets}");
+        }
     }
 
     #[test]

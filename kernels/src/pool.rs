@@ -299,6 +299,7 @@ impl WorkerPool {
             // Pushed one by one: if a later spawn fails, Drop stops the ones already running.
             pool.handles.push(handle);
         }
+        crate::parallel::reserve_spares();
         Ok(pool)
     }
 
@@ -464,6 +465,7 @@ impl Drop for WorkerPool {
 /// Worker `slot`'s loop: wait for a new epoch (spinning, then parked), take tasks of its job
 /// while it is open; until shutdown.
 fn work(s: &Shared, slot: usize) {
+    crate::parallel::reserve_spares();
     let mut seen = 0u64;
     // A new worker parks at once: no job is near while the session is still being built, and a
     // thread the OS first places on its creator's core would spin there, taking that core from

@@ -310,9 +310,15 @@ impl Slab {
 
     /// Element offset of every tap `(c, ky, kx)`, in filter order, from the start of the planes.
     pub(crate) fn offsets(&self, p: &Conv2dParams) -> Vec<usize> {
+        let mut offs = Vec::with_capacity(p.filter_len());
+        self.push_offsets(p, &mut offs);
+        offs
+    }
+
+    /// Pushes [`Slab::offsets`] onto `offs`.
+    pub(crate) fn push_offsets(&self, p: &Conv2dParams, offs: &mut Vec<usize>) {
         let (sh, sw) = (p.stride_h.max(1), p.stride_w.max(1));
         let plane_len = self.hq * self.wq;
-        let mut offs = Vec::with_capacity(p.filter_len());
         for c in 0..p.in_per_group() {
             for ky in 0..p.k_h {
                 let (ay, rr) = ((ky * p.dil_h) / sh, (ky * p.dil_h) % sh);
@@ -322,7 +328,6 @@ impl Slab {
                 }
             }
         }
-        offs
     }
 
     /// Element offset of tap `(c, ky, kx)` from the start of the planes: in the phase plane of
