@@ -2,18 +2,22 @@
 //! tensors, later runs on inputs of the same shapes make no heap allocation on any thread, at one
 //! thread or several (the plan, arena, scratch, every op's prepared state and the lists the
 //! kernels split their work with are kept by the session and its threads), as TFLite's `Invoke`
-//! makes none. Counted by this binary's own global allocator, on the bundled detectors at 4 bits.
+//! makes none. Counted by this binary's own global allocator, on every bundled model at 4 bits
+//! and every op case of `data/ops`, with f32 activations and, where the CPU has the kernels,
+//! int8 activations and bf16 products.
 //!
-//! The binary holds one test, so nothing else allocates while it counts.
+//! The counter sees every thread, so the tests take turns ([`one_at_a_time`]).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use pith_compress::WeightFormat;
 use pith_format::PithFile;
 use pith_runtime::{Session, SessionOptions, Tensor};
-use pith_tests::{compile, model_path};
+use pith_tests::{compile, data_dir, input_names, model_path, read_npy, sanitize};
 
 /// The system allocator, counting allocations (on every thread) while [`COUNTING`] is set.
 struct Counting;
@@ -51,6 +55,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Held for a whole test: while one counts, no other test runs (and allocates).
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Allocations made (on any thread) while `f` runs.
 fn allocations(f: impl FnOnce()) -> usize {
     ALLOCATIONS.store(0, Ordering::SeqCst);
@@ -67,56 +77,121 @@ fn input(name: &str, shape: &[usize]) -> (String, Tensor) {
     (name.to_string(), Tensor::from_f32(shape.to_vec(), data))
 }
 
-/// Runs `file` on `threads` threads (splitting every layer that warrants it: no thread tuning)
-/// on inputs of each of `shapes` in turn, checking that once a shape's plan and outputs exist
-/// three more runs allocate nothing and return what `Session::run` does.
+/// The precisions a session may compute in on this CPU: f32 activations always, int8 activations
+/// and bf16 products where the CPU has their kernels (aarch64 without dotprod has no int8 ones).
+fn precisions() -> Vec<(&'static str, SessionOptions)> {
+    let mut all = vec![("f32", SessionOptions::default())];
+    let kernels = || pith_kernels::Kernels::new(1).expect("a kernel path");
+    if kernels().with_int8_activations(true).is_ok() {
+        all.push(("int8", SessionOptions { int8_activations: true, ..Default::default() }));
+    }
+    if kernels().with_bf16_products(true).is_ok() {
+        all.push(("bf16", SessionOptions { bf16_products: true, ..Default::default() }));
+    }
+    all
+}
+
+/// Runs `file` in a session of `options` on one thread and on two (splitting every layer that
+/// warrants it: no thread tuning) on each of `inputs` in turn (a new shape re-plans, which
+/// allocates), checking [`assert_steady`] for each.
 fn assert_steady_runs_allocate_nothing(
     what: &str,
     file: &Arc<PithFile>,
-    threads: usize,
-    shapes: &[&[usize]],
+    options: &SessionOptions,
+    inputs: &[Vec<(String, Tensor)>],
 ) {
-    let options = SessionOptions { threads, tune_threads: false, ..Default::default() };
-    let mut session = Session::new(file.clone(), options).unwrap();
-    let name = session.inputs()[0].name.clone();
-    let mut outputs = Vec::new();
-    for &shape in shapes {
-        let (name, tensor) = input(&name, shape);
-        let inputs = [(name.as_str(), tensor)];
-        // The first run of a shape plans and prepares, and sizes the output tensors.
-        let first = allocations(|| session.run_into(&inputs, &mut outputs).unwrap());
-        assert!(first > 0, "{what} {shape:?}, {threads} threads: the first run plans, which allocates");
-        let steady = allocations(|| {
-            for _ in 0..3 {
-                session.run_into(&inputs, &mut outputs).unwrap();
-            }
-        });
-        assert_eq!(
-            steady, 0,
-            "{what} {shape:?}, {threads} threads: three steady runs allocated {steady} times"
-        );
-        // The reused tensors hold what a fresh run returns.
-        let expected = session.run(&inputs).unwrap();
-        assert_eq!(outputs.len(), expected.len());
-        for (got, (name, want)) in outputs.iter().zip(&expected) {
-            assert_eq!(got, want, "{what} {shape:?}, {threads} threads: output {name}");
+    for threads in [1, 2] {
+        let options = SessionOptions { threads, tune_threads: false, ..*options };
+        let mut session = Session::new(file.clone(), options).unwrap();
+        let mut outputs = Vec::new();
+        for feeds in inputs {
+            let feeds: Vec<(&str, Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+            let shapes: Vec<&[usize]> = feeds.iter().map(|(_, t)| &t.shape[..]).collect();
+            let what = format!("{what} {shapes:?}, {threads} thread(s)");
+            assert_steady(&what, &mut session, &feeds, &mut outputs);
+        }
+    }
+}
+
+/// Checks that once `session` has run `inputs` (planning and preparing, sizing `outputs`) three
+/// more runs allocate nothing and leave in `outputs` what `Session::run` returns.
+fn assert_steady(what: &str, session: &mut Session, inputs: &[(&str, Tensor)], outputs: &mut Vec<Tensor>) {
+    let first = allocations(|| session.run_into(inputs, outputs).unwrap());
+    assert!(first > 0, "{what}: the first run plans, which allocates");
+    // A worker thread's start (std records its name, which allocates) may lag a small graph's
+    // first run; then every thread has taken part in a run.
+    std::thread::sleep(Duration::from_millis(5));
+    session.run_into(inputs, outputs).unwrap();
+    let steady = allocations(|| {
+        for _ in 0..3 {
+            session.run_into(inputs, outputs).unwrap();
+        }
+    });
+    assert_eq!(steady, 0, "{what}: three steady runs allocated {steady} times");
+    let expected = session.run(inputs).unwrap();
+    assert_eq!(outputs.len(), expected.len());
+    for (got, (name, want)) in outputs.iter().zip(&expected) {
+        assert_eq!(got, want, "{what}: output {name}");
+    }
+}
+
+#[test]
+fn steady_runs_of_the_bundled_models_allocate_nothing() {
+    let _one = one_at_a_time();
+    let models: [(&str, &[&[usize]]); 7] = [
+        ("blazeface_short_range.onnx", &[&[1, 3, 128, 128]]),
+        ("blazeface_full_range.onnx", &[&[1, 3, 192, 192]]),
+        ("blazeface_back.onnx", &[&[1, 3, 256, 256]]),
+        // A page of another size re-plans (allocating), then runs allocate nothing again.
+        ("ppocr_v4_det.onnx", &[&[1, 3, 160, 320], &[1, 3, 128, 256]]),
+        ("ppocr_v3_det.onnx", &[&[1, 3, 128, 256]]),
+        ("ppocr_mobile_v2_cls.onnx", &[&[1, 3, 48, 192]]),
+        ("ppocr_v3_rec.onnx", &[&[1, 3, 48, 320], &[1, 3, 48, 160]]),
+    ];
+    let precisions = precisions();
+    eprintln!("precisions: {:?}", precisions.iter().map(|(name, _)| name).collect::<Vec<_>>());
+    for (model, shapes) in models {
+        let onnx = std::fs::read(model_path(model)).unwrap();
+        let file = Arc::new(compile(&onnx, WeightFormat::Codebook { bits: 4 }).unwrap());
+        let name = input_names(&file).remove(0);
+        let inputs: Vec<_> = shapes.iter().map(|shape| vec![input(&name, shape)]).collect();
+        for (precision, options) in &precisions {
+            assert_steady_runs_allocate_nothing(&format!("{model} ({precision})"), &file, options, &inputs);
         }
     }
 }
 
 #[test]
-fn steady_runs_allocate_nothing_on_one_thread_or_two() {
-    let models: [(&str, &[&[usize]]); 3] = [
-        ("blazeface_short_range.onnx", &[&[1, 3, 128, 128]]),
-        ("blazeface_full_range.onnx", &[&[1, 3, 192, 192]]),
-        // A page of another size re-plans (allocating), then runs allocate nothing again.
-        ("ppocr_v4_det.onnx", &[&[1, 3, 160, 320], &[1, 3, 128, 256]]),
-    ];
-    for (model, shapes) in models {
-        let onnx = std::fs::read(model_path(model)).unwrap();
-        let file = Arc::new(compile(&onnx, WeightFormat::Codebook { bits: 4 }).unwrap());
-        for threads in [1, 2] {
-            assert_steady_runs_allocate_nothing(model, &file, threads, shapes);
+fn steady_runs_of_every_op_case_allocate_nothing() {
+    let _one = one_at_a_time();
+    let root = data_dir().join("ops");
+    let mut cases: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").is_file())
+        .collect();
+    cases.sort();
+    assert!(cases.len() > 100, "{} op cases in {}", cases.len(), root.display());
+    let precisions = precisions();
+    for case in &cases {
+        let onnx = std::fs::read(case.join("model.onnx")).unwrap();
+        let file = Arc::new(compile(&onnx, WeightFormat::F32).unwrap());
+        let inputs = vec![case_inputs(&file, case)];
+        let name = case.file_name().unwrap().to_string_lossy();
+        for (precision, options) in &precisions {
+            assert_steady_runs_allocate_nothing(&format!("{name} ({precision})"), &file, options, &inputs);
         }
     }
+}
+
+/// The `input.*.npy` files of an op case, by graph input.
+fn case_inputs(file: &PithFile, case: &Path) -> Vec<(String, Tensor)> {
+    input_names(file)
+        .into_iter()
+        .map(|name| {
+            let path = case.join(format!("input.{}.npy", sanitize(&name)));
+            let tensor = read_npy(&path).unwrap().to_tensor();
+            (name, tensor)
+        })
+        .collect()
 }

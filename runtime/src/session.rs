@@ -586,12 +586,17 @@ mod tests {
         let (a, b) = (fused.run(&[("x", x.clone())]).unwrap(), plain.run(&[("x", x.clone())]).unwrap());
         assert_eq!(fused.engine.current().unwrap().summary.runtime_nodes, nodes.0, "fused nodes");
         assert_eq!(plain.engine.current().unwrap().summary.runtime_nodes, nodes.1, "unfused nodes");
-        // Every convolution, pool, resize and conv-transpose step runs on what it prepared for
-        // the plan.
+        // Every convolution, pool, resize, conv-transpose and pad step runs on what it prepared
+        // for the plan.
         let prepares = |op: OpKind| {
             matches!(
                 op,
-                OpKind::Conv | OpKind::MaxPool | OpKind::AveragePool | OpKind::Resize | OpKind::ConvTranspose
+                OpKind::Conv
+                    | OpKind::MaxPool
+                    | OpKind::AveragePool
+                    | OpKind::Resize
+                    | OpKind::ConvTranspose
+                    | OpKind::Pad
             )
         };
         for engine in [&fused.engine, &plain.engine] {

@@ -7,13 +7,13 @@ use pith_format::ir::{ElemType, Node, OpKind};
 use pith_kernels::blocked::BLOCK;
 use pith_kernels::{Activation, Kernels, Layout};
 
-use super::{attrs, Arg, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out};
+use super::{attrs, Arg, AxisList, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out};
 use crate::error::OpError;
 use crate::op_bail;
 use crate::tensor::Tensor;
 
 /// The numpy broadcast of two shapes.
-pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> OpResult<Vec<usize>> {
+pub(crate) fn broadcast_shapes(a: &[usize], b: &[usize]) -> OpResult<AxisList<usize>> {
     let rank = a.len().max(b.len());
     let dim = |s: &[usize], i: usize| {
         if i < rank - s.len() {
@@ -48,21 +48,14 @@ pub(crate) fn zip_broadcast<T: Copy, U>(
     Broadcast::new(a_shape, b_shape, out_shape).zip(a, b, 0, out, f)
 }
 
-/// Most coalesced axes a [`Broadcast`] keeps on the stack; more (tensors of higher rank) go to
-/// the heap. Element-wise ops run many times per inference, and on the stack they allocate
-/// nothing.
-const INLINE_AXES: usize = 8;
-
 /// An axis of a [`Broadcast`]: extent, a stride, b stride.
 type BroadcastAxis = (usize, usize, usize);
 
 /// The broadcast of two operands into an output, as coalesced loops: outer axes (extent, a
-/// stride, b stride), outermost first, and one inner axis.
+/// stride, b stride), outermost first, and one inner axis. Element-wise ops run many times per
+/// inference; their axes are kept on the stack ([`AxisList`]), so they allocate nothing.
 struct Broadcast {
-    /// The first `outer_len` outer axes, unless `heap` holds them (more than [`INLINE_AXES`]).
-    inline: [BroadcastAxis; INLINE_AXES],
-    outer_len: usize,
-    heap: Vec<BroadcastAxis>,
+    outer: AxisList<BroadcastAxis>,
     inner: BroadcastAxis,
 }
 
@@ -79,79 +72,34 @@ fn stride_in(shape: &[usize], rank: usize, i: usize) -> usize {
 impl Broadcast {
     fn new(a_shape: &[usize], b_shape: &[usize], out_shape: &[usize]) -> Broadcast {
         let rank = out_shape.len();
-        let mut bc =
-            Broadcast { inline: [(0, 0, 0); INLINE_AXES], outer_len: 0, heap: Vec::new(), inner: (1, 0, 0) };
-        let mut axes = [(0, 0, 0); INLINE_AXES];
-        let mut len = 0;
+        let mut axes: AxisList<BroadcastAxis> = AxisList::new();
         // Extents of 1 are dropped; neighbours whose strides chain are merged.
         for (i, &n) in out_shape.iter().enumerate() {
             let (x, y) = (stride_in(a_shape, rank, i), stride_in(b_shape, rank, i));
             if n == 1 {
                 continue;
             }
-            let on_heap = !bc.heap.is_empty();
-            let last = match len {
-                0 => None,
-                _ if !on_heap => Some(&mut axes[len - 1]),
-                _ => bc.heap.last_mut(),
-            };
-            match last {
-                Some(last) if last.1 == x * n && last.2 == y * n => {
-                    last.0 *= n;
-                    last.1 = x;
-                    last.2 = y;
-                }
-                _ if len < INLINE_AXES && !on_heap => {
-                    axes[len] = (n, x, y);
-                    len += 1;
-                }
-                _ => {
-                    if !on_heap {
-                        bc.heap.extend_from_slice(&axes[..len]);
-                    }
-                    bc.heap.push((n, x, y));
-                    len += 1;
-                }
+            match axes.last_mut() {
+                Some(last) if last.1 == x * n && last.2 == y * n => *last = (last.0 * n, x, y),
+                _ => axes.push((n, x, y)),
             }
         }
-        bc.inner = match bc.heap.pop() {
-            Some(inner) => inner,
-            None if len > 0 => axes[len - 1],
-            None => (1, 0, 0),
-        };
-        bc.outer_len = len.saturating_sub(1);
-        if bc.heap.is_empty() {
-            bc.inline = axes;
-        }
-        bc
+        let inner = axes.pop().unwrap_or((1, 0, 0));
+        Broadcast { outer: axes, inner }
     }
 
-    /// The outer axes, outermost first.
-    fn outer(&self) -> &[BroadcastAxis] {
-        if self.heap.is_empty() {
-            &self.inline[..self.outer_len]
-        } else {
-            &self.heap
-        }
-    }
-
-    /// Computes output elements `start .. start + out.len()` into `out`.
-    fn zip<T: Copy, U>(&self, a: &[T], b: &[T], start: usize, out: &mut [U], f: impl Fn(T, T) -> U) {
+    /// Calls `run(pos, n, ia, ib)` for each run of output elements `start + pos .. start + pos +
+    /// n` along the inner axis, in order, where `ia` and `ib` are the offsets of its first
+    /// element in the two operands (the inner axis's strides apply within the run).
+    fn runs(&self, start: usize, len: usize, mut run: impl FnMut(usize, usize, usize, usize)) {
         let (inner, ia, ib) = self.inner;
-        if out.is_empty() || inner == 0 {
+        if len == 0 || inner == 0 {
             return;
         }
         // Position the odometer over the outer axes at the block holding `start`.
-        let outer = self.outer();
+        let outer = &self.outer[..];
         let (mut block, mut j0) = (start / inner, start % inner);
-        let (mut inline, mut heap) = ([0usize; INLINE_AXES], Vec::new());
-        let idx: &mut [usize] = match inline.get_mut(..outer.len()) {
-            Some(idx) => idx,
-            None => {
-                heap.resize(outer.len(), 0);
-                &mut heap
-            }
-        };
+        let mut idx: AxisList<usize> = smallvec::smallvec![0; outer.len()];
         let (mut oa, mut ob) = (0usize, 0usize);
         for d in (0..outer.len()).rev() {
             let (n, x, y) = outer[d];
@@ -161,10 +109,32 @@ impl Broadcast {
             ob += idx[d] * y;
         }
         let mut pos = 0;
-        while pos < out.len() {
-            let n = (inner - j0).min(out.len() - pos);
+        while pos < len {
+            let n = (inner - j0).min(len - pos);
+            run(pos, n, oa + j0 * ia, ob + j0 * ib);
+            pos += n;
+            j0 = 0;
+            // Advance the odometer over the outer axes.
+            for d in (0..outer.len()).rev() {
+                let (n, x, y) = outer[d];
+                idx[d] += 1;
+                oa += x;
+                ob += y;
+                if idx[d] < n {
+                    break;
+                }
+                oa -= x * n;
+                ob -= y * n;
+                idx[d] = 0;
+            }
+        }
+    }
+
+    /// Computes output elements `start .. start + out.len()` into `out`.
+    fn zip<T: Copy, U>(&self, a: &[T], b: &[T], start: usize, out: &mut [U], f: impl Fn(T, T) -> U) {
+        let (_, ia, ib) = self.inner;
+        self.runs(start, out.len(), |pos, n, ba, bb| {
             let chunk = &mut out[pos..pos + n];
-            let (ba, bb) = (oa + j0 * ia, ob + j0 * ib);
             match (ia, ib) {
                 (1, 1) => {
                     for ((o, &x), &y) in chunk.iter_mut().zip(&a[ba..ba + n]).zip(&b[bb..bb + n]) {
@@ -189,22 +159,19 @@ impl Broadcast {
                     }
                 }
             }
-            pos += n;
-            j0 = 0;
-            // Advance the odometer over the outer axes.
-            for d in (0..outer.len()).rev() {
-                let (n, x, y) = outer[d];
-                idx[d] += 1;
-                oa += x;
-                ob += y;
-                if idx[d] < n {
-                    break;
-                }
-                oa -= x * n;
-                ob -= y * n;
-                idx[d] = 0;
+        })
+    }
+
+    /// `out = out + b`, where the first operand is the output itself (of the output's shape).
+    fn add_in_place(&self, b: &[f32], out: &mut [f32]) {
+        let (_, _, ib) = self.inner;
+        self.runs(0, out.len(), |pos, n, _, bb| {
+            let chunk = &mut out[pos..pos + n];
+            match ib {
+                1 => chunk.iter_mut().zip(&b[bb..bb + n]).for_each(|(o, &v)| *o += v),
+                _ => chunk.iter_mut().enumerate().for_each(|(j, o)| *o += b[bb + j * ib]),
             }
-        }
+        })
     }
 }
 
@@ -300,8 +267,8 @@ struct Addend<'a> {
 
 /// `shape` with its last two extents multiplied by `repeat` (`None` below rank 2 when `repeat`
 /// is not `[1, 1]`).
-fn repeated_shape(shape: &[usize], repeat: [usize; 2]) -> Option<Vec<usize>> {
-    let mut out = shape.to_vec();
+fn repeated_shape(shape: &[usize], repeat: [usize; 2]) -> Option<AxisList<usize>> {
+    let mut out: AxisList<usize> = shape.iter().copied().collect();
     if repeat != [1, 1] {
         let rank = out.len().checked_sub(2)?;
         out[rank] *= repeat[0];
@@ -440,11 +407,10 @@ fn zip_f32(
         }
     });
     if let Some(r) = other {
-        let sums = out.to_vec();
         let expanded = (r.repeat != [1, 1]).then(|| r.expanded());
         let rs = repeated_shape(r.shape, r.repeat).unwrap_or_default();
         let data = expanded.as_deref().unwrap_or(r.data);
-        Broadcast::new(shape, &rs, shape).zip(&sums, data, 0, out, |s, v| s + v);
+        Broadcast::new(shape, &rs, shape).add_in_place(data, out);
         ctx.kernels.activate(act, out);
     }
 }
@@ -466,12 +432,12 @@ impl Binary {
     fn out_shape(&self, a: &Arg<'_>, b: &Arg<'_>) -> OpResult<Vec<usize>> {
         if self.kind == Kind::PRelu {
             let s = broadcast_shapes(a.shape, b.shape)?;
-            if s != a.shape {
+            if s[..] != *a.shape {
                 op_bail!("slope of shape {:?} does not broadcast to input {:?}", b.shape, a.shape);
             }
-            return Ok(s);
+            return Ok(s.to_vec());
         }
-        broadcast_shapes(a.shape, b.shape)
+        Ok(broadcast_shapes(a.shape, b.shape)?.to_vec())
     }
 
     /// The output shape with a fused addend `r`, if any.
@@ -482,7 +448,7 @@ impl Binary {
                 let Some(rs) = repeated_shape(r.shape, self.addend_repeat) else {
                     op_bail!("a repeated addend needs two axes, not shape {:?}", r.shape);
                 };
-                broadcast_shapes(&shape, &rs)
+                Ok(broadcast_shapes(&shape, &rs)?.to_vec())
             }
             None => Ok(shape),
         }
@@ -787,7 +753,7 @@ mod tests {
                 let op = build_plain(&node(kind, 2, vec![])).unwrap();
                 let got = run(&*op, &[act(sa, &a), act(sb, &b)]).unwrap();
                 let f = formula(kind);
-                assert_eq!(got[0].0, broadcast_shapes(sa, sb).unwrap());
+                assert_eq!(got[0].0, broadcast_shapes(sa, sb).unwrap().to_vec());
                 assert_eq!(got[0].1, reference(&a, sa, &b, sb, f), "{kind:?} {sa:?} {sb:?}");
                 // And the other operand order.
                 let got = run(&*op, &[act(sb, &b), act(sa, &a)]).unwrap();

@@ -12,7 +12,7 @@ use pith_kernels::{
 };
 
 use super::binary::{broadcast_shapes, zip_broadcast};
-use super::{attrs, Arg, ArgData, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out, Prepared};
+use super::{attrs, Arg, ArgData, AxisList, BlockedUse, ExecCtx, NodeLayouts, Op, OpResult, Out, Prepared};
 use crate::error::OpError;
 use crate::op_bail;
 
@@ -504,7 +504,7 @@ impl Conv {
                 }
                 None
             }
-            Some(r) => Some(broadcast_shapes(&shape, r.shape)?).filter(|out| *out != shape),
+            Some(r) => Some(broadcast_shapes(&shape, r.shape)?.to_vec()).filter(|out| *out != shape),
             None => None,
         };
         let out = broadcast.as_ref().unwrap_or(&shape);
@@ -582,12 +582,12 @@ impl Conv {
 }
 
 /// The shape of a Conv's data: input 0's, or that of its product with input 5 (see [`Gated`]).
-fn data_shape<'a>(inputs: &'a [Option<Arg<'_>>]) -> OpResult<Cow<'a, [usize]>> {
+fn data_shape(inputs: &[Option<Arg<'_>>]) -> OpResult<AxisList<usize>> {
     let x = input(inputs, 0, "X")?;
-    Ok(match input_scale(inputs) {
-        Some(s) => Cow::Owned(broadcast_shapes(x.shape, s.shape)?),
-        None => Cow::Borrowed(x.shape),
-    })
+    match input_scale(inputs) {
+        Some(s) => broadcast_shapes(x.shape, s.shape),
+        None => Ok(x.shape.iter().copied().collect()),
+    }
 }
 
 impl Conv {

@@ -8,8 +8,8 @@ use pith_format::ir::{ElemType, Node};
 use pith_format::TensorView;
 use pith_kernels::{Activation, Int8RowTables, Kernels, WeightLayout};
 
-use super::binary::{broadcast_shapes, zip_broadcast};
-use super::{attrs, Arg, ArgData, ExecCtx, Op, OpResult, Out};
+use super::binary::broadcast_shapes;
+use super::{attrs, Arg, ArgData, AxisList, ExecCtx, Op, OpResult, Out};
 use crate::error::OpError;
 use crate::op_bail;
 
@@ -111,7 +111,7 @@ impl Op for Gemm {
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         let (m, _, n) = self.dims(input(inputs, 0, "A")?.shape, input(inputs, 1, "B")?.shape)?;
         if let Some(Some(c)) = inputs.get(2) {
-            if c.shape.len() > 2 || broadcast_shapes(c.shape, &[m, n])? != [m, n] {
+            if c.shape.len() > 2 || broadcast_shapes(c.shape, &[m, n])?[..] != [m, n] {
                 op_bail!("C of shape {:?} does not broadcast to [{m}, {n}]", c.shape);
             }
         }
@@ -192,17 +192,17 @@ impl Op for Gemm {
 }
 
 /// MatMul geometry: broadcast batch shape, `(m, k, n)`, and the output shape.
-struct MatMulDims {
-    a_batch: Vec<usize>,
-    b_batch: Vec<usize>,
-    batch: Vec<usize>,
+struct MatMulDims<'a> {
+    a_batch: &'a [usize],
+    b_batch: &'a [usize],
+    batch: AxisList<usize>,
     m: usize,
     k: usize,
     n: usize,
-    out: Vec<usize>,
+    out: AxisList<usize>,
 }
 
-fn matmul_dims(a: &[usize], b: &[usize]) -> OpResult<MatMulDims> {
+fn matmul_dims<'a>(a: &'a [usize], b: &'a [usize]) -> OpResult<MatMulDims<'a>> {
     if a.is_empty() || b.is_empty() {
         op_bail!("MatMul operands must have rank >= 1, got {a:?} and {b:?}");
     }
@@ -227,13 +227,30 @@ fn matmul_dims(a: &[usize], b: &[usize]) -> OpResult<MatMulDims> {
     if b.len() > 1 {
         out.push(n);
     }
-    Ok(MatMulDims { a_batch: a_batch.to_vec(), b_batch: b_batch.to_vec(), batch, m, k, n, out })
+    Ok(MatMulDims { a_batch, b_batch, batch, m, k, n, out })
+}
+
+/// The flat index, in a tensor of `shape`, of element `o` of `shape` broadcast to `out` (axes
+/// aligned at the end; `shape` repeats along its axes of extent 1 and the axes it lacks).
+fn broadcast_index(mut o: usize, out: &[usize], shape: &[usize]) -> usize {
+    let (mut index, mut stride) = (0, 1);
+    for (d, &n) in out.iter().enumerate().rev() {
+        let at = o % n.max(1);
+        o /= n.max(1);
+        if let Some(&extent) = (d + shape.len()).checked_sub(out.len()).and_then(|k| shape.get(k)) {
+            if extent != 1 {
+                index += at * stride;
+            }
+            stride *= extent;
+        }
+    }
+    index
 }
 
 impl Op for MatMul {
     fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
         let d = matmul_dims(input(inputs, 0, "A")?.shape, input(inputs, 1, "B")?.shape)?;
-        Ok(vec![(ElemType::F32, d.out)])
+        Ok(vec![(ElemType::F32, d.out.to_vec())])
     }
 
     fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
@@ -288,14 +305,12 @@ impl Op for MatMul {
             };
             return gemm(&x, rows, view, y, scratch);
         }
-        // Batched right operand (rare): plain f32 matrices, one product per broadcast batch index.
+        // Batched right operand (attention's products): plain f32 matrices, one product per
+        // broadcast batch index.
         let w = weight(b)?;
-        let a_idx: Vec<usize> = (0..d.a_batch.iter().product()).collect();
-        let b_idx: Vec<usize> = (0..d.b_batch.iter().product()).collect();
-        let mut pairs = vec![(0, 0); d.batch.iter().product()];
-        zip_broadcast(&a_idx, &d.a_batch, &b_idx, &d.b_batch, &d.batch, &mut pairs, |i, j| (i, j));
         let (mk, kn, mn) = (d.m * d.k, d.k * d.n, d.m * d.n);
-        for (o, &(i, j)) in pairs.iter().enumerate() {
+        for o in 0..d.batch.iter().product() {
+            let (i, j) = (broadcast_index(o, &d.batch, d.a_batch), broadcast_index(o, &d.batch, d.b_batch));
             let w = TensorView::F32(&w[j * kn..(j + 1) * kn]);
             gemm(&x[i * mk..(i + 1) * mk], d.m, w, &mut y[o * mn..(o + 1) * mn], scratch)?;
         }

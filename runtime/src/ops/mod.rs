@@ -35,6 +35,14 @@ pub type OpResult<T> = Result<T, OpError>;
 /// What an op derived once for a plan ([`Op::prepare`]), handed back to each of its runs.
 pub type Prepared = Arc<dyn Any + Send + Sync>;
 
+/// Most axes a [`AxisList`] list keeps on the stack.
+pub(crate) const INLINE_RANK: usize = 8;
+
+/// A per-axis list (extents, strides, axes, odometer indices): on the stack up to rank
+/// [`INLINE_RANK`], so that an op's run over tensors of the usual ranks allocates nothing;
+/// higher ranks spill to the heap.
+pub(crate) type AxisList<T> = smallvec::SmallVec<[T; INLINE_RANK]>;
+
 /// Where an argument's data lives.
 #[derive(Debug, Clone, Copy)]
 pub enum ArgData<'a> {

@@ -279,7 +279,7 @@ impl Op for Pool {
         let x = first(inputs)?;
         Ok(Some(std::sync::Arc::new(PreparedPool {
             input: x.shape.to_vec(),
-            axes: self.geometry(x.shape)?.0,
+            windows: self.windows(x.shape)?,
         })))
     }
 
@@ -296,7 +296,7 @@ impl Op for Pool {
         match prepared.downcast_ref::<PreparedPool>() {
             // Prepared for inputs of this shape, planar.
             Some(prepared) if prepared.input == x.shape && layouts.all_planar() => {
-                self.pool(prepared.axes, inputs, outputs, ctx)
+                self.pool(&prepared.windows, inputs, outputs, scratch, ctx)
             }
             _ => self.run_laid_out(inputs, outputs, scratch, ctx, layouts),
         }
@@ -306,31 +306,59 @@ impl Op for Pool {
         &self,
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
-        _scratch: &mut [f32],
+        scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
-        let axes = self.geometry(first(inputs)?.shape)?.0;
-        self.pool(axes, inputs, outputs, ctx)
+        let windows = self.windows(first(inputs)?.shape)?;
+        self.pool(&windows, inputs, outputs, scratch, ctx)
+    }
+
+    /// One input row's maxima or sums (the general path's).
+    fn scratch_len(&self, inputs: &[Option<Arg<'_>>]) -> usize {
+        first(inputs).map_or(0, |x| x.shape.last().copied().unwrap_or(0))
     }
 }
 
-/// What [`Pool`] resolves once per plan: the input shape it was made for and the window along
-/// both spatial axes.
+/// What [`Pool`] resolves once per plan: the input shape it was made for and its windows.
 #[derive(Debug)]
 struct PreparedPool {
     input: Vec<usize>,
+    windows: Windows,
+}
+
+/// A pool's window along both spatial axes, and for the general path each output row's and
+/// column's taps (see [`taps`]; empty for a plain 2×2 pool, which needs none).
+#[derive(Debug)]
+struct Windows {
     axes: [Axis; 2],
+    rows: Vec<(Vec<usize>, usize)>,
+    cols: Vec<(Vec<usize>, usize)>,
 }
 
 impl Pool {
-    /// The pooling of `inputs[0]` into `outputs[0]` over the window `axes` (of [`Pool::geometry`]).
+    /// The windows over an input of shape `x`.
+    fn windows(&self, x: &[usize]) -> OpResult<Windows> {
+        let [ah, aw] = self.geometry(x)?.0;
+        let (h, w) = if x.len() == 4 { (x[2], x[3]) } else { (1, x[2]) };
+        if is_plain_2x2(&ah, h) && is_plain_2x2(&aw, w) {
+            return Ok(Windows { axes: [ah, aw], rows: Vec::new(), cols: Vec::new() });
+        }
+        let rows = (0..ah.out).map(|o| taps(&ah, h, o)).collect();
+        let cols = (0..aw.out).map(|o| taps(&aw, w, o)).collect();
+        Ok(Windows { axes: [ah, aw], rows, cols })
+    }
+
+    /// The pooling of `inputs[0]` into `outputs[0]` over `windows` (of [`Pool::windows`]), with
+    /// an input row of `scratch` (see [`Op::scratch_len`]).
     fn pool(
         &self,
-        [ah, aw]: [Axis; 2],
+        windows: &Windows,
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
+        let [ah, aw] = windows.axes;
         let x_arg = first(inputs)?;
         let x = x_arg.f32s()?;
         let (h, w) =
@@ -353,15 +381,17 @@ impl Pool {
             });
             return Ok(());
         }
-        let rows: Vec<_> = (0..ah.out).map(|o| taps(&ah, h, o)).collect();
         // One input row's maxima or sums.
-        let mut line = vec![0.0; w];
+        let scratch_len = scratch.len();
+        let Some(line) = scratch.get_mut(..w) else {
+            op_bail!("pool scratch of {scratch_len} elements, need {w}");
+        };
+        let (rows, cols) = (&windows.rows, &windows.cols);
         let planes = x.chunks_exact(h * w).zip(y.chunks_exact_mut(out_plane));
         match self.reduce {
-            Reduce::Max => planes.for_each(|(xp, yp)| max_plane(xp, w, &rows, &aw, &mut line, yp)),
+            Reduce::Max => planes.for_each(|(xp, yp)| max_plane(xp, w, rows, &aw, line, yp)),
             Reduce::Avg { include_pad } => {
-                let cols: Vec<_> = (0..aw.out).map(|o| taps(&aw, w, o)).collect();
-                planes.for_each(|(xp, yp)| avg_plane(xp, w, &rows, &cols, include_pad, &mut line, yp));
+                planes.for_each(|(xp, yp)| avg_plane(xp, w, rows, cols, include_pad, line, yp));
             }
         }
         Ok(())

@@ -1,11 +1,13 @@
 //! ONNX `Softmax` (opset 13 per-axis semantics, or the legacy flatten-to-2-D semantics when the
 //! compressor marks the node with `coerce_2d = 1`) and `ReduceMean`.
 
+use std::borrow::Cow;
+
 use pith_format::ir::{ElemType, Node, OpKind};
 use pith_kernels::exp_neg_abs;
 
 use super::pool::lane_sum;
-use super::{attrs, Arg, ExecCtx, Op, OpResult, Out};
+use super::{attrs, Arg, AxisList, ExecCtx, Op, OpResult, Out};
 use crate::op_bail;
 
 /// Outputs from which a softmax over contiguous rows splits its rows over the threads (each
@@ -150,26 +152,33 @@ impl Op for Softmax {
 }
 
 impl ReduceMean {
-    /// Per-axis "is reduced" flags (empty when the op is an identity) and the output shape.
-    fn plan(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(Vec<bool>, Vec<usize>)> {
+    /// Per-axis "is reduced" flags (none set when the op is an identity).
+    fn reduced(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<AxisList<bool>> {
         let x = first(inputs)?;
         let rank = x.shape.len();
-        let axes: Vec<i64> = match inputs.get(1) {
-            Some(Some(a)) => a.i64s()?.to_vec(),
-            _ => self.axes.clone().unwrap_or_default(),
+        let axes: Cow<'_, [i64]> = match inputs.get(1) {
+            Some(Some(a)) => a.i64s()?,
+            _ => Cow::Borrowed(self.axes.as_deref().unwrap_or_default()),
         };
         if axes.is_empty() && self.noop_with_empty_axes {
-            return Ok((vec![false; rank], x.shape.to_vec()));
+            return Ok(smallvec::smallvec![false; rank]);
         }
-        let mut reduced = vec![axes.is_empty(); rank];
-        for &a in &axes {
+        let mut reduced: AxisList<bool> = smallvec::smallvec![axes.is_empty(); rank];
+        for &a in axes.iter() {
             let a = norm_axis(a, rank)?;
             if reduced[a] {
                 op_bail!("axis {a} is listed twice");
             }
             reduced[a] = true;
         }
-        let shape = x
+        Ok(reduced)
+    }
+}
+
+impl Op for ReduceMean {
+    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
+        let reduced = self.reduced(inputs)?;
+        let shape = first(inputs)?
             .shape
             .iter()
             .zip(&reduced)
@@ -179,13 +188,7 @@ impl ReduceMean {
                 (true, false) => None,
             })
             .collect();
-        Ok((reduced, shape))
-    }
-}
-
-impl Op for ReduceMean {
-    fn infer(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<(ElemType, Vec<usize>)>> {
-        Ok(vec![(ElemType::F32, self.plan(inputs)?.1)])
+        Ok(vec![(ElemType::F32, shape)])
     }
 
     fn run(
@@ -195,7 +198,7 @@ impl Op for ReduceMean {
         _scratch: &mut [f32],
         _ctx: &ExecCtx,
     ) -> OpResult<()> {
-        let (reduced, _) = self.plan(inputs)?;
+        let reduced = self.reduced(inputs)?;
         let x_arg = first(inputs)?;
         let x = x_arg.f32s()?;
         let shape = x_arg.shape;
@@ -226,7 +229,7 @@ fn sum_into(x: &[f32], shape: &[usize], reduced: &[bool], y: &mut [f32]) {
     let split = (0..rank).rev().take_while(|&d| reduced[d] == last).last().unwrap_or(rank);
     let run: usize = shape[split..].iter().product();
     // Output stride of every outer axis (0 on reduced ones).
-    let mut strides = vec![0; split];
+    let mut strides: AxisList<usize> = smallvec::smallvec![0; split];
     let mut s = if last { 1 } else { run };
     for d in (0..split).rev() {
         if !reduced[d] {
@@ -234,7 +237,7 @@ fn sum_into(x: &[f32], shape: &[usize], reduced: &[bool], y: &mut [f32]) {
             s *= shape[d];
         }
     }
-    let mut idx = vec![0usize; split];
+    let mut idx: AxisList<usize> = smallvec::smallvec![0; split];
     let mut off = 0;
     for part in x.chunks_exact(run) {
         if last {

@@ -485,7 +485,7 @@ impl Resize {
     fn output_shape(&self, inputs: &[Option<Arg<'_>>], out: &[usize]) -> OpResult<Vec<usize>> {
         match addend(inputs) {
             Some(a) if a.elem != ElemType::F32 => op_bail!("a fused addend must be f32, not {:?}", a.elem),
-            Some(a) => super::binary::broadcast_shapes(out, a.shape),
+            Some(a) => Ok(super::binary::broadcast_shapes(out, a.shape)?.to_vec()),
             None => Ok(out.to_vec()),
         }
     }

@@ -3,6 +3,7 @@
 //! Structural ops move elements without looking at them, so they are written once over [`Elem`] and
 //! serve both f32 activations (run time) and i64 shape arithmetic (plan time, via [`Op::eval`]).
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::fmt::Debug;
 
@@ -10,7 +11,7 @@ use pith_format::ir::ElemType;
 use pith_kernels::Kernels;
 
 use crate::error::OpError;
-use crate::ops::{Arg, ExecCtx, Op, OpResult, Out};
+use crate::ops::{Arg, AxisList, ExecCtx, NodeLayouts, Op, OpResult, Out, Prepared};
 use crate::tensor::Tensor;
 
 /// An element type a structural op can move.
@@ -86,6 +87,24 @@ pub(crate) trait Move: Send + Sync + Debug {
     ) -> OpResult<()> {
         self.apply(inputs, src, dst)
     }
+
+    /// What every run of a plan can reuse (see [`Op::prepare`]); `None` (the default): nothing.
+    fn prepare(&self, _inputs: &[Option<Arg<'_>>]) -> OpResult<Option<Prepared>> {
+        Ok(None)
+    }
+
+    /// [`Move::apply_on`] with what [`Move::prepare`] made for the same plan; it must check that
+    /// the inputs have the shapes it saw. By default the same as `apply_on`.
+    fn apply_prepared<T: Elem>(
+        &self,
+        _prepared: &(dyn Any + Send + Sync),
+        kernels: &Kernels,
+        inputs: &[Option<Arg<'_>>],
+        src: &[&[T]],
+        dst: &mut [&mut [T]],
+    ) -> OpResult<()> {
+        self.apply_on(kernels, inputs, src, dst)
+    }
 }
 
 /// Adapts a [`Move`] into an [`Op`] for both element types.
@@ -157,6 +176,35 @@ impl<M: Move> Op for Mover<M> {
         }
     }
 
+    fn prepare(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        _ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<Option<Prepared>> {
+        match layouts.all_planar() {
+            true => self.0.prepare(inputs),
+            false => Ok(None),
+        }
+    }
+
+    fn run_prepared(
+        &self,
+        prepared: &(dyn Any + Send + Sync),
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        scratch: &mut [f32],
+        ctx: &ExecCtx,
+        layouts: NodeLayouts,
+    ) -> OpResult<()> {
+        if !layouts.all_planar() {
+            return self.run_laid_out(inputs, outputs, scratch, ctx, layouts);
+        }
+        self.move_f32(inputs, outputs, |src, dst| {
+            self.0.apply_prepared(prepared, &ctx.kernels, inputs, src, dst)
+        })
+    }
+
     fn run(
         &self,
         inputs: &[Option<Arg<'_>>],
@@ -164,11 +212,23 @@ impl<M: Move> Op for Mover<M> {
         _scratch: &mut [f32],
         ctx: &ExecCtx,
     ) -> OpResult<()> {
+        self.move_f32(inputs, outputs, |src, dst| self.0.apply_on(&ctx.kernels, inputs, src, dst))
+    }
+}
+
+impl<M: Move> Mover<M> {
+    /// Runs `apply` on the f32 data of `inputs` (empty for parameters) and `outputs`.
+    fn move_f32(
+        &self,
+        inputs: &[Option<Arg<'_>>],
+        outputs: &mut [Out<'_>],
+        apply: impl FnOnce(&[&[f32]], &mut [&mut [f32]]) -> OpResult<()>,
+    ) -> OpResult<()> {
         if inputs.len() > INLINE_ARGS || outputs.len() > INLINE_ARGS {
             let src = self.read_data::<f32>(inputs)?;
             let src_refs: Vec<&[f32]> = src.iter().map(|c| &**c).collect();
             let mut dst: Vec<&mut [f32]> = outputs.iter_mut().map(|o| &mut *o.data).collect();
-            return self.0.apply_on(&ctx.kernels, inputs, &src_refs, &mut dst);
+            return apply(&src_refs, &mut dst);
         }
         // The usual few inputs and outputs: their lists on the stack, so a run allocates nothing
         // (an activation's data is borrowed; an f16 constant's is decoded, which allocates).
@@ -184,7 +244,7 @@ impl<M: Move> Op for Mover<M> {
         for (d, o) in dst.iter_mut().zip(outputs.iter_mut()) {
             *d = &mut *o.data;
         }
-        self.0.apply_on(&ctx.kernels, inputs, &src_refs[..inputs.len()], &mut dst[..n_out])
+        apply(&src_refs[..inputs.len()], &mut dst[..n_out])
     }
 }
 
@@ -224,8 +284,8 @@ pub(crate) fn norm_axis(axis: i64, rank: usize) -> OpResult<usize> {
 }
 
 /// Normalises a list of axes, refusing duplicates.
-pub(crate) fn norm_axes(axes: &[i64], rank: usize) -> OpResult<Vec<usize>> {
-    let mut out = vec![0; axes.len()];
+pub(crate) fn norm_axes(axes: &[i64], rank: usize) -> OpResult<AxisList<usize>> {
+    let mut out = smallvec::smallvec![0; axes.len()];
     norm_axes_into(axes, rank, &mut out)?;
     Ok(out)
 }
@@ -243,8 +303,8 @@ pub(crate) fn norm_axes_into(axes: &[i64], rank: usize, out: &mut [usize]) -> Op
 }
 
 /// Row-major strides of `shape`, in elements.
-pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
+pub(crate) fn strides(shape: &[usize]) -> AxisList<usize> {
+    let mut s: AxisList<usize> = smallvec::smallvec![1; shape.len()];
     for d in (0..shape.len().saturating_sub(1)).rev() {
         s[d] = s[d + 1] * shape[d + 1];
     }
@@ -271,7 +331,7 @@ pub(crate) fn strided_copy<T: Copy>(
         return;
     };
     let step = strides[shape.len() - 1];
-    let mut idx = vec![0usize; outer_shape.len()];
+    let mut idx: AxisList<usize> = smallvec::smallvec![0; outer_shape.len()];
     let mut off = base;
     for chunk in dst.chunks_exact_mut(inner) {
         if step == 1 {

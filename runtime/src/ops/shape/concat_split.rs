@@ -4,7 +4,7 @@ use pith_format::ir::Node;
 
 use super::common::{input, norm_axis, param, Elem, Move, Mover};
 use crate::error::OpError;
-use crate::ops::{attrs, Arg, Op, OpResult};
+use crate::ops::{attrs, Arg, AxisList, Op, OpResult};
 
 /// ONNX Concat.
 #[derive(Debug)]
@@ -100,13 +100,13 @@ pub(crate) fn build_split(node: &Node) -> OpResult<Box<dyn Op>> {
 
 impl Split {
     /// Normalised axis, outer extent, inner extent and the size of every piece along the axis.
-    fn layout(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(usize, Vec<usize>)> {
+    fn layout(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(usize, AxisList<usize>)> {
         let shape = input(inputs, 0)?.shape;
         let axis = norm_axis(self.axis, shape.len())?;
         let dim = shape[axis];
-        let sizes: Vec<i64> = match (param(inputs, 1, "split")?, &self.split_attr) {
-            (Some(s), _) => s.into_owned(),
-            (None, Some(s)) => s.clone(),
+        let sizes: AxisList<i64> = match (param(inputs, 1, "split")?, &self.split_attr) {
+            (Some(s), _) => s.iter().copied().collect(),
+            (None, Some(s)) => s.iter().copied().collect(),
             (None, None) if self.num_outputs_attr => {
                 // Opset 18: ceil-sized pieces, the last one smaller.
                 let piece = dim.div_ceil(self.outputs);
@@ -119,7 +119,7 @@ impl Split {
                         self.outputs
                     )));
                 }
-                vec![(dim / self.outputs) as i64; self.outputs]
+                smallvec::smallvec![(dim / self.outputs) as i64; self.outputs]
             }
         };
         if sizes.len() != self.outputs {

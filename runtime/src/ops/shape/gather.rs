@@ -1,5 +1,7 @@
 //! Gather: picking slices along one axis by plan-time integer indices.
 
+use std::borrow::Cow;
+
 use pith_format::ir::Node;
 
 use super::common::{input, norm_axis, param, Elem, Move, Mover};
@@ -18,26 +20,25 @@ pub(crate) fn build_gather(node: &Node) -> OpResult<Box<dyn Op>> {
 }
 
 impl Gather {
-    /// Normalised axis and indices (negative ones wrapped), all checked against the extent.
-    fn indices(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<(usize, Vec<usize>)> {
+    /// Normalised axis and the indices as given, every one checked against the extent (negative
+    /// ones count from the end: see [`wrap`]).
+    fn indices<'a>(&self, inputs: &[Option<Arg<'a>>]) -> OpResult<(usize, Cow<'a, [i64]>)> {
         let shape = input(inputs, 0)?.shape;
         let axis = norm_axis(self.axis, shape.len())?;
-        let dim = shape[axis] as i64;
+        let dim = shape[axis];
         let raw =
             param(inputs, 1, "indices")?.ok_or_else(|| OpError("input 'indices' is required".into()))?;
-        let idx = raw
-            .iter()
-            .map(|&i| {
-                let j = if i < 0 { i + dim } else { i };
-                if (0..dim).contains(&j) {
-                    Ok(j as usize)
-                } else {
-                    Err(OpError(format!("index {i} is out of range for extent {dim} of axis {axis}")))
-                }
-            })
-            .collect::<OpResult<_>>()?;
-        Ok((axis, idx))
+        if let Some(&i) = raw.iter().find(|&&i| wrap(i, dim).is_none()) {
+            return Err(OpError(format!("index {i} is out of range for extent {dim} of axis {axis}")));
+        }
+        Ok((axis, raw))
     }
+}
+
+/// Index `i` of an axis of extent `dim` (negative: from the end), if in range.
+fn wrap(i: i64, dim: usize) -> Option<usize> {
+    let j = if i < 0 { i.checked_add(dim as i64)? } else { i };
+    usize::try_from(j).ok().filter(|&j| j < dim)
 }
 
 impl Move for Gather {
@@ -56,8 +57,9 @@ impl Move for Gather {
         let dim = shape[axis];
         let mut pos = 0;
         for o in 0..outer {
-            for &i in &idx {
-                let s = (o * dim + i) * inner;
+            for &i in idx.iter() {
+                // Checked by `indices`.
+                let s = (o * dim + wrap(i, dim).unwrap_or(0)) * inner;
                 dst[0][pos..pos + inner].copy_from_slice(&src[0][s..s + inner]);
                 pos += inner;
             }

@@ -1,10 +1,13 @@
 //! Pad: constant, reflect and edge padding (negative pads crop).
 
+use std::any::Any;
+
 use pith_format::ir::Node;
+use pith_kernels::Kernels;
 
 use super::common::{input, norm_axes, param, strides, Elem, Move, Mover};
 use crate::error::OpError;
-use crate::ops::{attrs, Arg, Op, OpResult};
+use crate::ops::{attrs, Arg, AxisList, Op, OpResult, Prepared};
 use crate::tensor::MAX_TENSOR_ELEMENTS;
 
 /// How out-of-range positions are filled.
@@ -122,29 +125,11 @@ impl Pad {
         }
         Ok(maps)
     }
-}
 
-impl Move for Pad {
-    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
-        let (shape, padded) = self.padded_axes(inputs)?;
-        let mut out = shape.to_vec();
-        for PaddedAxis { axis, out: extent, .. } in padded {
-            out[axis] = extent;
-        }
-        Ok(vec![out])
-    }
-
-    fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
-        let maps = self.maps(inputs)?;
-        let fill = match inputs.get(2).and_then(Option::as_ref) {
-            Some(v) => *T::read(v)?.first().ok_or_else(|| OpError("constant_value is empty".into()))?,
-            None => T::from_f32(self.value_attr),
-        };
-        let dst = &mut *dst[0];
-        if dst.is_empty() {
-            return Ok(());
-        }
+    /// How the copy runs for inputs of these shapes (a session's runs reuse it).
+    fn layout(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<PadLayout> {
         let shape = input(inputs, 0)?.shape;
+        let mut maps = self.maps(inputs)?;
         // Trailing axes that are left as they are move as whole blocks of `block` elements.
         let kept = maps
             .iter()
@@ -152,15 +137,38 @@ impl Move for Pad {
             .rev()
             .take_while(|(map, &dim)| map.len() == dim && map.iter().enumerate().all(|(i, &m)| m == Some(i)))
             .count();
-        let Some((inner_map, outer_maps)) = maps[..maps.len() - kept].split_last() else {
-            dst.copy_from_slice(src[0]);
-            return Ok(());
+        maps.truncate(maps.len() - kept);
+        let runs = maps.last().map(|inner| runs(inner)).unwrap_or_default();
+        Ok(PadLayout { input: shape.to_vec(), maps, runs })
+    }
+}
+
+/// Where Pad's output elements come from, for inputs of one shape.
+struct PadLayout {
+    /// The input shape.
+    input: Vec<usize>,
+    /// The source index of each output index (`None`: the constant) of every axis up to the
+    /// last one padded; the axes after it move as whole blocks.
+    maps: Vec<Vec<Option<usize>>>,
+    /// The last map as runs (see [`runs`]).
+    runs: Vec<(Option<usize>, usize)>,
+}
+
+impl PadLayout {
+    /// Pads `src` (of the input shape) into `dst` with `fill`.
+    fn pad<T: Elem>(&self, src: &[T], fill: T, dst: &mut [T]) {
+        if dst.is_empty() {
+            return;
+        }
+        let shape = &self.input[..];
+        let Some((inner_map, outer_maps)) = self.maps.split_last() else {
+            dst.copy_from_slice(src);
+            return;
         };
-        let block: usize = shape[maps.len() - kept..].iter().product();
-        let runs = runs(inner_map);
+        let block: usize = shape[self.maps.len()..].iter().product();
         let in_strides = strides(shape);
-        let outer_shape: Vec<usize> = outer_maps.iter().map(Vec::len).collect();
-        let mut idx = vec![0usize; outer_shape.len()];
+        let outer_shape: AxisList<usize> = outer_maps.iter().map(Vec::len).collect();
+        let mut idx: AxisList<usize> = smallvec::smallvec![0; outer_shape.len()];
         for row in dst.chunks_exact_mut(inner_map.len() * block) {
             // Source offset of this output row, if no outer index falls in the constant border.
             let base = idx
@@ -172,11 +180,11 @@ impl Move for Pad {
                 None => row.fill(fill),
                 Some(base) => {
                     let mut out = row;
-                    for &(first, len) in &runs {
+                    for &(first, len) in &self.runs {
                         let (part, rest) = out.split_at_mut(len * block);
                         match first {
                             None => part.fill(fill),
-                            Some(m) => part.copy_from_slice(&src[0][base + m * block..][..len * block]),
+                            Some(m) => part.copy_from_slice(&src[base + m * block..][..len * block]),
                         }
                         out = rest;
                     }
@@ -190,7 +198,54 @@ impl Move for Pad {
                 idx[d] = 0;
             }
         }
+    }
+}
+
+impl Pad {
+    /// The constant of constant padding.
+    fn fill<T: Elem>(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<T> {
+        Ok(match inputs.get(2).and_then(Option::as_ref) {
+            Some(v) => *T::read(v)?.first().ok_or_else(|| OpError("constant_value is empty".into()))?,
+            None => T::from_f32(self.value_attr),
+        })
+    }
+}
+
+impl Move for Pad {
+    fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
+        let (shape, padded) = self.padded_axes(inputs)?;
+        let mut out = shape.to_vec();
+        for PaddedAxis { axis, out: extent, .. } in padded {
+            out[axis] = extent;
+        }
+        Ok(vec![out])
+    }
+
+    fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
+        self.layout(inputs)?.pad(src[0], self.fill(inputs)?, dst[0]);
         Ok(())
+    }
+
+    /// The maps and runs, built once per plan.
+    fn prepare(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Option<Prepared>> {
+        Ok(Some(std::sync::Arc::new(self.layout(inputs)?)))
+    }
+
+    fn apply_prepared<T: Elem>(
+        &self,
+        prepared: &(dyn Any + Send + Sync),
+        kernels: &Kernels,
+        inputs: &[Option<Arg<'_>>],
+        src: &[&[T]],
+        dst: &mut [&mut [T]],
+    ) -> OpResult<()> {
+        match prepared.downcast_ref::<PadLayout>() {
+            Some(layout) if layout.input == input(inputs, 0)?.shape => {
+                layout.pad(src[0], self.fill(inputs)?, dst[0]);
+                Ok(())
+            }
+            _ => self.apply_on(kernels, inputs, src, dst),
+        }
     }
 }
 

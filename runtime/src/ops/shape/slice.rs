@@ -1,5 +1,7 @@
 //! Slice and Transpose: strided views copied out with [`strided_copy`].
 
+use std::borrow::Cow;
+
 use pith_format::ir::Node;
 use pith_kernels::Kernels;
 
@@ -8,7 +10,7 @@ use super::common::{
     Elem, Move, Mover,
 };
 use crate::error::OpError;
-use crate::ops::{attrs, Arg, Op, OpResult};
+use crate::ops::{attrs, Arg, AxisList, Op, OpResult};
 
 /// ONNX Slice (attribute form of opset < 10, input form of opset 10+).
 #[derive(Debug)]
@@ -37,24 +39,23 @@ pub(crate) fn build_slice(node: &Node) -> OpResult<Box<dyn Op>> {
 
 /// Where a slice starts and how it strides, per input axis.
 struct SliceLayout {
-    out_shape: Vec<usize>,
+    out_shape: AxisList<usize>,
     base: isize,
-    strides: Vec<isize>,
+    strides: AxisList<isize>,
 }
 
 impl Slice {
     fn layout(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<SliceLayout> {
         let shape = input(inputs, 0)?.shape;
-        let (starts, ends, axes, steps) = match &self.attrs {
-            Some(a) => (a.starts.clone(), a.ends.clone(), a.axes.clone(), None),
+        let (starts, ends, axes, steps): (Cow<'_, [i64]>, Cow<'_, [i64]>, _, _) = match &self.attrs {
+            Some(a) => {
+                (Cow::Borrowed(&a.starts), Cow::Borrowed(&a.ends), a.axes.as_deref().map(Cow::Borrowed), None)
+            }
             None => {
                 let need = |i, what| {
-                    param(inputs, i, what)?
-                        .map(|c| c.into_owned())
-                        .ok_or_else(|| OpError(format!("input '{what}' is required")))
+                    param(inputs, i, what)?.ok_or_else(|| OpError(format!("input '{what}' is required")))
                 };
-                let opt = |i, what| Ok::<_, OpError>(param(inputs, i, what)?.map(|c| c.into_owned()));
-                (need(1, "starts")?, need(2, "ends")?, opt(3, "axes")?, opt(4, "steps")?)
+                (need(1, "starts")?, need(2, "ends")?, param(inputs, 3, "axes")?, param(inputs, 4, "steps")?)
             }
         };
         let axes = match axes {
@@ -68,22 +69,24 @@ impl Slice {
             }
             None => (0..starts.len()).collect(),
         };
-        let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
-        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        // Absent steps are all 1.
+        let steps_len = steps.as_ref().map_or(starts.len(), |s| s.len());
+        let step = |k: usize| steps.as_ref().map_or(1, |s| s[k]);
+        if ends.len() != starts.len() || axes.len() != starts.len() || steps_len != starts.len() {
             return Err(OpError(format!(
                 "starts, ends, axes and steps have different lengths ({}, {}, {}, {})",
                 starts.len(),
                 ends.len(),
                 axes.len(),
-                steps.len()
+                steps_len
             )));
         }
         let in_strides = strides(shape);
-        let mut out_shape = shape.to_vec();
-        let mut strides: Vec<isize> = in_strides.iter().map(|&s| s as isize).collect();
+        let mut out_shape: AxisList<usize> = shape.iter().copied().collect();
+        let mut strides: AxisList<isize> = in_strides.iter().map(|&s| s as isize).collect();
         let mut base = 0isize;
         for k in 0..axes.len() {
-            let (axis, step) = (axes[k], steps[k]);
+            let (axis, step) = (axes[k], step(k));
             if step == 0 {
                 return Err(OpError(format!("step of axis {axis} is zero")));
             }
@@ -113,7 +116,7 @@ impl Slice {
 
 impl Move for Slice {
     fn shapes(&self, inputs: &[Option<Arg<'_>>]) -> OpResult<Vec<Vec<usize>>> {
-        Ok(vec![self.layout(inputs)?.out_shape])
+        Ok(vec![self.layout(inputs)?.out_shape.to_vec()])
     }
 
     fn apply<T: Elem>(&self, inputs: &[Option<Arg<'_>>], src: &[&[T]], dst: &mut [&mut [T]]) -> OpResult<()> {
@@ -135,8 +138,8 @@ pub(crate) fn build_transpose(node: &Node) -> OpResult<Box<dyn Op>> {
 }
 
 impl Transpose {
-    fn perm(&self, rank: usize) -> OpResult<Vec<usize>> {
-        let mut perm = vec![0; rank];
+    fn perm(&self, rank: usize) -> OpResult<AxisList<usize>> {
+        let mut perm = smallvec::smallvec![0; rank];
         self.perm_into(&mut perm)?;
         Ok(perm)
     }
@@ -166,24 +169,15 @@ impl Transpose {
         dst: &mut [&mut [T]],
     ) -> OpResult<()> {
         let shape = input(inputs, 0)?.shape;
-        // The layout changes between NCHW and NHWC of a detector's heads are batched transposes:
-        // found with the permutation on the stack, so a run allocates nothing.
-        let mut inline = [0usize; 8];
-        if let Some(perm) = inline.get_mut(..shape.len()) {
-            self.perm_into(perm)?;
-            if let Some((batch, rows, cols)) = as_batched_transpose(shape, perm) {
-                batched_transpose(kernels, src[0], batch, rows, cols, dst[0]);
-                return Ok(());
-            }
-        }
+        // The layout changes between NCHW and NHWC of a detector's heads are batched transposes.
         let perm = self.perm(shape.len())?;
         if let Some((batch, rows, cols)) = as_batched_transpose(shape, &perm) {
             batched_transpose(kernels, src[0], batch, rows, cols, dst[0]);
             return Ok(());
         }
         let in_strides = strides(shape);
-        let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-        let st: Vec<isize> = perm.iter().map(|&p| in_strides[p] as isize).collect();
+        let out_shape: AxisList<usize> = perm.iter().map(|&p| shape[p]).collect();
+        let st: AxisList<isize> = perm.iter().map(|&p| in_strides[p] as isize).collect();
         strided_copy(src[0], 0, &st, &out_shape, dst[0]);
         Ok(())
     }
