@@ -216,11 +216,9 @@ struct ConvTranspose {
     output_padding: Option<Vec<usize>>,
     output_shape: Option<Vec<usize>>,
     /// A BatchNormalization folded in at session time ([`crate::fuse::BATCH_NORM_EPSILON`]): its
-    /// epsilon, its four parameters being inputs 3 to 6.
+    /// epsilon, its four parameters being inputs 3 to 6 (constants, as the session's fusion
+    /// makes sure: a plan folds them once, [`PreparedConvTranspose`]).
     batch_norm_epsilon: Option<f32>,
-    /// That BatchNormalization's factor and bias per channel, computed on the first run when its
-    /// parameters and the layer's bias are constants (as the session's fusion makes sure).
-    batch_norm: OnceLock<(Vec<f32>, Vec<f32>)>,
 }
 
 fn parse_group(node: &Node) -> OpResult<usize> {
@@ -274,7 +272,6 @@ pub fn build_conv_transpose(node: &Node, activation: Activation) -> OpResult<Box
             Some(_) => op_bail!("attribute '{}' must be a float", crate::fuse::BATCH_NORM_EPSILON),
             None => None,
         },
-        batch_norm: OnceLock::new(),
     }))
 }
 
@@ -1047,7 +1044,16 @@ impl Op for ConvTranspose {
     ) -> OpResult<Option<Prepared>> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let (p, _) = self.geometry(x.shape, w.shape)?;
-        Ok(Some(std::sync::Arc::new(PreparedConvTranspose { input: x.shape.to_vec(), p })))
+        // A folded BatchNormalization's parameters and the bias it shifts are constants.
+        let known = inputs[2..].iter().flatten().all(Arg::is_known);
+        let batch_norm = match self.batch_norm_epsilon {
+            Some(eps) if known => {
+                let layer_bias = self::bias(inputs, p.out_c)?;
+                Some(folded_batch_norm(inputs, eps, layer_bias.as_deref(), p.out_c)?)
+            }
+            _ => None,
+        };
+        Ok(Some(std::sync::Arc::new(PreparedConvTranspose { input: x.shape.to_vec(), p, batch_norm })))
     }
 
     fn run_prepared(
@@ -1063,7 +1069,7 @@ impl Op for ConvTranspose {
         match prepared.downcast_ref::<PreparedConvTranspose>() {
             // Made for an input of this shape, planar.
             Some(prepared) if prepared.input == x.shape && layouts.all_planar() => {
-                self.run_with(&prepared.p, inputs, outputs, scratch, ctx)
+                self.run_with(&prepared.p, Some(prepared), inputs, outputs, scratch, ctx)
             }
             _ => self.run_laid_out(inputs, outputs, scratch, ctx, layouts),
         }
@@ -1078,23 +1084,26 @@ impl Op for ConvTranspose {
     ) -> OpResult<()> {
         let (x, w) = (input(inputs, 0, "X")?, input(inputs, 1, "W")?);
         let (p, _) = self.geometry(x.shape, w.shape)?;
-        self.run_with(&p, inputs, outputs, scratch, ctx)
+        self.run_with(&p, None, inputs, outputs, scratch, ctx)
     }
 }
 
-/// What [`ConvTranspose`] works out once per plan: the input shape it was made for and the
-/// layer's parameters.
+/// What [`ConvTranspose`] works out once per plan: the input shape it was made for, the
+/// layer's parameters and a folded BatchNormalization's factor and bias per channel.
 #[derive(Debug)]
 struct PreparedConvTranspose {
     input: Vec<usize>,
     p: Conv2dParams,
+    batch_norm: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl ConvTranspose {
-    /// The layer with parameters `p` (of [`ConvTranspose::geometry`]).
+    /// The layer with parameters `p` (of [`ConvTranspose::geometry`]), with what a plan
+    /// `prepared` (else derived from the inputs).
     fn run_with(
         &self,
         p: &Conv2dParams,
+        prepared: Option<&PreparedConvTranspose>,
         inputs: &[Option<Arg<'_>>],
         outputs: &mut [Out<'_>],
         scratch: &mut [f32],
@@ -1104,15 +1113,11 @@ impl ConvTranspose {
         let b = bias(inputs, p.out_c)?;
         let weight = Weight::of(w)?;
         let computed;
-        let (scale, b) = match (self.batch_norm_epsilon, self.batch_norm.get()) {
+        let (scale, b) = match (self.batch_norm_epsilon, prepared.and_then(|p| p.batch_norm.as_ref())) {
             (Some(_), Some((scale, shift))) => (Some(&scale[..]), Some(Cow::Borrowed(&shift[..]))),
             (Some(eps), None) => {
                 computed = folded_batch_norm(inputs, eps, b.as_deref(), p.out_c)?;
-                let constant =
-                    inputs[2..].iter().flatten().all(|a| matches!(a.data, Some(ArgData::Const(_))));
-                let (scale, shift) =
-                    if constant { self.batch_norm.get_or_init(|| computed.clone()) } else { &computed };
-                (Some(&scale[..]), Some(Cow::Borrowed(&shift[..])))
+                (Some(&computed.0[..]), Some(Cow::Borrowed(&computed.1[..])))
             }
             (None, _) => (None, b),
         };
