@@ -139,9 +139,10 @@ fn assert_steady(what: &str, session: &mut Session, inputs: &[(&str, Tensor)], o
     }
 }
 
-/// `got` equals `want` to within 1e-3 of `want`'s largest magnitude. Not bit for bit: on the
-/// NEON path a layer's sums depend on how it was split over the threads, and a run that the
-/// pool runs on the caller alone (its workers stalled, as under qemu) splits differently.
+/// `got` equals `want` to within 1e-3 of `want`'s largest magnitude. Not bit for bit: a layer
+/// split by depth adds up its threads' partial sums, so its last bits depend on the split, and a
+/// run that the pool runs on the caller alone (its workers stalled, as under qemu) splits
+/// differently (README, Not built yet).
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
