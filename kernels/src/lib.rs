@@ -276,8 +276,9 @@ impl Kernels {
 
     /// The threads to cut work for now: [`Kernels::threads`], or 1 while the work runs on the
     /// caller alone ([`Kernels::set_serial`], or a back-off after a stalled worker). Choices of
-    /// how to split a layer read this, so that a serial run computes as one thread would;
-    /// scratch stays sized for [`Kernels::threads`].
+    /// how to split a layer read this, so that a serial run computes as one thread would, where
+    /// that gives the same bits (a projection split by depth does not, and splits by
+    /// [`Kernels::threads`] instead); scratch stays sized for [`Kernels::threads`].
     pub(crate) fn threads_now(&self) -> usize {
         self.pool_now().1
     }

@@ -91,8 +91,13 @@ const REDUCE_WORK_WEIGHT: usize = 16;
 /// each thread read half of its input from the other core's cache (slow on 2-vCPU VMs: a
 /// thread reads lines another core wrote at a third of the speed), where the partial sums that
 /// cross here are a fraction of it (the filters over the input channels, halved).
+///
+/// Decided on the session's thread count, not [`Kernels::threads_now`]: the sums' last bits
+/// depend on the shares, so a run that the pool hands to the caller alone (its workers stalled,
+/// or the thread tuner's serial mode) sums the same shares, one after the other, and a session's
+/// results do not change from run to run.
 pub(super) fn pointwise_by_depth(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    let threads = kernels.threads_now();
+    let threads = kernels.threads();
     depth_split_shape(p) && threads > 1 && p.in_c >= 8 * threads
 }
 
@@ -332,8 +337,9 @@ impl Layer<'_, '_> {
     ) {
         let p = self.p;
         let (k, plane, filters) = (p.in_c, p.out_h * p.out_w, p.out_c);
-        // As many shares as threads (at most `kernels.threads()`, which the scratch is sized for).
-        let shares = kernels.threads_now();
+        // As many shares as the session has threads (the scratch is sized for them), whether or
+        // not the pool runs them in parallel now (see `pointwise_by_depth`).
+        let shares = kernels.threads();
         let part = filters * plane;
         let per_task = scratch_len(p) - part;
         let (partials, rest) = scratch.split_at_mut(shares * part);

@@ -7,6 +7,7 @@ use crate::testutil::{
     same_width_depthwise, Edge, Guarded, Rng, WeightKind,
 };
 use crate::Kernels;
+use pith_format::ir::CodebookKind;
 
 /// Plain 7-loop convolution on fully decoded weights.
 fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) -> Vec<f32> {
@@ -463,6 +464,56 @@ fn pointwise_split_by_depth_matches_the_reference() {
     let shallow = pointwise(1, 72, 24, [28, 28]);
     assert!(sets.iter().all(|k| !pointwise_by_depth(k, &shallow)), "72 inputs split by depth");
     assert!(sets.iter().any(|k| k.threads() > 1 && pointwise_by_pixels(k, &shallow)));
+}
+
+#[test]
+fn a_layer_computes_the_same_bits_when_its_work_runs_on_the_caller_alone() {
+    // A session's results do not change when the pool runs its jobs on the caller alone (a
+    // stalled worker's back-off, the thread tuner's serial mode): projections split by depth
+    // sum the same shares serially, the other splits compute each output as one thread would.
+    let mut rng = Rng::new(41);
+    let layers = [
+        pointwise(1, 192, 32, [28, 28]),
+        pointwise(1, 144, 30, [14, 15]),
+        pointwise(1, 24, 96, [56, 56]),
+        // 3×3, padded: dense (split by rows) and depthwise (by channels).
+        Conv2dParams { k_h: 3, k_w: 3, pad_top: 1, pad_left: 1, ..pointwise(1, 19, 21, [9, 10]) },
+        Conv2dParams {
+            k_h: 3,
+            k_w: 3,
+            pad_top: 1,
+            pad_left: 1,
+            groups: 32,
+            ..pointwise(1, 32, 32, [20, 20])
+        },
+    ];
+    for p in &layers {
+        let kind = match std::env::var("WK").as_deref() {
+            Ok("f32") => WeightKind::F32,
+            Ok("row") => WeightKind::Codebook(4, CodebookKind::PerRow, false),
+            Ok("tensor") => WeightKind::Codebook(4, CodebookKind::PerTensor, false),
+            _ => WeightKind::Codebook(4, CodebookKind::SharedScaled, false),
+        };
+        let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
+        let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
+        let bias = rng.vec(p.out_c);
+        for kernels in kernel_sets().iter().filter(|k| k.threads() > 1) {
+            let run = || {
+                let mut y = vec![f32::NAN; p.batch * p.out_c * p.out_h * p.out_w];
+                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
+                kernels
+                    .conv2d(&x, &data.view(), Some(&bias), p, Activation::Relu, &mut y, &mut scratch)
+                    .unwrap();
+                y
+            };
+            let split = run();
+            kernels.set_serial(true);
+            let serial = run();
+            kernels.set_serial(false);
+            let what = format!("{kernels:?} {p:?}");
+            assert!(split.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}");
+        }
+    }
 }
 
 #[test]

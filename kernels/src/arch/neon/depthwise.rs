@@ -108,7 +108,8 @@ unsafe fn tile<const KH: usize>(t: Tile, rows: usize) {
                 let mut s = if t.accumulate { *cp } else { t.init };
                 for ky in 0..KH {
                     for kx in 0..t.kw {
-                        s += *t.w.add(ky * t.kw + kx) * *t.b.add((r + ky) * t.ldb + kx + col);
+                        // Fused, as the vectors' multiply-adds are.
+                        s = (*t.w.add(ky * t.kw + kx)).mul_add(*t.b.add((r + ky) * t.ldb + kx + col), s);
                     }
                 }
                 *cp = match t.clamp {

@@ -207,11 +207,14 @@ unsafe fn gemm_block<const R: usize, B: BRows>(
         }
         j += 4;
     }
+    // The last 1-3 columns one by one, with the vectors' fused multiply-adds: a column's sum is
+    // then the same whether it falls in a vector or here (a Winograd layer's tile count, so
+    // which tiles reach this tail, depends on how its rows were split over the threads).
     for col in j..n {
         for r in 0..R {
             let mut s = if B::ACCUMULATE { *c.add(r * ldc + col) } else { 0.0 };
             for p in 0..k {
-                s += *a.add(r * k + p) * *b.add(rows.offset(p) + col);
+                s = (*a.add(r * k + p)).mul_add(*b.add(rows.offset(p) + col), s);
             }
             *c.add(r * ldc + col) = s;
         }
