@@ -340,6 +340,25 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_indices_pair_the_batches_as_the_broadcast_does() {
+        // Each output batch index's operand matrices, against the element-wise broadcast of
+        // the index lists themselves.
+        let cases: [(&[usize], &[usize]); 5] =
+            [(&[2, 3], &[2, 3]), (&[2, 1], &[1, 3]), (&[3], &[2, 1]), (&[], &[4]), (&[2, 1, 3], &[5, 1])];
+        for (a, b) in cases {
+            let out = crate::ops::binary::broadcast_shapes(a, b).unwrap();
+            let (na, nb): (usize, usize) = (a.iter().product(), b.iter().product());
+            let (ia, ib): (Vec<usize>, Vec<usize>) = ((0..na).collect(), (0..nb).collect());
+            let mut pairs = vec![(0, 0); out.iter().product()];
+            crate::ops::binary::zip_broadcast(&ia, a, &ib, b, &out, &mut pairs, |i, j| (i, j));
+            for (o, &want) in pairs.iter().enumerate() {
+                let got = (broadcast_index(o, &out, a), broadcast_index(o, &out, b));
+                assert_eq!(got, want, "{a:?} x {b:?}, batch {o}");
+            }
+        }
+    }
+
+    #[test]
     fn gemm_of_a_4_bit_constant_keeps_its_int8_tables() {
         // transB = 1 over a 4-bit per-row codebook constant with int8 activations: the op
         // prepares the tables on its first run and gives the kernels' int8 GEMV's bits.

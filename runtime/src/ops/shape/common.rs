@@ -182,9 +182,10 @@ impl<M: Move> Op for Mover<M> {
         _ctx: &ExecCtx,
         layouts: NodeLayouts,
     ) -> OpResult<Option<Prepared>> {
-        match layouts.all_planar() {
-            true => self.0.prepare(inputs),
-            false => Ok(None),
+        if layouts.all_planar() {
+            self.0.prepare(inputs)
+        } else {
+            Ok(None)
         }
     }
 
