@@ -6,9 +6,12 @@
 //! and every op case of `data/ops`, with f32 activations and, where the CPU has the kernels,
 //! int8 activations and bf16 products.
 //!
-//! The counter sees every thread, so the tests take turns ([`one_at_a_time`]).
+//! The counter sees the test's thread and the session's workers, so the tests take turns
+//! ([`one_at_a_time`]); the harness's own threads are not counted (its main thread allocates
+//! when a test has run for a minute, as these do under qemu).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,14 +25,41 @@ use pith_format::PithFile;
 use pith_runtime::{Session, SessionOptions, Tensor};
 use pith_tests::{data_dir, input_names, model_path, read_npy, sanitize};
 
-/// The system allocator, counting allocations (on every thread) while [`COUNTING`] is set.
+/// The system allocator, counting allocations while [`COUNTING`] is set, on the threads that
+/// count ([`counted_here`]).
 struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 static COUNTING: AtomicBool = AtomicBool::new(false);
 
+/// Name prefix of the kernels' worker threads (`pith_kernels`'s pool).
+const WORKER_NAME: &str = "pith-worker-";
+
+thread_local! {
+    /// Whether this thread's allocations count: the test's thread while [`allocations`] runs,
+    /// and the session's workers (known by name); `None` until this thread has been asked.
+    static COUNTED: Cell<Option<bool>> = const { Cell::new(None) };
+    /// Set while this thread looks up its name (which may allocate: not counted).
+    static ASKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether an allocation on this thread counts (never while its thread-locals are torn down).
+fn counted_here() -> bool {
+    let known = COUNTED.try_with(Cell::get).ok();
+    match known {
+        Some(Some(counted)) => counted,
+        Some(None) if !ASKING.with(|a| a.replace(true)) => {
+            let worker = std::thread::current().name().is_some_and(|n| n.starts_with(WORKER_NAME));
+            ASKING.with(|a| a.set(false));
+            COUNTED.with(|c| c.set(Some(worker)));
+            worker
+        }
+        _ => false,
+    }
+}
+
 fn count() {
-    if COUNTING.load(Ordering::Relaxed) {
+    if COUNTING.load(Ordering::Relaxed) && counted_here() {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -64,12 +94,14 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Allocations made (on any thread) while `f` runs.
+/// Allocations made while `f` runs, on this thread and the session's workers.
 fn allocations(f: impl FnOnce()) -> usize {
+    let before = COUNTED.with(|c| c.replace(Some(true)));
     ALLOCATIONS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     f();
     COUNTING.store(false, Ordering::SeqCst);
+    COUNTED.with(|c| c.set(before));
     ALLOCATIONS.load(Ordering::SeqCst)
 }
 
