@@ -318,7 +318,7 @@ impl Layer<'_> {
         per_task: usize,
         offs: &[usize],
     ) {
-        let (layer, p) = (self, self.p);
+        let p = self.p;
         let threads = kernels.threads_now();
         let plane = p.out_h * p.out_w;
         for (b, yb) in y.chunks_exact_mut(p.out_c * plane).enumerate() {
@@ -343,8 +343,8 @@ impl Layer<'_> {
                         let mut start = cols.start;
                         while start < cols.end {
                             let end = cols.end.min((start / BLOCK + 1) * BLOCK);
-                            let block = layer.quantize(xb, offs, start, end, q);
-                            layer.multiply(q, block, rb, 0..p.out_c, cols.start, planes, work);
+                            let block = self.quantize(xb, offs, start, end, q);
+                            self.multiply(q, block, rb, 0..p.out_c, cols.start, planes, work);
                             start = end;
                         }
                     },
@@ -357,13 +357,13 @@ impl Layer<'_> {
                 let (shared, rest) = scratch.split_at_mut(shared_len);
                 let mut blocks = SPARE_BLOCKS.take();
                 let shared =
-                    layer.quantize_plane(kernels, xb, offs, shared, &mut rest[..threads], &mut blocks);
+                    self.quantize_plane(kernels, xb, offs, shared, &mut rest[..threads], &mut blocks);
                 let work = plane * p.in_c;
                 let per_task = per_task - shared_blocks(p) * block_len(p);
                 split_units(kernels, p.out_c, plane, work, yb, rest, per_task, |ocs, ys, s| {
                     with_plane_list(ys.chunks_exact_mut(plane), |planes| {
                         for &(at, block) in &blocks {
-                            layer.multiply(&shared[at..], block, rb, ocs.clone(), 0, planes, s);
+                            self.multiply(&shared[at..], block, rb, ocs.clone(), 0, planes, s);
                         }
                     })
                 });
@@ -376,8 +376,8 @@ impl Layer<'_> {
 impl Layer<'_> {
     /// Quantizes every block of image `xb`'s plane (channel `c` at `offs[c]`) into `shared`, block
     /// `b` at `b * block_len`, the blocks split over the threads when there are as many, else
-    /// each block's channels (`scratch`: one element per thread). Returns each block's byte
-    /// offset and map (into `quantized`, emptied first), and returns the quantized blocks.
+    /// each block's channels (`scratch`: one element per thread). Writes each block's byte
+    /// offset and map into `quantized` (emptied first) and returns the quantized blocks.
     fn quantize_plane<'s>(
         &self,
         kernels: &Kernels,
