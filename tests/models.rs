@@ -233,6 +233,28 @@ fn ppocr_8bit_cosine() {
     assert_cosine(PPOCR, Weights::Bits(8), "ppocr", COS8_PPOCR);
 }
 
+#[test]
+fn a_session_computes_the_same_bits_on_any_thread_count() {
+    // Sessions of 1 to 4 threads, every run split over its threads (no thread tuning), give
+    // the same bits: the 1×1 projections that split by input channels (PP-OCR det's over 12×24
+    // here) sum the same shares of the depth whatever the thread count, and every other split
+    // computes each output as one thread would.
+    for (model, golden) in [(PPOCR, "ppocr"), (PPOCR_V3, "ppocr_v3"), (BLAZEFACE, "blazeface")] {
+        let run = |threads| {
+            let options = SessionOptions { threads, tune_threads: false, ..Default::default() };
+            run_golden_with(model, Weights::Bits(4), golden, options)
+        };
+        let one = run(1);
+        for threads in 2..=4 {
+            for ((name, a), (_, b)) in one.iter().zip(&run(threads)) {
+                let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+                let same = a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{model}, {threads} threads: output '{name}' differs from one thread's");
+            }
+        }
+    }
+}
+
 /// Pairs every box of `reference` with a distinct box of `candidate` at IoU >= [`MIN_IOU`];
 /// the counts must be equal, so nothing is missing or extra. Returns a description of failures.
 fn match_boxes(reference: &[BBox], candidate: &[BBox]) -> Result<(), String> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use pith_compress::WeightFormat;
-use pith_runtime::{Session, SessionOptions};
+use pith_runtime::{Session, SessionOptions, Tensor};
 use pith_tests::{check_outputs, compile, data_dir, run_on_npy_inputs};
 
 /// Number of cases the generator writes; fewer found means the data is missing or stale.
@@ -27,20 +27,40 @@ fn case_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Runs a case single-threaded and with two threads, twice each (the second run reuses the plan
-/// and arena), checking every run against the goldens.
+/// Runs a case single-threaded, with two threads and with three that split every run (no
+/// thread tuning), twice each (the second run reuses the plan and arena), checking every run
+/// against the goldens and against the first run bit for bit: the results do not depend on the
+/// thread count.
 fn run_case(dir: &Path) -> Result<()> {
     let onnx = std::fs::read(dir.join("model.onnx")).context("reading model.onnx")?;
     let file = Arc::new(compile(&onnx, WeightFormat::F32)?);
-    for threads in [1, 2] {
-        let mut session = Session::new(file.clone(), SessionOptions { threads, ..Default::default() })
-            .context("creating the session")?;
+    let mut first: Option<Vec<(String, Tensor)>> = None;
+    for (threads, tune_threads) in [(1, true), (2, true), (3, false)] {
+        let options = SessionOptions { threads, tune_threads, ..Default::default() };
+        let mut session = Session::new(file.clone(), options).context("creating the session")?;
         for run in 1..=2 {
-            let outputs = run_on_npy_inputs(&mut session, &file, dir)
-                .with_context(|| format!("run {run} with {threads} thread(s)"))?;
-            check_outputs(&outputs, dir, TOL)
-                .with_context(|| format!("run {run} with {threads} thread(s)"))?;
+            let what = || format!("run {run} with {threads} thread(s)");
+            let outputs = run_on_npy_inputs(&mut session, &file, dir).with_context(what)?;
+            check_outputs(&outputs, dir, TOL).with_context(what)?;
+            match &first {
+                None => first = Some(outputs),
+                Some(want) => same_bits(&outputs, want).with_context(what)?,
+            }
         }
+    }
+    Ok(())
+}
+
+/// Whether every output of `got` holds the same bits as `want`'s, naming the first that does not.
+fn same_bits(got: &[(String, Tensor)], want: &[(String, Tensor)]) -> Result<()> {
+    for ((name, a), (_, b)) in got.iter().zip(want) {
+        let same = match (a.as_f32(), b.as_f32()) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
+            }
+            _ => a == b,
+        };
+        anyhow::ensure!(same, "output '{name}' is not the same bits as the first run's");
     }
     Ok(())
 }

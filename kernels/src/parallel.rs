@@ -86,6 +86,40 @@ pub(crate) fn split_units_into<F>(
 /// to the caller alone, see `WorkerPool::backed_off`).
 const BALANCE_MIN_WORK: usize = 1 << 20;
 
+/// Runs `f(i, part, scratch_part)` on each of the `count` output parts `parts` yields, one task
+/// per part, parts of any length and from any buffers. Tasks go to the caller and the pool's
+/// workers when the job (`work` multiply-adds in all) is worth it, else all run on the caller,
+/// one after the other. Each call gets its thread's `per_task` elements of `scratch`, which
+/// must hold `kernels.threads() * per_task`.
+pub(crate) fn split_parts<'a, F>(
+    kernels: &Kernels,
+    parts: impl Iterator<Item = &'a mut [f32]>,
+    count: usize,
+    work: usize,
+    scratch: &mut [f32],
+    per_task: usize,
+    f: F,
+) where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+{
+    let worth = work / kernels.min_task_work.max(1);
+    match kernels.pool_now() {
+        (Some(pool), threads) if threads > 1 && count > 1 && worth > 1 => {
+            with_claims(parts, |claims| {
+                with_slots(scratch, per_task.max(1), pool.workers() + 1, |slots| {
+                    pool.run(claims.len(), &|t, slot| {
+                        if let Some(part) = claim(claims, t) {
+                            let mut sc = slots[slot].lock().unwrap_or_else(PoisonError::into_inner);
+                            f(t, part, &mut sc);
+                        }
+                    })
+                })
+            });
+        }
+        _ => parts.enumerate().for_each(|(i, part)| f(i, part, scratch)),
+    }
+}
+
 /// Tasks per thread for a job of `work` multiply-adds over `threads` threads: `wanted` (at least
 /// one) when each thread's share is long enough for a slow thread's lag to matter, else one.
 fn balanced(wanted: usize, work: usize, threads: usize) -> usize {

@@ -140,6 +140,11 @@ pub fn assert_close_within(got: &[f32], want: &[f32], range: f32, what: &str) {
 /// Every available instruction-set path with 1, 2 and 3 worker threads, splitting even tiny
 /// shapes; prints the paths this CPU lacks so test logs say what was skipped.
 pub fn kernel_sets() -> Vec<crate::Kernels> {
+    kernel_sets_up_to(3)
+}
+
+/// [`kernel_sets`] with 1 to `max_threads` worker threads per path.
+pub fn kernel_sets_up_to(max_threads: usize) -> Vec<crate::Kernels> {
     let paths = crate::Isa::available();
     for name in ["avx2", "avx512", "neon"] {
         if !paths.iter().any(|i| i.name == name) {
@@ -148,7 +153,7 @@ pub fn kernel_sets() -> Vec<crate::Kernels> {
     }
     let mut sets = Vec::new();
     for isa in paths {
-        for threads in 1..=3 {
+        for threads in 1..=max_threads {
             let mut k = crate::Kernels::with_isa(isa, threads).expect("worker threads start");
             k.min_task_work = 1;
             // Tests check how work is split; a stall (common under qemu) must not send it all

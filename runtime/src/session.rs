@@ -28,7 +28,8 @@ pub struct SessionOptions {
     /// session creation); by default the physical cores this process may use, only the fast ones
     /// on CPUs with cores of several speeds ([`crate::default_threads`]). The kernel path is the
     /// best the CPU supports, or `PITH_KERNEL` (`scalar`, `avx2`, `avx512`, `neon`); an unknown or
-    /// unsupported name fails `Session::new`.
+    /// unsupported name fails `Session::new`. The outputs are the same bits at any thread count
+    /// on one kernel path.
     pub threads: usize,
     /// Run 1×1 convolutions and 4-bit GEMVs on activations quantized to 8 bits on the fly and
     /// the CPU's int8 dot products (dynamic-range quantization, as TFLite's hybrid kernels):
@@ -63,8 +64,8 @@ pub struct SessionOptions {
     pub tune_threads: bool,
     /// Run the portable reference kernels (the scalar path) whatever the CPU and `PITH_KERNEL`:
     /// much slower than the SIMD paths, but every sum is formed in the same order with the same
-    /// roundings on every machine, so on one thread the outputs are the same bits on any CPU
-    /// and architecture (`pith compress --reproducible` calibrates this way, and CI checks its
+    /// roundings on every machine, so the outputs are the same bits on any CPU and architecture
+    /// (and, as on every path, at any thread count) (`pith compress --reproducible` calibrates this way, and CI checks its
     /// files on x86-64 against aarch64). Off by default.
     pub portable_kernels: bool,
 }

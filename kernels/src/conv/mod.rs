@@ -135,7 +135,9 @@ mod pointwise;
 mod slab;
 
 use depthwise::{in_place_kernel, plane_kernel, small_channels_kernel, SmallChannels};
-use pointwise::{depth_split_shape, panel_rows, pointwise_by_depth, pointwise_by_pixels, POINTWISE_ACC};
+use pointwise::{
+    depth_split_shape, panel_rows, pointwise_by_depth, pointwise_by_pixels, DEPTH_SHARES, POINTWISE_ACC,
+};
 pub(crate) use slab::Slab;
 #[cfg(test)]
 mod tests;
@@ -172,12 +174,12 @@ pub fn scratch_len(p: &Conv2dParams) -> usize {
     } else if p.is_pointwise() {
         // A panel of filters, one gathered input column, the accumulator tile; or what the int8
         // path needs, if that is more (the runtime sizes scratch before it knows the path). Split
-        // by depth: each thread's partial sums (one per filter and pixel), and a panel and its
-        // share of the depth.
+        // by depth: the partial sums of the shares after the first (one per filter and pixel;
+        // more than needed on several threads), and a panel and its share of the depth.
         let work =
             ((panel_rows(p) + 1) * p.filter_len() + POINTWISE_ACC).max(crate::conv_int8::scratch_len(p));
         if depth_split_shape(p) {
-            p.out_c * p.out_h * p.out_w + work.max(2 * panel_rows(p) * p.filter_len())
+            (DEPTH_SHARES - 1) * p.out_c * p.out_h * p.out_w + work.max(2 * panel_rows(p) * p.filter_len())
         } else {
             work
         }
@@ -313,7 +315,7 @@ pub fn conv2d(
             residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
         let work = out_plane * p.filter_len();
         match &slab {
-            None if pointwise_by_depth(kernels, p) => layer.pointwise_by_depth(kernels, xb, rb, yb, scratch),
+            None if pointwise_by_depth(p) => layer.pointwise_by_depth(kernels, xb, rb, yb, scratch),
             None if pointwise_by_pixels(kernels, p) => split_output_rows(
                 kernels,
                 p,

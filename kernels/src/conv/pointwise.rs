@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use super::{fused_activation, scratch_len, Conv2dParams, Layer, Residual, PIXEL_SPLIT_MIN};
 use crate::arch::{FusedActivation, FusedRows, ResidualRows};
-use crate::parallel::{split_rows, split_units, with_plane_list, with_plane_offsets, TASKS_PER_THREAD};
+use crate::parallel::{split_parts, split_rows, with_plane_list, with_plane_offsets, TASKS_PER_THREAD};
 use crate::{Activation, Kernels};
 
 /// f32 elements of the pointwise path's accumulator tile (128 KiB: a panel of filters times a
@@ -83,22 +83,30 @@ const DEPTH_SPLIT_PLANES: std::ops::RangeInclusive<usize> = 14 * 14..=1024;
 /// [`Kernels::min_task_work`]: a load and an add, bound by memory, not by arithmetic.
 const REDUCE_WORK_WEIGHT: usize = 16;
 
-/// Whether a 1×1 layer is split across threads by input channels: each thread sums its share of
-/// the depth for every filter and pixel, then each adds up the partial sums of its pixels and
-/// finishes them. A projection (at least twice as many input channels as filters) over a small
-/// plane, on several threads: its input comes from a depthwise layer, or a 1×1 layer split by
+/// Shares of the depth a layer that [`pointwise_by_depth`] takes is summed in, whatever the
+/// thread count: the sums' last bits depend on the shares, so a session computes the same bits
+/// on 1, 2 or 8 threads, and whether or not the pool runs the shares in parallel (its workers
+/// stalled, the thread tuner's serial mode). Two, the measured case: on more threads each share
+/// is cut further by filters. At 1 thread the split costs a second pass: MobileNetV2's ten
+/// projections over 14×14 and 28×28 with planar activations on AVX2 took 1.335 ms per run
+/// against 1.235 unsplit (`pith bench --profile`, 4 alternating runs, Zen 4), while paired runs
+/// of the whole model measured level (1.000, quartiles 0.992-1.008). AVX-512 runs those layers
+/// blocked by default, and the int8 path never splits by depth.
+pub(super) const DEPTH_SHARES: usize = 2;
+
+/// Whether a 1×1 layer is summed in [`DEPTH_SHARES`] shares of its input channels, which the
+/// threads take (cut by filters on more threads), then each thread adds up the partial sums of
+/// its pixels and finishes them. A projection (at least twice as many input channels as
+/// filters) over a small plane: its input comes from a depthwise layer, or a 1×1 layer split by
 /// filters, that left each thread's channels in that thread's cache. Split by filters or pixels,
 /// each thread read half of its input from the other core's cache (slow on 2-vCPU VMs: a
 /// thread reads lines another core wrote at a third of the speed), where the partial sums that
 /// cross here are a fraction of it (the filters over the input channels, halved).
 ///
-/// Decided on the session's thread count, not [`Kernels::threads_now`]: the sums' last bits
-/// depend on the shares, so a run that the pool hands to the caller alone (its workers stalled,
-/// or the thread tuner's serial mode) sums the same shares, one after the other, and a session's
-/// results do not change from run to run.
-pub(super) fn pointwise_by_depth(kernels: &Kernels, p: &Conv2dParams) -> bool {
-    let threads = kernels.threads();
-    depth_split_shape(p) && threads > 1 && p.in_c >= 8 * threads
+/// Decided on the layer alone, not on the thread count, so that the layer's bits do not depend
+/// on it (see [`DEPTH_SHARES`]).
+pub(super) fn pointwise_by_depth(p: &Conv2dParams) -> bool {
+    depth_split_shape(p) && p.in_c >= 8 * DEPTH_SHARES
 }
 
 /// Fewest input channels of a 1×1 layer that [`pointwise_by_depth`] splits. Shallower ones
@@ -324,9 +332,10 @@ impl Layer<'_, '_> {
     }
 
     /// A 1×1 layer split by input channels (see [`pointwise_by_depth`]) over image `xb` into its
-    /// output `y`: one share of the depth per thread, each summed for every filter and pixel into
-    /// the front of `scratch` (`threads` partial outputs), then each thread adds up the partial
-    /// sums of its pixels, with the bias, residual and activation.
+    /// output `y`: the first of the [`DEPTH_SHARES`] shares of the depth is summed for every
+    /// filter and pixel into `y` itself, the others into the front of `scratch`, a task per
+    /// share and group of filters; then each thread adds up the partial sums of its pixels, with
+    /// the bias, residual and activation.
     pub(super) fn pointwise_by_depth(
         &self,
         kernels: &Kernels,
@@ -337,30 +346,37 @@ impl Layer<'_, '_> {
     ) {
         let p = self.p;
         let (k, plane, filters) = (p.in_c, p.out_h * p.out_w, p.out_c);
-        // As many shares as the session has threads (the scratch is sized for them), whether or
-        // not the pool runs them in parallel now (see `pointwise_by_depth`).
-        let shares = kernels.threads();
         let part = filters * plane;
-        let per_task = scratch_len(p) - part;
-        let (partials, rest) = scratch.split_at_mut(shares * part);
+        // `scratch_len` holds the other shares' partial outputs once per thread.
+        let (others, rest) = scratch.split_at_mut((DEPTH_SHARES - 1) * part);
+        let per_task = scratch_len(p) - (DEPTH_SHARES - 1) * part;
         // Share `s` of the depth; shares are contiguous, as the channels a thread wrote are.
-        let depth = |s: usize| s * k / shares..(s + 1) * k / shares;
-        split_units(kernels, shares, part, part * k / shares, partials, rest, per_task, |ss, out, s| {
+        let depth = |s: usize| s * k / DEPTH_SHARES..(s + 1) * k / DEPTH_SHARES;
+        // Groups of whole panels of filters, so that every thread has a task: the grouping
+        // changes which thread sums what, not a sum's bits.
+        let panels = filters.div_ceil(panel_rows(p));
+        let group_len =
+            filters.div_ceil(kernels.threads_now().div_ceil(DEPTH_SHARES).clamp(1, panels.max(1)));
+        let group_len = group_len.next_multiple_of(panel_rows(p)).max(1);
+        let groups = filters.div_ceil(group_len);
+        let shares = std::iter::once(&mut *y).chain(others.chunks_exact_mut(part));
+        let tasks = shares.flat_map(|share| share.chunks_mut(group_len * plane));
+        split_parts(kernels, tasks, DEPTH_SHARES * groups, part * k, rest, per_task, |t, sums, s| {
+            let (share, first) = (t / groups, t % groups * group_len);
             with_plane_offsets(k, plane, |planes| {
-                for (share, acc) in ss.zip(out.chunks_exact_mut(part)) {
-                    self.partial_sums(xb, planes, depth(share), acc, s);
-                }
+                self.partial_sums(xb, planes, depth(share), first..first + sums.len() / plane, sums, s)
             })
         });
-        let partials = &*partials;
-        let row_work = filters * (shares + 1) * REDUCE_WORK_WEIGHT;
+        let others = &*others;
+        let row_work = filters * (DEPTH_SHARES + 1) * REDUCE_WORK_WEIGHT;
         // Pixel ranges of whole 64-byte lines.
         split_rows(kernels, plane, 1, row_work, 16, 1, y, rest, per_task, |cols, outs, s| {
             let sum = &mut s[..cols.len()];
             for (f, dst) in outs.iter_mut().enumerate() {
                 let at = f * plane + cols.start;
-                sum.copy_from_slice(&partials[at..][..cols.len()]);
-                for other in partials.chunks_exact(part).skip(1) {
+                // The first share, in `y`; the others added in share order.
+                sum.copy_from_slice(dst);
+                for other in others.chunks_exact(part) {
                     sum.iter_mut().zip(&other[at..]).for_each(|(v, &o)| *v += o);
                 }
                 let res = residual.and_then(|r| r.plane(f, plane)).map(|r| &r[cols.clone()]);
@@ -370,14 +386,16 @@ impl Layer<'_, '_> {
         });
     }
 
-    /// `acc[f * plane + j]` = the sum over input channels `depth` of filter `f`'s weights times
-    /// pixel `j` of those channels (`planes[c]`: where channel `c` starts in `xb`), for every
-    /// filter, panel by panel of decoded filters, each cut to that share of the depth.
+    /// `acc[i * plane + j]` = the sum over input channels `depth` of filter `filters.start + i`'s
+    /// weights times pixel `j` of those channels (`planes[c]`: where channel `c` starts in
+    /// `xb`), for every filter of `filters`, panel by panel of decoded filters, each cut to that
+    /// share of the depth.
     fn partial_sums(
         &self,
         xb: &[f32],
         planes: &[usize],
         depth: Range<usize>,
+        filters: Range<usize>,
         acc: &mut [f32],
         scratch: &mut [f32],
     ) {
@@ -388,19 +406,19 @@ impl Layer<'_, '_> {
         let (cut, spare) = rest.split_at_mut(block * kc);
         // bf16 products pack the input into what is left of the scratch, if a strip fits.
         let bf16 = self.bf16.filter(|_| crate::arch::bf16_strip_len(kc) <= spare.len());
-        let mut oc = 0;
-        while oc < p.out_c {
-            let end = p.out_c.min(oc + block);
+        let mut oc = filters.start;
+        while oc < filters.end {
+            let end = filters.end.min(oc + block);
             let m = end - oc;
             self.rows.decode_rows(oc..end, &mut panel[..m * k]);
             for (row, share) in panel.chunks_exact(k).zip(cut.chunks_exact_mut(kc)).take(m) {
                 share.copy_from_slice(&row[depth.clone()]);
             }
-            let sums = &mut acc[oc * plane..end * plane];
+            let sums = &mut acc[(oc - filters.start) * plane..(end - filters.start) * plane];
             let offs = &planes[depth.clone()];
             if let Some(bf16) = bf16 {
                 // Packed for the first panel, and again only when the strips do not all fit.
-                let pack = oc == 0 || crate::arch::bf16_packed_len(kc, plane) > spare.len();
+                let pack = oc == filters.start || crate::arch::bf16_packed_len(kc, plane) > spare.len();
                 (bf16.pairs_in_place)(&mut cut[..m * kc], kc);
                 with_plane_list(sums.chunks_exact_mut(plane), |rows| {
                     let act = FusedActivation::None;

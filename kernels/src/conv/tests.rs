@@ -3,11 +3,10 @@ use super::pointwise::sliver_columns;
 use super::slab::uses_depthwise_rows;
 use super::*;
 use crate::testutil::{
-    assert_close, assert_close_within, decode_all, kernel_sets, pointwise, random_weight,
+    assert_close, assert_close_within, decode_all, kernel_sets, kernel_sets_up_to, pointwise, random_weight,
     same_width_depthwise, Edge, Guarded, Rng, WeightKind,
 };
 use crate::Kernels;
-use pith_format::ir::CodebookKind;
 
 /// Plain 7-loop convolution on fully decoded weights.
 fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, p: &Conv2dParams) -> Vec<f32> {
@@ -436,45 +435,43 @@ fn pointwise_split_by_pixels_matches_the_reference() {
 
 #[test]
 fn pointwise_split_by_depth_matches_the_reference() {
-    // Projections over small planes: split by input channels on the threaded sets, each
-    // thread's partial sums added up by pixel ranges (the last one short), with every epilogue
-    // (bias, full and partial residuals, a PRelu per channel), uneven shares of the depth,
-    // several panels of filters, odd extents and two images.
+    // Projections over small planes: summed in two shares of the depth on every set (one
+    // thread included), the partial sums added up by pixel ranges (the last one short), with
+    // every epilogue (bias, full and partial residuals, a PRelu per channel), uneven shares of
+    // the depth, several panels of filters, odd extents and two images.
     let mut rng = Rng::new(93);
     let sets = kernel_sets();
-    let mut split = 0;
     let cases = [(192, 32, [28, 28]), (160, 49, [14, 14]), (150, 7, [15, 14]), (144, 30, [14, 15])];
     for (case, (in_c, out_c, [h, w])) in cases.into_iter().enumerate() {
         let p = pointwise(1 + case % 2, in_c, out_c, [h, w]);
-        split += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
+        assert!(pointwise_by_depth(&p), "{p:?} not split by depth");
         let kinds = WeightKind::all();
         check_all_paths(&mut rng, &sets, &p, kinds[case % kinds.len()], true);
         check_fused_activations(&mut rng, &sets, &p, kinds[(case + 1) % kinds.len()]);
     }
-    let threaded = sets.iter().filter(|k| k.threads() > 1).count();
-    assert_eq!(split, cases.len() * threaded);
     // Projections over planes under 14×14 are not split by depth (BlazeFace full range's 192 ->
     // 64 over 12×12).
-    let small = pointwise(1, 192, 64, [12, 12]);
-    assert!(sets.iter().all(|k| !pointwise_by_depth(k, &small)), "a 12×12 plane split by depth");
+    assert!(!pointwise_by_depth(&pointwise(1, 192, 64, [12, 12])), "a 12×12 plane split by depth");
     // Nor 128-deep ones (BlazeFace full range's 128 -> 64 over 24×24).
-    let full_range = pointwise(1, 128, 64, [24, 24]);
-    assert!(sets.iter().all(|k| !pointwise_by_depth(k, &full_range)), "128 inputs split by depth");
+    assert!(!pointwise_by_depth(&pointwise(1, 128, 64, [24, 24])), "128 inputs split by depth");
     // Shallower projections split by pixels (MobileNetV3-Small's 72 -> 24 over 28×28).
     let shallow = pointwise(1, 72, 24, [28, 28]);
-    assert!(sets.iter().all(|k| !pointwise_by_depth(k, &shallow)), "72 inputs split by depth");
+    assert!(!pointwise_by_depth(&shallow), "72 inputs split by depth");
     assert!(sets.iter().any(|k| k.threads() > 1 && pointwise_by_pixels(k, &shallow)));
 }
 
 #[test]
-fn a_layer_computes_the_same_bits_when_its_work_runs_on_the_caller_alone() {
-    // A session's results do not change when the pool runs its jobs on the caller alone (a
-    // stalled worker's back-off, the thread tuner's serial mode): projections split by depth
-    // sum the same shares serially, the other splits compute each output as one thread would.
+fn a_layer_computes_the_same_bits_on_any_thread_count_and_on_the_caller_alone() {
+    // A layer's results depend neither on the session's thread count nor on whether the pool
+    // runs its jobs on the caller alone (a stalled worker's back-off, the thread tuner's serial
+    // mode): projections split by depth sum the same shares, cut by filters on more threads
+    // (the 320 -> 150 layer: four panels, two groups at 3 and 4 threads), the other splits
+    // compute each output as one thread would. Every encoding, a residual on the projections.
     let mut rng = Rng::new(41);
     let layers = [
         pointwise(1, 192, 32, [28, 28]),
-        pointwise(1, 144, 30, [14, 15]),
+        pointwise(2, 144, 30, [14, 15]),
+        pointwise(1, 320, 150, [14, 14]),
         pointwise(1, 24, 96, [56, 56]),
         // 3×3, padded: dense (split by rows) and depthwise (by channels).
         Conv2dParams { k_h: 3, k_w: 3, pad_top: 1, pad_left: 1, ..pointwise(1, 19, 21, [9, 10]) },
@@ -487,33 +484,41 @@ fn a_layer_computes_the_same_bits_when_its_work_runs_on_the_caller_alone() {
             ..pointwise(1, 32, 32, [20, 20])
         },
     ];
-    for p in &layers {
-        let kind = match std::env::var("WK").as_deref() {
-            Ok("f32") => WeightKind::F32,
-            Ok("row") => WeightKind::Codebook(4, CodebookKind::PerRow, false),
-            Ok("tensor") => WeightKind::Codebook(4, CodebookKind::PerTensor, false),
-            _ => WeightKind::Codebook(4, CodebookKind::SharedScaled, false),
-        };
+    let sets = kernel_sets_up_to(4);
+    let mut by_depth = 0;
+    for (case, p) in layers.iter().enumerate() {
+        let kind = WeightKind::all()[case * 3 % WeightKind::all().len()];
         let data = random_weight(&mut rng, kind, p.out_c, p.filter_len());
         let x = rng.vec(p.batch * p.in_c * p.in_h * p.in_w);
         let bias = rng.vec(p.out_c);
-        for kernels in kernel_sets().iter().filter(|k| k.threads() > 1) {
-            let run = || {
-                let mut y = vec![f32::NAN; p.batch * p.out_c * p.out_h * p.out_w];
-                let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
-                kernels
-                    .conv2d(&x, &data.view(), Some(&bias), p, Activation::Relu, &mut y, &mut scratch)
-                    .unwrap();
-                y
-            };
-            let split = run();
-            kernels.set_serial(true);
-            let serial = run();
-            kernels.set_serial(false);
-            let what = format!("{kernels:?} {p:?}");
-            assert!(split.iter().zip(&serial).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}");
+        let out_len = p.batch * p.out_c * p.out_h * p.out_w;
+        let residual = pointwise_by_depth(p).then(|| rng.vec(out_len));
+        by_depth += usize::from(residual.is_some());
+        let run = |kernels: &Kernels| {
+            let mut y = vec![f32::NAN; out_len];
+            let mut scratch = vec![f32::NAN; kernels.conv2d_scratch_len(p)];
+            let (w, act) = (data.view(), Activation::Relu);
+            match &residual {
+                Some(r) => kernels.conv2d_add(&x, &w, Some(&bias), r, p, act, &mut y, &mut scratch),
+                None => kernels.conv2d(&x, &w, Some(&bias), p, act, &mut y, &mut scratch),
+            }
+            .unwrap();
+            y
+        };
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        for one in sets.iter().filter(|k| k.threads() == 1) {
+            let want = run(one);
+            for kernels in sets.iter().filter(|k| k.isa().name == one.isa().name && k.threads() > 1) {
+                let what = format!("{kernels:?} {kind:?} {p:?}");
+                assert!(same(&run(kernels), &want), "{what}: other bits than on one thread");
+                kernels.set_serial(true);
+                let serial = run(kernels);
+                kernels.set_serial(false);
+                assert!(same(&serial, &want), "{what}: other bits on the caller alone");
+            }
         }
     }
+    assert_eq!(by_depth, 3, "the three projections split by depth");
 }
 
 #[test]
@@ -651,7 +656,7 @@ fn bf16_products_stay_within_their_rounding_of_the_f32_result() {
         // whose packed input must not pass from one group to the next, and whose sliver
         // column each panel gathers and rounds for itself.
         p.groups = if case == cases.len() - 1 { 2 } else { 1 };
-        by_depth += sets.iter().filter(|k| pointwise_by_depth(k, &p)).count();
+        by_depth += usize::from(pointwise_by_depth(&p));
         let kind = kinds[case * 5 % kinds.len()];
         let data = random_weight(&mut rng, kind, out_c, p.filter_len());
         let wf = decode_all(&data, out_c);
@@ -675,8 +680,8 @@ fn bf16_products_stay_within_their_rounding_of_the_f32_result() {
             }
         }
     }
-    // Two layers above split by depth on the 2- and 3-thread sets.
-    assert!(sets.is_empty() || by_depth >= 2, "no layer took the split by depth");
+    // The 201 -> 20 layer splits by depth.
+    assert_eq!(by_depth, 1, "the layers split by depth");
 }
 
 #[test]
