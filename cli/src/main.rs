@@ -237,6 +237,10 @@ struct SessionArgs {
     /// times runs on the threads and on one thread and runs the faster way).
     #[arg(long)]
     fixed_threads: bool,
+    /// Let the OS place the worker threads on any core (by default, on CPUs with cores of several
+    /// speeds, as phones' big.LITTLE, they are kept to the fast ones; Linux and Android)
+    #[arg(long)]
+    no_pin: bool,
 }
 
 impl SessionArgs {
@@ -250,6 +254,7 @@ impl SessionArgs {
             blocked_layout: !self.planar,
             tune_threads: !self.fixed_threads,
             portable_kernels: false,
+            pin_fast_cores: !self.no_pin,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! gemm split their output channels over the kernel set's persistent worker threads.
 
 mod activation;
+pub mod affinity;
 pub mod arch;
 pub mod blocked;
 mod conv;
@@ -160,9 +161,25 @@ impl Kernels {
     /// With more than one, a pool of `threads - 1` persistent workers is started here, once; one
     /// thread uses none.
     pub fn with_isa(isa: Isa, threads: usize) -> Result<Kernels, KernelError> {
+        Kernels::with_isa_on_cpus(isa, threads, None)
+    }
+
+    /// [`Kernels::new`] with the worker threads kept to those of logical CPUs `worker_cpus` they
+    /// may run on (a phone's fast cores: see [`affinity::pin_current_thread`]; Linux and Android,
+    /// elsewhere ignored). The caller's thread, which takes part in every job, keeps its own.
+    pub fn on_cpus(threads: usize, worker_cpus: &[usize]) -> Result<Kernels, KernelError> {
+        Kernels::with_isa_on_cpus(Isa::detect()?, threads, Some(worker_cpus.into()))
+    }
+
+    /// [`Kernels::with_isa`], the workers kept to `worker_cpus` if given ([`Kernels::on_cpus`]).
+    pub fn with_isa_on_cpus(
+        isa: Isa,
+        threads: usize,
+        worker_cpus: Option<Arc<[usize]>>,
+    ) -> Result<Kernels, KernelError> {
         let threads = threads.max(1);
         let pool = if threads > 1 {
-            let pool = WorkerPool::new(threads - 1).map_err(|e| {
+            let pool = WorkerPool::on_cpus(threads - 1, worker_cpus).map_err(|e| {
                 KernelError::Params(format!("cannot start {} worker threads: {e}", threads - 1))
             })?;
             Some(Arc::new(pool))

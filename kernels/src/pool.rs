@@ -266,7 +266,14 @@ impl std::fmt::Debug for WorkerPool {
 
 impl WorkerPool {
     /// Starts `workers` threads named `pith-worker-<i>`.
+    #[cfg(test)]
     pub(crate) fn new(workers: usize) -> std::io::Result<WorkerPool> {
+        WorkerPool::on_cpus(workers, None)
+    }
+
+    /// [`WorkerPool::new`], each worker kept to those of logical CPUs `cpus` it may run on (see
+    /// [`crate::affinity::pin_current_thread`]).
+    pub(crate) fn on_cpus(workers: usize, cpus: Option<Arc<[usize]>>) -> std::io::Result<WorkerPool> {
         let shared = Arc::new(Shared {
             posted: Posted::default(),
             shares: (0..=workers).map(|_| Share::default()).collect(),
@@ -292,10 +299,14 @@ impl WorkerPool {
             ignore_stalls: AtomicBool::new(false),
         };
         for id in 1..=workers {
-            let shared = Arc::clone(&pool.shared);
-            let handle = std::thread::Builder::new()
-                .name(format!("pith-worker-{id}"))
-                .spawn(move || work(&shared, id))?;
+            let (shared, cpus) = (Arc::clone(&pool.shared), cpus.clone());
+            let handle = std::thread::Builder::new().name(format!("pith-worker-{id}")).spawn(move || {
+                if let Some(cpus) = cpus {
+                    let on = crate::affinity::pin_current_thread(&cpus);
+                    log::debug!("worker {id} runs on CPUs {on:?}");
+                }
+                work(&shared, id)
+            })?;
             // Pushed one by one: if a later spawn fails, Drop stops the ones already running.
             pool.handles.push(handle);
         }
@@ -523,6 +534,30 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn workers_run_on_the_cpus_they_are_given_and_the_caller_keeps_its_own() {
+        let caller = crate::affinity::current_thread_cpus().unwrap();
+        let last = *caller.last().unwrap();
+        let pool = WorkerPool::on_cpus(2, Some(vec![last].into())).unwrap();
+        pool.ignore_stalls();
+        let seen = Mutex::new(Vec::new());
+        let task = |_: usize, slot: usize| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_micros(200) {
+                std::hint::spin_loop();
+            }
+            seen.lock().unwrap().push((slot, crate::affinity::current_thread_cpus().unwrap()));
+        };
+        (0..50).for_each(|_| pool.run(3, &task));
+        let seen = seen.into_inner().unwrap();
+        assert!(seen.iter().any(|(slot, _)| *slot != 0), "no worker took a task");
+        for (slot, cpus) in seen {
+            let want = if slot == 0 { caller.clone() } else { vec![last] };
+            assert_eq!(cpus, want, "slot {slot}");
+        }
+    }
 
     #[test]
     fn every_task_runs_once_per_job_across_many_jobs() {

@@ -10,7 +10,8 @@
 //! every core would run slower than one on the fast cores alone; ncnn and MNN default to the big
 //! cores for this reason. Where Linux (and Android) describe the cores' speeds in sysfs, the
 //! default counts only the fast ones, told apart as ncnn tells them: a core is slow when its
-//! speed is below the middle of the slowest and the fastest core's speeds.
+//! speed is below the middle of the slowest and the fastest core's speeds. A session's worker
+//! threads are then kept to those cores ([`crate::SessionOptions::pin_fast_cores`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -24,7 +25,7 @@ pub fn default_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| {
         let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let fast = fast_cores(Path::new(SYSFS_CPUS));
+        let fast = this_machines_fast_cores().map(|f| f.cores);
         let threads = threads_for(num_cpus::get_physical(), allowed, fast);
         log::debug!(
             "default threads {threads}: {} physical cores, {allowed} CPUs allowed, fast cores {fast:?}",
@@ -46,6 +47,8 @@ fn threads_for(physical: usize, allowed: usize, fast: Option<usize>) -> usize {
 /// What sysfs says of one logical CPU.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct CpuSpeed {
+    /// `N` of its `cpuN` directory: the id the OS schedules it by.
+    id: usize,
     /// `cpu_capacity`: the scheduler's relative speed of the core at its top frequency (1024 for
     /// the fastest; arm64 derives it from the device tree's per-core DMIPS/MHz, so it tells an
     /// in-order little core from an out-of-order big one even at a similar clock).
@@ -64,13 +67,46 @@ struct CpuSpeed {
 /// slow when its speed is below the middle of the slowest and fastest (ncnn's rule). CPUs that
 /// report no speed (offline ones) are left out.
 pub fn fast_cores(root: &Path) -> Option<usize> {
-    fast_core_count(&read_cpus(root))
+    let all = read_cpus(root);
+    let cpus = fast_logical_cpus(&all)?;
+    let cores: BTreeSet<String> =
+        cpus.iter().map(|c| c.core.clone().unwrap_or_else(|| format!("cpu{}", c.id))).collect();
+    Some(cores.len())
 }
 
-/// [`fast_cores`] on CPUs already read.
-fn fast_core_count(cpus: &[CpuSpeed]) -> Option<usize> {
-    let reported = |speed: fn(&CpuSpeed) -> Option<u64>| -> Vec<(u64, usize)> {
-        cpus.iter().enumerate().filter_map(|(i, c)| speed(c).map(|s| (s, i))).collect()
+/// The logical CPUs (ids as the OS numbers them, ascending) of the cores [`fast_cores`] counts:
+/// every hardware thread of each fast core; `None` where it gives `None`.
+pub fn fast_cpus(root: &Path) -> Option<Vec<usize>> {
+    let all = read_cpus(root);
+    let mut ids: Vec<usize> = fast_logical_cpus(&all)?.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
+/// This machine's fast cores, when its cores run at several speeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastCores {
+    /// Physical cores ([`fast_cores`]).
+    pub cores: usize,
+    /// Their logical CPUs ([`fast_cpus`]).
+    pub cpus: Vec<usize>,
+}
+
+/// [`FastCores`] of this machine, read from sysfs once per process; `None` where [`fast_cores`]
+/// gives `None`.
+pub fn this_machines_fast_cores() -> Option<&'static FastCores> {
+    static FAST: std::sync::OnceLock<Option<FastCores>> = std::sync::OnceLock::new();
+    FAST.get_or_init(|| {
+        let root = Path::new(SYSFS_CPUS);
+        Some(FastCores { cores: fast_cores(root)?, cpus: fast_cpus(root)? })
+    })
+    .as_ref()
+}
+
+/// The logical CPUs of the faster kind among `cpus`, by [`fast_cores`]' rule.
+fn fast_logical_cpus(cpus: &[CpuSpeed]) -> Option<Vec<&CpuSpeed>> {
+    let reported = |speed: fn(&CpuSpeed) -> Option<u64>| -> Vec<(u64, &CpuSpeed)> {
+        cpus.iter().filter_map(|c| speed(c).map(|s| (s, c))).collect()
     };
     let mut speeds = reported(|c| c.capacity);
     if speeds.len() < 2 {
@@ -82,12 +118,7 @@ fn fast_core_count(cpus: &[CpuSpeed]) -> Option<usize> {
     if speeds.len() < 2 || middle == fastest {
         return None;
     }
-    let cores: BTreeSet<String> = speeds
-        .iter()
-        .filter(|&&(s, _)| s >= middle)
-        .map(|&(_, i)| cpus[i].core.clone().unwrap_or_else(|| format!("cpu{i}")))
-        .collect();
-    Some(cores.len())
+    Some(speeds.into_iter().filter(|&(s, _)| s >= middle).map(|(_, c)| c).collect())
 }
 
 /// Every `cpu<N>` directory under `root`, in no particular order (an unreadable or missing
@@ -96,20 +127,19 @@ fn read_cpus(root: &Path) -> Vec<CpuSpeed> {
     let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
     entries
         .flatten()
-        .filter(|e| {
+        .filter_map(|e| {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .map(|e| {
+            let id = name.to_str()?.strip_prefix("cpu")?;
+            let id = id.bytes().all(|b| b.is_ascii_digit()).then(|| id.parse::<usize>().ok())??;
             let dir = e.path();
             let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_owned());
             let number = |file: &str| read(file).and_then(|s| s.parse::<u64>().ok()).filter(|&n| n > 0);
-            CpuSpeed {
+            Some(CpuSpeed {
+                id,
                 capacity: number("cpu_capacity"),
                 max_freq_khz: number("cpufreq/cpuinfo_max_freq"),
                 core: read("topology/thread_siblings_list").filter(|s| !s.is_empty()),
-            }
+            })
         })
         .collect()
 }
@@ -175,6 +205,7 @@ mod tests {
         let a57 = (None, Some(1_958_400), None);
         let sd810 = FakeSysfs::new("sd810", &[a53, a53, a53, a53, a57, a57, a57, a57]);
         assert_eq!(fast_cores(&sd810.0), Some(4));
+        assert_eq!(fast_cpus(&sd810.0), Some(vec![4, 5, 6, 7]));
         // A DynamIQ phone (Snapdragon 8 Gen 2: one X3, four A715/A710, three A510) with the
         // scheduler's capacities: the prime and big cores are fast.
         let (x3, a7xx, a510) = (
@@ -184,11 +215,13 @@ mod tests {
         );
         let phone = FakeSysfs::new("sd8g2", &[a510, a510, a510, a7xx, a7xx, a7xx, a7xx, x3]);
         assert_eq!(fast_cores(&phone.0), Some(5));
+        assert_eq!(fast_cpus(&phone.0), Some(vec![3, 4, 5, 6, 7]));
         // A middle kind slower than the middle of the range (two Cortex-X1 at 1024, two A76 at
         // 480, four A55 at 250): only the fastest kind splits a layer evenly with itself.
         let (x1, a76, a55) = ((Some(1024), None, None), (Some(480), None, None), (Some(250), None, None));
         let three = FakeSysfs::new("three", &[a55, a55, a55, a55, a76, a76, x1, x1]);
         assert_eq!(fast_cores(&three.0), Some(2));
+        assert_eq!(fast_cpus(&three.0), Some(vec![6, 7]));
         // Little cores clocked as high as the big ones (two Cortex-A76 and six A55, all at
         // 2.0 GHz): the capacities tell them apart, the clocks would not.
         let (big, little) = ((Some(1024), Some(2_000_000), None), (Some(400), Some(2_000_000), None));
@@ -204,6 +237,8 @@ mod tests {
         let cpus = [p("0-1"), p("0-1"), p("2-3"), p("2-3"), e("4"), e("5"), e("6"), e("7")];
         let hybrid = FakeSysfs::new("hybrid", &cpus);
         assert_eq!(fast_cores(&hybrid.0), Some(2));
+        // Every hardware thread of the P-cores.
+        assert_eq!(fast_cpus(&hybrid.0), Some(vec![0, 1, 2, 3]));
     }
 
     #[test]
@@ -211,6 +246,7 @@ mod tests {
         let same = (Some(1024), Some(3_000_000), None);
         let uniform = FakeSysfs::new("uniform", &[same; 4]);
         assert_eq!(fast_cores(&uniform.0), None);
+        assert_eq!(fast_cpus(&uniform.0), None);
         // A cloud VM: no capacity, no cpufreq.
         let silent = FakeSysfs::new("silent", &[(None, None, Some("0")), (None, None, Some("1"))]);
         assert_eq!(fast_cores(&silent.0), None);
@@ -222,6 +258,7 @@ mod tests {
             &[(None, Some(1_000_000), None), (None, None, None), (None, Some(2_000_000), None)],
         );
         assert_eq!(fast_cores(&offline.0), Some(1));
+        assert_eq!(fast_cpus(&offline.0), Some(vec![2]));
         assert_eq!(fast_cores(Path::new("/nonexistent/pith/cpus")), None);
         // Garbage in a file reads as no speed.
         let odd = FakeSysfs::new("odd", &[(None, Some(2_000_000), None), (None, Some(1_000_000), None)]);

@@ -12,6 +12,7 @@ use pith_format::ir::{ElemType, Graph, Value};
 use pith_format::PithFile;
 use pith_kernels::{Activation, Kernels, ThreadWork};
 
+use crate::cpu::FastCores;
 use crate::error::{Result, RuntimeError};
 use crate::exec::{Backend, CpuBackend, GraphInputs, Job, NodeTime, OpTime};
 use crate::fuse::{self, Fused};
@@ -68,6 +69,14 @@ pub struct SessionOptions {
     /// (and, as on every path, at any thread count) (`pith compress --reproducible` calibrates this way, and CI checks its
     /// files on x86-64 against aarch64). Off by default.
     pub portable_kernels: bool,
+    /// On CPUs whose cores run at several speeds (phones' big.LITTLE, Intel's hybrid desktops:
+    /// [`crate::cpu::fast_cpus`]), keep the worker threads on the fast cores, when `threads` is
+    /// at most their count (ncnn's big-core binding): the OS otherwise may place a worker on a
+    /// slow core, and a layer's split waits for it. Linux and Android, within the CPUs the
+    /// process may use (never widening a `taskset` or cpuset); the caller's thread, which takes
+    /// part in every run, is the app's and keeps its own. On by default; does nothing on
+    /// machines whose cores are alike. Not timed: no phone has been at hand.
+    pub pin_fast_cores: bool,
 }
 
 impl Default for SessionOptions {
@@ -80,8 +89,23 @@ impl Default for SessionOptions {
             blocked_layout: true,
             tune_threads: true,
             portable_kernels: false,
+            pin_fast_cores: true,
         }
     }
+}
+
+/// The CPUs a session's worker threads are kept to ([`SessionOptions::pin_fast_cores`]): this
+/// machine's fast cores, when it has cores of several speeds and the session has more than one
+/// thread but no more than the fast cores.
+fn worker_cpus(options: &SessionOptions) -> Option<Arc<[usize]>> {
+    worker_cpus_for(options, crate::cpu::this_machines_fast_cores())
+}
+
+/// [`worker_cpus`] on a machine whose fast cores are `fast`.
+fn worker_cpus_for(options: &SessionOptions, fast: Option<&FastCores>) -> Option<Arc<[usize]>> {
+    let fast =
+        fast.filter(|f| options.pin_fast_cores && options.threads >= 2 && options.threads <= f.cores)?;
+    Some(fast.cpus.as_slice().into())
 }
 
 /// A model loaded for inference, with its current plan and memory.
@@ -284,10 +308,12 @@ impl Engine {
                     .into(),
             ));
         }
+        let worker_cpus = worker_cpus(&options);
         let kernels = if options.portable_kernels {
-            Kernels::with_isa(pith_kernels::Isa::scalar(), options.threads)
+            Kernels::with_isa_on_cpus(pith_kernels::Isa::scalar(), options.threads, worker_cpus)
         } else {
-            Kernels::new(options.threads)
+            pith_kernels::Isa::detect()
+                .and_then(|isa| Kernels::with_isa_on_cpus(isa, options.threads, worker_cpus))
         };
         let kernels = kernels
             .and_then(|k| k.with_int8_activations(options.int8_activations))
@@ -475,6 +501,24 @@ fn elem_name(e: ElemType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_keep_to_the_fast_cores_when_the_session_fits_on_them() {
+        // A phone with four big cores (CPUs 4-7) and four little ones.
+        let big = FastCores { cores: 4, cpus: vec![4, 5, 6, 7] };
+        let on = |threads, pin_fast_cores, fast: Option<&FastCores>| {
+            let options = SessionOptions { threads, pin_fast_cores, ..Default::default() };
+            worker_cpus_for(&options, fast).map(|c| c.to_vec())
+        };
+        assert_eq!(on(4, true, Some(&big)), Some(vec![4, 5, 6, 7]));
+        assert_eq!(on(2, true, Some(&big)), Some(vec![4, 5, 6, 7]));
+        // More threads than fast cores, one thread (no workers), pinning off, alike cores: the
+        // OS places them.
+        assert_eq!(on(5, true, Some(&big)), None);
+        assert_eq!(on(1, true, Some(&big)), None);
+        assert_eq!(on(4, false, Some(&big)), None);
+        assert_eq!(on(4, true, None), None);
+    }
     use crate::plan::Slot;
     use crate::tensor::MAX_TENSOR_ELEMENTS;
     use pith_format::ir::{Attr, Constant, Dim, Model, Node, OpKind, TensorData, ValueId};
