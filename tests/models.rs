@@ -236,20 +236,29 @@ fn ppocr_8bit_cosine() {
 #[test]
 fn a_session_computes_the_same_bits_on_any_thread_count() {
     // Sessions of 1 to 4 threads, every run split over its threads (no thread tuning), give
-    // the same bits: the 1×1 projections that split by input channels (PP-OCR det's over 12×24
+    // the same bits, with f32 activations and, where the CPU has them, int8 activations and
+    // bf16 products: the 1×1 projections that split by input channels (PP-OCR det's over 12×24
     // here) sum the same shares of the depth whatever the thread count, and every other split
     // computes each output as one thread would.
-    for (model, golden) in [(PPOCR, "ppocr"), (PPOCR_V3, "ppocr_v3"), (BLAZEFACE, "blazeface")] {
-        let run = |threads| {
-            let options = SessionOptions { threads, tune_threads: false, ..Default::default() };
-            run_golden_with(model, Weights::Bits(4), golden, options)
-        };
-        let one = run(1);
-        for threads in 2..=4 {
-            for ((name, a), (_, b)) in one.iter().zip(&run(threads)) {
-                let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-                let same = a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{model}, {threads} threads: output '{name}' differs from one thread's");
+    let precisions =
+        [("f32", Some(SessionOptions::default())), ("int8", int8_options(1)), ("bf16", bf16_options(1))];
+    for (precision, options) in precisions {
+        let Some(options) = options else { continue };
+        for (model, golden) in [(PPOCR, "ppocr"), (PPOCR_V3, "ppocr_v3"), (BLAZEFACE, "blazeface")] {
+            let run = |threads| {
+                let options = SessionOptions { threads, tune_threads: false, ..options };
+                run_golden_with(model, Weights::Bits(4), golden, options)
+            };
+            let one = run(1);
+            for threads in 2..=4 {
+                for ((name, a), (_, b)) in one.iter().zip(&run(threads)) {
+                    let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+                    let same = a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{model} {precision}, {threads} threads: '{name}' differs from one thread's"
+                    );
+                }
             }
         }
     }
