@@ -164,14 +164,10 @@ impl Kernels {
         Kernels::with_isa_on_cpus(isa, threads, None)
     }
 
-    /// [`Kernels::new`] with the worker threads kept to those of logical CPUs `worker_cpus` they
-    /// may run on (a phone's fast cores: see [`affinity::pin_current_thread`]; Linux and Android,
-    /// elsewhere ignored). The caller's thread, which takes part in every job, keeps its own.
-    pub fn on_cpus(threads: usize, worker_cpus: &[usize]) -> Result<Kernels, KernelError> {
-        Kernels::with_isa_on_cpus(Isa::detect()?, threads, Some(worker_cpus.into()))
-    }
-
-    /// [`Kernels::with_isa`], the workers kept to `worker_cpus` if given ([`Kernels::on_cpus`]).
+    /// [`Kernels::with_isa`], the worker threads kept, if `worker_cpus` is given, to those of
+    /// its logical CPUs they may run on (a phone's fast cores: see
+    /// [`affinity::pin_current_thread`]; Linux and Android, elsewhere ignored). The caller's
+    /// thread, which takes part in every job, keeps its own.
     pub fn with_isa_on_cpus(
         isa: Isa,
         threads: usize,

@@ -65,9 +65,9 @@ pub struct SessionOptions {
     pub tune_threads: bool,
     /// Run the portable reference kernels (the scalar path) whatever the CPU and `PITH_KERNEL`:
     /// much slower than the SIMD paths, but every sum is formed in the same order with the same
-    /// roundings on every machine, so the outputs are the same bits on any CPU and architecture
-    /// (and, as on every path, at any thread count) (`pith compress --reproducible` calibrates this way, and CI checks its
-    /// files on x86-64 against aarch64). Off by default.
+    /// roundings on every machine, so the outputs are the same bits on any CPU and architecture,
+    /// at any thread count (`pith compress --reproducible` calibrates this way, and CI checks
+    /// its files on x86-64 against aarch64). Off by default.
     pub portable_kernels: bool,
     /// On CPUs whose cores run at several speeds (phones' big.LITTLE, Intel's hybrid desktops:
     /// [`crate::cpu::fast_cpus`]), keep the worker threads on the fast cores, when `threads` is
@@ -501,6 +501,9 @@ fn elem_name(e: ElemType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Slot;
+    use crate::tensor::MAX_TENSOR_ELEMENTS;
+    use pith_format::ir::{Attr, Constant, Dim, Model, Node, OpKind, TensorData, ValueId};
 
     #[test]
     fn workers_keep_to_the_fast_cores_when_the_session_fits_on_them() {
@@ -519,9 +522,6 @@ mod tests {
         assert_eq!(on(4, false, Some(&big)), None);
         assert_eq!(on(4, true, None), None);
     }
-    use crate::plan::Slot;
-    use crate::tensor::MAX_TENSOR_ELEMENTS;
-    use pith_format::ir::{Attr, Constant, Dim, Model, Node, OpKind, TensorData, ValueId};
 
     /// Builds graphs value by value.
     #[derive(Default)]
