@@ -85,7 +85,7 @@ const REDUCE_WORK_WEIGHT: usize = 16;
 
 /// Shares of the depth a layer that [`pointwise_by_depth`] takes is summed in, whatever the
 /// thread count: the sums' last bits depend on the shares, so a session computes the same bits
-/// on 1, 2 or 8 threads, and whether or not the pool runs the shares in parallel (its workers
+/// on any thread count, and whether or not the pool runs the shares in parallel (its workers
 /// stalled, the thread tuner's serial mode). Two, the measured case: on more threads each share
 /// is cut further by filters. At 1 thread the split costs a second pass: MobileNetV2's ten
 /// projections over 14×14 and 28×28 with planar activations on AVX2 took 1.335 ms per run
@@ -106,7 +106,7 @@ pub(super) const DEPTH_SHARES: usize = 2;
 /// Decided on the layer alone, not on the thread count, so that the layer's bits do not depend
 /// on it (see [`DEPTH_SHARES`]).
 pub(super) fn pointwise_by_depth(p: &Conv2dParams) -> bool {
-    depth_split_shape(p) && p.in_c >= 8 * DEPTH_SHARES
+    depth_split_shape(p)
 }
 
 /// Fewest input channels of a 1×1 layer that [`pointwise_by_depth`] splits. Shallower ones
@@ -354,10 +354,8 @@ impl Layer<'_, '_> {
         let depth = |s: usize| s * k / DEPTH_SHARES..(s + 1) * k / DEPTH_SHARES;
         // Groups of whole panels of filters, so that every thread has a task: the grouping
         // changes which thread sums what, not a sum's bits.
-        let panels = filters.div_ceil(panel_rows(p));
-        let group_len =
-            filters.div_ceil(kernels.threads_now().div_ceil(DEPTH_SHARES).clamp(1, panels.max(1)));
-        let group_len = group_len.next_multiple_of(panel_rows(p)).max(1);
+        let wanted = kernels.threads_now().div_ceil(DEPTH_SHARES).min(filters.div_ceil(panel_rows(p)));
+        let group_len = filters.div_ceil(wanted.max(1)).next_multiple_of(panel_rows(p)).max(1);
         let groups = filters.div_ceil(group_len);
         let shares = std::iter::once(&mut *y).chain(others.chunks_exact_mut(part));
         let tasks = shares.flat_map(|share| share.chunks_mut(group_len * plane));
