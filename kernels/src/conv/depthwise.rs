@@ -97,6 +97,64 @@ impl Layer<'_, '_> {
         }
     }
 
+    /// Output rows `rows` of every depthwise filter of image `xb` into `planes` (each filter's
+    /// rows, one part per filter) through the path's in-place kernel, given each channel's input
+    /// rows the band reads and no more ([`Layer::band_shape`]): the row band of a layer split
+    /// over the threads by rows. Each output is computed as over the whole plane; an activation
+    /// the kernel cannot apply (see [`finish`]) then runs over the band.
+    pub(super) fn in_place_rows(
+        &self,
+        xb: &[f32],
+        rows: Range<usize>,
+        planes: &mut [&mut [f32]],
+        scratch: &mut [f32],
+        kernel: DepthwiseInPlaceFn,
+    ) {
+        let p = self.p;
+        let k = p.filter_len();
+        let in_plane = p.in_h * p.in_w;
+        let (shape, inputs) = self.band_shape(rows);
+        // Every filter decoded at once when the scratch holds them, else one at a time.
+        let all = scratch.len() >= p.out_c * k;
+        if all {
+            self.rows.decode_rows(0..p.out_c, scratch);
+        }
+        for (oc, out) in planes.iter_mut().enumerate() {
+            let (clamp, then) = finish(self.act.of(oc));
+            let plane = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
+            let filter = if all {
+                &scratch[oc * k..][..k]
+            } else {
+                self.rows.decode(oc, &mut scratch[..k]);
+                &scratch[..k]
+            };
+            let shape = DepthwiseInPlace { init: self.bias.map_or(0.0, |b| b[oc]), clamp, ..shape };
+            kernel(filter, &plane[inputs.start * p.in_w..inputs.end * p.in_w], out, shape);
+            if let Some(act) = then {
+                (self.isa.activate)(act, out);
+            }
+        }
+    }
+
+    /// The [`DepthwiseInPlace`] shape of output rows `rows` of one channel (`init` 0, no clamp)
+    /// and the input rows it reads: from the first row the band's first output reaches (the
+    /// zero rows above the input only for a band at the top) to the last row its last output
+    /// reaches, or the input's end.
+    pub(super) fn band_shape(&self, rows: Range<usize>) -> (DepthwiseInPlace, Range<usize>) {
+        let p = self.p;
+        let top = (rows.start * p.stride_h) as isize - p.pad_top as isize;
+        let reach = (rows.end.max(1) - 1) * p.stride_h + p.k_h;
+        let end = reach.saturating_sub(p.pad_top).min(p.in_h);
+        let first = (top.max(0) as usize).min(end);
+        let shape = DepthwiseInPlace {
+            in_h: end - first,
+            pad_top: (-top).max(0) as usize,
+            out_h: rows.len(),
+            ..self.in_place_shape(0.0, None)
+        };
+        (shape, first..end)
+    }
+
     /// The [`DepthwiseInPlace`] shape of one channel of this layer.
     pub(super) fn in_place_shape(&self, init: f32, clamp: Option<[f32; 2]>) -> DepthwiseInPlace {
         let p = self.p;

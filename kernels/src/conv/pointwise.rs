@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{fused_activation, scratch_len, Conv2dParams, Layer, Residual, PIXEL_SPLIT_MIN};
+use super::{fused_activation, scratch_len, splits_by_bands, Conv2dParams, Layer, Residual, PIXEL_SPLIT_MIN};
 use crate::arch::{FusedActivation, FusedRows, ResidualRows};
 use crate::parallel::{split_parts, split_rows, with_plane_list, with_plane_offsets, TASKS_PER_THREAD};
 use crate::{Activation, Kernels};
@@ -58,13 +58,15 @@ pub(super) fn panel_rows(p: &Conv2dParams) -> usize {
 /// input for its filters; with few filters per task (BlazeFace's 24–48) that is a few
 /// multiply-adds per input load. Split by pixels, each thread reads only its rows' inputs for
 /// full panels, and decodes every filter itself, which costs little while each thread still
-/// has [`PIXEL_SPLIT_MIN`] pixels.
+/// has [`PIXEL_SPLIT_MIN`] pixels. Over large planes always, one band per thread, so that the
+/// layers of a chain find their rows where the layer before wrote them
+/// ([`super::ROW_BAND_MIN_PLANE`]).
 pub(super) fn pointwise_by_pixels(kernels: &Kernels, p: &Conv2dParams) -> bool {
     let threads = kernels.threads_now();
     let filters_per_task = p.out_c / (threads * TASKS_PER_THREAD).max(1);
     threads > 1
         && p.groups == 1
-        && filters_per_task < PANEL_ROWS / 2
+        && (filters_per_task < PANEL_ROWS / 2 || splits_by_bands(kernels, p))
         && p.out_h >= threads
         && p.out_h * p.out_w >= threads * PIXEL_SPLIT_MIN
 }

@@ -483,8 +483,38 @@ fn a_layer_computes_the_same_bits_on_any_thread_count_and_on_the_caller_alone() 
             groups: 32,
             ..pointwise(1, 32, 32, [20, 20])
         },
+        // Over planes of 64×64 and more, split by bands of rows: depthwise (in place; 5×5 at
+        // stride 2 too, bands of uneven height) and a 1×1 layer of many filters.
+        Conv2dParams {
+            k_h: 3,
+            k_w: 3,
+            pad_top: 1,
+            pad_left: 1,
+            groups: 16,
+            ..pointwise(1, 16, 16, [64, 66])
+        },
+        Conv2dParams {
+            k_h: 5,
+            k_w: 5,
+            stride_h: 2,
+            stride_w: 2,
+            pad_top: 2,
+            pad_left: 2,
+            groups: 8,
+            out_h: 67,
+            out_w: 65,
+            ..pointwise(1, 8, 8, [133, 130])
+        },
+        pointwise(1, 8, 100, [64, 65]),
     ];
     let sets = kernel_sets_up_to(4);
+    for p in &layers[6..] {
+        let banded =
+            |k: &Kernels| splits_by_bands(k, p) && (p.groups == 1 || in_place_kernel(k.isa(), p).is_some());
+        assert!(sets.iter().any(banded), "{p:?} split by bands on no kernel set");
+        assert!(!sets.iter().any(|k| k.threads() == 1 && banded(k)), "{p:?} split on one thread");
+        assert!(p.groups > 1 || sets.iter().all(|k| !banded(k) || pointwise_by_pixels(k, p)));
+    }
     let mut by_depth = 0;
     for (case, p) in layers.iter().enumerate() {
         let kind = WeightKind::all()[case * 3 % WeightKind::all().len()];
