@@ -10,29 +10,29 @@ use crate::arch::{
 use crate::Activation;
 
 impl Layer<'_, '_> {
-    /// Depthwise filters `ocs` of image `xb` into `y` (their planes, back to back), each channel's
-    /// whole plane at once: `run(filter, input_plane, output_plane, init, clamp)` is a kernel that
-    /// reads the input plane as it lies and writes the output plane starting from `init` (the
-    /// bias) and clamped to `clamp`; an activation it cannot apply (see [`finish`]) then runs over
-    /// the output plane it has just written.
-    pub(super) fn whole_planes(
+    /// Depthwise filters `ocs` of image `xb` into `outs` (one output part per filter: its plane,
+    /// or a band of its rows), each channel at once: `run(filter, input_plane, out, init, clamp)`
+    /// is a kernel that reads the channel's input plane as it lies and writes the part starting
+    /// from `init` (the bias) and clamped to `clamp`; an activation it cannot apply (see
+    /// [`finish`]) then runs over the part it has just written.
+    pub(super) fn whole_planes<'y>(
         &self,
         xb: &[f32],
         ocs: Range<usize>,
-        y: &mut [f32],
+        outs: impl Iterator<Item = &'y mut [f32]>,
         scratch: &mut [f32],
         run: impl Fn(&[f32], &[f32], &mut [f32], f32, Option<[f32; 2]>),
     ) {
         let p = self.p;
         let k = p.filter_len();
-        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let in_plane = p.in_h * p.in_w;
         // Every filter of the range decoded at once when the scratch holds them (a shared
         // codebook's table is then widened once), else one at a time.
         let all = scratch.len() >= ocs.len() * k;
         if all {
             self.rows.decode_rows(ocs.clone(), scratch);
         }
-        for (i, (oc, out)) in ocs.zip(y.chunks_exact_mut(out_plane)).enumerate() {
+        for (i, (oc, out)) in ocs.zip(outs).enumerate() {
             let (clamp, then) = finish(self.act.of(oc));
             let x = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
             let filter = if all {
@@ -98,10 +98,9 @@ impl Layer<'_, '_> {
     }
 
     /// Output rows `rows` of every depthwise filter of image `xb` into `planes` (each filter's
-    /// rows, one part per filter) through the path's in-place kernel, given each channel's input
-    /// rows the band reads and no more ([`Layer::band_shape`]): the row band of a layer split
-    /// over the threads by rows. Each output is computed as over the whole plane; an activation
-    /// the kernel cannot apply (see [`finish`]) then runs over the band.
+    /// rows, one part per filter) through the path's in-place kernel, each channel given its
+    /// input from the first row the band reads ([`Layer::band_shape`]): the band of a layer split
+    /// over the threads by rows. Each output is computed as over the whole plane.
     pub(super) fn in_place_rows(
         &self,
         xb: &[f32],
@@ -110,30 +109,13 @@ impl Layer<'_, '_> {
         scratch: &mut [f32],
         kernel: DepthwiseInPlaceFn,
     ) {
-        let p = self.p;
-        let k = p.filter_len();
-        let in_plane = p.in_h * p.in_w;
+        let in_w = self.p.in_w;
         let (shape, inputs) = self.band_shape(rows);
-        // Every filter decoded at once when the scratch holds them, else one at a time.
-        let all = scratch.len() >= p.out_c * k;
-        if all {
-            self.rows.decode_rows(0..p.out_c, scratch);
-        }
-        for (oc, out) in planes.iter_mut().enumerate() {
-            let (clamp, then) = finish(self.act.of(oc));
-            let plane = &xb[oc / p.out_per_group() * in_plane..][..in_plane];
-            let filter = if all {
-                &scratch[oc * k..][..k]
-            } else {
-                self.rows.decode(oc, &mut scratch[..k]);
-                &scratch[..k]
-            };
-            let shape = DepthwiseInPlace { init: self.bias.map_or(0.0, |b| b[oc]), clamp, ..shape };
-            kernel(filter, &plane[inputs.start * p.in_w..inputs.end * p.in_w], out, shape);
-            if let Some(act) = then {
-                (self.isa.activate)(act, out);
-            }
-        }
+        let outs = planes.iter_mut().map(|part| &mut **part);
+        self.whole_planes(xb, 0..self.p.out_c, outs, scratch, |w, x, out, init, clamp| {
+            let x = &x[inputs.start * in_w..inputs.end * in_w];
+            kernel(w, x, out, DepthwiseInPlace { init, clamp, ..shape })
+        })
     }
 
     /// The [`DepthwiseInPlace`] shape of output rows `rows` of one channel (`init` 0, no clamp)

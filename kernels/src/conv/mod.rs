@@ -388,16 +388,20 @@ pub fn conv2d(
                     }
                     match (&flat, in_place) {
                         // Small planes with short rows: whole-plane vectors.
-                        (Some((kernel, plane)), _) => {
-                            layer.whole_planes(xb, ocs, ys, s, |w, x, out, init, clamp| {
-                                kernel(w, x, out, plane, init, clamp)
-                            })
-                        }
-                        (None, Some(kernel)) => {
-                            layer.whole_planes(xb, ocs, ys, s, |w, x, out, init, clamp| {
-                                kernel(w, x, out, layer.in_place_shape(init, clamp))
-                            })
-                        }
+                        (Some((kernel, plane)), _) => layer.whole_planes(
+                            xb,
+                            ocs,
+                            ys.chunks_exact_mut(out_plane),
+                            s,
+                            |w, x, out, init, clamp| kernel(w, x, out, plane, init, clamp),
+                        ),
+                        (None, Some(kernel)) => layer.whole_planes(
+                            xb,
+                            ocs,
+                            ys.chunks_exact_mut(out_plane),
+                            s,
+                            |w, x, out, init, clamp| kernel(w, x, out, layer.in_place_shape(init, clamp)),
+                        ),
                         (None, None) => with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
                             layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, planes, s)
                         }),
