@@ -3,7 +3,6 @@
 
 use pith_format::ir::{ElemType, Node};
 
-use super::binary::PARALLEL_MIN_ELEMENTS;
 use super::{attrs, Arg, ExecCtx, NodeLayouts, Op, OpResult, Out, Prepared};
 use crate::op_bail;
 
@@ -558,8 +557,17 @@ const LINEAR_PARALLEL_MIN_ELEMENTS: usize = 1 << 12;
 /// `y[o] = x[sum_d offsets[d][o_d]]` over the output's multi-index, row-major, split over the
 /// session's threads when large.
 fn gather(x: &[f32], offsets: &[Vec<usize>], y: &mut [f32], ctx: &ExecCtx) {
-    ctx.kernels.for_each_part(y, PARALLEL_MIN_ELEMENTS, |start, part| gather_from(x, offsets, start, part));
+    ctx.kernels
+        .for_each_part(y, GATHER_PARALLEL_MIN_ELEMENTS, |start, part| gather_from(x, offsets, start, part));
 }
+
+/// Fewest output elements per thread of a nearest resize split over the threads: a copy, bound
+/// by its stores, which the element-wise ops' limit
+/// ([`super::binary::PARALLEL_MIN_ELEMENTS`]) left on the caller at PP-OCRv4 det's sizes. Its
+/// three upsamplings into 24 × 80 × 160 at 320×640 took 0.193 ms per run at 2 threads on the
+/// caller, 0.099 split (Emerald Rapids, `pith bench --profile`); the model at 2 threads 0.983 of
+/// its time (median of 6 paired alternating runs, 0.927-1.004).
+const GATHER_PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
 /// [`gather`] of output elements `start .. start + y.len()` into `y`.
 fn gather_from(x: &[f32], offsets: &[Vec<usize>], start: usize, y: &mut [f32]) {
