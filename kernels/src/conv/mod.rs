@@ -171,7 +171,7 @@ pub(crate) const PIXEL_SPLIT_MIN: usize = 256;
 /// reads half its input from the other core. Emerald Rapids Xeon, 2 threads, 4-bit weights,
 /// BlazeFace full range's 96×96 stage (`pith bench --profile`): its depthwise layers over 32
 /// channels took 0.060 and 0.058 ms split by channels, 0.055 and 0.047 by rows, the 1×1 layers
-/// after them 0.041 and 0.038 against 0.030 and 0.028; the model 1.91-1.95 → 1.85-1.86 ms
+/// after them 0.041 and 0.038 against 0.030 and 0.028; the model 1.91-1.96 → 1.85-1.86 ms
 /// (three alternating runs of 1000). Over 48×48 (its next stage) bands lost: the depthwise layers
 /// 0.023 → 0.033 ms, each thread calling the kernel for every channel on half as many rows.
 pub(crate) const ROW_BAND_MIN_PLANE: usize = 64 * 64;
