@@ -511,7 +511,9 @@ fn a_layer_computes_the_same_bits_on_any_thread_count_and_on_the_caller_alone() 
     for p in &layers[6..] {
         let banded =
             |k: &Kernels| splits_by_bands(k, p) && (p.groups == 1 || in_place_kernel(k.isa(), p).is_some());
-        assert!(sets.iter().any(banded), "{p:?} split by bands on no kernel set");
+        // Bands on x86 only (see `splits_by_bands`); elsewhere these layers keep their splits.
+        let expected = cfg!(target_arch = "x86_64");
+        assert_eq!(sets.iter().any(banded), expected, "{p:?} split by bands: {}", !expected);
         assert!(!sets.iter().any(|k| k.threads() == 1 && banded(k)), "{p:?} split on one thread");
         assert!(p.groups > 1 || sets.iter().all(|k| !banded(k) || pointwise_by_pixels(k, p)));
     }
