@@ -19,5 +19,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p pith-format -p pith-kernels
 echo "== cargo test (release)"
 cargo test --workspace --release
 
+# The models test runs the CPU's default path; where that is AVX-512, run it on AVX2 as well (the
+# paths choose their depthwise kernels differently: a thread-count rule once held on one only).
+if grep -qw avx512f /proc/cpuinfo && grep -qw avx2 /proc/cpuinfo; then
+  echo "== the end-to-end models test on the AVX2 path too"
+  PITH_KERNEL=avx2 cargo test --release -p pith-tests --test models
+fi
+
 echo "== aarch64: NEON kernels cross-built and tested under qemu-user"
 ./scripts/test-aarch64.sh

@@ -178,15 +178,10 @@ pub(crate) const ROW_BAND_MIN_PLANE: usize = 64 * 64;
 
 /// Whether layer `p` (one image of it) is large enough for its 1×1 or in-place depthwise split
 /// to go by bands of rows on `kernels` ([`ROW_BAND_MIN_PLANE`]), with several threads and at least
-/// two rows for each. On x86 only: measured there, while on NEON under qemu BlazeFace at 2
-/// threads split so computed other bits than on one thread (and its int8 session lost face
-/// cosine), which is not yet understood.
+/// two rows for each.
 pub(super) fn splits_by_bands(kernels: &Kernels, p: &Conv2dParams) -> bool {
     let threads = kernels.threads_now();
-    cfg!(target_arch = "x86_64")
-        && threads > 1
-        && p.out_h >= 2 * threads
-        && p.out_h * p.out_w >= ROW_BAND_MIN_PLANE
+    threads > 1 && p.out_h >= 2 * threads && p.out_h * p.out_w >= ROW_BAND_MIN_PLANE
 }
 
 /// Scratch elements one worker of [`conv2d`] needs (at least 1).
@@ -326,6 +321,18 @@ pub fn conv2d(
         .filter(|_| residual.is_none())
         .and_then(|kernel| Some((kernel, geometry.plane.as_ref()?)));
     let slab = geometry.slab.as_ref().map(|(slab, taps)| (slab, taps));
+    // A depthwise layer's kernel, tried in this order: many channels per call over small planes
+    // (the interleaved one before the whole-plane kernel), whole planes, in place.
+    let in_place = in_place_kernel(kernels.isa(), p).filter(|_| residual.is_none());
+    let small = small_channels_kernel(kernels.isa(), p)
+        .filter(|_| residual.is_none())
+        .and_then(|kernel| Some((kernel, act.same()?)))
+        .filter(|(kernel, _)| flat.is_none() || matches!(kernel, SmallChannels::Interleaved(_)));
+    // A large depthwise plane whose kernel is the in-place one goes by bands of rows, each
+    // thread's where the layer before left them (see `ROW_BAND_MIN_PLANE`). Only that kernel:
+    // a layer one thread runs with another (the 3×3 many-channel kernel, on NEON and AVX2 up
+    // to 64 columns) keeps it, so its bits do not depend on the thread count.
+    let banded = in_place.filter(|_| small.is_none() && flat.is_none() && splits_by_bands(kernels, p));
     let image = p.out_c * out_plane;
     for (b, yb) in y.chunks_exact_mut(image).enumerate() {
         // The image's input factors fold into the filters it decodes.
@@ -339,9 +346,9 @@ pub fn conv2d(
         let rb =
             residual.map(|r| Residual { data: &r[b * rc * out_plane..][..rc * out_plane], channels: rc });
         let work = out_plane * p.filter_len();
-        match &slab {
-            None if pointwise_by_depth(p) => layer.pointwise_by_depth(kernels, xb, rb, yb, scratch),
-            None if pointwise_by_pixels(kernels, p) => split_output_rows(
+        match (&slab, banded) {
+            (None, _) if pointwise_by_depth(p) => layer.pointwise_by_depth(kernels, xb, rb, yb, scratch),
+            (None, _) if pointwise_by_pixels(kernels, p) => split_output_rows(
                 kernels,
                 p,
                 1,
@@ -355,38 +362,23 @@ pub fn conv2d(
                     layer.pointwise(xb, rb, 0..p.out_c, cols, planes, s)
                 },
             ),
-            None => split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
-                    layer.pointwise(xb, rb, ocs, 0..out_plane, planes, s)
+            (None, _) => {
+                split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
+                    with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
+                        layer.pointwise(xb, rb, ocs, 0..out_plane, planes, s)
+                    })
                 })
-            }),
-            // A large depthwise plane: bands of rows, each thread's where the layer before left
-            // them (see `ROW_BAND_MIN_PLANE`).
-            Some(_)
-                if rb.is_none()
-                    && splits_by_bands(kernels, p)
-                    && in_place_kernel(kernels.isa(), p).is_some() =>
-            {
-                let Some(kernel) = in_place_kernel(kernels.isa(), p) else {
-                    unreachable!("checked just above")
-                };
+            }
+            (Some(_), Some(kernel)) => {
                 split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, planes, s| {
                     layer.in_place_rows(xb, rows, planes, s, kernel)
                 })
             }
             // Groups of their own input (depthwise): split filters, no input is read twice.
-            Some((slab, taps)) if p.groups >= kernels.threads_now() => {
+            (Some((slab, taps)), None) if p.groups >= kernels.threads_now() => {
                 // A depthwise multiply-add takes several times a dense one's time, so
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
-                let in_place = in_place_kernel(kernels.isa(), p).filter(|_| rb.is_none());
-                let small = small_channels_kernel(kernels.isa(), p)
-                    .filter(|_| rb.is_none())
-                    .and_then(|kernel| Some((kernel, act.same()?)));
-                // Small planes: many channels per kernel call; the interleaved kernel before the
-                // whole-plane one too.
-                let small = small
-                    .filter(|(kernel, _)| flat.is_none() || matches!(kernel, SmallChannels::Interleaved(_)));
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     if let Some((kernel, act)) = small {
                         return layer.small_channels(xb, ocs, ys, s, kernel, act);
@@ -415,7 +407,7 @@ pub fn conv2d(
             }
             // Fewer output rows than threads (a map one row high, as in text recognizers' necks):
             // split filters; each worker pads the whole input, which is short.
-            Some((slab, taps)) if p.out_h < kernels.threads_now() => {
+            (Some((slab, taps)), None) if p.out_h < kernels.threads_now() => {
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
                     with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
                         layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, planes, s)
@@ -424,7 +416,7 @@ pub fn conv2d(
             }
             // A few groups sharing their input: split output rows, so each worker reads and pads
             // only its part of the input and decodes its filters once.
-            Some((slab, taps)) => {
+            (Some((slab, taps)), None) => {
                 split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, planes, s| {
                     layer.shifted(slab, taps, xb, rb, 0..p.out_c, rows, planes, s)
                 })
