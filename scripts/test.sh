@@ -26,7 +26,8 @@ paths=(scalar)
 if grep -qw avx512f /proc/cpuinfo && grep -qw avx2 /proc/cpuinfo; then paths+=(avx2); fi
 for path in "${paths[@]}"; do
   echo "== the models and ops tests on the $path path"
-  PITH_KERNEL=$path cargo test --release -p pith-tests --test models --test ops
+  # (--workspace: the same features as the run above, so nothing is rebuilt)
+  PITH_KERNEL=$path cargo test --workspace --release --test models --test ops
 done
 
 echo "== aarch64: NEON kernels cross-built and tested under qemu-user"
