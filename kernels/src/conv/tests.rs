@@ -506,8 +506,9 @@ fn a_layer_computes_the_same_bits_on_any_thread_count_and_on_the_caller_alone() 
             ..pointwise(1, 8, 8, [133, 130])
         },
         pointwise(1, 8, 100, [64, 65]),
-        // BlazeFace's 3×3 layers over 64×64: one thread runs them with the 3×3 many-channel
-        // kernel on NEON and AVX2 (up to 64 columns), so they must not go by bands there.
+        // 3×3 layers into 64×64 (BlazeFace's, and one at stride 2): one thread runs them with
+        // the 3×3 many-channel kernel on NEON and AVX2 (up to 64 columns), so they go by bands
+        // only on AVX-512, whose in-place kernel takes them.
         Conv2dParams {
             k_h: 3,
             k_w: 3,
@@ -515,6 +516,18 @@ fn a_layer_computes_the_same_bits_on_any_thread_count_and_on_the_caller_alone() 
             pad_left: 1,
             groups: 24,
             ..pointwise(1, 24, 24, [64, 64])
+        },
+        Conv2dParams {
+            k_h: 3,
+            k_w: 3,
+            stride_h: 2,
+            stride_w: 2,
+            pad_top: 1,
+            pad_left: 1,
+            groups: 8,
+            out_h: 64,
+            out_w: 64,
+            ..pointwise(1, 8, 8, [128, 128])
         },
     ];
     let sets = kernel_sets_up_to(4);
