@@ -322,17 +322,25 @@ pub fn conv2d(
         .and_then(|kernel| Some((kernel, geometry.plane.as_ref()?)));
     let slab = geometry.slab.as_ref().map(|(slab, taps)| (slab, taps));
     // A depthwise layer's kernel, tried in this order: many channels per call over small planes
-    // (the interleaved one before the whole-plane kernel), whole planes, in place.
-    let in_place = in_place_kernel(kernels.isa(), p).filter(|_| residual.is_none());
+    // (the interleaved one before the whole-plane kernel), whole planes, in place, shifted rows.
     let small = small_channels_kernel(kernels.isa(), p)
         .filter(|_| residual.is_none())
         .and_then(|kernel| Some((kernel, act.same()?)))
         .filter(|(kernel, _)| flat.is_none() || matches!(kernel, SmallChannels::Interleaved(_)));
+    let depthwise = match (small, flat, in_place_kernel(kernels.isa(), p).filter(|_| residual.is_none())) {
+        (Some((kernel, act)), _, _) => Depthwise::Small(kernel, act),
+        (None, Some((kernel, plane)), _) => Depthwise::Plane(kernel, plane),
+        (None, None, Some(kernel)) => Depthwise::InPlace(kernel),
+        (None, None, None) => Depthwise::Shifted,
+    };
     // A large depthwise plane whose kernel is the in-place one goes by bands of rows, each
     // thread's where the layer before left them (see `ROW_BAND_MIN_PLANE`). Only that kernel:
     // a layer one thread runs with another (the 3×3 many-channel kernel, on NEON and AVX2 up
     // to 64 columns) keeps it, so its bits do not depend on the thread count.
-    let banded = in_place.filter(|_| small.is_none() && flat.is_none() && splits_by_bands(kernels, p));
+    let banded = match depthwise {
+        Depthwise::InPlace(kernel) if splits_by_bands(kernels, p) => Some(kernel),
+        _ => None,
+    };
     let image = p.out_c * out_plane;
     for (b, yb) in y.chunks_exact_mut(image).enumerate() {
         // The image's input factors fold into the filters it decodes.
@@ -380,26 +388,24 @@ pub fn conv2d(
                 // `min_task_work` counts it more.
                 let work = work * DEPTHWISE_WORK_WEIGHT;
                 split_units(kernels, p.out_c, out_plane, work, yb, scratch, per_task, |ocs, ys, s| {
-                    if let Some((kernel, act)) = small {
-                        return layer.small_channels(xb, ocs, ys, s, kernel, act);
-                    }
-                    match (&flat, in_place) {
+                    match depthwise {
+                        Depthwise::Small(kernel, act) => layer.small_channels(xb, ocs, ys, s, kernel, act),
                         // Small planes with short rows: whole-plane vectors.
-                        (Some((kernel, plane)), _) => layer.whole_planes(
+                        Depthwise::Plane(kernel, plane) => layer.whole_planes(
                             xb,
                             ocs,
                             ys.chunks_exact_mut(out_plane),
                             s,
                             |w, x, out, init, clamp| kernel(w, x, out, plane, init, clamp),
                         ),
-                        (None, Some(kernel)) => layer.whole_planes(
+                        Depthwise::InPlace(kernel) => layer.whole_planes(
                             xb,
                             ocs,
                             ys.chunks_exact_mut(out_plane),
                             s,
                             |w, x, out, init, clamp| kernel(w, x, out, layer.in_place_shape(init, clamp)),
                         ),
-                        (None, None) => with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
+                        Depthwise::Shifted => with_plane_list(ys.chunks_exact_mut(out_plane), |planes| {
                             layer.shifted(slab, taps, xb, rb, ocs, 0..p.out_h, planes, s)
                         }),
                     }
@@ -424,6 +430,20 @@ pub fn conv2d(
         }
     }
     Ok(())
+}
+
+/// The kernel one thread runs a depthwise layer's channels with (see [`conv2d`]).
+#[derive(Clone, Copy)]
+enum Depthwise<'g> {
+    /// Many channels per call over small planes ([`small_channels_kernel`]), with the layer's one
+    /// activation.
+    Small(SmallChannels, Activation),
+    /// Whole-plane vectors over a small stride-1 plane ([`plane_kernel`]).
+    Plane(crate::arch::DepthwisePlaneFn, &'g DepthwisePlane),
+    /// The path's in-place kernel ([`in_place_kernel`]).
+    InPlace(crate::arch::DepthwiseInPlaceFn),
+    /// Shifted rows of a slab, as dense layers are computed.
+    Shifted,
 }
 
 /// Checks a convolution's parameters and buffers; returns how many channels the residual has
