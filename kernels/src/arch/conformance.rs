@@ -785,13 +785,33 @@ fn depthwise_3x3_matches_the_reference() {
                 DepthwiseChannels { in_h, in_w, out_h, out_w, stride, pad_top, pad_left, bias, clamp };
             // The planes against a no-access page on each side (see `Guarded`).
             for edge in [Edge::Start, Edge::End] {
+                let x = Guarded::new(&x, edge);
                 let mut got = y0.clone();
-                kernel(&filters, Guarded::new(&x, edge).as_slice(), &mut got, shape);
+                let mut parts: Vec<&mut [f32]> = got.chunks_mut(out_plane).collect();
+                kernel(&filters, x.as_slice(), 0..out_h, &mut parts, shape);
                 for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                     let ok = if idx < channels * out_plane { close(*g, *w, 10.0) } else { g == w };
                     assert!(
                         ok,
                         "{} {channels} channels of {shape:?}, case {case} at {idx}: {g} vs {w}",
+                        isa.name
+                    );
+                }
+                // A band of rows, each channel's part on its own with spare floats after it: the
+                // bits of the whole planes' rows, and nothing written past a part.
+                let r0 = rng.below(out_h);
+                let rows = r0..r0 + 1 + rng.below(out_h - r0);
+                let len = rows.len() * out_w;
+                let mut bands: Vec<Vec<f32>> = (0..channels).map(|_| rng.vec(len + 9)).collect();
+                let before = bands.clone();
+                let mut parts: Vec<&mut [f32]> = bands.iter_mut().map(|b| &mut b[..len]).collect();
+                kernel(&filters, x.as_slice(), rows.clone(), &mut parts, shape);
+                for (c, (band, before)) in bands.iter().zip(&before).enumerate() {
+                    let whole = &got[c * out_plane + rows.start * out_w..][..len];
+                    let same = band[..len].iter().zip(whole).all(|(b, w)| b.to_bits() == w.to_bits());
+                    assert!(
+                        same && band[len..] == before[len..],
+                        "{} {channels} channels of {shape:?}, case {case}: rows {rows:?} of channel {c}",
                         isa.name
                     );
                 }
@@ -826,8 +846,27 @@ fn depthwise_3x3_matches_the_reference() {
             ),
             ("input plane", &filters[..], &x[..], 30, DepthwiseChannels { in_w: 0, ..shape }),
         ] {
-            let bad = std::panic::catch_unwind(|| kernel(filters, x, &mut vec![0.0; len], shape));
+            let bad = std::panic::catch_unwind(|| {
+                let mut y = vec![0.0; len];
+                let mut parts: Vec<&mut [f32]> = y.chunks_mut(15).collect();
+                kernel(filters, x, 0..shape.out_h, &mut parts, shape)
+            });
             assert!(bad.is_err(), "{}: bad {what} must panic", isa.name);
+        }
+        // Rows past the plane, a part shorter than the rows, fewer parts than channels.
+        for (what, rows, part, count) in [
+            ("rows", 1..4, 10, 2),
+            ("rows", std::ops::Range { start: 2, end: 1 }, 10, 2),
+            ("part", 1..3, 9, 2),
+            ("parts", 0..3, 15, 1),
+        ] {
+            let bad = std::panic::catch_unwind(|| {
+                let mut y = [0.0; 30];
+                let mut parts: Vec<&mut [f32]> =
+                    y.chunks_mut(15).map(|p| &mut p[..part]).take(count).collect();
+                kernel(&filters, &x, rows.clone(), &mut parts, shape)
+            });
+            assert!(bad.is_err(), "{}: bad {what} {rows:?} must panic", isa.name);
         }
     }
 }

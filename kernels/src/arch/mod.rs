@@ -217,17 +217,20 @@ pub struct Isa {
     /// # Panics
     /// If `w`, `x` or `y` is shorter than the plane needs.
     pub depthwise_plane: Option<DepthwisePlaneFn>,
-    /// 3×3 depthwise filters at stride 1 or 2 over several channels' whole planes in one call
-    /// (see [`DepthwiseChannels`]): filter `c` is `w[9c .. 9c + 9]` and reads plane `c` of `x`,
-    /// writing plane `c` of `y`, `y(r, j) = bias[c] + sum w[9c + 3ky + kx] * x(stride * r + ky -
-    /// pad_top, stride * j + kx - pad_left)` with `x` zero outside the plane, clamped as
-    /// [`DepthwiseChannels::clamp`] says. For outputs of at most [`DEPTHWISE_3X3_MAX_WIDTH`]
-    /// columns, where a per-channel call and its masks cost more than the multiply-adds. `None`
-    /// on paths without it.
+    /// 3×3 depthwise filters at stride 1 or 2 over several channels' planes in one call (see
+    /// [`DepthwiseChannels`]): filter `c` is `w[9c .. 9c + 9]` and reads plane `c` of `x`,
+    /// writing output rows `rows` of channel `c` into `y[c]` (row `r` at `(r - rows.start) *
+    /// out_w`), `y(r, j) = bias[c] + sum w[9c + 3ky + kx] * x(stride * r + ky - pad_top, stride *
+    /// j + kx - pad_left)` with `x` zero outside the plane, clamped as
+    /// [`DepthwiseChannels::clamp`] says. Every output is computed alike whatever `rows` is, so
+    /// threads that split a layer by bands of rows compute the bits one thread does. For outputs
+    /// of at most [`DEPTHWISE_3X3_MAX_WIDTH`] columns, where a per-channel call and its masks
+    /// cost more than the multiply-adds. `None` on paths without it.
     ///
     /// # Panics
-    /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, or the
-    /// shape is outside what [`DepthwiseChannels`] allows.
+    /// If `w` is not whole filters, `x`, `y` or the bias hold fewer channels than `w`, a part of
+    /// `y` is shorter than `rows`, `rows` reaches past the plane, or the shape is outside what
+    /// [`DepthwiseChannels`] allows.
     pub depthwise_3x3: Option<Depthwise3x3Fn>,
     /// Widest output (at most [`DEPTHWISE_3X3_MAX_WIDTH`]) for which a layer takes
     /// [`Isa::depthwise_3x3`] rather than the per-channel kernels: on AVX-512, whose per-channel
@@ -469,11 +472,19 @@ pub struct DepthwiseInPlace {
 /// Widest plane [`Isa::depthwise_3x3`] takes.
 pub const DEPTHWISE_3X3_MAX_WIDTH: usize = 64;
 
-/// The form of [`Isa::depthwise_3x3`]: filters `w` (9 per channel), input planes `x`, output
-/// planes `y`, back to back, and their shape.
-pub type Depthwise3x3Fn = fn(w: &[f32], x: &[f32], y: &mut [f32], shape: DepthwiseChannels<'_>);
+/// The form of [`Isa::depthwise_3x3`]: filters `w` (9 per channel), input planes `x` (back to
+/// back), the output rows to compute, each channel's part of the output (those rows of its
+/// plane), and the planes' shape.
+pub type Depthwise3x3Fn = fn(
+    w: &[f32],
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    y: &mut [&mut [f32]],
+    shape: DepthwiseChannels<'_>,
+);
 
-/// Shape of one [`Isa::depthwise_3x3`] call: every channel's planes, in and out.
+/// Shape of one [`Isa::depthwise_3x3`] or [`Isa::depthwise_small`] call: every channel's planes,
+/// in and out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DepthwiseChannels<'a> {
     /// Input rows.
@@ -661,7 +672,7 @@ pub(crate) fn depthwise_interleaved_check(
         depthwise_interleaved_fits(k, s.stride, s.out_h, s.out_w, s.pad_top, s.pad_left),
         "depthwise interleaved {k}x{k}: {s:?} is not supported"
     );
-    depthwise_channels_check(k, w, x, y, s)
+    depthwise_planes_check(k, w, x, y, s)
 }
 
 /// The form of [`Isa::depthwise_small`]: filters `w` (`k`×`k` per channel), input planes `x`,
@@ -727,33 +738,44 @@ pub(crate) fn depthwise_small_check(
     let Some(plane) = depthwise_small_plane(k, s.stride, s.out_h, s.out_w, s.pad_top, s.pad_left) else {
         panic!("depthwise {k}x{k}: {s:?} is not supported");
     };
-    let channels = depthwise_channels_check(k, w, x, y, s)?;
+    let channels = depthwise_planes_check(k, w, x, y, s)?;
     Some((channels, plane))
 }
 
 /// The operand checks both many-channel depthwise kernels share, for `k`×`k` filters: whole
-/// filters in `w`, a non-empty input plane, and input and output planes and biases for every
-/// channel. The number of channels, or `None` when there is no output to compute.
+/// filters in `w`, a non-empty input plane, and input planes and biases for every channel. The
+/// number of channels.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn depthwise_channels_check(
+fn depthwise_channels_check(k: usize, w: &[f32], x: &[f32], s: &DepthwiseChannels<'_>) -> usize {
+    let taps = k * k;
+    assert!(w.len().is_multiple_of(taps), "depthwise {k}x{k}: {} weights are not whole filters", w.len());
+    assert!(s.in_h > 0 && s.in_w > 0, "depthwise {k}x{k}: an empty {}x{} input plane", s.in_h, s.in_w);
+    let channels = w.len() / taps;
+    assert!(
+        x.len() >= channels * s.in_h * s.in_w,
+        "depthwise {k}x{k}: input of {} < {channels} planes of {}x{}",
+        x.len(),
+        s.in_h,
+        s.in_w
+    );
+    if let Some(b) = s.bias {
+        assert!(b.len() >= channels, "depthwise {k}x{k}: {} biases for {channels} channels", b.len());
+    }
+    channels
+}
+
+/// [`depthwise_channels_check`] for a kernel that writes whole output planes back to back into
+/// `y`: also that `y` holds them. The number of channels, or `None` when there is no output.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn depthwise_planes_check(
     k: usize,
     w: &[f32],
     x: &[f32],
     y: &[f32],
     s: &DepthwiseChannels<'_>,
 ) -> Option<usize> {
-    let taps = k * k;
-    assert!(w.len().is_multiple_of(taps), "depthwise {k}x{k}: {} weights are not whole filters", w.len());
-    assert!(s.in_h > 0 && s.in_w > 0, "depthwise {k}x{k}: an empty {}x{} input plane", s.in_h, s.in_w);
-    let channels = w.len() / taps;
-    let (inputs, outputs) = (channels * s.in_h * s.in_w, channels * s.out_h * s.out_w);
-    assert!(
-        x.len() >= inputs,
-        "depthwise {k}x{k}: input of {} < {channels} planes of {}x{}",
-        x.len(),
-        s.in_h,
-        s.in_w
-    );
+    let channels = depthwise_channels_check(k, w, x, s);
+    let outputs = channels * s.out_h * s.out_w;
     assert!(
         y.len() >= outputs,
         "depthwise {k}x{k}: output of {} < {channels} planes of {}x{}",
@@ -761,9 +783,6 @@ fn depthwise_channels_check(
         s.out_h,
         s.out_w
     );
-    if let Some(b) = s.bias {
-        assert!(b.len() >= channels, "depthwise {k}x{k}: {} biases for {channels} channels", b.len());
-    }
     (outputs > 0).then_some(channels)
 }
 
@@ -773,7 +792,8 @@ fn depthwise_channels_check(
 pub(crate) fn depthwise_3x3_check(
     w: &[f32],
     x: &[f32],
-    y: &[f32],
+    rows: &std::ops::Range<usize>,
+    y: &[&mut [f32]],
     s: &DepthwiseChannels<'_>,
 ) -> Option<usize> {
     assert!(
@@ -794,7 +814,22 @@ pub(crate) fn depthwise_3x3_check(
         s.in_w,
         s.out_w
     );
-    depthwise_channels_check(3, w, x, y, s)
+    assert!(
+        rows.start <= rows.end && rows.end <= s.out_h,
+        "depthwise 3x3: output rows {rows:?} of a plane of {}",
+        s.out_h
+    );
+    let channels = depthwise_channels_check(3, w, x, s);
+    assert!(y.len() >= channels, "depthwise 3x3: {} output parts for {channels} channels", y.len());
+    let part = rows.len() * s.out_w;
+    for (c, out) in y[..channels].iter().enumerate() {
+        assert!(
+            out.len() >= part,
+            "depthwise 3x3: channel {c}'s output part of {} < {rows:?} rows",
+            out.len()
+        );
+    }
+    (channels > 0 && part > 0).then_some(channels)
 }
 
 /// Checks [`Isa::depthwise_s1`] / [`Isa::depthwise_s2`] operands (panicking on a caller bug);

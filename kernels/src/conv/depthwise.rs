@@ -7,6 +7,7 @@ use crate::arch::{
     Depthwise3x3Fn, DepthwiseChannels, DepthwiseInPlace, DepthwiseInPlaceFn, DepthwisePlaneFn, DepthwiseRows,
     DepthwiseSmallFn, Isa, PLANE_LANES,
 };
+use crate::parallel::with_plane_list;
 use crate::Activation;
 
 impl Layer<'_, '_> {
@@ -62,8 +63,63 @@ impl Layer<'_, '_> {
         act: Activation,
     ) {
         let p = self.p;
-        let (in_plane, out_plane) = (p.in_h * p.in_w, p.out_h * p.out_w);
+        let out_plane = p.out_h * p.out_w;
         let (clamp, then) = finish(act);
+        let first = ocs.start;
+        self.channel_calls(xb, ocs, scratch, clamp, |cs, filters, x, shape| {
+            let out = &mut y[(cs.start - first) * out_plane..(cs.end - first) * out_plane];
+            match kernel {
+                SmallChannels::ThreeByThree(kernel) => {
+                    with_plane_list(out.chunks_exact_mut(out_plane), |parts| {
+                        kernel(filters, x, 0..p.out_h, parts, shape)
+                    })
+                }
+                SmallChannels::Square(kernel) | SmallChannels::Interleaved(kernel) => {
+                    kernel(filters, x, out, shape, p.k_h)
+                }
+            }
+            if let Some(act) = then {
+                (self.isa.activate)(act, out);
+            }
+        });
+    }
+
+    /// Output rows `rows` of every depthwise filter of image `xb` into `planes` (each filter's
+    /// rows, one part per filter) through [`Isa::depthwise_3x3`], as many channels per call as
+    /// [`Layer::small_channels`] takes: the band of a layer split over the threads by rows. Each
+    /// output is computed as over the whole plane.
+    pub(super) fn three_by_three_rows(
+        &self,
+        xb: &[f32],
+        rows: Range<usize>,
+        planes: &mut [&mut [f32]],
+        scratch: &mut [f32],
+        kernel: Depthwise3x3Fn,
+        act: Activation,
+    ) {
+        let (clamp, then) = finish(act);
+        self.channel_calls(xb, 0..self.p.out_c, scratch, clamp, |cs, filters, x, shape| {
+            let parts = &mut planes[cs];
+            kernel(filters, x, rows.clone(), parts, shape);
+            if let Some(act) = then {
+                parts.iter_mut().for_each(|part| (self.isa.activate)(act, part));
+            }
+        });
+    }
+
+    /// Runs `call(channels, filters, input planes, shape)` over filters `ocs` of image `xb` in
+    /// runs of as many channels as the scratch holds decoded filters (`filters` decoded there),
+    /// with the layer's shape, bias and `clamp`.
+    fn channel_calls(
+        &self,
+        xb: &[f32],
+        ocs: Range<usize>,
+        scratch: &mut [f32],
+        clamp: Option<[f32; 2]>,
+        mut call: impl FnMut(Range<usize>, &[f32], &[f32], DepthwiseChannels<'_>),
+    ) {
+        let p = self.p;
+        let in_plane = p.in_h * p.in_w;
         let taps = p.k_h * p.k_w;
         let per_call = (scratch.len() / taps).max(1);
         let mut c0 = ocs.start;
@@ -71,7 +127,6 @@ impl Layer<'_, '_> {
             let c1 = ocs.end.min(c0 + per_call);
             let filters = &mut scratch[..taps * (c1 - c0)];
             self.rows.decode_rows(c0..c1, filters);
-            let out = &mut y[(c0 - ocs.start) * out_plane..(c1 - ocs.start) * out_plane];
             let shape = DepthwiseChannels {
                 in_h: p.in_h,
                 in_w: p.in_w,
@@ -83,16 +138,7 @@ impl Layer<'_, '_> {
                 bias: self.bias.map(|b| &b[c0..c1]),
                 clamp,
             };
-            let x = &xb[c0 * in_plane..c1 * in_plane];
-            match kernel {
-                SmallChannels::ThreeByThree(kernel) => kernel(filters, x, out, shape),
-                SmallChannels::Square(kernel) | SmallChannels::Interleaved(kernel) => {
-                    kernel(filters, x, out, shape, p.k_h)
-                }
-            }
-            if let Some(act) = then {
-                (self.isa.activate)(act, out);
-            }
+            call(c0..c1, filters, &xb[c0 * in_plane..c1 * in_plane], shape);
             c0 = c1;
         }
     }

@@ -333,12 +333,14 @@ pub fn conv2d(
         (None, None, Some(kernel)) => Depthwise::InPlace(kernel),
         (None, None, None) => Depthwise::Shifted,
     };
-    // A large depthwise plane whose kernel is the in-place one goes by bands of rows, each
-    // thread's where the layer before left them (see `ROW_BAND_MIN_PLANE`). Only that kernel:
-    // a layer one thread runs with another (the 3×3 many-channel kernel, on NEON and AVX2 up
-    // to 64 columns) keeps it, so its bits do not depend on the thread count.
+    // A large depthwise plane goes by bands of rows, each thread's where the layer before left
+    // them (see `ROW_BAND_MIN_PLANE`), when one thread's kernel takes bands: the in-place one,
+    // and the 3×3 many-channel one (on NEON and AVX2 up to 64 columns). A layer keeps its
+    // one-thread kernel, so its bits do not depend on the thread count.
     let banded = match depthwise {
-        Depthwise::InPlace(kernel) if splits_by_bands(kernels, p) => Some(kernel),
+        _ if !splits_by_bands(kernels, p) => None,
+        Depthwise::InPlace(kernel) => Some(Banded::InPlace(kernel)),
+        Depthwise::Small(SmallChannels::ThreeByThree(kernel), act) => Some(Banded::ThreeByThree(kernel, act)),
         _ => None,
     };
     let image = p.out_c * out_plane;
@@ -377,9 +379,12 @@ pub fn conv2d(
                     })
                 })
             }
-            (Some(_), Some(kernel)) => {
-                split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, planes, s| {
-                    layer.in_place_rows(xb, rows, planes, s, kernel)
+            (Some(_), Some(banded)) => {
+                split_output_rows(kernels, p, 1, 1, yb, scratch, per_task, |rows, planes, s| match banded {
+                    Banded::InPlace(kernel) => layer.in_place_rows(xb, rows, planes, s, kernel),
+                    Banded::ThreeByThree(kernel, act) => {
+                        layer.three_by_three_rows(xb, rows, planes, s, kernel, act)
+                    }
                 })
             }
             // Groups of their own input (depthwise): split filters, no input is read twice.
@@ -444,6 +449,17 @@ enum Depthwise<'g> {
     InPlace(crate::arch::DepthwiseInPlaceFn),
     /// Shifted rows of a slab, as dense layers are computed.
     Shifted,
+}
+
+/// A one-thread depthwise kernel that also computes a band of rows, for a layer split over the
+/// threads by bands (see [`conv2d`]).
+#[derive(Clone, Copy)]
+enum Banded {
+    /// The path's in-place kernel ([`Depthwise::InPlace`]).
+    InPlace(crate::arch::DepthwiseInPlaceFn),
+    /// The 3×3 many-channel kernel ([`SmallChannels::ThreeByThree`]), with the layer's one
+    /// activation.
+    ThreeByThree(crate::arch::Depthwise3x3Fn, Activation),
 }
 
 /// Checks a convolution's parameters and buffers; returns how many channels the residual has

@@ -507,8 +507,8 @@ fn a_layer_computes_the_same_bits_on_any_thread_count_and_on_the_caller_alone() 
         },
         pointwise(1, 8, 100, [64, 65]),
         // 3×3 layers into 64×64 (BlazeFace's, and one at stride 2): one thread runs them with
-        // the 3×3 many-channel kernel on NEON and AVX2 (up to 64 columns), so they go by bands
-        // only on AVX-512, whose in-place kernel takes them.
+        // the 3×3 many-channel kernel on NEON and AVX2 (up to 64 columns), on AVX-512 with the
+        // in-place one; both go by bands of rows.
         Conv2dParams {
             k_h: 3,
             k_w: 3,
@@ -531,9 +531,13 @@ fn a_layer_computes_the_same_bits_on_any_thread_count_and_on_the_caller_alone() 
         },
     ];
     let sets = kernel_sets_up_to(4);
-    for p in &layers[6..9] {
-        let banded =
-            |k: &Kernels| splits_by_bands(k, p) && (p.groups == 1 || in_place_kernel(k.isa(), p).is_some());
+    for p in &layers[6..] {
+        let banded = |k: &Kernels| {
+            splits_by_bands(k, p)
+                && (p.groups == 1
+                    || in_place_kernel(k.isa(), p).is_some()
+                    || small_3x3_kernel(k.isa(), p).is_some())
+        };
         assert!(sets.iter().any(banded), "{p:?} not split by bands");
         assert!(!sets.iter().any(|k| k.threads() == 1 && banded(k)), "{p:?} split on one thread");
         assert!(p.groups > 1 || sets.iter().all(|k| !banded(k) || pointwise_by_pixels(k, p)));

@@ -1,6 +1,6 @@
 //! NEON [`Isa::depthwise_3x3`] and [`Isa::depthwise_small`]: square depthwise filters at stride 1
-//! or 2 over the whole planes of many channels in one call, both on one kernel (`k` = 3 for the
-//! first, 1 to 7 for the second).
+//! or 2 over the planes of many channels in one call (the first over a band of their rows, when
+//! a layer goes by bands), both on one kernel (`k` = 3 for the first, 1 to 7 for the second).
 //!
 //! NEON has no masked loads, so each channel's plane is copied into a zero-padded stack buffer
 //! and every filter tap of a run of outputs becomes a plain load: no masks and no border cases.
@@ -21,6 +21,7 @@
 //! [`Isa::depthwise_small`]: crate::arch::Isa::depthwise_small
 
 use std::arch::aarch64::*;
+use std::ops::Range;
 
 use crate::arch::{
     depthwise_3x3_check, depthwise_small_check, Depthwise3x3Fn, DepthwiseChannels, DepthwiseSmallFn,
@@ -46,46 +47,55 @@ const TILE_ROWS: usize = 4;
 const TILE_VECTORS: usize = 4;
 
 /// See [`Isa::depthwise_3x3`](crate::arch::Isa::depthwise_3x3).
-fn depthwise_3x3(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseChannels<'_>) {
-    let Some(channels) = depthwise_3x3_check(w, x, y, &s) else { return };
+fn depthwise_3x3(w: &[f32], x: &[f32], rows: Range<usize>, y: &mut [&mut [f32]], s: DepthwiseChannels<'_>) {
+    let Some(channels) = depthwise_3x3_check(w, x, &rows, y, &s) else { return };
     // SAFETY: this function is only in the NEON table, handed out after NEON was detected; the
-    // check asserted `channels` filters of 9 weights, input and output planes and biases for
-    // each, a stride of 1 or 2 and output rows of at most 64 columns (see `run`).
-    unsafe { run(w.as_ptr(), x.as_ptr(), y.as_mut_ptr(), channels, &s, 3) }
+    // check asserted `channels` filters of 9 weights, input planes and biases for each, output
+    // rows `rows` inside the plane with a part of `y` holding them for each, a stride of 1 or 2
+    // and output rows of at most 64 columns (see `run`).
+    unsafe { run(w.as_ptr(), x.as_ptr(), |c| y[c].as_mut_ptr(), rows, channels, &s, 3) }
 }
 
 /// See [`Isa::depthwise_small`](crate::arch::Isa::depthwise_small).
 fn depthwise_small(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseChannels<'_>, k: usize) {
     let Some(channels) = depthwise_small_check(w, x, y, &s, k).map(|(channels, _)| channels) else { return };
-    // SAFETY: as for `depthwise_3x3`, with `k`×`k` filters of a side up to 7, pads below `k`
-    // and output rows of at most 16 columns (see `run`).
-    unsafe { run(w.as_ptr(), x.as_ptr(), y.as_mut_ptr(), channels, &s, k) }
+    let (y, out_plane) = (y.as_mut_ptr(), s.out_h * s.out_w);
+    // SAFETY: as for `depthwise_3x3`, over whole planes (`y` holds them back to back), with
+    // `k`×`k` filters of a side up to 7, pads below `k` and output rows of at most 16 columns
+    // (see `run`).
+    unsafe { run(w.as_ptr(), x.as_ptr(), |c| y.wrapping_add(c * out_plane), 0..s.out_h, channels, &s, k) }
 }
 
 /// The padded buffer, aligned for its vectors.
 #[repr(align(16))]
 struct Padded([f32; SCRATCH]);
 
-/// All `channels` planes: per channel, per band of output rows, a padded copy of the rows the
-/// band reads, then strips of columns in tiles of rows.
+/// Output rows `rows` of all `channels` planes: per channel, per band of those rows, a padded
+/// copy of the input rows the band reads, then strips of columns in tiles of rows. Channel `c`'s
+/// row `r` goes to `out(c)` plus `(r - rows.start) * out_w`.
 ///
 /// # Safety
-/// NEON available; `w`, `x` and `y` hold `channels` filters of `k * k` weights, input planes of
-/// `in_h * in_w` and output planes of `out_h * out_w` floats; `s.bias` holds `channels` values;
-/// `s.stride` is 1 or 2, `1 <= k <= 7`, `pad_top` and `pad_left` below `k`, `in_h`, `in_w`,
-/// `out_h` positive and `out_w` 1 to 64 (a padded row of at most 131 floats: every band holds
-/// at least one output row's `k` padded rows).
+/// NEON available; `w` and `x` hold `channels` filters of `k * k` weights and input planes of
+/// `in_h * in_w` floats; `rows` lies in `0 ..= out_h` and `out(c)` has room for `rows.len() *
+/// out_w` floats for each `c < channels`; `s.bias` holds `channels` values; `s.stride` is 1 or
+/// 2, `1 <= k <= 7`, `pad_top` and `pad_left` below `k`, `in_h`, `in_w` positive and `out_w` 1
+/// to 64 (a padded row of at most 131 floats: every band holds at least one output row's `k`
+/// padded rows).
 #[target_feature(enable = "neon")]
 unsafe fn run(
     w: *const f32,
     x: *const f32,
-    y: *mut f32,
+    mut out: impl FnMut(usize) -> *mut f32,
+    rows: Range<usize>,
     channels: usize,
     s: &DepthwiseChannels<'_>,
     k: usize,
 ) {
     let stride = s.stride;
-    let (pitch, band) = bands(k, stride, s.out_h, s.out_w);
+    if rows.is_empty() {
+        return;
+    }
+    let (pitch, band) = bands(k, stride, rows.len(), s.out_w);
     let copy = BandCopy {
         in_h: s.in_h,
         in_w: s.in_w,
@@ -103,17 +113,19 @@ unsafe fn run(
     // SAFETY: the rows a band reads, `stride * (band - 1) + k <= buf_rows` of `pitch` floats, fit
     // the buffer; only those are read, after this.
     unsafe { std::ptr::write_bytes(buf, 0, (stride * (band - 1) + k) * pitch) };
-    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
+    let in_plane = s.in_h * s.in_w;
     for c in 0..channels {
         let bias = s.bias.map_or(0.0, |b| b[c]);
-        let mut r0 = 0;
-        while r0 < s.out_h {
-            let rows = band.min(s.out_h - r0);
-            // SAFETY: plane `c` of the input and output and filter `c` exist (the caller); the
-            // copy fills the band's `stride * (rows - 1) + k` padded rows, which fit the buffer,
-            // and the strips read them and write output rows `r0 .. r0 + rows`.
+        let part = out(c);
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let band_rows = band.min(rows.end - r0);
+            // SAFETY: plane `c` of the input, filter `c` and the part of output rows `rows` of
+            // channel `c` exist (the caller); the copy fills the band's `stride * (band_rows - 1)
+            // + k` padded rows, which fit the buffer, and the strips read them and write output
+            // rows `r0 .. r0 + band_rows`, inside the part.
             unsafe {
-                copy.band(x.add(c * in_plane), r0, rows, buf);
+                copy.band(x.add(c * in_plane), r0, band_rows, buf);
                 let mut j0 = 0;
                 while j0 < s.out_w {
                     let strip = Strip {
@@ -123,32 +135,33 @@ unsafe fn run(
                         w: w.add(c * k * k),
                         bias,
                         clamp: s.clamp,
-                        out: y.add(c * out_plane + r0 * s.out_w + j0),
+                        out: part.add((r0 - rows.start) * s.out_w + j0),
                         out_w: s.out_w,
                         n: (s.out_w - j0).min(4 * TILE_VECTORS),
                     };
                     match (stride, strip.n.div_ceil(4)) {
-                        (1, 1) => strip.rows::<1, 1>(rows),
-                        (1, 2) => strip.rows::<1, 2>(rows),
-                        (1, 3) => strip.rows::<1, 3>(rows),
-                        (1, _) => strip.rows::<1, 4>(rows),
-                        (_, 1) => strip.rows::<2, 1>(rows),
-                        (_, 2) => strip.rows::<2, 2>(rows),
-                        (_, 3) => strip.rows::<2, 3>(rows),
-                        (_, _) => strip.rows::<2, 4>(rows),
+                        (1, 1) => strip.rows::<1, 1>(band_rows),
+                        (1, 2) => strip.rows::<1, 2>(band_rows),
+                        (1, 3) => strip.rows::<1, 3>(band_rows),
+                        (1, _) => strip.rows::<1, 4>(band_rows),
+                        (_, 1) => strip.rows::<2, 1>(band_rows),
+                        (_, 2) => strip.rows::<2, 2>(band_rows),
+                        (_, 3) => strip.rows::<2, 3>(band_rows),
+                        (_, _) => strip.rows::<2, 4>(band_rows),
                     }
                     j0 += 4 * TILE_VECTORS;
                 }
             }
-            r0 += rows;
+            r0 += band_rows;
         }
     }
 }
 
-/// A call's padded row (floats) and band (output rows): reads reach column `stride * (j + 4) +
-/// k - 2` for a vector of outputs `j .. j + 4`, and a band of `b` output rows reads `stride * (b
-/// - 1) + k` padded rows. A band that is not the whole plane is whole tiles. Panics if a band of
-/// one output row does not fit the buffer (a row wider than [`Isa::depthwise_3x3`] takes).
+/// A call's padded row (floats) and band (output rows) over `out_h` output rows (the call's):
+/// reads reach column `stride * (j + 4) + k - 2` for a vector of outputs `j .. j + 4`, and a
+/// band of `b` output rows reads `stride * (b - 1) + k` padded rows. A band that is not all
+/// `out_h` rows is whole tiles. Panics if a band of one output row does not fit the buffer (a
+/// row wider than [`Isa::depthwise_3x3`] takes).
 ///
 /// [`Isa::depthwise_3x3`]: crate::arch::Isa::depthwise_3x3
 fn bands(k: usize, stride: usize, out_h: usize, out_w: usize) -> (usize, usize) {
@@ -391,7 +404,10 @@ mod tests {
             let want = depthwise_by_definition(&filters, &x, k, &shape);
             let y0 = rng.vec(want.len() + 5);
             let small = |y: &mut [f32]| depthwise_small(&filters, &x, y, shape, k);
-            let three = |y: &mut [f32]| depthwise_3x3(&filters, &x, y, shape);
+            let three = |y: &mut [f32]| {
+                let mut parts: Vec<&mut [f32]> = y.chunks_mut(out_h * out_w).collect();
+                depthwise_3x3(&filters, &x, 0..out_h, &mut parts, shape)
+            };
             let runs = [
                 ("depthwise_small", takes_small, &small as &dyn Fn(&mut [f32])),
                 ("depthwise_3x3", takes_3x3, &three),

@@ -1,7 +1,7 @@
-//! AVX2 [`Isa::depthwise_3x3`]: 3×3 depthwise filters at stride 1 or 2 over the whole planes of
-//! many channels in one call, for outputs of at most 64 columns (BlazeFace's 64×64 to 8×8
-//! stages, MobileNets' 56×56 to 7×7); rows of at most four vectors (32 columns) in one strip,
-//! wider ones in strips of 16 columns. (Over 112×112 the strips took 1.15-1.5× the general
+//! AVX2 [`Isa::depthwise_3x3`]: 3×3 depthwise filters at stride 1 or 2 over the planes (or a
+//! band of their rows) of many channels in one call, for outputs of at most 64 columns
+//! (BlazeFace's 64×64 to 8×8 stages, MobileNets' 56×56 to 7×7); rows of at most four vectors (32
+//! columns) in one strip, wider ones in strips of 16 columns. (Over 112×112 the strips took 1.15-1.5× the general
 //! kernel's time, so such planes stay on it.)
 //!
 //! Per channel, the general in-place kernels ([`Isa::depthwise_s1`], [`Isa::depthwise_s2`]) build
@@ -26,29 +26,38 @@
 //! [`Isa::depthwise_s2`]: crate::arch::Isa::depthwise_s2
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::avx2::lane_mask;
 use crate::arch::{depthwise_3x3_check, DepthwiseChannels};
 
 /// See [`Isa::depthwise_3x3`](crate::arch::Isa::depthwise_3x3).
-pub(super) fn depthwise_3x3_avx2(w: &[f32], x: &[f32], y: &mut [f32], s: DepthwiseChannels<'_>) {
-    let Some(channels) = depthwise_3x3_check(w, x, y, &s) else { return };
+pub(super) fn depthwise_3x3_avx2(
+    w: &[f32],
+    x: &[f32],
+    rows: Range<usize>,
+    y: &mut [&mut [f32]],
+    s: DepthwiseChannels<'_>,
+) {
+    let Some(channels) = depthwise_3x3_check(w, x, &rows, y, &s) else { return };
+    let y = &mut y[..channels];
     // SAFETY: this function is only in the AVX2 table, handed out after AVX2 + FMA were detected;
-    // the check asserted that `w`, `x` and `y` hold `channels` filters and planes, a stride of 1
-    // or 2, the padding the kernels handle and output rows of at most 64 columns (at most four
-    // vectors in one strip, `V` of them; wider rows in strips of two).
+    // the check asserted that `w` and `x` hold `channels` filters and planes and `y` the rows
+    // `rows` (inside the plane) of as many, a stride of 1 or 2, the padding the kernels handle
+    // and output rows of at most 64 columns (at most four vectors in one strip, `V` of them;
+    // wider rows in strips of two).
     unsafe {
         match (s.stride, s.out_w.div_ceil(8)) {
-            (1, 1) => planes::<1, 1>(w, x, y, &s, channels),
-            (1, 2) => planes::<1, 2>(w, x, y, &s, channels),
-            (1, 3) => planes::<1, 3>(w, x, y, &s, channels),
-            (1, 4) => planes::<1, 4>(w, x, y, &s, channels),
-            (_, 1) => planes::<2, 1>(w, x, y, &s, channels),
-            (_, 2) => planes::<2, 2>(w, x, y, &s, channels),
-            (_, 3) => planes::<2, 3>(w, x, y, &s, channels),
-            (2, 4) => planes::<2, 4>(w, x, y, &s, channels),
-            (1, _) => wide::<1>(w, x, y, &s, channels),
-            (_, _) => wide::<2>(w, x, y, &s, channels),
+            (1, 1) => planes::<1, 1>(w, x, rows, y, &s),
+            (1, 2) => planes::<1, 2>(w, x, rows, y, &s),
+            (1, 3) => planes::<1, 3>(w, x, rows, y, &s),
+            (1, 4) => planes::<1, 4>(w, x, rows, y, &s),
+            (_, 1) => planes::<2, 1>(w, x, rows, y, &s),
+            (_, 2) => planes::<2, 2>(w, x, rows, y, &s),
+            (_, 3) => planes::<2, 3>(w, x, rows, y, &s),
+            (2, 4) => planes::<2, 4>(w, x, rows, y, &s),
+            (1, _) => wide::<1>(w, x, rows, y, &s),
+            (_, _) => wide::<2>(w, x, rows, y, &s),
         }
     }
 }
@@ -135,35 +144,35 @@ impl<const S: usize> Setup<S> {
     }
 }
 
-/// All channels of `w`, outputs of `V` vectors per row at stride `S`, tiles of `8 / V` output
-/// rows (4 for one vector at stride 2).
+/// Output rows `rows` of the channels of `y` (each its part), `V` vectors per row at stride
+/// `S`, tiles of `8 / V` output rows (4 for one vector at stride 2) from the first of `rows`.
 ///
 /// # Safety
-/// AVX2 + FMA available; `w`, `x` and `y` hold `channels` filters of 9, input planes of `s.in_h ×
-/// s.in_w` and output planes of `s.out_h × s.out_w`, with `8 * (V - 1) < s.out_w <= 8 * V`, `V`
-/// at most 4, `S == s.stride` 1 or 2 and the padding [`depthwise_3x3_check`] allows; `s.bias`,
-/// when given, holds `channels` values.
+/// AVX2 + FMA available; `w` and `x` hold `y.len()` filters of 9 and input planes of `s.in_h ×
+/// s.in_w`, `rows` lies in `0 ..= s.out_h` and each part of `y` holds its rows of `s.out_w`,
+/// with `8 * (V - 1) < s.out_w <= 8 * V`, `V` at most 4, `S == s.stride` 1 or 2 and the padding
+/// [`depthwise_3x3_check`] allows; `s.bias`, when given, holds `y.len()` values.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn planes<const S: usize, const V: usize>(
     w: &[f32],
     x: &[f32],
-    y: &mut [f32],
+    rows: Range<usize>,
+    y: &mut [&mut [f32]],
     s: &DepthwiseChannels<'_>,
-    channels: usize,
 ) {
     let setup = Setup::<S>::new(s, 0, V);
-    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
+    let in_plane = s.in_h * s.in_w;
     let rows_per_tile = if S == 2 && V == 1 { 4 } else { 8 / V };
-    for c in 0..channels {
+    for (c, part) in y.iter_mut().enumerate() {
         let init = s.bias.map_or(0.0, |b| b[c]);
-        let mut o0 = 0;
-        while o0 < s.out_h {
+        let mut o0 = rows.start;
+        while o0 < rows.end {
             let t = Tile {
                 w: w[9 * c..].as_ptr(),
                 x: x[c * in_plane..].as_ptr(),
-                y: y.as_mut_ptr(),
-                y_at: c * out_plane + o0 * s.out_w,
-                limit: channels * out_plane,
+                y: part.as_mut_ptr(),
+                y_at: (o0 - rows.start) * s.out_w,
+                limit: rows.len() * s.out_w,
                 first_row: (S * o0) as isize - s.pad_top as isize,
                 in_h: s.in_h,
                 in_w: s.in_w,
@@ -173,16 +182,16 @@ unsafe fn planes<const S: usize, const V: usize>(
                 init,
                 clamp: s.clamp,
             };
-            let rows = (s.out_h - o0).min(rows_per_tile);
+            let tile_rows = (rows.end - o0).min(rows_per_tile);
             // A whole tile whose input rows all load plainly takes the loop without row checks.
-            let last_row = t.first_row + (S * (rows - 1) + 2) as isize;
-            let interior = rows == rows_per_tile
+            let last_row = t.first_row + (S * (tile_rows - 1) + 2) as isize;
+            let interior = tile_rows == rows_per_tile
                 && t.first_row >= setup.plain_first as isize
                 && last_row <= setup.plain_last;
-            // SAFETY: as this function's contract; output rows o0 .. o0 + rows of channel c (and,
-            // for an interior tile, input rows that all load plainly).
+            // SAFETY: as this function's contract; output rows o0 .. o0 + tile_rows of channel c,
+            // inside its part (and, for an interior tile, input rows that all load plainly).
             unsafe {
-                match (V, rows) {
+                match (V, tile_rows) {
                     (1, _) if interior && S == 2 => tile::<S, 1, 4, true>(t, &setup),
                     (1, _) if interior => tile::<S, 1, 8, true>(t, &setup),
                     (2, _) if interior => tile::<S, 2, 4, true>(t, &setup),
@@ -206,16 +215,16 @@ unsafe fn planes<const S: usize, const V: usize>(
                     _ => tile::<S, 4, 1, false>(t, &setup),
                 }
             }
-            o0 += rows;
+            o0 += tile_rows;
         }
     }
 }
 
-/// All channels of `w` at stride `S` for output rows wider than four vectors: strips of 16
-/// columns (the last one narrower), each with its own masks, 4 output rows per tile (BlazeFace's
-/// 64×64 3×3 layers 43 → 38 µs, MobileNetV2's 56×56 one 0.212 → 0.192 ms). A row tile's
-/// strips go right to left, so a partial last vector may be stored whole: what it spills over is
-/// the next row's first columns, stored later.
+/// Output rows `rows` of the channels of `y` at stride `S`, for output rows wider than four
+/// vectors: strips of 16 columns (the last one narrower), each with its own masks, 4 output rows
+/// per tile (BlazeFace's 64×64 3×3 layers 43 → 38 µs, MobileNetV2's 56×56 one 0.212 → 0.192
+/// ms). A row tile's strips go right to left, so a partial last vector may be stored whole: what
+/// it spills over is the next row's first columns, stored later.
 ///
 /// # Safety
 /// As [`planes`], for output rows of 33 to 64 columns (no `V`).
@@ -223,9 +232,9 @@ unsafe fn planes<const S: usize, const V: usize>(
 unsafe fn wide<const S: usize>(
     w: &[f32],
     x: &[f32],
-    y: &mut [f32],
+    rows: Range<usize>,
+    y: &mut [&mut [f32]],
     s: &DepthwiseChannels<'_>,
-    channels: usize,
 ) {
     const R: usize = 4;
     // At most 64 columns (the check's bound): four strips, on the stack rather than in a Vec
@@ -238,21 +247,21 @@ unsafe fn wide<const S: usize>(
         (j0, vectors, Setup::<S>::new(s, j0, vectors))
     });
     let strips = &all[..count];
-    let (in_plane, out_plane) = (s.in_h * s.in_w, s.out_h * s.out_w);
-    for c in 0..channels {
+    let in_plane = s.in_h * s.in_w;
+    for (c, part) in y.iter_mut().enumerate() {
         let init = s.bias.map_or(0.0, |b| b[c]);
-        let mut o0 = 0;
-        while o0 < s.out_h {
-            let rows = (s.out_h - o0).min(R);
+        let mut o0 = rows.start;
+        while o0 < rows.end {
+            let tile_rows = (rows.end - o0).min(R);
             let first_row = (S * o0) as isize - s.pad_top as isize;
-            let last_row = first_row + (S * (rows - 1) + 2) as isize;
+            let last_row = first_row + (S * (tile_rows - 1) + 2) as isize;
             for (j0, vectors, setup) in strips.iter().rev() {
                 let t = Tile {
                     w: w[9 * c..].as_ptr(),
                     x: x[c * in_plane..].as_ptr().wrapping_add(S * j0),
-                    y: y.as_mut_ptr(),
-                    y_at: c * out_plane + o0 * s.out_w + j0,
-                    limit: channels * out_plane,
+                    y: part.as_mut_ptr(),
+                    y_at: (o0 - rows.start) * s.out_w + j0,
+                    limit: rows.len() * s.out_w,
                     first_row,
                     in_h: s.in_h,
                     in_w: s.in_w,
@@ -263,12 +272,13 @@ unsafe fn wide<const S: usize>(
                     clamp: s.clamp,
                 };
                 let interior =
-                    rows == R && first_row >= setup.plain_first as isize && last_row <= setup.plain_last;
-                // SAFETY: as this function's contract; output rows o0 .. o0 + rows and columns
-                // j0 .. j0 + 8 * vectors (at most out_w) of channel c, read through the strip's
-                // setup (and, for an interior tile, input rows that all load plainly).
+                    tile_rows == R && first_row >= setup.plain_first as isize && last_row <= setup.plain_last;
+                // SAFETY: as this function's contract; output rows o0 .. o0 + tile_rows and
+                // columns j0 .. j0 + 8 * vectors (at most out_w) of channel c, inside its part,
+                // read through the strip's setup (and, for an interior tile, input rows that all
+                // load plainly).
                 unsafe {
-                    match (vectors, rows) {
+                    match (vectors, tile_rows) {
                         (2, _) if interior => tile::<S, 2, R, true>(t, setup),
                         (_, _) if interior => tile::<S, 1, R, true>(t, setup),
                         (2, 4) => tile::<S, 2, 4, false>(t, setup),
@@ -282,7 +292,7 @@ unsafe fn wide<const S: usize>(
                     }
                 }
             }
-            o0 += rows;
+            o0 += tile_rows;
         }
     }
 }
@@ -294,12 +304,14 @@ struct Tile {
     w: *const f32,
     /// The channel's input plane.
     x: *const f32,
-    /// The call's whole output.
+    /// The channel's output part (the call's rows of its plane).
     y: *mut f32,
     /// Element of `y` where the tile's first output row starts.
     y_at: usize,
     /// Elements of `y` the call writes: a vector may be stored whole when it ends within them
-    /// (what it spills over is a later row or channel, stored after it).
+    /// (what it spills over is a later row of the part, stored after it); the part's last row
+    /// stores its last vector under a mask, so nothing past the part is written (another
+    /// thread's rows, when a layer goes by bands).
     limit: usize,
     /// Input row (possibly negative: padding) that filter row 0 of the tile's first output row
     /// reads.
