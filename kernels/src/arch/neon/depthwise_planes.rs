@@ -76,7 +76,7 @@ struct Padded([f32; SCRATCH]);
 ///
 /// # Safety
 /// NEON available; `w` and `x` hold `channels` filters of `k * k` weights and input planes of
-/// `in_h * in_w` floats; `rows` lies in `0 ..= out_h` and `out(c)` has room for `rows.len() *
+/// `in_h * in_w` floats; `rows.end <= out_h` and `out(c)` has room for `rows.len() *
 /// out_w` floats for each `c < channels`; `s.bias` holds `channels` values; `s.stride` is 1 or
 /// 2, `1 <= k <= 7`, `pad_top` and `pad_left` below `k`, `in_h`, `in_w` positive and `out_w` 1
 /// to 64 (a padded row of at most 131 floats: every band holds at least one output row's `k`
@@ -93,6 +93,7 @@ unsafe fn run(
 ) {
     let stride = s.stride;
     if rows.is_empty() {
+        // No band to size (a band of no rows would zero a negative count of rows below).
         return;
     }
     let (pitch, band) = bands(k, stride, rows.len(), s.out_w);

@@ -149,7 +149,7 @@ impl<const S: usize> Setup<S> {
 ///
 /// # Safety
 /// AVX2 + FMA available; `w` and `x` hold `y.len()` filters of 9 and input planes of `s.in_h ×
-/// s.in_w`, `rows` lies in `0 ..= s.out_h` and each part of `y` holds its rows of `s.out_w`,
+/// s.in_w`, `rows.end <= s.out_h` and each part of `y` holds its rows of `s.out_w`,
 /// with `8 * (V - 1) < s.out_w <= 8 * V`, `V` at most 4, `S == s.stride` 1 or 2 and the padding
 /// [`depthwise_3x3_check`] allows; `s.bias`, when given, holds `y.len()` values.
 #[target_feature(enable = "avx2,fma")]
