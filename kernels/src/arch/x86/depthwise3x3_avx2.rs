@@ -1,8 +1,8 @@
 //! AVX2 [`Isa::depthwise_3x3`]: 3×3 depthwise filters at stride 1 or 2 over the planes (or a
 //! band of their rows) of many channels in one call, for outputs of at most 64 columns
 //! (BlazeFace's 64×64 to 8×8 stages, MobileNets' 56×56 to 7×7); rows of at most four vectors (32
-//! columns) in one strip, wider ones in strips of 16 columns. (Over 112×112 the strips took 1.15-1.5× the general
-//! kernel's time, so such planes stay on it.)
+//! columns) in one strip, wider ones in strips of 16 columns. (Over 112×112 the strips took
+//! 1.15-1.5× the general kernel's time, so such planes stay on it.)
 //!
 //! Per channel, the general in-place kernels ([`Isa::depthwise_s1`], [`Isa::depthwise_s2`]) build
 //! column masks per filter column and tile and load under `vmaskmovps` wherever a view touches the
